@@ -1,0 +1,2 @@
+//! `margay`: the CNI plugin.
+fn main() {}

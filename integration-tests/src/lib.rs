@@ -1,0 +1,1 @@
+//! Margay's lab: network namespaces, daemons, the Kubernetes API test server.

@@ -1,0 +1,2 @@
+//! `margay-node`: the per-node agent.
+fn main() {}

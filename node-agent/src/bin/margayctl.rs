@@ -1,0 +1,2 @@
+//! `margayctl`: inspect and operate Margay.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The Margay node agent: Kubernetes and kernel adapters around the cores.
