@@ -1,1 +1,4 @@
 //! The Margay node agent: Kubernetes and kernel adapters around the cores.
+
+pub mod dataplane;
+pub mod fib;

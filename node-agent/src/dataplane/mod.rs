@@ -1,0 +1,1 @@
+//! Policy dataplane: applies the `policy` crate's nftables plans to the kernel.

@@ -1,0 +1,1 @@
+//! Kernel FIB adapter: programs BGP best paths and local routes with rtnetlink.
