@@ -1,4 +1,5 @@
 //! The Margay node agent: Kubernetes and kernel adapters around the cores.
 
+pub mod crd;
 pub mod dataplane;
 pub mod fib;
