@@ -3,3 +3,6 @@
 pub mod crd;
 pub mod dataplane;
 pub mod fib;
+pub mod health;
+pub mod identity;
+pub mod metrics;
