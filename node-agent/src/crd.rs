@@ -320,9 +320,9 @@ pub enum SourceAddress {
     plural = "bgppeers",
     doc = "A BGP session from some or all nodes to a router or to other nodes.",
     shortname = "bgpp",
-    printcolumn(name = "PeerIP", type_ = "string", json_path = ".spec.peerIP"),
-    printcolumn(name = "AS", type_ = "integer", json_path = ".spec.asNumber"),
-    printcolumn(name = "Node", type_ = "string", json_path = ".spec.node")
+    printcolumn = r#"{"name":"PeerIP","type":"string","jsonPath":".spec.peerIP"}"#,
+    printcolumn = r#"{"name":"AS","type":"integer","jsonPath":".spec.asNumber"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.node"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BGPPeerSpec {
@@ -397,14 +397,15 @@ impl BGPPeerSpec {
             }
             (None, Some(_)) => {}
         }
-        if let (Some(hold), Some(ka)) = (self.hold_time, self.keepalive_time) {
-            if hold != 0 && (hold < 3 || ka >= hold) {
-                return Err(InvalidSpec {
-                    field: "holdTime",
-                    value: hold.to_string(),
-                    reason: "must be 0 or at least 3 and greater than keepaliveTime".into(),
-                });
-            }
+        if let (Some(hold), Some(ka)) = (self.hold_time, self.keepalive_time)
+            && hold != 0
+            && (hold < 3 || ka >= hold)
+        {
+            return Err(InvalidSpec {
+                field: "holdTime",
+                value: hold.to_string(),
+                reason: "must be 0 or at least 3 and greater than keepaliveTime".into(),
+            });
         }
         if self.ttl_security == Some(0) {
             return Err(InvalidSpec {
