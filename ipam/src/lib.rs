@@ -13,8 +13,11 @@
 pub mod alloc;
 pub mod cidr;
 pub mod error;
+pub mod gc;
+pub mod grpc;
 pub mod memstore;
 pub mod model;
+pub mod report;
 pub mod selector;
 pub mod store;
 
