@@ -1,6 +1,7 @@
 //! Margay's custom resources (`crd.margay.dev/v1`), defined as Rust types; the
 //! YAML in `deploy/crds.yaml` is generated from them (a test fails when it is
 //! stale: `MARGAY_UPDATE_CRDS=1 cargo test -p node-agent crds` rewrites it).
+//! `IPAMBlock`'s spec is the `ipam` crate's own model, wrapped.
 //!
 //! All four are cluster-scoped, like Calico's:
 //! - `IPPool`: where pod addresses come from;
@@ -145,6 +146,72 @@ impl IPPoolSpec {
             });
         }
         Ok(size)
+    }
+}
+
+/// `IPAMBlock` spec: exactly the IPAM crate's block model (so the allocator's
+/// writes and the stored object can never drift apart), with a hand-written
+/// structural schema. A test checks that every field the model serializes is
+/// in the schema: a real API server prunes unknown fields.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "crd.margay.dev",
+    version = "v1",
+    kind = "IPAMBlock",
+    plural = "ipamblocks",
+    doc = "One block of an IPPool: its node affinity and per-address allocations (written by agents).",
+    shortname = "ipamblock",
+    printcolumn = r#"{"name":"CIDR","type":"string","jsonPath":".spec.cidr"}"#,
+    printcolumn = r#"{"name":"Affinity","type":"string","jsonPath":".spec.affinity"}"#
+)]
+#[serde(transparent)]
+pub struct IPAMBlockSpec(pub ipam::IpamBlockSpec);
+
+impl JsonSchema for IPAMBlockSpec {
+    fn schema_name() -> Cow<'static, str> {
+        "IPAMBlockSpec".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "object",
+            "description": "Block allocation state. Written by margay-node with compare-and-swap; do not edit by hand.",
+            "required": ["cidr"],
+            "properties": {
+                "cidr": {"type": "string", "format": "cidr", "description": "The block's network."},
+                "affinity": {"type": "string", "description": "host:<node> when the block belongs to a node."},
+                "allocations": {
+                    "type": "array",
+                    "description": "Allocated addresses, by ordinal within the block.",
+                    "items": {
+                        "type": "object",
+                        "required": ["ordinal", "handle", "sequence"],
+                        "properties": {
+                            "ordinal": {"type": "integer", "format": "int64", "minimum": 0},
+                            "handle": {"type": "string", "description": "<network>.<containerID>[.<ifname>]"},
+                            "pod": {"type": "string"},
+                            "namespace": {"type": "string"},
+                            "node": {"type": "string"},
+                            "sequence": {"type": "integer", "format": "int64", "minimum": 0}
+                        }
+                    }
+                },
+                "free": {
+                    "type": "array",
+                    "description": "Free ordinals; the first has been free the longest and is reused first.",
+                    "items": {
+                        "type": "object",
+                        "required": ["ordinal"],
+                        "properties": {
+                            "ordinal": {"type": "integer", "format": "int64", "minimum": 0},
+                            "releasedAt": {"type": "integer", "format": "int64", "minimum": 0}
+                        }
+                    }
+                },
+                "sequence": {"type": "integer", "format": "int64", "minimum": 0, "description": "Incremented on every write."},
+                "createdAt": {"type": "integer", "format": "int64", "minimum": 0, "description": "When the current affinity was set, unix ms."}
+            }
+        })
     }
 }
 
@@ -478,6 +545,76 @@ mod tests {
             assert!(v.served && v.storage);
             assert!(v.schema.is_some(), "{} has a schema", crd.spec.names.kind);
         }
+    }
+
+    /// Every key of `value` (recursively, through arrays) is declared in
+    /// `schema`; returns the undeclared paths.
+    fn undeclared(
+        value: &serde_json::Value,
+        schema: &serde_json::Value,
+        path: &str,
+    ) -> Vec<String> {
+        match value {
+            serde_json::Value::Object(m) => m
+                .iter()
+                .flat_map(|(k, v)| {
+                    let p = format!("{path}.{k}");
+                    match schema.pointer(&format!("/properties/{k}")) {
+                        Some(s) => undeclared(v, s, &p),
+                        None => vec![p],
+                    }
+                })
+                .collect(),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .flat_map(|v| {
+                    undeclared(
+                        v,
+                        schema.get("items").unwrap_or(&serde_json::Value::Null),
+                        path,
+                    )
+                })
+                .collect(),
+            _ => vec![],
+        }
+    }
+
+    #[test]
+    fn ipamblock_schema_declares_every_field_the_ipam_model_writes() {
+        let spec: ipam::IpamBlockSpec = serde_json::from_value(serde_json::json!({
+            "cidr": "198.19.0.0/30",
+            "affinity": "host:n1",
+            "allocations": [{"ordinal": 0, "handle": "k8s-pod-network.abc", "pod": "p",
+                             "namespace": "ns", "node": "n1", "sequence": 3}],
+            "free": [{"ordinal": 1, "releasedAt": 1700000000000u64}, {"ordinal": 2}, {"ordinal": 3}],
+            "sequence": 3,
+            "createdAt": 1700000000000u64
+        }))
+        .expect("a full block parses");
+        let written = serde_json::to_value(IPAMBlockSpec(spec)).expect("serialize");
+        // Whatever the model writes today, with every optional field filled.
+        for key in [
+            "cidr",
+            "affinity",
+            "allocations",
+            "free",
+            "sequence",
+            "createdAt",
+        ] {
+            assert!(
+                written.get(key).is_some(),
+                "model no longer writes {key}: {written}"
+            );
+        }
+        let crd = serde_json::to_value(IPAMBlock::crd()).expect("crd json");
+        let schema = crd
+            .pointer("/spec/versions/0/schema/openAPIV3Schema/properties/spec")
+            .expect("spec schema");
+        let missing = undeclared(&written, schema, "spec");
+        assert!(
+            missing.is_empty(),
+            "pruned by a real API server: {missing:?}"
+        );
     }
 
     #[test]

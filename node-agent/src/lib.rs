@@ -9,5 +9,6 @@ pub mod fib;
 pub mod health;
 pub mod identity;
 pub mod install_cni;
+pub mod ipam_store;
 pub mod logging;
 pub mod metrics;
