@@ -32,6 +32,7 @@
 pub mod addr;
 pub mod build;
 pub mod compile;
+pub mod engine;
 pub mod model;
 pub mod nft;
 pub mod plan;
@@ -42,6 +43,7 @@ pub mod spec_eval;
 pub mod testkit;
 
 pub use compile::{Direction, PolicyError};
+pub use engine::{CommitStats, Engine, EngineError};
 pub use model::{
     ClusterState, ContainerPort, Labels, LocalEndpoint, NamespaceInfo, NodeContext, PodInfo,
     PodKey, PodPhase, PolicyKey, Protocol,

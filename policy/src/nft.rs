@@ -381,131 +381,154 @@ impl DiffStats {
     }
 }
 
-/// The commands that turn `old` into `new`, as one transaction, or `None`
-/// when a full rebuild is needed (the base chains differ).
+/// Everything one incremental batch does, by name, with the new content
+/// taken from a [`Ruleset`]. [`emit`] orders it.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// Sets to create (with their elements).
+    pub new_sets: BTreeSet<String>,
+    /// Elements to add to / delete from existing sets.
+    pub elem_add: BTreeMap<String, BTreeSet<Elem>>,
+    pub elem_del: BTreeMap<String, BTreeSet<Elem>>,
+    /// Chains to create / to flush and refill / to delete.
+    pub new_chains: BTreeSet<String>,
+    pub replaced_chains: BTreeSet<String>,
+    pub deleted_chains: BTreeSet<String>,
+    pub deleted_sets: BTreeSet<String>,
+    /// Rewrite the `dispatch` vmaps.
+    pub dispatch: bool,
+}
+
+/// Turns [`Changes`] into one transaction, new content taken from `rs`.
 ///
 /// Order: new sets (with elements), element adds, new chains, replaced
 /// chains (flush + add), dispatch, element deletes, deleted chains (flush +
 /// delete), deleted sets: everything a rule references exists before the
 /// rule, and nothing is deleted while referenced.
-pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<(Nftables<'static>, DiffStats)> {
-    diff_only(old, new, None, None)
-}
-
-/// [`diff`] restricted to the named sets and chains (the caller knows
-/// nothing else changed). `None` = compare all.
-pub fn diff_only(
-    old: &Ruleset,
-    new: &Ruleset,
-    sets: Option<&BTreeSet<String>>,
-    chains: Option<&BTreeSet<String>>,
-) -> Option<(Nftables<'static>, DiffStats)> {
-    if old.iface_prefix != new.iface_prefix {
-        return None;
-    }
+pub fn emit(c: &Changes, rs: &Ruleset) -> (Nftables<'static>, DiffStats) {
     let mut st = DiffStats::default();
     let mut b = Batch::new();
-    let set_names: Box<dyn Iterator<Item = &String>> = match sets {
-        Some(s) => Box::new(s.iter()),
-        None => Box::new(
-            old.sets
-                .keys()
-                .chain(new.sets.keys())
-                .collect::<BTreeSet<_>>()
-                .into_iter(),
-        ),
-    };
-    let chain_names: Box<dyn Iterator<Item = &String>> = match chains {
-        Some(c) => Box::new(c.iter()),
-        None => Box::new(
-            old.chains
-                .keys()
-                .chain(new.chains.keys())
-                .collect::<BTreeSet<_>>()
-                .into_iter(),
-        ),
-    };
-    let mut del_elems = Vec::new();
-    let mut del_sets = Vec::new();
-    for name in set_names {
-        match (old.sets.get(name), new.sets.get(name)) {
-            (None, Some(n)) => {
-                st.sets_added += 1;
-                b.add(NfListObject::Set(Box::new(set_decl(name, n, true))));
-            }
-            (Some(o), Some(n)) if o.kind != n.kind => return None,
-            (Some(o), Some(n)) => {
-                let add: Vec<_> = n.elems.difference(&o.elems).map(elem).collect();
-                let del: Vec<_> = o.elems.difference(&n.elems).map(elem).collect();
-                if !add.is_empty() {
-                    st.elems_added += add.len();
-                    b.add(NfListObject::Element(elements(name, add.into_iter())));
-                }
-                if !del.is_empty() {
-                    st.elems_deleted += del.len();
-                    del_elems.push(elements(name, del.into_iter()));
-                }
-            }
-            (Some(_), None) => {
-                st.sets_deleted += 1;
-                del_sets.push(name.clone());
-            }
-            (None, None) => {}
+    for name in &c.new_sets {
+        if let Some(ir) = rs.sets.get(name) {
+            st.sets_added += 1;
+            b.add(NfListObject::Set(Box::new(set_decl(name, ir, true))));
         }
     }
-    let mut added = Vec::new();
-    let mut replaced = Vec::new();
-    let mut deleted = Vec::new();
-    for name in chain_names {
-        match (old.chains.get(name), new.chains.get(name)) {
-            (None, Some(rules)) => added.push((name, rules)),
-            (Some(o), Some(n)) if o != n => replaced.push((name, n)),
-            (Some(_), None) => deleted.push(name),
-            _ => {}
+    for (name, add) in &c.elem_add {
+        if !add.is_empty() && !c.new_sets.contains(name) {
+            st.elems_added += add.len();
+            b.add(NfListObject::Element(elements(name, add.iter().map(elem))));
         }
     }
-    for (name, _) in &added {
+    let new_chains: Vec<(&String, &Vec<RuleIr>)> = c
+        .new_chains
+        .iter()
+        .filter_map(|n| rs.chains.get(n).map(|r| (n, r)))
+        .collect();
+    for (name, _) in &new_chains {
         b.add(NfListObject::Chain(chain(name)));
     }
-    for (name, rules) in &added {
+    for (name, rules) in &new_chains {
         st.chains_added += 1;
         for r in rules.iter() {
             b.add(NfListObject::Rule(rule(name, statements(r))));
         }
     }
-    for (name, rules) in &replaced {
+    for name in c.replaced_chains.difference(&c.new_chains) {
+        let Some(rules) = rs.chains.get(name) else {
+            continue;
+        };
         st.chains_replaced += 1;
         b.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(name))));
-        for r in rules.iter() {
+        for r in rules {
             b.add(NfListObject::Rule(rule(name, statements(r))));
         }
     }
-    if old.dispatch != new.dispatch {
+    if c.dispatch {
         st.dispatch_rewritten = true;
         b.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(DISPATCH))));
-        for r in dispatch_rules(&new.dispatch) {
+        for r in dispatch_rules(&rs.dispatch) {
             b.add(NfListObject::Rule(r));
         }
     }
-    for e in del_elems {
-        b.delete(NfListObject::Element(e));
+    for (name, del) in &c.elem_del {
+        if !del.is_empty() && !c.deleted_sets.contains(name) {
+            st.elems_deleted += del.len();
+            b.delete(NfListObject::Element(elements(name, del.iter().map(elem))));
+        }
     }
-    for name in &deleted {
+    for name in &c.deleted_chains {
         b.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(name))));
     }
-    for name in deleted {
+    for name in &c.deleted_chains {
         st.chains_deleted += 1;
         b.delete(NfListObject::Chain(chain(name)));
     }
-    for name in del_sets {
+    for name in &c.deleted_sets {
+        st.sets_deleted += 1;
         b.delete(NfListObject::Set(Box::new(Set {
-            name: Cow::Owned(name),
+            name: Cow::Owned(name.clone()),
             table: TABLE.into(),
             family: NfFamily::INet,
             ..Set::default()
         })));
     }
-    Some((b.to_nftables(), st))
+    (b.to_nftables(), st)
+}
+
+/// The commands that turn `old` into `new`, as one transaction, or `None`
+/// when a full rebuild is needed (the base chains or a set's type differ).
+pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<(Nftables<'static>, DiffStats)> {
+    let c = changes(old, new)?;
+    Some(emit(&c, new))
+}
+
+/// The [`Changes`] between two rulesets.
+pub fn changes(old: &Ruleset, new: &Ruleset) -> Option<Changes> {
+    if old.iface_prefix != new.iface_prefix {
+        return None;
+    }
+    let mut c = Changes::default();
+    let names: BTreeSet<&String> = old.sets.keys().chain(new.sets.keys()).collect();
+    for name in names {
+        match (old.sets.get(name), new.sets.get(name)) {
+            (None, Some(_)) => {
+                c.new_sets.insert(name.clone());
+            }
+            (Some(o), Some(n)) if o.kind != n.kind => return None,
+            (Some(o), Some(n)) => {
+                let add: BTreeSet<Elem> = n.elems.difference(&o.elems).cloned().collect();
+                let del: BTreeSet<Elem> = o.elems.difference(&n.elems).cloned().collect();
+                if !add.is_empty() {
+                    c.elem_add.insert(name.clone(), add);
+                }
+                if !del.is_empty() {
+                    c.elem_del.insert(name.clone(), del);
+                }
+            }
+            (Some(_), None) => {
+                c.deleted_sets.insert(name.clone());
+            }
+            (None, None) => {}
+        }
+    }
+    let names: BTreeSet<&String> = old.chains.keys().chain(new.chains.keys()).collect();
+    for name in names {
+        match (old.chains.get(name), new.chains.get(name)) {
+            (None, Some(_)) => {
+                c.new_chains.insert(name.clone());
+            }
+            (Some(o), Some(n)) if o != n => {
+                c.replaced_chains.insert(name.clone());
+            }
+            (Some(_), None) => {
+                c.deleted_chains.insert(name.clone());
+            }
+            _ => {}
+        }
+    }
+    c.dispatch = old.dispatch != new.dispatch;
+    Some(c)
 }
 
 /// `{"nftables": [...]}` text of a batch.

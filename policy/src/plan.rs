@@ -338,27 +338,34 @@ pub mod members {
     /// IPs of the member pods a selector peer chooses.
     pub fn selector(state: &ClusterState, peer: &PodPeer) -> BTreeSet<IpAddr> {
         let mut out = BTreeSet::new();
-        let pods: Box<dyn Iterator<Item = &PodInfo>> = match &peer.ns {
-            crate::compile::NsScope::Same(ns) => Box::new(pods_in_ns(state, ns)),
-            crate::compile::NsScope::Matching(_) => Box::new(state.pods.values()),
+        let mut add_ns = |ns: &str| {
+            for pod in pods_in_ns(state, ns) {
+                if is_member(pod) && peer.pods.matches(&pod.labels) {
+                    out.extend(pod.ips.iter().copied());
+                }
+            }
         };
-        let mut ns_cache: Option<(String, Cow<'_, Labels>)> = None;
-        for pod in pods.filter(|p| is_member(p)) {
-            if ns_cache
-                .as_ref()
-                .is_none_or(|(n, _)| *n != pod.key.namespace)
-            {
-                ns_cache = Some((
-                    pod.key.namespace.clone(),
-                    namespace_labels(state, &pod.key.namespace),
-                ));
+        match &peer.ns {
+            crate::compile::NsScope::Same(ns) => add_ns(ns),
+            crate::compile::NsScope::Matching(sel) => {
+                for ns in namespaces_with_pods(state) {
+                    if sel.matches(&namespace_labels(state, &ns)) {
+                        add_ns(&ns);
+                    }
+                }
             }
-            let Some((_, labels)) = &ns_cache else {
-                continue;
-            };
-            if peer_selects(peer, pod, labels) {
-                out.extend(pod.ips.iter().copied());
-            }
+        }
+        out
+    }
+
+    /// Every namespace that has pods, each once, without walking all pods.
+    pub fn namespaces_with_pods(state: &ClusterState) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut from = PodKey::new("", "");
+        while let Some((k, _)) = state.pods.range(from..).next() {
+            out.push(k.namespace.clone());
+            // The smallest namespace after `k.namespace`.
+            from = PodKey::new(format!("{}\0", k.namespace), "");
         }
         out
     }

@@ -239,7 +239,7 @@ impl Ruleset {
         for ip in &plan.node_addrs {
             rs.insert_elem(&fixed_set(NODE, Family::of(ip)), Elem::Addr(*ip));
         }
-        let mut fill = MembershipFill::default();
+        let mut fill = BuildCx::default();
         for ep in plan.endpoints.values() {
             let e = &ep.endpoint;
             for ip in &e.ips {
@@ -274,7 +274,7 @@ impl Ruleset {
         &mut self,
         dir: Direction,
         plan: &DirectionPlan,
-        fill: &mut MembershipFill,
+        fill: &mut BuildCx,
     ) -> Vec<RuleIr> {
         match plan {
             DirectionPlan::Open => Vec::new(),
@@ -291,7 +291,10 @@ impl Ruleset {
                     Direction::Egress => "pe",
                 };
                 let name = format!("{prefix}_{}", digest(&refs));
-                self.chains.entry(name.clone()).or_insert(body);
+                if !self.chains.contains_key(&name) {
+                    self.chains.insert(name.clone(), body);
+                    fill.new_chains.push(name.clone());
+                }
                 vec![RuleIr {
                     matches: vec![],
                     verdict: Verdict::Goto(name),
@@ -304,7 +307,7 @@ impl Ruleset {
         &mut self,
         dir: Direction,
         rules: &BTreeSet<RulePlan>,
-        fill: &mut MembershipFill,
+        fill: &mut BuildCx,
     ) -> Vec<RuleIr> {
         let (field, allow) = match dir {
             Direction::Ingress => (AddrField::Saddr, Verdict::Accept),
@@ -325,7 +328,7 @@ impl Ruleset {
                     if ranges.is_empty() && named.is_empty() {
                         continue; // cannot match anything
                     }
-                    let pt = (!ranges.is_empty()).then(|| self.port_set(ranges));
+                    let pt = (!ranges.is_empty()).then(|| self.port_set(ranges, fill));
                     (pt, (!named.is_empty()).then_some(named))
                 }
             };
@@ -342,8 +345,12 @@ impl Ruleset {
                     })
                 }
             };
+            // Address rules exist only for "all ports" or numeric ports;
+            // a rule with only named ports is matched by its named-port set.
+            let addr_rules = any_port || pt.is_some();
             match &r.peers {
                 None => body.extend(with_ports(vec![])),
+                Some(_) if !addr_rules => {}
                 Some(peers) => {
                     for p in peers {
                         if let Peer::Pods(pp) = p {
@@ -368,7 +375,7 @@ impl Ruleset {
                         if ranges.is_empty() {
                             continue;
                         }
-                        let set = self.block_set(fam, &ranges);
+                        let set = self.block_set(fam, &ranges, fill);
                         body.extend(with_ports(vec![Match::Addr(field, fam, set)]));
                     }
                 }
@@ -387,24 +394,36 @@ impl Ruleset {
         body
     }
 
-    fn port_set(&mut self, ranges: &BTreeSet<(Protocol, u16, u16)>) -> String {
+    fn port_set(&mut self, ranges: &BTreeSet<(Protocol, u16, u16)>, fill: &mut BuildCx) -> String {
         let name = format!("pt_{}", digest(&[&format!("{ranges:?}")]));
-        self.sets.entry(name.clone()).or_insert_with(|| SetIr {
-            kind: SetKind::ProtoPort,
-            elems: ranges
-                .iter()
-                .map(|(p, lo, hi)| Elem::ProtoPorts(*p, *lo, *hi))
-                .collect(),
-        });
+        if !self.sets.contains_key(&name) {
+            self.sets.insert(
+                name.clone(),
+                SetIr {
+                    kind: SetKind::ProtoPort,
+                    elems: ranges
+                        .iter()
+                        .map(|(p, lo, hi)| Elem::ProtoPorts(*p, *lo, *hi))
+                        .collect(),
+                },
+            );
+            fill.new_sets.push(name.clone());
+        }
         name
     }
 
-    fn block_set(&mut self, fam: Family, ranges: &[&AddrRange]) -> String {
+    fn block_set(&mut self, fam: Family, ranges: &[&AddrRange], fill: &mut BuildCx) -> String {
         let name = format!("b{}_{}", fam.tag(), digest(&[&format!("{ranges:?}")]));
-        self.sets.entry(name.clone()).or_insert_with(|| SetIr {
-            kind: SetKind::AddrInterval(fam),
-            elems: ranges.iter().map(|r| Elem::Range(**r)).collect(),
-        });
+        if !self.sets.contains_key(&name) {
+            self.sets.insert(
+                name.clone(),
+                SetIr {
+                    kind: SetKind::AddrInterval(fam),
+                    elems: ranges.iter().map(|r| Elem::Range(**r)).collect(),
+                },
+            );
+            fill.new_sets.push(name.clone());
+        }
         name
     }
 }
@@ -415,12 +434,15 @@ pub(crate) type NamedKey = (Option<Vec<Peer>>, BTreeSet<(Protocol, String)>, Fam
 /// Sets whose elements depend on the cluster state, collected while
 /// building chains and filled once at the end.
 #[derive(Debug, Default)]
-pub(crate) struct MembershipFill {
+pub(crate) struct BuildCx {
     pub(crate) selectors: BTreeMap<String, (PodPeer, Family)>,
     pub(crate) named: BTreeMap<String, NamedKey>,
+    /// Every set and policy chain this build created (in creation order).
+    pub(crate) new_sets: Vec<String>,
+    pub(crate) new_chains: Vec<String>,
 }
 
-impl MembershipFill {
+impl BuildCx {
     fn selector(&mut self, rs: &mut Ruleset, peer: &PodPeer, fam: Family) -> String {
         let name = selector_set(peer, fam);
         if !rs.sets.contains_key(&name) {
@@ -432,6 +454,7 @@ impl MembershipFill {
                 },
             );
             self.selectors.insert(name.clone(), (peer.clone(), fam));
+            self.new_sets.push(name.clone());
         }
         name
     }
@@ -454,29 +477,34 @@ impl MembershipFill {
             );
             self.named
                 .insert(name.clone(), (peers.clone(), named.clone(), fam));
+            self.new_sets.push(name.clone());
         }
         name
     }
 
     /// Computes the members of every set collected so far.
-    pub(crate) fn apply(self, rs: &mut Ruleset, state: &ClusterState) {
-        for (name, (peer, fam)) in self.selectors {
-            let elems = members::selector(state, &peer)
-                .into_iter()
-                .filter(|ip| Family::of(ip) == fam)
-                .map(Elem::Addr)
+    pub(crate) fn apply(&mut self, rs: &mut Ruleset, state: &ClusterState) {
+        let mut cache: BTreeMap<&PodPeer, BTreeSet<IpAddr>> = BTreeMap::new();
+        for (name, (peer, fam)) in &self.selectors {
+            let all = cache
+                .entry(peer)
+                .or_insert_with(|| members::selector(state, peer));
+            let elems = all
+                .iter()
+                .filter(|ip| Family::of(ip) == *fam)
+                .map(|ip| Elem::Addr(*ip))
                 .collect();
-            if let Some(s) = rs.sets.get_mut(&name) {
+            if let Some(s) = rs.sets.get_mut(name) {
                 s.elems = elems;
             }
         }
-        for (name, (peers, named, fam)) in self.named {
-            let elems = members::named_ports(state, &peers, &named)
+        for (name, (peers, named, fam)) in &self.named {
+            let elems = members::named_ports(state, peers, named)
                 .into_iter()
-                .filter(|(ip, _, _)| Family::of(ip) == fam)
+                .filter(|(ip, _, _)| Family::of(ip) == *fam)
                 .map(|(ip, p, port)| Elem::AddrProtoPort(ip, p, port))
                 .collect();
-            if let Some(s) = rs.sets.get_mut(&name) {
+            if let Some(s) = rs.sets.get_mut(name) {
                 s.elems = elems;
             }
         }

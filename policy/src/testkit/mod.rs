@@ -3,6 +3,8 @@
 //! [`Ruleset`] the way the kernel walks `table inet margay` for a new
 //! (not yet tracked) packet.
 
+pub mod kernel;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -443,5 +445,118 @@ impl Xyz {
             }
         }
         out
+    }
+}
+
+/// Generated policies for the matrix: peer kinds × port kinds × directions.
+pub mod generate {
+    use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+
+    use crate::build::*;
+
+    /// (label, peers) — `None` = no `from`/`to` (all peers).
+    pub fn peer_kinds() -> Vec<(&'static str, Option<Vec<NetworkPolicyPeer>>)> {
+        vec![
+            ("all-peers", None),
+            ("pod=b", Some(vec![pods(sel(&[("pod", "b")]))])),
+            ("ns=y", Some(vec![namespaces(sel(&[("ns", "y")]))])),
+            (
+                "pod=b AND ns=y",
+                Some(vec![pods_in(sel(&[("pod", "b")]), sel(&[("ns", "y")]))]),
+            ),
+            ("ns={}", Some(vec![namespaces(sel(&[]))])),
+            (
+                "ipBlock-except",
+                Some(vec![
+                    block("198.19.0.0/16", &["198.19.2.0/24"]),
+                    block("2001:db8::/64", &["2001:db8::2:0/112"]),
+                ]),
+            ),
+            (
+                "exprs",
+                Some(vec![pods_in(
+                    sel_expr(&[], vec![req("pod", "NotIn", &["a"])]),
+                    sel_expr(
+                        &[],
+                        vec![req("ns", "In", &["x", "z"]), req("ns", "Exists", &[])],
+                    ),
+                )]),
+            ),
+            (
+                "pod=c OR block(y/a)",
+                Some(vec![
+                    pods(sel(&[("pod", "c")])),
+                    block("198.19.2.2/32", &[]),
+                    block("2001:db8::2:2/128", &[]),
+                ]),
+            ),
+            ("pods={}", Some(vec![pods(sel(&[]))])),
+            (
+                "nodes+outside",
+                Some(vec![
+                    block("198.18.0.0/16", &[]),
+                    block("2001:db8:ffff::/48", &[]),
+                    block("2001:db8:eeee::/48", &[]),
+                ]),
+            ),
+        ]
+    }
+
+    /// (label, ports) — `None` = no `ports` (all).
+    pub fn port_kinds() -> Vec<(&'static str, Option<Vec<NetworkPolicyPort>>)> {
+        vec![
+            ("all-ports", None),
+            ("tcp/80", Some(vec![tcp(80)])),
+            ("udp/81", Some(vec![udp(81)])),
+            ("tcp/80-81", Some(vec![range("TCP", 80, 81)])),
+            (
+                "named serve-80-tcp",
+                Some(vec![named("TCP", "serve-80-tcp")]),
+            ),
+            (
+                "named serve-81-udp + tcp/81",
+                Some(vec![named("UDP", "serve-81-udp"), tcp(81)]),
+            ),
+            ("udp/*", Some(vec![all_ports("UDP")])),
+            ("sctp/80", Some(vec![sctp(80)])),
+            ("named missing", Some(vec![named("TCP", "no-such-port")])),
+        ]
+    }
+
+    pub const DIRECTIONS: [&str; 3] = ["Ingress", "Egress", "Ingress+Egress"];
+
+    /// One policy in namespace `ns` selecting `target` (`pod` label, or all
+    /// when `None`).
+    pub fn policy(
+        ns: &str,
+        name: &str,
+        target: Option<&str>,
+        dir: &str,
+        peers: &Option<Vec<NetworkPolicyPeer>>,
+        ports: &Option<Vec<NetworkPolicyPort>>,
+    ) -> NetworkPolicy {
+        let mut np = NetPol::new(ns, name);
+        if let Some(t) = target {
+            np = np.select(sel(&[("pod", t)]));
+        }
+        let rule = || {
+            let r = match peers {
+                Some(p) => from(p.clone()),
+                None => any(),
+            };
+            match ports {
+                Some(p) => r.ports(p.clone()),
+                None => r,
+            }
+        };
+        match dir {
+            "Ingress" => np.types(&["Ingress"]).ingress(rule()),
+            "Egress" => np.types(&["Egress"]).egress(rule()),
+            _ => np
+                .types(&["Ingress", "Egress"])
+                .ingress(rule())
+                .egress(rule()),
+        }
+        .build()
     }
 }
