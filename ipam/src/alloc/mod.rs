@@ -252,19 +252,31 @@ pub(crate) enum Cmd {
     Release(String, Reply<Vec<IpAddr>>),
     ReleaseTargets(Vec<ReleaseTarget>, Reply<Vec<ReleaseTarget>>),
     Inspect(Inspect),
+    Idle(oneshot::Sender<()>),
     Refresh(Reply<()>),
     SetConfig(IpamConfig),
     SetLabels(BTreeMap<String, String>),
     Event(BlockEvent),
 }
 
-/// Handle to a running allocator; cheap to clone. The worker task stops
-/// when the last clone is dropped.
+/// Aborts the worker task when the last [`Allocator`] clone goes away.
+struct TaskGuard(tokio::task::AbortHandle);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Handle to a running allocator; cheap to clone. The worker task is
+/// aborted when the last clone is dropped (requests still queued then get
+/// [`IpamError::Stopped`]; use [`Allocator::wait_idle`] first to drain).
 #[derive(Clone)]
 pub struct Allocator {
     tx: mpsc::Sender<Cmd>,
     counters: Arc<Counters>,
     node: Arc<str>,
+    task: Arc<TaskGuard>,
 }
 
 impl Allocator {
@@ -283,12 +295,30 @@ impl Allocator {
         let mut w = worker::Worker::new(store, node, config, opts, clock, counters.clone());
         w.resync().await?;
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(w.run(rx));
+        let task = tokio::spawn(w.run(rx)).abort_handle();
         Ok(Allocator {
             tx,
             counters,
             node: name,
+            task: Arc::new(TaskGuard(task)),
         })
+    }
+
+    /// Stops the worker at once, as a crash would: requests in flight get
+    /// [`IpamError::Stopped`]; writes already sent may or may not have landed.
+    pub fn abort(&self) {
+        self.task.0.abort();
+    }
+
+    /// Waits until no request is queued or being retried (rollbacks of
+    /// failed requests included).
+    pub async fn wait_idle(&self) -> Result<(), IpamError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Idle(tx))
+            .await
+            .map_err(|_| IpamError::Stopped)?;
+        rx.await.map_err(|_| IpamError::Stopped)
     }
 
     /// The node served.

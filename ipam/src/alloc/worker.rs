@@ -87,6 +87,7 @@ pub(crate) struct Worker {
     rng: SmallRng,
     needs_resync: bool,
     next_id: u64,
+    idle_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 pub(crate) fn status_of(v: &View) -> StatusInfo {
@@ -183,6 +184,7 @@ impl Worker {
             rng: SmallRng::seed_from_u64(seed),
             clock,
             needs_resync: true,
+            idle_waiters: Vec::new(),
             next_id: 0,
         }
     }
@@ -243,8 +245,13 @@ impl Worker {
         let mut pending: Vec<Op> = Vec::new();
         let mut open = true;
         loop {
-            if pending.is_empty() && !open {
-                break;
+            if pending.is_empty() {
+                for w in self.idle_waiters.drain(..) {
+                    let _ = w.send(());
+                }
+                if !open {
+                    break;
+                }
             }
             let now = Instant::now();
             if !pending.iter().any(|o| o.not_before <= now) {
@@ -384,6 +391,7 @@ impl Worker {
                 });
             }
             Cmd::Inspect(f) => f(&self.view),
+            Cmd::Idle(w) => self.idle_waiters.push(w),
             Cmd::Refresh(reply) => {
                 let r = self.resync().await;
                 let _ = reply.send(r);

@@ -112,7 +112,19 @@ impl Worker {
                         StoreError::Conflict { .. } | StoreError::AlreadyExists { .. } => {
                             Counters::add(&self.counters.conflicts, 1);
                             failure.get_or_insert(Failure::Conflict(n.clone()));
-                            reread.push(n.clone());
+                            // A lost race on a block that is not ours (a
+                            // borrow, a reclaim, a claim of a CIDR we did not
+                            // know was taken) means the cache of other
+                            // nodes' blocks is stale: re-list everything
+                            // rather than discover it one conflict at a time.
+                            let ours = self.view.blocks.get(n).is_some_and(|b| {
+                                b.spec.affinity.as_deref() == Some(self.view.affinity.as_str())
+                            });
+                            if ours {
+                                reread.push(n.clone());
+                            } else {
+                                self.needs_resync = true;
+                            }
                         }
                         StoreError::NotFound { .. } => {
                             failure.get_or_insert(Failure::Conflict(n.clone()));
@@ -206,16 +218,8 @@ impl Worker {
                 block: t.block,
                 ordinal: t.ordinal,
             }),
-            Kind::Release { released, .. } => {
-                if let Some(ip) = self
-                    .view
-                    .blocks
-                    .get(&t.block)
-                    .and_then(|b| b.spec.ip_of(t.ordinal))
-                {
-                    released.push(ip);
-                }
-            }
+            // Reported at plan time.
+            Kind::Release { .. } => {}
             Kind::Targets {
                 remaining,
                 released,
@@ -288,16 +292,26 @@ impl Worker {
         }
     }
 
-    /// Sends an error; an allocation that already committed some addresses
-    /// gets them rolled back (a release op that keeps the handle's place).
+    /// Sends an error. A failed allocation must leave its handle holding
+    /// nothing: everything the handle holds now (committed parts, or a write
+    /// that landed although its reply was lost) is rolled back by a release
+    /// op that keeps the handle's place in the queue. Ops on one handle run
+    /// in order, so nothing else can have allocated for it meanwhile.
     fn fail(&mut self, op: Op, e: IpamError, keep: &mut Vec<Op>) {
         match op.kind {
             Kind::Alloc { done, reply, .. } => {
-                let targets: Vec<ReleaseTarget> = done
+                let mut slots: Vec<Slot> =
+                    self.view.index.get(&op.handle).cloned().unwrap_or_default();
+                for s in done {
+                    if !slots.contains(&s) {
+                        slots.push(s);
+                    }
+                }
+                let targets: Vec<ReleaseTarget> = slots
                     .iter()
                     .filter_map(|s| {
                         let a = self.view.blocks.get(&s.block)?.spec.allocation(s.ordinal)?;
-                        Some(ReleaseTarget {
+                        (a.handle == op.handle).then(|| ReleaseTarget {
                             block: s.block.clone(),
                             ordinal: s.ordinal,
                             handle: a.handle.clone(),
@@ -306,7 +320,7 @@ impl Worker {
                     })
                     .collect();
                 if !targets.is_empty() {
-                    warn!(handle = %op.handle, "rolling back a partial allocation");
+                    warn!(handle = %op.handle, "rolling back a failed allocation");
                     keep.push(Op {
                         id: op.id,
                         handle: op.handle,
@@ -341,7 +355,9 @@ impl Worker {
     /// Queues another attempt, or fails the op when out of attempts/time.
     fn retry_or_fail(&mut self, mut op: Op, now: Instant, keep: &mut Vec<Op>) -> Option<Op> {
         op.attempts += 1;
-        if op.attempts >= self.opts.max_attempts || now >= op.deadline {
+        // Rollbacks have no caller waiting: they retry until their deadline.
+        let rollback = matches!(op.kind, Kind::Targets { reply: None, .. });
+        if (!rollback && op.attempts >= self.opts.max_attempts) || now >= op.deadline {
             Counters::add(&self.counters.failed, 1);
             let e = match &op.last_failure {
                 Some(Failure::Conflict(block)) => IpamError::Aborted {
@@ -435,11 +451,21 @@ fn plan_op(p: &mut Planner<'_>, i: usize, op: &mut Op) -> Outcome {
             done,
             ..
         } => {
-            // Idempotency / top-up: adopt what the handle already holds.
-            if done.is_empty()
-                && let Some(slots) = p.view.index.get(&req.handle)
-            {
-                done.extend(slots.iter().cloned());
+            // Idempotency / top-up: adopt what the handle holds (an earlier
+            // request, or one of our writes whose reply was lost). Ops on one
+            // handle are serialized, so all of it is ours.
+            let handle = &req.handle;
+            done.retain(|s| {
+                p.view
+                    .blocks
+                    .get(&s.block)
+                    .and_then(|b| b.spec.allocation(s.ordinal))
+                    .is_some_and(|a| a.handle == *handle)
+            });
+            for s in p.view.index.get(handle).into_iter().flatten() {
+                if !done.contains(s) {
+                    done.push(s.clone());
+                }
             }
             let fams = match families {
                 Some(f) => f.clone(),
@@ -480,7 +506,11 @@ fn plan_op(p: &mut Planner<'_>, i: usize, op: &mut Op) -> Outcome {
                     Err(e) => {
                         p.undo(i, &tents);
                         return match e {
-                            IpamError::NoPool { .. } | IpamError::Exhausted { .. }
+                            // Decided from a possibly stale cache: re-list
+                            // once and plan again before saying so.
+                            IpamError::NoPool { .. }
+                            | IpamError::Exhausted { .. }
+                            | IpamError::InUse { .. }
                                 if !refreshed =>
                             {
                                 op.refreshed = true;
@@ -497,9 +527,13 @@ fn plan_op(p: &mut Planner<'_>, i: usize, op: &mut Op) -> Outcome {
             op.tents = tents;
             Outcome::Planned
         }
-        Kind::Release { .. } => {
+        Kind::Release { released, .. } => {
+            // Addresses are reported when planned: the op only finishes once
+            // the handle holds nothing, so each of them is released by then
+            // (possibly by a write whose reply was lost).
             let slots = p.view.index.get(&op.handle).cloned().unwrap_or_default();
             for s in slots {
+                let before = op.tents.len();
                 plan_free(
                     p,
                     i,
@@ -508,6 +542,15 @@ fn plan_op(p: &mut Planner<'_>, i: usize, op: &mut Op) -> Outcome {
                     |a| a.handle == op.handle,
                     &mut op.tents,
                 );
+                if op.tents.len() > before
+                    && let Some(ip) = p
+                        .work
+                        .get(&s.block)
+                        .and_then(|w| w.obj.spec.ip_of(s.ordinal))
+                    && !released.contains(&ip)
+                {
+                    released.push(ip);
+                }
             }
             if op.tents.is_empty() {
                 Outcome::Finished
@@ -515,10 +558,30 @@ fn plan_op(p: &mut Planner<'_>, i: usize, op: &mut Op) -> Outcome {
                 Outcome::Planned
             }
         }
-        Kind::Targets { remaining, .. } => {
-            // Targets whose block is gone cannot be released any more.
-            remaining
-                .retain(|t| p.view.blocks.contains_key(&t.block) || p.work.contains_key(&t.block));
+        Kind::Targets {
+            remaining,
+            released,
+            ..
+        } => {
+            // Targets that no longer hold their allocation are done; after a
+            // first attempt that may be our own write whose reply was lost.
+            let retry = op.attempts > 0;
+            let mut still = Vec::new();
+            for t in remaining.drain(..) {
+                let holds = p
+                    .work
+                    .get(&t.block)
+                    .map(|w| &w.obj.spec)
+                    .or_else(|| p.view.blocks.get(&t.block).map(|b| &b.spec))
+                    .and_then(|b| b.allocation(t.ordinal))
+                    .is_some_and(|a| a.handle == t.handle && a.sequence == t.sequence);
+                if holds {
+                    still.push(t);
+                } else if retry {
+                    released.push(t);
+                }
+            }
+            *remaining = still;
             for t in remaining.iter() {
                 let (h, seq) = (t.handle.clone(), t.sequence);
                 plan_free(
