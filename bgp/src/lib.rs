@@ -3,4 +3,5 @@
 
 pub mod config;
 pub mod fsm;
+pub mod rib;
 pub mod wire;
