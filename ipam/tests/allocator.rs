@@ -114,13 +114,23 @@ async fn dual_stack_gets_both_or_neither() {
         "{e}"
     );
     assert!(store.snapshot_blocks().iter().all(|b| b.spec.is_empty()));
-    store.put_pool("p6", pool("2001:db8::/112", 122));
+    // A large IPv6 pool (2^74 possible /122 blocks).
+    store.put_pool("p6", pool("2001:db8::/48", 122));
     let x = a.allocate(req("net.c1", &both)).await.unwrap();
     let fams: Vec<Family> = x.iter().map(|a| Family::of(a.ip)).collect();
     assert_eq!(fams, vec![Family::V4, Family::V6]);
     // Empty families = every family with an eligible pool.
     let y = a.allocate(req("net.c2", &[])).await.unwrap();
     assert_eq!(y.len(), 2);
+    // A specific address far into the large pool.
+    let far: IpAddr = "2001:db8:0:ffff::5".parse().unwrap();
+    let mut r = req("net.c3", &[]);
+    r.requested_ips = vec![far];
+    let z = a.allocate(r).await.unwrap();
+    assert_eq!(
+        (z[0].ip, z[0].block.to_string()),
+        (far, "2001:db8:0:ffff::/122".into())
+    );
 }
 
 #[tokio::test]
