@@ -9,6 +9,23 @@
 //! - [`alloc`]: the per-node [`Allocator`] with group commit.
 //! - [`gc`]: leak GC planning; [`report`]: data for `margayctl ipam show/check`.
 //! - [`grpc`]: the `Ipam` tonic service, unix-socket `serve` and `connect_uds`.
+//! - [`bench`]: the benchmark driver (any store).
+//!
+//! In the agent:
+//! ```ignore
+//! let store: Arc<dyn ipam::Store> = Arc::new(KubeStore::new(client, metrics));
+//! let alloc = ipam::Allocator::spawn(store.clone(), node, config,
+//!     ipam::AllocatorOptions::default(), Arc::new(ipam::SystemClock));
+//! alloc.follow_block_watch(store.clone());            // optional, fewer conflicts
+//! let routes = ipam::grpc::ipam_routes(alloc.clone())
+//!     .add_service(EndpointsServer::new(endpoints));
+//! ipam::grpc::serve(Path::new(ipam::grpc::DEFAULT_SOCKET), routes, shutdown).await?;
+//! ```
+//! In the CNI plugin:
+//! ```ignore
+//! let mut c = ipam::grpc::connect_uds(ipam::grpc::DEFAULT_SOCKET).await?;
+//! let reply = c.allocate(ipam::proto::AllocateRequest { handle, .. }).await?;
+//! ```
 
 pub mod alloc;
 pub mod bench;

@@ -195,3 +195,29 @@ async fn stale_socket_is_replaced_and_other_files_are_refused() {
         Err(ServeError::NotASocket(_))
     ));
 }
+
+#[tokio::test]
+async fn bench_driver_runs_and_counts_writes() {
+    use ipam::bench::{Mode, run_once};
+    let dir = tempfile::tempdir().unwrap();
+    for (mode, max_writes) in [(Mode::GroupCommit, 40), (Mode::OneWritePerAlloc, 40)] {
+        let store = Arc::new(MemStore::new(1));
+        store.put_pool("p4", IpPoolSpec::new("198.19.0.0/16".parse().unwrap()));
+        let sock = dir.path().join(format!("{mode:?}.sock"));
+        let r = run_once(store.clone() as Arc<dyn Store>, mode, 4, 40, &sock, false)
+            .await
+            .unwrap();
+        assert_eq!((r.allocations, r.errors), (40, 0), "{mode:?}");
+        assert!(
+            r.writes >= 1 && r.writes <= max_writes,
+            "{mode:?}: {} writes",
+            r.writes
+        );
+        // The allocator's count matches what the store saw.
+        assert_eq!(r.writes, store.stats().writes(), "{mode:?}");
+        if mode == Mode::OneWritePerAlloc {
+            assert_eq!(r.writes, 40);
+        }
+        assert!(!sock.exists());
+    }
+}
