@@ -17,6 +17,10 @@ use std::process::{Command, Stdio};
 use policy::NftSink;
 use policy::nftables::schema::Nftables;
 
+/// The policy crate this dataplane drives (re-exported for lab tests and
+/// benchmarks that depend on `node-agent` only).
+pub use policy;
+
 /// Why a batch did not apply.
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {

@@ -69,17 +69,36 @@ pub struct Xyz {
 }
 
 impl Xyz {
+    /// `nodes` nodes named `node0`…, addresses from [`node_ip`], pods placed
+    /// round-robin.
     pub fn new(nodes: usize, dual_stack: bool) -> Xyz {
         let nodes = nodes.max(1);
-        let mut state = ClusterState::default();
-        let mut ctxs: Vec<NodeContext> = (0..nodes)
+        let list: Vec<(String, Vec<IpAddr>)> = (0..nodes)
             .map(|i| {
-                let mut c = NodeContext::new(&format!("node{i}"));
                 let (v4, v6) = node_ip(i);
-                c.node_addrs.push(IpAddr::V4(v4));
+                let mut a = vec![IpAddr::V4(v4)];
                 if dual_stack {
-                    c.node_addrs.push(IpAddr::V6(v6));
+                    a.push(IpAddr::V6(v6));
                 }
+                (format!("node{i}"), a)
+            })
+            .collect();
+        Xyz::on_nodes(&list, |k| k % nodes, dual_stack)
+    }
+
+    /// The cluster on the given nodes (name, own addresses); pod number `k`
+    /// (`x/a` = 0, `x/b` = 1, … `z/c` = 8) goes to node `place(k)`.
+    pub fn on_nodes(
+        nodes: &[(String, Vec<IpAddr>)],
+        place: impl Fn(usize) -> usize,
+        dual_stack: bool,
+    ) -> Xyz {
+        let mut state = ClusterState::default();
+        let mut ctxs: Vec<NodeContext> = nodes
+            .iter()
+            .map(|(name, addrs)| {
+                let mut c = NodeContext::new(name);
+                c.node_addrs = addrs.clone();
                 c
             })
             .collect();
@@ -88,12 +107,12 @@ impl Xyz {
             state.add_namespace(NamespaceInfo::new(ns).label("ns", ns));
             for (pi, pod) in PODS.iter().enumerate() {
                 let (v4, v6) = pod_ips(ni, pi);
-                let node = k % nodes;
+                let node = place(k).min(ctxs.len().saturating_sub(1));
                 k += 1;
-                let mut p = PodInfo::new(ns, pod)
-                    .label("pod", pod)
-                    .ip(IpAddr::V4(v4))
-                    .on_node(&format!("node{node}"));
+                let mut p = PodInfo::new(ns, pod).label("pod", pod).ip(IpAddr::V4(v4));
+                if let Some(ctx) = ctxs.get(node) {
+                    p = p.on_node(&ctx.node_name);
+                }
                 if dual_stack {
                     p = p.ip(IpAddr::V6(v6));
                 }
