@@ -3,4 +3,5 @@
 //! and the Kubernetes API test server.
 
 pub mod apiserver;
+pub mod k8s;
 pub mod lab;

@@ -8,9 +8,17 @@ use k8s_openapi::api::core::v1::Node;
 
 use crate::cluster::{self, Cluster};
 use crate::config::AgentArgs;
+use crate::controller;
+use crate::endpoints::EndpointsService;
 use crate::health::{self, Health};
 use crate::identity::{self, Chosen, Family};
+use crate::ipam_store::KubeStore;
+use crate::ipamview::{self, IpamView};
+use crate::localroutes::LocalRoutes;
 use crate::metrics::Metrics;
+
+/// How long in-flight CNI requests may take to finish at shutdown.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +29,12 @@ pub enum AgentError {
     /// The API client could not be built.
     #[error(transparent)]
     Client(#[from] cluster::ClientError),
+    /// IPAM could not start (the API server is unreachable, ...).
+    #[error("IPAM: {0}")]
+    Ipam(#[from] ipam::IpamError),
+    /// The CNI socket could not be served.
+    #[error("CNI socket: {0}")]
+    Socket(#[from] ipam::grpc::ServeError),
     /// An I/O error with context.
     #[error("{what}: {source}")]
     Io {
@@ -125,10 +139,62 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     cluster.wait_synced().await;
     health.set_datastore_synced(true);
     let me = identify(&args, &cluster)?;
-    tracing::info!(node = %me.name, source = me.name_source, "agent started");
+    let labels = cluster
+        .nodes
+        .get(&kube::runtime::reflector::ObjectRef::new(&me.name))
+        .and_then(|n| n.metadata.labels.clone())
+        .unwrap_or_default();
 
-    shutdown_signal().await;
-    tracing::info!("shutting down: routes and nftables state stay in place for the next start");
+    // IPAM on the CRDs; the allocator follows the block watch, and so does
+    // the view the dataplane (and BGP) consume.
+    let store: Arc<dyn ipam::Store> = Arc::new(KubeStore::new(cluster.client(), metrics.clone()));
+    let alloc = ipam::Allocator::start(
+        store.clone(),
+        ipam::NodeInfo {
+            name: me.name.clone(),
+            labels: labels.into_iter().collect(),
+        },
+        ipam::IpamConfig::default(),
+        ipam::AllocatorOptions::default(),
+        Arc::new(ipam::SystemClock),
+    )
+    .await?;
+    let _follow = alloc.follow_block_watch(store.clone());
+    let (view_tx, view_rx) = tokio::sync::watch::channel(Arc::new(IpamView::default()));
+    let _view_task = tokio::spawn(ipamview::run(store.clone(), me.name.clone(), view_tx));
+
+    // The local dataplane (routes now; policy next) and the CNI socket.
+    let routes = LocalRoutes::connect().map_err(|e| AgentError::Io {
+        what: "opening netlink".into(),
+        source: e,
+    })?;
+    let (ctl, _ctl_task) = controller::start(routes, view_rx, health.clone());
+    let listener = ipam::grpc::UdsListener::bind(&args.socket).await?;
+    let grpc_routes = ipam::grpc::ipam_routes(alloc.clone())
+        .add_service(EndpointsService::server(ctl, metrics.clone()));
+    tracing::info!(node = %me.name, source = me.name_source, socket = %args.socket.display(), "agent started");
+
+    // On SIGTERM stop accepting, give requests in flight a moment, then go
+    // even if a client keeps its connection open.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = listener.serve(grpc_routes, async {
+        let _ = stop_rx.await;
+    });
+    let mut serve = std::pin::pin!(serve);
+    tokio::select! {
+        res = &mut serve => res?,
+        () = shutdown_signal() => {
+            let _ = stop_tx.send(());
+            match tokio::time::timeout(SHUTDOWN_DRAIN, &mut serve).await {
+                Ok(res) => res?,
+                Err(_) => tracing::warn!("CNI connections still open after {SHUTDOWN_DRAIN:?}; closing them"),
+            }
+        }
+    }
+    // Queued IPAM work finishes; routes and nftables state stay in the
+    // kernel for the next start (the datapath keeps forwarding meanwhile).
+    let _ = tokio::time::timeout(Duration::from_secs(5), alloc.wait_idle()).await;
+    tracing::info!("stopped: routes and nftables state stay in place for the next start");
     Ok(())
 }
 
@@ -146,6 +212,4 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = int.recv() => tracing::info!("SIGINT"),
     }
-    // Let in-flight CNI requests finish.
-    tokio::time::sleep(Duration::from_millis(100)).await;
 }

@@ -132,6 +132,7 @@ pub struct Cluster {
     /// BGP configurations.
     pub bgp_configs: Store<BGPConfiguration>,
     generations: watch::Receiver<Generations>,
+    client: Client,
 }
 
 /// The running reflector tasks; dropping it stops them.
@@ -148,6 +149,11 @@ impl Drop for Watchers {
 }
 
 impl Cluster {
+    /// The client the watchers use (for writes elsewhere in the agent).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     /// A receiver of generation changes (one per controller).
     pub fn subscribe(&self) -> watch::Receiver<Generations> {
         self.generations.clone()
@@ -215,7 +221,7 @@ impl Cluster {
             &mut spawn,
         );
         let bgp_configs = run::<BGPConfiguration>(
-            Api::all(client),
+            Api::all(client.clone()),
             Kind::BgpConfiguration,
             &tx,
             &metrics,
@@ -231,6 +237,7 @@ impl Cluster {
                 bgp_peers,
                 bgp_configs,
                 generations: rx,
+                client,
             },
             Watchers { tasks },
         )

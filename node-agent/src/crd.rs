@@ -501,7 +501,12 @@ pub fn parse_peer_address(s: &str) -> Result<std::net::SocketAddr, InvalidSpec> 
 
 /// Every Margay CRD, in the order `deploy/crds.yaml` lists them.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![IPPool::crd(), BGPConfiguration::crd(), BGPPeer::crd()]
+    vec![
+        IPPool::crd(),
+        IPAMBlock::crd(),
+        BGPConfiguration::crd(),
+        BGPPeer::crd(),
+    ]
 }
 
 /// `deploy/crds.yaml`: every CRD as a YAML document.
@@ -538,6 +543,11 @@ mod tests {
 
     #[test]
     fn crds_are_cluster_scoped_in_our_group() {
+        let kinds: Vec<String> = all().iter().map(|c| c.spec.names.kind.clone()).collect();
+        assert_eq!(
+            kinds,
+            ["IPPool", "IPAMBlock", "BGPConfiguration", "BGPPeer"]
+        );
         for crd in all() {
             assert_eq!(crd.spec.group, GROUP);
             assert_eq!(crd.spec.scope, "Cluster");

@@ -3,13 +3,16 @@
 pub mod agent;
 pub mod cluster;
 pub mod config;
+pub mod controller;
 pub mod crd;
 pub mod dataplane;
+pub mod endpoints;
 pub mod fib;
 pub mod health;
 pub mod identity;
 pub mod install_cni;
 pub mod ipam_store;
+pub mod ipamview;
 pub mod localroutes;
 pub mod logging;
 pub mod metrics;

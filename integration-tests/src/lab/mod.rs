@@ -395,17 +395,24 @@ impl Drop for Lab {
     }
 }
 
-/// Path of the `margay-lab` binary (which serves probes): `$MARGAY_LAB_BIN`,
-/// else next to the running executable or one directory up (test binaries
-/// live in `target/<profile>/deps`).
+/// Path of the `margay-lab` binary (which serves probes): `$MARGAY_LAB_BIN`
+/// or [`workspace_bin`].
 pub fn helper_bin() -> Result<PathBuf> {
     if let Ok(p) = std::env::var("MARGAY_LAB_BIN") {
         return Ok(PathBuf::from(p));
     }
+    workspace_bin("margay-lab")
+}
+
+/// Path of a binary built from this workspace (`margay-node`, `margay`,
+/// `margay-apiserver`, ...): next to the running executable or one directory
+/// up (test binaries live in `target/<profile>/deps`). `cargo test
+/// --workspace` builds them all before running any test.
+pub fn workspace_bin(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().map_err(|e| LabError::io("current_exe", e))?;
     let mut dir = exe.parent();
     while let Some(d) = dir {
-        let cand = d.join("margay-lab");
+        let cand = d.join(name);
         if cand.is_file() {
             return Ok(cand);
         }
@@ -414,9 +421,10 @@ pub fn helper_bin() -> Result<PathBuf> {
         }
         dir = d.parent();
     }
-    Err(LabError::Invalid(
-        "margay-lab binary not found (build it, or set MARGAY_LAB_BIN)".into(),
-    ))
+    Err(LabError::Invalid(format!(
+        "binary {name} not found next to {} (run `cargo build --workspace` first)",
+        exe.display()
+    )))
 }
 
 fn path_string(p: &Path) -> Result<String> {

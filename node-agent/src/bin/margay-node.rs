@@ -15,7 +15,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                tracing::error!(error = %e, "install-cni failed");
+                tracing::error!(error = %node_agent::logging::chain(&e), "install-cni failed");
                 ExitCode::FAILURE
             }
         },
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
             match rt.block_on(node_agent::agent::run(cli.agent)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(error = %e, "agent stopped");
+                    tracing::error!(error = %node_agent::logging::chain(&e), "agent stopped");
                     ExitCode::FAILURE
                 }
             }

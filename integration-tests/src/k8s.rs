@@ -1,0 +1,219 @@
+//! Kubernetes in the lab: the API test server in the ToR namespace
+//! (198.18.0.1:6443, reachable from every node), a client for it from a
+//! thread inside that namespace, Margay's CRDs, Node objects, and
+//! `margay-node` agents running in node namespaces.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeStatus};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+
+use crate::lab::{self, Daemon, Lab, LabError, Netns, Result, TOR_IPV4};
+
+/// Port of the lab's API server.
+pub const API_PORT: u16 = 6443;
+
+/// The lab's API server URL (as nodes and the ToR see it).
+pub fn api_url() -> String {
+    format!("http://{TOR_IPV4}:{API_PORT}")
+}
+
+/// Starts `margay-apiserver` in the ToR namespace, state in
+/// `<run_dir>/apiserver.json` (kept across restarts of the process), a
+/// kubeconfig in `<run_dir>/kubeconfig`. Returns when it accepts connections.
+pub fn start_apiserver(lab: &Lab) -> Result<Daemon> {
+    let bin = lab::workspace_bin("margay-apiserver")?;
+    let dir = lab.run_dir();
+    let addr_file = dir.join("apiserver.addr");
+    let _ = std::fs::remove_file(&addr_file);
+    let args = [
+        path_str(&bin)?.to_string(),
+        "--listen".into(),
+        format!("{TOR_IPV4}:{API_PORT}"),
+        "--state".into(),
+        path_str(&dir.join("apiserver.json"))?.to_string(),
+        "--addr-file".into(),
+        path_str(&addr_file)?.to_string(),
+        "--kubeconfig".into(),
+        path_str(&kubeconfig_path(lab))?.to_string(),
+    ];
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut d = Daemon::spawn(lab.tor(), "apiserver", &argv, &dir.join("apiserver.log"))?;
+    lab::wait_for("API server listening", Duration::from_secs(20), || {
+        if !d.is_running() {
+            return Err(LabError::Invalid(format!(
+                "margay-apiserver exited: {}",
+                d.log()
+            )));
+        }
+        Ok(addr_file.exists().then_some(()))
+    })?;
+    Ok(d)
+}
+
+/// Where [`start_apiserver`] writes the kubeconfig.
+pub fn kubeconfig_path(lab: &Lab) -> PathBuf {
+    lab.run_dir().join("kubeconfig")
+}
+
+/// Runs `f(client)` on a current-thread runtime in a thread that entered
+/// `ns` (so its connections to the API server originate there).
+pub fn with_client<F, Fut, R>(ns: &Netns, f: F) -> Result<R>
+where
+    F: FnOnce(Client) -> Fut + Send + 'static,
+    Fut: Future<Output = R>,
+    R: Send + 'static,
+{
+    ns.enter(move || -> Result<R> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| LabError::io("tokio runtime", e))?;
+        rt.block_on(async move {
+            let uri = api_url()
+                .parse::<http::Uri>()
+                .map_err(|e| LabError::Invalid(e.to_string()))?;
+            let client = Client::try_from(kube::Config::new(uri))
+                .map_err(|e| LabError::Invalid(format!("kube client: {e}")))?;
+            Ok(f(client).await)
+        })
+    })?
+}
+
+/// Creates Margay's CRDs and waits until their resources are served.
+pub async fn install_crds(client: &Client) -> std::result::Result<(), kube::Error> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in node_agent::crd::all() {
+        match api.create(&PostParams::default(), &crd).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // Served when a list of each works (the last error is returned).
+    let mut last = Ok(());
+    for _ in 0..100 {
+        last = served(client).await;
+        if last.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    last
+}
+
+async fn served(client: &Client) -> std::result::Result<(), kube::Error> {
+    use node_agent::crd::{BGPConfiguration, BGPPeer, IPAMBlock, IPPool};
+    let lp = kube::api::ListParams::default();
+    Api::<IPPool>::all(client.clone()).list(&lp).await?;
+    Api::<IPAMBlock>::all(client.clone()).list(&lp).await?;
+    Api::<BGPConfiguration>::all(client.clone())
+        .list(&lp)
+        .await?;
+    Api::<BGPPeer>::all(client.clone()).list(&lp).await?;
+    Ok(())
+}
+
+/// Creates (or keeps) a Node object with an InternalIP and labels.
+pub async fn create_node(
+    client: &Client,
+    name: &str,
+    internal_ip: IpAddr,
+    labels: &[(&str, &str)],
+) -> std::result::Result<Node, kube::Error> {
+    let api: Api<Node> = Api::all(client.clone());
+    let node = Node {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .chain([("kubernetes.io/hostname".to_string(), name.to_string())])
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        },
+        status: Some(NodeStatus {
+            addresses: Some(vec![NodeAddress {
+                type_: "InternalIP".into(),
+                address: internal_ip.to_string(),
+            }]),
+            ..NodeStatus::default()
+        }),
+        ..Node::default()
+    };
+    match api.create(&PostParams::default(), &node).await {
+        Err(kube::Error::Api(s)) if s.code == 409 => api.get(name).await,
+        other => other,
+    }
+}
+
+/// An agent (`margay-node`) running in a lab node.
+pub struct Agent {
+    /// The process.
+    pub daemon: Daemon,
+    /// Its CNI socket.
+    pub socket: PathBuf,
+    /// Node name.
+    pub node: String,
+}
+
+/// Starts `margay-node` in `node`'s namespace against the lab API server,
+/// with its socket at `<run_dir>/<node>.sock`; returns once the socket
+/// exists (IPAM is up). `extra` flags are appended.
+pub fn start_agent(lab: &Lab, node: &str, extra: &[&str]) -> Result<Agent> {
+    let n = lab.node(node)?;
+    let bin = lab::workspace_bin("margay-node")?;
+    let socket = lab.run_dir().join(format!("{node}.sock"));
+    let _ = std::fs::remove_file(&socket);
+    let mut args: Vec<String> = vec![
+        path_str(&bin)?.into(),
+        "--node-name".into(),
+        node.into(),
+        "--api-server".into(),
+        api_url(),
+        "--socket".into(),
+        path_str(&socket)?.into(),
+        "--health-listen".into(),
+        format!("{}:9099", n.ipv4),
+        "--ip-autodetection".into(),
+        "interface=eth0".into(),
+        "--state-dir".into(),
+        path_str(&lab.run_dir().join(format!("{node}-state")))?.into(),
+        "--log-level".into(),
+        "info,margay=debug,node_agent=debug".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let log = lab.run_dir().join(format!("{node}-agent.log"));
+    let mut daemon = Daemon::spawn(&n.ns, &format!("{node}-agent"), &argv, &log)?;
+    lab::wait_for(
+        &format!("margay-node on {node}"),
+        Duration::from_secs(30),
+        || {
+            if !daemon.is_running() {
+                return Err(LabError::Invalid(format!(
+                    "margay-node exited:\n{}",
+                    daemon.log()
+                )));
+            }
+            Ok(socket.exists().then_some(()))
+        },
+    )?;
+    Ok(Agent {
+        daemon,
+        socket,
+        node: node.to_string(),
+    })
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str()
+        .ok_or_else(|| LabError::Invalid(format!("non-UTF-8 path {}", p.display())))
+}

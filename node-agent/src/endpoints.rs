@@ -1,0 +1,205 @@
+//! The `Endpoints` gRPC service the CNI plugin calls after wiring a pod
+//! (EndpointUp) and when tearing it down (EndpointDown). It validates the
+//! request and hands it to the dataplane controller, answering only when the
+//! kernel is programmed.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipam::proto::endpoints_server::{Endpoints, EndpointsServer};
+use ipam::proto::{EndpointDownReply, EndpointDownRequest, EndpointUpReply, EndpointUpRequest};
+use tonic::{Request, Response, Status};
+
+use crate::controller::{ControllerHandle, Endpoint, EndpointError};
+use crate::metrics::{CniLabels, Metrics, OpLabels};
+
+/// How long EndpointUp may wait for the dataplane before failing with
+/// UNAVAILABLE (the CNI then reports "try again later").
+pub const PROGRAMMING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The service.
+pub struct EndpointsService {
+    controller: ControllerHandle,
+    metrics: Arc<Metrics>,
+}
+
+impl EndpointsService {
+    /// A tonic server for it.
+    pub fn server(controller: ControllerHandle, metrics: Arc<Metrics>) -> EndpointsServer<Self> {
+        EndpointsServer::new(EndpointsService {
+            controller,
+            metrics,
+        })
+    }
+
+    fn observe(&self, op: &str, started: Instant, res: &Result<(), Status>) {
+        let result = match res {
+            Ok(()) => "ok".to_string(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        self.metrics
+            .cni_requests
+            .get_or_create(&CniLabels {
+                op: op.into(),
+                result,
+            })
+            .inc();
+        self.metrics
+            .cni_request_seconds
+            .get_or_create(&OpLabels { op: op.into() })
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+fn valid_host_if(name: &str) -> Result<(), Status> {
+    if name.starts_with("cali")
+        && name.len() <= 15
+        && name.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "host_ifname {name:?} is not a Margay pod interface (cali + up to 11 alphanumerics)"
+        )))
+    }
+}
+
+fn to_status(e: EndpointError) -> Status {
+    match e {
+        EndpointError::NoInterface(_) => Status::failed_precondition(e.to_string()),
+        EndpointError::Route(_) => Status::internal(e.to_string()),
+        EndpointError::Stopped => Status::unavailable(e.to_string()),
+    }
+}
+
+/// Parses and checks an EndpointUp request.
+pub fn endpoint_from(req: &EndpointUpRequest) -> Result<Endpoint, Status> {
+    valid_host_if(&req.host_ifname)?;
+    if req.container_id.is_empty() || req.pod_namespace.is_empty() || req.pod_name.is_empty() {
+        return Err(Status::invalid_argument(
+            "container_id, pod_namespace and pod_name are required",
+        ));
+    }
+    if req.ips.is_empty() {
+        return Err(Status::invalid_argument("no pod addresses"));
+    }
+    let ips = req
+        .ips
+        .iter()
+        .map(|s| {
+            s.parse::<IpAddr>()
+                .map_err(|_| Status::invalid_argument(format!("{s:?} is not an IP address")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Endpoint {
+        container_id: req.container_id.clone(),
+        namespace: req.pod_namespace.clone(),
+        pod: req.pod_name.clone(),
+        host_if: req.host_ifname.clone(),
+        ips,
+    })
+}
+
+#[tonic::async_trait]
+impl Endpoints for EndpointsService {
+    async fn endpoint_up(
+        &self,
+        request: Request<EndpointUpRequest>,
+    ) -> Result<Response<EndpointUpReply>, Status> {
+        let started = Instant::now();
+        let res = async {
+            let ep = endpoint_from(request.get_ref())?;
+            match tokio::time::timeout(PROGRAMMING_TIMEOUT, self.controller.up(ep)).await {
+                Ok(r) => r.map_err(to_status),
+                Err(_) => Err(Status::unavailable(
+                    "dataplane did not program the endpoint in time",
+                )),
+            }
+        }
+        .await;
+        self.observe("endpoint_up", started, &res);
+        res.map(|()| Response::new(EndpointUpReply {}))
+    }
+
+    async fn endpoint_down(
+        &self,
+        request: Request<EndpointDownRequest>,
+    ) -> Result<Response<EndpointDownReply>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let res = async {
+            if !req.host_ifname.is_empty() {
+                valid_host_if(&req.host_ifname)?;
+            }
+            match tokio::time::timeout(
+                PROGRAMMING_TIMEOUT,
+                self.controller
+                    .down(req.container_id.clone(), req.host_ifname.clone()),
+            )
+            .await
+            {
+                Ok(r) => r.map_err(to_status),
+                Err(_) => Err(Status::unavailable(
+                    "dataplane did not remove the endpoint in time",
+                )),
+            }
+        }
+        .await;
+        self.observe("endpoint_down", started, &res);
+        res.map(|()| Response::new(EndpointDownReply {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> EndpointUpRequest {
+        EndpointUpRequest {
+            container_id: "c1".into(),
+            pod_namespace: "x".into(),
+            pod_name: "a".into(),
+            host_ifname: "cali0123456789a".into(),
+            ifname: "eth0".into(),
+            netns: "/run/netns/p".into(),
+            ips: vec!["198.19.0.2".into(), "2001:db8::2".into()],
+            handle: "net.c1".into(),
+        }
+    }
+
+    #[test]
+    fn requests_are_validated_with_clear_errors() {
+        let ep = endpoint_from(&req()).expect("valid");
+        assert_eq!(ep.ips.len(), 2);
+        for (mutate, needle) in [
+            (
+                Box::new(|r: &mut EndpointUpRequest| r.host_ifname = "eth0".into())
+                    as Box<dyn Fn(&mut EndpointUpRequest)>,
+                "not a Margay pod interface",
+            ),
+            (
+                Box::new(|r: &mut EndpointUpRequest| r.host_ifname = "cali0123456789abc".into()),
+                "not a Margay pod interface",
+            ),
+            (
+                Box::new(|r: &mut EndpointUpRequest| r.ips = vec!["198.19.0.300".into()]),
+                "not an IP address",
+            ),
+            (
+                Box::new(|r: &mut EndpointUpRequest| r.ips.clear()),
+                "no pod addresses",
+            ),
+            (
+                Box::new(|r: &mut EndpointUpRequest| r.pod_name.clear()),
+                "required",
+            ),
+        ] {
+            let mut r = req();
+            mutate(&mut r);
+            let e = endpoint_from(&r).expect_err("invalid");
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains(needle), "{}", e.message());
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! What the IPAM blocks say, distilled for the rest of the agent: the blocks
+//! affine to this node, the addresses allocated by this node (its pods), the
+//! ones borrowed from other nodes' blocks, and every pod's addresses
+//! cluster-wide.
+//!
+//! ```text
+//!  Store::watch_blocks ──► view task (owns the block map) ──► watch::Sender<Arc<IpamView>>
+//!                                                               ├─► dataplane (routes, policy pod IPs)
+//!                                                               └─► routing (originate blocks, /32s)
+//! ```
+//!
+//! The IPAM blocks are the authoritative pod → address map: an address is
+//! known the moment it is allocated, before kubelet reports `podIPs`, and
+//! after an agent restart the local endpoints can be rebuilt from it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use ipam::{BlockEvent, BlockObject, Store};
+use ipnetwork::IpNetwork;
+use tokio::sync::watch;
+
+/// One address allocated by this node.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LocalAllocation {
+    /// The address.
+    pub ip: IpAddr,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// The IPAM handle.
+    pub handle: String,
+    /// Whether it comes from a block affine to another node (or none).
+    pub borrowed: bool,
+}
+
+/// The distilled view.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpamView {
+    /// True once the first full list of blocks has been seen.
+    pub synced: bool,
+    /// Blocks affine to this node.
+    pub affine_blocks: BTreeSet<IpNetwork>,
+    /// Addresses allocated by this node.
+    pub local: Vec<LocalAllocation>,
+    /// Every pod's addresses, cluster-wide, by (namespace, name).
+    pub pod_ips: BTreeMap<(String, String), Vec<IpAddr>>,
+}
+
+impl IpamView {
+    /// Distils `blocks` for node `me`.
+    pub fn from_blocks<'a>(
+        blocks: impl IntoIterator<Item = &'a BlockObject>,
+        me: &str,
+    ) -> IpamView {
+        let affinity = ipam::model::host_affinity(me);
+        let mut view = IpamView {
+            synced: true,
+            ..IpamView::default()
+        };
+        for b in blocks {
+            let spec = &b.spec;
+            let Ok(net) = spec.cidr.to_string().parse::<IpNetwork>() else {
+                tracing::warn!(block = %b.name, cidr = %spec.cidr, "block with an unusable CIDR ignored");
+                continue;
+            };
+            let ours = spec.affinity.as_deref() == Some(affinity.as_str());
+            if ours {
+                view.affine_blocks.insert(net);
+            }
+            for a in &spec.allocations {
+                let Some(ip) = nth(net, a.ordinal) else {
+                    tracing::warn!(block = %b.name, ordinal = a.ordinal, "allocation outside its block ignored");
+                    continue;
+                };
+                let (Some(ns), Some(pod)) = (&a.attrs.namespace, &a.attrs.pod) else {
+                    continue; // not a pod (e.g. a tunnel address)
+                };
+                view.pod_ips
+                    .entry((ns.clone(), pod.clone()))
+                    .or_default()
+                    .push(ip);
+                if a.attrs.node.as_deref() == Some(me) {
+                    view.local.push(LocalAllocation {
+                        ip,
+                        namespace: ns.clone(),
+                        pod: pod.clone(),
+                        handle: a.handle.clone(),
+                        borrowed: !ours,
+                    });
+                }
+            }
+        }
+        view.local.sort();
+        for ips in view.pod_ips.values_mut() {
+            ips.sort();
+        }
+        view
+    }
+
+    /// Addresses this node borrowed (announced as host routes).
+    pub fn borrowed(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.local.iter().filter(|a| a.borrowed).map(|a| a.ip)
+    }
+}
+
+fn nth(net: IpNetwork, ordinal: u32) -> Option<IpAddr> {
+    match net {
+        IpNetwork::V4(n) => n.nth(ordinal).map(IpAddr::V4),
+        IpNetwork::V6(n) => {
+            let base = u128::from(n.network());
+            let size_bits = 128 - u32::from(n.prefix());
+            if size_bits < 32 && u64::from(ordinal) >= (1u64 << size_bits) {
+                return None;
+            }
+            Some(IpAddr::V6(base.checked_add(u128::from(ordinal))?.into()))
+        }
+    }
+}
+
+/// Runs the view task: follows the block watch (re-subscribing with backoff
+/// when it breaks) and publishes a new view after every change.
+pub async fn run(store: Arc<dyn Store>, me: String, tx: watch::Sender<Arc<IpamView>>) {
+    let mut blocks: BTreeMap<String, BlockObject> = BTreeMap::new();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let mut stream = store.watch_blocks();
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(ev) => {
+                    backoff = Duration::from_millis(200);
+                    match ev {
+                        BlockEvent::Resync(all) => {
+                            blocks = all.into_iter().map(|b| (b.name.clone(), b)).collect();
+                        }
+                        BlockEvent::Applied(b) => {
+                            blocks.insert(b.name.clone(), b);
+                        }
+                        BlockEvent::Deleted { name } => {
+                            blocks.remove(&name);
+                        }
+                    }
+                    let view = Arc::new(IpamView::from_blocks(blocks.values(), &me));
+                    tx.send_if_modified(|cur| {
+                        if **cur == *view {
+                            false
+                        } else {
+                            *cur = view;
+                            true
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "IPAM block watch failed; keeping the last view");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(
+        name: &str,
+        cidr: &str,
+        affinity: Option<&str>,
+        allocs: serde_json::Value,
+    ) -> BlockObject {
+        let spec = serde_json::from_value(serde_json::json!({
+            "cidr": cidr,
+            "affinity": affinity,
+            "allocations": allocs,
+            "free": [],
+        }))
+        .expect("block spec");
+        BlockObject {
+            name: name.into(),
+            resource_version: "1".into(),
+            spec,
+        }
+    }
+
+    #[test]
+    fn distils_affinity_local_borrowed_and_cluster_pod_ips() {
+        let blocks = [
+            block(
+                "b1",
+                "198.19.0.0/26",
+                Some("host:n1"),
+                serde_json::json!([
+                    {"ordinal": 2, "handle": "net.c1", "pod": "a", "namespace": "x", "node": "n1", "sequence": 1},
+                    {"ordinal": 3, "handle": "net.c9", "pod": "z", "namespace": "x", "node": "n2", "sequence": 1},
+                ]),
+            ),
+            block(
+                "b2",
+                "198.19.0.64/26",
+                Some("host:n2"),
+                serde_json::json!([
+                    {"ordinal": 5, "handle": "net.c2", "pod": "b", "namespace": "y", "node": "n1", "sequence": 1},
+                ]),
+            ),
+            block(
+                "b3",
+                "2001:db8::/122",
+                Some("host:n1"),
+                serde_json::json!([
+                    {"ordinal": 2, "handle": "net.c1", "pod": "a", "namespace": "x", "node": "n1", "sequence": 1},
+                ]),
+            ),
+        ];
+        let v = IpamView::from_blocks(&blocks, "n1");
+        assert!(v.synced);
+        let affine: Vec<String> = v.affine_blocks.iter().map(|n| n.to_string()).collect();
+        assert_eq!(affine, vec!["198.19.0.0/26", "2001:db8::/122"]);
+        let local: Vec<(String, bool)> = v
+            .local
+            .iter()
+            .map(|a| (a.ip.to_string(), a.borrowed))
+            .collect();
+        assert_eq!(
+            local,
+            vec![
+                ("198.19.0.2".to_string(), false),
+                ("198.19.0.69".to_string(), true),
+                ("2001:db8::2".to_string(), false),
+            ]
+        );
+        assert_eq!(
+            v.borrowed().map(|i| i.to_string()).collect::<Vec<_>>(),
+            vec!["198.19.0.69"]
+        );
+        assert_eq!(
+            v.pod_ips[&("x".to_string(), "a".to_string())]
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>(),
+            vec!["198.19.0.2", "2001:db8::2"]
+        );
+        assert!(
+            v.pod_ips.contains_key(&("x".to_string(), "z".to_string())),
+            "other nodes' pods too"
+        );
+    }
+
+    #[test]
+    fn ordinals_outside_the_block_are_ignored() {
+        assert_eq!(nth("198.19.0.0/30".parse().expect("net"), 4), None);
+        assert_eq!(nth("2001:db8::/126".parse().expect("net"), 4), None);
+        assert_eq!(
+            nth("2001:db8::/122".parse().expect("net"), 63).map(|i| i.to_string()),
+            Some("2001:db8::3f".into())
+        );
+    }
+}
