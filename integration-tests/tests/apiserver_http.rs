@@ -401,6 +401,47 @@ async fn patch_types_dry_run_and_generate_name() {
             .is_some_and(|n| n.starts_with("gen-") && n.len() == 9),
         "{v}"
     );
+    // deletecollection with a selector answers the deleted list.
+    for (n, team) in [("dc1", "a"), ("dc2", "a"), ("dc3", "b")] {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": n, "labels": {"team": team}}});
+        assert_eq!(
+            raw(
+                &c,
+                "POST",
+                "/api/v1/namespaces/default/configmaps",
+                Some("application/json"),
+                body(cm)
+            )
+            .await
+            .0,
+            201
+        );
+    }
+    let (code, v) = raw(
+        &c,
+        "DELETE",
+        "/api/v1/namespaces/default/configmaps?labelSelector=team%3Da",
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        (
+            code,
+            v["kind"].as_str(),
+            v["items"].as_array().map(Vec::len)
+        ),
+        (200, Some("ConfigMapList"), Some(2))
+    );
+    let (_, v) = raw(
+        &c,
+        "GET",
+        "/api/v1/namespaces/default/configmaps?labelSelector=team",
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(1));
     // YAML bodies are accepted too.
     let (code, _) = raw(
         &c,

@@ -613,3 +613,54 @@ async fn pagination_is_consistent_and_expires_after_compaction() {
     .await;
     server.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn kube_runtime_events_are_stored() {
+    use k8s_openapi::api::events::v1::Event as K8sEvent;
+    use kube::Resource as _;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let server = start().await;
+    let c = client(&server);
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let p = pods
+        .create(&PostParams::default(), &pod("evented", &[], None))
+        .await
+        .expect("create");
+    let recorder = Recorder::new(
+        c.clone(),
+        Reporter {
+            controller: "margay-test".into(),
+            instance: None,
+        },
+    );
+    let ev = Event {
+        type_: EventType::Normal,
+        reason: "Allocated".into(),
+        note: Some("block 198.19.0.0/26".into()),
+        action: "Allocate".into(),
+        secondary: None,
+    };
+    let reference = p.object_ref(&());
+    recorder
+        .publish(&ev, &reference)
+        .await
+        .expect("first publish creates");
+    recorder
+        .publish(&ev, &reference)
+        .await
+        .expect("second publish patches the series");
+    let events: Api<K8sEvent> = Api::namespaced(c.clone(), "default");
+    let list = events
+        .list(&ListParams::default())
+        .await
+        .expect("list events");
+    assert_eq!(list.items.len(), 1);
+    let e = &list.items[0];
+    assert_eq!(e.reason.as_deref(), Some("Allocated"));
+    assert_eq!(
+        e.regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some("evented")
+    );
+    assert_eq!(e.series.as_ref().map(|s| s.count), Some(2));
+    server.shutdown().await.expect("shutdown");
+}

@@ -422,3 +422,63 @@ async fn slow_watcher_is_closed_not_buffered() {
     );
     server.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn node_scoped_pod_watch_follows_spec_node_name() {
+    // What a node agent does: watch only the pods bound to its node.
+    let server = start().await;
+    let c = client(&server);
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let (mut rx, h) = spawn_watcher(
+        c.clone(),
+        watcher::Config::default().fields("spec.nodeName=n1"),
+    );
+    for want in ["init", "initdone"] {
+        expect_next(&mut rx, want).await;
+    }
+    pods.create(&PostParams::default(), &pod("elsewhere", "web"))
+        .await
+        .expect("create");
+    pods.create(&PostParams::default(), &pod("mine", "web"))
+        .await
+        .expect("create");
+    // Binding to the node makes it appear; status updates are seen; unbinding
+    // or deleting makes it go.
+    pods.patch(
+        "mine",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"nodeName": "n1"}})),
+    )
+    .await
+    .expect("bind");
+    expect_next(&mut rx, "apply:mine").await;
+    pods.patch_status(
+        "mine",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"podIP": "198.19.0.9"}})),
+    )
+    .await
+    .expect("status");
+    expect_next(&mut rx, "apply:mine").await;
+    pods.delete("mine", &DeleteParams::default())
+        .await
+        .expect("delete");
+    expect_next(&mut rx, "delete:mine").await;
+    pods.delete("elsewhere", &DeleteParams::default())
+        .await
+        .expect("delete");
+    pods.create(&PostParams::default(), &pod("last", "web"))
+        .await
+        .expect("create");
+    pods.patch(
+        "last",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"nodeName": "n1"}})),
+    )
+    .await
+    .expect("bind");
+    // Nothing about "elsewhere" may have come through in between.
+    expect_next(&mut rx, "apply:last").await;
+    h.abort();
+    server.shutdown().await.expect("shutdown");
+}

@@ -265,7 +265,7 @@ impl Store {
             }
             if def.special == super::resources::Special::Crd {
                 let mut crd = (*obj).clone();
-                let defs = super::resources::crd_resources(&mut crd).map_err(|e| e.message)?;
+                let defs = super::crd::crd_resources(&mut crd).map_err(|e| e.message)?;
                 s.registry.set_crd(&name, defs);
             }
             s.objects

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
+use super::crd::crd_resources;
 use super::error::ApiError;
 use super::meta::{check_labels, check_name, meta_str, name_suffix, new_uid, rfc3339, unix_now};
 use super::patch::{self, PatchError, PatchKind};
-use super::resources::{GroupResource, ResourceDef, Special, StatusOnCreate, crd_resources};
+use super::resources::{GroupResource, ResourceDef, Special, StatusOnCreate};
 use super::store::{EventType, ListOpts, Store, key_of};
 
 /// DELETE options (query and body merged).
