@@ -4,7 +4,9 @@
 use std::fs::OpenOptions;
 use std::sync::Mutex;
 
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogLevel, NetConf};
 
@@ -18,6 +20,15 @@ fn level(l: LogLevel) -> LevelFilter {
     }
 }
 
+/// The plugin's own events at `lvl`; libraries (h2, tower, netlink) only
+/// from WARN up, so a debug log shows the plugin's steps, not HTTP/2 frames.
+fn filter(lvl: LevelFilter) -> Targets {
+    Targets::new()
+        .with_target("cni_plugin", lvl)
+        .with_target("margay", lvl)
+        .with_default(lvl.min(LevelFilter::WARN))
+}
+
 /// Installs the global subscriber: the configured file at the configured
 /// level, or warnings and errors on stderr when no file is configured (or
 /// it cannot be opened).
@@ -29,10 +40,13 @@ pub fn init(conf: &NetConf) {
         }
         match OpenOptions::new().create(true).append(true).open(path) {
             Ok(f) => {
-                let _ = tracing_subscriber::fmt()
-                    .with_writer(Mutex::new(f))
-                    .with_ansi(false)
-                    .with_max_level(lvl)
+                let _ = tracing_subscriber::registry()
+                    .with(
+                        tracing_subscriber::fmt::layer()
+                            .with_writer(Mutex::new(f))
+                            .with_ansi(false),
+                    )
+                    .with(filter(lvl))
                     .try_init();
                 return;
             }
@@ -41,9 +55,12 @@ pub fn init(conf: &NetConf) {
             }
         }
     }
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_max_level(lvl.min(LevelFilter::WARN))
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false),
+        )
+        .with(filter(lvl.min(LevelFilter::WARN)))
         .try_init();
 }
