@@ -85,6 +85,7 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
         Some(m) if m > 0 => m,
         _ => wiring::detect_mtu(&host).await?,
     };
+    tracing::debug!(mtu, "namespaces open");
 
     let agent = agent::connect(
         &conf.agent_socket(),
@@ -92,6 +93,7 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
         conf.timeouts.request(),
     )
     .await?;
+    tracing::debug!("agent connected");
     let req = AllocateRequest {
         handle: names.handle.clone(),
         pod_namespace: att.args.pod_namespace.clone().unwrap_or_default(),
@@ -138,10 +140,13 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
     let wired = async {
         wiring::create_veth(&host, &pod, &ns, &plan).await?;
         created = true;
+        tracing::debug!("veth created");
         let v4 = ips.iter().any(IpAddr::is_ipv4);
         let v6 = ips.iter().any(IpAddr::is_ipv6);
         wiring::configure_host(&host, &plan, v4, v6).await?;
+        tracing::debug!("host side configured");
         let pod_link = wiring::configure_pod(&pod, &plan, &ips).await?;
+        tracing::debug!("pod side configured");
         agent
             .endpoint_up(EndpointUpRequest {
                 container_id: att.container_id.clone(),

@@ -27,24 +27,59 @@ pub fn host_if_from_prev(prev: Option<&serde_json::Value>) -> Option<String> {
         .map(|i| i.name)
 }
 
+/// Deletes the host veth (and so its peer) from the calling thread's
+/// namespace, on a runtime of its own. Returns whether it existed.
+fn delete_host_veth(host_if: &str) -> Result<bool, CniError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|source| CniError::Io {
+            what: "runtime for veth deletion",
+            source,
+        })?;
+    rt.block_on(async {
+        let host = Nl::here().map_err(|source| CniError::Netns {
+            path: "/proc/self/ns/net".into(),
+            reason: "netlink socket".into(),
+            source,
+        })?;
+        host.delete_link_by_name(host_if)
+            .await
+            .map_err(|source| CniError::Netlink {
+                op: format!("delete {host_if}"),
+                source,
+            })
+    })
+}
+
 /// Runs DEL.
 pub async fn del(conf: &NetConf, att: &Attachment) -> Result<(), CniError> {
     let mut names = Names::new(conf, att);
     if let Some(h) = host_if_from_prev(conf.prev_result.as_ref()) {
         names.host_if = h;
     }
-    let host = Nl::here().map_err(|source| CniError::Netns {
-        path: "/proc/self/ns/net".into(),
-        reason: "netlink socket".into(),
-        source,
-    })?;
+    // Unregistering a veth takes the kernel ~20 ms (RCU grace periods) and
+    // blocks the thread that asked; do it on its own thread so the agent
+    // round trips run meanwhile.
+    let host_if = names.host_if.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("margay-del".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let _ = tx.send(delete_host_veth(&host_if));
+        })
+        .map_err(|source| CniError::Io {
+            what: "thread for veth deletion",
+            source,
+        })?;
     let veth = async {
-        host.delete_link_by_name(&names.host_if)
-            .await
-            .map_err(|source| CniError::Netlink {
-                op: format!("delete {}", names.host_if),
-                source,
+        rx.await.unwrap_or_else(|_| {
+            Err(CniError::Io {
+                what: "veth deletion thread",
+                source: std::io::Error::other("thread ended without an answer"),
             })
+        })
     };
     let agent_part = async {
         let agent = agent::connect(

@@ -18,8 +18,12 @@ use serde_json::{Value, json};
 
 pub use fake_agent::{FakeAgent, FakeAgentOptions};
 
-/// The plugin under test.
-pub const MARGAY: &str = env!("CARGO_BIN_EXE_margay");
+/// The plugin under test (set by cargo for integration tests; examples
+/// that include this module pass their own binary path instead).
+pub const MARGAY: &str = match option_env!("CARGO_BIN_EXE_margay") {
+    Some(p) => p,
+    None => "margay",
+};
 /// Every version the plugin supports.
 pub const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
