@@ -1,4 +1,14 @@
 //! The Margay node agent: Kubernetes and kernel adapters around the cores.
 
+pub mod agent;
+pub mod cluster;
+pub mod config;
+pub mod crd;
 pub mod dataplane;
 pub mod fib;
+pub mod health;
+pub mod identity;
+pub mod install_cni;
+pub mod ipam_store;
+pub mod logging;
+pub mod metrics;

@@ -1,1 +1,54 @@
-//! policy (Margay).
+//! Kubernetes NetworkPolicy for Margay, compiled to one nftables table.
+//!
+//! Pure: no Kubernetes client, no `nft` process. The pipeline is
+//!
+//! ```text
+//! ClusterState + NodeContext ──plan::build──► Plan (per endpoint, per direction)
+//!        │                                      │
+//!        └────────────── Ruleset::build ◄───────┘   sets + chains + dispatch
+//!                            │
+//!            nft::full / nft::diff ──► nftables::schema::Nftables ──► NftSink
+//! ```
+//!
+//! [`engine::Engine`] keeps that pipeline's state between updates and turns
+//! one watch event into the minimal batch. [`spec_eval`] is an independent
+//! evaluator written from the Kubernetes spec, used as the test oracle.
+//!
+//! # Semantic choices (where Kubernetes leaves room)
+//! * Isolation covers every IP protocol: a rule without `ports` allows all
+//!   protocols (ICMP included) from its peers; a rule with ports allows only
+//!   those TCP/UDP/SCTP ports.
+//! * `ipBlock` matches any address, pod IPs included.
+//! * Named ports resolve on the destination pod; a destination that is not a
+//!   (known, pod-network, not finished) pod never matches a named port.
+//! * Traffic between a pod and its own node is always allowed; everything
+//!   between a pod and other nodes is subject to policy like any address.
+//! * Replies of allowed connections (conntrack established/related) are
+//!   always allowed. A connection that is already established keeps flowing
+//!   when a policy change would now deny it (conntrack entries are not
+//!   flushed); new connections are denied at once.
+//! * Invalid policies: see [`compile`] (fail closed where possible).
+
+pub mod addr;
+pub mod build;
+pub mod compile;
+pub mod engine;
+pub mod model;
+pub mod nft;
+pub mod plan;
+pub mod ruleset;
+pub mod selector;
+pub mod sink;
+pub mod spec_eval;
+pub mod testkit;
+
+pub use compile::{Direction, PolicyError};
+pub use engine::{CommitStats, Engine, EngineError};
+pub use model::{
+    ClusterState, ContainerPort, Labels, LocalEndpoint, NamespaceInfo, NodeContext, PodInfo,
+    PodKey, PodPhase, PolicyKey, Protocol,
+};
+pub use nftables;
+pub use plan::{Plan, PlanIssue};
+pub use ruleset::Ruleset;
+pub use sink::{CapturingSink, NftSink};

@@ -1,1 +1,293 @@
-//! Kubernetes API test server (a kube-apiserver stand-in for what Margay and kubectl use).
+//! Kubernetes API test server: a kube-apiserver stand-in for what Margay's
+//! agent (kube 5 watchers, reflectors, CAS updates) and kubectl use.
+//!
+//! Plain HTTP, no auth (any bearer token is accepted). Objects are JSON,
+//! validated only for apiVersion/kind/metadata (names, labels) like the
+//! generic registry does; semantics follow the real server: one global
+//! resourceVersion, 409 on stale updates, watches resuming from a history
+//! window with 410 beyond it, selectors on list and watch, consistent
+//! paginated lists, CRDs that serve their resources.
+//!
+//! ```text
+//!  client ──HTTP──► accept loop ──► connection task ──► http::handle
+//!                                                         │ Command (mpsc) + oneshot reply
+//!                                                         ▼
+//!                                          actor task: owns Store (sans-IO)
+//!                                           │ broadcast<Arc<Event>> (bounded)   │ watch<Snapshot> (debounced)
+//!                                           ▼                                   ▼
+//!                            watch producer per stream ──► body        persister task ──► state file
+//! ```
+//!
+//! Start it in-process with [`ApiServer::start`], or as a process with the
+//! `margay-apiserver` binary.
+//!
+//! Approximations (documented for test authors):
+//! - Strategic merge patch without Go types: see [`patch`].
+//! - Deletion is immediate unless `metadata.finalizers` is non-empty (then
+//!   `deletionTimestamp` is set and the object goes when the last finalizer
+//!   is removed). Pods are not graceful (no kubelet), namespaces delete their
+//!   contents at once, there is no garbage collector for ownerReferences.
+//! - No schema validation, defaulting or pruning (beyond a few defaults:
+//!   namespace label/phase, pod phase Pending, service cluster IPs).
+//! - Server-side apply answers 415. `managedFields` are not kept.
+//! - Lists with `resourceVersion=N` (not 0) are served at the current
+//!   revision if it is ≥ N (504 if N is in the future).
+
+pub mod actor;
+pub mod error;
+pub mod http;
+pub mod meta;
+pub mod openapi;
+pub mod patch;
+pub mod persist;
+pub mod proto;
+pub mod resources;
+pub mod select;
+pub mod store;
+pub mod table;
+pub mod watch;
+pub mod write;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{Instrument as _, debug, info, warn};
+
+pub use error::{ApiError, ServerError};
+
+use actor::Command;
+use store::Store;
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on (port 0 = any free port).
+    pub listen: SocketAddr,
+    /// Persist objects to this file (and reload them at start).
+    pub state_file: Option<PathBuf>,
+    /// Artificial latency added to every request.
+    pub latency: Duration,
+    /// Changes kept for watch resumption and consistent pagination.
+    pub history_limit: usize,
+    /// Events a watcher may fall behind before it is closed.
+    pub watch_buffer: usize,
+    /// BOOKMARK period for watches that allow them.
+    pub bookmark_interval: Duration,
+    /// Delay between a change and the state file write (changes coalesce).
+    pub persist_debounce: Duration,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Watch timeout when the client gives no `timeoutSeconds`.
+    pub default_watch_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            state_file: None,
+            latency: Duration::ZERO,
+            history_limit: 10_000,
+            watch_buffer: 4096,
+            bookmark_interval: Duration::from_secs(5),
+            persist_debounce: Duration::from_millis(50),
+            max_body_bytes: 8 << 20,
+            default_watch_timeout: Duration::from_secs(1800),
+        }
+    }
+}
+
+/// A running server; stop it with [`ApiServer::shutdown`] (dropping it aborts it).
+#[derive(Debug)]
+pub struct ApiServer {
+    addr: SocketAddr,
+    cmd: mpsc::Sender<Command>,
+    stop: Option<oneshot::Sender<()>>,
+    accept: Option<JoinHandle<()>>,
+    actor: Option<JoinHandle<()>>,
+    persister: Option<JoinHandle<Result<(), ServerError>>>,
+}
+
+impl ApiServer {
+    /// Loads the state file (if any), binds, and starts serving.
+    pub async fn start(config: Config) -> Result<Self, ServerError> {
+        let (store, fresh) = match &config.state_file {
+            Some(path) => match persist::load(path)? {
+                Some(snap) => {
+                    let n = snap.objects.len();
+                    let s = Store::from_snapshot(config.history_limit, snap).map_err(|why| {
+                        ServerError::CorruptState {
+                            path: path.clone(),
+                            why,
+                        }
+                    })?;
+                    info!(path = %path.display(), objects = n, rv = s.current_rv(), "state loaded");
+                    (s, false)
+                }
+                None => (Store::new(config.history_limit), true),
+            },
+            None => (Store::new(config.history_limit), false),
+        };
+        if let (Some(path), true) = (&config.state_file, fresh) {
+            persist::save(path, &store.snapshot())?;
+        }
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let (events, _) = broadcast::channel(config.watch_buffer.max(16));
+        let (cmd, cmd_rx) = mpsc::channel(1024);
+        let (persist_tx, persister) = match &config.state_file {
+            Some(path) => {
+                let (tx, rx) = tokio::sync::watch::channel(None);
+                (Some(tx), Some(tokio::spawn(persist::run(path.clone(), rx))))
+            }
+            None => (None, None),
+        };
+        let actor = tokio::spawn(actor::run(
+            store,
+            cmd_rx,
+            events,
+            persist_tx,
+            config.persist_debounce,
+            addr.to_string(),
+        ));
+        let shared = Arc::new(http::Shared {
+            cmd: cmd.clone(),
+            latency: config.latency,
+            bookmark_every: config.bookmark_interval,
+            max_body: config.max_body_bytes,
+            default_watch_timeout: config.default_watch_timeout,
+        });
+        let (stop, stop_rx) = oneshot::channel();
+        let accept = tokio::spawn(
+            accept_loop(listener, shared, stop_rx)
+                .instrument(tracing::info_span!("apiserver", %addr)),
+        );
+        info!(%addr, "Kubernetes API test server listening");
+        Ok(ApiServer {
+            addr,
+            cmd,
+            stop: Some(stop),
+            accept: Some(accept),
+            actor: Some(actor),
+            persister,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig for kubectl pointing at this server.
+    pub fn kubeconfig(&self) -> String {
+        kubeconfig(&self.url())
+    }
+
+    /// Test hook: forget all history, so watches and `continue` tokens from
+    /// older revisions get 410 Gone. Returns the current revision.
+    pub async fn compact(&self) -> Result<u64, ServerError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Compact(tx))
+            .await
+            .map_err(|_| ServerError::StoreGone)?;
+        rx.await.map_err(|_| ServerError::StoreGone)
+    }
+
+    /// Stops accepting, closes every connection and watch, writes the state
+    /// file one last time and waits for all of it.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(a) = self.accept.take() {
+            let _ = a.await;
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        if let Some(a) = self.actor.take() {
+            let _ = a.await;
+        }
+        match self.persister.take() {
+            Some(p) => p.await.unwrap_or(Err(ServerError::StoreGone)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        for t in [self.accept.take(), self.actor.take()]
+            .into_iter()
+            .flatten()
+        {
+            t.abort();
+        }
+        if let Some(p) = self.persister.take() {
+            p.abort();
+        }
+    }
+}
+
+/// A kubeconfig (YAML) with one context pointing at `server`.
+pub fn kubeconfig(server: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: margay\n  cluster:\n    server: {server}\nusers:\n- name: margay\n  user:\n    token: margay-test-token\ncontexts:\n- name: margay\n  context:\n    cluster: margay\n    user: margay\n    namespace: default\ncurrent-context: margay\n"
+    )
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<http::Shared>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    // Connection tasks live in the set: dropping it (on stop) aborts them all.
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let sh = shared.clone();
+                    conns.spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| http::handle(req, sh.clone()));
+                        let builder = auto::Builder::new(TokioExecutor::new());
+                        if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                            debug!(%peer, error = %e, "connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    conns.shutdown().await;
+}

@@ -1,2 +1,42 @@
-//! `margay-node`: the per-node agent.
-fn main() {}
+//! `margay-node`: the per-node agent (and its `install-cni` init step).
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use node_agent::config::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    node_agent::logging::init(&cli.agent.log_level, cli.agent.log_format);
+    match cli.command {
+        Some(Command::InstallCni(args)) => match node_agent::install_cni::install(&args) {
+            Ok(done) => {
+                tracing::info!(binary_updated = done.binary, config_updated = done.config, bin_dir = %args.bin_dir.display(), conf_dir = %args.conf_dir.display(), "CNI installed");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "install-cni failed");
+                ExitCode::FAILURE
+            }
+        },
+        None | Some(Command::Run) => {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the runtime");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(node_agent::agent::run(cli.agent)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "agent stopped");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,890 @@
+//! What the server serves: the built-in resource table, resources made from
+//! CustomResourceDefinitions, and the discovery documents built from both.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::error::{ApiError, Cause};
+use super::meta::{NameRule, is_dns_subdomain};
+
+/// Resource-specific behaviour beyond generic JSON storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Special {
+    /// Nothing special.
+    None,
+    /// Namespaces: default label, phase, cascading delete.
+    Namespace,
+    /// Pods: status reset to Pending on create.
+    Pod,
+    /// Services: cluster IP allocation.
+    Service,
+    /// CustomResourceDefinitions: serve what they define.
+    Crd,
+}
+
+/// What happens to `status` when the main resource is created.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StatusOnCreate {
+    /// Keep what the client sent.
+    Keep,
+    /// Drop it.
+    Drop,
+    /// Replace it with this value.
+    Reset(Value),
+}
+
+/// One additional printer column of a CRD version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrinterColumn {
+    /// Header.
+    pub name: String,
+    /// `string`, `integer`, `date`, ...
+    pub type_: String,
+    /// Simple JSONPath (`.spec.x`).
+    pub json_path: String,
+    /// 0 = default view, >0 = `-o wide`.
+    pub priority: i64,
+}
+
+/// One served resource at one group/version.
+#[derive(Debug, Clone)]
+pub struct ResourceDef {
+    /// API group ("" = core).
+    pub group: String,
+    /// Version (`v1`).
+    pub version: String,
+    /// Plural (`pods`).
+    pub plural: String,
+    /// Singular (`pod`).
+    pub singular: String,
+    /// Kind (`Pod`).
+    pub kind: String,
+    /// List kind (`PodList`).
+    pub list_kind: String,
+    /// Namespace-scoped?
+    pub namespaced: bool,
+    /// kubectl short names.
+    pub short_names: Vec<String>,
+    /// Categories (`all`).
+    pub categories: Vec<String>,
+    /// Serves `/status`.
+    pub status_subresource: bool,
+    /// Status treatment on create.
+    pub status_on_create: StatusOnCreate,
+    /// Name syntax.
+    pub name_rule: NameRule,
+    /// Fields usable in field selectors.
+    pub field_labels: Vec<String>,
+    /// PUT on a missing object creates it.
+    pub create_on_update: bool,
+    /// DELETE answers with the object (otherwise a Success Status).
+    pub return_deleted: bool,
+    /// Special behaviour.
+    pub special: Special,
+    /// Printer columns of a CRD version (empty for built-ins).
+    pub printer_columns: Vec<PrinterColumn>,
+    /// The CRD that defines this resource.
+    pub crd: Option<String>,
+}
+
+impl ResourceDef {
+    /// `group/version` or `version` for core.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The storage key of the resource (versions share storage).
+    pub fn gr(&self) -> GroupResource {
+        GroupResource {
+            group: self.group.clone(),
+            plural: self.plural.clone(),
+        }
+    }
+
+    /// For error messages.
+    pub fn res(&self) -> super::error::Res<'_> {
+        super::error::Res {
+            group: &self.group,
+            plural: &self.plural,
+        }
+    }
+
+    fn discovery_entries(&self) -> Vec<Value> {
+        let mut verbs = vec![
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch",
+        ];
+        verbs.sort_unstable();
+        let mut main = json!({
+            "name": self.plural,
+            "singularName": self.singular,
+            "namespaced": self.namespaced,
+            "kind": self.kind,
+            "verbs": verbs,
+        });
+        if !self.short_names.is_empty() {
+            main["shortNames"] = json!(self.short_names);
+        }
+        if !self.categories.is_empty() {
+            main["categories"] = json!(self.categories);
+        }
+        let mut out = vec![main];
+        if self.status_subresource {
+            out.push(json!({
+                "name": format!("{}/status", self.plural),
+                "singularName": "",
+                "namespaced": self.namespaced,
+                "kind": self.kind,
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
+        out
+    }
+}
+
+/// Storage identity of a resource: group + plural.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupResource {
+    /// Group.
+    pub group: String,
+    /// Plural.
+    pub plural: String,
+}
+
+fn fields(extra: &[&str]) -> Vec<String> {
+    ["metadata.name", "metadata.namespace"]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+}
+
+struct B {
+    g: &'static str,
+    v: &'static str,
+    plural: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+    short: &'static [&'static str],
+}
+
+fn builtin(b: B) -> ResourceDef {
+    ResourceDef {
+        group: b.g.into(),
+        version: b.v.into(),
+        plural: b.plural.into(),
+        singular: b.kind.to_lowercase(),
+        kind: b.kind.into(),
+        list_kind: format!("{}List", b.kind),
+        namespaced: b.namespaced,
+        short_names: b.short.iter().map(|s| s.to_string()).collect(),
+        categories: Vec::new(),
+        status_subresource: false,
+        status_on_create: StatusOnCreate::Keep,
+        name_rule: NameRule::Subdomain,
+        field_labels: fields(&[]),
+        create_on_update: false,
+        return_deleted: false,
+        special: Special::None,
+        printer_columns: Vec::new(),
+        crd: None,
+    }
+}
+
+/// The built-in resources.
+pub fn builtins() -> Vec<ResourceDef> {
+    let b = |g, v, plural, kind, namespaced, short| {
+        builtin(B {
+            g,
+            v,
+            plural,
+            kind,
+            namespaced,
+            short,
+        })
+    };
+    let mut out = Vec::new();
+
+    let mut ns = b("", "v1", "namespaces", "Namespace", false, &["ns"]);
+    ns.status_subresource = true;
+    ns.name_rule = NameRule::Label;
+    ns.field_labels = fields(&["status.phase"]);
+    ns.return_deleted = true;
+    ns.special = Special::Namespace;
+    out.push(ns);
+
+    let mut node = b("", "v1", "nodes", "Node", false, &["no"]);
+    node.status_subresource = true;
+    node.field_labels = fields(&["spec.unschedulable"]);
+    out.push(node);
+
+    let mut pod = b("", "v1", "pods", "Pod", true, &["po"]);
+    pod.status_subresource = true;
+    pod.categories = vec!["all".into()];
+    pod.status_on_create = StatusOnCreate::Reset(json!({"phase": "Pending"}));
+    pod.field_labels = fields(&[
+        "spec.nodeName",
+        "spec.restartPolicy",
+        "spec.schedulerName",
+        "spec.serviceAccountName",
+        "spec.hostNetwork",
+        "status.phase",
+        "status.podIP",
+        "status.nominatedNodeName",
+    ]);
+    pod.return_deleted = true;
+    pod.special = Special::Pod;
+    out.push(pod);
+
+    let mut svc = b("", "v1", "services", "Service", true, &["svc"]);
+    svc.status_subresource = true;
+    svc.categories = vec!["all".into()];
+    svc.name_rule = NameRule::Label;
+    svc.status_on_create = StatusOnCreate::Reset(json!({"loadBalancer": {}}));
+    svc.create_on_update = true;
+    svc.return_deleted = true;
+    svc.special = Special::Service;
+    out.push(svc);
+
+    let mut ep = b("", "v1", "endpoints", "Endpoints", true, &["ep"]);
+    ep.create_on_update = true;
+    out.push(ep);
+
+    let mut secret = b("", "v1", "secrets", "Secret", true, &[]);
+    secret.field_labels = fields(&["type"]);
+    out.push(secret);
+    out.push(b("", "v1", "configmaps", "ConfigMap", true, &["cm"]));
+    out.push(b(
+        "",
+        "v1",
+        "serviceaccounts",
+        "ServiceAccount",
+        true,
+        &["sa"],
+    ));
+
+    let mut ev = b("", "v1", "events", "Event", true, &["ev"]);
+    ev.create_on_update = true;
+    ev.field_labels = fields(&[
+        "involvedObject.kind",
+        "involvedObject.namespace",
+        "involvedObject.name",
+        "involvedObject.uid",
+        "involvedObject.apiVersion",
+        "involvedObject.resourceVersion",
+        "involvedObject.fieldPath",
+        "reason",
+        "reportingComponent",
+        "source",
+        "type",
+    ]);
+    out.push(ev);
+    let mut ev2 = b("events.k8s.io", "v1", "events", "Event", true, &["ev"]);
+    ev2.create_on_update = true;
+    ev2.field_labels = fields(&[
+        "regarding.kind",
+        "regarding.namespace",
+        "regarding.name",
+        "regarding.uid",
+        "reason",
+        "type",
+    ]);
+    out.push(ev2);
+
+    out.push(b(
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+        "NetworkPolicy",
+        true,
+        &["netpol"],
+    ));
+    out.push(b(
+        "discovery.k8s.io",
+        "v1",
+        "endpointslices",
+        "EndpointSlice",
+        true,
+        &[],
+    ));
+
+    let mut ds = b("apps", "v1", "daemonsets", "DaemonSet", true, &["ds"]);
+    ds.status_subresource = true;
+    ds.categories = vec!["all".into()];
+    ds.status_on_create = StatusOnCreate::Drop;
+    out.push(ds);
+
+    for (plural, kind, namespaced) in [
+        ("clusterroles", "ClusterRole", false),
+        ("clusterrolebindings", "ClusterRoleBinding", false),
+        ("roles", "Role", true),
+        ("rolebindings", "RoleBinding", true),
+    ] {
+        let mut r = b(
+            "rbac.authorization.k8s.io",
+            "v1",
+            plural,
+            kind,
+            namespaced,
+            &[],
+        );
+        r.name_rule = NameRule::PathSegment;
+        out.push(r);
+    }
+
+    let mut lease = b("coordination.k8s.io", "v1", "leases", "Lease", true, &[]);
+    lease.create_on_update = true;
+    out.push(lease);
+
+    let mut crd = b(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        false,
+        &["crd", "crds"],
+    );
+    crd.status_subresource = true;
+    crd.return_deleted = true;
+    crd.special = Special::Crd;
+    crd.singular = "customresourcedefinition".into();
+    out.push(crd);
+    out
+}
+
+fn invalid(name: &str, field: &str, value: &str, why: &str) -> ApiError {
+    ApiError::invalid_field(
+        "apiextensions.k8s.io",
+        "CustomResourceDefinition",
+        name,
+        field,
+        value,
+        why,
+    )
+}
+
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    cur.as_str()
+}
+
+/// Validates a CRD and fills in defaults (`listKind`, `singular`) and its status.
+/// Returns the resources it serves (one per served version).
+pub fn crd_resources(crd: &mut Value) -> Result<Vec<ResourceDef>, ApiError> {
+    let name = str_at(crd, &["metadata", "name"])
+        .unwrap_or_default()
+        .to_string();
+    let group = str_at(crd, &["spec", "group"])
+        .unwrap_or_default()
+        .to_string();
+    if group.is_empty() || !group.contains('.') || !is_dns_subdomain(&group) {
+        return Err(invalid(
+            &name,
+            "spec.group",
+            &group,
+            "should be a domain with at least one dot",
+        ));
+    }
+    let plural = str_at(crd, &["spec", "names", "plural"])
+        .unwrap_or_default()
+        .to_string();
+    let kind = str_at(crd, &["spec", "names", "kind"])
+        .unwrap_or_default()
+        .to_string();
+    if plural.is_empty() || !is_dns_subdomain(&plural) || plural.contains('.') {
+        return Err(invalid(
+            &name,
+            "spec.names.plural",
+            &plural,
+            "must be a lowercase RFC 1123 label",
+        ));
+    }
+    if kind.is_empty() || !kind.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(invalid(
+            &name,
+            "spec.names.kind",
+            &kind,
+            "must be a valid Kind name",
+        ));
+    }
+    if name != format!("{plural}.{group}") {
+        return Err(invalid(
+            &name,
+            "metadata.name",
+            &name,
+            &format!("must be spec.names.plural+\".\"+spec.group ({plural}.{group})"),
+        ));
+    }
+    let singular = str_at(crd, &["spec", "names", "singular"])
+        .map(str::to_string)
+        .unwrap_or_else(|| kind.to_lowercase());
+    let list_kind = str_at(crd, &["spec", "names", "listKind"])
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{kind}List"));
+    let strings = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let short_names = strings(crd.pointer("/spec/names/shortNames"));
+    let categories = strings(crd.pointer("/spec/names/categories"));
+    let scope = str_at(crd, &["spec", "scope"])
+        .unwrap_or_default()
+        .to_string();
+    let namespaced = match scope.as_str() {
+        "Namespaced" => true,
+        "Cluster" => false,
+        _ => {
+            return Err(invalid(
+                &name,
+                "spec.scope",
+                &scope,
+                "supported values: \"Cluster\", \"Namespaced\"",
+            ));
+        }
+    };
+    let versions = crd
+        .pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if versions.is_empty() {
+        return Err(ApiError::invalid(
+            "apiextensions.k8s.io",
+            "CustomResourceDefinition",
+            &name,
+            vec![Cause {
+                reason: "FieldValueRequired",
+                message: "Required value: must have exactly one version marked as storage version"
+                    .into(),
+                field: "spec.versions".into(),
+            }],
+        ));
+    }
+    let mut defs = Vec::new();
+    let mut storage = Vec::new();
+    for (i, v) in versions.iter().enumerate() {
+        let vname = v
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if vname.is_empty()
+            || !vname
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        {
+            return Err(invalid(
+                &name,
+                &format!("spec.versions[{i}].name"),
+                &vname,
+                "must be a lowercase DNS label",
+            ));
+        }
+        if v.get("storage").and_then(Value::as_bool) == Some(true) {
+            storage.push(vname.clone());
+        }
+        if v.get("served").and_then(Value::as_bool) != Some(true) {
+            continue;
+        }
+        let printer_columns = v
+            .get("additionalPrinterColumns")
+            .and_then(Value::as_array)
+            .map(|cols| {
+                cols.iter()
+                    .map(|c| PrinterColumn {
+                        name: c
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .into(),
+                        type_: c
+                            .get("type")
+                            .and_then(Value::as_str)
+                            .unwrap_or("string")
+                            .into(),
+                        json_path: c
+                            .get("jsonPath")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .into(),
+                        priority: c.get("priority").and_then(Value::as_i64).unwrap_or(0),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let selectable: Vec<String> = v
+            .get("selectableFields")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|f| f.get("jsonPath").and_then(Value::as_str))
+                    .map(|p| p.trim_start_matches('.').to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let status_subresource = v.pointer("/subresources/status").is_some();
+        let mut field_labels = fields(&[]);
+        field_labels.extend(selectable);
+        defs.push(ResourceDef {
+            group: group.clone(),
+            version: vname,
+            plural: plural.clone(),
+            singular: singular.clone(),
+            kind: kind.clone(),
+            list_kind: list_kind.clone(),
+            namespaced,
+            short_names: short_names.clone(),
+            categories: categories.clone(),
+            status_subresource,
+            status_on_create: if status_subresource {
+                StatusOnCreate::Drop
+            } else {
+                StatusOnCreate::Keep
+            },
+            name_rule: NameRule::Subdomain,
+            field_labels,
+            create_on_update: false,
+            return_deleted: true,
+            special: Special::None,
+            printer_columns,
+            crd: Some(name.clone()),
+        });
+    }
+    if storage.len() != 1 {
+        return Err(invalid(
+            &name,
+            "spec.versions",
+            &storage.join(","),
+            "must have exactly one version marked as storage version",
+        ));
+    }
+    let mut accepted =
+        json!({"plural": plural, "singular": singular, "kind": kind, "listKind": list_kind});
+    if !short_names.is_empty() {
+        accepted["shortNames"] = json!(short_names);
+    }
+    if !categories.is_empty() {
+        accepted["categories"] = json!(categories);
+    }
+    if let Some(names) = crd.pointer_mut("/spec/names") {
+        names["singular"] = json!(singular);
+        names["listKind"] = json!(list_kind);
+    }
+    let now = super::meta::rfc3339(super::meta::unix_now());
+    let cond = |t: &str, reason: &str, msg: &str| json!({"type": t, "status": "True", "lastTransitionTime": now, "reason": reason, "message": msg});
+    crd["status"] = json!({
+        "acceptedNames": accepted,
+        "conditions": [
+            cond("NamesAccepted", "NoConflicts", "no conflicts found"),
+            cond("Established", "InitialNamesAccepted", "the initial names have been accepted"),
+        ],
+        "storedVersions": storage,
+    });
+    Ok(defs)
+}
+
+/// Kubernetes version priority: GA > beta > alpha, then by numbers, then others alphabetically.
+pub fn version_priority_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn key(v: &str) -> (u8, u64, u64, String) {
+        let parse = |s: &str| -> Option<(u64, u8, u64)> {
+            let rest = s.strip_prefix('v')?;
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            let major: u64 = rest.get(..digits)?.parse().ok()?;
+            let tail = &rest[digits..];
+            if tail.is_empty() {
+                return Some((major, 3, 0));
+            }
+            let (lvl, n) = if let Some(n) = tail.strip_prefix("beta") {
+                (2, n)
+            } else if let Some(n) = tail.strip_prefix("alpha") {
+                (1, n)
+            } else {
+                return None;
+            };
+            Some((major, lvl, n.parse().ok()?))
+        };
+        match parse(v) {
+            Some((major, lvl, minor)) => (lvl, major, minor, String::new()),
+            None => (0, 0, 0, v.to_string()),
+        }
+    }
+    let (ka, kb) = (key(a), key(b));
+    // Higher level/major/minor first; non-Kubernetes versions last, alphabetically.
+    kb.0.cmp(&ka.0)
+        .then(kb.1.cmp(&ka.1))
+        .then(kb.2.cmp(&ka.2))
+        .then(ka.3.cmp(&kb.3))
+}
+
+/// Lookup table over built-ins and CRD resources.
+#[derive(Debug, Default)]
+pub struct Registry {
+    builtin: Vec<Arc<ResourceDef>>,
+    crds: BTreeMap<String, Vec<Arc<ResourceDef>>>,
+    by_path: BTreeMap<(String, String, String), Arc<ResourceDef>>,
+}
+
+impl Registry {
+    /// The built-ins only.
+    pub fn new() -> Self {
+        let mut r = Registry {
+            builtin: builtins().into_iter().map(Arc::new).collect(),
+            ..Default::default()
+        };
+        r.rebuild();
+        r
+    }
+
+    fn rebuild(&mut self) {
+        self.by_path.clear();
+        for d in self.builtin.iter().chain(self.crds.values().flatten()) {
+            self.by_path.insert(
+                (d.group.clone(), d.version.clone(), d.plural.clone()),
+                d.clone(),
+            );
+        }
+    }
+
+    /// Serves (or re-serves) the resources of a CRD.
+    pub fn set_crd(&mut self, crd_name: &str, defs: Vec<ResourceDef>) {
+        self.crds.insert(
+            crd_name.to_string(),
+            defs.into_iter().map(Arc::new).collect(),
+        );
+        self.rebuild();
+    }
+
+    /// Stops serving a CRD's resources.
+    pub fn remove_crd(&mut self, crd_name: &str) {
+        self.crds.remove(crd_name);
+        self.rebuild();
+    }
+
+    /// Is this group/plural defined by a CRD other than `except` or by a built-in?
+    pub fn plural_taken(&self, group: &str, plural: &str, except: &str) -> bool {
+        self.builtin
+            .iter()
+            .any(|d| d.group == group && d.plural == plural)
+            || self.crds.iter().any(|(n, defs)| {
+                n != except && defs.iter().any(|d| d.group == group && d.plural == plural)
+            })
+    }
+
+    /// The definition at a path, if served.
+    pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceDef>> {
+        self.by_path
+            .get(&(group.to_string(), version.to_string(), plural.to_string()))
+            .cloned()
+    }
+
+    /// Every served resource (all versions).
+    pub fn served(&self) -> Vec<Arc<ResourceDef>> {
+        self.by_path.values().cloned().collect()
+    }
+
+    /// Any served version of a storage resource (for persistence/cascades).
+    pub fn any_version(&self, gr: &GroupResource) -> Option<Arc<ResourceDef>> {
+        self.by_path
+            .values()
+            .find(|d| d.group == gr.group && d.plural == gr.plural)
+            .cloned()
+    }
+
+    /// Every storage resource of a CRD.
+    pub fn crd_resource(&self, crd_name: &str) -> Option<GroupResource> {
+        self.crds
+            .get(crd_name)
+            .and_then(|d| d.first())
+            .map(|d| d.gr())
+    }
+
+    fn group_versions(&self) -> BTreeMap<String, Vec<String>> {
+        let mut gv: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (g, v, _) in self.by_path.keys() {
+            let e = gv.entry(g.clone()).or_default();
+            if !e.contains(v) {
+                e.push(v.clone());
+            }
+        }
+        for vs in gv.values_mut() {
+            vs.sort_by(|a, b| version_priority_cmp(a, b));
+        }
+        gv
+    }
+
+    /// `/api`.
+    pub fn api_versions(&self, server_addr: &str) -> Value {
+        json!({
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_addr}],
+        })
+    }
+
+    fn group_doc(name: &str, versions: &[String]) -> Value {
+        let vs: Vec<Value> = versions
+            .iter()
+            .map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v}))
+            .collect();
+        json!({
+            "name": name,
+            "versions": vs,
+            "preferredVersion": vs.first().cloned().unwrap_or(Value::Null),
+        })
+    }
+
+    /// `/apis`.
+    pub fn api_group_list(&self) -> Value {
+        let groups: Vec<Value> = self
+            .group_versions()
+            .iter()
+            .filter(|(g, _)| !g.is_empty())
+            .map(|(g, vs)| Self::group_doc(g, vs))
+            .collect();
+        json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+    }
+
+    /// `/apis/<group>`.
+    pub fn api_group(&self, group: &str) -> Option<Value> {
+        let gv = self.group_versions();
+        let vs = gv.get(group).filter(|_| !group.is_empty())?;
+        let mut doc = Self::group_doc(group, vs);
+        doc["kind"] = json!("APIGroup");
+        doc["apiVersion"] = json!("v1");
+        Some(doc)
+    }
+
+    /// `/api/v1` or `/apis/<group>/<version>`.
+    pub fn resource_list(&self, group: &str, version: &str) -> Option<Value> {
+        let resources: Vec<Value> = self
+            .by_path
+            .iter()
+            .filter(|((g, v, _), _)| g == group && v == version)
+            .flat_map(|(_, d)| d.discovery_entries())
+            .collect();
+        if resources.is_empty() {
+            return None;
+        }
+        let gv = if group.is_empty() {
+            version.to_string()
+        } else {
+            format!("{group}/{version}")
+        };
+        Some(
+            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_order() {
+        let mut v = vec![
+            "v1alpha1",
+            "foo",
+            "v2",
+            "v1beta2",
+            "v1",
+            "v1beta1",
+            "v10",
+            "bar",
+            "v11alpha2",
+        ];
+        v.sort_by(|a, b| version_priority_cmp(a, b));
+        assert_eq!(
+            v,
+            [
+                "v10",
+                "v2",
+                "v1",
+                "v1beta2",
+                "v1beta1",
+                "v11alpha2",
+                "v1alpha1",
+                "bar",
+                "foo"
+            ]
+        );
+    }
+
+    #[test]
+    fn crd_validation_and_status() {
+        let mut crd = json!({
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {"group": "example.com", "scope": "Namespaced",
+                "names": {"plural": "widgets", "kind": "Widget", "shortNames": ["wd"]},
+                "versions": [
+                    {"name": "v1", "served": true, "storage": true, "subresources": {"status": {}}},
+                    {"name": "v1beta1", "served": false, "storage": false}]}
+        });
+        let defs = crd_resources(&mut crd).unwrap();
+        assert_eq!(defs.len(), 1);
+        assert!(defs[0].namespaced && defs[0].status_subresource);
+        assert_eq!(defs[0].list_kind, "WidgetList");
+        assert_eq!(crd["status"]["acceptedNames"]["singular"], "widget");
+        assert_eq!(crd["status"]["conditions"][1]["type"], "Established");
+
+        let mut bad = crd.clone();
+        bad["metadata"]["name"] = json!("w.example.com");
+        assert_eq!(crd_resources(&mut bad).unwrap_err().code, 422);
+        let mut bad = crd.clone();
+        bad["spec"]["versions"][1]["storage"] = json!(true);
+        assert_eq!(crd_resources(&mut bad).unwrap_err().code, 422);
+        let mut bad = crd;
+        bad["spec"]["scope"] = json!("Global");
+        assert_eq!(crd_resources(&mut bad).unwrap_err().code, 422);
+    }
+
+    #[test]
+    fn discovery_shape() {
+        let r = Registry::new();
+        let core = r.resource_list("", "v1").unwrap();
+        let pods = core["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "pods")
+            .unwrap();
+        assert_eq!(pods["kind"], "Pod");
+        assert_eq!(pods["shortNames"][0], "po");
+        assert!(
+            core["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "pods/status")
+        );
+        let groups = r.api_group_list();
+        assert!(
+            groups["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g["name"] == "networking.k8s.io")
+        );
+        assert!(r.resource_list("nope.io", "v1").is_none());
+    }
+}

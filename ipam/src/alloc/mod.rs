@@ -1,0 +1,485 @@
+//! The per-node allocator: block affinity, claiming, borrowing, release, and
+//! group commit of concurrent requests.
+//!
+//! ```text
+//!  gRPC handlers ──Cmd──► mpsc ──► worker task (owns View: pools, block cache,
+//!  (Allocator clones)                │            handle index)
+//!        ▲                           │ round: drain queue → plan every ready op
+//!        └──── oneshot reply ◄───────┤        against working copies → one CAS
+//!                                    │        write per touched block (parallel)
+//!                                    ▼        → ack ops whose writes all succeeded
+//!                                 Store       → re-read conflicted blocks, retry
+//! ```
+//!
+//! An address is acknowledged only after the write that records it has
+//! succeeded. Ops that touch the same block in one round share one write.
+//! Ops for the same handle run in arrival order (a later op waits while an
+//! earlier one is in flight or backing off).
+
+mod plan;
+mod state;
+mod worker;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cidr::{Cidr, Family};
+use crate::error::IpamError;
+use crate::model::{AllocationAttrs, AllowedUse, IpamConfig};
+use crate::store::{BlockEvent, Store};
+
+pub(crate) use state::View;
+
+/// Wall clock in unix milliseconds (a trait so tests can move time).
+pub trait Clock: Send + Sync + 'static {
+    /// Now, in ms since the unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+/// A clock tests set by hand.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// Starts at `ms`.
+    pub fn new(ms: u64) -> Self {
+        ManualClock(AtomicU64::new(ms))
+    }
+    /// Moves time forward.
+    pub fn advance(&self, ms: u64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The node this allocator serves.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Node name (affinity `host:<name>`).
+    pub name: String,
+    /// Node labels, matched against pools' node selectors.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Tuning of retries and batching.
+#[derive(Clone, Debug)]
+pub struct AllocatorOptions {
+    /// Attempts per request before giving up (ABORTED / UNAVAILABLE).
+    pub max_attempts: u32,
+    /// First retry backoff; doubles per attempt, jittered to 50–100 %.
+    pub backoff_base: Duration,
+    /// Backoff ceiling.
+    pub backoff_max: Duration,
+    /// Time limit for one store call (then it counts as Unavailable).
+    pub store_timeout: Duration,
+    /// A request still not done after this long fails at its next retry.
+    pub request_timeout: Duration,
+    /// Most requests taken into one round.
+    pub max_batch: usize,
+    /// Group commit on (default). Off = one write per request (the
+    /// "Calico" baseline for benchmarks).
+    pub group_commit: bool,
+    /// Seed for backoff jitter (None: from the node name and the clock).
+    pub seed: Option<u64>,
+}
+
+impl Default for AllocatorOptions {
+    fn default() -> Self {
+        AllocatorOptions {
+            max_attempts: 8,
+            backoff_base: Duration::from_millis(2),
+            backoff_max: Duration::from_millis(250),
+            store_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_batch: 512,
+            group_commit: true,
+            seed: None,
+        }
+    }
+}
+
+/// One allocation request.
+#[derive(Clone, Debug, Default)]
+pub struct AllocRequest {
+    /// Handle, `<network>.<containerID>[.<ifname>]`.
+    pub handle: String,
+    /// Pod name / namespace (the node attribute is filled in).
+    pub attrs: AllocationAttrs,
+    /// Families wanted. Empty: those of `requested_ips`, or else every
+    /// family with an eligible pool.
+    pub families: Vec<Family>,
+    /// Pool names or CIDRs to choose from (empty: any eligible).
+    pub pool_hints: Vec<String>,
+    /// Specific addresses (at most one per family).
+    pub requested_ips: Vec<IpAddr>,
+    /// What the address is for.
+    pub use_: Option<AllowedUse>,
+}
+
+/// An address handed out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assigned {
+    /// The address.
+    pub ip: IpAddr,
+    /// Its block.
+    pub block: Cidr,
+    /// Its pool (empty if the pool is gone).
+    pub pool: String,
+    /// The block is not affine to this node.
+    pub borrowed: bool,
+}
+
+/// What a handle holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandleInfo {
+    /// The handle.
+    pub handle: String,
+    /// Its addresses.
+    pub addresses: Vec<Assigned>,
+    /// Owner attributes of the first address.
+    pub attrs: AllocationAttrs,
+}
+
+/// An exact address to release (used by leak GC and rollback): released
+/// only if the slot still holds `handle` with this allocation `sequence`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ReleaseTarget {
+    /// Block object name.
+    pub block: String,
+    /// Ordinal in the block.
+    pub ordinal: u32,
+    /// Expected handle.
+    pub handle: String,
+    /// Expected allocation sequence.
+    pub sequence: u64,
+}
+
+/// Per-pool figures for `Status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Pool name.
+    pub name: String,
+    /// Pool CIDR.
+    pub cidr: Cidr,
+    /// Addresses in the pool (saturating).
+    pub capacity: u64,
+    /// Addresses allocated in cached blocks of the pool.
+    pub allocated: u64,
+    /// Disabled flag.
+    pub disabled: bool,
+}
+
+/// Allocator health.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusInfo {
+    /// Last store call succeeded and the cache is synced.
+    pub ready: bool,
+    /// Node served.
+    pub node: String,
+    /// Pools.
+    pub pools: Vec<PoolStatus>,
+    /// Why not ready; invalid pools.
+    pub message: String,
+}
+
+/// Counters (monotonic) for benchmarks and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocatorMetrics {
+    /// Rounds run.
+    pub rounds: u64,
+    /// Store writes issued (create + update + delete).
+    pub writes: u64,
+    /// Store reads issued (get + list).
+    pub reads: u64,
+    /// Addresses acknowledged.
+    pub allocated: u64,
+    /// Addresses released.
+    pub released: u64,
+    /// Write conflicts seen.
+    pub conflicts: u64,
+    /// Requests re-queued for another attempt.
+    pub retries: u64,
+    /// Requests that failed.
+    pub failed: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub rounds: AtomicU64,
+    pub writes: AtomicU64,
+    pub reads: AtomicU64,
+    pub allocated: AtomicU64,
+    pub released: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub retries: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, IpamError>>;
+pub(crate) type Inspect = Box<dyn FnOnce(&View) + Send>;
+
+pub(crate) enum Cmd {
+    Allocate(AllocRequest, Reply<Vec<Assigned>>),
+    Release(String, Reply<Vec<IpAddr>>),
+    ReleaseTargets(Vec<ReleaseTarget>, Reply<Vec<ReleaseTarget>>),
+    Inspect(Inspect),
+    Idle(oneshot::Sender<()>),
+    Refresh(Reply<()>),
+    SetConfig(IpamConfig),
+    SetLabels(BTreeMap<String, String>),
+    Event(BlockEvent),
+}
+
+/// Aborts the worker task when the last [`Allocator`] clone goes away.
+struct TaskGuard(tokio::task::AbortHandle);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Handle to a running allocator; cheap to clone. The worker task is
+/// aborted when the last clone is dropped (requests still queued then get
+/// [`IpamError::Stopped`]; use [`Allocator::wait_idle`] first to drain).
+#[derive(Clone)]
+pub struct Allocator {
+    tx: mpsc::Sender<Cmd>,
+    counters: Arc<Counters>,
+    node: Arc<str>,
+    task: Arc<TaskGuard>,
+}
+
+impl Allocator {
+    /// Lists pools and blocks from `store` and starts the worker task (on
+    /// the current tokio runtime). Fails with `Unavailable` if the store
+    /// cannot be listed.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        node: NodeInfo,
+        config: IpamConfig,
+        opts: AllocatorOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Allocator, IpamError> {
+        let counters = Arc::new(Counters::default());
+        let name: Arc<str> = node.name.as_str().into();
+        let mut w = worker::Worker::new(store, node, config, opts, clock, counters.clone());
+        w.resync().await?;
+        let (tx, rx) = mpsc::channel(4096);
+        let task = tokio::spawn(w.run(rx)).abort_handle();
+        Ok(Allocator {
+            tx,
+            counters,
+            node: name,
+            task: Arc::new(TaskGuard(task)),
+        })
+    }
+
+    /// Stops the worker at once, as a crash would: requests in flight get
+    /// [`IpamError::Stopped`]; writes already sent may or may not have landed.
+    pub fn abort(&self) {
+        self.task.0.abort();
+    }
+
+    /// Waits until no request is queued or being retried (rollbacks of
+    /// failed requests included).
+    pub async fn wait_idle(&self) -> Result<(), IpamError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Idle(tx))
+            .await
+            .map_err(|_| IpamError::Stopped)?;
+        rx.await.map_err(|_| IpamError::Stopped)
+    }
+
+    /// The node served.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    async fn call<T>(&self, f: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, IpamError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(f(tx)).await.map_err(|_| IpamError::Stopped)?;
+        rx.await.map_err(|_| IpamError::Stopped)?
+    }
+
+    /// Allocates for a handle (idempotent per handle: returns what the
+    /// handle already holds).
+    pub async fn allocate(&self, req: AllocRequest) -> Result<Vec<Assigned>, IpamError> {
+        self.call(|r| Cmd::Allocate(req, r)).await
+    }
+
+    /// Releases everything a handle holds; unknown handle → empty list.
+    pub async fn release(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError> {
+        let h = handle.to_string();
+        self.call(|r| Cmd::Release(h, r)).await
+    }
+
+    /// Releases exact slots (only those still matching handle and sequence);
+    /// returns those released.
+    pub async fn release_targets(
+        &self,
+        targets: Vec<ReleaseTarget>,
+    ) -> Result<Vec<ReleaseTarget>, IpamError> {
+        self.call(|r| Cmd::ReleaseTargets(targets, r)).await
+    }
+
+    /// Runs `f` on the worker's view between rounds.
+    pub(crate) async fn inspect<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&View) -> T + Send + 'static,
+    ) -> Result<T, IpamError> {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Cmd::Inspect(Box::new(move |v| {
+            let _ = tx.send(f(v));
+        }));
+        self.tx.send(cmd).await.map_err(|_| IpamError::Stopped)?;
+        rx.await.map_err(|_| IpamError::Stopped)
+    }
+
+    /// What a handle holds, from the cache.
+    pub async fn get_handle(&self, handle: &str) -> Result<Option<HandleInfo>, IpamError> {
+        let h = handle.to_string();
+        self.inspect(move |v| {
+            let slots = v.index.get(&h)?;
+            let mut addresses = Vec::new();
+            let mut attrs = None;
+            for s in slots {
+                let b = v.blocks.get(&s.block)?;
+                if let Some(a) = b.spec.allocation(s.ordinal) {
+                    attrs.get_or_insert_with(|| a.attrs.clone());
+                }
+                addresses.extend(v.assigned(&b.spec, s.ordinal));
+            }
+            addresses.sort_by_key(|a| a.ip);
+            Some(HandleInfo {
+                handle: h,
+                addresses,
+                attrs: attrs.unwrap_or_default(),
+            })
+        })
+        .await
+    }
+
+    /// CNI GC: releases every handle made by this node whose name starts
+    /// with `<network>.` and is not in `valid`. Returns the released handles.
+    pub async fn garbage_collect(
+        &self,
+        network: &str,
+        valid: HashSet<String>,
+    ) -> Result<Vec<String>, IpamError> {
+        let prefix = format!("{network}.");
+        let node = self.node.to_string();
+        let mut victims = self
+            .inspect(move |v| {
+                v.index
+                    .iter()
+                    .filter(|(h, _)| h.starts_with(&prefix) && !valid.contains(*h))
+                    .filter(|(_, slots)| {
+                        slots.iter().any(|s| {
+                            v.blocks
+                                .get(&s.block)
+                                .and_then(|b| b.spec.allocation(s.ordinal))
+                                .is_some_and(|a| a.attrs.node.as_deref() == Some(node.as_str()))
+                        })
+                    })
+                    .map(|(h, _)| h.clone())
+                    .collect::<Vec<_>>()
+            })
+            .await?;
+        victims.sort();
+        let results = futures::future::join_all(victims.iter().map(|h| self.release(h))).await;
+        let mut out = Vec::new();
+        for (h, r) in victims.into_iter().zip(results) {
+            if !r?.is_empty() {
+                out.push(h);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Health and pool usage.
+    pub async fn status(&self) -> Result<StatusInfo, IpamError> {
+        self.call(|r| {
+            Cmd::Inspect(Box::new(move |v: &View| {
+                let _ = r.send(Ok(worker::status_of(v)));
+            }))
+        })
+        .await
+    }
+
+    /// Re-lists pools and blocks from the store.
+    pub async fn refresh(&self) -> Result<(), IpamError> {
+        self.call(Cmd::Refresh).await
+    }
+
+    /// Replaces the IPAM configuration.
+    pub async fn set_config(&self, config: IpamConfig) -> Result<(), IpamError> {
+        self.tx
+            .send(Cmd::SetConfig(config))
+            .await
+            .map_err(|_| IpamError::Stopped)
+    }
+
+    /// Replaces the node's labels (pool selectors are re-evaluated).
+    pub async fn set_node_labels(&self, labels: BTreeMap<String, String>) -> Result<(), IpamError> {
+        self.tx
+            .send(Cmd::SetLabels(labels))
+            .await
+            .map_err(|_| IpamError::Stopped)
+    }
+
+    /// Feeds a block watch event into the cache (optional: the cache heals
+    /// through CAS conflicts anyway, a watch just makes it fresher).
+    pub async fn apply_block_event(&self, ev: BlockEvent) -> Result<(), IpamError> {
+        self.tx
+            .send(Cmd::Event(ev))
+            .await
+            .map_err(|_| IpamError::Stopped)
+    }
+
+    /// Counters so far.
+    pub fn metrics(&self) -> AllocatorMetrics {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let c = &self.counters;
+        AllocatorMetrics {
+            rounds: g(&c.rounds),
+            writes: g(&c.writes),
+            reads: g(&c.reads),
+            allocated: g(&c.allocated),
+            released: g(&c.released),
+            conflicts: g(&c.conflicts),
+            retries: g(&c.retries),
+            failed: g(&c.failed),
+        }
+    }
+}

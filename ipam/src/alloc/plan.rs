@@ -1,0 +1,389 @@
+//! Planning: choosing addresses for requests against working copies of
+//! blocks. Nothing here does I/O; the worker writes the working copies.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use crate::cidr::Family;
+use crate::error::IpamError;
+use crate::model::{
+    Allocation, AllocationAttrs, AllowedUse, FreeOrdinal, IpamBlockSpec, block_name,
+};
+use crate::store::{BlockObject, Versioned};
+
+use super::state::{View, fnv1a};
+
+/// A working copy of one block for the current round.
+pub(crate) struct Work {
+    pub obj: BlockObject,
+    /// Claim: write with `create` instead of `update`.
+    pub create: bool,
+    /// Ops (round indices) with tentative changes in this block.
+    pub members: Vec<usize>,
+}
+
+pub(crate) type WorkSet = BTreeMap<String, Work>;
+
+/// One tentative change, undone if the op fails to plan and committed if the
+/// block's write succeeds.
+#[derive(Clone, Debug)]
+pub(crate) struct Tent {
+    pub block: String,
+    pub ordinal: u32,
+    /// For undo of a take: queue position and entry.
+    pub taken: Option<(usize, FreeOrdinal)>,
+}
+
+pub(crate) struct Planner<'a> {
+    pub view: &'a View,
+    pub work: &'a mut WorkSet,
+    pub now: u64,
+    /// Names of blocks affine to this node (cache + claims of this round).
+    pub affine: &'a mut Vec<String>,
+}
+
+impl Planner<'_> {
+    fn cooldown(&self) -> u64 {
+        self.view.config.reuse_cooldown_ms
+    }
+
+    /// The working copy of a cached block (cloned on first use).
+    pub fn entry(&mut self, name: &str) -> Option<&mut Work> {
+        if !self.work.contains_key(name) {
+            let obj = self.view.blocks.get(name)?.clone();
+            self.work.insert(
+                name.to_string(),
+                Work {
+                    obj,
+                    create: false,
+                    members: Vec::new(),
+                },
+            );
+        }
+        self.work.get_mut(name)
+    }
+
+    /// The current state of a block: working copy if any, else cache.
+    fn current(&self, name: &str) -> Option<&IpamBlockSpec> {
+        self.work
+            .get(name)
+            .map(|w| &w.obj.spec)
+            .or_else(|| self.view.blocks.get(name).map(|b| &b.spec))
+    }
+
+    fn take(
+        &mut self,
+        name: &str,
+        op: usize,
+        handle: &str,
+        attrs: &AllocationAttrs,
+        specific: Option<u32>,
+    ) -> Option<Tent> {
+        let (now, cd) = (self.now, self.cooldown());
+        let w = self.entry(name)?;
+        let (pos, entry) = match specific {
+            Some(o) => w.obj.spec.take_specific(o)?,
+            None => w.obj.spec.take_free(now, cd)?,
+        };
+        w.obj.spec.insert_allocation(Allocation {
+            ordinal: entry.ordinal,
+            handle: handle.to_string(),
+            attrs: attrs.clone(),
+            sequence: w.obj.spec.sequence + 1,
+        });
+        if !w.members.contains(&op) {
+            w.members.push(op);
+        }
+        Some(Tent {
+            block: name.to_string(),
+            ordinal: entry.ordinal,
+            taken: Some((pos, entry)),
+        })
+    }
+
+    /// Undoes tentative changes of op `op` (in reverse order).
+    pub fn undo(&mut self, op: usize, tents: &[Tent]) {
+        for t in tents.iter().rev() {
+            if let (Some(w), Some((pos, entry))) = (self.work.get_mut(&t.block), t.taken) {
+                w.obj.spec.remove_allocation(t.ordinal);
+                w.obj.spec.untake(pos, entry);
+            }
+        }
+        for t in tents {
+            if let Some(w) = self.work.get_mut(&t.block) {
+                w.members.retain(|&m| m != op);
+            }
+        }
+    }
+
+    /// Plans one specific address. `Ok(None)`: the handle already holds it.
+    pub fn specific(
+        &mut self,
+        op: usize,
+        ip: IpAddr,
+        handle: &str,
+        attrs: &AllocationAttrs,
+        use_: AllowedUse,
+    ) -> Result<Option<Tent>, IpamError> {
+        let family = Family::of(ip);
+        let pool = self
+            .view
+            .pools
+            .iter()
+            .find(|p| p.spec.cidr.contains(ip))
+            .ok_or_else(|| IpamError::NoPool {
+                family,
+                reason: format!("requested address {ip} is in no pool"),
+            })?;
+        if pool.spec.disabled || !pool.spec.allowed_uses.contains(&use_) {
+            return Err(IpamError::NoPool {
+                family,
+                reason: format!("pool {} of {ip} is disabled or not for {use_:?}", pool.name),
+            });
+        }
+        let bp = pool.spec.block_prefix();
+        let Some((_, cidr)) = pool.spec.cidr.subnet_containing(bp, ip) else {
+            return Err(IpamError::InvalidArgument {
+                reason: format!("cannot place {ip} in pool {}", pool.name),
+            });
+        };
+        let natural = block_name(&cidr);
+        let name = if self.work.contains_key(&natural) {
+            natural
+        } else if let Some(n) = self.view.block_containing(ip) {
+            if self.view.invalid.contains_key(n) {
+                return Err(IpamError::Unavailable {
+                    reason: format!("block {n} holding {ip} is malformed"),
+                    source: None,
+                });
+            }
+            n.to_string()
+        } else {
+            let spec = IpamBlockSpec::new(cidr, Some(self.view.affinity.clone()), self.now);
+            self.new_block(natural.clone(), spec);
+            natural
+        };
+        let Some(block) = self.current(&name) else {
+            return Err(IpamError::Unavailable {
+                reason: format!("block {name} vanished from the cache"),
+                source: None,
+            });
+        };
+        if self.view.config.strict_affinity
+            && block.affinity.is_some()
+            && block.affinity.as_deref() != Some(self.view.affinity.as_str())
+        {
+            return Err(IpamError::NoPool {
+                family,
+                reason: format!(
+                    "strict affinity: {ip} is in block {} of {}",
+                    block.cidr,
+                    block.affinity.as_deref().unwrap_or("")
+                ),
+            });
+        }
+        let ordinal = block
+            .ordinal_of(ip)
+            .ok_or_else(|| IpamError::InvalidArgument {
+                reason: format!("{ip} outside block {name}"),
+            })?;
+        if let Some(a) = block.allocation(ordinal) {
+            if a.handle == handle {
+                return Ok(None);
+            }
+            return Err(IpamError::InUse {
+                ip,
+                holder: a.handle.clone(),
+            });
+        }
+        self.take(&name, op, handle, attrs, Some(ordinal))
+            .map(Some)
+            .ok_or_else(|| IpamError::InUse {
+                ip,
+                holder: String::from("(free queue inconsistent)"),
+            })
+    }
+
+    fn new_block(&mut self, name: String, spec: IpamBlockSpec) {
+        self.affine.push(name.clone());
+        self.work.insert(
+            name.clone(),
+            Work {
+                obj: Versioned {
+                    name,
+                    resource_version: String::new(),
+                    spec,
+                },
+                create: true,
+                members: Vec::new(),
+            },
+        );
+    }
+
+    fn in_pools(&self, spec: &IpamBlockSpec, pools: &[usize]) -> Option<usize> {
+        pools
+            .iter()
+            .copied()
+            .find(|&i| self.view.pools[i].spec.cidr.contains_cidr(&spec.cidr))
+    }
+
+    /// Plans one address of `family` from the eligible pools: affine blocks,
+    /// then a new or reclaimed block, then borrowing.
+    pub fn auto(
+        &mut self,
+        op: usize,
+        family: Family,
+        hints: &[String],
+        use_: AllowedUse,
+        handle: &str,
+        attrs: &AllocationAttrs,
+    ) -> Result<Tent, IpamError> {
+        let pools = self.view.eligible_pools(family, hints, use_);
+        if pools.is_empty() {
+            return Err(IpamError::NoPool {
+                family,
+                reason: if hints.is_empty() {
+                    format!(
+                        "no enabled {family} pool selects node {}",
+                        self.view.node.name
+                    )
+                } else {
+                    format!("no enabled {family} pool matches hints {hints:?}")
+                },
+            });
+        }
+        let (now, cd) = (self.now, self.cooldown());
+        // 1. The fullest affine block with a usable address.
+        let mut best: Option<(usize, &str)> = None;
+        for name in self.affine.iter() {
+            let Some(b) = self.current(name) else {
+                continue;
+            };
+            if b.affine_node() != Some(self.view.node.name.as_str())
+                || self.in_pools(b, &pools).is_none()
+            {
+                continue;
+            }
+            let n = b.usable_count(now, cd);
+            if n > 0 && best.is_none_or(|(m, _)| n < m) {
+                best = Some((n, name));
+            }
+        }
+        if let Some((_, name)) = best {
+            let name = name.to_string();
+            if let Some(t) = self.take(&name, op, handle, attrs, None) {
+                return Ok(t);
+            }
+        }
+        // 2. Claim a block.
+        if self.view.config.auto_allocate_blocks {
+            for &pi in &pools {
+                if let Some(name) = self.claim(pi)
+                    && let Some(t) = self.take(&name, op, handle, attrs, None)
+                {
+                    return Ok(t);
+                }
+            }
+        }
+        // 3. Borrow.
+        if !self.view.config.strict_affinity {
+            let mut cands: Vec<String> = Vec::new();
+            let names = self.view.blocks.keys().chain(
+                self.work
+                    .keys()
+                    .filter(|k| !self.view.blocks.contains_key(*k)),
+            );
+            for name in names {
+                let Some(b) = self.current(name) else {
+                    continue;
+                };
+                if b.affinity.as_deref() != Some(self.view.affinity.as_str())
+                    && self.in_pools(b, &pools).is_some()
+                    && b.usable_count(now, cd) > 0
+                {
+                    cands.push(name.clone());
+                }
+            }
+            if !cands.is_empty() {
+                let start = (fnv1a(&[&self.view.node.name]) % cands.len() as u64) as usize;
+                for i in 0..cands.len() {
+                    let name = cands[(start + i) % cands.len()].clone();
+                    if let Some(t) = self.take(&name, op, handle, attrs, None) {
+                        return Ok(t);
+                    }
+                }
+            }
+        }
+        Err(IpamError::Exhausted {
+            family,
+            node: self.view.node.name.clone(),
+        })
+    }
+
+    /// Finds a block for this node in pool `pi`: a free CIDR (scan starting
+    /// at a per-node offset so nodes spread out) or, failing that, an empty
+    /// block of another node older than the minimum reclaim age.
+    fn claim(&mut self, pi: usize) -> Option<String> {
+        let pool = &self.view.pools[pi];
+        let max = self.view.config.max_blocks_per_host;
+        if max > 0 {
+            let mine = self
+                .affine
+                .iter()
+                .filter_map(|n| self.current(n))
+                .filter(|b| {
+                    b.affine_node() == Some(self.view.node.name.as_str())
+                        && pool.spec.cidr.contains_cidr(&b.cidr)
+                })
+                .count();
+            if mine >= max as usize {
+                return None;
+            }
+        }
+        let bp = pool.spec.block_prefix();
+        let n = pool.block_count();
+        if n > 0 {
+            let start = fnv1a(&[&self.view.node.name, &pool.name]) % n;
+            // Each miss is an occupied CIDR, so this bound is never hit
+            // while a free CIDR exists unless larger foreign blocks overlap.
+            let limit = n.min((self.view.occupied.len() + self.work.len()) as u64 + 4096);
+            for i in 0..limit {
+                let idx = (start + i) % n;
+                let Some(cidr) = pool.spec.cidr.subnet(bp, idx) else {
+                    continue;
+                };
+                let name = block_name(&cidr);
+                if self.work.contains_key(&name) || self.view.overlaps(&cidr) {
+                    continue;
+                }
+                let spec = IpamBlockSpec::new(cidr, Some(self.view.affinity.clone()), self.now);
+                self.new_block(name.clone(), spec);
+                return Some(name);
+            }
+        }
+        // Reclaim an empty block of another node (or of none).
+        let (now, cd) = (self.now, self.cooldown());
+        let min_age = self.view.config.min_reclaim_age_ms;
+        let victim = self
+            .view
+            .blocks
+            .values()
+            .filter(|b| !self.work.contains_key(&b.name))
+            .find(|b| {
+                let s = &b.spec;
+                pool.spec.cidr.contains_cidr(&s.cidr)
+                    && s.affinity.as_deref() != Some(self.view.affinity.as_str())
+                    && s.is_empty()
+                    && !s.has_cooling(now, cd)
+                    && (s.affinity.is_none() || now.saturating_sub(s.created_at) >= min_age)
+            })?
+            .name
+            .clone();
+        let affinity = self.view.affinity.clone();
+        let w = self.entry(&victim)?;
+        w.obj.spec.affinity = Some(affinity);
+        w.obj.spec.created_at = now;
+        self.affine.push(victim.clone());
+        Some(victim)
+    }
+}

@@ -1,0 +1,646 @@
+//! One round of group commit (see the parent module).
+
+use std::collections::HashSet;
+use std::mem;
+
+use super::*;
+
+impl Worker {
+    pub(super) async fn round(&mut self, pending: &mut Vec<Op>) {
+        Counters::add(&self.counters.rounds, 1);
+        let now_i = Instant::now();
+        if self.needs_resync
+            && let Err(e) = self.resync().await
+        {
+            let reason = e.to_string();
+            let ops = mem::take(pending);
+            for mut op in ops {
+                if op.not_before > now_i {
+                    pending.push(op);
+                    continue;
+                }
+                op.last_failure = Some(Failure::Unavailable(reason.clone()));
+                if let Some(op) = self.retry_or_fail(op, now_i, pending) {
+                    pending.push(op);
+                }
+            }
+            pending.sort_by_key(|o| o.id);
+            return;
+        }
+
+        // Pick this round's ops: ready, within the batch limit, and not
+        // behind an earlier op on the same handle.
+        let limit = if self.opts.group_commit {
+            self.opts.max_batch.max(1)
+        } else {
+            1
+        };
+        let mut busy: HashSet<String> = HashSet::new();
+        let mut batch: Vec<Op> = Vec::new();
+        let mut keep: Vec<Op> = Vec::new();
+        for op in mem::take(pending) {
+            let free = !busy.contains(&op.handle);
+            busy.insert(op.handle.clone());
+            if free && op.not_before <= now_i && batch.len() < limit {
+                batch.push(op);
+            } else {
+                keep.push(op);
+            }
+        }
+
+        // Plan.
+        let now = self.clock.now_ms();
+        let mut work = WorkSet::new();
+        let mut affine: Vec<String> = self
+            .view
+            .blocks
+            .values()
+            .filter(|b| b.spec.affinity.as_deref() == Some(self.view.affinity.as_str()))
+            .map(|b| b.name.clone())
+            .collect();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (i, op) in batch.iter_mut().enumerate() {
+            let mut p = Planner {
+                view: &self.view,
+                work: &mut work,
+                now,
+                affine: &mut affine,
+            };
+            outcomes.push(plan_op(&mut p, i, op));
+        }
+
+        // Write every touched block once, in parallel.
+        let names: Vec<String> = work
+            .iter()
+            .filter(|(_, w)| !w.members.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in &names {
+            if let Some(w) = work.get_mut(n) {
+                w.obj.spec.sequence += 1;
+            }
+        }
+        Counters::add(&self.counters.writes, names.len() as u64);
+        let results = {
+            let store = &self.store;
+            let work = &work;
+            let this = &*self;
+            join_all(names.iter().map(|n| async move {
+                let w = &work[n];
+                if w.create {
+                    this.timed(store.create_block(n, &w.obj.spec)).await
+                } else {
+                    this.timed(store.update_block(&w.obj)).await
+                }
+            }))
+            .await
+        };
+        let mut failed: HashSet<String> = HashSet::new();
+        let mut reread: Vec<String> = Vec::new();
+        let mut written: Vec<String> = Vec::new();
+        let mut failure: Option<Failure> = None;
+        for (n, r) in names.iter().zip(results) {
+            match r {
+                Ok(obj) => {
+                    self.store_succeeded();
+                    self.view.put_block(obj);
+                    written.push(n.clone());
+                }
+                Err(e) => {
+                    failed.insert(n.clone());
+                    match &e {
+                        StoreError::Conflict { .. } | StoreError::AlreadyExists { .. } => {
+                            Counters::add(&self.counters.conflicts, 1);
+                            failure.get_or_insert(Failure::Conflict(n.clone()));
+                            // A lost race on a block that is not ours (a
+                            // borrow, a reclaim, a claim of a CIDR we did not
+                            // know was taken) means the cache of other
+                            // nodes' blocks is stale: re-list everything
+                            // rather than discover it one conflict at a time.
+                            let ours = self.view.blocks.get(n).is_some_and(|b| {
+                                b.spec.affinity.as_deref() == Some(self.view.affinity.as_str())
+                            });
+                            if ours {
+                                reread.push(n.clone());
+                            } else {
+                                self.needs_resync = true;
+                            }
+                        }
+                        StoreError::NotFound { .. } => {
+                            failure.get_or_insert(Failure::Conflict(n.clone()));
+                            self.view.remove_block(n);
+                        }
+                        StoreError::Unavailable { .. } | StoreError::Invalid { .. } => {
+                            self.store_failed(&e);
+                            failure = Some(Failure::Unavailable(e.to_string()));
+                            reread.push(n.clone());
+                        }
+                    }
+                    debug!(block = %n, error = %e, "block write failed");
+                }
+            }
+        }
+        if !reread.is_empty() {
+            self.reread(&reread).await;
+        }
+
+        // Resolve ops.
+        let mut done_count = 0u64;
+        for (op, outcome) in batch.into_iter().zip(outcomes) {
+            match outcome {
+                Outcome::Finished => {
+                    let (n, _) = self.finish(op);
+                    done_count += n;
+                }
+                Outcome::Failed(e) => {
+                    Counters::add(&self.counters.failed, 1);
+                    self.fail(op, e, &mut keep);
+                }
+                Outcome::Refresh => {
+                    self.needs_resync = true;
+                    keep.push(op);
+                }
+                Outcome::Planned => {
+                    let mut op = op;
+                    let tents = mem::take(&mut op.tents);
+                    let mut all_ok = true;
+                    for t in tents {
+                        if failed.contains(&t.block) {
+                            all_ok = false;
+                        } else {
+                            self.commit(&mut op, t);
+                        }
+                    }
+                    if all_ok && self.complete(&op) {
+                        let (n, _) = self.finish(op);
+                        done_count += n;
+                    } else {
+                        op.last_failure = failure.clone().or(op.last_failure);
+                        if let Some(op) = self.retry_or_fail(op, now_i, &mut keep) {
+                            keep.push(op);
+                        }
+                    }
+                }
+            }
+        }
+        let _ = done_count;
+        keep.sort_by_key(|o| o.id);
+        *pending = keep;
+
+        self.release_empty_blocks(&written, now).await;
+    }
+
+    /// Re-reads blocks after failed writes; a failed read forces a full
+    /// resync before the next round.
+    async fn reread(&mut self, names: &[String]) {
+        Counters::add(&self.counters.reads, names.len() as u64);
+        let store = self.store.clone();
+        let results = {
+            let this = &*self;
+            join_all(names.iter().map(|n| this.timed(store.get_block(n)))).await
+        };
+        for (n, r) in names.iter().zip(results) {
+            match r {
+                Ok(Some(obj)) => self.view.put_block(obj),
+                Ok(None) => self.view.remove_block(n),
+                Err(e) => {
+                    self.store_failed(&e);
+                    self.needs_resync = true;
+                }
+            }
+        }
+    }
+
+    /// Records a committed tentative change.
+    fn commit(&mut self, op: &mut Op, t: Tent) {
+        match &mut op.kind {
+            Kind::Alloc { done, .. } => done.push(Slot {
+                block: t.block,
+                ordinal: t.ordinal,
+            }),
+            // Reported at plan time.
+            Kind::Release { .. } => {}
+            Kind::Targets {
+                remaining,
+                released,
+                ..
+            } => {
+                if let Some(i) = remaining
+                    .iter()
+                    .position(|r| r.block == t.block && r.ordinal == t.ordinal)
+                {
+                    released.push(remaining.swap_remove(i));
+                }
+            }
+        }
+    }
+
+    /// Whether an op has everything it needs after a fully successful round.
+    fn complete(&self, op: &Op) -> bool {
+        match &op.kind {
+            Kind::Alloc { families, done, .. } => {
+                let fams = families.as_deref().unwrap_or(&[]);
+                fams.iter().all(|f| {
+                    done.iter().any(|s| {
+                        self.view
+                            .blocks
+                            .get(&s.block)
+                            .is_some_and(|b| b.spec.cidr.family() == *f)
+                    })
+                })
+            }
+            // Releases re-plan from the index until nothing is left; a round
+            // without failures left nothing.
+            Kind::Release { .. } | Kind::Targets { .. } => true,
+        }
+    }
+
+    /// Sends the success reply. Returns (addresses, op id).
+    fn finish(&mut self, op: Op) -> (u64, u64) {
+        let id = op.id;
+        match op.kind {
+            Kind::Alloc { done, reply, .. } => {
+                let mut out: Vec<Assigned> = done
+                    .iter()
+                    .filter_map(|s| {
+                        let b = self.view.blocks.get(&s.block)?;
+                        self.view.assigned(&b.spec, s.ordinal)
+                    })
+                    .collect();
+                out.sort_by_key(|a| a.ip);
+                let n = out.len() as u64;
+                Counters::add(&self.counters.allocated, n);
+                let _ = reply.send(Ok(out));
+                (n, id)
+            }
+            Kind::Release { released, reply } => {
+                let n = released.len() as u64;
+                Counters::add(&self.counters.released, n);
+                let _ = reply.send(Ok(released));
+                (n, id)
+            }
+            Kind::Targets {
+                released, reply, ..
+            } => {
+                let n = released.len() as u64;
+                Counters::add(&self.counters.released, n);
+                if let Some(r) = reply {
+                    let _ = r.send(Ok(released));
+                }
+                (n, id)
+            }
+        }
+    }
+
+    /// Sends an error. A failed allocation must leave its handle holding
+    /// nothing: everything the handle holds now (committed parts, or a write
+    /// that landed although its reply was lost) is rolled back by a release
+    /// op that keeps the handle's place in the queue. Ops on one handle run
+    /// in order, so nothing else can have allocated for it meanwhile.
+    fn fail(&mut self, op: Op, e: IpamError, keep: &mut Vec<Op>) {
+        match op.kind {
+            Kind::Alloc { done, reply, .. } => {
+                let mut slots: Vec<Slot> =
+                    self.view.index.get(&op.handle).cloned().unwrap_or_default();
+                for s in done {
+                    if !slots.contains(&s) {
+                        slots.push(s);
+                    }
+                }
+                let targets: Vec<ReleaseTarget> = slots
+                    .iter()
+                    .filter_map(|s| {
+                        let a = self.view.blocks.get(&s.block)?.spec.allocation(s.ordinal)?;
+                        (a.handle == op.handle).then(|| ReleaseTarget {
+                            block: s.block.clone(),
+                            ordinal: s.ordinal,
+                            handle: a.handle.clone(),
+                            sequence: a.sequence,
+                        })
+                    })
+                    .collect();
+                if !targets.is_empty() {
+                    warn!(handle = %op.handle, "rolling back a failed allocation");
+                    keep.push(Op {
+                        id: op.id,
+                        handle: op.handle,
+                        kind: Kind::Targets {
+                            remaining: targets,
+                            released: Vec::new(),
+                            reply: None,
+                        },
+                        attempts: 0,
+                        not_before: Instant::now(),
+                        deadline: Instant::now() + self.opts.request_timeout,
+                        refreshed: true,
+                        tents: Vec::new(),
+                        last_failure: None,
+                    });
+                }
+                let _ = reply.send(Err(e));
+            }
+            Kind::Release { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Kind::Targets { reply, .. } => {
+                if let Some(r) = reply {
+                    let _ = r.send(Err(e));
+                } else {
+                    warn!(handle = %op.handle, error = %e, "rollback failed; GC will reclaim");
+                }
+            }
+        }
+    }
+
+    /// Queues another attempt, or fails the op when out of attempts/time.
+    fn retry_or_fail(&mut self, mut op: Op, now: Instant, keep: &mut Vec<Op>) -> Option<Op> {
+        op.attempts += 1;
+        // Rollbacks have no caller waiting: they retry until their deadline.
+        let rollback = matches!(op.kind, Kind::Targets { reply: None, .. });
+        if (!rollback && op.attempts >= self.opts.max_attempts) || now >= op.deadline {
+            Counters::add(&self.counters.failed, 1);
+            let e = match &op.last_failure {
+                Some(Failure::Conflict(block)) => IpamError::Aborted {
+                    attempts: op.attempts,
+                    block: block.clone(),
+                },
+                Some(Failure::Unavailable(reason)) => IpamError::Unavailable {
+                    reason: format!("after {} attempts: {reason}", op.attempts),
+                    source: None,
+                },
+                None => IpamError::Unavailable {
+                    reason: format!("gave up after {} attempts", op.attempts),
+                    source: None,
+                },
+            };
+            self.fail(op, e, keep);
+            return None;
+        }
+        Counters::add(&self.counters.retries, 1);
+        op.not_before = now + self.backoff(op.attempts);
+        Some(op)
+    }
+
+    /// Deletes blocks of this node that this round emptied, when the node
+    /// keeps another affine block with room in the same pool.
+    async fn release_empty_blocks(&mut self, written: &[String], now: u64) {
+        let cd = self.view.config.reuse_cooldown_ms;
+        let mut victims: Vec<(String, String)> = Vec::new();
+        for n in written {
+            let Some(b) = self.view.blocks.get(n) else {
+                continue;
+            };
+            let s = &b.spec;
+            if s.affinity.as_deref() != Some(self.view.affinity.as_str())
+                || !s.is_empty()
+                || s.has_cooling(now, cd)
+            {
+                continue;
+            }
+            let Some(pool) = self.view.pool_of(&s.cidr) else {
+                continue;
+            };
+            let other_with_room = self.view.blocks.values().any(|o| {
+                o.name != *n
+                    && !victims.iter().any(|(v, _)| *v == o.name)
+                    && o.spec.affinity == s.affinity
+                    && pool.spec.cidr.contains_cidr(&o.spec.cidr)
+                    && o.spec.usable_count(now, cd) > 0
+            });
+            if other_with_room {
+                victims.push((n.clone(), b.resource_version.clone()));
+            }
+        }
+        if victims.is_empty() {
+            return;
+        }
+        Counters::add(&self.counters.writes, victims.len() as u64);
+        let store = self.store.clone();
+        let results = {
+            let this = &*self;
+            join_all(
+                victims
+                    .iter()
+                    .map(|(n, rv)| this.timed(store.delete_block(n, rv))),
+            )
+            .await
+        };
+        for ((n, _), r) in victims.iter().zip(results) {
+            match r {
+                Ok(()) | Err(StoreError::NotFound { .. }) => {
+                    debug!(block = %n, "released empty block");
+                    self.view.remove_block(n);
+                }
+                // Someone wrote to it meanwhile: it stays; the next write
+                // to it re-reads.
+                Err(e) => debug!(block = %n, error = %e, "empty block not released"),
+            }
+        }
+    }
+}
+
+/// Plans one op into the working set.
+fn plan_op(p: &mut Planner<'_>, i: usize, op: &mut Op) -> Outcome {
+    op.tents.clear();
+    let refreshed = op.refreshed;
+    match &mut op.kind {
+        Kind::Alloc {
+            req,
+            use_,
+            families,
+            done,
+            ..
+        } => {
+            // Idempotency / top-up: adopt what the handle holds (an earlier
+            // request, or one of our writes whose reply was lost). Ops on one
+            // handle are serialized, so all of it is ours.
+            let handle = &req.handle;
+            done.retain(|s| {
+                p.view
+                    .blocks
+                    .get(&s.block)
+                    .and_then(|b| b.spec.allocation(s.ordinal))
+                    .is_some_and(|a| a.handle == *handle)
+            });
+            for s in p.view.index.get(handle).into_iter().flatten() {
+                if !done.contains(s) {
+                    done.push(s.clone());
+                }
+            }
+            let fams = match families {
+                Some(f) => f.clone(),
+                None => {
+                    let f = resolve_families(p.view, req, *use_);
+                    *families = Some(f.clone());
+                    f
+                }
+            };
+            if fams.is_empty() {
+                return Outcome::Failed(IpamError::NoPool {
+                    family: Family::V4,
+                    reason: format!("no pool selects node {}", p.view.node.name),
+                });
+            }
+            let held: HashSet<Family> = done
+                .iter()
+                .filter_map(|s| p.view.blocks.get(&s.block))
+                .map(|b| b.spec.cidr.family())
+                .collect();
+            let mut tents = Vec::new();
+            for fam in fams.iter().filter(|f| !held.contains(f)) {
+                let requested = req
+                    .requested_ips
+                    .iter()
+                    .copied()
+                    .find(|ip| Family::of(*ip) == *fam);
+                let r = match requested {
+                    Some(ip) => p
+                        .specific(i, ip, &req.handle, &req.attrs, *use_)
+                        .map(|t| t.into_iter().collect::<Vec<_>>()),
+                    None => p
+                        .auto(i, *fam, &req.pool_hints, *use_, &req.handle, &req.attrs)
+                        .map(|t| vec![t]),
+                };
+                match r {
+                    Ok(ts) => tents.extend(ts),
+                    Err(e) => {
+                        p.undo(i, &tents);
+                        return match e {
+                            // Decided from a possibly stale cache: re-list
+                            // once and plan again before saying so.
+                            IpamError::NoPool { .. }
+                            | IpamError::Exhausted { .. }
+                            | IpamError::InUse { .. }
+                                if !refreshed =>
+                            {
+                                op.refreshed = true;
+                                Outcome::Refresh
+                            }
+                            e => Outcome::Failed(e),
+                        };
+                    }
+                }
+            }
+            if tents.is_empty() {
+                return Outcome::Finished;
+            }
+            op.tents = tents;
+            Outcome::Planned
+        }
+        Kind::Release { released, .. } => {
+            // Addresses are reported when planned: the op only finishes once
+            // the handle holds nothing, so each of them is released by then
+            // (possibly by a write whose reply was lost).
+            let slots = p.view.index.get(&op.handle).cloned().unwrap_or_default();
+            for s in slots {
+                let before = op.tents.len();
+                plan_free(
+                    p,
+                    i,
+                    &s.block,
+                    s.ordinal,
+                    |a| a.handle == op.handle,
+                    &mut op.tents,
+                );
+                if op.tents.len() > before
+                    && let Some(ip) = p
+                        .work
+                        .get(&s.block)
+                        .and_then(|w| w.obj.spec.ip_of(s.ordinal))
+                    && !released.contains(&ip)
+                {
+                    released.push(ip);
+                }
+            }
+            if op.tents.is_empty() {
+                Outcome::Finished
+            } else {
+                Outcome::Planned
+            }
+        }
+        Kind::Targets {
+            remaining,
+            released,
+            ..
+        } => {
+            // Targets that no longer hold their allocation are done; after a
+            // first attempt that may be our own write whose reply was lost.
+            let retry = op.attempts > 0;
+            let mut still = Vec::new();
+            for t in remaining.drain(..) {
+                let holds = p
+                    .work
+                    .get(&t.block)
+                    .map(|w| &w.obj.spec)
+                    .or_else(|| p.view.blocks.get(&t.block).map(|b| &b.spec))
+                    .and_then(|b| b.allocation(t.ordinal))
+                    .is_some_and(|a| a.handle == t.handle && a.sequence == t.sequence);
+                if holds {
+                    still.push(t);
+                } else if retry {
+                    released.push(t);
+                }
+            }
+            *remaining = still;
+            for t in remaining.iter() {
+                let (h, seq) = (t.handle.clone(), t.sequence);
+                plan_free(
+                    p,
+                    i,
+                    &t.block,
+                    t.ordinal,
+                    |a| a.handle == h && a.sequence == seq,
+                    &mut op.tents,
+                );
+            }
+            if op.tents.is_empty() {
+                Outcome::Finished
+            } else {
+                Outcome::Planned
+            }
+        }
+    }
+}
+
+fn plan_free(
+    p: &mut Planner<'_>,
+    op: usize,
+    block: &str,
+    ordinal: u32,
+    matches: impl Fn(&crate::model::Allocation) -> bool,
+    tents: &mut Vec<Tent>,
+) {
+    let now = p.now;
+    let Some(w) = p.entry(block) else { return };
+    if !w.obj.spec.allocation(ordinal).is_some_and(&matches) {
+        return;
+    }
+    w.obj.spec.release(ordinal, now);
+    if !w.members.contains(&op) {
+        w.members.push(op);
+    }
+    tents.push(Tent {
+        block: block.to_string(),
+        ordinal,
+        taken: None,
+    });
+}
+
+fn resolve_families(v: &View, req: &AllocRequest, use_: AllowedUse) -> Vec<Family> {
+    if !req.families.is_empty() {
+        let mut f = req.families.clone();
+        f.sort();
+        f.dedup();
+        return f;
+    }
+    if !req.requested_ips.is_empty() {
+        let mut f: Vec<Family> = req.requested_ips.iter().map(|ip| Family::of(*ip)).collect();
+        f.sort();
+        f.dedup();
+        return f;
+    }
+    [Family::V4, Family::V6]
+        .into_iter()
+        .filter(|f| !v.eligible_pools(*f, &req.pool_hints, use_).is_empty())
+        .collect()
+}

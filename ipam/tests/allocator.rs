@@ -1,0 +1,403 @@
+//! Allocator behaviour against the in-memory store.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipam::memstore::MemStore;
+use ipam::model::{AllocationAttrs, IpPoolSpec, IpamConfig};
+use ipam::{
+    AllocRequest, Allocator, AllocatorOptions, Clock, Family, IpamError, ManualClock, NodeInfo,
+    Store,
+};
+
+fn pool(cidr: &str, block: u8) -> IpPoolSpec {
+    let mut p = IpPoolSpec::new(cidr.parse().unwrap());
+    p.block_size = Some(block);
+    p
+}
+
+fn node(name: &str) -> NodeInfo {
+    NodeInfo {
+        name: name.into(),
+        labels: Default::default(),
+    }
+}
+
+fn req(handle: &str, fams: &[Family]) -> AllocRequest {
+    AllocRequest {
+        handle: handle.into(),
+        attrs: AllocationAttrs {
+            pod: Some(format!("pod-{handle}")),
+            namespace: Some("default".into()),
+            node: None,
+        },
+        families: fams.to_vec(),
+        ..Default::default()
+    }
+}
+
+async fn start(
+    store: &Arc<MemStore>,
+    name: &str,
+    config: IpamConfig,
+    clock: &Arc<ManualClock>,
+) -> Allocator {
+    let opts = AllocatorOptions {
+        seed: Some(1),
+        ..Default::default()
+    };
+    Allocator::start(
+        store.clone() as Arc<dyn Store>,
+        node(name),
+        config,
+        opts,
+        clock.clone() as Arc<dyn Clock>,
+    )
+    .await
+    .unwrap()
+}
+
+fn setup(pools: &[(&str, &str, u8)]) -> (Arc<MemStore>, Arc<ManualClock>) {
+    let store = Arc::new(MemStore::new(7));
+    for (name, cidr, bs) in pools {
+        store.put_pool(name, pool(cidr, *bs));
+    }
+    (store, Arc::new(ManualClock::new(1_000_000)))
+}
+
+const V4: &[Family] = &[Family::V4];
+
+#[tokio::test]
+async fn allocates_from_an_affine_block_and_is_idempotent_per_handle() {
+    let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
+    let a = start(&store, "n1", IpamConfig::default(), &clock).await;
+    let x = a.allocate(req("net.c1", V4)).await.unwrap();
+    assert_eq!(x.len(), 1);
+    assert!(!x[0].borrowed);
+    assert_eq!(x[0].pool, "p4");
+    let y = a.allocate(req("net.c2", V4)).await.unwrap();
+    assert_eq!(x[0].block, y[0].block, "second address from the same block");
+    assert_ne!(x[0].ip, y[0].ip);
+    // Same handle again: same address, no write.
+    let writes = store.stats().writes();
+    assert_eq!(a.allocate(req("net.c1", V4)).await.unwrap(), x);
+    assert_eq!(store.stats().writes(), writes);
+    let blocks = store.snapshot_blocks();
+    assert_eq!(blocks.len(), 1);
+    assert_eq!(blocks[0].spec.affinity.as_deref(), Some("host:n1"));
+    let h = a.get_handle("net.c1").await.unwrap().unwrap();
+    assert_eq!(h.addresses, x);
+    assert_eq!(h.attrs.pod.as_deref(), Some("pod-net.c1"));
+    assert_eq!(h.attrs.node.as_deref(), Some("n1"));
+    // Release is idempotent.
+    assert_eq!(a.release("net.c1").await.unwrap(), vec![x[0].ip]);
+    assert!(a.release("net.c1").await.unwrap().is_empty());
+    assert!(a.get_handle("net.c1").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn dual_stack_gets_both_or_neither() {
+    let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
+    let a = start(&store, "n1", IpamConfig::default(), &clock).await;
+    let both = [Family::V4, Family::V6];
+    let e = a.allocate(req("net.c1", &both)).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            IpamError::NoPool {
+                family: Family::V6,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(store.snapshot_blocks().iter().all(|b| b.spec.is_empty()));
+    store.put_pool("p6", pool("2001:db8::/112", 122));
+    let x = a.allocate(req("net.c1", &both)).await.unwrap();
+    let fams: Vec<Family> = x.iter().map(|a| Family::of(a.ip)).collect();
+    assert_eq!(fams, vec![Family::V4, Family::V6]);
+    // Empty families = every family with an eligible pool.
+    let y = a.allocate(req("net.c2", &[])).await.unwrap();
+    assert_eq!(y.len(), 2);
+}
+
+#[tokio::test]
+async fn dual_stack_rolls_back_when_second_family_is_exhausted() {
+    // One /30 v6 block: 4 addresses.
+    let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26), ("p6", "2001:db8::/126", 126)]);
+    let a = start(&store, "n1", IpamConfig::default(), &clock).await;
+    let both = [Family::V4, Family::V6];
+    for i in 0..4 {
+        a.allocate(req(&format!("net.c{i}"), &both)).await.unwrap();
+    }
+    let e = a.allocate(req("net.c9", &both)).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            IpamError::Exhausted {
+                family: Family::V6,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let v4_allocated: usize = store
+        .snapshot_blocks()
+        .iter()
+        .filter(|b| b.spec.cidr.family() == Family::V4)
+        .map(|b| b.spec.allocations.len())
+        .sum();
+    assert_eq!(
+        v4_allocated, 4,
+        "no v4 address left behind by the failed request"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_writes() {
+    let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
+    store.set_latency(Duration::from_millis(2));
+    let a = start(&store, "n1", IpamConfig::default(), &clock).await;
+    let before = store.stats().writes();
+    let reqs = (0..128).map(|i| {
+        let a = a.clone();
+        tokio::spawn(async move { a.allocate(req(&format!("net.c{i}"), V4)).await })
+    });
+    let mut ips = HashSet::new();
+    for r in futures::future::join_all(reqs).await {
+        for x in r.unwrap().unwrap() {
+            assert!(ips.insert(x.ip), "{} handed out twice", x.ip);
+        }
+    }
+    assert_eq!(ips.len(), 128);
+    let writes = store.stats().writes() - before;
+    // 128 addresses need at least two /26 blocks; coalescing keeps the
+    // writes far below one per allocation.
+    assert!(writes <= 16, "{writes} writes for 128 allocations");
+    assert!(a.metrics().rounds < 128);
+}
+
+#[tokio::test]
+async fn borrows_when_it_may_not_claim_unless_strict() {
+    // /28 pool with /30 blocks: 4 blocks of 4 addresses.
+    let (store, clock) = setup(&[("p4", "198.19.0.0/28", 30)]);
+    let cfg = IpamConfig {
+        max_blocks_per_host: 1,
+        ..Default::default()
+    };
+    let a = start(&store, "n1", cfg.clone(), &clock).await;
+    let b = start(&store, "n2", cfg.clone(), &clock).await;
+    let bx = b.allocate(req("net.b0", V4)).await.unwrap();
+    for i in 0..4 {
+        let x = a.allocate(req(&format!("net.a{i}"), V4)).await.unwrap();
+        assert!(!x[0].borrowed);
+    }
+    let x = a.allocate(req("net.a4", V4)).await.unwrap();
+    assert!(x[0].borrowed, "fifth address is borrowed");
+    assert_eq!(x[0].block, bx[0].block);
+    // Strict affinity: no borrowing.
+    a.set_config(IpamConfig {
+        strict_affinity: true,
+        ..cfg
+    })
+    .await
+    .unwrap();
+    let e = a.allocate(req("net.a5", V4)).await.unwrap_err();
+    assert!(matches!(e, IpamError::Exhausted { .. }), "{e}");
+    // The owner sees the borrowed address and does not hand it out.
+    let mut seen: HashSet<IpAddr> = [x[0].ip, bx[0].ip].into();
+    for i in 1..3 {
+        let y = b.allocate(req(&format!("net.b{i}"), V4)).await.unwrap();
+        assert!(seen.insert(y[0].ip));
+    }
+}
+
+#[tokio::test]
+async fn specific_addresses() {
+    let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
+    let a = start(&store, "n1", IpamConfig::default(), &clock).await;
+    let ip: IpAddr = "198.19.7.9".parse().unwrap();
+    let mut r = req("net.c1", &[]);
+    r.requested_ips = vec![ip];
+    let x = a.allocate(r.clone()).await.unwrap();
+    assert_eq!(x[0].ip, ip);
+    assert_eq!(x[0].block.to_string(), "198.19.7.0/26");
+    // Idempotent for the same handle, in use for another.
+    assert_eq!(a.allocate(r.clone()).await.unwrap(), x);
+    r.handle = "net.c2".into();
+    let e = a.allocate(r.clone()).await.unwrap_err();
+    assert!(matches!(e, IpamError::InUse { .. }), "{e}");
+    r.requested_ips = vec!["10.0.0.1".parse().unwrap()];
+    let e = a.allocate(r).await.unwrap_err();
+    assert!(matches!(e, IpamError::NoPool { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn releases_empty_blocks_that_are_not_the_last() {
+    let (store, clock) = setup(&[("p4", "198.19.0.0/24", 30)]);
+    let a = start(&store, "n1", IpamConfig::default(), &clock).await;
+    for i in 0..5 {
+        a.allocate(req(&format!("net.c{i}"), V4)).await.unwrap();
+    }
+    assert_eq!(store.snapshot_blocks().len(), 2);
+    // Free the full first block: the second has room, so the first goes.
+    for i in 0..4 {
+        a.release(&format!("net.c{i}")).await.unwrap();
+    }
+    assert_eq!(store.snapshot_blocks().len(), 1);
+    // The last block is kept even when empty.
+    a.release("net.c4").await.unwrap();
+    let blocks = store.snapshot_blocks();
+    assert_eq!(blocks.len(), 1);
+    assert!(blocks[0].spec.is_empty());
+}
+
+#[tokio::test]
+async fn reclaims_other_nodes_empty_blocks_only_after_min_age() {
+    // /29 with /30 blocks: two blocks.
+    let (store, clock) = setup(&[("p4", "198.19.0.0/29", 30)]);
+    let cfg = IpamConfig {
+        strict_affinity: true,
+        min_reclaim_age_ms: 60_000,
+        ..Default::default()
+    };
+    let n1 = start(&store, "n1", cfg.clone(), &clock).await;
+    let n2 = start(&store, "n2", cfg.clone(), &clock).await;
+    n1.allocate(req("net.a", V4)).await.unwrap();
+    n2.allocate(req("net.b", V4)).await.unwrap();
+    n2.release("net.b").await.unwrap();
+    for i in 0..3 {
+        n1.allocate(req(&format!("net.a{i}"), V4)).await.unwrap();
+    }
+    // n1's block is full; n2's is empty but young.
+    let e = n1.allocate(req("net.x", V4)).await.unwrap_err();
+    assert!(matches!(e, IpamError::Exhausted { .. }), "{e}");
+    clock.advance(61_000);
+    let x = n1.allocate(req("net.x", V4)).await.unwrap();
+    assert!(!x[0].borrowed, "reclaimed block is now affine to n1");
+    let owners: HashSet<Option<String>> = store
+        .snapshot_blocks()
+        .iter()
+        .map(|b| b.spec.affinity.clone())
+        .collect();
+    assert_eq!(owners, HashSet::from([Some("host:n1".to_string())]));
+}
+
+#[tokio::test]
+async fn cooldown_delays_reuse() {
+    let (store, clock) = setup(&[("p4", "198.19.0.0/30", 30)]);
+    let cfg = IpamConfig {
+        reuse_cooldown_ms: 30_000,
+        strict_affinity: true,
+        ..Default::default()
+    };
+    let a = start(&store, "n1", cfg, &clock).await;
+    let mut ips = Vec::new();
+    for i in 0..4 {
+        ips.push(a.allocate(req(&format!("net.c{i}"), V4)).await.unwrap()[0].ip);
+    }
+    a.release("net.c1").await.unwrap();
+    a.release("net.c3").await.unwrap();
+    let e = a.allocate(req("net.d", V4)).await.unwrap_err();
+    assert!(matches!(e, IpamError::Exhausted { .. }), "{e}");
+    clock.advance(30_000);
+    // The longest-free address (released first) comes back first.
+    assert_eq!(a.allocate(req("net.d", V4)).await.unwrap()[0].ip, ips[1]);
+    assert_eq!(a.allocate(req("net.e", V4)).await.unwrap()[0].ip, ips[3]);
+}
+
+#[tokio::test]
+async fn store_down_gives_unavailable_not_a_hang() {
+    let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
+    let a = start(&store, "n1", IpamConfig::default(), &clock).await;
+    store.set_unavailable(true);
+    let r = tokio::time::timeout(Duration::from_secs(10), a.allocate(req("net.c1", V4))).await;
+    let e = r.expect("bounded").unwrap_err();
+    assert!(matches!(e, IpamError::Unavailable { .. }), "{e}");
+    assert!(!a.status().await.unwrap().ready);
+    store.set_unavailable(false);
+    let x = a.allocate(req("net.c1", V4)).await.unwrap();
+    assert_eq!(x.len(), 1);
+    assert!(a.status().await.unwrap().ready);
+}
+
+#[tokio::test]
+async fn ambiguous_writes_do_not_duplicate_or_lose_addresses() {
+    let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
+    store.set_ambiguous_rate(0.3);
+    store.set_conflict_rate(0.2);
+    let a = start(&store, "n1", IpamConfig::default(), &clock).await;
+    let reqs = (0..100).map(|i| {
+        let a = a.clone();
+        tokio::spawn(async move { (i, a.allocate(req(&format!("net.c{i}"), V4)).await) })
+    });
+    let mut acked = Vec::new();
+    for r in futures::future::join_all(reqs).await {
+        let (i, r) = r.unwrap();
+        match r {
+            Ok(x) => acked.push((format!("net.c{i}"), x[0].ip)),
+            Err(IpamError::Aborted { .. } | IpamError::Unavailable { .. }) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    // Every acknowledged address is recorded under its handle; no address
+    // is in two allocations.
+    let mut held = std::collections::HashMap::new();
+    for b in store.snapshot_blocks() {
+        for al in &b.spec.allocations {
+            let ip = b.spec.ip_of(al.ordinal).unwrap();
+            assert!(held.insert(ip, al.handle.clone()).is_none());
+        }
+    }
+    for (h, ip) in &acked {
+        assert_eq!(held.get(ip), Some(h), "{ip} acknowledged to {h}");
+    }
+}
+
+#[tokio::test]
+async fn restart_rebuilds_handles_from_the_store() {
+    let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
+    let a = start(&store, "n1", IpamConfig::default(), &clock).await;
+    let x = a.allocate(req("net.c1", V4)).await.unwrap();
+    drop(a);
+    let a = start(&store, "n1", IpamConfig::default(), &clock).await;
+    assert_eq!(a.get_handle("net.c1").await.unwrap().unwrap().addresses, x);
+    // Garbage collection keeps valid handles only.
+    a.allocate(req("net.c2", V4)).await.unwrap();
+    a.allocate(req("other.c3", V4)).await.unwrap();
+    let gone = a
+        .garbage_collect("net", HashSet::from(["net.c2".to_string()]))
+        .await
+        .unwrap();
+    assert_eq!(gone, vec!["net.c1".to_string()]);
+    assert!(a.get_handle("other.c3").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn rejects_bad_requests() {
+    let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
+    let a = start(&store, "n1", IpamConfig::default(), &clock).await;
+    for r in [
+        req("", V4),
+        req(&"x".repeat(600), V4),
+        AllocRequest {
+            requested_ips: vec!["198.19.0.1".parse().unwrap(), "198.19.0.2".parse().unwrap()],
+            ..req("net.c", &[])
+        },
+        AllocRequest {
+            requested_ips: vec!["2001:db8::1".parse().unwrap()],
+            ..req("net.c", V4)
+        },
+    ] {
+        let e = a.allocate(r).await.unwrap_err();
+        assert!(matches!(e, IpamError::InvalidArgument { .. }), "{e}");
+    }
+    let mut r = req("net.c", V4);
+    r.pool_hints = vec!["nope".into()];
+    assert!(matches!(
+        a.allocate(r).await.unwrap_err(),
+        IpamError::NoPool { .. }
+    ));
+}

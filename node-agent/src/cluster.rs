@@ -1,0 +1,345 @@
+//! The agent's view of the cluster: one reflector per watched kind, each
+//! owned by its own task, and a generation counter per kind that controllers
+//! wait on.
+//!
+//! ```text
+//!  API server ──watch──► reflector task (per kind) ──► Store<K> (read by anyone)
+//!                               │
+//!                               └──bump──► watch::Sender<Generations> ──► controllers
+//!                                                                       (policy, routing, ipam)
+//! ```
+//!
+//! Level-triggered: a controller wakes on `changed()`, reads the stores, and
+//! compares generations to know which kinds moved; ten pod events in a burst
+//! cost one recomputation. Watch errors, `410 Gone` and API-server restarts
+//! are handled by kube's watcher (relist) with backoff; each error is counted
+//! in `margay_api_errors_total` and logged once per streak.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt as _, reflector as reflect};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::crd::{BGPConfiguration, BGPPeer, IPPool};
+use crate::metrics::{ApiLabels, Metrics};
+
+/// Watched kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// core/v1 Node.
+    Node,
+    /// core/v1 Pod (all namespaces).
+    Pod,
+    /// core/v1 Namespace.
+    Namespace,
+    /// networking.k8s.io/v1 NetworkPolicy.
+    NetworkPolicy,
+    /// IPPool.
+    IpPool,
+    /// BGPPeer.
+    BgpPeer,
+    /// BGPConfiguration.
+    BgpConfiguration,
+}
+
+impl Kind {
+    /// All kinds, in a fixed order.
+    pub const ALL: [Kind; 7] = [
+        Kind::Node,
+        Kind::Pod,
+        Kind::Namespace,
+        Kind::NetworkPolicy,
+        Kind::IpPool,
+        Kind::BgpPeer,
+        Kind::BgpConfiguration,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Resource name as the API uses it (for metrics and logs).
+    pub fn resource(self) -> &'static str {
+        match self {
+            Kind::Node => "nodes",
+            Kind::Pod => "pods",
+            Kind::Namespace => "namespaces",
+            Kind::NetworkPolicy => "networkpolicies",
+            Kind::IpPool => "ippools",
+            Kind::BgpPeer => "bgppeers",
+            Kind::BgpConfiguration => "bgpconfigurations",
+        }
+    }
+}
+
+/// How often each kind changed (and whether its first list is complete).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Generations {
+    counts: [u64; 7],
+    synced: [bool; 7],
+}
+
+impl Generations {
+    /// Changes of `kind` seen so far.
+    pub fn of(&self, kind: Kind) -> u64 {
+        self.counts[kind.index()]
+    }
+
+    /// Whether `kind` has been listed completely at least once.
+    pub fn synced(&self, kind: Kind) -> bool {
+        self.synced[kind.index()]
+    }
+
+    /// Whether every kind has been listed.
+    pub fn all_synced(&self) -> bool {
+        self.synced.iter().all(|s| *s)
+    }
+
+    /// Kinds whose count differs from `before`.
+    pub fn changed_since(&self, before: &Generations) -> Vec<Kind> {
+        Kind::ALL
+            .into_iter()
+            .filter(|k| self.of(*k) != before.of(*k))
+            .collect()
+    }
+}
+
+/// Read access to everything the agent watches.
+#[derive(Clone)]
+pub struct Cluster {
+    /// Nodes.
+    pub nodes: Store<Node>,
+    /// Pods, all namespaces.
+    pub pods: Store<Pod>,
+    /// Namespaces.
+    pub namespaces: Store<Namespace>,
+    /// NetworkPolicies, all namespaces.
+    pub policies: Store<NetworkPolicy>,
+    /// IP pools.
+    pub pools: Store<IPPool>,
+    /// BGP peers.
+    pub bgp_peers: Store<BGPPeer>,
+    /// BGP configurations.
+    pub bgp_configs: Store<BGPConfiguration>,
+    generations: watch::Receiver<Generations>,
+}
+
+/// The running reflector tasks; dropping it stops them.
+pub struct Watchers {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Cluster {
+    /// A receiver of generation changes (one per controller).
+    pub fn subscribe(&self) -> watch::Receiver<Generations> {
+        self.generations.clone()
+    }
+
+    /// The current generations.
+    pub fn generations(&self) -> Generations {
+        self.generations.borrow().clone()
+    }
+
+    /// Waits until every kind has been listed once.
+    pub async fn wait_synced(&self) {
+        let mut rx = self.subscribe();
+        // The sender lives as long as the watchers; if they are gone there is
+        // nothing more to wait for.
+        let _ = rx.wait_for(Generations::all_synced).await;
+    }
+
+    /// Starts one reflector per kind against `client`.
+    pub fn start(client: Client, metrics: Arc<Metrics>) -> (Cluster, Watchers) {
+        let (tx, rx) = watch::channel(Generations::default());
+        let tx = Arc::new(tx);
+        let mut tasks = Vec::new();
+        let mut spawn = |t: JoinHandle<()>| tasks.push(t);
+        let nodes = run::<Node>(
+            Api::all(client.clone()),
+            Kind::Node,
+            &tx,
+            &metrics,
+            &mut spawn,
+        );
+        let pods = run::<Pod>(
+            Api::all(client.clone()),
+            Kind::Pod,
+            &tx,
+            &metrics,
+            &mut spawn,
+        );
+        let namespaces = run::<Namespace>(
+            Api::all(client.clone()),
+            Kind::Namespace,
+            &tx,
+            &metrics,
+            &mut spawn,
+        );
+        let policies = run::<NetworkPolicy>(
+            Api::all(client.clone()),
+            Kind::NetworkPolicy,
+            &tx,
+            &metrics,
+            &mut spawn,
+        );
+        let pools = run::<IPPool>(
+            Api::all(client.clone()),
+            Kind::IpPool,
+            &tx,
+            &metrics,
+            &mut spawn,
+        );
+        let bgp_peers = run::<BGPPeer>(
+            Api::all(client.clone()),
+            Kind::BgpPeer,
+            &tx,
+            &metrics,
+            &mut spawn,
+        );
+        let bgp_configs = run::<BGPConfiguration>(
+            Api::all(client),
+            Kind::BgpConfiguration,
+            &tx,
+            &metrics,
+            &mut spawn,
+        );
+        (
+            Cluster {
+                nodes,
+                pods,
+                namespaces,
+                policies,
+                pools,
+                bgp_peers,
+                bgp_configs,
+                generations: rx,
+            },
+            Watchers { tasks },
+        )
+    }
+}
+
+fn run<K>(
+    api: Api<K>,
+    kind: Kind,
+    tx: &Arc<watch::Sender<Generations>>,
+    metrics: &Arc<Metrics>,
+    spawn: &mut impl FnMut(JoinHandle<()>),
+) -> Store<K>
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    let (reader, writer) = reflector::store();
+    let stream =
+        reflect(writer, watcher::watcher(api, watcher::Config::default())).default_backoff();
+    let tx = tx.clone();
+    let metrics = metrics.clone();
+    spawn(tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        let mut failing = false;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(ev) => {
+                    if failing {
+                        tracing::info!(resource = kind.resource(), "watch recovered");
+                        failing = false;
+                    }
+                    let synced = matches!(ev, Event::InitDone);
+                    let counts = !matches!(ev, Event::Init);
+                    tx.send_modify(|g| {
+                        if counts {
+                            g.counts[kind.index()] += 1;
+                        }
+                        if synced {
+                            g.synced[kind.index()] = true;
+                        }
+                    });
+                }
+                Err(e) => {
+                    metrics
+                        .api_errors
+                        .get_or_create(&ApiLabels {
+                            resource: kind.resource().into(),
+                            verb: "watch".into(),
+                        })
+                        .inc();
+                    if !failing {
+                        tracing::warn!(resource = kind.resource(), error = %e, "watch failed; retrying with backoff (objects stay as last seen)");
+                        failing = true;
+                    } else {
+                        tracing::debug!(resource = kind.resource(), error = %e, "watch still failing");
+                    }
+                }
+            }
+        }
+    }));
+    reader
+}
+
+/// The API client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// `--api-server` is not a URL.
+    #[error("--api-server {url:?} is not a URL: {reason}")]
+    BadUrl {
+        /// What was given.
+        url: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// kube could not configure a client.
+    #[error("cannot configure the Kubernetes client: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// Builds a client: `api_server` (plain URL, no credentials — the lab's test
+/// server) when given, else in-cluster config or KUBECONFIG.
+pub async fn client(api_server: Option<&str>) -> Result<Client, ClientError> {
+    match api_server {
+        Some(url) => {
+            let uri = url.parse::<http::Uri>().map_err(|e| ClientError::BadUrl {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
+            Ok(Client::try_from(kube::Config::new(uri))?)
+        }
+        None => Ok(Client::try_default().await?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generations_report_what_changed_and_sync() {
+        let mut g = Generations::default();
+        let before = g.clone();
+        g.counts[Kind::Pod.index()] += 2;
+        g.counts[Kind::Node.index()] += 1;
+        assert_eq!(g.changed_since(&before), vec![Kind::Node, Kind::Pod]);
+        assert!(!g.all_synced());
+        g.synced = [true; 7];
+        assert!(g.all_synced());
+        assert_eq!(Kind::ALL.len(), g.counts.len());
+    }
+}

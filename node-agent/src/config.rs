@@ -1,0 +1,214 @@
+//! `margay-node` command line and environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::identity::Method;
+
+/// The Margay node agent.
+#[derive(Debug, Parser)]
+#[command(
+    name = "margay-node",
+    version,
+    about = "The Margay node agent: BGP, IPAM, pod routes and NetworkPolicy on one node"
+)]
+pub struct Cli {
+    /// What to do (default: run the agent).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Agent settings (for `run`, the default).
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent (the default).
+    Run,
+    /// Install the CNI binary and configuration on the host (init container).
+    InstallCni(InstallCniArgs),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings of the running agent; every flag has an environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// This node's name (the DaemonSet passes spec.nodeName); default: host name.
+    #[arg(long, env = "NODE_NAME", global = true)]
+    pub node_name: Option<String>,
+
+    /// API server URL, e.g. http://198.18.0.1:6443 (default: in-cluster
+    /// config or KUBECONFIG).
+    #[arg(long, env = "MARGAY_API_SERVER", global = true)]
+    pub api_server: Option<String>,
+
+    /// Unix socket for the CNI plugin.
+    #[arg(
+        long,
+        env = "MARGAY_SOCKET",
+        default_value = "/var/run/margay/margay.sock",
+        global = true
+    )]
+    pub socket: PathBuf,
+
+    /// Address for /livez, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "MARGAY_HEALTH_LISTEN",
+        default_value = "0.0.0.0:9099",
+        global = true
+    )]
+    pub health_listen: SocketAddr,
+
+    /// How to choose this node's IPv4 address (first-found,
+    /// kubernetes-internal-ip, interface=REGEX, skip-interface=REGEX,
+    /// can-reach=IP, cidr=CIDR, an address, none).
+    #[arg(
+        long,
+        env = "IP_AUTODETECTION_METHOD",
+        default_value = "first-found",
+        global = true
+    )]
+    pub ip_autodetection: Method,
+
+    /// The same for IPv6 (default none: no IPv6 node address).
+    #[arg(
+        long,
+        env = "IP6_AUTODETECTION_METHOD",
+        default_value = "none",
+        global = true
+    )]
+    pub ip6_autodetection: Method,
+
+    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    #[arg(long, env = "MARGAY_LOG_LEVEL", default_value = "info", global = true)]
+    pub log_level: String,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "MARGAY_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    /// Where the agent keeps state across restarts.
+    #[arg(
+        long,
+        env = "MARGAY_STATE_DIR",
+        default_value = "/var/lib/margay",
+        global = true
+    )]
+    pub state_dir: PathBuf,
+
+    /// Namespace of Secrets holding BGP passwords.
+    #[arg(
+        long,
+        env = "MARGAY_NAMESPACE",
+        default_value = "margay-system",
+        global = true
+    )]
+    pub namespace: String,
+
+    /// Start-up grace time during which readiness wants every BGP peer up.
+    #[arg(long, env = "MARGAY_STARTUP_GRACE", default_value = "60s", value_parser = parse_duration, global = true)]
+    pub startup_grace: Duration,
+}
+
+/// `install-cni` settings.
+#[derive(Debug, Clone, Args)]
+pub struct InstallCniArgs {
+    /// The `margay` CNI binary to install.
+    #[arg(
+        long,
+        env = "MARGAY_CNI_BINARY",
+        default_value = "/usr/local/bin/margay"
+    )]
+    pub source: PathBuf,
+    /// Host directory for CNI binaries.
+    #[arg(long, default_value = "/host/opt/cni/bin")]
+    pub bin_dir: PathBuf,
+    /// Host directory for CNI configurations.
+    #[arg(long, default_value = "/host/etc/cni/net.d")]
+    pub conf_dir: PathBuf,
+    /// File name of the conflist (runtimes load the first in name order).
+    #[arg(long, default_value = "10-margay.conflist")]
+    pub conf_name: String,
+    /// The conflist (JSON).
+    #[arg(long, env = "CNI_NETWORK_CONFIG")]
+    pub network_config: String,
+}
+
+/// Parses "90s", "5m", "1h", "250ms" or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with a unit (ms, s, m, h)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (ms, s, m, h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?}: must be a non-negative duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn defaults_and_env_style_flags_parse() {
+        let cli = Cli::try_parse_from(["margay-node"]).expect("defaults");
+        assert!(cli.command.is_none());
+        assert!(matches!(cli.agent.ip_autodetection, Method::FirstFound));
+        assert!(matches!(cli.agent.ip6_autodetection, Method::None));
+        let cli = Cli::try_parse_from([
+            "margay-node",
+            "--node-name",
+            "n1",
+            "--ip-autodetection",
+            "interface=eth0",
+            "run",
+        ])
+        .expect("flags");
+        assert_eq!(cli.agent.node_name.as_deref(), Some("n1"));
+        assert!(matches!(cli.command, Some(Command::Run)));
+        let err = Cli::try_parse_from(["margay-node", "--ip-autodetection", "guess"])
+            .expect_err("bad method");
+        assert!(err.to_string().contains("guess"), "{err}");
+    }
+}

@@ -1,0 +1,715 @@
+//! Margay's custom resources (`crd.margay.dev/v1`), defined as Rust types; the
+//! YAML in `deploy/crds.yaml` is generated from them (a test fails when it is
+//! stale: `MARGAY_UPDATE_CRDS=1 cargo test -p node-agent crds` rewrites it).
+//! `IPAMBlock`'s spec is the `ipam` crate's own model, wrapped.
+//!
+//! All four are cluster-scoped, like Calico's:
+//! - `IPPool`: where pod addresses come from;
+//! - `IPAMBlock`: one block of a pool, its affinity and allocations (written
+//!   by agents only);
+//! - `BGPConfiguration`: cluster-wide BGP settings (`default`), optionally
+//!   overridden per node (`node.<nodename>`);
+//! - `BGPPeer`: extra BGP sessions (ToR, route reflectors, external routers).
+
+use std::borrow::Cow;
+
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::SecretKeySelector;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::{CustomResource, CustomResourceExt as _};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+/// The API group of Margay's resources.
+pub const GROUP: &str = "crd.margay.dev";
+
+/// Default AS number of nodes (as Calico's).
+pub const DEFAULT_AS: u32 = 64512;
+/// Default BGP port.
+pub const DEFAULT_BGP_PORT: u16 = 179;
+/// Default IPv4 block size.
+pub const DEFAULT_BLOCK_SIZE_V4: u8 = 26;
+/// Default IPv6 block size.
+pub const DEFAULT_BLOCK_SIZE_V6: u8 = 122;
+
+/// A CIDR as it appears in a spec ("198.19.0.0/16", "2001:db8::/48"), parsed
+/// into an [`IpNetwork`] where it is used.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Cidr(pub String);
+
+impl Cidr {
+    /// Parses it; the error names the offending text.
+    pub fn parse(&self) -> Result<IpNetwork, InvalidSpec> {
+        self.0.parse().map_err(|e| InvalidSpec {
+            field: "cidr",
+            value: self.0.clone(),
+            reason: format!("{e}"),
+        })
+    }
+}
+
+impl JsonSchema for Cidr {
+    fn schema_name() -> Cow<'static, str> {
+        "Cidr".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "format": "cidr",
+            "description": "An IPv4 or IPv6 network in CIDR notation."
+        })
+    }
+}
+
+/// A spec field that does not make sense; the agent logs it and ignores the
+/// object rather than guessing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field} {value:?}: {reason}")]
+pub struct InvalidSpec {
+    /// The field.
+    pub field: &'static str,
+    /// What it held.
+    pub value: String,
+    /// Why it is wrong.
+    pub reason: String,
+}
+
+/// What a pool's addresses may be used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AllowedUse {
+    /// Pod addresses.
+    Workload,
+    /// Tunnel endpoint addresses (reserved for overlay modes).
+    Tunnel,
+}
+
+/// Cluster-wide pool of pod addresses, carved into blocks that nodes claim.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "crd.margay.dev",
+    version = "v1",
+    kind = "IPPool",
+    plural = "ippools",
+    doc = "A pool of pod addresses; nodes claim blocks of it.",
+    shortname = "ippool",
+    printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr"),
+    printcolumn(name = "BlockSize", type_ = "integer", json_path = ".spec.blockSize"),
+    printcolumn(name = "Disabled", type_ = "boolean", json_path = ".spec.disabled")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IPPoolSpec {
+    /// The pool's network.
+    pub cidr: Cidr,
+    /// Prefix length of the blocks nodes claim (default 26 for IPv4, 122 for
+    /// IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u8>,
+    /// Only nodes whose labels match may claim blocks from this pool
+    /// (absent: all nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+    /// No new allocations from this pool; existing ones stay.
+    #[serde(default)]
+    pub disabled: bool,
+    /// What the addresses may be used for (default: Workload).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_uses: Vec<AllowedUse>,
+    /// Do not announce this pool's blocks over BGP.
+    #[serde(default, rename = "disableBGPExport")]
+    pub disable_bgp_export: bool,
+}
+
+impl IPPoolSpec {
+    /// The block size, with the family's default.
+    pub fn effective_block_size(&self) -> Result<u8, InvalidSpec> {
+        let net = self.cidr.parse()?;
+        let (default, max) = match net {
+            IpNetwork::V4(_) => (DEFAULT_BLOCK_SIZE_V4, 32),
+            IpNetwork::V6(_) => (DEFAULT_BLOCK_SIZE_V6, 128),
+        };
+        let size = self.block_size.unwrap_or(default);
+        if size < net.prefix() || size > max {
+            return Err(InvalidSpec {
+                field: "blockSize",
+                value: size.to_string(),
+                reason: format!(
+                    "must be between the pool's prefix length {} and {max}",
+                    net.prefix()
+                ),
+            });
+        }
+        Ok(size)
+    }
+}
+
+/// `IPAMBlock` spec: exactly the IPAM crate's block model (so the allocator's
+/// writes and the stored object can never drift apart), with a hand-written
+/// structural schema. A test checks that every field the model serializes is
+/// in the schema: a real API server prunes unknown fields.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "crd.margay.dev",
+    version = "v1",
+    kind = "IPAMBlock",
+    plural = "ipamblocks",
+    doc = "One block of an IPPool: its node affinity and per-address allocations (written by agents).",
+    shortname = "ipamblock",
+    printcolumn = r#"{"name":"CIDR","type":"string","jsonPath":".spec.cidr"}"#,
+    printcolumn = r#"{"name":"Affinity","type":"string","jsonPath":".spec.affinity"}"#
+)]
+#[serde(transparent)]
+pub struct IPAMBlockSpec(pub ipam::IpamBlockSpec);
+
+impl JsonSchema for IPAMBlockSpec {
+    fn schema_name() -> Cow<'static, str> {
+        "IPAMBlockSpec".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "object",
+            "description": "Block allocation state. Written by margay-node with compare-and-swap; do not edit by hand.",
+            "required": ["cidr"],
+            "properties": {
+                "cidr": {"type": "string", "format": "cidr", "description": "The block's network."},
+                "affinity": {"type": "string", "description": "host:<node> when the block belongs to a node."},
+                "allocations": {
+                    "type": "array",
+                    "description": "Allocated addresses, by ordinal within the block.",
+                    "items": {
+                        "type": "object",
+                        "required": ["ordinal", "handle", "sequence"],
+                        "properties": {
+                            "ordinal": {"type": "integer", "format": "int64", "minimum": 0},
+                            "handle": {"type": "string", "description": "<network>.<containerID>[.<ifname>]"},
+                            "pod": {"type": "string"},
+                            "namespace": {"type": "string"},
+                            "node": {"type": "string"},
+                            "sequence": {"type": "integer", "format": "int64", "minimum": 0}
+                        }
+                    }
+                },
+                "free": {
+                    "type": "array",
+                    "description": "Free ordinals; the first has been free the longest and is reused first.",
+                    "items": {
+                        "type": "object",
+                        "required": ["ordinal"],
+                        "properties": {
+                            "ordinal": {"type": "integer", "format": "int64", "minimum": 0},
+                            "releasedAt": {"type": "integer", "format": "int64", "minimum": 0}
+                        }
+                    }
+                },
+                "sequence": {"type": "integer", "format": "int64", "minimum": 0, "description": "Incremented on every write."},
+                "createdAt": {"type": "integer", "format": "int64", "minimum": 0, "description": "When the current affinity was set, unix ms."}
+            }
+        })
+    }
+}
+
+/// A named BGP community value, standard ("65000:100") or large
+/// ("65000:1:2").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Community {
+    /// Name used by `prefixAdvertisements`.
+    pub name: String,
+    /// The value.
+    pub value: String,
+}
+
+/// Communities to attach to routes in a CIDR.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PrefixAdvertisement {
+    /// Routes in this network get the communities.
+    pub cidr: Cidr,
+    /// Community values or names from `communities`.
+    #[serde(default)]
+    pub communities: Vec<String>,
+}
+
+/// A service network to announce from every node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ServiceCidr {
+    /// The network.
+    pub cidr: Cidr,
+}
+
+/// Log levels the agent understands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum LogLevel {
+    /// Everything.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Only problems.
+    Warning,
+    /// Only failures.
+    Error,
+}
+
+/// Cluster BGP settings. The object named `default` applies to every node;
+/// `node.<nodename>` overrides fields for one node.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "crd.margay.dev",
+    version = "v1",
+    kind = "BGPConfiguration",
+    plural = "bgpconfigurations",
+    doc = "BGP settings: `default` for the cluster, `node.<name>` per node.",
+    shortname = "bgpconfig",
+    printcolumn(name = "AS", type_ = "integer", json_path = ".spec.asNumber"),
+    printcolumn(
+        name = "Mesh",
+        type_ = "boolean",
+        json_path = ".spec.nodeToNodeMeshEnabled"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BGPConfigurationSpec {
+    /// AS number of the nodes (default 64512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<u32>,
+    /// iBGP full mesh between all nodes (default true). Turn it off when
+    /// nodes peer with ToRs or route reflectors instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_to_node_mesh_enabled: Option<bool>,
+    /// TCP port the speaker listens on (default 179).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_port: Option<u16>,
+    /// Named community values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub communities: Vec<Community>,
+    /// Communities per advertised network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefix_advertisements: Vec<PrefixAdvertisement>,
+    /// Service cluster IP ranges every node announces.
+    #[serde(
+        default,
+        rename = "serviceClusterIPs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub service_cluster_ips: Vec<ServiceCidr>,
+    /// Service external IP ranges every node announces.
+    #[serde(
+        default,
+        rename = "serviceExternalIPs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub service_external_ips: Vec<ServiceCidr>,
+    /// Agent log level (default Info).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_severity_screen: Option<LogLevel>,
+}
+
+impl BGPConfigurationSpec {
+    /// `self` with every field `over` sets replaced (per-node overrides).
+    pub fn overlay(&self, over: &BGPConfigurationSpec) -> BGPConfigurationSpec {
+        fn pick<T: Clone>(base: &Option<T>, over: &Option<T>) -> Option<T> {
+            over.clone().or_else(|| base.clone())
+        }
+        fn pick_vec<T: Clone>(base: &[T], over: &[T]) -> Vec<T> {
+            if over.is_empty() { base } else { over }.to_vec()
+        }
+        BGPConfigurationSpec {
+            as_number: pick(&self.as_number, &over.as_number),
+            node_to_node_mesh_enabled: pick(
+                &self.node_to_node_mesh_enabled,
+                &over.node_to_node_mesh_enabled,
+            ),
+            listen_port: pick(&self.listen_port, &over.listen_port),
+            communities: pick_vec(&self.communities, &over.communities),
+            prefix_advertisements: pick_vec(
+                &self.prefix_advertisements,
+                &over.prefix_advertisements,
+            ),
+            service_cluster_ips: pick_vec(&self.service_cluster_ips, &over.service_cluster_ips),
+            service_external_ips: pick_vec(&self.service_external_ips, &over.service_external_ips),
+            log_severity_screen: pick(&self.log_severity_screen, &over.log_severity_screen),
+        }
+    }
+
+    /// The AS number, defaulted.
+    pub fn as_number(&self) -> u32 {
+        self.as_number.unwrap_or(DEFAULT_AS)
+    }
+
+    /// Whether the node-to-node mesh is on, defaulted.
+    pub fn mesh_enabled(&self) -> bool {
+        self.node_to_node_mesh_enabled.unwrap_or(true)
+    }
+
+    /// The listen port, defaulted.
+    pub fn listen_port(&self) -> u16 {
+        self.listen_port.unwrap_or(DEFAULT_BGP_PORT)
+    }
+}
+
+/// How the next hop of routes sent to a peer is set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum NextHopMode {
+    /// Self for eBGP and for locally originated routes, unchanged for
+    /// reflected iBGP routes.
+    #[default]
+    Auto,
+    /// Always this node.
+    #[serde(rename = "Self")]
+    SelfNode,
+    /// Never change it.
+    Keep,
+}
+
+/// Which local address the session uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SourceAddress {
+    /// The node's address (as chosen by the agent and shown in its status).
+    #[default]
+    #[serde(rename = "UseNodeIP")]
+    UseNodeIp,
+    /// Let the kernel choose.
+    None,
+}
+
+/// A BGP session to set up from some or all nodes: to a fixed address (ToR,
+/// route reflector, external router) or to other nodes selected by label.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "crd.margay.dev",
+    version = "v1",
+    kind = "BGPPeer",
+    plural = "bgppeers",
+    doc = "A BGP session from some or all nodes to a router or to other nodes.",
+    shortname = "bgpp",
+    printcolumn = r#"{"name":"PeerIP","type":"string","jsonPath":".spec.peerIP"}"#,
+    printcolumn = r#"{"name":"AS","type":"integer","jsonPath":".spec.asNumber"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.node"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BGPPeerSpec {
+    /// Only this node peers (absent: every node matching `nodeSelector`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Nodes that peer (absent: all nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+    /// The peer's address: "198.18.0.1", "2001:db8::1", "198.18.0.1:1179" or
+    /// "[2001:db8::1]:1179".
+    #[serde(default, rename = "peerIP", skip_serializing_if = "Option::is_none")]
+    pub peer_ip: Option<String>,
+    /// Peer with the other nodes matching this selector instead of `peerIP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_selector: Option<LabelSelector>,
+    /// The peer's AS (required with `peerIP`; for `peerSelector`, the nodes'
+    /// AS is used when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<u32>,
+    /// TCP MD5 password (RFC 2385) from a Secret in the agent's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<SecretKeySelector>,
+    /// Keepalive interval, seconds (default: hold time / 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_time: Option<u16>,
+    /// Hold time, seconds (default 90; 0 disables keepalives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_time: Option<u16>,
+    /// Graceful restart time advertised to the peer, seconds (default 120).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graceful_restart_time: Option<u16>,
+    /// Close the session (Cease, "maximum number of prefixes reached") when
+    /// the peer sends more prefixes than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prefix: Option<u32>,
+    /// This node reflects routes to the peer (RFC 4456 client).
+    #[serde(default)]
+    pub route_reflector_client: bool,
+    /// Next-hop handling for routes sent to the peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop_mode: Option<NextHopMode>,
+    /// Local address of the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<SourceAddress>,
+    /// GTSM (RFC 5082): accept only packets from at most this many hops away
+    /// (1 = directly connected); absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_security: Option<u8>,
+}
+
+impl BGPPeerSpec {
+    /// Checks that the spec names exactly one kind of peer and sane values.
+    pub fn validate(&self) -> Result<(), InvalidSpec> {
+        match (&self.peer_ip, &self.peer_selector) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(InvalidSpec {
+                    field: "peerIP/peerSelector",
+                    value: String::new(),
+                    reason: "exactly one of peerIP and peerSelector must be set".into(),
+                });
+            }
+            (Some(ip), None) => {
+                parse_peer_address(ip)?;
+                if self.as_number.is_none() {
+                    return Err(InvalidSpec {
+                        field: "asNumber",
+                        value: String::new(),
+                        reason: "required with peerIP".into(),
+                    });
+                }
+            }
+            (None, Some(_)) => {}
+        }
+        if let (Some(hold), Some(ka)) = (self.hold_time, self.keepalive_time)
+            && hold != 0
+            && (hold < 3 || ka >= hold)
+        {
+            return Err(InvalidSpec {
+                field: "holdTime",
+                value: hold.to_string(),
+                reason: "must be 0 or at least 3 and greater than keepaliveTime".into(),
+            });
+        }
+        if self.ttl_security == Some(0) {
+            return Err(InvalidSpec {
+                field: "ttlSecurity",
+                value: "0".into(),
+                reason: "hop count must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Parses `peerIP`: an address with an optional port (default 179).
+pub fn parse_peer_address(s: &str) -> Result<std::net::SocketAddr, InvalidSpec> {
+    let bad = |reason: &str| InvalidSpec {
+        field: "peerIP",
+        value: s.to_string(),
+        reason: reason.to_string(),
+    };
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, DEFAULT_BGP_PORT));
+    }
+    s.parse::<std::net::SocketAddr>()
+        .map_err(|_| bad("expected an IP address, IPv4:port or [IPv6]:port"))
+}
+
+/// Every Margay CRD, in the order `deploy/crds.yaml` lists them.
+pub fn all() -> Vec<CustomResourceDefinition> {
+    vec![IPPool::crd(), BGPConfiguration::crd(), BGPPeer::crd()]
+}
+
+/// `deploy/crds.yaml`: every CRD as a YAML document.
+pub fn to_yaml() -> Result<String, serde_yaml::Error> {
+    let mut out = String::from(
+        "# Generated from node-agent/src/crd.rs; do not edit.\n\
+         # Regenerate: MARGAY_UPDATE_CRDS=1 cargo test -p node-agent crds\n",
+    );
+    for crd in all() {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crds_in_deploy_are_generated_from_these_types() {
+        let want = to_yaml().expect("CRDs serialize");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds.yaml");
+        if std::env::var_os("MARGAY_UPDATE_CRDS").is_some() {
+            std::fs::write(&path, &want).expect("write deploy/crds.yaml");
+            return;
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            have == want,
+            "deploy/crds.yaml is stale: run `MARGAY_UPDATE_CRDS=1 cargo test -p node-agent crds`"
+        );
+    }
+
+    #[test]
+    fn crds_are_cluster_scoped_in_our_group() {
+        for crd in all() {
+            assert_eq!(crd.spec.group, GROUP);
+            assert_eq!(crd.spec.scope, "Cluster");
+            let v = &crd.spec.versions[0];
+            assert!(v.served && v.storage);
+            assert!(v.schema.is_some(), "{} has a schema", crd.spec.names.kind);
+        }
+    }
+
+    /// Every key of `value` (recursively, through arrays) is declared in
+    /// `schema`; returns the undeclared paths.
+    fn undeclared(
+        value: &serde_json::Value,
+        schema: &serde_json::Value,
+        path: &str,
+    ) -> Vec<String> {
+        match value {
+            serde_json::Value::Object(m) => m
+                .iter()
+                .flat_map(|(k, v)| {
+                    let p = format!("{path}.{k}");
+                    match schema.pointer(&format!("/properties/{k}")) {
+                        Some(s) => undeclared(v, s, &p),
+                        None => vec![p],
+                    }
+                })
+                .collect(),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .flat_map(|v| {
+                    undeclared(
+                        v,
+                        schema.get("items").unwrap_or(&serde_json::Value::Null),
+                        path,
+                    )
+                })
+                .collect(),
+            _ => vec![],
+        }
+    }
+
+    #[test]
+    fn ipamblock_schema_declares_every_field_the_ipam_model_writes() {
+        let spec: ipam::IpamBlockSpec = serde_json::from_value(serde_json::json!({
+            "cidr": "198.19.0.0/30",
+            "affinity": "host:n1",
+            "allocations": [{"ordinal": 0, "handle": "k8s-pod-network.abc", "pod": "p",
+                             "namespace": "ns", "node": "n1", "sequence": 3}],
+            "free": [{"ordinal": 1, "releasedAt": 1700000000000u64}, {"ordinal": 2}, {"ordinal": 3}],
+            "sequence": 3,
+            "createdAt": 1700000000000u64
+        }))
+        .expect("a full block parses");
+        let written = serde_json::to_value(IPAMBlockSpec(spec)).expect("serialize");
+        // Whatever the model writes today, with every optional field filled.
+        for key in [
+            "cidr",
+            "affinity",
+            "allocations",
+            "free",
+            "sequence",
+            "createdAt",
+        ] {
+            assert!(
+                written.get(key).is_some(),
+                "model no longer writes {key}: {written}"
+            );
+        }
+        let crd = serde_json::to_value(IPAMBlock::crd()).expect("crd json");
+        let schema = crd
+            .pointer("/spec/versions/0/schema/openAPIV3Schema/properties/spec")
+            .expect("spec schema");
+        let missing = undeclared(&written, schema, "spec");
+        assert!(
+            missing.is_empty(),
+            "pruned by a real API server: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn ippool_block_size_defaults_per_family_and_is_checked() {
+        let pool = |cidr: &str, bs: Option<u8>| IPPoolSpec {
+            cidr: Cidr(cidr.into()),
+            block_size: bs,
+            node_selector: None,
+            disabled: false,
+            allowed_uses: vec![],
+            disable_bgp_export: false,
+        };
+        assert_eq!(pool("198.19.0.0/16", None).effective_block_size(), Ok(26));
+        assert_eq!(pool("2001:db8::/48", None).effective_block_size(), Ok(122));
+        assert_eq!(
+            pool("198.19.0.0/16", Some(24)).effective_block_size(),
+            Ok(24)
+        );
+        assert!(
+            pool("198.19.0.0/16", Some(8))
+                .effective_block_size()
+                .is_err()
+        );
+        assert!(
+            pool("198.19.0.0/16", Some(33))
+                .effective_block_size()
+                .is_err()
+        );
+        assert!(pool("not-a-cidr", None).effective_block_size().is_err());
+    }
+
+    #[test]
+    fn bgp_peer_validation_names_the_problem() {
+        let ok = BGPPeerSpec {
+            peer_ip: Some("198.18.0.1".into()),
+            as_number: Some(65000),
+            ..Default::default()
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        let both = BGPPeerSpec {
+            peer_selector: Some(LabelSelector::default()),
+            ..ok.clone()
+        };
+        assert_eq!(
+            both.validate().map_err(|e| e.field),
+            Err("peerIP/peerSelector")
+        );
+        let no_as = BGPPeerSpec {
+            as_number: None,
+            ..ok.clone()
+        };
+        assert_eq!(no_as.validate().map_err(|e| e.field), Err("asNumber"));
+        let bad_ip = BGPPeerSpec {
+            peer_ip: Some("198.18.0.300".into()),
+            ..ok.clone()
+        };
+        assert_eq!(bad_ip.validate().map_err(|e| e.field), Err("peerIP"));
+        let bad_timers = BGPPeerSpec {
+            hold_time: Some(9),
+            keepalive_time: Some(9),
+            ..ok
+        };
+        assert_eq!(bad_timers.validate().map_err(|e| e.field), Err("holdTime"));
+    }
+
+    #[test]
+    fn peer_addresses_take_an_optional_port() {
+        assert_eq!(
+            parse_peer_address("198.18.0.1").map(|a| a.to_string()),
+            Ok("198.18.0.1:179".into())
+        );
+        assert_eq!(
+            parse_peer_address("[2001:db8::1]:1179").map(|a| a.to_string()),
+            Ok("[2001:db8::1]:1179".into())
+        );
+        assert!(parse_peer_address("2001:db8::1:1179:x").is_err());
+    }
+
+    #[test]
+    fn per_node_configuration_overrides_only_what_it_sets() {
+        let global = BGPConfigurationSpec {
+            as_number: Some(64512),
+            node_to_node_mesh_enabled: Some(false),
+            listen_port: Some(179),
+            ..Default::default()
+        };
+        let node = BGPConfigurationSpec {
+            as_number: Some(65001),
+            ..Default::default()
+        };
+        let eff = global.overlay(&node);
+        assert_eq!(eff.as_number(), 65001);
+        assert!(!eff.mesh_enabled());
+        assert_eq!(eff.listen_port(), 179);
+        assert!(BGPConfigurationSpec::default().mesh_enabled());
+        assert_eq!(BGPConfigurationSpec::default().as_number(), DEFAULT_AS);
+    }
+}

@@ -1,0 +1,429 @@
+//! The IPAM [`Store`] on Kubernetes: `IPPool` and `IPAMBlock` custom
+//! resources, every write a resourceVersion compare-and-swap.
+//!
+//! | Store call     | API request                                   | 409 / 404 become        |
+//! |----------------|-----------------------------------------------|-------------------------|
+//! | `create_block` | POST ipamblocks                               | AlreadyExists           |
+//! | `update_block` | PUT ipamblocks/NAME with metadata.resourceVersion | Conflict / NotFound |
+//! | `delete_block` | DELETE with preconditions.resourceVersion     | Conflict / NotFound     |
+//! | `get_block`    | GET (never a cache: called after conflicts)   | `None` on 404           |
+//! | `watch_blocks` | list + watch (kube watcher, relists on 410)   |                         |
+//!
+//! Connection failures, timeouts, 429 and 5xx are `Unavailable`, which the
+//! CNI reports as "try again later" (code 11). Every write is counted in
+//! `margay_ipam_api_writes_total`.
+
+use std::sync::Arc;
+
+use futures::StreamExt as _;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams, Preconditions};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+
+use ipam::model::AllowedUse as ModelUse;
+use ipam::store::Kind;
+use ipam::{BlockEvent, BlockObject, IpPoolSpec, IpamBlockSpec, PoolObject, Store, StoreError};
+
+use crate::crd::{AllowedUse, IPAMBlock, IPAMBlockSpec, IPPool};
+use crate::metrics::{ApiLabels, Metrics};
+
+/// IPAM objects as custom resources.
+#[derive(Clone)]
+pub struct KubeStore {
+    pools: Api<IPPool>,
+    blocks: Api<IPAMBlock>,
+    metrics: Arc<Metrics>,
+}
+
+impl KubeStore {
+    /// A store on `client`'s cluster.
+    pub fn new(client: Client, metrics: Arc<Metrics>) -> Self {
+        KubeStore {
+            pools: Api::all(client.clone()),
+            blocks: Api::all(client),
+            metrics,
+        }
+    }
+
+    fn error(&self, kind: Kind, name: &str, verb: &str, e: kube::Error) -> StoreError {
+        let mapped = map_error(kind, name, e);
+        if matches!(
+            mapped,
+            StoreError::Unavailable { .. } | StoreError::Invalid { .. }
+        ) {
+            self.metrics
+                .api_errors
+                .get_or_create(&ApiLabels {
+                    resource: match kind {
+                        Kind::Pool => "ippools",
+                        Kind::Block => "ipamblocks",
+                    }
+                    .into(),
+                    verb: verb.into(),
+                })
+                .inc();
+        }
+        mapped
+    }
+}
+
+/// Maps a kube error to what the allocator distinguishes.
+pub fn map_error(kind: Kind, name: &str, e: kube::Error) -> StoreError {
+    let name = name.to_string();
+    match e {
+        kube::Error::Api(status) => match (status.code, status.reason.as_str()) {
+            (409, "AlreadyExists") => StoreError::AlreadyExists { kind, name },
+            (409, _) => StoreError::Conflict { kind, name },
+            (404, _) => StoreError::NotFound { kind, name },
+            (400 | 422, _) => StoreError::Invalid {
+                kind,
+                name,
+                reason: status.message.clone(),
+            },
+            (code, reason) => StoreError::Unavailable {
+                reason: format!("API answered {code} {reason}: {}", status.message),
+                source: Some(Box::new(kube::Error::Api(status))),
+            },
+        },
+        other => StoreError::Unavailable {
+            reason: format!("API request failed: {other}"),
+            source: Some(Box::new(other)),
+        },
+    }
+}
+
+/// An `IPPool` custom resource as the IPAM model sees it.
+pub fn pool_to_model(pool: &IPPool) -> Result<PoolObject, StoreError> {
+    let name = pool.metadata.name.clone().unwrap_or_default();
+    let invalid = |reason: String| StoreError::Invalid {
+        kind: Kind::Pool,
+        name: name.clone(),
+        reason,
+    };
+    let cidr = pool
+        .spec
+        .cidr
+        .0
+        .parse()
+        .map_err(|e| invalid(format!("cidr {:?}: {e}", pool.spec.cidr.0)))?;
+    let mut spec = IpPoolSpec::new(cidr);
+    spec.block_size = pool.spec.block_size;
+    spec.disabled = pool.spec.disabled;
+    if !pool.spec.allowed_uses.is_empty() {
+        spec.allowed_uses = pool
+            .spec
+            .allowed_uses
+            .iter()
+            .map(|u| match u {
+                AllowedUse::Workload => ModelUse::Workload,
+                AllowedUse::Tunnel => ModelUse::Tunnel,
+            })
+            .collect();
+    }
+    if let Some(sel) = &pool.spec.node_selector {
+        spec.node_selector = selector_string(sel).map_err(invalid)?;
+    }
+    Ok(PoolObject {
+        resource_version: pool.metadata.resource_version.clone().unwrap_or_default(),
+        name,
+        spec,
+    })
+}
+
+/// A LabelSelector in the set-based text form (`a=b, c in (d, e), !f`) the
+/// IPAM selector parser reads.
+pub fn selector_string(sel: &LabelSelector) -> Result<String, String> {
+    let mut parts = Vec::new();
+    for (k, v) in sel.match_labels.iter().flatten() {
+        parts.push(format!("{k}={v}"));
+    }
+    for LabelSelectorRequirement {
+        key,
+        operator,
+        values,
+    } in sel.match_expressions.iter().flatten()
+    {
+        let vals = values.clone().unwrap_or_default();
+        parts.push(match operator.as_str() {
+            "In" | "NotIn" if vals.is_empty() => {
+                return Err(format!("nodeSelector: {operator} on {key:?} needs values"));
+            }
+            "In" => format!("{key} in ({})", vals.join(", ")),
+            "NotIn" => format!("{key} notin ({})", vals.join(", ")),
+            "Exists" => key.clone(),
+            "DoesNotExist" => format!("!{key}"),
+            other => return Err(format!("nodeSelector: unknown operator {other:?}")),
+        });
+    }
+    Ok(parts.join(", "))
+}
+
+fn block_object(b: IPAMBlock) -> BlockObject {
+    BlockObject {
+        name: b.metadata.name.unwrap_or_default(),
+        resource_version: b.metadata.resource_version.unwrap_or_default(),
+        spec: b.spec.0,
+    }
+}
+
+fn block_resource(name: &str, resource_version: Option<String>, spec: &IpamBlockSpec) -> IPAMBlock {
+    IPAMBlock {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            resource_version,
+            ..ObjectMeta::default()
+        },
+        spec: IPAMBlockSpec(spec.clone()),
+    }
+}
+
+impl Store for KubeStore {
+    fn list_pools(&self) -> BoxFuture<'_, Result<Vec<PoolObject>, StoreError>> {
+        Box::pin(async move {
+            let list = self
+                .pools
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| self.error(Kind::Pool, "*", "list", e))?;
+            let mut out = Vec::new();
+            for p in &list.items {
+                match pool_to_model(p) {
+                    Ok(o) => out.push(o),
+                    // One bad pool must not stop allocation from the others.
+                    Err(e) => tracing::warn!(error = %e, "ignoring invalid IPPool"),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn list_blocks(&self) -> BoxFuture<'_, Result<Vec<BlockObject>, StoreError>> {
+        Box::pin(async move {
+            let list = self
+                .blocks
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| self.error(Kind::Block, "*", "list", e))?;
+            Ok(list.items.into_iter().map(block_object).collect())
+        })
+    }
+
+    fn get_block<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<BlockObject>, StoreError>> {
+        Box::pin(async move {
+            let b = self
+                .blocks
+                .get_opt(name)
+                .await
+                .map_err(|e| self.error(Kind::Block, name, "get", e))?;
+            Ok(b.map(block_object))
+        })
+    }
+
+    fn create_block<'a>(
+        &'a self,
+        name: &'a str,
+        spec: &'a IpamBlockSpec,
+    ) -> BoxFuture<'a, Result<BlockObject, StoreError>> {
+        Box::pin(async move {
+            self.metrics.ipam_api_writes.inc();
+            let created = self
+                .blocks
+                .create(&PostParams::default(), &block_resource(name, None, spec))
+                .await
+                .map_err(|e| self.error(Kind::Block, name, "create", e))?;
+            Ok(block_object(created))
+        })
+    }
+
+    fn update_block<'a>(
+        &'a self,
+        obj: &'a BlockObject,
+    ) -> BoxFuture<'a, Result<BlockObject, StoreError>> {
+        Box::pin(async move {
+            self.metrics.ipam_api_writes.inc();
+            let res = block_resource(&obj.name, Some(obj.resource_version.clone()), &obj.spec);
+            let updated = self
+                .blocks
+                .replace(&obj.name, &PostParams::default(), &res)
+                .await
+                .map_err(|e| self.error(Kind::Block, &obj.name, "update", e))?;
+            Ok(block_object(updated))
+        })
+    }
+
+    fn delete_block<'a>(
+        &'a self,
+        name: &'a str,
+        resource_version: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.metrics.ipam_api_writes.inc();
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: Some(resource_version.to_string()),
+                    uid: None,
+                }),
+                ..DeleteParams::default()
+            };
+            self.blocks
+                .delete(name, &dp)
+                .await
+                .map_err(|e| self.error(Kind::Block, name, "delete", e))?;
+            Ok(())
+        })
+    }
+
+    fn watch_blocks(&self) -> BoxStream<'static, Result<BlockEvent, StoreError>> {
+        let stream = watcher::watcher(self.blocks.clone(), watcher::Config::default());
+        let mut initial: Vec<BlockObject> = Vec::new();
+        stream
+            .filter_map(move |ev| {
+                let out = match ev {
+                    Ok(Event::Init) => {
+                        initial.clear();
+                        None
+                    }
+                    Ok(Event::InitApply(b)) => {
+                        initial.push(block_object(b));
+                        None
+                    }
+                    Ok(Event::InitDone) => {
+                        Some(Ok(BlockEvent::Resync(std::mem::take(&mut initial))))
+                    }
+                    Ok(Event::Apply(b)) => Some(Ok(BlockEvent::Applied(block_object(b)))),
+                    Ok(Event::Delete(b)) => Some(Ok(BlockEvent::Deleted {
+                        name: b.metadata.name.unwrap_or_default(),
+                    })),
+                    Err(e) => Some(Err(StoreError::Unavailable {
+                        reason: format!("watching IPAMBlocks: {e}"),
+                        source: Some(Box::new(e)),
+                    })),
+                };
+                futures::future::ready(out)
+            })
+            .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{Cidr, IPPoolSpec};
+
+    #[test]
+    fn label_selectors_become_set_based_text_the_ipam_parser_reads() {
+        let sel = LabelSelector {
+            match_labels: Some([("zone".to_string(), "a".to_string())].into()),
+            match_expressions: Some(vec![
+                LabelSelectorRequirement {
+                    key: "tier".into(),
+                    operator: "In".into(),
+                    values: Some(vec!["web".into(), "api".into()]),
+                },
+                LabelSelectorRequirement {
+                    key: "spot".into(),
+                    operator: "DoesNotExist".into(),
+                    values: None,
+                },
+                LabelSelectorRequirement {
+                    key: "gpu".into(),
+                    operator: "Exists".into(),
+                    values: None,
+                },
+            ]),
+        };
+        let text = selector_string(&sel).expect("valid");
+        assert_eq!(text, "zone=a, tier in (web, api), !spot, gpu");
+        let parsed: ipam::selector::Selector = text.parse().expect("ipam parses it");
+        let labels = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        assert!(parsed.matches(&labels(&[("zone", "a"), ("tier", "api"), ("gpu", "")])));
+        assert!(!parsed.matches(&labels(&[
+            ("zone", "a"),
+            ("tier", "api"),
+            ("gpu", ""),
+            ("spot", "1")
+        ])));
+        assert!(!parsed.matches(&labels(&[("zone", "b"), ("tier", "api"), ("gpu", "")])));
+        let bad = LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "x".into(),
+                operator: "Near".into(),
+                values: None,
+            }]),
+            ..LabelSelector::default()
+        };
+        assert!(selector_string(&bad).is_err());
+    }
+
+    #[test]
+    fn pools_convert_with_defaults_and_errors() {
+        let mut p = IPPool::new(
+            "v4",
+            IPPoolSpec {
+                cidr: Cidr("198.19.0.0/16".into()),
+                block_size: Some(28),
+                node_selector: None,
+                disabled: true,
+                allowed_uses: vec![],
+                disable_bgp_export: false,
+            },
+        );
+        p.metadata.resource_version = Some("7".into());
+        let o = pool_to_model(&p).expect("valid");
+        assert_eq!((o.name.as_str(), o.resource_version.as_str()), ("v4", "7"));
+        assert_eq!(o.spec.block_prefix(), 28);
+        assert!(o.spec.disabled);
+        assert_eq!(
+            o.spec.allowed_uses,
+            vec![ModelUse::Workload, ModelUse::Tunnel]
+        );
+        p.spec.cidr = Cidr("198.19.0.0/33".into());
+        assert!(matches!(pool_to_model(&p), Err(StoreError::Invalid { .. })));
+    }
+
+    #[test]
+    fn api_statuses_map_to_store_errors() {
+        let api = |code: u16, reason: &str| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                reason: reason.into(),
+                message: "m".into(),
+                ..kube::core::Status::default()
+            }))
+        };
+        assert!(matches!(
+            map_error(Kind::Block, "b", api(409, "AlreadyExists")),
+            StoreError::AlreadyExists { .. }
+        ));
+        assert!(matches!(
+            map_error(Kind::Block, "b", api(409, "Conflict")),
+            StoreError::Conflict { .. }
+        ));
+        assert!(matches!(
+            map_error(Kind::Block, "b", api(404, "NotFound")),
+            StoreError::NotFound { .. }
+        ));
+        assert!(matches!(
+            map_error(Kind::Block, "b", api(422, "Invalid")),
+            StoreError::Invalid { .. }
+        ));
+        assert!(matches!(
+            map_error(Kind::Block, "b", api(503, "ServiceUnavailable")),
+            StoreError::Unavailable { .. }
+        ));
+        assert!(matches!(
+            map_error(Kind::Block, "b", api(429, "TooManyRequests")),
+            StoreError::Unavailable { .. }
+        ));
+    }
+}

@@ -1,0 +1,258 @@
+//! The agent's Prometheus metrics (`/metrics`, text exposition format).
+//!
+//! Owners update their own series (the BGP task its peers, the IPAM service
+//! its pools, ...); the HTTP server only encodes.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of per-peer series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    /// Peer address.
+    pub peer: String,
+    /// "node-mesh", "global" or "node-specific" (as `margayctl node status`).
+    pub kind: String,
+}
+
+/// Labels of per-pool series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// Pool name.
+    pub pool: String,
+}
+
+/// Labels of CNI request series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CniLabels {
+    /// allocate, release, endpoint_up, endpoint_down, ...
+    pub op: String,
+    /// ok, or the gRPC code name of the failure.
+    pub result: String,
+}
+
+/// Labels of CNI latency series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// The operation.
+    pub op: String,
+}
+
+/// Labels of API error series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    /// Resource (pods, ipamblocks, ...).
+    pub resource: String,
+    /// Verb (list, watch, create, update, ...).
+    pub verb: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~6.5 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every series the agent exports.
+pub struct Metrics {
+    registry: Registry,
+    /// 1 when the session is Established.
+    pub bgp_session_established: Family<PeerLabels, Gauge>,
+    /// Prefixes the peer sent us.
+    pub bgp_prefixes_received: Family<PeerLabels, Gauge>,
+    /// Of those, accepted by import policy.
+    pub bgp_prefixes_accepted: Family<PeerLabels, Gauge>,
+    /// Prefixes we advertise to the peer.
+    pub bgp_prefixes_advertised: Family<PeerLabels, Gauge>,
+    /// Blocks affine to this node, per pool.
+    pub ipam_blocks: Family<PoolLabels, Gauge>,
+    /// Addresses allocated on this node, per pool.
+    pub ipam_allocations: Family<PoolLabels, Gauge>,
+    /// Addresses this node borrowed from other nodes' blocks.
+    pub ipam_borrowed: Gauge,
+    /// Addresses in the pool.
+    pub ipam_pool_size: Family<PoolLabels, Gauge>,
+    /// Addresses in use cluster-wide, per pool.
+    pub ipam_pool_used: Family<PoolLabels, Gauge>,
+    /// API writes made by IPAM (for writes-per-allocation).
+    pub ipam_api_writes: Counter,
+    /// Policy syncs: render + nft transaction, seconds.
+    pub policy_sync_seconds: Histogram,
+    /// Policy syncs that failed.
+    pub policy_sync_failures: Counter,
+    /// Local endpoints with policy programmed.
+    pub policy_endpoints: Gauge,
+    /// CNI-facing requests.
+    pub cni_requests: Family<CniLabels, Counter>,
+    /// CNI-facing request latency, seconds.
+    pub cni_request_seconds: HistogramFamily<OpLabels>,
+    /// Kubernetes API errors.
+    pub api_errors: Family<ApiLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every series.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("margay");
+        let m = Metrics {
+            bgp_session_established: Family::default(),
+            bgp_prefixes_received: Family::default(),
+            bgp_prefixes_accepted: Family::default(),
+            bgp_prefixes_advertised: Family::default(),
+            ipam_blocks: Family::default(),
+            ipam_allocations: Family::default(),
+            ipam_borrowed: Gauge::default(),
+            ipam_pool_size: Family::default(),
+            ipam_pool_used: Family::default(),
+            ipam_api_writes: Counter::default(),
+            policy_sync_seconds: latency_histogram(),
+            policy_sync_failures: Counter::default(),
+            policy_endpoints: Gauge::default(),
+            cni_requests: Family::default(),
+            cni_request_seconds: Family::new_with_constructor(latency_histogram),
+            api_errors: Family::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "bgp_session_established",
+            "1 when the BGP session is Established",
+            m.bgp_session_established.clone(),
+        );
+        r.register(
+            "bgp_prefixes_received",
+            "Prefixes received from the peer",
+            m.bgp_prefixes_received.clone(),
+        );
+        r.register(
+            "bgp_prefixes_accepted",
+            "Prefixes from the peer accepted by import policy",
+            m.bgp_prefixes_accepted.clone(),
+        );
+        r.register(
+            "bgp_prefixes_advertised",
+            "Prefixes advertised to the peer",
+            m.bgp_prefixes_advertised.clone(),
+        );
+        r.register(
+            "ipam_blocks",
+            "Blocks affine to this node",
+            m.ipam_blocks.clone(),
+        );
+        r.register(
+            "ipam_allocations",
+            "Addresses allocated on this node",
+            m.ipam_allocations.clone(),
+        );
+        r.register(
+            "ipam_borrowed",
+            "Addresses borrowed from other nodes' blocks",
+            m.ipam_borrowed.clone(),
+        );
+        r.register(
+            "ipam_pool_size",
+            "Addresses in the pool",
+            m.ipam_pool_size.clone(),
+        );
+        r.register(
+            "ipam_pool_used",
+            "Addresses of the pool in use in the cluster",
+            m.ipam_pool_used.clone(),
+        );
+        r.register(
+            "ipam_api_writes",
+            "Kubernetes API writes made by IPAM",
+            m.ipam_api_writes.clone(),
+        );
+        r.register(
+            "policy_sync_seconds",
+            "Policy sync time: render and nftables transaction",
+            m.policy_sync_seconds.clone(),
+        );
+        r.register(
+            "policy_sync_failures",
+            "Policy syncs that failed",
+            m.policy_sync_failures.clone(),
+        );
+        r.register(
+            "policy_endpoints",
+            "Local endpoints with policy programmed",
+            m.policy_endpoints.clone(),
+        );
+        r.register(
+            "cni_requests",
+            "Requests from the CNI plugin",
+            m.cni_requests.clone(),
+        );
+        r.register(
+            "cni_request_seconds",
+            "Latency of requests from the CNI plugin",
+            m.cni_request_seconds.clone(),
+        );
+        r.register("api_errors", "Kubernetes API errors", m.api_errors.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition of every series.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_are_exported_with_the_margay_prefix_and_labels() {
+        let m = Metrics::new();
+        m.bgp_session_established
+            .get_or_create(&PeerLabels {
+                peer: "198.18.0.1".into(),
+                kind: "global".into(),
+            })
+            .set(1);
+        m.cni_requests
+            .get_or_create(&CniLabels {
+                op: "allocate".into(),
+                result: "ok".into(),
+            })
+            .inc();
+        m.cni_request_seconds
+            .get_or_create(&OpLabels {
+                op: "allocate".into(),
+            })
+            .observe(0.002);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"margay_bgp_session_established{peer="198.18.0.1",kind="global"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"margay_cni_requests_total{op="allocate",result="ok"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("margay_cni_request_seconds_count{op=\"allocate\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("margay_policy_sync_failures_total 0"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,652 @@
+//! The incremental policy engine: owns the cluster view and the desired
+//! ruleset of one node, applies watch events to them in place, and hands the
+//! sink one minimal transaction per [`Engine::commit`].
+//!
+//! ```text
+//!  watchers (agent) ──upsert_pod / upsert_namespace / upsert_policy / …──► Engine
+//!  CNI EndpointUp/Down ──upsert_endpoint / remove_endpoint──────────────► Engine
+//!  Engine::commit(&mut sink) ──one nftables batch──► NftSink (nft -j -f -)
+//! ```
+//!
+//! * A pod or namespace change re-evaluates only the addresses involved
+//!   against the existing selector / named-port sets: element adds/deletes.
+//! * A policy change re-plans the local endpoints of its namespace; a local
+//!   pod change re-plans that endpoint. A re-planned endpoint points its
+//!   stable chain at a (possibly new, content-addressed) policy chain.
+//! * Policy chains and sets are reference counted and deleted at commit
+//!   when nothing uses them any more.
+//! * The first commit, and any commit after the sink failed, is a full
+//!   atomic rebuild of the table.
+//!
+//! The result always equals the from-scratch pipeline
+//! (`plan::build` + `Ruleset::build`); the tests check it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use crate::addr::Family;
+use crate::compile::{Direction, PodPeer};
+use crate::model::{
+    ClusterState, LocalEndpoint, NamespaceInfo, NodeContext, PodInfo, PodKey, PolicyKey, Protocol,
+};
+use crate::nft::{Changes, DiffStats, emit, full};
+use crate::plan::{
+    PlanIssue, Policies, check_iface, is_member, members, namespace_labels, peer_selects,
+    plan_endpoint,
+};
+use crate::ruleset::{
+    BuildCx, Elem, Match, NODE, NamedKey, RuleIr, Ruleset, SPOOF, Verdict, endpoint_chains,
+};
+use crate::sink::NftSink;
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// The whole table was rebuilt (first commit, or recovery).
+    pub full: bool,
+    pub diff: DiffStats,
+    /// Nothing to do: no batch was sent.
+    pub noop: bool,
+}
+
+/// A commit that did not reach the kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError<E: std::error::Error + Send + Sync + 'static> {
+    #[error("applying the incremental batch failed, and so did the full rebuild")]
+    Apply {
+        #[source]
+        source: E,
+    },
+}
+
+/// The incremental engine of one node.
+#[derive(Debug)]
+pub struct Engine {
+    state: ClusterState,
+    node: NodeContext,
+    policies: Policies,
+    /// Member pods by address (several while an address is being reused).
+    by_ip: HashMap<IpAddr, BTreeSet<PodKey>>,
+    rs: Ruleset,
+    sel_sets: BTreeMap<String, (PodPeer, Family)>,
+    named_sets: BTreeMap<String, NamedKey>,
+    /// Policy chain → number of endpoint chains that go to it.
+    chain_refs: HashMap<String, usize>,
+    /// Set → number of policy chains that use it (fixed sets not counted).
+    set_refs: HashMap<String, usize>,
+    dirty: BTreeSet<PodKey>,
+    changes: Changes,
+    needs_full: bool,
+    issues: BTreeMap<String, PlanIssue>,
+}
+
+impl Engine {
+    /// An engine for `node` with an empty cluster. The first commit rebuilds
+    /// the whole table (start-up reconcile: one atomic transaction).
+    pub fn new(node: NodeContext) -> Engine {
+        let mut e = Engine {
+            state: ClusterState::default(),
+            rs: Ruleset::empty(&node.iface_prefix),
+            node: NodeContext {
+                endpoints: BTreeMap::new(),
+                node_addrs: Vec::new(),
+                ..node.clone()
+            },
+            policies: Policies::default(),
+            by_ip: HashMap::new(),
+            sel_sets: BTreeMap::new(),
+            named_sets: BTreeMap::new(),
+            chain_refs: HashMap::new(),
+            set_refs: HashMap::new(),
+            dirty: BTreeSet::new(),
+            changes: Changes::default(),
+            needs_full: true,
+            issues: BTreeMap::new(),
+        };
+        e.set_node_addrs(node.node_addrs.clone());
+        for ep in node.endpoints.into_values() {
+            e.upsert_endpoint(ep);
+        }
+        e
+    }
+
+    /// Loads a whole cluster state (start-up, or resync after a watch error).
+    pub fn load(&mut self, state: ClusterState) {
+        let old: Vec<PodKey> = self.state.pods.keys().cloned().collect();
+        for k in old {
+            if !state.pods.contains_key(&k) {
+                self.remove_pod(&k);
+            }
+        }
+        let old: Vec<String> = self.state.namespaces.keys().cloned().collect();
+        for n in old {
+            if !state.namespaces.contains_key(&n) {
+                self.remove_namespace(&n);
+            }
+        }
+        let old: Vec<PolicyKey> = self.state.policies.keys().cloned().collect();
+        for k in old {
+            if !state.policies.contains_key(&k) {
+                self.remove_policy(&k);
+            }
+        }
+        for ns in state.namespaces.into_values() {
+            self.upsert_namespace(ns);
+        }
+        for (key, np) in state.policies {
+            self.upsert_policy(key, np);
+        }
+        for pod in state.pods.into_values() {
+            self.upsert_pod(pod);
+        }
+    }
+
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    pub fn node(&self) -> &NodeContext {
+        &self.node
+    }
+
+    /// The desired ruleset (what the kernel has after a successful commit).
+    pub fn ruleset(&self) -> &Ruleset {
+        &self.rs
+    }
+
+    /// Current problems in the input (invalid policies, bad interfaces).
+    pub fn issues(&self) -> impl Iterator<Item = &PlanIssue> {
+        self.issues.values()
+    }
+
+    /// Forces the next commit to rebuild the whole table.
+    pub fn force_full(&mut self) {
+        self.needs_full = true;
+    }
+
+    // ---- inputs -------------------------------------------------------
+
+    pub fn upsert_pod(&mut self, pod: PodInfo) {
+        let key = pod.key.clone();
+        if self.state.pods.get(&key) == Some(&pod) {
+            return;
+        }
+        let old = self.state.pods.insert(key.clone(), pod);
+        self.pod_changed(&key, old);
+    }
+
+    pub fn remove_pod(&mut self, key: &PodKey) {
+        if let Some(old) = self.state.pods.remove(key) {
+            self.pod_changed(key, Some(old));
+        }
+    }
+
+    pub fn upsert_namespace(&mut self, ns: NamespaceInfo) {
+        if self.state.namespaces.get(&ns.name) == Some(&ns) {
+            return;
+        }
+        let name = ns.name.clone();
+        self.state.namespaces.insert(name.clone(), ns);
+        self.namespace_changed(&name);
+    }
+
+    pub fn remove_namespace(&mut self, name: &str) {
+        if self.state.namespaces.remove(name).is_some() {
+            self.namespace_changed(name);
+        }
+    }
+
+    pub fn upsert_policy(
+        &mut self,
+        key: PolicyKey,
+        np: k8s_openapi::api::networking::v1::NetworkPolicy,
+    ) {
+        if self.state.policies.get(&key) == Some(&np) {
+            return;
+        }
+        let errs = self.policies.upsert(&key, &np).to_vec();
+        self.issues
+            .retain(|k, _| !k.starts_with(&format!("policy {key}#")));
+        for (i, e) in errs.into_iter().enumerate() {
+            self.issues
+                .insert(format!("policy {key}#{i}"), PlanIssue::Policy(e));
+        }
+        self.state.policies.insert(key.clone(), np);
+        self.dirty_namespace(&key.namespace);
+    }
+
+    pub fn remove_policy(&mut self, key: &PolicyKey) {
+        if self.state.policies.remove(key).is_some() {
+            self.policies.remove(key);
+            self.issues
+                .retain(|k, _| !k.starts_with(&format!("policy {key}#")));
+            self.dirty_namespace(&key.namespace);
+        }
+    }
+
+    /// Adds or changes a local endpoint (CNI EndpointUp).
+    pub fn upsert_endpoint(&mut self, ep: LocalEndpoint) {
+        let issue_key = format!("endpoint {}", ep.pod);
+        if let Err(reason) = check_iface(&ep.iface, &self.node.iface_prefix) {
+            self.remove_endpoint(&ep.pod);
+            self.issues.insert(
+                issue_key,
+                PlanIssue::BadInterface {
+                    pod: ep.pod.clone(),
+                    iface: ep.iface.clone(),
+                    reason,
+                },
+            );
+            return;
+        }
+        self.issues.remove(&issue_key);
+        if self.node.endpoints.get(&ep.pod) == Some(&ep) {
+            return;
+        }
+        if let Some(old) = self.node.endpoints.get(&ep.pod).cloned() {
+            if old.iface != ep.iface {
+                self.remove_endpoint(&ep.pod);
+            } else {
+                self.set_spoof(&old, false);
+            }
+        }
+        self.set_spoof(&ep, true);
+        if !self.rs.dispatch.contains_key(&ep.iface) {
+            let names = endpoint_chains(&ep.iface);
+            for c in [&names.egress, &names.ingress] {
+                self.rs.chains.insert(c.clone(), Vec::new());
+                self.chain_created(c);
+            }
+            self.rs.dispatch.insert(ep.iface.clone(), names);
+            self.changes.dispatch = true;
+        }
+        self.dirty.insert(ep.pod.clone());
+        self.node.endpoints.insert(ep.pod.clone(), ep);
+    }
+
+    /// Removes a local endpoint (CNI EndpointDown).
+    pub fn remove_endpoint(&mut self, pod: &PodKey) {
+        self.issues.remove(&format!("endpoint {pod}"));
+        let Some(ep) = self.node.endpoints.remove(pod) else {
+            return;
+        };
+        self.dirty.remove(pod);
+        self.set_spoof(&ep, false);
+        if let Some(names) = self.rs.dispatch.remove(&ep.iface) {
+            self.changes.dispatch = true;
+            for c in [names.egress, names.ingress] {
+                if let Some(body) = self.rs.chains.remove(&c) {
+                    self.unref_target(&body);
+                }
+                self.chain_deleted(&c);
+            }
+        }
+    }
+
+    /// The node's own addresses.
+    pub fn set_node_addrs(&mut self, addrs: Vec<IpAddr>) {
+        let old: BTreeSet<IpAddr> = self.node.node_addrs.iter().copied().collect();
+        let new: BTreeSet<IpAddr> = addrs.iter().copied().collect();
+        for ip in old.difference(&new) {
+            self.elem(
+                &format!("{NODE}{}", Family::of(ip).tag()),
+                Elem::Addr(*ip),
+                false,
+            );
+        }
+        for ip in new.difference(&old) {
+            self.elem(
+                &format!("{NODE}{}", Family::of(ip).tag()),
+                Elem::Addr(*ip),
+                true,
+            );
+        }
+        self.node.node_addrs = addrs;
+    }
+
+    // ---- commit -------------------------------------------------------
+
+    /// Brings the kernel to the desired state in one transaction. When the
+    /// incremental batch fails, rebuilds the table (one more transaction).
+    pub fn commit<S: NftSink>(
+        &mut self,
+        sink: &mut S,
+    ) -> Result<CommitStats, EngineError<S::Error>> {
+        self.settle();
+        if !self.needs_full {
+            let (batch, diff) = emit(&self.changes, &self.rs);
+            if diff.is_empty() {
+                self.changes = Changes::default();
+                return Ok(CommitStats {
+                    full: false,
+                    diff,
+                    noop: true,
+                });
+            }
+            match sink.apply(&batch) {
+                Ok(()) => {
+                    self.changes = Changes::default();
+                    return Ok(CommitStats {
+                        full: false,
+                        diff,
+                        noop: false,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "incremental nftables batch failed; rebuilding the table");
+                }
+            }
+        }
+        self.changes = Changes::default();
+        self.needs_full = true;
+        sink.apply(&full(&self.rs))
+            .map_err(|source| EngineError::Apply { source })?;
+        self.needs_full = false;
+        Ok(CommitStats {
+            full: true,
+            diff: DiffStats::default(),
+            noop: false,
+        })
+    }
+
+    /// Re-plans dirty endpoints and drops what nothing uses any more.
+    fn settle(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut cx = BuildCx::default();
+        for key in dirty {
+            let Some(ep) = self.node.endpoints.get(&key).cloned() else {
+                continue;
+            };
+            let plan = plan_endpoint(&self.state, &self.policies, &ep);
+            let names = endpoint_chains(&ep.iface);
+            for (dir, chain) in [
+                (Direction::Egress, names.egress),
+                (Direction::Ingress, names.ingress),
+            ] {
+                let before_sets = cx.new_sets.len();
+                let before_chains = cx.new_chains.len();
+                let body = self.rs.direction_chain(dir, plan.direction(dir), &mut cx);
+                // Account for what this call created.
+                for c in &cx.new_chains[before_chains..] {
+                    self.policy_chain_created(c);
+                }
+                for s in &cx.new_sets[before_sets..] {
+                    self.changes.new_sets.insert(s.clone());
+                    self.changes.deleted_sets.remove(s);
+                }
+                let old = self.rs.chains.get(&chain).cloned().unwrap_or_default();
+                if old != body {
+                    self.ref_target(&body);
+                    self.unref_target(&old);
+                    self.rs.chains.insert(chain.clone(), body);
+                    if !self.changes.new_chains.contains(&chain) {
+                        self.changes.replaced_chains.insert(chain);
+                    }
+                }
+            }
+        }
+        // Fill the sets this round created, and index them for updates.
+        cx.apply(&mut self.rs, &self.state);
+        self.sel_sets.append(&mut cx.selectors);
+        self.named_sets.append(&mut cx.named);
+        self.collect_garbage();
+    }
+
+    fn policy_chain_created(&mut self, name: &str) {
+        self.chain_created(name);
+        self.chain_refs.entry(name.to_string()).or_insert(0);
+        let sets = self
+            .rs
+            .chains
+            .get(name)
+            .map(|b| sets_of(b))
+            .unwrap_or_default();
+        for s in sets {
+            *self.set_refs.entry(s).or_insert(0) += 1;
+        }
+    }
+
+    fn ref_target(&mut self, body: &[RuleIr]) {
+        for c in gotos(body) {
+            *self.chain_refs.entry(c).or_insert(0) += 1;
+        }
+    }
+
+    fn unref_target(&mut self, body: &[RuleIr]) {
+        for c in gotos(body) {
+            if let Some(n) = self.chain_refs.get_mut(&c) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
+    fn collect_garbage(&mut self) {
+        let dead: Vec<String> = self
+            .chain_refs
+            .iter()
+            .filter(|(_, n)| **n == 0)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in dead {
+            self.chain_refs.remove(&c);
+            if let Some(body) = self.rs.chains.remove(&c) {
+                for s in sets_of(&body) {
+                    if let Some(n) = self.set_refs.get_mut(&s) {
+                        *n = n.saturating_sub(1);
+                    }
+                }
+            }
+            self.chain_deleted(&c);
+        }
+        let dead: Vec<String> = self
+            .set_refs
+            .iter()
+            .filter(|(_, n)| **n == 0)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for s in dead {
+            self.set_refs.remove(&s);
+            self.rs.sets.remove(&s);
+            self.sel_sets.remove(&s);
+            self.named_sets.remove(&s);
+            self.changes.elem_add.remove(&s);
+            self.changes.elem_del.remove(&s);
+            if !self.changes.new_sets.remove(&s) {
+                self.changes.deleted_sets.insert(s);
+            }
+        }
+    }
+
+    fn chain_created(&mut self, name: &str) {
+        if !self.changes.deleted_chains.remove(name) {
+            self.changes.new_chains.insert(name.to_string());
+        } else {
+            // Deleted and re-created in one round: refill it.
+            self.changes.replaced_chains.insert(name.to_string());
+        }
+    }
+
+    fn chain_deleted(&mut self, name: &str) {
+        self.changes.replaced_chains.remove(name);
+        if !self.changes.new_chains.remove(name) {
+            self.changes.deleted_chains.insert(name.to_string());
+        }
+    }
+
+    // ---- membership ---------------------------------------------------
+
+    /// Adds/removes one element of an existing set, recording the change.
+    fn elem(&mut self, set: &str, e: Elem, present: bool) {
+        let Some(s) = self.rs.sets.get_mut(set) else {
+            return;
+        };
+        let changed = if present {
+            s.elems.insert(e.clone())
+        } else {
+            s.elems.remove(&e)
+        };
+        if !changed || self.changes.new_sets.contains(set) {
+            return;
+        }
+        let (to, from) = if present {
+            (&mut self.changes.elem_add, &mut self.changes.elem_del)
+        } else {
+            (&mut self.changes.elem_del, &mut self.changes.elem_add)
+        };
+        // Undoing a pending opposite change cancels it.
+        if !from.get_mut(set).is_some_and(|x| x.remove(&e)) {
+            to.entry(set.to_string()).or_default().insert(e);
+        }
+    }
+
+    fn set_spoof(&mut self, ep: &LocalEndpoint, present: bool) {
+        for ip in &ep.ips {
+            let set = format!("{SPOOF}{}", Family::of(ip).tag());
+            self.elem(&set, Elem::IfAddr(ep.iface.clone(), *ip), present);
+        }
+    }
+
+    fn pod_changed(&mut self, key: &PodKey, old: Option<PodInfo>) {
+        let mut ips: BTreeSet<IpAddr> = BTreeSet::new();
+        if let Some(o) = &old {
+            ips.extend(o.ips.iter().copied());
+            for ip in &o.ips {
+                if let Some(s) = self.by_ip.get_mut(ip) {
+                    s.remove(key);
+                    if s.is_empty() {
+                        self.by_ip.remove(ip);
+                    }
+                }
+            }
+        }
+        if let Some(new) = self.state.pods.get(key) {
+            ips.extend(new.ips.iter().copied());
+            if is_member(new) {
+                for ip in &new.ips {
+                    self.by_ip.entry(*ip).or_default().insert(key.clone());
+                }
+            }
+        }
+        for ip in ips {
+            self.recheck_ip(ip);
+        }
+        if self.node.endpoints.contains_key(key) {
+            self.dirty.insert(key.clone());
+        }
+    }
+
+    fn namespace_changed(&mut self, ns: &str) {
+        let ips: BTreeSet<IpAddr> = members::pods_in_ns(&self.state, ns)
+            .flat_map(|p| p.ips.iter().copied())
+            .collect();
+        for ip in ips {
+            self.recheck_ip(ip);
+        }
+    }
+
+    fn dirty_namespace(&mut self, ns: &str) {
+        let keys: Vec<PodKey> = self
+            .node
+            .endpoints
+            .range(PodKey::new(ns, "")..)
+            .take_while(|(k, _)| k.namespace == ns)
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.dirty.extend(keys);
+    }
+
+    /// Recomputes one address's elements in every selector and named-port set.
+    fn recheck_ip(&mut self, ip: IpAddr) {
+        let fam = Family::of(&ip);
+        let pods: Vec<&PodInfo> = self
+            .by_ip
+            .get(&ip)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.state.pods.get(k))
+            .collect();
+        let mut updates: Vec<(String, Elem, bool)> = Vec::new();
+        for (name, (peer, sfam)) in &self.sel_sets {
+            if *sfam != fam {
+                continue;
+            }
+            let want = pods
+                .iter()
+                .any(|p| peer_selects(peer, p, &namespace_labels(&self.state, &p.key.namespace)));
+            let have = self
+                .rs
+                .sets
+                .get(name)
+                .is_some_and(|s| s.elems.contains(&Elem::Addr(ip)));
+            if want != have {
+                updates.push((name.clone(), Elem::Addr(ip), want));
+            }
+        }
+        for (name, (peers, named, sfam)) in &self.named_sets {
+            if *sfam != fam {
+                continue;
+            }
+            let mut want: BTreeSet<Elem> = BTreeSet::new();
+            for p in &pods {
+                let labels = namespace_labels(&self.state, &p.key.namespace);
+                for (a, proto, port) in members::named_ports_of_pod(peers, named, p, &labels) {
+                    if a == ip {
+                        want.insert(Elem::AddrProtoPort(a, proto, port));
+                    }
+                }
+            }
+            let have: BTreeSet<Elem> = self
+                .rs
+                .sets
+                .get(name)
+                .map(|s| {
+                    s.elems
+                        .range(
+                            Elem::AddrProtoPort(ip, Protocol::Tcp, 0)
+                                ..=Elem::AddrProtoPort(ip, Protocol::Sctp, u16::MAX),
+                        )
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            for e in want.difference(&have) {
+                updates.push((name.clone(), e.clone(), true));
+            }
+            for e in have.difference(&want) {
+                updates.push((name.clone(), e.clone(), false));
+            }
+        }
+        for (set, e, present) in updates {
+            self.elem(&set, e, present);
+        }
+    }
+}
+
+/// Policy chains an endpoint chain goes to.
+fn gotos(body: &[RuleIr]) -> Vec<String> {
+    body.iter()
+        .filter_map(|r| match &r.verdict {
+            Verdict::Goto(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Non-fixed sets a chain uses (each once).
+fn sets_of(body: &[RuleIr]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for r in body {
+        for m in &r.matches {
+            let name = match m {
+                Match::Addr(_, _, s) | Match::ProtoPort(s) | Match::AddrProtoPort(_, _, s) => s,
+            };
+            if !name.starts_with(NODE) && !name.starts_with(SPOOF) {
+                out.insert(name.clone());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,165 @@
+use super::*;
+use crate::build::*;
+use crate::sink::CapturingSink;
+use crate::testkit::Xyz;
+use crate::testkit::kernel::Kernel;
+
+fn engine_for(xyz: &Xyz, node: usize) -> Engine {
+    let mut e = Engine::new(xyz.nodes[node].clone());
+    e.load(xyz.state.clone());
+    e
+}
+
+fn pure(e: &Engine) -> Ruleset {
+    let plan = crate::plan::build(e.state(), e.node());
+    Ruleset::build(&plan, e.state())
+}
+
+/// Applies every captured batch to a kernel model and compares it with a
+/// full rebuild of the pure pipeline's ruleset.
+fn check_kernel(e: &Engine, sink: &CapturingSink) {
+    let mut k = Kernel::default();
+    for (i, b) in sink.batches.iter().enumerate() {
+        k.apply(b)
+            .unwrap_or_else(|err| panic!("batch {i} rejected: {err}\n{b}"));
+    }
+    let mut want = Kernel::default();
+    let full = serde_json::to_value(crate::nft::full(&pure(e))).unwrap();
+    want.apply(&full).unwrap();
+    assert_eq!(k, want);
+}
+
+#[test]
+fn first_commit_is_full_then_noop() {
+    let mut xyz = Xyz::new(1, true);
+    xyz.state
+        .add_policy(NetPol::new("x", "deny").build())
+        .unwrap();
+    let mut e = engine_for(&xyz, 0);
+    let mut sink = CapturingSink::default();
+    assert!(e.commit(&mut sink).unwrap().full);
+    assert_eq!(e.ruleset(), &pure(&e));
+    let st = e.commit(&mut sink).unwrap();
+    assert!(st.noop);
+    assert_eq!(sink.batches.len(), 1);
+    check_kernel(&e, &sink);
+}
+
+#[test]
+fn remote_pod_label_change_is_only_set_elements() {
+    let mut xyz = Xyz::new(2, true);
+    xyz.state
+        .add_policy(
+            NetPol::new("x", "from-b")
+                .ingress(from(vec![pods_in(sel(&[("pod", "b")]), sel(&[]))]))
+                .build(),
+        )
+        .unwrap();
+    let mut e = engine_for(&xyz, 0);
+    let mut sink = CapturingSink::default();
+    e.commit(&mut sink).unwrap();
+    // z/c lives on node0 (round-robin index 8): take y/c (index 5, node1).
+    let mut pod = e.state().pods[&PodKey::new("y", "c")].clone();
+    assert_eq!(pod.node_name.as_deref(), Some("node1"));
+    pod.labels.insert("pod".into(), "b".into());
+    e.upsert_pod(pod);
+    let st = e.commit(&mut sink).unwrap();
+    assert_eq!(
+        st.diff,
+        DiffStats {
+            elems_added: 2,
+            ..DiffStats::default()
+        }
+    );
+    assert_eq!(e.ruleset(), &pure(&e));
+    check_kernel(&e, &sink);
+}
+
+#[test]
+fn local_pod_label_change_swaps_its_chain_and_collects_garbage() {
+    let mut xyz = Xyz::new(1, false);
+    xyz.state
+        .add_policy(
+            NetPol::new("x", "a-only")
+                .select(sel(&[("pod", "a")]))
+                .ingress(from(vec![pods(sel(&[("pod", "b")]))]).ports(vec![tcp(80)]))
+                .build(),
+        )
+        .unwrap();
+    let mut e = engine_for(&xyz, 0);
+    let mut sink = CapturingSink::default();
+    e.commit(&mut sink).unwrap();
+    let mut a = e.state().pods[&PodKey::new("x", "a")].clone();
+    a.labels.insert("pod".into(), "z".into());
+    e.upsert_pod(a);
+    let st = e.commit(&mut sink).unwrap();
+    // x/a no longer isolated: its ingress chain emptied, the policy chain
+    // and its sets (selector v4+v6, ports) deleted.
+    assert_eq!(st.diff.chains_replaced, 1, "{st:?}");
+    assert_eq!(st.diff.chains_deleted, 1, "{st:?}");
+    assert_eq!(st.diff.sets_deleted, 3, "{st:?}");
+    assert!(!e.ruleset().chains.keys().any(|c| c.starts_with("pi_")));
+    assert_eq!(e.ruleset(), &pure(&e));
+    check_kernel(&e, &sink);
+}
+
+#[test]
+fn failed_batch_falls_back_to_full_rebuild() {
+    let xyz = Xyz::new(1, true);
+    let mut e = engine_for(&xyz, 0);
+    let mut sink = CapturingSink::default();
+    e.commit(&mut sink).unwrap();
+    e.upsert_policy(
+        PolicyKey::new("y", "deny"),
+        NetPol::new("y", "deny").build(),
+    );
+    sink.fail_next = 1;
+    let st = e.commit(&mut sink).unwrap();
+    assert!(st.full);
+    check_kernel(&e, &sink);
+    // Both fail: error, and the next commit is full again.
+    e.remove_policy(&PolicyKey::new("y", "deny"));
+    sink.fail_next = 2;
+    assert!(e.commit(&mut sink).is_err());
+    let st = e.commit(&mut sink).unwrap();
+    assert!(st.full);
+    check_kernel(&e, &sink);
+}
+
+#[test]
+fn endpoint_down_and_up_again_in_one_round() {
+    let mut xyz = Xyz::new(1, true);
+    xyz.state
+        .add_policy(NetPol::new("x", "deny").build())
+        .unwrap();
+    let mut e = engine_for(&xyz, 0);
+    let mut sink = CapturingSink::default();
+    e.commit(&mut sink).unwrap();
+    let key = PodKey::new("x", "a");
+    let ep = e.node().endpoints[&key].clone();
+    e.remove_endpoint(&key);
+    e.upsert_endpoint(ep);
+    e.commit(&mut sink).unwrap();
+    assert_eq!(e.ruleset(), &pure(&e));
+    check_kernel(&e, &sink);
+    // Down for good.
+    e.remove_endpoint(&key);
+    let st = e.commit(&mut sink).unwrap();
+    assert!(st.diff.dispatch_rewritten);
+    assert_eq!(st.diff.chains_deleted, 2);
+    assert_eq!(e.ruleset(), &pure(&e));
+    check_kernel(&e, &sink);
+}
+
+#[test]
+fn invalid_endpoint_interface_is_an_issue_not_a_rule() {
+    let xyz = Xyz::new(1, true);
+    let mut e = engine_for(&xyz, 0);
+    e.upsert_endpoint(LocalEndpoint {
+        pod: PodKey::new("x", "evil"),
+        iface: "cali\" accept".into(),
+        ips: vec![],
+    });
+    assert_eq!(e.issues().count(), 1);
+    assert!(!e.ruleset().dispatch.contains_key("cali\" accept"));
+}

@@ -1,0 +1,520 @@
+//! Inputs: the cluster state the policy plan is computed from.
+//!
+//! These are plain data types shared by the plan/render path and by the
+//! independent evaluator in [`crate::spec_eval`]; they carry no semantics of
+//! their own beyond the conversions from the Kubernetes objects.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+/// The label the API server puts on every namespace (immutable, = its name).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// Labels of a pod or namespace.
+pub type Labels = BTreeMap<String, String>;
+
+/// `namespace/name` of a pod.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PodKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        PodKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for PodKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// `namespace/name` of a NetworkPolicy.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PolicyKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        PolicyKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The key of a NetworkPolicy object; `None` when it has no namespace or name.
+    pub fn of(policy: &NetworkPolicy) -> Option<Self> {
+        Some(PolicyKey::new(
+            policy.metadata.namespace.clone()?,
+            policy.metadata.name.clone()?,
+        ))
+    }
+}
+
+impl fmt::Display for PolicyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Transport protocols NetworkPolicy ports can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
+    /// Parses the Kubernetes spelling (`TCP`, `UDP`, `SCTP`; case-sensitive like
+    /// the API). `None` (absent) is TCP.
+    pub fn parse(s: Option<&str>) -> Result<Protocol, ModelError> {
+        match s {
+            None | Some("TCP") => Ok(Protocol::Tcp),
+            Some("UDP") => Ok(Protocol::Udp),
+            Some("SCTP") => Ok(Protocol::Sctp),
+            Some(other) => Err(ModelError::BadProtocol(other.to_string())),
+        }
+    }
+
+    /// The name nftables uses for the protocol (`inet_proto`).
+    pub fn nft_name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+
+    /// IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        })
+    }
+}
+
+/// A container port of a pod (what named ports resolve against).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl ContainerPort {
+    pub fn named(name: &str, port: u16, protocol: Protocol) -> Self {
+        ContainerPort {
+            name: Some(name.to_string()),
+            port,
+            protocol,
+        }
+    }
+}
+
+/// `status.phase` of a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PodPhase {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+impl PodPhase {
+    pub fn parse(s: Option<&str>) -> PodPhase {
+        match s {
+            Some("Running") => PodPhase::Running,
+            Some("Succeeded") => PodPhase::Succeeded,
+            Some("Failed") => PodPhase::Failed,
+            Some("Unknown") => PodPhase::Unknown,
+            _ => PodPhase::Pending,
+        }
+    }
+}
+
+/// What the policy engine needs to know about a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub key: PodKey,
+    pub labels: Labels,
+    /// `status.podIPs` (IPv4 and/or IPv6).
+    pub ips: Vec<IpAddr>,
+    /// Container ports of `spec.containers`.
+    pub ports: Vec<ContainerPort>,
+    pub phase: PodPhase,
+    pub host_network: bool,
+    pub node_name: Option<String>,
+}
+
+impl PodInfo {
+    /// A running, pod-network pod with no ports (tests build on it).
+    pub fn new(namespace: &str, name: &str) -> Self {
+        PodInfo {
+            key: PodKey::new(namespace, name),
+            labels: Labels::new(),
+            ips: Vec::new(),
+            ports: Vec::new(),
+            phase: PodPhase::Running,
+            host_network: false,
+            node_name: None,
+        }
+    }
+
+    pub fn label(mut self, k: &str, v: &str) -> Self {
+        self.labels.insert(k.to_string(), v.to_string());
+        self
+    }
+
+    pub fn ip(mut self, ip: IpAddr) -> Self {
+        self.ips.push(ip);
+        self
+    }
+
+    pub fn port(mut self, port: ContainerPort) -> Self {
+        self.ports.push(port);
+        self
+    }
+
+    pub fn on_node(mut self, node: &str) -> Self {
+        self.node_name = Some(node.to_string());
+        self
+    }
+
+    /// Converts a Pod object. Malformed IPs or ports are an error (the API
+    /// server would not hold them); a pod without status simply has no IPs yet.
+    pub fn from_k8s(pod: &Pod) -> Result<PodInfo, ModelError> {
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .ok_or(ModelError::MissingField("pod metadata.namespace"))?;
+        let name = pod
+            .metadata
+            .name
+            .clone()
+            .ok_or(ModelError::MissingField("pod metadata.name"))?;
+        let key = PodKey::new(namespace, name);
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let spec = pod.spec.as_ref();
+        let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+        let node_name = spec.and_then(|s| s.node_name.clone());
+        let mut ports = Vec::new();
+        for c in spec.map(|s| s.containers.as_slice()).unwrap_or(&[]) {
+            for p in c.ports.as_deref().unwrap_or(&[]) {
+                let port = u16::try_from(p.container_port)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| ModelError::BadPort {
+                        pod: key.to_string(),
+                        port: i64::from(p.container_port),
+                    })?;
+                ports.push(ContainerPort {
+                    name: p.name.clone(),
+                    port,
+                    protocol: Protocol::parse(p.protocol.as_deref())?,
+                });
+            }
+        }
+        let status = pod.status.as_ref();
+        let phase = PodPhase::parse(status.and_then(|s| s.phase.as_deref()));
+        let mut ips: Vec<IpAddr> = Vec::new();
+        let mut raw: Vec<&str> = status
+            .and_then(|s| s.pod_ips.as_ref())
+            .map(|v| v.iter().map(|p| p.ip.as_str()).collect())
+            .unwrap_or_default();
+        if raw.is_empty()
+            && let Some(ip) = status.and_then(|s| s.pod_ip.as_deref())
+        {
+            raw.push(ip);
+        }
+        for s in raw {
+            let ip: IpAddr = s.parse().map_err(|_| ModelError::BadIp {
+                pod: key.to_string(),
+                ip: s.to_string(),
+            })?;
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+        Ok(PodInfo {
+            key,
+            labels,
+            ips,
+            ports,
+            phase,
+            host_network,
+            node_name,
+        })
+    }
+}
+
+/// A namespace and its labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceInfo {
+    pub name: String,
+    pub labels: Labels,
+}
+
+impl NamespaceInfo {
+    /// A namespace with the `kubernetes.io/metadata.name` label the API server
+    /// always sets.
+    pub fn new(name: &str) -> Self {
+        let mut labels = Labels::new();
+        labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.to_string());
+        NamespaceInfo {
+            name: name.to_string(),
+            labels,
+        }
+    }
+
+    pub fn label(mut self, k: &str, v: &str) -> Self {
+        self.labels.insert(k.to_string(), v.to_string());
+        self
+    }
+
+    /// Converts a Namespace object, adding `kubernetes.io/metadata.name` if the
+    /// object lacks it (as the API server does).
+    pub fn from_k8s(ns: &Namespace) -> Result<NamespaceInfo, ModelError> {
+        let name = ns
+            .metadata
+            .name
+            .clone()
+            .ok_or(ModelError::MissingField("namespace metadata.name"))?;
+        let mut labels = ns.metadata.labels.clone().unwrap_or_default();
+        labels
+            .entry(NAMESPACE_NAME_LABEL.to_string())
+            .or_insert_with(|| name.clone());
+        Ok(NamespaceInfo { name, labels })
+    }
+}
+
+/// The whole cluster as seen by the watchers.
+///
+/// A pod whose namespace object is not (yet) known is treated as being in a
+/// namespace whose only label is `kubernetes.io/metadata.name`.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterState {
+    pub pods: BTreeMap<PodKey, PodInfo>,
+    pub namespaces: BTreeMap<String, NamespaceInfo>,
+    pub policies: BTreeMap<PolicyKey, NetworkPolicy>,
+}
+
+impl ClusterState {
+    pub fn add_pod(&mut self, pod: PodInfo) {
+        self.pods.insert(pod.key.clone(), pod);
+    }
+
+    pub fn add_namespace(&mut self, ns: NamespaceInfo) {
+        self.namespaces.insert(ns.name.clone(), ns);
+    }
+
+    /// Adds a policy; one without namespace or name is an error.
+    pub fn add_policy(&mut self, policy: NetworkPolicy) -> Result<(), ModelError> {
+        let key = PolicyKey::of(&policy).ok_or(ModelError::MissingField(
+            "networkpolicy metadata.namespace/name",
+        ))?;
+        self.policies.insert(key, policy);
+        Ok(())
+    }
+}
+
+/// A pod of this node, wired to a host-side interface (`cali…`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LocalEndpoint {
+    pub pod: PodKey,
+    /// Host-side interface name (≤ 15 bytes, starts with the node's prefix).
+    pub iface: String,
+    /// Addresses the CNI plugin gave the pod: the only sources allowed out of
+    /// `iface` (anti-spoofing).
+    pub ips: Vec<IpAddr>,
+}
+
+/// This node: its own addresses and its local endpoints.
+#[derive(Debug, Clone)]
+pub struct NodeContext {
+    pub node_name: String,
+    /// The node's own addresses: traffic from them to a local pod is always
+    /// allowed (kubelet probes), as is traffic from a local pod to them.
+    pub node_addrs: Vec<IpAddr>,
+    /// Prefix of workload interfaces (`cali`): packets from any interface with
+    /// this prefix that is not a known endpoint are dropped.
+    pub iface_prefix: String,
+    pub endpoints: BTreeMap<PodKey, LocalEndpoint>,
+}
+
+impl NodeContext {
+    pub fn new(node_name: &str) -> Self {
+        NodeContext {
+            node_name: node_name.to_string(),
+            node_addrs: Vec::new(),
+            iface_prefix: "cali".to_string(),
+            endpoints: BTreeMap::new(),
+        }
+    }
+
+    pub fn add_endpoint(&mut self, ep: LocalEndpoint) {
+        self.endpoints.insert(ep.pod.clone(), ep);
+    }
+}
+
+/// Errors converting Kubernetes objects into the model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("missing {0}")]
+    MissingField(&'static str),
+    #[error("unknown protocol {0:?} (expected TCP, UDP or SCTP)")]
+    BadProtocol(String),
+    #[error("pod {pod}: container port {port} is not in 1..=65535")]
+    BadPort { pod: String, port: i64 },
+    #[error("pod {pod}: {ip:?} is not an IP address")]
+    BadIp { pod: String, ip: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        Container, ContainerPort as K8sPort, PodIP, PodSpec, PodStatus,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn k8s_pod() -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                namespace: Some("x".into()),
+                name: Some("a".into()),
+                labels: Some([("pod".to_string(), "a".to_string())].into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some("n1".into()),
+                containers: vec![Container {
+                    name: "c".into(),
+                    ports: Some(vec![
+                        K8sPort {
+                            name: Some("serve-80-tcp".into()),
+                            container_port: 80,
+                            ..Default::default()
+                        },
+                        K8sPort {
+                            name: Some("serve-81-udp".into()),
+                            container_port: 81,
+                            protocol: Some("UDP".into()),
+                            ..Default::default()
+                        },
+                    ]),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                pod_ip: Some("198.19.0.2".into()),
+                pod_ips: Some(vec![
+                    PodIP {
+                        ip: "198.19.0.2".into(),
+                    },
+                    PodIP {
+                        ip: "2001:db8::2".into(),
+                    },
+                ]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn pod_from_k8s_takes_ips_ports_phase() {
+        let p = PodInfo::from_k8s(&k8s_pod()).unwrap();
+        assert_eq!(p.key, PodKey::new("x", "a"));
+        assert_eq!(
+            p.ips,
+            vec![
+                "198.19.0.2".parse::<IpAddr>().unwrap(),
+                "2001:db8::2".parse().unwrap()
+            ]
+        );
+        assert_eq!(p.ports.len(), 2);
+        assert_eq!(p.ports[1].protocol, Protocol::Udp);
+        assert_eq!(p.ports[0].protocol, Protocol::Tcp);
+        assert_eq!(p.phase, PodPhase::Running);
+        assert_eq!(p.node_name.as_deref(), Some("n1"));
+    }
+
+    #[test]
+    fn pod_from_k8s_rejects_bad_ip_and_protocol() {
+        let mut pod = k8s_pod();
+        pod.status.as_mut().unwrap().pod_ips = Some(vec![PodIP {
+            ip: "not-an-ip".into(),
+        }]);
+        assert!(matches!(
+            PodInfo::from_k8s(&pod),
+            Err(ModelError::BadIp { .. })
+        ));
+        let mut pod = k8s_pod();
+        pod.spec.as_mut().unwrap().containers[0]
+            .ports
+            .as_mut()
+            .unwrap()[0]
+            .protocol = Some("ICMP".into());
+        assert!(matches!(
+            PodInfo::from_k8s(&pod),
+            Err(ModelError::BadProtocol(_))
+        ));
+        let mut pod = k8s_pod();
+        pod.spec.as_mut().unwrap().containers[0]
+            .ports
+            .as_mut()
+            .unwrap()[0]
+            .container_port = 70000;
+        assert!(matches!(
+            PodInfo::from_k8s(&pod),
+            Err(ModelError::BadPort { .. })
+        ));
+    }
+
+    #[test]
+    fn namespace_gets_metadata_name_label() {
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some("y".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let n = NamespaceInfo::from_k8s(&ns).unwrap();
+        assert_eq!(
+            n.labels.get(NAMESPACE_NAME_LABEL).map(String::as_str),
+            Some("y")
+        );
+    }
+}

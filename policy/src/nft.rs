@@ -1,0 +1,537 @@
+//! [`Ruleset`] → nftables JSON commands (`nftables` crate types): a full,
+//! atomic rebuild, or the minimal difference between two rulesets. Every
+//! batch is meant to be applied as one `nft -j -f -` transaction.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use nftables::batch::Batch;
+use nftables::expr::{self, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField};
+use nftables::schema::{
+    Chain, Element, FlushObject, NfCmd, NfListObject, Nftables, Rule, Set, SetFlag, SetType,
+    SetTypeValue, Table,
+};
+use nftables::stmt::{JumpTarget, Match as NftMatch, Operator, Statement, VerdictMap};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+
+use crate::addr::Family;
+use crate::ruleset::{
+    Dispatch, Elem, Match, RuleIr, Ruleset, SPOOF, SetIr, SetKind, TABLE, Verdict,
+};
+
+const FORWARD: &str = "forward";
+const INPUT: &str = "input";
+const DISPATCH: &str = "dispatch";
+
+fn s(v: impl Into<String>) -> Expression<'static> {
+    Expression::String(Cow::Owned(v.into()))
+}
+
+fn table() -> Table<'static> {
+    Table {
+        family: NfFamily::INet,
+        name: TABLE.into(),
+        handle: None,
+    }
+}
+
+fn chain(name: &str) -> Chain<'static> {
+    Chain {
+        family: NfFamily::INet,
+        table: TABLE.into(),
+        name: Cow::Owned(name.to_string()),
+        ..Chain::default()
+    }
+}
+
+fn base_chain(name: &str, hook: NfHook) -> Chain<'static> {
+    Chain {
+        _type: Some(NfChainType::Filter),
+        hook: Some(hook),
+        prio: Some(0),
+        policy: Some(NfChainPolicy::Accept),
+        ..chain(name)
+    }
+}
+
+fn rule(chain: &str, expr: Vec<Statement<'static>>) -> Rule<'static> {
+    Rule {
+        family: NfFamily::INet,
+        table: TABLE.into(),
+        chain: Cow::Owned(chain.to_string()),
+        expr: Cow::Owned(expr),
+        ..Rule::default()
+    }
+}
+
+fn addr_type(fam: Family) -> SetType {
+    match fam {
+        Family::V4 => SetType::Ipv4Addr,
+        Family::V6 => SetType::Ipv6Addr,
+    }
+}
+
+fn set_decl(name: &str, ir: &SetIr, with_elems: bool) -> Set<'static> {
+    let (ty, interval) = match ir.kind {
+        SetKind::Addr(f) => (SetTypeValue::Single(addr_type(f)), false),
+        SetKind::AddrInterval(f) => (SetTypeValue::Single(addr_type(f)), true),
+        SetKind::ProtoPort => (
+            SetTypeValue::Concatenated(Cow::Owned(vec![SetType::InetProto, SetType::InetService])),
+            true,
+        ),
+        SetKind::AddrProtoPort(f) => (
+            SetTypeValue::Concatenated(Cow::Owned(vec![
+                addr_type(f),
+                SetType::InetProto,
+                SetType::InetService,
+            ])),
+            false,
+        ),
+        SetKind::IfAddr(f) => (
+            SetTypeValue::Concatenated(Cow::Owned(vec![SetType::Ifname, addr_type(f)])),
+            false,
+        ),
+    };
+    let elems: Vec<Expression<'static>> = if with_elems {
+        ir.elems.iter().map(elem).collect()
+    } else {
+        Vec::new()
+    };
+    Set {
+        family: NfFamily::INet,
+        table: TABLE.into(),
+        name: Cow::Owned(name.to_string()),
+        handle: None,
+        set_type: ty,
+        policy: None,
+        flags: interval.then(|| HashSet::from([SetFlag::Interval])),
+        elem: (!elems.is_empty()).then_some(Cow::Owned(elems)),
+        timeout: None,
+        gc_interval: None,
+        size: None,
+        comment: None,
+    }
+}
+
+/// A set element as nftables JSON.
+pub fn elem(e: &Elem) -> Expression<'static> {
+    let num = |v: u16| Expression::Number(u32::from(v));
+    match e {
+        Elem::Addr(ip) => s(ip.to_string()),
+        Elem::Range(r) if r.lo == r.hi => s(r.lo_ip().to_string()),
+        Elem::Range(r) => Expression::Range(Box::new(expr::Range {
+            range: [s(r.lo_ip().to_string()), s(r.hi_ip().to_string())],
+        })),
+        Elem::ProtoPorts(p, lo, hi) => {
+            let ports = if lo == hi {
+                num(*lo)
+            } else {
+                Expression::Range(Box::new(expr::Range {
+                    range: [num(*lo), num(*hi)],
+                }))
+            };
+            Expression::Named(NamedExpression::Concat(vec![s(p.nft_name()), ports]))
+        }
+        Elem::AddrProtoPort(ip, p, port) => Expression::Named(NamedExpression::Concat(vec![
+            s(ip.to_string()),
+            s(p.nft_name()),
+            num(*port),
+        ])),
+        Elem::IfAddr(iface, ip) => Expression::Named(NamedExpression::Concat(vec![
+            s(iface.clone()),
+            s(ip.to_string()),
+        ])),
+    }
+}
+
+fn elements(set: &str, elems: impl Iterator<Item = Expression<'static>>) -> Element<'static> {
+    Element {
+        family: NfFamily::INet,
+        table: TABLE.into(),
+        name: Cow::Owned(set.to_string()),
+        elem: Cow::Owned(elems.collect()),
+    }
+}
+
+fn payload(proto: &'static str, field: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: proto.into(),
+            field: field.into(),
+        },
+    )))
+}
+
+fn meta(key: MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
+fn mtch(left: Expression<'static>, op: Operator, right: Expression<'static>) -> Statement<'static> {
+    Statement::Match(NftMatch { left, right, op })
+}
+
+fn proto_port() -> [Expression<'static>; 2] {
+    [meta(MetaKey::L4proto), payload("th", "dport")]
+}
+
+fn set_ref(name: &str) -> Expression<'static> {
+    s(format!("@{name}"))
+}
+
+fn statements(r: &RuleIr) -> Vec<Statement<'static>> {
+    let mut out: Vec<Statement<'static>> = r
+        .matches
+        .iter()
+        .map(|m| match m {
+            Match::Addr(f, fam, set) => mtch(
+                payload(fam.nft_proto(), f.as_str()),
+                Operator::EQ,
+                set_ref(set),
+            ),
+            Match::ProtoPort(set) => mtch(
+                Expression::Named(NamedExpression::Concat(proto_port().to_vec())),
+                Operator::EQ,
+                set_ref(set),
+            ),
+            Match::AddrProtoPort(f, fam, set) => {
+                let mut c = vec![payload(fam.nft_proto(), f.as_str())];
+                c.extend(proto_port());
+                mtch(
+                    Expression::Named(NamedExpression::Concat(c)),
+                    Operator::EQ,
+                    set_ref(set),
+                )
+            }
+        })
+        .collect();
+    out.push(match &r.verdict {
+        Verdict::Accept => Statement::Accept(None),
+        Verdict::Return => Statement::Return(None),
+        Verdict::Drop => Statement::Drop(None),
+        Verdict::Goto(c) => Statement::Goto(JumpTarget {
+            target: Cow::Owned(c.clone()),
+        }),
+    });
+    out
+}
+
+/// Rules of the `forward` and `input` base chains (fixed but for the prefix).
+fn base_rules(prefix: &str) -> Vec<Rule<'static>> {
+    let wildcard = || {
+        mtch(
+            meta(MetaKey::Iifname),
+            Operator::EQ,
+            s(format!("{prefix}*")),
+        )
+    };
+    let spoof = |fam: Family| {
+        mtch(
+            Expression::Named(NamedExpression::Concat(vec![
+                meta(MetaKey::Iifname),
+                payload(fam.nft_proto(), "saddr"),
+            ])),
+            Operator::NEQ,
+            set_ref(&format!("{SPOOF}{}", fam.tag())),
+        )
+    };
+    let ct = |states: &[&str]| {
+        let right = if states.len() == 1 {
+            s(states[0])
+        } else {
+            Expression::List(states.iter().map(|x| s(*x)).collect())
+        };
+        mtch(
+            Expression::Named(NamedExpression::CT(expr::CT {
+                key: "state".into(),
+                family: None,
+                dir: None,
+            })),
+            Operator::IN,
+            right,
+        )
+    };
+    // Neighbour discovery and DAD come from link-local / unspecified sources.
+    let not_link_local = mtch(
+        payload("ip6", "saddr"),
+        Operator::NEQ,
+        Expression::Named(NamedExpression::Set(vec![
+            expr::SetItem::Element(s("::")),
+            expr::SetItem::Element(Expression::Named(NamedExpression::Prefix(expr::Prefix {
+                addr: Box::new(s("fe80::")),
+                len: 10,
+            }))),
+        ])),
+    );
+    vec![
+        rule(
+            FORWARD,
+            vec![wildcard(), spoof(Family::V4), Statement::Drop(None)],
+        ),
+        rule(
+            FORWARD,
+            vec![wildcard(), spoof(Family::V6), Statement::Drop(None)],
+        ),
+        rule(
+            FORWARD,
+            vec![ct(&["established", "related"]), Statement::Accept(None)],
+        ),
+        rule(FORWARD, vec![ct(&["invalid"]), Statement::Drop(None)]),
+        rule(
+            FORWARD,
+            vec![Statement::Jump(JumpTarget {
+                target: DISPATCH.into(),
+            })],
+        ),
+        rule(
+            INPUT,
+            vec![wildcard(), spoof(Family::V4), Statement::Drop(None)],
+        ),
+        rule(
+            INPUT,
+            vec![
+                wildcard(),
+                not_link_local,
+                spoof(Family::V6),
+                Statement::Drop(None),
+            ],
+        ),
+    ]
+}
+
+/// The two vmap rules of `dispatch` (none when there are no endpoints:
+/// nftables rejects empty anonymous sets).
+fn dispatch_rules(dispatch: &BTreeMap<String, Dispatch>) -> Vec<Rule<'static>> {
+    if dispatch.is_empty() {
+        return Vec::new();
+    }
+    let vmap = |key: MetaKey, pick: fn(&Dispatch) -> &String| {
+        let items = dispatch
+            .iter()
+            .map(|(iface, d)| {
+                expr::SetItem::Mapping(
+                    s(iface.clone()),
+                    Expression::Verdict(expr::Verdict::Jump(JumpTarget {
+                        target: Cow::Owned(pick(d).clone()),
+                    })),
+                )
+            })
+            .collect();
+        rule(
+            DISPATCH,
+            vec![Statement::VerdictMap(VerdictMap {
+                key: meta(key),
+                data: Expression::Named(NamedExpression::Set(items)),
+            })],
+        )
+    };
+    vec![
+        vmap(MetaKey::Iifname, |d| &d.egress),
+        vmap(MetaKey::Oifname, |d| &d.ingress),
+    ]
+}
+
+/// One transaction that replaces whatever `table inet margay` holds with
+/// `rs`: `add table` (so the delete cannot fail), `delete table`, then the
+/// whole new table. Packets see the old table or the new one, never a gap;
+/// conntrack entries live outside the table, so established flows continue.
+pub fn full(rs: &Ruleset) -> Nftables<'static> {
+    let mut b = Batch::new();
+    b.add(NfListObject::Table(table()));
+    b.delete(NfListObject::Table(table()));
+    b.add(NfListObject::Table(table()));
+    for (name, ir) in &rs.sets {
+        b.add(NfListObject::Set(Box::new(set_decl(name, ir, true))));
+    }
+    for name in rs.chains.keys() {
+        b.add(NfListObject::Chain(chain(name)));
+    }
+    b.add(NfListObject::Chain(chain(DISPATCH)));
+    for (name, rules) in &rs.chains {
+        for r in rules {
+            b.add(NfListObject::Rule(rule(name, statements(r))));
+        }
+    }
+    for r in dispatch_rules(&rs.dispatch) {
+        b.add(NfListObject::Rule(r));
+    }
+    b.add(NfListObject::Chain(base_chain(FORWARD, NfHook::Forward)));
+    b.add(NfListObject::Chain(base_chain(INPUT, NfHook::Input)));
+    for r in base_rules(&rs.iface_prefix) {
+        b.add(NfListObject::Rule(r));
+    }
+    b.to_nftables()
+}
+
+/// Counts of what a diff does (for logs and metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiffStats {
+    pub sets_added: usize,
+    pub sets_deleted: usize,
+    pub elems_added: usize,
+    pub elems_deleted: usize,
+    pub chains_added: usize,
+    pub chains_replaced: usize,
+    pub chains_deleted: usize,
+    pub dispatch_rewritten: bool,
+}
+
+impl DiffStats {
+    pub fn is_empty(&self) -> bool {
+        *self == DiffStats::default()
+    }
+}
+
+/// Everything one incremental batch does, by name, with the new content
+/// taken from a [`Ruleset`]. [`emit`] orders it.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// Sets to create (with their elements).
+    pub new_sets: BTreeSet<String>,
+    /// Elements to add to / delete from existing sets.
+    pub elem_add: BTreeMap<String, BTreeSet<Elem>>,
+    pub elem_del: BTreeMap<String, BTreeSet<Elem>>,
+    /// Chains to create / to flush and refill / to delete.
+    pub new_chains: BTreeSet<String>,
+    pub replaced_chains: BTreeSet<String>,
+    pub deleted_chains: BTreeSet<String>,
+    pub deleted_sets: BTreeSet<String>,
+    /// Rewrite the `dispatch` vmaps.
+    pub dispatch: bool,
+}
+
+/// Turns [`Changes`] into one transaction, new content taken from `rs`.
+///
+/// Order: new sets (with elements), element adds, new chains, replaced
+/// chains (flush + add), dispatch, element deletes, deleted chains (flush +
+/// delete), deleted sets: everything a rule references exists before the
+/// rule, and nothing is deleted while referenced.
+pub fn emit(c: &Changes, rs: &Ruleset) -> (Nftables<'static>, DiffStats) {
+    let mut st = DiffStats::default();
+    let mut b = Batch::new();
+    for name in &c.new_sets {
+        if let Some(ir) = rs.sets.get(name) {
+            st.sets_added += 1;
+            b.add(NfListObject::Set(Box::new(set_decl(name, ir, true))));
+        }
+    }
+    for (name, add) in &c.elem_add {
+        if !add.is_empty() && !c.new_sets.contains(name) {
+            st.elems_added += add.len();
+            b.add(NfListObject::Element(elements(name, add.iter().map(elem))));
+        }
+    }
+    let new_chains: Vec<(&String, &Vec<RuleIr>)> = c
+        .new_chains
+        .iter()
+        .filter_map(|n| rs.chains.get(n).map(|r| (n, r)))
+        .collect();
+    for (name, _) in &new_chains {
+        b.add(NfListObject::Chain(chain(name)));
+    }
+    for (name, rules) in &new_chains {
+        st.chains_added += 1;
+        for r in rules.iter() {
+            b.add(NfListObject::Rule(rule(name, statements(r))));
+        }
+    }
+    for name in c.replaced_chains.difference(&c.new_chains) {
+        let Some(rules) = rs.chains.get(name) else {
+            continue;
+        };
+        st.chains_replaced += 1;
+        b.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(name))));
+        for r in rules {
+            b.add(NfListObject::Rule(rule(name, statements(r))));
+        }
+    }
+    if c.dispatch {
+        st.dispatch_rewritten = true;
+        b.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(DISPATCH))));
+        for r in dispatch_rules(&rs.dispatch) {
+            b.add(NfListObject::Rule(r));
+        }
+    }
+    for (name, del) in &c.elem_del {
+        if !del.is_empty() && !c.deleted_sets.contains(name) {
+            st.elems_deleted += del.len();
+            b.delete(NfListObject::Element(elements(name, del.iter().map(elem))));
+        }
+    }
+    for name in &c.deleted_chains {
+        b.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(name))));
+    }
+    for name in &c.deleted_chains {
+        st.chains_deleted += 1;
+        b.delete(NfListObject::Chain(chain(name)));
+    }
+    for name in &c.deleted_sets {
+        st.sets_deleted += 1;
+        b.delete(NfListObject::Set(Box::new(Set {
+            name: Cow::Owned(name.clone()),
+            table: TABLE.into(),
+            family: NfFamily::INet,
+            ..Set::default()
+        })));
+    }
+    (b.to_nftables(), st)
+}
+
+/// The commands that turn `old` into `new`, as one transaction, or `None`
+/// when a full rebuild is needed (the base chains or a set's type differ).
+pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<(Nftables<'static>, DiffStats)> {
+    let c = changes(old, new)?;
+    Some(emit(&c, new))
+}
+
+/// The [`Changes`] between two rulesets.
+pub fn changes(old: &Ruleset, new: &Ruleset) -> Option<Changes> {
+    if old.iface_prefix != new.iface_prefix {
+        return None;
+    }
+    let mut c = Changes::default();
+    let names: BTreeSet<&String> = old.sets.keys().chain(new.sets.keys()).collect();
+    for name in names {
+        match (old.sets.get(name), new.sets.get(name)) {
+            (None, Some(_)) => {
+                c.new_sets.insert(name.clone());
+            }
+            (Some(o), Some(n)) if o.kind != n.kind => return None,
+            (Some(o), Some(n)) => {
+                let add: BTreeSet<Elem> = n.elems.difference(&o.elems).cloned().collect();
+                let del: BTreeSet<Elem> = o.elems.difference(&n.elems).cloned().collect();
+                if !add.is_empty() {
+                    c.elem_add.insert(name.clone(), add);
+                }
+                if !del.is_empty() {
+                    c.elem_del.insert(name.clone(), del);
+                }
+            }
+            (Some(_), None) => {
+                c.deleted_sets.insert(name.clone());
+            }
+            (None, None) => {}
+        }
+    }
+    let names: BTreeSet<&String> = old.chains.keys().chain(new.chains.keys()).collect();
+    for name in names {
+        match (old.chains.get(name), new.chains.get(name)) {
+            (None, Some(_)) => {
+                c.new_chains.insert(name.clone());
+            }
+            (Some(o), Some(n)) if o != n => {
+                c.replaced_chains.insert(name.clone());
+            }
+            (Some(_), None) => {
+                c.deleted_chains.insert(name.clone());
+            }
+            _ => {}
+        }
+    }
+    c.dispatch = old.dispatch != new.dispatch;
+    Some(c)
+}
+
+/// `{"nftables": [...]}` text of a batch.
+pub fn to_json(n: &Nftables<'_>) -> Result<String, serde_json::Error> {
+    serde_json::to_string(n)
+}

@@ -1,0 +1,442 @@
+//! The per-endpoint rule plan: which policies isolate each local pod in each
+//! direction, and the union of their rules with named ports resolved where
+//! the destination is known (ingress: the endpoint itself).
+//!
+//! Membership (which IPs a selector peer stands for) is not part of the plan:
+//! it is computed by [`members`] and rendered as sets, so a pod label change
+//! elsewhere in the cluster changes set elements, not this plan.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use crate::compile::{CompiledPolicy, Direction, Peer, PodPeer, PolicyError, Port, Rule, compile};
+use crate::model::{
+    ClusterState, Labels, LocalEndpoint, NAMESPACE_NAME_LABEL, NodeContext, PodInfo, PodKey,
+    PodPhase, PolicyKey, Protocol,
+};
+
+/// Port part of a planned rule.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PortMatch {
+    /// No `ports`: every protocol and port.
+    Any,
+    /// Listed ports. `ranges` are disjoint per protocol. `named` is only used
+    /// for egress (resolved on each destination pod); for ingress the names
+    /// were resolved on the endpoint into `ranges`. Both empty = the rule
+    /// cannot match (e.g. a named port the pod does not have).
+    Listed {
+        ranges: BTreeSet<(Protocol, u16, u16)>,
+        named: BTreeSet<(Protocol, String)>,
+    },
+}
+
+/// One allow rule of an endpoint, after resolution.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RulePlan {
+    /// `None` = all peers.
+    pub peers: Option<Vec<Peer>>,
+    pub ports: PortMatch,
+}
+
+/// What applies to one direction of one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectionPlan {
+    /// No policy selects the pod for this direction: everything allowed.
+    Open,
+    /// Selected by `policies`; only the union of `rules` is allowed.
+    Isolated {
+        policies: Vec<PolicyKey>,
+        rules: BTreeSet<RulePlan>,
+    },
+    /// The endpoint's pod is unknown, finished, or host-network: nothing is
+    /// allowed until that changes (fail closed).
+    DenyAll,
+}
+
+/// The plan of one local endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointPlan {
+    pub endpoint: LocalEndpoint,
+    pub ingress: DirectionPlan,
+    pub egress: DirectionPlan,
+}
+
+impl EndpointPlan {
+    pub fn direction(&self, dir: Direction) -> &DirectionPlan {
+        match dir {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
+/// Something in the input that was skipped, with why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanIssue {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("endpoint {pod}: interface {iface:?} {reason}")]
+    BadInterface {
+        pod: PodKey,
+        iface: String,
+        reason: &'static str,
+    },
+}
+
+/// Every compiled policy, indexed by namespace.
+#[derive(Debug, Clone, Default)]
+pub struct Policies {
+    by_ns: BTreeMap<String, BTreeMap<PolicyKey, CompiledPolicy>>,
+    errors: BTreeMap<PolicyKey, Vec<PolicyError>>,
+}
+
+impl Policies {
+    pub fn compile_all(state: &ClusterState) -> Policies {
+        let mut p = Policies::default();
+        for (key, np) in &state.policies {
+            p.upsert(key, np);
+        }
+        p
+    }
+
+    /// (Re)compiles one policy; returns its errors.
+    pub fn upsert(
+        &mut self,
+        key: &PolicyKey,
+        np: &k8s_openapi::api::networking::v1::NetworkPolicy,
+    ) -> &[PolicyError] {
+        self.remove(key);
+        let errs = match compile(key, np) {
+            Ok((c, errs)) => {
+                self.by_ns
+                    .entry(key.namespace.clone())
+                    .or_default()
+                    .insert(key.clone(), c);
+                errs
+            }
+            Err(e) => vec![e],
+        };
+        for e in &errs {
+            tracing::warn!(policy = %key, error = %e, "network policy partly or wholly ignored");
+        }
+        self.errors.entry(key.clone()).or_insert(errs)
+    }
+
+    pub fn remove(&mut self, key: &PolicyKey) {
+        if let Some(m) = self.by_ns.get_mut(&key.namespace) {
+            m.remove(key);
+            if m.is_empty() {
+                self.by_ns.remove(&key.namespace);
+            }
+        }
+        self.errors.remove(key);
+    }
+
+    pub fn in_namespace(&self, ns: &str) -> impl Iterator<Item = &CompiledPolicy> {
+        self.by_ns.get(ns).into_iter().flat_map(|m| m.values())
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &CompiledPolicy> {
+        self.by_ns.values().flat_map(|m| m.values())
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = &PolicyError> {
+        self.errors.values().flatten()
+    }
+}
+
+/// The plan for every local endpoint.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub endpoints: BTreeMap<PodKey, EndpointPlan>,
+    pub node_addrs: Vec<IpAddr>,
+    pub iface_prefix: String,
+    pub issues: Vec<PlanIssue>,
+}
+
+/// Computes the plan of every local endpoint from scratch.
+pub fn build(state: &ClusterState, node: &NodeContext) -> Plan {
+    let policies = Policies::compile_all(state);
+    build_with(state, node, &policies)
+}
+
+/// [`build`] with already compiled policies.
+pub fn build_with(state: &ClusterState, node: &NodeContext, policies: &Policies) -> Plan {
+    let mut issues: Vec<PlanIssue> = policies.errors().cloned().map(PlanIssue::from).collect();
+    let mut endpoints = BTreeMap::new();
+    for ep in node.endpoints.values() {
+        if let Err(reason) = check_iface(&ep.iface, &node.iface_prefix) {
+            issues.push(PlanIssue::BadInterface {
+                pod: ep.pod.clone(),
+                iface: ep.iface.clone(),
+                reason,
+            });
+            continue;
+        }
+        endpoints.insert(ep.pod.clone(), plan_endpoint(state, policies, ep));
+    }
+    Plan {
+        endpoints,
+        node_addrs: node.node_addrs.clone(),
+        iface_prefix: node.iface_prefix.clone(),
+        issues,
+    }
+}
+
+/// Interface names go into nft rules and set elements: keep them boring.
+pub fn check_iface(iface: &str, prefix: &str) -> Result<(), &'static str> {
+    if iface.is_empty() || iface.len() > 15 {
+        return Err("must be 1 to 15 bytes");
+    }
+    if !iface
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err("may only contain ASCII letters, digits, '-', '_' and '.'");
+    }
+    if !iface.starts_with(prefix) || iface.len() == prefix.len() {
+        return Err("does not start with the workload interface prefix");
+    }
+    Ok(())
+}
+
+/// Is this pod a member of selector sets / an endpoint (by its pod IPs)?
+pub fn is_member(pod: &PodInfo) -> bool {
+    !pod.host_network && !matches!(pod.phase, PodPhase::Succeeded | PodPhase::Failed)
+}
+
+/// Plans one endpoint.
+pub fn plan_endpoint(
+    state: &ClusterState,
+    policies: &Policies,
+    ep: &LocalEndpoint,
+) -> EndpointPlan {
+    let pod = state.pods.get(&ep.pod).filter(|p| is_member(p));
+    let Some(pod) = pod else {
+        return EndpointPlan {
+            endpoint: ep.clone(),
+            ingress: DirectionPlan::DenyAll,
+            egress: DirectionPlan::DenyAll,
+        };
+    };
+    let dir_plan = |dir: Direction| {
+        let mut selected = Vec::new();
+        let mut rules = BTreeSet::new();
+        for p in policies.in_namespace(&pod.key.namespace) {
+            let Some(prules) = p.rules(dir) else { continue };
+            if !p.pod_selector.matches(&pod.labels) {
+                continue;
+            }
+            selected.push(p.key.clone());
+            for r in prules {
+                rules.insert(plan_rule(r, dir, pod));
+            }
+        }
+        if selected.is_empty() {
+            DirectionPlan::Open
+        } else {
+            DirectionPlan::Isolated {
+                policies: selected,
+                rules,
+            }
+        }
+    };
+    EndpointPlan {
+        endpoint: ep.clone(),
+        ingress: dir_plan(Direction::Ingress),
+        egress: dir_plan(Direction::Egress),
+    }
+}
+
+fn plan_rule(r: &Rule, dir: Direction, pod: &PodInfo) -> RulePlan {
+    let ports = match &r.ports {
+        None => PortMatch::Any,
+        Some(ports) => {
+            let mut ranges = Vec::new();
+            let mut named = BTreeSet::new();
+            for p in ports {
+                match p {
+                    Port::Range { proto, lo, hi } => ranges.push((*proto, *lo, *hi)),
+                    Port::Named { proto, name } => match dir {
+                        // The destination is the endpoint itself.
+                        Direction::Ingress => {
+                            ranges.extend(resolve_named(pod, *proto, name).map(|n| (*proto, n, n)))
+                        }
+                        Direction::Egress => {
+                            named.insert((*proto, name.clone()));
+                        }
+                    },
+                }
+            }
+            PortMatch::Listed {
+                ranges: merge_port_ranges(ranges),
+                named,
+            }
+        }
+    };
+    RulePlan {
+        peers: r.peers.clone(),
+        ports,
+    }
+}
+
+/// Port numbers a named port has on a pod (containers may repeat a name).
+pub fn resolve_named<'a>(
+    pod: &'a PodInfo,
+    proto: Protocol,
+    name: &'a str,
+) -> impl Iterator<Item = u16> + 'a {
+    pod.ports
+        .iter()
+        .filter(move |p| p.protocol == proto && p.name.as_deref() == Some(name))
+        .map(|p| p.port)
+}
+
+/// Sorts and merges overlapping/adjacent ranges of the same protocol
+/// (nftables interval sets reject overlapping elements).
+pub fn merge_port_ranges(mut v: Vec<(Protocol, u16, u16)>) -> BTreeSet<(Protocol, u16, u16)> {
+    v.sort();
+    let mut out: Vec<(Protocol, u16, u16)> = Vec::with_capacity(v.len());
+    for (p, lo, hi) in v {
+        if let Some(last) = out.last_mut()
+            && last.0 == p
+            && u32::from(lo) <= u32::from(last.2) + 1
+        {
+            last.2 = last.2.max(hi);
+            continue;
+        }
+        out.push((p, lo, hi));
+    }
+    out.into_iter().collect()
+}
+
+/// Labels of a namespace; an unknown namespace has only its name label.
+pub fn namespace_labels<'a>(state: &'a ClusterState, ns: &str) -> Cow<'a, Labels> {
+    match state.namespaces.get(ns) {
+        Some(n) => Cow::Borrowed(&n.labels),
+        None => Cow::Owned(Labels::from([(
+            NAMESPACE_NAME_LABEL.to_string(),
+            ns.to_string(),
+        )])),
+    }
+}
+
+/// Does a selector peer choose this pod (given its namespace's labels)?
+pub fn peer_selects(peer: &PodPeer, pod: &PodInfo, ns_labels: &Labels) -> bool {
+    let ns_ok = match &peer.ns {
+        crate::compile::NsScope::Same(ns) => *ns == pod.key.namespace,
+        crate::compile::NsScope::Matching(s) => s.matches(ns_labels),
+    };
+    ns_ok && peer.pods.matches(&pod.labels)
+}
+
+/// Set memberships, computed from the cluster state.
+pub mod members {
+    use super::*;
+
+    /// IPs of the member pods a selector peer chooses.
+    pub fn selector(state: &ClusterState, peer: &PodPeer) -> BTreeSet<IpAddr> {
+        let mut out = BTreeSet::new();
+        let mut add_ns = |ns: &str| {
+            for pod in pods_in_ns(state, ns) {
+                if is_member(pod) && peer.pods.matches(&pod.labels) {
+                    out.extend(pod.ips.iter().copied());
+                }
+            }
+        };
+        match &peer.ns {
+            crate::compile::NsScope::Same(ns) => add_ns(ns),
+            crate::compile::NsScope::Matching(sel) => {
+                for ns in namespaces_with_pods(state) {
+                    if sel.matches(&namespace_labels(state, &ns)) {
+                        add_ns(&ns);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Every namespace that has pods, each once, without walking all pods.
+    pub fn namespaces_with_pods(state: &ClusterState) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut from = PodKey::new("", "");
+        while let Some((k, _)) = state.pods.range(from..).next() {
+            out.push(k.namespace.clone());
+            // The smallest namespace after `k.namespace`.
+            from = PodKey::new(format!("{}\0", k.namespace), "");
+        }
+        out
+    }
+
+    /// Pods of one namespace (the map is ordered by namespace first).
+    pub fn pods_in_ns<'a>(
+        state: &'a ClusterState,
+        ns: &'a str,
+    ) -> impl Iterator<Item = &'a PodInfo> {
+        state
+            .pods
+            .range(PodKey::new(ns, "")..)
+            .take_while(move |(k, _)| k.namespace == ns)
+            .map(|(_, p)| p)
+    }
+
+    /// Does a rule's peer list choose this pod address?
+    pub fn peers_choose(
+        peers: &Option<Vec<Peer>>,
+        pod: &PodInfo,
+        ip: &IpAddr,
+        ns_labels: &Labels,
+    ) -> bool {
+        match peers {
+            None => true,
+            Some(list) => list.iter().any(|p| match p {
+                Peer::Pods(pp) => peer_selects(pp, pod, ns_labels),
+                Peer::Block(ranges) => ranges.iter().any(|r| r.contains(ip)),
+            }),
+        }
+    }
+
+    /// (address, protocol, port) of every member pod address the peers
+    /// choose that has one of the named ports (egress named ports).
+    pub fn named_ports_of_pod(
+        peers: &Option<Vec<Peer>>,
+        named: &BTreeSet<(Protocol, String)>,
+        pod: &PodInfo,
+        ns_labels: &Labels,
+    ) -> BTreeSet<(IpAddr, Protocol, u16)> {
+        let mut out = BTreeSet::new();
+        if !is_member(pod) {
+            return out;
+        }
+        for ip in &pod.ips {
+            if !peers_choose(peers, pod, ip, ns_labels) {
+                continue;
+            }
+            for (proto, name) in named {
+                for port in resolve_named(pod, *proto, name) {
+                    out.insert((*ip, *proto, port));
+                }
+            }
+        }
+        out
+    }
+
+    /// [`named_ports_of_pod`] over the whole cluster.
+    pub fn named_ports(
+        state: &ClusterState,
+        peers: &Option<Vec<Peer>>,
+        named: &BTreeSet<(Protocol, String)>,
+    ) -> BTreeSet<(IpAddr, Protocol, u16)> {
+        let mut out = BTreeSet::new();
+        for pod in state.pods.values() {
+            let labels = namespace_labels(state, &pod.key.namespace);
+            out.extend(named_ports_of_pod(peers, named, pod, &labels));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,512 @@
+//! The desired content of `table inet margay`, as plain data that is cheap
+//! to compare: named sets with their elements, chains with their rules, and
+//! the endpoint dispatch table. [`crate::nft`] turns it (or the difference
+//! between two of them) into nftables commands.
+//!
+//! Layout (all names deterministic; content-addressed where noted):
+//!
+//! ```text
+//! forward (hook forward): anti-spoof on cali* → ct established,related accept
+//!                         → ct invalid drop → jump dispatch
+//! input   (hook input):   anti-spoof on cali* (IPv6 link-local / :: exempt for ND)
+//! dispatch: iifname vmap { <ep iface> : jump ee_<h(iface)> }   egress of the sender
+//!           oifname vmap { <ep iface> : jump ei_<h(iface)> }   ingress of the receiver
+//! ee_*/ei_*  per endpoint, stable name: empty (not isolated), `goto pe_/pi_<h(rules)>`,
+//!            or `drop` (unknown pod)
+//! pe_*/pi_*  content-addressed policy chains shared by endpoints with equal rules:
+//!            node addresses allowed, one line per (peer set × family), then `drop`
+//!            (egress allows with `return` so the receiver's ingress is still checked)
+//! sets: s4_/s6_<h(selector)> pod IPs (hash);   b4_/b6_<h(ranges)> ipBlock − except (interval)
+//!       pt_<h(ranges)> proto . port (interval); n4_/n6_<h(peers,names)> addr . proto . port
+//!       spoof4/spoof6 ifname . addr;            node4/node6 node addresses
+//! ```
+//!
+//! Traffic between a pod and its own node never crosses `forward` (node → pod
+//! leaves through `output`, pod → node arrives through `input`), so it is
+//! allowed by construction; the node-address lines in policy chains also
+//! cover node-sourced packets that are routed (e.g. from another netns).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use sha1::{Digest, Sha1};
+
+use crate::addr::{AddrRange, Family, union};
+use crate::compile::{Direction, Peer, PodPeer};
+use crate::model::{ClusterState, Protocol};
+use crate::plan::{DirectionPlan, Plan, PortMatch, RulePlan, members};
+
+/// Kind (nftables type and flags) of a named set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SetKind {
+    /// `ipv4_addr` / `ipv6_addr`.
+    Addr(Family),
+    /// Same, `flags interval`.
+    AddrInterval(Family),
+    /// `inet_proto . inet_service`, `flags interval`.
+    ProtoPort,
+    /// `ipvX_addr . inet_proto . inet_service`.
+    AddrProtoPort(Family),
+    /// `ifname . ipvX_addr`.
+    IfAddr(Family),
+}
+
+/// A set element.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Elem {
+    Addr(IpAddr),
+    Range(AddrRange),
+    ProtoPorts(Protocol, u16, u16),
+    AddrProtoPort(IpAddr, Protocol, u16),
+    IfAddr(String, IpAddr),
+}
+
+/// A named set and its elements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetIr {
+    pub kind: SetKind,
+    pub elems: BTreeSet<Elem>,
+}
+
+/// Which address of the packet a match looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AddrField {
+    Saddr,
+    Daddr,
+}
+
+/// One match of a rule (all of a rule's matches must hold).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Match {
+    /// `ip saddr @set` (family picks `ip`/`ip6`).
+    Addr(AddrField, Family, String),
+    /// `meta l4proto . th dport @set`.
+    ProtoPort(String),
+    /// `ip daddr . meta l4proto . th dport @set`.
+    AddrProtoPort(AddrField, Family, String),
+}
+
+/// Verdict of a rule.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verdict {
+    Accept,
+    Return,
+    Drop,
+    Goto(String),
+}
+
+/// A rule of a regular chain.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleIr {
+    pub matches: Vec<Match>,
+    pub verdict: Verdict,
+}
+
+impl RuleIr {
+    /// nft-like text (also the input of content-addressed chain names).
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        for m in &self.matches {
+            let _ = match m {
+                Match::Addr(f, fam, set) => write!(s, "{} {} @{set} ", fam.nft_proto(), f.as_str()),
+                Match::ProtoPort(set) => write!(s, "meta l4proto . th dport @{set} "),
+                Match::AddrProtoPort(f, fam, set) => write!(
+                    s,
+                    "{} {} . meta l4proto . th dport @{set} ",
+                    fam.nft_proto(),
+                    f.as_str()
+                ),
+            };
+        }
+        let _ = match &self.verdict {
+            Verdict::Accept => write!(s, "accept"),
+            Verdict::Return => write!(s, "return"),
+            Verdict::Drop => write!(s, "drop"),
+            Verdict::Goto(c) => write!(s, "goto {c}"),
+        };
+        s
+    }
+}
+
+impl AddrField {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddrField::Saddr => "saddr",
+            AddrField::Daddr => "daddr",
+        }
+    }
+}
+
+/// Chains an endpoint dispatches to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Dispatch {
+    /// Chain for packets leaving the pod (`iifname` = iface).
+    pub egress: String,
+    /// Chain for packets going to the pod (`oifname` = iface).
+    pub ingress: String,
+}
+
+/// The desired content of `table inet margay`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruleset {
+    /// Workload interface prefix (`cali`), used by the anti-spoof rules.
+    pub iface_prefix: String,
+    pub sets: BTreeMap<String, SetIr>,
+    /// Regular (non-base) chains other than `dispatch`.
+    pub chains: BTreeMap<String, Vec<RuleIr>>,
+    /// Endpoint interface → its chains.
+    pub dispatch: BTreeMap<String, Dispatch>,
+}
+
+pub const TABLE: &str = "margay";
+pub const SPOOF: &str = "spoof";
+pub const NODE: &str = "node";
+
+/// 64 bits of SHA-1 over a canonical text, as hex.
+pub fn digest(parts: &[&str]) -> String {
+    let mut h = Sha1::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0u8]);
+    }
+    let out = h.finalize();
+    hex::encode(&out[..8])
+}
+
+fn fixed_set(base: &str, fam: Family) -> String {
+    format!("{base}{}", fam.tag())
+}
+
+/// Name of the selector set of a peer.
+pub fn selector_set(peer: &PodPeer, fam: Family) -> String {
+    format!("s{}_{}", fam.tag(), digest(&[&peer.canonical()]))
+}
+
+/// Name of an egress named-port set.
+pub fn named_set(
+    peers: &Option<Vec<Peer>>,
+    named: &BTreeSet<(Protocol, String)>,
+    fam: Family,
+) -> String {
+    format!(
+        "n{}_{}",
+        fam.tag(),
+        digest(&[&format!("{peers:?}"), &format!("{named:?}")])
+    )
+}
+
+/// Per-endpoint chain names (stable for the life of the interface).
+pub fn endpoint_chains(iface: &str) -> Dispatch {
+    let h = digest(&[iface]);
+    Dispatch {
+        egress: format!("ee_{h}"),
+        ingress: format!("ei_{h}"),
+    }
+}
+
+impl Ruleset {
+    /// An empty table (no endpoints).
+    pub fn empty(iface_prefix: &str) -> Ruleset {
+        let mut sets = BTreeMap::new();
+        for fam in Family::BOTH {
+            sets.insert(
+                fixed_set(SPOOF, fam),
+                SetIr {
+                    kind: SetKind::IfAddr(fam),
+                    elems: BTreeSet::new(),
+                },
+            );
+            sets.insert(
+                fixed_set(NODE, fam),
+                SetIr {
+                    kind: SetKind::Addr(fam),
+                    elems: BTreeSet::new(),
+                },
+            );
+        }
+        Ruleset {
+            iface_prefix: iface_prefix.to_string(),
+            sets,
+            chains: BTreeMap::new(),
+            dispatch: BTreeMap::new(),
+        }
+    }
+
+    /// Renders a plan. Set memberships come from `state`.
+    pub fn build(plan: &Plan, state: &ClusterState) -> Ruleset {
+        let mut rs = Ruleset::empty(&plan.iface_prefix);
+        for ip in &plan.node_addrs {
+            rs.insert_elem(&fixed_set(NODE, Family::of(ip)), Elem::Addr(*ip));
+        }
+        let mut fill = BuildCx::default();
+        for ep in plan.endpoints.values() {
+            let e = &ep.endpoint;
+            for ip in &e.ips {
+                rs.insert_elem(
+                    &fixed_set(SPOOF, Family::of(ip)),
+                    Elem::IfAddr(e.iface.clone(), *ip),
+                );
+            }
+            let names = endpoint_chains(&e.iface);
+            for (dir, chain) in [
+                (Direction::Egress, &names.egress),
+                (Direction::Ingress, &names.ingress),
+            ] {
+                let body = rs.direction_chain(dir, ep.direction(dir), &mut fill);
+                rs.chains.insert(chain.clone(), body);
+            }
+            rs.dispatch.insert(e.iface.clone(), names);
+        }
+        fill.apply(&mut rs, state);
+        rs
+    }
+
+    fn insert_elem(&mut self, set: &str, e: Elem) {
+        if let Some(s) = self.sets.get_mut(set) {
+            s.elems.insert(e);
+        }
+    }
+
+    /// Body of an endpoint chain for one direction; creates the policy chain
+    /// and the sets it uses.
+    pub(crate) fn direction_chain(
+        &mut self,
+        dir: Direction,
+        plan: &DirectionPlan,
+        fill: &mut BuildCx,
+    ) -> Vec<RuleIr> {
+        match plan {
+            DirectionPlan::Open => Vec::new(),
+            DirectionPlan::DenyAll => vec![RuleIr {
+                matches: vec![],
+                verdict: Verdict::Drop,
+            }],
+            DirectionPlan::Isolated { rules, .. } => {
+                let body = self.policy_chain_body(dir, rules, fill);
+                let texts: Vec<String> = body.iter().map(RuleIr::text).collect();
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                let prefix = match dir {
+                    Direction::Ingress => "pi",
+                    Direction::Egress => "pe",
+                };
+                let name = format!("{prefix}_{}", digest(&refs));
+                if !self.chains.contains_key(&name) {
+                    self.chains.insert(name.clone(), body);
+                    fill.new_chains.push(name.clone());
+                }
+                vec![RuleIr {
+                    matches: vec![],
+                    verdict: Verdict::Goto(name),
+                }]
+            }
+        }
+    }
+
+    fn policy_chain_body(
+        &mut self,
+        dir: Direction,
+        rules: &BTreeSet<RulePlan>,
+        fill: &mut BuildCx,
+    ) -> Vec<RuleIr> {
+        let (field, allow) = match dir {
+            Direction::Ingress => (AddrField::Saddr, Verdict::Accept),
+            Direction::Egress => (AddrField::Daddr, Verdict::Return),
+        };
+        let rule = |matches: Vec<Match>| RuleIr {
+            matches,
+            verdict: allow.clone(),
+        };
+        let mut body = Vec::new();
+        for fam in Family::BOTH {
+            body.push(rule(vec![Match::Addr(field, fam, fixed_set(NODE, fam))]));
+        }
+        for r in rules {
+            let (pt, named) = match &r.ports {
+                PortMatch::Any => (None, None),
+                PortMatch::Listed { ranges, named } => {
+                    if ranges.is_empty() && named.is_empty() {
+                        continue; // cannot match anything
+                    }
+                    let pt = (!ranges.is_empty()).then(|| self.port_set(ranges, fill));
+                    (pt, (!named.is_empty()).then_some(named))
+                }
+            };
+            let any_port = matches!(r.ports, PortMatch::Any);
+            // Rules for address matches `m`: with the port set, or alone.
+            let with_ports = |m: Vec<Match>| -> Option<RuleIr> {
+                if any_port {
+                    Some(rule(m))
+                } else {
+                    pt.as_ref().map(|pt| {
+                        let mut m = m;
+                        m.push(Match::ProtoPort(pt.clone()));
+                        rule(m)
+                    })
+                }
+            };
+            // Address rules exist only for "all ports" or numeric ports;
+            // a rule with only named ports is matched by its named-port set.
+            let addr_rules = any_port || pt.is_some();
+            match &r.peers {
+                None => body.extend(with_ports(vec![])),
+                Some(_) if !addr_rules => {}
+                Some(peers) => {
+                    for p in peers {
+                        if let Peer::Pods(pp) = p {
+                            for fam in Family::BOTH {
+                                let set = fill.selector(self, pp, fam);
+                                body.extend(with_ports(vec![Match::Addr(field, fam, set)]));
+                            }
+                        }
+                    }
+                    let blocks: Vec<AddrRange> = peers
+                        .iter()
+                        .filter_map(|p| match p {
+                            Peer::Block(r) => Some(r.iter().copied()),
+                            Peer::Pods(_) => None,
+                        })
+                        .flatten()
+                        .collect();
+                    let blocks = union(blocks);
+                    for fam in Family::BOTH {
+                        let ranges: Vec<&AddrRange> =
+                            blocks.iter().filter(|r| r.family == fam).collect();
+                        if ranges.is_empty() {
+                            continue;
+                        }
+                        let set = self.block_set(fam, &ranges, fill);
+                        body.extend(with_ports(vec![Match::Addr(field, fam, set)]));
+                    }
+                }
+            }
+            if let Some(named) = named {
+                for fam in Family::BOTH {
+                    let set = fill.named(self, &r.peers, named, fam);
+                    body.push(rule(vec![Match::AddrProtoPort(field, fam, set)]));
+                }
+            }
+        }
+        body.push(RuleIr {
+            matches: vec![],
+            verdict: Verdict::Drop,
+        });
+        body
+    }
+
+    fn port_set(&mut self, ranges: &BTreeSet<(Protocol, u16, u16)>, fill: &mut BuildCx) -> String {
+        let name = format!("pt_{}", digest(&[&format!("{ranges:?}")]));
+        if !self.sets.contains_key(&name) {
+            self.sets.insert(
+                name.clone(),
+                SetIr {
+                    kind: SetKind::ProtoPort,
+                    elems: ranges
+                        .iter()
+                        .map(|(p, lo, hi)| Elem::ProtoPorts(*p, *lo, *hi))
+                        .collect(),
+                },
+            );
+            fill.new_sets.push(name.clone());
+        }
+        name
+    }
+
+    fn block_set(&mut self, fam: Family, ranges: &[&AddrRange], fill: &mut BuildCx) -> String {
+        let name = format!("b{}_{}", fam.tag(), digest(&[&format!("{ranges:?}")]));
+        if !self.sets.contains_key(&name) {
+            self.sets.insert(
+                name.clone(),
+                SetIr {
+                    kind: SetKind::AddrInterval(fam),
+                    elems: ranges.iter().map(|r| Elem::Range(**r)).collect(),
+                },
+            );
+            fill.new_sets.push(name.clone());
+        }
+        name
+    }
+}
+
+/// Identity of an egress named-port set: the rule's peers, the port names.
+pub(crate) type NamedKey = (Option<Vec<Peer>>, BTreeSet<(Protocol, String)>, Family);
+
+/// Sets whose elements depend on the cluster state, collected while
+/// building chains and filled once at the end.
+#[derive(Debug, Default)]
+pub(crate) struct BuildCx {
+    pub(crate) selectors: BTreeMap<String, (PodPeer, Family)>,
+    pub(crate) named: BTreeMap<String, NamedKey>,
+    /// Every set and policy chain this build created (in creation order).
+    pub(crate) new_sets: Vec<String>,
+    pub(crate) new_chains: Vec<String>,
+}
+
+impl BuildCx {
+    fn selector(&mut self, rs: &mut Ruleset, peer: &PodPeer, fam: Family) -> String {
+        let name = selector_set(peer, fam);
+        if !rs.sets.contains_key(&name) {
+            rs.sets.insert(
+                name.clone(),
+                SetIr {
+                    kind: SetKind::Addr(fam),
+                    elems: BTreeSet::new(),
+                },
+            );
+            self.selectors.insert(name.clone(), (peer.clone(), fam));
+            self.new_sets.push(name.clone());
+        }
+        name
+    }
+
+    fn named(
+        &mut self,
+        rs: &mut Ruleset,
+        peers: &Option<Vec<Peer>>,
+        named: &BTreeSet<(Protocol, String)>,
+        fam: Family,
+    ) -> String {
+        let name = named_set(peers, named, fam);
+        if !rs.sets.contains_key(&name) {
+            rs.sets.insert(
+                name.clone(),
+                SetIr {
+                    kind: SetKind::AddrProtoPort(fam),
+                    elems: BTreeSet::new(),
+                },
+            );
+            self.named
+                .insert(name.clone(), (peers.clone(), named.clone(), fam));
+            self.new_sets.push(name.clone());
+        }
+        name
+    }
+
+    /// Computes the members of every set collected so far.
+    pub(crate) fn apply(&mut self, rs: &mut Ruleset, state: &ClusterState) {
+        let mut cache: BTreeMap<&PodPeer, BTreeSet<IpAddr>> = BTreeMap::new();
+        for (name, (peer, fam)) in &self.selectors {
+            let all = cache
+                .entry(peer)
+                .or_insert_with(|| members::selector(state, peer));
+            let elems = all
+                .iter()
+                .filter(|ip| Family::of(ip) == *fam)
+                .map(|ip| Elem::Addr(*ip))
+                .collect();
+            if let Some(s) = rs.sets.get_mut(name) {
+                s.elems = elems;
+            }
+        }
+        for (name, (peers, named, fam)) in &self.named {
+            let elems = members::named_ports(state, peers, named)
+                .into_iter()
+                .filter(|(ip, _, _)| Family::of(ip) == *fam)
+                .map(|(ip, p, port)| Elem::AddrProtoPort(ip, p, port))
+                .collect();
+            if let Some(s) = rs.sets.get_mut(name) {
+                s.elems = elems;
+            }
+        }
+    }
+}
