@@ -113,10 +113,7 @@ fn margay_then_portmap_in_every_version_portmap_speaks() {
             "{v}: DNAT left"
         );
         assert!(node.cali_links().is_empty(), "{v}: veth left");
-        assert!(
-            node.agent().state().handles.is_empty(),
-            "{v}: allocation left"
-        );
+        assert!(node.agent().held().is_empty(), "{v}: allocation left");
     }
 }
 

@@ -104,13 +104,9 @@ impl Env {
     /// After every container exited: nothing held, nothing wired.
     fn assert_all_released(&self) {
         let ok = eventually(Duration::from_secs(10), || {
-            self.node.agent().state().handles.is_empty()
+            self.node.agent().held().is_empty()
         });
-        assert!(
-            ok,
-            "addresses still held: {:?}",
-            self.node.agent().state().handles
-        );
+        assert!(ok, "addresses still held: {:?}", self.node.agent().held());
         assert!(self.node.agent().state().endpoints.is_empty());
         assert!(
             self.node.cali_links().is_empty(),

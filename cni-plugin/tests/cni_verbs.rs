@@ -219,13 +219,8 @@ fn add_check_del_in_every_version() {
             res["interfaces"][0]["name"],
             sha_name(&format!("default.pod-{cid}"))
         );
-        assert_eq!(node.agent().state().handles.len(), 1);
-        assert!(
-            node.agent()
-                .state()
-                .handles
-                .contains_key(&format!("mgnet.{cid}"))
-        );
+        assert_eq!(node.agent().held().len(), 1);
+        assert!(node.agent().held().contains_key(&format!("mgnet.{cid}")));
         if *v >= "0.4.0" {
             node.cni(&Call::attach(
                 "CHECK",
@@ -243,7 +238,7 @@ fn add_check_del_in_every_version() {
             node.cali_links()
         );
         assert!(!pod.links().contains(&"eth0".to_string()));
-        assert!(node.agent().state().handles.is_empty());
+        assert!(node.agent().held().is_empty());
         assert!(node.agent().state().endpoints.is_empty());
         // DEL again: still success.
         node.cni(&del).ok();
@@ -269,7 +264,7 @@ fn del_without_netns_or_prev_result() {
     let del = Call::attach("DEL", "c1", None, &conf);
     node.cni(&del).ok();
     assert!(node.cali_links().is_empty());
-    assert!(node.agent().state().handles.is_empty());
+    assert!(node.agent().held().is_empty());
     node.cni(&del).ok();
     // DEL of something never added.
     node.cni(&Call::attach("DEL", "never", None, &conf)).ok();
@@ -315,7 +310,7 @@ fn failure_after_allocation_rolls_back() {
         .err(11);
     assert!(node.cali_links().is_empty(), "veth leaked");
     assert_eq!(pod.links(), vec!["lo".to_string()], "pod side leaked");
-    assert!(node.agent().state().handles.is_empty(), "allocation leaked");
+    assert!(node.agent().held().is_empty(), "allocation leaked");
     let calls = node.agent().state().calls.clone();
     assert_eq!(calls, ["Allocate", "EndpointUp", "EndpointDown", "Release"]);
     // The runtime retries later: works once the agent is healthy.
@@ -331,29 +326,33 @@ fn pool_exhausted_and_duplicate_add() {
     let node = Node::with(
         1500,
         Some(FakeAgentOptions {
-            v4: Some("198.19.7.0/30".parse().unwrap()), // 2 usable
+            v4: Some("198.19.7.0/30".parse().unwrap()), // one /30 block: 4 addresses
             v6: None,
             node_netns: None,
         }),
     );
     let conf = node.conf("1.0.0");
-    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("p")).collect();
-    node.cni(&Call::attach("ADD", "a", Some(&pods[0]), &conf))
-        .ok();
-    node.cni(&Call::attach("ADD", "b", Some(&pods[1]), &conf))
-        .ok();
+    let pods: Vec<Netns> = (0..5).map(|_| Netns::new("p")).collect();
+    for (i, p) in pods[..4].iter().enumerate() {
+        node.cni(&Call::attach("ADD", &format!("a{i}"), Some(p), &conf))
+            .ok();
+    }
     let e = node
-        .cni(&Call::attach("ADD", "c", Some(&pods[2]), &conf))
+        .cni(&Call::attach("ADD", "c", Some(&pods[4]), &conf))
         .err(100);
-    assert!(e["details"].as_str().unwrap().contains("full"));
-    assert_eq!(node.cali_links().len(), 2);
-    assert_eq!(pods[2].links(), vec!["lo".to_string()]);
+    assert!(e["details"].as_str().unwrap().contains("exhausted"), "{e}");
+    assert_eq!(node.cali_links().len(), 4);
+    assert_eq!(pods[4].links(), vec!["lo".to_string()]);
     // A second ADD for a live attachment: the spec's "interface exists" error,
     // and the live attachment is untouched.
-    node.cni(&Call::attach("ADD", "a", Some(&pods[0]), &conf))
+    node.cni(&Call::attach("ADD", "a0", Some(&pods[0]), &conf))
         .err(103);
-    assert_eq!(node.agent().state().handles.len(), 2);
-    assert_eq!(node.cali_links().len(), 2);
+    assert_eq!(node.agent().held().len(), 4);
+    assert_eq!(node.cali_links().len(), 4);
+    // A freed address is usable again at once.
+    node.cni(&Call::attach("DEL", "a1", None, &conf)).ok();
+    node.cni(&Call::attach("ADD", "c", Some(&pods[4]), &conf))
+        .ok();
 }
 
 #[test]
@@ -405,19 +404,11 @@ fn cni_args_in_any_order_and_second_interface() {
     let res2 = node.cni(&add2).ok();
     assert_eq!(res2["interfaces"][0]["name"], sha_name("shop.web-0.net1"));
     assert_eq!(res2["interfaces"][1]["name"], "net1");
-    let st = node
-        .agent()
-        .state()
-        .handles
-        .keys()
-        .cloned()
-        .collect::<Vec<_>>();
+    let st = node.agent().held().keys().cloned().collect::<Vec<_>>();
     assert_eq!(st, ["mgnet.c1", "mgnet.c1.net1"]);
-    let held = node.agent().state().handles["mgnet.c1"].clone();
-    assert_eq!(
-        (held.pod_namespace.as_str(), held.pod_name.as_str()),
-        ("shop", "web-0")
-    );
+    let held = node.agent().handle("mgnet.c1").expect("held");
+    assert_eq!(held.attrs.namespace.as_deref(), Some("shop"));
+    assert_eq!(held.attrs.pod.as_deref(), Some("web-0"));
     // No pod identity at all (plain `ctr run`): named after the handle.
     let pod3 = Netns::new("p");
     let mut add3 = Call::attach("ADD", "c3", Some(&pod3), &conf);
@@ -501,7 +492,7 @@ fn check_names_what_is_wrong() {
     node.ns.ip(&["-6", "route", "add", a6, "dev", &host_if]);
     node.cni(&check).ok();
 
-    node.agent().state().handles.clear();
+    node.agent().release("mgnet.c1");
     let d = details(&node.cni(&check));
     assert!(d.contains("allocation mgnet.c1 is not held"), "{d}");
 
@@ -530,14 +521,7 @@ fn gc_releases_attachments_not_listed() {
             .ok();
     }
     // Another network's allocation must survive this network's GC.
-    node.agent().state().handles.insert(
-        "othernet.c9".into(),
-        common::fake_agent::Held {
-            ips: vec!["198.19.0.200".parse().unwrap()],
-            pod_namespace: String::new(),
-            pod_name: String::new(),
-        },
-    );
+    assert_eq!(node.agent().allocate("othernet.c9").len(), 2);
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([
         {"containerID": "c0", "ifname": "eth0"},
@@ -547,9 +531,9 @@ fn gc_releases_attachments_not_listed() {
         node.cni(&Call::bare("GC", gc.to_string().as_bytes())).ok(),
         Value::Null
     );
-    let st = node.agent().state();
-    let held: Vec<&String> = st.handles.keys().collect();
+    let held: Vec<String> = node.agent().held().into_keys().collect();
     assert_eq!(held, ["mgnet.c0", "mgnet.c2", "othernet.c9"]);
+    let st = node.agent().state();
     assert!(!st.endpoints.contains_key("mgnet.c1"));
     assert!(st.endpoints.contains_key("mgnet.c0"));
 }
@@ -570,12 +554,14 @@ fn status_reports_agent_and_pools() {
     let conf = node.conf("1.1.0");
     let status = || node.cni(&Call::bare("STATUS", conf.to_string().as_bytes()));
     assert_eq!(status().ok(), Value::Null);
-    node.agent().state().not_ready = true;
+    node.agent().set_ready(false);
     let e = status().err(50);
     assert!(e["details"].as_str().unwrap().contains("not ready"), "{e}");
-    node.agent().state().not_ready = false;
-    // Fill the pool: not available.
-    for (i, p) in [Netns::new("p"), Netns::new("p")].iter().enumerate() {
+    node.agent().set_ready(true);
+    status().ok();
+    // Fill the pool (one /30 block, 4 addresses): not available.
+    let pods: Vec<Netns> = (0..4).map(|_| Netns::new("p")).collect();
+    for (i, p) in pods.iter().enumerate() {
         node.cni(&Call::attach("ADD", &format!("s{i}"), Some(p), &conf))
             .ok();
         if i == 0 {

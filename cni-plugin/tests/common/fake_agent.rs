@@ -1,39 +1,46 @@
-//! An in-process stand-in for `margay-node`: both gRPC services of
-//! `ipam/proto/margay.proto` on a unix socket, an in-memory allocator over
-//! one IPv4 and one IPv6 pool, and an `EndpointUp` that installs the /32
-//! (/128) host route through the host veth in the node namespace — over a
-//! netlink socket opened in that namespace — before it answers, as the
-//! real agent must.
+//! An in-process stand-in for `margay-node`: the real `Ipam` gRPC service
+//! (`ipam::grpc`, the agent's allocator over the in-memory store
+//! `ipam::memstore::MemStore`) plus a fake `Endpoints` service whose
+//! `EndpointUp` installs the /32 (/128) host route through the host veth in
+//! the node namespace — over a netlink socket opened in that namespace —
+//! before it answers, as the real agent must. Both on one unix socket,
+//! bound with `ipam::grpc::UdsListener` like the agent does.
 //!
 //! Shared by the tests, the standalone `fake_agent` example and the
 //! benchmark (`#[path]` include), so it uses only this package's deps.
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use ipam::grpc::{IpamService, UdsListener};
+use ipam::memstore::MemStore;
 use ipam::proto::endpoints_server::{Endpoints, EndpointsServer};
 use ipam::proto::ipam_server::{Ipam, IpamServer};
 use ipam::proto::{
-    AllocateReply, AllocateRequest, AllocatedAddress, EndpointDownReply, EndpointDownRequest,
-    EndpointUpReply, EndpointUpRequest, Family, GarbageCollectReply, GarbageCollectRequest,
-    GetHandleReply, GetHandleRequest, PoolStatus, ReleaseReply, ReleaseRequest, StatusReply,
-    StatusRequest,
+    AllocateReply, AllocateRequest, EndpointDownReply, EndpointDownRequest, EndpointUpReply,
+    EndpointUpRequest, GarbageCollectReply, GarbageCollectRequest, GetHandleReply,
+    GetHandleRequest, ReleaseReply, ReleaseRequest, StatusReply, StatusRequest,
+};
+use ipam::{
+    AllocRequest, Allocator, AllocatorOptions, Cidr, HandleInfo, IpPoolSpec, IpamConfig, NodeInfo,
+    Store, SystemClock,
 };
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use tonic::service::Routes;
 use tonic::{Code, Request, Response, Status};
 
-/// How the fake agent behaves.
+/// How the agent is set up.
 #[derive(Debug, Clone)]
 pub struct FakeAgentOptions {
-    /// IPv4 pool (None: no IPv4).
+    /// IPv4 pool (None: no IPv4). Blocks are /26, or the pool itself if smaller.
     pub v4: Option<Ipv4Network>,
-    /// IPv6 pool (None: no IPv6).
+    /// IPv6 pool (None: no IPv6). Blocks are /122, or the pool itself if smaller.
     pub v6: Option<Ipv6Network>,
     /// Node namespace (a /run/netns path) for host routes; None: the
     /// process's own namespace.
@@ -50,50 +57,96 @@ impl Default for FakeAgentOptions {
     }
 }
 
-/// One allocation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Held {
-    /// Addresses.
-    pub ips: Vec<IpAddr>,
-    /// Pod namespace.
-    pub pod_namespace: String,
-    /// Pod name.
-    pub pod_name: String,
-}
-
-/// The agent's state, inspectable by tests.
+/// What tests observe and inject besides the allocations.
 #[derive(Debug, Default)]
 pub struct State {
-    /// handle → allocation.
-    pub handles: BTreeMap<String, Held>,
     /// handle → EndpointUp request of live endpoints.
     pub endpoints: BTreeMap<String, EndpointUpRequest>,
-    /// RPC names in arrival order.
+    /// RPC names in arrival order (both services).
     pub calls: Vec<&'static str>,
     /// Answer EndpointUp with this code instead of working.
     pub fail_endpoint_up: Option<Code>,
-    /// Status.ready.
-    pub not_ready: bool,
 }
 
+/// The real `Ipam` service, recording calls.
+struct Recorded {
+    inner: IpamService,
+    state: Arc<Mutex<State>>,
+}
+
+impl Recorded {
+    fn note(&self, call: &'static str) {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .calls
+            .push(call);
+    }
+}
+
+#[tonic::async_trait]
+impl Ipam for Recorded {
+    async fn allocate(
+        &self,
+        r: Request<AllocateRequest>,
+    ) -> Result<Response<AllocateReply>, Status> {
+        self.note("Allocate");
+        self.inner.allocate(r).await
+    }
+    async fn release(&self, r: Request<ReleaseRequest>) -> Result<Response<ReleaseReply>, Status> {
+        self.note("Release");
+        self.inner.release(r).await
+    }
+    async fn get_handle(
+        &self,
+        r: Request<GetHandleRequest>,
+    ) -> Result<Response<GetHandleReply>, Status> {
+        self.note("GetHandle");
+        self.inner.get_handle(r).await
+    }
+    async fn garbage_collect(
+        &self,
+        r: Request<GarbageCollectRequest>,
+    ) -> Result<Response<GarbageCollectReply>, Status> {
+        self.note("GarbageCollect");
+        self.inner.garbage_collect(r).await
+    }
+    async fn status(&self, r: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        self.note("Status");
+        self.inner.status(r).await
+    }
+}
+
+/// The fake `Endpoints` service.
 #[derive(Clone)]
-struct Svc {
-    opts: Arc<FakeAgentOptions>,
+struct Eps {
     state: Arc<Mutex<State>>,
     nl: rtnetlink::Handle,
 }
 
-/// A running fake agent; stops when dropped.
+/// A running agent; stops when dropped.
 pub struct FakeAgent {
     /// The socket it listens on.
     pub socket: PathBuf,
     state: Arc<Mutex<State>>,
+    store: Arc<MemStore>,
+    alloc: Allocator,
     rt: Option<tokio::runtime::Runtime>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+fn pool(net: IpNetwork, default_block: u8) -> Result<IpPoolSpec, String> {
+    let cidr: Cidr = net
+        .to_string()
+        .parse()
+        .map_err(|e| format!("{net}: {e:?}"))?;
+    let mut p = IpPoolSpec::new(cidr);
+    p.block_size = Some(net.prefix().max(default_block));
+    Ok(p)
+}
+
 impl FakeAgent {
-    /// Starts serving on `socket` (removed first if it exists).
+    /// Starts serving on `socket` (a stale socket there is replaced).
     pub fn start(socket: &Path, opts: FakeAgentOptions) -> std::io::Result<Self> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -117,39 +170,111 @@ impl FakeAgent {
             rt.spawn(conn);
             nl
         };
-        let _ = std::fs::remove_file(socket);
-        let listener = {
-            let _g = rt.enter();
-            tokio::net::UnixListener::bind(socket)?
-        };
+        let store = Arc::new(MemStore::new(1));
+        if let Some(v4) = opts.v4 {
+            store.put_pool(
+                "pool-v4",
+                pool(IpNetwork::V4(v4), 26).map_err(std::io::Error::other)?,
+            );
+        }
+        if let Some(v6) = opts.v6 {
+            store.put_pool(
+                "pool-v6",
+                pool(IpNetwork::V6(v6), 122).map_err(std::io::Error::other)?,
+            );
+        }
+        let alloc = rt
+            .block_on(Allocator::start(
+                store.clone() as Arc<dyn Store>,
+                NodeInfo {
+                    name: "fake-node".into(),
+                    labels: Default::default(),
+                },
+                IpamConfig::default(),
+                AllocatorOptions {
+                    // Fail fast when a test takes the store down.
+                    max_attempts: 2,
+                    ..Default::default()
+                },
+                Arc::new(SystemClock),
+            ))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let listener = rt
+            .block_on(UdsListener::bind(socket))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         let state = Arc::new(Mutex::new(State::default()));
-        let svc = Svc {
-            opts: Arc::new(opts),
+        let routes = Routes::new(IpamServer::new(Recorded {
+            inner: IpamService::new(alloc.clone()),
+            state: state.clone(),
+        }))
+        .add_service(EndpointsServer::new(Eps {
             state: state.clone(),
             nl,
-        };
+        }));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        rt.spawn(async move {
-            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-            let _ = tonic::transport::Server::builder()
-                .add_service(IpamServer::new(svc.clone()))
-                .add_service(EndpointsServer::new(svc))
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
+        rt.spawn(listener.serve(routes, async {
+            let _ = rx.await;
+        }));
         Ok(FakeAgent {
             socket: socket.to_path_buf(),
             state,
+            store,
+            alloc,
             rt: Some(rt),
             shutdown: Some(tx),
         })
     }
 
-    /// The state, for assertions and fault injection.
+    /// Endpoints, call log and fault injection.
     pub fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        match &self.rt {
+            Some(rt) => rt.block_on(f),
+            None => panic!("agent stopped"),
+        }
+    }
+
+    /// Every handle with its addresses, as stored in the IPAM blocks.
+    pub fn held(&self) -> BTreeMap<String, Vec<IpAddr>> {
+        let mut out: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+        for b in self.store.snapshot_blocks() {
+            for a in &b.spec.allocations {
+                if let Some(ip) = b.spec.cidr.nth(u128::from(a.ordinal)) {
+                    out.entry(a.handle.clone()).or_default().push(ip);
+                }
+            }
+        }
+        out
+    }
+
+    /// What the allocator says about a handle.
+    pub fn handle(&self, handle: &str) -> Option<HandleInfo> {
+        self.block_on(self.alloc.get_handle(handle)).ok().flatten()
+    }
+
+    /// Allocates behind the plugin's back (another network, a leak).
+    pub fn allocate(&self, handle: &str) -> Vec<IpAddr> {
+        let req = AllocRequest {
+            handle: handle.to_string(),
+            ..Default::default()
+        };
+        self.block_on(self.alloc.allocate(req))
+            .map(|v| v.iter().map(|a| a.ip).collect())
+            .unwrap_or_default()
+    }
+
+    /// Releases behind the plugin's back.
+    pub fn release(&self, handle: &str) {
+        let _ = self.block_on(self.alloc.release(handle));
+    }
+
+    /// Takes the datastore down (not ready) or brings it back (ready).
+    pub fn set_ready(&self, ready: bool) {
+        self.store.set_unavailable(!ready);
+        let _ = self.block_on(self.alloc.refresh());
     }
 
     /// Stops serving and removes the socket.
@@ -170,42 +295,9 @@ impl Drop for FakeAgent {
     }
 }
 
-impl Svc {
+impl Eps {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn pools(&self) -> Vec<IpNetwork> {
-        let mut out = Vec::new();
-        if let Some(v4) = self.opts.v4 {
-            out.push(IpNetwork::V4(v4));
-        }
-        if let Some(v6) = self.opts.v6 {
-            out.push(IpNetwork::V6(v6));
-        }
-        out
-    }
-
-    fn capacity(net: &IpNetwork) -> u64 {
-        // Usable hosts: the network address (and IPv4 broadcast) excluded.
-        let bits = u32::from(if net.is_ipv4() { 32u8 } else { 128u8 } - net.prefix()).min(32);
-        let all = 1u64 << bits;
-        if net.is_ipv4() {
-            all.saturating_sub(2)
-        } else {
-            all.saturating_sub(1)
-        }
-    }
-
-    fn free_in(net: &IpNetwork, used: &BTreeSet<IpAddr>) -> Option<IpAddr> {
-        let cap = Self::capacity(net);
-        (1..=cap).find_map(|i| {
-            let ip = match net {
-                IpNetwork::V4(n) => IpAddr::V4((u32::from(n.network()) + i as u32).into()),
-                IpNetwork::V6(n) => IpAddr::V6((u128::from(n.network()) + u128::from(i)).into()),
-            };
-            (!used.contains(&ip)).then_some(ip)
-        })
     }
 
     async fn host_routes(&self, ifname: &str, ips: &[String], add: bool) -> Result<(), Status> {
@@ -256,164 +348,7 @@ impl Svc {
 }
 
 #[tonic::async_trait]
-impl Ipam for Svc {
-    async fn allocate(
-        &self,
-        req: Request<AllocateRequest>,
-    ) -> Result<Response<AllocateReply>, Status> {
-        let req = req.into_inner();
-        let mut st = self.state();
-        st.calls.push("Allocate");
-        if st.not_ready {
-            return Err(Status::unavailable("not ready"));
-        }
-        if let Some(h) = st.handles.get(&req.handle) {
-            return Ok(Response::new(reply(&h.ips)));
-        }
-        let mut fams: Vec<bool> = req
-            .families
-            .iter()
-            .map(|f| *f == Family::Ipv6 as i32)
-            .collect();
-        if fams.is_empty() {
-            fams = self.pools().iter().map(IpNetwork::is_ipv6).collect();
-        }
-        let used: BTreeSet<IpAddr> = st
-            .handles
-            .values()
-            .flat_map(|h| h.ips.iter().copied())
-            .collect();
-        let mut ips = Vec::new();
-        for v6 in fams {
-            let Some(pool) = self.pools().into_iter().find(|p| p.is_ipv6() == v6) else {
-                return Err(Status::failed_precondition(format!(
-                    "no pool for ipv6={v6}"
-                )));
-            };
-            let wanted = req
-                .requested_ips
-                .iter()
-                .filter_map(|s| s.parse::<IpAddr>().ok())
-                .find(|ip| ip.is_ipv6() == v6);
-            let ip = match wanted {
-                Some(ip) if !pool.contains(ip) => {
-                    return Err(Status::failed_precondition(format!("{ip} is in no pool")));
-                }
-                Some(ip) if used.contains(&ip) => {
-                    return Err(Status::already_exists(format!("{ip} in use")));
-                }
-                Some(ip) => ip,
-                None => Self::free_in(&pool, &used)
-                    .ok_or_else(|| Status::resource_exhausted(format!("pool {pool} full")))?,
-            };
-            ips.push(ip);
-        }
-        st.handles.insert(
-            req.handle,
-            Held {
-                ips: ips.clone(),
-                pod_namespace: req.pod_namespace,
-                pod_name: req.pod_name,
-            },
-        );
-        Ok(Response::new(reply(&ips)))
-    }
-
-    async fn release(
-        &self,
-        req: Request<ReleaseRequest>,
-    ) -> Result<Response<ReleaseReply>, Status> {
-        let mut st = self.state();
-        st.calls.push("Release");
-        let released = st
-            .handles
-            .remove(&req.into_inner().handle)
-            .map(|h| h.ips.iter().map(ToString::to_string).collect())
-            .unwrap_or_default();
-        Ok(Response::new(ReleaseReply {
-            released_ips: released,
-        }))
-    }
-
-    async fn get_handle(
-        &self,
-        req: Request<GetHandleRequest>,
-    ) -> Result<Response<GetHandleReply>, Status> {
-        let mut st = self.state();
-        st.calls.push("GetHandle");
-        Ok(Response::new(
-            match st.handles.get(&req.into_inner().handle) {
-                Some(h) => GetHandleReply {
-                    found: true,
-                    addresses: reply(&h.ips).addresses,
-                    pod_namespace: h.pod_namespace.clone(),
-                    pod_name: h.pod_name.clone(),
-                },
-                None => GetHandleReply::default(),
-            },
-        ))
-    }
-
-    async fn garbage_collect(
-        &self,
-        req: Request<GarbageCollectRequest>,
-    ) -> Result<Response<GarbageCollectReply>, Status> {
-        let req = req.into_inner();
-        let mut st = self.state();
-        st.calls.push("GarbageCollect");
-        let prefix = format!("{}.", req.network);
-        let stale: Vec<String> = st
-            .handles
-            .keys()
-            .filter(|h| h.starts_with(&prefix) && !req.valid_handles.contains(h))
-            .cloned()
-            .collect();
-        for h in &stale {
-            st.handles.remove(h);
-        }
-        Ok(Response::new(GarbageCollectReply {
-            released_handles: stale,
-        }))
-    }
-
-    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
-        let mut st = self.state();
-        st.calls.push("Status");
-        let used: Vec<IpAddr> = st
-            .handles
-            .values()
-            .flat_map(|h| h.ips.iter().copied())
-            .collect();
-        let pools = self
-            .pools()
-            .iter()
-            .map(|p| PoolStatus {
-                name: if p.is_ipv4() {
-                    "fake-v4".into()
-                } else {
-                    "fake-v6".into()
-                },
-                cidr: p.to_string(),
-                capacity: Self::capacity(p),
-                allocated: used.iter().filter(|ip| p.contains(**ip)).count() as u64,
-                disabled: false,
-            })
-            .collect();
-        Ok(Response::new(StatusReply {
-            ready: !st.not_ready,
-            node: "fake-node".into(),
-            pools,
-            message: if st.not_ready {
-                "datastore not synced".into()
-            } else {
-                String::new()
-            },
-        }))
-    }
-}
-
-#[tonic::async_trait]
-impl Endpoints for Svc {
+impl Endpoints for Eps {
     async fn endpoint_up(
         &self,
         req: Request<EndpointUpRequest>,
@@ -446,23 +381,5 @@ impl Endpoints for Svc {
             self.host_routes(&ep.host_ifname, &ep.ips, false).await?;
         }
         Ok(Response::new(EndpointDownReply {}))
-    }
-}
-
-fn reply(ips: &[IpAddr]) -> AllocateReply {
-    AllocateReply {
-        addresses: ips
-            .iter()
-            .map(|ip| AllocatedAddress {
-                ip: ip.to_string(),
-                block: String::new(),
-                pool: if ip.is_ipv4() {
-                    "fake-v4".into()
-                } else {
-                    "fake-v6".into()
-                },
-                borrowed: false,
-            })
-            .collect(),
     }
 }
