@@ -8,10 +8,11 @@
 //! cargo run --release -p cni-plugin --example bench_cni -- \
 //!     --margay $CARGO_TARGET_DIR/release-cni/margay [--runs 200] [--concurrent 50]
 //! ```
-//! Needs root. The agent is the test suite's fake agent run in-process: an
-//! in-memory allocator whose EndpointUp installs the /32 host route over a
-//! netlink socket in the node namespace before answering (the work the
-//! real agent must do at least); its route is checked after every ADD.
+//! Needs root. The agent is the test suite's stand-in run in-process: the
+//! real `ipam` gRPC service (allocator with group commit over the in-memory
+//! store) and a fake Endpoints service whose EndpointUp installs the /32
+//! host route over a netlink socket in the node namespace before answering
+//! (the least the real agent must do); that route is checked after every ADD.
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -1,7 +1,8 @@
 //! The test suite's fake `margay-node` as a standalone process, for manual
 //! runs with containerd/podman and for the benchmark when no real agent is
-//! available. It is NOT the agent: an in-memory allocator and a host-route
-//! installer, nothing else.
+//! available. It is NOT the agent: the real `ipam` service over the
+//! in-memory store (no Kubernetes) and a host-route installer for
+//! EndpointUp, nothing else (no policy, no BGP).
 //!
 //! ```text
 //! ip netns exec NODE fake_agent SOCKET [V4_CIDR|-] [V6_CIDR|-]
