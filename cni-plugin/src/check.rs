@@ -122,7 +122,23 @@ pub async fn check(conf: &NetConf, att: &Attachment) -> Result<(), CniError> {
             if v6 {
                 routes.extend(pod.routes(true).await.map_err(nl("list pod routes"))?);
             }
-            for r in wiring::pod_routes(l.index, v4, v6) {
+            // Only the routes the final result still lists: a later plugin
+            // in the chain may legitimately have moved or replaced them.
+            let listed = |dst: IpNetwork, gw: Option<IpAddr>| {
+                prev.routes.iter().any(|r| {
+                    r.dst.parse::<IpNetwork>().ok() == Some(dst)
+                        && r.gw.as_deref().and_then(|g| g.parse::<IpAddr>().ok()) == gw
+                })
+            };
+            let default_v4 = wiring::pod_routes(l.index, true, false)
+                .into_iter()
+                .find(|r| r.gw.is_some())
+                .is_some_and(|r| listed(r.dst, r.gw));
+            let wanted = wiring::pod_routes(l.index, v4, v6).into_iter().filter(|r| {
+                // The link route to the gateway goes with the IPv4 default.
+                (r.link_scope && default_v4) || (!r.link_scope && listed(r.dst, r.gw))
+            });
+            for r in wanted {
                 if !has_route(&routes, r.dst, r.gw, l.index) {
                     let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
                     problems.push(format!(
