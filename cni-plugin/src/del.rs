@@ -29,7 +29,11 @@ pub fn host_if_from_prev(prev: Option<&serde_json::Value>) -> Option<String> {
 
 /// Deletes the host veth (and so its peer) from the calling thread's
 /// namespace, on a runtime of its own. Returns whether it existed.
-fn delete_host_veth(host_if: &str) -> Result<bool, CniError> {
+///
+/// When no host veth of that name exists but the container's namespace is
+/// known (a DEL whose CNI_ARGS or prevResult do not match the ADD's), the
+/// container-side veth `ifname` is removed instead, which takes its peer.
+fn delete_host_veth(host_if: &str, pod: Option<(&str, &str)>) -> Result<bool, CniError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -43,12 +47,42 @@ fn delete_host_veth(host_if: &str) -> Result<bool, CniError> {
             reason: "netlink socket".into(),
             source,
         })?;
-        host.delete_link_by_name(host_if)
-            .await
-            .map_err(|source| CniError::Netlink {
-                op: format!("delete {host_if}"),
-                source,
-            })
+        let existed =
+            host.delete_link_by_name(host_if)
+                .await
+                .map_err(|source| CniError::Netlink {
+                    op: format!("delete {host_if}"),
+                    source,
+                })?;
+        if existed {
+            return Ok(true);
+        }
+        let Some((netns, ifname)) = pod else {
+            return Ok(false);
+        };
+        // Best effort: the namespace may be gone already, which is fine.
+        let Ok(ns) = std::fs::File::open(netns) else {
+            return Ok(false);
+        };
+        let Ok(pod) = Nl::in_netns(&ns) else {
+            return Ok(false);
+        };
+        match pod.link(ifname).await {
+            Ok(Some(l)) if l.kind.as_deref() == Some("veth") => {
+                tracing::info!(
+                    netns,
+                    ifname,
+                    "host veth {host_if} not found; deleting the pod side"
+                );
+                pod.delete_link(l.index)
+                    .await
+                    .map_err(|source| CniError::Netlink {
+                        op: format!("delete {ifname} in {netns}"),
+                        source,
+                    })
+            }
+            _ => Ok(false),
+        }
     })
 }
 
@@ -62,12 +96,14 @@ pub async fn del(conf: &NetConf, att: &Attachment) -> Result<(), CniError> {
     // blocks the thread that asked; do it on its own thread so the agent
     // round trips run meanwhile.
     let host_if = names.host_if.clone();
+    let pod = att.netns.clone().map(|ns| (ns, att.ifname.clone()));
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("margay-del".into())
         .stack_size(256 * 1024)
         .spawn(move || {
-            let _ = tx.send(delete_host_veth(&host_if));
+            let pod = pod.as_ref().map(|(n, i)| (n.as_str(), i.as_str()));
+            let _ = tx.send(delete_host_veth(&host_if, pod));
         })
         .map_err(|source| CniError::Io {
             what: "thread for veth deletion",

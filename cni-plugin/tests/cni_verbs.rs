@@ -274,6 +274,17 @@ fn del_without_netns_or_prev_result() {
         3,
         "{calls:?}"
     );
+    // A DEL whose CNI_ARGS differ from the ADD's (so another host veth name)
+    // and without prevResult still removes the pair through the pod side.
+    let pod2 = Netns::new("p");
+    node.cni(&Call::attach("ADD", "c2", Some(&pod2), &conf))
+        .ok();
+    let mut del2 = Call::attach("DEL", "c2", Some(&pod2), &conf);
+    del2.args = None;
+    node.cni(&del2).ok();
+    assert!(node.cali_links().is_empty(), "{:?}", node.cali_links());
+    assert!(!pod2.links().contains(&"eth0".to_string()));
+    assert!(node.agent().held().is_empty());
 }
 
 #[test]
