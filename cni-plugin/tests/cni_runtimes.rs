@@ -242,7 +242,7 @@ fn two_containers(env: &Env, launch: impl Fn(&str, &Path, &str) -> Command) {
     let out2 = launch(
         "mgc2",
         &r2,
-        &format!("ip -4 -o addr show dev eth0 && ping -c 1 -W 3 {ip1}"),
+        &format!("ip -4 -o addr show dev eth0 && ping -c 3 -i 0.2 -w 6 {ip1}"),
     )
     .output()
     .expect("run c2");
@@ -257,7 +257,11 @@ fn two_containers(env: &Env, launch: impl Fn(&str, &Path, &str) -> Command) {
         so2.contains("inet 198.19.0."),
         "c2 has no Margay address: {so2}"
     );
-    assert!(so2.contains("1 packets received"), "{so2}");
+    // busybox ping exits 0 only if replies came; check the summary too.
+    assert!(
+        so2.contains("packets received") && !so2.contains(" 0 packets received"),
+        "{so2}"
+    );
     std::fs::write(&stop, b"").expect("stop c1");
     let out1 = c1.wait_with_output().expect("wait c1");
     let so1 = String::from_utf8_lossy(&out1.stdout);
