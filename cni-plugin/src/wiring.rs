@@ -291,14 +291,13 @@ pub fn pod_routes(oif: u32, v4: bool, v6: bool) -> Vec<RouteSpec> {
     let mut out = Vec::new();
     if v4 {
         out.push(RouteSpec {
-            dst: IpNetwork::new(IpAddr::V4(GATEWAY_V4), 32).unwrap_or_else(|_| unreachable_net()),
+            dst: net(IpAddr::V4(GATEWAY_V4), 32),
             gw: None,
             oif,
             link_scope: true,
         });
         out.push(RouteSpec {
-            dst: IpNetwork::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
-                .unwrap_or_else(|_| unreachable_net()),
+            dst: net(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
             gw: Some(IpAddr::V4(GATEWAY_V4)),
             oif,
             link_scope: false,
@@ -306,8 +305,7 @@ pub fn pod_routes(oif: u32, v4: bool, v6: bool) -> Vec<RouteSpec> {
     }
     if v6 {
         out.push(RouteSpec {
-            dst: IpNetwork::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)
-                .unwrap_or_else(|_| unreachable_net()),
+            dst: net(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
             gw: Some(IpAddr::V6(host_link_local())),
             oif,
             link_scope: false,
@@ -316,9 +314,9 @@ pub fn pod_routes(oif: u32, v4: bool, v6: bool) -> Vec<RouteSpec> {
     out
 }
 
-// Prefix lengths above are constants within range; this is never used.
-fn unreachable_net() -> IpNetwork {
-    IpNetwork::V4(ipnetwork::Ipv4Network::from(Ipv4Addr::UNSPECIFIED))
+/// A network from a constant address and prefix (always in range here).
+fn net(ip: IpAddr, prefix: u8) -> IpNetwork {
+    IpNetwork::new(ip, prefix).expect("constant prefix within the address length")
 }
 
 /// Writes `/proc/sys/<key>` in the calling thread's network namespace.
