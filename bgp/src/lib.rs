@@ -2,5 +2,7 @@
 //! machine, RIB and a tokio driver. Pure logic: no netlink, kube or nft here.
 
 pub mod config;
+pub mod driver;
 pub mod fsm;
+pub mod rib;
 pub mod wire;

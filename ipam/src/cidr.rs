@@ -144,14 +144,14 @@ impl Cidr {
         ))
     }
 
-    /// How many subnets of length `prefix` fit (None if `prefix` is shorter
-    /// than ours, longer than the family allows, or the count overflows u64).
+    /// How many subnets of length `prefix` fit, capped at 2^63 (a larger
+    /// IPv6 pool is only ever carved from its first 2^63 blocks). None if
+    /// `prefix` is shorter than ours or longer than the family allows.
     pub fn subnet_count(&self, prefix: u8) -> Option<u64> {
         if prefix < self.prefix || prefix > self.family().bits() {
             return None;
         }
-        1u64.checked_shl(u32::from(prefix - self.prefix))
-            .filter(|_| prefix - self.prefix < 64)
+        Some(1u64 << (prefix - self.prefix).min(63))
     }
 
     /// The `index`-th subnet of length `prefix`.
@@ -169,13 +169,14 @@ impl Cidr {
         })
     }
 
-    /// The subnet of length `prefix` that contains `ip`, and its index.
+    /// The subnet of length `prefix` that contains `ip`, and its index
+    /// (saturating at u64::MAX in huge IPv6 pools).
     pub fn subnet_containing(&self, prefix: u8, ip: IpAddr) -> Option<(u64, Cidr)> {
         self.subnet_count(prefix)?;
         let off = self.offset_of(ip)?;
         let step_bits = u32::from(self.family().bits() - prefix);
-        let index = u64::try_from(off.checked_shr(step_bits).unwrap_or(0)).ok()?;
-        Some((index, self.subnet(prefix, index)?))
+        let index = u64::try_from(off.checked_shr(step_bits).unwrap_or(0)).unwrap_or(u64::MAX);
+        Some((index, Cidr::new_truncating(ip, prefix)?))
     }
 }
 
@@ -291,7 +292,16 @@ mod tests {
         let p6 = c("2001:db8::/112");
         assert_eq!(p6.subnet_count(122), Some(1024));
         assert_eq!(p6.subnet(122, 2), Some(c("2001:db8::80/122")));
-        assert_eq!(c("::/0").subnet_count(122), None);
+        assert_eq!(c("::/0").subnet_count(122), Some(1 << 63));
+        let big = c("2001:db8::/48");
+        assert_eq!(big.subnet_count(122), Some(1 << 63));
+        assert_eq!(big.subnet(122, 1), Some(c("2001:db8::40/122")));
+        assert_eq!(c("198.19.0.0/16").subnet_count(8), None);
+        let far: IpAddr = "2001:db8:0:ffff::1".parse().unwrap();
+        assert_eq!(
+            big.subnet_containing(122, far).map(|x| x.1),
+            Some(c("2001:db8:0:ffff::/122"))
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`grpc`]: the `Ipam` tonic service, unix-socket `serve` and `connect_uds`.
 
 pub mod alloc;
+pub mod bench;
 pub mod cidr;
 pub mod error;
 pub mod gc;

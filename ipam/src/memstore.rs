@@ -373,3 +373,53 @@ impl Store for MemStore {
             .boxed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::block_name;
+
+    #[tokio::test]
+    async fn cas_semantics_and_watch() {
+        let s = MemStore::new(0);
+        let cidr = "198.19.0.0/30".parse().unwrap();
+        let name = block_name(&cidr);
+        let mut w = s.watch_blocks();
+        assert!(matches!(w.next().await, Some(Ok(BlockEvent::Resync(v))) if v.is_empty()));
+        let spec = IpamBlockSpec::new(cidr, None, 0);
+        let a = s.create_block(&name, &spec).await.unwrap();
+        assert!(matches!(
+            s.create_block(&name, &spec).await,
+            Err(StoreError::AlreadyExists { .. })
+        ));
+        let mut b = a.clone();
+        b.spec.sequence = 1;
+        let b = s.update_block(&b).await.unwrap();
+        assert_ne!(a.resource_version, b.resource_version);
+        assert!(matches!(
+            s.update_block(&a).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        assert!(matches!(
+            s.delete_block(&name, &a.resource_version).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        s.delete_block(&name, &b.resource_version).await.unwrap();
+        assert!(matches!(
+            s.update_block(&b).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(s.get_block(&name).await.unwrap().is_none());
+        assert!(matches!(w.next().await, Some(Ok(BlockEvent::Applied(o))) if o == a));
+        assert!(matches!(w.next().await, Some(Ok(BlockEvent::Applied(o))) if o == b));
+        assert!(matches!(w.next().await, Some(Ok(BlockEvent::Deleted { name: n })) if n == name));
+        let st = s.stats();
+        assert_eq!((st.creates, st.updates, st.deletes), (2, 3, 2));
+        assert_eq!(st.conflicts, 2);
+        s.set_unavailable(true);
+        assert!(matches!(
+            s.list_blocks().await,
+            Err(StoreError::Unavailable { .. })
+        ));
+    }
+}

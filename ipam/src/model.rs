@@ -139,9 +139,6 @@ impl IpPool {
                 spec.cidr
             )));
         }
-        if spec.cidr.subnet_count(bp).is_none() {
-            return Err(bad(format!("{} has too many /{bp} blocks", spec.cidr)));
-        }
         let selector = spec
             .node_selector
             .parse()
@@ -461,6 +458,9 @@ mod tests {
         assert_eq!(p.block_count(), 1024);
         let p6 = IpPool::from_spec("p6", IpPoolSpec::new(c("2001:db8::/64"))).unwrap();
         assert_eq!(p6.spec.block_prefix(), 122);
+        // Large IPv6 pools are fine (carved from their first 2^63 blocks).
+        let p48 = IpPool::from_spec("p48", IpPoolSpec::new(c("2001:db8::/48"))).unwrap();
+        assert_eq!(p48.block_count(), 1 << 63);
         let mut s = IpPoolSpec::new(c("198.19.0.0/28"));
         assert!(IpPool::from_spec("small", s.clone()).is_err());
         s.block_size = Some(30);

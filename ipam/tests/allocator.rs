@@ -114,13 +114,23 @@ async fn dual_stack_gets_both_or_neither() {
         "{e}"
     );
     assert!(store.snapshot_blocks().iter().all(|b| b.spec.is_empty()));
-    store.put_pool("p6", pool("2001:db8::/112", 122));
+    // A large IPv6 pool (2^74 possible /122 blocks).
+    store.put_pool("p6", pool("2001:db8::/48", 122));
     let x = a.allocate(req("net.c1", &both)).await.unwrap();
     let fams: Vec<Family> = x.iter().map(|a| Family::of(a.ip)).collect();
     assert_eq!(fams, vec![Family::V4, Family::V6]);
     // Empty families = every family with an eligible pool.
     let y = a.allocate(req("net.c2", &[])).await.unwrap();
     assert_eq!(y.len(), 2);
+    // A specific address far into the large pool.
+    let far: IpAddr = "2001:db8:0:ffff::5".parse().unwrap();
+    let mut r = req("net.c3", &[]);
+    r.requested_ips = vec![far];
+    let z = a.allocate(r).await.unwrap();
+    assert_eq!(
+        (z[0].ip, z[0].block.to_string()),
+        (far, "2001:db8:0:ffff::/122".into())
+    );
 }
 
 #[tokio::test]
@@ -400,4 +410,96 @@ async fn rejects_bad_requests() {
         a.allocate(r).await.unwrap_err(),
         IpamError::NoPool { .. }
     ));
+}
+
+#[tokio::test]
+async fn spawn_serves_unavailable_until_the_store_answers() {
+    let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
+    store.set_unavailable(true);
+    let a = Allocator::spawn(
+        store.clone() as Arc<dyn Store>,
+        node("n1"),
+        IpamConfig::default(),
+        AllocatorOptions::default(),
+        clock.clone() as Arc<dyn Clock>,
+    );
+    let s = a.status().await.unwrap();
+    assert!(!s.ready);
+    let e = a.allocate(req("net.c1", V4)).await.unwrap_err();
+    assert!(matches!(e, IpamError::Unavailable { .. }), "{e}");
+    assert!(!a.status().await.unwrap().message.is_empty());
+    store.set_unavailable(false);
+    assert_eq!(a.allocate(req("net.c1", V4)).await.unwrap().len(), 1);
+    assert!(a.status().await.unwrap().ready);
+}
+
+#[tokio::test]
+async fn block_watch_keeps_other_nodes_view_fresh() {
+    let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
+    let n1 = start(&store, "n1", IpamConfig::default(), &clock).await;
+    let n2 = start(&store, "n2", IpamConfig::default(), &clock).await;
+    let watch = n2.follow_block_watch(store.clone() as Arc<dyn Store>);
+    for i in 0..3 {
+        n1.allocate(req(&format!("net.c{i}"), V4)).await.unwrap();
+    }
+    // n2 never touched n1's block; only the watch can tell it about it.
+    let mut seen = 0;
+    for _ in 0..100 {
+        seen = n2.status().await.unwrap().pools[0].allocated;
+        if seen == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen, 3);
+    n1.release("net.c0").await.unwrap();
+    let mut seen = 0;
+    for _ in 0..100 {
+        seen = n2.status().await.unwrap().pools[0].allocated;
+        if seen == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen, 2);
+    drop(n2);
+    tokio::time::timeout(Duration::from_secs(5), watch)
+        .await
+        .expect("watch task ends with the allocator")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn set_pools_and_labels_change_eligibility() {
+    let (store, clock) = setup(&[]);
+    let a = start(&store, "n1", IpamConfig::default(), &clock).await;
+    let mut p = pool("198.19.0.0/16", 26);
+    p.node_selector = "zone=a".into();
+    a.set_pools(vec![ipam::Versioned {
+        name: "zoned".into(),
+        resource_version: "1".into(),
+        spec: p,
+    }])
+    .await
+    .unwrap();
+    // Not in the store, so the refresh before failing drops it again: the
+    // agent's pool watch is what keeps set_pools current. Put it there too.
+    let e = a.allocate(req("net.c1", V4)).await.unwrap_err();
+    assert!(matches!(e, IpamError::NoPool { .. }), "{e}");
+    let mut p = pool("198.19.0.0/16", 26);
+    p.node_selector = "zone=a".into();
+    store.put_pool("zoned", p);
+    a.refresh().await.unwrap();
+    let e = a.allocate(req("net.c1", V4)).await.unwrap_err();
+    assert!(
+        matches!(e, IpamError::NoPool { .. }),
+        "selector does not match: {e}"
+    );
+    a.set_node_labels([("zone".to_string(), "a".to_string())].into())
+        .await
+        .unwrap();
+    assert_eq!(
+        a.allocate(req("net.c1", V4)).await.unwrap()[0].pool,
+        "zoned"
+    );
 }

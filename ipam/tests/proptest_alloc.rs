@@ -12,7 +12,7 @@
 //! - released addresses can be allocated again (explicitly requested), and
 //!   at the end, with everything released, the whole pool is allocatable.
 //!
-//! Cases default to 24 (a few seconds in debug); `PROPTEST_CASES=N` raises it.
+//! Cases default to 256 (a few seconds in debug); `PROPTEST_CASES=N` raises it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -93,6 +93,7 @@ struct Sim {
     clock: Arc<ManualClock>,
     cfg: IpamConfig,
     seed: u64,
+    faults: f64,
     nodes: Vec<Allocator>,
     /// handle → (node, dual, addresses) the callers believe they hold.
     held: BTreeMap<String, (usize, bool, Vec<IpAddr>)>,
@@ -368,7 +369,16 @@ impl Sim {
                 truth[h]
             ));
         }
-        // Released addresses are allocatable again.
+        // Released addresses are allocatable again (checked without injected
+        // conflicts: under them a request may legitimately give up).
+        let faults = self.faults;
+        self.store.set_conflict_rate(0.0);
+        let r = self.reallocate(released_ips).await;
+        self.store.set_conflict_rate(faults);
+        r
+    }
+
+    async fn reallocate(&mut self, released_ips: Vec<IpAddr>) -> Result<(), String> {
         for ip in released_ips {
             if self.owner.contains_key(&ip) || !ip.is_ipv4() {
                 continue;
@@ -461,6 +471,7 @@ fn run(c: &Case) -> Result<(), String> {
             clock: Arc::new(ManualClock::new(1_000_000)),
             cfg,
             seed: c.seed,
+            faults: c.conflict,
             nodes: Vec::new(),
             held: BTreeMap::new(),
             owner: HashMap::new(),
@@ -487,7 +498,7 @@ fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(24)
+        .unwrap_or(256)
 }
 
 proptest! {

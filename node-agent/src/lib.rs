@@ -10,5 +10,6 @@ pub mod health;
 pub mod identity;
 pub mod install_cni;
 pub mod ipam_store;
+pub mod localroutes;
 pub mod logging;
 pub mod metrics;

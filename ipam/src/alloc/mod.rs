@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::cidr::{Cidr, Family};
 use crate::error::IpamError;
 use crate::model::{AllocationAttrs, AllowedUse, IpamConfig};
-use crate::store::{BlockEvent, Store};
+use crate::store::{BlockEvent, PoolObject, Store};
 
 pub(crate) use state::View;
 
@@ -256,6 +256,7 @@ pub(crate) enum Cmd {
     Refresh(Reply<()>),
     SetConfig(IpamConfig),
     SetLabels(BTreeMap<String, String>),
+    SetPools(Vec<PoolObject>),
     Event(BlockEvent),
 }
 
@@ -291,16 +292,78 @@ impl Allocator {
         clock: Arc<dyn Clock>,
     ) -> Result<Allocator, IpamError> {
         let counters = Arc::new(Counters::default());
-        let name: Arc<str> = node.name.as_str().into();
         let mut w = worker::Worker::new(store, node, config, opts, clock, counters.clone());
         w.resync().await?;
+        Ok(Self::launch(w, counters))
+    }
+
+    /// Starts the worker without waiting for the store: until the first
+    /// listing succeeds (retried every second in the background, and before
+    /// every request) [`Allocator::status`] says not ready and requests fail
+    /// with `Unavailable` — what the CNI reports as "try again later" while
+    /// the agent starts or the API server is away.
+    pub fn spawn(
+        store: Arc<dyn Store>,
+        node: NodeInfo,
+        config: IpamConfig,
+        opts: AllocatorOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Allocator {
+        let counters = Arc::new(Counters::default());
+        let w = worker::Worker::new(store, node, config, opts, clock, counters.clone());
+        Self::launch(w, counters)
+    }
+
+    fn launch(w: worker::Worker, counters: Arc<Counters>) -> Allocator {
+        let name: Arc<str> = w.node_name().into();
         let (tx, rx) = mpsc::channel(4096);
         let task = tokio::spawn(w.run(rx)).abort_handle();
-        Ok(Allocator {
+        Allocator {
             tx,
             counters,
             node: name,
             task: Arc::new(TaskGuard(task)),
+        }
+    }
+
+    /// Follows `store.watch_blocks()` in a background task, feeding every
+    /// event into the cache (re-subscribing with backoff when the watch
+    /// breaks). Optional: it makes conflicts rarer, not correctness. The
+    /// task ends when the allocator stops or the handle is aborted.
+    pub fn follow_block_watch(&self, store: Arc<dyn Store>) -> tokio::task::JoinHandle<()> {
+        // A sender does not keep the worker alive (the last Allocator clone
+        // aborts it), and `closed()` tells when it is gone.
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let mut delay = Duration::from_millis(200);
+            loop {
+                let mut events = store.watch_blocks();
+                loop {
+                    let ev = tokio::select! {
+                        ev = events.next() => ev,
+                        _ = tx.closed() => return,
+                    };
+                    match ev {
+                        Some(Ok(ev)) => {
+                            delay = Duration::from_millis(200);
+                            if tx.send(Cmd::Event(ev)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "block watch broke; re-subscribing");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = tx.closed() => return,
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
         })
     }
 
@@ -454,6 +517,16 @@ impl Allocator {
     pub async fn set_node_labels(&self, labels: BTreeMap<String, String>) -> Result<(), IpamError> {
         self.tx
             .send(Cmd::SetLabels(labels))
+            .await
+            .map_err(|_| IpamError::Stopped)
+    }
+
+    /// Replaces the pools (from the agent's `IPPool` watch); pools are
+    /// otherwise re-listed on [`Allocator::refresh`] and before a request
+    /// fails for want of a pool or an address.
+    pub async fn set_pools(&self, pools: Vec<PoolObject>) -> Result<(), IpamError> {
+        self.tx
+            .send(Cmd::SetPools(pools))
             .await
             .map_err(|_| IpamError::Stopped)
     }

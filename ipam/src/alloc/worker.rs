@@ -189,6 +189,10 @@ impl Worker {
         }
     }
 
+    pub fn node_name(&self) -> &str {
+        &self.view.node.name
+    }
+
     fn store_failed(&mut self, e: &StoreError) {
         self.view.ready = false;
         self.view.last_error = Some(e.to_string());
@@ -256,12 +260,18 @@ impl Worker {
             let now = Instant::now();
             if !pending.iter().any(|o| o.not_before <= now) {
                 let wake = pending.iter().map(|o| o.not_before).min();
+                // While unsynced and idle, retry the listing every second.
+                let resync_at = (self.needs_resync && pending.is_empty())
+                    .then(|| now + std::time::Duration::from_secs(1));
                 tokio::select! {
                     cmd = rx.recv(), if open => match cmd {
                         Some(c) => self.accept(c, &mut pending).await,
                         None => open = false,
                     },
                     _ = sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
+                    _ = sleep_until(resync_at.unwrap_or(now)), if resync_at.is_some() => {
+                        let _ = self.resync().await;
+                    }
                     else => {}
                 }
             }
@@ -398,6 +408,7 @@ impl Worker {
             }
             Cmd::SetConfig(c) => self.view.config = c,
             Cmd::SetLabels(l) => self.view.node.labels = l,
+            Cmd::SetPools(p) => self.view.set_pools(p),
             Cmd::Event(ev) => self.apply_event(ev),
         }
     }

@@ -1,0 +1,813 @@
+//! Tokio driver: one task per peer owning its [`Session`] and connections,
+//! one RIB task owning the [`Rib`] and the peer registry, one listener task
+//! per listen address.
+//!
+//! ```text
+//!  Speaker (API) ──Cmd──────────────► RIB task ──Vec<FibChange>──► FIB stream (agent)
+//!                                     ▲    │
+//!        listener ──Cmd::Inbound──────┘    │ PeerCmd (Start/Stop/Send/MaxPrefix/Inbound)
+//!                                          ▼
+//!   peer task ◄── frames / EOF ── reader task (per connection)
+//!   peer task ──► bytes ──► writer task (per connection)
+//!   peer task ──RibMsg (Up/Down/Update/EoR/PurgeStale/Refresh/State)──► RIB task
+//! ```
+//!
+//! Tasks are aborted when their owner drops them. A panic while decoding a
+//! peer's message closes that peer's session only.
+
+pub mod sock;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::{Neighbor, PeerConfig};
+use crate::fsm::{ConnId, Input, Output, Session, State, Timer};
+use crate::rib::decision::{DecisionOptions, PeerIdx, Source};
+use crate::rib::{FibChange, PeerCounters, PeerInfo, Rib, RibConfig};
+use crate::wire::notification::cease_sub;
+use crate::wire::{DecodeError, Family, Message, Notification, Prefix, Update, frame};
+
+/// Speaker-wide settings.
+#[derive(Clone, Debug)]
+pub struct SpeakerConfig {
+    /// Our AS.
+    pub local_as: u32,
+    /// Our BGP identifier.
+    pub router_id: Ipv4Addr,
+    /// Addresses to accept connections on (empty: none).
+    pub listen: Vec<SocketAddr>,
+    /// Route-reflector cluster id.
+    pub cluster_id: Option<Ipv4Addr>,
+    /// Decision process options.
+    pub decision: DecisionOptions,
+}
+
+/// Driver errors.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// Could not listen.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The speaker task has stopped.
+    #[error("the BGP speaker has stopped")]
+    Stopped,
+    /// A peer of that name already exists.
+    #[error("peer {name} already exists")]
+    Duplicate {
+        /// Name.
+        name: String,
+    },
+}
+
+/// Status of one peer, for `margayctl node status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Configured name (dynamic peers: name/address).
+    pub name: String,
+    /// Peer address, when known.
+    pub addr: Option<IpAddr>,
+    /// FSM state.
+    pub state: State,
+    /// Time in this state.
+    pub since: Option<Instant>,
+    /// Route counters.
+    pub counters: PeerCounters,
+    /// Last error, if any.
+    pub last_error: Option<String>,
+}
+
+enum Cmd {
+    AddPeer(PeerConfig, oneshot::Sender<Result<(), DriverError>>),
+    RemovePeer(String),
+    Originate(Prefix, Vec<u32>),
+    Withdraw(Prefix),
+    Status(oneshot::Sender<Vec<PeerStatus>>),
+    Inbound(TcpStream, SocketAddr),
+}
+
+enum PeerCmd {
+    Send(Bytes),
+    Inbound(TcpStream),
+    MaxPrefix(Family, u32),
+}
+
+enum RibMsg {
+    Up {
+        peer: PeerIdx,
+        info: Box<PeerInfo>,
+    },
+    Down {
+        peer: PeerIdx,
+        graceful: crate::wire::Families,
+    },
+    Update {
+        peer: PeerIdx,
+        update: Box<Update>,
+    },
+    PurgeStale(PeerIdx, Family),
+    Refresh(PeerIdx, Family),
+    State {
+        peer: PeerIdx,
+        state: State,
+        since: Option<Instant>,
+        error: Option<String>,
+    },
+}
+
+/// The running speaker. Dropping it stops everything.
+pub struct Speaker {
+    tx: mpsc::Sender<Cmd>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Speaker {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Speaker {
+    /// Start the speaker; returns it and the stream of best-path changes.
+    pub async fn start(
+        cfg: SpeakerConfig,
+    ) -> Result<(Speaker, mpsc::Receiver<Vec<FibChange>>), DriverError> {
+        let (tx, rx) = mpsc::channel(1024);
+        let (fib_tx, fib_rx) = mpsc::channel(256);
+        let mut tasks = Vec::new();
+        let mut listeners = Vec::new();
+        for addr in &cfg.listen {
+            let l = std::sync::Arc::new(TcpListener::bind(addr).await.map_err(|source| {
+                DriverError::Listen {
+                    addr: *addr,
+                    source,
+                }
+            })?);
+            listeners.push(l.clone());
+            let tx = tx.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    match l.accept().await {
+                        Ok((s, from)) => {
+                            if tx.send(Cmd::Inbound(s, from)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            }));
+        }
+        let rib = Rib::new(RibConfig {
+            local_as: cfg.local_as,
+            router_id: cfg.router_id,
+            cluster_id: cfg.cluster_id,
+            decision: cfg.decision.clone(),
+        });
+        let (rib_tx, rib_rx) = mpsc::channel(4096);
+        let task = RibTask {
+            rib,
+            peers: HashMap::new(),
+            rib_tx,
+            fib_tx,
+            listen: cfg.listen.clone(),
+            listeners,
+        };
+        tasks.push(tokio::spawn(
+            task.run(rx, rib_rx)
+                .instrument(info_span!("bgp", asn = cfg.local_as)),
+        ));
+        Ok((Speaker { tx, tasks }, fib_rx))
+    }
+
+    /// Add and start a peer (or a dynamic-neighbour range).
+    pub async fn add_peer(&self, p: PeerConfig) -> Result<(), DriverError> {
+        let (t, r) = oneshot::channel();
+        self.tx
+            .send(Cmd::AddPeer(p, t))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        r.await.map_err(|_| DriverError::Stopped)?
+    }
+
+    /// Stop and remove a peer (Cease/3 peer de-configured).
+    pub async fn remove_peer(&self, name: &str) -> Result<(), DriverError> {
+        self.tx
+            .send(Cmd::RemovePeer(name.to_string()))
+            .await
+            .map_err(|_| DriverError::Stopped)
+    }
+
+    /// Originate a prefix with communities.
+    pub async fn originate(&self, p: Prefix, communities: Vec<u32>) -> Result<(), DriverError> {
+        self.tx
+            .send(Cmd::Originate(p, communities))
+            .await
+            .map_err(|_| DriverError::Stopped)
+    }
+
+    /// Stop originating a prefix.
+    pub async fn withdraw(&self, p: Prefix) -> Result<(), DriverError> {
+        self.tx
+            .send(Cmd::Withdraw(p))
+            .await
+            .map_err(|_| DriverError::Stopped)
+    }
+
+    /// Per-peer status.
+    pub async fn status(&self) -> Result<Vec<PeerStatus>, DriverError> {
+        let (t, r) = oneshot::channel();
+        self.tx
+            .send(Cmd::Status(t))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        r.await.map_err(|_| DriverError::Stopped)
+    }
+}
+
+struct PeerEntry {
+    cfg: PeerConfig,
+    addr: Option<IpAddr>,
+    tx: Option<mpsc::Sender<PeerCmd>>,
+    task: Option<JoinHandle<()>>,
+    state: State,
+    since: Option<Instant>,
+    error: Option<String>,
+}
+
+impl Drop for PeerEntry {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+struct RibTask {
+    rib: Rib,
+    peers: HashMap<PeerIdx, PeerEntry>,
+    rib_tx: mpsc::Sender<RibMsg>,
+    fib_tx: mpsc::Sender<Vec<FibChange>>,
+    listen: Vec<SocketAddr>,
+    listeners: Vec<std::sync::Arc<TcpListener>>,
+}
+
+impl RibTask {
+    async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>, mut msgs: mpsc::Receiver<RibMsg>) {
+        loop {
+            tokio::select! {
+                c = cmds.recv() => match c {
+                    Some(c) => self.command(c),
+                    None => return,
+                },
+                m = msgs.recv() => {
+                    let Some(m) = m else { return };
+                    self.message(m);
+                    // Batch: take whatever else is queued before flushing.
+                    let mut n = 0;
+                    while n < 256 {
+                        match msgs.try_recv() {
+                            Ok(m) => self.message(m),
+                            Err(_) => break,
+                        }
+                        n += 1;
+                    }
+                }
+            }
+            self.flush().await;
+        }
+    }
+
+    async fn flush(&mut self) {
+        let out = self.rib.flush();
+        for (peer, bytes) in out.send {
+            if let Some(tx) = self.peers.get(&peer).and_then(|p| p.tx.as_ref()) {
+                let _ = tx.send(PeerCmd::Send(bytes)).await;
+            }
+        }
+        for (peer, fam, limit) in out.max_prefix {
+            if let Some(tx) = self.peers.get(&peer).and_then(|p| p.tx.as_ref()) {
+                let _ = tx.send(PeerCmd::MaxPrefix(fam, limit)).await;
+            }
+        }
+        if !out.fib.is_empty() {
+            let _ = self.fib_tx.send(out.fib).await;
+        }
+    }
+
+    fn spawn_peer(&mut self, cfg: PeerConfig, addr: Option<IpAddr>) -> PeerIdx {
+        let idx = self.rib.add_peer();
+        let (tx, rx) = mpsc::channel(1024);
+        let span = info_span!("peer", peer = %cfg.name, addr = ?addr);
+        let local_port = self.listen.first().map(|a| a.port());
+        let task = tokio::spawn(
+            PeerTask::new(idx, cfg.clone(), addr, self.rib_tx.clone(), local_port)
+                .run(rx)
+                .instrument(span),
+        );
+        self.peers.insert(
+            idx,
+            PeerEntry {
+                cfg,
+                addr,
+                tx: Some(tx),
+                task: Some(task),
+                state: State::Idle,
+                since: None,
+                error: None,
+            },
+        );
+        idx
+    }
+
+    fn command(&mut self, c: Cmd) {
+        match c {
+            Cmd::AddPeer(cfg, reply) => {
+                if self.peers.values().any(|p| p.cfg.name == cfg.name) {
+                    let _ = reply.send(Err(DriverError::Duplicate { name: cfg.name }));
+                    return;
+                }
+                match cfg.neighbor {
+                    Neighbor::Addr(a) => {
+                        if let Some(key) = &cfg.md5_password {
+                            // Inbound SYNs are checked against the listener's keys.
+                            for l in &self.listeners {
+                                if let Err(e) = sock::set_md5(l.as_ref(), a, key.as_bytes()) {
+                                    warn!(error = %e, peer = %cfg.name, "cannot set TCP MD5 on the listener");
+                                }
+                            }
+                        }
+                        self.spawn_peer(cfg, Some(a));
+                    }
+                    Neighbor::Range(_) => {
+                        // A template: sessions are spawned per inbound connection.
+                        let idx = self.rib.add_peer();
+                        self.peers.insert(
+                            idx,
+                            PeerEntry {
+                                cfg,
+                                addr: None,
+                                tx: None,
+                                task: None,
+                                state: State::Active,
+                                since: None,
+                                error: None,
+                            },
+                        );
+                    }
+                }
+                let _ = reply.send(Ok(()));
+            }
+            Cmd::RemovePeer(name) => {
+                let gone: Vec<PeerIdx> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| {
+                        p.cfg.name == name || p.cfg.name.starts_with(&format!("{name}/"))
+                    })
+                    .map(|(i, _)| *i)
+                    .collect();
+                for i in gone {
+                    if let Some(mut e) = self.peers.remove(&i) {
+                        // Closing its channel makes the peer task send
+                        // Cease/3 and end by itself; do not abort it.
+                        e.tx = None;
+                        e.task = None;
+                    }
+                    self.rib.peer_down(i, crate::wire::Families::NONE);
+                }
+            }
+            Cmd::Originate(p, c) => self.rib.originate(p, c),
+            Cmd::Withdraw(p) => self.rib.withdraw_local(&p),
+            Cmd::Status(reply) => {
+                let mut v: Vec<PeerStatus> = self
+                    .peers
+                    .iter()
+                    .map(|(i, p)| PeerStatus {
+                        name: p.cfg.name.clone(),
+                        addr: p.addr,
+                        state: p.state,
+                        since: p.since,
+                        counters: self.rib.counters(*i),
+                        last_error: p.error.clone(),
+                    })
+                    .collect();
+                v.sort_by(|a, b| a.name.cmp(&b.name));
+                let _ = reply.send(v);
+            }
+            Cmd::Inbound(stream, from) => self.inbound(stream, from),
+        }
+    }
+
+    fn inbound(&mut self, stream: TcpStream, from: SocketAddr) {
+        let ip = from.ip();
+        if let Some(p) = self.peers.values().find(|p| p.addr == Some(ip)) {
+            if let Some(tx) = &p.tx {
+                let _ = tx.try_send(PeerCmd::Inbound(stream));
+            }
+            return;
+        }
+        let template = self.peers.values().find_map(|p| match p.cfg.neighbor {
+            Neighbor::Range(r) if r.contains(ip) => Some(p.cfg.clone()),
+            _ => None,
+        });
+        match template {
+            Some(mut cfg) => {
+                info!(%ip, range = %cfg.name, "dynamic neighbour");
+                cfg.name = format!("{}/{}", cfg.name, ip);
+                cfg.neighbor = Neighbor::Addr(ip);
+                cfg.passive = true;
+                let idx = self.spawn_peer(cfg, Some(ip));
+                if let Some(tx) = self.peers.get(&idx).and_then(|p| p.tx.as_ref()) {
+                    let _ = tx.try_send(PeerCmd::Inbound(stream));
+                }
+            }
+            None => debug!(%ip, "connection from an unknown address refused"),
+        }
+    }
+
+    fn message(&mut self, m: RibMsg) {
+        match m {
+            RibMsg::Up { peer, info } => self.rib.peer_up(peer, *info),
+            RibMsg::Down { peer, graceful } => self.rib.peer_down(peer, graceful),
+            RibMsg::Update { peer, update } => self.rib.apply_update(peer, &update),
+            RibMsg::PurgeStale(peer, f) => self.rib.purge_stale(peer, f),
+            RibMsg::Refresh(peer, f) => self.rib.refresh(peer, crate::wire::Families::only(f)),
+            RibMsg::State {
+                peer,
+                state,
+                since,
+                error,
+            } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.state = state;
+                    p.since = since;
+                    if error.is_some() {
+                        p.error = error;
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum ConnEvent {
+    Connected(TcpStream),
+    ConnectFailed(std::io::Error),
+    Frame(ConnId, Bytes),
+    Bad(ConnId, DecodeError),
+    Closed(ConnId),
+}
+
+struct Conn {
+    writer: mpsc::Sender<Bytes>,
+    tasks: [JoinHandle<()>; 2],
+    local: SocketAddr,
+    peer: SocketAddr,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.tasks[0].abort();
+        // The writer finishes flushing what was queued (a NOTIFICATION) and
+        // exits when its channel closes.
+    }
+}
+
+struct PeerTask {
+    idx: PeerIdx,
+    session: Session,
+    addr: Option<IpAddr>,
+    rib: mpsc::Sender<RibMsg>,
+    conns: HashMap<ConnId, Conn>,
+    next_conn: ConnId,
+    timers: HashMap<Timer, tokio::time::Instant>,
+    ev_tx: mpsc::Sender<ConnEvent>,
+    ev_rx: mpsc::Receiver<ConnEvent>,
+    connecting: Option<JoinHandle<()>>,
+}
+
+impl PeerTask {
+    fn new(
+        idx: PeerIdx,
+        cfg: PeerConfig,
+        addr: Option<IpAddr>,
+        rib: mpsc::Sender<RibMsg>,
+        _local_port: Option<u16>,
+    ) -> Self {
+        let (ev_tx, ev_rx) = mpsc::channel(256);
+        PeerTask {
+            idx,
+            session: Session::new(cfg),
+            addr,
+            rib,
+            conns: HashMap::new(),
+            next_conn: 1,
+            timers: HashMap::new(),
+            ev_tx,
+            ev_rx,
+            connecting: None,
+        }
+    }
+
+    async fn run(mut self, mut cmds: mpsc::Receiver<PeerCmd>) {
+        self.input(Input::Start).await;
+        loop {
+            let next = self
+                .timers
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(k, t)| (*k, *t));
+            let sleep = async {
+                match next {
+                    Some((_, t)) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                c = cmds.recv() => match c {
+                    None => {
+                        self.input(Input::Stop(Notification::cease(cease_sub::PEER_DECONFIGURED))).await;
+                        return;
+                    }
+                    Some(PeerCmd::Send(b)) => {
+                        if let Some(c) = self.session.established_conn().and_then(|c| self.conns.get(&c)) {
+                            let _ = c.writer.send(b).await;
+                        }
+                    }
+                    Some(PeerCmd::MaxPrefix(family, limit)) => self.input(Input::MaxPrefixExceeded { family, limit }).await,
+                    Some(PeerCmd::Inbound(s)) => {
+                        let id = self.adopt(s);
+                        self.input(Input::Connected { conn: id, inbound: true }).await;
+                    }
+                },
+                e = self.ev_rx.recv() => {
+                    let Some(e) = e else { return };
+                    self.event(e).await;
+                }
+                _ = sleep => {
+                    if let Some((t, _)) = next {
+                        self.timers.remove(&t);
+                        self.input(Input::Timer(t)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn adopt(&mut self, s: TcpStream) -> ConnId {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let _ = s.set_nodelay(true);
+        let local = s
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let peer = s
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (mut rd, mut wr) = s.into_split();
+        let ev = self.ev_tx.clone();
+        let reader = tokio::spawn(async move {
+            let mut buf = BytesMut::with_capacity(65536);
+            loop {
+                match frame(&buf) {
+                    Ok(Some(len)) => {
+                        let f = buf.split_to(len).freeze();
+                        if ev.send(ConnEvent::Frame(id, f)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = ev.send(ConnEvent::Bad(id, e)).await;
+                        return;
+                    }
+                }
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = ev.send(ConnEvent::Closed(id)).await;
+                        return;
+                    }
+                    Ok(_) => {}
+                }
+            }
+        });
+        let (wtx, mut wrx) = mpsc::channel::<Bytes>(64);
+        let writer = tokio::spawn(async move {
+            while let Some(b) = wrx.recv().await {
+                if wr.write_all(&b).await.is_err() {
+                    return;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        self.conns.insert(
+            id,
+            Conn {
+                writer: wtx,
+                tasks: [reader, writer],
+                local,
+                peer,
+            },
+        );
+        id
+    }
+
+    async fn event(&mut self, e: ConnEvent) {
+        match e {
+            ConnEvent::Connected(s) => {
+                self.connecting = None;
+                let id = self.adopt(s);
+                self.input(Input::Connected {
+                    conn: id,
+                    inbound: false,
+                })
+                .await;
+            }
+            ConnEvent::ConnectFailed(err) => {
+                self.connecting = None;
+                debug!(error = %err, "connect failed");
+                self.input(Input::ConnectFailed).await;
+            }
+            ConnEvent::Frame(conn, f) => {
+                let cx = self.session.decode_cx(conn);
+                let decoded =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| Message::decode(&f, &cx)));
+                let input = match decoded {
+                    Ok(Ok(msg)) => Input::Message { conn, msg },
+                    Ok(Err(error)) => Input::BadMessage { conn, error },
+                    Err(_) => {
+                        warn!("decoder panicked; closing the session");
+                        Input::BadMessage {
+                            conn,
+                            error: DecodeError::Update {
+                                subcode: 0,
+                                data: Bytes::new(),
+                                reason: "internal decoder failure",
+                            },
+                        }
+                    }
+                };
+                self.input(input).await;
+            }
+            ConnEvent::Bad(conn, error) => self.input(Input::BadMessage { conn, error }).await,
+            ConnEvent::Closed(conn) => self.input(Input::Closed { conn }).await,
+        }
+    }
+
+    async fn input(&mut self, i: Input) {
+        let before = self.session.state();
+        let outs = self.session.handle(i, Instant::now());
+        for o in outs {
+            self.output(o).await;
+        }
+        let after = self.session.state();
+        if before != after {
+            info!(from = ?before, to = ?after, "state");
+            let _ = self
+                .rib
+                .send(RibMsg::State {
+                    peer: self.idx,
+                    state: after,
+                    since: self.session.since(),
+                    error: self.session.last_error().map(str::to_string),
+                })
+                .await;
+        }
+    }
+
+    async fn output(&mut self, o: Output) {
+        match o {
+            Output::Connect => {
+                let Some(ip) = self.addr else { return };
+                let cfg = self.session.config().clone();
+                let ev = self.ev_tx.clone();
+                if let Some(h) = self.connecting.take() {
+                    h.abort();
+                }
+                self.connecting = Some(tokio::spawn(async move {
+                    let r = sock::connect(
+                        SocketAddr::new(ip, cfg.port),
+                        cfg.source_addr,
+                        cfg.md5_password.as_deref(),
+                        cfg.ttl_security,
+                    )
+                    .await;
+                    let _ = ev
+                        .send(match r {
+                            Ok(s) => ConnEvent::Connected(s),
+                            Err(e) => ConnEvent::ConnectFailed(e),
+                        })
+                        .await;
+                }));
+            }
+            Output::Send { conn, msg } => {
+                if let Some(c) = self.conns.get(&conn) {
+                    let cx = self.session.encode_cx();
+                    let _ = c.writer.send(msg.to_bytes(&cx)).await;
+                }
+            }
+            Output::Close { conn } => {
+                self.conns.remove(&conn);
+            }
+            Output::Arm(t, d) => {
+                self.timers.insert(t, tokio::time::Instant::now() + d);
+            }
+            Output::Cancel(t) => {
+                self.timers.remove(&t);
+            }
+            Output::Up(n) => {
+                let cfg = self.session.config();
+                let c = self
+                    .session
+                    .established_conn()
+                    .and_then(|c| self.conns.get(&c));
+                let (local, peer) = c.map(|c| (c.local, c.peer)).unwrap_or((
+                    SocketAddr::from(([0, 0, 0, 0], 0)),
+                    SocketAddr::from(([0, 0, 0, 0], 0)),
+                ));
+                info!(peer_as = n.peer_as, hold = n.hold_time, "established");
+                let local_v4 = match (cfg.source_addr, local.ip()) {
+                    (Some(IpAddr::V4(a)), _) | (None, IpAddr::V4(a)) => Some(a),
+                    _ => None,
+                };
+                let local_v6 = match (cfg.source_addr, local.ip()) {
+                    (Some(IpAddr::V6(a)), _) | (None, IpAddr::V6(a)) => Some(a),
+                    _ => None,
+                };
+                let info = PeerInfo {
+                    source: Source {
+                        asn: n.peer_as,
+                        router_id: n.peer_id,
+                        addr: peer.ip(),
+                        ebgp: n.ebgp,
+                    },
+                    local_v4,
+                    local_v6,
+                    rr_client: cfg.rr_client,
+                    next_hop_self: cfg.next_hop_self,
+                    communities: cfg.communities.clone(),
+                    families: n.families,
+                    encode: n.encode_cx(),
+                    max_prefix: cfg.max_prefix,
+                };
+                let _ = self
+                    .rib
+                    .send(RibMsg::Up {
+                        peer: self.idx,
+                        info: Box::new(info),
+                    })
+                    .await;
+            }
+            Output::Down { reason, graceful } => {
+                info!(%reason, "session down");
+                let _ = self
+                    .rib
+                    .send(RibMsg::Down {
+                        peer: self.idx,
+                        graceful,
+                    })
+                    .await;
+            }
+            Output::Update(u) => {
+                for i in &u.issues {
+                    debug!(code = i.code, action = ?i.action, reason = i.reason, "RFC 7606");
+                }
+                let _ = self
+                    .rib
+                    .send(RibMsg::Update {
+                        peer: self.idx,
+                        update: u,
+                    })
+                    .await;
+            }
+            Output::EndOfRib(f) => debug!(family = ?f, "end of RIB"),
+            Output::PurgeStale(f) => {
+                let _ = self.rib.send(RibMsg::PurgeStale(self.idx, f)).await;
+            }
+            Output::RefreshRequest(f) => {
+                let _ = self.rib.send(RibMsg::Refresh(self.idx, f)).await;
+            }
+        }
+    }
+}

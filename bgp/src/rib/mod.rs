@@ -1,0 +1,626 @@
+//! Adj-RIB-In, Loc-RIB and Adj-RIB-Out (RFC 4271 §3.2), sans IO.
+//!
+//! Adj-RIB-In and Loc-RIB share one table per family, as in BIRD: each
+//! destination holds every peer's path, the selected ones first. Attributes
+//! are interned ([`intern`]). Changes are applied at once and their effects
+//! (kernel FIB changes, UPDATEs to each peer, max-prefix violations) are
+//! collected until [`Rib::flush`], so a burst of UPDATEs costs one batch of
+//! kernel writes and packed UPDATEs.
+
+#![allow(clippy::collapsible_if)] // nested `if let` keeps the RFC steps apart
+
+pub mod decision;
+mod export;
+pub mod intern;
+pub mod table;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use self::decision::{Connected, DecisionOptions, IgpCost, LOCAL, Path, PeerIdx, Source};
+use self::intern::{FastState, Interner, RouteAttrs};
+use self::table::{Dest, Key, Table, V4Key};
+use crate::wire::{EncodeCx, Families, Family, NextHop, Nlri, Origin, PathAttrs, Prefix, Update};
+
+/// Speaker-wide RIB settings.
+#[derive(Clone, Debug)]
+pub struct RibConfig {
+    /// Our AS.
+    pub local_as: u32,
+    /// Our BGP identifier.
+    pub router_id: Ipv4Addr,
+    /// Route-reflector cluster id (defaults to the router id).
+    pub cluster_id: Option<Ipv4Addr>,
+    /// Decision process options.
+    pub decision: DecisionOptions,
+}
+
+/// What the RIB knows about an established peer.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    /// Identity for the decision process.
+    pub source: Source,
+    /// Our IPv4 address toward the peer (next hop self).
+    pub local_v4: Option<Ipv4Addr>,
+    /// Our IPv6 address toward the peer (next hop self).
+    pub local_v6: Option<Ipv6Addr>,
+    /// Route-reflector client.
+    pub rr_client: bool,
+    /// Always advertise ourselves as next hop.
+    pub next_hop_self: bool,
+    /// Communities added on export.
+    pub communities: Vec<u32>,
+    /// Negotiated families.
+    pub families: Families,
+    /// Encoding context.
+    pub encode: EncodeCx,
+    /// Max-prefix limit per family.
+    pub max_prefix: Option<u32>,
+}
+
+/// A change of the forwarding entry for a prefix: the next hops of the
+/// selected paths (empty: remove the route).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FibChange {
+    /// Destination.
+    pub prefix: Prefix,
+    /// Next hops (ECMP when more than one).
+    pub next_hops: Vec<IpAddr>,
+}
+
+/// Per-peer counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerCounters {
+    /// Paths from the peer in the table now (per family: v4, v6).
+    pub accepted: [u32; 2],
+    /// Announcements received in all.
+    pub received: u64,
+    /// Announcements refused by import rules (loops, treat-as-withdraw).
+    pub rejected: u64,
+    /// Prefixes advertised to the peer now.
+    pub sent: u32,
+}
+
+/// Effects of a batch of changes.
+#[derive(Debug, Default)]
+pub struct Flushed {
+    /// Kernel FIB changes, in order.
+    pub fib: Vec<FibChange>,
+    /// Encoded UPDATE messages per peer.
+    pub send: Vec<(PeerIdx, Bytes)>,
+    /// Peers over their max-prefix limit.
+    pub max_prefix: Vec<(PeerIdx, Family, u32)>,
+}
+
+#[derive(Debug, Default)]
+struct PeerState {
+    info: Option<PeerInfo>,
+    counters: PeerCounters,
+    adj_out: HashMap<Prefix, Arc<RouteAttrs>, FastState>,
+    pending: HashMap<Prefix, Option<Arc<RouteAttrs>>, FastState>,
+    pending_eor: Vec<Family>,
+    over_limit: bool,
+}
+
+fn fam_idx(f: Family) -> usize {
+    match f {
+        Family::Ipv4Unicast => 0,
+        Family::Ipv6Unicast => 1,
+    }
+}
+
+/// The RIB.
+pub struct Rib {
+    cfg: RibConfig,
+    v4: Table<V4Key>,
+    v6: Table<Prefix>,
+    interner: Interner,
+    peers: Vec<PeerState>,
+    igp: Box<dyn IgpCost + Send>,
+    fib: Vec<FibChange>,
+    max_prefix: Vec<(PeerIdx, Family, u32)>,
+}
+
+impl std::fmt::Debug for Rib {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rib")
+            .field("v4", &self.v4.len())
+            .field("v6", &self.v6.len())
+            .finish()
+    }
+}
+
+/// Apply `$body` to the table of `$fam` bound as `$t`.
+macro_rules! with_table {
+    ($self:ident, $fam:expr, |$t:ident| $body:expr) => {
+        match $fam {
+            Family::Ipv4Unicast => {
+                let $t = &mut $self.v4;
+                $body
+            }
+            Family::Ipv6Unicast => {
+                let $t = &mut $self.v6;
+                $body
+            }
+        }
+    };
+}
+
+impl Rib {
+    /// An empty RIB.
+    pub fn new(cfg: RibConfig) -> Self {
+        let peers = vec![PeerState::default()]; // index 0: LOCAL
+        Rib {
+            cfg,
+            v4: Table::default(),
+            v6: Table::default(),
+            interner: Interner::default(),
+            peers,
+            igp: Box::new(Connected),
+            fib: Vec::new(),
+            max_prefix: Vec::new(),
+        }
+    }
+
+    /// Replace the IGP cost hook.
+    pub fn set_igp(&mut self, igp: Box<dyn IgpCost + Send>) {
+        self.igp = igp;
+    }
+
+    /// Reserve an index for a peer (its routes and counters live under it).
+    pub fn add_peer(&mut self) -> PeerIdx {
+        self.peers.push(PeerState::default());
+        (self.peers.len() - 1) as PeerIdx
+    }
+
+    /// Counters of a peer.
+    pub fn counters(&self, peer: PeerIdx) -> PeerCounters {
+        self.peers
+            .get(peer as usize)
+            .map(|p| p.counters)
+            .unwrap_or_default()
+    }
+
+    /// Destinations per family.
+    pub fn len(&self, f: Family) -> usize {
+        match f {
+            Family::Ipv4Unicast => self.v4.len(),
+            Family::Ipv6Unicast => self.v6.len(),
+        }
+    }
+
+    /// Distinct attribute sets held.
+    pub fn attribute_sets(&self) -> usize {
+        self.interner.len()
+    }
+
+    /// The selected next hops for a prefix (for tests and status).
+    pub fn best(&self, p: &Prefix) -> Option<Vec<(PeerIdx, Arc<RouteAttrs>)>> {
+        let d = match p.family() {
+            Family::Ipv4Unicast => self.v4.map.get(&V4Key::from_prefix(p)),
+            Family::Ipv6Unicast => self.v6.map.get(p),
+        }?;
+        Some(
+            d.selected()
+                .iter()
+                .map(|x| (x.peer(), x.attrs.clone()))
+                .collect(),
+        )
+    }
+
+    fn source(&self, peer: PeerIdx) -> Option<Source> {
+        if peer == LOCAL {
+            return Some(Source {
+                asn: self.cfg.local_as,
+                router_id: self.cfg.router_id,
+                addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                ebgp: false,
+            });
+        }
+        self.peers
+            .get(peer as usize)?
+            .info
+            .as_ref()
+            .map(|i| i.source.clone())
+    }
+
+    fn cluster_id(&self) -> Ipv4Addr {
+        self.cfg.cluster_id.unwrap_or(self.cfg.router_id)
+    }
+
+    /// Import rules shared by every prefix of an UPDATE: AS loop (RFC 4271
+    /// §9.1.2), ORIGINATOR_ID and CLUSTER_LIST loops (RFC 4456 §8).
+    fn import_ok(&self, a: &PathAttrs) -> bool {
+        if a.as_path
+            .as_ref()
+            .is_some_and(|p| p.contains(self.cfg.local_as))
+        {
+            return false;
+        }
+        if a.originator_id == Some(self.cfg.router_id) {
+            return false;
+        }
+        !a.cluster_list.contains(&self.cluster_id())
+    }
+
+    /// Apply one UPDATE from `peer`.
+    pub fn apply_update(&mut self, peer: PeerIdx, u: &Update) {
+        let Some(info) = self.peers.get(peer as usize).and_then(|p| p.info.as_ref()) else {
+            return;
+        };
+        let fams = info.families;
+        for n in &u.withdrawn {
+            self.remove_path(peer, &n.prefix, n.path_id);
+        }
+        if let Some(m) = &u.mp_unreach {
+            if fams.contains(m.family) {
+                for n in &m.withdrawn {
+                    self.remove_path(peer, &n.prefix, n.path_id);
+                }
+            }
+        }
+        let mut announce: Vec<(&[Nlri], NextHop)> = Vec::new();
+        if !u.nlri.is_empty() {
+            if let Some(nh) = u.attrs.next_hop {
+                announce.push((&u.nlri, NextHop::V4(nh)));
+            }
+        }
+        if let Some(m) = &u.mp_reach {
+            if fams.contains(m.family) {
+                announce.push((&m.nlri, m.next_hop));
+            }
+        }
+        if announce.is_empty() {
+            return;
+        }
+        let n_ann: usize = announce.iter().map(|(n, _)| n.len()).sum();
+        let ok = !u.treat_as_withdraw() && self.import_ok(&u.attrs);
+        if let Some(ps) = self.peers.get_mut(peer as usize) {
+            ps.counters.received += n_ann as u64;
+            if !ok {
+                ps.counters.rejected += n_ann as u64;
+            }
+        }
+        for (nlri, nh) in announce {
+            if !ok {
+                for n in nlri {
+                    self.remove_path(peer, &n.prefix, n.path_id);
+                }
+                continue;
+            }
+            let mut attrs = u.attrs.clone();
+            attrs.next_hop = None;
+            let shared = self.interner.intern(RouteAttrs {
+                attrs,
+                next_hop: nh,
+            });
+            for n in nlri {
+                self.upsert_path(&n.prefix, Path::new(shared.clone(), peer, n.path_id));
+            }
+        }
+        self.check_limit(peer);
+    }
+
+    fn check_limit(&mut self, peer: PeerIdx) {
+        let Some(ps) = self.peers.get_mut(peer as usize) else {
+            return;
+        };
+        let Some(limit) = ps.info.as_ref().and_then(|i| i.max_prefix) else {
+            return;
+        };
+        if ps.over_limit {
+            return;
+        }
+        for f in Family::ALL {
+            if ps.counters.accepted[fam_idx(f)] > limit {
+                ps.over_limit = true;
+                self.max_prefix.push((peer, f, limit));
+                return;
+            }
+        }
+    }
+
+    /// Originate a prefix (our blocks, service IPs); `communities` are added.
+    pub fn originate(&mut self, prefix: Prefix, communities: Vec<u32>) {
+        let next_hop = match prefix.family() {
+            Family::Ipv4Unicast => NextHop::V4(Ipv4Addr::UNSPECIFIED),
+            Family::Ipv6Unicast => NextHop::V6 {
+                global: Ipv6Addr::UNSPECIFIED,
+                link_local: None,
+            },
+        };
+        let attrs = PathAttrs {
+            origin: Some(Origin::Igp),
+            as_path: Some(Default::default()),
+            communities,
+            ..PathAttrs::default()
+        };
+        let shared = self.interner.intern(RouteAttrs { attrs, next_hop });
+        self.upsert_path(&prefix, Path::new(shared, LOCAL, 0));
+    }
+
+    /// Stop originating a prefix.
+    pub fn withdraw_local(&mut self, prefix: &Prefix) {
+        self.remove_path(LOCAL, prefix, 0);
+    }
+
+    fn upsert_path(&mut self, prefix: &Prefix, path: Path) {
+        let peer = path.peer();
+        let fi = fam_idx(prefix.family());
+        let mut added = false;
+        let changed = with_table!(self, prefix.family(), |t| {
+            let key = Key::from_prefix(prefix);
+            match t.map.remove(&key) {
+                None => {
+                    added = true;
+                    let d = Dest::One(path);
+                    t.map.insert(key, d);
+                    None
+                }
+                Some(Dest::One(old)) if old.peer() == peer && old.path_id == path.path_id => {
+                    let same = Arc::ptr_eq(&old.attrs, &path.attrs) && !old.is_stale();
+                    t.map.insert(key, Dest::One(path));
+                    if same {
+                        Some(None)
+                    } else {
+                        Some(Some(vec![old]))
+                    }
+                }
+                Some(d) => {
+                    let old_sel = d.selected().to_vec();
+                    let mut v = d.into_vec();
+                    match v
+                        .iter_mut()
+                        .find(|p| p.peer() == peer && p.path_id == path.path_id)
+                    {
+                        Some(p) => *p = path,
+                        None => {
+                            added = true;
+                            v.push(path);
+                        }
+                    }
+                    t.map.insert(
+                        key,
+                        Dest::Many(Box::new(table::Multi { paths: v, nsel: 0 })),
+                    );
+                    Some(Some(old_sel))
+                }
+            }
+        });
+        if added {
+            if let Some(ps) = self.peers.get_mut(peer as usize) {
+                ps.counters.accepted[fi] += 1;
+            }
+        }
+        match changed {
+            None => self.reselect(prefix, Vec::new()),
+            Some(None) => {}
+            Some(Some(old)) => self.reselect(prefix, old),
+        }
+    }
+
+    fn remove_path(&mut self, peer: PeerIdx, prefix: &Prefix, path_id: u32) {
+        let fi = fam_idx(prefix.family());
+        let old = with_table!(self, prefix.family(), |t| {
+            let key = Key::from_prefix(prefix);
+            let Some(d) = t.map.get(&key) else { return };
+            if !d
+                .paths()
+                .iter()
+                .any(|p| p.peer() == peer && p.path_id == path_id)
+            {
+                return;
+            }
+            let Some(d) = t.map.remove(&key) else { return };
+            let old = d.selected().to_vec();
+            let v = d.into_vec();
+            let rest: Vec<Path> = v
+                .into_iter()
+                .filter(|p| !(p.peer() == peer && p.path_id == path_id))
+                .collect();
+            if !rest.is_empty() {
+                t.map.insert(
+                    key,
+                    Dest::Many(Box::new(table::Multi {
+                        paths: rest,
+                        nsel: 0,
+                    })),
+                );
+            }
+            old
+        });
+        if let Some(ps) = self.peers.get_mut(peer as usize) {
+            ps.counters.accepted[fi] = ps.counters.accepted[fi].saturating_sub(1);
+        }
+        self.reselect(prefix, old);
+    }
+
+    /// Re-run the decision process for `prefix`; `old_sel` holds the paths
+    /// selected before the change, to detect what changed.
+    fn reselect(&mut self, prefix: &Prefix, old_sel: Vec<Path>) {
+        let fam = prefix.family();
+        let key_v4 = V4Key::from_prefix(prefix);
+        let dest = match fam {
+            Family::Ipv4Unicast => self.v4.map.remove(&key_v4),
+            Family::Ipv6Unicast => self.v6.map.remove(prefix),
+        };
+        let new_sel: Vec<Path>;
+        match dest {
+            None => new_sel = Vec::new(),
+            Some(d) => {
+                let v = d.into_vec();
+                let order = decision::select(
+                    &v,
+                    |p| self.source(p),
+                    self.igp.as_ref(),
+                    &self.cfg.decision,
+                );
+                let nsel = order.len();
+                let mut sorted: Vec<Path> = order.iter().map(|&i| v[i].clone()).collect();
+                for (i, p) in v.into_iter().enumerate() {
+                    if !order.contains(&i) {
+                        sorted.push(p);
+                    }
+                }
+                new_sel = sorted[..nsel].to_vec();
+                if let Some(d) = Dest::from_vec(sorted, nsel) {
+                    match fam {
+                        Family::Ipv4Unicast => self.v4.map.insert(key_v4, d),
+                        Family::Ipv6Unicast => self.v6.map.insert(*prefix, d),
+                    };
+                }
+            }
+        }
+        let same_best = match (old_sel.first(), new_sel.first()) {
+            (None, None) => true,
+            (Some(a), Some(b)) => {
+                a.peer() == b.peer() && a.path_id == b.path_id && Arc::ptr_eq(&a.attrs, &b.attrs)
+            }
+            _ => false,
+        };
+        let hops = |s: &[Path]| -> Vec<IpAddr> {
+            let mut h: Vec<IpAddr> = s
+                .iter()
+                .filter(|p| p.peer() != LOCAL)
+                .map(|p| p.attrs.next_hop.addr())
+                .collect();
+            if s.first().is_some_and(|p| p.peer() == LOCAL) {
+                h.clear();
+            }
+            h.dedup();
+            h
+        };
+        let (oh, nh) = (hops(&old_sel), hops(&new_sel));
+        if oh != nh {
+            self.fib.push(FibChange {
+                prefix: *prefix,
+                next_hops: nh,
+            });
+        }
+        if !same_best {
+            let best = new_sel.first().cloned();
+            self.export_change(prefix, best.as_ref());
+        }
+    }
+
+    /// A peer reached Established: dump the table to it, then End-of-RIB.
+    pub fn peer_up(&mut self, peer: PeerIdx, info: PeerInfo) {
+        let fams = info.families;
+        let Some(ps) = self.peers.get_mut(peer as usize) else {
+            return;
+        };
+        ps.info = Some(info);
+        ps.adj_out.clear();
+        ps.pending.clear();
+        ps.over_limit = false;
+        ps.counters.sent = 0;
+        self.refresh(peer, fams);
+    }
+
+    /// Resend everything of `fams` to a peer (initial dump, route refresh).
+    pub fn refresh(&mut self, peer: PeerIdx, fams: Families) {
+        let mut best: Vec<(Prefix, Path)> = Vec::new();
+        if fams.contains(Family::Ipv4Unicast) {
+            best.extend(
+                self.v4
+                    .map
+                    .iter()
+                    .filter_map(|(k, d)| d.selected().first().map(|p| (k.to_prefix(), p.clone()))),
+            );
+        }
+        if fams.contains(Family::Ipv6Unicast) {
+            best.extend(
+                self.v6
+                    .map
+                    .iter()
+                    .filter_map(|(k, d)| d.selected().first().map(|p| (*k, p.clone()))),
+            );
+        }
+        for (prefix, p) in best {
+            self.export_to(peer, &prefix, Some(&p), true);
+        }
+        if let Some(ps) = self.peers.get_mut(peer as usize) {
+            ps.pending_eor.extend(fams.iter());
+        }
+    }
+
+    /// A peer left Established. Routes of `graceful` families are kept as
+    /// stale (RFC 4724); the others are withdrawn.
+    pub fn peer_down(&mut self, peer: PeerIdx, graceful: Families) {
+        if let Some(ps) = self.peers.get_mut(peer as usize) {
+            ps.adj_out.clear();
+            ps.pending.clear();
+            ps.pending_eor.clear();
+            ps.counters.sent = 0;
+        }
+        for f in Family::ALL {
+            if graceful.contains(f) {
+                self.mark_stale(peer, f);
+            } else {
+                self.drop_paths(peer, f, false);
+            }
+        }
+        // The source stays known while stale routes need it for selection.
+        if graceful.is_empty() {
+            if let Some(ps) = self.peers.get_mut(peer as usize) {
+                ps.info = None;
+            }
+        }
+    }
+
+    /// Remove a peer's routes of `family` that are still stale.
+    pub fn purge_stale(&mut self, peer: PeerIdx, family: Family) {
+        self.drop_paths(peer, family, true);
+    }
+
+    fn mark_stale(&mut self, peer: PeerIdx, f: Family) {
+        with_table!(self, f, |t| {
+            for d in t.map.values_mut() {
+                match d {
+                    Dest::One(p) if p.peer() == peer => p.set_stale(),
+                    Dest::Many(m) => m
+                        .paths
+                        .iter_mut()
+                        .filter(|p| p.peer() == peer)
+                        .for_each(Path::set_stale),
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    fn drop_paths(&mut self, peer: PeerIdx, f: Family, only_stale: bool) {
+        let victims: Vec<(Prefix, u32)> = with_table!(self, f, |t| {
+            t.map
+                .iter()
+                .flat_map(|(k, d)| {
+                    d.paths()
+                        .iter()
+                        .filter(|p| p.peer() == peer && (!only_stale || p.is_stale()))
+                        .map(move |p| (k.to_prefix(), p.path_id))
+                })
+                .collect()
+        });
+        for (prefix, id) in victims {
+            self.remove_path(peer, &prefix, id);
+        }
+    }
+
+    /// Collect the effects of everything applied since the last flush.
+    pub fn flush(&mut self) -> Flushed {
+        let mut out = Flushed {
+            fib: std::mem::take(&mut self.fib),
+            send: Vec::new(),
+            max_prefix: std::mem::take(&mut self.max_prefix),
+        };
+        for idx in 1..self.peers.len() {
+            if let Some(b) = export::encode_pending(&mut self.peers[idx]) {
+                out.send.push((idx as PeerIdx, b));
+            }
+        }
+        out
+    }
+}
