@@ -1,0 +1,321 @@
+//! ADD: Allocate → wire → EndpointUp → result; any failure after
+//! allocation rolls back (veth removed, EndpointDown, Release).
+
+use std::net::IpAddr;
+
+use ipam::proto::{AllocateReply, AllocateRequest, EndpointDownRequest, EndpointUpRequest};
+use serde_json::Value;
+
+use crate::agent::{self, Agent};
+use crate::config::{Family, NetConf};
+use crate::env::Attachment;
+use crate::error::CniError;
+use crate::netlink::{Nl, format_mac};
+use crate::result::{CniResult, Interface, IpConfig, Route};
+use crate::version::CniVersion;
+use crate::wiring::{self, GATEWAY_V4, HOST_MAC, Plan};
+
+/// Names derived from the attachment.
+#[derive(Debug, Clone)]
+pub struct Names {
+    /// IPAM handle.
+    pub handle: String,
+    /// Host-side veth.
+    pub host_if: String,
+}
+
+impl Names {
+    /// Derives the handle and host veth name.
+    pub fn new(conf: &NetConf, att: &Attachment) -> Self {
+        let handle = wiring::handle_id(&conf.name, &att.container_id, &att.ifname);
+        let pod_key = att.args.pod_key();
+        let host_if = wiring::host_veth_name(&wiring::host_veth_key(
+            pod_key.as_deref(),
+            &handle,
+            &att.ifname,
+        ));
+        Names { handle, host_if }
+    }
+}
+
+/// Runs ADD and returns the result in version `v`.
+pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Value, CniError> {
+    let netns_path = att.netns.as_deref().ok_or_else(|| CniError::InvalidEnv {
+        var: "CNI_NETNS",
+        reason: "not set".into(),
+    })?;
+    let names = Names::new(conf, att);
+    let requested = conf.requested_ips(&att.args.ips)?;
+    let families = conf.families(&requested);
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .map(CniResult::from_value)
+        .transpose()
+        .map_err(|e| CniError::InvalidConfig(format!("prevResult: {e}")))?;
+
+    let ns = wiring::open_netns(netns_path)?;
+    let host = Nl::here().map_err(|source| CniError::Netns {
+        path: "/proc/self/ns/net".into(),
+        reason: "netlink socket".into(),
+        source,
+    })?;
+    let pod = Nl::in_netns(&ns).map_err(|source| CniError::Netns {
+        path: netns_path.into(),
+        reason: "cannot enter".into(),
+        source,
+    })?;
+    // The spec: an existing interface of that name is an error. Checked
+    // before allocating so a duplicate ADD cannot disturb the live one.
+    if pod
+        .link(&att.ifname)
+        .await
+        .map_err(|source| CniError::Netlink {
+            op: format!("get {} in pod", att.ifname),
+            source,
+        })?
+        .is_some()
+    {
+        return Err(CniError::InterfaceExists {
+            ifname: att.ifname.clone(),
+            netns: netns_path.into(),
+        });
+    }
+    let mtu = match conf.mtu {
+        Some(m) if m > 0 => m,
+        _ => wiring::detect_mtu(&host).await?,
+    };
+    tracing::debug!(mtu, "namespaces open");
+
+    let agent = agent::connect(
+        &conf.agent_socket(),
+        conf.timeouts.connect(),
+        conf.timeouts.request(),
+    )
+    .await?;
+    tracing::debug!("agent connected");
+    let req = AllocateRequest {
+        handle: names.handle.clone(),
+        pod_namespace: att.args.pod_namespace.clone().unwrap_or_default(),
+        pod_name: att.args.pod_name.clone().unwrap_or_default(),
+        node: String::new(),
+        families: families
+            .iter()
+            .map(|f| match f {
+                Family::Ipv4 => ipam::proto::Family::Ipv4 as i32,
+                Family::Ipv6 => ipam::proto::Family::Ipv6 as i32,
+            })
+            .collect(),
+        pool_hints: conf.ipam.pools.clone(),
+        requested_ips: requested.iter().map(ToString::to_string).collect(),
+        container_id: att.container_id.clone(),
+        ifname: att.ifname.clone(),
+    };
+    let reply = match agent.allocate(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            // A timeout or a dropped connection may have allocated anyway.
+            if matches!(e, CniError::TryAgain { .. }) {
+                release_quietly(&agent, &names.handle).await;
+            }
+            return Err(e);
+        }
+    };
+    let ips = match addresses(&reply, &families) {
+        Ok(ips) => ips,
+        Err(e) => {
+            release_quietly(&agent, &names.handle).await;
+            return Err(e);
+        }
+    };
+    tracing::debug!(handle = %names.handle, ?ips, "allocated");
+
+    let plan = Plan {
+        host_if: &names.host_if,
+        ifname: &att.ifname,
+        netns_path,
+        mtu,
+    };
+    let mut created = false;
+    let wired = async {
+        wiring::create_veth(&host, &pod, &ns, &plan).await?;
+        created = true;
+        tracing::debug!("veth created");
+        let v4 = ips.iter().any(IpAddr::is_ipv4);
+        let v6 = ips.iter().any(IpAddr::is_ipv6);
+        wiring::configure_host(&host, &plan, v4, v6).await?;
+        tracing::debug!("host side configured");
+        let pod_link = wiring::configure_pod(&pod, &plan, &ips).await?;
+        tracing::debug!("pod side configured");
+        agent
+            .endpoint_up(EndpointUpRequest {
+                container_id: att.container_id.clone(),
+                pod_namespace: att.args.pod_namespace.clone().unwrap_or_default(),
+                pod_name: att.args.pod_name.clone().unwrap_or_default(),
+                host_ifname: names.host_if.clone(),
+                ifname: att.ifname.clone(),
+                netns: netns_path.to_string(),
+                ips: ips.iter().map(ToString::to_string).collect(),
+                handle: names.handle.clone(),
+            })
+            .await?;
+        Ok::<_, CniError>(pod_link)
+    }
+    .await;
+    let pod_link = match wired {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e.details(), "ADD failed after allocation; rolling back");
+            rollback(&host, &agent, &names, att, created).await;
+            return Err(e);
+        }
+    };
+
+    let mut ours = CniResult {
+        interfaces: vec![
+            Interface {
+                name: names.host_if.clone(),
+                mac: Some(format_mac(&HOST_MAC)),
+                ..Default::default()
+            },
+            Interface {
+                name: att.ifname.clone(),
+                mac: Some(pod_link.mac_string()),
+                mtu: Some(mtu),
+                sandbox: Some(netns_path.to_string()),
+                ..Default::default()
+            },
+        ],
+        ips: ips
+            .iter()
+            .map(|ip| IpConfig::new(*ip, if ip.is_ipv4() { 32 } else { 128 }, 1))
+            .collect(),
+        routes: Vec::new(),
+        dns: conf.dns.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    if ips.iter().any(IpAddr::is_ipv4) {
+        ours.routes.push(Route {
+            dst: "0.0.0.0/0".into(),
+            gw: Some(GATEWAY_V4.to_string()),
+            ..Default::default()
+        });
+    }
+    if ips.iter().any(IpAddr::is_ipv6) {
+        ours.routes.push(Route {
+            dst: "::/0".into(),
+            gw: Some(wiring::host_link_local().to_string()),
+            ..Default::default()
+        });
+    }
+    let result = match prev {
+        Some(mut p) => {
+            p.append(ours);
+            p
+        }
+        None => ours,
+    };
+    tracing::info!(host_if = %names.host_if, ips = ?ips, "pod attached");
+    Ok(result.to_json(v))
+}
+
+/// The allocated addresses, checked: parseable, one per family at most,
+/// every requested family present.
+fn addresses(reply: &AllocateReply, families: &[Family]) -> Result<Vec<IpAddr>, CniError> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    for a in &reply.addresses {
+        let ip: IpAddr = a.ip.parse().map_err(|_| CniError::AgentProtocol {
+            op: "Allocate",
+            msg: format!("address {:?} is not an IP address", a.ip),
+        })?;
+        if out.iter().any(|o| o.is_ipv4() == ip.is_ipv4()) {
+            return Err(CniError::AgentProtocol {
+                op: "Allocate",
+                msg: format!("two addresses of one family ({ip} and another)"),
+            });
+        }
+        out.push(ip);
+    }
+    if out.is_empty() {
+        return Err(CniError::AgentProtocol {
+            op: "Allocate",
+            msg: "no address allocated".into(),
+        });
+    }
+    for f in families {
+        if !out.iter().any(|ip| Family::of(*ip) == *f) {
+            return Err(CniError::AgentProtocol {
+                op: "Allocate",
+                msg: format!("no {f:?} address although it was requested"),
+            });
+        }
+    }
+    Ok(out)
+}
+
+async fn release_quietly(agent: &Agent, handle: &str) {
+    if let Err(e) = agent.release(handle).await {
+        tracing::warn!(handle, error = %e.details(), "release during rollback failed; the runtime's DEL or GC will retry");
+    }
+}
+
+async fn rollback(host: &Nl, agent: &Agent, names: &Names, att: &Attachment, created: bool) {
+    if created && let Err(e) = host.delete_link_by_name(&names.host_if).await {
+        tracing::warn!(host_if = %names.host_if, error = %e, "rollback: delete veth failed");
+    }
+    let down = EndpointDownRequest {
+        container_id: att.container_id.clone(),
+        pod_namespace: att.args.pod_namespace.clone().unwrap_or_default(),
+        pod_name: att.args.pod_name.clone().unwrap_or_default(),
+        host_ifname: names.host_if.clone(),
+        handle: names.handle.clone(),
+    };
+    if let Err(e) = agent.endpoint_down(down).await {
+        tracing::warn!(error = %e.details(), "rollback: EndpointDown failed");
+    }
+    release_quietly(agent, &names.handle).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipam::proto::AllocatedAddress;
+
+    fn reply(ips: &[&str]) -> AllocateReply {
+        AllocateReply {
+            addresses: ips
+                .iter()
+                .map(|ip| AllocatedAddress {
+                    ip: ip.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn allocation_checks() {
+        let both = [Family::Ipv4, Family::Ipv6];
+        assert_eq!(
+            addresses(&reply(&["198.19.0.1", "2001:db8::1"]), &both)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            addresses(&reply(&["198.19.0.1"]), &both)
+                .unwrap_err()
+                .code(),
+            107
+        );
+        assert_eq!(addresses(&reply(&[]), &[]).unwrap_err().code(), 107);
+        assert_eq!(addresses(&reply(&["x"]), &[]).unwrap_err().code(), 107);
+        assert_eq!(
+            addresses(&reply(&["198.19.0.1", "198.19.0.2"]), &[])
+                .unwrap_err()
+                .code(),
+            107
+        );
+        assert!(addresses(&reply(&["2001:db8::1"]), &[]).is_ok());
+    }
+}
