@@ -5,8 +5,10 @@
 //!  policy::Engine::commit ──&Nftables──► NftCli::apply ──stdin──► nft -j -f -  (one transaction)
 //! ```
 //!
-//! One `nft` process per batch (~3 ms here); a batch is one kernel
-//! transaction, so it applies completely or not at all. `nft` runs in the
+//! [`NftCli`] runs one `nft` process per batch; [`NftSession`] keeps one
+//! `nft -j -i` running and feeds it a batch per line (much faster, see its
+//! docs). Either way a batch is one kernel transaction: it applies
+//! completely or not at all. `nft` runs in the
 //! network namespace of the calling thread (a child inherits it), so a
 //! thread that has entered a namespace applies there.
 
@@ -16,6 +18,10 @@ use std::process::{Command, Stdio};
 
 use policy::NftSink;
 use policy::nftables::schema::Nftables;
+
+pub mod session;
+
+pub use session::NftSession;
 
 /// The policy crate this dataplane drives (re-exported for lab tests and
 /// benchmarks that depend on `node-agent` only).
@@ -38,6 +44,8 @@ pub enum NftError {
         status: std::process::ExitStatus,
         stderr: String,
     },
+    #[error("nft session rejected the batch: {stderr}")]
+    BatchRejected { stderr: String },
     #[error("{program:?} printed invalid JSON")]
     Decode {
         program: OsString,

@@ -221,3 +221,72 @@ fn rejected_batch_leaves_the_table_untouched() {
     cli.apply(&serde_json::from_value(capture.batches[0].clone()).expect("batch"))
         .expect("apply rebuild");
 }
+
+#[test]
+fn session_applies_incrementally_rejects_cleanly_and_respawns() {
+    let Some(a) = TestNs::new("ses") else { return };
+    let Some(b) = TestNs::new("sref") else { return };
+    let mut s = super::NftSession::with_program("ip", ["netns", "exec", a.0.as_str(), "nft"]);
+    let xyz = xyz_with_policies();
+    let mut e = Engine::new(xyz.nodes[0].clone());
+    e.load(xyz.state.clone());
+    assert!(e.commit(&mut s).expect("initial full").full);
+    for (i, ns) in ["x", "y", "z"].iter().enumerate() {
+        let key = PodKey::new(*ns, "b");
+        let mut p = e.state().pods[&key].clone();
+        p.labels.insert("pod".into(), "c".into());
+        e.upsert_pod(p);
+        e.upsert_policy(
+            PolicyKey::new(*ns, "extra"),
+            policy(
+                ns,
+                "extra",
+                Some("c"),
+                DIRECTIONS[i],
+                &peer_kinds()[i + 1].1,
+                &port_kinds()[i + 1].1,
+            ),
+        );
+        let st = e.commit(&mut s).expect("incremental");
+        assert!(!st.full && !st.noop, "{st:?}");
+    }
+    // A rejected batch: error with nft's message, session still usable.
+    let bad = r#"{"nftables":[{"delete":{"element":{"family":"inet","table":"margay","name":"node4","elem":["198.18.0.78"]}}}]}"#;
+    let err = s.run_json(bad).expect_err("must be rejected");
+    assert!(
+        err.to_string().contains("No such file or directory"),
+        "{err}"
+    );
+    let spawns = s.spawns;
+    e.remove_policy(&PolicyKey::new("y", "extra"));
+    assert!(!e.commit(&mut s).expect("after a rejection").full);
+    assert_eq!(s.spawns, spawns, "a rejection does not restart nft");
+    // nft dies: the next batch fails, the engine rebuilds on a fresh nft.
+    let _ = Command::new("ip")
+        .args(["netns", "pids", &a.0])
+        .output()
+        .map(|o| {
+            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                let _ = Command::new("kill").arg(pid).status();
+            }
+        });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    e.remove_policy(&PolicyKey::new("z", "extra"));
+    let st = e.commit(&mut s).expect("recovers");
+    assert!(st.full, "{st:?}");
+    assert!(s.spawns > spawns);
+    let mut reference = b.nft();
+    let pure = Ruleset::build(&plan::build(e.state(), e.node()), e.state());
+    reference.apply(&nft::full(&pure)).expect("reference");
+    let mut live = normalized(&a.nft());
+    // The session's sentinel table is the only extra object.
+    if let Some(arr) = live.get_mut("nftables").and_then(Value::as_array_mut) {
+        arr.retain(|o| {
+            o.get("table")
+                .and_then(|t| t.get("name"))
+                .and_then(Value::as_str)
+                != Some("margay_sync")
+        });
+    }
+    assert_eq!(live, normalized(&reference));
+}
