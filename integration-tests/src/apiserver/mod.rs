@@ -34,6 +34,7 @@
 //!   revision if it is ≥ N (504 if N is in the future).
 
 pub mod actor;
+pub mod bench;
 pub mod crd;
 pub mod error;
 pub mod http;

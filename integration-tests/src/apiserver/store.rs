@@ -57,6 +57,30 @@ pub struct Event {
     pub object: Arc<Value>,
     /// Object before the change.
     pub prev: Option<Arc<Value>>,
+    /// The JSON watch line of `object` per event type, encoded once and
+    /// shared by every watcher that sends it as stored.
+    pub lines: [std::sync::OnceLock<hyper::body::Bytes>; 3],
+}
+
+impl Event {
+    /// The `{"type":..,"object":..}` line for `t`, encoded on first use.
+    pub fn line(&self, t: EventType) -> hyper::body::Bytes {
+        let i = match t {
+            EventType::Added => 0,
+            EventType::Modified => 1,
+            EventType::Deleted => 2,
+        };
+        self.lines[i]
+            .get_or_init(|| watch_line(t.as_str(), &self.object))
+            .clone()
+    }
+}
+
+/// One newline-terminated watch event.
+pub fn watch_line(kind: &str, object: &Value) -> hyper::body::Bytes {
+    let mut v = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    v.push(b'\n');
+    hyper::body::Bytes::from(v)
 }
 
 /// List options the store needs (already split out of the query).
@@ -339,6 +363,7 @@ impl Store {
             kind,
             object: obj,
             prev,
+            lines: Default::default(),
         });
         self.history.push_back(ev.clone());
         while self.history.len() > self.history_limit {
@@ -464,7 +489,7 @@ impl Store {
                     "specifying resource version is not allowed when using continue",
                 ));
             }
-            let tok = base64::engine::general_purpose::STANDARD
+            let tok = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(&o.continue_token)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<ContinueToken>(&b).ok())
@@ -544,7 +569,8 @@ impl Store {
                         start: format!("{k}\u{0}"),
                     };
                     let raw = serde_json::to_vec(&tok).unwrap_or_default();
-                    continue_token = Some(base64::engine::general_purpose::STANDARD.encode(raw));
+                    continue_token =
+                        Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
                     remaining = rest;
                 }
                 break;

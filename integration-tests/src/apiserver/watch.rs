@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::{Instrument as _, debug};
 
 use super::resources::ResourceDef;
-use super::store::{Event, Initial, WatchStart};
+use super::store::{Event, Initial, WatchStart, watch_line};
 use super::table::{Output, at_version, partial, table};
 
 /// Frames waiting in the HTTP body before the producer blocks.
@@ -30,9 +30,7 @@ pub struct StreamOpts {
 }
 
 fn line(kind: &str, object: Value) -> Bytes {
-    let mut v = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
-    v.push(b'\n');
-    Bytes::from(v)
+    watch_line(kind, &object)
 }
 
 fn render(def: &ResourceDef, output: Output, obj: &Value) -> Value {
@@ -100,6 +98,7 @@ async fn produce(
             Initial::InitialEventsEnd(rv) => send!(line("BOOKMARK", bookmark(&def, rv, true))),
         }
     }
+    let api_version = def.api_version();
     let period = opts.bookmark_every.unwrap_or(Duration::from_secs(3600));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
@@ -116,7 +115,13 @@ async fn produce(
                     }
                     last_rv = ev.rv;
                     if let Some((t, obj)) = start.filter.classify(&ev) {
-                        send!(line(t.as_str(), render(&def, opts.output, &obj)));
+                        let as_stored = opts.output == Output::Json
+                            && obj.get("apiVersion").and_then(Value::as_str) == Some(api_version.as_str());
+                        if as_stored {
+                            send!(ev.line(t));
+                        } else {
+                            send!(line(t.as_str(), render(&def, opts.output, &obj)));
+                        }
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {

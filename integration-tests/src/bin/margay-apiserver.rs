@@ -14,13 +14,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use integration_tests::apiserver::bench::{self, BenchOpts};
 use integration_tests::apiserver::{ApiServer, Config, kubeconfig};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Kubernetes API test server (plain HTTP, no auth)")]
 struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
     /// Address to listen on; port 0 picks a free port (see --addr-file).
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
@@ -47,6 +50,25 @@ struct Cli {
     bookmark_interval_ms: u64,
 }
 
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Measure throughput against an in-process server and print the figures.
+    Bench {
+        /// Objects to create, get and list.
+        #[arg(long, default_value_t = 5000)]
+        objects: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Watchers for the fan-out phase.
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+        /// Updates every watcher must see (also the CAS goal).
+        #[arg(long, default_value_t = 1000)]
+        updates: usize,
+    },
+}
+
 fn write_atomic(path: &PathBuf, contents: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
@@ -63,6 +85,22 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(Cmd::Bench {
+        objects,
+        concurrency,
+        watchers,
+        updates,
+    }) = cli.cmd
+    {
+        let opts = BenchOpts {
+            objects,
+            concurrency,
+            watchers,
+            updates,
+            latency: Duration::from_millis(cli.latency_ms),
+        };
+        return bench::run(&opts).await.context("benchmark");
+    }
     let config = Config {
         listen: cli.listen,
         state_file: cli.state.clone(),
