@@ -217,3 +217,44 @@ fn path_str(p: &Path) -> Result<&str> {
     p.to_str()
         .ok_or_else(|| LabError::Invalid(format!("non-UTF-8 path {}", p.display())))
 }
+
+/// Margay's CRDs, a Node object for every lab node (InternalIP = its
+/// underlay address) and the given pools `(name, cidr)`.
+pub fn bootstrap(lab: &Lab, pools: &[(&str, &str)]) -> Result<()> {
+    let nodes: Vec<(String, IpAddr)> = lab
+        .nodes()
+        .iter()
+        .map(|n| (n.name.clone(), IpAddr::V4(n.ipv4)))
+        .collect();
+    let pools: Vec<(String, String)> = pools
+        .iter()
+        .map(|(n, c)| (n.to_string(), c.to_string()))
+        .collect();
+    with_client(lab.tor(), move |c| async move {
+        install_crds(&c).await?;
+        for (name, ip) in &nodes {
+            create_node(&c, name, *ip, &[]).await?;
+        }
+        let api: Api<node_agent::crd::IPPool> = Api::all(c.clone());
+        for (name, cidr) in &pools {
+            let pool = node_agent::crd::IPPool::new(
+                name,
+                node_agent::crd::IPPoolSpec {
+                    cidr: node_agent::crd::Cidr(cidr.clone()),
+                    block_size: None,
+                    node_selector: None,
+                    disabled: false,
+                    allowed_uses: vec![],
+                    disable_bgp_export: false,
+                },
+            );
+            match api.create(&PostParams::default(), &pool).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    })?
+    .map_err(|e| LabError::Invalid(format!("bootstrapping the cluster: {e}")))
+}

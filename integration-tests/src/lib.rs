@@ -3,5 +3,6 @@
 //! and the Kubernetes API test server.
 
 pub mod apiserver;
+pub mod cni;
 pub mod k8s;
 pub mod lab;

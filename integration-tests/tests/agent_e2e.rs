@@ -10,8 +10,7 @@ use ipam::proto::{
     AllocateRequest, EndpointDownRequest, EndpointUpRequest, Family, ReleaseRequest, StatusRequest,
 };
 use kube::Api;
-use kube::api::PostParams;
-use node_agent::crd::{Cidr, IPAMBlock, IPPool, IPPoolSpec};
+use node_agent::crd::IPAMBlock;
 use node_agent::localroutes::LOCAL_ROUTE_PROTO;
 
 macro_rules! require_root {
@@ -21,20 +20,6 @@ macro_rules! require_root {
             return;
         }
     };
-}
-
-fn pool(name: &str, cidr: &str) -> IPPool {
-    IPPool::new(
-        name,
-        IPPoolSpec {
-            cidr: Cidr(cidr.into()),
-            block_size: None,
-            node_selector: None,
-            disabled: false,
-            allowed_uses: vec![],
-            disable_bgp_export: false,
-        },
-    )
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -57,21 +42,11 @@ fn agent_allocates_from_crds_programs_routes_and_keeps_them_across_shutdown() {
     require_root!();
     let lab = Lab::builder().nodes(1).build().expect("lab");
     let _api = k8s::start_apiserver(&lab).expect("apiserver");
-    let n1 = lab.node("n1").expect("n1").ipv4;
-    k8s::with_client(lab.tor(), move |c| async move {
-        k8s::install_crds(&c).await.expect("crds");
-        k8s::create_node(&c, "n1", n1.into(), &[])
-            .await
-            .expect("node");
-        let pools: Api<IPPool> = Api::all(c.clone());
-        for p in [pool("v4", "198.19.0.0/16"), pool("v6", "2001:db8:100::/48")] {
-            pools
-                .create(&PostParams::default(), &p)
-                .await
-                .expect("pool");
-        }
-    })
-    .expect("setup");
+    k8s::bootstrap(
+        &lab,
+        &[("v4", "198.19.0.0/16"), ("v6", "2001:db8:100::/48")],
+    )
+    .expect("bootstrap");
 
     let Agent {
         mut daemon, socket, ..

@@ -39,6 +39,8 @@ pub struct Endpoint {
     pub host_if: String,
     /// Pod addresses.
     pub ips: Vec<IpAddr>,
+    /// The IPAM handle.
+    pub handle: String,
 }
 
 /// Why an endpoint request failed.
@@ -59,12 +61,13 @@ pub enum EndpointError {
 pub enum Cmd {
     /// Program an endpoint; answer when its routes (and policy) are in place.
     Up(Endpoint, oneshot::Sender<Result<(), EndpointError>>),
-    /// Forget an endpoint and remove its routes.
+    /// Forget an endpoint and remove its routes. Either key may be empty
+    /// (GC knows only the handle).
     Down {
         /// Container id.
         container_id: String,
-        /// Host veth (its routes go).
-        host_if: String,
+        /// IPAM handle.
+        handle: String,
         /// Answer.
         reply: oneshot::Sender<Result<(), EndpointError>>,
     },
@@ -87,13 +90,13 @@ impl ControllerHandle {
         rx.await.map_err(|_| EndpointError::Stopped)?
     }
 
-    /// Removes an endpoint (idempotent).
-    pub async fn down(&self, container_id: String, host_if: String) -> Result<(), EndpointError> {
+    /// Removes an endpoint found by container id or handle (idempotent).
+    pub async fn down(&self, container_id: String, handle: String) -> Result<(), EndpointError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Down {
                 container_id,
-                host_if,
+                handle,
                 reply: tx,
             })
             .await
@@ -190,12 +193,18 @@ async fn run(
                     }
                     let _ = reply.send(res);
                 }
-                Some(Cmd::Down { container_id, host_if, reply }) => {
-                    let res = match endpoints.remove(&container_id) {
+                Some(Cmd::Down { container_id, handle, reply }) => {
+                    let key = endpoints
+                        .iter()
+                        .find(|(id, ep)| {
+                            (!container_id.is_empty() && **id == container_id)
+                                || (!handle.is_empty() && ep.handle == handle)
+                        })
+                        .map(|(id, _)| id.clone());
+                    let res = match key.and_then(|k| endpoints.remove(&k)) {
                         Some(ep) => endpoint_down(&routes, &ep).await,
                         None => Ok(()),
                     };
-                    tracing::debug!(container = %container_id, %host_if, "endpoint down");
                     // Whatever else pointed at it goes at the next sync.
                     dirty = true;
                     let _ = reply.send(res);
@@ -263,6 +272,7 @@ mod tests {
                 pod: "y".into(),
                 host_if: "cali0123456789a".into(),
                 ips: vec!["198.19.0.3".parse().expect("ip")],
+                handle: "net.c2".into(),
             },
         )]
         .into();

@@ -98,6 +98,7 @@ pub fn endpoint_from(req: &EndpointUpRequest) -> Result<Endpoint, Status> {
         pod: req.pod_name.clone(),
         host_if: req.host_ifname.clone(),
         ips,
+        handle: req.handle.clone(),
     })
 }
 
@@ -131,6 +132,11 @@ impl Endpoints for EndpointsService {
         let res = async {
             if !req.host_ifname.is_empty() {
                 valid_host_if(&req.host_ifname)?;
+            }
+            if req.container_id.is_empty() && req.handle.is_empty() {
+                return Err(Status::invalid_argument(
+                    "container_id or handle is required",
+                ));
             }
             match tokio::time::timeout(
                 PROGRAMMING_TIMEOUT,

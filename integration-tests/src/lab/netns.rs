@@ -272,6 +272,13 @@ pub(crate) fn run(cmd: &mut Command) -> Result<Output> {
 
 pub(crate) fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Result<Output> {
     let desc = describe(cmd);
+    check(desc, run_raw(cmd, input)?)
+}
+
+/// Runs a command with `input` on stdin and returns its output whatever its
+/// exit status (only failing to start it is an error).
+pub fn run_raw(cmd: &mut Command, input: &[u8]) -> Result<Output> {
+    let desc = describe(cmd);
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -282,15 +289,12 @@ pub(crate) fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Result<Output> 
             source,
         })?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(input)
-            .map_err(|e| LabError::io("<stdin>", e))?;
+        // A child that exits without reading its input is not our error.
+        let _ = stdin.write_all(input);
     }
-    let out = child.wait_with_output().map_err(|source| LabError::Spawn {
-        cmd: desc.clone(),
-        source,
-    })?;
-    check(desc, out)
+    child
+        .wait_with_output()
+        .map_err(|source| LabError::Spawn { cmd: desc, source })
 }
 
 fn check(desc: String, out: Output) -> Result<Output> {

@@ -1,0 +1,110 @@
+//! Runs the `margay` CNI binary exactly as a container runtime does —
+//! environment variables plus the network configuration on stdin — inside a
+//! lab node's namespace (so the host side of the veth lands in the node).
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::lab::{self, LabError, Netns, Result, netns};
+
+/// One CNI invocation's identity.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    /// Sandbox (container) id.
+    pub container_id: String,
+    /// `CNI_NETNS`; empty for a DEL after the sandbox is gone.
+    pub netns: String,
+    /// `CNI_IFNAME`.
+    pub ifname: String,
+    /// Pod namespace (K8S_POD_NAMESPACE).
+    pub pod_namespace: String,
+    /// Pod name (K8S_POD_NAME).
+    pub pod_name: String,
+}
+
+/// What the plugin answered.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Exit status success.
+    pub ok: bool,
+    /// Parsed stdout (a result or a CNI error object); `Null` if empty.
+    pub stdout: Value,
+    /// stderr, for failure messages.
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// The CNI error code, if the plugin failed with one.
+    pub fn error_code(&self) -> Option<u64> {
+        self.stdout.get("code").and_then(Value::as_u64)
+    }
+
+    /// The addresses of a successful ADD ("198.19.0.2", ...), without prefix.
+    pub fn ips(&self) -> Vec<String> {
+        self.stdout["ips"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|ip| ip["address"].as_str())
+                    .filter_map(|s| s.split('/').next())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A single-plugin network configuration for `margay` talking to `socket`.
+pub fn margay_conf(socket: &Path, log_file: &Path) -> String {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "type": "margay",
+        "mtu": 1500,
+        "agent_socket": socket,
+        "log_file": log_file,
+        "log_level": "debug",
+        "timeouts": {"connect_ms": 1000, "request_ms": 10000},
+    })
+    .to_string()
+}
+
+/// Runs `margay` with `command` (ADD, DEL, CHECK, ...) in `node`.
+pub fn invoke(node: &Netns, command: &str, conf: &str, a: &Attachment) -> Result<Outcome> {
+    let bin = lab::workspace_bin("margay")?;
+    let mut cmd: Command = node.command(
+        bin.to_str()
+            .ok_or_else(|| LabError::Invalid("non-UTF-8 path".into()))?,
+    );
+    cmd.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", &a.container_id)
+        .env("CNI_NETNS", &a.netns)
+        .env("CNI_IFNAME", &a.ifname)
+        .env("CNI_PATH", "/opt/cni/bin:/usr/lib/cni")
+        .env(
+            "CNI_ARGS",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
+                a.pod_namespace, a.pod_name, a.container_id
+            ),
+        );
+    let out = netns::run_raw(&mut cmd, conf.as_bytes())?;
+    Ok(Outcome {
+        ok: out.status.success(),
+        stdout: serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// `conf` with `prevResult` set, as a runtime sends CHECK and DEL.
+pub fn with_prev_result(conf: &str, prev: &Value) -> String {
+    let mut v: Value = serde_json::from_str(conf).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("prevResult".into(), prev.clone());
+    }
+    v.to_string()
+}
