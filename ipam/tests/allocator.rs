@@ -116,6 +116,22 @@ async fn dual_stack_gets_both_or_neither() {
     assert!(store.snapshot_blocks().iter().all(|b| b.spec.is_empty()));
     // A large IPv6 pool (2^74 possible /122 blocks).
     store.put_pool("p6", pool("2001:db8::/48", 122));
+    // A re-list just proved useless, so the allocator does not re-list again
+    // for a second (the agent's pool watch calls set_pools / refresh).
+    let lists = store.stats().lists;
+    let e = a.allocate(req("net.c1", &both)).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            IpamError::NoPool {
+                family: Family::V6,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(store.stats().lists, lists, "no re-list storm");
+    a.refresh().await.unwrap();
     let x = a.allocate(req("net.c1", &both)).await.unwrap();
     let fams: Vec<Family> = x.iter().map(|a| Family::of(a.ip)).collect();
     assert_eq!(fams, vec![Family::V4, Family::V6]);

@@ -116,6 +116,12 @@ async fn ipam_and_endpoints_over_one_unix_socket() {
     let mut taken = alloc_req("net.y", &[]);
     taken.requested_ips = vec![ip.clone()];
     assert_eq!(code(c.allocate(taken).await), Code::AlreadyExists);
+    store.set_unavailable(true);
+    assert_eq!(
+        code(c.allocate(alloc_req("net.down", &[PF::Ipv4])).await),
+        Code::Unavailable
+    );
+    store.set_unavailable(false);
     for i in 0..7 {
         c.allocate(alloc_req(&format!("net.f{i}"), &[PF::Ipv4]))
             .await
@@ -125,12 +131,6 @@ async fn ipam_and_endpoints_over_one_unix_socket() {
         code(c.allocate(alloc_req("net.full", &[PF::Ipv4])).await),
         Code::ResourceExhausted
     );
-    store.set_unavailable(true);
-    assert_eq!(
-        code(c.allocate(alloc_req("net.down", &[PF::Ipv4])).await),
-        Code::Unavailable
-    );
-    store.set_unavailable(false);
 
     let st = c
         .status(proto::StatusRequest {})

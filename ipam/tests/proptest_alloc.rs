@@ -47,6 +47,8 @@ struct Case {
     conflict: f64,
     ambiguous: f64,
     yields: u32,
+    /// Nodes also follow the store's block watch.
+    watch: bool,
     batches: Vec<Vec<Step>>,
 }
 
@@ -67,16 +69,18 @@ fn case() -> impl Strategy<Value = Case> {
         prop_oneof![Just(0.0), 0.0..0.4],
         prop_oneof![Just(0.0), 0.0..0.15],
         0u32..4,
+        any::<bool>(),
         prop::collection::vec(prop::collection::vec(step(), 1..14), 1..10),
     )
         .prop_map(
-            |(seed, strict, max_blocks, conflict, ambiguous, yields, batches)| Case {
+            |(seed, strict, max_blocks, conflict, ambiguous, yields, watch, batches)| Case {
                 seed,
                 strict,
                 max_blocks,
                 conflict,
                 ambiguous,
                 yields,
+                watch,
                 batches,
             },
         )
@@ -93,6 +97,7 @@ struct Sim {
     clock: Arc<ManualClock>,
     cfg: IpamConfig,
     seed: u64,
+    watch: bool,
     faults: f64,
     nodes: Vec<Allocator>,
     /// handle → (node, dual, addresses) the callers believe they hold.
@@ -128,9 +133,12 @@ impl Sim {
         let opts = AllocatorOptions {
             seed: Some(self.seed ^ i as u64),
             backoff_base: Duration::from_millis(1),
+            // Every "no address" answer may re-list here, so the liveness
+            // checks see the truth (the re-list rate limit has its own test).
+            min_relist_interval: Duration::ZERO,
             ..Default::default()
         };
-        Allocator::start(
+        let a = Allocator::start(
             self.store.clone() as Arc<dyn Store>,
             NodeInfo {
                 name: format!("node{i}"),
@@ -141,7 +149,12 @@ impl Sim {
             self.clock.clone() as Arc<dyn Clock>,
         )
         .await
-        .map_err(|e| format!("start node{i}: {e}"))
+        .map_err(|e| format!("start node{i}: {e}"))?;
+        if self.watch {
+            // The task ends by itself when the allocator stops.
+            drop(a.follow_block_watch(self.store.clone() as Arc<dyn Store>));
+        }
+        Ok(a)
     }
 
     fn handle(&mut self) -> String {
@@ -348,7 +361,13 @@ impl Sim {
                 .await
             {
                 Ok(v) => self.ack(&h, node, dual, &v, &HashSet::new())?,
-                Err(IpamError::Exhausted { .. } | IpamError::Aborted { .. }) => {}
+                // Gave up under injected faults: must leave nothing behind
+                // (checked against the store below).
+                Err(
+                    IpamError::Exhausted { .. }
+                    | IpamError::Aborted { .. }
+                    | IpamError::Unavailable { .. },
+                ) => {}
                 Err(e) => return Err(format!("retry of {h} after crash: {e}")),
             }
         }
@@ -471,6 +490,7 @@ fn run(c: &Case) -> Result<(), String> {
             clock: Arc::new(ManualClock::new(1_000_000)),
             cfg,
             seed: c.seed,
+            watch: c.watch,
             faults: c.conflict,
             nodes: Vec::new(),
             held: BTreeMap::new(),

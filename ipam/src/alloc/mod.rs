@@ -97,6 +97,12 @@ pub struct AllocatorOptions {
     pub store_timeout: Duration,
     /// A request still not done after this long fails at its next retry.
     pub request_timeout: Duration,
+    /// Before failing a request for want of a pool or an address, the
+    /// allocator re-lists pools and blocks in case its cache was stale;
+    /// after a re-list that did not help, it fails such requests without
+    /// re-listing for this long (protects the API server from a storm of
+    /// retries against an exhausted pool).
+    pub min_relist_interval: Duration,
     /// Most requests taken into one round.
     pub max_batch: usize,
     /// Group commit on (default). Off = one write per request (the
@@ -114,6 +120,7 @@ impl Default for AllocatorOptions {
             backoff_max: Duration::from_millis(250),
             store_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            min_relist_interval: Duration::from_secs(1),
             max_batch: 512,
             group_commit: true,
             seed: None,

@@ -75,7 +75,12 @@ enum Outcome {
     Planned,
     Finished,
     Failed(IpamError),
-    Refresh,
+    /// Decided from a possibly stale cache: re-list and plan again, or fail
+    /// with this error if a re-list just proved useless.
+    Refresh(IpamError),
+    /// Requested address in use per the cache: re-read that block and plan
+    /// again.
+    Reread(String),
 }
 
 pub(crate) struct Worker {
@@ -86,6 +91,8 @@ pub(crate) struct Worker {
     counters: Arc<Counters>,
     rng: SmallRng,
     needs_resync: bool,
+    /// When a re-list last failed to turn up a pool or an address.
+    futile_relist: Option<Instant>,
     next_id: u64,
     idle_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
@@ -184,6 +191,7 @@ impl Worker {
             rng: SmallRng::seed_from_u64(seed),
             clock,
             needs_resync: true,
+            futile_relist: None,
             idle_waiters: Vec::new(),
             next_id: 0,
         }

@@ -96,7 +96,13 @@ impl Worker {
             .await
         };
         let mut failed: HashSet<String> = HashSet::new();
-        let mut reread: Vec<String> = Vec::new();
+        let mut reread: Vec<String> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Reread(b) => Some(b.clone()),
+                _ => None,
+            })
+            .collect();
         let mut written: Vec<String> = Vec::new();
         let mut failure: Option<Failure> = None;
         for (n, r) in names.iter().zip(results) {
@@ -141,6 +147,8 @@ impl Worker {
             }
         }
         if !reread.is_empty() {
+            reread.sort();
+            reread.dedup();
             self.reread(&reread).await;
         }
 
@@ -153,13 +161,27 @@ impl Worker {
                     done_count += n;
                 }
                 Outcome::Failed(e) => {
+                    if op.refreshed
+                        && matches!(e, IpamError::NoPool { .. } | IpamError::Exhausted { .. })
+                    {
+                        self.futile_relist = Some(now_i);
+                    }
                     Counters::add(&self.counters.failed, 1);
                     self.fail(op, e, &mut keep);
                 }
-                Outcome::Refresh => {
-                    self.needs_resync = true;
-                    keep.push(op);
+                Outcome::Refresh(e) => {
+                    let recent = self
+                        .futile_relist
+                        .is_some_and(|t| now_i.duration_since(t) < self.opts.min_relist_interval);
+                    if recent && !self.needs_resync {
+                        Counters::add(&self.counters.failed, 1);
+                        self.fail(op, e, &mut keep);
+                    } else {
+                        self.needs_resync = true;
+                        keep.push(op);
+                    }
                 }
+                Outcome::Reread(_) => keep.push(op),
                 Outcome::Planned => {
                     let mut op = op;
                     let tents = mem::take(&mut op.tents);
@@ -505,16 +527,22 @@ fn plan_op(p: &mut Planner<'_>, i: usize, op: &mut Op) -> Outcome {
                     Ok(ts) => tents.extend(ts),
                     Err(e) => {
                         p.undo(i, &tents);
+                        if refreshed {
+                            return Outcome::Failed(e);
+                        }
+                        // Decided from a possibly stale cache: look again
+                        // once before saying so.
                         return match e {
-                            // Decided from a possibly stale cache: re-list
-                            // once and plan again before saying so.
-                            IpamError::NoPool { .. }
-                            | IpamError::Exhausted { .. }
-                            | IpamError::InUse { .. }
-                                if !refreshed =>
-                            {
+                            IpamError::InUse { ip, .. } => match p.view.block_containing(ip) {
+                                Some(b) => {
+                                    op.refreshed = true;
+                                    Outcome::Reread(b.to_string())
+                                }
+                                None => Outcome::Failed(e),
+                            },
+                            IpamError::NoPool { .. } | IpamError::Exhausted { .. } => {
                                 op.refreshed = true;
-                                Outcome::Refresh
+                                Outcome::Refresh(e)
                             }
                             e => Outcome::Failed(e),
                         };
