@@ -1,6 +1,6 @@
 //! Configuration of the speaker and of its peers.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use crate::wire::{Families, Prefix};
@@ -104,6 +104,13 @@ pub struct PeerConfig {
     pub source_addr: Option<IpAddr>,
     /// Peer's TCP port (179 unless testing).
     pub port: u16,
+    /// Our IPv4 next hop for routes we send as next-hop-self (default: the
+    /// session's local address when it is IPv4).
+    pub next_hop_v4: Option<Ipv4Addr>,
+    /// Our IPv6 next hop (default: the session's local address when it is
+    /// IPv6). Set it to carry IPv6 routes over an IPv4 session, as BIRD's
+    /// `next hop address`; otherwise they would get a v4-mapped next hop.
+    pub next_hop_v6: Option<Ipv6Addr>,
 }
 
 impl PeerConfig {
@@ -137,6 +144,8 @@ impl PeerConfig {
             ttl_security: None,
             source_addr: None,
             port: 179,
+            next_hop_v4: None,
+            next_hop_v6: None,
         }
     }
 }

@@ -755,6 +755,8 @@ impl PeerTask {
                     (Some(IpAddr::V6(a)), _) | (None, IpAddr::V6(a)) => Some(a),
                     _ => None,
                 };
+                let local_v4 = cfg.next_hop_v4.or(local_v4);
+                let local_v6 = cfg.next_hop_v6.or(local_v6);
                 let info = PeerInfo {
                     source: Source {
                         asn: n.peer_as,
