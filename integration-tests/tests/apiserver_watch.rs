@@ -402,7 +402,7 @@ async fn slow_watcher_is_closed_not_buffered() {
         .expect("watch")
         .boxed();
     // Large objects fill the socket and body buffers so the producer blocks.
-    let big = "x".repeat(64 * 1024);
+    let big = "x".repeat(128 * 1024);
     for i in 0..400 {
         let mut m = cm(&format!("c{i}"));
         m.data = Some([("k".to_string(), big.clone())].into());
@@ -416,10 +416,8 @@ async fn slow_watcher_is_closed_not_buffered() {
             n += 1;
         }
     }
-    assert!(
-        n < 400,
-        "the stream was closed early (got {n} of 400 events)"
-    );
+    println!("slow watcher got {n} of 400 events before it was closed");
+    assert!(n < 400, "the stream was not closed (got all {n} events)");
     server.shutdown().await.expect("shutdown");
 }
 
@@ -479,6 +477,64 @@ async fn node_scoped_pod_watch_follows_spec_node_name() {
     .expect("bind");
     // Nothing about "elsewhere" may have come through in between.
     expect_next(&mut rx, "apply:last").await;
+    h.abort();
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn reflector_survives_a_server_outage_and_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state.json");
+    let server = start_with(Config {
+        state_file: Some(state.clone()),
+        ..Config::default()
+    })
+    .await;
+    let addr = server.addr();
+    let c = client(&server);
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    pods.create(&PostParams::default(), &pod("before", "web"))
+        .await
+        .expect("create");
+
+    let (reader, writer) = reflector::store::<Pod>();
+    let stream = reflector(
+        writer,
+        watcher(pods.clone(), watcher::Config::default()).default_backoff(),
+    );
+    let h = tokio::spawn(stream.for_each(|_| async {}));
+    bounded("store ready", reader.wait_until_ready())
+        .await
+        .expect("ready");
+    assert_eq!(reader.state().len(), 1);
+
+    // Outage: every connection and watch is cut, the state file is written.
+    server.shutdown().await.expect("shutdown");
+    assert!(
+        pods.list(&ListParams::default()).await.is_err(),
+        "the server is down"
+    );
+
+    // Back on the same address with the same state; changes made after the
+    // restart reach the reflector (by resuming or by relisting after 410).
+    let server = integration_tests::apiserver::ApiServer::start(Config {
+        listen: addr,
+        state_file: Some(state),
+        ..Config::default()
+    })
+    .await
+    .expect("restart on the same address");
+    pods.create(&PostParams::default(), &pod("after", "web"))
+        .await
+        .expect("create");
+    pods.delete("before", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("reflector caught up after the restart", || async {
+        let names: Vec<String> = reader.state().iter().map(|p| p.name_any()).collect();
+        names == ["after"]
+    })
+    .await;
     h.abort();
     server.shutdown().await.expect("shutdown");
 }

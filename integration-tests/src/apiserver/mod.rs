@@ -18,20 +18,47 @@
 //!                            watch producer per stream ──► body        persister task ──► state file
 //! ```
 //!
-//! Start it in-process with [`ApiServer::start`], or as a process with the
-//! `margay-apiserver` binary.
+//! Start it in-process with [`ApiServer::start`] (tests: `Config::default()`
+//! listens on 127.0.0.1 with a free port; [`ApiServer::addr`],
+//! [`ApiServer::kubeconfig`], [`ApiServer::compact`] to force 410s,
+//! [`ApiServer::shutdown`]), or as a process with the `margay-apiserver`
+//! binary (`--listen`, `--state`, `--addr-file`, `--kubeconfig`,
+//! `--latency-ms`, `--history`, `--watch-buffer`, `--bookmark-interval-ms`;
+//! `POST /margay/compact` is the same test hook over HTTP).
+//!
+//! Served: core v1 namespaces, nodes, pods, services, endpoints, secrets,
+//! configmaps, serviceaccounts, events; events.k8s.io/v1 events;
+//! networking.k8s.io/v1 networkpolicies; discovery.k8s.io/v1 endpointslices;
+//! apps/v1 daemonsets; rbac.authorization.k8s.io/v1 (cluster)roles and
+//! (cluster)rolebindings; coordination.k8s.io/v1 leases;
+//! apiextensions.k8s.io/v1 customresourcedefinitions and what they define.
+//! `/status` subresources where the real server has them (writes to the
+//! main resource keep the stored status; `/status` writes change only status).
 //!
 //! Approximations (documented for test authors):
 //! - Strategic merge patch without Go types: see [`patch`].
 //! - Deletion is immediate unless `metadata.finalizers` is non-empty (then
 //!   `deletionTimestamp` is set and the object goes when the last finalizer
-//!   is removed). Pods are not graceful (no kubelet), namespaces delete their
-//!   contents at once, there is no garbage collector for ownerReferences.
+//!   is removed). Pods are not graceful (no kubelet), namespaces and CRDs
+//!   delete their contents at once (no Terminating phase), there is no
+//!   garbage collector for ownerReferences.
 //! - No schema validation, defaulting or pruning (beyond a few defaults:
-//!   namespace label/phase, pod phase Pending, service cluster IPs).
+//!   namespace label/phase/finalizer, pod phase Pending, service type and
+//!   cluster IPs, CRD names and status conditions). A CRD whose plural is
+//!   taken is rejected (422) instead of being accepted with
+//!   NamesAccepted=False. Watches on a deleted CRD's resource are not closed.
 //! - Server-side apply answers 415. `managedFields` are not kept.
 //! - Lists with `resourceVersion=N` (not 0) are served at the current
-//!   revision if it is ≥ N (504 if N is in the future).
+//!   revision if it is ≥ N (504 if N is in the future); `Exact` and
+//!   `continue` read the snapshot at that revision from the history window.
+//! - Responses are JSON only (protobuf is decoded for the request bodies of
+//!   kubectl's typed `create` commands, see [`proto`]); aggregated discovery
+//!   requests get the legacy documents, which kubectl 1.32 accepts;
+//!   `/openapi/v2` is a stub without schemas ([`openapi`]), `/openapi/v3`
+//!   is 404: kubectl works, but cannot validate fields or `explain`.
+//! - The history window is a count of changes (`--history`), not time; a
+//!   restart from the state file starts with an empty history (older
+//!   revisions then get 410, as after an etcd compaction).
 
 pub mod actor;
 pub mod bench;
