@@ -439,14 +439,6 @@ impl Registry {
             .cloned()
     }
 
-    /// Every storage resource of a CRD.
-    pub fn crd_resource(&self, crd_name: &str) -> Option<GroupResource> {
-        self.crds
-            .get(crd_name)
-            .and_then(|d| d.first())
-            .map(|d| d.gr())
-    }
-
     fn group_versions(&self) -> BTreeMap<String, Vec<String>> {
         let mut gv: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (g, v, _) in self.by_path.keys() {

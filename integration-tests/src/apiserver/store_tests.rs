@@ -589,3 +589,43 @@ fn snapshot_round_trip_keeps_rv_and_crd_objects() {
     assert_eq!(r.get(&things, Some("default"), "t").unwrap(), t);
     assert_eq!(r.compacted_rv(), r.current_rv());
 }
+
+#[test]
+fn deleting_an_unserved_crd_still_removes_its_objects() {
+    let mut s = Store::new(100);
+    let crds = def(
+        &s,
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+    );
+    let mut crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "pools.margay.dev"},
+        "spec": {"group": "margay.dev", "scope": "Cluster", "names": {"plural": "pools", "kind": "Pool"},
+            "versions": [{"name": "v1", "served": true, "storage": true}]}});
+    s.create(&crds, None, crd.clone(), false).unwrap();
+    let pools = def(&s, "margay.dev", "v1", "pools");
+    s.create(
+        &pools,
+        None,
+        json!({"apiVersion": "margay.dev/v1", "kind": "Pool", "metadata": {"name": "p"}}),
+        false,
+    )
+    .unwrap();
+    crd["spec"]["versions"][0]["served"] = json!(false);
+    s.update(&crds, None, "pools.margay.dev", crd.clone(), false, false)
+        .unwrap();
+    assert!(s.registry.lookup("margay.dev", "v1", "pools").is_none());
+    s.delete(&crds, None, "pools.margay.dev", &DeleteOpts::default())
+        .unwrap();
+    crd["spec"]["versions"][0]["served"] = json!(true);
+    crd["metadata"] = json!({"name": "pools.margay.dev"});
+    s.create(&crds, None, crd, false).unwrap();
+    let pools = def(&s, "margay.dev", "v1", "pools");
+    assert!(
+        s.list(&pools, None, &ListOpts::default())
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}

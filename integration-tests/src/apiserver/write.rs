@@ -586,7 +586,7 @@ impl Store {
         }
         match def.special {
             Special::Namespace => self.delete_namespace_contents(name),
-            Special::Crd => self.delete_crd_objects(name),
+            Special::Crd => self.delete_crd_objects(&old),
             _ => {}
         }
         let obj = self.remove_now(def, key, old);
@@ -625,11 +625,20 @@ impl Store {
         }
     }
 
-    fn delete_crd_objects(&mut self, crd_name: &str) {
-        let Some(gr) = self.registry.crd_resource(crd_name) else {
-            return;
+    fn delete_crd_objects(&mut self, crd: &Value) {
+        let at = |p: &str| {
+            crd.pointer(p)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let gr = GroupResource {
+            group: at("/spec/group"),
+            plural: at("/spec/names/plural"),
         };
         let Some(def) = self.registry.any_version(&gr) else {
+            // No version served: nobody can watch these; drop them silently.
+            self.objects.remove(&gr);
             return;
         };
         let doomed: Vec<(String, Arc<Value>)> = self
