@@ -153,12 +153,10 @@ impl Worker {
         }
 
         // Resolve ops.
-        let mut done_count = 0u64;
         for (op, outcome) in batch.into_iter().zip(outcomes) {
             match outcome {
                 Outcome::Finished => {
-                    let (n, _) = self.finish(op);
-                    done_count += n;
+                    self.finish(op);
                 }
                 Outcome::Failed(e) => {
                     if op.refreshed
@@ -194,8 +192,7 @@ impl Worker {
                         }
                     }
                     if all_ok && self.complete(&op) {
-                        let (n, _) = self.finish(op);
-                        done_count += n;
+                        self.finish(op);
                     } else {
                         op.last_failure = failure.clone().or(op.last_failure);
                         if let Some(op) = self.retry_or_fail(op, now_i, &mut keep) {
@@ -205,7 +202,6 @@ impl Worker {
                 }
             }
         }
-        let _ = done_count;
         keep.sort_by_key(|o| o.id);
         *pending = keep;
 
@@ -277,9 +273,8 @@ impl Worker {
         }
     }
 
-    /// Sends the success reply. Returns (addresses, op id).
-    fn finish(&mut self, op: Op) -> (u64, u64) {
-        let id = op.id;
+    /// Sends the success reply.
+    fn finish(&mut self, op: Op) {
         match op.kind {
             Kind::Alloc { done, reply, .. } => {
                 let mut out: Vec<Assigned> = done
@@ -293,13 +288,11 @@ impl Worker {
                 let n = out.len() as u64;
                 Counters::add(&self.counters.allocated, n);
                 let _ = reply.send(Ok(out));
-                (n, id)
             }
             Kind::Release { released, reply } => {
                 let n = released.len() as u64;
                 Counters::add(&self.counters.released, n);
                 let _ = reply.send(Ok(released));
-                (n, id)
             }
             Kind::Targets {
                 released, reply, ..
@@ -309,7 +302,6 @@ impl Worker {
                 if let Some(r) = reply {
                     let _ = r.send(Ok(released));
                 }
-                (n, id)
             }
         }
     }
