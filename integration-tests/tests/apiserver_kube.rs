@@ -383,6 +383,31 @@ async fn derived_crds_become_served_resources() {
         "GA preferred over v1alpha1"
     );
 
+    // kube's discovery finds them, aggregated (one request per root) and legacy.
+    let gvk = kube::api::GroupVersionKind::gvk("test.margay.dev", "v1", "Widget");
+    for aggregated in [true, false] {
+        let d = kube::Discovery::new(c.clone());
+        let d = if aggregated {
+            d.run_aggregated().await
+        } else {
+            d.run().await
+        }
+        .expect("discovery");
+        let (ar, caps) = d.resolve_gvk(&gvk).expect("Widget discovered");
+        assert_eq!(
+            (ar.plural.as_str(), caps.scope.clone()),
+            ("widgets", kube::discovery::Scope::Namespaced)
+        );
+        let pods = kube::api::GroupVersionKind::gvk("", "v1", "Pod");
+        assert!(
+            d.resolve_gvk(&pods).is_some_and(|(_, caps)| caps
+                .subresources
+                .iter()
+                .any(|(s, _)| s.plural == "pods/status" || s.plural == "status")),
+            "aggregated={aggregated}"
+        );
+    }
+
     // Deleting the CRD deletes its objects and stops serving them.
     crds.delete("widgets.test.margay.dev", &DeleteParams::default())
         .await

@@ -97,6 +97,8 @@ pub enum Discovery {
     Group(String),
     /// `/api/v1`, `/apis/<group>/<version>`.
     Resources(String, String),
+    /// Aggregated `/api` (true) or `/apis` (false), at a version (`v2`).
+    Aggregated(bool, &'static str),
 }
 
 /// One API request and where to answer it.
@@ -223,6 +225,7 @@ pub async fn run(
                     Discovery::Apis => Some(r.api_group_list()),
                     Discovery::Group(g) => r.api_group(&g),
                     Discovery::Resources(g, v) => r.resource_list(&g, &v),
+                    Discovery::Aggregated(core, v) => Some(r.aggregated(core, v)),
                 };
                 let _ = reply.send(doc);
             }

@@ -229,6 +229,11 @@ async fn route(req: Request<Incoming>, sh: &Shared) -> Result<Response<Body>, Ap
         .collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let get = req.method() == Method::GET;
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     let discovery = |d: Discovery| async move {
         match ask(sh, |tx| Command::Discovery(d, tx)).await? {
             Some(doc) => Ok(json_response(200, &doc)),
@@ -241,6 +246,18 @@ async fn route(req: Request<Incoming>, sh: &Shared) -> Result<Response<Body>, Ap
             let mut r = full(200, b"ok".to_vec());
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            Ok(r)
+        }
+        ["api" | "apis"] if get && super::discovery::wanted(accept).is_some() => {
+            let v = super::discovery::wanted(accept).unwrap_or("v2");
+            let doc = ask(sh, |tx| {
+                Command::Discovery(Discovery::Aggregated(segs[0] == "api", v), tx)
+            })
+            .await?;
+            let mut r = json_response(200, &doc.unwrap_or_default());
+            if let Ok(ct) = HeaderValue::from_str(&super::discovery::content_type(v)) {
+                r.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
             Ok(r)
         }
         ["api"] if get => discovery(Discovery::Api).await,

@@ -53,7 +53,7 @@
 //!   `continue` read the snapshot at that revision from the history window.
 //! - Responses are JSON only (protobuf is decoded for the request bodies of
 //!   kubectl's typed `create` commands, see [`proto`]); aggregated discovery
-//!   requests get the legacy documents, which kubectl 1.32 accepts;
+//!   (`apidiscovery.k8s.io/v2`) is served from the same tables;
 //!   `/openapi/v2` is a stub without schemas ([`openapi`]), `/openapi/v3`
 //!   is 404: kubectl works, but cannot validate fields or `explain`.
 //! - The history window is a count of changes (`--history`), not time; a
@@ -63,6 +63,7 @@
 pub mod actor;
 pub mod bench;
 pub mod crd;
+pub mod discovery;
 pub mod error;
 pub mod http;
 pub mod meta;

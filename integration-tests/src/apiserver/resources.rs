@@ -115,6 +115,19 @@ impl ResourceDef {
         }
     }
 
+    pub(super) fn verbs() -> Vec<&'static str> {
+        vec![
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch",
+        ]
+    }
+
     fn discovery_entries(&self) -> Vec<Value> {
         let mut verbs = vec![
             "create",
@@ -370,7 +383,7 @@ pub fn builtins() -> Vec<ResourceDef> {
 pub struct Registry {
     builtin: Vec<Arc<ResourceDef>>,
     crds: BTreeMap<String, Vec<Arc<ResourceDef>>>,
-    by_path: BTreeMap<(String, String, String), Arc<ResourceDef>>,
+    pub(super) by_path: BTreeMap<(String, String, String), Arc<ResourceDef>>,
 }
 
 impl Registry {
@@ -439,7 +452,7 @@ impl Registry {
             .cloned()
     }
 
-    fn group_versions(&self) -> BTreeMap<String, Vec<String>> {
+    pub(super) fn group_versions(&self) -> BTreeMap<String, Vec<String>> {
         let mut gv: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (g, v, _) in self.by_path.keys() {
             let e = gv.entry(g.clone()).or_default();
