@@ -184,6 +184,10 @@ pub fn start_agent(lab: &Lab, node: &str, extra: &[&str]) -> Result<Agent> {
         format!("{}:9099", n.ipv4),
         "--ip-autodetection".into(),
         "interface=eth0".into(),
+        "--ip6-autodetection".into(),
+        "interface=eth0".into(),
+        "--startup-grace".into(),
+        "10s".into(),
         "--state-dir".into(),
         path_str(&lab.run_dir().join(format!("{node}-state")))?.into(),
         "--log-level".into(),
@@ -257,4 +261,32 @@ pub fn bootstrap(lab: &Lab, pools: &[(&str, &str)]) -> Result<()> {
         Ok(())
     })?
     .map_err(|e| LabError::Invalid(format!("bootstrapping the cluster: {e}")))
+}
+
+/// Creates (or replaces) a cluster object from JSON in the lab API server.
+pub async fn apply_json<K>(
+    client: &Client,
+    obj: serde_json::Value,
+) -> std::result::Result<K, kube::Error>
+where
+    K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize,
+    K::DynamicType: Default,
+{
+    let typed: K = serde_json::from_value(obj).map_err(kube::Error::SerdeError)?;
+    let api: Api<K> = Api::all(client.clone());
+    match api.create(&PostParams::default(), &typed).await {
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let name = typed.meta().name.clone().unwrap_or_default();
+            let mut cur = api.get(&name).await?;
+            let rv = cur.meta().resource_version.clone();
+            cur = typed;
+            cur.meta_mut().resource_version = rv;
+            api.replace(&name, &PostParams::default(), &cur).await
+        }
+        other => other,
+    }
 }

@@ -16,6 +16,7 @@ use crate::ipam_store::KubeStore;
 use crate::ipamview::{self, IpamView};
 use crate::localroutes::LocalRoutes;
 use crate::metrics::Metrics;
+use crate::routing_task;
 
 /// How long in-flight CNI requests may take to finish at shutdown.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
@@ -120,6 +121,24 @@ pub fn identify(args: &AgentArgs, cluster: &Cluster) -> Result<NodeIdentity, Age
     })
 }
 
+fn identity_json(me: &NodeIdentity) -> serde_json::Value {
+    let addr = |c: &Option<Chosen>| {
+        c.as_ref().map(|c| {
+            serde_json::json!({
+                "address": c.addr.to_string(),
+                "interface": c.ifname,
+                "reason": c.reason,
+            })
+        })
+    };
+    serde_json::json!({
+        "name": me.name,
+        "name_source": me.name_source,
+        "ipv4": addr(&me.ipv4),
+        "ipv6": addr(&me.ipv6),
+    })
+}
+
 /// Runs the agent until SIGTERM / SIGINT.
 pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let metrics = Arc::new(Metrics::new());
@@ -168,7 +187,19 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         what: "opening netlink".into(),
         source: e,
     })?;
-    let (ctl, _ctl_task) = controller::start(routes, view_rx, health.clone());
+    let (ctl, _ctl_task) = controller::start(routes, view_rx.clone(), health.clone());
+
+    // BGP: mesh / BGPPeers, originate our blocks, best paths into the FIB.
+    health.set_status("node", identity_json(&me));
+    let _routing = tokio::spawn(routing_task::run(routing_task::RoutingDeps {
+        cluster: cluster.clone(),
+        view: view_rx,
+        me: me.clone(),
+        secrets_namespace: args.namespace.clone(),
+        health: health.clone(),
+        metrics: metrics.clone(),
+        reconcile_after: args.startup_grace,
+    }));
     let listener = ipam::grpc::UdsListener::bind(&args.socket).await?;
     let grpc_routes = ipam::grpc::ipam_routes(alloc.clone())
         .add_service(EndpointsService::server(ctl, metrics.clone()));

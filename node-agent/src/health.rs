@@ -38,6 +38,8 @@ struct State {
 #[derive(Debug)]
 pub struct Health {
     state: Mutex<State>,
+    /// Sections of `/status` (identity, BGP peers, ...), set by their owners.
+    status: Mutex<serde_json::Map<String, serde_json::Value>>,
     started: Instant,
     grace: Duration,
 }
@@ -60,6 +62,7 @@ impl Health {
     fn new_at(started: Instant, grace: Duration) -> Self {
         Health {
             state: Mutex::new(State::default()),
+            status: Mutex::new(serde_json::Map::new()),
             started,
             grace,
         }
@@ -95,6 +98,25 @@ impl Health {
         self.with(|s| {
             s.loops.insert(name, (Instant::now(), deadline));
         });
+    }
+
+    /// Sets one section of `/status`.
+    pub fn set_status(&self, section: &str, value: serde_json::Value) {
+        let mut g = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        g.insert(section.to_string(), value);
+    }
+
+    /// `/status`: every section plus the readiness checks.
+    pub fn status_json(&self, now: Instant) -> serde_json::Value {
+        let mut m = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let r = self.readiness_at(now);
+        m.insert("ready".into(), serde_json::json!(r.ok));
+        m.insert("readiness".into(), serde_json::json!(r.checks));
+        serde_json::Value::Object(m)
     }
 
     /// Readiness at `now`.
@@ -186,6 +208,17 @@ async fn route(
     Ok(match req.uri().path() {
         "/livez" => verdict_response(health.liveness_at(Instant::now())),
         "/readyz" => verdict_response(health.readiness_at(Instant::now())),
+        "/status" => {
+            let mut r = text(
+                StatusCode::OK,
+                health.status_json(Instant::now()).to_string(),
+            );
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         "/metrics" => {
             let mut r = text(StatusCode::OK, metrics.encode());
             r.headers_mut().insert(
@@ -309,6 +342,12 @@ mod tests {
         assert!(get("/livez").await.starts_with("HTTP/1.1 200"));
         let m = get("/metrics").await;
         assert!(m.contains("margay_policy_sync_failures_total"), "{m}");
+        health.set_status("node", serde_json::json!({"name": "n1"}));
+        let st = get("/status").await;
+        assert!(
+            st.contains(r#""node":{"name":"n1"}"#) && st.contains(r#""ready":true"#),
+            "{st}"
+        );
         assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
         task.abort();
     }

@@ -16,3 +16,5 @@ pub mod ipamview;
 pub mod localroutes;
 pub mod logging;
 pub mod metrics;
+pub mod routing;
+pub mod routing_task;

@@ -148,10 +148,13 @@ impl Fib {
     pub async fn apply(&self, changes: &[FibChange]) -> Result<usize, FibError> {
         // Only the last change per prefix matters within a batch.
         let mut seen = HashSet::new();
-        let last: Vec<&FibChange> = changes
+        // Owned items: a stream of futures borrowing `changes` is not `Send`
+        // (higher-ranked lifetimes), and the agent runs this in a task.
+        let last: Vec<FibChange> = changes
             .iter()
             .rev()
             .filter(|c| seen.insert(c.prefix))
+            .cloned()
             .collect();
         let n = last.len();
         let results: Vec<Result<(), FibError>> = stream::iter(last)

@@ -1,0 +1,489 @@
+//! The routing task: applies [`routing::desired`] to the BGP speaker, feeds
+//! best paths to the kernel FIB, publishes this node's address on its Node,
+//! and reports sessions (metrics, readiness, `/status`).
+//! See [`crate::routing`] for the channel map.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bgp::config::PeerConfig;
+use bgp::driver::{PeerStatus, Speaker, SpeakerConfig};
+use bgp::fsm::State;
+use bgp::rib::FibChange;
+use bgp::wire::Prefix;
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::{Node, Secret};
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+
+use crate::agent::NodeIdentity;
+use crate::cluster::{Cluster, Kind};
+use crate::fib::Fib;
+use crate::health::Health;
+use crate::ipamview::IpamView;
+use crate::metrics::{Metrics, PeerLabels};
+use crate::routing::{self, ANN_IPV4, ANN_IPV6, Desired, NodeFacts, RoutingInput};
+
+/// One row of `margayctl node status`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct PeerRow {
+    /// Peer name (mesh-<node>, peer-<BGPPeer>[-<node>]).
+    pub name: String,
+    /// Address.
+    pub address: String,
+    /// node-mesh, global, node-specific, selector.
+    pub kind: String,
+    /// FSM state.
+    pub state: String,
+    /// Seconds in this state.
+    pub since_secs: Option<u64>,
+    /// Prefixes accepted from the peer (IPv4 + IPv6).
+    pub accepted: u32,
+    /// Prefixes sent.
+    pub sent: u32,
+    /// Last error.
+    pub last_error: Option<String>,
+}
+
+fn node_facts(n: &Node) -> NodeFacts {
+    let ann = n.metadata.annotations.clone().unwrap_or_default();
+    let parse_ann = |k: &str| -> Option<IpAddr> {
+        ann.get(k).and_then(|v| {
+            v.parse::<IpNetwork>()
+                .ok()
+                .map(|n| n.ip())
+                .or_else(|| v.parse().ok())
+        })
+    };
+    let internal: Vec<IpAddr> = n
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .map(|a| {
+            a.iter()
+                .filter(|a| a.type_ == "InternalIP")
+                .filter_map(|a| a.address.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let v4 = parse_ann(ANN_IPV4).or_else(|| internal.iter().copied().find(IpAddr::is_ipv4));
+    let v6 = parse_ann(ANN_IPV6).or_else(|| internal.iter().copied().find(IpAddr::is_ipv6));
+    NodeFacts {
+        name: n.metadata.name.clone().unwrap_or_default(),
+        labels: n.metadata.labels.clone().unwrap_or_default(),
+        ipv4: match v4 {
+            Some(IpAddr::V4(a)) => Some(a),
+            _ => None,
+        },
+        ipv6: match v6 {
+            Some(IpAddr::V6(a)) => Some(a),
+            _ => None,
+        },
+    }
+}
+
+/// Writes this node's chosen addresses as annotations on its Node object
+/// (other nodes mesh with them; operators see what was chosen).
+pub async fn publish_addresses(client: kube::Client, me: &NodeIdentity) -> Result<(), kube::Error> {
+    let mut ann = serde_json::Map::new();
+    for (k, c) in [(ANN_IPV4, &me.ipv4), (ANN_IPV6, &me.ipv6)] {
+        ann.insert(
+            k.into(),
+            c.as_ref()
+                .map(|c| serde_json::Value::String(c.addr.to_string()))
+                .unwrap_or(serde_json::Value::Null),
+        );
+    }
+    let patch = serde_json::json!({"metadata": {"annotations": ann}});
+    Api::<Node>::all(client)
+        .patch(&me.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+}
+
+/// Everything the routing task needs.
+pub struct RoutingDeps {
+    /// The cluster view.
+    pub cluster: Cluster,
+    /// IPAM view updates.
+    pub view: watch::Receiver<Arc<IpamView>>,
+    /// Who we are.
+    pub me: NodeIdentity,
+    /// Namespace of BGP password Secrets.
+    pub secrets_namespace: String,
+    /// Readiness.
+    pub health: Arc<Health>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Delay before stale FIB routes of a previous run are removed.
+    pub reconcile_after: Duration,
+}
+
+struct Running {
+    speaker: Speaker,
+    key: (u32, std::net::Ipv4Addr, Vec<std::net::SocketAddr>),
+    peers: BTreeMap<String, PeerConfig>,
+    kinds: BTreeMap<String, &'static str>,
+    originated: BTreeMap<Prefix, Vec<u32>>,
+    _fib: tokio::task::JoinHandle<()>,
+}
+
+async fn passwords(
+    client: &kube::Client,
+    ns: &str,
+    cluster: &Cluster,
+) -> BTreeMap<(String, String), String> {
+    let mut out = BTreeMap::new();
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    for p in cluster.bgp_peers.state() {
+        let Some(sel) = &p.spec.password else {
+            continue;
+        };
+        let key = (sel.name.clone(), sel.key.clone());
+        if out.contains_key(&key) {
+            continue;
+        }
+        match api.get_opt(&sel.name).await {
+            Ok(Some(s)) => {
+                let v = s
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(&sel.key))
+                    .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                    .or_else(|| {
+                        s.string_data
+                            .as_ref()
+                            .and_then(|d| d.get(&sel.key).cloned())
+                    });
+                if let Some(v) = v {
+                    out.insert(key, v);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(secret = %sel.name, error = %e, "cannot read BGP password Secret")
+            }
+        }
+    }
+    out
+}
+
+fn input(
+    deps: &RoutingDeps,
+    passwords: BTreeMap<(String, String), String>,
+    restarting: bool,
+) -> RoutingInput {
+    let c = &deps.cluster;
+    let nodes: Vec<NodeFacts> = c.nodes.state().iter().map(|n| node_facts(n)).collect();
+    let me = NodeFacts {
+        name: deps.me.name.clone(),
+        labels: nodes
+            .iter()
+            .find(|n| n.name == deps.me.name)
+            .map(|n| n.labels.clone())
+            .unwrap_or_default(),
+        ipv4: deps.me.ipv4.as_ref().and_then(|c| match c.addr.ip() {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        }),
+        ipv6: deps.me.ipv6.as_ref().and_then(|c| match c.addr.ip() {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        }),
+    };
+    RoutingInput {
+        me,
+        nodes,
+        configs: c
+            .bgp_configs
+            .state()
+            .iter()
+            .filter_map(|o| Some((o.metadata.name.clone()?, o.spec.clone())))
+            .collect(),
+        peers: c
+            .bgp_peers
+            .state()
+            .iter()
+            .filter_map(|o| Some((o.metadata.name.clone()?, o.spec.clone())))
+            .collect(),
+        passwords,
+        no_export: c
+            .pools
+            .state()
+            .iter()
+            .filter(|p| p.spec.disable_bgp_export)
+            .filter_map(|p| p.spec.cidr.parse().ok())
+            .collect(),
+        restarting,
+    }
+}
+
+async fn fib_task(
+    fib: Fib,
+    mut rx: mpsc::Receiver<Vec<FibChange>>,
+    reconcile_after: Duration,
+    health: Arc<Health>,
+) {
+    let mut best: HashMap<Prefix, Vec<IpAddr>> = HashMap::new();
+    let reconcile = tokio::time::sleep(reconcile_after);
+    let mut reconcile = std::pin::pin!(reconcile);
+    let mut reconciled = false;
+    loop {
+        tokio::select! {
+            batch = rx.recv() => {
+                let Some(batch) = batch else { return };
+                for c in &batch {
+                    if c.next_hops.is_empty() {
+                        best.remove(&c.prefix);
+                    } else {
+                        best.insert(c.prefix, c.next_hops.clone());
+                    }
+                }
+                if let Err(e) = fib.apply(&batch).await {
+                    tracing::warn!(error = %crate::logging::chain(&e), "programming BGP routes failed");
+                }
+                health.heartbeat("fib", Duration::from_secs(600));
+            }
+            () = &mut reconcile, if !reconciled => {
+                reconciled = true;
+                let wanted: HashSet<Prefix> = best.keys().copied().collect();
+                match fib.reconcile(&wanted).await {
+                    Ok(n) => tracing::info!(removed = n, kept = wanted.len(), "BGP routes reconciled after start-up"),
+                    Err(e) => tracing::warn!(error = %crate::logging::chain(&e), "reconciling BGP routes failed"),
+                }
+            }
+        }
+    }
+}
+
+/// Runs the routing task until the cluster view goes away.
+pub async fn run(mut deps: RoutingDeps) {
+    let client = deps.cluster.client();
+    if let Err(e) = publish_addresses(client.clone(), &deps.me).await {
+        tracing::warn!(node = %deps.me.name, error = %e, "cannot annotate our Node with its addresses; other nodes use its InternalIP");
+    }
+    // Our BGP routes still in the kernel: forwarding survived a restart.
+    let restarting = match Fib::new() {
+        Ok(f) => f.ours().await.map(|o| !o.is_empty()).unwrap_or(false),
+        Err(_) => false,
+    };
+    if restarting {
+        tracing::info!(
+            "BGP routes of a previous run are in the kernel: restarting with forwarding preserved (graceful restart)"
+        );
+    }
+    let mut gens = deps.cluster.subscribe();
+    let mut seen = gens.borrow().clone();
+    let mut running: Option<Running> = None;
+    let mut last_problems: Vec<String> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut dirty = true;
+    loop {
+        if dirty {
+            dirty = false;
+            let pw = passwords(&client, &deps.secrets_namespace, &deps.cluster).await;
+            let view = deps.view.borrow().clone();
+            let d = routing::desired(&input(&deps, pw, restarting), &view);
+            if d.problems != last_problems {
+                for p in &d.problems {
+                    tracing::warn!(problem = %p, "routing configuration");
+                }
+                last_problems = d.problems.clone();
+            }
+            if let Err(e) = apply(&mut running, &d, &deps).await {
+                tracing::warn!(error = %e, "applying BGP configuration failed; retrying");
+                dirty = true;
+            }
+            deps.health
+                .set_status("bgp_problems", serde_json::json!(d.problems));
+        }
+        tokio::select! {
+            r = gens.changed() => {
+                if r.is_err() { return; }
+                let now = gens.borrow().clone();
+                let moved = now.changed_since(&seen);
+                seen = now;
+                if moved.iter().any(|k| matches!(k, Kind::Node | Kind::BgpPeer | Kind::BgpConfiguration | Kind::IpPool)) {
+                    dirty = true;
+                }
+            }
+            r = deps.view.changed() => {
+                if r.is_err() { return; }
+                dirty = true;
+            }
+            _ = tick.tick() => {
+                deps.health.heartbeat("routing", Duration::from_secs(60));
+                if let Some(r) = &running {
+                    report(r, &deps).await;
+                }
+            }
+        }
+    }
+}
+
+async fn apply(
+    running: &mut Option<Running>,
+    d: &Desired,
+    deps: &RoutingDeps,
+) -> Result<(), String> {
+    let key = (d.local_as, d.router_id, d.listen.clone());
+    if running.as_ref().is_none_or(|r| r.key != key) {
+        if running.take().is_some() {
+            tracing::info!(asn = d.local_as, router_id = %d.router_id, "speaker settings changed: restarting the speaker");
+        }
+        let (speaker, fib_rx) = Speaker::start(SpeakerConfig {
+            local_as: d.local_as,
+            router_id: d.router_id,
+            listen: d.listen.clone(),
+            cluster_id: None,
+            decision: Default::default(),
+        })
+        .await
+        .map_err(|e| crate::logging::chain(&e))?;
+        let fib = Fib::new().map_err(|e| crate::logging::chain(&e))?;
+        let fib_task = tokio::spawn(fib_task(
+            fib,
+            fib_rx,
+            deps.reconcile_after,
+            deps.health.clone(),
+        ));
+        tracing::info!(asn = d.local_as, router_id = %d.router_id, listen = ?d.listen, "BGP speaker started");
+        *running = Some(Running {
+            speaker,
+            key,
+            peers: BTreeMap::new(),
+            kinds: BTreeMap::new(),
+            originated: BTreeMap::new(),
+            _fib: fib_task,
+        });
+    }
+    let Some(r) = running.as_mut() else {
+        return Ok(());
+    };
+    r.kinds = d.kinds.clone();
+    let err = |e: bgp::driver::DriverError| crate::logging::chain(&e);
+    for (name, cfg) in r.peers.clone() {
+        if d.peers.get(&name) != Some(&cfg) {
+            r.speaker.remove_peer(&name).await.map_err(err)?;
+            r.peers.remove(&name);
+            tracing::info!(peer = %name, "BGP peer removed");
+        }
+    }
+    for (name, cfg) in &d.peers {
+        if !r.peers.contains_key(name) {
+            r.speaker.add_peer(cfg.clone()).await.map_err(err)?;
+            r.peers.insert(name.clone(), cfg.clone());
+            tracing::info!(peer = %name, neighbor = ?cfg.neighbor, remote_as = ?cfg.remote_as, passive = cfg.passive, "BGP peer configured");
+        }
+    }
+    for p in r.originated.keys().copied().collect::<Vec<_>>() {
+        if !d.originate.contains_key(&p) {
+            r.speaker.withdraw(p).await.map_err(err)?;
+            r.originated.remove(&p);
+            tracing::info!(prefix = %p, "withdrawn");
+        }
+    }
+    for (p, c) in &d.originate {
+        if r.originated.get(p) != Some(c) {
+            r.speaker.originate(*p, c.clone()).await.map_err(err)?;
+            r.originated.insert(*p, c.clone());
+            tracing::info!(prefix = %p, "originated");
+        }
+    }
+    Ok(())
+}
+
+async fn report(r: &Running, deps: &RoutingDeps) {
+    let Ok(status) = r.speaker.status().await else {
+        return;
+    };
+    let now = Instant::now();
+    let rows: Vec<PeerRow> = status
+        .iter()
+        .map(|s: &PeerStatus| PeerRow {
+            name: s.name.clone(),
+            address: s.addr.map(|a| a.to_string()).unwrap_or_default(),
+            // Dynamic neighbours show as "<range-peer>/<address>".
+            kind: r
+                .kinds
+                .get(s.name.split('/').next().unwrap_or(&s.name))
+                .copied()
+                .unwrap_or("dynamic")
+                .to_string(),
+            state: format!("{:?}", s.state),
+            since_secs: s.since.map(|t| now.saturating_duration_since(t).as_secs()),
+            accepted: s.counters.accepted.iter().sum(),
+            sent: s.counters.sent,
+            last_error: s.last_error.clone(),
+        })
+        .collect();
+    let established = status
+        .iter()
+        .filter(|s| s.state == State::Established)
+        .count();
+    deps.health.set_bgp(r.peers.len(), established);
+    for r in &rows {
+        let labels = PeerLabels {
+            peer: if r.address.is_empty() {
+                r.name.clone()
+            } else {
+                r.address.clone()
+            },
+            kind: r.kind.clone(),
+        };
+        deps.metrics
+            .bgp_session_established
+            .get_or_create(&labels)
+            .set(i64::from(r.state == "Established"));
+        deps.metrics
+            .bgp_prefixes_accepted
+            .get_or_create(&labels)
+            .set(i64::from(r.accepted));
+        deps.metrics
+            .bgp_prefixes_advertised
+            .get_or_create(&labels)
+            .set(i64::from(r.sent));
+    }
+    deps.health.set_status("bgp_peers", serde_json::json!(rows));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
+    use kube::api::ObjectMeta;
+
+    #[test]
+    fn node_facts_prefer_the_agents_annotation_over_internal_ip() {
+        let mut n = Node {
+            metadata: ObjectMeta {
+                name: Some("n2".into()),
+                annotations: Some([(ANN_IPV4.to_string(), "198.18.7.12/24".to_string())].into()),
+                ..Default::default()
+            },
+            status: Some(NodeStatus {
+                addresses: Some(vec![
+                    NodeAddress {
+                        type_: "InternalIP".into(),
+                        address: "198.18.0.12".into(),
+                    },
+                    NodeAddress {
+                        type_: "InternalIP".into(),
+                        address: "2001:db8:ffff::c".into(),
+                    },
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let f = node_facts(&n);
+        assert_eq!(f.ipv4, "198.18.7.12".parse().ok());
+        assert_eq!(f.ipv6, "2001:db8:ffff::c".parse().ok());
+        n.metadata.annotations = None;
+        assert_eq!(node_facts(&n).ipv4, "198.18.0.12".parse().ok());
+    }
+}
