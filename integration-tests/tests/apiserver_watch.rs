@@ -538,3 +538,47 @@ async fn reflector_survives_a_server_outage_and_restart() {
     h.abort();
     server.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn metadata_watcher_sees_partial_objects() {
+    let server = start().await;
+    let c = client(&server);
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    pods.create(&PostParams::default(), &pod("m1", "web"))
+        .await
+        .expect("create");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let h = tokio::spawn(
+        kube::runtime::metadata_watcher(pods.clone(), watcher::Config::default()).for_each(
+            move |ev| {
+                let d = match ev {
+                    Ok(watcher::Event::InitApply(m) | watcher::Event::Apply(m)) => {
+                        format!("apply:{}", m.name_any())
+                    }
+                    Ok(watcher::Event::Delete(m)) => format!("delete:{}", m.name_any()),
+                    Ok(watcher::Event::Init) => "init".into(),
+                    Ok(watcher::Event::InitDone) => "initdone".into(),
+                    Err(e) => format!("error:{e}"),
+                };
+                let _ = tx.send(d);
+                async {}
+            },
+        ),
+    );
+    for want in ["init", "apply:m1", "initdone"] {
+        assert_eq!(bounded(want, rx.recv()).await.as_deref(), Some(want));
+    }
+    pods.create(&PostParams::default(), &pod("m2", "web"))
+        .await
+        .expect("create");
+    assert_eq!(bounded("m2", rx.recv()).await.as_deref(), Some("apply:m2"));
+    pods.delete("m1", &DeleteParams::default())
+        .await
+        .expect("delete");
+    assert_eq!(
+        bounded("m1 deleted", rx.recv()).await.as_deref(),
+        Some("delete:m1")
+    );
+    h.abort();
+    server.shutdown().await.expect("shutdown");
+}
