@@ -549,21 +549,23 @@ async fn metadata_watcher_sees_partial_objects() {
         .expect("create");
     let (tx, mut rx) = mpsc::unbounded_channel();
     let h = tokio::spawn(
-        kube::runtime::metadata_watcher(pods.clone(), watcher::Config::default()).for_each(
-            move |ev| {
-                let d = match ev {
-                    Ok(watcher::Event::InitApply(m) | watcher::Event::Apply(m)) => {
-                        format!("apply:{}", m.name_any())
-                    }
-                    Ok(watcher::Event::Delete(m)) => format!("delete:{}", m.name_any()),
-                    Ok(watcher::Event::Init) => "init".into(),
-                    Ok(watcher::Event::InitDone) => "initdone".into(),
-                    Err(e) => format!("error:{e}"),
-                };
-                let _ = tx.send(d);
-                async {}
-            },
-        ),
+        watcher(
+            Api::<kube::core::PartialObjectMeta<Pod>>::namespaced(c.clone(), "default"),
+            watcher::Config::default(),
+        )
+        .for_each(move |ev| {
+            let d = match ev {
+                Ok(watcher::Event::InitApply(m) | watcher::Event::Apply(m)) => {
+                    format!("apply:{}", m.name_any())
+                }
+                Ok(watcher::Event::Delete(m)) => format!("delete:{}", m.name_any()),
+                Ok(watcher::Event::Init) => "init".into(),
+                Ok(watcher::Event::InitDone) => "initdone".into(),
+                Err(e) => format!("error:{e}"),
+            };
+            let _ = tx.send(d);
+            async {}
+        }),
     );
     for want in ["init", "apply:m1", "initdone"] {
         assert_eq!(bounded(want, rx.recv()).await.as_deref(), Some(want));
