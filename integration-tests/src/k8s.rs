@@ -290,3 +290,69 @@ where
         other => other,
     }
 }
+
+/// Creates the Namespace (if missing) and a Pod bound to `node`, as the
+/// scheduler and kubelet would before the runtime calls the CNI plugin.
+/// `ports` are container ports `(name, port, protocol)`.
+pub async fn create_pod(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    node: &str,
+    labels: &[(&str, &str)],
+    ports: &[(&str, u16, &str)],
+) -> std::result::Result<k8s_openapi::api::core::v1::Pod, kube::Error> {
+    use k8s_openapi::api::core::v1::{Container, ContainerPort, Namespace, Pod, PodSpec};
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(namespace.to_string()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    match nss.create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(e),
+    }
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some(node.to_string()),
+            containers: vec![Container {
+                name: "main".into(),
+                image: Some("busybox".into()),
+                ports: (!ports.is_empty()).then(|| {
+                    ports
+                        .iter()
+                        .map(|(n, p, proto)| ContainerPort {
+                            name: Some(n.to_string()),
+                            container_port: i32::from(*p),
+                            protocol: Some(proto.to_string()),
+                            ..ContainerPort::default()
+                        })
+                        .collect()
+                }),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    };
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    match api.create(&PostParams::default(), &pod).await {
+        Err(kube::Error::Api(s)) if s.code == 409 => api.get(name).await,
+        other => other,
+    }
+}

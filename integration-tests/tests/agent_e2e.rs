@@ -132,6 +132,13 @@ fn agent_allocates_from_crds_programs_routes_and_keeps_them_across_shutdown() {
     })
     .expect("blackhole");
 
+    // The Pod exists before its sandbox is wired (as with kubelet).
+    k8s::with_client(lab.tor(), |c| async move {
+        k8s::create_pod(&c, "x", "a", "n1", &[], &[])
+            .await
+            .expect("pod object");
+    })
+    .expect("pod");
     // Wire the pod (as the CNI would), then EndpointUp: routes in place on return.
     let pod = lab
         .add_pod(

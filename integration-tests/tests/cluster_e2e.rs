@@ -31,6 +31,13 @@ struct TestPod {
 }
 
 fn add_pod(lab: &Lab, agent: &Agent, name: &str) -> TestPod {
+    let (pod, on) = (name.to_string(), agent.node.clone());
+    k8s::with_client(lab.tor(), move |c| async move {
+        k8s::create_pod(&c, "demo", &pod, &on, &[("app", "demo")], &[])
+            .await
+            .expect("pod object");
+    })
+    .expect("pod");
     let node = &lab.node(&agent.node).expect("node").ns;
     let ns = Netns::create(&lab.pod_ns_name("demo", name)).expect("pod netns");
     let a = Attachment {

@@ -24,6 +24,13 @@ macro_rules! require_root {
 }
 
 fn attachment(lab: &Lab, pod: &str, id: &str) -> (Netns, Attachment) {
+    let name = pod.to_string();
+    k8s::with_client(lab.tor(), move |c| async move {
+        k8s::create_pod(&c, "x", &name, "n1", &[], &[])
+            .await
+            .expect("pod object");
+    })
+    .expect("pod");
     let ns = Netns::create(&lab.pod_ns_name("x", pod)).expect("pod netns");
     let a = Attachment {
         container_id: id.into(),

@@ -187,7 +187,19 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         what: "opening netlink".into(),
         source: e,
     })?;
-    let (ctl, _ctl_task) = controller::start(routes, view_rx.clone(), health.clone());
+    let node_addrs: Vec<std::net::IpAddr> = [&me.ipv4, &me.ipv6]
+        .into_iter()
+        .flatten()
+        .map(|c| c.addr.ip())
+        .collect();
+    let (ctl, _ctl_task) = controller::start(controller::ControllerDeps {
+        routes,
+        policy: crate::policyctl::PolicySync::new(&me.name, node_addrs),
+        cluster: cluster.clone(),
+        view: view_rx.clone(),
+        health: health.clone(),
+        metrics: metrics.clone(),
+    });
 
     // BGP: mesh / BGPPeers, originate our blocks, best paths into the FIB.
     health.set_status("node", identity_json(&me));

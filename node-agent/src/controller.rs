@@ -1,10 +1,11 @@
 //! The local dataplane controller: the one owner of this node's local routes
-//! (and, as it lands, of its nftables policy).
+//! and of its nftables policy (`table inet margay`).
 //!
 //! ```text
 //!  EndpointsService ──Cmd::Up/Down + oneshot──┐
+//!  cluster (Pods, Namespaces, NetworkPolicies)─┤
 //!  IPAM view (watch) ──────── changed ────────┼──► controller task ──► LocalRoutes (netlink)
-//!  resync timer (30 s) ───────────────────────┘          │
+//!  resync timer (30 s) ───────────────────────┘          │         └─► PolicySync (nft, 1 txn)
 //!                                                          └──► Health: dataplane programmed
 //! ```
 //!
@@ -13,18 +14,25 @@
 //! addresses come from the IPAM view (so a restarted agent rebuilds them
 //! without any other state) and from EndpointUp (which can run before the
 //! block watch has delivered the allocation). `EndpointUp` installs its
-//! routes directly and answers only once they are in the kernel.
+//! routes and its policy and answers only once both are in the kernel; a pod
+//! whose Pod object cannot be read is refused (fail closed) rather than
+//! started without policy.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Pod;
+use policy::{PodInfo, PodKey};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::cluster::{Cluster, Kind};
 use crate::health::Health;
 use crate::ipamview::IpamView;
 use crate::localroutes::{LocalRoute, LocalRoutes, RouteError};
+use crate::metrics::Metrics;
+use crate::policyctl::PolicySync;
 
 /// A pod attached to this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +60,12 @@ pub enum EndpointError {
     /// Programming the kernel failed.
     #[error(transparent)]
     Route(#[from] RouteError),
+    /// The policy could not be programmed.
+    #[error("{0}")]
+    Policy(String),
+    /// The pod's object could not be read, so its policy is unknown.
+    #[error("pod {0} unknown to the API server or unreachable: {1}")]
+    PodUnknown(String, String),
     /// The controller is gone (agent shutting down).
     #[error("dataplane controller stopped")]
     Stopped,
@@ -134,62 +148,50 @@ pub fn desired_routes(
     out
 }
 
+/// What the controller works with.
+pub struct ControllerDeps {
+    /// Local routes (netlink in the node's namespace).
+    pub routes: LocalRoutes,
+    /// Policy engine and nft session.
+    pub policy: PolicySync,
+    /// The cluster view.
+    pub cluster: Cluster,
+    /// IPAM view updates.
+    pub view: watch::Receiver<Arc<IpamView>>,
+    /// Readiness.
+    pub health: Arc<Health>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
 /// Starts the controller on the current runtime (in the node's namespace).
-pub fn start(
-    routes: LocalRoutes,
-    view: watch::Receiver<Arc<IpamView>>,
-    health: Arc<Health>,
-) -> (ControllerHandle, tokio::task::JoinHandle<()>) {
+pub fn start(deps: ControllerDeps) -> (ControllerHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(1024);
-    let task = tokio::spawn(run(routes, view, rx, health));
+    let task = tokio::spawn(run(deps, rx));
     (ControllerHandle { tx }, task)
 }
 
-async fn run(
-    routes: LocalRoutes,
-    mut view: watch::Receiver<Arc<IpamView>>,
-    mut rx: mpsc::Receiver<Cmd>,
-    health: Arc<Health>,
-) {
+async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
     let mut endpoints: BTreeMap<String, Endpoint> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(30));
+    let mut gens = d.cluster.subscribe();
+    let mut seen = gens.borrow().clone();
     let mut dirty = true;
     loop {
-        health.heartbeat("dataplane", Duration::from_secs(90));
+        d.health.heartbeat("dataplane", Duration::from_secs(90));
         if dirty {
-            let v = view.borrow().clone();
-            if v.synced {
-                let desired = desired_routes(&v, &endpoints);
-                match routes.sync(&desired).await {
-                    Ok(r) => {
-                        if r.written + r.removed > 0 {
-                            tracing::info!(
-                                written = r.written,
-                                removed = r.removed,
-                                kept = r.kept,
-                                "local routes synced"
-                            );
-                        }
-                        if !r.missing_interfaces.is_empty() {
-                            tracing::debug!(interfaces = ?r.missing_interfaces, "routes waiting for their veth");
-                        }
-                        health.set_dataplane_programmed(true);
-                        dirty = false;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "local route sync failed; retrying");
-                        health.set_dataplane_programmed(false);
-                    }
-                }
+            let v = d.view.borrow().clone();
+            if v.synced && seen.all_synced() {
+                dirty = !sync(&mut d, &v, &endpoints).await;
             }
         }
         tokio::select! {
             cmd = rx.recv() => match cmd {
                 None => return,
                 Some(Cmd::Up(ep, reply)) => {
-                    let res = endpoint_up(&routes, &ep).await;
-                    if res.is_ok() {
-                        endpoints.insert(ep.container_id.clone(), ep);
+                    let res = endpoint_up(&mut d, &ep, &mut endpoints).await;
+                    if res.is_err() {
+                        dirty = true;
                     }
                     let _ = reply.send(res);
                 }
@@ -202,7 +204,7 @@ async fn run(
                         })
                         .map(|(id, _)| id.clone());
                     let res = match key.and_then(|k| endpoints.remove(&k)) {
-                        Some(ep) => endpoint_down(&routes, &ep).await,
+                        Some(ep) => endpoint_down(&mut d, &ep, &endpoints).await,
                         None => Ok(()),
                     };
                     // Whatever else pointed at it goes at the next sync.
@@ -210,31 +212,125 @@ async fn run(
                     let _ = reply.send(res);
                 }
             },
-            changed = view.changed() => {
+            changed = d.view.changed() => {
                 if changed.is_err() {
                     return;
                 }
                 dirty = true;
+            }
+            changed = gens.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = gens.borrow().clone();
+                if now.changed_since(&seen).iter().any(|k| matches!(k, Kind::Pod | Kind::Namespace | Kind::NetworkPolicy))
+                    || now.all_synced() != seen.all_synced()
+                {
+                    dirty = true;
+                }
+                seen = now;
             }
             _ = tick.tick() => dirty = true,
         }
     }
 }
 
-async fn endpoint_up(routes: &LocalRoutes, ep: &Endpoint) -> Result<(), EndpointError> {
+/// Full sync of routes and policy; true when both reached the kernel.
+async fn sync(
+    d: &mut ControllerDeps,
+    v: &IpamView,
+    endpoints: &BTreeMap<String, Endpoint>,
+) -> bool {
+    let desired = desired_routes(v, endpoints);
+    let routes_ok = match d.routes.sync(&desired).await {
+        Ok(r) => {
+            if r.written + r.removed > 0 {
+                tracing::info!(
+                    written = r.written,
+                    removed = r.removed,
+                    kept = r.kept,
+                    "local routes synced"
+                );
+            }
+            if !r.missing_interfaces.is_empty() {
+                tracing::debug!(interfaces = ?r.missing_interfaces, "routes waiting for their veth");
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::logging::chain(&e), "local route sync failed; retrying");
+            false
+        }
+    };
+    d.policy.update(&d.cluster, v, endpoints);
+    let policy_ok = match d.policy.commit(&d.metrics) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "policy sync failed; retrying");
+            false
+        }
+    };
+    d.health.set_dataplane_programmed(routes_ok && policy_ok);
+    d.health
+        .set_status("policy_problems", serde_json::json!(d.policy.issues()));
+    routes_ok && policy_ok
+}
+
+async fn endpoint_up(
+    d: &mut ControllerDeps,
+    ep: &Endpoint,
+    endpoints: &mut BTreeMap<String, Endpoint>,
+) -> Result<(), EndpointError> {
+    let key = PodKey::new(ep.namespace.clone(), ep.pod.clone());
+    if !d.policy.knows_pod(&key) {
+        // The watch has not delivered the Pod yet: read it, or refuse.
+        let api: kube::Api<Pod> = kube::Api::namespaced(d.cluster.client(), &ep.namespace);
+        let who = format!("{}/{}", ep.namespace, ep.pod);
+        match api.get_opt(&ep.pod).await {
+            Ok(Some(pod)) => {
+                let info = PodInfo::from_k8s(&pod)
+                    .map_err(|e| EndpointError::PodUnknown(who.clone(), e.to_string()))?;
+                d.policy.upsert_pod(info);
+            }
+            Ok(None) => return Err(EndpointError::PodUnknown(who, "no such Pod".into())),
+            Err(e) => return Err(EndpointError::PodUnknown(who, e.to_string())),
+        }
+    }
     for ip in &ep.ips {
-        if !routes.ensure(&LocalRoute::to_pod(*ip, &ep.host_if)).await? {
+        if !d
+            .routes
+            .ensure(&LocalRoute::to_pod(*ip, &ep.host_if))
+            .await?
+        {
             return Err(EndpointError::NoInterface(ep.host_if.clone()));
         }
     }
-    tracing::info!(pod = %format!("{}/{}", ep.namespace, ep.pod), container = %ep.container_id, host_if = %ep.host_if, ips = ?ep.ips, "endpoint up");
+    endpoints.insert(ep.container_id.clone(), ep.clone());
+    let v = d.view.borrow().clone();
+    d.policy.update(&d.cluster, &v, endpoints);
+    if let Err(e) = d.policy.commit(&d.metrics) {
+        endpoints.remove(&ep.container_id);
+        return Err(EndpointError::Policy(e.to_string()));
+    }
+    tracing::info!(pod = %key, container = %ep.container_id, host_if = %ep.host_if, ips = ?ep.ips, "endpoint up: route and policy programmed");
     Ok(())
 }
 
-async fn endpoint_down(routes: &LocalRoutes, ep: &Endpoint) -> Result<(), EndpointError> {
+async fn endpoint_down(
+    d: &mut ControllerDeps,
+    ep: &Endpoint,
+    endpoints: &BTreeMap<String, Endpoint>,
+) -> Result<(), EndpointError> {
     for ip in &ep.ips {
-        routes.remove(&LocalRoute::to_pod(*ip, &ep.host_if)).await?;
+        d.routes
+            .remove(&LocalRoute::to_pod(*ip, &ep.host_if))
+            .await?;
     }
+    let v = d.view.borrow().clone();
+    d.policy.update(&d.cluster, &v, endpoints);
+    d.policy
+        .commit(&d.metrics)
+        .map_err(|e| EndpointError::Policy(e.to_string()))?;
     tracing::info!(pod = %format!("{}/{}", ep.namespace, ep.pod), container = %ep.container_id, "endpoint down");
     Ok(())
 }

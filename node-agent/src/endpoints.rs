@@ -69,6 +69,9 @@ fn to_status(e: EndpointError) -> Status {
     match e {
         EndpointError::NoInterface(_) => Status::failed_precondition(e.to_string()),
         EndpointError::Route(_) => Status::internal(e.to_string()),
+        EndpointError::Policy(_) | EndpointError::PodUnknown(..) => {
+            Status::unavailable(e.to_string())
+        }
         EndpointError::Stopped => Status::unavailable(e.to_string()),
     }
 }

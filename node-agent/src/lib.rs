@@ -16,5 +16,6 @@ pub mod ipamview;
 pub mod localroutes;
 pub mod logging;
 pub mod metrics;
+pub mod policyctl;
 pub mod routing;
 pub mod routing_task;

@@ -1,0 +1,246 @@
+//! NetworkPolicy for the dataplane controller: mirrors the cluster (pods,
+//! namespaces, policies) and this node's endpoints into the incremental
+//! [`policy::Engine`], as per-object upserts and removals, and commits one
+//! nftables transaction at a time.
+//!
+//! Pod addresses are the union of what the IPAM blocks record (known the
+//! moment an address is allocated, before kubelet reports `podIPs`), what
+//! EndpointUp said, and `status.podIPs`; so a new pod is in every selector
+//! set before its CNI ADD returns.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use policy::{Engine, LocalEndpoint, NamespaceInfo, NodeContext, PodInfo, PodKey, PolicyKey};
+
+use crate::cluster::Cluster;
+use crate::controller::{Endpoint, host_ifname};
+use crate::dataplane::session::NftSession;
+use crate::ipamview::IpamView;
+use crate::metrics::Metrics;
+
+/// A commit that did not reach the kernel.
+#[derive(Debug, thiserror::Error)]
+#[error("policy commit failed: {0}")]
+pub struct CommitError(String);
+
+/// The policy half of the dataplane.
+pub struct PolicySync {
+    engine: Engine,
+    sink: NftSession,
+    pods: BTreeMap<PodKey, PodInfo>,
+    namespaces: BTreeMap<String, NamespaceInfo>,
+    policies: BTreeMap<PolicyKey, String>,
+    endpoints: BTreeMap<PodKey, LocalEndpoint>,
+    issues: Vec<String>,
+}
+
+impl PolicySync {
+    /// An engine for `node` with its own addresses (always allowed to and
+    /// from local pods).
+    pub fn new(node: &str, node_addrs: Vec<IpAddr>) -> PolicySync {
+        let mut engine = Engine::new(NodeContext::new(node));
+        engine.set_node_addrs(node_addrs);
+        PolicySync {
+            engine,
+            sink: NftSession::new(),
+            pods: BTreeMap::new(),
+            namespaces: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+            issues: Vec::new(),
+        }
+    }
+
+    /// Brings the engine's view up to date with the cluster, the IPAM view
+    /// and the endpoints EndpointUp registered. Cheap when little changed:
+    /// only differing objects are passed on.
+    pub fn update(
+        &mut self,
+        cluster: &Cluster,
+        view: &IpamView,
+        registry: &BTreeMap<String, Endpoint>,
+    ) {
+        // Namespaces.
+        let mut seen = BTreeMap::new();
+        for ns in cluster.namespaces.state() {
+            match NamespaceInfo::from_k8s(&ns) {
+                Ok(info) => {
+                    seen.insert(info.name.clone(), info);
+                }
+                Err(e) => tracing::warn!(error = %e, "namespace ignored by policy"),
+            }
+        }
+        for (name, info) in &seen {
+            if self.namespaces.get(name) != Some(info) {
+                self.engine.upsert_namespace(info.clone());
+            }
+        }
+        for name in self.namespaces.keys() {
+            if !seen.contains_key(name) {
+                self.engine.remove_namespace(name);
+            }
+        }
+        self.namespaces = seen;
+
+        // Endpoints registered by EndpointUp carry the freshest addresses.
+        let mut registered: BTreeMap<PodKey, Vec<IpAddr>> = BTreeMap::new();
+        for ep in registry.values() {
+            registered
+                .entry(PodKey::new(ep.namespace.clone(), ep.pod.clone()))
+                .or_default()
+                .extend(ep.ips.iter().copied());
+        }
+
+        // Pods, with addresses from IPAM and EndpointUp as well.
+        let mut seen = BTreeMap::new();
+        for pod in cluster.pods.state() {
+            let mut info = match PodInfo::from_k8s(&pod) {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!(error = %e, "pod ignored by policy");
+                    continue;
+                }
+            };
+            let key = (info.key.namespace.clone(), info.key.name.clone());
+            let extra = view
+                .pod_ips
+                .get(&key)
+                .into_iter()
+                .flatten()
+                .chain(registered.get(&info.key).into_iter().flatten());
+            for ip in extra {
+                if !info.ips.contains(ip) {
+                    info.ips.push(*ip);
+                }
+            }
+            info.ips.sort();
+            seen.insert(info.key.clone(), info);
+        }
+        for (key, info) in &seen {
+            if self.pods.get(key) != Some(info) {
+                self.engine.upsert_pod(info.clone());
+            }
+        }
+        for key in self.pods.keys() {
+            if !seen.contains_key(key) {
+                self.engine.remove_pod(key);
+            }
+        }
+        self.pods = seen;
+
+        // Policies (compared by resourceVersion; the engine compares specs).
+        let mut seen = BTreeMap::new();
+        for np in cluster.policies.state() {
+            let Some(key) = PolicyKey::of(&np) else {
+                continue;
+            };
+            let rv = np.metadata.resource_version.clone().unwrap_or_default();
+            if self.policies.get(&key) != Some(&rv) {
+                self.engine.upsert_policy(key.clone(), (*np).clone());
+            }
+            seen.insert(key, rv);
+        }
+        for key in self.policies.keys() {
+            if !seen.contains_key(key) {
+                self.engine.remove_policy(key);
+            }
+        }
+        self.policies = seen;
+
+        // Local endpoints: EndpointUp's, and (after a restart) IPAM's.
+        let mut eps: BTreeMap<PodKey, LocalEndpoint> = BTreeMap::new();
+        for a in &view.local {
+            let pod = PodKey::new(a.namespace.clone(), a.pod.clone());
+            let e = eps.entry(pod.clone()).or_insert_with(|| LocalEndpoint {
+                iface: host_ifname(&a.namespace, &a.pod),
+                pod,
+                ips: Vec::new(),
+            });
+            if !e.ips.contains(&a.ip) {
+                e.ips.push(a.ip);
+            }
+        }
+        for ep in registry.values() {
+            let pod = PodKey::new(ep.namespace.clone(), ep.pod.clone());
+            let e = eps.entry(pod.clone()).or_insert_with(|| LocalEndpoint {
+                iface: ep.host_if.clone(),
+                pod,
+                ips: Vec::new(),
+            });
+            e.iface = ep.host_if.clone();
+            for ip in &ep.ips {
+                if !e.ips.contains(ip) {
+                    e.ips.push(*ip);
+                }
+            }
+        }
+        for e in eps.values_mut() {
+            e.ips.sort();
+        }
+        for (key, ep) in &eps {
+            if self.endpoints.get(key) != Some(ep) {
+                self.engine.upsert_endpoint(ep.clone());
+            }
+        }
+        for key in self.endpoints.keys() {
+            if !eps.contains_key(key) {
+                self.engine.remove_endpoint(key);
+            }
+        }
+        self.endpoints = eps;
+    }
+
+    /// Adds one pod as EndpointUp describes it (Pod object fetched by the
+    /// caller if the watch has not delivered it yet).
+    pub fn upsert_pod(&mut self, info: PodInfo) {
+        if self.pods.get(&info.key) != Some(&info) {
+            self.engine.upsert_pod(info.clone());
+            self.pods.insert(info.key.clone(), info);
+        }
+    }
+
+    /// Whether the engine knows this pod.
+    pub fn knows_pod(&self, key: &PodKey) -> bool {
+        self.pods.contains_key(key)
+    }
+
+    /// Applies pending changes to the kernel in one transaction.
+    pub fn commit(&mut self, metrics: &Metrics) -> Result<(), CommitError> {
+        let started = Instant::now();
+        let res = tokio::task::block_in_place(|| self.engine.commit(&mut self.sink));
+        match res {
+            Ok(stats) => {
+                if !stats.noop {
+                    metrics
+                        .policy_sync_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    tracing::debug!(
+                        full = stats.full,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "policy committed"
+                    );
+                }
+                metrics.policy_endpoints.set(self.endpoints.len() as i64);
+                let issues: Vec<String> = self.engine.issues().map(|i| format!("{i:?}")).collect();
+                if issues != self.issues {
+                    for i in &issues {
+                        tracing::warn!(issue = %i, "policy problem");
+                    }
+                    self.issues = issues;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                metrics.policy_sync_failures.inc();
+                Err(CommitError(crate::logging::chain(&e)))
+            }
+        }
+    }
+
+    /// Current policy problems (invalid selectors, bad interfaces, ...).
+    pub fn issues(&self) -> &[String] {
+        &self.issues
+    }
+}
