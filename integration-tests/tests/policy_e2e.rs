@@ -1,0 +1,210 @@
+//! NetworkPolicy through the whole system: applied with kubectl against the
+//! lab API server, enforced by the agent of the node that hosts the selected
+//! pod, and gone again when the policy is deleted.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use integration_tests::cni::{self, Attachment};
+use integration_tests::k8s::{self, Agent};
+use integration_tests::lab::{self, Daemon, Lab, Netns, Probe, Proto, probe_many};
+
+macro_rules! require_root {
+    () => {
+        if let Err(why) = lab::can_run() {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+}
+
+struct TestPod {
+    name: String,
+    ns: Netns,
+    v4: IpAddr,
+    _server: Daemon,
+}
+
+fn add_pod(lab: &Lab, agent: &Agent, name: &str, app: &str) -> TestPod {
+    let (pod, on, app_label) = (name.to_string(), agent.node.clone(), app.to_string());
+    k8s::with_client(lab.tor(), move |c| async move {
+        k8s::create_pod(
+            &c,
+            "demo",
+            &pod,
+            &on,
+            &[("app", &app_label)],
+            &[("http", 80, "TCP")],
+        )
+        .await
+        .expect("pod object");
+    })
+    .expect("pod");
+    let node = &lab.node(&agent.node).expect("node").ns;
+    let ns = Netns::create(&lab.pod_ns_name("demo", name)).expect("netns");
+    let a = Attachment {
+        container_id: format!("ctr-{name}"),
+        netns: ns.path().display().to_string(),
+        ifname: "eth0".into(),
+        pod_namespace: "demo".into(),
+        pod_name: name.into(),
+    };
+    let out = cni::invoke(
+        node,
+        "ADD",
+        &cni::margay_conf(&agent.socket, &lab.run_dir().join("cni.log")),
+        &a,
+    )
+    .expect("margay");
+    assert!(out.ok, "ADD {name}: {:?} {}", out.stdout, out.stderr);
+    let v4 = out
+        .ips()
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .find(IpAddr::is_ipv4)
+        .expect("v4");
+    let server = lab.serve(&ns, name, &[80], &[80]).expect("server");
+    TestPod {
+        name: name.into(),
+        ns,
+        v4,
+        _server: server,
+    }
+}
+
+fn kubectl(lab: &Lab, args: &[&str]) -> String {
+    let kc = k8s::kubeconfig_path(lab);
+    let mut argv = vec!["kubectl", "--kubeconfig", kc.to_str().expect("path")];
+    argv.extend_from_slice(args);
+    lab.tor().exec(&argv).expect("kubectl")
+}
+
+/// (from, to, proto) → reached?, for the pairs given.
+fn observe(pods: &[TestPod], pairs: &[(usize, usize, Proto)]) -> Vec<bool> {
+    let probes: Vec<Probe> = pairs
+        .iter()
+        .map(|(f, t, p)| Probe {
+            from_ns: pods[*f].ns.name().to_string(),
+            to: SocketAddr::new(pods[*t].v4, 80),
+            proto: *p,
+        })
+        .collect();
+    probe_many(&probes, Duration::from_millis(600), 16)
+        .iter()
+        .map(|o| o.reached())
+        .collect()
+}
+
+fn eventually(
+    pods: &[TestPod],
+    pairs: &[(usize, usize, Proto)],
+    want: &[bool],
+    what: &str,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let got = observe(pods, pairs);
+        if got == want {
+            return start.elapsed();
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            let rows: Vec<String> = pairs
+                .iter()
+                .zip(got.iter().zip(want))
+                .map(|((f, t, p), (g, w))| {
+                    format!(
+                        "{} -> {} {p}: got {g}, want {w}",
+                        pods[*f].name, pods[*t].name
+                    )
+                })
+                .collect();
+            panic!("{what}:\n{}", rows.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn kubectl_policy_takes_effect_on_the_right_node_and_goes_when_deleted() {
+    require_root!();
+    let lab = Lab::builder().nodes(2).build().expect("lab");
+    let _api = k8s::start_apiserver(&lab).expect("apiserver");
+    k8s::bootstrap(&lab, &[("v4", "198.19.0.0/16")]).expect("bootstrap");
+    let agents: Vec<Agent> = ["n1", "n2"]
+        .iter()
+        .map(|n| k8s::start_agent(&lab, n, &[]).expect("agent"))
+        .collect();
+    let pods = vec![
+        add_pod(&lab, &agents[0], "web", "web"),
+        add_pod(&lab, &agents[1], "client", "client"),
+        add_pod(&lab, &agents[1], "other", "other"),
+    ];
+    let (web, client, other) = (0, 1, 2);
+    let pairs = [
+        (client, web, Proto::Tcp),
+        (other, web, Proto::Tcp),
+        (client, web, Proto::Udp),
+        (web, other, Proto::Tcp),
+        (other, client, Proto::Tcp),
+    ];
+    eventually(
+        &pods,
+        &pairs,
+        &[true; 5],
+        "everything open before any policy",
+    );
+
+    let policy = lab.run_dir().join("web-policy.yaml");
+    std::fs::write(
+        &policy,
+        r#"apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-client, namespace: demo}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{protocol: TCP, port: http}]
+"#,
+    )
+    .expect("write policy");
+    let out = kubectl(&lab, &["apply", "-f", policy.to_str().expect("path")]);
+    assert!(out.contains("created"), "{out}");
+    let took = eventually(
+        &pods,
+        &pairs,
+        // client→web TCP (named port) allowed; other→web and UDP denied;
+        // web's egress and the other pods are not isolated.
+        &[true, false, false, true, true],
+        "policy applied",
+    );
+    println!(
+        "policy enforced {:.0} ms after kubectl apply returned",
+        took.as_secs_f64() * 1e3
+    );
+    // Enforced by the agent of the node hosting `web` (n1), nowhere else.
+    let n1 = lab
+        .node("n1")
+        .expect("n1")
+        .ns
+        .exec(&["nft", "list", "table", "inet", "margay"])
+        .expect("nft n1");
+    let n2 = lab
+        .node("n2")
+        .expect("n2")
+        .ns
+        .exec(&["nft", "list", "table", "inet", "margay"])
+        .expect("nft n2");
+    let web_if = node_agent::controller::host_ifname("demo", "web");
+    assert!(n1.contains(&web_if), "n1 has web's endpoint:\n{n1}");
+    assert!(!n2.contains(&web_if), "n2 does not:\n{n2}");
+
+    let out = kubectl(
+        &lab,
+        &["delete", "networkpolicy", "-n", "demo", "web-from-client"],
+    );
+    assert!(out.contains("deleted"), "{out}");
+    eventually(&pods, &pairs, &[true; 5], "policy deleted");
+    drop(agents);
+}
