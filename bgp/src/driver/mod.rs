@@ -34,7 +34,7 @@ use crate::fsm::{ConnId, Input, Output, Session, State, Timer};
 use crate::rib::decision::{DecisionOptions, PeerIdx, Source};
 use crate::rib::{FibChange, PeerCounters, PeerInfo, Rib, RibConfig};
 use crate::wire::notification::cease_sub;
-use crate::wire::{DecodeError, Family, Message, Notification, Prefix, Update, frame};
+use crate::wire::{DecodeError, Families, Family, Message, Notification, Prefix, Update, frame};
 
 /// Speaker-wide settings.
 #[derive(Clone, Debug)]
@@ -89,6 +89,11 @@ pub struct PeerStatus {
     pub counters: PeerCounters,
     /// Last error, if any.
     pub last_error: Option<String>,
+    /// When the RIB last applied an UPDATE from this peer.
+    pub last_update: Option<Instant>,
+    /// Families whose End-of-RIB marker the peer has sent since the session
+    /// came up (its initial table is complete).
+    pub end_of_rib: Families,
 }
 
 enum Cmd {
@@ -98,10 +103,13 @@ enum Cmd {
     Withdraw(Prefix),
     Status(oneshot::Sender<Vec<PeerStatus>>),
     Inbound(TcpStream, SocketAddr),
+    Shutdown(oneshot::Sender<()>),
 }
 
 enum PeerCmd {
     Send(Bytes),
+    /// Send Cease with this subcode, close, and end the task.
+    Stop(u8),
     Inbound(TcpStream),
     MaxPrefix(Family, u32),
 }
@@ -121,6 +129,7 @@ enum RibMsg {
     },
     PurgeStale(PeerIdx, Family),
     Refresh(PeerIdx, Family),
+    EndOfRib(PeerIdx, Family),
     State {
         peer: PeerIdx,
         state: State,
@@ -233,6 +242,21 @@ impl Speaker {
             .map_err(|_| DriverError::Stopped)
     }
 
+    /// Stop every peer with Cease/2 (Administrative Shutdown), waiting up to
+    /// `grace` for the NOTIFICATIONs to be written; the speaker keeps
+    /// running with no sessions (drop it to stop it). Dropping the speaker
+    /// without this closes the TCP sessions with no NOTIFICATION, which a
+    /// graceful-restart peer takes as a restart (it keeps our routes).
+    pub async fn shutdown(&self, grace: Duration) -> Result<(), DriverError> {
+        let (t, r) = oneshot::channel();
+        self.tx
+            .send(Cmd::Shutdown(t))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        let _ = tokio::time::timeout(grace, r).await;
+        Ok(())
+    }
+
     /// Per-peer status.
     pub async fn status(&self) -> Result<Vec<PeerStatus>, DriverError> {
         let (t, r) = oneshot::channel();
@@ -252,6 +276,8 @@ struct PeerEntry {
     state: State,
     since: Option<Instant>,
     error: Option<String>,
+    last_update: Option<Instant>,
+    end_of_rib: Families,
 }
 
 impl Drop for PeerEntry {
@@ -334,6 +360,8 @@ impl RibTask {
                 state: State::Idle,
                 since: None,
                 error: None,
+                last_update: None,
+                end_of_rib: Families::NONE,
             },
         );
         idx
@@ -346,16 +374,11 @@ impl RibTask {
                     let _ = reply.send(Err(DriverError::Duplicate { name: cfg.name }));
                     return;
                 }
+                if let Some(key) = &cfg.md5_password {
+                    self.listener_md5(&cfg.neighbor, key.as_bytes(), &cfg.name);
+                }
                 match cfg.neighbor {
                     Neighbor::Addr(a) => {
-                        if let Some(key) = &cfg.md5_password {
-                            // Inbound SYNs are checked against the listener's keys.
-                            for l in &self.listeners {
-                                if let Err(e) = sock::set_md5(l.as_ref(), a, key.as_bytes()) {
-                                    warn!(error = %e, peer = %cfg.name, "cannot set TCP MD5 on the listener");
-                                }
-                            }
-                        }
                         self.spawn_peer(cfg, Some(a));
                     }
                     Neighbor::Range(_) => {
@@ -371,6 +394,8 @@ impl RibTask {
                                 state: State::Active,
                                 since: None,
                                 error: None,
+                                last_update: None,
+                                end_of_rib: Families::NONE,
                             },
                         );
                     }
@@ -387,6 +412,13 @@ impl RibTask {
                     .map(|(i, _)| *i)
                     .collect();
                 for i in gone {
+                    if let Some(e) = self.peers.get(&i)
+                        && e.cfg.md5_password.is_some()
+                        && !e.cfg.name.contains('/')
+                    {
+                        let neighbor = e.cfg.neighbor;
+                        self.listener_md5(&neighbor, b"", &name);
+                    }
                     if let Some(mut e) = self.peers.remove(&i) {
                         // Closing its channel makes the peer task send
                         // Cease/3 and end by itself; do not abort it.
@@ -409,12 +441,50 @@ impl RibTask {
                         since: p.since,
                         counters: self.rib.counters(*i),
                         last_error: p.error.clone(),
+                        last_update: p.last_update,
+                        end_of_rib: p.end_of_rib,
                     })
                     .collect();
                 v.sort_by(|a, b| a.name.cmp(&b.name));
                 let _ = reply.send(v);
             }
             Cmd::Inbound(stream, from) => self.inbound(stream, from),
+            Cmd::Shutdown(reply) => {
+                let mut tasks = Vec::new();
+                for p in self.peers.values_mut() {
+                    if let Some(tx) = p.tx.take() {
+                        let _ = tx.try_send(PeerCmd::Stop(cease_sub::ADMIN_SHUTDOWN));
+                    }
+                    tasks.extend(p.task.take());
+                }
+                tokio::spawn(async move {
+                    for t in tasks {
+                        let _ = t.await;
+                    }
+                    let _ = reply.send(());
+                });
+            }
+        }
+    }
+
+    /// Install (or with an empty key, remove) a peer's TCP MD5 key on every
+    /// listener: inbound SYNs are checked against the listener's keys. A
+    /// range gets one prefix key (`TCP_MD5SIG_EXT`).
+    fn listener_md5(&self, neighbor: &Neighbor, key: &[u8], name: &str) {
+        for l in &self.listeners {
+            let v6 = l.local_addr().is_ok_and(|a| a.is_ipv6());
+            let r = match *neighbor {
+                Neighbor::Addr(a) => sock::set_md5(l.as_ref(), v6, a, key),
+                Neighbor::Range(p) => {
+                    if p.addr().is_ipv6() && !v6 {
+                        continue;
+                    }
+                    sock::set_md5_prefix(l.as_ref(), v6, p.addr(), p.len(), key)
+                }
+            };
+            if let Err(e) = r {
+                warn!(error = %e, peer = %name, "cannot set TCP MD5 on the listener");
+            }
         }
     }
 
@@ -449,7 +519,17 @@ impl RibTask {
         match m {
             RibMsg::Up { peer, info } => self.rib.peer_up(peer, *info),
             RibMsg::Down { peer, graceful } => self.rib.peer_down(peer, graceful),
-            RibMsg::Update { peer, update } => self.rib.apply_update(peer, &update),
+            RibMsg::Update { peer, update } => {
+                self.rib.apply_update(peer, &update);
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.last_update = Some(Instant::now());
+                }
+            }
+            RibMsg::EndOfRib(peer, f) => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.end_of_rib.insert(f);
+                }
+            }
             RibMsg::PurgeStale(peer, f) => self.rib.purge_stale(peer, f),
             RibMsg::Refresh(peer, f) => self.rib.refresh(peer, crate::wire::Families::only(f)),
             RibMsg::State {
@@ -459,6 +539,9 @@ impl RibTask {
                 error,
             } => {
                 if let Some(p) = self.peers.get_mut(&peer) {
+                    if state != p.state {
+                        p.end_of_rib = Families::NONE;
+                    }
                     p.state = state;
                     p.since = since;
                     if error.is_some() {
@@ -504,6 +587,8 @@ struct PeerTask {
     ev_tx: mpsc::Sender<ConnEvent>,
     ev_rx: mpsc::Receiver<ConnEvent>,
     connecting: Option<JoinHandle<()>>,
+    /// Writers of closed connections still flushing (a NOTIFICATION).
+    closing: Vec<JoinHandle<()>>,
 }
 
 impl PeerTask {
@@ -526,6 +611,7 @@ impl PeerTask {
             ev_tx,
             ev_rx,
             connecting: None,
+            closing: Vec::new(),
         }
     }
 
@@ -554,6 +640,11 @@ impl PeerTask {
                             let _ = c.writer.send(b).await;
                         }
                     }
+                    Some(PeerCmd::Stop(sub)) => {
+                        self.input(Input::Stop(Notification::cease(sub))).await;
+                        self.drain_writers(Duration::from_millis(500)).await;
+                        return;
+                    }
                     Some(PeerCmd::MaxPrefix(family, limit)) => self.input(Input::MaxPrefixExceeded { family, limit }).await,
                     Some(PeerCmd::Inbound(s)) => {
                         let id = self.adopt(s);
@@ -571,6 +662,32 @@ impl PeerTask {
                     }
                 }
             }
+        }
+    }
+
+    /// Let every connection's writer flush what is queued (a NOTIFICATION)
+    /// and close, for at most `grace`.
+    async fn drain_writers(&mut self, grace: Duration) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.close_conn(id);
+        }
+        let writers = std::mem::take(&mut self.closing);
+        let _ = tokio::time::timeout(grace, async {
+            for w in writers {
+                let _ = w.await;
+            }
+        })
+        .await;
+    }
+
+    /// Drop a connection: its reader stops now, its writer flushes what is
+    /// queued and closes.
+    fn close_conn(&mut self, id: ConnId) {
+        if let Some(mut c) = self.conns.remove(&id) {
+            self.closing.retain(|w| !w.is_finished());
+            self.closing
+                .push(std::mem::replace(&mut c.tasks[1], tokio::spawn(async {})));
         }
     }
 
@@ -727,9 +844,7 @@ impl PeerTask {
                     let _ = c.writer.send(msg.to_bytes(&cx)).await;
                 }
             }
-            Output::Close { conn } => {
-                self.conns.remove(&conn);
-            }
+            Output::Close { conn } => self.close_conn(conn),
             Output::Arm(t, d) => {
                 self.timers.insert(t, tokio::time::Instant::now() + d);
             }
@@ -747,14 +862,14 @@ impl PeerTask {
                     SocketAddr::from(([0, 0, 0, 0], 0)),
                 ));
                 info!(peer_as = n.peer_as, hold = n.hold_time, "established");
-                let local_v4 = match (cfg.source_addr, local.ip()) {
+                let local_v4 = cfg.next_hop_v4.or(match (cfg.source_addr, local.ip()) {
                     (Some(IpAddr::V4(a)), _) | (None, IpAddr::V4(a)) => Some(a),
                     _ => None,
-                };
-                let local_v6 = match (cfg.source_addr, local.ip()) {
+                });
+                let local_v6 = cfg.next_hop_v6.or(match (cfg.source_addr, local.ip()) {
                     (Some(IpAddr::V6(a)), _) | (None, IpAddr::V6(a)) => Some(a),
                     _ => None,
-                };
+                });
                 let local_v4 = cfg.next_hop_v4.or(local_v4);
                 let local_v6 = cfg.next_hop_v6.or(local_v6);
                 let info = PeerInfo {
@@ -803,7 +918,10 @@ impl PeerTask {
                     })
                     .await;
             }
-            Output::EndOfRib(f) => debug!(family = ?f, "end of RIB"),
+            Output::EndOfRib(f) => {
+                info!(family = ?f, "end of RIB received");
+                let _ = self.rib.send(RibMsg::EndOfRib(self.idx, f)).await;
+            }
             Output::PurgeStale(f) => {
                 let _ = self.rib.send(RibMsg::PurgeStale(self.idx, f)).await;
             }

@@ -16,9 +16,37 @@ struct TcpMd5Sig {
     key: [u8; 80],
 }
 
+/// `TCP_MD5SIG_FLAG_PREFIX` (include/uapi/linux/tcp.h): the key covers a
+/// prefix of peer addresses (`TCP_MD5SIG_EXT`, Linux 4.13).
+const TCP_MD5SIG_FLAG_PREFIX: u8 = 1;
+
 /// Install (or with an empty key, remove) the MD5 key for `peer` on `sock`.
+/// `v6_sock`: the socket is AF_INET6 (a dual-stack listener), so an IPv4
+/// peer is given as an IPv4-mapped address, as Linux wants.
+pub fn set_md5(sock: &impl AsRawFd, v6_sock: bool, peer: IpAddr, key: &[u8]) -> io::Result<()> {
+    set_md5_sig(sock, v6_sock, peer, None, key)
+}
+
+/// Install the MD5 key for every peer in `addr/len` (dynamic neighbours)
+/// on a listening socket.
+pub fn set_md5_prefix(
+    sock: &impl AsRawFd,
+    v6_sock: bool,
+    addr: IpAddr,
+    len: u8,
+    key: &[u8],
+) -> io::Result<()> {
+    set_md5_sig(sock, v6_sock, addr, Some(len), key)
+}
+
 #[allow(unsafe_code)]
-pub fn set_md5(sock: &impl AsRawFd, peer: IpAddr, key: &[u8]) -> io::Result<()> {
+fn set_md5_sig(
+    sock: &impl AsRawFd,
+    v6_sock: bool,
+    peer: IpAddr,
+    prefix_len: Option<u8>,
+    key: &[u8],
+) -> io::Result<()> {
     if key.len() > 80 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -29,6 +57,10 @@ pub fn set_md5(sock: &impl AsRawFd, peer: IpAddr, key: &[u8]) -> io::Result<()> 
     let mut sig: TcpMd5Sig = unsafe { std::mem::zeroed() };
     sig.keylen = key.len() as u16;
     sig.key[..key.len()].copy_from_slice(key);
+    let (peer, prefix_len) = match (peer, v6_sock) {
+        (IpAddr::V4(a), true) => (IpAddr::V6(a.to_ipv6_mapped()), prefix_len.map(|l| l + 96)),
+        other => (other.0, prefix_len),
+    };
     match peer {
         IpAddr::V4(a) => {
             // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
@@ -47,12 +79,20 @@ pub fn set_md5(sock: &impl AsRawFd, peer: IpAddr, key: &[u8]) -> io::Result<()> 
             sin6.sin6_addr.s6_addr = a.octets();
         }
     }
+    let opt = match prefix_len {
+        Some(len) => {
+            sig.flags = TCP_MD5SIG_FLAG_PREFIX;
+            sig.prefixlen = len;
+            libc::TCP_MD5SIG_EXT
+        }
+        None => libc::TCP_MD5SIG,
+    };
     // SAFETY: valid fd, pointer and length of a live, initialised struct.
     let rc = unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
             libc::IPPROTO_TCP,
-            libc::TCP_MD5SIG,
+            opt,
             &sig as *const TcpMd5Sig as *const libc::c_void,
             std::mem::size_of::<TcpMd5Sig>() as libc::socklen_t,
         )
@@ -111,7 +151,7 @@ pub async fn connect(
         s.bind(SocketAddr::new(src, 0))?;
     }
     if let Some(k) = md5 {
-        set_md5(&s, peer.ip(), k.as_bytes())?;
+        set_md5(&s, peer.is_ipv6(), peer.ip(), k.as_bytes())?;
     }
     if let Some(h) = ttl_security {
         set_gtsm(&s, peer.is_ipv6(), h)?;
