@@ -245,4 +245,44 @@ fn agent_allocates_from_crds_programs_routes_and_keeps_them_across_shutdown() {
         Ok((!local_routes(&lab, "n1").contains(&pod.host_if)).then_some(()))
     })
     .expect("routes removed");
+
+    // A pool created while the agent runs is usable at once.
+    k8s::with_client(lab.tor(), |c| async move {
+        k8s::apply_json::<node_agent::crd::IPPool>(
+            &c,
+            serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "IPPool",
+                "metadata": {"name": "late"}, "spec": {"cidr": "198.19.200.0/24", "blockSize": 28}}),
+        )
+        .await
+        .expect("late pool");
+    })
+    .expect("pool");
+    let late = rt.block_on(async {
+        let mut ipam = ipam::grpc::connect_uds(&agent.socket)
+            .await
+            .expect("connect");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = ipam
+                .allocate(AllocateRequest {
+                    handle: "k8s-pod-network.c2".into(),
+                    pod_namespace: "x".into(),
+                    pod_name: "b".into(),
+                    families: vec![Family::Ipv4 as i32],
+                    pool_hints: vec!["late".into()],
+                    ..AllocateRequest::default()
+                })
+                .await;
+            match r {
+                Ok(r) => break r.into_inner().addresses,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("not yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("the late pool never became usable: {e}"),
+            }
+        }
+    });
+    assert!(late[0].ip.starts_with("198.19.200."), "{late:?}");
+    assert_eq!(late[0].pool, "late");
 }

@@ -121,6 +121,54 @@ pub fn identify(args: &AgentArgs, cluster: &Cluster) -> Result<NodeIdentity, Age
     })
 }
 
+/// Keeps the allocator's pools and node labels current: a new, changed or
+/// disabled IPPool, or a relabelled Node, applies at once (not at the next
+/// failed allocation).
+async fn feed_allocator(cluster: Cluster, alloc: ipam::Allocator, me: String) {
+    let mut gens = cluster.subscribe();
+    let mut seen = gens.borrow().clone();
+    loop {
+        if gens.changed().await.is_err() {
+            return;
+        }
+        let now = gens.borrow().clone();
+        let moved = now.changed_since(&seen);
+        seen = now;
+        if moved.contains(&crate::cluster::Kind::IpPool) {
+            let pools: Vec<ipam::PoolObject> = cluster
+                .pools
+                .state()
+                .iter()
+                .filter_map(|p| match crate::ipam_store::pool_to_model(p) {
+                    Ok(o) => Some(o),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ignoring invalid IPPool");
+                        None
+                    }
+                })
+                .collect();
+            tracing::info!(pools = pools.len(), "IP pools changed");
+            if alloc.set_pools(pools).await.is_err() {
+                return;
+            }
+        }
+        if moved.contains(&crate::cluster::Kind::Node) {
+            let labels = cluster
+                .nodes
+                .get(&kube::runtime::reflector::ObjectRef::new(&me))
+                .and_then(|n| n.metadata.labels.clone())
+                .unwrap_or_default();
+            if alloc
+                .set_node_labels(labels.into_iter().collect())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
 fn identity_json(me: &NodeIdentity) -> serde_json::Value {
     let addr = |c: &Option<Chosen>| {
         c.as_ref().map(|c| {
@@ -179,6 +227,11 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     )
     .await?;
     let _follow = alloc.follow_block_watch(store.clone());
+    let _pools = tokio::spawn(feed_allocator(
+        cluster.clone(),
+        alloc.clone(),
+        me.name.clone(),
+    ));
     let (view_tx, view_rx) = tokio::sync::watch::channel(Arc::new(IpamView::default()));
     let _view_task = tokio::spawn(ipamview::run(store.clone(), me.name.clone(), view_tx));
 
