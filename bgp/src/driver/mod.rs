@@ -489,7 +489,8 @@ impl RibTask {
     }
 
     fn inbound(&mut self, stream: TcpStream, from: SocketAddr) {
-        let ip = from.ip();
+        // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d.
+        let ip = from.ip().to_canonical();
         if let Some(p) = self.peers.values().find(|p| p.addr == Some(ip)) {
             if let Some(tx) = &p.tx {
                 let _ = tx.try_send(PeerCmd::Inbound(stream));
@@ -695,11 +696,14 @@ impl PeerTask {
         let id = self.next_conn;
         self.next_conn += 1;
         let _ = s.set_nodelay(true);
+        let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
         let local = s
             .local_addr()
+            .map(canonical)
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let peer = s
             .peer_addr()
+            .map(canonical)
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (mut rd, mut wr) = s.into_split();
         let ev = self.ev_tx.clone();
