@@ -72,6 +72,25 @@ fn add_pod(lab: &Lab, agent: &Agent, name: &str, app: &str) -> TestPod {
     }
 }
 
+/// Runs margayctl in `ns`; returns (exit code, stdout + stderr).
+fn margayctl(ns: &Netns, args: &[&str]) -> (i32, String) {
+    let bin = lab::workspace_bin("margayctl").expect("margayctl built");
+    let out = ns
+        .command(bin.to_str().expect("path"))
+        .args(["--api-server", &k8s::api_url()])
+        .args(args)
+        .output()
+        .expect("run margayctl");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 fn kubectl(lab: &Lab, args: &[&str]) -> String {
     let kc = k8s::kubeconfig_path(lab);
     let mut argv = vec!["kubectl", "--kubeconfig", kc.to_str().expect("path")];
@@ -200,11 +219,80 @@ spec:
     assert!(n1.contains(&web_if), "n1 has web's endpoint:\n{n1}");
     assert!(!n2.contains(&web_if), "n2 does not:\n{n2}");
 
+    // margayctl agrees with what the probes saw, and names the policy.
+    let tor = lab.tor();
+    let trace = |from: &str, port: &str| {
+        margayctl(
+            tor,
+            &[
+                "policy", "trace", "--from", from, "--to", "demo/web", "--port", port,
+            ],
+        )
+    };
+    let (code, out) = trace("demo/client", "80/TCP");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("verdict: ALLOW") && out.contains("web-from-client"),
+        "{out}"
+    );
+    assert!(trace("demo/other", "80/TCP").1.contains("verdict: DENY"));
+    assert!(trace("demo/client", "80/UDP").1.contains("verdict: DENY"));
+    let n1 = &lab.node("n1").expect("n1").ns;
+    // Status is refreshed every second: poll (bounded).
+    let established = |out: &str| {
+        out.lines()
+            .any(|l| l.starts_with("mesh-n2") && l.contains("Established"))
+    };
+    let mut out = String::new();
+    for _ in 0..30 {
+        let (code, o) = margayctl(
+            n1,
+            &["--agent", "http://198.18.0.11:9099", "node", "status"],
+        );
+        assert_eq!(code, 0, "{o}");
+        out = o;
+        if established(&out) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(out.contains("198.18.0.11/24 on eth0"), "{out}");
+    assert!(established(&out), "{out}");
+
     let out = kubectl(
         &lab,
         &["delete", "networkpolicy", "-n", "demo", "web-from-client"],
     );
     assert!(out.contains("deleted"), "{out}");
     eventually(&pods, &pairs, &[true; 5], "policy deleted");
+
+    // IPAM from margayctl: usage, a clean check, a refused release.
+    let (code, out) = margayctl(tor, &["ipam", "show", "--show-blocks"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("198.19.0.0/16") && out.contains("host:n1") && out.contains("host:n2"),
+        "{out}"
+    );
+    let (code, out) = margayctl(tor, &["ipam", "check"]);
+    assert_eq!(code, 0, "{out}");
+    let web_ip = pods[web].v4.to_string();
+    let (code, out) = margayctl(tor, &["ipam", "release", "--ip", &web_ip]);
+    assert_ne!(
+        code, 0,
+        "releasing a live pod's address must be refused: {out}"
+    );
+    assert!(out.contains("demo/web") && out.contains("exists"), "{out}");
+    // A leak: the Pod object goes without a CNI DEL.
+    let other_ip = pods[other].v4.to_string();
+    kubectl(&lab, &["delete", "pod", "-n", "demo", "other"]);
+    let (code, out) = margayctl(tor, &["ipam", "check"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("demo") && out.contains("other"), "{out}");
+    let (code, out) = margayctl(tor, &["ipam", "release", "--ip", &other_ip]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = margayctl(tor, &["ipam", "show", "--ip", &other_ip]);
+    assert!(code == 0 && out.contains("free"), "{out}");
+    let (code, out) = margayctl(tor, &["ipam", "check"]);
+    assert_eq!(code, 0, "clean after the release: {out}");
     drop(agents);
 }

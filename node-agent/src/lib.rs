@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod config;
 pub mod controller;
 pub mod crd;
+pub mod ctl;
 pub mod dataplane;
 pub mod endpoints;
 pub mod fib;

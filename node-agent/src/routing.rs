@@ -4,7 +4,7 @@
 //! ```text
 //!  cluster (Nodes, BGPPeers, BGPConfigurations, IPPools) ──generations──┐
 //!  IPAM view (affine blocks, borrowed addresses) ──────── changed ──────┼─► routing task ──► Speaker
-//!  status timer (2 s) ──────────────────────────────────────────────────┘      │ peers, originate/withdraw
+//!  status timer (1 s) ──────────────────────────────────────────────────┘      │ peers, originate/withdraw
 //!                                                                              ▼
 //!  Speaker ──best-path batches──► FIB task ──► kernel (route protocol 80, ECMP)
 //! ```
@@ -104,7 +104,9 @@ pub fn effective_config(
     }
 }
 
-fn selects(sel: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+/// Whether a LabelSelector (absent: everything) matches `labels`; unknown
+/// operators match nothing (fail closed).
+pub fn selects(sel: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
     let Some(sel) = sel else { return true };
     for (k, v) in sel.match_labels.iter().flatten() {
         if labels.get(k) != Some(v) {

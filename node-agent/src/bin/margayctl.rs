@@ -1,2 +1,172 @@
-//! `margayctl`: inspect and operate Margay.
-fn main() {}
+//! `margayctl`: inspect and operate Margay (see `node_agent::ctl`).
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use node_agent::ctl::{self, CtlError, TraceQuery};
+
+#[derive(Parser)]
+#[command(name = "margayctl", version, about = "Inspect and operate Margay")]
+struct Cli {
+    /// The local agent's status endpoint.
+    #[arg(
+        long,
+        env = "MARGAY_AGENT",
+        default_value = "http://127.0.0.1:9099",
+        global = true
+    )]
+    agent: String,
+    /// API server URL (default: in-cluster config or KUBECONFIG).
+    #[arg(long, env = "MARGAY_API_SERVER", global = true)]
+    api_server: Option<String>,
+    /// Print the raw JSON the answer is built from (node status).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// This node.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+    /// IP address management.
+    Ipam {
+        #[command(subcommand)]
+        cmd: IpamCmd,
+    },
+    /// NetworkPolicy.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Node address (and why it was chosen), readiness, BGP peers.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum IpamCmd {
+    /// Pool usage; with --show-blocks every block; with --ip one address.
+    Show {
+        /// List blocks too.
+        #[arg(long)]
+        show_blocks: bool,
+        /// Look up one address.
+        #[arg(long)]
+        ip: Option<IpAddr>,
+    },
+    /// Leaks, orphans and inconsistencies; exits 1 when something is wrong.
+    Check,
+    /// Free one address (refused while its pod exists).
+    Release {
+        /// The address.
+        #[arg(long)]
+        ip: IpAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Whether a new connection between two pods is allowed, and by what.
+    Trace {
+        /// Source, namespace/pod.
+        #[arg(long)]
+        from: String,
+        /// Destination, namespace/pod.
+        #[arg(long)]
+        to: String,
+        /// PORT/PROTOCOL (80/TCP, 53/UDP) or icmp.
+        #[arg(long, default_value = "80/TCP")]
+        port: String,
+    },
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
+    let client = || async {
+        node_agent::cluster::client(cli.api_server.as_deref())
+            .await
+            .map_err(|e| CtlError::Usage(node_agent::logging::chain(&e)))
+    };
+    match cli.cmd {
+        Cmd::Node {
+            cmd: NodeCmd::Status,
+        } => {
+            let url = format!("{}/status", cli.agent.trim_end_matches('/'));
+            let body = ctl::http_get(&url).await?;
+            let v: serde_json::Value =
+                serde_json::from_str(&body).map_err(|e| CtlError::Agent {
+                    url,
+                    reason: format!("not JSON: {e}"),
+                })?;
+            if cli.json {
+                println!("{v:#}");
+            } else {
+                print!("{}", ctl::render_node_status(&v));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ipam { cmd } => {
+            let c = client().await?;
+            match cmd {
+                IpamCmd::Show { show_blocks, ip } => {
+                    print!("{}", ctl::ipam_show(&c, show_blocks, ip).await?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                IpamCmd::Check => {
+                    let (out, clean) = ctl::ipam_check(&c).await?;
+                    print!("{out}");
+                    Ok(if clean {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    })
+                }
+                IpamCmd::Release { ip } => {
+                    print!("{}", ctl::ipam_release(&c, ip).await?);
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+        Cmd::Policy {
+            cmd: PolicyCmd::Trace { from, to, port },
+        } => {
+            let q = TraceQuery {
+                from: ctl::parse_pod(&from)?,
+                to: ctl::parse_pod(&to)?,
+                l4: ctl::parse_port(&port)?,
+            };
+            let (out, _) = ctl::policy_trace(&client().await?, &q).await?;
+            print!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("margayctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("margayctl: {}", node_agent::logging::chain(&e));
+            ExitCode::from(2)
+        }
+    }
+}
