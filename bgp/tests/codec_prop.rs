@@ -101,6 +101,7 @@ fn attrs(four: bool, with_nh: bool) -> impl Strategy<Value = PathAttrs> {
                     originator_id: oid,
                     cluster_list: cl,
                     unknown,
+                    partial: Default::default(),
                 }
             },
         )

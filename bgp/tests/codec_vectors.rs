@@ -95,7 +95,9 @@ fn canonical(msg: &[u8]) -> Vec<u8> {
                 let value = attrs[i + hl..i + hl + len].to_vec();
                 let known = matches!(code, 1..=10 | 14 | 15 | 17 | 18 | 32);
                 let mut f = flags & !0x10;
-                if known {
+                // Partial is kept on optional transitive attributes (known
+                // or not) and meaningless on the others.
+                if known && !matches!(code, 7 | 8 | 17 | 18 | 32) {
                     f &= !0x20;
                 }
                 if len > 255 {

@@ -384,6 +384,48 @@ pub struct PathAttrs {
     pub cluster_list: Vec<Ipv4Addr>,
     /// Unknown optional transitive attributes, passed through.
     pub unknown: Vec<RawAttr>,
+    /// Recognised optional transitive attributes that arrived with the
+    /// Partial bit set; they keep it when passed on (RFC 4271 §4.3: once
+    /// set, no later speaker clears it).
+    pub partial: Partial,
+}
+
+/// A set of recognised optional transitive attribute codes (AGGREGATOR,
+/// COMMUNITIES, LARGE_COMMUNITY, AS4_PATH, AS4_AGGREGATOR).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Partial(u8);
+
+impl Partial {
+    fn bit(code: u8) -> u8 {
+        use attr_code::*;
+        match code {
+            AGGREGATOR => 1,
+            COMMUNITIES => 2,
+            LARGE_COMMUNITY => 4,
+            AS4_PATH => 8,
+            AS4_AGGREGATOR => 16,
+            _ => 0,
+        }
+    }
+
+    /// Mark `code` as partial (other codes are ignored).
+    pub fn insert(&mut self, code: u8) {
+        self.0 |= Self::bit(code);
+    }
+
+    /// Was `code` received partial?
+    pub fn contains(self, code: u8) -> bool {
+        Self::bit(code) != 0 && self.0 & Self::bit(code) != 0
+    }
+
+    /// The Partial flag to send with `code`.
+    pub fn flag(self, code: u8) -> u8 {
+        if self.contains(code) {
+            flag::PARTIAL
+        } else {
+            0
+        }
+    }
 }
 
 pub(crate) fn put_attr_header(out: &mut BytesMut, flags: u8, code: u8, len: usize) {
@@ -403,6 +445,7 @@ impl PathAttrs {
     /// Append the attributes, in type-code order, to `out`.
     pub(crate) fn encode(&self, cx: &EncodeCx, out: &mut BytesMut) {
         use attr_code::*;
+        let p = self.partial;
         if let Some(o) = self.origin {
             put_attr_header(out, flag::WELL_KNOWN, ORIGIN, 1);
             out.put_u8(o.to_u8());
@@ -435,10 +478,10 @@ impl PathAttrs {
         }
         if let Some(a) = self.aggregator {
             if cx.four_byte_as {
-                put_attr_header(out, flag::OPT_TRANS, AGGREGATOR, 8);
+                put_attr_header(out, flag::OPT_TRANS | p.flag(AGGREGATOR), AGGREGATOR, 8);
                 out.put_u32(a.asn);
             } else {
-                put_attr_header(out, flag::OPT_TRANS, AGGREGATOR, 6);
+                put_attr_header(out, flag::OPT_TRANS | p.flag(AGGREGATOR), AGGREGATOR, 6);
                 out.put_u16(u16::try_from(a.asn).unwrap_or(AS_TRANS as u16));
             }
             out.put_slice(&a.addr.octets());
@@ -446,7 +489,7 @@ impl PathAttrs {
         if !self.communities.is_empty() {
             put_attr_header(
                 out,
-                flag::OPT_TRANS,
+                flag::OPT_TRANS | p.flag(COMMUNITIES),
                 COMMUNITIES,
                 self.communities.len() * 4,
             );
@@ -471,11 +514,17 @@ impl PathAttrs {
         }
         if !cx.four_byte_as {
             if self.as_path.is_some() && path.needs_as4() {
-                put_attr_header(out, flag::OPT_TRANS, AS4_PATH, path.value_len(true, true));
+                put_attr_header(
+                    out,
+                    flag::OPT_TRANS | p.flag(AS4_PATH),
+                    AS4_PATH,
+                    path.value_len(true, true),
+                );
                 path.encode_value(true, true, out);
             }
             if let Some(a) = self.aggregator.filter(|a| a.asn > 0xffff) {
-                put_attr_header(out, flag::OPT_TRANS, AS4_AGGREGATOR, 8);
+                let pf = p.flag(AS4_AGGREGATOR) | p.flag(AGGREGATOR);
+                put_attr_header(out, flag::OPT_TRANS | pf, AS4_AGGREGATOR, 8);
                 out.put_u32(a.asn);
                 out.put_slice(&a.addr.octets());
             }
@@ -483,7 +532,7 @@ impl PathAttrs {
         if !self.large_communities.is_empty() {
             put_attr_header(
                 out,
-                flag::OPT_TRANS,
+                flag::OPT_TRANS | p.flag(LARGE_COMMUNITY),
                 LARGE_COMMUNITY,
                 self.large_communities.len() * 12,
             );

@@ -408,6 +408,9 @@ impl AttrWalk<'_> {
             );
             return Ok(());
         }
+        if flags & flag::PARTIAL != 0 && expected == flag::OPT_TRANS {
+            self.u.attrs.partial.insert(code);
+        }
         let taw = |u: &mut Update, reason| u.issue(code, Action::TreatAsWithdraw, reason);
         let a = &mut self.u.attrs;
         match code {
