@@ -223,6 +223,7 @@ fn down_removes_a_lab_left_running() {
     let bin = env!("CARGO_BIN_EXE_margay-lab");
     let up = Command::new(bin)
         .args(["--prefix", &prefix, "up", "--nodes", "2", "--pods", "1"])
+        .args(["--repo", concat!(env!("CARGO_MANIFEST_DIR"), "/..")])
         .output()
         .expect("run margay-lab up");
     let stdout = String::from_utf8_lossy(&up.stdout);

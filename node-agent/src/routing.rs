@@ -4,7 +4,7 @@
 //! ```text
 //!  cluster (Nodes, BGPPeers, BGPConfigurations, IPPools) ──generations──┐
 //!  IPAM view (affine blocks, borrowed addresses) ──────── changed ──────┼─► routing task ──► Speaker
-//!  status timer (1 s) ──────────────────────────────────────────────────┘      │ peers, originate/withdraw
+//!  status timer (250ms)─────────────────────────────────────────────────┘      │ peers, originate/withdraw
 //!                                                                              ▼
 //!  Speaker ──best-path batches──► FIB task ──► kernel (route protocol 80, ECMP)
 //! ```

@@ -280,7 +280,7 @@ pub async fn run(mut deps: RoutingDeps) {
     let mut seen = gens.borrow().clone();
     let mut running: Option<Running> = None;
     let mut last_problems: Vec<String> = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut dirty = true;
     loop {
         if dirty {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use node_agent::crd::{BGPConfiguration, BGPPeer, IPPool};
@@ -75,6 +76,7 @@ fn check(doc: &Value) -> Result<&'static str, String> {
         "ConfigMap" => round_trip::<ConfigMap>(doc),
         "Secret" => round_trip::<Secret>(doc),
         "DaemonSet" => round_trip::<DaemonSet>(doc),
+        "NetworkPolicy" => round_trip::<NetworkPolicy>(doc),
         "CustomResourceDefinition" => round_trip::<CustomResourceDefinition>(doc),
         "IPPool" => round_trip::<IPPool>(doc),
         "BGPConfiguration" => round_trip::<BGPConfiguration>(doc),

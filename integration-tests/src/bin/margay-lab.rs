@@ -1,29 +1,31 @@
-//! `margay-lab`: brings the Margay lab up and down on this machine, and
-//! serves/probes inside it.
+//! `margay-lab`: Margay on one machine, in network namespaces.
 //!
 //! ```text
-//! margay-lab up [--nodes 3]     build the lab, print what it did
-//! margay-lab status             BGP sessions, ToR routes, reachability
-//! margay-lab exec n1 -- ip r    run a command in tor / n1 / a pod
-//! margay-lab down               remove everything (also after a crash)
+//! margay-lab up [--nodes 3] [--pods 2]   API server + BIRD ToR + margay-node on every node,
+//!                                        pods made by the real CNI, policy demo
+//! margay-lab status                      agents' BGP status, ToR routes, reachability
+//! margay-lab kubectl get pods -A         kubectl against the lab's API server
+//! margay-lab margayctl n1 node status    margayctl on a node
+//! margay-lab exec n1 -- ip route         any command in tor, a node, or a pod
+//! margay-lab down                        remove everything (also after a crash)
 //! ```
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use integration_tests::lab::{
-    self, Bird, Lab, Netns, PodSpec, Probe, Proto, TorBgp, node_bird_config, probe_many,
-    tor_bird_config,
-};
+use integration_tests::cni::{self, Attachment};
+use integration_tests::k8s;
+use integration_tests::lab::{self, Lab, Netns, Probe, Proto, TorBgp, probe_many, tor_bird_config};
 use serde::{Deserialize, Serialize};
 
 const DEFAULT_PREFIX: &str = "mglab";
 const RUN_ROOT: &str = "/run/margay-lab";
-/// AS of the lab (Margay's default, as in BGPConfiguration).
-const LAB_ASN: u32 = 64512;
+/// The ToR's MD5 password: the one `deploy/examples/bgppeer.yaml` puts in
+/// its Secret, so the lab runs the example as shipped.
+const TOR_PASSWORD: &str = "change-me";
 
 #[derive(Parser)]
 #[command(version, about = "Margay's network-namespace lab")]
@@ -37,19 +39,37 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build the lab: ToR with BIRD, nodes, pods; print how to look around.
+    /// Bring the lab up: API server, BIRD ToR, margay-node on every node,
+    /// pods through the CNI, a policy demo; print how to look around.
     Up {
         /// Number of nodes.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
-        /// Pods per node.
+        /// Pods per node (alternately role=server and role=client).
         #[arg(long, default_value_t = 2)]
         pods: usize,
+        /// Repository root (for deploy/ manifests).
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
     },
     /// Remove the lab: kill its processes, delete its namespaces and state.
     Down,
-    /// Print BGP sessions, the ToR's routes and the pod reachability matrix.
+    /// Agents' BGP status, the ToR's routes and the reachability matrix.
     Status,
+    /// Run kubectl against the lab's API server.
+    Kubectl {
+        /// kubectl arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run margayctl on a node (its agent and the lab's API server).
+    Margayctl {
+        /// Node (n1, n2, ...).
+        node: String,
+        /// margayctl arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run a command in `tor`, a node (`n1`) or a pod (`demo/n1-a` or `n1-a`).
     Exec {
         /// Where.
@@ -86,13 +106,15 @@ enum Cmd {
     },
 }
 
-/// What `up` leaves for `status`, `exec` and `down`.
+/// What `up` leaves for the other commands.
 #[derive(Serialize, Deserialize)]
 struct State {
     prefix: String,
     run_dir: PathBuf,
     tor_ns: String,
     bird_ctl: PathBuf,
+    kubeconfig: PathBuf,
+    api_url: String,
     nodes: Vec<NodeState>,
     pods: Vec<PodState>,
 }
@@ -103,7 +125,8 @@ struct NodeState {
     ns: String,
     ipv4: String,
     ipv6: String,
-    bird_ctl: PathBuf,
+    agent_url: String,
+    socket: PathBuf,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -111,10 +134,10 @@ struct PodState {
     namespace: String,
     name: String,
     node: String,
+    role: String,
     ns: String,
     ipv4: String,
     ipv6: String,
-    host_if: String,
 }
 
 fn main() {
@@ -146,11 +169,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 std::process::exit(1)
             }
         }
-        Cmd::Up { nodes, pods } => up(&cli.prefix, nodes, pods),
+        Cmd::Up { nodes, pods, repo } => up(&cli.prefix, nodes, pods, &repo),
         Cmd::Down => down(&cli.prefix),
         Cmd::Status => status(&load_state(&cli.prefix)?),
+        Cmd::Kubectl { args } => {
+            let st = load_state(&cli.prefix)?;
+            passthrough(&st.tor_ns, "kubectl", &kubectl_args(&st, &args))
+        }
+        Cmd::Margayctl { node, args } => {
+            let st = load_state(&cli.prefix)?;
+            let n = st
+                .nodes
+                .iter()
+                .find(|n| n.name == node)
+                .with_context(|| format!("no node {node} in the lab"))?;
+            let bin = lab::workspace_bin("margayctl")?;
+            let mut a = vec![
+                "--agent".to_string(),
+                n.agent_url.clone(),
+                "--api-server".to_string(),
+                st.api_url.clone(),
+            ];
+            a.extend(args);
+            passthrough(&n.ns, path_str(&bin)?, &a)
+        }
         Cmd::Exec { target, argv } => exec(&load_state(&cli.prefix)?, &target, &argv),
     }
+}
+
+fn path_str(p: &Path) -> anyhow::Result<&str> {
+    p.to_str().context("non-UTF-8 path")
 }
 
 fn run_dir(prefix: &str) -> PathBuf {
@@ -168,7 +216,23 @@ fn load_state(prefix: &str) -> anyhow::Result<State> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
 }
 
-fn up(prefix: &str, n_nodes: usize, pods_per_node: usize) -> anyhow::Result<()> {
+fn kubectl_args(st: &State, args: &[String]) -> Vec<String> {
+    let mut a = vec![
+        "--kubeconfig".to_string(),
+        st.kubeconfig.display().to_string(),
+    ];
+    a.extend(args.iter().cloned());
+    a
+}
+
+/// kubectl in the ToR namespace; its output, or an error with it.
+fn kubectl(tor: &Netns, kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let mut argv = vec!["kubectl", "--kubeconfig", path_str(kubeconfig)?];
+    argv.extend_from_slice(args);
+    Ok(tor.exec(&argv)?)
+}
+
+fn up(prefix: &str, n_nodes: usize, pods_per_node: usize, repo: &Path) -> anyhow::Result<()> {
     lab::can_run().map_err(anyhow::Error::msg)?;
     let existing: Vec<String> = lab::netns::list()
         .into_iter()
@@ -180,12 +244,20 @@ fn up(prefix: &str, n_nodes: usize, pods_per_node: usize) -> anyhow::Result<()> 
             existing.len()
         );
     }
-    if !(1..=50).contains(&n_nodes) || pods_per_node > 50 {
-        bail!("--nodes must be 1..=50 and --pods at most 50");
+    if !(1..=50).contains(&n_nodes) || !(1..=20).contains(&pods_per_node) {
+        bail!("--nodes must be 1..=50 and --pods 1..=20");
     }
+    let deploy = repo.join("deploy");
+    if !deploy.join("crds.yaml").is_file() {
+        bail!(
+            "{} not found (run from the repository root or pass --repo)",
+            deploy.display()
+        );
+    }
+    let t0 = Instant::now();
     let dir = run_dir(prefix);
     println!(
-        "==> building lab `{prefix}`: ToR + {n_nodes} nodes, state in {}",
+        "==> lab `{prefix}`: ToR + {n_nodes} nodes in network namespaces, state in {}",
         dir.display()
     );
     let mut lab = Lab::builder()
@@ -193,162 +265,285 @@ fn up(prefix: &str, n_nodes: usize, pods_per_node: usize) -> anyhow::Result<()> 
         .nodes(n_nodes)
         .run_dir(&dir)
         .build()?;
+    for n in lab.nodes() {
+        println!("    {}  {} / {}", n.name, n.ipv4, n.ipv6);
+    }
 
     println!(
-        "==> BIRD on the ToR ({}): route reflector for 198.18.0.0/16, AS {LAB_ASN}",
-        lab.tor().name()
+        "==> Kubernetes API test server on {} (in the ToR namespace)",
+        k8s::api_url()
     );
-    let mut tor_bird = lab.start_tor_bird(&tor_bird_config(&TorBgp {
-        asn: LAB_ASN,
+    let mut api = k8s::start_apiserver(&lab)?;
+    let kc = k8s::kubeconfig_path(&lab);
+    let tor = Netns::existing(lab.tor().name());
+
+    println!("==> BIRD on the ToR: route reflector for 198.18.0.0/16, AS 64512, MD5");
+    let mut bird = lab.start_tor_bird(&tor_bird_config(&TorBgp {
+        password: Some(TOR_PASSWORD.into()),
         ..TorBgp::default()
     }))?;
 
-    // Until margay-node runs here, each node's routes come from a BIRD
-    // stand-in announcing the node's block, exactly what the agent will do.
-    let mut node_states = Vec::new();
-    let mut node_birds = Vec::new();
-    for node in lab.nodes() {
-        let (b4, b6) = node_blocks(node.index);
-        let cfg = node_bird_config(node, LAB_ASN, &b4, Some(&b6));
-        let bird = Bird::start(
-            &node.ns,
-            lab.run_dir(),
-            &format!("{}-bird", node.name),
-            &cfg,
-        )?;
-        println!(
-            "    {} {} / {}: BIRD announces {b4} and {b6}",
-            node.name, node.ipv4, node.ipv6
-        );
-        node_states.push(NodeState {
-            name: node.name.clone(),
-            ns: node.ns.name().to_string(),
-            ipv4: node.ipv4.to_string(),
-            ipv6: node.ipv6.to_string(),
-            bird_ctl: bird.ctl_path().to_path_buf(),
-        });
-        node_birds.push(bird);
+    println!("==> kubectl apply: CRDs, IPPools, BGPConfiguration (mesh off), BGPPeer (the ToR)");
+    let apply = |f: &str| -> anyhow::Result<()> {
+        let out = kubectl(&tor, &kc, &["apply", "-f", path_str(&deploy.join(f))?])?;
+        for l in out.lines() {
+            println!("    {l}");
+        }
+        Ok(())
+    };
+    apply("crds.yaml")?;
+    lab::wait_for("CRDs served", Duration::from_secs(10), || {
+        Ok(kubectl(
+            &tor,
+            &kc,
+            &["get", "ippools,ipamblocks,bgppeers,bgpconfigurations"],
+        )
+        .ok()
+        .map(|_| ()))
+    })?;
+    kubectl(&tor, &kc, &["create", "namespace", "margay-system"])?;
+    for f in [
+        "examples/ippool.yaml",
+        "examples/bgpconfiguration.yaml",
+        "examples/bgppeer.yaml",
+    ] {
+        apply(f)?;
     }
 
-    println!("==> pods ({pods_per_node} per node, namespace `demo`), each serving TCP/UDP 80");
-    let mut pods = Vec::new();
+    println!("==> Node objects and margay-node on every node");
+    let nodes: Vec<(String, IpAddr)> = lab
+        .nodes()
+        .iter()
+        .map(|n| (n.name.clone(), IpAddr::V4(n.ipv4)))
+        .collect();
+    k8s::with_client(lab.tor(), move |c| async move {
+        for (name, ip) in &nodes {
+            k8s::create_node(&c, name, *ip, &[("margay.dev/lab", "true")]).await?;
+        }
+        Ok::<(), kube::Error>(())
+    })??;
+    let mut agents = Vec::new();
+    let mut node_states = Vec::new();
+    for n in lab.nodes() {
+        let agent = k8s::start_agent(&lab, &n.name, &[])?;
+        node_states.push(NodeState {
+            name: n.name.clone(),
+            ns: n.ns.name().to_string(),
+            ipv4: n.ipv4.to_string(),
+            ipv6: n.ipv6.to_string(),
+            agent_url: format!("http://{}:9099", n.ipv4),
+            socket: agent.socket.clone(),
+        });
+        println!(
+            "    {}: margay-node pid {}, socket {}",
+            n.name,
+            agent.daemon.pid(),
+            agent.socket.display()
+        );
+        agents.push(agent);
+    }
+
+    println!("==> pods (namespace demo) through the margay CNI binary, each serving TCP/UDP 80");
+    let conf = |agent: &k8s::Agent| cni::margay_conf(&agent.socket, &dir.join("cni.log"));
     let mut pod_states = Vec::new();
-    for node in lab.nodes() {
+    let mut keep = Vec::new();
+    for (node, agent) in lab.nodes().iter().zip(&agents) {
         for j in 0..pods_per_node {
-            let (b4, _) = node_blocks(node.index);
-            let spec = PodSpec {
-                namespace: "demo".into(),
-                name: format!("{}-{}", node.name, (b'a' + j as u8) as char),
-                ipv4: Some(nth_in_block4(&b4, j + 2)?),
-                ipv6: Some(format!("2001:db8:{}::{:x}", node.index, j + 2).parse()?),
+            let name = format!("{}-{}", node.name, (b'a' + j as u8) as char);
+            let role = if j % 2 == 0 { "server" } else { "client" };
+            let (pod, on, r) = (name.clone(), node.name.clone(), role.to_string());
+            k8s::with_client(lab.tor(), move |c| async move {
+                k8s::create_pod(
+                    &c,
+                    "demo",
+                    &pod,
+                    &on,
+                    &[("role", &r)],
+                    &[("http", 80, "TCP")],
+                )
+                .await
+            })??;
+            let mut ns = Netns::create(&lab.pod_ns_name("demo", &name))?;
+            let a = Attachment {
+                container_id: format!("lab-{name}"),
+                netns: ns.path().display().to_string(),
+                ifname: "eth0".into(),
+                pod_namespace: "demo".into(),
+                pod_name: name.clone(),
             };
-            let pod = lab.add_pod(&node.name, &spec)?;
-            let server = lab.serve(&pod.ns, &pod.name, &[80], &[80])?;
+            let started = Instant::now();
+            let out = cni::invoke(&node.ns, "ADD", &conf(agent), &a)?;
+            if !out.ok {
+                bail!("CNI ADD for {name} failed: {} {}", out.stdout, out.stderr);
+            }
+            let ips = out.ips();
+            let v4 = ips
+                .iter()
+                .find(|i| !i.contains(':'))
+                .cloned()
+                .unwrap_or_default();
+            let v6 = ips
+                .iter()
+                .find(|i| i.contains(':'))
+                .cloned()
+                .unwrap_or_default();
             println!(
-                "    {}/{} on {}: {} {} via {}",
-                pod.namespace,
-                pod.name,
+                "    demo/{name} ({role}) on {}: {v4} {v6}  [CNI ADD {:.1} ms]",
                 node.name,
-                spec.ipv4.map(|i| i.to_string()).unwrap_or_default(),
-                spec.ipv6.map(|i| i.to_string()).unwrap_or_default(),
-                pod.host_if
+                started.elapsed().as_secs_f64() * 1e3
             );
+            let mut server = lab.serve(&ns, &name, &[80], &[80])?;
+            ns.persist();
+            server.persist();
+            keep.push(server);
             pod_states.push(PodState {
-                namespace: pod.namespace.clone(),
-                name: pod.name.clone(),
+                namespace: "demo".into(),
+                name,
                 node: node.name.clone(),
-                ns: pod.ns.name().to_string(),
-                ipv4: spec.ipv4.map(|i| i.to_string()).unwrap_or_default(),
-                ipv6: spec.ipv6.map(|i| i.to_string()).unwrap_or_default(),
-                host_if: pod.host_if.clone(),
+                role: role.into(),
+                ns: ns.name().to_string(),
+                ipv4: v4,
+                ipv6: v6,
             });
-            pods.push((pod, server));
         }
     }
 
-    println!("==> waiting for BGP sessions and routes");
-    let want = n_nodes;
-    lab::wait_for("ToR sessions established", Duration::from_secs(30), || {
-        let out = tor_bird.birdc("show protocols")?;
-        let up = out
-            .lines()
-            .filter(|l| l.starts_with("node") && l.contains("Established"))
-            .count();
-        Ok((up == want).then_some(()))
-    })?;
-    // Every node has every block (v4 and v6) in its kernel FIB.
-    let routes_wanted = 2 * n_nodes;
+    println!("==> waiting for BGP and for every pod to reach every other");
     lab::wait_for(
-        "BGP routes in every node's kernel",
+        "every node Established with the ToR",
         Duration::from_secs(30),
         || {
-            for node in lab.nodes() {
-                let v4 = node.ns.ip(&["-4", "route", "show", "proto", "bird"])?;
-                let v6 = node.ns.ip(&["-6", "route", "show", "proto", "bird"])?;
-                if v4.lines().count() + v6.lines().count() < routes_wanted {
+            let out = bird.birdc("show protocols")?;
+            let up = out
+                .lines()
+                .filter(|l| l.starts_with("node") && l.contains("Established"))
+                .count();
+            Ok((up == n_nodes).then_some(()))
+        },
+    )?;
+    lab::wait_for(
+        "every agent ready (/readyz)",
+        Duration::from_secs(60),
+        || {
+            for n in lab.nodes() {
+                let url = format!("http://{}:9099/readyz", n.ipv4);
+                let ready = n.ns.exec(&["curl", "-sf", "-m", "1", &url]).is_ok();
+                if !ready {
                     return Ok(None);
                 }
             }
             Ok(Some(()))
         },
     )?;
+    let open = |_: &PodState, _: &PodState| true;
+    let (ok, took) = converge(&pod_states, open, Duration::from_secs(30));
+    if !ok {
+        eprintln!("warning: not every pair answered after {took:?}; the matrix below shows which");
+    }
 
     let state = State {
         prefix: prefix.to_string(),
         run_dir: dir.clone(),
         tor_ns: lab.tor().name().to_string(),
-        bird_ctl: tor_bird.ctl_path().to_path_buf(),
+        bird_ctl: bird.ctl_path().to_path_buf(),
+        kubeconfig: kc.clone(),
+        api_url: k8s::api_url(),
         nodes: node_states,
         pods: pod_states,
     };
     std::fs::write(state_path(prefix), serde_json::to_vec_pretty(&state)?)?;
 
-    // Everything stays up after this process exits.
-    tor_bird.daemon.persist();
-    for b in &mut node_birds {
-        b.daemon.persist();
-    }
-    for (pod, server) in &mut pods {
-        pod.ns.persist();
-        server.persist();
-    }
-    lab.persist();
-
     println!();
     status(&state)?;
+
+    println!(
+        "\n==> kubectl apply -f deploy/examples/netpol-demo.yaml (default-deny ingress; clients may reach servers on TCP 80)"
+    );
+    apply("examples/netpol-demo.yaml")?;
+    let allowed = |from: &PodState, to: &PodState| {
+        from.name == to.name || (from.role == "client" && to.role == "server")
+    };
+    let (ok, took) = converge(&state.pods, allowed, Duration::from_secs(20));
+    println!(
+        "    {} {:.1} s after kubectl apply returned",
+        if ok {
+            "enforced on every node"
+        } else {
+            "NOT fully enforced"
+        },
+        took.as_secs_f64()
+    );
+    println!("\n== reachability with the policy, TCP/80 (rows: from, columns: to)");
+    print_matrix(&state, false);
+    print_matrix(&state, true);
+
+    // Everything stays up after this process exits.
+    api.persist();
+    bird.daemon.persist();
+    for a in &mut agents {
+        a.daemon.persist();
+    }
+    lab.persist();
+    drop(keep);
+
     println!(
         r#"
-The lab is up. Look around:
-  scripts/lab status                      sessions, routes, reachability
-  scripts/lab exec tor -- birdc -s {ctl} show route
-  scripts/lab exec n1 -- ip route         any command in tor, n1.., or a pod (demo/n1-a)
-  scripts/lab exec n1-a -- ping -c1 {ip}
-  ip netns list | grep {prefix}
+The lab is up ({:.0} s). Look around:
+  scripts/lab status                          agents' BGP status, ToR routes, reachability
+  scripts/lab kubectl get pods,networkpolicies -n demo
+  scripts/lab kubectl get ippools,ipamblocks,bgppeers
+  scripts/lab margayctl n1 node status        BGP peers and why n1 chose its address
+  scripts/lab margayctl n1 ipam show --show-blocks
+  scripts/lab margayctl n1 policy trace --from demo/n1-b --to demo/n2-a --port 80/TCP
+  scripts/lab exec n1 -- ip route             any command in tor, n1.., or a pod (demo/n1-a)
+  scripts/lab exec tor -- birdc -s {} show route
+  scripts/lab kubectl delete -f deploy/examples/netpol-demo.yaml    (open everything again)
+Logs: {}/*.log
 Take it down (also after a crash):
   scripts/lab down"#,
-        ctl = state.bird_ctl.display(),
-        ip = state
-            .pods
-            .last()
-            .map(|p| p.ipv4.as_str())
-            .unwrap_or("198.19.1.2"),
+        t0.elapsed().as_secs_f64(),
+        state.bird_ctl.display(),
+        dir.display(),
     );
     Ok(())
 }
 
-/// The pod blocks the lab gives node `index`: 198.19.<index>.0/26 and
-/// 2001:db8:<index>::/122.
-fn node_blocks(index: usize) -> (String, String) {
-    (
-        format!("198.19.{index}.0/26"),
-        format!("2001:db8:{index}::/122"),
-    )
-}
-
-fn nth_in_block4(block: &str, n: usize) -> anyhow::Result<std::net::Ipv4Addr> {
-    let net: ipnetwork::Ipv4Network = block.parse()?;
-    net.nth(n as u32)
-        .with_context(|| format!("{block} has no address #{n}"))
+/// Probes every ordered pair (TCP/80, IPv4) until `expect(from, to)` holds
+/// for all or `deadline` passes; returns (converged, time taken).
+fn converge(
+    pods: &[PodState],
+    expect: impl Fn(&PodState, &PodState) -> bool,
+    deadline: Duration,
+) -> (bool, Duration) {
+    let start = Instant::now();
+    loop {
+        let mut probes = Vec::new();
+        let mut want = Vec::new();
+        for from in pods {
+            for to in pods {
+                let Ok(ip) = to.ipv4.parse::<IpAddr>() else {
+                    continue;
+                };
+                probes.push(Probe {
+                    from_ns: from.ns.clone(),
+                    to: SocketAddr::new(ip, 80),
+                    proto: Proto::Tcp,
+                });
+                want.push(expect(from, to));
+            }
+        }
+        let got: Vec<bool> = probe_many(&probes, Duration::from_millis(500), 32)
+            .iter()
+            .map(|o| o.reached())
+            .collect();
+        if got == want {
+            return (true, start.elapsed());
+        }
+        if start.elapsed() > deadline {
+            return (false, start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn down(prefix: &str) -> anyhow::Result<()> {
@@ -372,28 +567,32 @@ fn down(prefix: &str) -> anyhow::Result<()> {
 }
 
 fn status(state: &State) -> anyhow::Result<()> {
-    let birdc = |ctl: &Path, cmd: &str| -> String {
-        let out = std::process::Command::new("birdc")
-            .arg("-s")
-            .arg(ctl)
-            .args(cmd.split_whitespace())
-            .output();
-        match out {
-            Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
-            Err(e) => format!("birdc: {e}\n"),
-        }
-    };
-    println!("== ToR BGP sessions ({})", state.tor_ns);
-    print!("{}", birdc(&state.bird_ctl, "show protocols"));
-    println!("\n== ToR routes");
-    print!("{}", birdc(&state.bird_ctl, "show route"));
+    let margayctl = lab::workspace_bin("margayctl")?;
     for n in &state.nodes {
+        println!("== {}: margayctl node status", n.name);
+        let out = Netns::existing(&n.ns)
+            .command(path_str(&margayctl)?)
+            .args(["--agent", &n.agent_url, "node", "status"])
+            .output()?;
+        print!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         let ns = Netns::existing(&n.ns);
-        println!("\n== {} kernel routes from BGP", n.name);
-        print!("{}", ns.ip(&["-4", "route", "show", "proto", "bird"])?);
-        print!("{}", ns.ip(&["-6", "route", "show", "proto", "bird"])?);
+        println!("-- {} kernel routes learned over BGP (proto 80)", n.name);
+        print!("{}", ns.ip(&["-4", "route", "show", "proto", "80"])?);
+        print!("{}", ns.ip(&["-6", "route", "show", "proto", "80"])?);
+        println!();
     }
-    println!("\n== reachability, TCP/80 over IPv4 and IPv6 (rows: from, columns: to)");
+    println!("== ToR routes (BIRD)");
+    let out = std::process::Command::new("birdc")
+        .arg("-s")
+        .arg(&state.bird_ctl)
+        .args(["show", "route"])
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    println!("\n== reachability, TCP/80 (rows: from, columns: to)");
     print_matrix(state, false);
     print_matrix(state, true);
     Ok(())
@@ -404,7 +603,7 @@ fn print_matrix(state: &State, v6: bool) {
     for from in &state.pods {
         for to in &state.pods {
             let ip = if v6 { &to.ipv6 } else { &to.ipv4 };
-            let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+            let Ok(ip) = ip.parse::<IpAddr>() else {
                 continue;
             };
             probes.push(Probe {
@@ -415,22 +614,23 @@ fn print_matrix(state: &State, v6: bool) {
         }
     }
     let results = probe_many(&probes, Duration::from_millis(800), 32);
+    let label = |p: &PodState| format!("{}({})", p.name, &p.role[..1]);
     let w = state
         .pods
         .iter()
-        .map(|p| p.name.len())
+        .map(|p| label(p).len())
         .max()
         .unwrap_or(4)
         .max(4);
+    let header: Vec<String> = state
+        .pods
+        .iter()
+        .map(|p| format!("{:>w$}", label(p)))
+        .collect();
     println!(
         "{:w$}  {}",
         if v6 { "IPv6" } else { "IPv4" },
-        state
-            .pods
-            .iter()
-            .map(|p| format!("{:>w$}", p.name))
-            .collect::<Vec<_>>()
-            .join(" ")
+        header.join(" ")
     );
     let mut it = results.iter();
     for from in &state.pods {
@@ -446,8 +646,17 @@ fn print_matrix(state: &State, v6: bool) {
                 format!("{c:>w$}")
             })
             .collect();
-        println!("{:w$}  {}", from.name, cells.join(" "));
+        println!("{:w$}  {}", label(from), cells.join(" "));
     }
+}
+
+fn passthrough(ns: &str, program: &str, args: &[String]) -> anyhow::Result<()> {
+    let status = Netns::existing(ns)
+        .command(program)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {program} in {ns}"))?;
+    std::process::exit(status.code().unwrap_or(1));
 }
 
 fn exec(state: &State, target: &str, argv: &[String]) -> anyhow::Result<()> {
@@ -464,10 +673,5 @@ fn exec(state: &State, target: &str, argv: &[String]) -> anyhow::Result<()> {
     } else {
         bail!("no `{target}` in the lab (tor, node names, or pods as ns/name)");
     };
-    let status = Netns::existing(&ns)
-        .command(&argv[0])
-        .args(&argv[1..])
-        .status()
-        .with_context(|| format!("running {argv:?} in {ns}"))?;
-    std::process::exit(status.code().unwrap_or(1));
+    passthrough(&ns, &argv[0], &argv[1..])
 }
