@@ -11,8 +11,9 @@
 //! * A pod or namespace change re-evaluates only the addresses involved
 //!   against the existing selector / named-port sets: element adds/deletes.
 //! * A policy change re-plans the local endpoints of its namespace; a local
-//!   pod change re-plans that endpoint. A re-planned endpoint points its
-//!   stable chain at a (possibly new, content-addressed) policy chain.
+//!   pod change re-plans that endpoint. A re-planned endpoint's element in
+//!   the dispatch verdict maps points at a (possibly new, content-addressed)
+//!   policy chain: a map element change, no rule rewritten.
 //! * Policy chains and sets are reference counted and deleted at commit
 //!   when nothing uses them any more.
 //! * The first commit, and any commit after the sink failed, is a full
@@ -34,9 +35,7 @@ use crate::plan::{
     PlanIssue, Policies, check_iface, is_member, members, namespace_labels, peer_selects,
     plan_endpoint,
 };
-use crate::ruleset::{
-    BuildCx, Elem, Match, NODE, NamedKey, RuleIr, Ruleset, SPOOF, Verdict, endpoint_chains,
-};
+use crate::ruleset::{BuildCx, Elem, Match, NODE, NamedKey, RuleIr, Ruleset, SPOOF};
 use crate::sink::NftSink;
 
 /// What a commit did.
@@ -251,15 +250,7 @@ impl Engine {
             }
         }
         self.set_spoof(&ep, true);
-        if !self.rs.dispatch.contains_key(&ep.iface) {
-            let names = endpoint_chains(&ep.iface);
-            for c in [&names.egress, &names.ingress] {
-                self.rs.chains.insert(c.clone(), Vec::new());
-                self.chain_created(c);
-            }
-            self.rs.dispatch.insert(ep.iface.clone(), names);
-            self.changes.dispatch = true;
-        }
+        self.rs.dispatch.entry(ep.iface.clone()).or_default();
         self.dirty.insert(ep.pod.clone());
         self.node.endpoints.insert(ep.pod.clone(), ep);
     }
@@ -272,14 +263,11 @@ impl Engine {
         };
         self.dirty.remove(pod);
         self.set_spoof(&ep, false);
-        if let Some(names) = self.rs.dispatch.remove(&ep.iface) {
-            self.changes.dispatch = true;
-            for c in [names.egress, names.ingress] {
-                if let Some(body) = self.rs.chains.remove(&c) {
-                    self.unref_target(&body);
-                }
-                self.chain_deleted(&c);
+        if self.rs.dispatch.contains_key(&ep.iface) {
+            for dir in [Direction::Egress, Direction::Ingress] {
+                self.set_target(&ep.iface, dir, None);
             }
+            self.rs.dispatch.remove(&ep.iface);
         }
     }
 
@@ -358,14 +346,10 @@ impl Engine {
                 continue;
             };
             let plan = plan_endpoint(&self.state, &self.policies, &ep);
-            let names = endpoint_chains(&ep.iface);
-            for (dir, chain) in [
-                (Direction::Egress, names.egress),
-                (Direction::Ingress, names.ingress),
-            ] {
+            for dir in [Direction::Egress, Direction::Ingress] {
                 let before_sets = cx.new_sets.len();
                 let before_chains = cx.new_chains.len();
-                let body = self.rs.direction_chain(dir, plan.direction(dir), &mut cx);
+                let target = self.rs.direction_target(dir, plan.direction(dir), &mut cx);
                 // Account for what this call created.
                 for c in &cx.new_chains[before_chains..] {
                     self.policy_chain_created(c);
@@ -374,15 +358,7 @@ impl Engine {
                     self.changes.new_sets.insert(s.clone());
                     self.changes.deleted_sets.remove(s);
                 }
-                let old = self.rs.chains.get(&chain).cloned().unwrap_or_default();
-                if old != body {
-                    self.ref_target(&body);
-                    self.unref_target(&old);
-                    self.rs.chains.insert(chain.clone(), body);
-                    if !self.changes.new_chains.contains(&chain) {
-                        self.changes.replaced_chains.insert(chain);
-                    }
-                }
+                self.set_target(&ep.iface, dir, target);
             }
         }
         // Fill the sets this round created, and index them for updates.
@@ -406,18 +382,26 @@ impl Engine {
         }
     }
 
-    fn ref_target(&mut self, body: &[RuleIr]) {
-        for c in gotos(body) {
-            *self.chain_refs.entry(c).or_insert(0) += 1;
+    /// Points an endpoint's direction at a chain (or at nothing), keeping
+    /// the reference counts and recording the map change.
+    fn set_target(&mut self, iface: &str, dir: Direction, new: Option<String>) {
+        let d = self.rs.dispatch.entry(iface.to_string()).or_default();
+        let old = d.get(dir).clone();
+        if old == new {
+            return;
         }
-    }
-
-    fn unref_target(&mut self, body: &[RuleIr]) {
-        for c in gotos(body) {
-            if let Some(n) = self.chain_refs.get_mut(&c) {
-                *n = n.saturating_sub(1);
-            }
+        *d.get_mut(dir) = new.clone();
+        if let Some(n) = new.as_ref().and_then(|c| self.chain_refs.get_mut(c)) {
+            *n += 1;
         }
+        if let Some(n) = old.as_ref().and_then(|c| self.chain_refs.get_mut(c)) {
+            *n = n.saturating_sub(1);
+        }
+        // The first change of a key in a round sees the applied value.
+        self.changes
+            .map
+            .entry((dir, iface.to_string()))
+            .or_insert(old.is_some());
     }
 
     fn collect_garbage(&mut self) {
@@ -458,16 +442,13 @@ impl Engine {
     }
 
     fn chain_created(&mut self, name: &str) {
+        // Deleted and re-created in one round: same name, same content.
         if !self.changes.deleted_chains.remove(name) {
             self.changes.new_chains.insert(name.to_string());
-        } else {
-            // Deleted and re-created in one round: refill it.
-            self.changes.replaced_chains.insert(name.to_string());
         }
     }
 
     fn chain_deleted(&mut self, name: &str) {
-        self.changes.replaced_chains.remove(name);
         if !self.changes.new_chains.remove(name) {
             self.changes.deleted_chains.insert(name.to_string());
         }
@@ -620,16 +601,6 @@ impl Engine {
             self.elem(&set, e, present);
         }
     }
-}
-
-/// Policy chains an endpoint chain goes to.
-fn gotos(body: &[RuleIr]) -> Vec<String> {
-    body.iter()
-        .filter_map(|r| match &r.verdict {
-            Verdict::Goto(c) => Some(c.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Non-fixed sets a chain uses (each once).

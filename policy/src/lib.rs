@@ -7,7 +7,7 @@
 //!        │                                      │
 //!        └────────────── Ruleset::build ◄───────┘   sets + chains + dispatch
 //!                            │
-//!            nft::full / nft::diff ──► nftables::schema::Nftables ──► NftSink
+//!            nft::full / nft::diff ──► nft::Batch (nftables crate JSON) ──► NftSink
 //! ```
 //!
 //! [`engine::Engine`] keeps that pipeline's state between updates and turns
@@ -30,6 +30,7 @@
 //! * Invalid policies: see [`compile`] (fail closed where possible).
 
 pub mod addr;
+pub mod batch;
 pub mod build;
 pub mod compile;
 pub mod engine;
@@ -42,6 +43,7 @@ pub mod sink;
 pub mod spec_eval;
 pub mod testkit;
 
+pub use batch::Batch;
 pub use compile::{Direction, PolicyError};
 pub use engine::{CommitStats, Engine, EngineError};
 pub use model::{

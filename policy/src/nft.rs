@@ -1,27 +1,27 @@
-//! [`Ruleset`] → nftables JSON commands (`nftables` crate types): a full,
-//! atomic rebuild, or the minimal difference between two rulesets. Every
-//! batch is meant to be applied as one `nft -j -f -` transaction.
+//! [`Ruleset`] → nftables JSON commands (`nftables` crate types, see
+//! [`Batch`]): a full, atomic rebuild, or the minimal difference between two
+//! rulesets. Every batch is meant to be applied as one transaction.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use nftables::batch::Batch;
 use nftables::expr::{self, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField};
 use nftables::schema::{
-    Chain, Element, FlushObject, NfCmd, NfListObject, Nftables, Rule, Set, SetFlag, SetType,
-    SetTypeValue, Table,
+    Chain, Element, FlushObject, NfCmd, NfListObject, Rule, Set, SetFlag, SetType, SetTypeValue,
+    Table,
 };
 use nftables::stmt::{JumpTarget, Match as NftMatch, Operator, Statement, VerdictMap};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use crate::addr::Family;
+pub use crate::batch::{Batch, Item};
+use crate::compile::Direction;
 use crate::ruleset::{
-    Dispatch, Elem, Match, RuleIr, Ruleset, SPOOF, SetIr, SetKind, TABLE, Verdict,
+    EGRESS_MAP, Elem, INGRESS_MAP, Match, RuleIr, Ruleset, SPOOF, SetIr, SetKind, TABLE, Verdict,
 };
 
 const FORWARD: &str = "forward";
 const INPUT: &str = "input";
-const DISPATCH: &str = "dispatch";
 
 fn s(v: impl Into<String>) -> Expression<'static> {
     Expression::String(Cow::Owned(v.into()))
@@ -276,12 +276,8 @@ fn base_rules(prefix: &str) -> Vec<Rule<'static>> {
             vec![ct(&["established", "related"]), Statement::Accept(None)],
         ),
         rule(FORWARD, vec![ct(&["invalid"]), Statement::Drop(None)]),
-        rule(
-            FORWARD,
-            vec![Statement::Jump(JumpTarget {
-                target: DISPATCH.into(),
-            })],
-        ),
+        rule(FORWARD, vec![vmap(MetaKey::Iifname, EGRESS_MAP)]),
+        rule(FORWARD, vec![vmap(MetaKey::Oifname, INGRESS_MAP)]),
         rule(
             INPUT,
             vec![wildcard(), spoof(Family::V4), Statement::Drop(None)],
@@ -298,43 +294,44 @@ fn base_rules(prefix: &str) -> Vec<Rule<'static>> {
     ]
 }
 
-/// The two vmap rules of `dispatch` (none when there are no endpoints:
-/// nftables rejects empty anonymous sets).
-fn dispatch_rules(dispatch: &BTreeMap<String, Dispatch>) -> Vec<Rule<'static>> {
-    if dispatch.is_empty() {
-        return Vec::new();
+fn vmap(key: MetaKey, map: &str) -> Statement<'static> {
+    Statement::VerdictMap(VerdictMap {
+        key: meta(key),
+        data: set_ref(map),
+    })
+}
+
+fn map_name(dir: Direction) -> &'static str {
+    match dir {
+        Direction::Egress => EGRESS_MAP,
+        Direction::Ingress => INGRESS_MAP,
     }
-    let vmap = |key: MetaKey, pick: fn(&Dispatch) -> &String| {
-        let items = dispatch
-            .iter()
-            .map(|(iface, d)| {
-                expr::SetItem::Mapping(
-                    s(iface.clone()),
-                    Expression::Verdict(expr::Verdict::Jump(JumpTarget {
-                        target: Cow::Owned(pick(d).clone()),
-                    })),
-                )
-            })
-            .collect();
-        rule(
-            DISPATCH,
-            vec![Statement::VerdictMap(VerdictMap {
-                key: meta(key),
-                data: Expression::Named(NamedExpression::Set(items)),
-            })],
-        )
-    };
-    vec![
-        vmap(MetaKey::Iifname, |d| &d.egress),
-        vmap(MetaKey::Oifname, |d| &d.ingress),
-    ]
+}
+
+/// `add map` of a dispatch map (`ifname : verdict`): raw JSON, the crate's
+/// `SetType` has no `verdict`.
+fn map_decl(dir: Direction) -> serde_json::Value {
+    serde_json::json!({"add": {"map": {
+        "family": "inet", "table": TABLE, "name": map_name(dir),
+        "type": "ifname", "map": "verdict",
+    }}})
+}
+
+/// `iface : jump chain` as a map element.
+fn map_elem(iface: &str, chain: &str) -> Expression<'static> {
+    Expression::List(vec![
+        s(iface),
+        Expression::Verdict(expr::Verdict::Jump(JumpTarget {
+            target: Cow::Owned(chain.to_string()),
+        })),
+    ])
 }
 
 /// One transaction that replaces whatever `table inet margay` holds with
 /// `rs`: `add table` (so the delete cannot fail), `delete table`, then the
 /// whole new table. Packets see the old table or the new one, never a gap;
 /// conntrack entries live outside the table, so established flows continue.
-pub fn full(rs: &Ruleset) -> Nftables<'static> {
+pub fn full(rs: &Ruleset) -> Batch {
     let mut b = Batch::new();
     b.add(NfListObject::Table(table()));
     b.delete(NfListObject::Table(table()));
@@ -345,21 +342,31 @@ pub fn full(rs: &Ruleset) -> Nftables<'static> {
     for name in rs.chains.keys() {
         b.add(NfListObject::Chain(chain(name)));
     }
-    b.add(NfListObject::Chain(chain(DISPATCH)));
     for (name, rules) in &rs.chains {
         for r in rules {
             b.add(NfListObject::Rule(rule(name, statements(r))));
         }
     }
-    for r in dispatch_rules(&rs.dispatch) {
-        b.add(NfListObject::Rule(r));
+    for dir in [Direction::Egress, Direction::Ingress] {
+        b.raw(map_decl(dir));
+        let elems: Vec<Expression<'static>> = rs
+            .dispatch
+            .iter()
+            .filter_map(|(iface, d)| d.get(dir).as_ref().map(|c| map_elem(iface, c)))
+            .collect();
+        if !elems.is_empty() {
+            b.add(NfListObject::Element(elements(
+                map_name(dir),
+                elems.into_iter(),
+            )));
+        }
     }
     b.add(NfListObject::Chain(base_chain(FORWARD, NfHook::Forward)));
     b.add(NfListObject::Chain(base_chain(INPUT, NfHook::Input)));
     for r in base_rules(&rs.iface_prefix) {
         b.add(NfListObject::Rule(r));
     }
-    b.to_nftables()
+    b
 }
 
 /// Counts of what a diff does (for logs and metrics).
@@ -372,7 +379,9 @@ pub struct DiffStats {
     pub chains_added: usize,
     pub chains_replaced: usize,
     pub chains_deleted: usize,
-    pub dispatch_rewritten: bool,
+    /// Dispatch map elements added / deleted (a replacement counts both).
+    pub map_added: usize,
+    pub map_deleted: usize,
 }
 
 impl DiffStats {
@@ -395,8 +404,9 @@ pub struct Changes {
     pub replaced_chains: BTreeSet<String>,
     pub deleted_chains: BTreeSet<String>,
     pub deleted_sets: BTreeSet<String>,
-    /// Rewrite the `dispatch` vmaps.
-    pub dispatch: bool,
+    /// Dispatch map keys that changed: (direction, iface) → did the key exist
+    /// in the applied table. The new value comes from the ruleset.
+    pub map: BTreeMap<(Direction, String), bool>,
 }
 
 /// Turns [`Changes`] into one transaction, new content taken from `rs`.
@@ -405,7 +415,7 @@ pub struct Changes {
 /// chains (flush + add), dispatch, element deletes, deleted chains (flush +
 /// delete), deleted sets: everything a rule references exists before the
 /// rule, and nothing is deleted while referenced.
-pub fn emit(c: &Changes, rs: &Ruleset) -> (Nftables<'static>, DiffStats) {
+pub fn emit(c: &Changes, rs: &Ruleset) -> (Batch, DiffStats) {
     let mut st = DiffStats::default();
     let mut b = Batch::new();
     for name in &c.new_sets {
@@ -439,16 +449,28 @@ pub fn emit(c: &Changes, rs: &Ruleset) -> (Nftables<'static>, DiffStats) {
             continue;
         };
         st.chains_replaced += 1;
-        b.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(name))));
+        b.cmd(NfCmd::Flush(FlushObject::Chain(chain(name))));
         for r in rules {
             b.add(NfListObject::Rule(rule(name, statements(r))));
         }
     }
-    if c.dispatch {
-        st.dispatch_rewritten = true;
-        b.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(DISPATCH))));
-        for r in dispatch_rules(&rs.dispatch) {
-            b.add(NfListObject::Rule(r));
+    // Map keys: a changed key is deleted, then added with its new target
+    // (nftables refuses to add a key that exists with another value).
+    for ((dir, iface), existed) in &c.map {
+        if *existed {
+            st.map_deleted += 1;
+            b.delete(NfListObject::Element(elements(
+                map_name(*dir),
+                std::iter::once(s(iface.clone())),
+            )));
+        }
+        let target = rs.dispatch.get(iface).and_then(|d| d.get(*dir).clone());
+        if let Some(chain) = target {
+            st.map_added += 1;
+            b.add(NfListObject::Element(elements(
+                map_name(*dir),
+                std::iter::once(map_elem(iface, &chain)),
+            )));
         }
     }
     for (name, del) in &c.elem_del {
@@ -458,7 +480,7 @@ pub fn emit(c: &Changes, rs: &Ruleset) -> (Nftables<'static>, DiffStats) {
         }
     }
     for name in &c.deleted_chains {
-        b.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(name))));
+        b.cmd(NfCmd::Flush(FlushObject::Chain(chain(name))));
     }
     for name in &c.deleted_chains {
         st.chains_deleted += 1;
@@ -473,12 +495,12 @@ pub fn emit(c: &Changes, rs: &Ruleset) -> (Nftables<'static>, DiffStats) {
             ..Set::default()
         })));
     }
-    (b.to_nftables(), st)
+    (b, st)
 }
 
 /// The commands that turn `old` into `new`, as one transaction, or `None`
 /// when a full rebuild is needed (the base chains or a set's type differ).
-pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<(Nftables<'static>, DiffStats)> {
+pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<(Batch, DiffStats)> {
     let c = changes(old, new)?;
     Some(emit(&c, new))
 }
@@ -527,11 +549,21 @@ pub fn changes(old: &Ruleset, new: &Ruleset) -> Option<Changes> {
             _ => {}
         }
     }
-    c.dispatch = old.dispatch != new.dispatch;
+    let none = crate::ruleset::Dispatch::default();
+    let ifaces: BTreeSet<&String> = old.dispatch.keys().chain(new.dispatch.keys()).collect();
+    for iface in ifaces {
+        let o = old.dispatch.get(iface).unwrap_or(&none);
+        let n = new.dispatch.get(iface).unwrap_or(&none);
+        for dir in [Direction::Egress, Direction::Ingress] {
+            if o.get(dir) != n.get(dir) {
+                c.map.insert((dir, iface.clone()), o.get(dir).is_some());
+            }
+        }
+    }
     Some(c)
 }
 
 /// `{"nftables": [...]}` text of a batch.
-pub fn to_json(n: &Nftables<'_>) -> Result<String, serde_json::Error> {
-    serde_json::to_string(n)
+pub fn to_json(b: &Batch) -> Result<String, serde_json::Error> {
+    b.to_json()
 }

@@ -1,21 +1,23 @@
 //! The desired content of `table inet margay`, as plain data that is cheap
 //! to compare: named sets with their elements, chains with their rules, and
-//! the endpoint dispatch table. [`crate::nft`] turns it (or the difference
+//! the endpoint dispatch maps. [`crate::nft`] turns it (or the difference
 //! between two of them) into nftables commands.
 //!
 //! Layout (all names deterministic; content-addressed where noted):
 //!
 //! ```text
 //! forward (hook forward): anti-spoof on cali* → ct established,related accept
-//!                         → ct invalid drop → jump dispatch
+//!                         → ct invalid drop
+//!                         → iifname vmap @ep_egress    (egress of the sending pod)
+//!                         → oifname vmap @ep_ingress   (ingress of the receiving pod)
 //! input   (hook input):   anti-spoof on cali* (IPv6 link-local / :: exempt for ND)
-//! dispatch: iifname vmap { <ep iface> : jump ee_<h(iface)> }   egress of the sender
-//!           oifname vmap { <ep iface> : jump ei_<h(iface)> }   ingress of the receiver
-//! ee_*/ei_*  per endpoint, stable name: empty (not isolated), `goto pe_/pi_<h(rules)>`,
-//!            or `drop` (unknown pod)
+//! ep_egress / ep_ingress  named verdict maps, iface → jump pe_/pi_<h> (or jump deny);
+//!            no element = not isolated. One element per endpoint and direction:
+//!            O(1) dispatch, and a local pod changing policies is one element.
 //! pe_*/pi_*  content-addressed policy chains shared by endpoints with equal rules:
 //!            node addresses allowed, one line per (peer set × family), then `drop`
 //!            (egress allows with `return` so the receiver's ingress is still checked)
+//! deny       `drop` (endpoints whose pod is unknown or finished)
 //! sets: s4_/s6_<h(selector)> pod IPs (hash);   b4_/b6_<h(ranges)> ipBlock − except (interval)
 //!       pt_<h(ranges)> proto . port (interval); n4_/n6_<h(peers,names)> addr . proto . port
 //!       spoof4/spoof6 ifname . addr;            node4/node6 node addresses
@@ -138,13 +140,30 @@ impl AddrField {
     }
 }
 
-/// Chains an endpoint dispatches to.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Where an endpoint's packets are judged, per direction (`None`: not
+/// isolated, no map element).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Dispatch {
     /// Chain for packets leaving the pod (`iifname` = iface).
-    pub egress: String,
+    pub egress: Option<String>,
     /// Chain for packets going to the pod (`oifname` = iface).
-    pub ingress: String,
+    pub ingress: Option<String>,
+}
+
+impl Dispatch {
+    pub fn get(&self, dir: Direction) -> &Option<String> {
+        match dir {
+            Direction::Egress => &self.egress,
+            Direction::Ingress => &self.ingress,
+        }
+    }
+
+    pub fn get_mut(&mut self, dir: Direction) -> &mut Option<String> {
+        match dir {
+            Direction::Egress => &mut self.egress,
+            Direction::Ingress => &mut self.ingress,
+        }
+    }
 }
 
 /// The desired content of `table inet margay`.
@@ -153,13 +172,18 @@ pub struct Ruleset {
     /// Workload interface prefix (`cali`), used by the anti-spoof rules.
     pub iface_prefix: String,
     pub sets: BTreeMap<String, SetIr>,
-    /// Regular (non-base) chains other than `dispatch`.
+    /// Regular (non-base) chains: the policy chains and `deny`.
     pub chains: BTreeMap<String, Vec<RuleIr>>,
-    /// Endpoint interface → its chains.
+    /// Endpoint interface → its chains (the two verdict maps).
     pub dispatch: BTreeMap<String, Dispatch>,
 }
 
 pub const TABLE: &str = "margay";
+/// The chain of endpoints that may send or receive nothing.
+pub const DENY: &str = "deny";
+/// The verdict maps, by direction.
+pub const EGRESS_MAP: &str = "ep_egress";
+pub const INGRESS_MAP: &str = "ep_ingress";
 pub const SPOOF: &str = "spoof";
 pub const NODE: &str = "node";
 
@@ -196,15 +220,6 @@ pub fn named_set(
     )
 }
 
-/// Per-endpoint chain names (stable for the life of the interface).
-pub fn endpoint_chains(iface: &str) -> Dispatch {
-    let h = digest(&[iface]);
-    Dispatch {
-        egress: format!("ee_{h}"),
-        ingress: format!("ei_{h}"),
-    }
-}
-
 impl Ruleset {
     /// An empty table (no endpoints).
     pub fn empty(iface_prefix: &str) -> Ruleset {
@@ -225,10 +240,17 @@ impl Ruleset {
                 },
             );
         }
+        let chains = BTreeMap::from([(
+            DENY.to_string(),
+            vec![RuleIr {
+                matches: vec![],
+                verdict: Verdict::Drop,
+            }],
+        )]);
         Ruleset {
             iface_prefix: iface_prefix.to_string(),
             sets,
-            chains: BTreeMap::new(),
+            chains,
             dispatch: BTreeMap::new(),
         }
     }
@@ -248,15 +270,11 @@ impl Ruleset {
                     Elem::IfAddr(e.iface.clone(), *ip),
                 );
             }
-            let names = endpoint_chains(&e.iface);
-            for (dir, chain) in [
-                (Direction::Egress, &names.egress),
-                (Direction::Ingress, &names.ingress),
-            ] {
-                let body = rs.direction_chain(dir, ep.direction(dir), &mut fill);
-                rs.chains.insert(chain.clone(), body);
+            let mut d = Dispatch::default();
+            for dir in [Direction::Egress, Direction::Ingress] {
+                *d.get_mut(dir) = rs.direction_target(dir, ep.direction(dir), &mut fill);
             }
-            rs.dispatch.insert(e.iface.clone(), names);
+            rs.dispatch.insert(e.iface.clone(), d);
         }
         fill.apply(&mut rs, state);
         rs
@@ -268,20 +286,17 @@ impl Ruleset {
         }
     }
 
-    /// Body of an endpoint chain for one direction; creates the policy chain
-    /// and the sets it uses.
-    pub(crate) fn direction_chain(
+    /// The chain an endpoint's direction is judged by (`None`: not
+    /// isolated); creates the policy chain and the sets it uses.
+    pub(crate) fn direction_target(
         &mut self,
         dir: Direction,
         plan: &DirectionPlan,
         fill: &mut BuildCx,
-    ) -> Vec<RuleIr> {
+    ) -> Option<String> {
         match plan {
-            DirectionPlan::Open => Vec::new(),
-            DirectionPlan::DenyAll => vec![RuleIr {
-                matches: vec![],
-                verdict: Verdict::Drop,
-            }],
+            DirectionPlan::Open => None,
+            DirectionPlan::DenyAll => Some(DENY.to_string()),
             DirectionPlan::Isolated { rules, .. } => {
                 let body = self.policy_chain_body(dir, rules, fill);
                 let texts: Vec<String> = body.iter().map(RuleIr::text).collect();
@@ -295,10 +310,7 @@ impl Ruleset {
                     self.chains.insert(name.clone(), body);
                     fill.new_chains.push(name.clone());
                 }
-                vec![RuleIr {
-                    matches: vec![],
-                    verdict: Verdict::Goto(name),
-                }]
+                Some(name)
             }
         }
     }

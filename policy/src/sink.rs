@@ -2,14 +2,14 @@
 //! transaction. `node-agent` implements it with `nft -j -f -`; tests use
 //! [`CapturingSink`].
 
-use nftables::schema::Nftables;
+use crate::batch::Batch;
 
 /// Applies nftables batches atomically (all or nothing).
 pub trait NftSink {
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// Applies `batch` as one transaction.
-    fn apply(&mut self, batch: &Nftables<'_>) -> Result<(), Self::Error>;
+    fn apply(&mut self, batch: &Batch) -> Result<(), Self::Error>;
 }
 
 /// Error of [`CapturingSink`] when told to fail.
@@ -28,7 +28,7 @@ pub struct CapturingSink {
 impl NftSink for CapturingSink {
     type Error = InjectedFailure;
 
-    fn apply(&mut self, batch: &Nftables<'_>) -> Result<(), Self::Error> {
+    fn apply(&mut self, batch: &Batch) -> Result<(), Self::Error> {
         if self.fail_next > 0 {
             self.fail_next -= 1;
             return Err(InjectedFailure(self.batches.len()));

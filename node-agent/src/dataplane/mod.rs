@@ -2,7 +2,7 @@
 //! kernel of the current network namespace by running `nft -j -f -`.
 //!
 //! ```text
-//!  policy::Engine::commit ──&Nftables──► NftCli::apply ──stdin──► nft -j -f -  (one transaction)
+//!  policy::Engine::commit ──&Batch──► NftCli::apply ──stdin──► nft -j -f -  (one transaction)
 //! ```
 //!
 //! [`NftCli`] runs one `nft` process per batch; [`NftSession`] keeps one
@@ -16,8 +16,8 @@ use std::ffi::OsString;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
+use policy::Batch;
 use policy::NftSink;
-use policy::nftables::schema::Nftables;
 
 pub mod session;
 
@@ -175,8 +175,8 @@ impl NftCli {
 impl NftSink for NftCli {
     type Error = NftError;
 
-    fn apply(&mut self, batch: &Nftables<'_>) -> Result<(), NftError> {
-        let payload = serde_json::to_string(batch).map_err(NftError::Encode)?;
+    fn apply(&mut self, batch: &Batch) -> Result<(), NftError> {
+        let payload = batch.to_json().map_err(NftError::Encode)?;
         let span = tracing::debug_span!("nft_apply", bytes = payload.len());
         let _g = span.enter();
         self.run_json(&payload, &[])?;

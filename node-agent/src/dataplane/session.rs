@@ -23,8 +23,8 @@ use std::process::{Child, ChildStderr, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::Duration;
 
+use policy::Batch;
 use policy::NftSink;
-use policy::nftables::schema::Nftables;
 
 use super::NftError;
 
@@ -272,8 +272,8 @@ impl Drop for NftSession {
 impl NftSink for NftSession {
     type Error = NftError;
 
-    fn apply(&mut self, batch: &Nftables<'_>) -> Result<(), NftError> {
-        let payload = serde_json::to_string(batch).map_err(NftError::Encode)?;
+    fn apply(&mut self, batch: &Batch) -> Result<(), NftError> {
+        let payload = batch.to_json().map_err(NftError::Encode)?;
         let span = tracing::debug_span!("nft_session_apply", bytes = payload.len());
         let _g = span.enter();
         self.run_json(&payload)?;

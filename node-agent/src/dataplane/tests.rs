@@ -117,9 +117,11 @@ fn full_rebuild_loads_and_replaces_atomically() {
     assert_eq!(sets, rs.sets.len());
     assert_eq!(
         chains,
-        rs.chains.len() + 3,
-        "policy/endpoint chains + dispatch, forward, input"
+        rs.chains.len() + 2,
+        "policy chains + deny, forward, input"
     );
+    let maps = objs.iter().filter(|o| o.get("map").is_some()).count();
+    assert_eq!(maps, 2, "ep_egress, ep_ingress");
     // A second full rebuild over the existing table (start-up reconcile).
     cli.apply(&nft::full(&rs))
         .expect("rebuild over an existing table");
@@ -218,7 +220,7 @@ fn rejected_batch_leaves_the_table_untouched() {
     );
     capture.fail_next = 1;
     assert!(e.commit(&mut capture).expect("rebuild").full);
-    cli.apply(&serde_json::from_value(capture.batches[0].clone()).expect("batch"))
+    cli.run_json(&capture.batches[0].to_string(), &[])
         .expect("apply rebuild");
 }
 

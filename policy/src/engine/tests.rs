@@ -93,9 +93,10 @@ fn local_pod_label_change_swaps_its_chain_and_collects_garbage() {
     a.labels.insert("pod".into(), "z".into());
     e.upsert_pod(a);
     let st = e.commit(&mut sink).unwrap();
-    // x/a no longer isolated: its ingress chain emptied, the policy chain
-    // and its sets (selector v4+v6, ports) deleted.
-    assert_eq!(st.diff.chains_replaced, 1, "{st:?}");
+    // x/a no longer isolated: its ingress map element goes, the policy
+    // chain and its sets (selector v4+v6, ports) are deleted.
+    assert_eq!(st.diff.map_deleted, 1, "{st:?}");
+    assert_eq!(st.diff.map_added, 0, "{st:?}");
     assert_eq!(st.diff.chains_deleted, 1, "{st:?}");
     assert_eq!(st.diff.sets_deleted, 3, "{st:?}");
     assert!(!e.ruleset().chains.keys().any(|c| c.starts_with("pi_")));
@@ -145,8 +146,9 @@ fn endpoint_down_and_up_again_in_one_round() {
     // Down for good.
     e.remove_endpoint(&key);
     let st = e.commit(&mut sink).unwrap();
-    assert!(st.diff.dispatch_rewritten);
-    assert_eq!(st.diff.chains_deleted, 2);
+    // Its ingress element goes; the policy chain stays (x/b, x/c use it).
+    assert_eq!(st.diff.map_deleted, 1, "{st:?}");
+    assert_eq!(st.diff.chains_deleted, 0, "{st:?}");
     assert_eq!(e.ruleset(), &pure(&e));
     check_kernel(&e, &sink);
 }

@@ -7,11 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-/// A set: declaration (type, flags) and canonical element texts.
+/// A set or map: declaration (type, flags, map type) and canonical element
+/// texts; for a map, key text → data text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetModel {
     pub decl: String,
     pub elems: BTreeSet<String>,
+    pub map: Option<BTreeMap<String, String>>,
 }
 
 /// A chain: base-chain declaration (if any) and rules (canonical texts).
@@ -91,7 +93,41 @@ impl TableModel {
                 }
             }
         }
+        // Verdict map data (jump/goto) holds chains too.
+        for set in self.sets.values() {
+            for data in set.map.iter().flat_map(|m| m.values()) {
+                if let Ok(v) = serde_json::from_str::<Value>(data) {
+                    refs(&v, &mut s, &mut c);
+                }
+            }
+        }
         (s, c)
+    }
+}
+
+/// Adds one element; for a map, `[key, data]` whose jump/goto target must
+/// exist, and an existing key must carry the same data (else EEXIST).
+fn add_elem(s: &mut SetModel, e: &Value, chains: &BTreeSet<String>) -> Result<(), String> {
+    let Some(m) = &mut s.map else {
+        s.elems.insert(text(e));
+        return Ok(());
+    };
+    let kv = e
+        .as_array()
+        .filter(|a| a.len() == 2)
+        .ok_or("map element is not [key, data]")?;
+    let (mut sets, mut targets) = (BTreeSet::new(), BTreeSet::new());
+    refs(&kv[1], &mut sets, &mut targets);
+    if let Some(c) = targets.iter().find(|c| !chains.contains(*c)) {
+        return Err(format!("map element jumps to missing chain {c}"));
+    }
+    let (k, d) = (text(&kv[0]), text(&kv[1]));
+    match m.get(&k) {
+        Some(old) if *old != d => Err(format!("key {k} exists with other data (EEXIST)")),
+        _ => {
+            m.insert(k, d);
+            Ok(())
+        }
     }
 }
 
@@ -133,27 +169,41 @@ impl Kernel {
                     .remove(&key(o)?)
                     .ok_or("delete of a missing table (ENOENT)")?;
             }
-            ("add", "set") => {
+            ("add", "set") | ("add", "map") => {
                 let t = self.table(&key(o)?)?;
                 let name = str_field(o, "name")?;
+                let is_map = kind == "map";
                 let decl = format!(
-                    "{} {}",
+                    "{} {} {}",
                     text(field(o, "type")?),
-                    o.get("flags").map(text).unwrap_or_default()
+                    o.get("flags").map(text).unwrap_or_default(),
+                    o.get("map").map(text).unwrap_or_default()
                 );
-                let elems: BTreeSet<String> = o
+                if is_map != o.get("map").is_some() {
+                    return Err("a map needs \"map\", a set must not have it".into());
+                }
+                if !t.sets.contains_key(&name) {
+                    t.sets.insert(
+                        name.clone(),
+                        SetModel {
+                            decl: decl.clone(),
+                            elems: BTreeSet::new(),
+                            map: is_map.then(BTreeMap::new),
+                        },
+                    );
+                }
+                let chains: BTreeSet<String> = t.chains.keys().cloned().collect();
+                let s = t.sets.get_mut(&name).ok_or("set vanished")?;
+                if s.decl != decl {
+                    return Err(format!("set {name} exists with another type"));
+                }
+                for e in o
                     .get("elem")
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().map(text).collect())
-                    .unwrap_or_default();
-                match t.sets.get_mut(&name) {
-                    Some(s) if s.decl != decl => {
-                        return Err(format!("set {name} exists with another type"));
-                    }
-                    Some(s) => s.elems.extend(elems),
-                    None => {
-                        t.sets.insert(name, SetModel { decl, elems });
-                    }
+                    .into_iter()
+                    .flatten()
+                {
+                    add_elem(s, e, &chains)?;
                 }
             }
             ("delete", "set") => {
@@ -169,6 +219,7 @@ impl Kernel {
             ("add", "element") | ("delete", "element") => {
                 let t = self.table(&key(o)?)?;
                 let name = str_field(o, "name")?;
+                let chains: BTreeSet<String> = t.chains.keys().cloned().collect();
                 let s = t
                     .sets
                     .get_mut(&name)
@@ -176,7 +227,16 @@ impl Kernel {
                 let elems = field(o, "elem")?.as_array().ok_or("elem is not a list")?;
                 for e in elems {
                     if verb == "add" {
-                        s.elems.insert(text(e));
+                        add_elem(s, e, &chains)?;
+                    } else if let Some(m) = &mut s.map {
+                        // Deleted by key (a bare key, or [key, data]).
+                        let k = match e.as_array() {
+                            Some(kv) => kv.first().map(text).unwrap_or_default(),
+                            None => text(e),
+                        };
+                        if m.remove(&k).is_none() {
+                            return Err(format!("key {k} not in map {name} (ENOENT)"));
+                        }
                     } else if !s.elems.remove(&text(e)) {
                         return Err(format!("element {e} not in set {name} (ENOENT)"));
                     }

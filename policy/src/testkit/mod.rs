@@ -177,15 +177,15 @@ pub fn forward(rs: &Ruleset, p: &Packet<'_>) -> SimVerdict {
     if p.iif.starts_with(&rs.iface_prefix) && !spoof_ok(rs, p.iif, p.src) {
         return SimVerdict::Drop;
     }
-    if let Some(d) = rs.dispatch.get(p.iif) {
-        match run_chain(rs, &d.egress, p, 0) {
+    if let Some(chain) = rs.dispatch.get(p.iif).and_then(|d| d.egress.as_ref()) {
+        match run_chain(rs, chain, p, 0) {
             Outcome::Drop => return SimVerdict::Drop,
             Outcome::Accept => return SimVerdict::Accept,
             Outcome::Return => {}
         }
     }
-    if let Some(d) = rs.dispatch.get(p.oif) {
-        match run_chain(rs, &d.ingress, p, 0) {
+    if let Some(chain) = rs.dispatch.get(p.oif).and_then(|d| d.ingress.as_ref()) {
+        match run_chain(rs, chain, p, 0) {
             Outcome::Drop => return SimVerdict::Drop,
             Outcome::Accept | Outcome::Return => {}
         }
