@@ -1,0 +1,137 @@
+//! `kubectl apply --dry-run=server` accepts every manifest in deploy/ against
+//! the API test server, and a dry run creates nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use integration_tests::apiserver::{ApiServer, Config};
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn kubectl(kubeconfig: &Path, home: &Path, args: &[&str]) -> (bool, String) {
+    match Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .env("HOME", home)
+        .output()
+    {
+        Ok(o) => (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        ),
+        Err(e) => (false, format!("kubectl: {e}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_server_dry_run_accepts_every_manifest_and_creates_nothing() {
+    if Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: kubectl is not installed");
+        return;
+    }
+    let server = ApiServer::start(Config::default())
+        .await
+        .expect("apiserver");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(&kc, server.kubeconfig()).expect("kubeconfig");
+    let home = dir.path().to_path_buf();
+    let (kc2, home2) = (kc.clone(), home.clone());
+    let run = move |args: Vec<String>| {
+        let (kc, home) = (kc2.clone(), home2.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let a: Vec<&str> = args.iter().map(String::as_str).collect();
+                kubectl(&kc, &home, &a)
+            })
+            .await
+            .expect("kubectl thread")
+        }
+    };
+    let path = |f: &str| deploy().join(f).display().to_string();
+
+    // As on a fresh cluster: CRDs and the namespace exist before the rest.
+    let (ok, out) = run(vec!["apply".into(), "-f".into(), path("crds.yaml")]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = run(vec![
+        "create".into(),
+        "namespace".into(),
+        "margay-system".into(),
+    ])
+    .await;
+    assert!(ok, "{out}");
+    let (ok, out) = run(vec!["create".into(), "namespace".into(), "demo".into()]).await;
+    assert!(ok, "{out}");
+    // CRD resources are served asynchronously after the CRD is created.
+    for _ in 0..50 {
+        if run(vec!["get".into(), "ippools".into()]).await.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let mut files = vec![path("margay.yaml")];
+    for e in std::fs::read_dir(deploy().join("examples")).expect("examples") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            files.push(p.display().to_string());
+        }
+    }
+    files.sort();
+    for f in &files {
+        let (ok, out) = run(vec![
+            "apply".into(),
+            "--dry-run=server".into(),
+            "-f".into(),
+            f.clone(),
+        ])
+        .await;
+        assert!(ok, "{f} rejected:\n{out}");
+        assert!(out.contains("(server dry run)"), "{f}:\n{out}");
+    }
+    // Nothing was created by the dry runs.
+    for (kind, ns) in [
+        ("daemonsets", "margay-system"),
+        ("configmaps", "margay-system"),
+        ("networkpolicies", "demo"),
+    ] {
+        let (ok, out) = run(vec![
+            "get".into(),
+            kind.into(),
+            "-n".into(),
+            ns.into(),
+            "-o".into(),
+            "name".into(),
+        ])
+        .await;
+        assert!(
+            ok && out.trim().is_empty(),
+            "{kind} exist after a dry run: {out}"
+        );
+    }
+    let (ok, out) = run(vec![
+        "get".into(),
+        "ippools,bgppeers,clusterroles".into(),
+        "-o".into(),
+        "name".into(),
+    ])
+    .await;
+    assert!(ok, "{out}");
+    assert!(
+        !out.contains("ippool") && !out.contains("margay-node"),
+        "{out}"
+    );
+    server.shutdown().await.expect("shutdown");
+}
