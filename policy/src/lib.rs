@@ -5,14 +5,25 @@
 //! ```text
 //! ClusterState + NodeContext ──plan::build──► Plan (per endpoint, per direction)
 //!        │                                      │
-//!        └────────────── Ruleset::build ◄───────┘   sets + chains + dispatch
-//!                            │
-//!            nft::full / nft::diff ──► nft::Batch (nftables crate JSON) ──► NftSink
+//!        └────────────── Ruleset::build ◄───────┘   sets + chains + verdict maps
+//!                            │                         (layout: see [`ruleset`])
+//!            nft::full / nft::diff ──► Batch (nftables crate JSON) ──► NftSink
 //! ```
 //!
 //! [`engine::Engine`] keeps that pipeline's state between updates and turns
-//! one watch event into the minimal batch. [`spec_eval`] is an independent
-//! evaluator written from the Kubernetes spec, used as the test oracle.
+//! watch events into the minimal batch per commit (the agent's entry point):
+//!
+//! ```text
+//! let mut e = Engine::new(node_context);            // node name, addresses, cali prefix
+//! e.load(cluster_state);                            // or upsert_* one object at a time
+//! e.upsert_endpoint(LocalEndpoint { pod, iface, ips }); // CNI EndpointUp
+//! e.commit(&mut sink)?;                             // first commit: atomic full rebuild
+//! e.upsert_pod(pod); e.commit(&mut sink)?;          // later: minimal incremental batch
+//! ```
+//!
+//! [`spec_eval`] is an independent evaluator written from the Kubernetes
+//! spec, used as the test oracle; [`testkit`] holds the conformance cluster,
+//! a ruleset simulator and a model of nft transactions.
 //!
 //! # Semantic choices (where Kubernetes leaves room)
 //! * Isolation covers every IP protocol: a rule without `ports` allows all
