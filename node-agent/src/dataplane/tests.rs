@@ -1,5 +1,5 @@
 //! The nft executor against the real kernel, in throwaway network namespaces
-//! (`mgt<pid>-…`): the policy crate's full rebuilds and incremental batches
+//! (`mgt<pid>xdp-…`, swept by the lab if a run is killed): the policy crate's full rebuilds and incremental batches
 //! are accepted by nft 1.0.6 and a sequence of incremental batches ends in
 //! the same table as one full rebuild. Needs root; skips (saying why)
 //! otherwise.
@@ -21,7 +21,7 @@ impl TestNs {
             eprintln!("SKIP: needs root to create network namespaces");
             return None;
         }
-        let name = format!("mgt{}-{tag}", std::process::id());
+        let name = format!("mgt{}xdp-{tag}", std::process::id());
         let ok = Command::new("ip")
             .args(["netns", "add", &name])
             .status()
