@@ -1,6 +1,7 @@
 //! The nft executor against the real kernel, in throwaway network namespaces
-//! (`mgt<pid>xdp-…`, swept by the lab if a run is killed): the policy crate's full rebuilds and incremental batches
-//! are accepted by nft 1.0.6 and a sequence of incremental batches ends in
+//! (`mgt<pid>xdp-…`, swept by the lab if a run is killed): the policy
+//! crate's full rebuilds and incremental batches are accepted by nft 1.0.6
+//! and a sequence of incremental batches ends in
 //! the same table as one full rebuild. Needs root; skips (saying why)
 //! otherwise.
 
