@@ -8,8 +8,8 @@ use std::time::Duration;
 use ipam::memstore::MemStore;
 use ipam::model::{AllocationAttrs, IpPoolSpec, IpamConfig};
 use ipam::{
-    AllocRequest, Allocator, AllocatorOptions, Clock, Family, IpamError, ManualClock, NodeInfo,
-    Store,
+    AllocRequest, Allocator, AllocatorOptions, BlockEvent, Clock, Family, IpamError, ManualClock,
+    NodeInfo, Store,
 };
 
 fn pool(cidr: &str, block: u8) -> IpPoolSpec {
@@ -563,4 +563,44 @@ async fn sixteen_nodes_allocate_a_thousand_each() {
         writes < 16_000,
         "group commit: {writes} writes for 16,000 allocations"
     );
+}
+
+/// A watch relist (Resync) can be delivered after writes this allocator made
+/// since the list was taken — found by the 16-process test against the API
+/// server, where the watch's initial list raced the first allocations. The
+/// stale snapshot must not roll the cache back: no conflict, no lost block.
+#[tokio::test]
+async fn a_stale_resync_does_not_roll_back_the_allocators_own_writes() {
+    let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
+    let n1 = start(&store, "n1", IpamConfig::default(), &clock).await;
+    // The list the watch would have taken before n1 claimed anything…
+    let stale_empty = store.list_blocks().await.unwrap();
+    n1.allocate(req("net.c0", V4)).await.unwrap();
+    // …and one taken after the first allocation.
+    let stale_one = store.list_blocks().await.unwrap();
+    n1.allocate(req("net.c1", V4)).await.unwrap();
+    // Both arrive late, oldest last.
+    n1.apply_block_event(BlockEvent::Resync(stale_one))
+        .await
+        .unwrap();
+    n1.apply_block_event(BlockEvent::Resync(stale_empty))
+        .await
+        .unwrap();
+    let before = n1.metrics();
+    let got = n1.allocate(req("net.c2", V4)).await.unwrap();
+    let after = n1.metrics();
+    assert_eq!(
+        after.conflicts, before.conflicts,
+        "a write on a rolled-back cache conflicts"
+    );
+    assert_eq!(got.len(), 1);
+    // The three addresses are distinct and all in the one block n1 claimed.
+    let blocks = store.list_blocks().await.unwrap();
+    assert_eq!(
+        blocks.len(),
+        1,
+        "no second block claimed: the first was not forgotten"
+    );
+    assert_eq!(blocks[0].spec.allocations.len(), 3);
+    assert_eq!(n1.status().await.unwrap().pools[0].allocated, 3);
 }

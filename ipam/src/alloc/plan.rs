@@ -343,12 +343,20 @@ impl Planner<'_> {
         let bp = pool.spec.block_prefix();
         let n = pool.block_count();
         if n > 0 {
+            // Each node walks the pool in its own order: a per-node start
+            // and a per-node odd stride (block counts are powers of two, so
+            // every odd stride visits every block once). With a plain
+            // linear scan, a node whose start lies just behind another's
+            // follows it block by block and loses every claim race to it
+            // (seen with 16 nodes claiming at once against the API server).
             let start = fnv1a(&[&self.view.node.name, &pool.name]) % n;
+            let stride = scan_stride(&self.view.node.name, &pool.name, n);
             // Each miss is an occupied CIDR, so this bound is never hit
             // while a free CIDR exists unless larger foreign blocks overlap.
             let limit = n.min((self.view.occupied.len() + self.work.len()) as u64 + 4096);
             for i in 0..limit {
-                let idx = (start + i) % n;
+                let idx = ((u128::from(start) + u128::from(i) * u128::from(stride)) % u128::from(n))
+                    as u64;
                 let Some(cidr) = pool.spec.cidr.subnet(bp, idx) else {
                     continue;
                 };
@@ -385,5 +393,46 @@ impl Planner<'_> {
         w.obj.spec.created_at = now;
         self.affine.push(victim.clone());
         Some(victim)
+    }
+}
+
+/// The odd step a node uses to walk a pool of `n` blocks (`n` a power of
+/// two): coprime with `n`, so the walk is a permutation.
+pub(crate) fn scan_stride(node: &str, pool: &str, n: u64) -> u64 {
+    if n <= 2 {
+        return 1;
+    }
+    (fnv1a(&[pool, node, "stride"]) % n) | 1
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::scan_stride;
+
+    #[test]
+    fn every_node_walks_a_permutation_of_the_pool() {
+        for n in [1u64, 2, 4, 64, 1024] {
+            for node in ["n1", "n2", "n13", "n16", "worker-7"] {
+                let stride = scan_stride(node, "pool", n);
+                let start = 3 % n;
+                let mut seen: Vec<u64> = (0..n)
+                    .map(|i| {
+                        ((u128::from(start) + u128::from(i) * u128::from(stride)) % u128::from(n))
+                            as u64
+                    })
+                    .collect();
+                seen.sort_unstable();
+                seen.dedup();
+                assert_eq!(seen.len() as u64, n, "node {node}, n {n}, stride {stride}");
+            }
+        }
+    }
+
+    #[test]
+    fn nodes_do_not_share_one_walking_order() {
+        let strides: std::collections::BTreeSet<u64> = (1..=16)
+            .map(|i| scan_stride(&format!("n{i}"), "pool", 1024))
+            .collect();
+        assert!(strides.len() >= 12, "{strides:?}");
     }
 }

@@ -102,6 +102,24 @@ impl View {
     }
 
     /// Replaces every cached block.
+    /// Takes a snapshot from the block watch (a relist). It may have been
+    /// listed before writes this allocator has made since, so it never rolls
+    /// a block back: a block is replaced only by an equal or higher sequence
+    /// (every write increments it), and a cached block missing from the
+    /// snapshot is kept — if it was really deleted, the next write to it
+    /// fails with NotFound and the block is re-read.
+    pub fn merge_all_blocks(&mut self, objs: Vec<BlockObject>) {
+        for o in objs {
+            let newer = self
+                .blocks
+                .get(&o.name)
+                .is_none_or(|c| o.spec.sequence >= c.spec.sequence);
+            if newer {
+                self.put_block(o);
+            }
+        }
+    }
+
     pub fn set_all_blocks(&mut self, objs: Vec<BlockObject>) {
         self.blocks.clear();
         self.index.clear();

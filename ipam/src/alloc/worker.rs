@@ -433,7 +433,9 @@ impl Worker {
                 }
             }
             BlockEvent::Deleted { name } => self.view.remove_block(&name),
-            BlockEvent::Resync(all) => self.view.set_all_blocks(all),
+            // The watch's relist may predate our own writes: merge, never
+            // roll back (see View::merge_all_blocks).
+            BlockEvent::Resync(all) => self.view.merge_all_blocks(all),
         }
     }
 
