@@ -24,7 +24,7 @@ for t in $targets; do
   before=$(find "artifacts/$t" -type f | wc -l)
   set +e
   cargo fuzz run -O --debug-assertions "$t" "corpus/$t" -- \
-    -max_total_time="$secs" -max_len=4200 -print_final_stats=1 -jobs=1 \
+    -max_total_time="$secs" -max_len=4200 -print_final_stats=1 \
     >"logs/$t.log" 2>&1
   rc=$?
   set -e

@@ -1,0 +1,382 @@
+//! BGP load benchmark (not a test): a BIRD injector sends N IPv4 prefixes to
+//! a receiver — margay-bgp, then BIRD 2 as the anchor — each alone in a lab
+//! node, and we print, Margay/BIRD ratios first: seconds from Established
+//! to all N in the RIB, to all N in the kernel FIB, peak RSS, CPU seconds.
+//!
+//! ```text
+//! cargo build --release -p node-agent --bin margay-bgp
+//! cargo run --release -p integration-tests --example bench_bgp \
+//!     [-- --sizes 100000,1000000 --runs 1 --packing packed|unpacked --only margay|bird]
+//! ```
+//!
+//! Packed: the injector's routes share attributes, so BIRD packs ~800 NLRI
+//! into each UPDATE. Unpacked: every route has its own MED, one per UPDATE.
+//!
+//! Prefixes: N /28s in 240.0.0.0/8. A million distinct IPv4 prefixes do
+//! not fit in the lab's 198.18.0.0/15; 240/4 is reserved (never routed
+//! anywhere), and no packet is sent to these routes — they only sit in the
+//! routing tables of the benchmark's own namespaces.
+//!
+//! Timing: Margay reports its own instants (status file: Established,
+//! last UPDATE applied, last FIB write). BIRD's Established comes from its
+//! `timeformat protocol iso long ms` timestamp; its RIB/FIB completion is
+//! polled every 10 ms (`show protocols all`: imported / kernel exported), so
+//! BIRD's figures may be up to ~15 ms late. Peak RSS is VmHWM, CPU is
+//! utime+stime of the receiver process, from its start.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use integration_tests::lab::{self, Bird, Daemon, Lab};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Receiver {
+    Margay,
+    Bird,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    rib: f64,
+    fib: f64,
+    rss_mb: f64,
+    cpu: f64,
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn prefix(i: usize) -> String {
+    let a = 0xF000_0000u32 + ((i as u32) << 4);
+    format!("{}/28", std::net::Ipv4Addr::from(a))
+}
+
+fn injector_config(n: usize, packed: bool) -> String {
+    let mut s = String::with_capacity(n * 48 + 1024);
+    s.push_str("router id 198.18.0.1;\nprotocol device {}\nprotocol static statics { ipv4;\n");
+    for i in 0..n {
+        if packed {
+            s.push_str(&format!(" route {} blackhole;\n", prefix(i)));
+        } else {
+            s.push_str(&format!(
+                " route {} blackhole {{ bgp_med = {i}; }};\n",
+                prefix(i)
+            ));
+        }
+    }
+    s.push_str(
+        "}\nprotocol bgp recv {\n  local 198.18.0.1 as 64512; neighbor 198.18.0.11 as 65001;\n  \
+         disabled; hold time 240; connect delay time 1;\n  ipv4 { import none; export all; };\n}\n",
+    );
+    s
+}
+
+fn bird_receiver_config() -> String {
+    "router id 198.18.0.11;\ntimeformat protocol iso long ms;\nprotocol device {}\n\
+     protocol kernel k4 { ipv4 { import none; export all; }; }\n\
+     protocol bgp inj {\n  local 198.18.0.11 as 65001; neighbor 198.18.0.1 as 64512;\n  \
+     hold time 240; passive on;\n  ipv4 { import all; export none; };\n}\n"
+        .to_string()
+}
+
+fn margay_receiver_yaml() -> String {
+    "local_as: 65001\nrouter_id: 198.18.0.11\nlisten: [\"198.18.0.11:179\"]\npeers:\n  \
+     - name: inj\n    neighbor: 198.18.0.1\n    remote_as: 64512\n    hold_time: 240\n    passive: true\n"
+        .to_string()
+}
+
+/// (peak RSS MB, CPU seconds) of a live process.
+fn usage(pid: i32) -> Result<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hwm_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("VmHWM")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').context("stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3, utime 14, stime 15 (1-based).
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    // Linux reports these in USER_HZ, which is 100.
+    Ok((hwm_kb / 1024.0, ticks / 100.0))
+}
+
+/// Unix time of a BIRD `iso long` timestamp (`2026-11-22 07:30:00.123`, UTC).
+fn bird_time(date: &str, time: &str) -> Option<f64> {
+    let d: Vec<i64> = date.split('-').filter_map(|x| x.parse().ok()).collect();
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let t: Vec<i64> = hms.split(':').filter_map(|x| x.parse().ok()).collect();
+    if d.len() != 3 || t.len() != 3 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant).
+    let (y, m, day) = (if d[1] <= 2 { d[0] - 1 } else { d[0] }, d[1], d[2]);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let frac: f64 = format!("0.{frac}").parse().ok()?;
+    Some((days * 86400 + t[0] * 3600 + t[1] * 60 + t[2]) as f64 + frac)
+}
+
+fn routes_of(birdc_out: &str, what: &str) -> usize {
+    // "Routes:         1000 imported, 0 exported, 1000 preferred"
+    birdc_out
+        .lines()
+        .find(|l| l.trim_start().starts_with("Routes:"))
+        .and_then(|l| {
+            l.split(',')
+                .find(|p| p.contains(what))
+                .and_then(|p| p.split_whitespace().rev().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn kernel_count(lab: &Lab, proto: &str) -> Result<usize> {
+    let out = lab
+        .node("n1")?
+        .ns
+        .ip(&["-4", "route", "show", "proto", proto])?;
+    Ok(out.lines().count())
+}
+
+fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Result<Figures> {
+    let lab = Lab::builder().nodes(1).build()?;
+    let n1 = lab.node("n1")?;
+    let dir = lab.run_dir().to_path_buf();
+    // The injector, with its routes loaded before the session may start.
+    let inj = Bird::start(lab.tor(), &dir, "injector", &injector_config(n, packed))?;
+    lab::wait_for("injector routes loaded", Duration::from_secs(600), || {
+        let out = inj.birdc("show protocols all statics")?;
+        Ok((routes_of(&out, "imported") >= n).then_some(()))
+    })?;
+    let deadline = Duration::from_secs(600);
+    let figs = match rx {
+        Receiver::Margay => {
+            let log_level = std::env::var("BENCH_MARGAY_LOG").unwrap_or_else(|_| "warn".into());
+            let cfg = dir.join("margay.yaml");
+            let status = dir.join("margay.status.json");
+            std::fs::write(&cfg, margay_receiver_yaml())?;
+            let argv = [
+                bin.to_str().context("path")?,
+                "--config",
+                cfg.to_str().context("path")?,
+                "--status-file",
+                status.to_str().context("path")?,
+                "--log",
+                &log_level,
+            ];
+            let mut d = Daemon::spawn(&n1.ns, "margay-bgp", &argv, &dir.join("margay.log"))?;
+            lab::wait_for("margay status", Duration::from_secs(10), || {
+                Ok(status.exists().then_some(()))
+            })?;
+            inj.birdc("enable recv")?;
+            let read = || -> Option<serde_json::Value> {
+                serde_json::from_str(&std::fs::read_to_string(&status).ok()?).ok()
+            };
+            let v = lab::wait_for("margay: all in RIB and FIB", deadline, || {
+                if !d.is_running() {
+                    bail_lab(format!("margay-bgp exited: {}", d.log()))?;
+                }
+                let Some(v) = read() else { return Ok(None) };
+                let p = &v["peers"][0];
+                let done = p["accepted_v4"].as_u64() == Some(n as u64)
+                    && v["fib"]["installed"].as_u64() == Some(n as u64);
+                Ok(done.then_some(v))
+            })?;
+            let (rss, cpu) = usage(d.pid())?;
+            let p = &v["peers"][0];
+            let est = p["established_at"].as_f64().context("established_at")?;
+            let rib = p["last_update"].as_f64().context("last_update")? - est;
+            let fib = v["fib"]["last_change"].as_f64().context("fib")? - est;
+            let errors = v["fib"]["errors"].as_u64().unwrap_or(0);
+            let k = kernel_count(&lab, "80")?;
+            if k != n || errors != 0 {
+                bail!("margay: kernel has {k} of {n} routes, {errors} FIB errors");
+            }
+            d.stop(Duration::from_secs(5));
+            if let Ok(keep) = std::env::var("BENCH_KEEP_LOG") {
+                let _ = std::fs::copy(dir.join("margay.log"), keep);
+            }
+            Figures {
+                rib,
+                fib,
+                rss_mb: rss,
+                cpu,
+            }
+        }
+        Receiver::Bird => {
+            let b = Bird::start(&n1.ns, &dir, "receiver", &bird_receiver_config())?;
+            inj.birdc("enable recv")?;
+            let mut est = None;
+            let mut rib = None;
+            let start = Instant::now();
+            let fib;
+            loop {
+                let p = b.birdc("show protocols all inj")?;
+                // The latest Established time (a session that flapped
+                // counts from its last start).
+                if rib.is_none() && p.contains("Established") {
+                    let line = p.lines().find(|l| l.starts_with("inj")).unwrap_or("");
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    est = f.get(4).zip(f.get(5)).and_then(|(d, t)| bird_time(d, t));
+                }
+                if let Some(e) = est {
+                    if rib.is_none() && routes_of(&p, "imported") >= n {
+                        rib = Some(now_unix() - e);
+                    }
+                    if rib.is_some() {
+                        let k = b.birdc("show protocols all k4")?;
+                        if routes_of(&k, "exported") >= n {
+                            fib = now_unix() - e;
+                            break;
+                        }
+                    }
+                }
+                if start.elapsed() > deadline {
+                    bail!("BIRD receiver did not finish: {p}");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let (rss, cpu) = usage(b.daemon.pid())?;
+            let k = kernel_count(&lab, "bird")?;
+            if k != n {
+                bail!("BIRD: kernel has {k} of {n} routes");
+            }
+            Figures {
+                rib: rib.unwrap_or(f64::NAN),
+                fib,
+                rss_mb: rss,
+                cpu,
+            }
+        }
+    };
+    drop(inj);
+    Ok(figs)
+}
+
+/// One table row, Margay/BIRD ratios first (`~`: medians over the runs).
+fn print_row(n: usize, label: &str, m: &Figures, b: &Figures) {
+    println!(
+        "{:>8} {:>9} | {:>6.2} {:>6.2} {:>6.2} {:>6.2} | margay {:>6.2} {:>6.2} {:>7.1} {:>6.2} | bird {:>6.2} {:>6.2} {:>7.1} {:>6.2}",
+        n,
+        label,
+        m.rib / b.rib,
+        m.fib / b.fib,
+        m.rss_mb / b.rss_mb,
+        m.cpu / b.cpu,
+        m.rib,
+        m.fib,
+        m.rss_mb,
+        m.cpu,
+        b.rib,
+        b.fib,
+        b.rss_mb,
+        b.cpu
+    );
+}
+
+fn bail_lab(msg: String) -> lab::Result<()> {
+    Err(lab::LabError::Invalid(msg))
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let opt = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let sizes: Vec<usize> = opt("--sizes")
+        .unwrap_or_else(|| "100000,1000000".into())
+        .split(',')
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()
+        .context("--sizes")?;
+    let runs: usize = opt("--runs").unwrap_or_else(|| "1".into()).parse()?;
+    let packing: Vec<bool> = match opt("--packing").as_deref() {
+        Some("packed") => vec![true],
+        Some("unpacked") => vec![false],
+        _ => vec![true, false],
+    };
+    let only = opt("--only");
+    if let Err(why) = lab::can_run() {
+        bail!("bench_bgp {why}");
+    }
+    let bin = match std::env::var("MARGAY_BGP_BIN") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => lab::workspace_bin("margay-bgp")
+            .context("build it first: cargo build --release -p node-agent --bin margay-bgp")?,
+    };
+    println!("margay-bgp: {}", bin.display());
+    println!(
+        "{:>8} {:>9} | {:>6} {:>6} {:>6} {:>6} | margay {:>6} {:>6} {:>7} {:>6} | bird {:>6} {:>6} {:>7} {:>6}",
+        "N",
+        "packing",
+        "r.rib",
+        "r.fib",
+        "r.rss",
+        "r.cpu",
+        "rib s",
+        "fib s",
+        "rss MB",
+        "cpu s",
+        "rib s",
+        "fib s",
+        "rss MB",
+        "cpu s"
+    );
+    for &n in &sizes {
+        for &packed in &packing {
+            let label = if packed { "packed" } else { "unpacked" };
+            let mut all = Vec::new();
+            for _ in 0..runs {
+                let nan = Figures {
+                    rib: f64::NAN,
+                    fib: f64::NAN,
+                    rss_mb: f64::NAN,
+                    cpu: f64::NAN,
+                };
+                let m = match only.as_deref() {
+                    Some("bird") => nan,
+                    _ => run_one(&bin, Receiver::Margay, n, packed)?,
+                };
+                let b = match only.as_deref() {
+                    Some("margay") => nan,
+                    _ => run_one(&bin, Receiver::Bird, n, packed)?,
+                };
+                print_row(n, label, &m, &b);
+                all.push((m, b));
+            }
+            if runs > 1 {
+                let med = |f: fn(&Figures) -> f64, which: usize| {
+                    let mut v: Vec<f64> = all
+                        .iter()
+                        .map(|p| f(if which == 0 { &p.0 } else { &p.1 }))
+                        .collect();
+                    v.sort_by(|a, b| a.total_cmp(b));
+                    v[v.len() / 2]
+                };
+                let pick = |which| Figures {
+                    rib: med(|f| f.rib, which),
+                    fib: med(|f| f.fib, which),
+                    rss_mb: med(|f| f.rss_mb, which),
+                    cpu: med(|f| f.cpu, which),
+                };
+                print_row(n, &format!("{label}~"), &pick(0), &pick(1));
+            }
+        }
+    }
+    Ok(())
+}
