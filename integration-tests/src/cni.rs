@@ -108,3 +108,89 @@ pub fn with_prev_result(conf: &str, prev: &Value) -> String {
     }
     v.to_string()
 }
+
+/// A pod made the way Kubernetes makes one: its Pod object (bound to the
+/// node, as the scheduler does), its network namespace, then CNI ADD through
+/// the node's agent (as the runtime does).
+pub struct WiredPod {
+    /// The pod's network namespace (removed on drop).
+    pub ns: crate::lab::Netns,
+    /// How the runtime identified it.
+    pub attachment: Attachment,
+    /// What ADD answered (check `result.ok`).
+    pub result: Outcome,
+    /// How long the ADD took, exec to exit (including `ip netns exec`).
+    pub add_time: std::time::Duration,
+}
+
+impl WiredPod {
+    /// The IPv4 address ADD assigned.
+    pub fn ipv4(&self) -> Option<std::net::IpAddr> {
+        self.addrs().into_iter().find(std::net::IpAddr::is_ipv4)
+    }
+
+    /// The IPv6 address ADD assigned.
+    pub fn ipv6(&self) -> Option<std::net::IpAddr> {
+        self.addrs().into_iter().find(std::net::IpAddr::is_ipv6)
+    }
+
+    fn addrs(&self) -> Vec<std::net::IpAddr> {
+        self.result
+            .ips()
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect()
+    }
+}
+
+/// Creates Pod `namespace/name` on `agent`'s node with `labels` and
+/// container `ports` `(name, port, protocol)`, its namespace
+/// `<prefix>-<namespace>-<name>`, and runs `margay` ADD for it.
+pub fn add_pod(
+    lab: &crate::lab::Lab,
+    agent: &crate::k8s::Agent,
+    namespace: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    ports: &[(&str, u16, &str)],
+) -> Result<WiredPod> {
+    let (ns_, pod, node) = (namespace.to_string(), name.to_string(), agent.node.clone());
+    let labels: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let ports: Vec<(String, u16, String)> = ports
+        .iter()
+        .map(|(n, p, proto)| (n.to_string(), *p, proto.to_string()))
+        .collect();
+    crate::k8s::with_client(lab.tor(), move |c| async move {
+        let l: Vec<(&str, &str)> = labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let p: Vec<(&str, u16, &str)> = ports
+            .iter()
+            .map(|(n, port, proto)| (n.as_str(), *port, proto.as_str()))
+            .collect();
+        crate::k8s::create_pod(&c, &ns_, &pod, &node, &l, &p).await
+    })?
+    .map_err(|e| LabError::Invalid(format!("creating Pod {namespace}/{name}: {e}")))?;
+    let ns = crate::lab::Netns::create(&lab.pod_ns_name(namespace, name))?;
+    let attachment = Attachment {
+        container_id: format!("ctr-{name}"),
+        netns: ns.path().display().to_string(),
+        ifname: "eth0".into(),
+        pod_namespace: namespace.into(),
+        pod_name: name.into(),
+    };
+    let node = &lab.node(&agent.node)?.ns;
+    let conf = margay_conf(&agent.socket, &lab.run_dir().join("cni.log"));
+    let started = std::time::Instant::now();
+    let result = invoke(node, "ADD", &conf, &attachment)?;
+    Ok(WiredPod {
+        ns,
+        attachment,
+        result,
+        add_time: started.elapsed(),
+    })
+}

@@ -6,3 +6,15 @@ pub mod apiserver;
 pub mod cni;
 pub mod k8s;
 pub mod lab;
+
+/// In a test: returns early, printing `SKIPPED: <why>`, when the lab cannot
+/// run here (not root, no iproute2).
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if let Err(why) = $crate::lab::can_run() {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+}

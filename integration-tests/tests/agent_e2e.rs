@@ -13,15 +13,6 @@ use kube::Api;
 use node_agent::crd::IPAMBlock;
 use node_agent::localroutes::LOCAL_ROUTE_PROTO;
 
-macro_rules! require_root {
-    () => {
-        if let Err(why) = lab::can_run() {
-            eprintln!("SKIPPED: {why}");
-            return;
-        }
-    };
-}
-
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -39,7 +30,7 @@ fn local_routes(lab: &Lab, node: &str) -> String {
 
 #[test]
 fn agent_allocates_from_crds_programs_routes_and_keeps_them_across_shutdown() {
-    require_root!();
+    integration_tests::require_root!();
     let lab = Lab::builder().nodes(1).build().expect("lab");
     let _api = k8s::start_apiserver(&lab).expect("apiserver");
     k8s::bootstrap(

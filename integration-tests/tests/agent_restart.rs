@@ -8,54 +8,22 @@ use std::net::IpAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use integration_tests::cni::{self, Attachment};
+use integration_tests::cni;
 use integration_tests::k8s::{self, Agent};
 use integration_tests::lab::{self, Daemon, Lab, Netns};
 use kube::Api;
 use nix::sys::signal::Signal;
 use node_agent::crd::IPAMBlock;
 
-macro_rules! require_root {
-    () => {
-        if let Err(why) = lab::can_run() {
-            eprintln!("SKIPPED: {why}");
-            return;
-        }
-    };
-}
-
 fn add_pod(lab: &Lab, agent: &Agent, name: &str) -> (Netns, IpAddr) {
-    let (pod, on) = (name.to_string(), agent.node.clone());
-    k8s::with_client(lab.tor(), move |c| async move {
-        k8s::create_pod(&c, "demo", &pod, &on, &[("app", "demo")], &[])
-            .await
-            .expect("pod");
-    })
-    .expect("pod object");
-    let node = &lab.node(&agent.node).expect("node").ns;
-    let ns = Netns::create(&lab.pod_ns_name("demo", name)).expect("netns");
-    let a = Attachment {
-        container_id: format!("ctr-{name}"),
-        netns: ns.path().display().to_string(),
-        ifname: "eth0".into(),
-        pod_namespace: "demo".into(),
-        pod_name: name.into(),
-    };
-    let out = cni::invoke(
-        node,
-        "ADD",
-        &cni::margay_conf(&agent.socket, &lab.run_dir().join("cni.log")),
-        &a,
-    )
-    .expect("margay");
-    assert!(out.ok, "ADD {name}: {:?} {}", out.stdout, out.stderr);
-    let ip = out
-        .ips()
-        .iter()
-        .filter_map(|s| s.parse().ok())
-        .find(IpAddr::is_ipv4)
-        .expect("v4");
-    (ns, ip)
+    let p = cni::add_pod(lab, agent, "demo", name, &[("app", "demo")], &[]).expect("pod");
+    assert!(
+        p.result.ok,
+        "ADD {name}: {:?} {}",
+        p.result.stdout, p.result.stderr
+    );
+    let ip = p.ipv4().expect("v4");
+    (p.ns, ip)
 }
 
 /// The node's `inet margay` table as content: every object without its
@@ -140,7 +108,7 @@ fn wait_ready(lab: &Lab, node: &str) {
 
 #[test]
 fn agent_restarts_lose_no_packet_and_change_no_state() {
-    require_root!();
+    integration_tests::require_root!();
     let lab = Lab::builder().nodes(2).build().expect("lab");
     let _api = k8s::start_apiserver(&lab).expect("apiserver");
     k8s::bootstrap(&lab, &[("v4", "198.19.0.0/16")]).expect("bootstrap");

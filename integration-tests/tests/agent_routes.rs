@@ -3,17 +3,8 @@
 
 use std::collections::BTreeSet;
 
-use integration_tests::lab::{self, Lab, PodSpec};
+use integration_tests::lab::{Lab, PodSpec};
 use node_agent::localroutes::{LOCAL_ROUTE_PROTO, LocalRoute, LocalRoutes, SyncReport};
-
-macro_rules! require_root {
-    () => {
-        if let Err(why) = lab::can_run() {
-            eprintln!("SKIPPED: {why}");
-            return;
-        }
-    };
-}
 
 fn in_node<R: Send + 'static>(
     lab: &Lab,
@@ -49,7 +40,7 @@ fn ours(lab: &Lab) -> String {
 
 #[test]
 fn sync_converges_on_the_desired_set_and_leaves_foreign_routes_alone() {
-    require_root!();
+    integration_tests::require_root!();
     let lab = Lab::builder().nodes(1).build().expect("lab");
     let pod = lab
         .add_pod(
@@ -144,7 +135,7 @@ fn sync_converges_on_the_desired_set_and_leaves_foreign_routes_alone() {
 
 #[test]
 fn ensure_and_remove_are_idempotent() {
-    require_root!();
+    integration_tests::require_root!();
     let lab = Lab::builder().nodes(1).build().expect("lab");
     let pod = lab
         .add_pod(

@@ -13,15 +13,6 @@ use kube::Api;
 use nix::sys::signal::Signal;
 use node_agent::crd::IPAMBlock;
 
-macro_rules! require_root {
-    () => {
-        if let Err(why) = lab::can_run() {
-            eprintln!("SKIPPED: {why}");
-            return;
-        }
-    };
-}
-
 fn pod_object(lab: &Lab, name: &str, node: &str) {
     let (pod, on) = (name.to_string(), node.to_string());
     k8s::with_client(lab.tor(), move |c| async move {
@@ -62,7 +53,7 @@ fn cali_links(ns: &Netns) -> usize {
 
 #[test]
 fn api_server_outage_keeps_pods_working_and_cni_says_try_again() {
-    require_root!();
+    integration_tests::require_root!();
     let lab = Lab::builder().nodes(2).build().expect("lab");
     let mut api = k8s::start_apiserver(&lab).expect("apiserver");
     k8s::bootstrap(&lab, &[("v4", "198.19.0.0/16")]).expect("bootstrap");

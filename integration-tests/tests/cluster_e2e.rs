@@ -6,21 +6,12 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use integration_tests::cni::{self, Attachment};
+use integration_tests::cni;
 use integration_tests::k8s::{self, Agent};
 use integration_tests::lab::{
     self, Daemon, Lab, Netns, Probe, Proto, TorBgp, probe_many, tor_bird_config,
 };
 use node_agent::crd::{BGPConfiguration, BGPPeer};
-
-macro_rules! require_root {
-    () => {
-        if let Err(why) = lab::can_run() {
-            eprintln!("SKIPPED: {why}");
-            return;
-        }
-    };
-}
 
 const POOLS: &[(&str, &str)] = &[("v4", "198.19.0.0/16"), ("v6", "2001:db8:100::/48")];
 
@@ -31,30 +22,17 @@ struct TestPod {
 }
 
 fn add_pod(lab: &Lab, agent: &Agent, name: &str) -> TestPod {
-    let (pod, on) = (name.to_string(), agent.node.clone());
-    k8s::with_client(lab.tor(), move |c| async move {
-        k8s::create_pod(&c, "demo", &pod, &on, &[("app", "demo")], &[])
-            .await
-            .expect("pod object");
-    })
-    .expect("pod");
-    let node = &lab.node(&agent.node).expect("node").ns;
-    let ns = Netns::create(&lab.pod_ns_name("demo", name)).expect("pod netns");
-    let a = Attachment {
-        container_id: format!("ctr-{name}"),
-        netns: ns.path().display().to_string(),
-        ifname: "eth0".into(),
-        pod_namespace: "demo".into(),
-        pod_name: name.into(),
-    };
-    let conf = cni::margay_conf(&agent.socket, &lab.run_dir().join("cni.log"));
-    let out = cni::invoke(node, "ADD", &conf, &a).expect("run margay");
-    assert!(out.ok, "ADD {name}: {:?} {}", out.stdout, out.stderr);
-    let ips: Vec<IpAddr> = out.ips().iter().filter_map(|s| s.parse().ok()).collect();
+    let p = cni::add_pod(lab, agent, "demo", name, &[("app", "demo")], &[]).expect("pod");
+    assert!(
+        p.result.ok,
+        "ADD {name}: {:?} {}",
+        p.result.stdout, p.result.stderr
+    );
+    let ips: Vec<IpAddr> = [p.ipv4(), p.ipv6()].into_iter().flatten().collect();
     assert_eq!(ips.len(), 2, "dual-stack: {ips:?}");
-    let server = lab.serve(&ns, name, &[80], &[80]).expect("server");
+    let server = lab.serve(&p.ns, name, &[80], &[80]).expect("server");
     TestPod {
-        ns,
+        ns: p.ns,
         ips,
         _server: server,
     }
@@ -122,7 +100,7 @@ fn start_cluster(lab: &Lab, extra: serde_json::Value) -> Vec<Agent> {
 
 #[test]
 fn pods_reach_each_other_across_nodes_over_the_node_mesh() {
-    require_root!();
+    integration_tests::require_root!();
     let lab = Lab::builder().nodes(3).build().expect("lab");
     let _api = k8s::start_apiserver(&lab).expect("apiserver");
     let agents = start_cluster(&lab, serde_json::json!([]));
@@ -151,7 +129,7 @@ fn pods_reach_each_other_across_nodes_over_the_node_mesh() {
 
 #[test]
 fn pods_reach_each_other_through_a_bird_route_reflector_and_new_nodes_join_fast() {
-    require_root!();
+    integration_tests::require_root!();
     let mut lab = Lab::builder().nodes(3).build().expect("lab");
     let _api = k8s::start_apiserver(&lab).expect("apiserver");
     let tor = lab

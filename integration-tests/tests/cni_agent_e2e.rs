@@ -14,34 +14,6 @@ use kube::Api;
 use node_agent::crd::IPAMBlock;
 use node_agent::localroutes::LOCAL_ROUTE_PROTO;
 
-macro_rules! require_root {
-    () => {
-        if let Err(why) = lab::can_run() {
-            eprintln!("SKIPPED: {why}");
-            return;
-        }
-    };
-}
-
-fn attachment(lab: &Lab, pod: &str, id: &str) -> (Netns, Attachment) {
-    let name = pod.to_string();
-    k8s::with_client(lab.tor(), move |c| async move {
-        k8s::create_pod(&c, "x", &name, "n1", &[], &[])
-            .await
-            .expect("pod object");
-    })
-    .expect("pod");
-    let ns = Netns::create(&lab.pod_ns_name("x", pod)).expect("pod netns");
-    let a = Attachment {
-        container_id: id.into(),
-        netns: ns.path().display().to_string(),
-        ifname: "eth0".into(),
-        pod_namespace: "x".into(),
-        pod_name: pod.into(),
-    };
-    (ns, a)
-}
-
 fn handles(lab: &Lab) -> Vec<String> {
     k8s::with_client(lab.tor(), |c| async move {
         Api::<IPAMBlock>::all(c)
@@ -68,7 +40,7 @@ fn cali_links(node: &Netns) -> Vec<String> {
 
 #[test]
 fn cni_add_del_through_the_real_agent() {
-    require_root!();
+    integration_tests::require_root!();
     let lab = Lab::builder().nodes(1).build().expect("lab");
     let _api = k8s::start_apiserver(&lab).expect("apiserver");
     k8s::bootstrap(&lab, &[("v4", "198.19.0.0/16")]).expect("bootstrap");
@@ -76,9 +48,8 @@ fn cni_add_del_through_the_real_agent() {
     let node = &lab.node("n1").expect("n1").ns;
     let conf = cni::margay_conf(&agent.socket, &lab.run_dir().join("cni.log"));
 
-    let (ns_a, a) = attachment(&lab, "a", "ctr-a");
-    let (ns_b, b) = attachment(&lab, "b", "ctr-b");
-    let add_a = cni::invoke(node, "ADD", &conf, &a).expect("run ADD a");
+    let pa = cni::add_pod(&lab, &agent, "x", "a", &[], &[]).expect("pod a");
+    let add_a = &pa.result;
     assert!(
         add_a.ok,
         "ADD a failed: {:?} {}",
@@ -96,7 +67,8 @@ fn cni_add_del_through_the_real_agent() {
         ])
         .expect("routes");
     assert!(routes.contains(&format!("{ip_a} dev cali")), "{routes}");
-    let add_b = cni::invoke(node, "ADD", &conf, &b).expect("run ADD b");
+    let pb = cni::add_pod(&lab, &agent, "x", "b", &[], &[]).expect("pod b");
+    let (add_b, b) = (&pb.result, pb.attachment.clone());
     assert!(
         add_b.ok,
         "ADD b failed: {:?} {}",
@@ -106,9 +78,9 @@ fn cni_add_del_through_the_real_agent() {
     assert_ne!(ip_a, ip_b);
     assert!(ip_a.starts_with("198.19.") && ip_b.starts_with("198.19."));
 
-    let _srv = lab.serve(&ns_b, "b", &[80], &[]).expect("server in b");
+    let _srv = lab.serve(&pb.ns, "b", &[80], &[]).expect("server in b");
     let to_b = SocketAddr::new(ip_b.parse().expect("ip"), 80);
-    let reached = lab::wait_reachable(&ns_a, to_b, Proto::Tcp, Duration::from_secs(5));
+    let reached = lab::wait_reachable(&pa.ns, to_b, Proto::Tcp, Duration::from_secs(5));
     assert!(reached.reached(), "a -> b: {reached:?}");
 
     let with_prev = cni::with_prev_result(&conf, &add_b.stdout);
@@ -118,7 +90,7 @@ fn cni_add_del_through_the_real_agent() {
     // DEL b twice; the second as containerd sends it after the sandbox died.
     let del = cni::invoke(node, "DEL", &with_prev, &b).expect("run DEL");
     assert!(del.ok, "DEL b: {:?} {}", del.stdout, del.stderr);
-    drop(ns_b);
+    drop(pb);
     let gone = Attachment {
         netns: String::new(),
         ..b.clone()
@@ -132,11 +104,11 @@ fn cni_add_del_through_the_real_agent() {
     // Agent down: ADD says "try again later" and leaves nothing.
     agent.daemon.stop(Duration::from_secs(5));
     let links_before = cali_links(node);
-    let (_ns_c, c) = attachment(&lab, "c", "ctr-c");
-    let add_c = cni::invoke(node, "ADD", &conf, &c).expect("run ADD c");
+    let pc = cni::add_pod(&lab, &agent, "x", "c", &[], &[]).expect("pod c");
+    let add_c = &pc.result;
     assert!(!add_c.ok);
     assert_eq!(add_c.error_code(), Some(11), "{:?}", add_c.stdout);
     assert_eq!(cali_links(node), links_before, "no veth leaked");
     assert!(!handles(&lab).iter().any(|h| h.ends_with("ctr-c")));
-    drop(ns_a);
+    drop(pa);
 }

@@ -10,15 +10,6 @@ use integration_tests::lab::{
     probe_many, tor_bird_config,
 };
 
-macro_rules! require_root {
-    () => {
-        if let Err(why) = lab::can_run() {
-            eprintln!("SKIPPED: {why}");
-            return;
-        }
-    };
-}
-
 fn ours(prefix: &str) -> Vec<String> {
     lab::netns::list()
         .into_iter()
@@ -40,7 +31,7 @@ fn spec(ns: &str, name: &str, v4: &str, v6: &str) -> PodSpec {
 /// as it was.
 #[test]
 fn three_nodes_with_bird_tor_route_pods_and_leave_nothing() {
-    require_root!();
+    integration_tests::require_root!();
     let lab = Lab::builder().nodes(3).build().expect("lab");
     let prefix = lab.prefix().to_string();
     println!("ip netns list (ours) with the lab up: {:?}", ours(&prefix));
@@ -152,7 +143,7 @@ fn three_nodes_with_bird_tor_route_pods_and_leave_nothing() {
 
 #[test]
 fn probe_outcomes_distinguish_answer_refusal_and_silence() {
-    require_root!();
+    integration_tests::require_root!();
     let lab = Lab::builder().nodes(1).build().expect("lab");
     let a = lab
         .add_pod("n1", &spec("x", "a", "198.19.9.2", "2001:db8:9::2"))
@@ -197,7 +188,7 @@ fn probe_outcomes_distinguish_answer_refusal_and_silence() {
 
 #[test]
 fn panic_inside_a_test_still_removes_the_lab() {
-    require_root!();
+    integration_tests::require_root!();
     let prefix = lab::test_prefix();
     let p = prefix.clone();
     let result = std::panic::catch_unwind(move || {
@@ -218,7 +209,7 @@ fn panic_inside_a_test_still_removes_the_lab() {
 /// included.
 #[test]
 fn down_removes_a_lab_left_running() {
-    require_root!();
+    integration_tests::require_root!();
     let prefix = lab::test_prefix();
     let bin = env!("CARGO_BIN_EXE_margay-lab");
     let up = Command::new(bin)
@@ -266,7 +257,7 @@ fn down_removes_a_lab_left_running() {
 
 #[test]
 fn stale_namespaces_of_dead_test_processes_are_swept() {
-    require_root!();
+    integration_tests::require_root!();
     // A pid that existed and is gone: a child we already reaped.
     let mut child = Command::new("true").spawn().expect("spawn true");
     let dead = child.id();

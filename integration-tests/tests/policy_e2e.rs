@@ -5,18 +5,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use integration_tests::cni::{self, Attachment};
+use integration_tests::cni;
 use integration_tests::k8s::{self, Agent};
 use integration_tests::lab::{self, Daemon, Lab, Netns, Probe, Proto, probe_many};
-
-macro_rules! require_root {
-    () => {
-        if let Err(why) = lab::can_run() {
-            eprintln!("SKIPPED: {why}");
-            return;
-        }
-    };
-}
 
 struct TestPod {
     name: String,
@@ -26,47 +17,25 @@ struct TestPod {
 }
 
 fn add_pod(lab: &Lab, agent: &Agent, name: &str, app: &str) -> TestPod {
-    let (pod, on, app_label) = (name.to_string(), agent.node.clone(), app.to_string());
-    k8s::with_client(lab.tor(), move |c| async move {
-        k8s::create_pod(
-            &c,
-            "demo",
-            &pod,
-            &on,
-            &[("app", &app_label)],
-            &[("http", 80, "TCP")],
-        )
-        .await
-        .expect("pod object");
-    })
-    .expect("pod");
-    let node = &lab.node(&agent.node).expect("node").ns;
-    let ns = Netns::create(&lab.pod_ns_name("demo", name)).expect("netns");
-    let a = Attachment {
-        container_id: format!("ctr-{name}"),
-        netns: ns.path().display().to_string(),
-        ifname: "eth0".into(),
-        pod_namespace: "demo".into(),
-        pod_name: name.into(),
-    };
-    let out = cni::invoke(
-        node,
-        "ADD",
-        &cni::margay_conf(&agent.socket, &lab.run_dir().join("cni.log")),
-        &a,
+    let p = cni::add_pod(
+        lab,
+        agent,
+        "demo",
+        name,
+        &[("app", app)],
+        &[("http", 80, "TCP")],
     )
-    .expect("margay");
-    assert!(out.ok, "ADD {name}: {:?} {}", out.stdout, out.stderr);
-    let v4 = out
-        .ips()
-        .iter()
-        .filter_map(|s| s.parse().ok())
-        .find(IpAddr::is_ipv4)
-        .expect("v4");
-    let server = lab.serve(&ns, name, &[80], &[80]).expect("server");
+    .expect("pod");
+    assert!(
+        p.result.ok,
+        "ADD {name}: {:?} {}",
+        p.result.stdout, p.result.stderr
+    );
+    let v4 = p.ipv4().expect("v4");
+    let server = lab.serve(&p.ns, name, &[80], &[80]).expect("server");
     TestPod {
         name: name.into(),
-        ns,
+        ns: p.ns,
         v4,
         _server: server,
     }
@@ -145,7 +114,7 @@ fn eventually(
 
 #[test]
 fn kubectl_policy_takes_effect_on_the_right_node_and_goes_when_deleted() {
-    require_root!();
+    integration_tests::require_root!();
     let lab = Lab::builder().nodes(2).build().expect("lab");
     let _api = k8s::start_apiserver(&lab).expect("apiserver");
     k8s::bootstrap(&lab, &[("v4", "198.19.0.0/16")]).expect("bootstrap");

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use integration_tests::cni::{self, Attachment};
+use integration_tests::cni;
 use integration_tests::k8s;
 use integration_tests::lab::{self, Lab, Netns, Probe, Proto, TorBgp, probe_many, tor_bird_config};
 use serde::{Deserialize, Serialize};
@@ -344,54 +344,32 @@ fn up(prefix: &str, n_nodes: usize, pods_per_node: usize, repo: &Path) -> anyhow
     }
 
     println!("==> pods (namespace demo) through the margay CNI binary, each serving TCP/UDP 80");
-    let conf = |agent: &k8s::Agent| cni::margay_conf(&agent.socket, &dir.join("cni.log"));
     let mut pod_states = Vec::new();
     let mut keep = Vec::new();
     for (node, agent) in lab.nodes().iter().zip(&agents) {
         for j in 0..pods_per_node {
             let name = format!("{}-{}", node.name, (b'a' + j as u8) as char);
             let role = if j % 2 == 0 { "server" } else { "client" };
-            let (pod, on, r) = (name.clone(), node.name.clone(), role.to_string());
-            k8s::with_client(lab.tor(), move |c| async move {
-                k8s::create_pod(
-                    &c,
-                    "demo",
-                    &pod,
-                    &on,
-                    &[("role", &r)],
-                    &[("http", 80, "TCP")],
-                )
-                .await
-            })??;
-            let mut ns = Netns::create(&lab.pod_ns_name("demo", &name))?;
-            let a = Attachment {
-                container_id: format!("lab-{name}"),
-                netns: ns.path().display().to_string(),
-                ifname: "eth0".into(),
-                pod_namespace: "demo".into(),
-                pod_name: name.clone(),
-            };
-            let started = Instant::now();
-            let out = cni::invoke(&node.ns, "ADD", &conf(agent), &a)?;
+            let pod = cni::add_pod(
+                &lab,
+                agent,
+                "demo",
+                &name,
+                &[("role", role)],
+                &[("http", 80, "TCP")],
+            )?;
+            let out = &pod.result;
             if !out.ok {
                 bail!("CNI ADD for {name} failed: {} {}", out.stdout, out.stderr);
             }
-            let ips = out.ips();
-            let v4 = ips
-                .iter()
-                .find(|i| !i.contains(':'))
-                .cloned()
-                .unwrap_or_default();
-            let v6 = ips
-                .iter()
-                .find(|i| i.contains(':'))
-                .cloned()
-                .unwrap_or_default();
+            let v4 = pod.ipv4().map(|i| i.to_string()).unwrap_or_default();
+            let v6 = pod.ipv6().map(|i| i.to_string()).unwrap_or_default();
             println!(
                 "    demo/{name} ({role}) on {}: {v4} {v6}  [CNI ADD {:.1} ms]",
                 node.name,
-                started.elapsed().as_secs_f64() * 1e3
+                pod.add_time.as_secs_f64() * 1e3
             );
+            let mut ns = pod.ns;
             let mut server = lab.serve(&ns, &name, &[80], &[80])?;
             ns.persist();
             server.persist();
