@@ -277,3 +277,30 @@ fn fib_applies_and_withdraws_ten_thousand_routes() {
         assert_eq!(ours(&ns2, "-4").lines().count(), 0);
     });
 }
+
+/// A route the kernel refuses (its gateway is not on any link) is reported
+/// with its prefix, and the rest of the batch still lands.
+#[test]
+fn fib_reports_a_refused_route_and_applies_the_rest() {
+    require_root!();
+    let lab = Lab::builder().nodes(1).build().expect("lab");
+    let ns = Netns::existing(lab.node("n1").expect("n1").ns.name());
+    let ns2 = Netns::existing(ns.name());
+    with_fib(&ns, move |fib, rt| {
+        let err = rt
+            .block_on(fib.apply(&[
+                change("198.19.20.0/24", &["198.18.0.1"]),
+                change("198.19.21.0/24", &["198.19.250.1"]),
+                change("198.19.22.0/24", &["198.18.0.1"]),
+            ]))
+            .expect_err("an unreachable gateway is refused");
+        let text = format!("{err}");
+        assert!(text.contains("198.19.21.0/24"), "{text}");
+        let v4 = ours(&ns2, "-4");
+        assert!(
+            v4.contains("198.19.20.0/24") && v4.contains("198.19.22.0/24"),
+            "{v4}"
+        );
+        assert!(!v4.contains("198.19.21.0/24"), "{v4}");
+    });
+}

@@ -41,6 +41,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -53,6 +54,7 @@ use clap::Parser;
 use node_agent::fib::{Fib, FibChange};
 use serde::Deserialize;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 
 #[derive(Parser, Debug)]
 #[command(name = "margay-bgp", about = "Margay's BGP speaker on its own")]
@@ -290,25 +292,71 @@ impl Clock {
     }
 }
 
-/// What the kernel FIB holds of ours, as the binary applied it.
+/// What the kernel FIB holds of ours, as the binary applied it. IPv4
+/// prefixes are packed into a `u64` in a B-tree (~10 bytes each; a full
+/// table is a million of them, and a hash set would double at the end).
 #[derive(Default)]
 struct FibState {
-    installed: HashSet<Prefix>,
+    v4: std::collections::BTreeSet<u64>,
+    v6: HashSet<Prefix>,
     last_change: Option<Instant>,
     errors: u64,
     reconciled: bool,
 }
 
+fn pack_v4(p: &Prefix) -> Option<u64> {
+    match p.addr() {
+        IpAddr::V4(a) => Some((u64::from(u32::from(a)) << 8) | u64::from(p.len())),
+        IpAddr::V6(_) => None,
+    }
+}
+
 impl FibState {
     fn note(&mut self, batch: &[FibChange]) {
         for c in batch {
-            if c.next_hops.is_empty() {
-                self.installed.remove(&c.prefix);
-            } else {
-                self.installed.insert(c.prefix);
+            match (pack_v4(&c.prefix), c.next_hops.is_empty()) {
+                (Some(k), true) => {
+                    self.v4.remove(&k);
+                }
+                (Some(k), false) => {
+                    self.v4.insert(k);
+                }
+                (None, true) => {
+                    self.v6.remove(&c.prefix);
+                }
+                (None, false) => {
+                    self.v6.insert(c.prefix);
+                }
             }
         }
         self.last_change = Some(Instant::now());
+    }
+
+    fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    fn insert(&mut self, p: Prefix) {
+        match pack_v4(&p) {
+            Some(k) => {
+                self.v4.insert(k);
+            }
+            None => {
+                self.v6.insert(p);
+            }
+        }
+    }
+
+    /// Everything installed, as prefixes (for a reconcile).
+    fn prefixes(&self) -> HashSet<Prefix> {
+        let v4 = self.v4.iter().filter_map(|k| {
+            Prefix::new(
+                IpAddr::V4(std::net::Ipv4Addr::from((k >> 8) as u32)),
+                (k & 0xff) as u8,
+            )
+            .ok()
+        });
+        v4.chain(self.v6.iter().copied()).collect()
     }
 }
 
@@ -350,7 +398,7 @@ fn status_json(clock: &Clock, peers: &[PeerStatus], fib: &FibState) -> serde_jso
         "peers": peers,
         "rib_paths": rib,
         "fib": {
-            "installed": fib.installed.len(),
+            "installed": fib.len(),
             "last_change": t(fib.last_change),
             "errors": fib.errors,
             "reconciled": fib.reconciled,
@@ -391,6 +439,80 @@ fn reload_originate(path: &Path) -> Result<HashMap<Prefix, Vec<u32>>> {
     originate_list(&cfg)
 }
 
+fn lock(s: &Mutex<FibState>) -> std::sync::MutexGuard<'_, FibState> {
+    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The kernel FIB writer: its own thread and single-threaded runtime, so
+/// netlink work (a million routes at start-up) never starves the speaker's
+/// session and RIB tasks, which keep reading and deciding meanwhile. It
+/// merges queued batches into one before each write, and reconciles (drops
+/// our routes nobody wants) when asked.
+fn spawn_fib_writer(
+    install: bool,
+    mut fib_rx: mpsc::Receiver<Vec<FibChange>>,
+    mut reconcile_rx: mpsc::UnboundedReceiver<()>,
+    state: Arc<Mutex<FibState>>,
+) -> Result<std::thread::JoinHandle<()>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("FIB writer runtime")?;
+    std::thread::Builder::new()
+        .name("fib-writer".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let fib = if install {
+                    match Fib::new() {
+                        Ok(f) => Some(f),
+                        Err(e) => {
+                            tracing::error!(error = %node_agent::logging::chain(&e), "cannot open the kernel FIB");
+                            return;
+                        }
+                    }
+                } else {
+                    None
+                };
+                loop {
+                    tokio::select! {
+                        batch = fib_rx.recv() => {
+                            let Some(mut batch) = batch else { return };
+                            // Take whatever else is queued: fewer, larger
+                            // kernel batches.
+                            while let Ok(more) = fib_rx.try_recv() {
+                                batch.extend(more);
+                                if batch.len() >= 65536 {
+                                    break;
+                                }
+                            }
+                            let failed = match &fib {
+                                Some(f) => f.apply(&batch).await.err(),
+                                None => None,
+                            };
+                            let mut st = lock(&state);
+                            if let Some(e) = failed {
+                                st.errors += 1;
+                                tracing::warn!(error = %node_agent::logging::chain(&e), "kernel FIB write failed");
+                            }
+                            st.note(&batch);
+                        }
+                        Some(()) = reconcile_rx.recv() => {
+                            let wanted = lock(&state).prefixes();
+                            if let Some(f) = &fib {
+                                match f.reconcile(&wanted).await {
+                                    Ok(n) => tracing::info!(removed = n, "initial tables complete; stale kernel routes removed"),
+                                    Err(e) => tracing::warn!(error = %node_agent::logging::chain(&e), "reconcile failed"),
+                                }
+                            }
+                            lock(&state).reconciled = true;
+                        }
+                    }
+                }
+            })
+        })
+        .context("FIB writer thread")
+}
+
 /// Every peer with a fixed address is up and has sent End-of-RIB.
 fn initial_tables_complete(peers: &[PeerStatus]) -> bool {
     peers
@@ -425,13 +547,16 @@ async fn main() -> Result<()> {
         .max();
     let restarting = gr_time.is_some() && !left.is_empty();
     let mut state = FibState::default();
+    // `fib` serves start-up and shutdown; the FIB writer thread opens its own.
     if let Some(f) = &fib {
         if restarting {
             tracing::info!(
                 routes = left.len(),
                 "restarting with forwarding state preserved; stale routes kept until End-of-RIB"
             );
-            state.installed = left.into_iter().collect();
+            for p in left {
+                state.insert(p);
+            }
         } else {
             let n = f
                 .reconcile(&HashSet::new())
@@ -443,7 +568,7 @@ async fn main() -> Result<()> {
     }
     let reconcile_deadline = Instant::now() + Duration::from_secs(u64::from(gr_time.unwrap_or(0)));
 
-    let (speaker, mut fib_rx) = Speaker::start(SpeakerConfig {
+    let (speaker, fib_rx) = Speaker::start(SpeakerConfig {
         local_as: cfg.local_as,
         router_id: cfg.router_id,
         listen: cfg.listen.clone(),
@@ -474,23 +599,12 @@ async fn main() -> Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_states: HashMap<String, State> = HashMap::new();
+    let state = Arc::new(Mutex::new(state));
+    let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel();
+    let writer = spawn_fib_writer(cfg.install, fib_rx, reconcile_rx, state.clone())?;
+    let mut reconcile_asked = lock(&state).reconciled;
     loop {
         tokio::select! {
-            batch = fib_rx.recv() => {
-                let Some(mut batch) = batch else { bail!("the speaker stopped") };
-                // Take whatever else is queued: fewer, larger kernel batches.
-                while let Ok(more) = fib_rx.try_recv() {
-                    batch.extend(more);
-                    if batch.len() >= 65536 { break; }
-                }
-                if let Some(f) = &fib
-                    && let Err(e) = f.apply(&batch).await
-                {
-                    state.errors += 1;
-                    tracing::warn!(error = %node_agent::logging::chain(&e), "kernel FIB write failed");
-                }
-                state.note(&batch);
-            }
             _ = tick.tick() => {
                 let peers = speaker.status().await?;
                 for p in &peers {
@@ -499,17 +613,16 @@ async fn main() -> Result<()> {
                         tracing::info!(peer = %p.name, "peer established");
                     }
                 }
-                if !state.reconciled && (initial_tables_complete(&peers) || Instant::now() >= reconcile_deadline) {
-                    if let Some(f) = &fib {
-                        match f.reconcile(&state.installed).await {
-                            Ok(n) => tracing::info!(removed = n, "initial tables complete; stale kernel routes removed"),
-                            Err(e) => tracing::warn!(error = %node_agent::logging::chain(&e), "reconcile failed"),
-                        }
-                    }
-                    state.reconciled = true;
+                if !reconcile_asked && (initial_tables_complete(&peers) || Instant::now() >= reconcile_deadline) {
+                    reconcile_asked = true;
+                    let _ = reconcile_tx.send(());
                 }
                 if let Some(path) = &args.status_file {
-                    write_status(path, &status_json(&clock, &peers, &state));
+                    let v = status_json(&clock, &peers, &lock(&state));
+                    write_status(path, &v);
+                }
+                if writer.is_finished() {
+                    bail!("the FIB writer stopped");
                 }
             }
             _ = hup.recv() => {
@@ -539,10 +652,12 @@ async fn main() -> Result<()> {
             "stopping as a graceful restart: sessions closed without NOTIFICATION, kernel routes kept"
         );
         drop(speaker);
+        let _ = writer.join();
     } else {
         tracing::info!("stopping: Cease to every peer, removing our kernel routes");
         speaker.shutdown(Duration::from_secs(1)).await?;
         drop(speaker);
+        let _ = writer.join();
         if let Some(f) = &fib {
             let n = f
                 .reconcile(&HashSet::new())

@@ -5,9 +5,11 @@
 //! which take 186–193), so a restarted agent can tell its routes apart and
 //! [`Fib::reconcile`] removes only ours that are no longer wanted. Installs
 //! are `replace` upserts (idempotent); an ECMP set becomes one multipath
-//! route; deletes ignore "no such route". Requests are pipelined on one
-//! netlink socket, which belongs to the network namespace of the thread that
-//! calls [`Fib::new`]: open it on a thread that has entered the target netns.
+//! route; deletes ignore "no such route". Writes go in batches on a raw
+//! netlink socket ([`batch`]: hundreds of routes per `send`, only failures
+//! answered); dumps use rtnetlink. Both sockets belong to the network
+//! namespace of the thread that calls [`Fib::new`]: open it on a thread that
+//! has entered the target netns.
 //!
 //! Routes go in with metric [`FIB_METRIC`] (1280), above the kernel's
 //! defaults (0 for IPv4, 1024 for IPv6) that the agent's local routes
@@ -16,12 +18,14 @@
 //! blackhole is a second route beside it — neither owner's `replace` or
 //! delete can clobber the other's — and the local route wins the lookup.
 
+mod batch;
+
 use std::collections::HashSet;
 use std::net::IpAddr;
 
 pub use bgp::rib::FibChange;
 pub use bgp::wire::Prefix;
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteNextHop, RouteProtocol, RouteVia,
@@ -33,9 +37,6 @@ pub const RTPROT_MARGAY: u8 = 80;
 
 /// Metric (priority) of Margay's BGP routes.
 pub const FIB_METRIC: u32 = 1280;
-
-/// Requests in flight at once on the netlink socket.
-const PIPELINE: usize = 128;
 
 /// FIB errors.
 #[derive(Debug, thiserror::Error)]
@@ -57,11 +58,26 @@ pub enum FibError {
     /// Could not dump routes.
     #[error("cannot list kernel routes")]
     Dump(#[source] rtnetlink::Error),
+    /// The kernel refused a route of a batch.
+    #[error("kernel refused {op} of {prefix}")]
+    Kernel {
+        /// "replace" or "delete".
+        op: &'static str,
+        /// The prefix.
+        prefix: Prefix,
+        /// The errno.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The batch socket failed.
+    #[error("netlink batch write failed")]
+    Batch(#[source] std::io::Error),
 }
 
 /// A handle on the kernel routing table of one network namespace.
 pub struct Fib {
     handle: rtnetlink::Handle,
+    batch: batch::BatchSocket,
     conn: tokio::task::JoinHandle<()>,
 }
 
@@ -125,76 +141,87 @@ pub fn usable_next_hops(prefix: &Prefix, hops: &[IpAddr]) -> Vec<IpAddr> {
     }
 }
 
-fn is_missing(e: &rtnetlink::Error) -> bool {
-    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::ESRCH || m.raw_code() == -libc::ENOENT)
-}
-
 impl Fib {
     /// Open a netlink socket in the calling thread's network namespace; the
     /// connection task runs on the current tokio runtime.
     pub fn new() -> Result<Fib, FibError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(FibError::Open)?;
+        let batch = batch::BatchSocket::open().map_err(FibError::Open)?;
         Ok(Fib {
             handle,
+            batch,
             conn: tokio::spawn(conn),
         })
     }
 
     /// Apply best-path changes in order of arrival: non-empty next hops are
-    /// upserted, empty ones deleted. Next hops the kernel cannot use for the
+    /// upserted, empty ones deleted — written in batches of ~500 messages per
+    /// netlink `send`, without per-route acknowledgements (the kernel
+    /// reports only failures). The kernel's work (a microsecond or two per
+    /// route) runs on the calling thread: give a big table its own thread. Next hops the kernel cannot use for the
     /// prefix are dropped ([`usable_next_hops`]); a prefix left with none is
     /// removed. Returns how many prefixes were written, or the first error
     /// after trying all.
     pub async fn apply(&self, changes: &[FibChange]) -> Result<usize, FibError> {
         // Only the last change per prefix matters within a batch.
-        let mut seen = HashSet::new();
-        // Owned items: a stream of futures borrowing `changes` is not `Send`
-        // (higher-ranked lifetimes), and the agent runs this in a task.
-        let last: Vec<FibChange> = changes
+        let mut seen = HashSet::with_capacity(changes.len());
+        let last: Vec<&FibChange> = changes
             .iter()
             .rev()
             .filter(|c| seen.insert(c.prefix))
-            .cloned()
             .collect();
-        let n = last.len();
-        let results: Vec<Result<(), FibError>> = stream::iter(last)
+        drop(seen);
+        let mut prefixes = Vec::with_capacity(last.len());
+        let routes: Vec<(batch::Op, RouteMessage)> = last
+            .iter()
             .map(|c| {
-                let h = self.handle.clone();
-                async move {
-                    let hops = usable_next_hops(&c.prefix, &c.next_hops);
-                    if hops.len() < c.next_hops.len() {
-                        tracing::warn!(prefix = %c.prefix, next_hops = ?c.next_hops, "next hops of the wrong family cannot be installed");
-                    }
-                    let msg = message(&c.prefix, &hops);
-                    if hops.is_empty() {
-                        match h.route().del(msg).execute().await {
-                            Ok(()) => Ok(()),
-                            Err(e) if is_missing(&e) => Ok(()),
-                            Err(source) => Err(FibError::Route {
-                                op: "delete",
-                                prefix: c.prefix,
-                                source,
-                            }),
-                        }
-                    } else {
-                        h.route()
-                            .add(msg)
-                            .replace()
-                            .execute()
-                            .await
-                            .map_err(|source| FibError::Route {
-                                op: "replace",
-                                prefix: c.prefix,
-                                source,
-                            })
-                    }
+                let hops = usable_next_hops(&c.prefix, &c.next_hops);
+                if hops.len() < c.next_hops.len() {
+                    tracing::warn!(prefix = %c.prefix, next_hops = ?c.next_hops, "next hops of the wrong family cannot be installed");
                 }
+                prefixes.push(c.prefix);
+                let op = if hops.is_empty() {
+                    batch::Op::Delete
+                } else {
+                    batch::Op::Replace
+                };
+                (op, message(&c.prefix, &hops))
             })
-            .buffer_unordered(PIPELINE)
-            .collect()
-            .await;
-        results.into_iter().find(Result::is_err).unwrap_or(Ok(()))?;
-        Ok(n)
+            .collect();
+        self.write(&routes, &prefixes)?;
+        Ok(routes.len())
+    }
+
+    /// Write a batch; the first failure that is not "already so" (a delete
+    /// of a route that is not there) is the error.
+    fn write(
+        &self,
+        routes: &[(batch::Op, RouteMessage)],
+        prefixes: &[Prefix],
+    ) -> Result<(), FibError> {
+        let failures = self.batch.write(routes).map_err(FibError::Batch)?;
+        for (i, errno) in failures {
+            let Some((op, _)) = routes.get(i) else {
+                continue;
+            };
+            if *op == batch::Op::Delete && (errno == libc::ESRCH || errno == libc::ENOENT) {
+                continue;
+            }
+            return Err(FibError::Kernel {
+                op: if *op == batch::Op::Delete {
+                    "delete"
+                } else {
+                    "replace"
+                },
+                prefix: prefixes.get(i).copied().unwrap_or_else(|| {
+                    Prefix::from(ipnetwork::IpNetwork::from(IpAddr::V4(
+                        std::net::Ipv4Addr::UNSPECIFIED,
+                    )))
+                }),
+                source: std::io::Error::from_raw_os_error(errno),
+            });
+        }
+        Ok(())
     }
 
     /// Our routes (protocol [`RTPROT_MARGAY`]), in any table.
@@ -249,25 +276,11 @@ impl Fib {
             .filter(|(p, m)| !(wanted.contains(p) && is_ours_exactly(m)))
             .collect();
         let n = stale.len();
-        let results: Vec<Result<(), FibError>> = stream::iter(stale)
-            .map(|(prefix, msg)| {
-                let h = self.handle.clone();
-                async move {
-                    match h.route().del(msg).execute().await {
-                        Ok(()) => Ok(()),
-                        Err(e) if is_missing(&e) => Ok(()),
-                        Err(source) => Err(FibError::Route {
-                            op: "delete",
-                            prefix,
-                            source,
-                        }),
-                    }
-                }
-            })
-            .buffer_unordered(PIPELINE)
-            .collect()
-            .await;
-        results.into_iter().find(Result::is_err).unwrap_or(Ok(()))?;
+        let (prefixes, routes): (Vec<Prefix>, Vec<(batch::Op, RouteMessage)>) = stale
+            .into_iter()
+            .map(|(p, m)| (p, (batch::Op::Delete, m)))
+            .unzip();
+        self.write(&routes, &prefixes)?;
         Ok(n)
     }
 }
