@@ -1,0 +1,296 @@
+//! Benchmark (not a test): the `margay` CNI plugin through the **real**
+//! agent — IPAM on the API test server, host route and NetworkPolicy
+//! programmed before EndpointUp answers — against the reference `ptp` +
+//! `host-local`, on identical fresh pod namespaces in one lab node,
+//! interleaved so machine noise hits both. Both plugins are exec'd directly
+//! from a thread inside the node namespace, as a runtime on the node would.
+//!
+//! ```text
+//! cargo build --release -p node-agent -p cni-plugin -p integration-tests --bins
+//! cargo run --release -p integration-tests --example bench_cni_agent -- [--runs 200]
+//! ```
+//! After every margay ADD (outside the timed part) it checks the contract:
+//! the /32 host route and the endpoint's entry in the policy dispatch map
+//! are in the kernel.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use integration_tests::cni::{self, Attachment};
+use integration_tests::k8s;
+use integration_tests::lab::{self, Lab, Netns};
+use serde_json::{Value, json};
+
+const PTP: &str = "/usr/lib/cni/ptp";
+
+fn arg(name: &str, default: usize) -> usize {
+    let a: Vec<String> = std::env::args().collect();
+    a.iter()
+        .position(|x| x == name)
+        .and_then(|i| a.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs a CNI plugin from a thread inside `node` (the child inherits the
+/// namespace), returns (elapsed, success, stdout).
+fn exec(
+    node: &Netns,
+    bin: &Path,
+    command: &str,
+    conf: &str,
+    a: &Attachment,
+) -> (Duration, bool, Value) {
+    let (bin, conf, a, command) = (
+        bin.to_path_buf(),
+        conf.to_string(),
+        a.clone(),
+        command.to_string(),
+    );
+    node.enter(move || {
+        use std::io::Write as _;
+        let started = Instant::now();
+        let mut child = Command::new(&bin)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", &command)
+            .env("CNI_CONTAINERID", &a.container_id)
+            .env("CNI_NETNS", &a.netns)
+            .env("CNI_IFNAME", &a.ifname)
+            .env("CNI_PATH", "/usr/lib/cni")
+            .env(
+                "CNI_ARGS",
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
+                    a.pod_namespace, a.pod_name
+                ),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn plugin");
+        if let Some(mut i) = child.stdin.take() {
+            let _ = i.write_all(conf.as_bytes());
+        }
+        let out = child.wait_with_output().expect("plugin output");
+        let took = started.elapsed();
+        (
+            took,
+            out.status.success(),
+            serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+        )
+    })
+    .expect("enter node")
+}
+
+fn stats(v: &[Duration]) -> (f64, f64) {
+    let mut s: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        return (0.0, 0.0);
+    }
+    let p = |q: f64| s[((s.len() as f64 - 1.0) * q).round() as usize];
+    (p(0.5), p(0.95))
+}
+
+fn main() -> anyhow::Result<()> {
+    lab::can_run().map_err(anyhow::Error::msg)?;
+    let runs = arg("--runs", 200);
+    let margay = lab::workspace_bin("margay")?;
+    if !Path::new(PTP).exists() {
+        anyhow::bail!("{PTP} not found (Debian's containernetworking-plugins)");
+    }
+    let lab = Lab::builder().nodes(1).build()?;
+    let _api = k8s::start_apiserver(&lab)?;
+    k8s::bootstrap(&lab, &[("v4", "198.19.0.0/18")])?;
+    let agent = k8s::start_agent(&lab, "n1", &["--log-level", "warn"])?;
+    // Pods exist before their sandboxes (kubelet), and a policy selects
+    // them all, so every EndpointUp must program policy.
+    let n = runs;
+    k8s::with_client(lab.tor(), move |c| async move {
+        for i in 0..n {
+            k8s::create_pod(
+                &c,
+                "bench",
+                &format!("p{i}"),
+                "n1",
+                &[("app", "bench")],
+                &[],
+            )
+            .await?;
+        }
+        let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_json::from_value(json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "same-app", "namespace": "bench"},
+            "spec": {"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "bench"}}}]}]}
+        }))
+        .map_err(kube::Error::SerdeError)?;
+        kube::Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(c, "bench")
+            .create(&Default::default(), &np)
+            .await?;
+        Ok::<_, kube::Error>(())
+    })??;
+    std::thread::sleep(Duration::from_secs(1)); // the agent's watch catches up
+    let node = Netns::existing(lab.node("n1")?.ns.name());
+    let margay_conf = cni::margay_conf(&agent.socket, &lab.run_dir().join("cni.log"));
+    let ptp_conf = json!({
+        "cniVersion": "1.0.0", "name": "ptpnet", "type": "ptp", "mtu": 1500,
+        "ipam": {"type": "host-local", "subnet": "198.19.128.0/20",
+                 "dataDir": lab.run_dir().join("host-local"), "routes": [{"dst": "0.0.0.0/0"}]},
+    })
+    .to_string();
+    let ptp_bin = PathBuf::from(PTP);
+
+    println!(
+        "{runs} sequential ADD/DEL pairs each, interleaved; margay through the real agent (IPAM on the API test server,"
+    );
+    println!(
+        "route + NetworkPolicy programmed before EndpointUp answers); ptp + host-local (route by ptp, no policy)\n"
+    );
+    let (mut m_add, mut m_del, mut p_add, mut p_del) = (vec![], vec![], vec![], vec![]);
+    let mut contract_misses = 0;
+    for i in 0..runs {
+        // margay
+        let ns = Netns::create(&lab.pod_ns_name("bench", &format!("p{i}")))?;
+        let a = Attachment {
+            container_id: format!("m{i}"),
+            netns: ns.path().display().to_string(),
+            ifname: "eth0".into(),
+            pod_namespace: "bench".into(),
+            pod_name: format!("p{i}"),
+        };
+        let (t, ok, res) = exec(&node, &margay, "ADD", &margay_conf, &a);
+        anyhow::ensure!(ok, "margay ADD {i} failed: {res}");
+        m_add.push(t);
+        let host_if = res["interfaces"][0]["name"]
+            .as_str()
+            .unwrap_or("-")
+            .to_string();
+        let ip = res["ips"][0]["address"]
+            .as_str()
+            .unwrap_or("")
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let routes = node.ip(&["-4", "route", "show", "proto", "81"])?;
+        let map = node.exec(&["nft", "list", "map", "inet", "margay", "ep_ingress"])?;
+        if !(routes
+            .lines()
+            .any(|l| l.starts_with(&format!("{ip} ")) && l.contains(&host_if))
+            && map.contains(&host_if))
+        {
+            contract_misses += 1;
+        }
+        let (t, ok, res) = exec(
+            &node,
+            &margay,
+            "DEL",
+            &cni::with_prev_result(&margay_conf, &res),
+            &a,
+        );
+        anyhow::ensure!(ok, "margay DEL {i} failed: {res}");
+        m_del.push(t);
+        drop(ns);
+        // ptp + host-local
+        let ns = Netns::create(&format!("{}-ptp{i}", lab.prefix()))?;
+        let a = Attachment {
+            container_id: format!("p{i}"),
+            netns: ns.path().display().to_string(),
+            ifname: "eth0".into(),
+            pod_namespace: "bench".into(),
+            pod_name: format!("q{i}"),
+        };
+        let (t, ok, res) = exec(&node, &ptp_bin, "ADD", &ptp_conf, &a);
+        anyhow::ensure!(ok, "ptp ADD {i} failed: {res}");
+        p_add.push(t);
+        let (t, ok, res) = exec(
+            &node,
+            &ptp_bin,
+            "DEL",
+            &cni::with_prev_result(&ptp_conf, &res),
+            &a,
+        );
+        anyhow::ensure!(ok, "ptp DEL {i} failed: {res}");
+        p_del.push(t);
+        drop(ns);
+    }
+    let (ma, ma95) = stats(&m_add);
+    let (md, md95) = stats(&m_del);
+    let (pa, pa95) = stats(&p_add);
+    let (pd, pd95) = stats(&p_del);
+    println!(
+        "ADD  margay/ptp median ratio {:.2}   margay median {ma:.2} ms p95 {ma95:.2} ms   ptp median {pa:.2} ms p95 {pa95:.2} ms",
+        ma / pa
+    );
+    println!(
+        "DEL  margay/ptp median ratio {:.2}   margay median {md:.2} ms p95 {md95:.2} ms   ptp median {pd:.2} ms p95 {pd95:.2} ms",
+        md / pd
+    );
+    println!(
+        "route and policy in place when ADD returned: {}/{runs}",
+        runs - contract_misses
+    );
+    phases(&lab.run_dir().join("cni.log"));
+    Ok(())
+}
+
+/// Median time of each step of margay's ADD, from its debug log.
+fn phases(log: &Path) {
+    let Ok(text) = std::fs::read_to_string(log) else {
+        println!("(no plugin log at {})", log.display());
+        return;
+    };
+    let steps = [
+        "namespaces open",
+        "agent connected",
+        "allocated",
+        "veth created",
+        "pod side configured",
+        "pod attached",
+    ];
+    let mut per: std::collections::BTreeMap<String, Vec<(usize, f64)>> = Default::default();
+    for l in text.lines().filter(|l| l.contains("cmd=\"ADD\"")) {
+        let Some(container) = l
+            .split("container=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+        else {
+            continue;
+        };
+        let Some(step) = steps.iter().position(|s| l.contains(&format!("add: {s}"))) else {
+            continue;
+        };
+        // 2026-11-22T08:10:38.123456Z -> seconds since midnight
+        let t: f64 = l
+            .get(11..26)
+            .and_then(|s| {
+                let mut it = s.split(':');
+                let h: f64 = it.next()?.parse().ok()?;
+                let m: f64 = it.next()?.parse().ok()?;
+                let sec: f64 = it.next()?.parse().ok()?;
+                Some(h * 3600.0 + m * 60.0 + sec)
+            })
+            .unwrap_or(f64::NAN);
+        per.entry(container.to_string())
+            .or_default()
+            .push((step, t));
+    }
+    let mut gaps: Vec<Vec<f64>> = vec![Vec::new(); steps.len()];
+    for v in per.values() {
+        for w in v.windows(2) {
+            if w[1].0 == w[0].0 + 1 && w[1].1 >= w[0].1 {
+                gaps[w[1].0].push((w[1].1 - w[0].1) * 1e3);
+            }
+        }
+    }
+    println!("\nmargay ADD by step (median ms, from its log):");
+    for (i, g) in gaps.iter_mut().enumerate().skip(1) {
+        g.sort_by(f64::total_cmp);
+        if let Some(m) = g.get(g.len() / 2) {
+            println!("  {:>22} -> {:<20} {m:.2}", steps[i - 1], steps[i]);
+        }
+    }
+}
