@@ -245,6 +245,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         .flatten()
         .map(|c| c.addr.ip())
         .collect();
+    let view_rx_maint = view_rx.clone();
     let (ctl, _ctl_task) = controller::start(controller::ControllerDeps {
         routes,
         policy: crate::policyctl::PolicySync::new(&me.name, node_addrs),
@@ -266,8 +267,24 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         reconcile_after: args.startup_grace,
     }));
     let listener = ipam::grpc::UdsListener::bind(&args.socket).await?;
-    let grpc_routes = ipam::grpc::ipam_routes(alloc.clone())
-        .add_service(EndpointsService::server(ctl, metrics.clone()));
+    let grpc_routes = tonic::service::Routes::new(crate::ipam_ops::AgentIpam::server(
+        alloc.clone(),
+        cluster.clone(),
+        metrics.clone(),
+    ))
+    .add_service(EndpointsService::server(ctl, metrics.clone()));
+    let _maintain = tokio::spawn(crate::ipam_ops::maintain(
+        cluster.clone(),
+        store.clone(),
+        alloc.clone(),
+        view_rx_maint,
+        me.name.clone(),
+        metrics.clone(),
+        crate::ipam_ops::MaintainOptions {
+            interval: args.ipam_gc_interval,
+            gc_grace: args.ipam_gc_grace,
+        },
+    ));
     tracing::info!(node = %me.name, source = me.name_source, socket = %args.socket.display(), "agent started");
 
     // On SIGTERM stop accepting, give requests in flight a moment, then go

@@ -124,6 +124,15 @@ pub struct AgentArgs {
     )]
     pub namespace: String,
 
+    /// How long an address may stay allocated after its pod is gone before
+    /// the leak GC releases it (at once when its node is gone too).
+    #[arg(long, env = "MARGAY_IPAM_GC_GRACE", default_value = "15m", value_parser = parse_duration, global = true)]
+    pub ipam_gc_grace: Duration,
+
+    /// How often the leak GC and the IPAM gauges run.
+    #[arg(long, env = "MARGAY_IPAM_GC_INTERVAL", default_value = "60s", value_parser = parse_duration, global = true)]
+    pub ipam_gc_interval: Duration,
+
     /// Start-up grace time during which readiness wants every BGP peer up.
     #[arg(long, env = "MARGAY_STARTUP_GRACE", default_value = "60s", value_parser = parse_duration, global = true)]
     pub startup_grace: Duration,

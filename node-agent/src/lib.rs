@@ -12,6 +12,7 @@ pub mod fib;
 pub mod health;
 pub mod identity;
 pub mod install_cni;
+pub mod ipam_ops;
 pub mod ipam_store;
 pub mod ipamview;
 pub mod localroutes;

@@ -1,0 +1,362 @@
+//! The agent's side of IPAM around the `ipam` crate:
+//!
+//! - [`AgentIpam`], the `Ipam` gRPC service the CNI plugin calls: the
+//!   crate's service, plus the addresses a Pod asks for in its
+//!   `margay.dev/ip-addrs` annotation (a JSON list, as Calico's
+//!   `cni.projectcalico.org/ipAddrs`) and request metrics;
+//! - [`maintain`], a periodic task: releases leaked allocations (pods gone
+//!   for longer than the grace period, or whose node is gone) and keeps the
+//!   IPAM gauges current.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipam::grpc::IpamService;
+use ipam::proto::ipam_server::{Ipam, IpamServer};
+use ipam::proto::{
+    AllocateReply, AllocateRequest, GarbageCollectReply, GarbageCollectRequest, GetHandleReply,
+    GetHandleRequest, ReleaseReply, ReleaseRequest, StatusReply, StatusRequest,
+};
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::cluster::Cluster;
+use crate::ipamview::IpamView;
+use crate::metrics::{CniLabels, Metrics, OpLabels, PoolLabels};
+
+/// Pod annotation with the addresses the pod wants (JSON list).
+pub const ANN_IP_ADDRS: &str = "margay.dev/ip-addrs";
+
+/// The `Ipam` service served on the CNI socket.
+pub struct AgentIpam {
+    inner: IpamService,
+    cluster: Cluster,
+    metrics: Arc<Metrics>,
+}
+
+impl AgentIpam {
+    /// A tonic server over `alloc`.
+    pub fn server(
+        alloc: ipam::Allocator,
+        cluster: Cluster,
+        metrics: Arc<Metrics>,
+    ) -> IpamServer<Self> {
+        IpamServer::new(AgentIpam {
+            inner: IpamService::new(alloc),
+            cluster,
+            metrics,
+        })
+    }
+
+    fn observe<T>(&self, op: &str, started: Instant, res: &Result<T, Status>) {
+        let result = match res {
+            Ok(_) => "ok".to_string(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        self.metrics
+            .cni_requests
+            .get_or_create(&CniLabels {
+                op: op.into(),
+                result,
+            })
+            .inc();
+        self.metrics
+            .cni_request_seconds
+            .get_or_create(&OpLabels { op: op.into() })
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// The addresses requested by a Pod's `margay.dev/ip-addrs` annotation.
+pub fn requested_by_annotation(pod: &Pod) -> Result<Vec<IpAddr>, String> {
+    let Some(v) = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANN_IP_ADDRS))
+    else {
+        return Ok(Vec::new());
+    };
+    let list: Vec<String> = serde_json::from_str(v).map_err(|e| {
+        format!("annotation {ANN_IP_ADDRS}={v:?} is not a JSON list of addresses: {e}")
+    })?;
+    list.iter()
+        .map(|s| {
+            s.parse::<IpAddr>()
+                .map_err(|_| format!("annotation {ANN_IP_ADDRS}: {s:?} is not an IP address"))
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Ipam for AgentIpam {
+    async fn allocate(
+        &self,
+        request: Request<AllocateRequest>,
+    ) -> Result<Response<AllocateReply>, Status> {
+        let started = Instant::now();
+        let mut req = request.into_inner();
+        let res = async {
+            if req.requested_ips.is_empty() && !req.pod_name.is_empty() {
+                let key = ObjectRef::<Pod>::new(&req.pod_name).within(&req.pod_namespace);
+                if let Some(pod) = self.cluster.pods.get(&key) {
+                    req.requested_ips = requested_by_annotation(&pod)
+                        .map_err(Status::invalid_argument)?
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                }
+            }
+            self.inner.allocate(Request::new(req)).await
+        }
+        .await;
+        self.observe("allocate", started, &res);
+        res
+    }
+
+    async fn release(
+        &self,
+        request: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseReply>, Status> {
+        let started = Instant::now();
+        let res = self.inner.release(request).await;
+        self.observe("release", started, &res);
+        res
+    }
+
+    async fn get_handle(
+        &self,
+        request: Request<GetHandleRequest>,
+    ) -> Result<Response<GetHandleReply>, Status> {
+        let started = Instant::now();
+        let res = self.inner.get_handle(request).await;
+        self.observe("get_handle", started, &res);
+        res
+    }
+
+    async fn garbage_collect(
+        &self,
+        request: Request<GarbageCollectRequest>,
+    ) -> Result<Response<GarbageCollectReply>, Status> {
+        let started = Instant::now();
+        let res = self.inner.garbage_collect(request).await;
+        self.observe("garbage_collect", started, &res);
+        res
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
+        let started = Instant::now();
+        let res = self.inner.status(request).await;
+        self.observe("status", started, &res);
+        res
+    }
+}
+
+/// Settings of [`maintain`].
+#[derive(Debug, Clone)]
+pub struct MaintainOptions {
+    /// How often to run.
+    pub interval: Duration,
+    /// How long an allocation may be without its pod before it is released.
+    pub gc_grace: Duration,
+}
+
+fn live_pods(cluster: &Cluster) -> Vec<ipam::gc::LivePod> {
+    cluster
+        .pods
+        .state()
+        .iter()
+        .filter(|p| {
+            !p.spec
+                .as_ref()
+                .and_then(|s| s.host_network)
+                .unwrap_or(false)
+        })
+        .map(|p| ipam::gc::LivePod {
+            namespace: p.metadata.namespace.clone().unwrap_or_default(),
+            name: p.metadata.name.clone().unwrap_or_default(),
+            node: p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            ips: Vec::new(),
+        })
+        .collect()
+}
+
+/// Runs leak GC and the IPAM gauges every `opts.interval` until the cluster
+/// view goes away. This node releases the leaks of its own allocations and
+/// of nodes that no longer exist.
+pub async fn maintain(
+    cluster: Cluster,
+    store: Arc<dyn ipam::Store>,
+    alloc: ipam::Allocator,
+    view: watch::Receiver<Arc<IpamView>>,
+    me: String,
+    metrics: Arc<Metrics>,
+    opts: MaintainOptions,
+) {
+    let grace_ms = u64::try_from(opts.gc_grace.as_millis()).unwrap_or(u64::MAX);
+    let mut tracker = ipam::gc::LeakTracker::new(grace_ms, Some(me.clone()));
+    let mut tick = tokio::time::interval(opts.interval);
+    loop {
+        tick.tick().await;
+        if !cluster.generations().all_synced() {
+            continue; // never judge pods gone from a partial list
+        }
+        let v = view.borrow().clone();
+        gauges(&cluster, &alloc, &v, &metrics).await;
+        let blocks = match store.list_blocks().await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(error = %e, "leak GC skipped: cannot list blocks");
+                continue;
+            }
+        };
+        let nodes: HashSet<String> = cluster
+            .nodes
+            .state()
+            .iter()
+            .filter_map(|n| n.metadata.name.clone())
+            .collect();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let ready = tracker.observe(&blocks, &live_pods(&cluster), &nodes, now_ms);
+        if ready.is_empty() {
+            continue;
+        }
+        // Re-validate against the API itself right before releasing.
+        let pods_now = match kube::Api::<Pod>::all(cluster.client())
+            .list(&Default::default())
+            .await
+        {
+            Ok(l) => l
+                .items
+                .iter()
+                .map(|p| ipam::gc::LivePod {
+                    namespace: p.metadata.namespace.clone().unwrap_or_default(),
+                    name: p.metadata.name.clone().unwrap_or_default(),
+                    node: String::new(),
+                    ips: Vec::new(),
+                })
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::debug!(error = %e, "leak GC skipped: cannot re-read pods");
+                continue;
+            }
+        };
+        let details: std::collections::HashMap<ipam::ReleaseTarget, ipam::gc::LeakCandidate> =
+            ready
+                .iter()
+                .map(|c| (c.target.clone(), c.clone()))
+                .collect();
+        let targets = tracker.confirm(ready, &pods_now);
+        if targets.is_empty() {
+            continue;
+        }
+        match alloc.release_targets(targets).await {
+            Ok(released) => {
+                for c in released.iter().filter_map(|t| details.get(t)) {
+                    tracing::info!(ip = %c.ip, pod = %c.pod, node = ?c.node, reason = ?c.reason, handle = %c.target.handle, "released a leaked address");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "leak GC release failed; retrying next round"),
+        }
+    }
+}
+
+async fn gauges(cluster: &Cluster, alloc: &ipam::Allocator, view: &IpamView, metrics: &Metrics) {
+    let pools: Vec<(String, IpNetwork)> = cluster
+        .pools
+        .state()
+        .iter()
+        .filter_map(|p| Some((p.metadata.name.clone()?, p.spec.cidr.parse().ok()?)))
+        .collect();
+    let pool_of = |ip: IpAddr| {
+        pools
+            .iter()
+            .find(|(_, c)| c.contains(ip))
+            .map(|(n, _)| n.clone())
+    };
+    let mut blocks: BTreeMap<String, i64> = pools.iter().map(|(n, _)| (n.clone(), 0)).collect();
+    let mut allocs = blocks.clone();
+    for b in &view.affine_blocks {
+        if let Some(p) = pool_of(b.network()) {
+            *blocks.entry(p).or_default() += 1;
+        }
+    }
+    for a in &view.local {
+        if let Some(p) = pool_of(a.ip) {
+            *allocs.entry(p).or_default() += 1;
+        }
+    }
+    for (p, n) in blocks {
+        metrics
+            .ipam_blocks
+            .get_or_create(&PoolLabels { pool: p })
+            .set(n);
+    }
+    for (p, n) in allocs {
+        metrics
+            .ipam_allocations
+            .get_or_create(&PoolLabels { pool: p })
+            .set(n);
+    }
+    metrics.ipam_borrowed.set(view.borrowed().count() as i64);
+    if let Ok(st) = alloc.status().await {
+        for p in st.pools {
+            let l = PoolLabels { pool: p.name };
+            metrics
+                .ipam_pool_size
+                .get_or_create(&l)
+                .set(i64::try_from(p.capacity).unwrap_or(i64::MAX));
+            metrics
+                .ipam_pool_used
+                .get_or_create(&l)
+                .set(i64::try_from(p.allocated).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::api::ObjectMeta;
+
+    fn pod(ann: Option<&str>) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                annotations: ann.map(|v| [(ANN_IP_ADDRS.to_string(), v.to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_annotation_asks_for_addresses_and_bad_ones_are_refused() {
+        assert_eq!(requested_by_annotation(&pod(None)), Ok(vec![]));
+        assert_eq!(
+            requested_by_annotation(&pod(Some(r#"["198.19.0.10", "2001:db8::a"]"#))),
+            Ok(vec![
+                "198.19.0.10".parse().expect("ip"),
+                "2001:db8::a".parse().expect("ip")
+            ])
+        );
+        let e = requested_by_annotation(&pod(Some("198.19.0.10"))).expect_err("not JSON");
+        assert!(e.contains("JSON list"), "{e}");
+        let e = requested_by_annotation(&pod(Some(r#"["198.19.0.300"]"#))).expect_err("bad ip");
+        assert!(e.contains("198.19.0.300"), "{e}");
+    }
+}
