@@ -443,13 +443,30 @@ impl Rib {
     fn reselect(&mut self, prefix: &Prefix, old_sel: Vec<Path>) {
         let fam = prefix.family();
         let key_v4 = V4Key::from_prefix(prefix);
-        let dest = match fam {
-            Family::Ipv4Unicast => self.v4.map.remove(&key_v4),
-            Family::Ipv6Unicast => self.v6.map.remove(prefix),
+        // Fast path, the common case of a table load: one path that is a
+        // candidate (known peer, reachable next hop) is the selection by
+        // itself; the entry stays where it is, no decision process runs.
+        let single = match fam {
+            Family::Ipv4Unicast => self.v4.map.get(&key_v4),
+            Family::Ipv6Unicast => self.v6.map.get(prefix),
+        }
+        .and_then(|d| match d {
+            Dest::One(p)
+                if self.source(p.peer()).is_some()
+                    && self.igp.cost(&p.attrs.next_hop).is_some() =>
+            {
+                Some(p.clone())
+            }
+            _ => None,
+        });
+        let dest = match (&single, fam) {
+            (Some(_), _) => None,
+            (None, Family::Ipv4Unicast) => self.v4.map.remove(&key_v4),
+            (None, Family::Ipv6Unicast) => self.v6.map.remove(prefix),
         };
         let new_sel: Vec<Path>;
         match dest {
-            None => new_sel = Vec::new(),
+            None => new_sel = single.into_iter().collect(),
             Some(d) => {
                 let v = d.into_vec();
                 let order = decision::select(

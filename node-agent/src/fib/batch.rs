@@ -77,13 +77,17 @@ impl BatchSocket {
         Ok(BatchSocket { fd })
     }
 
-    /// Write every (op, message); returns the failures as (index into
-    /// `routes`, errno). Blocks the calling thread while the kernel works
-    /// (about a microsecond or two per route).
-    pub fn write(&self, routes: &[(Op, RouteMessage)]) -> io::Result<Vec<(usize, i32)>> {
+    /// Write every (op, message), encoding each only when its chunk is
+    /// built (no batch of decoded messages is held); returns the failures
+    /// as (position in `routes`, errno). Blocks the calling thread while
+    /// the kernel works (about a microsecond or two per route).
+    pub fn write(
+        &self,
+        routes: impl IntoIterator<Item = (Op, RouteMessage)>,
+    ) -> io::Result<Vec<(usize, i32)>> {
         let mut failures = Vec::new();
         let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + 4096);
-        for (i, (op, msg)) in routes.iter().enumerate() {
+        for (i, (op, msg)) in routes.into_iter().enumerate() {
             let len = NLMSG_HDRLEN + msg.buffer_len();
             if !buf.is_empty() && buf.len() + len > CHUNK {
                 self.send(&buf)?;

@@ -171,57 +171,32 @@ impl Fib {
             .filter(|c| seen.insert(c.prefix))
             .collect();
         drop(seen);
-        let mut prefixes = Vec::with_capacity(last.len());
-        let routes: Vec<(batch::Op, RouteMessage)> = last
+        let ops: Vec<(Prefix, batch::Op)> = last
             .iter()
             .map(|c| {
-                let hops = usable_next_hops(&c.prefix, &c.next_hops);
-                if hops.len() < c.next_hops.len() {
-                    tracing::warn!(prefix = %c.prefix, next_hops = ?c.next_hops, "next hops of the wrong family cannot be installed");
-                }
-                prefixes.push(c.prefix);
-                let op = if hops.is_empty() {
+                let op = if usable_next_hops(&c.prefix, &c.next_hops).is_empty() {
                     batch::Op::Delete
                 } else {
                     batch::Op::Replace
                 };
-                (op, message(&c.prefix, &hops))
+                (c.prefix, op)
             })
             .collect();
-        self.write(&routes, &prefixes)?;
-        Ok(routes.len())
-    }
-
-    /// Write a batch; the first failure that is not "already so" (a delete
-    /// of a route that is not there) is the error.
-    fn write(
-        &self,
-        routes: &[(batch::Op, RouteMessage)],
-        prefixes: &[Prefix],
-    ) -> Result<(), FibError> {
-        let failures = self.batch.write(routes).map_err(FibError::Batch)?;
-        for (i, errno) in failures {
-            let Some((op, _)) = routes.get(i) else {
-                continue;
-            };
-            if *op == batch::Op::Delete && (errno == libc::ESRCH || errno == libc::ENOENT) {
-                continue;
+        let routes = last.iter().map(|c| {
+            let hops = usable_next_hops(&c.prefix, &c.next_hops);
+            if hops.len() < c.next_hops.len() {
+                tracing::warn!(prefix = %c.prefix, next_hops = ?c.next_hops, "next hops of the wrong family cannot be installed");
             }
-            return Err(FibError::Kernel {
-                op: if *op == batch::Op::Delete {
-                    "delete"
-                } else {
-                    "replace"
-                },
-                prefix: prefixes.get(i).copied().unwrap_or_else(|| {
-                    Prefix::from(ipnetwork::IpNetwork::from(IpAddr::V4(
-                        std::net::Ipv4Addr::UNSPECIFIED,
-                    )))
-                }),
-                source: std::io::Error::from_raw_os_error(errno),
-            });
-        }
-        Ok(())
+            let op = if hops.is_empty() {
+                batch::Op::Delete
+            } else {
+                batch::Op::Replace
+            };
+            (op, message(&c.prefix, &hops))
+        });
+        let failures = self.batch.write(routes).map_err(FibError::Batch)?;
+        check(&failures, &ops)?;
+        Ok(ops.len())
     }
 
     /// Our routes (protocol [`RTPROT_MARGAY`]), in any table.
@@ -276,13 +251,38 @@ impl Fib {
             .filter(|(p, m)| !(wanted.contains(p) && is_ours_exactly(m)))
             .collect();
         let n = stale.len();
-        let (prefixes, routes): (Vec<Prefix>, Vec<(batch::Op, RouteMessage)>) = stale
-            .into_iter()
-            .map(|(p, m)| (p, (batch::Op::Delete, m)))
-            .unzip();
-        self.write(&routes, &prefixes)?;
+        let ops: Vec<(Prefix, batch::Op)> =
+            stale.iter().map(|(p, _)| (*p, batch::Op::Delete)).collect();
+        let failures = self
+            .batch
+            .write(stale.into_iter().map(|(_, m)| (batch::Op::Delete, m)))
+            .map_err(FibError::Batch)?;
+        check(&failures, &ops)?;
         Ok(n)
     }
+}
+
+/// The first failure of a batch that is not "already so" (a delete of a
+/// route that is not there), as an error naming the prefix.
+fn check(failures: &[(usize, i32)], ops: &[(Prefix, batch::Op)]) -> Result<(), FibError> {
+    for &(i, errno) in failures {
+        let Some(&(prefix, op)) = ops.get(i) else {
+            continue;
+        };
+        if op == batch::Op::Delete && (errno == libc::ESRCH || errno == libc::ENOENT) {
+            continue;
+        }
+        return Err(FibError::Kernel {
+            op: if op == batch::Op::Delete {
+                "delete"
+            } else {
+                "replace"
+            },
+            prefix,
+            source: std::io::Error::from_raw_os_error(errno),
+        });
+    }
+    Ok(())
 }
 
 /// A route of ours as [`Fib::apply`] writes it: main table, our metric.
