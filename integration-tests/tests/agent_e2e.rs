@@ -35,7 +35,8 @@ fn agent_allocates_from_crds_programs_routes_and_keeps_them_across_shutdown() {
     let _api = k8s::start_apiserver(&lab).expect("apiserver");
     k8s::bootstrap(
         &lab,
-        &[("v4", "198.19.0.0/16"), ("v6", "2001:db8:100::/48")],
+        // The lower half: the "late" pool below takes 198.19.200.0/24.
+        &[("v4", "198.19.0.0/17"), ("v6", "2001:db8:100::/48")],
     )
     .expect("bootstrap");
 
@@ -276,4 +277,24 @@ fn agent_allocates_from_crds_programs_routes_and_keeps_them_across_shutdown() {
     });
     assert!(late[0].ip.starts_with("198.19.200."), "{late:?}");
     assert_eq!(late[0].pool, "late");
+
+    // BGPConfiguration's logSeverityScreen changes the running agent's level.
+    k8s::with_client(lab.tor(), |c| async move {
+        k8s::apply_json::<node_agent::crd::BGPConfiguration>(
+            &c,
+            serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "BGPConfiguration",
+                "metadata": {"name": "default"}, "spec": {"logSeverityScreen": "Warning"}}),
+        )
+        .await
+        .expect("bgp configuration");
+    })
+    .expect("config");
+    lab::wait_for("log level applied", Duration::from_secs(10), || {
+        Ok(agent
+            .daemon
+            .log()
+            .contains("log level set from BGPConfiguration level=warn")
+            .then_some(()))
+    })
+    .expect("the agent applies logSeverityScreen");
 }

@@ -105,6 +105,25 @@ pub async fn publish_addresses(client: kube::Client, me: &NodeIdentity) -> Resul
         .map(|_| ())
 }
 
+/// The tracing level for a `logSeverityScreen` value.
+pub fn log_level_name(l: crate::crd::LogLevel) -> &'static str {
+    match l {
+        crate::crd::LogLevel::Debug => "debug",
+        crate::crd::LogLevel::Info => "info",
+        crate::crd::LogLevel::Warning => "warn",
+        crate::crd::LogLevel::Error => "error",
+    }
+}
+
+fn input_configs(deps: &RoutingDeps) -> BTreeMap<String, crate::crd::BGPConfigurationSpec> {
+    deps.cluster
+        .bgp_configs
+        .state()
+        .iter()
+        .filter_map(|o| Some((o.metadata.name.clone()?, o.spec.clone())))
+        .collect()
+}
+
 /// Everything the routing task needs.
 pub struct RoutingDeps {
     /// The cluster view.
@@ -198,12 +217,7 @@ fn input(
     RoutingInput {
         me,
         nodes,
-        configs: c
-            .bgp_configs
-            .state()
-            .iter()
-            .filter_map(|o| Some((o.metadata.name.clone()?, o.spec.clone())))
-            .collect(),
+        configs: input_configs(deps),
         peers: c
             .bgp_peers
             .state()
@@ -280,6 +294,7 @@ pub async fn run(mut deps: RoutingDeps) {
     let mut seen = gens.borrow().clone();
     let mut running: Option<Running> = None;
     let mut last_problems: Vec<String> = Vec::new();
+    let mut last_log_level: Option<&'static str> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut dirty = true;
     loop {
@@ -293,6 +308,21 @@ pub async fn run(mut deps: RoutingDeps) {
                     tracing::warn!(problem = %p, "routing configuration");
                 }
                 last_problems = d.problems.clone();
+            }
+            // BGPConfiguration.logSeverityScreen sets the agent's log level.
+            let level = routing::effective_config(&input_configs(&deps), &deps.me.name)
+                .log_severity_screen
+                .map(log_level_name);
+            if level != last_log_level {
+                match crate::logging::set_level(level) {
+                    // Logged at warn so it shows whatever the new level is.
+                    Ok(()) => tracing::warn!(
+                        level = %level.unwrap_or("(from flags)"),
+                        "log level set from BGPConfiguration"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "cannot change the log level"),
+                }
+                last_log_level = level;
             }
             if let Err(e) = apply(&mut running, &d, &deps).await {
                 tracing::warn!(error = %e, "applying BGP configuration failed; retrying");
