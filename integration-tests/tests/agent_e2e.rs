@@ -278,6 +278,26 @@ fn agent_allocates_from_crds_programs_routes_and_keeps_them_across_shutdown() {
     assert!(late[0].ip.starts_with("198.19.200."), "{late:?}");
     assert_eq!(late[0].pool, "late");
 
+    // The agent published the address it chose on its Node (a CAS write).
+    let ann = k8s::with_client(lab.tor(), |c| async move {
+        Api::<k8s_openapi::api::core::v1::Node>::all(c)
+            .get("n1")
+            .await
+            .expect("node")
+            .metadata
+            .annotations
+            .unwrap_or_default()
+    })
+    .expect("node annotations");
+    assert_eq!(
+        ann.get("margay.dev/ipv4-address").map(String::as_str),
+        Some("198.18.0.11/24")
+    );
+    assert_eq!(
+        ann.get("margay.dev/ipv6-address").map(String::as_str),
+        Some("2001:db8:ffff::b/64")
+    );
+
     // BGPConfiguration's logSeverityScreen changes the running agent's level.
     k8s::with_client(lab.tor(), |c| async move {
         k8s::apply_json::<node_agent::crd::BGPConfiguration>(

@@ -16,7 +16,6 @@ use bgp::wire::Prefix;
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::Api;
-use kube::api::{Patch, PatchParams};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
@@ -87,22 +86,39 @@ fn node_facts(n: &Node) -> NodeFacts {
 }
 
 /// Writes this node's chosen addresses as annotations on its Node object
-/// (other nodes mesh with them; operators see what was chosen).
+/// (other nodes mesh with them; operators see what was chosen). A
+/// compare-and-swap: read, change, replace with the resourceVersion read,
+/// again on a conflict (kubelet updates the Node too).
 pub async fn publish_addresses(client: kube::Client, me: &NodeIdentity) -> Result<(), kube::Error> {
-    let mut ann = serde_json::Map::new();
-    for (k, c) in [(ANN_IPV4, &me.ipv4), (ANN_IPV6, &me.ipv6)] {
-        ann.insert(
-            k.into(),
-            c.as_ref()
-                .map(|c| serde_json::Value::String(c.addr.to_string()))
-                .unwrap_or(serde_json::Value::Null),
-        );
+    let api = Api::<Node>::all(client);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut node = api.get(&me.name).await?;
+        let ann = node
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
+        let before = ann.clone();
+        for (k, c) in [(ANN_IPV4, &me.ipv4), (ANN_IPV6, &me.ipv6)] {
+            match c {
+                Some(c) => {
+                    ann.insert(k.to_string(), c.addr.to_string());
+                }
+                None => {
+                    ann.remove(k);
+                }
+            }
+        }
+        if *ann == before {
+            return Ok(());
+        }
+        match api.replace(&me.name, &Default::default(), &node).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 5 => {}
+            Err(e) => return Err(e),
+        }
     }
-    let patch = serde_json::json!({"metadata": {"annotations": ann}});
-    Api::<Node>::all(client)
-        .patch(&me.name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map(|_| ())
 }
 
 /// The tracing level for a `logSeverityScreen` value.
