@@ -194,7 +194,10 @@ pub fn start_agent(lab: &Lab, node: &str, extra: &[&str]) -> Result<Agent> {
     // Debug logs by default (they are the test's record), unless the caller
     // chooses a level.
     if !extra.contains(&"--log-level") {
-        args.extend(["--log-level".into(), "info,margay=debug,node_agent=debug".into()]);
+        args.extend([
+            "--log-level".into(),
+            "info,margay=debug,node_agent=debug".into(),
+        ]);
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
