@@ -111,9 +111,22 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
         container_id: att.container_id.clone(),
         ifname: att.ifname.clone(),
     };
-    let reply = match agent.allocate(req).await {
+    let plan = Plan {
+        host_if: &names.host_if,
+        ifname: &att.ifname,
+        netns_path,
+        mtu,
+    };
+    // Creating the veth does not need the address: do it while the agent
+    // allocates (the allocation is a write to the API server).
+    let (reply, veth) = tokio::join!(
+        agent.allocate(req),
+        wiring::create_veth(&host, &pod, &ns, &plan)
+    );
+    let reply = match reply {
         Ok(r) => r,
         Err(e) => {
+            remove_host_veth(&host, &names.host_if).await;
             // A timeout or a dropped connection may have allocated anyway.
             if matches!(e, CniError::TryAgain { .. }) {
                 release_quietly(&agent, &names.handle).await;
@@ -124,23 +137,22 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
     let ips = match addresses(&reply, &families) {
         Ok(ips) => ips,
         Err(e) => {
+            remove_host_veth(&host, &names.host_if).await;
             release_quietly(&agent, &names.handle).await;
             return Err(e);
         }
     };
     tracing::debug!(handle = %names.handle, ?ips, "allocated");
+    if let Err(e) = veth {
+        tracing::warn!(error = %e.details(), "ADD failed creating the veth; rolling back");
+        remove_host_veth(&host, &names.host_if).await;
+        rollback(&host, &agent, &names, att, false).await;
+        return Err(e);
+    }
+    tracing::debug!("veth created");
 
-    let plan = Plan {
-        host_if: &names.host_if,
-        ifname: &att.ifname,
-        netns_path,
-        mtu,
-    };
-    let mut created = false;
+    let created = true;
     let wired = async {
-        wiring::create_veth(&host, &pod, &ns, &plan).await?;
-        created = true;
-        tracing::debug!("veth created");
         let v4 = ips.iter().any(IpAddr::is_ipv4);
         let v6 = ips.iter().any(IpAddr::is_ipv6);
         wiring::configure_host(&host, &plan, v4, v6).await?;
@@ -256,6 +268,15 @@ fn addresses(reply: &AllocateReply, families: &[Family]) -> Result<Vec<IpAddr>, 
 async fn release_quietly(agent: &Agent, handle: &str) {
     if let Err(e) = agent.release(handle).await {
         tracing::warn!(handle, error = %e.details(), "release during rollback failed; the runtime's DEL or GC will retry");
+    }
+}
+
+/// Deletes the host-side veth if it exists (it takes the pod side with it).
+async fn remove_host_veth(host: &Nl, host_if: &str) {
+    if matches!(host.link(host_if).await, Ok(Some(_)))
+        && let Err(e) = host.delete_link_by_name(host_if).await
+    {
+        tracing::warn!(host_if, error = %e, "rollback: delete veth failed");
     }
 }
 
