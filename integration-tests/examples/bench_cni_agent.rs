@@ -234,7 +234,43 @@ fn main() -> anyhow::Result<()> {
         runs - contract_misses
     );
     phases(&lab.run_dir().join("cni.log"));
+    agent_means(
+        &node,
+        &format!("http://{}:9099/metrics", lab.node("n1")?.ipv4),
+    );
     Ok(())
+}
+
+/// Mean durations the agent itself measured, from its /metrics.
+fn agent_means(node: &Netns, url: &str) {
+    let Ok(m) = node.exec(&["curl", "-sf", url]) else {
+        return;
+    };
+    let value = |name: &str| -> Option<f64> {
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    println!("\nthe agent's own view (means):");
+    for (label, metric) in [
+        (
+            "Allocate",
+            "margay_cni_request_seconds_{}{op=\"allocate\"}",
+        ),
+        (
+            "EndpointUp",
+            "margay_cni_request_seconds_{}{op=\"endpoint_up\"}",
+        ),
+        ("policy commit", "margay_policy_sync_seconds_{}"),
+    ] {
+        let sum = value(&metric.replace("{}", "sum"));
+        let count = value(&metric.replace("{}", "count"));
+        if let (Some(s), Some(c)) = (sum, count)
+            && c > 0.0
+        {
+            println!("  {label:>14}: {:.2} ms over {c} calls", s / c * 1e3);
+        }
+    }
 }
 
 /// Median time of each step of margay's ADD, from its debug log.

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use policy::{PodInfo, PodKey};
+use policy::{LocalEndpoint, PodInfo, PodKey};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cluster::{Cluster, Kind};
@@ -177,12 +177,14 @@ async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
     let mut gens = d.cluster.subscribe();
     let mut seen = gens.borrow().clone();
     let mut dirty = true;
+    // Routes as last applied; None forces a full (dump and reconcile) sync.
+    let mut applied: Option<BTreeSet<LocalRoute>> = None;
     loop {
         d.health.heartbeat("dataplane", Duration::from_secs(90));
         if dirty {
             let v = d.view.borrow().clone();
             if v.synced && seen.all_synced() {
-                dirty = !sync(&mut d, &v, &endpoints).await;
+                dirty = !sync(&mut d, &v, &endpoints, &mut applied).await;
             }
         }
         tokio::select! {
@@ -230,38 +232,88 @@ async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
                 }
                 seen = now;
             }
-            _ = tick.tick() => dirty = true,
+            _ = tick.tick() => {
+                // Periodically re-read the kernel: repairs routes someone
+                // else changed.
+                applied = None;
+                dirty = true;
+            }
         }
     }
 }
 
 /// Full sync of routes and policy; true when both reached the kernel.
+/// Applies only what changed since `applied`: one or two netlink messages
+/// per event instead of a dump of every link and route.
+async fn sync_incremental(
+    routes: &LocalRoutes,
+    desired: &BTreeSet<LocalRoute>,
+    applied: &BTreeSet<LocalRoute>,
+) -> Result<BTreeSet<LocalRoute>, crate::localroutes::RouteError> {
+    let mut now = applied.clone();
+    for r in applied.difference(desired) {
+        routes.remove(r).await?;
+        now.remove(r);
+    }
+    for r in desired.difference(applied) {
+        // A route whose veth does not exist yet stays pending.
+        if routes.ensure(r).await? {
+            now.insert(r.clone());
+        }
+    }
+    Ok(now)
+}
+
 async fn sync(
     d: &mut ControllerDeps,
     v: &IpamView,
     endpoints: &BTreeMap<String, Endpoint>,
+    applied: &mut Option<BTreeSet<LocalRoute>>,
 ) -> bool {
     let desired = desired_routes(v, endpoints);
-    let routes_ok = match d.routes.sync(&desired).await {
-        Ok(r) => {
-            if r.written + r.removed > 0 {
-                tracing::info!(
-                    written = r.written,
-                    removed = r.removed,
-                    kept = r.kept,
-                    "local routes synced"
+    if let Some(prev) = applied.as_ref() {
+        match sync_incremental(&d.routes, &desired, prev).await {
+            Ok(now) => *applied = Some(now),
+            Err(e) => {
+                tracing::warn!(error = %crate::logging::chain(&e), "local route update failed; full sync next");
+                *applied = None;
+            }
+        }
+    }
+    let routes_ok = applied.is_some()
+        || match d.routes.sync(&desired).await {
+            Ok(r) => {
+                if r.written + r.removed > 0 {
+                    tracing::info!(
+                        written = r.written,
+                        removed = r.removed,
+                        kept = r.kept,
+                        "local routes synced"
+                    );
+                }
+                if !r.missing_interfaces.is_empty() {
+                    tracing::debug!(interfaces = ?r.missing_interfaces, "routes waiting for their veth");
+                }
+                // What is in the kernel now: all but routes waiting for a veth.
+                let missing: BTreeSet<&str> =
+                    r.missing_interfaces.iter().map(String::as_str).collect();
+                *applied = Some(
+                    desired
+                        .iter()
+                        .filter(|route| match route {
+                            LocalRoute::Device { ifname, .. } => !missing.contains(ifname.as_str()),
+                            LocalRoute::Blackhole { .. } => true,
+                        })
+                        .cloned()
+                        .collect(),
                 );
+                true
             }
-            if !r.missing_interfaces.is_empty() {
-                tracing::debug!(interfaces = ?r.missing_interfaces, "routes waiting for their veth");
+            Err(e) => {
+                tracing::warn!(error = %crate::logging::chain(&e), "local route sync failed; retrying");
+                false
             }
-            true
-        }
-        Err(e) => {
-            tracing::warn!(error = %crate::logging::chain(&e), "local route sync failed; retrying");
-            false
-        }
-    };
+        };
     d.policy.update(&d.cluster, v, endpoints);
     let policy_ok = match d.policy.commit(&d.metrics) {
         Ok(()) => true,
@@ -282,20 +334,26 @@ async fn endpoint_up(
     endpoints: &mut BTreeMap<String, Endpoint>,
 ) -> Result<(), EndpointError> {
     let key = PodKey::new(ep.namespace.clone(), ep.pod.clone());
-    if !d.policy.knows_pod(&key) {
-        // The watch has not delivered the Pod yet: read it, or refuse.
-        let api: kube::Api<Pod> = kube::Api::namespaced(d.cluster.client(), &ep.namespace);
-        let who = format!("{}/{}", ep.namespace, ep.pod);
-        match api.get_opt(&ep.pod).await {
-            Ok(Some(pod)) => {
-                let info = PodInfo::from_k8s(&pod)
-                    .map_err(|e| EndpointError::PodUnknown(who.clone(), e.to_string()))?;
-                d.policy.upsert_pod(info);
+    let who = format!("{}/{}", ep.namespace, ep.pod);
+    // This pod only: from the watch cache, or from the API if the watch
+    // has not delivered it yet; refuse rather than start it unpoliced.
+    let cached = d
+        .cluster
+        .pods
+        .get(&kube::runtime::reflector::ObjectRef::new(&ep.pod).within(&ep.namespace));
+    let pod: Pod = match cached {
+        Some(p) => (*p).clone(),
+        None => {
+            let api: kube::Api<Pod> = kube::Api::namespaced(d.cluster.client(), &ep.namespace);
+            match api.get_opt(&ep.pod).await {
+                Ok(Some(p)) => p,
+                Ok(None) => return Err(EndpointError::PodUnknown(who, "no such Pod".into())),
+                Err(e) => return Err(EndpointError::PodUnknown(who, e.to_string())),
             }
-            Ok(None) => return Err(EndpointError::PodUnknown(who, "no such Pod".into())),
-            Err(e) => return Err(EndpointError::PodUnknown(who, e.to_string())),
         }
-    }
+    };
+    let info = PodInfo::from_k8s(&pod)
+        .map_err(|e| EndpointError::PodUnknown(who.clone(), e.to_string()))?;
     for ip in &ep.ips {
         if !d
             .routes
@@ -306,8 +364,16 @@ async fn endpoint_up(
         }
     }
     endpoints.insert(ep.container_id.clone(), ep.clone());
-    let v = d.view.borrow().clone();
-    d.policy.update(&d.cluster, &v, endpoints);
+    let mut ips = ep.ips.clone();
+    ips.sort();
+    d.policy.endpoint_up(
+        info,
+        LocalEndpoint {
+            pod: key.clone(),
+            iface: ep.host_if.clone(),
+            ips,
+        },
+    );
     if let Err(e) = d.policy.commit(&d.metrics) {
         endpoints.remove(&ep.container_id);
         return Err(EndpointError::Policy(e.to_string()));

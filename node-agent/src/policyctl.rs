@@ -30,6 +30,8 @@ pub struct PolicySync {
     engine: Engine,
     sink: NftSession,
     pods: BTreeMap<PodKey, PodInfo>,
+    /// resourceVersion and extra addresses each pod was converted with.
+    converted: BTreeMap<PodKey, (String, Vec<IpAddr>)>,
     namespaces: BTreeMap<String, NamespaceInfo>,
     policies: BTreeMap<PolicyKey, String>,
     endpoints: BTreeMap<PodKey, LocalEndpoint>,
@@ -46,6 +48,7 @@ impl PolicySync {
             engine,
             sink: NftSession::new(),
             pods: BTreeMap::new(),
+            converted: BTreeMap::new(),
             namespaces: BTreeMap::new(),
             policies: BTreeMap::new(),
             endpoints: BTreeMap::new(),
@@ -93,9 +96,36 @@ impl PolicySync {
                 .extend(ep.ips.iter().copied());
         }
 
-        // Pods, with addresses from IPAM and EndpointUp as well.
+        // Pods, with addresses from IPAM and EndpointUp as well. A pod whose
+        // object and extra addresses are unchanged since the last pass is
+        // not converted again (this runs on every watch change).
         let mut seen = BTreeMap::new();
+        let mut converted = BTreeMap::new();
         for pod in cluster.pods.state() {
+            let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
+                continue;
+            };
+            let key = PodKey::new(ns.clone(), name.clone());
+            let mut extra: Vec<IpAddr> = view
+                .pod_ips
+                .get(&(ns.clone(), name.clone()))
+                .into_iter()
+                .flatten()
+                .chain(registered.get(&key).into_iter().flatten())
+                .copied()
+                .collect();
+            extra.sort();
+            extra.dedup();
+            let rv = pod.metadata.resource_version.clone().unwrap_or_default();
+            if let (Some((old_rv, old_extra)), Some(info)) =
+                (self.converted.get(&key), self.pods.get(&key))
+                && *old_rv == rv
+                && *old_extra == extra
+            {
+                seen.insert(key.clone(), info.clone());
+                converted.insert(key, (rv, extra));
+                continue;
+            }
             let mut info = match PodInfo::from_k8s(&pod) {
                 Ok(i) => i,
                 Err(e) => {
@@ -103,20 +133,14 @@ impl PolicySync {
                     continue;
                 }
             };
-            let key = (info.key.namespace.clone(), info.key.name.clone());
-            let extra = view
-                .pod_ips
-                .get(&key)
-                .into_iter()
-                .flatten()
-                .chain(registered.get(&info.key).into_iter().flatten());
-            for ip in extra {
+            for ip in &extra {
                 if !info.ips.contains(ip) {
                     info.ips.push(*ip);
                 }
             }
             info.ips.sort();
-            seen.insert(info.key.clone(), info);
+            converted.insert(key.clone(), (rv, extra));
+            seen.insert(key, info);
         }
         for (key, info) in &seen {
             if self.pods.get(key) != Some(info) {
@@ -129,6 +153,7 @@ impl PolicySync {
             }
         }
         self.pods = seen;
+        self.converted = converted;
 
         // Policies (compared by resourceVersion; the engine compares specs).
         let mut seen = BTreeMap::new();
@@ -198,6 +223,23 @@ impl PolicySync {
         if self.pods.get(&info.key) != Some(&info) {
             self.engine.upsert_pod(info.clone());
             self.pods.insert(info.key.clone(), info);
+        }
+    }
+
+    /// EndpointUp's targeted update: this pod (with the addresses the CNI
+    /// gave it) and its endpoint, nothing else; the next full `update`
+    /// agrees with it.
+    pub fn endpoint_up(&mut self, mut info: PodInfo, ep: LocalEndpoint) {
+        for ip in &ep.ips {
+            if !info.ips.contains(ip) {
+                info.ips.push(*ip);
+            }
+        }
+        info.ips.sort();
+        self.upsert_pod(info);
+        if self.endpoints.get(&ep.pod) != Some(&ep) {
+            self.engine.upsert_endpoint(ep.clone());
+            self.endpoints.insert(ep.pod.clone(), ep);
         }
     }
 
