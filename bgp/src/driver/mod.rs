@@ -36,6 +36,14 @@ use crate::rib::{FibChange, PeerCounters, PeerInfo, Rib, RibConfig};
 use crate::wire::notification::cease_sub;
 use crate::wire::{DecodeError, Families, Family, Message, Notification, Prefix, Update, frame};
 
+/// FIB change batches queued for the agent at most.
+const FIB_QUEUE: usize = 4;
+/// Changes per FIB batch before the RIB task flushes (a batch may exceed
+/// it by one UPDATE's worth).
+const FIB_BATCH: usize = 16384;
+/// Messages (decoded UPDATEs of up to ~800 routes) queued for the RIB task.
+const RIB_QUEUE: usize = 128;
+
 /// Speaker-wide settings.
 #[derive(Clone, Debug)]
 pub struct SpeakerConfig {
@@ -158,7 +166,11 @@ impl Speaker {
         cfg: SpeakerConfig,
     ) -> Result<(Speaker, mpsc::Receiver<Vec<FibChange>>), DriverError> {
         let (tx, rx) = mpsc::channel(1024);
-        let (fib_tx, fib_rx) = mpsc::channel(256);
+        // Small queues all the way: when the kernel FIB is slower than the
+        // RIB (a full table at start-up), the RIB waits, the peer tasks wait,
+        // and TCP flow control holds the rest in the peers' send buffers —
+        // instead of a million decoded routes queued in our memory.
+        let (fib_tx, fib_rx) = mpsc::channel(FIB_QUEUE);
         let mut tasks = Vec::new();
         let mut listeners = Vec::new();
         for addr in &cfg.listen {
@@ -192,7 +204,7 @@ impl Speaker {
             cluster_id: cfg.cluster_id,
             decision: cfg.decision.clone(),
         });
-        let (rib_tx, rib_rx) = mpsc::channel(4096);
+        let (rib_tx, rib_rx) = mpsc::channel(RIB_QUEUE);
         let task = RibTask {
             rib,
             peers: HashMap::new(),
@@ -310,7 +322,7 @@ impl RibTask {
                     self.message(m);
                     // Batch: take whatever else is queued before flushing.
                     let mut n = 0;
-                    while n < 256 {
+                    while n < 256 && self.rib.pending_fib() < FIB_BATCH {
                         match msgs.try_recv() {
                             Ok(m) => self.message(m),
                             Err(_) => break,

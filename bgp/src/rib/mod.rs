@@ -626,6 +626,11 @@ impl Rib {
         }
     }
 
+    /// Kernel FIB changes collected since the last [`Rib::flush`].
+    pub fn pending_fib(&self) -> usize {
+        self.fib.len()
+    }
+
     /// Collect the effects of everything applied since the last flush.
     pub fn flush(&mut self) -> Flushed {
         let mut out = Flushed {
