@@ -1,5 +1,14 @@
 //! Margay's BGP-4 speaker: wire codec ([`wire`]), sans-IO session state
-//! machine, RIB and a tokio driver. Pure logic: no netlink, kube or nft here.
+//! machine ([`fsm`]), RIB ([`rib`]) and a tokio driver ([`driver`]). Pure
+//! logic: no netlink, kube or nft here — the agent (or the standalone
+//! `margay-bgp` binary in `node-agent`) turns the driver's stream of
+//! [`rib::FibChange`] batches into kernel routes (`node_agent::fib`).
+//!
+//! Tests: unit/property/vector tests here; interop with BIRD 2, FRR 8.4 and
+//! GoBGP 3.10, hostile peers and the kernel FIB in
+//! `integration-tests/tests/bgp_*.rs` (lab namespaces, root). Every decoder
+//! has a cargo-fuzz target in `bgp/fuzz` (`bgp/fuzz/run.sh SECONDS`). Load
+//! benchmark against BIRD: `integration-tests/examples/bench_bgp.rs`.
 
 pub mod config;
 pub mod driver;

@@ -253,10 +253,7 @@ fn agent_means(node: &Netns, url: &str) {
     };
     println!("\nthe agent's own view (means):");
     for (label, metric) in [
-        (
-            "Allocate",
-            "margay_cni_request_seconds_{}{op=\"allocate\"}",
-        ),
+        ("Allocate", "margay_cni_request_seconds_{}{op=\"allocate\"}"),
         (
             "EndpointUp",
             "margay_cni_request_seconds_{}{op=\"endpoint_up\"}",

@@ -521,8 +521,30 @@ fn initial_tables_complete(peers: &[PeerStatus]) -> bool {
         .all(|p| p.state == State::Established && !p.end_of_rib.is_empty())
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    one_malloc_arena();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?
+        .block_on(run())
+}
+
+/// One glibc malloc arena for all threads: a table load allocates on the
+/// session and RIB threads and frees on the FIB writer's, and per-thread
+/// arenas keep that memory apart (1M routes: 125 MB peak RSS -> 111 MB, no
+/// measurable CPU cost). Must run before any thread starts.
+#[allow(unsafe_code)]
+fn one_malloc_arena() {
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+async fn run() -> Result<()> {
     let args = Args::parse();
     node_agent::logging::init(&args.log, node_agent::config::LogFormat::Text);
     let text = std::fs::read_to_string(&args.config)
