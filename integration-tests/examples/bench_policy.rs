@@ -161,6 +161,7 @@ fn synth(a: &Args, node_name: &str, node_addrs: Vec<IpAddr>) -> Result<Synth> {
         }
         if i % a.local_every == 0 {
             node.add_endpoint(LocalEndpoint {
+                standalone: false,
                 pod: k.clone(),
                 iface: host_ifname(&k.namespace, &k.name),
                 ips: p.ips.clone(),

@@ -16,7 +16,7 @@
 //! ```text
 //! let mut e = Engine::new(node_context);            // node name, addresses, cali prefix
 //! e.load(cluster_state);                            // or upsert_* one object at a time
-//! e.upsert_endpoint(LocalEndpoint { pod, iface, ips }); // CNI EndpointUp
+//! e.upsert_endpoint(LocalEndpoint { pod, iface, ips, standalone }); // CNI EndpointUp
 //! e.commit(&mut sink)?;                             // first commit: atomic full rebuild
 //! e.upsert_pod(pod); e.commit(&mut sink)?;          // later: minimal incremental batch
 //! ```

@@ -356,6 +356,11 @@ pub struct LocalEndpoint {
     /// Addresses the CNI plugin gave the pod: the only sources allowed out of
     /// `iface` (anti-spoofing).
     pub ips: Vec<IpAddr>,
+    /// A container a runtime started outside Kubernetes (`ctr run --cni`,
+    /// podman): there is no Pod object, so no NetworkPolicy selects it and
+    /// it is open in both directions; anti-spoofing still applies. Its
+    /// address is in no pod selector set (peers match it only by ipBlock).
+    pub standalone: bool,
 }
 
 /// This node: its own addresses and its local endpoints.

@@ -212,6 +212,13 @@ pub fn plan_endpoint(
     policies: &Policies,
     ep: &LocalEndpoint,
 ) -> EndpointPlan {
+    if ep.standalone {
+        return EndpointPlan {
+            endpoint: ep.clone(),
+            ingress: DirectionPlan::Open,
+            egress: DirectionPlan::Open,
+        };
+    }
     let pod = state.pods.get(&ep.pod).filter(|p| is_member(p));
     let Some(pod) = pod else {
         return EndpointPlan {

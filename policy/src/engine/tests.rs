@@ -158,6 +158,7 @@ fn invalid_endpoint_interface_is_an_issue_not_a_rule() {
     let xyz = Xyz::new(1, true);
     let mut e = engine_for(&xyz, 0);
     e.upsert_endpoint(LocalEndpoint {
+        standalone: false,
         pod: PodKey::new("x", "evil"),
         iface: "cali\" accept".into(),
         ips: vec![],

@@ -574,6 +574,7 @@ fn host_network_pods_are_not_selector_members_or_endpoints() {
     // Even listed as an endpoint by mistake, it gets no pass: deny all.
     let mut node = w.xyz.nodes[0].clone();
     node.add_endpoint(LocalEndpoint {
+        standalone: false,
         pod: hn.key.clone(),
         iface: "calihostnet0".into(),
         ips: vec![node_ip],
@@ -581,6 +582,38 @@ fn host_network_pods_are_not_selector_members_or_endpoints() {
     let plan = build(&w.xyz.state, &node);
     assert_eq!(plan.endpoints[&hn.key].ingress, DirectionPlan::DenyAll);
     w.xyz.nodes.truncate(1);
+}
+
+#[test]
+fn a_standalone_workload_is_open_both_ways_and_in_no_selector_set() {
+    // Every pod in x is isolated both ways; a workload started by a runtime
+    // outside Kubernetes has no Pod object: no policy selects it.
+    let w = W::new(1).policy(
+        NetPol::new("x", "deny-all")
+            .types(&["Ingress", "Egress"])
+            .build(),
+    );
+    let ip: IpAddr = "198.19.77.7".parse().unwrap();
+    let key = PodKey::new("", "mgnet.ctr1");
+    let mut node = w.xyz.nodes[0].clone();
+    node.add_endpoint(LocalEndpoint {
+        standalone: true,
+        pod: key.clone(),
+        iface: "cali0123456789a".into(),
+        ips: vec![ip],
+    });
+    let plan = build(&w.xyz.state, &node);
+    assert_eq!(plan.endpoints[&key].ingress, DirectionPlan::Open);
+    assert_eq!(plan.endpoints[&key].egress, DirectionPlan::Open);
+    // The same endpoint without the flag is an unknown pod: fail closed.
+    node.add_endpoint(LocalEndpoint {
+        standalone: false,
+        pod: key.clone(),
+        iface: "cali0123456789a".into(),
+        ips: vec![ip],
+    });
+    let plan = build(&w.xyz.state, &node);
+    assert_eq!(plan.endpoints[&key].ingress, DirectionPlan::DenyAll);
 }
 
 #[test]
@@ -681,6 +714,7 @@ fn unknown_endpoint_pod_is_denied_both_ways() {
     let mut node = NodeContext::new("n");
     let key = PodKey::new("x", "ghost");
     node.add_endpoint(LocalEndpoint {
+        standalone: false,
         pod: key.clone(),
         iface: "califfffffffff0".into(),
         ips: vec![],
@@ -698,6 +732,7 @@ fn bad_interface_names_are_issues() {
         .enumerate()
     {
         node.add_endpoint(LocalEndpoint {
+            standalone: false,
             pod: PodKey::new("x", format!("p{i}")),
             iface: iface.to_string(),
             ips: vec![],

@@ -123,6 +123,7 @@ impl Xyz {
                 }
                 if let Some(ctx) = ctxs.get_mut(node) {
                     ctx.add_endpoint(LocalEndpoint {
+                        standalone: false,
                         pod: p.key.clone(),
                         iface: host_ifname(ns, pod),
                         ips: p.ips.clone(),
