@@ -96,8 +96,8 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
     tracing::debug!("agent connected");
     let req = AllocateRequest {
         handle: names.handle.clone(),
-        pod_namespace: att.args.pod_namespace.clone().unwrap_or_default(),
-        pod_name: att.args.pod_name.clone().unwrap_or_default(),
+        pod_namespace: att.args.k8s_pod().0,
+        pod_name: att.args.k8s_pod().1,
         node: String::new(),
         families: families
             .iter()
@@ -162,8 +162,8 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
         agent
             .endpoint_up(EndpointUpRequest {
                 container_id: att.container_id.clone(),
-                pod_namespace: att.args.pod_namespace.clone().unwrap_or_default(),
-                pod_name: att.args.pod_name.clone().unwrap_or_default(),
+                pod_namespace: att.args.k8s_pod().0,
+                pod_name: att.args.k8s_pod().1,
                 host_ifname: names.host_if.clone(),
                 ifname: att.ifname.clone(),
                 netns: netns_path.to_string(),
@@ -286,8 +286,8 @@ async fn rollback(host: &Nl, agent: &Agent, names: &Names, att: &Attachment, cre
     }
     let down = EndpointDownRequest {
         container_id: att.container_id.clone(),
-        pod_namespace: att.args.pod_namespace.clone().unwrap_or_default(),
-        pod_name: att.args.pod_name.clone().unwrap_or_default(),
+        pod_namespace: att.args.k8s_pod().0,
+        pod_name: att.args.k8s_pod().1,
         host_ifname: names.host_if.clone(),
         handle: names.handle.clone(),
     };

@@ -128,8 +128,8 @@ pub async fn del(conf: &NetConf, att: &Attachment) -> Result<(), CniError> {
         agent
             .endpoint_down(EndpointDownRequest {
                 container_id: att.container_id.clone(),
-                pod_namespace: att.args.pod_namespace.clone().unwrap_or_default(),
-                pod_name: att.args.pod_name.clone().unwrap_or_default(),
+                pod_namespace: att.args.k8s_pod().0,
+                pod_name: att.args.k8s_pod().1,
                 host_ifname: names.host_if.clone(),
                 handle: names.handle.clone(),
             })

@@ -253,6 +253,16 @@ impl CniArgs {
         Ok(out)
     }
 
+    /// The Kubernetes pod `(namespace, name)` when both are given (kubelet
+    /// always sends both); otherwise `("", "")`: a container without a pod
+    /// identity (podman sends only `K8S_POD_NAME`, the container name).
+    pub fn k8s_pod(&self) -> (String, String) {
+        match (&self.pod_namespace, &self.pod_name) {
+            (Some(ns), Some(p)) => (ns.clone(), p.clone()),
+            _ => (String::new(), String::new()),
+        }
+    }
+
     /// `<namespace>.<pod>` when both are known.
     pub fn pod_key(&self) -> Option<String> {
         match (&self.pod_namespace, &self.pod_name) {
@@ -323,6 +333,17 @@ mod tests {
             args: None,
             path: None,
         }
+    }
+
+    #[test]
+    fn a_pod_identity_needs_both_namespace_and_name() {
+        let kubelet =
+            CniArgs::parse("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0").unwrap();
+        assert_eq!(kubelet.k8s_pod(), ("default".into(), "web-0".into()));
+        // podman: the container name as K8S_POD_NAME, no namespace.
+        let podman = CniArgs::parse("IgnoreUnknown=1;K8S_POD_NAME=mgc1").unwrap();
+        assert_eq!(podman.k8s_pod(), (String::new(), String::new()));
+        assert_eq!(CniArgs::default().k8s_pod(), (String::new(), String::new()));
     }
 
     #[test]

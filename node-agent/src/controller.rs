@@ -51,6 +51,14 @@ pub struct Endpoint {
     pub handle: String,
 }
 
+impl Endpoint {
+    /// A container a runtime started outside Kubernetes (no pod identity
+    /// in CNI_ARGS): routed and anti-spoofed, not subject to NetworkPolicy.
+    pub fn standalone(&self) -> bool {
+        self.namespace.is_empty() && self.pod.is_empty()
+    }
+}
+
 /// Why an endpoint request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
@@ -119,13 +127,7 @@ impl ControllerHandle {
     }
 }
 
-/// The host-side interface name of a pod: `cali` + 11 hex of
-/// sha1("<namespace>.<pod>") (what the CNI plugin creates).
-pub fn host_ifname(namespace: &str, pod: &str) -> String {
-    use sha1::Digest as _;
-    let digest = sha1::Sha1::digest(format!("{namespace}.{pod}").as_bytes());
-    format!("cali{}", &hex::encode(digest)[..11])
-}
+pub use crate::ipamview::host_ifname;
 
 /// The routes this node should have.
 pub fn desired_routes(
@@ -138,7 +140,7 @@ pub fn desired_routes(
         .map(|b| LocalRoute::Blackhole { dst: *b })
         .collect();
     for a in &view.local {
-        out.insert(LocalRoute::to_pod(a.ip, &host_ifname(&a.namespace, &a.pod)));
+        out.insert(LocalRoute::to_pod(a.ip, &a.host_if));
     }
     for ep in endpoints.values() {
         for ip in &ep.ips {
@@ -290,6 +292,8 @@ async fn sync(
                         kept = r.kept,
                         "local routes synced"
                     );
+                } else {
+                    tracing::debug!(kept = r.kept, "local routes synced");
                 }
                 if !r.missing_interfaces.is_empty() {
                     tracing::debug!(interfaces = ?r.missing_interfaces, "routes waiting for their veth");
@@ -333,6 +337,9 @@ async fn endpoint_up(
     ep: &Endpoint,
     endpoints: &mut BTreeMap<String, Endpoint>,
 ) -> Result<(), EndpointError> {
+    if ep.standalone() {
+        return standalone_up(d, ep, endpoints).await;
+    }
     let key = PodKey::new(ep.namespace.clone(), ep.pod.clone());
     let who = format!("{}/{}", ep.namespace, ep.pod);
     // This pod only: from the watch cache, or from the API if the watch
@@ -354,21 +361,14 @@ async fn endpoint_up(
     };
     let info = PodInfo::from_k8s(&pod)
         .map_err(|e| EndpointError::PodUnknown(who.clone(), e.to_string()))?;
-    for ip in &ep.ips {
-        if !d
-            .routes
-            .ensure(&LocalRoute::to_pod(*ip, &ep.host_if))
-            .await?
-        {
-            return Err(EndpointError::NoInterface(ep.host_if.clone()));
-        }
-    }
+    ensure_routes(d, ep).await?;
     endpoints.insert(ep.container_id.clone(), ep.clone());
     let mut ips = ep.ips.clone();
     ips.sort();
     d.policy.endpoint_up(
         info,
         LocalEndpoint {
+            standalone: false,
             pod: key.clone(),
             iface: ep.host_if.clone(),
             ips,
@@ -379,6 +379,45 @@ async fn endpoint_up(
         return Err(EndpointError::Policy(e.to_string()));
     }
     tracing::info!(pod = %key, container = %ep.container_id, host_if = %ep.host_if, ips = ?ep.ips, "endpoint up: route and policy programmed");
+    Ok(())
+}
+
+/// EndpointUp of a standalone workload: its routes and its anti-spoofing
+/// entries; no Pod to read, no NetworkPolicy selects it.
+async fn standalone_up(
+    d: &mut ControllerDeps,
+    ep: &Endpoint,
+    endpoints: &mut BTreeMap<String, Endpoint>,
+) -> Result<(), EndpointError> {
+    ensure_routes(d, ep).await?;
+    endpoints.insert(ep.container_id.clone(), ep.clone());
+    let (key, standalone) = crate::policyctl::endpoint_key("", "", &ep.handle);
+    let mut ips = ep.ips.clone();
+    ips.sort();
+    d.policy.standalone_up(LocalEndpoint {
+        standalone,
+        pod: key,
+        iface: ep.host_if.clone(),
+        ips,
+    });
+    if let Err(e) = d.policy.commit(&d.metrics) {
+        endpoints.remove(&ep.container_id);
+        return Err(EndpointError::Policy(e.to_string()));
+    }
+    tracing::info!(container = %ep.container_id, handle = %ep.handle, host_if = %ep.host_if, ips = ?ep.ips, "standalone workload up (no pod identity: routed, anti-spoofed, not subject to NetworkPolicy)");
+    Ok(())
+}
+
+async fn ensure_routes(d: &mut ControllerDeps, ep: &Endpoint) -> Result<(), EndpointError> {
+    for ip in &ep.ips {
+        if !d
+            .routes
+            .ensure(&LocalRoute::to_pod(*ip, &ep.host_if))
+            .await?
+        {
+            return Err(EndpointError::NoInterface(ep.host_if.clone()));
+        }
+    }
     Ok(())
 }
 
@@ -423,6 +462,7 @@ mod tests {
                 pod: "nginx".into(),
                 handle: "net.c1".into(),
                 borrowed: false,
+                host_if: host_ifname("default", "nginx"),
             }],
             pod_ips: BTreeMap::new(),
         };

@@ -79,9 +79,15 @@ fn to_status(e: EndpointError) -> Status {
 /// Parses and checks an EndpointUp request.
 pub fn endpoint_from(req: &EndpointUpRequest) -> Result<Endpoint, Status> {
     valid_host_if(&req.host_ifname)?;
-    if req.container_id.is_empty() || req.pod_namespace.is_empty() || req.pod_name.is_empty() {
+    if req.container_id.is_empty() || req.handle.is_empty() {
         return Err(Status::invalid_argument(
-            "container_id, pod_namespace and pod_name are required",
+            "container_id and handle are required",
+        ));
+    }
+    // Both empty: a standalone workload (the runtime gave no pod identity).
+    if req.pod_namespace.is_empty() != req.pod_name.is_empty() {
+        return Err(Status::invalid_argument(
+            "pod_namespace and pod_name must both be given (a pod) or both be empty (a standalone workload)",
         ));
     }
     if req.ips.is_empty() {
@@ -181,6 +187,11 @@ mod tests {
     fn requests_are_validated_with_clear_errors() {
         let ep = endpoint_from(&req()).expect("valid");
         assert_eq!(ep.ips.len(), 2);
+        assert!(!ep.standalone());
+        let mut r = req();
+        r.pod_namespace.clear();
+        r.pod_name.clear();
+        assert!(endpoint_from(&r).expect("standalone is valid").standalone());
         for (mutate, needle) in [
             (
                 Box::new(|r: &mut EndpointUpRequest| r.host_ifname = "eth0".into())
@@ -201,6 +212,10 @@ mod tests {
             ),
             (
                 Box::new(|r: &mut EndpointUpRequest| r.pod_name.clear()),
+                "both be given",
+            ),
+            (
+                Box::new(|r: &mut EndpointUpRequest| r.handle.clear()),
                 "required",
             ),
         ] {

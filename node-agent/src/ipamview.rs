@@ -28,14 +28,39 @@ use tokio::sync::watch;
 pub struct LocalAllocation {
     /// The address.
     pub ip: IpAddr,
-    /// Pod namespace.
+    /// Pod namespace (empty for a standalone workload).
     pub namespace: String,
-    /// Pod name.
+    /// Pod name (empty for a standalone workload).
     pub pod: String,
     /// The IPAM handle.
     pub handle: String,
     /// Whether it comes from a block affine to another node (or none).
     pub borrowed: bool,
+    /// The host-side veth the CNI plugin created for it.
+    pub host_if: String,
+}
+
+impl LocalAllocation {
+    /// A container started outside Kubernetes (`ctr run --cni`, podman):
+    /// allocated by the CNI plugin without a pod identity.
+    pub fn standalone(&self) -> bool {
+        self.namespace.is_empty() && self.pod.is_empty()
+    }
+}
+
+/// `cali` + the first 11 hex digits of sha1(`key`): the CNI plugin's host
+/// veth name, where `key` is `<namespace>.<pod>` for a pod and the IPAM
+/// handle for a standalone workload.
+pub fn veth_name(key: &str) -> String {
+    use sha1::Digest as _;
+    let digest = sha1::Sha1::digest(key.as_bytes());
+    format!("cali{}", &hex::encode(digest)[..11])
+}
+
+/// The host-side interface name of a pod: [`veth_name`] of
+/// `<namespace>.<pod>`.
+pub fn host_ifname(namespace: &str, pod: &str) -> String {
+    veth_name(&format!("{namespace}.{pod}"))
 }
 
 /// The distilled view.
@@ -77,20 +102,35 @@ impl IpamView {
                     tracing::warn!(block = %b.name, ordinal = a.ordinal, "allocation outside its block ignored");
                     continue;
                 };
+                let mine = a.attrs.node.as_deref() == Some(me);
                 let (Some(ns), Some(pod)) = (&a.attrs.namespace, &a.attrs.pod) else {
-                    continue; // not a pod (e.g. a tunnel address)
+                    // No pod identity: a standalone workload the CNI plugin
+                    // wired on this node (only the CNI allocates through
+                    // the agent), keyed by its handle.
+                    if mine {
+                        view.local.push(LocalAllocation {
+                            ip,
+                            namespace: String::new(),
+                            pod: String::new(),
+                            handle: a.handle.clone(),
+                            borrowed: !ours,
+                            host_if: veth_name(&a.handle),
+                        });
+                    }
+                    continue;
                 };
                 view.pod_ips
                     .entry((ns.clone(), pod.clone()))
                     .or_default()
                     .push(ip);
-                if a.attrs.node.as_deref() == Some(me) {
+                if mine {
                     view.local.push(LocalAllocation {
                         ip,
                         namespace: ns.clone(),
                         pod: pod.clone(),
                         handle: a.handle.clone(),
                         borrowed: !ours,
+                        host_if: host_ifname(ns, pod),
                     });
                 }
             }
@@ -199,6 +239,8 @@ mod tests {
                 serde_json::json!([
                     {"ordinal": 2, "handle": "net.c1", "pod": "a", "namespace": "x", "node": "n1", "sequence": 1},
                     {"ordinal": 3, "handle": "net.c9", "pod": "z", "namespace": "x", "node": "n2", "sequence": 1},
+                    {"ordinal": 9, "handle": "net.ctr1", "node": "n1", "sequence": 1},
+                    {"ordinal": 10, "handle": "net.ctr2", "node": "n2", "sequence": 1},
                 ]),
             ),
             block(
@@ -231,6 +273,7 @@ mod tests {
             local,
             vec![
                 ("198.19.0.2".to_string(), false),
+                ("198.19.0.9".to_string(), false),
                 ("198.19.0.69".to_string(), true),
                 ("2001:db8::2".to_string(), false),
             ]
@@ -250,6 +293,20 @@ mod tests {
             v.pod_ips.contains_key(&("x".to_string(), "z".to_string())),
             "other nodes' pods too"
         );
+        // A standalone workload (no pod identity) of this node is local,
+        // keyed by its handle, and is nobody's pod address.
+        let ctr = v
+            .local
+            .iter()
+            .find(|a| a.handle == "net.ctr1")
+            .expect("standalone workload listed");
+        assert!(ctr.standalone());
+        assert_eq!(ctr.host_if, veth_name("net.ctr1"));
+        assert!(!v.local.iter().any(|a| a.handle == "net.ctr2"));
+        assert_eq!(v.pod_ips.len(), 3);
+        let pod = v.local.iter().find(|a| a.pod == "a").expect("pod a");
+        assert!(!pod.standalone());
+        assert_eq!(pod.host_if, host_ifname("x", "a"));
     }
 
     #[test]

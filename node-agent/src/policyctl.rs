@@ -15,7 +15,7 @@ use std::time::Instant;
 use policy::{Engine, LocalEndpoint, NamespaceInfo, NodeContext, PodInfo, PodKey, PolicyKey};
 
 use crate::cluster::Cluster;
-use crate::controller::{Endpoint, host_ifname};
+use crate::controller::Endpoint;
 use crate::dataplane::session::NftSession;
 use crate::ipamview::IpamView;
 use crate::metrics::Metrics;
@@ -89,7 +89,7 @@ impl PolicySync {
 
         // Endpoints registered by EndpointUp carry the freshest addresses.
         let mut registered: BTreeMap<PodKey, Vec<IpAddr>> = BTreeMap::new();
-        for ep in registry.values() {
+        for ep in registry.values().filter(|ep| !ep.standalone()) {
             registered
                 .entry(PodKey::new(ep.namespace.clone(), ep.pod.clone()))
                 .or_default()
@@ -177,9 +177,10 @@ impl PolicySync {
         // Local endpoints: EndpointUp's, and (after a restart) IPAM's.
         let mut eps: BTreeMap<PodKey, LocalEndpoint> = BTreeMap::new();
         for a in &view.local {
-            let pod = PodKey::new(a.namespace.clone(), a.pod.clone());
+            let (pod, standalone) = endpoint_key(&a.namespace, &a.pod, &a.handle);
             let e = eps.entry(pod.clone()).or_insert_with(|| LocalEndpoint {
-                iface: host_ifname(&a.namespace, &a.pod),
+                standalone,
+                iface: a.host_if.clone(),
                 pod,
                 ips: Vec::new(),
             });
@@ -188,8 +189,9 @@ impl PolicySync {
             }
         }
         for ep in registry.values() {
-            let pod = PodKey::new(ep.namespace.clone(), ep.pod.clone());
+            let (pod, standalone) = endpoint_key(&ep.namespace, &ep.pod, &ep.handle);
             let e = eps.entry(pod.clone()).or_insert_with(|| LocalEndpoint {
+                standalone,
                 iface: ep.host_if.clone(),
                 pod,
                 ips: Vec::new(),
@@ -243,6 +245,14 @@ impl PolicySync {
         }
     }
 
+    /// EndpointUp of a standalone workload: its endpoint only (no pod).
+    pub fn standalone_up(&mut self, ep: LocalEndpoint) {
+        if self.endpoints.get(&ep.pod) != Some(&ep) {
+            self.engine.upsert_endpoint(ep.clone());
+            self.endpoints.insert(ep.pod.clone(), ep);
+        }
+    }
+
     /// Whether the engine knows this pod.
     pub fn knows_pod(&self, key: &PodKey) -> bool {
         self.pods.contains_key(key)
@@ -284,5 +294,16 @@ impl PolicySync {
     /// Current policy problems (invalid selectors, bad interfaces, ...).
     pub fn issues(&self) -> &[String] {
         &self.issues
+    }
+}
+
+/// The policy engine's key of a local endpoint: its pod, or for a
+/// standalone workload (no pod identity) `("", handle)`, which no Pod can
+/// have (a namespace name is never empty).
+pub fn endpoint_key(namespace: &str, pod: &str, handle: &str) -> (PodKey, bool) {
+    if namespace.is_empty() && pod.is_empty() {
+        (PodKey::new("", handle), true)
+    } else {
+        (PodKey::new(namespace, pod), false)
     }
 }

@@ -446,6 +446,7 @@ mod tests {
                 pod: "p".into(),
                 handle: "h".into(),
                 borrowed: true,
+                host_if: "calip".into(),
             }],
             pod_ips: BTreeMap::new(),
         }

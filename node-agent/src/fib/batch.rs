@@ -5,6 +5,7 @@
 //! request, a reply and a future per route.
 
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use netlink_packet_core::{Emitable, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST};
@@ -16,6 +17,104 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_HDRLEN: usize = 16;
 /// Bytes per `send`: the kernel handles one buffer's messages in one call.
 const CHUNK: usize = 64 * 1024;
+
+const RTA_DST: u16 = 1;
+const RTA_GATEWAY: u16 = 5;
+const RTA_PRIORITY: u16 = 6;
+const RTMSG_LEN: usize = 12;
+
+/// A route to write. Nearly every BGP route is one destination with at
+/// most one gateway of its own family: [`Route::Simple`] encodes that
+/// directly (no attribute list allocated per route); anything else
+/// (multipath, an IPv4 route via an IPv6 gateway) is a [`RouteMessage`].
+#[derive(Debug)]
+pub enum Route {
+    /// Main table, unicast, universe scope, our protocol and metric.
+    Simple {
+        /// Destination address.
+        dst: IpAddr,
+        /// Prefix length.
+        len: u8,
+        /// Gateway, of the destination's family (none for a delete).
+        gw: Option<IpAddr>,
+        /// Route protocol.
+        protocol: u8,
+        /// Metric (RTA_PRIORITY).
+        metric: u32,
+    },
+    /// A full message.
+    Msg(RouteMessage),
+}
+
+fn addr_len(a: &IpAddr) -> usize {
+    match a {
+        IpAddr::V4(_) => 4,
+        IpAddr::V6(_) => 16,
+    }
+}
+
+fn put_addr(buf: &mut Vec<u8>, ty: u16, a: &IpAddr) {
+    buf.extend_from_slice(&((4 + addr_len(a)) as u16).to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    match a {
+        IpAddr::V4(v) => buf.extend_from_slice(&v.octets()),
+        IpAddr::V6(v) => buf.extend_from_slice(&v.octets()),
+    }
+}
+
+impl Route {
+    fn buffer_len(&self) -> usize {
+        match self {
+            Route::Simple { dst, gw, .. } => {
+                RTMSG_LEN + 4 + addr_len(dst) + 8 + gw.as_ref().map_or(0, |g| 4 + addr_len(g))
+            }
+            Route::Msg(m) => m.buffer_len(),
+        }
+    }
+
+    /// Append the rtmsg and its attributes (all 4-byte aligned).
+    fn emit(&self, buf: &mut Vec<u8>) {
+        match self {
+            Route::Simple {
+                dst,
+                len,
+                gw,
+                protocol,
+                metric,
+            } => {
+                let family = match dst {
+                    IpAddr::V4(_) => libc::AF_INET as u8,
+                    IpAddr::V6(_) => libc::AF_INET6 as u8,
+                };
+                // family, dst_len, src_len, tos, table, protocol, scope
+                // (universe), type (unicast), flags.
+                buf.extend_from_slice(&[
+                    family,
+                    *len,
+                    0,
+                    0,
+                    libc::RT_TABLE_MAIN,
+                    *protocol,
+                    libc::RT_SCOPE_UNIVERSE,
+                    libc::RTN_UNICAST,
+                ]);
+                buf.extend_from_slice(&0u32.to_ne_bytes());
+                put_addr(buf, RTA_DST, dst);
+                buf.extend_from_slice(&8u16.to_ne_bytes());
+                buf.extend_from_slice(&RTA_PRIORITY.to_ne_bytes());
+                buf.extend_from_slice(&metric.to_ne_bytes());
+                if let Some(g) = gw {
+                    put_addr(buf, RTA_GATEWAY, g);
+                }
+            }
+            Route::Msg(m) => {
+                let at = buf.len();
+                buf.resize(at + m.buffer_len(), 0);
+                m.emit(&mut buf[at..]);
+            }
+        }
+    }
+}
 
 /// What to do with a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,22 +176,23 @@ impl BatchSocket {
         Ok(BatchSocket { fd })
     }
 
-    /// Write every (op, message), encoding each only when its chunk is
+    /// Write every (op, route), encoding each only when its chunk is
     /// built (no batch of decoded messages is held); returns the failures
     /// as (position in `routes`, errno). Blocks the calling thread while
     /// the kernel works (about a microsecond or two per route).
     pub fn write(
         &self,
-        routes: impl IntoIterator<Item = (Op, RouteMessage)>,
+        routes: impl IntoIterator<Item = (Op, Route)>,
     ) -> io::Result<Vec<(usize, i32)>> {
         let mut failures = Vec::new();
         let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + 4096);
+        let mut rbuf: Vec<u8> = vec![0u8; 64 * 1024];
         for (i, (op, msg)) in routes.into_iter().enumerate() {
             let len = NLMSG_HDRLEN + msg.buffer_len();
             if !buf.is_empty() && buf.len() + len > CHUNK {
                 self.send(&buf)?;
                 buf.clear();
-                self.drain(&mut failures)?;
+                self.drain(&mut failures, &mut rbuf)?;
             }
             let (ty, flags) = match op {
                 Op::Replace => (RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE),
@@ -103,13 +203,11 @@ impl BatchSocket {
             buf.extend_from_slice(&flags.to_ne_bytes());
             buf.extend_from_slice(&(i as u32).to_ne_bytes());
             buf.extend_from_slice(&0u32.to_ne_bytes());
-            let at = buf.len();
-            buf.resize(at + msg.buffer_len(), 0);
-            msg.emit(&mut buf[at..]);
+            msg.emit(&mut buf);
         }
         if !buf.is_empty() {
             self.send(&buf)?;
-            self.drain(&mut failures)?;
+            self.drain(&mut failures, &mut rbuf)?;
         }
         Ok(failures)
     }
@@ -144,8 +242,7 @@ impl BatchSocket {
 
     /// Read the error replies queued so far (non-blocking).
     #[allow(unsafe_code)]
-    fn drain(&self, out: &mut Vec<(usize, i32)>) -> io::Result<()> {
-        let mut buf = vec![0u8; 64 * 1024];
+    fn drain(&self, out: &mut Vec<(usize, i32)>, buf: &mut [u8]) -> io::Result<()> {
         loop {
             // SAFETY: valid fd and a writable buffer of the given length.
             let n = unsafe {
