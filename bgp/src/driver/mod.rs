@@ -37,10 +37,12 @@ use crate::wire::notification::cease_sub;
 use crate::wire::{DecodeError, Families, Family, Message, Notification, Prefix, Update, frame};
 
 /// FIB change batches queued for the agent at most.
-const FIB_QUEUE: usize = 4;
+const FIB_QUEUE: usize = 2;
 /// Changes per FIB batch before the RIB task flushes (a batch may exceed
-/// it by one UPDATE's worth).
-const FIB_BATCH: usize = 16384;
+/// it by one UPDATE's worth). Small: while the kernel is slower than the
+/// RIB (a table load), what waits for it is at most a few batches — a
+/// hundred kilobytes each — not the table.
+const FIB_BATCH: usize = 4096;
 /// Messages (decoded UPDATEs of up to ~800 routes) queued for the RIB task.
 const RIB_QUEUE: usize = 128;
 

@@ -112,6 +112,18 @@ fn fam_idx(f: Family) -> usize {
     }
 }
 
+/// The kernel next hops of a selection (best first): none when we
+/// originate the best path ourselves, else each selected peer path's next
+/// hop, repeats in a row dropped.
+fn hops(sel: &[Path]) -> impl Iterator<Item = IpAddr> + '_ {
+    let ours = sel.first().is_some_and(|p| p.peer() == LOCAL);
+    let mut last: Option<IpAddr> = None;
+    sel.iter()
+        .filter(move |p| !ours && p.peer() != LOCAL)
+        .map(|p| p.attrs.next_hop.addr())
+        .filter(move |h| last.replace(*h) != Some(*h))
+}
+
 /// The RIB.
 pub struct Rib {
     cfg: RibConfig,
@@ -464,33 +476,35 @@ impl Rib {
             (None, Family::Ipv4Unicast) => self.v4.map.remove(&key_v4),
             (None, Family::Ipv6Unicast) => self.v6.map.remove(prefix),
         };
-        let new_sel: Vec<Path>;
-        match dest {
-            None => new_sel = single.into_iter().collect(),
-            Some(d) => {
-                let v = d.into_vec();
-                let order = decision::select(
-                    &v,
-                    |p| self.source(p),
-                    self.igp.as_ref(),
-                    &self.cfg.decision,
-                );
-                let nsel = order.len();
-                let mut sorted: Vec<Path> = order.iter().map(|&i| v[i].clone()).collect();
-                for (i, p) in v.into_iter().enumerate() {
-                    if !order.contains(&i) {
-                        sorted.push(p);
-                    }
-                }
-                new_sel = sorted[..nsel].to_vec();
-                if let Some(d) = Dest::from_vec(sorted, nsel) {
-                    match fam {
-                        Family::Ipv4Unicast => self.v4.map.insert(key_v4, d),
-                        Family::Ipv6Unicast => self.v6.map.insert(*prefix, d),
-                    };
+        // The new selection: the lone candidate, or the decision's order.
+        let mut many: Vec<Path> = Vec::new();
+        if let Some(d) = dest {
+            let v = d.into_vec();
+            let order = decision::select(
+                &v,
+                |p| self.source(p),
+                self.igp.as_ref(),
+                &self.cfg.decision,
+            );
+            let nsel = order.len();
+            let mut sorted: Vec<Path> = order.iter().map(|&i| v[i].clone()).collect();
+            for (i, p) in v.into_iter().enumerate() {
+                if !order.contains(&i) {
+                    sorted.push(p);
                 }
             }
+            many = sorted[..nsel].to_vec();
+            if let Some(d) = Dest::from_vec(sorted, nsel) {
+                match fam {
+                    Family::Ipv4Unicast => self.v4.map.insert(key_v4, d),
+                    Family::Ipv6Unicast => self.v6.map.insert(*prefix, d),
+                };
+            }
         }
+        let new_sel: &[Path] = match &single {
+            Some(p) => std::slice::from_ref(p),
+            None => &many,
+        };
         let same_best = match (old_sel.first(), new_sel.first()) {
             (None, None) => true,
             (Some(a), Some(b)) => {
@@ -498,23 +512,15 @@ impl Rib {
             }
             _ => false,
         };
-        let hops = |s: &[Path]| -> Vec<IpAddr> {
-            let mut h: Vec<IpAddr> = s
-                .iter()
-                .filter(|p| p.peer() != LOCAL)
-                .map(|p| p.attrs.next_hop.addr())
-                .collect();
-            if s.first().is_some_and(|p| p.peer() == LOCAL) {
-                h.clear();
-            }
-            h.dedup();
-            h
-        };
-        let (oh, nh) = (hops(&old_sel), hops(&new_sel));
-        if oh != nh {
+        // A change for the kernel only when the next hops differ; the new
+        // list is allocated only then, at its exact size.
+        if !hops(&old_sel).eq(hops(new_sel)) {
+            let n = hops(new_sel).count();
+            let mut next_hops = Vec::with_capacity(n);
+            next_hops.extend(hops(new_sel));
             self.fib.push(FibChange {
                 prefix: *prefix,
-                next_hops: nh,
+                next_hops,
             });
         }
         if !same_best {

@@ -477,13 +477,11 @@ fn spawn_fib_writer(
                     tokio::select! {
                         batch = fib_rx.recv() => {
                             let Some(mut batch) = batch else { return };
-                            // Take whatever else is queued: fewer, larger
-                            // kernel batches.
-                            while let Ok(more) = fib_rx.try_recv() {
+                            // Take some of what else is queued: fewer kernel
+                            // batches, but never the whole table in one.
+                            while batch.len() < 8192 {
+                                let Ok(more) = fib_rx.try_recv() else { break };
                                 batch.extend(more);
-                                if batch.len() >= 65536 {
-                                    break;
-                                }
                             }
                             let failed = match &fib {
                                 Some(f) => f.apply(&batch).await.err(),

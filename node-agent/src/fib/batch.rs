@@ -63,7 +63,7 @@ fn put_addr(buf: &mut Vec<u8>, ty: u16, a: &IpAddr) {
 }
 
 impl Route {
-    fn buffer_len(&self) -> usize {
+    pub(super) fn buffer_len(&self) -> usize {
         match self {
             Route::Simple { dst, gw, .. } => {
                 RTMSG_LEN + 4 + addr_len(dst) + 8 + gw.as_ref().map_or(0, |g| 4 + addr_len(g))
@@ -73,7 +73,7 @@ impl Route {
     }
 
     /// Append the rtmsg and its attributes (all 4-byte aligned).
-    fn emit(&self, buf: &mut Vec<u8>) {
+    pub(super) fn emit(&self, buf: &mut Vec<u8>) {
         match self {
             Route::Simple {
                 dst,

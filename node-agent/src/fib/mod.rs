@@ -24,6 +24,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 pub use bgp::rib::FibChange;
+use bgp::rib::intern::FastState;
 pub use bgp::wire::Prefix;
 use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
@@ -126,6 +127,40 @@ fn message(prefix: &Prefix, hops: &[IpAddr]) -> RouteMessage {
     m
 }
 
+/// Can the kernel use next hop `h` for `prefix`? See [`usable_next_hops`].
+fn usable(prefix: &Prefix, h: &IpAddr) -> bool {
+    match prefix.addr() {
+        IpAddr::V4(_) => true,
+        IpAddr::V6(_) => matches!(h, IpAddr::V6(a) if a.to_ipv4_mapped().is_none()),
+    }
+}
+
+/// The route to write for `prefix` via the usable ones of `hops` (none: a
+/// delete): one gateway of the prefix's own family is encoded directly,
+/// anything else through [`message`].
+fn route(prefix: &Prefix, hops: &[IpAddr]) -> batch::Route {
+    let simple = |gw: Option<IpAddr>| batch::Route::Simple {
+        dst: prefix.addr(),
+        len: prefix.len(),
+        gw,
+        protocol: RTPROT_MARGAY,
+        metric: FIB_METRIC,
+    };
+    let mut usable_hops = hops.iter().filter(|h| usable(prefix, h));
+    match (usable_hops.next(), usable_hops.next()) {
+        (None, _) => simple(None),
+        (Some(h), None) => match (prefix.addr(), h) {
+            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => simple(Some(*h)),
+            (IpAddr::V4(_), IpAddr::V6(a)) => match a.to_ipv4_mapped() {
+                Some(v4) => simple(Some(IpAddr::V4(v4))),
+                None => batch::Route::Msg(message(prefix, &[*h])),
+            },
+            (IpAddr::V6(_), IpAddr::V4(_)) => simple(None),
+        },
+        _ => batch::Route::Msg(message(prefix, &usable_next_hops(prefix, hops))),
+    }
+}
+
 /// The next hops the kernel can use for `prefix`: Linux has no IPv6 route
 /// via an IPv4 gateway ("IPv6 routes can not use an IPv4 nexthop"), so for
 /// an IPv6 prefix an IPv4 (or IPv4-mapped) next hop is dropped; an IPv4
@@ -164,7 +199,8 @@ impl Fib {
     /// after trying all.
     pub async fn apply(&self, changes: &[FibChange]) -> Result<usize, FibError> {
         // Only the last change per prefix matters within a batch.
-        let mut seen = HashSet::with_capacity(changes.len());
+        let mut seen: HashSet<Prefix, FastState> =
+            HashSet::with_capacity_and_hasher(changes.len(), FastState::default());
         let last: Vec<&FibChange> = changes
             .iter()
             .rev()
@@ -174,25 +210,19 @@ impl Fib {
         let ops: Vec<(Prefix, batch::Op)> = last
             .iter()
             .map(|c| {
-                let op = if usable_next_hops(&c.prefix, &c.next_hops).is_empty() {
-                    batch::Op::Delete
-                } else {
+                let op = if c.next_hops.iter().any(|h| usable(&c.prefix, h)) {
                     batch::Op::Replace
+                } else {
+                    batch::Op::Delete
                 };
                 (c.prefix, op)
             })
             .collect();
-        let routes = last.iter().map(|c| {
-            let hops = usable_next_hops(&c.prefix, &c.next_hops);
-            if hops.len() < c.next_hops.len() {
+        let routes = last.iter().zip(&ops).map(|(c, &(_, op))| {
+            if c.next_hops.iter().any(|h| !usable(&c.prefix, h)) {
                 tracing::warn!(prefix = %c.prefix, next_hops = ?c.next_hops, "next hops of the wrong family cannot be installed");
             }
-            let op = if hops.is_empty() {
-                batch::Op::Delete
-            } else {
-                batch::Op::Replace
-            };
-            (op, message(&c.prefix, &hops))
+            (op, route(&c.prefix, &c.next_hops))
         });
         let failures = self.batch.write(routes).map_err(FibError::Batch)?;
         check(&failures, &ops)?;
@@ -255,7 +285,11 @@ impl Fib {
             stale.iter().map(|(p, _)| (*p, batch::Op::Delete)).collect();
         let failures = self
             .batch
-            .write(stale.into_iter().map(|(_, m)| (batch::Op::Delete, m)))
+            .write(
+                stale
+                    .into_iter()
+                    .map(|(_, m)| (batch::Op::Delete, batch::Route::Msg(m))),
+            )
             .map_err(FibError::Batch)?;
         check(&failures, &ops)?;
         Ok(n)
@@ -300,4 +334,61 @@ fn is_ours_exactly(m: &RouteMessage) -> bool {
         })
         .unwrap_or(u32::from(m.header.table));
     metric == Some(FIB_METRIC) && table == u32::from(libc::RT_TABLE_MAIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn emitted(r: &batch::Route) -> Vec<u8> {
+        let mut b = Vec::new();
+        r.emit(&mut b);
+        b
+    }
+
+    fn via_builder(prefix: &Prefix, hops: &[IpAddr]) -> Vec<u8> {
+        use netlink_packet_core::Emitable;
+        let m = message(prefix, hops);
+        let mut b = vec![0u8; m.buffer_len()];
+        m.emit(&mut b);
+        b
+    }
+
+    /// The direct encoding is byte for byte what rtnetlink's builder makes.
+    #[test]
+    fn simple_routes_encode_like_the_builder() {
+        let cases: [(&str, &[&str]); 6] = [
+            ("240.0.0.16/28", &["198.18.0.1"]),
+            ("240.0.0.16/28", &[]),
+            ("0.0.0.0/0", &["10.0.0.1"]),
+            ("2001:db8:1::/48", &["2001:db8::1"]),
+            ("2001:db8:1::/48", &[]),
+            ("198.19.0.1/32", &["::ffff:198.18.0.7"]),
+        ];
+        for (p, hops) in cases {
+            let prefix: Prefix = p.parse().unwrap();
+            let hops: Vec<IpAddr> = hops.iter().map(|h| h.parse().unwrap()).collect();
+            let r = route(&prefix, &hops);
+            assert!(matches!(r, batch::Route::Simple { .. }), "{p} {hops:?}");
+            // The builder is given what the kernel gets: a mapped IPv6
+            // next hop becomes its IPv4 address.
+            let canon: Vec<IpAddr> = hops.iter().map(|h| h.to_canonical()).collect();
+            assert_eq!(emitted(&r), via_builder(&prefix, &canon), "{p} {hops:?}");
+        }
+    }
+
+    /// Multipath and RFC 8950 next hops go through the builder; next hops
+    /// of the wrong family are dropped.
+    #[test]
+    fn other_routes_use_the_builder() {
+        let p4: Prefix = "198.19.0.0/26".parse().unwrap();
+        let two: Vec<IpAddr> = vec!["198.18.0.1".parse().unwrap(), "198.18.0.2".parse().unwrap()];
+        assert!(matches!(route(&p4, &two), batch::Route::Msg(_)));
+        assert_eq!(emitted(&route(&p4, &two)), via_builder(&p4, &two));
+        let v6hop: Vec<IpAddr> = vec!["2001:db8::7".parse().unwrap()];
+        assert!(matches!(route(&p4, &v6hop), batch::Route::Msg(_)));
+        let p6: Prefix = "2001:db8:2::/48".parse().unwrap();
+        let v4hop: Vec<IpAddr> = vec!["198.18.0.1".parse().unwrap()];
+        assert_eq!(emitted(&route(&p6, &v4hop)), via_builder(&p6, &[]));
+    }
 }
