@@ -271,6 +271,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         alloc.clone(),
         cluster.clone(),
         metrics.clone(),
+        Some(ctl.clone()),
     ))
     .add_service(EndpointsService::server(ctl, metrics.clone()));
     let _maintain = tokio::spawn(crate::ipam_ops::maintain(

@@ -81,6 +81,12 @@ pub enum EndpointError {
 
 /// Requests to the controller.
 pub enum Cmd {
+    /// An address was just allocated for this endpoint-to-be: program its
+    /// policy now (no route: the veth may not exist yet), so that the
+    /// EndpointUp that follows finds it in place. Best effort, no answer;
+    /// nothing is registered, so a CNI that never calls EndpointUp leaves
+    /// nothing behind beyond what its IPAM allocation implies.
+    Prepare(Endpoint),
     /// Program an endpoint; answer when its routes (and policy) are in place.
     Up(Endpoint, oneshot::Sender<Result<(), EndpointError>>),
     /// Forget an endpoint and remove its routes. Either key may be empty
@@ -110,6 +116,12 @@ impl ControllerHandle {
             .await
             .map_err(|_| EndpointError::Stopped)?;
         rx.await.map_err(|_| EndpointError::Stopped)?
+    }
+
+    /// Queues [`Cmd::Prepare`] without waiting (dropped if the queue is
+    /// full: EndpointUp does the work then).
+    pub fn prepare(&self, ep: Endpoint) {
+        let _ = self.tx.try_send(Cmd::Prepare(ep));
     }
 
     /// Removes an endpoint found by container id or handle (idempotent).
@@ -192,6 +204,7 @@ async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
         tokio::select! {
             cmd = rx.recv() => match cmd {
                 None => return,
+                Some(Cmd::Prepare(ep)) => prepare(&mut d, &ep).await,
                 Some(Cmd::Up(ep, reply)) => {
                     let res = endpoint_up(&mut d, &ep, &mut endpoints).await;
                     if res.is_err() {
@@ -380,6 +393,44 @@ async fn endpoint_up(
     }
     tracing::info!(pod = %key, container = %ep.container_id, host_if = %ep.host_if, ips = ?ep.ips, "endpoint up: route and policy programmed");
     Ok(())
+}
+
+/// [`Cmd::Prepare`]: the endpoint's policy, from the cached Pod only (an
+/// API read here would only delay the EndpointUp queued behind it).
+async fn prepare(d: &mut ControllerDeps, ep: &Endpoint) {
+    let started = std::time::Instant::now();
+    let local = |standalone: bool, pod: PodKey| {
+        let mut ips = ep.ips.clone();
+        ips.sort();
+        LocalEndpoint {
+            standalone,
+            pod,
+            iface: ep.host_if.clone(),
+            ips,
+        }
+    };
+    if ep.standalone() {
+        let (key, standalone) = crate::policyctl::endpoint_key("", "", &ep.handle);
+        d.policy.standalone_up(local(standalone, key));
+    } else {
+        let cached = d
+            .cluster
+            .pods
+            .get(&kube::runtime::reflector::ObjectRef::new(&ep.pod).within(&ep.namespace));
+        let Some(info) = cached.and_then(|p| PodInfo::from_k8s(&p).ok()) else {
+            return;
+        };
+        let key = PodKey::new(ep.namespace.clone(), ep.pod.clone());
+        d.policy.endpoint_up(info, local(false, key));
+    }
+    match d.policy.commit(&d.metrics) {
+        Ok(()) => {
+            tracing::debug!(container = %ep.container_id, elapsed_us = started.elapsed().as_micros() as u64, "endpoint policy prepared at allocation")
+        }
+        Err(e) => {
+            tracing::debug!(container = %ep.container_id, error = %e, "preparing policy failed; EndpointUp retries")
+        }
+    }
 }
 
 /// EndpointUp of a standalone workload: its routes and its anti-spoofing

@@ -26,7 +26,8 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::cluster::Cluster;
-use crate::ipamview::IpamView;
+use crate::controller::{ControllerHandle, Endpoint};
+use crate::ipamview::{IpamView, host_veth};
 use crate::metrics::{CniLabels, Metrics, OpLabels, PoolLabels};
 
 /// Pod annotation with the addresses the pod wants (JSON list).
@@ -37,6 +38,7 @@ pub struct AgentIpam {
     inner: IpamService,
     cluster: Cluster,
     metrics: Arc<Metrics>,
+    controller: Option<ControllerHandle>,
 }
 
 impl AgentIpam {
@@ -45,11 +47,13 @@ impl AgentIpam {
         alloc: ipam::Allocator,
         cluster: Cluster,
         metrics: Arc<Metrics>,
+        controller: Option<ControllerHandle>,
     ) -> IpamServer<Self> {
         IpamServer::new(AgentIpam {
             inner: IpamService::new(alloc),
             cluster,
             metrics,
+            controller,
         })
     }
 
@@ -93,6 +97,46 @@ pub fn requested_by_annotation(pod: &Pod) -> Result<Vec<IpAddr>, String> {
         .collect()
 }
 
+/// What an Allocate request says about the endpoint-to-be.
+struct Identity {
+    container_id: String,
+    namespace: String,
+    pod: String,
+    host_if: String,
+    handle: String,
+}
+
+fn prepared_identity(req: &AllocateRequest) -> Option<Identity> {
+    if req.container_id.is_empty() || req.ifname.is_empty() || req.handle.is_empty() {
+        return None; // an older or non-CNI caller: nothing to prepare
+    }
+    Some(Identity {
+        container_id: req.container_id.clone(),
+        namespace: req.pod_namespace.clone(),
+        pod: req.pod_name.clone(),
+        host_if: host_veth(&req.pod_namespace, &req.pod_name, &req.handle, &req.ifname),
+        handle: req.handle.clone(),
+    })
+}
+
+impl Identity {
+    fn with(self, reply: &AllocateReply) -> Option<Endpoint> {
+        let ips: Vec<IpAddr> = reply
+            .addresses
+            .iter()
+            .filter_map(|a| a.ip.parse().ok())
+            .collect();
+        (!ips.is_empty()).then_some(Endpoint {
+            container_id: self.container_id,
+            namespace: self.namespace,
+            pod: self.pod,
+            host_if: self.host_if,
+            ips,
+            handle: self.handle,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl Ipam for AgentIpam {
     async fn allocate(
@@ -112,7 +156,16 @@ impl Ipam for AgentIpam {
                         .collect();
                 }
             }
-            self.inner.allocate(Request::new(req)).await
+            let who = prepared_identity(&req);
+            let reply = self.inner.allocate(Request::new(req)).await?;
+            // Program the pod's policy now, while the CNI plugin wires the
+            // veth: EndpointUp then finds it in place (see Cmd::Prepare).
+            if let (Some(c), Some(ep)) =
+                (&self.controller, who.and_then(|w| w.with(reply.get_ref())))
+            {
+                c.prepare(ep);
+            }
+            Ok(reply)
         }
         .await;
         self.observe("allocate", started, &res);

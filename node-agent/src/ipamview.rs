@@ -57,6 +57,19 @@ pub fn veth_name(key: &str) -> String {
     format!("cali{}", &hex::encode(digest)[..11])
 }
 
+/// The host veth the CNI plugin creates for an attachment: [`veth_name`] of
+/// `<namespace>.<pod>` (plus `.<ifname>` for an interface other than
+/// `eth0`) for a pod, of the IPAM handle for a standalone workload.
+pub fn host_veth(namespace: &str, pod: &str, handle: &str, ifname: &str) -> String {
+    if namespace.is_empty() || pod.is_empty() {
+        veth_name(handle)
+    } else if ifname == "eth0" {
+        host_ifname(namespace, pod)
+    } else {
+        veth_name(&format!("{namespace}.{pod}.{ifname}"))
+    }
+}
+
 /// The host-side interface name of a pod: [`veth_name`] of
 /// `<namespace>.<pod>`.
 pub fn host_ifname(namespace: &str, pod: &str) -> String {
@@ -307,6 +320,21 @@ mod tests {
         let pod = v.local.iter().find(|a| a.pod == "a").expect("pod a");
         assert!(!pod.standalone());
         assert_eq!(pod.host_if, host_ifname("x", "a"));
+    }
+
+    #[test]
+    fn host_veth_names_match_the_cni_plugin() {
+        // The CNI plugin's vector: `echo -n default.web-0 | sha1sum`.
+        assert_eq!(
+            host_veth("default", "web-0", "net.c1", "eth0"),
+            "cali0d7763386da"
+        );
+        assert_eq!(
+            host_veth("default", "web-0", "net.c1.net1", "net1"),
+            veth_name("default.web-0.net1")
+        );
+        assert_eq!(host_veth("", "", "net.c1", "eth0"), veth_name("net.c1"));
+        assert_ne!(veth_name("net.c1"), veth_name("net.c2"));
     }
 
     #[test]

@@ -291,8 +291,10 @@ impl LocalRoutes {
             .await
         {
             Ok(()) => Ok(true),
-            // The veth went away between lookup and write.
-            Err(e) if matches!(errno(&e), Some(libc::ENODEV)) => Ok(false),
+            // The veth went away between lookup and write, or is not up
+            // yet (the CNI plugin brings it up, then calls EndpointUp):
+            // the route stays pending, no error and no full resync.
+            Err(e) if matches!(errno(&e), Some(libc::ENODEV | libc::ENETDOWN)) => Ok(false),
             Err(source) => Err(RouteError {
                 op: "writing",
                 what: route.dst().to_string(),
