@@ -33,15 +33,25 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Seconds since UTC midnight (the plugin log's clock).
+fn wall() -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    now % 86_400.0
+}
+
 /// Runs a CNI plugin from a thread inside `node` (the child inherits the
-/// namespace), returns (elapsed, success, stdout).
+/// namespace), returns (elapsed, success, stdout, wall clock at spawn and
+/// at exit).
 fn exec(
     node: &Netns,
     bin: &Path,
     command: &str,
     conf: &str,
     a: &Attachment,
-) -> (Duration, bool, Value) {
+) -> (Duration, bool, Value, (f64, f64)) {
     let (bin, conf, a, command) = (
         bin.to_path_buf(),
         conf.to_string(),
@@ -51,6 +61,7 @@ fn exec(
     node.enter(move || {
         use std::io::Write as _;
         let started = Instant::now();
+        let t0 = wall();
         let mut child = Command::new(&bin)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -80,6 +91,7 @@ fn exec(
             took,
             out.status.success(),
             serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+            (t0, wall()),
         )
     })
     .expect("enter node")
@@ -151,6 +163,7 @@ fn main() -> anyhow::Result<()> {
     );
     let (mut m_add, mut m_del, mut p_add, mut p_del) = (vec![], vec![], vec![], vec![]);
     let mut contract_misses = 0;
+    let mut spans = std::collections::BTreeMap::new();
     for i in 0..runs {
         // margay
         let ns = Netns::create(&lab.pod_ns_name("bench", &format!("p{i}")))?;
@@ -161,9 +174,10 @@ fn main() -> anyhow::Result<()> {
             pod_namespace: "bench".into(),
             pod_name: format!("p{i}"),
         };
-        let (t, ok, res) = exec(&node, &margay, "ADD", &margay_conf, &a);
+        let (t, ok, res, span) = exec(&node, &margay, "ADD", &margay_conf, &a);
         anyhow::ensure!(ok, "margay ADD {i} failed: {res}");
         m_add.push(t);
+        spans.insert(a.container_id.clone(), span);
         let host_if = res["interfaces"][0]["name"]
             .as_str()
             .unwrap_or("-")
@@ -184,7 +198,7 @@ fn main() -> anyhow::Result<()> {
         {
             contract_misses += 1;
         }
-        let (t, ok, res) = exec(
+        let (t, ok, res, _) = exec(
             &node,
             &margay,
             "DEL",
@@ -203,10 +217,10 @@ fn main() -> anyhow::Result<()> {
             pod_namespace: "bench".into(),
             pod_name: format!("q{i}"),
         };
-        let (t, ok, res) = exec(&node, &ptp_bin, "ADD", &ptp_conf, &a);
+        let (t, ok, res, _) = exec(&node, &ptp_bin, "ADD", &ptp_conf, &a);
         anyhow::ensure!(ok, "ptp ADD {i} failed: {res}");
         p_add.push(t);
-        let (t, ok, res) = exec(
+        let (t, ok, res, _) = exec(
             &node,
             &ptp_bin,
             "DEL",
@@ -233,7 +247,7 @@ fn main() -> anyhow::Result<()> {
         "route and policy in place when ADD returned: {}/{runs}",
         runs - contract_misses
     );
-    phases(&lab.run_dir().join("cni.log"));
+    phases(&lab.run_dir().join("cni.log"), &spans);
     agent_means(
         &node,
         &format!("http://{}:9099/metrics", lab.node("n1")?.ipv4),
@@ -271,7 +285,7 @@ fn agent_means(node: &Netns, url: &str) {
 }
 
 /// Median time of each step of margay's ADD, from its debug log.
-fn phases(log: &Path) {
+fn phases(log: &Path, spans: &std::collections::BTreeMap<String, (f64, f64)>) {
     let Ok(text) = std::fs::read_to_string(log) else {
         println!("(no plugin log at {})", log.display());
         return;
@@ -312,7 +326,15 @@ fn phases(log: &Path) {
             .push((step, t));
     }
     let mut gaps: Vec<Vec<f64>> = vec![Vec::new(); steps.len()];
-    for v in per.values() {
+    let (mut start, mut end) = (Vec::new(), Vec::new());
+    for (c, v) in &per {
+        if let (Some((t0, t1)), Some(first), Some(last)) = (spans.get(c), v.first(), v.last())
+            && first.0 == 0
+            && last.0 == steps.len() - 1
+        {
+            start.push((first.1 - t0) * 1e3);
+            end.push((t1 - last.1) * 1e3);
+        }
         for w in v.windows(2) {
             if w[1].0 == w[0].0 + 1 && w[1].1 >= w[0].1 {
                 gaps[w[1].0].push((w[1].1 - w[0].1) * 1e3);
@@ -320,6 +342,15 @@ fn phases(log: &Path) {
         }
     }
     println!("\nmargay ADD by step (median ms, from its log):");
+    for (label, mut g) in [
+        ("exec -> namespaces open", start),
+        ("pod attached -> exit", end),
+    ] {
+        g.sort_by(f64::total_cmp);
+        if let Some(m) = g.get(g.len() / 2) {
+            println!("  {label:>45} {m:.2}");
+        }
+    }
     for (i, g) in gaps.iter_mut().enumerate().skip(1) {
         g.sort_by(f64::total_cmp);
         if let Some(m) = g.get(g.len() / 2) {
