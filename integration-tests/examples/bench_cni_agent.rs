@@ -121,17 +121,13 @@ fn main() -> anyhow::Result<()> {
     // Pods exist before their sandboxes (kubelet), and a policy selects
     // them all, so every EndpointUp must program policy.
     let n = runs;
+    let conc = arg("--concurrent", 50);
     k8s::with_client(lab.tor(), move |c| async move {
-        for i in 0..n {
-            k8s::create_pod(
-                &c,
-                "bench",
-                &format!("p{i}"),
-                "n1",
-                &[("app", "bench")],
-                &[],
-            )
-            .await?;
+        let names = (0..n)
+            .map(|i| format!("p{i}"))
+            .chain((0..conc).map(|i| format!("c{i}")));
+        for name in names {
+            k8s::create_pod(&c, "bench", &name, "n1", &[("app", "bench")], &[]).await?;
         }
         let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_json::from_value(json!({
             "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -251,6 +247,81 @@ fn main() -> anyhow::Result<()> {
     agent_means(
         &node,
         &format!("http://{}:9099/metrics", lab.node("n1")?.ipv4),
+    );
+    println!();
+    for (label, bin, conf) in [
+        ("margay", &margay, &margay_conf),
+        ("ptp+host-local", &ptp_bin, &ptp_conf),
+    ] {
+        concurrent(&lab, &node, label, bin, conf, conc)?;
+    }
+    Ok(())
+}
+
+/// `n` ADDs at once on the node (one thread each), then `n` DELs at once.
+fn concurrent(
+    lab: &Lab,
+    node: &Netns,
+    label: &str,
+    bin: &Path,
+    conf: &str,
+    n: usize,
+) -> anyhow::Result<()> {
+    let tag = if label == "margay" { "c" } else { "x" };
+    let mut nss = Vec::new();
+    for i in 0..n {
+        nss.push(Netns::create(&format!("{}-{tag}{i}", lab.prefix()))?);
+    }
+    let atts: Vec<Attachment> = nss
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| Attachment {
+            container_id: format!("{tag}{i}"),
+            netns: ns.path().display().to_string(),
+            ifname: "eth0".into(),
+            pod_namespace: "bench".into(),
+            pod_name: format!("{tag}{i}"),
+        })
+        .collect();
+    let run_all = |cmd: &str, confs: &[String]| {
+        let started = Instant::now();
+        let outs: Vec<(Duration, bool, Value, (f64, f64))> = std::thread::scope(|s| {
+            let hs: Vec<_> = atts
+                .iter()
+                .zip(confs)
+                .map(|(a, c)| s.spawn(move || exec(node, bin, cmd, c, a)))
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("ADD thread"))
+                .collect()
+        });
+        (started.elapsed(), outs)
+    };
+    let (wall, adds) = run_all("ADD", &vec![conf.to_string(); n]);
+    let ok = adds.iter().filter(|o| o.1).count();
+    let ips: std::collections::BTreeSet<String> = adds
+        .iter()
+        .filter_map(|o| o.2["ips"][0]["address"].as_str().map(str::to_string))
+        .collect();
+    let routes = node.ip(&["-4", "route", "show"])?;
+    let routed = ips
+        .iter()
+        .filter(|ip| {
+            let a = ip.split('/').next().unwrap_or("");
+            routes.lines().any(|l| l.starts_with(&format!("{a} ")))
+        })
+        .count();
+    let confs: Vec<String> = adds
+        .iter()
+        .map(|o| cni::with_prev_result(conf, &o.2))
+        .collect();
+    let (del_wall, dels) = run_all("DEL", &confs);
+    let del_ok = dels.iter().filter(|o| o.1).count();
+    println!(
+        "{label:<14} {n} concurrent ADDs: {ok} ok, {} distinct addresses, host routes {routed}, wall {:.1} ms; DELs: {del_ok} ok, wall {:.1} ms",
+        ips.len(),
+        wall.as_secs_f64() * 1e3,
+        del_wall.as_secs_f64() * 1e3
     );
     Ok(())
 }
