@@ -43,8 +43,18 @@ const FIB_QUEUE: usize = 2;
 /// RIB (a table load), what waits for it is at most a few batches — a
 /// hundred kilobytes each — not the table.
 const FIB_BATCH: usize = 4096;
-/// Messages (decoded UPDATEs of up to ~800 routes) queued for the RIB task.
-const RIB_QUEUE: usize = 128;
+/// Messages queued for the RIB task (each a batch of decoded UPDATEs, see
+/// [`RIB_BATCH_UPDATES`]).
+const RIB_QUEUE: usize = 8;
+/// A peer task hands its decoded UPDATEs to the RIB task in batches of at
+/// most this many messages…
+const RIB_BATCH_UPDATES: usize = 256;
+/// …or this many announced and withdrawn prefixes: one channel hop and one
+/// wake-up per batch instead of per UPDATE (a table sent one prefix per
+/// UPDATE is 100k of them), memory bounded by RIB_QUEUE batches.
+const RIB_BATCH_ROUTES: usize = 4096;
+/// Bytes of received frames per event from a connection's reader task.
+const FRAMES_BATCH_BYTES: usize = 64 * 1024;
 
 /// Speaker-wide settings.
 #[derive(Clone, Debug)]
@@ -133,9 +143,9 @@ enum RibMsg {
         peer: PeerIdx,
         graceful: crate::wire::Families,
     },
-    Update {
+    Updates {
         peer: PeerIdx,
-        update: Box<Update>,
+        updates: Vec<Box<Update>>,
     },
     PurgeStale(PeerIdx, Family),
     Refresh(PeerIdx, Family),
@@ -534,8 +544,10 @@ impl RibTask {
         match m {
             RibMsg::Up { peer, info } => self.rib.peer_up(peer, *info),
             RibMsg::Down { peer, graceful } => self.rib.peer_down(peer, graceful),
-            RibMsg::Update { peer, update } => {
-                self.rib.apply_update(peer, &update);
+            RibMsg::Updates { peer, updates } => {
+                for u in updates {
+                    self.rib.apply_update(peer, &u);
+                }
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.last_update = Some(Instant::now());
                 }
@@ -571,7 +583,8 @@ impl RibTask {
 enum ConnEvent {
     Connected(TcpStream),
     ConnectFailed(std::io::Error),
-    Frame(ConnId, Bytes),
+    /// Complete messages, in order (at most ~FRAMES_BATCH_BYTES).
+    Frames(ConnId, Vec<Bytes>),
     Bad(ConnId, DecodeError),
     Closed(ConnId),
 }
@@ -604,6 +617,9 @@ struct PeerTask {
     connecting: Option<JoinHandle<()>>,
     /// Writers of closed connections still flushing (a NOTIFICATION).
     closing: Vec<JoinHandle<()>>,
+    /// Decoded UPDATEs not yet handed to the RIB task, and their prefixes.
+    updates: Vec<Box<Update>>,
+    update_routes: usize,
 }
 
 impl PeerTask {
@@ -614,7 +630,8 @@ impl PeerTask {
         rib: mpsc::Sender<RibMsg>,
         _local_port: Option<u16>,
     ) -> Self {
-        let (ev_tx, ev_rx) = mpsc::channel(256);
+        // Few events: a batch of frames is up to 64 KB.
+        let (ev_tx, ev_rx) = mpsc::channel(8);
         PeerTask {
             idx,
             session: Session::new(cfg),
@@ -627,6 +644,8 @@ impl PeerTask {
             ev_rx,
             connecting: None,
             closing: Vec::new(),
+            updates: Vec::new(),
+            update_routes: 0,
         }
     }
 
@@ -722,21 +741,38 @@ impl PeerTask {
         let (mut rd, mut wr) = s.into_split();
         let ev = self.ev_tx.clone();
         let reader = tokio::spawn(async move {
-            let mut buf = BytesMut::with_capacity(65536);
+            let mut buf = BytesMut::with_capacity(FRAMES_BATCH_BYTES);
             loop {
-                match frame(&buf) {
-                    Ok(Some(len)) => {
-                        let f = buf.split_to(len).freeze();
-                        if ev.send(ConnEvent::Frame(id, f)).await.is_err() {
-                            return;
+                // Every complete message in the buffer, as one event.
+                let mut frames = Vec::new();
+                let mut bytes = 0;
+                let bad = loop {
+                    if bytes >= FRAMES_BATCH_BYTES {
+                        break None;
+                    }
+                    match frame(&buf) {
+                        Ok(Some(len)) => {
+                            bytes += len;
+                            frames.push(buf.split_to(len).freeze());
                         }
-                        continue;
+                        Ok(None) => break None,
+                        Err(e) => break Some(e),
                     }
-                    Ok(None) => {}
-                    Err(e) => {
-                        let _ = ev.send(ConnEvent::Bad(id, e)).await;
-                        return;
-                    }
+                };
+                if !frames.is_empty() && ev.send(ConnEvent::Frames(id, frames)).await.is_err() {
+                    return;
+                }
+                if let Some(e) = bad {
+                    let _ = ev.send(ConnEvent::Bad(id, e)).await;
+                    return;
+                }
+                if bytes >= FRAMES_BATCH_BYTES {
+                    continue;
+                }
+                // Frames share the buffer's memory: take a fresh one when
+                // little room is left rather than many small reads.
+                if buf.capacity() - buf.len() < 4096 {
+                    buf.reserve(FRAMES_BATCH_BYTES);
                 }
                 match rd.read_buf(&mut buf).await {
                     Ok(0) | Err(_) => {
@@ -784,30 +820,56 @@ impl PeerTask {
                 debug!(error = %err, "connect failed");
                 self.input(Input::ConnectFailed).await;
             }
-            ConnEvent::Frame(conn, f) => {
-                let cx = self.session.decode_cx(conn);
-                let decoded =
-                    std::panic::catch_unwind(AssertUnwindSafe(|| Message::decode(&f, &cx)));
-                let input = match decoded {
-                    Ok(Ok(msg)) => Input::Message { conn, msg },
-                    Ok(Err(error)) => Input::BadMessage { conn, error },
-                    Err(_) => {
-                        warn!("decoder panicked; closing the session");
-                        Input::BadMessage {
-                            conn,
-                            error: DecodeError::Update {
-                                subcode: 0,
-                                data: Bytes::new(),
-                                reason: "internal decoder failure",
-                            },
+            ConnEvent::Frames(conn, frames) => {
+                for f in frames {
+                    let cx = self.session.decode_cx(conn);
+                    let decoded =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| Message::decode(&f, &cx)));
+                    let input = match decoded {
+                        Ok(Ok(msg)) => Input::Message { conn, msg },
+                        Ok(Err(error)) => Input::BadMessage { conn, error },
+                        Err(_) => {
+                            warn!("decoder panicked; closing the session");
+                            Input::BadMessage {
+                                conn,
+                                error: DecodeError::Update {
+                                    subcode: 0,
+                                    data: Bytes::new(),
+                                    reason: "internal decoder failure",
+                                },
+                            }
                         }
-                    }
-                };
-                self.input(input).await;
+                    };
+                    self.input(input).await;
+                }
+                self.flush_updates().await;
             }
             ConnEvent::Bad(conn, error) => self.input(Input::BadMessage { conn, error }).await,
             ConnEvent::Closed(conn) => self.input(Input::Closed { conn }).await,
         }
+    }
+
+    /// Hand the UPDATEs decoded so far to the RIB task.
+    async fn flush_updates(&mut self) {
+        if self.updates.is_empty() {
+            return;
+        }
+        let updates = std::mem::take(&mut self.updates);
+        self.update_routes = 0;
+        let _ = self
+            .rib
+            .send(RibMsg::Updates {
+                peer: self.idx,
+                updates,
+            })
+            .await;
+    }
+
+    /// Send to the RIB task after the UPDATEs before it (order matters:
+    /// End-of-RIB, session down).
+    async fn to_rib(&mut self, m: RibMsg) {
+        self.flush_updates().await;
+        let _ = self.rib.send(m).await;
     }
 
     async fn input(&mut self, i: Input) {
@@ -819,15 +881,13 @@ impl PeerTask {
         let after = self.session.state();
         if before != after {
             info!(from = ?before, to = ?after, "state");
-            let _ = self
-                .rib
-                .send(RibMsg::State {
-                    peer: self.idx,
-                    state: after,
-                    since: self.session.since(),
-                    error: self.session.last_error().map(str::to_string),
-                })
-                .await;
+            self.to_rib(RibMsg::State {
+                peer: self.idx,
+                state: after,
+                since: self.session.since(),
+                error: self.session.last_error().map(str::to_string),
+            })
+            .await;
         }
     }
 
@@ -906,45 +966,40 @@ impl PeerTask {
                     encode: n.encode_cx(),
                     max_prefix: cfg.max_prefix,
                 };
-                let _ = self
-                    .rib
-                    .send(RibMsg::Up {
-                        peer: self.idx,
-                        info: Box::new(info),
-                    })
-                    .await;
+                self.to_rib(RibMsg::Up {
+                    peer: self.idx,
+                    info: Box::new(info),
+                })
+                .await;
             }
             Output::Down { reason, graceful } => {
                 info!(%reason, "session down");
-                let _ = self
-                    .rib
-                    .send(RibMsg::Down {
-                        peer: self.idx,
-                        graceful,
-                    })
-                    .await;
+                self.to_rib(RibMsg::Down {
+                    peer: self.idx,
+                    graceful,
+                })
+                .await;
             }
             Output::Update(u) => {
                 for i in &u.issues {
                     debug!(code = i.code, action = ?i.action, reason = i.reason, "RFC 7606");
                 }
-                let _ = self
-                    .rib
-                    .send(RibMsg::Update {
-                        peer: self.idx,
-                        update: u,
-                    })
-                    .await;
+                self.update_routes += u.route_count();
+                self.updates.push(u);
+                if self.updates.len() >= RIB_BATCH_UPDATES || self.update_routes >= RIB_BATCH_ROUTES
+                {
+                    self.flush_updates().await;
+                }
             }
             Output::EndOfRib(f) => {
                 info!(family = ?f, "end of RIB received");
-                let _ = self.rib.send(RibMsg::EndOfRib(self.idx, f)).await;
+                self.to_rib(RibMsg::EndOfRib(self.idx, f)).await;
             }
             Output::PurgeStale(f) => {
-                let _ = self.rib.send(RibMsg::PurgeStale(self.idx, f)).await;
+                self.to_rib(RibMsg::PurgeStale(self.idx, f)).await;
             }
             Output::RefreshRequest(f) => {
-                let _ = self.rib.send(RibMsg::Refresh(self.idx, f)).await;
+                self.to_rib(RibMsg::Refresh(self.idx, f)).await;
             }
         }
     }

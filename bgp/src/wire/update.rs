@@ -134,6 +134,14 @@ pub struct Update {
 }
 
 impl Update {
+    /// Prefixes announced and withdrawn, all families.
+    pub fn route_count(&self) -> usize {
+        self.nlri.len()
+            + self.withdrawn.len()
+            + self.mp_reach.as_ref().map_or(0, |m| m.nlri.len())
+            + self.mp_unreach.as_ref().map_or(0, |m| m.withdrawn.len())
+    }
+
     /// Must the announcements of this message be treated as withdrawals?
     pub fn treat_as_withdraw(&self) -> bool {
         self.issues
