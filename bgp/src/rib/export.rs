@@ -133,7 +133,7 @@ impl Rib {
         } else {
             best.attrs.next_hop
         };
-        Some(self.interner.intern(RouteAttrs { attrs: a, next_hop }))
+        Some(self.interner.intern(a, next_hop))
     }
 }
 

