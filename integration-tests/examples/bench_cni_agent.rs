@@ -7,7 +7,9 @@
 //!
 //! ```text
 //! cargo build --release -p node-agent -p cni-plugin -p integration-tests --bins
-//! cargo run --release -p integration-tests --example bench_cni_agent -- [--runs 200]
+//! cargo build --profile release-cni -p cni-plugin      # the margay we ship
+//! cargo run --release -p integration-tests --example bench_cni_agent -- \
+//!     [--runs 200] [--concurrent 50] [--margay PATH]
 //! ```
 //! After every margay ADD (outside the timed part) it checks the contract:
 //! the /32 host route and the endpoint's entry in the policy dispatch map
@@ -110,7 +112,24 @@ fn stats(v: &[Duration]) -> (f64, f64) {
 fn main() -> anyhow::Result<()> {
     lab::can_run().map_err(anyhow::Error::msg)?;
     let runs = arg("--runs", 200);
-    let margay = lab::workspace_bin("margay")?;
+    // The binary we ship (deploy/Dockerfile): the release-cni profile
+    // (LTO, one codegen unit, panic=abort, stripped), else --margay PATH,
+    // else the release build next to this example.
+    let margay = match std::env::args().skip_while(|a| a != "--margay").nth(1) {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let shipped = lab::workspace_bin("margay")?
+                .parent()
+                .and_then(Path::parent)
+                .map(|t| t.join("release-cni/margay"))
+                .filter(|p| p.is_file());
+            match shipped {
+                Some(p) => p,
+                None => lab::workspace_bin("margay")?,
+            }
+        }
+    };
+    println!("margay: {}", margay.display());
     if !Path::new(PTP).exists() {
         anyhow::bail!("{PTP} not found (Debian's containernetworking-plugins)");
     }
