@@ -151,7 +151,7 @@ enum RibMsg {
     },
     Updates {
         peer: PeerIdx,
-        updates: Vec<Box<Update>>,
+        updates: Vec<Update>,
     },
     PurgeStale(PeerIdx, Family),
     Refresh(PeerIdx, Family),
@@ -551,8 +551,8 @@ impl RibTask {
             RibMsg::Up { peer, info } => self.rib.peer_up(peer, *info),
             RibMsg::Down { peer, graceful } => self.rib.peer_down(peer, graceful),
             RibMsg::Updates { peer, updates } => {
-                for u in updates {
-                    self.rib.apply_update(peer, &u);
+                for u in &updates {
+                    self.rib.apply_update(peer, u);
                 }
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.last_update = Some(Instant::now());
@@ -624,7 +624,7 @@ struct PeerTask {
     /// Writers of closed connections still flushing (a NOTIFICATION).
     closing: Vec<JoinHandle<()>>,
     /// Decoded UPDATEs not yet handed to the RIB task, and their prefixes.
-    updates: Vec<Box<Update>>,
+    updates: Vec<Update>,
     update_routes: usize,
 }
 
@@ -873,7 +873,7 @@ impl PeerTask {
 
     /// Send to the RIB task after the UPDATEs before it (order matters:
     /// End-of-RIB, session down).
-    async fn to_rib(&mut self, m: RibMsg) {
+    async fn send_rib(&mut self, m: RibMsg) {
         self.flush_updates().await;
         let _ = self.rib.send(m).await;
     }
@@ -887,7 +887,7 @@ impl PeerTask {
         let after = self.session.state();
         if before != after {
             info!(from = ?before, to = ?after, "state");
-            self.to_rib(RibMsg::State {
+            self.send_rib(RibMsg::State {
                 peer: self.idx,
                 state: after,
                 since: self.session.since(),
@@ -972,7 +972,7 @@ impl PeerTask {
                     encode: n.encode_cx(),
                     max_prefix: cfg.max_prefix,
                 };
-                self.to_rib(RibMsg::Up {
+                self.send_rib(RibMsg::Up {
                     peer: self.idx,
                     info: Box::new(info),
                 })
@@ -980,7 +980,7 @@ impl PeerTask {
             }
             Output::Down { reason, graceful } => {
                 info!(%reason, "session down");
-                self.to_rib(RibMsg::Down {
+                self.send_rib(RibMsg::Down {
                     peer: self.idx,
                     graceful,
                 })
@@ -991,7 +991,7 @@ impl PeerTask {
                     debug!(code = i.code, action = ?i.action, reason = i.reason, "RFC 7606");
                 }
                 self.update_routes += u.route_count();
-                self.updates.push(u);
+                self.updates.push(*u);
                 if self.updates.len() >= RIB_BATCH_UPDATES || self.update_routes >= RIB_BATCH_ROUTES
                 {
                     self.flush_updates().await;
@@ -999,13 +999,13 @@ impl PeerTask {
             }
             Output::EndOfRib(f) => {
                 info!(family = ?f, "end of RIB received");
-                self.to_rib(RibMsg::EndOfRib(self.idx, f)).await;
+                self.send_rib(RibMsg::EndOfRib(self.idx, f)).await;
             }
             Output::PurgeStale(f) => {
-                self.to_rib(RibMsg::PurgeStale(self.idx, f)).await;
+                self.send_rib(RibMsg::PurgeStale(self.idx, f)).await;
             }
             Output::RefreshRequest(f) => {
-                self.to_rib(RibMsg::Refresh(self.idx, f)).await;
+                self.send_rib(RibMsg::Refresh(self.idx, f)).await;
             }
         }
     }
