@@ -322,6 +322,14 @@ impl Session {
     /// Feed one input.
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Output> {
         let mut out = Vec::new();
+        self.handle_into(input, now, &mut out);
+        out
+    }
+
+    /// [`Session::handle`], appending the outputs to `buf` (a buffer the
+    /// caller reuses: no allocation per message).
+    pub fn handle_into(&mut self, input: Input, now: Instant, buf: &mut Vec<Output>) {
+        let mut out = std::mem::take(buf);
         match input {
             Input::Start => {
                 if !self.started {
@@ -398,7 +406,7 @@ impl Session {
                 }
             }
         }
-        out
+        *buf = out;
     }
 
     fn start(&mut self, out: &mut Vec<Output>, now: Instant) {

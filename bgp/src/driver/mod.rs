@@ -626,6 +626,8 @@ struct PeerTask {
     /// Decoded UPDATEs not yet handed to the RIB task, and their prefixes.
     updates: Vec<Update>,
     update_routes: usize,
+    /// The session's outputs for one input (reused).
+    outs: Vec<Output>,
 }
 
 impl PeerTask {
@@ -652,6 +654,7 @@ impl PeerTask {
             closing: Vec::new(),
             updates: Vec::new(),
             update_routes: 0,
+            outs: Vec::new(),
         }
     }
 
@@ -880,10 +883,12 @@ impl PeerTask {
 
     async fn input(&mut self, i: Input) {
         let before = self.session.state();
-        let outs = self.session.handle(i, Instant::now());
-        for o in outs {
+        let mut outs = std::mem::take(&mut self.outs);
+        self.session.handle_into(i, Instant::now(), &mut outs);
+        for o in outs.drain(..) {
             self.output(o).await;
         }
+        self.outs = outs;
         let after = self.session.state();
         if before != after {
             info!(from = ?before, to = ?after, "state");
