@@ -128,18 +128,24 @@ fn parse_request(node: &str, r: proto::AllocateRequest) -> Result<AllocRequest, 
     })
 }
 
-#[tonic::async_trait]
-impl Ipam for IpamService {
-    async fn allocate(
+impl IpamService {
+    /// `Allocate`, telling `picked` the chosen addresses before the write
+    /// that makes them durable ([`crate::Allocator::allocate_notify`]).
+    pub async fn allocate_notify(
         &self,
         request: Request<proto::AllocateRequest>,
+        picked: Option<crate::alloc::Picked>,
     ) -> Result<Response<proto::AllocateReply>, Status> {
         let r = request.into_inner();
         let span = info_span!("allocate", handle = %r.handle, pod = %format!("{}/{}", r.pod_namespace, r.pod_name));
         let _g = span.enter();
         let req = parse_request(self.alloc.node(), r)?;
         drop(_g);
-        let out = self.alloc.allocate(req).await.map_err(|e| {
+        let res = match picked {
+            Some(tx) => self.alloc.allocate_notify(req, tx).await,
+            None => self.alloc.allocate(req).await,
+        };
+        let out = res.map_err(|e| {
             let _g = span.enter();
             warn!(error = %e, "allocation failed");
             status_of(&e)
@@ -147,6 +153,16 @@ impl Ipam for IpamService {
         Ok(Response::new(proto::AllocateReply {
             addresses: out.iter().map(to_proto).collect(),
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl Ipam for IpamService {
+    async fn allocate(
+        &self,
+        request: Request<proto::AllocateRequest>,
+    ) -> Result<Response<proto::AllocateReply>, Status> {
+        self.allocate_notify(request, None).await
     }
 
     async fn release(

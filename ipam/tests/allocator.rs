@@ -98,6 +98,34 @@ async fn allocates_from_an_affine_block_and_is_idempotent_per_handle() {
 }
 
 #[tokio::test]
+async fn allocate_notify_announces_the_addresses_before_the_answer() {
+    let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26), ("p6", "2001:db8::/48", 122)]);
+    let a = start(&store, "n1", IpamConfig::default(), &clock).await;
+    let both = &[Family::V4, Family::V6];
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let got = a.allocate_notify(req("net.c1", both), tx).await.unwrap();
+    let mut picked = rx.await.expect("picked announced");
+    picked.sort();
+    let mut fin: Vec<IpAddr> = got.iter().map(|x| x.ip).collect();
+    fin.sort();
+    assert_eq!(picked, fin);
+    assert_eq!(picked.len(), 2);
+    // The handle already holds its addresses: no write, nothing announced.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    assert_eq!(
+        a.allocate_notify(req("net.c1", both), tx).await.unwrap(),
+        got
+    );
+    assert!(rx.await.is_err());
+    // A failing request announces nothing either.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut bad = req("net.c2", V4);
+    bad.requested_ips = vec!["203.0.113.9".parse().unwrap()];
+    assert!(a.allocate_notify(bad, tx).await.is_err());
+    assert!(rx.await.is_err());
+}
+
+#[tokio::test]
 async fn dual_stack_gets_both_or_neither() {
     let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
     let a = start(&store, "n1", IpamConfig::default(), &clock).await;

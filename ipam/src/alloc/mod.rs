@@ -252,10 +252,14 @@ impl Counters {
 }
 
 type Reply<T> = oneshot::Sender<Result<T, IpamError>>;
+
+/// Told the addresses an allocation has chosen, before the write that makes
+/// them durable (see [`Allocator::allocate_notify`]).
+pub type Picked = oneshot::Sender<Vec<IpAddr>>;
 pub(crate) type Inspect = Box<dyn FnOnce(&View) + Send>;
 
 pub(crate) enum Cmd {
-    Allocate(AllocRequest, Reply<Vec<Assigned>>),
+    Allocate(AllocRequest, Reply<Vec<Assigned>>, Option<Picked>),
     Release(String, Reply<Vec<IpAddr>>),
     ReleaseTargets(Vec<ReleaseTarget>, Reply<Vec<ReleaseTarget>>),
     Inspect(Inspect),
@@ -405,7 +409,22 @@ impl Allocator {
     /// Allocates for a handle (idempotent per handle: returns what the
     /// handle already holds).
     pub async fn allocate(&self, req: AllocRequest) -> Result<Vec<Assigned>, IpamError> {
-        self.call(|r| Cmd::Allocate(req, r)).await
+        self.call(|r| Cmd::Allocate(req, r, None)).await
+    }
+
+    /// [`Allocator::allocate`], and `picked` is sent the chosen addresses
+    /// as soon as they are planned, while the block write that makes them
+    /// durable is still in flight; the caller may prepare the dataplane in
+    /// parallel. They are tentative: the final answer is the return value
+    /// (a lost write race re-plans, possibly other addresses, and is not
+    /// announced again; a failure returns an error). Nothing is sent when
+    /// no write is needed (the handle already holds its addresses).
+    pub async fn allocate_notify(
+        &self,
+        req: AllocRequest,
+        picked: Picked,
+    ) -> Result<Vec<Assigned>, IpamError> {
+        self.call(|r| Cmd::Allocate(req, r, Some(picked))).await
     }
 
     /// Releases everything a handle holds; unknown handle → empty list.

@@ -40,6 +40,7 @@ enum Kind {
         families: Option<Vec<Family>>,
         done: Vec<Slot>,
         reply: Reply<Vec<Assigned>>,
+        picked: Option<super::Picked>,
     },
     Release {
         released: Vec<IpAddr>,
@@ -320,7 +321,7 @@ impl Worker {
 
     async fn accept(&mut self, cmd: Cmd, pending: &mut Vec<Op>) {
         match cmd {
-            Cmd::Allocate(mut req, reply) => {
+            Cmd::Allocate(mut req, reply, picked) => {
                 if let Err(e) = validate_request(&req) {
                     let _ = reply.send(Err(e));
                     return;
@@ -336,6 +337,7 @@ impl Worker {
                         families: None,
                         done: Vec::new(),
                         reply,
+                        picked,
                     },
                 );
                 pending.push(op);

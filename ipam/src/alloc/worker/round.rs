@@ -69,6 +69,21 @@ impl Worker {
             outcomes.push(plan_op(&mut p, i, op));
         }
 
+        // Tell waiting callers what was chosen before the (slow) write.
+        for (op, o) in batch.iter_mut().zip(&outcomes) {
+            if let (Kind::Alloc { picked, .. }, Outcome::Planned) = (&mut op.kind, o)
+                && !op.tents.is_empty()
+                && let Some(tx) = picked.take()
+            {
+                let ips: Vec<IpAddr> = op
+                    .tents
+                    .iter()
+                    .filter_map(|t| work.get(&t.block)?.obj.spec.ip_of(t.ordinal))
+                    .collect();
+                let _ = tx.send(ips);
+            }
+        }
+
         // Write every touched block once, in parallel.
         let names: Vec<String> = work
             .iter()
