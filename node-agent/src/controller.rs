@@ -87,6 +87,9 @@ pub enum Cmd {
     /// nothing is registered, so a CNI that never calls EndpointUp leaves
     /// nothing behind beyond what its IPAM allocation implies.
     Prepare(Endpoint),
+    /// Bring routes and policy back to what the cluster and IPAM say (after
+    /// a prepared allocation failed).
+    Resync,
     /// Program an endpoint; answer when its routes (and policy) are in place.
     Up(Endpoint, oneshot::Sender<Result<(), EndpointError>>),
     /// Forget an endpoint and remove its routes. Either key may be empty
@@ -122,6 +125,12 @@ impl ControllerHandle {
     /// full: EndpointUp does the work then).
     pub fn prepare(&self, ep: Endpoint) {
         let _ = self.tx.try_send(Cmd::Prepare(ep));
+    }
+
+    /// An allocation whose addresses were prepared failed: re-derive the
+    /// policy from the cluster and IPAM state (drops what was prepared).
+    pub fn forget_prepared(&self) {
+        let _ = self.tx.try_send(Cmd::Resync);
     }
 
     /// Removes an endpoint found by container id or handle (idempotent).
@@ -205,6 +214,7 @@ async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
             cmd = rx.recv() => match cmd {
                 None => return,
                 Some(Cmd::Prepare(ep)) => prepare(&mut d, &ep).await,
+                Some(Cmd::Resync) => dirty = true,
                 Some(Cmd::Up(ep, reply)) => {
                     let res = endpoint_up(&mut d, &ep, &mut endpoints).await;
                     if res.is_err() {

@@ -120,19 +120,14 @@ fn prepared_identity(req: &AllocateRequest) -> Option<Identity> {
 }
 
 impl Identity {
-    fn with(self, reply: &AllocateReply) -> Option<Endpoint> {
-        let ips: Vec<IpAddr> = reply
-            .addresses
-            .iter()
-            .filter_map(|a| a.ip.parse().ok())
-            .collect();
-        (!ips.is_empty()).then_some(Endpoint {
-            container_id: self.container_id,
-            namespace: self.namespace,
-            pod: self.pod,
-            host_if: self.host_if,
+    fn with(&self, ips: Vec<IpAddr>) -> Option<Endpoint> {
+        (!ips.is_empty()).then(|| Endpoint {
+            container_id: self.container_id.clone(),
+            namespace: self.namespace.clone(),
+            pod: self.pod.clone(),
+            host_if: self.host_if.clone(),
             ips,
-            handle: self.handle,
+            handle: self.handle.clone(),
         })
     }
 }
@@ -156,16 +151,49 @@ impl Ipam for AgentIpam {
                         .collect();
                 }
             }
-            let who = prepared_identity(&req);
-            let reply = self.inner.allocate(Request::new(req)).await?;
-            // Program the pod's policy now, while the CNI plugin wires the
-            // veth: EndpointUp then finds it in place (see Cmd::Prepare).
-            if let (Some(c), Some(ep)) =
-                (&self.controller, who.and_then(|w| w.with(reply.get_ref())))
-            {
-                c.prepare(ep);
+            let (Some(c), Some(who)) = (&self.controller, prepared_identity(&req)) else {
+                return self.inner.allocate(Request::new(req)).await;
+            };
+            // Program the pod's policy as soon as its addresses are chosen,
+            // in parallel with the block write, and while the CNI plugin
+            // wires the veth: EndpointUp then finds it in place (see
+            // Cmd::Prepare). The final answer decides: other addresses are
+            // prepared again, a failure drops what was prepared.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let prepare_early = async {
+                let ips: Vec<IpAddr> = rx.await.ok()?;
+                c.prepare(who.with(ips.clone())?);
+                Some(ips)
+            };
+            let (res, early) = tokio::join!(
+                self.inner.allocate_notify(Request::new(req), Some(tx)),
+                prepare_early
+            );
+            let mut fin: Vec<IpAddr> = match &res {
+                Ok(r) => r
+                    .get_ref()
+                    .addresses
+                    .iter()
+                    .filter_map(|a| a.ip.parse().ok())
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            fin.sort();
+            let early = early.map(|mut v| {
+                v.sort();
+                v
+            });
+            match (&res, early) {
+                (Err(_), Some(_)) => c.forget_prepared(),
+                (Ok(_), Some(e)) if e == fin => {}
+                (Ok(_), _) => {
+                    if let Some(ep) = who.with(fin) {
+                        c.prepare(ep);
+                    }
+                }
+                (Err(_), None) => {}
             }
-            Ok(reply)
+            res
         }
         .await;
         self.observe("allocate", started, &res);
