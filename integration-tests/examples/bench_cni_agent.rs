@@ -9,7 +9,7 @@
 //! cargo build --release -p node-agent -p cni-plugin -p integration-tests --bins
 //! cargo build --profile release-cni -p cni-plugin      # the margay we ship
 //! cargo run --release -p integration-tests --example bench_cni_agent -- \
-//!     [--runs 200] [--concurrent 50] [--margay PATH]
+//!     [--runs 200] [--concurrent 50] [--resident 1] [--margay PATH]
 //! ```
 //! After every margay ADD (outside the timed part) it checks the contract:
 //! the /32 host route and the endpoint's entry in the policy dispatch map
@@ -141,10 +141,12 @@ fn main() -> anyhow::Result<()> {
     // them all, so every EndpointUp must program policy.
     let n = runs;
     let conc = arg("--concurrent", 50);
+    let resident = arg("--resident", 1);
     k8s::with_client(lab.tor(), move |c| async move {
         let names = (0..n)
             .map(|i| format!("p{i}"))
-            .chain((0..conc).map(|i| format!("c{i}")));
+            .chain((0..conc).map(|i| format!("c{i}")))
+            .chain((0..resident).map(|i| format!("r{i}")));
         for name in names {
             k8s::create_pod(&c, "bench", &name, "n1", &[("app", "bench")], &[]).await?;
         }
@@ -162,6 +164,25 @@ fn main() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(1)); // the agent's watch catches up
     let node = Netns::existing(lab.node("n1")?.ns.name());
     let margay_conf = cni::margay_conf(&agent.socket, &lab.run_dir().join("cni.log"));
+    // Pods already running on the node (default 1), as on any node with a
+    // workload: the policy chain and selector sets the benchmark's pods
+    // share exist already, so each ADD adds elements only. --resident 0 is
+    // an empty node, where every ADD also creates them and every DEL
+    // deletes them.
+    let mut residents = Vec::new();
+    for i in 0..resident {
+        let ns = Netns::create(&lab.pod_ns_name("bench", &format!("r{i}")))?;
+        let a = Attachment {
+            container_id: format!("r{i}"),
+            netns: ns.path().display().to_string(),
+            ifname: "eth0".into(),
+            pod_namespace: "bench".into(),
+            pod_name: format!("r{i}"),
+        };
+        let (_, ok, res, _) = exec(&node, &margay, "ADD", &margay_conf, &a);
+        anyhow::ensure!(ok, "margay ADD of resident pod r{i} failed: {res}");
+        residents.push(ns);
+    }
     let ptp_conf = json!({
         "cniVersion": "1.0.0", "name": "ptpnet", "type": "ptp", "mtu": 1500,
         "ipam": {"type": "host-local", "subnet": "198.19.128.0/20",
@@ -171,7 +192,7 @@ fn main() -> anyhow::Result<()> {
     let ptp_bin = PathBuf::from(PTP);
 
     println!(
-        "{runs} sequential ADD/DEL pairs each, interleaved; margay through the real agent (IPAM on the API test server,"
+        "{runs} sequential ADD/DEL pairs each ({resident} resident pods on the node), interleaved; margay through the real agent (IPAM on the API test server,"
     );
     println!(
         "route + NetworkPolicy programmed before EndpointUp answers); ptp + host-local (route by ptp, no policy)\n"
