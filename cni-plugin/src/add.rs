@@ -54,6 +54,17 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
         .transpose()
         .map_err(|e| CniError::InvalidConfig(format!("prevResult: {e}")))?;
 
+    // Dial the agent first: its side of the connection (accept, HTTP/2
+    // handshake) runs while the namespaces are opened here.
+    let (socket, connect_timeout, request_timeout) = (
+        conf.agent_socket(),
+        conf.timeouts.connect(),
+        conf.timeouts.request(),
+    );
+    let dialing =
+        tokio::spawn(
+            async move { agent::connect(&socket, connect_timeout, request_timeout).await },
+        );
     let ns = wiring::open_netns(netns_path)?;
     let host = Nl::here().map_err(|source| CniError::Netns {
         path: "/proc/self/ns/net".into(),
@@ -87,12 +98,10 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
     };
     tracing::debug!(mtu, "namespaces open");
 
-    let agent = agent::connect(
-        &conf.agent_socket(),
-        conf.timeouts.connect(),
-        conf.timeouts.request(),
-    )
-    .await?;
+    let agent = dialing.await.map_err(|e| CniError::TryAgain {
+        op: "connect",
+        msg: format!("connecting to the agent: {e}"),
+    })??;
     tracing::debug!("agent connected");
     let req = AllocateRequest {
         handle: names.handle.clone(),
