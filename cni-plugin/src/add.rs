@@ -129,8 +129,16 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
     // Creating the veth does not need the address: do it while the agent
     // allocates (the allocation is a write to the API server).
     let (reply, veth) = tokio::join!(
-        agent.allocate(req),
-        wiring::create_veth(&host, &pod, &ns, &plan)
+        async {
+            let r = agent.allocate(req).await;
+            tracing::trace!("Allocate answered");
+            r
+        },
+        async {
+            let r = wiring::create_veth(&host, &pod, &ns, &plan).await;
+            tracing::trace!("veth ready");
+            r
+        }
     );
     let reply = match reply {
         Ok(r) => r,
