@@ -119,6 +119,9 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
         requested_ips: requested.iter().map(ToString::to_string).collect(),
         container_id: att.container_id.clone(),
         ifname: att.ifname.clone(),
+        // We call EndpointUp before printing the result: the agent may
+        // answer before the allocation is recorded and confirm it there.
+        confirm_at_endpoint_up: true,
     };
     let plan = Plan {
         host_if: &names.host_if,

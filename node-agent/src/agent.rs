@@ -267,13 +267,19 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         reconcile_after: args.startup_grace,
     }));
     let listener = ipam::grpc::UdsListener::bind(&args.socket).await?;
+    let confirmations = crate::confirm::Confirmations::default();
     let grpc_routes = tonic::service::Routes::new(crate::ipam_ops::AgentIpam::server(
         alloc.clone(),
         cluster.clone(),
         metrics.clone(),
         Some(ctl.clone()),
+        confirmations.clone(),
     ))
-    .add_service(EndpointsService::server(ctl, metrics.clone()));
+    .add_service(EndpointsService::server(
+        ctl,
+        metrics.clone(),
+        confirmations,
+    ));
     let _maintain = tokio::spawn(crate::ipam_ops::maintain(
         cluster.clone(),
         store.clone(),

@@ -11,6 +11,7 @@ use ipam::proto::endpoints_server::{Endpoints, EndpointsServer};
 use ipam::proto::{EndpointDownReply, EndpointDownRequest, EndpointUpReply, EndpointUpRequest};
 use tonic::{Request, Response, Status};
 
+use crate::confirm::Confirmations;
 use crate::controller::{ControllerHandle, Endpoint, EndpointError};
 use crate::metrics::{CniLabels, Metrics, OpLabels};
 
@@ -22,14 +23,20 @@ pub const PROGRAMMING_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct EndpointsService {
     controller: ControllerHandle,
     metrics: Arc<Metrics>,
+    confirmations: Confirmations,
 }
 
 impl EndpointsService {
     /// A tonic server for it.
-    pub fn server(controller: ControllerHandle, metrics: Arc<Metrics>) -> EndpointsServer<Self> {
+    pub fn server(
+        controller: ControllerHandle,
+        metrics: Arc<Metrics>,
+        confirmations: Confirmations,
+    ) -> EndpointsServer<Self> {
         EndpointsServer::new(EndpointsService {
             controller,
             metrics,
+            confirmations,
         })
     }
 
@@ -120,6 +127,11 @@ impl Endpoints for EndpointsService {
         let started = Instant::now();
         let res = async {
             let ep = endpoint_from(request.get_ref())?;
+            // An Allocate answered early: its record must be in place first.
+            self.confirmations
+                .confirm(&ep.handle, &ep.ips, PROGRAMMING_TIMEOUT)
+                .await
+                .map_err(|e| Status::aborted(e.to_string()))?;
             match tokio::time::timeout(PROGRAMMING_TIMEOUT, self.controller.up(ep)).await {
                 Ok(r) => r.map_err(to_status),
                 Err(_) => Err(Status::unavailable(

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::cluster::Cluster;
+use crate::confirm::Confirmations;
 use crate::controller::{ControllerHandle, Endpoint};
 use crate::ipamview::{IpamView, host_veth};
 use crate::metrics::{CniLabels, Metrics, OpLabels, PoolLabels};
@@ -39,6 +40,7 @@ pub struct AgentIpam {
     cluster: Cluster,
     metrics: Arc<Metrics>,
     controller: Option<ControllerHandle>,
+    confirmations: Confirmations,
 }
 
 impl AgentIpam {
@@ -48,12 +50,14 @@ impl AgentIpam {
         cluster: Cluster,
         metrics: Arc<Metrics>,
         controller: Option<ControllerHandle>,
+        confirmations: Confirmations,
     ) -> IpamServer<Self> {
         IpamServer::new(AgentIpam {
             inner: IpamService::new(alloc),
             cluster,
             metrics,
             controller,
+            confirmations,
         })
     }
 
@@ -95,6 +99,12 @@ pub fn requested_by_annotation(pod: &Pod) -> Result<Vec<IpAddr>, String> {
                 .map_err(|_| format!("annotation {ANN_IP_ADDRS}: {s:?} is not an IP address"))
         })
         .collect()
+}
+
+fn join_status(
+    r: Result<Result<Response<AllocateReply>, Status>, tokio::task::JoinError>,
+) -> Result<Response<AllocateReply>, Status> {
+    r.unwrap_or_else(|e| Err(Status::internal(format!("allocation task failed: {e}"))))
 }
 
 /// What an Allocate request says about the endpoint-to-be.
@@ -151,49 +161,97 @@ impl Ipam for AgentIpam {
                         .collect();
                 }
             }
-            let (Some(c), Some(who)) = (&self.controller, prepared_identity(&req)) else {
+            let (Some(c), Some(who)) = (self.controller.clone(), prepared_identity(&req)) else {
                 return self.inner.allocate(Request::new(req)).await;
             };
             // Program the pod's policy as soon as its addresses are chosen,
             // in parallel with the block write, and while the CNI plugin
             // wires the veth: EndpointUp then finds it in place (see
             // Cmd::Prepare). The final answer decides: other addresses are
-            // prepared again, a failure drops what was prepared.
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let prepare_early = async {
-                let ips: Vec<IpAddr> = rx.await.ok()?;
-                c.prepare(who.with(ips.clone())?);
-                Some(ips)
-            };
-            let (res, early) = tokio::join!(
-                self.inner.allocate_notify(Request::new(req), Some(tx)),
-                prepare_early
-            );
-            let mut fin: Vec<IpAddr> = match &res {
-                Ok(r) => r
-                    .get_ref()
-                    .addresses
-                    .iter()
-                    .filter_map(|a| a.ip.parse().ok())
-                    .collect(),
-                Err(_) => Vec::new(),
-            };
-            fin.sort();
-            let early = early.map(|mut v| {
-                v.sort();
-                v
-            });
-            match (&res, early) {
-                (Err(_), Some(_)) => c.forget_prepared(),
-                (Ok(_), Some(e)) if e == fin => {}
-                (Ok(_), _) => {
-                    if let Some(ep) = who.with(fin) {
-                        c.prepare(ep);
+            // prepared again, a failure drops what was prepared. The
+            // allocation runs as its own task, so an early answer (below)
+            // does not cut it short.
+            let early_ok = req.confirm_at_endpoint_up;
+            let handle = req.handle.clone();
+            let (picked_tx, picked_rx) = tokio::sync::oneshot::channel();
+            let (early_tx, early_rx) = tokio::sync::oneshot::channel::<Vec<IpAddr>>();
+            let inner = self.inner.clone();
+            let confirmations = self.confirmations.clone();
+            let task = tokio::spawn(async move {
+                let prepare_early = async {
+                    let ips: Vec<IpAddr> = picked_rx.await.ok()?;
+                    c.prepare(who.with(ips.clone())?);
+                    // The allocator announces only complete fresh
+                    // allocations (every family), so this is the answer
+                    // the write will confirm unless it loses a race.
+                    if early_ok {
+                        let record = confirmations.pending(&handle);
+                        if early_tx.send(ips.clone()).is_ok() {
+                            return Some((ips, Some(record)));
+                        }
                     }
+                    Some((ips, None))
+                };
+                let (res, early) = tokio::join!(
+                    inner.allocate_notify(Request::new(req), Some(picked_tx)),
+                    prepare_early
+                );
+                let mut fin: Vec<IpAddr> = match &res {
+                    Ok(r) => r
+                        .get_ref()
+                        .addresses
+                        .iter()
+                        .filter_map(|a| a.ip.parse().ok())
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+                fin.sort();
+                let (early, record) = match early {
+                    Some((mut v, r)) => {
+                        v.sort();
+                        (Some(v), r)
+                    }
+                    None => (None, None),
+                };
+                if let Some(record) = record {
+                    record.send_replace(Some(match &res {
+                        Ok(_) => Ok(fin.clone()),
+                        Err(s) => Err(s.message().to_string()),
+                    }));
                 }
-                (Err(_), None) => {}
+                match (&res, early) {
+                    (Err(_), Some(_)) => c.forget_prepared(),
+                    (Ok(_), Some(e)) if e == fin => {}
+                    (Ok(_), _) => {
+                        if let Some(ep) = who.with(fin) {
+                            c.prepare(ep);
+                        }
+                    }
+                    (Err(_), None) => {}
+                }
+                res
+            });
+            // The early answer if there is one, else the final one.
+            let mut task = task;
+            tokio::select! {
+                biased;
+                ips = early_rx => match ips {
+                    Ok(ips) => {
+                        tracing::debug!(?ips, "Allocate answered before its record; EndpointUp confirms");
+                        Ok(Response::new(AllocateReply {
+                        addresses: ips
+                            .iter()
+                            .map(|ip| ipam::proto::AllocatedAddress {
+                                ip: ip.to_string(),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    }))
+                    }
+                    Err(_) => join_status(task.await),
+                },
+                res = &mut task => join_status(res),
             }
-            res
         }
         .await;
         self.observe("allocate", started, &res);

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod config;
+pub mod confirm;
 pub mod controller;
 pub mod crd;
 pub mod ctl;

@@ -418,7 +418,8 @@ impl Allocator {
     /// parallel. They are tentative: the final answer is the return value
     /// (a lost write race re-plans, possibly other addresses, and is not
     /// announced again; a failure returns an error). Nothing is sent when
-    /// no write is needed (the handle already holds its addresses).
+    /// the handle already holds addresses (no write, or a top-up whose
+    /// announcement would be partial).
     pub async fn allocate_notify(
         &self,
         req: AllocRequest,

@@ -71,7 +71,10 @@ impl Worker {
 
         // Tell waiting callers what was chosen before the (slow) write.
         for (op, o) in batch.iter_mut().zip(&outcomes) {
-            if let (Kind::Alloc { picked, .. }, Outcome::Planned) = (&mut op.kind, o)
+            // Only a fresh allocation: a top-up of a handle that already
+            // holds addresses would announce part of its answer.
+            if let (Kind::Alloc { picked, done, .. }, Outcome::Planned) = (&mut op.kind, o)
+                && done.is_empty()
                 && !op.tents.is_empty()
                 && let Some(tx) = picked.take()
             {
