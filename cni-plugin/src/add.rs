@@ -54,55 +54,6 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
         .transpose()
         .map_err(|e| CniError::InvalidConfig(format!("prevResult: {e}")))?;
 
-    // Dial the agent first: its side of the connection (accept, HTTP/2
-    // handshake) runs while the namespaces are opened here.
-    let (socket, connect_timeout, request_timeout) = (
-        conf.agent_socket(),
-        conf.timeouts.connect(),
-        conf.timeouts.request(),
-    );
-    let dialing =
-        tokio::spawn(
-            async move { agent::connect(&socket, connect_timeout, request_timeout).await },
-        );
-    let ns = wiring::open_netns(netns_path)?;
-    let host = Nl::here().map_err(|source| CniError::Netns {
-        path: "/proc/self/ns/net".into(),
-        reason: "netlink socket".into(),
-        source,
-    })?;
-    let pod = Nl::in_netns(&ns).map_err(|source| CniError::Netns {
-        path: netns_path.into(),
-        reason: "cannot enter".into(),
-        source,
-    })?;
-    // The spec: an existing interface of that name is an error. Checked
-    // before allocating so a duplicate ADD cannot disturb the live one.
-    if pod
-        .link(&att.ifname)
-        .await
-        .map_err(|source| CniError::Netlink {
-            op: format!("get {} in pod", att.ifname),
-            source,
-        })?
-        .is_some()
-    {
-        return Err(CniError::InterfaceExists {
-            ifname: att.ifname.clone(),
-            netns: netns_path.into(),
-        });
-    }
-    let mtu = match conf.mtu {
-        Some(m) if m > 0 => m,
-        _ => wiring::detect_mtu(&host).await?,
-    };
-    tracing::debug!(mtu, "namespaces open");
-
-    let agent = dialing.await.map_err(|e| CniError::TryAgain {
-        op: "connect",
-        msg: format!("connecting to the agent: {e}"),
-    })??;
-    tracing::debug!("agent connected");
     let req = AllocateRequest {
         handle: names.handle.clone(),
         pod_namespace: att.args.k8s_pod().0,
@@ -123,6 +74,32 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
         // answer before the allocation is recorded and confirm it there.
         confirm_at_endpoint_up: true,
     };
+    // Allocate first: the agent's write to the API server is the slowest
+    // step, and it runs while the namespaces are opened and the veth is
+    // created here. Every failure from here on releases what it allocated.
+    let (socket, connect_timeout, request_timeout) = (
+        conf.agent_socket(),
+        conf.timeouts.connect(),
+        conf.timeouts.request(),
+    );
+    // A missing or bogus namespace is an error before anything is asked.
+    let ns = wiring::open_netns(netns_path)?;
+    let allocating = tokio::spawn(async move {
+        let agent = agent::connect(&socket, connect_timeout, request_timeout).await?;
+        tracing::debug!("agent connected");
+        let reply = agent.allocate(req).await;
+        tracing::trace!("Allocate answered");
+        Ok::<_, CniError>((agent, reply))
+    });
+    let opened = open_namespaces(conf, att, &ns, netns_path).await;
+    let (host, pod, mtu) = match opened {
+        Ok(o) => o,
+        Err((e, existing)) => {
+            abandon(allocating, &names.handle, existing).await;
+            return Err(e);
+        }
+    };
+    tracing::debug!(mtu, "namespaces open");
     let plan = Plan {
         host_if: &names.host_if,
         ifname: &att.ifname,
@@ -130,12 +107,13 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
         mtu,
     };
     // Creating the veth does not need the address: do it while the agent
-    // allocates (the allocation is a write to the API server).
-    let (reply, veth) = tokio::join!(
+    // allocates.
+    let (allocated, veth) = tokio::join!(
         async {
-            let r = agent.allocate(req).await;
-            tracing::trace!("Allocate answered");
-            r
+            allocating.await.map_err(|e| CniError::TryAgain {
+                op: "Allocate",
+                msg: format!("allocation task failed: {e}"),
+            })?
         },
         async {
             let r = wiring::create_veth(&host, &pod, &ns, &plan).await;
@@ -143,6 +121,14 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
             r
         }
     );
+    let (agent, reply) = match allocated {
+        Ok(a) => a,
+        Err(e) => {
+            // Not connected: nothing was allocated.
+            remove_host_veth(&host, &names.host_if).await;
+            return Err(e);
+        }
+    };
     let reply = match reply {
         Ok(r) => r,
         Err(e) => {
@@ -283,6 +269,97 @@ fn addresses(reply: &AllocateReply, families: &[Family]) -> Result<Vec<IpAddr>, 
         }
     }
     Ok(out)
+}
+
+type Opened = (Nl, Nl, u32);
+
+/// The allocation task: the connection, and Allocate's answer (an error
+/// here means the agent could not be reached: nothing allocated).
+type Allocating =
+    tokio::task::JoinHandle<Result<(Agent, Result<AllocateReply, CniError>), CniError>>;
+
+/// Opens netlink handles here and in the pod's namespace, checks that the
+/// pod has no interface of that name yet (the spec's "interface exists"),
+/// and settles the MTU. On failure, also says which addresses an existing
+/// interface of that name carries (a duplicate ADD of a live attachment:
+/// its addresses must not be released).
+async fn open_namespaces(
+    conf: &NetConf,
+    att: &Attachment,
+    ns: &std::fs::File,
+    netns_path: &str,
+) -> Result<Opened, (CniError, Vec<IpAddr>)> {
+    let none = |e: CniError| (e, Vec::new());
+    let host = Nl::here()
+        .map_err(|source| CniError::Netns {
+            path: "/proc/self/ns/net".into(),
+            reason: "netlink socket".into(),
+            source,
+        })
+        .map_err(none)?;
+    let pod = Nl::in_netns(ns)
+        .await
+        .map_err(|source| CniError::Netns {
+            path: netns_path.into(),
+            reason: "cannot enter".into(),
+            source,
+        })
+        .map_err(none)?;
+    let existing = pod
+        .link(&att.ifname)
+        .await
+        .map_err(|source| CniError::Netlink {
+            op: format!("get {} in pod", att.ifname),
+            source,
+        })
+        .map_err(none)?;
+    if let Some(link) = existing {
+        let addrs = pod
+            .addresses(link.index)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(ip, _)| ip)
+            .collect();
+        return Err((
+            CniError::InterfaceExists {
+                ifname: att.ifname.clone(),
+                netns: netns_path.into(),
+            },
+            addrs,
+        ));
+    }
+    let mtu = match conf.mtu {
+        Some(m) if m > 0 => m,
+        _ => wiring::detect_mtu(&host).await.map_err(none)?,
+    };
+    Ok((host, pod, mtu))
+}
+
+/// ADD failed before wiring anything: release what the allocation task
+/// got, unless it is the live attachment's (a duplicate ADD: the handle
+/// already held exactly the addresses its interface carries).
+async fn abandon(allocating: Allocating, handle: &str, existing: Vec<IpAddr>) {
+    let Ok(Ok((agent, reply))) = allocating.await else {
+        return; // not connected: nothing allocated
+    };
+    if let Ok(r) = &reply
+        && !existing.is_empty()
+        && r.addresses.iter().all(|a| {
+            a.ip.parse::<IpAddr>()
+                .is_ok_and(|ip| existing.contains(&ip))
+        })
+    {
+        tracing::debug!(
+            handle,
+            "duplicate ADD of a live attachment: its addresses stay"
+        );
+        return;
+    }
+    match reply {
+        Ok(_) | Err(CniError::TryAgain { .. }) => release_quietly(&agent, handle).await,
+        Err(_) => {}
+    }
 }
 
 async fn release_quietly(agent: &Agent, handle: &str) {

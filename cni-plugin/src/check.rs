@@ -74,7 +74,7 @@ pub async fn check(conf: &NetConf, att: &Attachment) -> Result<(), CniError> {
 
     // Pod side.
     let ns = wiring::open_netns(netns_path)?;
-    let pod = Nl::in_netns(&ns).map_err(|source| CniError::Netns {
+    let pod = Nl::in_netns(&ns).await.map_err(|source| CniError::Netns {
         path: netns_path.into(),
         reason: "cannot enter".into(),
         source,

@@ -64,7 +64,7 @@ fn delete_host_veth(host_if: &str, pod: Option<(&str, &str)>) -> Result<bool, Cn
         let Ok(ns) = std::fs::File::open(netns) else {
             return Ok(false);
         };
-        let Ok(pod) = Nl::in_netns(&ns) else {
+        let Ok(pod) = Nl::in_netns(&ns).await else {
             return Ok(false);
         };
         match pod.link(ifname).await {

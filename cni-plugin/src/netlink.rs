@@ -154,18 +154,26 @@ impl Nl {
 
     /// A socket in the namespace `ns` (an open `/proc/PID/ns/net` or
     /// `/run/netns/NAME`), created on a thread that entered it.
-    pub fn in_netns(ns: &File) -> io::Result<Self> {
+    /// Awaits the thread, so other tasks (the agent's connection) run
+    /// meanwhile.
+    pub async fn in_netns(ns: &File) -> io::Result<Self> {
         let rt = tokio::runtime::Handle::current();
-        let (conn, h) = std::thread::scope(|s| {
-            s.spawn(|| -> io::Result<_> {
-                nix::sched::setns(ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-                let _guard = rt.enter();
-                let (conn, h, _) = rtnetlink::new_connection()?;
-                Ok((conn, h))
-            })
-            .join()
-            .map_err(|_| io::Error::other("netns thread panicked"))?
-        })?;
+        let ns = ns.try_clone()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("netns".into())
+            .spawn(move || {
+                let made = (|| -> io::Result<_> {
+                    nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+                    let _guard = rt.enter();
+                    let (conn, h, _) = rtnetlink::new_connection()?;
+                    Ok((conn, h))
+                })();
+                let _ = tx.send(made);
+            })?;
+        let (conn, h) = rx
+            .await
+            .map_err(|_| io::Error::other("netns thread panicked"))??;
         tokio::spawn(conn);
         Ok(Nl { h })
     }

@@ -90,11 +90,25 @@ pub fn handle_id(network: &str, container_id: &str, ifname: &str) -> String {
 
 /// Opens the container's network namespace.
 pub fn open_netns(path: &str) -> Result<File, CniError> {
-    File::open(path).map_err(|source| CniError::Netns {
+    let f = File::open(path).map_err(|source| CniError::Netns {
         path: path.into(),
         reason: "cannot open".into(),
         source,
-    })
+    })?;
+    // Checked here, before anything is allocated: a namespace lives on nsfs.
+    match nix::sys::statfs::fstatfs(&f) {
+        Ok(st) if st.filesystem_type() == nix::sys::statfs::NSFS_MAGIC => Ok(f),
+        Ok(_) => Err(CniError::Netns {
+            path: path.into(),
+            reason: "not a namespace".into(),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        }),
+        Err(e) => Err(CniError::Netns {
+            path: path.into(),
+            reason: "cannot stat".into(),
+            source: std::io::Error::from(e),
+        }),
+    }
 }
 
 /// The MTU of the interface carrying the default route (IPv4, else IPv6).

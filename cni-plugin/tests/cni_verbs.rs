@@ -362,6 +362,17 @@ fn pool_exhausted_and_duplicate_add() {
     assert_eq!(node.cali_links().len(), 4);
     // A freed address is usable again at once.
     node.cni(&Call::attach("DEL", "a1", None, &conf)).ok();
+    // ... but not for a pod that already has an eth0 of someone else's:
+    // "interface exists", and what ADD allocated for it is released.
+    let other = Netns::new("o");
+    assert!(other.ip_ok(&["link", "add", "eth0", "type", "veth", "peer", "name", "x0"]));
+    node.cni(&Call::attach("ADD", "o", Some(&other), &conf))
+        .err(103);
+    assert_eq!(
+        node.agent().held().len(),
+        3,
+        "the fresh allocation is released"
+    );
     node.cni(&Call::attach("ADD", "c", Some(&pods[4]), &conf))
         .ok();
 }
