@@ -403,7 +403,6 @@ fn phases(log: &Path, spans: &std::collections::BTreeMap<String, (f64, f64)>) {
     };
     let steps = [
         "namespaces open",
-        "agent connected",
         "allocated",
         "veth created",
         "pod side configured",
