@@ -7,7 +7,8 @@
 //!
 //! ```text
 //! cargo build --release -p node-agent -p cni-plugin -p integration-tests --bins
-//! cargo build --profile release-cni -p cni-plugin      # the margay we ship
+//! RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile release-cni \
+//!     -p cni-plugin --target x86_64-unknown-linux-gnu   # the margay we ship
 //! cargo run --release -p integration-tests --example bench_cni_agent -- \
 //!     [--runs 200] [--concurrent 50] [--resident 1] [--margay PATH]
 //! ```
@@ -112,17 +113,26 @@ fn stats(v: &[Duration]) -> (f64, f64) {
 fn main() -> anyhow::Result<()> {
     lab::can_run().map_err(anyhow::Error::msg)?;
     let runs = arg("--runs", 200);
-    // The binary we ship (deploy/Dockerfile): the release-cni profile
-    // (LTO, one codegen unit, panic=abort, stripped), else --margay PATH,
-    // else the release build next to this example.
+    // --margay PATH, else the binary we ship (deploy/Dockerfile): the
+    // release-cni profile (LTO, one codegen unit, panic=abort, stripped),
+    // statically linked if built so, else the release build next to this
+    // example.
     let margay = match std::env::args().skip_while(|a| a != "--margay").nth(1) {
         Some(p) => PathBuf::from(p),
         None => {
-            let shipped = lab::workspace_bin("margay")?
+            let target = lab::workspace_bin("margay")?
                 .parent()
                 .and_then(Path::parent)
-                .map(|t| t.join("release-cni/margay"))
-                .filter(|p| p.is_file());
+                .map(Path::to_path_buf);
+            let shipped = target.and_then(|t| {
+                [
+                    "x86_64-unknown-linux-gnu/release-cni/margay",
+                    "release-cni/margay",
+                ]
+                .iter()
+                .map(|p| t.join(p))
+                .find(|p| p.is_file())
+            });
             match shipped {
                 Some(p) => p,
                 None => lab::workspace_bin("margay")?,
