@@ -202,6 +202,15 @@ fn panic_inside_a_test_still_removes_the_lab() {
     });
     assert!(result.is_err());
     assert!(ours(&prefix).is_empty(), "left behind: {:?}", ours(&prefix));
+    // A failing lab keeps its logs for whoever debugs it; this failure was
+    // deliberate, so remove them too.
+    let logs = std::env::temp_dir().join(format!("margay-lab-{prefix}"));
+    assert!(
+        logs.is_dir(),
+        "a failed lab keeps its logs in {}",
+        logs.display()
+    );
+    std::fs::remove_dir_all(&logs).expect("remove the kept logs");
 }
 
 /// A lab left by a process that died (here: the README's `up`, which leaves
