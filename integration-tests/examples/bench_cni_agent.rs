@@ -100,6 +100,17 @@ fn exec(
     .expect("enter node")
 }
 
+/// Pod `bench/<pod>` in `ns`, container `id`, interface eth0.
+fn bench_attachment(id: String, ns: &Netns, pod: &str) -> Attachment {
+    Attachment {
+        container_id: id,
+        netns: ns.path().display().to_string(),
+        ifname: "eth0".into(),
+        pod_namespace: "bench".into(),
+        pod_name: pod.into(),
+    }
+}
+
 fn stats(v: &[Duration]) -> (f64, f64) {
     let mut s: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     s.sort_by(f64::total_cmp);
@@ -182,13 +193,7 @@ fn main() -> anyhow::Result<()> {
     let mut residents = Vec::new();
     for i in 0..resident {
         let ns = Netns::create(&lab.pod_ns_name("bench", &format!("r{i}")))?;
-        let a = Attachment {
-            container_id: format!("r{i}"),
-            netns: ns.path().display().to_string(),
-            ifname: "eth0".into(),
-            pod_namespace: "bench".into(),
-            pod_name: format!("r{i}"),
-        };
+        let a = bench_attachment(format!("r{i}"), &ns, &format!("r{i}"));
         let (_, ok, res, _) = exec(&node, &margay, "ADD", &margay_conf, &a);
         anyhow::ensure!(ok, "margay ADD of resident pod r{i} failed: {res}");
         residents.push(ns);
@@ -213,13 +218,7 @@ fn main() -> anyhow::Result<()> {
     for i in 0..runs {
         // margay
         let ns = Netns::create(&lab.pod_ns_name("bench", &format!("p{i}")))?;
-        let a = Attachment {
-            container_id: format!("m{i}"),
-            netns: ns.path().display().to_string(),
-            ifname: "eth0".into(),
-            pod_namespace: "bench".into(),
-            pod_name: format!("p{i}"),
-        };
+        let a = bench_attachment(format!("m{i}"), &ns, &format!("p{i}"));
         let (t, ok, res, span) = exec(&node, &margay, "ADD", &margay_conf, &a);
         anyhow::ensure!(ok, "margay ADD {i} failed: {res}");
         m_add.push(t);
@@ -256,13 +255,7 @@ fn main() -> anyhow::Result<()> {
         drop(ns);
         // ptp + host-local
         let ns = Netns::create(&format!("{}-ptp{i}", lab.prefix()))?;
-        let a = Attachment {
-            container_id: format!("p{i}"),
-            netns: ns.path().display().to_string(),
-            ifname: "eth0".into(),
-            pod_namespace: "bench".into(),
-            pod_name: format!("q{i}"),
-        };
+        let a = bench_attachment(format!("p{i}"), &ns, &format!("q{i}"));
         let (t, ok, res, _) = exec(&node, &ptp_bin, "ADD", &ptp_conf, &a);
         anyhow::ensure!(ok, "ptp ADD {i} failed: {res}");
         p_add.push(t);
@@ -325,13 +318,7 @@ fn concurrent(
     let atts: Vec<Attachment> = nss
         .iter()
         .enumerate()
-        .map(|(i, ns)| Attachment {
-            container_id: format!("{tag}{i}"),
-            netns: ns.path().display().to_string(),
-            ifname: "eth0".into(),
-            pod_namespace: "bench".into(),
-            pod_name: format!("{tag}{i}"),
-        })
+        .map(|(i, ns)| bench_attachment(format!("{tag}{i}"), ns, &format!("{tag}{i}")))
         .collect();
     let run_all = |cmd: &str, confs: &[String]| {
         let started = Instant::now();

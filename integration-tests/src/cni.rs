@@ -100,6 +100,17 @@ pub fn invoke(node: &Netns, command: &str, conf: &str, a: &Attachment) -> Result
     })
 }
 
+/// The pod veths (`cali…`) on a node.
+pub fn host_veths(node: &Netns) -> Result<Vec<String>> {
+    Ok(node
+        .ip(&["-br", "link", "show"])?
+        .lines()
+        .filter_map(|l| l.split(['@', ' ']).next())
+        .filter(|n| n.starts_with("cali"))
+        .map(str::to_string)
+        .collect())
+}
+
 /// `conf` with `prevResult` set, as a runtime sends CHECK and DEL.
 pub fn with_prev_result(conf: &str, prev: &Value) -> String {
     let mut v: Value = serde_json::from_str(conf).unwrap_or(Value::Null);

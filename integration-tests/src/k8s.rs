@@ -85,6 +85,34 @@ where
     })?
 }
 
+/// Every IPAM allocation on the lab's API server: (handle, address).
+pub fn allocations(lab: &Lab) -> Result<Vec<(String, IpAddr)>> {
+    with_client(lab.tor(), |c| async move {
+        Api::<node_agent::crd::IPAMBlock>::all(c)
+            .list(&Default::default())
+            .await
+            .map(|blocks| {
+                blocks
+                    .items
+                    .into_iter()
+                    .flat_map(|b| {
+                        let spec = b.spec.0;
+                        spec.allocations
+                            .iter()
+                            .filter_map(|a| Some((a.handle.clone(), spec.ip_of(a.ordinal)?)))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
+            })
+    })?
+    .map_err(|e| LabError::Invalid(format!("listing IPAM blocks: {e}")))
+}
+
+/// The handles of every IPAM allocation on the lab's API server.
+pub fn handles(lab: &Lab) -> Result<Vec<String>> {
+    Ok(allocations(lab)?.into_iter().map(|(h, _)| h).collect())
+}
+
 /// Creates Margay's CRDs and waits until their resources are served.
 pub async fn install_crds(client: &Client) -> std::result::Result<(), kube::Error> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use integration_tests::cni::{self, Attachment};
 use integration_tests::k8s::{self, Agent};
 use integration_tests::lab::{self, Lab, Netns, Proto};
-use kube::Api;
 use nix::sys::signal::Signal;
-use node_agent::crd::IPAMBlock;
 
 fn pod_object(lab: &Lab, name: &str, node: &str) {
     let (pod, on) = (name.to_string(), node.to_string());
@@ -44,11 +42,7 @@ fn v4(out: &cni::Outcome) -> IpAddr {
 }
 
 fn cali_links(ns: &Netns) -> usize {
-    ns.ip(&["-br", "link", "show"])
-        .expect("ip link")
-        .lines()
-        .filter(|l| l.starts_with("cali"))
-        .count()
+    cni::host_veths(ns).expect("ip link").len()
 }
 
 #[test]
@@ -129,17 +123,7 @@ fn api_server_outage_keeps_pods_working_and_cni_says_try_again() {
         started.elapsed().as_secs_f64()
     );
     // Exactly one allocation per pod: the failed attempt leaked nothing.
-    let handles: Vec<String> = k8s::with_client(lab.tor(), |c| async move {
-        Api::<IPAMBlock>::all(c)
-            .list(&Default::default())
-            .await
-            .expect("blocks")
-            .items
-            .into_iter()
-            .flat_map(|b| b.spec.0.allocations.into_iter().map(|a| a.handle))
-            .collect()
-    })
-    .expect("handles");
+    let handles = k8s::handles(&lab).expect("handles");
     let mut sorted = handles.clone();
     sorted.sort();
     assert_eq!(

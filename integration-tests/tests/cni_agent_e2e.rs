@@ -10,32 +10,14 @@ use std::time::Duration;
 use integration_tests::cni::{self, Attachment};
 use integration_tests::k8s;
 use integration_tests::lab::{self, Lab, Netns, Proto};
-use kube::Api;
-use node_agent::crd::IPAMBlock;
 use node_agent::localroutes::LOCAL_ROUTE_PROTO;
 
 fn handles(lab: &Lab) -> Vec<String> {
-    k8s::with_client(lab.tor(), |c| async move {
-        Api::<IPAMBlock>::all(c)
-            .list(&Default::default())
-            .await
-            .expect("list")
-            .items
-            .into_iter()
-            .flat_map(|b| b.spec.0.allocations.into_iter().map(|a| a.handle))
-            .collect()
-    })
-    .expect("blocks")
+    k8s::handles(lab).expect("IPAM handles")
 }
 
 fn cali_links(node: &Netns) -> Vec<String> {
-    node.ip(&["-br", "link", "show"])
-        .expect("ip link")
-        .lines()
-        .filter_map(|l| l.split(['@', ' ']).next())
-        .filter(|n| n.starts_with("cali"))
-        .map(str::to_string)
-        .collect()
+    cni::host_veths(node).expect("ip link")
 }
 
 #[test]

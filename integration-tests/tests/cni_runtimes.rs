@@ -21,12 +21,11 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use integration_tests::cni;
 use integration_tests::k8s::{self, Agent};
 use integration_tests::lab::{self, Lab, Netns};
-use kube::Api;
-use node_agent::crd::IPAMBlock;
 
 const BUSYBOX: &str = "/bin/busybox";
 const NETWORK: &str = "mgnet";
@@ -40,16 +39,7 @@ fn have(prog: &str) -> bool {
 }
 
 fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    lab::wait_for("condition", timeout, || Ok(f().then_some(()))).is_ok()
 }
 
 /// A busybox root filesystem.
@@ -131,36 +121,15 @@ impl Env {
 
     /// This network's allocations in the IPAM blocks: (handle, address).
     fn allocations(&self) -> Vec<(String, IpAddr)> {
-        k8s::with_client(self.lab.tor(), |c| async move {
-            let blocks = Api::<IPAMBlock>::all(c)
-                .list(&Default::default())
-                .await
-                .expect("list blocks");
-            let mut out = Vec::new();
-            for b in blocks.items {
-                let spec = b.spec.0;
-                for a in &spec.allocations {
-                    if a.handle.starts_with(&format!("{NETWORK}."))
-                        && let Some(ip) = spec.ip_of(a.ordinal)
-                    {
-                        out.push((a.handle.clone(), ip));
-                    }
-                }
-            }
-            out
-        })
-        .expect("blocks")
+        k8s::allocations(&self.lab)
+            .expect("IPAM blocks")
+            .into_iter()
+            .filter(|(h, _)| h.starts_with(&format!("{NETWORK}.")))
+            .collect()
     }
 
     fn cali_links(&self) -> Vec<String> {
-        self.node()
-            .ip(&["-br", "link", "show"])
-            .expect("ip link")
-            .lines()
-            .filter_map(|l| l.split(['@', ' ']).next())
-            .filter(|n| n.starts_with("cali"))
-            .map(str::to_string)
-            .collect()
+        cni::host_veths(self.node()).expect("ip link")
     }
 
     /// Waits until `n` addresses of this network are allocated.

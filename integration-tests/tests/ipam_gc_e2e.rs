@@ -11,20 +11,9 @@ use integration_tests::lab::{self, Lab};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
-use node_agent::crd::IPAMBlock;
 
 fn handles(lab: &Lab) -> Vec<String> {
-    k8s::with_client(lab.tor(), |c| async move {
-        Api::<IPAMBlock>::all(c)
-            .list(&Default::default())
-            .await
-            .expect("blocks")
-            .items
-            .into_iter()
-            .flat_map(|b| b.spec.0.allocations.into_iter().map(|a| a.handle))
-            .collect()
-    })
-    .expect("handles")
+    k8s::handles(lab).expect("IPAM handles")
 }
 
 #[test]
