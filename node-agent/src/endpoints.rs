@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::confirm::Confirmations;
 use crate::controller::{ControllerHandle, Endpoint, EndpointError};
-use crate::metrics::{CniLabels, Metrics, OpLabels};
+use crate::metrics::Metrics;
 
 /// How long EndpointUp may wait for the dataplane before failing with
 /// UNAVAILABLE (the CNI then reports "try again later").
@@ -41,21 +41,8 @@ impl EndpointsService {
     }
 
     fn observe(&self, op: &str, started: Instant, res: &Result<(), Status>) {
-        let result = match res {
-            Ok(()) => "ok".to_string(),
-            Err(s) => format!("{:?}", s.code()),
-        };
         self.metrics
-            .cni_requests
-            .get_or_create(&CniLabels {
-                op: op.into(),
-                result,
-            })
-            .inc();
-        self.metrics
-            .cni_request_seconds
-            .get_or_create(&OpLabels { op: op.into() })
-            .observe(started.elapsed().as_secs_f64());
+            .observe_cni(op, started, res.as_ref().err().map(Status::code));
     }
 }
 

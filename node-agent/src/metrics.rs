@@ -102,6 +102,24 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one request the CNI plugin made (`error`: its gRPC code, if
+    /// it failed) and records how long it took since `started`.
+    pub fn observe_cni(&self, op: &str, started: std::time::Instant, error: Option<tonic::Code>) {
+        let result = match error {
+            None => "ok".to_string(),
+            Some(code) => format!("{code:?}"),
+        };
+        self.cni_requests
+            .get_or_create(&CniLabels {
+                op: op.into(),
+                result,
+            })
+            .inc();
+        self.cni_request_seconds
+            .get_or_create(&OpLabels { op: op.into() })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
     /// Creates and registers every series.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("margay");
