@@ -57,6 +57,20 @@ impl Endpoint {
     pub fn standalone(&self) -> bool {
         self.namespace.is_empty() && self.pod.is_empty()
     }
+
+    /// The policy engine's view of it.
+    pub fn local(&self) -> LocalEndpoint {
+        let (pod, standalone) =
+            crate::policyctl::endpoint_key(&self.namespace, &self.pod, &self.handle);
+        let mut ips = self.ips.clone();
+        ips.sort();
+        LocalEndpoint {
+            standalone,
+            pod,
+            iface: self.host_if.clone(),
+            ips,
+        }
+    }
 }
 
 /// Why an endpoint request failed.
@@ -386,17 +400,7 @@ async fn endpoint_up(
         .map_err(|e| EndpointError::PodUnknown(who.clone(), e.to_string()))?;
     ensure_routes(d, ep).await?;
     endpoints.insert(ep.container_id.clone(), ep.clone());
-    let mut ips = ep.ips.clone();
-    ips.sort();
-    d.policy.endpoint_up(
-        info,
-        LocalEndpoint {
-            standalone: false,
-            pod: key.clone(),
-            iface: ep.host_if.clone(),
-            ips,
-        },
-    );
+    d.policy.endpoint_up(info, ep.local());
     if let Err(e) = d.policy.commit(&d.metrics) {
         endpoints.remove(&ep.container_id);
         return Err(EndpointError::Policy(e.to_string()));
@@ -409,19 +413,8 @@ async fn endpoint_up(
 /// API read here would only delay the EndpointUp queued behind it).
 async fn prepare(d: &mut ControllerDeps, ep: &Endpoint) {
     let started = std::time::Instant::now();
-    let local = |standalone: bool, pod: PodKey| {
-        let mut ips = ep.ips.clone();
-        ips.sort();
-        LocalEndpoint {
-            standalone,
-            pod,
-            iface: ep.host_if.clone(),
-            ips,
-        }
-    };
     if ep.standalone() {
-        let (key, standalone) = crate::policyctl::endpoint_key("", "", &ep.handle);
-        d.policy.standalone_up(local(standalone, key));
+        d.policy.standalone_up(ep.local());
     } else {
         let cached = d
             .cluster
@@ -430,8 +423,7 @@ async fn prepare(d: &mut ControllerDeps, ep: &Endpoint) {
         let Some(info) = cached.and_then(|p| PodInfo::from_k8s(&p).ok()) else {
             return;
         };
-        let key = PodKey::new(ep.namespace.clone(), ep.pod.clone());
-        d.policy.endpoint_up(info, local(false, key));
+        d.policy.endpoint_up(info, ep.local());
     }
     match d.policy.commit(&d.metrics) {
         Ok(()) => {
@@ -452,15 +444,7 @@ async fn standalone_up(
 ) -> Result<(), EndpointError> {
     ensure_routes(d, ep).await?;
     endpoints.insert(ep.container_id.clone(), ep.clone());
-    let (key, standalone) = crate::policyctl::endpoint_key("", "", &ep.handle);
-    let mut ips = ep.ips.clone();
-    ips.sort();
-    d.policy.standalone_up(LocalEndpoint {
-        standalone,
-        pod: key,
-        iface: ep.host_if.clone(),
-        ips,
-    });
+    d.policy.standalone_up(ep.local());
     if let Err(e) = d.policy.commit(&d.metrics) {
         endpoints.remove(&ep.container_id);
         return Err(EndpointError::Policy(e.to_string()));

@@ -29,7 +29,7 @@ use crate::cluster::Cluster;
 use crate::confirm::Confirmations;
 use crate::controller::{ControllerHandle, Endpoint};
 use crate::ipamview::{IpamView, host_veth};
-use crate::metrics::{CniLabels, Metrics, OpLabels, PoolLabels};
+use crate::metrics::{Metrics, PoolLabels};
 
 /// Pod annotation with the addresses the pod wants (JSON list).
 pub const ANN_IP_ADDRS: &str = "margay.dev/ip-addrs";
@@ -61,22 +61,9 @@ impl AgentIpam {
         })
     }
 
-    fn observe<T>(&self, op: &str, started: Instant, res: &Result<T, Status>) {
-        let result = match res {
-            Ok(_) => "ok".to_string(),
-            Err(s) => format!("{:?}", s.code()),
-        };
+    fn observe<T>(&self, op: &str, started: Instant, res: &Result<T, tonic::Status>) {
         self.metrics
-            .cni_requests
-            .get_or_create(&CniLabels {
-                op: op.into(),
-                result,
-            })
-            .inc();
-        self.metrics
-            .cni_request_seconds
-            .get_or_create(&OpLabels { op: op.into() })
-            .observe(started.elapsed().as_secs_f64());
+            .observe_cni(op, started, res.as_ref().err().map(tonic::Status::code));
     }
 }
 
@@ -99,6 +86,69 @@ pub fn requested_by_annotation(pod: &Pod) -> Result<Vec<IpAddr>, String> {
                 .map_err(|_| format!("annotation {ANN_IP_ADDRS}: {s:?} is not an IP address"))
         })
         .collect()
+}
+
+/// One allocation, run to its end. The pod's policy is programmed as soon
+/// as the addresses are chosen, in parallel with the block write and with
+/// the CNI plugin's wiring, so EndpointUp finds it in place (see
+/// Cmd::Prepare); with `early`, those addresses are also the Allocate answer
+/// and the write's outcome is recorded for EndpointUp to confirm. The final
+/// answer decides: other addresses are prepared again, a failure drops what
+/// was prepared.
+async fn allocate_prepared(
+    inner: IpamService,
+    req: AllocateRequest,
+    c: ControllerHandle,
+    who: Identity,
+    early: Option<(Confirmations, tokio::sync::oneshot::Sender<Vec<IpAddr>>)>,
+) -> Result<Response<AllocateReply>, Status> {
+    let handle = req.handle.clone();
+    let (picked_tx, picked_rx) = tokio::sync::oneshot::channel();
+    let prepare = async {
+        let mut ips: Vec<IpAddr> = picked_rx.await.ok()?;
+        ips.sort();
+        c.prepare(who.with(ips.clone())?);
+        // The allocator announces only complete fresh allocations (every
+        // family): the answer the write confirms unless it loses a race.
+        let record = early.map(|(confirmations, tx)| {
+            let record = confirmations.pending(&handle);
+            let _ = tx.send(ips.clone());
+            record
+        });
+        Some((ips, record))
+    };
+    let (res, prepared) = tokio::join!(
+        inner.allocate_notify(Request::new(req), Some(picked_tx)),
+        prepare
+    );
+    let mut fin: Vec<IpAddr> = match &res {
+        Ok(r) => r
+            .get_ref()
+            .addresses
+            .iter()
+            .filter_map(|a| a.ip.parse().ok())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    fin.sort();
+    let (prepared, record) = prepared.unzip();
+    if let Some(record) = record.flatten() {
+        record.send_replace(Some(match &res {
+            Ok(_) => Ok(fin.clone()),
+            Err(s) => Err(s.message().to_string()),
+        }));
+    }
+    match (&res, prepared) {
+        (Err(_), Some(_)) => c.forget_prepared(),
+        (Ok(_), Some(p)) if p == fin => {}
+        (Ok(_), _) => {
+            if let Some(ep) = who.with(fin) {
+                c.prepare(ep);
+            }
+        }
+        (Err(_), None) => {}
+    }
+    res
 }
 
 fn join_status(
@@ -164,89 +214,28 @@ impl Ipam for AgentIpam {
             let (Some(c), Some(who)) = (self.controller.clone(), prepared_identity(&req)) else {
                 return self.inner.allocate(Request::new(req)).await;
             };
-            // Program the pod's policy as soon as its addresses are chosen,
-            // in parallel with the block write, and while the CNI plugin
-            // wires the veth: EndpointUp then finds it in place (see
-            // Cmd::Prepare). The final answer decides: other addresses are
-            // prepared again, a failure drops what was prepared. The
-            // allocation runs as its own task, so an early answer (below)
+            // The allocation runs as its own task, so that an early answer
             // does not cut it short.
-            let early_ok = req.confirm_at_endpoint_up;
-            let handle = req.handle.clone();
-            let (picked_tx, picked_rx) = tokio::sync::oneshot::channel();
-            let (early_tx, early_rx) = tokio::sync::oneshot::channel::<Vec<IpAddr>>();
-            let inner = self.inner.clone();
-            let confirmations = self.confirmations.clone();
-            let task = tokio::spawn(async move {
-                let prepare_early = async {
-                    let ips: Vec<IpAddr> = picked_rx.await.ok()?;
-                    c.prepare(who.with(ips.clone())?);
-                    // The allocator announces only complete fresh
-                    // allocations (every family), so this is the answer
-                    // the write will confirm unless it loses a race.
-                    if early_ok {
-                        let record = confirmations.pending(&handle);
-                        if early_tx.send(ips.clone()).is_ok() {
-                            return Some((ips, Some(record)));
-                        }
-                    }
-                    Some((ips, None))
-                };
-                let (res, early) = tokio::join!(
-                    inner.allocate_notify(Request::new(req), Some(picked_tx)),
-                    prepare_early
-                );
-                let mut fin: Vec<IpAddr> = match &res {
-                    Ok(r) => r
-                        .get_ref()
-                        .addresses
-                        .iter()
-                        .filter_map(|a| a.ip.parse().ok())
-                        .collect(),
-                    Err(_) => Vec::new(),
-                };
-                fin.sort();
-                let (early, record) = match early {
-                    Some((mut v, r)) => {
-                        v.sort();
-                        (Some(v), r)
-                    }
-                    None => (None, None),
-                };
-                if let Some(record) = record {
-                    record.send_replace(Some(match &res {
-                        Ok(_) => Ok(fin.clone()),
-                        Err(s) => Err(s.message().to_string()),
-                    }));
-                }
-                match (&res, early) {
-                    (Err(_), Some(_)) => c.forget_prepared(),
-                    (Ok(_), Some(e)) if e == fin => {}
-                    (Ok(_), _) => {
-                        if let Some(ep) = who.with(fin) {
-                            c.prepare(ep);
-                        }
-                    }
-                    (Err(_), None) => {}
-                }
-                res
-            });
+            let (early_tx, early_rx) = tokio::sync::oneshot::channel();
+            let early = req
+                .confirm_at_endpoint_up
+                .then(|| (self.confirmations.clone(), early_tx));
+            let mut task = tokio::spawn(allocate_prepared(self.inner.clone(), req, c, who, early));
             // The early answer if there is one, else the final one.
-            let mut task = task;
             tokio::select! {
                 biased;
                 ips = early_rx => match ips {
                     Ok(ips) => {
                         tracing::debug!(?ips, "Allocate answered before its record; EndpointUp confirms");
                         Ok(Response::new(AllocateReply {
-                        addresses: ips
-                            .iter()
-                            .map(|ip| ipam::proto::AllocatedAddress {
-                                ip: ip.to_string(),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    }))
+                            addresses: ips
+                                .iter()
+                                .map(|ip| ipam::proto::AllocatedAddress {
+                                    ip: ip.to_string(),
+                                    ..Default::default()
+                                })
+                                .collect(),
+                        }))
                     }
                     Err(_) => join_status(task.await),
                 },
