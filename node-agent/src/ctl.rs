@@ -300,26 +300,15 @@ async fn live_pods(client: &kube::Client) -> Result<Vec<ipam::gc::LivePod>, CtlE
         .await?
         .items
         .iter()
-        .filter(|p| {
-            !p.spec
-                .as_ref()
-                .and_then(|s| s.host_network)
-                .unwrap_or(false)
-        })
-        .map(|p| ipam::gc::LivePod {
-            namespace: p.metadata.namespace.clone().unwrap_or_default(),
-            name: p.metadata.name.clone().unwrap_or_default(),
-            node: p
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .unwrap_or_default(),
-            ips: p
+        .filter_map(|p| {
+            let mut live = crate::ipam_ops::live_pod(p)?;
+            live.ips = p
                 .status
                 .as_ref()
                 .and_then(|s| s.pod_ips.as_ref())
                 .map(|v| v.iter().filter_map(|i| i.ip.parse().ok()).collect())
-                .unwrap_or_default(),
+                .unwrap_or_default();
+            Some(live)
         })
         .collect())
 }

@@ -297,27 +297,28 @@ pub struct MaintainOptions {
     pub gc_grace: Duration,
 }
 
+/// A Pod as the leak GC sees it (addresses left empty); None for a
+/// hostNetwork pod, which holds no pod address.
+pub fn live_pod(p: &Pod) -> Option<ipam::gc::LivePod> {
+    let host_network = p.spec.as_ref().and_then(|s| s.host_network);
+    (!host_network.unwrap_or(false)).then(|| ipam::gc::LivePod {
+        namespace: p.metadata.namespace.clone().unwrap_or_default(),
+        name: p.metadata.name.clone().unwrap_or_default(),
+        node: p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default(),
+        ips: Vec::new(),
+    })
+}
+
 fn live_pods(cluster: &Cluster) -> Vec<ipam::gc::LivePod> {
     cluster
         .pods
         .state()
         .iter()
-        .filter(|p| {
-            !p.spec
-                .as_ref()
-                .and_then(|s| s.host_network)
-                .unwrap_or(false)
-        })
-        .map(|p| ipam::gc::LivePod {
-            namespace: p.metadata.namespace.clone().unwrap_or_default(),
-            name: p.metadata.name.clone().unwrap_or_default(),
-            node: p
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .unwrap_or_default(),
-            ips: Vec::new(),
-        })
+        .filter_map(|p| live_pod(p))
         .collect()
 }
 
