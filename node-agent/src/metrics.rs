@@ -85,6 +85,8 @@ pub struct Metrics {
     pub policy_sync_seconds: Histogram,
     /// Policy syncs that failed.
     pub policy_sync_failures: Counter,
+    /// nftables transactions sent as nfnetlink element batches (not via nft).
+    pub policy_native_batches: Counter,
     /// Local endpoints with policy programmed.
     pub policy_endpoints: Gauge,
     /// CNI-facing requests.
@@ -136,6 +138,7 @@ impl Metrics {
             ipam_api_writes: Counter::default(),
             policy_sync_seconds: latency_histogram(),
             policy_sync_failures: Counter::default(),
+            policy_native_batches: Counter::default(),
             policy_endpoints: Gauge::default(),
             cni_requests: Family::default(),
             cni_request_seconds: Family::new_with_constructor(latency_histogram),
@@ -202,6 +205,11 @@ impl Metrics {
             "policy_sync_failures",
             "Policy syncs that failed",
             m.policy_sync_failures.clone(),
+        );
+        r.register(
+            "policy_native_batches",
+            "Policy transactions that only changed set elements, sent over nfnetlink without nft",
+            m.policy_native_batches.clone(),
         );
         r.register(
             "policy_endpoints",

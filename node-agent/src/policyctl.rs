@@ -16,7 +16,7 @@ use policy::{Engine, LocalEndpoint, NamespaceInfo, NodeContext, PodInfo, PodKey,
 
 use crate::cluster::Cluster;
 use crate::controller::Endpoint;
-use crate::dataplane::session::NftSession;
+use crate::dataplane::{FastSink, NftSession};
 use crate::ipamview::IpamView;
 use crate::metrics::Metrics;
 
@@ -28,7 +28,7 @@ pub struct CommitError(String);
 /// The policy half of the dataplane.
 pub struct PolicySync {
     engine: Engine,
-    sink: NftSession,
+    sink: FastSink,
     pods: BTreeMap<PodKey, PodInfo>,
     /// resourceVersion and extra addresses each pod was converted with.
     converted: BTreeMap<PodKey, (String, Vec<IpAddr>)>,
@@ -46,7 +46,8 @@ impl PolicySync {
         engine.set_node_addrs(node_addrs);
         PolicySync {
             engine,
-            sink: NftSession::new(),
+            // Opened here, in the node's namespace, like the nft session.
+            sink: FastSink::new(NftSession::new()),
             pods: BTreeMap::new(),
             converted: BTreeMap::new(),
             namespaces: BTreeMap::new(),
@@ -261,7 +262,11 @@ impl PolicySync {
     /// Applies pending changes to the kernel in one transaction.
     pub fn commit(&mut self, metrics: &Metrics) -> Result<(), CommitError> {
         let started = Instant::now();
+        let native_before = self.sink.native;
         let res = tokio::task::block_in_place(|| self.engine.commit(&mut self.sink));
+        metrics
+            .policy_native_batches
+            .inc_by(self.sink.native - native_before);
         match res {
             Ok(stats) => {
                 if !stats.noop {

@@ -19,8 +19,10 @@ use std::process::{Command, Stdio};
 use policy::Batch;
 use policy::NftSink;
 
+pub mod nfnl;
 pub mod session;
 
+pub use nfnl::FastSink;
 pub use session::NftSession;
 
 /// The policy crate this dataplane drives (re-exported for lab tests and
