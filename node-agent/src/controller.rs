@@ -26,6 +26,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use policy::{LocalEndpoint, PodInfo, PodKey};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 
 use crate::cluster::{Cluster, Kind};
 use crate::health::Health;
@@ -208,23 +209,42 @@ pub fn start(deps: ControllerDeps) -> (ControllerHandle, tokio::task::JoinHandle
     (ControllerHandle { tx }, task)
 }
 
+/// A change seen by the watches is synced this much later, so a burst of
+/// changes (a node's pods starting) is one sync, and an EndpointUp that
+/// arrives meanwhile (the CNI waits for it) does not queue behind a sync
+/// started by its own allocation's block write.
+const SETTLE: Duration = Duration::from_millis(3);
+/// A failed sync is retried after this long (or at the next change).
+const RETRY: Duration = Duration::from_secs(1);
+
 async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
     let mut endpoints: BTreeMap<String, Endpoint> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     let mut gens = d.cluster.subscribe();
     let mut seen = gens.borrow().clone();
+    // Something changed since the last sync was scheduled.
     let mut dirty = true;
+    // When the next sync runs.
+    let mut due: Option<Instant> = None;
     // Routes as last applied; None forces a full (dump and reconcile) sync.
     let mut applied: Option<BTreeSet<LocalRoute>> = None;
     loop {
         d.health.heartbeat("dataplane", Duration::from_secs(90));
-        if dirty {
+        if std::mem::take(&mut dirty) {
+            let soon = Instant::now() + SETTLE;
+            due = Some(due.map_or(soon, |t| t.min(soon)));
+        }
+        if due.is_some_and(|t| t <= Instant::now()) {
+            due = None;
             let v = d.view.borrow().clone();
-            if v.synced && seen.all_synced() {
-                dirty = !sync(&mut d, &v, &endpoints, &mut applied).await;
+            // Until both are synced, the change that completes them wakes us.
+            if v.synced && seen.all_synced() && !sync(&mut d, &v, &endpoints, &mut applied).await {
+                due = Some(Instant::now() + RETRY);
             }
         }
         tokio::select! {
+            // CNI requests first: a sync can wait, a pod's ADD cannot.
+            biased;
             cmd = rx.recv() => match cmd {
                 None => return,
                 Some(Cmd::Prepare(ep)) => prepare(&mut d, &ep).await,
@@ -277,6 +297,7 @@ async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
                 applied = None;
                 dirty = true;
             }
+            () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {}
         }
     }
 }
