@@ -10,7 +10,7 @@
 //! RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile release-cni \
 //!     -p cni-plugin --target x86_64-unknown-linux-gnu   # the margay we ship
 //! cargo run --release -p integration-tests --example bench_cni_agent -- \
-//!     [--runs 200] [--concurrent 50] [--resident 1] [--margay PATH]
+//!     [--runs 200] [--concurrent 50] [--resident 1] [--margay PATH] [--keep-logs DIR]
 //! ```
 //! After every margay ADD (outside the timed part) it checks the contract:
 //! the /32 host route and the endpoint's entry in the policy dispatch map
@@ -157,7 +157,18 @@ fn main() -> anyhow::Result<()> {
     let lab = Lab::builder().nodes(1).build()?;
     let _api = k8s::start_apiserver(&lab)?;
     k8s::bootstrap(&lab, &[("v4", "198.19.0.0/18")])?;
-    let agent = k8s::start_agent(&lab, "n1", &["--log-level", "warn"])?;
+    // --keep-logs DIR: the agent logs at debug, and its log and the
+    // plugin's are copied to DIR at the end (for a timeline of one ADD).
+    let keep_logs = std::env::args()
+        .skip_while(|a| a != "--keep-logs")
+        .nth(1)
+        .map(PathBuf::from);
+    let level = if keep_logs.is_some() {
+        "info,margay=debug,node_agent=debug"
+    } else {
+        "warn"
+    };
+    let agent = k8s::start_agent(&lab, "n1", &["--log-level", level])?;
     // Pods exist before their sandboxes (kubelet), and a policy selects
     // them all, so every EndpointUp must program policy.
     let n = runs;
@@ -292,6 +303,13 @@ fn main() -> anyhow::Result<()> {
         &format!("http://{}:9099/metrics", lab.node("n1")?.ipv4),
     );
     println!();
+    if let Some(dir) = &keep_logs {
+        std::fs::create_dir_all(dir)?;
+        for f in ["cni.log", "n1-agent.log"] {
+            std::fs::copy(lab.run_dir().join(f), dir.join(f))?;
+        }
+        println!("logs copied to {}", dir.display());
+    }
     for (label, bin, conf) in [
         ("margay", &margay, &margay_conf),
         ("ptp+host-local", &ptp_bin, &ptp_conf),
@@ -389,6 +407,12 @@ fn agent_means(node: &Netns, url: &str) {
         {
             println!("  {label:>14}: {:.2} ms over {c} calls", s / c * 1e3);
         }
+    }
+    if let Some(n) = value("margay_policy_native_batches_total") {
+        println!(
+            "  {:>14}: {n} of them sent natively (nfnetlink, no nft)",
+            ""
+        );
     }
 }
 

@@ -119,12 +119,20 @@ impl Endpoints for EndpointsService {
                 .confirm(&ep.handle, &ep.ips, PROGRAMMING_TIMEOUT)
                 .await
                 .map_err(|e| Status::aborted(e.to_string()))?;
-            match tokio::time::timeout(PROGRAMMING_TIMEOUT, self.controller.up(ep)).await {
+            let confirmed = started.elapsed();
+            let res = match tokio::time::timeout(PROGRAMMING_TIMEOUT, self.controller.up(ep)).await
+            {
                 Ok(r) => r.map_err(to_status),
                 Err(_) => Err(Status::unavailable(
                     "dataplane did not program the endpoint in time",
                 )),
-            }
+            };
+            tracing::debug!(
+                confirm_us = confirmed.as_micros() as u64,
+                program_us = (started.elapsed() - confirmed).as_micros() as u64,
+                "EndpointUp: allocation record confirmed, then route and policy"
+            );
+            res
         }
         .await;
         self.observe("endpoint_up", started, &res);
