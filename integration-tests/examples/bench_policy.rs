@@ -19,8 +19,9 @@
 //!    load): Margay's table with no policy (the baseline of the goal), our
 //!    rules, the linear list, and no table at all (no conntrack either).
 //!
-//! The label-change latency is shown with a persistent `nft -j -i` session
-//! (what the agent should use) and with one `nft` process per change.
+//! The label-change latency is shown with the agent's sink (element-only
+//! batches over nfnetlink, the rest through a persistent `nft -j -i`
+//! session), with that session alone, and with one `nft` process per change.
 //! Flags: `--quick`, `--pods N`, `--policies N`, `--local-every N`,
 //! `--changes N`, `--iperf-secs N`, `--rounds N`, `--v4-only`;
 //! `BENCH_POLICY_DUMP=path` writes the full ruleset JSON.
@@ -39,7 +40,7 @@ use node_agent::dataplane::policy::{
     ClusterState, ContainerPort, Engine, LocalEndpoint, NamespaceInfo, NftSink, NodeContext,
     PodInfo, PodKey, Protocol, Ruleset, nft, plan,
 };
-use node_agent::dataplane::{NftCli, NftSession};
+use node_agent::dataplane::{FastSink, NftCli, NftSession};
 
 struct Args {
     pods: usize,
@@ -348,6 +349,8 @@ fn inside<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static)
 }
 
 struct Latencies {
+    remote_f: (Vec<f64>, usize, usize),
+    local_f: (Vec<f64>, usize, usize),
     remote_s: (Vec<f64>, usize, usize),
     local_s: (Vec<f64>, usize, usize),
     remote_c: (Vec<f64>, usize, usize),
@@ -594,6 +597,14 @@ fn main() -> Result<()> {
     let (remote, local, n) = (s.remote.clone(), s.local.clone(), a.changes);
     let (lat, engine_back) = inside(&node_ns, move || -> Result<(Latencies, Engine)> {
         // The linear list was loaded above; start from our own table again.
+        // The agent's sink first: element changes over nfnetlink, the rest
+        // through an nft session.
+        let mut fast = FastSink::new(NftSession::new());
+        engine.force_full();
+        engine.commit(&mut fast).map_err(|e| anyhow!("{e}"))?;
+        let remote_f = label_latency(&mut engine, &mut fast, &remote, ["app-5", "app-6"], n)?;
+        let local_f = label_latency(&mut engine, &mut fast, &local, ["app-1", "app-2"], n)?;
+        drop(fast);
         let mut session = NftSession::new();
         engine.force_full();
         engine.commit(&mut session).map_err(|e| anyhow!("{e}"))?;
@@ -605,6 +616,8 @@ fn main() -> Result<()> {
         let local_c = label_latency(&mut engine, &mut cli, &local, ["app-1", "app-2"], n)?;
         Ok((
             Latencies {
+                remote_f,
+                local_f,
                 remote_s,
                 local_s,
                 remote_c,
@@ -707,6 +720,8 @@ fn main() -> Result<()> {
         a.changes
     );
     for (what, (v, elems, chains)) in [
+        ("remote pod, agent's sink (nfnetlink)", lat.remote_f),
+        ("local pod,  agent's sink (nft)      ", lat.local_f),
         ("remote pod, nft session", lat.remote_s),
         ("local pod,  nft session", lat.local_s),
         ("remote pod, nft per change", lat.remote_c),

@@ -36,6 +36,7 @@ use nix::sys::socket::{
     setsockopt, socket, sockopt,
 };
 use nix::sys::time::TimeVal;
+use policy::batch::Item;
 use policy::{Batch, NftSink};
 use serde_json::Value;
 
@@ -196,49 +197,52 @@ impl Declarations {
     /// Records what an applied batch declared or removed. Anything that
     /// could change a set in a way not followed here forgets the table.
     pub fn observe(&mut self, batch: &Value) {
-        let Some(items) = batch.get("nftables").and_then(Value::as_array) else {
-            self.0.clear();
+        match batch.get("nftables").and_then(Value::as_array) {
+            Some(items) => items.iter().for_each(|i| self.observe_command(i)),
+            None => self.0.clear(),
+        }
+    }
+
+    /// [`Declarations::observe`] for one command object.
+    pub fn observe_command(&mut self, item: &Value) {
+        let Some((verb, obj)) = item.as_object().and_then(|o| o.iter().next()) else {
             return;
         };
-        for item in items {
-            let Some((verb, obj)) = item.as_object().and_then(|o| o.iter().next()) else {
-                continue;
-            };
-            let Some((kind, body)) = obj.as_object().and_then(|o| o.iter().next()) else {
-                continue;
-            };
-            let Some(body) = body.as_object() else {
-                continue;
-            };
-            let family = str_of(body, "family").unwrap_or("ip").to_string();
-            match (verb.as_str(), kind.as_str()) {
-                ("add" | "create", "set" | "map") => {
-                    let (Some(table), Some(name)) = (str_of(body, "table"), str_of(body, "name"))
-                    else {
-                        continue;
-                    };
+        let Some((kind, body)) = obj.as_object().and_then(|o| o.iter().next()) else {
+            return;
+        };
+        if (verb.as_str(), kind.as_str()) == ("flush", "ruleset") {
+            self.0.clear();
+            return;
+        }
+        let Some(body) = body.as_object() else {
+            return;
+        };
+        let family = str_of(body, "family").unwrap_or("ip").to_string();
+        match (verb.as_str(), kind.as_str()) {
+            ("add" | "create", "set" | "map") => {
+                if let (Some(table), Some(name)) = (str_of(body, "table"), str_of(body, "name")) {
                     let decl = Decl::parse(body, kind == "map");
                     self.0
                         .insert((family, table.to_string(), name.to_string()), decl);
                 }
-                ("delete" | "destroy", "set" | "map") => {
-                    match (str_of(body, "table"), str_of(body, "name")) {
-                        (Some(table), Some(name)) => {
-                            self.0
-                                .remove(&(family, table.to_string(), name.to_string()));
-                        }
-                        // By handle: we cannot tell which.
-                        (Some(table), None) => self.forget_table(&family, table),
-                        _ => self.0.clear(),
-                    }
-                }
-                ("delete" | "destroy", "table") => match str_of(body, "name") {
-                    Some(table) => self.forget_table(&family, table),
-                    None => self.0.clear(),
-                },
-                ("flush", "ruleset") => self.0.clear(),
-                _ => {}
             }
+            ("delete" | "destroy", "set" | "map") => {
+                match (str_of(body, "table"), str_of(body, "name")) {
+                    (Some(table), Some(name)) => {
+                        self.0
+                            .remove(&(family, table.to_string(), name.to_string()));
+                    }
+                    // By handle: we cannot tell which.
+                    (Some(table), None) => self.forget_table(&family, table),
+                    _ => self.0.clear(),
+                }
+            }
+            ("delete" | "destroy", "table") => match str_of(body, "name") {
+                Some(table) => self.forget_table(&family, table),
+                None => self.0.clear(),
+            },
+            _ => {}
         }
     }
 
@@ -632,25 +636,74 @@ impl NftSink for FastSink {
     type Error = NftError;
 
     fn apply(&mut self, batch: &Batch) -> Result<(), NftError> {
-        let json = serde_json::to_value(batch).map_err(NftError::Encode)?;
+        let kinds: Vec<Kind> = batch.items.iter().map(kind).collect();
         if let Some(sock) = self.socket.as_mut()
-            && let Some(enc) = encode(&json, &self.decls, sock.next_seq())
+            && !kinds.is_empty()
+            && kinds.iter().all(|k| *k == Kind::Element)
         {
-            match sock.apply(&enc) {
-                Ok(()) => {
-                    self.native += 1;
-                    return Ok(());
-                }
-                // nft gets the same batch: it applies it or says why not.
-                Err(e) => {
-                    tracing::debug!(error = %e, "native element batch not applied; handing it to nft")
+            let json = serde_json::to_value(batch).map_err(NftError::Encode)?;
+            if let Some(enc) = encode(&json, &self.decls, sock.next_seq()) {
+                match sock.apply(&enc) {
+                    Ok(()) => {
+                        self.native += 1;
+                        return Ok(());
+                    }
+                    // nft gets the same batch: it applies it or says why not.
+                    Err(e) => {
+                        tracing::debug!(error = %e, "native element batch not applied; handing it to nft")
+                    }
                 }
             }
         }
         self.session.apply(batch)?;
         self.via_nft += 1;
-        self.decls.observe(&json);
+        for (item, k) in batch.items.iter().zip(&kinds) {
+            if *k == Kind::MayDeclare {
+                let v = serde_json::to_value(item).map_err(NftError::Encode)?;
+                self.decls.observe_command(&v);
+            }
+        }
         Ok(())
+    }
+}
+
+/// What a batch command is to [`FastSink`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `add` / `delete` of elements: the native path's business.
+    Element,
+    /// Rules and chains: no bearing on set declarations.
+    Rule,
+    /// Anything else may declare or remove a set (tables, sets, maps,
+    /// flushes, raw commands): looked at after nft applied it.
+    MayDeclare,
+}
+
+fn kind(item: &Item) -> Kind {
+    use policy::nftables::schema::{NfCmd, NfListObject, NfObject};
+    match item {
+        Item::Nft(NfObject::CmdObject(NfCmd::Add(o) | NfCmd::Delete(o))) => match o {
+            NfListObject::Element(_) => Kind::Element,
+            NfListObject::Rule(_) | NfListObject::Chain(_) => Kind::Rule,
+            _ => Kind::MayDeclare,
+        },
+        Item::Nft(NfObject::CmdObject(
+            NfCmd::Insert(NfListObject::Rule(_)) | NfCmd::Replace(_),
+        )) => Kind::Rule,
+        Item::Nft(_) => Kind::MayDeclare,
+        Item::Raw(v) => {
+            let cmd = v
+                .as_object()
+                .and_then(|o| o.iter().next())
+                .and_then(|(verb, obj)| {
+                    Some((verb.as_str(), obj.as_object()?.keys().next()?.as_str()))
+                });
+            match cmd {
+                Some(("add" | "delete", "element")) => Kind::Element,
+                Some(("add" | "delete" | "insert", "rule" | "chain")) => Kind::Rule,
+                _ => Kind::MayDeclare,
+            }
+        }
     }
 }
 
@@ -697,6 +750,9 @@ mod tests {
         d.observe(&batch(
             json!([{"delete": {"table": {"family": "inet", "name": "t"}}}]),
         ));
+        assert!(d.is_empty());
+        let mut d = decls();
+        d.observe(&batch(json!([{"flush": {"ruleset": null}}])));
         assert!(d.is_empty());
     }
 
