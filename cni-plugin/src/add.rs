@@ -158,29 +158,37 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
     tracing::debug!("veth created");
 
     let created = true;
-    let wired = async {
-        let v4 = ips.iter().any(IpAddr::is_ipv4);
-        let v6 = ips.iter().any(IpAddr::is_ipv6);
-        wiring::configure_host(&host, &plan, v4, v6).await?;
-        tracing::debug!("host side configured");
-        let pod_link = wiring::configure_pod(&pod, &plan, &ips).await?;
-        tracing::debug!("pod side configured");
-        agent
-            .endpoint_up(EndpointUpRequest {
-                container_id: att.container_id.clone(),
-                pod_namespace: att.args.k8s_pod().0,
-                pod_name: att.args.k8s_pod().1,
-                host_ifname: names.host_if.clone(),
-                ifname: att.ifname.clone(),
-                netns: netns_path.to_string(),
-                ips: ips.iter().map(ToString::to_string).collect(),
-                handle: names.handle.clone(),
-            })
-            .await?;
-        Ok::<_, CniError>(pod_link)
-    }
-    .await;
-    let pod_link = match wired {
+    let v4 = ips.iter().any(IpAddr::is_ipv4);
+    let v6 = ips.iter().any(IpAddr::is_ipv6);
+    // The host side, then EndpointUp (the agent's route needs the host veth
+    // up), while the pod side is configured: the agent works while this
+    // process waits on the pod's netlink. The result waits for both.
+    let (host_side, pod_side) = tokio::join!(
+        async {
+            wiring::configure_host(&host, &plan, v4, v6).await?;
+            tracing::debug!("host side configured");
+            agent
+                .endpoint_up(EndpointUpRequest {
+                    container_id: att.container_id.clone(),
+                    pod_namespace: att.args.k8s_pod().0,
+                    pod_name: att.args.k8s_pod().1,
+                    host_ifname: names.host_if.clone(),
+                    ifname: att.ifname.clone(),
+                    netns: netns_path.to_string(),
+                    ips: ips.iter().map(ToString::to_string).collect(),
+                    handle: names.handle.clone(),
+                })
+                .await?;
+            tracing::debug!("route and policy programmed by the agent");
+            Ok::<_, CniError>(())
+        },
+        async {
+            let l = wiring::configure_pod(&pod, &plan, &ips).await?;
+            tracing::debug!("pod side configured");
+            Ok::<_, CniError>(l)
+        }
+    );
+    let pod_link = match host_side.and(pod_side) {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e.details(), "ADD failed after allocation; rolling back");

@@ -207,46 +207,44 @@ pub async fn create_veth(
     }
 }
 
-/// Host side: sysctls, the IPv6 link-local, link up.
+/// Host side: sysctls, the IPv6 link-local, link up. Returns the host
+/// veth's index. `host` must be a socket in the calling thread's namespace.
 pub async fn configure_host(
     host: &Nl,
     plan: &Plan<'_>,
     v4: bool,
     v6: bool,
-) -> Result<Link, CniError> {
-    let link = host
-        .link(plan.host_if)
-        .await
-        .map_err(nl(format!("get {}", plan.host_if)))?
-        .ok_or_else(|| CniError::Netlink {
-            op: format!("{} vanished after creation", plan.host_if),
-            source: rtnetlink::Error::RequestFailed,
-        })?;
+) -> Result<u32, CniError> {
     let ifn = plan.host_if;
+    // One ioctl instead of a netlink dump of the link.
+    let index = nix::net::if_::if_nametoindex(ifn).map_err(|e| CniError::Netlink {
+        op: format!("{ifn} vanished after creation ({e})"),
+        source: rtnetlink::Error::RequestFailed,
+    })?;
     if v4 {
         sysctl(&format!("net/ipv4/conf/{ifn}/proxy_arp"), "1")?;
         sysctl(&format!("net/ipv4/neigh/{ifn}/proxy_delay"), "0")?;
         sysctl(&format!("net/ipv4/conf/{ifn}/forwarding"), "1")?;
     }
     if v6 {
-        host.ipv6_addr_gen_none(link.index)
+        host.ipv6_addr_gen_none(index)
             .await
             .map_err(nl(format!("addrgenmode none on {ifn}")))?;
     } else {
-        quiet_ipv6_off(host, link.index, ifn).await;
+        quiet_ipv6_off(host, index, ifn).await;
     }
     if v6 {
         sysctl(&format!("net/ipv6/conf/{ifn}/accept_ra"), "0")?;
         sysctl(&format!("net/ipv6/conf/{ifn}/proxy_ndp"), "1")?;
         sysctl(&format!("net/ipv6/conf/{ifn}/forwarding"), "1")?;
-        host.add_address(link.index, IpAddr::V6(host_link_local()), 64)
+        host.add_address(index, IpAddr::V6(host_link_local()), 64)
             .await
             .map_err(nl(format!("add {} to {ifn}", host_link_local())))?;
     }
-    host.set_up(link.index)
+    host.set_up(index)
         .await
         .map_err(nl(format!("set {ifn} up")))?;
-    Ok(link)
+    Ok(index)
 }
 
 /// Pod side: addresses, link up, gateway and default routes.

@@ -416,20 +416,37 @@ fn agent_means(node: &Netns, url: &str) {
     }
 }
 
-/// Median time of each step of margay's ADD, from its debug log.
+/// Median time of each step of margay's ADD, from its debug log. The host
+/// side and EndpointUp run while the pod side is configured.
 fn phases(log: &Path, spans: &std::collections::BTreeMap<String, (f64, f64)>) {
     let Ok(text) = std::fs::read_to_string(log) else {
         println!("(no plugin log at {})", log.display());
         return;
     };
+    const EXEC: &str = "exec";
+    const EXIT: &str = "exit";
     let steps = [
-        "namespaces open",
-        "allocated",
-        "veth created",
-        "pod side configured",
-        "pod attached",
+        ("exec", "namespaces open"),
+        ("namespaces open", "allocated"),
+        ("allocated", "veth created"),
+        ("veth created", "host side configured"),
+        (
+            "host side configured",
+            "route and policy programmed by the agent",
+        ),
+        ("veth created", "pod side configured"),
+        ("route and policy programmed by the agent", "pod attached"),
+        ("pod side configured", "pod attached"),
+        ("pod attached", "exit"),
     ];
-    let mut per: std::collections::BTreeMap<String, Vec<(usize, f64)>> = Default::default();
+    // container -> step -> wall clock (seconds since midnight)
+    let mut at: std::collections::BTreeMap<String, std::collections::BTreeMap<&str, f64>> =
+        Default::default();
+    for (c, (t0, t1)) in spans {
+        let e = at.entry(c.clone()).or_default();
+        e.insert(EXEC, *t0);
+        e.insert(EXIT, *t1);
+    }
     for l in text.lines().filter(|l| l.contains("cmd=\"ADD\"")) {
         let Some(container) = l
             .split("container=\"")
@@ -438,54 +455,33 @@ fn phases(log: &Path, spans: &std::collections::BTreeMap<String, (f64, f64)>) {
         else {
             continue;
         };
-        let Some(step) = steps.iter().position(|s| l.contains(&format!("add: {s}"))) else {
+        let Some((_, step)) = steps.iter().find(|(_, s)| l.contains(&format!("add: {s}"))) else {
             continue;
         };
         // 2026-11-22T08:10:38.123456Z -> seconds since midnight
-        let t: f64 = l
-            .get(11..26)
-            .and_then(|s| {
-                let mut it = s.split(':');
-                let h: f64 = it.next()?.parse().ok()?;
-                let m: f64 = it.next()?.parse().ok()?;
-                let sec: f64 = it.next()?.parse().ok()?;
-                Some(h * 3600.0 + m * 60.0 + sec)
-            })
-            .unwrap_or(f64::NAN);
-        per.entry(container.to_string())
-            .or_default()
-            .push((step, t));
-    }
-    let mut gaps: Vec<Vec<f64>> = vec![Vec::new(); steps.len()];
-    let (mut start, mut end) = (Vec::new(), Vec::new());
-    for (c, v) in &per {
-        if let (Some((t0, t1)), Some(first), Some(last)) = (spans.get(c), v.first(), v.last())
-            && first.0 == 0
-            && last.0 == steps.len() - 1
-        {
-            start.push((first.1 - t0) * 1e3);
-            end.push((t1 - last.1) * 1e3);
-        }
-        for w in v.windows(2) {
-            if w[1].0 == w[0].0 + 1 && w[1].1 >= w[0].1 {
-                gaps[w[1].0].push((w[1].1 - w[0].1) * 1e3);
-            }
+        let Some(t) = l.get(11..26).and_then(|s| {
+            let mut it = s.split(':');
+            let h: f64 = it.next()?.parse().ok()?;
+            let m: f64 = it.next()?.parse().ok()?;
+            let sec: f64 = it.next()?.parse().ok()?;
+            Some(h * 3600.0 + m * 60.0 + sec)
+        }) else {
+            continue;
+        };
+        if let Some(e) = at.get_mut(container) {
+            e.insert(step, t);
         }
     }
-    println!("\nmargay ADD by step (median ms, from its log):");
-    for (label, mut g) in [
-        ("exec -> namespaces open", start),
-        ("pod attached -> exit", end),
-    ] {
+    println!("\nmargay ADD by step (median ms; from its log and the exec/exit clock):");
+    for (from, to) in steps {
+        let mut g: Vec<f64> = at
+            .values()
+            .filter_map(|e| Some((e.get(to)? - e.get(from)?) * 1e3))
+            .filter(|d| *d >= 0.0)
+            .collect();
         g.sort_by(f64::total_cmp);
         if let Some(m) = g.get(g.len() / 2) {
-            println!("  {label:>45} {m:.2}");
-        }
-    }
-    for (i, g) in gaps.iter_mut().enumerate().skip(1) {
-        g.sort_by(f64::total_cmp);
-        if let Some(m) = g.get(g.len() / 2) {
-            println!("  {:>22} -> {:<20} {m:.2}", steps[i - 1], steps[i]);
+            println!("  {from:>40} -> {to:<40} {m:.2}");
         }
     }
 }
