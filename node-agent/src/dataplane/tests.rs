@@ -278,12 +278,22 @@ fn session_applies_incrementally_rejects_cleanly_and_respawns() {
     let st = e.commit(&mut s).expect("recovers");
     assert!(st.full, "{st:?}");
     assert!(s.spawns > spawns);
-    let mut reference = b.nft();
-    let pure = Ruleset::build(&plan::build(e.state(), e.node()), e.state());
-    reference.apply(&nft::full(&pure)).expect("reference");
-    let mut live = normalized(&a.nft());
-    // The session's sentinel table is the only extra object.
-    if let Some(arr) = live.get_mut("nftables").and_then(Value::as_array_mut) {
+    assert_table_is_a_full_rebuild(&a, &b, e.state(), e.node());
+}
+
+/// The table in `live` is what one full rebuild of `state` makes (applied
+/// in `reference`); the nft session's sentinel table is ignored.
+fn assert_table_is_a_full_rebuild(
+    live: &TestNs,
+    reference: &TestNs,
+    state: &policy::ClusterState,
+    node: &policy::NodeContext,
+) {
+    let pure = Ruleset::build(&plan::build(state, node), state);
+    let mut r = reference.nft();
+    r.apply(&nft::full(&pure)).expect("reference");
+    let mut got = normalized(&live.nft());
+    if let Some(arr) = got.get_mut("nftables").and_then(Value::as_array_mut) {
         arr.retain(|o| {
             o.get("table")
                 .and_then(|t| t.get("name"))
@@ -291,7 +301,7 @@ fn session_applies_incrementally_rejects_cleanly_and_respawns() {
                 != Some("margay_sync")
         });
     }
-    assert_eq!(live, normalized(&reference));
+    assert_eq!(got, normalized(&r));
 }
 
 /// Runs `f` on a thread inside `ns` (what the agent's controller thread is
@@ -528,17 +538,5 @@ fn engine_through_the_fast_sink_ends_where_a_full_rebuild_does() {
         native > via_nft,
         "most batches are element-only and go native ({native} native, {via_nft} via nft)"
     );
-    let mut reference = b.nft();
-    let pure = Ruleset::build(&plan::build(&state, &node), &state);
-    reference.apply(&nft::full(&pure)).expect("reference");
-    let mut live = normalized(&a.nft());
-    if let Some(arr) = live.get_mut("nftables").and_then(Value::as_array_mut) {
-        arr.retain(|o| {
-            o.get("table")
-                .and_then(|t| t.get("name"))
-                .and_then(Value::as_str)
-                != Some("margay_sync")
-        });
-    }
-    assert_eq!(live, normalized(&reference));
+    assert_table_is_a_full_rebuild(&a, &b, &state, &node);
 }
