@@ -630,6 +630,12 @@ impl FastSink {
     pub fn session(&mut self) -> &mut NftSession {
         &mut self.session
     }
+
+    /// Whether element batches still go natively (off without a socket, or
+    /// after the kernel refused one that nft then applied).
+    pub fn native_enabled(&self) -> bool {
+        self.socket.is_some()
+    }
 }
 
 impl NftSink for FastSink {
@@ -637,6 +643,7 @@ impl NftSink for FastSink {
 
     fn apply(&mut self, batch: &Batch) -> Result<(), NftError> {
         let kinds: Vec<Kind> = batch.items.iter().map(kind).collect();
+        let mut native_err = None;
         if let Some(sock) = self.socket.as_mut()
             && !kinds.is_empty()
             && kinds.iter().all(|k| *k == Kind::Element)
@@ -650,13 +657,21 @@ impl NftSink for FastSink {
                     }
                     // nft gets the same batch: it applies it or says why not.
                     Err(e) => {
-                        tracing::debug!(error = %e, "native element batch not applied; handing it to nft")
+                        tracing::debug!(error = %e, "native element batch not applied; handing it to nft");
+                        native_err = Some(e);
                     }
                 }
             }
         }
         self.session.apply(batch)?;
         self.via_nft += 1;
+        if let Some(e) = native_err {
+            // nft took what the kernel refused from us: our view of the
+            // sets is wrong (someone else changed them) or our encoding is.
+            // Either way, nft alone from now on.
+            tracing::warn!(error = %e, "nft applied an element batch the kernel refused natively; policy batches go through nft only from now on");
+            self.socket = None;
+        }
         for (item, k) in batch.items.iter().zip(&kinds) {
             if *k == Kind::MayDeclare {
                 let v = serde_json::to_value(item).map_err(NftError::Encode)?;

@@ -484,6 +484,53 @@ fn native_element_batches_match_what_nft_does() {
 }
 
 #[test]
+fn fast_sink_stops_going_native_when_nft_takes_what_the_kernel_refused() {
+    let Some(ns) = TestNs::new("natoff") else {
+        return;
+    };
+    let cmd = |v: Value| policy::Batch {
+        items: vec![policy::batch::Item::Raw(v)],
+    };
+    let add = |ip: &str| {
+        cmd(
+            serde_json::json!({"add": {"element": {"family": "inet", "table": "t", "name": "s", "elem": [ip]}}}),
+        )
+    };
+    let (native, via_nft, enabled) = in_ns(&ns, || {
+        let mut sink = super::FastSink::new(super::NftSession::new());
+        sink.apply(&cmd(
+            serde_json::json!({"add": {"table": {"family": "inet", "name": "t"}}}),
+        ))
+        .expect("table");
+        sink.apply(&cmd(serde_json::json!({"add": {"set": {"family": "inet", "table": "t", "name": "s", "type": "ifname"}}})))
+            .expect("set");
+        // Behind the sink's back the set becomes one of IPv4 addresses: the
+        // sink still encodes ifnames, which the kernel refuses; nft applies.
+        ns.nft()
+            .run_json(
+                &serde_json::json!({"nftables": [
+                    {"delete": {"set": {"family": "inet", "table": "t", "name": "s"}}},
+                    {"add": {"set": {"family": "inet", "table": "t", "name": "s", "type": "ipv4_addr"}}},
+                ]})
+                .to_string(),
+                &[],
+            )
+            .expect("redeclare");
+        assert!(sink.native_enabled());
+        sink.apply(&add("198.19.0.1")).expect("nft applies it");
+        assert!(!sink.native_enabled());
+        sink.apply(&add("198.19.0.2")).expect("through nft");
+        (sink.native, sink.via_nft, sink.native_enabled())
+    });
+    assert_eq!((native, via_nft, enabled), (0, 4, false));
+    let listed = ruleset_of(&ns).to_string();
+    assert!(
+        listed.contains("198.19.0.1") && listed.contains("198.19.0.2"),
+        "{listed}"
+    );
+}
+
+#[test]
 fn engine_through_the_fast_sink_ends_where_a_full_rebuild_does() {
     let Some(a) = TestNs::new("fast") else { return };
     let Some(b) = TestNs::new("fastref") else {
