@@ -135,6 +135,17 @@ pub struct Cluster {
     client: Client,
 }
 
+/// What feeds a [`Cluster::detached`].
+pub struct DetachedWriters {
+    /// Pods (`apply_watcher_event(&Event::Apply(pod))`).
+    pub pods: reflector::store::Writer<Pod>,
+    /// Namespaces.
+    pub namespaces: reflector::store::Writer<Namespace>,
+    /// NetworkPolicies.
+    pub policies: reflector::store::Writer<NetworkPolicy>,
+    _generations: watch::Sender<Generations>,
+}
+
 /// The running reflector tasks; dropping it stops them.
 pub struct Watchers {
     tasks: Vec<JoinHandle<()>>,
@@ -170,6 +181,41 @@ impl Cluster {
         // The sender lives as long as the watchers; if they are gone there is
         // nothing more to wait for.
         let _ = rx.wait_for(Generations::all_synced).await;
+    }
+
+    /// A cluster view the caller feeds instead of watches (benchmarks, and
+    /// tests of what reads it): Pods, Namespaces and NetworkPolicies through
+    /// the returned writers, the other kinds empty, every kind reported
+    /// synced. `client` is only handed out by [`Cluster::client`].
+    pub fn detached(client: Client) -> (Cluster, DetachedWriters) {
+        let all = Generations {
+            synced: [true; Kind::ALL.len()],
+            ..Generations::default()
+        };
+        let (tx, rx) = watch::channel(all);
+        let (pods, pods_w) = reflector::store();
+        let (namespaces, namespaces_w) = reflector::store();
+        let (policies, policies_w) = reflector::store();
+        let cluster = Cluster {
+            nodes: reflector::store().0,
+            pods,
+            namespaces,
+            policies,
+            pools: reflector::store().0,
+            bgp_peers: reflector::store().0,
+            bgp_configs: reflector::store().0,
+            generations: rx,
+            client,
+        };
+        (
+            cluster,
+            DetachedWriters {
+                pods: pods_w,
+                namespaces: namespaces_w,
+                policies: policies_w,
+                _generations: tx,
+            },
+        )
     }
 
     /// Starts one reflector per kind against `client`.

@@ -8,7 +8,7 @@
 //! EndpointUp said, and `status.podIPs`; so a new pod is in every selector
 //! set before its CNI ADD returns.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -25,13 +25,24 @@ use crate::metrics::Metrics;
 #[error("policy commit failed: {0}")]
 pub struct CommitError(String);
 
+/// The Pod a [`PodInfo`] was converted from: its resourceVersion and the
+/// addresses IPAM and EndpointUp added, and the `update` pass that last saw
+/// it in the cluster.
+struct Converted {
+    rv: String,
+    extra: Vec<IpAddr>,
+    pass: u64,
+}
+
 /// The policy half of the dataplane.
 pub struct PolicySync {
     engine: Engine,
     sink: FastSink,
     pods: BTreeMap<PodKey, PodInfo>,
-    /// resourceVersion and extra addresses each pod was converted with.
-    converted: BTreeMap<PodKey, (String, Vec<IpAddr>)>,
+    /// What each pod was last converted from.
+    converted: HashMap<PodKey, Converted>,
+    /// Passes of `update` so far.
+    pass: u64,
     namespaces: BTreeMap<String, NamespaceInfo>,
     policies: BTreeMap<PolicyKey, String>,
     endpoints: BTreeMap<PodKey, LocalEndpoint>,
@@ -49,7 +60,8 @@ impl PolicySync {
             // Opened here, in the node's namespace, like the nft session.
             sink: FastSink::new(NftSession::new()),
             pods: BTreeMap::new(),
-            converted: BTreeMap::new(),
+            converted: HashMap::new(),
+            pass: 0,
             namespaces: BTreeMap::new(),
             policies: BTreeMap::new(),
             endpoints: BTreeMap::new(),
@@ -99,38 +111,40 @@ impl PolicySync {
 
         // Pods, with addresses from IPAM and EndpointUp as well. A pod whose
         // object and extra addresses are unchanged since the last pass is
-        // not converted again (this runs on every watch change).
-        let mut seen = BTreeMap::new();
-        let mut converted = BTreeMap::new();
+        // neither converted nor copied again: this runs on every watched
+        // change, over every pod of the cluster.
+        self.pass += 1;
+        let pass = self.pass;
+        let mut extra: Vec<IpAddr> = Vec::new();
+        let mut ipam_key = (String::new(), String::new());
+        let mut seen = 0;
         for pod in cluster.pods.state() {
             let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
                 continue;
             };
             let key = PodKey::new(ns.clone(), name.clone());
-            let mut extra: Vec<IpAddr> = view
-                .pod_ips
-                .get(&(ns.clone(), name.clone()))
-                .into_iter()
-                .flatten()
-                .chain(registered.get(&key).into_iter().flatten())
-                .copied()
-                .collect();
+            ipam_key.0.clone_from(ns);
+            ipam_key.1.clone_from(name);
+            extra.clear();
+            extra.extend(view.pod_ips.get(&ipam_key).into_iter().flatten());
+            extra.extend(registered.get(&key).into_iter().flatten());
             extra.sort();
             extra.dedup();
-            let rv = pod.metadata.resource_version.clone().unwrap_or_default();
-            if let (Some((old_rv, old_extra)), Some(info)) =
-                (self.converted.get(&key), self.pods.get(&key))
-                && *old_rv == rv
-                && *old_extra == extra
+            let rv = pod.metadata.resource_version.as_deref().unwrap_or_default();
+            seen += 1;
+            // Every converted pod is in `pods` (both go together below).
+            if let Some(c) = self.converted.get_mut(&key)
+                && c.rv == rv
+                && c.extra == extra
             {
-                seen.insert(key.clone(), info.clone());
-                converted.insert(key, (rv, extra));
+                c.pass = pass;
                 continue;
             }
             let mut info = match PodInfo::from_k8s(&pod) {
                 Ok(i) => i,
                 Err(e) => {
                     tracing::warn!(error = %e, "pod ignored by policy");
+                    seen -= 1;
                     continue;
                 }
             };
@@ -140,21 +154,32 @@ impl PolicySync {
                 }
             }
             info.ips.sort();
-            converted.insert(key.clone(), (rv, extra));
-            seen.insert(key, info);
-        }
-        for (key, info) in &seen {
-            if self.pods.get(key) != Some(info) {
+            if self.pods.get(&key) != Some(&info) {
                 self.engine.upsert_pod(info.clone());
+                self.pods.insert(key.clone(), info);
             }
+            self.converted.insert(
+                key,
+                Converted {
+                    rv: rv.to_string(),
+                    extra: extra.clone(),
+                    pass,
+                },
+            );
         }
-        for key in self.pods.keys() {
-            if !seen.contains_key(key) {
-                self.engine.remove_pod(key);
-            }
+        // Gone from the cluster (or only ever known from EndpointUp); when
+        // every known pod was seen, nothing is.
+        if seen != self.pods.len() || seen != self.converted.len() {
+            let (engine, converted) = (&mut self.engine, &self.converted);
+            self.pods.retain(|key, _| {
+                let keep = converted.get(key).is_some_and(|c| c.pass == pass);
+                if !keep {
+                    engine.remove_pod(key);
+                }
+                keep
+            });
+            self.converted.retain(|_, c| c.pass == pass);
         }
-        self.pods = seen;
-        self.converted = converted;
 
         // Policies (compared by resourceVersion; the engine compares specs).
         let mut seen = BTreeMap::new();
@@ -310,5 +335,82 @@ pub fn endpoint_key(namespace: &str, pod: &str, handle: &str) -> (PodKey, bool) 
         (PodKey::new("", handle), true)
     } else {
         (PodKey::new(namespace, pod), false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::runtime::watcher::Event;
+
+    fn pod(name: &str, rv: &str, app: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "ns", "resourceVersion": rv, "labels": {"app": app}},
+            "spec": {"nodeName": "n2", "containers": [{"name": "c"}]},
+            "status": {"podIP": "198.19.0.9", "podIPs": [{"ip": "198.19.0.9"}]}
+        }))
+        .expect("pod")
+    }
+
+    fn app_of(ps: &PolicySync, name: &str) -> Option<String> {
+        ps.engine
+            .state()
+            .pods
+            .get(&PodKey::new("ns", name))
+            .and_then(|p| p.labels.get("app").cloned())
+    }
+
+    /// The incremental pass agrees with the cluster: new, changed, gone,
+    /// and EndpointUp-only pods (not in the watch) are dropped, as before.
+    #[tokio::test]
+    async fn update_follows_the_pod_store_incrementally() {
+        let client = kube::Client::try_from(kube::Config::new(
+            "http://127.0.0.1:9".parse().expect("url"),
+        ))
+        .expect("client");
+        let (cluster, mut w) = Cluster::detached(client);
+        let mut ps = PolicySync::new("n1", Vec::new());
+        let mut view = IpamView {
+            synced: true,
+            ..IpamView::default()
+        };
+        let reg = BTreeMap::new();
+        for n in ["a", "b", "c"] {
+            w.pods.apply_watcher_event(&Event::Apply(pod(n, "1", "x")));
+        }
+        ps.update(&cluster, &view, &reg);
+        assert_eq!(app_of(&ps, "b").as_deref(), Some("x"));
+        // Unchanged: nothing re-sent, still known.
+        ps.update(&cluster, &view, &reg);
+        assert!(
+            ["a", "b", "c"]
+                .iter()
+                .all(|n| ps.knows_pod(&PodKey::new("ns", *n)))
+        );
+        // A label change (new resourceVersion) and a deletion.
+        w.pods
+            .apply_watcher_event(&Event::Apply(pod("b", "2", "y")));
+        w.pods
+            .apply_watcher_event(&Event::Delete(pod("c", "1", "x")));
+        ps.update(&cluster, &view, &reg);
+        assert_eq!(app_of(&ps, "b").as_deref(), Some("y"));
+        assert!(!ps.knows_pod(&PodKey::new("ns", "c")));
+        // An IPAM address for an unchanged pod reaches it.
+        view.pod_ips.insert(
+            ("ns".into(), "a".into()),
+            vec!["198.19.0.44".parse().expect("ip")],
+        );
+        ps.update(&cluster, &view, &reg);
+        let ips = &ps.engine.state().pods[&PodKey::new("ns", "a")].ips;
+        assert!(ips.contains(&"198.19.0.44".parse().expect("ip")), "{ips:?}");
+        // Known only from EndpointUp (the watch has not delivered it): the
+        // next full pass drops it, as it always did.
+        let extra = PodInfo::from_k8s(&pod("d", "1", "z")).expect("info");
+        ps.upsert_pod(extra);
+        assert!(ps.knows_pod(&PodKey::new("ns", "d")));
+        ps.update(&cluster, &view, &reg);
+        assert!(!ps.knows_pod(&PodKey::new("ns", "d")));
+        assert!(ps.knows_pod(&PodKey::new("ns", "a")));
     }
 }
