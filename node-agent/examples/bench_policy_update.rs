@@ -87,7 +87,7 @@ fn main() -> anyhow::Result<()> {
     let mut registry = BTreeMap::new();
     for j in 0..pods {
         let (ns, name) = (format!("ns{}", j % 100), format!("p{j}"));
-        view.pod_ips.insert((ns.clone(), name.clone()), vec![ip(j)]);
+        std::sync::Arc::make_mut(&mut view.pod_ips).insert((ns.clone(), name.clone()), vec![ip(j)]);
         if j % 40 == 1 {
             let host_if = format!("cali{j:011}");
             view.local.push(LocalAllocation {
@@ -134,7 +134,7 @@ fn main() -> anyhow::Result<()> {
         one_pod.push(t.elapsed().as_secs_f64() * 1e3);
         // The IPAM view learns one more address of a pod.
         let key = (format!("ns{}", j % 100), format!("p{j}"));
-        view.pod_ips
+        std::sync::Arc::make_mut(&mut view.pod_ips)
             .entry(key)
             .or_default()
             .push(IpAddr::V4(Ipv4Addr::new(198, 19, 200, (r % 250) as u8 + 1)));

@@ -530,7 +530,7 @@ mod tests {
                 borrowed: false,
                 host_if: host_ifname("default", "nginx"),
             }],
-            pod_ips: BTreeMap::new(),
+            pod_ips: Default::default(),
         };
         let eps: BTreeMap<String, Endpoint> = [(
             "c2".to_string(),

@@ -85,8 +85,10 @@ pub struct IpamView {
     pub affine_blocks: BTreeSet<IpNetwork>,
     /// Addresses allocated by this node.
     pub local: Vec<LocalAllocation>,
-    /// Every pod's addresses, cluster-wide, by (namespace, name).
-    pub pod_ips: BTreeMap<(String, String), Vec<IpAddr>>,
+    /// Every pod's addresses, cluster-wide, by (namespace, name). Shared:
+    /// copies of one view share it, so a reader can tell a new view's
+    /// addresses from ones it already saw (`Arc::ptr_eq`).
+    pub pod_ips: Arc<BTreeMap<(String, String), Vec<IpAddr>>>,
 }
 
 impl IpamView {
@@ -100,6 +102,7 @@ impl IpamView {
             synced: true,
             ..IpamView::default()
         };
+        let mut pod_ips: BTreeMap<(String, String), Vec<IpAddr>> = BTreeMap::new();
         for b in blocks {
             let spec = &b.spec;
             let Ok(net) = spec.cidr.to_string().parse::<IpNetwork>() else {
@@ -132,7 +135,7 @@ impl IpamView {
                     }
                     continue;
                 };
-                view.pod_ips
+                pod_ips
                     .entry((ns.clone(), pod.clone()))
                     .or_default()
                     .push(ip);
@@ -149,9 +152,10 @@ impl IpamView {
             }
         }
         view.local.sort();
-        for ips in view.pod_ips.values_mut() {
+        for ips in pod_ips.values_mut() {
             ips.sort();
         }
+        view.pod_ips = Arc::new(pod_ips);
         view
     }
 

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use policy::{Engine, LocalEndpoint, NamespaceInfo, NodeContext, PodInfo, PodKey, PolicyKey};
@@ -30,6 +31,9 @@ pub struct CommitError(String);
 /// it in the cluster.
 struct Converted {
     rv: String,
+    /// From the IPAM view.
+    ipam: Vec<IpAddr>,
+    /// IPAM's and EndpointUp's, sorted.
     extra: Vec<IpAddr>,
     pass: u64,
 }
@@ -43,6 +47,8 @@ pub struct PolicySync {
     converted: HashMap<PodKey, Converted>,
     /// Passes of `update` so far.
     pass: u64,
+    /// The IPAM view's addresses the last pass used.
+    pod_ips: Arc<BTreeMap<(String, String), Vec<IpAddr>>>,
     namespaces: BTreeMap<String, NamespaceInfo>,
     policies: BTreeMap<PolicyKey, String>,
     endpoints: BTreeMap<PodKey, LocalEndpoint>,
@@ -62,6 +68,7 @@ impl PolicySync {
             pods: BTreeMap::new(),
             converted: HashMap::new(),
             pass: 0,
+            pod_ips: Arc::default(),
             namespaces: BTreeMap::new(),
             policies: BTreeMap::new(),
             endpoints: BTreeMap::new(),
@@ -116,17 +123,29 @@ impl PolicySync {
         self.pass += 1;
         let pass = self.pass;
         let mut extra: Vec<IpAddr> = Vec::new();
+        let mut ipam: Vec<IpAddr> = Vec::new();
         let mut ipam_key = (String::new(), String::new());
         let mut seen = 0;
+        // The same IPAM view as last pass: each pod's IPAM addresses are the
+        // ones recorded then (no lookup in the cluster-wide map).
+        let same_view = Arc::ptr_eq(&view.pod_ips, &self.pod_ips);
+        self.pod_ips = view.pod_ips.clone();
         for pod in cluster.pods.state() {
             let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
                 continue;
             };
             let key = PodKey::new(ns.clone(), name.clone());
-            ipam_key.0.clone_from(ns);
-            ipam_key.1.clone_from(name);
+            ipam.clear();
+            match self.converted.get(&key) {
+                Some(c) if same_view => ipam.extend(&c.ipam),
+                _ => {
+                    ipam_key.0.clone_from(ns);
+                    ipam_key.1.clone_from(name);
+                    ipam.extend(view.pod_ips.get(&ipam_key).into_iter().flatten());
+                }
+            }
             extra.clear();
-            extra.extend(view.pod_ips.get(&ipam_key).into_iter().flatten());
+            extra.extend(&ipam);
             extra.extend(registered.get(&key).into_iter().flatten());
             extra.sort();
             extra.dedup();
@@ -138,6 +157,11 @@ impl PolicySync {
                 && c.extra == extra
             {
                 c.pass = pass;
+                // Same union, other split (an address IPAM now records that
+                // only EndpointUp had): the next same-view pass reads this.
+                if !same_view && c.ipam != ipam {
+                    c.ipam.clone_from(&ipam);
+                }
                 continue;
             }
             let mut info = match PodInfo::from_k8s(&pod) {
@@ -162,6 +186,7 @@ impl PolicySync {
                 key,
                 Converted {
                     rv: rv.to_string(),
+                    ipam: ipam.clone(),
                     extra: extra.clone(),
                     pass,
                 },
@@ -397,13 +422,34 @@ mod tests {
         assert_eq!(app_of(&ps, "b").as_deref(), Some("y"));
         assert!(!ps.knows_pod(&PodKey::new("ns", "c")));
         // An IPAM address for an unchanged pod reaches it.
-        view.pod_ips.insert(
+        std::sync::Arc::make_mut(&mut view.pod_ips).insert(
             ("ns".into(), "a".into()),
             vec!["198.19.0.44".parse().expect("ip")],
         );
         ps.update(&cluster, &view, &reg);
         let ips = &ps.engine.state().pods[&PodKey::new("ns", "a")].ips;
         assert!(ips.contains(&"198.19.0.44".parse().expect("ip")), "{ips:?}");
+        // An address EndpointUp gave, then IPAM records it too (same union),
+        // then the endpoint goes: the address stays, it is IPAM's now.
+        let ep = crate::controller::Endpoint {
+            container_id: "cb".into(),
+            namespace: "ns".into(),
+            pod: "b".into(),
+            host_if: "cali0000000000b".into(),
+            ips: vec!["198.19.0.55".parse().expect("ip")],
+            handle: "net.cb".into(),
+        };
+        let with_ep: BTreeMap<String, crate::controller::Endpoint> =
+            [("cb".to_string(), ep)].into();
+        ps.update(&cluster, &view, &with_ep);
+        std::sync::Arc::make_mut(&mut view.pod_ips).insert(
+            ("ns".into(), "b".into()),
+            vec!["198.19.0.55".parse().expect("ip")],
+        );
+        ps.update(&cluster, &view, &with_ep);
+        ps.update(&cluster, &view, &reg);
+        let ips = &ps.engine.state().pods[&PodKey::new("ns", "b")].ips;
+        assert!(ips.contains(&"198.19.0.55".parse().expect("ip")), "{ips:?}");
         // Known only from EndpointUp (the watch has not delivered it): the
         // next full pass drops it, as it always did.
         let extra = PodInfo::from_k8s(&pod("d", "1", "z")).expect("info");

@@ -448,7 +448,7 @@ mod tests {
                 borrowed: true,
                 host_if: "calip".into(),
             }],
-            pod_ips: BTreeMap::new(),
+            pod_ips: Default::default(),
         }
     }
 
