@@ -99,7 +99,7 @@ async fn allocate_prepared(
     inner: IpamService,
     req: AllocateRequest,
     c: ControllerHandle,
-    who: Identity,
+    who: Endpoint,
     early: Option<(Confirmations, tokio::sync::oneshot::Sender<Vec<IpAddr>>)>,
 ) -> Result<Response<AllocateReply>, Status> {
     let handle = req.handle.clone();
@@ -107,7 +107,7 @@ async fn allocate_prepared(
     let prepare = async {
         let mut ips: Vec<IpAddr> = picked_rx.await.ok()?;
         ips.sort();
-        c.prepare(who.with(ips.clone())?);
+        c.prepare(with_ips(&who, ips.clone())?);
         // The allocator announces only complete fresh allocations (every
         // family): the answer the write confirms unless it loses a race.
         let record = early.map(|(confirmations, tx)| {
@@ -142,7 +142,7 @@ async fn allocate_prepared(
         (Err(_), Some(_)) => c.forget_prepared(),
         (Ok(_), Some(p)) if p == fin => {}
         (Ok(_), _) => {
-            if let Some(ep) = who.with(fin) {
+            if let Some(ep) = with_ips(&who, fin) {
                 c.prepare(ep);
             }
         }
@@ -157,39 +157,25 @@ fn join_status(
     r.unwrap_or_else(|e| Err(Status::internal(format!("allocation task failed: {e}"))))
 }
 
-/// What an Allocate request says about the endpoint-to-be.
-struct Identity {
-    container_id: String,
-    namespace: String,
-    pod: String,
-    host_if: String,
-    handle: String,
-}
-
-fn prepared_identity(req: &AllocateRequest) -> Option<Identity> {
+/// What an Allocate request says about the endpoint-to-be: everything but
+/// its addresses (left empty). None for a caller that is not the CNI plugin.
+fn prepared_identity(req: &AllocateRequest) -> Option<Endpoint> {
     if req.container_id.is_empty() || req.ifname.is_empty() || req.handle.is_empty() {
         return None; // an older or non-CNI caller: nothing to prepare
     }
-    Some(Identity {
+    Some(Endpoint {
         container_id: req.container_id.clone(),
         namespace: req.pod_namespace.clone(),
         pod: req.pod_name.clone(),
         host_if: host_veth(&req.pod_namespace, &req.pod_name, &req.handle, &req.ifname),
+        ips: Vec::new(),
         handle: req.handle.clone(),
     })
 }
 
-impl Identity {
-    fn with(&self, ips: Vec<IpAddr>) -> Option<Endpoint> {
-        (!ips.is_empty()).then(|| Endpoint {
-            container_id: self.container_id.clone(),
-            namespace: self.namespace.clone(),
-            pod: self.pod.clone(),
-            host_if: self.host_if.clone(),
-            ips,
-            handle: self.handle.clone(),
-        })
-    }
+/// `who` with these addresses; None without any.
+fn with_ips(who: &Endpoint, ips: Vec<IpAddr>) -> Option<Endpoint> {
+    (!ips.is_empty()).then(|| Endpoint { ips, ..who.clone() })
 }
 
 #[tonic::async_trait]
