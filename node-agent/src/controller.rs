@@ -395,30 +395,12 @@ async fn endpoint_up(
     ep: &Endpoint,
     endpoints: &mut BTreeMap<String, Endpoint>,
 ) -> Result<(), EndpointError> {
-    if ep.standalone() {
-        return standalone_up(d, ep, endpoints).await;
-    }
-    let key = PodKey::new(ep.namespace.clone(), ep.pod.clone());
-    let who = format!("{}/{}", ep.namespace, ep.pod);
-    // This pod only: from the watch cache, or from the API if the watch
-    // has not delivered it yet; refuse rather than start it unpoliced.
-    let cached = d
-        .cluster
-        .pods
-        .get(&kube::runtime::reflector::ObjectRef::new(&ep.pod).within(&ep.namespace));
-    let pod: Pod = match cached {
-        Some(p) => (*p).clone(),
-        None => {
-            let api: kube::Api<Pod> = kube::Api::namespaced(d.cluster.client(), &ep.namespace);
-            match api.get_opt(&ep.pod).await {
-                Ok(Some(p)) => p,
-                Ok(None) => return Err(EndpointError::PodUnknown(who, "no such Pod".into())),
-                Err(e) => return Err(EndpointError::PodUnknown(who, e.to_string())),
-            }
-        }
+    // A standalone workload has no Pod: no NetworkPolicy selects it.
+    let info = if ep.standalone() {
+        None
+    } else {
+        Some(pod_info(&d.cluster, ep).await?)
     };
-    let info = PodInfo::from_k8s(&pod)
-        .map_err(|e| EndpointError::PodUnknown(who.clone(), e.to_string()))?;
     ensure_routes(d, ep).await?;
     endpoints.insert(ep.container_id.clone(), ep.clone());
     d.policy.endpoint_up(info, ep.local());
@@ -426,16 +408,42 @@ async fn endpoint_up(
         endpoints.remove(&ep.container_id);
         return Err(EndpointError::Policy(e.to_string()));
     }
-    tracing::info!(pod = %key, container = %ep.container_id, host_if = %ep.host_if, ips = ?ep.ips, "endpoint up: route and policy programmed");
+    if ep.standalone() {
+        tracing::info!(container = %ep.container_id, handle = %ep.handle, host_if = %ep.host_if, ips = ?ep.ips, "standalone workload up (no pod identity: routed, anti-spoofed, not subject to NetworkPolicy)");
+    } else {
+        tracing::info!(pod = %PodKey::new(ep.namespace.clone(), ep.pod.clone()), container = %ep.container_id, host_if = %ep.host_if, ips = ?ep.ips, "endpoint up: route and policy programmed");
+    }
     Ok(())
+}
+
+/// The endpoint's pod, for its policy: from the watch cache, or from the
+/// API if the watch has not delivered it yet; an error rather than a pod
+/// started unpoliced.
+async fn pod_info(cluster: &Cluster, ep: &Endpoint) -> Result<PodInfo, EndpointError> {
+    let who = format!("{}/{}", ep.namespace, ep.pod);
+    let cached = cluster
+        .pods
+        .get(&kube::runtime::reflector::ObjectRef::new(&ep.pod).within(&ep.namespace));
+    let pod: Pod = match cached {
+        Some(p) => (*p).clone(),
+        None => {
+            let api: kube::Api<Pod> = kube::Api::namespaced(cluster.client(), &ep.namespace);
+            match api.get_opt(&ep.pod).await {
+                Ok(Some(p)) => p,
+                Ok(None) => return Err(EndpointError::PodUnknown(who, "no such Pod".into())),
+                Err(e) => return Err(EndpointError::PodUnknown(who, e.to_string())),
+            }
+        }
+    };
+    PodInfo::from_k8s(&pod).map_err(|e| EndpointError::PodUnknown(who, e.to_string()))
 }
 
 /// [`Cmd::Prepare`]: the endpoint's policy, from the cached Pod only (an
 /// API read here would only delay the EndpointUp queued behind it).
 async fn prepare(d: &mut ControllerDeps, ep: &Endpoint) {
     let started = std::time::Instant::now();
-    if ep.standalone() {
-        d.policy.standalone_up(ep.local());
+    let info = if ep.standalone() {
+        None
     } else {
         let cached = d
             .cluster
@@ -444,8 +452,9 @@ async fn prepare(d: &mut ControllerDeps, ep: &Endpoint) {
         let Some(info) = cached.and_then(|p| PodInfo::from_k8s(&p).ok()) else {
             return;
         };
-        d.policy.endpoint_up(info, ep.local());
-    }
+        Some(info)
+    };
+    d.policy.endpoint_up(info, ep.local());
     match d.policy.commit(&d.metrics) {
         Ok(()) => {
             tracing::debug!(container = %ep.container_id, elapsed_us = started.elapsed().as_micros() as u64, "endpoint policy prepared at allocation")
@@ -454,24 +463,6 @@ async fn prepare(d: &mut ControllerDeps, ep: &Endpoint) {
             tracing::debug!(container = %ep.container_id, error = %e, "preparing policy failed; EndpointUp retries")
         }
     }
-}
-
-/// EndpointUp of a standalone workload: its routes and its anti-spoofing
-/// entries; no Pod to read, no NetworkPolicy selects it.
-async fn standalone_up(
-    d: &mut ControllerDeps,
-    ep: &Endpoint,
-    endpoints: &mut BTreeMap<String, Endpoint>,
-) -> Result<(), EndpointError> {
-    ensure_routes(d, ep).await?;
-    endpoints.insert(ep.container_id.clone(), ep.clone());
-    d.policy.standalone_up(ep.local());
-    if let Err(e) = d.policy.commit(&d.metrics) {
-        endpoints.remove(&ep.container_id);
-        return Err(EndpointError::Policy(e.to_string()));
-    }
-    tracing::info!(container = %ep.container_id, handle = %ep.handle, host_if = %ep.host_if, ips = ?ep.ips, "standalone workload up (no pod identity: routed, anti-spoofed, not subject to NetworkPolicy)");
-    Ok(())
 }
 
 async fn ensure_routes(d: &mut ControllerDeps, ep: &Endpoint) -> Result<(), EndpointError> {

@@ -281,23 +281,17 @@ impl PolicySync {
 
     /// EndpointUp's targeted update: this pod (with the addresses the CNI
     /// gave it) and its endpoint, nothing else; the next full `update`
-    /// agrees with it.
-    pub fn endpoint_up(&mut self, mut info: PodInfo, ep: LocalEndpoint) {
-        for ip in &ep.ips {
-            if !info.ips.contains(ip) {
-                info.ips.push(*ip);
+    /// agrees with it. A standalone workload (`info` None) has no pod.
+    pub fn endpoint_up(&mut self, info: Option<PodInfo>, ep: LocalEndpoint) {
+        if let Some(mut info) = info {
+            for ip in &ep.ips {
+                if !info.ips.contains(ip) {
+                    info.ips.push(*ip);
+                }
             }
+            info.ips.sort();
+            self.upsert_pod(info);
         }
-        info.ips.sort();
-        self.upsert_pod(info);
-        if self.endpoints.get(&ep.pod) != Some(&ep) {
-            self.engine.upsert_endpoint(ep.clone());
-            self.endpoints.insert(ep.pod.clone(), ep);
-        }
-    }
-
-    /// EndpointUp of a standalone workload: its endpoint only (no pod).
-    pub fn standalone_up(&mut self, ep: LocalEndpoint) {
         if self.endpoints.get(&ep.pod) != Some(&ep) {
             self.engine.upsert_endpoint(ep.clone());
             self.endpoints.insert(ep.pod.clone(), ep);
