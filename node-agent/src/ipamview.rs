@@ -118,35 +118,27 @@ impl IpamView {
                     tracing::warn!(block = %b.name, ordinal = a.ordinal, "allocation outside its block ignored");
                     continue;
                 };
-                let mine = a.attrs.node.as_deref() == Some(me);
-                let (Some(ns), Some(pod)) = (&a.attrs.namespace, &a.attrs.pod) else {
-                    // No pod identity: a standalone workload the CNI plugin
-                    // wired on this node (only the CNI allocates through
-                    // the agent), keyed by its handle.
-                    if mine {
-                        view.local.push(LocalAllocation {
-                            ip,
-                            namespace: String::new(),
-                            pod: String::new(),
-                            handle: a.handle.clone(),
-                            borrowed: !ours,
-                            host_if: veth_name(&a.handle),
-                        });
-                    }
-                    continue;
-                };
-                pod_ips
-                    .entry((ns.clone(), pod.clone()))
-                    .or_default()
-                    .push(ip);
-                if mine {
+                // No pod identity: a standalone workload the CNI plugin
+                // wired (only the CNI allocates through the agent), keyed
+                // by its handle, and nobody's pod address.
+                let identity = a.attrs.namespace.as_ref().zip(a.attrs.pod.as_ref());
+                if let Some((ns, pod)) = identity {
+                    pod_ips
+                        .entry((ns.clone(), pod.clone()))
+                        .or_default()
+                        .push(ip);
+                }
+                if a.attrs.node.as_deref() == Some(me) {
+                    let (namespace, pod) = identity
+                        .map(|(n, p)| (n.clone(), p.clone()))
+                        .unwrap_or_default();
                     view.local.push(LocalAllocation {
                         ip,
-                        namespace: ns.clone(),
-                        pod: pod.clone(),
+                        host_if: host_veth(&namespace, &pod, &a.handle, "eth0"),
+                        namespace,
+                        pod,
                         handle: a.handle.clone(),
                         borrowed: !ours,
-                        host_if: host_ifname(ns, pod),
                     });
                 }
             }
