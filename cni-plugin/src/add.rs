@@ -22,6 +22,10 @@ pub struct Names {
     pub handle: String,
     /// Host-side veth.
     pub host_if: String,
+    /// The Kubernetes pod's namespace and name, both empty without a pod
+    /// identity ([`crate::env::CniArgs::k8s_pod`]).
+    pub pod_namespace: String,
+    pub pod_name: String,
 }
 
 impl Names {
@@ -34,7 +38,13 @@ impl Names {
             &handle,
             &att.ifname,
         ));
-        Names { handle, host_if }
+        let (pod_namespace, pod_name) = att.args.k8s_pod();
+        Names {
+            handle,
+            host_if,
+            pod_namespace,
+            pod_name,
+        }
     }
 }
 
@@ -56,8 +66,8 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
 
     let req = AllocateRequest {
         handle: names.handle.clone(),
-        pod_namespace: att.args.k8s_pod().0,
-        pod_name: att.args.k8s_pod().1,
+        pod_namespace: names.pod_namespace.clone(),
+        pod_name: names.pod_name.clone(),
         node: String::new(),
         families: families
             .iter()
@@ -170,8 +180,8 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
             agent
                 .endpoint_up(EndpointUpRequest {
                     container_id: att.container_id.clone(),
-                    pod_namespace: att.args.k8s_pod().0,
-                    pod_name: att.args.k8s_pod().1,
+                    pod_namespace: names.pod_namespace.clone(),
+                    pod_name: names.pod_name.clone(),
                     host_ifname: names.host_if.clone(),
                     ifname: att.ifname.clone(),
                     netns: netns_path.to_string(),
@@ -391,8 +401,8 @@ async fn rollback(host: &Nl, agent: &Agent, names: &Names, att: &Attachment, cre
     }
     let down = EndpointDownRequest {
         container_id: att.container_id.clone(),
-        pod_namespace: att.args.k8s_pod().0,
-        pod_name: att.args.k8s_pod().1,
+        pod_namespace: names.pod_namespace.clone(),
+        pod_name: names.pod_name.clone(),
         host_ifname: names.host_if.clone(),
         handle: names.handle.clone(),
     };

@@ -128,8 +128,8 @@ pub async fn del(conf: &NetConf, att: &Attachment) -> Result<(), CniError> {
         agent
             .endpoint_down(EndpointDownRequest {
                 container_id: att.container_id.clone(),
-                pod_namespace: att.args.k8s_pod().0,
-                pod_name: att.args.k8s_pod().1,
+                pod_namespace: names.pod_namespace.clone(),
+                pod_name: names.pod_name.clone(),
                 host_ifname: names.host_if.clone(),
                 handle: names.handle.clone(),
             })
