@@ -135,8 +135,9 @@ impl PolicySync {
                 continue;
             };
             let key = PodKey::new(ns.clone(), name.clone());
+            let known = self.converted.get_mut(&key);
             ipam.clear();
-            match self.converted.get(&key) {
+            match &known {
                 Some(c) if same_view => ipam.extend(&c.ipam),
                 _ => {
                     ipam_key.0.clone_from(ns);
@@ -152,7 +153,7 @@ impl PolicySync {
             let rv = pod.metadata.resource_version.as_deref().unwrap_or_default();
             seen += 1;
             // Every converted pod is in `pods` (both go together below).
-            if let Some(c) = self.converted.get_mut(&key)
+            if let Some(c) = known
                 && c.rv == rv
                 && c.extra == extra
             {

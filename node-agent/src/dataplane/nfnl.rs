@@ -626,11 +626,6 @@ impl FastSink {
         }
     }
 
-    /// The session behind it.
-    pub fn session(&mut self) -> &mut NftSession {
-        &mut self.session
-    }
-
     /// Whether element batches still go natively (off without a socket, or
     /// after the kernel refused one that nft then applied).
     pub fn native_enabled(&self) -> bool {
