@@ -27,11 +27,13 @@ use serde_json::{Value, json};
 
 const PTP: &str = "/usr/lib/cni/ptp";
 
+/// The value after flag `name`, if given.
+fn arg_str(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
+}
+
 fn arg(name: &str, default: usize) -> usize {
-    let a: Vec<String> = std::env::args().collect();
-    a.iter()
-        .position(|x| x == name)
-        .and_then(|i| a.get(i + 1))
+    arg_str(name)
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
@@ -128,7 +130,7 @@ fn main() -> anyhow::Result<()> {
     // release-cni profile (LTO, one codegen unit, panic=abort, stripped),
     // statically linked if built so, else the release build next to this
     // example.
-    let margay = match std::env::args().skip_while(|a| a != "--margay").nth(1) {
+    let margay = match arg_str("--margay") {
         Some(p) => PathBuf::from(p),
         None => {
             let target = lab::workspace_bin("margay")?
@@ -159,10 +161,7 @@ fn main() -> anyhow::Result<()> {
     k8s::bootstrap(&lab, &[("v4", "198.19.0.0/18")])?;
     // --keep-logs DIR: the agent logs at debug, and its log and the
     // plugin's are copied to DIR at the end (for a timeline of one ADD).
-    let keep_logs = std::env::args()
-        .skip_while(|a| a != "--keep-logs")
-        .nth(1)
-        .map(PathBuf::from);
+    let keep_logs = arg_str("--keep-logs").map(PathBuf::from);
     let level = if keep_logs.is_some() {
         "info,margay=debug,node_agent=debug"
     } else {
