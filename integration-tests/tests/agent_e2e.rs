@@ -278,7 +278,8 @@ fn agent_allocates_from_crds_programs_routes_and_keeps_them_across_shutdown() {
     assert!(late[0].ip.starts_with("198.19.200."), "{late:?}");
     assert_eq!(late[0].pool, "late");
 
-    // The agent published the address it chose on its Node (a CAS write).
+    // The agent published the address it chose on its Node (a merge patch of
+    // its own annotations: RBAC grants it patch on nodes, not update).
     let ann = k8s::with_client(lab.tor(), |c| async move {
         Api::<k8s_openapi::api::core::v1::Node>::all(c)
             .get("n1")

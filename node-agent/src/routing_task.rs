@@ -86,39 +86,54 @@ fn node_facts(n: &Node) -> NodeFacts {
 }
 
 /// Writes this node's chosen addresses as annotations on its Node object
-/// (other nodes mesh with them; operators see what was chosen). A
-/// compare-and-swap: read, change, replace with the resourceVersion read,
-/// again on a conflict (kubelet updates the Node too).
+/// (other nodes mesh with them; operators see what was chosen).
+///
+/// A JSON merge patch of only the annotations Margay owns: the kubelet
+/// writes the same object, so a read-modify-replace would race it (and
+/// RBAC grants the agent `patch` on nodes, not `update`). A key set to
+/// `None` is removed. Nothing is sent when the Node already says so.
 pub async fn publish_addresses(client: kube::Client, me: &NodeIdentity) -> Result<(), kube::Error> {
-    let api = Api::<Node>::all(client);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let mut node = api.get(&me.name).await?;
-        let ann = node
-            .metadata
-            .annotations
-            .get_or_insert_with(Default::default);
-        let before = ann.clone();
-        for (k, c) in [(ANN_IPV4, &me.ipv4), (ANN_IPV6, &me.ipv6)] {
-            match c {
-                Some(c) => {
-                    ann.insert(k.to_string(), c.addr.to_string());
-                }
-                None => {
-                    ann.remove(k);
-                }
-            }
-        }
-        if *ann == before {
-            return Ok(());
-        }
-        match api.replace(&me.name, &Default::default(), &node).await {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 5 => {}
-            Err(e) => return Err(e),
-        }
+    let wanted: BTreeMap<&str, Option<String>> = [(ANN_IPV4, &me.ipv4), (ANN_IPV6, &me.ipv6)]
+        .into_iter()
+        .map(|(k, c)| (k, c.as_ref().map(|c| c.addr.to_string())))
+        .collect();
+    patch_node_annotations(&client, &me.name, &wanted).await
+}
+
+/// Sets (`Some`) or removes (`None`) annotations on Node `name` with one
+/// JSON merge patch, if any differs from what the API server has.
+pub async fn patch_node_annotations(
+    client: &kube::Client,
+    name: &str,
+    wanted: &BTreeMap<&str, Option<String>>,
+) -> Result<(), kube::Error> {
+    let api = Api::<Node>::all(client.clone());
+    let node = api.get(name).await?;
+    let have = node.metadata.annotations.unwrap_or_default();
+    let patch = annotations_patch(&have, wanted);
+    if let Some(patch) = patch {
+        api.patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
     }
+    Ok(())
+}
+
+/// The merge patch that brings `have` to `wanted` (only the keys in
+/// `wanted` are touched), or `None` when nothing differs.
+fn annotations_patch(
+    have: &BTreeMap<String, String>,
+    wanted: &BTreeMap<&str, Option<String>>,
+) -> Option<serde_json::Value> {
+    let changes: serde_json::Map<String, serde_json::Value> = wanted
+        .iter()
+        .filter(|(k, v)| have.get(**k) != v.as_ref())
+        .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+        .collect();
+    (!changes.is_empty()).then(|| serde_json::json!({ "metadata": { "annotations": changes } }))
 }
 
 /// The tracing level for a `logSeverityScreen` value.
@@ -531,5 +546,33 @@ mod tests {
         assert_eq!(f.ipv6, "2001:db8:ffff::c".parse().ok());
         n.metadata.annotations = None;
         assert_eq!(node_facts(&n).ipv4, "198.18.0.12".parse().ok());
+    }
+
+    #[test]
+    fn annotation_patch_touches_only_our_keys_and_only_when_they_differ() {
+        let have: BTreeMap<String, String> = [
+            ("kubelet.example/x".to_string(), "keep".to_string()),
+            (ANN_IPV4.to_string(), "198.18.0.11/24".to_string()),
+            (ANN_IPV6.to_string(), "2001:db8:ffff::b/64".to_string()),
+        ]
+        .into();
+        let same: BTreeMap<&str, Option<String>> = [
+            (ANN_IPV4, Some("198.18.0.11/24".to_string())),
+            (ANN_IPV6, Some("2001:db8:ffff::b/64".to_string())),
+        ]
+        .into();
+        assert_eq!(annotations_patch(&have, &same), None);
+        let moved: BTreeMap<&str, Option<String>> = [
+            (ANN_IPV4, Some("198.18.0.12/24".to_string())),
+            (ANN_IPV6, None),
+        ]
+        .into();
+        assert_eq!(
+            annotations_patch(&have, &moved),
+            Some(serde_json::json!({"metadata": {"annotations": {
+                ANN_IPV4: "198.18.0.12/24",
+                ANN_IPV6: null,
+            }}}))
+        );
     }
 }
