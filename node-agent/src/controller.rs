@@ -126,6 +126,13 @@ pub struct ControllerHandle {
 }
 
 impl ControllerHandle {
+    /// A handle and the receiving end of its queue (the controller task's
+    /// input; tests read it directly).
+    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<Cmd>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (ControllerHandle { tx }, rx)
+    }
+
     /// Programs `ep`, waiting for the kernel.
     pub async fn up(&self, ep: Endpoint) -> Result<(), EndpointError> {
         let (tx, rx) = oneshot::channel();
@@ -204,9 +211,9 @@ pub struct ControllerDeps {
 
 /// Starts the controller on the current runtime (in the node's namespace).
 pub fn start(deps: ControllerDeps) -> (ControllerHandle, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(1024);
+    let (handle, rx) = ControllerHandle::channel(1024);
     let task = tokio::spawn(run(deps, rx));
-    (ControllerHandle { tx }, task)
+    (handle, task)
 }
 
 /// A change seen by the watches is synced this much later, so a burst of

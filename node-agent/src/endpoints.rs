@@ -157,7 +157,7 @@ impl Endpoints for EndpointsService {
             match tokio::time::timeout(
                 PROGRAMMING_TIMEOUT,
                 self.controller
-                    .down(req.container_id.clone(), req.host_ifname.clone()),
+                    .down(req.container_id.clone(), req.handle.clone()),
             )
             .await
             {
@@ -232,5 +232,41 @@ mod tests {
             assert_eq!(e.code(), tonic::Code::InvalidArgument);
             assert!(e.message().contains(needle), "{}", e.message());
         }
+    }
+
+    /// CNI GC knows only the IPAM handle of what it released: the service
+    /// must pass that handle on (it used to pass the host interface name
+    /// in its place, so a release by handle found nothing).
+    #[tokio::test]
+    async fn endpoint_down_hands_the_controller_the_ipam_handle() {
+        let (controller, mut rx) = ControllerHandle::channel(4);
+        let svc = EndpointsService {
+            controller,
+            metrics: Arc::new(Metrics::new()),
+            confirmations: Confirmations::default(),
+        };
+        let answer = tokio::spawn(async move {
+            let Some(crate::controller::Cmd::Down {
+                container_id,
+                handle,
+                reply,
+            }) = rx.recv().await
+            else {
+                panic!("no Down command");
+            };
+            let _ = reply.send(Ok(()));
+            (container_id, handle)
+        });
+        svc.endpoint_down(Request::new(EndpointDownRequest {
+            handle: "k8s-pod-network.c9".into(),
+            host_ifname: "cali0123456789a".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("down");
+        assert_eq!(
+            answer.await.expect("controller side"),
+            (String::new(), "k8s-pod-network.c9".to_string())
+        );
     }
 }
