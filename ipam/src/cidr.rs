@@ -116,6 +116,18 @@ impl Cidr {
             .unwrap_or(u128::MAX)
     }
 
+    /// Number of addresses, exactly (2^128 for ::/0).
+    pub fn count(&self) -> crate::Count {
+        crate::Count::pow2(self.host_bits())
+    }
+
+    /// How many subnets of length `prefix` fit, exactly; None if `prefix`
+    /// is shorter than ours or longer than the family allows.
+    pub fn subnet_count_exact(&self, prefix: u8) -> Option<crate::Count> {
+        (prefix >= self.prefix && prefix <= self.family().bits())
+            .then(|| crate::Count::pow2(prefix - self.prefix))
+    }
+
     /// Whether `ip` is inside.
     pub fn contains(&self, ip: IpAddr) -> bool {
         Family::of(ip) == self.family()

@@ -30,6 +30,7 @@
 pub mod alloc;
 pub mod bench;
 pub mod cidr;
+pub mod count;
 pub mod error;
 pub mod gc;
 pub mod grpc;
@@ -44,6 +45,7 @@ pub use alloc::{
     ManualClock, NodeInfo, ReleaseTarget, StatusInfo, SystemClock,
 };
 pub use cidr::{Cidr, Family};
+pub use count::Count;
 pub use error::IpamError;
 pub use model::{IpPoolSpec, IpamBlockSpec, IpamConfig};
 pub use store::{BlockEvent, BlockObject, PoolObject, Store, StoreError, Versioned};

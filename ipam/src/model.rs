@@ -153,7 +153,16 @@ impl IpPool {
         })
     }
 
-    /// Number of blocks the pool can hold.
+    /// Number of blocks the pool can hold, exactly (what operators see).
+    pub fn block_count_exact(&self) -> crate::Count {
+        self.spec
+            .cidr
+            .subnet_count_exact(self.spec.block_prefix())
+            .unwrap_or_default()
+    }
+
+    /// Number of blocks the allocator may carve (capped at 2^63, see
+    /// [`Cidr::subnet_count`]).
     pub fn block_count(&self) -> u64 {
         self.spec
             .cidr

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::cidr::Cidr;
+use crate::count::Count;
 use crate::gc::LivePod;
 use crate::model::{AllocationAttrs, IpPool, block_name};
 use crate::store::{BlockObject, PoolObject};
@@ -20,14 +21,14 @@ pub struct PoolUsage {
     pub name: String,
     /// Pool CIDR.
     pub cidr: Cidr,
-    /// Addresses in the pool (saturating at u64::MAX).
-    pub capacity: u64,
+    /// Addresses in the pool, exactly (an IPv6 pool exceeds u64).
+    pub capacity: Count,
     /// Addresses allocated.
     pub allocated: u64,
-    /// Blocks carved so far / possible.
+    /// Blocks carved so far.
     pub blocks: u64,
-    /// Blocks the pool can hold.
-    pub block_capacity: u64,
+    /// Blocks the pool can hold, exactly.
+    pub block_capacity: Count,
     /// Disabled flag.
     pub disabled: bool,
     /// Validation error, if the pool is ignored.
@@ -116,10 +117,13 @@ pub fn show(
             PoolUsage {
                 name: name.clone(),
                 cidr: *cidr,
-                capacity: u64::try_from(cidr.size()).unwrap_or(u64::MAX),
+                capacity: cidr.count(),
                 allocated: inside.iter().map(|b| b.spec.allocations.len() as u64).sum(),
                 blocks: inside.len() as u64,
-                block_capacity: r.as_ref().map(IpPool::block_count).unwrap_or(0),
+                block_capacity: r
+                    .as_ref()
+                    .map(IpPool::block_count_exact)
+                    .unwrap_or_default(),
                 disabled: r.as_ref().map(|p| p.spec.disabled).unwrap_or(true),
                 error: r.as_ref().err().cloned(),
             }
@@ -329,6 +333,23 @@ mod tests {
         }
     }
 
+    /// An IPv6 /48 holds 2^80 addresses in 2^74 blocks of /122: more than
+    /// a u64, shown exactly (they used to saturate at 2^64-1 and 2^63).
+    #[test]
+    fn ipv6_pool_sizes_are_exact() {
+        let pools = vec![Versioned {
+            name: "p6".into(),
+            resource_version: "1".into(),
+            spec: IpPoolSpec::new("2001:db8::/48".parse().unwrap()),
+        }];
+        let s = show(&pools, &[], false, 0, 0);
+        assert_eq!(s.pools[0].capacity.to_string(), "1208925819614629174706176");
+        assert_eq!(
+            s.pools[0].block_capacity.to_string(),
+            "18889465931478580854784"
+        );
+    }
+
     #[test]
     fn show_and_lookup() {
         let pools = vec![Versioned {
@@ -343,8 +364,8 @@ mod tests {
         let s = show(&pools, &blocks, true, 0, 0);
         assert_eq!(s.pools[0].allocated, 2);
         assert_eq!(s.pools[0].blocks, 2);
-        assert_eq!(s.pools[0].capacity, 65536);
-        assert_eq!(s.pools[0].block_capacity, 1024);
+        assert_eq!(s.pools[0].capacity, Count::from(65536u64));
+        assert_eq!(s.pools[0].block_capacity, Count::from(1024u64));
         assert_eq!(s.blocks[0].borrowed, 1);
         assert_eq!(s.blocks[0].free, 62);
         assert!(show(&pools, &blocks, false, 0, 0).blocks.is_empty());

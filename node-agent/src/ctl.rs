@@ -237,15 +237,18 @@ pub async fn ipam_show(
         return Ok(out);
     }
     let s = ipam::report::show(&pools, &blocks, show_blocks, now_ms(), 0);
+    out += &render_ipam_show(&s, show_blocks);
+    Ok(out)
+}
+
+/// The tables of `margayctl ipam show` (counts exact, however large).
+pub fn render_ipam_show(s: &ipam::report::IpamShow, show_blocks: bool) -> String {
+    let mut out = String::new();
     let rows: Vec<Vec<String>> = s
         .pools
         .iter()
         .map(|p| {
-            let pct = if p.capacity == 0 {
-                0.0
-            } else {
-                p.allocated as f64 * 100.0 / p.capacity as f64
-            };
+            let pct = p.capacity.percent(u128::from(p.allocated));
             vec![
                 p.name.clone(),
                 p.cidr.to_string(),
@@ -291,7 +294,7 @@ pub async fn ipam_show(
             &rows,
         );
     }
-    Ok(out)
+    out
 }
 
 async fn live_pods(client: &kube::Client) -> Result<Vec<ipam::gc::LivePod>, CtlError> {
@@ -639,5 +642,31 @@ mod tests {
         assert!(parse_port("80/GRE").is_err());
         assert_eq!(parse_pod("x/a").ok(), Some(("x".into(), "a".into())));
         assert!(parse_pod("a").is_err() && parse_pod("/a").is_err());
+    }
+
+    #[test]
+    fn ipam_show_prints_ipv6_pool_sizes_exactly() {
+        let pool = |name: &str, cidr: &str| ipam::PoolObject {
+            name: name.into(),
+            resource_version: "1".into(),
+            spec: ipam::IpPoolSpec::new(cidr.parse().expect("cidr")),
+        };
+        let s = ipam::report::show(
+            &[pool("v4", "198.19.0.0/16"), pool("v6", "2001:db8::/48")],
+            &[],
+            false,
+            0,
+            0,
+        );
+        let out = render_ipam_show(&s, false);
+        let v6 = out.lines().find(|l| l.starts_with("v6")).expect("v6 row");
+        assert!(
+            v6.contains(" 1208925819614629174706176 ")
+                && v6.contains(" 0/18889465931478580854784 "),
+            "{out}"
+        );
+        assert!(!out.contains("18446744073709551615") && !out.contains("9223372036854775808"));
+        let v4 = out.lines().find(|l| l.starts_with("v4")).expect("v4 row");
+        assert!(v4.contains(" 65536 ") && v4.contains(" 0/1024 "), "{out}");
     }
 }
