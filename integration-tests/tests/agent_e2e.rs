@@ -40,9 +40,12 @@ fn agent_allocates_from_crds_programs_routes_and_keeps_them_across_shutdown() {
     )
     .expect("bootstrap");
 
+    // A short loop period (200 ms: a loop that has not turned for 0.8 s
+    // fails /livez), so that a quiet stretch below proves every loop turns
+    // on its own.
     let Agent {
         mut daemon, socket, ..
-    } = k8s::start_agent(&lab, "n1", &[]).expect("agent");
+    } = k8s::start_agent(&lab, "n1", &["--loop-period", "200ms"]).expect("agent");
     let rt = rt();
 
     // Status, then a dual-stack allocation through the socket.
@@ -178,6 +181,28 @@ fn agent_allocates_from_crds_programs_routes_and_keeps_them_across_shutdown() {
         routes.contains(&format!("{v6} dev {}", pod.host_if)),
         "{routes}"
     );
+
+    // Liveness means every task's loop turns, not that something happened
+    // lately: nothing changes for 3 s (15 periods, 4 deadlines) and every
+    // loop, the FIB's and the quiet watches' included, stays live.
+    let n1 = lab.node("n1").expect("n1");
+    let livez = format!("http://{}:9099/livez", n1.ipv4);
+    for _ in 0..15 {
+        std::thread::sleep(Duration::from_millis(200));
+        let body = n1
+            .ns
+            .exec(&["curl", "-sf", "-m", "1", &livez])
+            .unwrap_or_else(|e| panic!("/livez failed on a quiet agent: {e}"));
+        for lp in [
+            "fib",
+            "routing",
+            "dataplane controller",
+            "watch pods",
+            "ipam view",
+        ] {
+            assert!(body.contains(&format!("ok: {lp} loop turned")), "{body}");
+        }
+    }
 
     // Graceful shutdown: the socket goes, the routes stay for the next start.
     daemon

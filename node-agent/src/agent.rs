@@ -10,7 +10,7 @@ use crate::cluster::{self, Cluster};
 use crate::config::AgentArgs;
 use crate::controller;
 use crate::endpoints::EndpointsService;
-use crate::health::{self, Health};
+use crate::health::{self, Health, Pulse};
 use crate::identity::{self, Chosen, Family};
 use crate::ipam_store::KubeStore;
 use crate::ipamview::{self, IpamView};
@@ -124,12 +124,13 @@ pub fn identify(args: &AgentArgs, cluster: &Cluster) -> Result<NodeIdentity, Age
 /// Keeps the allocator's pools and node labels current: a new, changed or
 /// disabled IPPool, or a relabelled Node, applies at once (not at the next
 /// failed allocation).
-async fn feed_allocator(cluster: Cluster, alloc: ipam::Allocator, me: String) {
+async fn feed_allocator(cluster: Cluster, alloc: ipam::Allocator, me: String, mut pulse: Pulse) {
     let mut gens = cluster.subscribe();
     let mut seen = gens.borrow().clone();
     loop {
-        if gens.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = gens.changed() => if changed.is_err() { return pulse.retire() },
+            () = pulse.tick() => continue,
         }
         let now = gens.borrow().clone();
         let moved = now.changed_since(&seen);
@@ -190,7 +191,7 @@ fn identity_json(me: &NodeIdentity) -> serde_json::Value {
 /// Runs the agent until SIGTERM / SIGINT.
 pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::new(args.startup_grace));
+    let health = Arc::new(Health::new(args.startup_grace).with_loop_period(args.loop_period));
     let (bound, _health_task) =
         health::bind_and_serve(args.health_listen, health.clone(), metrics.clone())
             .await
@@ -201,7 +202,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     tracing::info!(%bound, "serving /livez /readyz /metrics");
 
     let client = cluster::client(args.api_server.as_deref()).await?;
-    let (cluster, _watchers) = Cluster::start(client, metrics.clone());
+    let (cluster, _watchers) = Cluster::start(client, metrics.clone(), &health);
     tracing::info!("waiting for the first list of every watched resource");
     cluster.wait_synced().await;
     health.set_datastore_synced(true);
@@ -231,9 +232,15 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         cluster.clone(),
         alloc.clone(),
         me.name.clone(),
+        health.pulse("ipam pools"),
     ));
     let (view_tx, view_rx) = tokio::sync::watch::channel(Arc::new(IpamView::default()));
-    let _view_task = tokio::spawn(ipamview::run(store.clone(), me.name.clone(), view_tx));
+    let _view_task = tokio::spawn(ipamview::run(
+        store.clone(),
+        me.name.clone(),
+        view_tx,
+        health.pulse("ipam view"),
+    ));
 
     // The local dataplane (routes now; policy next) and the CNI socket.
     let routes = LocalRoutes::connect().map_err(|e| AgentError::Io {
@@ -281,16 +288,19 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         confirmations,
     ));
     let _maintain = tokio::spawn(crate::ipam_ops::maintain(
-        cluster.clone(),
-        store.clone(),
-        alloc.clone(),
-        view_rx_maint,
-        me.name.clone(),
-        metrics.clone(),
-        crate::ipam_ops::MaintainOptions {
-            interval: args.ipam_gc_interval,
-            gc_grace: args.ipam_gc_grace,
+        crate::ipam_ops::Maintenance {
+            cluster: cluster.clone(),
+            store: store.clone(),
+            alloc: alloc.clone(),
+            view: view_rx_maint,
+            me: me.name.clone(),
+            metrics: metrics.clone(),
+            opts: crate::ipam_ops::MaintainOptions {
+                interval: args.ipam_gc_interval,
+                gc_grace: args.ipam_gc_grace,
+            },
         },
+        health.pulse("ipam maintenance"),
     ));
     tracing::info!(node = %me.name, source = me.name_source, socket = %args.socket.display(), "agent started");
 

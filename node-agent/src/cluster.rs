@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::crd::{BGPConfiguration, BGPPeer, IPPool};
+use crate::health::Health;
 use crate::metrics::{ApiLabels, Metrics};
 
 /// Watched kinds.
@@ -219,7 +220,11 @@ impl Cluster {
     }
 
     /// Starts one reflector per kind against `client`.
-    pub fn start(client: Client, metrics: Arc<Metrics>) -> (Cluster, Watchers) {
+    pub fn start(
+        client: Client,
+        metrics: Arc<Metrics>,
+        health: &Arc<Health>,
+    ) -> (Cluster, Watchers) {
         let (tx, rx) = watch::channel(Generations::default());
         let tx = Arc::new(tx);
         let mut tasks = Vec::new();
@@ -229,6 +234,7 @@ impl Cluster {
             Kind::Node,
             &tx,
             &metrics,
+            health,
             &mut spawn,
         );
         let pods = run::<Pod>(
@@ -236,6 +242,7 @@ impl Cluster {
             Kind::Pod,
             &tx,
             &metrics,
+            health,
             &mut spawn,
         );
         let namespaces = run::<Namespace>(
@@ -243,6 +250,7 @@ impl Cluster {
             Kind::Namespace,
             &tx,
             &metrics,
+            health,
             &mut spawn,
         );
         let policies = run::<NetworkPolicy>(
@@ -250,6 +258,7 @@ impl Cluster {
             Kind::NetworkPolicy,
             &tx,
             &metrics,
+            health,
             &mut spawn,
         );
         let pools = run::<IPPool>(
@@ -257,6 +266,7 @@ impl Cluster {
             Kind::IpPool,
             &tx,
             &metrics,
+            health,
             &mut spawn,
         );
         let bgp_peers = run::<BGPPeer>(
@@ -264,6 +274,7 @@ impl Cluster {
             Kind::BgpPeer,
             &tx,
             &metrics,
+            health,
             &mut spawn,
         );
         let bgp_configs = run::<BGPConfiguration>(
@@ -271,6 +282,7 @@ impl Cluster {
             Kind::BgpConfiguration,
             &tx,
             &metrics,
+            health,
             &mut spawn,
         );
         (
@@ -295,6 +307,7 @@ fn run<K>(
     kind: Kind,
     tx: &Arc<watch::Sender<Generations>>,
     metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
     spawn: &mut impl FnMut(JoinHandle<()>),
 ) -> Store<K>
 where
@@ -306,10 +319,20 @@ where
         reflect(writer, watcher::watcher(api, watcher::Config::default())).default_backoff();
     let tx = tx.clone();
     let metrics = metrics.clone();
+    // A watch may deliver nothing for hours; the pulse keeps the loop turning.
+    let mut pulse = health.pulse(format!("watch {}", kind.resource()));
     spawn(tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         let mut failing = false;
-        while let Some(item) = stream.next().await {
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                () = pulse.tick() => continue,
+            };
+            // kube's watcher retries forever; it ends only if dropped.
+            let Some(item) = item else {
+                return pulse.retire();
+            };
             match item {
                 Ok(ev) => {
                     if failing {

@@ -136,6 +136,12 @@ pub struct AgentArgs {
     /// Start-up grace time during which readiness wants every BGP peer up.
     #[arg(long, env = "MARGAY_STARTUP_GRACE", default_value = "60s", value_parser = parse_duration, global = true)]
     pub startup_grace: Duration,
+
+    /// Every supervised loop turns at least this often, idle or not;
+    /// `/livez` fails when one has not turned for 4 periods or its task
+    /// has ended.
+    #[arg(long, env = "MARGAY_LOOP_PERIOD", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub loop_period: Duration,
 }
 
 /// `install-cni` settings.

@@ -229,6 +229,7 @@ async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     let mut gens = d.cluster.subscribe();
     let mut seen = gens.borrow().clone();
+    let mut pulse = d.health.pulse("dataplane controller");
     // Something changed since the last sync was scheduled.
     let mut dirty = true;
     // When the next sync runs.
@@ -236,7 +237,6 @@ async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
     // Routes as last applied; None forces a full (dump and reconcile) sync.
     let mut applied: Option<BTreeSet<LocalRoute>> = None;
     loop {
-        d.health.heartbeat("dataplane", Duration::from_secs(90));
         if std::mem::take(&mut dirty) {
             let soon = Instant::now() + SETTLE;
             due = Some(due.map_or(soon, |t| t.min(soon)));
@@ -253,7 +253,7 @@ async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
             // CNI requests first: a sync can wait, a pod's ADD cannot.
             biased;
             cmd = rx.recv() => match cmd {
-                None => return,
+                None => return pulse.retire(),
                 Some(Cmd::Prepare(ep)) => prepare(&mut d, &ep).await,
                 Some(Cmd::Resync) => dirty = true,
                 Some(Cmd::Up(ep, reply)) => {
@@ -305,6 +305,7 @@ async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
                 dirty = true;
             }
             () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {}
+            () = pulse.tick() => {}
         }
     }
 }

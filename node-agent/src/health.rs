@@ -7,13 +7,20 @@
 //! least one (so one dead peer does not take the node out). A node with no
 //! peers configured needs no sessions.
 //!
-//! Live means: every registered loop has reported within its deadline.
+//! Live means: every supervised task is still running and its loop turns.
+//! Each long-lived loop holds a [`Pulse`] and awaits [`Pulse::tick`] in its
+//! `select!`, so an idle loop still turns every period; the pulse records
+//! each turn. Liveness fails when a loop has not turned for
+//! [`MISSED_PERIODS`] periods (it is stuck in an await that never ends) or
+//! its task is gone (the pulse was dropped: the task returned or panicked).
+//! It does not mean "something happened recently": an agent on a quiet node
+//! with no BGP updates for hours is alive.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -21,6 +28,9 @@ use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+// The tokio clock (the std one outside a paused test runtime), so that
+// liveness can be tested with a paused clock.
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 
@@ -30,9 +40,31 @@ struct State {
     dataplane_programmed: bool,
     bgp_configured: usize,
     bgp_established: usize,
-    /// Loop name -> (last heartbeat, deadline).
-    loops: BTreeMap<&'static str, (Instant, Duration)>,
+    /// Supervised loops by name.
+    loops: BTreeMap<String, LoopState>,
+    /// Registrations so far (tells a replaced pulse from the current one).
+    registrations: u64,
 }
+
+#[derive(Debug, Clone)]
+struct LoopState {
+    /// The registration this entry belongs to.
+    id: u64,
+    /// Last turn of the loop.
+    last: Instant,
+    /// The loop's period: it turns at least this often.
+    period: Duration,
+    /// Its task is gone (pulse dropped without [`Pulse::retire`]).
+    ended: bool,
+}
+
+/// A loop fails liveness after this many periods without a turn.
+pub const MISSED_PERIODS: u32 = 4;
+
+/// The default period of the agent's supervised loops: one stuck for
+/// `MISSED_PERIODS` x this fails `/livez` (the kubelet then restarts the
+/// agent after its own failureThreshold).
+pub const LOOP_PERIOD: Duration = Duration::from_secs(10);
 
 /// Shared health state: components set their part, the server reads.
 #[derive(Debug)]
@@ -42,6 +74,8 @@ pub struct Health {
     status: Mutex<serde_json::Map<String, serde_json::Value>>,
     started: Instant,
     grace: Duration,
+    /// Period of every pulse.
+    loop_period: Duration,
 }
 
 /// The answer to a readiness or liveness question.
@@ -65,7 +99,15 @@ impl Health {
             status: Mutex::new(serde_json::Map::new()),
             started,
             grace,
+            loop_period: LOOP_PERIOD,
         }
+    }
+
+    /// Pulses registered from now on turn every `period` (default
+    /// [`LOOP_PERIOD`]).
+    pub fn with_loop_period(mut self, period: Duration) -> Self {
+        self.loop_period = period;
+        self
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
@@ -93,10 +135,54 @@ impl Health {
         });
     }
 
-    /// A loop reports it is alive; it must report again within `deadline`.
-    pub fn heartbeat(&self, name: &'static str, deadline: Duration) {
+    /// Registers loop `name`, which turns at least every loop period (it
+    /// awaits [`Pulse::tick`]). A new pulse of the same name replaces the
+    /// old one (a task restarted by its owner).
+    pub fn pulse(self: &Arc<Self>, name: impl Into<String>) -> Pulse {
+        let name = name.into();
+        let period = self.loop_period;
+        let id = self.with(|s| {
+            s.registrations += 1;
+            let id = s.registrations;
+            s.loops.insert(
+                name.clone(),
+                LoopState {
+                    id,
+                    last: Instant::now(),
+                    period,
+                    ended: false,
+                },
+            );
+            id
+        });
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Pulse {
+            health: self.clone(),
+            name,
+            id,
+            interval,
+            retired: false,
+        }
+    }
+
+    fn beat(&self, name: &str, id: u64) {
         self.with(|s| {
-            s.loops.insert(name, (Instant::now(), deadline));
+            if let Some(l) = s.loops.get_mut(name).filter(|l| l.id == id) {
+                l.last = Instant::now();
+            }
+        });
+    }
+
+    fn end(&self, name: &str, id: u64, retired: bool) {
+        self.with(|s| {
+            if s.loops.get(name).is_some_and(|l| l.id == id) {
+                if retired {
+                    s.loops.remove(name);
+                } else if let Some(l) = s.loops.get_mut(name) {
+                    l.ended = true;
+                }
+            }
         });
     }
 
@@ -159,20 +245,65 @@ impl Health {
             let checks = s
                 .loops
                 .iter()
-                .map(|(name, (last, deadline))| {
-                    let age = now.saturating_duration_since(*last);
-                    let pass = age <= *deadline;
+                .map(|(name, l)| {
+                    let age = now.saturating_duration_since(l.last);
+                    let deadline = l.period * MISSED_PERIODS;
+                    let pass = !l.ended && age <= deadline;
                     ok &= pass;
-                    format!(
-                        "{}: {name} reported {:.1}s ago (deadline {:.0}s)",
-                        if pass { "ok" } else { "fail" },
-                        age.as_secs_f64(),
-                        deadline.as_secs_f64()
-                    )
+                    if l.ended {
+                        format!(
+                            "fail: {name} task ended (last turn {:.1}s ago)",
+                            age.as_secs_f64()
+                        )
+                    } else {
+                        format!(
+                            "{}: {name} loop turned {:.1}s ago (turns every {:.1}s, deadline {:.1}s)",
+                            if pass { "ok" } else { "fail" },
+                            age.as_secs_f64(),
+                            l.period.as_secs_f64(),
+                            deadline.as_secs_f64()
+                        )
+                    }
                 })
                 .collect();
             Verdict { ok, checks }
         })
+    }
+}
+
+/// A supervised loop's proof of life (see the module doc).
+#[derive(Debug)]
+pub struct Pulse {
+    health: Arc<Health>,
+    name: String,
+    id: u64,
+    interval: tokio::time::Interval,
+    retired: bool,
+}
+
+impl Pulse {
+    /// Completes once per period and records a turn: put it in the loop's
+    /// `select!` so an idle loop still turns. Cancel-safe.
+    pub async fn tick(&mut self) {
+        self.interval.tick().await;
+        self.beat();
+    }
+
+    /// Records a turn now (for loops that also turn on their own inputs).
+    pub fn beat(&self) {
+        self.health.beat(&self.name, self.id);
+    }
+
+    /// The loop ends on purpose (its owner stopped it): it is no longer
+    /// supervised, and its end does not fail liveness.
+    pub fn retire(mut self) {
+        self.retired = true;
+    }
+}
+
+impl Drop for Pulse {
+    fn drop(&mut self) {
+        self.health.end(&self.name, self.id, self.retired);
     }
 }
 
@@ -300,16 +431,72 @@ mod tests {
         assert!(!h.readiness_at(t0).ok);
     }
 
-    #[test]
-    fn liveness_fails_when_a_loop_misses_its_deadline() {
-        let h = Health::new(Duration::ZERO);
+    /// The shape of every supervised loop: inputs that may stay quiet for
+    /// hours, and the pulse.
+    async fn quiet_loop(mut rx: tokio::sync::mpsc::Receiver<()>, mut pulse: Pulse) {
+        loop {
+            tokio::select! {
+                m = rx.recv() => if m.is_none() { return pulse.retire() },
+                () = pulse.tick() => {}
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_loop_stays_live_for_hours() {
+        let h = Arc::new(Health::new(Duration::ZERO));
         assert!(h.liveness_at(Instant::now()).ok, "nothing registered");
-        h.heartbeat("policy", Duration::from_secs(30));
+        let (_tx, rx) = tokio::sync::mpsc::channel::<()>(1);
+        let task = tokio::spawn(quiet_loop(rx, h.pulse("fib")));
+        // Six hours without a single input, checked every 7 s (as a kubelet
+        // polls); the paused clock jumps ahead whenever every task sleeps.
+        for _ in 0..(6 * 3600 / 7) {
+            tokio::time::sleep(Duration::from_secs(7)).await;
+            let v = h.liveness_at(Instant::now());
+            assert!(v.ok, "{v:?}");
+        }
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_loop_or_a_dead_task_fails_liveness() {
+        let h = Arc::new(Health::new(Duration::ZERO));
+        // Stuck: the loop awaits something that never ends.
+        let mut stuck = h.pulse("controller");
+        let stuck_task = tokio::spawn(async move {
+            stuck.tick().await;
+            std::future::pending::<()>().await;
+            stuck.beat();
+        });
+        tokio::time::sleep(Duration::from_secs(39)).await;
+        assert!(h.liveness_at(Instant::now()).ok, "within 4 periods");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let v = h.liveness_at(Instant::now());
+        assert!(!v.ok && v.checks[0].contains("controller"), "{v:?}");
+        stuck_task.abort();
+
+        // A panic drops the pulse: the task is gone, liveness fails at once.
+        let h = Arc::new(Health::new(Duration::ZERO));
+        let pulse = h.pulse("routing");
+        let dead = tokio::spawn(async move {
+            let _pulse = pulse;
+            panic!("a decoder bug");
+        });
+        assert!(dead.await.is_err());
+        let v = h.liveness_at(Instant::now());
+        assert!(!v.ok && v.checks[0].contains("routing task ended"), "{v:?}");
+
+        // A replacement pulse of that name (the owner restarted the task)
+        // heals it, and the old pulse's drop does not undo that; a retired
+        // loop is no longer supervised.
+        let old = h.pulse("fib");
+        let new = h.pulse("fib");
+        drop(old);
+        let again = h.pulse("routing");
         assert!(h.liveness_at(Instant::now()).ok);
-        let later = Instant::now() + Duration::from_secs(31);
-        let v = h.liveness_at(later);
-        assert!(!v.ok);
-        assert!(v.checks[0].contains("policy"), "{v:?}");
+        new.retire();
+        again.retire();
+        assert!(h.liveness_at(Instant::now()).checks.is_empty());
     }
 
     #[tokio::test]

@@ -308,23 +308,47 @@ fn live_pods(cluster: &Cluster) -> Vec<ipam::gc::LivePod> {
         .collect()
 }
 
+/// What [`maintain`] works with.
+pub struct Maintenance {
+    /// The cluster view (pods, nodes).
+    pub cluster: Cluster,
+    /// The IPAM blocks.
+    pub store: Arc<dyn ipam::Store>,
+    /// The allocator that releases leaks.
+    pub alloc: ipam::Allocator,
+    /// This node's IPAM view.
+    pub view: watch::Receiver<Arc<IpamView>>,
+    /// This node's name.
+    pub me: String,
+    /// Gauges.
+    pub metrics: Arc<Metrics>,
+    /// Settings.
+    pub opts: MaintainOptions,
+}
+
 /// Runs leak GC and the IPAM gauges every `opts.interval` until the cluster
 /// view goes away. This node releases the leaks of its own allocations and
 /// of nodes that no longer exist.
-pub async fn maintain(
-    cluster: Cluster,
-    store: Arc<dyn ipam::Store>,
-    alloc: ipam::Allocator,
-    view: watch::Receiver<Arc<IpamView>>,
-    me: String,
-    metrics: Arc<Metrics>,
-    opts: MaintainOptions,
-) {
+pub async fn maintain(m: Maintenance, mut pulse: crate::health::Pulse) {
+    let Maintenance {
+        cluster,
+        store,
+        alloc,
+        view,
+        me,
+        metrics,
+        opts,
+    } = m;
     let grace_ms = u64::try_from(opts.gc_grace.as_millis()).unwrap_or(u64::MAX);
     let mut tracker = ipam::gc::LeakTracker::new(grace_ms, Some(me.clone()));
     let mut tick = tokio::time::interval(opts.interval);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            // Between rounds; a round that hangs (on the allocator, whose
+            // status the gauges ask for) stops these turns.
+            () = pulse.tick() => continue,
+        }
         if !cluster.generations().all_synced() {
             continue; // never judge pods gone from a partial list
         }

@@ -173,12 +173,22 @@ fn nth(net: IpNetwork, ordinal: u32) -> Option<IpAddr> {
 
 /// Runs the view task: follows the block watch (re-subscribing with backoff
 /// when it breaks) and publishes a new view after every change.
-pub async fn run(store: Arc<dyn Store>, me: String, tx: watch::Sender<Arc<IpamView>>) {
+pub async fn run(
+    store: Arc<dyn Store>,
+    me: String,
+    tx: watch::Sender<Arc<IpamView>>,
+    mut pulse: crate::health::Pulse,
+) {
     let mut blocks: BTreeMap<String, BlockObject> = BTreeMap::new();
     let mut backoff = Duration::from_millis(200);
     loop {
         let mut stream = store.watch_blocks();
-        while let Some(ev) = stream.next().await {
+        loop {
+            let ev = tokio::select! {
+                ev = stream.next() => ev,
+                () = pulse.tick() => continue,
+            };
+            let Some(ev) = ev else { break };
             match ev {
                 Ok(ev) => {
                     backoff = Duration::from_millis(200);
@@ -210,6 +220,7 @@ pub async fn run(store: Arc<dyn Store>, me: String, tx: watch::Sender<Arc<IpamVi
             }
         }
         tokio::time::sleep(backoff).await;
+        pulse.beat();
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }

@@ -277,10 +277,14 @@ async fn fib_task(
     let reconcile = tokio::time::sleep(reconcile_after);
     let mut reconcile = std::pin::pin!(reconcile);
     let mut reconciled = false;
+    let mut pulse = health.pulse("fib");
     loop {
         tokio::select! {
+            // Quiet for hours on a stable network: still alive.
+            () = pulse.tick() => {}
             batch = rx.recv() => {
-                let Some(batch) = batch else { return };
+                // The speaker stopped (it is being restarted): on purpose.
+                let Some(batch) = batch else { return pulse.retire() };
                 for c in &batch {
                     if c.next_hops.is_empty() {
                         best.remove(&c.prefix);
@@ -291,7 +295,7 @@ async fn fib_task(
                 if let Err(e) = fib.apply(&batch).await {
                     tracing::warn!(error = %crate::logging::chain(&e), "programming BGP routes failed");
                 }
-                health.heartbeat("fib", Duration::from_secs(600));
+                pulse.beat();
             }
             () = &mut reconcile, if !reconciled => {
                 reconciled = true;
@@ -327,6 +331,7 @@ pub async fn run(mut deps: RoutingDeps) {
     let mut last_problems: Vec<String> = Vec::new();
     let mut last_log_level: Option<&'static str> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut pulse = deps.health.pulse("routing");
     let mut dirty = true;
     loop {
         if dirty {
@@ -376,8 +381,10 @@ pub async fn run(mut deps: RoutingDeps) {
                 if r.is_err() { return; }
                 dirty = true;
             }
+            () = pulse.tick() => {}
             _ = tick.tick() => {
-                deps.health.heartbeat("routing", Duration::from_secs(60));
+                // The speaker answers here: a stuck speaker stops this loop,
+                // and so fails liveness.
                 if let Some(r) = &running {
                     report(r, &deps).await;
                 }
@@ -573,6 +580,37 @@ mod tests {
                 ANN_IPV4: "198.18.0.12/24",
                 ANN_IPV6: null,
             }}}))
+        );
+    }
+
+    /// The FIB task used to prove itself alive only when it wrote a batch,
+    /// so on a quiet network `/livez` failed after ten minutes and the
+    /// kubelet would restart a healthy agent. Six hours of silence here.
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_fib_task_stays_live() {
+        let health = Arc::new(Health::new(Duration::ZERO));
+        let fib = Fib::new().expect("netlink socket");
+        let (tx, rx) = mpsc::channel(1);
+        // No reconcile within the test (it would read this namespace's routes).
+        let task = tokio::spawn(fib_task(
+            fib,
+            rx,
+            Duration::from_secs(365 * 86_400),
+            health.clone(),
+        ));
+        for _ in 0..(6 * 60) {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let v = health.liveness_at(tokio::time::Instant::now());
+            assert!(v.ok && v.checks.iter().any(|c| c.contains("fib")), "{v:?}");
+        }
+        // Its speaker stopped: the task ends on purpose, nothing fails.
+        drop(tx);
+        task.await.expect("fib task");
+        assert!(
+            health
+                .liveness_at(tokio::time::Instant::now())
+                .checks
+                .is_empty()
         );
     }
 }
