@@ -110,11 +110,13 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
         }
     };
     tracing::debug!(mtu, "namespaces open");
+    let owner = wiring::owner_alias(&names.handle);
     let plan = Plan {
         host_if: &names.host_if,
         ifname: &att.ifname,
         netns_path,
         mtu,
+        owner: &owner,
     };
     // Creating the veth does not need the address: do it while the agent
     // allocates.

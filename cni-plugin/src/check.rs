@@ -177,6 +177,14 @@ pub async fn check(conf: &NetConf, att: &Attachment) -> Result<(), CniError> {
             if h.kind.as_deref() != Some("veth") {
                 problems.push(format!("host interface {} is not a veth", names.host_if));
             }
+            let owner = wiring::owner_alias(&names.handle);
+            if h.alias.as_deref() != Some(owner.as_str()) {
+                problems.push(format!(
+                    "host veth {} belongs to {:?}, not to this attachment ({owner})",
+                    names.host_if,
+                    h.alias.as_deref().unwrap_or("")
+                ));
+            }
             if v4
                 && wiring::read_sysctl(&format!("net/ipv4/conf/{}/proxy_arp", names.host_if))
                     .ok()

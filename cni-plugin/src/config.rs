@@ -5,6 +5,7 @@
 //!   "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "margay",
 //!   "mtu": 1450,                                   // optional; absent or 0: detect
 //!   "agent_socket": "/var/run/margay/margay.sock",  // optional
+//!   "journal_dir": "/var/lib/margay/cni-journal",   // optional: DEL's releases while the agent is away
 //!   "log_file": "/var/log/margay/cni.log", "log_level": "info",
 //!   "ipam": { "pools": ["default-ipv4", "2001:db8::/48"], "families": ["ipv4", "ipv6"] },
 //!   "timeouts": { "connect_ms": 2000, "request_ms": 30000 },
@@ -153,6 +154,10 @@ pub struct NetConf {
     /// The agent's unix socket.
     #[serde(default)]
     pub agent_socket: Option<PathBuf>,
+    /// Where DEL records releases the agent could not be told of
+    /// ([`crate::journal`]); the agent's `--cni-journal-dir` must match.
+    #[serde(default)]
+    pub journal_dir: Option<PathBuf>,
     /// Where to log; absent: warnings and errors to stderr.
     #[serde(default)]
     pub log_file: Option<PathBuf>,
@@ -205,6 +210,13 @@ impl NetConf {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET))
     }
 
+    /// The release journal's directory.
+    pub fn journal_dir(&self) -> PathBuf {
+        self.journal_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(crate::journal::DEFAULT_DIR))
+    }
+
     /// Families to request: explicit, else those of CIDR pool hints and
     /// requested addresses, else empty (the agent's default).
     pub fn families(&self, requested: &[IpAddr]) -> Vec<Family> {
@@ -240,13 +252,15 @@ impl NetConf {
         {
             return Err(format!("mtu {mtu} out of range 68..65535"));
         }
-        if let Some(s) = &self.agent_socket
-            && !s.is_absolute()
-        {
-            return Err(format!(
-                "agent_socket {} is not an absolute path",
-                s.display()
-            ));
+        for (what, p) in [
+            ("agent_socket", &self.agent_socket),
+            ("journal_dir", &self.journal_dir),
+        ] {
+            if let Some(p) = p
+                && !p.is_absolute()
+            {
+                return Err(format!("{what} {} is not an absolute path", p.display()));
+            }
         }
         if let Some(t) = self.ipam.ipam_type.as_deref()
             && t != "margay"

@@ -20,6 +20,7 @@ pub mod config;
 pub mod del;
 pub mod env;
 pub mod error;
+pub mod journal;
 pub mod logging;
 pub mod netlink;
 pub mod result;

@@ -59,6 +59,9 @@ pub struct Link {
     pub up: bool,
     /// `veth`, `bridge`, ...
     pub kind: Option<String>,
+    /// IFLA_IFALIAS: on a Margay host veth, the attachment that owns it
+    /// ([`crate::wiring::owner_alias`]).
+    pub alias: Option<String>,
 }
 
 impl Link {
@@ -70,12 +73,14 @@ impl Link {
             mtu: 0,
             up: m.header.flags.contains(LinkFlags::Up),
             kind: None,
+            alias: None,
         };
         for a in &m.attributes {
             match a {
                 LinkAttribute::IfName(n) => l.name = n.clone(),
                 LinkAttribute::Address(mac) => l.mac = mac.clone(),
                 LinkAttribute::Mtu(mtu) => l.mtu = *mtu,
+                LinkAttribute::IfAlias(a) => l.alias = Some(a.clone()),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let LinkInfo::Kind(k) = i {
@@ -227,6 +232,15 @@ impl Nl {
     /// Sets a link up.
     pub async fn set_up(&self, index: u32) -> Result<(), rtnetlink::Error> {
         let msg = LinkUnspec::new_with_index(index).up().build();
+        self.h.link().set(msg).execute().await
+    }
+
+    /// Sets a link up and its alias (IFLA_IFALIAS) in the same request.
+    pub async fn set_up_with_alias(&self, index: u32, alias: &str) -> Result<(), rtnetlink::Error> {
+        let msg = LinkUnspec::new_with_index(index)
+            .up()
+            .append_extra_attribute(LinkAttribute::IfAlias(alias.to_string()))
+            .build();
         self.h.link().set(msg).execute().await
     }
 

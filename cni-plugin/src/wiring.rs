@@ -78,6 +78,21 @@ pub fn host_veth_key(pod_key: Option<&str>, handle: &str, ifname: &str) -> Strin
     }
 }
 
+/// What the host veth of an attachment carries as its alias (IFLA_IFALIAS):
+/// the attachment's IPAM handle, or `sha1:<hex>` of it when it is longer
+/// than the kernel's 255 bytes. The host veth's name is the pod's, shared
+/// by every sandbox the runtime creates for the pod; the alias says which
+/// sandbox owns it, so that a late DEL of an old sandbox leaves the new
+/// one's veth alone.
+pub fn owner_alias(handle: &str) -> String {
+    const IFALIAS_MAX: usize = 255;
+    if handle.len() <= IFALIAS_MAX {
+        handle.to_string()
+    } else {
+        format!("sha1:{}", hex::encode(Sha1::digest(handle.as_bytes())))
+    }
+}
+
 /// The IPAM handle: `<network>.<containerID>`, plus `.<ifname>` when the
 /// interface is not `eth0`.
 pub fn handle_id(network: &str, container_id: &str, ifname: &str) -> String {
@@ -161,12 +176,16 @@ pub struct Plan<'a> {
     pub netns_path: &'a str,
     /// MTU of both ends.
     pub mtu: u32,
+    /// The host veth's alias: its owner ([`owner_alias`]).
+    pub owner: &'a str,
 }
 
 /// Creates the veth pair with the peer directly in the pod namespace.
-/// A stale host veth of the same name (a previous incarnation of the pod
-/// whose DEL never came) is removed first; an existing container interface
-/// is an error, as the spec requires.
+/// A host veth of the same name belongs to an earlier sandbox of the pod
+/// (the runtime re-created the sandbox; the old one's DEL may come later,
+/// or never): the new sandbox takes the name over, and the old pair goes.
+/// The agent releases the old sandbox's addresses at EndpointUp. An
+/// existing container interface is an error, as the spec requires.
 pub async fn create_veth(
     host: &Nl,
     pod: &Nl,
@@ -188,9 +207,17 @@ pub async fn create_veth(
                     netns: plan.netns_path.to_string(),
                 });
             }
-            tracing::warn!(
+            let previous = host
+                .link(plan.host_if)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|l| l.alias)
+                .unwrap_or_default();
+            tracing::info!(
                 host_if = plan.host_if,
-                "removing stale host veth of the same name"
+                previous_owner = %previous,
+                "a new sandbox of the pod takes over its host veth name; removing the old pair"
             );
             host.delete_link_by_name(plan.host_if)
                 .await
@@ -241,7 +268,8 @@ pub async fn configure_host(
             .await
             .map_err(nl(format!("add {} to {ifn}", host_link_local())))?;
     }
-    host.set_up(index)
+    // Up and marked as this attachment's in one request.
+    host.set_up_with_alias(index, plan.owner)
         .await
         .map_err(nl(format!("set {ifn} up")))?;
     Ok(index)
@@ -362,6 +390,11 @@ mod tests {
         assert_eq!(host_veth_key(Some("ns.p"), "h", "eth0"), "ns.p");
         assert_eq!(host_veth_key(Some("ns.p"), "h", "net1"), "ns.p.net1");
         assert_eq!(host_veth_key(None, "h", "eth0"), "h");
+        assert_eq!(owner_alias("k8s-pod-network.c1"), "k8s-pod-network.c1");
+        let long = format!("{}.c1", "n".repeat(253));
+        let a = owner_alias(&long);
+        assert!(a.starts_with("sha1:") && a.len() == 45, "{a}");
+        assert_ne!(a, owner_alias(&format!("{}.c2", "n".repeat(253))));
     }
 
     #[test]

@@ -118,3 +118,49 @@ fn hung_agent_is_try_again_within_the_timeout() {
     assert!(node.cali_links().is_empty());
     assert_eq!(pod.links(), vec!["lo".to_string()]);
 }
+
+/// containerd re-creates a pod's sandbox (new container ID, same pod, so
+/// the same host veth name), then removes the old sandbox: its DELs, with
+/// the old namespace and then with an empty CNI_NETNS, repeated, must leave
+/// the new sandbox's veth alone.
+#[test]
+fn del_of_an_old_sandbox_leaves_the_new_sandboxs_veth() {
+    if !root_or_skip("del_of_an_old_sandbox_leaves_the_new_sandboxs_veth") {
+        return;
+    }
+    let node = Node::new();
+    let conf = node.conf("1.0.0");
+    let old_ns = Netns::new("p");
+    let args = "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0";
+    let mut add_old = Call::attach("ADD", "sandbox-1", Some(&old_ns), &conf);
+    add_old.args = Some(args.into());
+    node.cni(&add_old).ok();
+    let new_ns = Netns::new("p");
+    let mut add_new = Call::attach("ADD", "sandbox-2", Some(&new_ns), &conf);
+    add_new.args = Some(args.into());
+    let r = node.cni(&add_new).ok();
+    let host_if = r["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let owner = |n: &Node| {
+        n.ns.ip(&["-d", "link", "show", &host_if])
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("alias ").map(str::to_string))
+    };
+    assert_eq!(owner(&node).as_deref(), Some("mgnet.sandbox-2"));
+    for netns in [Some(&old_ns), None, None] {
+        let mut del = Call::attach("DEL", "sandbox-1", netns, &conf);
+        del.args = Some(args.into());
+        node.cni(&del).ok();
+        assert_eq!(
+            node.cali_links(),
+            vec![host_if.clone()],
+            "the new veth stays"
+        );
+        assert!(new_ns.links().contains(&"eth0".to_string()));
+    }
+    assert_eq!(owner(&node).as_deref(), Some("mgnet.sandbox-2"));
+    // The new sandbox's own DEL removes it.
+    let mut del = Call::attach("DEL", "sandbox-2", None, &conf);
+    del.args = Some(args.into());
+    node.cni(&del).ok();
+    assert!(node.cali_links().is_empty());
+}

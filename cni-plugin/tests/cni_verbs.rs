@@ -303,9 +303,51 @@ fn add_with_agent_down_is_try_again_and_leaks_nothing() {
     );
     assert!(node.cali_links().is_empty());
     assert_eq!(pod.links(), vec!["lo".to_string()]);
-    // DEL while the agent is down: local cleanup happens, runtime is told to retry.
+    // DEL while the agent is down succeeds (the runtime would otherwise
+    // retry it forever); the release waits in the journal for the agent.
     node.cni(&Call::attach("DEL", "c1", None, &node.conf("1.0.0")))
-        .err(11);
+        .ok();
+    assert_eq!(
+        node.journaled(),
+        vec![("mgnet.c1".to_string(), "c1".to_string())]
+    );
+}
+
+#[test]
+fn del_with_the_agent_gone_tears_down_locally_and_journals_the_release() {
+    if !root_or_skip("del_with_the_agent_gone_tears_down_locally_and_journals_the_release") {
+        return;
+    }
+    let mut node = Node::new();
+    let pod = Netns::new("p");
+    let conf = node.conf("1.0.0");
+    let res = node.cni(&Call::attach("ADD", "c1", Some(&pod), &conf)).ok();
+    let v4 = res["ips"][0]["address"].as_str().unwrap().to_string();
+    let v4 = v4.split('/').next().unwrap().to_string();
+    assert_eq!(node.cali_links().len(), 1);
+    assert!(
+        node.journaled().is_empty(),
+        "nothing journaled while the agent answers"
+    );
+    node.agent.as_mut().unwrap().stop();
+    // With its namespace, and again without (the sandbox gone), and again.
+    node.cni(&Call::attach("DEL", "c1", Some(&pod), &conf)).ok();
+    assert!(node.cali_links().is_empty(), "{:?}", node.cali_links());
+    assert!(!pod.links().contains(&"eth0".to_string()));
+    assert!(!node.routes(false).contains(&v4), "{}", node.routes(false));
+    for _ in 0..2 {
+        node.cni(&Call::attach("DEL", "c1", None, &conf)).ok();
+    }
+    assert_eq!(
+        node.journaled(),
+        vec![("mgnet.c1".to_string(), "c1".to_string())],
+        "one entry per handle, however many DELs"
+    );
+    // A journal that cannot be written: nothing recorded, so the runtime
+    // must retry (code 11).
+    let mut bad = conf.clone();
+    bad["journal_dir"] = serde_json::json!("/proc/margay-journal");
+    node.cni(&Call::attach("DEL", "c2", None, &bad)).err(11);
 }
 
 #[test]
@@ -523,6 +565,17 @@ fn check_names_what_is_wrong() {
     let d = details(&node.cni(&check));
     assert!(d.contains("host route") && d.contains(a6), "{d}");
     node.ns.ip(&["-6", "route", "add", a6, "dev", &host_if]);
+    node.cni(&check).ok();
+
+    // Another sandbox's mark on the host veth: not this attachment's.
+    node.ns.ip(&["link", "set", &host_if, "alias", "mgnet.c9"]);
+    let d = details(&node.cni(&check));
+    assert!(
+        d.contains(&format!("host veth {host_if} belongs to \"mgnet.c9\""))
+            && d.contains("(mgnet.c1)"),
+        "{d}"
+    );
+    node.ns.ip(&["link", "set", &host_if, "alias", "mgnet.c1"]);
     node.cni(&check).ok();
 
     node.agent().release("mgnet.c1");

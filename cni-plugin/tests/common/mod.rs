@@ -230,6 +230,23 @@ impl Node {
         self.dir.path().join("margay.sock")
     }
 
+    /// The release journal DEL writes when the agent is away.
+    pub fn journal(&self) -> PathBuf {
+        self.dir.path().join("cni-journal")
+    }
+
+    /// The journal's entries (handle, container id).
+    pub fn journaled(&self) -> Vec<(String, String)> {
+        cni_plugin::journal::entries(&self.journal())
+            .expect("journal")
+            .into_iter()
+            .map(|(_, e)| {
+                let e = e.expect("entry");
+                (e.handle, e.container_id)
+            })
+            .collect()
+    }
+
     /// The plugin log file.
     pub fn log(&self) -> PathBuf {
         self.dir.path().join("cni.log")
@@ -247,6 +264,7 @@ impl Node {
             "name": "mgnet",
             "type": "margay",
             "agent_socket": self.socket(),
+            "journal_dir": self.journal(),
             "log_file": self.log(),
             "log_level": "debug",
             "timeouts": {"connect_ms": 1000, "request_ms": 5000},
