@@ -194,7 +194,7 @@ fn main() -> anyhow::Result<()> {
     })??;
     std::thread::sleep(Duration::from_secs(1)); // the agent's watch catches up
     let node = Netns::existing(lab.node("n1")?.ns.name());
-    let margay_conf = cni::margay_conf(&agent.socket, &lab.run_dir().join("cni.log"));
+    let margay_conf = cni::margay_conf(&agent, &lab.run_dir().join("cni.log"));
     // Pods already running on the node (default 1), as on any node with a
     // workload: the policy chain and selector sets the benchmark's pods
     // share exist already, so each ADD adds elements only. --resident 0 is

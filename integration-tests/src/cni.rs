@@ -56,14 +56,16 @@ impl Outcome {
     }
 }
 
-/// A single-plugin network configuration for `margay` talking to `socket`.
-pub fn margay_conf(socket: &Path, log_file: &Path) -> String {
+/// A single-plugin network configuration for `margay` talking to `agent`
+/// (its socket and its release journal).
+pub fn margay_conf(agent: &crate::k8s::Agent, log_file: &Path) -> String {
     serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "k8s-pod-network",
         "type": "margay",
         "mtu": 1500,
-        "agent_socket": socket,
+        "agent_socket": agent.socket,
+        "journal_dir": agent.journal_dir(),
         "log_file": log_file,
         "log_level": "debug",
         "timeouts": {"connect_ms": 1000, "request_ms": 10000},
@@ -195,7 +197,7 @@ pub fn add_pod(
         pod_name: name.into(),
     };
     let node = &lab.node(&agent.node)?.ns;
-    let conf = margay_conf(&agent.socket, &lab.run_dir().join("cni.log"));
+    let conf = margay_conf(agent, &lab.run_dir().join("cni.log"));
     let started = std::time::Instant::now();
     let result = invoke(node, "ADD", &conf, &attachment)?;
     Ok(WiredPod {

@@ -190,6 +190,16 @@ pub struct Agent {
     pub socket: PathBuf,
     /// Node name.
     pub node: String,
+    /// Its state directory (`--state-dir`): endpoint records, and the CNI
+    /// release journal in `cni-journal/`.
+    pub state_dir: PathBuf,
+}
+
+impl Agent {
+    /// Where the CNI plugin journals releases for this agent.
+    pub fn journal_dir(&self) -> PathBuf {
+        self.state_dir.join("cni-journal")
+    }
 }
 
 /// Starts `margay-node` in `node`'s namespace against the lab API server,
@@ -200,6 +210,7 @@ pub fn start_agent(lab: &Lab, node: &str, extra: &[&str]) -> Result<Agent> {
     let bin = lab::workspace_bin("margay-node")?;
     let socket = lab.run_dir().join(format!("{node}.sock"));
     let _ = std::fs::remove_file(&socket);
+    let state_dir = lab.run_dir().join(format!("{node}-state"));
     let mut args: Vec<String> = vec![
         path_str(&bin)?.into(),
         "--node-name".into(),
@@ -217,7 +228,7 @@ pub fn start_agent(lab: &Lab, node: &str, extra: &[&str]) -> Result<Agent> {
         "--startup-grace".into(),
         "10s".into(),
         "--state-dir".into(),
-        path_str(&lab.run_dir().join(format!("{node}-state")))?.into(),
+        path_str(&state_dir)?.into(),
     ];
     // Debug logs by default (they are the test's record), unless the caller
     // chooses a level.
@@ -248,6 +259,7 @@ pub fn start_agent(lab: &Lab, node: &str, extra: &[&str]) -> Result<Agent> {
         daemon,
         socket,
         node: node.to_string(),
+        state_dir,
     })
 }
 

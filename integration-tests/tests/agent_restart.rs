@@ -2,7 +2,9 @@
 //! stream and a TCP connection running between pods on different nodes, the
 //! agent of one node is SIGKILLed and restarted, then the other's is
 //! SIGTERMed and restarted. Nothing is lost, and afterwards routes, the
-//! nftables table and the IPAM allocations are what they were.
+//! nftables table and the IPAM allocations are what they were. Meanwhile a
+//! pod that policy denies keeps trying to connect: not one attempt may get
+//! through while an agent is down or starting (fail closed).
 
 use std::net::IpAddr;
 use std::process::Stdio;
@@ -15,8 +17,8 @@ use kube::Api;
 use nix::sys::signal::Signal;
 use node_agent::crd::IPAMBlock;
 
-fn add_pod(lab: &Lab, agent: &Agent, name: &str) -> (Netns, IpAddr) {
-    let p = cni::add_pod(lab, agent, "demo", name, &[("app", "demo")], &[]).expect("pod");
+fn add_pod(lab: &Lab, agent: &Agent, name: &str, app: &str) -> (Netns, IpAddr) {
+    let p = cni::add_pod(lab, agent, "demo", name, &[("app", app)], &[]).expect("pod");
     assert!(
         p.result.ok,
         "ADD {name}: {:?} {}",
@@ -131,8 +133,10 @@ fn agent_restarts_lose_no_packet_and_change_no_state() {
         .iter()
         .map(|n| k8s::start_agent(&lab, n, &[]).expect("agent"))
         .collect();
-    let (a_ns, _) = add_pod(&lab, &agents[0], "a");
-    let (b_ns, b_ip) = add_pod(&lab, &agents[1], "b");
+    let (a_ns, _) = add_pod(&lab, &agents[0], "a", "demo");
+    let (b_ns, b_ip) = add_pod(&lab, &agents[1], "b", "demo");
+    // Not app=demo: the policy on b denies it.
+    let (x_ns, _) = add_pod(&lab, &agents[0], "intruder", "intruder");
     let _srv: Daemon = lab.serve(&b_ns, "b", &[80], &[]).expect("server");
     let reached = lab::wait_reachable(
         &a_ns,
@@ -143,7 +147,34 @@ fn agent_restarts_lose_no_packet_and_change_no_state() {
     assert!(reached.reached(), "{reached:?}");
     wait_ready(&lab, "n1");
     wait_ready(&lab, "n2");
+    // The denied flow is denied (so the prober below can see a breach).
+    let denied = lab::probe(
+        &x_ns,
+        std::net::SocketAddr::new(b_ip, 80),
+        lab::Proto::Tcp,
+        Duration::from_millis(500),
+    );
+    assert!(!denied.reached(), "policy lets the intruder in: {denied:?}");
     let before = snapshot(&lab);
+
+    // The intruder tries b:80 every ~60 ms through both restarts.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let x_name = x_ns.name().to_string();
+    let stop_x = stop.clone();
+    let intruder = std::thread::spawn(move || {
+        Netns::existing(&x_name).enter(move || {
+            let (mut tries, mut breaches) = (0u32, 0u32);
+            while !stop_x.load(std::sync::atomic::Ordering::Relaxed) {
+                tries += 1;
+                let to = std::net::SocketAddr::new(b_ip, 80);
+                if std::net::TcpStream::connect_timeout(&to, Duration::from_millis(50)).is_ok() {
+                    breaches += 1;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (tries, breaches)
+        })
+    });
 
     // 1500 pings at 10 ms (15 s), and a long-lived TCP connection.
     let ping = a_ns
@@ -216,6 +247,18 @@ fn agent_restarts_lose_no_packet_and_change_no_state() {
     agents[1] = k8s::start_agent(&lab, "n2", &[]).expect("n2 agent again");
     let last_start = std::time::Instant::now();
     wait_ready(&lab, "n2");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (tries, breaches) = intruder
+        .join()
+        .expect("intruder thread")
+        .expect("enter intruder");
+    println!("denied flow: {tries} attempts during the restarts, {breaches} got through");
+    assert!(tries > 50, "the intruder barely tried: {tries}");
+    assert_eq!(
+        breaches, 0,
+        "a denied flow got through while an agent restarted"
+    );
 
     let out = ping.wait_with_output().expect("ping result");
     let summary = String::from_utf8_lossy(&out.stdout).to_string();

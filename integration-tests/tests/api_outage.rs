@@ -55,7 +55,7 @@ fn api_server_outage_keeps_pods_working_and_cni_says_try_again() {
         .iter()
         .map(|n| k8s::start_agent(&lab, n, &[]).expect("agent"))
         .collect();
-    let conf = |a: &Agent| cni::margay_conf(&a.socket, &lab.run_dir().join("cni.log"));
+    let conf = |a: &Agent| cni::margay_conf(a, &lab.run_dir().join("cni.log"));
     let n1 = &lab.node("n1").expect("n1").ns;
     let n2 = &lab.node("n2").expect("n2").ns;
     for (name, node) in [("a", "n1"), ("b", "n2"), ("c", "n1")] {

@@ -28,7 +28,7 @@ fn cni_add_del_through_the_real_agent() {
     k8s::bootstrap(&lab, &[("v4", "198.19.0.0/16")]).expect("bootstrap");
     let mut agent = k8s::start_agent(&lab, "n1", &[]).expect("agent");
     let node = &lab.node("n1").expect("n1").ns;
-    let conf = cni::margay_conf(&agent.socket, &lab.run_dir().join("cni.log"));
+    let conf = cni::margay_conf(&agent, &lab.run_dir().join("cni.log"));
 
     let pa = cni::add_pod(&lab, &agent, "x", "a", &[], &[]).expect("pod a");
     let add_a = &pa.result;

@@ -99,7 +99,7 @@ fn main() -> anyhow::Result<()> {
                 host_if: host_if.clone(),
             });
             registry.insert(
-                format!("c{j}"),
+                format!("net.c{j}"),
                 Endpoint {
                     container_id: format!("c{j}"),
                     namespace: ns,
@@ -107,6 +107,8 @@ fn main() -> anyhow::Result<()> {
                     host_if,
                     ips: vec![ip(j)],
                     handle: format!("net.c{j}"),
+                    netns: String::new(),
+                    ifname: "eth0".into(),
                 },
             );
         }

@@ -253,7 +253,16 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         .map(|c| c.addr.ip())
         .collect();
     let view_rx_maint = view_rx.clone();
+    let (releases, released) = tokio::sync::mpsc::unbounded_channel();
+    let _releaser = tokio::spawn(release_superseded(
+        alloc.clone(),
+        released,
+        health.pulse("superseded releases"),
+    ));
     let (ctl, _ctl_task) = controller::start(controller::ControllerDeps {
+        records: crate::attachments::Records::new(args.state_dir.join("endpoints")),
+        releases,
+        reconcile_interval: args.reconcile_interval,
         routes,
         policy: crate::policyctl::PolicySync::new(&me.name, node_addrs),
         cluster: cluster.clone(),
@@ -273,6 +282,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         metrics: metrics.clone(),
         reconcile_after: args.startup_grace,
     }));
+    let ctl_replay = ctl.clone();
     let listener = ipam::grpc::UdsListener::bind(&args.socket).await?;
     let confirmations = crate::confirm::Confirmations::default();
     let grpc_routes = tonic::service::Routes::new(crate::ipam_ops::AgentIpam::server(
@@ -283,7 +293,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         confirmations.clone(),
     ))
     .add_service(EndpointsService::server(
-        ctl,
+        ctl.clone(),
         metrics.clone(),
         confirmations,
     ));
@@ -302,6 +312,20 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         },
         health.pulse("ipam maintenance"),
     ));
+    // DELs that ran while this agent was away.
+    let journal_dir = args
+        .cni_journal_dir
+        .clone()
+        .unwrap_or_else(|| args.state_dir.join("cni-journal"));
+    let _replay = tokio::spawn(
+        crate::journal_replay::Replay {
+            dir: journal_dir,
+            controller: ctl_replay,
+            alloc: alloc.clone(),
+            period: args.reconcile_interval,
+        }
+        .run(health.pulse("cni journal replay")),
+    );
     tracing::info!(node = %me.name, source = me.name_source, socket = %args.socket.display(), "agent started");
 
     // On SIGTERM stop accepting, give requests in flight a moment, then go
@@ -326,6 +350,34 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let _ = tokio::time::timeout(Duration::from_secs(5), alloc.wait_idle()).await;
     tracing::info!("stopped: routes and nftables state stay in place for the next start");
     Ok(())
+}
+
+/// Releases the handles the controller found superseded by a new sandbox
+/// of their pod. A failed release is only logged: the controller finds the
+/// allocation again at its next reconcile.
+async fn release_superseded(
+    alloc: ipam::Allocator,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+    mut pulse: Pulse,
+) {
+    loop {
+        let handle = tokio::select! {
+            h = rx.recv() => match h {
+                Some(h) => h,
+                None => return pulse.retire(),
+            },
+            () = pulse.tick() => continue,
+        };
+        match alloc.release(&handle).await {
+            Ok(ips) if !ips.is_empty() => {
+                tracing::info!(handle = %handle, released = ?ips, "superseded sandbox's addresses released")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(handle = %handle, error = %e, "releasing a superseded sandbox's addresses failed; retried at the next reconcile")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

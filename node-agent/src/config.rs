@@ -137,6 +137,17 @@ pub struct AgentArgs {
     #[arg(long, env = "MARGAY_STARTUP_GRACE", default_value = "60s", value_parser = parse_duration, global = true)]
     pub startup_grace: Duration,
 
+    /// How often the dataplane is re-read: missing routes put back, a pod
+    /// veth that went missing while its pod runs re-wired, superseded
+    /// sandboxes' addresses released.
+    #[arg(long, env = "MARGAY_RECONCILE_INTERVAL", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub reconcile_interval: Duration,
+
+    /// Where the CNI plugin journals releases while the agent is away (the
+    /// conflist's `journal_dir`); default `<state-dir>/cni-journal`.
+    #[arg(long, env = "MARGAY_CNI_JOURNAL_DIR", global = true)]
+    pub cni_journal_dir: Option<PathBuf>,
+
     /// Every supervised loop turns at least this often, idle or not;
     /// `/livez` fails when one has not turned for 4 periods or its task
     /// has ended.

@@ -5,7 +5,9 @@
 //!  EndpointsService ──Cmd::Up/Down + oneshot──┐
 //!  cluster (Pods, Namespaces, NetworkPolicies)─┤
 //!  IPAM view (watch) ──────── changed ────────┼──► controller task ──► LocalRoutes (netlink)
-//!  resync timer (30 s) ───────────────────────┘          │         └─► PolicySync (nft, 1 txn)
+//!  reconcile timer (30 s) ────────────────────┘          │         ├─► PolicySync (nft, 1 txn)
+//!                                                          │         ├─► endpoint records (state dir)
+//!                                                          │         └─► releases ──► releaser task (IPAM)
 //!                                                          └──► Health: dataplane programmed
 //! ```
 //!
@@ -17,6 +19,17 @@
 //! routes and its policy and answers only once both are in the kernel; a pod
 //! whose Pod object cannot be read is refused (fail closed) rather than
 //! started without policy.
+//!
+//! Endpoints are keyed by IPAM handle (one per attachment: a sandbox and
+//! an interface) and recorded on disk, so a restarted agent knows them.
+//! An EndpointUp takes over the pod's slot from older sandboxes of the pod
+//! (the runtime re-created the sandbox): their endpoints are forgotten and
+//! their addresses released ([`crate::attachments`]). EndpointDown forgets
+//! only its own attachment. Each reconcile period the controller re-reads
+//! the kernel: routes that went missing are put back, an endpoint whose
+//! veth went missing while its sandbox and pod live is re-wired, and one
+//! whose veth another attachment owns, or whose addresses were released,
+//! is forgotten.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -36,7 +49,7 @@ use crate::metrics::Metrics;
 use crate::policyctl::PolicySync;
 
 /// A pod attached to this node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Endpoint {
     /// Container (sandbox) id.
     pub container_id: String,
@@ -50,6 +63,12 @@ pub struct Endpoint {
     pub ips: Vec<IpAddr>,
     /// The IPAM handle.
     pub handle: String,
+    /// The sandbox's network namespace (CNI_NETNS); empty if unknown.
+    #[serde(default)]
+    pub netns: String,
+    /// The container-side interface (CNI_IFNAME); empty if unknown.
+    #[serde(default)]
+    pub ifname: String,
 }
 
 impl Endpoint {
@@ -107,8 +126,9 @@ pub enum Cmd {
     Resync,
     /// Program an endpoint; answer when its routes (and policy) are in place.
     Up(Endpoint, oneshot::Sender<Result<(), EndpointError>>),
-    /// Forget an endpoint and remove its routes. Either key may be empty
-    /// (GC knows only the handle).
+    /// Forget an attachment and remove its routes: the one with this
+    /// handle, or without a handle (GC knows only the handle; an old
+    /// plugin only the container) every attachment of the container.
     Down {
         /// Container id.
         container_id: String,
@@ -195,6 +215,12 @@ pub fn desired_routes(
 
 /// What the controller works with.
 pub struct ControllerDeps {
+    /// Where endpoints are recorded across restarts.
+    pub records: crate::attachments::Records,
+    /// Handles whose addresses a re-created sandbox superseded: to release.
+    pub releases: mpsc::UnboundedSender<String>,
+    /// How often the kernel is re-read and endpoints reconciled.
+    pub reconcile_interval: Duration,
     /// Local routes (netlink in the node's namespace).
     pub routes: LocalRoutes,
     /// Policy engine and nft session.
@@ -224,9 +250,37 @@ const SETTLE: Duration = Duration::from_millis(3);
 /// A failed sync is retried after this long (or at the next change).
 const RETRY: Duration = Duration::from_secs(1);
 
+/// An endpoint whose handle the IPAM view does not show is forgotten only
+/// after this long (the block watch may lag an EndpointUp).
+const UNALLOCATED_GRACE: Duration = Duration::from_secs(60);
+
 async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
-    let mut endpoints: BTreeMap<String, Endpoint> = BTreeMap::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    // By IPAM handle; recorded ones first (a restart).
+    let mut endpoints: BTreeMap<String, Endpoint> = d
+        .records
+        .load()
+        .into_iter()
+        .map(|ep| (ep.handle.clone(), ep))
+        .collect();
+    if !endpoints.is_empty() {
+        tracing::info!(
+            endpoints = endpoints.len(),
+            "endpoints of the previous run loaded"
+        );
+    }
+    // When each endpoint was last known to hold its allocation.
+    let mut confirmed: BTreeMap<String, Instant> = endpoints
+        .keys()
+        .map(|h| (h.clone(), Instant::now()))
+        .collect();
+    let node_nl = match cni_plugin::netlink::Nl::here() {
+        Ok(nl) => Some(nl),
+        Err(e) => {
+            tracing::error!(error = %e, "no netlink socket: endpoint veths will not be checked or repaired");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(d.reconcile_interval);
     let mut gens = d.cluster.subscribe();
     let mut seen = gens.borrow().clone();
     let mut pulse = d.health.pulse("dataplane controller");
@@ -258,23 +312,35 @@ async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
                 Some(Cmd::Resync) => dirty = true,
                 Some(Cmd::Up(ep, reply)) => {
                     let res = endpoint_up(&mut d, &ep, &mut endpoints).await;
-                    if res.is_err() {
-                        dirty = true;
+                    match &res {
+                        Ok(()) => {
+                            confirmed.insert(ep.handle.clone(), Instant::now());
+                            take_over(&d, &ep, &mut endpoints);
+                        }
+                        Err(_) => dirty = true,
                     }
                     let _ = reply.send(res);
                 }
                 Some(Cmd::Down { container_id, handle, reply }) => {
-                    let key = endpoints
+                    let keys: Vec<String> = endpoints
                         .iter()
-                        .find(|(id, ep)| {
-                            (!container_id.is_empty() && **id == container_id)
-                                || (!handle.is_empty() && ep.handle == handle)
+                        .filter(|(h, ep)| {
+                            if handle.is_empty() {
+                                !container_id.is_empty() && ep.container_id == container_id
+                            } else {
+                                **h == handle
+                            }
                         })
-                        .map(|(id, _)| id.clone());
-                    let res = match key.and_then(|k| endpoints.remove(&k)) {
-                        Some(ep) => endpoint_down(&mut d, &ep, &endpoints).await,
-                        None => Ok(()),
-                    };
+                        .map(|(h, _)| h.clone())
+                        .collect();
+                    let mut res = Ok(());
+                    for k in keys {
+                        if let Some(ep) = endpoints.remove(&k) {
+                            forget(&d, &ep.handle);
+                            confirmed.remove(&k);
+                            res = res.and(endpoint_down(&mut d, &ep, &endpoints).await);
+                        }
+                    }
                     // Whatever else pointed at it goes at the next sync.
                     dirty = true;
                     let _ = reply.send(res);
@@ -300,7 +366,10 @@ async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
             }
             _ = tick.tick() => {
                 // Periodically re-read the kernel: repairs routes someone
-                // else changed.
+                // else changed, and veths that went missing.
+                if let Some(nl) = &node_nl {
+                    reconcile_endpoints(&mut d, nl, &mut endpoints, &mut confirmed).await;
+                }
                 applied = None;
                 dirty = true;
             }
@@ -410,11 +479,18 @@ async fn endpoint_up(
         Some(pod_info(&d.cluster, ep).await?)
     };
     ensure_routes(d, ep).await?;
-    endpoints.insert(ep.container_id.clone(), ep.clone());
+    let before = endpoints.insert(ep.handle.clone(), ep.clone());
     d.policy.endpoint_up(info, ep.local());
     if let Err(e) = d.policy.commit(&d.metrics) {
-        endpoints.remove(&ep.container_id);
+        match before {
+            Some(b) => endpoints.insert(ep.handle.clone(), b),
+            None => endpoints.remove(&ep.handle),
+        };
         return Err(EndpointError::Policy(e.to_string()));
+    }
+    if let Err(e) = d.records.save(ep) {
+        // Only a restart would miss it: the IPAM view still routes it.
+        tracing::warn!(error = %e, "cannot record the endpoint; a restarted agent will not repair its veth");
     }
     if ep.standalone() {
         tracing::info!(container = %ep.container_id, handle = %ep.handle, host_if = %ep.host_if, ips = ?ep.ips, "standalone workload up (no pod identity: routed, anti-spoofed, not subject to NetworkPolicy)");
@@ -471,6 +547,105 @@ async fn prepare(d: &mut ControllerDeps, ep: &Endpoint) {
             tracing::debug!(container = %ep.container_id, error = %e, "preparing policy failed; EndpointUp retries")
         }
     }
+}
+
+/// Forgets `handle`'s record.
+fn forget(d: &ControllerDeps, handle: &str) {
+    if let Err(e) = d.records.remove(handle) {
+        tracing::warn!(error = %e, "cannot remove an endpoint record");
+    }
+}
+
+/// `ep` was just brought up on its pod's host veth: older sandboxes of the
+/// pod on the same slot are superseded. Their endpoints are forgotten (the
+/// next sync drops their routes) and their addresses released.
+fn take_over(d: &ControllerDeps, ep: &Endpoint, endpoints: &mut BTreeMap<String, Endpoint>) {
+    let old: Vec<String> = endpoints
+        .iter()
+        .filter(|(h, e)| **h != ep.handle && e.host_if == ep.host_if)
+        .map(|(h, _)| h.clone())
+        .collect();
+    for h in old {
+        endpoints.remove(&h);
+        forget(d, &h);
+        tracing::info!(handle = %h, by = %ep.handle, host_if = %ep.host_if, "endpoint superseded by a new sandbox of the pod");
+    }
+    release_superseded(d, ep);
+}
+
+/// Queues the release of the allocations `ep`'s sandbox supersedes.
+fn release_superseded(d: &ControllerDeps, ep: &Endpoint) {
+    let v = d.view.borrow().clone();
+    for a in crate::attachments::superseded_allocations(ep, &v.local) {
+        tracing::info!(handle = %a.handle, ip = %a.ip, by = %ep.handle, pod = %format!("{}/{}", ep.namespace, ep.pod), "releasing an older sandbox's address: the pod has a new sandbox");
+        let _ = d.releases.send(a.handle.clone());
+    }
+}
+
+/// The periodic look at each endpoint's veth (see the module doc).
+async fn reconcile_endpoints(
+    d: &mut ControllerDeps,
+    nl: &cni_plugin::netlink::Nl,
+    endpoints: &mut BTreeMap<String, Endpoint>,
+    confirmed: &mut BTreeMap<String, Instant>,
+) {
+    use crate::attachments::{RepairError, VethState, rewire, veth_state};
+    let v = d.view.borrow().clone();
+    let now = Instant::now();
+    let mut gone: Vec<(String, String)> = Vec::new();
+    for (h, ep) in endpoints.iter() {
+        if v.synced {
+            if v.local.iter().any(|a| a.handle == *h) {
+                confirmed.insert(h.clone(), now);
+            } else if confirmed
+                .get(h)
+                .is_none_or(|t| now.saturating_duration_since(*t) > UNALLOCATED_GRACE)
+            {
+                gone.push((h.clone(), "its addresses are no longer allocated".into()));
+                continue;
+            }
+        }
+        match veth_state(nl, ep).await {
+            Ok(VethState::Owned) => release_superseded(d, ep),
+            Ok(VethState::Foreign(owner)) => {
+                gone.push((h.clone(), format!("its veth now belongs to {owner}")))
+            }
+            Ok(VethState::Unmarked) => {}
+            Ok(VethState::Missing) => {
+                if !ep.standalone() && !pod_runs(&d.cluster, ep) {
+                    continue; // the pod is going: its DEL will come
+                }
+                match rewire(nl, ep).await {
+                    Ok(()) => {
+                        tracing::warn!(pod = %format!("{}/{}", ep.namespace, ep.pod), container = %ep.container_id, host_if = %ep.host_if, ips = ?ep.ips, "endpoint repaired: its veth had gone missing while the pod runs")
+                    }
+                    Err(RepairError::SandboxGone(ns)) => {
+                        tracing::debug!(handle = %h, netns = %ns, "veth missing and sandbox gone; waiting for its DEL")
+                    }
+                    Err(e) => {
+                        tracing::warn!(handle = %h, host_if = %ep.host_if, error = %e, "cannot repair the endpoint's missing veth")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(host_if = %ep.host_if, error = %e, "cannot read the endpoint's veth")
+            }
+        }
+    }
+    for (h, why) in gone {
+        endpoints.remove(&h);
+        confirmed.remove(&h);
+        forget(d, &h);
+        tracing::info!(handle = %h, reason = %why, "endpoint forgotten");
+    }
+}
+
+/// The endpoint's Pod exists and is not being deleted.
+fn pod_runs(cluster: &Cluster, ep: &Endpoint) -> bool {
+    cluster
+        .pods
+        .get(&kube::runtime::reflector::ObjectRef::new(&ep.pod).within(&ep.namespace))
+        .is_some_and(|p| p.metadata.deletion_timestamp.is_none())
 }
 
 async fn ensure_routes(d: &mut ControllerDeps, ep: &Endpoint) -> Result<(), EndpointError> {
@@ -540,6 +715,8 @@ mod tests {
                 host_if: "cali0123456789a".into(),
                 ips: vec!["198.19.0.3".parse().expect("ip")],
                 handle: "net.c2".into(),
+                netns: String::new(),
+                ifname: "eth0".into(),
             },
         )]
         .into();

@@ -102,6 +102,8 @@ pub fn endpoint_from(req: &EndpointUpRequest) -> Result<Endpoint, Status> {
         host_if: req.host_ifname.clone(),
         ips,
         handle: req.handle.clone(),
+        netns: req.netns.clone(),
+        ifname: req.ifname.clone(),
     })
 }
 

@@ -170,6 +170,8 @@ fn prepared_identity(req: &AllocateRequest) -> Option<Endpoint> {
         host_if: host_veth(&req.pod_namespace, &req.pod_name, &req.handle, &req.ifname),
         ips: Vec::new(),
         handle: req.handle.clone(),
+        netns: String::new(),
+        ifname: req.ifname.clone(),
     })
 }
 

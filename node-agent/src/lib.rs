@@ -1,6 +1,7 @@
 //! The Margay node agent: Kubernetes and kernel adapters around the cores.
 
 pub mod agent;
+pub mod attachments;
 pub mod cluster;
 pub mod config;
 pub mod confirm;
@@ -16,6 +17,7 @@ pub mod install_cni;
 pub mod ipam_ops;
 pub mod ipam_store;
 pub mod ipamview;
+pub mod journal_replay;
 pub mod localroutes;
 pub mod logging;
 pub mod metrics;

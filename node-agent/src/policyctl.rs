@@ -433,9 +433,11 @@ mod tests {
             host_if: "cali0000000000b".into(),
             ips: vec!["198.19.0.55".parse().expect("ip")],
             handle: "net.cb".into(),
+            netns: String::new(),
+            ifname: "eth0".into(),
         };
         let with_ep: BTreeMap<String, crate::controller::Endpoint> =
-            [("cb".to_string(), ep)].into();
+            [("net.cb".to_string(), ep)].into();
         ps.update(&cluster, &view, &with_ep);
         std::sync::Arc::make_mut(&mut view.pod_ips).insert(
             ("ns".into(), "b".into()),
