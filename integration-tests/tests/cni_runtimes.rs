@@ -90,6 +90,7 @@ impl Env {
             "plugins": [{
                 "type": "margay",
                 "agent_socket": self.agent.socket,
+                "journal_dir": self.agent.journal_dir(),
                 "log_file": self.cni_log_path(),
                 "log_level": "debug",
                 "timeouts": {"connect_ms": 1000, "request_ms": 10000},
