@@ -4,6 +4,7 @@
 
 pub mod apiserver;
 pub mod cni;
+pub mod cri;
 pub mod k8s;
 pub mod lab;
 

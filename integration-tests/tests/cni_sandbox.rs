@@ -224,3 +224,102 @@ fn dels_while_the_agent_is_down_succeed_and_are_replayed_at_its_start() {
     // The server pod's allocation was not touched.
     assert!(held(&lab).iter().any(|(h, _)| h.ends_with("ctr-server")));
 }
+
+/// The same re-creation driven through containerd's CRI, as a kubelet
+/// does: RunPodSandbox for a pod, RunPodSandbox again (attempt 1: a new
+/// sandbox, a new container ID, the same pod), then StopPodSandbox and
+/// RemovePodSandbox of the first. containerd makes every CNI call itself.
+#[test]
+fn containerd_cri_sandbox_recreation() {
+    integration_tests::require_root!();
+    if let Some(tool) = integration_tests::cri::missing_tools() {
+        panic!("{tool} is missing: scripts/install-deps installs it");
+    }
+    let lab = Lab::builder().nodes(1).build().expect("lab");
+    let _api = k8s::start_apiserver(&lab).expect("apiserver");
+    let (agent, server) = setup(&lab);
+    let node = &lab.node("n1").expect("n1").ns;
+    k8s::with_client(lab.tor(), |c| async move {
+        k8s::create_pod(&c, "demo", "web", "n1", &[], &[]).await
+    })
+    .expect("client")
+    .expect("pod web");
+
+    // The runtime's CNI directories: margay (+ loopback, which containerd
+    // sets up first) and the conflist.
+    let dir = lab.run_dir().join("cri");
+    let (bin, netd) = (dir.join("bin"), dir.join("net.d"));
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    std::fs::create_dir_all(&netd).expect("mkdir");
+    std::fs::copy(
+        lab::workspace_bin("margay").expect("margay"),
+        bin.join("margay"),
+    )
+    .expect("copy margay");
+    std::fs::copy("/usr/lib/cni/loopback", bin.join("loopback")).expect("copy loopback");
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "plugins": [{
+            "type": "margay",
+            "agent_socket": agent.socket,
+            "journal_dir": agent.journal_dir(),
+            "log_file": lab.run_dir().join("cni.log"),
+            "log_level": "debug",
+            "mtu": 1500,
+        }],
+    });
+    std::fs::write(netd.join("10-margay.conflist"), conflist.to_string()).expect("conflist");
+    let cri = integration_tests::cri::Cri::start(node, &dir.join("containerd"), &bin, &netd)
+        .expect("containerd with CRI");
+
+    let first = cri
+        .run_pod_sandbox("demo", "web", "uid-web", 0)
+        .unwrap_or_else(|s| panic!("RunPodSandbox: {s}\n{}", cri.log()));
+    let ip1 = cri.sandbox_ip(&first).expect("status").expect("first ip");
+    let h1 = format!("k8s-pod-network.{first}");
+    let host_if = integration_tests::lab::host_ifname("demo", "web");
+    assert_eq!(alias(node, &host_if).as_deref(), Some(h1.as_str()));
+
+    let second = cri
+        .run_pod_sandbox("demo", "web", "uid-web", 1)
+        .unwrap_or_else(|s| panic!("RunPodSandbox again: {s}\n{}", cri.log()));
+    let ip2 = cri.sandbox_ip(&second).expect("status").expect("second ip");
+    let h2 = format!("k8s-pod-network.{second}");
+    assert_ne!(ip1, ip2);
+    assert_eq!(alias(node, &host_if).as_deref(), Some(h2.as_str()));
+    println!("CRI sandboxes of demo/web: {first} ({ip1}), then {second} ({ip2})");
+
+    // The kubelet removes the old sandbox; containerd sends its DELs.
+    cri.stop_pod_sandbox(&first).expect("StopPodSandbox");
+    cri.remove_pod_sandbox(&first).expect("RemovePodSandbox");
+    assert_eq!(
+        alias(node, &host_if).as_deref(),
+        Some(h2.as_str()),
+        "removing the old sandbox took the new one's veth"
+    );
+    assert!(pod_routes(node).contains(&format!("{ip2} dev {host_if}")));
+    lab::wait_for("old address released", Duration::from_secs(10), || {
+        let h = held(&lab);
+        Ok(
+            (!h.iter().any(|(handle, _)| *handle == h1) && h.contains(&(h2.clone(), ip2)))
+                .then_some(()),
+        )
+    })
+    .expect("the old sandbox's address is released, the new one's kept");
+    // The new sandbox answers from the server pod.
+    let (ok_, out) = match server
+        .ns
+        .exec(&["ping", "-c", "1", "-W", "2", &ip2.to_string()])
+    {
+        Ok(o) => (true, o),
+        Err(e) => (false, e.to_string()),
+    };
+    assert!(ok_, "server -> new sandbox: {out}");
+
+    // The pod goes: everything of it goes.
+    cri.stop_pod_sandbox(&second).expect("StopPodSandbox");
+    cri.remove_pod_sandbox(&second).expect("RemovePodSandbox");
+    assert!(alias(node, &host_if).is_none());
+    assert!(!held(&lab).iter().any(|(h, _)| *h == h1 || *h == h2));
+}
