@@ -6,10 +6,13 @@ use ipnetwork::IpNetwork;
 use crate::agent;
 use crate::config::{Family, NetConf};
 use crate::error::CniError;
-use crate::wiring::handle_id;
+use crate::netlink::Nl;
+use crate::wiring::{HOST_PREFIX, handle_id, owner_alias};
 
 /// GC: the agent releases every handle of this network not among the
-/// valid attachments; the endpoints of released handles are taken down.
+/// valid attachments; the endpoints of released handles are taken down,
+/// and a host veth still marked as one of theirs is deleted (nothing of a
+/// collected attachment is left on the node).
 pub async fn gc(conf: &NetConf) -> Result<(), CniError> {
     let valid = conf
         .valid_attachments
@@ -41,12 +44,49 @@ pub async fn gc(conf: &NetConf) -> Result<(), CniError> {
             errors.push(format!("EndpointDown {handle}: {}", e.details()));
         }
     }
+    match delete_veths_of(&reply.released_handles).await {
+        Ok(gone) if !gone.is_empty() => {
+            tracing::info!(veths = ?gone, "GC deleted veths of collected attachments")
+        }
+        Ok(_) => {}
+        Err(e) => errors.push(e.details()),
+    }
     tracing::info!(released = ?reply.released_handles, "GC done");
     if errors.is_empty() {
         Ok(())
     } else {
         Err(CniError::GcIncomplete { errors })
     }
+}
+
+/// Deletes the host veths whose owner mark names one of `handles`.
+async fn delete_veths_of(handles: &[String]) -> Result<Vec<String>, CniError> {
+    if handles.is_empty() {
+        return Ok(Vec::new());
+    }
+    let owners: Vec<String> = handles.iter().map(|h| owner_alias(h)).collect();
+    let nl = Nl::here().map_err(|source| CniError::Netns {
+        path: "/proc/self/ns/net".into(),
+        reason: "netlink socket".into(),
+        source,
+    })?;
+    let links = nl.links().await.map_err(|source| CniError::Netlink {
+        op: "list links".into(),
+        source,
+    })?;
+    let mut gone = Vec::new();
+    for l in links {
+        if l.name.starts_with(HOST_PREFIX) && l.alias.as_ref().is_some_and(|a| owners.contains(a)) {
+            nl.delete_link(l.index)
+                .await
+                .map_err(|source| CniError::Netlink {
+                    op: format!("delete {}", l.name),
+                    source,
+                })?;
+            gone.push(l.name);
+        }
+    }
+    Ok(gone)
 }
 
 fn pool_family(p: &PoolStatus) -> Option<Family> {

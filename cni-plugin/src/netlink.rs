@@ -194,6 +194,16 @@ impl Nl {
         }
     }
 
+    /// Every link of the namespace.
+    pub async fn links(&self) -> Result<Vec<Link>, rtnetlink::Error> {
+        let mut s = self.h.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(m) = s.try_next().await? {
+            out.push(Link::from_message(&m));
+        }
+        Ok(out)
+    }
+
     /// The link with index `index`, if any.
     pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, rtnetlink::Error> {
         let mut s = self.h.link().get().match_index(index).execute();

@@ -622,6 +622,10 @@ fn gc_releases_attachments_not_listed() {
     let st = node.agent().state();
     assert!(!st.endpoints.contains_key("mgnet.c1"));
     assert!(st.endpoints.contains_key("mgnet.c0"));
+    // The collected attachment's veth pair is gone too; the others stay.
+    assert_eq!(node.cali_links().len(), 2, "{:?}", node.cali_links());
+    assert!(!pods[1].links().contains(&"eth0".to_string()));
+    assert!(pods[0].links().contains(&"eth0".to_string()));
 }
 
 #[test]
