@@ -27,7 +27,8 @@
 //! their addresses released ([`crate::attachments`]). EndpointDown forgets
 //! only its own attachment. Each reconcile period the controller re-reads
 //! the kernel: routes that went missing are put back, an endpoint whose
-//! veth went missing while its sandbox and pod live is re-wired, and one
+//! veth is missing at two rounds in a row while its sandbox and pod live is
+//! re-wired, and one
 //! whose veth another attachment owns, or whose addresses were released,
 //! is forgotten.
 
@@ -268,11 +269,13 @@ async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
             "endpoints of the previous run loaded"
         );
     }
-    // When each endpoint was last known to hold its allocation.
-    let mut confirmed: BTreeMap<String, Instant> = endpoints
-        .keys()
-        .map(|h| (h.clone(), Instant::now()))
-        .collect();
+    let mut tracked = Seen {
+        confirmed: endpoints
+            .keys()
+            .map(|h| (h.clone(), Instant::now()))
+            .collect(),
+        missing: BTreeSet::new(),
+    };
     let node_nl = match cni_plugin::netlink::Nl::here() {
         Ok(nl) => Some(nl),
         Err(e) => {
@@ -314,7 +317,7 @@ async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
                     let res = endpoint_up(&mut d, &ep, &mut endpoints).await;
                     match &res {
                         Ok(()) => {
-                            confirmed.insert(ep.handle.clone(), Instant::now());
+                            tracked.confirmed.insert(ep.handle.clone(), Instant::now());
                             take_over(&d, &ep, &mut endpoints);
                         }
                         Err(_) => dirty = true,
@@ -337,7 +340,7 @@ async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
                     for k in keys {
                         if let Some(ep) = endpoints.remove(&k) {
                             forget(&d, &ep.handle);
-                            confirmed.remove(&k);
+                            tracked.forget(&k);
                             res = res.and(endpoint_down(&mut d, &ep, &endpoints).await);
                         }
                     }
@@ -368,7 +371,7 @@ async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
                 // Periodically re-read the kernel: repairs routes someone
                 // else changed, and veths that went missing.
                 if let Some(nl) = &node_nl {
-                    reconcile_endpoints(&mut d, nl, &mut endpoints, &mut confirmed).await;
+                    reconcile_endpoints(&mut d, nl, &mut endpoints, &mut tracked).await;
                 }
                 applied = None;
                 dirty = true;
@@ -582,22 +585,42 @@ fn release_superseded(d: &ControllerDeps, ep: &Endpoint) {
     }
 }
 
+/// What the reconcile remembers between rounds, by handle.
+struct Seen {
+    /// When each endpoint was last known to hold its allocation.
+    confirmed: BTreeMap<String, Instant>,
+    /// Endpoints whose veth was missing at the last round. A veth is put
+    /// back only when it is missing at two rounds in a row: a DEL deletes
+    /// the veth and tells the agent at the same time, and a round that
+    /// falls between the two must not re-create what the DEL removes.
+    missing: BTreeSet<String>,
+}
+
+impl Seen {
+    fn forget(&mut self, handle: &str) {
+        self.confirmed.remove(handle);
+        self.missing.remove(handle);
+    }
+}
+
 /// The periodic look at each endpoint's veth (see the module doc).
 async fn reconcile_endpoints(
     d: &mut ControllerDeps,
     nl: &cni_plugin::netlink::Nl,
     endpoints: &mut BTreeMap<String, Endpoint>,
-    confirmed: &mut BTreeMap<String, Instant>,
+    seen: &mut Seen,
 ) {
     use crate::attachments::{RepairError, VethState, rewire, veth_state};
     let v = d.view.borrow().clone();
     let now = Instant::now();
     let mut gone: Vec<(String, String)> = Vec::new();
+    let mut missing = BTreeSet::new();
     for (h, ep) in endpoints.iter() {
         if v.synced {
             if v.local.iter().any(|a| a.handle == *h) {
-                confirmed.insert(h.clone(), now);
-            } else if confirmed
+                seen.confirmed.insert(h.clone(), now);
+            } else if seen
+                .confirmed
                 .get(h)
                 .is_none_or(|t| now.saturating_duration_since(*t) > UNALLOCATED_GRACE)
             {
@@ -614,6 +637,10 @@ async fn reconcile_endpoints(
             Ok(VethState::Missing) => {
                 if !ep.standalone() && !pod_runs(&d.cluster, ep) {
                     continue; // the pod is going: its DEL will come
+                }
+                missing.insert(h.clone());
+                if !seen.missing.contains(h) {
+                    continue; // again at the next round, unless a DEL came
                 }
                 match rewire(nl, ep).await {
                     Ok(()) => {
@@ -632,9 +659,10 @@ async fn reconcile_endpoints(
             }
         }
     }
+    seen.missing = missing;
     for (h, why) in gone {
         endpoints.remove(&h);
-        confirmed.remove(&h);
+        seen.forget(&h);
         forget(d, &h);
         tracing::info!(handle = %h, reason = %why, "endpoint forgotten");
     }
