@@ -318,7 +318,10 @@ async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
                     match &res {
                         Ok(()) => {
                             tracked.confirmed.insert(ep.handle.clone(), Instant::now());
-                            take_over(&d, &ep, &mut endpoints);
+                            if take_over(&d, &ep, &mut endpoints) {
+                                // The superseded endpoints' policy goes too.
+                                dirty = true;
+                            }
                         }
                         Err(_) => dirty = true,
                     }
@@ -561,19 +564,26 @@ fn forget(d: &ControllerDeps, handle: &str) {
 
 /// `ep` was just brought up on its pod's host veth: older sandboxes of the
 /// pod on the same slot are superseded. Their endpoints are forgotten (the
-/// next sync drops their routes) and their addresses released.
-fn take_over(d: &ControllerDeps, ep: &Endpoint, endpoints: &mut BTreeMap<String, Endpoint>) {
+/// next sync drops their routes and policy) and their addresses released.
+/// True if an endpoint was forgotten.
+fn take_over(
+    d: &ControllerDeps,
+    ep: &Endpoint,
+    endpoints: &mut BTreeMap<String, Endpoint>,
+) -> bool {
     let old: Vec<String> = endpoints
         .iter()
         .filter(|(h, e)| **h != ep.handle && e.host_if == ep.host_if)
         .map(|(h, _)| h.clone())
         .collect();
+    let forgot = !old.is_empty();
     for h in old {
         endpoints.remove(&h);
         forget(d, &h);
         tracing::info!(handle = %h, by = %ep.handle, host_if = %ep.host_if, "endpoint superseded by a new sandbox of the pod");
     }
     release_superseded(d, ep);
+    forgot
 }
 
 /// Queues the release of the allocations `ep`'s sandbox supersedes.
