@@ -54,7 +54,7 @@ async fn one(
         ..Config::default()
     })
     .await?;
-    let client = kube::Client::try_from(kube::Config::new(server.url().parse()?))?;
+    let client = kube::Client::try_from(server.admin_config())?;
     k8s::install_crds(&client).await?;
     k8s::apply_json::<IPPool>(
         &client,

@@ -13,6 +13,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 
+use serde::Deserialize as _;
+
 use crate::lab::{self, Daemon, Lab, LabError, Netns, Result, TOR_IPV4};
 
 /// Port of the lab's API server.
@@ -20,7 +22,7 @@ pub const API_PORT: u16 = 6443;
 
 /// The lab's API server URL (as nodes and the ToR see it).
 pub fn api_url() -> String {
-    format!("http://{TOR_IPV4}:{API_PORT}")
+    format!("https://{TOR_IPV4}:{API_PORT}")
 }
 
 /// Starts `margay-apiserver` in the ToR namespace, state in
@@ -78,7 +80,7 @@ where
             let uri = api_url()
                 .parse::<http::Uri>()
                 .map_err(|e| LabError::Invalid(e.to_string()))?;
-            let client = Client::try_from(kube::Config::new(uri))
+            let client = Client::try_from(crate::apiserver::insecure_admin_config(uri))
                 .map_err(|e| LabError::Invalid(format!("kube client: {e}")))?;
             Ok(f(client).await)
         })
@@ -211,12 +213,14 @@ pub fn start_agent(lab: &Lab, node: &str, extra: &[&str]) -> Result<Agent> {
     let socket = lab.run_dir().join(format!("{node}.sock"));
     let _ = std::fs::remove_file(&socket);
     let state_dir = lab.run_dir().join(format!("{node}-state"));
+    let kubeconfig = agent_kubeconfig(lab)?;
     let mut args: Vec<String> = vec![
         path_str(&bin)?.into(),
         "--node-name".into(),
         node.into(),
-        "--api-server".into(),
-        api_url(),
+        // Its own identity only: the ServiceAccount of deploy/margay.yaml.
+        "--kubeconfig".into(),
+        path_str(&kubeconfig)?.into(),
         "--socket".into(),
         path_str(&socket)?.into(),
         "--health-listen".into(),
@@ -307,6 +311,137 @@ pub fn bootstrap(lab: &Lab, pools: &[(&str, &str)]) -> Result<()> {
         Ok(())
     })?
     .map_err(|e| LabError::Invalid(format!("bootstrapping the cluster: {e}")))
+}
+
+/// The shipped manifest of the agent (`deploy/margay.yaml`).
+pub fn deploy_manifest() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/margay.yaml")
+}
+
+/// The objects of `deploy/margay.yaml`, as shipped, that make up the
+/// agent's identity: its Namespace, ServiceAccount, (Cluster)Roles and
+/// (Cluster)RoleBindings.
+pub fn agent_identity_objects() -> Result<Vec<serde_json::Value>> {
+    let path = deploy_manifest();
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| LabError::io(format!("reading {}", path.display()), e))?;
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v = serde_json::Value::deserialize(doc)
+            .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
+        if matches!(
+            v.get("kind").and_then(serde_json::Value::as_str),
+            Some(
+                "Namespace"
+                    | "ServiceAccount"
+                    | "ClusterRole"
+                    | "ClusterRoleBinding"
+                    | "Role"
+                    | "RoleBinding"
+            )
+        ) {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+/// Creates (or replaces) an object of a built-in kind whose plural is its
+/// lower-cased kind + "s" (Namespace, ServiceAccount, the RBAC kinds),
+/// namespaced or not.
+pub async fn apply_object(
+    client: &Client,
+    obj: &serde_json::Value,
+) -> std::result::Result<(), kube::Error> {
+    use kube::api::{ApiResource, DynamicObject};
+    let s = |k: &str| {
+        obj.get(k)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (api_version, kind) = (s("apiVersion"), s("kind"));
+    let (group, version) = match api_version.split_once('/') {
+        Some((g, v)) => (g.to_string(), v.to_string()),
+        None => (String::new(), api_version.clone()),
+    };
+    let plural = format!("{}s", kind.to_lowercase());
+    let ar = ApiResource {
+        group,
+        version,
+        api_version,
+        kind,
+        plural,
+    };
+    let typed: DynamicObject =
+        serde_json::from_value(obj.clone()).map_err(kube::Error::SerdeError)?;
+    let api: Api<DynamicObject> = match typed.metadata.namespace.as_deref() {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    };
+    let name = typed.metadata.name.clone().unwrap_or_default();
+    match api.create(&PostParams::default(), &typed).await {
+        Err(kube::Error::Api(st)) if st.code == 409 => {
+            let cur = api.get(&name).await?;
+            let mut next = typed;
+            next.metadata.resource_version = cur.metadata.resource_version;
+            api.replace(&name, &PostParams::default(), &next).await?;
+            Ok(())
+        }
+        other => other.map(|_| ()),
+    }
+}
+
+/// A token for ServiceAccount `namespace/name` from the TokenRequest API.
+pub async fn service_account_token(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    seconds: u64,
+) -> std::result::Result<String, kube::Error> {
+    let body = serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": [], "expirationSeconds": seconds},
+    });
+    let req = http::Request::post(format!(
+        "/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token"
+    ))
+    .header(http::header::CONTENT_TYPE, "application/json")
+    .body(serde_json::to_vec(&body).map_err(kube::Error::SerdeError)?)
+    .map_err(kube::Error::HttpError)?;
+    let out: serde_json::Value = client.request(req).await?;
+    Ok(out
+        .pointer("/status/token")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// The agent's identity in this lab, as an operator would set it up: the
+/// RBAC of `deploy/margay.yaml` applied as shipped, and a kubeconfig
+/// (`<run_dir>/margay-node.kubeconfig`) carrying a token of the
+/// `margay-system/margay-node` ServiceAccount. Made once per lab.
+pub fn agent_kubeconfig(lab: &Lab) -> Result<PathBuf> {
+    let path = lab.run_dir().join("margay-node.kubeconfig");
+    if path.exists() {
+        return Ok(path);
+    }
+    let objects = agent_identity_objects()?;
+    let token = with_client(lab.tor(), move |c| async move {
+        for o in &objects {
+            apply_object(&c, o).await?;
+        }
+        service_account_token(&c, "margay-system", "margay-node", 30 * 86_400).await
+    })?
+    .map_err(|e| LabError::Invalid(format!("the agent's identity from deploy/margay.yaml: {e}")))?;
+    // The cluster's CA, from the admin kubeconfig the server wrote.
+    let admin = std::fs::read_to_string(kubeconfig_path(lab))
+        .map_err(|e| LabError::io("reading the admin kubeconfig", e))?;
+    let (_, ca) = crate::apiserver::kubeconfig_cluster(&admin)
+        .ok_or_else(|| LabError::Invalid("the admin kubeconfig names no CA".into()))?;
+    std::fs::write(&path, crate::apiserver::kubeconfig(&api_url(), &ca, &token))
+        .map_err(|e| LabError::io("writing the agent's kubeconfig", e))?;
+    Ok(path)
 }
 
 /// Creates (or replaces) a cluster object from JSON in the lab API server.

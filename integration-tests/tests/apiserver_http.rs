@@ -163,7 +163,7 @@ async fn errors_are_kubernetes_status_objects() {
     );
     // kube retries 504s, so this one goes over a bare connection.
     let (code, s) = raw_tcp(
-        server.addr(),
+        &server,
         "GET",
         "/api/v1/pods?resourceVersion=999999&resourceVersionMatch=Exact",
         "application/json",
@@ -185,7 +185,7 @@ async fn errors_are_kubernetes_status_objects() {
     let big = vec![b' '; 9 << 20];
     assert_eq!(
         raw_tcp(
-            server.addr(),
+            &server,
             "POST",
             "/api/v1/namespaces/default/pods",
             "application/json",
@@ -741,9 +741,18 @@ async fn binary_serves_persists_and_stops_on_sigterm() {
         })
         .await
     }
+    // As kubectl would: the kubeconfig the binary wrote (its CA, the
+    // admin token); still valid after a restart from the same state.
     let kube_for = |addr: &str| {
-        let cfg = kube::Config::new(format!("http://{addr}").parse().expect("uri"));
-        Client::try_from(cfg).expect("client")
+        let text = std::fs::read_to_string(&kubeconfig).expect("kubeconfig");
+        assert!(text.contains(&format!("server: https://{addr}")), "{text}");
+        let kc: kube::config::Kubeconfig = serde_yaml::from_str(&text).expect("kubeconfig yaml");
+        async move {
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .expect("config");
+            Client::try_from(cfg).expect("client")
+        }
     };
     let stop = |child: &tokio::process::Child| {
         let pid =
@@ -753,12 +762,7 @@ async fn binary_serves_persists_and_stops_on_sigterm() {
 
     let mut child = run();
     let addr = wait_addr(&addr_file).await;
-    assert!(
-        std::fs::read_to_string(&kubeconfig)
-            .expect("kubeconfig")
-            .contains(&format!("server: http://{addr}"))
-    );
-    let c = kube_for(&addr);
+    let c = kube_for(&addr).await;
     let cms: Api<ConfigMap> = Api::namespaced(c, "default");
     let cm = ConfigMap {
         metadata: ObjectMeta {
@@ -782,7 +786,7 @@ async fn binary_serves_persists_and_stops_on_sigterm() {
 
     let mut child = run();
     let addr = wait_addr(&addr_file).await;
-    let cms: Api<ConfigMap> = Api::namespaced(kube_for(&addr), "default");
+    let cms: Api<ConfigMap> = Api::namespaced(kube_for(&addr).await, "default");
     let got = cms.get("survivor").await.expect("survived the restart");
     assert_eq!(got.uid(), created.uid());
     stop(&child);

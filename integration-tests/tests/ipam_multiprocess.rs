@@ -20,8 +20,7 @@ async fn sixteen_agents_allocate_sixteen_thousand_distinct_addresses() {
     let server = ApiServer::start(Config::default())
         .await
         .expect("apiserver");
-    let client = kube::Client::try_from(kube::Config::new(server.url().parse().expect("url")))
-        .expect("client");
+    let client = kube::Client::try_from(server.admin_config()).expect("client");
     k8s::install_crds(&client).await.expect("crds");
     k8s::apply_json::<IPPool>(
         &client,
@@ -31,12 +30,32 @@ async fn sixteen_agents_allocate_sixteen_thousand_distinct_addresses() {
     .await
     .expect("pool");
 
+    // Each process runs as the agent does: with the ServiceAccount of
+    // deploy/margay.yaml and only what its RBAC grants.
+    for o in k8s::agent_identity_objects().expect("deploy/margay.yaml") {
+        k8s::apply_object(&client, &o)
+            .await
+            .expect("identity object");
+    }
+    let token = server
+        .service_account_token("margay-system", "margay-node")
+        .await
+        .expect("token");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("agent.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        integration_tests::apiserver::kubeconfig(&server.url(), &server.tls().ca_data(), &token),
+    )
+    .expect("kubeconfig");
     let bin = lab::workspace_bin("margay-ipam-load").expect("margay-ipam-load built");
     let started = Instant::now();
     let children: Vec<_> = (1..=NODES)
         .map(|i| {
             Command::new(&bin)
-                .args(["--api-server", &server.url(), "--node", &format!("n{i}")])
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(["--node", &format!("n{i}")])
                 .args(["--count", &EACH.to_string(), "--callers", "16"])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())

@@ -42,11 +42,12 @@ fn add_pod(lab: &Lab, agent: &Agent, name: &str, app: &str) -> TestPod {
 }
 
 /// Runs margayctl in `ns`; returns (exit code, stdout + stderr).
-fn margayctl(ns: &Netns, args: &[&str]) -> (i32, String) {
+fn margayctl(lab: &Lab, ns: &Netns, args: &[&str]) -> (i32, String) {
     let bin = lab::workspace_bin("margayctl").expect("margayctl built");
     let out = ns
         .command(bin.to_str().expect("path"))
-        .args(["--api-server", &k8s::api_url()])
+        .arg("--kubeconfig")
+        .arg(k8s::kubeconfig_path(lab))
         .args(args)
         .output()
         .expect("run margayctl");
@@ -192,6 +193,7 @@ spec:
     let tor = lab.tor();
     let trace = |from: &str, port: &str| {
         margayctl(
+            &lab,
             tor,
             &[
                 "policy", "trace", "--from", from, "--to", "demo/web", "--port", port,
@@ -215,6 +217,7 @@ spec:
     let mut out = String::new();
     for _ in 0..30 {
         let (code, o) = margayctl(
+            &lab,
             n1,
             &["--agent", "http://198.18.0.11:9099", "node", "status"],
         );
@@ -236,16 +239,16 @@ spec:
     eventually(&pods, &pairs, &[true; 5], "policy deleted");
 
     // IPAM from margayctl: usage, a clean check, a refused release.
-    let (code, out) = margayctl(tor, &["ipam", "show", "--show-blocks"]);
+    let (code, out) = margayctl(&lab, tor, &["ipam", "show", "--show-blocks"]);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("198.19.0.0/16") && out.contains("host:n1") && out.contains("host:n2"),
         "{out}"
     );
-    let (code, out) = margayctl(tor, &["ipam", "check"]);
+    let (code, out) = margayctl(&lab, tor, &["ipam", "check"]);
     assert_eq!(code, 0, "{out}");
     let web_ip = pods[web].v4.to_string();
-    let (code, out) = margayctl(tor, &["ipam", "release", "--ip", &web_ip]);
+    let (code, out) = margayctl(&lab, tor, &["ipam", "release", "--ip", &web_ip]);
     assert_ne!(
         code, 0,
         "releasing a live pod's address must be refused: {out}"
@@ -254,14 +257,14 @@ spec:
     // A leak: the Pod object goes without a CNI DEL.
     let other_ip = pods[other].v4.to_string();
     kubectl(&lab, &["delete", "pod", "-n", "demo", "other"]);
-    let (code, out) = margayctl(tor, &["ipam", "check"]);
+    let (code, out) = margayctl(&lab, tor, &["ipam", "check"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("demo") && out.contains("other"), "{out}");
-    let (code, out) = margayctl(tor, &["ipam", "release", "--ip", &other_ip]);
+    let (code, out) = margayctl(&lab, tor, &["ipam", "release", "--ip", &other_ip]);
     assert_eq!(code, 0, "{out}");
-    let (code, out) = margayctl(tor, &["ipam", "show", "--ip", &other_ip]);
+    let (code, out) = margayctl(&lab, tor, &["ipam", "show", "--ip", &other_ip]);
     assert!(code == 0 && out.contains("free"), "{out}");
-    let (code, out) = margayctl(tor, &["ipam", "check"]);
+    let (code, out) = margayctl(&lab, tor, &["ipam", "check"]);
     assert_eq!(code, 0, "clean after the release: {out}");
     drop(agents);
 }

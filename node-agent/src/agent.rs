@@ -201,7 +201,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
             })?;
     tracing::info!(%bound, "serving /livez /readyz /metrics");
 
-    let client = cluster::client(args.api_server.as_deref()).await?;
+    let client = cluster::client(&args.api_access()).await?;
     let (cluster, _watchers) = Cluster::start(client, metrics.clone(), &health);
     tracing::info!("waiting for the first list of every watched resource");
     cluster.wait_synced().await;

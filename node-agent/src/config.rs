@@ -49,10 +49,15 @@ pub struct AgentArgs {
     #[arg(long, env = "NODE_NAME", global = true)]
     pub node_name: Option<String>,
 
-    /// API server URL, e.g. http://198.18.0.1:6443 (default: in-cluster
-    /// config or KUBECONFIG).
+    /// API server URL, e.g. http://198.18.0.1:6443; with --kubeconfig it
+    /// overrides the kubeconfig's server.
     #[arg(long, env = "MARGAY_API_SERVER", global = true)]
     pub api_server: Option<String>,
+
+    /// A kubeconfig: the API server and the agent's credentials (default:
+    /// the in-cluster ServiceAccount, or $KUBECONFIG).
+    #[arg(long, env = "MARGAY_KUBECONFIG", global = true)]
+    pub kubeconfig: Option<PathBuf>,
 
     /// Unix socket for the CNI plugin.
     #[arg(
@@ -200,6 +205,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?}: must be a non-negative duration"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+impl AgentArgs {
+    /// How to reach the API server.
+    pub fn api_access(&self) -> crate::cluster::ApiAccess {
+        crate::cluster::ApiAccess {
+            kubeconfig: self.kubeconfig.clone(),
+            api_server: self.api_server.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::auth::{self, Attributes, Auth, User};
 use super::error::ApiError;
 use super::patch::PatchKind;
 use super::resources::ResourceDef;
@@ -121,6 +122,37 @@ pub enum Command {
     Discovery(Discovery, oneshot::Sender<Option<Value>>),
     /// Every served resource (for `/openapi/v2`).
     Served(oneshot::Sender<Vec<Arc<ResourceDef>>>),
+    /// Who presents `token`, and (with attributes) whether RBAC lets them.
+    Authorize {
+        /// The bearer token, if any.
+        token: Option<String>,
+        /// The resource request to authorize (None: authenticate only).
+        attrs: Option<Attributes>,
+        /// The user, or 401 / 403.
+        reply: oneshot::Sender<Result<User, ApiError>>,
+    },
+    /// TokenRequest: a token for ServiceAccount `namespace/name`.
+    TokenRequest {
+        /// The caller's bearer token.
+        token: Option<String>,
+        /// ServiceAccount namespace.
+        namespace: String,
+        /// ServiceAccount name.
+        name: String,
+        /// The TokenRequest body.
+        body: Value,
+        /// The TokenRequest with its status.
+        reply: oneshot::Sender<Result<Value, ApiError>>,
+    },
+    /// SelfSubjectAccessReview (`kubectl auth can-i`).
+    AccessReview {
+        /// The caller's bearer token.
+        token: Option<String>,
+        /// The review.
+        body: Value,
+        /// The review with its status.
+        reply: oneshot::Sender<Result<Value, ApiError>>,
+    },
     /// Test hook: drop history; replies with the current revision.
     Compact(oneshot::Sender<u64>),
     /// Stop after a last snapshot.
@@ -185,7 +217,53 @@ fn api(
     })
 }
 
+/// Mints a token for a ServiceAccount the caller may create tokens of.
+fn token_request(
+    store: &Store,
+    auth: &Auth,
+    caller: Option<&str>,
+    namespace: &str,
+    name: &str,
+    body: &Value,
+) -> Result<Value, ApiError> {
+    let user = auth.authenticate(store, caller)?;
+    auth::authorize(
+        store,
+        &user,
+        &Attributes {
+            verb: "create".into(),
+            group: String::new(),
+            resource: "serviceaccounts".into(),
+            subresource: "token".into(),
+            namespace: Some(namespace.into()),
+            name: Some(name.into()),
+        },
+    )?;
+    let def = store
+        .registry
+        .lookup("", "v1", "serviceaccounts")
+        .ok_or_else(ApiError::path_not_found)?;
+    let sa = store.get(&def, Some(namespace), name)?;
+    let uid = sa
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let secs = body
+        .pointer("/spec/expirationSeconds")
+        .and_then(Value::as_u64)
+        .unwrap_or(3600)
+        .clamp(600, 1 << 32);
+    let (token, exp) = auth.mint(namespace, name, uid, secs);
+    let exp = super::meta::rfc3339(i64::try_from(exp).unwrap_or(i64::MAX));
+    let mut out = body.clone();
+    out["apiVersion"] = serde_json::json!("authentication.k8s.io/v1");
+    out["kind"] = serde_json::json!("TokenRequest");
+    out["status"] = serde_json::json!({"token": token, "expirationTimestamp": exp});
+    Ok(out)
+}
+
 /// Runs the store until `Shutdown` (or every sender is gone).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     mut store: Store,
     mut rx: mpsc::Receiver<Command>,
@@ -193,6 +271,7 @@ pub async fn run(
     persist: Option<watch::Sender<Option<Arc<Snapshot>>>>,
     debounce: Duration,
     server_addr: String,
+    auth: Auth,
 ) {
     let mut flush_at: Option<Instant> = None;
     let mut shutdown_reply = None;
@@ -231,6 +310,41 @@ pub async fn run(
             }
             Command::Served(reply) => {
                 let _ = reply.send(store.registry.served());
+            }
+            Command::Authorize {
+                token,
+                attrs,
+                reply,
+            } => {
+                let r = auth
+                    .authenticate(&store, token.as_deref())
+                    .and_then(|u| match &attrs {
+                        Some(a) => auth::authorize(&store, &u, a).map(|()| u),
+                        None => Ok(u),
+                    });
+                let _ = reply.send(r);
+            }
+            Command::TokenRequest {
+                token,
+                namespace,
+                name,
+                body,
+                reply,
+            } => {
+                let _ = reply.send(token_request(
+                    &store,
+                    &auth,
+                    token.as_deref(),
+                    &namespace,
+                    &name,
+                    &body,
+                ));
+            }
+            Command::AccessReview { token, body, reply } => {
+                let r = auth
+                    .authenticate(&store, token.as_deref())
+                    .and_then(|u| auth::access_review(&store, &u, &body));
+                let _ = reply.send(r);
             }
             Command::Compact(reply) => {
                 store.compact();

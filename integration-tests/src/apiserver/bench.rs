@@ -49,7 +49,7 @@ pub enum BenchError {
     },
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 async fn call(
     c: &HttpClient,
@@ -70,6 +70,7 @@ async fn call(
         .method(method.clone())
         .uri(format!("{base}{path}"))
         .header("content-type", ct)
+        .header("authorization", format!("Bearer {}", super::ADMIN_TOKEN))
         .body(Full::new(Bytes::from(bytes)))
         .map_err(|e| err(e.to_string()))?;
     let resp = c.request(req).await.map_err(|e| err(e.to_string()))?;
@@ -116,9 +117,15 @@ pub async fn run(opts: &BenchOpts) -> Result<(), BenchError> {
     .await
     .map_err(BenchError::Start)?;
     let base = server.url();
+    let tls = server.tls().client_config().map_err(BenchError::Start)?;
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*tls).clone())
+        .https_only()
+        .enable_http1()
+        .build();
     let c: HttpClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(256)
-        .build_http();
+        .build(https);
     let n = opts.objects.max(1);
 
     // Anchor: the HTTP floor.
@@ -269,17 +276,31 @@ async fn watch_fanout(
         let path = format!(
             "{CM}?watch=1&fieldSelector=metadata.name%3Dhot&resourceVersion={rv}&timeoutSeconds=300"
         );
-        let stream =
-            tokio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|e| BenchError::Request {
-                    what: "connect".into(),
-                    why: e.to_string(),
-                })?;
-        let (r, mut w) = stream.into_split();
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| BenchError::Request {
+                what: "connect".into(),
+                why: e.to_string(),
+            })?;
+        let tls = server.tls().client_config().map_err(BenchError::Start)?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(
+                rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+                tcp,
+            )
+            .await
+            .map_err(|e| BenchError::Request {
+                what: "TLS".into(),
+                why: e.to_string(),
+            })?;
+        let (r, mut w) = tokio::io::split(stream);
         tokio::io::AsyncWriteExt::write_all(
             &mut w,
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes(),
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\r\n",
+                super::ADMIN_TOKEN
+            )
+            .as_bytes(),
         )
         .await
         .map_err(|e| BenchError::Request {

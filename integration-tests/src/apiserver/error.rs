@@ -272,6 +272,21 @@ impl ApiError {
         })
     }
 
+    /// 401: no credentials, or ones the server does not know.
+    pub fn unauthorized() -> Self {
+        Self::plain(401, "Unauthorized", "Unauthorized")
+    }
+
+    /// 403 from the RBAC authorizer, with its message.
+    pub fn rbac_forbidden(plural: &str, group: &str, name: Option<&str>, message: String) -> Self {
+        Self::plain(403, "Forbidden", message).with(Details {
+            name: name.map(str::to_string),
+            group: (!group.is_empty()).then(|| group.to_string()),
+            kind: Some(plural.to_string()),
+            ..Default::default()
+        })
+    }
+
     /// 504 for a list/get at a resourceVersion the server has not reached.
     pub fn too_large_rv(asked: u64, current: u64) -> Self {
         Self::plain(
@@ -354,6 +369,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS certificates could not be made or loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The state file could not be read.
     #[error("cannot read state file {path}")]
     ReadState {

@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
 
 use super::actor::{ApiCall, Command, Discovery, Reply, Target, Verb};
+use super::auth::{Attributes, MASTERS, User};
 use super::error::ApiError;
 use super::patch::PatchKind;
 use super::proto::ProtoError;
@@ -168,6 +169,38 @@ async fn ask<T>(
     rx.await.map_err(|_| ApiError::unavailable())
 }
 
+/// The bearer token of a request, if it carries one.
+fn bearer(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
+}
+
+/// The request's Content-Type ("" if none).
+fn content_type(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Authenticates `token`, and with `attrs` authorizes the request.
+async fn authorize(
+    sh: &Shared,
+    token: Option<String>,
+    attrs: Option<Attributes>,
+) -> Result<User, ApiError> {
+    ask(sh, |reply| Command::Authorize {
+        token,
+        attrs,
+        reply,
+    })
+    .await?
+}
+
 async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError> {
     match Limited::new(req.into_body(), max).collect().await {
         Ok(c) => Ok(c.to_bytes()),
@@ -229,6 +262,26 @@ async fn route(req: Request<Incoming>, sh: &Shared) -> Result<Response<Body>, Ap
         .collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let get = req.method() == Method::GET;
+    let token = bearer(&req);
+    // Resource requests are authorized in `resource`; everything else but
+    // the public health and version paths needs an authenticated user.
+    let public = matches!(
+        segs.as_slice(),
+        ["version"] | ["healthz" | "livez" | "readyz", ..]
+    );
+    let resource_request = matches!(segs.as_slice(), ["api", _, rest @ ..] if !rest.is_empty())
+        || matches!(segs.as_slice(), ["apis", _, _, rest @ ..] if !rest.is_empty());
+    if !public && !resource_request {
+        let user = authorize(sh, token.clone(), None).await?;
+        if segs.first() == Some(&"margay") && !user.groups.iter().any(|g| g == MASTERS) {
+            return Err(ApiError::rbac_forbidden(
+                "",
+                "",
+                None,
+                format!("User \"{}\" cannot use the test hooks", user.name),
+            ));
+        }
+    }
     let accept = req
         .headers()
         .get(header::ACCEPT)
@@ -292,12 +345,50 @@ async fn route(req: Request<Incoming>, sh: &Shared) -> Result<Response<Body>, Ap
                 &json!({"compactedResourceVersion": rv.to_string()}),
             ))
         }
+        [
+            "api",
+            "v1",
+            "namespaces",
+            ns,
+            "serviceaccounts",
+            name,
+            "token",
+        ] if req.method() == Method::POST => {
+            let (namespace, name) = (ns.to_string(), name.to_string());
+            let ct = content_type(&req);
+            let raw = read_body(req, sh.max_body).await?;
+            let body = if raw.iter().all(u8::is_ascii_whitespace) {
+                json!({})
+            } else {
+                decode_object(&ct, &raw)?
+            };
+            let out = ask(sh, |reply| Command::TokenRequest {
+                token,
+                namespace,
+                name,
+                body,
+                reply,
+            })
+            .await??;
+            Ok(json_response(201, &out))
+        }
+        [
+            "apis",
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectaccessreviews",
+        ] if req.method() == Method::POST => {
+            let ct = content_type(&req);
+            let body = decode_object(&ct, &read_body(req, sh.max_body).await?)?;
+            let out = ask(sh, |reply| Command::AccessReview { token, body, reply }).await??;
+            Ok(json_response(201, &out))
+        }
         ["api", v, rest @ ..] if !rest.is_empty() => {
             let (v, rest) = (
                 v.to_string(),
                 rest.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
             );
-            resource(req, sh, String::new(), v, rest).await
+            resource(req, sh, token, String::new(), v, rest).await
         }
         ["apis", g, v, rest @ ..] if !rest.is_empty() => {
             let (g, v, rest) = (
@@ -305,7 +396,7 @@ async fn route(req: Request<Incoming>, sh: &Shared) -> Result<Response<Body>, Ap
                 v.to_string(),
                 rest.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
             );
-            resource(req, sh, g, v, rest).await
+            resource(req, sh, token, g, v, rest).await
         }
         ["api" | "apis" | "version", ..] => {
             Err(ApiError::method_not_allowed(req.method().as_str()))
@@ -317,6 +408,7 @@ async fn route(req: Request<Incoming>, sh: &Shared) -> Result<Response<Body>, Ap
 async fn resource(
     req: Request<Incoming>,
     sh: &Shared,
+    token: Option<String>,
     group: String,
     version: String,
     rest: Vec<String>,
@@ -358,12 +450,7 @@ async fn resource(
         .to_string();
     let output = Output::negotiate(&accept, q.get("includeObject"))
         .ok_or_else(|| ApiError::not_acceptable(&accept))?;
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let content_type = content_type(&req);
     let watching = watch_prefix || q.flag("watch");
     let method = req.method().clone();
     let verb = match (&method, target.name.is_some()) {
@@ -456,6 +543,34 @@ async fn resource(
         }
         (m, _) => return Err(ApiError::method_not_allowed(m.as_str())),
     };
+    let attrs = Attributes {
+        verb: match &verb {
+            Verb::Get => "get",
+            Verb::List(_) => "list",
+            Verb::Watch(_) => "watch",
+            Verb::Create { .. } => "create",
+            Verb::Update { .. } => "update",
+            Verb::Patch { .. } => "patch",
+            Verb::Delete(_) => "delete",
+            Verb::DeleteCollection(..) => "deletecollection",
+        }
+        .to_string(),
+        group: target.group.clone(),
+        resource: target.plural.clone(),
+        subresource: if target.status {
+            "status".into()
+        } else {
+            String::new()
+        },
+        namespace: target.namespace.clone(),
+        name: match &verb {
+            Verb::List(o) => Attributes::name_from_field_selector(&o.field_selector),
+            Verb::Watch(w) => Attributes::name_from_field_selector(&w.list.field_selector),
+            Verb::Create { .. } => None,
+            _ => target.name.clone(),
+        },
+    };
+    authorize(sh, token, Some(attrs)).await?;
     let timeout = match q.get("timeoutSeconds") {
         "" => sh.default_watch_timeout,
         t => Duration::from_secs(

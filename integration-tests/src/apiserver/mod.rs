@@ -1,7 +1,9 @@
 //! Kubernetes API test server: a kube-apiserver stand-in for what Margay's
 //! agent (kube 5 watchers, reflectors, CAS updates) and kubectl use.
 //!
-//! Plain HTTP, no auth (any bearer token is accepted). Objects are JSON,
+//! Plain HTTP with bearer-token authentication and RBAC authorization
+//! ([`auth`]: the admin token of [`kubeconfig`], ServiceAccount tokens from
+//! the TokenRequest API, RBAC from the stored roles and bindings). Objects are JSON,
 //! validated only for apiVersion/kind/metadata (names, labels) like the
 //! generic registry does; semantics follow the real server: one global
 //! resourceVersion, 409 on stale updates, watches resuming from a history
@@ -61,6 +63,7 @@
 //!   revisions then get 410, as after an etcd compaction).
 
 pub mod actor;
+pub mod auth;
 pub mod bench;
 pub mod crd;
 pub mod discovery;
@@ -75,6 +78,7 @@ pub mod resources;
 pub mod select;
 pub mod store;
 pub mod table;
+pub mod tls;
 pub mod watch;
 pub mod write;
 
@@ -138,6 +142,7 @@ impl Default for Config {
 #[derive(Debug)]
 pub struct ApiServer {
     addr: SocketAddr,
+    tls: Arc<tls::Tls>,
     cmd: mpsc::Sender<Command>,
     stop: Option<oneshot::Sender<()>>,
     accept: Option<JoinHandle<()>>,
@@ -179,6 +184,15 @@ impl ApiServer {
             addr: config.listen,
             source,
         })?;
+        let tls = Arc::new(tls::Tls::load_or_generate(
+            config
+                .state_file
+                .as_ref()
+                .map(|p| p.with_extension("tls.json"))
+                .as_deref(),
+            &tls::sans_for(addr.ip()),
+        )?);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config()?);
         let (events, _) = broadcast::channel(config.watch_buffer.max(16));
         let (cmd, cmd_rx) = mpsc::channel(1024);
         let (persist_tx, persister) = match &config.state_file {
@@ -188,6 +202,15 @@ impl ApiServer {
             }
             None => (None, None),
         };
+        let key_file = config
+            .state_file
+            .as_ref()
+            .map(|p| p.with_extension("token-key"));
+        let key =
+            auth::Auth::load_key(key_file.as_deref()).map_err(|source| ServerError::ReadState {
+                path: key_file.clone().unwrap_or_default(),
+                source,
+            })?;
         let actor = tokio::spawn(actor::run(
             store,
             cmd_rx,
@@ -195,6 +218,7 @@ impl ApiServer {
             persist_tx,
             config.persist_debounce,
             addr.to_string(),
+            auth::Auth::new(ADMIN_TOKEN, key),
         ));
         let shared = Arc::new(http::Shared {
             cmd: cmd.clone(),
@@ -205,12 +229,13 @@ impl ApiServer {
         });
         let (stop, stop_rx) = oneshot::channel();
         let accept = tokio::spawn(
-            accept_loop(listener, shared, stop_rx)
+            accept_loop(listener, acceptor, shared, stop_rx)
                 .instrument(tracing::info_span!("apiserver", %addr)),
         );
         info!(%addr, "Kubernetes API test server listening");
         Ok(ApiServer {
             addr,
+            tls,
             cmd,
             stop: Some(stop),
             accept: Some(accept),
@@ -224,14 +249,58 @@ impl ApiServer {
         self.addr
     }
 
-    /// `http://addr`.
+    /// `https://addr`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
     }
 
-    /// A kubeconfig for kubectl pointing at this server.
+    /// The server's certificates (clients trust `ca_pem`).
+    pub fn tls(&self) -> &tls::Tls {
+        &self.tls
+    }
+
+    /// A kubeconfig for kubectl pointing at this server, as the admin.
     pub fn kubeconfig(&self) -> String {
-        kubeconfig(&self.url())
+        kubeconfig(&self.url(), &self.tls.ca_data(), ADMIN_TOKEN)
+    }
+
+    /// A kube client configuration presenting `token`, trusting the CA.
+    pub fn client_config(&self, token: &str) -> kube::Config {
+        let mut cfg = kube::Config::new(self.url().parse().unwrap_or_default());
+        cfg.root_cert = Some(vec![self.tls.ca_der.clone()]);
+        cfg.auth_info.token = Some(token.to_string().into());
+        cfg
+    }
+
+    /// [`ApiServer::client_config`] as the admin.
+    pub fn admin_config(&self) -> kube::Config {
+        self.client_config(ADMIN_TOKEN)
+    }
+
+    /// A token for ServiceAccount `namespace/name` (which must exist), as
+    /// the TokenRequest API mints it for the admin.
+    pub async fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<String, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::TokenRequest {
+                token: Some(ADMIN_TOKEN.into()),
+                namespace: namespace.into(),
+                name: name.into(),
+                body: serde_json::json!({"spec": {"expirationSeconds": 86_400}}),
+                reply: tx,
+            })
+            .await
+            .map_err(|_| ApiError::unavailable())?;
+        let out = rx.await.map_err(|_| ApiError::unavailable())??;
+        Ok(out
+            .pointer("/status/token")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_string())
     }
 
     /// Test hook: forget all history, so watches and `continue` tokens from
@@ -282,15 +351,42 @@ impl Drop for ApiServer {
     }
 }
 
-/// A kubeconfig (YAML) with one context pointing at `server`.
-pub fn kubeconfig(server: &str) -> String {
+/// A kube client configuration for the server at `url` as the admin,
+/// without checking its certificate: for a test harness that did not
+/// start the server itself (the lab's runs as its own process). Products
+/// (the agent, margayctl) and kubectl verify it through their kubeconfig.
+pub fn insecure_admin_config(url: ::http::Uri) -> kube::Config {
+    let mut cfg = kube::Config::new(url);
+    cfg.accept_invalid_certs = true;
+    cfg.auth_info.token = Some(ADMIN_TOKEN.to_string().into());
+    cfg
+}
+
+/// The admin's bearer token (user `kubernetes-admin`, group
+/// `system:masters`), in every [`kubeconfig`].
+pub const ADMIN_TOKEN: &str = "margay-test-token";
+
+/// A kubeconfig (YAML) with one context: `server`, trusting the CA whose
+/// PEM is base64 `ca_data`, presenting `token`.
+pub fn kubeconfig(server: &str, ca_data: &str, token: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: margay\n  cluster:\n    server: {server}\nusers:\n- name: margay\n  user:\n    token: margay-test-token\ncontexts:\n- name: margay\n  context:\n    cluster: margay\n    user: margay\n    namespace: default\ncurrent-context: margay\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: margay\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca_data}\nusers:\n- name: margay\n  user:\n    token: {token}\ncontexts:\n- name: margay\n  context:\n    cluster: margay\n    user: margay\n    namespace: default\ncurrent-context: margay\n"
     )
+}
+
+/// The server URL and CA data of a kubeconfig this server wrote.
+pub fn kubeconfig_cluster(yaml: &str) -> Option<(String, String)> {
+    let v: serde_json::Value = serde_yaml::from_str(yaml).ok()?;
+    let c = v.pointer("/clusters/0/cluster")?;
+    Some((
+        c.get("server")?.as_str()?.to_string(),
+        c.get("certificate-authority-data")?.as_str()?.to_string(),
+    ))
 }
 
 async fn accept_loop(
     listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
     shared: Arc<http::Shared>,
     mut stop: oneshot::Receiver<()>,
 ) {
@@ -304,7 +400,15 @@ async fn accept_loop(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let sh = shared.clone();
+                    let acceptor = acceptor.clone();
                     conns.spawn(async move {
+                        let stream = match acceptor.accept(stream).await {
+                            Ok(s) => s,
+                            Err(e) => {
+                                debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                        };
                         let svc = hyper::service::service_fn(move |req| http::handle(req, sh.clone()));
                         let builder = auto::Builder::new(TokioExecutor::new());
                         if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {

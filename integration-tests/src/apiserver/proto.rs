@@ -187,6 +187,59 @@ const BINDING: &[F] = &[
     F(3, "roleRef", Msg(ROLE_REF), false),
 ];
 
+// `kubectl create token` (field numbers checked against kubectl 1.32's
+// request body: expirationSeconds is 4).
+const TOKEN_REQUEST: &[F] = &[
+    F(1, "metadata", Msg(OBJECT_META), false),
+    F(
+        2,
+        "spec",
+        Msg(&[
+            F(1, "audiences", Str, true),
+            F(4, "expirationSeconds", Int, false),
+            F(
+                3,
+                "boundObjectRef",
+                Msg(&[
+                    F(1, "kind", Str, false),
+                    F(2, "apiVersion", Str, false),
+                    F(3, "name", Str, false),
+                    F(4, "uid", Str, false),
+                ]),
+                false,
+            ),
+        ]),
+        false,
+    ),
+];
+// `kubectl auth can-i`.
+const RESOURCE_ATTRIBUTES: &[F] = &[
+    F(1, "namespace", Str, false),
+    F(2, "verb", Str, false),
+    F(3, "group", Str, false),
+    F(4, "version", Str, false),
+    F(5, "resource", Str, false),
+    F(6, "subresource", Str, false),
+    F(7, "name", Str, false),
+];
+const SELF_SUBJECT_ACCESS_REVIEW: &[F] = &[
+    F(1, "metadata", Msg(OBJECT_META), false),
+    F(
+        2,
+        "spec",
+        Msg(&[
+            F(1, "resourceAttributes", Msg(RESOURCE_ATTRIBUTES), false),
+            F(
+                2,
+                "nonResourceAttributes",
+                Msg(&[F(1, "path", Str, false), F(2, "verb", Str, false)]),
+                false,
+            ),
+        ]),
+        false,
+    ),
+];
+
 fn schema(api_version: &str, kind: &str) -> Option<&'static [F]> {
     Some(match (api_version, kind) {
         ("v1", "Namespace") => NAMESPACE,
@@ -197,6 +250,8 @@ fn schema(api_version: &str, kind: &str) -> Option<&'static [F]> {
         ("rbac.authorization.k8s.io/v1", "Role") => ROLE,
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => CLUSTER_ROLE,
         ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => BINDING,
+        ("authentication.k8s.io/v1", "TokenRequest") => TOKEN_REQUEST,
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => SELF_SUBJECT_ACCESS_REVIEW,
         _ => return None,
     })
 }
@@ -406,6 +461,47 @@ mod tests {
             v,
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}, "spec": {}, "status": {}})
         );
+    }
+
+    #[test]
+    fn kubectl_create_token_and_auth_can_i() {
+        // Captured (kubectl 1.32.4 -v=9): `kubectl create token margay-node
+        // -n margay-system --duration 2h`.
+        let token = hex_bytes(
+            "6b 38 73 00 0a 28 0a 18 61 75 74 68 65 6e 74 69
+             63 61 74 69 6f 6e 2e 6b 38 73 2e 69 6f 2f 76 31
+             12 0c 54 6f 6b 65 6e 52 65 71 75 65 73 74 12 1d
+             0a 10 0a 00 12 00 1a 00 22 00 2a 00 32 00 38 00
+             42 00 12 03 20 a0 38 1a 04 0a 00 12 00 1a 00 22
+             00",
+        );
+        let v = decode(&token).expect("TokenRequest");
+        assert_eq!(v["kind"], "TokenRequest");
+        assert_eq!(v["spec"]["expirationSeconds"], 7200);
+        // `kubectl auth can-i get configmaps/x -n y`.
+        let review = hex_bytes(
+            "6b 38 73 00 0a 32 0a 17 61 75 74 68 6f 72 69 7a
+             61 74 69 6f 6e 2e 6b 38 73 2e 69 6f 2f 76 31 12
+             17 53 65 6c 66 53 75 62 6a 65 63 74 41 63 63 65
+             73 73 52 65 76 69 65 77 12 3d 0a 10 0a 00 12 00
+             1a 00 22 00 2a 00 32 00 38 00 42 00 12 1f 0a 1d
+             0a 01 79 12 03 67 65 74 1a 00 22 00 2a 0a 63 6f
+             6e 66 69 67 6d 61 70 73 32 00 3a 01 78 1a 08 08
+             00 12 00 1a 00 20 00 1a 00 22 00",
+        );
+        let v = decode(&review).expect("SelfSubjectAccessReview");
+        assert_eq!(
+            v["spec"]["resourceAttributes"],
+            json!({"namespace": "y", "verb": "get", "resource": "configmaps", "name": "x"})
+        );
+    }
+
+    fn hex_bytes(s: &str) -> Vec<u8> {
+        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
     }
 
     #[test]

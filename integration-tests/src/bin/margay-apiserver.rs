@@ -16,11 +16,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use integration_tests::apiserver::bench::{self, BenchOpts};
-use integration_tests::apiserver::{ApiServer, Config, kubeconfig};
+use integration_tests::apiserver::{ADMIN_TOKEN, ApiServer, Config, kubeconfig};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Kubernetes API test server (plain HTTP, no auth)")]
+#[command(
+    version,
+    about = "Kubernetes API test server (HTTPS with its own CA, bearer tokens, RBAC)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -118,7 +121,10 @@ async fn main() -> anyhow::Result<()> {
         write_atomic(p, &format!("{}\n", server.addr()))?;
     }
     if let Some(p) = &cli.kubeconfig {
-        write_atomic(p, &kubeconfig(&server.url()))?;
+        write_atomic(
+            p,
+            &kubeconfig(&server.url(), &server.tls().ca_data(), ADMIN_TOKEN),
+        )?;
     }
     println!("listening on {}", server.url());
     tokio::select! {

@@ -15,9 +15,12 @@ use node_agent::metrics::Metrics;
 #[derive(Parser)]
 #[command(about = "Allocate addresses as one node's agent would")]
 struct Cli {
-    /// API server URL.
+    /// API server URL (overrides the kubeconfig's).
     #[arg(long)]
-    api_server: String,
+    api_server: Option<String>,
+    /// A kubeconfig with the identity to use (the agent's ServiceAccount).
+    #[arg(long)]
+    kubeconfig: Option<std::path::PathBuf>,
     /// Node name.
     #[arg(long)]
     node: String,
@@ -40,9 +43,12 @@ async fn main() -> anyhow::Result<()> {
             .with_ansi(false)
             .init();
     }
-    let client = node_agent::cluster::client(Some(&cli.api_server))
-        .await
-        .context("client")?;
+    let client = node_agent::cluster::client(&node_agent::cluster::ApiAccess {
+        kubeconfig: cli.kubeconfig.clone(),
+        api_server: cli.api_server.clone(),
+    })
+    .await
+    .context("client")?;
     let metrics = Arc::new(Metrics::new());
     let store: Arc<dyn Store> = Arc::new(KubeStore::new(client, metrics.clone()));
     let alloc = Allocator::start(

@@ -187,8 +187,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut a = vec![
                 "--agent".to_string(),
                 n.agent_url.clone(),
-                "--api-server".to_string(),
-                st.api_url.clone(),
+                "--kubeconfig".to_string(),
+                st.kubeconfig.display().to_string(),
             ];
             a.extend(args);
             passthrough(&n.ns, path_str(&bin)?, &a)
@@ -301,7 +301,10 @@ fn up(prefix: &str, n_nodes: usize, pods_per_node: usize, repo: &Path) -> anyhow
         .ok()
         .map(|_| ()))
     })?;
-    kubectl(&tor, &kc, &["create", "namespace", "margay-system"])?;
+    // As an operator installs it: the agent's namespace, identity, RBAC
+    // and configuration (the DaemonSet object is inert here: the lab runs
+    // the agents itself).
+    apply("margay.yaml")?;
     for f in [
         "examples/ippool.yaml",
         "examples/bgpconfiguration.yaml",

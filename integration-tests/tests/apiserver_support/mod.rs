@@ -23,7 +23,7 @@ pub async fn start_with(mut config: Config) -> ApiServer {
 
 /// A kube client for the server.
 pub fn client(server: &ApiServer) -> kube::Client {
-    let mut cfg = kube::Config::new(server.url().parse().expect("server URL"));
+    let mut cfg = server.admin_config();
     cfg.read_timeout = Some(Duration::from_secs(60));
     kube::Client::try_from(cfg).expect("client")
 }
@@ -104,7 +104,7 @@ pub fn api_err<T: std::fmt::Debug>(r: kube::Result<T>) -> Box<kube::core::Status
 /// A request over a plain TCP connection (no client retries, no pooling);
 /// returns (status, JSON body or Null).
 pub async fn raw_tcp(
-    addr: std::net::SocketAddr,
+    server: &ApiServer,
     method: &str,
     path: &str,
     content_type: &str,
@@ -112,9 +112,19 @@ pub async fn raw_tcp(
 ) -> (u16, Value) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     bounded(path, async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let addr = server.addr();
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let tls = server.tls().client_config().expect("TLS client");
+        let mut s = tokio_rustls::TlsConnector::from(tls)
+            .connect(
+                rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+                tcp,
+            )
+            .await
+            .expect("TLS");
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            integration_tests::apiserver::ADMIN_TOKEN,
             body.len()
         );
         s.write_all(head.as_bytes()).await.expect("write head");

@@ -20,6 +20,10 @@ struct Cli {
     /// API server URL (default: in-cluster config or KUBECONFIG).
     #[arg(long, env = "MARGAY_API_SERVER", global = true)]
     api_server: Option<String>,
+    /// A kubeconfig with the operator's credentials (default: $KUBECONFIG
+    /// or in-cluster).
+    #[arg(long, env = "MARGAY_KUBECONFIG", global = true)]
+    kubeconfig: Option<std::path::PathBuf>,
     /// Print the raw JSON the answer is built from (node status).
     #[arg(long, global = true)]
     json: bool,
@@ -91,9 +95,12 @@ enum PolicyCmd {
 
 async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
     let client = || async {
-        node_agent::cluster::client(cli.api_server.as_deref())
-            .await
-            .map_err(|e| CtlError::Usage(node_agent::logging::chain(&e)))
+        node_agent::cluster::client(&node_agent::cluster::ApiAccess {
+            kubeconfig: cli.kubeconfig.clone(),
+            api_server: cli.api_server.clone(),
+        })
+        .await
+        .map_err(|e| CtlError::Usage(node_agent::logging::chain(&e)))
     };
     match cli.cmd {
         Cmd::Node {

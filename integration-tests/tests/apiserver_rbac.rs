@@ -1,0 +1,258 @@
+//! The API test server authenticates and authorizes as the real one does:
+//! tokens (the admin's, ServiceAccount tokens from the TokenRequest API),
+//! 401 without, RBAC from the stored roles and bindings with 403s in the
+//! real server's words, and the agent's identity from `deploy/margay.yaml`
+//! as shipped: what the agent does is allowed, what it must not do is not.
+
+mod apiserver_support;
+
+use apiserver_support::*;
+use integration_tests::apiserver::{ApiServer, Config};
+use integration_tests::k8s;
+use k8s_openapi::api::core::v1::{Node, ServiceAccount};
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use serde_json::json;
+
+async fn as_user(server: &ApiServer, token: &str) -> kube::Client {
+    kube::Client::try_from(server.client_config(token)).expect("client")
+}
+
+/// The agent's ServiceAccount token, after applying the shipped RBAC.
+async fn agent_token(server: &ApiServer, admin: &kube::Client) -> String {
+    for o in k8s::agent_identity_objects().expect("deploy/margay.yaml") {
+        k8s::apply_object(admin, &o).await.expect("identity object");
+    }
+    server
+        .service_account_token("margay-system", "margay-node")
+        .await
+        .expect("token")
+}
+
+#[tokio::test]
+async fn no_or_unknown_token_is_401_and_health_needs_none() {
+    let server = start().await;
+    let anon = as_user(&server, "").await;
+    let (code, s) = raw(&anon, "GET", "/api/v1/namespaces", None, vec![]).await;
+    assert_eq!(
+        (code, s["reason"].as_str()),
+        (401, Some("Unauthorized")),
+        "{s}"
+    );
+    let bogus = as_user(&server, "mgsa1.eyJ4Ijoxfq.00").await;
+    assert_eq!(raw(&bogus, "GET", "/api", None, vec![]).await.0, 401);
+    assert_eq!(raw(&bogus, "GET", "/healthz", None, vec![]).await.0, 200);
+    assert_eq!(raw(&bogus, "GET", "/version", None, vec![]).await.0, 200);
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn the_agents_identity_may_do_what_the_manifest_grants_and_nothing_else() {
+    let server = start().await;
+    let admin = client(&server);
+    let token = agent_token(&server, &admin).await;
+    let agent = as_user(&server, &token).await;
+    let nodes_admin: Api<Node> = Api::all(admin.clone());
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}
+    }))
+    .expect("node");
+    nodes_admin
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("admin creates the node");
+
+    let nodes: Api<Node> = Api::all(agent.clone());
+    // Reads and the merge patch of its annotations: granted.
+    let mut got = nodes.get("n1").await.expect("get node");
+    nodes.list(&Default::default()).await.expect("list nodes");
+    nodes
+        .patch(
+            "n1",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"margay.dev/ipv4-address": "198.18.0.11/24"}}}),
+            ),
+        )
+        .await
+        .expect("merge patch of the agent's annotations");
+    // A full replace (what the agent used to do): refused, in the real
+    // server's words.
+    got.metadata.annotations = Some([("x".to_string(), "y".to_string())].into());
+    let e = api_err(nodes.replace("n1", &PostParams::default(), &got).await);
+    assert_eq!(e.code, 403, "{e:?}");
+    assert_eq!(
+        e.message,
+        "nodes \"n1\" is forbidden: User \"system:serviceaccount:margay-system:margay-node\" cannot update resource \"nodes\" in API group \"\" at the cluster scope"
+    );
+    // Not granted at all: deleting nodes, the status subresource, other
+    // namespaces' Secrets, ServiceAccount tokens.
+    assert_eq!(
+        api_err(nodes.delete("n1", &Default::default()).await).code,
+        403
+    );
+    let (code, s) = raw(
+        &agent,
+        "PATCH",
+        "/api/v1/nodes/n1/status",
+        Some("application/merge-patch+json"),
+        br#"{"status":{}}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(code, 403, "{s}");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("resource \"nodes/status\""),
+        "{s}"
+    );
+    let (code, _) = raw(
+        &agent,
+        "GET",
+        "/api/v1/namespaces/default/secrets/x",
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(code, 403, "secrets outside margay-system");
+    let (code, _) = raw(
+        &agent,
+        "POST",
+        "/api/v1/namespaces/margay-system/serviceaccounts/margay-node/token",
+        Some("application/json"),
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_eq!(code, 403, "the agent cannot mint tokens");
+    // The IPAM blocks it owns: create and delete granted.
+    k8s::install_crds(&admin).await.expect("crds");
+    let blocks: Api<node_agent::crd::IPAMBlock> = Api::all(agent.clone());
+    blocks.list(&Default::default()).await.expect("list blocks");
+    // Discovery needs only authentication.
+    assert_eq!(raw(&agent, "GET", "/apis", None, vec![]).await.0, 200);
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn tokens_survive_a_restart_and_die_with_their_service_account() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = || Config {
+        state_file: Some(dir.path().join("state.json")),
+        ..Config::default()
+    };
+    let server = start_with(cfg()).await;
+    let admin = client(&server);
+    let token = agent_token(&server, &admin).await;
+    let addr = server.addr();
+    server.shutdown().await.expect("shutdown");
+
+    let mut again = cfg();
+    again.listen = addr;
+    let server = ApiServer::start(again).await.expect("restart");
+    let agent = as_user(&server, &token).await;
+    let nodes: Api<Node> = Api::all(agent.clone());
+    nodes
+        .list(&Default::default())
+        .await
+        .expect("the token still works");
+
+    // A missing ServiceAccount has no tokens; a deleted one's stop working.
+    let (code, _) = raw(
+        &client(&server),
+        "POST",
+        "/api/v1/namespaces/margay-system/serviceaccounts/nobody/token",
+        Some("application/json"),
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_eq!(code, 404);
+    Api::<ServiceAccount>::namespaced(client(&server), "margay-system")
+        .delete("margay-node", &Default::default())
+        .await
+        .expect("delete the ServiceAccount");
+    assert_eq!(
+        api_err(nodes.list(&Default::default()).await).code,
+        401,
+        "a deleted ServiceAccount's token"
+    );
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn bindings_scope_names_and_groups_as_the_real_authorizer() {
+    let server = start().await;
+    let admin = client(&server);
+    for o in [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}}),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "b"}}),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "bot", "namespace": "a"}}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "cm-reader"},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"], "resourceNames": ["only"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "bot-reads", "namespace": "a"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cm-reader"},
+            "subjects": [{"kind": "Group", "name": "system:serviceaccounts:a"}]}),
+    ] {
+        k8s::apply_object(&admin, &o).await.expect("object");
+    }
+    let token = server
+        .service_account_token("a", "bot")
+        .await
+        .expect("token");
+    let bot = as_user(&server, &token).await;
+    let get = |ns: &str, name: &str| format!("/api/v1/namespaces/{ns}/configmaps/{name}");
+    // Granted in namespace a, by name: the object may be missing (404), but
+    // the request is authorized.
+    assert_eq!(
+        raw(&bot, "GET", &get("a", "only"), None, vec![]).await.0,
+        404
+    );
+    assert_eq!(
+        raw(&bot, "GET", &get("a", "other"), None, vec![]).await.0,
+        403
+    );
+    assert_eq!(
+        raw(&bot, "GET", &get("b", "only"), None, vec![]).await.0,
+        403,
+        "other namespace"
+    );
+    // A list names nothing, unless its field selector names the object.
+    let list = "/api/v1/namespaces/a/configmaps";
+    assert_eq!(raw(&bot, "GET", list, None, vec![]).await.0, 403);
+    let one = format!("{list}?fieldSelector=metadata.name%3Donly");
+    assert_eq!(raw(&bot, "GET", &one, None, vec![]).await.0, 200);
+    // kubectl auth can-i's SelfSubjectAccessReview.
+    let review = |verb: &str, name: &str| {
+        serde_json::to_vec(&json!({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": {"namespace": "a", "verb": verb, "resource": "configmaps", "name": name}}
+        }))
+        .expect("json")
+    };
+    let path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
+    let (code, s) = raw(
+        &bot,
+        "POST",
+        path,
+        Some("application/json"),
+        review("get", "only"),
+    )
+    .await;
+    assert_eq!(
+        (code, s["status"]["allowed"].as_bool()),
+        (201, Some(true)),
+        "{s}"
+    );
+    let (_, s) = raw(
+        &bot,
+        "POST",
+        path,
+        Some("application/json"),
+        review("delete", "only"),
+    )
+    .await;
+    assert_eq!(s["status"]["allowed"].as_bool(), Some(false), "{s}");
+    server.shutdown().await.expect("shutdown");
+}
