@@ -14,7 +14,7 @@ pub mod lab;
 macro_rules! require_root {
     () => {
         if let Err(why) = $crate::lab::can_run() {
-            eprintln!("SKIPPED: {why}");
+            $crate::lab::skip(&why);
             return;
         }
     };

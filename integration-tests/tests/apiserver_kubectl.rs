@@ -356,7 +356,9 @@ async fn scenario(k: &Kubectl, server: &ApiServer) {
 async fn kubectl_1_32() {
     let bin = PathBuf::from("/usr/bin/kubectl");
     if !bin.exists() {
-        println!("SKIP: /usr/bin/kubectl is not installed");
+        integration_tests::lab::skip(
+            "/usr/bin/kubectl is not installed (scripts/install-deps installs it)",
+        );
         return;
     }
     let server = start().await;
@@ -431,7 +433,7 @@ async fn kubectl_1_20() {
     let bin = match fetch_kubectl_1_20(dl.path()).await {
         Ok(b) => b,
         Err(why) => {
-            println!("SKIP: kubectl 1.20 unavailable: {why}");
+            integration_tests::lab::skip(&format!("kubectl 1.20 unavailable: {why}"));
             return;
         }
     };

@@ -12,7 +12,7 @@ use node_agent::fib::{FIB_METRIC, Fib, FibChange, Prefix, RTPROT_MARGAY};
 macro_rules! require_root {
     () => {
         if let Err(why) = lab::can_run() {
-            eprintln!("SKIPPED: {why}");
+            integration_tests::lab::skip(&why);
             return;
         }
     };

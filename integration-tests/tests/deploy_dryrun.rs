@@ -38,7 +38,7 @@ async fn kubectl_server_dry_run_accepts_every_manifest_and_creates_nothing() {
         .output()
         .is_err()
     {
-        eprintln!("SKIPPED: kubectl is not installed");
+        integration_tests::lab::skip("kubectl is not installed (scripts/install-deps installs it)");
         return;
     }
     let server = ApiServer::start(Config::default())

@@ -273,7 +273,7 @@ fn stale_namespaces_of_dead_test_processes_are_swept() {
     child.wait().expect("wait");
     let name = format!("{}{dead}x0-tor", lab::TEST_PREFIX);
     if std::path::Path::new(&format!("/proc/{dead}")).exists() {
-        eprintln!("SKIPPED: pid {dead} was reused already");
+        lab::skip(&format!("pid {dead} was reused already"));
         return;
     }
     let mut ns = Netns::create(&name).expect("create");

@@ -271,8 +271,8 @@ fn scenarios(nodes: usize) {
     });
     r.step("SCTP-only rule (SCTP probes skipped: no SCTP sockets in this kernel)", |l| {
         l.reset()?;
-        eprintln!(
-            "SKIPPED: SCTP probes (this kernel cannot create SCTP sockets); the SCTP rule is loaded and TCP/UDP must be denied"
+        integration_tests::lab::skip(
+            "SCTP probes (this kernel cannot create SCTP sockets); the SCTP rule is loaded and TCP/UDP must be denied",
         );
         l.set_policy(
             NetPol::new("x", "sctp")

@@ -39,6 +39,7 @@ pub mod model;
 pub mod report;
 pub mod selector;
 pub mod store;
+pub mod testsupport;
 
 pub use alloc::{
     AllocRequest, Allocator, AllocatorMetrics, AllocatorOptions, Assigned, Clock, HandleInfo,

@@ -150,7 +150,9 @@ fn example_tor_configs_parse_in_bird_and_frr() {
         .arg(ex.join("tor-bird.conf")))
     {
         Some((ok, err)) => assert!(ok, "BIRD rejects tor-bird.conf: {err}"),
-        None => eprintln!("SKIPPED BIRD check: bird not installed"),
+        None => ipam::testsupport::skip(
+            "BIRD check: bird not installed (scripts/install-deps installs it)",
+        ),
     }
     match run(std::process::Command::new("vtysh")
         .arg("-C")
@@ -158,7 +160,9 @@ fn example_tor_configs_parse_in_bird_and_frr() {
         .arg(ex.join("tor-frr.conf")))
     {
         Some((ok, err)) => assert!(ok, "FRR rejects tor-frr.conf: {err}"),
-        None => eprintln!("SKIPPED FRR check: vtysh not installed"),
+        None => ipam::testsupport::skip(
+            "FRR check: vtysh not installed (scripts/install-deps installs it)",
+        ),
     }
 }
 

@@ -32,7 +32,7 @@ pub fn root_or_skip(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         true
     } else {
-        eprintln!("SKIP {test}: needs root for network namespaces");
+        ipam::testsupport::skip(&format!("{test}: needs root for network namespaces"));
         false
     }
 }

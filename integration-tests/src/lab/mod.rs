@@ -78,16 +78,26 @@ pub fn test_prefix() -> String {
     )
 }
 
-/// True when the process can build labs (root); tests call this and print
-/// why they skip otherwise.
+/// Whether the process can build labs: `Err(why)` when not root (the
+/// test skips, see [`skip`]). As root a lab must be possible: a missing
+/// `ip`, or network namespaces that cannot be made, panics (the test
+/// fails) instead of skipping, since this machine has them and
+/// `scripts/install-deps` installs iproute2.
 pub fn can_run() -> std::result::Result<(), String> {
     if !nix::unistd::Uid::effective().is_root() {
         return Err("needs root (network namespaces)".into());
     }
-    if std::process::Command::new("ip").arg("-V").output().is_err() {
-        return Err("needs iproute2 (`ip`)".into());
+    match std::process::Command::new("ip").arg("-V").output() {
+        Ok(o) if o.status.success() => Ok(()),
+        other => panic!(
+            "running as root, but iproute2's `ip` does not run ({other:?}): run scripts/install-deps"
+        ),
     }
-    Ok(())
+}
+
+/// Reports a skipped test (see [`ipam::testsupport::skip`]).
+pub fn skip(why: &str) {
+    ipam::testsupport::skip(why);
 }
 
 /// Removes namespaces (and run directories) that test labs of processes

@@ -13,11 +13,11 @@ use nix::sys::signal::Signal;
 macro_rules! require_root {
     () => {
         if let Err(why) = integration_tests::lab::can_run() {
-            eprintln!("SKIPPED: {why}");
+            integration_tests::lab::skip(&why);
             return;
         }
         if let Err(why) = bgp_support::margay_bgp_bin() {
-            eprintln!("SKIPPED: {why}");
+            integration_tests::lab::skip(&why);
             return;
         }
     };

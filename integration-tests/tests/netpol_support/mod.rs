@@ -63,7 +63,7 @@ impl std::fmt::Display for Mismatch {
 macro_rules! require_root {
     () => {
         if let Err(why) = integration_tests::lab::can_run() {
-            eprintln!("SKIPPED: {why}");
+            integration_tests::lab::skip(&why);
             return;
         }
     };
