@@ -163,13 +163,10 @@ pub struct AgentArgs {
 /// `install-cni` settings.
 #[derive(Debug, Clone, Args)]
 pub struct InstallCniArgs {
-    /// The `margay` CNI binary to install.
-    #[arg(
-        long,
-        env = "MARGAY_CNI_BINARY",
-        default_value = "/usr/local/bin/margay"
-    )]
-    pub source: PathBuf,
+    /// Where the image keeps the CNI plugins it ships (`margay` and every
+    /// plugin the shipped conflist chains).
+    #[arg(long, env = "MARGAY_CNI_PLUGINS", default_value = "/opt/margay/cni")]
+    pub plugins_dir: PathBuf,
     /// Host directory for CNI binaries.
     #[arg(long, default_value = "/host/opt/cni/bin")]
     pub bin_dir: PathBuf,

@@ -1,7 +1,9 @@
 //! `margay-node install-cni`: what the DaemonSet's init container does —
-//! put the `margay` binary into the host's CNI bin directory and write the
-//! conflist, both atomically (a runtime never sees half a file), and only
-//! when they differ from what is there.
+//! put every plugin the conflist chains (`margay`, `portmap`, ...) from the
+//! image's plugin directory into the host's CNI bin directory and write the
+//! conflist, all atomically (a runtime never sees half a file), and only
+//! when they differ from what is there. A chained plugin the image does not
+//! ship must already be on the host, or nothing is installed.
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
@@ -15,6 +17,16 @@ pub enum InstallError {
     /// The network configuration is not valid JSON or lacks `plugins`.
     #[error("CNI_NETWORK_CONFIG is not a usable conflist: {0}")]
     BadConfig(String),
+    /// The conflist chains a plugin that neither the image nor the host has.
+    #[error("the conflist chains {plugin:?}, but neither {shipped} nor {host} has it")]
+    MissingPlugin {
+        /// The plugin type.
+        plugin: String,
+        /// The image's plugin directory.
+        shipped: String,
+        /// The host's CNI bin directory.
+        host: String,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -36,13 +48,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
 /// What changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Installed {
-    /// The binary was (re)written.
-    pub binary: bool,
+    /// The plugins (re)written.
+    pub binaries: Vec<String>,
     /// The conflist was (re)written.
     pub config: bool,
 }
 
-/// Installs binary and conflist as `args` say.
+/// Installs the chained plugins and the conflist as `args` say.
 pub fn install(args: &InstallCniArgs) -> Result<Installed, InstallError> {
     let conf: serde_json::Value = serde_json::from_str(&args.network_config)
         .map_err(|e| InstallError::BadConfig(e.to_string()))?;
@@ -61,12 +73,46 @@ pub fn install(args: &InstallCniArgs) -> Result<Installed, InstallError> {
     if conf.get("name").and_then(|n| n.as_str()).is_none() {
         return Err(InstallError::BadConfig("no \"name\"".into()));
     }
-    let binary = std::fs::read(&args.source).map_err(io(&args.source))?;
+    let mut types: Vec<&str> = plugins
+        .iter()
+        .filter_map(|p| p.get("type").and_then(|t| t.as_str()))
+        .collect();
+    types.sort_unstable();
+    types.dedup();
+    // Every plugin is found (in the image, or already on the host) before
+    // anything is written; then the plugins, then the conflist, so a
+    // runtime never reads a conflist naming a plugin it cannot find.
+    let mut shipped: Vec<(&str, Vec<u8>)> = Vec::new();
+    for t in &types {
+        if t.contains('/') || t.is_empty() {
+            return Err(InstallError::BadConfig(format!("plugin type {t:?}")));
+        }
+        let src = args.plugins_dir.join(t);
+        match std::fs::read(&src) {
+            Ok(bin) => shipped.push((t, bin)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && args.bin_dir.join(t).exists() => {
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(InstallError::MissingPlugin {
+                    plugin: t.to_string(),
+                    shipped: args.plugins_dir.display().to_string(),
+                    host: args.bin_dir.display().to_string(),
+                });
+            }
+            Err(e) => return Err(io(&src)(e)),
+        }
+    }
+    let mut binaries = Vec::new();
+    for (t, bin) in shipped {
+        if write_if_changed(&args.bin_dir.join(t), &bin, 0o755)? {
+            binaries.push(t.to_string());
+        }
+    }
     let mut pretty =
         serde_json::to_vec_pretty(&conf).map_err(|e| InstallError::BadConfig(e.to_string()))?;
     pretty.push(b'\n');
     Ok(Installed {
-        binary: write_if_changed(&args.bin_dir.join("margay"), &binary, 0o755)?,
+        binaries,
         config: write_if_changed(&args.conf_dir.join(&args.conf_name), &pretty, 0o644)?,
     })
 }
@@ -98,10 +144,13 @@ mod tests {
     use super::*;
 
     fn args(dir: &Path, conf: &str) -> InstallCniArgs {
-        let src = dir.join("margay-src");
-        std::fs::write(&src, b"\x7fELF pretend").expect("write source");
+        let shipped = dir.join("image/opt/margay/cni");
+        std::fs::create_dir_all(&shipped).expect("mkdir");
+        for p in ["margay", "portmap"] {
+            std::fs::write(shipped.join(p), format!("\x7fELF {p}")).expect("write plugin");
+        }
         InstallCniArgs {
-            source: src,
+            plugins_dir: shipped,
             bin_dir: dir.join("opt/cni/bin"),
             conf_dir: dir.join("etc/cni/net.d"),
             conf_name: "10-margay.conflist".into(),
@@ -118,7 +167,7 @@ mod tests {
         assert_eq!(
             install(&a).expect("install"),
             Installed {
-                binary: true,
+                binaries: vec!["margay".into(), "portmap".into()],
                 config: true
             }
         );
@@ -131,13 +180,17 @@ mod tests {
         .expect("json");
         assert_eq!(written["plugins"][0]["type"], "margay");
         assert_eq!(install(&a).expect("again"), Installed::default());
-        std::fs::write(&a.source, b"\x7fELF newer").expect("update source");
+        std::fs::write(a.plugins_dir.join("margay"), b"\x7fELF newer").expect("update");
         assert_eq!(
             install(&a).expect("upgrade"),
             Installed {
-                binary: true,
+                binaries: vec!["margay".into()],
                 config: false
             }
+        );
+        assert_eq!(
+            std::fs::read(a.bin_dir.join("portmap")).expect("portmap installed"),
+            b"\x7fELF portmap"
         );
         let leftovers: Vec<_> = std::fs::read_dir(&a.bin_dir)
             .expect("ls")
@@ -145,6 +198,27 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains("margay-tmp"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn a_chained_plugin_nobody_ships_installs_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = args(
+            dir.path(),
+            r#"{"name":"n","plugins":[{"type":"margay"},{"type":"bandwidth"}]}"#,
+        );
+        let e = install(&a).expect_err("bandwidth is nowhere");
+        assert!(e.to_string().contains("\"bandwidth\""), "{e}");
+        assert!(!a.conf_dir.join("10-margay.conflist").exists());
+        assert!(!a.bin_dir.join("margay").exists(), "nothing written");
+        // One the host has already is fine.
+        std::fs::create_dir_all(&a.bin_dir).expect("mkdir");
+        std::fs::write(a.bin_dir.join("bandwidth"), b"host's").expect("host plugin");
+        install(&a).expect("host provides bandwidth");
+        assert_eq!(
+            std::fs::read(a.bin_dir.join("bandwidth")).expect("kept"),
+            b"host's"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::InstallCni(args)) => match node_agent::install_cni::install(&args) {
             Ok(done) => {
-                tracing::info!(binary_updated = done.binary, config_updated = done.config, bin_dir = %args.bin_dir.display(), conf_dir = %args.conf_dir.display(), "CNI installed");
+                tracing::info!(plugins_updated = ?done.binaries, config_updated = done.config, bin_dir = %args.bin_dir.display(), conf_dir = %args.conf_dir.display(), "CNI installed");
                 ExitCode::SUCCESS
             }
             Err(e) => {
