@@ -7,6 +7,7 @@
 //!   "agent_socket": "/var/run/margay/margay.sock",  // optional
 //!   "journal_dir": "/var/lib/margay/cni-journal",   // optional: DEL's releases while the agent is away
 //!   "log_file": "/var/log/margay/cni.log", "log_level": "info",
+//!   "log_max_bytes": 10485760,                      // optional: rotated to cni.log.1 beyond this
 //!   "ipam": { "pools": ["default-ipv4", "2001:db8::/48"], "families": ["ipv4", "ipv6"] },
 //!   "timeouts": { "connect_ms": 2000, "request_ms": 30000 },
 //!   "dns": { "nameservers": ["198.19.255.10"] }
@@ -164,6 +165,9 @@ pub struct NetConf {
     /// Log verbosity.
     #[serde(default)]
     pub log_level: Option<LogLevel>,
+    /// Size at which the log file is rotated (default 10 MiB).
+    #[serde(default)]
+    pub log_max_bytes: Option<u64>,
     /// Allocation hints.
     #[serde(default)]
     pub ipam: IpamConf,
@@ -208,6 +212,11 @@ impl NetConf {
         self.agent_socket
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET))
+    }
+
+    /// The log file's size cap.
+    pub fn log_max_bytes(&self) -> u64 {
+        self.log_max_bytes.unwrap_or(10 << 20)
     }
 
     /// The release journal's directory.

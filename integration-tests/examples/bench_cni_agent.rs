@@ -297,10 +297,7 @@ fn main() -> anyhow::Result<()> {
         runs - contract_misses
     );
     phases(&lab.run_dir().join("cni.log"), &spans);
-    agent_means(
-        &node,
-        &format!("http://{}:9099/metrics", lab.node("n1")?.ipv4),
-    );
+    agent_means(&node, &format!("{}/metrics", k8s::AGENT_HEALTH));
     println!();
     if let Some(dir) = &keep_logs {
         std::fs::create_dir_all(dir)?;

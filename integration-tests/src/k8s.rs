@@ -17,6 +17,10 @@ use serde::Deserialize as _;
 
 use crate::lab::{self, Daemon, Lab, LabError, Netns, Result, TOR_IPV4};
 
+/// The agent's health endpoint as seen from inside its node's namespace
+/// (the shipped default: loopback, port 9647).
+pub const AGENT_HEALTH: &str = "http://127.0.0.1:9647";
+
 /// Port of the lab's API server.
 pub const API_PORT: u16 = 6443;
 
@@ -223,8 +227,6 @@ pub fn start_agent(lab: &Lab, node: &str, extra: &[&str]) -> Result<Agent> {
         path_str(&kubeconfig)?.into(),
         "--socket".into(),
         path_str(&socket)?.into(),
-        "--health-listen".into(),
-        format!("{}:9099", n.ipv4),
         "--ip-autodetection".into(),
         "interface=eth0".into(),
         "--ip6-autodetection".into(),

@@ -186,7 +186,7 @@ fn agent_allocates_from_crds_programs_routes_and_keeps_them_across_shutdown() {
     // lately: nothing changes for 3 s (15 periods, 4 deadlines) and every
     // loop, the FIB's and the quiet watches' included, stays live.
     let n1 = lab.node("n1").expect("n1");
-    let livez = format!("http://{}:9099/livez", n1.ipv4);
+    let livez = format!("{}/livez", k8s::AGENT_HEALTH);
     for _ in 0..15 {
         std::thread::sleep(Duration::from_millis(200));
         let body = n1
@@ -203,6 +203,24 @@ fn agent_allocates_from_crds_programs_routes_and_keeps_them_across_shutdown() {
             assert!(body.contains(&format!("ok: {lp} loop turned")), "{body}");
         }
     }
+
+    // Health and status answer on the node's loopback only; Prometheus
+    // reaches /metrics (and nothing else) from another host.
+    let tor = lab.tor();
+    assert!(
+        tor.exec(&["curl", "-sf", "-m", "1", "http://198.18.0.11:9647/livez"])
+            .is_err(),
+        "the health port is not on the node's address"
+    );
+    let m = tor
+        .exec(&["curl", "-sf", "-m", "2", "http://198.18.0.11:9648/metrics"])
+        .expect("metrics from the ToR");
+    assert!(m.contains("margay_"), "{m}");
+    assert!(
+        tor.exec(&["curl", "-sf", "-m", "2", "http://198.18.0.11:9648/status"])
+            .is_err(),
+        "only /metrics on the metrics port"
+    );
 
     // Graceful shutdown: the socket goes, the routes stay for the next start.
     daemon

@@ -98,7 +98,7 @@ fn snapshot(lab: &Lab) -> String {
 
 fn wait_ready(lab: &Lab, node: &str) {
     let n = lab.node(node).expect("node");
-    let url = format!("http://{}:9099/readyz", n.ipv4);
+    let url = format!("{}/readyz", k8s::AGENT_HEALTH);
     lab::wait_for(&format!("{node} ready"), Duration::from_secs(30), || {
         Ok(n.ns
             .exec(&["curl", "-sf", "-m", "1", &url])

@@ -80,7 +80,7 @@ fn annotation_chooses_the_address_and_leaks_are_collected() {
     );
 
     // Gauges and counters.
-    let url = format!("http://{}:9099/metrics", lab.node("n1").expect("n1").ipv4);
+    let url = format!("{}/metrics", k8s::AGENT_HEALTH);
     lab::wait_for("gauges", Duration::from_secs(5), || {
         let m = lab.node("n1")?.ns.exec(&["curl", "-sf", &url])?;
         Ok(m.contains("margay_ipam_allocations{pool=\"v4\"} 2")

@@ -216,11 +216,7 @@ spec:
     };
     let mut out = String::new();
     for _ in 0..30 {
-        let (code, o) = margayctl(
-            &lab,
-            n1,
-            &["--agent", "http://198.18.0.11:9099", "node", "status"],
-        );
+        let (code, o) = margayctl(&lab, n1, &["--agent", k8s::AGENT_HEALTH, "node", "status"]);
         assert_eq!(code, 0, "{o}");
         out = o;
         if established(&out) {

@@ -192,14 +192,36 @@ fn identity_json(me: &NodeIdentity) -> serde_json::Value {
 pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(args.startup_grace).with_loop_period(args.loop_period));
-    let (bound, _health_task) =
-        health::bind_and_serve(args.health_listen, health.clone(), metrics.clone())
+    let (bound, _health_task) = health::bind_and_serve(
+        args.health_listen,
+        health.clone(),
+        metrics.clone(),
+        health::Exposure::All,
+    )
+    .await
+    .map_err(|e| AgentError::Io {
+        what: format!("binding the health endpoint {}", args.health_listen),
+        source: e,
+    })?;
+    tracing::info!(%bound, "serving /livez /readyz /status /metrics");
+    let _metrics_task = match args.metrics_listen.0 {
+        Some(addr) => {
+            let (bound, task) = health::bind_and_serve(
+                addr,
+                health.clone(),
+                metrics.clone(),
+                health::Exposure::MetricsOnly,
+            )
             .await
             .map_err(|e| AgentError::Io {
-                what: format!("binding the health endpoint {}", args.health_listen),
+                what: format!("binding the metrics endpoint {addr}"),
                 source: e,
             })?;
-    tracing::info!(%bound, "serving /livez /readyz /metrics");
+            tracing::info!(%bound, "serving /metrics");
+            Some(task)
+        }
+        None => None,
+    };
 
     let client = cluster::client(&args.api_access()).await?;
     let (cluster, _watchers) = Cluster::start(client, metrics.clone(), &health);

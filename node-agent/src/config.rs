@@ -68,14 +68,26 @@ pub struct AgentArgs {
     )]
     pub socket: PathBuf,
 
-    /// Address for /livez, /readyz and /metrics.
+    /// Address for /livez, /readyz, /status and /metrics: loopback by
+    /// default (the kubelet probes a hostNetwork pod on the node itself,
+    /// margayctl runs there); port 9647, clear of Calico's 9099.
     #[arg(
         long,
         env = "MARGAY_HEALTH_LISTEN",
-        default_value = "0.0.0.0:9099",
+        default_value = "127.0.0.1:9647",
         global = true
     )]
     pub health_listen: SocketAddr,
+
+    /// Address for /metrics alone, for Prometheus from other hosts
+    /// ("none": not served).
+    #[arg(
+        long,
+        env = "MARGAY_METRICS_LISTEN",
+        default_value = "0.0.0.0:9648",
+        global = true
+    )]
+    pub metrics_listen: OptionalAddr,
 
     /// How to choose this node's IPv4 address (first-found,
     /// kubernetes-internal-ip, interface=REGEX, skip-interface=REGEX,
@@ -181,6 +193,23 @@ pub struct InstallCniArgs {
     pub network_config: String,
 }
 
+/// A socket address, or "none".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+impl std::str::FromStr for OptionalAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("none") || s.is_empty() {
+            return Ok(OptionalAddr(None));
+        }
+        s.parse()
+            .map(|a| OptionalAddr(Some(a)))
+            .map_err(|e| format!("{s:?}: {e} (an address:port, or none)"))
+    }
+}
+
 /// Parses "90s", "5m", "1h", "250ms" or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -245,6 +274,14 @@ mod tests {
         .expect("flags");
         assert_eq!(cli.agent.node_name.as_deref(), Some("n1"));
         assert!(matches!(cli.command, Some(Command::Run)));
+        let none = Cli::try_parse_from(["margay-node", "--metrics-listen", "none"]).expect("none");
+        assert_eq!(none.agent.metrics_listen, OptionalAddr(None));
+        let dflt = Cli::try_parse_from(["margay-node"]).expect("defaults");
+        assert_eq!(
+            dflt.agent.metrics_listen,
+            OptionalAddr(Some("0.0.0.0:9648".parse().expect("addr")))
+        );
+        assert_eq!(dflt.agent.health_listen.to_string(), "127.0.0.1:9647");
         let err = Cli::try_parse_from(["margay-node", "--ip-autodetection", "guess"])
             .expect_err("bad method");
         assert!(err.to_string().contains("guess"), "{err}");

@@ -331,11 +331,27 @@ fn verdict_response(v: Verdict) -> Response<Full<Bytes>> {
     )
 }
 
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposure {
+    /// `/livez`, `/readyz`, `/status` and `/metrics` (the loopback listener).
+    All,
+    /// `/metrics` only (the listener Prometheus scrapes from elsewhere).
+    MetricsOnly,
+}
+
 async fn route(
     req: Request<Incoming>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    exposure: Exposure,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if exposure == Exposure::MetricsOnly && req.uri().path() != "/metrics" {
+        return Ok(text(
+            StatusCode::NOT_FOUND,
+            "this listener serves /metrics only\n".into(),
+        ));
+    }
     Ok(match req.uri().path() {
         "/livez" => verdict_response(health.liveness_at(Instant::now())),
         "/readyz" => verdict_response(health.readiness_at(Instant::now())),
@@ -367,9 +383,13 @@ async fn route(
     })
 }
 
-/// Serves `/livez`, `/readyz` and `/metrics` on `listener` until the task is
-/// dropped.
-pub async fn serve(listener: TcpListener, health: Arc<Health>, metrics: Arc<Metrics>) {
+/// Serves what `exposure` says on `listener` until the task is dropped.
+pub async fn serve(
+    listener: TcpListener,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    exposure: Exposure,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -381,7 +401,7 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, metrics: Arc<Metr
         };
         let (h, m) = (health.clone(), metrics.clone());
         tokio::spawn(async move {
-            let svc = service_fn(move |req| route(req, h.clone(), m.clone()));
+            let svc = service_fn(move |req| route(req, h.clone(), m.clone(), exposure));
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
@@ -397,10 +417,11 @@ pub async fn bind_and_serve(
     addr: SocketAddr,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    exposure: Exposure,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let l = TcpListener::bind(addr).await?;
     let bound = l.local_addr()?;
-    Ok((bound, tokio::spawn(serve(l, health, metrics))))
+    Ok((bound, tokio::spawn(serve(l, health, metrics, exposure))))
 }
 
 #[cfg(test)]
@@ -506,11 +527,20 @@ mod tests {
         let (addr, task) = bind_and_serve(
             "127.0.0.1:0".parse().expect("addr"),
             health.clone(),
-            metrics,
+            metrics.clone(),
+            Exposure::All,
         )
         .await
         .expect("bind");
-        let get = |path: &'static str| async move {
+        let (metrics_addr, metrics_task) = bind_and_serve(
+            "127.0.0.1:0".parse().expect("addr"),
+            health.clone(),
+            metrics,
+            Exposure::MetricsOnly,
+        )
+        .await
+        .expect("bind");
+        let get_from = |addr: SocketAddr, path: &'static str| async move {
             use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
             let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
             s.write_all(
@@ -522,6 +552,7 @@ mod tests {
             s.read_to_string(&mut out).await.expect("read");
             out
         };
+        let get = |path: &'static str| get_from(addr, path);
         assert!(get("/readyz").await.starts_with("HTTP/1.1 503"));
         health.set_datastore_synced(true);
         health.set_dataplane_programmed(true);
@@ -536,6 +567,20 @@ mod tests {
             "{st}"
         );
         assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+        // The metrics-only listener: metrics, nothing else.
+        let m = get_from(metrics_addr, "/metrics").await;
+        assert!(m.contains("margay_policy_sync_failures_total"), "{m}");
+        assert!(
+            get_from(metrics_addr, "/status")
+                .await
+                .starts_with("HTTP/1.1 404")
+        );
+        assert!(
+            get_from(metrics_addr, "/livez")
+                .await
+                .starts_with("HTTP/1.1 404")
+        );
         task.abort();
+        metrics_task.abort();
     }
 }

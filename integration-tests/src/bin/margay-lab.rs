@@ -334,7 +334,7 @@ fn up(prefix: &str, n_nodes: usize, pods_per_node: usize, repo: &Path) -> anyhow
             ns: n.ns.name().to_string(),
             ipv4: n.ipv4.to_string(),
             ipv6: n.ipv6.to_string(),
-            agent_url: format!("http://{}:9099", n.ipv4),
+            agent_url: k8s::AGENT_HEALTH.to_string(),
             socket: agent.socket.clone(),
         });
         println!(
@@ -407,7 +407,7 @@ fn up(prefix: &str, n_nodes: usize, pods_per_node: usize, repo: &Path) -> anyhow
         Duration::from_secs(60),
         || {
             for n in lab.nodes() {
-                let url = format!("http://{}:9099/readyz", n.ipv4);
+                let url = format!("{}/readyz", k8s::AGENT_HEALTH);
                 let ready = n.ns.exec(&["curl", "-sf", "-m", "1", &url]).is_ok();
                 if !ready {
                     return Ok(None);

@@ -13,7 +13,7 @@ struct Cli {
     #[arg(
         long,
         env = "MARGAY_AGENT",
-        default_value = "http://127.0.0.1:9099",
+        default_value = "http://127.0.0.1:9647",
         global = true
     )]
     agent: String,
