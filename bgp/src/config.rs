@@ -58,6 +58,16 @@ impl Default for GracefulRestart {
     }
 }
 
+/// BFD for a peer: a session toward the neighbour address whose failure
+/// takes the BGP session down at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerBfd {
+    /// Timer parameters.
+    pub timers: crate::bfd::BfdConfig,
+    /// RFC 5883 multihop (port 4784, no TTL check) instead of single hop.
+    pub multihop: bool,
+}
+
 /// One peer (or a range of dynamic peers).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerConfig {
@@ -100,8 +110,10 @@ pub struct PeerConfig {
     pub md5_password: Option<String>,
     /// GTSM (RFC 5082): send with TTL 255 and require at least 255 - hops.
     pub ttl_security: Option<u8>,
-    /// Source address for the connection.
+    /// Source address for the connection (and for BFD).
     pub source_addr: Option<IpAddr>,
+    /// BFD (RFC 5880/5881) toward the neighbour, if enabled.
+    pub bfd: Option<PeerBfd>,
     /// Peer's TCP port (179 unless testing).
     pub port: u16,
     /// Our IPv4 next hop for routes we send as next-hop-self (default: the
@@ -143,6 +155,7 @@ impl PeerConfig {
             md5_password: None,
             ttl_security: None,
             source_addr: None,
+            bfd: None,
             port: 179,
             next_hop_v4: None,
             next_hop_v6: None,

@@ -10,6 +10,7 @@
 //! has a cargo-fuzz target in `bgp/fuzz` (`bgp/fuzz/run.sh SECONDS`). Load
 //! benchmark against BIRD: `integration-tests/examples/bench_bgp.rs`.
 
+pub mod bfd;
 pub mod config;
 pub mod driver;
 pub mod fsm;

@@ -9,7 +9,9 @@
 //!                                          ▼
 //!   peer task ◄── frames / EOF ── reader task (per connection)
 //!   peer task ──► bytes ──► writer task (per connection)
-//!   peer task ──RibMsg (Up/Down/Update/EoR/PurgeStale/Refresh/State)──► RIB task
+//!   peer task ──RibMsg (Up/Down/Update/EoR/PurgeStale/Refresh/State/Bfd)──► RIB task
+//!   peer task ──subscribe──► BFD task (bfd::driver, started with the first
+//!   BFD peer) ──Up/Down events──► peer task (Down: the session closes)
 //! ```
 //!
 //! Tasks are aborted when their owner drops them. A panic while decoding a
@@ -29,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::bfd::{self, Bfd, BfdHandle, BfdOptions, SessionKey, Subscription};
 use crate::config::{Neighbor, PeerConfig};
 use crate::fsm::{ConnId, Input, Output, Session, State, Timer};
 use crate::rib::decision::{DecisionOptions, PeerIdx, Source};
@@ -120,6 +123,8 @@ pub struct PeerStatus {
     /// Families whose End-of-RIB marker the peer has sent since the session
     /// came up (its initial table is complete).
     pub end_of_rib: Families,
+    /// The peer's BFD session state, when BFD is configured for it.
+    pub bfd: Option<bfd::State>,
 }
 
 enum Cmd {
@@ -128,6 +133,7 @@ enum Cmd {
     Originate(Prefix, Vec<u32>),
     Withdraw(Prefix),
     Status(oneshot::Sender<Vec<PeerStatus>>),
+    Bfd(oneshot::Sender<Option<BfdHandle>>),
     Inbound(TcpStream, SocketAddr),
     Shutdown(oneshot::Sender<()>),
 }
@@ -162,6 +168,7 @@ enum RibMsg {
         since: Option<Instant>,
         error: Option<String>,
     },
+    Bfd(PeerIdx, bfd::State),
 }
 
 /// The running speaker. Dropping it stops everything.
@@ -230,6 +237,7 @@ impl Speaker {
             fib_tx,
             listen: cfg.listen.clone(),
             listeners,
+            bfd: None,
         };
         tasks.push(tokio::spawn(
             task.run(rx, rib_rx)
@@ -287,6 +295,19 @@ impl Speaker {
         Ok(())
     }
 
+    /// Every BFD session (empty when no peer uses BFD).
+    pub async fn bfd_sessions(&self) -> Result<Vec<bfd::SessionStatus>, DriverError> {
+        let (t, r) = oneshot::channel();
+        self.tx
+            .send(Cmd::Bfd(t))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        match r.await.map_err(|_| DriverError::Stopped)? {
+            Some(h) => h.status().await.map_err(|_| DriverError::Stopped),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Per-peer status.
     pub async fn status(&self) -> Result<Vec<PeerStatus>, DriverError> {
         let (t, r) = oneshot::channel();
@@ -308,6 +329,7 @@ struct PeerEntry {
     error: Option<String>,
     last_update: Option<Instant>,
     end_of_rib: Families,
+    bfd: Option<bfd::State>,
 }
 
 impl Drop for PeerEntry {
@@ -325,6 +347,8 @@ struct RibTask {
     fib_tx: mpsc::Sender<Vec<FibChange>>,
     listen: Vec<SocketAddr>,
     listeners: Vec<std::sync::Arc<TcpListener>>,
+    /// Started with the first peer that asks for BFD.
+    bfd: Option<Bfd>,
 }
 
 impl RibTask {
@@ -370,13 +394,55 @@ impl RibTask {
         }
     }
 
+    /// The BFD driver, started on first use.
+    fn bfd_handle(&mut self) -> Result<BfdHandle, String> {
+        if let Some(b) = &self.bfd {
+            return Ok(b.handle());
+        }
+        match Bfd::start(BfdOptions::default()) {
+            Ok(b) => {
+                info!(sockets = ?b.local_addrs(), "BFD started");
+                let h = b.handle();
+                self.bfd = Some(b);
+                Ok(h)
+            }
+            Err(e) => Err(format!("BFD unavailable: {e}")),
+        }
+    }
+
     fn spawn_peer(&mut self, cfg: PeerConfig, addr: Option<IpAddr>) -> PeerIdx {
         let idx = self.rib.add_peer();
         let (tx, rx) = mpsc::channel(1024);
         let span = info_span!("peer", peer = %cfg.name, addr = ?addr);
         let local_port = self.listen.first().map(|a| a.port());
+        let mut error = None;
+        let bfd = match (cfg.bfd, addr) {
+            (Some(b), Some(peer)) => match self.bfd_handle() {
+                Ok(h) => {
+                    let key = SessionKey {
+                        peer,
+                        local: cfg.source_addr,
+                        multihop: b.multihop,
+                    };
+                    match h.subscribe(key, b.timers) {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            error = Some(format!("BFD unavailable: {e}"));
+                            None
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(peer = %cfg.name, error = %e, "peer runs without BFD");
+                    error = Some(e);
+                    None
+                }
+            },
+            _ => None,
+        };
+        let bfd_state = bfd.as_ref().map(|_| bfd::State::Down);
         let task = tokio::spawn(
-            PeerTask::new(idx, cfg.clone(), addr, self.rib_tx.clone(), local_port)
+            PeerTask::new(idx, cfg.clone(), addr, self.rib_tx.clone(), local_port, bfd)
                 .run(rx)
                 .instrument(span),
         );
@@ -389,9 +455,10 @@ impl RibTask {
                 task: Some(task),
                 state: State::Idle,
                 since: None,
-                error: None,
+                error,
                 last_update: None,
                 end_of_rib: Families::NONE,
+                bfd: bfd_state,
             },
         );
         idx
@@ -426,6 +493,7 @@ impl RibTask {
                                 error: None,
                                 last_update: None,
                                 end_of_rib: Families::NONE,
+                                bfd: None,
                             },
                         );
                     }
@@ -473,10 +541,14 @@ impl RibTask {
                         last_error: p.error.clone(),
                         last_update: p.last_update,
                         end_of_rib: p.end_of_rib,
+                        bfd: p.bfd,
                     })
                     .collect();
                 v.sort_by(|a, b| a.name.cmp(&b.name));
                 let _ = reply.send(v);
+            }
+            Cmd::Bfd(reply) => {
+                let _ = reply.send(self.bfd.as_ref().map(Bfd::handle));
             }
             Cmd::Inbound(stream, from) => self.inbound(stream, from),
             Cmd::Shutdown(reply) => {
@@ -565,6 +637,11 @@ impl RibTask {
             }
             RibMsg::PurgeStale(peer, f) => self.rib.purge_stale(peer, f),
             RibMsg::Refresh(peer, f) => self.rib.refresh(peer, crate::wire::Families::only(f)),
+            RibMsg::Bfd(peer, state) => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.bfd = Some(state);
+                }
+            }
             RibMsg::State {
                 peer,
                 state,
@@ -628,6 +705,8 @@ struct PeerTask {
     update_routes: usize,
     /// The session's outputs for one input (reused).
     outs: Vec<Output>,
+    /// The peer's BFD session, when configured.
+    bfd: Option<Subscription>,
 }
 
 impl PeerTask {
@@ -637,6 +716,7 @@ impl PeerTask {
         addr: Option<IpAddr>,
         rib: mpsc::Sender<RibMsg>,
         _local_port: Option<u16>,
+        bfd: Option<Subscription>,
     ) -> Self {
         // Few events: a batch of frames is up to ~4 KB.
         let (ev_tx, ev_rx) = mpsc::channel(8);
@@ -655,6 +735,7 @@ impl PeerTask {
             updates: Vec::new(),
             update_routes: 0,
             outs: Vec::new(),
+            bfd,
         }
     }
 
@@ -672,7 +753,17 @@ impl PeerTask {
                     None => std::future::pending().await,
                 }
             };
+            let bfd = async {
+                match &mut self.bfd {
+                    Some(s) => s.next().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                ev = bfd => match ev {
+                    Some(ev) => self.bfd_event(ev).await,
+                    None => self.bfd = None,
+                },
                 c = cmds.recv() => match c {
                     None => {
                         self.input(Input::Stop(Notification::cease(cease_sub::PEER_DECONFIGURED))).await;
@@ -705,6 +796,16 @@ impl PeerTask {
                     }
                 }
             }
+        }
+    }
+
+    /// A BFD state change: reported for status; Up → Down (not the peer's
+    /// AdminDown) closes the BGP session.
+    async fn bfd_event(&mut self, ev: bfd::Event) {
+        let _ = self.rib.send(RibMsg::Bfd(self.idx, ev.change.to)).await;
+        if bfd::driver::is_failure(&ev.change) {
+            warn!(diag = %ev.change.diag, "BFD session down: closing the BGP session");
+            self.input(Input::BfdDown(ev.change.diag)).await;
         }
     }
 

@@ -21,6 +21,7 @@
 //!     graceful_restart: { restart_time: 120, stale_time: 360 }
 //!     md5_password: secret
 //!     max_prefix: 1000
+//!     bfd: { min_rx: 100, min_tx: 100, multiplier: 3 }   # milliseconds; multihop: false
 //! ```
 //! Every `PeerConfig` option has a key of the same name (`connect_retry`
 //! and `stale_time` in seconds, `families: [ipv4, ipv6]`).
@@ -45,7 +46,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use bgp::config::{GracefulRestart, Neighbor, PeerConfig, RemoteAs};
+use bgp::bfd::{BfdConfig, SessionStatus};
+use bgp::config::{GracefulRestart, Neighbor, PeerBfd, PeerConfig, RemoteAs};
 use bgp::driver::{PeerStatus, Speaker, SpeakerConfig};
 use bgp::fsm::State;
 use bgp::rib::decision::DecisionOptions;
@@ -155,6 +157,28 @@ fn gr_stale() -> u64 {
     360
 }
 
+/// BFD for a peer; intervals in milliseconds.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct BfdFile {
+    #[serde(default = "bfd_interval")]
+    min_rx: u64,
+    #[serde(default = "bfd_interval")]
+    min_tx: u64,
+    #[serde(default = "bfd_mult")]
+    multiplier: u8,
+    #[serde(default)]
+    multihop: bool,
+}
+
+fn bfd_interval() -> u64 {
+    300
+}
+
+fn bfd_mult() -> u8 {
+    3
+}
+
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 struct PeerFile {
@@ -181,6 +205,7 @@ struct PeerFile {
     md5_password: Option<String>,
     ttl_security: Option<u8>,
     source_addr: Option<IpAddr>,
+    bfd: Option<BfdFile>,
     port: Option<u16>,
     next_hop_v4: Option<std::net::Ipv4Addr>,
     next_hop_v6: Option<std::net::Ipv6Addr>,
@@ -258,6 +283,22 @@ fn peer_config(f: &FileConfig, p: &PeerFile, restarting: bool) -> Result<PeerCon
     c.md5_password = p.md5_password.clone();
     c.ttl_security = p.ttl_security;
     c.source_addr = p.source_addr;
+    if let Some(b) = &p.bfd {
+        if b.min_rx == 0 || b.min_tx == 0 || b.multiplier == 0 {
+            bail!(
+                "peer {}: bfd intervals and multiplier must be at least 1",
+                p.name
+            );
+        }
+        c.bfd = Some(PeerBfd {
+            timers: BfdConfig {
+                desired_min_tx: Duration::from_millis(b.min_tx),
+                required_min_rx: Duration::from_millis(b.min_rx),
+                detect_mult: b.multiplier,
+            },
+            multihop: b.multihop,
+        });
+    }
     c.next_hop_v4 = p.next_hop_v4;
     c.next_hop_v6 = p.next_hop_v6;
     if let Some(port) = p.port {
@@ -366,7 +407,40 @@ fn state_name(s: State) -> String {
     format!("{s:?}")
 }
 
-fn status_json(clock: &Clock, peers: &[PeerStatus], fib: &FibState) -> serde_json::Value {
+fn ms(d: Option<Duration>) -> Option<f64> {
+    d.map(|d| d.as_secs_f64() * 1000.0)
+}
+
+fn bfd_json(clock: &Clock, sessions: &[SessionStatus]) -> Vec<serde_json::Value> {
+    sessions
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "peer": s.key.peer.to_string(),
+                "local": s.key.local.map(|a| a.to_string()),
+                "multihop": s.key.multihop,
+                "state": s.status.state.to_string(),
+                "remote_state": s.status.remote_state.to_string(),
+                "diag": s.status.diag.to_string(),
+                "local_disc": s.status.local_disc,
+                "remote_disc": s.status.remote_disc,
+                "since": clock.unix(s.status.since),
+                "tx_interval_ms": ms(s.status.tx_interval),
+                "detect_time_ms": ms(s.status.detect_time),
+                "received": s.received,
+                "sent": s.sent,
+                "dropped": s.dropped,
+            })
+        })
+        .collect()
+}
+
+fn status_json(
+    clock: &Clock,
+    peers: &[PeerStatus],
+    bfd: &[SessionStatus],
+    fib: &FibState,
+) -> serde_json::Value {
     let t = |i: Option<Instant>| i.map(|i| clock.unix(i));
     let peers: Vec<serde_json::Value> = peers
         .iter()
@@ -387,6 +461,7 @@ fn status_json(clock: &Clock, peers: &[PeerStatus], fib: &FibState) -> serde_jso
                     Family::Ipv4Unicast => "ipv4",
                     Family::Ipv6Unicast => "ipv6",
                 }).collect::<Vec<_>>(),
+                "bfd": p.bfd.map(|s| s.to_string()),
             })
         })
         .collect();
@@ -398,6 +473,7 @@ fn status_json(clock: &Clock, peers: &[PeerStatus], fib: &FibState) -> serde_jso
         "pid": std::process::id(),
         "time": clock.unix(Instant::now()),
         "peers": peers,
+        "bfd": bfd_json(clock, bfd),
         "rib_paths": rib,
         "fib": {
             "installed": fib.len(),
@@ -640,7 +716,8 @@ async fn run() -> Result<()> {
                     let _ = reconcile_tx.send(());
                 }
                 if let Some(path) = &args.status_file {
-                    let v = status_json(&clock, &peers, &lock(&state));
+                    let bfd = speaker.bfd_sessions().await?;
+                    let v = status_json(&clock, &peers, &bfd, &lock(&state));
                     write_status(path, &v);
                 }
                 if writer.is_finished() {
