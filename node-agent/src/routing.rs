@@ -21,7 +21,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use bgp::config::{GracefulRestart, Neighbor, PeerConfig, RemoteAs};
+use bgp::bfd::BfdConfig;
+use bgp::config::{GracefulRestart, Neighbor, PeerBfd, PeerConfig, RemoteAs};
 use bgp::wire::Prefix;
 use ipnetwork::IpNetwork;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -196,6 +197,17 @@ fn apply_peer_spec(
     p.rr_client = spec.route_reflector_client;
     p.next_hop_self = matches!(spec.next_hop_mode, Some(NextHopMode::SelfNode));
     p.ttl_security = spec.ttl_security;
+    p.bfd = spec.bfd.as_ref().map(|b| {
+        let (rx, tx, mult) = b.effective();
+        PeerBfd {
+            timers: BfdConfig {
+                desired_min_tx: Duration::from_millis(u64::from(tx)),
+                required_min_rx: Duration::from_millis(u64::from(rx)),
+                detect_mult: mult,
+            },
+            multihop: b.multihop,
+        }
+    });
     if matches!(spec.source_address, Some(SourceAddress::None)) {
         p.source_addr = None;
     }
@@ -517,6 +529,11 @@ mod tests {
                 as_number: Some(65000),
                 hold_time: Some(9),
                 max_prefix: Some(1000),
+                bfd: Some(crate::crd::BGPPeerBFD {
+                    min_rx: Some(100),
+                    multiplier: Some(4),
+                    ..Default::default()
+                }),
                 ..Default::default()
             },
         );
@@ -529,6 +546,19 @@ mod tests {
             (RemoteAs::Asn(65000), 9, Some(1000))
         );
         assert!(!p.passive);
+        assert_eq!(
+            p.bfd,
+            Some(PeerBfd {
+                timers: BfdConfig {
+                    desired_min_tx: Duration::from_millis(300),
+                    required_min_rx: Duration::from_millis(100),
+                    detect_mult: 4,
+                },
+                multihop: false,
+            }),
+            "BFD from the BGPPeer, defaults filled in"
+        );
+        assert!(d.peers.values().all(|q| q.name == "peer-tor"));
         assert_eq!(
             d.originate[&"198.19.1.0/26".parse::<Prefix>().expect("p")],
             vec![(64512 << 16) | 100, (65000 << 16) | 7]

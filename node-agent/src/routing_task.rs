@@ -46,6 +46,9 @@ pub struct PeerRow {
     pub sent: u32,
     /// Last error.
     pub last_error: Option<String>,
+    /// BFD session state (absent: BFD not configured for this peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<String>,
 }
 
 fn node_facts(n: &Node) -> NodeFacts {
@@ -487,6 +490,7 @@ async fn report(r: &Running, deps: &RoutingDeps) {
             accepted: s.counters.accepted.iter().sum(),
             sent: s.counters.sent,
             last_error: s.last_error.clone(),
+            bfd: s.bfd.map(|b| b.to_string()),
         })
         .collect();
     let established = status
