@@ -151,9 +151,10 @@ fn check_reasons_and_recovery(m: &mut MargayBgp, ns: &Netns) {
 }
 
 fn bird_bfd_block() -> String {
-    format!(
-        "protocol bfd {{\n  interface \"*\" {{ min rx interval {INTERVAL_MS} ms; min tx interval {INTERVAL_MS} ms; idle tx interval 1000 ms; multiplier {MULT}; }};\n}}\n"
-    )
+    let timers = format!(
+        "min rx interval {INTERVAL_MS} ms; min tx interval {INTERVAL_MS} ms; idle tx interval 1000 ms; multiplier {MULT};"
+    );
+    format!("protocol bfd {{\n  interface \"*\" {{ {timers} }};\n  multihop {{ {timers} }};\n}}\n")
 }
 
 fn bird_session(name: &str, neighbor: &str, bfd: bool, export: &str, family: &str) -> String {
@@ -261,6 +262,45 @@ fn bird_bfd_ipv6_session_and_gtsm() {
     nft(lab.tor(), "delete table ip mgttl\n");
     wait_bfd_state(&m, "198.18.0.1", "Up");
     wait_kernel(&n1.ns, "2001:db8:200::/64", "via 2001:db8:ffff::1", true, T);
+}
+
+/// RFC 5883: BIRD's BGP session is multihop (`multihop 2`), so its BFD
+/// session is too (UDP 4784); Margay's peer says `multihop: true`.
+#[test]
+fn bird_bfd_multihop_session_comes_up_and_detects_a_cut() {
+    require_root!();
+    let lab = Lab::builder().nodes(1).build().expect("lab");
+    let n1 = lab.node("n1").expect("n1");
+    let conf = bird_head(&format!(
+        "protocol static {{ ipv4; route {VIA_BFD} blackhole; }}\n"
+    )) + &bird_session("mh", "198.18.0.11", true, VIA_BFD, "ipv4")
+        .replace("direct;", "multihop 2;");
+    let bird = Bird::start(lab.tor(), lab.run_dir(), "tor-bird", &conf).expect("bird");
+    let yaml = format!(
+        "local_as: 65001\nrouter_id: 198.18.0.11\noriginate: []\npeers:\n\
+         \x20 - name: mh\n    neighbor: 198.18.0.1\n    remote_as: 64513\n    hold_time: 9\n    connect_retry: 1\n    families: [ipv4]\n\
+         \x20   bfd: {{ min_rx: {INTERVAL_MS}, min_tx: {INTERVAL_MS}, multiplier: {MULT}, multihop: true }}\n"
+    );
+    let m = MargayBgp::start(&n1.ns, lab.run_dir(), "margay-n1", &yaml);
+    let s = wait_bfd_state(&m, "198.18.0.1", "Up");
+    assert_eq!(s["multihop"], true, "{s}");
+    let b = bird.birdc("show bfd sessions").expect("birdc");
+    assert!(b.contains("198.18.0.11") && b.contains("Up"), "{b}");
+    wait_kernel(&n1.ns, VIA_BFD, "via 198.18.0.1", true, T);
+    // Hold time 9 s: only BFD can take the route out this fast.
+    std::thread::sleep(Duration::from_millis(500));
+    cut(&n1.ns);
+    let t0 = Instant::now();
+    wait_kernel(&n1.ns, VIA_BFD, "", false, Duration::from_secs(2));
+    let took = t0.elapsed();
+    println!(
+        "BIRD 2 multihop: failover with BFD {:.0} ms",
+        took.as_secs_f64() * 1e3
+    );
+    assert!(
+        took <= Duration::from_millis(MULT * INTERVAL_MS + 100),
+        "{took:?}"
+    );
 }
 
 fn frr_bgpd() -> String {
