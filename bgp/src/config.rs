@@ -104,8 +104,8 @@ pub struct PeerConfig {
     /// Next hop we advertise: `true` always ourselves, `false` keep it for
     /// iBGP (eBGP always uses ourselves).
     pub next_hop_self: bool,
-    /// Communities added to every route we send to this peer.
-    pub communities: Vec<u32>,
+    /// Communities added to the routes we originate when sent to this peer.
+    pub communities: crate::wire::CommunitySet,
     /// TCP MD5 password (RFC 2385).
     pub md5_password: Option<String>,
     /// GTSM (RFC 5082): send with TTL 255 and require at least 255 - hops.
@@ -151,7 +151,7 @@ impl PeerConfig {
             extended_next_hop: false,
             rr_client: false,
             next_hop_self: false,
-            communities: Vec::new(),
+            communities: Default::default(),
             md5_password: None,
             ttl_security: None,
             source_addr: None,

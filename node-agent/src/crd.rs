@@ -215,11 +215,12 @@ impl JsonSchema for IPAMBlockSpec {
     }
 }
 
-/// A named BGP community value, standard ("65000:100") or large
-/// ("65000:1:2").
+/// A named BGP community value: standard ("65000:100", RFC 1997), large
+/// ("65000:1:2", RFC 8092), extended ("rt:65000:100", "ro:198.18.0.1:7",
+/// RFC 4360) or well-known ("no-export", "no-advertise").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Community {
-    /// Name used by `prefixAdvertisements`.
+    /// Name used by `prefixAdvertisements` and `BGPPeer.communities`.
     pub name: String,
     /// The value.
     pub value: String,
@@ -482,6 +483,11 @@ pub struct BGPPeerSpec {
     /// BFD toward the peer (absent: off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bfd: Option<BGPPeerBFD>,
+    /// Communities added to the routes this node originates when they are
+    /// sent to this peer: names from `BGPConfiguration.communities` or
+    /// values (see `Community`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub communities: Vec<String>,
 }
 
 impl BGPPeerSpec {

@@ -1,6 +1,7 @@
 //! `margayctl`: look at and operate Margay.
 //!
-//! - `node status` asks the local agent (`--agent`, its `/status`);
+//! - `node status` and `bgp routes` ask the local agent (`--agent`, its
+//!   `/status`; `bgp routes` is rendered by [`crate::bgp_routes`]);
 //! - `ipam …` and `policy trace` read the cluster from the API server
 //!   (`--api-server`, or in-cluster config / KUBECONFIG) and use the same
 //!   code as the agent (the `ipam` report and the policy spec evaluator).

@@ -181,7 +181,9 @@ struct Running {
     key: (u32, std::net::Ipv4Addr, Vec<std::net::SocketAddr>),
     peers: BTreeMap<String, PeerConfig>,
     kinds: BTreeMap<String, &'static str>,
-    originated: BTreeMap<Prefix, Vec<u32>>,
+    originated: BTreeMap<Prefix, bgp::wire::CommunitySet>,
+    /// RIB generation last published in `/status` (`bgp_routes`).
+    routes_generation: Option<u64>,
     _fib: tokio::task::JoinHandle<()>,
 }
 
@@ -388,7 +390,7 @@ pub async fn run(mut deps: RoutingDeps) {
             _ = tick.tick() => {
                 // The speaker answers here: a stuck speaker stops this loop,
                 // and so fails liveness.
-                if let Some(r) = &running {
+                if let Some(r) = &mut running {
                     report(r, &deps).await;
                 }
             }
@@ -429,6 +431,7 @@ async fn apply(
             peers: BTreeMap::new(),
             kinds: BTreeMap::new(),
             originated: BTreeMap::new(),
+            routes_generation: None,
             _fib: fib_task,
         });
     }
@@ -468,10 +471,22 @@ async fn apply(
     Ok(())
 }
 
-async fn report(r: &Running, deps: &RoutingDeps) {
+async fn report(r: &mut Running, deps: &RoutingDeps) {
     let Ok(status) = r.speaker.status().await else {
         return;
     };
+    // The RIB for `margayctl bgp routes`, when it changed.
+    if let Ok(Some(routes)) = r
+        .speaker
+        .routes(crate::bgp_routes::LIMIT, r.routes_generation)
+        .await
+    {
+        r.routes_generation = Some(routes.generation);
+        deps.health.set_status(
+            "bgp_routes",
+            serde_json::json!(crate::bgp_routes::section(&routes)),
+        );
+    }
     let now = Instant::now();
     let rows: Vec<PeerRow> = status
         .iter()

@@ -37,7 +37,9 @@ use crate::fsm::{ConnId, Input, Output, Session, State, Timer};
 use crate::rib::decision::{DecisionOptions, PeerIdx, Source};
 use crate::rib::{FibChange, PeerCounters, PeerInfo, Rib, RibConfig};
 use crate::wire::notification::cease_sub;
-use crate::wire::{DecodeError, Families, Family, Message, Notification, Prefix, Update, frame};
+use crate::wire::{
+    CommunitySet, DecodeError, Families, Family, Message, Notification, Prefix, Update, frame,
+};
 
 /// FIB change batches queued for the agent at most.
 const FIB_QUEUE: usize = 2;
@@ -127,12 +129,41 @@ pub struct PeerStatus {
     pub bfd: Option<bfd::State>,
 }
 
+/// One path of a route, for displays.
+#[derive(Clone, Debug)]
+pub struct RoutePath {
+    /// The peer it came from (`None`: originated here).
+    pub from: Option<String>,
+    /// Selected (first: best; more with multipath).
+    pub selected: bool,
+    /// Kept stale by graceful restart.
+    pub stale: bool,
+    /// Attributes (communities included) and next hop.
+    pub attrs: std::sync::Arc<crate::rib::intern::RouteAttrs>,
+}
+
+/// A RIB snapshot (at most the asked number of destinations).
+#[derive(Clone, Debug)]
+pub struct Routes {
+    /// Changes with every change to the RIB.
+    pub generation: u64,
+    /// Destinations in the RIB in all.
+    pub total: usize,
+    /// The destinations listed, by prefix.
+    pub routes: Vec<(Prefix, Vec<RoutePath>)>,
+}
+
 enum Cmd {
-    AddPeer(PeerConfig, oneshot::Sender<Result<(), DriverError>>),
+    AddPeer(Box<PeerConfig>, oneshot::Sender<Result<(), DriverError>>),
     RemovePeer(String),
-    Originate(Prefix, Vec<u32>),
+    Originate(Prefix, CommunitySet),
     Withdraw(Prefix),
     Status(oneshot::Sender<Vec<PeerStatus>>),
+    Routes {
+        limit: usize,
+        unless: Option<u64>,
+        reply: oneshot::Sender<Option<Routes>>,
+    },
     Bfd(oneshot::Sender<Option<BfdHandle>>),
     Inbound(TcpStream, SocketAddr),
     Shutdown(oneshot::Sender<()>),
@@ -238,6 +269,7 @@ impl Speaker {
             listen: cfg.listen.clone(),
             listeners,
             bfd: None,
+            generation: 0,
         };
         tasks.push(tokio::spawn(
             task.run(rx, rib_rx)
@@ -250,7 +282,7 @@ impl Speaker {
     pub async fn add_peer(&self, p: PeerConfig) -> Result<(), DriverError> {
         let (t, r) = oneshot::channel();
         self.tx
-            .send(Cmd::AddPeer(p, t))
+            .send(Cmd::AddPeer(Box::new(p), t))
             .await
             .map_err(|_| DriverError::Stopped)?;
         r.await.map_err(|_| DriverError::Stopped)?
@@ -265,7 +297,7 @@ impl Speaker {
     }
 
     /// Originate a prefix with communities.
-    pub async fn originate(&self, p: Prefix, communities: Vec<u32>) -> Result<(), DriverError> {
+    pub async fn originate(&self, p: Prefix, communities: CommunitySet) -> Result<(), DriverError> {
         self.tx
             .send(Cmd::Originate(p, communities))
             .await
@@ -293,6 +325,25 @@ impl Speaker {
             .map_err(|_| DriverError::Stopped)?;
         let _ = tokio::time::timeout(grace, r).await;
         Ok(())
+    }
+
+    /// Up to `limit` routes of the RIB with every path, unless the RIB is
+    /// still at generation `unless` (then `None`: nothing changed).
+    pub async fn routes(
+        &self,
+        limit: usize,
+        unless: Option<u64>,
+    ) -> Result<Option<Routes>, DriverError> {
+        let (t, r) = oneshot::channel();
+        self.tx
+            .send(Cmd::Routes {
+                limit,
+                unless,
+                reply: t,
+            })
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        r.await.map_err(|_| DriverError::Stopped)
     }
 
     /// Every BFD session (empty when no peer uses BFD).
@@ -349,6 +400,8 @@ struct RibTask {
     listeners: Vec<std::sync::Arc<TcpListener>>,
     /// Started with the first peer that asks for BFD.
     bfd: Option<Bfd>,
+    /// Bumped by everything that may change the RIB.
+    generation: u64,
 }
 
 impl RibTask {
@@ -467,6 +520,7 @@ impl RibTask {
     fn command(&mut self, c: Cmd) {
         match c {
             Cmd::AddPeer(cfg, reply) => {
+                let cfg = *cfg;
                 if self.peers.values().any(|p| p.cfg.name == cfg.name) {
                     let _ = reply.send(Err(DriverError::Duplicate { name: cfg.name }));
                     return;
@@ -501,6 +555,7 @@ impl RibTask {
                 let _ = reply.send(Ok(()));
             }
             Cmd::RemovePeer(name) => {
+                self.generation += 1;
                 let gone: Vec<PeerIdx> = self
                     .peers
                     .iter()
@@ -526,8 +581,22 @@ impl RibTask {
                     self.rib.peer_down(i, crate::wire::Families::NONE);
                 }
             }
-            Cmd::Originate(p, c) => self.rib.originate(p, c),
-            Cmd::Withdraw(p) => self.rib.withdraw_local(&p),
+            Cmd::Originate(p, c) => {
+                self.generation += 1;
+                self.rib.originate(p, c)
+            }
+            Cmd::Withdraw(p) => {
+                self.generation += 1;
+                self.rib.withdraw_local(&p)
+            }
+            Cmd::Routes {
+                limit,
+                unless,
+                reply,
+            } => {
+                let r = (unless != Some(self.generation)).then(|| self.routes(limit));
+                let _ = reply.send(r);
+            }
             Cmd::Status(reply) => {
                 let mut v: Vec<PeerStatus> = self
                     .peers
@@ -618,7 +687,43 @@ impl RibTask {
         }
     }
 
+    fn routes(&self, limit: usize) -> Routes {
+        let name = |i: PeerIdx| self.peers.get(&i).map(|p| p.cfg.name.clone());
+        Routes {
+            generation: self.generation,
+            total: self.rib.len(Family::Ipv4Unicast) + self.rib.len(Family::Ipv6Unicast),
+            routes: self
+                .rib
+                .routes(limit)
+                .into_iter()
+                .map(|r| {
+                    let paths = r
+                        .paths
+                        .into_iter()
+                        .map(|p| RoutePath {
+                            from: if p.peer == crate::rib::decision::LOCAL {
+                                None
+                            } else {
+                                Some(name(p.peer).unwrap_or_else(|| format!("#{}", p.peer)))
+                            },
+                            selected: p.selected,
+                            stale: p.stale,
+                            attrs: p.attrs,
+                        })
+                        .collect();
+                    (r.prefix, paths)
+                })
+                .collect(),
+        }
+    }
+
     fn message(&mut self, m: RibMsg) {
+        if !matches!(
+            m,
+            RibMsg::State { .. } | RibMsg::Bfd(..) | RibMsg::EndOfRib(..)
+        ) {
+            self.generation += 1;
+        }
         match m {
             RibMsg::Up { peer, info } => self.rib.peer_up(peer, *info),
             RibMsg::Down { peer, graceful } => self.rib.peer_down(peer, graceful),

@@ -36,8 +36,9 @@
 //! Cease/2 (Administrative Shutdown) and our kernel routes are removed.
 //! SIGHUP re-reads the file's `originate` list and originates or withdraws
 //! the difference (other changes need a restart).
-//! `--status-file` is rewritten as JSON every 50 ms (peers, counters, RIB
-//! and FIB sizes with the times they last changed).
+//! `--status-file` is rewritten as JSON every 50 ms (peers, BFD sessions,
+//! counters, RIB and FIB sizes with the times they last changed, and the
+//! RIB's first 2000 destinations with their paths and communities).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -52,7 +53,7 @@ use bgp::driver::{PeerStatus, Speaker, SpeakerConfig};
 use bgp::fsm::State;
 use bgp::rib::decision::DecisionOptions;
 use bgp::rib::intern::FastState;
-use bgp::wire::{Families, Family, Prefix};
+use bgp::wire::{CommunitySet, Families, Family, Prefix};
 use clap::Parser;
 use node_agent::fib::{Fib, FibChange};
 use serde::Deserialize;
@@ -109,7 +110,8 @@ struct Originate {
     communities: Vec<Community>,
 }
 
-/// `"65000:100"` or the 32-bit value.
+/// Any community text `bgp::wire::Community` parses (`65000:100`,
+/// `65000:1:2`, `rt:65000:7`, `no-export`), or a standard one's 32-bit value.
 #[derive(Deserialize, Debug, Clone)]
 #[serde(untagged)]
 enum Community {
@@ -118,19 +120,16 @@ enum Community {
 }
 
 impl Community {
-    fn value(&self) -> Result<u32> {
+    fn value(&self) -> Result<bgp::wire::Community> {
         match self {
-            Community::Num(n) => Ok(*n),
-            Community::Text(t) => {
-                let (a, b) = t
-                    .split_once(':')
-                    .with_context(|| format!("community {t:?} is not ASN:VALUE"))?;
-                let a: u16 = a.parse().with_context(|| format!("community {t:?}"))?;
-                let b: u16 = b.parse().with_context(|| format!("community {t:?}"))?;
-                Ok((u32::from(a) << 16) | u32::from(b))
-            }
+            Community::Num(n) => Ok(bgp::wire::Community::Standard(*n)),
+            Community::Text(t) => Ok(t.parse()?),
         }
     }
+}
+
+fn community_set(v: &[Community]) -> Result<CommunitySet> {
+    v.iter().map(Community::value).collect()
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -275,11 +274,7 @@ fn peer_config(f: &FileConfig, p: &PeerFile, restarting: bool) -> Result<PeerCon
     c.extended_next_hop = p.extended_next_hop;
     c.rr_client = p.rr_client;
     c.next_hop_self = p.next_hop_self;
-    c.communities = p
-        .communities
-        .iter()
-        .map(Community::value)
-        .collect::<Result<_>>()?;
+    c.communities = community_set(&p.communities)?;
     c.md5_password = p.md5_password.clone();
     c.ttl_security = p.ttl_security;
     c.source_addr = p.source_addr;
@@ -439,6 +434,7 @@ fn status_json(
     clock: &Clock,
     peers: &[PeerStatus],
     bfd: &[SessionStatus],
+    routes: &serde_json::Value,
     fib: &FibState,
 ) -> serde_json::Value {
     let t = |i: Option<Instant>| i.map(|i| clock.unix(i));
@@ -474,6 +470,7 @@ fn status_json(
         "time": clock.unix(Instant::now()),
         "peers": peers,
         "bfd": bfd_json(clock, bfd),
+        "routes": routes,
         "rib_paths": rib,
         "fib": {
             "installed": fib.len(),
@@ -492,24 +489,19 @@ fn write_status(path: &Path, v: &serde_json::Value) {
     }
 }
 
-fn originate_list(cfg: &FileConfig) -> Result<HashMap<Prefix, Vec<u32>>> {
+fn originate_list(cfg: &FileConfig) -> Result<HashMap<Prefix, CommunitySet>> {
     let mut out = HashMap::new();
     for o in &cfg.originate {
         let prefix: Prefix = o
             .prefix
             .parse()
             .with_context(|| format!("originate {}", o.prefix))?;
-        let comms = o
-            .communities
-            .iter()
-            .map(Community::value)
-            .collect::<Result<_>>()?;
-        out.insert(prefix, comms);
+        out.insert(prefix, community_set(&o.communities)?);
     }
     Ok(out)
 }
 
-fn reload_originate(path: &Path) -> Result<HashMap<Prefix, Vec<u32>>> {
+fn reload_originate(path: &Path) -> Result<HashMap<Prefix, CommunitySet>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let cfg: FileConfig =
@@ -701,6 +693,8 @@ async fn run() -> Result<()> {
     let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel();
     let writer = spawn_fib_writer(cfg.install, fib_rx, reconcile_rx, state.clone())?;
     let mut reconcile_asked = lock(&state).reconciled;
+    let mut routes_generation = None;
+    let mut routes = serde_json::Value::Null;
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -717,7 +711,11 @@ async fn run() -> Result<()> {
                 }
                 if let Some(path) = &args.status_file {
                     let bfd = speaker.bfd_sessions().await?;
-                    let v = status_json(&clock, &peers, &bfd, &lock(&state));
+                    if let Some(r) = speaker.routes(node_agent::bgp_routes::LIMIT, routes_generation).await? {
+                        routes_generation = Some(r.generation);
+                        routes = serde_json::json!(node_agent::bgp_routes::section(&r));
+                    }
+                    let v = status_json(&clock, &peers, &bfd, &routes, &lock(&state));
                     write_status(path, &v);
                 }
                 if writer.is_finished() {
