@@ -207,3 +207,159 @@ pub fn add_pod(
         add_time: started.elapsed(),
     })
 }
+
+/// A lab node's container runtime, as the DaemonSet lab emulates one: it
+/// runs the plugin chain of the first conflist in the node's
+/// `/etc/cni/net.d` (the one install-cni wrote), each plugin from the
+/// node's `/opt/cni/bin`, as libcni does (ADD in order with each result as
+/// the next one's `prevResult`; DEL in reverse with the ADD's result).
+///
+/// Every lab node is a host of its own ([`crate::kubelet`]): a plugin runs
+/// in the node's network namespace and chrooted into the node's root, with
+/// this machine's `/usr`, `/lib*`, `/etc`, `/proc`, `/sys`, `/dev` and
+/// `/run/netns` bound in (a private mount namespace per call), so the
+/// conflist's `/var/run/margay/margay.sock` is that node's agent socket.
+#[derive(Debug, Clone)]
+pub struct NodeRuntime {
+    /// The node's network namespace.
+    pub node_ns: String,
+    /// The node's root.
+    pub root: std::path::PathBuf,
+}
+
+impl NodeRuntime {
+    /// The conflist the runtime loads (first `*.conflist` by name).
+    pub fn conflist(&self) -> Result<Value> {
+        let dir = self.root.join("etc/cni/net.d");
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .map_err(|e| LabError::io(dir.display().to_string(), e))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "conflist"))
+            .collect();
+        names.sort();
+        let first = names.first().ok_or_else(|| {
+            LabError::Invalid(format!(
+                "no conflist in {} (install-cni did not run?)",
+                dir.display()
+            ))
+        })?;
+        let text =
+            std::fs::read(first).map_err(|e| LabError::io(first.display().to_string(), e))?;
+        serde_json::from_slice(&text)
+            .map_err(|e| LabError::Invalid(format!("{}: {e}", first.display())))
+    }
+
+    /// Runs one plugin binary of the node as the runtime would.
+    fn exec(&self, plugin: &str, command: &str, conf: &Value, a: &Attachment) -> Result<Outcome> {
+        if plugin.is_empty() || plugin.contains('/') {
+            return Err(LabError::Invalid(format!("plugin type {plugin:?}")));
+        }
+        let r = self.root.display().to_string();
+        for d in [
+            "usr",
+            "lib",
+            "lib64",
+            "bin",
+            "sbin",
+            "etc",
+            "proc",
+            "sys",
+            "dev",
+            "run/netns",
+        ] {
+            std::fs::create_dir_all(self.root.join(d))
+                .map_err(|e| LabError::io(format!("{r}/{d}"), e))?;
+        }
+        // Bind what a host has; the node's own /opt, /var are in the root.
+        let mut script = String::from("set -e\n");
+        for d in ["usr", "lib", "lib64", "bin", "sbin", "etc", "sys", "dev"] {
+            if std::path::Path::new("/").join(d).exists() {
+                script.push_str(&format!("mount --rbind /{d} {r}/{d}\n"));
+            }
+        }
+        script.push_str(&format!(
+            "mount -t proc proc {r}/proc\nmount --rbind /run/netns {r}/run/netns\n\
+             exec nsenter --net=/run/netns/{ns} chroot {r} /opt/cni/bin/{plugin}\n",
+            ns = self.node_ns
+        ));
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &a.container_id)
+            .env("CNI_NETNS", &a.netns)
+            .env("CNI_IFNAME", &a.ifname)
+            .env("CNI_PATH", "/opt/cni/bin")
+            .env(
+                "CNI_ARGS",
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
+                    a.pod_namespace, a.pod_name, a.container_id
+                ),
+            );
+        let out = netns::run_raw(&mut cmd, conf.to_string().as_bytes())?;
+        Ok(Outcome {
+            ok: out.status.success(),
+            stdout: serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// The per-plugin configurations of the conflist (name, cniVersion and
+    /// the plugin's own keys), as libcni builds them.
+    fn plugins(list: &Value) -> Result<Vec<(String, Value)>> {
+        let name = list["name"].clone();
+        let version = list["cniVersion"].clone();
+        list["plugins"]
+            .as_array()
+            .ok_or_else(|| LabError::Invalid("conflist without plugins".into()))?
+            .iter()
+            .map(|p| {
+                let t = p["type"].as_str().unwrap_or_default().to_string();
+                let mut c = p.clone();
+                c["name"] = name.clone();
+                c["cniVersion"] = version.clone();
+                Ok((t, c))
+            })
+            .collect()
+    }
+
+    /// ADD through the whole chain; the last plugin's result is the
+    /// attachment's. Stops at the first failure (its outcome is returned).
+    pub fn add(&self, a: &Attachment) -> Result<Outcome> {
+        let list = self.conflist()?;
+        let mut prev: Option<Value> = None;
+        let mut last = None;
+        for (t, mut c) in Self::plugins(&list)? {
+            if let Some(p) = &prev {
+                c["prevResult"] = p.clone();
+            }
+            let out = self.exec(&t, "ADD", &c, a)?;
+            if !out.ok {
+                return Ok(out);
+            }
+            prev = Some(out.stdout.clone());
+            last = Some(out);
+        }
+        last.ok_or_else(|| LabError::Invalid("empty plugin chain".into()))
+    }
+
+    /// DEL through the chain in reverse, with the ADD's result.
+    pub fn del(&self, a: &Attachment, add_result: Option<&Value>) -> Result<Outcome> {
+        let list = self.conflist()?;
+        let mut last = None;
+        for (t, mut c) in Self::plugins(&list)?.into_iter().rev() {
+            if let Some(p) = add_result {
+                c["prevResult"] = p.clone();
+            }
+            let out = self.exec(&t, "DEL", &c, a)?;
+            if !out.ok {
+                return Ok(out);
+            }
+            last = Some(out);
+        }
+        last.ok_or_else(|| LabError::Invalid("empty plugin chain".into()))
+    }
+}

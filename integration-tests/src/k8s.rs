@@ -302,6 +302,7 @@ pub fn bootstrap(lab: &Lab, pools: &[(&str, &str)]) -> Result<()> {
                     disabled: false,
                     allowed_uses: vec![],
                     disable_bgp_export: false,
+                    nat_outgoing: None,
                 },
             );
             match api.create(&PostParams::default(), &pool).await {

@@ -6,6 +6,7 @@ pub mod apiserver;
 pub mod cni;
 pub mod cri;
 pub mod k8s;
+pub mod kubelet;
 pub mod lab;
 
 /// In a test: returns early, printing `SKIPPED: <why>`, when the lab cannot

@@ -22,6 +22,17 @@ fn annotation_chooses_the_address_and_leaks_are_collected() {
     let lab = Lab::builder().nodes(1).build().expect("lab");
     let _api = k8s::start_apiserver(&lab).expect("apiserver");
     k8s::bootstrap(&lab, &[("v4", "198.19.0.0/16")]).expect("bootstrap");
+    // A big IPv6 pool, disabled (no allocations from it): only its gauge.
+    k8s::with_client(lab.tor(), |c| async move {
+        k8s::apply_json::<node_agent::crd::IPPool>(
+            &c,
+            serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "IPPool",
+                "metadata": {"name": "v6"}, "spec": {"cidr": "2001:db8:100::/48", "disabled": true}}),
+        )
+        .await
+        .expect("v6 pool");
+    })
+    .expect("client");
     let agent = k8s::start_agent(
         &lab,
         "n1",
@@ -96,6 +107,13 @@ fn annotation_chooses_the_address_and_leaks_are_collected() {
             m.contains(r#"margay_ipam_pool_size{pool="v4"} 65536"#),
             "{m}"
         );
+        // An IPv6 /48 holds 2^80 addresses: a float, not a saturated i64.
+        let v6: f64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"margay_ipam_pool_size{pool="v6"} "#))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no v6 pool size:\n{m}"));
+        assert_eq!(v6, 2f64.powi(80), "{m}");
     })
     .expect("metrics");
 }

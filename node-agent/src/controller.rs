@@ -363,7 +363,7 @@ async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
                     return;
                 }
                 let now = gens.borrow().clone();
-                if now.changed_since(&seen).iter().any(|k| matches!(k, Kind::Pod | Kind::Namespace | Kind::NetworkPolicy))
+                if now.changed_since(&seen).iter().any(|k| matches!(k, Kind::Pod | Kind::Namespace | Kind::NetworkPolicy | Kind::IpPool))
                     || now.all_synced() != seen.all_synced()
                 {
                     dirty = true;

@@ -101,8 +101,11 @@ pub enum AllowedUse {
     shortname = "ippool",
     printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr"),
     printcolumn(name = "BlockSize", type_ = "integer", json_path = ".spec.blockSize"),
-    printcolumn(name = "Disabled", type_ = "boolean", json_path = ".spec.disabled")
+    printcolumn(name = "Disabled", type_ = "boolean", json_path = ".spec.disabled"),
+    printcolumn(name = "NAT", type_ = "boolean", json_path = ".spec.natOutgoing")
 )]
+// Two printer columns of one type read as a duplicated attribute to clippy.
+#[allow(clippy::duplicated_attributes)]
 #[serde(rename_all = "camelCase")]
 pub struct IPPoolSpec {
     /// The pool's network.
@@ -124,9 +127,23 @@ pub struct IPPoolSpec {
     /// Do not announce this pool's blocks over BGP.
     #[serde(default, rename = "disableBGPExport")]
     pub disable_bgp_export: bool,
+    /// Masquerade traffic from this pool's pods to destinations outside
+    /// every pool (the internet, the API server's public address) to the
+    /// node's address. Default: true for an IPv4 pool, false for IPv6.
+    /// Traffic to any pool, enabled or disabled, is never NATed: a disabled
+    /// pool names a no-NAT destination (e.g. the service range).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_outgoing: Option<bool>,
 }
 
 impl IPPoolSpec {
+    /// Whether the pool masquerades outgoing traffic (with its family's
+    /// default: on for IPv4, off for IPv6).
+    pub fn effective_nat_outgoing(&self) -> bool {
+        self.nat_outgoing
+            .unwrap_or_else(|| matches!(self.cidr.parse(), Ok(IpNetwork::V4(_))))
+    }
+
     /// The block size, with the family's default.
     pub fn effective_block_size(&self) -> Result<u8, InvalidSpec> {
         let net = self.cidr.parse()?;
@@ -704,6 +721,7 @@ mod tests {
             disabled: false,
             allowed_uses: vec![],
             disable_bgp_export: false,
+            nat_outgoing: None,
         };
         assert_eq!(pool("198.19.0.0/16", None).effective_block_size(), Ok(26));
         assert_eq!(pool("2001:db8::/48", None).effective_block_size(), Ok(122));

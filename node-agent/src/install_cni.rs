@@ -73,9 +73,10 @@ pub fn install(args: &InstallCniArgs) -> Result<Installed, InstallError> {
     if conf.get("name").and_then(|n| n.as_str()).is_none() {
         return Err(InstallError::BadConfig("no \"name\"".into()));
     }
-    let mut types: Vec<&str> = plugins
+    let mut types: Vec<String> = plugins
         .iter()
         .filter_map(|p| p.get("type").and_then(|t| t.as_str()))
+        .map(str::to_string)
         .collect();
     types.sort_unstable();
     types.dedup();
@@ -108,6 +109,29 @@ pub fn install(args: &InstallCniArgs) -> Result<Installed, InstallError> {
             binaries.push(t.to_string());
         }
     }
+    // Every plugin of the chain must speak the conflist's version: a newer
+    // one than a chained plugin supports makes every ADD fail (Debian's
+    // portmap stops at 1.0.0). Write the highest version they all speak.
+    let mut conf = conf;
+    if let Some(want) = conf
+        .get("cniVersion")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+    {
+        let paths: Vec<(String, PathBuf)> = types
+            .iter()
+            .map(|t| (t.to_string(), args.bin_dir.join(t)))
+            .collect();
+        let got = negotiate_version(&want, &paths)?;
+        if got != want {
+            tracing::warn!(
+                wanted = %want,
+                written = %got,
+                "a chained CNI plugin does not speak the conflist's version: writing the highest every plugin supports (GC and STATUS need 1.1.0)"
+            );
+            conf["cniVersion"] = serde_json::Value::String(got);
+        }
+    }
     let mut pretty =
         serde_json::to_vec_pretty(&conf).map_err(|e| InstallError::BadConfig(e.to_string()))?;
     pretty.push(b'\n');
@@ -115,6 +139,75 @@ pub fn install(args: &InstallCniArgs) -> Result<Installed, InstallError> {
         binaries,
         config: write_if_changed(&args.conf_dir.join(&args.conf_name), &pretty, 0o644)?,
     })
+}
+
+/// `1.0.0` → (1, 0, 0); unparsable parts count as 0.
+fn version_key(v: &str) -> (u32, u32, u32) {
+    let mut it = v.split('.').map(|p| p.parse().unwrap_or(0));
+    (
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+    )
+}
+
+/// The highest version, not above `want`, that every plugin lists in its
+/// `VERSION` answer.
+pub fn negotiate_version(
+    want: &str,
+    plugins: &[(String, PathBuf)],
+) -> Result<String, InstallError> {
+    let mut common: Option<Vec<String>> = None;
+    for (t, path) in plugins {
+        let supported = plugin_versions(path).map_err(|why| {
+            InstallError::BadConfig(format!("chained plugin {t:?} ({}): {why}", path.display()))
+        })?;
+        common = Some(match common {
+            None => supported,
+            Some(c) => c.into_iter().filter(|v| supported.contains(v)).collect(),
+        });
+    }
+    let Some(common) = common else {
+        return Ok(want.to_string());
+    };
+    common
+        .into_iter()
+        .filter(|v| version_key(v) <= version_key(want))
+        .max_by_key(|v| version_key(v))
+        .ok_or_else(|| {
+            InstallError::BadConfig(format!(
+                "the chained plugins share no CNI version at or below {want}"
+            ))
+        })
+}
+
+/// A plugin's `supportedVersions` (CNI_COMMAND=VERSION).
+fn plugin_versions(path: &Path) -> Result<Vec<String>, String> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(path)
+        .env_clear()
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run it: {e}"))?;
+    if let Some(mut i) = child.stdin.take() {
+        let _ = i.write_all(br#"{"cniVersion":"0.4.0"}"#);
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("cannot run it: {e}"))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("VERSION answered no JSON ({e})"))?;
+    Ok(v["supportedVersions"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 /// Writes `content` to `path` through a temporary file and a rename, unless
@@ -143,12 +236,28 @@ fn write_if_changed(path: &Path, content: &[u8], mode: u32) -> Result<bool, Inst
 mod tests {
     use super::*;
 
+    /// A stand-in plugin that answers VERSION with these versions.
+    fn plugin(path: &Path, name: &str, versions: &str) {
+        std::fs::write(
+            path,
+            format!(
+                "#!/bin/sh\n# {name}\necho '{{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[{versions}]}}'\n"
+            ),
+        )
+        .expect("write plugin");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+
     fn args(dir: &Path, conf: &str) -> InstallCniArgs {
         let shipped = dir.join("image/opt/margay/cni");
         std::fs::create_dir_all(&shipped).expect("mkdir");
-        for p in ["margay", "portmap"] {
-            std::fs::write(shipped.join(p), format!("\x7fELF {p}")).expect("write plugin");
-        }
+        plugin(
+            &shipped.join("margay"),
+            "margay",
+            r#""0.4.0","1.0.0","1.1.0""#,
+        );
+        // Debian bookworm's portmap stops at 1.0.0.
+        plugin(&shipped.join("portmap"), "portmap", r#""0.4.0","1.0.0""#);
         InstallCniArgs {
             plugins_dir: shipped,
             bin_dir: dir.join("opt/cni/bin"),
@@ -180,7 +289,11 @@ mod tests {
         .expect("json");
         assert_eq!(written["plugins"][0]["type"], "margay");
         assert_eq!(install(&a).expect("again"), Installed::default());
-        std::fs::write(a.plugins_dir.join("margay"), b"\x7fELF newer").expect("update");
+        plugin(
+            &a.plugins_dir.join("margay"),
+            "margay newer",
+            r#""1.0.0","1.1.0""#,
+        );
         assert_eq!(
             install(&a).expect("upgrade"),
             Installed {
@@ -188,9 +301,10 @@ mod tests {
                 config: false
             }
         );
-        assert_eq!(
-            std::fs::read(a.bin_dir.join("portmap")).expect("portmap installed"),
-            b"\x7fELF portmap"
+        assert!(
+            std::fs::read_to_string(a.bin_dir.join("portmap"))
+                .expect("portmap installed")
+                .contains("# portmap")
         );
         let leftovers: Vec<_> = std::fs::read_dir(&a.bin_dir)
             .expect("ls")
@@ -198,6 +312,34 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains("margay-tmp"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    /// A conflist at 1.1.0 chaining a plugin that stops at 1.0.0 would fail
+    /// every ADD: it is written at the highest version all speak.
+    #[test]
+    fn the_conflist_version_is_one_every_chained_plugin_speaks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = args(
+            dir.path(),
+            r#"{"name":"n","cniVersion":"1.1.0","plugins":[{"type":"margay"},{"type":"portmap"}]}"#,
+        );
+        install(&a).expect("install");
+        let written: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(a.conf_dir.join("10-margay.conflist")).expect("conf"),
+        )
+        .expect("json");
+        assert_eq!(written["cniVersion"], "1.0.0");
+        // With margay alone the version stays.
+        let b = args(
+            &dir.path().join("b"),
+            r#"{"name":"n","cniVersion":"1.1.0","plugins":[{"type":"margay"}]}"#,
+        );
+        install(&b).expect("install");
+        let written: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(b.conf_dir.join("10-margay.conflist")).expect("conf"),
+        )
+        .expect("json");
+        assert_eq!(written["cniVersion"], "1.1.0");
     }
 
     #[test]
@@ -213,11 +355,12 @@ mod tests {
         assert!(!a.bin_dir.join("margay").exists(), "nothing written");
         // One the host has already is fine.
         std::fs::create_dir_all(&a.bin_dir).expect("mkdir");
-        std::fs::write(a.bin_dir.join("bandwidth"), b"host's").expect("host plugin");
+        plugin(&a.bin_dir.join("bandwidth"), "host's", r#""1.0.0""#);
         install(&a).expect("host provides bandwidth");
-        assert_eq!(
-            std::fs::read(a.bin_dir.join("bandwidth")).expect("kept"),
-            b"host's"
+        assert!(
+            std::fs::read_to_string(a.bin_dir.join("bandwidth"))
+                .expect("kept")
+                .contains("# host's")
         );
     }
 

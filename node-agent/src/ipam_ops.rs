@@ -418,6 +418,14 @@ pub async fn maintain(m: Maintenance, mut pulse: crate::health::Pulse) {
 }
 
 async fn gauges(cluster: &Cluster, alloc: &ipam::Allocator, view: &IpamView, metrics: &Metrics) {
+    for p in cluster.pools.state().iter() {
+        if let (Some(name), Ok(cidr)) = (&p.metadata.name, p.spec.cidr.0.parse::<ipam::Cidr>()) {
+            metrics
+                .ipam_pool_size
+                .get_or_create(&PoolLabels { pool: name.clone() })
+                .set(cidr.count().as_f64());
+        }
+    }
     let pools: Vec<(String, IpNetwork)> = cluster
         .pools
         .state()
@@ -458,10 +466,6 @@ async fn gauges(cluster: &Cluster, alloc: &ipam::Allocator, view: &IpamView, met
     if let Ok(st) = alloc.status().await {
         for p in st.pools {
             let l = PoolLabels { pool: p.name };
-            metrics
-                .ipam_pool_size
-                .get_or_create(&l)
-                .set(i64::try_from(p.capacity).unwrap_or(i64::MAX));
             metrics
                 .ipam_pool_used
                 .get_or_create(&l)

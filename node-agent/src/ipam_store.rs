@@ -376,6 +376,7 @@ mod tests {
                 disabled: true,
                 allowed_uses: vec![],
                 disable_bgp_export: false,
+                nat_outgoing: None,
             },
         );
         p.metadata.resource_version = Some("7".into());

@@ -75,8 +75,8 @@ pub struct Metrics {
     pub ipam_allocations: Family<PoolLabels, Gauge>,
     /// Addresses this node borrowed from other nodes' blocks.
     pub ipam_borrowed: Gauge,
-    /// Addresses in the pool.
-    pub ipam_pool_size: Family<PoolLabels, Gauge>,
+    /// Addresses in the pool (a float: an IPv6 pool holds up to 2^128).
+    pub ipam_pool_size: Family<PoolLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Addresses in use cluster-wide, per pool.
     pub ipam_pool_used: Family<PoolLabels, Gauge>,
     /// API writes made by IPAM (for writes-per-allocation).

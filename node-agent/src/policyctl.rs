@@ -85,6 +85,9 @@ impl PolicySync {
         view: &IpamView,
         registry: &BTreeMap<String, Endpoint>,
     ) {
+        // Outgoing NAT, from the IPPools (same table, same transaction).
+        self.engine.set_nat(nat_outgoing(&cluster.pools.state()));
+
         // Namespaces.
         let mut seen = BTreeMap::new();
         for ns in cluster.namespaces.state() {
@@ -345,6 +348,25 @@ impl PolicySync {
     pub fn issues(&self) -> &[String] {
         &self.issues
     }
+}
+
+/// Outgoing NAT as the IPPools say: the pools with `natOutgoing` (by their
+/// family's default when unset) masquerade to destinations outside every
+/// pool, disabled pools included. A pool whose CIDR does not parse is left
+/// out of both (and reported by the IPAM side).
+pub fn nat_outgoing(pools: &[std::sync::Arc<crate::crd::IPPool>]) -> policy::NatOutgoing {
+    let mut nat = policy::NatOutgoing::default();
+    for p in pools {
+        let Ok(net) = p.spec.cidr.parse() else {
+            continue;
+        };
+        nat.pools.push(net);
+        // A disabled pool's existing pods keep their NAT.
+        if p.spec.effective_nat_outgoing() {
+            nat.sources.push(net);
+        }
+    }
+    nat
 }
 
 /// The policy engine's key of a local endpoint: its pod, or for a

@@ -89,6 +89,7 @@ impl Engine {
             node: NodeContext {
                 endpoints: BTreeMap::new(),
                 node_addrs: Vec::new(),
+                nat: Default::default(),
                 ..node.clone()
             },
             policies: Policies::default(),
@@ -103,6 +104,7 @@ impl Engine {
             issues: BTreeMap::new(),
         };
         e.set_node_addrs(node.node_addrs.clone());
+        e.set_nat(node.nat.clone());
         for ep in node.endpoints.into_values() {
             e.upsert_endpoint(ep);
         }
@@ -290,6 +292,19 @@ impl Engine {
             );
         }
         self.node.node_addrs = addrs;
+    }
+
+    /// Outgoing NAT: which pools masquerade, and what is never NATed to.
+    pub fn set_nat(&mut self, nat: crate::model::NatOutgoing) {
+        let old = crate::ruleset::nat_elems(&self.node.nat);
+        let new = crate::ruleset::nat_elems(&nat);
+        for (set, e) in old.difference(&new) {
+            self.elem(set, e.clone(), false);
+        }
+        for (set, e) in new.difference(&old) {
+            self.elem(set, e.clone(), true);
+        }
+        self.node.nat = nat;
     }
 
     // ---- commit -------------------------------------------------------

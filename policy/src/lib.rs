@@ -58,8 +58,8 @@ pub use batch::Batch;
 pub use compile::{Direction, PolicyError};
 pub use engine::{CommitStats, Engine, EngineError};
 pub use model::{
-    ClusterState, ContainerPort, Labels, LocalEndpoint, NamespaceInfo, NodeContext, PodInfo,
-    PodKey, PodPhase, PolicyKey, Protocol,
+    ClusterState, ContainerPort, Labels, LocalEndpoint, NamespaceInfo, NatOutgoing, NodeContext,
+    PodInfo, PodKey, PodPhase, PolicyKey, Protocol,
 };
 pub use nftables;
 pub use plan::{Plan, PlanIssue};

@@ -363,6 +363,19 @@ pub struct LocalEndpoint {
     pub standalone: bool,
 }
 
+/// Outgoing NAT (an IPPool's `natOutgoing`): traffic from an address in
+/// `sources` to one outside every pool in `pools` is masqueraded to the
+/// node's address on the way out. Traffic between pods (any pool, enabled
+/// or not: a disabled pool also names a no-NAT destination, as in Calico)
+/// keeps its addresses; traffic to the node itself never leaves it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatOutgoing {
+    /// CIDRs of the pools with NAT on.
+    pub sources: Vec<ipnetwork::IpNetwork>,
+    /// CIDRs of every pool (and of every no-NAT destination).
+    pub pools: Vec<ipnetwork::IpNetwork>,
+}
+
 /// This node: its own addresses and its local endpoints.
 #[derive(Debug, Clone)]
 pub struct NodeContext {
@@ -374,6 +387,8 @@ pub struct NodeContext {
     /// this prefix that is not a known endpoint are dropped.
     pub iface_prefix: String,
     pub endpoints: BTreeMap<PodKey, LocalEndpoint>,
+    /// Outgoing NAT.
+    pub nat: NatOutgoing,
 }
 
 impl NodeContext {
@@ -383,6 +398,7 @@ impl NodeContext {
             node_addrs: Vec::new(),
             iface_prefix: "cali".to_string(),
             endpoints: BTreeMap::new(),
+            nat: NatOutgoing::default(),
         }
     }
 

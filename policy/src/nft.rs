@@ -17,11 +17,15 @@ use crate::addr::Family;
 pub use crate::batch::{Batch, Item};
 use crate::compile::Direction;
 use crate::ruleset::{
-    EGRESS_MAP, Elem, INGRESS_MAP, Match, RuleIr, Ruleset, SPOOF, SetIr, SetKind, TABLE, Verdict,
+    EGRESS_MAP, Elem, INGRESS_MAP, Match, NAT_SOURCES, POOLS, RuleIr, Ruleset, SPOOF, SetIr,
+    SetKind, TABLE, Verdict,
 };
 
 const FORWARD: &str = "forward";
 const INPUT: &str = "input";
+const POSTROUTING: &str = "postrouting";
+/// `srcnat`.
+const SRCNAT_PRIORITY: i32 = 100;
 
 fn s(v: impl Into<String>) -> Expression<'static> {
     Expression::String(Cow::Owned(v.into()))
@@ -52,6 +56,43 @@ fn base_chain(name: &str, hook: NfHook) -> Chain<'static> {
         policy: Some(NfChainPolicy::Accept),
         ..chain(name)
     }
+}
+
+/// The outgoing-NAT base chain (empty NAT sets: it NATs nothing).
+fn nat_chain() -> Chain<'static> {
+    Chain {
+        _type: Some(NfChainType::NAT),
+        hook: Some(NfHook::Postrouting),
+        prio: Some(SRCNAT_PRIORITY),
+        policy: Some(NfChainPolicy::Accept),
+        ..chain(POSTROUTING)
+    }
+}
+
+/// `ip saddr @natsrc4 ip daddr != @pools4 masquerade`, and the same for IPv6.
+fn nat_rules() -> Vec<Rule<'static>> {
+    Family::BOTH
+        .iter()
+        .map(|fam| {
+            let p = fam.nft_proto();
+            rule(
+                POSTROUTING,
+                vec![
+                    mtch(
+                        payload(p, "saddr"),
+                        Operator::EQ,
+                        set_ref(&format!("{NAT_SOURCES}{}", fam.tag())),
+                    ),
+                    mtch(
+                        payload(p, "daddr"),
+                        Operator::NEQ,
+                        set_ref(&format!("{POOLS}{}", fam.tag())),
+                    ),
+                    Statement::Masquerade(None),
+                ],
+            )
+        })
+        .collect()
 }
 
 fn rule(chain: &str, expr: Vec<Statement<'static>>) -> Rule<'static> {
@@ -364,6 +405,10 @@ pub fn full(rs: &Ruleset) -> Batch {
     b.add(NfListObject::Chain(base_chain(FORWARD, NfHook::Forward)));
     b.add(NfListObject::Chain(base_chain(INPUT, NfHook::Input)));
     for r in base_rules(&rs.iface_prefix) {
+        b.add(NfListObject::Rule(r));
+    }
+    b.add(NfListObject::Chain(nat_chain()));
+    for r in nat_rules() {
         b.add(NfListObject::Rule(r));
     }
     b

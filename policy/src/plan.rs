@@ -151,6 +151,7 @@ impl Policies {
 pub struct Plan {
     pub endpoints: BTreeMap<PodKey, EndpointPlan>,
     pub node_addrs: Vec<IpAddr>,
+    pub nat: crate::model::NatOutgoing,
     pub iface_prefix: String,
     pub issues: Vec<PlanIssue>,
 }
@@ -179,6 +180,7 @@ pub fn build_with(state: &ClusterState, node: &NodeContext, policies: &Policies)
     Plan {
         endpoints,
         node_addrs: node.node_addrs.clone(),
+        nat: node.nat.clone(),
         iface_prefix: node.iface_prefix.clone(),
         issues,
     }

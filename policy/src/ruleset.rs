@@ -21,6 +21,9 @@
 //! sets: s4_/s6_<h(selector)> pod IPs (hash);   b4_/b6_<h(ranges)> ipBlock − except (interval)
 //!       pt_<h(ranges)> proto . port (interval); n4_/n6_<h(peers,names)> addr . proto . port
 //!       spoof4/spoof6 ifname . addr;            node4/node6 node addresses
+//!       natsrc4/natsrc6 pools with natOutgoing; pools4/pools6 every pool (interval)
+//! postrouting (hook postrouting, type nat, srcnat): saddr @natsrc daddr != @pools
+//!            → masquerade (outgoing NAT; empty sets: nothing is NATed)
 //! ```
 //!
 //! Traffic between a pod and its own node never crosses `forward` (node → pod
@@ -186,6 +189,10 @@ pub const EGRESS_MAP: &str = "ep_egress";
 pub const INGRESS_MAP: &str = "ep_ingress";
 pub const SPOOF: &str = "spoof";
 pub const NODE: &str = "node";
+/// Sources whose traffic leaving the pools is masqueraded.
+pub const NAT_SOURCES: &str = "natsrc";
+/// Destinations never masqueraded to (every pool).
+pub const POOLS: &str = "pools";
 
 /// 64 bits of SHA-1 over a canonical text, as hex.
 pub fn digest(parts: &[&str]) -> String {
@@ -200,6 +207,19 @@ pub fn digest(parts: &[&str]) -> String {
 
 fn fixed_set(base: &str, fam: Family) -> String {
     format!("{base}{}", fam.tag())
+}
+
+/// The elements of the four NAT sets for `nat` (ranges merged: an interval
+/// set refuses overlapping elements).
+pub fn nat_elems(nat: &crate::model::NatOutgoing) -> BTreeSet<(String, Elem)> {
+    let mut out = BTreeSet::new();
+    for (base, nets) in [(NAT_SOURCES, &nat.sources), (POOLS, &nat.pools)] {
+        let ranges = crate::addr::union(nets.iter().map(AddrRange::of_net).collect());
+        for r in ranges {
+            out.insert((fixed_set(base, r.family), Elem::Range(r)));
+        }
+    }
+    out
 }
 
 /// Name of the selector set of a peer.
@@ -239,6 +259,15 @@ impl Ruleset {
                     elems: BTreeSet::new(),
                 },
             );
+            for base in [NAT_SOURCES, POOLS] {
+                sets.insert(
+                    fixed_set(base, fam),
+                    SetIr {
+                        kind: SetKind::AddrInterval(fam),
+                        elems: BTreeSet::new(),
+                    },
+                );
+            }
         }
         let chains = BTreeMap::from([(
             DENY.to_string(),
@@ -260,6 +289,9 @@ impl Ruleset {
         let mut rs = Ruleset::empty(&plan.iface_prefix);
         for ip in &plan.node_addrs {
             rs.insert_elem(&fixed_set(NODE, Family::of(ip)), Elem::Addr(*ip));
+        }
+        for (set, e) in nat_elems(&plan.nat) {
+            rs.insert_elem(&set, e);
         }
         let mut fill = BuildCx::default();
         for ep in plan.endpoints.values() {

@@ -217,6 +217,11 @@ impl LabBuilder {
     }
 }
 
+/// "The internet" of a lab ([`Lab::add_internet`]): its addresses.
+pub const INTERNET_IPV4: Ipv4Addr = Ipv4Addr::new(198, 18, 250, 2);
+/// Its IPv6 address.
+pub const INTERNET_IPV6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xfffe, 0, 0, 0, 0, 2);
+
 /// A ToR namespace with a bridge, and nodes attached to it by veth pairs.
 /// See the module docs for the picture and the addresses.
 #[derive(Debug)]
@@ -243,6 +248,37 @@ impl Lab {
     /// The namespace prefix of this lab.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// A host that stands for the internet: `<prefix>-inet`, behind the
+    /// ToR in a subnet of its own ([`INTERNET_IPV4`] / [`INTERNET_IPV6`]),
+    /// with routes back to the nodes' underlay only. It has no route to any
+    /// pod network: a pod's traffic gets an answer from it only when it
+    /// arrives from a node's address (outgoing NAT).
+    pub fn add_internet(&self) -> Result<Netns> {
+        let ns = Netns::create(&format!("{}-inet", self.prefix))?;
+        ns.sysctl(&[
+            ("net.ipv6.conf.all.accept_dad", "0"),
+            ("net.ipv6.conf.default.accept_dad", "0"),
+        ])?;
+        self.tor.ip_batch(&[format!(
+            "link add inet0 type veth peer name uplink netns {}",
+            ns.name()
+        )])?;
+        self.tor.ip_batch(&[
+            "link set inet0 up".to_string(),
+            "addr add 198.18.250.1/24 dev inet0".to_string(),
+            "addr add 2001:db8:fffe::1/64 dev inet0 nodad".to_string(),
+        ])?;
+        ns.ip_batch(&[
+            "link set lo up".to_string(),
+            "link set uplink up".to_string(),
+            format!("addr add {INTERNET_IPV4}/24 dev uplink"),
+            format!("addr add {INTERNET_IPV6}/64 dev uplink nodad"),
+            format!("route add 198.18.0.0/{UNDERLAY_V4_LEN} via 198.18.250.1"),
+            format!("route add 2001:db8:ffff::/{UNDERLAY_V6_LEN} via 2001:db8:fffe::1"),
+        ])?;
+        Ok(ns)
     }
 
     /// Directory for configs and logs.

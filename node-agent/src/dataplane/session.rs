@@ -110,6 +110,8 @@ impl NftSession {
             .args(&self.prefix_args)
             .args(["-j", "-i"])
             .env("HOME", "/dev/null")
+            // nft -i starts editline, which wants a terminal description.
+            .env("TERM", "dumb")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -218,23 +220,46 @@ impl NftSession {
         buf.push('\n');
         r.stdin.write_all(buf.as_bytes()).map_err(io_err)?;
         r.stdin.flush().map_err(io_err)?;
-        match r.lines.recv_timeout(self.timeout) {
-            Ok(Ok(_line)) => {}
-            Ok(Err(e)) => return Err(io_err(e)),
-            Err(RecvTimeoutError::Timeout) => {
-                return Err(io_err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "nft session did not answer",
-                )));
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(io_err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "nft session exited",
-                )));
+        // The sentinel's answer on stdout ends the batch. An nft that cannot
+        // work at all (no CAP_NET_ADMIN: "cache initialization failed")
+        // only complains on stderr and never answers: when stderr has
+        // spoken and stdout stays silent for a second, that is the answer.
+        let started = std::time::Instant::now();
+        let mut complaint = String::new();
+        let mut complained_at: Option<std::time::Instant> = None;
+        loop {
+            match r.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(Ok(_line)) => break,
+                Ok(Err(e)) => return Err(io_err(e)),
+                Err(RecvTimeoutError::Timeout) => {
+                    let more = drain(&mut r.stderr);
+                    if !more.is_empty() {
+                        complaint.push_str(&more);
+                        complained_at.get_or_insert_with(std::time::Instant::now);
+                    }
+                    if complained_at.is_some_and(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        return Err(io_err(std::io::Error::other(format!(
+                            "nft answers only with errors: {}",
+                            complaint.trim()
+                        ))));
+                    }
+                    if started.elapsed() >= self.timeout {
+                        return Err(io_err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "nft session did not answer",
+                        )));
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(io_err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("nft session exited: {}", complaint.trim()),
+                    )));
+                }
             }
         }
-        let err = drain(&mut r.stderr);
+        let mut err = complaint;
+        err.push_str(&drain(&mut r.stderr));
         if err.trim().is_empty() {
             Ok(())
         } else {
@@ -245,8 +270,24 @@ impl NftSession {
     }
 }
 
-/// Everything currently readable from a non-blocking pipe.
+/// What editline prints when it finds no terminal description (an image
+/// without terminfo): not an answer to any batch.
+const EDITLINE_NOISE: [&str; 2] = [
+    "Cannot read termcap database;",
+    "using dumb terminal settings.",
+];
+
+/// Everything currently readable from a non-blocking pipe, without
+/// editline's start-up noise.
 fn drain(r: &mut ChildStderr) -> String {
+    drain_raw(r)
+        .lines()
+        .filter(|l| !EDITLINE_NOISE.contains(&l.trim()))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn drain_raw(r: &mut ChildStderr) -> String {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {

@@ -116,8 +116,8 @@ fn full_rebuild_loads_and_replaces_atomically() {
     assert_eq!(sets, rs.sets.len());
     assert_eq!(
         chains,
-        rs.chains.len() + 2,
-        "policy chains + deny, forward, input"
+        rs.chains.len() + 3,
+        "policy chains + deny, forward, input, postrouting (outgoing NAT)"
     );
     let maps = objs.iter().filter(|o| o.get("map").is_some()).count();
     assert_eq!(maps, 2, "ep_egress, ep_ingress");

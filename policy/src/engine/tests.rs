@@ -166,3 +166,37 @@ fn invalid_endpoint_interface_is_an_issue_not_a_rule() {
     assert_eq!(e.issues().count(), 1);
     assert!(!e.ruleset().dispatch.contains_key("cali\" accept"));
 }
+
+/// Outgoing NAT lives in the same table and transactions: pool changes are
+/// set elements only (merged ranges), and the kernel model agrees with a
+/// full rebuild after each.
+#[test]
+fn nat_pools_change_as_set_elements() {
+    let xyz = Xyz::new(1, true);
+    let mut e = engine_for(&xyz, 0);
+    let mut sink = CapturingSink::default();
+    e.commit(&mut sink).unwrap();
+    let net = |s: &str| s.parse::<ipnetwork::IpNetwork>().unwrap();
+    e.set_nat(crate::model::NatOutgoing {
+        sources: vec![net("198.19.0.0/17")],
+        pools: vec![
+            net("198.19.0.0/17"),
+            net("198.19.128.0/17"),
+            net("2001:db8:100::/48"),
+        ],
+    });
+    let st = e.commit(&mut sink).unwrap();
+    assert!(!st.full && st.diff.elems_added == 3, "{st:?}");
+    assert_eq!(e.ruleset(), &pure(&e));
+    // The two adjacent /17s are one interval element.
+    assert_eq!(e.ruleset().sets["pools4"].elems.len(), 1);
+    e.set_nat(crate::model::NatOutgoing::default());
+    let st = e.commit(&mut sink).unwrap();
+    assert!(!st.full && st.diff.elems_deleted == 3, "{st:?}");
+    check_kernel(&e, &sink);
+    let full = serde_json::to_string(&crate::nft::full(&pure(&e))).unwrap();
+    assert!(
+        full.contains(r#""hook":"postrouting""#) && full.contains("masquerade"),
+        "{full}"
+    );
+}
