@@ -58,6 +58,16 @@ impl Default for GracefulRestart {
     }
 }
 
+/// BFD for a peer: a session toward the neighbour address whose failure
+/// takes the BGP session down at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerBfd {
+    /// Timer parameters.
+    pub timers: crate::bfd::BfdConfig,
+    /// RFC 5883 multihop (port 4784, no TTL check) instead of single hop.
+    pub multihop: bool,
+}
+
 /// One peer (or a range of dynamic peers).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerConfig {
@@ -94,14 +104,16 @@ pub struct PeerConfig {
     /// Next hop we advertise: `true` always ourselves, `false` keep it for
     /// iBGP (eBGP always uses ourselves).
     pub next_hop_self: bool,
-    /// Communities added to every route we send to this peer.
-    pub communities: Vec<u32>,
+    /// Communities added to the routes we originate when sent to this peer.
+    pub communities: crate::wire::CommunitySet,
     /// TCP MD5 password (RFC 2385).
     pub md5_password: Option<String>,
     /// GTSM (RFC 5082): send with TTL 255 and require at least 255 - hops.
     pub ttl_security: Option<u8>,
-    /// Source address for the connection.
+    /// Source address for the connection (and for BFD).
     pub source_addr: Option<IpAddr>,
+    /// BFD (RFC 5880/5881) toward the neighbour, if enabled.
+    pub bfd: Option<PeerBfd>,
     /// Peer's TCP port (179 unless testing).
     pub port: u16,
     /// Our IPv4 next hop for routes we send as next-hop-self (default: the
@@ -139,10 +151,11 @@ impl PeerConfig {
             extended_next_hop: false,
             rr_client: false,
             next_hop_self: false,
-            communities: Vec::new(),
+            communities: Default::default(),
             md5_password: None,
             ttl_security: None,
             source_addr: None,
+            bfd: None,
             port: 179,
             next_hop_v4: None,
             next_hop_v6: None,

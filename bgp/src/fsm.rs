@@ -102,6 +102,9 @@ pub enum Input {
     },
     /// A timer fired.
     Timer(Timer),
+    /// The peer's BFD session went from Up to Down (RFC 5882 §4.3: the
+    /// session is torn down at once, Cease/10 "BFD Down", RFC 9384).
+    BfdDown(crate::bfd::Diag),
     /// The RIB counted more prefixes from this peer than allowed.
     MaxPrefixExceeded {
         /// The family over the limit.
@@ -399,6 +402,15 @@ impl Session {
                 }
             }
             Input::Timer(t) => self.timer(t, &mut out, now),
+            Input::BfdDown(diag) => {
+                if matches!(
+                    self.state,
+                    State::OpenSent | State::OpenConfirm | State::Established
+                ) {
+                    self.last_error = Some(format!("BFD session down: {diag}"));
+                    self.fail(Notification::cease(cease_sub::BFD_DOWN), &mut out, now);
+                }
+            }
             Input::MaxPrefixExceeded { family, limit } => {
                 if self.state == State::Established {
                     self.last_error = Some(format!("more than {limit} {family:?} prefixes"));

@@ -64,13 +64,29 @@ fn attrs(four: bool, with_nh: bool) -> impl Strategy<Value = PathAttrs> {
             }),
         ),
         prop::collection::vec(any::<u32>(), 0..8),
-        prop::collection::vec((any::<u32>(), any::<u32>(), any::<u32>()), 0..4),
+        (
+            prop::collection::vec((any::<u32>(), any::<u32>(), any::<u32>()), 0..4),
+            prop::collection::vec(any::<[u8; 8]>().prop_map(ExtCommunity), 0..4),
+        ),
         prop::option::of(any::<u32>().prop_map(Ipv4Addr::from)),
         prop::collection::vec(any::<u32>().prop_map(Ipv4Addr::from), 0..4),
         prop::collection::vec((50u8..=60, prop::collection::vec(any::<u8>(), 0..40)), 0..2),
     )
         .prop_map(
-            move |(origin, path, nh, med, lp, atomic, agg, comms, large, oid, cl, unknown)| {
+            move |(
+                origin,
+                path,
+                nh,
+                med,
+                lp,
+                atomic,
+                agg,
+                comms,
+                (large, ext),
+                oid,
+                cl,
+                unknown,
+            )| {
                 let mut unknown: Vec<RawAttr> = unknown
                     .into_iter()
                     .map(|(code, v)| RawAttr {
@@ -98,6 +114,7 @@ fn attrs(four: bool, with_nh: bool) -> impl Strategy<Value = PathAttrs> {
                             local2,
                         })
                         .collect(),
+                    ext_communities: ext,
                     originator_id: oid,
                     cluster_list: cl,
                     unknown,

@@ -14,6 +14,8 @@ const CAPTURED: &str = include_str!("../testdata/captured.txt");
 fn asn(name: &str) -> u32 {
     match name {
         "frr" => 65002,
+        "frrc" => 64514,
+        "birdc" => 64513,
         _ => 65001,
     }
 }
@@ -93,11 +95,11 @@ fn canonical(msg: &[u8]) -> Vec<u8> {
                     (usize::from(attrs[i + 2]), 3)
                 };
                 let value = attrs[i + hl..i + hl + len].to_vec();
-                let known = matches!(code, 1..=10 | 14 | 15 | 17 | 18 | 32);
+                let known = matches!(code, 1..=10 | 14..=18 | 32);
                 let mut f = flags & !0x10;
                 // Partial is kept on optional transitive attributes (known
                 // or not) and meaningless on the others.
-                if known && !matches!(code, 7 | 8 | 17 | 18 | 32) {
+                if known && !matches!(code, 7 | 8 | 16 | 17 | 18 | 32) {
                     f &= !0x20;
                 }
                 if len > 255 {
@@ -213,6 +215,22 @@ fn captured_content_is_what_the_daemons_were_configured_to_send() {
         "198.19.21.0/24".parse::<Prefix>().unwrap()
     );
     assert_eq!(u.attrs.communities, vec![(65002 << 16) | 7]);
+    // FRR's standard, well-known, large and extended communities.
+    let Message::Update(u) = find("frrc>birdc UPDATE", "") else {
+        panic!()
+    };
+    let c = |s: &str| s.parse::<bgp::wire::Community>().unwrap();
+    assert_eq!(
+        bgp::wire::CommunitySet::of(&u.attrs)
+            .iter()
+            .collect::<Vec<_>>(),
+        [
+            c("64514:9"),
+            c("no-export"),
+            c("64514:1:1"),
+            c("rt:64514:3")
+        ]
+    );
     // GoBGP to BIRD over ADD-PATH: path identifiers present.
     let Message::Update(u) = find("gobgp>bird UPDATE", "18c6131e") else {
         panic!()

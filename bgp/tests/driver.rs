@@ -101,8 +101,8 @@ async fn two_speakers_exchange_and_withdraw_routes() {
         .unwrap();
     let block: Prefix = "198.19.64.0/26".parse().unwrap();
     let v6: Prefix = "2001:db8:64::/64".parse().unwrap();
-    a.originate(block, vec![]).await.unwrap();
-    a.originate(v6, vec![]).await.unwrap();
+    a.originate(block, Default::default()).await.unwrap();
+    a.originate(v6, Default::default()).await.unwrap();
 
     let mut fib = Fib::default();
     assert_eq!(

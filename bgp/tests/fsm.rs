@@ -650,3 +650,26 @@ fn updates_and_end_of_rib_reach_the_rib() {
     );
     assert!(out.contains(&Output::EndOfRib(Family::Ipv6Unicast)));
 }
+
+#[test]
+fn rfc5882_bfd_down_ceases_at_once_and_is_never_graceful() {
+    let now = Instant::now();
+    let mut s = Session::new(gr_cfg());
+    establish(&mut s, with_gr(peer_open([198, 18, 0, 1], 90), true), now);
+    let out = s.handle(Input::BfdDown(bgp::bfd::Diag::DetectTimeExpired), now);
+    // RFC 9384: Cease / BFD Down; the routes go (no graceful restart: the
+    // path is gone, keeping them would blackhole traffic).
+    assert_eq!(notification(&out, 1), Some(Notification::cease(10)));
+    assert!(out.contains(&Output::Close { conn: 1 }));
+    assert!(out.contains(&Output::Down {
+        reason: DownReason::Sent(Notification::cease(10)),
+        graceful: Families::NONE,
+    }));
+    assert_eq!(s.state(), State::Idle);
+    assert!(s.last_error().is_some_and(|e| e.contains("BFD")));
+    // BGP comes back by its own FSM (connect retry), not by BFD.
+    assert!(armed(&out, Timer::ConnectRetry).is_some());
+    // Without a session there is nothing to take down.
+    let out = s.handle(Input::BfdDown(bgp::bfd::Diag::DetectTimeExpired), now);
+    assert!(out.is_empty(), "{out:?}");
+}

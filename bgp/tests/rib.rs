@@ -34,7 +34,7 @@ fn info(asn: u32, last: u8) -> PeerInfo {
         local_v6: None,
         rr_client: false,
         next_hop_self: false,
-        communities: Vec::new(),
+        communities: Default::default(),
         families: Families::BOTH,
         encode: EncodeCx {
             four_byte_as: true,
@@ -379,7 +379,13 @@ fn rfc4456_reflection_sets_originator_and_cluster_and_detects_loops() {
 #[test]
 fn originated_routes_are_exported_with_next_hop_self_and_end_of_rib() {
     let mut r = rib(1);
-    r.originate(p("198.19.64.0/26"), vec![(65010 << 16) | 1]);
+    r.originate(
+        p("198.19.64.0/26"),
+        CommunitySet {
+            standard: vec![(65010 << 16) | 1],
+            ..CommunitySet::default()
+        },
+    );
     let e = r.add_peer();
     r.peer_up(e, info(65002, 3));
     let out = r.flush();

@@ -232,11 +232,12 @@ impl JsonSchema for IPAMBlockSpec {
     }
 }
 
-/// A named BGP community value, standard ("65000:100") or large
-/// ("65000:1:2").
+/// A named BGP community value: standard ("65000:100", RFC 1997), large
+/// ("65000:1:2", RFC 8092), extended ("rt:65000:100", "ro:198.18.0.1:7",
+/// RFC 4360) or well-known ("no-export", "no-advertise").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Community {
-    /// Name used by `prefixAdvertisements`.
+    /// Name used by `prefixAdvertisements` and `BGPPeer.communities`.
     pub name: String,
     /// The value.
     pub value: String,
@@ -394,6 +395,46 @@ pub enum SourceAddress {
     None,
 }
 
+/// BFD (RFC 5880/5881) for a BGP peer: a failure of the path takes the BGP
+/// session and its routes down within `multiplier × max(minRx, the peer's
+/// transmit interval)` instead of the hold time.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BGPPeerBFD {
+    /// Required Min RX Interval: how often we can take the peer's packets,
+    /// milliseconds (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_rx: Option<u32>,
+    /// Desired Min TX Interval: how often we would like to send, milliseconds
+    /// (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_tx: Option<u32>,
+    /// Detect Mult: packets the peer may miss before the path counts as down
+    /// (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiplier: Option<u8>,
+    /// Multihop BFD (RFC 5883, UDP 4784, no TTL check) for a peer that is not
+    /// directly connected (default false: single hop, TTL 255 required).
+    #[serde(default)]
+    pub multihop: bool,
+}
+
+/// Default BFD interval, milliseconds (FRR's).
+pub const DEFAULT_BFD_INTERVAL_MS: u32 = 300;
+/// Default BFD multiplier.
+pub const DEFAULT_BFD_MULTIPLIER: u8 = 3;
+
+impl BGPPeerBFD {
+    /// (minRx, minTx, multiplier) with defaults.
+    pub fn effective(&self) -> (u32, u32, u8) {
+        (
+            self.min_rx.unwrap_or(DEFAULT_BFD_INTERVAL_MS),
+            self.min_tx.unwrap_or(DEFAULT_BFD_INTERVAL_MS),
+            self.multiplier.unwrap_or(DEFAULT_BFD_MULTIPLIER),
+        )
+    }
+}
+
 /// A BGP session to set up from some or all nodes: to a fixed address (ToR,
 /// route reflector, external router) or to other nodes selected by label.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -456,6 +497,14 @@ pub struct BGPPeerSpec {
     /// (1 = directly connected); absent: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_security: Option<u8>,
+    /// BFD toward the peer (absent: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<BGPPeerBFD>,
+    /// Communities added to the routes this node originates when they are
+    /// sent to this peer: names from `BGPConfiguration.communities` or
+    /// values (see `Community`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub communities: Vec<String>,
 }
 
 impl BGPPeerSpec {
@@ -497,6 +546,25 @@ impl BGPPeerSpec {
                 value: "0".into(),
                 reason: "hop count must be at least 1".into(),
             });
+        }
+        if let Some(b) = &self.bfd {
+            let (rx, tx, mult) = b.effective();
+            for (field, v) in [("bfd.minRx", rx), ("bfd.minTx", tx)] {
+                if v == 0 {
+                    return Err(InvalidSpec {
+                        field,
+                        value: v.to_string(),
+                        reason: "must be at least 1 (milliseconds)".into(),
+                    });
+                }
+            }
+            if mult == 0 {
+                return Err(InvalidSpec {
+                    field: "bfd.multiplier",
+                    value: "0".into(),
+                    reason: "must be at least 1".into(),
+                });
+            }
         }
         Ok(())
     }
@@ -703,9 +771,32 @@ mod tests {
         let bad_timers = BGPPeerSpec {
             hold_time: Some(9),
             keepalive_time: Some(9),
-            ..ok
+            ..ok.clone()
         };
         assert_eq!(bad_timers.validate().map_err(|e| e.field), Err("holdTime"));
+        let bfd = |b: BGPPeerBFD| BGPPeerSpec {
+            bfd: Some(b),
+            ..ok.clone()
+        };
+        assert_eq!(bfd(BGPPeerBFD::default()).validate(), Ok(()));
+        assert_eq!(
+            bfd(BGPPeerBFD {
+                min_rx: Some(0),
+                ..Default::default()
+            })
+            .validate()
+            .map_err(|e| e.field),
+            Err("bfd.minRx")
+        );
+        assert_eq!(
+            bfd(BGPPeerBFD {
+                multiplier: Some(0),
+                ..Default::default()
+            })
+            .validate()
+            .map_err(|e| e.field),
+            Err("bfd.multiplier")
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `margayctl`: look at and operate Margay.
 //!
-//! - `node status` asks the local agent (`--agent`, its `/status`);
+//! - `node status` and `bgp routes` ask the local agent (`--agent`, its
+//!   `/status`; `bgp routes` is rendered by [`crate::bgp_routes`]);
 //! - `ipam …` and `policy trace` read the cluster from the API server
 //!   (`--api-server`, or in-cluster config / KUBECONFIG) and use the same
 //!   code as the agent (the `ipam` report and the policy spec evaluator).
@@ -151,6 +152,7 @@ pub fn render_node_status(status: &serde_json::Value) -> String {
                 p.address.clone(),
                 p.kind.clone(),
                 p.state.clone(),
+                p.bfd.clone().unwrap_or_else(|| "-".into()),
                 since(p.since_secs),
                 format!("{}/{}", p.accepted, p.sent),
                 p.last_error.clone().unwrap_or_default(),
@@ -163,6 +165,7 @@ pub fn render_node_status(status: &serde_json::Value) -> String {
             "ADDRESS",
             "TYPE",
             "STATE",
+            "BFD",
             "SINCE",
             "PREFIXES IN/OUT",
             "LAST ERROR",

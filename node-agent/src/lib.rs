@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod attachments;
+pub mod bgp_routes;
 pub mod cluster;
 pub mod config;
 pub mod confirm;

@@ -21,8 +21,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use bgp::config::{GracefulRestart, Neighbor, PeerConfig, RemoteAs};
-use bgp::wire::Prefix;
+use bgp::bfd::BfdConfig;
+use bgp::config::{GracefulRestart, Neighbor, PeerBfd, PeerConfig, RemoteAs};
+use bgp::wire::{Community, CommunityError, CommunitySet, Prefix};
 use ipnetwork::IpNetwork;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
@@ -83,7 +84,7 @@ pub struct Desired {
     /// Peers by name.
     pub peers: BTreeMap<String, PeerConfig>,
     /// Prefixes to originate, with communities.
-    pub originate: BTreeMap<Prefix, Vec<u32>>,
+    pub originate: BTreeMap<Prefix, CommunitySet>,
     /// Kind of each peer, as `margayctl node status` shows it: node-mesh,
     /// global, node-specific or selector.
     pub kinds: BTreeMap<String, &'static str>,
@@ -130,11 +131,15 @@ pub fn selects(sel: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -
     true
 }
 
-/// A standard community "ASN:VALUE" as its 32-bit value.
-pub fn parse_community(s: &str) -> Option<u32> {
-    let (a, v) = s.split_once(':')?;
-    let (a, v): (u16, u16) = (a.trim().parse().ok()?, v.trim().parse().ok()?);
-    Some((u32::from(a) << 16) | u32::from(v))
+/// A community reference of a `prefixAdvertisements` or `BGPPeer` entry:
+/// a name from `BGPConfiguration.spec.communities`, else a value (standard
+/// `ASN:VALUE`, large `ASN:L1:L2`, extended `rt:`/`ro:ADMIN:VALUE`, or a
+/// well-known name such as `no-export`).
+pub fn resolve_community(
+    named: &BTreeMap<String, String>,
+    r: &str,
+) -> Result<Community, CommunityError> {
+    named.get(r).map(String::as_str).unwrap_or(r).parse()
 }
 
 fn prefix_of(net: IpNetwork) -> Option<Prefix> {
@@ -184,7 +189,15 @@ fn apply_peer_spec(
     p: &mut PeerConfig,
     spec: &BGPPeerSpec,
     input: &RoutingInput,
+    named: &BTreeMap<String, String>,
+    problems: &mut Vec<String>,
 ) -> Result<(), String> {
+    for c in &spec.communities {
+        match resolve_community(named, c) {
+            Ok(x) => p.communities.insert(x),
+            Err(e) => problems.push(format!("{}: {e}", p.name)),
+        }
+    }
     if let Some(h) = spec.hold_time {
         p.hold_time = h;
     }
@@ -196,6 +209,17 @@ fn apply_peer_spec(
     p.rr_client = spec.route_reflector_client;
     p.next_hop_self = matches!(spec.next_hop_mode, Some(NextHopMode::SelfNode));
     p.ttl_security = spec.ttl_security;
+    p.bfd = spec.bfd.as_ref().map(|b| {
+        let (rx, tx, mult) = b.effective();
+        PeerBfd {
+            timers: BfdConfig {
+                desired_min_tx: Duration::from_millis(u64::from(tx)),
+                required_min_rx: Duration::from_millis(u64::from(rx)),
+                detect_mult: mult,
+            },
+            multihop: b.multihop,
+        }
+    });
     if matches!(spec.source_address, Some(SourceAddress::None)) {
         p.source_addr = None;
     }
@@ -228,6 +252,17 @@ pub fn desired(input: &RoutingInput, view: &IpamView) -> Desired {
         .collect();
     let mut peers = BTreeMap::new();
     let mut kinds = BTreeMap::new();
+    // Named communities of the configuration; every value checked once.
+    let named: BTreeMap<String, String> = cfg
+        .communities
+        .iter()
+        .map(|c| (c.name.clone(), c.value.clone()))
+        .collect();
+    for c in &cfg.communities {
+        if let Err(e) = c.value.parse::<Community>() {
+            problems.push(format!("communities {}: {e}", c.name));
+        }
+    }
     let my_addr = me.ipv4.map(IpAddr::V4).or(me.ipv6.map(IpAddr::V6));
 
     if cfg.mesh_enabled() {
@@ -311,7 +346,7 @@ pub fn desired(input: &RoutingInput, view: &IpamView) -> Desired {
             }
             let mut p = base_peer(pname, input, local_as, sa.ip(), asn);
             p.port = sa.port();
-            if let Err(e) = apply_peer_spec(&mut p, spec, input) {
+            if let Err(e) = apply_peer_spec(&mut p, spec, input, &named, &mut problems) {
                 problems.push(format!("BGPPeer {name}: {e}"));
                 continue;
             }
@@ -334,26 +369,30 @@ pub fn desired(input: &RoutingInput, view: &IpamView) -> Desired {
         }
     }
 
-    // Communities per advertised network.
-    let named: BTreeMap<&str, &str> = cfg
-        .communities
-        .iter()
-        .map(|c| (c.name.as_str(), c.value.as_str()))
-        .collect();
-    let communities_for = |net: &IpNetwork, problems: &mut Vec<String>| -> Vec<u32> {
-        let mut out = Vec::new();
-        for adv in &cfg.prefix_advertisements {
-            let Ok(cidr) = adv.cidr.parse() else { continue };
-            if !(cidr.contains(net.network()) && cidr.prefix() <= net.prefix()) {
+    // Communities per advertised network (Calico's prefixAdvertisements).
+    let mut adverts: Vec<(IpNetwork, CommunitySet)> = Vec::new();
+    for adv in &cfg.prefix_advertisements {
+        let cidr = match adv.cidr.parse() {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(format!("prefixAdvertisements: {e}"));
                 continue;
             }
-            for c in &adv.communities {
-                let value = named.get(c.as_str()).copied().unwrap_or(c);
-                match parse_community(value) {
-                    Some(v) if !out.contains(&v) => out.push(v),
-                    Some(_) => {}
-                    None => problems.push(format!("community {value:?} is not ASN:VALUE (large communities are not supported yet)")),
-                }
+        };
+        let mut set = CommunitySet::default();
+        for c in &adv.communities {
+            match resolve_community(&named, c) {
+                Ok(x) => set.insert(x),
+                Err(e) => problems.push(format!("prefixAdvertisements {}: {e}", adv.cidr.0)),
+            }
+        }
+        adverts.push((cidr, set));
+    }
+    let communities_for = |net: &IpNetwork| -> CommunitySet {
+        let mut out = CommunitySet::default();
+        for (cidr, set) in &adverts {
+            if cidr.contains(net.network()) && cidr.prefix() <= net.prefix() {
+                set.iter().for_each(|c| out.insert(c));
             }
         }
         out
@@ -386,8 +425,7 @@ pub fn desired(input: &RoutingInput, view: &IpamView) -> Desired {
     }
     for net in nets {
         if let Some(p) = prefix_of(net) {
-            let c = communities_for(&net, &mut problems);
-            originate.insert(p, c);
+            originate.insert(p, communities_for(&net));
         }
     }
     Desired {
@@ -517,6 +555,11 @@ mod tests {
                 as_number: Some(65000),
                 hold_time: Some(9),
                 max_prefix: Some(1000),
+                bfd: Some(crate::crd::BGPPeerBFD {
+                    min_rx: Some(100),
+                    multiplier: Some(4),
+                    ..Default::default()
+                }),
                 ..Default::default()
             },
         );
@@ -530,7 +573,20 @@ mod tests {
         );
         assert!(!p.passive);
         assert_eq!(
-            d.originate[&"198.19.1.0/26".parse::<Prefix>().expect("p")],
+            p.bfd,
+            Some(PeerBfd {
+                timers: BfdConfig {
+                    desired_min_tx: Duration::from_millis(300),
+                    required_min_rx: Duration::from_millis(100),
+                    detect_mult: 4,
+                },
+                multihop: false,
+            }),
+            "BFD from the BGPPeer, defaults filled in"
+        );
+        assert!(d.peers.values().all(|q| q.name == "peer-tor"));
+        assert_eq!(
+            d.originate[&"198.19.1.0/26".parse::<Prefix>().expect("p")].standard,
             vec![(64512 << 16) | 100, (65000 << 16) | 7]
         );
         assert!(
@@ -606,9 +662,66 @@ mod tests {
     }
 
     #[test]
-    fn communities_parse() {
-        assert_eq!(parse_community("64512:100"), Some((64512 << 16) | 100));
-        assert_eq!(parse_community("65536:1"), None);
-        assert_eq!(parse_community("1:2:3"), None);
+    fn communities_of_every_kind_per_pool_and_per_peer() {
+        let mut i = input("n1");
+        i.configs.insert(
+            "default".into(),
+            BGPConfigurationSpec {
+                communities: vec![
+                    Community {
+                        name: "pods".into(),
+                        value: "64512:100".into(),
+                    },
+                    Community {
+                        name: "big".into(),
+                        value: "64512:1:2".into(),
+                    },
+                    Community {
+                        name: "broken".into(),
+                        value: "65536:1".into(),
+                    },
+                ],
+                prefix_advertisements: vec![
+                    PrefixAdvertisement {
+                        cidr: Cidr("198.19.0.0/16".into()),
+                        communities: vec!["pods".into(), "big".into(), "rt:64512:5".into()],
+                    },
+                    PrefixAdvertisement {
+                        cidr: Cidr("198.19.2.0/24".into()),
+                        communities: vec!["no-export".into(), "not-a-name".into()],
+                    },
+                ],
+                ..Default::default()
+            },
+        );
+        i.peers.insert(
+            "tor".into(),
+            BGPPeerSpec {
+                peer_ip: Some("198.18.0.1".into()),
+                as_number: Some(65000),
+                communities: vec!["big".into(), "65000:9".into()],
+                ..Default::default()
+            },
+        );
+        let d = desired(&i, &view());
+        let c = |s: &str| s.parse::<bgp::wire::Community>().expect("community");
+        let block = &d.originate[&"198.19.1.0/26".parse::<Prefix>().expect("p")];
+        assert_eq!(
+            block.iter().collect::<Vec<_>>(),
+            [c("64512:100"), c("64512:1:2"), c("rt:64512:5")]
+        );
+        // The borrowed /32 is also inside 198.19.2.0/24: both entries apply.
+        let host = &d.originate[&"198.19.2.7/32".parse::<Prefix>().expect("p")];
+        assert!(host.iter().any(|x| x == c("no-export")), "{host:?}");
+        assert_eq!(
+            d.peers["peer-tor"].communities.iter().collect::<Vec<_>>(),
+            [c("65000:9"), c("64512:1:2")]
+        );
+        // Bad values are reported once each, by where they are.
+        let mut problems = d.problems.clone();
+        problems.sort();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("communities broken"), "{problems:?}");
+        assert!(problems[1].contains("not-a-name"), "{problems:?}");
     }
 }

@@ -46,6 +46,9 @@ pub struct PeerRow {
     pub sent: u32,
     /// Last error.
     pub last_error: Option<String>,
+    /// BFD session state (absent: BFD not configured for this peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<String>,
 }
 
 fn node_facts(n: &Node) -> NodeFacts {
@@ -178,7 +181,9 @@ struct Running {
     key: (u32, std::net::Ipv4Addr, Vec<std::net::SocketAddr>),
     peers: BTreeMap<String, PeerConfig>,
     kinds: BTreeMap<String, &'static str>,
-    originated: BTreeMap<Prefix, Vec<u32>>,
+    originated: BTreeMap<Prefix, bgp::wire::CommunitySet>,
+    /// RIB generation last published in `/status` (`bgp_routes`).
+    routes_generation: Option<u64>,
     _fib: tokio::task::JoinHandle<()>,
 }
 
@@ -385,7 +390,7 @@ pub async fn run(mut deps: RoutingDeps) {
             _ = tick.tick() => {
                 // The speaker answers here: a stuck speaker stops this loop,
                 // and so fails liveness.
-                if let Some(r) = &running {
+                if let Some(r) = &mut running {
                     report(r, &deps).await;
                 }
             }
@@ -426,6 +431,7 @@ async fn apply(
             peers: BTreeMap::new(),
             kinds: BTreeMap::new(),
             originated: BTreeMap::new(),
+            routes_generation: None,
             _fib: fib_task,
         });
     }
@@ -465,10 +471,22 @@ async fn apply(
     Ok(())
 }
 
-async fn report(r: &Running, deps: &RoutingDeps) {
+async fn report(r: &mut Running, deps: &RoutingDeps) {
     let Ok(status) = r.speaker.status().await else {
         return;
     };
+    // The RIB for `margayctl bgp routes`, when it changed.
+    if let Ok(Some(routes)) = r
+        .speaker
+        .routes(crate::bgp_routes::LIMIT, r.routes_generation)
+        .await
+    {
+        r.routes_generation = Some(routes.generation);
+        deps.health.set_status(
+            "bgp_routes",
+            serde_json::json!(crate::bgp_routes::section(&routes)),
+        );
+    }
     let now = Instant::now();
     let rows: Vec<PeerRow> = status
         .iter()
@@ -487,6 +505,7 @@ async fn report(r: &Running, deps: &RoutingDeps) {
             accepted: s.counters.accepted.iter().sum(),
             sent: s.counters.sent,
             last_error: s.last_error.clone(),
+            bfd: s.bfd.map(|b| b.to_string()),
         })
         .collect();
     let established = status

@@ -9,7 +9,9 @@
 //!                                          ▼
 //!   peer task ◄── frames / EOF ── reader task (per connection)
 //!   peer task ──► bytes ──► writer task (per connection)
-//!   peer task ──RibMsg (Up/Down/Update/EoR/PurgeStale/Refresh/State)──► RIB task
+//!   peer task ──RibMsg (Up/Down/Update/EoR/PurgeStale/Refresh/State/Bfd)──► RIB task
+//!   peer task ──subscribe──► BFD task (bfd::driver, started with the first
+//!   BFD peer) ──Up/Down events──► peer task (Down: the session closes)
 //! ```
 //!
 //! Tasks are aborted when their owner drops them. A panic while decoding a
@@ -29,12 +31,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::bfd::{self, Bfd, BfdHandle, BfdOptions, SessionKey, Subscription};
 use crate::config::{Neighbor, PeerConfig};
 use crate::fsm::{ConnId, Input, Output, Session, State, Timer};
 use crate::rib::decision::{DecisionOptions, PeerIdx, Source};
 use crate::rib::{FibChange, PeerCounters, PeerInfo, Rib, RibConfig};
 use crate::wire::notification::cease_sub;
-use crate::wire::{DecodeError, Families, Family, Message, Notification, Prefix, Update, frame};
+use crate::wire::{
+    CommunitySet, DecodeError, Families, Family, Message, Notification, Prefix, Update, frame,
+};
 
 /// FIB change batches queued for the agent at most.
 const FIB_QUEUE: usize = 2;
@@ -120,14 +125,46 @@ pub struct PeerStatus {
     /// Families whose End-of-RIB marker the peer has sent since the session
     /// came up (its initial table is complete).
     pub end_of_rib: Families,
+    /// The peer's BFD session state, when BFD is configured for it.
+    pub bfd: Option<bfd::State>,
+}
+
+/// One path of a route, for displays.
+#[derive(Clone, Debug)]
+pub struct RoutePath {
+    /// The peer it came from (`None`: originated here).
+    pub from: Option<String>,
+    /// Selected (first: best; more with multipath).
+    pub selected: bool,
+    /// Kept stale by graceful restart.
+    pub stale: bool,
+    /// Attributes (communities included) and next hop.
+    pub attrs: std::sync::Arc<crate::rib::intern::RouteAttrs>,
+}
+
+/// A RIB snapshot (at most the asked number of destinations).
+#[derive(Clone, Debug)]
+pub struct Routes {
+    /// Changes with every change to the RIB.
+    pub generation: u64,
+    /// Destinations in the RIB in all.
+    pub total: usize,
+    /// The destinations listed, by prefix.
+    pub routes: Vec<(Prefix, Vec<RoutePath>)>,
 }
 
 enum Cmd {
-    AddPeer(PeerConfig, oneshot::Sender<Result<(), DriverError>>),
+    AddPeer(Box<PeerConfig>, oneshot::Sender<Result<(), DriverError>>),
     RemovePeer(String),
-    Originate(Prefix, Vec<u32>),
+    Originate(Prefix, CommunitySet),
     Withdraw(Prefix),
     Status(oneshot::Sender<Vec<PeerStatus>>),
+    Routes {
+        limit: usize,
+        unless: Option<u64>,
+        reply: oneshot::Sender<Option<Routes>>,
+    },
+    Bfd(oneshot::Sender<Option<BfdHandle>>),
     Inbound(TcpStream, SocketAddr),
     Shutdown(oneshot::Sender<()>),
 }
@@ -162,6 +199,7 @@ enum RibMsg {
         since: Option<Instant>,
         error: Option<String>,
     },
+    Bfd(PeerIdx, bfd::State),
 }
 
 /// The running speaker. Dropping it stops everything.
@@ -230,6 +268,8 @@ impl Speaker {
             fib_tx,
             listen: cfg.listen.clone(),
             listeners,
+            bfd: None,
+            generation: 0,
         };
         tasks.push(tokio::spawn(
             task.run(rx, rib_rx)
@@ -242,7 +282,7 @@ impl Speaker {
     pub async fn add_peer(&self, p: PeerConfig) -> Result<(), DriverError> {
         let (t, r) = oneshot::channel();
         self.tx
-            .send(Cmd::AddPeer(p, t))
+            .send(Cmd::AddPeer(Box::new(p), t))
             .await
             .map_err(|_| DriverError::Stopped)?;
         r.await.map_err(|_| DriverError::Stopped)?
@@ -257,7 +297,7 @@ impl Speaker {
     }
 
     /// Originate a prefix with communities.
-    pub async fn originate(&self, p: Prefix, communities: Vec<u32>) -> Result<(), DriverError> {
+    pub async fn originate(&self, p: Prefix, communities: CommunitySet) -> Result<(), DriverError> {
         self.tx
             .send(Cmd::Originate(p, communities))
             .await
@@ -287,6 +327,38 @@ impl Speaker {
         Ok(())
     }
 
+    /// Up to `limit` routes of the RIB with every path, unless the RIB is
+    /// still at generation `unless` (then `None`: nothing changed).
+    pub async fn routes(
+        &self,
+        limit: usize,
+        unless: Option<u64>,
+    ) -> Result<Option<Routes>, DriverError> {
+        let (t, r) = oneshot::channel();
+        self.tx
+            .send(Cmd::Routes {
+                limit,
+                unless,
+                reply: t,
+            })
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        r.await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// Every BFD session (empty when no peer uses BFD).
+    pub async fn bfd_sessions(&self) -> Result<Vec<bfd::SessionStatus>, DriverError> {
+        let (t, r) = oneshot::channel();
+        self.tx
+            .send(Cmd::Bfd(t))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        match r.await.map_err(|_| DriverError::Stopped)? {
+            Some(h) => h.status().await.map_err(|_| DriverError::Stopped),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Per-peer status.
     pub async fn status(&self) -> Result<Vec<PeerStatus>, DriverError> {
         let (t, r) = oneshot::channel();
@@ -308,6 +380,7 @@ struct PeerEntry {
     error: Option<String>,
     last_update: Option<Instant>,
     end_of_rib: Families,
+    bfd: Option<bfd::State>,
 }
 
 impl Drop for PeerEntry {
@@ -325,6 +398,10 @@ struct RibTask {
     fib_tx: mpsc::Sender<Vec<FibChange>>,
     listen: Vec<SocketAddr>,
     listeners: Vec<std::sync::Arc<TcpListener>>,
+    /// Started with the first peer that asks for BFD.
+    bfd: Option<Bfd>,
+    /// Bumped by everything that may change the RIB.
+    generation: u64,
 }
 
 impl RibTask {
@@ -370,13 +447,55 @@ impl RibTask {
         }
     }
 
+    /// The BFD driver, started on first use.
+    fn bfd_handle(&mut self) -> Result<BfdHandle, String> {
+        if let Some(b) = &self.bfd {
+            return Ok(b.handle());
+        }
+        match Bfd::start(BfdOptions::default()) {
+            Ok(b) => {
+                info!(sockets = ?b.local_addrs(), "BFD started");
+                let h = b.handle();
+                self.bfd = Some(b);
+                Ok(h)
+            }
+            Err(e) => Err(format!("BFD unavailable: {e}")),
+        }
+    }
+
     fn spawn_peer(&mut self, cfg: PeerConfig, addr: Option<IpAddr>) -> PeerIdx {
         let idx = self.rib.add_peer();
         let (tx, rx) = mpsc::channel(1024);
         let span = info_span!("peer", peer = %cfg.name, addr = ?addr);
         let local_port = self.listen.first().map(|a| a.port());
+        let mut error = None;
+        let bfd = match (cfg.bfd, addr) {
+            (Some(b), Some(peer)) => match self.bfd_handle() {
+                Ok(h) => {
+                    let key = SessionKey {
+                        peer,
+                        local: cfg.source_addr,
+                        multihop: b.multihop,
+                    };
+                    match h.subscribe(key, b.timers) {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            error = Some(format!("BFD unavailable: {e}"));
+                            None
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(peer = %cfg.name, error = %e, "peer runs without BFD");
+                    error = Some(e);
+                    None
+                }
+            },
+            _ => None,
+        };
+        let bfd_state = bfd.as_ref().map(|_| bfd::State::Down);
         let task = tokio::spawn(
-            PeerTask::new(idx, cfg.clone(), addr, self.rib_tx.clone(), local_port)
+            PeerTask::new(idx, cfg.clone(), addr, self.rib_tx.clone(), local_port, bfd)
                 .run(rx)
                 .instrument(span),
         );
@@ -389,9 +508,10 @@ impl RibTask {
                 task: Some(task),
                 state: State::Idle,
                 since: None,
-                error: None,
+                error,
                 last_update: None,
                 end_of_rib: Families::NONE,
+                bfd: bfd_state,
             },
         );
         idx
@@ -400,6 +520,7 @@ impl RibTask {
     fn command(&mut self, c: Cmd) {
         match c {
             Cmd::AddPeer(cfg, reply) => {
+                let cfg = *cfg;
                 if self.peers.values().any(|p| p.cfg.name == cfg.name) {
                     let _ = reply.send(Err(DriverError::Duplicate { name: cfg.name }));
                     return;
@@ -426,6 +547,7 @@ impl RibTask {
                                 error: None,
                                 last_update: None,
                                 end_of_rib: Families::NONE,
+                                bfd: None,
                             },
                         );
                     }
@@ -433,6 +555,7 @@ impl RibTask {
                 let _ = reply.send(Ok(()));
             }
             Cmd::RemovePeer(name) => {
+                self.generation += 1;
                 let gone: Vec<PeerIdx> = self
                     .peers
                     .iter()
@@ -458,8 +581,22 @@ impl RibTask {
                     self.rib.peer_down(i, crate::wire::Families::NONE);
                 }
             }
-            Cmd::Originate(p, c) => self.rib.originate(p, c),
-            Cmd::Withdraw(p) => self.rib.withdraw_local(&p),
+            Cmd::Originate(p, c) => {
+                self.generation += 1;
+                self.rib.originate(p, c)
+            }
+            Cmd::Withdraw(p) => {
+                self.generation += 1;
+                self.rib.withdraw_local(&p)
+            }
+            Cmd::Routes {
+                limit,
+                unless,
+                reply,
+            } => {
+                let r = (unless != Some(self.generation)).then(|| self.routes(limit));
+                let _ = reply.send(r);
+            }
             Cmd::Status(reply) => {
                 let mut v: Vec<PeerStatus> = self
                     .peers
@@ -473,10 +610,14 @@ impl RibTask {
                         last_error: p.error.clone(),
                         last_update: p.last_update,
                         end_of_rib: p.end_of_rib,
+                        bfd: p.bfd,
                     })
                     .collect();
                 v.sort_by(|a, b| a.name.cmp(&b.name));
                 let _ = reply.send(v);
+            }
+            Cmd::Bfd(reply) => {
+                let _ = reply.send(self.bfd.as_ref().map(Bfd::handle));
             }
             Cmd::Inbound(stream, from) => self.inbound(stream, from),
             Cmd::Shutdown(reply) => {
@@ -546,7 +687,43 @@ impl RibTask {
         }
     }
 
+    fn routes(&self, limit: usize) -> Routes {
+        let name = |i: PeerIdx| self.peers.get(&i).map(|p| p.cfg.name.clone());
+        Routes {
+            generation: self.generation,
+            total: self.rib.len(Family::Ipv4Unicast) + self.rib.len(Family::Ipv6Unicast),
+            routes: self
+                .rib
+                .routes(limit)
+                .into_iter()
+                .map(|r| {
+                    let paths = r
+                        .paths
+                        .into_iter()
+                        .map(|p| RoutePath {
+                            from: if p.peer == crate::rib::decision::LOCAL {
+                                None
+                            } else {
+                                Some(name(p.peer).unwrap_or_else(|| format!("#{}", p.peer)))
+                            },
+                            selected: p.selected,
+                            stale: p.stale,
+                            attrs: p.attrs,
+                        })
+                        .collect();
+                    (r.prefix, paths)
+                })
+                .collect(),
+        }
+    }
+
     fn message(&mut self, m: RibMsg) {
+        if !matches!(
+            m,
+            RibMsg::State { .. } | RibMsg::Bfd(..) | RibMsg::EndOfRib(..)
+        ) {
+            self.generation += 1;
+        }
         match m {
             RibMsg::Up { peer, info } => self.rib.peer_up(peer, *info),
             RibMsg::Down { peer, graceful } => self.rib.peer_down(peer, graceful),
@@ -565,6 +742,11 @@ impl RibTask {
             }
             RibMsg::PurgeStale(peer, f) => self.rib.purge_stale(peer, f),
             RibMsg::Refresh(peer, f) => self.rib.refresh(peer, crate::wire::Families::only(f)),
+            RibMsg::Bfd(peer, state) => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.bfd = Some(state);
+                }
+            }
             RibMsg::State {
                 peer,
                 state,
@@ -628,6 +810,8 @@ struct PeerTask {
     update_routes: usize,
     /// The session's outputs for one input (reused).
     outs: Vec<Output>,
+    /// The peer's BFD session, when configured.
+    bfd: Option<Subscription>,
 }
 
 impl PeerTask {
@@ -637,6 +821,7 @@ impl PeerTask {
         addr: Option<IpAddr>,
         rib: mpsc::Sender<RibMsg>,
         _local_port: Option<u16>,
+        bfd: Option<Subscription>,
     ) -> Self {
         // Few events: a batch of frames is up to ~4 KB.
         let (ev_tx, ev_rx) = mpsc::channel(8);
@@ -655,6 +840,7 @@ impl PeerTask {
             updates: Vec::new(),
             update_routes: 0,
             outs: Vec::new(),
+            bfd,
         }
     }
 
@@ -672,7 +858,17 @@ impl PeerTask {
                     None => std::future::pending().await,
                 }
             };
+            let bfd = async {
+                match &mut self.bfd {
+                    Some(s) => s.next().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                ev = bfd => match ev {
+                    Some(ev) => self.bfd_event(ev).await,
+                    None => self.bfd = None,
+                },
                 c = cmds.recv() => match c {
                     None => {
                         self.input(Input::Stop(Notification::cease(cease_sub::PEER_DECONFIGURED))).await;
@@ -705,6 +901,16 @@ impl PeerTask {
                     }
                 }
             }
+        }
+    }
+
+    /// A BFD state change: reported for status; Up → Down (not the peer's
+    /// AdminDown) closes the BGP session.
+    async fn bfd_event(&mut self, ev: bfd::Event) {
+        let _ = self.rib.send(RibMsg::Bfd(self.idx, ev.change.to)).await;
+        if bfd::driver::is_failure(&ev.change) {
+            warn!(diag = %ev.change.diag, "BFD session down: closing the BGP session");
+            self.input(Input::BfdDown(ev.change.diag)).await;
         }
     }
 

@@ -11,6 +11,7 @@ use super::decision::{DEFAULT_LOCAL_PREF, LOCAL, Path, PeerIdx};
 use super::intern::RouteAttrs;
 use super::{PeerState, Rib};
 use crate::wire::attrs::flag;
+use crate::wire::community::{NO_ADVERTISE, NO_EXPORT, NO_EXPORT_SUBCONFED};
 use crate::wire::update::{encode_announce, encode_withdraw};
 use crate::wire::{Family, Message, NextHop, Nlri, Prefix, Update};
 
@@ -59,13 +60,22 @@ impl Rib {
             return None;
         }
         let local = src_idx == LOCAL;
+        let ebgp = info.source.ebgp;
+        // RFC 1997: the well-known communities limit where a route goes
+        // (no confederations here: outside the AS means any external peer).
+        let has = |c: u32| {
+            best.attrs.attrs.communities.contains(&c)
+                || (local && info.communities.standard.contains(&c))
+        };
+        if has(NO_ADVERTISE) || (ebgp && (has(NO_EXPORT) || has(NO_EXPORT_SUBCONFED))) {
+            return None;
+        }
         let src = self
             .peers
             .get(src_idx as usize)
             .and_then(|p| p.info.as_ref());
         let src_ebgp = src.is_some_and(|s| s.source.ebgp);
         let src_client = src.is_some_and(|s| s.rr_client);
-        let ebgp = info.source.ebgp;
         let mut a = best.attrs.attrs.clone();
         let mut nh_self = local || ebgp || info.next_hop_self;
         if !ebgp && !local && !src_ebgp {
@@ -96,13 +106,13 @@ impl Rib {
             }
             a.originator_id = None;
             a.cluster_list.clear();
+            // RFC 4360: non-transitive extended communities stay in the AS.
+            a.ext_communities.retain(|c| c.is_transitive());
         } else {
             a.local_pref = Some(a.local_pref.unwrap_or(DEFAULT_LOCAL_PREF));
         }
-        for c in &info.communities {
-            if !a.communities.contains(c) {
-                a.communities.push(*c);
-            }
+        if local {
+            info.communities.add_to(&mut a);
         }
         for u in &mut a.unknown {
             u.flags |= flag::PARTIAL;

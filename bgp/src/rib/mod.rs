@@ -23,7 +23,9 @@ use bytes::Bytes;
 use self::decision::{Connected, DecisionOptions, IgpCost, LOCAL, Path, PeerIdx, Source};
 use self::intern::{FastState, Interner, RouteAttrs};
 use self::table::{Dest, Key, Table, V4Key};
-use crate::wire::{EncodeCx, Families, Family, NextHop, Nlri, Origin, PathAttrs, Prefix, Update};
+use crate::wire::{
+    CommunitySet, EncodeCx, Families, Family, NextHop, Nlri, Origin, PathAttrs, Prefix, Update,
+};
 
 /// Speaker-wide RIB settings.
 #[derive(Clone, Debug)]
@@ -51,8 +53,8 @@ pub struct PeerInfo {
     pub rr_client: bool,
     /// Always advertise ourselves as next hop.
     pub next_hop_self: bool,
-    /// Communities added on export.
-    pub communities: Vec<u32>,
+    /// Communities added to the routes we originate when sent to this peer.
+    pub communities: CommunitySet,
     /// Negotiated families.
     pub families: Families,
     /// Encoding context.
@@ -69,6 +71,29 @@ pub struct FibChange {
     pub prefix: Prefix,
     /// Next hops (ECMP when more than one).
     pub next_hops: Vec<IpAddr>,
+}
+
+/// One path of a destination, for displays.
+#[derive(Clone, Debug)]
+pub struct PathView {
+    /// Where it came from ([`decision::LOCAL`]: originated here).
+    pub peer: PeerIdx,
+    /// Selected by the decision process (the first selected is the best;
+    /// more than one with multipath).
+    pub selected: bool,
+    /// Kept stale by graceful restart.
+    pub stale: bool,
+    /// Its attributes and next hop.
+    pub attrs: Arc<RouteAttrs>,
+}
+
+/// A destination and its paths, selected first.
+#[derive(Clone, Debug)]
+pub struct RouteView {
+    /// Destination.
+    pub prefix: Prefix,
+    /// Paths, the selected ones first.
+    pub paths: Vec<PathView>,
 }
 
 /// Per-peer counters.
@@ -209,6 +234,35 @@ impl Rib {
         self.interner.len()
     }
 
+    /// Up to `limit` destinations (both families) with every path, sorted
+    /// by prefix; the table is not walked beyond `limit` entries.
+    pub fn routes(&self, limit: usize) -> Vec<RouteView> {
+        let view = |prefix: Prefix, d: &Dest| RouteView {
+            prefix,
+            paths: d
+                .paths()
+                .iter()
+                .enumerate()
+                .map(|(i, p)| PathView {
+                    peer: p.peer(),
+                    selected: i < d.selected().len(),
+                    stale: p.is_stale(),
+                    attrs: p.attrs.clone(),
+                })
+                .collect(),
+        };
+        let mut out: Vec<RouteView> = self
+            .v4
+            .map
+            .iter()
+            .map(|(k, d)| view(k.to_prefix(), d))
+            .chain(self.v6.map.iter().map(|(k, d)| view(*k, d)))
+            .take(limit)
+            .collect();
+        out.sort_by_key(|r| r.prefix);
+        out
+    }
+
     /// The selected next hops for a prefix (for tests and status).
     pub fn best(&self, p: &Prefix) -> Option<Vec<(PeerIdx, Arc<RouteAttrs>)>> {
         let d = match p.family() {
@@ -336,8 +390,8 @@ impl Rib {
         }
     }
 
-    /// Originate a prefix (our blocks, service IPs); `communities` are added.
-    pub fn originate(&mut self, prefix: Prefix, communities: Vec<u32>) {
+    /// Originate a prefix (our blocks, service IPs) with these communities.
+    pub fn originate(&mut self, prefix: Prefix, communities: CommunitySet) {
         let next_hop = match prefix.family() {
             Family::Ipv4Unicast => NextHop::V4(Ipv4Addr::UNSPECIFIED),
             Family::Ipv6Unicast => NextHop::V6 {
@@ -345,12 +399,12 @@ impl Rib {
                 link_local: None,
             },
         };
-        let attrs = PathAttrs {
+        let mut attrs = PathAttrs {
             origin: Some(Origin::Igp),
             as_path: Some(Default::default()),
-            communities,
             ..PathAttrs::default()
         };
+        communities.add_to(&mut attrs);
         let shared = self.interner.intern(attrs, next_hop);
         self.upsert_path(&prefix, Path::new(shared, LOCAL, 0));
     }

@@ -1,4 +1,5 @@
-//! Path attributes (RFC 4271 §5, RFC 1997, RFC 4456, RFC 6793, RFC 8092):
+//! Path attributes (RFC 4271 §5, RFC 1997, RFC 4360, RFC 4456, RFC 6793,
+//! RFC 8092):
 //! types and their value encodings. The attribute-list walk and the RFC 7606
 //! decisions live in `update.rs`.
 
@@ -35,6 +36,8 @@ pub mod attr_code {
     pub const MP_REACH: u8 = 14;
     /// MP_UNREACH_NLRI.
     pub const MP_UNREACH: u8 = 15;
+    /// EXTENDED COMMUNITIES (RFC 4360).
+    pub const EXT_COMMUNITIES: u8 = 16;
     /// AS4_PATH.
     pub const AS4_PATH: u8 = 17;
     /// AS4_AGGREGATOR.
@@ -65,7 +68,8 @@ pub(crate) fn expected_flags(code: u8) -> Option<u8> {
     Some(match code {
         ORIGIN | AS_PATH | NEXT_HOP | LOCAL_PREF | ATOMIC_AGGREGATE => flag::WELL_KNOWN,
         MED | ORIGINATOR_ID | CLUSTER_LIST | MP_REACH | MP_UNREACH => flag::OPTIONAL,
-        AGGREGATOR | COMMUNITIES | AS4_PATH | AS4_AGGREGATOR | LARGE_COMMUNITY => flag::OPT_TRANS,
+        AGGREGATOR | COMMUNITIES | EXT_COMMUNITIES | AS4_PATH | AS4_AGGREGATOR
+        | LARGE_COMMUNITY => flag::OPT_TRANS,
         _ => return None,
     })
 }
@@ -378,6 +382,8 @@ pub struct PathAttrs {
     pub communities: Vec<u32>,
     /// LARGE_COMMUNITY (RFC 8092).
     pub large_communities: Vec<LargeCommunity>,
+    /// EXTENDED COMMUNITIES (RFC 4360).
+    pub ext_communities: Vec<super::community::ExtCommunity>,
     /// ORIGINATOR_ID (RFC 4456).
     pub originator_id: Option<Ipv4Addr>,
     /// CLUSTER_LIST (RFC 4456).
@@ -391,7 +397,8 @@ pub struct PathAttrs {
 }
 
 /// A set of recognised optional transitive attribute codes (AGGREGATOR,
-/// COMMUNITIES, LARGE_COMMUNITY, AS4_PATH, AS4_AGGREGATOR).
+/// COMMUNITIES, EXTENDED COMMUNITIES, LARGE_COMMUNITY, AS4_PATH,
+/// AS4_AGGREGATOR).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Partial(u8);
 
@@ -404,6 +411,7 @@ impl Partial {
             LARGE_COMMUNITY => 4,
             AS4_PATH => 8,
             AS4_AGGREGATOR => 16,
+            EXT_COMMUNITIES => 32,
             _ => 0,
         }
     }
@@ -510,6 +518,17 @@ impl PathAttrs {
             );
             for c in &self.cluster_list {
                 out.put_slice(&c.octets());
+            }
+        }
+        if !self.ext_communities.is_empty() {
+            put_attr_header(
+                out,
+                flag::OPT_TRANS | p.flag(EXT_COMMUNITIES),
+                EXT_COMMUNITIES,
+                self.ext_communities.len() * 8,
+            );
+            for c in &self.ext_communities {
+                out.put_slice(&c.0);
             }
         }
         if !cx.four_byte_as {

@@ -10,6 +10,7 @@
 //! errors: they are recorded in [`Update::issues`].
 
 pub mod attrs;
+pub mod community;
 pub mod notification;
 pub mod open;
 pub mod prefix;
@@ -21,6 +22,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 pub use attrs::{
     Aggregator, AsPath, AsSegment, LargeCommunity, Origin, PathAttrs, RawAttr, SegmentKind,
 };
+pub use community::{Community, CommunityError, CommunitySet, ExtCommunity};
 pub use notification::Notification;
 pub use open::{AddPathMode, Capability, GrFamily, GracefulRestartCap, Open};
 pub use prefix::{Families, Family, Nlri, NlriError, Prefix, PrefixError};

@@ -98,6 +98,8 @@ pub mod cease_sub {
     pub const OUT_OF_RESOURCES: u8 = 8;
     /// Hard Reset (RFC 8538).
     pub const HARD_RESET: u8 = 9;
+    /// BFD Down (RFC 9384).
+    pub const BFD_DOWN: u8 = 10;
 }
 
 /// A NOTIFICATION message.
@@ -228,6 +230,7 @@ impl Notification {
             (code::CEASE, cease_sub::CONNECTION_COLLISION) => "cease: connection collision",
             (code::CEASE, cease_sub::OUT_OF_RESOURCES) => "cease: out of resources",
             (code::CEASE, cease_sub::HARD_RESET) => "cease: hard reset",
+            (code::CEASE, cease_sub::BFD_DOWN) => "cease: BFD down",
             (code::CEASE, _) => "cease",
             (code::ROUTE_REFRESH, _) => "route-refresh error",
             _ => "unknown error",

@@ -9,6 +9,7 @@ use bytes::{BufMut, BytesMut};
 
 use super::attrs::{Aggregator, AsPath, LargeCommunity, Origin, PathAttrs, RawAttr};
 use super::attrs::{attr_code as ac, expected_flags, flag, put_attr_header};
+use super::community::ExtCommunity;
 use super::notification::update_sub as sub;
 use super::prefix::{Family, Nlri, decode_nlri, encode_nlri, nlri_len};
 use super::reader::Reader;
@@ -515,6 +516,24 @@ impl AttrWalk<'_> {
                     a.cluster_list = v
                         .chunks_exact(4)
                         .map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3]))
+                        .collect();
+                }
+            }
+            ac::EXT_COMMUNITIES => {
+                // RFC 7606 §7.14.
+                if v.is_empty() || !v.len().is_multiple_of(8) {
+                    taw(
+                        &mut self.u,
+                        "EXTENDED COMMUNITIES length is zero or not a multiple of 8",
+                    );
+                } else {
+                    a.ext_communities = v
+                        .chunks_exact(8)
+                        .map(|c| {
+                            let mut b = [0u8; 8];
+                            b.copy_from_slice(c);
+                            ExtCommunity(b)
+                        })
                         .collect();
                 }
             }

@@ -220,11 +220,14 @@ fn birdc_at(ctl: &Path, command: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// FRR (zebra + bgpd) in a namespace, run in the foreground (no watchfrr).
+/// FRR (zebra + bgpd, optionally bfdd) in a namespace, run in the
+/// foreground (no watchfrr).
 #[derive(Debug)]
 pub struct Frr {
     /// bgpd (stopped first on drop: declared first).
     pub bgpd: Daemon,
+    /// bfdd, when started with a BFD configuration.
+    pub bfdd: Option<Daemon>,
     /// zebra.
     pub zebra: Daemon,
     vty_dir: PathBuf,
@@ -234,10 +237,26 @@ impl Frr {
     /// Starts zebra and bgpd in `ns` with `bgpd_config`, state under
     /// `<dir>/<name>/`; returns when `vtysh` answers.
     pub fn start(ns: &Netns, dir: &Path, name: &str, bgpd_config: &str) -> Result<Frr> {
+        Self::start_with_bfd(ns, dir, name, bgpd_config, None)
+    }
+
+    /// [`Frr::start`], plus `bfdd` with `bfdd_config` when given (its
+    /// control socket in the run directory, so labs do not share one).
+    pub fn start_with_bfd(
+        ns: &Netns,
+        dir: &Path,
+        name: &str,
+        bgpd_config: &str,
+        bfdd_config: Option<&str>,
+    ) -> Result<Frr> {
         let run_dir = dir.join(name);
         std::fs::create_dir_all(&run_dir).map_err(|e| LabError::io(&run_dir, e))?;
         let conf = run_dir.join("bgpd.conf");
         std::fs::write(&conf, bgpd_config).map_err(|e| LabError::io(&conf, e))?;
+        let bfd_conf = run_dir.join("bfdd.conf");
+        if let Some(c) = bfdd_config {
+            std::fs::write(&bfd_conf, c).map_err(|e| LabError::io(&bfd_conf, e))?;
+        }
         run(Command::new("chown").args(["-R", "frr:frr"]).arg(&run_dir))?;
         let zserv = run_dir.join("zserv.api");
         let (rd, zs, cf) = (path_str(&run_dir)?, path_str(&zserv)?, path_str(&conf)?);
@@ -270,6 +289,43 @@ impl Frr {
             }
             Ok(zserv.exists().then_some(()))
         })?;
+        let bfdd = match bfdd_config {
+            None => None,
+            Some(_) => {
+                let pid = format!("{rd}/bfdd.pid");
+                let ctl = format!("{rd}/bfdd.sock");
+                let mut d = Daemon::spawn(
+                    ns,
+                    &format!("{name}-bfdd"),
+                    &[
+                        "/usr/lib/frr/bfdd",
+                        "-u",
+                        "frr",
+                        "-g",
+                        "frr",
+                        "-i",
+                        &pid,
+                        "-z",
+                        zs,
+                        "--vty_socket",
+                        rd,
+                        "--bfdctl",
+                        &ctl,
+                        "-f",
+                        path_str(&bfd_conf)?,
+                    ],
+                    &run_dir.join("bfdd.log"),
+                )?;
+                let vty = run_dir.clone();
+                wait_for("bfdd vty", Duration::from_secs(10), || {
+                    if !d.is_running() {
+                        return Err(LabError::Invalid(format!("bfdd exited: {}", d.log())));
+                    }
+                    Ok(vtysh_at(&vty, "show bfd peers").ok().map(|_| ()))
+                })?;
+                Some(d)
+            }
+        };
         let blog = run_dir.join("bgpd.log");
         let mut bgpd = Daemon::spawn(
             ns,
@@ -300,6 +356,7 @@ impl Frr {
         })?;
         Ok(Frr {
             bgpd,
+            bfdd,
             zebra,
             vty_dir,
         })

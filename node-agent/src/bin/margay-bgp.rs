@@ -21,6 +21,7 @@
 //!     graceful_restart: { restart_time: 120, stale_time: 360 }
 //!     md5_password: secret
 //!     max_prefix: 1000
+//!     bfd: { min_rx: 100, min_tx: 100, multiplier: 3 }   # milliseconds; multihop: false
 //! ```
 //! Every `PeerConfig` option has a key of the same name (`connect_retry`
 //! and `stale_time` in seconds, `families: [ipv4, ipv6]`).
@@ -35,8 +36,9 @@
 //! Cease/2 (Administrative Shutdown) and our kernel routes are removed.
 //! SIGHUP re-reads the file's `originate` list and originates or withdraws
 //! the difference (other changes need a restart).
-//! `--status-file` is rewritten as JSON every 50 ms (peers, counters, RIB
-//! and FIB sizes with the times they last changed).
+//! `--status-file` is rewritten as JSON every 50 ms (peers, BFD sessions,
+//! counters, RIB and FIB sizes with the times they last changed, and the
+//! RIB's first 2000 destinations with their paths and communities).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -45,12 +47,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use bgp::config::{GracefulRestart, Neighbor, PeerConfig, RemoteAs};
+use bgp::bfd::{BfdConfig, SessionStatus};
+use bgp::config::{GracefulRestart, Neighbor, PeerBfd, PeerConfig, RemoteAs};
 use bgp::driver::{PeerStatus, Speaker, SpeakerConfig};
 use bgp::fsm::State;
 use bgp::rib::decision::DecisionOptions;
 use bgp::rib::intern::FastState;
-use bgp::wire::{Families, Family, Prefix};
+use bgp::wire::{CommunitySet, Families, Family, Prefix};
 use clap::Parser;
 use node_agent::fib::{Fib, FibChange};
 use serde::Deserialize;
@@ -107,7 +110,8 @@ struct Originate {
     communities: Vec<Community>,
 }
 
-/// `"65000:100"` or the 32-bit value.
+/// Any community text `bgp::wire::Community` parses (`65000:100`,
+/// `65000:1:2`, `rt:65000:7`, `no-export`), or a standard one's 32-bit value.
 #[derive(Deserialize, Debug, Clone)]
 #[serde(untagged)]
 enum Community {
@@ -116,19 +120,16 @@ enum Community {
 }
 
 impl Community {
-    fn value(&self) -> Result<u32> {
+    fn value(&self) -> Result<bgp::wire::Community> {
         match self {
-            Community::Num(n) => Ok(*n),
-            Community::Text(t) => {
-                let (a, b) = t
-                    .split_once(':')
-                    .with_context(|| format!("community {t:?} is not ASN:VALUE"))?;
-                let a: u16 = a.parse().with_context(|| format!("community {t:?}"))?;
-                let b: u16 = b.parse().with_context(|| format!("community {t:?}"))?;
-                Ok((u32::from(a) << 16) | u32::from(b))
-            }
+            Community::Num(n) => Ok(bgp::wire::Community::Standard(*n)),
+            Community::Text(t) => Ok(t.parse()?),
         }
     }
+}
+
+fn community_set(v: &[Community]) -> Result<CommunitySet> {
+    v.iter().map(Community::value).collect()
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -153,6 +154,28 @@ fn gr_restart() -> u16 {
 
 fn gr_stale() -> u64 {
     360
+}
+
+/// BFD for a peer; intervals in milliseconds.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct BfdFile {
+    #[serde(default = "bfd_interval")]
+    min_rx: u64,
+    #[serde(default = "bfd_interval")]
+    min_tx: u64,
+    #[serde(default = "bfd_mult")]
+    multiplier: u8,
+    #[serde(default)]
+    multihop: bool,
+}
+
+fn bfd_interval() -> u64 {
+    300
+}
+
+fn bfd_mult() -> u8 {
+    3
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -181,6 +204,7 @@ struct PeerFile {
     md5_password: Option<String>,
     ttl_security: Option<u8>,
     source_addr: Option<IpAddr>,
+    bfd: Option<BfdFile>,
     port: Option<u16>,
     next_hop_v4: Option<std::net::Ipv4Addr>,
     next_hop_v6: Option<std::net::Ipv6Addr>,
@@ -250,14 +274,26 @@ fn peer_config(f: &FileConfig, p: &PeerFile, restarting: bool) -> Result<PeerCon
     c.extended_next_hop = p.extended_next_hop;
     c.rr_client = p.rr_client;
     c.next_hop_self = p.next_hop_self;
-    c.communities = p
-        .communities
-        .iter()
-        .map(Community::value)
-        .collect::<Result<_>>()?;
+    c.communities = community_set(&p.communities)?;
     c.md5_password = p.md5_password.clone();
     c.ttl_security = p.ttl_security;
     c.source_addr = p.source_addr;
+    if let Some(b) = &p.bfd {
+        if b.min_rx == 0 || b.min_tx == 0 || b.multiplier == 0 {
+            bail!(
+                "peer {}: bfd intervals and multiplier must be at least 1",
+                p.name
+            );
+        }
+        c.bfd = Some(PeerBfd {
+            timers: BfdConfig {
+                desired_min_tx: Duration::from_millis(b.min_tx),
+                required_min_rx: Duration::from_millis(b.min_rx),
+                detect_mult: b.multiplier,
+            },
+            multihop: b.multihop,
+        });
+    }
     c.next_hop_v4 = p.next_hop_v4;
     c.next_hop_v6 = p.next_hop_v6;
     if let Some(port) = p.port {
@@ -366,7 +402,41 @@ fn state_name(s: State) -> String {
     format!("{s:?}")
 }
 
-fn status_json(clock: &Clock, peers: &[PeerStatus], fib: &FibState) -> serde_json::Value {
+fn ms(d: Option<Duration>) -> Option<f64> {
+    d.map(|d| d.as_secs_f64() * 1000.0)
+}
+
+fn bfd_json(clock: &Clock, sessions: &[SessionStatus]) -> Vec<serde_json::Value> {
+    sessions
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "peer": s.key.peer.to_string(),
+                "local": s.key.local.map(|a| a.to_string()),
+                "multihop": s.key.multihop,
+                "state": s.status.state.to_string(),
+                "remote_state": s.status.remote_state.to_string(),
+                "diag": s.status.diag.to_string(),
+                "local_disc": s.status.local_disc,
+                "remote_disc": s.status.remote_disc,
+                "since": clock.unix(s.status.since),
+                "tx_interval_ms": ms(s.status.tx_interval),
+                "detect_time_ms": ms(s.status.detect_time),
+                "received": s.received,
+                "sent": s.sent,
+                "dropped": s.dropped,
+            })
+        })
+        .collect()
+}
+
+fn status_json(
+    clock: &Clock,
+    peers: &[PeerStatus],
+    bfd: &[SessionStatus],
+    routes: &serde_json::Value,
+    fib: &FibState,
+) -> serde_json::Value {
     let t = |i: Option<Instant>| i.map(|i| clock.unix(i));
     let peers: Vec<serde_json::Value> = peers
         .iter()
@@ -387,6 +457,7 @@ fn status_json(clock: &Clock, peers: &[PeerStatus], fib: &FibState) -> serde_jso
                     Family::Ipv4Unicast => "ipv4",
                     Family::Ipv6Unicast => "ipv6",
                 }).collect::<Vec<_>>(),
+                "bfd": p.bfd.map(|s| s.to_string()),
             })
         })
         .collect();
@@ -398,6 +469,8 @@ fn status_json(clock: &Clock, peers: &[PeerStatus], fib: &FibState) -> serde_jso
         "pid": std::process::id(),
         "time": clock.unix(Instant::now()),
         "peers": peers,
+        "bfd": bfd_json(clock, bfd),
+        "routes": routes,
         "rib_paths": rib,
         "fib": {
             "installed": fib.len(),
@@ -416,24 +489,19 @@ fn write_status(path: &Path, v: &serde_json::Value) {
     }
 }
 
-fn originate_list(cfg: &FileConfig) -> Result<HashMap<Prefix, Vec<u32>>> {
+fn originate_list(cfg: &FileConfig) -> Result<HashMap<Prefix, CommunitySet>> {
     let mut out = HashMap::new();
     for o in &cfg.originate {
         let prefix: Prefix = o
             .prefix
             .parse()
             .with_context(|| format!("originate {}", o.prefix))?;
-        let comms = o
-            .communities
-            .iter()
-            .map(Community::value)
-            .collect::<Result<_>>()?;
-        out.insert(prefix, comms);
+        out.insert(prefix, community_set(&o.communities)?);
     }
     Ok(out)
 }
 
-fn reload_originate(path: &Path) -> Result<HashMap<Prefix, Vec<u32>>> {
+fn reload_originate(path: &Path) -> Result<HashMap<Prefix, CommunitySet>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let cfg: FileConfig =
@@ -625,6 +693,8 @@ async fn run() -> Result<()> {
     let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel();
     let writer = spawn_fib_writer(cfg.install, fib_rx, reconcile_rx, state.clone())?;
     let mut reconcile_asked = lock(&state).reconciled;
+    let mut routes_generation = None;
+    let mut routes = serde_json::Value::Null;
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -640,7 +710,12 @@ async fn run() -> Result<()> {
                     let _ = reconcile_tx.send(());
                 }
                 if let Some(path) = &args.status_file {
-                    let v = status_json(&clock, &peers, &lock(&state));
+                    let bfd = speaker.bfd_sessions().await?;
+                    if let Some(r) = speaker.routes(node_agent::bgp_routes::LIMIT, routes_generation).await? {
+                        routes_generation = Some(r.generation);
+                        routes = serde_json::json!(node_agent::bgp_routes::section(&r));
+                    }
+                    let v = status_json(&clock, &peers, &bfd, &routes, &lock(&state));
                     write_status(path, &v);
                 }
                 if writer.is_finished() {

@@ -48,6 +48,21 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
+    /// This node's BGP speaker.
+    Bgp {
+        #[command(subcommand)]
+        cmd: BgpCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BgpCmd {
+    /// The RIB: every path with next hop, peer, AS path and communities.
+    Routes {
+        /// Only prefixes that start with this text ("198.19.", "2001:db8:").
+        #[arg(long)]
+        prefix: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -117,6 +132,23 @@ async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
                 println!("{v:#}");
             } else {
                 print!("{}", ctl::render_node_status(&v));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bgp {
+            cmd: BgpCmd::Routes { prefix },
+        } => {
+            let url = format!("{}/status", cli.agent.trim_end_matches('/'));
+            let body = ctl::http_get(&url).await?;
+            let v: serde_json::Value =
+                serde_json::from_str(&body).map_err(|e| CtlError::Agent {
+                    url,
+                    reason: format!("not JSON: {e}"),
+                })?;
+            if cli.json {
+                println!("{:#}", v["bgp_routes"]);
+            } else {
+                print!("{}", node_agent::bgp_routes::render(&v, prefix.as_deref()));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -1,0 +1,225 @@
+//! The agent's routing features configured by CRDs only, against the ToR's
+//! BIRD:
+//! - BFD: a `BGPPeer` with `bfd: {minRx, minTx, multiplier}` runs a BFD
+//!   session; it shows in `margayctl node status`, and when the path is cut
+//!   the peer's routes leave the node's kernel FIB within `multiplier ×
+//!   interval + 100 ms` (graceful restart, on by default in the agent, does
+//!   not keep them: a BFD failure is not a restart);
+//! - communities: `BGPConfiguration.communities` + `prefixAdvertisements`
+//!   tag the node's pod block (per pool), `BGPPeer.communities` add more for
+//!   one peer; BIRD sees them, and `margayctl bgp routes` shows the ones
+//!   BIRD sends.
+
+use std::time::{Duration, Instant};
+
+use integration_tests::lab::{self, Bird, Lab, Netns};
+use integration_tests::{cni, k8s};
+use node_agent::crd::{BGPConfiguration, BGPPeer};
+
+const T: Duration = Duration::from_secs(30);
+const ROUTE: &str = "198.19.200.0/24";
+
+fn bird_conf() -> String {
+    format!(
+        "log stderr all;\nrouter id 198.18.0.1;\nprotocol device {{ scan time 10; }}\n\
+         protocol static {{ ipv4; route {ROUTE} blackhole; }}\n\
+         protocol bfd {{ interface \"*\" {{ min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }}; }}\n\
+         protocol bgp n1 {{\n  local 198.18.0.1 as 64513;\n  neighbor 198.18.0.11 as 64512;\n  direct;\n  \
+         hold time 3; keepalive time 1; connect delay time 1; error wait time 1, 2;\n  bfd on;\n  \
+         ipv4 {{ import all; export all; }};\n}}\n"
+    )
+}
+
+fn margayctl(ns: &Netns, args: &[&str]) -> String {
+    let bin = lab::workspace_bin("margayctl").expect("margayctl");
+    let mut argv = vec![bin.to_str().expect("utf-8")];
+    argv.extend_from_slice(args);
+    ns.exec(&argv)
+        .unwrap_or_else(|e| format!("margayctl failed: {e}"))
+}
+
+fn nft(ns: &Netns, script: &str) {
+    let out =
+        lab::netns::run_raw(ns.command("nft").args(["-f", "-"]), script.as_bytes()).expect("nft");
+    assert!(out.status.success(), "nft: {out:?}");
+}
+
+fn has_route(ns: &Netns) -> bool {
+    ns.ip(&["-4", "route", "show", "proto", "80"])
+        .expect("ip")
+        .contains(ROUTE)
+}
+
+#[test]
+fn a_bgppeer_with_bfd_fails_over_within_the_detection_time() {
+    integration_tests::require_root!();
+    let lab = Lab::builder().nodes(1).build().expect("lab");
+    let _api = k8s::start_apiserver(&lab).expect("apiserver");
+    let bird = Bird::start(lab.tor(), lab.run_dir(), "tor-bird", &bird_conf()).expect("bird");
+    k8s::bootstrap(&lab, &[("v4", "198.19.0.0/16")]).expect("bootstrap");
+    k8s::with_client(lab.tor(), |c| async move {
+        k8s::apply_json::<BGPConfiguration>(
+            &c,
+            serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "BGPConfiguration",
+                "metadata": {"name": "default"}, "spec": {"nodeToNodeMeshEnabled": false}}),
+        )
+        .await
+        .expect("config");
+        k8s::apply_json::<BGPPeer>(
+            &c,
+            serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "BGPPeer",
+                "metadata": {"name": "tor"},
+                "spec": {"peerIP": "198.18.0.1", "asNumber": 64513, "holdTime": 3,
+                         "bfd": {"minRx": 100, "minTx": 100, "multiplier": 3}}}),
+        )
+        .await
+        .expect("peer");
+    })
+    .expect("configure");
+    let _agent = k8s::start_agent(&lab, "n1", &[]).expect("agent");
+    let n1 = &lab.node("n1").expect("n1").ns;
+
+    let status = lab::wait_for("BFD Up in margayctl node status", T, || {
+        let s = margayctl(n1, &["node", "status"]);
+        Ok(s.lines()
+            .any(|l| l.contains("peer-tor") && l.contains("Established") && l.contains(" Up "))
+            .then_some(s))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", margayctl(n1, &["node", "status"])));
+    println!("{status}");
+    assert!(status.contains("BFD"), "a BFD column: {status}");
+    lab::wait_for("BIRD's route in n1's FIB", T, || {
+        Ok(has_route(n1).then_some(()))
+    })
+    .expect("route");
+    lab::wait_for("BIRD's BFD session Up", T, || {
+        Ok(bird
+            .birdc("show bfd sessions")?
+            .contains("Up")
+            .then_some(()))
+    })
+    .expect("BIRD BFD up");
+    // Let both sides finish their poll sequences (100 ms rates).
+    std::thread::sleep(Duration::from_millis(500));
+
+    nft(
+        n1,
+        "table inet mgcut {\n\
+         chain in { type filter hook input priority -300; policy accept; ip saddr 198.18.0.1 drop; }\n\
+         chain out { type filter hook output priority -300; policy accept; ip daddr 198.18.0.1 drop; }\n}\n",
+    );
+    let t0 = Instant::now();
+    while has_route(n1) {
+        assert!(t0.elapsed() < Duration::from_secs(5), "route stayed");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let took = t0.elapsed();
+    println!(
+        "agent, BGPPeer with BFD 100 ms x 3: route out of the FIB {:.0} ms after the cut (hold time 3 s)",
+        took.as_secs_f64() * 1e3
+    );
+    assert!(
+        took <= Duration::from_millis(400),
+        "BFD failover {took:?} > 3 x 100 ms + 100 ms"
+    );
+    nft(n1, "delete table inet mgcut\n");
+    lab::wait_for("route back after the path heals", T, || {
+        Ok(has_route(n1).then_some(()))
+    })
+    .expect("route back");
+}
+
+#[test]
+fn communities_from_crds_reach_bird_and_birds_show_in_margayctl() {
+    integration_tests::require_root!();
+    let lab = Lab::builder().nodes(1).build().expect("lab");
+    let _api = k8s::start_apiserver(&lab).expect("apiserver");
+    let conf = "log stderr all;\nrouter id 198.18.0.1;\nprotocol device { scan time 10; }\n\
+        protocol kernel { ipv4 { import none; export where source ~ [RTS_BGP]; }; }\n\
+        protocol static { ipv4; route 198.19.200.0/24 blackhole { bgp_community.add((64513,5)); \
+        bgp_large_community.add((64513,1,1)); bgp_ext_community.add((rt,64513,3)); }; }\n\
+        protocol bgp n1 {\n  local 198.18.0.1 as 64513;\n  neighbor 198.18.0.11 as 64512;\n  direct;\n  \
+        hold time 9; keepalive time 3; connect delay time 1; error wait time 1, 2;\n  \
+        ipv4 { import all; export all; };\n}\n";
+    let bird = Bird::start(lab.tor(), lab.run_dir(), "tor-bird", conf).expect("bird");
+    k8s::bootstrap(&lab, &[("v4", "198.19.0.0/16")]).expect("bootstrap");
+    k8s::with_client(lab.tor(), |c| async move {
+        k8s::apply_json::<BGPConfiguration>(
+            &c,
+            serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "BGPConfiguration",
+                "metadata": {"name": "default"},
+                "spec": {"nodeToNodeMeshEnabled": false,
+                         "communities": [{"name": "pods", "value": "64512:100"},
+                                         {"name": "pods-large", "value": "64512:7:7"}],
+                         "prefixAdvertisements": [{"cidr": "198.19.0.0/16",
+                             "communities": ["pods", "pods-large", "rt:64512:9"]}]}}),
+        )
+        .await
+        .expect("config");
+        k8s::apply_json::<BGPPeer>(
+            &c,
+            serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "BGPPeer",
+                "metadata": {"name": "tor"},
+                "spec": {"peerIP": "198.18.0.1", "asNumber": 64513, "communities": ["64512:300"]}}),
+        )
+        .await
+        .expect("peer");
+    })
+    .expect("configure");
+    let agent = k8s::start_agent(&lab, "n1", &[]).expect("agent");
+    let n1 = &lab.node("n1").expect("n1").ns;
+    // A pod claims a block of the pool: the node originates it.
+    let pod = cni::add_pod(&lab, &agent, "demo", "a", &[], &[]).expect("pod");
+    assert!(pod.result.ok, "{:?}", pod.result);
+    let v4 = pod.ipv4().expect("v4");
+    let block = lab::wait_for("the pod's block at BIRD", T, || {
+        let r = bird.birdc("show route protocol n1 all")?;
+        Ok(r.contains("BGP.community").then_some(r))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", margayctl(n1, &["bgp", "routes"])));
+    println!("BIRD:\n{block}");
+    let net: ipnetwork::IpNetwork = block
+        .lines()
+        .find_map(|l| l.split_whitespace().next()?.parse().ok())
+        .expect("a prefix");
+    assert!(net.contains(v4), "the block of {v4}: {block}");
+    assert!(
+        block.contains("BGP.community: (64512,100) (64512,300)"),
+        "{block}"
+    );
+    assert!(
+        block.contains("BGP.large_community: (64512, 7, 7)"),
+        "{block}"
+    );
+    assert!(
+        block.contains("BGP.ext_community: (rt, 64512, 9)"),
+        "{block}"
+    );
+
+    let routes = lab::wait_for("BIRD's route in margayctl bgp routes", T, || {
+        let s = margayctl(n1, &["bgp", "routes"]);
+        Ok(s.contains("198.19.200.0/24").then_some(s))
+    })
+    .expect("margayctl bgp routes");
+    println!("{routes}");
+    let line = routes
+        .lines()
+        .find(|l| l.contains("198.19.200.0/24"))
+        .expect("line");
+    assert!(
+        line.starts_with('*')
+            && line.contains("198.18.0.1")
+            && line.contains("peer-tor")
+            && line.contains("64513 i")
+            && line.ends_with("64513:5 64513:1:1 rt:64513:3"),
+        "{line}"
+    );
+    let ours = routes
+        .lines()
+        .find(|l| l.contains("local"))
+        .expect("our block");
+    assert!(
+        ours.ends_with("64512:100 64512:7:7 rt:64512:9"),
+        "per-pool communities on our block, not the per-peer one: {ours}"
+    );
+}
