@@ -21,6 +21,7 @@ use super::error::ApiError;
 use super::patch::PatchKind;
 use super::proto::ProtoError;
 use super::resources::ResourceDef;
+use super::schema::FieldValidation;
 use super::store::{ListOpts, ListResult, WatchOpts};
 use super::table::{Output, at_version, partial, table};
 use super::watch::{self, StreamOpts};
@@ -482,6 +483,7 @@ async fn resource(
             Verb::Create {
                 body,
                 dry_run: q.dry_run()?,
+                fv: FieldValidation::parse(q.get("fieldValidation"))?,
             }
         }
         (&Method::PUT, true) => {
@@ -489,6 +491,7 @@ async fn resource(
             Verb::Update {
                 body,
                 dry_run: q.dry_run()?,
+                fv: FieldValidation::parse(q.get("fieldValidation"))?,
             }
         }
         (&Method::PATCH, true) => {
@@ -506,6 +509,7 @@ async fn resource(
                 kind,
                 body,
                 dry_run: q.dry_run()?,
+                fv: FieldValidation::parse(q.get("fieldValidation"))?,
             }
         }
         (&Method::DELETE, named) => {

@@ -45,9 +45,12 @@
 //!   is removed). Pods are not graceful (no kubelet), namespaces and CRDs
 //!   delete their contents at once (no Terminating phase), there is no
 //!   garbage collector for ownerReferences.
-//! - No schema validation, defaulting or pruning (beyond a few defaults:
-//!   namespace label/phase/finalizer, pod phase Pending, service type and
-//!   cluster IPs, CRD names and status conditions). A CRD whose plural is
+//! - Custom resources are pruned, defaulted and validated against their
+//!   CRD's structural schema, CEL rules included ([`schema`]; unknown fields
+//!   are refused with `fieldValidation=Strict`). Built-in kinds are not
+//!   schema-validated (beyond a few defaults: namespace label/phase/finalizer,
+//!   pod phase Pending, service type and cluster IPs, CRD names and status
+//!   conditions): k8s-openapi types check Margay's manifests instead. A CRD whose plural is
 //!   taken is rejected (422) instead of being accepted with
 //!   NamesAccepted=False. Watches on a deleted CRD's resource are not closed.
 //! - Server-side apply answers 415. `managedFields` are not kept.
@@ -76,6 +79,7 @@ pub mod patch;
 pub mod persist;
 pub mod proto;
 pub mod resources;
+pub mod schema;
 pub mod select;
 pub mod store;
 pub mod table;

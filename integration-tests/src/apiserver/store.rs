@@ -206,6 +206,8 @@ pub struct Store {
     outbox: Vec<Arc<Event>>,
     /// Bumped on every committed change (for persistence).
     pub(super) dirty: bool,
+    /// The current write's `fieldValidation` (set by the actor per request).
+    pub field_validation: super::schema::FieldValidation,
 }
 
 /// Storage key of an object.
@@ -244,6 +246,7 @@ impl Store {
             registry: Registry::new(),
             outbox: Vec::new(),
             dirty: false,
+            field_validation: Default::default(),
         };
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
@@ -267,6 +270,7 @@ impl Store {
             registry: Registry::new(),
             outbox: Vec::new(),
             dirty: false,
+            field_validation: Default::default(),
         };
         let (crds, rest): (Vec<_>, Vec<_>) = snap.objects.into_iter().partition(|(gr, _)| {
             gr.group == "apiextensions.k8s.io" && gr.plural == "customresourcedefinitions"
