@@ -121,12 +121,30 @@ pub fn identify(args: &AgentArgs, cluster: &Cluster) -> Result<NodeIdentity, Age
     })
 }
 
+/// Hands the `default` IPAMConfiguration (or the defaults without one) to
+/// the allocator.
+async fn apply_ipam_config(cluster: &Cluster, alloc: &ipam::Allocator) -> Result<(), ()> {
+    let config = cluster
+        .ipam_configs
+        .get(&kube::runtime::reflector::ObjectRef::new(
+            crate::crd::IPAM_CONFIGURATION_NAME,
+        ))
+        .map(|c| c.spec.clone())
+        .unwrap_or_default();
+    tracing::info!(?config, "IPAM configuration");
+    alloc.set_config(config.to_model()).await.map_err(|_| ())
+}
+
 /// Keeps the allocator's pools and node labels current: a new, changed or
 /// disabled IPPool, or a relabelled Node, applies at once (not at the next
 /// failed allocation).
 async fn feed_allocator(cluster: Cluster, alloc: ipam::Allocator, me: String, mut pulse: Pulse) {
     let mut gens = cluster.subscribe();
     let mut seen = gens.borrow().clone();
+    // The configuration listed before this task started; changes follow.
+    if apply_ipam_config(&cluster, &alloc).await.is_err() {
+        return;
+    }
     loop {
         tokio::select! {
             changed = gens.changed() => if changed.is_err() { return pulse.retire() },
@@ -135,6 +153,11 @@ async fn feed_allocator(cluster: Cluster, alloc: ipam::Allocator, me: String, mu
         let now = gens.borrow().clone();
         let moved = now.changed_since(&seen);
         seen = now;
+        if moved.contains(&crate::cluster::Kind::IpamConfiguration)
+            && apply_ipam_config(&cluster, &alloc).await.is_err()
+        {
+            return;
+        }
         if moved.contains(&crate::cluster::Kind::IpPool) {
             let pools: Vec<ipam::PoolObject> = oldest_first(cluster.pools.state())
                 .iter()

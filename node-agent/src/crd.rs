@@ -21,6 +21,9 @@ use kube::{CustomResource, CustomResourceExt as _};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
+mod ipamconfig;
+pub use ipamconfig::{IPAM_CONFIGURATION_NAME, IPAMConfiguration, IPAMConfigurationSpec};
+
 /// The API group of Margay's resources.
 pub const GROUP: &str = "crd.margay.dev";
 
@@ -613,6 +616,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         IPAMBlock::crd(),
         BGPConfiguration::crd(),
         BGPPeer::crd(),
+        IPAMConfiguration::crd(),
     ]
 }
 
@@ -653,7 +657,13 @@ mod tests {
         let kinds: Vec<String> = all().iter().map(|c| c.spec.names.kind.clone()).collect();
         assert_eq!(
             kinds,
-            ["IPPool", "IPAMBlock", "BGPConfiguration", "BGPPeer"]
+            [
+                "IPPool",
+                "IPAMBlock",
+                "BGPConfiguration",
+                "BGPPeer",
+                "IPAMConfiguration"
+            ]
         );
         for crd in all() {
             assert_eq!(crd.spec.group, GROUP);

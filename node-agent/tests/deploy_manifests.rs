@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceA
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use node_agent::crd::{BGPConfiguration, BGPPeer, IPPool};
+use node_agent::crd::{BGPConfiguration, BGPPeer, IPAMConfiguration, IPPool};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -92,6 +92,7 @@ fn check(doc: &Value) -> Result<&'static str, String> {
         "IPPool" => round_trip::<IPPool>(doc),
         "BGPConfiguration" => round_trip::<BGPConfiguration>(doc),
         "BGPPeer" => round_trip::<BGPPeer>(doc),
+        "IPAMConfiguration" => round_trip::<IPAMConfiguration>(doc),
         other => return Err(format!("no type known for kind {other}")),
     };
     r.map(|()| "ok").map_err(|e| format!("{kind}: {e}"))
