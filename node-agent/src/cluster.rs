@@ -30,7 +30,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::crd::{BGPConfiguration, BGPPeer, IPPool};
+use crate::crd::{BGPConfiguration, BGPFilter, BGPPeer, IPPool};
 use crate::health::Health;
 use crate::metrics::{ApiLabels, Metrics};
 
@@ -51,11 +51,13 @@ pub enum Kind {
     BgpPeer,
     /// BGPConfiguration.
     BgpConfiguration,
+    /// BGPFilter.
+    BgpFilter,
 }
 
 impl Kind {
     /// All kinds, in a fixed order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Node,
         Kind::Pod,
         Kind::Namespace,
@@ -63,6 +65,7 @@ impl Kind {
         Kind::IpPool,
         Kind::BgpPeer,
         Kind::BgpConfiguration,
+        Kind::BgpFilter,
     ];
 
     fn index(self) -> usize {
@@ -79,6 +82,7 @@ impl Kind {
             Kind::IpPool => "ippools",
             Kind::BgpPeer => "bgppeers",
             Kind::BgpConfiguration => "bgpconfigurations",
+            Kind::BgpFilter => "bgpfilters",
         }
     }
 }
@@ -86,8 +90,8 @@ impl Kind {
 /// How often each kind changed (and whether its first list is complete).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Generations {
-    counts: [u64; 7],
-    synced: [bool; 7],
+    counts: [u64; Kind::ALL.len()],
+    synced: [bool; Kind::ALL.len()],
 }
 
 impl Generations {
@@ -132,6 +136,8 @@ pub struct Cluster {
     pub bgp_peers: Store<BGPPeer>,
     /// BGP configurations.
     pub bgp_configs: Store<BGPConfiguration>,
+    /// BGP filters.
+    pub bgp_filters: Store<BGPFilter>,
     generations: watch::Receiver<Generations>,
     client: Client,
 }
@@ -205,6 +211,7 @@ impl Cluster {
             pools: reflector::store().0,
             bgp_peers: reflector::store().0,
             bgp_configs: reflector::store().0,
+            bgp_filters: reflector::store().0,
             generations: rx,
             client,
         };
@@ -285,6 +292,14 @@ impl Cluster {
             health,
             &mut spawn,
         );
+        let bgp_filters = run::<BGPFilter>(
+            Api::all(client.clone()),
+            Kind::BgpFilter,
+            &tx,
+            &metrics,
+            health,
+            &mut spawn,
+        );
         (
             Cluster {
                 nodes,
@@ -294,6 +309,7 @@ impl Cluster {
                 pools,
                 bgp_peers,
                 bgp_configs,
+                bgp_filters,
                 generations: rx,
                 client,
             },
@@ -448,7 +464,7 @@ mod tests {
         g.counts[Kind::Node.index()] += 1;
         assert_eq!(g.changed_since(&before), vec![Kind::Node, Kind::Pod]);
         assert!(!g.all_synced());
-        g.synced = [true; 7];
+        g.synced = [true; Kind::ALL.len()];
         assert!(g.all_synced());
         assert_eq!(Kind::ALL.len(), g.counts.len());
     }

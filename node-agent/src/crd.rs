@@ -3,13 +3,14 @@
 //! stale: `MARGAY_UPDATE_CRDS=1 cargo test -p node-agent crds` rewrites it).
 //! `IPAMBlock`'s spec is the `ipam` crate's own model, wrapped.
 //!
-//! All four are cluster-scoped, like Calico's:
+//! All five are cluster-scoped, like Calico's:
 //! - `IPPool`: where pod addresses come from;
 //! - `IPAMBlock`: one block of a pool, its affinity and allocations (written
 //!   by agents only);
 //! - `BGPConfiguration`: cluster-wide BGP settings (`default`), optionally
 //!   overridden per node (`node.<nodename>`);
-//! - `BGPPeer`: extra BGP sessions (ToR, route reflectors, external routers).
+//! - `BGPPeer`: extra BGP sessions (ToR, route reflectors, external routers);
+//! - `BGPFilter`: import/export rules that `BGPPeer`s name (in `crd/bgpfilter.rs`).
 
 use std::borrow::Cow;
 
@@ -20,6 +21,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{CustomResource, CustomResourceExt as _};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
+
+mod bgpfilter;
+pub use bgpfilter::{
+    BGPFilter, BGPFilterAction, BGPFilterRule, BGPFilterSpec, MatchOperator, PrefixLength,
+    RouteSource,
+};
 
 /// The API group of Margay's resources.
 pub const GROUP: &str = "crd.margay.dev";
@@ -505,6 +512,10 @@ pub struct BGPPeerSpec {
     /// values (see `Community`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub communities: Vec<String>,
+    /// `BGPFilter`s applied to this peer's routes, in order (a missing or
+    /// invalid one leaves the peer unconfigured).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<String>,
 }
 
 impl BGPPeerSpec {
@@ -591,6 +602,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         IPAMBlock::crd(),
         BGPConfiguration::crd(),
         BGPPeer::crd(),
+        BGPFilter::crd(),
     ]
 }
 
@@ -631,7 +643,13 @@ mod tests {
         let kinds: Vec<String> = all().iter().map(|c| c.spec.names.kind.clone()).collect();
         assert_eq!(
             kinds,
-            ["IPPool", "IPAMBlock", "BGPConfiguration", "BGPPeer"]
+            [
+                "IPPool",
+                "IPAMBlock",
+                "BGPConfiguration",
+                "BGPPeer",
+                "BGPFilter"
+            ]
         );
         for crd in all() {
             assert_eq!(crd.spec.group, GROUP);

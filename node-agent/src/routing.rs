@@ -23,12 +23,14 @@ use std::time::Duration;
 
 use bgp::bfd::BfdConfig;
 use bgp::config::{GracefulRestart, Neighbor, PeerBfd, PeerConfig, RemoteAs};
+use bgp::rib::filter::{FilterAction, MatchOp, Rule};
 use bgp::wire::{Community, CommunityError, CommunitySet, Prefix};
 use ipnetwork::IpNetwork;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::crd::{
-    BGPConfigurationSpec, BGPPeerSpec, NextHopMode, SourceAddress, parse_peer_address,
+    BGPConfigurationSpec, BGPFilterSpec, BGPPeerSpec, NextHopMode, SourceAddress,
+    parse_peer_address,
 };
 use crate::ipamview::IpamView;
 
@@ -67,6 +69,10 @@ pub struct RoutingInput {
     pub passwords: BTreeMap<(String, String), String>,
     /// Pools whose blocks must not be announced.
     pub no_export: Vec<IpNetwork>,
+    /// Pools whose routes may be announced (the default export filter).
+    pub export_pools: Vec<IpNetwork>,
+    /// BGPFilter objects by name.
+    pub filters: BTreeMap<String, BGPFilterSpec>,
     /// We came back with forwarding state preserved (our routes were still
     /// in the kernel at start).
     pub restarting: bool,
@@ -85,6 +91,9 @@ pub struct Desired {
     pub peers: BTreeMap<String, PeerConfig>,
     /// Prefixes to originate, with communities.
     pub originate: BTreeMap<Prefix, CommunitySet>,
+    /// Export rules after every peer's own filters: only pool and service
+    /// networks leave the node (it is no transit for other routes).
+    pub default_export: Vec<Rule>,
     /// Kind of each peer, as `margayctl node status` shows it: node-mesh,
     /// global, node-specific or selector.
     pub kinds: BTreeMap<String, &'static str>,
@@ -197,6 +206,19 @@ fn apply_peer_spec(
             Ok(x) => p.communities.insert(x),
             Err(e) => problems.push(format!("{}: {e}", p.name)),
         }
+    }
+    // Filters fail closed: a peer whose filter is missing or invalid is not
+    // configured, rather than sent (or accepting) everything.
+    for name in &spec.filters {
+        let f = input
+            .filters
+            .get(name)
+            .ok_or_else(|| format!("BGPFilter {name} not found: session not configured"))?;
+        let (import, export) = f
+            .rules()
+            .map_err(|e| format!("BGPFilter {name}: {e}: session not configured"))?;
+        p.filters.import.extend(import);
+        p.filters.export.extend(export);
     }
     if let Some(h) = spec.hold_time {
         p.hold_time = h;
@@ -428,10 +450,29 @@ pub fn desired(input: &RoutingInput, view: &IpamView) -> Desired {
             originate.insert(p, communities_for(&net));
         }
     }
+    let mut default_export: Vec<Rule> = Vec::new();
+    let services = cfg
+        .service_cluster_ips
+        .iter()
+        .chain(&cfg.service_external_ips)
+        .filter_map(|s| s.cidr.parse().ok());
+    for net in input.export_pools.iter().copied().chain(services) {
+        if let Some(p) = prefix_of(net) {
+            default_export.push(Rule {
+                family: None,
+                cidr: Some((p, MatchOp::In)),
+                len: None,
+                remote_only: false,
+                action: FilterAction::Accept,
+            });
+        }
+    }
+    default_export.push(Rule::all(None, FilterAction::Reject));
     Desired {
         local_as,
         router_id: router_id(me),
         listen,
+        default_export,
         kinds: kinds
             .into_iter()
             .filter(|(k, _)| peers.contains_key(k))
@@ -470,6 +511,8 @@ mod tests {
             peers: BTreeMap::new(),
             passwords: BTreeMap::new(),
             no_export: vec![],
+            export_pools: vec!["198.19.0.0/16".parse().expect("net")],
+            filters: BTreeMap::new(),
             restarting: false,
         }
     }
@@ -659,6 +702,63 @@ mod tests {
             assert_eq!(p.next_hop_v6, "2001:db8:ffff::b".parse().ok());
         }
         assert_eq!(d.listen.len(), 2);
+    }
+
+    #[test]
+    fn filters_resolve_by_name_fail_closed_and_defaults_export_pools_only() {
+        let mut i = input("n1");
+        i.configs.insert(
+            "default".into(),
+            BGPConfigurationSpec {
+                service_cluster_ips: vec![ServiceCidr {
+                    cidr: Cidr("198.19.250.0/24".into()),
+                }],
+                ..Default::default()
+            },
+        );
+        let peer = |filters: &[&str]| BGPPeerSpec {
+            peer_ip: Some("198.18.0.1".into()),
+            as_number: Some(65000),
+            filters: filters.iter().map(|f| f.to_string()).collect(),
+            ..Default::default()
+        };
+        i.peers.insert("tor".into(), peer(&["no-hosts"]));
+        i.peers.insert("tor2".into(), peer(&["missing"]));
+        i.filters.insert(
+            "no-hosts".into(),
+            serde_json::from_value(serde_json::json!({
+                "exportV4": [{"action": "Reject", "matchOperator": "In", "cidr": "198.19.0.0/16",
+                              "prefixLength": {"min": 32}}],
+                "importV4": [{"action": "Reject", "matchOperator": "NotIn", "cidr": "198.19.0.0/16"}]
+            }))
+            .expect("filter"),
+        );
+        let d = desired(&i, &view());
+        let f = &d.peers["peer-tor"].filters;
+        assert_eq!((f.import.len(), f.export.len()), (1, 1));
+        assert_eq!(f.export[0].len, Some((32, 32)));
+        assert!(
+            !d.peers.contains_key("peer-tor2"),
+            "a missing filter: no session"
+        );
+        assert!(
+            d.problems
+                .iter()
+                .any(|p| p.contains("BGPFilter missing not found")),
+            "{:?}",
+            d.problems
+        );
+        // Defaults: the pool, the service range, then nothing else.
+        let nets: Vec<String> = d
+            .default_export
+            .iter()
+            .map(|r| r.cidr.map(|(c, _)| c.to_string()).unwrap_or_default())
+            .collect();
+        assert_eq!(nets, ["198.19.0.0/16", "198.19.250.0/24", ""]);
+        assert_eq!(
+            d.default_export.last().map(|r| r.action),
+            Some(FilterAction::Reject)
+        );
     }
 
     #[test]

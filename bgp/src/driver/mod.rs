@@ -159,6 +159,7 @@ enum Cmd {
     Originate(Prefix, CommunitySet),
     Withdraw(Prefix),
     Status(oneshot::Sender<Vec<PeerStatus>>),
+    DefaultExport(Vec<crate::rib::filter::Rule>),
     Routes {
         limit: usize,
         unless: Option<u64>,
@@ -344,6 +345,18 @@ impl Speaker {
             .await
             .map_err(|_| DriverError::Stopped)?;
         r.await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// The export rules every peer gets after its own filters (a change
+    /// re-evaluates what each peer has been sent).
+    pub async fn set_default_export(
+        &self,
+        rules: Vec<crate::rib::filter::Rule>,
+    ) -> Result<(), DriverError> {
+        self.tx
+            .send(Cmd::DefaultExport(rules))
+            .await
+            .map_err(|_| DriverError::Stopped)
     }
 
     /// Every BFD session (empty when no peer uses BFD).
@@ -588,6 +601,10 @@ impl RibTask {
             Cmd::Withdraw(p) => {
                 self.generation += 1;
                 self.rib.withdraw_local(&p)
+            }
+            Cmd::DefaultExport(rules) => {
+                self.generation += 1;
+                self.rib.set_default_export(rules);
             }
             Cmd::Routes {
                 limit,
@@ -1182,6 +1199,7 @@ impl PeerTask {
                     families: n.families,
                     encode: n.encode_cx(),
                     max_prefix: cfg.max_prefix,
+                    filters: cfg.filters.clone(),
                 };
                 self.send_rib(RibMsg::Up {
                     peer: self.idx,
