@@ -156,6 +156,16 @@ impl WiredPod {
     }
 }
 
+/// Who runs CNI ADD for a pod of the lab.
+#[derive(Clone, Copy)]
+pub enum Runtime<'a> {
+    /// The workspace's `margay` binary, configured for a test agent
+    /// ([`margay_conf`]).
+    Agent(&'a crate::k8s::Agent),
+    /// A node running the DaemonSet's pod: its conflist and plugins.
+    Node(&'a NodeRuntime),
+}
+
 /// Creates Pod `namespace/name` on `agent`'s node with `labels` and
 /// container `ports` `(name, port, protocol)`, its namespace
 /// `<prefix>-<namespace>-<name>`, and runs `margay` ADD for it.
@@ -167,7 +177,28 @@ pub fn add_pod(
     labels: &[(&str, &str)],
     ports: &[(&str, u16, &str)],
 ) -> Result<WiredPod> {
-    let (ns_, pod, node) = (namespace.to_string(), name.to_string(), agent.node.clone());
+    add_pod_on(
+        lab,
+        &agent.node,
+        Runtime::Agent(agent),
+        namespace,
+        name,
+        labels,
+        ports,
+    )
+}
+
+/// [`add_pod`] on `node`, ADD run by `runtime`.
+pub fn add_pod_on(
+    lab: &crate::lab::Lab,
+    node: &str,
+    runtime: Runtime<'_>,
+    namespace: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    ports: &[(&str, u16, &str)],
+) -> Result<WiredPod> {
+    let (ns_, pod, node_) = (namespace.to_string(), name.to_string(), node.to_string());
     let labels: Vec<(String, String)> = labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -185,7 +216,7 @@ pub fn add_pod(
             .iter()
             .map(|(n, port, proto)| (n.as_str(), *port, proto.as_str()))
             .collect();
-        crate::k8s::create_pod(&c, &ns_, &pod, &node, &l, &p).await
+        crate::k8s::create_pod(&c, &ns_, &pod, &node_, &l, &p).await
     })?
     .map_err(|e| LabError::Invalid(format!("creating Pod {namespace}/{name}: {e}")))?;
     let ns = crate::lab::Netns::create(&lab.pod_ns_name(namespace, name))?;
@@ -196,10 +227,14 @@ pub fn add_pod(
         pod_namespace: namespace.into(),
         pod_name: name.into(),
     };
-    let node = &lab.node(&agent.node)?.ns;
-    let conf = margay_conf(agent, &lab.run_dir().join("cni.log"));
     let started = std::time::Instant::now();
-    let result = invoke(node, "ADD", &conf, &attachment)?;
+    let result = match runtime {
+        Runtime::Agent(agent) => {
+            let conf = margay_conf(agent, &lab.run_dir().join("cni.log"));
+            invoke(&lab.node(node)?.ns, "ADD", &conf, &attachment)?
+        }
+        Runtime::Node(rt) => rt.add(&attachment)?,
+    };
     Ok(WiredPod {
         ns,
         attachment,

@@ -76,6 +76,34 @@ impl Manifest {
     }
 }
 
+impl Manifest {
+    /// Reads the ConfigMaps the pod uses back from the API server, as the
+    /// kubelet does (an operator may have changed them since the file).
+    pub fn refresh_configmaps(&mut self, lab: &Lab) -> Result<()> {
+        let ns = self
+            .daemonset
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let names: Vec<String> = self.configmaps.keys().cloned().collect();
+        let got = crate::k8s::with_client(lab.tor(), move |c| async move {
+            let api: kube::Api<ConfigMap> = kube::Api::namespaced(c, &ns);
+            let mut out = Vec::new();
+            for n in names {
+                out.push(api.get(&n).await?);
+            }
+            Ok::<_, kube::Error>(out)
+        })?
+        .map_err(|e| LabError::Invalid(format!("reading the pod's ConfigMaps: {e}")))?;
+        for cm in got {
+            self.configmaps
+                .insert(cm.metadata.name.clone().unwrap_or_default(), cm);
+        }
+        Ok(())
+    }
+}
+
 /// One node's pod of the DaemonSet.
 #[derive(Debug)]
 pub struct NodePod {
@@ -540,4 +568,32 @@ pub fn remove_all(prefix: &str, podman_opts: &[String]) {
                 .output();
         }
     }
+}
+
+/// What pods of `margay-system/margay-node` need from the lab's cluster:
+/// a token from the TokenRequest API and the cluster CA (from the admin
+/// kubeconfig the API server wrote). `deploy/margay.yaml` must be applied.
+pub fn pod_context(lab: &Lab, image: &str, podman_opts: Vec<String>) -> Result<PodContext> {
+    let token = crate::k8s::with_client(lab.tor(), |c| async move {
+        crate::k8s::service_account_token(&c, "margay-system", "margay-node", 86_400).await
+    })?
+    .map_err(|e| LabError::Invalid(format!("a token for margay-system/margay-node: {e}")))?;
+    let admin = std::fs::read_to_string(crate::k8s::kubeconfig_path(lab))
+        .map_err(|e| LabError::io(crate::k8s::kubeconfig_path(lab), e))?;
+    let (_, ca) = crate::apiserver::kubeconfig_cluster(&admin)
+        .ok_or_else(|| LabError::Invalid("the admin kubeconfig names no CA".into()))?;
+    use base64::Engine as _;
+    let ca_pem = base64::engine::general_purpose::STANDARD
+        .decode(ca)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| LabError::Invalid("the admin kubeconfig's CA is not base64 PEM".into()))?;
+    Ok(PodContext {
+        image: image.to_string(),
+        api_host: crate::lab::TOR_IPV4.to_string(),
+        api_port: crate::k8s::API_PORT,
+        ca_pem,
+        token,
+        podman_opts,
+    })
 }

@@ -11,9 +11,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use integration_tests::cni::{Attachment, NodeRuntime};
+use integration_tests::k8s;
 use integration_tests::kubelet::{self, Manifest, PodContext};
 use integration_tests::lab::{self, Lab, Netns, Proto};
-use integration_tests::{apiserver, k8s};
 
 struct Store {
     dir: tempfile::TempDir,
@@ -66,34 +66,15 @@ fn install(lab: &Lab, image: &str, store: &Store) -> (Manifest, PodContext) {
     let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
         .collect();
-    let token = k8s::with_client(lab.tor(), move |c| async move {
+    k8s::with_client(lab.tor(), move |c| async move {
         for d in &docs {
             k8s::apply_object(&c, d).await.expect("apply");
         }
-        k8s::service_account_token(&c, "margay-system", "margay-node", 3600)
-            .await
-            .expect("token")
     })
     .expect("client");
-    let admin = std::fs::read_to_string(k8s::kubeconfig_path(lab)).expect("kubeconfig");
-    let (_, ca) = apiserver::kubeconfig_cluster(&admin).expect("CA");
-    use base64::Engine as _;
-    let ca_pem = String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(ca)
-            .expect("base64"),
-    )
-    .expect("pem");
     (
         Manifest::parse(&text).expect("manifest"),
-        PodContext {
-            image: image.to_string(),
-            api_host: lab::TOR_IPV4.to_string(),
-            api_port: k8s::API_PORT,
-            ca_pem,
-            token,
-            podman_opts: store.opts(),
-        },
+        kubelet::pod_context(lab, image, store.opts()).expect("pod context"),
     )
 }
 

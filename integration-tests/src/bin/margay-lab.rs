@@ -18,6 +18,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use integration_tests::cni;
 use integration_tests::k8s;
+use integration_tests::kubelet;
 use integration_tests::lab::{self, Lab, Netns, Probe, Proto, TorBgp, probe_many, tor_bird_config};
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +52,12 @@ enum Cmd {
         /// Repository root (for deploy/ manifests).
         #[arg(long, default_value = ".")]
         repo: PathBuf,
+        /// Run each node's agent as the DaemonSet of deploy/margay.yaml says,
+        /// from this image (built by scripts/image), with a kubelet
+        /// stand-in; pods are made through the conflist its init container
+        /// wrote. Without it, the agents are started as processes.
+        #[arg(long)]
+        image: Option<String>,
     },
     /// Remove the lab: kill its processes, delete its namespaces and state.
     Down,
@@ -169,7 +176,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 std::process::exit(1)
             }
         }
-        Cmd::Up { nodes, pods, repo } => up(&cli.prefix, nodes, pods, &repo),
+        Cmd::Up {
+            nodes,
+            pods,
+            repo,
+            image,
+        } => up(&cli.prefix, nodes, pods, &repo, image.as_deref()),
         Cmd::Down => down(&cli.prefix),
         Cmd::Status => status(&load_state(&cli.prefix)?),
         Cmd::Kubectl { args } => {
@@ -232,7 +244,13 @@ fn kubectl(tor: &Netns, kubeconfig: &Path, args: &[&str]) -> anyhow::Result<Stri
     Ok(tor.exec(&argv)?)
 }
 
-fn up(prefix: &str, n_nodes: usize, pods_per_node: usize, repo: &Path) -> anyhow::Result<()> {
+fn up(
+    prefix: &str,
+    n_nodes: usize,
+    pods_per_node: usize,
+    repo: &Path,
+    image: Option<&str>,
+) -> anyhow::Result<()> {
     lab::can_run().map_err(anyhow::Error::msg)?;
     let existing: Vec<String> = lab::netns::list()
         .into_iter()
@@ -305,6 +323,26 @@ fn up(prefix: &str, n_nodes: usize, pods_per_node: usize, repo: &Path) -> anyhow
     // and configuration (the DaemonSet object is inert here: the lab runs
     // the agents itself).
     apply("margay.yaml")?;
+    // The lab is dual-stack: nodes get an IPv6 address too (the shipped
+    // default is IPv4 only), as an operator would set it.
+    kubectl(
+        &tor,
+        &kc,
+        &[
+            "-n",
+            "margay-system",
+            "patch",
+            "configmap",
+            "margay-config",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"data":{"ip6_autodetection_method":"first-found"}}"#,
+        ],
+    )?;
+    println!(
+        "    configmap/margay-config patched: ip6_autodetection_method=first-found (a dual-stack lab)"
+    );
     for f in [
         "examples/ippool.yaml",
         "examples/bgpconfiguration.yaml",
@@ -325,37 +363,95 @@ fn up(prefix: &str, n_nodes: usize, pods_per_node: usize, repo: &Path) -> anyhow
         }
         Ok::<(), kube::Error>(())
     })??;
-    let mut agents = Vec::new();
-    let mut node_states = Vec::new();
-    for n in lab.nodes() {
-        let agent = k8s::start_agent(&lab, &n.name, &[])?;
-        node_states.push(NodeState {
-            name: n.name.clone(),
-            ns: n.ns.name().to_string(),
-            ipv4: n.ipv4.to_string(),
-            ipv6: n.ipv6.to_string(),
-            agent_url: k8s::AGENT_HEALTH.to_string(),
-            socket: agent.socket.clone(),
-        });
-        println!(
-            "    {}: margay-node pid {}, socket {}",
-            n.name,
-            agent.daemon.pid(),
-            agent.socket.display()
-        );
-        agents.push(agent);
+    // Containers of a lab that failed to come up go with it.
+    struct Containers<'a>(&'a str, bool);
+    impl Drop for Containers<'_> {
+        fn drop(&mut self) {
+            if self.1 {
+                kubelet::remove_all(self.0, &[]);
+            }
+        }
     }
+    let mut containers = Containers(prefix, image.is_some());
+    let mut agents = Vec::new();
+    let mut node_pods = Vec::new();
+    let mut node_states = Vec::new();
+    match image {
+        Some(image) => {
+            let (manifest, cx) = daemonset_context(&lab, &deploy, image)?;
+            println!(
+                "    the DaemonSet {} of deploy/margay.yaml, image {image}, on every node (kubelet stand-in: podman in the node's namespace)",
+                manifest.daemonset.metadata.name.clone().unwrap_or_default()
+            );
+            // Every node's kubelet at once, as a cluster would.
+            for n in lab.nodes() {
+                node_pods.push(kubelet::start(&lab, &n.name, &manifest, &cx)?);
+            }
+            for p in &node_pods {
+                for l in p.wait_ready(Duration::from_secs(90))? {
+                    println!("    {l}");
+                }
+                node_states.push(NodeState {
+                    name: p.node.clone(),
+                    ns: p.ns.name().to_string(),
+                    ipv4: lab.node(&p.node)?.ipv4.to_string(),
+                    ipv6: lab.node(&p.node)?.ipv6.to_string(),
+                    agent_url: k8s::AGENT_HEALTH.to_string(),
+                    socket: p.host("/var/run/margay/margay.sock"),
+                });
+            }
+        }
+        None => {
+            for n in lab.nodes() {
+                let agent = k8s::start_agent(&lab, &n.name, &[])?;
+                node_states.push(NodeState {
+                    name: n.name.clone(),
+                    ns: n.ns.name().to_string(),
+                    ipv4: n.ipv4.to_string(),
+                    ipv6: n.ipv6.to_string(),
+                    agent_url: k8s::AGENT_HEALTH.to_string(),
+                    socket: agent.socket.clone(),
+                });
+                println!(
+                    "    {}: margay-node pid {}, socket {}",
+                    n.name,
+                    agent.daemon.pid(),
+                    agent.socket.display()
+                );
+                agents.push(agent);
+            }
+        }
+    }
+    let runtimes: Vec<cni::NodeRuntime> = node_pods
+        .iter()
+        .map(|p| cni::NodeRuntime {
+            node_ns: p.ns.name().to_string(),
+            root: p.root.clone(),
+        })
+        .collect();
 
-    println!("==> pods (namespace demo) through the margay CNI binary, each serving TCP/UDP 80");
+    println!(
+        "==> pods (namespace demo) through {}, each serving TCP/UDP 80",
+        if image.is_some() {
+            "the conflist install-cni wrote on each node"
+        } else {
+            "the margay CNI binary"
+        }
+    );
     let mut pod_states = Vec::new();
     let mut keep = Vec::new();
-    for (node, agent) in lab.nodes().iter().zip(&agents) {
+    for (i, node) in lab.nodes().iter().enumerate() {
+        let runtime = match image {
+            Some(_) => cni::Runtime::Node(&runtimes[i]),
+            None => cni::Runtime::Agent(&agents[i]),
+        };
         for j in 0..pods_per_node {
             let name = format!("{}-{}", node.name, (b'a' + j as u8) as char);
             let role = if j % 2 == 0 { "server" } else { "client" };
-            let pod = cni::add_pod(
+            let pod = cni::add_pod_on(
                 &lab,
-                agent,
+                &node.name,
+                runtime,
                 "demo",
                 &name,
                 &[("role", role)],
@@ -459,6 +555,7 @@ fn up(prefix: &str, n_nodes: usize, pods_per_node: usize, repo: &Path) -> anyhow
     print_matrix(&state, true);
 
     // Everything stays up after this process exits.
+    containers.1 = false;
     api.persist();
     bird.daemon.persist();
     for a in &mut agents {
@@ -527,7 +624,23 @@ fn converge(
     }
 }
 
+/// The DaemonSet of deploy/margay.yaml (applied already) and what its pods
+/// need from the lab's cluster.
+fn daemonset_context(
+    lab: &Lab,
+    deploy: &Path,
+    image: &str,
+) -> anyhow::Result<(kubelet::Manifest, kubelet::PodContext)> {
+    let path = deploy.join("margay.yaml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut manifest = kubelet::Manifest::parse(&text)?;
+    manifest.refresh_configmaps(lab)?;
+    Ok((manifest, kubelet::pod_context(lab, image, Vec::new())?))
+}
+
 fn down(prefix: &str) -> anyhow::Result<()> {
+    kubelet::remove_all(prefix, &[]);
     let before = lab::netns::list().len();
     let removed = lab::remove_prefixed(prefix)?;
     let dir = run_dir(prefix);
