@@ -20,7 +20,8 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
@@ -53,11 +54,15 @@ pub enum Kind {
     BgpConfiguration,
     /// BGPFilter.
     BgpFilter,
+    /// core/v1 Service (all namespaces).
+    Service,
+    /// discovery.k8s.io/v1 EndpointSlice (all namespaces).
+    EndpointSlice,
 }
 
 impl Kind {
     /// All kinds, in a fixed order.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Node,
         Kind::Pod,
         Kind::Namespace,
@@ -66,6 +71,8 @@ impl Kind {
         Kind::BgpPeer,
         Kind::BgpConfiguration,
         Kind::BgpFilter,
+        Kind::Service,
+        Kind::EndpointSlice,
     ];
 
     fn index(self) -> usize {
@@ -83,6 +90,8 @@ impl Kind {
             Kind::BgpPeer => "bgppeers",
             Kind::BgpConfiguration => "bgpconfigurations",
             Kind::BgpFilter => "bgpfilters",
+            Kind::Service => "services",
+            Kind::EndpointSlice => "endpointslices",
         }
     }
 }
@@ -138,6 +147,10 @@ pub struct Cluster {
     pub bgp_configs: Store<BGPConfiguration>,
     /// BGP filters.
     pub bgp_filters: Store<BGPFilter>,
+    /// Services, all namespaces (for per-Service advertisement).
+    pub services: Store<Service>,
+    /// EndpointSlices, all namespaces (where a Service has ready endpoints).
+    pub endpoint_slices: Store<EndpointSlice>,
     generations: watch::Receiver<Generations>,
     client: Client,
 }
@@ -212,6 +225,8 @@ impl Cluster {
             bgp_peers: reflector::store().0,
             bgp_configs: reflector::store().0,
             bgp_filters: reflector::store().0,
+            services: reflector::store().0,
+            endpoint_slices: reflector::store().0,
             generations: rx,
             client,
         };
@@ -300,6 +315,22 @@ impl Cluster {
             health,
             &mut spawn,
         );
+        let services = run::<Service>(
+            Api::all(client.clone()),
+            Kind::Service,
+            &tx,
+            &metrics,
+            health,
+            &mut spawn,
+        );
+        let endpoint_slices = run::<EndpointSlice>(
+            Api::all(client.clone()),
+            Kind::EndpointSlice,
+            &tx,
+            &metrics,
+            health,
+            &mut spawn,
+        );
         (
             Cluster {
                 nodes,
@@ -310,6 +341,8 @@ impl Cluster {
                 bgp_peers,
                 bgp_configs,
                 bgp_filters,
+                services,
+                endpoint_slices,
                 generations: rx,
                 client,
             },

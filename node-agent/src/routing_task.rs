@@ -25,7 +25,7 @@ use crate::fib::Fib;
 use crate::health::Health;
 use crate::ipamview::IpamView;
 use crate::metrics::{Metrics, PeerLabels};
-use crate::routing::{self, ANN_IPV4, ANN_IPV6, Desired, NodeFacts, RoutingInput};
+use crate::routing::{self, ANN_IPV4, ANN_IPV6, Desired, NodeFacts, RoutingInput, services};
 
 /// One row of `margayctl node status`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -283,6 +283,16 @@ fn input(
             .iter()
             .filter_map(|o| Some((o.metadata.name.clone()?, o.spec.clone())))
             .collect(),
+        services: c
+            .services
+            .state()
+            .iter()
+            .filter_map(|s| services::service_facts(s))
+            .collect(),
+        ready_here: services::ready_on(
+            c.endpoint_slices.state().iter().map(|s| &**s),
+            &deps.me.name,
+        ),
         restarting,
     }
 }
@@ -393,7 +403,7 @@ pub async fn run(mut deps: RoutingDeps) {
                 let now = gens.borrow().clone();
                 let moved = now.changed_since(&seen);
                 seen = now;
-                if moved.iter().any(|k| matches!(k, Kind::Node | Kind::BgpPeer | Kind::BgpConfiguration | Kind::BgpFilter | Kind::IpPool)) {
+                if moved.iter().any(|k| matches!(k, Kind::Node | Kind::BgpPeer | Kind::BgpConfiguration | Kind::BgpFilter | Kind::IpPool | Kind::Service | Kind::EndpointSlice)) {
                     dirty = true;
                 }
             }

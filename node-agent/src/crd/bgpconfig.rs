@@ -28,7 +28,9 @@ pub struct PrefixAdvertisement {
     pub communities: Vec<String>,
 }
 
-/// A service network to announce from every node.
+/// A range of Service addresses to advertise: the range itself from every
+/// node, and each Service address in it as a host route (see
+/// `routing::services`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ServiceCidr {
     /// The network.
@@ -83,20 +85,30 @@ pub struct BGPConfigurationSpec {
     /// Communities per advertised network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prefix_advertisements: Vec<PrefixAdvertisement>,
-    /// Service cluster IP ranges every node announces.
+    /// Service cluster IP ranges: every node announces the range; each
+    /// Service's cluster IPs in it go out as host routes (with
+    /// `externalTrafficPolicy: Local` only from nodes with a ready endpoint).
     #[serde(
         default,
         rename = "serviceClusterIPs",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub service_cluster_ips: Vec<ServiceCidr>,
-    /// Service external IP ranges every node announces.
+    /// Service external IP ranges (`spec.externalIPs`), the same way.
     #[serde(
         default,
         rename = "serviceExternalIPs",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub service_external_ips: Vec<ServiceCidr>,
+    /// Service LoadBalancer IP ranges (`status.loadBalancer.ingress[].ip`,
+    /// as assigned by MetalLB or another allocator), the same way.
+    #[serde(
+        default,
+        rename = "serviceLoadBalancerIPs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub service_load_balancer_ips: Vec<ServiceCidr>,
     /// Agent log level (default Info).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_severity_screen: Option<LogLevel>,
@@ -125,6 +137,10 @@ impl BGPConfigurationSpec {
             ),
             service_cluster_ips: pick_vec(&self.service_cluster_ips, &over.service_cluster_ips),
             service_external_ips: pick_vec(&self.service_external_ips, &over.service_external_ips),
+            service_load_balancer_ips: pick_vec(
+                &self.service_load_balancer_ips,
+                &over.service_load_balancer_ips,
+            ),
             log_severity_screen: pick(&self.log_severity_screen, &over.log_severity_screen),
         }
     }

@@ -2,7 +2,8 @@
 //! it so.
 //!
 //! ```text
-//!  cluster (Nodes, BGPPeers, BGPConfigurations, IPPools) ──generations──┐
+//!  cluster (Nodes, BGPPeers, BGPConfigurations, BGPFilters, IPPools,
+//!           Services, EndpointSlices) ─────────────────── generations ──┐
 //!  IPAM view (affine blocks, borrowed addresses) ──────── changed ──────┼─► routing task ──► Speaker
 //!  status timer (250ms)─────────────────────────────────────────────────┘      │ peers, originate/withdraw
 //!                                                                              ▼
@@ -11,8 +12,9 @@
 //!
 //! [`desired`] is a pure function of the cluster facts: peers (node-to-node
 //! mesh, `BGPPeer`s that select this node) and prefixes to originate (blocks
-//! affine to this node, addresses it borrowed, service ranges). The task
-//! diffs it against what the speaker runs.
+//! affine to this node, addresses it borrowed, service ranges and the
+//! Service addresses this node announces, see [`services`]). The task diffs
+//! it against what the speaker runs.
 //!
 //! Mesh sessions: both nodes configure each other, and the one with the
 //! higher address is passive, so a pair has exactly one TCP session.
@@ -33,6 +35,10 @@ use crate::crd::{
     parse_peer_address,
 };
 use crate::ipamview::IpamView;
+
+pub mod services;
+
+use services::{ServiceFacts, ServiceKey, ServiceRanges};
 
 /// Annotation on a Node carrying the address its agent chose (IPv4, CIDR).
 pub const ANN_IPV4: &str = "margay.dev/ipv4-address";
@@ -73,6 +79,10 @@ pub struct RoutingInput {
     pub export_pools: Vec<IpNetwork>,
     /// BGPFilter objects by name.
     pub filters: BTreeMap<String, BGPFilterSpec>,
+    /// Every Service.
+    pub services: Vec<ServiceFacts>,
+    /// The Services with a ready endpoint on this node.
+    pub ready_here: BTreeSet<ServiceKey>,
     /// We came back with forwarding state preserved (our routes were still
     /// in the kernel at start).
     pub restarting: bool,
@@ -433,30 +443,22 @@ pub fn desired(input: &RoutingInput, view: &IpamView) -> Desired {
             nets.insert(net);
         }
     }
-    for svc in cfg
-        .service_cluster_ips
-        .iter()
-        .chain(&cfg.service_external_ips)
-    {
-        match svc.cidr.parse() {
-            Ok(n) => {
-                nets.insert(n);
-            }
-            Err(e) => problems.push(format!("service range: {e}")),
-        }
-    }
+    // Service ranges from every node, and the host routes of the Services
+    // this node serves.
+    let ranges = ServiceRanges::from_config(&cfg, &mut problems);
+    nets.extend(ranges.all());
+    nets.extend(services::service_routes(
+        &ranges,
+        &input.services,
+        &input.ready_here,
+    ));
     for net in nets {
         if let Some(p) = prefix_of(net) {
             originate.insert(p, communities_for(&net));
         }
     }
     let mut default_export: Vec<Rule> = Vec::new();
-    let services = cfg
-        .service_cluster_ips
-        .iter()
-        .chain(&cfg.service_external_ips)
-        .filter_map(|s| s.cidr.parse().ok());
-    for net in input.export_pools.iter().copied().chain(services) {
+    for net in input.export_pools.iter().copied().chain(ranges.all()) {
         if let Some(p) = prefix_of(net) {
             default_export.push(Rule {
                 family: None,

@@ -28,6 +28,8 @@ fn input(me: &str) -> RoutingInput {
         no_export: vec![],
         export_pools: vec!["198.19.0.0/16".parse().expect("net")],
         filters: BTreeMap::new(),
+        services: vec![],
+        ready_here: BTreeSet::new(),
         restarting: false,
     }
 }
@@ -338,4 +340,90 @@ fn communities_of_every_kind_per_pool_and_per_peer() {
     assert_eq!(problems.len(), 2, "{problems:?}");
     assert!(problems[0].contains("communities broken"), "{problems:?}");
     assert!(problems[1].contains("not-a-name"), "{problems:?}");
+}
+
+#[test]
+fn service_ranges_and_the_services_this_node_serves_are_originated_and_exported() {
+    let mut i = input("n1");
+    let cidr = |c: &str| ServiceCidr {
+        cidr: Cidr(c.into()),
+    };
+    i.configs.insert(
+        "default".into(),
+        BGPConfigurationSpec {
+            service_cluster_ips: vec![cidr("198.19.250.0/24")],
+            service_load_balancer_ips: vec![cidr("198.19.252.0/24")],
+            prefix_advertisements: vec![PrefixAdvertisement {
+                cidr: Cidr("198.19.252.10/32".into()),
+                communities: vec!["65000:10".into()],
+            }],
+            ..Default::default()
+        },
+    );
+    let facts = |name: &str, local: bool, addrs: &[(services::AddrKind, &str)]| ServiceFacts {
+        key: ServiceKey {
+            namespace: "web".into(),
+            name: name.into(),
+        },
+        local,
+        addrs: addrs
+            .iter()
+            .map(|(k, a)| (*k, a.parse().expect("ip")))
+            .collect(),
+    };
+    use services::AddrKind::{Cluster, LoadBalancer};
+    i.services = vec![
+        facts(
+            "lb",
+            true,
+            &[(Cluster, "198.19.250.10"), (LoadBalancer, "198.19.252.10")],
+        ),
+        facts("api", false, &[(Cluster, "198.19.250.20")]),
+    ];
+    let originated = |i: &RoutingInput| -> Vec<String> {
+        desired(i, &view())
+            .originate
+            .keys()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert_eq!(
+        originated(&i),
+        [
+            "198.19.1.0/26",
+            "198.19.2.7/32",
+            "198.19.250.0/24",
+            "198.19.250.20/32",
+            "198.19.252.0/24"
+        ],
+        "the Local Service has no endpoint here"
+    );
+    i.ready_here.insert(i.services[0].key.clone());
+    let d = desired(&i, &view());
+    assert_eq!(
+        originated(&i),
+        [
+            "198.19.1.0/26",
+            "198.19.2.7/32",
+            "198.19.250.0/24",
+            "198.19.250.10/32",
+            "198.19.250.20/32",
+            "198.19.252.0/24",
+            "198.19.252.10/32"
+        ]
+    );
+    // prefixAdvertisements apply per Service address, too.
+    assert_eq!(
+        d.originate[&"198.19.252.10/32".parse::<Prefix>().expect("p")].standard,
+        vec![(65000 << 16) | 10]
+    );
+    let exported: Vec<String> = d
+        .default_export
+        .iter()
+        .filter_map(|r| r.cidr.map(|(c, _)| c.to_string()))
+        .collect();
+    assert_eq!(
+        exported,
+        ["198.19.0.0/16", "198.19.250.0/24", "198.19.252.0/24"]
+    );
 }
