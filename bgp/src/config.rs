@@ -114,6 +114,8 @@ pub struct PeerConfig {
     pub source_addr: Option<IpAddr>,
     /// BFD (RFC 5880/5881) toward the neighbour, if enabled.
     pub bfd: Option<PeerBfd>,
+    /// Import and export filters.
+    pub filters: crate::rib::PeerFilters,
     /// Peer's TCP port (179 unless testing).
     pub port: u16,
     /// Our IPv4 next hop for routes we send as next-hop-self (default: the
@@ -156,6 +158,7 @@ impl PeerConfig {
             ttl_security: None,
             source_addr: None,
             bfd: None,
+            filters: Default::default(),
             port: 179,
             next_hop_v4: None,
             next_hop_v6: None,

@@ -41,6 +41,7 @@ fn info(asn: u32, last: u8) -> PeerInfo {
             ..EncodeCx::default()
         },
         max_prefix: None,
+        filters: Default::default(),
     }
 }
 

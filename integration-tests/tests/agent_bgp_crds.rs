@@ -8,13 +8,16 @@
 //! - communities: `BGPConfiguration.communities` + `prefixAdvertisements`
 //!   tag the node's pod block (per pool), `BGPPeer.communities` add more for
 //!   one peer; BIRD sees them, and `margayctl bgp routes` shows the ones
-//!   BIRD sends.
+//!   BIRD sends;
+//! - filters: a `BGPFilter` named by a `BGPPeer` drops what it rejects on
+//!   import and export, and by default a node passes on only pool and
+//!   service networks (it is no transit for a ToR's other routes).
 
 use std::time::{Duration, Instant};
 
 use integration_tests::lab::{self, Bird, Lab, Netns};
 use integration_tests::{cni, k8s};
-use node_agent::crd::{BGPConfiguration, BGPPeer};
+use node_agent::crd::{BGPConfiguration, BGPFilter, BGPPeer};
 
 const T: Duration = Duration::from_secs(30);
 const ROUTE: &str = "198.19.200.0/24";
@@ -221,5 +224,87 @@ fn communities_from_crds_reach_bird_and_birds_show_in_margayctl() {
     assert!(
         ours.ends_with("64512:100 64512:7:7 rt:64512:9"),
         "per-pool communities on our block, not the per-peer one: {ours}"
+    );
+}
+
+#[test]
+fn bgp_filters_from_crds_and_the_default_export() {
+    integration_tests::require_root!();
+    let lab = Lab::builder().nodes(2).build().expect("lab");
+    let _api = k8s::start_apiserver(&lab).expect("apiserver");
+    let conf = "log stderr all;\nrouter id 198.18.0.1;\nprotocol device { scan time 10; }\n\
+        protocol kernel { ipv4 { import none; export where source ~ [RTS_BGP]; }; }\n\
+        protocol static { ipv4; route 198.19.200.0/24 blackhole; route 198.19.201.0/24 blackhole; \
+        route 198.18.77.0/24 blackhole; }\n\
+        protocol bgp n1 {\n  local 198.18.0.1 as 64513;\n  neighbor 198.18.0.11 as 64512;\n  direct;\n  \
+        hold time 9; keepalive time 3; connect delay time 1; error wait time 1, 2;\n  \
+        ipv4 { import all; export all; };\n}\n";
+    let bird = Bird::start(lab.tor(), lab.run_dir(), "tor-bird", conf).expect("bird");
+    k8s::bootstrap(&lab, &[("v4", "198.19.0.0/16")]).expect("bootstrap");
+    k8s::with_client(lab.tor(), |c| async move {
+        k8s::apply_json::<BGPConfiguration>(
+            &c,
+            serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "BGPConfiguration",
+                "metadata": {"name": "default"},
+                "spec": {"serviceClusterIPs": [{"cidr": "198.19.250.0/24"}, {"cidr": "198.19.251.0/24"}]}}),
+        )
+        .await
+        .expect("config");
+        k8s::apply_json::<BGPFilter>(
+            &c,
+            serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "BGPFilter",
+                "metadata": {"name": "edge"},
+                "spec": {"importV4": [{"action": "Reject", "matchOperator": "Equal", "cidr": "198.19.201.0/24"}],
+                         "exportV4": [{"action": "Reject", "matchOperator": "Equal", "cidr": "198.19.251.0/24"}]}}),
+        )
+        .await
+        .expect("filter");
+        // Only n1 peers with the ToR; n2 hears of the world through the mesh.
+        k8s::apply_json::<BGPPeer>(
+            &c,
+            serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "BGPPeer",
+                "metadata": {"name": "tor"},
+                "spec": {"node": "n1", "peerIP": "198.18.0.1", "asNumber": 64513, "filters": ["edge"]}}),
+        )
+        .await
+        .expect("peer");
+    })
+    .expect("configure");
+    let _a1 = k8s::start_agent(&lab, "n1", &[]).expect("agent n1");
+    let _a2 = k8s::start_agent(&lab, "n2", &[]).expect("agent n2");
+    let n1 = &lab.node("n1").expect("n1").ns;
+    let n2 = &lab.node("n2").expect("n2").ns;
+    let routes = |ns: &Netns| ns.ip(&["-4", "route", "show", "proto", "80"]).expect("ip");
+
+    // Import: 201 refused at n1, 200 and the outside 198.18.77.0/24 taken.
+    lab::wait_for("BIRD's routes at n1", T, || {
+        let r = routes(n1);
+        Ok((r.contains("198.19.200.0/24") && r.contains("198.18.77.0/24")).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", margayctl(n1, &["bgp", "routes"])));
+    // Export: BIRD gets the service range 250, not 251.
+    lab::wait_for("198.19.250.0/24 at BIRD", T, || {
+        Ok(bird
+            .birdc("show route")?
+            .contains("198.19.250.0/24")
+            .then_some(()))
+    })
+    .expect("service range at BIRD");
+    // Default export: n2 learns BIRD's pool-range route through n1, not
+    // the route outside every pool.
+    lab::wait_for("198.19.200.0/24 at n2 over the mesh", T, || {
+        Ok(routes(n2).contains("198.19.200.0/24").then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", margayctl(n2, &["bgp", "routes"])));
+    // Everything above came in the same flushes; a straggler gets a second.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!routes(n1).contains("198.19.201.0/24"), "{}", routes(n1));
+    let at_bird = bird.birdc("show route").expect("birdc");
+    assert!(!at_bird.contains("198.19.251.0/24"), "{at_bird}");
+    assert!(!routes(n2).contains("198.18.77.0/24"), "{}", routes(n2));
+    let shown = margayctl(n1, &["bgp", "routes"]);
+    assert!(
+        shown.contains("198.18.77.0/24") && !shown.contains("198.19.201.0/24"),
+        "{shown}"
     );
 }

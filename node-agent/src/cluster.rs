@@ -20,7 +20,8 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
@@ -30,7 +31,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::crd::{BGPConfiguration, BGPPeer, IPAMConfiguration, IPPool};
+use crate::crd::{BGPConfiguration, BGPFilter, BGPPeer, IPAMConfiguration, IPPool};
 use crate::health::Health;
 use crate::metrics::{ApiLabels, Metrics};
 
@@ -51,13 +52,19 @@ pub enum Kind {
     BgpPeer,
     /// BGPConfiguration.
     BgpConfiguration,
+    /// BGPFilter.
+    BgpFilter,
+    /// core/v1 Service (all namespaces).
+    Service,
+    /// discovery.k8s.io/v1 EndpointSlice (all namespaces).
+    EndpointSlice,
     /// IPAMConfiguration.
     IpamConfiguration,
 }
 
 impl Kind {
     /// All kinds, in a fixed order.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Node,
         Kind::Pod,
         Kind::Namespace,
@@ -65,6 +72,9 @@ impl Kind {
         Kind::IpPool,
         Kind::BgpPeer,
         Kind::BgpConfiguration,
+        Kind::BgpFilter,
+        Kind::Service,
+        Kind::EndpointSlice,
         Kind::IpamConfiguration,
     ];
 
@@ -82,6 +92,9 @@ impl Kind {
             Kind::IpPool => "ippools",
             Kind::BgpPeer => "bgppeers",
             Kind::BgpConfiguration => "bgpconfigurations",
+            Kind::BgpFilter => "bgpfilters",
+            Kind::Service => "services",
+            Kind::EndpointSlice => "endpointslices",
             Kind::IpamConfiguration => "ipamconfigurations",
         }
     }
@@ -136,6 +149,12 @@ pub struct Cluster {
     pub bgp_peers: Store<BGPPeer>,
     /// BGP configurations.
     pub bgp_configs: Store<BGPConfiguration>,
+    /// BGP filters.
+    pub bgp_filters: Store<BGPFilter>,
+    /// Services, all namespaces (for per-Service advertisement).
+    pub services: Store<Service>,
+    /// EndpointSlices, all namespaces (where a Service has ready endpoints).
+    pub endpoint_slices: Store<EndpointSlice>,
     /// IPAM configuration.
     pub ipam_configs: Store<IPAMConfiguration>,
     generations: watch::Receiver<Generations>,
@@ -211,6 +230,9 @@ impl Cluster {
             pools: reflector::store().0,
             bgp_peers: reflector::store().0,
             bgp_configs: reflector::store().0,
+            bgp_filters: reflector::store().0,
+            services: reflector::store().0,
+            endpoint_slices: reflector::store().0,
             ipam_configs: reflector::store().0,
             generations: rx,
             client,
@@ -292,6 +314,30 @@ impl Cluster {
             health,
             &mut spawn,
         );
+        let bgp_filters = run::<BGPFilter>(
+            Api::all(client.clone()),
+            Kind::BgpFilter,
+            &tx,
+            &metrics,
+            health,
+            &mut spawn,
+        );
+        let services = run::<Service>(
+            Api::all(client.clone()),
+            Kind::Service,
+            &tx,
+            &metrics,
+            health,
+            &mut spawn,
+        );
+        let endpoint_slices = run::<EndpointSlice>(
+            Api::all(client.clone()),
+            Kind::EndpointSlice,
+            &tx,
+            &metrics,
+            health,
+            &mut spawn,
+        );
         let ipam_configs = run::<IPAMConfiguration>(
             Api::all(client.clone()),
             Kind::IpamConfiguration,
@@ -309,6 +355,9 @@ impl Cluster {
                 pools,
                 bgp_peers,
                 bgp_configs,
+                bgp_filters,
+                services,
+                endpoint_slices,
                 ipam_configs,
                 generations: rx,
                 client,

@@ -25,7 +25,7 @@ use crate::fib::Fib;
 use crate::health::Health;
 use crate::ipamview::IpamView;
 use crate::metrics::{Metrics, PeerLabels};
-use crate::routing::{self, ANN_IPV4, ANN_IPV6, Desired, NodeFacts, RoutingInput};
+use crate::routing::{self, ANN_IPV4, ANN_IPV6, Desired, NodeFacts, RoutingInput, services};
 
 /// One row of `margayctl node status`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -184,6 +184,8 @@ struct Running {
     originated: BTreeMap<Prefix, bgp::wire::CommunitySet>,
     /// RIB generation last published in `/status` (`bgp_routes`).
     routes_generation: Option<u64>,
+    /// The default export rules the speaker has.
+    default_export: Option<Vec<bgp::rib::filter::Rule>>,
     _fib: tokio::task::JoinHandle<()>,
 }
 
@@ -268,6 +270,29 @@ fn input(
             .filter(|p| p.spec.disable_bgp_export)
             .filter_map(|p| p.spec.cidr.parse().ok())
             .collect(),
+        export_pools: c
+            .pools
+            .state()
+            .iter()
+            .filter(|p| !p.spec.disable_bgp_export)
+            .filter_map(|p| p.spec.cidr.parse().ok())
+            .collect(),
+        filters: c
+            .bgp_filters
+            .state()
+            .iter()
+            .filter_map(|o| Some((o.metadata.name.clone()?, o.spec.clone())))
+            .collect(),
+        services: c
+            .services
+            .state()
+            .iter()
+            .filter_map(|s| services::service_facts(s))
+            .collect(),
+        ready_here: services::ready_on(
+            c.endpoint_slices.state().iter().map(|s| &**s),
+            &deps.me.name,
+        ),
         restarting,
     }
 }
@@ -378,7 +403,7 @@ pub async fn run(mut deps: RoutingDeps) {
                 let now = gens.borrow().clone();
                 let moved = now.changed_since(&seen);
                 seen = now;
-                if moved.iter().any(|k| matches!(k, Kind::Node | Kind::BgpPeer | Kind::BgpConfiguration | Kind::IpPool)) {
+                if moved.iter().any(|k| matches!(k, Kind::Node | Kind::BgpPeer | Kind::BgpConfiguration | Kind::BgpFilter | Kind::IpPool | Kind::Service | Kind::EndpointSlice)) {
                     dirty = true;
                 }
             }
@@ -432,6 +457,7 @@ async fn apply(
             kinds: BTreeMap::new(),
             originated: BTreeMap::new(),
             routes_generation: None,
+            default_export: None,
             _fib: fib_task,
         });
     }
@@ -440,6 +466,18 @@ async fn apply(
     };
     r.kinds = d.kinds.clone();
     let err = |e: bgp::driver::DriverError| crate::logging::chain(&e);
+    // Before the peers: a new peer must never see what the defaults hide.
+    if r.default_export.as_ref() != Some(&d.default_export) {
+        r.speaker
+            .set_default_export(d.default_export.clone())
+            .await
+            .map_err(err)?;
+        r.default_export = Some(d.default_export.clone());
+        tracing::info!(
+            rules = d.default_export.len(),
+            "default export: pool and service networks only"
+        );
+    }
     for (name, cfg) in r.peers.clone() {
         if d.peers.get(&name) != Some(&cfg) {
             r.speaker.remove_peer(&name).await.map_err(err)?;

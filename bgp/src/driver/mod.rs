@@ -17,29 +17,28 @@
 //! Tasks are aborted when their owner drops them. A panic while decoding a
 //! peer's message closes that peer's session only.
 
+mod peer;
 pub mod sock;
+
+use peer::PeerTask;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::bfd::{self, Bfd, BfdHandle, BfdOptions, SessionKey, Subscription};
+use crate::bfd::{self, Bfd, BfdHandle, BfdOptions, SessionKey};
 use crate::config::{Neighbor, PeerConfig};
-use crate::fsm::{ConnId, Input, Output, Session, State, Timer};
-use crate::rib::decision::{DecisionOptions, PeerIdx, Source};
+use crate::fsm::State;
+use crate::rib::decision::{DecisionOptions, PeerIdx};
 use crate::rib::{FibChange, PeerCounters, PeerInfo, Rib, RibConfig};
 use crate::wire::notification::cease_sub;
-use crate::wire::{
-    CommunitySet, DecodeError, Families, Family, Message, Notification, Prefix, Update, frame,
-};
+use crate::wire::{CommunitySet, Families, Family, Prefix, Update};
 
 /// FIB change batches queued for the agent at most.
 const FIB_QUEUE: usize = 2;
@@ -159,6 +158,7 @@ enum Cmd {
     Originate(Prefix, CommunitySet),
     Withdraw(Prefix),
     Status(oneshot::Sender<Vec<PeerStatus>>),
+    DefaultExport(Vec<crate::rib::filter::Rule>),
     Routes {
         limit: usize,
         unless: Option<u64>,
@@ -344,6 +344,18 @@ impl Speaker {
             .await
             .map_err(|_| DriverError::Stopped)?;
         r.await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// The export rules every peer gets after its own filters (a change
+    /// re-evaluates what each peer has been sent).
+    pub async fn set_default_export(
+        &self,
+        rules: Vec<crate::rib::filter::Rule>,
+    ) -> Result<(), DriverError> {
+        self.tx
+            .send(Cmd::DefaultExport(rules))
+            .await
+            .map_err(|_| DriverError::Stopped)
     }
 
     /// Every BFD session (empty when no peer uses BFD).
@@ -589,6 +601,10 @@ impl RibTask {
                 self.generation += 1;
                 self.rib.withdraw_local(&p)
             }
+            Cmd::DefaultExport(rules) => {
+                self.generation += 1;
+                self.rib.set_default_export(rules);
+            }
             Cmd::Routes {
                 limit,
                 unless,
@@ -763,460 +779,6 @@ impl RibTask {
                         p.error = error;
                     }
                 }
-            }
-        }
-    }
-}
-
-enum ConnEvent {
-    Connected(TcpStream),
-    ConnectFailed(std::io::Error),
-    /// Complete messages, in order (at most ~FRAMES_BATCH_BYTES).
-    Frames(ConnId, Vec<Bytes>),
-    Bad(ConnId, DecodeError),
-    Closed(ConnId),
-}
-
-struct Conn {
-    writer: mpsc::Sender<Bytes>,
-    tasks: [JoinHandle<()>; 2],
-    local: SocketAddr,
-    peer: SocketAddr,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.tasks[0].abort();
-        // The writer finishes flushing what was queued (a NOTIFICATION) and
-        // exits when its channel closes.
-    }
-}
-
-struct PeerTask {
-    idx: PeerIdx,
-    session: Session,
-    addr: Option<IpAddr>,
-    rib: mpsc::Sender<RibMsg>,
-    conns: HashMap<ConnId, Conn>,
-    next_conn: ConnId,
-    timers: HashMap<Timer, tokio::time::Instant>,
-    ev_tx: mpsc::Sender<ConnEvent>,
-    ev_rx: mpsc::Receiver<ConnEvent>,
-    connecting: Option<JoinHandle<()>>,
-    /// Writers of closed connections still flushing (a NOTIFICATION).
-    closing: Vec<JoinHandle<()>>,
-    /// Decoded UPDATEs not yet handed to the RIB task, and their prefixes.
-    updates: Vec<Update>,
-    update_routes: usize,
-    /// The session's outputs for one input (reused).
-    outs: Vec<Output>,
-    /// The peer's BFD session, when configured.
-    bfd: Option<Subscription>,
-}
-
-impl PeerTask {
-    fn new(
-        idx: PeerIdx,
-        cfg: PeerConfig,
-        addr: Option<IpAddr>,
-        rib: mpsc::Sender<RibMsg>,
-        _local_port: Option<u16>,
-        bfd: Option<Subscription>,
-    ) -> Self {
-        // Few events: a batch of frames is up to ~4 KB.
-        let (ev_tx, ev_rx) = mpsc::channel(8);
-        PeerTask {
-            idx,
-            session: Session::new(cfg),
-            addr,
-            rib,
-            conns: HashMap::new(),
-            next_conn: 1,
-            timers: HashMap::new(),
-            ev_tx,
-            ev_rx,
-            connecting: None,
-            closing: Vec::new(),
-            updates: Vec::new(),
-            update_routes: 0,
-            outs: Vec::new(),
-            bfd,
-        }
-    }
-
-    async fn run(mut self, mut cmds: mpsc::Receiver<PeerCmd>) {
-        self.input(Input::Start).await;
-        loop {
-            let next = self
-                .timers
-                .iter()
-                .min_by_key(|(_, t)| **t)
-                .map(|(k, t)| (*k, *t));
-            let sleep = async {
-                match next {
-                    Some((_, t)) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let bfd = async {
-                match &mut self.bfd {
-                    Some(s) => s.next().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                ev = bfd => match ev {
-                    Some(ev) => self.bfd_event(ev).await,
-                    None => self.bfd = None,
-                },
-                c = cmds.recv() => match c {
-                    None => {
-                        self.input(Input::Stop(Notification::cease(cease_sub::PEER_DECONFIGURED))).await;
-                        return;
-                    }
-                    Some(PeerCmd::Send(b)) => {
-                        if let Some(c) = self.session.established_conn().and_then(|c| self.conns.get(&c)) {
-                            let _ = c.writer.send(b).await;
-                        }
-                    }
-                    Some(PeerCmd::Stop(sub)) => {
-                        self.input(Input::Stop(Notification::cease(sub))).await;
-                        self.drain_writers(Duration::from_millis(500)).await;
-                        return;
-                    }
-                    Some(PeerCmd::MaxPrefix(family, limit)) => self.input(Input::MaxPrefixExceeded { family, limit }).await,
-                    Some(PeerCmd::Inbound(s)) => {
-                        let id = self.adopt(s);
-                        self.input(Input::Connected { conn: id, inbound: true }).await;
-                    }
-                },
-                e = self.ev_rx.recv() => {
-                    let Some(e) = e else { return };
-                    self.event(e).await;
-                }
-                _ = sleep => {
-                    if let Some((t, _)) = next {
-                        self.timers.remove(&t);
-                        self.input(Input::Timer(t)).await;
-                    }
-                }
-            }
-        }
-    }
-
-    /// A BFD state change: reported for status; Up → Down (not the peer's
-    /// AdminDown) closes the BGP session.
-    async fn bfd_event(&mut self, ev: bfd::Event) {
-        let _ = self.rib.send(RibMsg::Bfd(self.idx, ev.change.to)).await;
-        if bfd::driver::is_failure(&ev.change) {
-            warn!(diag = %ev.change.diag, "BFD session down: closing the BGP session");
-            self.input(Input::BfdDown(ev.change.diag)).await;
-        }
-    }
-
-    /// Let every connection's writer flush what is queued (a NOTIFICATION)
-    /// and close, for at most `grace`.
-    async fn drain_writers(&mut self, grace: Duration) {
-        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
-        for id in ids {
-            self.close_conn(id);
-        }
-        let writers = std::mem::take(&mut self.closing);
-        let _ = tokio::time::timeout(grace, async {
-            for w in writers {
-                let _ = w.await;
-            }
-        })
-        .await;
-    }
-
-    /// Drop a connection: its reader stops now, its writer flushes what is
-    /// queued and closes.
-    fn close_conn(&mut self, id: ConnId) {
-        if let Some(mut c) = self.conns.remove(&id) {
-            self.closing.retain(|w| !w.is_finished());
-            self.closing
-                .push(std::mem::replace(&mut c.tasks[1], tokio::spawn(async {})));
-        }
-    }
-
-    fn adopt(&mut self, s: TcpStream) -> ConnId {
-        let id = self.next_conn;
-        self.next_conn += 1;
-        let _ = s.set_nodelay(true);
-        let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
-        let local = s
-            .local_addr()
-            .map(canonical)
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let peer = s
-            .peer_addr()
-            .map(canonical)
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let (mut rd, mut wr) = s.into_split();
-        let ev = self.ev_tx.clone();
-        let reader = tokio::spawn(async move {
-            let mut buf = BytesMut::with_capacity(FRAMES_BATCH_BYTES);
-            loop {
-                // Every complete message in the buffer, as one event.
-                let mut frames = Vec::new();
-                let mut bytes = 0;
-                let bad = loop {
-                    if bytes >= FRAMES_BATCH_BYTES {
-                        break None;
-                    }
-                    match frame(&buf) {
-                        Ok(Some(len)) => {
-                            bytes += len;
-                            frames.push(buf.split_to(len).freeze());
-                        }
-                        Ok(None) => break None,
-                        Err(e) => break Some(e),
-                    }
-                };
-                if !frames.is_empty() && ev.send(ConnEvent::Frames(id, frames)).await.is_err() {
-                    return;
-                }
-                if let Some(e) = bad {
-                    let _ = ev.send(ConnEvent::Bad(id, e)).await;
-                    return;
-                }
-                if bytes >= FRAMES_BATCH_BYTES {
-                    continue;
-                }
-                // Frames share the buffer's memory: take a fresh one when
-                // little room is left rather than many small reads.
-                if buf.capacity() - buf.len() < 4096 {
-                    buf.reserve(FRAMES_BATCH_BYTES);
-                }
-                match rd.read_buf(&mut buf).await {
-                    Ok(0) | Err(_) => {
-                        let _ = ev.send(ConnEvent::Closed(id)).await;
-                        return;
-                    }
-                    Ok(_) => {}
-                }
-            }
-        });
-        let (wtx, mut wrx) = mpsc::channel::<Bytes>(64);
-        let writer = tokio::spawn(async move {
-            while let Some(b) = wrx.recv().await {
-                if wr.write_all(&b).await.is_err() {
-                    return;
-                }
-            }
-            let _ = wr.shutdown().await;
-        });
-        self.conns.insert(
-            id,
-            Conn {
-                writer: wtx,
-                tasks: [reader, writer],
-                local,
-                peer,
-            },
-        );
-        id
-    }
-
-    async fn event(&mut self, e: ConnEvent) {
-        match e {
-            ConnEvent::Connected(s) => {
-                self.connecting = None;
-                let id = self.adopt(s);
-                self.input(Input::Connected {
-                    conn: id,
-                    inbound: false,
-                })
-                .await;
-            }
-            ConnEvent::ConnectFailed(err) => {
-                self.connecting = None;
-                debug!(error = %err, "connect failed");
-                self.input(Input::ConnectFailed).await;
-            }
-            ConnEvent::Frames(conn, frames) => {
-                for f in frames {
-                    let cx = self.session.decode_cx(conn);
-                    let decoded =
-                        std::panic::catch_unwind(AssertUnwindSafe(|| Message::decode(&f, &cx)));
-                    let input = match decoded {
-                        Ok(Ok(msg)) => Input::Message { conn, msg },
-                        Ok(Err(error)) => Input::BadMessage { conn, error },
-                        Err(_) => {
-                            warn!("decoder panicked; closing the session");
-                            Input::BadMessage {
-                                conn,
-                                error: DecodeError::Update {
-                                    subcode: 0,
-                                    data: Bytes::new(),
-                                    reason: "internal decoder failure",
-                                },
-                            }
-                        }
-                    };
-                    self.input(input).await;
-                }
-                self.flush_updates().await;
-            }
-            ConnEvent::Bad(conn, error) => self.input(Input::BadMessage { conn, error }).await,
-            ConnEvent::Closed(conn) => self.input(Input::Closed { conn }).await,
-        }
-    }
-
-    /// Hand the UPDATEs decoded so far to the RIB task.
-    async fn flush_updates(&mut self) {
-        if self.updates.is_empty() {
-            return;
-        }
-        let updates = std::mem::take(&mut self.updates);
-        self.update_routes = 0;
-        let _ = self
-            .rib
-            .send(RibMsg::Updates {
-                peer: self.idx,
-                updates,
-            })
-            .await;
-    }
-
-    /// Send to the RIB task after the UPDATEs before it (order matters:
-    /// End-of-RIB, session down).
-    async fn send_rib(&mut self, m: RibMsg) {
-        self.flush_updates().await;
-        let _ = self.rib.send(m).await;
-    }
-
-    async fn input(&mut self, i: Input) {
-        let before = self.session.state();
-        let mut outs = std::mem::take(&mut self.outs);
-        self.session.handle_into(i, Instant::now(), &mut outs);
-        for o in outs.drain(..) {
-            self.output(o).await;
-        }
-        self.outs = outs;
-        let after = self.session.state();
-        if before != after {
-            info!(from = ?before, to = ?after, "state");
-            self.send_rib(RibMsg::State {
-                peer: self.idx,
-                state: after,
-                since: self.session.since(),
-                error: self.session.last_error().map(str::to_string),
-            })
-            .await;
-        }
-    }
-
-    async fn output(&mut self, o: Output) {
-        match o {
-            Output::Connect => {
-                let Some(ip) = self.addr else { return };
-                let cfg = self.session.config().clone();
-                let ev = self.ev_tx.clone();
-                if let Some(h) = self.connecting.take() {
-                    h.abort();
-                }
-                self.connecting = Some(tokio::spawn(async move {
-                    let r = sock::connect(
-                        SocketAddr::new(ip, cfg.port),
-                        cfg.source_addr,
-                        cfg.md5_password.as_deref(),
-                        cfg.ttl_security,
-                    )
-                    .await;
-                    let _ = ev
-                        .send(match r {
-                            Ok(s) => ConnEvent::Connected(s),
-                            Err(e) => ConnEvent::ConnectFailed(e),
-                        })
-                        .await;
-                }));
-            }
-            Output::Send { conn, msg } => {
-                if let Some(c) = self.conns.get(&conn) {
-                    let cx = self.session.encode_cx();
-                    let _ = c.writer.send(msg.to_bytes(&cx)).await;
-                }
-            }
-            Output::Close { conn } => self.close_conn(conn),
-            Output::Arm(t, d) => {
-                self.timers.insert(t, tokio::time::Instant::now() + d);
-            }
-            Output::Cancel(t) => {
-                self.timers.remove(&t);
-            }
-            Output::Up(n) => {
-                let cfg = self.session.config();
-                let c = self
-                    .session
-                    .established_conn()
-                    .and_then(|c| self.conns.get(&c));
-                let (local, peer) = c.map(|c| (c.local, c.peer)).unwrap_or((
-                    SocketAddr::from(([0, 0, 0, 0], 0)),
-                    SocketAddr::from(([0, 0, 0, 0], 0)),
-                ));
-                info!(peer_as = n.peer_as, hold = n.hold_time, "established");
-                let local_v4 = cfg.next_hop_v4.or(match (cfg.source_addr, local.ip()) {
-                    (Some(IpAddr::V4(a)), _) | (None, IpAddr::V4(a)) => Some(a),
-                    _ => None,
-                });
-                let local_v6 = cfg.next_hop_v6.or(match (cfg.source_addr, local.ip()) {
-                    (Some(IpAddr::V6(a)), _) | (None, IpAddr::V6(a)) => Some(a),
-                    _ => None,
-                });
-                let local_v4 = cfg.next_hop_v4.or(local_v4);
-                let local_v6 = cfg.next_hop_v6.or(local_v6);
-                let info = PeerInfo {
-                    source: Source {
-                        asn: n.peer_as,
-                        router_id: n.peer_id,
-                        addr: peer.ip(),
-                        ebgp: n.ebgp,
-                    },
-                    local_v4,
-                    local_v6,
-                    rr_client: cfg.rr_client,
-                    next_hop_self: cfg.next_hop_self,
-                    communities: cfg.communities.clone(),
-                    families: n.families,
-                    encode: n.encode_cx(),
-                    max_prefix: cfg.max_prefix,
-                };
-                self.send_rib(RibMsg::Up {
-                    peer: self.idx,
-                    info: Box::new(info),
-                })
-                .await;
-            }
-            Output::Down { reason, graceful } => {
-                info!(%reason, "session down");
-                self.send_rib(RibMsg::Down {
-                    peer: self.idx,
-                    graceful,
-                })
-                .await;
-            }
-            Output::Update(u) => {
-                for i in &u.issues {
-                    debug!(code = i.code, action = ?i.action, reason = i.reason, "RFC 7606");
-                }
-                self.update_routes += u.route_count();
-                self.updates.push(*u);
-                if self.updates.len() >= RIB_BATCH_UPDATES || self.update_routes >= RIB_BATCH_ROUTES
-                {
-                    self.flush_updates().await;
-                }
-            }
-            Output::EndOfRib(f) => {
-                info!(family = ?f, "end of RIB received");
-                self.send_rib(RibMsg::EndOfRib(self.idx, f)).await;
-            }
-            Output::PurgeStale(f) => {
-                self.send_rib(RibMsg::PurgeStale(self.idx, f)).await;
-            }
-            Output::RefreshRequest(f) => {
-                self.send_rib(RibMsg::Refresh(self.idx, f)).await;
             }
         }
     }

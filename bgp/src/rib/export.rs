@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::decision::{DEFAULT_LOCAL_PREF, LOCAL, Path, PeerIdx};
+use super::filter::{self, FilterAction};
 use super::intern::RouteAttrs;
 use super::{PeerState, Rib};
 use crate::wire::attrs::flag;
@@ -61,6 +62,11 @@ impl Rib {
         }
         let local = src_idx == LOCAL;
         let ebgp = info.source.ebgp;
+        let verdict = filter::evaluate(&info.filters.export, prefix, local)
+            .or_else(|| filter::evaluate(&self.default_export, prefix, local));
+        if verdict == Some(FilterAction::Reject) {
+            return None;
+        }
         // RFC 1997: the well-known communities limit where a route goes
         // (no confederations here: outside the AS means any external peer).
         let has = |c: u32| {

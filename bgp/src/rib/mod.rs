@@ -11,6 +11,7 @@
 
 pub mod decision;
 mod export;
+pub mod filter;
 pub mod intern;
 pub mod table;
 
@@ -61,6 +62,18 @@ pub struct PeerInfo {
     pub encode: EncodeCx,
     /// Max-prefix limit per family.
     pub max_prefix: Option<u32>,
+    /// Import and export filters.
+    pub filters: PeerFilters,
+}
+
+/// A peer's import and export filters (first match decides; no match:
+/// import accepts, export falls back to [`Rib::set_default_export`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerFilters {
+    /// Applied to routes the peer sends.
+    pub import: Vec<filter::Rule>,
+    /// Applied to routes sent to the peer.
+    pub export: Vec<filter::Rule>,
 }
 
 /// A change of the forwarding entry for a prefix: the next hops of the
@@ -159,6 +172,8 @@ pub struct Rib {
     igp: Box<dyn IgpCost + Send>,
     fib: Vec<FibChange>,
     max_prefix: Vec<(PeerIdx, Family, u32)>,
+    /// Export rules after each peer's own (none: export everything).
+    default_export: Vec<filter::Rule>,
 }
 
 impl std::fmt::Debug for Rib {
@@ -199,6 +214,32 @@ impl Rib {
             igp: Box::new(Connected),
             fib: Vec::new(),
             max_prefix: Vec::new(),
+            default_export: Vec::new(),
+        }
+    }
+
+    /// The export rules every peer gets after its own: when they change,
+    /// every peer is sent what it now may see and told to forget what it
+    /// may not.
+    pub fn set_default_export(&mut self, rules: Vec<filter::Rule>) {
+        if rules == self.default_export {
+            return;
+        }
+        self.default_export = rules;
+        let best: Vec<(Prefix, Path)> = self
+            .v4
+            .map
+            .iter()
+            .filter_map(|(k, d)| d.selected().first().map(|p| (k.to_prefix(), p.clone())))
+            .chain(
+                self.v6
+                    .map
+                    .iter()
+                    .filter_map(|(k, d)| d.selected().first().map(|p| (*k, p.clone()))),
+            )
+            .collect();
+        for (prefix, p) in best {
+            self.export_change(&prefix, Some(&p));
         }
     }
 
@@ -357,6 +398,19 @@ impl Rib {
                 }
                 continue;
             }
+            // Import filter: refused prefixes count as withdrawn. The
+            // rules are cloned only for a peer that has some.
+            let import: Option<Vec<filter::Rule>> = self
+                .peers
+                .get(peer as usize)
+                .and_then(|p| p.info.as_ref())
+                .filter(|i| !i.filters.import.is_empty())
+                .map(|i| i.filters.import.clone());
+            let refused = |n: &Nlri| {
+                import.as_deref().is_some_and(|rules| {
+                    filter::evaluate(rules, &n.prefix, false) == Some(filter::FilterAction::Reject)
+                })
+            };
             // A fresh copy, made here: moving the decoded attributes in
             // instead was measured to fragment the heap (their blocks sit
             // between the message's short-lived ones; 100k prefixes one per
@@ -365,6 +419,13 @@ impl Rib {
             attrs.next_hop = None;
             let shared = self.interner.intern(attrs, nh);
             for n in nlri {
+                if refused(n) {
+                    if let Some(ps) = self.peers.get_mut(peer as usize) {
+                        ps.counters.rejected += 1;
+                    }
+                    self.remove_path(peer, &n.prefix, n.path_id);
+                    continue;
+                }
                 self.upsert_path(&n.prefix, Path::new(shared.clone(), peer, n.path_id));
             }
         }

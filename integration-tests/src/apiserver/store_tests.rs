@@ -629,3 +629,45 @@ fn deleting_an_unserved_crd_still_removes_its_objects() {
             .is_empty()
     );
 }
+
+#[test]
+fn services_get_cluster_ips_as_the_real_server_fills_them() {
+    let mut s = Store::new(100);
+    let svcs = def(&s, "", "v1", "services");
+    let svc = |name: &str, spec: Value| json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec});
+    let a = s
+        .create(&svcs, Some("default"), svc("a", json!({})), false)
+        .unwrap()
+        .body;
+    let ip = a["spec"]["clusterIP"].as_str().unwrap().to_string();
+    assert!(ip.starts_with("10.96."), "{ip}");
+    assert_eq!(a["spec"]["clusterIPs"], json!([ip]));
+    assert_eq!(a["spec"]["type"], "ClusterIP");
+    // A chosen clusterIP is kept, and clusterIPs follows it.
+    let b = s
+        .create(
+            &svcs,
+            Some("default"),
+            svc("b", json!({"clusterIP": "198.19.250.10"})),
+            false,
+        )
+        .unwrap()
+        .body;
+    assert_eq!(b["spec"]["clusterIPs"], json!(["198.19.250.10"]));
+    let h = s
+        .create(
+            &svcs,
+            Some("default"),
+            svc("h", json!({"clusterIP": "None"})),
+            false,
+        )
+        .unwrap()
+        .body;
+    assert_eq!(h["spec"]["clusterIPs"], json!(["None"]));
+    // EndpointSlices are served as well.
+    assert!(
+        s.registry
+            .lookup("discovery.k8s.io", "v1", "endpointslices")
+            .is_some()
+    );
+}

@@ -209,6 +209,9 @@ impl Store {
                     };
                     obj["spec"]["clusterIP"] = json!(ip);
                     obj["spec"]["clusterIPs"] = json!([ip]);
+                } else if !ip.is_empty() && obj.pointer("/spec/clusterIPs").is_none() {
+                    // As the real server: clusterIPs[0] is clusterIP.
+                    obj["spec"]["clusterIPs"] = json!([ip]);
                 }
                 Ok(None)
             }

@@ -2,7 +2,8 @@
 //! it so.
 //!
 //! ```text
-//!  cluster (Nodes, BGPPeers, BGPConfigurations, IPPools) ──generations──┐
+//!  cluster (Nodes, BGPPeers, BGPConfigurations, BGPFilters, IPPools,
+//!           Services, EndpointSlices) ─────────────────── generations ──┐
 //!  IPAM view (affine blocks, borrowed addresses) ──────── changed ──────┼─► routing task ──► Speaker
 //!  status timer (250ms)─────────────────────────────────────────────────┘      │ peers, originate/withdraw
 //!                                                                              ▼
@@ -11,8 +12,9 @@
 //!
 //! [`desired`] is a pure function of the cluster facts: peers (node-to-node
 //! mesh, `BGPPeer`s that select this node) and prefixes to originate (blocks
-//! affine to this node, addresses it borrowed, service ranges). The task
-//! diffs it against what the speaker runs.
+//! affine to this node, addresses it borrowed, service ranges and the
+//! Service addresses this node announces, see [`services`]). The task diffs
+//! it against what the speaker runs.
 //!
 //! Mesh sessions: both nodes configure each other, and the one with the
 //! higher address is passive, so a pair has exactly one TCP session.
@@ -23,14 +25,20 @@ use std::time::Duration;
 
 use bgp::bfd::BfdConfig;
 use bgp::config::{GracefulRestart, Neighbor, PeerBfd, PeerConfig, RemoteAs};
+use bgp::rib::filter::{FilterAction, MatchOp, Rule};
 use bgp::wire::{Community, CommunityError, CommunitySet, Prefix};
 use ipnetwork::IpNetwork;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::crd::{
-    BGPConfigurationSpec, BGPPeerSpec, NextHopMode, SourceAddress, parse_peer_address,
+    BGPConfigurationSpec, BGPFilterSpec, BGPPeerSpec, NextHopMode, SourceAddress,
+    parse_peer_address,
 };
 use crate::ipamview::IpamView;
+
+pub mod services;
+
+use services::{ServiceFacts, ServiceKey, ServiceRanges};
 
 /// Annotation on a Node carrying the address its agent chose (IPv4, CIDR).
 pub const ANN_IPV4: &str = "margay.dev/ipv4-address";
@@ -67,6 +75,14 @@ pub struct RoutingInput {
     pub passwords: BTreeMap<(String, String), String>,
     /// Pools whose blocks must not be announced.
     pub no_export: Vec<IpNetwork>,
+    /// Pools whose routes may be announced (the default export filter).
+    pub export_pools: Vec<IpNetwork>,
+    /// BGPFilter objects by name.
+    pub filters: BTreeMap<String, BGPFilterSpec>,
+    /// Every Service.
+    pub services: Vec<ServiceFacts>,
+    /// The Services with a ready endpoint on this node.
+    pub ready_here: BTreeSet<ServiceKey>,
     /// We came back with forwarding state preserved (our routes were still
     /// in the kernel at start).
     pub restarting: bool,
@@ -85,6 +101,9 @@ pub struct Desired {
     pub peers: BTreeMap<String, PeerConfig>,
     /// Prefixes to originate, with communities.
     pub originate: BTreeMap<Prefix, CommunitySet>,
+    /// Export rules after every peer's own filters: only pool and service
+    /// networks leave the node (it is no transit for other routes).
+    pub default_export: Vec<Rule>,
     /// Kind of each peer, as `margayctl node status` shows it: node-mesh,
     /// global, node-specific or selector.
     pub kinds: BTreeMap<String, &'static str>,
@@ -197,6 +216,19 @@ fn apply_peer_spec(
             Ok(x) => p.communities.insert(x),
             Err(e) => problems.push(format!("{}: {e}", p.name)),
         }
+    }
+    // Filters fail closed: a peer whose filter is missing or invalid is not
+    // configured, rather than sent (or accepting) everything.
+    for name in &spec.filters {
+        let f = input
+            .filters
+            .get(name)
+            .ok_or_else(|| format!("BGPFilter {name} not found: session not configured"))?;
+        let (import, export) = f
+            .rules()
+            .map_err(|e| format!("BGPFilter {name}: {e}: session not configured"))?;
+        p.filters.import.extend(import);
+        p.filters.export.extend(export);
     }
     if let Some(h) = spec.hold_time {
         p.hold_time = h;
@@ -411,27 +443,38 @@ pub fn desired(input: &RoutingInput, view: &IpamView) -> Desired {
             nets.insert(net);
         }
     }
-    for svc in cfg
-        .service_cluster_ips
-        .iter()
-        .chain(&cfg.service_external_ips)
-    {
-        match svc.cidr.parse() {
-            Ok(n) => {
-                nets.insert(n);
-            }
-            Err(e) => problems.push(format!("service range: {e}")),
-        }
-    }
+    // Service ranges from every node, and the host routes of the Services
+    // this node serves.
+    let ranges = ServiceRanges::from_config(&cfg, &mut problems);
+    nets.extend(ranges.all());
+    nets.extend(services::service_routes(
+        &ranges,
+        &input.services,
+        &input.ready_here,
+    ));
     for net in nets {
         if let Some(p) = prefix_of(net) {
             originate.insert(p, communities_for(&net));
         }
     }
+    let mut default_export: Vec<Rule> = Vec::new();
+    for net in input.export_pools.iter().copied().chain(ranges.all()) {
+        if let Some(p) = prefix_of(net) {
+            default_export.push(Rule {
+                family: None,
+                cidr: Some((p, MatchOp::In)),
+                len: None,
+                remote_only: false,
+                action: FilterAction::Accept,
+            });
+        }
+    }
+    default_export.push(Rule::all(None, FilterAction::Reject));
     Desired {
         local_as,
         router_id: router_id(me),
         listen,
+        default_export,
         kinds: kinds
             .into_iter()
             .filter(|(k, _)| peers.contains_key(k))
@@ -443,285 +486,4 @@ pub fn desired(input: &RoutingInput, view: &IpamView) -> Desired {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::crd::{Cidr, Community, PrefixAdvertisement, ServiceCidr};
-    use crate::ipamview::LocalAllocation;
-
-    fn node(name: &str, v4: &str) -> NodeFacts {
-        NodeFacts {
-            name: name.into(),
-            labels: [("rack".to_string(), "r1".to_string())].into(),
-            ipv4: v4.parse().ok(),
-            ipv6: None,
-        }
-    }
-
-    fn input(me: &str) -> RoutingInput {
-        let nodes = vec![
-            node("n1", "198.18.0.11"),
-            node("n2", "198.18.0.12"),
-            node("n3", "198.18.0.13"),
-        ];
-        RoutingInput {
-            me: nodes.iter().find(|n| n.name == me).cloned().expect("me"),
-            nodes,
-            configs: BTreeMap::new(),
-            peers: BTreeMap::new(),
-            passwords: BTreeMap::new(),
-            no_export: vec![],
-            restarting: false,
-        }
-    }
-
-    fn view() -> IpamView {
-        IpamView {
-            synced: true,
-            affine_blocks: ["198.19.1.0/26".parse().expect("net")].into(),
-            local: vec![LocalAllocation {
-                ip: "198.19.2.7".parse().expect("ip"),
-                namespace: "x".into(),
-                pod: "p".into(),
-                handle: "h".into(),
-                borrowed: true,
-                host_if: "calip".into(),
-            }],
-            pod_ips: Default::default(),
-        }
-    }
-
-    #[test]
-    fn mesh_has_one_active_side_per_pair() {
-        let d1 = desired(&input("n1"), &view());
-        let d3 = desired(&input("n3"), &view());
-        assert_eq!(d1.peers.keys().collect::<Vec<_>>(), ["mesh-n2", "mesh-n3"]);
-        // n1 (lowest address) connects; n3 (highest) only accepts.
-        assert!(!d1.peers["mesh-n3"].passive);
-        assert!(d3.peers["mesh-n1"].passive);
-        assert_eq!(d1.kinds["mesh-n2"], "node-mesh");
-        assert_eq!(d1.local_as, 64512);
-        assert_eq!(d1.peers["mesh-n2"].remote_as, RemoteAs::Asn(64512));
-        assert_eq!(d1.router_id, Ipv4Addr::new(198, 18, 0, 11));
-        assert_eq!(
-            d1.listen,
-            vec!["198.18.0.11:179".parse::<SocketAddr>().expect("sa")]
-        );
-    }
-
-    #[test]
-    fn originates_affine_blocks_and_borrowed_host_routes() {
-        let d = desired(&input("n1"), &view());
-        let got: Vec<String> = d.originate.keys().map(|p| p.to_string()).collect();
-        assert_eq!(got, ["198.19.1.0/26", "198.19.2.7/32"]);
-        let mut i = input("n1");
-        i.no_export = vec!["198.19.1.0/24".parse().expect("net")];
-        let got: Vec<String> = desired(&i, &view())
-            .originate
-            .keys()
-            .map(|p| p.to_string())
-            .collect();
-        assert_eq!(
-            got,
-            ["198.19.2.7/32"],
-            "disableBGPExport pool not announced"
-        );
-    }
-
-    #[test]
-    fn tor_peer_replaces_the_mesh_when_mesh_is_off() {
-        let mut i = input("n2");
-        i.configs.insert(
-            "default".into(),
-            BGPConfigurationSpec {
-                node_to_node_mesh_enabled: Some(false),
-                communities: vec![Community {
-                    name: "pods".into(),
-                    value: "64512:100".into(),
-                }],
-                prefix_advertisements: vec![PrefixAdvertisement {
-                    cidr: Cidr("198.19.0.0/16".into()),
-                    communities: vec!["pods".into(), "65000:7".into()],
-                }],
-                service_cluster_ips: vec![ServiceCidr {
-                    cidr: Cidr("198.19.255.0/24".into()),
-                }],
-                ..Default::default()
-            },
-        );
-        i.peers.insert(
-            "tor".into(),
-            BGPPeerSpec {
-                peer_ip: Some("198.18.0.1".into()),
-                as_number: Some(65000),
-                hold_time: Some(9),
-                max_prefix: Some(1000),
-                bfd: Some(crate::crd::BGPPeerBFD {
-                    min_rx: Some(100),
-                    multiplier: Some(4),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        );
-        let d = desired(&i, &view());
-        assert_eq!(d.peers.keys().collect::<Vec<_>>(), ["peer-tor"]);
-        assert_eq!(d.kinds["peer-tor"], "global");
-        let p = &d.peers["peer-tor"];
-        assert_eq!(
-            (p.remote_as, p.hold_time, p.max_prefix),
-            (RemoteAs::Asn(65000), 9, Some(1000))
-        );
-        assert!(!p.passive);
-        assert_eq!(
-            p.bfd,
-            Some(PeerBfd {
-                timers: BfdConfig {
-                    desired_min_tx: Duration::from_millis(300),
-                    required_min_rx: Duration::from_millis(100),
-                    detect_mult: 4,
-                },
-                multihop: false,
-            }),
-            "BFD from the BGPPeer, defaults filled in"
-        );
-        assert!(d.peers.values().all(|q| q.name == "peer-tor"));
-        assert_eq!(
-            d.originate[&"198.19.1.0/26".parse::<Prefix>().expect("p")].standard,
-            vec![(64512 << 16) | 100, (65000 << 16) | 7]
-        );
-        assert!(
-            d.originate
-                .contains_key(&"198.19.255.0/24".parse::<Prefix>().expect("p"))
-        );
-    }
-
-    #[test]
-    fn peers_select_nodes_and_missing_passwords_are_reported() {
-        let mut i = input("n1");
-        i.me.labels.insert("role".into(), "edge".into());
-        i.peers.insert(
-            "edge-only".into(),
-            BGPPeerSpec {
-                peer_ip: Some("198.18.0.250".into()),
-                as_number: Some(65001),
-                node_selector: Some(LabelSelector {
-                    match_labels: Some([("role".to_string(), "edge".to_string())].into()),
-                    ..Default::default()
-                }),
-                password: Some(k8s_openapi::api::core::v1::SecretKeySelector {
-                    name: "bgp".into(),
-                    key: "pw".into(),
-                    optional: None,
-                }),
-                ..Default::default()
-            },
-        );
-        i.peers.insert(
-            "other-rack".into(),
-            BGPPeerSpec {
-                peer_ip: Some("198.18.0.251".into()),
-                as_number: Some(65001),
-                node_selector: Some(LabelSelector {
-                    match_labels: Some([("rack".to_string(), "r9".to_string())].into()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        );
-        let d = desired(&i, &view());
-        assert!(!d.peers.contains_key("peer-other-rack"));
-        assert!(
-            !d.peers.contains_key("peer-edge-only"),
-            "no password, no session"
-        );
-        assert!(
-            d.problems.iter().any(|p| p.contains("bgp/pw")),
-            "{:?}",
-            d.problems
-        );
-        i.passwords
-            .insert(("bgp".into(), "pw".into()), "s3cret".into());
-        let d = desired(&i, &view());
-        assert_eq!(
-            d.peers["peer-edge-only"].md5_password.as_deref(),
-            Some("s3cret")
-        );
-    }
-
-    #[test]
-    fn restarting_and_next_hops_reach_every_peer() {
-        let mut i = input("n1");
-        i.restarting = true;
-        i.me.ipv6 = "2001:db8:ffff::b".parse().ok();
-        let d = desired(&i, &view());
-        for p in d.peers.values() {
-            assert!(p.graceful_restart.is_some_and(|g| g.restarting));
-            assert_eq!(p.next_hop_v6, "2001:db8:ffff::b".parse().ok());
-        }
-        assert_eq!(d.listen.len(), 2);
-    }
-
-    #[test]
-    fn communities_of_every_kind_per_pool_and_per_peer() {
-        let mut i = input("n1");
-        i.configs.insert(
-            "default".into(),
-            BGPConfigurationSpec {
-                communities: vec![
-                    Community {
-                        name: "pods".into(),
-                        value: "64512:100".into(),
-                    },
-                    Community {
-                        name: "big".into(),
-                        value: "64512:1:2".into(),
-                    },
-                    Community {
-                        name: "broken".into(),
-                        value: "65536:1".into(),
-                    },
-                ],
-                prefix_advertisements: vec![
-                    PrefixAdvertisement {
-                        cidr: Cidr("198.19.0.0/16".into()),
-                        communities: vec!["pods".into(), "big".into(), "rt:64512:5".into()],
-                    },
-                    PrefixAdvertisement {
-                        cidr: Cidr("198.19.2.0/24".into()),
-                        communities: vec!["no-export".into(), "not-a-name".into()],
-                    },
-                ],
-                ..Default::default()
-            },
-        );
-        i.peers.insert(
-            "tor".into(),
-            BGPPeerSpec {
-                peer_ip: Some("198.18.0.1".into()),
-                as_number: Some(65000),
-                communities: vec!["big".into(), "65000:9".into()],
-                ..Default::default()
-            },
-        );
-        let d = desired(&i, &view());
-        let c = |s: &str| s.parse::<bgp::wire::Community>().expect("community");
-        let block = &d.originate[&"198.19.1.0/26".parse::<Prefix>().expect("p")];
-        assert_eq!(
-            block.iter().collect::<Vec<_>>(),
-            [c("64512:100"), c("64512:1:2"), c("rt:64512:5")]
-        );
-        // The borrowed /32 is also inside 198.19.2.0/24: both entries apply.
-        let host = &d.originate[&"198.19.2.7/32".parse::<Prefix>().expect("p")];
-        assert!(host.iter().any(|x| x == c("no-export")), "{host:?}");
-        assert_eq!(
-            d.peers["peer-tor"].communities.iter().collect::<Vec<_>>(),
-            [c("65000:9"), c("64512:1:2")]
-        );
-        // Bad values are reported once each, by where they are.
-        let mut problems = d.problems.clone();
-        problems.sort();
-        assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems[0].contains("communities broken"), "{problems:?}");
-        assert!(problems[1].contains("not-a-name"), "{problems:?}");
-    }
-}
+mod tests;
