@@ -39,6 +39,8 @@ pub struct Shared {
     pub latency: Duration,
     /// Bookmark period for watches that allow them.
     pub bookmark_every: Duration,
+    /// Watch delivery delay (see [`StreamOpts::delivery_delay`]).
+    pub watch_delay: Duration,
     /// Largest accepted request body.
     pub max_body: usize,
     /// Default watch timeout when the client gives none.
@@ -611,6 +613,7 @@ async fn resource(
                 output,
                 timeout,
                 bookmark_every: bookmarks.then_some(sh.bookmark_every),
+                delivery_delay: sh.watch_delay,
             };
             let body = watch::spawn(def, start, rx, opts);
             let stream = ReceiverStream::new(body).map(|b| Ok::<_, Infallible>(Frame::data(b)));
