@@ -336,7 +336,7 @@ pub fn agent_identity_objects() -> Result<Vec<serde_json::Value>> {
     let text = std::fs::read_to_string(&path)
         .map_err(|e| LabError::io(format!("reading {}", path.display()), e))?;
     let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
         let v = serde_json::Value::deserialize(doc)
             .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
         if matches!(

@@ -498,14 +498,14 @@ pub fn all() -> Vec<CustomResourceDefinition> {
 }
 
 /// `deploy/crds.yaml`: every CRD as a YAML document.
-pub fn to_yaml() -> Result<String, serde_yaml::Error> {
+pub fn to_yaml() -> Result<String, serde_yaml_ng::Error> {
     let mut out = String::from(
         "# Generated from node-agent/src/crd.rs; do not edit.\n\
          # Regenerate: MARGAY_UPDATE_CRDS=1 cargo test -p node-agent crds\n",
     );
     for crd in all() {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd)?);
+        out.push_str(&serde_yaml_ng::to_string(&crd)?);
     }
     Ok(out)
 }

@@ -219,7 +219,7 @@ fn decode_object(content_type: &str, raw: &[u8]) -> Result<Value, ApiError> {
     match ct {
         "" | "application/json" | "*/*" => serde_json::from_slice(raw)
             .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}"))),
-        "application/yaml" => serde_yaml::from_slice(raw)
+        "application/yaml" => serde_yaml_ng::from_slice(raw)
             .map_err(|e| ApiError::bad_request(format!("the body is not valid YAML: {e}"))),
         "application/vnd.kubernetes.protobuf" => super::proto::decode(raw).map_err(|e| match e {
             ProtoError::Malformed(_) => ApiError::bad_request(e.to_string()),

@@ -385,7 +385,7 @@ pub fn kubeconfig(server: &str, ca_data: &str, token: &str) -> String {
 
 /// The server URL and CA data of a kubeconfig this server wrote.
 pub fn kubeconfig_cluster(yaml: &str) -> Option<(String, String)> {
-    let v: serde_json::Value = serde_yaml::from_str(yaml).ok()?;
+    let v: serde_json::Value = serde_yaml_ng::from_str(yaml).ok()?;
     let c = v.pointer("/clusters/0/cluster")?;
     Some((
         c.get("server")?.as_str()?.to_string(),
