@@ -743,6 +743,7 @@ mod tests {
                 host_if: host_ifname("default", "nginx"),
             }],
             pod_ips: Default::default(),
+            ..Default::default()
         };
         let eps: BTreeMap<String, Endpoint> = [(
             "c2".to_string(),

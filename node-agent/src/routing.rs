@@ -487,6 +487,7 @@ mod tests {
                 host_if: "calip".into(),
             }],
             pod_ips: Default::default(),
+            ..Default::default()
         }
     }
 
