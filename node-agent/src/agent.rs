@@ -297,13 +297,28 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     health.set_status("node", identity_json(&me));
     let _routing = tokio::spawn(routing_task::run(routing_task::RoutingDeps {
         cluster: cluster.clone(),
-        view: view_rx,
+        view: view_rx.clone(),
         me: me.clone(),
         secrets_namespace: args.namespace.clone(),
         health: health.clone(),
         metrics: metrics.clone(),
         reconcile_after: args.startup_grace,
     }));
+    // The VXLAN overlay (pools with vxlanMode), and the pods' MTU it
+    // works out, which every Allocate answer carries to the CNI plugin.
+    let (mtu_tx, mtu_rx) = tokio::sync::watch::channel(0u32);
+    let _overlay = tokio::spawn(crate::overlay::task::run(
+        crate::overlay::task::OverlayDeps {
+            cluster: cluster.clone(),
+            view: view_rx.clone(),
+            alloc: alloc.clone(),
+            me: me.clone(),
+            settings: args.overlay_settings(),
+            mtu: mtu_tx,
+            health: health.clone(),
+            reconcile_interval: args.reconcile_interval,
+        },
+    ));
     let ctl_replay = ctl.clone();
     let listener = ipam::grpc::UdsListener::bind(&args.socket).await?;
     let confirmations = crate::confirm::Confirmations::default();
@@ -313,6 +328,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         metrics.clone(),
         Some(ctl.clone()),
         confirmations.clone(),
+        mtu_rx,
     ))
     .add_service(EndpointsService::server(
         ctl.clone(),

@@ -41,6 +41,7 @@ pub struct AgentIpam {
     metrics: Arc<Metrics>,
     controller: Option<ControllerHandle>,
     confirmations: Confirmations,
+    mtu: watch::Receiver<u32>,
 }
 
 impl AgentIpam {
@@ -51,6 +52,7 @@ impl AgentIpam {
         metrics: Arc<Metrics>,
         controller: Option<ControllerHandle>,
         confirmations: Confirmations,
+        mtu: watch::Receiver<u32>,
     ) -> IpamServer<Self> {
         IpamServer::new(AgentIpam {
             inner: IpamService::new(alloc),
@@ -58,6 +60,7 @@ impl AgentIpam {
             metrics,
             controller,
             confirmations,
+            mtu,
         })
     }
 
@@ -223,6 +226,7 @@ impl Ipam for AgentIpam {
                                     ..Default::default()
                                 })
                                 .collect(),
+                            ..Default::default()
                         }))
                     }
                     Err(_) => join_status(task.await),
@@ -231,6 +235,12 @@ impl Ipam for AgentIpam {
             }
         }
         .await;
+        // The pods' MTU as the overlay works it out (0 until it has: the
+        // plugin detects one itself).
+        let res = res.map(|mut r| {
+            r.get_mut().mtu = *self.mtu.borrow();
+            r
+        });
         self.observe("allocate", started, &res);
         res
     }
