@@ -389,10 +389,13 @@ fn agent_means(node: &Netns, url: &str) {
     };
     println!("\nthe agent's own view (means):");
     for (label, metric) in [
-        ("Allocate", "margay_cni_request_seconds_{}{op=\"allocate\"}"),
+        (
+            "Allocate",
+            "margay_cni_request_seconds_{}{op=\"allocate\",result=\"ok\"}",
+        ),
         (
             "EndpointUp",
-            "margay_cni_request_seconds_{}{op=\"endpoint_up\"}",
+            "margay_cni_request_seconds_{}{op=\"endpoint_up\",result=\"ok\"}",
         ),
         ("policy commit", "margay_policy_sync_seconds_{}"),
     ] {

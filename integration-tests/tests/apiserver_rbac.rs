@@ -256,3 +256,78 @@ async fn bindings_scope_names_and_groups_as_the_real_authorizer() {
     assert_eq!(s["status"]["allowed"].as_bool(), Some(false), "{s}");
     server.shutdown().await.expect("shutdown");
 }
+
+/// Each HTTP request maps to the verb the real server authorizes: a watch
+/// is `watch`, not `list`; a collection DELETE is `deletecollection`.
+#[tokio::test]
+async fn http_requests_map_to_the_real_verbs() {
+    let server = start().await;
+    let admin = client(&server);
+    for o in [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}}),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "lister", "namespace": "a"}}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "list-delete", "namespace": "a"},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "delete"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "lister", "namespace": "a"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "list-delete"},
+            "subjects": [{"kind": "ServiceAccount", "name": "lister", "namespace": "a"}]}),
+    ] {
+        k8s::apply_object(&admin, &o).await.expect("object");
+    }
+    let token = server
+        .service_account_token("a", "lister")
+        .await
+        .expect("token");
+    let sa = as_user(&server, &token).await;
+    let cms = "/api/v1/namespaces/a/configmaps";
+    assert_eq!(raw(&sa, "GET", cms, None, vec![]).await.0, 200, "list");
+    let (code, s) = raw(
+        &sa,
+        "GET",
+        &format!("{cms}?watch=true&timeoutSeconds=1"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(code, 403, "a watch is not a list: {s}");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot watch"),
+        "{s}"
+    );
+    assert_eq!(
+        raw(&sa, "GET", &format!("{cms}/x"), None, vec![]).await.0,
+        403,
+        "get"
+    );
+    assert_eq!(
+        raw(&sa, "DELETE", &format!("{cms}/x"), None, vec![])
+            .await
+            .0,
+        404,
+        "delete (allowed; absent)"
+    );
+    let (code, s) = raw(&sa, "DELETE", cms, None, vec![]).await;
+    assert_eq!(code, 403, "a collection DELETE is deletecollection: {s}");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot deletecollection"),
+        "{s}"
+    );
+    let (code, _) = raw(
+        &sa,
+        "POST",
+        cms,
+        Some("application/json"),
+        br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"}}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(code, 403, "create");
+    server.shutdown().await.expect("shutdown");
+}

@@ -35,12 +35,21 @@ pub struct CniLabels {
     pub result: String,
 }
 
-/// Labels of CNI latency series.
+/// Labels of `margay_build_info`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OpLabels {
-    /// The operation.
-    pub op: String,
+pub struct BuildLabels {
+    /// The crate version (`margay-node --version`).
+    pub version: String,
+    /// The git commit it was built from (`MARGAY_GIT_COMMIT` at build
+    /// time, set by scripts/image), or "unknown".
+    pub commit: String,
 }
+
+/// The commit this binary was built from, if the build said.
+pub const GIT_COMMIT: &str = match option_env!("MARGAY_GIT_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
 
 /// Labels of API error series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,6 +70,8 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 /// Every series the agent exports.
 pub struct Metrics {
     registry: Registry,
+    /// Always 1, labelled with the version and commit.
+    pub build_info: Family<BuildLabels, Gauge>,
     /// 1 when the session is Established.
     pub bgp_session_established: Family<PeerLabels, Gauge>,
     /// Prefixes the peer sent us.
@@ -91,8 +102,8 @@ pub struct Metrics {
     pub policy_endpoints: Gauge,
     /// CNI-facing requests.
     pub cni_requests: Family<CniLabels, Counter>,
-    /// CNI-facing request latency, seconds.
-    pub cni_request_seconds: HistogramFamily<OpLabels>,
+    /// CNI-facing request latency, seconds, by op and result.
+    pub cni_request_seconds: HistogramFamily<CniLabels>,
     /// Kubernetes API errors.
     pub api_errors: Family<ApiLabels, Counter>,
 }
@@ -107,18 +118,16 @@ impl Metrics {
     /// Counts one request the CNI plugin made (`error`: its gRPC code, if
     /// it failed) and records how long it took since `started`.
     pub fn observe_cni(&self, op: &str, started: std::time::Instant, error: Option<tonic::Code>) {
-        let result = match error {
-            None => "ok".to_string(),
-            Some(code) => format!("{code:?}"),
+        let labels = CniLabels {
+            op: op.into(),
+            result: match error {
+                None => "ok".to_string(),
+                Some(code) => format!("{code:?}"),
+            },
         };
-        self.cni_requests
-            .get_or_create(&CniLabels {
-                op: op.into(),
-                result,
-            })
-            .inc();
+        self.cni_requests.get_or_create(&labels).inc();
         self.cni_request_seconds
-            .get_or_create(&OpLabels { op: op.into() })
+            .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
     }
 
@@ -126,6 +135,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("margay");
         let m = Metrics {
+            build_info: Family::default(),
             bgp_session_established: Family::default(),
             bgp_prefixes_received: Family::default(),
             bgp_prefixes_accepted: Family::default(),
@@ -145,7 +155,18 @@ impl Metrics {
             api_errors: Family::default(),
             registry: Registry::default(),
         };
+        m.build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+                commit: GIT_COMMIT.into(),
+            })
+            .set(1);
         let r = &mut registry;
+        r.register(
+            "build_info",
+            "Always 1; the labels say which build runs",
+            m.build_info.clone(),
+        );
         r.register(
             "bgp_session_established",
             "1 when the BGP session is Established",
@@ -223,7 +244,7 @@ impl Metrics {
         );
         r.register(
             "cni_request_seconds",
-            "Latency of requests from the CNI plugin",
+            "Latency of requests from the CNI plugin, by op and result",
             m.cni_request_seconds.clone(),
         );
         r.register("api_errors", "Kubernetes API errors", m.api_errors.clone());
@@ -258,11 +279,11 @@ mod tests {
                 result: "ok".into(),
             })
             .inc();
-        m.cni_request_seconds
-            .get_or_create(&OpLabels {
-                op: "allocate".into(),
-            })
-            .observe(0.002);
+        m.observe_cni(
+            "allocate",
+            std::time::Instant::now(),
+            Some(tonic::Code::ResourceExhausted),
+        );
         let text = m.encode();
         assert!(
             text.contains(r#"margay_bgp_session_established{peer="198.18.0.1",kind="global"} 1"#),
@@ -273,9 +294,22 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("margay_cni_request_seconds_count{op=\"allocate\"} 1"),
+            text.contains(
+                r#"margay_cni_request_seconds_count{op="allocate",result="ResourceExhausted"} 1"#
+            ),
             "{text}"
         );
+        assert!(
+            text.contains(
+                r#"margay_cni_requests_total{op="allocate",result="ResourceExhausted"} 1"#
+            ),
+            "{text}"
+        );
+        let build = format!(
+            r#"margay_build_info{{version="{}",commit="{GIT_COMMIT}"}} 1"#,
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{text}");
         assert!(
             text.contains("margay_policy_sync_failures_total 0"),
             "{text}"

@@ -1,9 +1,10 @@
 //! Kubernetes API test server: a kube-apiserver stand-in for what Margay's
 //! agent (kube 5 watchers, reflectors, CAS updates) and kubectl use.
 //!
-//! Plain HTTP with bearer-token authentication and RBAC authorization
-//! ([`auth`]: the admin token of [`kubeconfig`], ServiceAccount tokens from
-//! the TokenRequest API, RBAC from the stored roles and bindings). Objects are JSON,
+//! HTTPS ([`tls`]: its own CA, which every kubeconfig it writes carries),
+//! bearer-token authentication and RBAC authorization ([`auth`]: the admin
+//! token of [`kubeconfig`], ServiceAccount tokens from the TokenRequest API,
+//! RBAC from the stored roles and bindings). Objects are JSON,
 //! validated only for apiVersion/kind/metadata (names, labels) like the
 //! generic registry does; semantics follow the real server: one global
 //! resourceVersion, 409 on stale updates, watches resuming from a history
