@@ -281,7 +281,12 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         released,
         health.pulse("superseded releases"),
     ));
+    // The pods' MTU, as the overlay task (below) works it out: every
+    // Allocate answer carries it to the CNI plugin, and a repaired veth
+    // gets it.
+    let (mtu_tx, mtu_rx) = tokio::sync::watch::channel(0u32);
     let (ctl, _ctl_task) = controller::start(controller::ControllerDeps {
+        pod_mtu: mtu_rx.clone(),
         records: crate::attachments::Records::new(args.state_dir.join("endpoints")),
         releases,
         reconcile_interval: args.reconcile_interval,
@@ -304,9 +309,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         metrics: metrics.clone(),
         reconcile_after: args.startup_grace,
     }));
-    // The VXLAN overlay (pools with vxlanMode), and the pods' MTU it
-    // works out, which every Allocate answer carries to the CNI plugin.
-    let (mtu_tx, mtu_rx) = tokio::sync::watch::channel(0u32);
+    // The VXLAN overlay (pools with vxlanMode), and the pods' MTU.
     let _overlay = tokio::spawn(crate::overlay::task::run(
         crate::overlay::task::OverlayDeps {
             cluster: cluster.clone(),

@@ -154,6 +154,24 @@ async fn allocate_prepared(
     res
 }
 
+/// How long an Allocate waits for the overlay's first pass to tell the
+/// pods' MTU (only right after the agent started).
+const MTU_WAIT: Duration = Duration::from_secs(2);
+
+/// The pods' MTU as the overlay works it out; right after start-up, until
+/// its first pass, waits for it (bounded by [`MTU_WAIT`]). 0: not known
+/// (the overlay task is not running): the plugin then detects one itself.
+async fn pod_mtu(mtu: &watch::Receiver<u32>) -> u32 {
+    let mut rx = mtu.clone();
+    match tokio::time::timeout(MTU_WAIT, rx.wait_for(|m| *m > 0)).await {
+        Ok(Ok(m)) => *m,
+        Ok(Err(_)) | Err(_) => {
+            tracing::debug!("the overlay has not told the pods' MTU: the plugin detects it");
+            0
+        }
+    }
+}
+
 fn join_status(
     r: Result<Result<Response<AllocateReply>, Status>, tokio::task::JoinError>,
 ) -> Result<Response<AllocateReply>, Status> {
@@ -235,12 +253,13 @@ impl Ipam for AgentIpam {
             }
         }
         .await;
-        // The pods' MTU as the overlay works it out (0 until it has: the
-        // plugin detects one itself).
-        let res = res.map(|mut r| {
-            r.get_mut().mtu = *self.mtu.borrow();
-            r
-        });
+        let res = match res {
+            Ok(mut r) => {
+                r.get_mut().mtu = pod_mtu(&self.mtu).await;
+                Ok(r)
+            }
+            Err(e) => Err(e),
+        };
         self.observe("allocate", started, &res);
         res
     }

@@ -196,6 +196,15 @@ impl Task {
                 .health
                 .set_status("overlay_problems", serde_json::json!(p.problems));
         }
+        // First: an Allocate waiting for it answers at once.
+        self.d.mtu.send_if_modified(|m| {
+            let moved = *m != p.pod_mtu;
+            if moved {
+                tracing::info!(mtu = p.pod_mtu, "pod MTU");
+            }
+            *m = p.pod_mtu;
+            moved
+        });
         let mut ok = self.tunnel_addresses(&p).await;
         if reread_kernel || self.applied.as_ref() != Some(&p) {
             match self.kernel.sync(&p, self.underlay_if.as_deref()).await {
@@ -237,14 +246,6 @@ impl Task {
                 }
             }
         }
-        self.d.mtu.send_if_modified(|m| {
-            let moved = *m != p.pod_mtu;
-            if moved {
-                tracing::info!(mtu = p.pod_mtu, "pod MTU");
-            }
-            *m = p.pod_mtu;
-            moved
-        });
         self.d.health.set_status(
             "overlay",
             serde_json::json!({
