@@ -102,15 +102,8 @@ fn must_reach(from: &WiredPod, to: IpAddr, what: &str) {
 
 /// Packets through a device: (tx, rx); (0, 0) when it does not exist.
 fn packets(node: &Netns, dev: &str) -> (u64, u64) {
-    let Ok(out) = node.ip(&["-j", "-s", "link", "show", "dev", dev]) else {
-        return (0, 0);
-    };
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    let s = &v[0]["stats64"];
-    (
-        s["tx"]["packets"].as_u64().unwrap_or(0),
-        s["rx"]["packets"].as_u64().unwrap_or(0),
-    )
+    node.link_stats(dev)
+        .map_or((0, 0), |s| (s.tx_packets, s.rx_packets))
 }
 
 fn device(v6: bool) -> &'static str {
@@ -137,11 +130,7 @@ fn tunnel_packets_during(from: &WiredPod, to: IpAddr, src: &Netns, dst: &Netns) 
 
 /// The device `node` routes `dst` through.
 fn route_dev(node: &Netns, dst: IpAddr) -> String {
-    let out = node
-        .ip(&["-j", "route", "get", &dst.to_string()])
-        .unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    v[0]["dev"].as_str().unwrap_or("").to_string()
+    node.route_dev(dst).unwrap_or_default()
 }
 
 fn until(what: &str, mut ok: impl FnMut() -> bool) {
@@ -348,18 +337,14 @@ fn pods_get_the_underlay_mtu_minus_the_vxlan_overhead() {
     let (a, _sa) = pod(&lab, &agents[0], "a");
     let (b, _sb) = pod(&lab, &agents[1], "b");
     let n1 = &lab.node("n1").expect("n1").ns;
-    let mtu = |ns: &Netns, dev: &str| -> u64 {
-        let out = ns.ip(&["-j", "link", "show", "dev", dev]).expect(dev);
-        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
-        v[0]["mtu"].as_u64().expect("mtu")
-    };
+    let mtu = |ns: &Netns, dev: &str| ns.link_stats(dev).map(|s| s.mtu);
     until("vxlan.margay on n1", || {
         n1.ip(&["link", "show", "dev", "vxlan.margay"]).is_ok()
     });
-    assert_eq!(mtu(n1, "vxlan.margay"), 1350);
-    assert_eq!(mtu(&a.ns, "eth0"), 1350, "pod side");
+    assert_eq!(mtu(n1, "vxlan.margay"), Some(1350));
+    assert_eq!(mtu(&a.ns, "eth0"), Some(1350), "pod side");
     let host_if = lab::host_ifname("demo", "a");
-    assert_eq!(mtu(n1, &host_if), 1350, "host side");
+    assert_eq!(mtu(n1, &host_if), Some(1350), "host side");
     let b4 = b.ipv4().expect("b v4").to_string();
     must_reach(&a, b.ipv4().expect("b v4"), "a -> b");
     // A full-size packet with DF set crosses the tunnel (1350 - 28 bytes
@@ -384,4 +369,61 @@ fn pods_get_the_underlay_mtu_minus_the_vxlan_overhead() {
         "1350-byte DF ping across the tunnel: {full:?}"
     );
     assert!(ping(1323).is_err(), "a 1351-byte DF packet left the pod");
+}
+
+/// How many times `node`'s agent changed the kernel for the overlay.
+fn overlay_writes(lab: &Lab, node: &str) -> usize {
+    std::fs::read_to_string(lab.run_dir().join(format!("{node}-agent.log")))
+        .unwrap_or_default()
+        .matches("overlay synced")
+        .count()
+}
+
+#[test]
+fn vxlan_takes_over_from_bgp_routes_and_rewrites_nothing_once_converged() {
+    integration_tests::require_root!();
+    let lab = Lab::builder().nodes(2).build().expect("lab");
+    let _api = k8s::start_apiserver(&lab).expect("apiserver");
+    // The node-to-node mesh on (no BGPConfiguration): BGP routes the pods
+    // under Never and keeps running beside the overlay. The kernel is
+    // re-read every 200 ms.
+    k8s::bootstrap(&lab, &[V4_POOL, V6_POOL]).expect("bootstrap");
+    let agents: Vec<Agent> = ["n1", "n2"]
+        .iter()
+        .map(|n| k8s::start_agent(&lab, n, &["--reconcile-interval", "200ms"]).expect("agent"))
+        .collect();
+    let (a, _sa) = pod(&lab, &agents[0], "a");
+    let (b, _sb) = pod(&lab, &agents[1], "b");
+    let n1 = &lab.node("n1").expect("n1").ns;
+    for b_ip in [b.ipv4().expect("v4"), b.ipv6().expect("v6")] {
+        must_reach(&a, b_ip, "a -> b over BGP routes");
+        assert_eq!(route_dev(n1, b_ip), "eth0");
+    }
+    assert!(routes_of_proto(n1, "80").contains("via 2001:db8:ffff::c"));
+    set_mode(&lab, &["v4", "v6"], "Always");
+    for b_ip in [b.ipv4().expect("v4"), b.ipv6().expect("v6")] {
+        let dev = device(b_ip.is_ipv6());
+        until(&format!("n1 routes {b_ip} into {dev}"), || {
+            route_dev(n1, b_ip) == dev
+        });
+        must_reach(&a, b_ip, "a -> b through the tunnel");
+        let (tx, rx) = tunnel_packets_during(&a, b_ip, n1, &lab.node("n2").expect("n2").ns);
+        assert!(tx >= 5 && rx >= 5, "{b_ip}: tx {tx} rx {rx}");
+    }
+    // BGP still runs: its routes stay, below the overlay's.
+    let bgp = routes_of_proto(n1, "80");
+    assert!(
+        bgp.contains("via 198.18.0.12") && bgp.contains("via 2001:db8:ffff::c"),
+        "{bgp}"
+    );
+    // Converged: five more kernel re-reads change nothing.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = overlay_writes(&lab, "n1");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        overlay_writes(&lab, "n1"),
+        before,
+        "the overlay rewrote the kernel with nothing to change"
+    );
+    assert!(before > 0, "no overlay sync was logged at all");
 }

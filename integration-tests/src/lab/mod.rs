@@ -39,7 +39,7 @@ use std::time::Duration;
 
 pub use daemon::{Bird, Daemon, Frr, Gobgp, wait_for};
 pub use error::{LabError, Result};
-pub use netns::Netns;
+pub use netns::{LinkStats, Netns};
 pub use pod::{Pod, PodSpec, host_ifname};
 pub use probe::{Outcome, Probe, Proto, probe, probe_many, wait_reachable};
 

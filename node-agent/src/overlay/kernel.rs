@@ -26,7 +26,7 @@ use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
 };
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
@@ -172,27 +172,39 @@ fn parse_route(m: &RouteMessage, devices: &BTreeMap<u32, Af>) -> Option<(IpNetwo
         }
     }
     let dst = IpNetwork::new(dst?, m.header.destination_prefix_length).ok()?;
-    let gw = gw?;
-    let via = match oif.and_then(|i| devices.get(&i)) {
-        Some(af) if m.header.flags.contains(RouteFlags::Onlink) => Via::Tunnel { af: *af, gw },
-        _ => Via::Underlay { gw },
+    let onlink = m.header.flags.contains(RouteFlags::Onlink);
+    let via = match (oif.and_then(|i| devices.get(&i)), gw) {
+        (Some(af), Some(gw)) if onlink => Via::Tunnel { af: *af, gw },
+        // (IPv6 dumps every route with universe scope.)
+        (Some(af), None) => Via::Device { af: *af },
+        (_, Some(gw)) => Via::Underlay { gw },
+        (_, None) => return None,
     };
     Some((dst, via, metric))
 }
 
 fn route_message(dst: &IpNetwork, via: &Via, devices: &BTreeMap<Af, u32>) -> Option<RouteMessage> {
     let (gw, oif) = match via {
-        Via::Tunnel { af, gw } => (*gw, Some(*devices.get(af)?)),
-        Via::Underlay { gw } => (*gw, None),
+        Via::Tunnel { af, gw } => (Some(*gw), Some(*devices.get(af)?)),
+        Via::Underlay { gw } => (Some(*gw), None),
+        Via::Device { af } => (None, Some(*devices.get(af)?)),
     };
     let mut m = match (dst, gw) {
-        (IpNetwork::V4(n), IpAddr::V4(g)) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+        (IpNetwork::V4(n), Some(IpAddr::V4(g))) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
             .destination_prefix(n.network(), n.prefix())
             .gateway(g)
             .build(),
-        (IpNetwork::V6(n), IpAddr::V6(g)) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+        (IpNetwork::V6(n), Some(IpAddr::V6(g))) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
             .destination_prefix(n.network(), n.prefix())
             .gateway(g)
+            .build(),
+        (IpNetwork::V4(n), None) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(n.network(), n.prefix())
+            .scope(RouteScope::Link)
+            .build(),
+        (IpNetwork::V6(n), None) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            .destination_prefix(n.network(), n.prefix())
+            .scope(RouteScope::Link)
             .build(),
         _ => return None,
     };
@@ -200,7 +212,9 @@ fn route_message(dst: &IpNetwork, via: &Via, devices: &BTreeMap<Af, u32>) -> Opt
     m.attributes.push(RouteAttribute::Priority(OVERLAY_METRIC));
     if let Some(i) = oif {
         m.attributes.push(RouteAttribute::Oif(i));
-        m.header.flags.insert(RouteFlags::Onlink);
+        if gw.is_some() {
+            m.header.flags.insert(RouteFlags::Onlink);
+        }
     }
     Some(m)
 }
@@ -217,6 +231,14 @@ fn parse_neigh(m: &NeighbourMessage) -> Option<(u32, Mac, IpAddr)> {
             NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(IpAddr::V4(*v)),
             NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
                 ip = Some(IpAddr::V6(*v))
+            }
+            // An FDB entry (family AF_BRIDGE) carries its VTEP's address
+            // as raw bytes: the length tells the family.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(v)) => {
+                ip = <[u8; 4]>::try_from(v.as_slice())
+                    .map(IpAddr::from)
+                    .or_else(|_| <[u8; 16]>::try_from(v.as_slice()).map(IpAddr::from))
+                    .ok();
             }
             _ => {}
         }
@@ -491,15 +513,19 @@ impl OverlayKernel {
                 Some(f) if plan.fdb.contains(&f) => {
                     have.insert(f);
                 }
-                _ => match self.handle.neighbours().del(m).execute().await {
-                    Ok(()) => report.removed += 1,
-                    Err(e) if gone(&e) => {}
-                    Err(e) => return Err(fail("removing an FDB entry of", af.device())(e)),
-                },
+                _ => {
+                    tracing::debug!(device = af.device(), entry = ?entry, "removing an FDB entry");
+                    match self.handle.neighbours().del(m).execute().await {
+                        Ok(()) => report.removed += 1,
+                        Err(e) if gone(&e) => {}
+                        Err(e) => return Err(fail("removing an FDB entry of", af.device())(e)),
+                    }
+                }
             }
         }
         for f in plan.fdb.difference(&have) {
             let Some(&i) = index.get(&f.af) else { continue };
+            tracing::debug!(device = f.af.device(), mac = %f.mac, dst = %f.dst, "adding an FDB entry");
             self.handle
                 .neighbours()
                 .add_bridge(i, &f.mac.0)
@@ -531,6 +557,11 @@ impl OverlayKernel {
                 let Some(&af) = by_index.get(&m.header.ifindex) else {
                     continue;
                 };
+                // The kernel's own multicast entries (NOARP, e.g. ff02::16
+                // for MLD) are not ours and come back at once.
+                if m.header.state == NeighbourState::Noarp {
+                    continue;
+                }
                 let entry = parse_neigh(&m).map(|(_, mac, ip)| Neigh { af, ip, mac });
                 match entry {
                     Some(n)
@@ -539,16 +570,20 @@ impl OverlayKernel {
                     {
                         have.insert(n);
                     }
-                    _ => match self.handle.neighbours().del(m).execute().await {
-                        Ok(()) => report.removed += 1,
-                        Err(e) if gone(&e) => {}
-                        Err(e) => return Err(fail("removing a neighbour of", af.device())(e)),
-                    },
+                    _ => {
+                        tracing::debug!(device = af.device(), entry = ?entry, state = ?m.header.state, "removing a neighbour");
+                        match self.handle.neighbours().del(m).execute().await {
+                            Ok(()) => report.removed += 1,
+                            Err(e) if gone(&e) => {}
+                            Err(e) => return Err(fail("removing a neighbour of", af.device())(e)),
+                        }
+                    }
                 }
             }
         }
         for n in plan.neigh.difference(&have) {
             let Some(&i) = index.get(&n.af) else { continue };
+            tracing::debug!(device = n.af.device(), ip = %n.ip, mac = %n.mac, "adding a neighbour");
             self.handle
                 .neighbours()
                 .add(i, n.ip)
@@ -598,6 +633,7 @@ impl OverlayKernel {
                 }
             }
             for m in stale {
+                tracing::debug!(route = ?parse_route(&m, by_index), "removing an overlay route");
                 match self.handle.route().del(m).execute().await {
                     Ok(()) => report.removed += 1,
                     Err(e) if gone(&e) => {}
@@ -605,13 +641,20 @@ impl OverlayKernel {
                 }
             }
         }
-        for (dst, via) in &plan.routes {
+        // Routes to the tunnel addresses first: the block routes use them
+        // as their onlink gateways.
+        let (to_gateways, rest): (Vec<_>, Vec<_>) = plan
+            .routes
+            .iter()
+            .partition(|(_, via)| matches!(via, Via::Device { .. }));
+        for (dst, via) in to_gateways.into_iter().chain(rest) {
             if right.contains(dst) {
                 continue;
             }
             let Some(m) = route_message(dst, via, index) else {
                 continue;
             };
+            tracing::debug!(%dst, ?via, "writing an overlay route");
             self.handle
                 .route()
                 .add(m)

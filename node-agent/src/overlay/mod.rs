@@ -19,7 +19,8 @@
 //! other node's VTEP is a static FDB entry (its MAC → its underlay address)
 //! and a permanent neighbour (its tunnel address → its MAC); a remote block
 //! of a VXLAN pool is routed `via <its node's tunnel address> dev
-//! vxlan.margay onlink`. Those facts come from the Node objects
+//! vxlan.margay onlink`, and that tunnel address itself `dev vxlan.margay`
+//! (see [`Via::Device`]). Those facts come from the Node objects
 //! (annotations this agent owns, [`ANN_TUNNEL_ADDR_V4`] …) and from the IPAM
 //! blocks' affinities, so no BGP route is needed; BGP keeps running beside
 //! (its routes, metric 1280, lose to these, metric [`OVERLAY_METRIC`]).
@@ -295,6 +296,16 @@ pub enum Via {
         /// The remote node's underlay address.
         gw: IpAddr,
     },
+    /// `dev <device> scope link`, no gateway: a remote node's tunnel
+    /// address itself, for every tunnel address a [`Via::Tunnel`] route
+    /// uses. The kernel then takes that address as an `onlink` gateway
+    /// whatever else is routed: IPv6 refuses an onlink gateway that another
+    /// route sends out of another device (EINVAL), e.g. a BGP route to the
+    /// very block the tunnel address lies in.
+    Device {
+        /// Device family.
+        af: Af,
+    },
 }
 
 /// What the overlay should be on this node.
@@ -463,6 +474,19 @@ pub fn plan(input: &Input<'_>) -> Plan {
             }
         };
         p.routes.insert(*dst, via);
+    }
+    // The tunnel addresses used as gateways, on the device (replacing a
+    // borrowed-address route to the same /32 or /128: the same path).
+    let gateways: BTreeSet<(Af, IpAddr)> = p
+        .routes
+        .values()
+        .filter_map(|v| match v {
+            Via::Tunnel { af, gw } => Some((*af, *gw)),
+            _ => None,
+        })
+        .collect();
+    for (af, gw) in gateways {
+        p.routes.insert(IpNetwork::from(gw), Via::Device { af });
     }
     for (node, af, why) in missing {
         p.problems.push(format!(

@@ -122,10 +122,14 @@ fn always_tunnels_every_remote_block_of_the_pool() {
         af: Af::V4,
         gw: ip(gw),
     };
+    let dev = Via::Device { af: Af::V4 };
     let want: BTreeMap<IpNetwork, Via> = [
         (net("198.19.0.64/26"), via("198.19.0.65")),
         (net("198.19.0.128/26"), via("198.19.0.129")),
         (net("198.19.0.7/32"), via("198.19.0.129")),
+        // The gateways themselves, on the device.
+        (net("198.19.0.65/32"), dev),
+        (net("198.19.0.129/32"), dev),
     ]
     .into();
     assert_eq!(p.routes, want);
@@ -192,6 +196,12 @@ fn cross_subnet_routes_plainly_within_the_subnet_and_tunnels_across() {
             gw: ip("2001:db8:100::81")
         }
     );
+    // Only the tunnelled peer's tunnel address is routed on the device.
+    assert_eq!(
+        p.routes[&net("2001:db8:100::81/128")],
+        Via::Device { af: Af::V6 }
+    );
+    assert!(!p.routes.contains_key(&net("198.19.0.65/32")));
     assert_eq!(p.devices[&Af::V6].mtu, 1430);
     // Pods fit in the smaller of the two tunnels.
     assert_eq!(p.pod_mtu, 1430);
