@@ -426,4 +426,28 @@ fn vxlan_takes_over_from_bgp_routes_and_rewrites_nothing_once_converged() {
         "the overlay rewrote the kernel with nothing to change"
     );
     assert!(before > 0, "no overlay sync was logged at all");
+
+    // A restarted agent finds everything right and keeps it: the tunnel
+    // carries traffic while it is down, and it changes nothing when back.
+    let mut agents = agents;
+    drop(agents.remove(0));
+    let b4 = b.ipv4().expect("v4");
+    assert!(reaches(&a.ns, b4), "the tunnel went with the agent");
+    agents.insert(
+        0,
+        k8s::start_agent(&lab, "n1", &["--reconcile-interval", "200ms"]).expect("agent"),
+    );
+    let log = lab.run_dir().join("n1-agent.log");
+    until("the restarted agent's first overlay pass", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("pod MTU")
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        overlay_writes(&lab, "n1"),
+        0,
+        "the restarted agent rewrote a correct overlay"
+    );
+    must_reach(&a, b4, "a -> b after the agent restart");
 }
