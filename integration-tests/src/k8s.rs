@@ -310,6 +310,7 @@ pub fn bootstrap(lab: &Lab, pools: &[(&str, &str)]) -> Result<()> {
                     allowed_uses: vec![],
                     disable_bgp_export: false,
                     nat_outgoing: None,
+                    vxlan_mode: None,
                 },
             );
             match api.create(&PostParams::default(), &pool).await {

@@ -51,7 +51,9 @@ pub struct PeerRow {
     pub bfd: Option<String>,
 }
 
-fn node_facts(n: &Node) -> NodeFacts {
+/// What routing (and the overlay) need to know about a Node: its addresses
+/// (the agent's annotation, else its InternalIP) and labels.
+pub fn node_facts(n: &Node) -> NodeFacts {
     let ann = n.metadata.annotations.clone().unwrap_or_default();
     let parse_ann = |k: &str| -> Option<IpAddr> {
         ann.get(k).and_then(|v| {

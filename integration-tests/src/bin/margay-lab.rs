@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use integration_tests::cni;
 use integration_tests::k8s;
 use integration_tests::kubelet;
@@ -38,6 +38,15 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// The lab's underlay (`up --topology`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Topology {
+    /// One subnet.
+    Flat,
+    /// The last node behind the ToR in a second subnet; pools in CrossSubnet.
+    CrossSubnet,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Bring the lab up: API server, BIRD ToR, margay-node on every node,
@@ -58,6 +67,12 @@ enum Cmd {
         /// wrote. Without it, the agents are started as processes.
         #[arg(long)]
         image: Option<String>,
+        /// `flat`: every node on the ToR's subnet. `cross-subnet`: the last
+        /// node in a second underlay subnet, one routed hop away, and the
+        /// pools in `vxlanMode: CrossSubnet` (VXLAN to it, plain routes
+        /// between the others).
+        #[arg(long, value_enum, default_value_t = Topology::Flat)]
+        topology: Topology,
     },
     /// Remove the lab: kill its processes, delete its namespaces and state.
     Down,
@@ -181,7 +196,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pods,
             repo,
             image,
-        } => up(&cli.prefix, nodes, pods, &repo, image.as_deref()),
+            topology,
+        } => up(&cli.prefix, nodes, pods, &repo, image.as_deref(), topology),
         Cmd::Down => down(&cli.prefix),
         Cmd::Status => status(&load_state(&cli.prefix)?),
         Cmd::Kubectl { args } => {
@@ -250,6 +266,7 @@ fn up(
     pods_per_node: usize,
     repo: &Path,
     image: Option<&str>,
+    topology: Topology,
 ) -> anyhow::Result<()> {
     lab::can_run().map_err(anyhow::Error::msg)?;
     let existing: Vec<String> = lab::netns::list()
@@ -278,13 +295,23 @@ fn up(
         "==> lab `{prefix}`: ToR + {n_nodes} nodes in network namespaces, state in {}",
         dir.display()
     );
+    let mut subnets = vec![0u8; n_nodes];
+    if topology == Topology::CrossSubnet {
+        if n_nodes < 2 {
+            bail!("--topology cross-subnet needs at least 2 nodes");
+        }
+        subnets[n_nodes - 1] = 1;
+    }
     let mut lab = Lab::builder()
         .prefix(prefix)
-        .nodes(n_nodes)
+        .subnets(&subnets)
         .run_dir(&dir)
         .build()?;
     for n in lab.nodes() {
-        println!("    {}  {} / {}", n.name, n.ipv4, n.ipv6);
+        println!(
+            "    {}  {} / {}  (br{} on the ToR)",
+            n.name, n.ipv4, n.ipv6, n.subnet
+        );
     }
 
     println!(
@@ -349,6 +376,24 @@ fn up(
         "examples/bgppeer.yaml",
     ] {
         apply(f)?;
+    }
+    if topology == Topology::CrossSubnet {
+        for pool in ["default-ipv4", "default-ipv6"] {
+            kubectl(
+                &tor,
+                &kc,
+                &[
+                    "patch",
+                    "ippool",
+                    pool,
+                    "--type",
+                    "merge",
+                    "-p",
+                    r#"{"spec":{"vxlanMode":"CrossSubnet"}}"#,
+                ],
+            )?;
+            println!("    ippool/{pool} patched: vxlanMode=CrossSubnet");
+        }
     }
 
     println!("==> Node objects and margay-node on every node");

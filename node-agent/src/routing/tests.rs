@@ -47,6 +47,7 @@ fn view() -> IpamView {
             host_if: "calip".into(),
         }],
         pod_ips: Default::default(),
+        ..Default::default()
     }
 }
 
