@@ -25,7 +25,15 @@ use crate::fib::Fib;
 use crate::health::Health;
 use crate::ipamview::IpamView;
 use crate::metrics::{Metrics, PeerLabels};
-use crate::routing::{self, ANN_IPV4, ANN_IPV6, Desired, NodeFacts, RoutingInput, services};
+use crate::routing::{
+    self, ANN_IPV4, ANN_IPV6, ANN_RR_CLUSTER_ID, Desired, NodeFacts, RoutingInput, services,
+};
+
+/// After a restart with forwarding preserved, how long the speaker may
+/// withhold its initial updates waiting for every peer's End-of-RIB (RFC
+/// 4724 §4.1). Peers keep our routes for [`routing::DEFAULT_GR_TIME`], much
+/// longer; a peer that never comes up delays our updates this long.
+const SELECTION_DEFERRAL: Duration = Duration::from_secs(10);
 
 /// One row of `margayctl node status`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -85,6 +93,7 @@ fn node_facts(n: &Node) -> NodeFacts {
             Some(IpAddr::V6(a)) => Some(a),
             _ => None,
         },
+        rr_cluster_id: ann.get(ANN_RR_CLUSTER_ID).cloned(),
     }
 }
 
@@ -178,7 +187,12 @@ pub struct RoutingDeps {
 
 struct Running {
     speaker: Speaker,
-    key: (u32, std::net::Ipv4Addr, Vec<std::net::SocketAddr>),
+    key: (
+        u32,
+        std::net::Ipv4Addr,
+        Option<std::net::Ipv4Addr>,
+        Vec<std::net::SocketAddr>,
+    ),
     peers: BTreeMap<String, PeerConfig>,
     kinds: BTreeMap<String, &'static str>,
     originated: BTreeMap<Prefix, bgp::wire::CommunitySet>,
@@ -236,13 +250,11 @@ fn input(
 ) -> RoutingInput {
     let c = &deps.cluster;
     let nodes: Vec<NodeFacts> = c.nodes.state().iter().map(|n| node_facts(n)).collect();
+    let mine = nodes.iter().find(|n| n.name == deps.me.name);
     let me = NodeFacts {
         name: deps.me.name.clone(),
-        labels: nodes
-            .iter()
-            .find(|n| n.name == deps.me.name)
-            .map(|n| n.labels.clone())
-            .unwrap_or_default(),
+        labels: mine.map(|n| n.labels.clone()).unwrap_or_default(),
+        rr_cluster_id: mine.and_then(|n| n.rr_cluster_id.clone()),
         ipv4: deps.me.ipv4.as_ref().and_then(|c| match c.addr.ip() {
             IpAddr::V4(a) => Some(a),
             IpAddr::V6(_) => None,
@@ -390,7 +402,7 @@ pub async fn run(mut deps: RoutingDeps) {
                 }
                 last_log_level = level;
             }
-            if let Err(e) = apply(&mut running, &d, &deps).await {
+            if let Err(e) = apply(&mut running, &d, &deps, restarting).await {
                 tracing::warn!(error = %e, "applying BGP configuration failed; retrying");
                 dirty = true;
             }
@@ -427,21 +439,30 @@ async fn apply(
     running: &mut Option<Running>,
     d: &Desired,
     deps: &RoutingDeps,
+    restarting: bool,
 ) -> Result<(), String> {
-    let key = (d.local_as, d.router_id, d.listen.clone());
+    let key = (d.local_as, d.router_id, d.cluster_id, d.listen.clone());
     if running.as_ref().is_none_or(|r| r.key != key) {
         if running.take().is_some() {
-            tracing::info!(asn = d.local_as, router_id = %d.router_id, "speaker settings changed: restarting the speaker");
+            tracing::info!(asn = d.local_as, router_id = %d.router_id, cluster_id = ?d.cluster_id, "speaker settings changed: restarting the speaker");
         }
         let (speaker, fib_rx) = Speaker::start(SpeakerConfig {
             local_as: d.local_as,
             router_id: d.router_id,
             listen: d.listen.clone(),
-            cluster_id: None,
+            cluster_id: d.cluster_id,
             decision: Default::default(),
         })
         .await
         .map_err(|e| crate::logging::chain(&e))?;
+        if restarting {
+            // Peers keep what they have from us until we send complete
+            // tables (a route reflector's clients need each other's).
+            speaker
+                .defer_initial_updates(SELECTION_DEFERRAL)
+                .await
+                .map_err(|e| crate::logging::chain(&e))?;
+        }
         let fib = Fib::new().map_err(|e| crate::logging::chain(&e))?;
         let fib_task = tokio::spawn(fib_task(
             fib,
@@ -449,7 +470,7 @@ async fn apply(
             deps.reconcile_after,
             deps.health.clone(),
         ));
-        tracing::info!(asn = d.local_as, router_id = %d.router_id, listen = ?d.listen, "BGP speaker started");
+        tracing::info!(asn = d.local_as, router_id = %d.router_id, cluster_id = ?d.cluster_id, listen = ?d.listen, "BGP speaker started");
         *running = Some(Running {
             speaker,
             key,
