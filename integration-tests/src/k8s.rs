@@ -33,6 +33,12 @@ pub fn api_url() -> String {
 /// `<run_dir>/apiserver.json` (kept across restarts of the process), a
 /// kubeconfig in `<run_dir>/kubeconfig`. Returns when it accepts connections.
 pub fn start_apiserver(lab: &Lab) -> Result<Daemon> {
+    start_apiserver_with(lab, &[])
+}
+
+/// [`start_apiserver`] with more `margay-apiserver` flags (e.g.
+/// `--latency-ms 3 --watch-delay-ms 2` for a real server's latencies).
+pub fn start_apiserver_with(lab: &Lab, extra: &[&str]) -> Result<Daemon> {
     let bin = lab::workspace_bin("margay-apiserver")?;
     let dir = lab.run_dir();
     let addr_file = dir.join("apiserver.addr");
@@ -48,7 +54,8 @@ pub fn start_apiserver(lab: &Lab) -> Result<Daemon> {
         "--kubeconfig".into(),
         path_str(&kubeconfig_path(lab))?.to_string(),
     ];
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    argv.extend_from_slice(extra);
     let mut d = Daemon::spawn(lab.tor(), "apiserver", &argv, &dir.join("apiserver.log"))?;
     lab::wait_for("API server listening", Duration::from_secs(20), || {
         if !d.is_running() {

@@ -1,5 +1,6 @@
-//! `kubectl apply --dry-run=server` accepts every manifest in deploy/ against
-//! the API test server, and a dry run creates nothing.
+//! `kubectl apply --dry-run=server` accepts every manifest in deploy/ and
+//! the kustomize overlay in kustomize/cluster against the API test server,
+//! and a dry run creates nothing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -101,10 +102,36 @@ async fn kubectl_server_dry_run_accepts_every_manifest_and_creates_nothing() {
         assert!(ok, "{f} rejected:\n{out}");
         assert!(out.contains("(server dry run)"), "{f}:\n{out}");
     }
+    // The kustomize overlay an operator copies: base + pools, BGP, peers,
+    // the generated Secret and the merged ConfigMap, in one apply.
+    let overlay = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../kustomize/cluster")
+        .display()
+        .to_string();
+    let (ok, out) = run(vec![
+        "apply".into(),
+        "--dry-run=server".into(),
+        "-k".into(),
+        overlay.clone(),
+    ])
+    .await;
+    assert!(ok, "kubectl apply -k {overlay} rejected:\n{out}");
+    for obj in [
+        "daemonset.apps/margay-node",
+        "secret/bgp-secrets",
+        "ippool.crd.margay.dev/default-ipv4",
+        "bgpconfiguration.crd.margay.dev/default",
+    ] {
+        assert!(
+            out.contains(&format!("{obj} created (server dry run)")),
+            "{obj} not in the dry run of {overlay}:\n{out}"
+        );
+    }
     // Nothing was created by the dry runs.
     for (kind, ns) in [
         ("daemonsets", "margay-system"),
         ("configmaps", "margay-system"),
+        ("secrets", "margay-system"),
         ("networkpolicies", "demo"),
     ] {
         let (ok, out) = run(vec![

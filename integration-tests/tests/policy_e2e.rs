@@ -207,6 +207,45 @@ spec:
         "{out}"
     );
     assert!(trace("demo/other", "80/TCP").1.contains("verdict: DENY"));
+    // The same answer for scripts: -o json and -o yaml carry the fields.
+    let (code, out) = margayctl(
+        &lab,
+        tor,
+        &[
+            "policy",
+            "trace",
+            "--from",
+            "demo/client",
+            "--to",
+            "demo/web",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let t: serde_json::Value = serde_json::from_str(&out).expect("trace -o json is JSON");
+    assert_eq!(t["allowed"], true, "{out}");
+    assert_eq!(
+        t["destinationPolicies"],
+        serde_json::json!(["web-from-client"])
+    );
+    let (code, out) = margayctl(
+        &lab,
+        tor,
+        &[
+            "policy",
+            "trace",
+            "--from",
+            "demo/other",
+            "--to",
+            "demo/web",
+            "-o",
+            "yaml",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let t: serde_json::Value = serde_yaml::from_str(&out).expect("trace -o yaml is YAML");
+    assert_eq!(t["allowed"], false, "{out}");
     assert!(trace("demo/client", "80/UDP").1.contains("verdict: DENY"));
     let n1 = &lab.node("n1").expect("n1").ns;
     // Status is refreshed every second: poll (bounded).
@@ -255,7 +294,27 @@ spec:
     kubectl(&lab, &["delete", "pod", "-n", "demo", "other"]);
     let (code, out) = margayctl(&lab, tor, &["ipam", "check"]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("demo") && out.contains("other"), "{out}");
+    assert!(
+        out.contains("PROBLEMS FOUND") && out.contains(&format!("{other_ip} in block")),
+        "{out}"
+    );
+    assert!(
+        !out.contains("AllocationRef"),
+        "a report, not Debug output: {out}"
+    );
+    let (code, out) = margayctl(&lab, tor, &["ipam", "check", "-o", "json"]);
+    assert_eq!(code, 1, "{out}");
+    let c: serde_json::Value = serde_json::from_str(&out).expect("check -o json is JSON");
+    assert_eq!(c["clean"], false);
+    assert_eq!(
+        c["problems"]["allocationsWithoutPod"][0]["ip"], other_ip,
+        "{out}"
+    );
+    let (code, out) = margayctl(&lab, tor, &["ipam", "show", "-o", "wide"]);
+    assert!(
+        code == 0 && out.contains("COOLING") && out.contains("host:n1"),
+        "{out}"
+    );
     let (code, out) = margayctl(&lab, tor, &["ipam", "release", "--ip", &other_ip]);
     assert_eq!(code, 0, "{out}");
     let (code, out) = margayctl(&lab, tor, &["ipam", "show", "--ip", &other_ip]);

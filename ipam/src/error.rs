@@ -24,12 +24,14 @@ pub enum IpamError {
         reason: String,
     },
     /// Eligible pools have no free address (RESOURCE_EXHAUSTED).
-    #[error("{family} pools exhausted for node {node}")]
+    #[error("{family} pools exhausted for node {node}: {reason}")]
     Exhausted {
         /// Family asked for.
         family: Family,
         /// Node asking.
         node: String,
+        /// Which limit stopped it (the IPAMConfiguration settings in play).
+        reason: String,
     },
     /// A requested address is held by another handle (ALREADY_EXISTS).
     #[error("requested address {ip} is in use by {holder}")]

@@ -31,7 +31,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::crd::{BGPConfiguration, BGPFilter, BGPPeer, IPPool};
+use crate::crd::{BGPConfiguration, BGPFilter, BGPPeer, IPAMConfiguration, IPPool};
 use crate::health::Health;
 use crate::metrics::{ApiLabels, Metrics};
 
@@ -58,11 +58,13 @@ pub enum Kind {
     Service,
     /// discovery.k8s.io/v1 EndpointSlice (all namespaces).
     EndpointSlice,
+    /// IPAMConfiguration.
+    IpamConfiguration,
 }
 
 impl Kind {
     /// All kinds, in a fixed order.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Node,
         Kind::Pod,
         Kind::Namespace,
@@ -73,6 +75,7 @@ impl Kind {
         Kind::BgpFilter,
         Kind::Service,
         Kind::EndpointSlice,
+        Kind::IpamConfiguration,
     ];
 
     fn index(self) -> usize {
@@ -92,6 +95,7 @@ impl Kind {
             Kind::BgpFilter => "bgpfilters",
             Kind::Service => "services",
             Kind::EndpointSlice => "endpointslices",
+            Kind::IpamConfiguration => "ipamconfigurations",
         }
     }
 }
@@ -151,6 +155,8 @@ pub struct Cluster {
     pub services: Store<Service>,
     /// EndpointSlices, all namespaces (where a Service has ready endpoints).
     pub endpoint_slices: Store<EndpointSlice>,
+    /// IPAM configuration.
+    pub ipam_configs: Store<IPAMConfiguration>,
     generations: watch::Receiver<Generations>,
     client: Client,
 }
@@ -227,6 +233,7 @@ impl Cluster {
             bgp_filters: reflector::store().0,
             services: reflector::store().0,
             endpoint_slices: reflector::store().0,
+            ipam_configs: reflector::store().0,
             generations: rx,
             client,
         };
@@ -331,6 +338,14 @@ impl Cluster {
             health,
             &mut spawn,
         );
+        let ipam_configs = run::<IPAMConfiguration>(
+            Api::all(client.clone()),
+            Kind::IpamConfiguration,
+            &tx,
+            &metrics,
+            health,
+            &mut spawn,
+        );
         (
             Cluster {
                 nodes,
@@ -343,6 +358,7 @@ impl Cluster {
                 bgp_filters,
                 services,
                 endpoint_slices,
+                ipam_configs,
                 generations: rx,
                 client,
             },

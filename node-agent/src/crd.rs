@@ -31,6 +31,8 @@ pub use bgpfilter::{
     BGPFilter, BGPFilterAction, BGPFilterRule, BGPFilterSpec, MatchOperator, PrefixLength,
     RouteSource,
 };
+mod ipamconfig;
+pub use ipamconfig::{IPAM_CONFIGURATION_NAME, IPAMConfiguration, IPAMConfigurationSpec};
 
 /// The API group of Margay's resources.
 pub const GROUP: &str = "crd.margay.dev";
@@ -74,6 +76,8 @@ impl JsonSchema for Cidr {
         json_schema!({
             "type": "string",
             "format": "cidr",
+            // The longest IPv6 CIDR; bounds the cost of CEL rules on it.
+            "maxLength": 43,
             "description": "An IPv4 or IPv6 network in CIDR notation."
         })
     }
@@ -113,7 +117,26 @@ pub enum AllowedUse {
     printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr"),
     printcolumn(name = "BlockSize", type_ = "integer", json_path = ".spec.blockSize"),
     printcolumn(name = "Disabled", type_ = "boolean", json_path = ".spec.disabled"),
-    printcolumn(name = "NAT", type_ = "boolean", json_path = ".spec.natOutgoing")
+    printcolumn(name = "NAT", type_ = "boolean", json_path = ".spec.natOutgoing"),
+    // What the API server rejects (CEL with the CIDR library, Kubernetes
+    // 1.31+), so that `kubectl apply` of a bad pool fails with a message
+    // instead of an agent logging it. Each rule is guarded by isCIDR: the
+    // `format: cidr` check reports a malformed CIDR on its own.
+    validation = Rule::new(
+        "!isCIDR(self.spec.cidr) || cidr(self.spec.cidr) == cidr(self.spec.cidr).masked()"
+    )
+    .message("spec.cidr must be a network address without host bits, e.g. 198.19.0.0/16")
+    .field_path(".spec.cidr"),
+    validation = Rule::new(
+        "!has(self.spec.blockSize) || !isCIDR(self.spec.cidr) || self.spec.blockSize <= (cidr(self.spec.cidr).ip().family() == 4 ? 32 : 128)"
+    )
+    .message("spec.blockSize must be at most 32 for an IPv4 pool and at most 128 for an IPv6 pool")
+    .field_path(".spec.blockSize"),
+    validation = Rule::new(
+        "!isCIDR(self.spec.cidr) || (has(self.spec.blockSize) ? self.spec.blockSize : (cidr(self.spec.cidr).ip().family() == 4 ? 26 : 122)) >= cidr(self.spec.cidr).prefixLength()"
+    )
+    .message("spec.blockSize must be at least the pool's prefix length (a block cannot be larger than its pool; the default is 26 for IPv4, 122 for IPv6)")
+    .field_path(".spec.blockSize")
 )]
 // Two printer columns of one type read as a duplicated attribute to clippy.
 #[allow(clippy::duplicated_attributes)]
@@ -124,6 +147,7 @@ pub struct IPPoolSpec {
     /// Prefix length of the blocks nodes claim (default 26 for IPv4, 122 for
     /// IPv6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 128))]
     pub block_size: Option<u8>,
     /// Only nodes whose labels match may claim blocks from this pool
     /// (absent: all nodes).
@@ -469,6 +493,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         BGPConfiguration::crd(),
         BGPPeer::crd(),
         BGPFilter::crd(),
+        IPAMConfiguration::crd(),
     ]
 }
 
@@ -514,7 +539,8 @@ mod tests {
                 "IPAMBlock",
                 "BGPConfiguration",
                 "BGPPeer",
-                "BGPFilter"
+                "BGPFilter",
+                "IPAMConfiguration"
             ]
         );
         for crd in all() {

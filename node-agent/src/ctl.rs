@@ -6,7 +6,7 @@
 //!   (`--api-server`, or in-cluster config / KUBECONFIG) and use the same
 //!   code as the agent (the `ipam` report and the policy spec evaluator).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -14,6 +14,11 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
 use kube::api::ListParams;
+
+mod check;
+pub mod output;
+
+pub use check::{IpamCheck, ipam_check, render_ipam_check};
 
 use crate::ipam_store::{KubeStore, pool_to_model};
 use crate::metrics::Metrics;
@@ -202,50 +207,62 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// `margayctl ipam show [--show-blocks] [--ip X]`.
+/// `margayctl ipam show [--show-blocks]`: pool usage (and blocks).
 pub async fn ipam_show(
     client: &kube::Client,
     show_blocks: bool,
-    ip: Option<IpAddr>,
-) -> Result<String, CtlError> {
+) -> Result<ipam::report::IpamShow, CtlError> {
     let (pools, blocks) = ipam_objects(client).await?;
-    let mut out = String::new();
-    if let Some(ip) = ip {
-        let i = ipam::report::lookup_ip(&pools, &blocks, ip);
-        let owner = i
-            .attrs
-            .as_ref()
-            .map(|a| {
-                format!(
-                    "{}/{} on {}",
-                    a.namespace.as_deref().unwrap_or("?"),
-                    a.pod.as_deref().unwrap_or("?"),
-                    a.node.as_deref().unwrap_or("?")
-                )
-            })
-            .unwrap_or_else(|| "-".into());
-        let _ = writeln!(
-            out,
-            "{ip}: pool {}, block {}, affinity {}, {}",
-            i.pool.as_deref().unwrap_or("none"),
-            i.block
-                .map(|b| b.to_string())
-                .unwrap_or_else(|| "none".into()),
-            i.affinity.as_deref().unwrap_or("none"),
-            match &i.handle {
-                Some(h) => format!("allocated to handle {h} ({owner})"),
-                None => "free".into(),
-            }
-        );
-        return Ok(out);
-    }
-    let s = ipam::report::show(&pools, &blocks, show_blocks, now_ms(), 0);
-    out += &render_ipam_show(&s, show_blocks);
-    Ok(out)
+    Ok(ipam::report::show(
+        &pools,
+        &blocks,
+        show_blocks,
+        now_ms(),
+        0,
+    ))
 }
 
-/// The tables of `margayctl ipam show` (counts exact, however large).
-pub fn render_ipam_show(s: &ipam::report::IpamShow, show_blocks: bool) -> String {
+/// `margayctl ipam show --ip X`: which pool, block and pod an address has.
+pub async fn ipam_lookup(
+    client: &kube::Client,
+    ip: IpAddr,
+) -> Result<ipam::report::IpInfo, CtlError> {
+    let (pools, blocks) = ipam_objects(client).await?;
+    Ok(ipam::report::lookup_ip(&pools, &blocks, ip))
+}
+
+/// One line about one address.
+pub fn render_ip_info(i: &ipam::report::IpInfo) -> String {
+    let owner = i
+        .attrs
+        .as_ref()
+        .map(|a| {
+            format!(
+                "{}/{} on {}",
+                a.namespace.as_deref().unwrap_or("?"),
+                a.pod.as_deref().unwrap_or("?"),
+                a.node.as_deref().unwrap_or("?")
+            )
+        })
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "{}: pool {}, block {}, affinity {}, {}\n",
+        i.ip,
+        i.pool.as_deref().unwrap_or("none"),
+        i.block
+            .map(|b| b.to_string())
+            .unwrap_or_else(|| "none".into()),
+        i.affinity.as_deref().unwrap_or("none"),
+        match &i.handle {
+            Some(h) => format!("allocated to handle {h} ({owner})"),
+            None => "free".into(),
+        }
+    )
+}
+
+/// The tables of `margayctl ipam show` (counts exact, however large); wide
+/// adds the blocks' cooling (recently freed) addresses and age.
+pub fn render_ipam_show(s: &ipam::report::IpamShow, show_blocks: bool, wide: bool) -> String {
     let mut out = String::new();
     let rows: Vec<Vec<String>> = s
         .pools
@@ -274,28 +291,35 @@ pub fn render_ipam_show(s: &ipam::report::IpamShow, show_blocks: bool) -> String
         &rows,
     );
     if show_blocks {
+        let now = now_ms();
         let rows: Vec<Vec<String>> = s
             .blocks
             .iter()
             .map(|b| {
-                vec![
+                let mut row = vec![
                     b.cidr.to_string(),
                     b.affinity.clone().unwrap_or_else(|| "-".into()),
                     b.pool.clone().unwrap_or_else(|| "-".into()),
                     b.allocated.to_string(),
                     b.free.to_string(),
                     b.borrowed.to_string(),
-                    b.error.clone().unwrap_or_default(),
-                ]
+                ];
+                if wide {
+                    row.push(b.cooling.to_string());
+                    row.push(since(Some(now.saturating_sub(b.created_at) / 1000)));
+                    row.push(b.name.clone());
+                }
+                row.push(b.error.clone().unwrap_or_default());
+                row
             })
             .collect();
         out.push('\n');
-        out += &table(
-            &[
-                "BLOCK", "AFFINITY", "POOL", "IN USE", "FREE", "BORROWED", "PROBLEM",
-            ],
-            &rows,
-        );
+        let mut header = vec!["BLOCK", "AFFINITY", "POOL", "IN USE", "FREE", "BORROWED"];
+        if wide {
+            header.extend(["COOLING", "AGE", "OBJECT"]);
+        }
+        header.push("PROBLEM");
+        out += &table(&header, &rows);
     }
     out
 }
@@ -319,85 +343,31 @@ async fn live_pods(client: &kube::Client) -> Result<Vec<ipam::gc::LivePod>, CtlE
         .collect())
 }
 
-/// `margayctl ipam check`: the report, and whether it is clean.
-pub async fn ipam_check(client: &kube::Client) -> Result<(String, bool), CtlError> {
-    let (_, blocks) = ipam_objects(client).await?;
-    let pods = live_pods(client).await?;
-    let nodes: HashSet<String> = Api::<Node>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter_map(|n| n.metadata.name)
-        .collect();
-    let r = ipam::report::check(&blocks, &pods, &nodes);
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "checked {} blocks, {} pods, {} nodes",
-        blocks.len(),
-        pods.len(),
-        nodes.len()
-    );
-    let mut section = |title: &str, items: Vec<String>| {
-        let _ = writeln!(out, "{title}: {}", items.len());
-        for i in items {
-            let _ = writeln!(out, "  {i}");
-        }
-    };
-    let fmt_ref = |a: &ipam::report::AllocationRef| format!("{a:?}");
-    section(
-        "allocations whose pod does not exist (leaks; the agent's GC releases them after its grace period)",
-        r.allocations_without_pod.iter().map(fmt_ref).collect(),
-    );
-    section(
-        "allocations whose pod reports other addresses (never released automatically)",
-        r.allocations_with_other_pod_ips
-            .iter()
-            .map(fmt_ref)
-            .collect(),
-    );
-    section(
-        "pods without an allocation",
-        r.pods_without_allocation.clone(),
-    );
-    section(
-        "blocks affine to a node that does not exist",
-        r.blocks_with_missing_node
-            .iter()
-            .map(|c| c.to_string())
-            .collect(),
-    );
-    section(
-        "invalid blocks",
-        r.invalid_blocks
-            .iter()
-            .map(|(b, why)| format!("{b}: {why}"))
-            .collect(),
-    );
-    section(
-        "addresses allocated twice",
-        r.duplicate_addresses
-            .iter()
-            .map(|i| i.to_string())
-            .collect(),
-    );
-    let clean = r.is_clean();
-    let _ = writeln!(
-        out,
-        "{}",
-        if clean {
-            "OK: no problems"
-        } else {
-            "PROBLEMS FOUND"
-        }
-    );
-    Ok((out, clean))
+/// What `margayctl ipam release` freed.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Released {
+    /// The address.
+    pub ip: IpAddr,
+    /// The handle it was allocated to.
+    pub handle: String,
+    /// Its block.
+    pub block: String,
+}
+
+impl std::fmt::Display for Released {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "released {} (handle {}) from block {}",
+            self.ip, self.handle, self.block
+        )
+    }
 }
 
 /// `margayctl ipam release --ip X`: frees one address, refusing when the pod
 /// it belongs to still exists.
-pub async fn ipam_release(client: &kube::Client, ip: IpAddr) -> Result<String, CtlError> {
+pub async fn ipam_release(client: &kube::Client, ip: IpAddr) -> Result<Released, CtlError> {
     use ipam::Store as _;
     let store = KubeStore::new(client.clone(), std::sync::Arc::new(Metrics::new()));
     for _attempt in 0..5 {
@@ -433,9 +403,11 @@ pub async fn ipam_release(client: &kube::Client, ip: IpAddr) -> Result<String, C
         obj.spec.sequence += 1;
         match store.update_block(&obj).await {
             Ok(_) => {
-                return Ok(format!(
-                    "released {ip} (handle {handle}) from block {block}\n"
-                ));
+                return Ok(Released {
+                    ip,
+                    handle,
+                    block: block.to_string(),
+                });
             }
             Err(ipam::StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
@@ -483,10 +455,7 @@ pub fn parse_pod(s: &str) -> Result<(String, String), CtlError> {
 /// `margayctl policy trace`: the verdict by the Kubernetes rules on the
 /// cluster as the API server has it (the agents' dataplanes are tested
 /// against the same evaluator).
-pub async fn policy_trace(
-    client: &kube::Client,
-    q: &TraceQuery,
-) -> Result<(String, bool), CtlError> {
+pub async fn policy_trace(client: &kube::Client, q: &TraceQuery) -> Result<Trace, CtlError> {
     use policy::{ClusterState, NamespaceInfo, PodInfo};
     let mut state = ClusterState::default();
     let (_, blocks) = ipam_objects(client).await?;
@@ -566,12 +535,6 @@ pub async fn policy_trace(
         node_addrs: &node_addrs,
     };
     let ans = cluster.allowed(sip, dip, q.l4);
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "from {} ({sip}) to {} ({dip}) {:?}",
-        src.key, dst.key, q.l4
-    );
     let selecting = |pod: &PodInfo| -> Vec<String> {
         policies
             .iter()
@@ -584,23 +547,64 @@ pub async fn policy_trace(
             .filter_map(|np| np.metadata.name.clone())
             .collect()
     };
-    let _ = writeln!(
-        out,
-        "  policies selecting the source: {:?}",
-        selecting(&src)
-    );
-    let _ = writeln!(
-        out,
-        "  policies selecting the destination: {:?}",
-        selecting(&dst)
-    );
-    let _ = writeln!(
-        out,
-        "verdict: {} ({})",
-        if ans.allowed { "ALLOW" } else { "DENY" },
-        ans.why
-    );
-    Ok((out, ans.allowed))
+    Ok(Trace {
+        from: src.key.to_string(),
+        from_ip: sip,
+        to: dst.key.to_string(),
+        to_ip: dip,
+        traffic: format!("{:?}", q.l4),
+        source_policies: selecting(&src),
+        destination_policies: selecting(&dst),
+        allowed: ans.allowed,
+        why: ans.why.to_string(),
+    })
+}
+
+/// `margayctl policy trace`'s answer.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Trace {
+    /// Source pod, namespace/name.
+    pub from: String,
+    /// Its address used.
+    pub from_ip: IpAddr,
+    /// Destination pod.
+    pub to: String,
+    /// Its address used.
+    pub to_ip: IpAddr,
+    /// Protocol and port.
+    pub traffic: String,
+    /// NetworkPolicies that select the source (egress applies).
+    pub source_policies: Vec<String>,
+    /// NetworkPolicies that select the destination (ingress applies).
+    pub destination_policies: Vec<String>,
+    /// The verdict for a new connection.
+    pub allowed: bool,
+    /// Why.
+    pub why: String,
+}
+
+/// The human form of a trace.
+pub fn render_trace(t: &Trace) -> String {
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    format!(
+        "from {} ({}) to {} ({}) {}\n  policies selecting the source: {}\n  policies selecting the destination: {}\nverdict: {} ({})\n",
+        t.from,
+        t.from_ip,
+        t.to,
+        t.to_ip,
+        t.traffic,
+        list(&t.source_policies),
+        list(&t.destination_policies),
+        if t.allowed { "ALLOW" } else { "DENY" },
+        t.why
+    )
 }
 
 #[cfg(test)]
@@ -661,7 +665,7 @@ mod tests {
             0,
             0,
         );
-        let out = render_ipam_show(&s, false);
+        let out = render_ipam_show(&s, false, false);
         let v6 = out.lines().find(|l| l.starts_with("v6")).expect("v6 row");
         assert!(
             v6.contains(" 1208925819614629174706176 ")

@@ -14,6 +14,7 @@ use super::auth::{self, Attributes, Auth, User};
 use super::error::ApiError;
 use super::patch::PatchKind;
 use super::resources::ResourceDef;
+use super::schema::FieldValidation;
 use super::store::{Event, ListOpts, ListResult, Snapshot, Store, WatchOpts, WatchStart};
 use super::write::DeleteOpts;
 
@@ -49,6 +50,8 @@ pub enum Verb {
         body: Value,
         /// `dryRun=All`.
         dry_run: bool,
+        /// `fieldValidation`.
+        fv: FieldValidation,
     },
     /// PUT.
     Update {
@@ -56,6 +59,8 @@ pub enum Verb {
         body: Value,
         /// `dryRun=All`.
         dry_run: bool,
+        /// `fieldValidation`.
+        fv: FieldValidation,
     },
     /// PATCH.
     Patch {
@@ -65,6 +70,8 @@ pub enum Verb {
         body: Value,
         /// `dryRun=All`.
         dry_run: bool,
+        /// `fieldValidation`.
+        fv: FieldValidation,
     },
     /// DELETE of one object.
     Delete(DeleteOpts),
@@ -203,15 +210,23 @@ fn api(
             // Subscribed before the next command runs: no change can fall in between.
             Reply::Watch(def.clone(), start, events.subscribe())
         }
-        Verb::Create { body, dry_run } => obj(store.create(&def, ns, body, dry_run)?),
-        Verb::Update { body, dry_run } => {
+        Verb::Create { body, dry_run, fv } => {
+            store.field_validation = fv;
+            obj(store.create(&def, ns, body, dry_run)?)
+        }
+        Verb::Update { body, dry_run, fv } => {
+            store.field_validation = fv;
             obj(store.update(&def, ns, name, body, t.status, dry_run)?)
         }
         Verb::Patch {
             kind,
             body,
             dry_run,
-        } => obj(store.patch(&def, ns, name, kind, &body, t.status, dry_run)?),
+            fv,
+        } => {
+            store.field_validation = fv;
+            obj(store.patch(&def, ns, name, kind, &body, t.status, dry_run)?)
+        }
         Verb::Delete(o) => obj(store.delete(&def, ns, name, &o)?),
         Verb::DeleteCollection(lo, o) => obj(store.delete_collection(&def, ns, &lo, &o)?),
     })

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use super::error::{ApiError, Cause};
 use super::meta::{NameRule, is_dns_subdomain};
 use super::resources::{PrinterColumn, ResourceDef, Special, StatusOnCreate, field_labels};
+use super::schema::CrdSchema;
 
 fn invalid(name: &str, field: &str, value: &str, why: &str) -> ApiError {
     ApiError::invalid_field(
@@ -186,6 +187,17 @@ pub fn crd_resources(crd: &mut Value) -> Result<Vec<ResourceDef>, ApiError> {
             })
             .unwrap_or_default();
         let status_subresource = v.pointer("/subresources/status").is_some();
+        let schema = match v.pointer("/schema/openAPIV3Schema") {
+            Some(s) => Some(CrdSchema::new(s.clone()).map_err(|e| {
+                invalid(
+                    &name,
+                    &format!("spec.versions[{i}].schema.openAPIV3Schema"),
+                    "object",
+                    &format!("x-kubernetes-validations: {e}"),
+                )
+            })?),
+            None => None,
+        };
         let mut field_labels = field_labels(&[]);
         field_labels.extend(selectable);
         defs.push(ResourceDef {
@@ -211,6 +223,7 @@ pub fn crd_resources(crd: &mut Value) -> Result<Vec<ResourceDef>, ApiError> {
             special: Special::None,
             printer_columns,
             crd: Some(name.clone()),
+            schema,
         });
     }
     if storage.len() != 1 {

@@ -21,6 +21,7 @@ use super::error::ApiError;
 use super::patch::PatchKind;
 use super::proto::ProtoError;
 use super::resources::ResourceDef;
+use super::schema::FieldValidation;
 use super::store::{ListOpts, ListResult, WatchOpts};
 use super::table::{Output, at_version, partial, table};
 use super::watch::{self, StreamOpts};
@@ -38,6 +39,8 @@ pub struct Shared {
     pub latency: Duration,
     /// Bookmark period for watches that allow them.
     pub bookmark_every: Duration,
+    /// Watch delivery delay (see [`StreamOpts::delivery_delay`]).
+    pub watch_delay: Duration,
     /// Largest accepted request body.
     pub max_body: usize,
     /// Default watch timeout when the client gives none.
@@ -482,6 +485,7 @@ async fn resource(
             Verb::Create {
                 body,
                 dry_run: q.dry_run()?,
+                fv: FieldValidation::parse(q.get("fieldValidation"))?,
             }
         }
         (&Method::PUT, true) => {
@@ -489,6 +493,7 @@ async fn resource(
             Verb::Update {
                 body,
                 dry_run: q.dry_run()?,
+                fv: FieldValidation::parse(q.get("fieldValidation"))?,
             }
         }
         (&Method::PATCH, true) => {
@@ -506,6 +511,7 @@ async fn resource(
                 kind,
                 body,
                 dry_run: q.dry_run()?,
+                fv: FieldValidation::parse(q.get("fieldValidation"))?,
             }
         }
         (&Method::DELETE, named) => {
@@ -607,6 +613,7 @@ async fn resource(
                 output,
                 timeout,
                 bookmark_every: bookmarks.then_some(sh.bookmark_every),
+                delivery_delay: sh.watch_delay,
             };
             let body = watch::spawn(def, start, rx, opts);
             let stream = ReceiverStream::new(body).map(|b| Ok::<_, Infallible>(Frame::data(b)));

@@ -26,7 +26,7 @@
 //! [`ApiServer::kubeconfig`], [`ApiServer::compact`] to force 410s,
 //! [`ApiServer::shutdown`]), or as a process with the `margay-apiserver`
 //! binary (`--listen`, `--state`, `--addr-file`, `--kubeconfig`,
-//! `--latency-ms`, `--history`, `--watch-buffer`, `--bookmark-interval-ms`;
+//! `--latency-ms`, `--watch-delay-ms`, `--history`, `--watch-buffer`, `--bookmark-interval-ms`;
 //! `POST /margay/compact` is the same test hook over HTTP).
 //!
 //! Served: core v1 namespaces, nodes, pods, services, endpoints, secrets,
@@ -45,9 +45,12 @@
 //!   is removed). Pods are not graceful (no kubelet), namespaces and CRDs
 //!   delete their contents at once (no Terminating phase), there is no
 //!   garbage collector for ownerReferences.
-//! - No schema validation, defaulting or pruning (beyond a few defaults:
-//!   namespace label/phase/finalizer, pod phase Pending, service type and
-//!   cluster IPs, CRD names and status conditions). A CRD whose plural is
+//! - Custom resources are pruned, defaulted and validated against their
+//!   CRD's structural schema, CEL rules included ([`schema`]; unknown fields
+//!   are refused with `fieldValidation=Strict`). Built-in kinds are not
+//!   schema-validated (beyond a few defaults: namespace label/phase/finalizer,
+//!   pod phase Pending, service type and cluster IPs, CRD names and status
+//!   conditions): k8s-openapi types check Margay's manifests instead. A CRD whose plural is
 //!   taken is rejected (422) instead of being accepted with
 //!   NamesAccepted=False. Watches on a deleted CRD's resource are not closed.
 //! - Server-side apply answers 415. `managedFields` are not kept.
@@ -76,6 +79,7 @@ pub mod patch;
 pub mod persist;
 pub mod proto;
 pub mod resources;
+pub mod schema;
 pub mod select;
 pub mod store;
 pub mod table;
@@ -109,6 +113,8 @@ pub struct Config {
     pub state_file: Option<PathBuf>,
     /// Artificial latency added to every request.
     pub latency: Duration,
+    /// Artificial delay between a change and its delivery to each watcher.
+    pub watch_delay: Duration,
     /// Changes kept for watch resumption and consistent pagination.
     pub history_limit: usize,
     /// Events a watcher may fall behind before it is closed.
@@ -129,6 +135,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             state_file: None,
             latency: Duration::ZERO,
+            watch_delay: Duration::ZERO,
             history_limit: 10_000,
             watch_buffer: 4096,
             bookmark_interval: Duration::from_secs(5),
@@ -225,6 +232,7 @@ impl ApiServer {
             cmd: cmd.clone(),
             latency: config.latency,
             bookmark_every: config.bookmark_interval,
+            watch_delay: config.watch_delay,
             max_body: config.max_body_bytes,
             default_watch_timeout: config.default_watch_timeout,
         });

@@ -87,6 +87,8 @@ pub struct ResourceDef {
     pub printer_columns: Vec<PrinterColumn>,
     /// The CRD that defines this resource.
     pub crd: Option<String>,
+    /// The CRD version's structural schema (custom resources only).
+    pub schema: Option<super::schema::CrdSchema>,
 }
 
 impl ResourceDef {
@@ -214,6 +216,7 @@ fn builtin(b: B) -> ResourceDef {
         special: Special::None,
         printer_columns: Vec::new(),
         crd: None,
+        schema: None,
     }
 }
 

@@ -57,6 +57,8 @@ pub struct Event {
     pub object: Arc<Value>,
     /// Object before the change.
     pub prev: Option<Arc<Value>>,
+    /// When the change was committed (watch delivery delays count from here).
+    pub at: tokio::time::Instant,
     /// The JSON watch line of `object` per event type, encoded once and
     /// shared by every watcher that sends it as stored.
     pub lines: [std::sync::OnceLock<hyper::body::Bytes>; 3],
@@ -206,6 +208,8 @@ pub struct Store {
     outbox: Vec<Arc<Event>>,
     /// Bumped on every committed change (for persistence).
     pub(super) dirty: bool,
+    /// The current write's `fieldValidation` (set by the actor per request).
+    pub field_validation: super::schema::FieldValidation,
 }
 
 /// Storage key of an object.
@@ -244,6 +248,7 @@ impl Store {
             registry: Registry::new(),
             outbox: Vec::new(),
             dirty: false,
+            field_validation: Default::default(),
         };
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
@@ -267,6 +272,7 @@ impl Store {
             registry: Registry::new(),
             outbox: Vec::new(),
             dirty: false,
+            field_validation: Default::default(),
         };
         let (crds, rest): (Vec<_>, Vec<_>) = snap.objects.into_iter().partition(|(gr, _)| {
             gr.group == "apiextensions.k8s.io" && gr.plural == "customresourcedefinitions"
@@ -363,6 +369,7 @@ impl Store {
             kind,
             object: obj,
             prev,
+            at: tokio::time::Instant::now(),
             lines: Default::default(),
         });
         self.history.push_back(ev.clone());

@@ -339,6 +339,9 @@ impl Store {
             StatusOnCreate::Reset(v) => body["status"] = v.clone(),
         }
         let crd_defs = self.prepare(def, &mut body, None)?;
+        if let Some(schema) = &def.schema {
+            schema.apply(def, &mut body, None, self.field_validation)?;
+        }
         let meta = metadata_mut(&mut body);
         for k in [
             "selfLink",
@@ -455,6 +458,9 @@ impl Store {
         } else {
             self.prepare(def, &mut new, Some(&old))?
         };
+        if let Some(schema) = &def.schema {
+            schema.apply(def, &mut new, Some(&old), self.field_validation)?;
+        }
         let deleting = old.pointer("/metadata/deletionTimestamp").is_some();
         let (old_fin, new_fin) = (finalizers(&old), finalizers(&new));
         if deleting && new_fin.iter().any(|f| !old_fin.contains(f)) {

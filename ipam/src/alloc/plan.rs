@@ -314,9 +314,30 @@ impl Planner<'_> {
                 }
             }
         }
+        let c = &self.view.config;
+        let mut limits = Vec::new();
+        if !c.auto_allocate_blocks {
+            limits.push("autoAllocateBlocks is off, so no new block is claimed".to_string());
+        } else if c.max_blocks_per_host > 0 {
+            limits.push(format!(
+                "no free block to claim, or the node holds maxBlocksPerHost ({}) blocks per pool",
+                c.max_blocks_per_host
+            ));
+        } else {
+            limits.push("no free block left to claim".to_string());
+        }
+        limits.push(if c.strict_affinity {
+            "strictAffinity forbids borrowing from other nodes' blocks".to_string()
+        } else {
+            "no other node's block has a free address".to_string()
+        });
         Err(IpamError::Exhausted {
             family,
             node: self.view.node.name.clone(),
+            reason: format!(
+                "its blocks are full; {} (IPAMConfiguration default)",
+                limits.join("; ")
+            ),
         })
     }
 

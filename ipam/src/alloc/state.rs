@@ -75,7 +75,9 @@ impl View {
     }
 
     /// Replaces the pools; invalid or overlapping pools are dropped and
-    /// reported in `pool_errors`.
+    /// reported in `pool_errors`. Of two overlapping pools the one earlier in
+    /// `objs` is kept: callers pass them oldest first (the agent sorts by
+    /// creation time) so that every node keeps the same one.
     pub fn set_pools(&mut self, objs: Vec<PoolObject>) {
         self.pools.clear();
         self.pool_errors.clear();
@@ -86,7 +88,10 @@ impl View {
                         q.spec.cidr.contains_cidr(&p.spec.cidr)
                             || p.spec.cidr.contains_cidr(&q.spec.cidr)
                     }) {
-                        let msg = format!("pool {} overlaps pool {}: ignored", p.name, q.name);
+                        let msg = format!(
+                            "IPPool {} ({}) overlaps IPPool {} ({}), which came first: {} is ignored",
+                            p.name, p.spec.cidr, q.name, q.spec.cidr, p.name
+                        );
                         warn!(%msg);
                         self.pool_errors.push(msg);
                     } else {

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use node_agent::ctl::output::{Format, emit};
 use node_agent::ctl::{self, CtlError, TraceQuery};
 
 #[derive(Parser)]
@@ -24,8 +25,12 @@ struct Cli {
     /// or in-cluster).
     #[arg(long, env = "MARGAY_KUBECONFIG", global = true)]
     kubeconfig: Option<std::path::PathBuf>,
-    /// Print the raw JSON the answer is built from (node status).
-    #[arg(long, global = true)]
+    /// Output format: table, wide (every column), json or yaml (the same
+    /// fields, for scripts).
+    #[arg(short, long, value_enum, default_value_t = Format::Table, global = true)]
+    output: Format,
+    /// Same as `-o json`.
+    #[arg(long, global = true, hide = true)]
     json: bool,
     #[command(subcommand)]
     cmd: Cmd,
@@ -117,60 +122,60 @@ async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
         .await
         .map_err(|e| CtlError::Usage(node_agent::logging::chain(&e)))
     };
+    let format = if cli.json { Format::Json } else { cli.output };
+    let out = |text: String| {
+        print!("{text}");
+        Ok(ExitCode::SUCCESS)
+    };
     match cli.cmd {
         Cmd::Node {
             cmd: NodeCmd::Status,
         } => {
-            let url = format!("{}/status", cli.agent.trim_end_matches('/'));
-            let body = ctl::http_get(&url).await?;
-            let v: serde_json::Value =
-                serde_json::from_str(&body).map_err(|e| CtlError::Agent {
-                    url,
-                    reason: format!("not JSON: {e}"),
-                })?;
-            if cli.json {
-                println!("{v:#}");
-            } else {
-                print!("{}", ctl::render_node_status(&v));
-            }
-            Ok(ExitCode::SUCCESS)
+            let v = agent_status(&cli.agent).await?;
+            out(emit(format, &v, |_| ctl::render_node_status(&v))?)
         }
         Cmd::Bgp {
             cmd: BgpCmd::Routes { prefix },
         } => {
-            let url = format!("{}/status", cli.agent.trim_end_matches('/'));
-            let body = ctl::http_get(&url).await?;
-            let v: serde_json::Value =
-                serde_json::from_str(&body).map_err(|e| CtlError::Agent {
-                    url,
-                    reason: format!("not JSON: {e}"),
-                })?;
-            if cli.json {
-                println!("{:#}", v["bgp_routes"]);
-            } else {
-                print!("{}", node_agent::bgp_routes::render(&v, prefix.as_deref()));
+            let mut v = agent_status(&cli.agent).await?;
+            if let Some(p) = prefix.as_deref()
+                && let Some(routes) = v["bgp_routes"]["routes"].as_array_mut()
+            {
+                routes.retain(|r| r["prefix"].as_str().is_some_and(|s| s.starts_with(p)));
             }
-            Ok(ExitCode::SUCCESS)
+            let text = emit(format, &v["bgp_routes"], |_| {
+                node_agent::bgp_routes::render(&v, prefix.as_deref())
+            })?;
+            out(text)
         }
         Cmd::Ipam { cmd } => {
             let c = client().await?;
             match cmd {
-                IpamCmd::Show { show_blocks, ip } => {
-                    print!("{}", ctl::ipam_show(&c, show_blocks, ip).await?);
-                    Ok(ExitCode::SUCCESS)
-                }
+                IpamCmd::Show { show_blocks, ip } => match ip {
+                    Some(ip) => {
+                        let i = ctl::ipam_lookup(&c, ip).await?;
+                        out(emit(format, &i, |_| ctl::render_ip_info(&i))?)
+                    }
+                    None => {
+                        let blocks = show_blocks || format.wide();
+                        let s = ctl::ipam_show(&c, blocks).await?;
+                        out(emit(format, &s, |wide| {
+                            ctl::render_ipam_show(&s, blocks, wide)
+                        })?)
+                    }
+                },
                 IpamCmd::Check => {
-                    let (out, clean) = ctl::ipam_check(&c).await?;
-                    print!("{out}");
-                    Ok(if clean {
+                    let r = ctl::ipam_check(&c).await?;
+                    print!("{}", emit(format, &r, |_| ctl::render_ipam_check(&r))?);
+                    Ok(if r.clean {
                         ExitCode::SUCCESS
                     } else {
                         ExitCode::from(1)
                     })
                 }
                 IpamCmd::Release { ip } => {
-                    print!("{}", ctl::ipam_release(&c, ip).await?);
-                    Ok(ExitCode::SUCCESS)
+                    let r = ctl::ipam_release(&c, ip).await?;
+                    out(emit(format, &r, |_| r.to_string())?)
                 }
             }
         }
@@ -182,11 +187,20 @@ async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
                 to: ctl::parse_pod(&to)?,
                 l4: ctl::parse_port(&port)?,
             };
-            let (out, _) = ctl::policy_trace(&client().await?, &q).await?;
-            print!("{out}");
-            Ok(ExitCode::SUCCESS)
+            let t = ctl::policy_trace(&client().await?, &q).await?;
+            out(emit(format, &t, |_| ctl::render_trace(&t))?)
         }
     }
+}
+
+/// The agent's `/status` document.
+async fn agent_status(agent: &str) -> Result<serde_json::Value, CtlError> {
+    let url = format!("{}/status", agent.trim_end_matches('/'));
+    let body = ctl::http_get(&url).await?;
+    serde_json::from_str(&body).map_err(|e| CtlError::Agent {
+        url,
+        reason: format!("not JSON: {e}"),
+    })
 }
 
 fn main() -> ExitCode {
