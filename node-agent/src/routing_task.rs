@@ -375,12 +375,19 @@ pub async fn run(mut deps: RoutingDeps) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut pulse = deps.health.pulse("routing");
     let mut dirty = true;
+    // BGP passwords are read from their Secrets (GETs) when anything but
+    // Services and EndpointSlices moved: those churn in a busy cluster and
+    // change no session.
+    let mut pw = BTreeMap::new();
+    let mut reread_pw = true;
     loop {
         if dirty {
             dirty = false;
-            let pw = passwords(&client, &deps.secrets_namespace, &deps.cluster).await;
+            if std::mem::take(&mut reread_pw) {
+                pw = passwords(&client, &deps.secrets_namespace, &deps.cluster).await;
+            }
             let view = deps.view.borrow().clone();
-            let d = routing::desired(&input(&deps, pw, restarting), &view);
+            let d = routing::desired(&input(&deps, pw.clone(), restarting), &view);
             if d.problems != last_problems {
                 for p in &d.problems {
                     tracing::warn!(problem = %p, "routing configuration");
@@ -405,6 +412,7 @@ pub async fn run(mut deps: RoutingDeps) {
             if let Err(e) = apply(&mut running, &d, &deps, restarting).await {
                 tracing::warn!(error = %e, "applying BGP configuration failed; retrying");
                 dirty = true;
+                reread_pw = true;
             }
             deps.health
                 .set_status("bgp_problems", serde_json::json!(d.problems));
@@ -415,13 +423,18 @@ pub async fn run(mut deps: RoutingDeps) {
                 let now = gens.borrow().clone();
                 let moved = now.changed_since(&seen);
                 seen = now;
-                if moved.iter().any(|k| matches!(k, Kind::Node | Kind::BgpPeer | Kind::BgpConfiguration | Kind::BgpFilter | Kind::IpPool | Kind::Service | Kind::EndpointSlice)) {
+                if moved.iter().any(|k| matches!(k, Kind::Node | Kind::BgpPeer | Kind::BgpConfiguration | Kind::BgpFilter | Kind::IpPool)) {
+                    dirty = true;
+                    reread_pw = true;
+                }
+                if moved.iter().any(|k| matches!(k, Kind::Service | Kind::EndpointSlice)) {
                     dirty = true;
                 }
             }
             r = deps.view.changed() => {
                 if r.is_err() { return; }
                 dirty = true;
+                reread_pw = true;
             }
             () = pulse.tick() => {}
             _ = tick.tick() => {
