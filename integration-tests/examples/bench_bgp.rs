@@ -1,12 +1,15 @@
 //! BGP load benchmark (not a test): a BIRD injector sends N IPv4 prefixes to
-//! a receiver — margay-bgp, then BIRD 2 as the anchor — each alone in a lab
-//! node, and we print, Margay/BIRD ratios first: seconds from Established
-//! to all N in the RIB, to all N in the kernel FIB, peak RSS, CPU seconds.
+//! a receiver — margay-bgp (the speaker alone), margay-node (the agent,
+//! configured by BGPConfiguration/BGPPeer CRDs), then BIRD 2 as the anchor
+//! — each alone in a lab node, and we print, Margay/BIRD ratios first:
+//! seconds from Established to all N in the RIB, to all N in the kernel
+//! FIB, peak RSS, CPU seconds; then the agent's FIB time, RSS and CPU and
+//! its ratios to BIRD (its RIB time is not recorded by the agent).
 //!
 //! ```text
 //! cargo build --release -p node-agent --bin margay-bgp
 //! cargo run --release -p integration-tests --example bench_bgp \
-//!     [-- --sizes 100000,1000000 --runs 1 --packing packed|unpacked --only margay|bird]
+//!     [-- --sizes 100000,1000000 --runs 1 --packing packed|unpacked --only margay|agent|bird]
 //! ```
 //!
 //! Packed: the injector's routes share attributes, so BIRD packs ~800 NLRI
@@ -56,11 +59,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use integration_tests::k8s;
 use integration_tests::lab::{self, Bird, Daemon, Lab};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Receiver {
     Margay,
+    /// margay-node, the agent, configured through CRDs on the API test
+    /// server: the code path a cluster runs (speaker + routing glue + FIB),
+    /// with its watchers' memory and CPU included.
+    Agent,
     Bird,
 }
 
@@ -234,6 +242,30 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
             })?;
             (Recv::Margay(d), 80u8, Some(status))
         }
+        Receiver::Agent => {
+            let api = k8s::start_apiserver(&lab)?;
+            k8s::bootstrap(&lab, &[])?;
+            k8s::with_client(lab.tor(), |c| async move {
+                k8s::apply_json::<node_agent::crd::BGPConfiguration>(
+                    &c,
+                    serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "BGPConfiguration",
+                        "metadata": {"name": "default"},
+                        "spec": {"asNumber": 65001, "nodeToNodeMeshEnabled": false}}),
+                )
+                .await?;
+                k8s::apply_json::<node_agent::crd::BGPPeer>(
+                    &c,
+                    serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "BGPPeer",
+                        "metadata": {"name": "inj"},
+                        "spec": {"peerIP": "198.18.0.1", "asNumber": 64512, "holdTime": 240,
+                                 "maxPrefix": 4_000_000}}),
+                )
+                .await?;
+                Ok::<_, kube::Error>(())
+            })??;
+            let agent = k8s::start_agent(&lab, "n1", &["--log-level", "warn"])?;
+            (Recv::Agent(agent, api), 80u8, None)
+        }
         Receiver::Bird => (
             Recv::Bird(Bird::start(
                 &n1.ns,
@@ -254,10 +286,15 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
         if start.elapsed() > deadline {
             bail!("the injector did not send all {n} routes");
         }
-        if let Recv::Margay(d) = &mut proc_
+        let d = match &mut proc_ {
+            Recv::Margay(d) => Some(d),
+            Recv::Agent(a, _) => Some(&mut a.daemon),
+            Recv::Bird(_) => None,
+        };
+        if let Some(d) = d
             && !d.is_running()
         {
-            bail!("margay-bgp exited: {}", d.log());
+            bail!("{rx:?} receiver exited: {}", d.log());
         }
         let p = inj.birdc("show protocols all recv")?;
         if t0.is_none() && p.contains("Established") {
@@ -299,6 +336,10 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
                 - t0;
             (rss, cpu, rib)
         }
+        Recv::Agent(a, _) => {
+            let (rss, cpu) = usage(a.daemon.pid())?;
+            (rss, cpu, f64::NAN)
+        }
         Recv::Bird(b) => {
             let (rss, cpu) = usage(b.daemon.pid())?;
             // Read after the run: the newest import time among the routes.
@@ -321,7 +362,7 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
             monitor.count()
         );
     }
-    if !rib.is_finite() {
+    if !rib.is_finite() && rx != Receiver::Agent {
         bail!("{rx:?}: no RIB time");
     }
     if let Recv::Margay(d) = &mut proc_ {
@@ -344,7 +385,31 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
 /// A receiver process.
 enum Recv {
     Margay(Daemon),
+    /// The agent, and the API server it needs (kept running until the
+    /// receiver is dropped).
+    Agent(k8s::Agent, #[allow(dead_code)] Daemon),
     Bird(Bird),
+}
+
+/// The agent's row: its FIB time, RSS and CPU, and their ratios to BIRD's.
+fn print_agent_row(n: usize, label: &str, a: &Figures, b: &Figures) {
+    if a.fib.is_nan() {
+        return;
+    }
+    println!(
+        "{:>8} {:>9} | {:>6} {:>6.2} {:>6.2} {:>6.2} | agent  {:>6} {:>6.2} {:>7.1} {:>6.2} {:>6.2} |",
+        n,
+        label,
+        "-",
+        a.fib / b.fib,
+        a.rss_mb / b.rss_mb,
+        a.cpu / b.cpu,
+        "-",
+        a.fib,
+        a.rss_mb,
+        a.cpu,
+        a.inj
+    );
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -438,14 +503,19 @@ fn main() -> Result<()> {
                     inj: f64::NAN,
                 };
                 let m = match only.as_deref() {
-                    Some("bird") => nan,
+                    Some("bird") | Some("agent") => nan,
                     _ => run_one(&bin, Receiver::Margay, n, packed)?,
                 };
+                let a = match only.as_deref() {
+                    None | Some("agent") => run_one(&bin, Receiver::Agent, n, packed)?,
+                    _ => nan,
+                };
                 let b = match only.as_deref() {
-                    Some("margay") => nan,
+                    Some("margay") | Some("agent") => nan,
                     _ => run_one(&bin, Receiver::Bird, n, packed)?,
                 };
                 print_row(n, label, &m, &b);
+                print_agent_row(n, label, &a, &b);
                 all.push((m, b));
             }
             if runs > 1 {
