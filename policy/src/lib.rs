@@ -41,6 +41,7 @@
 //! * Invalid policies: see [`compile`] (fail closed where possible).
 
 pub mod addr;
+pub mod admin;
 pub mod batch;
 pub mod build;
 pub mod compile;
