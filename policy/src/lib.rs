@@ -60,7 +60,7 @@ pub use compile::{Direction, PolicyError};
 pub use engine::{CommitStats, Engine, EngineError};
 pub use model::{
     ClusterState, ContainerPort, Labels, LocalEndpoint, NamespaceInfo, NatOutgoing, NodeContext,
-    PodInfo, PodKey, PodPhase, PolicyKey, Protocol,
+    NodeInfo, PodInfo, PodKey, PodPhase, PolicyKey, Protocol,
 };
 pub use nftables;
 pub use plan::{Plan, PlanIssue};
