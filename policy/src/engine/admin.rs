@@ -104,3 +104,6 @@ impl Engine {
         self.dirty.extend(keys);
     }
 }
+
+#[cfg(test)]
+mod tests;
