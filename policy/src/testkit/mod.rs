@@ -63,7 +63,7 @@ pub fn node_info(i: usize, name: &str, addrs: &[IpAddr]) -> NodeInfo {
     let mut n = NodeInfo::new(name)
         .label("kubernetes.io/hostname", name)
         .label("kubernetes.io/os", "linux")
-        .label("zone", if i % 2 == 0 { "a" } else { "b" });
+        .label("zone", if i.is_multiple_of(2) { "a" } else { "b" });
     for a in addrs {
         n = n.addr(*a);
     }

@@ -169,3 +169,32 @@ fn namespace_label_change_replans_admin_subjects() {
     e.upsert_pod(zc);
     assert!(e.commit(&mut sink).unwrap().noop);
 }
+
+#[test]
+fn remote_pod_label_change_under_anp_pod_peers_is_only_set_elements() {
+    let mut xyz = Xyz::new(2, true);
+    xyz.state
+        .add_admin_policy(
+            anp("deny-b", 1)
+                .ingress(deny(vec![a_pods(sel(&[]), sel(&[("pod", "b")]))]))
+                .build(),
+        )
+        .unwrap();
+    let mut e = engine_for(&xyz, 0);
+    let mut sink = CapturingSink::default();
+    e.commit(&mut sink).unwrap();
+    // y/c lives on node1: only the selector sets' elements change here.
+    let mut yc = e.state().pods[&PodKey::new("y", "c")].clone();
+    yc.labels.insert("pod".into(), "b".into());
+    e.upsert_pod(yc);
+    let st = e.commit(&mut sink).unwrap();
+    assert_eq!(
+        st.diff,
+        DiffStats {
+            elems_added: 2,
+            ..DiffStats::default()
+        }
+    );
+    assert_eq!(e.ruleset(), &pure(&e));
+    check_kernel(&e, &sink);
+}
