@@ -1,5 +1,6 @@
 //! Round trips on messages captured from BIRD 2.0.12, FRR 8.4 and GoBGP 3.10
-//! (see `testdata/captured.txt` for where and how).
+//! (see `testdata/captured.txt` for where and how), route reflection among
+//! them.
 //!
 //! For every vector: it decodes without any RFC 7606 issue, re-encodes to the
 //! same octets up to the freedoms RFC 4271 leaves the sender (attribute order,
@@ -16,6 +17,7 @@ fn asn(name: &str) -> u32 {
         "frr" => 65002,
         "frrc" => 64514,
         "birdc" => 64513,
+        "birdrr" | "birdcl" => 64512,
         _ => 65001,
     }
 }
@@ -231,6 +233,17 @@ fn captured_content_is_what_the_daemons_were_configured_to_send() {
             c("rt:64514:3")
         ]
     );
+    // BIRD reflecting FRR's routes (RFC 4456), both families.
+    for needle in ["18c61328", "20010db80040"] {
+        let Message::Update(u) = find("birdrr>birdcl UPDATE", needle) else {
+            panic!()
+        };
+        assert_eq!(u.attrs.originator_id.unwrap().to_string(), "198.18.0.2");
+        assert_eq!(
+            u.attrs.cluster_list,
+            vec!["198.18.0.100".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
+    }
     // GoBGP to BIRD over ADD-PATH: path identifiers present.
     let Message::Update(u) = find("gobgp>bird UPDATE", "18c6131e") else {
         panic!()

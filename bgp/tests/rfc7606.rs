@@ -210,6 +210,45 @@ fn s7_8_10_14_list_attributes_with_bad_length_are_treat_as_withdraw() {
     assert!(decode_update(&m, &ibgp()).treat_as_withdraw());
 }
 
+/// RFC 4456 attributes are kept from an internal peer and discarded from an
+/// external one (they must not steer loop detection across AS boundaries).
+#[test]
+fn route_reflection_attributes_kept_internal_discarded_external() {
+    let oid = &[0x80, 9, 4, 198, 18, 0, 2][..];
+    let cl = &[0x80, 10, 8, 198, 18, 0, 100, 198, 18, 0, 200][..];
+    let m = update(
+        &[],
+        &attrs(&[ORIGIN_IGP, AS_PATH_65002, NEXT_HOP, oid, cl]),
+        NLRI_198_19_1,
+    );
+    let u = decode_update(&m, &ibgp());
+    assert!(u.issues.is_empty(), "{:?}", u.issues);
+    assert_eq!(
+        u.attrs.originator_id,
+        Some(std::net::Ipv4Addr::new(198, 18, 0, 2))
+    );
+    assert_eq!(
+        u.attrs.cluster_list,
+        [
+            std::net::Ipv4Addr::new(198, 18, 0, 100),
+            std::net::Ipv4Addr::new(198, 18, 0, 200)
+        ]
+    );
+    let u = decode_update(&m, &ebgp());
+    assert_eq!(
+        actions(&u),
+        vec![
+            (9, Action::AttributeDiscard),
+            (10, Action::AttributeDiscard)
+        ]
+    );
+    assert!(!u.treat_as_withdraw());
+    assert_eq!(
+        (u.attrs.originator_id, u.attrs.cluster_list.len()),
+        (None, 0)
+    );
+}
+
 #[test]
 fn s3_c_flag_conflict_is_treat_as_withdraw() {
     let origin_optional = &[0xc0, 1, 1, 0][..];

@@ -450,6 +450,74 @@ fn rfc4724_stale_routes_survive_peer_loss_until_purged() {
     );
 }
 
+/// RFC 4724 §4.1: restarting, a route reflector sends its clients nothing
+/// (not even End-of-RIB, which would make them purge the routes they keep
+/// from it) until it has every client's routes; then complete tables.
+#[test]
+fn rfc4724_restarting_speaker_defers_initial_updates_until_told() {
+    let mut r = rib(1);
+    r.defer_initial_updates();
+    assert!(r.deferring());
+    let (a, b) = (r.add_peer(), r.add_peer());
+    let client = |last| {
+        let mut i = info(LOCAL_AS, last);
+        i.rr_client = true;
+        i
+    };
+    r.originate(p("198.19.99.0/26"), Default::default());
+    r.peer_up(a, client(1));
+    r.apply_update(
+        a,
+        &announce(&["198.19.1.0/26"], &[], [198, 18, 0, 1], |_| {}),
+    );
+    r.refresh(a, Families::BOTH); // a route refresh asks for nothing yet
+    let out = r.flush();
+    assert!(out.send.is_empty(), "nothing sent while deferring");
+    assert_eq!(out.fib.len(), 1, "the FIB is not deferred");
+    r.peer_up(b, client(2));
+    r.apply_update(
+        b,
+        &announce(&["198.19.2.0/26"], &[], [198, 18, 0, 2], |_| {}),
+    );
+    assert!(r.flush().send.is_empty());
+
+    r.end_deferral();
+    assert!(!r.deferring());
+    let out = r.flush();
+    let to = |peer| -> Vec<Update> {
+        out.send
+            .iter()
+            .filter(|(x, _)| *x == peer)
+            .flat_map(|(_, b)| sent_updates(b))
+            .collect()
+    };
+    for (peer, other) in [(a, "198.19.2.0/26"), (b, "198.19.1.0/26")] {
+        let ups = to(peer);
+        let nlri: Vec<Prefix> = ups
+            .iter()
+            .flat_map(|u| u.nlri.iter().map(|n| n.prefix))
+            .collect();
+        assert!(
+            nlri.contains(&p(other)) && nlri.contains(&p("198.19.99.0/26")),
+            "{peer}: {nlri:?}"
+        );
+        assert_eq!(
+            ups.iter()
+                .filter_map(Update::end_of_rib)
+                .collect::<Vec<_>>(),
+            vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
+            "End-of-RIB after the complete table"
+        );
+        assert!(
+            ups.last().and_then(Update::end_of_rib).is_some(),
+            "End-of-RIB comes last"
+        );
+    }
+    // Afterwards changes flow as usual.
+    r.withdraw_local(&p("198.19.99.0/26"));
+    assert_eq!(r.flush().send.len(), 2);
+}
+
 #[test]
 fn non_graceful_down_withdraws_everything() {
     let mut r = rib(1);

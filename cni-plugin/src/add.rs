@@ -161,6 +161,10 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
         }
     };
     tracing::debug!(handle = %names.handle, ?ips, "allocated");
+    // The agent knows the pods' MTU (lower when a pool uses VXLAN): it
+    // applies when the links come up, unless the conflist sets one.
+    let mtu = pod_mtu(conf.mtu, reply.mtu, mtu);
+    let plan = Plan { mtu, ..plan };
     if let Err(e) = veth {
         tracing::warn!(error = %e.details(), "ADD failed creating the veth; rolling back");
         remove_host_veth(&host, &names.host_if).await;
@@ -255,6 +259,14 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
     };
     tracing::info!(host_if = %names.host_if, ips = ?ips, "pod attached");
     Ok(result.to_json(v))
+}
+
+/// The pod interface's MTU: the conflist's, else the agent's, else the
+/// one detected here (each 0 or absent: not given).
+fn pod_mtu(conf: Option<u32>, agent: u32, detected: u32) -> u32 {
+    conf.filter(|m| *m > 0)
+        .or((agent > 0).then_some(agent))
+        .unwrap_or(detected)
 }
 
 /// The allocated addresses, checked: parseable, one per family at most,
@@ -428,7 +440,16 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
+            mtu: 0,
         }
+    }
+
+    #[test]
+    fn the_conflist_mtu_wins_then_the_agents_then_detection() {
+        assert_eq!(pod_mtu(Some(1400), 1450, 1500), 1400);
+        assert_eq!(pod_mtu(None, 1450, 1500), 1450);
+        assert_eq!(pod_mtu(Some(0), 1450, 1500), 1450);
+        assert_eq!(pod_mtu(None, 0, 1500), 1500);
     }
 
     #[test]

@@ -245,10 +245,24 @@ impl Nl {
         self.h.link().set(msg).execute().await
     }
 
-    /// Sets a link up and its alias (IFLA_IFALIAS) in the same request.
-    pub async fn set_up_with_alias(&self, index: u32, alias: &str) -> Result<(), rtnetlink::Error> {
+    /// Sets a link up with an MTU, in one request (an unchanged MTU costs
+    /// the kernel nothing).
+    pub async fn set_up_mtu(&self, index: u32, mtu: u32) -> Result<(), rtnetlink::Error> {
+        let msg = LinkUnspec::new_with_index(index).up().mtu(mtu).build();
+        self.h.link().set(msg).execute().await
+    }
+
+    /// Sets a link up, its MTU and its alias (IFLA_IFALIAS) in the same
+    /// request.
+    pub async fn set_up_with_alias(
+        &self,
+        index: u32,
+        alias: &str,
+        mtu: u32,
+    ) -> Result<(), rtnetlink::Error> {
         let msg = LinkUnspec::new_with_index(index)
             .up()
+            .mtu(mtu)
             .append_extra_attribute(LinkAttribute::IfAlias(alias.to_string()))
             .build();
         self.h.link().set(msg).execute().await

@@ -174,7 +174,7 @@ pub struct Plan<'a> {
     pub ifname: &'a str,
     /// CNI_NETNS, for messages.
     pub netns_path: &'a str,
-    /// MTU of both ends.
+    /// MTU of both ends (set when the links come up).
     pub mtu: u32,
     /// The host veth's alias: its owner ([`owner_alias`]).
     pub owner: &'a str,
@@ -234,7 +234,9 @@ pub async fn create_veth(
     }
 }
 
-/// Host side: sysctls, the IPv6 link-local, link up. Returns the host
+/// Host side: sysctls, the IPv6 link-local, link up at `plan.mtu` (which
+/// may differ from the MTU the veth was created with: the agent's answer
+/// came later). Returns the host
 /// veth's index. `host` must be a socket in the calling thread's namespace.
 pub async fn configure_host(
     host: &Nl,
@@ -268,14 +270,14 @@ pub async fn configure_host(
             .await
             .map_err(nl(format!("add {} to {ifn}", host_link_local())))?;
     }
-    // Up and marked as this attachment's in one request.
-    host.set_up_with_alias(index, plan.owner)
+    // Up, at its MTU and marked as this attachment's in one request.
+    host.set_up_with_alias(index, plan.owner, plan.mtu)
         .await
         .map_err(nl(format!("set {ifn} up")))?;
     Ok(index)
 }
 
-/// Pod side: addresses, link up, gateway and default routes.
+/// Pod side: addresses, link up at `plan.mtu`, gateway and default routes.
 pub async fn configure_pod(pod: &Nl, plan: &Plan<'_>, ips: &[IpAddr]) -> Result<Link, CniError> {
     let ifn = plan.ifname;
     let link = pod
@@ -307,7 +309,7 @@ pub async fn configure_pod(pod: &Nl, plan: &Plan<'_>, ips: &[IpAddr]) -> Result<
             .await
             .map_err(nl(format!("add {ip}/{prefix} to {ifn}")))?;
     }
-    pod.set_up(link.index)
+    pod.set_up_mtu(link.index, plan.mtu)
         .await
         .map_err(nl(format!("set {ifn} up")))?;
     for r in pod_routes(link.index, v4, v6) {

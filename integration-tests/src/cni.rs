@@ -57,13 +57,13 @@ impl Outcome {
 }
 
 /// A single-plugin network configuration for `margay` talking to `agent`
-/// (its socket and its release journal).
+/// (its socket and its release journal). No `mtu`, as the shipped
+/// conflist: the pods get the MTU the agent reports.
 pub fn margay_conf(agent: &crate::k8s::Agent, log_file: &Path) -> String {
     serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "k8s-pod-network",
         "type": "margay",
-        "mtu": 1500,
         "agent_socket": agent.socket,
         "journal_dir": agent.journal_dir(),
         "log_file": log_file,

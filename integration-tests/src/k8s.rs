@@ -33,6 +33,12 @@ pub fn api_url() -> String {
 /// `<run_dir>/apiserver.json` (kept across restarts of the process), a
 /// kubeconfig in `<run_dir>/kubeconfig`. Returns when it accepts connections.
 pub fn start_apiserver(lab: &Lab) -> Result<Daemon> {
+    start_apiserver_with(lab, &[])
+}
+
+/// [`start_apiserver`] with more `margay-apiserver` flags (e.g.
+/// `--latency-ms 3 --watch-delay-ms 2` for a real server's latencies).
+pub fn start_apiserver_with(lab: &Lab, extra: &[&str]) -> Result<Daemon> {
     let bin = lab::workspace_bin("margay-apiserver")?;
     let dir = lab.run_dir();
     let addr_file = dir.join("apiserver.addr");
@@ -48,7 +54,8 @@ pub fn start_apiserver(lab: &Lab) -> Result<Daemon> {
         "--kubeconfig".into(),
         path_str(&kubeconfig_path(lab))?.to_string(),
     ];
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    argv.extend_from_slice(extra);
     let mut d = Daemon::spawn(lab.tor(), "apiserver", &argv, &dir.join("apiserver.log"))?;
     lab::wait_for("API server listening", Duration::from_secs(20), || {
         if !d.is_running() {
@@ -303,6 +310,7 @@ pub fn bootstrap(lab: &Lab, pools: &[(&str, &str)]) -> Result<()> {
                     allowed_uses: vec![],
                     disable_bgp_export: false,
                     nat_outgoing: None,
+                    vxlan_mode: None,
                 },
             );
             match api.create(&PostParams::default(), &pool).await {
@@ -329,7 +337,7 @@ pub fn agent_identity_objects() -> Result<Vec<serde_json::Value>> {
     let text = std::fs::read_to_string(&path)
         .map_err(|e| LabError::io(format!("reading {}", path.display()), e))?;
     let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
         let v = serde_json::Value::deserialize(doc)
             .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
         if matches!(

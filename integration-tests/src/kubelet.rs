@@ -55,7 +55,7 @@ impl Manifest {
         use serde::Deserialize as _;
         let mut daemonset = None;
         let mut configmaps = BTreeMap::new();
-        for doc in serde_yaml::Deserializer::from_str(text) {
+        for doc in serde_yaml_ng::Deserializer::from_str(text) {
             let v = serde_json::Value::deserialize(doc)
                 .map_err(|e| LabError::Invalid(format!("manifest: {e}")))?;
             let bad = |e: serde_json::Error| LabError::Invalid(format!("manifest: {e}"));

@@ -746,7 +746,7 @@ async fn binary_serves_persists_and_stops_on_sigterm() {
     let kube_for = |addr: &str| {
         let text = std::fs::read_to_string(&kubeconfig).expect("kubeconfig");
         assert!(text.contains(&format!("server: https://{addr}")), "{text}");
-        let kc: kube::config::Kubeconfig = serde_yaml::from_str(&text).expect("kubeconfig yaml");
+        let kc: kube::config::Kubeconfig = serde_yaml_ng::from_str(&text).expect("kubeconfig yaml");
         async move {
             let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
                 .await

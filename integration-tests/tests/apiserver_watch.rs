@@ -584,3 +584,48 @@ async fn metadata_watcher_sees_partial_objects() {
     h.abort();
     server.shutdown().await.expect("shutdown");
 }
+
+/// `watch_delay` holds each change back from watchers by that long after
+/// its commit (a real server's watch cache), and no longer: two changes
+/// committed together arrive together, not one delay after the other.
+#[tokio::test]
+async fn watch_events_arrive_the_configured_delay_after_their_commit() {
+    let delay = Duration::from_millis(300);
+    let server = start_with(Config {
+        watch_delay: delay,
+        ..Config::default()
+    })
+    .await;
+    let c = client(&server);
+    let api: Api<ConfigMap> = Api::namespaced(c, "default");
+    let mut stream = api
+        .watch(&WatchParams::default(), "0")
+        .await
+        .expect("watch")
+        .boxed();
+    let committed = std::time::Instant::now();
+    api.create(&PostParams::default(), &cm("a"))
+        .await
+        .expect("create a");
+    api.create(&PostParams::default(), &cm("b"))
+        .await
+        .expect("create b");
+    let mut arrivals = Vec::new();
+    while arrivals.len() < 2 {
+        match bounded("watch event", stream.try_next())
+            .await
+            .expect("watch event")
+        {
+            Some(WatchEvent::Added(o)) => arrivals.push((o.name_any(), committed.elapsed())),
+            Some(WatchEvent::Bookmark(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(arrivals[0].0, "a");
+    assert!(arrivals[0].1 >= delay, "{arrivals:?}");
+    assert!(
+        arrivals[1].1 - arrivals[0].1 < delay,
+        "the delay is per event from its commit, not cumulative: {arrivals:?}"
+    );
+    server.shutdown().await.expect("shutdown");
+}

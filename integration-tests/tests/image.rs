@@ -78,7 +78,7 @@ impl Podman {
 fn shipped_conflist() -> String {
     let text =
         std::fs::read_to_string(integration_tests::k8s::deploy_manifest()).expect("manifest");
-    for doc in serde_yaml::Deserializer::from_str(&text) {
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
         let v: serde_json::Value = serde::Deserialize::deserialize(doc).expect("yaml");
         if v["kind"] == "ConfigMap"
             && let Some(c) = v["data"]["cni_network_config"].as_str()

@@ -63,7 +63,7 @@ fn build_image(store: &Store) -> String {
 /// a pod of its DaemonSet needs from the cluster.
 fn install(lab: &Lab, image: &str, store: &Store) -> (Manifest, PodContext) {
     let text = std::fs::read_to_string(k8s::deploy_manifest()).expect("manifest");
-    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&text)
+    let docs: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
         .collect();
     k8s::with_client(lab.tor(), move |c| async move {

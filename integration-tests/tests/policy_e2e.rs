@@ -244,7 +244,7 @@ spec:
         ],
     );
     assert_eq!(code, 0, "{out}");
-    let t: serde_json::Value = serde_yaml::from_str(&out).expect("trace -o yaml is YAML");
+    let t: serde_json::Value = serde_yaml_ng::from_str(&out).expect("trace -o yaml is YAML");
     assert_eq!(t["allowed"], false, "{out}");
     assert!(trace("demo/client", "80/UDP").1.contains("verdict: DENY"));
     let n1 = &lab.node("n1").expect("n1").ns;

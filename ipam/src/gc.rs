@@ -10,8 +10,9 @@
 //! only if it still holds the same handle *and* allocation sequence, so a
 //! re-allocated address is never freed.
 //!
-//! Allocations without pod attributes (tunnel or host addresses) are never
-//! candidates. A pod that exists is never released, even if it reports other
+//! Allocations without pod attributes (a node's VXLAN tunnel address, a
+//! container that is no pod) are candidates only once their node is gone,
+//! and are then released at once. A pod that exists is never released, even if it reports other
 //! IPs (that case is listed by [`crate::report::check`] for an operator).
 
 use std::collections::{HashMap, HashSet};
@@ -55,7 +56,8 @@ pub struct LeakCandidate {
     pub ip: IpAddr,
     /// Its block.
     pub block_cidr: Cidr,
-    /// `namespace/name` of the pod it was for.
+    /// `namespace/name` of the pod it was for (empty: none, e.g. a tunnel
+    /// address of a node that is gone).
     pub pod: String,
     /// The node that allocated it.
     pub node: Option<String>,
@@ -111,14 +113,16 @@ impl LeakTracker {
         let mut ready = Vec::new();
         for b in blocks {
             for a in &b.spec.allocations {
-                let (Some(ns), Some(name)) = (&a.attrs.namespace, &a.attrs.pod) else {
-                    continue;
+                let node_gone = a.attrs.node.as_ref().is_some_and(|n| !nodes.contains(n));
+                let pod = match (&a.attrs.namespace, &a.attrs.pod) {
+                    (Some(ns), Some(name)) => pod_key(ns, name),
+                    // No pod to outlive: it lives as long as its node.
+                    _ if node_gone => String::new(),
+                    _ => continue,
                 };
-                let pod = pod_key(ns, name);
                 if live.contains(&pod) {
                     continue;
                 }
-                let node_gone = a.attrs.node.as_ref().is_some_and(|n| !nodes.contains(n));
                 if let Some(me) = &self.only_node
                     && a.attrs.node.as_ref() != Some(me)
                     && !node_gone
@@ -172,7 +176,7 @@ impl LeakTracker {
             .collect();
         let mut out = Vec::new();
         for c in ready {
-            if live.contains(&c.pod) {
+            if !c.pod.is_empty() && live.contains(&c.pod) {
                 self.seen.remove(&c.target);
             } else {
                 out.push(c.target);
@@ -266,5 +270,23 @@ mod tests {
         let handles: Vec<_> = ready.iter().map(|c| c.target.handle.as_str()).collect();
         assert_eq!(handles, vec!["net.a", "net.b"]);
         assert_eq!(ready[0].target.sequence, 3);
+    }
+
+    #[test]
+    fn allocations_without_a_pod_go_with_their_node_only() {
+        let b = vec![block(&[
+            (0, "vxlan-tunnel-addr-n1", None, "n1"),
+            (1, "vxlan-tunnel-addr-gone", None, "gone"),
+        ])];
+        let nodes: HashSet<String> = ["n1".to_string()].into();
+        let mut t = LeakTracker::new(1000, Some("n1".into()));
+        for now in [0, 5000] {
+            let ready = t.observe(&b, &[], &nodes, now);
+            let handles: Vec<_> = ready.iter().map(|c| c.target.handle.as_str()).collect();
+            assert_eq!(handles, ["vxlan-tunnel-addr-gone"], "at {now} ms");
+            assert_eq!(ready[0].reason, LeakReason::NodeGone);
+            // No pod to come back: confirmation keeps it.
+            assert_eq!(t.confirm(ready, &[pod("a")]).len(), 1);
+        }
     }
 }

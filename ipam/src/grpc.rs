@@ -152,6 +152,7 @@ impl IpamService {
         })?;
         Ok(Response::new(proto::AllocateReply {
             addresses: out.iter().map(to_proto).collect(),
+            ..Default::default()
         }))
     }
 }

@@ -302,7 +302,12 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         released,
         health.pulse("superseded releases"),
     ));
+    // The pods' MTU, as the overlay task (below) works it out: every
+    // Allocate answer carries it to the CNI plugin, and a repaired veth
+    // gets it.
+    let (mtu_tx, mtu_rx) = tokio::sync::watch::channel(0u32);
     let (ctl, _ctl_task) = controller::start(controller::ControllerDeps {
+        pod_mtu: mtu_rx.clone(),
         records: crate::attachments::Records::new(args.state_dir.join("endpoints")),
         releases,
         reconcile_interval: args.reconcile_interval,
@@ -318,13 +323,26 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     health.set_status("node", identity_json(&me));
     let _routing = tokio::spawn(routing_task::run(routing_task::RoutingDeps {
         cluster: cluster.clone(),
-        view: view_rx,
+        view: view_rx.clone(),
         me: me.clone(),
         secrets_namespace: args.namespace.clone(),
         health: health.clone(),
         metrics: metrics.clone(),
         reconcile_after: args.startup_grace,
     }));
+    // The VXLAN overlay (pools with vxlanMode), and the pods' MTU.
+    let _overlay = tokio::spawn(crate::overlay::task::run(
+        crate::overlay::task::OverlayDeps {
+            cluster: cluster.clone(),
+            view: view_rx.clone(),
+            alloc: alloc.clone(),
+            me: me.clone(),
+            settings: args.overlay_settings(),
+            mtu: mtu_tx,
+            health: health.clone(),
+            reconcile_interval: args.reconcile_interval,
+        },
+    ));
     let ctl_replay = ctl.clone();
     let listener = ipam::grpc::UdsListener::bind(&args.socket).await?;
     let confirmations = crate::confirm::Confirmations::default();
@@ -334,6 +352,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         metrics.clone(),
         Some(ctl.clone()),
         confirmations.clone(),
+        mtu_rx,
     ))
     .add_service(EndpointsService::server(
         ctl.clone(),

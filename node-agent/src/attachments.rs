@@ -213,10 +213,11 @@ pub enum RepairError {
 }
 
 /// Re-creates `ep`'s veth pair, addresses and routes as the CNI plugin
-/// did at ADD (same code), with the MTU of the node's default route.
-/// `node` is a netlink socket in the node's (the calling thread's)
-/// namespace.
-pub async fn rewire(node: &Nl, ep: &Endpoint) -> Result<(), RepairError> {
+/// did at ADD (same code), with the pods' MTU `mtu` as the agent tells
+/// the plugin (0: the MTU of the node's default route, as the plugin
+/// detects it). `node` is a netlink socket in the node's (the calling
+/// thread's) namespace.
+pub async fn rewire(node: &Nl, ep: &Endpoint, mtu: u32) -> Result<(), RepairError> {
     let wiring_err = |e: cni_plugin::error::CniError| RepairError::Wiring(e.details());
     let ns =
         wiring::open_netns(&ep.netns).map_err(|_| RepairError::SandboxGone(ep.netns.clone()))?;
@@ -234,7 +235,10 @@ pub async fn rewire(node: &Nl, ep: &Endpoint) -> Result<(), RepairError> {
             netns: ep.netns.clone(),
         });
     }
-    let mtu = wiring::detect_mtu(node).await.map_err(wiring_err)?;
+    let mtu = match mtu {
+        0 => wiring::detect_mtu(node).await.map_err(wiring_err)?,
+        m => m,
+    };
     let owner = owner_of(ep);
     let plan = Plan {
         host_if: &ep.host_if,

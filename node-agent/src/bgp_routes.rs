@@ -57,6 +57,12 @@ pub struct PathRow {
     /// Kept by graceful restart while its peer is away.
     #[serde(default)]
     pub stale: bool,
+    /// ORIGINATOR_ID of a reflected path (RFC 4456).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub originator_id: Option<String>,
+    /// CLUSTER_LIST of a reflected path, the last reflector first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster_list: Vec<String>,
 }
 
 fn as_path(p: Option<&AsPath>) -> String {
@@ -97,6 +103,8 @@ fn path_row(p: &RoutePath) -> PathRow {
         communities: comms.iter().map(|c| c.to_string()).collect(),
         selected: p.selected,
         stale: p.stale,
+        originator_id: a.originator_id.map(|i| i.to_string()),
+        cluster_list: a.cluster_list.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -116,11 +124,12 @@ pub fn section(r: &Routes) -> RoutesSection {
 }
 
 /// The table `margayctl bgp routes` prints: `*` best, `=` also selected
-/// (multipath), `s` stale. `prefix`: only destinations whose prefix text
-/// starts with it.
+/// (multipath), `s` stale; a REFLECTED column (originator, then the
+/// clusters the path went through) when any path was reflected. `prefix`:
+/// only destinations whose prefix text starts with it.
 pub fn render(status: &serde_json::Value, prefix: Option<&str>) -> String {
     let s: RoutesSection = serde_json::from_value(status["bgp_routes"].clone()).unwrap_or_default();
-    let mut rows: Vec<[String; 6]> = Vec::new();
+    let mut rows: Vec<Vec<String>> = Vec::new();
     for r in s
         .routes
         .iter()
@@ -135,7 +144,12 @@ pub fn render(status: &serde_json::Value, prefix: Option<&str>) -> String {
                 (false, _, true) => "s",
                 (false, _, false) => "",
             };
-            rows.push([
+            let reflected = match &p.originator_id {
+                Some(o) => format!("{o} via {}", p.cluster_list.join(" ")),
+                None if p.cluster_list.is_empty() => String::new(),
+                None => format!("via {}", p.cluster_list.join(" ")),
+            };
+            rows.push(vec![
                 mark.into(),
                 if i == 0 {
                     r.prefix.clone()
@@ -145,12 +159,23 @@ pub fn render(status: &serde_json::Value, prefix: Option<&str>) -> String {
                 p.next_hop.clone(),
                 p.from.clone(),
                 format!("{} {}", p.as_path, p.origin).trim().to_string(),
+                reflected,
                 p.communities.join(" "),
             ]);
         }
     }
-    let header = ["", "PREFIX", "NEXT HOP", "FROM", "AS PATH", "COMMUNITIES"];
-    let mut width = header.map(str::len);
+    let mut header: Vec<String> = ["", "PREFIX", "NEXT HOP", "FROM", "AS PATH", "REFLECTED"]
+        .map(String::from)
+        .into();
+    header.push("COMMUNITIES".into());
+    // The REFLECTED column only when something was reflected.
+    if rows.iter().all(|r| r[5].is_empty()) {
+        header.remove(5);
+        for r in &mut rows {
+            r.remove(5);
+        }
+    }
+    let mut width: Vec<usize> = header.iter().map(String::len).collect();
     for r in &rows {
         for (w, c) in width.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
@@ -159,7 +184,8 @@ pub fn render(status: &serde_json::Value, prefix: Option<&str>) -> String {
     let mut out = String::new();
     let line = |out: &mut String, cells: &[String]| {
         let mut l = String::new();
-        for (i, (c, w)) in cells.iter().zip(width).enumerate() {
+        for (i, (c, w)) in cells.iter().zip(&width).enumerate() {
+            let w = *w;
             if i + 1 == cells.len() {
                 l.push_str(c);
             } else {
@@ -169,7 +195,7 @@ pub fn render(status: &serde_json::Value, prefix: Option<&str>) -> String {
         out.push_str(l.trim_end());
         out.push('\n');
     };
-    line(&mut out, &header.map(String::from));
+    line(&mut out, &header);
     for r in &rows {
         line(&mut out, r);
     }
@@ -212,5 +238,24 @@ mod tests {
         );
         assert_eq!(lines[4], "(2 of 3 destinations listed)");
         assert_eq!(render(&v, Some("198.19.2.")).lines().count(), 4);
+        assert!(!t.contains("REFLECTED"), "{t}");
+    }
+
+    #[test]
+    fn reflected_paths_show_originator_and_clusters() {
+        let v = serde_json::json!({"bgp_routes": {"total": 1, "routes": [
+            {"prefix": "198.19.3.0/26", "paths": [
+                {"from": "peer-rrs-n1", "next_hop": "198.18.0.13", "as_path": "", "origin": "i",
+                 "communities": ["64512:1"], "selected": true,
+                 "originator_id": "198.18.0.13", "cluster_list": ["198.18.0.100", "198.18.0.200"]}]}
+        ]}});
+        let t = render(&v, None);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].contains("REFLECTED"), "{t}");
+        assert!(
+            lines[1].contains("198.18.0.13 via 198.18.0.100 198.18.0.200")
+                && lines[1].ends_with("64512:1"),
+            "{t}"
+        );
     }
 }

@@ -170,6 +170,43 @@ pub struct AgentArgs {
     /// has ended.
     #[arg(long, env = "MARGAY_LOOP_PERIOD", default_value = "10s", value_parser = parse_duration, global = true)]
     pub loop_period: Duration,
+
+    /// VNI of the VXLAN devices (pools with `vxlanMode`); the same on
+    /// every node.
+    #[arg(long, env = "MARGAY_VXLAN_VNI", default_value_t = crate::overlay::DEFAULT_VNI,
+          value_parser = clap::value_parser!(u32).range(1..=0xff_ffff), global = true)]
+    pub vxlan_vni: u32,
+
+    /// UDP port of the VXLAN devices; the same on every node.
+    #[arg(long, env = "MARGAY_VXLAN_PORT", default_value_t = crate::overlay::DEFAULT_PORT,
+          value_parser = clap::value_parser!(u16).range(1..), global = true)]
+    pub vxlan_port: u16,
+
+    /// MTU of `vxlan.margay` (0: the underlay interface's minus 50).
+    #[arg(long, env = "MARGAY_VXLAN_MTU", default_value_t = 0, value_parser = parse_mtu, global = true)]
+    pub vxlan_mtu: u32,
+
+    /// MTU of `vxlan-v6.margay` (0: the underlay interface's minus 70).
+    #[arg(long, env = "MARGAY_VXLAN_MTU_V6", default_value_t = 0, value_parser = parse_mtu, global = true)]
+    pub vxlan_mtu_v6: u32,
+
+    /// MTU of pod interfaces, told to the CNI plugin in every Allocate
+    /// answer (0: the underlay interface's, or the smallest VXLAN device's
+    /// when a pool uses VXLAN). A conflist's `mtu` still wins.
+    #[arg(long, env = "MARGAY_VETH_MTU", default_value_t = 0, value_parser = parse_mtu, global = true)]
+    pub veth_mtu: u32,
+}
+
+/// An MTU flag: 0 (automatic) or 68..=65535.
+fn parse_mtu(s: &str) -> Result<u32, String> {
+    let v: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: expected an MTU (a number of bytes, or 0 for automatic)"))?;
+    if v != 0 && !(68..=65535).contains(&v) {
+        return Err(format!("{s:?}: an MTU must be 0 (automatic) or 68..65535"));
+    }
+    Ok(v)
 }
 
 /// `install-cni` settings.
@@ -234,6 +271,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl AgentArgs {
+    /// The VXLAN device settings.
+    pub fn overlay_settings(&self) -> crate::overlay::Settings {
+        let some = |v: u32| (v != 0).then_some(v);
+        crate::overlay::Settings {
+            vni: self.vxlan_vni,
+            port: self.vxlan_port,
+            mtu_v4: some(self.vxlan_mtu),
+            mtu_v6: some(self.vxlan_mtu_v6),
+            veth_mtu: some(self.veth_mtu),
+        }
+    }
+
     /// How to reach the API server.
     pub fn api_access(&self) -> crate::cluster::ApiAccess {
         crate::cluster::ApiAccess {
@@ -282,6 +331,33 @@ mod tests {
             OptionalAddr(Some("0.0.0.0:9648".parse().expect("addr")))
         );
         assert_eq!(dflt.agent.health_listen.to_string(), "127.0.0.1:9647");
+        let s = dflt.agent.overlay_settings();
+        assert_eq!(s, crate::overlay::Settings::default());
+        let v = Cli::try_parse_from([
+            "margay-node",
+            "--vxlan-vni",
+            "7",
+            "--vxlan-mtu",
+            "1400",
+            "--veth-mtu",
+            "1300",
+        ])
+        .expect("vxlan flags");
+        let s = v.agent.overlay_settings();
+        assert_eq!(
+            (s.vni, s.mtu_v4, s.mtu_v6, s.veth_mtu),
+            (7, Some(1400), None, Some(1300))
+        );
+        for bad in [
+            ["--vxlan-vni", "16777216"],
+            ["--vxlan-mtu", "60"],
+            ["--veth-mtu", "x"],
+        ] {
+            assert!(
+                Cli::try_parse_from(["margay-node", bad[0], bad[1]]).is_err(),
+                "{bad:?} accepted"
+            );
+        }
         let err = Cli::try_parse_from(["margay-node", "--ip-autodetection", "guess"])
             .expect_err("bad method");
         assert!(err.to_string().contains("guess"), "{err}");

@@ -234,6 +234,8 @@ pub struct ControllerDeps {
     pub health: Arc<Health>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The pods' MTU (0: not known), for a re-wired veth.
+    pub pod_mtu: watch::Receiver<u32>,
 }
 
 /// Starts the controller on the current runtime (in the node's namespace).
@@ -652,7 +654,8 @@ async fn reconcile_endpoints(
                 if !seen.missing.contains(h) {
                     continue; // again at the next round, unless a DEL came
                 }
-                match rewire(nl, ep).await {
+                let mtu = *d.pod_mtu.borrow();
+                match rewire(nl, ep, mtu).await {
                     Ok(()) => {
                         tracing::warn!(pod = %format!("{}/{}", ep.namespace, ep.pod), container = %ep.container_id, host_if = %ep.host_if, ips = ?ep.ips, "endpoint repaired: its veth had gone missing while the pod runs")
                     }
@@ -743,6 +746,7 @@ mod tests {
                 host_if: host_ifname("default", "nginx"),
             }],
             pod_ips: Default::default(),
+            ..Default::default()
         };
         let eps: BTreeMap<String, Endpoint> = [(
             "c2".to_string(),

@@ -118,6 +118,7 @@ pub enum AllowedUse {
     printcolumn(name = "BlockSize", type_ = "integer", json_path = ".spec.blockSize"),
     printcolumn(name = "Disabled", type_ = "boolean", json_path = ".spec.disabled"),
     printcolumn(name = "NAT", type_ = "boolean", json_path = ".spec.natOutgoing"),
+    printcolumn(name = "VXLAN", type_ = "string", json_path = ".spec.vxlanMode"),
     // What the API server rejects (CEL with the CIDR library, Kubernetes
     // 1.31+), so that `kubectl apply` of a bad pool fails with a message
     // instead of an agent logging it. Each rule is guarded by isCIDR: the
@@ -169,6 +170,27 @@ pub struct IPPoolSpec {
     /// pool names a no-NAT destination (e.g. the service range).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat_outgoing: Option<bool>,
+    /// How traffic between this pool's pods on different nodes travels:
+    /// `Never` (default: routed, the routes come from BGP), `Always`
+    /// (encapsulated in VXLAN between every pair of nodes) or `CrossSubnet`
+    /// (VXLAN only to nodes outside this node's underlay subnet, routed
+    /// directly within it). Both `Always` and `CrossSubnet` need no BGP
+    /// route to reach a pod: the agent programs them from the IPAM blocks.
+    #[serde(default, rename = "vxlanMode", skip_serializing_if = "Option::is_none")]
+    pub vxlan_mode: Option<VxlanMode>,
+}
+
+/// An IPPool's `vxlanMode` (Calico's names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum VxlanMode {
+    /// No encapsulation: pod routes come from BGP.
+    #[default]
+    Never,
+    /// VXLAN to every other node.
+    Always,
+    /// VXLAN to nodes in another underlay subnet; plain routes (via the
+    /// node's underlay address) within this node's subnet.
+    CrossSubnet,
 }
 
 impl IPPoolSpec {
@@ -177,6 +199,11 @@ impl IPPoolSpec {
     pub fn effective_nat_outgoing(&self) -> bool {
         self.nat_outgoing
             .unwrap_or_else(|| matches!(self.cidr.parse(), Ok(IpNetwork::V4(_))))
+    }
+
+    /// The pool's VXLAN mode (absent: `Never`).
+    pub fn effective_vxlan_mode(&self) -> VxlanMode {
+        self.vxlan_mode.unwrap_or_default()
     }
 
     /// The block size, with the family's default.
@@ -498,14 +525,14 @@ pub fn all() -> Vec<CustomResourceDefinition> {
 }
 
 /// `deploy/crds.yaml`: every CRD as a YAML document.
-pub fn to_yaml() -> Result<String, serde_yaml::Error> {
+pub fn to_yaml() -> Result<String, serde_yaml_ng::Error> {
     let mut out = String::from(
         "# Generated from node-agent/src/crd.rs; do not edit.\n\
          # Regenerate: MARGAY_UPDATE_CRDS=1 cargo test -p node-agent crds\n",
     );
     for crd in all() {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd)?);
+        out.push_str(&serde_yaml_ng::to_string(&crd)?);
     }
     Ok(out)
 }
@@ -632,6 +659,7 @@ mod tests {
             allowed_uses: vec![],
             disable_bgp_export: false,
             nat_outgoing: None,
+            vxlan_mode: None,
         };
         assert_eq!(pool("198.19.0.0/16", None).effective_block_size(), Ok(26));
         assert_eq!(pool("2001:db8::/48", None).effective_block_size(), Ok(122));

@@ -41,6 +41,7 @@ pub struct AgentIpam {
     metrics: Arc<Metrics>,
     controller: Option<ControllerHandle>,
     confirmations: Confirmations,
+    mtu: watch::Receiver<u32>,
 }
 
 impl AgentIpam {
@@ -51,6 +52,7 @@ impl AgentIpam {
         metrics: Arc<Metrics>,
         controller: Option<ControllerHandle>,
         confirmations: Confirmations,
+        mtu: watch::Receiver<u32>,
     ) -> IpamServer<Self> {
         IpamServer::new(AgentIpam {
             inner: IpamService::new(alloc),
@@ -58,6 +60,7 @@ impl AgentIpam {
             metrics,
             controller,
             confirmations,
+            mtu,
         })
     }
 
@@ -151,6 +154,24 @@ async fn allocate_prepared(
     res
 }
 
+/// How long an Allocate waits for the overlay's first pass to tell the
+/// pods' MTU (only right after the agent started).
+const MTU_WAIT: Duration = Duration::from_secs(2);
+
+/// The pods' MTU as the overlay works it out; right after start-up, until
+/// its first pass, waits for it (bounded by [`MTU_WAIT`]). 0: not known
+/// (the overlay task is not running): the plugin then detects one itself.
+async fn pod_mtu(mtu: &watch::Receiver<u32>) -> u32 {
+    let mut rx = mtu.clone();
+    match tokio::time::timeout(MTU_WAIT, rx.wait_for(|m| *m > 0)).await {
+        Ok(Ok(m)) => *m,
+        Ok(Err(_)) | Err(_) => {
+            tracing::debug!("the overlay has not told the pods' MTU: the plugin detects it");
+            0
+        }
+    }
+}
+
 fn join_status(
     r: Result<Result<Response<AllocateReply>, Status>, tokio::task::JoinError>,
 ) -> Result<Response<AllocateReply>, Status> {
@@ -223,6 +244,7 @@ impl Ipam for AgentIpam {
                                     ..Default::default()
                                 })
                                 .collect(),
+                            ..Default::default()
                         }))
                     }
                     Err(_) => join_status(task.await),
@@ -231,6 +253,13 @@ impl Ipam for AgentIpam {
             }
         }
         .await;
+        let res = match res {
+            Ok(mut r) => {
+                r.get_mut().mtu = pod_mtu(&self.mtu).await;
+                Ok(r)
+            }
+            Err(e) => Err(e),
+        };
         self.observe("allocate", started, &res);
         res
     }

@@ -377,6 +377,7 @@ mod tests {
                 allowed_uses: vec![],
                 disable_bgp_export: false,
                 nat_outgoing: None,
+                vxlan_mode: None,
             },
         );
         p.metadata.resource_version = Some("7".into());

@@ -76,6 +76,24 @@ pub fn host_ifname(namespace: &str, pod: &str) -> String {
     veth_name(&format!("{namespace}.{pod}"))
 }
 
+/// Handle prefix of a node's IPv4 VXLAN tunnel address (Calico's name).
+const TUNNEL_V4: &str = "vxlan-tunnel-addr-";
+/// Handle prefix of a node's IPv6 VXLAN tunnel address.
+const TUNNEL_V6: &str = "vxlan-v6-tunnel-addr-";
+
+/// The IPAM handle of `node`'s VXLAN tunnel address in one family:
+/// `vxlan-tunnel-addr-<node>` / `vxlan-v6-tunnel-addr-<node>`, as Calico
+/// names them. Such an allocation has no pod: the leak GC never takes it,
+/// and it is nobody's endpoint.
+pub fn tunnel_handle(node: &str, v6: bool) -> String {
+    format!("{}{node}", if v6 { TUNNEL_V6 } else { TUNNEL_V4 })
+}
+
+/// Whether `handle` is a VXLAN tunnel address's ([`tunnel_handle`]).
+pub fn is_tunnel_handle(handle: &str) -> bool {
+    handle.starts_with(TUNNEL_V4) || handle.starts_with(TUNNEL_V6)
+}
+
 /// The distilled view.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IpamView {
@@ -83,8 +101,16 @@ pub struct IpamView {
     pub synced: bool,
     /// Blocks affine to this node.
     pub affine_blocks: BTreeSet<IpNetwork>,
-    /// Addresses allocated by this node.
+    /// Addresses allocated by this node for workloads (pods and standalone
+    /// containers; not its tunnel addresses).
     pub local: Vec<LocalAllocation>,
+    /// This node's VXLAN tunnel addresses ([`tunnel_handle`]), at most one
+    /// per family; `host_if` is empty.
+    pub tunnels: Vec<LocalAllocation>,
+    /// Where everything that lives on another node is: each block affine
+    /// to another node, and each address another node allocated outside
+    /// its own blocks (a borrowed /32 or /128), with that node's name.
+    pub remote: BTreeMap<IpNetwork, String>,
     /// Every pod's addresses, cluster-wide, by (namespace, name). Shared:
     /// copies of one view share it, so a reader can tell a new view's
     /// addresses from ones it already saw (`Arc::ptr_eq`).
@@ -110,8 +136,14 @@ impl IpamView {
                 continue;
             };
             let ours = spec.affinity.as_deref() == Some(affinity.as_str());
+            let affine_to = spec
+                .affinity
+                .as_deref()
+                .and_then(|a| a.strip_prefix("host:"));
             if ours {
                 view.affine_blocks.insert(net);
+            } else if let Some(other) = affine_to {
+                view.remote.insert(net, other.to_string());
             }
             for a in &spec.allocations {
                 let Some(ip) = nth(net, a.ordinal) else {
@@ -128,22 +160,40 @@ impl IpamView {
                         .or_default()
                         .push(ip);
                 }
-                if a.attrs.node.as_deref() == Some(me) {
-                    let (namespace, pod) = identity
-                        .map(|(n, p)| (n.clone(), p.clone()))
-                        .unwrap_or_default();
-                    view.local.push(LocalAllocation {
-                        ip,
-                        host_if: host_veth(&namespace, &pod, &a.handle, "eth0"),
-                        namespace,
-                        pod,
-                        handle: a.handle.clone(),
-                        borrowed: !ours,
-                    });
+                match a.attrs.node.as_deref() {
+                    Some(n) if n == me && is_tunnel_handle(&a.handle) => {
+                        view.tunnels.push(LocalAllocation {
+                            ip,
+                            namespace: String::new(),
+                            pod: String::new(),
+                            handle: a.handle.clone(),
+                            borrowed: !ours,
+                            host_if: String::new(),
+                        });
+                    }
+                    Some(n) if n == me => {
+                        let (namespace, pod) = identity
+                            .map(|(n, p)| (n.clone(), p.clone()))
+                            .unwrap_or_default();
+                        view.local.push(LocalAllocation {
+                            ip,
+                            host_if: host_veth(&namespace, &pod, &a.handle, "eth0"),
+                            namespace,
+                            pod,
+                            handle: a.handle.clone(),
+                            borrowed: !ours,
+                        });
+                    }
+                    // Another node's address outside its own blocks.
+                    Some(n) if affine_to != Some(n) => {
+                        view.remote.insert(IpNetwork::from(ip), n.to_string());
+                    }
+                    _ => {}
                 }
             }
         }
         view.local.sort();
+        view.tunnels.sort();
         for ips in pod_ips.values_mut() {
             ips.sort();
         }
@@ -151,9 +201,22 @@ impl IpamView {
         view
     }
 
-    /// Addresses this node borrowed (announced as host routes).
+    /// Addresses this node borrowed (announced as host routes), its
+    /// tunnel addresses included.
     pub fn borrowed(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.local.iter().filter(|a| a.borrowed).map(|a| a.ip)
+        self.local
+            .iter()
+            .chain(&self.tunnels)
+            .filter(|a| a.borrowed)
+            .map(|a| a.ip)
+    }
+
+    /// This node's tunnel address in one family, if IPAM holds one.
+    pub fn tunnel_address(&self, v6: bool) -> Option<IpAddr> {
+        self.tunnels
+            .iter()
+            .find(|a| a.ip.is_ipv6() == v6)
+            .map(|a| a.ip)
     }
 }
 
@@ -327,6 +390,62 @@ mod tests {
         let pod = v.local.iter().find(|a| a.pod == "a").expect("pod a");
         assert!(!pod.standalone());
         assert_eq!(pod.host_if, host_ifname("x", "a"));
+    }
+
+    #[test]
+    fn tunnel_addresses_and_where_remote_destinations_live() {
+        let blocks = [
+            block(
+                "b1",
+                "198.19.0.0/26",
+                Some("host:n1"),
+                serde_json::json!([
+                    {"ordinal": 3, "handle": "net.c9", "pod": "z", "namespace": "x", "node": "n2", "sequence": 1},
+                ]),
+            ),
+            block(
+                "b2",
+                "198.19.0.64/26",
+                Some("host:n2"),
+                serde_json::json!([
+                    {"ordinal": 1, "handle": tunnel_handle("n2", false), "node": "n2", "sequence": 1},
+                    {"ordinal": 5, "handle": tunnel_handle("n1", false), "node": "n1", "sequence": 1},
+                ]),
+            ),
+            block(
+                "b3",
+                "198.19.0.128/26",
+                None,
+                serde_json::json!([
+                    {"ordinal": 2, "handle": "net.c7", "pod": "y", "namespace": "x", "node": "n3", "sequence": 1},
+                ]),
+            ),
+        ];
+        let v = IpamView::from_blocks(&blocks, "n1");
+        // Tunnel addresses are not workloads: no route to a veth, no policy.
+        assert!(v.local.is_empty(), "{:?}", v.local);
+        assert_eq!(v.tunnel_address(false), "198.19.0.69".parse().ok());
+        assert_eq!(v.tunnel_address(true), None);
+        assert_eq!(
+            v.borrowed().map(|i| i.to_string()).collect::<Vec<_>>(),
+            vec!["198.19.0.69"],
+            "a tunnel address from another node's block is announced"
+        );
+        let remote: Vec<(String, &str)> = v
+            .remote
+            .iter()
+            .map(|(n, node)| (n.to_string(), node.as_str()))
+            .collect();
+        assert_eq!(
+            remote,
+            vec![
+                ("198.19.0.3/32".to_string(), "n2"),
+                ("198.19.0.64/26".to_string(), "n2"),
+                ("198.19.0.130/32".to_string(), "n3"),
+            ]
+        );
+        assert!(is_tunnel_handle(&tunnel_handle("n9", true)));
+        assert!(!is_tunnel_handle("k8s-pod-network.c1"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod journal_replay;
 pub mod localroutes;
 pub mod logging;
 pub mod metrics;
+pub mod overlay;
 pub mod policyctl;
 pub mod routing;
 pub mod routing_task;

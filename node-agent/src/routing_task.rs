@@ -25,7 +25,15 @@ use crate::fib::Fib;
 use crate::health::Health;
 use crate::ipamview::IpamView;
 use crate::metrics::{Metrics, PeerLabels};
-use crate::routing::{self, ANN_IPV4, ANN_IPV6, Desired, NodeFacts, RoutingInput, services};
+use crate::routing::{
+    self, ANN_IPV4, ANN_IPV6, ANN_RR_CLUSTER_ID, Desired, NodeFacts, RoutingInput, services,
+};
+
+/// After a restart with forwarding preserved, how long the speaker may
+/// withhold its initial updates waiting for every peer's End-of-RIB (RFC
+/// 4724 §4.1). Peers keep our routes for [`routing::DEFAULT_GR_TIME`], much
+/// longer; a peer that never comes up delays our updates this long.
+const SELECTION_DEFERRAL: Duration = Duration::from_secs(10);
 
 /// One row of `margayctl node status`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -51,7 +59,9 @@ pub struct PeerRow {
     pub bfd: Option<String>,
 }
 
-fn node_facts(n: &Node) -> NodeFacts {
+/// What routing (and the overlay) need to know about a Node: its addresses
+/// (the agent's annotation, else its InternalIP) and labels.
+pub fn node_facts(n: &Node) -> NodeFacts {
     let ann = n.metadata.annotations.clone().unwrap_or_default();
     let parse_ann = |k: &str| -> Option<IpAddr> {
         ann.get(k).and_then(|v| {
@@ -85,6 +95,7 @@ fn node_facts(n: &Node) -> NodeFacts {
             Some(IpAddr::V6(a)) => Some(a),
             _ => None,
         },
+        rr_cluster_id: ann.get(ANN_RR_CLUSTER_ID).cloned(),
     }
 }
 
@@ -178,7 +189,12 @@ pub struct RoutingDeps {
 
 struct Running {
     speaker: Speaker,
-    key: (u32, std::net::Ipv4Addr, Vec<std::net::SocketAddr>),
+    key: (
+        u32,
+        std::net::Ipv4Addr,
+        Option<std::net::Ipv4Addr>,
+        Vec<std::net::SocketAddr>,
+    ),
     peers: BTreeMap<String, PeerConfig>,
     kinds: BTreeMap<String, &'static str>,
     originated: BTreeMap<Prefix, bgp::wire::CommunitySet>,
@@ -236,13 +252,11 @@ fn input(
 ) -> RoutingInput {
     let c = &deps.cluster;
     let nodes: Vec<NodeFacts> = c.nodes.state().iter().map(|n| node_facts(n)).collect();
+    let mine = nodes.iter().find(|n| n.name == deps.me.name);
     let me = NodeFacts {
         name: deps.me.name.clone(),
-        labels: nodes
-            .iter()
-            .find(|n| n.name == deps.me.name)
-            .map(|n| n.labels.clone())
-            .unwrap_or_default(),
+        labels: mine.map(|n| n.labels.clone()).unwrap_or_default(),
+        rr_cluster_id: mine.and_then(|n| n.rr_cluster_id.clone()),
         ipv4: deps.me.ipv4.as_ref().and_then(|c| match c.addr.ip() {
             IpAddr::V4(a) => Some(a),
             IpAddr::V6(_) => None,
@@ -363,12 +377,19 @@ pub async fn run(mut deps: RoutingDeps) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut pulse = deps.health.pulse("routing");
     let mut dirty = true;
+    // BGP passwords are read from their Secrets (GETs) when anything but
+    // Services and EndpointSlices moved: those churn in a busy cluster and
+    // change no session.
+    let mut pw = BTreeMap::new();
+    let mut reread_pw = true;
     loop {
         if dirty {
             dirty = false;
-            let pw = passwords(&client, &deps.secrets_namespace, &deps.cluster).await;
+            if std::mem::take(&mut reread_pw) {
+                pw = passwords(&client, &deps.secrets_namespace, &deps.cluster).await;
+            }
             let view = deps.view.borrow().clone();
-            let d = routing::desired(&input(&deps, pw, restarting), &view);
+            let d = routing::desired(&input(&deps, pw.clone(), restarting), &view);
             if d.problems != last_problems {
                 for p in &d.problems {
                     tracing::warn!(problem = %p, "routing configuration");
@@ -390,9 +411,10 @@ pub async fn run(mut deps: RoutingDeps) {
                 }
                 last_log_level = level;
             }
-            if let Err(e) = apply(&mut running, &d, &deps).await {
+            if let Err(e) = apply(&mut running, &d, &deps, restarting).await {
                 tracing::warn!(error = %e, "applying BGP configuration failed; retrying");
                 dirty = true;
+                reread_pw = true;
             }
             deps.health
                 .set_status("bgp_problems", serde_json::json!(d.problems));
@@ -403,13 +425,18 @@ pub async fn run(mut deps: RoutingDeps) {
                 let now = gens.borrow().clone();
                 let moved = now.changed_since(&seen);
                 seen = now;
-                if moved.iter().any(|k| matches!(k, Kind::Node | Kind::BgpPeer | Kind::BgpConfiguration | Kind::BgpFilter | Kind::IpPool | Kind::Service | Kind::EndpointSlice)) {
+                if moved.iter().any(|k| matches!(k, Kind::Node | Kind::BgpPeer | Kind::BgpConfiguration | Kind::BgpFilter | Kind::IpPool)) {
+                    dirty = true;
+                    reread_pw = true;
+                }
+                if moved.iter().any(|k| matches!(k, Kind::Service | Kind::EndpointSlice)) {
                     dirty = true;
                 }
             }
             r = deps.view.changed() => {
                 if r.is_err() { return; }
                 dirty = true;
+                reread_pw = true;
             }
             () = pulse.tick() => {}
             _ = tick.tick() => {
@@ -427,21 +454,30 @@ async fn apply(
     running: &mut Option<Running>,
     d: &Desired,
     deps: &RoutingDeps,
+    restarting: bool,
 ) -> Result<(), String> {
-    let key = (d.local_as, d.router_id, d.listen.clone());
+    let key = (d.local_as, d.router_id, d.cluster_id, d.listen.clone());
     if running.as_ref().is_none_or(|r| r.key != key) {
         if running.take().is_some() {
-            tracing::info!(asn = d.local_as, router_id = %d.router_id, "speaker settings changed: restarting the speaker");
+            tracing::info!(asn = d.local_as, router_id = %d.router_id, cluster_id = ?d.cluster_id, "speaker settings changed: restarting the speaker");
         }
         let (speaker, fib_rx) = Speaker::start(SpeakerConfig {
             local_as: d.local_as,
             router_id: d.router_id,
             listen: d.listen.clone(),
-            cluster_id: None,
+            cluster_id: d.cluster_id,
             decision: Default::default(),
         })
         .await
         .map_err(|e| crate::logging::chain(&e))?;
+        if restarting {
+            // Peers keep what they have from us until we send complete
+            // tables (a route reflector's clients need each other's).
+            speaker
+                .defer_initial_updates(SELECTION_DEFERRAL)
+                .await
+                .map_err(|e| crate::logging::chain(&e))?;
+        }
         let fib = Fib::new().map_err(|e| crate::logging::chain(&e))?;
         let fib_task = tokio::spawn(fib_task(
             fib,
@@ -449,7 +485,7 @@ async fn apply(
             deps.reconcile_after,
             deps.health.clone(),
         ));
-        tracing::info!(asn = d.local_as, router_id = %d.router_id, listen = ?d.listen, "BGP speaker started");
+        tracing::info!(asn = d.local_as, router_id = %d.router_id, cluster_id = ?d.cluster_id, listen = ?d.listen, "BGP speaker started");
         *running = Some(Running {
             speaker,
             key,

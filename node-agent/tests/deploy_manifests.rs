@@ -183,7 +183,7 @@ fn example_tor_configs_parse_in_bird_and_frr() {
 fn documents(text: &str) -> Result<Vec<Value>, String> {
     use serde::Deserialize as _;
     let mut out = Vec::new();
-    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let v = Value::deserialize(de).map_err(|e| format!("document {i}: {e}"))?;
         if !v.is_null() {
             out.push(v);

@@ -17,7 +17,9 @@
 //! Tasks are aborted when their owner drops them. A panic while decoding a
 //! peer's message closes that peer's session only.
 
+mod inbound;
 mod peer;
+mod restart;
 pub mod sock;
 
 use peer::PeerTask;
@@ -30,7 +32,7 @@ use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::bfd::{self, Bfd, BfdHandle, BfdOptions, SessionKey};
 use crate::config::{Neighbor, PeerConfig};
@@ -165,6 +167,7 @@ enum Cmd {
         reply: oneshot::Sender<Option<Routes>>,
     },
     Bfd(oneshot::Sender<Option<BfdHandle>>),
+    DeferInitialUpdates(Duration),
     Inbound(TcpStream, SocketAddr),
     Shutdown(oneshot::Sender<()>),
 }
@@ -270,6 +273,7 @@ impl Speaker {
             listeners,
             bfd: None,
             generation: 0,
+            defer_until: None,
         };
         tasks.push(tokio::spawn(
             task.run(rx, rib_rx)
@@ -308,6 +312,17 @@ impl Speaker {
     pub async fn withdraw(&self, p: Prefix) -> Result<(), DriverError> {
         self.tx
             .send(Cmd::Withdraw(p))
+            .await
+            .map_err(|_| DriverError::Stopped)
+    }
+
+    /// We restarted with forwarding preserved (RFC 4724 §4.1): withhold every
+    /// peer's initial routes and End-of-RIB until each configured peer has
+    /// sent its End-of-RIB, or for at most `max`, so helpers keep the routes
+    /// they have from us until we can send complete tables.
+    pub async fn defer_initial_updates(&self, max: Duration) -> Result<(), DriverError> {
+        self.tx
+            .send(Cmd::DeferInitialUpdates(max))
             .await
             .map_err(|_| DriverError::Stopped)
     }
@@ -392,6 +407,8 @@ struct PeerEntry {
     error: Option<String>,
     last_update: Option<Instant>,
     end_of_rib: Families,
+    /// Negotiated in the session that is up.
+    families: Families,
     bfd: Option<bfd::State>,
 }
 
@@ -414,6 +431,8 @@ struct RibTask {
     bfd: Option<Bfd>,
     /// Bumped by everything that may change the RIB.
     generation: u64,
+    /// Initial updates are withheld until every peer's End-of-RIB or this.
+    defer_until: Option<tokio::time::Instant>,
 }
 
 impl RibTask {
@@ -424,6 +443,9 @@ impl RibTask {
                     Some(c) => self.command(c),
                     None => return,
                 },
+                () = restart::deadline(self.defer_until), if self.defer_until.is_some() => {
+                    self.end_deferral("deferral time passed");
+                }
                 m = msgs.recv() => {
                     let Some(m) = m else { return };
                     self.message(m);
@@ -438,6 +460,7 @@ impl RibTask {
                     }
                 }
             }
+            self.check_deferral();
             self.flush().await;
         }
     }
@@ -523,6 +546,7 @@ impl RibTask {
                 error,
                 last_update: None,
                 end_of_rib: Families::NONE,
+                families: Families::NONE,
                 bfd: bfd_state,
             },
         );
@@ -559,6 +583,7 @@ impl RibTask {
                                 error: None,
                                 last_update: None,
                                 end_of_rib: Families::NONE,
+                                families: Families::NONE,
                                 bfd: None,
                             },
                         );
@@ -635,6 +660,14 @@ impl RibTask {
             Cmd::Bfd(reply) => {
                 let _ = reply.send(self.bfd.as_ref().map(Bfd::handle));
             }
+            Cmd::DeferInitialUpdates(max) => {
+                info!(
+                    ?max,
+                    "restarting: initial updates deferred until every peer's End-of-RIB"
+                );
+                self.rib.defer_initial_updates();
+                self.defer_until = Some(tokio::time::Instant::now() + max);
+            }
             Cmd::Inbound(stream, from) => self.inbound(stream, from),
             Cmd::Shutdown(reply) => {
                 let mut tasks = Vec::new();
@@ -651,55 +684,6 @@ impl RibTask {
                     let _ = reply.send(());
                 });
             }
-        }
-    }
-
-    /// Install (or with an empty key, remove) a peer's TCP MD5 key on every
-    /// listener: inbound SYNs are checked against the listener's keys. A
-    /// range gets one prefix key (`TCP_MD5SIG_EXT`).
-    fn listener_md5(&self, neighbor: &Neighbor, key: &[u8], name: &str) {
-        for l in &self.listeners {
-            let v6 = l.local_addr().is_ok_and(|a| a.is_ipv6());
-            let r = match *neighbor {
-                Neighbor::Addr(a) => sock::set_md5(l.as_ref(), v6, a, key),
-                Neighbor::Range(p) => {
-                    if p.addr().is_ipv6() && !v6 {
-                        continue;
-                    }
-                    sock::set_md5_prefix(l.as_ref(), v6, p.addr(), p.len(), key)
-                }
-            };
-            if let Err(e) = r {
-                warn!(error = %e, peer = %name, "cannot set TCP MD5 on the listener");
-            }
-        }
-    }
-
-    fn inbound(&mut self, stream: TcpStream, from: SocketAddr) {
-        // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d.
-        let ip = from.ip().to_canonical();
-        if let Some(p) = self.peers.values().find(|p| p.addr == Some(ip)) {
-            if let Some(tx) = &p.tx {
-                let _ = tx.try_send(PeerCmd::Inbound(stream));
-            }
-            return;
-        }
-        let template = self.peers.values().find_map(|p| match p.cfg.neighbor {
-            Neighbor::Range(r) if r.contains(ip) => Some(p.cfg.clone()),
-            _ => None,
-        });
-        match template {
-            Some(mut cfg) => {
-                info!(%ip, range = %cfg.name, "dynamic neighbour");
-                cfg.name = format!("{}/{}", cfg.name, ip);
-                cfg.neighbor = Neighbor::Addr(ip);
-                cfg.passive = true;
-                let idx = self.spawn_peer(cfg, Some(ip));
-                if let Some(tx) = self.peers.get(&idx).and_then(|p| p.tx.as_ref()) {
-                    let _ = tx.try_send(PeerCmd::Inbound(stream));
-                }
-            }
-            None => debug!(%ip, "connection from an unknown address refused"),
         }
     }
 
@@ -741,7 +725,12 @@ impl RibTask {
             self.generation += 1;
         }
         match m {
-            RibMsg::Up { peer, info } => self.rib.peer_up(peer, *info),
+            RibMsg::Up { peer, info } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.families = info.families;
+                }
+                self.rib.peer_up(peer, *info)
+            }
             RibMsg::Down { peer, graceful } => self.rib.peer_down(peer, graceful),
             RibMsg::Updates { peer, updates } => {
                 for u in &updates {

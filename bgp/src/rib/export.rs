@@ -20,7 +20,8 @@ impl Rib {
     /// The best path of `prefix` changed: queue what each peer must hear.
     pub(super) fn export_change(&mut self, prefix: &Prefix, best: Option<&Path>) {
         for idx in 1..self.peers.len() {
-            if self.peers[idx].info.is_some() {
+            // A deferred peer gets the whole table when deferral ends.
+            if self.peers[idx].info.is_some() && !self.peers[idx].deferred {
                 self.export_to(idx as PeerIdx, prefix, best, false);
             }
         }

@@ -141,6 +141,8 @@ struct PeerState {
     pending: HashMap<Prefix, Option<Arc<RouteAttrs>>, FastState>,
     pending_eor: Vec<Family>,
     over_limit: bool,
+    /// Established, but its initial routes are withheld while deferring.
+    deferred: bool,
 }
 
 fn fam_idx(f: Family) -> usize {
@@ -174,6 +176,8 @@ pub struct Rib {
     max_prefix: Vec<(PeerIdx, Family, u32)>,
     /// Export rules after each peer's own (none: export everything).
     default_export: Vec<filter::Rule>,
+    /// Initial updates are withheld (restarting, RFC 4724 §4.1).
+    deferring: bool,
 }
 
 impl std::fmt::Debug for Rib {
@@ -201,6 +205,8 @@ macro_rules! with_table {
     };
 }
 
+mod restart;
+
 impl Rib {
     /// An empty RIB.
     pub fn new(cfg: RibConfig) -> Self {
@@ -215,6 +221,7 @@ impl Rib {
             fib: Vec::new(),
             max_prefix: Vec::new(),
             default_export: Vec::new(),
+            deferring: false,
         }
     }
 
@@ -656,11 +663,18 @@ impl Rib {
         ps.pending.clear();
         ps.over_limit = false;
         ps.counters.sent = 0;
-        self.refresh(peer, fams);
+        ps.deferred = self.deferring;
+        if !ps.deferred {
+            self.refresh(peer, fams);
+        }
     }
 
-    /// Resend everything of `fams` to a peer (initial dump, route refresh).
+    /// Resend everything of `fams` to a peer (initial dump, route refresh);
+    /// nothing while its initial routes are deferred (they come in full).
     pub fn refresh(&mut self, peer: PeerIdx, fams: Families) {
+        if self.peers.get(peer as usize).is_some_and(|p| p.deferred) {
+            return;
+        }
         let mut best: Vec<(Prefix, Path)> = Vec::new();
         if fams.contains(Family::Ipv4Unicast) {
             best.extend(
@@ -683,68 +697,6 @@ impl Rib {
         }
         if let Some(ps) = self.peers.get_mut(peer as usize) {
             ps.pending_eor.extend(fams.iter());
-        }
-    }
-
-    /// A peer left Established. Routes of `graceful` families are kept as
-    /// stale (RFC 4724); the others are withdrawn.
-    pub fn peer_down(&mut self, peer: PeerIdx, graceful: Families) {
-        if let Some(ps) = self.peers.get_mut(peer as usize) {
-            ps.adj_out.clear();
-            ps.pending.clear();
-            ps.pending_eor.clear();
-            ps.counters.sent = 0;
-        }
-        for f in Family::ALL {
-            if graceful.contains(f) {
-                self.mark_stale(peer, f);
-            } else {
-                self.drop_paths(peer, f, false);
-            }
-        }
-        // The source stays known while stale routes need it for selection.
-        if graceful.is_empty() {
-            if let Some(ps) = self.peers.get_mut(peer as usize) {
-                ps.info = None;
-            }
-        }
-    }
-
-    /// Remove a peer's routes of `family` that are still stale.
-    pub fn purge_stale(&mut self, peer: PeerIdx, family: Family) {
-        self.drop_paths(peer, family, true);
-    }
-
-    fn mark_stale(&mut self, peer: PeerIdx, f: Family) {
-        with_table!(self, f, |t| {
-            for d in t.map.values_mut() {
-                match d {
-                    Dest::One(p) if p.peer() == peer => p.set_stale(),
-                    Dest::Many(m) => m
-                        .paths
-                        .iter_mut()
-                        .filter(|p| p.peer() == peer)
-                        .for_each(Path::set_stale),
-                    _ => {}
-                }
-            }
-        });
-    }
-
-    fn drop_paths(&mut self, peer: PeerIdx, f: Family, only_stale: bool) {
-        let victims: Vec<(Prefix, u32)> = with_table!(self, f, |t| {
-            t.map
-                .iter()
-                .flat_map(|(k, d)| {
-                    d.paths()
-                        .iter()
-                        .filter(|p| p.peer() == peer && (!only_stale || p.is_stale()))
-                        .map(move |p| (k.to_prefix(), p.path_id))
-                })
-                .collect()
-        });
-        for (prefix, id) in victims {
-            self.remove_path(peer, &prefix, id);
         }
     }
 

@@ -39,6 +39,8 @@ pub struct Shared {
     pub latency: Duration,
     /// Bookmark period for watches that allow them.
     pub bookmark_every: Duration,
+    /// Watch delivery delay (see [`StreamOpts::delivery_delay`]).
+    pub watch_delay: Duration,
     /// Largest accepted request body.
     pub max_body: usize,
     /// Default watch timeout when the client gives none.
@@ -217,7 +219,7 @@ fn decode_object(content_type: &str, raw: &[u8]) -> Result<Value, ApiError> {
     match ct {
         "" | "application/json" | "*/*" => serde_json::from_slice(raw)
             .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}"))),
-        "application/yaml" => serde_yaml::from_slice(raw)
+        "application/yaml" => serde_yaml_ng::from_slice(raw)
             .map_err(|e| ApiError::bad_request(format!("the body is not valid YAML: {e}"))),
         "application/vnd.kubernetes.protobuf" => super::proto::decode(raw).map_err(|e| match e {
             ProtoError::Malformed(_) => ApiError::bad_request(e.to_string()),
@@ -611,6 +613,7 @@ async fn resource(
                 output,
                 timeout,
                 bookmark_every: bookmarks.then_some(sh.bookmark_every),
+                delivery_delay: sh.watch_delay,
             };
             let body = watch::spawn(def, start, rx, opts);
             let stream = ReceiverStream::new(body).map(|b| Ok::<_, Infallible>(Frame::data(b)));

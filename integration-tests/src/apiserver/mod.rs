@@ -26,7 +26,7 @@
 //! [`ApiServer::kubeconfig`], [`ApiServer::compact`] to force 410s,
 //! [`ApiServer::shutdown`]), or as a process with the `margay-apiserver`
 //! binary (`--listen`, `--state`, `--addr-file`, `--kubeconfig`,
-//! `--latency-ms`, `--history`, `--watch-buffer`, `--bookmark-interval-ms`;
+//! `--latency-ms`, `--watch-delay-ms`, `--history`, `--watch-buffer`, `--bookmark-interval-ms`;
 //! `POST /margay/compact` is the same test hook over HTTP).
 //!
 //! Served: core v1 namespaces, nodes, pods, services, endpoints, secrets,
@@ -113,6 +113,8 @@ pub struct Config {
     pub state_file: Option<PathBuf>,
     /// Artificial latency added to every request.
     pub latency: Duration,
+    /// Artificial delay between a change and its delivery to each watcher.
+    pub watch_delay: Duration,
     /// Changes kept for watch resumption and consistent pagination.
     pub history_limit: usize,
     /// Events a watcher may fall behind before it is closed.
@@ -133,6 +135,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             state_file: None,
             latency: Duration::ZERO,
+            watch_delay: Duration::ZERO,
             history_limit: 10_000,
             watch_buffer: 4096,
             bookmark_interval: Duration::from_secs(5),
@@ -229,6 +232,7 @@ impl ApiServer {
             cmd: cmd.clone(),
             latency: config.latency,
             bookmark_every: config.bookmark_interval,
+            watch_delay: config.watch_delay,
             max_body: config.max_body_bytes,
             default_watch_timeout: config.default_watch_timeout,
         });
@@ -381,7 +385,7 @@ pub fn kubeconfig(server: &str, ca_data: &str, token: &str) -> String {
 
 /// The server URL and CA data of a kubeconfig this server wrote.
 pub fn kubeconfig_cluster(yaml: &str) -> Option<(String, String)> {
-    let v: serde_json::Value = serde_yaml::from_str(yaml).ok()?;
+    let v: serde_json::Value = serde_yaml_ng::from_str(yaml).ok()?;
     let c = v.pointer("/clusters/0/cluster")?;
     Some((
         c.get("server")?.as_str()?.to_string(),

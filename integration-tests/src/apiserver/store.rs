@@ -57,6 +57,8 @@ pub struct Event {
     pub object: Arc<Value>,
     /// Object before the change.
     pub prev: Option<Arc<Value>>,
+    /// When the change was committed (watch delivery delays count from here).
+    pub at: tokio::time::Instant,
     /// The JSON watch line of `object` per event type, encoded once and
     /// shared by every watcher that sends it as stored.
     pub lines: [std::sync::OnceLock<hyper::body::Bytes>; 3],
@@ -367,6 +369,7 @@ impl Store {
             kind,
             object: obj,
             prev,
+            at: tokio::time::Instant::now(),
             lines: Default::default(),
         });
         self.history.push_back(ev.clone());

@@ -27,6 +27,9 @@ pub struct StreamOpts {
     pub timeout: Duration,
     /// Send BOOKMARK events this often (`None` = not asked for).
     pub bookmark_every: Option<Duration>,
+    /// Each change reaches the watcher this long after its commit (the
+    /// real server's watch cache and network; not cumulative).
+    pub delivery_delay: Duration,
 }
 
 fn line(kind: &str, object: Value) -> Bytes {
@@ -114,6 +117,12 @@ async fn produce(
                         continue;
                     }
                     last_rv = ev.rv;
+                    if !opts.delivery_delay.is_zero() {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(ev.at + opts.delivery_delay) => {}
+                            _ = &mut deadline => return,
+                        }
+                    }
                     if let Some((t, obj)) = start.filter.classify(&ev) {
                         let as_stored = opts.output == Output::Json
                             && obj.get("apiVersion").and_then(Value::as_str) == Some(api_version.as_str());

@@ -39,6 +39,10 @@ struct Cli {
     /// Write a kubeconfig pointing at the server to this file.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Delay between a change and its delivery to watchers, in
+    /// milliseconds (a real API server's watch cache and network).
+    #[arg(long, default_value_t = 0)]
+    watch_delay_ms: u64,
     /// Artificial latency per request, in milliseconds.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
@@ -108,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
         listen: cli.listen,
         state_file: cli.state.clone(),
         latency: Duration::from_millis(cli.latency_ms),
+        watch_delay: Duration::from_millis(cli.watch_delay_ms),
         history_limit: cli.history,
         watch_buffer: cli.watch_buffer,
         bookmark_interval: Duration::from_millis(cli.bookmark_interval_ms.max(1)),

@@ -13,6 +13,13 @@
 //!      │ cali<hash> ── eth0  <prefix>-<ns>-<pod>            (pods, Calico-style)
 //! ```
 //!
+//! Nodes may also sit in other underlay subnets ([`LabBuilder::subnets`],
+//! [`Lab::add_node_in`]): subnet `s` is a second bridge `br<s>` in the
+//! ToR, `198.18.<s>.1/24` and `2001:db8:ffff:<s>::1/64`, and the ToR routes
+//! between its subnets as a plain router (it speaks BGP only when a test
+//! starts a daemon there), so a node in subnet 1 is one routed hop from a
+//! node in subnet 0.
+//!
 //! Every namespace carries the lab's prefix: `mgt<pid>x<n>` in tests (so a
 //! later run can sweep what a crashed run left: [`sweep_stale`]), `mglab` for
 //! the README's lab. [`Lab`] removes everything it made on drop — also when a
@@ -24,6 +31,7 @@ pub mod error;
 pub mod netns;
 pub mod pod;
 pub mod probe;
+pub mod routemon;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -32,9 +40,10 @@ use std::time::Duration;
 
 pub use daemon::{Bird, Daemon, Frr, Gobgp, wait_for};
 pub use error::{LabError, Result};
-pub use netns::Netns;
+pub use netns::{LinkStats, Netns};
 pub use pod::{Pod, PodSpec, host_ifname};
 pub use probe::{Outcome, Probe, Proto, probe, probe_many, wait_reachable};
+pub use routemon::RouteMonitor;
 
 /// The ToR's underlay address (IPv4), gateway of every node.
 pub const TOR_IPV4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -60,12 +69,41 @@ const ROUTER_SYSCTLS: &[(&str, &str)] = &[
 
 /// Underlay IPv4 address of node `index` (1-based): 198.18.0.(10+index).
 pub fn node_ipv4(index: usize) -> Ipv4Addr {
-    Ipv4Addr::new(198, 18, 0, (10 + index) as u8)
+    node_ipv4_in(0, index)
 }
 
 /// Underlay IPv6 address of node `index` (1-based): 2001:db8:ffff::(10+index).
 pub fn node_ipv6(index: usize) -> Ipv6Addr {
-    Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, (10 + index) as u16)
+    node_ipv6_in(0, index)
+}
+
+/// Underlay IPv4 address of node `index` in underlay subnet `subnet`:
+/// 198.18.<subnet>.(10+index).
+pub fn node_ipv4_in(subnet: u8, index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, subnet, (10 + index) as u8)
+}
+
+/// Underlay IPv6 address of node `index` in underlay subnet `subnet`:
+/// 2001:db8:ffff:<subnet>::(10+index).
+pub fn node_ipv6_in(subnet: u8, index: usize) -> Ipv6Addr {
+    Ipv6Addr::new(
+        0x2001,
+        0xdb8,
+        0xffff,
+        u16::from(subnet),
+        0,
+        0,
+        0,
+        (10 + index) as u16,
+    )
+}
+
+/// The ToR's (gateway) addresses in underlay subnet `subnet`.
+pub fn tor_addrs(subnet: u8) -> (Ipv4Addr, Ipv6Addr) {
+    (
+        Ipv4Addr::new(198, 18, subnet, 1),
+        Ipv6Addr::new(0x2001, 0xdb8, 0xffff, u16::from(subnet), 0, 0, 0, 1),
+    )
 }
 
 /// A fresh prefix for a test lab: `mgt<pid>x<counter>`.
@@ -153,6 +191,8 @@ pub struct Node {
     pub ipv4: Ipv4Addr,
     /// Underlay IPv6 address.
     pub ipv6: Ipv6Addr,
+    /// Its underlay subnet (0: the ToR's `br0`, see the module docs).
+    pub subnet: u8,
 }
 
 /// Builds a [`Lab`].
@@ -160,13 +200,24 @@ pub struct Node {
 pub struct LabBuilder {
     prefix: Option<String>,
     nodes: usize,
+    subnets: Vec<u8>,
     run_dir: Option<PathBuf>,
 }
 
 impl LabBuilder {
-    /// Number of nodes (default 3).
+    /// Number of nodes (default 3), all in subnet 0.
     pub fn nodes(mut self, n: usize) -> Self {
         self.nodes = n;
+        self.subnets.clear();
+        self
+    }
+
+    /// One node per entry, in that underlay subnet (0..=254): `[0, 0, 1]`
+    /// is n1 and n2 on the ToR's `br0` and n3 one routed hop away behind
+    /// `br1`. Replaces [`LabBuilder::nodes`].
+    pub fn subnets(mut self, subnets: &[u8]) -> Self {
+        self.nodes = subnets.len();
+        self.subnets = subnets.to_vec();
         self
     }
 
@@ -210,8 +261,8 @@ impl LabBuilder {
             format!("addr add {TOR_IPV4}/{UNDERLAY_V4_LEN} dev br0"),
             format!("addr add {TOR_IPV6}/{UNDERLAY_V6_LEN} dev br0 nodad"),
         ])?;
-        for _ in 0..self.nodes {
-            lab.add_node()?;
+        for i in 0..self.nodes {
+            lab.add_node_in(self.subnets.get(i).copied().unwrap_or(0))?;
         }
         Ok(lab)
     }
@@ -241,6 +292,7 @@ impl Lab {
         LabBuilder {
             prefix: None,
             nodes: 3,
+            subnets: Vec::new(),
             run_dir: None,
         }
     }
@@ -307,13 +359,31 @@ impl Lab {
     /// Adds one more node, wired to the ToR bridge, forwarding on, default
     /// routes via the ToR.
     pub fn add_node(&mut self) -> Result<&Node> {
+        self.add_node_in(0)
+    }
+
+    /// Adds one more node in underlay subnet `subnet` (see the module
+    /// docs): the ToR gets that subnet's bridge the first time.
+    pub fn add_node_in(&mut self, subnet: u8) -> Result<&Node> {
         let index = self.nodes.len() + 1;
-        if index > 200 {
-            return Err(LabError::Invalid("at most 200 nodes".into()));
+        if index > 200 || subnet == 255 {
+            return Err(LabError::Invalid(
+                "at most 200 nodes, subnets 0..=254".into(),
+            ));
         }
         let name = format!("n{index}");
+        let bridge = format!("br{subnet}");
+        let (gw4, gw6) = tor_addrs(subnet);
+        if subnet != 0 && !self.nodes.iter().any(|n| n.subnet == subnet) {
+            self.tor.ip_batch(&[
+                format!("link add {bridge} type bridge mcast_snooping 0"),
+                format!("link set {bridge} up"),
+                format!("addr add {gw4}/{UNDERLAY_V4_LEN} dev {bridge}"),
+                format!("addr add {gw6}/{UNDERLAY_V6_LEN} dev {bridge} nodad"),
+            ])?;
+        }
         let ns = Netns::create(&format!("{}-{name}", self.prefix))?;
-        let (ipv4, ipv6) = (node_ipv4(index), node_ipv6(index));
+        let (ipv4, ipv6) = (node_ipv4_in(subnet, index), node_ipv6_in(subnet, index));
         // Before the uplink exists, so its link-local is never tentative.
         ns.sysctl(ROUTER_SYSCTLS)?;
         self.tor.ip_batch(&[
@@ -321,15 +391,15 @@ impl Lab {
                 "link add {name} type veth peer name eth0 netns {}",
                 ns.name()
             ),
-            format!("link set {name} master br0"),
+            format!("link set {name} master {bridge}"),
             format!("link set {name} up"),
         ])?;
         ns.ip_batch(&[
             format!("addr add {ipv4}/{UNDERLAY_V4_LEN} dev eth0"),
             format!("addr add {ipv6}/{UNDERLAY_V6_LEN} dev eth0 nodad"),
             "link set eth0 up".to_string(),
-            format!("route add default via {TOR_IPV4}"),
-            format!("route add default via {TOR_IPV6}"),
+            format!("route add default via {gw4}"),
+            format!("route add default via {gw6}"),
         ])?;
         self.nodes.push(Node {
             name,
@@ -337,6 +407,7 @@ impl Lab {
             ns,
             ipv4,
             ipv6,
+            subnet,
         });
         let last = self.nodes.len() - 1;
         Ok(&self.nodes[last])

@@ -13,6 +13,21 @@ use nix::unistd::Pid;
 
 use super::error::{LabError, Result};
 
+/// An interface's MTU and counters ([`Netns::link_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkStats {
+    /// MTU.
+    pub mtu: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+}
+
 /// A named network namespace (`/run/netns/<name>`).
 ///
 /// Dropping it kills every process still inside and deletes it, unless it was
@@ -107,6 +122,30 @@ impl Netns {
             script.as_bytes(),
         )?;
         Ok(())
+    }
+
+    /// Counters and MTU of interface `dev` (`ip -s -j link show`); None
+    /// when it does not exist.
+    pub fn link_stats(&self, dev: &str) -> Option<LinkStats> {
+        let out = self.ip(&["-j", "-s", "link", "show", "dev", dev]).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let l = v.get(0)?;
+        let n = |dir: &str, what: &str| l["stats64"][dir][what].as_u64().unwrap_or(0);
+        Some(LinkStats {
+            mtu: l["mtu"].as_u64().unwrap_or(0),
+            tx_packets: n("tx", "packets"),
+            tx_bytes: n("tx", "bytes"),
+            rx_packets: n("rx", "packets"),
+            rx_bytes: n("rx", "bytes"),
+        })
+    }
+
+    /// The interface this namespace routes `dst` out of (`ip route get`);
+    /// None when it has no route.
+    pub fn route_dev(&self, dst: std::net::IpAddr) -> Option<String> {
+        let out = self.ip(&["-j", "route", "get", &dst.to_string()]).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        v.get(0)?["dev"].as_str().map(str::to_string)
     }
 
     /// Sets sysctls inside the namespace, e.g. `("net.ipv4.ip_forward", "1")`.

@@ -505,7 +505,7 @@ fn reload_originate(path: &Path) -> Result<HashMap<Prefix, CommunitySet>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let cfg: FileConfig =
-        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        serde_yaml_ng::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     originate_list(&cfg)
 }
 
@@ -617,7 +617,7 @@ async fn run() -> Result<()> {
     node_agent::logging::init(&args.log, node_agent::config::LogFormat::Text);
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
-    let cfg: FileConfig = serde_yaml::from_str(&text)
+    let cfg: FileConfig = serde_yaml_ng::from_str(&text)
         .with_context(|| format!("parsing {}", args.config.display()))?;
     let clock = Clock::new();
 

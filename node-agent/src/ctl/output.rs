@@ -39,7 +39,7 @@ pub fn emit<T: Serialize>(
         Format::Json => serde_json::to_string_pretty(data)
             .map(|s| s + "\n")
             .map_err(|e| CtlError::Usage(format!("cannot encode the answer as JSON: {e}"))),
-        Format::Yaml => serde_yaml::to_string(data)
+        Format::Yaml => serde_yaml_ng::to_string(data)
             .map_err(|e| CtlError::Usage(format!("cannot encode the answer as YAML: {e}"))),
     }
 }
@@ -74,7 +74,7 @@ mod tests {
             serde_json::from_str(&emit(Format::Json, &a, table).expect("json")).expect("parses");
         assert_eq!(json, serde_json::json!({"name": "pool-a", "count": 3}));
         let yaml: serde_json::Value =
-            serde_yaml::from_str(&emit(Format::Yaml, &a, table).expect("yaml")).expect("parses");
+            serde_yaml_ng::from_str(&emit(Format::Yaml, &a, table).expect("yaml")).expect("parses");
         assert_eq!(yaml, json);
     }
 }

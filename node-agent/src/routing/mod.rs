@@ -44,6 +44,10 @@ use services::{ServiceFacts, ServiceKey, ServiceRanges};
 pub const ANN_IPV4: &str = "margay.dev/ipv4-address";
 /// The same for IPv6.
 pub const ANN_IPV6: &str = "margay.dev/ipv6-address";
+/// Annotation on a Node that makes it a route reflector with this cluster
+/// ID (an IPv4 address, like Calico's `routeReflectorClusterID`): its
+/// node peers without the same cluster ID become its clients (RFC 4456).
+pub const ANN_RR_CLUSTER_ID: &str = "margay.dev/route-reflector-cluster-id";
 /// Default graceful-restart time we announce, seconds.
 pub const DEFAULT_GR_TIME: u16 = 120;
 
@@ -58,6 +62,8 @@ pub struct NodeFacts {
     pub ipv4: Option<Ipv4Addr>,
     /// BGP IPv6 address.
     pub ipv6: Option<Ipv6Addr>,
+    /// Route reflector cluster ID as written on the Node (not yet checked).
+    pub rr_cluster_id: Option<String>,
 }
 
 /// Inputs of [`desired`].
@@ -95,6 +101,8 @@ pub struct Desired {
     pub local_as: u32,
     /// Our router id.
     pub router_id: Ipv4Addr,
+    /// Our route reflector cluster ID, when this node is a route reflector.
+    pub cluster_id: Option<Ipv4Addr>,
     /// Where to listen.
     pub listen: Vec<SocketAddr>,
     /// Peers by name.
@@ -163,6 +171,22 @@ pub fn resolve_community(
 
 fn prefix_of(net: IpNetwork) -> Option<Prefix> {
     Prefix::new(net.network(), net.prefix()).ok()
+}
+
+/// The route reflector cluster ID of `n`: `None` when it is no route
+/// reflector; an invalid value is reported and counts as none.
+fn rr_cluster_id(n: &NodeFacts, problems: &mut Vec<String>) -> Option<Ipv4Addr> {
+    let v = n.rr_cluster_id.as_deref()?.trim();
+    match v.parse() {
+        Ok(id) => Some(id),
+        Err(_) => {
+            problems.push(format!(
+                "node {}: {ANN_RR_CLUSTER_ID} {v:?} is not an IPv4 address: not a route reflector",
+                n.name
+            ));
+            None
+        }
+    }
 }
 
 /// Router id: our IPv4 address, else a stable value from the node name.
@@ -296,6 +320,11 @@ pub fn desired(input: &RoutingInput, view: &IpamView) -> Desired {
         }
     }
     let my_addr = me.ipv4.map(IpAddr::V4).or(me.ipv6.map(IpAddr::V6));
+    // As a route reflector, every node peer outside our cluster is a client.
+    let cluster_id = rr_cluster_id(me, &mut problems);
+    // (Another node's invalid cluster ID is that node's problem to report.)
+    let client =
+        |n: &NodeFacts| cluster_id.is_some() && rr_cluster_id(n, &mut Vec::new()) != cluster_id;
 
     if cfg.mesh_enabled() {
         for n in input.nodes.iter().filter(|n| n.name != me.name) {
@@ -327,7 +356,15 @@ pub fn desired(input: &RoutingInput, view: &IpamView) -> Desired {
             };
             p.passive = mine.is_some_and(|m| m > theirs);
             p.port = port;
-            kinds.insert(p.name.clone(), "node-mesh");
+            p.rr_client = client(n);
+            kinds.insert(
+                p.name.clone(),
+                if p.rr_client {
+                    "rr-client"
+                } else {
+                    "node-mesh"
+                },
+            );
             peers.insert(p.name.clone(), p);
         }
     }
@@ -337,29 +374,37 @@ pub fn desired(input: &RoutingInput, view: &IpamView) -> Desired {
             problems.push(format!("BGPPeer {name}: {e}"));
             continue;
         }
-        let for_me = match &spec.node {
-            Some(n) => *n == me.name,
-            None => selects(spec.node_selector.as_ref(), &me.labels),
+        // The nodes this BGPPeer is for (`node`, else `nodeSelector`).
+        let applies = |n: &NodeFacts| match &spec.node {
+            Some(x) => *x == n.name,
+            None => selects(spec.node_selector.as_ref(), &n.labels),
         };
-        if !for_me {
-            continue;
-        }
-        let mut targets: Vec<(String, SocketAddr, u32)> = Vec::new();
+        // (name, address, AS, the peer node when it is one).
+        let mut targets: Vec<(String, SocketAddr, u32, Option<&NodeFacts>)> = Vec::new();
         if let Some(ip) = &spec.peer_ip {
+            if !applies(me) {
+                continue;
+            }
             match parse_peer_address(ip) {
                 Ok(sa) => targets.push((
                     format!("peer-{name}"),
                     sa,
                     spec.as_number.unwrap_or(local_as),
+                    None,
                 )),
                 Err(e) => problems.push(format!("BGPPeer {name}: {e}")),
             }
         } else if let Some(sel) = &spec.peer_selector {
-            for n in input
-                .nodes
-                .iter()
-                .filter(|n| n.name != me.name && selects(Some(sel), &n.labels))
-            {
+            // Both ends of each pair configure it, as Calico's automatic
+            // reverse peering: we peer with the nodes `peerSelector` picks
+            // when the BGPPeer is for us, and with the nodes it is for when
+            // `peerSelector` picks us.
+            let forward = applies(me);
+            let reverse = selects(Some(sel), &me.labels);
+            for n in input.nodes.iter().filter(|n| {
+                n.name != me.name
+                    && ((forward && selects(Some(sel), &n.labels)) || (reverse && applies(n)))
+            }) {
                 let addr = n.ipv4.map(IpAddr::V4).or(n.ipv6.map(IpAddr::V6));
                 let Some(addr) = addr else { continue };
                 let asn = spec
@@ -369,10 +414,11 @@ pub fn desired(input: &RoutingInput, view: &IpamView) -> Desired {
                     format!("peer-{name}-{}", n.name),
                     SocketAddr::new(addr, port),
                     asn,
+                    Some(n),
                 ));
             }
         }
-        for (pname, sa, asn) in targets {
+        for (pname, sa, asn, node) in targets {
             if Some(sa.ip()) == my_addr {
                 continue; // never peer with ourselves
             }
@@ -387,9 +433,14 @@ pub fn desired(input: &RoutingInput, view: &IpamView) -> Desired {
             if spec.peer_selector.is_some() {
                 p.passive = my_addr.is_some_and(|m| m > sa.ip());
             }
+            if let Some(n) = node {
+                p.rr_client |= client(n);
+            }
             // An explicit peer replaces a mesh session to the same address.
             peers.retain(|_, q: &mut PeerConfig| q.neighbor != p.neighbor);
-            let kind = if spec.peer_selector.is_some() {
+            let kind = if p.rr_client && node.is_some() {
+                "rr-client"
+            } else if spec.peer_selector.is_some() {
                 "selector"
             } else if spec.node.is_some() {
                 "node-specific"
@@ -473,6 +524,7 @@ pub fn desired(input: &RoutingInput, view: &IpamView) -> Desired {
     Desired {
         local_as,
         router_id: router_id(me),
+        cluster_id,
         listen,
         default_export,
         kinds: kinds

@@ -15,12 +15,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use integration_tests::cni;
 use integration_tests::k8s;
 use integration_tests::kubelet;
 use integration_tests::lab::{self, Lab, Netns, Probe, Proto, TorBgp, probe_many, tor_bird_config};
 use serde::{Deserialize, Serialize};
+
+mod report;
+use report::{print_matrix, status};
 
 const DEFAULT_PREFIX: &str = "mglab";
 const RUN_ROOT: &str = "/run/margay-lab";
@@ -36,6 +39,15 @@ struct Cli {
     prefix: String,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// The lab's underlay (`up --topology`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Topology {
+    /// One subnet.
+    Flat,
+    /// The last node behind the ToR in a second subnet; pools in CrossSubnet.
+    CrossSubnet,
 }
 
 #[derive(Subcommand)]
@@ -58,6 +70,12 @@ enum Cmd {
         /// wrote. Without it, the agents are started as processes.
         #[arg(long)]
         image: Option<String>,
+        /// `flat`: every node on the ToR's subnet. `cross-subnet`: the last
+        /// node in a second underlay subnet, one routed hop away, and the
+        /// pools in `vxlanMode: CrossSubnet` (VXLAN to it, plain routes
+        /// between the others).
+        #[arg(long, value_enum, default_value_t = Topology::Flat)]
+        topology: Topology,
     },
     /// Remove the lab: kill its processes, delete its namespaces and state.
     Down,
@@ -181,7 +199,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pods,
             repo,
             image,
-        } => up(&cli.prefix, nodes, pods, &repo, image.as_deref()),
+            topology,
+        } => up(&cli.prefix, nodes, pods, &repo, image.as_deref(), topology),
         Cmd::Down => down(&cli.prefix),
         Cmd::Status => status(&load_state(&cli.prefix)?),
         Cmd::Kubectl { args } => {
@@ -250,6 +269,7 @@ fn up(
     pods_per_node: usize,
     repo: &Path,
     image: Option<&str>,
+    topology: Topology,
 ) -> anyhow::Result<()> {
     lab::can_run().map_err(anyhow::Error::msg)?;
     let existing: Vec<String> = lab::netns::list()
@@ -278,13 +298,23 @@ fn up(
         "==> lab `{prefix}`: ToR + {n_nodes} nodes in network namespaces, state in {}",
         dir.display()
     );
+    let mut subnets = vec![0u8; n_nodes];
+    if topology == Topology::CrossSubnet {
+        if n_nodes < 2 {
+            bail!("--topology cross-subnet needs at least 2 nodes");
+        }
+        subnets[n_nodes - 1] = 1;
+    }
     let mut lab = Lab::builder()
         .prefix(prefix)
-        .nodes(n_nodes)
+        .subnets(&subnets)
         .run_dir(&dir)
         .build()?;
     for n in lab.nodes() {
-        println!("    {}  {} / {}", n.name, n.ipv4, n.ipv6);
+        println!(
+            "    {}  {} / {}  (br{} on the ToR)",
+            n.name, n.ipv4, n.ipv6, n.subnet
+        );
     }
 
     println!(
@@ -349,6 +379,24 @@ fn up(
         "examples/bgppeer.yaml",
     ] {
         apply(f)?;
+    }
+    if topology == Topology::CrossSubnet {
+        for pool in ["default-ipv4", "default-ipv6"] {
+            kubectl(
+                &tor,
+                &kc,
+                &[
+                    "patch",
+                    "ippool",
+                    pool,
+                    "--type",
+                    "merge",
+                    "-p",
+                    r#"{"spec":{"vxlanMode":"CrossSubnet"}}"#,
+                ],
+            )?;
+            println!("    ippool/{pool} patched: vxlanMode=CrossSubnet");
+        }
     }
 
     println!("==> Node objects and margay-node on every node");
@@ -658,90 +706,6 @@ fn down(prefix: &str) -> anyhow::Result<()> {
         println!("  {n}");
     }
     Ok(())
-}
-
-fn status(state: &State) -> anyhow::Result<()> {
-    let margayctl = lab::workspace_bin("margayctl")?;
-    for n in &state.nodes {
-        println!("== {}: margayctl node status", n.name);
-        let out = Netns::existing(&n.ns)
-            .command(path_str(&margayctl)?)
-            .args(["--agent", &n.agent_url, "node", "status"])
-            .output()?;
-        print!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let ns = Netns::existing(&n.ns);
-        println!("-- {} kernel routes learned over BGP (proto 80)", n.name);
-        print!("{}", ns.ip(&["-4", "route", "show", "proto", "80"])?);
-        print!("{}", ns.ip(&["-6", "route", "show", "proto", "80"])?);
-        println!();
-    }
-    println!("== ToR routes (BIRD)");
-    let out = std::process::Command::new("birdc")
-        .arg("-s")
-        .arg(&state.bird_ctl)
-        .args(["show", "route"])
-        .output()?;
-    print!("{}", String::from_utf8_lossy(&out.stdout));
-    println!("\n== reachability, TCP/80 (rows: from, columns: to)");
-    print_matrix(state, false);
-    print_matrix(state, true);
-    Ok(())
-}
-
-fn print_matrix(state: &State, v6: bool) {
-    let mut probes = Vec::new();
-    for from in &state.pods {
-        for to in &state.pods {
-            let ip = if v6 { &to.ipv6 } else { &to.ipv4 };
-            let Ok(ip) = ip.parse::<IpAddr>() else {
-                continue;
-            };
-            probes.push(Probe {
-                from_ns: from.ns.clone(),
-                to: SocketAddr::new(ip, 80),
-                proto: Proto::Tcp,
-            });
-        }
-    }
-    let results = probe_many(&probes, Duration::from_millis(800), 32);
-    let label = |p: &PodState| format!("{}({})", p.name, &p.role[..1]);
-    let w = state
-        .pods
-        .iter()
-        .map(|p| label(p).len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let header: Vec<String> = state
-        .pods
-        .iter()
-        .map(|p| format!("{:>w$}", label(p)))
-        .collect();
-    println!(
-        "{:w$}  {}",
-        if v6 { "IPv6" } else { "IPv4" },
-        header.join(" ")
-    );
-    let mut it = results.iter();
-    for from in &state.pods {
-        let cells: Vec<String> = state
-            .pods
-            .iter()
-            .map(|_| {
-                let c = match it.next() {
-                    Some(o) if o.reached() => "ok",
-                    Some(_) => "--",
-                    None => "?",
-                };
-                format!("{c:>w$}")
-            })
-            .collect();
-        println!("{:w$}  {}", label(from), cells.join(" "));
-    }
 }
 
 fn passthrough(ns: &str, program: &str, args: &[String]) -> anyhow::Result<()> {

@@ -1,0 +1,507 @@
+//! The VXLAN overlay (`IPPool.spec.vxlanMode`): what this node's tunnel
+//! devices, forwarding entries and routes should be, as a pure function of
+//! the pools, the Node objects and the IPAM blocks ([`plan`]); the kernel
+//! side ([`kernel`]) and the task that runs it ([`task`]).
+//!
+//! ```text
+//!  cluster (Nodes, IPPools) ──generations──┐
+//!  IPAM view (remote blocks, tunnel addrs) ┼──► overlay task ──► plan() ──► OverlayKernel (rtnetlink)
+//!  reconcile timer ────────────────────────┘        │                        vxlan.margay / vxlan-v6.margay,
+//!                                                    │                        FDB + neighbours, routes proto 82
+//!                                                    ├──► Allocator: tunnel address per family (IPAM)
+//!                                                    ├──► Node annotations (merge patch): tunnel address + MAC
+//!                                                    └──► watch<u32>: the pod MTU, read by Allocate
+//! ```
+//!
+//! As in Calico: one device per family (`vxlan.margay` over the IPv4
+//! underlay for IPv4 pools, `vxlan-v6.margay` over the IPv6 underlay for
+//! IPv6 pools), VNI 4096, UDP port 4789, learning off, no multicast. Every
+//! other node's VTEP is a static FDB entry (its MAC → its underlay address)
+//! and a permanent neighbour (its tunnel address → its MAC); a remote block
+//! of a VXLAN pool is routed `via <its node's tunnel address> dev
+//! vxlan.margay onlink`, and that tunnel address itself `dev vxlan.margay`
+//! (see [`Via::Device`]). Those facts come from the Node objects
+//! (annotations this agent owns, [`ANN_TUNNEL_ADDR_V4`] …) and from the IPAM
+//! blocks' affinities, so no BGP route is needed; BGP keeps running beside
+//! (its routes, metric 1280, lose to these, metric [`OVERLAY_METRIC`]).
+//!
+//! The tunnel address comes from the pool through IPAM (handle
+//! `vxlan-tunnel-addr-<node>`, as Calico): it lies in one of the node's
+//! VXLAN-routed blocks, so traffic the node itself sends to a remote pod
+//! leaves with it as source and the answer comes back through the tunnel,
+//! never onto the underlay with a pod address (which an underlay with
+//! source checks, a cloud VPC or uRPF, drops). The MAC is derived from the
+//! node name ([`tunnel_mac`]): stable across restarts and re-created
+//! devices without any state, and published beside the address.
+//!
+//! `CrossSubnet`: a remote node whose underlay address lies in this node's
+//! underlay subnet (its address and prefix length, published in
+//! `margay.dev/ipv4-address`) is reached by a plain route via that address;
+//! any other through the tunnel.
+
+pub mod kernel;
+pub mod task;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+use crate::crd::VxlanMode;
+use crate::ipamview::IpamView;
+
+/// The IPv4 tunnel device.
+pub const DEVICE_V4: &str = "vxlan.margay";
+/// The IPv6 tunnel device.
+pub const DEVICE_V6: &str = "vxlan-v6.margay";
+/// Route protocol of the overlay's routes (`ip route show proto 82`): BGP
+/// routes are 80, local routes 81; each class has one owner.
+pub const RTPROT_OVERLAY: u8 = 82;
+/// Metric of the overlay's routes: below the BGP routes' 1280, so a pool in
+/// `Always` / `CrossSubnet` is routed by the overlay while BGP still runs.
+pub const OVERLAY_METRIC: u32 = 1100;
+/// Default VNI (Calico's).
+pub const DEFAULT_VNI: u32 = 4096;
+/// Default UDP port (IANA's VXLAN port).
+pub const DEFAULT_PORT: u16 = 4789;
+/// Node annotation: this node's IPv4 tunnel address.
+pub const ANN_TUNNEL_ADDR_V4: &str = "margay.dev/ipv4-vxlan-tunnel-addr";
+/// Node annotation: the MAC of this node's IPv4 tunnel device.
+pub const ANN_TUNNEL_MAC_V4: &str = "margay.dev/ipv4-vxlan-tunnel-mac";
+/// Node annotation: this node's IPv6 tunnel address.
+pub const ANN_TUNNEL_ADDR_V6: &str = "margay.dev/ipv6-vxlan-tunnel-addr";
+/// Node annotation: the MAC of this node's IPv6 tunnel device.
+pub const ANN_TUNNEL_MAC_V6: &str = "margay.dev/ipv6-vxlan-tunnel-mac";
+
+/// An address family of the overlay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Af {
+    /// IPv4 pools over the IPv4 underlay.
+    V4,
+    /// IPv6 pools over the IPv6 underlay.
+    V6,
+}
+
+impl Af {
+    /// Both, IPv4 first.
+    pub const BOTH: [Af; 2] = [Af::V4, Af::V6];
+
+    /// The family of `ip`.
+    pub fn of(ip: IpAddr) -> Af {
+        if ip.is_ipv4() { Af::V4 } else { Af::V6 }
+    }
+
+    /// Index into per-family arrays.
+    pub fn idx(self) -> usize {
+        self as usize
+    }
+
+    /// Whether this is IPv6.
+    pub fn is_v6(self) -> bool {
+        self == Af::V6
+    }
+
+    /// Its tunnel device.
+    pub fn device(self) -> &'static str {
+        match self {
+            Af::V4 => DEVICE_V4,
+            Af::V6 => DEVICE_V6,
+        }
+    }
+
+    /// Bytes VXLAN adds over this underlay: outer IP header (20 / 40) +
+    /// UDP (8) + VXLAN (8) + inner Ethernet (14).
+    pub fn overhead(self) -> u32 {
+        match self {
+            Af::V4 => 50,
+            Af::V6 => 70,
+        }
+    }
+
+    /// The annotations (tunnel address, MAC) of this family.
+    pub fn annotations(self) -> (&'static str, &'static str) {
+        match self {
+            Af::V4 => (ANN_TUNNEL_ADDR_V4, ANN_TUNNEL_MAC_V4),
+            Af::V6 => (ANN_TUNNEL_ADDR_V6, ANN_TUNNEL_MAC_V6),
+        }
+    }
+}
+
+/// An Ethernet address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl std::str::FromStr for Mac {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Mac, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let mut out = [0u8; 6];
+        if parts.len() != 6 {
+            return Err(format!("{s:?} is not a MAC address (6 hex bytes with ':')"));
+        }
+        for (o, p) in out.iter_mut().zip(&parts) {
+            *o = u8::from_str_radix(p, 16)
+                .map_err(|_| format!("{s:?} is not a MAC address (bad byte {p:?})"))?;
+        }
+        Ok(Mac(out))
+    }
+}
+
+/// The MAC of `node`'s tunnel device in `af`: six bytes of
+/// sha1("margay-vxlan/<af>/<node>"), locally administered and unicast.
+pub fn tunnel_mac(node: &str, af: Af) -> Mac {
+    use sha1::Digest as _;
+    let d = sha1::Sha1::digest(format!("margay-vxlan/{af:?}/{node}").as_bytes());
+    let mut m = [d[0], d[1], d[2], d[3], d[4], d[5]];
+    m[0] = (m[0] & 0xfe) | 0x02;
+    Mac(m)
+}
+
+/// Device settings (agent flags, the same on every node).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// UDP port.
+    pub port: u16,
+    /// MTU of `vxlan.margay` (None: the underlay's minus 50).
+    pub mtu_v4: Option<u32>,
+    /// MTU of `vxlan-v6.margay` (None: the underlay's minus 70).
+    pub mtu_v6: Option<u32>,
+    /// Pods' MTU (None: the underlay's, or the smallest tunnel device's
+    /// when a pool uses VXLAN).
+    pub veth_mtu: Option<u32>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            vni: DEFAULT_VNI,
+            port: DEFAULT_PORT,
+            mtu_v4: None,
+            mtu_v6: None,
+            veth_mtu: None,
+        }
+    }
+}
+
+/// A pool as the overlay sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolFacts {
+    /// Object name.
+    pub name: String,
+    /// Its network.
+    pub cidr: IpNetwork,
+    /// Its mode.
+    pub mode: VxlanMode,
+    /// This node may take its tunnel address from it (enabled, selects the
+    /// node, allows tunnel use).
+    pub for_tunnel: bool,
+}
+
+/// Another node as its Node object describes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// Underlay address per family ([`Af::idx`]).
+    pub underlay: [Option<IpAddr>; 2],
+    /// Tunnel address and device MAC per family, from its annotations.
+    pub tunnel: [Option<(IpAddr, Mac)>; 2],
+}
+
+/// Inputs of [`plan`].
+#[derive(Clone, Debug)]
+pub struct Input<'a> {
+    /// This node's name.
+    pub me: &'a str,
+    /// This node's underlay address per family, with its subnet's prefix.
+    pub underlay: [Option<IpNetwork>; 2],
+    /// MTU of the underlay interface.
+    pub underlay_mtu: u32,
+    /// Every other node, by name.
+    pub peers: &'a BTreeMap<String, Peer>,
+    /// Every pool.
+    pub pools: &'a [PoolFacts],
+    /// The IPAM view (remote destinations, this node's tunnel addresses).
+    pub view: &'a IpamView,
+    /// Device settings.
+    pub settings: &'a Settings,
+}
+
+/// One tunnel device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    /// Its family.
+    pub af: Af,
+    /// VNI.
+    pub vni: u32,
+    /// UDP port.
+    pub port: u16,
+    /// Underlay source address.
+    pub local: IpAddr,
+    /// MTU.
+    pub mtu: u32,
+    /// Its MAC ([`tunnel_mac`]).
+    pub mac: Mac,
+    /// The tunnel address (/32, /128), once IPAM has given one.
+    pub address: Option<IpAddr>,
+}
+
+/// A static FDB entry: frames for `mac` go to the VTEP at `dst`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Fdb {
+    /// Device family.
+    pub af: Af,
+    /// The remote device's MAC.
+    pub mac: Mac,
+    /// The remote node's underlay address.
+    pub dst: IpAddr,
+}
+
+/// A permanent neighbour: the remote tunnel address is at `mac`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Neigh {
+    /// Device family.
+    pub af: Af,
+    /// The remote tunnel address.
+    pub ip: IpAddr,
+    /// The remote device's MAC.
+    pub mac: Mac,
+}
+
+/// How a remote destination is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Via {
+    /// `via <tunnel address> dev <device> onlink`.
+    Tunnel {
+        /// Device family.
+        af: Af,
+        /// The remote node's tunnel address.
+        gw: IpAddr,
+    },
+    /// `via <underlay address>`: same subnet, `CrossSubnet`, no encapsulation.
+    Underlay {
+        /// The remote node's underlay address.
+        gw: IpAddr,
+    },
+    /// `dev <device> scope link`, no gateway: a remote node's tunnel
+    /// address itself, for every tunnel address a [`Via::Tunnel`] route
+    /// uses. The kernel then takes that address as an `onlink` gateway
+    /// whatever else is routed: IPv6 refuses an onlink gateway that another
+    /// route sends out of another device (EINVAL), e.g. a BGP route to the
+    /// very block the tunnel address lies in.
+    Device {
+        /// Device family.
+        af: Af,
+    },
+}
+
+/// What the overlay should be on this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Tunnel devices (one per family with a VXLAN pool).
+    pub devices: BTreeMap<Af, Device>,
+    /// FDB entries.
+    pub fdb: BTreeSet<Fdb>,
+    /// Neighbours.
+    pub neigh: BTreeSet<Neigh>,
+    /// Routes to remote destinations.
+    pub routes: BTreeMap<IpNetwork, Via>,
+    /// Pools this node may take a tunnel address from, per family (when
+    /// the family has a device).
+    pub tunnel_pools: [Vec<String>; 2],
+    /// This node's tunnel address per family that IPAM holds but that is
+    /// no longer in a VXLAN pool of a family with a device: to release.
+    pub stale_tunnels: Vec<IpAddr>,
+    /// The pods' MTU.
+    pub pod_mtu: u32,
+    /// Why something wanted could not be planned.
+    pub problems: Vec<String>,
+}
+
+impl Plan {
+    /// The annotations this node should carry: tunnel address and MAC per
+    /// family with a device and an address, the others removed.
+    pub fn annotations(&self) -> BTreeMap<&'static str, Option<String>> {
+        let mut out = BTreeMap::new();
+        for af in Af::BOTH {
+            let (addr_key, mac_key) = af.annotations();
+            let dev = self.devices.get(&af);
+            let addr = dev.and_then(|d| d.address);
+            out.insert(addr_key, addr.map(|a| a.to_string()));
+            out.insert(mac_key, addr.and(dev).map(|d| d.mac.to_string()));
+        }
+        out
+    }
+}
+
+/// The most specific pool containing `net`.
+fn pool_of<'a>(pools: &'a [PoolFacts], net: &IpNetwork) -> Option<&'a PoolFacts> {
+    pools
+        .iter()
+        .filter(|p| p.cidr.contains(net.network()) && p.cidr.prefix() <= net.prefix())
+        .max_by_key(|p| p.cidr.prefix())
+}
+
+fn vxlan(mode: VxlanMode) -> bool {
+    mode != VxlanMode::Never
+}
+
+/// The overlay this node should have (see the module docs).
+pub fn plan(input: &Input<'_>) -> Plan {
+    let mut p = Plan::default();
+    let s = input.settings;
+    // A device per family that some pool carries in VXLAN.
+    for af in Af::BOTH {
+        let wanted = input
+            .pools
+            .iter()
+            .any(|pool| Af::of(pool.cidr.ip()) == af && vxlan(pool.mode));
+        if !wanted {
+            continue;
+        }
+        let Some(local) = input.underlay[af.idx()] else {
+            p.problems.push(format!(
+                "a {af:?} pool uses VXLAN but this node has no {af:?} underlay address: no {} device",
+                af.device()
+            ));
+            continue;
+        };
+        let configured = match af {
+            Af::V4 => s.mtu_v4,
+            Af::V6 => s.mtu_v6,
+        };
+        let mtu = configured.unwrap_or_else(|| input.underlay_mtu.saturating_sub(af.overhead()));
+        let address = input.view.tunnel_address(af.is_v6());
+        // A tunnel address outside every VXLAN pool of its family would not
+        // be routed through the tunnel by the other nodes: give it back.
+        let address = match address {
+            Some(a)
+                if pool_of(input.pools, &IpNetwork::from(a))
+                    .is_some_and(|pool| vxlan(pool.mode)) =>
+            {
+                Some(a)
+            }
+            Some(a) => {
+                p.stale_tunnels.push(a);
+                None
+            }
+            None => None,
+        };
+        p.tunnel_pools[af.idx()] = input
+            .pools
+            .iter()
+            .filter(|pool| Af::of(pool.cidr.ip()) == af && vxlan(pool.mode) && pool.for_tunnel)
+            .map(|pool| pool.name.clone())
+            .collect();
+        if address.is_none() && p.tunnel_pools[af.idx()].is_empty() {
+            p.problems.push(format!(
+                "no enabled {af:?} VXLAN pool selects this node: it has no tunnel address, so other nodes cannot reach its pods through {}",
+                af.device()
+            ));
+        }
+        p.devices.insert(
+            af,
+            Device {
+                af,
+                vni: s.vni,
+                port: s.port,
+                local: local.ip(),
+                mtu,
+                mac: tunnel_mac(input.me, af),
+                address,
+            },
+        );
+    }
+    // A family without a device keeps no tunnel address.
+    for t in &input.view.tunnels {
+        if !p.devices.contains_key(&Af::of(t.ip)) && !p.stale_tunnels.contains(&t.ip) {
+            p.stale_tunnels.push(t.ip);
+        }
+    }
+    // Every other node's VTEP.
+    for (name, peer) in input.peers {
+        if name == input.me {
+            continue;
+        }
+        for af in p.devices.keys().copied().collect::<Vec<_>>() {
+            if let (Some(dst), Some((ip, mac))) = (peer.underlay[af.idx()], peer.tunnel[af.idx()]) {
+                p.fdb.insert(Fdb { af, mac, dst });
+                p.neigh.insert(Neigh { af, ip, mac });
+            }
+        }
+    }
+    // Routes to what lives on other nodes, in VXLAN pools.
+    let mut missing: BTreeSet<(String, Af, &'static str)> = BTreeSet::new();
+    for (dst, node) in &input.view.remote {
+        let Some(pool) = pool_of(input.pools, dst).filter(|pool| vxlan(pool.mode)) else {
+            continue;
+        };
+        let af = Af::of(dst.ip());
+        let Some(dev) = p.devices.get(&af) else {
+            continue;
+        };
+        let Some(peer) = input.peers.get(node) else {
+            missing.insert((node.clone(), af, "no Node object"));
+            continue;
+        };
+        let Some(underlay) = peer.underlay[af.idx()] else {
+            missing.insert((node.clone(), af, "no underlay address of the family"));
+            continue;
+        };
+        let same_subnet = input.underlay[af.idx()].is_some_and(|mine| mine.contains(underlay));
+        let via = if pool.mode == VxlanMode::CrossSubnet && same_subnet {
+            Via::Underlay { gw: underlay }
+        } else {
+            match peer.tunnel[af.idx()] {
+                Some((gw, _)) => Via::Tunnel { af: dev.af, gw },
+                None => {
+                    missing.insert((node.clone(), af, "no tunnel address published yet"));
+                    continue;
+                }
+            }
+        };
+        p.routes.insert(*dst, via);
+    }
+    // The tunnel addresses used as gateways, on the device (replacing a
+    // borrowed-address route to the same /32 or /128: the same path).
+    let gateways: BTreeSet<(Af, IpAddr)> = p
+        .routes
+        .values()
+        .filter_map(|v| match v {
+            Via::Tunnel { af, gw } => Some((*af, *gw)),
+            _ => None,
+        })
+        .collect();
+    for (af, gw) in gateways {
+        p.routes.insert(IpNetwork::from(gw), Via::Device { af });
+    }
+    for (node, af, why) in missing {
+        p.problems.push(format!(
+            "node {node}: {why}: its {af:?} pods in VXLAN pools are not routed by the overlay"
+        ));
+    }
+    // Pods fit in the smallest tunnel.
+    p.pod_mtu = s.veth_mtu.unwrap_or_else(|| {
+        p.devices
+            .values()
+            .map(|d| d.mtu)
+            .fold(input.underlay_mtu, u32::min)
+    });
+    p
+}
+
+#[cfg(test)]
+mod tests;
