@@ -11,16 +11,19 @@
 //!                         → iifname vmap @ep_egress    (egress of the sending pod)
 //!                         → oifname vmap @ep_ingress   (ingress of the receiving pod)
 //! input   (hook input):   anti-spoof on cali* (IPv6 link-local / :: exempt for ND)
-//! ep_egress / ep_ingress  named verdict maps, iface → jump pe_/pi_<h> (or jump deny);
+//! ep_egress / ep_ingress  named verdict maps, iface → jump pe_/pi_, ae_/ai_ or be_/bi_ (or deny);
 //!            no element = not isolated. One element per endpoint and direction:
 //!            O(1) dispatch, and a local pod changing policies is one element.
 //! pe_*/pi_*  content-addressed policy chains shared by endpoints with equal rules:
 //!            node addresses allowed, one line per (peer set × family), then `drop`
 //!            (egress allows with `return` so the receiver's ingress is still checked)
+//! ai_/ae_, bi_/be_  AdminNetworkPolicy / BaselineAdminNetworkPolicy tier chains
+//!            (content-addressed; `goto` the pi_/pe_ or bi_/be_ chain: see `tiers.rs`)
 //! deny       `drop` (endpoints whose pod is unknown or finished)
 //! sets: s4_/s6_<h(selector)> pod IPs (hash);   b4_/b6_<h(ranges)> ipBlock − except (interval)
 //!       pt_<h(ranges)> proto . port (interval); n4_/n6_<h(peers,names)> addr . proto . port
 //!       spoof4/spoof6 ifname . addr;            node4/node6 node addresses
+//!       h4_/h6_<h(node selector)> addresses of the selected nodes (ANP `nodes` peers)
 //!       natsrc4/natsrc6 pools with natOutgoing; pools4/pools6 every pool (interval)
 //! postrouting (hook postrouting, type nat, srcnat): saddr @natsrc daddr != @pools
 //!            → masquerade (outgoing NAT; empty sets: nothing is NATed)
