@@ -18,7 +18,7 @@ use ipam::Store;
 use ipam::bench::{self, BenchResult, Mode};
 use node_agent::crd::IPPool;
 use node_agent::ipam_store::KubeStore;
-use node_agent::metrics::Metrics;
+use node_agent::status::metrics::Metrics;
 
 fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
     let args: Vec<String> = std::env::args().collect();

@@ -10,13 +10,13 @@ use crate::cluster::{self, Cluster};
 use crate::config::AgentArgs;
 use crate::controller;
 use crate::endpoints::EndpointsService;
-use crate::health::{self, Health, Pulse};
 use crate::identity::{self, Chosen, Family};
 use crate::ipam_store::KubeStore;
 use crate::ipamview::{self, IpamView};
 use crate::localroutes::LocalRoutes;
-use crate::metrics::Metrics;
 use crate::routing_task;
+use crate::status::health::{self, Health, Pulse};
+use crate::status::metrics::Metrics;
 
 /// How long in-flight CNI requests may take to finish at shutdown.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);

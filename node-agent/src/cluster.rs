@@ -32,8 +32,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::crd::{BGPConfiguration, BGPFilter, BGPPeer, IPAMConfiguration, IPPool};
-use crate::health::Health;
-use crate::metrics::{ApiLabels, Metrics};
+use crate::status::health::Health;
+use crate::status::metrics::{ApiLabels, Metrics};
 
 /// Watched kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

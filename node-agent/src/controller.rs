@@ -43,11 +43,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::cluster::{Cluster, Kind};
-use crate::health::Health;
 use crate::ipamview::IpamView;
 use crate::localroutes::{LocalRoute, LocalRoutes, RouteError};
-use crate::metrics::Metrics;
 use crate::policyctl::PolicySync;
+use crate::status::health::Health;
+use crate::status::metrics::Metrics;
 
 /// A pod attached to this node.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

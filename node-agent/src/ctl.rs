@@ -1,7 +1,7 @@
 //! `margayctl`: look at and operate Margay.
 //!
 //! - `node status` and `bgp routes` ask the local agent (`--agent`, its
-//!   `/status`; `bgp routes` is rendered by [`crate::bgp_routes`]);
+//!   `/status`; `bgp routes` is rendered by [`crate::status::bgp_routes`]);
 //! - `ipam …` and `policy trace` read the cluster from the API server
 //!   (`--api-server`, or in-cluster config / KUBECONFIG) and use the same
 //!   code as the agent (the `ipam` report and the policy spec evaluator).
@@ -21,8 +21,8 @@ pub mod output;
 pub use check::{IpamCheck, ipam_check, render_ipam_check};
 
 use crate::ipam_store::{KubeStore, pool_to_model};
-use crate::metrics::Metrics;
 use crate::routing_task::PeerRow;
+use crate::status::metrics::Metrics;
 
 /// What a margayctl command can fail on.
 #[derive(Debug, thiserror::Error)]

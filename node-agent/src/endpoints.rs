@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::confirm::Confirmations;
 use crate::controller::{ControllerHandle, Endpoint, EndpointError};
-use crate::metrics::Metrics;
+use crate::status::metrics::Metrics;
 
 /// How long EndpointUp may wait for the dataplane before failing with
 /// UNAVAILABLE (the CNI then reports "try again later").

@@ -29,7 +29,7 @@ use crate::cluster::Cluster;
 use crate::confirm::Confirmations;
 use crate::controller::{ControllerHandle, Endpoint};
 use crate::ipamview::{IpamView, host_veth};
-use crate::metrics::{Metrics, PoolLabels};
+use crate::status::metrics::{Metrics, PoolLabels};
 
 /// Pod annotation with the addresses the pod wants (JSON list).
 pub const ANN_IP_ADDRS: &str = "margay.dev/ip-addrs";
@@ -360,7 +360,7 @@ pub struct Maintenance {
 /// Runs leak GC and the IPAM gauges every `opts.interval` until the cluster
 /// view goes away. This node releases the leaks of its own allocations and
 /// of nodes that no longer exist.
-pub async fn maintain(m: Maintenance, mut pulse: crate::health::Pulse) {
+pub async fn maintain(m: Maintenance, mut pulse: crate::status::health::Pulse) {
     let Maintenance {
         cluster,
         store,

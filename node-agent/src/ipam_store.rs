@@ -28,7 +28,7 @@ use ipam::store::Kind;
 use ipam::{BlockEvent, BlockObject, IpPoolSpec, IpamBlockSpec, PoolObject, Store, StoreError};
 
 use crate::crd::{AllowedUse, IPAMBlock, IPAMBlockSpec, IPPool};
-use crate::metrics::{ApiLabels, Metrics};
+use crate::status::metrics::{ApiLabels, Metrics};
 
 /// IPAM objects as custom resources.
 #[derive(Clone)]

@@ -240,7 +240,7 @@ pub async fn run(
     store: Arc<dyn Store>,
     me: String,
     tx: watch::Sender<Arc<IpamView>>,
-    mut pulse: crate::health::Pulse,
+    mut pulse: crate::status::health::Pulse,
 ) {
     let mut blocks: BTreeMap<String, BlockObject> = BTreeMap::new();
     let mut backoff = Duration::from_millis(200);

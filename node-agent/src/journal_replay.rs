@@ -12,7 +12,7 @@ use std::time::Duration;
 use cni_plugin::journal;
 
 use crate::controller::ControllerHandle;
-use crate::health::Pulse;
+use crate::status::health::Pulse;
 
 /// What the replay needs.
 pub struct Replay {

@@ -63,7 +63,6 @@
 
 pub mod agent;
 pub mod attachments;
-pub mod bgp_routes;
 pub mod cluster;
 pub mod config;
 pub mod confirm;
@@ -73,7 +72,6 @@ pub mod ctl;
 pub mod dataplane;
 pub mod endpoints;
 pub mod fib;
-pub mod health;
 pub mod identity;
 pub mod install_cni;
 pub mod ipam_ops;
@@ -82,8 +80,8 @@ pub mod ipamview;
 pub mod journal_replay;
 pub mod localroutes;
 pub mod logging;
-pub mod metrics;
 pub mod overlay;
 pub mod policyctl;
 pub mod routing;
 pub mod routing_task;
+pub mod status;

@@ -19,7 +19,7 @@ use crate::cluster::Cluster;
 use crate::controller::Endpoint;
 use crate::dataplane::{FastSink, NftSession};
 use crate::ipamview::IpamView;
-use crate::metrics::Metrics;
+use crate::status::metrics::Metrics;
 
 /// A commit that did not reach the kernel.
 #[derive(Debug, thiserror::Error)]

@@ -22,12 +22,12 @@ use tokio::sync::{mpsc, watch};
 use crate::agent::NodeIdentity;
 use crate::cluster::{Cluster, Kind};
 use crate::fib::Fib;
-use crate::health::Health;
 use crate::ipamview::IpamView;
-use crate::metrics::{Metrics, PeerLabels};
 use crate::routing::{
     self, ANN_IPV4, ANN_IPV6, ANN_RR_CLUSTER_ID, Desired, NodeFacts, RoutingInput, services,
 };
+use crate::status::health::Health;
+use crate::status::metrics::{Metrics, PeerLabels};
 
 /// After a restart with forwarding preserved, how long the speaker may
 /// withhold its initial updates waiting for every peer's End-of-RIB (RFC
@@ -552,13 +552,13 @@ async fn report(r: &mut Running, deps: &RoutingDeps) {
     // The RIB for `margayctl bgp routes`, when it changed.
     if let Ok(Some(routes)) = r
         .speaker
-        .routes(crate::bgp_routes::LIMIT, r.routes_generation)
+        .routes(crate::status::bgp_routes::LIMIT, r.routes_generation)
         .await
     {
         r.routes_generation = Some(routes.generation);
         deps.health.set_status(
             "bgp_routes",
-            serde_json::json!(crate::bgp_routes::section(&routes)),
+            serde_json::json!(crate::status::bgp_routes::section(&routes)),
         );
     }
     let now = Instant::now();

@@ -425,7 +425,7 @@ fn kustomize_base_and_overlays_render_into_valid_objects() {
     // Every metric an alert reads is one the agent exports.
     // (A family without series prints nothing, so give each one a series.)
     let exported = {
-        use node_agent::metrics::{ApiLabels, CniLabels, Metrics, PeerLabels, PoolLabels};
+        use node_agent::status::metrics::{ApiLabels, CniLabels, Metrics, PeerLabels, PoolLabels};
         let m = Metrics::new();
         let peer = PeerLabels {
             peer: "198.18.0.1".into(),

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use ipam::{AllocRequest, Allocator, AllocatorOptions, IpamConfig, NodeInfo, Store, SystemClock};
 use node_agent::ipam_store::KubeStore;
-use node_agent::metrics::Metrics;
+use node_agent::status::metrics::Metrics;
 
 #[derive(Parser)]
 #[command(about = "Allocate addresses as one node's agent would")]

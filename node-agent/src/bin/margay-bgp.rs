@@ -711,9 +711,9 @@ async fn run() -> Result<()> {
                 }
                 if let Some(path) = &args.status_file {
                     let bfd = speaker.bfd_sessions().await?;
-                    if let Some(r) = speaker.routes(node_agent::bgp_routes::LIMIT, routes_generation).await? {
+                    if let Some(r) = speaker.routes(node_agent::status::bgp_routes::LIMIT, routes_generation).await? {
                         routes_generation = Some(r.generation);
-                        routes = serde_json::json!(node_agent::bgp_routes::section(&r));
+                        routes = serde_json::json!(node_agent::status::bgp_routes::section(&r));
                     }
                     let v = status_json(&clock, &peers, &bfd, &routes, &lock(&state));
                     write_status(path, &v);

@@ -144,7 +144,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
                 routes.retain(|r| r["prefix"].as_str().is_some_and(|s| s.starts_with(p)));
             }
             let text = emit(format, &v["bgp_routes"], |_| {
-                node_agent::bgp_routes::render(&v, prefix.as_deref())
+                node_agent::status::bgp_routes::render(&v, prefix.as_deref())
             })?;
             out(text)
         }

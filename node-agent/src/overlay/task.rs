@@ -22,8 +22,8 @@ use super::{Af, Input, Mac, Peer, Plan, PoolFacts, Settings, plan};
 use crate::agent::NodeIdentity;
 use crate::cluster::{Cluster, Kind};
 use crate::crd::{AllowedUse, IPPool};
-use crate::health::Health;
 use crate::ipamview::{IpamView, tunnel_handle};
+use crate::status::health::Health;
 
 /// MTU assumed when the underlay interface cannot be read.
 const FALLBACK_MTU: u32 = 1500;

@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 // liveness can be tested with a paused clock.
 use tokio::time::Instant;
 
-use crate::metrics::Metrics;
+use crate::status::metrics::Metrics;
 
 #[derive(Debug, Default)]
 struct State {
