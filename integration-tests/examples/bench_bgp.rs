@@ -246,14 +246,14 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
             let api = k8s::start_apiserver(&lab)?;
             k8s::bootstrap(&lab, &[])?;
             k8s::with_client(lab.tor(), |c| async move {
-                k8s::apply_json::<node_agent::crd::BGPConfiguration>(
+                k8s::apply_json::<node_agent::k8s::crd::BGPConfiguration>(
                     &c,
                     serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "BGPConfiguration",
                         "metadata": {"name": "default"},
                         "spec": {"asNumber": 65001, "nodeToNodeMeshEnabled": false}}),
                 )
                 .await?;
-                k8s::apply_json::<node_agent::crd::BGPPeer>(
+                k8s::apply_json::<node_agent::k8s::crd::BGPPeer>(
                     &c,
                     serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "BGPPeer",
                         "metadata": {"name": "inj"},

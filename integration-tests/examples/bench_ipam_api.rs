@@ -16,8 +16,8 @@ use integration_tests::apiserver::{ApiServer, Config};
 use integration_tests::k8s;
 use ipam::Store;
 use ipam::bench::{self, BenchResult, Mode};
-use node_agent::crd::IPPool;
-use node_agent::ipam_store::KubeStore;
+use node_agent::k8s::crd::IPPool;
+use node_agent::k8s::ipam::store::KubeStore;
 use node_agent::status::metrics::Metrics;
 
 fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {

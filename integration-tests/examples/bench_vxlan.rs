@@ -29,7 +29,7 @@ use integration_tests::k8s::{self, Agent};
 use integration_tests::lab::{self, Daemon, Lab, Netns};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use node_agent::crd::IPPool;
+use node_agent::k8s::crd::IPPool;
 
 const IPERF_PORT: u16 = 5201;
 const POOLS: [(&str, &str); 2] = [("v4", "198.19.0.0/16"), ("v6", "2001:db8:100::/48")];

@@ -101,7 +101,7 @@ where
 /// Every IPAM allocation on the lab's API server: (handle, address).
 pub fn allocations(lab: &Lab) -> Result<Vec<(String, IpAddr)>> {
     with_client(lab.tor(), |c| async move {
-        Api::<node_agent::crd::IPAMBlock>::all(c)
+        Api::<node_agent::k8s::crd::IPAMBlock>::all(c)
             .list(&Default::default())
             .await
             .map(|blocks| {
@@ -129,7 +129,7 @@ pub fn handles(lab: &Lab) -> Result<Vec<String>> {
 /// Creates Margay's CRDs and waits until their resources are served.
 pub async fn install_crds(client: &Client) -> std::result::Result<(), kube::Error> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in node_agent::crd::all() {
+    for crd in node_agent::k8s::crd::all() {
         match api.create(&PostParams::default(), &crd).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {}
@@ -149,7 +149,7 @@ pub async fn install_crds(client: &Client) -> std::result::Result<(), kube::Erro
 }
 
 async fn served(client: &Client) -> std::result::Result<(), kube::Error> {
-    use node_agent::crd::{BGPConfiguration, BGPPeer, IPAMBlock, IPPool};
+    use node_agent::k8s::crd::{BGPConfiguration, BGPPeer, IPAMBlock, IPPool};
     let lp = kube::api::ListParams::default();
     Api::<IPPool>::all(client.clone()).list(&lp).await?;
     Api::<IPAMBlock>::all(client.clone()).list(&lp).await?;
@@ -298,12 +298,12 @@ pub fn bootstrap(lab: &Lab, pools: &[(&str, &str)]) -> Result<()> {
         for (name, ip) in &nodes {
             create_node(&c, name, *ip, &[]).await?;
         }
-        let api: Api<node_agent::crd::IPPool> = Api::all(c.clone());
+        let api: Api<node_agent::k8s::crd::IPPool> = Api::all(c.clone());
         for (name, cidr) in &pools {
-            let pool = node_agent::crd::IPPool::new(
+            let pool = node_agent::k8s::crd::IPPool::new(
                 name,
-                node_agent::crd::IPPoolSpec {
-                    cidr: node_agent::crd::Cidr(cidr.clone()),
+                node_agent::k8s::crd::IPPoolSpec {
+                    cidr: node_agent::k8s::crd::Cidr(cidr.clone()),
                     block_size: None,
                     node_selector: None,
                     disabled: false,

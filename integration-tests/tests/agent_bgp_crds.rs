@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use integration_tests::lab::{self, Bird, Lab, Netns};
 use integration_tests::{cni, k8s};
-use node_agent::crd::{BGPConfiguration, BGPFilter, BGPPeer};
+use node_agent::k8s::crd::{BGPConfiguration, BGPFilter, BGPPeer};
 
 const T: Duration = Duration::from_secs(30);
 const ROUTE: &str = "198.19.200.0/24";

@@ -10,7 +10,7 @@ use ipam::proto::{
     AllocateRequest, EndpointDownRequest, EndpointUpRequest, Family, ReleaseRequest, StatusRequest,
 };
 use kube::Api;
-use node_agent::crd::IPAMBlock;
+use node_agent::k8s::crd::IPAMBlock;
 use node_agent::localroutes::LOCAL_ROUTE_PROTO;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -283,7 +283,7 @@ fn agent_allocates_from_crds_programs_routes_and_keeps_them_across_shutdown() {
 
     // A pool created while the agent runs is usable at once.
     k8s::with_client(lab.tor(), |c| async move {
-        k8s::apply_json::<node_agent::crd::IPPool>(
+        k8s::apply_json::<node_agent::k8s::crd::IPPool>(
             &c,
             serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "IPPool",
                 "metadata": {"name": "late"}, "spec": {"cidr": "198.19.200.0/24", "blockSize": 28}}),
@@ -344,7 +344,7 @@ fn agent_allocates_from_crds_programs_routes_and_keeps_them_across_shutdown() {
 
     // BGPConfiguration's logSeverityScreen changes the running agent's level.
     k8s::with_client(lab.tor(), |c| async move {
-        k8s::apply_json::<node_agent::crd::BGPConfiguration>(
+        k8s::apply_json::<node_agent::k8s::crd::BGPConfiguration>(
             &c,
             serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "BGPConfiguration",
                 "metadata": {"name": "default"}, "spec": {"logSeverityScreen": "Warning"}}),

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use nix::sys::signal::Signal;
-use node_agent::crd::{BGPConfiguration, BGPPeer};
+use node_agent::k8s::crd::{BGPConfiguration, BGPPeer};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(30);

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use node_agent::crd::{BGPConfiguration, BGPPeer};
+use node_agent::k8s::crd::{BGPConfiguration, BGPPeer};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(30);

@@ -127,7 +127,7 @@ async fn the_agents_identity_may_do_what_the_manifest_grants_and_nothing_else() 
     assert_eq!(code, 403, "the agent cannot mint tokens");
     // The IPAM blocks it owns: create and delete granted.
     k8s::install_crds(&admin).await.expect("crds");
-    let blocks: Api<node_agent::crd::IPAMBlock> = Api::all(agent.clone());
+    let blocks: Api<node_agent::k8s::crd::IPAMBlock> = Api::all(agent.clone());
     blocks.list(&Default::default()).await.expect("list blocks");
     // Discovery needs only authentication.
     assert_eq!(raw(&agent, "GET", "/apis", None, vec![]).await.0, 200);

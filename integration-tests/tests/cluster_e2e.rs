@@ -11,7 +11,7 @@ use integration_tests::k8s::{self, Agent};
 use integration_tests::lab::{
     self, Daemon, Lab, Netns, Probe, Proto, TorBgp, probe_many, tor_bird_config,
 };
-use node_agent::crd::{BGPConfiguration, BGPPeer};
+use node_agent::k8s::crd::{BGPConfiguration, BGPPeer};
 
 const POOLS: &[(&str, &str)] = &[("v4", "198.19.0.0/16"), ("v6", "2001:db8:100::/48")];
 

@@ -14,7 +14,7 @@ use integration_tests::lab::Lab;
 use ipnetwork::IpNetwork;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use node_agent::crd::IPAMConfiguration;
+use node_agent::k8s::crd::IPAMConfiguration;
 
 fn block_of(ip: IpAddr) -> IpNetwork {
     IpNetwork::new(ip, 30)
@@ -29,7 +29,7 @@ fn strict_affinity_and_max_blocks_come_from_the_crd_and_apply_live() {
     let _api = k8s::start_apiserver(&lab).expect("apiserver");
     k8s::bootstrap(&lab, &[]).expect("bootstrap");
     k8s::with_client(lab.tor(), |c| async move {
-        k8s::apply_json::<node_agent::crd::IPPool>(
+        k8s::apply_json::<node_agent::k8s::crd::IPPool>(
             &c,
             serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "IPPool",
                 "metadata": {"name": "small"},

@@ -24,7 +24,7 @@ fn annotation_chooses_the_address_and_leaks_are_collected() {
     k8s::bootstrap(&lab, &[("v4", "198.19.0.0/16")]).expect("bootstrap");
     // A big IPv6 pool, disabled (no allocations from it): only its gauge.
     k8s::with_client(lab.tor(), |c| async move {
-        k8s::apply_json::<node_agent::crd::IPPool>(
+        k8s::apply_json::<node_agent::k8s::crd::IPPool>(
             &c,
             serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "IPPool",
                 "metadata": {"name": "v6"}, "spec": {"cidr": "2001:db8:100::/48", "disabled": true}}),

@@ -10,7 +10,7 @@ use std::time::Instant;
 use integration_tests::apiserver::{ApiServer, Config};
 use integration_tests::{k8s, lab};
 use kube::Api;
-use node_agent::crd::{IPAMBlock, IPPool};
+use node_agent::k8s::crd::{IPAMBlock, IPPool};
 
 const NODES: usize = 16;
 const EACH: usize = 1000;

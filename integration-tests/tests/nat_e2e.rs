@@ -18,7 +18,7 @@ use integration_tests::k8s::{self, Agent};
 use integration_tests::lab::{self, INTERNET_IPV4, INTERNET_IPV6, Lab, Netns};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use node_agent::crd::IPPool;
+use node_agent::k8s::crd::IPPool;
 
 const UDP_PORT: u16 = 9000;
 const TCP_PORT: u16 = 9001;

@@ -26,7 +26,7 @@ use integration_tests::lab::{self, Daemon, Lab, Netns, Proto};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
-use node_agent::crd::{BGPConfiguration, IPPool};
+use node_agent::k8s::crd::{BGPConfiguration, IPPool};
 
 const PORT: u16 = 8080;
 const V4_POOL: (&str, &str) = ("v4", "198.19.0.0/16");

@@ -4,15 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
-
-use crate::cluster::{self, Cluster};
 use crate::config::AgentArgs;
 use crate::controller;
 use crate::endpoints::EndpointsService;
-use crate::identity::{self, Chosen, Family};
-use crate::ipam_store::KubeStore;
-use crate::ipamview::{self, IpamView};
+use crate::k8s::cluster::{self, Cluster};
+use crate::k8s::ipam::store::KubeStore;
+use crate::k8s::ipam::view::{self, IpamView};
+use crate::k8s::node::autodetect::Chosen;
+use crate::k8s::node::{self, NodeIdentity};
 use crate::localroutes::LocalRoutes;
 use crate::routing_task;
 use crate::status::health::{self, Health, Pulse};
@@ -24,9 +23,9 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// Configuration or environment problem found at start.
-    #[error("{0}")]
-    Startup(String),
+    /// This node's name or address could not be chosen.
+    #[error(transparent)]
+    Identity(#[from] node::IdentityError),
     /// The API client could not be built.
     #[error(transparent)]
     Client(#[from] cluster::ClientError),
@@ -47,87 +46,13 @@ pub enum AgentError {
     },
 }
 
-/// The node's identity as chosen at start.
-#[derive(Debug, Clone)]
-pub struct NodeIdentity {
-    /// Node name.
-    pub name: String,
-    /// Where the name came from.
-    pub name_source: &'static str,
-    /// IPv4 address and why.
-    pub ipv4: Option<Chosen>,
-    /// IPv6 address and why.
-    pub ipv6: Option<Chosen>,
-}
-
-fn internal_ips(node: Option<&Node>) -> Vec<std::net::IpAddr> {
-    node.and_then(|n| n.status.as_ref())
-        .and_then(|s| s.addresses.as_ref())
-        .map(|addrs| {
-            addrs
-                .iter()
-                .filter(|a| a.type_ == "InternalIP")
-                .filter_map(|a| a.address.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Chooses name and addresses, logging each choice and its reason.
-pub fn identify(args: &AgentArgs, cluster: &Cluster) -> Result<NodeIdentity, AgentError> {
-    let (name, name_source) =
-        identity::node_name(args.node_name.as_deref()).map_err(|e| AgentError::Io {
-            what: "reading the host name".into(),
-            source: e,
-        })?;
-    let node = cluster
-        .nodes
-        .get(&kube::runtime::reflector::ObjectRef::new(&name));
-    if node.is_none() {
-        tracing::warn!(node = %name, "no Node object with this name in the API (yet)");
-    }
-    let ips = internal_ips(node.as_deref());
-    let addrs = identity::local_addresses().map_err(|e| AgentError::Io {
-        what: "listing interface addresses".into(),
-        source: e,
-    })?;
-    let pick = |method, family| {
-        identity::choose(
-            method,
-            family,
-            &addrs,
-            &ips,
-            identity::kernel_source_towards,
-        )
-        .map_err(|e| AgentError::Startup(e.to_string()))
-    };
-    let ipv4 = pick(&args.ip_autodetection, Family::V4)?;
-    let ipv6 = pick(&args.ip6_autodetection, Family::V6)?;
-    if ipv4.is_none() && ipv6.is_none() {
-        return Err(AgentError::Startup(
-            "no node address: both IPv4 and IPv6 autodetection are `none`".into(),
-        ));
-    }
-    for (fam, c) in [("IPv4", &ipv4), ("IPv6", &ipv6)] {
-        if let Some(c) = c {
-            tracing::info!(node = %name, address = %c.addr, interface = c.ifname.as_deref().unwrap_or("-"), reason = %c.reason, "node {fam} address");
-        }
-    }
-    Ok(NodeIdentity {
-        name,
-        name_source,
-        ipv4,
-        ipv6,
-    })
-}
-
 /// Hands the `default` IPAMConfiguration (or the defaults without one) to
 /// the allocator.
 async fn apply_ipam_config(cluster: &Cluster, alloc: &ipam::Allocator) -> Result<(), ()> {
     let config = cluster
         .ipam_configs
         .get(&kube::runtime::reflector::ObjectRef::new(
-            crate::crd::IPAM_CONFIGURATION_NAME,
+            crate::k8s::crd::IPAM_CONFIGURATION_NAME,
         ))
         .map(|c| c.spec.clone())
         .unwrap_or_default();
@@ -153,15 +78,15 @@ async fn feed_allocator(cluster: Cluster, alloc: ipam::Allocator, me: String, mu
         let now = gens.borrow().clone();
         let moved = now.changed_since(&seen);
         seen = now;
-        if moved.contains(&crate::cluster::Kind::IpamConfiguration)
+        if moved.contains(&crate::k8s::cluster::Kind::IpamConfiguration)
             && apply_ipam_config(&cluster, &alloc).await.is_err()
         {
             return;
         }
-        if moved.contains(&crate::cluster::Kind::IpPool) {
+        if moved.contains(&crate::k8s::cluster::Kind::IpPool) {
             let pools: Vec<ipam::PoolObject> = oldest_first(cluster.pools.state())
                 .iter()
-                .filter_map(|p| match crate::ipam_store::pool_to_model(p) {
+                .filter_map(|p| match crate::k8s::ipam::store::pool_to_model(p) {
                     Ok(o) => Some(o),
                     Err(e) => {
                         tracing::warn!(error = %e, "ignoring invalid IPPool");
@@ -174,7 +99,7 @@ async fn feed_allocator(cluster: Cluster, alloc: ipam::Allocator, me: String, mu
                 return;
             }
         }
-        if moved.contains(&crate::cluster::Kind::Node) {
+        if moved.contains(&crate::k8s::cluster::Kind::Node) {
             let labels = cluster
                 .nodes
                 .get(&kube::runtime::reflector::ObjectRef::new(&me))
@@ -249,7 +174,12 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     tracing::info!("waiting for the first list of every watched resource");
     cluster.wait_synced().await;
     health.set_datastore_synced(true);
-    let me = identify(&args, &cluster)?;
+    let me = node::identify(
+        args.node_name.as_deref(),
+        &args.ip_autodetection,
+        &args.ip6_autodetection,
+        &cluster,
+    )?;
     let labels = cluster
         .nodes
         .get(&kube::runtime::reflector::ObjectRef::new(&me.name))
@@ -278,7 +208,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         health.pulse("ipam pools"),
     ));
     let (view_tx, view_rx) = tokio::sync::watch::channel(Arc::new(IpamView::default()));
-    let _view_task = tokio::spawn(ipamview::run(
+    let _view_task = tokio::spawn(view::run(
         store.clone(),
         me.name.clone(),
         view_tx,
@@ -462,10 +392,10 @@ async fn shutdown_signal() {
 /// the first and reports the other, so every node must see them in the same
 /// order, and the pool that was there first keeps serving.
 fn oldest_first(
-    mut pools: Vec<std::sync::Arc<crate::crd::IPPool>>,
-) -> Vec<std::sync::Arc<crate::crd::IPPool>> {
+    mut pools: Vec<std::sync::Arc<crate::k8s::crd::IPPool>>,
+) -> Vec<std::sync::Arc<crate::k8s::crd::IPPool>> {
     pools.sort_by(|a, b| {
-        let key = |p: &crate::crd::IPPool| {
+        let key = |p: &crate::k8s::crd::IPPool| {
             (
                 p.metadata.creation_timestamp.as_ref().map(|t| t.0),
                 p.metadata.name.clone(),
@@ -489,7 +419,7 @@ mod pool_order_tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::oldest_first;
-    use crate::crd::{IPPool, IPPoolSpec};
+    use crate::k8s::crd::{IPPool, IPPoolSpec};
 
     fn pool(name: &str, created: Option<i64>) -> Arc<IPPool> {
         let mut p = IPPool::new(

@@ -27,7 +27,7 @@ use cni_plugin::wiring::{self, Plan};
 use sha1::Digest as _;
 
 use crate::controller::Endpoint;
-use crate::ipamview::LocalAllocation;
+use crate::k8s::ipam::view::LocalAllocation;
 
 /// Endpoint records in a directory of the agent's state, one JSON file per
 /// IPAM handle.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::identity::Method;
+use crate::k8s::node::autodetect::Method;
 
 /// The Margay node agent.
 #[derive(Debug, Parser)]
@@ -284,8 +284,8 @@ impl AgentArgs {
     }
 
     /// How to reach the API server.
-    pub fn api_access(&self) -> crate::cluster::ApiAccess {
-        crate::cluster::ApiAccess {
+    pub fn api_access(&self) -> crate::k8s::cluster::ApiAccess {
+        crate::k8s::cluster::ApiAccess {
             kubeconfig: self.kubeconfig.clone(),
             api_server: self.api_server.clone(),
         }

@@ -42,8 +42,8 @@ use policy::{LocalEndpoint, PodInfo, PodKey};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::cluster::{Cluster, Kind};
-use crate::ipamview::IpamView;
+use crate::k8s::cluster::{Cluster, Kind};
+use crate::k8s::ipam::view::IpamView;
 use crate::localroutes::{LocalRoute, LocalRoutes, RouteError};
 use crate::policyctl::PolicySync;
 use crate::status::health::Health;
@@ -191,7 +191,7 @@ impl ControllerHandle {
     }
 }
 
-pub use crate::ipamview::host_ifname;
+pub use crate::k8s::ipam::view::host_ifname;
 
 /// The routes this node should have.
 pub fn desired_routes(
@@ -724,7 +724,7 @@ async fn endpoint_down(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipamview::LocalAllocation;
+    use crate::k8s::ipam::view::LocalAllocation;
 
     #[test]
     fn host_ifname_matches_the_cni_plugins_naming() {

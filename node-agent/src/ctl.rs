@@ -20,7 +20,7 @@ pub mod output;
 
 pub use check::{IpamCheck, ipam_check, render_ipam_check};
 
-use crate::ipam_store::{KubeStore, pool_to_model};
+use crate::k8s::ipam::store::{KubeStore, pool_to_model};
 use crate::routing_task::PeerRow;
 use crate::status::metrics::Metrics;
 
@@ -190,7 +190,7 @@ async fn ipam_objects(
 ) -> Result<(Vec<ipam::PoolObject>, Vec<ipam::BlockObject>), CtlError> {
     use ipam::Store as _;
     let store = KubeStore::new(client.clone(), std::sync::Arc::new(Metrics::new()));
-    let pools = Api::<crate::crd::IPPool>::all(client.clone())
+    let pools = Api::<crate::k8s::crd::IPPool>::all(client.clone())
         .list(&ListParams::default())
         .await?
         .items
@@ -459,7 +459,7 @@ pub async fn policy_trace(client: &kube::Client, q: &TraceQuery) -> Result<Trace
     use policy::{ClusterState, NamespaceInfo, PodInfo};
     let mut state = ClusterState::default();
     let (_, blocks) = ipam_objects(client).await?;
-    let view = crate::ipamview::IpamView::from_blocks(&blocks, "");
+    let view = crate::k8s::ipam::view::IpamView::from_blocks(&blocks, "");
     for p in Api::<Pod>::all(client.clone())
         .list(&ListParams::default())
         .await?
@@ -540,9 +540,9 @@ pub async fn policy_trace(client: &kube::Client, q: &TraceQuery) -> Result<Trace
             .iter()
             .filter(|np| np.metadata.namespace.as_deref() == Some(pod.key.namespace.as_str()))
             .filter(|np| {
-                np.spec
-                    .as_ref()
-                    .is_some_and(|s| crate::routing::selects(s.pod_selector.as_ref(), &pod.labels))
+                np.spec.as_ref().is_some_and(|s| {
+                    crate::k8s::selector::selects(s.pod_selector.as_ref(), &pod.labels)
+                })
             })
             .filter_map(|np| np.metadata.name.clone())
             .collect()

@@ -25,10 +25,10 @@ use kube::runtime::reflector::ObjectRef;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::cluster::Cluster;
 use crate::confirm::Confirmations;
 use crate::controller::{ControllerHandle, Endpoint};
-use crate::ipamview::{IpamView, host_veth};
+use crate::k8s::cluster::Cluster;
+use crate::k8s::ipam::view::{IpamView, host_veth};
 use crate::status::metrics::{Metrics, PoolLabels};
 
 /// Pod annotation with the addresses the pod wants (JSON list).

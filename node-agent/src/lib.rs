@@ -63,21 +63,17 @@
 
 pub mod agent;
 pub mod attachments;
-pub mod cluster;
 pub mod config;
 pub mod confirm;
 pub mod controller;
-pub mod crd;
 pub mod ctl;
 pub mod dataplane;
 pub mod endpoints;
 pub mod fib;
-pub mod identity;
 pub mod install_cni;
 pub mod ipam_ops;
-pub mod ipam_store;
-pub mod ipamview;
 pub mod journal_replay;
+pub mod k8s;
 pub mod localroutes;
 pub mod logging;
 pub mod overlay;

@@ -15,10 +15,10 @@ use std::time::Instant;
 
 use policy::{Engine, LocalEndpoint, NamespaceInfo, NodeContext, PodInfo, PodKey, PolicyKey};
 
-use crate::cluster::Cluster;
 use crate::controller::Endpoint;
 use crate::dataplane::{FastSink, NftSession};
-use crate::ipamview::IpamView;
+use crate::k8s::cluster::Cluster;
+use crate::k8s::ipam::view::IpamView;
 use crate::status::metrics::Metrics;
 
 /// A commit that did not reach the kernel.
@@ -354,7 +354,7 @@ impl PolicySync {
 /// family's default when unset) masquerade to destinations outside every
 /// pool, disabled pools included. A pool whose CIDR does not parse is left
 /// out of both (and reported by the IPAM side).
-pub fn nat_outgoing(pools: &[std::sync::Arc<crate::crd::IPPool>]) -> policy::NatOutgoing {
+pub fn nat_outgoing(pools: &[std::sync::Arc<crate::k8s::crd::IPPool>]) -> policy::NatOutgoing {
     let mut nat = policy::NatOutgoing::default();
     for p in pools {
         let Ok(net) = p.spec.cidr.parse() else {

@@ -13,19 +13,16 @@ use bgp::driver::{PeerStatus, Speaker, SpeakerConfig};
 use bgp::fsm::State;
 use bgp::rib::FibChange;
 use bgp::wire::Prefix;
-use ipnetwork::IpNetwork;
-use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::agent::NodeIdentity;
-use crate::cluster::{Cluster, Kind};
 use crate::fib::Fib;
-use crate::ipamview::IpamView;
-use crate::routing::{
-    self, ANN_IPV4, ANN_IPV6, ANN_RR_CLUSTER_ID, Desired, NodeFacts, RoutingInput, services,
-};
+use crate::k8s::cluster::{Cluster, Kind};
+use crate::k8s::ipam::view::IpamView;
+use crate::k8s::node::{NodeFacts, NodeIdentity, node_facts, publish_addresses};
+use crate::routing::{self, Desired, RoutingInput, services};
 use crate::status::health::Health;
 use crate::status::metrics::{Metrics, PeerLabels};
 
@@ -59,108 +56,17 @@ pub struct PeerRow {
     pub bfd: Option<String>,
 }
 
-/// What routing (and the overlay) need to know about a Node: its addresses
-/// (the agent's annotation, else its InternalIP) and labels.
-pub fn node_facts(n: &Node) -> NodeFacts {
-    let ann = n.metadata.annotations.clone().unwrap_or_default();
-    let parse_ann = |k: &str| -> Option<IpAddr> {
-        ann.get(k).and_then(|v| {
-            v.parse::<IpNetwork>()
-                .ok()
-                .map(|n| n.ip())
-                .or_else(|| v.parse().ok())
-        })
-    };
-    let internal: Vec<IpAddr> = n
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .map(|a| {
-            a.iter()
-                .filter(|a| a.type_ == "InternalIP")
-                .filter_map(|a| a.address.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let v4 = parse_ann(ANN_IPV4).or_else(|| internal.iter().copied().find(IpAddr::is_ipv4));
-    let v6 = parse_ann(ANN_IPV6).or_else(|| internal.iter().copied().find(IpAddr::is_ipv6));
-    NodeFacts {
-        name: n.metadata.name.clone().unwrap_or_default(),
-        labels: n.metadata.labels.clone().unwrap_or_default(),
-        ipv4: match v4 {
-            Some(IpAddr::V4(a)) => Some(a),
-            _ => None,
-        },
-        ipv6: match v6 {
-            Some(IpAddr::V6(a)) => Some(a),
-            _ => None,
-        },
-        rr_cluster_id: ann.get(ANN_RR_CLUSTER_ID).cloned(),
-    }
-}
-
-/// Writes this node's chosen addresses as annotations on its Node object
-/// (other nodes mesh with them; operators see what was chosen).
-///
-/// A JSON merge patch of only the annotations Margay owns: the kubelet
-/// writes the same object, so a read-modify-replace would race it (and
-/// RBAC grants the agent `patch` on nodes, not `update`). A key set to
-/// `None` is removed. Nothing is sent when the Node already says so.
-pub async fn publish_addresses(client: kube::Client, me: &NodeIdentity) -> Result<(), kube::Error> {
-    let wanted: BTreeMap<&str, Option<String>> = [(ANN_IPV4, &me.ipv4), (ANN_IPV6, &me.ipv6)]
-        .into_iter()
-        .map(|(k, c)| (k, c.as_ref().map(|c| c.addr.to_string())))
-        .collect();
-    patch_node_annotations(&client, &me.name, &wanted).await
-}
-
-/// Sets (`Some`) or removes (`None`) annotations on Node `name` with one
-/// JSON merge patch, if any differs from what the API server has.
-pub async fn patch_node_annotations(
-    client: &kube::Client,
-    name: &str,
-    wanted: &BTreeMap<&str, Option<String>>,
-) -> Result<(), kube::Error> {
-    let api = Api::<Node>::all(client.clone());
-    let node = api.get(name).await?;
-    let have = node.metadata.annotations.unwrap_or_default();
-    let patch = annotations_patch(&have, wanted);
-    if let Some(patch) = patch {
-        api.patch(
-            name,
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-/// The merge patch that brings `have` to `wanted` (only the keys in
-/// `wanted` are touched), or `None` when nothing differs.
-fn annotations_patch(
-    have: &BTreeMap<String, String>,
-    wanted: &BTreeMap<&str, Option<String>>,
-) -> Option<serde_json::Value> {
-    let changes: serde_json::Map<String, serde_json::Value> = wanted
-        .iter()
-        .filter(|(k, v)| have.get(**k) != v.as_ref())
-        .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
-        .collect();
-    (!changes.is_empty()).then(|| serde_json::json!({ "metadata": { "annotations": changes } }))
-}
-
 /// The tracing level for a `logSeverityScreen` value.
-pub fn log_level_name(l: crate::crd::LogLevel) -> &'static str {
+pub fn log_level_name(l: crate::k8s::crd::LogLevel) -> &'static str {
     match l {
-        crate::crd::LogLevel::Debug => "debug",
-        crate::crd::LogLevel::Info => "info",
-        crate::crd::LogLevel::Warning => "warn",
-        crate::crd::LogLevel::Error => "error",
+        crate::k8s::crd::LogLevel::Debug => "debug",
+        crate::k8s::crd::LogLevel::Info => "info",
+        crate::k8s::crd::LogLevel::Warning => "warn",
+        crate::k8s::crd::LogLevel::Error => "error",
     }
 }
 
-fn input_configs(deps: &RoutingDeps) -> BTreeMap<String, crate::crd::BGPConfigurationSpec> {
+fn input_configs(deps: &RoutingDeps) -> BTreeMap<String, crate::k8s::crd::BGPConfigurationSpec> {
     deps.cluster
         .bgp_configs
         .state()
@@ -615,66 +521,6 @@ async fn report(r: &mut Running, deps: &RoutingDeps) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
-    use kube::api::ObjectMeta;
-
-    #[test]
-    fn node_facts_prefer_the_agents_annotation_over_internal_ip() {
-        let mut n = Node {
-            metadata: ObjectMeta {
-                name: Some("n2".into()),
-                annotations: Some([(ANN_IPV4.to_string(), "198.18.7.12/24".to_string())].into()),
-                ..Default::default()
-            },
-            status: Some(NodeStatus {
-                addresses: Some(vec![
-                    NodeAddress {
-                        type_: "InternalIP".into(),
-                        address: "198.18.0.12".into(),
-                    },
-                    NodeAddress {
-                        type_: "InternalIP".into(),
-                        address: "2001:db8:ffff::c".into(),
-                    },
-                ]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let f = node_facts(&n);
-        assert_eq!(f.ipv4, "198.18.7.12".parse().ok());
-        assert_eq!(f.ipv6, "2001:db8:ffff::c".parse().ok());
-        n.metadata.annotations = None;
-        assert_eq!(node_facts(&n).ipv4, "198.18.0.12".parse().ok());
-    }
-
-    #[test]
-    fn annotation_patch_touches_only_our_keys_and_only_when_they_differ() {
-        let have: BTreeMap<String, String> = [
-            ("kubelet.example/x".to_string(), "keep".to_string()),
-            (ANN_IPV4.to_string(), "198.18.0.11/24".to_string()),
-            (ANN_IPV6.to_string(), "2001:db8:ffff::b/64".to_string()),
-        ]
-        .into();
-        let same: BTreeMap<&str, Option<String>> = [
-            (ANN_IPV4, Some("198.18.0.11/24".to_string())),
-            (ANN_IPV6, Some("2001:db8:ffff::b/64".to_string())),
-        ]
-        .into();
-        assert_eq!(annotations_patch(&have, &same), None);
-        let moved: BTreeMap<&str, Option<String>> = [
-            (ANN_IPV4, Some("198.18.0.12/24".to_string())),
-            (ANN_IPV6, None),
-        ]
-        .into();
-        assert_eq!(
-            annotations_patch(&have, &moved),
-            Some(serde_json::json!({"metadata": {"annotations": {
-                ANN_IPV4: "198.18.0.12/24",
-                ANN_IPV6: null,
-            }}}))
-        );
-    }
 
     /// The FIB task used to prove itself alive only when it wrote a batch,
     /// so on a quiet network `/livez` failed after ten minutes and the

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceA
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use node_agent::crd::{BGPConfiguration, BGPPeer, IPAMConfiguration, IPPool};
+use node_agent::k8s::crd::{BGPConfiguration, BGPPeer, IPAMConfiguration, IPPool};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Parser;
 use ipam::{AllocRequest, Allocator, AllocatorOptions, IpamConfig, NodeInfo, Store, SystemClock};
-use node_agent::ipam_store::KubeStore;
+use node_agent::k8s::ipam::store::KubeStore;
 use node_agent::status::metrics::Metrics;
 
 #[derive(Parser)]
@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
             .with_ansi(false)
             .init();
     }
-    let client = node_agent::cluster::client(&node_agent::cluster::ApiAccess {
+    let client = node_agent::k8s::cluster::client(&node_agent::k8s::cluster::ApiAccess {
         kubeconfig: cli.kubeconfig.clone(),
         api_server: cli.api_server.clone(),
     })

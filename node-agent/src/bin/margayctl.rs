@@ -115,7 +115,7 @@ enum PolicyCmd {
 
 async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
     let client = || async {
-        node_agent::cluster::client(&node_agent::cluster::ApiAccess {
+        node_agent::k8s::cluster::client(&node_agent::k8s::cluster::ApiAccess {
             kubeconfig: cli.kubeconfig.clone(),
             api_server: cli.api_server.clone(),
         })

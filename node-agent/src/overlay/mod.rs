@@ -48,8 +48,8 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use crate::crd::VxlanMode;
-use crate::ipamview::IpamView;
+use crate::k8s::crd::VxlanMode;
+use crate::k8s::ipam::view::IpamView;
 
 /// The IPv4 tunnel device.
 pub const DEVICE_V4: &str = "vxlan.margay";

@@ -19,10 +19,10 @@ use tokio::time::Instant;
 
 use super::kernel::OverlayKernel;
 use super::{Af, Input, Mac, Peer, Plan, PoolFacts, Settings, plan};
-use crate::agent::NodeIdentity;
-use crate::cluster::{Cluster, Kind};
-use crate::crd::{AllowedUse, IPPool};
-use crate::ipamview::{IpamView, tunnel_handle};
+use crate::k8s::cluster::{Cluster, Kind};
+use crate::k8s::crd::{AllowedUse, IPPool};
+use crate::k8s::ipam::view::{IpamView, tunnel_handle};
+use crate::k8s::node::NodeIdentity;
 use crate::status::health::Health;
 
 /// MTU assumed when the underlay interface cannot be read.
@@ -52,7 +52,7 @@ pub struct OverlayDeps {
 
 /// Another node's overlay facts from its Node object.
 pub fn peer_of(n: &Node) -> Peer {
-    let facts = crate::routing_task::node_facts(n);
+    let facts = crate::k8s::node::node_facts(n);
     let ann = n.metadata.annotations.clone().unwrap_or_default();
     let tunnel = |af: Af| -> Option<(IpAddr, Mac)> {
         let (addr_key, mac_key) = af.annotations();
@@ -79,7 +79,7 @@ pub fn pool_facts(pools: &[Arc<IPPool>], labels: &BTreeMap<String, String>) -> V
                 mode: p.spec.effective_vxlan_mode(),
                 for_tunnel: !p.spec.disabled
                     && (uses.is_empty() || uses.contains(&AllowedUse::Tunnel))
-                    && crate::routing::selects(p.spec.node_selector.as_ref(), labels),
+                    && crate::k8s::selector::selects(p.spec.node_selector.as_ref(), labels),
             })
         })
         .collect()
@@ -232,7 +232,7 @@ impl Task {
         }
         let wanted = p.annotations();
         if self.published.as_ref() != Some(&wanted) {
-            match crate::routing_task::patch_node_annotations(
+            match crate::k8s::node::patch_node_annotations(
                 &self.d.cluster.client(),
                 self.me(),
                 &wanted,

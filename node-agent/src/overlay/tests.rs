@@ -1,5 +1,5 @@
 use super::*;
-use crate::ipamview::LocalAllocation;
+use crate::k8s::ipam::view::LocalAllocation;
 
 fn net(s: &str) -> IpNetwork {
     s.parse().expect("net")
@@ -23,7 +23,7 @@ fn tunnel(ip_: &str) -> LocalAllocation {
         ip: ip(ip_),
         namespace: String::new(),
         pod: String::new(),
-        handle: crate::ipamview::tunnel_handle("n1", ip(ip_).is_ipv6()),
+        handle: crate::k8s::ipam::view::tunnel_handle("n1", ip(ip_).is_ipv6()),
         borrowed: false,
         host_if: String::new(),
     }

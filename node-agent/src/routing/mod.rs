@@ -20,7 +20,7 @@
 //! higher address is passive, so a pair has exactly one TCP session.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bgp::bfd::BfdConfig;
@@ -28,43 +28,22 @@ use bgp::config::{GracefulRestart, Neighbor, PeerBfd, PeerConfig, RemoteAs};
 use bgp::rib::filter::{FilterAction, MatchOp, Rule};
 use bgp::wire::{Community, CommunityError, CommunitySet, Prefix};
 use ipnetwork::IpNetwork;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use crate::crd::{
+use crate::k8s::crd::{
     BGPConfigurationSpec, BGPFilterSpec, BGPPeerSpec, NextHopMode, SourceAddress,
     parse_peer_address,
 };
-use crate::ipamview::IpamView;
+use crate::k8s::ipam::view::IpamView;
+use crate::k8s::node::NodeFacts;
+use crate::k8s::node::annotations::ANN_RR_CLUSTER_ID;
+use crate::k8s::selector::selects;
 
 pub mod services;
 
 use services::{ServiceFacts, ServiceKey, ServiceRanges};
 
-/// Annotation on a Node carrying the address its agent chose (IPv4, CIDR).
-pub const ANN_IPV4: &str = "margay.dev/ipv4-address";
-/// The same for IPv6.
-pub const ANN_IPV6: &str = "margay.dev/ipv6-address";
-/// Annotation on a Node that makes it a route reflector with this cluster
-/// ID (an IPv4 address, like Calico's `routeReflectorClusterID`): its
-/// node peers without the same cluster ID become its clients (RFC 4456).
-pub const ANN_RR_CLUSTER_ID: &str = "margay.dev/route-reflector-cluster-id";
 /// Default graceful-restart time we announce, seconds.
 pub const DEFAULT_GR_TIME: u16 = 120;
-
-/// What the routing decision needs to know about a node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeFacts {
-    /// Node name.
-    pub name: String,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// BGP IPv4 address (annotation, else InternalIP).
-    pub ipv4: Option<Ipv4Addr>,
-    /// BGP IPv6 address.
-    pub ipv6: Option<Ipv6Addr>,
-    /// Route reflector cluster ID as written on the Node (not yet checked).
-    pub rr_cluster_id: Option<String>,
-}
 
 /// Inputs of [`desired`].
 #[derive(Debug, Clone)]
@@ -130,32 +109,6 @@ pub fn effective_config(
         Some(over) => base.overlay(over),
         None => base,
     }
-}
-
-/// Whether a LabelSelector (absent: everything) matches `labels`; unknown
-/// operators match nothing (fail closed).
-pub fn selects(sel: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
-    let Some(sel) = sel else { return true };
-    for (k, v) in sel.match_labels.iter().flatten() {
-        if labels.get(k) != Some(v) {
-            return false;
-        }
-    }
-    for r in sel.match_expressions.iter().flatten() {
-        let vals = r.values.clone().unwrap_or_default();
-        let have = labels.get(&r.key);
-        let ok = match r.operator.as_str() {
-            "In" => have.is_some_and(|h| vals.contains(h)),
-            "NotIn" => have.is_none_or(|h| !vals.contains(h)),
-            "Exists" => have.is_some(),
-            "DoesNotExist" => have.is_none(),
-            _ => false, // unknown operators select nothing (fail closed)
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
 }
 
 /// A community reference of a `prefixAdvertisements` or `BGPPeer` entry:

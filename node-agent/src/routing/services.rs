@@ -28,7 +28,7 @@ use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 
-use crate::crd::{BGPConfigurationSpec, ServiceCidr};
+use crate::k8s::crd::{BGPConfigurationSpec, ServiceCidr};
 
 /// The label an EndpointSlice names its Service with.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -201,7 +201,7 @@ pub fn service_routes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::Cidr;
+    use crate::k8s::crd::Cidr;
 
     fn ranges() -> ServiceRanges {
         let cidr = |c: &str| ServiceCidr {

@@ -1,8 +1,9 @@
 //! Tests of [`super::desired`].
 
 use super::*;
-use crate::crd::{Cidr, Community, PrefixAdvertisement, ServiceCidr};
-use crate::ipamview::LocalAllocation;
+use crate::k8s::crd::{Cidr, Community, PrefixAdvertisement, ServiceCidr};
+use crate::k8s::ipam::view::LocalAllocation;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 fn node(name: &str, v4: &str) -> NodeFacts {
     NodeFacts {
@@ -117,7 +118,7 @@ fn tor_peer_replaces_the_mesh_when_mesh_is_off() {
             as_number: Some(65000),
             hold_time: Some(9),
             max_prefix: Some(1000),
-            bfd: Some(crate::crd::BGPPeerBFD {
+            bfd: Some(crate::k8s::crd::BGPPeerBFD {
                 min_rx: Some(100),
                 multiplier: Some(4),
                 ..Default::default()

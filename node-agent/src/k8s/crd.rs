@@ -527,7 +527,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
 /// `deploy/crds.yaml`: every CRD as a YAML document.
 pub fn to_yaml() -> Result<String, serde_yaml_ng::Error> {
     let mut out = String::from(
-        "# Generated from node-agent/src/crd.rs; do not edit.\n\
+        "# Generated from node-agent/src/k8s/crd.rs; do not edit.\n\
          # Regenerate: MARGAY_UPDATE_CRDS=1 cargo test -p node-agent crds\n",
     );
     for crd in all() {

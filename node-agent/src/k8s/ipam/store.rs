@@ -18,7 +18,6 @@ use std::sync::Arc;
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams, Preconditions};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
@@ -27,7 +26,8 @@ use ipam::model::AllowedUse as ModelUse;
 use ipam::store::Kind;
 use ipam::{BlockEvent, BlockObject, IpPoolSpec, IpamBlockSpec, PoolObject, Store, StoreError};
 
-use crate::crd::{AllowedUse, IPAMBlock, IPAMBlockSpec, IPPool};
+use crate::k8s::crd::{AllowedUse, IPAMBlock, IPAMBlockSpec, IPPool};
+use crate::k8s::selector::selector_string;
 use crate::status::metrics::{ApiLabels, Metrics};
 
 /// IPAM objects as custom resources.
@@ -131,34 +131,6 @@ pub fn pool_to_model(pool: &IPPool) -> Result<PoolObject, StoreError> {
         name,
         spec,
     })
-}
-
-/// A LabelSelector in the set-based text form (`a=b, c in (d, e), !f`) the
-/// IPAM selector parser reads.
-pub fn selector_string(sel: &LabelSelector) -> Result<String, String> {
-    let mut parts = Vec::new();
-    for (k, v) in sel.match_labels.iter().flatten() {
-        parts.push(format!("{k}={v}"));
-    }
-    for LabelSelectorRequirement {
-        key,
-        operator,
-        values,
-    } in sel.match_expressions.iter().flatten()
-    {
-        let vals = values.clone().unwrap_or_default();
-        parts.push(match operator.as_str() {
-            "In" | "NotIn" if vals.is_empty() => {
-                return Err(format!("nodeSelector: {operator} on {key:?} needs values"));
-            }
-            "In" => format!("{key} in ({})", vals.join(", ")),
-            "NotIn" => format!("{key} notin ({})", vals.join(", ")),
-            "Exists" => key.clone(),
-            "DoesNotExist" => format!("!{key}"),
-            other => return Err(format!("nodeSelector: unknown operator {other:?}")),
-        });
-    }
-    Ok(parts.join(", "))
 }
 
 fn block_object(b: IPAMBlock) -> BlockObject {
@@ -314,56 +286,7 @@ impl Store for KubeStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{Cidr, IPPoolSpec};
-
-    #[test]
-    fn label_selectors_become_set_based_text_the_ipam_parser_reads() {
-        let sel = LabelSelector {
-            match_labels: Some([("zone".to_string(), "a".to_string())].into()),
-            match_expressions: Some(vec![
-                LabelSelectorRequirement {
-                    key: "tier".into(),
-                    operator: "In".into(),
-                    values: Some(vec!["web".into(), "api".into()]),
-                },
-                LabelSelectorRequirement {
-                    key: "spot".into(),
-                    operator: "DoesNotExist".into(),
-                    values: None,
-                },
-                LabelSelectorRequirement {
-                    key: "gpu".into(),
-                    operator: "Exists".into(),
-                    values: None,
-                },
-            ]),
-        };
-        let text = selector_string(&sel).expect("valid");
-        assert_eq!(text, "zone=a, tier in (web, api), !spot, gpu");
-        let parsed: ipam::selector::Selector = text.parse().expect("ipam parses it");
-        let labels = |kv: &[(&str, &str)]| {
-            kv.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<std::collections::BTreeMap<_, _>>()
-        };
-        assert!(parsed.matches(&labels(&[("zone", "a"), ("tier", "api"), ("gpu", "")])));
-        assert!(!parsed.matches(&labels(&[
-            ("zone", "a"),
-            ("tier", "api"),
-            ("gpu", ""),
-            ("spot", "1")
-        ])));
-        assert!(!parsed.matches(&labels(&[("zone", "b"), ("tier", "api"), ("gpu", "")])));
-        let bad = LabelSelector {
-            match_expressions: Some(vec![LabelSelectorRequirement {
-                key: "x".into(),
-                operator: "Near".into(),
-                values: None,
-            }]),
-            ..LabelSelector::default()
-        };
-        assert!(selector_string(&bad).is_err());
-    }
+    use crate::k8s::crd::{Cidr, IPPoolSpec};
 
     #[test]
     fn pools_convert_with_defaults_and_errors() {

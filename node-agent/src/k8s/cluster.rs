@@ -31,7 +31,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::crd::{BGPConfiguration, BGPFilter, BGPPeer, IPAMConfiguration, IPPool};
+use crate::k8s::crd::{BGPConfiguration, BGPFilter, BGPPeer, IPAMConfiguration, IPPool};
 use crate::status::health::Health;
 use crate::status::metrics::{ApiLabels, Metrics};
 

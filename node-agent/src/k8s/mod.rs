@@ -1,0 +1,10 @@
+//! Everything that talks to the API server: Margay's custom resources
+//! ([`crd`]), the watched objects ([`cluster`]), IPAM on the CRDs
+//! ([`ipam`]), this node's identity and annotations ([`node`]), and label
+//! selectors ([`selector`]).
+
+pub mod cluster;
+pub mod crd;
+pub mod ipam;
+pub mod node;
+pub mod selector;
