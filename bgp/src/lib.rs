@@ -3,7 +3,7 @@
 //! for its peers ([`bfd`], RFC 5880/5881/5883). Pure
 //! logic: no netlink, kube or nft here — the agent (or the standalone
 //! `margay-bgp` binary in `node-agent`) turns the driver's stream of
-//! [`rib::FibChange`] batches into kernel routes (`node_agent::fib`).
+//! [`rib::FibChange`] batches into kernel routes (`node_agent::dataplane::fib`).
 //!
 //! Tests: unit/property/vector tests here; interop with BIRD 2, FRR 8.4 and
 //! GoBGP 3.10, hostile peers and the kernel FIB in

@@ -10,8 +10,8 @@ use ipam::proto::{
     AllocateRequest, EndpointDownRequest, EndpointUpRequest, Family, ReleaseRequest, StatusRequest,
 };
 use kube::Api;
+use node_agent::dataplane::local_routes::LOCAL_ROUTE_PROTO;
 use node_agent::k8s::crd::IPAMBlock;
-use node_agent::localroutes::LOCAL_ROUTE_PROTO;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

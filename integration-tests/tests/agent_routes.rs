@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use integration_tests::lab::{Lab, PodSpec};
-use node_agent::localroutes::{LOCAL_ROUTE_PROTO, LocalRoute, LocalRoutes, SyncReport};
+use node_agent::dataplane::local_routes::{LOCAL_ROUTE_PROTO, LocalRoute, LocalRoutes, SyncReport};
 
 fn in_node<R: Send + 'static>(
     lab: &Lab,

@@ -1,4 +1,4 @@
-//! The BGP FIB adapter (`node_agent::fib`) against a real kernel, in a lab
+//! The BGP FIB adapter (`node_agent::dataplane::fib`) against a real kernel, in a lab
 //! node's namespace: upsert, replace, ECMP, IPv6 (also via an IPv4 next
 //! hop), withdraw, reconcile — and the agent's local routes (protocol 81)
 //! and foreign routes are never touched, even for the same prefix.
@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use integration_tests::lab::{self, Lab, Netns};
-use node_agent::fib::{FIB_METRIC, Fib, FibChange, Prefix, RTPROT_MARGAY};
+use node_agent::dataplane::fib::{FIB_METRIC, Fib, FibChange, Prefix, RTPROT_MARGAY};
 
 macro_rules! require_root {
     () => {

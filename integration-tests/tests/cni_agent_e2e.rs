@@ -10,7 +10,7 @@ use std::time::Duration;
 use integration_tests::cni::{self, Attachment};
 use integration_tests::k8s;
 use integration_tests::lab::{self, Lab, Netns, Proto};
-use node_agent::localroutes::LOCAL_ROUTE_PROTO;
+use node_agent::dataplane::local_routes::LOCAL_ROUTE_PROTO;
 
 fn handles(lab: &Lab) -> Vec<String> {
     k8s::handles(lab).expect("IPAM handles")

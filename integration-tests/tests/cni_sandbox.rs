@@ -10,7 +10,7 @@ use std::time::Duration;
 use integration_tests::cni::{self, Attachment, Outcome};
 use integration_tests::k8s::{self, Agent};
 use integration_tests::lab::{self, Lab, Netns, Proto};
-use node_agent::localroutes::LOCAL_ROUTE_PROTO;
+use node_agent::dataplane::local_routes::LOCAL_ROUTE_PROTO;
 
 fn ok(what: &str, o: &Outcome) {
     assert!(o.ok, "{what}: {:?} {}", o.stdout, o.stderr);

@@ -185,7 +185,7 @@ spec:
         .ns
         .exec(&["nft", "list", "table", "inet", "margay"])
         .expect("nft n2");
-    let web_if = node_agent::controller::host_ifname("demo", "web");
+    let web_if = node_agent::dataplane::veth::VethName::for_pod("demo", "web").to_string();
     assert!(n1.contains(&web_if), "n1 has web's endpoint:\n{n1}");
     assert!(!n2.contains(&web_if), "n2 does not:\n{n2}");
 

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use crate::config::AgentArgs;
 use crate::controller;
+use crate::dataplane::local_routes::LocalRoutes;
 use crate::endpoints::EndpointsService;
 use crate::k8s::cluster::{self, Cluster};
 use crate::k8s::ipam::store::KubeStore;
 use crate::k8s::ipam::view::{self, IpamView};
 use crate::k8s::node::autodetect::Chosen;
 use crate::k8s::node::{self, NodeIdentity};
-use crate::localroutes::LocalRoutes;
 use crate::routing_task;
 use crate::status::health::{self, Health, Pulse};
 use crate::status::metrics::Metrics;

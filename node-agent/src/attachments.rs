@@ -1,6 +1,6 @@
-//! Pod attachments as the node knows them: who owns each host veth, which
-//! allocations a re-created sandbox supersedes, and how a missing veth is
-//! put back.
+//! Pod attachments as the node knows them: which allocations a re-created
+//! sandbox supersedes, and the endpoint records kept across restarts (the
+//! kernel side of host veths is `crate::dataplane::veth`).
 //!
 //! The host veth is named after the pod (`cali` + hash of
 //! `<namespace>.<pod>`), so every sandbox the runtime creates for a pod
@@ -22,8 +22,6 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use cni_plugin::netlink::Nl;
-use cni_plugin::wiring::{self, Plan};
 use sha1::Digest as _;
 
 use crate::controller::Endpoint;
@@ -116,11 +114,6 @@ impl Records {
     }
 }
 
-/// The owner mark an endpoint's host veth carries.
-pub fn owner_of(ep: &Endpoint) -> String {
-    wiring::owner_alias(&ep.handle)
-}
-
 /// The network name of an endpoint's handle (`<network>.<container>[.<ifname>]`),
 /// when the handle has that shape.
 fn network_of(ep: &Endpoint) -> Option<&str> {
@@ -165,100 +158,6 @@ pub fn superseded_allocations<'a>(
                 .is_some_and(|cid| !cid.is_empty() && !cid.contains('.'))
         })
         .collect()
-}
-
-/// What the kernel says about an endpoint's host veth.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VethState {
-    /// It exists and carries this endpoint's mark.
-    Owned,
-    /// It exists and carries another attachment's mark.
-    Foreign(String),
-    /// It exists without a mark (made by an older plugin, or right now
-    /// being created): nobody's to judge.
-    Unmarked,
-    /// No such link.
-    Missing,
-}
-
-/// Reads the state of `ep`'s host veth.
-pub async fn veth_state(nl: &Nl, ep: &Endpoint) -> Result<VethState, rtnetlink::Error> {
-    Ok(match nl.link(&ep.host_if).await? {
-        None => VethState::Missing,
-        Some(l) => match l.alias {
-            Some(a) if a == owner_of(ep) => VethState::Owned,
-            Some(a) if !a.is_empty() => VethState::Foreign(a),
-            _ => VethState::Unmarked,
-        },
-    })
-}
-
-/// Why a veth could not be put back.
-#[derive(Debug, thiserror::Error)]
-pub enum RepairError {
-    /// The sandbox's namespace is gone: nothing to repair (its DEL will come).
-    #[error("sandbox namespace {0} is gone")]
-    SandboxGone(String),
-    /// The container side has an interface of that name already.
-    #[error("{ifname} already exists in {netns}: not touching it")]
-    InterfaceExists {
-        /// Interface.
-        ifname: String,
-        /// Namespace.
-        netns: String,
-    },
-    /// The plugin's wiring failed.
-    #[error("{0}")]
-    Wiring(String),
-}
-
-/// Re-creates `ep`'s veth pair, addresses and routes as the CNI plugin
-/// did at ADD (same code), with the pods' MTU `mtu` as the agent tells
-/// the plugin (0: the MTU of the node's default route, as the plugin
-/// detects it). `node` is a netlink socket in the node's (the calling
-/// thread's) namespace.
-pub async fn rewire(node: &Nl, ep: &Endpoint, mtu: u32) -> Result<(), RepairError> {
-    let wiring_err = |e: cni_plugin::error::CniError| RepairError::Wiring(e.details());
-    let ns =
-        wiring::open_netns(&ep.netns).map_err(|_| RepairError::SandboxGone(ep.netns.clone()))?;
-    let pod = Nl::in_netns(&ns)
-        .await
-        .map_err(|_| RepairError::SandboxGone(ep.netns.clone()))?;
-    if pod
-        .link(&ep.ifname)
-        .await
-        .map_err(|e| RepairError::Wiring(e.to_string()))?
-        .is_some()
-    {
-        return Err(RepairError::InterfaceExists {
-            ifname: ep.ifname.clone(),
-            netns: ep.netns.clone(),
-        });
-    }
-    let mtu = match mtu {
-        0 => wiring::detect_mtu(node).await.map_err(wiring_err)?,
-        m => m,
-    };
-    let owner = owner_of(ep);
-    let plan = Plan {
-        host_if: &ep.host_if,
-        ifname: &ep.ifname,
-        netns_path: &ep.netns,
-        mtu,
-        owner: &owner,
-    };
-    let v4 = ep.ips.iter().any(|ip| ip.is_ipv4());
-    let v6 = ep.ips.iter().any(|ip| ip.is_ipv6());
-    wiring::create_veth(node, &pod, &ns, &plan)
-        .await
-        .map_err(wiring_err)?;
-    wiring::configure_host(node, &plan, v4, v6)
-        .await
-        .map_err(wiring_err)?;
-    wiring::configure_pod(&pod, &plan, &ep.ips)
-        .await
-        .map_err(wiring_err)?;
-    Ok(())
 }
 
 #[cfg(test)]

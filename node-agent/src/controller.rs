@@ -42,9 +42,9 @@ use policy::{LocalEndpoint, PodInfo, PodKey};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::dataplane::local_routes::{LocalRoute, LocalRoutes, RouteError};
 use crate::k8s::cluster::{Cluster, Kind};
 use crate::k8s::ipam::view::IpamView;
-use crate::localroutes::{LocalRoute, LocalRoutes, RouteError};
 use crate::policyctl::PolicySync;
 use crate::status::health::Health;
 use crate::status::metrics::Metrics;
@@ -77,6 +77,17 @@ impl Endpoint {
     /// in CNI_ARGS): routed and anti-spoofed, not subject to NetworkPolicy.
     pub fn standalone(&self) -> bool {
         self.namespace.is_empty() && self.pod.is_empty()
+    }
+
+    /// What the CNI plugin wired for it (to put a missing veth back).
+    pub fn attachment(&self) -> crate::dataplane::veth::Attachment<'_> {
+        crate::dataplane::veth::Attachment {
+            host_if: &self.host_if,
+            ifname: &self.ifname,
+            netns: &self.netns,
+            ips: &self.ips,
+            handle: &self.handle,
+        }
     }
 
     /// The policy engine's view of it.
@@ -190,8 +201,6 @@ impl ControllerHandle {
         rx.await.map_err(|_| EndpointError::Stopped)?
     }
 }
-
-pub use crate::k8s::ipam::view::host_ifname;
 
 /// The routes this node should have.
 pub fn desired_routes(
@@ -394,7 +403,7 @@ async fn sync_incremental(
     routes: &LocalRoutes,
     desired: &BTreeSet<LocalRoute>,
     applied: &BTreeSet<LocalRoute>,
-) -> Result<BTreeSet<LocalRoute>, crate::localroutes::RouteError> {
+) -> Result<BTreeSet<LocalRoute>, crate::dataplane::local_routes::RouteError> {
     let mut now = applied.clone();
     for r in applied.difference(desired) {
         routes.remove(r).await?;
@@ -622,7 +631,7 @@ async fn reconcile_endpoints(
     endpoints: &mut BTreeMap<String, Endpoint>,
     seen: &mut Seen,
 ) {
-    use crate::attachments::{RepairError, VethState, rewire, veth_state};
+    use crate::dataplane::veth::{RepairError, VethState, rewire, veth_state};
     let v = d.view.borrow().clone();
     let now = Instant::now();
     let mut gone: Vec<(String, String)> = Vec::new();
@@ -640,7 +649,7 @@ async fn reconcile_endpoints(
                 continue;
             }
         }
-        match veth_state(nl, ep).await {
+        match veth_state(nl, &ep.host_if, &ep.handle).await {
             Ok(VethState::Owned) => release_superseded(d, ep),
             Ok(VethState::Foreign(owner)) => {
                 gone.push((h.clone(), format!("its veth now belongs to {owner}")))
@@ -655,7 +664,7 @@ async fn reconcile_endpoints(
                     continue; // again at the next round, unless a DEL came
                 }
                 let mtu = *d.pod_mtu.borrow();
-                match rewire(nl, ep, mtu).await {
+                match rewire(nl, &ep.attachment(), mtu).await {
                     Ok(()) => {
                         tracing::warn!(pod = %format!("{}/{}", ep.namespace, ep.pod), container = %ep.container_id, host_if = %ep.host_if, ips = ?ep.ips, "endpoint repaired: its veth had gone missing while the pod runs")
                     }
@@ -724,13 +733,8 @@ async fn endpoint_down(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::veth::VethName;
     use crate::k8s::ipam::view::LocalAllocation;
-
-    #[test]
-    fn host_ifname_matches_the_cni_plugins_naming() {
-        // `printf default.nginx | sha1sum` = c440f455693b...
-        assert_eq!(host_ifname("default", "nginx"), "calic440f455693");
-    }
 
     #[test]
     fn desired_routes_join_blocks_ipam_and_endpoint_up() {
@@ -743,7 +747,7 @@ mod tests {
                 pod: "nginx".into(),
                 handle: "net.c1".into(),
                 borrowed: false,
-                host_if: host_ifname("default", "nginx"),
+                host_if: VethName::for_pod("default", "nginx").into(),
             }],
             pod_ips: Default::default(),
             ..Default::default()

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::confirm::Confirmations;
 use crate::controller::{ControllerHandle, Endpoint, EndpointError};
+use crate::dataplane::veth::VethName;
 use crate::status::metrics::Metrics;
 
 /// How long EndpointUp may wait for the dataplane before failing with
@@ -47,16 +48,9 @@ impl EndpointsService {
 }
 
 fn valid_host_if(name: &str) -> Result<(), Status> {
-    if name.starts_with("cali")
-        && name.len() <= 15
-        && name.bytes().all(|b| b.is_ascii_alphanumeric())
-    {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument(format!(
-            "host_ifname {name:?} is not a Margay pod interface (cali + up to 11 alphanumerics)"
-        )))
-    }
+    VethName::parse(name)
+        .map(drop)
+        .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 fn to_status(e: EndpointError) -> Status {

@@ -27,8 +27,9 @@ use tonic::{Request, Response, Status};
 
 use crate::confirm::Confirmations;
 use crate::controller::{ControllerHandle, Endpoint};
+use crate::dataplane::veth::VethName;
 use crate::k8s::cluster::Cluster;
-use crate::k8s::ipam::view::{IpamView, host_veth};
+use crate::k8s::ipam::view::IpamView;
 use crate::status::metrics::{Metrics, PoolLabels};
 
 /// Pod annotation with the addresses the pod wants (JSON list).
@@ -188,7 +189,13 @@ fn prepared_identity(req: &AllocateRequest) -> Option<Endpoint> {
         container_id: req.container_id.clone(),
         namespace: req.pod_namespace.clone(),
         pod: req.pod_name.clone(),
-        host_if: host_veth(&req.pod_namespace, &req.pod_name, &req.handle, &req.ifname),
+        host_if: VethName::for_attachment(
+            &req.pod_namespace,
+            &req.pod_name,
+            &req.handle,
+            &req.ifname,
+        )
+        .into(),
         ips: Vec::new(),
         handle: req.handle.clone(),
         netns: String::new(),

@@ -18,7 +18,7 @@ use kube::Api;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::fib::Fib;
+use crate::dataplane::fib::Fib;
 use crate::k8s::cluster::{Cluster, Kind};
 use crate::k8s::ipam::view::IpamView;
 use crate::k8s::node::{NodeFacts, NodeIdentity, node_facts, publish_addresses};

@@ -1,6 +1,6 @@
 //! `margay-bgp --config FILE`: Margay's BGP speaker on its own, installing
 //! best paths into the kernel of the network namespace it runs in (route
-//! protocol 80, see `node_agent::fib`). For interop tests and benchmarks of
+//! protocol 80, see `node_agent::dataplane::fib`). For interop tests and benchmarks of
 //! the speaker before (and beside) the full agent.
 //!
 //! ```yaml
@@ -55,7 +55,7 @@ use bgp::rib::decision::DecisionOptions;
 use bgp::rib::intern::FastState;
 use bgp::wire::{CommunitySet, Families, Family, Prefix};
 use clap::Parser;
-use node_agent::fib::{Fib, FibChange};
+use node_agent::dataplane::fib::{Fib, FibChange};
 use serde::Deserialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;

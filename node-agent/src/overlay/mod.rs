@@ -1,7 +1,7 @@
 //! The VXLAN overlay (`IPPool.spec.vxlanMode`): what this node's tunnel
 //! devices, forwarding entries and routes should be, as a pure function of
 //! the pools, the Node objects and the IPAM blocks ([`plan`]); the kernel
-//! side ([`kernel`]) and the task that runs it ([`task`]).
+//! side ([`crate::dataplane::vxlan`]) and the task that runs it ([`task`]).
 //!
 //! ```text
 //!  cluster (Nodes, IPPools) ──generations──┐
@@ -39,127 +39,24 @@
 //! `margay.dev/ipv4-address`) is reached by a plain route via that address;
 //! any other through the tunnel.
 
-pub mod kernel;
 pub mod task;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
+use crate::dataplane::vxlan::{Af, Device, Fdb, Mac, Neigh, Via, Wanted};
 use crate::k8s::crd::VxlanMode;
 use crate::k8s::ipam::view::IpamView;
+use crate::k8s::node::annotations::{
+    ANN_TUNNEL_ADDR_V4, ANN_TUNNEL_ADDR_V6, ANN_TUNNEL_MAC_V4, ANN_TUNNEL_MAC_V6,
+};
 
-/// The IPv4 tunnel device.
-pub const DEVICE_V4: &str = "vxlan.margay";
-/// The IPv6 tunnel device.
-pub const DEVICE_V6: &str = "vxlan-v6.margay";
-/// Route protocol of the overlay's routes (`ip route show proto 82`): BGP
-/// routes are 80, local routes 81; each class has one owner.
-pub const RTPROT_OVERLAY: u8 = 82;
-/// Metric of the overlay's routes: below the BGP routes' 1280, so a pool in
-/// `Always` / `CrossSubnet` is routed by the overlay while BGP still runs.
-pub const OVERLAY_METRIC: u32 = 1100;
 /// Default VNI (Calico's).
 pub const DEFAULT_VNI: u32 = 4096;
 /// Default UDP port (IANA's VXLAN port).
 pub const DEFAULT_PORT: u16 = 4789;
-/// Node annotation: this node's IPv4 tunnel address.
-pub const ANN_TUNNEL_ADDR_V4: &str = "margay.dev/ipv4-vxlan-tunnel-addr";
-/// Node annotation: the MAC of this node's IPv4 tunnel device.
-pub const ANN_TUNNEL_MAC_V4: &str = "margay.dev/ipv4-vxlan-tunnel-mac";
-/// Node annotation: this node's IPv6 tunnel address.
-pub const ANN_TUNNEL_ADDR_V6: &str = "margay.dev/ipv6-vxlan-tunnel-addr";
-/// Node annotation: the MAC of this node's IPv6 tunnel device.
-pub const ANN_TUNNEL_MAC_V6: &str = "margay.dev/ipv6-vxlan-tunnel-mac";
-
-/// An address family of the overlay.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Af {
-    /// IPv4 pools over the IPv4 underlay.
-    V4,
-    /// IPv6 pools over the IPv6 underlay.
-    V6,
-}
-
-impl Af {
-    /// Both, IPv4 first.
-    pub const BOTH: [Af; 2] = [Af::V4, Af::V6];
-
-    /// The family of `ip`.
-    pub fn of(ip: IpAddr) -> Af {
-        if ip.is_ipv4() { Af::V4 } else { Af::V6 }
-    }
-
-    /// Index into per-family arrays.
-    pub fn idx(self) -> usize {
-        self as usize
-    }
-
-    /// Whether this is IPv6.
-    pub fn is_v6(self) -> bool {
-        self == Af::V6
-    }
-
-    /// Its tunnel device.
-    pub fn device(self) -> &'static str {
-        match self {
-            Af::V4 => DEVICE_V4,
-            Af::V6 => DEVICE_V6,
-        }
-    }
-
-    /// Bytes VXLAN adds over this underlay: outer IP header (20 / 40) +
-    /// UDP (8) + VXLAN (8) + inner Ethernet (14).
-    pub fn overhead(self) -> u32 {
-        match self {
-            Af::V4 => 50,
-            Af::V6 => 70,
-        }
-    }
-
-    /// The annotations (tunnel address, MAC) of this family.
-    pub fn annotations(self) -> (&'static str, &'static str) {
-        match self {
-            Af::V4 => (ANN_TUNNEL_ADDR_V4, ANN_TUNNEL_MAC_V4),
-            Af::V6 => (ANN_TUNNEL_ADDR_V6, ANN_TUNNEL_MAC_V6),
-        }
-    }
-}
-
-/// An Ethernet address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Mac(pub [u8; 6]);
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
-    }
-}
-
-impl std::str::FromStr for Mac {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Mac, String> {
-        let parts: Vec<&str> = s.split(':').collect();
-        let mut out = [0u8; 6];
-        if parts.len() != 6 {
-            return Err(format!("{s:?} is not a MAC address (6 hex bytes with ':')"));
-        }
-        for (o, p) in out.iter_mut().zip(&parts) {
-            *o = u8::from_str_radix(p, 16)
-                .map_err(|_| format!("{s:?} is not a MAC address (bad byte {p:?})"))?;
-        }
-        Ok(Mac(out))
-    }
-}
-
 /// The MAC of `node`'s tunnel device in `af`: six bytes of
 /// sha1("margay-vxlan/<af>/<node>"), locally administered and unicast.
 pub fn tunnel_mac(node: &str, af: Af) -> Mac {
@@ -240,74 +137,6 @@ pub struct Input<'a> {
     pub settings: &'a Settings,
 }
 
-/// One tunnel device.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Device {
-    /// Its family.
-    pub af: Af,
-    /// VNI.
-    pub vni: u32,
-    /// UDP port.
-    pub port: u16,
-    /// Underlay source address.
-    pub local: IpAddr,
-    /// MTU.
-    pub mtu: u32,
-    /// Its MAC ([`tunnel_mac`]).
-    pub mac: Mac,
-    /// The tunnel address (/32, /128), once IPAM has given one.
-    pub address: Option<IpAddr>,
-}
-
-/// A static FDB entry: frames for `mac` go to the VTEP at `dst`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Fdb {
-    /// Device family.
-    pub af: Af,
-    /// The remote device's MAC.
-    pub mac: Mac,
-    /// The remote node's underlay address.
-    pub dst: IpAddr,
-}
-
-/// A permanent neighbour: the remote tunnel address is at `mac`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Neigh {
-    /// Device family.
-    pub af: Af,
-    /// The remote tunnel address.
-    pub ip: IpAddr,
-    /// The remote device's MAC.
-    pub mac: Mac,
-}
-
-/// How a remote destination is reached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Via {
-    /// `via <tunnel address> dev <device> onlink`.
-    Tunnel {
-        /// Device family.
-        af: Af,
-        /// The remote node's tunnel address.
-        gw: IpAddr,
-    },
-    /// `via <underlay address>`: same subnet, `CrossSubnet`, no encapsulation.
-    Underlay {
-        /// The remote node's underlay address.
-        gw: IpAddr,
-    },
-    /// `dev <device> scope link`, no gateway: a remote node's tunnel
-    /// address itself, for every tunnel address a [`Via::Tunnel`] route
-    /// uses. The kernel then takes that address as an `onlink` gateway
-    /// whatever else is routed: IPv6 refuses an onlink gateway that another
-    /// route sends out of another device (EINVAL), e.g. a BGP route to the
-    /// very block the tunnel address lies in.
-    Device {
-        /// Device family.
-        af: Af,
-    },
-}
-
 /// What the overlay should be on this node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -331,13 +160,31 @@ pub struct Plan {
     pub problems: Vec<String>,
 }
 
+/// The Node annotations (tunnel address, MAC) of a family.
+pub fn annotation_keys(af: Af) -> (&'static str, &'static str) {
+    match af {
+        Af::V4 => (ANN_TUNNEL_ADDR_V4, ANN_TUNNEL_MAC_V4),
+        Af::V6 => (ANN_TUNNEL_ADDR_V6, ANN_TUNNEL_MAC_V6),
+    }
+}
+
 impl Plan {
+    /// What the kernel should hold: devices, entries and routes.
+    pub fn kernel(&self) -> Wanted<'_> {
+        Wanted {
+            devices: &self.devices,
+            fdb: &self.fdb,
+            neigh: &self.neigh,
+            routes: &self.routes,
+        }
+    }
+
     /// The annotations this node should carry: tunnel address and MAC per
     /// family with a device and an address, the others removed.
     pub fn annotations(&self) -> BTreeMap<&'static str, Option<String>> {
         let mut out = BTreeMap::new();
         for af in Af::BOTH {
-            let (addr_key, mac_key) = af.annotations();
+            let (addr_key, mac_key) = annotation_keys(af);
             let dev = self.devices.get(&af);
             let addr = dev.and_then(|d| d.address);
             out.insert(addr_key, addr.map(|a| a.to_string()));

@@ -17,8 +17,8 @@ use k8s_openapi::api::core::v1::Node;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::kernel::OverlayKernel;
 use super::{Af, Input, Mac, Peer, Plan, PoolFacts, Settings, plan};
+use crate::dataplane::vxlan::kernel::OverlayKernel;
 use crate::k8s::cluster::{Cluster, Kind};
 use crate::k8s::crd::{AllowedUse, IPPool};
 use crate::k8s::ipam::view::{IpamView, tunnel_handle};
@@ -55,7 +55,7 @@ pub fn peer_of(n: &Node) -> Peer {
     let facts = crate::k8s::node::node_facts(n);
     let ann = n.metadata.annotations.clone().unwrap_or_default();
     let tunnel = |af: Af| -> Option<(IpAddr, Mac)> {
-        let (addr_key, mac_key) = af.annotations();
+        let (addr_key, mac_key) = super::annotation_keys(af);
         let ip: IpAddr = ann.get(addr_key)?.parse().ok()?;
         let mac: Mac = ann.get(mac_key)?.parse().ok()?;
         (Af::of(ip) == af).then_some((ip, mac))
@@ -207,7 +207,11 @@ impl Task {
         });
         let mut ok = self.tunnel_addresses(&p).await;
         if reread_kernel || self.applied.as_ref() != Some(&p) {
-            match self.kernel.sync(&p, self.underlay_if.as_deref()).await {
+            match self
+                .kernel
+                .sync(&p.kernel(), self.underlay_if.as_deref())
+                .await
+            {
                 Ok(r) => {
                     if r.changed() {
                         tracing::info!(

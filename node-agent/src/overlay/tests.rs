@@ -1,4 +1,5 @@
 use super::*;
+use crate::dataplane::vxlan::DEVICE_V6;
 use crate::k8s::ipam::view::LocalAllocation;
 
 fn net(s: &str) -> IpNetwork {

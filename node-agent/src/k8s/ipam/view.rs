@@ -23,6 +23,8 @@ use ipam::{BlockEvent, BlockObject, Store};
 use ipnetwork::IpNetwork;
 use tokio::sync::watch;
 
+use crate::dataplane::veth::VethName;
+
 /// One address allocated by this node.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct LocalAllocation {
@@ -46,34 +48,6 @@ impl LocalAllocation {
     pub fn standalone(&self) -> bool {
         self.namespace.is_empty() && self.pod.is_empty()
     }
-}
-
-/// `cali` + the first 11 hex digits of sha1(`key`): the CNI plugin's host
-/// veth name, where `key` is `<namespace>.<pod>` for a pod and the IPAM
-/// handle for a standalone workload.
-pub fn veth_name(key: &str) -> String {
-    use sha1::Digest as _;
-    let digest = sha1::Sha1::digest(key.as_bytes());
-    format!("cali{}", &hex::encode(digest)[..11])
-}
-
-/// The host veth the CNI plugin creates for an attachment: [`veth_name`] of
-/// `<namespace>.<pod>` (plus `.<ifname>` for an interface other than
-/// `eth0`) for a pod, of the IPAM handle for a standalone workload.
-pub fn host_veth(namespace: &str, pod: &str, handle: &str, ifname: &str) -> String {
-    if namespace.is_empty() || pod.is_empty() {
-        veth_name(handle)
-    } else if ifname == "eth0" {
-        host_ifname(namespace, pod)
-    } else {
-        veth_name(&format!("{namespace}.{pod}.{ifname}"))
-    }
-}
-
-/// The host-side interface name of a pod: [`veth_name`] of
-/// `<namespace>.<pod>`.
-pub fn host_ifname(namespace: &str, pod: &str) -> String {
-    veth_name(&format!("{namespace}.{pod}"))
 }
 
 /// Handle prefix of a node's IPv4 VXLAN tunnel address (Calico's name).
@@ -177,7 +151,8 @@ impl IpamView {
                             .unwrap_or_default();
                         view.local.push(LocalAllocation {
                             ip,
-                            host_if: host_veth(&namespace, &pod, &a.handle, "eth0"),
+                            host_if: VethName::for_attachment(&namespace, &pod, &a.handle, "eth0")
+                                .into(),
                             namespace,
                             pod,
                             handle: a.handle.clone(),
@@ -384,12 +359,15 @@ mod tests {
             .find(|a| a.handle == "net.ctr1")
             .expect("standalone workload listed");
         assert!(ctr.standalone());
-        assert_eq!(ctr.host_if, veth_name("net.ctr1"));
+        assert_eq!(
+            ctr.host_if,
+            VethName::for_attachment("", "", "net.ctr1", "eth0").as_str()
+        );
         assert!(!v.local.iter().any(|a| a.handle == "net.ctr2"));
         assert_eq!(v.pod_ips.len(), 3);
         let pod = v.local.iter().find(|a| a.pod == "a").expect("pod a");
         assert!(!pod.standalone());
-        assert_eq!(pod.host_if, host_ifname("x", "a"));
+        assert_eq!(pod.host_if, VethName::for_pod("x", "a").as_str());
     }
 
     #[test]
@@ -446,21 +424,6 @@ mod tests {
         );
         assert!(is_tunnel_handle(&tunnel_handle("n9", true)));
         assert!(!is_tunnel_handle("k8s-pod-network.c1"));
-    }
-
-    #[test]
-    fn host_veth_names_match_the_cni_plugin() {
-        // The CNI plugin's vector: `echo -n default.web-0 | sha1sum`.
-        assert_eq!(
-            host_veth("default", "web-0", "net.c1", "eth0"),
-            "cali0d7763386da"
-        );
-        assert_eq!(
-            host_veth("default", "web-0", "net.c1.net1", "net1"),
-            veth_name("default.web-0.net1")
-        );
-        assert_eq!(host_veth("", "", "net.c1", "eth0"), veth_name("net.c1"));
-        assert_ne!(veth_name("net.c1"), veth_name("net.c2"));
     }
 
     #[test]

@@ -24,6 +24,15 @@ pub const ANN_IPV6: &str = "margay.dev/ipv6-address";
 /// node peers without the same cluster ID become its clients (RFC 4456).
 pub const ANN_RR_CLUSTER_ID: &str = "margay.dev/route-reflector-cluster-id";
 
+/// Node annotation (VXLAN overlay): this node's IPv4 tunnel address.
+pub const ANN_TUNNEL_ADDR_V4: &str = "margay.dev/ipv4-vxlan-tunnel-addr";
+/// Node annotation (VXLAN overlay): the MAC of this node's IPv4 tunnel device.
+pub const ANN_TUNNEL_MAC_V4: &str = "margay.dev/ipv4-vxlan-tunnel-mac";
+/// Node annotation (VXLAN overlay): this node's IPv6 tunnel address.
+pub const ANN_TUNNEL_ADDR_V6: &str = "margay.dev/ipv6-vxlan-tunnel-addr";
+/// Node annotation (VXLAN overlay): the MAC of this node's IPv6 tunnel device.
+pub const ANN_TUNNEL_MAC_V6: &str = "margay.dev/ipv6-vxlan-tunnel-mac";
+
 /// What routing (and the overlay) need to know about a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeFacts {

@@ -1,6 +1,6 @@
 //! The overlay's kernel side: makes the tunnel devices, their FDB and
 //! neighbour entries and the overlay routes (protocol [`RTPROT_OVERLAY`])
-//! equal to a [`Plan`], over rtnetlink, in the namespace the connection was
+//! equal to what is [`Wanted`], over rtnetlink, in the namespace the connection was
 //! opened in.
 //!
 //! [`OverlayKernel::sync`] reads what is there and changes only what
@@ -30,7 +30,7 @@ use netlink_packet_route::route::{
 };
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
-use super::{Af, Device, Fdb, Mac, Neigh, OVERLAY_METRIC, Plan, RTPROT_OVERLAY, Via};
+use super::{Af, Device, Fdb, Mac, Neigh, OVERLAY_METRIC, RTPROT_OVERLAY, Via, Wanted};
 
 /// A netlink request the kernel refused.
 #[derive(Debug, thiserror::Error)]
@@ -466,7 +466,11 @@ impl OverlayKernel {
 
     /// Makes the kernel equal to `plan`; `underlay` is the interface the
     /// tunnels send through (the one carrying the node's address).
-    pub async fn sync(&self, plan: &Plan, underlay: Option<&str>) -> Result<Report, OverlayError> {
+    pub async fn sync(
+        &self,
+        plan: &Wanted<'_>,
+        underlay: Option<&str>,
+    ) -> Result<Report, OverlayError> {
         let mut report = Report::default();
         let links = self.links().await?;
         let underlay_index = underlay.and_then(|n| links.get(n)).map(|l| l.index);
@@ -498,7 +502,7 @@ impl OverlayKernel {
 
     async fn sync_fdb(
         &self,
-        plan: &Plan,
+        plan: &Wanted<'_>,
         index: &BTreeMap<Af, u32>,
         by_index: &BTreeMap<u32, Af>,
         report: &mut Report,
@@ -546,7 +550,7 @@ impl OverlayKernel {
 
     async fn sync_neigh(
         &self,
-        plan: &Plan,
+        plan: &Wanted<'_>,
         index: &BTreeMap<Af, u32>,
         by_index: &BTreeMap<u32, Af>,
         report: &mut Report,
@@ -603,7 +607,7 @@ impl OverlayKernel {
 
     async fn sync_routes(
         &self,
-        plan: &Plan,
+        plan: &Wanted<'_>,
         index: &BTreeMap<Af, u32>,
         by_index: &BTreeMap<u32, Af>,
         report: &mut Report,
