@@ -105,10 +105,13 @@ pub fn effective_config(
     node: &str,
 ) -> BGPConfigurationSpec {
     let base = configs.get("default").cloned().unwrap_or_default();
-    match configs.get(&format!("node.{node}")) {
-        Some(over) => base.overlay(over),
-        None => base,
-    }
+    // Always through `overlay`, which keeps per-node-only fields out of
+    // the default.
+    base.overlay(
+        configs
+            .get(&format!("node.{node}"))
+            .unwrap_or(&BGPConfigurationSpec::default()),
+    )
 }
 
 /// A community reference of a `prefixAdvertisements` or `BGPPeer` entry:
@@ -126,16 +129,34 @@ fn prefix_of(net: IpNetwork) -> Option<Prefix> {
     Prefix::new(net.network(), net.prefix()).ok()
 }
 
-/// The route reflector cluster ID of `n`: `None` when it is no route
-/// reflector; an invalid value is reported and counts as none.
-fn rr_cluster_id(n: &NodeFacts, problems: &mut Vec<String>) -> Option<Ipv4Addr> {
-    let v = n.rr_cluster_id.as_deref()?.trim();
+/// The route reflector cluster ID of `n`: `routeReflectorClusterID` of
+/// its `node.<name>` BGPConfiguration, else its Node annotation; `None`
+/// when it is no route reflector. An invalid value is reported and counts
+/// as none.
+fn rr_cluster_id(
+    configs: &BTreeMap<String, BGPConfigurationSpec>,
+    n: &NodeFacts,
+    problems: &mut Vec<String>,
+) -> Option<Ipv4Addr> {
+    let crd = configs
+        .get(&format!("node.{}", n.name))
+        .and_then(|c| c.route_reflector_cluster_id.as_deref());
+    let (v, source) = match crd {
+        Some(v) => (
+            v,
+            format!("BGPConfiguration node.{}: routeReflectorClusterID", n.name),
+        ),
+        None => (
+            n.rr_cluster_id.as_deref()?,
+            format!("node {}: {ANN_RR_CLUSTER_ID}", n.name),
+        ),
+    };
+    let v = v.trim();
     match v.parse() {
         Ok(id) => Some(id),
         Err(_) => {
             problems.push(format!(
-                "node {}: {ANN_RR_CLUSTER_ID} {v:?} is not an IPv4 address: not a route reflector",
-                n.name
+                "{source} {v:?} is not an IPv4 address: not a route reflector"
             ));
             None
         }
@@ -274,10 +295,21 @@ pub fn desired(input: &RoutingInput, view: &IpamView) -> Desired {
     }
     let my_addr = me.ipv4.map(IpAddr::V4).or(me.ipv6.map(IpAddr::V6));
     // As a route reflector, every node peer outside our cluster is a client.
-    let cluster_id = rr_cluster_id(me, &mut problems);
+    let cluster_id = rr_cluster_id(&input.configs, me, &mut problems);
+    if input
+        .configs
+        .get("default")
+        .is_some_and(|c| c.route_reflector_cluster_id.is_some())
+    {
+        problems.push(
+            "BGPConfiguration default: routeReflectorClusterID is per node (node.<name>): ignored"
+                .into(),
+        );
+    }
     // (Another node's invalid cluster ID is that node's problem to report.)
-    let client =
-        |n: &NodeFacts| cluster_id.is_some() && rr_cluster_id(n, &mut Vec::new()) != cluster_id;
+    let client = |n: &NodeFacts| {
+        cluster_id.is_some() && rr_cluster_id(&input.configs, n, &mut Vec::new()) != cluster_id
+    };
 
     if cfg.mesh_enabled() {
         for n in input.nodes.iter().filter(|n| n.name != me.name) {

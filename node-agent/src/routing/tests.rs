@@ -515,6 +515,72 @@ fn route_reflectors_peer_with_every_node_and_make_them_clients() {
 }
 
 #[test]
+fn the_cluster_id_comes_from_the_per_node_bgpconfiguration_else_the_annotation() {
+    let per_node = |id: &str| BGPConfigurationSpec {
+        route_reflector_cluster_id: Some(id.into()),
+        ..Default::default()
+    };
+    // n1 is a reflector by its BGPConfiguration only (no annotation).
+    let mut i = rr_input("n1");
+    for n in i.nodes.iter_mut().chain([&mut i.me]) {
+        n.rr_cluster_id = None;
+    }
+    assert_eq!(desired(&i, &view()).cluster_id, None);
+    i.configs.insert("node.n1".into(), per_node("198.18.0.200"));
+    let d = desired(&i, &view());
+    assert_eq!(d.cluster_id, Some(Ipv4Addr::new(198, 18, 0, 200)));
+    assert!(d.peers.values().all(|p| p.rr_client), "{:?}", d.peers);
+    // The clients see it too: n3 with the same cluster ID in its own
+    // BGPConfiguration is a fellow reflector, not a client.
+    i.configs.insert("node.n3".into(), per_node("198.18.0.200"));
+    for n in i.nodes.iter_mut().filter(|n| n.name == "n3") {
+        n.labels.insert("route-reflector".into(), "true".into());
+    }
+    let d = desired(&i, &view());
+    assert!(d.peers["peer-rrs-n2"].rr_client);
+    assert!(!d.peers["peer-rrs-n3"].rr_client);
+
+    // The CRD wins over the annotation; the annotation is the fallback.
+    let mut i = rr_input("n1");
+    assert_eq!(
+        desired(&i, &view()).cluster_id,
+        Some(Ipv4Addr::new(198, 18, 0, 100))
+    );
+    i.configs.insert("node.n1".into(), per_node("198.18.0.200"));
+    assert_eq!(
+        desired(&i, &view()).cluster_id,
+        Some(Ipv4Addr::new(198, 18, 0, 200))
+    );
+    // An invalid CRD value is reported by name, and no reflection (it does
+    // not fall back to the annotation: the operator asked for something).
+    i.configs.insert("node.n1".into(), per_node("rr-1"));
+    let d = desired(&i, &view());
+    assert_eq!(d.cluster_id, None);
+    assert!(
+        d.problems
+            .iter()
+            .any(|p| p.contains("node.n1: routeReflectorClusterID \"rr-1\"")),
+        "{:?}",
+        d.problems
+    );
+
+    // In `default` it would make every node a reflector of one cluster, with
+    // no clients: ignored and reported.
+    let mut i = input("n2");
+    i.configs.insert("default".into(), per_node("198.18.0.200"));
+    let d = desired(&i, &view());
+    assert_eq!(d.cluster_id, None);
+    assert!(
+        d.problems.iter().any(|p| p.contains("is per node")),
+        "{:?}",
+        d.problems
+    );
+    // ... and a per-node override does not inherit it.
+    let merged = effective_config(&i.configs, "n2");
+    assert_eq!(merged.route_reflector_cluster_id, None);
+}
+
+#[test]
 fn selector_peerings_are_configured_at_both_ends() {
     // "nodes labelled rack=r1 peer with the edge node": the edge node is
     // not itself selected by nodeSelector, but peers back.

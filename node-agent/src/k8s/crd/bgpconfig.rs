@@ -112,6 +112,18 @@ pub struct BGPConfigurationSpec {
     /// Agent log level (default Info).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_severity_screen: Option<LogLevel>,
+    /// Makes the node a route reflector with this cluster ID (an IPv4
+    /// address; RFC 4456): its node peers of another cluster become its
+    /// clients. Only in a per-node object (`node.<name>`); where Calico has
+    /// it in its Node resource (`spec.bgp.routeReflectorClusterID`). The
+    /// Node annotation `margay.dev/route-reflector-cluster-id` is the
+    /// fallback when this is unset.
+    #[serde(
+        default,
+        rename = "routeReflectorClusterID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub route_reflector_cluster_id: Option<String>,
 }
 
 impl BGPConfigurationSpec {
@@ -142,6 +154,8 @@ impl BGPConfigurationSpec {
                 &over.service_load_balancer_ips,
             ),
             log_severity_screen: pick(&self.log_severity_screen, &over.log_severity_screen),
+            // Per node only: never inherited from `default`.
+            route_reflector_cluster_id: over.route_reflector_cluster_id.clone(),
         }
     }
 
