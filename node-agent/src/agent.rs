@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cni_api::endpoints::EndpointsService;
 use crate::config::AgentArgs;
 use crate::controller;
 use crate::dataplane::local_routes::LocalRoutes;
-use crate::endpoints::EndpointsService;
 use crate::k8s::cluster::{self, Cluster};
 use crate::k8s::ipam::store::KubeStore;
 use crate::k8s::ipam::view::{self, IpamView};
@@ -275,8 +275,8 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     ));
     let ctl_replay = ctl.clone();
     let listener = ipam::grpc::UdsListener::bind(&args.socket).await?;
-    let confirmations = crate::confirm::Confirmations::default();
-    let grpc_routes = tonic::service::Routes::new(crate::ipam_ops::AgentIpam::server(
+    let confirmations = crate::cni_api::confirm::Confirmations::default();
+    let grpc_routes = tonic::service::Routes::new(crate::cni_api::ipam::AgentIpam::server(
         alloc.clone(),
         cluster.clone(),
         metrics.clone(),
@@ -289,15 +289,15 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         metrics.clone(),
         confirmations,
     ));
-    let _maintain = tokio::spawn(crate::ipam_ops::maintain(
-        crate::ipam_ops::Maintenance {
+    let _maintain = tokio::spawn(crate::k8s::ipam::gc::maintain(
+        crate::k8s::ipam::gc::Maintenance {
             cluster: cluster.clone(),
             store: store.clone(),
             alloc: alloc.clone(),
             view: view_rx_maint,
             me: me.name.clone(),
             metrics: metrics.clone(),
-            opts: crate::ipam_ops::MaintainOptions {
+            opts: crate::k8s::ipam::gc::MaintainOptions {
                 interval: args.ipam_gc_interval,
                 gc_grace: args.ipam_gc_grace,
             },
@@ -310,7 +310,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         .clone()
         .unwrap_or_else(|| args.state_dir.join("cni-journal"));
     let _replay = tokio::spawn(
-        crate::journal_replay::Replay {
+        crate::cni_api::journal_replay::Replay {
             dir: journal_dir,
             controller: ctl_replay,
             alloc: alloc.clone(),

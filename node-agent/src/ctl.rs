@@ -331,7 +331,7 @@ async fn live_pods(client: &kube::Client) -> Result<Vec<ipam::gc::LivePod>, CtlE
         .items
         .iter()
         .filter_map(|p| {
-            let mut live = crate::ipam_ops::live_pod(p)?;
+            let mut live = crate::k8s::ipam::gc::live_pod(p)?;
             live.ips = p
                 .status
                 .as_ref()

@@ -63,15 +63,12 @@
 
 pub mod agent;
 pub mod attachments;
+pub mod cni_api;
 pub mod config;
-pub mod confirm;
 pub mod controller;
 pub mod ctl;
 pub mod dataplane;
-pub mod endpoints;
 pub mod install_cni;
-pub mod ipam_ops;
-pub mod journal_replay;
 pub mod k8s;
 pub mod logging;
 pub mod overlay;

@@ -2,5 +2,6 @@
 //! writes through, and the [`view`] of the blocks the rest of the agent
 //! reads.
 
+pub mod gc;
 pub mod store;
 pub mod view;

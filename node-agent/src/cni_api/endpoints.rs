@@ -11,7 +11,7 @@ use ipam::proto::endpoints_server::{Endpoints, EndpointsServer};
 use ipam::proto::{EndpointDownReply, EndpointDownRequest, EndpointUpReply, EndpointUpRequest};
 use tonic::{Request, Response, Status};
 
-use crate::confirm::Confirmations;
+use crate::cni_api::confirm::Confirmations;
 use crate::controller::{ControllerHandle, Endpoint, EndpointError};
 use crate::dataplane::veth::VethName;
 use crate::status::metrics::Metrics;

@@ -1,13 +1,6 @@
-//! Early Allocate answers, confirmed at EndpointUp.
-//!
-//! A CNI plugin that sets `confirm_at_endpoint_up` gets its Allocate answer
-//! as soon as the allocator has chosen the addresses, while the block write
-//! that records them is still in flight (about 1 ms against the API
-//! server): the plugin wires the pod meanwhile. Its EndpointUp for that
-//! handle then waits here for the write's outcome and fails (ABORTED, the
-//! plugin rolls back and the runtime retries) if the record failed or ended
-//! with other addresses. So ADD never returns an address that is not
-//! durably recorded — only the plugin's own wiring runs ahead of the write.
+//! Early Allocate answers, confirmed at EndpointUp (the early answer is
+//! explained in [`super`]): the outcome of each allocation answered early,
+//! by handle, until its EndpointUp reads it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
