@@ -17,10 +17,10 @@ use std::time::Instant;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::watcher::Event;
-use node_agent::controller::Endpoint;
+use node_agent::endpoints::Endpoint;
+use node_agent::endpoints::policy::PolicySync;
 use node_agent::k8s::cluster::Cluster;
 use node_agent::k8s::ipam::view::{IpamView, LocalAllocation};
-use node_agent::policyctl::PolicySync;
 use serde_json::json;
 
 fn arg(name: &str, default: usize) -> usize {

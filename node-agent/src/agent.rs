@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::cni_api::endpoints::EndpointsService;
 use crate::config::AgentArgs;
-use crate::controller;
 use crate::dataplane::local_routes::LocalRoutes;
+use crate::endpoints;
 use crate::k8s::cluster::{self, Cluster};
 use crate::k8s::ipam::store::KubeStore;
 use crate::k8s::ipam::view::{self, IpamView};
@@ -227,7 +227,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         .collect();
     let view_rx_maint = view_rx.clone();
     let (releases, released) = tokio::sync::mpsc::unbounded_channel();
-    let _releaser = tokio::spawn(release_superseded(
+    let _releaser = tokio::spawn(crate::endpoints::releaser::run(
         alloc.clone(),
         released,
         health.pulse("superseded releases"),
@@ -236,13 +236,13 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     // Allocate answer carries it to the CNI plugin, and a repaired veth
     // gets it.
     let (mtu_tx, mtu_rx) = tokio::sync::watch::channel(0u32);
-    let (ctl, _ctl_task) = controller::start(controller::ControllerDeps {
+    let (ctl, _ctl_task) = endpoints::start(endpoints::ControllerDeps {
         pod_mtu: mtu_rx.clone(),
-        records: crate::attachments::Records::new(args.state_dir.join("endpoints")),
+        records: crate::endpoints::attachments::Records::new(args.state_dir.join("endpoints")),
         releases,
         reconcile_interval: args.reconcile_interval,
         routes,
-        policy: crate::policyctl::PolicySync::new(&me.name, node_addrs),
+        policy: crate::endpoints::policy::PolicySync::new(&me.name, node_addrs),
         cluster: cluster.clone(),
         view: view_rx.clone(),
         health: health.clone(),
@@ -342,34 +342,6 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let _ = tokio::time::timeout(Duration::from_secs(5), alloc.wait_idle()).await;
     tracing::info!("stopped: routes and nftables state stay in place for the next start");
     Ok(())
-}
-
-/// Releases the handles the controller found superseded by a new sandbox
-/// of their pod. A failed release is only logged: the controller finds the
-/// allocation again at its next reconcile.
-async fn release_superseded(
-    alloc: ipam::Allocator,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
-    mut pulse: Pulse,
-) {
-    loop {
-        let handle = tokio::select! {
-            h = rx.recv() => match h {
-                Some(h) => h,
-                None => return pulse.retire(),
-            },
-            () = pulse.tick() => continue,
-        };
-        match alloc.release(&handle).await {
-            Ok(ips) if !ips.is_empty() => {
-                tracing::info!(handle = %handle, released = ?ips, "superseded sandbox's addresses released")
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(handle = %handle, error = %e, "releasing a superseded sandbox's addresses failed; retried at the next reconcile")
-            }
-        }
-    }
 }
 
 async fn shutdown_signal() {

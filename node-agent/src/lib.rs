@@ -62,17 +62,15 @@
 //! ```
 
 pub mod agent;
-pub mod attachments;
 pub mod cni_api;
 pub mod config;
-pub mod controller;
 pub mod ctl;
 pub mod dataplane;
+pub mod endpoints;
 pub mod install_cni;
 pub mod k8s;
 pub mod logging;
 pub mod overlay;
-pub mod policyctl;
 pub mod routing;
 pub mod routing_task;
 pub mod status;

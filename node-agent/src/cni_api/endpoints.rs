@@ -12,8 +12,8 @@ use ipam::proto::{EndpointDownReply, EndpointDownRequest, EndpointUpReply, Endpo
 use tonic::{Request, Response, Status};
 
 use crate::cni_api::confirm::Confirmations;
-use crate::controller::{ControllerHandle, Endpoint, EndpointError};
 use crate::dataplane::veth::VethName;
+use crate::endpoints::{ControllerHandle, Endpoint, EndpointError};
 use crate::status::metrics::Metrics;
 
 /// How long EndpointUp may wait for the dataplane before failing with
@@ -242,7 +242,7 @@ mod tests {
             confirmations: Confirmations::default(),
         };
         let answer = tokio::spawn(async move {
-            let Some(crate::controller::Cmd::Down {
+            let Some(crate::endpoints::Cmd::Down {
                 container_id,
                 handle,
                 reply,

@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::cni_api::confirm::Confirmations;
-use crate::controller::{ControllerHandle, Endpoint};
 use crate::dataplane::veth::VethName;
+use crate::endpoints::{ControllerHandle, Endpoint};
 use crate::k8s::cluster::Cluster;
 use crate::status::metrics::Metrics;
 

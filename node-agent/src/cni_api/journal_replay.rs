@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use cni_plugin::journal;
 
-use crate::controller::ControllerHandle;
+use crate::endpoints::ControllerHandle;
 use crate::status::health::Pulse;
 
 /// What the replay needs.

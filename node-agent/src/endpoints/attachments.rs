@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use sha1::Digest as _;
 
-use crate::controller::Endpoint;
+use crate::endpoints::Endpoint;
 use crate::k8s::ipam::view::LocalAllocation;
 
 /// Endpoint records in a directory of the agent's state, one JSON file per

@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use policy::{Engine, LocalEndpoint, NamespaceInfo, NodeContext, PodInfo, PodKey, PolicyKey};
 
-use crate::controller::Endpoint;
 use crate::dataplane::{FastSink, NftSession};
+use crate::endpoints::Endpoint;
 use crate::k8s::cluster::Cluster;
 use crate::k8s::ipam::view::IpamView;
 use crate::status::metrics::Metrics;
@@ -463,7 +463,7 @@ mod tests {
         assert!(ips.contains(&"198.19.0.44".parse().expect("ip")), "{ips:?}");
         // An address EndpointUp gave, then IPAM records it too (same union),
         // then the endpoint goes: the address stays, it is IPAM's now.
-        let ep = crate::controller::Endpoint {
+        let ep = crate::endpoints::Endpoint {
             container_id: "cb".into(),
             namespace: "ns".into(),
             pod: "b".into(),
@@ -473,7 +473,7 @@ mod tests {
             netns: String::new(),
             ifname: "eth0".into(),
         };
-        let with_ep: BTreeMap<String, crate::controller::Endpoint> =
+        let with_ep: BTreeMap<String, crate::endpoints::Endpoint> =
             [("net.cb".to_string(), ep)].into();
         ps.update(&cluster, &view, &with_ep);
         std::sync::Arc::make_mut(&mut view.pod_ips).insert(
