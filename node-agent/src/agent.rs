@@ -13,7 +13,7 @@ use crate::k8s::ipam::store::KubeStore;
 use crate::k8s::ipam::view::{self, IpamView};
 use crate::k8s::node::autodetect::Chosen;
 use crate::k8s::node::{self, NodeIdentity};
-use crate::routing_task;
+use crate::routing::task;
 use crate::status::health::{self, Health, Pulse};
 use crate::status::metrics::Metrics;
 
@@ -251,7 +251,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
 
     // BGP: mesh / BGPPeers, originate our blocks, best paths into the FIB.
     health.set_status("node", identity_json(&me));
-    let _routing = tokio::spawn(routing_task::run(routing_task::RoutingDeps {
+    let _routing = tokio::spawn(task::run(task::RoutingDeps {
         cluster: cluster.clone(),
         view: view_rx.clone(),
         me: me.clone(),

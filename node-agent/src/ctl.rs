@@ -21,8 +21,8 @@ pub mod output;
 pub use check::{IpamCheck, ipam_check, render_ipam_check};
 
 use crate::k8s::ipam::store::{KubeStore, pool_to_model};
-use crate::routing_task::PeerRow;
 use crate::status::metrics::Metrics;
+use crate::status::model::PeerRow;
 
 /// What a margayctl command can fail on.
 #[derive(Debug, thiserror::Error)]

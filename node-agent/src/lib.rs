@@ -72,5 +72,4 @@ pub mod k8s;
 pub mod logging;
 pub mod overlay;
 pub mod routing;
-pub mod routing_task;
 pub mod status;

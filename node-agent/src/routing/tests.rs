@@ -3,6 +3,11 @@
 use super::*;
 use crate::k8s::crd::{Cidr, Community, PrefixAdvertisement, ServiceCidr};
 use crate::k8s::ipam::view::LocalAllocation;
+use std::time::Duration;
+
+use bgp::bfd::BfdConfig;
+use bgp::config::{PeerBfd, RemoteAs};
+use bgp::rib::filter::FilterAction;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 fn node(name: &str, v4: &str) -> NodeFacts {

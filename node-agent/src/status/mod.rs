@@ -6,3 +6,4 @@
 pub mod bgp_routes;
 pub mod health;
 pub mod metrics;
+pub mod model;
