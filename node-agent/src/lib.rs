@@ -63,11 +63,9 @@
 
 pub mod agent;
 pub mod cni_api;
-pub mod config;
 pub mod ctl;
 pub mod dataplane;
 pub mod endpoints;
-pub mod install_cni;
 pub mod k8s;
 pub mod logging;
 pub mod overlay;

@@ -1,8 +1,16 @@
 //! Log setup: text or JSON lines on stderr, level or full tracing filter.
 
+use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 static RELOAD: std::sync::OnceLock<(
     tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,

@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
             .with_ansi(false)
             .init();
     }
-    let client = node_agent::k8s::cluster::client(&node_agent::k8s::cluster::ApiAccess {
+    let client = node_agent::k8s::client::client(&node_agent::k8s::client::ApiAccess {
         kubeconfig: cli.kubeconfig.clone(),
         api_server: cli.api_server.clone(),
     })

@@ -614,7 +614,7 @@ fn one_malloc_arena() {
 
 async fn run() -> Result<()> {
     let args = Args::parse();
-    node_agent::logging::init(&args.log, node_agent::config::LogFormat::Text);
+    node_agent::logging::init(&args.log, node_agent::logging::LogFormat::Text);
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
     let cfg: FileConfig = serde_yaml_ng::from_str(&text)

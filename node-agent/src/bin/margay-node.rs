@@ -3,13 +3,13 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use node_agent::config::{Cli, Command};
+use node_agent::agent::config::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     node_agent::logging::init(&cli.agent.log_level, cli.agent.log_format);
     match cli.command {
-        Some(Command::InstallCni(args)) => match node_agent::install_cni::install(&args) {
+        Some(Command::InstallCni(args)) => match node_agent::agent::install_cni::install(&args) {
             Ok(done) => {
                 tracing::info!(plugins_updated = ?done.binaries, config_updated = done.config, bin_dir = %args.bin_dir.display(), conf_dir = %args.conf_dir.display(), "CNI installed");
                 ExitCode::SUCCESS

@@ -115,7 +115,7 @@ enum PolicyCmd {
 
 async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
     let client = || async {
-        node_agent::k8s::cluster::client(&node_agent::k8s::cluster::ApiAccess {
+        node_agent::k8s::client::client(&node_agent::k8s::client::ApiAccess {
             kubeconfig: cli.kubeconfig.clone(),
             api_server: cli.api_server.clone(),
         })

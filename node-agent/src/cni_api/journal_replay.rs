@@ -15,6 +15,7 @@ use crate::endpoints::ControllerHandle;
 use crate::status::health::Pulse;
 
 /// What the replay needs.
+#[derive(Clone)]
 pub struct Replay {
     /// The journal directory (the plugin's `journal_dir`).
     pub dir: PathBuf,

@@ -15,6 +15,7 @@ use super::{Cmd, ControllerDeps, Endpoint, EndpointError, desired_routes};
 use crate::dataplane::local_routes::{LocalRoute, LocalRoutes};
 use crate::k8s::cluster::{Cluster, Kind};
 use crate::k8s::ipam::view::IpamView;
+use crate::status::health::Pulse;
 
 /// A change seen by the watches is synced this much later, so a burst of
 /// changes (a node's pods starting) is one sync, and an EndpointUp that
@@ -24,7 +25,9 @@ const SETTLE: Duration = Duration::from_millis(3);
 /// A failed sync is retried after this long (or at the next change).
 const RETRY: Duration = Duration::from_secs(1);
 
-pub(super) async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
+/// Runs the controller (on a runtime in the node's namespace) until its
+/// queue's senders are gone.
+pub async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>, mut pulse: Pulse) {
     // By IPAM handle; recorded ones first (a restart).
     let mut endpoints: BTreeMap<String, Endpoint> = d
         .records
@@ -55,7 +58,6 @@ pub(super) async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
     let mut tick = tokio::time::interval(d.reconcile_interval);
     let mut gens = d.cluster.subscribe();
     let mut seen = gens.borrow().clone();
-    let mut pulse = d.health.pulse("dataplane controller");
     // Something changed since the last sync was scheduled.
     let mut dirty = true;
     // When the next sync runs.

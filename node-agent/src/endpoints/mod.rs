@@ -254,12 +254,10 @@ pub struct ControllerDeps {
     pub pod_mtu: watch::Receiver<u32>,
 }
 
-/// Starts the controller on the current runtime (in the node's namespace).
-pub fn start(deps: ControllerDeps) -> (ControllerHandle, tokio::task::JoinHandle<()>) {
-    let (handle, rx) = ControllerHandle::channel(1024);
-    let task = tokio::spawn(controller::run(deps, rx));
-    (handle, task)
-}
+/// Room in the controller's queue ([`ControllerHandle::channel`]).
+pub const QUEUE: usize = 1024;
+
+pub use controller::run;
 
 #[cfg(test)]
 mod tests {

@@ -20,6 +20,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use futures::StreamExt as _;
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -29,13 +30,12 @@ use kube::runtime::{WatchStreamExt as _, reflector as reflect};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::k8s::crd::{
     BGPConfiguration, BGPFilter, BGPPeer, IPAMConfiguration, IPPool, RawAdminNetworkPolicy,
     RawBaselineAdminNetworkPolicy,
 };
-use crate::status::health::Health;
+use crate::status::health::Pulse;
 use crate::status::metrics::{ApiLabels, Metrics};
 
 /// Watched kinds.
@@ -198,17 +198,13 @@ pub struct DetachedWriters {
     _generations: watch::Sender<Generations>,
 }
 
-/// The running reflector tasks; dropping it stops them.
-pub struct Watchers {
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Watchers {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
+/// One kind's reflector loop, not yet started: the caller runs it (the
+/// agent's supervisor) with a pulse that keeps its liveness.
+pub struct Watcher {
+    /// The task's name (`watch <resource>`).
+    pub name: String,
+    /// The loop.
+    pub run: Box<dyn FnOnce(Pulse) -> BoxFuture<'static, ()> + Send>,
 }
 
 impl Cluster {
@@ -276,150 +272,60 @@ impl Cluster {
         )
     }
 
-    /// Starts one reflector per kind against `client`.
-    pub fn start(
-        client: Client,
-        metrics: Arc<Metrics>,
-        health: &Arc<Health>,
-    ) -> (Cluster, Watchers) {
+    /// One reflector per kind against `client`: the view, and the loops
+    /// that fill it (to be run by the caller).
+    pub fn start(client: Client, metrics: Arc<Metrics>) -> (Cluster, Vec<Watcher>) {
         let (tx, rx) = watch::channel(Generations::default());
         let tx = Arc::new(tx);
-        let mut tasks = Vec::new();
-        let mut spawn = |t: JoinHandle<()>| tasks.push(t);
-        let nodes = run::<Node>(
-            Api::all(client.clone()),
-            Kind::Node,
-            &tx,
-            &metrics,
-            health,
-            &mut spawn,
-        );
-        let pods = run::<Pod>(
-            Api::all(client.clone()),
-            Kind::Pod,
-            &tx,
-            &metrics,
-            health,
-            &mut spawn,
-        );
-        let namespaces = run::<Namespace>(
-            Api::all(client.clone()),
-            Kind::Namespace,
-            &tx,
-            &metrics,
-            health,
-            &mut spawn,
-        );
-        let policies = run::<NetworkPolicy>(
-            Api::all(client.clone()),
-            Kind::NetworkPolicy,
-            &tx,
-            &metrics,
-            health,
-            &mut spawn,
-        );
-        let pools = run::<IPPool>(
-            Api::all(client.clone()),
-            Kind::IpPool,
-            &tx,
-            &metrics,
-            health,
-            &mut spawn,
-        );
-        let bgp_peers = run::<BGPPeer>(
-            Api::all(client.clone()),
-            Kind::BgpPeer,
-            &tx,
-            &metrics,
-            health,
-            &mut spawn,
-        );
-        let bgp_configs = run::<BGPConfiguration>(
-            Api::all(client.clone()),
-            Kind::BgpConfiguration,
-            &tx,
-            &metrics,
-            health,
-            &mut spawn,
-        );
-        let bgp_filters = run::<BGPFilter>(
-            Api::all(client.clone()),
-            Kind::BgpFilter,
-            &tx,
-            &metrics,
-            health,
-            &mut spawn,
-        );
-        let services = run::<Service>(
-            Api::all(client.clone()),
-            Kind::Service,
-            &tx,
-            &metrics,
-            health,
-            &mut spawn,
-        );
-        let endpoint_slices = run::<EndpointSlice>(
-            Api::all(client.clone()),
-            Kind::EndpointSlice,
-            &tx,
-            &metrics,
-            health,
-            &mut spawn,
-        );
-        let ipam_configs = run::<IPAMConfiguration>(
-            Api::all(client.clone()),
-            Kind::IpamConfiguration,
-            &tx,
-            &metrics,
-            health,
-            &mut spawn,
-        );
-        let admin_policies = run::<RawAdminNetworkPolicy>(
-            Api::all(client.clone()),
-            Kind::AdminNetworkPolicy,
-            &tx,
-            &metrics,
-            health,
-            &mut spawn,
-        );
-        let baseline_policies = run::<RawBaselineAdminNetworkPolicy>(
-            Api::all(client.clone()),
-            Kind::BaselineAdminNetworkPolicy,
-            &tx,
-            &metrics,
-            health,
-            &mut spawn,
-        );
-        (
-            Cluster {
-                nodes,
-                pods,
-                namespaces,
-                policies,
-                pools,
-                bgp_peers,
-                bgp_configs,
-                bgp_filters,
-                services,
-                endpoint_slices,
-                ipam_configs,
-                admin_policies,
-                baseline_policies,
-                generations: rx,
-                client,
-            },
-            Watchers { tasks },
-        )
+        let mut w = Vec::new();
+        let c = &client;
+        let m = &metrics;
+        let cluster = Cluster {
+            nodes: reflector_of(Api::all(c.clone()), Kind::Node, &tx, m, &mut w),
+            pods: reflector_of(Api::all(c.clone()), Kind::Pod, &tx, m, &mut w),
+            namespaces: reflector_of(Api::all(c.clone()), Kind::Namespace, &tx, m, &mut w),
+            policies: reflector_of(Api::all(c.clone()), Kind::NetworkPolicy, &tx, m, &mut w),
+            pools: reflector_of(Api::all(c.clone()), Kind::IpPool, &tx, m, &mut w),
+            bgp_peers: reflector_of(Api::all(c.clone()), Kind::BgpPeer, &tx, m, &mut w),
+            bgp_configs: reflector_of(Api::all(c.clone()), Kind::BgpConfiguration, &tx, m, &mut w),
+            bgp_filters: reflector_of(Api::all(c.clone()), Kind::BgpFilter, &tx, m, &mut w),
+            services: reflector_of(Api::all(c.clone()), Kind::Service, &tx, m, &mut w),
+            endpoint_slices: reflector_of(Api::all(c.clone()), Kind::EndpointSlice, &tx, m, &mut w),
+            ipam_configs: reflector_of(
+                Api::all(c.clone()),
+                Kind::IpamConfiguration,
+                &tx,
+                m,
+                &mut w,
+            ),
+            admin_policies: reflector_of(
+                Api::all(c.clone()),
+                Kind::AdminNetworkPolicy,
+                &tx,
+                m,
+                &mut w,
+            ),
+            baseline_policies: reflector_of(
+                Api::all(c.clone()),
+                Kind::BaselineAdminNetworkPolicy,
+                &tx,
+                m,
+                &mut w,
+            ),
+            generations: rx,
+            client,
+        };
+        (cluster, w)
     }
 }
 
-fn run<K>(
+/// The store of `kind`, and (pushed to `watchers`) the loop that fills it.
+fn reflector_of<K>(
     api: Api<K>,
     kind: Kind,
     tx: &Arc<watch::Sender<Generations>>,
     metrics: &Arc<Metrics>,
-    health: &Arc<Health>,
-    spawn: &mut impl FnMut(JoinHandle<()>),
+    watchers: &mut Vec<Watcher>,
 ) -> Store<K>
 where
     K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
@@ -430,130 +336,78 @@ where
         reflect(writer, watcher::watcher(api, watcher::Config::default())).default_backoff();
     let tx = tx.clone();
     let metrics = metrics.clone();
-    // A watch may deliver nothing for hours; the pulse keeps the loop turning.
-    let mut pulse = health.pulse(format!("watch {}", kind.resource()));
-    spawn(tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        let mut failing = false;
-        loop {
-            let item = tokio::select! {
-                item = stream.next() => item,
-                () = pulse.tick() => continue,
-            };
-            // kube's watcher retries forever; it ends only if dropped.
-            let Some(item) = item else {
-                return pulse.retire();
-            };
-            match item {
-                Ok(ev) => {
-                    if failing {
-                        tracing::info!(resource = kind.resource(), "watch recovered");
-                        failing = false;
-                    }
-                    let synced = matches!(ev, Event::InitDone);
-                    let counts = !matches!(ev, Event::Init);
-                    tx.send_modify(|g| {
-                        if counts {
-                            g.counts[kind.index()] += 1;
-                        }
-                        if synced {
-                            g.synced[kind.index()] = true;
-                        }
-                    });
-                }
-                Err(e) if kind.optional() && not_served(&e) => {
-                    let first = tx.borrow().synced[kind.index()];
-                    if !first {
-                        tracing::info!(
-                            resource = kind.resource(),
-                            "API not served by this cluster (CRDs not installed): nothing to enforce; watching for it"
-                        );
-                        tx.send_modify(|g| g.synced[kind.index()] = true);
-                    }
-                }
-                Err(e) => {
-                    metrics
-                        .api_errors
-                        .get_or_create(&ApiLabels {
-                            resource: kind.resource().into(),
-                            verb: "watch".into(),
-                        })
-                        .inc();
-                    if !failing {
-                        tracing::warn!(resource = kind.resource(), error = %e, "watch failed; retrying with backoff (objects stay as last seen)");
-                        failing = true;
-                    } else {
-                        tracing::debug!(resource = kind.resource(), error = %e, "watch still failing");
-                    }
-                }
-            }
-        }
-    }));
+    watchers.push(Watcher {
+        name: format!("watch {}", kind.resource()),
+        run: Box::new(move |pulse| Box::pin(watch_loop(stream, kind, tx, metrics, pulse))),
+    });
     reader
 }
 
-/// The API client could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// `--api-server` is not a URL.
-    #[error("--api-server {url:?} is not a URL: {reason}")]
-    BadUrl {
-        /// What was given.
-        url: String,
-        /// Why it does not parse.
-        reason: String,
-    },
-    /// kube could not configure a client.
-    #[error("cannot configure the Kubernetes client: {0}")]
-    Kube(#[from] kube::Error),
-    /// The kubeconfig could not be used.
-    #[error("kubeconfig {path}: {source}")]
-    Kubeconfig {
-        /// The file.
-        path: String,
-        /// Why.
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
-}
-
-/// Where the agent (or margayctl) finds the API server and its credentials.
-#[derive(Debug, Clone, Default)]
-pub struct ApiAccess {
-    /// A kubeconfig file: the server and the credentials (the identity).
-    pub kubeconfig: Option<std::path::PathBuf>,
-    /// The server URL; with a kubeconfig it overrides the kubeconfig's
-    /// server (as kubectl's `--server`), without one it is used with no
-    /// credentials.
-    pub api_server: Option<String>,
-}
-
-/// Builds a client from `access`; with neither a kubeconfig nor a URL, from
-/// the in-cluster config (the DaemonSet's ServiceAccount) or `$KUBECONFIG`.
-pub async fn client(access: &ApiAccess) -> Result<Client, ClientError> {
-    let url = |u: &str| {
-        u.parse::<http::Uri>().map_err(|e| ClientError::BadUrl {
-            url: u.to_string(),
-            reason: e.to_string(),
-        })
-    };
-    match (&access.kubeconfig, &access.api_server) {
-        (Some(path), server) => {
-            let kc_err = |source| ClientError::Kubeconfig {
-                path: path.display().to_string(),
-                source,
-            };
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(kc_err)?;
-            let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .map_err(kc_err)?;
-            if let Some(u) = server {
-                cfg.cluster_url = url(u)?;
+/// One kind's loop: counts generations, reports errors once per streak.
+async fn watch_loop<S, K>(
+    stream: S,
+    kind: Kind,
+    tx: Arc<watch::Sender<Generations>>,
+    metrics: Arc<Metrics>,
+    // A watch may deliver nothing for hours; the pulse keeps the loop turning.
+    mut pulse: Pulse,
+) where
+    S: futures::Stream<Item = Result<Event<K>, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    let mut failing = false;
+    loop {
+        let item = tokio::select! {
+            item = stream.next() => item,
+            () = pulse.tick() => continue,
+        };
+        // kube's watcher retries forever; it ends only if dropped.
+        let Some(item) = item else {
+            return pulse.retire();
+        };
+        match item {
+            Ok(ev) => {
+                if failing {
+                    tracing::info!(resource = kind.resource(), "watch recovered");
+                    failing = false;
+                }
+                let synced = matches!(ev, Event::InitDone);
+                let counts = !matches!(ev, Event::Init);
+                tx.send_modify(|g| {
+                    if counts {
+                        g.counts[kind.index()] += 1;
+                    }
+                    if synced {
+                        g.synced[kind.index()] = true;
+                    }
+                });
             }
-            Ok(Client::try_from(cfg)?)
+            Err(e) if kind.optional() && not_served(&e) => {
+                let first = tx.borrow().synced[kind.index()];
+                if !first {
+                    tracing::info!(
+                        resource = kind.resource(),
+                        "API not served by this cluster (CRDs not installed): nothing to enforce; watching for it"
+                    );
+                    tx.send_modify(|g| g.synced[kind.index()] = true);
+                }
+            }
+            Err(e) => {
+                metrics
+                    .api_errors
+                    .get_or_create(&ApiLabels {
+                        resource: kind.resource().into(),
+                        verb: "watch".into(),
+                    })
+                    .inc();
+                if !failing {
+                    tracing::warn!(resource = kind.resource(), error = %e, "watch failed; retrying with backoff (objects stay as last seen)");
+                    failing = true;
+                } else {
+                    tracing::debug!(resource = kind.resource(), error = %e, "watch still failing");
+                }
+            }
         }
-        (None, Some(u)) => Ok(Client::try_from(kube::Config::new(url(u)?))?),
-        (None, None) => Ok(Client::try_default().await?),
     }
 }
 

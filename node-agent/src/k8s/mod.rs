@@ -3,6 +3,7 @@
 //! ([`ipam`]), this node's identity and annotations ([`node`]), and label
 //! selectors ([`selector`]).
 
+pub mod client;
 pub mod cluster;
 pub mod crd;
 pub mod ipam;

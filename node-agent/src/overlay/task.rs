@@ -23,7 +23,7 @@ use crate::k8s::cluster::{Cluster, Kind};
 use crate::k8s::crd::{AllowedUse, IPPool};
 use crate::k8s::ipam::view::{IpamView, tunnel_handle};
 use crate::k8s::node::NodeIdentity;
-use crate::status::health::Health;
+use crate::status::health::{Health, Pulse};
 
 /// MTU assumed when the underlay interface cannot be read.
 const FALLBACK_MTU: u32 = 1500;
@@ -31,6 +31,7 @@ const FALLBACK_MTU: u32 = 1500;
 const RETRY: Duration = Duration::from_secs(1);
 
 /// What the task works with.
+#[derive(Clone)]
 pub struct OverlayDeps {
     /// The cluster view (Nodes, IPPools).
     pub cluster: Cluster,
@@ -43,7 +44,7 @@ pub struct OverlayDeps {
     /// Device settings.
     pub settings: Settings,
     /// Where the pods' MTU is published (read by Allocate).
-    pub mtu: watch::Sender<u32>,
+    pub mtu: Arc<watch::Sender<u32>>,
     /// Liveness and `/status`.
     pub health: Arc<Health>,
     /// How often the kernel is re-read.
@@ -268,8 +269,7 @@ impl Task {
 
 /// Runs the overlay task (on a runtime in the node's namespace) until the
 /// cluster view goes away.
-pub async fn run(d: OverlayDeps) {
-    let mut pulse = d.health.pulse("overlay");
+pub async fn run(d: OverlayDeps, mut pulse: Pulse) {
     let kernel = match OverlayKernel::connect() {
         Ok(k) => k,
         Err(e) => {

@@ -16,7 +16,7 @@ use crate::dataplane::fib::Fib;
 use crate::k8s::cluster::{Cluster, Kind};
 use crate::k8s::ipam::view::IpamView;
 use crate::k8s::node::{NodeIdentity, publish_addresses};
-use crate::status::health::Health;
+use crate::status::health::{Health, Pulse};
 use crate::status::metrics::Metrics;
 
 /// How often the sessions are reported (and the speaker shows it is alive).
@@ -46,7 +46,7 @@ pub struct RoutingDeps {
 }
 
 /// Runs the routing task until the cluster view goes away.
-pub async fn run(mut deps: RoutingDeps) {
+pub async fn run(mut deps: RoutingDeps, mut pulse: Pulse) {
     let client = deps.cluster.client();
     if let Err(e) = publish_addresses(client.clone(), &deps.me).await {
         tracing::warn!(node = %deps.me.name, error = %e, "cannot annotate our Node with its addresses; other nodes use its InternalIP");
@@ -67,7 +67,6 @@ pub async fn run(mut deps: RoutingDeps) {
     let mut last_problems: Vec<String> = Vec::new();
     let mut last_log_level: Option<&'static str> = None;
     let mut status_tick = tokio::time::interval(STATUS_PERIOD);
-    let mut pulse = deps.health.pulse("routing");
     let mut passwords = PasswordCache::new(deps.secrets_namespace.clone());
     let mut dirty = true;
     let mut retry = RETRY_MIN;

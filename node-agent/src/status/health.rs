@@ -1,5 +1,5 @@
-//! Liveness, readiness and the HTTP endpoint that serves them with the
-//! metrics: `/livez`, `/readyz`, `/metrics`.
+//! Liveness and readiness (served by [`super::http`] as `/livez` and
+//! `/readyz`), and the sections of `/status`.
 //!
 //! Ready means: the datastore is synced, the dataplane is programmed, and BGP
 //! is up — during the start-up grace time every configured peer must be
@@ -14,25 +14,17 @@
 //! [`MISSED_PERIODS`] periods (it is stuck in an await that never ends) or
 //! its task is gone (the pulse was dropped: the task returned or panicked).
 //! It does not mean "something happened recently": an agent on a quiet node
-//! with no BGP updates for hours is alive.
+//! with no BGP updates for hours is alive. The agent's task supervisor
+//! reports each task's state here too ([`Health::set_task`]): a task being
+//! restarted after it ended passes, one that took the agent down fails.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 // The tokio clock (the std one outside a paused test runtime), so that
 // liveness can be tested with a paused clock.
 use tokio::time::Instant;
-
-use crate::status::metrics::Metrics;
 
 #[derive(Debug, Default)]
 struct State {
@@ -44,6 +36,32 @@ struct State {
     loops: BTreeMap<String, LoopState>,
     /// Registrations so far (tells a replaced pulse from the current one).
     registrations: u64,
+    /// Supervised tasks by name, as the supervisor reports them.
+    tasks: BTreeMap<String, TaskState>,
+}
+
+/// A supervised task's state, as the agent's supervisor reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskState {
+    /// Running (after this many restarts).
+    Running {
+        /// Restarts so far.
+        restarts: u32,
+    },
+    /// It ended and is started again at `at`.
+    Restarting {
+        /// Restarts so far, this one included.
+        restarts: u32,
+        /// When it starts again.
+        at: Instant,
+        /// How it ended.
+        why: String,
+    },
+    /// It ended for good: the agent is going down.
+    Failed {
+        /// How it ended.
+        why: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -186,6 +204,20 @@ impl Health {
         });
     }
 
+    /// Records the state of supervised task `name`. A task being restarted
+    /// is no longer judged by the pulse of its ended run (its next run
+    /// registers a new one).
+    pub fn set_task(&self, name: &str, state: TaskState) {
+        self.with(|s| {
+            if matches!(state, TaskState::Restarting { .. })
+                && s.loops.get(name).is_some_and(|l| l.ended)
+            {
+                s.loops.remove(name);
+            }
+            s.tasks.insert(name.to_string(), state);
+        });
+    }
+
     /// Sets one section of `/status`.
     pub fn set_status(&self, section: &str, value: serde_json::Value) {
         let mut g = self.status.lock().unwrap_or_else(|p| p.into_inner());
@@ -242,7 +274,7 @@ impl Health {
     pub fn liveness_at(&self, now: Instant) -> Verdict {
         self.with(|s| {
             let mut ok = true;
-            let checks = s
+            let mut checks: Vec<String> = s
                 .loops
                 .iter()
                 .map(|(name, l)| {
@@ -266,6 +298,22 @@ impl Health {
                     }
                 })
                 .collect();
+            for (name, t) in &s.tasks {
+                checks.push(match t {
+                    TaskState::Running { restarts: 0 } => format!("ok: task {name} running"),
+                    TaskState::Running { restarts } => {
+                        format!("ok: task {name} running (restarted {restarts} times)")
+                    }
+                    TaskState::Restarting { restarts, at, why } => format!(
+                        "ok: task {name} {why}; restart {restarts} in {:.1}s",
+                        at.saturating_duration_since(now).as_secs_f64()
+                    ),
+                    TaskState::Failed { why } => {
+                        ok = false;
+                        format!("fail: task {name} {why}: the agent stops")
+                    }
+                });
+            }
             Verdict { ok, checks }
         })
     }
@@ -305,123 +353,6 @@ impl Drop for Pulse {
     fn drop(&mut self) {
         self.health.end(&self.name, self.id, self.retired);
     }
-}
-
-fn text(code: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = code;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-fn verdict_response(v: Verdict) -> Response<Full<Bytes>> {
-    let mut body = v.checks.join("\n");
-    body.push('\n');
-    body.push_str(if v.ok { "ok\n" } else { "not ok\n" });
-    text(
-        if v.ok {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        body,
-    )
-}
-
-/// What a listener serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exposure {
-    /// `/livez`, `/readyz`, `/status` and `/metrics` (the loopback listener).
-    All,
-    /// `/metrics` only (the listener Prometheus scrapes from elsewhere).
-    MetricsOnly,
-}
-
-async fn route(
-    req: Request<Incoming>,
-    health: Arc<Health>,
-    metrics: Arc<Metrics>,
-    exposure: Exposure,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    if exposure == Exposure::MetricsOnly && req.uri().path() != "/metrics" {
-        return Ok(text(
-            StatusCode::NOT_FOUND,
-            "this listener serves /metrics only\n".into(),
-        ));
-    }
-    Ok(match req.uri().path() {
-        "/livez" => verdict_response(health.liveness_at(Instant::now())),
-        "/readyz" => verdict_response(health.readiness_at(Instant::now())),
-        "/status" => {
-            let mut r = text(
-                StatusCode::OK,
-                health.status_json(Instant::now()).to_string(),
-            );
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
-            r
-        }
-        "/metrics" => {
-            let mut r = text(StatusCode::OK, metrics.encode());
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            r
-        }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "try /livez, /readyz or /metrics\n".into(),
-        ),
-    })
-}
-
-/// Serves what `exposure` says on `listener` until the task is dropped.
-pub async fn serve(
-    listener: TcpListener,
-    health: Arc<Health>,
-    metrics: Arc<Metrics>,
-    exposure: Exposure,
-) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "health endpoint accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let (h, m) = (health.clone(), metrics.clone());
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| route(req, h.clone(), m.clone(), exposure));
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "health connection ended");
-            }
-        });
-    }
-}
-
-/// Binds `addr` and serves there (see [`serve`]); returns the bound address.
-pub async fn bind_and_serve(
-    addr: SocketAddr,
-    health: Arc<Health>,
-    metrics: Arc<Metrics>,
-    exposure: Exposure,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let l = TcpListener::bind(addr).await?;
-    let bound = l.local_addr()?;
-    Ok((bound, tokio::spawn(serve(l, health, metrics, exposure))))
 }
 
 #[cfg(test)]
@@ -518,69 +449,5 @@ mod tests {
         new.retire();
         again.retire();
         assert!(h.liveness_at(Instant::now()).checks.is_empty());
-    }
-
-    #[tokio::test]
-    async fn http_endpoint_answers_with_status_codes() {
-        let health = Arc::new(Health::new(Duration::ZERO));
-        let metrics = Arc::new(Metrics::new());
-        let (addr, task) = bind_and_serve(
-            "127.0.0.1:0".parse().expect("addr"),
-            health.clone(),
-            metrics.clone(),
-            Exposure::All,
-        )
-        .await
-        .expect("bind");
-        let (metrics_addr, metrics_task) = bind_and_serve(
-            "127.0.0.1:0".parse().expect("addr"),
-            health.clone(),
-            metrics,
-            Exposure::MetricsOnly,
-        )
-        .await
-        .expect("bind");
-        let get_from = |addr: SocketAddr, path: &'static str| async move {
-            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            s.write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-            )
-            .await
-            .expect("write");
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.expect("read");
-            out
-        };
-        let get = |path: &'static str| get_from(addr, path);
-        assert!(get("/readyz").await.starts_with("HTTP/1.1 503"));
-        health.set_datastore_synced(true);
-        health.set_dataplane_programmed(true);
-        assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
-        assert!(get("/livez").await.starts_with("HTTP/1.1 200"));
-        let m = get("/metrics").await;
-        assert!(m.contains("margay_policy_sync_failures_total"), "{m}");
-        health.set_status("node", serde_json::json!({"name": "n1"}));
-        let st = get("/status").await;
-        assert!(
-            st.contains(r#""node":{"name":"n1"}"#) && st.contains(r#""ready":true"#),
-            "{st}"
-        );
-        assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
-        // The metrics-only listener: metrics, nothing else.
-        let m = get_from(metrics_addr, "/metrics").await;
-        assert!(m.contains("margay_policy_sync_failures_total"), "{m}");
-        assert!(
-            get_from(metrics_addr, "/status")
-                .await
-                .starts_with("HTTP/1.1 404")
-        );
-        assert!(
-            get_from(metrics_addr, "/livez")
-                .await
-                .starts_with("HTTP/1.1 404")
-        );
-        task.abort();
-        metrics_task.abort();
     }
 }

@@ -5,5 +5,6 @@
 
 pub mod bgp_routes;
 pub mod health;
+pub mod http;
 pub mod metrics;
 pub mod model;

@@ -50,6 +50,7 @@ fn live_pods(cluster: &Cluster) -> Vec<ipam::gc::LivePod> {
 }
 
 /// What [`maintain`] works with.
+#[derive(Clone)]
 pub struct Maintenance {
     /// The cluster view (pods, nodes).
     pub cluster: Cluster,

@@ -3,5 +3,6 @@
 //! reads.
 
 pub mod gc;
+pub mod pools;
 pub mod store;
 pub mod view;

@@ -214,7 +214,7 @@ fn nth(net: IpNetwork, ordinal: u32) -> Option<IpAddr> {
 pub async fn run(
     store: Arc<dyn Store>,
     me: String,
-    tx: watch::Sender<Arc<IpamView>>,
+    tx: Arc<watch::Sender<Arc<IpamView>>>,
     mut pulse: crate::status::health::Pulse,
 ) {
     let mut blocks: BTreeMap<String, BlockObject> = BTreeMap::new();

@@ -9,7 +9,7 @@ use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
-use crate::config::InstallCniArgs;
+use crate::agent::config::InstallCniArgs;
 
 /// What install-cni can fail on.
 #[derive(Debug, thiserror::Error)]

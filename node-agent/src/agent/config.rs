@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use crate::k8s::node::autodetect::Method;
+use crate::logging::LogFormat;
 
 /// The Margay node agent.
 #[derive(Debug, Parser)]
@@ -31,15 +32,6 @@ pub enum Command {
     Run,
     /// Install the CNI binary and configuration on the host (init container).
     InstallCni(InstallCniArgs),
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Settings of the running agent; every flag has an environment variable.
@@ -284,8 +276,8 @@ impl AgentArgs {
     }
 
     /// How to reach the API server.
-    pub fn api_access(&self) -> crate::k8s::cluster::ApiAccess {
-        crate::k8s::cluster::ApiAccess {
+    pub fn api_access(&self) -> crate::k8s::client::ApiAccess {
+        crate::k8s::client::ApiAccess {
             kubeconfig: self.kubeconfig.clone(),
             api_server: self.api_server.clone(),
         }

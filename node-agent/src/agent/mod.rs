@@ -1,0 +1,353 @@
+//! The running agent: wires the folders together and supervises their
+//! tasks ([`supervisor`]); the command line is [`config`], the init
+//! container's step [`install_cni`].
+//!
+//! ```text
+//!  start: health endpoint ─► API client ─► watchers (k8s::cluster) ─► first lists
+//!         ─► node identity ─► IPAM (allocator, view, pools, GC)
+//!         ─► endpoints controller + releaser ─► routing ─► overlay
+//!         ─► CNI socket (cni_api) + journal replay
+//!  run:   serve the CNI socket until SIGTERM / SIGINT, or until a task
+//!         takes the agent down (the supervisor's verdict)
+//!  stop:  stop accepting, drain, let queued IPAM writes finish; routes and
+//!         nftables stay in the kernel for the next start
+//! ```
+//!
+//! Every task runs under the [`supervisor::Supervisor`]: the ones that own
+//! what they cannot give back (a channel's receiving end, a bound socket, a
+//! reflector's store) are critical, the others restart with backoff.
+
+pub mod config;
+pub mod install_cni;
+pub mod supervisor;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::endpoints::{self, ControllerHandle};
+use crate::k8s::client::{self, ClientError};
+use crate::k8s::cluster::Cluster;
+use crate::k8s::ipam::store::KubeStore;
+use crate::k8s::ipam::view::{self, IpamView};
+use crate::k8s::ipam::{gc, pools};
+use crate::k8s::node::autodetect::Chosen;
+use crate::k8s::node::{self, NodeIdentity};
+use crate::status::health::Health;
+use crate::status::http::{self, Exposure};
+use crate::status::metrics::Metrics;
+use config::AgentArgs;
+use supervisor::{Supervisor, TaskEnded};
+
+/// How long in-flight CNI requests may take to finish at shutdown.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// This node's name or address could not be chosen.
+    #[error(transparent)]
+    Identity(#[from] node::IdentityError),
+    /// The API client could not be built.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// IPAM could not start (the API server is unreachable, ...).
+    #[error("IPAM: {0}")]
+    Ipam(#[from] ipam::IpamError),
+    /// The CNI socket could not be served.
+    #[error("CNI socket: {0}")]
+    Socket(#[from] ipam::grpc::ServeError),
+    /// A supervised task ended and took the agent down.
+    #[error(transparent)]
+    Task(#[from] TaskEnded),
+    /// An I/O error with context.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn identity_json(me: &NodeIdentity) -> serde_json::Value {
+    let addr = |c: &Option<Chosen>| {
+        c.as_ref().map(|c| {
+            serde_json::json!({
+                "address": c.addr.to_string(),
+                "interface": c.ifname,
+                "reason": c.reason,
+            })
+        })
+    };
+    serde_json::json!({
+        "name": me.name,
+        "name_source": me.name_source,
+        "ipv4": addr(&me.ipv4),
+        "ipv6": addr(&me.ipv6),
+    })
+}
+
+/// Binds the health endpoint (and the metrics-only one) and serves them
+/// as critical tasks.
+async fn serve_health(
+    sup: &mut Supervisor,
+    args: &AgentArgs,
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+) -> Result<(), AgentError> {
+    let listeners = [
+        (Some(args.health_listen), Exposure::All, "health endpoint"),
+        (
+            args.metrics_listen.0,
+            Exposure::MetricsOnly,
+            "metrics endpoint",
+        ),
+    ];
+    for (addr, exposure, name) in listeners {
+        let Some(addr) = addr else { continue };
+        let io = |source| AgentError::Io {
+            what: format!("binding the {name} {addr}"),
+            source,
+        };
+        let listener = TcpListener::bind(addr).await.map_err(io)?;
+        let bound = listener.local_addr().map_err(io)?;
+        match exposure {
+            Exposure::All => tracing::info!(%bound, "serving /livez /readyz /status /metrics"),
+            Exposure::MetricsOnly => tracing::info!(%bound, "serving /metrics"),
+        }
+        let (h, m) = (health.clone(), metrics.clone());
+        sup.critical(name, move |pulse| {
+            // An accept loop: the supervisor watches the task, no pulse.
+            pulse.retire();
+            http::serve(listener, h, m, exposure)
+        });
+    }
+    Ok(())
+}
+
+/// Runs the agent until SIGTERM / SIGINT, or until a supervised task takes
+/// it down.
+pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new(args.startup_grace).with_loop_period(args.loop_period));
+    let mut sup = Supervisor::new(health.clone());
+    serve_health(&mut sup, &args, &health, &metrics).await?;
+
+    let client = client::client(&args.api_access()).await?;
+    let (cluster, watchers) = Cluster::start(client, metrics.clone());
+    for w in watchers {
+        sup.critical(w.name, w.run);
+    }
+    tracing::info!("waiting for the first list of every watched resource");
+    sup.during(cluster.wait_synced()).await?;
+    health.set_datastore_synced(true);
+    let me = node::identify(
+        args.node_name.as_deref(),
+        &args.ip_autodetection,
+        &args.ip6_autodetection,
+        &cluster,
+    )?;
+    health.set_status("node", identity_json(&me));
+    let labels = cluster
+        .nodes
+        .get(&kube::runtime::reflector::ObjectRef::new(&me.name))
+        .and_then(|n| n.metadata.labels.clone())
+        .unwrap_or_default();
+
+    // IPAM on the CRDs; the allocator follows the block watch, and so does
+    // the view the dataplane (and BGP) consume.
+    let store: Arc<dyn ipam::Store> = Arc::new(KubeStore::new(cluster.client(), metrics.clone()));
+    let alloc = sup
+        .during(ipam::Allocator::start(
+            store.clone(),
+            ipam::NodeInfo {
+                name: me.name.clone(),
+                labels: labels.into_iter().collect(),
+            },
+            ipam::IpamConfig::default(),
+            ipam::AllocatorOptions::default(),
+            Arc::new(ipam::SystemClock),
+        ))
+        .await??;
+    let follow = alloc.follow_block_watch(store.clone());
+    sup.critical("ipam block watch", move |pulse| async move {
+        pulse.retire();
+        if let Err(e) = follow.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    });
+    {
+        let (cluster, alloc, me) = (cluster.clone(), alloc.clone(), me.name.clone());
+        sup.restarting("ipam pools", move |pulse| {
+            pools::feed_allocator(cluster.clone(), alloc.clone(), me.clone(), pulse)
+        });
+    }
+    let (view_tx, view_rx) = watch::channel(Arc::new(IpamView::default()));
+    {
+        let (store, me, tx) = (store.clone(), me.name.clone(), Arc::new(view_tx));
+        sup.restarting("ipam view", move |pulse| {
+            view::run(store.clone(), me.clone(), tx.clone(), pulse)
+        });
+    }
+
+    // This node's pods: their routes and policy, and the releases of
+    // superseded sandboxes' addresses.
+    let routes =
+        crate::dataplane::local_routes::LocalRoutes::connect().map_err(|e| AgentError::Io {
+            what: "opening netlink".into(),
+            source: e,
+        })?;
+    let node_addrs: Vec<std::net::IpAddr> = [&me.ipv4, &me.ipv6]
+        .into_iter()
+        .flatten()
+        .map(|c| c.addr.ip())
+        .collect();
+    let (releases, released) = tokio::sync::mpsc::unbounded_channel();
+    {
+        let alloc = alloc.clone();
+        sup.critical("superseded releases", move |pulse| {
+            endpoints::releaser::run(alloc, released, pulse)
+        });
+    }
+    // The pods' MTU, as the overlay task (below) works it out: every
+    // Allocate answer carries it to the CNI plugin, and a repaired veth
+    // gets it.
+    let (mtu_tx, mtu_rx) = watch::channel(0u32);
+    let (ctl, ctl_rx) = ControllerHandle::channel(endpoints::QUEUE);
+    let deps = endpoints::ControllerDeps {
+        pod_mtu: mtu_rx.clone(),
+        records: endpoints::attachments::Records::new(args.state_dir.join("endpoints")),
+        releases,
+        reconcile_interval: args.reconcile_interval,
+        routes,
+        policy: endpoints::policy::PolicySync::new(&me.name, node_addrs),
+        cluster: cluster.clone(),
+        view: view_rx.clone(),
+        health: health.clone(),
+        metrics: metrics.clone(),
+    };
+    sup.critical("dataplane controller", move |pulse| {
+        endpoints::run(deps, ctl_rx, pulse)
+    });
+
+    // BGP: mesh / BGPPeers, originate our blocks, best paths into the FIB.
+    let routing = crate::routing::task::RoutingDeps {
+        cluster: cluster.clone(),
+        view: view_rx.clone(),
+        me: me.clone(),
+        secrets_namespace: args.namespace.clone(),
+        health: health.clone(),
+        metrics: metrics.clone(),
+        reconcile_after: args.startup_grace,
+    };
+    sup.restarting("routing", move |pulse| {
+        crate::routing::task::run(routing.clone(), pulse)
+    });
+    // The VXLAN overlay (pools with vxlanMode), and the pods' MTU.
+    let overlay = crate::overlay::task::OverlayDeps {
+        cluster: cluster.clone(),
+        view: view_rx.clone(),
+        alloc: alloc.clone(),
+        me: me.clone(),
+        settings: args.overlay_settings(),
+        mtu: Arc::new(mtu_tx),
+        health: health.clone(),
+        reconcile_interval: args.reconcile_interval,
+    };
+    sup.restarting("overlay", move |pulse| {
+        crate::overlay::task::run(overlay.clone(), pulse)
+    });
+
+    // The CNI socket.
+    let listener = ipam::grpc::UdsListener::bind(&args.socket).await?;
+    let confirmations = crate::cni_api::confirm::Confirmations::default();
+    let grpc_routes = tonic::service::Routes::new(crate::cni_api::ipam::AgentIpam::server(
+        alloc.clone(),
+        cluster.clone(),
+        metrics.clone(),
+        Some(ctl.clone()),
+        confirmations.clone(),
+        mtu_rx,
+    ))
+    .add_service(crate::cni_api::endpoints::EndpointsService::server(
+        ctl.clone(),
+        metrics.clone(),
+        confirmations,
+    ));
+    let maintenance = gc::Maintenance {
+        cluster: cluster.clone(),
+        store: store.clone(),
+        alloc: alloc.clone(),
+        view: view_rx,
+        me: me.name.clone(),
+        metrics: metrics.clone(),
+        opts: gc::MaintainOptions {
+            interval: args.ipam_gc_interval,
+            gc_grace: args.ipam_gc_grace,
+        },
+    };
+    sup.restarting("ipam maintenance", move |pulse| {
+        gc::maintain(maintenance.clone(), pulse)
+    });
+    // DELs that ran while this agent was away.
+    let replay = crate::cni_api::journal_replay::Replay {
+        dir: args
+            .cni_journal_dir
+            .clone()
+            .unwrap_or_else(|| args.state_dir.join("cni-journal")),
+        controller: ctl,
+        alloc: alloc.clone(),
+        period: args.reconcile_interval,
+    };
+    sup.restarting("cni journal replay", move |pulse| replay.clone().run(pulse));
+    tracing::info!(node = %me.name, source = me.name_source, socket = %args.socket.display(), tasks = sup.len(), "agent started");
+
+    // On SIGTERM stop accepting, give requests in flight a moment, then go
+    // even if a client keeps its connection open.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = listener.serve(grpc_routes, async {
+        let _ = stop_rx.await;
+    });
+    let mut serve = std::pin::pin!(serve);
+    tokio::select! {
+        res = &mut serve => res?,
+        ended = sup.wait() => {
+            let _ = stop_tx.send(());
+            return Err(ended.into());
+        }
+        () = shutdown_signal() => {
+            let _ = stop_tx.send(());
+            match tokio::time::timeout(SHUTDOWN_DRAIN, &mut serve).await {
+                Ok(res) => res?,
+                Err(_) => tracing::warn!("CNI connections still open after {SHUTDOWN_DRAIN:?}; closing them"),
+            }
+        }
+    }
+    // Queued IPAM work finishes; routes and nftables state stay in the
+    // kernel for the next start (the datapath keeps forwarding meanwhile).
+    let _ = tokio::time::timeout(Duration::from_secs(5), alloc.wait_idle()).await;
+    tracing::info!("stopped: routes and nftables state stay in place for the next start");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the process can still be killed; wait forever.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
