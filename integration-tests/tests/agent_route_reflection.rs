@@ -9,13 +9,27 @@
 //! each other over both families. When the reflector's agent is killed and
 //! restarted, graceful restart keeps the clients forwarding: ping streams
 //! between two clients (IPv4 and IPv6) lose nothing.
+//!
+//! Two more clients are real daemons, configured as `BGPPeer`s of n1 with
+//! `routeReflectorClient: true` (IPv4): BIRD 2 on the ToR and FRR 8.4 in a
+//! namespace of its own. Each receives the node clients' blocks with the
+//! next hop kept and the reflector's ORIGINATOR_ID / CLUSTER_LIST, and its
+//! own route reaches every node client through the reflector.
+//!
+//! ```text
+//!        BIRD (ToR 198.18.0.1)     FRR (n7 198.18.0.17)      all AS 64512
+//!                    └──────┬────────────┘
+//!              n1  route reflector, cluster 198.18.0.100
+//!        ┌──────┬───────┼───────┬──────┐
+//!        n2     n3      n4      n5     n6      (clients, one pod each)
+//! ```
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use integration_tests::lab::{self, Lab, Netns};
+use integration_tests::lab::{self, Bird, Frr, Lab, Netns};
 use integration_tests::{cni, k8s};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
@@ -43,7 +57,7 @@ fn sessions(ns: &Netns) -> Vec<(String, String, String)> {
             let w: Vec<&str> = l.split_whitespace().collect();
             let kind = w
                 .iter()
-                .find(|x| ["rr-client", "selector", "node-mesh"].contains(x))
+                .find(|x| ["rr-client", "selector", "node-mesh", "node-specific"].contains(x))
                 .unwrap_or(&"?");
             let state = if l.contains("Established") {
                 "Established"
@@ -192,18 +206,45 @@ fn est(name: &str, kind: &str) -> (String, String, String) {
 }
 
 const CLIENTS: [&str; 5] = ["n2", "n3", "n4", "n5", "n6"];
+/// The daemons' own routes (blackholed where they originate).
+const BIRD_ROUTE: &str = "198.19.211.0/24";
+const FRR_ROUTE: &str = "198.19.210.0/24";
+
+fn bird_conf() -> String {
+    format!(
+        "log stderr all;\nrouter id 198.18.0.1;\nprotocol device {{ scan time 10; }}\n\
+         protocol static {{ ipv4; route {BIRD_ROUTE} blackhole; }}\n\
+         protocol bgp reflector {{\n  local 198.18.0.1 as 64512;\n  neighbor 198.18.0.11 as 64512;\n  direct;\n  \
+         hold time 9; keepalive time 3; connect delay time 1; error wait time 1, 2;\n  \
+         graceful restart on;\n  ipv4 {{ import all; export all; }};\n}}\n"
+    )
+}
+
+fn frr_conf() -> String {
+    format!(
+        "frr defaults traditional\nhostname frr\nlog stdout informational\n!\n\
+         router bgp 64512\n bgp router-id 198.18.0.17\n no bgp network import-check\n timers bgp 3 9\n \
+         neighbor 198.18.0.11 remote-as 64512\n neighbor 198.18.0.11 timers connect 1\n !\n \
+         address-family ipv4 unicast\n  network {FRR_ROUTE}\n exit-address-family\n!\n"
+    )
+}
 
 #[test]
 fn a_node_reflects_routes_between_five_clients_without_a_mesh() {
     integration_tests::require_root!();
     let t0 = Instant::now();
-    let lab = Lab::builder().nodes(6).build().expect("lab");
+    let mut lab = Lab::builder().nodes(6).build().expect("lab");
     let _api = k8s::start_apiserver(&lab).expect("apiserver");
     k8s::bootstrap(
         &lab,
         &[("v4", "198.19.0.0/16"), ("v6", "2001:db8:100::/48")],
     )
     .expect("bootstrap");
+    // n7 is FRR's namespace: no Node object, no agent.
+    lab.add_node().expect("FRR's namespace");
+    let bird = Bird::start(lab.tor(), lab.run_dir(), "tor-bird", &bird_conf()).expect("bird");
+    let frr_ns = &lab.node("n7").expect("n7").ns;
+    let frr = Frr::start(frr_ns, lab.run_dir(), "frr", &frr_conf()).expect("frr");
     k8s::with_client(lab.tor(), |c| async move {
         k8s::apply_json::<BGPConfiguration>(
             &c,
@@ -225,6 +266,16 @@ fn a_node_reflects_routes_between_five_clients_without_a_mesh() {
                 "spec": {"peerSelector": {"matchLabels": {"route-reflector": "true"}}}}),
         )
         .await?;
+        for (name, ip) in [("bird", "198.18.0.1"), ("frr", "198.18.0.17")] {
+            k8s::apply_json::<BGPPeer>(
+                &c,
+                json!({"apiVersion": "crd.margay.dev/v1", "kind": "BGPPeer",
+                    "metadata": {"name": name},
+                    "spec": {"node": "n1", "peerIP": ip, "asNumber": 64512,
+                             "routeReflectorClient": true}}),
+            )
+            .await?;
+        }
         Api::<Node>::all(c)
             .patch(
                 "n1",
@@ -239,6 +290,7 @@ fn a_node_reflects_routes_between_five_clients_without_a_mesh() {
     let mut agents: Vec<k8s::Agent> = lab
         .nodes()
         .iter()
+        .take(6)
         .map(|n| k8s::start_agent(&lab, &n.name, &[]).expect("agent"))
         .collect();
     // One dual-stack pod on every client.
@@ -258,6 +310,15 @@ fn a_node_reflects_routes_between_five_clients_without_a_mesh() {
     // originating client (kept by the reflector), in both families.
     let check_routes = |when: &str| {
         for at in CLIENTS {
+            // BIRD's and FRR's routes, reflected, next hop the daemon.
+            for (net, via) in [(BIRD_ROUTE, "198.18.0.1"), (FRR_ROUTE, "198.18.0.17")] {
+                let ip: IpAddr = net.replace("0/24", "1").parse().expect("ip");
+                let via = format!("via {via} ");
+                lab::wait_for(&format!("{when}: {at}'s route to {net} {via}"), T, || {
+                    Ok(bgp_route_to(&node(at).ns, ip).filter(|r| r.contains(&via)))
+                })
+                .unwrap_or_else(|e| panic!("{e}\n{}", margayctl(&node(at).ns, &["bgp", "routes"])));
+            }
             for (owner, p) in pods.iter().filter(|(o, _)| o != at) {
                 let o = node(owner);
                 for (ip, via) in ips(p)
@@ -288,11 +349,18 @@ fn a_node_reflects_routes_between_five_clients_without_a_mesh() {
     );
     // Sessions (the status is refreshed every 250 ms): the reflector has
     // five clients; each client one session, to the reflector.
-    let rr_sessions: Vec<_> = CLIENTS
-        .iter()
-        .map(|c| est(&format!("peer-rrs-{c}"), "rr-client"))
-        .collect();
-    lab::wait_for("n1's five clients", T, || {
+    let rr_sessions: Vec<_> = [
+        est("peer-bird", "node-specific"),
+        est("peer-frr", "node-specific"),
+    ]
+    .into_iter()
+    .chain(
+        CLIENTS
+            .iter()
+            .map(|c| est(&format!("peer-rrs-{c}"), "rr-client")),
+    )
+    .collect();
+    lab::wait_for("n1's seven clients", T, || {
         Ok((sessions(&node("n1").ns) == rr_sessions).then_some(()))
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", margayctl(&node("n1").ns, &["node", "status"])));
@@ -313,6 +381,56 @@ fn a_node_reflects_routes_between_five_clients_without_a_mesh() {
     assert_eq!(
         reflected, 2,
         "n6's IPv4 and IPv6 blocks, originator n6, cluster 198.18.0.100: {routes}"
+    );
+    // The same at BIRD and FRR, clients of the reflector: n6's block, next
+    // hop n6, originator n6, cluster 198.18.0.100; and each other's route,
+    // originated by the other daemon.
+    let n6_pod = pods[4].1.ipv4().expect("v4");
+    let at_bird = lab::wait_for("n6's block at BIRD", T, || {
+        let r = bird.birdc(&format!("show route for {n6_pod} all"))?;
+        Ok(r.contains("BGP.originator_id").then_some(r))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", bird.birdc("show route all").unwrap_or_default()));
+    println!("BIRD:\n{at_bird}");
+    for want in [
+        "via 198.18.0.16 on",
+        "BGP.originator_id: 198.18.0.16",
+        "BGP.cluster_list: 198.18.0.100",
+    ] {
+        assert!(at_bird.contains(want), "{want}: {at_bird}");
+    }
+    let frr_at_bird = bird
+        .birdc(&format!("show route {FRR_ROUTE} all"))
+        .expect("birdc");
+    assert!(
+        frr_at_bird.contains("BGP.originator_id: 198.18.0.17")
+            && frr_at_bird.contains("via 198.18.0.17 on"),
+        "FRR's route at BIRD: {frr_at_bird}"
+    );
+    let at_frr = lab::wait_for("n6's block at FRR", T, || {
+        let r = frr.vtysh(&format!("show bgp ipv4 unicast {n6_pod}"))?;
+        Ok(r.contains("Originator").then_some(r))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}",
+            frr.vtysh("show bgp ipv4 unicast").unwrap_or_default()
+        )
+    });
+    println!("FRR:\n{at_frr}");
+    for want in [
+        "198.18.0.16 from 198.18.0.11",
+        "Originator: 198.18.0.16, Cluster list: 198.18.0.100",
+    ] {
+        assert!(at_frr.contains(want), "{want}: {at_frr}");
+    }
+    let bird_at_frr = frr
+        .vtysh(&format!("show bgp ipv4 unicast {BIRD_ROUTE}"))
+        .expect("vtysh");
+    assert!(
+        bird_at_frr.contains("Originator: 198.18.0.1,")
+            && bird_at_frr.contains("198.18.0.1 from 198.18.0.11"),
+        "BIRD's route at FRR: {bird_at_frr}"
     );
 
     // Pods on every pair of clients reach each other, both families.
@@ -356,7 +474,7 @@ fn a_node_reflects_routes_between_five_clients_without_a_mesh() {
         );
     }
     agents[0] = k8s::start_agent(&lab, "n1", &[]).expect("n1 again");
-    lab::wait_for("n1's clients back", T, || {
+    lab::wait_for("n1's seven clients back", T, || {
         Ok((sessions(&node("n1").ns) == rr_sessions).then_some(()))
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", margayctl(&node("n1").ns, &["node", "status"])));
