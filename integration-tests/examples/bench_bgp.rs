@@ -1,12 +1,15 @@
 //! BGP load benchmark (not a test): a BIRD injector sends N IPv4 prefixes to
-//! a receiver — margay-bgp, then BIRD 2 as the anchor — each alone in a lab
-//! node, and we print, Margay/BIRD ratios first: seconds from Established
-//! to all N in the RIB, to all N in the kernel FIB, peak RSS, CPU seconds.
+//! a receiver — margay-bgp (the speaker alone), margay-node (the agent,
+//! configured by BGPConfiguration/BGPPeer CRDs), then BIRD 2 as the anchor
+//! — each alone in a lab node, and we print, Margay/BIRD ratios first:
+//! seconds from Established to all N in the RIB, to all N in the kernel
+//! FIB, peak RSS, CPU seconds; then the agent's FIB time, RSS and CPU and
+//! its ratios to BIRD (its RIB time is not recorded by the agent).
 //!
 //! ```text
 //! cargo build --release -p node-agent --bin margay-bgp
 //! cargo run --release -p integration-tests --example bench_bgp \
-//!     [-- --sizes 100000,1000000 --runs 1 --packing packed|unpacked --only margay|bird]
+//!     [-- --sizes 100000,1000000 --runs 1 --packing packed|unpacked --only margay|agent|bird]
 //! ```
 //!
 //! Packed: the injector's routes share attributes, so BIRD packs ~800 NLRI
@@ -33,22 +36,39 @@
 //! BIRD receiver 100k packed 0.25-0.29 s instead of 0.77-1.0 s), and with
 //! `keepalive time 1`.
 //!
-//! Timing: Margay reports its own instants (status file: Established,
-//! last UPDATE applied, last FIB write). BIRD's Established comes from its
-//! `timeformat protocol iso long ms` timestamp; its RIB/FIB completion is
-//! polled every 10 ms (`show protocols all`: imported / kernel exported), so
-//! BIRD's figures may be up to ~15 ms late. Peak RSS is VmHWM, CPU is
-//! utime+stime of the receiver process, from its start.
+//! Timing, the same for both receivers, and nothing polls a receiver while
+//! it works:
+//! - t0 is when the injector saw the session Established (its own
+//!   `timeformat protocol iso long ms` timestamp, the same injector for
+//!   both);
+//! - FIB: when the receiver's routes in the kernel reached N, seen by a
+//!   route monitor on rtnetlink multicast in the receiver's namespace
+//!   ([`integration_tests::lab::RouteMonitor`]; it fails the run if it
+//!   loses events);
+//! - RIB: each receiver's own record, read after the run: Margay's last
+//!   UPDATE applied (status file), BIRD's newest route import time
+//!   (`timeformat route iso long ms`, `show route protocol inj`);
+//! - inj: when the injector's export count for the session reached N
+//!   (polling the injector, the same in both runs): a receiver figure close
+//!   to it is injector-bound.
+//!
+//! Peak RSS is VmHWM, CPU is utime+stime of the receiver process, from its
+//! start.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use integration_tests::k8s;
 use integration_tests::lab::{self, Bird, Daemon, Lab};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Receiver {
     Margay,
+    /// margay-node, the agent, configured through CRDs on the API test
+    /// server: the code path a cluster runs (speaker + routing glue + FIB),
+    /// with its watchers' memory and CPU included.
+    Agent,
     Bird,
 }
 
@@ -58,6 +78,8 @@ struct Figures {
     fib: f64,
     rss_mb: f64,
     cpu: f64,
+    /// The injector's own finishing time (all N sent), from t0.
+    inj: f64,
 }
 
 fn now_unix() -> f64 {
@@ -74,7 +96,9 @@ fn prefix(i: usize) -> String {
 
 fn injector_config(n: usize, packed: bool) -> String {
     let mut s = String::with_capacity(n * 48 + 1024);
-    s.push_str("router id 198.18.0.1;\nprotocol device {}\nprotocol static statics { ipv4;\n");
+    s.push_str(
+        "router id 198.18.0.1;\ntimeformat protocol iso long ms;\nprotocol device {}\nprotocol static statics { ipv4;\n",
+    );
     for i in 0..n {
         if packed {
             s.push_str(&format!(" route {} blackhole;\n", prefix(i)));
@@ -99,7 +123,7 @@ fn injector_config(n: usize, packed: bool) -> String {
 }
 
 fn bird_receiver_config() -> String {
-    "router id 198.18.0.11;\ntimeformat protocol iso long ms;\nprotocol device {}\n\
+    "router id 198.18.0.11;\ntimeformat protocol iso long ms;\ntimeformat route iso long ms;\nprotocol device {}\n\
      protocol kernel k4 { ipv4 { import none; export all; }; }\n\
      protocol bgp inj {\n  local 198.18.0.11 as 65001; neighbor 198.18.0.1 as 64512;\n  \
      hold time 240; passive on;\n  ipv4 { import all; export none; };\n}\n"
@@ -196,7 +220,8 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
     };
     std::thread::sleep(Duration::from_millis(if _pcap.is_some() { 500 } else { 0 }));
     let deadline = Duration::from_secs(600);
-    let figs = match rx {
+    // The receiver, started but not yet peered.
+    let (mut proc_, proto, status) = match rx {
         Receiver::Margay => {
             let log_level = std::env::var("BENCH_MARGAY_LOG").unwrap_or_else(|_| "warn".into());
             let cfg = dir.join("margay.yaml");
@@ -211,99 +236,192 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
                 "--log",
                 &log_level,
             ];
-            let mut d = Daemon::spawn(&n1.ns, "margay-bgp", &argv, &dir.join("margay.log"))?;
+            let d = Daemon::spawn(&n1.ns, "margay-bgp", &argv, &dir.join("margay.log"))?;
             lab::wait_for("margay status", Duration::from_secs(10), || {
                 Ok(status.exists().then_some(()))
             })?;
-            inj.birdc("enable recv")?;
+            (Recv::Margay(d), 80u8, Some(status))
+        }
+        Receiver::Agent => {
+            let api = k8s::start_apiserver(&lab)?;
+            k8s::bootstrap(&lab, &[])?;
+            k8s::with_client(lab.tor(), |c| async move {
+                k8s::apply_json::<node_agent::crd::BGPConfiguration>(
+                    &c,
+                    serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "BGPConfiguration",
+                        "metadata": {"name": "default"},
+                        "spec": {"asNumber": 65001, "nodeToNodeMeshEnabled": false}}),
+                )
+                .await?;
+                k8s::apply_json::<node_agent::crd::BGPPeer>(
+                    &c,
+                    serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "BGPPeer",
+                        "metadata": {"name": "inj"},
+                        "spec": {"peerIP": "198.18.0.1", "asNumber": 64512, "holdTime": 240,
+                                 "maxPrefix": 4_000_000}}),
+                )
+                .await?;
+                Ok::<_, kube::Error>(())
+            })??;
+            let agent = k8s::start_agent(&lab, "n1", &["--log-level", "warn"])?;
+            (Recv::Agent(agent, api), 80u8, None)
+        }
+        Receiver::Bird => (
+            Recv::Bird(Bird::start(
+                &n1.ns,
+                &dir,
+                "receiver",
+                &bird_receiver_config(),
+            )?),
+            12u8,
+            None,
+        ),
+    };
+    let monitor = lab::RouteMonitor::start(&n1.ns, proto, n)?;
+    inj.birdc("enable recv")?;
+    // t0 and the injector's finish, from the injector alone.
+    let start = Instant::now();
+    let (mut t0, mut inj_done) = (None, None);
+    while inj_done.is_none() {
+        if start.elapsed() > deadline {
+            bail!("the injector did not send all {n} routes");
+        }
+        let d = match &mut proc_ {
+            Recv::Margay(d) => Some(d),
+            Recv::Agent(a, _) => Some(&mut a.daemon),
+            Recv::Bird(_) => None,
+        };
+        if let Some(d) = d
+            && !d.is_running()
+        {
+            bail!("{rx:?} receiver exited: {}", d.log());
+        }
+        let p = inj.birdc("show protocols all recv")?;
+        if t0.is_none() && p.contains("Established") {
+            let line = p.lines().find(|l| l.starts_with("recv")).unwrap_or("");
+            let f: Vec<&str> = line.split_whitespace().collect();
+            t0 = f.get(4).zip(f.get(5)).and_then(|(d, t)| bird_time(d, t));
+        }
+        if t0.is_some() && routes_of(&p, "exported") >= n {
+            inj_done = Some(now_unix());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t0 = t0.context("injector's Established time")?;
+    let fib_at = monitor.wait(deadline)?;
+    let fib = unix(fib_at) - t0;
+    let (rss, cpu, rib) = match &mut proc_ {
+        Recv::Margay(d) => {
+            let status = status.context("status file")?;
             let read = || -> Option<serde_json::Value> {
                 serde_json::from_str(&std::fs::read_to_string(&status).ok()?).ok()
             };
-            let v = lab::wait_for("margay: all in RIB and FIB", deadline, || {
-                if !d.is_running() {
-                    bail_lab(format!("margay-bgp exited: {}", d.log()))?;
-                }
-                let Some(v) = read() else { return Ok(None) };
-                let p = &v["peers"][0];
-                let done = p["accepted_v4"].as_u64() == Some(n as u64)
-                    && v["fib"]["installed"].as_u64() == Some(n as u64);
-                Ok(done.then_some(v))
-            })?;
+            let v = lab::wait_for(
+                "margay: status shows all N",
+                Duration::from_secs(30),
+                || {
+                    let Some(v) = read() else { return Ok(None) };
+                    let done = v["peers"][0]["accepted_v4"].as_u64() == Some(n as u64);
+                    Ok(done.then_some(v))
+                },
+            )?;
             let (rss, cpu) = usage(d.pid())?;
-            let p = &v["peers"][0];
-            let est = p["established_at"].as_f64().context("established_at")?;
-            let rib = p["last_update"].as_f64().context("last_update")? - est;
-            let fib = v["fib"]["last_change"].as_f64().context("fib")? - est;
             let errors = v["fib"]["errors"].as_u64().unwrap_or(0);
-            let k = kernel_count(&lab, "80")?;
-            if k != n || errors != 0 {
-                bail!("margay: kernel has {k} of {n} routes, {errors} FIB errors");
+            if errors != 0 {
+                bail!("margay: {errors} FIB errors");
             }
-            d.stop(Duration::from_secs(5));
-            if let Ok(keep) = std::env::var("BENCH_KEEP_LOG") {
-                let _ = std::fs::copy(dir.join("margay.log"), keep);
-            }
-            Figures {
-                rib,
-                fib,
-                rss_mb: rss,
-                cpu,
-            }
+            let rib = v["peers"][0]["last_update"]
+                .as_f64()
+                .context("last_update")?
+                - t0;
+            (rss, cpu, rib)
         }
-        Receiver::Bird => {
-            let b = Bird::start(&n1.ns, &dir, "receiver", &bird_receiver_config())?;
-            inj.birdc("enable recv")?;
-            let mut est = None;
-            let mut rib = None;
-            let start = Instant::now();
-            let fib;
-            loop {
-                let p = b.birdc("show protocols all inj")?;
-                // The latest Established time (a session that flapped
-                // counts from its last start).
-                if rib.is_none() && p.contains("Established") {
-                    let line = p.lines().find(|l| l.starts_with("inj")).unwrap_or("");
-                    let f: Vec<&str> = line.split_whitespace().collect();
-                    est = f.get(4).zip(f.get(5)).and_then(|(d, t)| bird_time(d, t));
-                }
-                if let Some(e) = est {
-                    if rib.is_none() && routes_of(&p, "imported") >= n {
-                        rib = Some(now_unix() - e);
-                    }
-                    if rib.is_some() {
-                        let k = b.birdc("show protocols all k4")?;
-                        if routes_of(&k, "exported") >= n {
-                            fib = now_unix() - e;
-                            break;
-                        }
-                    }
-                }
-                if start.elapsed() > deadline {
-                    bail!("BIRD receiver did not finish: {p}");
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
+        Recv::Agent(a, _) => {
+            let (rss, cpu) = usage(a.daemon.pid())?;
+            (rss, cpu, f64::NAN)
+        }
+        Recv::Bird(b) => {
             let (rss, cpu) = usage(b.daemon.pid())?;
-            let k = kernel_count(&lab, "bird")?;
-            if k != n {
-                bail!("BIRD: kernel has {k} of {n} routes");
-            }
-            Figures {
-                rib: rib.unwrap_or(f64::NAN),
-                fib,
-                rss_mb: rss,
-                cpu,
-            }
+            // Read after the run: the newest import time among the routes.
+            let routes = b.birdc("show route protocol inj")?;
+            let newest = routes
+                .lines()
+                .filter_map(|l| {
+                    let i = l.find("[inj ")?;
+                    let f: Vec<&str> = l[i + 5..].split_whitespace().collect();
+                    bird_time(f.first()?, f.get(1)?.trim_end_matches(']'))
+                })
+                .fold(f64::NAN, f64::max);
+            (rss, cpu, newest - t0)
         }
     };
+    let k = kernel_count(&lab, if proto == 80 { "80" } else { "bird" })?;
+    if k != n || monitor.count() != n {
+        bail!(
+            "{rx:?}: kernel has {k} of {n} routes (monitor saw {})",
+            monitor.count()
+        );
+    }
+    if !rib.is_finite() && rx != Receiver::Agent {
+        bail!("{rx:?}: no RIB time");
+    }
+    if let Recv::Margay(d) = &mut proc_ {
+        d.stop(Duration::from_secs(5));
+        if let Ok(keep) = std::env::var("BENCH_KEEP_LOG") {
+            let _ = std::fs::copy(dir.join("margay.log"), keep);
+        }
+    }
+    drop(monitor);
     drop(inj);
-    Ok(figs)
+    Ok(Figures {
+        rib,
+        fib,
+        rss_mb: rss,
+        cpu,
+        inj: inj_done.unwrap_or(f64::NAN) - t0,
+    })
+}
+
+/// A receiver process.
+enum Recv {
+    Margay(Daemon),
+    /// The agent, and the API server it needs (kept running until the
+    /// receiver is dropped).
+    Agent(k8s::Agent, #[allow(dead_code)] Daemon),
+    Bird(Bird),
+}
+
+/// The agent's row: its FIB time, RSS and CPU, and their ratios to BIRD's.
+fn print_agent_row(n: usize, label: &str, a: &Figures, b: &Figures) {
+    if a.fib.is_nan() {
+        return;
+    }
+    println!(
+        "{:>8} {:>9} | {:>6} {:>6.2} {:>6.2} {:>6.2} | agent  {:>6} {:>6.2} {:>7.1} {:>6.2} {:>6.2} |",
+        n,
+        label,
+        "-",
+        a.fib / b.fib,
+        a.rss_mb / b.rss_mb,
+        a.cpu / b.cpu,
+        "-",
+        a.fib,
+        a.rss_mb,
+        a.cpu,
+        a.inj
+    );
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// One table row, Margay/BIRD ratios first (`~`: medians over the runs).
 fn print_row(n: usize, label: &str, m: &Figures, b: &Figures) {
     println!(
-        "{:>8} {:>9} | {:>6.2} {:>6.2} {:>6.2} {:>6.2} | margay {:>6.2} {:>6.2} {:>7.1} {:>6.2} | bird {:>6.2} {:>6.2} {:>7.1} {:>6.2}",
+        "{:>8} {:>9} | {:>6.2} {:>6.2} {:>6.2} {:>6.2} | margay {:>6.2} {:>6.2} {:>7.1} {:>6.2} {:>6.2} | bird {:>6.2} {:>6.2} {:>7.1} {:>6.2} {:>6.2}",
         n,
         label,
         m.rib / b.rib,
@@ -314,15 +432,13 @@ fn print_row(n: usize, label: &str, m: &Figures, b: &Figures) {
         m.fib,
         m.rss_mb,
         m.cpu,
+        m.inj,
         b.rib,
         b.fib,
         b.rss_mb,
-        b.cpu
+        b.cpu,
+        b.inj
     );
-}
-
-fn bail_lab(msg: String) -> lab::Result<()> {
-    Err(lab::LabError::Invalid(msg))
 }
 
 fn main() -> Result<()> {
@@ -356,7 +472,7 @@ fn main() -> Result<()> {
     };
     println!("margay-bgp: {}", bin.display());
     println!(
-        "{:>8} {:>9} | {:>6} {:>6} {:>6} {:>6} | margay {:>6} {:>6} {:>7} {:>6} | bird {:>6} {:>6} {:>7} {:>6}",
+        "{:>8} {:>9} | {:>6} {:>6} {:>6} {:>6} | margay {:>6} {:>6} {:>7} {:>6} {:>6} | bird {:>6} {:>6} {:>7} {:>6} {:>6}",
         "N",
         "packing",
         "r.rib",
@@ -367,10 +483,12 @@ fn main() -> Result<()> {
         "fib s",
         "rss MB",
         "cpu s",
+        "inj s",
         "rib s",
         "fib s",
         "rss MB",
-        "cpu s"
+        "cpu s",
+        "inj s"
     );
     for &n in &sizes {
         for &packed in &packing {
@@ -382,16 +500,22 @@ fn main() -> Result<()> {
                     fib: f64::NAN,
                     rss_mb: f64::NAN,
                     cpu: f64::NAN,
+                    inj: f64::NAN,
                 };
                 let m = match only.as_deref() {
-                    Some("bird") => nan,
+                    Some("bird") | Some("agent") => nan,
                     _ => run_one(&bin, Receiver::Margay, n, packed)?,
                 };
+                let a = match only.as_deref() {
+                    None | Some("agent") => run_one(&bin, Receiver::Agent, n, packed)?,
+                    _ => nan,
+                };
                 let b = match only.as_deref() {
-                    Some("margay") => nan,
+                    Some("margay") | Some("agent") => nan,
                     _ => run_one(&bin, Receiver::Bird, n, packed)?,
                 };
                 print_row(n, label, &m, &b);
+                print_agent_row(n, label, &a, &b);
                 all.push((m, b));
             }
             if runs > 1 {
@@ -408,6 +532,7 @@ fn main() -> Result<()> {
                     fib: med(|f| f.fib, which),
                     rss_mb: med(|f| f.rss_mb, which),
                     cpu: med(|f| f.cpu, which),
+                    inj: med(|f| f.inj, which),
                 };
                 print_row(n, &format!("{label}~"), &pick(0), &pick(1));
                 let least = |which: usize| {
@@ -420,6 +545,7 @@ fn main() -> Result<()> {
                         fib: min(|f| f.fib),
                         rss_mb: min(|f| f.rss_mb),
                         cpu: min(|f| f.cpu),
+                        inj: min(|f| f.inj),
                     }
                 };
                 print_row(n, &format!("{label}<"), &least(0), &least(1));

@@ -6,6 +6,7 @@ pub mod apiserver;
 pub mod cni;
 pub mod cri;
 pub mod k8s;
+pub mod kubectl;
 pub mod kubelet;
 pub mod lab;
 

@@ -3,41 +3,10 @@
 //! as an operator would. The API test server evaluates the CRDs' OpenAPI
 //! schema and CEL rules as the real one does.
 
-use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use integration_tests::apiserver::{ApiServer, Config};
-
-fn kubectl(kubeconfig: &Path, home: &Path, args: &[&str], stdin: &str) -> (bool, String) {
-    let child = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .env("HOME", home)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => return (false, format!("kubectl: {e}")),
-    };
-    if let Some(mut i) = child.stdin.take() {
-        let _ = i.write_all(stdin.as_bytes());
-    }
-    match child.wait_with_output() {
-        Ok(o) => (
-            o.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-        ),
-        Err(e) => (false, format!("kubectl: {e}")),
-    }
-}
+use integration_tests::kubectl::Kubectl;
 
 fn pool(name: &str, spec: &str) -> String {
     format!("apiVersion: crd.margay.dev/v1\nkind: IPPool\nmetadata:\n  name: {name}\nspec:\n{spec}")
@@ -45,12 +14,7 @@ fn pool(name: &str, spec: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_pools_are_refused_with_the_reason_good_ones_pass() {
-    if Command::new("kubectl")
-        .arg("version")
-        .arg("--client")
-        .output()
-        .is_err()
-    {
+    if !Kubectl::installed() {
         integration_tests::lab::skip("kubectl is not installed (scripts/install-deps installs it)");
         return;
     }
@@ -58,28 +22,13 @@ async fn bad_pools_are_refused_with_the_reason_good_ones_pass() {
         .await
         .expect("apiserver");
     let dir = tempfile::tempdir().expect("tempdir");
-    let kc = dir.path().join("kubeconfig");
-    std::fs::write(&kc, server.kubeconfig()).expect("kubeconfig");
-    let home = dir.path().to_path_buf();
-    let run = |args: Vec<&'static str>, stdin: String| {
-        let (kc, home) = (kc.clone(), home.clone());
-        async move {
-            tokio::task::spawn_blocking(move || kubectl(&kc, &home, &args, &stdin))
-                .await
-                .expect("kubectl thread")
-        }
-    };
+    let k = Kubectl::for_server(&server, dir.path()).expect("kubeconfig");
     let crds =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds.yaml"))
             .expect("crds.yaml");
-    let (ok, out) = run(vec!["apply", "-f", "-"], crds).await;
+    let (ok, out) = k.run_async(&["apply", "-f", "-"], Some(&crds)).await;
     assert!(ok, "{out}");
-    for _ in 0..50 {
-        if run(vec!["get", "ippools"], String::new()).await.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    assert!(k.wait_served("ippools").await, "ippools never served");
 
     for (name, spec, why) in [
         (
@@ -119,7 +68,9 @@ async fn bad_pools_are_refused_with_the_reason_good_ones_pass() {
             "Unsupported value: \"Everything\"",
         ),
     ] {
-        let (ok, out) = run(vec!["apply", "-f", "-"], pool(name, spec)).await;
+        let (ok, out) = k
+            .run_async(&["apply", "-f", "-"], Some(&pool(name, spec)))
+            .await;
         assert!(!ok, "{name} was accepted:\n{out}");
         assert!(out.contains(why), "{name}: expected {why:?} in:\n{out}");
         assert!(
@@ -136,29 +87,33 @@ async fn bad_pools_are_refused_with_the_reason_good_ones_pass() {
             "  cidr: 198.19.255.0/26\n  blockSize: 26\n",
         ),
     ] {
-        let (ok, out) = run(vec!["apply", "-f", "-"], pool(name, spec)).await;
+        let (ok, out) = k
+            .run_async(&["apply", "-f", "-"], Some(&pool(name, spec)))
+            .await;
         assert!(ok, "{name} refused:\n{out}");
     }
     // Defaults from the schema are stored; unknown fields are pruned.
-    let (ok, out) = run(
-        vec!["get", "ippool", "v4", "-o", "jsonpath={.spec.disabled}"],
-        String::new(),
-    )
-    .await;
+    let (ok, out) = k
+        .run_async(
+            &["get", "ippool", "v4", "-o", "jsonpath={.spec.disabled}"],
+            None,
+        )
+        .await;
     assert!(ok && out.trim() == "false", "default not applied: {out}");
     // An update is validated too, not only a create.
-    let (ok, out) = run(
-        vec![
-            "patch",
-            "ippool",
-            "v4",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"blockSize":33}}"#,
-        ],
-        String::new(),
-    )
-    .await;
+    let (ok, out) = k
+        .run_async(
+            &[
+                "patch",
+                "ippool",
+                "v4",
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"blockSize":33}}"#,
+            ],
+            None,
+        )
+        .await;
     assert!(
         !ok && out.contains("spec.blockSize must be at most 32"),
         "{out}"

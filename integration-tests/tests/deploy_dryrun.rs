@@ -3,42 +3,17 @@
 //! and a dry run creates nothing.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use integration_tests::apiserver::{ApiServer, Config};
+use integration_tests::kubectl::Kubectl;
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
-fn kubectl(kubeconfig: &Path, home: &Path, args: &[&str]) -> (bool, String) {
-    match Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .env("HOME", home)
-        .output()
-    {
-        Ok(o) => (
-            o.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-        ),
-        Err(e) => (false, format!("kubectl: {e}")),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn kubectl_server_dry_run_accepts_every_manifest_and_creates_nothing() {
-    if Command::new("kubectl")
-        .arg("version")
-        .arg("--client")
-        .output()
-        .is_err()
-    {
+    if !Kubectl::installed() {
         integration_tests::lab::skip("kubectl is not installed (scripts/install-deps installs it)");
         return;
     }
@@ -46,19 +21,12 @@ async fn kubectl_server_dry_run_accepts_every_manifest_and_creates_nothing() {
         .await
         .expect("apiserver");
     let dir = tempfile::tempdir().expect("tempdir");
-    let kc = dir.path().join("kubeconfig");
-    std::fs::write(&kc, server.kubeconfig()).expect("kubeconfig");
-    let home = dir.path().to_path_buf();
-    let (kc2, home2) = (kc.clone(), home.clone());
-    let run = move |args: Vec<String>| {
-        let (kc, home) = (kc2.clone(), home2.clone());
+    let k = Kubectl::for_server(&server, dir.path()).expect("kubeconfig");
+    let run = |args: Vec<String>| {
+        let k = k.clone();
         async move {
-            tokio::task::spawn_blocking(move || {
-                let a: Vec<&str> = args.iter().map(String::as_str).collect();
-                kubectl(&kc, &home, &a)
-            })
-            .await
-            .expect("kubectl thread")
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            k.run_async(&a, None).await
         }
     };
     let path = |f: &str| deploy().join(f).display().to_string();
@@ -76,12 +44,7 @@ async fn kubectl_server_dry_run_accepts_every_manifest_and_creates_nothing() {
     let (ok, out) = run(vec!["create".into(), "namespace".into(), "demo".into()]).await;
     assert!(ok, "{out}");
     // CRD resources are served asynchronously after the CRD is created.
-    for _ in 0..50 {
-        if run(vec!["get".into(), "ippools".into()]).await.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    assert!(k.wait_served("ippools").await, "ippools never served");
 
     let mut files = vec![path("margay.yaml")];
     for e in std::fs::read_dir(deploy().join("examples")).expect("examples") {

@@ -2,44 +2,13 @@
 //! lab API server, enforced by the agent of the node that hosts the selected
 //! pod, and gone again when the policy is deleted.
 
-use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use integration_tests::cni;
+mod e2e_support;
+
+use e2e_support::{add_pod, eventually};
 use integration_tests::k8s::{self, Agent};
-use integration_tests::lab::{self, Daemon, Lab, Netns, Probe, Proto, probe_many};
-
-struct TestPod {
-    name: String,
-    ns: Netns,
-    v4: IpAddr,
-    _server: Daemon,
-}
-
-fn add_pod(lab: &Lab, agent: &Agent, name: &str, app: &str) -> TestPod {
-    let p = cni::add_pod(
-        lab,
-        agent,
-        "demo",
-        name,
-        &[("app", app)],
-        &[("http", 80, "TCP")],
-    )
-    .expect("pod");
-    assert!(
-        p.result.ok,
-        "ADD {name}: {:?} {}",
-        p.result.stdout, p.result.stderr
-    );
-    let v4 = p.ipv4().expect("v4");
-    let server = lab.serve(&p.ns, name, &[80], &[80]).expect("server");
-    TestPod {
-        name: name.into(),
-        ns: p.ns,
-        v4,
-        _server: server,
-    }
-}
+use integration_tests::lab::{self, Lab, Netns, Proto};
 
 /// Runs margayctl in `ns`; returns (exit code, stdout + stderr).
 fn margayctl(lab: &Lab, ns: &Netns, args: &[&str]) -> (i32, String) {
@@ -66,51 +35,6 @@ fn kubectl(lab: &Lab, args: &[&str]) -> String {
     let mut argv = vec!["kubectl", "--kubeconfig", kc.to_str().expect("path")];
     argv.extend_from_slice(args);
     lab.tor().exec(&argv).expect("kubectl")
-}
-
-/// (from, to, proto) → reached?, for the pairs given.
-fn observe(pods: &[TestPod], pairs: &[(usize, usize, Proto)]) -> Vec<bool> {
-    let probes: Vec<Probe> = pairs
-        .iter()
-        .map(|(f, t, p)| Probe {
-            from_ns: pods[*f].ns.name().to_string(),
-            to: SocketAddr::new(pods[*t].v4, 80),
-            proto: *p,
-        })
-        .collect();
-    probe_many(&probes, Duration::from_millis(600), 16)
-        .iter()
-        .map(|o| o.reached())
-        .collect()
-}
-
-fn eventually(
-    pods: &[TestPod],
-    pairs: &[(usize, usize, Proto)],
-    want: &[bool],
-    what: &str,
-) -> Duration {
-    let start = Instant::now();
-    loop {
-        let got = observe(pods, pairs);
-        if got == want {
-            return start.elapsed();
-        }
-        if start.elapsed() > Duration::from_secs(15) {
-            let rows: Vec<String> = pairs
-                .iter()
-                .zip(got.iter().zip(want))
-                .map(|((f, t, p), (g, w))| {
-                    format!(
-                        "{} -> {} {p}: got {g}, want {w}",
-                        pods[*f].name, pods[*t].name
-                    )
-                })
-                .collect();
-            panic!("{what}:\n{}", rows.join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

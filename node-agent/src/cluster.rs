@@ -31,7 +31,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::crd::{BGPConfiguration, BGPFilter, BGPPeer, IPAMConfiguration, IPPool};
+use crate::crd::{
+    BGPConfiguration, BGPFilter, BGPPeer, IPAMConfiguration, IPPool, RawAdminNetworkPolicy,
+    RawBaselineAdminNetworkPolicy,
+};
 use crate::health::Health;
 use crate::metrics::{ApiLabels, Metrics};
 
@@ -60,11 +63,15 @@ pub enum Kind {
     EndpointSlice,
     /// IPAMConfiguration.
     IpamConfiguration,
+    /// policy.networking.k8s.io/v1alpha1 AdminNetworkPolicy (optional API).
+    AdminNetworkPolicy,
+    /// policy.networking.k8s.io/v1alpha1 BaselineAdminNetworkPolicy (optional API).
+    BaselineAdminNetworkPolicy,
 }
 
 impl Kind {
     /// All kinds, in a fixed order.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Node,
         Kind::Pod,
         Kind::Namespace,
@@ -76,10 +83,23 @@ impl Kind {
         Kind::Service,
         Kind::EndpointSlice,
         Kind::IpamConfiguration,
+        Kind::AdminNetworkPolicy,
+        Kind::BaselineAdminNetworkPolicy,
     ];
 
     fn index(self) -> usize {
         self as usize
+    }
+
+    /// An API a cluster may not serve (its CRDs are installed separately):
+    /// while the server answers 404 the kind counts as synced and empty, and
+    /// the watch keeps retrying, so that installing the CRDs later is picked
+    /// up without a restart.
+    pub fn optional(self) -> bool {
+        matches!(
+            self,
+            Kind::AdminNetworkPolicy | Kind::BaselineAdminNetworkPolicy
+        )
     }
 
     /// Resource name as the API uses it (for metrics and logs).
@@ -96,6 +116,8 @@ impl Kind {
             Kind::Service => "services",
             Kind::EndpointSlice => "endpointslices",
             Kind::IpamConfiguration => "ipamconfigurations",
+            Kind::AdminNetworkPolicy => "adminnetworkpolicies",
+            Kind::BaselineAdminNetworkPolicy => "baselineadminnetworkpolicies",
         }
     }
 }
@@ -157,6 +179,10 @@ pub struct Cluster {
     pub endpoint_slices: Store<EndpointSlice>,
     /// IPAM configuration.
     pub ipam_configs: Store<IPAMConfiguration>,
+    /// AdminNetworkPolicies (empty where the API is not installed).
+    pub admin_policies: Store<RawAdminNetworkPolicy>,
+    /// BaselineAdminNetworkPolicies (empty where the API is not installed).
+    pub baseline_policies: Store<RawBaselineAdminNetworkPolicy>,
     generations: watch::Receiver<Generations>,
     client: Client,
 }
@@ -234,6 +260,8 @@ impl Cluster {
             services: reflector::store().0,
             endpoint_slices: reflector::store().0,
             ipam_configs: reflector::store().0,
+            admin_policies: reflector::store().0,
+            baseline_policies: reflector::store().0,
             generations: rx,
             client,
         };
@@ -346,6 +374,22 @@ impl Cluster {
             health,
             &mut spawn,
         );
+        let admin_policies = run::<RawAdminNetworkPolicy>(
+            Api::all(client.clone()),
+            Kind::AdminNetworkPolicy,
+            &tx,
+            &metrics,
+            health,
+            &mut spawn,
+        );
+        let baseline_policies = run::<RawBaselineAdminNetworkPolicy>(
+            Api::all(client.clone()),
+            Kind::BaselineAdminNetworkPolicy,
+            &tx,
+            &metrics,
+            health,
+            &mut spawn,
+        );
         (
             Cluster {
                 nodes,
@@ -359,6 +403,8 @@ impl Cluster {
                 services,
                 endpoint_slices,
                 ipam_configs,
+                admin_policies,
+                baseline_policies,
                 generations: rx,
                 client,
             },
@@ -414,6 +460,16 @@ where
                             g.synced[kind.index()] = true;
                         }
                     });
+                }
+                Err(e) if kind.optional() && not_served(&e) => {
+                    let first = tx.borrow().synced[kind.index()];
+                    if !first {
+                        tracing::info!(
+                            resource = kind.resource(),
+                            "API not served by this cluster (CRDs not installed): nothing to enforce; watching for it"
+                        );
+                        tx.send_modify(|g| g.synced[kind.index()] = true);
+                    }
                 }
                 Err(e) => {
                     metrics
@@ -499,6 +555,16 @@ pub async fn client(access: &ApiAccess) -> Result<Client, ClientError> {
         (None, Some(u)) => Ok(Client::try_from(kube::Config::new(url(u)?))?),
         (None, None) => Ok(Client::try_default().await?),
     }
+}
+
+/// Whether a watch failed because the server does not serve the resource.
+fn not_served(e: &watcher::Error) -> bool {
+    let api = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s,
+        _ => return false,
+    };
+    api.code == 404
 }
 
 #[cfg(test)]

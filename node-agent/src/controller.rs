@@ -365,7 +365,7 @@ async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>) {
                     return;
                 }
                 let now = gens.borrow().clone();
-                if now.changed_since(&seen).iter().any(|k| matches!(k, Kind::Pod | Kind::Namespace | Kind::NetworkPolicy | Kind::IpPool))
+                if now.changed_since(&seen).iter().any(|k| matches!(k, Kind::Pod | Kind::Namespace | Kind::NetworkPolicy | Kind::IpPool | Kind::AdminNetworkPolicy | Kind::BaselineAdminNetworkPolicy | Kind::Node))
                     || now.all_synced() != seen.all_synced()
                 {
                     dirty = true;

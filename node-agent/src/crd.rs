@@ -31,7 +31,11 @@ pub use bgpfilter::{
     BGPFilter, BGPFilterAction, BGPFilterRule, BGPFilterSpec, MatchOperator, PrefixLength,
     RouteSource,
 };
+mod adminpolicy;
 mod ipamconfig;
+pub use adminpolicy::{
+    ADMIN_POLICY_GROUP, ADMIN_POLICY_VERSION, RawAdminNetworkPolicy, RawBaselineAdminNetworkPolicy,
+};
 pub use ipamconfig::{IPAM_CONFIGURATION_NAME, IPAMConfiguration, IPAMConfigurationSpec};
 
 /// The API group of Margay's resources.

@@ -506,8 +506,12 @@ pub async fn policy_trace(client: &kube::Client, q: &TraceQuery) -> Result<Trace
             .and_then(|s| s.addresses.as_ref())
             .map(|a| a.iter().filter_map(|a| a.address.parse().ok()).collect())
             .unwrap_or_default();
+        if let Ok(info) = policy::model::NodeInfo::from_k8s(&n) {
+            state.add_node(info);
+        }
         node_addrs.insert(n.metadata.name.unwrap_or_default(), addrs);
     }
+    add_admin_policies(client, &mut state).await?;
     let find = |(ns, name): &(String, String)| {
         state
             .pods
@@ -558,6 +562,45 @@ pub async fn policy_trace(client: &kube::Client, q: &TraceQuery) -> Result<Trace
         allowed: ans.allowed,
         why: ans.why.to_string(),
     })
+}
+
+/// AdminNetworkPolicies and the baseline, where the cluster serves them
+/// (a 404 means the API is not installed: nothing to add).
+async fn add_admin_policies(
+    client: &kube::Client,
+    state: &mut policy::ClusterState,
+) -> Result<(), CtlError> {
+    use crate::crd::{RawAdminNetworkPolicy, RawBaselineAdminNetworkPolicy};
+    let absent = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 404);
+    match Api::<RawAdminNetworkPolicy>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(list) => {
+            for o in list.items {
+                if let Ok(anp) = policy::admin::AdminNetworkPolicy::from_value(o.to_value()) {
+                    let _ = state.add_admin_policy(anp);
+                }
+            }
+        }
+        Err(e) if absent(&e) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match Api::<RawBaselineAdminNetworkPolicy>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(list) => {
+            for o in list.items {
+                if let Ok(b) = policy::admin::BaselineAdminNetworkPolicy::from_value(o.to_value()) {
+                    let _ = state.add_baseline_policy(b);
+                }
+            }
+        }
+        Err(e) if absent(&e) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
 }
 
 /// `margayctl policy trace`'s answer.

@@ -21,6 +21,8 @@ use crate::dataplane::{FastSink, NftSession};
 use crate::ipamview::IpamView;
 use crate::metrics::Metrics;
 
+mod admin;
+
 /// A commit that did not reach the kernel.
 #[derive(Debug, thiserror::Error)]
 #[error("policy commit failed: {0}")]
@@ -52,6 +54,9 @@ pub struct PolicySync {
     namespaces: BTreeMap<String, NamespaceInfo>,
     policies: BTreeMap<PolicyKey, String>,
     endpoints: BTreeMap<PodKey, LocalEndpoint>,
+    /// AdminNetworkPolicies, BaselineAdminNetworkPolicies and Nodes last
+    /// passed on, by name, with their resourceVersions.
+    admin: admin::Seen,
     issues: Vec<String>,
 }
 
@@ -72,6 +77,7 @@ impl PolicySync {
             namespaces: BTreeMap::new(),
             policies: BTreeMap::new(),
             endpoints: BTreeMap::new(),
+            admin: admin::Seen::default(),
             issues: Vec::new(),
         }
     }
@@ -229,6 +235,10 @@ impl PolicySync {
         }
         self.policies = seen;
 
+        // AdminNetworkPolicies, the BaselineAdminNetworkPolicy, and the
+        // Nodes their `nodes` peers select.
+        self.admin.update(&mut self.engine, cluster);
+
         // Local endpoints: EndpointUp's, and (after a restart) IPAM's.
         let mut eps: BTreeMap<PodKey, LocalEndpoint> = BTreeMap::new();
         for a in &view.local {
@@ -328,7 +338,12 @@ impl PolicySync {
                     );
                 }
                 metrics.policy_endpoints.set(self.endpoints.len() as i64);
-                let issues: Vec<String> = self.engine.issues().map(|i| format!("{i:?}")).collect();
+                let issues: Vec<String> = self
+                    .engine
+                    .issues()
+                    .map(|i| format!("{i:?}"))
+                    .chain(self.admin.unreadable())
+                    .collect();
                 if issues != self.issues {
                     for i in &issues {
                         tracing::warn!(issue = %i, "policy problem");

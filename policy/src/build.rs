@@ -11,6 +11,8 @@
 
 use std::collections::BTreeMap;
 
+pub mod admin;
+
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
     NetworkPolicyPort, NetworkPolicySpec,

@@ -19,6 +19,8 @@ use crate::addr::{AddrRange, subtract, union};
 use crate::model::{PolicyKey, Protocol};
 use crate::selector::{Selector, SelectorError};
 
+pub mod admin;
+
 /// Traffic direction relative to the selected pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Direction {
@@ -67,8 +69,12 @@ impl PodPeer {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Peer {
     Pods(PodPeer),
-    /// `ipBlock`: the CIDR minus its excepts, as disjoint ranges.
+    /// `ipBlock`: the CIDR minus its excepts, as disjoint ranges (also an
+    /// AdminNetworkPolicy `networks` peer).
     Block(Vec<AddrRange>),
+    /// The addresses of the nodes whose labels match (AdminNetworkPolicy
+    /// egress `nodes` peers only).
+    Nodes(Selector),
 }
 
 /// One entry of `ports`.

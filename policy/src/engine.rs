@@ -10,12 +10,17 @@
 //!
 //! * A pod or namespace change re-evaluates only the addresses involved
 //!   against the existing selector / named-port sets: element adds/deletes.
-//! * A policy change re-plans the local endpoints of its namespace; a local
-//!   pod change re-plans that endpoint. A re-planned endpoint's element in
+//! * A policy change re-plans the local endpoints of its namespace; an
+//!   AdminNetworkPolicy / BaselineAdminNetworkPolicy change re-plans every
+//!   local endpoint (they are cluster-scoped); with any of those present, a
+//!   namespace label change re-plans that namespace's endpoints (subjects
+//!   select by namespace labels); a node change updates the node-address
+//!   sets' elements only; a local pod change re-plans that endpoint. A re-planned endpoint's element in
 //!   the dispatch verdict maps points at a (possibly new, content-addressed)
 //!   policy chain: a map element change, no rule rewritten.
-//! * Policy chains and sets are reference counted and deleted at commit
-//!   when nothing uses them any more.
+//! * Policy chains and sets are reference counted (a tier chain's `goto`
+//!   counts for its target) and deleted at commit when nothing uses them
+//!   any more.
 //! * The first commit, and any commit after the sink failed, is a full
 //!   atomic rebuild of the table.
 //!
@@ -35,7 +40,10 @@ use crate::plan::{
     PlanIssue, Policies, check_iface, is_member, members, namespace_labels, peer_selects,
     plan_endpoint,
 };
-use crate::ruleset::{BuildCx, Elem, Match, NODE, NamedKey, RuleIr, Ruleset, SPOOF};
+use crate::ruleset::{BuildCx, Elem, Match, NODE, NamedKey, RuleIr, Ruleset, SPOOF, Verdict};
+use crate::selector::Selector;
+
+mod admin;
 use crate::sink::NftSink;
 
 /// What a commit did.
@@ -69,6 +77,8 @@ pub struct Engine {
     rs: Ruleset,
     sel_sets: BTreeMap<String, (PodPeer, Family)>,
     named_sets: BTreeMap<String, NamedKey>,
+    /// Node-address sets (ANP `nodes` peers).
+    node_sets: BTreeMap<String, (Selector, Family)>,
     /// Policy chain → number of endpoint chains that go to it.
     chain_refs: HashMap<String, usize>,
     /// Set → number of policy chains that use it (fixed sets not counted).
@@ -96,6 +106,7 @@ impl Engine {
             by_ip: HashMap::new(),
             sel_sets: BTreeMap::new(),
             named_sets: BTreeMap::new(),
+            node_sets: BTreeMap::new(),
             chain_refs: HashMap::new(),
             set_refs: HashMap::new(),
             dirty: BTreeSet::new(),
@@ -131,11 +142,38 @@ impl Engine {
                 self.remove_policy(&k);
             }
         }
+        let old: Vec<String> = self.state.nodes.keys().cloned().collect();
+        for n in old {
+            if !state.nodes.contains_key(&n) {
+                self.remove_node(&n);
+            }
+        }
+        let old: Vec<String> = self.state.admin_policies.keys().cloned().collect();
+        for n in old {
+            if !state.admin_policies.contains_key(&n) {
+                self.remove_admin_policy(&n);
+            }
+        }
+        let old: Vec<String> = self.state.baseline_policies.keys().cloned().collect();
+        for n in old {
+            if !state.baseline_policies.contains_key(&n) {
+                self.remove_baseline_policy(&n);
+            }
+        }
         for ns in state.namespaces.into_values() {
             self.upsert_namespace(ns);
         }
+        for node in state.nodes.into_values() {
+            self.upsert_node(node);
+        }
         for (key, np) in state.policies {
             self.upsert_policy(key, np);
+        }
+        for (name, anp) in state.admin_policies {
+            self.upsert_admin_policy(name, anp);
+        }
+        for (name, banp) in state.baseline_policies {
+            self.upsert_baseline_policy(name, banp);
         }
         for pod in state.pods.into_values() {
             self.upsert_pod(pod);
@@ -380,20 +418,26 @@ impl Engine {
         cx.apply(&mut self.rs, &self.state);
         self.sel_sets.append(&mut cx.selectors);
         self.named_sets.append(&mut cx.named);
+        self.node_sets.append(&mut cx.nodes);
         self.collect_garbage();
     }
 
     fn policy_chain_created(&mut self, name: &str) {
         self.chain_created(name);
         self.chain_refs.entry(name.to_string()).or_insert(0);
-        let sets = self
+        let (sets, chains) = self
             .rs
             .chains
             .get(name)
-            .map(|b| sets_of(b))
+            .map(|b| (sets_of(b), gotos_of(b)))
             .unwrap_or_default();
         for s in sets {
             *self.set_refs.entry(s).or_insert(0) += 1;
+        }
+        // A tier chain's `goto` keeps its target alive (the target was
+        // created, and registered, before the chain that goes to it).
+        for c in chains {
+            *self.chain_refs.entry(c).or_insert(0) += 1;
         }
     }
 
@@ -420,22 +464,33 @@ impl Engine {
     }
 
     fn collect_garbage(&mut self) {
-        let dead: Vec<String> = self
-            .chain_refs
-            .iter()
-            .filter(|(_, n)| **n == 0)
-            .map(|(c, _)| c.clone())
-            .collect();
-        for c in dead {
-            self.chain_refs.remove(&c);
-            if let Some(body) = self.rs.chains.remove(&c) {
-                for s in sets_of(&body) {
-                    if let Some(n) = self.set_refs.get_mut(&s) {
-                        *n = n.saturating_sub(1);
+        // Deleting a tier chain can free the chain it went to: repeat.
+        loop {
+            let dead: Vec<String> = self
+                .chain_refs
+                .iter()
+                .filter(|(_, n)| **n == 0)
+                .map(|(c, _)| c.clone())
+                .collect();
+            if dead.is_empty() {
+                break;
+            }
+            for c in dead {
+                self.chain_refs.remove(&c);
+                if let Some(body) = self.rs.chains.remove(&c) {
+                    for s in sets_of(&body) {
+                        if let Some(n) = self.set_refs.get_mut(&s) {
+                            *n = n.saturating_sub(1);
+                        }
+                    }
+                    for t in gotos_of(&body) {
+                        if let Some(n) = self.chain_refs.get_mut(&t) {
+                            *n = n.saturating_sub(1);
+                        }
                     }
                 }
+                self.chain_deleted(&c);
             }
-            self.chain_deleted(&c);
         }
         let dead: Vec<String> = self
             .set_refs
@@ -448,6 +503,7 @@ impl Engine {
             self.rs.sets.remove(&s);
             self.sel_sets.remove(&s);
             self.named_sets.remove(&s);
+            self.node_sets.remove(&s);
             self.changes.elem_add.remove(&s);
             self.changes.elem_del.remove(&s);
             if !self.changes.new_sets.remove(&s) {
@@ -538,6 +594,10 @@ impl Engine {
         for ip in ips {
             self.recheck_ip(ip);
         }
+        // ANP/BANP subjects select by namespace labels.
+        if self.policies.has_admin() {
+            self.dirty_namespace(ns);
+        }
     }
 
     fn dirty_namespace(&mut self, ns: &str) {
@@ -616,6 +676,16 @@ impl Engine {
             self.elem(&set, e, present);
         }
     }
+}
+
+/// Chains a chain goes to (each once).
+fn gotos_of(body: &[RuleIr]) -> BTreeSet<String> {
+    body.iter()
+        .filter_map(|r| match &r.verdict {
+            Verdict::Goto(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Non-fixed sets a chain uses (each once).

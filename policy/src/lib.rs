@@ -1,4 +1,5 @@
-//! Kubernetes NetworkPolicy for Margay, compiled to one nftables table.
+//! Kubernetes NetworkPolicy, AdminNetworkPolicy and
+//! BaselineAdminNetworkPolicy for Margay, compiled to one nftables table.
 //!
 //! Pure: no Kubernetes client, no `nft` process. The pipeline is
 //!
@@ -22,7 +23,7 @@
 //! ```
 //!
 //! [`spec_eval`] is an independent evaluator written from the Kubernetes
-//! spec, used as the test oracle; [`testkit`] holds the conformance cluster,
+//! and network-policy-api specs, used as the test oracle; [`testkit`] holds the conformance cluster,
 //! a ruleset simulator and a model of nft transactions.
 //!
 //! # Semantic choices (where Kubernetes leaves room)
@@ -39,8 +40,31 @@
 //!   when a policy change would now deny it (conntrack entries are not
 //!   flushed); new connections are denied at once.
 //! * Invalid policies: see [`compile`] (fail closed where possible).
+//!
+//! # AdminNetworkPolicy and BaselineAdminNetworkPolicy
+//! [`admin`] holds the typed `policy.networking.k8s.io/v1alpha1` objects,
+//! [`compile::admin`] validates them, the plan marks a direction
+//! [`plan::DirectionPlan::Tiered`] when ANP/BANP rules select the pod, and
+//! the tier chains render it (layout: `ruleset/tiers.rs`). For each
+//! direction of a connection:
+//! * ANPs by `priority` (0 first); equal priorities, which the API leaves
+//!   undefined, by name, so every node decides alike. Each ANP's rules in
+//!   written order; the first match decides: `Allow`/`Deny` are final,
+//!   `Pass` skips the remaining ANP rules.
+//! * Then NetworkPolicy as above: if one isolates the direction its verdict
+//!   is final and the baseline is never consulted.
+//! * Otherwise the BANP named `default` (first matching rule), otherwise
+//!   allowed.
+//! * A pod and its own node always talk, even against an ANP `Deny` of
+//!   `nodes`/`networks` peers (kubelet probes; node → local pod traffic
+//!   does not cross `forward`). `nodes` peers are a node's `InternalIP` and
+//!   `ExternalIP` addresses ([`model::NodeInfo`]).
+//! * `domainNames` peers (FQDN) are not implemented: they match nothing.
+//! * Invalid objects are reported; see [`compile::admin`] for what is
+//!   ignored and what fails closed.
 
 pub mod addr;
+pub mod admin;
 pub mod batch;
 pub mod build;
 pub mod compile;
@@ -59,7 +83,7 @@ pub use compile::{Direction, PolicyError};
 pub use engine::{CommitStats, Engine, EngineError};
 pub use model::{
     ClusterState, ContainerPort, Labels, LocalEndpoint, NamespaceInfo, NatOutgoing, NodeContext,
-    PodInfo, PodKey, PodPhase, PolicyKey, Protocol,
+    NodeInfo, PodInfo, PodKey, PodPhase, PolicyKey, Protocol,
 };
 pub use nftables;
 pub use plan::{Plan, PlanIssue};

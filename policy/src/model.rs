@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use crate::admin::{AdminNetworkPolicy, BaselineAdminNetworkPolicy};
 
 /// The label the API server puts on every namespace (immutable, = its name).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -317,6 +319,61 @@ impl NamespaceInfo {
     }
 }
 
+/// A node: its labels and the IP addresses of `status.addresses` (what
+/// AdminNetworkPolicy `nodes` peers select).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub labels: Labels,
+    pub addrs: Vec<IpAddr>,
+}
+
+impl NodeInfo {
+    pub fn new(name: &str) -> Self {
+        NodeInfo {
+            name: name.to_string(),
+            labels: Labels::new(),
+            addrs: Vec::new(),
+        }
+    }
+
+    pub fn label(mut self, k: &str, v: &str) -> Self {
+        self.labels.insert(k.to_string(), v.to_string());
+        self
+    }
+
+    pub fn addr(mut self, ip: IpAddr) -> Self {
+        if !self.addrs.contains(&ip) {
+            self.addrs.push(ip);
+        }
+        self
+    }
+
+    /// Converts a Node object: its `InternalIP` and `ExternalIP` addresses
+    /// (host names are not addresses). A malformed IP is an error.
+    pub fn from_k8s(node: &Node) -> Result<NodeInfo, ModelError> {
+        let name = node
+            .metadata
+            .name
+            .clone()
+            .ok_or(ModelError::MissingField("node metadata.name"))?;
+        let mut n = NodeInfo::new(&name);
+        n.labels = node.metadata.labels.clone().unwrap_or_default();
+        let addrs = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+        for a in addrs.into_iter().flatten() {
+            if a.type_ != "InternalIP" && a.type_ != "ExternalIP" {
+                continue;
+            }
+            let ip: IpAddr = a.address.parse().map_err(|_| ModelError::BadNodeIp {
+                node: name.clone(),
+                ip: a.address.clone(),
+            })?;
+            n = n.addr(ip);
+        }
+        Ok(n)
+    }
+}
+
 /// The whole cluster as seen by the watchers.
 ///
 /// A pod whose namespace object is not (yet) known is treated as being in a
@@ -326,9 +383,42 @@ pub struct ClusterState {
     pub pods: BTreeMap<PodKey, PodInfo>,
     pub namespaces: BTreeMap<String, NamespaceInfo>,
     pub policies: BTreeMap<PolicyKey, NetworkPolicy>,
+    /// Nodes by name (only AdminNetworkPolicy `nodes` peers use them).
+    pub nodes: BTreeMap<String, NodeInfo>,
+    /// AdminNetworkPolicies by name.
+    pub admin_policies: BTreeMap<String, AdminNetworkPolicy>,
+    /// BaselineAdminNetworkPolicies by name (only `default` applies).
+    pub baseline_policies: BTreeMap<String, BaselineAdminNetworkPolicy>,
 }
 
 impl ClusterState {
+    pub fn add_node(&mut self, node: NodeInfo) {
+        self.nodes.insert(node.name.clone(), node);
+    }
+
+    /// Adds an AdminNetworkPolicy; one without a name is an error.
+    pub fn add_admin_policy(&mut self, anp: AdminNetworkPolicy) -> Result<(), ModelError> {
+        let name = anp
+            .metadata
+            .name
+            .clone()
+            .ok_or(ModelError::MissingField("adminnetworkpolicy metadata.name"))?;
+        self.admin_policies.insert(name, anp);
+        Ok(())
+    }
+
+    /// Adds a BaselineAdminNetworkPolicy; one without a name is an error.
+    pub fn add_baseline_policy(
+        &mut self,
+        banp: BaselineAdminNetworkPolicy,
+    ) -> Result<(), ModelError> {
+        let name = banp.metadata.name.clone().ok_or(ModelError::MissingField(
+            "baselineadminnetworkpolicy metadata.name",
+        ))?;
+        self.baseline_policies.insert(name, banp);
+        Ok(())
+    }
+
     pub fn add_pod(&mut self, pod: PodInfo) {
         self.pods.insert(pod.key.clone(), pod);
     }
@@ -418,6 +508,8 @@ pub enum ModelError {
     BadPort { pod: String, port: i64 },
     #[error("pod {pod}: {ip:?} is not an IP address")]
     BadIp { pod: String, ip: String },
+    #[error("node {node}: address {ip:?} is not an IP address")]
+    BadNodeIp { node: String, ip: String },
 }
 
 #[cfg(test)]
@@ -537,5 +629,45 @@ mod tests {
             n.labels.get(NAMESPACE_NAME_LABEL).map(String::as_str),
             Some("y")
         );
+    }
+
+    #[test]
+    fn node_from_k8s_takes_ip_addresses_only() {
+        use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
+        let addr = |t: &str, a: &str| NodeAddress {
+            type_: t.into(),
+            address: a.into(),
+        };
+        let mut node = Node {
+            metadata: ObjectMeta {
+                name: Some("n1".into()),
+                labels: Some([("zone".to_string(), "a".to_string())].into()),
+                ..Default::default()
+            },
+            status: Some(NodeStatus {
+                addresses: Some(vec![
+                    addr("Hostname", "n1"),
+                    addr("InternalIP", "198.18.0.1"),
+                    addr("InternalIP", "2001:db8:ffff::1"),
+                    addr("ExternalIP", "198.18.0.1"),
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let n = NodeInfo::from_k8s(&node).unwrap();
+        assert_eq!(n.labels.get("zone").map(String::as_str), Some("a"));
+        assert_eq!(
+            n.addrs,
+            vec![
+                "198.18.0.1".parse::<IpAddr>().unwrap(),
+                "2001:db8:ffff::1".parse().unwrap()
+            ]
+        );
+        node.status.as_mut().unwrap().addresses = Some(vec![addr("InternalIP", "n1.local")]);
+        assert!(matches!(
+            NodeInfo::from_k8s(&node),
+            Err(ModelError::BadNodeIp { .. })
+        ));
     }
 }

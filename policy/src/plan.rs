@@ -10,11 +10,16 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use crate::admin::{AdminNetworkPolicy, BaselineAdminNetworkPolicy};
+use crate::compile::admin::{
+    Action, AdminKind, AdminPolicyError, AdminRule, CompiledAdmin, compile_admin, compile_baseline,
+};
 use crate::compile::{CompiledPolicy, Direction, Peer, PodPeer, PolicyError, Port, Rule, compile};
 use crate::model::{
     ClusterState, Labels, LocalEndpoint, NAMESPACE_NAME_LABEL, NodeContext, PodInfo, PodKey,
     PodPhase, PolicyKey, Protocol,
 };
+use crate::selector::Selector;
 
 /// Port part of a planned rule.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -52,6 +57,35 @@ pub enum DirectionPlan {
     /// The endpoint's pod is unknown, finished, or host-network: nothing is
     /// allowed until that changes (fail closed).
     DenyAll,
+    /// AdminNetworkPolicy and/or BaselineAdminNetworkPolicy rules apply.
+    Tiered(TieredPlan),
+}
+
+/// One ANP/BANP rule of an endpoint, after resolution.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TierRule {
+    /// `AdminNetworkPolicy <name> ingress[<i>] ("<rule name>")` (for
+    /// messages; not part of the rendered rules).
+    pub origin: String,
+    pub action: Action,
+    pub rule: RulePlan,
+}
+
+/// A direction under the admin tiers. A connection is judged by the first
+/// matching `admin` rule (`Allow`/`Deny` decide; `Pass` skips the other
+/// ANP rules); then, if NetworkPolicies isolate the direction, by them
+/// alone; otherwise by the first matching `baseline` rule; otherwise it is
+/// allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TieredPlan {
+    /// ANP rules selecting the pod, by (priority, policy name), each
+    /// policy's rules in their written order.
+    pub admin: Vec<TierRule>,
+    /// The isolating NetworkPolicies and the union of their rules; `None`:
+    /// no NetworkPolicy isolates this direction.
+    pub np: Option<(Vec<PolicyKey>, BTreeSet<RulePlan>)>,
+    /// The BANP's rules (empty when `np` is `Some`: they are never reached).
+    pub baseline: Vec<TierRule>,
 }
 
 /// The plan of one local endpoint.
@@ -76,6 +110,8 @@ impl EndpointPlan {
 pub enum PlanIssue {
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Admin(#[from] AdminPolicyError),
     #[error("endpoint {pod}: interface {iface:?} {reason}")]
     BadInterface {
         pod: PodKey,
@@ -84,11 +120,18 @@ pub enum PlanIssue {
     },
 }
 
-/// Every compiled policy, indexed by namespace.
+/// Every compiled policy: NetworkPolicies indexed by namespace, ANPs in
+/// precedence order, the BANP.
 #[derive(Debug, Clone, Default)]
 pub struct Policies {
     by_ns: BTreeMap<String, BTreeMap<PolicyKey, CompiledPolicy>>,
     errors: BTreeMap<PolicyKey, Vec<PolicyError>>,
+    /// ANPs by (priority, name): equal priorities (undefined by the API)
+    /// are ordered by name, so every node decides alike.
+    admin: BTreeMap<(u16, String), CompiledAdmin>,
+    admin_priority: BTreeMap<String, u16>,
+    baseline: Option<CompiledAdmin>,
+    admin_errors: BTreeMap<(AdminKind, String), Vec<AdminPolicyError>>,
 }
 
 impl Policies {
@@ -97,7 +140,94 @@ impl Policies {
         for (key, np) in &state.policies {
             p.upsert(key, np);
         }
+        for (name, anp) in &state.admin_policies {
+            p.upsert_admin(name, anp);
+        }
+        for (name, banp) in &state.baseline_policies {
+            p.upsert_baseline(name, banp);
+        }
         p
+    }
+
+    /// (Re)compiles one AdminNetworkPolicy; returns its errors.
+    pub fn upsert_admin(&mut self, name: &str, anp: &AdminNetworkPolicy) -> &[AdminPolicyError] {
+        self.remove_admin(name);
+        let errs = match compile_admin(name, anp) {
+            Ok((c, errs)) => {
+                let prio = c.priority.unwrap_or(u16::MAX);
+                self.admin_priority.insert(name.to_string(), prio);
+                self.admin.insert((prio, name.to_string()), c);
+                errs
+            }
+            Err(e) => vec![e],
+        };
+        self.admin_issues(AdminKind::Admin, name, errs)
+    }
+
+    pub fn remove_admin(&mut self, name: &str) {
+        if let Some(prio) = self.admin_priority.remove(name) {
+            self.admin.remove(&(prio, name.to_string()));
+        }
+        self.admin_errors
+            .remove(&(AdminKind::Admin, name.to_string()));
+    }
+
+    /// (Re)compiles one BaselineAdminNetworkPolicy; returns its errors.
+    pub fn upsert_baseline(
+        &mut self,
+        name: &str,
+        banp: &BaselineAdminNetworkPolicy,
+    ) -> &[AdminPolicyError] {
+        self.remove_baseline(name);
+        let errs = match compile_baseline(name, banp) {
+            Ok((c, errs)) => {
+                self.baseline = Some(c);
+                errs
+            }
+            Err(e) => vec![e],
+        };
+        self.admin_issues(AdminKind::Baseline, name, errs)
+    }
+
+    pub fn remove_baseline(&mut self, name: &str) {
+        if self.baseline.as_ref().is_some_and(|b| b.name == name) {
+            self.baseline = None;
+        }
+        self.admin_errors
+            .remove(&(AdminKind::Baseline, name.to_string()));
+    }
+
+    fn admin_issues(
+        &mut self,
+        kind: AdminKind,
+        name: &str,
+        errs: Vec<AdminPolicyError>,
+    ) -> &[AdminPolicyError] {
+        for e in &errs {
+            tracing::warn!(policy = %name, kind = %kind, error = %e, "admin network policy partly or wholly ignored");
+        }
+        self.admin_errors
+            .entry((kind, name.to_string()))
+            .or_insert(errs)
+    }
+
+    /// ANPs in precedence order.
+    pub fn admins(&self) -> impl Iterator<Item = &CompiledAdmin> {
+        self.admin.values()
+    }
+
+    /// The BANP in effect.
+    pub fn baseline(&self) -> Option<&CompiledAdmin> {
+        self.baseline.as_ref()
+    }
+
+    /// Is any ANP or BANP in effect?
+    pub fn has_admin(&self) -> bool {
+        !self.admin.is_empty() || self.baseline.is_some()
+    }
+
+    pub fn admin_errors(&self) -> impl Iterator<Item = &AdminPolicyError> {
+        self.admin_errors.values().flatten()
     }
 
     /// (Re)compiles one policy; returns its errors.
@@ -165,6 +295,7 @@ pub fn build(state: &ClusterState, node: &NodeContext) -> Plan {
 /// [`build`] with already compiled policies.
 pub fn build_with(state: &ClusterState, node: &NodeContext, policies: &Policies) -> Plan {
     let mut issues: Vec<PlanIssue> = policies.errors().cloned().map(PlanIssue::from).collect();
+    issues.extend(policies.admin_errors().cloned().map(PlanIssue::from));
     let mut endpoints = BTreeMap::new();
     for ep in node.endpoints.values() {
         if let Err(reason) = check_iface(&ep.iface, &node.iface_prefix) {
@@ -229,6 +360,9 @@ pub fn plan_endpoint(
             egress: DirectionPlan::DenyAll,
         };
     };
+    let ns_labels = policies
+        .has_admin()
+        .then(|| namespace_labels(state, &pod.key.namespace));
     let dir_plan = |dir: Direction| {
         let mut selected = Vec::new();
         let mut rules = BTreeSet::new();
@@ -242,19 +376,70 @@ pub fn plan_endpoint(
                 rules.insert(plan_rule(r, dir, pod));
             }
         }
-        if selected.is_empty() {
-            DirectionPlan::Open
-        } else {
-            DirectionPlan::Isolated {
-                policies: selected,
-                rules,
-            }
+        let np = (!selected.is_empty()).then_some((selected, rules));
+        match &ns_labels {
+            Some(ns_labels) => tiered(policies, dir, pod, ns_labels, np),
+            None => np_plan(np),
         }
     };
     EndpointPlan {
         endpoint: ep.clone(),
         ingress: dir_plan(Direction::Ingress),
         egress: dir_plan(Direction::Egress),
+    }
+}
+
+fn np_plan(np: Option<(Vec<PolicyKey>, BTreeSet<RulePlan>)>) -> DirectionPlan {
+    match np {
+        None => DirectionPlan::Open,
+        Some((policies, rules)) => DirectionPlan::Isolated { policies, rules },
+    }
+}
+
+/// A direction with the admin tiers around the NetworkPolicy verdict `np`
+/// (plain [`DirectionPlan::Open`]/[`DirectionPlan::Isolated`] when no
+/// ANP/BANP rule applies, so their rendering stays as without ANPs).
+fn tiered(
+    policies: &Policies,
+    dir: Direction,
+    pod: &PodInfo,
+    ns_labels: &Labels,
+    np: Option<(Vec<PolicyKey>, BTreeSet<RulePlan>)>,
+) -> DirectionPlan {
+    let tier_rules = |a: &CompiledAdmin| -> Vec<TierRule> {
+        if !a.subject.selects(&pod.labels, ns_labels) {
+            return Vec::new();
+        }
+        a.rules(dir)
+            .iter()
+            .map(|r| tier_rule(a, r, dir, pod))
+            .collect()
+    };
+    let admin: Vec<TierRule> = policies.admins().flat_map(tier_rules).collect();
+    let baseline = match (&np, policies.baseline()) {
+        (None, Some(b)) => tier_rules(b),
+        _ => Vec::new(),
+    };
+    if admin.is_empty() && baseline.is_empty() {
+        return np_plan(np);
+    }
+    DirectionPlan::Tiered(TieredPlan {
+        admin,
+        np,
+        baseline,
+    })
+}
+
+fn tier_rule(a: &CompiledAdmin, r: &AdminRule, dir: Direction, pod: &PodInfo) -> TierRule {
+    let label = r
+        .name
+        .as_ref()
+        .map(|n| format!(" ({n:?})"))
+        .unwrap_or_default();
+    TierRule {
+        origin: format!("{} {} {}[{}]{label}", a.kind, a.name, dir.as_str(), r.index),
+        action: r.action,
+        rule: plan_rule(&r.rule, dir, pod),
     }
 }
 
@@ -367,6 +552,16 @@ pub mod members {
         out
     }
 
+    /// Addresses of the nodes a `nodes` peer selects.
+    pub fn nodes(state: &ClusterState, sel: &Selector) -> BTreeSet<IpAddr> {
+        state
+            .nodes
+            .values()
+            .filter(|n| sel.matches(&n.labels))
+            .flat_map(|n| n.addrs.iter().copied())
+            .collect()
+    }
+
     /// Every namespace that has pods, each once, without walking all pods.
     pub fn namespaces_with_pods(state: &ClusterState) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
@@ -403,6 +598,8 @@ pub mod members {
             Some(list) => list.iter().any(|p| match p {
                 Peer::Pods(pp) => peer_selects(pp, pod, ns_labels),
                 Peer::Block(ranges) => ranges.iter().any(|r| r.contains(ip)),
+                // Member pods are never host-network: no node address.
+                Peer::Nodes(_) => false,
             }),
         }
     }

@@ -11,16 +11,19 @@
 //!                         → iifname vmap @ep_egress    (egress of the sending pod)
 //!                         → oifname vmap @ep_ingress   (ingress of the receiving pod)
 //! input   (hook input):   anti-spoof on cali* (IPv6 link-local / :: exempt for ND)
-//! ep_egress / ep_ingress  named verdict maps, iface → jump pe_/pi_<h> (or jump deny);
+//! ep_egress / ep_ingress  named verdict maps, iface → jump pe_/pi_, ae_/ai_ or be_/bi_ (or deny);
 //!            no element = not isolated. One element per endpoint and direction:
 //!            O(1) dispatch, and a local pod changing policies is one element.
 //! pe_*/pi_*  content-addressed policy chains shared by endpoints with equal rules:
 //!            node addresses allowed, one line per (peer set × family), then `drop`
 //!            (egress allows with `return` so the receiver's ingress is still checked)
+//! ai_/ae_, bi_/be_  AdminNetworkPolicy / BaselineAdminNetworkPolicy tier chains
+//!            (content-addressed; `goto` the pi_/pe_ or bi_/be_ chain: see `tiers.rs`)
 //! deny       `drop` (endpoints whose pod is unknown or finished)
 //! sets: s4_/s6_<h(selector)> pod IPs (hash);   b4_/b6_<h(ranges)> ipBlock − except (interval)
 //!       pt_<h(ranges)> proto . port (interval); n4_/n6_<h(peers,names)> addr . proto . port
 //!       spoof4/spoof6 ifname . addr;            node4/node6 node addresses
+//!       h4_/h6_<h(node selector)> addresses of the selected nodes (ANP `nodes` peers)
 //!       natsrc4/natsrc6 pools with natOutgoing; pools4/pools6 every pool (interval)
 //! postrouting (hook postrouting, type nat, srcnat): saddr @natsrc daddr != @pools
 //!            → masquerade (outgoing NAT; empty sets: nothing is NATed)
@@ -41,6 +44,9 @@ use crate::addr::{AddrRange, Family, union};
 use crate::compile::{Direction, Peer, PodPeer};
 use crate::model::{ClusterState, Protocol};
 use crate::plan::{DirectionPlan, Plan, PortMatch, RulePlan, members};
+use crate::selector::Selector;
+
+mod tiers;
 
 /// Kind (nftables type and flags) of a named set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -205,7 +211,23 @@ pub fn digest(parts: &[&str]) -> String {
     hex::encode(&out[..8])
 }
 
-fn fixed_set(base: &str, fam: Family) -> String {
+/// `ingress` → the peer is the source; `egress` → the destination.
+pub(crate) fn peer_field(dir: Direction) -> AddrField {
+    match dir {
+        Direction::Ingress => AddrField::Saddr,
+        Direction::Egress => AddrField::Daddr,
+    }
+}
+
+/// `<kind>i` / `<kind>e`: prefix of a content-addressed chain.
+pub(crate) fn chain_prefix(kind: &str, dir: Direction) -> String {
+    match dir {
+        Direction::Ingress => format!("{kind}i"),
+        Direction::Egress => format!("{kind}e"),
+    }
+}
+
+pub(crate) fn fixed_set(base: &str, fam: Family) -> String {
     format!("{base}{}", fam.tag())
 }
 
@@ -225,6 +247,20 @@ pub fn nat_elems(nat: &crate::model::NatOutgoing) -> BTreeSet<(String, Elem)> {
 /// Name of the selector set of a peer.
 pub fn selector_set(peer: &PodPeer, fam: Family) -> String {
     format!("s{}_{}", fam.tag(), digest(&[&peer.canonical()]))
+}
+
+/// Name of the node-address set of a `nodes` peer.
+pub fn node_set(sel: &Selector, fam: Family) -> String {
+    format!("h{}_{}", fam.tag(), digest(&["nodes", &sel.canonical()]))
+}
+
+/// The elements of a node-address set.
+pub(crate) fn node_elems(state: &ClusterState, sel: &Selector, fam: Family) -> BTreeSet<Elem> {
+    members::nodes(state, sel)
+        .into_iter()
+        .filter(|ip| Family::of(ip) == fam)
+        .map(Elem::Addr)
+        .collect()
 }
 
 /// Name of an egress named-port set.
@@ -331,20 +367,49 @@ impl Ruleset {
             DirectionPlan::DenyAll => Some(DENY.to_string()),
             DirectionPlan::Isolated { rules, .. } => {
                 let body = self.policy_chain_body(dir, rules, fill);
-                let texts: Vec<String> = body.iter().map(RuleIr::text).collect();
-                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                let prefix = match dir {
-                    Direction::Ingress => "pi",
-                    Direction::Egress => "pe",
-                };
-                let name = format!("{prefix}_{}", digest(&refs));
-                if !self.chains.contains_key(&name) {
-                    self.chains.insert(name.clone(), body);
-                    fill.new_chains.push(name.clone());
-                }
-                Some(name)
+                Some(self.add_chain(chain_prefix("p", dir), body, fill))
             }
+            DirectionPlan::Tiered(t) => self.tiered_target(dir, t, fill),
         }
+    }
+
+    /// Adds a content-addressed chain `<prefix>_<digest of its rules>`
+    /// (unless it exists) and returns its name.
+    pub(crate) fn add_chain(
+        &mut self,
+        prefix: String,
+        body: Vec<RuleIr>,
+        fill: &mut BuildCx,
+    ) -> String {
+        let texts: Vec<String> = body.iter().map(RuleIr::text).collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let name = format!("{prefix}_{}", digest(&refs));
+        if !self.chains.contains_key(&name) {
+            self.chains.insert(name.clone(), body);
+            fill.new_chains.push(name.clone());
+        }
+        name
+    }
+
+    /// The verdict that lets a direction's check pass: `accept` for ingress
+    /// (the last check), `return` for egress (the receiver's ingress is
+    /// checked next).
+    pub(crate) fn allow_verdict(dir: Direction) -> Verdict {
+        match dir {
+            Direction::Ingress => Verdict::Accept,
+            Direction::Egress => Verdict::Return,
+        }
+    }
+
+    /// The lines that always allow the node's own addresses.
+    pub(crate) fn node_lines(dir: Direction) -> Vec<RuleIr> {
+        Family::BOTH
+            .iter()
+            .map(|fam| RuleIr {
+                matches: vec![Match::Addr(peer_field(dir), *fam, fixed_set(NODE, *fam))],
+                verdict: Self::allow_verdict(dir),
+            })
+            .collect()
     }
 
     fn policy_chain_body(
@@ -353,88 +418,100 @@ impl Ruleset {
         rules: &BTreeSet<RulePlan>,
         fill: &mut BuildCx,
     ) -> Vec<RuleIr> {
-        let (field, allow) = match dir {
-            Direction::Ingress => (AddrField::Saddr, Verdict::Accept),
-            Direction::Egress => (AddrField::Daddr, Verdict::Return),
-        };
-        let rule = |matches: Vec<Match>| RuleIr {
-            matches,
-            verdict: allow.clone(),
-        };
-        let mut body = Vec::new();
-        for fam in Family::BOTH {
-            body.push(rule(vec![Match::Addr(field, fam, fixed_set(NODE, fam))]));
-        }
+        let allow = Self::allow_verdict(dir);
+        let mut body = Self::node_lines(dir);
         for r in rules {
-            let (pt, named) = match &r.ports {
-                PortMatch::Any => (None, None),
-                PortMatch::Listed { ranges, named } => {
-                    if ranges.is_empty() && named.is_empty() {
-                        continue; // cannot match anything
-                    }
-                    let pt = (!ranges.is_empty()).then(|| self.port_set(ranges, fill));
-                    (pt, (!named.is_empty()).then_some(named))
-                }
-            };
-            let any_port = matches!(r.ports, PortMatch::Any);
-            // Rules for address matches `m`: with the port set, or alone.
-            let with_ports = |m: Vec<Match>| -> Option<RuleIr> {
-                if any_port {
-                    Some(rule(m))
-                } else {
-                    pt.as_ref().map(|pt| {
-                        let mut m = m;
-                        m.push(Match::ProtoPort(pt.clone()));
-                        rule(m)
-                    })
-                }
-            };
-            // Address rules exist only for "all ports" or numeric ports;
-            // a rule with only named ports is matched by its named-port set.
-            let addr_rules = any_port || pt.is_some();
-            match &r.peers {
-                None => body.extend(with_ports(vec![])),
-                Some(_) if !addr_rules => {}
-                Some(peers) => {
-                    for p in peers {
-                        if let Peer::Pods(pp) = p {
-                            for fam in Family::BOTH {
-                                let set = fill.selector(self, pp, fam);
-                                body.extend(with_ports(vec![Match::Addr(field, fam, set)]));
-                            }
-                        }
-                    }
-                    let blocks: Vec<AddrRange> = peers
-                        .iter()
-                        .filter_map(|p| match p {
-                            Peer::Block(r) => Some(r.iter().copied()),
-                            Peer::Pods(_) => None,
-                        })
-                        .flatten()
-                        .collect();
-                    let blocks = union(blocks);
-                    for fam in Family::BOTH {
-                        let ranges: Vec<&AddrRange> =
-                            blocks.iter().filter(|r| r.family == fam).collect();
-                        if ranges.is_empty() {
-                            continue;
-                        }
-                        let set = self.block_set(fam, &ranges, fill);
-                        body.extend(with_ports(vec![Match::Addr(field, fam, set)]));
-                    }
-                }
-            }
-            if let Some(named) = named {
-                for fam in Family::BOTH {
-                    let set = fill.named(self, &r.peers, named, fam);
-                    body.push(rule(vec![Match::AddrProtoPort(field, fam, set)]));
-                }
-            }
+            body.extend(self.rule_lines(dir, r, &allow, fill));
         }
         body.push(RuleIr {
             matches: vec![],
             verdict: Verdict::Drop,
         });
+        body
+    }
+
+    /// The lines that match one planned rule, each with `verdict` (several
+    /// lines: one per peer set and family, plus named-port lines; their
+    /// order does not matter as they share the verdict).
+    pub(crate) fn rule_lines(
+        &mut self,
+        dir: Direction,
+        r: &RulePlan,
+        verdict: &Verdict,
+        fill: &mut BuildCx,
+    ) -> Vec<RuleIr> {
+        let field = peer_field(dir);
+        let rule = |matches: Vec<Match>| RuleIr {
+            matches,
+            verdict: verdict.clone(),
+        };
+        let mut body = Vec::new();
+        let (pt, named) = match &r.ports {
+            PortMatch::Any => (None, None),
+            PortMatch::Listed { ranges, named } => {
+                if ranges.is_empty() && named.is_empty() {
+                    return body; // cannot match anything
+                }
+                let pt = (!ranges.is_empty()).then(|| self.port_set(ranges, fill));
+                (pt, (!named.is_empty()).then_some(named))
+            }
+        };
+        let any_port = matches!(r.ports, PortMatch::Any);
+        // Rules for address matches `m`: with the port set, or alone.
+        let with_ports = |m: Vec<Match>| -> Option<RuleIr> {
+            if any_port {
+                Some(rule(m))
+            } else {
+                pt.as_ref().map(|pt| {
+                    let mut m = m;
+                    m.push(Match::ProtoPort(pt.clone()));
+                    rule(m)
+                })
+            }
+        };
+        // Address rules exist only for "all ports" or numeric ports;
+        // a rule with only named ports is matched by its named-port set.
+        let addr_rules = any_port || pt.is_some();
+        match &r.peers {
+            None => body.extend(with_ports(vec![])),
+            Some(_) if !addr_rules => {}
+            Some(peers) => {
+                for p in peers {
+                    for fam in Family::BOTH {
+                        let set = match p {
+                            Peer::Pods(pp) => fill.selector(self, pp, fam),
+                            Peer::Nodes(sel) => fill.nodes(self, sel, fam),
+                            Peer::Block(_) => continue,
+                        };
+                        body.extend(with_ports(vec![Match::Addr(field, fam, set)]));
+                    }
+                }
+                let blocks: Vec<AddrRange> = peers
+                    .iter()
+                    .filter_map(|p| match p {
+                        Peer::Block(r) => Some(r.iter().copied()),
+                        Peer::Pods(_) | Peer::Nodes(_) => None,
+                    })
+                    .flatten()
+                    .collect();
+                let blocks = union(blocks);
+                for fam in Family::BOTH {
+                    let ranges: Vec<&AddrRange> =
+                        blocks.iter().filter(|r| r.family == fam).collect();
+                    if ranges.is_empty() {
+                        continue;
+                    }
+                    let set = self.block_set(fam, &ranges, fill);
+                    body.extend(with_ports(vec![Match::Addr(field, fam, set)]));
+                }
+            }
+        }
+        if let Some(named) = named {
+            for fam in Family::BOTH {
+                let set = fill.named(self, &r.peers, named, fam);
+                body.push(rule(vec![Match::AddrProtoPort(field, fam, set)]));
+            }
+        }
         body
     }
 
@@ -480,6 +557,8 @@ pub(crate) type NamedKey = (Option<Vec<Peer>>, BTreeSet<(Protocol, String)>, Fam
 #[derive(Debug, Default)]
 pub(crate) struct BuildCx {
     pub(crate) selectors: BTreeMap<String, (PodPeer, Family)>,
+    /// Node-address sets (ANP `nodes` peers).
+    pub(crate) nodes: BTreeMap<String, (Selector, Family)>,
     pub(crate) named: BTreeMap<String, NamedKey>,
     /// Every set and policy chain this build created (in creation order).
     pub(crate) new_sets: Vec<String>,
@@ -498,6 +577,22 @@ impl BuildCx {
                 },
             );
             self.selectors.insert(name.clone(), (peer.clone(), fam));
+            self.new_sets.push(name.clone());
+        }
+        name
+    }
+
+    fn nodes(&mut self, rs: &mut Ruleset, sel: &Selector, fam: Family) -> String {
+        let name = node_set(sel, fam);
+        if !rs.sets.contains_key(&name) {
+            rs.sets.insert(
+                name.clone(),
+                SetIr {
+                    kind: SetKind::Addr(fam),
+                    elems: BTreeSet::new(),
+                },
+            );
+            self.nodes.insert(name.clone(), (sel.clone(), fam));
             self.new_sets.push(name.clone());
         }
         name
@@ -538,6 +633,12 @@ impl BuildCx {
                 .filter(|ip| Family::of(ip) == *fam)
                 .map(|ip| Elem::Addr(*ip))
                 .collect();
+            if let Some(s) = rs.sets.get_mut(name) {
+                s.elems = elems;
+            }
+        }
+        for (name, (sel, fam)) in &self.nodes {
+            let elems = node_elems(state, sel, *fam);
             if let Some(s) = rs.sets.get_mut(name) {
                 s.elems = elems;
             }

@@ -23,6 +23,12 @@
 //! 5. Invalid input: a policy with an invalid `podSelector` or an unknown
 //!    policy type applies to nothing; a rule with any invalid peer or port
 //!    matches nothing (the policy still isolates).
+//! 6. AdminNetworkPolicy tiers (see [`admin`]): for one direction of a pod,
+//!    the first matching rule of the ANPs selecting it (by priority, then
+//!    name; rules in written order) decides with `Allow`/`Deny`; `Pass`, or
+//!    no match, leaves it to rules 2–3; a direction no NetworkPolicy
+//!    isolates is then decided by the first matching rule of the BANP
+//!    `default` if it selects the pod, else allowed. Rule 4 comes first.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -62,6 +68,8 @@ type RawRule<'a> = (
     Option<&'a Vec<NetworkPolicyPeer>>,
     Option<&'a Vec<NetworkPolicyPort>>,
 );
+
+mod admin;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Dir {
@@ -125,6 +133,27 @@ impl Cluster<'_> {
         {
             return (true, "own node".into());
         }
+        if let Some((allowed, why)) = self.admin_tier(dir, pod, peer_ip, peer_pod, l4) {
+            return (allowed, why);
+        }
+        if let Some(answer) = self.network_policies(dir, pod, peer_ip, peer_pod, l4) {
+            return answer;
+        }
+        if let Some((allowed, why)) = self.baseline_tier(dir, pod, peer_ip, peer_pod, l4) {
+            return (allowed, why);
+        }
+        (true, "not isolated".into())
+    }
+
+    /// The NetworkPolicy verdict; `None` when none isolates `pod` for `dir`.
+    fn network_policies(
+        &self,
+        dir: Dir,
+        pod: &PodInfo,
+        peer_ip: IpAddr,
+        peer_pod: Option<&PodInfo>,
+        l4: L4,
+    ) -> Option<(bool, String)> {
         let mut isolated_by = Vec::new();
         for (key, np) in &self.state.policies {
             if key.namespace != pod.key.namespace {
@@ -181,14 +210,14 @@ impl Cluster<'_> {
                 let port_ok =
                     ports.is_empty() || ports.iter().any(|p| port_matches(p, l4, dest_pod));
                 if peer_ok && port_ok {
-                    return (true, format!("{key} rule {i}"));
+                    return Some((true, format!("{key} rule {i}")));
                 }
             }
         }
         if isolated_by.is_empty() {
-            (true, "not isolated".into())
+            None
         } else {
-            (false, format!("no rule of {isolated_by:?} matches"))
+            Some((false, format!("no rule of {isolated_by:?} matches")))
         }
     }
 

@@ -4,6 +4,9 @@
 //! * replaying every batch it sent on a kernel model is accepted and ends
 //!   in the same table as one full rebuild,
 //! * the rules agree with the spec evaluator on every pair.
+//!
+//! The events include AdminNetworkPolicies (tied priorities included), the
+//! BaselineAdminNetworkPolicy and Node label/address changes.
 
 use std::net::IpAddr;
 
@@ -12,6 +15,7 @@ use proptest::prelude::*;
 use policy::build::*;
 use policy::testkit::generate::{DIRECTIONS, peer_kinds, policy, port_kinds};
 use policy::testkit::kernel::Kernel;
+use policy::testkit::tiers::{GenRule, admin_policy, baseline_policy};
 use policy::testkit::{NAMESPACES, PODS, SimNode, Xyz};
 use policy::{
     CapturingSink, Engine, NamespaceInfo, PodKey, PodPhase, PolicyKey, Ruleset, nft, plan,
@@ -66,8 +70,35 @@ enum Op {
     NodeAddr {
         extra: bool,
     },
+    Admin {
+        slot: usize,
+        prio: usize,
+        subject: usize,
+        ingress: Vec<GenRule>,
+        egress: Vec<GenRule>,
+    },
+    RemoveAdmin {
+        slot: usize,
+    },
+    InvalidAdmin {
+        slot: usize,
+    },
+    Baseline {
+        subject: usize,
+        ingress: Vec<GenRule>,
+        egress: Vec<GenRule>,
+    },
+    RemoveBaseline,
+    NodeZone {
+        node: usize,
+        zone_b: bool,
+    },
     Commit,
     FailNextCommit,
+}
+
+fn gen_rules() -> impl Strategy<Value = Vec<GenRule>> {
+    prop::collection::vec((0..3usize, 0..8usize, 0..7usize), 0..3)
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -85,6 +116,14 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..3usize, 0..3usize).prop_map(|(ns, pod)| Op::EndpointDown { ns, pod }),
         1 => (0..3usize, 0..3usize).prop_map(|(ns, pod)| Op::EndpointUp { ns, pod }),
         1 => proptest::arbitrary::any::<bool>().prop_map(|extra| Op::NodeAddr { extra }),
+        3 => (0..3usize, 0..3usize, 0..4usize, gen_rules(), gen_rules())
+            .prop_map(|(slot, prio, subject, ingress, egress)| Op::Admin { slot, prio, subject, ingress, egress }),
+        1 => (0..3usize).prop_map(|slot| Op::RemoveAdmin { slot }),
+        1 => (0..3usize).prop_map(|slot| Op::InvalidAdmin { slot }),
+        2 => (0..4usize, gen_rules(), gen_rules())
+            .prop_map(|(subject, ingress, egress)| Op::Baseline { subject, ingress, egress }),
+        1 => Just(Op::RemoveBaseline),
+        1 => (0..2usize, proptest::arbitrary::any::<bool>()).prop_map(|(node, zone_b)| Op::NodeZone { node, zone_b }),
         3 => Just(Op::Commit),
         1 => Just(Op::FailNextCommit),
     ]
@@ -313,7 +352,72 @@ fn run(ops: Vec<Op>, node_count: usize) -> Result<(), TestCaseError> {
                     addrs.push("198.18.0.200".parse::<IpAddr>().expect("ip"));
                 }
                 xyz.node_addrs.insert("node0".into(), addrs.clone());
-                nodes[0].engine.set_node_addrs(addrs);
+                nodes[0].engine.set_node_addrs(addrs.clone());
+                let mut info = xyz.state.nodes["node0"].clone();
+                info.addrs = addrs;
+                xyz.state.add_node(info.clone());
+                for n in &mut nodes {
+                    n.engine.upsert_node(info.clone());
+                }
+            }
+            Op::Admin {
+                slot,
+                prio,
+                subject,
+                ingress,
+                egress,
+            } => {
+                let name = format!("anp{slot}");
+                let anp = admin_policy(&name, [0, 10, 1000][prio], subject, &ingress, &egress);
+                xyz.state.add_admin_policy(anp.clone()).expect("named");
+                for n in &mut nodes {
+                    n.engine.upsert_admin_policy(name.clone(), anp.clone());
+                }
+            }
+            Op::RemoveAdmin { slot } => {
+                let name = format!("anp{slot}");
+                xyz.state.admin_policies.remove(&name);
+                for n in &mut nodes {
+                    n.engine.remove_admin_policy(&name);
+                }
+            }
+            Op::InvalidAdmin { slot } => {
+                // Out-of-range priority: the whole policy is ignored.
+                let name = format!("anp{slot}");
+                let anp = admin_policy(&name, 1001, 0, &[(1, 1, 0)], &[(1, 1, 0)]);
+                xyz.state.add_admin_policy(anp.clone()).expect("named");
+                for n in &mut nodes {
+                    n.engine.upsert_admin_policy(name.clone(), anp.clone());
+                }
+            }
+            Op::Baseline {
+                subject,
+                ingress,
+                egress,
+            } => {
+                let b = baseline_policy(subject, &ingress, &egress);
+                xyz.state.add_baseline_policy(b.clone()).expect("named");
+                for n in &mut nodes {
+                    n.engine.upsert_baseline_policy("default".into(), b.clone());
+                }
+            }
+            Op::RemoveBaseline => {
+                xyz.state.baseline_policies.remove("default");
+                for n in &mut nodes {
+                    n.engine.remove_baseline_policy("default");
+                }
+            }
+            Op::NodeZone { node, zone_b } => {
+                let name = format!("node{node}");
+                let Some(mut info) = xyz.state.nodes.get(&name).cloned() else {
+                    continue;
+                };
+                info.labels
+                    .insert("zone".into(), if zone_b { "b" } else { "a" }.into());
+                xyz.state.add_node(info.clone());
+                for n in &mut nodes {
+                    n.engine.upsert_node(info.clone());
+                }
             }
             Op::FailNextCommit => fail_next = true,
             Op::Commit => {
@@ -339,7 +443,7 @@ fn run(ops: Vec<Op>, node_count: usize) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, max_shrink_iters: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 60, max_shrink_iters: 200, ..ProptestConfig::default() })]
 
     #[test]
     fn engine_matches_pure_pipeline_kernel_and_spec(ops in prop::collection::vec(op(), 1..24), two in proptest::arbitrary::any::<bool>()) {

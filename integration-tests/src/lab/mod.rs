@@ -31,6 +31,7 @@ pub mod error;
 pub mod netns;
 pub mod pod;
 pub mod probe;
+pub mod routemon;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -42,6 +43,7 @@ pub use error::{LabError, Result};
 pub use netns::{LinkStats, Netns};
 pub use pod::{Pod, PodSpec, host_ifname};
 pub use probe::{Outcome, Probe, Proto, probe, probe_many, wait_reachable};
+pub use routemon::RouteMonitor;
 
 /// The ToR's underlay address (IPv4), gateway of every node.
 pub const TOR_IPV4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);

@@ -17,6 +17,7 @@ use std::time::Duration;
 use integration_tests::lab::{self, Lab, Netns, Outcome, Pod, PodSpec, Proto};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use node_agent::dataplane::NftCli;
+use node_agent::dataplane::policy::admin::{AdminNetworkPolicy, BaselineAdminNetworkPolicy};
 use node_agent::dataplane::policy::spec_eval::{Cluster as Spec, L4};
 use node_agent::dataplane::policy::testkit::{NAMESPACES, PODS, Xyz};
 use node_agent::dataplane::policy::{Engine, NamespaceInfo, PodKey, PolicyKey, Protocol};
@@ -215,7 +216,97 @@ impl PolicyLab {
                 e.remove_policy(&k);
             }
         }
+        let names: Vec<String> = self.xyz.state.admin_policies.keys().cloned().collect();
+        for n in names {
+            self.xyz.state.admin_policies.remove(&n);
+            for (e, _) in &mut self.engines {
+                e.remove_admin_policy(&n);
+            }
+        }
+        let names: Vec<String> = self.xyz.state.baseline_policies.keys().cloned().collect();
+        for n in names {
+            self.xyz.state.baseline_policies.remove(&n);
+            for (e, _) in &mut self.engines {
+                e.remove_baseline_policy(&n);
+            }
+        }
         self.commit()
+    }
+
+    /// Adds or replaces an AdminNetworkPolicy on every node.
+    pub fn set_admin_policy(&mut self, anp: AdminNetworkPolicy) -> Result<(), String> {
+        let name = anp.name().ok_or("ANP without name")?.to_string();
+        self.xyz
+            .state
+            .admin_policies
+            .insert(name.clone(), anp.clone());
+        for (e, _) in &mut self.engines {
+            e.upsert_admin_policy(name.clone(), anp.clone());
+        }
+        self.commit()
+    }
+
+    pub fn delete_admin_policy(&mut self, name: &str) -> Result<(), String> {
+        self.xyz.state.admin_policies.remove(name);
+        for (e, _) in &mut self.engines {
+            e.remove_admin_policy(name);
+        }
+        self.commit()
+    }
+
+    /// Adds or replaces the BaselineAdminNetworkPolicy on every node.
+    pub fn set_baseline_policy(&mut self, banp: BaselineAdminNetworkPolicy) -> Result<(), String> {
+        let name = banp.name().ok_or("BANP without name")?.to_string();
+        self.xyz
+            .state
+            .baseline_policies
+            .insert(name.clone(), banp.clone());
+        for (e, _) in &mut self.engines {
+            e.upsert_baseline_policy(name.clone(), banp.clone());
+        }
+        self.commit()
+    }
+
+    /// Probes `from` → `to` on both families (TCP or UDP `port`) and
+    /// returns a line per family whose outcome is not `allowed` (a
+    /// disagreement is re-probed twice with a longer timeout first).
+    pub fn expect(
+        &self,
+        from: (&str, &str),
+        to: (&str, &str),
+        proto: Proto,
+        port: u16,
+        allowed: bool,
+    ) -> Vec<String> {
+        let (Some(f), Some(t)) = (
+            self.pods.get(&PodKey::new(from.0, from.1)),
+            self.pods.get(&PodKey::new(to.0, to.1)),
+        ) else {
+            return vec![format!("no pod {from:?} or {to:?}")];
+        };
+        let mut out = Vec::new();
+        for dst in [t.ipv4.map(IpAddr::V4), t.ipv6.map(IpAddr::V6)]
+            .into_iter()
+            .flatten()
+        {
+            let to_addr = SocketAddr::new(dst, port);
+            let mut o = lab::probe(&f.ns, to_addr, proto, Duration::from_millis(300));
+            for _ in 0..2 {
+                if o.reached() == allowed {
+                    break;
+                }
+                o = lab::probe(&f.ns, to_addr, proto, Duration::from_millis(1500));
+            }
+            if o.reached() != allowed {
+                out.push(format!(
+                    "{}/{} -> {to_addr} {proto}: expected {}, got {o:?}",
+                    from.0,
+                    from.1,
+                    if allowed { "allowed" } else { "denied" }
+                ));
+            }
+        }
+        out
     }
 
     pub fn set_pod_label(

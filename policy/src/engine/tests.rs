@@ -4,20 +4,20 @@ use crate::sink::CapturingSink;
 use crate::testkit::Xyz;
 use crate::testkit::kernel::Kernel;
 
-fn engine_for(xyz: &Xyz, node: usize) -> Engine {
+pub(super) fn engine_for(xyz: &Xyz, node: usize) -> Engine {
     let mut e = Engine::new(xyz.nodes[node].clone());
     e.load(xyz.state.clone());
     e
 }
 
-fn pure(e: &Engine) -> Ruleset {
+pub(super) fn pure(e: &Engine) -> Ruleset {
     let plan = crate::plan::build(e.state(), e.node());
     Ruleset::build(&plan, e.state())
 }
 
 /// Applies every captured batch to a kernel model and compares it with a
 /// full rebuild of the pure pipeline's ruleset.
-fn check_kernel(e: &Engine, sink: &CapturingSink) {
+pub(super) fn check_kernel(e: &Engine, sink: &CapturingSink) {
     let mut k = Kernel::default();
     for (i, b) in sink.batches.iter().enumerate() {
         k.apply(b)

@@ -4,6 +4,7 @@
 //! (not yet tracked) packet.
 
 pub mod kernel;
+pub mod tiers;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -12,8 +13,8 @@ use sha1::{Digest, Sha1};
 
 use crate::addr::Family;
 use crate::model::{
-    ClusterState, ContainerPort, LocalEndpoint, NamespaceInfo, NodeContext, PodInfo, PodKey,
-    Protocol,
+    ClusterState, ContainerPort, LocalEndpoint, NamespaceInfo, NodeContext, NodeInfo, PodInfo,
+    PodKey, Protocol,
 };
 use crate::ruleset::{AddrField, Elem, Match, Ruleset, SPOOF, Verdict};
 use crate::spec_eval::L4;
@@ -56,10 +57,24 @@ pub fn node_ip(i: usize) -> (Ipv4Addr, Ipv6Addr) {
     )
 }
 
+/// The Node object of lab node `i`: labels `kubernetes.io/hostname`,
+/// `kubernetes.io/os: linux` and `zone` (`a` for even `i`, `b` for odd).
+pub fn node_info(i: usize, name: &str, addrs: &[IpAddr]) -> NodeInfo {
+    let mut n = NodeInfo::new(name)
+        .label("kubernetes.io/hostname", name)
+        .label("kubernetes.io/os", "linux")
+        .label("zone", if i.is_multiple_of(2) { "a" } else { "b" });
+    for a in addrs {
+        n = n.addr(*a);
+    }
+    n
+}
+
 /// The conformance cluster: namespaces x, y, z (labels `ns` and
 /// `kubernetes.io/metadata.name`), pods a, b, c in each (label `pod`), each
 /// serving TCP/UDP/SCTP ports 80 and 81 with named ports `serve-80-tcp` …,
-/// spread round-robin over `nodes` nodes named `node0`, `node1`, ….
+/// spread round-robin over `nodes` nodes named `node0`, `node1`, … (whose
+/// Node objects come from [`node_info`]).
 #[derive(Debug, Clone)]
 pub struct Xyz {
     pub state: ClusterState,
@@ -131,6 +146,9 @@ impl Xyz {
                 }
                 state.add_pod(p);
             }
+        }
+        for (i, c) in ctxs.iter().enumerate() {
+            state.add_node(node_info(i, &c.node_name, &c.node_addrs));
         }
         let node_addrs = ctxs
             .iter()
