@@ -1,9 +1,10 @@
 //! `--breakdown`: what one remote pod costs in each copy the agent keeps of
 //! it, measured in this process (RSS before and after building each copy
 //! of M pods from the benchmark's own Pod JSON, divided by M): the JSON
-//! text, the `k8s_openapi` Pod a kube reflector holds, the policy model's
-//! `PodInfo` (kept twice: by the agent's mirror and by the engine), and the
-//! time each conversion takes. No lab, no root.
+//! text, the `k8s_openapi` Pod a kube reflector holds (whole, and trimmed
+//! to what the agent reads, as its reflector now keeps it), the policy
+//! model's `PodInfo` (kept twice: by the agent's mirror and by the engine),
+//! and the time each conversion takes. No lab, no root.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -56,6 +57,15 @@ pub fn run(pods: usize) -> Result<()> {
         .collect::<Result<_, _>>()?;
     let convert_us = t.elapsed().as_secs_f64() * 1e6 / pods as f64;
     let r3 = rss()?;
+    let trimmed: Vec<Arc<Pod>> = typed
+        .iter()
+        .map(|p| {
+            let mut p = (**p).clone();
+            node_agent::cluster::trim_pod(&mut p);
+            Arc::new(p)
+        })
+        .collect();
+    let r4 = rss()?;
     let text_len = texts.iter().map(String::len).sum::<usize>() as f64 / pods as f64;
     println!("per pod, over {pods} pods (RSS deltas in this process):");
     println!(
@@ -70,6 +80,10 @@ pub fn run(pods: usize) -> Result<()> {
         "  policy PodInfo (one copy)          {:>8.0} B  convert {convert_us:.1} us",
         per(r2, r3)
     );
-    std::hint::black_box((&texts, &typed, &infos));
+    println!(
+        "  k8s_openapi Pod, trimmed           {:>8.0} B  (node_agent::cluster::trim_pod)",
+        per(r3, r4)
+    );
+    std::hint::black_box((&texts, &typed, &infos, &trimmed));
     Ok(())
 }

@@ -166,6 +166,8 @@ struct Row {
 struct Churn {
     sent: usize,
     secs: f64,
+    /// From the first to the last reading of CPU and bytes.
+    window_secs: f64,
     observable: usize,
     lat_ms: Vec<f64>,
     cpu: f64,
@@ -364,6 +366,7 @@ fn run_churn(a: &Args, lab: &Lab, node: &Netns, l: &Layout, pid: i32) -> Result<
     let monitor = probe::Monitor::start(node, &ips)?;
     let before = probe::proc_stats(pid)?;
     let (by0, bytes0) = traffic(lab)?;
+    let window = Instant::now();
     let (syncs0, sync_s0) = sync_metrics(node);
     let (rate, secs) = (a.rate, a.churn_secs);
     let t = Instant::now();
@@ -398,6 +401,7 @@ fn run_churn(a: &Args, lab: &Lab, node: &Netns, l: &Layout, pid: i32) -> Result<
     }
     let after = probe::proc_stats(pid)?;
     let (by1, bytes1) = traffic(lab)?;
+    let window_secs = window.elapsed().as_secs_f64();
     let (syncs1, sync_s1) = sync_metrics(node);
     let mc = monitor.counts();
     let (txns, lines) = (mc.transactions, mc.element_msgs);
@@ -437,6 +441,7 @@ fn run_churn(a: &Args, lab: &Lab, node: &Netns, l: &Layout, pid: i32) -> Result<
     Ok(Churn {
         sent: sent.len(),
         secs: send_secs,
+        window_secs,
         observable,
         lat_ms,
         cpu: after.cpu - before.cpu,

@@ -186,12 +186,23 @@ pub fn print(a: &Args, rows: &[Row]) {
         "",
     );
     row(
-        "API bytes to the agent per pod event",
+        "pod watch bytes to the agent per pod event",
         &|r| {
-            let b = r.churn.bytes as f64 / r.churn.sent as f64;
+            let pods = r.churn.by.get("pods watch").map_or(0, |(b, _)| *b);
+            let b = pods as f64 / r.churn.sent as f64;
             vs(b, 1024.0, format!("{b:.0}"))
         },
         "<= 1024 B",
+    );
+    row(
+        "all API bytes to the agent during churn, MB/min",
+        &|r| {
+            format!(
+                "{:.1}",
+                r.churn.bytes as f64 / MB / r.churn.window_secs * 60.0
+            )
+        },
+        "",
     );
     row(
         "nft transactions / element messages",
