@@ -21,6 +21,20 @@ fn vs(figure: f64, goal: f64, text: String) -> String {
 }
 
 pub fn print(a: &Args, rows: &[Row]) {
+    for r in rows {
+        println!(
+            "\nAPI bytes to the agent by resource, {}/{}/{} (until ready | during churn):",
+            r.layout.nodes, r.layout.pods, r.layout.policies
+        );
+        for (k, (b, f)) in &r.ready_by {
+            let (cb, cf) = r.churn.by.get(k).copied().unwrap_or((0, 0));
+            println!(
+                "  {k:<40} {:>9.2} MB {f:>7} frames | {:>9.2} MB {cf:>7} frames",
+                *b as f64 / MB,
+                cb as f64 / MB
+            );
+        }
+    }
     println!(
         "\n== one real margay-node in a simulated cluster ({} build, {} cores shared with other work, load average {}) ==",
         if cfg!(debug_assertions) {
@@ -241,19 +255,5 @@ pub fn print(a: &Args, rows: &[Row]) {
             s.push_str(&format!(" | {c:>w$}"));
         }
         println!("{s} | {goal}");
-    }
-    for r in rows {
-        println!(
-            "\nAPI bytes to the agent by resource, {}/{}/{} (until ready | during churn):",
-            r.layout.nodes, r.layout.pods, r.layout.policies
-        );
-        for (k, (b, f)) in &r.ready_by {
-            let (cb, cf) = r.churn.by.get(k).copied().unwrap_or((0, 0));
-            println!(
-                "  {k:<40} {:>9.2} MB {f:>7} frames | {:>9.2} MB {cf:>7} frames",
-                *b as f64 / MB,
-                cb as f64 / MB
-            );
-        }
     }
 }
