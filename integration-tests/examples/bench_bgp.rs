@@ -333,8 +333,8 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
                     Ok(done.then_some(v))
                 },
             )?;
-            let (rss, cpu) = usage(d.pid())?;
-            // The RIB's memory is walked once it is quiet: wait for it.
+            // The RIB's memory is walked once it is quiet: wait for it
+            // (and read RSS and CPU after: they include that walk).
             let v = lab::wait_for("margay: profile", Duration::from_secs(5), || {
                 Ok(read().filter(|v| {
                     v["profile"]["memory"]["rib"]["v4"]["count"].as_u64() == Some(n as u64)
@@ -342,6 +342,7 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
             })
             .unwrap_or(v);
             profile = Some(v["profile"].clone());
+            let (rss, cpu) = usage(d.pid())?;
             let errors = v["fib"]["errors"].as_u64().unwrap_or(0);
             if errors != 0 {
                 bail!("margay: {errors} FIB errors");
@@ -407,7 +408,8 @@ fn print_profile(p: &serde_json::Value) {
     let t = &p["time"];
     let m = &p["memory"];
     let s = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
-    let mb = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN) / 1e6;
+    // MiB, as the RSS column.
+    let mb = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN) / 1048576.0;
     println!(
         "  margay time: decode {:.2} s ({} msgs), waiting for the RIB {:.2} | rib {:.2}, export {:.2}, waiting for the FIB {:.2} | fib {:.2} of which kernel {:.2} ({} writes, {} routes)",
         s(&t["decode_s"]),

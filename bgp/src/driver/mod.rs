@@ -53,7 +53,7 @@ const FIB_QUEUE: usize = 2;
 /// it by one UPDATE's worth). Small: while the kernel is slower than the
 /// RIB (a table load), what waits for it is at most a few batches — a
 /// hundred kilobytes each — not the table.
-const FIB_BATCH: usize = 4096;
+const FIB_BATCH: usize = 1024;
 /// Messages queued for the RIB task (each a batch of decoded UPDATEs, see
 /// [`RIB_BATCH_UPDATES`]).
 const RIB_QUEUE: usize = 8;
@@ -63,7 +63,7 @@ const RIB_BATCH_UPDATES: usize = 256;
 /// …or this many announced and withdrawn prefixes: one channel hop and one
 /// wake-up per batch instead of per UPDATE (a table sent one prefix per
 /// UPDATE is 100k of them), memory bounded by RIB_QUEUE batches.
-const RIB_BATCH_ROUTES: usize = 4096;
+const RIB_BATCH_ROUTES: usize = 1024;
 /// Bytes of received frames per event from a connection's reader task,
 /// and about what one read asks of the socket. 4 KB (one maximal BGP
 /// message, what BIRD reads at a time): a 1M-route load one prefix per
@@ -210,6 +210,28 @@ enum RibMsg {
         error: Option<String>,
     },
     Bfd(PeerIdx, bfd::State),
+}
+
+/// See [`Speaker::fib_view`].
+#[derive(Clone, Debug)]
+pub struct FibView {
+    tx: mpsc::Sender<Cmd>,
+}
+
+impl FibView {
+    /// Every prefix whose best path has kernel next hops now (a walk over
+    /// the RIB). The FIB holds exactly these once the changes already
+    /// handed out are applied: a writer that asks between two batches and
+    /// reconciles before applying the next removes nothing the RIB wants —
+    /// what is still queued for it was decided before this answer.
+    pub async fn prefixes(&self) -> Result<Vec<Prefix>, DriverError> {
+        let (t, r) = oneshot::channel();
+        self.tx
+            .send(Cmd::FibPrefixes(t))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        r.await.map_err(|_| DriverError::Stopped)
+    }
 }
 
 /// The running speaker. Dropping it stops everything.
@@ -413,16 +435,12 @@ impl Speaker {
         r.await.map_err(|_| DriverError::Stopped)
     }
 
-    /// Every prefix whose best path has kernel next hops now: what the
-    /// FIB holds once the changes already handed out are applied (for a
-    /// reconcile; a walk over the RIB).
-    pub async fn fib_prefixes(&self) -> Result<Vec<Prefix>, DriverError> {
-        let (t, r) = oneshot::channel();
-        self.tx
-            .send(Cmd::FibPrefixes(t))
-            .await
-            .map_err(|_| DriverError::Stopped)?;
-        r.await.map_err(|_| DriverError::Stopped)
+    /// A handle that asks the RIB what the kernel FIB should hold, for the
+    /// FIB writer's reconcile (the writer keeps no copy of its own).
+    pub fn fib_view(&self) -> FibView {
+        FibView {
+            tx: self.tx.clone(),
+        }
     }
 
     /// Per-peer status.

@@ -11,12 +11,12 @@
 //! when the route has any of it. [`RouteAttrs::attrs`] rebuilds the full
 //! [`PathAttrs`] for export and display.
 
-use std::collections::HashSet;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use super::memory::{self, Usage, heap};
+use super::memory::{Usage, heap};
+use super::segmap::SegMap;
 use crate::wire::attrs::{AsSegment, SegmentKind};
 use crate::wire::{AsPath, NextHop, Origin, PathAttrs};
 
@@ -214,7 +214,7 @@ fn owned_by(a: &PathAttrs) -> usize {
 /// The interning table.
 #[derive(Debug, Default)]
 pub struct Interner {
-    set: HashSet<Arc<RouteAttrs>, FastState>,
+    set: SegMap<Arc<RouteAttrs>, ()>,
     /// Seed of the content hash (the set's own hasher only folds it).
     content: FastState,
     since_gc: usize,
@@ -233,11 +233,11 @@ impl Interner {
             &a.as_path,
             &a.rest,
         ));
-        if let Some(x) = self.set.get(&a) {
+        if let Some((x, ())) = self.set.get_key_value(&a) {
             return x.clone();
         }
         let x = Arc::new(a);
-        self.set.insert(x.clone());
+        self.set.insert(x.clone(), ());
         self.since_gc += 1;
         if self.since_gc > 4096 && self.since_gc > self.set.len() {
             self.gc();
@@ -247,7 +247,7 @@ impl Interner {
 
     /// Drop attribute sets no route uses any more.
     pub fn gc(&mut self) {
-        self.set.retain(|a| Arc::strong_count(a) > 1);
+        self.set.retain(|a, ()| Arc::strong_count(a) > 1);
         self.since_gc = 0;
     }
 
@@ -264,12 +264,12 @@ impl Interner {
     /// Memory of the table's slots, and of the attribute sets (with what
     /// they own on the heap).
     pub(super) fn memory(&self) -> (Usage, Usage) {
-        let table = memory::set(&self.set);
+        let table = self.set.memory();
         let mut attrs = Usage {
             count: self.set.len(),
             ..Usage::default()
         };
-        for a in &self.set {
+        for (a, ()) in &self.set {
             // The Arc's block: two counters and the value.
             attrs.bytes += heap(16 + std::mem::size_of::<RouteAttrs>()) + a.heap_bytes();
         }

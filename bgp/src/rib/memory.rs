@@ -104,8 +104,8 @@ impl Rib {
     /// several paths).
     pub fn memory(&self) -> RibMemory {
         let mut m = RibMemory {
-            v4: map(&self.v4.map),
-            v6: map(&self.v6.map),
+            v4: self.v4.map.memory(),
+            v6: self.v6.map.memory(),
             ..RibMemory::default()
         };
         let multi = |d: &Dest| match d {

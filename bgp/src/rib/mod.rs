@@ -14,6 +14,7 @@ mod export;
 pub mod filter;
 pub mod intern;
 pub mod memory;
+pub mod segmap;
 pub mod table;
 
 use std::collections::HashMap;

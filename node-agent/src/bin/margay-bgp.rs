@@ -54,7 +54,7 @@ use bgp::fsm::State;
 use bgp::rib::decision::DecisionOptions;
 use bgp::wire::{CommunitySet, Families, Family, Prefix};
 use clap::Parser;
-use node_agent::fib::{Fib, FibChange};
+use node_agent::fib::{Fib, FibChange, PendingReconcile};
 use serde::Deserialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -329,7 +329,7 @@ impl Clock {
 }
 
 /// What the FIB writer reports. It keeps no copy of the prefixes it
-/// installed: the RIB knows them ([`Speaker::fib_prefixes`]), and asking it
+/// installed: the RIB knows them ([`bgp::driver::FibView`]), and asking it
 /// once for a reconcile costs less than a second table of every route.
 #[derive(Default)]
 struct FibState {
@@ -337,17 +337,6 @@ struct FibState {
     errors: u64,
     reconciled: bool,
     stats: node_agent::fib::FibStats,
-}
-
-/// Asks of the FIB writer, in order with its batches.
-enum WriterCmd {
-    /// Start noting the prefixes written (answers once it does).
-    Mark(tokio::sync::oneshot::Sender<()>),
-    /// Remove our kernel routes outside these prefixes and those written
-    /// since the mark. The RIB's prefixes, asked after the mark: a route it
-    /// added later was written after the mark, so nothing the RIB wants is
-    /// removed; a stale route it never learned again goes.
-    Reconcile(Vec<Prefix>),
 }
 
 fn state_name(s: State) -> String {
@@ -490,7 +479,8 @@ fn lock(s: &Mutex<FibState>) -> std::sync::MutexGuard<'_, FibState> {
 fn spawn_fib_writer(
     install: bool,
     mut fib_rx: mpsc::Receiver<Vec<FibChange>>,
-    mut cmd_rx: mpsc::UnboundedReceiver<WriterCmd>,
+    mut reconcile_rx: mpsc::UnboundedReceiver<()>,
+    rib: bgp::driver::FibView,
     state: Arc<Mutex<FibState>>,
 ) -> Result<std::thread::JoinHandle<()>> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -501,6 +491,7 @@ fn spawn_fib_writer(
         .name("fib-writer".into())
         .spawn(move || {
             rt.block_on(async move {
+                let mut reconciling: Option<PendingReconcile> = None;
                 let fib = if install {
                     match Fib::new() {
                         Ok(f) => Some(f),
@@ -512,15 +503,13 @@ fn spawn_fib_writer(
                 } else {
                     None
                 };
-                // Prefixes written since a reconcile's mark.
-                let mut touched: Option<HashSet<Prefix>> = None;
                 loop {
                     tokio::select! {
                         batch = fib_rx.recv() => {
                             let Some(mut batch) = batch else { return };
                             // Take some of what else is queued: fewer kernel
                             // batches, but never the whole table in one.
-                            while batch.len() < 8192 {
+                            while batch.len() < 2048 {
                                 let Ok(more) = fib_rx.try_recv() else { break };
                                 batch.extend(more);
                             }
@@ -528,8 +517,8 @@ fn spawn_fib_writer(
                                 Some(f) => f.apply(&batch).await.err(),
                                 None => None,
                             };
-                            if let Some(t) = &mut touched {
-                                t.extend(batch.iter().map(|c| c.prefix));
+                            if let Some(r) = &mut reconciling {
+                                r.note(&batch);
                             }
                             let mut st = lock(&state);
                             if let Some(f) = &fib {
@@ -541,23 +530,25 @@ fn spawn_fib_writer(
                             }
                             st.last_change = Some(Instant::now());
                         }
-                        Some(cmd) = cmd_rx.recv() => match cmd {
-                            WriterCmd::Mark(ack) => {
-                                touched = Some(HashSet::new());
-                                let _ = ack.send(());
+                        Some(()) = reconcile_rx.recv(), if reconciling.is_none() => {
+                            reconciling = Some(PendingReconcile::start(&rib));
+                        }
+                        wanted = async {
+                            match &mut reconciling {
+                                Some(r) => r.answer().await,
+                                None => std::future::pending().await,
                             }
-                            WriterCmd::Reconcile(rib) => {
-                                let mut wanted: HashSet<Prefix> = rib.into_iter().collect();
-                                wanted.extend(touched.take().unwrap_or_default());
-                                if let Some(f) = &fib {
-                                    match f.reconcile(&wanted).await {
-                                        Ok(n) => tracing::info!(removed = n, "initial tables complete; stale kernel routes removed"),
-                                        Err(e) => tracing::warn!(error = %node_agent::logging::chain(&e), "reconcile failed"),
-                                    }
+                        } => {
+                            let Some(r) = reconciling.take() else { continue };
+                            let Some(wanted) = wanted else { return };
+                            if let Some(f) = &fib {
+                                match r.finish(f, wanted).await {
+                                    Ok(n) => tracing::info!(removed = n, "initial tables complete; stale kernel routes removed"),
+                                    Err(e) => tracing::warn!(error = %node_agent::logging::chain(&e), "reconcile failed"),
                                 }
-                                lock(&state).reconciled = true;
                             }
-                        },
+                            lock(&state).reconciled = true;
+                        }
                     }
                 }
             })
@@ -671,8 +662,14 @@ async fn run() -> Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_states: HashMap<String, State> = HashMap::new();
     let state = Arc::new(Mutex::new(state));
-    let (writer_tx, writer_rx) = mpsc::unbounded_channel();
-    let writer = spawn_fib_writer(cfg.install, fib_rx, writer_rx, state.clone())?;
+    let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel();
+    let writer = spawn_fib_writer(
+        cfg.install,
+        fib_rx,
+        reconcile_rx,
+        speaker.fib_view(),
+        state.clone(),
+    )?;
     let mut reconcile_asked = lock(&state).reconciled;
     // The routes section is refreshed when the RIB changed and is quiet
     // (unchanged since the last tick), or at most every second while it
@@ -699,11 +696,7 @@ async fn run() -> Result<()> {
                 }
                 if !reconcile_asked && (initial_tables_complete(&peers) || Instant::now() >= reconcile_deadline) {
                     reconcile_asked = true;
-                    let (ack, marked) = tokio::sync::oneshot::channel();
-                    let _ = writer_tx.send(WriterCmd::Mark(ack));
-                    if marked.await.is_ok() {
-                        let _ = writer_tx.send(WriterCmd::Reconcile(speaker.fib_prefixes().await?));
-                    }
+                    let _ = reconcile_tx.send(());
                 }
                 if let Some(path) = &args.status_file {
                     let bfd = speaker.bfd_sessions().await?;

@@ -344,6 +344,50 @@ impl Fib {
     }
 }
 
+/// A reconcile that does not stop the writer: started when the writer
+/// decides to reconcile, it asks the RIB ([`bgp::driver::FibView`]) what
+/// the kernel should hold while the writer keeps applying batches — the
+/// RIB may be waiting for room in the writer's queue before it can answer
+/// — and notes every prefix written meanwhile. The kernel then keeps the
+/// RIB's answer and those: a route the RIB added after answering was
+/// written after the start, so nothing it wants goes; a route of ours that
+/// nobody wants (left by a previous run) does. The writer keeps no table of
+/// its own for this.
+pub struct PendingReconcile {
+    touched: HashSet<Prefix, FastState>,
+    answer: tokio::task::JoinHandle<Result<Vec<Prefix>, bgp::driver::DriverError>>,
+}
+
+impl PendingReconcile {
+    /// Ask the RIB (from a task on the current runtime).
+    pub fn start(rib: &bgp::driver::FibView) -> PendingReconcile {
+        let rib = rib.clone();
+        PendingReconcile {
+            touched: HashSet::default(),
+            answer: tokio::spawn(async move { rib.prefixes().await }),
+        }
+    }
+
+    /// The writer applied this batch.
+    pub fn note(&mut self, batch: &[FibChange]) {
+        self.touched.extend(batch.iter().map(|c| c.prefix));
+    }
+
+    /// The RIB's answer (cancel-safe: poll it in a `select!` beside the
+    /// batches); `None` if the speaker stopped.
+    pub async fn answer(&mut self) -> Option<Vec<Prefix>> {
+        (&mut self.answer).await.ok()?.ok()
+    }
+
+    /// Remove our kernel routes outside `rib` (the answer) and the
+    /// prefixes written since the start. Returns how many went.
+    pub async fn finish(self, fib: &Fib, rib: Vec<Prefix>) -> Result<usize, FibError> {
+        let mut wanted: HashSet<Prefix> = rib.into_iter().collect();
+        wanted.extend(self.touched);
+        fib.reconcile(&wanted).await
+    }
+}
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
