@@ -3,7 +3,7 @@
 //! and reports sessions (metrics, readiness, `/status`).
 //! See [`crate::routing`] for the channel map.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::agent::NodeIdentity;
 use crate::cluster::{Cluster, Kind};
-use crate::fib::Fib;
+use crate::fib::{Fib, PendingReconcile};
 use crate::health::Health;
 use crate::ipamview::IpamView;
 use crate::metrics::{Metrics, PeerLabels};
@@ -314,12 +314,13 @@ fn input(
 async fn fib_task(
     fib: Fib,
     mut rx: mpsc::Receiver<Vec<FibChange>>,
+    rib: bgp::driver::FibView,
     reconcile_after: Duration,
     health: Arc<Health>,
 ) {
-    let mut best: HashMap<Prefix, Vec<IpAddr>> = HashMap::new();
     let reconcile = tokio::time::sleep(reconcile_after);
     let mut reconcile = std::pin::pin!(reconcile);
+    let mut reconciling: Option<PendingReconcile> = None;
     let mut reconciled = false;
     let mut pulse = health.pulse("fib");
     loop {
@@ -329,23 +330,29 @@ async fn fib_task(
             batch = rx.recv() => {
                 // The speaker stopped (it is being restarted): on purpose.
                 let Some(batch) = batch else { return pulse.retire() };
-                for c in &batch {
-                    if c.next_hops.is_empty() {
-                        best.remove(&c.prefix);
-                    } else {
-                        best.insert(c.prefix, c.next_hops.clone());
-                    }
-                }
                 if let Err(e) = fib.apply(&batch).await {
                     tracing::warn!(error = %crate::logging::chain(&e), "programming BGP routes failed");
+                }
+                if let Some(r) = &mut reconciling {
+                    r.note(&batch);
                 }
                 pulse.beat();
             }
             () = &mut reconcile, if !reconciled => {
                 reconciled = true;
-                let wanted: HashSet<Prefix> = best.keys().copied().collect();
-                match fib.reconcile(&wanted).await {
-                    Ok(n) => tracing::info!(removed = n, kept = wanted.len(), "BGP routes reconciled after start-up"),
+                reconciling = Some(PendingReconcile::start(&rib));
+            }
+            wanted = async {
+                match &mut reconciling {
+                    Some(r) => r.answer().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Some(r) = reconciling.take() else { continue };
+                let Some(wanted) = wanted else { return pulse.retire() };
+                let kept = wanted.len();
+                match r.finish(&fib, wanted).await {
+                    Ok(n) => tracing::info!(removed = n, kept, "BGP routes reconciled after start-up"),
                     Err(e) => tracing::warn!(error = %crate::logging::chain(&e), "reconciling BGP routes failed"),
                 }
             }
@@ -482,6 +489,7 @@ async fn apply(
         let fib_task = tokio::spawn(fib_task(
             fib,
             fib_rx,
+            speaker.fib_view(),
             deps.reconcile_after,
             deps.health.clone(),
         ));
