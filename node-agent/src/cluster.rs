@@ -428,6 +428,8 @@ impl Cached for BGPFilter {}
 impl Cached for Service {}
 impl Cached for EndpointSlice {}
 impl Cached for IPAMConfiguration {}
+impl Cached for RawAdminNetworkPolicy {}
+impl Cached for RawBaselineAdminNetworkPolicy {}
 impl Cached for Pod {
     fn trim(&mut self) {
         trim_pod(self);

@@ -692,10 +692,21 @@ mod tests {
         let health = Arc::new(Health::new(Duration::ZERO));
         let fib = Fib::new().expect("netlink socket");
         let (tx, rx) = mpsc::channel(1);
+        // A speaker with no peers and no listener: the RIB the task asks.
+        let (speaker, _fib_rx) = Speaker::start(SpeakerConfig {
+            local_as: 65001,
+            router_id: "198.18.0.1".parse().expect("router id"),
+            listen: vec![],
+            cluster_id: None,
+            decision: Default::default(),
+        })
+        .await
+        .expect("speaker");
         // No reconcile within the test (it would read this namespace's routes).
         let task = tokio::spawn(fib_task(
             fib,
             rx,
+            speaker.fib_view(),
             Duration::from_secs(365 * 86_400),
             health.clone(),
         ));

@@ -218,8 +218,11 @@ fn start_apiserver(lab: &Lab) -> Result<Daemon> {
     Ok(d)
 }
 
+/// Bytes per "resource verb" (the two counters `user_totals` keeps per key).
+type TrafficByKey = BTreeMap<String, (u64, u64)>;
+
 /// The agent's traffic so far: (bytes per "resource verb", total bytes).
-fn traffic(lab: &Lab) -> Result<(BTreeMap<String, (u64, u64)>, u64)> {
+fn traffic(lab: &Lab) -> Result<(TrafficByKey, u64)> {
     let raw = k8s::with_client(lab.tor(), |c| async move {
         load::call(&c, "GET", "/margay/traffic", "application/json", Vec::new()).await
     })??;

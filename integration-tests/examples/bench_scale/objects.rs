@@ -227,7 +227,7 @@ fn uuid(seed: u64) -> String {
 pub fn namespace(l: &Layout, n: usize) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {
         "name": l.namespace(n),
-        "labels": {"team": format!("t{}", l.team_of_namespace(n)), "env": if n % 2 == 0 { "prod" } else { "dev" }},
+        "labels": {"team": format!("t{}", l.team_of_namespace(n)), "env": if n.is_multiple_of(2) { "prod" } else { "dev" }},
     }})
 }
 
