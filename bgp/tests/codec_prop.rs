@@ -177,6 +177,45 @@ proptest! {
         prop_assert_eq!(back, Message::Update(u));
     }
 
+    /// The RIB's compact attribute sets give back exactly what went in,
+    /// answer the decision process's questions as the full attributes do,
+    /// and equal contents share one copy.
+    #[test]
+    fn interned_attributes_are_what_went_in(
+        mut a in attrs(true, false),
+        (no_origin, no_path, nh) in (any::<bool>(), any::<bool>(), any::<u32>()),
+    ) {
+        if no_origin {
+            a.origin = None;
+        }
+        if no_path {
+            a.as_path = None;
+        }
+        let nh = NextHop::V4(Ipv4Addr::from(nh));
+        let mut i = bgp::rib::intern::Interner::default();
+        let x = i.intern(&a, nh);
+        prop_assert_eq!(x.attrs(), a.clone());
+        prop_assert_eq!(x.next_hop, nh);
+        let path = a.as_path.clone().unwrap_or_default();
+        prop_assert_eq!(x.as_path_len(), path.path_len());
+        prop_assert_eq!(x.first_as(), path.first_as());
+        prop_assert_eq!(x.has_as_path(), a.as_path.is_some());
+        for asn in path.segments.iter().flat_map(|s| s.asns.iter()) {
+            prop_assert!(x.path_contains(*asn));
+        }
+        prop_assert_eq!(x.originator_id(), a.originator_id);
+        prop_assert_eq!(x.cluster_list(), &a.cluster_list[..]);
+        prop_assert_eq!(x.communities(), &a.communities[..]);
+        prop_assert_eq!((x.med(), x.local_pref(), x.origin()), (a.med, a.local_pref, a.origin));
+        let mut with_nh = a.clone();
+        with_nh.next_hop = Some(Ipv4Addr::new(192, 0, 2, 1));
+        prop_assert!(std::sync::Arc::ptr_eq(&x, &i.intern(&with_nh, nh)), "NEXT_HOP field ignored, one copy");
+        let mut other = a.clone();
+        other.med = Some(a.med.map_or(0, |m| m.wrapping_add(1)));
+        prop_assert!(!std::sync::Arc::ptr_eq(&x, &i.intern(&other, nh)));
+        prop_assert_eq!(i.len(), 2);
+    }
+
     #[test]
     fn packed_announcements_fit_and_decode(prefixes in prop::collection::vec(prefix_v4(), 1..3000), a in attrs(true, false)) {
         let cx = EncodeCx { four_byte_as: true, ..EncodeCx::default() };

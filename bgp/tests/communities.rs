@@ -167,14 +167,14 @@ fn communities_of_every_kind_are_kept_and_passed_on() {
         &announce("198.19.1.0/24", &[65001], [198, 18, 0, 1], &comms),
     );
     let best = r.best(&p("198.19.1.0/24")).expect("in the RIB");
-    assert_eq!(CommunitySet::of(&best[0].1.attrs), comms);
+    assert_eq!(CommunitySet::of(&best[0].1.attrs()), comms);
     let out = sent(&mut r);
     let to_b = to(&out, b, "198.19.1.0/24").expect("sent to b");
     assert_eq!(CommunitySet::of(&to_b), comms);
     // And the RIB listing shows them.
     let listed = r.routes(10);
     assert_eq!(listed.len(), 1);
-    assert_eq!(CommunitySet::of(&listed[0].paths[0].attrs.attrs), comms);
+    assert_eq!(CommunitySet::of(&listed[0].paths[0].attrs.attrs()), comms);
 }
 
 #[test]
@@ -222,11 +222,8 @@ fn rfc1997_no_export_stays_in_the_as_no_advertise_goes_nowhere() {
     assert!(to(&out, ibgp, "198.19.64.0/26").is_some());
     // They are still ours to use: in the RIB and selected.
     assert!(
-        r.best(&p("198.19.2.0/24")).is_some_and(|b| b[0]
-            .1
-            .attrs
-            .communities
-            .contains(&NO_ADVERTISE))
+        r.best(&p("198.19.2.0/24"))
+            .is_some_and(|b| b[0].1.communities().contains(&NO_ADVERTISE))
     );
     // A route that gains NO_EXPORT later is withdrawn from eBGP peers.
     r.apply_update(

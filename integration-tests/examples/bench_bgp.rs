@@ -9,7 +9,7 @@
 //! ```text
 //! cargo build --release -p node-agent --bin margay-bgp
 //! cargo run --release -p integration-tests --example bench_bgp \
-//!     [-- --sizes 100000,1000000 --runs 1 --packing packed|unpacked --only margay|agent|bird]
+//!     [-- --sizes 100000,1000000 --runs 1 --packing packed|unpacked --only margay|agent|bird|floor --floor]
 //! ```
 //!
 //! Packed: the injector's routes share attributes, so BIRD packs ~800 NLRI
@@ -54,6 +54,13 @@
 //!
 //! Peak RSS is VmHWM, CPU is utime+stime of the receiver process, from its
 //! start.
+//!
+//! Breakdown: before each margay-bgp row, its own profile (status file):
+//! seconds decoding, in the RIB, writing the FIB (and in the kernel), and
+//! waiting on the queues between them; the RIB's bytes by structure, the
+//! heap in use and held. `--floor`: also the kernel's floor per size — N
+//! routes written by `node_agent::fib` alone, the same route monitor
+//! watching.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -308,6 +315,7 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
         std::thread::sleep(Duration::from_millis(10));
     }
     let t0 = t0.context("injector's Established time")?;
+    let mut profile = None;
     let fib_at = monitor.wait(deadline)?;
     let fib = unix(fib_at) - t0;
     let (rss, cpu, rib) = match &mut proc_ {
@@ -325,6 +333,15 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
                     Ok(done.then_some(v))
                 },
             )?;
+            // The RIB's memory is walked once it is quiet: wait for it
+            // (and read RSS and CPU after: they include that walk).
+            let v = lab::wait_for("margay: profile", Duration::from_secs(5), || {
+                Ok(read().filter(|v| {
+                    v["profile"]["memory"]["rib"]["v4"]["count"].as_u64() == Some(n as u64)
+                }))
+            })
+            .unwrap_or(v);
+            profile = Some(v["profile"].clone());
             let (rss, cpu) = usage(d.pid())?;
             let errors = v["fib"]["errors"].as_u64().unwrap_or(0);
             if errors != 0 {
@@ -373,6 +390,9 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
     }
     drop(monitor);
     drop(inj);
+    if let Some(p) = &profile {
+        print_profile(p);
+    }
     Ok(Figures {
         rib,
         fib,
@@ -380,6 +400,100 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
         cpu,
         inj: inj_done.unwrap_or(f64::NAN) - t0,
     })
+}
+
+/// margay-bgp's own breakdown (its status file's `profile`): seconds per
+/// phase of the pipeline and bytes per structure, printed before its row.
+fn print_profile(p: &serde_json::Value) {
+    let t = &p["time"];
+    let m = &p["memory"];
+    let s = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    // MiB, as the RSS column.
+    let mb = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN) / 1048576.0;
+    println!(
+        "  margay time: decode {:.2} s ({} msgs), waiting for the RIB {:.2} | rib {:.2}, export {:.2}, waiting for the FIB {:.2} | fib {:.2} of which kernel {:.2} ({} writes, {} routes)",
+        s(&t["decode_s"]),
+        t["messages"],
+        s(&t["wait_rib_queue_s"]),
+        s(&t["rib_s"]),
+        s(&t["export_s"]),
+        s(&t["wait_fib_queue_s"]),
+        s(&t["fib_s"]),
+        s(&t["fib_kernel_s"]),
+        t["fib_batches"],
+        t["fib_routes"],
+    );
+    let r = &m["rib"];
+    let part = |k: &str| {
+        format!(
+            "{k} {:.1} ({}/{})",
+            mb(&r[k]["bytes"]),
+            r[k]["count"],
+            r[k]["slots"]
+        )
+    };
+    println!(
+        "  margay MB: rib {:.1} = {}, {}, {}, {}, {}, {} | heap in use {:.1}, held {:.1} | rss {:.1}, peak {:.1}",
+        mb(&r["total"]),
+        part("v4"),
+        part("v6"),
+        part("multi"),
+        part("intern_table"),
+        part("attrs"),
+        part("adj_out"),
+        mb(&m["heap_in_use"]),
+        mb(&m["heap_held"]),
+        mb(&m["rss"]),
+        mb(&m["rss_peak"]),
+    );
+}
+
+/// The kernel's floor: N routes written by `node_agent::fib` from one
+/// thread of this process in a fresh lab node (batches of 4096, the same
+/// prefixes and next hop as the receivers', the same route monitor
+/// running): (seconds until the monitor saw all N, seconds of CPU of the
+/// writing thread). No receiver can install faster on this machine.
+fn floor(n: usize) -> Result<(f64, f64)> {
+    use node_agent::dataplane::fib::{Fib, FibChange, Prefix};
+    let lab = Lab::builder().nodes(1).build()?;
+    let n1 = lab.node("n1")?;
+    let monitor = lab::RouteMonitor::start(&n1.ns, 80, n)?;
+    let changes: Vec<FibChange> = (0..n)
+        .map(|i| {
+            let a = std::net::Ipv4Addr::from(0xF000_0000u32 + ((i as u32) << 4));
+            Ok(FibChange {
+                prefix: Prefix::new(a.into(), 28)?,
+                next_hops: vec![std::net::Ipv4Addr::new(198, 18, 0, 1).into()],
+            })
+        })
+        .collect::<Result<_>>()?;
+    let start = now_unix();
+    let cpu = n1.ns.enter(move || -> Result<f64> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let fib = rt.block_on(async { Fib::new() })?;
+        let t0 = thread_cpu();
+        for batch in changes.chunks(4096) {
+            rt.block_on(fib.apply(batch))?;
+        }
+        Ok(thread_cpu() - t0)
+    })??;
+    let done = unix(monitor.wait(Duration::from_secs(600))?);
+    Ok((done - start, cpu))
+}
+
+/// CPU seconds of the calling thread.
+fn thread_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|x| x.1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
 }
 
 /// A receiver process.
@@ -491,6 +605,16 @@ fn main() -> Result<()> {
         "inj s"
     );
     for &n in &sizes {
+        if args.iter().any(|a| a == "--floor") || only.as_deref() == Some("floor") {
+            let (wall, cpu) = floor(n)?;
+            println!(
+                "{n:>8}     floor | node_agent::fib alone, one thread: {wall:.2} s to the FIB, {cpu:.2} s CPU ({:.2} us/route)",
+                cpu * 1e6 / n as f64
+            );
+        }
+        if only.as_deref() == Some("floor") {
+            continue;
+        }
         for &packed in &packing {
             let label = if packed { "packed" } else { "unpacked" };
             let mut all = Vec::new();

@@ -219,6 +219,27 @@ impl Agent {
 /// with its socket at `<run_dir>/<node>.sock`; returns once the socket
 /// exists (IPAM is up). `extra` flags are appended.
 pub fn start_agent(lab: &Lab, node: &str, extra: &[&str]) -> Result<Agent> {
+    let mut agent = spawn_agent(lab, node, extra)?;
+    let socket = agent.socket.clone();
+    lab::wait_for(
+        &format!("margay-node on {node}"),
+        Duration::from_secs(30),
+        || {
+            if !agent.daemon.is_running() {
+                return Err(LabError::Invalid(format!(
+                    "margay-node exited:\n{}",
+                    agent.daemon.log()
+                )));
+            }
+            Ok(socket.exists().then_some(()))
+        },
+    )?;
+    Ok(agent)
+}
+
+/// [`start_agent`] without waiting for anything: returns as soon as the
+/// process runs (benchmarks time its start-up themselves).
+pub fn spawn_agent(lab: &Lab, node: &str, extra: &[&str]) -> Result<Agent> {
     let n = lab.node(node)?;
     let bin = lab::workspace_bin("margay-node")?;
     let socket = lab.run_dir().join(format!("{node}.sock"));
@@ -254,20 +275,7 @@ pub fn start_agent(lab: &Lab, node: &str, extra: &[&str]) -> Result<Agent> {
     args.extend(extra.iter().map(|s| s.to_string()));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let log = lab.run_dir().join(format!("{node}-agent.log"));
-    let mut daemon = Daemon::spawn(&n.ns, &format!("{node}-agent"), &argv, &log)?;
-    lab::wait_for(
-        &format!("margay-node on {node}"),
-        Duration::from_secs(30),
-        || {
-            if !daemon.is_running() {
-                return Err(LabError::Invalid(format!(
-                    "margay-node exited:\n{}",
-                    daemon.log()
-                )));
-            }
-            Ok(socket.exists().then_some(()))
-        },
-    )?;
+    let daemon = Daemon::spawn(&n.ns, &format!("{node}-agent"), &argv, &log)?;
     Ok(Agent {
         daemon,
         socket,

@@ -11,11 +11,14 @@
 //!   BIRD sends;
 //! - filters: a `BGPFilter` named by a `BGPPeer` drops what it rejects on
 //!   import and export, and by default a node passes on only pool and
-//!   service networks (it is no transit for a ToR's other routes).
+//!   service networks (it is no transit for a ToR's other routes); the same
+//!   filter on a second peer, FRR 8.4 in a namespace of its own, does the
+//!   same there (each daemon's routes distinct, so every assertion names
+//!   which daemon it is about).
 
 use std::time::{Duration, Instant};
 
-use integration_tests::lab::{self, Bird, Lab, Netns};
+use integration_tests::lab::{self, Bird, Frr, Lab, Netns};
 use integration_tests::{cni, k8s};
 use node_agent::k8s::crd::{BGPConfiguration, BGPFilter, BGPPeer};
 
@@ -227,10 +230,33 @@ fn communities_from_crds_reach_bird_and_birds_show_in_margayctl() {
     );
 }
 
+/// FRR for the filter test: n1's eBGP peer in AS 64514, originating one
+/// route in the pools (accepted), one the filter rejects on import and one
+/// outside every pool.
+fn frr_filter_conf() -> String {
+    "frr defaults traditional\nhostname frr\nlog stdout informational\n!\n\
+     router bgp 64514\n bgp router-id 198.18.0.13\n no bgp ebgp-requires-policy\n \
+     no bgp network import-check\n timers bgp 3 9\n \
+     neighbor 198.18.0.11 remote-as 64512\n neighbor 198.18.0.11 timers connect 1\n !\n \
+     address-family ipv4 unicast\n  network 198.19.202.0/24\n  network 198.19.203.0/24\n  \
+     network 198.18.78.0/24\n exit-address-family\n!\n"
+        .to_string()
+}
+
+/// The prefixes in FRR's IPv4 BGP table.
+fn frr_table(frr: &Frr) -> Vec<String> {
+    let text = frr.vtysh("show bgp ipv4 unicast json").expect("vtysh");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("FRR's JSON");
+    v["routes"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
 #[test]
 fn bgp_filters_from_crds_and_the_default_export() {
     integration_tests::require_root!();
-    let lab = Lab::builder().nodes(2).build().expect("lab");
+    let mut lab = Lab::builder().nodes(2).build().expect("lab");
     let _api = k8s::start_apiserver(&lab).expect("apiserver");
     let conf = "log stderr all;\nrouter id 198.18.0.1;\nprotocol device { scan time 10; }\n\
         protocol kernel { ipv4 { import none; export where source ~ [RTS_BGP]; }; }\n\
@@ -240,7 +266,12 @@ fn bgp_filters_from_crds_and_the_default_export() {
         hold time 9; keepalive time 3; connect delay time 1; error wait time 1, 2;\n  \
         ipv4 { import all; export all; };\n}\n";
     let bird = Bird::start(lab.tor(), lab.run_dir(), "tor-bird", conf).expect("bird");
+    // Node objects for n1 and n2 only; n3 is FRR's namespace, no node (the
+    // mesh is on: a Node there would be meshed with).
     k8s::bootstrap(&lab, &[("v4", "198.19.0.0/16")]).expect("bootstrap");
+    lab.add_node().expect("FRR's namespace");
+    let frr_ns = &lab.node("n3").expect("n3").ns;
+    let frr = Frr::start(frr_ns, lab.run_dir(), "frr", &frr_filter_conf()).expect("frr");
     k8s::with_client(lab.tor(), |c| async move {
         k8s::apply_json::<BGPConfiguration>(
             &c,
@@ -254,20 +285,24 @@ fn bgp_filters_from_crds_and_the_default_export() {
             &c,
             serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "BGPFilter",
                 "metadata": {"name": "edge"},
-                "spec": {"importV4": [{"action": "Reject", "matchOperator": "Equal", "cidr": "198.19.201.0/24"}],
+                "spec": {"importV4": [{"action": "Reject", "matchOperator": "Equal", "cidr": "198.19.201.0/24"},
+                                      {"action": "Reject", "matchOperator": "Equal", "cidr": "198.19.203.0/24"}],
                          "exportV4": [{"action": "Reject", "matchOperator": "Equal", "cidr": "198.19.251.0/24"}]}}),
         )
         .await
         .expect("filter");
-        // Only n1 peers with the ToR; n2 hears of the world through the mesh.
-        k8s::apply_json::<BGPPeer>(
-            &c,
-            serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "BGPPeer",
-                "metadata": {"name": "tor"},
-                "spec": {"node": "n1", "peerIP": "198.18.0.1", "asNumber": 64513, "filters": ["edge"]}}),
-        )
-        .await
-        .expect("peer");
+        // Only n1 peers with BIRD and FRR; n2 hears of the world through
+        // the mesh.
+        for (name, ip, asn) in [("tor", "198.18.0.1", 64513), ("frr", "198.18.0.13", 64514)] {
+            k8s::apply_json::<BGPPeer>(
+                &c,
+                serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "BGPPeer",
+                    "metadata": {"name": name},
+                    "spec": {"node": "n1", "peerIP": ip, "asNumber": asn, "filters": ["edge"]}}),
+            )
+            .await
+            .expect("peer");
+        }
     })
     .expect("configure");
     let _a1 = k8s::start_agent(&lab, "n1", &[]).expect("agent n1");
@@ -276,35 +311,70 @@ fn bgp_filters_from_crds_and_the_default_export() {
     let n2 = &lab.node("n2").expect("n2").ns;
     let routes = |ns: &Netns| ns.ip(&["-4", "route", "show", "proto", "80"]).expect("ip");
 
-    // Import: 201 refused at n1, 200 and the outside 198.18.77.0/24 taken.
-    lab::wait_for("BIRD's routes at n1", T, || {
+    // Import: 201 (BIRD) and 203 (FRR) refused at n1; 200 and 202 and the
+    // outside 198.18.77.0/24 (BIRD) and 198.18.78.0/24 (FRR) taken.
+    let want_n1 = [
+        "198.19.200.0/24 via 198.18.0.1",
+        "198.18.77.0/24 via 198.18.0.1",
+        "198.19.202.0/24 via 198.18.0.13",
+        "198.18.78.0/24 via 198.18.0.13",
+    ];
+    lab::wait_for("BIRD's and FRR's routes at n1", T, || {
         let r = routes(n1);
-        Ok((r.contains("198.19.200.0/24") && r.contains("198.18.77.0/24")).then_some(()))
+        Ok(want_n1.iter().all(|w| r.contains(w)).then_some(()))
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", margayctl(n1, &["bgp", "routes"])));
-    // Export: BIRD gets the service range 250, not 251.
-    lab::wait_for("198.19.250.0/24 at BIRD", T, || {
-        Ok(bird
-            .birdc("show route")?
-            .contains("198.19.250.0/24")
-            .then_some(()))
+    // Export: both get the service range 250, not 251; and, by the default
+    // export, each other's pool-range routes (n1 passes them on) but not
+    // each other's routes outside every pool.
+    lab::wait_for("198.19.250.0/24 and FRR's 202 at BIRD", T, || {
+        let r = bird.birdc("show route")?;
+        Ok((r.contains("198.19.250.0/24") && r.contains("198.19.202.0/24")).then_some(()))
     })
     .expect("service range at BIRD");
-    // Default export: n2 learns BIRD's pool-range route through n1, not
-    // the route outside every pool.
-    lab::wait_for("198.19.200.0/24 at n2 over the mesh", T, || {
-        Ok(routes(n2).contains("198.19.200.0/24").then_some(()))
+    lab::wait_for("198.19.250.0/24 and BIRD's 200 at FRR", T, || {
+        let t = frr_table(&frr);
+        Ok(
+            (t.iter().any(|p| p == "198.19.250.0/24") && t.iter().any(|p| p == "198.19.200.0/24"))
+                .then_some(()),
+        )
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{:?}", frr_table(&frr)));
+    // Default export: n2 learns the pool-range routes through n1, not the
+    // routes outside every pool.
+    lab::wait_for("198.19.200.0/24 and 202 at n2 over the mesh", T, || {
+        let r = routes(n2);
+        Ok((r.contains("198.19.200.0/24") && r.contains("198.19.202.0/24")).then_some(()))
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", margayctl(n2, &["bgp", "routes"])));
     // Everything above came in the same flushes; a straggler gets a second.
     std::thread::sleep(Duration::from_secs(1));
-    assert!(!routes(n1).contains("198.19.201.0/24"), "{}", routes(n1));
+    let at_n1 = routes(n1);
+    assert!(
+        !at_n1.contains("198.19.201.0/24") && !at_n1.contains("198.19.203.0/24"),
+        "{at_n1}"
+    );
     let at_bird = bird.birdc("show route").expect("birdc");
-    assert!(!at_bird.contains("198.19.251.0/24"), "{at_bird}");
-    assert!(!routes(n2).contains("198.18.77.0/24"), "{}", routes(n2));
+    assert!(
+        !at_bird.contains("198.19.251.0/24") && !at_bird.contains("198.18.78.0/24"),
+        "{at_bird}"
+    );
+    let at_frr = frr_table(&frr);
+    println!("FRR's table: {at_frr:?}");
+    for p in ["198.19.251.0/24", "198.18.77.0/24", "198.19.201.0/24"] {
+        assert!(!at_frr.iter().any(|x| x == p), "{p} at FRR: {at_frr:?}");
+    }
+    let at_n2 = routes(n2);
+    assert!(
+        !at_n2.contains("198.18.77.0/24") && !at_n2.contains("198.18.78.0/24"),
+        "{at_n2}"
+    );
     let shown = margayctl(n1, &["bgp", "routes"]);
     assert!(
-        shown.contains("198.18.77.0/24") && !shown.contains("198.19.201.0/24"),
+        shown.contains("198.18.77.0/24")
+            && shown.contains("198.18.78.0/24")
+            && !shown.contains("198.19.201.0/24")
+            && !shown.contains("198.19.203.0/24"),
         "{shown}"
     );
 }

@@ -331,3 +331,87 @@ async fn http_requests_map_to_the_real_verbs() {
     assert_eq!(code, 403, "create");
     server.shutdown().await.expect("shutdown");
 }
+
+/// `/margay/traffic`: the response bytes each user received, per resource
+/// and verb, exactly as sent (a list's body, a watch's events); only the
+/// admin may read it.
+#[tokio::test]
+async fn traffic_is_counted_per_user_resource_and_verb() {
+    use futures::StreamExt as _;
+    use integration_tests::apiserver::traffic::user_totals;
+    let server = start().await;
+    let admin = client(&server);
+    let token = agent_token(&server, &admin).await;
+    let agent = as_user(&server, &token).await;
+    let agent_user = "system:serviceaccount:margay-system:margay-node";
+    let nodes_admin: Api<Node> = Api::all(admin.clone());
+    for n in ["n1", "n2"] {
+        let node: Node = serde_json::from_value(
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}}),
+        )
+        .expect("node");
+        nodes_admin
+            .create(&PostParams::default(), &node)
+            .await
+            .expect("create node");
+    }
+    // A list: counted byte for byte.
+    let req = http::Request::get("/api/v1/nodes")
+        .body(Vec::new())
+        .expect("request");
+    let listed = bounded("list", agent.request_text(req))
+        .await
+        .expect("list nodes");
+    // A watch: one frame per event.
+    let nodes: Api<Node> = Api::all(agent.clone());
+    let rv = nodes
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let mut stream = nodes
+        .watch(&Default::default(), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    for i in 0..3 {
+        nodes_admin
+            .patch(
+                "n1",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"i": i.to_string()}}})),
+            )
+            .await
+            .expect("patch");
+        bounded("watch event", stream.next())
+            .await
+            .expect("event")
+            .expect("decoded");
+    }
+    let (code, report) = raw(&admin, "GET", "/margay/traffic", None, vec![]).await;
+    assert_eq!(code, 200, "{report}");
+    let (by, total) = user_totals(&report, agent_user);
+    let (list_bytes, list_frames) = by["nodes list"];
+    // Two lists of the same two nodes: the raw one and the typed one.
+    assert_eq!(list_bytes, 2 * listed.len() as u64, "{report}");
+    assert_eq!(list_frames, 2, "{report}");
+    let (watch_bytes, watch_frames) = by["nodes watch"];
+    assert_eq!(watch_frames, 3, "three events, one frame each: {report}");
+    assert!(
+        watch_bytes > 3 * 100,
+        "three Node events are more than 300 bytes: {report}"
+    );
+    assert!(total >= list_bytes + watch_bytes, "{report}");
+    // The admin's own writes are counted for the admin, not the agent.
+    let (admin_by, _) = user_totals(&report, "kubernetes-admin");
+    assert!(admin_by.contains_key("nodes patch"), "{report}");
+    assert!(!by.contains_key("nodes patch"), "{report}");
+    // Not for the agent to read.
+    assert_eq!(
+        raw(&agent, "GET", "/margay/traffic", None, vec![]).await.0,
+        403
+    );
+    server.shutdown().await.expect("shutdown");
+}

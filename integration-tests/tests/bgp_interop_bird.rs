@@ -273,6 +273,21 @@ fn graceful_restart_of_margay_keeps_forwarding_at_bird() {
         !p.contains("Established"),
         "session is down during the restart: {p}"
     );
+    // A route of ours no peer announces any more (left by the previous
+    // run): kept through the restart, removed once the tables are complete.
+    n1.ns
+        .ip(&[
+            "route",
+            "add",
+            "198.19.99.0/24",
+            "via",
+            "198.18.0.1",
+            "proto",
+            "80",
+            "metric",
+            "1280",
+        ])
+        .expect("stale route");
     let mut m2 = MargayBgp::start(&n1.ns, lab.run_dir(), "margay-n1-again", &yaml);
     let up = Instant::now();
     let bird_up = || {
@@ -293,6 +308,8 @@ fn graceful_restart_of_margay_keeps_forwarding_at_bird() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(gaps.is_empty(), "forwarding gaps: {gaps:?}\n{}", m2.log());
+    wait_kernel(&n1.ns, "198.19.99.0/24", "proto 80", false, T);
+    wait_kernel(&n1.ns, "198.19.200.0/24", "via 198.18.0.1", true, T);
     let r = bird.birdc("show route 198.19.1.0/26 all").expect("birdc");
     assert!(!r.contains("stale"), "refreshed after the restart: {r}");
     let log = m2.log();

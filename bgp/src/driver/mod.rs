@@ -21,11 +21,15 @@ mod inbound;
 mod peer;
 mod restart;
 pub mod sock;
+mod stats;
+
+pub use stats::SpeakerStats;
 
 use peer::PeerTask;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -38,6 +42,7 @@ use crate::bfd::{self, Bfd, BfdHandle, BfdOptions, SessionKey};
 use crate::config::{Neighbor, PeerConfig};
 use crate::fsm::State;
 use crate::rib::decision::{DecisionOptions, PeerIdx};
+use crate::rib::memory::RibMemory;
 use crate::rib::{FibChange, PeerCounters, PeerInfo, Rib, RibConfig};
 use crate::wire::notification::cease_sub;
 use crate::wire::{CommunitySet, Families, Family, Prefix, Update};
@@ -48,7 +53,7 @@ const FIB_QUEUE: usize = 2;
 /// it by one UPDATE's worth). Small: while the kernel is slower than the
 /// RIB (a table load), what waits for it is at most a few batches — a
 /// hundred kilobytes each — not the table.
-const FIB_BATCH: usize = 4096;
+const FIB_BATCH: usize = 1024;
 /// Messages queued for the RIB task (each a batch of decoded UPDATEs, see
 /// [`RIB_BATCH_UPDATES`]).
 const RIB_QUEUE: usize = 8;
@@ -58,7 +63,7 @@ const RIB_BATCH_UPDATES: usize = 256;
 /// …or this many announced and withdrawn prefixes: one channel hop and one
 /// wake-up per batch instead of per UPDATE (a table sent one prefix per
 /// UPDATE is 100k of them), memory bounded by RIB_QUEUE batches.
-const RIB_BATCH_ROUTES: usize = 4096;
+const RIB_BATCH_ROUTES: usize = 1024;
 /// Bytes of received frames per event from a connection's reader task,
 /// and about what one read asks of the socket. 4 KB (one maximal BGP
 /// message, what BIRD reads at a time): a 1M-route load one prefix per
@@ -167,6 +172,8 @@ enum Cmd {
         reply: oneshot::Sender<Option<Routes>>,
     },
     Bfd(oneshot::Sender<Option<BfdHandle>>),
+    Memory(oneshot::Sender<RibMemory>),
+    FibPrefixes(oneshot::Sender<Vec<Prefix>>),
     DeferInitialUpdates(Duration),
     Inbound(TcpStream, SocketAddr),
     Shutdown(oneshot::Sender<()>),
@@ -205,10 +212,33 @@ enum RibMsg {
     Bfd(PeerIdx, bfd::State),
 }
 
+/// See [`Speaker::fib_view`].
+#[derive(Clone, Debug)]
+pub struct FibView {
+    tx: mpsc::Sender<Cmd>,
+}
+
+impl FibView {
+    /// Every prefix whose best path has kernel next hops now (a walk over
+    /// the RIB). The FIB holds exactly these once the changes already
+    /// handed out are applied: a writer that asks between two batches and
+    /// reconciles before applying the next removes nothing the RIB wants —
+    /// what is still queued for it was decided before this answer.
+    pub async fn prefixes(&self) -> Result<Vec<Prefix>, DriverError> {
+        let (t, r) = oneshot::channel();
+        self.tx
+            .send(Cmd::FibPrefixes(t))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        r.await.map_err(|_| DriverError::Stopped)
+    }
+}
+
 /// The running speaker. Dropping it stops everything.
 pub struct Speaker {
     tx: mpsc::Sender<Cmd>,
     tasks: Vec<JoinHandle<()>>,
+    stats: Arc<stats::Counters>,
 }
 
 impl Drop for Speaker {
@@ -264,7 +294,9 @@ impl Speaker {
             decision: cfg.decision.clone(),
         });
         let (rib_tx, rib_rx) = mpsc::channel(RIB_QUEUE);
+        let stats = Arc::new(stats::Counters::default());
         let task = RibTask {
+            stats: stats.clone(),
             rib,
             peers: HashMap::new(),
             rib_tx,
@@ -279,7 +311,7 @@ impl Speaker {
             task.run(rx, rib_rx)
                 .instrument(info_span!("bgp", asn = cfg.local_as)),
         ));
-        Ok((Speaker { tx, tasks }, fib_rx))
+        Ok((Speaker { tx, tasks, stats }, fib_rx))
     }
 
     /// Add and start a peer (or a dynamic-neighbour range).
@@ -386,6 +418,31 @@ impl Speaker {
         }
     }
 
+    /// Where the speaker's time went since it started (no round trip
+    /// through the RIB task: it answers even while the RIB is busy).
+    pub fn stats(&self) -> SpeakerStats {
+        self.stats.snapshot()
+    }
+
+    /// The RIB's memory by kind (a walk over its attribute sets: for
+    /// status displays when the RIB is quiet, not in a tight loop).
+    pub async fn rib_memory(&self) -> Result<RibMemory, DriverError> {
+        let (t, r) = oneshot::channel();
+        self.tx
+            .send(Cmd::Memory(t))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        r.await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// A handle that asks the RIB what the kernel FIB should hold, for the
+    /// FIB writer's reconcile (the writer keeps no copy of its own).
+    pub fn fib_view(&self) -> FibView {
+        FibView {
+            tx: self.tx.clone(),
+        }
+    }
+
     /// Per-peer status.
     pub async fn status(&self) -> Result<Vec<PeerStatus>, DriverError> {
         let (t, r) = oneshot::channel();
@@ -422,6 +479,7 @@ impl Drop for PeerEntry {
 
 struct RibTask {
     rib: Rib,
+    stats: Arc<stats::Counters>,
     peers: HashMap<PeerIdx, PeerEntry>,
     rib_tx: mpsc::Sender<RibMsg>,
     fib_tx: mpsc::Sender<Vec<FibChange>>,
@@ -448,6 +506,7 @@ impl RibTask {
                 }
                 m = msgs.recv() => {
                     let Some(m) = m else { return };
+                    let t = Instant::now();
                     self.message(m);
                     // Batch: take whatever else is queued before flushing.
                     let mut n = 0;
@@ -458,15 +517,21 @@ impl RibTask {
                         }
                         n += 1;
                     }
+                    self.stats.rib(t.elapsed());
                 }
             }
             self.check_deferral();
             self.flush().await;
+            self.stats.rib_state(self.generation, self.rib.fib_routes());
         }
     }
 
     async fn flush(&mut self) {
+        let t = Instant::now();
         let out = self.rib.flush();
+        if !out.send.is_empty() {
+            self.stats.export(t.elapsed());
+        }
         for (peer, bytes) in out.send {
             if let Some(tx) = self.peers.get(&peer).and_then(|p| p.tx.as_ref()) {
                 let _ = tx.send(PeerCmd::Send(bytes)).await;
@@ -478,7 +543,10 @@ impl RibTask {
             }
         }
         if !out.fib.is_empty() {
+            let n = out.fib.len();
+            let t = Instant::now();
             let _ = self.fib_tx.send(out.fib).await;
+            self.stats.to_fib(n, t.elapsed());
         }
     }
 
@@ -531,6 +599,7 @@ impl RibTask {
         let bfd_state = bfd.as_ref().map(|_| bfd::State::Down);
         let task = tokio::spawn(
             PeerTask::new(idx, cfg.clone(), addr, self.rib_tx.clone(), local_port, bfd)
+                .with_stats(self.stats.clone())
                 .run(rx)
                 .instrument(span),
         );
@@ -656,6 +725,12 @@ impl RibTask {
                     .collect();
                 v.sort_by(|a, b| a.name.cmp(&b.name));
                 let _ = reply.send(v);
+            }
+            Cmd::Memory(reply) => {
+                let _ = reply.send(self.rib.memory());
+            }
+            Cmd::FibPrefixes(reply) => {
+                let _ = reply.send(self.rib.fib_prefixes());
             }
             Cmd::Bfd(reply) => {
                 let _ = reply.send(self.bfd.as_ref().map(Bfd::handle));

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -15,7 +16,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::{FRAMES_BATCH_BYTES, PeerCmd, RIB_BATCH_ROUTES, RIB_BATCH_UPDATES, RibMsg, sock};
+use super::{
+    FRAMES_BATCH_BYTES, PeerCmd, RIB_BATCH_ROUTES, RIB_BATCH_UPDATES, RibMsg, sock, stats,
+};
 use crate::bfd::{self, Subscription};
 use crate::config::PeerConfig;
 use crate::fsm::{ConnId, Input, Output, Session, Timer};
@@ -68,6 +71,10 @@ pub(super) struct PeerTask {
     outs: Vec<Output>,
     /// The peer's BFD session, when configured.
     bfd: Option<Subscription>,
+    /// The speaker's phase counters.
+    stats: Arc<stats::Counters>,
+    /// Time waited for the RIB task during the current batch of frames.
+    waited: Duration,
 }
 
 impl PeerTask {
@@ -97,7 +104,15 @@ impl PeerTask {
             update_routes: 0,
             outs: Vec::new(),
             bfd,
+            stats: Arc::default(),
+            waited: Duration::ZERO,
         }
+    }
+
+    /// Count this peer's work in the speaker's counters.
+    pub(super) fn with_stats(mut self, stats: Arc<stats::Counters>) -> Self {
+        self.stats = stats;
+        self
     }
 
     pub(super) async fn run(mut self, mut cmds: mpsc::Receiver<PeerCmd>) {
@@ -292,6 +307,9 @@ impl PeerTask {
                 self.input(Input::ConnectFailed).await;
             }
             ConnEvent::Frames(conn, frames) => {
+                let n = frames.len() as u64;
+                let start = Instant::now();
+                self.waited = Duration::ZERO;
                 for f in frames {
                     let cx = self.session.decode_cx(conn);
                     let decoded =
@@ -313,6 +331,10 @@ impl PeerTask {
                     };
                     self.input(input).await;
                 }
+                // Decoding and the session's work, without the waits for
+                // the RIB task (counted apart).
+                self.stats
+                    .decoded(n, start.elapsed().saturating_sub(self.waited));
                 self.flush_updates().await;
             }
             ConnEvent::Bad(conn, error) => self.input(Input::BadMessage { conn, error }).await,
@@ -327,6 +349,7 @@ impl PeerTask {
         }
         let updates = std::mem::take(&mut self.updates);
         self.update_routes = 0;
+        let t = Instant::now();
         let _ = self
             .rib
             .send(RibMsg::Updates {
@@ -334,6 +357,9 @@ impl PeerTask {
                 updates,
             })
             .await;
+        let w = t.elapsed();
+        self.waited += w;
+        self.stats.to_rib_waited(w);
     }
 
     /// Send to the RIB task after the UPDATEs before it (order matters:

@@ -117,28 +117,21 @@ pub fn select(
     if c.len() <= 1 {
         return c;
     }
-    let a = |i: usize| &paths[i].attrs.attrs;
+    let a = |i: usize| &*paths[i].attrs;
     let s = |i: usize| src[i].as_ref();
     // a) highest degree of preference (LOCAL_PREF)
     keep_min(&mut c, |i| {
-        std::cmp::Reverse(a(i).local_pref.unwrap_or(DEFAULT_LOCAL_PREF))
+        std::cmp::Reverse(a(i).local_pref().unwrap_or(DEFAULT_LOCAL_PREF))
     });
     // locally originated routes before learned ones (as BIRD and FRR do)
     keep_min(&mut c, |i| paths[i].peer() != super::decision::LOCAL);
     // b) shortest AS_PATH
-    keep_min(&mut c, |i| {
-        a(i).as_path.as_ref().map_or(0, |p| p.path_len())
-    });
+    keep_min(&mut c, |i| a(i).as_path_len());
     // c) lowest ORIGIN
-    keep_min(&mut c, |i| a(i).origin.map_or(0, |o| o as u8));
+    keep_min(&mut c, |i| a(i).origin().map_or(0, |o| o as u8));
     // d) MED, among routes from the same neighbouring AS
-    let neighbor_as = |i: usize| {
-        a(i).as_path
-            .as_ref()
-            .and_then(|p| p.first_as())
-            .unwrap_or(0)
-    };
-    let med = |i: usize| a(i).med.unwrap_or(0);
+    let neighbor_as = |i: usize| a(i).first_as().unwrap_or(0);
+    let med = |i: usize| a(i).med().unwrap_or(0);
     let before = c.clone();
     c.retain(|&i| {
         !before.iter().any(|&j| {
@@ -154,11 +147,11 @@ pub fn select(
     let ecmp = c.clone();
     // g) lowest BGP identifier (ORIGINATOR_ID when reflected)
     let id = |i: usize| {
-        a(i).originator_id
+        a(i).originator_id()
             .unwrap_or_else(|| s(i).map_or(Ipv4Addr::UNSPECIFIED, |x| x.router_id))
     };
     keep_min(&mut c, id);
-    keep_min(&mut c, |i| a(i).cluster_list.len());
+    keep_min(&mut c, |i| a(i).cluster_list().len());
     // lowest peer address, then path identifier
     keep_min(&mut c, |i| s(i).map(|x| x.addr));
     keep_min(&mut c, |i| paths[i].path_id);

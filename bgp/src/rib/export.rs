@@ -71,7 +71,7 @@ impl Rib {
         // RFC 1997: the well-known communities limit where a route goes
         // (no confederations here: outside the AS means any external peer).
         let has = |c: u32| {
-            best.attrs.attrs.communities.contains(&c)
+            best.attrs.communities().contains(&c)
                 || (local && info.communities.standard.contains(&c))
         };
         if has(NO_ADVERTISE) || (ebgp && (has(NO_EXPORT) || has(NO_EXPORT_SUBCONFED))) {
@@ -83,7 +83,7 @@ impl Rib {
             .and_then(|p| p.info.as_ref());
         let src_ebgp = src.is_some_and(|s| s.source.ebgp);
         let src_client = src.is_some_and(|s| s.rr_client);
-        let mut a = best.attrs.attrs.clone();
+        let mut a = best.attrs.attrs();
         let mut nh_self = local || ebgp || info.next_hop_self;
         if !ebgp && !local && !src_ebgp {
             // iBGP-learned toward iBGP: only by reflection (RFC 4456 §6).
@@ -150,7 +150,7 @@ impl Rib {
         } else {
             best.attrs.next_hop
         };
-        Some(self.interner.intern(a, next_hop))
+        Some(self.interner.intern(&a, next_hop))
     }
 }
 
@@ -201,7 +201,7 @@ pub(super) fn encode_pending(ps: &mut PeerState) -> Option<Bytes> {
     }
     for ((_, f), (a, mut nlri)) in groups {
         nlri.sort();
-        encode_announce(&a.attrs, f, a.next_hop, &nlri, &cx, &mut out);
+        encode_announce(&a.attrs(), f, a.next_hop, &nlri, &cx, &mut out);
     }
     for f in ps.pending_eor.drain(..) {
         Message::Update(Update::eor(f)).encode(&cx, &mut out);

@@ -13,6 +13,8 @@ pub mod decision;
 mod export;
 pub mod filter;
 pub mod intern;
+pub mod memory;
+pub mod segmap;
 pub mod table;
 
 use std::collections::HashMap;
@@ -173,6 +175,9 @@ pub struct Rib {
     peers: Vec<PeerState>,
     igp: Box<dyn IgpCost + Send>,
     fib: Vec<FibChange>,
+    /// Destinations whose selection has kernel next hops (what the FIB
+    /// holds once every change handed out is applied).
+    fib_routes: usize,
     max_prefix: Vec<(PeerIdx, Family, u32)>,
     /// Export rules after each peer's own (none: export everything).
     default_export: Vec<filter::Rule>,
@@ -219,6 +224,7 @@ impl Rib {
             peers,
             igp: Box::new(Connected),
             fib: Vec::new(),
+            fib_routes: 0,
             max_prefix: Vec::new(),
             default_export: Vec::new(),
             deferring: false,
@@ -418,13 +424,7 @@ impl Rib {
                     filter::evaluate(rules, &n.prefix, false) == Some(filter::FilterAction::Reject)
                 })
             };
-            // A fresh copy, made here: moving the decoded attributes in
-            // instead was measured to fragment the heap (their blocks sit
-            // between the message's short-lived ones; 100k prefixes one per
-            // UPDATE: peak RSS 45 -> 56 MB) for no measurable CPU gain.
-            let mut attrs = u.attrs.clone();
-            attrs.next_hop = None;
-            let shared = self.interner.intern(attrs, nh);
+            let shared = self.interner.intern(&u.attrs, nh);
             for n in nlri {
                 if refused(n) {
                     if let Some(ps) = self.peers.get_mut(peer as usize) {
@@ -473,7 +473,7 @@ impl Rib {
             ..PathAttrs::default()
         };
         communities.add_to(&mut attrs);
-        let shared = self.interner.intern(attrs, next_hop);
+        let shared = self.interner.intern(&attrs, next_hop);
         self.upsert_path(&prefix, Path::new(shared, LOCAL, 0));
     }
 
@@ -639,6 +639,11 @@ impl Rib {
         // list is allocated only then, at its exact size.
         if !hops(&old_sel).eq(hops(new_sel)) {
             let n = hops(new_sel).count();
+            match (hops(&old_sel).next().is_some(), n > 0) {
+                (false, true) => self.fib_routes += 1,
+                (true, false) => self.fib_routes = self.fib_routes.saturating_sub(1),
+                _ => {}
+            }
             let mut next_hops = Vec::with_capacity(n);
             next_hops.extend(hops(new_sel));
             self.fib.push(FibChange {
@@ -698,6 +703,29 @@ impl Rib {
         if let Some(ps) = self.peers.get_mut(peer as usize) {
             ps.pending_eor.extend(fams.iter());
         }
+    }
+
+    /// Destinations whose selection has kernel next hops: what the FIB
+    /// holds once every change handed out has been applied.
+    pub fn fib_routes(&self) -> usize {
+        self.fib_routes
+    }
+
+    /// The prefixes of [`Rib::fib_routes`] (a walk over both tables).
+    pub fn fib_prefixes(&self) -> Vec<Prefix> {
+        let v4 = self
+            .v4
+            .map
+            .iter()
+            .filter(|(_, d)| hops(d.selected()).next().is_some())
+            .map(|(k, _)| k.to_prefix());
+        let v6 = self
+            .v6
+            .map
+            .iter()
+            .filter(|(_, d)| hops(d.selected()).next().is_some())
+            .map(|(k, _)| *k);
+        v4.chain(v6).collect()
     }
 
     /// Kernel FIB changes collected since the last [`Rib::flush`].

@@ -1,12 +1,12 @@
 //! Per-family destination tables. A destination with one path (the common
 //! case) stores it inline; only contested destinations allocate. IPv4 keys
-//! are packed into a `u64`.
+//! are packed into a `u64`. Tables are segmented ([`SegMap`]): they grow a
+//! segment at a time.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::decision::Path;
-use super::intern::FastState;
+use super::segmap::SegMap;
 use crate::wire::Prefix;
 
 /// The paths of one destination; the selected ones (best first, then the
@@ -105,13 +105,13 @@ impl Key for Prefix {
 #[derive(Debug)]
 pub struct Table<K: Key> {
     /// Destinations.
-    pub map: HashMap<K, Dest, FastState>,
+    pub map: SegMap<K, Dest>,
 }
 
 impl<K: Key> Default for Table<K> {
     fn default() -> Self {
         Table {
-            map: HashMap::default(),
+            map: SegMap::default(),
         }
     }
 }

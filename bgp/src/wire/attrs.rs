@@ -117,7 +117,7 @@ pub enum SegmentKind {
 }
 
 impl SegmentKind {
-    fn from_u8(v: u8) -> Option<Self> {
+    pub(crate) fn from_u8(v: u8) -> Option<Self> {
         Some(match v {
             1 => SegmentKind::Set,
             2 => SegmentKind::Sequence,
@@ -126,7 +126,7 @@ impl SegmentKind {
             _ => return None,
         })
     }
-    fn to_u8(self) -> u8 {
+    pub(crate) fn to_u8(self) -> u8 {
         match self {
             SegmentKind::Set => 1,
             SegmentKind::Sequence => 2,

@@ -307,7 +307,7 @@ fn objects<'a>(store: &'a Store, plural: &str) -> Vec<&'a Value> {
     store
         .objects
         .get(&def.gr())
-        .map(|m| m.values().map(|v| &**v).collect())
+        .map(|m| m.values().filter_map(super::object::Obj::parsed).collect())
         .unwrap_or_default()
 }
 

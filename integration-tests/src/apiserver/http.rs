@@ -24,6 +24,7 @@ use super::resources::ResourceDef;
 use super::schema::FieldValidation;
 use super::store::{ListOpts, ListResult, WatchOpts};
 use super::table::{Output, at_version, partial, table};
+use super::traffic::{Tag, Traffic};
 use super::watch::{self, StreamOpts};
 use super::write::DeleteOpts;
 
@@ -45,6 +46,8 @@ pub struct Shared {
     pub max_body: usize,
     /// Default watch timeout when the client gives none.
     pub default_watch_timeout: Duration,
+    /// Response bytes per user, resource and verb (`/margay/traffic`).
+    pub traffic: Arc<Traffic>,
 }
 
 fn full(code: u16, bytes: Vec<u8>) -> Response<Body> {
@@ -250,12 +253,19 @@ pub async fn handle(req: Request<Incoming>, sh: Arc<Shared>) -> Result<Response<
     }
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let r = route(req, &sh).await.unwrap_or_else(|e| error_response(&e));
-    debug!(%method, %path, code = r.status().as_u16(), "request");
-    Ok(r)
+    let mut tag = Tag::default();
+    let r = route(req, &sh, &mut tag)
+        .await
+        .unwrap_or_else(|e| error_response(&e));
+    debug!(%method, %path, code = r.status().as_u16(), user = ?tag.user, "request");
+    Ok(r.map(|b| sh.traffic.count(&tag, b)))
 }
 
-async fn route(req: Request<Incoming>, sh: &Shared) -> Result<Response<Body>, ApiError> {
+async fn route(
+    req: Request<Incoming>,
+    sh: &Shared,
+    tag: &mut Tag,
+) -> Result<Response<Body>, ApiError> {
     let segs: Vec<String> = req
         .uri()
         .path()
@@ -276,6 +286,9 @@ async fn route(req: Request<Incoming>, sh: &Shared) -> Result<Response<Body>, Ap
         || matches!(segs.as_slice(), ["apis", _, _, rest @ ..] if !rest.is_empty());
     if !public && !resource_request {
         let user = authorize(sh, token.clone(), None).await?;
+        tag.user = Some(user.name.clone());
+        tag.resource = format!("/{}", segs.first().unwrap_or(&""));
+        tag.verb = req.method().as_str().to_lowercase();
         if segs.first() == Some(&"margay") && !user.groups.iter().any(|g| g == MASTERS) {
             return Err(ApiError::rbac_forbidden(
                 "",
@@ -341,6 +354,7 @@ async fn route(req: Request<Incoming>, sh: &Shared) -> Result<Response<Body>, Ap
                 Ok(json_response(200, &super::openapi::v2_json(&defs)))
             }
         }
+        ["margay", "traffic"] if get => Ok(json_response(200, &sh.traffic.report())),
         ["margay", "compact"] if req.method() == Method::POST => {
             let rv = ask(sh, Command::Compact).await?;
             Ok(json_response(
@@ -391,7 +405,7 @@ async fn route(req: Request<Incoming>, sh: &Shared) -> Result<Response<Body>, Ap
                 v.to_string(),
                 rest.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
             );
-            resource(req, sh, token, String::new(), v, rest).await
+            resource(req, sh, tag, token, String::new(), v, rest).await
         }
         ["apis", g, v, rest @ ..] if !rest.is_empty() => {
             let (g, v, rest) = (
@@ -399,7 +413,7 @@ async fn route(req: Request<Incoming>, sh: &Shared) -> Result<Response<Body>, Ap
                 v.to_string(),
                 rest.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
             );
-            resource(req, sh, token, g, v, rest).await
+            resource(req, sh, tag, token, g, v, rest).await
         }
         ["api" | "apis" | "version", ..] => {
             Err(ApiError::method_not_allowed(req.method().as_str()))
@@ -411,6 +425,7 @@ async fn route(req: Request<Incoming>, sh: &Shared) -> Result<Response<Body>, Ap
 async fn resource(
     req: Request<Incoming>,
     sh: &Shared,
+    tag: &mut Tag,
     token: Option<String>,
     group: String,
     version: String,
@@ -576,7 +591,21 @@ async fn resource(
             _ => target.name.clone(),
         },
     };
-    authorize(sh, token, Some(attrs)).await?;
+    let counted = Tag {
+        user: None,
+        resource: match (attrs.group.as_str(), attrs.subresource.as_str()) {
+            ("", "") => attrs.resource.clone(),
+            ("", sub) => format!("{}/{sub}", attrs.resource),
+            (g, "") => format!("{}.{g}", attrs.resource),
+            (g, sub) => format!("{}.{g}/{sub}", attrs.resource),
+        },
+        verb: attrs.verb.clone(),
+    };
+    let user = authorize(sh, token, Some(attrs)).await?;
+    *tag = Tag {
+        user: Some(user.name),
+        ..counted
+    };
     let timeout = match q.get("timeoutSeconds") {
         "" => sh.default_watch_timeout,
         t => Duration::from_secs(
@@ -638,7 +667,8 @@ fn list_response(def: &ResourceDef, output: Output, list: &ListResult) -> Respon
     }
     let (kind, api_version) = match output {
         Output::Table(v, inc) => {
-            let items: Vec<&Value> = list.items.iter().map(|a| &**a).collect();
+            let parsed: Vec<Arc<Value>> = list.items.iter().map(|o| o.value()).collect();
+            let items: Vec<&Value> = parsed.iter().map(|a| &**a).collect();
             return json_response(200, &table(def, v, inc, &items, list.rv, cont));
         }
         Output::Partial => (
@@ -659,11 +689,12 @@ fn list_response(def: &ResourceDef, output: Output, list: &ListResult) -> Respon
             out.push(b',');
         }
         let r = match output {
-            Output::Partial => serde_json::to_writer(&mut out, &partial(item)),
-            _ if item.get("apiVersion").and_then(Value::as_str) == Some(want.as_str()) => {
-                serde_json::to_writer(&mut out, &**item)
+            Output::Partial => serde_json::to_writer(&mut out, &partial(&item.value())),
+            _ if item.api_version() == want => {
+                out.extend_from_slice(item.json());
+                Ok(())
             }
-            _ => serde_json::to_writer(&mut out, &at_version(def, item)),
+            _ => serde_json::to_writer(&mut out, &at_version(def, &item.value())),
         };
         if r.is_err() {
             return error_response(&ApiError::internal("cannot encode the list"));

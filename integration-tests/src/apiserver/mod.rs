@@ -27,7 +27,9 @@
 //! [`ApiServer::shutdown`]), or as a process with the `margay-apiserver`
 //! binary (`--listen`, `--state`, `--addr-file`, `--kubeconfig`,
 //! `--latency-ms`, `--watch-delay-ms`, `--history`, `--watch-buffer`, `--bookmark-interval-ms`;
-//! `POST /margay/compact` is the same test hook over HTTP).
+//! `POST /margay/compact` is the same test hook over HTTP;
+//! `GET /margay/traffic` reports the response bytes sent per user, resource
+//! and verb, see [`traffic`]).
 //!
 //! Served: core v1 namespaces, nodes, pods, services, endpoints, secrets,
 //! configmaps, serviceaccounts, events; events.k8s.io/v1 events;
@@ -74,6 +76,7 @@ pub mod discovery;
 pub mod error;
 pub mod http;
 pub mod meta;
+pub mod object;
 pub mod openapi;
 pub mod patch;
 pub mod persist;
@@ -84,6 +87,7 @@ pub mod select;
 pub mod store;
 pub mod table;
 pub mod tls;
+pub mod traffic;
 pub mod watch;
 pub mod write;
 
@@ -156,6 +160,7 @@ pub struct ApiServer {
     accept: Option<JoinHandle<()>>,
     actor: Option<JoinHandle<()>>,
     persister: Option<JoinHandle<Result<(), ServerError>>>,
+    traffic: Arc<traffic::Traffic>,
 }
 
 impl ApiServer {
@@ -228,6 +233,7 @@ impl ApiServer {
             addr.to_string(),
             auth::Auth::new(ADMIN_TOKEN, key),
         ));
+        let traffic = Arc::new(traffic::Traffic::default());
         let shared = Arc::new(http::Shared {
             cmd: cmd.clone(),
             latency: config.latency,
@@ -235,6 +241,7 @@ impl ApiServer {
             watch_delay: config.watch_delay,
             max_body: config.max_body_bytes,
             default_watch_timeout: config.default_watch_timeout,
+            traffic: traffic.clone(),
         });
         let (stop, stop_rx) = oneshot::channel();
         let accept = tokio::spawn(
@@ -250,6 +257,7 @@ impl ApiServer {
             accept: Some(accept),
             actor: Some(actor),
             persister,
+            traffic,
         })
     }
 
@@ -310,6 +318,12 @@ impl ApiServer {
             .and_then(serde_json::Value::as_str)
             .unwrap_or_default()
             .to_string())
+    }
+
+    /// Response bytes sent so far per user, resource and verb (the
+    /// `GET /margay/traffic` document, see [`traffic`]).
+    pub fn traffic(&self) -> serde_json::Value {
+        self.traffic.report()
     }
 
     /// Test hook: forget all history, so watches and `continue` tokens from

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tracing::{debug, error};
 
 use super::error::ServerError;
+use super::object::{Obj, keeps_parsed};
 use super::resources::GroupResource;
 use super::store::Snapshot;
 
@@ -56,13 +57,12 @@ pub fn load(path: &Path) -> Result<Option<Snapshot>, ServerError> {
         let (Some(group), Some(plural), Some(obj)) = (group, plural, obj) else {
             return Err(corrupt(format!("objects[{i}] is malformed")));
         };
-        objects.push((
-            GroupResource {
-                group: group.into(),
-                plural: plural.into(),
-            },
-            Arc::new(obj.clone()),
-        ));
+        let gr = GroupResource {
+            group: group.into(),
+            plural: plural.into(),
+        };
+        let keep = keeps_parsed(&gr);
+        objects.push((gr, Obj::new(Arc::new(obj.clone()), keep)));
     }
     Ok(Some(Snapshot { rv, objects }))
 }
@@ -73,13 +73,30 @@ pub fn save(path: &Path, snap: &Snapshot) -> Result<(), ServerError> {
         path: path.to_path_buf(),
         source,
     };
-    let objects: Vec<Value> = snap
-        .objects
-        .iter()
-        .map(|(gr, o)| json!({"group": gr.group, "resource": gr.plural, "object": **o}))
-        .collect();
-    let doc = json!({"margayApiserverState": FORMAT, "resourceVersion": snap.rv.to_string(), "objects": objects});
-    let bytes = serde_json::to_vec(&doc).map_err(|e| err(std::io::Error::other(e)))?;
+    // Written by hand around each object's stored text (no tree of it all).
+    let head = json!({"margayApiserverState": FORMAT, "resourceVersion": snap.rv.to_string()});
+    let head = serde_json::to_vec(&head).map_err(|e| err(std::io::Error::other(e)))?;
+    let mut bytes = Vec::with_capacity(
+        64 + snap
+            .objects
+            .iter()
+            .map(|(_, o)| o.json().len() + 64)
+            .sum::<usize>(),
+    );
+    bytes.extend_from_slice(&head[..head.len().saturating_sub(1)]);
+    bytes.extend_from_slice(b",\"objects\":[");
+    for (i, (gr, o)) in snap.objects.iter().enumerate() {
+        if i > 0 {
+            bytes.push(b',');
+        }
+        let h = json!({"group": gr.group, "resource": gr.plural});
+        let h = serde_json::to_vec(&h).map_err(|e| err(std::io::Error::other(e)))?;
+        bytes.extend_from_slice(&h[..h.len().saturating_sub(1)]);
+        bytes.extend_from_slice(b",\"object\":");
+        bytes.extend_from_slice(o.json());
+        bytes.push(b'}');
+    }
+    bytes.extend_from_slice(b"]}");
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -6,6 +6,8 @@
 
 use serde_json::Value;
 
+use super::object::Obj;
+
 use super::meta::is_qualified_name;
 
 /// One label requirement.
@@ -187,8 +189,18 @@ impl LabelSelector {
             .get("metadata")
             .and_then(|m| m.get("labels"))
             .and_then(Value::as_object);
+        self.matches_labels(|k| labels.and_then(|l| l.get(k)).and_then(Value::as_str))
+    }
+
+    /// Does a stored object match?
+    pub fn matches_obj(&self, obj: &Obj) -> bool {
+        self.matches_labels(|k| obj.label(k))
+    }
+
+    /// Do the labels `label(key)` returns match?
+    pub fn matches_labels<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.0.iter().all(|(k, op)| {
-            let v = labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+            let v = label(k);
             match op {
                 LabelOp::In(vals) => v.is_some_and(|v| vals.iter().any(|x| x == v)),
                 LabelOp::NotIn(vals) => v.is_none_or(|v| !vals.iter().any(|x| x == v)),
@@ -289,6 +301,23 @@ impl FieldSelector {
         self.0
             .iter()
             .all(|(field, eq, want)| (field_value(obj, field) == *want) == *eq)
+    }
+
+    /// Does a stored object match? Name and namespace are read as stored;
+    /// other fields need the parsed object.
+    pub fn matches_obj(&self, obj: &Obj) -> bool {
+        if self.0.is_empty() {
+            return true;
+        }
+        let mut parsed = None;
+        self.0.iter().all(|(field, eq, want)| {
+            let got = match field.as_str() {
+                "metadata.name" => obj.name().to_string(),
+                "metadata.namespace" => obj.namespace().to_string(),
+                _ => field_value(parsed.get_or_insert_with(|| obj.value()), field),
+            };
+            (got == *want) == *eq
+        })
     }
 }
 

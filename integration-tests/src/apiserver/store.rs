@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::meta::{meta_str, object_rv};
+use super::object::{Obj, keeps_parsed};
 use super::resources::{GroupResource, Registry, ResourceDef};
 use super::select::{FieldSelector, LabelSelector};
 
@@ -54,9 +55,9 @@ pub struct Event {
     /// What happened.
     pub kind: EventType,
     /// Object after the change (for deletes: the last state with the deletion revision).
-    pub object: Arc<Value>,
+    pub object: Obj,
     /// Object before the change.
-    pub prev: Option<Arc<Value>>,
+    pub prev: Option<Obj>,
     /// When the change was committed (watch delivery delays count from here).
     pub at: tokio::time::Instant,
     /// The JSON watch line of `object` per event type, encoded once and
@@ -73,15 +74,24 @@ impl Event {
             EventType::Deleted => 2,
         };
         self.lines[i]
-            .get_or_init(|| watch_line(t.as_str(), &self.object))
+            .get_or_init(|| watch_line_raw(t.as_str(), self.object.json()))
             .clone()
     }
 }
 
 /// One newline-terminated watch event.
 pub fn watch_line(kind: &str, object: &Value) -> hyper::body::Bytes {
-    let mut v = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
-    v.push(b'\n');
+    watch_line_raw(kind, &serde_json::to_vec(object).unwrap_or_default())
+}
+
+/// One newline-terminated watch event around an object's JSON text.
+pub fn watch_line_raw(kind: &str, object: &[u8]) -> hyper::body::Bytes {
+    let mut v = Vec::with_capacity(object.len() + kind.len() + 24);
+    v.extend_from_slice(b"{\"type\":\"");
+    v.extend_from_slice(kind.as_bytes());
+    v.extend_from_slice(b"\",\"object\":");
+    v.extend_from_slice(object);
+    v.extend_from_slice(b"}\n");
     hyper::body::Bytes::from(v)
 }
 
@@ -117,7 +127,7 @@ pub struct WatchOpts {
 #[derive(Debug)]
 pub struct ListResult {
     /// Matching objects.
-    pub items: Vec<Arc<Value>>,
+    pub items: Vec<Obj>,
     /// Revision the list reflects.
     pub rv: u64,
     /// Continue token if more items remain.
@@ -130,7 +140,7 @@ pub struct ListResult {
 #[derive(Debug)]
 pub enum Initial {
     /// An event to send as is.
-    Event(EventType, Arc<Value>),
+    Event(EventType, Obj),
     /// The end of `sendInitialEvents`: a bookmark with the annotation.
     InitialEventsEnd(u64),
 }
@@ -149,13 +159,13 @@ pub struct WatchFilter {
 }
 
 impl WatchFilter {
-    fn matches(&self, obj: &Value) -> bool {
-        self.labels.matches(obj) && self.fields.matches(obj)
+    fn matches(&self, obj: &Obj) -> bool {
+        self.labels.matches_obj(obj) && self.fields.matches_obj(obj)
     }
 
     /// What this watcher sees of an event: an object entering the selection is
     /// ADDED, one leaving it is DELETED, as the real watch cache does.
-    pub fn classify(&self, ev: &Event) -> Option<(EventType, Arc<Value>)> {
+    pub fn classify(&self, ev: &Event) -> Option<(EventType, Obj)> {
         if ev.gr != self.gr || self.namespace.as_ref().is_some_and(|n| *n != ev.namespace) {
             return None;
         }
@@ -193,14 +203,14 @@ pub struct Snapshot {
     /// Current revision.
     pub rv: u64,
     /// Every object with its resource.
-    pub objects: Vec<(GroupResource, Arc<Value>)>,
+    pub objects: Vec<(GroupResource, Obj)>,
 }
 
 /// The store.
 #[derive(Debug)]
 pub struct Store {
     pub(super) rv: u64,
-    pub(super) objects: HashMap<GroupResource, BTreeMap<String, Arc<Value>>>,
+    pub(super) objects: HashMap<GroupResource, BTreeMap<String, Obj>>,
     history: VecDeque<Arc<Event>>,
     history_limit: usize,
     compacted_rv: u64,
@@ -284,17 +294,17 @@ impl Store {
                     gr.plural, gr.group
                 ));
             };
-            let name = meta_str(&obj, "name")
-                .ok_or("object without a name")?
-                .to_string();
-            let ns = def
-                .namespaced
-                .then(|| meta_str(&obj, "namespace").unwrap_or_default().to_string());
-            if object_rv(&obj) > snap.rv {
+            let name = obj.name().to_string();
+            if name.is_empty() {
+                return Err("object without a name".into());
+            }
+            let ns = def.namespaced.then(|| obj.namespace().to_string());
+            let value = obj.value();
+            if object_rv(&value) > snap.rv {
                 return Err(format!("object {name} is newer than the snapshot"));
             }
             if def.special == super::resources::Special::Crd {
-                let mut crd = (*obj).clone();
+                let mut crd = (*value).clone();
                 let defs = super::crd::crd_resources(&mut crd).map_err(|e| e.message)?;
                 s.registry.set_crd(&name, defs);
             }
@@ -340,14 +350,14 @@ impl Store {
     }
 
     /// Commits a change: bumps the revision, records history and the outbox.
-    /// `obj` must already carry the new revision (see [`Store::next_rv`]).
+    /// `obj` must already carry the new revision (see [`Store::next_rv`]);
+    /// the object it replaces (or deletes) is the stored one.
     pub(super) fn commit(
         &mut self,
         def: &ResourceDef,
         kind: EventType,
         key: String,
         obj: Arc<Value>,
-        prev: Option<Arc<Value>>,
     ) {
         let namespace = if def.namespaced {
             meta_str(&obj, "namespace").unwrap_or_default().to_string()
@@ -355,12 +365,13 @@ impl Store {
             String::new()
         };
         let gr = def.gr();
+        let obj = Obj::new(obj, keeps_parsed(&gr));
         let map = self.objects.entry(gr.clone()).or_default();
-        if kind == EventType::Deleted {
-            map.remove(&key);
+        let prev = if kind == EventType::Deleted {
+            map.remove(&key)
         } else {
-            map.insert(key.clone(), obj.clone());
-        }
+            map.insert(key.clone(), obj.clone())
+        };
         let ev = Arc::new(Event {
             rv: self.rv,
             gr,
@@ -388,9 +399,21 @@ impl Store {
         self.rv
     }
 
-    /// One object.
+    /// One object, parsed.
     pub fn get_obj(&self, def: &ResourceDef, ns: Option<&str>, name: &str) -> Option<Arc<Value>> {
+        self.stored(def, ns, name).map(|o| o.value())
+    }
+
+    /// One object as stored.
+    pub fn stored(&self, def: &ResourceDef, ns: Option<&str>, name: &str) -> Option<Obj> {
         self.objects.get(&def.gr())?.get(&key_of(ns, name)).cloned()
+    }
+
+    /// Whether an object exists.
+    pub fn contains(&self, def: &ResourceDef, ns: Option<&str>, name: &str) -> bool {
+        self.objects
+            .get(&def.gr())
+            .is_some_and(|m| m.contains_key(&key_of(ns, name)))
     }
 
     /// GET of one object (404 if absent).
@@ -423,14 +446,16 @@ impl Store {
         Ok((labels, fields))
     }
 
-    /// Objects of `gr` in key order as they were at revision `at`, from key `start` on.
-    fn objects_at(
+    /// Visits the objects of `gr` under `prefix` in key order as they were
+    /// at revision `at`, from key `start` on, until `f` returns false.
+    fn visit_at(
         &self,
         gr: &GroupResource,
         at: u64,
         start: &str,
         prefix: &str,
-    ) -> Vec<(String, Arc<Value>)> {
+        mut f: impl FnMut(&str, &Obj) -> bool,
+    ) {
         let empty = BTreeMap::new();
         let current = self.objects.get(gr).unwrap_or(&empty);
         let lower = if start.as_bytes() > prefix.as_bytes() {
@@ -440,7 +465,7 @@ impl Store {
         };
         let in_range = |k: &str| k >= lower && k.starts_with(prefix);
         // For every key changed after `at`, the first such change tells what it was at `at`.
-        let mut overrides: BTreeMap<String, Option<Arc<Value>>> = BTreeMap::new();
+        let mut overrides: BTreeMap<String, Option<Obj>> = BTreeMap::new();
         if at < self.rv {
             for ev in self
                 .history
@@ -452,9 +477,8 @@ impl Store {
                     .or_insert_with(|| ev.prev.clone());
             }
         }
-        let mut out = Vec::new();
         let mut cur = current
-            .range(lower.to_string()..)
+            .range::<str, _>((std::ops::Bound::Included(lower), std::ops::Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .peekable();
         let mut ovr = overrides.into_iter().peekable();
@@ -466,19 +490,22 @@ impl Store {
                 (Some((ck, _)), Some((ok, _))) => ck.as_str() < ok.as_str(),
             };
             if take_cur {
-                if let Some((k, v)) = cur.next() {
-                    out.push((k.clone(), v.clone()));
+                if let Some((k, v)) = cur.next()
+                    && !f(k, v)
+                {
+                    return;
                 }
             } else if let Some((k, v)) = ovr.next() {
                 if cur.peek().is_some_and(|(ck, _)| **ck == k) {
                     cur.next();
                 }
-                if let Some(v) = v {
-                    out.push((k, v));
+                if let Some(v) = v
+                    && !f(&k, &v)
+                {
+                    return;
                 }
             }
         }
-        out
     }
 
     /// LIST with selectors, resourceVersion semantics and pagination.
@@ -547,41 +574,43 @@ impl Store {
         };
         let prefix = ns.map(|n| format!("{n}/")).unwrap_or_default();
         let gr = def.gr();
-        let mut items = Vec::new();
-        let mut continue_token = None;
-        let mut remaining = None;
         let selecting = !labels.is_empty() || !fields.is_empty();
         let limit = usize::try_from(o.limit).unwrap_or(usize::MAX);
-        let all = self.objects_at(&gr, at, &start, &prefix);
-        let mut iter = all
-            .iter()
-            .filter(|(_, v)| labels.matches(v) && fields.matches(v));
-        for (k, v) in iter.by_ref() {
-            items.push(v.clone());
-            if limit > 0 && items.len() >= limit {
-                let rest = if selecting {
-                    None
-                } else {
-                    Some(all.iter().filter(|(k2, _)| k2 > k).count() as u64)
-                };
-                let more = if selecting {
-                    iter.clone().next().is_some()
-                } else {
-                    rest.unwrap_or(0) > 0
-                };
-                if more {
-                    let tok = ContinueToken {
-                        v: "meta.k8s.io/v1".into(),
-                        rv: at,
-                        start: format!("{k}\u{0}"),
-                    };
-                    let raw = serde_json::to_vec(&tok).unwrap_or_default();
-                    continue_token =
-                        Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
-                    remaining = rest;
+        let mut items = Vec::new();
+        let mut last_key = None;
+        // Past the limit: whether anything else matches, and (without
+        // selectors) how many objects remain.
+        let (mut more, mut rest) = (false, 0u64);
+        self.visit_at(&gr, at, &start, &prefix, |k, v| {
+            let matching = labels.matches_obj(v) && fields.matches_obj(v);
+            if last_key.is_some() {
+                if selecting {
+                    more = matching;
+                    return !matching;
                 }
-                break;
+                more = true;
+                rest += 1;
+                return true;
             }
+            if matching {
+                items.push(v.clone());
+                if limit > 0 && items.len() >= limit {
+                    last_key = Some(k.to_string());
+                }
+            }
+            true
+        });
+        let mut continue_token = None;
+        let mut remaining = None;
+        if let (true, Some(k)) = (more, last_key) {
+            let tok = ContinueToken {
+                v: "meta.k8s.io/v1".into(),
+                rv: at,
+                start: format!("{k}\u{0}"),
+            };
+            let raw = serde_json::to_vec(&tok).unwrap_or_default();
+            continue_token = Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
+            remaining = (!selecting).then_some(rest);
         }
         Ok(ListResult {
             items,
@@ -635,11 +664,12 @@ impl Store {
         }
         let prefix = ns.map(|n| format!("{n}/")).unwrap_or_default();
         let current_state = |initial: &mut Vec<Initial>| {
-            for (_, v) in self.objects_at(&filter.gr, self.rv, "", &prefix) {
-                if filter.matches(&v) {
-                    initial.push(Initial::Event(EventType::Added, v));
+            self.visit_at(&filter.gr, self.rv, "", &prefix, |_, v| {
+                if filter.matches(v) {
+                    initial.push(Initial::Event(EventType::Added, v.clone()));
                 }
-            }
+                true
+            });
         };
         let mut initial = Vec::new();
         match asked {

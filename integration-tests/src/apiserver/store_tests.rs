@@ -23,11 +23,11 @@ fn rv(v: &Value) -> String {
         .to_string()
 }
 
-fn names(items: &[Arc<Value>]) -> Vec<String> {
+fn names(items: &[Obj]) -> Vec<String> {
     items
         .iter()
         .map(|i| {
-            i["metadata"]["name"]
+            i.value()["metadata"]["name"]
                 .as_str()
                 .unwrap_or_default()
                 .to_string()
@@ -371,7 +371,7 @@ fn pagination_reads_a_consistent_snapshot() {
         assert_eq!(page.rv, first.rv);
         for i in &page.items {
             assert!(
-                i["metadata"]
+                i.value()["metadata"]
                     .get("labels")
                     .is_none_or(|l| l.get("changed").is_none()),
                 "saw a later change"
@@ -456,7 +456,7 @@ fn watch_replays_history_and_selectors_turn_changes_into_add_delete() {
         .filter_map(|i| match i {
             Initial::Event(t, o) => Some((
                 *t,
-                o["metadata"]["name"]
+                o.value()["metadata"]["name"]
                     .as_str()
                     .unwrap_or_default()
                     .to_string(),

@@ -11,8 +11,9 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 use tracing::{Instrument as _, debug};
 
+use super::object::Obj;
 use super::resources::ResourceDef;
-use super::store::{Event, Initial, WatchStart, watch_line};
+use super::store::{Event, Initial, WatchStart, watch_line, watch_line_raw};
 use super::table::{Output, at_version, partial, table};
 
 /// Frames waiting in the HTTP body before the producer blocks.
@@ -34,6 +35,16 @@ pub struct StreamOpts {
 
 fn line(kind: &str, object: Value) -> Bytes {
     watch_line(kind, &object)
+}
+
+/// The watch line of `obj` as `output` wants it: its stored text when
+/// that is what is asked for.
+fn obj_line(def: &ResourceDef, output: Output, kind: &str, obj: &Obj) -> Bytes {
+    if output == Output::Json && obj.api_version() == def.api_version() {
+        watch_line_raw(kind, obj.json())
+    } else {
+        line(kind, render(def, output, &obj.value()))
+    }
 }
 
 fn render(def: &ResourceDef, output: Output, obj: &Value) -> Value {
@@ -97,7 +108,7 @@ async fn produce(
     let mut last_rv = start.rv;
     for item in start.initial {
         match item {
-            Initial::Event(t, obj) => send!(line(t.as_str(), render(&def, opts.output, &obj))),
+            Initial::Event(t, obj) => send!(obj_line(&def, opts.output, t.as_str(), &obj)),
             Initial::InitialEventsEnd(rv) => send!(line("BOOKMARK", bookmark(&def, rv, true))),
         }
     }
@@ -125,11 +136,11 @@ async fn produce(
                     }
                     if let Some((t, obj)) = start.filter.classify(&ev) {
                         let as_stored = opts.output == Output::Json
-                            && obj.get("apiVersion").and_then(Value::as_str) == Some(api_version.as_str());
+                            && obj.api_version() == api_version;
                         if as_stored {
                             send!(ev.line(t));
                         } else {
-                            send!(line(t.as_str(), render(&def, opts.output, &obj)));
+                            send!(line(t.as_str(), render(&def, opts.output, &obj.value())));
                         }
                     }
                 }

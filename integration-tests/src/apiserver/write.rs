@@ -269,7 +269,8 @@ impl Store {
             .map(|m| {
                 m.values()
                     .filter_map(|s| {
-                        s.pointer("/spec/clusterIP")
+                        s.value()
+                            .pointer("/spec/clusterIP")
                             .and_then(Value::as_str)
                             .map(str::to_string)
                     })
@@ -312,7 +313,7 @@ impl Store {
         if name.is_empty() && !generate.is_empty() {
             name = (0..16)
                 .map(|_| format!("{generate}{}", name_suffix()))
-                .find(|n| self.get_obj(def, ns, n).is_none())
+                .find(|n| !self.contains(def, ns, n))
                 .unwrap_or_else(|| format!("{generate}{}", name_suffix()));
             meta.insert("name".into(), json!(name));
         }
@@ -326,7 +327,7 @@ impl Store {
             };
             return Err(ApiError::not_found(res, ns));
         }
-        if self.get_obj(def, ns, &name).is_some() {
+        if self.contains(def, ns, &name) {
             return Err(ApiError::already_exists(def.res(), &name));
         }
         match &def.status_on_create {
@@ -364,7 +365,7 @@ impl Store {
         let rv = self.next_rv();
         metadata_mut(&mut body).insert("resourceVersion".into(), json!(rv.to_string()));
         let obj = Arc::new(body);
-        self.commit(def, EventType::Added, key_of(ns, &name), obj.clone(), None);
+        self.commit(def, EventType::Added, key_of(ns, &name), obj.clone());
         if let Some(defs) = crd_defs {
             self.registry.set_crd(&name, defs);
         }
@@ -491,9 +492,9 @@ impl Store {
         let obj = Arc::new(new);
         let key = key_of(ns, name);
         if deleting && new_fin.is_empty() {
-            self.commit(def, EventType::Deleted, key, obj.clone(), Some(old));
+            self.commit(def, EventType::Deleted, key, obj.clone());
         } else {
-            self.commit(def, EventType::Modified, key, obj.clone(), Some(old));
+            self.commit(def, EventType::Modified, key, obj.clone());
             if let Some(defs) = crd_defs {
                 self.registry.set_crd(name, defs);
             }
@@ -590,7 +591,7 @@ impl Store {
             meta.insert("deletionGracePeriodSeconds".into(), json!(0));
             meta.insert("resourceVersion".into(), json!(rv.to_string()));
             let obj = Arc::new(new);
-            self.commit(def, EventType::Modified, key, obj.clone(), Some(old));
+            self.commit(def, EventType::Modified, key, obj.clone());
             return ok(answer(obj));
         }
         match def.special {
@@ -611,7 +612,7 @@ impl Store {
         let rv = self.next_rv();
         metadata_mut(&mut last).insert("resourceVersion".into(), json!(rv.to_string()));
         let obj = Arc::new(last);
-        self.commit(def, EventType::Deleted, key, obj.clone(), Some(old));
+        self.commit(def, EventType::Deleted, key, obj.clone());
         obj
     }
 
@@ -629,7 +630,7 @@ impl Store {
         doomed.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         for (gr, key, obj) in doomed {
             if let Some(def) = self.registry.any_version(&gr).filter(|d| d.namespaced) {
-                self.remove_now(&def, key, obj);
+                self.remove_now(&def, key, obj.value());
             }
         }
     }
@@ -653,7 +654,7 @@ impl Store {
         let doomed: Vec<(String, Arc<Value>)> = self
             .objects
             .get(&gr)
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.value())).collect())
             .unwrap_or_default();
         for (key, obj) in doomed {
             self.remove_now(&def, key, obj);
@@ -675,6 +676,7 @@ impl Store {
         let listed = self.list(def, ns, &lo)?;
         let mut items = Vec::new();
         for obj in listed.items {
+            let obj = obj.value();
             let name = meta_str(&obj, "name").unwrap_or_default().to_string();
             let ons = def
                 .namespaced

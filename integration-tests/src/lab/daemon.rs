@@ -321,7 +321,7 @@ impl Frr {
                     if !d.is_running() {
                         return Err(LabError::Invalid(format!("bfdd exited: {}", d.log())));
                     }
-                    Ok(vtysh_at(&vty, "show bfd peers").ok().map(|_| ()))
+                    Ok(vtysh_at(&vty, &["show bfd peers"]).ok().map(|_| ()))
                 })?;
                 Some(d)
             }
@@ -352,7 +352,7 @@ impl Frr {
             if !bgpd.is_running() {
                 return Err(LabError::Invalid(format!("bgpd exited: {}", bgpd.log())));
             }
-            Ok(vtysh_at(&vty_dir, "show bgp summary").ok().map(|_| ()))
+            Ok(vtysh_at(&vty_dir, &["show bgp summary"]).ok().map(|_| ()))
         })?;
         Ok(Frr {
             bgpd,
@@ -364,15 +364,23 @@ impl Frr {
 
     /// Runs one `vtysh -c` command.
     pub fn vtysh(&self, command: &str) -> Result<String> {
-        vtysh_at(&self.vty_dir, command)
+        vtysh_at(&self.vty_dir, &[command])
+    }
+
+    /// Runs several commands in one `vtysh` (one `-c` each; their outputs
+    /// follow each other): one process instead of one per command.
+    pub fn vtysh_many(&self, commands: &[&str]) -> Result<String> {
+        vtysh_at(&self.vty_dir, commands)
     }
 }
 
-fn vtysh_at(dir: &Path, command: &str) -> Result<String> {
-    let out = run(Command::new("vtysh")
-        .arg("--vty_socket")
-        .arg(dir)
-        .args(["-c", command]))?;
+fn vtysh_at(dir: &Path, commands: &[&str]) -> Result<String> {
+    let mut cmd = Command::new("vtysh");
+    cmd.arg("--vty_socket").arg(dir);
+    for c in commands {
+        cmd.args(["-c", c]);
+    }
+    let out = run(&mut cmd)?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 

@@ -52,10 +52,9 @@ use bgp::config::{GracefulRestart, Neighbor, PeerBfd, PeerConfig, RemoteAs};
 use bgp::driver::{PeerStatus, Speaker, SpeakerConfig};
 use bgp::fsm::State;
 use bgp::rib::decision::DecisionOptions;
-use bgp::rib::intern::FastState;
 use bgp::wire::{CommunitySet, Families, Family, Prefix};
 use clap::Parser;
-use node_agent::dataplane::fib::{Fib, FibChange};
+use node_agent::dataplane::fib::{Fib, FibChange, PendingReconcile};
 use serde::Deserialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -329,73 +328,15 @@ impl Clock {
     }
 }
 
-/// What the kernel FIB holds of ours, as the binary applied it. IPv4
-/// prefixes are packed into a `u64` in a hash set with the RIB's fast
-/// hasher (9 bytes a slot; a B-tree of the same keys takes about as much
-/// memory here and cost 6% of the CPU of a table load).
+/// What the FIB writer reports. It keeps no copy of the prefixes it
+/// installed: the RIB knows them ([`bgp::driver::FibView`]), and asking it
+/// once for a reconcile costs less than a second table of every route.
 #[derive(Default)]
 struct FibState {
-    v4: HashSet<u64, FastState>,
-    v6: HashSet<Prefix>,
     last_change: Option<Instant>,
     errors: u64,
     reconciled: bool,
-}
-
-fn pack_v4(p: &Prefix) -> Option<u64> {
-    match p.addr() {
-        IpAddr::V4(a) => Some((u64::from(u32::from(a)) << 8) | u64::from(p.len())),
-        IpAddr::V6(_) => None,
-    }
-}
-
-impl FibState {
-    fn note(&mut self, batch: &[FibChange]) {
-        for c in batch {
-            match (pack_v4(&c.prefix), c.next_hops.is_empty()) {
-                (Some(k), true) => {
-                    self.v4.remove(&k);
-                }
-                (Some(k), false) => {
-                    self.v4.insert(k);
-                }
-                (None, true) => {
-                    self.v6.remove(&c.prefix);
-                }
-                (None, false) => {
-                    self.v6.insert(c.prefix);
-                }
-            }
-        }
-        self.last_change = Some(Instant::now());
-    }
-
-    fn len(&self) -> usize {
-        self.v4.len() + self.v6.len()
-    }
-
-    fn insert(&mut self, p: Prefix) {
-        match pack_v4(&p) {
-            Some(k) => {
-                self.v4.insert(k);
-            }
-            None => {
-                self.v6.insert(p);
-            }
-        }
-    }
-
-    /// Everything installed, as prefixes (for a reconcile).
-    fn prefixes(&self) -> HashSet<Prefix> {
-        let v4 = self.v4.iter().filter_map(|k| {
-            Prefix::new(
-                IpAddr::V4(std::net::Ipv4Addr::from((k >> 8) as u32)),
-                (k & 0xff) as u8,
-            )
-            .ok()
-        });
-        v4.chain(self.v6.iter().copied()).collect()
-    }
+    stats: node_agent::dataplane::fib::FibStats,
 }
 
 fn state_name(s: State) -> String {
@@ -434,8 +375,8 @@ fn status_json(
     clock: &Clock,
     peers: &[PeerStatus],
     bfd: &[SessionStatus],
-    routes: &serde_json::Value,
     fib: &FibState,
+    stats: &bgp::driver::SpeakerStats,
 ) -> serde_json::Value {
     let t = |i: Option<Instant>| i.map(|i| clock.unix(i));
     let peers: Vec<serde_json::Value> = peers
@@ -470,10 +411,10 @@ fn status_json(
         "time": clock.unix(Instant::now()),
         "peers": peers,
         "bfd": bfd_json(clock, bfd),
-        "routes": routes,
         "rib_paths": rib,
         "fib": {
-            "installed": fib.len(),
+            "installed": stats.fib_routes,
+            "written": fib.stats.routes,
             "last_change": t(fib.last_change),
             "errors": fib.errors,
             "reconciled": fib.reconciled,
@@ -481,9 +422,26 @@ fn status_json(
     })
 }
 
-fn write_status(path: &Path, v: &serde_json::Value) {
+/// The status file: the small parts as a JSON object, the routes section
+/// streamed after them (no second tree of the listed routes).
+#[derive(serde::Serialize)]
+struct StatusFile<'a> {
+    #[serde(flatten)]
+    head: &'a serde_json::Value,
+    routes: &'a node_agent::status::bgp_routes::RoutesSection,
+    profile: &'a serde_json::Value,
+}
+
+fn write_status(path: &Path, v: &StatusFile<'_>) {
+    use std::io::Write as _;
     let tmp = path.with_extension("tmp");
-    let ok = std::fs::write(&tmp, v.to_string()).and_then(|()| std::fs::rename(&tmp, path));
+    let ok = std::fs::File::create(&tmp)
+        .and_then(|f| {
+            let mut w = std::io::BufWriter::new(f);
+            serde_json::to_writer(&mut w, v)?;
+            w.flush()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = ok {
         tracing::warn!(path = %path.display(), error = %e, "cannot write the status file");
     }
@@ -522,6 +480,7 @@ fn spawn_fib_writer(
     install: bool,
     mut fib_rx: mpsc::Receiver<Vec<FibChange>>,
     mut reconcile_rx: mpsc::UnboundedReceiver<()>,
+    rib: bgp::driver::FibView,
     state: Arc<Mutex<FibState>>,
 ) -> Result<std::thread::JoinHandle<()>> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -532,6 +491,7 @@ fn spawn_fib_writer(
         .name("fib-writer".into())
         .spawn(move || {
             rt.block_on(async move {
+                let mut reconciling: Option<PendingReconcile> = None;
                 let fib = if install {
                     match Fib::new() {
                         Ok(f) => Some(f),
@@ -549,7 +509,7 @@ fn spawn_fib_writer(
                             let Some(mut batch) = batch else { return };
                             // Take some of what else is queued: fewer kernel
                             // batches, but never the whole table in one.
-                            while batch.len() < 8192 {
+                            while batch.len() < 2048 {
                                 let Ok(more) = fib_rx.try_recv() else { break };
                                 batch.extend(more);
                             }
@@ -557,17 +517,32 @@ fn spawn_fib_writer(
                                 Some(f) => f.apply(&batch).await.err(),
                                 None => None,
                             };
+                            if let Some(r) = &mut reconciling {
+                                r.note(&batch);
+                            }
                             let mut st = lock(&state);
+                            if let Some(f) = &fib {
+                                st.stats = f.stats();
+                            }
                             if let Some(e) = failed {
                                 st.errors += 1;
                                 tracing::warn!(error = %node_agent::logging::chain(&e), "kernel FIB write failed");
                             }
-                            st.note(&batch);
+                            st.last_change = Some(Instant::now());
                         }
-                        Some(()) = reconcile_rx.recv() => {
-                            let wanted = lock(&state).prefixes();
+                        Some(()) = reconcile_rx.recv(), if reconciling.is_none() => {
+                            reconciling = Some(PendingReconcile::start(&rib));
+                        }
+                        wanted = async {
+                            match &mut reconciling {
+                                Some(r) => r.answer().await,
+                                None => std::future::pending().await,
+                            }
+                        } => {
+                            let Some(r) = reconciling.take() else { continue };
+                            let Some(wanted) = wanted else { return };
                             if let Some(f) = &fib {
-                                match f.reconcile(&wanted).await {
+                                match r.finish(f, wanted).await {
                                     Ok(n) => tracing::info!(removed = n, "initial tables complete; stale kernel routes removed"),
                                     Err(e) => tracing::warn!(error = %node_agent::logging::chain(&e), "reconcile failed"),
                                 }
@@ -644,9 +619,6 @@ async fn run() -> Result<()> {
                 routes = left.len(),
                 "restarting with forwarding state preserved; stale routes kept until End-of-RIB"
             );
-            for p in left {
-                state.insert(p);
-            }
         } else {
             let n = f
                 .reconcile(&HashSet::new())
@@ -691,10 +663,27 @@ async fn run() -> Result<()> {
     let mut last_states: HashMap<String, State> = HashMap::new();
     let state = Arc::new(Mutex::new(state));
     let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel();
-    let writer = spawn_fib_writer(cfg.install, fib_rx, reconcile_rx, state.clone())?;
+    let writer = spawn_fib_writer(
+        cfg.install,
+        fib_rx,
+        reconcile_rx,
+        speaker.fib_view(),
+        state.clone(),
+    )?;
     let mut reconcile_asked = lock(&state).reconciled;
+    // The routes section is refreshed when the RIB changed and is quiet
+    // (unchanged since the last tick), or at most every second while it
+    // is busy (a table load: no listing of 2000 routes every 50 ms); the
+    // RIB's memory and the heap are walked only when it is quiet.
+    let mut routes = node_agent::status::bgp_routes::RoutesSection::default();
     let mut routes_generation = None;
-    let mut routes = serde_json::Value::Null;
+    let mut routes_at = Instant::now();
+    let mut last_generation = None;
+    let mut memory: Option<(
+        u64,
+        bgp::rib::memory::RibMemory,
+        node_agent::dataplane::fib::profile::Heap,
+    )> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -711,12 +700,23 @@ async fn run() -> Result<()> {
                 }
                 if let Some(path) = &args.status_file {
                     let bfd = speaker.bfd_sessions().await?;
-                    if let Some(r) = speaker.routes(node_agent::status::bgp_routes::LIMIT, routes_generation).await? {
-                        routes_generation = Some(r.generation);
-                        routes = serde_json::json!(node_agent::status::bgp_routes::section(&r));
+                    let stats = speaker.stats();
+                    let quiet = last_generation.replace(stats.generation) == Some(stats.generation);
+                    if routes_generation != Some(stats.generation) && (quiet || routes_at.elapsed() >= Duration::from_secs(1)) {
+                        if let Some(r) = speaker.routes(node_agent::status::bgp_routes::LIMIT, routes_generation).await? {
+                            routes_generation = Some(r.generation);
+                            routes = node_agent::status::bgp_routes::section(&r);
+                        }
+                        routes_at = Instant::now();
                     }
-                    let v = status_json(&clock, &peers, &bfd, &routes, &lock(&state));
-                    write_status(path, &v);
+                    if quiet && memory.as_ref().is_none_or(|m| m.0 != stats.generation) {
+                        memory = Some((stats.generation, speaker.rib_memory().await?, node_agent::dataplane::fib::profile::heap()));
+                    }
+                    let st = lock(&state);
+                    let profile = node_agent::dataplane::fib::profile::json(&stats, &st.stats, memory.as_ref().map(|m| (&m.1, m.2)));
+                    let head = status_json(&clock, &peers, &bfd, &st, &stats);
+                    drop(st);
+                    write_status(path, &StatusFile { head: &head, routes: &routes, profile: &profile });
                 }
                 if writer.is_finished() {
                     bail!("the FIB writer stopped");

@@ -26,8 +26,7 @@ use crate::endpoints::{ControllerHandle, Endpoint};
 use crate::k8s::cluster::Cluster;
 use crate::status::metrics::Metrics;
 
-/// Pod annotation with the addresses the pod wants (JSON list).
-pub const ANN_IP_ADDRS: &str = "margay.dev/ip-addrs";
+pub use crate::k8s::pod::{ANN_IP_ADDRS, requested_by_annotation};
 
 /// The `Ipam` service served on the CNI socket.
 pub struct AgentIpam {
@@ -63,27 +62,6 @@ impl AgentIpam {
         self.metrics
             .observe_cni(op, started, res.as_ref().err().map(tonic::Status::code));
     }
-}
-
-/// The addresses requested by a Pod's `margay.dev/ip-addrs` annotation.
-pub fn requested_by_annotation(pod: &Pod) -> Result<Vec<IpAddr>, String> {
-    let Some(v) = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ANN_IP_ADDRS))
-    else {
-        return Ok(Vec::new());
-    };
-    let list: Vec<String> = serde_json::from_str(v).map_err(|e| {
-        format!("annotation {ANN_IP_ADDRS}={v:?} is not a JSON list of addresses: {e}")
-    })?;
-    list.iter()
-        .map(|s| {
-            s.parse::<IpAddr>()
-                .map_err(|_| format!("annotation {ANN_IP_ADDRS}: {s:?} is not an IP address"))
-        })
-        .collect()
 }
 
 /// One allocation, run to its end. The pod's policy is programmed as soon

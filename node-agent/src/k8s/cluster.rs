@@ -35,6 +35,7 @@ use crate::k8s::crd::{
     BGPConfiguration, BGPFilter, BGPPeer, IPAMConfiguration, IPPool, RawAdminNetworkPolicy,
     RawBaselineAdminNetworkPolicy,
 };
+use crate::k8s::pod::Cached;
 use crate::status::health::Pulse;
 use crate::status::metrics::{ApiLabels, Metrics};
 
@@ -328,12 +329,15 @@ fn reflector_of<K>(
     watchers: &mut Vec<Watcher>,
 ) -> Store<K>
 where
-    K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K: Resource + Cached + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
     let (reader, writer) = reflector::store();
-    let stream =
-        reflect(writer, watcher::watcher(api, watcher::Config::default())).default_backoff();
+    let stream = reflect(
+        writer,
+        watcher::watcher(api, watcher::Config::default()).modify(K::trim),
+    )
+    .default_backoff();
     let tx = tx.clone();
     let metrics = metrics.clone();
     watchers.push(Watcher {

@@ -1,29 +1,28 @@
 //! Best paths → the kernel: the FIB task takes the speaker's best-path
 //! batches and programs them ([`crate::dataplane::fib`]); once, after the
 //! start-up delay, it removes the routes of a previous run that no best
-//! path wants any more.
+//! path wants any more (asking the RIB which prefixes have one, rather than
+//! keeping a table of its own).
 
-use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
 use std::time::Duration;
 
 use bgp::rib::FibChange;
-use bgp::wire::Prefix;
 use tokio::sync::mpsc;
 
-use crate::dataplane::fib::Fib;
+use crate::dataplane::fib::{Fib, PendingReconcile};
 use crate::status::health::Pulse;
 
 /// Runs until the speaker drops its sender (it is being restarted).
 pub async fn run(
     fib: Fib,
     mut rx: mpsc::Receiver<Vec<FibChange>>,
+    rib: bgp::driver::FibView,
     reconcile_after: Duration,
     mut pulse: Pulse,
 ) {
-    let mut best: HashMap<Prefix, Vec<IpAddr>> = HashMap::new();
     let reconcile = tokio::time::sleep(reconcile_after);
     let mut reconcile = std::pin::pin!(reconcile);
+    let mut reconciling: Option<PendingReconcile> = None;
     let mut reconciled = false;
     loop {
         tokio::select! {
@@ -32,23 +31,29 @@ pub async fn run(
             batch = rx.recv() => {
                 // The speaker stopped (it is being restarted): on purpose.
                 let Some(batch) = batch else { return pulse.retire() };
-                for c in &batch {
-                    if c.next_hops.is_empty() {
-                        best.remove(&c.prefix);
-                    } else {
-                        best.insert(c.prefix, c.next_hops.clone());
-                    }
-                }
                 if let Err(e) = fib.apply(&batch).await {
                     tracing::warn!(error = %crate::logging::chain(&e), "programming BGP routes failed");
+                }
+                if let Some(r) = &mut reconciling {
+                    r.note(&batch);
                 }
                 pulse.beat();
             }
             () = &mut reconcile, if !reconciled => {
                 reconciled = true;
-                let wanted: HashSet<Prefix> = best.keys().copied().collect();
-                match fib.reconcile(&wanted).await {
-                    Ok(n) => tracing::info!(removed = n, kept = wanted.len(), "BGP routes reconciled after start-up"),
+                reconciling = Some(PendingReconcile::start(&rib));
+            }
+            wanted = async {
+                match &mut reconciling {
+                    Some(r) => r.answer().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Some(r) = reconciling.take() else { continue };
+                let Some(wanted) = wanted else { return pulse.retire() };
+                let kept = wanted.len();
+                match r.finish(&fib, wanted).await {
+                    Ok(n) => tracing::info!(removed = n, kept, "BGP routes reconciled after start-up"),
                     Err(e) => tracing::warn!(error = %crate::logging::chain(&e), "reconciling BGP routes failed"),
                 }
             }
@@ -71,10 +76,21 @@ mod tests {
         let health = Arc::new(Health::new(Duration::ZERO));
         let fib = Fib::new().expect("netlink socket");
         let (tx, rx) = mpsc::channel(1);
+        // A speaker with no peers and no listener: the RIB the task asks.
+        let (speaker, _fib_rx) = bgp::driver::Speaker::start(bgp::driver::SpeakerConfig {
+            local_as: 65001,
+            router_id: "198.18.0.1".parse().expect("router id"),
+            listen: vec![],
+            cluster_id: None,
+            decision: Default::default(),
+        })
+        .await
+        .expect("speaker");
         // No reconcile within the test (it would read this namespace's routes).
         let task = tokio::spawn(run(
             fib,
             rx,
+            speaker.fib_view(),
             Duration::from_secs(365 * 86_400),
             health.pulse("fib"),
         ));

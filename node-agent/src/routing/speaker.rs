@@ -83,6 +83,7 @@ pub async fn apply(
         let fib_task = tokio::spawn(super::fib_task::run(
             fib,
             fib_rx,
+            speaker.fib_view(),
             env.reconcile_after,
             env.health.pulse("fib"),
         ));

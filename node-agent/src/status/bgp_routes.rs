@@ -83,7 +83,7 @@ fn as_path(p: Option<&AsPath>) -> String {
 }
 
 fn path_row(p: &RoutePath) -> PathRow {
-    let a = &p.attrs.attrs;
+    let a = &p.attrs.attrs();
     let comms = CommunitySet::of(a);
     PathRow {
         from: p.from.clone().unwrap_or_else(|| "local".into()),

@@ -7,6 +7,7 @@
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use netlink_packet_core::{Emitable, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST};
 use netlink_packet_route::route::RouteMessage;
@@ -179,10 +180,12 @@ impl BatchSocket {
     /// Write every (op, route), encoding each only when its chunk is
     /// built (no batch of decoded messages is held); returns the failures
     /// as (position in `routes`, errno). Blocks the calling thread while
-    /// the kernel works (about a microsecond or two per route).
+    /// the kernel works (about a microsecond or two per route); that time
+    /// (in `send`) is added to `kernel`.
     pub fn write(
         &self,
         routes: impl IntoIterator<Item = (Op, Route)>,
+        kernel: &mut Duration,
     ) -> io::Result<Vec<(usize, i32)>> {
         let mut failures = Vec::new();
         let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + 4096);
@@ -190,9 +193,11 @@ impl BatchSocket {
         for (i, (op, msg)) in routes.into_iter().enumerate() {
             let len = NLMSG_HDRLEN + msg.buffer_len();
             if !buf.is_empty() && buf.len() + len > CHUNK {
+                let t = Instant::now();
                 self.send(&buf)?;
                 buf.clear();
                 self.drain(&mut failures, &mut rbuf)?;
+                *kernel += t.elapsed();
             }
             let (ty, flags) = match op {
                 Op::Replace => (RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE),
@@ -206,8 +211,10 @@ impl BatchSocket {
             msg.emit(&mut buf);
         }
         if !buf.is_empty() {
+            let t = Instant::now();
             self.send(&buf)?;
             self.drain(&mut failures, &mut rbuf)?;
+            *kernel += t.elapsed();
         }
         Ok(failures)
     }

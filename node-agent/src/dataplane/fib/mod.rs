@@ -19,9 +19,12 @@
 //! delete can clobber the other's — and the local route wins the lookup.
 
 mod batch;
+pub mod profile;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 pub use bgp::rib::FibChange;
 use bgp::rib::intern::FastState;
@@ -80,6 +83,30 @@ pub struct Fib {
     handle: rtnetlink::Handle,
     batch: batch::BatchSocket,
     conn: tokio::task::JoinHandle<()>,
+    stats: Counters,
+}
+
+/// Cumulative work of [`Fib::apply`] (relaxed atomics: `apply` takes
+/// `&self`).
+#[derive(Debug, Default)]
+struct Counters {
+    batches: AtomicU64,
+    routes: AtomicU64,
+    total_ns: AtomicU64,
+    kernel_ns: AtomicU64,
+}
+
+/// Where [`Fib::apply`]'s time went since the handle was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FibStats {
+    /// Calls.
+    pub batches: u64,
+    /// Routes written (after merging changes to the same prefix).
+    pub routes: u64,
+    /// In `apply` in all.
+    pub total: Duration,
+    /// Of which in the kernel (`send` of the batched messages).
+    pub kernel: Duration,
 }
 
 impl Drop for Fib {
@@ -186,7 +213,19 @@ impl Fib {
             handle,
             batch,
             conn: tokio::spawn(conn),
+            stats: Counters::default(),
         })
+    }
+
+    /// Where [`Fib::apply`]'s time went so far.
+    pub fn stats(&self) -> FibStats {
+        let s = &self.stats;
+        FibStats {
+            batches: s.batches.load(Relaxed),
+            routes: s.routes.load(Relaxed),
+            total: Duration::from_nanos(s.total_ns.load(Relaxed)),
+            kernel: Duration::from_nanos(s.kernel_ns.load(Relaxed)),
+        }
     }
 
     /// Apply best-path changes in order of arrival: non-empty next hops are
@@ -198,6 +237,8 @@ impl Fib {
     /// removed. Returns how many prefixes were written, or the first error
     /// after trying all.
     pub async fn apply(&self, changes: &[FibChange]) -> Result<usize, FibError> {
+        let start = Instant::now();
+        let mut kernel = Duration::ZERO;
         // Only the last change per prefix matters within a batch.
         let mut seen: HashSet<Prefix, FastState> =
             HashSet::with_capacity_and_hasher(changes.len(), FastState::default());
@@ -224,8 +265,13 @@ impl Fib {
             }
             (op, route(&c.prefix, &c.next_hops))
         });
-        let failures = self.batch.write(routes).map_err(FibError::Batch)?;
-        check(&failures, &ops)?;
+        let written = self.batch.write(routes, &mut kernel);
+        let s = &self.stats;
+        s.batches.fetch_add(1, Relaxed);
+        s.routes.fetch_add(ops.len() as u64, Relaxed);
+        s.kernel_ns.fetch_add(nanos(kernel), Relaxed);
+        s.total_ns.fetch_add(nanos(start.elapsed()), Relaxed);
+        check(&written.map_err(FibError::Batch)?, &ops)?;
         Ok(ops.len())
     }
 
@@ -283,17 +329,67 @@ impl Fib {
         let n = stale.len();
         let ops: Vec<(Prefix, batch::Op)> =
             stale.iter().map(|(p, _)| (*p, batch::Op::Delete)).collect();
+        let mut kernel = Duration::ZERO;
         let failures = self
             .batch
             .write(
                 stale
                     .into_iter()
                     .map(|(_, m)| (batch::Op::Delete, batch::Route::Msg(m))),
+                &mut kernel,
             )
             .map_err(FibError::Batch)?;
         check(&failures, &ops)?;
         Ok(n)
     }
+}
+
+/// A reconcile that does not stop the writer: started when the writer
+/// decides to reconcile, it asks the RIB ([`bgp::driver::FibView`]) what
+/// the kernel should hold while the writer keeps applying batches — the
+/// RIB may be waiting for room in the writer's queue before it can answer
+/// — and notes every prefix written meanwhile. The kernel then keeps the
+/// RIB's answer and those: a route the RIB added after answering was
+/// written after the start, so nothing it wants goes; a route of ours that
+/// nobody wants (left by a previous run) does. The writer keeps no table of
+/// its own for this.
+pub struct PendingReconcile {
+    touched: HashSet<Prefix, FastState>,
+    answer: tokio::task::JoinHandle<Result<Vec<Prefix>, bgp::driver::DriverError>>,
+}
+
+impl PendingReconcile {
+    /// Ask the RIB (from a task on the current runtime).
+    pub fn start(rib: &bgp::driver::FibView) -> PendingReconcile {
+        let rib = rib.clone();
+        PendingReconcile {
+            touched: HashSet::default(),
+            answer: tokio::spawn(async move { rib.prefixes().await }),
+        }
+    }
+
+    /// The writer applied this batch.
+    pub fn note(&mut self, batch: &[FibChange]) {
+        self.touched.extend(batch.iter().map(|c| c.prefix));
+    }
+
+    /// The RIB's answer (cancel-safe: poll it in a `select!` beside the
+    /// batches); `None` if the speaker stopped.
+    pub async fn answer(&mut self) -> Option<Vec<Prefix>> {
+        (&mut self.answer).await.ok()?.ok()
+    }
+
+    /// Remove our kernel routes outside `rib` (the answer) and the
+    /// prefixes written since the start. Returns how many went.
+    pub async fn finish(self, fib: &Fib, rib: Vec<Prefix>) -> Result<usize, FibError> {
+        let mut wanted: HashSet<Prefix> = rib.into_iter().collect();
+        wanted.extend(self.touched);
+        fib.reconcile(&wanted).await
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The first failure of a batch that is not "already so" (a delete of a

@@ -1,0 +1,259 @@
+//! Writes the simulated cluster into the API server over its HTTP API, as
+//! the cluster's controllers would (creates, and each Pod's status as the
+//! kubelet reports it), many requests at a time; and the label churn.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use futures::StreamExt as _;
+use http_body_util::BodyExt as _;
+use serde_json::{Value, json};
+
+use crate::objects::{self, Layout, PodFacts, TIERS};
+
+/// Requests in flight while loading.
+const CONCURRENCY: usize = 48;
+
+/// One request; the body on success, an error naming the request and the
+/// server's answer otherwise.
+pub async fn call(
+    c: &kube::Client,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> Result<Vec<u8>> {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .body(kube::client::Body::from(body))
+        .map_err(|e| anyhow!("{method} {path}: {e}"))?;
+    let resp = c
+        .send(req)
+        .await
+        .map_err(|e| anyhow!("{method} {path}: {e}"))?;
+    let code = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| anyhow!("{method} {path}: reading the answer: {e}"))?
+        .to_bytes();
+    if !(200..300).contains(&code) {
+        bail!(
+            "{method} {path}: {code} {}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    Ok(bytes.to_vec())
+}
+
+async fn create(c: &kube::Client, path: &str, obj: &Value) -> Result<()> {
+    call(
+        c,
+        "POST",
+        path,
+        "application/json",
+        serde_json::to_vec(obj)?,
+    )
+    .await?;
+    Ok(())
+}
+
+fn pods_path(ns: &str) -> String {
+    format!("/api/v1/namespaces/{ns}/pods")
+}
+
+/// Creates every object of the layout; returns the number written.
+pub async fn load(c: &kube::Client, l: &Layout) -> Result<usize> {
+    let l = Arc::new(l.clone());
+    let mut written = 0;
+    for n in 0..l.namespaces {
+        create(c, "/api/v1/namespaces", &objects::namespace(&l, n)).await?;
+        written += 1;
+    }
+    create(c, "/apis/crd.margay.dev/v1/ippools", &objects::pool(&l)).await?;
+    create(
+        c,
+        "/apis/crd.margay.dev/v1/bgpconfigurations",
+        &objects::bgp_configuration(false),
+    )
+    .await?;
+    written += 2;
+    for (p, s) in objects::dns_pods(&l) {
+        let name = p["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        create(c, &pods_path("kube-system"), &p).await?;
+        patch_status(c, "kube-system", &name, &s).await?;
+        written += 1;
+    }
+    // Nodes (the lab node exists already), blocks, pods, policies.
+    written += run_all(c, 1..l.nodes, {
+        let l = l.clone();
+        move |c, k| {
+            let l = l.clone();
+            async move { create(&c, "/api/v1/nodes", &objects::node(&l, k)).await }
+        }
+    })
+    .await?;
+    let blocks = l.nodes * l.blocks_per_node;
+    written += run_all(c, 0..blocks, {
+        let l = l.clone();
+        move |c, b| {
+            let l = l.clone();
+            async move {
+                let obj = objects::ipam_block(&l, b / l.blocks_per_node, b % l.blocks_per_node);
+                create(&c, "/apis/crd.margay.dev/v1/ipamblocks", &obj).await
+            }
+        }
+    })
+    .await?;
+    written += run_all(c, 0..l.pods, {
+        let l = l.clone();
+        move |c, i| {
+            let l = l.clone();
+            async move {
+                let f = l.pod(i);
+                let (pod, status) = objects::pod(&l, &f);
+                create(&c, &pods_path(&f.namespace), &pod).await?;
+                patch_status(&c, &f.namespace, &f.name, &status).await
+            }
+        }
+    })
+    .await?;
+    written += run_all(c, 0..l.namespaces, {
+        let l = l.clone();
+        move |c, n| {
+            let l = l.clone();
+            async move {
+                let ns = l.namespace(n);
+                for p in objects::namespace_policies(&l, n)? {
+                    create(
+                        &c,
+                        &format!("/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies"),
+                        &p,
+                    )
+                    .await?;
+                }
+                Ok(())
+            }
+        }
+    })
+    .await?
+        * objects::PER_NS_POLICIES;
+    Ok(written)
+}
+
+async fn patch_status(c: &kube::Client, ns: &str, name: &str, status: &Value) -> Result<()> {
+    call(
+        c,
+        "PATCH",
+        &format!("{}/{name}/status", pods_path(ns)),
+        "application/merge-patch+json",
+        serde_json::to_vec(status)?,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Runs `f(client, i)` for every `i`, `CONCURRENCY` at a time; the count.
+async fn run_all<F, Fut>(c: &kube::Client, range: std::ops::Range<usize>, f: F) -> Result<usize>
+where
+    F: Fn(kube::Client, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let n = range.len();
+    let mut s = futures::stream::iter(range.map(|i| f(c.clone(), i))).buffer_unordered(CONCURRENCY);
+    while let Some(r) = s.next().await {
+        r?;
+    }
+    Ok(n)
+}
+
+/// A pod whose label the churn flips, and whether this node must see it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub pod: PodFacts,
+    pub observable: bool,
+}
+
+/// One label change sent.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub ip: IpAddr,
+    pub at: Instant,
+    pub observable: bool,
+}
+
+/// The churn's pods: every remote pod of tier web or cache, shuffled by
+/// a fixed hash (reproducible), with whether flipping its tier must reach
+/// this node's ruleset (see [`Layout::covered_teams`]).
+pub fn targets(l: &Layout) -> Vec<Target> {
+    let covered = l.covered_teams();
+    let mut v: Vec<Target> = (0..l.pods)
+        .map(|i| l.pod(i))
+        .filter(|p| p.node != 0 && TIERS[p.tier] != "db")
+        .map(|p| {
+            let team = l.team_of_namespace(p.index / l.per_ns);
+            Target {
+                observable: covered.contains(&team),
+                pod: p,
+            }
+        })
+        .collect();
+    // Fisher-Yates with a fixed hash as the source.
+    for i in (1..v.len()).rev() {
+        let j = (objects::mix(i as u64 ^ 0x5eed) % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+    v
+}
+
+/// Flips the tier (web <-> cache) of `targets` in turn, `rate` per second
+/// for `secs`, each PATCH sent without waiting for the previous one.
+/// Returns what was sent, when; fails if any PATCH failed.
+pub async fn churn(
+    c: &kube::Client,
+    targets: &mut [Target],
+    rate: f64,
+    secs: f64,
+) -> Result<Vec<Sent>> {
+    anyhow::ensure!(!targets.is_empty(), "no pods to churn");
+    let total = (rate * secs).round() as usize;
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut sent = Vec::with_capacity(total);
+    for n in 0..total {
+        tick.tick().await;
+        let t = &mut targets[n % targets.len()];
+        t.pod.tier = if TIERS[t.pod.tier] == "web" { 2 } else { 0 };
+        let path = format!("{}/{}", pods_path(&t.pod.namespace), t.pod.name);
+        let body =
+            serde_json::to_vec(&json!({"metadata": {"labels": {"tier": TIERS[t.pod.tier]}}}))?;
+        let c = c.clone();
+        sent.push(Sent {
+            ip: t.pod.ip,
+            at: Instant::now(),
+            observable: t.observable,
+        });
+        tasks.spawn(async move {
+            call(&c, "PATCH", &path, "application/merge-patch+json", body)
+                .await
+                .map(|_| ())
+        });
+        while let Some(r) = tasks.try_join_next() {
+            r.context("churn task")??;
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.context("churn task")??;
+    }
+    Ok(sent)
+}

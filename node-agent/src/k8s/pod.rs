@@ -1,0 +1,147 @@
+//! What the agent reads of a Pod: the addresses a Pod asks for in its
+//! `margay.dev/ip-addrs` annotation, and what of each Pod the watch cache
+//! keeps ([`Cached`], [`trim_pod`]).
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use crate::k8s::crd::{
+    BGPConfiguration, BGPFilter, BGPPeer, IPAMConfiguration, IPPool, RawAdminNetworkPolicy,
+    RawBaselineAdminNetworkPolicy,
+};
+
+/// Pod annotation with the addresses the pod wants (JSON list).
+pub const ANN_IP_ADDRS: &str = "margay.dev/ip-addrs";
+
+/// The addresses requested by a Pod's `margay.dev/ip-addrs` annotation.
+pub fn requested_by_annotation(pod: &Pod) -> Result<Vec<IpAddr>, String> {
+    let Some(v) = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANN_IP_ADDRS))
+    else {
+        return Ok(Vec::new());
+    };
+    let list: Vec<String> = serde_json::from_str(v).map_err(|e| {
+        format!("annotation {ANN_IP_ADDRS}={v:?} is not a JSON list of addresses: {e}")
+    })?;
+    list.iter()
+        .map(|s| {
+            s.parse::<IpAddr>()
+                .map_err(|_| format!("annotation {ANN_IP_ADDRS}: {s:?} is not an IP address"))
+        })
+        .collect()
+}
+
+/// What of an object the agent keeps in its cache: all of it, except
+/// for Pods (see [`trim_pod`]).
+pub trait Cached {
+    /// Drops what the agent never reads (nothing, by default).
+    fn trim(&mut self) {}
+}
+impl Cached for Node {}
+impl Cached for Namespace {}
+impl Cached for NetworkPolicy {}
+impl Cached for IPPool {}
+impl Cached for BGPPeer {}
+impl Cached for BGPConfiguration {}
+impl Cached for BGPFilter {}
+impl Cached for Service {}
+impl Cached for EndpointSlice {}
+impl Cached for IPAMConfiguration {}
+impl Cached for RawAdminNetworkPolicy {}
+impl Cached for RawBaselineAdminNetworkPolicy {}
+impl Cached for Pod {
+    fn trim(&mut self) {
+        trim_pod(self);
+    }
+}
+
+/// Drops what the agent never reads of a Pod before it is cached: it keeps
+/// name, namespace, uid, resourceVersion, labels, deletionTimestamp,
+/// Margay's own annotation, the node, hostNetwork, each container's name
+/// and ports, the phase and the addresses (what policy, IPAM and the
+/// endpoint checks read). A full Pod as kube decodes it is ~25 KB of
+/// memory, all of it held for every pod of the cluster (docs/scale.md).
+pub fn trim_pod(p: &mut Pod) {
+    use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
+    let m = &mut p.metadata;
+    if let Some(a) = m.annotations.as_mut() {
+        a.retain(|k, _| k == ANN_IP_ADDRS);
+    }
+    if m.annotations.as_ref().is_some_and(|a| a.is_empty()) {
+        m.annotations = None;
+    }
+    m.managed_fields = None;
+    m.owner_references = None;
+    m.finalizers = None;
+    m.generate_name = None;
+    m.creation_timestamp = None;
+    if let Some(spec) = p.spec.take() {
+        p.spec = Some(PodSpec {
+            node_name: spec.node_name,
+            host_network: spec.host_network,
+            containers: spec
+                .containers
+                .into_iter()
+                .map(|c| Container {
+                    name: c.name,
+                    ports: c.ports,
+                    ..Container::default()
+                })
+                .collect(),
+            ..PodSpec::default()
+        });
+    }
+    if let Some(st) = p.status.take() {
+        p.status = Some(PodStatus {
+            phase: st.phase,
+            pod_ip: st.pod_ip,
+            pod_ips: st.pod_ips,
+            ..PodStatus::default()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trimmed_pod_keeps_what_the_agent_reads() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1", "resourceVersion": "7",
+                "labels": {"app": "web"}, "deletionTimestamp": "2026-01-01T00:00:00Z",
+                "annotations": {ANN_IP_ADDRS: "[\"198.19.0.5\"]", "big": "x"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u2"}]},
+            "spec": {"nodeName": "n1", "hostNetwork": false, "serviceAccountName": "default",
+                "containers": [{"name": "c", "image": "i", "env": [{"name": "A", "value": "b"}],
+                    "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]}]},
+            "status": {"phase": "Running", "podIP": "198.19.0.5", "podIPs": [{"ip": "198.19.0.5"}],
+                "hostIP": "198.18.0.11", "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .expect("pod");
+        let mut t = pod.clone();
+        trim_pod(&mut t);
+        assert_eq!(
+            policy::PodInfo::from_k8s(&t).expect("trimmed"),
+            policy::PodInfo::from_k8s(&pod).expect("full")
+        );
+        assert_eq!(requested_by_annotation(&t), requested_by_annotation(&pod));
+        assert_eq!(
+            crate::k8s::ipam::gc::live_pod(&t).map(|l| (l.namespace, l.name, l.node)),
+            crate::k8s::ipam::gc::live_pod(&pod).map(|l| (l.namespace, l.name, l.node))
+        );
+        assert!(t.metadata.deletion_timestamp.is_some());
+        assert_eq!(t.metadata.uid.as_deref(), Some("u1"));
+        assert_eq!(t.metadata.annotations.as_ref().map(|a| a.len()), Some(1));
+        assert!(t.metadata.owner_references.is_none());
+        let spec = t.spec.as_ref().expect("spec");
+        assert_eq!(spec.containers[0].image, None);
+        assert_eq!(t.status.as_ref().and_then(|s| s.host_ip.clone()), None);
+    }
+}
