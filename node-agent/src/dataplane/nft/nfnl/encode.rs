@@ -1,0 +1,436 @@
+//! The nfnetlink encoding of an element-only batch: the set declarations
+//! this sink applied ([`Declarations`]) give each set's key type, and
+//! [`encode`] writes NEWSETELEM / DELSETELEM messages between BATCH_BEGIN
+//! and BATCH_END.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use serde_json::Value;
+
+// include/uapi/linux/netfilter/nfnetlink.h, nf_tables.h, netlink.h
+pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub(super) const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+pub(super) const NFNL_MSG_BATCH_END: u16 = 0x11;
+pub(super) const NFT_MSG_NEWSETELEM: u16 = 12;
+pub(super) const NFT_MSG_DELSETELEM: u16 = 14;
+pub(super) const NLMSG_ERROR: u16 = 2;
+pub(super) const NLM_F_REQUEST: u16 = 0x1;
+pub(super) const NLM_F_ACK: u16 = 0x4;
+pub(super) const NLM_F_CREATE: u16 = 0x400;
+pub(super) const NLA_F_NESTED: u16 = 0x8000;
+pub(super) const NFPROTO_INET: u8 = 1;
+pub(super) const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+pub(super) const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+pub(super) const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+pub(super) const NFTA_LIST_ELEM: u16 = 1;
+pub(super) const NFTA_SET_ELEM_KEY: u16 = 1;
+pub(super) const NFTA_SET_ELEM_DATA: u16 = 2;
+pub(super) const NFTA_DATA_VALUE: u16 = 1;
+pub(super) const NFTA_DATA_VERDICT: u16 = 2;
+pub(super) const NFTA_VERDICT_CODE: u16 = 1;
+pub(super) const NFTA_VERDICT_CHAIN: u16 = 2;
+pub(super) const NF_DROP: i32 = 0;
+pub(super) const NF_ACCEPT: i32 = 1;
+pub(super) const NFT_CONTINUE: i32 = -1;
+pub(super) const NFT_JUMP: i32 = -3;
+pub(super) const NFT_GOTO: i32 = -4;
+pub(super) const NFT_RETURN: i32 = -5;
+pub(super) const IFNAMSIZ: usize = 16;
+
+/// Larger batches (a label change moving thousands of addresses) go to nft:
+/// one datagram must carry the whole transaction.
+pub(super) const MAX_BATCH_BYTES: usize = 128 << 10;
+
+/// One field of a set key, in nftables' datatype names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Field {
+    Ipv4,
+    Ipv6,
+    Ifname,
+    InetProto,
+    InetService,
+}
+
+impl Field {
+    fn from_name(s: &str) -> Option<Field> {
+        Some(match s {
+            "ipv4_addr" => Field::Ipv4,
+            "ipv6_addr" => Field::Ipv6,
+            "ifname" => Field::Ifname,
+            "inet_proto" => Field::InetProto,
+            "inet_service" => Field::InetService,
+            _ => return None,
+        })
+    }
+
+    /// Bytes the value occupies in the key (before register padding).
+    fn len(self) -> usize {
+        match self {
+            Field::Ipv4 => 4,
+            Field::Ipv6 | Field::Ifname => 16,
+            Field::InetProto => 1,
+            Field::InetService => 2,
+        }
+    }
+
+    fn encode(self, v: &Value, out: &mut Vec<u8>) -> Option<()> {
+        match self {
+            Field::Ipv4 => out.extend(v.as_str()?.parse::<Ipv4Addr>().ok()?.octets()),
+            Field::Ipv6 => out.extend(v.as_str()?.parse::<Ipv6Addr>().ok()?.octets()),
+            Field::Ifname => {
+                let name = v.as_str()?.as_bytes();
+                if name.is_empty() || name.len() >= IFNAMSIZ || name.contains(&0) {
+                    return None;
+                }
+                out.extend_from_slice(name);
+                out.resize(out.len() + IFNAMSIZ - name.len(), 0);
+            }
+            Field::InetProto => {
+                let p = match v {
+                    Value::Number(n) => u8::try_from(n.as_u64()?).ok()?,
+                    Value::String(s) => match s.as_str() {
+                        "icmp" => 1,
+                        "tcp" => 6,
+                        "udp" => 17,
+                        "ipv6-icmp" | "icmpv6" => 58,
+                        "sctp" => 132,
+                        _ => return None,
+                    },
+                    _ => return None,
+                };
+                out.push(p);
+            }
+            Field::InetService => {
+                let p = u16::try_from(v.as_u64()?).ok()?;
+                out.extend(p.to_be_bytes());
+            }
+        }
+        Some(())
+    }
+}
+
+/// What this sink knows of a set from its declaration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Decl {
+    /// Key fields; a verdict map if `verdict`.
+    Plain { key: Vec<Field>, verdict: bool },
+    /// Flags, timeouts, data types we do not encode: nft only.
+    Other,
+}
+
+impl Decl {
+    fn parse(body: &serde_json::Map<String, Value>, is_map: bool) -> Decl {
+        let plain = || -> Option<Decl> {
+            // Interval sets need range elements; timeouts and the like
+            // change what an element is. nft handles those.
+            for k in ["flags", "timeout", "gc-interval", "size", "policy"] {
+                if body.get(k).is_some_and(|v| !v.is_null()) {
+                    return None;
+                }
+            }
+            let key = match body.get("type")? {
+                Value::String(s) => vec![Field::from_name(s)?],
+                Value::Array(a) => a
+                    .iter()
+                    .map(|t| t.as_str().and_then(Field::from_name))
+                    .collect::<Option<Vec<_>>>()?,
+                _ => return None,
+            };
+            let verdict = match body.get("map") {
+                None if !is_map => false,
+                Some(Value::String(m)) if is_map && m == "verdict" => true,
+                _ => return None,
+            };
+            Some(Decl::Plain { key, verdict })
+        };
+        plain().unwrap_or(Decl::Other)
+    }
+}
+
+/// The sets and maps declared by batches this sink applied, per
+/// `(family, table, name)`.
+#[derive(Debug, Default)]
+pub struct Declarations(HashMap<(String, String, String), Decl>);
+
+pub(super) fn str_of<'a>(o: &'a serde_json::Map<String, Value>, k: &str) -> Option<&'a str> {
+    o.get(k).and_then(Value::as_str)
+}
+
+impl Declarations {
+    /// Records what an applied batch declared or removed. Anything that
+    /// could change a set in a way not followed here forgets the table.
+    pub fn observe(&mut self, batch: &Value) {
+        match batch.get("nftables").and_then(Value::as_array) {
+            Some(items) => items.iter().for_each(|i| self.observe_command(i)),
+            None => self.0.clear(),
+        }
+    }
+
+    /// [`Declarations::observe`] for one command object.
+    pub fn observe_command(&mut self, item: &Value) {
+        let Some((verb, obj)) = item.as_object().and_then(|o| o.iter().next()) else {
+            return;
+        };
+        let Some((kind, body)) = obj.as_object().and_then(|o| o.iter().next()) else {
+            return;
+        };
+        if (verb.as_str(), kind.as_str()) == ("flush", "ruleset") {
+            self.0.clear();
+            return;
+        }
+        let Some(body) = body.as_object() else {
+            return;
+        };
+        let family = str_of(body, "family").unwrap_or("ip").to_string();
+        match (verb.as_str(), kind.as_str()) {
+            ("add" | "create", "set" | "map") => {
+                if let (Some(table), Some(name)) = (str_of(body, "table"), str_of(body, "name")) {
+                    let decl = Decl::parse(body, kind == "map");
+                    self.0
+                        .insert((family, table.to_string(), name.to_string()), decl);
+                }
+            }
+            ("delete" | "destroy", "set" | "map") => {
+                match (str_of(body, "table"), str_of(body, "name")) {
+                    (Some(table), Some(name)) => {
+                        self.0
+                            .remove(&(family, table.to_string(), name.to_string()));
+                    }
+                    // By handle: we cannot tell which.
+                    (Some(table), None) => self.forget_table(&family, table),
+                    _ => self.0.clear(),
+                }
+            }
+            ("delete" | "destroy", "table") => match str_of(body, "name") {
+                Some(table) => self.forget_table(&family, table),
+                None => self.0.clear(),
+            },
+            _ => {}
+        }
+    }
+
+    pub(super) fn forget_table(&mut self, family: &str, table: &str) {
+        self.0.retain(|(f, t, _), _| !(f == family && t == table));
+    }
+
+    pub(super) fn get(&self, family: &str, table: &str, name: &str) -> Option<&Decl> {
+        self.0
+            .get(&(family.to_string(), table.to_string(), name.to_string()))
+    }
+
+    /// Number of sets and maps known.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Nothing known.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A netlink message under construction.
+pub(super) struct Msg<'a> {
+    buf: &'a mut Vec<u8>,
+    start: usize,
+}
+
+impl<'a> Msg<'a> {
+    fn begin(buf: &'a mut Vec<u8>, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> Self {
+        let start = buf.len();
+        buf.extend(0u32.to_ne_bytes()); // length, patched in `end`
+        buf.extend(ty.to_ne_bytes());
+        buf.extend(flags.to_ne_bytes());
+        buf.extend(seq.to_ne_bytes());
+        buf.extend(0u32.to_ne_bytes()); // port id: the kernel fills it in
+        // struct nfgenmsg
+        buf.push(family);
+        buf.push(0); // NFNETLINK_V0
+        buf.extend(res_id.to_be_bytes());
+        Msg { buf, start }
+    }
+
+    fn attr(&mut self, ty: u16, payload: &[u8]) {
+        let len = 4 + payload.len();
+        self.buf.extend((len as u16).to_ne_bytes());
+        self.buf.extend(ty.to_ne_bytes());
+        self.buf.extend_from_slice(payload);
+        pad(self.buf);
+    }
+
+    fn attr_str(&mut self, ty: u16, s: &str) {
+        let mut p = Vec::with_capacity(s.len() + 1);
+        p.extend_from_slice(s.as_bytes());
+        p.push(0);
+        self.attr(ty, &p);
+    }
+
+    /// Opens a nested attribute; close it with [`Msg::close`].
+    fn open(&mut self, ty: u16) -> usize {
+        let at = self.buf.len();
+        self.buf.extend(0u16.to_ne_bytes());
+        self.buf.extend((ty | NLA_F_NESTED).to_ne_bytes());
+        at
+    }
+
+    fn close(&mut self, at: usize) {
+        let len = (self.buf.len() - at) as u16;
+        self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+    }
+
+    fn end(self) {
+        let len = (self.buf.len() - self.start) as u32;
+        self.buf[self.start..self.start + 4].copy_from_slice(&len.to_ne_bytes());
+    }
+}
+
+pub(super) fn pad(buf: &mut Vec<u8>) {
+    while !buf.len().is_multiple_of(4) {
+        buf.push(0);
+    }
+}
+
+/// The key of one element: every field padded to 32 bits when the key is a
+/// concatenation (nft's register layout), the bare value otherwise.
+pub(super) fn encode_key(key: &[Field], v: &Value) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(32);
+    if let [single] = key {
+        single.encode(v, &mut out)?;
+        return Some(out);
+    }
+    let parts = v.get("concat")?.as_array()?;
+    if parts.len() != key.len() {
+        return None;
+    }
+    for (f, p) in key.iter().zip(parts) {
+        let before = out.len();
+        f.encode(p, &mut out)?;
+        debug_assert_eq!(out.len() - before, f.len());
+        pad(&mut out);
+    }
+    Some(out)
+}
+
+/// `{"jump": {"target": "c"}}`, `{"accept": null}`, ...
+pub(super) fn encode_verdict(v: &Value) -> Option<(i32, Option<&str>)> {
+    let (k, body) = v.as_object()?.iter().next()?;
+    let target = || body.get("target").and_then(Value::as_str);
+    Some(match k.as_str() {
+        "accept" => (NF_ACCEPT, None),
+        "drop" => (NF_DROP, None),
+        "continue" => (NFT_CONTINUE, None),
+        "return" => (NFT_RETURN, None),
+        "jump" => (NFT_JUMP, Some(target()?)),
+        "goto" => (NFT_GOTO, Some(target()?)),
+        _ => return None,
+    })
+}
+
+/// An element batch in nfnetlink form.
+#[derive(Debug)]
+pub struct Encoded {
+    pub(super) bytes: Vec<u8>,
+    pub(super) first_seq: u32,
+    /// Element messages (each acknowledged), between BEGIN and END.
+    pub(super) messages: u32,
+}
+
+/// Encodes `batch` (libnftables JSON) if every command adds or deletes
+/// elements of a set this sink knows as plain; `None` sends it to nft.
+pub fn encode(batch: &Value, decls: &Declarations, first_seq: u32) -> Option<Encoded> {
+    let items = batch.get("nftables")?.as_array()?;
+    if items.is_empty() {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(256 + 128 * items.len());
+    let mut seq = first_seq;
+    Msg::begin(
+        &mut bytes,
+        NFNL_MSG_BATCH_BEGIN,
+        NLM_F_REQUEST,
+        seq,
+        0,
+        NFNL_SUBSYS_NFTABLES,
+    )
+    .end();
+    for item in items {
+        let (verb, obj) = item.as_object()?.iter().next()?;
+        let (ty, flags) = match verb.as_str() {
+            "add" => (NFT_MSG_NEWSETELEM, NLM_F_CREATE),
+            "delete" => (NFT_MSG_DELSETELEM, 0),
+            _ => return None,
+        };
+        let body = obj.get("element")?.as_object()?;
+        if str_of(body, "family")? != "inet" {
+            return None;
+        }
+        let (table, name) = (str_of(body, "table")?, str_of(body, "name")?);
+        let Decl::Plain { key, verdict } = decls.get("inet", table, name)? else {
+            return None;
+        };
+        let elems = body.get("elem")?.as_array()?;
+        if elems.is_empty() {
+            return None;
+        }
+        seq = seq.wrapping_add(1);
+        let msg_type = (NFNL_SUBSYS_NFTABLES << 8) | ty;
+        let mut m = Msg::begin(
+            &mut bytes,
+            msg_type,
+            NLM_F_REQUEST | NLM_F_ACK | flags,
+            seq,
+            NFPROTO_INET,
+            0,
+        );
+        m.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+        m.attr_str(NFTA_SET_ELEM_LIST_SET, name);
+        let list = m.open(NFTA_SET_ELEM_LIST_ELEMENTS);
+        for e in elems {
+            // A map element is `[key, data]`; a delete may give the key alone.
+            let (k, data) = match (e, *verdict) {
+                (Value::Array(kv), true) if kv.len() == 2 => (&kv[0], Some(&kv[1])),
+                (_, true) if ty == NFT_MSG_DELSETELEM => (e, None),
+                (Value::Array(_), _) | (_, true) => return None,
+                _ => (e, None),
+            };
+            let keyb = encode_key(key, k)?;
+            let el = m.open(NFTA_LIST_ELEM);
+            let ka = m.open(NFTA_SET_ELEM_KEY);
+            m.attr(NFTA_DATA_VALUE, &keyb);
+            m.close(ka);
+            if let Some(d) = data.filter(|_| ty == NFT_MSG_NEWSETELEM) {
+                let (code, chain) = encode_verdict(d)?;
+                let da = m.open(NFTA_SET_ELEM_DATA);
+                let va = m.open(NFTA_DATA_VERDICT);
+                m.attr(NFTA_VERDICT_CODE, &code.to_be_bytes());
+                if let Some(c) = chain {
+                    m.attr_str(NFTA_VERDICT_CHAIN, c);
+                }
+                m.close(va);
+                m.close(da);
+            }
+            m.close(el);
+        }
+        m.close(list);
+        m.end();
+        if bytes.len() > MAX_BATCH_BYTES {
+            return None;
+        }
+    }
+    let messages = seq.wrapping_sub(first_seq);
+    Msg::begin(
+        &mut bytes,
+        NFNL_MSG_BATCH_END,
+        NLM_F_REQUEST,
+        seq.wrapping_add(1),
+        0,
+        NFNL_SUBSYS_NFTABLES,
+    )
+    .end();
+    Some(Encoded {
+        bytes,
+        first_seq,
+        messages,
+    })
+}
