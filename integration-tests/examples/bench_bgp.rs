@@ -7,7 +7,7 @@
 //! its ratios to BIRD (its RIB time is not recorded by the agent).
 //!
 //! ```text
-//! cargo build --release -p node-agent --bin margay-bgp
+//! cargo build --release -p margay-tools --bin margay-bgp
 //! cargo run --release -p integration-tests --example bench_bgp \
 //!     [-- --sizes 100000,1000000 --runs 1 --packing packed|unpacked --only margay|agent|bird|floor --floor]
 //! ```
@@ -582,7 +582,7 @@ fn main() -> Result<()> {
     let bin = match std::env::var("MARGAY_BGP_BIN") {
         Ok(p) => PathBuf::from(p),
         Err(_) => lab::workspace_bin("margay-bgp")
-            .context("build it first: cargo build --release -p node-agent --bin margay-bgp")?,
+            .context("build it first: cargo build --release -p margay-tools --bin margay-bgp")?,
     };
     println!("margay-bgp: {}", bin.display());
     println!(

@@ -19,7 +19,6 @@
 //! delete can clobber the other's — and the local route wins the lookup.
 
 mod batch;
-pub mod profile;
 
 use std::collections::HashSet;
 use std::net::IpAddr;

@@ -8,7 +8,7 @@ use bgp::driver::SpeakerStats;
 use bgp::rib::memory::{RibMemory, Usage};
 use serde_json::{Value, json};
 
-use super::FibStats;
+use node_agent::dataplane::fib::FibStats;
 
 /// The process's malloc heap: bytes in use and bytes held from the system.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -40,6 +40,8 @@
 //! counters, RIB and FIB sizes with the times they last changed, and the
 //! RIB's first 2000 destinations with their paths and communities).
 
+mod profile;
+
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -679,11 +681,7 @@ async fn run() -> Result<()> {
     let mut routes_generation = None;
     let mut routes_at = Instant::now();
     let mut last_generation = None;
-    let mut memory: Option<(
-        u64,
-        bgp::rib::memory::RibMemory,
-        node_agent::dataplane::fib::profile::Heap,
-    )> = None;
+    let mut memory: Option<(u64, bgp::rib::memory::RibMemory, profile::Heap)> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -710,10 +708,10 @@ async fn run() -> Result<()> {
                         routes_at = Instant::now();
                     }
                     if quiet && memory.as_ref().is_none_or(|m| m.0 != stats.generation) {
-                        memory = Some((stats.generation, speaker.rib_memory().await?, node_agent::dataplane::fib::profile::heap()));
+                        memory = Some((stats.generation, speaker.rib_memory().await?, profile::heap()));
                     }
                     let st = lock(&state);
-                    let profile = node_agent::dataplane::fib::profile::json(&stats, &st.stats, memory.as_ref().map(|m| (&m.1, m.2)));
+                    let profile = profile::json(&stats, &st.stats, memory.as_ref().map(|m| (&m.1, m.2)));
                     let head = status_json(&clock, &peers, &bfd, &st, &stats);
                     drop(st);
                     write_status(path, &StatusFile { head: &head, routes: &routes, profile: &profile });
