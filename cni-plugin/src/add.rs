@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use ipam::proto::{AllocateReply, AllocateRequest, EndpointDownRequest, EndpointUpRequest};
+use cni_proto::proto::{AllocateReply, AllocateRequest, EndpointDownRequest, EndpointUpRequest};
 use serde_json::Value;
 
 use crate::agent::{self, Agent};
@@ -72,8 +72,8 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
         families: families
             .iter()
             .map(|f| match f {
-                Family::Ipv4 => ipam::proto::Family::Ipv4 as i32,
-                Family::Ipv6 => ipam::proto::Family::Ipv6 as i32,
+                Family::Ipv4 => cni_proto::proto::Family::Ipv4 as i32,
+                Family::Ipv6 => cni_proto::proto::Family::Ipv6 as i32,
             })
             .collect(),
         pool_hints: conf.ipam.pools.clone(),
@@ -429,7 +429,7 @@ async fn rollback(host: &Nl, agent: &Agent, names: &Names, att: &Attachment, cre
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ipam::proto::AllocatedAddress;
+    use cni_proto::proto::AllocatedAddress;
 
     fn reply(ips: &[&str]) -> AllocateReply {
         AllocateReply {

@@ -1,6 +1,6 @@
 //! CNI 1.1 GC and STATUS.
 
-use ipam::proto::{EndpointDownRequest, GarbageCollectRequest, PoolStatus};
+use cni_proto::proto::{EndpointDownRequest, GarbageCollectRequest, PoolStatus};
 use ipnetwork::IpNetwork;
 
 use crate::agent;

@@ -1,19 +1,19 @@
 //! gRPC client for the local `margay-node` agent over its unix socket.
 //!
-//! The status → CNI error mapping of `ipam/proto/margay.proto` lives in
+//! The status → CNI error mapping of `cni-proto/proto/margay.proto` lives in
 //! [`status_error`] and nowhere else.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use ipam::proto::endpoints_client::EndpointsClient;
-use ipam::proto::ipam_client::IpamClient;
-use ipam::proto::{
+use cni_proto::proto::endpoints_client::EndpointsClient;
+use cni_proto::proto::ipam_client::IpamClient;
+use cni_proto::proto::{
     AllocateReply, AllocateRequest, EndpointDownRequest, EndpointUpRequest, GarbageCollectReply,
     GarbageCollectRequest, GetHandleReply, GetHandleRequest, ReleaseReply, ReleaseRequest,
     StatusReply, StatusRequest,
 };
+use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status};

@@ -15,7 +15,7 @@
 //! reached, the release goes into the on-node journal ([`crate::journal`])
 //! and DEL succeeds: the runtime would otherwise retry it forever.
 
-use ipam::proto::EndpointDownRequest;
+use cni_proto::proto::EndpointDownRequest;
 
 use crate::add::Names;
 use crate::agent;

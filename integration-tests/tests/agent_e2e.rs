@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use integration_tests::k8s::{self, Agent};
-use integration_tests::lab::{self, Lab, PodSpec};
-use ipam::proto::{
+use cni_proto::proto::{
     AllocateRequest, EndpointDownRequest, EndpointUpRequest, Family, ReleaseRequest, StatusRequest,
 };
+use integration_tests::k8s::{self, Agent};
+use integration_tests::lab::{self, Lab, PodSpec};
 use kube::Api;
 use node_agent::dataplane::local_routes::LOCAL_ROUTE_PROTO;
 use node_agent::k8s::crd::IPAMBlock;
@@ -50,7 +50,7 @@ fn agent_allocates_from_crds_programs_routes_and_keeps_them_across_shutdown() {
 
     // Status, then a dual-stack allocation through the socket.
     let (status, addrs) = rt.block_on(async {
-        let mut ipam = ipam::grpc::connect_uds(&socket).await.expect("connect");
+        let mut ipam = cni_proto::uds::connect_uds(&socket).await.expect("connect");
         let status = ipam
             .status(StatusRequest {})
             .await
@@ -147,7 +147,7 @@ fn agent_allocates_from_crds_programs_routes_and_keeps_them_across_shutdown() {
         )
         .expect("pod");
     rt.block_on(async {
-        let mut eps = ipam::grpc::connect_endpoints_uds(&socket)
+        let mut eps = cni_proto::uds::connect_endpoints_uds(&socket)
             .await
             .expect("connect");
         eps.endpoint_up(EndpointUpRequest {
@@ -242,7 +242,7 @@ fn agent_allocates_from_crds_programs_routes_and_keeps_them_across_shutdown() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(local_routes(&lab, "n1"), after, "restart changed nothing");
     rt.block_on(async {
-        let mut ipam = ipam::grpc::connect_uds(&agent.socket)
+        let mut ipam = cni_proto::uds::connect_uds(&agent.socket)
             .await
             .expect("connect");
         let rel = ipam
@@ -261,7 +261,7 @@ fn agent_allocates_from_crds_programs_routes_and_keeps_them_across_shutdown() {
             .expect("release is idempotent")
             .into_inner();
         assert!(again.released_ips.is_empty());
-        let mut eps = ipam::grpc::connect_endpoints_uds(&agent.socket)
+        let mut eps = cni_proto::uds::connect_endpoints_uds(&agent.socket)
             .await
             .expect("connect");
         for _ in 0..2 {
@@ -293,7 +293,7 @@ fn agent_allocates_from_crds_programs_routes_and_keeps_them_across_shutdown() {
     })
     .expect("pool");
     let late = rt.block_on(async {
-        let mut ipam = ipam::grpc::connect_uds(&agent.socket)
+        let mut ipam = cni_proto::uds::connect_uds(&agent.socket)
             .await
             .expect("connect");
         let deadline = std::time::Instant::now() + Duration::from_secs(5);

@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::alloc::{Allocator, AllocatorOptions, NodeInfo, SystemClock};
-use crate::grpc::{self, ServeError, UdsListener};
+use cni_proto::uds::{self, ServeError, UdsListener};
+
+use crate::grpc;
 use crate::model::IpamConfig;
-use crate::proto;
 use crate::store::Store;
+use cni_proto::proto;
 
 /// How the allocator commits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,11 +122,11 @@ pub async fn run_once(
             for i in 0..per {
                 let t = Instant::now();
                 let client = if connect_per_request {
-                    grpc::connect_uds(&socket).await
+                    uds::connect_uds(&socket).await
                 } else if let Some(c) = &shared {
                     Ok(Clone::clone(c))
                 } else {
-                    let c = grpc::connect_uds(&socket).await;
+                    let c = uds::connect_uds(&socket).await;
                     if let Ok(c) = &c {
                         shared = Some(c.clone());
                     }

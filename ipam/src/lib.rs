@@ -1,14 +1,14 @@
 //! Margay IP address management.
 //!
 //! Pure allocation logic (pools, blocks, affinity, borrowing, release, GC
-//! planning) over a compare-and-swap [`Store`] trait, plus the gRPC
-//! service the CNI plugin talks to.
+//! planning) over a compare-and-swap [`Store`] trait, plus the `Ipam` gRPC
+//! service (its protocol is the `cni-proto` crate) the CNI plugin talks to.
 //!
 //! - [`model`]: `IPPool` / `IPAMBlock` specs and [`IpamConfig`] (serde, camelCase).
 //! - [`store`]: the [`Store`] trait (object-safe, CAS) and [`memstore::MemStore`].
 //! - [`alloc`]: the per-node [`Allocator`] with group commit.
 //! - [`gc`]: leak GC planning; [`report`]: data for `margayctl ipam show/check`.
-//! - [`grpc`]: the `Ipam` tonic service, unix-socket `serve` and `connect_uds`.
+//! - [`grpc`]: the `Ipam` tonic service over the allocator.
 //! - [`bench`]: the benchmark driver (any store).
 //!
 //! In the agent:
@@ -19,12 +19,12 @@
 //! alloc.follow_block_watch(store.clone());            // optional, fewer conflicts
 //! let routes = ipam::grpc::ipam_routes(alloc.clone())
 //!     .add_service(EndpointsServer::new(endpoints));
-//! ipam::grpc::serve(Path::new(ipam::grpc::DEFAULT_SOCKET), routes, shutdown).await?;
+//! cni_proto::uds::serve(Path::new(cni_proto::uds::DEFAULT_SOCKET), routes, shutdown).await?;
 //! ```
 //! In the CNI plugin:
 //! ```ignore
-//! let mut c = ipam::grpc::connect_uds(ipam::grpc::DEFAULT_SOCKET).await?;
-//! let reply = c.allocate(ipam::proto::AllocateRequest { handle, .. }).await?;
+//! let mut c = cni_proto::uds::connect_uds(cni_proto::uds::DEFAULT_SOCKET).await?;
+//! let reply = c.allocate(cni_proto::proto::AllocateRequest { handle, .. }).await?;
 //! ```
 
 pub mod alloc;
@@ -50,9 +50,3 @@ pub use count::Count;
 pub use error::IpamError;
 pub use model::{IpPoolSpec, IpamBlockSpec, IpamConfig};
 pub use store::{BlockEvent, BlockObject, PoolObject, Store, StoreError, Versioned};
-
-/// Generated protobuf / gRPC types for `margay.v1` (see `proto/margay.proto`).
-pub mod proto {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("margay.v1");
-}

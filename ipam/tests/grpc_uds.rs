@@ -3,11 +3,12 @@
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::sync::Arc;
 
-use ipam::grpc::{self, ServeError, UdsListener};
+use cni_proto::proto::endpoints_server::{Endpoints, EndpointsServer};
+use cni_proto::proto::{self, Family as PF};
+use cni_proto::uds::{self, ServeError, UdsListener};
+use ipam::grpc;
 use ipam::memstore::MemStore;
 use ipam::model::{IpPoolSpec, IpamConfig};
-use ipam::proto::endpoints_server::{Endpoints, EndpointsServer};
-use ipam::proto::{self, Family as PF};
 use ipam::{Allocator, AllocatorOptions, NodeInfo, Store, SystemClock};
 use tonic::{Code, Request, Response, Status};
 
@@ -78,7 +79,7 @@ async fn ipam_and_endpoints_over_one_unix_socket() {
         let _ = stop_rx.await;
     }));
 
-    let mut c = grpc::connect_uds(&path).await.unwrap();
+    let mut c = uds::connect_uds(&path).await.unwrap();
     let r = c
         .allocate(alloc_req("net.c1", &[PF::Ipv4]))
         .await
@@ -160,7 +161,7 @@ async fn ipam_and_endpoints_over_one_unix_socket() {
     assert_eq!(gc.released_handles, vec!["net.f6".to_string()]);
 
     // The Endpoints service shares the socket.
-    let mut e = grpc::connect_endpoints_uds(&path).await.unwrap();
+    let mut e = uds::connect_endpoints_uds(&path).await.unwrap();
     e.endpoint_up(proto::EndpointUpRequest {
         ips: vec!["198.19.0.1".into()],
         ..Default::default()
@@ -172,7 +173,7 @@ async fn ipam_and_endpoints_over_one_unix_socket() {
     drop((c, e));
     server.await.unwrap().unwrap();
     assert!(!path.exists(), "socket removed on shutdown");
-    assert!(grpc::connect_uds(&path).await.is_err());
+    assert!(uds::connect_uds(&path).await.is_err());
 }
 
 #[tokio::test]

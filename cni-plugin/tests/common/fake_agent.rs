@@ -4,7 +4,7 @@
 //! `EndpointUp` installs the /32 (/128) host route through the host veth in
 //! the node namespace — over a netlink socket opened in that namespace —
 //! before it answers, as the real agent must. Both on one unix socket,
-//! bound with `ipam::grpc::UdsListener` like the agent does.
+//! bound with `cni_proto::uds::UdsListener` like the agent does.
 //!
 //! Shared by the tests, the standalone `fake_agent` example and the
 //! benchmark (`#[path]` include), so it uses only this package's deps.
@@ -18,15 +18,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ipam::grpc::{IpamService, UdsListener};
-use ipam::memstore::MemStore;
-use ipam::proto::endpoints_server::{Endpoints, EndpointsServer};
-use ipam::proto::ipam_server::{Ipam, IpamServer};
-use ipam::proto::{
+use cni_proto::proto::endpoints_server::{Endpoints, EndpointsServer};
+use cni_proto::proto::ipam_server::{Ipam, IpamServer};
+use cni_proto::proto::{
     AllocateReply, AllocateRequest, EndpointDownReply, EndpointDownRequest, EndpointUpReply,
     EndpointUpRequest, GarbageCollectReply, GarbageCollectRequest, GetHandleReply,
     GetHandleRequest, ReleaseReply, ReleaseRequest, StatusReply, StatusRequest,
 };
+use cni_proto::uds::UdsListener;
+use ipam::grpc::IpamService;
+use ipam::memstore::MemStore;
 use ipam::{
     AllocRequest, Allocator, AllocatorOptions, Cidr, HandleInfo, IpPoolSpec, IpamConfig, NodeInfo,
     Store, SystemClock,

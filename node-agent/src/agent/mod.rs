@@ -58,7 +58,7 @@ pub enum AgentError {
     Ipam(#[from] ipam::IpamError),
     /// The CNI socket could not be served.
     #[error("CNI socket: {0}")]
-    Socket(#[from] ipam::grpc::ServeError),
+    Socket(#[from] cni_proto::uds::ServeError),
     /// A supervised task ended and took the agent down.
     #[error(transparent)]
     Task(#[from] TaskEnded),
@@ -265,7 +265,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     });
 
     // The CNI socket.
-    let listener = ipam::grpc::UdsListener::bind(&args.socket).await?;
+    let listener = cni_proto::uds::UdsListener::bind(&args.socket).await?;
     let confirmations = crate::cni_api::confirm::Confirmations::default();
     let grpc_routes = tonic::service::Routes::new(crate::cni_api::ipam::AgentIpam::server(
         alloc.clone(),

@@ -7,8 +7,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipam::proto::endpoints_server::{Endpoints, EndpointsServer};
-use ipam::proto::{EndpointDownReply, EndpointDownRequest, EndpointUpReply, EndpointUpRequest};
+use cni_proto::proto::endpoints_server::{Endpoints, EndpointsServer};
+use cni_proto::proto::{
+    EndpointDownReply, EndpointDownRequest, EndpointUpReply, EndpointUpRequest,
+};
 use tonic::{Request, Response, Status};
 
 use crate::cni_api::confirm::Confirmations;

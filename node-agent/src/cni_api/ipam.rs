@@ -9,12 +9,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipam::grpc::IpamService;
-use ipam::proto::ipam_server::{Ipam, IpamServer};
-use ipam::proto::{
+use cni_proto::proto::ipam_server::{Ipam, IpamServer};
+use cni_proto::proto::{
     AllocateReply, AllocateRequest, GarbageCollectReply, GarbageCollectRequest, GetHandleReply,
     GetHandleRequest, ReleaseReply, ReleaseRequest, StatusReply, StatusRequest,
 };
+use ipam::grpc::IpamService;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::watch;
@@ -218,7 +218,7 @@ impl Ipam for AgentIpam {
                         Ok(Response::new(AllocateReply {
                             addresses: ips
                                 .iter()
-                                .map(|ip| ipam::proto::AllocatedAddress {
+                                .map(|ip| cni_proto::proto::AllocatedAddress {
                                     ip: ip.to_string(),
                                     ..Default::default()
                                 })
