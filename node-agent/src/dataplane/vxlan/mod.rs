@@ -5,6 +5,7 @@
 //! What is wanted is worked out by `crate::overlay`.
 
 pub mod kernel;
+mod netlink;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
