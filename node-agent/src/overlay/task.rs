@@ -73,13 +73,14 @@ pub fn pool_facts(pools: &[Arc<IPPool>], labels: &BTreeMap<String, String>) -> V
         .iter()
         .filter_map(|p| {
             let cidr = p.spec.cidr.parse().ok()?;
-            let uses = &p.spec.allowed_uses;
             Some(PoolFacts {
                 name: p.metadata.name.clone().unwrap_or_default(),
                 cidr,
                 mode: p.spec.effective_vxlan_mode(),
                 for_tunnel: !p.spec.disabled
-                    && (uses.is_empty() || uses.contains(&AllowedUse::Tunnel))
+                    && p.spec
+                        .effective_allowed_uses()
+                        .contains(&AllowedUse::Tunnel)
                     && crate::k8s::selector::selects(p.spec.node_selector.as_ref(), labels),
             })
         })

@@ -11,6 +11,9 @@ pub enum AllowedUse {
     Tunnel,
 }
 
+/// `allowedUses` when the field is absent or empty (Calico's API default).
+pub const DEFAULT_ALLOWED_USES: &[AllowedUse] = &[AllowedUse::Workload, AllowedUse::Tunnel];
+
 /// Cluster-wide pool of pod addresses, carved into blocks that nodes claim.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
@@ -63,7 +66,8 @@ pub struct IPPoolSpec {
     /// No new allocations from this pool; existing ones stay.
     #[serde(default)]
     pub disabled: bool,
-    /// What the addresses may be used for (default: Workload).
+    /// What the addresses may be used for (absent or empty: Workload and
+    /// Tunnel, Calico's documented default).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_uses: Vec<AllowedUse>,
     /// Do not announce this pool's blocks over BGP.
@@ -105,6 +109,17 @@ impl IPPoolSpec {
     pub fn effective_nat_outgoing(&self) -> bool {
         self.nat_outgoing
             .unwrap_or_else(|| matches!(self.cidr.parse(), Ok(IpNetwork::V4(_))))
+    }
+
+    /// What the addresses may be used for, with the default (absent or
+    /// empty: [`DEFAULT_ALLOWED_USES`]). The one reading of the field: the
+    /// allocator and the overlay both take it from here.
+    pub fn effective_allowed_uses(&self) -> &[AllowedUse] {
+        if self.allowed_uses.is_empty() {
+            DEFAULT_ALLOWED_USES
+        } else {
+            &self.allowed_uses
+        }
     }
 
     /// The pool's VXLAN mode (absent: `Never`).

@@ -226,3 +226,30 @@ fn per_node_configuration_overrides_only_what_it_sets() {
     assert!(BGPConfigurationSpec::default().mesh_enabled());
     assert_eq!(BGPConfigurationSpec::default().as_number(), DEFAULT_AS);
 }
+
+/// `allowedUses` has one default, Calico's (Workload and Tunnel), whether
+/// the field is absent or empty, and it is the same as the IPAM model's
+/// own default (a pool made by the allocator's API, not from a CRD).
+#[test]
+fn ippool_allowed_uses_default_to_workload_and_tunnel_like_the_ipam_model() {
+    let spec = |json: serde_json::Value| -> IPPoolSpec {
+        serde_json::from_value(json).expect("IPPool spec")
+    };
+    let absent = spec(serde_json::json!({"cidr": "198.19.0.0/16"}));
+    let empty = spec(serde_json::json!({"cidr": "198.19.0.0/16", "allowedUses": []}));
+    let tunnel = spec(serde_json::json!({"cidr": "198.19.0.0/16", "allowedUses": ["Tunnel"]}));
+    let both = [AllowedUse::Workload, AllowedUse::Tunnel];
+    assert_eq!(absent.effective_allowed_uses(), both);
+    assert_eq!(empty.effective_allowed_uses(), both);
+    assert_eq!(tunnel.effective_allowed_uses(), [AllowedUse::Tunnel]);
+    let model = ipam::IpPoolSpec::new("198.19.0.0/16".parse().expect("cidr"));
+    let as_crd: Vec<AllowedUse> = model
+        .allowed_uses
+        .iter()
+        .map(|u| match u {
+            ipam::model::AllowedUse::Workload => AllowedUse::Workload,
+            ipam::model::AllowedUse::Tunnel => AllowedUse::Tunnel,
+        })
+        .collect();
+    assert_eq!(as_crd, absent.effective_allowed_uses());
+}

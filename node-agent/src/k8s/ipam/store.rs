@@ -112,17 +112,15 @@ pub fn pool_to_model(pool: &IPPool) -> Result<PoolObject, StoreError> {
     let mut spec = IpPoolSpec::new(cidr);
     spec.block_size = pool.spec.block_size;
     spec.disabled = pool.spec.disabled;
-    if !pool.spec.allowed_uses.is_empty() {
-        spec.allowed_uses = pool
-            .spec
-            .allowed_uses
-            .iter()
-            .map(|u| match u {
-                AllowedUse::Workload => ModelUse::Workload,
-                AllowedUse::Tunnel => ModelUse::Tunnel,
-            })
-            .collect();
-    }
+    spec.allowed_uses = pool
+        .spec
+        .effective_allowed_uses()
+        .iter()
+        .map(|u| match u {
+            AllowedUse::Workload => ModelUse::Workload,
+            AllowedUse::Tunnel => ModelUse::Tunnel,
+        })
+        .collect();
     if let Some(sel) = &pool.spec.node_selector {
         spec.node_selector = selector_string(sel).map_err(invalid)?;
     }
