@@ -5,11 +5,12 @@
 //! service (its protocol is the `cni-proto` crate) the CNI plugin talks to.
 //!
 //! - [`model`]: `IPPool` / `IPAMBlock` specs and [`IpamConfig`] (serde, camelCase).
-//! - [`store`]: the [`Store`] trait (object-safe, CAS) and [`memstore::MemStore`].
+//! - [`store`]: the [`Store`] trait (object-safe, CAS) and `memstore::MemStore` (testkit).
 //! - [`alloc`]: the per-node [`Allocator`] with group commit.
 //! - [`gc`]: leak GC planning; [`report`]: data for `margayctl ipam show/check`.
 //! - [`grpc`]: the `Ipam` tonic service over the allocator.
-//! - [`bench`]: the benchmark driver (any store).
+//! - `bench`: the benchmark driver (any store); with `memstore` and
+//!   `testsupport`, behind the `testkit` feature (test kits only).
 //!
 //! In the agent:
 //! ```ignore
@@ -28,17 +29,23 @@
 //! ```
 
 pub mod alloc;
+// Test kits: for this crate's tests and, with the `testkit` feature, for
+// the test suites and benchmarks of the crates that use it; never in a
+// production build.
+#[cfg(any(test, feature = "testkit"))]
 pub mod bench;
 pub mod cidr;
 pub mod count;
 pub mod error;
 pub mod gc;
 pub mod grpc;
+#[cfg(any(test, feature = "testkit"))]
 pub mod memstore;
 pub mod model;
 pub mod report;
 pub mod selector;
 pub mod store;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testsupport;
 
 pub use alloc::{
