@@ -18,7 +18,6 @@
 //! - `cidr=CIDR[,CIDR]`: the first address inside one of the networks;
 //! - an address (`198.18.0.11` or `198.18.0.11/24`): exactly that.
 
-use std::fmt;
 use std::net::{IpAddr, UdpSocket};
 
 use ipnetwork::IpNetwork;
@@ -45,32 +44,8 @@ pub const DEFAULT_EXCLUDES: &[&str] = &[
     "^nerdctl.*",
 ];
 
-/// Address family to detect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    /// IPv4.
-    V4,
-    /// IPv6.
-    V6,
-}
-
-impl Family {
-    fn matches(self, ip: &IpAddr) -> bool {
-        matches!(
-            (self, ip),
-            (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_))
-        )
-    }
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        })
-    }
-}
+/// Address family to detect: the workspace's one family type.
+pub use ipam::Family;
 
 /// How to choose the node address.
 #[derive(Debug, Clone)]
@@ -182,7 +157,10 @@ pub struct NoAddress {
 
 fn usable(a: &IfAddr, family: Family) -> bool {
     let ip = a.addr.ip();
-    a.up && family.matches(&ip) && !ip.is_loopback() && !ip.is_multicast() && !is_link_local(&ip)
+    a.up && Family::of(ip) == family
+        && !ip.is_loopback()
+        && !ip.is_multicast()
+        && !is_link_local(&ip)
 }
 
 fn is_link_local(ip: &IpAddr) -> bool {
@@ -253,7 +231,7 @@ pub fn choose(
         Method::FirstFound => first_found(None, "first-found")?,
         Method::SkipInterface(r) => first_found(Some(r), &format!("skip-interface={r}"))?,
         Method::Fixed(net) => {
-            if !family.matches(&net.ip()) {
+            if Family::of(net.ip()) != family {
                 return Err(fail(&net.to_string(), format!("{net} is not {family}")));
             }
             let ifname = addrs
@@ -275,7 +253,7 @@ pub fn choose(
             let ip = internal_ips
                 .iter()
                 .copied()
-                .find(|ip| family.matches(ip))
+                .find(|ip| Family::of(*ip) == family)
                 .ok_or_else(|| {
                     fail(
                         "kubernetes-internal-ip",
@@ -316,7 +294,7 @@ pub fn choose(
             }
         }
         Method::CanReach(dest) => {
-            if !family.matches(dest) {
+            if Family::of(*dest) != family {
                 return Err(fail(
                     &format!("can-reach={dest}"),
                     format!("{dest} is not {family}"),
