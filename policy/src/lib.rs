@@ -81,6 +81,7 @@ pub mod selector;
 pub mod sink;
 pub mod spec_eval;
 pub mod testkit;
+pub mod trace;
 
 pub use batch::Batch;
 pub use compile::{Direction, PolicyError};
