@@ -19,6 +19,7 @@ use std::process::{Command, Stdio};
 use policy::Batch;
 use policy::NftSink;
 
+pub mod nflog;
 pub mod nfnl;
 pub mod session;
 
