@@ -12,7 +12,7 @@
 //! [`delta`] of two snapshots is the dataplane side of `policy trace`: send
 //! a probe, and the rules whose counters moved are the rules it crossed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
@@ -126,6 +126,80 @@ pub fn delta(before: &[RuleCounter], after: &[RuleCounter]) -> Vec<(RuleCounter,
         .collect()
 }
 
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The per-rule series in the OpenMetrics text format, without `# EOF`:
+/// `margay_policy_rule_packets_total{policy,rule,direction,action}` and
+/// `margay_policy_rule_bytes_total{…}` (kernel counters: they restart when
+/// a chain is replaced, which `rate()` treats as a counter reset).
+pub fn openmetrics(totals: &BTreeMap<RuleOrigin, Totals>) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for (name, help, pick) in [
+        (
+            "margay_policy_rule_packets",
+            "Packets that matched a policy rule",
+            (|t: &Totals| t.packets) as fn(&Totals) -> u64,
+        ),
+        (
+            "margay_policy_rule_bytes",
+            "Bytes of the packets that matched a policy rule",
+            |t: &Totals| t.bytes,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}.");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (o, t) in totals {
+            let _ = writeln!(
+                out,
+                "{name}_total{{policy=\"{}\",rule=\"{}\",direction=\"{}\",action=\"{}\"}} {}",
+                escape(&o.policy_label()),
+                escape(&o.rule_label()),
+                o.direction.as_str(),
+                o.action.as_str(),
+                pick(t)
+            );
+        }
+    }
+    out
+}
+
+/// `margayctl policy show`: one line per policy rule (summed over the
+/// chains that hold it), in tier/policy/rule order.
+pub fn render_show(counters: &[RuleCounter]) -> String {
+    use std::fmt::Write as _;
+    let mut chains: BTreeMap<&RuleOrigin, BTreeSet<&str>> = BTreeMap::new();
+    for c in counters {
+        chains.entry(&c.origin).or_default().insert(c.chain.as_str());
+    }
+    let totals = totals(counters);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<40} {:>4} {:<8} {:<6} {:>12} {:>14}  CHAINS",
+        "POLICY", "RULE", "DIR", "ACTION", "PACKETS", "BYTES"
+    );
+    for (o, t) in &totals {
+        let ch: Vec<&str> = chains.get(o).into_iter().flatten().copied().collect();
+        let _ = writeln!(
+            out,
+            "{:<40} {:>4} {:<8} {:<6} {:>12} {:>14}  {}",
+            o.policy_label(),
+            o.rule_label(),
+            o.direction.as_str(),
+            o.action.as_str(),
+            t.packets,
+            t.bytes,
+            ch.join(",")
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +250,22 @@ mod tests {
             parse_listing(&serde_json::json!({"x": 1})),
             Err(CounterError::NotAListing)
         );
+    }
+
+    #[test]
+    fn openmetrics_and_show_name_every_rule_once() {
+        let b = parse_listing(&listing(5)).unwrap();
+        let text = openmetrics(&totals(&b));
+        assert!(
+            text.contains(
+                r#"margay_policy_rule_packets_total{policy="np:x/a",rule="0",direction="ingress",action="allow"} 6"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE margay_policy_rule_bytes counter"), "{text}");
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 2);
+        let show = render_show(&b);
+        assert_eq!(show.lines().count(), 2, "{show}");
+        assert!(show.contains("pi_1,pi_2"), "{show}");
     }
 }

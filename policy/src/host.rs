@@ -62,9 +62,6 @@ pub mod render;
 
 pub use render::{HOST_TABLE, HostRuleset};
 
-/// `margay.dev` (the group of Margay's CRDs).
-pub const GROUP: &str = "margay.dev";
-
 /// Spec of a `HostEndpoint`: one interface (or all) of one node.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
