@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use integration_tests::lab::{self, Netns, Proto, host_ifname};
 use netpol_support::PolicyLab;
+use node_agent::dataplane::NftCli;
 use node_agent::dataplane::nflog::NflogSocket;
 use node_agent::dataplane::policy::build::admin::{a_namespaces, anp, deny};
 use node_agent::dataplane::policy::build::{NetPol, from, pods, sel};
@@ -28,6 +29,7 @@ use node_agent::dataplane::policy::ruleset::TABLE;
 use node_agent::dataplane::policy::spec_eval::L4;
 use node_agent::dataplane::policy::testkit::{Packet, SimVerdict};
 use node_agent::dataplane::policy::{Direction, Engine, PodKey, Protocol, trace};
+use node_agent::metrics::Metrics;
 
 fn listing(lab: &PolicyLab) -> Vec<RuleCounter> {
     let ns = lab.node_ns.values().next().expect("one node");
@@ -184,6 +186,40 @@ fn each_probe_moves_exactly_the_deciding_rule_and_model_agrees() {
     let t = counters::totals(&listing(&lab));
     if t.get(&deny_default).is_none_or(|x| x.packets == 0) {
         failures.push(format!("default deny total is zero: {t:?}"));
+    }
+    // The agent's /metrics hook (NftCli in the node's namespace) and
+    // `margayctl policy show` run there.
+    let ns = lab.node_ns.values().next().expect("node").clone();
+    let cli = NftCli::with_program("ip", ["netns", "exec", ns.as_str(), "nft"]);
+    let m = Metrics::new();
+    m.set_extra(Box::new(move || {
+        let c = cli.rule_counters().expect("rule counters");
+        counters::openmetrics(&counters::totals(&c))
+    }));
+    let text = m.encode();
+    let want = r#"margay_policy_rule_packets_total{policy="anp:deny-y",rule="1",direction="ingress",action="deny"} 1"#;
+    if !text.contains(want) {
+        failures.push(format!("/metrics lacks {want}:\n{text}"));
+    }
+    match lab::workspace_bin("margayctl") {
+        Ok(bin) => {
+            let out = Command::new("ip")
+                .args(["netns", "exec", ns.as_str()])
+                .arg(&bin)
+                .args(["policy", "show"])
+                .output()
+                .expect("run margayctl");
+            let show = String::from_utf8_lossy(&out.stdout);
+            println!("{show}");
+            let line = show.lines().find(|l| l.starts_with("np:x/from-b "));
+            if !out.status.success() || line.is_none_or(|l| !l.contains(" allow ")) {
+                failures.push(format!(
+                    "margayctl policy show: {show} {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        Err(e) => println!("SKIPPED: margayctl policy show ({e})"),
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -212,6 +212,17 @@ fn identity_json(me: &NodeIdentity) -> serde_json::Value {
 /// Runs the agent until SIGTERM / SIGINT.
 pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let metrics = Arc::new(Metrics::new());
+    // Per-rule policy counters: read from the kernel at each scrape (one
+    // `nft -j list table` per Margay table, a few ms).
+    metrics.set_extra(Box::new(|| {
+        match crate::dataplane::NftCli::new().rule_counters() {
+            Ok(c) => policy::counters::openmetrics(&policy::counters::totals(&c)),
+            Err(e) => {
+                tracing::debug!(error = %e, "policy rule counters unavailable");
+                String::new()
+            }
+        }
+    }));
     let health = Arc::new(Health::new(args.startup_grace).with_loop_period(args.loop_period));
     let (bound, _health_task) = health::bind_and_serve(
         args.health_listen,
