@@ -10,7 +10,9 @@
 //! - `BGPConfiguration`: cluster-wide BGP settings (`default`), optionally
 //!   overridden per node (`node.<nodename>`) (in `crd/bgpconfig.rs`);
 //! - `BGPPeer`: extra BGP sessions (ToR, route reflectors, external routers);
-//! - `BGPFilter`: import/export rules that `BGPPeer`s name (in `crd/bgpfilter.rs`).
+//! - `BGPFilter`: import/export rules that `BGPPeer`s name (in `crd/bgpfilter.rs`);
+//! - `HostEndpoint`, `HostNetworkPolicy`: host protection (in
+//!   `crd/hostprotection.rs`).
 
 use std::borrow::Cow;
 
@@ -32,9 +34,13 @@ pub use bgpfilter::{
     RouteSource,
 };
 mod adminpolicy;
+mod hostprotection;
 mod ipamconfig;
 pub use adminpolicy::{
     ADMIN_POLICY_GROUP, ADMIN_POLICY_VERSION, RawAdminNetworkPolicy, RawBaselineAdminNetworkPolicy,
+};
+pub use hostprotection::{
+    HostEndpoint, HostEndpointCrdSpec, HostNetworkPolicy, HostNetworkPolicyCrdSpec,
 };
 pub use ipamconfig::{IPAM_CONFIGURATION_NAME, IPAMConfiguration, IPAMConfigurationSpec};
 
@@ -525,6 +531,8 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         BGPPeer::crd(),
         BGPFilter::crd(),
         IPAMConfiguration::crd(),
+        HostEndpoint::crd(),
+        HostNetworkPolicy::crd(),
     ]
 }
 
@@ -571,7 +579,9 @@ mod tests {
                 "BGPConfiguration",
                 "BGPPeer",
                 "BGPFilter",
-                "IPAMConfiguration"
+                "IPAMConfiguration",
+                "HostEndpoint",
+                "HostNetworkPolicy"
             ]
         );
         for crd in all() {
