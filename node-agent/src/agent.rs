@@ -267,6 +267,23 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         .and_then(|n| n.metadata.labels.clone())
         .unwrap_or_default();
 
+    // Host protection (HostEndpoint / HostNetworkPolicy → inet margay_host).
+    let _host_protection = if args.host_protection {
+        let failsafe = crate::hostprotect::failsafe(&args)
+            .map_err(|e| AgentError::Startup(format!("host protection: {e}")))?;
+        Some(tokio::spawn(crate::hostprotect::run(
+            cluster.client(),
+            policy::host::HostConfig {
+                node: me.name.clone(),
+                iface_prefix: "cali".into(),
+                failsafe,
+                deny_log: None,
+            },
+        )))
+    } else {
+        None
+    };
+
     // IPAM on the CRDs; the allocator follows the block watch, and so does
     // the view the dataplane (and BGP) consume.
     let store: Arc<dyn ipam::Store> = Arc::new(KubeStore::new(cluster.client(), metrics.clone()));

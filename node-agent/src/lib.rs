@@ -13,6 +13,7 @@ pub mod dataplane;
 pub mod endpoints;
 pub mod fib;
 pub mod health;
+pub mod hostprotect;
 pub mod identity;
 pub mod install_cni;
 pub mod ipam_ops;
