@@ -267,6 +267,13 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         .and_then(|n| n.metadata.labels.clone())
         .unwrap_or_default();
 
+    // Denied-flow logging: log rules in the policy chains, read over NFLOG
+    // by a thread of its own (the socket blocks), one JSON line per packet.
+    let deny_log = args.policy_log_denied.then(|| policy::flowlog::DenyLog {
+        group: args.policy_log_group,
+        ..Default::default()
+    });
+
     // Host protection (HostEndpoint / HostNetworkPolicy → inet margay_host).
     let _host_protection = if args.host_protection {
         let failsafe = crate::hostprotect::failsafe(&args)
@@ -313,6 +320,14 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         health.pulse("ipam view"),
     ));
 
+    if let Some(log) = deny_log {
+        let pods = crate::policyctl::PodsByIp {
+            pods: cluster.pods.clone(),
+            view: view_rx.clone(),
+        };
+        start_flow_log(log, &args.policy_log_file, pods)?;
+    }
+
     // The local dataplane (routes now; policy next) and the CNI socket.
     let routes = LocalRoutes::connect().map_err(|e| AgentError::Io {
         what: "opening netlink".into(),
@@ -340,7 +355,13 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         releases,
         reconcile_interval: args.reconcile_interval,
         routes,
-        policy: crate::policyctl::PolicySync::new(&me.name, node_addrs),
+        policy: {
+            let mut p = crate::policyctl::PolicySync::new(&me.name, node_addrs);
+            if let Some(log) = deny_log {
+                p.set_deny_log(Some(log));
+            }
+            p
+        },
         cluster: cluster.clone(),
         view: view_rx.clone(),
         health: health.clone(),
@@ -547,4 +568,48 @@ mod pool_order_tests {
             assert_eq!(names, ["zz-old", "aa-new", "bb-new", "no-time"]);
         }
     }
+}
+
+/// Opens the NFLOG socket (here, in the agent's namespace) and the record
+/// file, and reads denied packets on a thread of its own.
+fn start_flow_log(
+    log: policy::flowlog::DenyLog,
+    file: &std::path::Path,
+    pods: crate::policyctl::PodsByIp,
+) -> Result<(), AgentError> {
+    let mut sock = crate::dataplane::nflog::NflogSocket::bind(log.group).map_err(|e| {
+        AgentError::Startup(format!(
+            "denied-flow logging: {}",
+            crate::logging::chain(&e)
+        ))
+    })?;
+    let mut out: Box<dyn std::io::Write + Send> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        if let Some(dir) = file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .map_err(|source| AgentError::Io {
+                what: format!("opening the denied-flow log {}", file.display()),
+                source,
+            })?;
+        Box::new(std::io::LineWriter::new(f))
+    };
+    tracing::info!(group = log.group, file = %file.display(), "logging denied flows");
+    std::thread::Builder::new()
+        .name("nflog".into())
+        .spawn(move || {
+            if let Err(e) = crate::dataplane::nflog::run(&mut sock, &pods, &mut out, || false) {
+                tracing::warn!(error = %crate::logging::chain(&e), "denied-flow logging stopped");
+            }
+        })
+        .map_err(|source| AgentError::Io {
+            what: "starting the denied-flow log thread".into(),
+            source,
+        })?;
+    Ok(())
 }

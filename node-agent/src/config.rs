@@ -211,6 +211,29 @@ pub struct AgentArgs {
     /// tcp:179,tcp:6443,udp:53,tcp:53,udp:67,udp:3784,udp:4784).
     #[arg(long, env = "MARGAY_FAILSAFE_OUTBOUND_HOST_PORTS", global = true)]
     pub failsafe_outbound_host_ports: Option<String>,
+
+    /// Log denied packets (rate-limited: 10/s per drop rule, bursts of 20)
+    /// as JSON lines with the rule and the pods.
+    #[arg(long, env = "MARGAY_POLICY_LOG_DENIED", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub policy_log_denied: bool,
+
+    /// The NFLOG group of denied-flow logging.
+    #[arg(
+        long,
+        env = "MARGAY_POLICY_LOG_GROUP",
+        default_value_t = 7,
+        global = true
+    )]
+    pub policy_log_group: u16,
+
+    /// Where denied-flow records go ("-": standard output).
+    #[arg(
+        long,
+        env = "MARGAY_POLICY_LOG_FILE",
+        default_value = "/var/log/margay/denied-flows.jsonl",
+        global = true
+    )]
+    pub policy_log_file: PathBuf,
 }
 
 /// An MTU flag: 0 (automatic) or 68..=65535.

@@ -128,7 +128,25 @@ pub fn run(
     mut stop: impl FnMut() -> bool,
 ) -> Result<(), NflogError> {
     while !stop() {
-        for p in sock.recv()? {
+        let packets = match sock.recv() {
+            Ok(p) => p,
+            // The kernel dropped records the socket had no room for.
+            Err(NflogError::Socket(nix::Error::ENOBUFS)) => {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"lost": "socket buffer overrun"})
+                );
+                continue;
+            }
+            // One datagram we cannot read: skip it.
+            Err(NflogError::Decode(e)) => {
+                let _ = writeln!(out, "{}", serde_json::json!({"error": e.to_string()}));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for p in packets {
             let line = match DeniedFlow::of(&p, pods) {
                 Ok(rec) => rec.json_line(),
                 Err(e) => {
