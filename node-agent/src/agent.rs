@@ -531,45 +531,6 @@ fn oldest_first(
     pools
 }
 
-#[cfg(test)]
-mod pool_order_tests {
-    use std::sync::Arc;
-
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
-    use super::oldest_first;
-    use crate::crd::{IPPool, IPPoolSpec};
-
-    fn pool(name: &str, created: Option<i64>) -> Arc<IPPool> {
-        let mut p = IPPool::new(
-            name,
-            serde_json::from_value::<IPPoolSpec>(serde_json::json!({"cidr": "198.19.0.0/16"}))
-                .expect("spec"),
-        );
-        p.metadata.creation_timestamp =
-            created.map(|s| Time(k8s_openapi::jiff::Timestamp::from_second(s).expect("time")));
-        Arc::new(p)
-    }
-
-    #[test]
-    fn overlapping_pools_are_ordered_the_same_on_every_node() {
-        let a = pool("zz-old", Some(100));
-        let b = pool("aa-new", Some(200));
-        let c = pool("bb-new", Some(200));
-        let d = pool("no-time", None);
-        for input in [
-            vec![b.clone(), d.clone(), a.clone(), c.clone()],
-            vec![d.clone(), c.clone(), b.clone(), a.clone()],
-        ] {
-            let names: Vec<_> = oldest_first(input)
-                .iter()
-                .map(|p| p.metadata.name.clone().unwrap_or_default())
-                .collect();
-            assert_eq!(names, ["zz-old", "aa-new", "bb-new", "no-time"]);
-        }
-    }
-}
-
 /// Opens the NFLOG socket (here, in the agent's namespace) and the record
 /// file, and reads denied packets on a thread of its own.
 fn start_flow_log(
@@ -612,4 +573,43 @@ fn start_flow_log(
             source,
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod pool_order_tests {
+    use std::sync::Arc;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::oldest_first;
+    use crate::crd::{IPPool, IPPoolSpec};
+
+    fn pool(name: &str, created: Option<i64>) -> Arc<IPPool> {
+        let mut p = IPPool::new(
+            name,
+            serde_json::from_value::<IPPoolSpec>(serde_json::json!({"cidr": "198.19.0.0/16"}))
+                .expect("spec"),
+        );
+        p.metadata.creation_timestamp =
+            created.map(|s| Time(k8s_openapi::jiff::Timestamp::from_second(s).expect("time")));
+        Arc::new(p)
+    }
+
+    #[test]
+    fn overlapping_pools_are_ordered_the_same_on_every_node() {
+        let a = pool("zz-old", Some(100));
+        let b = pool("aa-new", Some(200));
+        let c = pool("bb-new", Some(200));
+        let d = pool("no-time", None);
+        for input in [
+            vec![b.clone(), d.clone(), a.clone(), c.clone()],
+            vec![d.clone(), c.clone(), b.clone(), a.clone()],
+        ] {
+            let names: Vec<_> = oldest_first(input)
+                .iter()
+                .map(|p| p.metadata.name.clone().unwrap_or_default())
+                .collect();
+            assert_eq!(names, ["zz-old", "aa-new", "bb-new", "no-time"]);
+        }
+    }
 }

@@ -174,7 +174,10 @@ pub fn render_show(counters: &[RuleCounter]) -> String {
     use std::fmt::Write as _;
     let mut chains: BTreeMap<&RuleOrigin, BTreeSet<&str>> = BTreeMap::new();
     for c in counters {
-        chains.entry(&c.origin).or_default().insert(c.chain.as_str());
+        chains
+            .entry(&c.origin)
+            .or_default()
+            .insert(c.chain.as_str());
     }
     let totals = totals(counters);
     let mut out = String::new();
@@ -262,7 +265,10 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("# TYPE margay_policy_rule_bytes counter"), "{text}");
+        assert!(
+            text.contains("# TYPE margay_policy_rule_bytes counter"),
+            "{text}"
+        );
         assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 2);
         let show = render_show(&b);
         assert_eq!(show.lines().count(), 2, "{show}");
