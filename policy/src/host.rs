@@ -38,7 +38,7 @@
 //!
 //! # Applying
 //! The host table is small and changes rarely: [`HostRuleset`] renders it
-//! whole and [`render::apply_batch`] replaces it in one transaction (packets
+//! whole and [`HostRuleset::apply_batch`] replaces it in one transaction (packets
 //! see the old or the new table, established flows go on through conntrack);
 //! the caller applies only when the rendered table differs from the last one
 //! applied. Rule counters restart when the table is replaced.

@@ -34,7 +34,7 @@ pub enum Tier {
     Baseline,
     /// A Margay HostNetworkPolicy (see [`crate::host`]).
     Host,
-    /// A line Margay adds itself (`policy` names which, see [`Fixed`]).
+    /// A line Margay adds itself (`policy` names which, see [`fixed`]).
     Fixed,
 }
 
