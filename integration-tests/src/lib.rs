@@ -3,6 +3,7 @@
 //! and the Kubernetes API test server.
 
 pub mod apiserver;
+pub mod bgpload;
 pub mod cni;
 pub mod cri;
 pub mod k8s;

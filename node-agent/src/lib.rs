@@ -8,7 +8,8 @@
 //!
 //! ```text
 //!  agent/      wires everything: CLI, the task supervisor, start and stop,
-//!              install-cni (the init container)
+//!              install-cni (the init container), host protection (the
+//!              HostEndpoint / HostNetworkPolicy task), the denied-flow log
 //!  ctl/        margayctl: renders the agent's /status, reads IPAM and
 //!              policy from the API server
 //!  ─────────────────────────────────────────────────────────────────────────

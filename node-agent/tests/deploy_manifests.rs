@@ -93,6 +93,8 @@ fn check(doc: &Value) -> Result<&'static str, String> {
         "BGPConfiguration" => round_trip::<BGPConfiguration>(doc),
         "BGPPeer" => round_trip::<BGPPeer>(doc),
         "IPAMConfiguration" => round_trip::<IPAMConfiguration>(doc),
+        "HostEndpoint" => round_trip::<node_agent::k8s::crd::HostEndpoint>(doc),
+        "HostNetworkPolicy" => round_trip::<node_agent::k8s::crd::HostNetworkPolicy>(doc),
         other => return Err(format!("no type known for kind {other}")),
     };
     r.map(|()| "ok").map_err(|e| format!("{kind}: {e}"))

@@ -95,7 +95,11 @@ impl Engine {
     pub fn new(node: NodeContext) -> Engine {
         let mut e = Engine {
             state: ClusterState::default(),
-            rs: Ruleset::empty(&node.iface_prefix),
+            rs: {
+                let mut rs = Ruleset::empty(&node.iface_prefix);
+                rs.set_deny_log(node.deny_log);
+                rs
+            },
             node: NodeContext {
                 endpoints: BTreeMap::new(),
                 node_addrs: Vec::new(),

@@ -63,20 +63,40 @@
 //! * Invalid objects are reported; see [`compile::admin`] for what is
 //!   ignored and what fails closed.
 
+//!
+//! # Observability and host protection
+//! * Every rule of a policy chain has an nft `counter` and its
+//!   [`origin::RuleOrigin`] (tier, policy, rule index, direction, action) as
+//!   comment; [`counters`] reads `nft -j list table` back into per-rule
+//!   totals (the `margay_policy_rule_packets_total` series and `margayctl
+//!   policy show`). Equal NetworkPolicy rules of several policies selecting
+//!   a pod are rendered once, attributed to the first policy by name.
+//! * [`flowlog`]: optional rate-limited `log group N` rules before every
+//!   drop, the NFLOG wire codec and the JSON record of a denied packet.
+//! * [`trace`]: the rules a packet matches in the model, compared with the
+//!   kernel counters that moved while a probe crossed the dataplane.
+//! * [`host`]: `HostEndpoint` / `HostNetworkPolicy` → `table inet
+//!   margay_host` on `input`/`output`, with failsafe ports no policy closes.
+
 pub mod addr;
 pub mod admin;
 pub mod batch;
 pub mod build;
 pub mod compile;
+pub mod counters;
 pub mod engine;
+pub mod flowlog;
+pub mod host;
 pub mod model;
 pub mod nft;
+pub mod origin;
 pub mod plan;
 pub mod ruleset;
 pub mod selector;
 pub mod sink;
 pub mod spec_eval;
 pub mod testkit;
+pub mod trace;
 
 pub use batch::Batch;
 pub use compile::{Direction, PolicyError};

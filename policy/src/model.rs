@@ -479,6 +479,8 @@ pub struct NodeContext {
     pub endpoints: BTreeMap<PodKey, LocalEndpoint>,
     /// Outgoing NAT.
     pub nat: NatOutgoing,
+    /// Log denied packets (default off; see [`crate::flowlog`]).
+    pub deny_log: Option<crate::flowlog::DenyLog>,
 }
 
 impl NodeContext {
@@ -489,6 +491,7 @@ impl NodeContext {
             iface_prefix: "cali".to_string(),
             endpoints: BTreeMap::new(),
             nat: NatOutgoing::default(),
+            deny_log: None,
         }
     }
 

@@ -10,7 +10,10 @@ use nftables::schema::{
     Chain, Element, FlushObject, NfCmd, NfListObject, Rule, Set, SetFlag, SetType, SetTypeValue,
     Table,
 };
-use nftables::stmt::{JumpTarget, Match as NftMatch, Operator, Statement, VerdictMap};
+use nftables::stmt::{
+    AnonymousCounter, Counter, JumpTarget, Limit, Log, Match as NftMatch, Operator, Statement,
+    VerdictMap,
+};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use crate::addr::Family;
@@ -245,15 +248,42 @@ fn statements(r: &RuleIr) -> Vec<Statement<'static>> {
             }
         })
         .collect();
+    if let Verdict::Log(l) = &r.verdict {
+        out.push(Statement::Limit(Limit {
+            rate: l.rate_per_second,
+            rate_unit: None,
+            per: Some("second".into()),
+            burst: Some(l.burst),
+            burst_unit: None,
+            inv: None,
+        }));
+        out.push(Statement::Log(Some(Log {
+            prefix: Some(Cow::Owned(r.origin.comment())),
+            group: Some(u32::from(l.group)),
+            ..Log::new(None)
+        })));
+        return out;
+    }
+    out.push(Statement::Counter(Counter::Anonymous(Some(
+        AnonymousCounter::default(),
+    ))));
     out.push(match &r.verdict {
         Verdict::Accept => Statement::Accept(None),
         Verdict::Return => Statement::Return(None),
-        Verdict::Drop => Statement::Drop(None),
+        Verdict::Drop | Verdict::Log(_) => Statement::Drop(None),
         Verdict::Goto(c) => Statement::Goto(JumpTarget {
             target: Cow::Owned(c.clone()),
         }),
     });
     out
+}
+
+/// A policy chain's rule: statements, and its origin as comment.
+fn policy_rule(chain: &str, r: &RuleIr) -> Rule<'static> {
+    Rule {
+        comment: Some(Cow::Owned(r.origin.comment())),
+        ..rule(chain, statements(r))
+    }
 }
 
 /// Rules of the `forward` and `input` base chains (fixed but for the prefix).
@@ -385,7 +415,7 @@ pub fn full(rs: &Ruleset) -> Batch {
     }
     for (name, rules) in &rs.chains {
         for r in rules {
-            b.add(NfListObject::Rule(rule(name, statements(r))));
+            b.add(NfListObject::Rule(policy_rule(name, r)));
         }
     }
     for dir in [Direction::Egress, Direction::Ingress] {
@@ -486,7 +516,7 @@ pub fn emit(c: &Changes, rs: &Ruleset) -> (Batch, DiffStats) {
     for (name, rules) in &new_chains {
         st.chains_added += 1;
         for r in rules.iter() {
-            b.add(NfListObject::Rule(rule(name, statements(r))));
+            b.add(NfListObject::Rule(policy_rule(name, r)));
         }
     }
     for name in c.replaced_chains.difference(&c.new_chains) {
@@ -496,7 +526,7 @@ pub fn emit(c: &Changes, rs: &Ruleset) -> (Batch, DiffStats) {
         st.chains_replaced += 1;
         b.cmd(NfCmd::Flush(FlushObject::Chain(chain(name))));
         for r in rules {
-            b.add(NfListObject::Rule(rule(name, statements(r))));
+            b.add(NfListObject::Rule(policy_rule(name, r)));
         }
     }
     // Map keys: a changed key is deleted, then added with its new target

@@ -19,6 +19,7 @@ use crate::model::{
     ClusterState, Labels, LocalEndpoint, NAMESPACE_NAME_LABEL, NodeContext, PodInfo, PodKey,
     PodPhase, PolicyKey, Protocol,
 };
+use crate::origin::{RuleAction, RuleOrigin, Tier};
 use crate::selector::Selector;
 
 /// Port part of a planned rule.
@@ -42,6 +43,9 @@ pub struct RulePlan {
     /// `None` = all peers.
     pub peers: Option<Vec<Peer>>,
     pub ports: PortMatch,
+    /// The policy rule it comes from (rendered as the nft rule's comment,
+    /// so its counter is attributed; part of the chain's content).
+    pub origin: RuleOrigin,
 }
 
 /// What applies to one direction of one endpoint.
@@ -283,6 +287,8 @@ pub struct Plan {
     pub node_addrs: Vec<IpAddr>,
     pub nat: crate::model::NatOutgoing,
     pub iface_prefix: String,
+    /// Log denied packets (see [`crate::flowlog`]).
+    pub deny_log: Option<crate::flowlog::DenyLog>,
     pub issues: Vec<PlanIssue>,
 }
 
@@ -313,6 +319,7 @@ pub fn build_with(state: &ClusterState, node: &NodeContext, policies: &Policies)
         node_addrs: node.node_addrs.clone(),
         nat: node.nat.clone(),
         iface_prefix: node.iface_prefix.clone(),
+        deny_log: node.deny_log,
         issues,
     }
 }
@@ -365,17 +372,37 @@ pub fn plan_endpoint(
         .then(|| namespace_labels(state, &pod.key.namespace));
     let dir_plan = |dir: Direction| {
         let mut selected = Vec::new();
-        let mut rules = BTreeSet::new();
+        // Equal rules of several policies are rendered once, attributed to
+        // the first policy (by namespace/name): the first matching line is
+        // the one the kernel would count anyway, and endpoints whose
+        // policies allow the same keep sharing one chain.
+        let mut rules: BTreeMap<(Option<Vec<Peer>>, PortMatch), RuleOrigin> = BTreeMap::new();
         for p in policies.in_namespace(&pod.key.namespace) {
             let Some(prules) = p.rules(dir) else { continue };
             if !p.pod_selector.matches(&pod.labels) {
                 continue;
             }
             selected.push(p.key.clone());
-            for r in prules {
-                rules.insert(plan_rule(r, dir, pod));
+            for (i, r) in prules.iter().enumerate() {
+                let origin = RuleOrigin::new(
+                    Tier::NetworkPolicy,
+                    p.key.to_string(),
+                    dir,
+                    Some(u32::try_from(i).unwrap_or(u32::MAX)),
+                    RuleAction::Allow,
+                );
+                let rp = plan_rule(r, dir, pod, origin);
+                rules.entry((rp.peers, rp.ports)).or_insert(rp.origin);
             }
         }
+        let rules: BTreeSet<RulePlan> = rules
+            .into_iter()
+            .map(|((peers, ports), origin)| RulePlan {
+                peers,
+                ports,
+                origin,
+            })
+            .collect();
         let np = (!selected.is_empty()).then_some((selected, rules));
         match &ns_labels {
             Some(ns_labels) => tiered(policies, dir, pod, ns_labels, np),
@@ -439,11 +466,25 @@ fn tier_rule(a: &CompiledAdmin, r: &AdminRule, dir: Direction, pod: &PodInfo) ->
     TierRule {
         origin: format!("{} {} {}[{}]{label}", a.kind, a.name, dir.as_str(), r.index),
         action: r.action,
-        rule: plan_rule(&r.rule, dir, pod),
+        rule: plan_rule(
+            &r.rule,
+            dir,
+            pod,
+            RuleOrigin::new(
+                match a.kind {
+                    AdminKind::Admin => Tier::Admin,
+                    AdminKind::Baseline => Tier::Baseline,
+                },
+                a.name.clone(),
+                dir,
+                Some(u32::try_from(r.index).unwrap_or(u32::MAX)),
+                r.action.into(),
+            ),
+        ),
     }
 }
 
-fn plan_rule(r: &Rule, dir: Direction, pod: &PodInfo) -> RulePlan {
+fn plan_rule(r: &Rule, dir: Direction, pod: &PodInfo, origin: RuleOrigin) -> RulePlan {
     let ports = match &r.ports {
         None => PortMatch::Any,
         Some(ports) => {
@@ -472,6 +513,7 @@ fn plan_rule(r: &Rule, dir: Direction, pod: &PodInfo) -> RulePlan {
     RulePlan {
         peers: r.peers.clone(),
         ports,
+        origin,
     }
 }
 

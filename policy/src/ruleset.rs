@@ -42,7 +42,9 @@ use sha1::{Digest, Sha1};
 
 use crate::addr::{AddrRange, Family, union};
 use crate::compile::{Direction, Peer, PodPeer};
+use crate::flowlog::DenyLog;
 use crate::model::{ClusterState, Protocol};
+use crate::origin::{RuleAction, RuleOrigin, fixed};
 use crate::plan::{DirectionPlan, Plan, PortMatch, RulePlan, members};
 use crate::selector::Selector;
 
@@ -105,6 +107,9 @@ pub enum Verdict {
     Return,
     Drop,
     Goto(String),
+    /// Not a verdict: `limit` + `log group` (denied-flow logging, placed
+    /// before a `Drop` with the same matches); the packet goes on.
+    Log(DenyLog),
 }
 
 /// A rule of a regular chain.
@@ -112,6 +117,9 @@ pub enum Verdict {
 pub struct RuleIr {
     pub matches: Vec<Match>,
     pub verdict: Verdict,
+    /// What the rule stands for: its nft comment; every rule but a `Log`
+    /// one has a counter (see [`crate::counters`]).
+    pub origin: RuleOrigin,
 }
 
 impl RuleIr {
@@ -130,12 +138,21 @@ impl RuleIr {
                 ),
             };
         }
+        if !matches!(self.verdict, Verdict::Log(_)) {
+            s.push_str("counter ");
+        }
         let _ = match &self.verdict {
             Verdict::Accept => write!(s, "accept"),
             Verdict::Return => write!(s, "return"),
             Verdict::Drop => write!(s, "drop"),
             Verdict::Goto(c) => write!(s, "goto {c}"),
+            Verdict::Log(l) => write!(
+                s,
+                "limit rate {}/second burst {} packets log group {}",
+                l.rate_per_second, l.burst, l.group
+            ),
         };
+        let _ = write!(s, " comment {:?}", self.origin.comment());
         s
     }
 }
@@ -185,6 +202,8 @@ pub struct Ruleset {
     pub chains: BTreeMap<String, Vec<RuleIr>>,
     /// Endpoint interface → its chains (the two verdict maps).
     pub dispatch: BTreeMap<String, Dispatch>,
+    /// Log denied packets: a log rule before every `Drop` of the chains.
+    pub deny_log: Option<DenyLog>,
 }
 
 pub const TABLE: &str = "margay";
@@ -305,24 +324,53 @@ impl Ruleset {
                 );
             }
         }
-        let chains = BTreeMap::from([(
-            DENY.to_string(),
-            vec![RuleIr {
-                matches: vec![],
-                verdict: Verdict::Drop,
-            }],
-        )]);
-        Ruleset {
+        let mut rs = Ruleset {
             iface_prefix: iface_prefix.to_string(),
             sets,
-            chains,
+            chains: BTreeMap::new(),
             dispatch: BTreeMap::new(),
+            deny_log: None,
+        };
+        rs.set_deny_log(None);
+        rs
+    }
+
+    /// Turns denied-flow logging on or off (re-renders the `deny` chain;
+    /// policy chains follow when they are next built).
+    pub fn set_deny_log(&mut self, log: Option<DenyLog>) {
+        self.deny_log = log;
+        // The `deny` chain serves both dispatch maps: its counter is
+        // labelled `ingress` but counts both directions.
+        let body = self.with_logs(vec![RuleIr {
+            matches: vec![],
+            verdict: Verdict::Drop,
+            origin: RuleOrigin::fixed(fixed::DENY_ENDPOINT, Direction::Ingress, RuleAction::Deny),
+        }]);
+        self.chains.insert(DENY.to_string(), body);
+    }
+
+    /// `body` with a log rule before every `Drop` when logging is on.
+    pub(crate) fn with_logs(&self, body: Vec<RuleIr>) -> Vec<RuleIr> {
+        let Some(log) = self.deny_log else {
+            return body;
+        };
+        let mut out = Vec::with_capacity(body.len() + 2);
+        for r in body {
+            if r.verdict == Verdict::Drop {
+                out.push(RuleIr {
+                    verdict: Verdict::Log(log),
+                    ..r.clone()
+                });
+            }
+            out.push(r);
         }
+        out
     }
 
     /// Renders a plan. Set memberships come from `state`.
     pub fn build(plan: &Plan, state: &ClusterState) -> Ruleset {
         let mut rs = Ruleset::empty(&plan.iface_prefix);
+        rs.set_deny_log(plan.deny_log);
         for ip in &plan.node_addrs {
             rs.insert_elem(&fixed_set(NODE, Family::of(ip)), Elem::Addr(*ip));
         }
@@ -381,6 +429,7 @@ impl Ruleset {
         body: Vec<RuleIr>,
         fill: &mut BuildCx,
     ) -> String {
+        let body = self.with_logs(body);
         let texts: Vec<String> = body.iter().map(RuleIr::text).collect();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let name = format!("{prefix}_{}", digest(&refs));
@@ -408,6 +457,7 @@ impl Ruleset {
             .map(|fam| RuleIr {
                 matches: vec![Match::Addr(peer_field(dir), *fam, fixed_set(NODE, *fam))],
                 verdict: Self::allow_verdict(dir),
+                origin: RuleOrigin::fixed(fixed::NODE, dir, RuleAction::Allow),
             })
             .collect()
     }
@@ -426,6 +476,7 @@ impl Ruleset {
         body.push(RuleIr {
             matches: vec![],
             verdict: Verdict::Drop,
+            origin: RuleOrigin::fixed(fixed::DEFAULT, dir, RuleAction::Deny),
         });
         body
     }
@@ -444,6 +495,7 @@ impl Ruleset {
         let rule = |matches: Vec<Match>| RuleIr {
             matches,
             verdict: verdict.clone(),
+            origin: r.origin.clone(),
         };
         let mut body = Vec::new();
         let (pt, named) = match &r.ports {

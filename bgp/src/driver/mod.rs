@@ -17,6 +17,7 @@
 //! Tasks are aborted when their owner drops them. A panic while decoding a
 //! peer's message closes that peer's session only.
 
+mod backlog;
 mod inbound;
 mod peer;
 mod restart;
@@ -57,6 +58,9 @@ const FIB_BATCH: usize = 1024;
 /// Messages queued for the RIB task (each a batch of decoded UPDATEs, see
 /// [`RIB_BATCH_UPDATES`]).
 const RIB_QUEUE: usize = 8;
+/// How often the RIB task retries handing waiting commands to peers whose
+/// queue was full (only while any wait; see `backlog`).
+const BACKLOG_POLL: Duration = Duration::from_millis(1);
 /// A peer task hands its decoded UPDATEs to the RIB task in batches of at
 /// most this many messages…
 const RIB_BATCH_UPDATES: usize = 256;
@@ -306,6 +310,7 @@ impl Speaker {
             bfd: None,
             generation: 0,
             defer_until: None,
+            backlog: Default::default(),
         };
         tasks.push(tokio::spawn(
             task.run(rx, rib_rx)
@@ -491,6 +496,9 @@ struct RibTask {
     generation: u64,
     /// Initial updates are withheld until every peer's End-of-RIB or this.
     defer_until: Option<tokio::time::Instant>,
+    /// Commands for peers whose queue was full (the RIB task never waits
+    /// for one peer: see the module).
+    backlog: backlog::Backlog,
 }
 
 impl RibTask {
@@ -519,10 +527,18 @@ impl RibTask {
                     }
                     self.stats.rib(t.elapsed());
                 }
+                () = tokio::time::sleep(BACKLOG_POLL), if !self.backlog.is_empty() => {}
             }
             self.check_deferral();
+            let peers = &self.peers;
+            self.backlog
+                .drain(|p| peers.get(&p).and_then(|e| e.tx.as_ref()));
             self.flush().await;
-            self.stats.rib_state(self.generation, self.rib.fib_routes());
+            self.stats.rib_state(
+                self.generation,
+                self.rib.fib_routes(),
+                self.backlog.waiting(),
+            );
         }
     }
 
@@ -533,13 +549,19 @@ impl RibTask {
             self.stats.export(t.elapsed());
         }
         for (peer, bytes) in out.send {
-            if let Some(tx) = self.peers.get(&peer).and_then(|p| p.tx.as_ref()) {
-                let _ = tx.send(PeerCmd::Send(bytes)).await;
+            if let Some(p) = self.peers.get(&peer)
+                && let Some(tx) = &p.tx
+            {
+                self.backlog
+                    .send(peer, &p.cfg.name, tx, PeerCmd::Send(bytes));
             }
         }
         for (peer, fam, limit) in out.max_prefix {
-            if let Some(tx) = self.peers.get(&peer).and_then(|p| p.tx.as_ref()) {
-                let _ = tx.send(PeerCmd::MaxPrefix(fam, limit)).await;
+            if let Some(p) = self.peers.get(&peer)
+                && let Some(tx) = &p.tx
+            {
+                self.backlog
+                    .send(peer, &p.cfg.name, tx, PeerCmd::MaxPrefix(fam, limit));
             }
         }
         if !out.fib.is_empty() {
@@ -801,12 +823,16 @@ impl RibTask {
         }
         match m {
             RibMsg::Up { peer, info } => {
+                self.backlog.forget(peer);
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.families = info.families;
                 }
                 self.rib.peer_up(peer, *info)
             }
-            RibMsg::Down { peer, graceful } => self.rib.peer_down(peer, graceful),
+            RibMsg::Down { peer, graceful } => {
+                self.backlog.forget(peer);
+                self.rib.peer_down(peer, graceful)
+            }
             RibMsg::Updates { peer, updates } => {
                 for u in &updates {
                     self.rib.apply_update(peer, u);

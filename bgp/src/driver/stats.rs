@@ -19,6 +19,7 @@ pub(super) struct Counters {
     fib_changes: AtomicU64,
     fib_routes: AtomicU64,
     generation: AtomicU64,
+    backlog: AtomicU64,
 }
 
 fn ns(d: Duration) -> u64 {
@@ -53,9 +54,10 @@ impl Counters {
 
     /// The RIB task's state after a round: its generation and how many
     /// destinations have kernel next hops.
-    pub(super) fn rib_state(&self, generation: u64, fib_routes: usize) {
+    pub(super) fn rib_state(&self, generation: u64, fib_routes: usize, backlog: usize) {
         self.generation.store(generation, Relaxed);
         self.fib_routes.store(fib_routes as u64, Relaxed);
+        self.backlog.store(backlog as u64, Relaxed);
     }
 
     pub(super) fn snapshot(&self) -> SpeakerStats {
@@ -71,6 +73,7 @@ impl Counters {
             fib_changes: self.fib_changes.load(Relaxed),
             fib_routes: self.fib_routes.load(Relaxed),
             generation: self.generation.load(Relaxed),
+            backlog: self.backlog.load(Relaxed),
         }
     }
 }
@@ -102,4 +105,7 @@ pub struct SpeakerStats {
     /// The RIB's generation: changes with every change to the RIB (the
     /// one [`super::Speaker::routes`] compares).
     pub generation: u64,
+    /// Commands for peers whose queue is full, waiting in the RIB task now
+    /// (a peer that reads slower than the RIB exports).
+    pub backlog: u64,
 }

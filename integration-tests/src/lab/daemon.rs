@@ -75,6 +75,12 @@ impl Daemon {
         &self.log
     }
 
+    /// (peak RSS in MB, CPU seconds) of the live process: `VmHWM` and
+    /// utime + stime since it started.
+    pub fn usage(&self) -> Result<(f64, f64)> {
+        process_usage(self.pid)
+    }
+
     /// The log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -442,4 +448,28 @@ fn gobgp_in(ns: &str, args: &[&str]) -> Result<String> {
 fn path_str(p: &Path) -> Result<&str> {
     p.to_str()
         .ok_or_else(|| LabError::Invalid(format!("non-UTF-8 path {}", p.display())))
+}
+
+/// (peak RSS in MB, CPU seconds) of a live process: `VmHWM` from
+/// `/proc/<pid>/status`, utime + stime from `/proc/<pid>/stat` (in USER_HZ,
+/// which Linux fixes at 100).
+pub fn process_usage(pid: i32) -> Result<(f64, f64)> {
+    let bad = |what: &str| LabError::Invalid(format!("/proc/{pid}: cannot read {what}"));
+    let status_path = format!("/proc/{pid}/status");
+    let status =
+        std::fs::read_to_string(&status_path).map_err(|e| LabError::io(&status_path, e))?;
+    let hwm_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| bad("VmHWM"))?;
+    let stat_path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&stat_path).map_err(|e| LabError::io(&stat_path, e))?;
+    let rest = stat.rsplit_once(')').ok_or_else(|| bad("stat"))?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3, utime 14, stime 15 (1-based).
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    let ticks = tick(11).zip(tick(12)).ok_or_else(|| bad("utime/stime"))?;
+    Ok((hwm_kb / 1024.0, (ticks.0 + ticks.1) / 100.0))
 }

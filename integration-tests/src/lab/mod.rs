@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-pub use daemon::{Bird, Daemon, Frr, Gobgp, wait_for};
+pub use daemon::{Bird, Daemon, Frr, Gobgp, process_usage, wait_for};
 pub use error::{LabError, Result};
 pub use netns::{LinkStats, Netns};
 pub use pod::{Pod, PodSpec, host_ifname};

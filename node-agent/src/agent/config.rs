@@ -187,6 +187,45 @@ pub struct AgentArgs {
     /// when a pool uses VXLAN). A conflist's `mtu` still wins.
     #[arg(long, env = "MARGAY_VETH_MTU", default_value_t = 0, value_parser = parse_mtu, global = true)]
     pub veth_mtu: u32,
+
+    /// Host protection (HostEndpoint / HostNetworkPolicy): nothing is
+    /// installed until a HostEndpoint names this node.
+    #[arg(long, env = "MARGAY_HOST_PROTECTION", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub host_protection: bool,
+
+    /// Inbound ports no host policy can close, `proto:port,...` (default:
+    /// tcp:22,tcp:179,tcp:6443,tcp:10250,udp:68,udp:3784,udp:4784). The
+    /// agent's health and metrics ports are always added.
+    #[arg(long, env = "MARGAY_FAILSAFE_INBOUND_HOST_PORTS", global = true)]
+    pub failsafe_inbound_host_ports: Option<String>,
+
+    /// Outbound (destination) ports no host policy can close (default:
+    /// tcp:179,tcp:6443,udp:53,tcp:53,udp:67,udp:3784,udp:4784).
+    #[arg(long, env = "MARGAY_FAILSAFE_OUTBOUND_HOST_PORTS", global = true)]
+    pub failsafe_outbound_host_ports: Option<String>,
+
+    /// Log denied packets (rate-limited: 10/s per drop rule, bursts of 20)
+    /// as JSON lines with the rule and the pods.
+    #[arg(long, env = "MARGAY_POLICY_LOG_DENIED", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub policy_log_denied: bool,
+
+    /// The NFLOG group of denied-flow logging.
+    #[arg(
+        long,
+        env = "MARGAY_POLICY_LOG_GROUP",
+        default_value_t = 7,
+        global = true
+    )]
+    pub policy_log_group: u16,
+
+    /// Where denied-flow records go ("-": standard output).
+    #[arg(
+        long,
+        env = "MARGAY_POLICY_LOG_FILE",
+        default_value = "/var/log/margay/denied-flows.jsonl",
+        global = true
+    )]
+    pub policy_log_file: PathBuf,
 }
 
 /// An MTU flag: 0 (automatic) or 68..=65535.

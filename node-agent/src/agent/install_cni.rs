@@ -184,14 +184,28 @@ pub fn negotiate_version(
 /// A plugin's `supportedVersions` (CNI_COMMAND=VERSION).
 fn plugin_versions(path: &Path) -> Result<Vec<String>, String> {
     use std::io::Write as _;
-    let mut child = std::process::Command::new(path)
-        .env_clear()
-        .env("CNI_COMMAND", "VERSION")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run it: {e}"))?;
+    let spawn = || {
+        std::process::Command::new(path)
+            .env_clear()
+            .env("CNI_COMMAND", "VERSION")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+    };
+    // A binary written a moment ago may still be open for writing in a child
+    // another thread forked meanwhile (it holds the descriptor until its own
+    // exec): exec then fails with ETXTBSY, for a few milliseconds at most.
+    let mut tries = 0;
+    let mut child = loop {
+        match spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => break r.map_err(|e| format!("cannot run it: {e}"))?,
+        }
+    };
     if let Some(mut i) = child.stdin.take() {
         let _ = i.write_all(br#"{"cniVersion":"0.4.0"}"#);
     }

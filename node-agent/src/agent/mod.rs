@@ -18,6 +18,7 @@
 //! reflector's store) are critical, the others restart with backoff.
 
 pub mod config;
+pub mod hostprotect;
 pub mod install_cni;
 pub mod supervisor;
 
@@ -47,6 +48,9 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// Configuration or environment problem found at start.
+    #[error("{0}")]
+    Startup(String),
     /// This node's name or address could not be chosen.
     #[error(transparent)]
     Identity(#[from] node::IdentityError),
@@ -133,6 +137,17 @@ async fn serve_health(
 /// it down.
 pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let metrics = Arc::new(Metrics::new());
+    // Per-rule policy counters: read from the kernel at each scrape (one
+    // `nft -j list table` per Margay table, a few ms).
+    metrics.set_extra(Box::new(|| {
+        match crate::dataplane::NftCli::new().rule_counters() {
+            Ok(c) => policy::counters::openmetrics(&policy::counters::totals(&c)),
+            Err(e) => {
+                tracing::debug!(error = %e, "policy rule counters unavailable");
+                String::new()
+            }
+        }
+    }));
     let health = Arc::new(Health::new(args.startup_grace).with_loop_period(args.loop_period));
     let mut sup = Supervisor::new(health.clone());
     serve_health(&mut sup, &args, &health, &metrics).await?;
@@ -157,6 +172,33 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         .get(&kube::runtime::reflector::ObjectRef::new(&me.name))
         .and_then(|n| n.metadata.labels.clone())
         .unwrap_or_default();
+
+    // Denied-flow logging: log rules in the policy chains, read over NFLOG
+    // by a thread of its own (the socket blocks), one JSON line per packet.
+    let deny_log = args.policy_log_denied.then(|| policy::flowlog::DenyLog {
+        group: args.policy_log_group,
+        ..Default::default()
+    });
+
+    // Host protection (HostEndpoint / HostNetworkPolicy → inet margay_host).
+    if args.host_protection {
+        let failsafe = hostprotect::failsafe(&args)
+            .map_err(|e| AgentError::Startup(format!("host protection: {e}")))?;
+        let (client, node) = (cluster.client(), me.name.clone());
+        sup.restarting("host protection", move |pulse| {
+            // Its loop keeps no pulse of its own: the supervisor watches it.
+            pulse.retire();
+            hostprotect::run(
+                client.clone(),
+                policy::host::HostConfig {
+                    node: node.clone(),
+                    iface_prefix: "cali".into(),
+                    failsafe: failsafe.clone(),
+                    deny_log: None,
+                },
+            )
+        });
+    }
 
     // IPAM on the CRDs; the allocator follows the block watch, and so does
     // the view the dataplane (and BGP) consume.
@@ -196,6 +238,14 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         });
     }
 
+    if let Some(log) = deny_log {
+        let pods = endpoints::policy::PodsByIp {
+            pods: cluster.pods.clone(),
+            view: view_rx.clone(),
+        };
+        start_flow_log(log, &args.policy_log_file, pods)?;
+    }
+
     // This node's pods: their routes and policy, and the releases of
     // superseded sandboxes' addresses.
     let routes =
@@ -226,7 +276,13 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         releases,
         reconcile_interval: args.reconcile_interval,
         routes,
-        policy: endpoints::policy::PolicySync::new(&me.name, node_addrs),
+        policy: {
+            let mut p = endpoints::policy::PolicySync::new(&me.name, node_addrs);
+            if let Some(log) = deny_log {
+                p.set_deny_log(Some(log));
+            }
+            p
+        },
         cluster: cluster.clone(),
         view: view_rx.clone(),
         health: health.clone(),
@@ -333,6 +389,50 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     // kernel for the next start (the datapath keeps forwarding meanwhile).
     let _ = tokio::time::timeout(Duration::from_secs(5), alloc.wait_idle()).await;
     tracing::info!("stopped: routes and nftables state stay in place for the next start");
+    Ok(())
+}
+
+/// Opens the NFLOG socket (here, in the agent's namespace) and the record
+/// file, and reads denied packets on a thread of its own.
+fn start_flow_log(
+    log: policy::flowlog::DenyLog,
+    file: &std::path::Path,
+    pods: endpoints::policy::PodsByIp,
+) -> Result<(), AgentError> {
+    let mut sock = crate::dataplane::nflog::NflogSocket::bind(log.group).map_err(|e| {
+        AgentError::Startup(format!(
+            "denied-flow logging: {}",
+            crate::logging::chain(&e)
+        ))
+    })?;
+    let mut out: Box<dyn std::io::Write + Send> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        if let Some(dir) = file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .map_err(|source| AgentError::Io {
+                what: format!("opening the denied-flow log {}", file.display()),
+                source,
+            })?;
+        Box::new(std::io::LineWriter::new(f))
+    };
+    tracing::info!(group = log.group, file = %file.display(), "logging denied flows");
+    std::thread::Builder::new()
+        .name("nflog".into())
+        .spawn(move || {
+            if let Err(e) = crate::dataplane::nflog::run(&mut sock, &pods, &mut out, || false) {
+                tracing::warn!(error = %crate::logging::chain(&e), "denied-flow logging stopped");
+            }
+        })
+        .map_err(|source| AgentError::Io {
+            what: "starting the denied-flow log thread".into(),
+            source,
+        })?;
     Ok(())
 }
 

@@ -99,6 +99,9 @@ enum IpamCmd {
 
 #[derive(Subcommand)]
 enum PolicyCmd {
+    /// Every policy rule on this node with its packet/byte counters, read
+    /// from the kernel (`nft`; run on the node, as root).
+    Show,
     /// Whether a new connection between two pods is allowed, and by what.
     Trace {
         /// Source, namespace/pod.
@@ -179,6 +182,18 @@ async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
                 }
             }
         }
+        Cmd::Policy {
+            cmd: PolicyCmd::Show,
+        } => match node_agent::dataplane::NftCli::new().rule_counters() {
+            Ok(counters) => out(policy::counters::render_show(&counters)),
+            Err(e) => {
+                eprintln!(
+                    "margayctl: reading the policy rules with nft (run it on the node, as root): {}",
+                    node_agent::logging::chain(&e)
+                );
+                Ok(ExitCode::from(2))
+            }
+        },
         Cmd::Policy {
             cmd: PolicyCmd::Trace { from, to, port },
         } => {

@@ -82,6 +82,15 @@ impl PolicySync {
         }
     }
 
+    /// Turns denied-flow logging on (log rules before every drop, read by
+    /// `dataplane::nflog`). Call before the first update: the engine starts
+    /// over.
+    pub fn set_deny_log(&mut self, log: Option<policy::flowlog::DenyLog>) {
+        let mut ctx = self.engine.node().clone();
+        ctx.deny_log = log;
+        self.engine = Engine::new(ctx);
+    }
+
     /// Brings the engine's view up to date with the cluster, the IPAM view
     /// and the endpoints EndpointUp registered. Cheap when little changed:
     /// only differing objects are passed on.
@@ -392,6 +401,44 @@ pub fn endpoint_key(namespace: &str, pod: &str, handle: &str) -> (PodKey, bool) 
         (PodKey::new("", handle), true)
     } else {
         (PodKey::new(namespace, pod), false)
+    }
+}
+
+/// Pod names for denied-flow records: the IPAM view's addresses (known
+/// from allocation on), then the Pod cache's `status.podIPs` (a scan per
+/// logged packet: the log is rate-limited).
+pub struct PodsByIp {
+    pub pods: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Pod>,
+    pub view: tokio::sync::watch::Receiver<Arc<IpamView>>,
+}
+
+impl policy::flowlog::PodResolver for PodsByIp {
+    fn pod_of(&self, ip: IpAddr) -> Option<PodKey> {
+        let from_ipam = self
+            .view
+            .borrow()
+            .pod_ips
+            .iter()
+            .find(|(_, ips)| ips.contains(&ip))
+            .map(|((ns, name), _)| PodKey::new(ns, name));
+        from_ipam.or_else(|| {
+            let text = ip.to_string();
+            self.pods.state().iter().find_map(|p| {
+                let st = p.status.as_ref()?;
+                let host = p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.host_network)
+                    .unwrap_or(false);
+                let has = st.pod_ips.iter().flatten().any(|a| a.ip == text);
+                (has && !host).then(|| {
+                    PodKey::new(
+                        p.metadata.namespace.as_deref().unwrap_or_default(),
+                        p.metadata.name.as_deref().unwrap_or_default(),
+                    )
+                })
+            })
+        })
     }
 }
 

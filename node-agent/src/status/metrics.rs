@@ -67,9 +67,15 @@ fn latency_histogram() -> Histogram {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// Text appended to the exposition at every scrape (series whose values
+/// live elsewhere, e.g. the kernel's per-rule policy counters).
+pub type Extra = Box<dyn Fn() -> String + Send + Sync>;
+
 /// Every series the agent exports.
 pub struct Metrics {
     registry: Registry,
+    /// See [`Metrics::set_extra`].
+    extra: std::sync::OnceLock<Extra>,
     /// Always 1, labelled with the version and commit.
     pub build_info: Family<BuildLabels, Gauge>,
     /// 1 when the session is Established.
@@ -135,6 +141,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("margay");
         let m = Metrics {
+            extra: std::sync::OnceLock::new(),
             build_info: Family::default(),
             bgp_session_established: Family::default(),
             bgp_prefixes_received: Family::default(),
@@ -256,7 +263,18 @@ impl Metrics {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        if let Some(extra) = self.extra.get() {
+            // Before the closing `# EOF` of the OpenMetrics text.
+            let eof = out.rfind("# EOF").unwrap_or(out.len());
+            out.insert_str(eof, &extra());
+        }
         out
+    }
+
+    /// Series computed at scrape time (set once, by the agent; later calls
+    /// are ignored).
+    pub fn set_extra(&self, f: Extra) {
+        let _ = self.extra.set(f);
     }
 }
 
@@ -314,5 +332,19 @@ mod tests {
             text.contains("margay_policy_sync_failures_total 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn extra_series_go_before_eof() {
+        let m = Metrics::new();
+        m.set_extra(Box::new(|| {
+            "margay_policy_rule_packets_total{policy=\"np:x/a\"} 3\n".into()
+        }));
+        let text = m.encode();
+        let rule = text
+            .find("margay_policy_rule_packets_total")
+            .expect("extra present");
+        assert!(rule < text.rfind("# EOF").expect("EOF"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

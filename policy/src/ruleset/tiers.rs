@@ -22,6 +22,7 @@
 
 use crate::compile::Direction;
 use crate::compile::admin::Action;
+use crate::origin::{RuleAction, RuleOrigin, fixed};
 use crate::plan::{TierRule, TieredPlan};
 use crate::ruleset::{BuildCx, RuleIr, Ruleset, Verdict, chain_prefix};
 
@@ -70,9 +71,14 @@ impl Ruleset {
             };
             body.extend(self.rule_lines(dir, &r.rule, &verdict, fill));
         }
+        let action = match next {
+            Verdict::Goto(_) => RuleAction::Pass,
+            _ => RuleAction::Allow,
+        };
         body.push(RuleIr {
             matches: vec![],
             verdict: next,
+            origin: RuleOrigin::fixed(fixed::DEFAULT, dir, action),
         });
         body
     }

@@ -193,18 +193,32 @@ enum Outcome {
 
 /// Walks `forward` for a packet in state `new` (not established).
 pub fn forward(rs: &Ruleset, p: &Packet<'_>) -> SimVerdict {
+    forward_traced(rs, p, &mut Vec::new())
+}
+
+/// One rule a simulated packet matched (`Log` rules are not recorded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    pub chain: String,
+    /// Position in the chain.
+    pub index: usize,
+    pub origin: crate::origin::RuleOrigin,
+}
+
+/// [`forward`], recording every rule that matched, in order.
+pub fn forward_traced(rs: &Ruleset, p: &Packet<'_>, hits: &mut Vec<Hit>) -> SimVerdict {
     if p.iif.starts_with(&rs.iface_prefix) && !spoof_ok(rs, p.iif, p.src) {
         return SimVerdict::Drop;
     }
     if let Some(chain) = rs.dispatch.get(p.iif).and_then(|d| d.egress.as_ref()) {
-        match run_chain(rs, chain, p, 0) {
+        match run_chain(rs, chain, p, 0, hits) {
             Outcome::Drop => return SimVerdict::Drop,
             Outcome::Accept => return SimVerdict::Accept,
             Outcome::Return => {}
         }
     }
     if let Some(chain) = rs.dispatch.get(p.oif).and_then(|d| d.ingress.as_ref()) {
-        match run_chain(rs, chain, p, 0) {
+        match run_chain(rs, chain, p, 0, hits) {
             Outcome::Drop => return SimVerdict::Drop,
             Outcome::Accept | Outcome::Return => {}
         }
@@ -232,20 +246,34 @@ fn spoof_ok(rs: &Ruleset, iif: &str, src: IpAddr) -> bool {
         .is_some_and(|s| s.elems.contains(&Elem::IfAddr(iif.to_string(), src)))
 }
 
-fn run_chain(rs: &Ruleset, chain: &str, p: &Packet<'_>, depth: usize) -> Outcome {
+fn run_chain(
+    rs: &Ruleset,
+    chain: &str,
+    p: &Packet<'_>,
+    depth: usize,
+    hits: &mut Vec<Hit>,
+) -> Outcome {
     if depth > 16 {
         return Outcome::Drop; // a loop would be a bug; the kernel rejects loops
     }
     let Some(rules) = rs.chains.get(chain) else {
         return Outcome::Drop; // a dangling reference would fail to load
     };
-    for r in rules {
+    for (index, r) in rules.iter().enumerate() {
         if r.matches.iter().all(|m| matches(rs, m, p)) {
+            if !matches!(r.verdict, Verdict::Log(_)) {
+                hits.push(Hit {
+                    chain: chain.to_string(),
+                    index,
+                    origin: r.origin.clone(),
+                });
+            }
             return match &r.verdict {
                 Verdict::Accept => Outcome::Accept,
                 Verdict::Drop => Outcome::Drop,
                 Verdict::Return => Outcome::Return,
-                Verdict::Goto(c) => run_chain(rs, c, p, depth + 1),
+                Verdict::Goto(c) => run_chain(rs, c, p, depth + 1, hits),
+                Verdict::Log(_) => continue,
             };
         }
     }

@@ -48,6 +48,8 @@ pub enum NftError {
     },
     #[error("nft session rejected the batch: {stderr}")]
     BatchRejected { stderr: String },
+    #[error("reading the rule counters of an nft listing")]
+    Listing(#[from] policy::counters::CounterError),
     #[error("{program:?} printed invalid JSON")]
     Decode {
         program: OsString,
@@ -135,9 +137,26 @@ impl NftCli {
 
     /// The current `table inet margay` as JSON (`None` if there is none).
     pub fn list_table(&self) -> Result<Option<serde_json::Value>, NftError> {
+        self.list_named_table(policy::ruleset::TABLE)
+    }
+
+    /// Every counted policy rule of `inet margay` and `inet margay_host`
+    /// (one `nft -j list table` each; a missing table has none).
+    pub fn rule_counters(&self) -> Result<Vec<policy::counters::RuleCounter>, NftError> {
+        let mut out = Vec::new();
+        for t in [policy::ruleset::TABLE, policy::host::HOST_TABLE] {
+            if let Some(v) = self.list_named_table(t)? {
+                out.extend(policy::counters::parse_listing(&v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `table inet <name>` as JSON (`None` if there is none).
+    pub fn list_named_table(&self, name: &str) -> Result<Option<serde_json::Value>, NftError> {
         let out = self
             .command()
-            .args(["-j", "list", "table", "inet", policy::ruleset::TABLE])
+            .args(["-j", "list", "table", "inet", name])
             .output()
             .map_err(|source| NftError::Spawn {
                 program: self.program.clone(),

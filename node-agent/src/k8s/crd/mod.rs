@@ -10,7 +10,9 @@
 //! - `BGPConfiguration`: cluster-wide BGP settings (`default`), optionally
 //!   overridden per node (`node.<nodename>`) (in `bgpconfig.rs`);
 //! - `BGPPeer`: extra BGP sessions (ToR, route reflectors, external routers);
-//! - `BGPFilter`: import/export rules that `BGPPeer`s name (in `bgpfilter.rs`).
+//! - `BGPFilter`: import/export rules that `BGPPeer`s name (in `bgpfilter.rs`);
+//! - `HostEndpoint`, `HostNetworkPolicy`: host protection (in
+//!   `hostprotection.rs`).
 
 use std::borrow::Cow;
 
@@ -33,6 +35,7 @@ pub use bgpfilter::{
 };
 mod adminpolicy;
 mod bgppeer;
+mod hostprotection;
 mod ipamblock;
 mod ipamconfig;
 mod ippool;
@@ -42,6 +45,9 @@ pub use adminpolicy::{
     ADMIN_POLICY_GROUP, ADMIN_POLICY_VERSION, RawAdminNetworkPolicy, RawBaselineAdminNetworkPolicy,
 };
 pub use bgppeer::*;
+pub use hostprotection::{
+    HostEndpoint, HostEndpointCrdSpec, HostNetworkPolicy, HostNetworkPolicyCrdSpec,
+};
 pub use ipamblock::*;
 pub use ipamconfig::{IPAM_CONFIGURATION_NAME, IPAMConfiguration, IPAMConfigurationSpec};
 pub use ippool::*;
@@ -117,6 +123,8 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         BGPPeer::crd(),
         BGPFilter::crd(),
         IPAMConfiguration::crd(),
+        HostEndpoint::crd(),
+        HostNetworkPolicy::crd(),
     ]
 }
 

@@ -28,7 +28,9 @@ fn crds_are_cluster_scoped_in_our_group() {
             "BGPConfiguration",
             "BGPPeer",
             "BGPFilter",
-            "IPAMConfiguration"
+            "IPAMConfiguration",
+            "HostEndpoint",
+            "HostNetworkPolicy"
         ]
     );
     for crd in all() {

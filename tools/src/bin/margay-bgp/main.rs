@@ -644,6 +644,19 @@ async fn run() -> Result<()> {
     })
     .await
     .context("starting the speaker")?;
+    // The writer drains the RIB's changes before any peer is added: with
+    // thousands of peers, the first sessions are up and their routes
+    // decided while the last are still being added, and a RIB waiting for
+    // an absent writer would never answer the next add_peer.
+    let state = Arc::new(Mutex::new(state));
+    let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel();
+    let writer = spawn_fib_writer(
+        cfg.install,
+        fib_rx,
+        reconcile_rx,
+        speaker.fib_view(),
+        state.clone(),
+    )?;
     for p in &cfg.peers {
         let pc = peer_config(&cfg, p, restarting)?;
         speaker
@@ -663,15 +676,6 @@ async fn run() -> Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_states: HashMap<String, State> = HashMap::new();
-    let state = Arc::new(Mutex::new(state));
-    let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel();
-    let writer = spawn_fib_writer(
-        cfg.install,
-        fib_rx,
-        reconcile_rx,
-        speaker.fib_view(),
-        state.clone(),
-    )?;
     let mut reconcile_asked = lock(&state).reconciled;
     // The routes section is refreshed when the RIB changed and is quiet
     // (unchanged since the last tick), or at most every second while it

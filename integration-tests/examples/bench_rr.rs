@@ -1,0 +1,439 @@
+//! Route reflector at scale (not a test): one reflector with N simulated
+//! clients (issue #17: 1,000 and 5,000), Margay's speaker and BIRD 2 in the
+//! same run, with the same clients.
+//!
+//! ```text
+//! cargo run --release -p integration-tests --example bench_rr -- --clients 1000,5000
+//! ```
+//!
+//! The lab: one node namespace runs the reflector (`margay-bgp` with a
+//! dynamic-neighbour range of route-reflector clients, or BIRD with
+//! `neighbor range` + `rr client`; neither programs the kernel, both hold
+//! 240 s, graceful restart on); the ToR namespace owns the clients' source
+//! addresses (198.18.32.0/19, on-link from the node) and runs the load
+//! generator (`integration_tests::bgpload`, one thread): every client
+//! announces its /30 blocks and End-of-RIB and counts what it is sent.
+//!
+//! Figures, per reflector:
+//! - ready: from the generator's start until every client holds every other
+//!   client's blocks and the reflector's End-of-RIB; the reflector's CPU
+//!   seconds and peak RSS (VmHWM) at that point.
+//! - restart: the reflector is SIGKILLed; once every client has seen its
+//!   session go (clients keep their routes: GR helpers), it is started
+//!   again; the time from that start until every client has converged again
+//!   (all sessions back, every block re-sent, End-of-RIB), and the new
+//!   process's CPU and peak RSS.
+//! - gen: the generator's CPU seconds over the run (a figure close to the
+//!   wall time means the run was generator-bound).
+//!
+//! A reflector that does not converge within `--timeout-secs` fails the run
+//! (no figure is printed for it).
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use integration_tests::bgpload::{self, Plan, Progress};
+use integration_tests::lab::{self, Bird, Daemon, Lab};
+use nix::sys::signal::Signal;
+use tokio::sync::watch;
+
+#[derive(Parser, Debug)]
+#[command(about = "A route reflector with many clients: Margay vs BIRD, same run")]
+struct Args {
+    /// Client counts to run (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+    clients: Vec<usize>,
+    /// /30 blocks each client announces.
+    #[arg(long, default_value_t = 1)]
+    blocks: usize,
+    /// Reflectors to run (comma-separated: margay, bird).
+    #[arg(long, value_delimiter = ',', default_value = "margay,bird")]
+    only: Vec<String>,
+    /// Fail a reflector that has not converged by then.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+    /// Hold time the clients offer, s (240 is BIRD's default and Calico's;
+    /// keepalives go every third of it).
+    #[arg(long, default_value_t = 240)]
+    hold: u16,
+    /// Configure the clients as one dynamic-neighbour range instead of one
+    /// peer each (BIRD accepts a range's sessions markedly slower).
+    #[arg(long)]
+    range: bool,
+    /// Print the clients' progress every second while waiting.
+    #[arg(long)]
+    verbose: bool,
+}
+
+const LOCAL_AS: u32 = 65000;
+/// The clients' addresses: 198.18.32.0/19, on the ToR's bridge.
+const CLIENT_NET: u32 = u32::from_be_bytes([198, 18, 32, 0]);
+const CLIENT_NET_LEN: u8 = 19;
+
+#[derive(Debug)]
+struct Row {
+    clients: usize,
+    reflector: String,
+    ready_s: f64,
+    ready_cpu: f64,
+    ready_rss: f64,
+    restart_s: f64,
+    restart_cpu: f64,
+    restart_rss: f64,
+    gen_cpu: f64,
+    received: u64,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Err(why) = lab::can_run() {
+        bail!("bench_rr needs the lab: {why}");
+    }
+    let mut rows = Vec::new();
+    for &n in &args.clients {
+        for which in &args.only {
+            let row = run(&args, n, which).with_context(|| format!("{which} with {n} clients"))?;
+            println!(
+                "{n} clients, {which}: ready {:.2} s ({:.2} CPU s, {:.1} MB), restart {:.2} s",
+                row.ready_s, row.ready_cpu, row.ready_rss, row.restart_s
+            );
+            rows.push(row);
+        }
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+fn client_addrs(n: usize) -> Result<Vec<Ipv4Addr>> {
+    let room = (1usize << (32 - CLIENT_NET_LEN)) - 2;
+    if n > room {
+        bail!("at most {room} clients (198.18.32.0/19)");
+    }
+    Ok((1..=n as u32)
+        .map(|i| Ipv4Addr::from(CLIENT_NET + i))
+        .collect())
+}
+
+/// Peers as a list (one per client, as Calico configures BIRD on a
+/// reflector) or as one dynamic-neighbour range.
+fn margay_config(rr: Ipv4Addr, clients: &[Ipv4Addr], range: bool, hold: u16) -> String {
+    let mut c = format!(
+        "local_as: {LOCAL_AS}\nrouter_id: {rr}\nlisten: [\"{rr}:179\"]\ncluster_id: {rr}\n\
+         install: false\npeers:\n"
+    );
+    let peer = |name: &str, neighbor: &str| {
+        format!(
+            "  - name: {name}\n    neighbor: {neighbor}\n    remote_as: internal\n    \
+             hold_time: {hold}\n    passive: true\n    rr_client: true\n    \
+             graceful_restart: {{ restart_time: 120, stale_time: 360 }}\n"
+        )
+    };
+    if range {
+        c += &peer(
+            "clients",
+            &format!("{}/{CLIENT_NET_LEN}", Ipv4Addr::from(CLIENT_NET)),
+        );
+    } else {
+        for (i, a) in clients.iter().enumerate() {
+            c += &peer(&format!("c{i}"), &a.to_string());
+        }
+    }
+    c
+}
+
+fn bird_config(rr: Ipv4Addr, clients: &[Ipv4Addr], range: bool, hold: u16) -> String {
+    let net = Ipv4Addr::from(CLIENT_NET);
+    let mut c = format!(
+        "router id {rr};\nprotocol device {{}}\nprotocol direct {{ ipv4; }}\n\
+         protocol static {{ ipv4; route {net}/{CLIENT_NET_LEN} via {}; }}\n\
+         template bgp rrclient {{\n  local {rr} as {LOCAL_AS};\n  rr client;\n  \
+         rr cluster id {rr};\n  hold time {hold};\n  passive on;\n  graceful restart on;\n  \
+         ipv4 {{ import all; export where source = RTS_BGP; }};\n}}\n",
+        lab::TOR_IPV4
+    );
+    if range {
+        c += &format!(
+            "protocol bgp clients from rrclient {{\n  neighbor range {net}/{CLIENT_NET_LEN} internal;\n  \
+             dynamic name \"c\";\n}}\n"
+        );
+    } else {
+        for (i, a) in clients.iter().enumerate() {
+            c += &format!("protocol bgp c{i} from rrclient {{ neighbor {a} internal; }}\n");
+        }
+    }
+    c
+}
+
+enum Reflector {
+    Margay(Daemon),
+    Bird(Bird),
+}
+
+impl Reflector {
+    fn start(
+        which: &str,
+        lab: &Lab,
+        dir: &Path,
+        rr: Ipv4Addr,
+        plan: &Plan,
+        range: bool,
+    ) -> Result<Reflector> {
+        let ns = &lab.nodes()[0].ns;
+        Ok(match which {
+            "margay" => {
+                let conf = dir.join("margay-rr.yaml");
+                std::fs::write(
+                    &conf,
+                    margay_config(rr, &plan.clients, range, plan.hold_time),
+                )?;
+                let bin = lab::workspace_bin("margay-bgp")?;
+                let argv = [
+                    bin.to_str().context("binary path")?,
+                    "--config",
+                    conf.to_str().context("config path")?,
+                    "--log",
+                    "info",
+                ];
+                Reflector::Margay(Daemon::spawn(
+                    ns,
+                    "margay-rr",
+                    &argv,
+                    &dir.join("margay-rr.log"),
+                )?)
+            }
+            "bird" => Reflector::Bird(Bird::start(
+                ns,
+                dir,
+                "bird-rr",
+                &bird_config(rr, &plan.clients, range, plan.hold_time),
+            )?),
+            other => bail!("unknown reflector {other:?} (margay, bird)"),
+        })
+    }
+
+    fn daemon(&mut self) -> &mut Daemon {
+        match self {
+            Reflector::Margay(d) => d,
+            Reflector::Bird(b) => &mut b.daemon,
+        }
+    }
+}
+
+/// The calling thread's CPU seconds (utime + stime of
+/// `/proc/thread-self/stat`, in USER_HZ = 100); 0 if unreadable.
+fn thread_cpu() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else {
+        return 0.0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<f64>() / 100.0
+}
+
+fn wait_converged(
+    progress: &Progress,
+    n: usize,
+    timeout: Duration,
+    reflector: &mut Reflector,
+    verbose: bool,
+) -> Result<Duration> {
+    let t0 = Instant::now();
+    let mut next_print = Duration::from_secs(1);
+    loop {
+        if verbose && t0.elapsed() >= next_print {
+            next_print += Duration::from_secs(1);
+            eprintln!(
+                "  {:>4.1} s: {} established, {} converged, {} prefixes received",
+                t0.elapsed().as_secs_f64(),
+                progress.established.load(Ordering::Relaxed),
+                progress.converged.load(Ordering::Relaxed),
+                progress.prefixes_received.load(Ordering::Relaxed)
+            );
+            if let Ok(w) = progress.waiting.lock() {
+                let some: Vec<String> = w
+                    .iter()
+                    .take(5)
+                    .map(|(a, (held, eor))| format!("{a}: {held} held, EoR {eor}"))
+                    .collect();
+                if !some.is_empty() {
+                    eprintln!("    waiting: {}", some.join("; "));
+                }
+            }
+        }
+        if progress.converged.load(Ordering::Relaxed) == n {
+            return Ok(t0.elapsed());
+        }
+        if !reflector.daemon().is_running() {
+            bail!("the reflector exited: {}", reflector.daemon().log().trim());
+        }
+        if t0.elapsed() > timeout {
+            let err = progress.last_error.lock().ok().and_then(|g| g.clone());
+            bail!(
+                "not converged after {timeout:?}: {} of {n} clients established, {} converged; last client error: {}",
+                progress.established.load(Ordering::Relaxed),
+                progress.converged.load(Ordering::Relaxed),
+                err.as_deref().unwrap_or("none")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn run(args: &Args, n: usize, which: &str) -> Result<Row> {
+    let lab = Lab::builder().nodes(1).build()?;
+    let node = &lab.nodes()[0];
+    let rr = node.ipv4;
+    let clients = client_addrs(n)?;
+    // The clients' addresses on the ToR's bridge; the node reaches them through
+    // the ToR's own address (one neighbour entry, not one per client).
+    let mut lines: Vec<String> = clients
+        .iter()
+        .map(|a| format!("addr add {a}/32 dev br0"))
+        .collect();
+    lines.push("link set br0 up".into());
+    lab.tor().ip_batch(&lines)?;
+    node.ns.ip(&[
+        "route",
+        "add",
+        &format!("{}/{CLIENT_NET_LEN}", Ipv4Addr::from(CLIENT_NET)),
+        "via",
+        &lab::TOR_IPV4.to_string(),
+    ])?;
+    let plan = Arc::new(Plan {
+        reflector: rr,
+        local_as: LOCAL_AS,
+        clients,
+        blocks_per_client: args.blocks,
+        hold_time: args.hold,
+    });
+    plan.validate().map_err(anyhow::Error::msg)?;
+    let dir = lab.run_dir().to_path_buf();
+    let timeout = Duration::from_secs(args.timeout_secs);
+
+    let mut reflector = Reflector::start(which, &lab, &dir, rr, &plan, args.range)?;
+    let progress = Arc::new(Progress::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (cpu_tx, cpu_rx) = std::sync::mpsc::channel();
+    let generator = {
+        let (plan, progress, tor) = (plan.clone(), progress.clone(), lab.tor().name().to_string());
+        std::thread::spawn(move || -> Result<()> {
+            lab::Netns::existing(&tor).enter(move || -> Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(bgpload::run(plan, progress, stop_rx));
+                let _ = cpu_tx.send(thread_cpu());
+                Ok(())
+            })?
+        })
+    };
+    let result = (|| -> Result<Row> {
+        let ready = wait_converged(&progress, n, timeout, &mut reflector, args.verbose)?;
+        let (ready_rss, ready_cpu) = reflector.daemon().usage()?;
+
+        // Crash it; the clients keep their routes and retry every 100 ms.
+        reflector.daemon().signal(Signal::SIGKILL)?;
+        reflector.daemon().stop(Duration::from_secs(1));
+        lab::wait_for("every client to lose its session", timeout, || {
+            Ok((progress.established.load(Ordering::Relaxed) == 0
+                && progress.converged.load(Ordering::Relaxed) == 0)
+                .then_some(()))
+        })?;
+        let mut reflector2 = Reflector::start(which, &lab, &dir, rr, &plan, args.range)?;
+        let restart = wait_converged(&progress, n, timeout, &mut reflector2, args.verbose)?;
+        let (restart_rss, restart_cpu) = reflector2.daemon().usage()?;
+        reflector2.daemon().stop(Duration::from_secs(2));
+        Ok(Row {
+            clients: n,
+            reflector: which.to_string(),
+            ready_s: ready.as_secs_f64(),
+            ready_cpu,
+            ready_rss,
+            restart_s: restart.as_secs_f64(),
+            restart_cpu,
+            restart_rss,
+            gen_cpu: 0.0,
+            received: progress.prefixes_received.load(Ordering::Relaxed),
+        })
+    })();
+    let _ = stop_tx.send(true);
+    let joined = generator.join();
+    reflector.daemon().stop(Duration::from_secs(2));
+    let mut row = match result {
+        Ok(r) => r,
+        Err(e) => {
+            // The lab's directory goes with the lab: keep the reflector's log.
+            let kept = std::env::temp_dir().join(format!("bench_rr-{which}-{n}.log"));
+            let _ = std::fs::copy(reflector.daemon().log_path(), &kept);
+            return Err(e.context(format!("reflector log: {}", kept.display())));
+        }
+    };
+    match joined {
+        Ok(r) => r?,
+        Err(_) => bail!("the load generator panicked"),
+    }
+    row.gen_cpu = cpu_rx.recv().unwrap_or(0.0);
+    Ok(row)
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "\n{:>7} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>8} {:>12}",
+        "clients",
+        "reflector",
+        "ready s",
+        "CPU s",
+        "RSS MB",
+        "restart s",
+        "CPU s",
+        "RSS MB",
+        "gen CPU",
+        "received"
+    );
+    for r in rows {
+        println!(
+            "{:>7} {:>9} {:>9.2} {:>9.2} {:>9.1} {:>10.2} {:>9.2} {:>9.1} {:>8.2} {:>12}",
+            r.clients,
+            r.reflector,
+            r.ready_s,
+            r.ready_cpu,
+            r.ready_rss,
+            r.restart_s,
+            r.restart_cpu,
+            r.restart_rss,
+            r.gen_cpu,
+            r.received
+        );
+    }
+    // Ratios where both ran at a size.
+    for m in rows.iter().filter(|r| r.reflector == "margay") {
+        if let Some(b) = rows
+            .iter()
+            .find(|r| r.reflector == "bird" && r.clients == m.clients)
+        {
+            println!(
+                "{} clients, margay/BIRD: ready {:.2}, CPU {:.2}, RSS {:.2}, restart {:.2}",
+                m.clients,
+                m.ready_s / b.ready_s,
+                m.ready_cpu / b.ready_cpu.max(0.01),
+                m.ready_rss / b.ready_rss,
+                m.restart_s / b.restart_s
+            );
+        }
+    }
+    println!(
+        "(goal, issue #17: with 5,000 clients converged <= 10 s after a restart, memory <= BIRD's)"
+    );
+}
