@@ -200,3 +200,68 @@ fn nat_pools_change_as_set_elements() {
         "{full}"
     );
 }
+
+#[test]
+fn rules_with_equal_ports_share_a_union_set_that_follows_label_changes() {
+    let mut xyz = Xyz::new(1, true);
+    for (name, peer, port) in [("from-b", "b", 80), ("from-c", "c", 80), ("b-81", "b", 81)] {
+        xyz.state
+            .add_policy(
+                NetPol::new("x", name)
+                    .select(sel(&[("pod", "a")]))
+                    .ingress(from(vec![pods(sel(&[("pod", peer)]))]).ports(vec![tcp(port)]))
+                    .build(),
+            )
+            .unwrap();
+    }
+    let mut e = engine_for(&xyz, 0);
+    let mut sink = CapturingSink::default();
+    e.commit(&mut sink).unwrap();
+    let iface = e.node().endpoints[&PodKey::new("x", "a")].iface.clone();
+    let rs = e.ruleset();
+    let chain = rs.dispatch[&iface].ingress.clone().unwrap();
+    let lines = &rs.chains[&chain];
+    // Node addresses (2), port 80 from b or c (one line per family, one
+    // union set each), port 81 from b (its own selector sets), drop.
+    assert_eq!(lines.len(), 7, "{lines:?}");
+    let sets: Vec<&str> = lines
+        .iter()
+        .flat_map(|l| &l.matches)
+        .filter_map(|m| match m {
+            Match::Addr(_, _, s) if !s.starts_with("node") => Some(s.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sets.iter().filter(|s| s.starts_with('u')).count(),
+        2,
+        "{sets:?}"
+    );
+    assert_eq!(
+        sets.iter().filter(|s| s.starts_with('s')).count(),
+        2,
+        "{sets:?}"
+    );
+    let u4 = sets
+        .iter()
+        .find(|s| s.starts_with("u4_"))
+        .unwrap()
+        .to_string();
+    let ip = |p: &str| e.state().pods[&PodKey::new("x", p)].ips[0];
+    let want: BTreeSet<Elem> = [ip("b"), ip("c")].into_iter().map(Elem::Addr).collect();
+    assert_eq!(rs.sets[&u4].elems, want);
+    // x/c leaves the selector: its two addresses leave the union sets only.
+    let mut c = e.state().pods[&PodKey::new("x", "c")].clone();
+    c.labels.insert("pod".into(), "z".into());
+    e.upsert_pod(c);
+    let st = e.commit(&mut sink).unwrap();
+    assert_eq!(
+        st.diff,
+        DiffStats {
+            elems_deleted: 2,
+            ..DiffStats::default()
+        }
+    );
+    assert_eq!(e.ruleset(), &pure(&e));
+    check_kernel(&e, &sink);
+}
