@@ -23,6 +23,11 @@
 //! chain up to it, later packets are accepted by conntrack before any policy
 //! rule. Both nodes load their own table, as each node's agent would.
 //!
+//! `--distinct-ports`: each of the R-1 other policies allows its own port,
+//! so their lines cannot share a set (the ruleset merges the pod-selector
+//! peers of rules with equal ports into one set per family: by default the
+//! chain is a handful of lines however many policies there are).
+//!
 //! Traffic is IPv6 by default (2001:db8::/32 holds 100k distinct pod
 //! addresses; 198.19.0.0/16 does not): `--v4` measures IPv4 with E ≤ 60,000.
 //! The connection rate is measured by a small connect/read-one-byte/close
@@ -66,6 +71,9 @@ struct Args {
     secs: u32,
     conns: usize,
     v4: bool,
+    /// Each of the R-1 other policies on a port of its own (lines that
+    /// cannot share a set), instead of the server's ports.
+    distinct_ports: bool,
 }
 
 fn list(v: &str) -> Option<Vec<usize>> {
@@ -81,6 +89,7 @@ impl Args {
             secs: 2,
             conns: 2_000,
             v4: false,
+            distinct_ports: false,
         };
         let argv: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
@@ -99,6 +108,10 @@ impl Args {
                 }
                 "--v4" => {
                     a.v4 = true;
+                    step = 1;
+                }
+                "--distinct-ports" => {
+                    a.distinct_ports = true;
                     step = 1;
                 }
                 "--rules" => a.rules = list(val).ok_or_else(bad)?,
@@ -188,13 +201,18 @@ fn cluster(a: &Args, rules: usize, elems: usize, client: &Real, server: &Real) -
     st
 }
 
-fn policies(st: &mut ClusterState, rules: usize) -> Result<()> {
+fn policies(st: &mut ClusterState, rules: usize, distinct_ports: bool) -> Result<()> {
     let ports = || vec![range("TCP", IPERF_PORT as i32, CONN_PORT as i32)];
     for k in 0..rules.saturating_sub(1) {
+        let p = if distinct_ports {
+            vec![tcp(10_000 + k as i32)]
+        } else {
+            ports()
+        };
         st.add_policy(
             NetPol::new(NS, &format!("p{k:05}"))
                 .select(sel(&[("app", "server")]))
-                .ingress(from(vec![pods(sel(&[("app", &format!("peer-{k}"))]))]).ports(ports()))
+                .ingress(from(vec![pods(sel(&[("app", &format!("peer-{k}"))]))]).ports(p))
                 .build(),
         )?;
     }
@@ -232,7 +250,7 @@ fn mode(
     let t = Instant::now();
     let mut st = cluster(a, rules, elems, client, server);
     if rules > 0 {
-        policies(&mut st, rules)?;
+        policies(&mut st, rules, a.distinct_ports)?;
     }
     let mut batches = Vec::new();
     let (mut chain, mut set_elems) = (None, 0);
@@ -466,8 +484,13 @@ fn main() -> Result<()> {
         }
     }
     println!(
-        "node pair {n1_name} (client {client_ip}) -> {n2_name} (server {server_ip}), IPv{}; {} rounds x (iperf3 {} s + {} sequential connections); load: {}",
+        "node pair {n1_name} (client {client_ip}) -> {n2_name} (server {server_ip}), IPv{}{}; {} rounds x (iperf3 {} s + {} sequential connections); load: {}",
         if a.v4 { 4 } else { 6 },
+        if a.distinct_ports {
+            ", other policies on distinct ports"
+        } else {
+            ""
+        },
         a.rounds,
         a.secs,
         a.conns,
