@@ -15,18 +15,18 @@
 //! Two lab nodes on the ToR's bridge; the client pod on n1, the server pod
 //! on n2, each node routing the other's pod through the other's underlay
 //! address (what BGP would install). The cluster: R-1 policies select the
-//! server, each allowing one other peer selector (one rule line each, each
-//! with its own non-empty pod set), and a last policy (`zz-allow-client`)
-//! allowing the client's selector, which E pods share (the client among
-//! them). The server's ingress chain is printed with the position of the
-//! line that admits the client: the SYN of every new connection walks the
-//! chain up to it, later packets are accepted by conntrack before any policy
-//! rule. Both nodes load their own table, as each node's agent would.
-//!
-//! `--distinct-ports`: each of the R-1 other policies allows its own port,
-//! so their lines cannot share a set (the ruleset merges the pod-selector
-//! peers of rules with equal ports into one set per family: by default the
-//! chain is a handful of lines however many policies there are).
+//! server, each allowing one other pod selector (each with a non-empty pod
+//! set) on the server's ports, and a last one allowing the client's
+//! selector (`app=zz-client`, which E pods share, the client among them).
+//! The ruleset merges the pod-selector peers of rules with equal ports into
+//! one set per family, so that chain stays a handful of lines however many
+//! policies there are. `--distinct-ports`: each of the R-1 other policies
+//! allows a TCP port range of its own instead, sorted before the server's:
+//! lines that cannot share a set, all walked before the client's. The
+//! server's ingress chain is printed with the position of the line that
+//! admits the client: the SYN of every new connection walks the chain up
+//! to it; later packets are accepted by conntrack before any policy rule.
+//! Both nodes load their own table, as each node's agent would.
 //!
 //! Traffic is IPv6 by default (2001:db8::/32 holds 100k distinct pod
 //! addresses; 198.19.0.0/16 does not): `--v4` measures IPv4 with E ≤ 60,000.
@@ -205,7 +205,10 @@ fn policies(st: &mut ClusterState, rules: usize, distinct_ports: bool) -> Result
     let ports = || vec![range("TCP", IPERF_PORT as i32, CONN_PORT as i32)];
     for k in 0..rules.saturating_sub(1) {
         let p = if distinct_ports {
-            vec![tcp(10_000 + k as i32)]
+            // Distinct TCP ranges that sort before the server's (lines are
+            // grouped by port match in order): the SYN walks them all.
+            let lo = 1 + (k % 5000) as i32;
+            vec![range("TCP", lo, lo + (k / 5000) as i32)]
         } else {
             ports()
         };
