@@ -497,17 +497,21 @@ fn print_profile(p: &serde_json::Value) {
 /// prefixes and next hop as the receivers', the same route monitor
 /// running): (seconds until the monitor saw all N, seconds of CPU of the
 /// writing thread). No receiver can install faster on this machine.
-fn floor(n: usize) -> Result<(f64, f64)> {
+fn floor(n: usize, fam: Fam) -> Result<(f64, f64)> {
     use node_agent::fib::{Fib, FibChange, Prefix};
     let lab = Lab::builder().nodes(1).build()?;
     let n1 = lab.node("n1")?;
+    if fam == Fam::V6 {
+        n1.ns.sysctl(&[("net.ipv6.route.max_size", "2147483647")])?;
+    }
     let monitor = lab::RouteMonitor::start(&n1.ns, 80, n)?;
     let changes: Vec<FibChange> = (0..n)
         .map(|i| {
-            let a = std::net::Ipv4Addr::from(0xF000_0000u32 + ((i as u32) << 4));
+            let p = configs::prefix(i, fam);
+            let (a, len) = p.split_once('/').context("prefix")?;
             Ok(FibChange {
-                prefix: Prefix::new(a.into(), 28)?,
-                next_hops: vec![std::net::Ipv4Addr::new(198, 18, 0, 1).into()],
+                prefix: Prefix::new(a.parse()?, len.parse()?)?,
+                next_hops: vec![fam.tor()],
             })
         })
         .collect::<Result<_>>()?;
@@ -689,12 +693,11 @@ fn main() -> Result<()> {
     );
     for &fam in &fams {
         for &n in &sizes {
-            if fam == Fam::V4
-                && (args.iter().any(|a| a == "--floor") || only.as_deref() == Some("floor"))
-            {
-                let (wall, cpu) = floor(n)?;
+            if args.iter().any(|a| a == "--floor") || only.as_deref() == Some("floor") {
+                let (wall, cpu) = floor(n, fam)?;
                 println!(
-                    "{n:>8}     floor | node_agent::fib alone, one thread: {wall:.2} s to the FIB, {cpu:.2} s CPU ({:.2} us/route)",
+                    "{n:>8} {:>9} | node_agent::fib alone, one thread: {wall:.2} s to the FIB, {cpu:.2} s CPU ({:.2} us/route)",
+                    if fam == Fam::V6 { "floor6" } else { "floor" },
                     cpu * 1e6 / n as f64
                 );
             }
