@@ -240,7 +240,6 @@ fn node_ctx(name: &str, addrs: Vec<IpAddr>, ep: &Real, key: PodKey) -> NodeConte
     c
 }
 
-#[allow(clippy::too_many_arguments)]
 fn mode(
     a: &Args,
     rules: usize,
@@ -581,7 +580,7 @@ fn main() -> Result<()> {
         );
     }
     breakdown(&modes, &rate, open_r);
-    if let Some((i, m)) = modes.iter().enumerate().filter(|(_, m)| m.rules > 0).last() {
+    if let Some((i, m)) = modes.iter().enumerate().rfind(|(_, m)| m.rules > 0) {
         let mt = median(tput[&(i + 1)].clone());
         let mr = median(rate[&(i + 1)].clone());
         println!(
