@@ -17,7 +17,8 @@
 //! pe_*/pi_*  content-addressed policy chains shared by endpoints with equal rules:
 //!            node addresses allowed, one line per (peer set × family), then `drop`;
 //!            rules whose peers are all pod selectors share one line per
-//!            (ports × family), their members in one union set (u4_/u6_)
+//!            (ports × family) from MERGE_MIN such peers on, their members in
+//!            one union set (u4_/u6_)
 //!            (egress allows with `return` so the receiver's ingress is still checked)
 //! ai_/ae_, bi_/be_  AdminNetworkPolicy / BaselineAdminNetworkPolicy tier chains
 //!            (content-addressed; `goto` the pi_/pe_ or bi_/be_ chain: see `tiers.rs`)
@@ -423,18 +424,32 @@ impl Ruleset {
         let allow = Self::allow_verdict(dir);
         let mut body = Self::node_lines(dir);
         // Rules whose peers are all pod selectors and whose ports are equal
-        // share their lines: one set per family holding the union of their
-        // selectors' members. A new connection then walks one line per
-        // (port match × family), not one per peer: with 10,000 such rules
-        // a SYN costs ~60 ns per line it walks (bench_datapath).
-        let mut merged: BTreeMap<&PortMatch, BTreeSet<&PodPeer>> = BTreeMap::new();
+        // share their lines once they have MERGE_MIN peers or more: one set
+        // per family holding the union of their selectors' members. A new
+        // connection then walks one line per (port match × family), not one
+        // per peer (a SYN pays ~60-90 ns per line it walks: with 10,000
+        // such rules, 2.6% of the no-policy connection rate; bench_datapath).
+        // Below that, lines per peer: a union set copies its members into
+        // every chain that has one, which costs more than a few lines.
+        let mut groups: BTreeMap<&PortMatch, (Vec<&RulePlan>, BTreeSet<&PodPeer>)> =
+            BTreeMap::new();
         for r in rules {
             match pod_peers_only(r) {
-                Some(peers) => merged.entry(&r.ports).or_default().extend(peers),
+                Some(peers) => {
+                    let g = groups.entry(&r.ports).or_default();
+                    g.0.push(r);
+                    g.1.extend(peers);
+                }
                 None => body.extend(self.rule_lines(dir, r, &allow, fill)),
             }
         }
-        for (ports, peers) in merged {
+        for (ports, (group, peers)) in groups {
+            if peers.len() < MERGE_MIN {
+                for r in group {
+                    body.extend(self.rule_lines(dir, r, &allow, fill));
+                }
+                continue;
+            }
             let peers: Vec<PodPeer> = peers.into_iter().cloned().collect();
             let pt = match ports {
                 PortMatch::Any => None,
@@ -578,6 +593,10 @@ impl Ruleset {
         name
     }
 }
+
+/// Pod-selector peers with equal ports from which a policy chain shares one
+/// union set per family instead of a line per peer and family.
+pub const MERGE_MIN: usize = 16;
 
 /// The pod-selector peers of a rule that can share a union set with other
 /// rules of the same ports: every peer a pod selector, ports either all or

@@ -202,12 +202,21 @@ fn nat_pools_change_as_set_elements() {
 }
 
 #[test]
-fn rules_with_equal_ports_share_a_union_set_that_follows_label_changes() {
+fn many_rules_with_equal_ports_share_a_union_set_that_follows_label_changes() {
     let mut xyz = Xyz::new(1, true);
-    for (name, peer, port) in [("from-b", "b", 80), ("from-c", "c", 80), ("b-81", "b", 81)] {
+    // MERGE_MIN selectors on port 80 (b, c and others that match no pod),
+    // one on port 81.
+    let mut rules = vec![
+        ("b".to_string(), 80),
+        ("c".to_string(), 80),
+        ("b".to_string(), 81),
+    ];
+    rules.extend((2..crate::ruleset::MERGE_MIN).map(|k| (format!("none-{k}"), 80)));
+    for (i, (peer, port)) in rules.iter().enumerate() {
+        let (name, peer, port) = (format!("p{i}"), peer.as_str(), *port);
         xyz.state
             .add_policy(
-                NetPol::new("x", name)
+                NetPol::new("x", &name)
                     .select(sel(&[("pod", "a")]))
                     .ingress(from(vec![pods(sel(&[("pod", peer)]))]).ports(vec![tcp(port)]))
                     .build(),
@@ -221,8 +230,9 @@ fn rules_with_equal_ports_share_a_union_set_that_follows_label_changes() {
     let rs = e.ruleset();
     let chain = rs.dispatch[&iface].ingress.clone().unwrap();
     let lines = &rs.chains[&chain];
-    // Node addresses (2), port 80 from b or c (one line per family, one
-    // union set each), port 81 from b (its own selector sets), drop.
+    // Node addresses (2), port 80 from any of the MERGE_MIN selectors (one
+    // line per family, one union set each), port 81 from b (its own
+    // selector sets), drop.
     assert_eq!(lines.len(), 7, "{lines:?}");
     let sets: Vec<&str> = lines
         .iter()
@@ -264,4 +274,26 @@ fn rules_with_equal_ports_share_a_union_set_that_follows_label_changes() {
     );
     assert_eq!(e.ruleset(), &pure(&e));
     check_kernel(&e, &sink);
+}
+
+#[test]
+fn a_few_rules_with_equal_ports_keep_a_line_per_peer() {
+    let mut xyz = Xyz::new(1, true);
+    for (name, peer) in [("from-b", "b"), ("from-c", "c")] {
+        xyz.state
+            .add_policy(
+                NetPol::new("x", name)
+                    .select(sel(&[("pod", "a")]))
+                    .ingress(from(vec![pods(sel(&[("pod", peer)]))]).ports(vec![tcp(80)]))
+                    .build(),
+            )
+            .unwrap();
+    }
+    let e = engine_for(&xyz, 0);
+    let rs = pure(&e);
+    let iface = &e.node().endpoints[&PodKey::new("x", "a")].iface;
+    let lines = &rs.chains[rs.dispatch[iface].ingress.as_ref().unwrap()];
+    // Node addresses (2), b and c per family (4), drop: no union set.
+    assert_eq!(lines.len(), 7, "{lines:?}");
+    assert!(!rs.sets.keys().any(|s| s.starts_with('u')));
 }
