@@ -501,6 +501,14 @@ impl Ruleset {
                 continue;
             }
             let peers: Vec<PodPeer> = peers.into_iter().cloned().collect();
+            // One origin if every merged rule is the same policy rule, else
+            // the shared line counts for all of them (`fixed::MERGED`).
+            let origin = match group.split_first() {
+                Some((first, rest)) if rest.iter().all(|r| r.origin == first.origin) => {
+                    first.origin.clone()
+                }
+                _ => RuleOrigin::fixed(fixed::MERGED, dir, RuleAction::Allow),
+            };
             let pt = match ports {
                 PortMatch::Any => None,
                 PortMatch::Listed { ranges, .. } => Some(self.port_set(ranges, fill)),
@@ -515,6 +523,7 @@ impl Ruleset {
                 body.push(RuleIr {
                     matches,
                     verdict: allow.clone(),
+                    origin: origin.clone(),
                 });
             }
         }

@@ -257,6 +257,21 @@ fn many_rules_with_equal_ports_share_a_union_set_that_follows_label_changes() {
         .find(|s| s.starts_with("u4_"))
         .unwrap()
         .to_string();
+    // The shared lines come from MERGE_MIN policies: their counter is
+    // theirs together, under the fixed `merged` origin; port 81 keeps p2's.
+    for l in lines.iter().filter(|l| {
+        l.matches
+            .iter()
+            .any(|m| matches!(m, Match::Addr(_, _, s) if s.starts_with('u')))
+    }) {
+        assert_eq!(l.origin.comment(), "fixed merged ingress - allow", "{l:?}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.origin.comment() == "np x/p2 ingress 0 allow"),
+        "{lines:?}"
+    );
     let ip = |p: &str| e.state().pods[&PodKey::new("x", p)].ips[0];
     let want: BTreeSet<Elem> = [ip("b"), ip("c")].into_iter().map(Elem::Addr).collect();
     assert_eq!(rs.sets[&u4].elems, want);
