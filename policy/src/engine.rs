@@ -75,7 +75,7 @@ pub struct Engine {
     /// Member pods by address (several while an address is being reused).
     by_ip: HashMap<IpAddr, BTreeSet<PodKey>>,
     rs: Ruleset,
-    sel_sets: BTreeMap<String, (PodPeer, Family)>,
+    sel_sets: BTreeMap<String, (Vec<PodPeer>, Family)>,
     named_sets: BTreeMap<String, NamedKey>,
     /// Node-address sets (ANP `nodes` peers).
     node_sets: BTreeMap<String, (Selector, Family)>,
@@ -626,13 +626,14 @@ impl Engine {
             .filter_map(|k| self.state.pods.get(k))
             .collect();
         let mut updates: Vec<(String, Elem, bool)> = Vec::new();
-        for (name, (peer, sfam)) in &self.sel_sets {
+        for (name, (peers, sfam)) in &self.sel_sets {
             if *sfam != fam {
                 continue;
             }
-            let want = pods
-                .iter()
-                .any(|p| peer_selects(peer, p, &namespace_labels(&self.state, &p.key.namespace)));
+            let want = pods.iter().any(|p| {
+                let labels = namespace_labels(&self.state, &p.key.namespace);
+                peers.iter().any(|peer| peer_selects(peer, p, &labels))
+            });
             let have = self
                 .rs
                 .sets

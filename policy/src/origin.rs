@@ -73,6 +73,10 @@ pub mod fixed {
     pub const DENY_ENDPOINT: &str = "deny-endpoint";
     /// Host protection: a failsafe port.
     pub const FAILSAFE: &str = "failsafe";
+    /// A line shared by the pod-selector rules of several policies with
+    /// equal ports (`ruleset::MERGE_MIN` peers or more, one union set): its
+    /// counter is theirs together. Rules of one policy rule keep its origin.
+    pub const MERGED: &str = "merged";
 }
 
 /// What a rule does when it matches.

@@ -200,3 +200,115 @@ fn nat_pools_change_as_set_elements() {
         "{full}"
     );
 }
+
+#[test]
+fn many_rules_with_equal_ports_share_a_union_set_that_follows_label_changes() {
+    let mut xyz = Xyz::new(1, true);
+    // MERGE_MIN selectors on port 80 (b, c and others that match no pod),
+    // one on port 81.
+    let mut rules = vec![
+        ("b".to_string(), 80),
+        ("c".to_string(), 80),
+        ("b".to_string(), 81),
+    ];
+    rules.extend((2..crate::ruleset::MERGE_MIN).map(|k| (format!("none-{k}"), 80)));
+    for (i, (peer, port)) in rules.iter().enumerate() {
+        let (name, peer, port) = (format!("p{i}"), peer.as_str(), *port);
+        xyz.state
+            .add_policy(
+                NetPol::new("x", &name)
+                    .select(sel(&[("pod", "a")]))
+                    .ingress(from(vec![pods(sel(&[("pod", peer)]))]).ports(vec![tcp(port)]))
+                    .build(),
+            )
+            .unwrap();
+    }
+    let mut e = engine_for(&xyz, 0);
+    let mut sink = CapturingSink::default();
+    e.commit(&mut sink).unwrap();
+    let iface = e.node().endpoints[&PodKey::new("x", "a")].iface.clone();
+    let rs = e.ruleset();
+    let chain = rs.dispatch[&iface].ingress.clone().unwrap();
+    let lines = &rs.chains[&chain];
+    // Node addresses (2), port 80 from any of the MERGE_MIN selectors (one
+    // line per family, one union set each), port 81 from b (its own
+    // selector sets), drop.
+    assert_eq!(lines.len(), 7, "{lines:?}");
+    let sets: Vec<&str> = lines
+        .iter()
+        .flat_map(|l| &l.matches)
+        .filter_map(|m| match m {
+            Match::Addr(_, _, s) if !s.starts_with("node") => Some(s.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sets.iter().filter(|s| s.starts_with('u')).count(),
+        2,
+        "{sets:?}"
+    );
+    assert_eq!(
+        sets.iter().filter(|s| s.starts_with('s')).count(),
+        2,
+        "{sets:?}"
+    );
+    let u4 = sets
+        .iter()
+        .find(|s| s.starts_with("u4_"))
+        .unwrap()
+        .to_string();
+    // The shared lines come from MERGE_MIN policies: their counter is
+    // theirs together, under the fixed `merged` origin; port 81 keeps p2's.
+    for l in lines.iter().filter(|l| {
+        l.matches
+            .iter()
+            .any(|m| matches!(m, Match::Addr(_, _, s) if s.starts_with('u')))
+    }) {
+        assert_eq!(l.origin.comment(), "fixed merged ingress - allow", "{l:?}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.origin.comment() == "np x/p2 ingress 0 allow"),
+        "{lines:?}"
+    );
+    let ip = |p: &str| e.state().pods[&PodKey::new("x", p)].ips[0];
+    let want: BTreeSet<Elem> = [ip("b"), ip("c")].into_iter().map(Elem::Addr).collect();
+    assert_eq!(rs.sets[&u4].elems, want);
+    // x/c leaves the selector: its two addresses leave the union sets only.
+    let mut c = e.state().pods[&PodKey::new("x", "c")].clone();
+    c.labels.insert("pod".into(), "z".into());
+    e.upsert_pod(c);
+    let st = e.commit(&mut sink).unwrap();
+    assert_eq!(
+        st.diff,
+        DiffStats {
+            elems_deleted: 2,
+            ..DiffStats::default()
+        }
+    );
+    assert_eq!(e.ruleset(), &pure(&e));
+    check_kernel(&e, &sink);
+}
+
+#[test]
+fn a_few_rules_with_equal_ports_keep_a_line_per_peer() {
+    let mut xyz = Xyz::new(1, true);
+    for (name, peer) in [("from-b", "b"), ("from-c", "c")] {
+        xyz.state
+            .add_policy(
+                NetPol::new("x", name)
+                    .select(sel(&[("pod", "a")]))
+                    .ingress(from(vec![pods(sel(&[("pod", peer)]))]).ports(vec![tcp(80)]))
+                    .build(),
+            )
+            .unwrap();
+    }
+    let e = engine_for(&xyz, 0);
+    let rs = pure(&e);
+    let iface = &e.node().endpoints[&PodKey::new("x", "a")].iface;
+    let lines = &rs.chains[rs.dispatch[iface].ingress.as_ref().unwrap()];
+    // Node addresses (2), b and c per family (4), drop: no union set.
+    assert_eq!(lines.len(), 7, "{lines:?}");
+    assert!(!rs.sets.keys().any(|s| s.starts_with('u')));
+}

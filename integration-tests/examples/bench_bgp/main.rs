@@ -1,24 +1,36 @@
-//! BGP load benchmark (not a test): a BIRD injector sends N IPv4 prefixes to
+//! BGP load benchmark (not a test): a BIRD injector sends N prefixes to
 //! a receiver — margay-bgp (the speaker alone), margay-node (the agent,
-//! configured by BGPConfiguration/BGPPeer CRDs), then BIRD 2 as the anchor
-//! — each alone in a lab node, and we print, Margay/BIRD ratios first:
-//! seconds from Established to all N in the RIB, to all N in the kernel
-//! FIB, peak RSS, CPU seconds; then the agent's FIB time, RSS and CPU and
-//! its ratios to BIRD (its RIB time is not recorded by the agent).
+//! configured by BGPConfiguration/BGPPeer CRDs), BIRD 2 as the anchor, then
+//! FRR and GoBGP where they finish — each alone in a lab node, and we
+//! print, Margay/BIRD ratios first: seconds from Established to all N in
+//! the RIB, to all N in the kernel FIB, peak RSS, CPU seconds; then a row
+//! per other receiver with its figures and its ratios to BIRD (`-`: not
+//! measured for it: the agent and FRR record no RIB time we can read
+//! afterwards, GoBGP installs nothing in the kernel here).
 //!
 //! ```text
 //! cargo build --release -p margay-tools --bin margay-bgp
-//! cargo run --release -p integration-tests --example bench_bgp \
-//!     [-- --sizes 100000,1000000 --runs 1 --packing packed|unpacked --only margay|agent|bird|floor --floor]
+//! cargo run --release -p integration-tests --example bench_bgp -- \
+//!     [--sizes 100000,1000000] [--runs 1] [--packing packed|unpacked] \
+//!     [--family 4|6|4,6] [--with frr,gobgp|none] [--others-deadline 300] \
+//!     [--only margay|agent|bird|floor] [--floor]
 //! ```
+//!
+//! IPv6 (`--family 6`, rows labelled `packed6`/`unpacked6`): the session
+//! runs over the IPv6 underlay and carries IPv6 unicast only; N /64s.
+//! FRR and GoBGP get `--others-deadline` seconds each; one that does not
+//! finish gets a line saying so instead of a row. FRR's RSS and CPU are
+//! bgpd's plus zebra's. GoBGP's RIB time is polled (every 250 ms, after the
+//! injector finished), the only receiver that is polled while it works.
 //!
 //! Packed: the injector's routes share attributes, so BIRD packs ~800 NLRI
 //! into each UPDATE. Unpacked: every route has its own MED, one per UPDATE.
 //!
-//! Prefixes: N /28s in 240.0.0.0/8. A million distinct IPv4 prefixes do
-//! not fit in the lab's 198.18.0.0/15; 240/4 is reserved (never routed
-//! anywhere), and no packet is sent to these routes — they only sit in the
-//! routing tables of the benchmark's own namespaces.
+//! Prefixes: N IPv4 /28s in 240.0.0.0/8 or IPv6 /64s in 2001:db8:8000::/36
+//! (see [`configs::prefix`]). A million distinct IPv4 prefixes do not fit
+//! in the lab's 198.18.0.0/15; 240/4 is reserved (never routed anywhere),
+//! and no packet is sent to these routes — they only sit in the routing
+//! tables of the benchmark's own namespaces.
 //!
 //! Rows: one per run; with `--runs` > 1 also the medians (`~`) and the
 //! minima (`<`) of each column.
@@ -59,7 +71,7 @@
 //! seconds decoding, in the RIB, writing the FIB (and in the kernel), and
 //! waiting on the queues between them; the RIB's bytes by structure, the
 //! heap in use and held. `--floor`: also the kernel's floor per size — N
-//! routes written by `node_agent::fib` alone, the same route monitor
+//! routes written by `node_agent::dataplane::fib` alone, the same route monitor
 //! watching.
 
 use std::path::PathBuf;
@@ -67,7 +79,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use integration_tests::k8s;
-use integration_tests::lab::{self, Bird, Daemon, Lab};
+use integration_tests::lab::{self, Bird, Daemon, Frr, Gobgp, Lab};
+
+mod configs;
+use configs::Fam;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Receiver {
@@ -77,6 +92,13 @@ enum Receiver {
     /// with its watchers' memory and CPU included.
     Agent,
     Bird,
+    /// FRR (bgpd + zebra): FIB, RSS and CPU of both daemons; no RIB time
+    /// (it records none we can read afterwards, and we do not poll it).
+    Frr,
+    /// GoBGP: RIB only (see [`configs::gobgp_receiver_config`]); its RIB
+    /// time is polled (`gobgp global rib summary` every 250 ms), so it is
+    /// late by up to that much and the polling costs it some CPU.
+    Gobgp,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -94,53 +116,6 @@ fn now_unix() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-fn prefix(i: usize) -> String {
-    let a = 0xF000_0000u32 + ((i as u32) << 4);
-    format!("{}/28", std::net::Ipv4Addr::from(a))
-}
-
-fn injector_config(n: usize, packed: bool) -> String {
-    let mut s = String::with_capacity(n * 48 + 1024);
-    s.push_str(
-        "router id 198.18.0.1;\ntimeformat protocol iso long ms;\nprotocol device {}\nprotocol static statics { ipv4;\n",
-    );
-    for i in 0..n {
-        if packed {
-            s.push_str(&format!(" route {} blackhole;\n", prefix(i)));
-        } else {
-            s.push_str(&format!(
-                " route {} blackhole {{ bgp_med = {i}; }};\n",
-                prefix(i)
-            ));
-        }
-    }
-    // A timer that wakes BIRD's main loop every 100 ms (see the module
-    // docs: without it the last feed batch can wait for the keepalive).
-    s.push_str(
-        "}\nprotocol babel wake {\n  ipv6 { import none; export none; };\n  \
-         interface \"*\" { hello interval 100 ms; };\n}\n",
-    );
-    s.push_str(
-        "protocol bgp recv {\n  local 198.18.0.1 as 64512; neighbor 198.18.0.11 as 65001;\n  \
-         disabled; hold time 240; keepalive time 1; connect delay time 1;\n  ipv4 { import none; export all; };\n}\n",
-    );
-    s
-}
-
-fn bird_receiver_config() -> String {
-    "router id 198.18.0.11;\ntimeformat protocol iso long ms;\ntimeformat route iso long ms;\nprotocol device {}\n\
-     protocol kernel k4 { ipv4 { import none; export all; }; }\n\
-     protocol bgp inj {\n  local 198.18.0.11 as 65001; neighbor 198.18.0.1 as 64512;\n  \
-     hold time 240; passive on;\n  ipv4 { import all; export none; };\n}\n"
-        .to_string()
-}
-
-fn margay_receiver_yaml() -> String {
-    "local_as: 65001\nrouter_id: 198.18.0.11\nlisten: [\"198.18.0.11:179\"]\npeers:\n  \
-     - name: inj\n    neighbor: 198.18.0.1\n    remote_as: 64512\n    hold_time: 240\n    passive: true\n"
-        .to_string()
 }
 
 /// (peak RSS MB, CPU seconds) of a live process.
@@ -195,20 +170,36 @@ fn routes_of(birdc_out: &str, what: &str) -> usize {
         .unwrap_or(0)
 }
 
-fn kernel_count(lab: &Lab, proto: &str) -> Result<usize> {
+fn kernel_count(lab: &Lab, proto: &str, fam: Fam) -> Result<usize> {
     let out = lab
         .node("n1")?
         .ns
-        .ip(&["-4", "route", "show", "proto", proto])?;
+        .ip(&[fam.ip_flag(), "route", "show", "proto", proto])?;
     Ok(out.lines().count())
 }
 
-fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Result<Figures> {
+fn run_one(
+    bin: &std::path::Path,
+    rx: Receiver,
+    n: usize,
+    packed: bool,
+    fam: Fam,
+    deadline: Duration,
+) -> Result<Figures> {
     let lab = Lab::builder().nodes(1).build()?;
     let n1 = lab.node("n1")?;
     let dir = lab.run_dir().to_path_buf();
     // The injector, with its routes loaded before the session may start.
-    let inj = Bird::start(lab.tor(), &dir, "injector", &injector_config(n, packed))?;
+    if fam == Fam::V6 {
+        // Older kernels cap IPv6 routes per namespace at this sysctl.
+        n1.ns.sysctl(&[("net.ipv6.route.max_size", "2147483647")])?;
+    }
+    let inj = Bird::start(
+        lab.tor(),
+        &dir,
+        "injector",
+        &configs::injector_config(n, packed, fam),
+    )?;
     lab::wait_for("injector routes loaded", Duration::from_secs(600), || {
         let out = inj.birdc("show protocols all statics")?;
         Ok((routes_of(&out, "imported") >= n).then_some(()))
@@ -226,14 +217,13 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
         Err(_) => None,
     };
     std::thread::sleep(Duration::from_millis(if _pcap.is_some() { 500 } else { 0 }));
-    let deadline = Duration::from_secs(600);
     // The receiver, started but not yet peered.
     let (mut proc_, proto, status) = match rx {
         Receiver::Margay => {
             let log_level = std::env::var("BENCH_MARGAY_LOG").unwrap_or_else(|_| "warn".into());
             let cfg = dir.join("margay.yaml");
             let status = dir.join("margay.status.json");
-            std::fs::write(&cfg, margay_receiver_yaml())?;
+            std::fs::write(&cfg, configs::margay_receiver_yaml(fam))?;
             let argv = [
                 bin.to_str().context("path")?,
                 "--config",
@@ -252,6 +242,7 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
         Receiver::Agent => {
             let api = k8s::start_apiserver(&lab)?;
             k8s::bootstrap(&lab, &[])?;
+            let peer_ip = fam.tor().to_string();
             k8s::with_client(lab.tor(), |c| async move {
                 k8s::apply_json::<node_agent::k8s::crd::BGPConfiguration>(
                     &c,
@@ -264,7 +255,7 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
                     &c,
                     serde_json::json!({"apiVersion": "crd.margay.dev/v1", "kind": "BGPPeer",
                         "metadata": {"name": "inj"},
-                        "spec": {"peerIP": "198.18.0.1", "asNumber": 64512, "holdTime": 240,
+                        "spec": {"peerIP": peer_ip, "asNumber": 64512, "holdTime": 240,
                                  "maxPrefix": 4_000_000}}),
                 )
                 .await?;
@@ -278,9 +269,29 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
                 &n1.ns,
                 &dir,
                 "receiver",
-                &bird_receiver_config(),
+                &configs::bird_receiver_config(fam),
             )?),
             12u8,
+            None,
+        ),
+        Receiver::Frr => (
+            Recv::Frr(Frr::start(
+                &n1.ns,
+                &dir,
+                "frr",
+                &configs::frr_receiver_config(fam),
+            )?),
+            186u8,
+            None,
+        ),
+        Receiver::Gobgp => (
+            Recv::Gobgp(Gobgp::start(
+                &n1.ns,
+                &dir,
+                "gobgp",
+                &configs::gobgp_receiver_config(fam),
+            )?),
+            0u8,
             None,
         ),
     };
@@ -296,6 +307,8 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
         let d = match &mut proc_ {
             Recv::Margay(d) => Some(d),
             Recv::Agent(a, _) => Some(&mut a.daemon),
+            Recv::Frr(f) => Some(&mut f.bgpd),
+            Recv::Gobgp(g) => Some(&mut g.daemon),
             Recv::Bird(_) => None,
         };
         if let Some(d) = d
@@ -316,8 +329,10 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
     }
     let t0 = t0.context("injector's Established time")?;
     let mut profile = None;
-    let fib_at = monitor.wait(deadline)?;
-    let fib = unix(fib_at) - t0;
+    let fib = match &proc_ {
+        Recv::Gobgp(_) => f64::NAN,
+        _ => unix(monitor.wait(deadline)?) - t0,
+    };
     let (rss, cpu, rib) = match &mut proc_ {
         Recv::Margay(d) => {
             let status = status.context("status file")?;
@@ -329,7 +344,8 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
                 Duration::from_secs(30),
                 || {
                     let Some(v) = read() else { return Ok(None) };
-                    let done = v["peers"][0]["accepted_v4"].as_u64() == Some(n as u64);
+                    let key = format!("accepted_{}", &fam.name()[2..]);
+                    let done = v["peers"][0][&key].as_u64() == Some(n as u64);
                     Ok(done.then_some(v))
                 },
             )?;
@@ -337,7 +353,8 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
             // (and read RSS and CPU after: they include that walk).
             let v = lab::wait_for("margay: profile", Duration::from_secs(5), || {
                 Ok(read().filter(|v| {
-                    v["profile"]["memory"]["rib"]["v4"]["count"].as_u64() == Some(n as u64)
+                    v["profile"]["memory"]["rib"][&fam.name()[2..]]["count"].as_u64()
+                        == Some(n as u64)
                 }))
             })
             .unwrap_or(v);
@@ -371,15 +388,42 @@ fn run_one(bin: &std::path::Path, rx: Receiver, n: usize, packed: bool) -> Resul
                 .fold(f64::NAN, f64::max);
             (rss, cpu, newest - t0)
         }
+        Recv::Frr(f) => {
+            let (rss_b, cpu_b) = usage(f.bgpd.pid())?;
+            let (rss_z, cpu_z) = usage(f.zebra.pid())?;
+            (rss_b + rss_z, cpu_b + cpu_z, f64::NAN)
+        }
+        Recv::Gobgp(g) => {
+            let at = lab::wait_for("gobgp: all N in its RIB", deadline, || {
+                // "Table ipv4-unicast\nDestination: 1000, Path: 1000"
+                let out = g.cli(&["global", "rib", "summary", "-a", fam.name()])?;
+                let count = out
+                    .split_once("Destination:")
+                    .and_then(|(_, r)| r.split(',').next())
+                    .and_then(|w| w.trim().parse::<usize>().ok());
+                if count >= Some(n) {
+                    return Ok(Some(now_unix()));
+                }
+                std::thread::sleep(Duration::from_millis(250));
+                Ok(None)
+            })?;
+            let (rss, cpu) = usage(g.daemon.pid())?;
+            (rss, cpu, at - t0)
+        }
     };
-    let k = kernel_count(&lab, if proto == 80 { "80" } else { "bird" })?;
-    if k != n || monitor.count() != n {
+    let k = match proto {
+        0 => n,
+        80 => kernel_count(&lab, "80", fam)?,
+        12 => kernel_count(&lab, "bird", fam)?,
+        p => kernel_count(&lab, &p.to_string(), fam)?,
+    };
+    if proto != 0 && (k != n || monitor.count() != n) {
         bail!(
             "{rx:?}: kernel has {k} of {n} routes (monitor saw {})",
             monitor.count()
         );
     }
-    if !rib.is_finite() && rx != Receiver::Agent {
+    if !rib.is_finite() && matches!(rx, Receiver::Margay | Receiver::Bird) {
         bail!("{rx:?}: no RIB time");
     }
     if let Recv::Margay(d) = &mut proc_ {
@@ -448,22 +492,26 @@ fn print_profile(p: &serde_json::Value) {
     );
 }
 
-/// The kernel's floor: N routes written by `node_agent::fib` from one
+/// The kernel's floor: N routes written by `node_agent::dataplane::fib` from one
 /// thread of this process in a fresh lab node (batches of 4096, the same
 /// prefixes and next hop as the receivers', the same route monitor
 /// running): (seconds until the monitor saw all N, seconds of CPU of the
 /// writing thread). No receiver can install faster on this machine.
-fn floor(n: usize) -> Result<(f64, f64)> {
+fn floor(n: usize, fam: Fam) -> Result<(f64, f64)> {
     use node_agent::dataplane::fib::{Fib, FibChange, Prefix};
     let lab = Lab::builder().nodes(1).build()?;
     let n1 = lab.node("n1")?;
+    if fam == Fam::V6 {
+        n1.ns.sysctl(&[("net.ipv6.route.max_size", "2147483647")])?;
+    }
     let monitor = lab::RouteMonitor::start(&n1.ns, 80, n)?;
     let changes: Vec<FibChange> = (0..n)
         .map(|i| {
-            let a = std::net::Ipv4Addr::from(0xF000_0000u32 + ((i as u32) << 4));
+            let p = configs::prefix(i, fam);
+            let (a, len) = p.split_once('/').context("prefix")?;
             Ok(FibChange {
-                prefix: Prefix::new(a.into(), 28)?,
-                next_hops: vec![std::net::Ipv4Addr::new(198, 18, 0, 1).into()],
+                prefix: Prefix::new(a.parse()?, len.parse()?)?,
+                next_hops: vec![fam.tor()],
             })
         })
         .collect::<Result<_>>()?;
@@ -503,26 +551,33 @@ enum Recv {
     /// receiver is dropped).
     Agent(k8s::Agent, #[allow(dead_code)] Daemon),
     Bird(Bird),
+    Frr(Frr),
+    Gobgp(Gobgp),
 }
 
-/// The agent's row: its FIB time, RSS and CPU, and their ratios to BIRD's.
-fn print_agent_row(n: usize, label: &str, a: &Figures, b: &Figures) {
-    if a.fib.is_nan() {
-        return;
-    }
+/// Another receiver's row (the agent, FRR, GoBGP): its figures and their
+/// ratios to BIRD's from the same run (`-`: not measured for it).
+fn print_other_row(n: usize, label: &str, who: &str, a: &Figures, b: &Figures) {
+    let f = |v: f64, w: usize, p: usize| {
+        if v.is_nan() {
+            format!("{:>w$}", "-")
+        } else {
+            format!("{v:>w$.p$}")
+        }
+    };
     println!(
-        "{:>8} {:>9} | {:>6} {:>6.2} {:>6.2} {:>6.2} | agent  {:>6} {:>6.2} {:>7.1} {:>6.2} {:>6.2} |",
+        "{:>8} {:>9} | {} {} {} {} | {who:<6} {} {} {} {} {} |",
         n,
         label,
-        "-",
-        a.fib / b.fib,
-        a.rss_mb / b.rss_mb,
-        a.cpu / b.cpu,
-        "-",
-        a.fib,
-        a.rss_mb,
-        a.cpu,
-        a.inj
+        f(a.rib / b.rib, 6, 2),
+        f(a.fib / b.fib, 6, 2),
+        f(a.rss_mb / b.rss_mb, 6, 2),
+        f(a.cpu / b.cpu, 6, 2),
+        f(a.rib, 6, 2),
+        f(a.fib, 6, 2),
+        f(a.rss_mb, 7, 1),
+        f(a.cpu, 6, 2),
+        f(a.inj, 6, 2)
     );
 }
 
@@ -576,6 +631,32 @@ fn main() -> Result<()> {
         _ => vec![true, false],
     };
     let only = opt("--only");
+    let fams: Vec<Fam> = opt("--family")
+        .unwrap_or_else(|| "4".into())
+        .split(',')
+        .map(|f| match f {
+            "4" => Ok(Fam::V4),
+            "6" => Ok(Fam::V6),
+            other => bail!("--family: 4, 6 or 4,6, not {other}"),
+        })
+        .collect::<Result<_>>()?;
+    let others: Vec<Receiver> = opt("--with")
+        .unwrap_or_else(|| "frr,gobgp".into())
+        .split(',')
+        .filter(|w| !w.is_empty() && *w != "none")
+        .map(|w| match w {
+            "frr" => Ok(Receiver::Frr),
+            "gobgp" => Ok(Receiver::Gobgp),
+            other => bail!("--with: frr, gobgp or none, not {other}"),
+        })
+        .collect::<Result<_>>()?;
+    let others_deadline = Duration::from_secs(
+        opt("--others-deadline")
+            .unwrap_or_else(|| "300".into())
+            .parse()
+            .context("--others-deadline")?,
+    );
+    let deadline = Duration::from_secs(600);
     if let Err(why) = lab::can_run() {
         bail!("bench_bgp {why}");
     }
@@ -584,7 +665,13 @@ fn main() -> Result<()> {
         Err(_) => lab::workspace_bin("margay-bgp")
             .context("build it first: cargo build --release -p margay-tools --bin margay-bgp")?,
     };
-    println!("margay-bgp: {}", bin.display());
+    println!(
+        "margay-bgp: {}; load average {}",
+        bin.display(),
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    );
     println!(
         "{:>8} {:>9} | {:>6} {:>6} {:>6} {:>6} | margay {:>6} {:>6} {:>7} {:>6} {:>6} | bird {:>6} {:>6} {:>7} {:>6} {:>6}",
         "N",
@@ -604,75 +691,99 @@ fn main() -> Result<()> {
         "cpu s",
         "inj s"
     );
-    for &n in &sizes {
-        if args.iter().any(|a| a == "--floor") || only.as_deref() == Some("floor") {
-            let (wall, cpu) = floor(n)?;
-            println!(
-                "{n:>8}     floor | node_agent::fib alone, one thread: {wall:.2} s to the FIB, {cpu:.2} s CPU ({:.2} us/route)",
-                cpu * 1e6 / n as f64
-            );
-        }
-        if only.as_deref() == Some("floor") {
-            continue;
-        }
-        for &packed in &packing {
-            let label = if packed { "packed" } else { "unpacked" };
-            let mut all = Vec::new();
-            for _ in 0..runs {
-                let nan = Figures {
-                    rib: f64::NAN,
-                    fib: f64::NAN,
-                    rss_mb: f64::NAN,
-                    cpu: f64::NAN,
-                    inj: f64::NAN,
-                };
-                let m = match only.as_deref() {
-                    Some("bird") | Some("agent") => nan,
-                    _ => run_one(&bin, Receiver::Margay, n, packed)?,
-                };
-                let a = match only.as_deref() {
-                    None | Some("agent") => run_one(&bin, Receiver::Agent, n, packed)?,
-                    _ => nan,
-                };
-                let b = match only.as_deref() {
-                    Some("margay") | Some("agent") => nan,
-                    _ => run_one(&bin, Receiver::Bird, n, packed)?,
-                };
-                print_row(n, label, &m, &b);
-                print_agent_row(n, label, &a, &b);
-                all.push((m, b));
+    for &fam in &fams {
+        for &n in &sizes {
+            if args.iter().any(|a| a == "--floor") || only.as_deref() == Some("floor") {
+                let (wall, cpu) = floor(n, fam)?;
+                println!(
+                    "{n:>8} {:>9} | node_agent::dataplane::fib alone, one thread: {wall:.2} s to the FIB, {cpu:.2} s CPU ({:.2} us/route)",
+                    if fam == Fam::V6 { "floor6" } else { "floor" },
+                    cpu * 1e6 / n as f64
+                );
             }
-            if runs > 1 {
-                let med = |f: fn(&Figures) -> f64, which: usize| {
-                    let mut v: Vec<f64> = all
-                        .iter()
-                        .map(|p| f(if which == 0 { &p.0 } else { &p.1 }))
-                        .collect();
-                    v.sort_by(|a, b| a.total_cmp(b));
-                    v[v.len() / 2]
-                };
-                let pick = |which| Figures {
-                    rib: med(|f| f.rib, which),
-                    fib: med(|f| f.fib, which),
-                    rss_mb: med(|f| f.rss_mb, which),
-                    cpu: med(|f| f.cpu, which),
-                    inj: med(|f| f.inj, which),
-                };
-                print_row(n, &format!("{label}~"), &pick(0), &pick(1));
-                let least = |which: usize| {
-                    let get = |p: &(Figures, Figures)| if which == 0 { p.0 } else { p.1 };
-                    let min = |f: fn(&Figures) -> f64| {
-                        all.iter().map(|p| f(&get(p))).fold(f64::INFINITY, f64::min)
+            if only.as_deref() == Some("floor") {
+                continue;
+            }
+            for &packed in &packing {
+                let label = format!(
+                    "{}{}",
+                    if packed { "packed" } else { "unpacked" },
+                    if fam == Fam::V6 { "6" } else { "" }
+                );
+                let label = label.as_str();
+                let mut all = Vec::new();
+                for _ in 0..runs {
+                    let nan = Figures {
+                        rib: f64::NAN,
+                        fib: f64::NAN,
+                        rss_mb: f64::NAN,
+                        cpu: f64::NAN,
+                        inj: f64::NAN,
                     };
-                    Figures {
-                        rib: min(|f| f.rib),
-                        fib: min(|f| f.fib),
-                        rss_mb: min(|f| f.rss_mb),
-                        cpu: min(|f| f.cpu),
-                        inj: min(|f| f.inj),
+                    let m = match only.as_deref() {
+                        Some("bird") | Some("agent") => nan,
+                        _ => run_one(&bin, Receiver::Margay, n, packed, fam, deadline)?,
+                    };
+                    let a = match only.as_deref() {
+                        None | Some("agent") => {
+                            run_one(&bin, Receiver::Agent, n, packed, fam, deadline)?
+                        }
+                        _ => nan,
+                    };
+                    let b = match only.as_deref() {
+                        Some("margay") | Some("agent") => nan,
+                        _ => run_one(&bin, Receiver::Bird, n, packed, fam, deadline)?,
+                    };
+                    print_row(n, label, &m, &b);
+                    if !a.fib.is_nan() {
+                        print_other_row(n, label, "agent", &a, &b);
                     }
-                };
-                print_row(n, &format!("{label}<"), &least(0), &least(1));
+                    if only.is_none() {
+                        for &rx in &others {
+                            let who = if rx == Receiver::Frr { "frr" } else { "gobgp" };
+                            match run_one(&bin, rx, n, packed, fam, others_deadline) {
+                                Ok(f) => print_other_row(n, label, who, &f, &b),
+                                Err(e) => println!(
+                                    "{n:>8} {label:>9} | {who} did not finish within {} s: {e:#}",
+                                    others_deadline.as_secs()
+                                ),
+                            }
+                        }
+                    }
+                    all.push((m, b));
+                }
+                if runs > 1 {
+                    let med = |f: fn(&Figures) -> f64, which: usize| {
+                        let mut v: Vec<f64> = all
+                            .iter()
+                            .map(|p| f(if which == 0 { &p.0 } else { &p.1 }))
+                            .collect();
+                        v.sort_by(|a, b| a.total_cmp(b));
+                        v[v.len() / 2]
+                    };
+                    let pick = |which| Figures {
+                        rib: med(|f| f.rib, which),
+                        fib: med(|f| f.fib, which),
+                        rss_mb: med(|f| f.rss_mb, which),
+                        cpu: med(|f| f.cpu, which),
+                        inj: med(|f| f.inj, which),
+                    };
+                    print_row(n, &format!("{label}~"), &pick(0), &pick(1));
+                    let least = |which: usize| {
+                        let get = |p: &(Figures, Figures)| if which == 0 { p.0 } else { p.1 };
+                        let min = |f: fn(&Figures) -> f64| {
+                            all.iter().map(|p| f(&get(p))).fold(f64::INFINITY, f64::min)
+                        };
+                        Figures {
+                            rib: min(|f| f.rib),
+                            fib: min(|f| f.fib),
+                            rss_mb: min(|f| f.rss_mb),
+                            cpu: min(|f| f.cpu),
+                            inj: min(|f| f.inj),
+                        }
+                    };
+                    print_row(n, &format!("{label}<"), &least(0), &least(1));
+                }
             }
         }
     }
