@@ -15,7 +15,7 @@ use integration_tests::k8s::{self, Agent};
 use integration_tests::lab::{self, Daemon, Lab, Netns};
 use kube::Api;
 use nix::sys::signal::Signal;
-use node_agent::crd::IPAMBlock;
+use node_agent::k8s::crd::IPAMBlock;
 
 fn add_pod(lab: &Lab, agent: &Agent, name: &str, app: &str) -> (Netns, IpAddr) {
     let p = cni::add_pod(lab, agent, "demo", name, &[("app", app)], &[]).expect("pod");
