@@ -3,6 +3,7 @@
 //! same run, with the same clients.
 //!
 //! ```text
+//! cargo build --release -p margay-tools -p integration-tests --bins
 //! cargo run --release -p integration-tests --example bench_rr -- --clients 1000,5000
 //! ```
 //!
