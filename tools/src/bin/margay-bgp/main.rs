@@ -535,12 +535,7 @@ fn spawn_fib_writer(
                         Some(()) = reconcile_rx.recv(), if reconciling.is_none() => {
                             reconciling = Some(PendingReconcile::start(&rib));
                         }
-                        wanted = async {
-                            match &mut reconciling {
-                                Some(r) => r.answer().await,
-                                None => std::future::pending().await,
-                            }
-                        } => {
+                        wanted = PendingReconcile::answer_of(&mut reconciling) => {
                             let Some(r) = reconciling.take() else { continue };
                             let Some(wanted) = wanted else { return };
                             if let Some(f) = &fib {
