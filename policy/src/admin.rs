@@ -250,68 +250,40 @@ fn name_of(v: &serde_json::Value) -> Option<String> {
     v.get("metadata")?.get("name")?.as_str().map(str::to_string)
 }
 
-impl AdminNetworkPolicy {
-    /// An object with `apiVersion`/`kind` set.
-    pub fn new(name: &str, spec: AdminNetworkPolicySpec) -> Self {
-        AdminNetworkPolicy {
-            api_version: Some(API_VERSION.to_string()),
-            kind: Some(<Self as k8s_openapi::Resource>::KIND.to_string()),
-            metadata: ObjectMeta {
-                name: Some(name.to_string()),
-                ..ObjectMeta::default()
-            },
-            spec,
-            status: None,
-        }
-    }
-
-    /// Reads one object (e.g. a watched dynamic object's JSON).
-    pub fn from_value(v: serde_json::Value) -> Result<Self, ParseError> {
-        let name = name_of(&v);
-        serde_json::from_value(v).map_err(|source| ParseError {
-            kind: "AdminNetworkPolicy",
-            name,
-            source,
-        })
-    }
-
-    pub fn name(&self) -> Option<&str> {
-        self.metadata.name.as_deref()
-    }
-}
-
-impl BaselineAdminNetworkPolicy {
-    /// An object with `apiVersion`/`kind` set.
-    pub fn new(name: &str, spec: BaselineAdminNetworkPolicySpec) -> Self {
-        BaselineAdminNetworkPolicy {
-            api_version: Some(API_VERSION.to_string()),
-            kind: Some(<Self as k8s_openapi::Resource>::KIND.to_string()),
-            metadata: ObjectMeta {
-                name: Some(name.to_string()),
-                ..ObjectMeta::default()
-            },
-            spec,
-            status: None,
-        }
-    }
-
-    /// Reads one object (e.g. a watched dynamic object's JSON).
-    pub fn from_value(v: serde_json::Value) -> Result<Self, ParseError> {
-        let name = name_of(&v);
-        serde_json::from_value(v).map_err(|source| ParseError {
-            kind: "BaselineAdminNetworkPolicy",
-            name,
-            source,
-        })
-    }
-
-    pub fn name(&self) -> Option<&str> {
-        self.metadata.name.as_deref()
-    }
-}
-
+/// The Kubernetes resource traits of an admin policy type, and its
+/// constructor, reader and name.
 macro_rules! resource {
-    ($t:ty, $kind:literal, $plural:literal) => {
+    ($t:ident, $spec:ty, $kind:literal, $plural:literal) => {
+        impl $t {
+            /// An object with `apiVersion`/`kind` set.
+            pub fn new(name: &str, spec: $spec) -> Self {
+                $t {
+                    api_version: Some(API_VERSION.to_string()),
+                    kind: Some($kind.to_string()),
+                    metadata: ObjectMeta {
+                        name: Some(name.to_string()),
+                        ..ObjectMeta::default()
+                    },
+                    spec,
+                    status: None,
+                }
+            }
+
+            /// Reads one object (e.g. a watched dynamic object's JSON).
+            pub fn from_value(v: serde_json::Value) -> Result<Self, ParseError> {
+                let name = name_of(&v);
+                serde_json::from_value(v).map_err(|source| ParseError {
+                    kind: $kind,
+                    name,
+                    source,
+                })
+            }
+
+            pub fn name(&self) -> Option<&str> {
+                self.metadata.name.as_deref()
+            }
+        }
+
         impl k8s_openapi::Resource for $t {
             const API_VERSION: &'static str = API_VERSION;
             const GROUP: &'static str = GROUP;
@@ -341,11 +313,13 @@ macro_rules! resource {
 
 resource!(
     AdminNetworkPolicy,
+    AdminNetworkPolicySpec,
     "AdminNetworkPolicy",
     "adminnetworkpolicies"
 );
 resource!(
     BaselineAdminNetworkPolicy,
+    BaselineAdminNetworkPolicySpec,
     "BaselineAdminNetworkPolicy",
     "baselineadminnetworkpolicies"
 );

@@ -43,12 +43,7 @@ pub async fn run(
                 reconciled = true;
                 reconciling = Some(PendingReconcile::start(&rib));
             }
-            wanted = async {
-                match &mut reconciling {
-                    Some(r) => r.answer().await,
-                    None => std::future::pending().await,
-                }
-            } => {
+            wanted = PendingReconcile::answer_of(&mut reconciling) => {
                 let Some(r) = reconciling.take() else { continue };
                 let Some(wanted) = wanted else { return pulse.retire() };
                 let kept = wanted.len();

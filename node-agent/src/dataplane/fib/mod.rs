@@ -378,6 +378,15 @@ impl PendingReconcile {
         (&mut self.answer).await.ok()?.ok()
     }
 
+    /// [`answer`](Self::answer) of the reconcile in progress, if any; never
+    /// ready while there is none (for a `select!` branch of a writer loop).
+    pub async fn answer_of(pending: &mut Option<PendingReconcile>) -> Option<Vec<Prefix>> {
+        match pending {
+            Some(r) => r.answer().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Remove our kernel routes outside `rib` (the answer) and the
     /// prefixes written since the start. Returns how many went.
     pub async fn finish(self, fib: &Fib, rib: Vec<Prefix>) -> Result<usize, FibError> {
