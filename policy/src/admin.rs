@@ -250,6 +250,40 @@ fn name_of(v: &serde_json::Value) -> Option<String> {
     v.get("metadata")?.get("name")?.as_str().map(str::to_string)
 }
 
+/// The Kubernetes resource traits (`Resource`, `ListableResource`,
+/// `Metadata`) of a cluster-scoped type of this API group and version with
+/// an `ObjectMeta` field `metadata`: the typed objects here and the agent's
+/// lenient watch types use the same.
+#[macro_export]
+macro_rules! admin_policy_resource {
+    ($t:ty, $kind:literal, $plural:literal) => {
+        impl ::k8s_openapi::Resource for $t {
+            const API_VERSION: &'static str = $crate::admin::API_VERSION;
+            const GROUP: &'static str = $crate::admin::GROUP;
+            const KIND: &'static str = $kind;
+            const VERSION: &'static str = $crate::admin::VERSION;
+            const URL_PATH_SEGMENT: &'static str = $plural;
+            type Scope = ::k8s_openapi::ClusterResourceScope;
+        }
+
+        impl ::k8s_openapi::ListableResource for $t {
+            const LIST_KIND: &'static str = concat!($kind, "List");
+        }
+
+        impl ::k8s_openapi::Metadata for $t {
+            type Ty = ::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+            fn metadata(&self) -> &Self::Ty {
+                &self.metadata
+            }
+
+            fn metadata_mut(&mut self) -> &mut Self::Ty {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
 /// The Kubernetes resource traits of an admin policy type, and its
 /// constructor, reader and name.
 macro_rules! resource {
@@ -284,30 +318,7 @@ macro_rules! resource {
             }
         }
 
-        impl k8s_openapi::Resource for $t {
-            const API_VERSION: &'static str = API_VERSION;
-            const GROUP: &'static str = GROUP;
-            const KIND: &'static str = $kind;
-            const VERSION: &'static str = VERSION;
-            const URL_PATH_SEGMENT: &'static str = $plural;
-            type Scope = k8s_openapi::ClusterResourceScope;
-        }
-
-        impl k8s_openapi::ListableResource for $t {
-            const LIST_KIND: &'static str = concat!($kind, "List");
-        }
-
-        impl k8s_openapi::Metadata for $t {
-            type Ty = ObjectMeta;
-
-            fn metadata(&self) -> &ObjectMeta {
-                &self.metadata
-            }
-
-            fn metadata_mut(&mut self) -> &mut ObjectMeta {
-                &mut self.metadata
-            }
-        }
+        $crate::admin_policy_resource!($t, $kind, $plural);
     };
 }
 

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// `policy.networking.k8s.io`, SIG-Network's policy API group.
-pub const ADMIN_POLICY_GROUP: &str = "policy.networking.k8s.io";
+pub const ADMIN_POLICY_GROUP: &str = policy::admin::GROUP;
 /// The version Margay implements.
-pub const ADMIN_POLICY_VERSION: &str = "v1alpha1";
+pub const ADMIN_POLICY_VERSION: &str = policy::admin::VERSION;
 
 macro_rules! raw_admin_policy {
     ($t:ident, $kind:literal, $plural:literal, $doc:literal) => {
@@ -26,30 +26,7 @@ macro_rules! raw_admin_policy {
             pub rest: Map<String, Value>,
         }
 
-        impl k8s_openapi::Resource for $t {
-            const API_VERSION: &'static str = "policy.networking.k8s.io/v1alpha1";
-            const GROUP: &'static str = ADMIN_POLICY_GROUP;
-            const KIND: &'static str = $kind;
-            const VERSION: &'static str = ADMIN_POLICY_VERSION;
-            const URL_PATH_SEGMENT: &'static str = $plural;
-            type Scope = k8s_openapi::ClusterResourceScope;
-        }
-
-        impl k8s_openapi::ListableResource for $t {
-            const LIST_KIND: &'static str = concat!($kind, "List");
-        }
-
-        impl k8s_openapi::Metadata for $t {
-            type Ty = ObjectMeta;
-
-            fn metadata(&self) -> &ObjectMeta {
-                &self.metadata
-            }
-
-            fn metadata_mut(&mut self) -> &mut ObjectMeta {
-                &mut self.metadata
-            }
-        }
+        policy::admin_policy_resource!($t, $kind, $plural);
 
         impl $t {
             /// The whole object as JSON, for `policy::admin`'s `from_value`.
