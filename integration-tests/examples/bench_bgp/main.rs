@@ -118,24 +118,6 @@ fn now_unix() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// (peak RSS MB, CPU seconds) of a live process.
-fn usage(pid: i32) -> Result<(f64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hwm_kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("VmHWM")?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').context("stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state is field 3, utime 14, stime 15 (1-based).
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    // Linux reports these in USER_HZ, which is 100.
-    Ok((hwm_kb / 1024.0, ticks / 100.0))
-}
-
 /// Unix time of a BIRD `iso long` timestamp (`2026-11-22 07:30:00.123`, UTC).
 fn bird_time(date: &str, time: &str) -> Option<f64> {
     let d: Vec<i64> = date.split('-').filter_map(|x| x.parse().ok()).collect();
@@ -359,7 +341,7 @@ fn run_one(
             })
             .unwrap_or(v);
             profile = Some(v["profile"].clone());
-            let (rss, cpu) = usage(d.pid())?;
+            let (rss, cpu) = lab::process_usage(d.pid())?;
             let errors = v["fib"]["errors"].as_u64().unwrap_or(0);
             if errors != 0 {
                 bail!("margay: {errors} FIB errors");
@@ -371,11 +353,11 @@ fn run_one(
             (rss, cpu, rib)
         }
         Recv::Agent(a, _) => {
-            let (rss, cpu) = usage(a.daemon.pid())?;
+            let (rss, cpu) = lab::process_usage(a.daemon.pid())?;
             (rss, cpu, f64::NAN)
         }
         Recv::Bird(b) => {
-            let (rss, cpu) = usage(b.daemon.pid())?;
+            let (rss, cpu) = lab::process_usage(b.daemon.pid())?;
             // Read after the run: the newest import time among the routes.
             let routes = b.birdc("show route protocol inj")?;
             let newest = routes
@@ -389,8 +371,8 @@ fn run_one(
             (rss, cpu, newest - t0)
         }
         Recv::Frr(f) => {
-            let (rss_b, cpu_b) = usage(f.bgpd.pid())?;
-            let (rss_z, cpu_z) = usage(f.zebra.pid())?;
+            let (rss_b, cpu_b) = lab::process_usage(f.bgpd.pid())?;
+            let (rss_z, cpu_z) = lab::process_usage(f.zebra.pid())?;
             (rss_b + rss_z, cpu_b + cpu_z, f64::NAN)
         }
         Recv::Gobgp(g) => {
@@ -407,7 +389,7 @@ fn run_one(
                 std::thread::sleep(Duration::from_millis(250));
                 Ok(None)
             })?;
-            let (rss, cpu) = usage(g.daemon.pid())?;
+            let (rss, cpu) = lab::process_usage(g.daemon.pid())?;
             (rss, cpu, at - t0)
         }
     };
