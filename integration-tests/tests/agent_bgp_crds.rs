@@ -202,9 +202,11 @@ fn communities_from_crds_reach_bird_and_birds_show_in_margayctl() {
         "{block}"
     );
 
-    let routes = lab::wait_for("BIRD's route in margayctl bgp routes", T, || {
+    // Both BIRD's route and our own block: the routes section of /status
+    // can show the one before the other.
+    let routes = lab::wait_for("BIRD's route and ours in margayctl bgp routes", T, || {
         let s = margayctl(n1, &["bgp", "routes"]);
-        Ok(s.contains("198.19.200.0/24").then_some(s))
+        Ok((s.contains("198.19.200.0/24") && s.lines().any(|l| l.contains("local"))).then_some(s))
     })
     .expect("margayctl bgp routes");
     println!("{routes}");
