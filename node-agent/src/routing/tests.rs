@@ -10,7 +10,7 @@ use bgp::config::{PeerBfd, RemoteAs};
 use bgp::rib::filter::FilterAction;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-fn node(name: &str, v4: &str) -> NodeFacts {
+pub(super) fn node(name: &str, v4: &str) -> NodeFacts {
     NodeFacts {
         name: name.into(),
         labels: [("rack".to_string(), "r1".to_string())].into(),
@@ -20,7 +20,7 @@ fn node(name: &str, v4: &str) -> NodeFacts {
     }
 }
 
-fn input(me: &str) -> RoutingInput {
+pub(super) fn input(me: &str) -> RoutingInput {
     let nodes = vec![
         node("n1", "198.18.0.11"),
         node("n2", "198.18.0.12"),
@@ -41,7 +41,7 @@ fn input(me: &str) -> RoutingInput {
     }
 }
 
-fn view() -> IpamView {
+pub(super) fn view() -> IpamView {
     IpamView {
         synced: true,
         affine_blocks: ["198.19.1.0/26".parse().expect("net")].into(),

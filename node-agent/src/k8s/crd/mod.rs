@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 mod bgpconfig;
 mod bgpfilter;
 pub use bgpconfig::{
-    BGPConfiguration, BGPConfigurationSpec, Community, LogLevel, PrefixAdvertisement, ServiceCidr,
+    BGPConfiguration, BGPConfigurationSpec, Community, DEFAULT_MESH_MAX_NODES, LogLevel,
+    PrefixAdvertisement, ServiceCidr,
 };
 pub use bgpfilter::{
     BGPFilter, BGPFilterAction, BGPFilterRule, BGPFilterSpec, MatchOperator, PrefixLength,

@@ -215,17 +215,21 @@ fn per_node_configuration_overrides_only_what_it_sets() {
         as_number: Some(64512),
         node_to_node_mesh_enabled: Some(false),
         listen_port: Some(179),
+        node_to_node_mesh_max_nodes: Some(50),
         ..Default::default()
     };
     let node = BGPConfigurationSpec {
         as_number: Some(65001),
+        // Cluster-wide only: a node cannot pick its own topology size.
+        node_to_node_mesh_max_nodes: Some(3),
         ..Default::default()
     };
     let eff = global.overlay(&node);
     assert_eq!(eff.as_number(), 65001);
-    assert!(!eff.mesh_enabled());
+    assert_eq!(eff.node_to_node_mesh_enabled, Some(false));
+    assert_eq!(eff.mesh_max_nodes(), 50);
     assert_eq!(eff.listen_port(), 179);
-    assert!(BGPConfigurationSpec::default().mesh_enabled());
+    assert_eq!(BGPConfigurationSpec::default().mesh_max_nodes(), 100);
     assert_eq!(BGPConfigurationSpec::default().as_number(), DEFAULT_AS);
 }
 
