@@ -238,6 +238,14 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         });
     }
 
+    // This node's pods as compact PodEndpoints (docs/scale.md §4).
+    {
+        let (cluster, view, me) = (cluster.clone(), view_rx.clone(), me.name.clone());
+        sup.restarting("pod endpoints", move |pulse| {
+            crate::k8s::podendpoints::run(cluster.clone(), view.clone(), me.clone(), pulse)
+        });
+    }
+
     if let Some(log) = deny_log {
         let pods = endpoints::policy::PodsByIp {
             pods: cluster.pods.clone(),

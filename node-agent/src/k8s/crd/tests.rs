@@ -18,7 +18,7 @@ fn crds_in_deploy_are_generated_from_these_types() {
 }
 
 #[test]
-fn crds_are_cluster_scoped_in_our_group() {
+fn crds_are_in_our_group_and_cluster_scoped_but_pod_endpoints() {
     let kinds: Vec<String> = all().iter().map(|c| c.spec.names.kind.clone()).collect();
     assert_eq!(
         kinds,
@@ -30,12 +30,19 @@ fn crds_are_cluster_scoped_in_our_group() {
             "BGPFilter",
             "IPAMConfiguration",
             "HostEndpoint",
-            "HostNetworkPolicy"
+            "HostNetworkPolicy",
+            "PodEndpoint"
         ]
     );
     for crd in all() {
         assert_eq!(crd.spec.group, GROUP);
-        assert_eq!(crd.spec.scope, "Cluster");
+        // A PodEndpoint lives in its Pod's namespace (owner reference).
+        let scope = if crd.spec.names.kind == "PodEndpoint" {
+            "Namespaced"
+        } else {
+            "Cluster"
+        };
+        assert_eq!(crd.spec.scope, scope, "{}", crd.spec.names.kind);
         let v = &crd.spec.versions[0];
         assert!(v.served && v.storage);
         assert!(v.schema.is_some(), "{} has a schema", crd.spec.names.kind);
