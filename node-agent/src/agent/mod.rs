@@ -240,9 +240,9 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
 
     // This node's pods as compact PodEndpoints (docs/scale.md §4).
     {
-        let (cluster, view, me) = (cluster.clone(), view_rx.clone(), me.name.clone());
+        let (client, view, me) = (cluster.client(), view_rx.clone(), me.name.clone());
         sup.restarting("pod endpoints", move |pulse| {
-            crate::k8s::podendpoints::run(cluster.clone(), view.clone(), me.clone(), pulse)
+            crate::k8s::podendpoints::run(client.clone(), view.clone(), me.clone(), pulse)
         });
     }
 

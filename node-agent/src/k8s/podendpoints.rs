@@ -2,7 +2,7 @@
 //! compact objects other agents can watch instead of every Pod.
 //!
 //! ```text
-//!  Pods on this node (cluster store) ─┐
+//!  Pods on this node (own watch) ─────┐
 //!  IPAM view (local allocations) ─────┼─► desired ─► diff against the
 //!  resync timer (60 s) ───────────────┘              PodEndpoints labelled
 //!                                                    margay.dev/node=<me>
@@ -31,7 +31,6 @@ use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
 use kube::{Api, Client, ResourceExt as _};
 use tokio::sync::watch;
 
-use crate::k8s::cluster::{Cluster, Kind};
 use crate::k8s::crd::{LABEL_NODE, NamedPort, PodEndpoint, PodEndpointSpec};
 use crate::k8s::ipam::view::IpamView;
 use crate::status::health::Pulse;
@@ -228,41 +227,49 @@ pub async fn sync(client: &Client, node: &str, want: &Desired) -> Result<PassRep
     Ok(report)
 }
 
-/// The publishing loop: a pass when Pods or this node's allocations
-/// change, and every [`RESYNC`].
+/// The publishing loop: its own watch of this node's Pods (field selector
+/// `spec.nodeName`, a few dozen objects: the cluster-wide Pod store is
+/// never scanned), a pass when they, this node's allocations or its
+/// endpoints on the server change, and every [`RESYNC`].
 pub async fn run(
-    cluster: Cluster,
+    client: Client,
     mut view: watch::Receiver<std::sync::Arc<IpamView>>,
     node: String,
     mut pulse: Pulse,
 ) {
     use futures::{FutureExt as _, StreamExt as _};
-    use kube::runtime::{WatchStreamExt as _, watcher};
-    let client = cluster.client();
-    let mut gens = cluster.subscribe();
+    use kube::runtime::watcher::{self, Event};
+    use kube::runtime::{WatchStreamExt as _, reflector};
+    let (pods, writer) = reflector::store::<Pod>();
+    let mut local = reflector::reflector(
+        writer,
+        watcher::watcher(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+        )
+        .modify(crate::k8s::pod::trim_pod),
+    )
+    .default_backoff()
+    .boxed();
     // Our own objects: any change on the server triggers a comparison.
-    let mut own = watcher(
+    let mut own = watcher::watcher(
         Api::<PodEndpoint>::all(client.clone()),
         watcher::Config::default().labels(&format!("{LABEL_NODE}={node}")),
     )
     .default_backoff()
     .boxed();
-    let mut pods_seen: Option<u64> = None;
+    let mut pods_synced = false;
     let mut written: Option<Desired> = None;
     let mut resync = tokio::time::interval(RESYNC);
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut dirty = true;
     loop {
-        let g = gens.borrow_and_update().clone();
-        if pods_seen != Some(g.of(Kind::Pod)) {
-            pods_seen = Some(g.of(Kind::Pod));
-            dirty = true;
-        }
         // Before the first complete list, a missing pod may only be
         // unlisted yet: publish (and delete) nothing.
-        if std::mem::take(&mut dirty) && g.synced(Kind::Pod) && view.borrow().synced {
-            let pods = cluster.pods.state();
-            let want = desired(&node, pods.iter().map(|p| &**p), &view.borrow_and_update());
+        let view_now = view.borrow_and_update().clone();
+        if std::mem::take(&mut dirty) && pods_synced && view_now.synced {
+            let state = pods.state();
+            let want = desired(&node, state.iter().map(|p| &**p), &view_now);
             if written.as_ref() != Some(&want) {
                 match sync(&client, &node, &want).await {
                     Ok(r) => {
@@ -285,7 +292,21 @@ pub async fn run(
             }
         }
         tokio::select! {
-            r = gens.changed() => if r.is_err() { return },
+            ev = local.next() => {
+                let Some(ev) = ev else { return };
+                let mut burst = vec![ev];
+                while let Some(Some(ev)) = local.next().now_or_never() {
+                    burst.push(ev);
+                }
+                for ev in burst {
+                    match ev {
+                        Ok(Event::InitDone) => pods_synced = true,
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!(error = %e, "watching this node's pods"),
+                    }
+                }
+                dirty = true;
+            }
             ev = own.next() => {
                 let Some(ev) = ev else { return };
                 if let Err(e) = ev {
