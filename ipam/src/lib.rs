@@ -43,7 +43,9 @@ pub mod grpc;
 pub mod memstore;
 pub mod model;
 pub mod report;
-pub mod selector;
+/// Label selectors (pool node selectors): the workspace's one
+/// implementation, in `margay-types`.
+pub use margay_types::selector;
 pub mod store;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testsupport;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
+use margay_types::Selector;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -81,7 +82,8 @@ pub fn pool_facts(pools: &[Arc<IPPool>], labels: &BTreeMap<String, String>) -> V
                     && p.spec
                         .effective_allowed_uses()
                         .contains(&AllowedUse::Tunnel)
-                    && crate::k8s::selector::selects(p.spec.node_selector.as_ref(), labels),
+                    && Selector::compile_opt(p.spec.node_selector.as_ref())
+                        .is_ok_and(|s| s.matches(labels)),
             })
         })
         .collect()

@@ -24,10 +24,11 @@ use kube::{Api, Client};
 
 use ipam::model::AllowedUse as ModelUse;
 use ipam::store::Kind;
+use margay_types::Selector;
+
 use ipam::{BlockEvent, BlockObject, IpPoolSpec, IpamBlockSpec, PoolObject, Store, StoreError};
 
 use crate::k8s::crd::{AllowedUse, IPAMBlock, IPAMBlockSpec, IPPool};
-use crate::k8s::selector::selector_string;
 use crate::status::metrics::{ApiLabels, Metrics};
 
 /// IPAM objects as custom resources.
@@ -122,7 +123,10 @@ pub fn pool_to_model(pool: &IPPool) -> Result<PoolObject, StoreError> {
         })
         .collect();
     if let Some(sel) = &pool.spec.node_selector {
-        spec.node_selector = selector_string(sel).map_err(invalid)?;
+        let sel = Selector::compile(sel).map_err(|e| invalid(format!("nodeSelector: {e}")))?;
+        if !sel.is_everything() {
+            spec.node_selector = sel.to_string();
+        }
     }
     Ok(PoolObject {
         resource_version: pool.metadata.resource_version.clone().unwrap_or_default(),
