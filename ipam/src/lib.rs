@@ -57,5 +57,5 @@ pub use alloc::{
 pub use cidr::{Cidr, Family};
 pub use count::Count;
 pub use error::IpamError;
-pub use model::{IpPoolSpec, IpamBlockSpec, IpamConfig};
+pub use model::{IpamBlockSpec, IpamConfig, PoolParams};
 pub use store::{BlockEvent, BlockObject, PoolObject, Store, StoreError, Versioned};

@@ -171,7 +171,7 @@ impl Task {
                 families: vec![*af],
                 pool_hints: pools.clone(),
                 requested_ips: Vec::new(),
-                use_: Some(ipam::model::AllowedUse::Tunnel),
+                use_: Some(AllowedUse::Tunnel),
             };
             match self.d.alloc.allocate(req).await {
                 Ok(a) => {
