@@ -24,7 +24,10 @@
 //!
 //! Key types come from the declarations this sink itself applied (`add set`
 //! / `add map` in earlier batches; the engine's first batch is always a full
-//! rebuild), never from guessing at element values.
+//! rebuild), never from guessing at element values. Both are read from the
+//! policy crate's typed batch items (its `nftables` schema objects; JSON
+//! only for the raw commands that schema cannot express), not from a JSON
+//! rendering of the batch.
 
 mod encode;
 mod socket;
@@ -34,7 +37,7 @@ mod tests;
 use policy::batch::Item;
 use policy::{Batch, NftSink};
 
-pub use self::encode::{Declarations, Encoded, encode};
+pub use self::encode::{Declarations, Encoded, encode, encode_items};
 pub use self::socket::{NativeError, NfSocket};
 use super::{NftError, NftSession};
 
@@ -98,8 +101,7 @@ impl NftSink for FastSink {
             && !kinds.is_empty()
             && kinds.iter().all(|k| *k == Kind::Element)
         {
-            let json = serde_json::to_value(batch).map_err(NftError::Encode)?;
-            if let Some(enc) = encode(&json, &self.decls, sock.next_seq()) {
+            if let Some(enc) = encode_items(&batch.items, &self.decls, sock.next_seq()) {
                 match sock.apply(&enc) {
                     Ok(()) => {
                         self.native += 1;
@@ -124,8 +126,7 @@ impl NftSink for FastSink {
         }
         for (item, k) in batch.items.iter().zip(&kinds) {
             if *k == Kind::MayDeclare {
-                let v = serde_json::to_value(item).map_err(NftError::Encode)?;
-                self.decls.observe_command(&v);
+                self.decls.observe_item(item);
             }
         }
         Ok(())
