@@ -42,7 +42,7 @@ pub struct AddrRange {
 impl AddrRange {
     /// The addresses of a CIDR (host bits ignored, like Go's `ParseCIDR`).
     pub fn of_net(net: &IpNetwork) -> AddrRange {
-        let family = Family::of(&net.ip());
+        let family = Family::of(net.ip());
         let bits = u32::from(family.bits());
         let host_bits = bits - u32::from(net.prefix()).min(bits);
         let mask = if host_bits >= 128 {

@@ -94,7 +94,8 @@ mod tests {
         let v4: IpAddr = "198.19.0.1".parse().unwrap();
         let v6: IpAddr = "2001:db8::1".parse().unwrap();
         assert_eq!(Family::of(v4), Family::V4);
-        assert_eq!(Family::of(&v6), Family::V6);
+        let by_ref: &IpAddr = &v6;
+        assert_eq!(Family::of(by_ref), Family::V6);
         assert_eq!(Family::BOTH.map(Family::idx), [0, 1]);
         assert_eq!(Family::BOTH.map(Family::tag), ['4', '6']);
         assert_eq!(Family::BOTH.map(Family::bits), [32, 128]);

@@ -14,6 +14,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelecto
 use margay_types::selector::MAX_SELECTOR_LEN;
 use margay_types::{Labels, Requirement, Selector, SelectorError};
 
+/// Labels as written in the tables.
+type Kv = &'static [(&'static str, &'static str)];
+
 fn labels(kv: &[(&str, &str)]) -> Labels {
     kv.iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -176,7 +179,7 @@ fn upstream_deterministic_parse() {
 // ---- upstream: matching ------------------------------------------------
 
 /// (selector text, labels, matches) from TestSelectorMatches.
-const UPSTREAM_MATCHES: &[(&str, &[(&str, &str)], bool)] = &[
+const UPSTREAM_MATCHES: &[(&str, Kv, bool)] = &[
     ("", &[("x", "y")], true),
     ("x=y", &[("x", "y")], true),
     ("x=y,z=w", &[("x", "y"), ("z", "w")], true),
@@ -235,7 +238,7 @@ fn upstream_requirement_constructor() {
 #[test]
 fn upstream_requirement_selector_matching() {
     // TestRequirementSelectorMatching (those without empty values or Gt).
-    let cases: &[(&[(&str, &str)], Vec<LabelSelectorRequirement>, bool)] = &[
+    let cases: &[(Kv, Vec<LabelSelectorRequirement>, bool)] = &[
         (
             &[("x", "foo"), ("y", "baz")],
             vec![expr("x", "In", &["foo"]), expr("y", "NotIn", &["alpha"])],

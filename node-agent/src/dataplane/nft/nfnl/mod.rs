@@ -100,18 +100,17 @@ impl NftSink for FastSink {
         if let Some(sock) = self.socket.as_mut()
             && !kinds.is_empty()
             && kinds.iter().all(|k| *k == Kind::Element)
+            && let Some(enc) = encode_items(&batch.items, &self.decls, sock.next_seq())
         {
-            if let Some(enc) = encode_items(&batch.items, &self.decls, sock.next_seq()) {
-                match sock.apply(&enc) {
-                    Ok(()) => {
-                        self.native += 1;
-                        return Ok(());
-                    }
-                    // nft gets the same batch: it applies it or says why not.
-                    Err(e) => {
-                        tracing::debug!(error = %e, "native element batch not applied; handing it to nft");
-                        native_err = Some(e);
-                    }
+            match sock.apply(&enc) {
+                Ok(()) => {
+                    self.native += 1;
+                    return Ok(());
+                }
+                // nft gets the same batch: it applies it or says why not.
+                Err(e) => {
+                    tracing::debug!(error = %e, "native element batch not applied; handing it to nft");
+                    native_err = Some(e);
                 }
             }
         }
