@@ -513,6 +513,54 @@ fn floor(n: usize, fam: Fam) -> Result<(f64, f64)> {
     Ok((done - start, cpu))
 }
 
+/// The same N routes as [`floor`], written through the `rtnetlink` crate
+/// the way it is meant to be used: one `RTM_NEWROUTE` request (`replace`)
+/// per route, each awaiting its acknowledgement, 64 in flight, messages
+/// built by `node_agent::dataplane::fib::message`. The hand-written batched
+/// writer (`dataplane::fib::batch`) is justified by the difference.
+fn floor_crate(n: usize, fam: Fam) -> Result<(f64, f64)> {
+    use futures::{StreamExt as _, TryStreamExt as _};
+    use node_agent::dataplane::fib::{Prefix, message};
+    let lab = Lab::builder().nodes(1).build()?;
+    let n1 = lab.node("n1")?;
+    if fam == Fam::V6 {
+        n1.ns.sysctl(&[("net.ipv6.route.max_size", "2147483647")])?;
+    }
+    let monitor = lab::RouteMonitor::start(&n1.ns, 80, n)?;
+    let hop = fam.tor();
+    let msgs: Vec<_> = (0..n)
+        .map(|i| {
+            let p = configs::prefix(i, fam);
+            let (a, len) = p.split_once('/').context("prefix")?;
+            Ok(message(&Prefix::new(a.parse()?, len.parse()?)?, &[hop]))
+        })
+        .collect::<Result<_>>()?;
+    let start = now_unix();
+    let cpu = n1.ns.enter(move || -> Result<f64> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let (conn, handle, _) = rtnetlink::new_connection()?;
+            let conn = tokio::spawn(conn);
+            let t0 = thread_cpu();
+            futures::stream::iter(msgs)
+                .map(|m| {
+                    let h = handle.clone();
+                    async move { h.route().add(m).replace().execute().await }
+                })
+                .buffer_unordered(64)
+                .try_for_each(|()| async { Ok(()) })
+                .await?;
+            let cpu = thread_cpu() - t0;
+            conn.abort();
+            Ok(cpu)
+        })
+    })??;
+    let done = unix(monitor.wait(Duration::from_secs(600))?);
+    Ok((done - start, cpu))
+}
+
 /// CPU seconds of the calling thread.
 fn thread_cpu() -> f64 {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
@@ -681,6 +729,14 @@ fn main() -> Result<()> {
                     "{n:>8} {:>9} | node_agent::dataplane::fib alone, one thread: {wall:.2} s to the FIB, {cpu:.2} s CPU ({:.2} us/route)",
                     if fam == Fam::V6 { "floor6" } else { "floor" },
                     cpu * 1e6 / n as f64
+                );
+                let (cwall, ccpu) = floor_crate(n, fam)?;
+                println!(
+                    "{n:>8} {:>9} | the rtnetlink crate, one acked request per route, 64 in flight: {cwall:.2} s to the FIB, {ccpu:.2} s CPU ({:.2} us/route); batched writer {:.2}x its time, {:.2}x its CPU",
+                    if fam == Fam::V6 { "crate6" } else { "crate" },
+                    ccpu * 1e6 / n as f64,
+                    wall / cwall,
+                    cpu / ccpu
                 );
             }
             if only.as_deref() == Some("floor") {
