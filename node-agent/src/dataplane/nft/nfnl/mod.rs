@@ -29,6 +29,7 @@
 //! only for the raw commands that schema cannot express), not from a JSON
 //! rendering of the batch.
 
+mod decls;
 mod encode;
 mod socket;
 #[cfg(test)]
@@ -37,7 +38,8 @@ mod tests;
 use policy::batch::Item;
 use policy::{Batch, NftSink};
 
-pub use self::encode::{Declarations, Encoded, encode, encode_items};
+pub use self::decls::Declarations;
+pub use self::encode::{Encoded, encode, encode_items};
 pub use self::socket::{NativeError, NfSocket};
 use super::{NftError, NftSession};
 

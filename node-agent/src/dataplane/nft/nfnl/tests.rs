@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 
+use super::decls::*;
 use super::encode::*;
 
 fn decls() -> Declarations {
