@@ -246,7 +246,7 @@ mod tests {
         let pool = |name: &str, cidr: &str| ipam::PoolObject {
             name: name.into(),
             resource_version: "1".into(),
-            spec: ipam::IpPoolSpec::new(cidr.parse().expect("cidr")),
+            spec: ipam::PoolParams::new(cidr.parse().expect("cidr")),
         };
         let s = ipam::report::show(
             &[pool("v4", "198.19.0.0/16"), pool("v6", "2001:db8::/48")],

@@ -29,7 +29,7 @@ use crate::k8s::node::NodeFacts;
 use crate::k8s::node::annotations::{
     ANN_RR_CLUSTER_ID, DEFAULT_RR_CLUSTER_ID, LABEL_ROUTE_REFLECTOR,
 };
-use crate::k8s::selector::selects;
+use margay_types::Selector;
 
 /// The sessions this node should have.
 #[derive(Debug, Default)]
@@ -327,10 +327,12 @@ pub fn peers(
             problems.push(format!("BGPPeer {name}: {e}"));
             continue;
         }
-        // The nodes this BGPPeer is for (`node`, else `nodeSelector`).
+        // The nodes this BGPPeer is for (`node`, else `nodeSelector`). An
+        // invalid selector selects nothing.
+        let node_selector = Selector::compile_opt(spec.node_selector.as_ref());
         let applies = |n: &NodeFacts| match &spec.node {
             Some(x) => *x == n.name,
-            None => selects(spec.node_selector.as_ref(), &n.labels),
+            None => node_selector.as_ref().is_ok_and(|s| s.matches(&n.labels)),
         };
         // (name, address, AS, the peer node when it is one).
         let mut targets: Vec<(String, SocketAddr, u32, Option<&NodeFacts>)> = Vec::new();
@@ -352,11 +354,11 @@ pub fn peers(
             // reverse peering: we peer with the nodes `peerSelector` picks
             // when the BGPPeer is for us, and with the nodes it is for when
             // `peerSelector` picks us.
+            let selects = |l| Selector::compile(sel).is_ok_and(|s| s.matches(l));
             let forward = applies(me);
-            let reverse = selects(Some(sel), &me.labels);
+            let reverse = selects(&me.labels);
             for n in input.nodes.iter().filter(|n| {
-                n.name != me.name
-                    && ((forward && selects(Some(sel), &n.labels)) || (reverse && applies(n)))
+                n.name != me.name && ((forward && selects(&n.labels)) || (reverse && applies(n)))
             }) {
                 let addr = n.ipv4.map(IpAddr::V4).or(n.ipv6.map(IpAddr::V6));
                 let Some(addr) = addr else { continue };

@@ -255,14 +255,6 @@ fn ippool_allowed_uses_default_to_workload_and_tunnel_like_the_ipam_model() {
     assert_eq!(absent.effective_allowed_uses(), both);
     assert_eq!(empty.effective_allowed_uses(), both);
     assert_eq!(tunnel.effective_allowed_uses(), [AllowedUse::Tunnel]);
-    let model = ipam::IpPoolSpec::new("198.19.0.0/16".parse().expect("cidr"));
-    let as_crd: Vec<AllowedUse> = model
-        .allowed_uses
-        .iter()
-        .map(|u| match u {
-            ipam::model::AllowedUse::Workload => AllowedUse::Workload,
-            ipam::model::AllowedUse::Tunnel => AllowedUse::Tunnel,
-        })
-        .collect();
-    assert_eq!(as_crd, absent.effective_allowed_uses());
+    let model = ipam::PoolParams::new("198.19.0.0/16".parse().expect("cidr"));
+    assert_eq!(model.allowed_uses, absent.effective_allowed_uses());
 }
