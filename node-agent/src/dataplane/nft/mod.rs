@@ -207,4 +207,6 @@ impl NftSink for NftCli {
 }
 
 #[cfg(test)]
+mod fast_tests;
+#[cfg(test)]
 mod tests;
