@@ -3,6 +3,12 @@
 //! Labels: `a=b`, `a==b`, `a!=b`, `a in (x,y)`, `a notin (x,y)`, `a`, `!a`,
 //! `a>1`, `a<1`, comma-separated (all must hold). Fields: `f=v`, `f==v`,
 //! `f!=v` with `\,` `\=` `\\` escapes, on the fields a resource allows.
+//!
+//! Deliberately not `margay_types::Selector` (the one implementation the
+//! product uses): this is the test server standing in for the API server,
+//! with the server's grammar (`>`/`<`, which Margay refuses) and field
+//! selectors; sharing the product's parser would make the server agree
+//! with the product's bugs instead of catching them.
 
 use serde_json::Value;
 
