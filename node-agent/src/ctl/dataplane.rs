@@ -15,135 +15,12 @@
 //! The agent side is `crate::endpoints::trace`.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
-
-use policy::counters::RuleCounter;
-use policy::origin::{RuleAction, RuleOrigin};
-use serde::{Deserialize, Serialize};
 
 use super::CtlError;
-pub use crate::status::tracer::{decode_query, encode_query_value};
-
-/// One policy rule a trace names: where it is and what put it there.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TracedRule {
-    /// nft table (`margay`, `margay_host`).
-    pub table: String,
-    /// nft chain.
-    pub chain: String,
-    /// Model: position in the chain; kernel: the rule's handle.
-    pub position: u64,
-    /// `<tier>:<policy>` (`np:demo/web-from-client`, `anp:deny-y`,
-    /// `fixed:default`).
-    pub policy: String,
-    /// Rule index in the policy's list for that direction (`-`: a line
-    /// Margay adds itself).
-    pub rule: String,
-    /// `ingress` or `egress`.
-    pub direction: String,
-    /// `allow`, `deny` or `pass`.
-    pub action: String,
-    /// The rule's nft comment, as `nft list` shows it.
-    pub comment: String,
-    /// Kernel only: packets the probe added to its counter.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub packets: Option<u64>,
-}
-
-impl TracedRule {
-    /// A rule from its place and origin.
-    pub fn of(table: &str, chain: &str, position: u64, o: &RuleOrigin) -> TracedRule {
-        TracedRule {
-            table: table.to_string(),
-            chain: chain.to_string(),
-            position,
-            policy: o.policy_label(),
-            rule: o.rule_label(),
-            direction: o.direction.as_str().to_string(),
-            action: o.action.as_str().to_string(),
-            comment: o.comment(),
-            packets: None,
-        }
-    }
-
-    /// A kernel rule whose counter moved by `packets`.
-    pub fn moved(c: &RuleCounter, packets: u64) -> TracedRule {
-        TracedRule {
-            packets: Some(packets),
-            ..TracedRule::of(&c.table, &c.chain, c.handle, &c.origin)
-        }
-    }
-}
-
-/// What the model (the agent's ruleset for this node) says.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ModelSide {
-    /// `allow` or `deny`.
-    pub verdict: String,
-    /// Every rule the packet matches, in the order it meets them.
-    pub rules: Vec<TracedRule>,
-}
-
-/// What the kernel did with the probe.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct KernelSide {
-    /// What the probe saw: `connected`, `refused` (a reset: the SYN got
-    /// through), `no answer`, `sent` (UDP: nothing comes back), or the
-    /// socket error.
-    pub probe: String,
-    /// `allow`, `deny` (a deny rule counted the probe) or `no answer`
-    /// (dropped, but by no counted Margay rule).
-    pub verdict: String,
-    /// The counted rules whose counters the probe moved.
-    pub rules: Vec<TracedRule>,
-}
-
-/// `margayctl policy trace --dataplane`'s answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DataplaneTrace {
-    /// The node that traced.
-    pub node: String,
-    /// Source `namespace/pod`.
-    pub from: String,
-    /// Its address used.
-    pub from_ip: IpAddr,
-    /// Its host-side interface (the packet's input interface).
-    pub from_interface: String,
-    /// Destination `namespace/pod`, or `-` for an address that is no pod.
-    pub to: String,
-    /// Its address used.
-    pub to_ip: IpAddr,
-    /// Its host-side interface when it is on this node.
-    pub to_interface: Option<String>,
-    /// `TCP/80`, `UDP/53`.
-    pub traffic: String,
-    /// The model's answer.
-    pub model: ModelSide,
-    /// The kernel's answer.
-    pub kernel: KernelSide,
-    /// Same verdict and the same rules on both sides.
-    pub agree: bool,
-    /// What differs, one line each (empty when they agree).
-    pub differences: Vec<String>,
-    /// Caveats (a destination on another node, UDP).
-    pub notes: Vec<String>,
-}
-
-/// The verdict a list of matched rules implies together with the probe:
-/// a counted deny decides; otherwise the probe's fate.
-pub fn kernel_verdict(rules: &[TracedRule], probe_passed: Option<bool>) -> String {
-    if rules.iter().any(|r| r.action == RuleAction::Deny.as_str()) {
-        return "deny".into();
-    }
-    match probe_passed {
-        Some(false) => "no answer".into(),
-        _ => "allow".into(),
-    }
-}
+pub use crate::status::tracer::{
+    DataplaneTrace, KernelSide, ModelSide, TracedRule, decode_query, encode_query_value,
+    kernel_verdict,
+};
 
 /// The human form.
 pub fn render_dataplane(t: &DataplaneTrace, wide: bool) -> String {
@@ -247,7 +124,7 @@ pub async fn dataplane_trace(
 mod tests {
     use super::*;
     use policy::Direction;
-    use policy::origin::Tier;
+    use policy::origin::{RuleAction, RuleOrigin, Tier};
 
     #[test]
     fn query_values_round_trip() {

@@ -1,5 +1,5 @@
 //! `policy trace --dataplane`, the agent's side (the channel map is in
-//! `crate::ctl::dataplane`): the controller resolves the pods and walks its
+//! `crate::ctl::dataplane` (margayctl's side)): the controller resolves the pods and walks its
 //! ruleset ([`plan`], cheap, on the controller task); the HTTP task then
 //! reads the counters, sends one probe from the source pod's network
 //! namespace, reads them again and compares ([`run`]). Traces run one at a
@@ -14,8 +14,8 @@ use policy::testkit::{Packet, SimVerdict};
 use policy::{PodKey, Protocol};
 
 use super::{ControllerHandle, Endpoint};
-use crate::ctl::dataplane::{DataplaneTrace, KernelSide, ModelSide, TracedRule, kernel_verdict};
 use crate::endpoints::policy::PolicySync;
+use crate::status::tracer::{DataplaneTrace, KernelSide, ModelSide, TracedRule, kernel_verdict};
 
 /// How long a TCP probe waits for an answer (below the first SYN
 /// retransmission, 1 s, so a dropped probe is one packet).
@@ -117,7 +117,8 @@ impl TraceRequest {
         let from = get("from").ok_or_else(|| TraceError::Usage("from= is missing".into()))?;
         let to = get("to").ok_or_else(|| TraceError::Usage("to= is missing".into()))?;
         let port = get("port").unwrap_or_else(|| "80/TCP".into());
-        let l4 = crate::ctl::parse_port(&port).map_err(|e| TraceError::Usage(e.to_string()))?;
+        let l4 = crate::status::tracer::parse_port(&port)
+            .map_err(|e| TraceError::Usage(e.to_string()))?;
         if !matches!(l4, L4::Port(Protocol::Tcp | Protocol::Udp, _)) {
             return Err(TraceError::Usage(format!(
                 "port {port:?}: the dataplane probe sends TCP or UDP (e.g. 80/TCP, 53/UDP)"
