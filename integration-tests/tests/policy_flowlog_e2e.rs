@@ -2,7 +2,10 @@
 //! NetworkPolicy applied with kubectl denies `other -> web`; the agent's
 //! log file gets a JSON record naming the rule (the policy's default
 //! deny), the direction and both pods, and `margayctl policy show` on the
-//! node counts the drop. An allowed flow logs nothing.
+//! node counts the drop. An allowed flow logs nothing. `margayctl policy
+//! trace --dataplane` on the node probes both flows and names the rule that
+//! dropped (the default deny) and the one that allowed (the policy's rule
+//! 0), with model and kernel in agreement.
 
 mod e2e_support;
 
@@ -110,4 +113,98 @@ spec:
             .any(|l| l.starts_with("fixed:default ") && l.contains(" deny ") && !l.contains(" 0 ")),
         "{show}"
     );
+    // `margayctl policy trace --dataplane`: the agent probes from the
+    // source pod and reads the counters the probe moved.
+    let trace = |from: &str, extra: &[&str]| -> (bool, String, String) {
+        let mut argv = vec![
+            bin.to_str().expect("path"),
+            "policy",
+            "trace",
+            "--dataplane",
+            "--from",
+            from,
+            "--to",
+            "demo/web",
+            "--port",
+            "80/TCP",
+        ];
+        argv.extend_from_slice(extra);
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", n1.ns.name()])
+            .args(&argv)
+            .output()
+            .expect("run margayctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let json_trace = |from: &str| -> serde_json::Value {
+        let (ok, out, err) = trace(from, &["-o", "json"]);
+        println!("{out}{err}");
+        assert!(ok, "trace from {from} failed or disagreed: {out} {err}");
+        serde_json::from_str(&out).expect("trace JSON")
+    };
+    let rules = |v: &serde_json::Value, side: &str| -> Vec<(String, String, String, String)> {
+        v[side]["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let f = |k: &str| r[k].as_str().unwrap_or("").to_string();
+                (f("policy"), f("rule"), f("direction"), f("action"))
+            })
+            .collect()
+    };
+    let denied = json_trace("demo/other");
+    assert_eq!(denied["agree"], true, "{denied}");
+    assert_eq!(denied["model"]["verdict"], "deny", "{denied}");
+    assert_eq!(denied["kernel"]["verdict"], "deny", "{denied}");
+    let dropped_by = (
+        "fixed:default".to_string(),
+        "-".to_string(),
+        "ingress".to_string(),
+        "deny".to_string(),
+    );
+    assert_eq!(
+        rules(&denied, "kernel"),
+        vec![dropped_by.clone()],
+        "{denied}"
+    );
+    assert_eq!(rules(&denied, "model"), vec![dropped_by], "{denied}");
+    let chain = denied["kernel"]["rules"][0]["chain"].as_str().unwrap_or("");
+    assert!(
+        !chain.is_empty() && show.contains(chain),
+        "the trace's chain {chain:?} is not one `policy show` lists:\n{show}"
+    );
+    let allowed = json_trace("demo/client");
+    assert_eq!(allowed["agree"], true, "{allowed}");
+    assert_eq!(
+        (&allowed["model"]["verdict"], &allowed["kernel"]["verdict"]),
+        (&serde_json::json!("allow"), &serde_json::json!("allow")),
+        "{allowed}"
+    );
+    let allowed_by = (
+        "np:demo/web-from-client".to_string(),
+        "0".to_string(),
+        "ingress".to_string(),
+        "allow".to_string(),
+    );
+    assert_eq!(rules(&allowed, "kernel"), vec![allowed_by], "{allowed}");
+    // The human form names the rule and the agreement.
+    let (ok, table, err) = trace("demo/other", &[]);
+    println!("{table}{err}");
+    assert!(ok, "{table} {err}");
+    assert!(
+        table.contains("kernel: DENY")
+            && table.contains("fixed:default rule - ingress deny")
+            && table.contains("model and kernel AGREE"),
+        "{table}"
+    );
+    // Clear errors: a pod that does not exist, an agent that does not answer.
+    let (ok, _, err) = trace("demo/nope", &[]);
+    assert!(!ok && err.contains("no such pod"), "{err}");
+    let (ok, _, err) = trace("demo/other", &["--agent", "http://127.0.0.1:1"]);
+    assert!(!ok && err.contains("cannot reach the agent"), "{err}");
 }

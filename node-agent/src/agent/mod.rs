@@ -299,6 +299,14 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     sup.critical("dataplane controller", move |pulse| {
         endpoints::run(deps, ctl_rx, pulse)
     });
+    // `margayctl policy trace --dataplane` asks the loopback listener.
+    {
+        let ctl = ctl.clone();
+        health.set_tracer(crate::status::tracer::Tracer::new(move |q| {
+            let ctl = ctl.clone();
+            Box::pin(async move { endpoints::trace::http_answer(&ctl, q).await })
+        }));
+    }
 
     // BGP: mesh / BGPPeers, originate our blocks, best paths into the FIB.
     let routing = crate::routing::task::RoutingDeps {

@@ -103,16 +103,26 @@ enum PolicyCmd {
     /// from the kernel (`nft`; run on the node, as root).
     Show,
     /// Whether a new connection between two pods is allowed, and by what.
+    ///
+    /// By default from the cluster's objects (the API server). With
+    /// --dataplane, on the source's node: the local agent walks its ruleset
+    /// (the model), sends one probe from the source pod, names the nft
+    /// rules whose counters it moved, and says whether the two agree.
     Trace {
-        /// Source, namespace/pod.
+        /// Source, namespace/pod (with --dataplane also a pod address; the
+        /// pod must run on this node).
         #[arg(long)]
         from: String,
-        /// Destination, namespace/pod.
+        /// Destination, namespace/pod (with --dataplane also an address).
         #[arg(long)]
         to: String,
-        /// PORT/PROTOCOL (80/TCP, 53/UDP) or icmp.
+        /// PORT/PROTOCOL (80/TCP, 53/UDP) or icmp (not with --dataplane).
         #[arg(long, default_value = "80/TCP")]
         port: String,
+        /// Ask the local agent (--agent) to trace through the kernel too;
+        /// exits 1 when model and kernel disagree.
+        #[arg(long)]
+        dataplane: bool,
     },
 }
 
@@ -195,7 +205,35 @@ async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
             }
         },
         Cmd::Policy {
-            cmd: PolicyCmd::Trace { from, to, port },
+            cmd:
+                PolicyCmd::Trace {
+                    from,
+                    to,
+                    port,
+                    dataplane: true,
+                },
+        } => {
+            let t = ctl::dataplane::dataplane_trace(&cli.agent, &from, &to, &port).await?;
+            print!(
+                "{}",
+                emit(format, &t, |wide| ctl::dataplane::render_dataplane(
+                    &t, wide
+                ))?
+            );
+            Ok(if t.agree {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Cmd::Policy {
+            cmd:
+                PolicyCmd::Trace {
+                    from,
+                    to,
+                    port,
+                    dataplane: false,
+                },
         } => {
             let q = TraceQuery {
                 from: ctl::parse_pod(&from)?,

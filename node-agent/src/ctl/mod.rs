@@ -17,6 +17,7 @@ use kube::api::ListParams;
 
 mod addresses;
 mod check;
+pub mod dataplane;
 pub mod output;
 mod trace;
 
@@ -54,10 +55,18 @@ pub enum CtlError {
     /// Refused for safety.
     #[error("refused: {0}")]
     Refused(String),
+    /// The agent could not trace (what it said).
+    #[error("the agent cannot trace this: {0}")]
+    Traced(String),
 }
 
 /// GETs `url` (plain HTTP) and returns the body.
 pub async fn http_get(url: &str) -> Result<String, CtlError> {
+    Ok(http_get_status(url).await?.1)
+}
+
+/// GETs `url` (plain HTTP) and returns the status code and the body.
+pub async fn http_get_status(url: &str) -> Result<(u16, String), CtlError> {
     use http_body_util::{BodyExt as _, Empty};
     use hyper::body::Bytes;
     let err = |reason: String| CtlError::Agent {
@@ -81,7 +90,8 @@ pub async fn http_get(url: &str) -> Result<String, CtlError> {
             .await
             .map_err(|e| err(e.to_string()))?;
     tokio::spawn(conn);
-    let req = http::Request::get(uri.path())
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let req = http::Request::get(path)
         .header(http::header::HOST, host)
         .body(Empty::<Bytes>::new())
         .map_err(|e| err(e.to_string()))?;
@@ -89,13 +99,14 @@ pub async fn http_get(url: &str) -> Result<String, CtlError> {
         .send_request(req)
         .await
         .map_err(|e| err(e.to_string()))?;
+    let status = resp.status().as_u16();
     let body = resp
         .into_body()
         .collect()
         .await
         .map_err(|e| err(e.to_string()))?
         .to_bytes();
-    Ok(String::from_utf8_lossy(&body).into_owned())
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {

@@ -17,17 +17,7 @@ pub struct TraceQuery {
 
 /// Parses `80/TCP`, `53/udp`, `icmp`.
 pub fn parse_port(s: &str) -> Result<policy::spec_eval::L4, CtlError> {
-    use policy::Protocol;
-    if s.eq_ignore_ascii_case("icmp") {
-        return Ok(policy::spec_eval::L4::Other(1));
-    }
-    let (port, proto) = s.split_once('/').unwrap_or((s, "TCP"));
-    let port: u16 = port.parse().map_err(|_| {
-        CtlError::Usage(format!("--port {s:?}: expected PORT/PROTOCOL, e.g. 80/TCP"))
-    })?;
-    let proto = Protocol::parse(Some(&proto.to_ascii_uppercase()))
-        .map_err(|e| CtlError::Usage(format!("--port {s:?}: {e}")))?;
-    Ok(policy::spec_eval::L4::Port(proto, port))
+    crate::status::tracer::parse_port(s).map_err(|e| CtlError::Usage(format!("--{e}")))
 }
 
 /// Parses `namespace/pod`.

@@ -84,6 +84,9 @@ pub async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>, mut pulse: 
                 None => return pulse.retire(),
                 Some(Cmd::Prepare(ep)) => prepare(&mut d, &ep).await,
                 Some(Cmd::Resync) => dirty = true,
+                Some(Cmd::Trace(req, reply)) => {
+                    let _ = reply.send(super::trace::plan(&d.policy, &endpoints, &req));
+                }
                 Some(Cmd::Up(ep, reply)) => {
                     let res = endpoint_up(&mut d, &ep, &mut endpoints).await;
                     match &res {

@@ -41,6 +41,7 @@ mod controller;
 pub mod policy;
 mod reconcile;
 pub mod releaser;
+pub mod trace;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -156,6 +157,11 @@ pub enum Cmd {
         /// Answer.
         reply: oneshot::Sender<Result<(), EndpointError>>,
     },
+    /// `policy trace --dataplane`: resolve the pods and walk the ruleset.
+    Trace(
+        trace::TraceRequest,
+        oneshot::Sender<Result<trace::TracePlan, trace::TraceError>>,
+    ),
 }
 
 /// Handle for sending commands.

@@ -264,6 +264,11 @@ impl PolicySync {
     pub fn issues(&self) -> &[String] {
         &self.issues
     }
+
+    /// The engine (its ruleset, node, pods), for `policy trace`.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
 }
 
 /// Outgoing NAT as the IPPools say: the pools with `natOutgoing` (by their

@@ -94,6 +94,8 @@ pub struct Health {
     grace: Duration,
     /// Period of every pulse.
     loop_period: Duration,
+    /// Answers `/policy/trace` once the dataplane controller runs.
+    tracer: std::sync::OnceLock<super::tracer::Tracer>,
 }
 
 /// The answer to a readiness or liveness question.
@@ -118,7 +120,18 @@ impl Health {
             started,
             grace,
             loop_period: LOOP_PERIOD,
+            tracer: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Installs the `/policy/trace` hook (the first one stays).
+    pub fn set_tracer(&self, t: super::tracer::Tracer) {
+        let _ = self.tracer.set(t);
+    }
+
+    /// The `/policy/trace` hook, once installed.
+    pub fn tracer(&self) -> Option<&super::tracer::Tracer> {
+        self.tracer.get()
     }
 
     /// Pulses registered from now on turn every `period` (default

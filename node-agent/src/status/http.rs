@@ -44,7 +44,8 @@ fn verdict_response(v: Verdict) -> Response<Full<Bytes>> {
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exposure {
-    /// `/livez`, `/readyz`, `/status` and `/metrics` (the loopback listener).
+    /// `/livez`, `/readyz`, `/status`, `/metrics` and `/policy/trace` (the
+    /// loopback listener).
     All,
     /// `/metrics` only (the listener Prometheus scrapes from elsewhere).
     MetricsOnly,
@@ -76,6 +77,30 @@ async fn route(
             );
             r
         }
+        "/policy/trace" => {
+            let (code, body) = match health.tracer() {
+                Some(t) => {
+                    let q = super::tracer::decode_query(req.uri().query().unwrap_or(""));
+                    match q {
+                        Ok(q) => t.call(q).await,
+                        Err(e) => (400, serde_json::json!({"error": e.to_string()})),
+                    }
+                }
+                None => (
+                    503,
+                    serde_json::json!({"error": "the dataplane controller has not started yet"}),
+                ),
+            };
+            let mut r = text(
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                body.to_string(),
+            );
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         "/metrics" => {
             let mut r = text(StatusCode::OK, metrics.encode());
             r.headers_mut().insert(
@@ -88,7 +113,7 @@ async fn route(
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "try /livez, /readyz or /metrics\n".into(),
+            "try /livez, /readyz, /status, /metrics or /policy/trace\n".into(),
         ),
     })
 }
@@ -195,6 +220,24 @@ mod tests {
         );
         assert!(
             get_from(metrics_addr, "/livez")
+                .await
+                .starts_with("HTTP/1.1 404")
+        );
+        // /policy/trace: 503 until the controller installs its hook, then
+        // the hook gets the decoded query; never on the metrics listener.
+        let t = get("/policy/trace?from=demo%2Fa&to=b").await;
+        assert!(t.starts_with("HTTP/1.1 503"), "{t}");
+        health.set_tracer(super::super::tracer::Tracer::new(|q| {
+            Box::pin(async move { (409, serde_json::json!({ "error": format!("{q:?}") })) })
+        }));
+        let t = get("/policy/trace?from=demo%2Fa&to=2001%3Adb8%3A%3A1").await;
+        assert!(
+            t.starts_with("HTTP/1.1 409")
+                && t.contains(r#"[(\"from\", \"demo/a\"), (\"to\", \"2001:db8::1\")]"#),
+            "{t}"
+        );
+        assert!(
+            get_from(metrics_addr, "/policy/trace?from=a")
                 .await
                 .starts_with("HTTP/1.1 404")
         );
