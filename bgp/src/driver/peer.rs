@@ -32,7 +32,8 @@ enum ConnEvent {
     ConnectFailed(std::io::Error),
     /// Complete messages, in order (at most ~FRAMES_BATCH_BYTES).
     Frames(ConnId, Vec<Bytes>),
-    Bad(ConnId, DecodeError),
+    /// Boxed: the event queue's blocks are sized by the largest event.
+    Bad(ConnId, Box<DecodeError>),
     Closed(ConnId),
 }
 
@@ -253,7 +254,7 @@ impl PeerTask {
                     return;
                 }
                 if let Some(e) = bad {
-                    let _ = ev.send(ConnEvent::Bad(id, e)).await;
+                    let _ = ev.send(ConnEvent::Bad(id, Box::new(e))).await;
                     return;
                 }
                 if bytes >= FRAMES_BATCH_BYTES {
@@ -356,7 +357,13 @@ impl PeerTask {
                     .decoded(n, start.elapsed().saturating_sub(self.waited));
                 self.flush_updates().await;
             }
-            ConnEvent::Bad(conn, error) => self.input(Input::BadMessage { conn, error }).await,
+            ConnEvent::Bad(conn, error) => {
+                self.input(Input::BadMessage {
+                    conn,
+                    error: *error,
+                })
+                .await
+            }
             ConnEvent::Closed(conn) => self.input(Input::Closed { conn }).await,
         }
     }
