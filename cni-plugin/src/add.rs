@@ -72,8 +72,8 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
         families: families
             .iter()
             .map(|f| match f {
-                Family::Ipv4 => cni_proto::proto::Family::Ipv4 as i32,
-                Family::Ipv6 => cni_proto::proto::Family::Ipv6 as i32,
+                Family::V4 => cni_proto::proto::Family::Ipv4 as i32,
+                Family::V6 => cni_proto::proto::Family::Ipv6 as i32,
             })
             .collect(),
         pool_hints: conf.ipam.pools.clone(),
@@ -454,7 +454,7 @@ mod tests {
 
     #[test]
     fn allocation_checks() {
-        let both = [Family::Ipv4, Family::Ipv6];
+        let both = Family::BOTH;
         assert_eq!(
             addresses(&reply(&["198.19.0.1", "2001:db8::1"]), &both)
                 .unwrap()

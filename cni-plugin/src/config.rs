@@ -31,24 +31,32 @@ pub const DEFAULT_AGENT_SOCKET: &str = "/var/run/margay/margay.sock";
 /// Largest accepted request on stdin.
 pub const MAX_STDIN: usize = 4 * 1024 * 1024;
 
-/// Address family asked of the agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    /// IPv4.
-    Ipv4,
-    /// IPv6.
-    Ipv6,
-}
+/// Address family asked of the agent (the workspace's one family type).
+pub use margay_types::Family;
 
-impl Family {
-    /// The family of an address.
-    pub fn of(ip: IpAddr) -> Self {
-        if ip.is_ipv4() {
-            Family::Ipv4
-        } else {
-            Family::Ipv6
-        }
+/// The CNI config spells families `"ipv4"` / `"ipv6"`; this adapter reads
+/// exactly that spelling into [`Family`] (whose own serde form is `"IPv4"`).
+mod lowercase_families {
+    use serde::{Deserialize, Deserializer};
+
+    use super::Family;
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    enum Spelling {
+        Ipv4,
+        Ipv6,
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Family>, D::Error> {
+        let families = Vec::<Spelling>::deserialize(d)?;
+        Ok(families
+            .into_iter()
+            .map(|f| match f {
+                Spelling::Ipv4 => Family::V4,
+                Spelling::Ipv6 => Family::V6,
+            })
+            .collect())
     }
 }
 
@@ -80,7 +88,7 @@ pub struct IpamConf {
     #[serde(default)]
     pub pools: Vec<String>,
     /// Families wanted; default: those of CIDR pool hints, or the agent's choice.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lowercase_families::deserialize")]
     pub families: Vec<Family>,
 }
 
@@ -494,9 +502,18 @@ mod tests {
             r#"{"cniVersion":"1.1.0","name":"n","ipam":{"pools":["198.19.0.0/16","blue","2001:db8::/64"]}}"#,
         )
         .unwrap();
-        assert_eq!(r.conf.families(&[]), vec![Family::Ipv4, Family::Ipv6]);
+        assert_eq!(r.conf.families(&[]), vec![Family::V4, Family::V6]);
         let r = parse(r#"{"cniVersion":"1.1.0","name":"n","ipam":{"families":["ipv6"]}}"#).unwrap();
-        assert_eq!(r.conf.families(&[]), vec![Family::Ipv6]);
+        assert_eq!(r.conf.families(&[]), vec![Family::V6]);
+        let r = parse(r#"{"cniVersion":"1.1.0","name":"n","ipam":{"families":["ipv4","ipv6"]}}"#)
+            .unwrap();
+        assert_eq!(r.conf.families(&[]), vec![Family::V4, Family::V6]);
+        // The config's spelling is lowercase only, as it always was.
+        for bad in ["IPv4", "V4", "inet"] {
+            let conf =
+                format!(r#"{{"cniVersion":"1.1.0","name":"n","ipam":{{"families":["{bad}"]}}}}"#);
+            assert!(parse(&conf).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

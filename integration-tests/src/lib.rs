@@ -10,6 +10,7 @@ pub mod k8s;
 pub mod kubectl;
 pub mod kubelet;
 pub mod lab;
+pub mod pingstream;
 
 /// In a test: returns early, printing `SKIPPED: <why>`, when the lab cannot
 /// run here (not root, no iproute2).

@@ -24,12 +24,12 @@
 //!        n2     n3      n4      n5     n6      (clients, one pod each)
 //! ```
 
-use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use integration_tests::lab::{self, Bird, Frr, Lab, Netns};
+use integration_tests::pingstream::PingStream;
 use integration_tests::{cni, k8s};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
@@ -57,7 +57,16 @@ fn sessions(ns: &Netns) -> Vec<(String, String, String)> {
             let w: Vec<&str> = l.split_whitespace().collect();
             let kind = w
                 .iter()
-                .find(|x| ["rr-client", "selector", "node-mesh", "node-specific"].contains(x))
+                .find(|x| {
+                    [
+                        "rr-client",
+                        "selector",
+                        "node-mesh",
+                        "node-specific",
+                        "reflector",
+                    ]
+                    .contains(x)
+                })
                 .unwrap_or(&"?");
             let state = if l.contains("Established") {
                 "Established"
@@ -134,65 +143,6 @@ fn unreachable_pairs(pods: &[(String, cni::WiredPod)], deadline: Duration) -> Ve
                 .collect();
         }
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// A ping stream (every 10 ms) from `from` to `to`, until [`stop_stream`].
-fn start_stream(from: &Netns, to: IpAddr) -> Child {
-    from.command("ping")
-        .args(["-n", "-i", "0.01"])
-        .arg(to.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ping")
-}
-
-/// What a ping stream saw.
-struct StreamResult {
-    /// Echo requests sent.
-    sent: usize,
-    /// Replies.
-    replies: usize,
-    /// Sequence numbers never answered before the last answered one.
-    gaps: Vec<u64>,
-    /// ping's summary lines.
-    summary: String,
-}
-
-/// Stops a ping stream (SIGINT: ping prints its summary). Only a request
-/// still in flight at the SIGINT may go unanswered after the last reply, so
-/// the gaps are the packets lost.
-fn stop_stream(ping: Child) -> StreamResult {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(ping.id()).expect("pid"));
-    nix::sys::signal::kill(pid, Signal::SIGINT).expect("SIGINT ping");
-    let out = ping.wait_with_output().expect("ping output");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let seqs: BTreeSet<u64> = text
-        .lines()
-        .filter_map(|l| {
-            l.split("icmp_seq=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
-    let last = seqs.last().copied().unwrap_or(0);
-    let sent = text
-        .lines()
-        .find_map(|l| l.split(" packets transmitted").next()?.trim().parse().ok())
-        .unwrap_or(0);
-    StreamResult {
-        sent,
-        replies: seqs.len(),
-        gaps: (1..=last).filter(|s| !seqs.contains(s)).collect(),
-        summary: text
-            .lines()
-            .filter(|l| l.contains("packets transmitted") || l.starts_with("rtt"))
-            .collect::<Vec<_>>()
-            .join("; "),
     }
 }
 
@@ -446,8 +396,8 @@ fn a_node_reflects_routes_between_five_clients_without_a_mesh() {
     // forwarding on the routes graceful restart keeps.
     let (a, b) = (&pods[0].1, &pods[4].1);
     let streams = [
-        start_stream(&a.ns, b.ipv4().expect("v4")),
-        start_stream(&a.ns, b.ipv6().expect("v6")),
+        PingStream::start(&a.ns, b.ipv4().expect("v4")).expect("ping"),
+        PingStream::start(&a.ns, b.ipv6().expect("v6")).expect("ping"),
     ];
     std::thread::sleep(Duration::from_millis(300));
     let t_kill = Instant::now();
@@ -497,7 +447,7 @@ fn a_node_reflects_routes_between_five_clients_without_a_mesh() {
     let restart = t_kill.elapsed();
     std::thread::sleep(Duration::from_millis(300));
     for (ping, fam) in streams.into_iter().zip(["IPv4", "IPv6"]) {
-        let r = stop_stream(ping);
+        let r = ping.stop().expect("ping");
         println!(
             "{fam} n2 -> n6 across the reflector's restart ({:.1} s from SIGKILL to reflected again): {}",
             restart.as_secs_f64(),
@@ -506,7 +456,7 @@ fn a_node_reflects_routes_between_five_clients_without_a_mesh() {
         // Every request answered but at most the one in flight at the
         // SIGINT: the stream covered the whole restart without a loss.
         assert!(
-            r.gaps.is_empty() && r.replies + 1 >= r.sent && r.replies >= 10,
+            r.lossless(10),
             "{fam}: requests lost: {:?} ({} sent, {} replies)\n{}",
             r.gaps,
             r.sent,
@@ -515,5 +465,187 @@ fn a_node_reflects_routes_between_five_clients_without_a_mesh() {
         );
     }
     check_routes("after the reflector's restart");
+    println!("done in {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// Sets `nodeToNodeMeshMaxNodes` in the `default` BGPConfiguration.
+fn set_mesh_max(lab: &Lab, max: u32) {
+    k8s::with_client(lab.tor(), move |c| async move {
+        k8s::apply_json::<BGPConfiguration>(
+            &c,
+            json!({"apiVersion": "crd.margay.dev/v1", "kind": "BGPConfiguration",
+                "metadata": {"name": "default"}, "spec": {"nodeToNodeMeshMaxNodes": max}}),
+        )
+        .await
+        .map(drop)
+    })
+    .expect("client")
+    .expect("BGPConfiguration default");
+}
+
+/// The mesh gives way to route reflectors when the cluster is above
+/// `nodeToNodeMeshMaxNodes` (lowered here to 3 for 4 nodes, as a cluster
+/// growing past 100 would), with the default configuration otherwise: n1
+/// is labelled `margay.dev/route-reflector=true` while the agents run (no
+/// cluster ID configured) and reflects while the mesh is still up; after
+/// the switch each other node keeps only its session to n1. Ping streams
+/// cross the labelling (to n1's pod), the switch and the switch back
+/// (between two clients) without a loss.
+#[test]
+fn the_mesh_gives_way_to_labelled_reflectors_above_the_size_without_a_loss() {
+    integration_tests::require_root!();
+    let t0 = Instant::now();
+    let lab = Lab::builder().nodes(4).build().expect("lab");
+    let _api = k8s::start_apiserver(&lab).expect("apiserver");
+    k8s::bootstrap(
+        &lab,
+        &[("v4", "198.19.0.0/16"), ("v6", "2001:db8:100::/48")],
+    )
+    .expect("bootstrap");
+    let agents: Vec<k8s::Agent> = lab
+        .nodes()
+        .iter()
+        .map(|n| k8s::start_agent(&lab, &n.name, &[]).expect("agent"))
+        .collect();
+    let pods: Vec<(String, cni::WiredPod)> = agents
+        .iter()
+        .map(|a| {
+            let p = cni::add_pod(&lab, a, "demo", &format!("p-{}", a.node), &[], &[]).expect("pod");
+            assert!(p.result.ok, "ADD on {}: {:?}", a.node, p.result);
+            (a.node.clone(), p)
+        })
+        .collect();
+    let node = |name: &str| lab.node(name).expect("node");
+    let wait_sessions = |at: &str, want: &[(String, String, String)]| {
+        lab::wait_for(&format!("{at}'s sessions {want:?}"), T, || {
+            Ok((sessions(&node(at).ns) == want).then_some(()))
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", margayctl(&node(at).ns, &["node", "status"])));
+    };
+    let mesh_of = |me: &str| -> Vec<_> {
+        ["n1", "n2", "n3", "n4"]
+            .iter()
+            .filter(|n| **n != me)
+            .map(|n| est(&format!("mesh-{n}"), "node-mesh"))
+            .collect()
+    };
+    // 4 nodes <= 100: the full mesh.
+    wait_sessions("n1", &mesh_of("n1"));
+    wait_sessions("n2", &mesh_of("n2"));
+    let failed = unreachable_pairs(&pods, T);
+    assert!(failed.is_empty(), "unreachable:\n{}", failed.join("\n"));
+    let (n1_pod, n2_pod, n4_pod) = (&pods[0].1, &pods[1].1, &pods[3].1);
+    // n1 becomes a reflector (in the mesh) under traffic to its pod.
+    let streams = [
+        PingStream::start(&n2_pod.ns, n1_pod.ipv4().expect("v4")).expect("ping"),
+        PingStream::start(&n2_pod.ns, n1_pod.ipv6().expect("v6")).expect("ping"),
+    ];
+    std::thread::sleep(Duration::from_millis(300));
+    let t_label = Instant::now();
+    k8s::with_client(lab.tor(), |c| async move {
+        Api::<Node>::all(c)
+            .patch(
+                "n1",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"labels": {"margay.dev/route-reflector": "true"}}}),
+                ),
+            )
+            .await
+            .map(drop)
+    })
+    .expect("client")
+    .expect("label n1");
+    let reflector: Vec<_> = ["n2", "n3", "n4"]
+        .iter()
+        .map(|c| est(&format!("mesh-{c}"), "rr-client"))
+        .collect();
+    wait_sessions("n1", &reflector);
+    let took = t_label.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    for (ping, fam) in streams.into_iter().zip(["IPv4", "IPv6"]) {
+        let r = ping.stop().expect("ping");
+        println!(
+            "{fam} n2 -> n1 across n1 becoming a reflector ({:.1} s to its sessions back): {}",
+            took.as_secs_f64(),
+            r.summary
+        );
+        assert!(
+            r.lossless(10),
+            "labelling n1, {fam}: requests lost: {:?} ({} sent, {} replies)\n{}",
+            r.gaps,
+            r.sent,
+            r.replies,
+            r.summary
+        );
+    }
+    // n2 holds n4's blocks twice: from n4, and reflected by n1.
+    lab::wait_for("n4's blocks at n2 direct and reflected", T, || {
+        let r = margayctl(&node("n2").ns, &["bgp", "routes"]);
+        let reflected = r
+            .lines()
+            .filter(|l| l.contains("mesh-n1") && l.contains("198.18.0.14 via 244.0.0.1"))
+            .count();
+        Ok((reflected == 2).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", margayctl(&node("n2").ns, &["bgp", "routes"])));
+    println!(
+        "full mesh with n1 reflecting, all pairs reach each other, {:.1} s after the start",
+        t0.elapsed().as_secs_f64()
+    );
+
+    for (max, to_reflectors) in [(3, true), (100, false)] {
+        let (a, b) = (n2_pod, n4_pod);
+        let streams = [
+            PingStream::start(&a.ns, b.ipv4().expect("v4")).expect("ping"),
+            PingStream::start(&a.ns, b.ipv6().expect("v6")).expect("ping"),
+        ];
+        std::thread::sleep(Duration::from_millis(300));
+        let t_switch = Instant::now();
+        set_mesh_max(&lab, max);
+        let what = if to_reflectors {
+            wait_sessions("n2", &[est("mesh-n1", "reflector")]);
+            wait_sessions("n4", &[est("mesh-n1", "reflector")]);
+            "mesh -> reflectors"
+        } else {
+            wait_sessions("n2", &mesh_of("n2"));
+            "reflectors -> mesh"
+        };
+        let took = t_switch.elapsed();
+        wait_sessions("n1", &reflector);
+        // Let the streams run on the new topology for a moment.
+        std::thread::sleep(Duration::from_millis(500));
+        for (ping, fam) in streams.into_iter().zip(["IPv4", "IPv6"]) {
+            let r = ping.stop().expect("ping");
+            println!(
+                "{fam} n2 -> n4 across {what} ({:.1} s to the new sessions): {}",
+                took.as_secs_f64(),
+                r.summary
+            );
+            assert!(
+                r.lossless(10),
+                "{what}, {fam}: requests lost: {:?} ({} sent, {} replies)\n{}",
+                r.gaps,
+                r.sent,
+                r.replies,
+                r.summary
+            );
+        }
+        if to_reflectors {
+            let status = margayctl(&node("n3").ns, &["node", "status"]);
+            assert!(
+                status.contains(
+                    "BGP peers: route reflectors n1 (4 nodes > nodeToNodeMeshMaxNodes 3)"
+                ),
+                "{status}"
+            );
+        }
+        let failed = unreachable_pairs(&pods, T);
+        assert!(
+            failed.is_empty(),
+            "after {what}, unreachable:\n{}",
+            failed.join("\n")
+        );
+    }
     println!("done in {:.1} s", t0.elapsed().as_secs_f64());
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use ipam::Store;
 use ipam::bench::{self, BenchResult, Mode};
 use ipam::memstore::MemStore;
-use ipam::model::IpPoolSpec;
+use ipam::model::PoolParams;
 
 struct Args {
     latency: Duration,
@@ -96,7 +96,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut results = Vec::new();
             for mode in [Mode::GroupCommit, Mode::OneWritePerAlloc] {
                 let store = Arc::new(MemStore::new(1));
-                store.put_pool("bench", IpPoolSpec::new("198.19.0.0/16".parse()?));
+                store.put_pool("bench", PoolParams::new("198.19.0.0/16".parse()?));
                 store.set_latency(args.latency);
                 let sock = dir.path().join(format!("bench-{c}-{mode:?}.sock"));
                 let r = bench::run_once(

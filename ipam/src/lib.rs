@@ -43,7 +43,9 @@ pub mod grpc;
 pub mod memstore;
 pub mod model;
 pub mod report;
-pub mod selector;
+/// Label selectors (pool node selectors): the workspace's one
+/// implementation, in `margay-types`.
+pub use margay_types::selector;
 pub mod store;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testsupport;
@@ -55,5 +57,5 @@ pub use alloc::{
 pub use cidr::{Cidr, Family};
 pub use count::Count;
 pub use error::IpamError;
-pub use model::{IpPoolSpec, IpamBlockSpec, IpamConfig};
+pub use model::{IpamBlockSpec, IpamConfig, PoolParams};
 pub use store::{BlockEvent, BlockObject, PoolObject, Store, StoreError, Versioned};

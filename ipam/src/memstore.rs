@@ -19,7 +19,7 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::broadcast;
 
-use crate::model::{IpPoolSpec, IpamBlockSpec};
+use crate::model::{IpamBlockSpec, PoolParams};
 use crate::store::{BlockEvent, BlockObject, Kind, PoolObject, Store, StoreError, Versioned};
 
 /// Counters of calls made to a [`MemStore`].
@@ -111,7 +111,7 @@ impl MemStore {
     }
 
     /// Adds or replaces a pool.
-    pub fn put_pool(&self, name: &str, spec: IpPoolSpec) {
+    pub fn put_pool(&self, name: &str, spec: PoolParams) {
         let mut g = self.lock();
         g.rv += 1;
         let rv = g.rv.to_string();

@@ -1,13 +1,15 @@
-//! The IPAM data model: pools, blocks and configuration. The spec structs are
-//! plain serde (camelCase, CIDRs as strings) so that the agent can wrap them as
-//! CRD specs (`IPPool`, `IPAMBlock` in `crd.margay.dev/v1`).
+//! The IPAM data model: pools, blocks and configuration. The block spec is
+//! plain serde (camelCase, CIDRs as strings) so that the agent can wrap it as
+//! a CRD spec (`IPAMBlock` in `crd.margay.dev/v1`). A pool is not a wire type
+//! here: the one `IPPool` spec is the agent's CRD type, whose store adapter
+//! hands the allocator [`PoolParams`] with every default applied.
 
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::cidr::{Cidr, Family};
-use crate::selector::{Selector, SelectorError};
+use crate::selector::Selector;
 
 /// Shortest block prefix accepted for IPv4 (4096 addresses).
 pub const MIN_BLOCK_PREFIX_V4: u8 = 20;
@@ -29,15 +31,6 @@ pub enum ModelError {
         /// What is wrong.
         reason: String,
     },
-    /// A pool's node selector does not parse.
-    #[error("pool {pool}: bad nodeSelector")]
-    Selector {
-        /// Pool name.
-        pool: String,
-        /// Parser error.
-        #[source]
-        source: SelectorError,
-    },
     /// A block is malformed (corrupt or hand-edited object).
     #[error("block {block}: {reason}")]
     Block {
@@ -48,52 +41,45 @@ pub enum ModelError {
     },
 }
 
-/// What addresses of a pool may be used for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+// Also the items of the `IPPool` CRD's `allowedUses`: these doc comments are
+// in its schema (deploy/crds.yaml), which a node-agent test keeps in step.
+/// What a pool's addresses may be used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum AllowedUse {
-    /// Pod interfaces.
+    /// Pod addresses.
     Workload,
-    /// Tunnel / host addresses.
+    /// Tunnel endpoint addresses (reserved for overlay modes).
     Tunnel,
 }
 
-fn default_uses() -> Vec<AllowedUse> {
-    vec![AllowedUse::Workload, AllowedUse::Tunnel]
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
-}
-
-/// `IPPool` spec.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IpPoolSpec {
+/// What the allocator needs of an `IpPool` object, as its store hands it
+/// over: parsed, with the API defaults applied (the agent converts its CRD
+/// type, `IPPoolSpec`, the one IPPool spec, into this). [`IpPool::from_params`]
+/// checks the rest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolParams {
     /// The pool's range.
     pub cidr: Cidr,
     /// Prefix length of the blocks carved from it (default 26 / 122).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u8>,
-    /// Nodes allowed to claim blocks (set-based label selector; empty = all).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub node_selector: String,
+    /// Nodes allowed to claim blocks (everything by default).
+    pub node_selector: Selector,
     /// No new allocations from a disabled pool.
-    #[serde(default, skip_serializing_if = "is_false")]
     pub disabled: bool,
-    /// Uses allowed (default: Workload, Tunnel).
-    #[serde(default = "default_uses")]
+    /// Uses allowed.
     pub allowed_uses: Vec<AllowedUse>,
 }
 
-impl IpPoolSpec {
-    /// A pool over `cidr` with every default.
+impl PoolParams {
+    /// A pool over `cidr` with every default (all nodes; Workload and
+    /// Tunnel, as the IPPool API's `allowedUses` default).
     pub fn new(cidr: Cidr) -> Self {
-        IpPoolSpec {
+        PoolParams {
             cidr,
             block_size: None,
-            node_selector: String::new(),
+            node_selector: Selector::everything(),
             disabled: false,
-            allowed_uses: default_uses(),
+            allowed_uses: vec![AllowedUse::Workload, AllowedUse::Tunnel],
         }
     }
 
@@ -111,16 +97,14 @@ impl IpPoolSpec {
 pub struct IpPool {
     /// Object name.
     pub name: String,
-    /// Its spec as stored.
-    pub spec: IpPoolSpec,
-    /// Parsed node selector.
-    pub selector: Selector,
+    /// Its parameters as stored.
+    pub spec: PoolParams,
 }
 
 impl IpPool {
     /// Validates a stored pool: block size within range and not shorter than
-    /// the pool, selector parses.
-    pub fn from_spec(name: &str, spec: IpPoolSpec) -> Result<IpPool, ModelError> {
+    /// the pool.
+    pub fn from_params(name: &str, spec: PoolParams) -> Result<IpPool, ModelError> {
         let bp = spec.block_prefix();
         let (min, max) = match spec.cidr.family() {
             Family::V4 => (MIN_BLOCK_PREFIX_V4, 32),
@@ -139,17 +123,9 @@ impl IpPool {
                 spec.cidr
             )));
         }
-        let selector = spec
-            .node_selector
-            .parse()
-            .map_err(|source| ModelError::Selector {
-                pool: name.to_string(),
-                source,
-            })?;
         Ok(IpPool {
             name: name.to_string(),
             spec,
-            selector,
         })
     }
 
@@ -462,26 +438,23 @@ mod tests {
 
     #[test]
     fn pool_defaults_and_validation() {
-        let p = IpPool::from_spec("p", IpPoolSpec::new(c("198.19.0.0/16"))).unwrap();
+        let p = IpPool::from_params("p", PoolParams::new(c("198.19.0.0/16"))).unwrap();
         assert_eq!(p.spec.block_prefix(), 26);
         assert_eq!(p.block_count(), 1024);
-        let p6 = IpPool::from_spec("p6", IpPoolSpec::new(c("2001:db8::/64"))).unwrap();
+        let p6 = IpPool::from_params("p6", PoolParams::new(c("2001:db8::/64"))).unwrap();
         assert_eq!(p6.spec.block_prefix(), 122);
         // Large IPv6 pools are fine (carved from their first 2^63 blocks).
-        let p48 = IpPool::from_spec("p48", IpPoolSpec::new(c("2001:db8::/48"))).unwrap();
+        let p48 = IpPool::from_params("p48", PoolParams::new(c("2001:db8::/48"))).unwrap();
         assert_eq!(p48.block_count(), 1 << 63);
-        let mut s = IpPoolSpec::new(c("198.19.0.0/28"));
-        assert!(IpPool::from_spec("small", s.clone()).is_err());
+        let mut s = PoolParams::new(c("198.19.0.0/28"));
+        assert!(IpPool::from_params("small", s.clone()).is_err());
         s.block_size = Some(30);
-        assert!(IpPool::from_spec("small", s.clone()).is_ok());
+        assert!(IpPool::from_params("small", s.clone()).is_ok());
         s.block_size = Some(19);
-        assert!(IpPool::from_spec("x", s.clone()).is_err());
+        assert!(IpPool::from_params("x", s.clone()).is_err());
         s.block_size = Some(30);
-        s.node_selector = "zone in (".into();
-        assert!(matches!(
-            IpPool::from_spec("x", s),
-            Err(ModelError::Selector { .. })
-        ));
+        s.node_selector = "zone in (a)".parse().unwrap();
+        assert!(IpPool::from_params("x", s).is_ok());
     }
 
     #[test]
@@ -508,11 +481,6 @@ mod tests {
         let back: IpamBlockSpec = serde_json::from_value(j).unwrap();
         assert_eq!(back, b);
         back.validate().unwrap();
-        let pool = serde_json::to_value(IpPoolSpec::new(c("2001:db8::/32"))).unwrap();
-        assert_eq!(
-            pool,
-            serde_json::json!({"cidr": "2001:db8::/32", "allowedUses": ["Workload", "Tunnel"]})
-        );
     }
 
     #[test]

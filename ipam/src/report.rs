@@ -79,7 +79,7 @@ fn pools_parsed(pools: &[PoolObject]) -> Vec<(String, Cidr, Result<IpPool, Strin
             (
                 p.name.clone(),
                 p.spec.cidr,
-                IpPool::from_spec(&p.name, p.spec.clone()).map_err(|e| e.to_string()),
+                IpPool::from_params(&p.name, p.spec.clone()).map_err(|e| e.to_string()),
             )
         })
         .collect()
@@ -307,7 +307,7 @@ pub fn check(blocks: &[BlockObject], pods: &[LivePod], nodes: &HashSet<String>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Allocation, IpPoolSpec, IpamBlockSpec};
+    use crate::model::{Allocation, IpamBlockSpec, PoolParams};
     use crate::store::Versioned;
 
     fn blk(cidr: &str, node: &str, allocs: &[(u32, &str, &str)]) -> BlockObject {
@@ -340,7 +340,7 @@ mod tests {
         let pools = vec![Versioned {
             name: "p6".into(),
             resource_version: "1".into(),
-            spec: IpPoolSpec::new("2001:db8::/48".parse().unwrap()),
+            spec: PoolParams::new("2001:db8::/48".parse().unwrap()),
         }];
         let s = show(&pools, &[], false, 0, 0);
         assert_eq!(s.pools[0].capacity.to_string(), "1208925819614629174706176");
@@ -355,7 +355,7 @@ mod tests {
         let pools = vec![Versioned {
             name: "p4".into(),
             resource_version: "1".into(),
-            spec: IpPoolSpec::new("198.19.0.0/16".parse().unwrap()),
+            spec: PoolParams::new("198.19.0.0/16".parse().unwrap()),
         }];
         let blocks = vec![
             blk("198.19.0.0/26", "n1", &[(0, "a", "n1"), (1, "b", "n2")]),

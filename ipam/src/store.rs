@@ -22,7 +22,7 @@ use std::fmt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
-use crate::model::{IpPoolSpec, IpamBlockSpec};
+use crate::model::{IpamBlockSpec, PoolParams};
 
 /// A stored object: name, opaque resourceVersion, spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub struct Versioned<T> {
 /// A stored block.
 pub type BlockObject = Versioned<IpamBlockSpec>;
 /// A stored pool.
-pub type PoolObject = Versioned<IpPoolSpec>;
+pub type PoolObject = Versioned<PoolParams>;
 
 /// Which kind of object an error is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

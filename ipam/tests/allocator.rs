@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipam::memstore::MemStore;
-use ipam::model::{AllocationAttrs, IpPoolSpec, IpamConfig};
+use ipam::model::{AllocationAttrs, IpamConfig, PoolParams};
 use ipam::{
     AllocRequest, Allocator, AllocatorOptions, BlockEvent, Clock, Family, IpamError, ManualClock,
     NodeInfo, Store,
 };
 
-fn pool(cidr: &str, block: u8) -> IpPoolSpec {
-    let mut p = IpPoolSpec::new(cidr.parse().unwrap());
+fn pool(cidr: &str, block: u8) -> PoolParams {
+    let mut p = PoolParams::new(cidr.parse().unwrap());
     p.block_size = Some(block);
     p
 }
@@ -518,7 +518,7 @@ async fn set_pools_and_labels_change_eligibility() {
     let (store, clock) = setup(&[]);
     let a = start(&store, "n1", IpamConfig::default(), &clock).await;
     let mut p = pool("198.19.0.0/16", 26);
-    p.node_selector = "zone=a".into();
+    p.node_selector = "zone=a".parse().unwrap();
     a.set_pools(vec![ipam::Versioned {
         name: "zoned".into(),
         resource_version: "1".into(),
@@ -531,7 +531,7 @@ async fn set_pools_and_labels_change_eligibility() {
     let e = a.allocate(req("net.c1", V4)).await.unwrap_err();
     assert!(matches!(e, IpamError::NoPool { .. }), "{e}");
     let mut p = pool("198.19.0.0/16", 26);
-    p.node_selector = "zone=a".into();
+    p.node_selector = "zone=a".parse().unwrap();
     store.put_pool("zoned", p);
     a.refresh().await.unwrap();
     let e = a.allocate(req("net.c1", V4)).await.unwrap_err();

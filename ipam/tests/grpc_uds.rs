@@ -8,7 +8,7 @@ use cni_proto::proto::{self, Family as PF};
 use cni_proto::uds::{self, ServeError, UdsListener};
 use ipam::grpc;
 use ipam::memstore::MemStore;
-use ipam::model::{IpPoolSpec, IpamConfig};
+use ipam::model::{IpamConfig, PoolParams};
 use ipam::{Allocator, AllocatorOptions, NodeInfo, Store, SystemClock};
 use tonic::{Code, Request, Response, Status};
 
@@ -48,7 +48,7 @@ async fn ipam_and_endpoints_over_one_unix_socket() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("run/margay/margay.sock");
     let store = Arc::new(MemStore::new(1));
-    let mut p = IpPoolSpec::new("198.19.0.0/29".parse().unwrap());
+    let mut p = PoolParams::new("198.19.0.0/29".parse().unwrap());
     p.block_size = Some(30);
     store.put_pool("p4", p);
     let alloc = Allocator::start(
@@ -203,7 +203,7 @@ async fn bench_driver_runs_and_counts_writes() {
     let dir = tempfile::tempdir().unwrap();
     for (mode, max_writes) in [(Mode::GroupCommit, 40), (Mode::OneWritePerAlloc, 40)] {
         let store = Arc::new(MemStore::new(1));
-        store.put_pool("p4", IpPoolSpec::new("198.19.0.0/16".parse().unwrap()));
+        store.put_pool("p4", PoolParams::new("198.19.0.0/16".parse().unwrap()));
         let sock = dir.path().join(format!("{mode:?}.sock"));
         let r = run_once(store.clone() as Arc<dyn Store>, mode, 4, 40, &sock, false)
             .await

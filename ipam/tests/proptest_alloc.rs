@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipam::memstore::MemStore;
-use ipam::model::{AllocationAttrs, IpPoolSpec, IpamConfig};
+use ipam::model::{AllocationAttrs, IpamConfig, PoolParams};
 use ipam::{
     AllocRequest, Allocator, AllocatorOptions, Assigned, Clock, Family, IpamError, ManualClock,
     NodeInfo, Store,
@@ -473,9 +473,9 @@ fn run(c: &Case) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     rt.block_on(async {
         let store = Arc::new(MemStore::new(c.seed));
-        let mut p4 = IpPoolSpec::new(V4_POOL.parse().unwrap());
+        let mut p4 = PoolParams::new(V4_POOL.parse().unwrap());
         p4.block_size = Some(29);
-        let mut p6 = IpPoolSpec::new(V6_POOL.parse().unwrap());
+        let mut p6 = PoolParams::new(V6_POOL.parse().unwrap());
         p6.block_size = Some(125);
         store.put_pool("v4", p4);
         store.put_pool("v6", p6);

@@ -4,59 +4,23 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
 
-/// IPv4 or IPv6.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    V4,
-    V6,
+/// IPv4 or IPv6 (the workspace's one type).
+pub use margay_types::Family;
+
+/// The largest address value of a family.
+fn max_value(f: Family) -> u128 {
+    match f {
+        Family::V4 => u128::from(u32::MAX),
+        Family::V6 => u128::MAX,
+    }
 }
 
-impl Family {
-    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
-
-    pub fn of(ip: &IpAddr) -> Family {
-        match ip {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
-    }
-
-    /// Suffix used in set names (`4`/`6`).
-    pub fn tag(self) -> char {
-        match self {
-            Family::V4 => '4',
-            Family::V6 => '6',
-        }
-    }
-
-    /// Payload protocol for address matches in nftables (`ip`/`ip6`).
-    pub fn nft_proto(self) -> &'static str {
-        match self {
-            Family::V4 => "ip",
-            Family::V6 => "ip6",
-        }
-    }
-
-    fn max(self) -> u128 {
-        match self {
-            Family::V4 => u128::from(u32::MAX),
-            Family::V6 => u128::MAX,
-        }
-    }
-
-    fn bits(self) -> u32 {
-        match self {
-            Family::V4 => 32,
-            Family::V6 => 128,
-        }
-    }
-
-    pub fn addr(self, v: u128) -> IpAddr {
-        match self {
-            // Values of a V4 range never exceed u32::MAX (see `AddrRange`).
-            Family::V4 => IpAddr::V4(Ipv4Addr::from(u32::try_from(v).unwrap_or(u32::MAX))),
-            Family::V6 => IpAddr::V6(Ipv6Addr::from(v)),
-        }
+/// The address of `f` whose value is `v`.
+pub fn addr_of(f: Family, v: u128) -> IpAddr {
+    match f {
+        // Values of a V4 range never exceed u32::MAX (see `AddrRange`).
+        Family::V4 => IpAddr::V4(Ipv4Addr::from(u32::try_from(v).unwrap_or(u32::MAX))),
+        Family::V6 => IpAddr::V6(Ipv6Addr::from(v)),
     }
 }
 
@@ -78,8 +42,9 @@ pub struct AddrRange {
 impl AddrRange {
     /// The addresses of a CIDR (host bits ignored, like Go's `ParseCIDR`).
     pub fn of_net(net: &IpNetwork) -> AddrRange {
-        let family = Family::of(&net.ip());
-        let host_bits = family.bits() - u32::from(net.prefix()).min(family.bits());
+        let family = Family::of(net.ip());
+        let bits = u32::from(family.bits());
+        let host_bits = bits - u32::from(net.prefix()).min(bits);
         let mask = if host_bits >= 128 {
             u128::MAX
         } else {
@@ -88,8 +53,8 @@ impl AddrRange {
         let v = ip_to_u128(&net.ip());
         AddrRange {
             family,
-            lo: v & !mask & family.max(),
-            hi: (v | mask) & family.max(),
+            lo: v & !mask & max_value(family),
+            hi: (v | mask) & max_value(family),
         }
     }
 
@@ -111,11 +76,11 @@ impl AddrRange {
     }
 
     pub fn lo_ip(&self) -> IpAddr {
-        self.family.addr(self.lo)
+        addr_of(self.family, self.lo)
     }
 
     pub fn hi_ip(&self) -> IpAddr {
-        self.family.addr(self.hi)
+        addr_of(self.family, self.hi)
     }
 }
 

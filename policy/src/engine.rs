@@ -617,7 +617,7 @@ impl Engine {
 
     /// Recomputes one address's elements in every selector and named-port set.
     fn recheck_ip(&mut self, ip: IpAddr) {
-        let fam = Family::of(&ip);
+        let fam = Family::of(ip);
         let pods: Vec<&PodInfo> = self
             .by_ip
             .get(&ip)

@@ -92,7 +92,8 @@ pub mod nft;
 pub mod origin;
 pub mod plan;
 pub mod ruleset;
-pub mod selector;
+/// Label selectors: the workspace's one implementation, in `margay-types`.
+pub use margay_types::selector;
 pub mod sink;
 pub mod spec_eval;
 pub mod testkit;

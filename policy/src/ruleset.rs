@@ -777,7 +777,7 @@ impl BuildCx {
                     .or_insert_with(|| members::selector(state, peer));
                 elems.extend(
                     all.iter()
-                        .filter(|ip| Family::of(ip) == *fam)
+                        .filter(|ip| Family::of(**ip) == *fam)
                         .map(|ip| Elem::Addr(*ip)),
                 );
             }

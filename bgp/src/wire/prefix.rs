@@ -19,6 +19,8 @@ pub const AFI_IPV6: u16 = 2;
 pub const SAFI_UNICAST: u8 = 1;
 
 /// The address families this speaker carries.
+/// A wire type (an AFI/SAFI pair, RFC 4760), not `margay_types::Family`: it
+/// would grow with every SAFI carried; `From` converts between the two.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
     /// AFI 1 / SAFI 1.
@@ -65,6 +67,26 @@ impl Family {
         match self {
             Family::Ipv4Unicast => 1,
             Family::Ipv6Unicast => 2,
+        }
+    }
+}
+
+impl From<margay_types::Family> for Family {
+    /// The unicast AFI/SAFI of an address family.
+    fn from(f: margay_types::Family) -> Family {
+        match f {
+            margay_types::Family::V4 => Family::Ipv4Unicast,
+            margay_types::Family::V6 => Family::Ipv6Unicast,
+        }
+    }
+}
+
+impl From<Family> for margay_types::Family {
+    /// The address family of an AFI/SAFI pair.
+    fn from(f: Family) -> margay_types::Family {
+        match f {
+            Family::Ipv4Unicast => margay_types::Family::V4,
+            Family::Ipv6Unicast => margay_types::Family::V6,
         }
     }
 }
@@ -374,6 +396,15 @@ pub(crate) fn encode_nlri(n: &Nlri, add_path: bool, out: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_families_convert_to_unicast_afi_safi_and_back() {
+        for (af, wire) in margay_types::Family::BOTH.into_iter().zip(Family::ALL) {
+            assert_eq!(Family::from(af), wire);
+            assert_eq!(margay_types::Family::from(wire), af);
+            assert_eq!(wire.max_len(), af.bits());
+        }
+    }
 
     #[test]
     fn host_bits_are_cleared() {

@@ -29,7 +29,7 @@ use cni_proto::uds::UdsListener;
 use ipam::grpc::IpamService;
 use ipam::memstore::MemStore;
 use ipam::{
-    AllocRequest, Allocator, AllocatorOptions, Cidr, HandleInfo, IpPoolSpec, IpamConfig, NodeInfo,
+    AllocRequest, Allocator, AllocatorOptions, Cidr, HandleInfo, IpamConfig, NodeInfo, PoolParams,
     Store, SystemClock,
 };
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
@@ -136,12 +136,12 @@ pub struct FakeAgent {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-fn pool(net: IpNetwork, default_block: u8) -> Result<IpPoolSpec, String> {
+fn pool(net: IpNetwork, default_block: u8) -> Result<PoolParams, String> {
     let cidr: Cidr = net
         .to_string()
         .parse()
         .map_err(|e| format!("{net}: {e:?}"))?;
-    let mut p = IpPoolSpec::new(cidr);
+    let mut p = PoolParams::new(cidr);
     p.block_size = Some(net.prefix().max(default_block));
     Ok(p)
 }

@@ -29,11 +29,7 @@ pub const LAB_NODE: &str = "n1";
 const TS: &str = "2026-01-01T00:00:00Z";
 
 /// Address family of the pods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    V4,
-    V6,
-}
+pub use margay_types::Family;
 
 /// The cluster's shape.
 #[derive(Debug, Clone)]

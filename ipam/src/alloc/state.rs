@@ -82,7 +82,7 @@ impl View {
         self.pools.clear();
         self.pool_errors.clear();
         for o in objs {
-            match IpPool::from_spec(&o.name, o.spec) {
+            match IpPool::from_params(&o.name, o.spec) {
                 Ok(p) => {
                     if let Some(q) = self.pools.iter().find(|q| {
                         q.spec.cidr.contains_cidr(&p.spec.cidr)
@@ -225,7 +225,7 @@ impl View {
                 p.spec.cidr.family() == family
                     && !p.spec.disabled
                     && p.spec.allowed_uses.contains(&use_)
-                    && p.selector.matches(&self.node.labels)
+                    && p.spec.node_selector.matches(&self.node.labels)
                     && (hints.is_empty()
                         || hints
                             .iter()

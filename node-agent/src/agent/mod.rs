@@ -238,6 +238,14 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         });
     }
 
+    // This node's pods as compact PodEndpoints (docs/scale.md §4).
+    {
+        let (client, view, me) = (cluster.client(), view_rx.clone(), me.name.clone());
+        sup.restarting("pod endpoints", move |pulse| {
+            crate::k8s::podendpoints::run(client.clone(), view.clone(), me.clone(), pulse)
+        });
+    }
+
     if let Some(log) = deny_log {
         let pods = endpoints::policy::PodsByIp {
             pods: cluster.pods.clone(),

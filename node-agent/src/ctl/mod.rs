@@ -155,7 +155,10 @@ pub fn render_node_status(status: &serde_json::Value) -> String {
     }
     let peers: Vec<PeerRow> =
         serde_json::from_value(status["bgp_peers"].clone()).unwrap_or_default();
-    let _ = writeln!(out, "\nBGP peers");
+    match status["bgp_topology"].as_str() {
+        Some(t) => _ = writeln!(out, "\nBGP peers: {t}"),
+        None => _ = writeln!(out, "\nBGP peers"),
+    }
     let rows: Vec<Vec<String>> = peers
         .iter()
         .map(|p| {
@@ -205,7 +208,8 @@ mod tests {
             "readiness": ["ok: datastore synced"],
             "bgp_peers": [{"name": "mesh-n2", "address": "198.18.0.12", "kind": "node-mesh",
                            "state": "Established", "since_secs": 75, "accepted": 2, "sent": 2, "last_error": null}],
-            "bgp_problems": ["BGPPeer x: no"]
+            "bgp_problems": ["BGPPeer x: no"],
+            "bgp_topology": "full mesh"
         });
         let out = render_node_status(&status);
         assert!(
@@ -220,6 +224,7 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("problem: BGPPeer x: no"), "{out}");
+        assert!(out.contains("BGP peers: full mesh"), "{out}");
     }
 
     #[test]
@@ -241,7 +246,7 @@ mod tests {
         let pool = |name: &str, cidr: &str| ipam::PoolObject {
             name: name.into(),
             resource_version: "1".into(),
-            spec: ipam::IpPoolSpec::new(cidr.parse().expect("cidr")),
+            spec: ipam::PoolParams::new(cidr.parse().expect("cidr")),
         };
         let s = ipam::report::show(
             &[pool("v4", "198.19.0.0/16"), pool("v6", "2001:db8::/48")],

@@ -131,7 +131,8 @@ pub async fn policy_trace(client: &kube::Client, q: &TraceQuery) -> Result<Trace
             .filter(|np| np.metadata.namespace.as_deref() == Some(pod.key.namespace.as_str()))
             .filter(|np| {
                 np.spec.as_ref().is_some_and(|s| {
-                    crate::k8s::selector::selects(s.pod_selector.as_ref(), &pod.labels)
+                    margay_types::Selector::compile_opt(s.pod_selector.as_ref())
+                        .is_ok_and(|s| s.matches(&pod.labels))
                 })
             })
             .filter_map(|np| np.metadata.name.clone())

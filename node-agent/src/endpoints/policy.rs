@@ -22,23 +22,12 @@ use crate::k8s::ipam::view::IpamView;
 use crate::status::metrics::Metrics;
 
 mod admin;
+mod pods;
 
 /// A commit that did not reach the kernel.
 #[derive(Debug, thiserror::Error)]
 #[error("policy commit failed: {0}")]
 pub struct CommitError(String);
-
-/// The Pod a [`PodInfo`] was converted from: its resourceVersion and the
-/// addresses IPAM and EndpointUp added, and the `update` pass that last saw
-/// it in the cluster.
-struct Converted {
-    rv: String,
-    /// From the IPAM view.
-    ipam: Vec<IpAddr>,
-    /// IPAM's and EndpointUp's, sorted.
-    extra: Vec<IpAddr>,
-    pass: u64,
-}
 
 /// The policy half of the dataplane.
 pub struct PolicySync {
@@ -46,7 +35,7 @@ pub struct PolicySync {
     sink: FastSink,
     pods: BTreeMap<PodKey, PodInfo>,
     /// What each pod was last converted from.
-    converted: HashMap<PodKey, Converted>,
+    converted: HashMap<PodKey, pods::Converted>,
     /// Passes of `update` so far.
     pass: u64,
     /// The IPAM view's addresses the last pass used.
@@ -125,105 +114,8 @@ impl PolicySync {
         }
         self.namespaces = seen;
 
-        // Endpoints registered by EndpointUp carry the freshest addresses.
-        let mut registered: BTreeMap<PodKey, Vec<IpAddr>> = BTreeMap::new();
-        for ep in registry.values().filter(|ep| !ep.standalone()) {
-            registered
-                .entry(PodKey::new(ep.namespace.clone(), ep.pod.clone()))
-                .or_default()
-                .extend(ep.ips.iter().copied());
-        }
-
-        // Pods, with addresses from IPAM and EndpointUp as well. A pod whose
-        // object and extra addresses are unchanged since the last pass is
-        // neither converted nor copied again: this runs on every watched
-        // change, over every pod of the cluster.
-        self.pass += 1;
-        let pass = self.pass;
-        let mut extra: Vec<IpAddr> = Vec::new();
-        let mut ipam: Vec<IpAddr> = Vec::new();
-        let mut ipam_key = (String::new(), String::new());
-        let mut seen = 0;
-        // The same IPAM view as last pass: each pod's IPAM addresses are the
-        // ones recorded then (no lookup in the cluster-wide map).
-        let same_view = Arc::ptr_eq(&view.pod_ips, &self.pod_ips);
-        self.pod_ips = view.pod_ips.clone();
-        for pod in cluster.pods.state() {
-            let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
-                continue;
-            };
-            let key = PodKey::new(ns.clone(), name.clone());
-            let known = self.converted.get_mut(&key);
-            ipam.clear();
-            match &known {
-                Some(c) if same_view => ipam.extend(&c.ipam),
-                _ => {
-                    ipam_key.0.clone_from(ns);
-                    ipam_key.1.clone_from(name);
-                    ipam.extend(view.pod_ips.get(&ipam_key).into_iter().flatten());
-                }
-            }
-            extra.clear();
-            extra.extend(&ipam);
-            extra.extend(registered.get(&key).into_iter().flatten());
-            extra.sort();
-            extra.dedup();
-            let rv = pod.metadata.resource_version.as_deref().unwrap_or_default();
-            seen += 1;
-            // Every converted pod is in `pods` (both go together below).
-            if let Some(c) = known
-                && c.rv == rv
-                && c.extra == extra
-            {
-                c.pass = pass;
-                // Same union, other split (an address IPAM now records that
-                // only EndpointUp had): the next same-view pass reads this.
-                if !same_view && c.ipam != ipam {
-                    c.ipam.clone_from(&ipam);
-                }
-                continue;
-            }
-            let mut info = match PodInfo::from_k8s(&pod) {
-                Ok(i) => i,
-                Err(e) => {
-                    tracing::warn!(error = %e, "pod ignored by policy");
-                    seen -= 1;
-                    continue;
-                }
-            };
-            for ip in &extra {
-                if !info.ips.contains(ip) {
-                    info.ips.push(*ip);
-                }
-            }
-            info.ips.sort();
-            if self.pods.get(&key) != Some(&info) {
-                self.engine.upsert_pod(info.clone());
-                self.pods.insert(key.clone(), info);
-            }
-            self.converted.insert(
-                key,
-                Converted {
-                    rv: rv.to_string(),
-                    ipam: ipam.clone(),
-                    extra: extra.clone(),
-                    pass,
-                },
-            );
-        }
-        // Gone from the cluster (or only ever known from EndpointUp); when
-        // every known pod was seen, nothing is.
-        if seen != self.pods.len() || seen != self.converted.len() {
-            let (engine, converted) = (&mut self.engine, &self.converted);
-            self.pods.retain(|key, _| {
-                let keep = converted.get(key).is_some_and(|c| c.pass == pass);
-                if !keep {
-                    engine.remove_pod(key);
-                }
-                keep
-            });
-            self.converted.retain(|_, c| c.pass == pass);
-        }
+        // Pods, with the addresses IPAM and EndpointUp know.
+        self.update_pods(cluster, view, registry);
 
         // Policies (compared by resourceVersion; the engine compares specs).
         let mut seen = BTreeMap::new();
@@ -439,105 +331,5 @@ impl policy::flowlog::PodResolver for PodsByIp {
                 })
             })
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::api::core::v1::Pod;
-    use kube::runtime::watcher::Event;
-
-    fn pod(name: &str, rv: &str, app: &str) -> Pod {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "namespace": "ns", "resourceVersion": rv, "labels": {"app": app}},
-            "spec": {"nodeName": "n2", "containers": [{"name": "c"}]},
-            "status": {"podIP": "198.19.0.9", "podIPs": [{"ip": "198.19.0.9"}]}
-        }))
-        .expect("pod")
-    }
-
-    fn app_of(ps: &PolicySync, name: &str) -> Option<String> {
-        ps.engine
-            .state()
-            .pods
-            .get(&PodKey::new("ns", name))
-            .and_then(|p| p.labels.get("app").cloned())
-    }
-
-    /// The incremental pass agrees with the cluster: new, changed, gone,
-    /// and EndpointUp-only pods (not in the watch) are dropped, as before.
-    #[tokio::test]
-    async fn update_follows_the_pod_store_incrementally() {
-        let client = kube::Client::try_from(kube::Config::new(
-            "http://127.0.0.1:9".parse().expect("url"),
-        ))
-        .expect("client");
-        let (cluster, mut w) = Cluster::detached(client);
-        let mut ps = PolicySync::new("n1", Vec::new());
-        let mut view = IpamView {
-            synced: true,
-            ..IpamView::default()
-        };
-        let reg = BTreeMap::new();
-        for n in ["a", "b", "c"] {
-            w.pods.apply_watcher_event(&Event::Apply(pod(n, "1", "x")));
-        }
-        ps.update(&cluster, &view, &reg);
-        assert_eq!(app_of(&ps, "b").as_deref(), Some("x"));
-        // Unchanged: nothing re-sent, still known.
-        ps.update(&cluster, &view, &reg);
-        assert!(
-            ["a", "b", "c"]
-                .iter()
-                .all(|n| ps.knows_pod(&PodKey::new("ns", *n)))
-        );
-        // A label change (new resourceVersion) and a deletion.
-        w.pods
-            .apply_watcher_event(&Event::Apply(pod("b", "2", "y")));
-        w.pods
-            .apply_watcher_event(&Event::Delete(pod("c", "1", "x")));
-        ps.update(&cluster, &view, &reg);
-        assert_eq!(app_of(&ps, "b").as_deref(), Some("y"));
-        assert!(!ps.knows_pod(&PodKey::new("ns", "c")));
-        // An IPAM address for an unchanged pod reaches it.
-        std::sync::Arc::make_mut(&mut view.pod_ips).insert(
-            ("ns".into(), "a".into()),
-            vec!["198.19.0.44".parse().expect("ip")],
-        );
-        ps.update(&cluster, &view, &reg);
-        let ips = &ps.engine.state().pods[&PodKey::new("ns", "a")].ips;
-        assert!(ips.contains(&"198.19.0.44".parse().expect("ip")), "{ips:?}");
-        // An address EndpointUp gave, then IPAM records it too (same union),
-        // then the endpoint goes: the address stays, it is IPAM's now.
-        let ep = crate::endpoints::Endpoint {
-            container_id: "cb".into(),
-            namespace: "ns".into(),
-            pod: "b".into(),
-            host_if: "cali0000000000b".into(),
-            ips: vec!["198.19.0.55".parse().expect("ip")],
-            handle: "net.cb".into(),
-            netns: String::new(),
-            ifname: "eth0".into(),
-        };
-        let with_ep: BTreeMap<String, crate::endpoints::Endpoint> =
-            [("net.cb".to_string(), ep)].into();
-        ps.update(&cluster, &view, &with_ep);
-        std::sync::Arc::make_mut(&mut view.pod_ips).insert(
-            ("ns".into(), "b".into()),
-            vec!["198.19.0.55".parse().expect("ip")],
-        );
-        ps.update(&cluster, &view, &with_ep);
-        ps.update(&cluster, &view, &reg);
-        let ips = &ps.engine.state().pods[&PodKey::new("ns", "b")].ips;
-        assert!(ips.contains(&"198.19.0.55".parse().expect("ip")), "{ips:?}");
-        // Known only from EndpointUp (the watch has not delivered it): the
-        // next full pass drops it, as it always did.
-        let extra = PodInfo::from_k8s(&pod("d", "1", "z")).expect("info");
-        ps.upsert_pod(extra);
-        assert!(ps.knows_pod(&PodKey::new("ns", "d")));
-        ps.update(&cluster, &view, &reg);
-        assert!(!ps.knows_pod(&PodKey::new("ns", "d")));
-        assert!(ps.knows_pod(&PodKey::new("ns", "a")));
     }
 }

@@ -1,7 +1,9 @@
 //! Everything that talks to the API server: Margay's custom resources
 //! ([`crd`]), the watched objects ([`cluster`]), IPAM on the CRDs
-//! ([`ipam`]), this node's identity and annotations ([`node`]), and label
-//! selectors ([`selector`]); what of a Pod is read and cached ([`pod`]).
+//! ([`ipam`]), this node's identity and annotations ([`node`]); what of a
+//! Pod is read and cached ([`pod`]); this node's pods published as compact
+//! `PodEndpoint`s ([`podendpoints`]). Label selectors are
+//! `margay_types::Selector`.
 
 pub mod client;
 pub mod cluster;
@@ -9,4 +11,4 @@ pub mod crd;
 pub mod ipam;
 pub mod node;
 pub mod pod;
-pub mod selector;
+pub mod podendpoints;

@@ -46,7 +46,7 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use crate::dataplane::vxlan::{Af, Device, Fdb, Mac, Neigh, Via, Wanted};
+use crate::dataplane::vxlan::{Device, Family, Fdb, Mac, Neigh, Tunnel, Via, Wanted};
 use crate::k8s::crd::VxlanMode;
 use crate::k8s::ipam::view::IpamView;
 use crate::k8s::node::annotations::{
@@ -59,7 +59,7 @@ pub const DEFAULT_VNI: u32 = 4096;
 pub const DEFAULT_PORT: u16 = 4789;
 /// The MAC of `node`'s tunnel device in `af`: six bytes of
 /// sha1("margay-vxlan/<af>/<node>"), locally administered and unicast.
-pub fn tunnel_mac(node: &str, af: Af) -> Mac {
+pub fn tunnel_mac(node: &str, af: Family) -> Mac {
     use sha1::Digest as _;
     let d = sha1::Sha1::digest(format!("margay-vxlan/{af:?}/{node}").as_bytes());
     let mut m = [d[0], d[1], d[2], d[3], d[4], d[5]];
@@ -112,7 +112,7 @@ pub struct PoolFacts {
 /// Another node as its Node object describes it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Peer {
-    /// Underlay address per family ([`Af::idx`]).
+    /// Underlay address per family ([`Family::idx`]).
     pub underlay: [Option<IpAddr>; 2],
     /// Tunnel address and device MAC per family, from its annotations.
     pub tunnel: [Option<(IpAddr, Mac)>; 2],
@@ -141,7 +141,7 @@ pub struct Input<'a> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     /// Tunnel devices (one per family with a VXLAN pool).
-    pub devices: BTreeMap<Af, Device>,
+    pub devices: BTreeMap<Family, Device>,
     /// FDB entries.
     pub fdb: BTreeSet<Fdb>,
     /// Neighbours.
@@ -161,10 +161,10 @@ pub struct Plan {
 }
 
 /// The Node annotations (tunnel address, MAC) of a family.
-pub fn annotation_keys(af: Af) -> (&'static str, &'static str) {
+pub fn annotation_keys(af: Family) -> (&'static str, &'static str) {
     match af {
-        Af::V4 => (ANN_TUNNEL_ADDR_V4, ANN_TUNNEL_MAC_V4),
-        Af::V6 => (ANN_TUNNEL_ADDR_V6, ANN_TUNNEL_MAC_V6),
+        Family::V4 => (ANN_TUNNEL_ADDR_V4, ANN_TUNNEL_MAC_V4),
+        Family::V6 => (ANN_TUNNEL_ADDR_V6, ANN_TUNNEL_MAC_V6),
     }
 }
 
@@ -183,7 +183,7 @@ impl Plan {
     /// family with a device and an address, the others removed.
     pub fn annotations(&self) -> BTreeMap<&'static str, Option<String>> {
         let mut out = BTreeMap::new();
-        for af in Af::BOTH {
+        for af in Family::BOTH {
             let (addr_key, mac_key) = annotation_keys(af);
             let dev = self.devices.get(&af);
             let addr = dev.and_then(|d| d.address);
@@ -211,11 +211,11 @@ pub fn plan(input: &Input<'_>) -> Plan {
     let mut p = Plan::default();
     let s = input.settings;
     // A device per family that some pool carries in VXLAN.
-    for af in Af::BOTH {
+    for af in Family::BOTH {
         let wanted = input
             .pools
             .iter()
-            .any(|pool| Af::of(pool.cidr.ip()) == af && vxlan(pool.mode));
+            .any(|pool| Family::of(pool.cidr.ip()) == af && vxlan(pool.mode));
         if !wanted {
             continue;
         }
@@ -227,8 +227,8 @@ pub fn plan(input: &Input<'_>) -> Plan {
             continue;
         };
         let configured = match af {
-            Af::V4 => s.mtu_v4,
-            Af::V6 => s.mtu_v6,
+            Family::V4 => s.mtu_v4,
+            Family::V6 => s.mtu_v6,
         };
         let mtu = configured.unwrap_or_else(|| input.underlay_mtu.saturating_sub(af.overhead()));
         let address = input.view.tunnel_address(af.is_v6());
@@ -250,7 +250,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
         p.tunnel_pools[af.idx()] = input
             .pools
             .iter()
-            .filter(|pool| Af::of(pool.cidr.ip()) == af && vxlan(pool.mode) && pool.for_tunnel)
+            .filter(|pool| Family::of(pool.cidr.ip()) == af && vxlan(pool.mode) && pool.for_tunnel)
             .map(|pool| pool.name.clone())
             .collect();
         if address.is_none() && p.tunnel_pools[af.idx()].is_empty() {
@@ -274,7 +274,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
     }
     // A family without a device keeps no tunnel address.
     for t in &input.view.tunnels {
-        if !p.devices.contains_key(&Af::of(t.ip)) && !p.stale_tunnels.contains(&t.ip) {
+        if !p.devices.contains_key(&Family::of(t.ip)) && !p.stale_tunnels.contains(&t.ip) {
             p.stale_tunnels.push(t.ip);
         }
     }
@@ -291,12 +291,12 @@ pub fn plan(input: &Input<'_>) -> Plan {
         }
     }
     // Routes to what lives on other nodes, in VXLAN pools.
-    let mut missing: BTreeSet<(String, Af, &'static str)> = BTreeSet::new();
+    let mut missing: BTreeSet<(String, Family, &'static str)> = BTreeSet::new();
     for (dst, node) in &input.view.remote {
         let Some(pool) = pool_of(input.pools, dst).filter(|pool| vxlan(pool.mode)) else {
             continue;
         };
-        let af = Af::of(dst.ip());
+        let af = Family::of(dst.ip());
         let Some(dev) = p.devices.get(&af) else {
             continue;
         };
@@ -324,7 +324,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
     }
     // The tunnel addresses used as gateways, on the device (replacing a
     // borrowed-address route to the same /32 or /128: the same path).
-    let gateways: BTreeSet<(Af, IpAddr)> = p
+    let gateways: BTreeSet<(Family, IpAddr)> = p
         .routes
         .values()
         .filter_map(|v| match v {

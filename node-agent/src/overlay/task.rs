@@ -14,10 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
+use margay_types::Selector;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Af, Input, Mac, Peer, Plan, PoolFacts, Settings, plan};
+use super::{Family, Input, Mac, Peer, Plan, PoolFacts, Settings, plan};
+use crate::dataplane::vxlan::Tunnel;
 use crate::dataplane::vxlan::kernel::OverlayKernel;
 use crate::k8s::cluster::{Cluster, Kind};
 use crate::k8s::crd::{AllowedUse, IPPool};
@@ -55,15 +57,15 @@ pub struct OverlayDeps {
 pub fn peer_of(n: &Node) -> Peer {
     let facts = crate::k8s::node::node_facts(n);
     let ann = n.metadata.annotations.clone().unwrap_or_default();
-    let tunnel = |af: Af| -> Option<(IpAddr, Mac)> {
+    let tunnel = |af: Family| -> Option<(IpAddr, Mac)> {
         let (addr_key, mac_key) = super::annotation_keys(af);
         let ip: IpAddr = ann.get(addr_key)?.parse().ok()?;
         let mac: Mac = ann.get(mac_key)?.parse().ok()?;
-        (Af::of(ip) == af).then_some((ip, mac))
+        (Family::of(ip) == af).then_some((ip, mac))
     };
     Peer {
         underlay: [facts.ipv4.map(IpAddr::V4), facts.ipv6.map(IpAddr::V6)],
-        tunnel: [tunnel(Af::V4), tunnel(Af::V6)],
+        tunnel: [tunnel(Family::V4), tunnel(Family::V6)],
     }
 }
 
@@ -81,7 +83,8 @@ pub fn pool_facts(pools: &[Arc<IPPool>], labels: &BTreeMap<String, String>) -> V
                     && p.spec
                         .effective_allowed_uses()
                         .contains(&AllowedUse::Tunnel)
-                    && crate::k8s::selector::selects(p.spec.node_selector.as_ref(), labels),
+                    && Selector::compile_opt(p.spec.node_selector.as_ref())
+                        .is_ok_and(|s| s.matches(labels)),
             })
         })
         .collect()
@@ -165,13 +168,10 @@ impl Task {
                     node: Some(self.me().to_string()),
                     ..Default::default()
                 },
-                families: vec![match af {
-                    Af::V4 => ipam::Family::V4,
-                    Af::V6 => ipam::Family::V6,
-                }],
+                families: vec![*af],
                 pool_hints: pools.clone(),
                 requested_ips: Vec::new(),
-                use_: Some(ipam::model::AllowedUse::Tunnel),
+                use_: Some(AllowedUse::Tunnel),
             };
             match self.d.alloc.allocate(req).await {
                 Ok(a) => {

@@ -36,8 +36,8 @@ fn world() -> (BTreeMap<String, Peer>, IpamView) {
     let peer = |v4: &str, v6: &str, t4: &str, t6: &str, name: &str| Peer {
         underlay: [Some(ip(v4)), Some(ip(v6))],
         tunnel: [
-            Some((ip(t4), tunnel_mac(name, Af::V4))),
-            Some((ip(t6), tunnel_mac(name, Af::V6))),
+            Some((ip(t4), tunnel_mac(name, Family::V4))),
+            Some((ip(t6), tunnel_mac(name, Family::V6))),
         ],
     };
     let peers: BTreeMap<String, Peer> = [
@@ -113,17 +113,17 @@ fn always_tunnels_every_remote_block_of_the_pool() {
     let s = Settings::default();
     let p = plan(&input(&peers, &pools, &view, &s));
     assert!(p.problems.is_empty(), "{:?}", p.problems);
-    assert_eq!(p.devices.keys().copied().collect::<Vec<_>>(), [Af::V4]);
-    let d = &p.devices[&Af::V4];
+    assert_eq!(p.devices.keys().copied().collect::<Vec<_>>(), [Family::V4]);
+    let d = &p.devices[&Family::V4];
     assert_eq!(
         (d.vni, d.port, d.local, d.mtu, d.address),
         (4096, 4789, ip("198.18.0.11"), 1450, Some(ip("198.19.0.1")))
     );
     let via = |gw: &str| Via::Tunnel {
-        af: Af::V4,
+        af: Family::V4,
         gw: ip(gw),
     };
-    let dev = Via::Device { af: Af::V4 };
+    let dev = Via::Device { af: Family::V4 };
     let want: BTreeMap<IpNetwork, Via> = [
         (net("198.19.0.64/26"), via("198.19.0.65")),
         (net("198.19.0.128/26"), via("198.19.0.129")),
@@ -138,25 +138,25 @@ fn always_tunnels_every_remote_block_of_the_pool() {
         p.fdb,
         [
             Fdb {
-                af: Af::V4,
-                mac: tunnel_mac("n2", Af::V4),
+                af: Family::V4,
+                mac: tunnel_mac("n2", Family::V4),
                 dst: ip("198.18.0.12")
             },
             Fdb {
-                af: Af::V4,
-                mac: tunnel_mac("n3", Af::V4),
+                af: Family::V4,
+                mac: tunnel_mac("n3", Family::V4),
                 dst: ip("198.18.1.13")
             },
         ]
         .into()
     );
     assert!(p.neigh.contains(&Neigh {
-        af: Af::V4,
+        af: Family::V4,
         ip: ip("198.19.0.129"),
-        mac: tunnel_mac("n3", Af::V4)
+        mac: tunnel_mac("n3", Family::V4)
     }));
     assert_eq!(p.pod_mtu, 1450);
-    assert_eq!(p.tunnel_pools[Af::V4.idx()], ["v4"]);
+    assert_eq!(p.tunnel_pools[Family::V4.idx()], ["v4"]);
     // The IPv6 family has no device: its tunnel address goes back.
     assert_eq!(p.stale_tunnels, [ip("2001:db8:100::1")]);
 }
@@ -180,7 +180,7 @@ fn cross_subnet_routes_plainly_within_the_subnet_and_tunnels_across() {
     assert_eq!(
         p.routes[&net("198.19.0.128/26")],
         Via::Tunnel {
-            af: Af::V4,
+            af: Family::V4,
             gw: ip("198.19.0.129")
         }
     );
@@ -193,17 +193,17 @@ fn cross_subnet_routes_plainly_within_the_subnet_and_tunnels_across() {
     assert_eq!(
         p.routes[&net("2001:db8:100::80/122")],
         Via::Tunnel {
-            af: Af::V6,
+            af: Family::V6,
             gw: ip("2001:db8:100::81")
         }
     );
     // Only the tunnelled peer's tunnel address is routed on the device.
     assert_eq!(
         p.routes[&net("2001:db8:100::81/128")],
-        Via::Device { af: Af::V6 }
+        Via::Device { af: Family::V6 }
     );
     assert!(!p.routes.contains_key(&net("198.19.0.65/32")));
-    assert_eq!(p.devices[&Af::V6].mtu, 1430);
+    assert_eq!(p.devices[&Family::V6].mtu, 1430);
     // Pods fit in the smaller of the two tunnels.
     assert_eq!(p.pod_mtu, 1430);
     assert!(p.stale_tunnels.is_empty());
@@ -262,11 +262,11 @@ fn tunnel_addresses_outside_vxlan_pools_are_released_and_settings_apply() {
     };
     let p = plan(&input(&peers, &pools, &view, &s));
     assert_eq!(p.stale_tunnels, [ip("198.19.200.5")]);
-    let d = &p.devices[&Af::V4];
+    let d = &p.devices[&Family::V4];
     assert_eq!((d.vni, d.port, d.mtu, d.address), (7, 8472, 1400, None));
     assert_eq!(p.pod_mtu, 1400);
     assert_eq!(
-        p.tunnel_pools[Af::V4.idx()],
+        p.tunnel_pools[Family::V4.idx()],
         ["v4"],
         "only pools this node may use"
     );
@@ -285,7 +285,7 @@ fn a_vxlan_family_without_an_underlay_address_is_a_problem() {
     let pools = [pool("v6", "2001:db8:100::/48", VxlanMode::Always)];
     let s = Settings::default();
     let mut i = input(&peers, &pools, &view, &s);
-    i.underlay[Af::V6.idx()] = None;
+    i.underlay[Family::V6.idx()] = None;
     let p = plan(&i);
     assert!(p.devices.is_empty());
     assert!(p.problems[0].contains(DEVICE_V6), "{:?}", p.problems);
@@ -293,10 +293,10 @@ fn a_vxlan_family_without_an_underlay_address_is_a_problem() {
 
 #[test]
 fn macs_are_stable_local_unicast_and_print_as_they_parse() {
-    let m = tunnel_mac("n1", Af::V4);
-    assert_eq!(m, tunnel_mac("n1", Af::V4));
-    assert_ne!(m, tunnel_mac("n2", Af::V4));
-    assert_ne!(m, tunnel_mac("n1", Af::V6));
+    let m = tunnel_mac("n1", Family::V4);
+    assert_eq!(m, tunnel_mac("n1", Family::V4));
+    assert_ne!(m, tunnel_mac("n2", Family::V4));
+    assert_ne!(m, tunnel_mac("n1", Family::V6));
     assert_eq!(m.0[0] & 0x03, 0x02, "locally administered, unicast");
     assert_eq!(m.to_string().parse::<Mac>(), Ok(m));
     assert!("02:00:00:00:00".parse::<Mac>().is_err());

@@ -13,13 +13,17 @@
 //!
 //! - [`input`]: the facts, read from the cluster view;
 //! - [`desired`] (here): a pure function of those facts, from
-//!   [`peers`] (node-to-node mesh, `BGPPeer`s that concern this node) and
+//!   [`peers`] (the node-to-node topology — full mesh, or only the sessions
+//!   with reflectors above `nodeToNodeMeshMaxNodes` — and the `BGPPeer`s
+//!   that concern this node) and
 //!   [`originate`] (blocks affine to this node, addresses it borrowed,
 //!   service ranges and the Service addresses it announces, see
 //!   [`services`]);
 //! - [`speaker`]: diffs it against what the speaker runs;
 //! - [`secrets`]: BGP passwords, read only when they can have changed;
-//! - [`fib_task`]: best paths into the kernel;
+//! - [`fib_task`]: best paths into the kernel; a child of the routing
+//!   run, which awaits it: when it ends or panics, the run ends and the
+//!   supervisor starts a fresh one (speaker and FIB task);
 //! - [`report`]: session status for `/status`, readiness and metrics;
 //! - [`task`]: the loop that ties them together, with backoff on failure.
 
@@ -98,6 +102,8 @@ pub struct Desired {
     /// Kind of each peer, as `margayctl node status` shows it: node-mesh,
     /// global, node-specific or selector.
     pub kinds: BTreeMap<String, &'static str>,
+    /// The node-to-node topology, for logs and status.
+    pub topology: peers::Topology,
     /// Problems found (invalid peers etc.), for logs and status.
     pub problems: Vec<String>,
 }
@@ -155,6 +161,7 @@ pub fn desired(input: &RoutingInput, view: &IpamView) -> Desired {
         peers,
         kinds,
         cluster_id,
+        topology,
     } = peers::peers(input, &cfg, &named, &mut problems);
     let originate::Origination {
         originate,
@@ -169,9 +176,12 @@ pub fn desired(input: &RoutingInput, view: &IpamView) -> Desired {
         kinds,
         peers,
         originate,
+        topology,
         problems,
     }
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod topology_tests;

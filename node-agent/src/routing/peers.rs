@@ -5,6 +5,14 @@
 //!
 //! Mesh sessions: both nodes configure each other, and the one with the
 //! higher address is passive, so a pair has exactly one TCP session.
+//!
+//! The topology ([`Topology`]): the full mesh by default up to
+//! `nodeToNodeMeshMaxNodes` nodes (100); above it, when nodes are labelled
+//! `margay.dev/route-reflector=true`, only the sessions that touch a
+//! reflector stay. A labelled node reflects in both topologies, so the
+//! switch only closes client-to-client sessions whose routes the clients
+//! already also hold through the reflectors (same next hop): forwarding
+//! does not change when the cluster crosses the size, either way.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -18,8 +26,10 @@ use crate::k8s::crd::{
     BGPConfigurationSpec, BGPPeerSpec, NextHopMode, SourceAddress, parse_peer_address,
 };
 use crate::k8s::node::NodeFacts;
-use crate::k8s::node::annotations::ANN_RR_CLUSTER_ID;
-use crate::k8s::selector::selects;
+use crate::k8s::node::annotations::{
+    ANN_RR_CLUSTER_ID, DEFAULT_RR_CLUSTER_ID, LABEL_ROUTE_REFLECTOR,
+};
+use margay_types::Selector;
 
 /// The sessions this node should have.
 #[derive(Debug, Default)]
@@ -31,10 +41,51 @@ pub struct Peers {
     pub kinds: BTreeMap<String, &'static str>,
     /// Our route reflector cluster ID, when this node is a route reflector.
     pub cluster_id: Option<Ipv4Addr>,
+    /// Which node-to-node sessions there are, and why.
+    pub topology: Topology,
+}
+
+/// The node-to-node sessions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Topology {
+    /// Every node with every node.
+    #[default]
+    FullMesh,
+    /// Only sessions with a reflector (`nodes` > `max`, `reflectors`
+    /// labelled or configured).
+    Reflectors {
+        /// Nodes in the cluster.
+        nodes: usize,
+        /// `nodeToNodeMeshMaxNodes`.
+        max: u32,
+        /// The reflectors' names.
+        reflectors: Vec<String>,
+    },
+    /// `nodeToNodeMeshEnabled: false`: only `BGPPeer`s.
+    Off,
+}
+
+impl std::fmt::Display for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Topology::FullMesh => f.write_str("full mesh"),
+            Topology::Reflectors {
+                nodes,
+                max,
+                reflectors,
+            } => write!(
+                f,
+                "route reflectors {} ({nodes} nodes > nodeToNodeMeshMaxNodes {max})",
+                reflectors.join(",")
+            ),
+            Topology::Off => f.write_str("no mesh (nodeToNodeMeshEnabled: false)"),
+        }
+    }
 }
 
 /// The route reflector cluster ID of `n`: `routeReflectorClusterID` of
-/// its `node.<name>` BGPConfiguration, else its Node annotation; `None`
+/// its `node.<name>` BGPConfiguration, else its Node annotation, else
+/// [`DEFAULT_RR_CLUSTER_ID`] when it carries the reflector label; `None`
 /// when it is no route reflector. An invalid value is reported and counts
 /// as none.
 fn rr_cluster_id(
@@ -50,10 +101,13 @@ fn rr_cluster_id(
             v,
             format!("BGPConfiguration node.{}: routeReflectorClusterID", n.name),
         ),
-        None => (
-            n.rr_cluster_id.as_deref()?,
-            format!("node {}: {ANN_RR_CLUSTER_ID}", n.name),
-        ),
+        None => match n.rr_cluster_id.as_deref() {
+            Some(v) => (v, format!("node {}: {ANN_RR_CLUSTER_ID}", n.name)),
+            None => {
+                return (n.labels.get(LABEL_ROUTE_REFLECTOR).map(String::as_str) == Some("true"))
+                    .then_some(DEFAULT_RR_CLUSTER_ID);
+            }
+        },
     };
     let v = v.trim();
     match v.parse() {
@@ -198,52 +252,74 @@ pub fn peers(
                 .into(),
         );
     }
+    if input
+        .configs
+        .get(&format!("node.{}", me.name))
+        .is_some_and(|c| c.node_to_node_mesh_max_nodes.is_some())
+    {
+        problems.push(format!(
+            "BGPConfiguration node.{}: nodeToNodeMeshMaxNodes is cluster-wide (default): ignored",
+            me.name
+        ));
+    }
     // (Another node's invalid cluster ID is that node's problem to report.)
     let client = |n: &NodeFacts| {
         cluster_id.is_some() && rr_cluster_id(&input.configs, n, &mut Vec::new()) != cluster_id
     };
 
-    if cfg.mesh_enabled() {
-        for n in input.nodes.iter().filter(|n| n.name != me.name) {
-            // One session per pair, over IPv4 when both have it (it carries
-            // both families), else IPv6.
-            let theirs = match (me.ipv4, n.ipv4, me.ipv6, n.ipv6) {
-                (Some(_), Some(a), _, _) => IpAddr::V4(a),
-                (_, _, Some(_), Some(a)) => IpAddr::V6(a),
-                _ => {
-                    problems.push(format!(
-                        "mesh: node {} has no address in a family we have",
-                        n.name
-                    ));
-                    continue;
-                }
-            };
-            let their_as = effective_config(&input.configs, &n.name).as_number();
-            let mut p = base_peer(
-                format!("mesh-{}", n.name),
-                input,
-                local_as,
-                theirs,
-                their_as,
-            );
-            let mine = if theirs.is_ipv4() {
-                me.ipv4.map(IpAddr::V4)
-            } else {
-                me.ipv6.map(IpAddr::V6)
-            };
-            p.passive = mine.is_some_and(|m| m > theirs);
-            p.port = port;
-            p.rr_client = client(n);
-            kinds.insert(
-                p.name.clone(),
-                if p.rr_client {
-                    "rr-client"
-                } else {
-                    "node-mesh"
-                },
-            );
-            peers.insert(p.name.clone(), p);
+    let topology = topology(input, cfg, problems);
+    // In the reflector topology, a reflector keeps a session with every
+    // node and the others only with the reflectors.
+    let meshed = |n: &NodeFacts| match &topology {
+        Topology::FullMesh => true,
+        Topology::Reflectors { reflectors, .. } => {
+            cluster_id.is_some() || reflectors.contains(&n.name)
         }
+        Topology::Off => false,
+    };
+    for n in input
+        .nodes
+        .iter()
+        .filter(|n| n.name != me.name && meshed(n))
+    {
+        // One session per pair, over IPv4 when both have it (it carries
+        // both families), else IPv6.
+        let theirs = match (me.ipv4, n.ipv4, me.ipv6, n.ipv6) {
+            (Some(_), Some(a), _, _) => IpAddr::V4(a),
+            (_, _, Some(_), Some(a)) => IpAddr::V6(a),
+            _ => {
+                problems.push(format!(
+                    "mesh: node {} has no address in a family we have",
+                    n.name
+                ));
+                continue;
+            }
+        };
+        let their_as = effective_config(&input.configs, &n.name).as_number();
+        let mut p = base_peer(
+            format!("mesh-{}", n.name),
+            input,
+            local_as,
+            theirs,
+            their_as,
+        );
+        let mine = if theirs.is_ipv4() {
+            me.ipv4.map(IpAddr::V4)
+        } else {
+            me.ipv6.map(IpAddr::V6)
+        };
+        p.passive = mine.is_some_and(|m| m > theirs);
+        p.port = port;
+        p.rr_client = client(n);
+        let kind = if p.rr_client {
+            "rr-client"
+        } else if matches!(topology, Topology::Reflectors { .. }) {
+            "reflector"
+        } else {
+            "node-mesh"
+        };
+        kinds.insert(p.name.clone(), kind);
+        peers.insert(p.name.clone(), p);
     }
 
     for (name, spec) in &input.peers {
@@ -251,10 +327,12 @@ pub fn peers(
             problems.push(format!("BGPPeer {name}: {e}"));
             continue;
         }
-        // The nodes this BGPPeer is for (`node`, else `nodeSelector`).
+        // The nodes this BGPPeer is for (`node`, else `nodeSelector`). An
+        // invalid selector selects nothing.
+        let node_selector = Selector::compile_opt(spec.node_selector.as_ref());
         let applies = |n: &NodeFacts| match &spec.node {
             Some(x) => *x == n.name,
-            None => selects(spec.node_selector.as_ref(), &n.labels),
+            None => node_selector.as_ref().is_ok_and(|s| s.matches(&n.labels)),
         };
         // (name, address, AS, the peer node when it is one).
         let mut targets: Vec<(String, SocketAddr, u32, Option<&NodeFacts>)> = Vec::new();
@@ -276,11 +354,11 @@ pub fn peers(
             // reverse peering: we peer with the nodes `peerSelector` picks
             // when the BGPPeer is for us, and with the nodes it is for when
             // `peerSelector` picks us.
+            let selects = |l| Selector::compile(sel).is_ok_and(|s| s.matches(l));
             let forward = applies(me);
-            let reverse = selects(Some(sel), &me.labels);
+            let reverse = selects(&me.labels);
             for n in input.nodes.iter().filter(|n| {
-                n.name != me.name
-                    && ((forward && selects(Some(sel), &n.labels)) || (reverse && applies(n)))
+                n.name != me.name && ((forward && selects(&n.labels)) || (reverse && applies(n)))
             }) {
                 let addr = n.ipv4.map(IpAddr::V4).or(n.ipv6.map(IpAddr::V6));
                 let Some(addr) = addr else { continue };
@@ -336,5 +414,45 @@ pub fn peers(
             .collect(),
         peers,
         cluster_id,
+        topology,
+    }
+}
+
+/// The node-to-node topology: `nodeToNodeMeshEnabled` when set, else the
+/// full mesh up to `nodeToNodeMeshMaxNodes` nodes and the reflectors above
+/// it (the full mesh, reported, when no node is one).
+fn topology(
+    input: &RoutingInput,
+    cfg: &BGPConfigurationSpec,
+    problems: &mut Vec<String>,
+) -> Topology {
+    match cfg.node_to_node_mesh_enabled {
+        Some(true) => return Topology::FullMesh,
+        Some(false) => return Topology::Off,
+        None => {}
+    }
+    let max = cfg.mesh_max_nodes();
+    let nodes = input.nodes.len();
+    if u32::try_from(nodes).is_ok_and(|n| n <= max) {
+        return Topology::FullMesh;
+    }
+    // (Each reflector's invalid cluster ID is reported by that node.)
+    let reflectors: Vec<String> = input
+        .nodes
+        .iter()
+        .filter(|n| rr_cluster_id(&input.configs, n, &mut Vec::new()).is_some())
+        .map(|n| n.name.clone())
+        .collect();
+    if reflectors.is_empty() {
+        problems.push(format!(
+            "{nodes} nodes > nodeToNodeMeshMaxNodes {max} but no node is labelled \
+             {LABEL_ROUTE_REFLECTOR}=true: keeping the full mesh"
+        ));
+        return Topology::FullMesh;
+    }
+    Topology::Reflectors {
+        nodes,
+        max,
+        reflectors,
     }
 }

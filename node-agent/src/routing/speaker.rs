@@ -38,7 +38,21 @@ pub struct Running {
     pub routes_generation: Option<u64>,
     /// The default export rules the speaker has.
     default_export: Option<Vec<Rule>>,
-    _fib: tokio::task::JoinHandle<()>,
+    /// The FIB task of this speaker: a child of the routing run, which
+    /// awaits it ([`Running::fib_ended`]) so that its end is never silent.
+    fib: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Resolves when this speaker's FIB task has ended: returned (its
+    /// speaker is gone) or panicked. The routing run then ends too and the
+    /// supervisor starts it again (a fresh speaker and FIB task).
+    pub async fn fib_ended(running: &mut Option<Running>) -> Result<(), tokio::task::JoinError> {
+        match running {
+            Some(r) => (&mut r.fib).await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// What starting the speaker needs besides the desired state.
@@ -96,7 +110,7 @@ pub async fn apply(
             originated: BTreeMap::new(),
             routes_generation: None,
             default_export: None,
-            _fib: fib_task,
+            fib: fib_task,
         });
     }
     let Some(r) = running.as_mut() else {
@@ -145,4 +159,40 @@ pub async fn apply(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A FIB task that panics is seen by the routing run (which then ends,
+    /// so that the supervisor restarts it), never silently dropped.
+    #[tokio::test]
+    async fn the_end_of_the_fib_task_is_seen() {
+        let (speaker, _fib_rx) = Speaker::start(SpeakerConfig {
+            local_as: 64512,
+            router_id: Ipv4Addr::new(198, 18, 0, 11),
+            listen: vec![],
+            cluster_id: None,
+            decision: Default::default(),
+        })
+        .await
+        .expect("speaker");
+        let mut running = Some(Running {
+            speaker,
+            key: (64512, Ipv4Addr::new(198, 18, 0, 11), None, vec![]),
+            peers: BTreeMap::new(),
+            kinds: BTreeMap::new(),
+            originated: BTreeMap::new(),
+            routes_generation: None,
+            default_export: None,
+            fib: tokio::spawn(async { panic!("FIB task failure") }),
+        });
+        let ended = Running::fib_ended(&mut running).await;
+        assert!(ended.is_err_and(|e| e.is_panic()));
+        // Without a speaker there is no FIB task to wait for.
+        let none =
+            tokio::time::timeout(Duration::from_millis(50), Running::fib_ended(&mut None)).await;
+        assert!(none.is_err(), "no speaker: pending");
+    }
 }

@@ -65,6 +65,7 @@ pub async fn run(mut deps: RoutingDeps, mut pulse: Pulse) {
     let mut seen = gens.borrow().clone();
     let mut running: Option<Running> = None;
     let mut last_problems: Vec<String> = Vec::new();
+    let mut last_topology: Option<super::peers::Topology> = None;
     let mut last_log_level: Option<&'static str> = None;
     let mut status_tick = tokio::time::interval(STATUS_PERIOD);
     let mut passwords = PasswordCache::new(deps.secrets_namespace.clone());
@@ -84,6 +85,10 @@ pub async fn run(mut deps: RoutingDeps, mut pulse: Pulse) {
                     tracing::warn!(problem = %p, "routing configuration");
                 }
                 last_problems = d.problems.clone();
+            }
+            if last_topology.as_ref() != Some(&d.topology) {
+                tracing::info!(topology = %d.topology, "BGP node-to-node topology");
+                last_topology = Some(d.topology.clone());
             }
             // BGPConfiguration.logSeverityScreen sets the agent's log level.
             let level = super::effective_config(&input::configs(&deps.cluster), &deps.me.name)
@@ -120,6 +125,8 @@ pub async fn run(mut deps: RoutingDeps, mut pulse: Pulse) {
             }
             deps.health
                 .set_status("bgp_problems", serde_json::json!(d.problems));
+            deps.health
+                .set_status("bgp_topology", serde_json::json!(d.topology.to_string()));
         }
         tokio::select! {
             r = gens.changed() => {
@@ -146,6 +153,15 @@ pub async fn run(mut deps: RoutingDeps, mut pulse: Pulse) {
             // A password refresh (or the retry of a missing one).
             () = tokio::time::sleep_until(passwords.due().unwrap_or_else(Instant::now)), if passwords.due().is_some() => {
                 dirty = true;
+            }
+            ended = Running::fib_ended(&mut running) => {
+                // Routes would stop reaching the kernel: end this run, so
+                // that the supervisor logs it and starts a fresh speaker.
+                match ended {
+                    Err(e) if e.is_panic() => tracing::error!(error = %e, "the FIB task panicked: restarting routing"),
+                    _ => tracing::error!("the FIB task ended while its speaker runs: restarting routing"),
+                }
+                return;
             }
             () = pulse.tick() => {}
             _ = status_tick.tick() => {

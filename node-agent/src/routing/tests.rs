@@ -10,7 +10,7 @@ use bgp::config::{PeerBfd, RemoteAs};
 use bgp::rib::filter::FilterAction;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-fn node(name: &str, v4: &str) -> NodeFacts {
+pub(super) fn node(name: &str, v4: &str) -> NodeFacts {
     NodeFacts {
         name: name.into(),
         labels: [("rack".to_string(), "r1".to_string())].into(),
@@ -20,7 +20,7 @@ fn node(name: &str, v4: &str) -> NodeFacts {
     }
 }
 
-fn input(me: &str) -> RoutingInput {
+pub(super) fn input(me: &str) -> RoutingInput {
     let nodes = vec![
         node("n1", "198.18.0.11"),
         node("n2", "198.18.0.12"),
@@ -41,7 +41,7 @@ fn input(me: &str) -> RoutingInput {
     }
 }
 
-fn view() -> IpamView {
+pub(super) fn view() -> IpamView {
     IpamView {
         synced: true,
         affine_blocks: ["198.19.1.0/26".parse().expect("net")].into(),
@@ -434,188 +434,4 @@ fn service_ranges_and_the_services_this_node_serves_are_originated_and_exported(
         exported,
         ["198.19.0.0/16", "198.19.250.0/24", "198.19.252.0/24"]
     );
-}
-
-/// Calico's route reflector set-up: n1 carries a cluster ID and the label
-/// `route-reflector: "true"`, the mesh is off, and one BGPPeer for every
-/// node selects the reflectors.
-fn rr_input(me: &str) -> RoutingInput {
-    let mut i = input(me);
-    for n in i.nodes.iter_mut().chain([&mut i.me]) {
-        if n.name == "n1" {
-            n.rr_cluster_id = Some("198.18.0.100".into());
-            n.labels.insert("route-reflector".into(), "true".into());
-        }
-    }
-    i.configs.insert(
-        "default".into(),
-        BGPConfigurationSpec {
-            node_to_node_mesh_enabled: Some(false),
-            ..Default::default()
-        },
-    );
-    i.peers.insert(
-        "rrs".into(),
-        BGPPeerSpec {
-            peer_selector: Some(LabelSelector {
-                match_labels: Some([("route-reflector".to_string(), "true".to_string())].into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    );
-    i
-}
-
-#[test]
-fn route_reflectors_peer_with_every_node_and_make_them_clients() {
-    // The reflector: the BGPPeer selects it, so it peers back with every
-    // node the BGPPeer is for, each a client.
-    let d = desired(&rr_input("n1"), &view());
-    assert_eq!(d.cluster_id, Some(Ipv4Addr::new(198, 18, 0, 100)));
-    assert_eq!(
-        d.peers.keys().collect::<Vec<_>>(),
-        ["peer-rrs-n2", "peer-rrs-n3"]
-    );
-    assert!(d.peers.values().all(|p| p.rr_client));
-    assert_eq!(d.kinds["peer-rrs-n2"], "rr-client");
-    // n1 has the lowest address: it connects, the clients accept.
-    assert!(!d.peers["peer-rrs-n2"].passive);
-    // A client: one session, to the reflector, not a client itself; no
-    // cluster ID of its own.
-    let d2 = desired(&rr_input("n2"), &view());
-    assert_eq!(d2.cluster_id, None);
-    assert_eq!(d2.peers.keys().collect::<Vec<_>>(), ["peer-rrs-n1"]);
-    assert!(!d2.peers["peer-rrs-n1"].rr_client);
-    assert!(d2.peers["peer-rrs-n1"].passive);
-    assert_eq!(d2.kinds["peer-rrs-n1"], "selector");
-
-    // Two reflectors of one cluster are not each other's clients; of
-    // different clusters they are.
-    let mut i = rr_input("n1");
-    for n in i.nodes.iter_mut().filter(|n| n.name == "n3") {
-        n.rr_cluster_id = Some("198.18.0.100".into());
-        n.labels.insert("route-reflector".into(), "true".into());
-    }
-    let d = desired(&i, &view());
-    assert!(d.peers["peer-rrs-n2"].rr_client);
-    assert!(!d.peers["peer-rrs-n3"].rr_client);
-    assert_eq!(d.kinds["peer-rrs-n3"], "selector");
-    for n in i.nodes.iter_mut().filter(|n| n.name == "n3") {
-        n.rr_cluster_id = Some("198.18.0.101".into());
-    }
-    assert!(desired(&i, &view()).peers["peer-rrs-n3"].rr_client);
-
-    // An invalid cluster ID: reported, and no reflection.
-    let mut i = rr_input("n1");
-    i.me.rr_cluster_id = Some("not-an-id".into());
-    let d = desired(&i, &view());
-    assert_eq!(d.cluster_id, None);
-    assert!(d.peers.values().all(|p| !p.rr_client));
-    assert!(
-        d.problems.iter().any(|p| p.contains("not-an-id")),
-        "{:?}",
-        d.problems
-    );
-}
-
-#[test]
-fn the_cluster_id_comes_from_the_per_node_bgpconfiguration_else_the_annotation() {
-    let per_node = |id: &str| BGPConfigurationSpec {
-        route_reflector_cluster_id: Some(id.into()),
-        ..Default::default()
-    };
-    // n1 is a reflector by its BGPConfiguration only (no annotation).
-    let mut i = rr_input("n1");
-    for n in i.nodes.iter_mut().chain([&mut i.me]) {
-        n.rr_cluster_id = None;
-    }
-    assert_eq!(desired(&i, &view()).cluster_id, None);
-    i.configs.insert("node.n1".into(), per_node("198.18.0.200"));
-    let d = desired(&i, &view());
-    assert_eq!(d.cluster_id, Some(Ipv4Addr::new(198, 18, 0, 200)));
-    assert!(d.peers.values().all(|p| p.rr_client), "{:?}", d.peers);
-    // The clients see it too: n3 with the same cluster ID in its own
-    // BGPConfiguration is a fellow reflector, not a client.
-    i.configs.insert("node.n3".into(), per_node("198.18.0.200"));
-    for n in i.nodes.iter_mut().filter(|n| n.name == "n3") {
-        n.labels.insert("route-reflector".into(), "true".into());
-    }
-    let d = desired(&i, &view());
-    assert!(d.peers["peer-rrs-n2"].rr_client);
-    assert!(!d.peers["peer-rrs-n3"].rr_client);
-
-    // The CRD wins over the annotation; the annotation is the fallback.
-    let mut i = rr_input("n1");
-    assert_eq!(
-        desired(&i, &view()).cluster_id,
-        Some(Ipv4Addr::new(198, 18, 0, 100))
-    );
-    i.configs.insert("node.n1".into(), per_node("198.18.0.200"));
-    assert_eq!(
-        desired(&i, &view()).cluster_id,
-        Some(Ipv4Addr::new(198, 18, 0, 200))
-    );
-    // An invalid CRD value is reported by name, and no reflection (it does
-    // not fall back to the annotation: the operator asked for something).
-    i.configs.insert("node.n1".into(), per_node("rr-1"));
-    let d = desired(&i, &view());
-    assert_eq!(d.cluster_id, None);
-    assert!(
-        d.problems
-            .iter()
-            .any(|p| p.contains("node.n1: routeReflectorClusterID \"rr-1\"")),
-        "{:?}",
-        d.problems
-    );
-
-    // In `default` it would make every node a reflector of one cluster, with
-    // no clients: ignored and reported.
-    let mut i = input("n2");
-    i.configs.insert("default".into(), per_node("198.18.0.200"));
-    let d = desired(&i, &view());
-    assert_eq!(d.cluster_id, None);
-    assert!(
-        d.problems.iter().any(|p| p.contains("is per node")),
-        "{:?}",
-        d.problems
-    );
-    // ... and a per-node override does not inherit it.
-    let merged = effective_config(&i.configs, "n2");
-    assert_eq!(merged.route_reflector_cluster_id, None);
-}
-
-#[test]
-fn selector_peerings_are_configured_at_both_ends() {
-    // "nodes labelled rack=r1 peer with the edge node": the edge node is
-    // not itself selected by nodeSelector, but peers back.
-    let peers = |me: &str| {
-        let mut i = input(me);
-        for n in i.nodes.iter_mut().chain([&mut i.me]) {
-            if n.name == "n3" {
-                n.labels = [("role".to_string(), "edge".to_string())].into();
-            }
-        }
-        i.peers.insert(
-            "to-edge".into(),
-            BGPPeerSpec {
-                node_selector: Some(LabelSelector {
-                    match_labels: Some([("rack".to_string(), "r1".to_string())].into()),
-                    ..Default::default()
-                }),
-                peer_selector: Some(LabelSelector {
-                    match_labels: Some([("role".to_string(), "edge".to_string())].into()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        );
-        desired(&i, &view())
-            .peers
-            .into_keys()
-            .filter(|k| k.starts_with("peer-"))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(peers("n1"), ["peer-to-edge-n3"]);
-    assert_eq!(peers("n3"), ["peer-to-edge-n1", "peer-to-edge-n2"]);
 }

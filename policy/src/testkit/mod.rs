@@ -240,7 +240,7 @@ pub fn input(rs: &Ruleset, iif: &str, src: IpAddr) -> SimVerdict {
 }
 
 fn spoof_ok(rs: &Ruleset, iif: &str, src: IpAddr) -> bool {
-    let set = format!("{SPOOF}{}", Family::of(&src).tag());
+    let set = format!("{SPOOF}{}", Family::of(src).tag());
     rs.sets
         .get(&set)
         .is_some_and(|s| s.elems.contains(&Elem::IfAddr(iif.to_string(), src)))
@@ -292,7 +292,7 @@ fn matches(rs: &Ruleset, m: &Match, p: &Packet<'_>) -> bool {
     match m {
         Match::Addr(f, fam, set) => {
             let a = addr(f);
-            Family::of(&a) == *fam
+            Family::of(a) == *fam
                 && in_set(rs, set, |e| match e {
                     Elem::Addr(x) => *x == a,
                     Elem::Range(r) => r.contains(&a),
@@ -314,7 +314,7 @@ fn matches(rs: &Ruleset, m: &Match, p: &Packet<'_>) -> bool {
             let L4::Port(proto, port) = p.l4 else {
                 return false;
             };
-            Family::of(&a) == *fam
+            Family::of(a) == *fam
                 && in_set(
                     rs,
                     set,

@@ -3,6 +3,15 @@
 //! kernel answers only failures (an NLMSG_ERROR carrying the request's
 //! sequence number). One syscall and no reply per ~500 routes instead of a
 //! request, a reply and a future per route.
+//!
+//! Why not the `rtnetlink` crate's request per route (the messages are
+//! still `netlink-packet-route` types where it matters, see
+//! [`super::message`]): measured with `bench_bgp --only floor` (one thread,
+//! fresh namespace, 2 shared cores, load ~2.2, 2026-12-04), the crate with
+//! 64 requests in flight takes 6.67 s and 4.24 s CPU for 1M IPv4 routes,
+//! this writer 2.92 s and 1.55 s (0.44x the time, 0.37x the CPU); IPv6
+//! 6.18 s / 4.29 s vs 2.90 s / 1.43 s; at 100k the same ratios (0.41x /
+//! 0.31x). Time to FIB is the figure the speaker is judged on (issue #18).
 
 use std::io;
 use std::net::IpAddr;

@@ -114,7 +114,12 @@ impl Drop for Fib {
     }
 }
 
-fn message(prefix: &Prefix, hops: &[IpAddr]) -> RouteMessage {
+/// The rtnetlink message for `prefix` via `hops` (none: a delete), as the
+/// maintained `netlink-packet-route` types build it: what [`Fib::apply`]
+/// writes for a multipath route, and what `bench_bgp --only floor` sends
+/// one request at a time through the `rtnetlink` crate to measure the
+/// batched writer ([`batch`]) against.
+pub fn message(prefix: &Prefix, hops: &[IpAddr]) -> RouteMessage {
     let mut m = match prefix.addr() {
         IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
             .destination_prefix(a, prefix.len())

@@ -27,7 +27,7 @@ pub use super::netlink::OverlayError;
 use super::netlink::{
     Link, errno, fail, gone, link_of, parse_neigh, parse_route, route_message, same_tunnel,
 };
-use super::{Af, Device, Fdb, Neigh, OVERLAY_METRIC, RTPROT_OVERLAY, Via, Wanted};
+use super::{Device, Family, Fdb, Neigh, OVERLAY_METRIC, RTPROT_OVERLAY, Tunnel, Via, Wanted};
 
 /// What a sync changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -289,8 +289,8 @@ impl OverlayKernel {
         let mut report = Report::default();
         let links = self.links().await?;
         let underlay_index = underlay.and_then(|n| links.get(n)).map(|l| l.index);
-        let mut index: BTreeMap<Af, u32> = BTreeMap::new();
-        for af in Af::BOTH {
+        let mut index: BTreeMap<Family, u32> = BTreeMap::new();
+        for af in Family::BOTH {
             let have = links.get(af.device());
             match (plan.devices.get(&af), have) {
                 (Some(d), have) => {
@@ -306,7 +306,7 @@ impl OverlayKernel {
                 (None, None) => {}
             }
         }
-        let by_index: BTreeMap<u32, Af> = index.iter().map(|(af, i)| (*i, *af)).collect();
+        let by_index: BTreeMap<u32, Family> = index.iter().map(|(af, i)| (*i, *af)).collect();
         self.sync_fdb(plan, &index, &by_index, &mut report).await?;
         self.sync_neigh(plan, &index, &by_index, &mut report)
             .await?;
@@ -318,8 +318,8 @@ impl OverlayKernel {
     async fn sync_fdb(
         &self,
         plan: &Wanted<'_>,
-        index: &BTreeMap<Af, u32>,
-        by_index: &BTreeMap<u32, Af>,
+        index: &BTreeMap<Family, u32>,
+        by_index: &BTreeMap<u32, Family>,
         report: &mut Report,
     ) -> Result<(), OverlayError> {
         let mut have: BTreeSet<Fdb> = BTreeSet::new();
@@ -366,8 +366,8 @@ impl OverlayKernel {
     async fn sync_neigh(
         &self,
         plan: &Wanted<'_>,
-        index: &BTreeMap<Af, u32>,
-        by_index: &BTreeMap<u32, Af>,
+        index: &BTreeMap<Family, u32>,
+        by_index: &BTreeMap<u32, Family>,
         report: &mut Report,
     ) -> Result<(), OverlayError> {
         let mut have: BTreeSet<Neigh> = BTreeSet::new();
@@ -423,8 +423,8 @@ impl OverlayKernel {
     async fn sync_routes(
         &self,
         plan: &Wanted<'_>,
-        index: &BTreeMap<Af, u32>,
-        by_index: &BTreeMap<u32, Af>,
+        index: &BTreeMap<Family, u32>,
+        by_index: &BTreeMap<u32, Family>,
         report: &mut Report,
     ) -> Result<(), OverlayError> {
         let mut right: BTreeSet<IpNetwork> = BTreeSet::new();

@@ -23,48 +23,31 @@ pub const RTPROT_OVERLAY: u8 = 82;
 /// Metric of the overlay's routes: below the BGP routes' 1280, so a pool in
 /// `Always` / `CrossSubnet` is routed by the overlay while BGP still runs.
 pub const OVERLAY_METRIC: u32 = 1100;
-/// An address family of the overlay.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Af {
-    /// IPv4 pools over the IPv4 underlay.
-    V4,
-    /// IPv6 pools over the IPv6 underlay.
-    V6,
+/// An address family of the overlay: IPv4 pools over the IPv4 underlay,
+/// IPv6 pools over the IPv6 underlay (the workspace's one family type).
+pub use margay_types::Family;
+
+/// What the overlay makes of a family.
+pub trait Tunnel {
+    /// Its tunnel device.
+    fn device(self) -> &'static str;
+    /// Bytes VXLAN adds over this underlay: outer IP header (20 / 40) +
+    /// UDP (8) + VXLAN (8) + inner Ethernet (14).
+    fn overhead(self) -> u32;
 }
 
-impl Af {
-    /// Both, IPv4 first.
-    pub const BOTH: [Af; 2] = [Af::V4, Af::V6];
-
-    /// The family of `ip`.
-    pub fn of(ip: IpAddr) -> Af {
-        if ip.is_ipv4() { Af::V4 } else { Af::V6 }
-    }
-
-    /// Index into per-family arrays.
-    pub fn idx(self) -> usize {
-        self as usize
-    }
-
-    /// Whether this is IPv6.
-    pub fn is_v6(self) -> bool {
-        self == Af::V6
-    }
-
-    /// Its tunnel device.
-    pub fn device(self) -> &'static str {
+impl Tunnel for Family {
+    fn device(self) -> &'static str {
         match self {
-            Af::V4 => DEVICE_V4,
-            Af::V6 => DEVICE_V6,
+            Family::V4 => DEVICE_V4,
+            Family::V6 => DEVICE_V6,
         }
     }
 
-    /// Bytes VXLAN adds over this underlay: outer IP header (20 / 40) +
-    /// UDP (8) + VXLAN (8) + inner Ethernet (14).
-    pub fn overhead(self) -> u32 {
+    fn overhead(self) -> u32 {
         match self {
-            Af::V4 => 50,
-            Af::V6 => 70,
+            Family::V4 => 50,
+            Family::V6 => 70,
         }
     }
 }
@@ -105,7 +88,7 @@ impl std::str::FromStr for Mac {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Device {
     /// Its family.
-    pub af: Af,
+    pub af: Family,
     /// VNI.
     pub vni: u32,
     /// UDP port.
@@ -124,7 +107,7 @@ pub struct Device {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Fdb {
     /// Device family.
-    pub af: Af,
+    pub af: Family,
     /// The remote device's MAC.
     pub mac: Mac,
     /// The remote node's underlay address.
@@ -135,7 +118,7 @@ pub struct Fdb {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Neigh {
     /// Device family.
-    pub af: Af,
+    pub af: Family,
     /// The remote tunnel address.
     pub ip: IpAddr,
     /// The remote device's MAC.
@@ -148,7 +131,7 @@ pub enum Via {
     /// `via <tunnel address> dev <device> onlink`.
     Tunnel {
         /// Device family.
-        af: Af,
+        af: Family,
         /// The remote node's tunnel address.
         gw: IpAddr,
     },
@@ -165,7 +148,7 @@ pub enum Via {
     /// very block the tunnel address lies in.
     Device {
         /// Device family.
-        af: Af,
+        af: Family,
     },
 }
 
@@ -173,7 +156,7 @@ pub enum Via {
 #[derive(Clone, Copy, Debug)]
 pub struct Wanted<'a> {
     /// Tunnel devices (one per family with a VXLAN pool).
-    pub devices: &'a BTreeMap<Af, Device>,
+    pub devices: &'a BTreeMap<Family, Device>,
     /// FDB entries.
     pub fdb: &'a BTreeSet<Fdb>,
     /// Neighbours.

@@ -15,7 +15,7 @@ use netlink_packet_route::route::{
 };
 use rtnetlink::RouteMessageBuilder;
 
-use super::{Af, Device, Mac, OVERLAY_METRIC, RTPROT_OVERLAY, Via};
+use super::{Device, Family, Mac, OVERLAY_METRIC, RTPROT_OVERLAY, Via};
 
 /// A netlink request the kernel refused.
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +110,7 @@ pub(super) fn same_tunnel(l: &Link, d: &Device, underlay: Option<u32>) -> bool {
 /// A route of ours as dumped: (destination, how, metric).
 pub(super) fn parse_route(
     m: &RouteMessage,
-    devices: &BTreeMap<u32, Af>,
+    devices: &BTreeMap<u32, Family>,
 ) -> Option<(IpNetwork, Via, u32)> {
     let mut dst = None;
     let mut gw = None;
@@ -142,7 +142,7 @@ pub(super) fn parse_route(
 pub(super) fn route_message(
     dst: &IpNetwork,
     via: &Via,
-    devices: &BTreeMap<Af, u32>,
+    devices: &BTreeMap<Family, u32>,
 ) -> Option<RouteMessage> {
     let (gw, oif) = match via {
         Via::Tunnel { af, gw } => (Some(*gw), Some(*devices.get(af)?)),

@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{Cidr, DEFAULT_AS, DEFAULT_BGP_PORT};
 
+/// Largest cluster that gets the full mesh by default (Calico's advice
+/// too: above ~100 nodes, route reflectors).
+pub const DEFAULT_MESH_MAX_NODES: u32 = 100;
+
 /// A named BGP community value: standard ("65000:100", RFC 1997), large
 /// ("65000:1:2", RFC 8092), extended ("rt:65000:100", "ro:198.18.0.1:7",
 /// RFC 4360) or well-known ("no-export", "no-advertise").
@@ -72,10 +76,19 @@ pub struct BGPConfigurationSpec {
     /// AS number of the nodes (default 64512).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub as_number: Option<u32>,
-    /// iBGP full mesh between all nodes (default true). Turn it off when
-    /// nodes peer with ToRs or route reflectors instead.
+    /// iBGP full mesh between all nodes. Unset (the default): the full
+    /// mesh up to `nodeToNodeMeshMaxNodes` nodes, route reflectors above
+    /// it. `true`: always the full mesh; `false`: no node-to-node sessions
+    /// at all (nodes peer with ToRs or reflectors through `BGPPeer`s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_to_node_mesh_enabled: Option<bool>,
+    /// Largest cluster (in nodes) that gets the full mesh when
+    /// `nodeToNodeMeshEnabled` is unset (default 100). Above it, the nodes
+    /// labelled `margay.dev/route-reflector=true` are route reflectors and
+    /// every other node peers only with them (with none labelled, the mesh
+    /// stays and a problem is reported). Only in `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_to_node_mesh_max_nodes: Option<u32>,
     /// TCP port the speaker listens on (default 179).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen_port: Option<u16>,
@@ -141,6 +154,8 @@ impl BGPConfigurationSpec {
                 &self.node_to_node_mesh_enabled,
                 &over.node_to_node_mesh_enabled,
             ),
+            // Cluster-wide only: every node must agree on the topology.
+            node_to_node_mesh_max_nodes: self.node_to_node_mesh_max_nodes,
             listen_port: pick(&self.listen_port, &over.listen_port),
             communities: pick_vec(&self.communities, &over.communities),
             prefix_advertisements: pick_vec(
@@ -164,9 +179,10 @@ impl BGPConfigurationSpec {
         self.as_number.unwrap_or(DEFAULT_AS)
     }
 
-    /// Whether the node-to-node mesh is on, defaulted.
-    pub fn mesh_enabled(&self) -> bool {
-        self.node_to_node_mesh_enabled.unwrap_or(true)
+    /// Largest cluster with the full mesh by default, defaulted.
+    pub fn mesh_max_nodes(&self) -> u32 {
+        self.node_to_node_mesh_max_nodes
+            .unwrap_or(DEFAULT_MESH_MAX_NODES)
     }
 
     /// The listen port, defaulted.

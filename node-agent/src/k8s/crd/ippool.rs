@@ -2,14 +2,8 @@
 
 use super::*;
 
-/// What a pool's addresses may be used for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum AllowedUse {
-    /// Pod addresses.
-    Workload,
-    /// Tunnel endpoint addresses (reserved for overlay modes).
-    Tunnel,
-}
+/// What a pool's addresses may be used for (the allocator's own type).
+pub use ipam::model::AllowedUse;
 
 /// `allowedUses` when the field is absent or empty (Calico's API default).
 pub const DEFAULT_ALLOWED_USES: &[AllowedUse] = &[AllowedUse::Workload, AllowedUse::Tunnel];

@@ -25,9 +25,12 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
 mod bgpconfig;
+mod podendpoint;
+pub use podendpoint::{LABEL_NODE, NamedPort, PodEndpoint, PodEndpointSpec};
 mod bgpfilter;
 pub use bgpconfig::{
-    BGPConfiguration, BGPConfigurationSpec, Community, LogLevel, PrefixAdvertisement, ServiceCidr,
+    BGPConfiguration, BGPConfigurationSpec, Community, DEFAULT_MESH_MAX_NODES, LogLevel,
+    PrefixAdvertisement, ServiceCidr,
 };
 pub use bgpfilter::{
     BGPFilter, BGPFilterAction, BGPFilterRule, BGPFilterSpec, MatchOperator, PrefixLength,
@@ -125,6 +128,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         IPAMConfiguration::crd(),
         HostEndpoint::crd(),
         HostNetworkPolicy::crd(),
+        PodEndpoint::crd(),
     ]
 }
 

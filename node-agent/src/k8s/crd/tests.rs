@@ -18,7 +18,7 @@ fn crds_in_deploy_are_generated_from_these_types() {
 }
 
 #[test]
-fn crds_are_cluster_scoped_in_our_group() {
+fn crds_are_in_our_group_and_cluster_scoped_but_pod_endpoints() {
     let kinds: Vec<String> = all().iter().map(|c| c.spec.names.kind.clone()).collect();
     assert_eq!(
         kinds,
@@ -30,12 +30,19 @@ fn crds_are_cluster_scoped_in_our_group() {
             "BGPFilter",
             "IPAMConfiguration",
             "HostEndpoint",
-            "HostNetworkPolicy"
+            "HostNetworkPolicy",
+            "PodEndpoint"
         ]
     );
     for crd in all() {
         assert_eq!(crd.spec.group, GROUP);
-        assert_eq!(crd.spec.scope, "Cluster");
+        // A PodEndpoint lives in its Pod's namespace (owner reference).
+        let scope = if crd.spec.names.kind == "PodEndpoint" {
+            "Namespaced"
+        } else {
+            "Cluster"
+        };
+        assert_eq!(crd.spec.scope, scope, "{}", crd.spec.names.kind);
         let v = &crd.spec.versions[0];
         assert!(v.served && v.storage);
         assert!(v.schema.is_some(), "{} has a schema", crd.spec.names.kind);
@@ -215,17 +222,21 @@ fn per_node_configuration_overrides_only_what_it_sets() {
         as_number: Some(64512),
         node_to_node_mesh_enabled: Some(false),
         listen_port: Some(179),
+        node_to_node_mesh_max_nodes: Some(50),
         ..Default::default()
     };
     let node = BGPConfigurationSpec {
         as_number: Some(65001),
+        // Cluster-wide only: a node cannot pick its own topology size.
+        node_to_node_mesh_max_nodes: Some(3),
         ..Default::default()
     };
     let eff = global.overlay(&node);
     assert_eq!(eff.as_number(), 65001);
-    assert!(!eff.mesh_enabled());
+    assert_eq!(eff.node_to_node_mesh_enabled, Some(false));
+    assert_eq!(eff.mesh_max_nodes(), 50);
     assert_eq!(eff.listen_port(), 179);
-    assert!(BGPConfigurationSpec::default().mesh_enabled());
+    assert_eq!(BGPConfigurationSpec::default().mesh_max_nodes(), 100);
     assert_eq!(BGPConfigurationSpec::default().as_number(), DEFAULT_AS);
 }
 
@@ -244,14 +255,6 @@ fn ippool_allowed_uses_default_to_workload_and_tunnel_like_the_ipam_model() {
     assert_eq!(absent.effective_allowed_uses(), both);
     assert_eq!(empty.effective_allowed_uses(), both);
     assert_eq!(tunnel.effective_allowed_uses(), [AllowedUse::Tunnel]);
-    let model = ipam::IpPoolSpec::new("198.19.0.0/16".parse().expect("cidr"));
-    let as_crd: Vec<AllowedUse> = model
-        .allowed_uses
-        .iter()
-        .map(|u| match u {
-            ipam::model::AllowedUse::Workload => AllowedUse::Workload,
-            ipam::model::AllowedUse::Tunnel => AllowedUse::Tunnel,
-        })
-        .collect();
-    assert_eq!(as_crd, absent.effective_allowed_uses());
+    let model = ipam::PoolParams::new("198.19.0.0/16".parse().expect("cidr"));
+    assert_eq!(model.allowed_uses, absent.effective_allowed_uses());
 }

@@ -22,12 +22,12 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams, Preconditions}
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 
-use ipam::model::AllowedUse as ModelUse;
 use ipam::store::Kind;
-use ipam::{BlockEvent, BlockObject, IpPoolSpec, IpamBlockSpec, PoolObject, Store, StoreError};
+use margay_types::Selector;
 
-use crate::k8s::crd::{AllowedUse, IPAMBlock, IPAMBlockSpec, IPPool};
-use crate::k8s::selector::selector_string;
+use ipam::{BlockEvent, BlockObject, IpamBlockSpec, PoolObject, PoolParams, Store, StoreError};
+
+use crate::k8s::crd::{IPAMBlock, IPAMBlockSpec, IPPool};
 use crate::status::metrics::{ApiLabels, Metrics};
 
 /// IPAM objects as custom resources.
@@ -95,7 +95,9 @@ pub fn map_error(kind: Kind, name: &str, e: kube::Error) -> StoreError {
     }
 }
 
-/// An `IPPool` custom resource as the IPAM model sees it.
+/// An `IPPool` custom resource (the one IPPool spec type) as the IPAM
+/// allocator takes it: parsed, its selector compiled, its defaults applied
+/// (one reading of each: [`crate::k8s::crd::IPPoolSpec`]'s `effective_*`).
 pub fn pool_to_model(pool: &IPPool) -> Result<PoolObject, StoreError> {
     let name = pool.metadata.name.clone().unwrap_or_default();
     let invalid = |reason: String| StoreError::Invalid {
@@ -109,21 +111,12 @@ pub fn pool_to_model(pool: &IPPool) -> Result<PoolObject, StoreError> {
         .0
         .parse()
         .map_err(|e| invalid(format!("cidr {:?}: {e}", pool.spec.cidr.0)))?;
-    let mut spec = IpPoolSpec::new(cidr);
+    let mut spec = PoolParams::new(cidr);
     spec.block_size = pool.spec.block_size;
     spec.disabled = pool.spec.disabled;
-    spec.allowed_uses = pool
-        .spec
-        .effective_allowed_uses()
-        .iter()
-        .map(|u| match u {
-            AllowedUse::Workload => ModelUse::Workload,
-            AllowedUse::Tunnel => ModelUse::Tunnel,
-        })
-        .collect();
-    if let Some(sel) = &pool.spec.node_selector {
-        spec.node_selector = selector_string(sel).map_err(invalid)?;
-    }
+    spec.allowed_uses = pool.spec.effective_allowed_uses().to_vec();
+    spec.node_selector = Selector::compile_opt(pool.spec.node_selector.as_ref())
+        .map_err(|e| invalid(format!("nodeSelector: {e}")))?;
     Ok(PoolObject {
         resource_version: pool.metadata.resource_version.clone().unwrap_or_default(),
         name,
@@ -284,7 +277,7 @@ impl Store for KubeStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::k8s::crd::{Cidr, IPPoolSpec};
+    use crate::k8s::crd::{AllowedUse, Cidr, IPPoolSpec};
 
     #[test]
     fn pools_convert_with_defaults_and_errors() {
@@ -308,8 +301,24 @@ mod tests {
         assert!(o.spec.disabled);
         assert_eq!(
             o.spec.allowed_uses,
-            vec![ModelUse::Workload, ModelUse::Tunnel]
+            vec![AllowedUse::Workload, AllowedUse::Tunnel]
         );
+        assert!(o.spec.node_selector.is_everything());
+        // The nodeSelector is compiled here: a valid one reaches the
+        // allocator as the text form would parse, an invalid one makes the
+        // pool invalid.
+        let expr =
+            |operator: &str, values: Option<Vec<String>>| {
+                Some(serde_json::from_value(serde_json::json!({
+                "matchExpressions": [{"key": "zone", "operator": operator, "values": values}]
+            })).expect("selector"))
+            };
+        p.spec.node_selector = expr("In", Some(vec!["a".into()]));
+        let o = pool_to_model(&p).expect("valid");
+        assert_eq!(o.spec.node_selector, "zone=a".parse().expect("text"));
+        p.spec.node_selector = expr("In", None);
+        assert!(matches!(pool_to_model(&p), Err(StoreError::Invalid { .. })));
+        p.spec.node_selector = None;
         p.spec.cidr = Cidr("198.19.0.0/33".into());
         assert!(matches!(pool_to_model(&p), Err(StoreError::Invalid { .. })));
     }

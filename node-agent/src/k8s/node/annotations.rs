@@ -23,6 +23,15 @@ pub const ANN_IPV6: &str = "margay.dev/ipv6-address";
 /// ID (an IPv4 address, like Calico's `routeReflectorClusterID`): its
 /// node peers without the same cluster ID become its clients (RFC 4456).
 pub const ANN_RR_CLUSTER_ID: &str = "margay.dev/route-reflector-cluster-id";
+/// Node label (value `true`) that makes a node a route reflector, with
+/// [`DEFAULT_RR_CLUSTER_ID`] unless a cluster ID is configured: above
+/// `nodeToNodeMeshMaxNodes` the other nodes peer only with these.
+pub const LABEL_ROUTE_REFLECTOR: &str = "margay.dev/route-reflector";
+/// The cluster ID of labelled reflectors without one of their own: one ID
+/// for all, so that reflectors peer with each other as non-clients and
+/// drop each other's reflections of a client's route (CLUSTER_LIST loop
+/// check) while every client peers with each of them directly.
+pub const DEFAULT_RR_CLUSTER_ID: Ipv4Addr = Ipv4Addr::new(244, 0, 0, 1);
 
 /// Node annotation (VXLAN overlay): this node's IPv4 tunnel address.
 pub const ANN_TUNNEL_ADDR_V4: &str = "margay.dev/ipv4-vxlan-tunnel-addr";

@@ -1,12 +1,22 @@
 //! The nfnetlink encoding of an element-only batch: the set declarations
-//! this sink applied ([`Declarations`]) give each set's key type, and
-//! [`encode`] writes NEWSETELEM / DELSETELEM messages between BATCH_BEGIN
-//! and BATCH_END.
+//! this sink applied ([`Declarations`], in `decls.rs`) give each set's key
+//! type, and
+//! [`encode_items`] writes NEWSETELEM / DELSETELEM messages between
+//! BATCH_BEGIN and BATCH_END.
+//!
+//! Both read the policy crate's batch items as they are: its typed
+//! `nftables` schema objects directly (what the engine emits for sets and
+//! elements), and libnftables JSON only for the raw commands the schema
+//! cannot express (verdict map declarations). One encoder serves both
+//! through [`ElemValue`]; nothing is serialized to JSON to be parsed again.
 
-use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
-
+use policy::batch::Item;
+use policy::nftables::expr::{Expression, NamedExpression, Verdict};
+use policy::nftables::schema::{Element, NfCmd, NfListObject, NfObject};
+use policy::nftables::types::NfFamily;
 use serde_json::Value;
+
+use super::decls::{Decl, Declarations, Field, str_of};
 
 // include/uapi/linux/netfilter/nfnetlink.h, nf_tables.h, netlink.h
 pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -41,194 +51,6 @@ pub(super) const IFNAMSIZ: usize = 16;
 /// Larger batches (a label change moving thousands of addresses) go to nft:
 /// one datagram must carry the whole transaction.
 pub(super) const MAX_BATCH_BYTES: usize = 128 << 10;
-
-/// One field of a set key, in nftables' datatype names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Field {
-    Ipv4,
-    Ipv6,
-    Ifname,
-    InetProto,
-    InetService,
-}
-
-impl Field {
-    fn from_name(s: &str) -> Option<Field> {
-        Some(match s {
-            "ipv4_addr" => Field::Ipv4,
-            "ipv6_addr" => Field::Ipv6,
-            "ifname" => Field::Ifname,
-            "inet_proto" => Field::InetProto,
-            "inet_service" => Field::InetService,
-            _ => return None,
-        })
-    }
-
-    /// Bytes the value occupies in the key (before register padding).
-    fn len(self) -> usize {
-        match self {
-            Field::Ipv4 => 4,
-            Field::Ipv6 | Field::Ifname => 16,
-            Field::InetProto => 1,
-            Field::InetService => 2,
-        }
-    }
-
-    fn encode(self, v: &Value, out: &mut Vec<u8>) -> Option<()> {
-        match self {
-            Field::Ipv4 => out.extend(v.as_str()?.parse::<Ipv4Addr>().ok()?.octets()),
-            Field::Ipv6 => out.extend(v.as_str()?.parse::<Ipv6Addr>().ok()?.octets()),
-            Field::Ifname => {
-                let name = v.as_str()?.as_bytes();
-                if name.is_empty() || name.len() >= IFNAMSIZ || name.contains(&0) {
-                    return None;
-                }
-                out.extend_from_slice(name);
-                out.resize(out.len() + IFNAMSIZ - name.len(), 0);
-            }
-            Field::InetProto => {
-                let p = match v {
-                    Value::Number(n) => u8::try_from(n.as_u64()?).ok()?,
-                    Value::String(s) => match s.as_str() {
-                        "icmp" => 1,
-                        "tcp" => 6,
-                        "udp" => 17,
-                        "ipv6-icmp" | "icmpv6" => 58,
-                        "sctp" => 132,
-                        _ => return None,
-                    },
-                    _ => return None,
-                };
-                out.push(p);
-            }
-            Field::InetService => {
-                let p = u16::try_from(v.as_u64()?).ok()?;
-                out.extend(p.to_be_bytes());
-            }
-        }
-        Some(())
-    }
-}
-
-/// What this sink knows of a set from its declaration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Decl {
-    /// Key fields; a verdict map if `verdict`.
-    Plain { key: Vec<Field>, verdict: bool },
-    /// Flags, timeouts, data types we do not encode: nft only.
-    Other,
-}
-
-impl Decl {
-    fn parse(body: &serde_json::Map<String, Value>, is_map: bool) -> Decl {
-        let plain = || -> Option<Decl> {
-            // Interval sets need range elements; timeouts and the like
-            // change what an element is. nft handles those.
-            for k in ["flags", "timeout", "gc-interval", "size", "policy"] {
-                if body.get(k).is_some_and(|v| !v.is_null()) {
-                    return None;
-                }
-            }
-            let key = match body.get("type")? {
-                Value::String(s) => vec![Field::from_name(s)?],
-                Value::Array(a) => a
-                    .iter()
-                    .map(|t| t.as_str().and_then(Field::from_name))
-                    .collect::<Option<Vec<_>>>()?,
-                _ => return None,
-            };
-            let verdict = match body.get("map") {
-                None if !is_map => false,
-                Some(Value::String(m)) if is_map && m == "verdict" => true,
-                _ => return None,
-            };
-            Some(Decl::Plain { key, verdict })
-        };
-        plain().unwrap_or(Decl::Other)
-    }
-}
-
-/// The sets and maps declared by batches this sink applied, per
-/// `(family, table, name)`.
-#[derive(Debug, Default)]
-pub struct Declarations(HashMap<(String, String, String), Decl>);
-
-pub(super) fn str_of<'a>(o: &'a serde_json::Map<String, Value>, k: &str) -> Option<&'a str> {
-    o.get(k).and_then(Value::as_str)
-}
-
-impl Declarations {
-    /// Records what an applied batch declared or removed. Anything that
-    /// could change a set in a way not followed here forgets the table.
-    pub fn observe(&mut self, batch: &Value) {
-        match batch.get("nftables").and_then(Value::as_array) {
-            Some(items) => items.iter().for_each(|i| self.observe_command(i)),
-            None => self.0.clear(),
-        }
-    }
-
-    /// [`Declarations::observe`] for one command object.
-    pub fn observe_command(&mut self, item: &Value) {
-        let Some((verb, obj)) = item.as_object().and_then(|o| o.iter().next()) else {
-            return;
-        };
-        let Some((kind, body)) = obj.as_object().and_then(|o| o.iter().next()) else {
-            return;
-        };
-        if (verb.as_str(), kind.as_str()) == ("flush", "ruleset") {
-            self.0.clear();
-            return;
-        }
-        let Some(body) = body.as_object() else {
-            return;
-        };
-        let family = str_of(body, "family").unwrap_or("ip").to_string();
-        match (verb.as_str(), kind.as_str()) {
-            ("add" | "create", "set" | "map") => {
-                if let (Some(table), Some(name)) = (str_of(body, "table"), str_of(body, "name")) {
-                    let decl = Decl::parse(body, kind == "map");
-                    self.0
-                        .insert((family, table.to_string(), name.to_string()), decl);
-                }
-            }
-            ("delete" | "destroy", "set" | "map") => {
-                match (str_of(body, "table"), str_of(body, "name")) {
-                    (Some(table), Some(name)) => {
-                        self.0
-                            .remove(&(family, table.to_string(), name.to_string()));
-                    }
-                    // By handle: we cannot tell which.
-                    (Some(table), None) => self.forget_table(&family, table),
-                    _ => self.0.clear(),
-                }
-            }
-            ("delete" | "destroy", "table") => match str_of(body, "name") {
-                Some(table) => self.forget_table(&family, table),
-                None => self.0.clear(),
-            },
-            _ => {}
-        }
-    }
-
-    pub(super) fn forget_table(&mut self, family: &str, table: &str) {
-        self.0.retain(|(f, t, _), _| !(f == family && t == table));
-    }
-
-    pub(super) fn get(&self, family: &str, table: &str, name: &str) -> Option<&Decl> {
-        self.0
-            .get(&(family.to_string(), table.to_string(), name.to_string()))
-    }
-
-    /// Number of sets and maps known.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Nothing known.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
 
 /// A netlink message under construction.
 pub(super) struct Msg<'a> {
@@ -293,13 +115,13 @@ pub(super) fn pad(buf: &mut Vec<u8>) {
 
 /// The key of one element: every field padded to 32 bits when the key is a
 /// concatenation (nft's register layout), the bare value otherwise.
-pub(super) fn encode_key(key: &[Field], v: &Value) -> Option<Vec<u8>> {
+pub(super) fn encode_key<V: ElemValue>(key: &[Field], v: &V) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(32);
     if let [single] = key {
         single.encode(v, &mut out)?;
         return Some(out);
     }
-    let parts = v.get("concat")?.as_array()?;
+    let parts = v.concat()?;
     if parts.len() != key.len() {
         return None;
     }
@@ -312,18 +134,131 @@ pub(super) fn encode_key(key: &[Field], v: &Value) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// `{"jump": {"target": "c"}}`, `{"accept": null}`, ...
-pub(super) fn encode_verdict(v: &Value) -> Option<(i32, Option<&str>)> {
-    let (k, body) = v.as_object()?.iter().next()?;
-    let target = || body.get("target").and_then(Value::as_str);
-    Some(match k.as_str() {
-        "accept" => (NF_ACCEPT, None),
-        "drop" => (NF_DROP, None),
-        "continue" => (NFT_CONTINUE, None),
-        "return" => (NFT_RETURN, None),
-        "jump" => (NFT_JUMP, Some(target()?)),
-        "goto" => (NFT_GOTO, Some(target()?)),
+/// An element value as the encoder reads it: a typed `nftables` expression
+/// (the engine's items) or libnftables JSON (raw items).
+pub(super) trait ElemValue: Sized {
+    /// A string (address, interface name, protocol name).
+    fn str(&self) -> Option<&str>;
+    /// A non-negative integer.
+    fn num(&self) -> Option<u64>;
+    /// The parts of a concatenation.
+    fn concat(&self) -> Option<&[Self]>;
+    /// A list; `[key, data]` is a map element.
+    fn list(&self) -> Option<&[Self]>;
+    /// A verdict: its code and, for jump / goto, the chain.
+    fn verdict(&self) -> Option<(i32, Option<&str>)>;
+}
+
+impl ElemValue for Expression<'_> {
+    fn str(&self) -> Option<&str> {
+        match self {
+            Expression::String(s) => Some(s),
+            _ => None,
+        }
+    }
+    fn num(&self) -> Option<u64> {
+        match self {
+            Expression::Number(n) => Some(u64::from(*n)),
+            _ => None,
+        }
+    }
+    fn concat(&self) -> Option<&[Self]> {
+        match self {
+            Expression::Named(NamedExpression::Concat(parts)) => Some(parts),
+            _ => None,
+        }
+    }
+    fn list(&self) -> Option<&[Self]> {
+        match self {
+            Expression::List(l) => Some(l),
+            _ => None,
+        }
+    }
+    fn verdict(&self) -> Option<(i32, Option<&str>)> {
+        let Expression::Verdict(v) = self else {
+            return None;
+        };
+        Some(match v {
+            Verdict::Accept => (NF_ACCEPT, None),
+            Verdict::Drop => (NF_DROP, None),
+            Verdict::Continue => (NFT_CONTINUE, None),
+            Verdict::Return => (NFT_RETURN, None),
+            Verdict::Jump(t) => (NFT_JUMP, Some(&t.target)),
+            Verdict::Goto(t) => (NFT_GOTO, Some(&t.target)),
+        })
+    }
+}
+
+impl ElemValue for Value {
+    fn str(&self) -> Option<&str> {
+        self.as_str()
+    }
+    fn num(&self) -> Option<u64> {
+        self.as_u64()
+    }
+    fn concat(&self) -> Option<&[Self]> {
+        self.get("concat")?.as_array().map(Vec::as_slice)
+    }
+    fn list(&self) -> Option<&[Self]> {
+        self.as_array().map(Vec::as_slice)
+    }
+    /// `{"jump": {"target": "c"}}`, `{"accept": null}`, ...
+    fn verdict(&self) -> Option<(i32, Option<&str>)> {
+        let (k, body) = self.as_object()?.iter().next()?;
+        let target = || body.get("target").and_then(Value::as_str);
+        Some(match k.as_str() {
+            "accept" => (NF_ACCEPT, None),
+            "drop" => (NF_DROP, None),
+            "continue" => (NFT_CONTINUE, None),
+            "return" => (NFT_RETURN, None),
+            "jump" => (NFT_JUMP, Some(target()?)),
+            "goto" => (NFT_GOTO, Some(target()?)),
+            _ => return None,
+        })
+    }
+}
+
+/// One `add element` / `delete element` command, from either form.
+pub(super) struct ElemCmd<'a, V> {
+    add: bool,
+    /// The command's family is `inet` (the only one encoded).
+    inet: bool,
+    table: &'a str,
+    set: &'a str,
+    elems: &'a [V],
+}
+
+/// A typed command, if it adds or deletes elements.
+fn nf_cmd<'a, 'b>(o: &'a NfObject<'b>) -> Option<ElemCmd<'a, Expression<'b>>> {
+    let cmd = |add: bool, e: &'a Element<'b>| ElemCmd {
+        add,
+        inet: e.family == NfFamily::INet,
+        table: &e.table,
+        set: &e.name,
+        elems: &e.elem,
+    };
+    match o {
+        NfObject::CmdObject(NfCmd::Add(NfListObject::Element(e))) => Some(cmd(true, e)),
+        NfObject::CmdObject(NfCmd::Delete(NfListObject::Element(e))) => Some(cmd(false, e)),
+        _ => None,
+    }
+}
+
+/// A libnftables JSON command, if it adds or deletes elements.
+fn json_cmd(item: &Value) -> Option<ElemCmd<'_, Value>> {
+    let (verb, obj) = item.as_object()?.iter().next()?;
+    let add = match verb.as_str() {
+        "add" => true,
+        "delete" => false,
         _ => return None,
+    };
+    let body = obj.get("element")?.as_object()?;
+    Some(ElemCmd {
+        add,
+        inet: str_of(body, "family")? == "inet",
+        table: str_of(body, "table")?,
+        set: str_of(body, "name")?,
+        elems: body.get("elem")?.as_array()?,
     })
 }
 
@@ -336,62 +271,98 @@ pub struct Encoded {
     pub(super) messages: u32,
 }
 
-/// Encodes `batch` (libnftables JSON) if every command adds or deletes
-/// elements of a set this sink knows as plain; `None` sends it to nft.
+/// Encodes the policy crate's batch items if every one adds or deletes
+/// elements of a set this sink knows as plain; `None` sends them to nft.
+pub fn encode_items(items: &[Item], decls: &Declarations, first_seq: u32) -> Option<Encoded> {
+    let mut w = Writer::begin(first_seq, items.len())?;
+    for item in items {
+        match item {
+            Item::Nft(o) => w.element_cmd(nf_cmd(o)?, decls)?,
+            Item::Raw(v) => w.element_cmd(json_cmd(v)?, decls)?,
+        }
+    }
+    Some(w.finish())
+}
+
+/// [`encode_items`] of a libnftables JSON document (`{"nftables": [...]}`).
 pub fn encode(batch: &Value, decls: &Declarations, first_seq: u32) -> Option<Encoded> {
     let items = batch.get("nftables")?.as_array()?;
-    if items.is_empty() {
-        return None;
-    }
-    let mut bytes = Vec::with_capacity(256 + 128 * items.len());
-    let mut seq = first_seq;
-    Msg::begin(
-        &mut bytes,
-        NFNL_MSG_BATCH_BEGIN,
-        NLM_F_REQUEST,
-        seq,
-        0,
-        NFNL_SUBSYS_NFTABLES,
-    )
-    .end();
+    let mut w = Writer::begin(first_seq, items.len())?;
     for item in items {
-        let (verb, obj) = item.as_object()?.iter().next()?;
-        let (ty, flags) = match verb.as_str() {
-            "add" => (NFT_MSG_NEWSETELEM, NLM_F_CREATE),
-            "delete" => (NFT_MSG_DELSETELEM, 0),
-            _ => return None,
-        };
-        let body = obj.get("element")?.as_object()?;
-        if str_of(body, "family")? != "inet" {
+        w.element_cmd(json_cmd(item)?, decls)?;
+    }
+    Some(w.finish())
+}
+
+/// A transaction being written.
+struct Writer {
+    bytes: Vec<u8>,
+    first_seq: u32,
+    seq: u32,
+}
+
+impl Writer {
+    /// BATCH_BEGIN; `None` for an empty batch.
+    fn begin(first_seq: u32, items: usize) -> Option<Writer> {
+        if items == 0 {
             return None;
         }
-        let (table, name) = (str_of(body, "table")?, str_of(body, "name")?);
-        let Decl::Plain { key, verdict } = decls.get("inet", table, name)? else {
-            return None;
+        let mut bytes = Vec::with_capacity(256 + 128 * items);
+        Msg::begin(
+            &mut bytes,
+            NFNL_MSG_BATCH_BEGIN,
+            NLM_F_REQUEST,
+            first_seq,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+        )
+        .end();
+        Some(Writer {
+            bytes,
+            first_seq,
+            seq: first_seq,
+        })
+    }
+
+    /// One NEWSETELEM / DELSETELEM; `None` if it cannot be encoded.
+    fn element_cmd<V: ElemValue>(
+        &mut self,
+        cmd: ElemCmd<'_, V>,
+        decls: &Declarations,
+    ) -> Option<()> {
+        let (ty, flags) = if cmd.add {
+            (NFT_MSG_NEWSETELEM, NLM_F_CREATE)
+        } else {
+            (NFT_MSG_DELSETELEM, 0)
         };
-        let elems = body.get("elem")?.as_array()?;
-        if elems.is_empty() {
+        if !cmd.inet {
             return None;
         }
-        seq = seq.wrapping_add(1);
+        let Decl::Plain { key, verdict } = decls.get("inet", cmd.table, cmd.set)? else {
+            return None;
+        };
+        if cmd.elems.is_empty() {
+            return None;
+        }
+        self.seq = self.seq.wrapping_add(1);
         let msg_type = (NFNL_SUBSYS_NFTABLES << 8) | ty;
         let mut m = Msg::begin(
-            &mut bytes,
+            &mut self.bytes,
             msg_type,
             NLM_F_REQUEST | NLM_F_ACK | flags,
-            seq,
+            self.seq,
             NFPROTO_INET,
             0,
         );
-        m.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
-        m.attr_str(NFTA_SET_ELEM_LIST_SET, name);
+        m.attr_str(NFTA_SET_ELEM_LIST_TABLE, cmd.table);
+        m.attr_str(NFTA_SET_ELEM_LIST_SET, cmd.set);
         let list = m.open(NFTA_SET_ELEM_LIST_ELEMENTS);
-        for e in elems {
+        for e in cmd.elems {
             // A map element is `[key, data]`; a delete may give the key alone.
-            let (k, data) = match (e, *verdict) {
-                (Value::Array(kv), true) if kv.len() == 2 => (&kv[0], Some(&kv[1])),
+            let (k, data) = match (e.list(), *verdict) {
+                (Some([k, d]), true) => (k, Some(d)),
                 (_, true) if ty == NFT_MSG_DELSETELEM => (e, None),
-                (Value::Array(_), _) | (_, true) => return None,
+                (Some(_), _) | (_, true) => return None,
                 _ => (e, None),
             };
             let keyb = encode_key(key, k)?;
@@ -400,7 +371,7 @@ pub fn encode(batch: &Value, decls: &Declarations, first_seq: u32) -> Option<Enc
             m.attr(NFTA_DATA_VALUE, &keyb);
             m.close(ka);
             if let Some(d) = data.filter(|_| ty == NFT_MSG_NEWSETELEM) {
-                let (code, chain) = encode_verdict(d)?;
+                let (code, chain) = d.verdict()?;
                 let da = m.open(NFTA_SET_ELEM_DATA);
                 let va = m.open(NFTA_DATA_VERDICT);
                 m.attr(NFTA_VERDICT_CODE, &code.to_be_bytes());
@@ -414,23 +385,25 @@ pub fn encode(batch: &Value, decls: &Declarations, first_seq: u32) -> Option<Enc
         }
         m.close(list);
         m.end();
-        if bytes.len() > MAX_BATCH_BYTES {
-            return None;
+        (self.bytes.len() <= MAX_BATCH_BYTES).then_some(())
+    }
+
+    /// BATCH_END.
+    fn finish(mut self) -> Encoded {
+        let messages = self.seq.wrapping_sub(self.first_seq);
+        Msg::begin(
+            &mut self.bytes,
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            self.seq.wrapping_add(1),
+            0,
+            NFNL_SUBSYS_NFTABLES,
+        )
+        .end();
+        Encoded {
+            bytes: self.bytes,
+            first_seq: self.first_seq,
+            messages,
         }
     }
-    let messages = seq.wrapping_sub(first_seq);
-    Msg::begin(
-        &mut bytes,
-        NFNL_MSG_BATCH_END,
-        NLM_F_REQUEST,
-        seq.wrapping_add(1),
-        0,
-        NFNL_SUBSYS_NFTABLES,
-    )
-    .end();
-    Some(Encoded {
-        bytes,
-        first_seq,
-        messages,
-    })
 }

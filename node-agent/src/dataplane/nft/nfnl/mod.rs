@@ -24,8 +24,12 @@
 //!
 //! Key types come from the declarations this sink itself applied (`add set`
 //! / `add map` in earlier batches; the engine's first batch is always a full
-//! rebuild), never from guessing at element values.
+//! rebuild), never from guessing at element values. Both are read from the
+//! policy crate's typed batch items (its `nftables` schema objects; JSON
+//! only for the raw commands that schema cannot express), not from a JSON
+//! rendering of the batch.
 
+mod decls;
 mod encode;
 mod socket;
 #[cfg(test)]
@@ -34,7 +38,8 @@ mod tests;
 use policy::batch::Item;
 use policy::{Batch, NftSink};
 
-pub use self::encode::{Declarations, Encoded, encode};
+pub use self::decls::Declarations;
+pub use self::encode::{Encoded, encode, encode_items};
 pub use self::socket::{NativeError, NfSocket};
 use super::{NftError, NftSession};
 
@@ -97,19 +102,17 @@ impl NftSink for FastSink {
         if let Some(sock) = self.socket.as_mut()
             && !kinds.is_empty()
             && kinds.iter().all(|k| *k == Kind::Element)
+            && let Some(enc) = encode_items(&batch.items, &self.decls, sock.next_seq())
         {
-            let json = serde_json::to_value(batch).map_err(NftError::Encode)?;
-            if let Some(enc) = encode(&json, &self.decls, sock.next_seq()) {
-                match sock.apply(&enc) {
-                    Ok(()) => {
-                        self.native += 1;
-                        return Ok(());
-                    }
-                    // nft gets the same batch: it applies it or says why not.
-                    Err(e) => {
-                        tracing::debug!(error = %e, "native element batch not applied; handing it to nft");
-                        native_err = Some(e);
-                    }
+            match sock.apply(&enc) {
+                Ok(()) => {
+                    self.native += 1;
+                    return Ok(());
+                }
+                // nft gets the same batch: it applies it or says why not.
+                Err(e) => {
+                    tracing::debug!(error = %e, "native element batch not applied; handing it to nft");
+                    native_err = Some(e);
                 }
             }
         }
@@ -124,8 +127,7 @@ impl NftSink for FastSink {
         }
         for (item, k) in batch.items.iter().zip(&kinds) {
             if *k == Kind::MayDeclare {
-                let v = serde_json::to_value(item).map_err(NftError::Encode)?;
-                self.decls.observe_command(&v);
+                self.decls.observe_item(item);
             }
         }
         Ok(())
