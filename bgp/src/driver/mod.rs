@@ -58,11 +58,6 @@ const FIB_BATCH: usize = 1024;
 /// Messages queued for the RIB task (each a batch of decoded UPDATEs, see
 /// [`RIB_BATCH_UPDATES`]).
 const RIB_QUEUE: usize = 8;
-/// UPDATEs go out at most this often while changes keep coming (the
-/// first change after a quiet spell goes at once): during a table load or
-/// a reflector's convergence, each flush hands every member of a group its
-/// messages, so fewer flushes mean fewer, larger messages queued per peer.
-const EXPORT_BATCH: Duration = Duration::from_millis(20);
 /// How often the RIB task retries handing waiting commands to peers whose
 /// queue was full (only while any wait; see `backlog`).
 const BACKLOG_POLL: Duration = Duration::from_millis(1);
@@ -316,7 +311,6 @@ impl Speaker {
             generation: 0,
             defer_until: None,
             backlog: Default::default(),
-            last_export: tokio::time::Instant::now(),
         };
         tasks.push(tokio::spawn(
             task.run(rx, rib_rx)
@@ -505,8 +499,6 @@ struct RibTask {
     /// Commands for peers whose queue was full (the RIB task never waits
     /// for one peer: see the module).
     backlog: backlog::Backlog,
-    /// When UPDATEs last went out (see [`EXPORT_BATCH`]).
-    last_export: tokio::time::Instant,
 }
 
 impl RibTask {
@@ -536,7 +528,6 @@ impl RibTask {
                     self.stats.rib(t.elapsed());
                 }
                 () = tokio::time::sleep(BACKLOG_POLL), if !self.backlog.is_empty() => {}
-                () = tokio::time::sleep_until(self.last_export + EXPORT_BATCH), if self.rib.export_pending() => {}
             }
             self.check_deferral();
             let peers = &self.peers;
@@ -553,12 +544,7 @@ impl RibTask {
 
     async fn flush(&mut self) {
         let t = Instant::now();
-        let now = tokio::time::Instant::now();
-        let export = now >= self.last_export + EXPORT_BATCH;
-        let out = self.rib.flush_with(export);
-        if export && !out.send.is_empty() {
-            self.last_export = now;
-        }
+        let out = self.rib.flush();
         if !out.send.is_empty() {
             self.stats.export(t.elapsed());
         }

@@ -332,7 +332,6 @@ impl Rib {
             let fams = ps.info.as_ref().map_or(Families::NONE, |i| i.families);
             ps.dump = fams;
             ps.pending_eor = fams.iter().collect();
-            self.members_waiting = true;
         }
     }
 
@@ -391,7 +390,6 @@ impl Rib {
     /// its table (joining), its own WITHDRAWs, the group's changes,
     /// End-of-RIB.
     pub(super) fn flush_groups(&mut self, out: &mut Flushed) {
-        self.members_waiting = false;
         let Rib { groups, peers, .. } = self;
         for g in groups.values_mut() {
             // Joiners get the table before this flush's changes.

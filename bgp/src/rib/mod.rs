@@ -182,8 +182,6 @@ pub struct Rib {
     groups: HashMap<group::GroupId, group::Group, FastState>,
     group_index: HashMap<group::GroupKey, group::GroupId>,
     next_group: group::GroupId,
-    /// A member waits for a table or End-of-RIB (set with `dump`).
-    members_waiting: bool,
     igp: Box<dyn IgpCost + Send>,
     fib: Vec<FibChange>,
     /// Destinations whose selection has kernel next hops (what the FIB
@@ -236,7 +234,6 @@ impl Rib {
             groups: HashMap::default(),
             group_index: HashMap::new(),
             next_group: 0,
-            members_waiting: false,
             igp: Box::new(Connected),
             fib: Vec::new(),
             fib_routes: 0,
@@ -726,7 +723,6 @@ impl Rib {
             ps.dump.insert(f);
         }
         ps.pending_eor.extend(fams.iter());
-        self.members_waiting = true;
     }
 
     /// Destinations whose selection has kernel next hops: what the FIB
@@ -759,26 +755,12 @@ impl Rib {
 
     /// Collect the effects of everything applied since the last flush.
     pub fn flush(&mut self) -> Flushed {
-        self.flush_with(true)
-    }
-
-    /// Like [`Rib::flush`]; with `export` false the UPDATEs stay queued in
-    /// their groups (for a later flush: a burst of changes then goes out
-    /// as fewer, larger messages to every member).
-    pub fn flush_with(&mut self, export: bool) -> Flushed {
         let mut out = Flushed {
             fib: std::mem::take(&mut self.fib),
             send: Vec::new(),
             max_prefix: std::mem::take(&mut self.max_prefix),
         };
-        if export {
-            self.flush_groups(&mut out);
-        }
+        self.flush_groups(&mut out);
         out
-    }
-
-    /// Something waits to be sent to a peer (changes, a table, End-of-RIB).
-    pub fn export_pending(&self) -> bool {
-        self.members_waiting || self.groups.values().any(|g| !g.pending.is_empty())
     }
 }
