@@ -391,7 +391,13 @@ fn originated_routes_are_exported_with_next_hop_self_and_end_of_rib() {
     r.peer_up(e, info(65002, 3));
     let out = r.flush();
     assert!(out.fib.is_empty(), "our own blocks are not FIB routes");
-    let ups = sent_updates(&out.send[0].1);
+    // The table and the End-of-RIB may come as separate buffers.
+    let ups: Vec<Update> = out
+        .send
+        .iter()
+        .filter(|(x, _)| *x == e)
+        .flat_map(|(_, b)| sent_updates(b))
+        .collect();
     assert_eq!(ups[0].nlri[0].prefix, p("198.19.64.0/26"));
     assert_eq!(
         ups[0].attrs.as_path.as_ref().unwrap().segments[0].asns,

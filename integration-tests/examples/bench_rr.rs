@@ -69,6 +69,10 @@ struct Args {
     /// Print the clients' progress every second while waiting.
     #[arg(long)]
     verbose: bool,
+    /// Margay only: run it with a status file and print, once converged,
+    /// where its memory is (RSS, heap, the RIB's structures by kind).
+    #[arg(long)]
+    breakdown: bool,
 }
 
 const LOCAL_AS: u32 = 65000;
@@ -183,6 +187,7 @@ impl Reflector {
         rr: Ipv4Addr,
         plan: &Plan,
         range: bool,
+        breakdown: bool,
     ) -> Result<Reflector> {
         let ns = &lab.nodes()[0].ns;
         Ok(match which {
@@ -193,13 +198,17 @@ impl Reflector {
                     margay_config(rr, &plan.clients, range, plan.hold_time),
                 )?;
                 let bin = lab::workspace_bin("margay-bgp")?;
-                let argv = [
+                let status = dir.join("margay-rr.status.json");
+                let mut argv = vec![
                     bin.to_str().context("binary path")?,
                     "--config",
                     conf.to_str().context("config path")?,
                     "--log",
                     "info",
                 ];
+                if breakdown {
+                    argv.extend(["--status-file", status.to_str().context("status path")?]);
+                }
                 Reflector::Margay(Daemon::spawn(
                     ns,
                     "margay-rr",
@@ -323,7 +332,7 @@ fn run(args: &Args, n: usize, which: &str) -> Result<Row> {
     let dir = lab.run_dir().to_path_buf();
     let timeout = Duration::from_secs(args.timeout_secs);
 
-    let mut reflector = Reflector::start(which, &lab, &dir, rr, &plan, args.range)?;
+    let mut reflector = Reflector::start(which, &lab, &dir, rr, &plan, args.range, args.breakdown)?;
     let progress = Arc::new(Progress::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (cpu_tx, cpu_rx) = std::sync::mpsc::channel();
@@ -343,6 +352,9 @@ fn run(args: &Args, n: usize, which: &str) -> Result<Row> {
     let result = (|| -> Result<Row> {
         let ready = wait_converged(&progress, n, timeout, &mut reflector, args.verbose)?;
         let (ready_rss, ready_cpu) = reflector.daemon().usage()?;
+        if args.breakdown && which == "margay" {
+            print_breakdown(n, &dir.join("margay-rr.status.json"));
+        }
 
         // Crash it; the clients keep their routes and retry every 100 ms.
         reflector.daemon().signal(Signal::SIGKILL)?;
@@ -352,7 +364,8 @@ fn run(args: &Args, n: usize, which: &str) -> Result<Row> {
                 && progress.converged.load(Ordering::Relaxed) == 0)
                 .then_some(()))
         })?;
-        let mut reflector2 = Reflector::start(which, &lab, &dir, rr, &plan, args.range)?;
+        let mut reflector2 =
+            Reflector::start(which, &lab, &dir, rr, &plan, args.range, args.breakdown)?;
         let restart = wait_converged(&progress, n, timeout, &mut reflector2, args.verbose)?;
         let (restart_rss, restart_cpu) = reflector2.daemon().usage()?;
         reflector2.daemon().stop(Duration::from_secs(2));
@@ -387,6 +400,47 @@ fn run(args: &Args, n: usize, which: &str) -> Result<Row> {
     }
     row.gen_cpu = cpu_rx.recv().unwrap_or(0.0);
     Ok(row)
+}
+
+/// Margay's memory by kind from its status file, once the RIB has been
+/// quiet long enough for the speaker to measure it (a few seconds at most).
+fn print_breakdown(n: usize, status: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mb = |v: &serde_json::Value| v.as_f64().map_or(0.0, |b| b / 1e6);
+    loop {
+        let mem = std::fs::read_to_string(status)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .map(|v| v["profile"]["memory"].clone())
+            .filter(|m| !m["rib"].is_null());
+        if let Some(m) = mem {
+            let rib = &m["rib"];
+            println!(
+                "{n} clients, margay memory: RSS {:.1} MB (peak {:.1}), heap in use {:.1} MB, RIB {:.1} MB \
+                 (v4 table {:.1}, attribute sets {} = {:.1}, Adj-RIB-Out {} entries = {:.1}); \
+                 heap outside the RIB (sessions, queues, buffers) {:.1} MB",
+                mb(&m["rss"]),
+                mb(&m["rss_peak"]),
+                mb(&m["heap_in_use"]),
+                mb(&rib["total"]),
+                mb(&rib["v4"]["bytes"]),
+                rib["attrs"]["count"],
+                mb(&rib["attrs"]["bytes"]) + mb(&rib["intern_table"]["bytes"]),
+                rib["adj_out"]["count"],
+                mb(&rib["adj_out"]["bytes"]),
+                mb(&m["heap_in_use"]) - mb(&rib["total"]),
+            );
+            return;
+        }
+        if Instant::now() > deadline {
+            println!(
+                "{n} clients, margay memory: no breakdown in {}",
+                status.display()
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn print_table(rows: &[Row]) {

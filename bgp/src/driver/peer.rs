@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -32,7 +32,8 @@ enum ConnEvent {
     ConnectFailed(std::io::Error),
     /// Complete messages, in order (at most ~FRAMES_BATCH_BYTES).
     Frames(ConnId, Vec<Bytes>),
-    Bad(ConnId, DecodeError),
+    /// Boxed: the event queue's blocks are sized by the largest event.
+    Bad(ConnId, Box<DecodeError>),
     Closed(ConnId),
 }
 
@@ -115,8 +116,12 @@ impl PeerTask {
         self
     }
 
+    /// The task. Its work (`input`, `event`) runs in boxed futures, so
+    /// that what an idle session keeps between events is small: with
+    /// thousands of peers, the nested state of those calls held inline
+    /// was several kilobytes per peer.
     pub(super) async fn run(mut self, mut cmds: mpsc::Receiver<PeerCmd>) {
-        self.input(Input::Start).await;
+        Box::pin(self.input(Input::Start)).await;
         loop {
             let next = self
                 .timers
@@ -137,12 +142,12 @@ impl PeerTask {
             };
             tokio::select! {
                 ev = bfd => match ev {
-                    Some(ev) => self.bfd_event(ev).await,
+                    Some(ev) => Box::pin(self.bfd_event(ev)).await,
                     None => self.bfd = None,
                 },
                 c = cmds.recv() => match c {
                     None => {
-                        self.input(Input::Stop(Notification::cease(cease_sub::PEER_DECONFIGURED))).await;
+                        Box::pin(self.input(Input::Stop(Notification::cease(cease_sub::PEER_DECONFIGURED)))).await;
                         return;
                     }
                     Some(PeerCmd::Send(b)) => {
@@ -151,24 +156,24 @@ impl PeerTask {
                         }
                     }
                     Some(PeerCmd::Stop(sub)) => {
-                        self.input(Input::Stop(Notification::cease(sub))).await;
-                        self.drain_writers(Duration::from_millis(500)).await;
+                        Box::pin(self.input(Input::Stop(Notification::cease(sub)))).await;
+                        Box::pin(self.drain_writers(Duration::from_millis(500))).await;
                         return;
                     }
-                    Some(PeerCmd::MaxPrefix(family, limit)) => self.input(Input::MaxPrefixExceeded { family, limit }).await,
+                    Some(PeerCmd::MaxPrefix(family, limit)) => Box::pin(self.input(Input::MaxPrefixExceeded { family, limit })).await,
                     Some(PeerCmd::Inbound(s)) => {
                         let id = self.adopt(s);
-                        self.input(Input::Connected { conn: id, inbound: true }).await;
+                        Box::pin(self.input(Input::Connected { conn: id, inbound: true })).await;
                     }
                 },
                 e = self.ev_rx.recv() => {
                     let Some(e) = e else { return };
-                    self.event(e).await;
+                    Box::pin(self.event(e)).await;
                 }
                 _ = sleep => {
                     if let Some((t, _)) = next {
                         self.timers.remove(&t);
-                        self.input(Input::Timer(t)).await;
+                        Box::pin(self.input(Input::Timer(t))).await;
                     }
                 }
             }
@@ -224,10 +229,10 @@ impl PeerTask {
             .peer_addr()
             .map(canonical)
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let (mut rd, mut wr) = s.into_split();
+        let (rd, mut wr) = s.into_split();
         let ev = self.ev_tx.clone();
         let reader = tokio::spawn(async move {
-            let mut buf = BytesMut::with_capacity(FRAMES_BATCH_BYTES);
+            let mut buf = BytesMut::new();
             loop {
                 // Every complete message in the buffer, as one event.
                 let mut frames = Vec::new();
@@ -249,23 +254,38 @@ impl PeerTask {
                     return;
                 }
                 if let Some(e) = bad {
-                    let _ = ev.send(ConnEvent::Bad(id, e)).await;
+                    let _ = ev.send(ConnEvent::Bad(id, Box::new(e))).await;
                     return;
                 }
                 if bytes >= FRAMES_BATCH_BYTES {
                     continue;
+                }
+                // An idle session holds no buffer (a reflector has
+                // thousands, mostly idle): a consumed one is let go, and
+                // the next is taken once the socket has something to read.
+                if buf.is_empty() {
+                    buf = BytesMut::new();
+                }
+                if rd.readable().await.is_err() {
+                    let _ = ev.send(ConnEvent::Closed(id)).await;
+                    return;
                 }
                 // Frames share the buffer's memory: take a fresh one when
                 // little room is left rather than many small reads.
                 if buf.capacity() - buf.len() < 4096 {
                     buf.reserve(FRAMES_BATCH_BYTES);
                 }
-                match rd.read_buf(&mut buf).await {
-                    Ok(0) | Err(_) => {
+                match rd.try_read_buf(&mut buf) {
+                    Ok(0) => {
                         let _ = ev.send(ConnEvent::Closed(id)).await;
                         return;
                     }
                     Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => {
+                        let _ = ev.send(ConnEvent::Closed(id)).await;
+                        return;
+                    }
                 }
             }
         });
@@ -337,7 +357,13 @@ impl PeerTask {
                     .decoded(n, start.elapsed().saturating_sub(self.waited));
                 self.flush_updates().await;
             }
-            ConnEvent::Bad(conn, error) => self.input(Input::BadMessage { conn, error }).await,
+            ConnEvent::Bad(conn, error) => {
+                self.input(Input::BadMessage {
+                    conn,
+                    error: *error,
+                })
+                .await
+            }
             ConnEvent::Closed(conn) => self.input(Input::Closed { conn }).await,
         }
     }

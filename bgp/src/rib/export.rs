@@ -1,70 +1,73 @@
-//! Adj-RIB-Out: export rules (RFC 4271 §9.1.3, iBGP split horizon, RFC 4456
-//! route reflection, next hop self/keep) and the packing of pending changes
-//! into UPDATE messages.
+//! Export rules (RFC 4271 §9.1.3, iBGP split horizon, RFC 4456 route
+//! reflection, next hop self/keep), evaluated once per update group (the
+//! Adj-RIB-Out and the encoding are in `group`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-
-use super::decision::{DEFAULT_LOCAL_PREF, LOCAL, Path, PeerIdx};
+use super::decision::{DEFAULT_LOCAL_PREF, LOCAL, Path};
 use super::filter::{self, FilterAction};
-use super::intern::RouteAttrs;
-use super::{PeerState, Rib};
+use super::group::Sent;
+use super::intern::{Interner, RouteAttrs};
+use super::{PeerInfo, PeerState, Rib, RibConfig};
 use crate::wire::attrs::flag;
 use crate::wire::community::{NO_ADVERTISE, NO_EXPORT, NO_EXPORT_SUBCONFED};
-use crate::wire::update::{encode_announce, encode_withdraw};
-use crate::wire::{Family, Message, NextHop, Nlri, Prefix, Update};
+use crate::wire::{Family, NextHop, Prefix};
 
 impl Rib {
-    /// The best path of `prefix` changed: queue what each peer must hear.
+    /// The best path of `prefix` changed: queue what each group must hear.
     pub(super) fn export_change(&mut self, prefix: &Prefix, best: Option<&Path>) {
-        for idx in 1..self.peers.len() {
-            // A deferred peer gets the whole table when deferral ends.
-            if self.peers[idx].info.is_some() && !self.peers[idx].deferred {
-                self.export_to(idx as PeerIdx, prefix, best, false);
-            }
-        }
-    }
-
-    pub(super) fn export_to(
-        &mut self,
-        peer: PeerIdx,
-        prefix: &Prefix,
-        best: Option<&Path>,
-        dump: bool,
-    ) {
-        let attrs = best.and_then(|b| self.export_attrs(peer, prefix, b));
-        let Some(ps) = self.peers.get_mut(peer as usize) else {
-            return;
+        let Rib {
+            groups,
+            peers,
+            interner,
+            cfg,
+            default_export,
+            ..
+        } = self;
+        let cx = Cx {
+            cfg,
+            peers: &peers[..],
+            default_export: &default_export[..],
         };
-        if attrs.is_none()
-            && (dump || (!ps.adj_out.contains_key(prefix) && !ps.pending.contains_key(prefix)))
-        {
-            return;
+        for g in groups.values_mut() {
+            let sent = best.and_then(|b| {
+                cx.attrs(interner, &g.info, prefix, b).map(|attrs| Sent {
+                    attrs,
+                    except: b.peer(),
+                })
+            });
+            g.queue(prefix, sent, false);
         }
-        ps.pending.insert(*prefix, attrs);
     }
+}
 
-    /// What `target` is sent for `best`, or `None` if it must not see it.
-    fn export_attrs(
-        &mut self,
-        target: PeerIdx,
+/// What export reads besides the target group.
+pub(super) struct Cx<'a> {
+    pub(super) cfg: &'a RibConfig,
+    pub(super) peers: &'a [PeerState],
+    pub(super) default_export: &'a [filter::Rule],
+}
+
+impl Cx<'_> {
+    /// What a peer with `info` (any member of its group: only the
+    /// group's fields are read) is sent for `best`, or `None` if it must
+    /// not see it. The peer `best` came from is not sent it at all (see
+    /// `group`).
+    pub(super) fn attrs(
+        &self,
+        interner: &mut Interner,
+        info: &PeerInfo,
         prefix: &Prefix,
         best: &Path,
     ) -> Option<Arc<RouteAttrs>> {
         let src_idx = best.peer();
-        if src_idx == target {
-            return None; // never back to where it came from
-        }
-        let info = self.peers.get(target as usize)?.info.as_ref()?;
         if !info.families.contains(prefix.family()) {
             return None;
         }
         let local = src_idx == LOCAL;
         let ebgp = info.source.ebgp;
         let verdict = filter::evaluate(&info.filters.export, prefix, local)
-            .or_else(|| filter::evaluate(&self.default_export, prefix, local));
+            .or_else(|| filter::evaluate(self.default_export, prefix, local));
         if verdict == Some(FilterAction::Reject) {
             return None;
         }
@@ -150,65 +153,6 @@ impl Rib {
         } else {
             best.attrs.next_hop
         };
-        Some(self.interner.intern(&a, next_hop))
-    }
-}
-
-/// Turn a peer's pending changes into packed UPDATEs (withdrawals first,
-/// then announcements grouped by shared attributes, then End-of-RIB).
-pub(super) fn encode_pending(ps: &mut PeerState) -> Option<Bytes> {
-    if ps.pending.is_empty() && ps.pending_eor.is_empty() {
-        return None;
-    }
-    let info = ps.info.as_ref()?;
-    let cx = info.encode.clone();
-    let mut withdraw: [Vec<Nlri>; 2] = [Vec::new(), Vec::new()];
-    let mut groups: HashMap<(usize, Family), (Arc<RouteAttrs>, Vec<Nlri>)> = HashMap::new();
-    for (prefix, attrs) in ps.pending.drain() {
-        let fi = super::fam_idx(prefix.family());
-        match attrs {
-            Some(a) => {
-                if ps
-                    .adj_out
-                    .get(&prefix)
-                    .is_some_and(|old| Arc::ptr_eq(old, &a))
-                {
-                    continue;
-                }
-                ps.adj_out.insert(prefix, a.clone());
-                let key = (Arc::as_ptr(&a) as usize, prefix.family());
-                groups
-                    .entry(key)
-                    .or_insert_with(|| (a, Vec::new()))
-                    .1
-                    .push(Nlri::from(prefix));
-            }
-            None => {
-                if ps.adj_out.remove(&prefix).is_some() {
-                    withdraw[fi].push(Nlri::from(prefix));
-                }
-            }
-        }
-    }
-    ps.counters.sent = ps.adj_out.len() as u32;
-    let mut out = BytesMut::new();
-    for f in Family::ALL {
-        let w = &mut withdraw[super::fam_idx(f)];
-        if !w.is_empty() {
-            w.sort();
-            encode_withdraw(f, w, &cx, &mut out);
-        }
-    }
-    for ((_, f), (a, mut nlri)) in groups {
-        nlri.sort();
-        encode_announce(&a.attrs(), f, a.next_hop, &nlri, &cx, &mut out);
-    }
-    for f in ps.pending_eor.drain(..) {
-        Message::Update(Update::eor(f)).encode(&cx, &mut out);
-    }
-    if out.is_empty() {
-        None
-    } else {
-        Some(out.freeze())
+        Some(interner.intern(&a, next_hop))
     }
 }

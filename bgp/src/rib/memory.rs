@@ -33,7 +33,7 @@ pub struct RibMemory {
     pub intern_table: Usage,
     /// The attribute sets themselves, with what they own on the heap.
     pub attrs: Usage,
-    /// Adj-RIB-Out and pending exports of every peer.
+    /// Adj-RIB-Out and pending exports of every update group.
     pub adj_out: Usage,
 }
 
@@ -125,9 +125,8 @@ impl Rib {
         let (table, attrs) = self.interner.memory();
         m.intern_table = table;
         m.attrs = attrs;
-        for p in &self.peers {
-            add(&mut m.adj_out, map(&p.adj_out));
-            add(&mut m.adj_out, map(&p.pending));
+        for g in self.groups.values() {
+            add(&mut m.adj_out, g.memory());
         }
         m
     }

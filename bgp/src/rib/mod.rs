@@ -12,6 +12,7 @@
 pub mod decision;
 mod export;
 pub mod filter;
+mod group;
 pub mod intern;
 pub mod memory;
 pub mod segmap;
@@ -129,7 +130,9 @@ pub struct PeerCounters {
 pub struct Flushed {
     /// Kernel FIB changes, in order.
     pub fib: Vec<FibChange>,
-    /// Encoded UPDATE messages per peer.
+    /// Encoded UPDATE messages per peer, in the order they go out (a peer
+    /// may have several; the members of an update group are handed slices
+    /// of the same buffers).
     pub send: Vec<(PeerIdx, Bytes)>,
     /// Peers over their max-prefix limit.
     pub max_prefix: Vec<(PeerIdx, Family, u32)>,
@@ -139,8 +142,10 @@ pub struct Flushed {
 struct PeerState {
     info: Option<PeerInfo>,
     counters: PeerCounters,
-    adj_out: HashMap<Prefix, Arc<RouteAttrs>, FastState>,
-    pending: HashMap<Prefix, Option<Arc<RouteAttrs>>, FastState>,
+    /// Its update group while established.
+    group: Option<group::GroupId>,
+    /// Families of the group's table to send it at the next flush.
+    dump: Families,
     pending_eor: Vec<Family>,
     over_limit: bool,
     /// Established, but its initial routes are withheld while deferring.
@@ -173,6 +178,10 @@ pub struct Rib {
     v6: Table<Prefix>,
     interner: Interner,
     peers: Vec<PeerState>,
+    /// Update groups (one Adj-RIB-Out each) and their index by policy.
+    groups: HashMap<group::GroupId, group::Group, FastState>,
+    group_index: HashMap<group::GroupKey, group::GroupId>,
+    next_group: group::GroupId,
     igp: Box<dyn IgpCost + Send>,
     fib: Vec<FibChange>,
     /// Destinations whose selection has kernel next hops (what the FIB
@@ -222,6 +231,9 @@ impl Rib {
             v6: Table::default(),
             interner: Interner::default(),
             peers,
+            groups: HashMap::default(),
+            group_index: HashMap::new(),
+            next_group: 0,
             igp: Box::new(Connected),
             fib: Vec::new(),
             fib_routes: 0,
@@ -239,19 +251,7 @@ impl Rib {
             return;
         }
         self.default_export = rules;
-        let best: Vec<(Prefix, Path)> = self
-            .v4
-            .map
-            .iter()
-            .filter_map(|(k, d)| d.selected().first().map(|p| (k.to_prefix(), p.clone())))
-            .chain(
-                self.v6
-                    .map
-                    .iter()
-                    .filter_map(|(k, d)| d.selected().first().map(|p| (*k, p.clone()))),
-            )
-            .collect();
-        for (prefix, p) in best {
+        for (prefix, p) in self.all_best(Families::BOTH) {
             self.export_change(&prefix, Some(&p));
         }
     }
@@ -269,10 +269,48 @@ impl Rib {
 
     /// Counters of a peer.
     pub fn counters(&self, peer: PeerIdx) -> PeerCounters {
-        self.peers
-            .get(peer as usize)
-            .map(|p| p.counters)
-            .unwrap_or_default()
+        let Some(p) = self.peers.get(peer as usize) else {
+            return PeerCounters::default();
+        };
+        let mut c = p.counters;
+        c.sent = match p.group.and_then(|g| self.groups.get(&g)) {
+            Some(g) if !p.deferred => g.sent_to(peer),
+            _ => 0,
+        };
+        c
+    }
+
+    /// Update groups in use and their members, for status and tests.
+    pub fn groups(&self) -> Vec<Vec<PeerIdx>> {
+        let mut v: Vec<Vec<PeerIdx>> = self
+            .groups
+            .values()
+            .map(|g| g.members.iter().copied().collect())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The best path of every destination of `fams`.
+    fn all_best(&self, fams: Families) -> Vec<(Prefix, Path)> {
+        let mut best = Vec::new();
+        if fams.contains(Family::Ipv4Unicast) {
+            best.extend(
+                self.v4
+                    .map
+                    .iter()
+                    .filter_map(|(k, d)| d.selected().first().map(|p| (k.to_prefix(), p.clone()))),
+            );
+        }
+        if fams.contains(Family::Ipv6Unicast) {
+            best.extend(
+                self.v6
+                    .map
+                    .iter()
+                    .filter_map(|(k, d)| d.selected().first().map(|p| (*k, p.clone()))),
+            );
+        }
+        best
     }
 
     /// Destinations per family.
@@ -657,52 +695,34 @@ impl Rib {
         }
     }
 
-    /// A peer reached Established: dump the table to it, then End-of-RIB.
+    /// A peer reached Established: it joins its update group, whose table
+    /// it is sent at the next flush, then End-of-RIB.
     pub fn peer_up(&mut self, peer: PeerIdx, info: PeerInfo) {
-        let fams = info.families;
+        self.leave_group(peer);
         let Some(ps) = self.peers.get_mut(peer as usize) else {
             return;
         };
         ps.info = Some(info);
-        ps.adj_out.clear();
-        ps.pending.clear();
         ps.over_limit = false;
         ps.counters.sent = 0;
         ps.deferred = self.deferring;
-        if !ps.deferred {
-            self.refresh(peer, fams);
-        }
+        self.join_group(peer);
     }
 
-    /// Resend everything of `fams` to a peer (initial dump, route refresh);
-    /// nothing while its initial routes are deferred (they come in full).
+    /// Resend everything of `fams` to a peer (route refresh): its group's
+    /// table, then End-of-RIB; nothing while its initial routes are
+    /// deferred (they come in full).
     pub fn refresh(&mut self, peer: PeerIdx, fams: Families) {
-        if self.peers.get(peer as usize).is_some_and(|p| p.deferred) {
+        let Some(ps) = self.peers.get_mut(peer as usize) else {
+            return;
+        };
+        if ps.deferred || ps.group.is_none() {
             return;
         }
-        let mut best: Vec<(Prefix, Path)> = Vec::new();
-        if fams.contains(Family::Ipv4Unicast) {
-            best.extend(
-                self.v4
-                    .map
-                    .iter()
-                    .filter_map(|(k, d)| d.selected().first().map(|p| (k.to_prefix(), p.clone()))),
-            );
+        for f in fams.iter() {
+            ps.dump.insert(f);
         }
-        if fams.contains(Family::Ipv6Unicast) {
-            best.extend(
-                self.v6
-                    .map
-                    .iter()
-                    .filter_map(|(k, d)| d.selected().first().map(|p| (*k, p.clone()))),
-            );
-        }
-        for (prefix, p) in best {
-            self.export_to(peer, &prefix, Some(&p), true);
-        }
-        if let Some(ps) = self.peers.get_mut(peer as usize) {
-            ps.pending_eor.extend(fams.iter());
-        }
+        ps.pending_eor.extend(fams.iter());
     }
 
     /// Destinations whose selection has kernel next hops: what the FIB
@@ -740,11 +760,7 @@ impl Rib {
             send: Vec::new(),
             max_prefix: std::mem::take(&mut self.max_prefix),
         };
-        for idx in 1..self.peers.len() {
-            if let Some(b) = export::encode_pending(&mut self.peers[idx]) {
-                out.send.push((idx as PeerIdx, b));
-            }
-        }
+        self.flush_groups(&mut out);
         out
     }
 }

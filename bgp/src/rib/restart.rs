@@ -16,10 +16,8 @@ impl Rib {
     /// A peer left Established. Routes of `graceful` families are kept as
     /// stale (RFC 4724); the others are withdrawn.
     pub fn peer_down(&mut self, peer: PeerIdx, graceful: Families) {
+        self.leave_group(peer);
         if let Some(ps) = self.peers.get_mut(peer as usize) {
-            ps.adj_out.clear();
-            ps.pending.clear();
-            ps.pending_eor.clear();
             ps.counters.sent = 0;
             ps.deferred = false;
         }

@@ -66,7 +66,7 @@ pub struct DecodeCx {
 }
 
 /// What the encoder must know about the session.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct EncodeCx {
     /// Both sides announced the 4-octet AS capability.
     pub four_byte_as: bool,

@@ -1,0 +1,367 @@
+//! Update groups: peers with the same outbound policy share one Adj-RIB-Out
+//! and the same encoded UPDATEs; the source of a route never gets it back
+//! (RFC 4456 reflection without the loop), a late joiner gets the group's
+//! table, a member that resets starts over.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use bgp::rib::decision::{DecisionOptions, PeerIdx, Source};
+use bgp::rib::{Flushed, PeerInfo, Rib, RibConfig};
+use bgp::wire::*;
+use bytes::Bytes;
+
+const LOCAL_AS: u32 = 65010;
+
+fn rib() -> Rib {
+    Rib::new(RibConfig {
+        local_as: LOCAL_AS,
+        router_id: Ipv4Addr::new(198, 18, 0, 10),
+        cluster_id: None,
+        decision: DecisionOptions::default(),
+    })
+}
+
+/// A route-reflector client (all of them have the same outbound policy).
+fn client(last: u8) -> PeerInfo {
+    PeerInfo {
+        source: Source {
+            asn: LOCAL_AS,
+            router_id: Ipv4Addr::new(198, 18, 1, last),
+            addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, last)),
+            ebgp: false,
+        },
+        local_v4: Some(Ipv4Addr::new(198, 18, 0, 10)),
+        local_v6: None,
+        rr_client: true,
+        next_hop_self: false,
+        communities: Default::default(),
+        families: Families::only(Family::Ipv4Unicast),
+        encode: EncodeCx {
+            four_byte_as: true,
+            ..EncodeCx::default()
+        },
+        max_prefix: None,
+        filters: Default::default(),
+    }
+}
+
+fn p(s: &str) -> Prefix {
+    s.parse().unwrap()
+}
+
+fn announce(prefix: &str, nh_last: u8, local_pref: Option<u32>) -> Update {
+    Update {
+        attrs: PathAttrs {
+            origin: Some(Origin::Igp),
+            as_path: Some(AsPath::default()),
+            next_hop: Some(Ipv4Addr::new(198, 18, 0, nh_last)),
+            local_pref,
+            ..PathAttrs::default()
+        },
+        nlri: vec![Nlri::from(p(prefix))],
+        ..Update::default()
+    }
+}
+
+fn withdraw(prefix: &str) -> Update {
+    Update {
+        withdrawn: vec![Nlri::from(p(prefix))],
+        ..Update::default()
+    }
+}
+
+/// Everything a peer was handed in one flush, as UPDATEs in order.
+fn to(out: &Flushed, peer: PeerIdx) -> Vec<Update> {
+    let cx = DecodeCx {
+        four_byte_as: true,
+        ..DecodeCx::default()
+    };
+    let mut v = Vec::new();
+    for (_, b) in out.send.iter().filter(|(x, _)| *x == peer) {
+        let mut b: &[u8] = b;
+        while let Ok(Some(len)) = frame(b) {
+            match Message::decode(&b[..len], &cx) {
+                Ok(Message::Update(u)) => v.push(u),
+                other => panic!("not an UPDATE: {other:?}"),
+            }
+            b = &b[len..];
+        }
+        assert!(b.is_empty(), "a partial message");
+    }
+    v
+}
+
+/// The buffers a peer was handed.
+fn bufs(out: &Flushed, peer: PeerIdx) -> Vec<Bytes> {
+    out.send
+        .iter()
+        .filter(|(x, _)| *x == peer)
+        .map(|(_, b)| b.clone())
+        .collect()
+}
+
+fn announced(ups: &[Update]) -> Vec<Prefix> {
+    let mut v: Vec<Prefix> = ups
+        .iter()
+        .flat_map(|u| u.nlri.iter().map(|n| n.prefix))
+        .collect();
+    v.sort();
+    v
+}
+
+fn withdrawn(ups: &[Update]) -> Vec<Prefix> {
+    let mut v: Vec<Prefix> = ups
+        .iter()
+        .flat_map(|u| u.withdrawn.iter().map(|n| n.prefix))
+        .collect();
+    v.sort();
+    v
+}
+
+fn eors(ups: &[Update]) -> Vec<Family> {
+    ups.iter().filter_map(Update::end_of_rib).collect()
+}
+
+/// Three clients up and past their initial End-of-RIB.
+fn three_clients() -> (Rib, [PeerIdx; 3]) {
+    let mut r = rib();
+    let peers = [r.add_peer(), r.add_peer(), r.add_peer()];
+    for (i, &x) in peers.iter().enumerate() {
+        r.peer_up(x, client(i as u8 + 1));
+    }
+    r.flush();
+    (r, peers)
+}
+
+#[test]
+fn peers_with_the_same_outbound_policy_share_a_group() {
+    let mut r = rib();
+    let (a, b, c, d, e, f) = (
+        r.add_peer(),
+        r.add_peer(),
+        r.add_peer(),
+        r.add_peer(),
+        r.add_peer(),
+        r.add_peer(),
+    );
+    r.peer_up(a, client(1));
+    r.peer_up(b, client(2));
+    // Not a client: another group (it is not sent client-to-client rules).
+    let mut nonclient = client(3);
+    nonclient.rr_client = false;
+    r.peer_up(c, nonclient);
+    // ADD-PATH changes the encoding.
+    let mut ap = client(4);
+    ap.encode.add_path_tx = Families::only(Family::Ipv4Unicast);
+    r.peer_up(d, ap);
+    // External, another AS.
+    let mut ext = client(5);
+    ext.source.asn = 65001;
+    ext.source.ebgp = true;
+    ext.rr_client = false;
+    r.peer_up(e, ext);
+    // A client with its own import filter and max-prefix: same group
+    // (neither changes what it is sent).
+    let mut own = client(6);
+    own.max_prefix = Some(10);
+    own.filters.import = vec![bgp::rib::filter::Rule::all(
+        None,
+        bgp::rib::filter::FilterAction::Reject,
+    )];
+    r.peer_up(f, own);
+    assert_eq!(
+        r.groups(),
+        vec![vec![a, b, f], vec![c], vec![d], vec![e]],
+        "one group for the plain clients"
+    );
+    // A member going down leaves; the last one out removes the group.
+    r.peer_down(c, Families::NONE);
+    r.peer_down(b, Families::NONE);
+    assert_eq!(r.groups(), vec![vec![a, f], vec![d], vec![e]]);
+}
+
+#[test]
+fn members_get_the_same_bytes_and_the_source_nothing() {
+    let (mut r, [a, b, c]) = three_clients();
+    r.apply_update(a, &announce("198.19.1.0/26", 1, None));
+    let out = r.flush();
+    assert!(to(&out, a).is_empty(), "never back to its source");
+    let ub = to(&out, b);
+    assert_eq!(announced(&ub), vec![p("198.19.1.0/26")]);
+    assert_eq!(
+        ub[0].attrs.originator_id,
+        Some(Ipv4Addr::new(198, 18, 1, 1))
+    );
+    assert_eq!(
+        ub[0].attrs.cluster_list,
+        vec![Ipv4Addr::new(198, 18, 0, 10)]
+    );
+    // Encoded once: b and c hold the same buffer, not copies.
+    let (bb, bc) = (bufs(&out, b), bufs(&out, c));
+    assert_eq!(bb.len(), 1);
+    assert_eq!(bb[0].as_ptr(), bc[0].as_ptr());
+    assert_eq!(bb[0], bc[0]);
+    assert_eq!(r.counters(a).sent, 0);
+    assert_eq!(r.counters(b).sent, 1);
+
+    // Two sources in one flush: each member gets the other's route only.
+    r.apply_update(b, &announce("198.19.2.0/26", 2, None));
+    r.apply_update(c, &announce("198.19.3.0/26", 3, None));
+    let out = r.flush();
+    assert_eq!(
+        announced(&to(&out, a)),
+        vec![p("198.19.2.0/26"), p("198.19.3.0/26")]
+    );
+    assert_eq!(announced(&to(&out, b)), vec![p("198.19.3.0/26")]);
+    assert_eq!(announced(&to(&out, c)), vec![p("198.19.2.0/26")]);
+    // Slices of one buffer.
+    let base = bufs(&out, a)[0].as_ptr() as usize;
+    let len = bufs(&out, a)[0].len();
+    for x in [b, c] {
+        for s in bufs(&out, x) {
+            let at = s.as_ptr() as usize;
+            assert!(
+                at >= base && at + s.len() <= base + len,
+                "a slice of the group's buffer"
+            );
+        }
+    }
+    assert_eq!(
+        [r.counters(a).sent, r.counters(b).sent, r.counters(c).sent],
+        [2, 2, 2]
+    );
+}
+
+#[test]
+fn when_the_best_path_moves_to_a_member_that_member_forgets_the_old_one() {
+    let (mut r, [a, b, c]) = three_clients();
+    r.apply_update(a, &announce("198.19.1.0/26", 1, None));
+    r.flush();
+    // b now has a better path to the same prefix: b had a's route and must
+    // drop it; a gets b's; c gets b's in place of a's.
+    r.apply_update(b, &announce("198.19.1.0/26", 2, Some(200)));
+    let out = r.flush();
+    let (ua, ub, uc) = (to(&out, a), to(&out, b), to(&out, c));
+    assert_eq!(announced(&ua), vec![p("198.19.1.0/26")]);
+    assert_eq!(
+        ua[0].attrs.originator_id,
+        Some(Ipv4Addr::new(198, 18, 1, 2))
+    );
+    assert_eq!(withdrawn(&ub), vec![p("198.19.1.0/26")]);
+    assert!(announced(&ub).is_empty());
+    assert_eq!(announced(&uc), vec![p("198.19.1.0/26")]);
+    assert_eq!(
+        uc[0].attrs.originator_id,
+        Some(Ipv4Addr::new(198, 18, 1, 2))
+    );
+    assert!(
+        withdrawn(&uc).is_empty(),
+        "an implicit replace, no withdraw"
+    );
+    // b withdraws: back to a's path.
+    r.apply_update(b, &withdraw("198.19.1.0/26"));
+    let out = r.flush();
+    assert_eq!(withdrawn(&to(&out, a)), vec![p("198.19.1.0/26")]);
+    assert_eq!(announced(&to(&out, b)), vec![p("198.19.1.0/26")]);
+    assert_eq!(announced(&to(&out, c)), vec![p("198.19.1.0/26")]);
+    // a withdraws: gone for those that had it; nothing to a.
+    r.apply_update(a, &withdraw("198.19.1.0/26"));
+    let out = r.flush();
+    assert!(to(&out, a).is_empty());
+    assert_eq!(withdrawn(&to(&out, b)), vec![p("198.19.1.0/26")]);
+    assert_eq!(withdrawn(&to(&out, c)), vec![p("198.19.1.0/26")]);
+    assert_eq!(
+        [r.counters(a).sent, r.counters(b).sent, r.counters(c).sent],
+        [0, 0, 0]
+    );
+}
+
+#[test]
+fn a_late_joiner_gets_the_table_then_end_of_rib() {
+    let mut r = rib();
+    r.originate(p("198.19.99.0/26"), Default::default());
+    let (a, b, c, d) = (r.add_peer(), r.add_peer(), r.add_peer(), r.add_peer());
+    r.peer_up(a, client(1));
+    r.peer_up(b, client(2));
+    r.flush();
+    r.apply_update(a, &announce("198.19.1.0/26", 1, None));
+    r.apply_update(b, &announce("198.19.2.0/26", 2, None));
+    r.flush();
+    // c joins with a change pending in the same flush: table, change, EoR.
+    r.peer_up(c, client(3));
+    r.peer_up(d, client(4));
+    r.apply_update(a, &announce("198.19.4.0/26", 1, None));
+    let out = r.flush();
+    for x in [c, d] {
+        let u = to(&out, x);
+        assert_eq!(
+            announced(&u),
+            vec![
+                p("198.19.1.0/26"),
+                p("198.19.2.0/26"),
+                p("198.19.4.0/26"),
+                p("198.19.99.0/26")
+            ]
+        );
+        assert_eq!(eors(&u), vec![Family::Ipv4Unicast]);
+        assert!(u.last().and_then(Update::end_of_rib).is_some(), "EoR last");
+        assert_eq!(r.counters(x).sent, 4);
+    }
+    // Joiners of one flush share the table's encoding.
+    assert_eq!(bufs(&out, c)[0].as_ptr(), bufs(&out, d)[0].as_ptr());
+    // The others get the change only.
+    assert_eq!(announced(&to(&out, b)), vec![p("198.19.4.0/26")]);
+    assert!(to(&out, a).is_empty());
+    assert!(eors(&to(&out, b)).is_empty());
+}
+
+#[test]
+fn a_member_reset_starts_over_without_its_own_routes() {
+    let (mut r, [a, b, c]) = three_clients();
+    r.apply_update(a, &announce("198.19.1.0/26", 1, None));
+    r.apply_update(c, &announce("198.19.3.0/26", 3, None));
+    r.flush();
+    // c restarts (graceful): its route stays, stale, and is still sent to
+    // the others; the new session is sent the table without its own route.
+    r.peer_down(c, Families::only(Family::Ipv4Unicast));
+    let out = r.flush();
+    assert!(
+        out.send.is_empty(),
+        "a graceful restart changes nothing for the others"
+    );
+    r.peer_up(c, client(3));
+    let out = r.flush();
+    let uc = to(&out, c);
+    assert_eq!(announced(&uc), vec![p("198.19.1.0/26")]);
+    assert_eq!(eors(&uc), vec![Family::Ipv4Unicast]);
+    assert!(to(&out, a).is_empty() && to(&out, b).is_empty());
+    // c re-announces and purges: no change for the others either.
+    r.apply_update(c, &announce("198.19.3.0/26", 3, None));
+    r.purge_stale(c, Family::Ipv4Unicast);
+    let out = r.flush();
+    assert!(to(&out, c).is_empty());
+    // A reset without graceful restart: the others are told to withdraw.
+    r.peer_down(c, Families::NONE);
+    let out = r.flush();
+    assert_eq!(withdrawn(&to(&out, a)), vec![p("198.19.3.0/26")]);
+    assert_eq!(withdrawn(&to(&out, b)), vec![p("198.19.3.0/26")]);
+    assert!(
+        to(&out, c).is_empty(),
+        "a member that is down is sent nothing"
+    );
+    assert_eq!(r.groups(), vec![vec![a, b]]);
+}
+
+#[test]
+fn route_refresh_resends_the_table_to_that_member_only() {
+    let (mut r, [a, b, c]) = three_clients();
+    r.apply_update(a, &announce("198.19.1.0/26", 1, None));
+    r.apply_update(b, &announce("198.19.2.0/26", 2, None));
+    r.flush();
+    r.refresh(b, Families::only(Family::Ipv4Unicast));
+    let out = r.flush();
+    let ub = to(&out, b);
+    assert_eq!(announced(&ub), vec![p("198.19.1.0/26")]);
+    assert_eq!(eors(&ub), vec![Family::Ipv4Unicast]);
+    assert!(to(&out, a).is_empty() && to(&out, c).is_empty());
+}
