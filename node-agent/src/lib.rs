@@ -11,7 +11,8 @@
 //!              install-cni (the init container), host protection (the
 //!              HostEndpoint / HostNetworkPolicy task), the denied-flow log
 //!  ctl/        margayctl: renders the agent's /status, reads IPAM and
-//!              policy from the API server
+//!              policy from the API server, asks the agent for a
+//!              dataplane trace
 //!  ─────────────────────────────────────────────────────────────────────────
 //!  cni_api/    the gRPC service the CNI plugin calls: Allocate (with the
 //!              early answer), EndpointUp / EndpointDown, the DEL journal
@@ -26,7 +27,8 @@
 //!  k8s/        everything that talks to the API server: CRD types, the
 //!              watchers (one reflector per kind), IPAM on CRDs (the CAS
 //!              store, the distilled view, pools into the allocator, leak
-//!              GC), the Node's identity and annotations, label selectors
+//!              GC), the Node's identity and annotations, this node's pods
+//!              published as compact PodEndpoints
 //!  dataplane/  kernel adapters, no Kubernetes: local routes (proto 81),
 //!              the BGP FIB (proto 80), nftables (session + nfnetlink fast
 //!              path), host veths (one name type), VXLAN devices (proto 82)
