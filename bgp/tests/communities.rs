@@ -4,50 +4,14 @@
 //! extended communities kept inside the AS, and per-peer communities added
 //! to what we originate.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
-use bgp::rib::decision::{DecisionOptions, Source};
-use bgp::rib::{PeerInfo, Rib, RibConfig};
+use bgp::rib::Rib;
 use bgp::wire::community::{NO_ADVERTISE, NO_EXPORT};
 use bgp::wire::*;
 
-const LOCAL_AS: u32 = 65010;
-
-fn rib() -> Rib {
-    Rib::new(RibConfig {
-        local_as: LOCAL_AS,
-        router_id: Ipv4Addr::new(198, 18, 0, 10),
-        cluster_id: None,
-        decision: DecisionOptions::default(),
-    })
-}
-
-fn info(asn: u32, last: u8) -> PeerInfo {
-    PeerInfo {
-        source: Source {
-            asn,
-            router_id: Ipv4Addr::new(198, 18, 1, last),
-            addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, last)),
-            ebgp: asn != LOCAL_AS,
-        },
-        local_v4: Some(Ipv4Addr::new(198, 18, 0, 10)),
-        local_v6: None,
-        rr_client: false,
-        next_hop_self: false,
-        communities: CommunitySet::default(),
-        families: Families::BOTH,
-        encode: EncodeCx {
-            four_byte_as: true,
-            ..EncodeCx::default()
-        },
-        max_prefix: None,
-        filters: Default::default(),
-    }
-}
-
-fn p(s: &str) -> Prefix {
-    s.parse().expect("prefix")
-}
+mod common;
+use common::{LOCAL_AS, info, p, rib};
 
 fn c(s: &str) -> Community {
     s.parse().expect("community")

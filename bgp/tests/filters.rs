@@ -3,51 +3,21 @@
 //! after them, and a change of the defaults re-evaluating what every peer
 //! was sent.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
-use bgp::rib::decision::{DecisionOptions, Source};
 use bgp::rib::filter::{FilterAction, MatchOp, Rule};
-use bgp::rib::{PeerFilters, PeerInfo, Rib, RibConfig};
+use bgp::rib::{PeerFilters, PeerInfo, Rib};
 use bgp::wire::*;
 
-const LOCAL_AS: u32 = 65010;
-
-fn rib() -> Rib {
-    Rib::new(RibConfig {
-        local_as: LOCAL_AS,
-        router_id: Ipv4Addr::new(198, 18, 0, 10),
-        cluster_id: None,
-        decision: DecisionOptions::default(),
-    })
-}
+mod common;
+use common::{p, rib};
 
 fn info(asn: u32, last: u8, filters: PeerFilters) -> PeerInfo {
     PeerInfo {
-        source: Source {
-            asn,
-            router_id: Ipv4Addr::new(198, 18, 1, last),
-            addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, last)),
-            ebgp: asn != LOCAL_AS,
-        },
-        local_v4: Some(Ipv4Addr::new(198, 18, 0, 10)),
-        local_v6: None,
-        rr_client: false,
-        next_hop_self: false,
-        communities: CommunitySet::default(),
-        families: Families::BOTH,
-        encode: EncodeCx {
-            four_byte_as: true,
-            ..EncodeCx::default()
-        },
-        max_prefix: None,
         filters,
+        ..common::info(asn, last)
     }
 }
-
-fn p(s: &str) -> Prefix {
-    s.parse().expect("prefix")
-}
-
 fn rule(cidr: &str, op: MatchOp, action: FilterAction) -> Rule {
     Rule {
         family: None,

@@ -3,52 +3,24 @@
 //! (RFC 4456 reflection without the loop), a late joiner gets the group's
 //! table, a member that resets starts over.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
-use bgp::rib::decision::{DecisionOptions, PeerIdx, Source};
-use bgp::rib::{Flushed, PeerInfo, Rib, RibConfig};
+use bgp::rib::decision::PeerIdx;
+use bgp::rib::{Flushed, PeerInfo, Rib};
 use bgp::wire::*;
 use bytes::Bytes;
 
-const LOCAL_AS: u32 = 65010;
-
-fn rib() -> Rib {
-    Rib::new(RibConfig {
-        local_as: LOCAL_AS,
-        router_id: Ipv4Addr::new(198, 18, 0, 10),
-        cluster_id: None,
-        decision: DecisionOptions::default(),
-    })
-}
+mod common;
+use common::{LOCAL_AS, p, rib};
 
 /// A route-reflector client (all of them have the same outbound policy).
 fn client(last: u8) -> PeerInfo {
     PeerInfo {
-        source: Source {
-            asn: LOCAL_AS,
-            router_id: Ipv4Addr::new(198, 18, 1, last),
-            addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, last)),
-            ebgp: false,
-        },
-        local_v4: Some(Ipv4Addr::new(198, 18, 0, 10)),
-        local_v6: None,
         rr_client: true,
-        next_hop_self: false,
-        communities: Default::default(),
         families: Families::only(Family::Ipv4Unicast),
-        encode: EncodeCx {
-            four_byte_as: true,
-            ..EncodeCx::default()
-        },
-        max_prefix: None,
-        filters: Default::default(),
+        ..common::info(LOCAL_AS, last)
     }
 }
-
-fn p(s: &str) -> Prefix {
-    s.parse().unwrap()
-}
-
 fn announce(prefix: &str, nh_last: u8, local_pref: Option<u32>) -> Update {
     Update {
         attrs: PathAttrs {

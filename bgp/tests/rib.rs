@@ -4,49 +4,18 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use bgp::rib::decision::{DecisionOptions, Source};
-use bgp::rib::{PeerInfo, Rib, RibConfig};
+use bgp::rib::Rib;
+use bgp::rib::decision::DecisionOptions;
 use bgp::wire::*;
 
-const LOCAL_AS: u32 = 65010;
+mod common;
+use common::{LOCAL_AS, info, p};
 
 fn rib(multipath: usize) -> Rib {
-    Rib::new(RibConfig {
-        local_as: LOCAL_AS,
-        router_id: Ipv4Addr::new(198, 18, 0, 10),
-        cluster_id: None,
-        decision: DecisionOptions {
-            always_compare_med: false,
-            multipath,
-        },
+    common::rib_with(DecisionOptions {
+        always_compare_med: false,
+        multipath,
     })
-}
-
-fn info(asn: u32, last: u8) -> PeerInfo {
-    PeerInfo {
-        source: Source {
-            asn,
-            router_id: Ipv4Addr::new(198, 18, 1, last),
-            addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, last)),
-            ebgp: asn != LOCAL_AS,
-        },
-        local_v4: Some(Ipv4Addr::new(198, 18, 0, 10)),
-        local_v6: None,
-        rr_client: false,
-        next_hop_self: false,
-        communities: Default::default(),
-        families: Families::BOTH,
-        encode: EncodeCx {
-            four_byte_as: true,
-            ..EncodeCx::default()
-        },
-        max_prefix: None,
-        filters: Default::default(),
-    }
-}
-
-fn p(s: &str) -> Prefix {
-    s.parse().unwrap()
 }
 
 fn announce(
