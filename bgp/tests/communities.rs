@@ -6,9 +6,9 @@
 
 use std::net::Ipv4Addr;
 
-use bgp::rib::Rib;
 use bgp::wire::community::{NO_ADVERTISE, NO_EXPORT};
 use bgp::wire::*;
+use common::TestRib as Rib;
 
 mod common;
 use common::{LOCAL_AS, info, p, rib};

@@ -6,8 +6,9 @@
 use std::net::Ipv4Addr;
 
 use bgp::rib::filter::{FilterAction, MatchOp, Rule};
-use bgp::rib::{PeerFilters, PeerInfo, Rib};
+use bgp::rib::{PeerFilters, PeerInfo};
 use bgp::wire::*;
+use common::TestRib as Rib;
 
 mod common;
 use common::{p, rib};

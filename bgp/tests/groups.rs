@@ -5,10 +5,11 @@
 
 use std::net::Ipv4Addr;
 
+use bgp::rib::PeerInfo;
 use bgp::rib::decision::PeerIdx;
-use bgp::rib::{Flushed, PeerInfo, Rib};
 use bgp::wire::*;
 use bytes::Bytes;
+use common::{Out as Flushed, TestRib as Rib};
 
 mod common;
 use common::{LOCAL_AS, p, rib};

@@ -4,9 +4,9 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use bgp::rib::Rib;
 use bgp::rib::decision::DecisionOptions;
 use bgp::wire::*;
+use common::TestRib as Rib;
 
 mod common;
 use common::{LOCAL_AS, info, p};

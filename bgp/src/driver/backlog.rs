@@ -114,20 +114,21 @@ impl Backlog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
+    use crate::wire::Family;
 
     fn sent(rx: &mut mpsc::Receiver<PeerCmd>) -> Vec<u8> {
         let mut v = Vec::new();
         while let Ok(c) = rx.try_recv() {
-            if let PeerCmd::Send(b) = c {
-                v.push(b[0]);
+            if let PeerCmd::MaxPrefix(_, n) = c {
+                v.push(n as u8);
             }
         }
         v
     }
 
+    /// A command told apart by its number.
     fn cmd(n: u8) -> PeerCmd {
-        PeerCmd::Send(Bytes::from(vec![n]))
+        PeerCmd::MaxPrefix(Family::Ipv4Unicast, n.into())
     }
 
     #[test]

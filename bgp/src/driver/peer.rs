@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -22,8 +23,8 @@ use super::{
 use crate::bfd::{self, Subscription};
 use crate::config::PeerConfig;
 use crate::fsm::{ConnId, Input, Output, Session, Timer};
-use crate::rib::PeerInfo;
 use crate::rib::decision::{PeerIdx, Source};
+use crate::rib::{LogReader, PeerInfo};
 use crate::wire::notification::cease_sub;
 use crate::wire::{DecodeError, Message, Notification, Update, frame};
 
@@ -37,8 +38,19 @@ enum ConnEvent {
     Closed(ConnId),
 }
 
+/// What a connection's writer is handed.
+enum Write {
+    /// A message of the session's own (OPEN, KEEPALIVE, NOTIFICATION…).
+    Bytes(Bytes),
+    /// From now on, also write what the update group's log has for us.
+    Attach(LogReader),
+}
+
+/// Bytes a writer takes from its group's log per write (whole entries).
+const WRITE_BATCH: usize = 64 * 1024;
+
 struct Conn {
-    writer: mpsc::Sender<Bytes>,
+    writer: mpsc::Sender<Write>,
     tasks: [JoinHandle<()>; 2],
     local: SocketAddr,
     peer: SocketAddr,
@@ -150,9 +162,9 @@ impl PeerTask {
                         Box::pin(self.input(Input::Stop(Notification::cease(cease_sub::PEER_DECONFIGURED)))).await;
                         return;
                     }
-                    Some(PeerCmd::Send(b)) => {
+                    Some(PeerCmd::Attach(r)) => {
                         if let Some(c) = self.session.established_conn().and_then(|c| self.conns.get(&c)) {
-                            let _ = c.writer.send(b).await;
+                            let _ = c.writer.send(Write::Attach(r)).await;
                         }
                     }
                     Some(PeerCmd::Stop(sub)) => {
@@ -229,7 +241,7 @@ impl PeerTask {
             .peer_addr()
             .map(canonical)
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let (rd, mut wr) = s.into_split();
+        let (rd, wr) = s.into_split();
         let ev = self.ev_tx.clone();
         let reader = tokio::spawn(async move {
             let mut buf = BytesMut::new();
@@ -289,15 +301,8 @@ impl PeerTask {
                 }
             }
         });
-        let (wtx, mut wrx) = mpsc::channel::<Bytes>(64);
-        let writer = tokio::spawn(async move {
-            while let Some(b) = wrx.recv().await {
-                if wr.write_all(&b).await.is_err() {
-                    return;
-                }
-            }
-            let _ = wr.shutdown().await;
-        });
+        let (wtx, wrx) = mpsc::channel::<Write>(64);
+        let writer = tokio::spawn(write_loop(wr, wrx));
         self.conns.insert(
             id,
             Conn {
@@ -444,7 +449,7 @@ impl PeerTask {
             Output::Send { conn, msg } => {
                 if let Some(c) = self.conns.get(&conn) {
                     let cx = self.session.encode_cx();
-                    let _ = c.writer.send(msg.to_bytes(&cx)).await;
+                    let _ = c.writer.send(Write::Bytes(msg.to_bytes(&cx))).await;
                 }
             }
             Output::Close { conn } => self.close_conn(conn),
@@ -529,4 +534,66 @@ impl PeerTask {
             }
         }
     }
+}
+
+/// A connection's writer: the session's own messages as they come, and,
+/// once attached to its update group's log, what the log has for it,
+/// pulled whenever the log has more and the socket took the last batch
+/// (so a slow socket holds a read position, not a queue of copies).
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Write>) {
+    enum Next {
+        Msg(Option<Write>),
+        Log,
+    }
+    let mut log: Option<LogReader> = None;
+    let mut parts: Vec<Bytes> = Vec::new();
+    loop {
+        let next = {
+            let readable = async {
+                match &log {
+                    Some(r) => r.readable().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                m = rx.recv() => Next::Msg(m),
+                () = readable => Next::Log,
+            }
+        };
+        match next {
+            Next::Msg(None) => break,
+            Next::Msg(Some(Write::Bytes(b))) => {
+                if wr.write_all(&b).await.is_err() {
+                    return;
+                }
+            }
+            Next::Msg(Some(Write::Attach(r))) => log = Some(r),
+            Next::Log => {
+                while let Some(r) = &log {
+                    parts.clear();
+                    match r.read(WRITE_BATCH, &mut parts) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            let res = if let [one] = &parts[..] {
+                                wr.write_all(one).await
+                            } else {
+                                let mut buf = Vec::with_capacity(n);
+                                for p in &parts {
+                                    buf.extend_from_slice(p);
+                                }
+                                wr.write_all(&buf).await
+                            };
+                            if res.is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => log = None,
+                    }
+                }
+                parts = Vec::new();
+            }
+        }
+    }
+    let _ = wr.shutdown().await;
 }

@@ -33,7 +33,7 @@
 //! Invariant: an active member holds every route of its group's table
 //! whose `except` is not itself, as last flushed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -42,6 +42,7 @@ use bytes::{Bytes, BytesMut};
 use super::decision::PeerIdx;
 use super::filter;
 use super::intern::{FastState, RouteAttrs};
+use super::log::{Chunked, Log};
 use super::memory::{self, Usage};
 use super::{Flushed, PeerInfo, Rib, fam_idx};
 use crate::wire::update::{encode_announce, encode_withdraw};
@@ -105,6 +106,14 @@ pub(super) struct Group {
     pub(super) pending: HashMap<Prefix, Option<Sent>, FastState>,
     /// Routes of `adj_out` per source, for the members' sent counters.
     excluded: HashMap<PeerIdx, u32, FastState>,
+    /// The encoded changes, read by each member at its pace.
+    pub(super) log: Log,
+    /// Prefixes withdrawn from `adj_out` and the log position of their
+    /// WITHDRAW (for resyncs: what a member that skipped it must forget),
+    /// as long as a member may not have read it.
+    tombstones: HashMap<Prefix, u64, FastState>,
+    /// The same, oldest first (to forget them as the log is read).
+    tomb_order: VecDeque<(u64, Prefix)>,
 }
 
 impl Group {
@@ -116,6 +125,9 @@ impl Group {
             adj_out: HashMap::default(),
             pending: HashMap::default(),
             excluded: HashMap::default(),
+            log: Log::default(),
+            tombstones: HashMap::default(),
+            tomb_order: VecDeque::new(),
         }
     }
 
@@ -156,11 +168,16 @@ impl Group {
     /// The table and queue's allocations.
     pub(super) fn memory(&self) -> Usage {
         let mut u = memory::map(&self.adj_out);
-        for m in [memory::map(&self.pending), memory::map(&self.excluded)] {
+        for m in [
+            memory::map(&self.pending),
+            memory::map(&self.excluded),
+            memory::map(&self.tombstones),
+        ] {
             u.count += m.count;
             u.slots += m.slots;
             u.bytes += m.bytes;
         }
+        u.bytes += self.log.bytes() + self.tomb_order.capacity() * size_of::<(u64, Prefix)>();
         u
     }
 
@@ -175,9 +192,53 @@ impl Group {
         b.finish(&self.key.encode)
     }
 
+    /// What brings a member that read the log up to `from` to the table
+    /// as it stands: WITHDRAWs for every prefix gone since (and for those
+    /// it is now the source of: it may hold another's route for them),
+    /// then the table without its own routes (`table`: the group's table
+    /// encoded, shared by the resyncs of one flush).
+    fn resync_for(&self, member: PeerIdx, from: u64, table: &Chunked) -> Vec<Bytes> {
+        let mut gone: [Vec<Nlri>; 2] = [Vec::new(), Vec::new()];
+        for (prefix, seq) in &self.tombstones {
+            if *seq >= from && !self.adj_out.contains_key(prefix) {
+                gone[fam_idx(prefix.family())].push(Nlri::from(*prefix));
+            }
+        }
+        for (prefix, s) in &self.adj_out {
+            if s.except == member {
+                gone[fam_idx(prefix.family())].push(Nlri::from(*prefix));
+            }
+        }
+        let mut out = Vec::new();
+        let w = encode_withdraws(gone, &self.key.encode);
+        if !w.is_empty() {
+            out.push(w);
+        }
+        table.for_member(member, |b| out.push(b));
+        out
+    }
+
+    /// Forget the WITHDRAWs every member has read.
+    fn forget_tombstones(&mut self) {
+        if self.tomb_order.is_empty() {
+            return;
+        }
+        let slowest = self.log.slowest();
+        while let Some(&(seq, prefix)) = self.tomb_order.front() {
+            if seq >= slowest {
+                break;
+            }
+            self.tomb_order.pop_front();
+            if self.tombstones.get(&prefix) == Some(&seq) {
+                self.tombstones.remove(&prefix);
+            }
+        }
+    }
+
     /// Apply the pending changes to the table; returns them encoded (laid
-    /// out by source) and the WITHDRAWs for single members.
-    fn commit(&mut self) -> (Chunked, BTreeMap<PeerIdx, [Vec<Nlri>; 2]>) {
+    /// out by source) and the WITHDRAWs for single members. `seq`: the log
+    /// position the changes get.
+    fn commit(&mut self, seq: u64) -> (Chunked, BTreeMap<PeerIdx, [Vec<Nlri>; 2]>) {
         let mut b = Builder::default();
         let mut only: BTreeMap<PeerIdx, [Vec<Nlri>; 2]> = BTreeMap::new();
         let pending = std::mem::take(&mut self.pending);
@@ -190,6 +251,8 @@ impl Group {
                     self.adj_out.remove(&prefix);
                     self.uncount(old.except);
                     b.withdraw(old.except, prefix);
+                    self.tombstones.insert(prefix, seq);
+                    self.tomb_order.push_back((seq, prefix));
                 }
                 (old, Some(new)) => {
                     if let Some(o) = &old {
@@ -203,38 +266,12 @@ impl Group {
                         }
                     }
                     b.announce(new.except, prefix, &new.attrs);
+                    self.tombstones.remove(&prefix);
                     self.fill(prefix, new);
                 }
             }
         }
         (b.finish(&self.key.encode), only)
-    }
-}
-
-/// Messages in one buffer, the routes of each source together.
-#[derive(Debug, Default)]
-struct Chunked {
-    buf: Bytes,
-    /// Where each source's routes are in `buf`.
-    ranges: HashMap<PeerIdx, (usize, usize), FastState>,
-}
-
-impl Chunked {
-    /// What `member` is sent: the buffer without its own routes.
-    fn for_member(&self, member: PeerIdx, out: &mut Vec<(PeerIdx, Bytes)>) {
-        let (s, e) = self.ranges.get(&member).copied().unwrap_or((0, 0));
-        if s == e {
-            if !self.buf.is_empty() {
-                out.push((member, self.buf.clone()));
-            }
-            return;
-        }
-        if s > 0 {
-            out.push((member, self.buf.slice(..s)));
-        }
-        if e < self.buf.len() {
-            out.push((member, self.buf.slice(e..)));
-        }
     }
 }
 
@@ -342,9 +379,11 @@ impl Rib {
         };
         ps.dump = Families::NONE;
         ps.pending_eor.clear();
+        ps.in_log = false;
         let Some(gid) = ps.group.take() else { return };
         let empty = self.groups.get_mut(&gid).is_some_and(|g| {
             g.members.remove(&peer);
+            g.log.leave(peer);
             g.members.is_empty()
         });
         if empty {
@@ -386,27 +425,24 @@ impl Rib {
         }
     }
 
-    /// The group's changes and joiners' tables, in each member's order:
-    /// its table (joining), its own WITHDRAWs, the group's changes,
-    /// End-of-RIB.
+    /// Each group's changes into its log, and what single members must
+    /// hear into their private queues, in each member's order: its table
+    /// (joining), its own WITHDRAWs, the group's changes, End-of-RIB.
+    /// Members that enter a log (a new session, the end of a deferral)
+    /// get their readers in `out.attach`; members too far behind are
+    /// resynced.
     pub(super) fn flush_groups(&mut self, out: &mut Flushed) {
-        let Rib { groups, peers, .. } = self;
+        let Rib {
+            groups,
+            peers,
+            next_epoch,
+            log_bound,
+            ..
+        } = self;
         for g in groups.values_mut() {
             // Joiners get the table before this flush's changes.
             let mut tables: HashMap<Families, Chunked> = HashMap::new();
-            for &m in &g.members {
-                if let Some(ps) = peers.get(m as usize) {
-                    if !ps.deferred && !ps.dump.is_empty() && !tables.contains_key(&ps.dump) {
-                        tables.insert(ps.dump, g.encode_table(ps.dump));
-                    }
-                }
-            }
-            let (changes, only) = if g.pending.is_empty() {
-                (Chunked::default(), BTreeMap::new())
-            } else {
-                g.commit()
-            };
-            let mut eor: [Option<Bytes>; 2] = [None, None];
+            let mut busy = false;
             for &m in &g.members {
                 let Some(ps) = peers.get_mut(m as usize) else {
                     continue;
@@ -414,28 +450,77 @@ impl Rib {
                 if ps.deferred {
                     continue;
                 }
-                if let Some(t) = tables.get(&std::mem::take(&mut ps.dump)) {
-                    t.for_member(m, &mut out.send);
+                if !ps.in_log {
+                    *next_epoch += 1;
+                    out.attach.push((m, g.log.join(m, *next_epoch)));
+                    ps.in_log = true;
                 }
-                if let Some(w) = only.get(&m) {
-                    let mut b = BytesMut::new();
-                    for f in Family::ALL {
-                        let mut v = w[fam_idx(f)].clone();
-                        if !v.is_empty() {
-                            v.sort();
-                            encode_withdraw(f, &v, &g.key.encode, &mut b);
-                        }
+                if !ps.dump.is_empty() && !tables.contains_key(&ps.dump) {
+                    tables.insert(ps.dump, g.encode_table(ps.dump));
+                }
+                busy |= !ps.dump.is_empty() || !ps.pending_eor.is_empty();
+            }
+            let seq = g.log.end();
+            let (changes, only) = if g.pending.is_empty() {
+                (Chunked::default(), BTreeMap::new())
+            } else {
+                g.commit(seq)
+            };
+            let after = if changes.buf.is_empty() { seq } else { seq + 1 };
+            if busy || !only.is_empty() {
+                let mut eor: [Option<Bytes>; 2] = [None, None];
+                for &m in &g.members {
+                    let Some(ps) = peers.get_mut(m as usize) else {
+                        continue;
+                    };
+                    if ps.deferred {
+                        continue;
                     }
-                    out.send.push((m, b.freeze()));
-                }
-                changes.for_member(m, &mut out.send);
-                for f in ps.pending_eor.drain(..) {
-                    let e = eor[fam_idx(f)].get_or_insert_with(|| {
-                        Message::Update(Update::eor(f)).to_bytes(&g.key.encode)
-                    });
-                    out.send.push((m, e.clone()));
+                    if let Some(t) = tables.get(&std::mem::take(&mut ps.dump)) {
+                        t.for_member(m, |b| g.log.private(m, seq, b, false));
+                    }
+                    if let Some(w) = only.get(&m) {
+                        let w = encode_withdraws(w.clone(), &g.key.encode);
+                        g.log.private(m, seq, w, false);
+                    }
+                    for f in ps.pending_eor.drain(..) {
+                        let e = eor[fam_idx(f)].get_or_insert_with(|| {
+                            Message::Update(Update::eor(f)).to_bytes(&g.key.encode)
+                        });
+                        g.log.private(m, after, e.clone(), true);
+                    }
                 }
             }
+            g.log.append(changes);
+            // A member too far behind is resynced rather than holding the
+            // log for everyone.
+            let slow = g.log.too_far_behind(*log_bound);
+            if !slow.is_empty() {
+                let table = g.encode_table(g.key.families);
+                for (m, from) in slow {
+                    tracing::warn!(
+                        peer = m,
+                        "a member reads too slowly: resynced from the group's table"
+                    );
+                    let parts = g.resync_for(m, from, &table);
+                    g.log.resync(m, parts);
+                }
+            }
+            g.forget_tombstones();
+            g.log.notify();
         }
     }
+}
+
+/// WITHDRAWs of `w` (per family), sorted.
+fn encode_withdraws(mut w: [Vec<Nlri>; 2], cx: &EncodeCx) -> Bytes {
+    let mut b = BytesMut::new();
+    for f in Family::ALL {
+        let v = &mut w[fam_idx(f)];
+        if !v.is_empty() {
+            v.sort();
+            encode_withdraw(f, v, cx, &mut b);
+        }
+    }
+    b.freeze()
 }

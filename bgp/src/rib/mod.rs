@@ -14,6 +14,7 @@ mod export;
 pub mod filter;
 mod group;
 pub mod intern;
+pub mod log;
 pub mod memory;
 pub mod segmap;
 pub mod table;
@@ -22,14 +23,13 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use self::decision::{Connected, DecisionOptions, IgpCost, LOCAL, Path, PeerIdx, Source};
 use self::intern::{FastState, Interner, RouteAttrs};
 use self::table::{Dest, Key, Table, V4Key};
 use crate::wire::{
     CommunitySet, EncodeCx, Families, Family, NextHop, Nlri, Origin, PathAttrs, Prefix, Update,
 };
+pub use log::{LOG_BOUND, Left, LogReader};
 
 /// Speaker-wide RIB settings.
 #[derive(Clone, Debug)]
@@ -130,10 +130,10 @@ pub struct PeerCounters {
 pub struct Flushed {
     /// Kernel FIB changes, in order.
     pub fib: Vec<FibChange>,
-    /// Encoded UPDATE messages per peer, in the order they go out (a peer
-    /// may have several; the members of an update group are handed slices
-    /// of the same buffers).
-    pub send: Vec<(PeerIdx, Bytes)>,
+    /// Readers of the peers that entered their update group's log in this
+    /// flush (a new session, the end of a restart deferral): the peer's
+    /// writer reads what it is sent with them (see [`LogReader`]).
+    pub attach: Vec<(PeerIdx, LogReader)>,
     /// Peers over their max-prefix limit.
     pub max_prefix: Vec<(PeerIdx, Family, u32)>,
 }
@@ -147,6 +147,8 @@ struct PeerState {
     /// Families of the group's table to send it at the next flush.
     dump: Families,
     pending_eor: Vec<Family>,
+    /// Has a place in its group's log (a reader was handed out).
+    in_log: bool,
     over_limit: bool,
     /// Established, but its initial routes are withheld while deferring.
     deferred: bool,
@@ -192,6 +194,10 @@ pub struct Rib {
     default_export: Vec<filter::Rule>,
     /// Initial updates are withheld (restarting, RFC 4724 §4.1).
     deferring: bool,
+    /// Sessions handed a log reader so far (tells a stale reader).
+    next_epoch: u64,
+    /// Bytes of a group's log a member may be behind (see [`log`]).
+    log_bound: usize,
 }
 
 impl std::fmt::Debug for Rib {
@@ -240,7 +246,15 @@ impl Rib {
             max_prefix: Vec::new(),
             default_export: Vec::new(),
             deferring: false,
+            next_epoch: 0,
+            log_bound: log::LOG_BOUND,
         }
+    }
+
+    /// Bytes of its group's log a member may be behind before it is
+    /// resynced from the group's table instead (default [`LOG_BOUND`]).
+    pub fn set_log_bound(&mut self, bytes: usize) {
+        self.log_bound = bytes;
     }
 
     /// The export rules every peer gets after its own: when they change,
@@ -757,7 +771,7 @@ impl Rib {
     pub fn flush(&mut self) -> Flushed {
         let mut out = Flushed {
             fib: std::mem::take(&mut self.fib),
-            send: Vec::new(),
+            attach: Vec::new(),
             max_prefix: std::mem::take(&mut self.max_prefix),
         };
         self.flush_groups(&mut out);
