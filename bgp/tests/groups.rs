@@ -3,6 +3,7 @@
 //! (RFC 4456 reflection without the loop), a late joiner gets the group's
 //! table, a member that resets starts over.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use bgp::rib::PeerInfo;
@@ -337,4 +338,231 @@ fn route_refresh_resends_the_table_to_that_member_only() {
     assert_eq!(announced(&ub), vec![p("198.19.1.0/26")]);
     assert_eq!(eors(&ub), vec![Family::Ipv4Unicast]);
     assert!(to(&out, a).is_empty() && to(&out, c).is_empty());
+}
+
+// The group's log: one copy of each flush's UPDATEs, read by each member at
+// its own pace.
+
+/// What a peer holds after the UPDATEs it was sent: prefix → the
+/// ORIGINATOR_ID of the route (which client it came from).
+type Held = BTreeMap<Prefix, Option<Ipv4Addr>>;
+
+fn apply(held: &mut Held, ups: &[Update]) {
+    for u in ups {
+        for n in &u.withdrawn {
+            held.remove(&n.prefix);
+        }
+        for n in &u.nlri {
+            held.insert(n.prefix, u.attrs.originator_id);
+        }
+    }
+}
+
+fn decode(bufs: &[Bytes]) -> Vec<Update> {
+    let out = Flushed {
+        send: bufs.iter().map(|b| (0, b.clone())).collect(),
+        ..Flushed::default()
+    };
+    to(&out, 0)
+}
+
+fn id(last: u8) -> Option<Ipv4Addr> {
+    Some(Ipv4Addr::new(198, 18, 1, last))
+}
+
+/// `c`'s view (it announces nothing, so it holds the whole table) without
+/// the routes of the client with router id `.last`.
+fn without(view: &Held, last: u8) -> Held {
+    view.iter()
+        .filter(|(_, o)| **o != id(last))
+        .map(|(p, o)| (*p, *o))
+        .collect()
+}
+
+#[test]
+fn members_read_one_log_at_their_own_pace_and_it_is_trimmed_behind_the_slowest() {
+    let (mut r, [a, b, c]) = three_clients();
+    r.hold(b);
+    let mut held_c = Held::new();
+    for i in 0..5u8 {
+        r.apply_update(a, &announce(&format!("198.19.{i}.0/26"), 1, None));
+        apply(&mut held_c, &to(&r.flush(), c));
+    }
+    // One prefix announced, then withdrawn, then announced by another
+    // client: a member reading late must end with the last of these.
+    r.apply_update(a, &withdraw("198.19.0.0/26"));
+    apply(&mut held_c, &to(&r.flush(), c));
+    r.apply_update(c, &announce("198.19.0.0/26", 3, None));
+    r.flush();
+    r.apply_update(a, &announce("198.19.9.0/26", 1, None));
+    r.apply_update(a, &withdraw("198.19.9.0/26"));
+    apply(&mut held_c, &to(&r.flush(), c));
+    // b has read nothing: the log holds every entry since, once.
+    let held_bytes = r.out_log_bytes();
+    assert!(held_bytes > 0, "b's unread entries are kept");
+    let bufs_b = r.read(b);
+    assert_eq!(
+        bufs_b.len(),
+        7,
+        "one buffer per flush that changed something"
+    );
+    assert_eq!(r.out_log_bytes(), 0, "trimmed once the slowest has read");
+    let mut held_b = Held::new();
+    apply(&mut held_b, &decode(&bufs_b));
+    let mut want: Held = (1..5u8)
+        .map(|i| (p(&format!("198.19.{i}.0/26")), id(1)))
+        .collect();
+    want.insert(p("198.19.0.0/26"), id(3));
+    assert_eq!(held_b, want, "announce, withdraw, announce: the last wins");
+    assert_eq!(held_c, without(&want, 3));
+}
+
+#[test]
+fn a_member_too_far_behind_is_resynced_and_ends_with_the_right_routes() {
+    let (mut r, [a, b, c]) = three_clients();
+    for i in 100..106u8 {
+        r.apply_update(a, &announce(&format!("198.19.{i}.0/26"), 1, None));
+    }
+    r.apply_update(b, &announce("198.19.200.0/26", 2, None));
+    let out = r.flush();
+    let mut held_b = Held::new();
+    let mut held_c = Held::new();
+    apply(&mut held_b, &to(&out, b));
+    apply(&mut held_c, &to(&out, c));
+    assert_eq!(held_b.len(), 6);
+    let bound = 400;
+    r.set_log_bound(bound);
+    r.hold(b);
+    // While b reads nothing: withdrawals of what it has, a route it has
+    // whose best path moves to b itself, announce-then-withdraw, and many
+    // new routes, one flush each.
+    for i in 100..103u8 {
+        r.apply_update(a, &withdraw(&format!("198.19.{i}.0/26")));
+        apply(&mut held_c, &to(&r.flush(), c));
+    }
+    r.apply_update(b, &announce("198.19.103.0/26", 2, Some(200)));
+    apply(&mut held_c, &to(&r.flush(), c));
+    for i in 0..60u8 {
+        r.apply_update(a, &announce(&format!("198.19.{i}.0/26"), 1, None));
+        apply(&mut held_c, &to(&r.flush(), c));
+        if i % 3 == 0 {
+            r.apply_update(a, &withdraw(&format!("198.19.{i}.0/26")));
+            apply(&mut held_c, &to(&r.flush(), c));
+        }
+        assert!(
+            r.out_log_bytes() <= bound + 200,
+            "the log stays bounded: {} bytes",
+            r.out_log_bytes()
+        );
+    }
+    r.resume(b);
+    apply(&mut held_b, &to(&r.flush(), b));
+    let ups = r.read(b);
+    apply(&mut held_b, &decode(&ups));
+    assert_eq!(held_b, without(&held_c, 2), "b ends with the group's table");
+    assert!(!held_b.contains_key(&p("198.19.100.0/26")));
+    assert!(
+        !held_b.contains_key(&p("198.19.103.0/26")),
+        "b is the source now: it forgot a's route"
+    );
+    assert_eq!(held_b.len(), 2 + 40, "103..106 but b's, 40 of the 60");
+    assert_eq!(r.counters(b).sent as usize, held_b.len());
+    // And it follows the log again.
+    r.apply_update(a, &announce("198.19.61.0/26", 1, None));
+    let ub = to(&r.flush(), b);
+    assert_eq!(announced(&ub), vec![p("198.19.61.0/26")]);
+    assert_eq!(r.out_log_bytes(), 0);
+}
+
+#[test]
+fn a_late_joiner_while_another_member_is_behind() {
+    let (mut r, [a, b, c]) = three_clients();
+    r.hold(b);
+    r.apply_update(a, &announce("198.19.1.0/26", 1, None));
+    r.flush();
+    r.apply_update(c, &announce("198.19.3.0/26", 3, None));
+    r.flush();
+    let d = r.add_peer();
+    r.peer_up(d, client(4));
+    r.apply_update(a, &announce("198.19.4.0/26", 1, None));
+    let ud = to(&r.flush(), d);
+    assert_eq!(
+        announced(&ud),
+        vec![p("198.19.1.0/26"), p("198.19.3.0/26"), p("198.19.4.0/26")]
+    );
+    assert!(ud.last().and_then(Update::end_of_rib).is_some(), "EoR last");
+    r.resume(b);
+    let ub = to(&r.flush(), b);
+    assert_eq!(
+        announced(&ub),
+        vec![p("198.19.1.0/26"), p("198.19.3.0/26"), p("198.19.4.0/26")]
+    );
+    assert!(eors(&ub).is_empty(), "b had its End-of-RIB already");
+    assert_eq!(r.out_log_bytes(), 0);
+}
+
+#[test]
+fn a_refresh_asked_while_behind_comes_after_what_came_before_it() {
+    let (mut r, [a, b, _c]) = three_clients();
+    r.hold(b);
+    r.apply_update(a, &announce("198.19.1.0/26", 1, None));
+    r.flush();
+    r.refresh(b, Families::only(Family::Ipv4Unicast));
+    r.flush();
+    r.apply_update(a, &withdraw("198.19.1.0/26"));
+    r.apply_update(a, &announce("198.19.2.0/26", 1, None));
+    r.flush();
+    r.resume(b);
+    let ub = to(&r.flush(), b);
+    // The change, the table (with it), End-of-RIB, then the next change.
+    let kinds: Vec<String> = ub
+        .iter()
+        .map(|u| {
+            if u.end_of_rib().is_some() {
+                "eor".to_string()
+            } else if !u.withdrawn.is_empty() {
+                format!("w{}", u.withdrawn[0].prefix)
+            } else {
+                format!("a{}", u.nlri[0].prefix)
+            }
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "a198.19.1.0/26",
+            "a198.19.1.0/26",
+            "eor",
+            "w198.19.1.0/26",
+            "a198.19.2.0/26"
+        ]
+    );
+}
+
+#[test]
+fn a_member_that_restarts_while_behind_starts_over_and_frees_the_log() {
+    let (mut r, [a, b, c]) = three_clients();
+    r.hold(b);
+    r.apply_update(a, &announce("198.19.1.0/26", 1, None));
+    r.apply_update(b, &announce("198.19.2.0/26", 2, None));
+    r.flush();
+    assert!(r.out_log_bytes() > 0);
+    let old = r.readers[&b].clone();
+    // Graceful restart: its route stays; what it had not read goes.
+    r.peer_down(b, Families::only(Family::Ipv4Unicast));
+    let out = r.flush();
+    assert!(to(&out, a).is_empty() && to(&out, c).is_empty());
+    assert_eq!(r.out_log_bytes(), 0, "a member that left holds nothing");
+    r.peer_up(b, client(2));
+    r.resume(b);
+    let ub = to(&r.flush(), b);
+    assert_eq!(announced(&ub), vec![p("198.19.1.0/26")], "the table");
+    assert_eq!(eors(&ub), vec![Family::Ipv4Unicast]);
+    let mut v = Vec::new();
+    assert_eq!(
+        old.read(usize::MAX, &mut v),
+        Err(bgp::rib::Left),
+        "the old session's reader reads nothing of the new one's"
+    );
+    assert!(v.is_empty());
 }

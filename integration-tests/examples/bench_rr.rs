@@ -24,6 +24,9 @@
 //!   again; the time from that start until every client has converged again
 //!   (all sessions back, every block re-sent, End-of-RIB), and the new
 //!   process's CPU and peak RSS.
+//! - change: once converged, `--flaps` single changes (client 0 withdraws
+//!   its blocks, then announces them, alternately), each timed until every
+//!   other client has it: median and worst, ms.
 //! - gen: the generator's CPU seconds over the run (a figure close to the
 //!   wall time means the run was generator-bound).
 //!
@@ -73,6 +76,11 @@ struct Args {
     /// where its memory is (RSS, heap, the RIB's structures by kind).
     #[arg(long)]
     breakdown: bool,
+    /// Once converged, time this many single route changes (client 0
+    /// withdraws its blocks, then announces them again, alternately) until
+    /// every other client has the change.
+    #[arg(long, default_value_t = 20)]
+    flaps: usize,
 }
 
 const LOCAL_AS: u32 = 65000;
@@ -92,6 +100,8 @@ struct Row {
     restart_rss: f64,
     gen_cpu: f64,
     received: u64,
+    /// One change to every client, ms: median and worst of `--flaps`.
+    flap_ms: Option<(f64, f64)>,
 }
 
 fn main() -> Result<()> {
@@ -104,8 +114,16 @@ fn main() -> Result<()> {
         for which in &args.only {
             let row = run(&args, n, which).with_context(|| format!("{which} with {n} clients"))?;
             println!(
-                "{n} clients, {which}: ready {:.2} s ({:.2} CPU s, {:.1} MB), restart {:.2} s",
-                row.ready_s, row.ready_cpu, row.ready_rss, row.restart_s
+                "{n} clients, {which}: ready {:.2} s ({:.2} CPU s, {:.1} MB), restart {:.2} s{}",
+                row.ready_s,
+                row.ready_cpu,
+                row.ready_rss,
+                row.restart_s,
+                row.flap_ms
+                    .map(|(p50, max)| format!(
+                        ", one change to every client {p50:.1} ms median, {max:.1} ms worst"
+                    ))
+                    .unwrap_or_default()
             );
             rows.push(row);
         }
@@ -301,6 +319,45 @@ fn wait_converged(
     }
 }
 
+/// Times `flaps` single changes (client 0's blocks withdrawn, announced,
+/// …) from the notice to client 0 until every other client has it: the
+/// reflector's per-update latency under its full set of sessions (the
+/// generator's reaction to the notice included, the same for both).
+fn time_flaps(
+    progress: &Progress,
+    n: usize,
+    flaps: usize,
+    timeout: Duration,
+) -> Result<Option<(f64, f64)>> {
+    if flaps == 0 || n < 2 {
+        return Ok(None);
+    }
+    let mut ms = Vec::with_capacity(flaps);
+    for i in 0..flaps {
+        // Withdrawn: only client 0 is still converged; announced: all are.
+        let want = if i % 2 == 0 { 1 } else { n };
+        let t0 = Instant::now();
+        progress.flap.notify_one();
+        while progress.converged.load(Ordering::Relaxed) != want {
+            if t0.elapsed() > timeout {
+                bail!("change {i} did not reach every client within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // End announced, as the restart phase expects.
+    if flaps % 2 == 1 {
+        progress.flap.notify_one();
+        lab::wait_for("client 0's blocks back everywhere", timeout, || {
+            Ok((progress.converged.load(Ordering::Relaxed) == n).then_some(()))
+        })?;
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(Some((ms[ms.len() / 2], ms[ms.len() - 1])))
+}
+
 fn run(args: &Args, n: usize, which: &str) -> Result<Row> {
     let lab = Lab::builder().nodes(1).build()?;
     let node = &lab.nodes()[0];
@@ -355,6 +412,7 @@ fn run(args: &Args, n: usize, which: &str) -> Result<Row> {
         if args.breakdown && which == "margay" {
             print_breakdown(n, &dir.join("margay-rr.status.json"));
         }
+        let flap_ms = time_flaps(&progress, n, args.flaps, timeout)?;
 
         // Crash it; the clients keep their routes and retry every 100 ms.
         reflector.daemon().signal(Signal::SIGKILL)?;
@@ -380,6 +438,7 @@ fn run(args: &Args, n: usize, which: &str) -> Result<Row> {
             restart_rss,
             gen_cpu: 0.0,
             received: progress.prefixes_received.load(Ordering::Relaxed),
+            flap_ms,
         })
     })();
     let _ = stop_tx.send(true);
@@ -445,7 +504,7 @@ fn print_breakdown(n: usize, status: &Path) {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "\n{:>7} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>8} {:>12}",
+        "\n{:>7} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>8} {:>12} {:>14}",
         "clients",
         "reflector",
         "ready s",
@@ -455,11 +514,12 @@ fn print_table(rows: &[Row]) {
         "CPU s",
         "RSS MB",
         "gen CPU",
-        "received"
+        "received",
+        "change ms"
     );
     for r in rows {
         println!(
-            "{:>7} {:>9} {:>9.2} {:>9.2} {:>9.1} {:>10.2} {:>9.2} {:>9.1} {:>8.2} {:>12}",
+            "{:>7} {:>9} {:>9.2} {:>9.2} {:>9.1} {:>10.2} {:>9.2} {:>9.1} {:>8.2} {:>12} {:>14}",
             r.clients,
             r.reflector,
             r.ready_s,
@@ -469,7 +529,10 @@ fn print_table(rows: &[Row]) {
             r.restart_cpu,
             r.restart_rss,
             r.gen_cpu,
-            r.received
+            r.received,
+            r.flap_ms
+                .map(|(p50, max)| format!("{p50:.1}/{max:.1}"))
+                .unwrap_or_default()
         );
     }
     // Ratios where both ran at a size.

@@ -116,6 +116,11 @@ pub struct Progress {
     pub last_error: std::sync::Mutex<Option<String>>,
     /// Clients Established but not converged: (blocks held, End-of-RIB seen).
     pub waiting: std::sync::Mutex<std::collections::BTreeMap<Ipv4Addr, (usize, bool)>>,
+    /// Each notice makes client 0, while Established, withdraw its blocks
+    /// if they are announced, else announce them again (one UPDATE): the
+    /// driver times how long one change takes to reach every other client
+    /// (`converged` drops to 1, then comes back to all).
+    pub flap: tokio::sync::Notify,
 }
 
 impl Progress {
@@ -295,6 +300,7 @@ async fn session(
     let expected = plan.total_blocks() - plan.blocks_per_client;
     let mut eor = false;
     let mut got_open = false;
+    let mut announced = true;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let keepalive = Duration::from_secs(u64::from(plan.hold_time.max(3) / 3));
     // A handshake that does not complete in time is given up and retried: a
@@ -388,6 +394,20 @@ async fn session(
             },
             () = &mut handshake, if !live.established => {
                 return Err(format!("no OPEN and KEEPALIVE within {HANDSHAKE_TIMEOUT:?}"));
+            }
+            () = progress.flap.notified(), if idx == 0 && live.established => {
+                announced = !announced;
+                let msg = if announced {
+                    announcement(plan, idx, me)
+                } else {
+                    Message::Update(Update {
+                        withdrawn: own.clone().map(|i| Nlri::from(Plan::block(i))).collect(),
+                        ..Update::default()
+                    })
+                };
+                s.write_all(&msg.to_bytes(&ecx))
+                    .await
+                    .map_err(|e| format!("send UPDATE: {e}"))?;
             }
             _ = ticker.tick(), if plan.hold_time != 0 => {
                 s.write_all(&Message::Keepalive.to_bytes(&ecx))

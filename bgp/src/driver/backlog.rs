@@ -1,22 +1,23 @@
 //! What the RIB task has for a peer whose command queue is full.
 //!
-//! The RIB task never waits for one peer. A peer that stops reading (a
-//! stuck router, a full socket) fills its writer's queue, then its command
-//! queue; a RIB task that awaited room there would stop deciding and
-//! exporting for every other peer too, and stop taking new connections.
-//! And a peer task may itself be waiting to hand the RIB an UPDATE (the
-//! RIB's queue is small and shared by every peer), so awaiting that peer
-//! could be a cycle that never ends.
+//! The RIB task never waits for one peer. A peer whose task is busy (its
+//! session's own work, a stuck router) fills its command queue; a RIB task
+//! that awaited room there would stop deciding and exporting for every
+//! other peer too, and stop taking new connections. And a peer task may
+//! itself be waiting to hand the RIB an UPDATE (the RIB's queue is small
+//! and shared by every peer), so awaiting that peer could be a cycle that
+//! never ends.
 //!
 //! So the RIB task hands a peer's commands over with `try_send`; what does
 //! not fit waits here, in order, and goes out as room frees (the RIB task
 //! calls [`Backlog::drain`] on every turn, and polls every millisecond while
 //! anything waits). A session that goes down or comes up takes its backlog
-//! with it: what was encoded for the old session must not reach the new
-//! one, which starts from the full table. A peer that stops reading while
-//! its session stays up (it still sends KEEPALIVEs) makes its backlog grow:
-//! nothing is dropped, the growth is logged at every doubling from 4,096
-//! commands and shown in `SpeakerStats::backlog`.
+//! with it: what was meant for the old session must not reach the new one.
+//! UPDATEs do not come this way: a peer's writer pulls them from its update
+//! group's log (`rib::log`), so what waits here is a few commands (a log
+//! reader to attach, a max-prefix notice), not the peer's updates; the
+//! backlog is still logged at every doubling from 4,096 commands and shown
+//! in `SpeakerStats::backlog`.
 
 use std::collections::{HashMap, VecDeque};
 

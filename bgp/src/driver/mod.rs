@@ -1,14 +1,17 @@
 //! Tokio driver: one task per peer owning its [`Session`] and connections,
-//! one RIB task owning the [`Rib`] and the peer registry, one listener task
-//! per listen address.
+//! one RIB task owning the [`Rib`] and the peer registry (`rib_task`), one
+//! listener task per listen address.
 //!
 //! ```text
 //!  Speaker (API) ──Cmd──────────────► RIB task ──Vec<FibChange>──► FIB stream (agent)
-//!                                     ▲    │
-//!        listener ──Cmd::Inbound──────┘    │ PeerCmd (Start/Stop/Send/MaxPrefix/Inbound)
+//!                                     ▲    │ │
+//!        listener ──Cmd::Inbound──────┘    │ └─ appends each flush's UPDATEs to its
+//!                                          │    update groups' logs (rib::log)
+//!                                          │ PeerCmd (Attach/Stop/MaxPrefix/Inbound)
 //!                                          ▼
 //!   peer task ◄── frames / EOF ── reader task (per connection)
-//!   peer task ──► bytes ──► writer task (per connection)
+//!   peer task ──► own messages, log reader ──► writer task (per connection),
+//!                 which pulls its group's UPDATEs from the log as the socket takes them
 //!   peer task ──RibMsg (Up/Down/Update/EoR/PurgeStale/Refresh/State/Bfd)──► RIB task
 //!   peer task ──subscribe──► BFD task (bfd::driver, started with the first
 //!   BFD peer) ──Up/Down events──► peer task (Down: the session closes)
@@ -16,6 +19,8 @@
 //!
 //! Tasks are aborted when their owner drops them. A panic while decoding a
 //! peer's message closes that peer's session only.
+//!
+//! [`Session`]: crate::fsm::Session
 
 mod backlog;
 mod inbound;

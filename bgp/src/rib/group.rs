@@ -1,6 +1,7 @@
 //! Update groups: peers whose outbound policy is the same share one
-//! Adj-RIB-Out, and each change is encoded once per group and handed to
-//! every member as the same bytes (`Bytes` slices of one buffer).
+//! Adj-RIB-Out, and each change is encoded once per group, appended to the
+//! group's log ([`super::log`]) and read from there by every member's
+//! writer at its own pace (`Bytes` slices of one buffer, no copies).
 //!
 //! A group is what [`GroupKey`] holds: everything [`export_attrs`]
 //! (super::export) reads of the target (iBGP/eBGP and the peer AS of an
@@ -27,8 +28,15 @@
 //! Members joining in one flush share one encoded table.
 //!
 //! **Leaving** (session down or reset, graceful or not): the member just
-//! leaves; a group without members is dropped. A new session joins again
-//! and gets the table.
+//! leaves (and its place in the log with what it had not read); a group
+//! without members is dropped. A new session joins again and gets the
+//! table.
+//!
+//! **Falling behind**: a member more than the log bound behind is moved to
+//! the log's end and sent, instead of what it skipped, WITHDRAWs for every
+//! prefix withdrawn since its position (the group keeps tombstones until
+//! every member has read past them) and for the routes it is now the
+//! source of, then the table: the same final state, in bounded memory.
 //!
 //! Invariant: an active member holds every route of its group's table
 //! whose `except` is not itself, as last flushed.

@@ -69,6 +69,9 @@ struct Cursor {
     /// Items for this member alone, in order.
     private: VecDeque<Item>,
     notify: Arc<Notify>,
+    /// Resynced, and the resync not read yet: the position the member's
+    /// routes are still as of (a second resync must start from there).
+    resync_from: Option<u64>,
 }
 
 /// Something for one member alone.
@@ -79,6 +82,8 @@ struct Item {
     bytes: Bytes,
     /// An End-of-RIB (kept through a resync).
     eor: bool,
+    /// Part of a resync.
+    resync: bool,
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +101,22 @@ struct State {
     members: HashMap<PeerIdx, Cursor, FastState>,
     /// Members per position (the first key is the slowest).
     at: BTreeMap<u64, u32>,
+    /// Members per `resync_from`.
+    pinned: BTreeMap<u64, u32>,
+}
+
+fn count(m: &mut BTreeMap<u64, u32>, from: Option<u64>, to: Option<u64>) {
+    if let Some(from) = from
+        && let Some(n) = m.get_mut(&from)
+    {
+        *n -= 1;
+        if *n == 0 {
+            m.remove(&from);
+        }
+    }
+    if let Some(to) = to {
+        *m.entry(to).or_default() += 1;
+    }
 }
 
 impl State {
@@ -111,15 +132,7 @@ impl State {
     }
 
     fn moved(&mut self, from: u64, to: Option<u64>) {
-        if let Some(n) = self.at.get_mut(&from) {
-            *n -= 1;
-            if *n == 0 {
-                self.at.remove(&from);
-            }
-        }
-        if let Some(to) = to {
-            *self.at.entry(to).or_default() += 1;
-        }
+        count(&mut self.at, Some(from), to);
         self.trim();
     }
 
@@ -179,9 +192,11 @@ impl LogReader {
         }
         let from = c.pos;
         let mut n = 0;
+        let mut resynced = false;
         loop {
             while c.private.front().is_some_and(|i| i.at <= c.pos) {
                 if let Some(i) = c.private.pop_front() {
+                    resynced |= i.resync;
                     n += i.bytes.len();
                     out.push(i.bytes);
                 }
@@ -202,6 +217,10 @@ impl LogReader {
             c.pos += 1;
         }
         let to = c.pos;
+        let unpinned = if resynced { c.resync_from.take() } else { None };
+        if unpinned.is_some() {
+            count(&mut st.pinned, unpinned, None);
+        }
         if to != from {
             st.moved(from, Some(to));
         }
@@ -234,13 +253,14 @@ impl Log {
                 pos: end,
                 private: VecDeque::new(),
                 notify: notify.clone(),
+                resync_from: None,
             },
         );
-        let from = old.map(|c| c.pos);
-        if let Some(from) = from {
-            st.moved(from, Some(end));
+        if let Some(old) = old {
+            count(&mut st.pinned, old.resync_from, None);
+            st.moved(old.pos, Some(end));
         } else {
-            *st.at.entry(end).or_default() += 1;
+            count(&mut st.at, None, Some(end));
         }
         LogReader {
             state: self.state.clone(),
@@ -255,6 +275,7 @@ impl Log {
         let mut st = lock(&self.state);
         if let Some(c) = st.members.remove(&member) {
             c.notify.notify_one();
+            count(&mut st.pinned, c.resync_from, None);
             st.moved(c.pos, None);
         }
     }
@@ -272,7 +293,12 @@ impl Log {
         }
         let mut st = lock(&self.state);
         if let Some(c) = st.members.get_mut(&member) {
-            c.private.push_back(Item { at, bytes, eor });
+            c.private.push_back(Item {
+                at,
+                bytes,
+                eor,
+                resync: false,
+            });
         }
     }
 
@@ -300,17 +326,20 @@ impl Log {
         }
     }
 
-    /// Members more than [`LOG_BOUND`] bytes behind, with their position,
-    /// when the log holds more than that (else none).
+    /// Members more than `bound` bytes behind the newest entry (which
+    /// every member may not have read yet, however large), with the
+    /// position their routes are as of (where they were when first
+    /// resynced, if they have not read that resync yet).
     pub(super) fn too_far_behind(&self, bound: usize) -> Vec<(PeerIdx, u64)> {
         let st = lock(&self.state);
         if st.bytes <= bound {
             return Vec::new();
         }
+        let newest = st.offsets.back().copied().unwrap_or(st.total);
         st.members
             .iter()
-            .filter(|(_, c)| st.total - st.offset(c.pos) > bound as u64)
-            .map(|(m, c)| (*m, c.pos))
+            .filter(|(_, c)| newest.saturating_sub(st.offset(c.pos)) > bound as u64)
+            .map(|(m, c)| (*m, c.resync_from.unwrap_or(c.pos)))
             .collect()
     }
 
@@ -326,22 +355,35 @@ impl Log {
         };
         let from = c.pos;
         c.pos = at;
+        let pinned = c.resync_from.is_none().then_some(from);
+        if pinned.is_some() {
+            c.resync_from = pinned;
+        }
         let old = std::mem::take(&mut c.private);
         c.private.extend(resync.into_iter().map(|bytes| Item {
             at,
             bytes,
             eor: false,
+            resync: true,
         }));
         c.private
             .extend(old.into_iter().filter(|i| i.eor).map(|i| Item { at, ..i }));
         c.notify.notify_one();
+        count(&mut st.pinned, None, pinned);
         st.moved(from, Some(at));
     }
 
-    /// The first position any member still has to read (the end if none).
+    /// The first position whose WITHDRAWs a member may still need: the
+    /// slowest read position, or a resync's start (the end if none).
     pub(super) fn slowest(&self) -> u64 {
         let st = lock(&self.state);
-        st.at.keys().next().copied().unwrap_or_else(|| st.end())
+        let read = st.at.keys().next().copied().unwrap_or_else(|| st.end());
+        st.pinned.keys().next().map_or(read, |p| read.min(*p))
+    }
+
+    /// Bytes of the entries held.
+    pub(super) fn entry_bytes(&self) -> usize {
+        lock(&self.state).bytes
     }
 
     /// Bytes held: entries plus private items.

@@ -294,6 +294,12 @@ impl Rib {
         c
     }
 
+    /// Bytes of encoded UPDATEs the groups' logs hold for members that
+    /// have not read them yet (entries only, not the joiners' tables).
+    pub fn out_log_bytes(&self) -> usize {
+        self.groups.values().map(|g| g.log.entry_bytes()).sum()
+    }
+
     /// Update groups in use and their members, for status and tests.
     pub fn groups(&self) -> Vec<Vec<PeerIdx>> {
         let mut v: Vec<Vec<PeerIdx>> = self
