@@ -314,57 +314,83 @@ async fn session(
         // Every whole message in the buffer first.
         while let Some(len) = frame(&buf).map_err(|e| format!("framing: {e}"))? {
             let msg = buf.split_to(len);
-            match Message::decode(&msg, &dcx).map_err(|e| format!("decode: {e}"))? {
-                Message::Open(_) if !got_open => {
-                    got_open = true;
-                    s.write_all(&Message::Keepalive.to_bytes(&ecx))
-                        .await
-                        .map_err(|e| format!("send KEEPALIVE: {e}"))?;
-                }
-                Message::Keepalive if got_open && !live.established => {
-                    live.established = true;
-                    progress.established.fetch_add(1, Ordering::Relaxed);
-                    // A new session: what we had is stale until sent again.
-                    seen.clear();
-                    let mut out = BytesMut::new();
-                    announcement(plan, idx, me).encode(&ecx, &mut out);
-                    Message::Update(Update::default()).encode(&ecx, &mut out);
-                    s.write_all(&out)
-                        .await
-                        .map_err(|e| format!("send UPDATE: {e}"))?;
-                }
-                Message::Keepalive => {}
-                Message::Update(u) if live.established => {
-                    if u.nlri.is_empty()
-                        && u.withdrawn.is_empty()
-                        && u.mp_reach.is_none()
-                        && u.mp_unreach.is_none()
-                    {
-                        eor = true;
+            // The bulk of what a client receives: IPv4 UPDATEs, scanned for
+            // their prefixes without building the message (the generator
+            // shares the machine with the reflector it measures).
+            let scanned = if live.established && msg.get(18) == Some(&2) {
+                scan_update(&msg[19..], |p, on| {
+                    match Plan::block_index(&p) {
+                        Some(i) if i < plan.total_blocks() && !own.contains(&i) => seen.set(i, on),
+                        _ => return Err(format!("unexpected prefix {p}")),
                     }
-                    progress
-                        .prefixes_received
-                        .fetch_add(u.nlri.len() as u64, Ordering::Relaxed);
-                    for (n, on) in u
-                        .withdrawn
-                        .iter()
-                        .map(|n| (n, false))
-                        .chain(u.nlri.iter().map(|n| (n, true)))
-                    {
-                        match Plan::block_index(&n.prefix) {
-                            Some(i) if i < plan.total_blocks() && !own.contains(&i) => {
-                                seen.set(i, on)
+                    if on {
+                        progress.prefixes_received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                })?
+            } else {
+                None
+            };
+            let decoded = match scanned {
+                Some(end_of_rib) => {
+                    eor |= end_of_rib;
+                    None
+                }
+                None => Some(Message::decode(&msg, &dcx).map_err(|e| format!("decode: {e}"))?),
+            };
+            if let Some(decoded) = decoded {
+                match decoded {
+                    Message::Open(_) if !got_open => {
+                        got_open = true;
+                        s.write_all(&Message::Keepalive.to_bytes(&ecx))
+                            .await
+                            .map_err(|e| format!("send KEEPALIVE: {e}"))?;
+                    }
+                    Message::Keepalive if got_open && !live.established => {
+                        live.established = true;
+                        progress.established.fetch_add(1, Ordering::Relaxed);
+                        // A new session: what we had is stale until sent again.
+                        seen.clear();
+                        let mut out = BytesMut::new();
+                        announcement(plan, idx, me).encode(&ecx, &mut out);
+                        Message::Update(Update::default()).encode(&ecx, &mut out);
+                        s.write_all(&out)
+                            .await
+                            .map_err(|e| format!("send UPDATE: {e}"))?;
+                    }
+                    Message::Keepalive => {}
+                    Message::Update(u) if live.established => {
+                        if u.nlri.is_empty()
+                            && u.withdrawn.is_empty()
+                            && u.mp_reach.is_none()
+                            && u.mp_unreach.is_none()
+                        {
+                            eor = true;
+                        }
+                        progress
+                            .prefixes_received
+                            .fetch_add(u.nlri.len() as u64, Ordering::Relaxed);
+                        for (n, on) in u
+                            .withdrawn
+                            .iter()
+                            .map(|n| (n, false))
+                            .chain(u.nlri.iter().map(|n| (n, true)))
+                        {
+                            match Plan::block_index(&n.prefix) {
+                                Some(i) if i < plan.total_blocks() && !own.contains(&i) => {
+                                    seen.set(i, on)
+                                }
+                                _ => return Err(format!("unexpected prefix {}", n.prefix)),
                             }
-                            _ => return Err(format!("unexpected prefix {}", n.prefix)),
                         }
                     }
-                }
-                Message::Notification(n) => return Err(format!("NOTIFICATION {n:?}")),
-                other => {
-                    return Err(format!(
-                        "unexpected message type {} in this state",
-                        other.type_code()
-                    ));
+                    Message::Notification(n) => return Err(format!("NOTIFICATION {n:?}")),
+                    other => {
+                        return Err(format!(
+                            "unexpected message type {} in this state",
+                            other.type_code()
+                        ));
+                    }
                 }
             }
             let now = eor && seen.count == expected;
@@ -418,9 +444,102 @@ async fn session(
     }
 }
 
+/// The prefixes of an IPv4 UPDATE's body (after the 19-byte header), each
+/// with `true` if announced, `false` if withdrawn, without decoding its
+/// attributes; returns whether it is an End-of-RIB, or `None` when it
+/// carries multiprotocol attributes (then the full decoder must read it).
+fn scan_update(
+    body: &[u8],
+    mut each: impl FnMut(Prefix, bool) -> Result<(), String>,
+) -> Result<Option<bool>, String> {
+    let bad = || "a malformed UPDATE".to_string();
+    let u16_at = |i: usize| -> Result<usize, String> {
+        body.get(i..i + 2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+            .ok_or_else(bad)
+    };
+    let wlen = u16_at(0)?;
+    let withdrawn = body.get(2..2 + wlen).ok_or_else(bad)?;
+    let alen = u16_at(2 + wlen)?;
+    let attrs = body.get(4 + wlen..4 + wlen + alen).ok_or_else(bad)?;
+    let nlri = body.get(4 + wlen + alen..).ok_or_else(bad)?;
+    // Attribute headers: flags, type, length (two octets if extended).
+    let mut i = 0;
+    while i < attrs.len() {
+        let (flags, code) = (attrs[i], *attrs.get(i + 1).ok_or_else(bad)?);
+        if code == 14 || code == 15 {
+            return Ok(None);
+        }
+        let (hdr, len) = if flags & 0x10 != 0 {
+            let b = attrs.get(i + 2..i + 4).ok_or_else(bad)?;
+            (4, usize::from(u16::from_be_bytes([b[0], b[1]])))
+        } else {
+            (3, usize::from(*attrs.get(i + 2).ok_or_else(bad)?))
+        };
+        i += hdr + len;
+    }
+    let mut prefixes = |mut b: &[u8], on: bool| -> Result<(), String> {
+        while let Some((&len, rest)) = b.split_first() {
+            let n = usize::from(len).div_ceil(8);
+            if len > 32 || rest.len() < n {
+                return Err(bad());
+            }
+            let mut a = [0u8; 4];
+            a[..n].copy_from_slice(&rest[..n]);
+            let p = Prefix::new(Ipv4Addr::from(a).into(), len).map_err(|e| e.to_string())?;
+            each(p, on)?;
+            b = &rest[n..];
+        }
+        Ok(())
+    };
+    prefixes(withdrawn, false)?;
+    prefixes(nlri, true)?;
+    Ok(Some(wlen == 0 && alen == 0 && nlri.is_empty()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_update_scan_finds_what_the_decoder_finds() {
+        let plan = Plan {
+            reflector: Ipv4Addr::new(198, 18, 0, 1),
+            local_as: 65000,
+            clients: vec![Ipv4Addr::new(198, 18, 32, 1)],
+            blocks_per_client: 3,
+            hold_time: 240,
+        };
+        let cx = EncodeCx {
+            four_byte_as: true,
+            ..EncodeCx::default()
+        };
+        let scan = |m: Message| {
+            let b = m.to_bytes(&cx);
+            let mut v = Vec::new();
+            let r = scan_update(&b[19..], |p, on| {
+                v.push((p, on));
+                Ok(())
+            });
+            (r, v)
+        };
+        let (r, v) = scan(announcement(&plan, 0, plan.clients[0]));
+        assert_eq!(r, Ok(Some(false)));
+        assert_eq!(
+            v,
+            (0..3).map(|i| (Plan::block(i), true)).collect::<Vec<_>>()
+        );
+        let w = Message::Update(Update {
+            withdrawn: vec![Nlri::from(Plan::block(7))],
+            ..Update::default()
+        });
+        assert_eq!(scan(w), (Ok(Some(false)), vec![(Plan::block(7), false)]));
+        assert_eq!(
+            scan(Message::Update(Update::default())),
+            (Ok(Some(true)), vec![])
+        );
+        assert!(scan_update(&[0, 9, 1], |_, _| Ok(())).is_err(), "truncated");
+    }
 
     #[test]
     fn blocks_are_consecutive_thirties_and_map_back() {

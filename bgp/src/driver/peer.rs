@@ -574,17 +574,8 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Write>) {
                     parts.clear();
                     match r.read(WRITE_BATCH, &mut parts) {
                         Ok(0) => break,
-                        Ok(n) => {
-                            let res = if let [one] = &parts[..] {
-                                wr.write_all(one).await
-                            } else {
-                                let mut buf = Vec::with_capacity(n);
-                                for p in &parts {
-                                    buf.extend_from_slice(p);
-                                }
-                                wr.write_all(&buf).await
-                            };
-                            if res.is_err() {
+                        Ok(_) => {
+                            if write_parts(&mut wr, &mut parts).await.is_err() {
                                 return;
                             }
                         }
@@ -596,4 +587,35 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Write>) {
         }
     }
     let _ = wr.shutdown().await;
+}
+
+/// Write `parts` in order with vectored writes: the log's buffers go to
+/// the socket as they are (no copy into a buffer of our own, which a
+/// writer waiting on a full socket would hold).
+async fn write_parts(wr: &mut OwnedWriteHalf, parts: &mut [Bytes]) -> std::io::Result<()> {
+    use bytes::Buf;
+    let mut first = 0;
+    while first < parts.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = parts[first..]
+            .iter()
+            .take(64)
+            .map(|b| std::io::IoSlice::new(b))
+            .collect();
+        let mut n = wr.write_vectored(&slices).await?;
+        drop(slices);
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && first < parts.len() {
+            let b = &mut parts[first];
+            if n >= b.len() {
+                n -= b.len();
+                first += 1;
+            } else {
+                b.advance(n);
+                n = 0;
+            }
+        }
+    }
+    Ok(())
 }

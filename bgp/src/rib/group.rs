@@ -108,6 +108,9 @@ pub(super) struct Group {
     /// The first member's info: export reads only the fields of the key.
     pub(super) info: PeerInfo,
     pub(super) members: BTreeSet<PeerIdx>,
+    /// Members with something to be sent alone at the next flush (a
+    /// flush looks at these, not at every member).
+    waiting: BTreeSet<PeerIdx>,
     /// The Adj-RIB-Out, as flushed.
     pub(super) adj_out: HashMap<Prefix, Sent, FastState>,
     /// Changes since the last flush (`None`: withdraw).
@@ -130,6 +133,7 @@ impl Group {
             key: GroupKey::of(&info),
             info,
             members: BTreeSet::new(),
+            waiting: BTreeSet::new(),
             adj_out: HashMap::default(),
             pending: HashMap::default(),
             excluded: HashMap::default(),
@@ -366,17 +370,30 @@ impl Rib {
                 gid
             }
         };
-        if let Some(g) = self.groups.get_mut(&gid) {
-            g.members.insert(peer);
-        }
         let Some(ps) = self.peers.get_mut(peer as usize) else {
             return;
         };
         ps.group = Some(gid);
-        if !ps.deferred {
+        let deferred = ps.deferred;
+        if !deferred {
             let fams = ps.info.as_ref().map_or(Families::NONE, |i| i.families);
             ps.dump = fams;
             ps.pending_eor = fams.iter().collect();
+        }
+        if let Some(g) = self.groups.get_mut(&gid) {
+            g.members.insert(peer);
+            if !deferred {
+                g.waiting.insert(peer);
+            }
+        }
+    }
+
+    /// `peer` has something to be sent alone at the next flush (its table,
+    /// End-of-RIB, its place in the log).
+    pub(super) fn group_waits(&mut self, peer: PeerIdx) {
+        let gid = self.peers.get(peer as usize).and_then(|p| p.group);
+        if let Some(g) = gid.and_then(|g| self.groups.get_mut(&g)) {
+            g.waiting.insert(peer);
         }
     }
 
@@ -391,6 +408,7 @@ impl Rib {
         let Some(gid) = ps.group.take() else { return };
         let empty = self.groups.get_mut(&gid).is_some_and(|g| {
             g.members.remove(&peer);
+            g.waiting.remove(&peer);
             g.log.leave(peer);
             g.members.is_empty()
         });
@@ -450,8 +468,8 @@ impl Rib {
         for g in groups.values_mut() {
             // Joiners get the table before this flush's changes.
             let mut tables: HashMap<Families, Chunked> = HashMap::new();
-            let mut busy = false;
-            for &m in &g.members {
+            let waiting = std::mem::take(&mut g.waiting);
+            for &m in &waiting {
                 let Some(ps) = peers.get_mut(m as usize) else {
                     continue;
                 };
@@ -466,7 +484,6 @@ impl Rib {
                 if !ps.dump.is_empty() && !tables.contains_key(&ps.dump) {
                     tables.insert(ps.dump, g.encode_table(ps.dump));
                 }
-                busy |= !ps.dump.is_empty() || !ps.pending_eor.is_empty();
             }
             let seq = g.log.end();
             let (changes, only) = if g.pending.is_empty() {
@@ -475,35 +492,36 @@ impl Rib {
                 g.commit(seq)
             };
             let after = if changes.buf.is_empty() { seq } else { seq + 1 };
-            if busy || !only.is_empty() {
-                let mut eor: [Option<Bytes>; 2] = [None, None];
-                for &m in &g.members {
-                    let Some(ps) = peers.get_mut(m as usize) else {
-                        continue;
-                    };
-                    if ps.deferred {
-                        continue;
-                    }
-                    if let Some(t) = tables.get(&std::mem::take(&mut ps.dump)) {
-                        t.for_member(m, |b| g.log.private(m, seq, b, false));
-                    }
-                    if let Some(w) = only.get(&m) {
-                        let w = encode_withdraws(w.clone(), &g.key.encode);
-                        g.log.private(m, seq, w, false);
-                    }
-                    for f in ps.pending_eor.drain(..) {
-                        let e = eor[fam_idx(f)].get_or_insert_with(|| {
-                            Message::Update(Update::eor(f)).to_bytes(&g.key.encode)
-                        });
-                        g.log.private(m, after, e.clone(), true);
-                    }
+            let mut eor: [Option<Bytes>; 2] = [None, None];
+            let visit: BTreeSet<PeerIdx> = waiting.iter().chain(only.keys()).copied().collect();
+            for &m in &visit {
+                let Some(ps) = peers.get_mut(m as usize) else {
+                    continue;
+                };
+                if ps.deferred {
+                    continue;
+                }
+                if let Some(t) = tables.get(&std::mem::take(&mut ps.dump)) {
+                    t.for_member(m, |b| g.log.private(m, seq, b, false));
+                }
+                if let Some(w) = only.get(&m) {
+                    let w = encode_withdraws(w.clone(), &g.key.encode);
+                    g.log.private(m, seq, w, false);
+                }
+                for f in ps.pending_eor.drain(..) {
+                    let e = eor[fam_idx(f)].get_or_insert_with(|| {
+                        Message::Update(Update::eor(f)).to_bytes(&g.key.encode)
+                    });
+                    g.log.private(m, after, e.clone(), true);
                 }
             }
+            let changed = !changes.buf.is_empty() || !waiting.is_empty() || !only.is_empty();
             g.log.append(changes);
             // A member too far behind is resynced rather than holding the
             // log for everyone.
             let slow = g.log.too_far_behind(*log_bound);
-            if !slow.is_empty() {
+            let resynced = !slow.is_empty();
+            if resynced {
                 let table = g.encode_table(g.key.families);
                 for (m, from) in slow {
                     tracing::warn!(
@@ -515,7 +533,9 @@ impl Rib {
                 }
             }
             g.forget_tombstones();
-            g.log.notify();
+            if changed || resynced {
+                g.log.notify();
+            }
         }
     }
 }

@@ -28,6 +28,11 @@ use tokio::sync::Notify;
 use super::decision::PeerIdx;
 use super::intern::FastState;
 
+/// Buffers one [`LogReader::read`] hands out at most (about; whole entries):
+/// a writer waiting on a full socket holds them (and their slices), 5,000
+/// writers at once in a large reflector.
+const READ_MAX_PARTS: usize = 64;
+
 /// Bytes of entries a member may be behind before it is resynced instead.
 pub const LOG_BOUND: usize = 4 << 20;
 
@@ -179,8 +184,8 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 
 impl LogReader {
     /// Append to `out` what is there for the member, in order, up to
-    /// about `max_bytes` (whole entries: at least one if any); returns the
-    /// bytes appended (0: nothing waits).
+    /// about `max_bytes` or a few hundred buffers (whole entries: at least
+    /// one if any); returns the bytes appended (0: nothing waits).
     pub fn read(&self, max_bytes: usize, out: &mut Vec<Bytes>) -> Result<usize, Left> {
         let mut st = lock(&self.state);
         let st = &mut *st;
@@ -201,7 +206,7 @@ impl LogReader {
                     out.push(i.bytes);
                 }
             }
-            if n >= max_bytes {
+            if n >= max_bytes || out.len() >= READ_MAX_PARTS {
                 break;
             }
             let Some(e) = usize::try_from(c.pos - st.base)

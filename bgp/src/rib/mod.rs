@@ -743,6 +743,7 @@ impl Rib {
             ps.dump.insert(f);
         }
         ps.pending_eor.extend(fams.iter());
+        self.group_waits(peer);
     }
 
     /// Destinations whose selection has kernel next hops: what the FIB
