@@ -12,7 +12,7 @@
 //! (a stale writer's object must not keep an address in policy; owner
 //! garbage collection deletes it with its Pod).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -49,24 +49,19 @@ impl Source<'_> {
 }
 
 /// Whether policy takes this PodEndpoint for a pod of another node (see
-/// the module doc): not this node's, not a pod in `local`, not of a node
-/// that does not exist.
+/// the module doc): not this node's, not a pod in `local`, of a node in
+/// `nodes` (the Nodes that exist).
 pub fn takes_endpoint(
-    cluster: &Cluster,
     me: &str,
-    local: &std::collections::HashSet<(&str, &str)>,
+    local: &HashSet<(&str, &str)>,
+    nodes: &HashSet<&str>,
     e: &PodEndpoint,
 ) -> bool {
     let node = e.spec.node.as_str();
     let (Some(ns), Some(name)) = (&e.metadata.namespace, &e.metadata.name) else {
         return false;
     };
-    node != me
-        && !local.contains(&(ns.as_str(), name.as_str()))
-        && cluster
-            .nodes
-            .get(&kube::runtime::reflector::ObjectRef::new(node))
-            .is_some()
+    node != me && !local.contains(&(ns.as_str(), name.as_str())) && nodes.contains(node)
 }
 
 /// The Pod a [`PodInfo`] was converted from: its resourceVersion and the
@@ -119,7 +114,15 @@ impl PolicySync {
             PodSource::Pods => Vec::new(),
             PodSource::Endpoints => cluster.pod_endpoints.state(),
         };
-        let local: std::collections::HashSet<(&str, &str)> = pods
+        let node_objects = match cluster.pod_source {
+            PodSource::Pods => Vec::new(),
+            PodSource::Endpoints => cluster.nodes.state(),
+        };
+        let nodes: HashSet<&str> = node_objects
+            .iter()
+            .filter_map(|n| n.metadata.name.as_deref())
+            .collect();
+        let local: HashSet<(&str, &str)> = pods
             .iter()
             .filter_map(|p| {
                 Some((
@@ -132,7 +135,7 @@ impl PolicySync {
         let sources = pods.iter().map(|p| Source::Pod(p)).chain(
             endpoints
                 .iter()
-                .filter(|e| takes_endpoint(cluster, &me, &local, e))
+                .filter(|e| takes_endpoint(&me, &local, &nodes, e))
                 .map(|e| Source::Endpoint(e)),
         );
         for pod in sources {
