@@ -19,14 +19,15 @@
 //! their own lines. The merged line counts for all of its rules
 //! (`fixed::MERGED`, unless they are one policy rule), like a union line.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use crate::addr::Family;
 use crate::compile::{Direction, PodPeer};
 use crate::model::{Labels, PodInfo, Protocol};
 use crate::origin::{RuleAction, RuleOrigin, fixed};
-use crate::plan::{PortMatch, RulePlan, members, peer_selects};
+use crate::plan::{PortMatch, RulePlan, peer_selects};
+use crate::ruleset::fill::Members;
 use crate::ruleset::{
     BuildCx, Elem, Match, RuleIr, Ruleset, SetIr, SetKind, Verdict, digest, peer_field,
 };
@@ -110,20 +111,19 @@ fn push_ports(ip: IpAddr, ranges: &[(Protocol, u16, u16)], out: &mut BTreeSet<El
 }
 
 /// Every element of a combo set (a from-scratch fill).
-pub(crate) fn elems(
-    state: &crate::model::ClusterState,
-    key: &ComboKey,
-    cache: &mut BTreeMap<PodPeer, BTreeSet<IpAddr>>,
-) -> BTreeSet<Elem> {
+pub(crate) fn elems(key: &ComboKey, members: &mut Members<'_>) -> BTreeSet<Elem> {
     let (entries, fam) = key;
     let mut out = BTreeSet::new();
     for (peers, ranges) in entries {
         let mut ips = BTreeSet::new();
         for p in peers {
-            let m = cache
-                .entry(p.clone())
-                .or_insert_with(|| members::selector(state, p));
-            ips.extend(m.iter().copied().filter(|ip| Family::of(*ip) == *fam));
+            ips.extend(
+                members
+                    .of(p)
+                    .iter()
+                    .copied()
+                    .filter(|ip| Family::of(*ip) == *fam),
+            );
         }
         for ip in ips {
             push_ports(ip, ranges, &mut out);
