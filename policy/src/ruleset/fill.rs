@@ -149,6 +149,9 @@ impl BuildCx {
 /// that re-plans one endpoint) the index would cost more than it saves.
 pub(crate) const INDEX_MIN: usize = 16;
 
+/// Member pods by (namespace, label key, label value).
+type PodIndex<'a> = HashMap<(&'a str, &'a str, &'a str), Vec<&'a PodInfo>>;
+
 /// Member addresses of selector peers, each computed once. Filling a
 /// table with thousands of selector sets scanned every pod of the scope
 /// once per selector (10,000 policies: 74% of a 7.6 s build, in
@@ -158,13 +161,13 @@ pub(crate) struct Members<'a> {
     state: &'a ClusterState,
     cache: BTreeMap<PodPeer, BTreeSet<IpAddr>>,
     /// (namespace, label key, label value) → member pods; `None`: scan.
-    index: Option<HashMap<(&'a str, &'a str, &'a str), Vec<&'a PodInfo>>>,
+    index: Option<PodIndex<'a>>,
 }
 
 impl<'a> Members<'a> {
     pub(crate) fn new(state: &'a ClusterState, indexed: bool) -> Self {
         let index = indexed.then(|| {
-            let mut index: HashMap<(&str, &str, &str), Vec<&PodInfo>> = HashMap::new();
+            let mut index = PodIndex::new();
             for pod in state.pods.values().filter(|p| is_member(p)) {
                 for (k, v) in &pod.labels {
                     index
