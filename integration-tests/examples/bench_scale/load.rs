@@ -67,8 +67,14 @@ fn pods_path(ns: &str) -> String {
     format!("/api/v1/namespaces/{ns}/pods")
 }
 
-/// Creates every object of the layout; returns the number written.
-pub async fn load(c: &kube::Client, l: &Layout) -> Result<usize> {
+fn endpoint_path(ns: &str) -> String {
+    format!("/apis/crd.margay.dev/v1/namespaces/{ns}/podendpoints")
+}
+
+/// Creates every object of the layout; returns the number written. With
+/// `endpoints`, every pod of a simulated node (not the lab node's: its
+/// agent publishes those) gets its PodEndpoint, as its agent would write it.
+pub async fn load(c: &kube::Client, l: &Layout, endpoints: bool) -> Result<usize> {
     let l = Arc::new(l.clone());
     let mut written = 0;
     for n in 0..l.namespaces {
@@ -83,14 +89,26 @@ pub async fn load(c: &kube::Client, l: &Layout) -> Result<usize> {
     )
     .await?;
     written += 2;
-    for (p, s) in objects::dns_pods(&l) {
-        let name = p["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        create(c, &pods_path("kube-system"), &p).await?;
+    for (p, s, f) in objects::dns_pods(&l) {
+        let name = f.name.clone();
+        let made = call(
+            c,
+            "POST",
+            &pods_path("kube-system"),
+            "application/json",
+            serde_json::to_vec(&p)?,
+        )
+        .await?;
         patch_status(c, "kube-system", &name, &s).await?;
         written += 1;
+        if endpoints && f.node != 0 {
+            let made: Value = serde_json::from_slice(&made)?;
+            let uid = made["metadata"]["uid"].as_str().unwrap_or_default();
+            let mut ep = objects::pod_endpoint(&l, &f, uid);
+            ep["spec"]["labels"] = json!({"k8s-app": "kube-dns"});
+            create(c, &endpoint_path("kube-system"), &ep).await?;
+            written += 1;
+        }
     }
     // Nodes (the lab node exists already), blocks, pods, policies.
     written += run_all(c, 1..l.nodes, {
@@ -120,12 +138,27 @@ pub async fn load(c: &kube::Client, l: &Layout) -> Result<usize> {
             async move {
                 let f = l.pod(i);
                 let (pod, status) = objects::pod(&l, &f);
-                create(&c, &pods_path(&f.namespace), &pod).await?;
-                patch_status(&c, &f.namespace, &f.name, &status).await
+                let made = call(
+                    &c,
+                    "POST",
+                    &pods_path(&f.namespace),
+                    "application/json",
+                    serde_json::to_vec(&pod)?,
+                )
+                .await?;
+                patch_status(&c, &f.namespace, &f.name, &status).await?;
+                if endpoints && f.node != 0 {
+                    let made: Value = serde_json::from_slice(&made)?;
+                    let uid = made["metadata"]["uid"].as_str().unwrap_or_default();
+                    let ep = objects::pod_endpoint(&l, &f, uid);
+                    create(&c, &endpoint_path(&f.namespace), &ep).await?;
+                }
+                Ok(())
             }
         }
     })
-    .await?;
+    .await?
+        * if endpoints { 2 } else { 1 };
     written += run_all(c, 0..l.namespaces, {
         let l = l.clone();
         move |c, n| {
@@ -215,13 +248,16 @@ pub fn targets(l: &Layout) -> Vec<Target> {
 }
 
 /// Flips the tier (web <-> cache) of `targets` in turn, `rate` per second
-/// for `secs`, each PATCH sent without waiting for the previous one.
-/// Returns what was sent, when; fails if any PATCH failed.
+/// for `secs`, each PATCH sent without waiting for the previous one; with
+/// `endpoints`, the pod's PodEndpoint is patched right after its Pod (what
+/// the agent of its node does one watch event later). Returns what was
+/// sent, when (the Pod's PATCH); fails if any PATCH failed.
 pub async fn churn(
     c: &kube::Client,
     targets: &mut [Target],
     rate: f64,
     secs: f64,
+    endpoints: bool,
 ) -> Result<Vec<Sent>> {
     anyhow::ensure!(!targets.is_empty(), "no pods to churn");
     let total = (rate * secs).round() as usize;
@@ -235,8 +271,11 @@ pub async fn churn(
         let t = &mut targets[n % targets.len()];
         t.pod.tier = if TIERS[t.pod.tier] == "web" { 2 } else { 0 };
         let path = format!("{}/{}", pods_path(&t.pod.namespace), t.pod.name);
+        let ep_path = format!("{}/{}", endpoint_path(&t.pod.namespace), t.pod.name);
         let body =
             serde_json::to_vec(&json!({"metadata": {"labels": {"tier": TIERS[t.pod.tier]}}}))?;
+        let ep_body =
+            serde_json::to_vec(&json!({"spec": {"labels": {"tier": TIERS[t.pod.tier]}}}))?;
         let c = c.clone();
         sent.push(Sent {
             ip: t.pod.ip,
@@ -244,9 +283,18 @@ pub async fn churn(
             observable: t.observable,
         });
         tasks.spawn(async move {
-            call(&c, "PATCH", &path, "application/merge-patch+json", body)
-                .await
-                .map(|_| ())
+            call(&c, "PATCH", &path, "application/merge-patch+json", body).await?;
+            if endpoints {
+                call(
+                    &c,
+                    "PATCH",
+                    &ep_path,
+                    "application/merge-patch+json",
+                    ep_body,
+                )
+                .await?;
+            }
+            Ok::<(), anyhow::Error>(())
         });
         while let Some(r) = tasks.try_join_next() {
             r.context("churn task")??;

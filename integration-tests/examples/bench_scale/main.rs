@@ -7,7 +7,13 @@
 //! cargo run --release -p integration-tests --example bench_scale -- \
 //!     [--size small|medium|large|tiny|N/M/K]... [--churn-secs 30] [--rate 100]
 //!     [--mesh-secs 10] [--ready-timeout 900] [--family v6|v4] [--keep-logs DIR]
+//!     [--pod-source endpoints|pods]
 //! ```
+//! `--pod-source` (default `endpoints`, the design of docs/scale.md §4) is
+//! the agent's flag: with `endpoints` every simulated node's pods also
+//! have their PodEndpoints (written by the loader as each node's agent
+//! would, and patched with the Pod during the churn), and the agent
+//! watches only its own node's Pods; `pods` is the cluster-wide Pod watch.
 //! Sizes: tiny 20/200/20 (CI), small 100/3000/100 (default), medium
 //! 1000/30000/1000, large 5000/150000/10000; several `--size` give one
 //! table. For each size, in a fresh lab (one node, `n1`, and the ToR):
@@ -68,6 +74,8 @@ struct Args {
     keep_logs: Option<PathBuf>,
     log_level: String,
     breakdown: Option<usize>,
+    /// `--pod-source` of the agent: true for `endpoints`.
+    endpoints: bool,
 }
 
 fn size(s: &str) -> Result<(usize, usize, usize)> {
@@ -102,6 +110,7 @@ impl Args {
             keep_logs: None,
             log_level: "warn".into(),
             breakdown: None,
+            endpoints: true,
         };
         let argv: Vec<String> = std::env::args().skip(1).collect();
         let mut it = argv.iter();
@@ -135,6 +144,13 @@ impl Args {
                 "--keep-logs" => a.keep_logs = Some(PathBuf::from(val()?)),
                 "--agent-log-level" => a.log_level = val()?,
                 "--breakdown" => a.breakdown = Some(num(val()?)? as usize),
+                "--pod-source" => {
+                    a.endpoints = match val()?.as_str() {
+                        "endpoints" => true,
+                        "pods" => false,
+                        f => bail!("--pod-source {f:?}: endpoints or pods"),
+                    }
+                }
                 other => bail!("unknown flag {other}"),
             }
         }
@@ -258,7 +274,10 @@ fn run_size(a: &Args, (n, m, k): (usize, usize, usize)) -> Result<Row> {
     // 1. Load.
     let t = Instant::now();
     let l2 = layout.clone();
-    let objects = k8s::with_client(lab.tor(), move |c| async move { load::load(&c, &l2).await })??;
+    let endpoints = a.endpoints;
+    let objects = k8s::with_client(lab.tor(), move |c| async move {
+        load::load(&c, &l2, endpoints).await
+    })??;
     let load_secs = t.elapsed().as_secs_f64();
     let first = layout.pod(0);
     let path = format!("/api/v1/namespaces/{}/pods/{}", first.namespace, first.name);
@@ -276,7 +295,12 @@ fn run_size(a: &Args, (n, m, k): (usize, usize, usize)) -> Result<Row> {
     // 2. The agent, to ready.
     let node = Netns::existing(lab.node(objects::LAB_NODE)?.ns.name());
     let t0 = Instant::now();
-    let mut agent = k8s::spawn_agent(&lab, objects::LAB_NODE, &["--log-level", &a.log_level])?;
+    let source = if a.endpoints { "endpoints" } else { "pods" };
+    let mut agent = k8s::spawn_agent(
+        &lab,
+        objects::LAB_NODE,
+        &["--log-level", &a.log_level, "--pod-source", source],
+    )?;
     let pid = agent.daemon.pid();
     let ready = probe::wait_ready(&node, t0, a.ready_timeout, move || alive(pid));
     let ready_secs = match ready {
@@ -371,10 +395,10 @@ fn run_churn(a: &Args, lab: &Lab, node: &Netns, l: &Layout, pid: i32) -> Result<
     let (by0, bytes0) = traffic(lab)?;
     let window = Instant::now();
     let (syncs0, sync_s0) = sync_metrics(node);
-    let (rate, secs) = (a.rate, a.churn_secs);
+    let (rate, secs, endpoints) = (a.rate, a.churn_secs, a.endpoints);
     let t = Instant::now();
     let sent = k8s::with_client(lab.tor(), move |c| async move {
-        load::churn(&c, &mut targets, rate, secs).await
+        load::churn(&c, &mut targets, rate, secs, endpoints).await
     })??;
     let send_secs = t.elapsed().as_secs_f64();
     // Wait for every change that must show, up to 10 s after the last.

@@ -318,6 +318,24 @@ pub fn pod(l: &Layout, p: &PodFacts) -> (Value, Value) {
     (pod, status)
 }
 
+/// The PodEndpoint the agent of the pod's node publishes for it
+/// (node_agent::k8s::podendpoints): the pod's labels, address and named
+/// ports, the node label, an owner reference to the Pod (`uid`).
+pub fn pod_endpoint(l: &Layout, p: &PodFacts, uid: &str) -> Value {
+    let rs = format!("app-{}-{}", p.app, &p.name.split('-').nth(2).unwrap_or("0"));
+    let node = l.node_name(p.node);
+    json!({"apiVersion": "crd.margay.dev/v1", "kind": "PodEndpoint", "metadata": {
+            "name": p.name, "namespace": p.namespace,
+            "labels": {"margay.dev/node": node},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": p.name, "uid": uid}]},
+        "spec": {
+            "node": node, "addresses": [p.ip.to_string()],
+            "labels": {"app": format!("app-{}", p.app), "tier": TIERS[p.tier],
+                       "version": format!("v{}", p.version + 1), "pod-template-hash": rs.rsplit('-').next().unwrap_or("0")},
+            "namedPorts": [{"name": "http", "protocol": "TCP", "port": 8080},
+                           {"name": "metrics", "protocol": "TCP", "port": 9090}]}})
+}
+
 /// Ten policies of namespace number `n`, the kinds seen in real clusters:
 /// default deny; six app-to-app rules that also admit the web tier of one
 /// team's namespaces (named port) and the monitoring range; egress of one
@@ -437,7 +455,7 @@ pub fn bgp_configuration(mesh: bool) -> Value {
 
 /// The cluster DNS pods the egress policies name (in kube-system, on
 /// simulated nodes).
-pub fn dns_pods(l: &Layout) -> Vec<(Value, Value)> {
+pub fn dns_pods(l: &Layout) -> Vec<(Value, Value, PodFacts)> {
     (0..2)
         .map(|j| {
             let mut f = l.pod(j);
@@ -448,7 +466,7 @@ pub fn dns_pods(l: &Layout) -> Vec<(Value, Value)> {
             f.ip = l.pool_addr(l.nodes * l.blocks_per_node * l.block_size + j);
             let (mut p, s) = pod(l, &f);
             p["metadata"]["labels"] = json!({"k8s-app": "kube-dns"});
-            (p, s)
+            (p, s, f)
         })
         .collect()
 }

@@ -11,6 +11,11 @@ fn load_avg() -> String {
         .unwrap_or_default()
 }
 
+/// A traffic key (`resource verb`) of Pods or PodEndpoints.
+fn pod_kind(k: &str) -> bool {
+    k.starts_with("pods ") || k.starts_with("podendpoints.")
+}
+
 /// `figure` with its ratio to `goal` (lower is better) in front.
 fn vs(figure: f64, goal: f64, text: String) -> String {
     if figure.is_finite() && goal > 0.0 {
@@ -46,8 +51,11 @@ pub fn print(a: &Args, rows: &[Row]) {
         load_avg()
     );
     println!(
-        "churn: {:.0} label changes/s cluster-wide for {:.0} s; pods {:?}; ratios are figure/goal (goal = issue 17, 5k/150k/10k)\n",
-        a.rate, a.churn_secs, a.family
+        "churn: {:.0} label changes/s cluster-wide for {:.0} s; pods {:?}; agent --pod-source={}; ratios are figure/goal (goal = issue 17, 5k/150k/10k)\n",
+        a.rate,
+        a.churn_secs,
+        a.family,
+        if a.endpoints { "endpoints" } else { "pods" }
     );
     let mut lines: Vec<(String, Vec<String>, String)> = Vec::new();
     let mut row = |name: &str, f: &dyn Fn(&Row) -> String, goal: &str| {
@@ -124,12 +132,12 @@ pub fn print(a: &Args, rows: &[Row]) {
         "",
     );
     row(
-        "  of which pods list+watch, MB",
+        "  of which pods + podendpoints list+watch, MB",
         &|r| {
             let p: u64 = r
                 .ready_by
                 .iter()
-                .filter(|(k, _)| k.starts_with("pods "))
+                .filter(|(k, _)| pod_kind(k) && (k.ends_with(" list") || k.ends_with(" watch")))
                 .map(|(_, (b, _))| b)
                 .sum();
             format!(
@@ -200,9 +208,15 @@ pub fn print(a: &Args, rows: &[Row]) {
         "",
     );
     row(
-        "pod watch bytes to the agent per pod event",
+        "pod + podendpoint watch bytes per pod event",
         &|r| {
-            let pods = r.churn.by.get("pods watch").map_or(0, |(b, _)| *b);
+            let pods: u64 = r
+                .churn
+                .by
+                .iter()
+                .filter(|(k, _)| pod_kind(k) && k.ends_with(" watch"))
+                .map(|(_, (b, _))| b)
+                .sum();
             let b = pods as f64 / r.churn.sent as f64;
             vs(b, 1024.0, format!("{b:.0}"))
         },

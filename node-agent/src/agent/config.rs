@@ -218,6 +218,19 @@ pub struct AgentArgs {
     )]
     pub policy_log_group: u16,
 
+    /// Where the pods of other nodes come from: `pods` (every agent
+    /// watches every Pod) or `endpoints` (this node's Pods, and the other
+    /// nodes' PodEndpoints; docs/scale.md). Switch to `endpoints` only once
+    /// every node runs a version that publishes PodEndpoints.
+    #[arg(
+        long,
+        env = "MARGAY_POD_SOURCE",
+        value_enum,
+        default_value = "pods",
+        global = true
+    )]
+    pub pod_source: crate::k8s::cluster::PodSource,
+
     /// Where denied-flow records go ("-": standard output).
     #[arg(
         long,
@@ -389,6 +402,11 @@ mod tests {
                 "{bad:?} accepted"
             );
         }
+        use crate::k8s::cluster::PodSource;
+        assert_eq!(dflt.agent.pod_source, PodSource::Pods);
+        let ep = Cli::try_parse_from(["margay-node", "--pod-source", "endpoints"]).expect("ep");
+        assert_eq!(ep.agent.pod_source, PodSource::Endpoints);
+        assert!(Cli::try_parse_from(["margay-node", "--pod-source", "all"]).is_err());
         let err = Cli::try_parse_from(["margay-node", "--ip-autodetection", "guess"])
             .expect_err("bad method");
         assert!(err.to_string().contains("guess"), "{err}");

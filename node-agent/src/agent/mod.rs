@@ -153,7 +153,11 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     serve_health(&mut sup, &args, &health, &metrics).await?;
 
     let client = client::client(&args.api_access()).await?;
-    let (cluster, watchers) = Cluster::start(client, metrics.clone());
+    // The Pod watch of `--pod-source=endpoints` is this node's (by name).
+    let (name, _) = crate::k8s::node::autodetect::node_name(args.node_name.as_deref())
+        .map_err(|e| AgentError::Startup(format!("this node's name: {e}")))?;
+    tracing::info!(pod_source = ?args.pod_source, "where the pods of other nodes come from");
+    let (cluster, watchers) = Cluster::start(client, metrics.clone(), args.pod_source, &name);
     for w in watchers {
         sup.critical(w.name, w.run);
     }
@@ -249,6 +253,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     if let Some(log) = deny_log {
         let pods = endpoints::policy::PodsByIp {
             pods: cluster.pods.clone(),
+            endpoints: cluster.pod_endpoints.clone(),
             view: view_rx.clone(),
         };
         start_flow_log(log, &args.policy_log_file, pods)?;

@@ -137,7 +137,7 @@ pub async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>, mut pulse: 
                     return;
                 }
                 let now = gens.borrow().clone();
-                if now.changed_since(&seen).iter().any(|k| matches!(k, Kind::Pod | Kind::Namespace | Kind::NetworkPolicy | Kind::IpPool | Kind::AdminNetworkPolicy | Kind::BaselineAdminNetworkPolicy | Kind::Node))
+                if now.changed_since(&seen).iter().any(|k| matches!(k, Kind::Pod | Kind::PodEndpoint | Kind::Namespace | Kind::NetworkPolicy | Kind::IpPool | Kind::AdminNetworkPolicy | Kind::BaselineAdminNetworkPolicy | Kind::Node))
                     || now.all_synced() != seen.all_synced()
                 {
                     dirty = true;

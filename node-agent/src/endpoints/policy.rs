@@ -302,10 +302,16 @@ pub fn endpoint_key(namespace: &str, pod: &str, handle: &str) -> (PodKey, bool) 
 }
 
 /// Pod names for denied-flow records: the IPAM view's addresses (known
-/// from allocation on), then the Pod cache's `status.podIPs` (a scan per
-/// logged packet: the log is rate-limited).
+/// from allocation on), then the Pod cache's `status.podIPs`, then the
+/// PodEndpoints' addresses (with `--pod-source=endpoints` the Pod cache
+/// holds this node's pods only; otherwise there are no PodEndpoints). A
+/// scan per logged packet: the log is rate-limited.
 pub struct PodsByIp {
+    /// The Pod cache.
     pub pods: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Pod>,
+    /// The PodEndpoint cache.
+    pub endpoints: kube::runtime::reflector::Store<crate::k8s::crd::PodEndpoint>,
+    /// The IPAM view.
     pub view: tokio::sync::watch::Receiver<Arc<IpamView>>,
 }
 
@@ -318,23 +324,79 @@ impl policy::flowlog::PodResolver for PodsByIp {
             .iter()
             .find(|(_, ips)| ips.contains(&ip))
             .map(|((ns, name), _)| PodKey::new(ns, name));
-        from_ipam.or_else(|| {
-            let text = ip.to_string();
-            self.pods.state().iter().find_map(|p| {
-                let st = p.status.as_ref()?;
-                let host = p
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.host_network)
-                    .unwrap_or(false);
-                let has = st.pod_ips.iter().flatten().any(|a| a.ip == text);
-                (has && !host).then(|| {
-                    PodKey::new(
-                        p.metadata.namespace.as_deref().unwrap_or_default(),
-                        p.metadata.name.as_deref().unwrap_or_default(),
-                    )
+        let key = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            PodKey::new(
+                m.namespace.as_deref().unwrap_or_default(),
+                m.name.as_deref().unwrap_or_default(),
+            )
+        };
+        from_ipam
+            .or_else(|| {
+                let text = ip.to_string();
+                self.pods.state().iter().find_map(|p| {
+                    let st = p.status.as_ref()?;
+                    let host = p
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.host_network)
+                        .unwrap_or(false);
+                    let has = st.pod_ips.iter().flatten().any(|a| a.ip == text);
+                    (has && !host).then(|| key(&p.metadata))
                 })
             })
-        })
+            .or_else(|| {
+                self.endpoints
+                    .state()
+                    .iter()
+                    .find(|e| e.spec.addresses.contains(&ip))
+                    .map(|e| key(&e.metadata))
+            })
+    }
+}
+
+#[cfg(test)]
+mod pods_by_ip_tests {
+    use super::*;
+    use kube::runtime::watcher::Event;
+    use policy::flowlog::PodResolver as _;
+
+    /// A remote pod known only from its PodEndpoint is named; a local Pod
+    /// is found from its status.
+    #[test]
+    fn resolves_local_pods_and_remote_endpoints() {
+        let (pods, mut pods_w) = kube::runtime::reflector::store();
+        let (endpoints, mut eps_w) = kube::runtime::reflector::store();
+        let (_tx, view) = tokio::sync::watch::channel(Arc::new(IpamView::default()));
+        let local: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "here", "namespace": "ns"},
+            "spec": {"nodeName": "n1", "containers": []},
+            "status": {"podIPs": [{"ip": "198.19.0.3"}]}
+        }))
+        .expect("pod");
+        pods_w.apply_watcher_event(&Event::Apply(local));
+        let mut ep = crate::k8s::crd::PodEndpoint::new(
+            "there",
+            crate::k8s::crd::PodEndpointSpec {
+                node: "n2".into(),
+                addresses: vec!["2001:db8::7".parse().expect("ip")],
+                ..Default::default()
+            },
+        );
+        ep.metadata.namespace = Some("ns".into());
+        eps_w.apply_watcher_event(&Event::Apply(ep));
+        let r = PodsByIp {
+            pods,
+            endpoints,
+            view,
+        };
+        assert_eq!(
+            r.pod_of("198.19.0.3".parse().expect("ip")),
+            Some(PodKey::new("ns", "here"))
+        );
+        assert_eq!(
+            r.pod_of("2001:db8::7".parse().expect("ip")),
+            Some(PodKey::new("ns", "there"))
+        );
+        assert_eq!(r.pod_of("198.19.0.99".parse().expect("ip")), None);
     }
 }

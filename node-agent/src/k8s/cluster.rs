@@ -32,8 +32,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::k8s::crd::{
-    BGPConfiguration, BGPFilter, BGPPeer, IPAMConfiguration, IPPool, RawAdminNetworkPolicy,
-    RawBaselineAdminNetworkPolicy,
+    BGPConfiguration, BGPFilter, BGPPeer, IPAMConfiguration, IPPool, PodEndpoint,
+    RawAdminNetworkPolicy, RawBaselineAdminNetworkPolicy,
 };
 use crate::k8s::pod::Cached;
 use crate::status::health::Pulse;
@@ -68,11 +68,28 @@ pub enum Kind {
     AdminNetworkPolicy,
     /// policy.networking.k8s.io/v1alpha1 BaselineAdminNetworkPolicy (optional API).
     BaselineAdminNetworkPolicy,
+    /// crd.margay.dev PodEndpoint (all namespaces; watched only with
+    /// [`PodSource::Endpoints`], empty and synced otherwise).
+    PodEndpoint,
+}
+
+/// Where the agent learns the pods of other nodes (`--pod-source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum PodSource {
+    /// Every Pod of the cluster (the Pod watch is cluster-wide). The
+    /// default: during a rolling upgrade, nodes still on a version that
+    /// does not publish PodEndpoints keep their pods in everyone's policy.
+    #[default]
+    Pods,
+    /// This node's Pods (field selector `spec.nodeName`), and the other
+    /// nodes' pods from their PodEndpoints (docs/scale.md §4). Flip to it
+    /// once every node runs a version that publishes PodEndpoints.
+    Endpoints,
 }
 
 impl Kind {
     /// All kinds, in a fixed order.
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Node,
         Kind::Pod,
         Kind::Namespace,
@@ -86,6 +103,7 @@ impl Kind {
         Kind::IpamConfiguration,
         Kind::AdminNetworkPolicy,
         Kind::BaselineAdminNetworkPolicy,
+        Kind::PodEndpoint,
     ];
 
     fn index(self) -> usize {
@@ -119,6 +137,7 @@ impl Kind {
             Kind::IpamConfiguration => "ipamconfigurations",
             Kind::AdminNetworkPolicy => "adminnetworkpolicies",
             Kind::BaselineAdminNetworkPolicy => "baselineadminnetworkpolicies",
+            Kind::PodEndpoint => "podendpoints",
         }
     }
 }
@@ -160,8 +179,13 @@ impl Generations {
 pub struct Cluster {
     /// Nodes.
     pub nodes: Store<Node>,
-    /// Pods, all namespaces.
+    /// Pods: all namespaces; with [`PodSource::Endpoints`] only this
+    /// node's (see [`Cluster::pod_source`]).
     pub pods: Store<Pod>,
+    /// PodEndpoints, all namespaces (empty unless [`PodSource::Endpoints`]).
+    pub pod_endpoints: Store<PodEndpoint>,
+    /// Where the pods of other nodes come from.
+    pub pod_source: PodSource,
     /// Namespaces.
     pub namespaces: Store<Namespace>,
     /// NetworkPolicies, all namespaces.
@@ -196,6 +220,10 @@ pub struct DetachedWriters {
     pub namespaces: reflector::store::Writer<Namespace>,
     /// NetworkPolicies.
     pub policies: reflector::store::Writer<NetworkPolicy>,
+    /// PodEndpoints (read when the view's `pod_source` is `Endpoints`).
+    pub pod_endpoints: reflector::store::Writer<PodEndpoint>,
+    /// Nodes.
+    pub nodes: reflector::store::Writer<Node>,
     _generations: watch::Sender<Generations>,
 }
 
@@ -233,8 +261,9 @@ impl Cluster {
     }
 
     /// A cluster view the caller feeds instead of watches (benchmarks, and
-    /// tests of what reads it): Pods, Namespaces and NetworkPolicies through
-    /// the returned writers, the other kinds empty, every kind reported
+    /// tests of what reads it): Pods, Namespaces, NetworkPolicies,
+    /// PodEndpoints and Nodes through the returned writers, the other kinds
+    /// empty, every kind reported
     /// synced. `client` is only handed out by [`Cluster::client`].
     pub fn detached(client: Client) -> (Cluster, DetachedWriters) {
         let all = Generations {
@@ -245,9 +274,13 @@ impl Cluster {
         let (pods, pods_w) = reflector::store();
         let (namespaces, namespaces_w) = reflector::store();
         let (policies, policies_w) = reflector::store();
+        let (pod_endpoints, pod_endpoints_w) = reflector::store();
+        let (nodes, nodes_w) = reflector::store();
         let cluster = Cluster {
-            nodes: reflector::store().0,
+            nodes,
             pods,
+            pod_endpoints,
+            pod_source: PodSource::Pods,
             namespaces,
             policies,
             pools: reflector::store().0,
@@ -268,22 +301,53 @@ impl Cluster {
                 pods: pods_w,
                 namespaces: namespaces_w,
                 policies: policies_w,
+                pod_endpoints: pod_endpoints_w,
+                nodes: nodes_w,
                 _generations: tx,
             },
         )
     }
 
     /// One reflector per kind against `client`: the view, and the loops
-    /// that fill it (to be run by the caller).
-    pub fn start(client: Client, metrics: Arc<Metrics>) -> (Cluster, Vec<Watcher>) {
-        let (tx, rx) = watch::channel(Generations::default());
+    /// that fill it (to be run by the caller). With
+    /// [`PodSource::Endpoints`] the Pod watch is limited to `node`'s Pods
+    /// and PodEndpoints are watched; otherwise PodEndpoints are not
+    /// watched (their kind is synced and empty).
+    pub fn start(
+        client: Client,
+        metrics: Arc<Metrics>,
+        pod_source: PodSource,
+        node: &str,
+    ) -> (Cluster, Vec<Watcher>) {
+        let mut first = Generations::default();
+        if pod_source == PodSource::Pods {
+            first.synced[Kind::PodEndpoint.index()] = true;
+        }
+        let (tx, rx) = watch::channel(first);
         let tx = Arc::new(tx);
         let mut w = Vec::new();
         let c = &client;
         let m = &metrics;
+        let all = watcher::Config::default;
+        let (pod_watch, pod_endpoints) = match pod_source {
+            PodSource::Pods => (all(), reflector::store().0),
+            PodSource::Endpoints => (
+                all().fields(&format!("spec.nodeName={node}")),
+                reflector_with(
+                    Api::all(c.clone()),
+                    all(),
+                    Kind::PodEndpoint,
+                    &tx,
+                    m,
+                    &mut w,
+                ),
+            ),
+        };
         let cluster = Cluster {
             nodes: reflector_of(Api::all(c.clone()), Kind::Node, &tx, m, &mut w),
-            pods: reflector_of(Api::all(c.clone()), Kind::Pod, &tx, m, &mut w),
+            pods: reflector_with(Api::all(c.clone()), pod_watch, Kind::Pod, &tx, m, &mut w),
+            pod_endpoints,
+            pod_source,
             namespaces: reflector_of(Api::all(c.clone()), Kind::Namespace, &tx, m, &mut w),
             policies: reflector_of(Api::all(c.clone()), Kind::NetworkPolicy, &tx, m, &mut w),
             pools: reflector_of(Api::all(c.clone()), Kind::IpPool, &tx, m, &mut w),
@@ -332,12 +396,24 @@ where
     K: Resource + Cached + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
+    reflector_with(api, watcher::Config::default(), kind, tx, metrics, watchers)
+}
+
+/// [`reflector_of`] with a watch configuration (selectors).
+fn reflector_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    kind: Kind,
+    tx: &Arc<watch::Sender<Generations>>,
+    metrics: &Arc<Metrics>,
+    watchers: &mut Vec<Watcher>,
+) -> Store<K>
+where
+    K: Resource + Cached + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
     let (reader, writer) = reflector::store();
-    let stream = reflect(
-        writer,
-        watcher::watcher(api, watcher::Config::default()).modify(K::trim),
-    )
-    .default_backoff();
+    let stream = reflect(writer, watcher::watcher(api, config).modify(K::trim)).default_backoff();
     let tx = tx.clone();
     let metrics = metrics.clone();
     watchers.push(Watcher {

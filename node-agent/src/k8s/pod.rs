@@ -9,8 +9,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use crate::k8s::crd::{
-    BGPConfiguration, BGPFilter, BGPPeer, IPAMConfiguration, IPPool, RawAdminNetworkPolicy,
-    RawBaselineAdminNetworkPolicy,
+    BGPConfiguration, BGPFilter, BGPPeer, IPAMConfiguration, IPPool, PodEndpoint,
+    RawAdminNetworkPolicy, RawBaselineAdminNetworkPolicy,
 };
 
 /// Pod annotation with the addresses the pod wants (JSON list).
@@ -55,6 +55,18 @@ impl Cached for EndpointSlice {}
 impl Cached for IPAMConfiguration {}
 impl Cached for RawAdminNetworkPolicy {}
 impl Cached for RawBaselineAdminNetworkPolicy {}
+impl Cached for PodEndpoint {
+    /// Every agent holds one per pod of the cluster: keep the spec, the
+    /// identity (name, namespace, uid, resourceVersion) and the node label.
+    fn trim(&mut self) {
+        let m = &mut self.metadata;
+        m.managed_fields = None;
+        m.owner_references = None;
+        m.annotations = None;
+        m.creation_timestamp = None;
+        m.finalizers = None;
+    }
+}
 impl Cached for Pod {
     fn trim(&mut self) {
         trim_pod(self);

@@ -1,10 +1,18 @@
-//! The pod half of [`PolicySync::update`]: mirrors every Pod of the
+//! The pod half of [`PolicySync::update`]: mirrors every pod of the
 //! cluster into the engine, with the addresses IPAM recorded and EndpointUp
-//! gave added to `status.podIPs`, converting only the pods whose object or
+//! gave added to its own, converting only the pods whose object or
 //! extra addresses changed since the last pass (this runs on every watched
 //! change, over every pod of the cluster).
+//!
+//! Where the pods come from ([`PodSource`]): with `Pods`, every Pod object;
+//! with `Endpoints`, this node's Pod objects (the Pod watch holds only
+//! them) and, for the other nodes, their PodEndpoints. A PodEndpoint is
+//! left out when it names this node or a pod that is here (the live Pod
+//! object wins: no pod is counted twice), or when its node no longer exists
+//! (a stale writer's object must not keep an address in policy; owner
+//! garbage collection deletes it with its Pod).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -12,14 +20,57 @@ use policy::{PodInfo, PodKey};
 
 use super::PolicySync;
 use crate::endpoints::Endpoint;
-use crate::k8s::cluster::Cluster;
+use crate::k8s::cluster::{Cluster, PodSource};
+use crate::k8s::crd::PodEndpoint;
 use crate::k8s::ipam::view::IpamView;
+
+/// One pod as a source has it.
+enum Source<'a> {
+    /// A Pod object.
+    Pod(&'a k8s_openapi::api::core::v1::Pod),
+    /// Another node's PodEndpoint.
+    Endpoint(&'a PodEndpoint),
+}
+
+impl Source<'_> {
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            Source::Pod(p) => &p.metadata,
+            Source::Endpoint(e) => &e.metadata,
+        }
+    }
+
+    fn info(&self) -> Result<PodInfo, String> {
+        match self {
+            Source::Pod(p) => PodInfo::from_k8s(p).map_err(|e| e.to_string()),
+            Source::Endpoint(e) => e.to_pod_info(),
+        }
+    }
+}
+
+/// Whether policy takes this PodEndpoint for a pod of another node (see
+/// the module doc): not this node's, not a pod in `local`, of a node in
+/// `nodes` (the Nodes that exist).
+pub fn takes_endpoint(
+    me: &str,
+    local: &HashSet<(&str, &str)>,
+    nodes: &HashSet<&str>,
+    e: &PodEndpoint,
+) -> bool {
+    let node = e.spec.node.as_str();
+    let (Some(ns), Some(name)) = (&e.metadata.namespace, &e.metadata.name) else {
+        return false;
+    };
+    node != me && !local.contains(&(ns.as_str(), name.as_str())) && nodes.contains(node)
+}
 
 /// The Pod a [`PodInfo`] was converted from: its resourceVersion and the
 /// addresses IPAM and EndpointUp added, and the `update` pass that last saw
 /// it in the cluster.
 pub(super) struct Converted {
     rv: String,
+    /// Converted from a PodEndpoint (its resourceVersion is that object's).
+    endpoint: bool,
     /// From the IPAM view.
     ipam: Vec<IpAddr>,
     /// IPAM's and EndpointUp's, sorted.
@@ -58,8 +109,38 @@ impl PolicySync {
         // ones recorded then (no lookup in the cluster-wide map).
         let same_view = Arc::ptr_eq(&view.pod_ips, &self.pod_ips);
         self.pod_ips = view.pod_ips.clone();
-        for pod in cluster.pods.state() {
-            let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
+        let pods = cluster.pods.state();
+        let endpoints = match cluster.pod_source {
+            PodSource::Pods => Vec::new(),
+            PodSource::Endpoints => cluster.pod_endpoints.state(),
+        };
+        let node_objects = match cluster.pod_source {
+            PodSource::Pods => Vec::new(),
+            PodSource::Endpoints => cluster.nodes.state(),
+        };
+        let nodes: HashSet<&str> = node_objects
+            .iter()
+            .filter_map(|n| n.metadata.name.as_deref())
+            .collect();
+        let local: HashSet<(&str, &str)> = pods
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    p.metadata.namespace.as_deref()?,
+                    p.metadata.name.as_deref()?,
+                ))
+            })
+            .collect();
+        let me = self.engine.node().node_name.clone();
+        let sources = pods.iter().map(|p| Source::Pod(p)).chain(
+            endpoints
+                .iter()
+                .filter(|e| takes_endpoint(&me, &local, &nodes, e))
+                .map(|e| Source::Endpoint(e)),
+        );
+        for pod in sources {
+            let is_endpoint = matches!(pod, Source::Endpoint(_));
+            let (Some(ns), Some(name)) = (&pod.meta().namespace, &pod.meta().name) else {
                 continue;
             };
             let key = PodKey::new(ns.clone(), name.clone());
@@ -78,11 +159,12 @@ impl PolicySync {
             extra.extend(registered.get(&key).into_iter().flatten());
             extra.sort();
             extra.dedup();
-            let rv = pod.metadata.resource_version.as_deref().unwrap_or_default();
+            let rv = pod.meta().resource_version.as_deref().unwrap_or_default();
             seen += 1;
             // Every converted pod is in `pods` (both go together below).
             if let Some(c) = known
                 && c.rv == rv
+                && c.endpoint == is_endpoint
                 && c.extra == extra
             {
                 c.pass = pass;
@@ -93,7 +175,7 @@ impl PolicySync {
                 }
                 continue;
             }
-            let mut info = match PodInfo::from_k8s(&pod) {
+            let mut info = match pod.info() {
                 Ok(i) => i,
                 Err(e) => {
                     tracing::warn!(error = %e, "pod ignored by policy");
@@ -115,6 +197,7 @@ impl PolicySync {
                 key,
                 Converted {
                     rv: rv.to_string(),
+                    endpoint: is_endpoint,
                     ipam: ipam.clone(),
                     extra: extra.clone(),
                     pass,
@@ -140,6 +223,7 @@ impl PolicySync {
 #[cfg(test)]
 mod tests {
     use super::super::*;
+    use super::{PodEndpoint, PodSource};
     use k8s_openapi::api::core::v1::Pod;
     use kube::runtime::watcher::Event;
 
@@ -234,5 +318,108 @@ mod tests {
         ps.update(&cluster, &view, &reg);
         assert!(!ps.knows_pod(&PodKey::new("ns", "d")));
         assert!(ps.knows_pod(&PodKey::new("ns", "a")));
+    }
+
+    fn endpoint(name: &str, node: &str, rv: &str, app: &str, ip: &str) -> PodEndpoint {
+        let mut e = PodEndpoint::new(
+            name,
+            crate::k8s::crd::PodEndpointSpec {
+                node: node.into(),
+                addresses: vec![ip.parse().expect("ip")],
+                labels: [("app".to_string(), app.to_string())].into(),
+                named_ports: Vec::new(),
+            },
+        );
+        e.metadata.namespace = Some("ns".into());
+        e.metadata.resource_version = Some(rv.into());
+        e
+    }
+
+    fn node(name: &str) -> k8s_openapi::api::core::v1::Node {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("node")
+    }
+
+    /// `--pod-source=endpoints`: local pods from their Pod objects, remote
+    /// ones from PodEndpoints; an endpoint never overrides or doubles a
+    /// local Pod, this node's own endpoints are ignored, and an endpoint
+    /// whose node does not exist is left out (and dropped when its node
+    /// goes).
+    #[tokio::test]
+    async fn endpoints_mode_takes_remote_pods_from_pod_endpoints() {
+        let client = kube::Client::try_from(kube::Config::new(
+            "http://127.0.0.1:9".parse().expect("url"),
+        ))
+        .expect("client");
+        let (mut cluster, mut w) = Cluster::detached(client);
+        cluster.pod_source = PodSource::Endpoints;
+        let mut ps = PolicySync::new("n1", Vec::new());
+        let view = IpamView {
+            synced: true,
+            ..IpamView::default()
+        };
+        let reg = BTreeMap::new();
+        let mut local = pod("a", "1", "live");
+        local.spec.as_mut().expect("spec").node_name = Some("n1".into());
+        w.pods.apply_watcher_event(&Event::Apply(local));
+        for n in ["n1", "n2"] {
+            w.nodes.apply_watcher_event(&Event::Apply(node(n)));
+        }
+        for e in [
+            // A stale endpoint of the local pod, written by another node.
+            endpoint("a", "n2", "5", "stale", "198.19.9.1"),
+            endpoint("b", "n2", "6", "x", "198.19.9.2"),
+            // Node n3 does not exist.
+            endpoint("c", "n3", "7", "x", "198.19.9.3"),
+            // This node's own endpoint without a Pod (its writer deletes it).
+            endpoint("d", "n1", "8", "x", "198.19.9.4"),
+        ] {
+            w.pod_endpoints.apply_watcher_event(&Event::Apply(e));
+        }
+        ps.update(&cluster, &view, &reg);
+        assert_eq!(app_of(&ps, "a").as_deref(), Some("live"));
+        let a = &ps.engine.state().pods[&PodKey::new("ns", "a")];
+        assert_eq!(a.ips, vec!["198.19.0.9".parse::<IpAddr>().expect("ip")]);
+        assert_eq!(app_of(&ps, "b").as_deref(), Some("x"));
+        let b = &ps.engine.state().pods[&PodKey::new("ns", "b")];
+        assert_eq!(b.ips, vec!["198.19.9.2".parse::<IpAddr>().expect("ip")]);
+        assert_eq!(b.node_name.as_deref(), Some("n2"));
+        assert!(!ps.knows_pod(&PodKey::new("ns", "c")));
+        assert!(!ps.knows_pod(&PodKey::new("ns", "d")));
+        assert_eq!(ps.engine.state().pods.len(), 2);
+        // A remote label change.
+        w.pod_endpoints.apply_watcher_event(&Event::Apply(endpoint(
+            "b",
+            "n2",
+            "9",
+            "y",
+            "198.19.9.2",
+        )));
+        ps.update(&cluster, &view, &reg);
+        assert_eq!(app_of(&ps, "b").as_deref(), Some("y"));
+        // Node n3 appears: its endpoint counts; node n2 goes: b goes.
+        w.nodes.apply_watcher_event(&Event::Apply(node("n3")));
+        w.nodes.apply_watcher_event(&Event::Delete(node("n2")));
+        ps.update(&cluster, &view, &reg);
+        assert!(ps.knows_pod(&PodKey::new("ns", "c")));
+        assert!(!ps.knows_pod(&PodKey::new("ns", "b")));
+        // The local pod goes: its stale endpoint (n2, gone) does not
+        // bring it back; the endpoint removed, the remote pod goes.
+        w.pods
+            .apply_watcher_event(&Event::Delete(pod("a", "1", "live")));
+        w.pod_endpoints.apply_watcher_event(&Event::Delete(endpoint(
+            "c",
+            "n3",
+            "7",
+            "x",
+            "198.19.9.3",
+        )));
+        ps.update(&cluster, &view, &reg);
+        assert!(!ps.knows_pod(&PodKey::new("ns", "a")));
+        assert!(!ps.knows_pod(&PodKey::new("ns", "c")));
+        // In pods mode PodEndpoints are not read at all.
+        cluster.pod_source = PodSource::Pods;
+        w.nodes.apply_watcher_event(&Event::Apply(node("n2")));
+        ps.update(&cluster, &view, &reg);
+        assert!(ps.engine.state().pods.is_empty());
     }
 }

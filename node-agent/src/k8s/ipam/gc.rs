@@ -1,6 +1,15 @@
 //! IPAM housekeeping against the cluster, every period: releases leaked
 //! allocations (pods gone for longer than the grace period, or whose node
 //! is gone) and keeps the IPAM gauges current.
+//!
+//! The live pods are the Pod cache's and, with `--pod-source=endpoints`
+//! (where the Pod cache holds only this node's Pods), every PodEndpoint's
+//! as well, whatever its node: so a pod of another node, or one left on a
+//! node that is gone, is live exactly as it is in `pods` mode. Right before
+//! releasing, each candidate's pod is looked up in the API itself (in
+//! `endpoints` mode by name, one GET per candidate pod, instead of a list of
+//! every Pod of the cluster), so a pod that exists is never released even
+//! if no PodEndpoint was written for it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -12,7 +21,7 @@ use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::watch;
 
 use super::view::IpamView;
-use crate::k8s::cluster::Cluster;
+use crate::k8s::cluster::{Cluster, PodSource};
 use crate::status::metrics::{Metrics, PoolLabels};
 
 /// Settings of [`maintain`].
@@ -40,13 +49,71 @@ pub fn live_pod(p: &Pod) -> Option<ipam::gc::LivePod> {
     })
 }
 
-fn live_pods(cluster: &Cluster) -> Vec<ipam::gc::LivePod> {
-    cluster
+/// The pods the leak GC counts as live (see the module doc).
+pub fn live_pods(cluster: &Cluster) -> Vec<ipam::gc::LivePod> {
+    let mut live: Vec<ipam::gc::LivePod> = cluster
         .pods
         .state()
         .iter()
         .filter_map(|p| live_pod(p))
-        .collect()
+        .collect();
+    if cluster.pod_source == PodSource::Endpoints {
+        live.extend(
+            cluster
+                .pod_endpoints
+                .state()
+                .iter()
+                .map(|e| ipam::gc::LivePod {
+                    namespace: e.metadata.namespace.clone().unwrap_or_default(),
+                    name: e.metadata.name.clone().unwrap_or_default(),
+                    node: e.spec.node.clone(),
+                    ips: Vec::new(),
+                }),
+        );
+    }
+    live
+}
+
+/// The candidates' pods that exist in the API now: every Pod (one list) in
+/// `pods` mode, a GET per candidate pod in `endpoints` mode.
+async fn pods_now(
+    cluster: &Cluster,
+    ready: &[ipam::gc::LeakCandidate],
+) -> Result<Vec<ipam::gc::LivePod>, kube::Error> {
+    let live = |ns: &str, name: &str| ipam::gc::LivePod {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        node: String::new(),
+        ips: Vec::new(),
+    };
+    if cluster.pod_source == PodSource::Pods {
+        let l = kube::Api::<Pod>::all(cluster.client())
+            .list(&Default::default())
+            .await?;
+        return Ok(l
+            .items
+            .iter()
+            .map(|p| {
+                live(
+                    p.metadata.namespace.as_deref().unwrap_or_default(),
+                    p.metadata.name.as_deref().unwrap_or_default(),
+                )
+            })
+            .collect());
+    }
+    let wanted: std::collections::BTreeSet<(&str, &str)> =
+        ready.iter().filter_map(|c| c.pod.split_once('/')).collect();
+    let mut out = Vec::new();
+    for (ns, name) in wanted {
+        if kube::Api::<Pod>::namespaced(cluster.client(), ns)
+            .get_opt(name)
+            .await?
+            .is_some()
+        {
+            out.push(live(ns, name));
+        }
+    }
+    Ok(out)
 }
 
 /// What [`maintain`] works with.
@@ -118,20 +185,8 @@ pub async fn maintain(m: Maintenance, mut pulse: crate::status::health::Pulse) {
             continue;
         }
         // Re-validate against the API itself right before releasing.
-        let pods_now = match kube::Api::<Pod>::all(cluster.client())
-            .list(&Default::default())
-            .await
-        {
-            Ok(l) => l
-                .items
-                .iter()
-                .map(|p| ipam::gc::LivePod {
-                    namespace: p.metadata.namespace.clone().unwrap_or_default(),
-                    name: p.metadata.name.clone().unwrap_or_default(),
-                    node: String::new(),
-                    ips: Vec::new(),
-                })
-                .collect::<Vec<_>>(),
+        let pods_now = match pods_now(&cluster, &ready).await {
+            Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, "leak GC skipped: cannot re-read pods");
                 continue;
@@ -211,5 +266,98 @@ async fn gauges(cluster: &Cluster, alloc: &ipam::Allocator, view: &IpamView, met
                 .get_or_create(&l)
                 .set(i64::try_from(p.allocated).unwrap_or(i64::MAX));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipam::model::{Allocation, AllocationAttrs, IpamBlockSpec, block_name};
+    use kube::runtime::watcher::Event;
+
+    fn block(allocs: &[(u32, &str, &str)]) -> ipam::store::BlockObject {
+        let cidr: ipam::Cidr = "198.19.7.0/26".parse().expect("cidr");
+        let mut spec = IpamBlockSpec::new(cidr, Some("host:n1".into()), 0);
+        for (o, pod, node) in allocs {
+            spec.take_specific(*o).expect("free ordinal");
+            spec.insert_allocation(Allocation {
+                ordinal: *o,
+                handle: format!("net.{pod}"),
+                sequence: 1,
+                attrs: AllocationAttrs {
+                    namespace: Some("ns".into()),
+                    pod: Some(pod.to_string()),
+                    node: Some(node.to_string()),
+                },
+            });
+        }
+        ipam::store::Versioned {
+            name: block_name(&cidr),
+            spec,
+            resource_version: "1".into(),
+        }
+    }
+
+    /// `--pod-source=endpoints`: the Pod cache has only this node's pods.
+    /// A live pod of another node (known from its PodEndpoint) whose
+    /// allocation the GC considers — its node is gone, or the allocation
+    /// is this node's (a name used again elsewhere) — is never released;
+    /// without the PodEndpoints it would be (at once for the gone node).
+    #[tokio::test]
+    async fn endpoints_mode_never_releases_a_live_remote_pod() {
+        let client = kube::Client::try_from(kube::Config::new(
+            "http://127.0.0.1:9".parse().expect("url"),
+        ))
+        .expect("client");
+        let (mut cluster, mut w) = Cluster::detached(client);
+        cluster.pod_source = PodSource::Endpoints;
+        let local: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a", "namespace": "ns"},
+            "spec": {"nodeName": "n1", "containers": []}
+        }))
+        .expect("pod");
+        w.pods.apply_watcher_event(&Event::Apply(local));
+        for (name, node) in [("b", "gone"), ("c", "n2")] {
+            let mut e = crate::k8s::crd::PodEndpoint::new(
+                name,
+                crate::k8s::crd::PodEndpointSpec {
+                    node: node.into(),
+                    addresses: vec!["198.19.7.9".parse().expect("ip")],
+                    ..Default::default()
+                },
+            );
+            e.metadata.namespace = Some("ns".into());
+            w.pod_endpoints.apply_watcher_event(&Event::Apply(e));
+        }
+        // a: this node's, live here; b: a node that is gone, its pod still
+        // exists (PodEndpoint); c: allocated here, the pod now lives on n2;
+        // d: allocated here, no pod anywhere (the only leak).
+        let blocks = [block(&[
+            (1, "a", "n1"),
+            (2, "b", "gone"),
+            (3, "c", "n1"),
+            (4, "d", "n1"),
+        ])];
+        let nodes: HashSet<String> = ["n1".to_string(), "n2".to_string()].into();
+        let grace = 1000;
+        let mut t = ipam::gc::LeakTracker::new(grace, Some("n1".into()));
+        let live = live_pods(&cluster);
+        assert!(t.observe(&blocks, &live, &nodes, 0).is_empty());
+        let ready = t.observe(&blocks, &live, &nodes, 2 * grace);
+        let pods: Vec<&str> = ready.iter().map(|c| c.pod.as_str()).collect();
+        assert_eq!(pods, vec!["ns/d"]);
+        // The same cluster without the PodEndpoints (what the Pod cache
+        // alone says in this mode) would release b at once and c later.
+        cluster.pod_source = PodSource::Pods;
+        let mut t = ipam::gc::LeakTracker::new(grace, Some("n1".into()));
+        let alone = live_pods(&cluster);
+        let now: Vec<String> = t
+            .observe(&blocks, &alone, &nodes, 0)
+            .into_iter()
+            .map(|c| c.pod)
+            .collect();
+        assert_eq!(now, vec!["ns/b".to_string()]);
+        let later = t.observe(&blocks, &alone, &nodes, 2 * grace);
+        assert_eq!(later.len(), 3, "{later:?}");
     }
 }
