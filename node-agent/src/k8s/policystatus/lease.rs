@@ -24,6 +24,9 @@ pub enum Step {
     Follow { holder: String },
 }
 
+/// A lease record as compared between observations: (holder, renewTime).
+type Record = (Option<String>, Option<MicroTime>);
+
 /// One candidate's view of the lease.
 #[derive(Debug)]
 pub struct Elector {
@@ -32,7 +35,7 @@ pub struct Elector {
     pub me: String,
     pub duration: Duration,
     /// (holder, renewTime) last seen, and when it was first seen.
-    observed: Option<((Option<String>, Option<MicroTime>), Instant)>,
+    observed: Option<(Record, Instant)>,
 }
 
 impl Elector {
@@ -71,7 +74,7 @@ impl Elector {
             });
         };
         let spec = lease.spec.clone().unwrap_or_default();
-        let record = (spec.holder_identity.clone(), spec.renew_time.clone());
+        let record: Record = (spec.holder_identity.clone(), spec.renew_time.clone());
         let since = match &self.observed {
             Some((r, at)) if *r == record => *at,
             _ => {
