@@ -49,6 +49,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use integration_tests::lab::{self, Daemon, Lab, Netns, PodSpec};
 use node_agent::dataplane::NftCli;
 use node_agent::dataplane::policy::build::*;
+use node_agent::dataplane::policy::model::Protocol;
 use node_agent::dataplane::policy::ruleset::{AddrField, Elem, Match};
 use node_agent::dataplane::policy::{
     ClusterState, LocalEndpoint, NamespaceInfo, NftSink, NodeContext, PodInfo, PodKey, Ruleset,
@@ -283,7 +284,8 @@ fn mode(
     })
 }
 
-/// (lines, 1-based position of the first line whose source set holds `ip`),
+/// (lines, 1-based position of the first line whose source set holds `ip`,
+/// or `ip` on the connection port for a merged `addr . proto . port` set),
 /// and that set's size.
 fn admitting_line(rs: &Ruleset, iface: &str, ip: IpAddr) -> (Option<(usize, usize)>, usize) {
     let Some(rules) = rs
@@ -296,10 +298,19 @@ fn admitting_line(rs: &Ruleset, iface: &str, ip: IpAddr) -> (Option<(usize, usiz
     };
     for (i, r) in rules.iter().enumerate() {
         for m in &r.matches {
-            if let Match::Addr(AddrField::Saddr, _, set) = m
-                && let Some(s) = rs.sets.get(set)
-                && s.elems.contains(&Elem::Addr(ip))
-            {
+            let admits = match m {
+                Match::Addr(AddrField::Saddr, _, set) => rs
+                    .sets
+                    .get(set)
+                    .filter(|s| s.elems.contains(&Elem::Addr(ip))),
+                // Rules merged into one `addr . proto . port` set.
+                Match::AddrProtoPort(AddrField::Saddr, _, set) => rs.sets.get(set).filter(|s| {
+                    s.elems
+                        .contains(&Elem::AddrProtoPort(ip, Protocol::Tcp, CONN_PORT))
+                }),
+                _ => None,
+            };
+            if let Some(s) = admits {
                 return (Some((rules.len(), i + 1)), s.elems.len());
             }
         }

@@ -40,7 +40,10 @@ use crate::plan::{
     PlanIssue, Policies, check_iface, is_member, members, namespace_labels, peer_selects,
     plan_endpoint,
 };
-use crate::ruleset::{BuildCx, Elem, Match, NODE, NamedKey, RuleIr, Ruleset, SPOOF, Verdict};
+use crate::ruleset::{
+    BuildCx, ComboKey, Elem, Match, NODE, NamedKey, RuleIr, Ruleset, SPOOF, Verdict,
+    combo_elems_of_pod,
+};
 use crate::selector::Selector;
 
 mod admin;
@@ -77,6 +80,8 @@ pub struct Engine {
     rs: Ruleset,
     sel_sets: BTreeMap<String, (Vec<PodPeer>, Family)>,
     named_sets: BTreeMap<String, NamedKey>,
+    /// Sets of merged rules on ports of their own (`ruleset::combo`).
+    combo_sets: BTreeMap<String, ComboKey>,
     /// Node-address sets (ANP `nodes` peers).
     node_sets: BTreeMap<String, (Selector, Family)>,
     /// Policy chain → number of endpoint chains that go to it.
@@ -110,6 +115,7 @@ impl Engine {
             by_ip: HashMap::new(),
             sel_sets: BTreeMap::new(),
             named_sets: BTreeMap::new(),
+            combo_sets: BTreeMap::new(),
             node_sets: BTreeMap::new(),
             chain_refs: HashMap::new(),
             set_refs: HashMap::new(),
@@ -422,6 +428,7 @@ impl Engine {
         cx.apply(&mut self.rs, &self.state);
         self.sel_sets.append(&mut cx.selectors);
         self.named_sets.append(&mut cx.named);
+        self.combo_sets.append(&mut cx.combos);
         self.node_sets.append(&mut cx.nodes);
         self.collect_garbage();
     }
@@ -507,6 +514,7 @@ impl Engine {
             self.rs.sets.remove(&s);
             self.sel_sets.remove(&s);
             self.named_sets.remove(&s);
+            self.combo_sets.remove(&s);
             self.node_sets.remove(&s);
             self.changes.elem_add.remove(&s);
             self.changes.elem_del.remove(&s);
@@ -643,6 +651,8 @@ impl Engine {
                 updates.push((name.clone(), Elem::Addr(ip), want));
             }
         }
+        // `addr . proto . port` sets: the elements `ip` should have, by set.
+        let mut wanted: Vec<(&String, BTreeSet<Elem>)> = Vec::new();
         for (name, (peers, named, sfam)) in &self.named_sets {
             if *sfam != fam {
                 continue;
@@ -656,6 +666,20 @@ impl Engine {
                     }
                 }
             }
+            wanted.push((name, want));
+        }
+        for (name, (entries, sfam)) in &self.combo_sets {
+            if *sfam != fam {
+                continue;
+            }
+            let mut want: BTreeSet<Elem> = BTreeSet::new();
+            for p in &pods {
+                let labels = namespace_labels(&self.state, &p.key.namespace);
+                combo_elems_of_pod(entries, p, &labels, ip, &mut want);
+            }
+            wanted.push((name, want));
+        }
+        for (name, want) in wanted {
             let have: BTreeSet<Elem> = self
                 .rs
                 .sets

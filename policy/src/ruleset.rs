@@ -18,13 +18,16 @@
 //!            node addresses allowed, one line per (peer set × family), then `drop`;
 //!            rules whose peers are all pod selectors share one line per
 //!            (ports × family) from MERGE_MIN such peers on, their members in
-//!            one union set (u4_/u6_)
+//!            one union set (u4_/u6_); the rest, pod-selector rules on few ports
+//!            of their own, share one `addr . proto . port` line per family
+//!            from COMBO_MIN of them on (c4_/c6_, see `combo.rs`)
 //!            (egress allows with `return` so the receiver's ingress is still checked)
 //! ai_/ae_, bi_/be_  AdminNetworkPolicy / BaselineAdminNetworkPolicy tier chains
 //!            (content-addressed; `goto` the pi_/pe_ or bi_/be_ chain: see `tiers.rs`)
 //! deny       `drop` (endpoints whose pod is unknown or finished)
 //! sets: s4_/s6_<h(selector)> pod IPs (hash); u4_/u6_<h(selectors)> their union;   b4_/b6_<h(ranges)> ipBlock − except (interval)
 //!       pt_<h(ranges)> proto . port (interval); n4_/n6_<h(peers,names)> addr . proto . port
+//!       c4_/c6_<h(rules)> addr . proto . port of merged rules (members × ports)
 //!       spoof4/spoof6 ifname . addr;            node4/node6 node addresses
 //!       h4_/h6_<h(node selector)> addresses of the selected nodes (ANP `nodes` peers)
 //!       natsrc4/natsrc6 pools with natOutgoing; pools4/pools6 every pool (interval)
@@ -51,7 +54,14 @@ use crate::origin::{RuleAction, RuleOrigin, fixed};
 use crate::plan::{DirectionPlan, Plan, PortMatch, RulePlan, members};
 use crate::selector::Selector;
 
+mod combo;
+mod fill;
 mod tiers;
+
+pub(crate) use fill::BuildCx;
+
+pub(crate) use combo::elems_of_pod as combo_elems_of_pod;
+pub use combo::{COMBO_MAX_PORTS, COMBO_MIN, ComboEntry, ComboKey, combo_set};
 
 /// Kind (nftables type and flags) of a named set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -493,10 +503,22 @@ impl Ruleset {
                 None => body.extend(self.rule_lines(dir, r, &allow, fill)),
             }
         }
+        // Rules left on lines of their own: from COMBO_MIN of them on, those
+        // with few ports share one `addr . proto . port` lookup (combo.rs).
+        let mergeable = groups
+            .values()
+            .filter(|(_, peers)| peers.len() < MERGE_MIN)
+            .flat_map(|(group, _)| group)
+            .filter(|r| combo::combo_entry(r).is_some())
+            .count();
+        let mut combo: Vec<(&RulePlan, ComboEntry)> = Vec::new();
         for (ports, (group, peers)) in groups {
             if peers.len() < MERGE_MIN {
                 for r in group {
-                    body.extend(self.rule_lines(dir, r, &allow, fill));
+                    match combo::combo_entry(r) {
+                        Some(e) if mergeable >= COMBO_MIN => combo.push((r, e)),
+                        _ => body.extend(self.rule_lines(dir, r, &allow, fill)),
+                    }
                 }
                 continue;
             }
@@ -526,6 +548,9 @@ impl Ruleset {
                     origin: origin.clone(),
                 });
             }
+        }
+        if !combo.is_empty() {
+            body.extend(self.combo_lines(dir, &combo, &allow, fill));
         }
         body.push(RuleIr {
             matches: vec![],
@@ -690,116 +715,3 @@ pub fn union_set(peers: &[PodPeer], fam: Family) -> String {
 
 /// Identity of an egress named-port set: the rule's peers, the port names.
 pub(crate) type NamedKey = (Option<Vec<Peer>>, BTreeSet<(Protocol, String)>, Family);
-
-/// Sets whose elements depend on the cluster state, collected while
-/// building chains and filled once at the end.
-#[derive(Debug, Default)]
-pub(crate) struct BuildCx {
-    /// Pod-address sets: one selector's members (`s4_`/`s6_`), or the
-    /// union of several selectors' (`u4_`/`u6_`, rules merged by
-    /// `policy_chain_body`).
-    pub(crate) selectors: BTreeMap<String, (Vec<PodPeer>, Family)>,
-    /// Node-address sets (ANP `nodes` peers).
-    pub(crate) nodes: BTreeMap<String, (Selector, Family)>,
-    pub(crate) named: BTreeMap<String, NamedKey>,
-    /// Every set and policy chain this build created (in creation order).
-    pub(crate) new_sets: Vec<String>,
-    pub(crate) new_chains: Vec<String>,
-}
-
-impl BuildCx {
-    fn selector(&mut self, rs: &mut Ruleset, peers: &[PodPeer], fam: Family) -> String {
-        let name = match peers {
-            [one] => selector_set(one, fam),
-            _ => union_set(peers, fam),
-        };
-        if !rs.sets.contains_key(&name) {
-            rs.sets.insert(
-                name.clone(),
-                SetIr {
-                    kind: SetKind::Addr(fam),
-                    elems: BTreeSet::new(),
-                },
-            );
-            self.selectors.insert(name.clone(), (peers.to_vec(), fam));
-            self.new_sets.push(name.clone());
-        }
-        name
-    }
-
-    fn nodes(&mut self, rs: &mut Ruleset, sel: &Selector, fam: Family) -> String {
-        let name = node_set(sel, fam);
-        if !rs.sets.contains_key(&name) {
-            rs.sets.insert(
-                name.clone(),
-                SetIr {
-                    kind: SetKind::Addr(fam),
-                    elems: BTreeSet::new(),
-                },
-            );
-            self.nodes.insert(name.clone(), (sel.clone(), fam));
-            self.new_sets.push(name.clone());
-        }
-        name
-    }
-
-    fn named(
-        &mut self,
-        rs: &mut Ruleset,
-        peers: &Option<Vec<Peer>>,
-        named: &BTreeSet<(Protocol, String)>,
-        fam: Family,
-    ) -> String {
-        let name = named_set(peers, named, fam);
-        if !rs.sets.contains_key(&name) {
-            rs.sets.insert(
-                name.clone(),
-                SetIr {
-                    kind: SetKind::AddrProtoPort(fam),
-                    elems: BTreeSet::new(),
-                },
-            );
-            self.named
-                .insert(name.clone(), (peers.clone(), named.clone(), fam));
-            self.new_sets.push(name.clone());
-        }
-        name
-    }
-
-    /// Computes the members of every set collected so far.
-    pub(crate) fn apply(&mut self, rs: &mut Ruleset, state: &ClusterState) {
-        let mut cache: BTreeMap<&PodPeer, BTreeSet<IpAddr>> = BTreeMap::new();
-        for (name, (peers, fam)) in &self.selectors {
-            let mut elems = BTreeSet::new();
-            for peer in peers {
-                let all = cache
-                    .entry(peer)
-                    .or_insert_with(|| members::selector(state, peer));
-                elems.extend(
-                    all.iter()
-                        .filter(|ip| Family::of(**ip) == *fam)
-                        .map(|ip| Elem::Addr(*ip)),
-                );
-            }
-            if let Some(s) = rs.sets.get_mut(name) {
-                s.elems = elems;
-            }
-        }
-        for (name, (sel, fam)) in &self.nodes {
-            let elems = node_elems(state, sel, *fam);
-            if let Some(s) = rs.sets.get_mut(name) {
-                s.elems = elems;
-            }
-        }
-        for (name, (peers, named, fam)) in &self.named {
-            let elems = members::named_ports(state, peers, named)
-                .into_iter()
-                .filter(|(ip, _, _)| Family::of(ip) == *fam)
-                .map(|(ip, p, port)| Elem::AddrProtoPort(ip, p, port))
-                .collect();
-            if let Some(s) = rs.sets.get_mut(name) {
-                s.elems = elems;
-            }
-        }
-    }
-}

@@ -35,6 +35,18 @@ enum Op {
         ns: usize,
         slot: usize,
     },
+    /// BULK policies at once, most on ports of their own: enough for a
+    /// chain to merge them into one `addr . proto . port` set.
+    ManyPorts {
+        ns: usize,
+        peer_base: usize,
+        port_base: usize,
+        dir: usize,
+        target: bool,
+    },
+    RemoveMany {
+        ns: usize,
+    },
     InvalidPolicy {
         ns: usize,
     },
@@ -107,6 +119,9 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..3usize, 0..2usize, 0..np, 0..nq, 0..3usize, proptest::arbitrary::any::<bool>())
             .prop_map(|(ns, slot, peer, port, dir, target)| Op::Policy { ns, slot, peer, port, dir, target }),
         1 => (0..3usize, 0..2usize).prop_map(|(ns, slot)| Op::RemovePolicy { ns, slot }),
+        1 => (0..3usize, 0..np, 0..4usize, 0..3usize, proptest::arbitrary::any::<bool>())
+            .prop_map(|(ns, peer_base, port_base, dir, target)| Op::ManyPorts { ns, peer_base, port_base, dir, target }),
+        1 => (0..3usize).prop_map(|ns| Op::RemoveMany { ns }),
         1 => (0..3usize).prop_map(|ns| Op::InvalidPolicy { ns }),
         4 => (0..3usize, 0..3usize, 0..4usize).prop_map(|(ns, pod, value)| Op::PodLabel { ns, pod, value }),
         2 => (0..3usize, proptest::arbitrary::any::<bool>()).prop_map(|(ns, team)| Op::NsLabel { ns, team }),
@@ -127,6 +142,29 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::Commit),
         1 => Just(Op::FailNextCommit),
     ]
+}
+
+/// Policies of one [`Op::ManyPorts`]: three times what a chain needs to
+/// merge rules on ports of their own (not every peer kind can be merged).
+const BULK: usize = 3 * policy::ruleset::COMBO_MIN;
+
+/// The ports of bulk policy `k`: every fourth on a probed port (so the
+/// merged set decides what the spec is checked against), the others on a
+/// port no probe uses, each its own.
+fn bulk_ports(
+    k: usize,
+    base: usize,
+) -> Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPort>> {
+    Some(if k.is_multiple_of(4) {
+        match (base + k / 4) % 4 {
+            0 => vec![tcp(80)],
+            1 => vec![udp(81)],
+            2 => vec![range("TCP", 80, 81)],
+            _ => vec![sctp(80)],
+        }
+    } else {
+        vec![tcp(1000 + k as i32)]
+    })
 }
 
 struct Node {
@@ -272,6 +310,39 @@ fn run(ops: Vec<Op>, node_count: usize) -> Result<(), TestCaseError> {
                 for n in &mut nodes {
                     n.engine
                         .upsert_policy(PolicyKey::new(NAMESPACES[ns], &name), np.clone());
+                }
+            }
+            Op::ManyPorts {
+                ns,
+                peer_base,
+                port_base,
+                dir,
+                target,
+            } => {
+                for k in 0..BULK {
+                    let name = format!("m{k:02}");
+                    let np = policy(
+                        NAMESPACES[ns],
+                        &name,
+                        target.then_some("a"),
+                        DIRECTIONS[dir],
+                        &peers[(peer_base + k) % peers.len()].1,
+                        &bulk_ports(k, port_base),
+                    );
+                    xyz.state.add_policy(np.clone()).expect("named");
+                    for n in &mut nodes {
+                        n.engine
+                            .upsert_policy(PolicyKey::new(NAMESPACES[ns], &name), np.clone());
+                    }
+                }
+            }
+            Op::RemoveMany { ns } => {
+                for k in 0..BULK {
+                    let key = PolicyKey::new(NAMESPACES[ns], format!("m{k:02}"));
+                    xyz.state.policies.remove(&key);
+                    for n in &mut nodes {
+                        n.engine.remove_policy(&key);
+                    }
                 }
             }
             Op::RemovePolicy { ns, slot } => {

@@ -3,6 +3,7 @@ use crate::build::*;
 use crate::sink::CapturingSink;
 use crate::testkit::Xyz;
 use crate::testkit::kernel::Kernel;
+use k8s_openapi::api::networking::v1::NetworkPolicyPort;
 
 pub(super) fn engine_for(xyz: &Xyz, node: usize) -> Engine {
     let mut e = Engine::new(xyz.nodes[node].clone());
@@ -311,4 +312,108 @@ fn a_few_rules_with_equal_ports_keep_a_line_per_peer() {
     // Node addresses (2), b and c per family (4), drop: no union set.
     assert_eq!(lines.len(), 7, "{lines:?}");
     assert!(!rs.sets.keys().any(|s| s.starts_with('u')));
+}
+
+#[test]
+fn many_rules_on_ports_of_their_own_share_one_lookup_that_follows_label_changes() {
+    let mut xyz = Xyz::new(1, true);
+    // COMBO_MIN policies from b, each on a port of its own (80 among them),
+    // one from c on 81, and one on a range too wide to merge.
+    let mut rules: Vec<(String, NetworkPolicyPort)> = (0..crate::ruleset::COMBO_MIN)
+        .map(|k| {
+            (
+                "b".to_string(),
+                tcp(if k == 0 { 80 } else { 2000 + k as i32 }),
+            )
+        })
+        .collect();
+    rules.push(("c".to_string(), udp(81)));
+    rules.push(("c".to_string(), range("TCP", 3000, 3999)));
+    for (i, (peer, port)) in rules.iter().enumerate() {
+        xyz.state
+            .add_policy(
+                NetPol::new("x", &format!("p{i:02}"))
+                    .select(sel(&[("pod", "a")]))
+                    .ingress(from(vec![pods(sel(&[("pod", peer)]))]).ports(vec![port.clone()]))
+                    .build(),
+            )
+            .unwrap();
+    }
+    let mut e = engine_for(&xyz, 0);
+    let mut sink = CapturingSink::default();
+    e.commit(&mut sink).unwrap();
+    let iface = e.node().endpoints[&PodKey::new("x", "a")].iface.clone();
+    let rs = e.ruleset().clone();
+    let lines = &rs.chains[rs.dispatch[&iface].ingress.as_ref().unwrap()];
+    // Node addresses (2), one combo line per family (2), the wide range
+    // from c per family (2), drop: 7 lines, not 2 + 2 × 18 + 1.
+    assert_eq!(lines.len(), 7, "{lines:?}");
+    let combos: Vec<&str> = lines
+        .iter()
+        .flat_map(|l| &l.matches)
+        .filter_map(|m| match m {
+            Match::AddrProtoPort(_, _, s) if s.starts_with('c') => Some(s.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(combos.len(), 2, "{lines:?}");
+    let c4 = combos
+        .iter()
+        .find(|s| s.starts_with("c4_"))
+        .unwrap()
+        .to_string();
+    let ip = |p: &str| e.state().pods[&PodKey::new("x", p)].ips[0];
+    let (b, c) = (ip("b"), ip("c"));
+    let mut want: BTreeSet<Elem> = (0..crate::ruleset::COMBO_MIN)
+        .map(|k| Elem::AddrProtoPort(b, Protocol::Tcp, if k == 0 { 80 } else { 2000 + k as u16 }))
+        .collect();
+    want.insert(Elem::AddrProtoPort(c, Protocol::Udp, 81));
+    assert_eq!(rs.sets[&c4].elems, want);
+    // The merged line counts for all of its policies.
+    for l in lines.iter().filter(|l| {
+        l.matches
+            .iter()
+            .any(|m| matches!(m, Match::AddrProtoPort(_, _, s) if s.starts_with('c')))
+    }) {
+        assert_eq!(l.origin.comment(), "fixed merged ingress - allow", "{l:?}");
+    }
+    // x/c takes b's label: its address gains b's 16 ports and keeps udp/81;
+    // only elements change (IPv4 and IPv6), no rule.
+    let mut cp = e.state().pods[&PodKey::new("x", "c")].clone();
+    cp.labels.insert("pod".into(), "b".into());
+    e.upsert_pod(cp);
+    let st = e.commit(&mut sink).unwrap();
+    assert_eq!(
+        st.diff,
+        DiffStats {
+            elems_added: 2 * crate::ruleset::COMBO_MIN,
+            // c leaves pod=c: udp/81 in the combo sets, and the selector
+            // sets of the wide range's lines.
+            elems_deleted: 2 + 2,
+            ..DiffStats::default()
+        },
+        "{st:?}"
+    );
+    assert_eq!(e.ruleset(), &pure(&e));
+    check_kernel(&e, &sink);
+    // Below COMBO_MIN mergeable rules (two fewer: 15), lines of their own
+    // again: 16 rules, two lines each.
+    for gone in ["p01", "p02"] {
+        e.remove_policy(&PolicyKey::new("x", gone));
+    }
+    e.commit(&mut sink).unwrap();
+    let rs = e.ruleset();
+    let lines = &rs.chains[rs.dispatch[&iface].ingress.as_ref().unwrap()];
+    assert_eq!(
+        lines.len(),
+        2 + 2 * crate::ruleset::COMBO_MIN + 1,
+        "{lines:?}"
+    );
+    assert!(
+        !rs.sets
+            .keys()
+            .any(|s| s.starts_with("c4_") || s.starts_with("c6_"))
+    );
+    assert_eq!(e.ruleset(), &pure(&e));
+    check_kernel(&e, &sink);
 }
