@@ -1,7 +1,9 @@
 //! Host protection: policy for the node's own interfaces (traffic to and
 //! from processes of the host: sshd, kubelet, BIRD, the agent), compiled
 //! into their own table `inet margay_host` on the `input` and `output`
-//! hooks; pod traffic (`forward`) stays with NetworkPolicy/ANP.
+//! hooks; pod traffic (`forward`) stays with NetworkPolicy/ANP, except that
+//! a policy with `applyOnForward` also polices what the node forwards
+//! through the interfaces it protects (see [`HostNetworkPolicySpec`]).
 //!
 //! # Design (Calico's host endpoints, with NetworkPolicy's shape)
 //! * A [`HostEndpointSpec`] (CRD `HostEndpoint`, cluster-scoped, like
@@ -91,6 +93,15 @@ pub struct HostNetworkPolicySpec {
     pub ingress: Vec<HostRule>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<HostRule>,
+    /// Also police traffic the node *forwards* through the host endpoints
+    /// it selects (Calico's `applyOnForward`): a packet entering on such an
+    /// interface meets its ingress rules, one leaving on it its egress
+    /// rules, in the `forward` hook. Pod-to-pod traffic that crosses no
+    /// host interface is never affected; the failsafe ports (traffic to
+    /// and from the node itself) stay open. Default: off (host traffic
+    /// only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub apply_on_forward: bool,
 }
 
 /// One allow rule. Empty `from`/`to`: every peer; empty `ports`: every port
@@ -324,6 +335,7 @@ struct PolicyC {
     selector: Selector,
     ingress: Option<Vec<RuleC>>,
     egress: Option<Vec<RuleC>>,
+    forward: bool,
 }
 
 /// One allow line set of a planned direction: the addresses (per family:
@@ -357,7 +369,11 @@ impl HostDirs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPlan {
     pub config: HostConfig,
+    /// Traffic to and from the host (input / output hooks).
     pub ifaces: BTreeMap<HostIface, HostDirs>,
+    /// Forwarded traffic (forward hook): the endpoints isolated by
+    /// `applyOnForward` policies, with those policies' rules only.
+    pub forward: BTreeMap<HostIface, HostDirs>,
     pub issues: Vec<HostError>,
 }
 
@@ -484,6 +500,7 @@ fn compile_policy(p: &HostPolicy, issues: &mut Vec<HostError>) -> Option<PolicyC
         selector,
         ingress: ing.then(|| rules(Direction::Ingress, &p.spec.ingress, issues)),
         egress: eg.then(|| rules(Direction::Egress, &p.spec.egress, issues)),
+        forward: p.spec.apply_on_forward,
     })
 }
 
@@ -516,6 +533,7 @@ pub fn plan(state: &HostState, config: &HostConfig) -> HostPlan {
         .collect();
     let ips = endpoint_ips(state, &mut issues);
     let mut ifaces: BTreeMap<HostIface, HostDirs> = BTreeMap::new();
+    let mut forward: BTreeMap<HostIface, HostDirs> = BTreeMap::new();
     let mut owner: BTreeMap<HostIface, String> = BTreeMap::new();
     for ep in state.endpoints.values() {
         if ep.spec.node != config.node {
@@ -552,35 +570,53 @@ pub fn plan(state: &HostState, config: &HostConfig) -> HostPlan {
             continue;
         }
         owner.insert(iface.clone(), ep.name.clone());
-        let mut dirs = HostDirs::default();
-        for p in policies.iter().filter(|p| p.selector.matches(&ep.labels)) {
-            for (dir, rules) in [
-                (Direction::Ingress, &p.ingress),
-                (Direction::Egress, &p.egress),
-            ] {
-                let Some(rules) = rules else { continue };
-                let slot = match dir {
-                    Direction::Ingress => &mut dirs.ingress,
-                    Direction::Egress => &mut dirs.egress,
-                };
-                let out = slot.get_or_insert_with(Vec::new);
-                for r in rules {
-                    out.push(HostRulePlan {
-                        policy: p.name.clone(),
-                        index: r.index,
-                        peers: r.peers.as_ref().map(|peers| resolve(state, &ips, peers)),
-                        ports: r.ports.clone(),
-                    });
-                }
-            }
+        let selecting: Vec<&PolicyC> = policies
+            .iter()
+            .filter(|p| p.selector.matches(&ep.labels))
+            .collect();
+        let fwd = endpoint_dirs(state, &ips, selecting.iter().copied().filter(|p| p.forward));
+        if fwd.ingress.is_some() || fwd.egress.is_some() {
+            forward.insert(iface.clone(), fwd);
         }
-        ifaces.insert(iface, dirs);
+        ifaces.insert(iface, endpoint_dirs(state, &ips, selecting.into_iter()));
     }
     HostPlan {
         config: config.clone(),
         ifaces,
+        forward,
         issues,
     }
+}
+
+/// What the policies selecting one endpoint allow, per direction.
+fn endpoint_dirs<'a>(
+    state: &HostState,
+    ips: &BTreeMap<String, Vec<IpAddr>>,
+    policies: impl Iterator<Item = &'a PolicyC>,
+) -> HostDirs {
+    let mut dirs = HostDirs::default();
+    for p in policies {
+        for (dir, rules) in [
+            (Direction::Ingress, &p.ingress),
+            (Direction::Egress, &p.egress),
+        ] {
+            let Some(rules) = rules else { continue };
+            let slot = match dir {
+                Direction::Ingress => &mut dirs.ingress,
+                Direction::Egress => &mut dirs.egress,
+            };
+            let out = slot.get_or_insert_with(Vec::new);
+            for r in rules {
+                out.push(HostRulePlan {
+                    policy: p.name.clone(),
+                    index: r.index,
+                    peers: r.peers.as_ref().map(|peers| resolve(state, ips, peers)),
+                    ports: r.ports.clone(),
+                });
+            }
+        }
+    }
+    dirs
 }
 
 /// The address ranges of a rule's peers.

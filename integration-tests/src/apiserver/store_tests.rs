@@ -532,10 +532,46 @@ fn crds_serve_and_clean_up() {
         created.get("status").is_none(),
         "status subresource drops status on create"
     );
+    // As the real server: a write of the main resource keeps the stored
+    // status; a status write keeps the stored spec (and the generation).
+    let rv = |o: &Value| o["metadata"]["resourceVersion"].clone();
+    let mut main = (*created).clone();
+    main["spec"]["cidr"] = json!("198.19.0.64/26");
+    main["status"] = json!({"x": 2});
+    let u = s
+        .update(&blocks, None, "b1", main, false, false)
+        .unwrap()
+        .body;
+    assert_eq!(u["spec"]["cidr"], "198.19.0.64/26");
+    assert!(
+        u.get("status").is_none(),
+        "status ignored on the main resource"
+    );
+    let mut st = (*u).clone();
+    st["spec"]["cidr"] = json!("198.19.0.128/26");
+    st["status"] = json!({"conditions": [{"type": "Accepted", "status": "True"}]});
+    let w = s
+        .update(&blocks, None, "b1", st.clone(), true, false)
+        .unwrap()
+        .body;
+    assert_eq!(
+        w["spec"]["cidr"], "198.19.0.64/26",
+        "spec ignored on /status"
+    );
+    assert_eq!(w["status"]["conditions"][0]["type"], "Accepted");
+    assert_eq!(w["metadata"]["generation"], u["metadata"]["generation"]);
+    assert_ne!(rv(&w), rv(&u));
+    // A status write on the old resourceVersion is a conflict.
+    assert_eq!(
+        s.update(&blocks, None, "b1", st, true, false)
+            .unwrap_err()
+            .code,
+        409
+    );
     let old = def(&s, "margay.dev", "v1beta1", "blocks");
     assert_eq!(
         s.get(&old, None, "b1").unwrap()["spec"]["cidr"],
-        "198.19.0.0/26"
+        "198.19.0.64/26"
     );
     assert_eq!(
         s.patch(
@@ -669,5 +705,60 @@ fn services_get_cluster_ips_as_the_real_server_fills_them() {
         s.registry
             .lookup("discovery.k8s.io", "v1", "endpointslices")
             .is_some()
+    );
+}
+
+#[test]
+fn leases_are_namespaced_and_updates_are_compare_and_swap() {
+    let mut s = Store::new(1000);
+    let leases = def(&s, "coordination.k8s.io", "v1", "leases");
+    assert!(leases.namespaced);
+    let l = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "margay-policy-status", "namespace": "default"},
+        "spec": {"holderIdentity": "n1", "leaseDurationSeconds": 15}});
+    let c = s
+        .create(&leases, Some("default"), l.clone(), false)
+        .unwrap()
+        .body;
+    assert_eq!(
+        s.create(&leases, Some("default"), l, false)
+            .unwrap_err()
+            .code,
+        409,
+        "one create wins"
+    );
+    let mut a = (*c).clone();
+    a["spec"]["holderIdentity"] = json!("n2");
+    let won = s
+        .update(
+            &leases,
+            Some("default"),
+            "margay-policy-status",
+            a,
+            false,
+            false,
+        )
+        .unwrap()
+        .body;
+    assert_eq!(won["spec"]["holderIdentity"], "n2");
+    let mut b = (*c).clone();
+    b["spec"]["holderIdentity"] = json!("n3");
+    assert_eq!(
+        s.update(
+            &leases,
+            Some("default"),
+            "margay-policy-status",
+            b,
+            false,
+            false
+        )
+        .unwrap_err()
+        .code,
+        409,
+        "an update on a stale resourceVersion loses"
+    );
+    assert!(
+        s.get(&leases, Some("kube-system"), "margay-policy-status")
+            .is_err()
     );
 }

@@ -193,6 +193,17 @@ pub struct AgentArgs {
     #[arg(long, env = "MARGAY_HOST_PROTECTION", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub host_protection: bool,
 
+    /// AdminNetworkPolicy / BaselineAdminNetworkPolicy `Accepted`
+    /// conditions, written by one agent elected with the Lease
+    /// `margay-policy-status` in `--namespace`.
+    #[arg(long, env = "MARGAY_POLICY_STATUS", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub policy_status: bool,
+
+    /// `leaseDurationSeconds` of that Lease: how long a stopped writer
+    /// keeps the others waiting (it renews every third of it).
+    #[arg(long, env = "MARGAY_POLICY_STATUS_LEASE", default_value = "15s", value_parser = parse_duration, global = true)]
+    pub policy_status_lease: Duration,
+
     /// Inbound ports no host policy can close, `proto:port,...` (default:
     /// tcp:22,tcp:179,tcp:6443,tcp:10250,udp:68,udp:3784,udp:4784). The
     /// agent's health and metrics ports are always added.

@@ -204,6 +204,22 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         });
     }
 
+    // ANP/BANP `Accepted` conditions: one writer, elected by a Lease.
+    if args.policy_status {
+        let (cluster, cfg) = (
+            cluster.clone(),
+            crate::k8s::policystatus::StatusConfig {
+                namespace: args.namespace.clone(),
+                node: me.name.clone(),
+                lease_duration: args.policy_status_lease,
+            },
+        );
+        sup.restarting("policy status", move |pulse| {
+            pulse.retire();
+            crate::k8s::policystatus::run(cluster.clone(), cfg.clone())
+        });
+    }
+
     // IPAM on the CRDs; the allocator follows the block watch, and so does
     // the view the dataplane (and BGP) consume.
     let store: Arc<dyn ipam::Store> = Arc::new(KubeStore::new(cluster.client(), metrics.clone()));

@@ -12,3 +12,4 @@ pub mod ipam;
 pub mod node;
 pub mod pod;
 pub mod podendpoints;
+pub mod policystatus;

@@ -11,7 +11,18 @@
 //! output (hook output): the same with oifname, @failsafe_out, hep_out, hout_*
 //! hin_<x> / hout_<x>: per policy rule `[saddr|daddr @ha<4|6>_<h>] [l4proto . dport @hpt_<h>]
 //!                     counter accept`, then `[limit + log]` `counter drop`
+//! forward (hook forward; only when an `applyOnForward` policy isolates an endpoint)
+//!   ct state established,related accept
+//!   jump fwd_in;  jump fwd_out
+//! fwd_in:  iifname "lo"/"cali*" return; iifname vmap @hep_fwd_in (goto fin_<iface>);
+//!          [goto fin_any]      (fwd_out: the same with oifname, hep_fwd_out, fout_*)
+//! fin_<x> / fout_<x>: the rules of hin_/hout_ with `return` for accept (the
+//!          other direction is checked next), then `counter drop`
 //! ```
+//!
+//! A forwarded packet between two pods of this node never meets a host
+//! rule (both interfaces are `cali*`); traffic to and from the node itself
+//! (and so the failsafe ports) is the input / output hooks' alone.
 //!
 //! Every counted rule carries its [`RuleOrigin`] as comment.
 
@@ -31,6 +42,8 @@ use crate::ruleset::digest;
 pub const HOST_TABLE: &str = "margay_host";
 const MAP_IN: &str = "hep_in";
 const MAP_OUT: &str = "hep_out";
+const MAP_FWD_IN: &str = "hep_fwd_in";
+const MAP_FWD_OUT: &str = "hep_fwd_out";
 
 /// A named set of the host table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,7 +184,7 @@ impl HostRuleset {
                     HostIface::Named(n) => format!("{prefix}_if_{n}"),
                     HostIface::All => format!("{prefix}_any"),
                 };
-                let body = rs.chain_body(dir, lines, plan);
+                let body = rs.chain_body(dir, lines, plan, json!({"accept": null}));
                 rs.chains.insert(chain.clone(), body);
                 match iface {
                     HostIface::Named(n) => {
@@ -185,7 +198,61 @@ impl HostRuleset {
             rs.maps.insert(map, elems);
             rs.base.push((base, rules));
         }
+        if !plan.forward.is_empty() {
+            rs.build_forward(plan);
+        }
         rs
+    }
+
+    /// The `forward` hook: each direction's check is a chain that returns
+    /// when the packet is allowed (or its interface is not isolated), so
+    /// a forwarded packet meets the ingress rules of the interface it came
+    /// in on, then the egress rules of the one it leaves on.
+    fn build_forward(&mut self, plan: &HostPlan) {
+        let ct = m(
+            json!({"ct": {"key": "state"}}),
+            "in",
+            json!(["established", "related"]),
+        );
+        let mut base: Vec<NftRule> = vec![(vec![ct, json!({"accept": null})], None)];
+        let wildcard = format!("{}*", plan.config.iface_prefix);
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let (key, map, check, prefix) = match dir {
+                Direction::Ingress => ("iifname", MAP_FWD_IN, "fwd_in", "fin"),
+                Direction::Egress => ("oifname", MAP_FWD_OUT, "fwd_out", "fout"),
+            };
+            let ret = || json!({"return": null});
+            let mut rules: Vec<NftRule> = vec![
+                (vec![m(meta(key), "==", json!("lo")), ret()], None),
+                (vec![m(meta(key), "==", json!(wildcard)), ret()], None),
+                (
+                    vec![json!({"vmap": {"key": meta(key), "data": format!("@{map}")}})],
+                    None,
+                ),
+            ];
+            let mut elems = BTreeMap::new();
+            for (iface, dirs) in &plan.forward {
+                let Some(lines) = dirs.get(dir) else { continue };
+                let chain = match iface {
+                    HostIface::Named(n) => format!("{prefix}_if_{n}"),
+                    HostIface::All => format!("{prefix}_any"),
+                };
+                let body = self.chain_body(dir, lines, plan, ret());
+                self.chains.insert(chain.clone(), body);
+                match iface {
+                    HostIface::Named(n) => {
+                        elems.insert(n.clone(), chain);
+                    }
+                    HostIface::All => {
+                        rules.push((vec![json!({"goto": {"target": chain}})], None));
+                    }
+                }
+            }
+            self.chains.insert(check.to_string(), rules);
+            self.maps.insert(map, elems);
+            base.push((vec![json!({"jump": {"target": check}})], None));
+        }
+        self.base.push(("forward", base));
     }
 
     fn chain_body(
@@ -193,6 +260,7 @@ impl HostRuleset {
         dir: Direction,
         lines: &[HostRulePlan],
         plan: &HostPlan,
+        allowed: Value,
     ) -> Vec<NftRule> {
         let field = match dir {
             Direction::Ingress => "saddr",
@@ -217,7 +285,7 @@ impl HostRuleset {
                 let mut st: Vec<Value> = addr.into_iter().collect();
                 st.extend(port_match.clone());
                 st.push(counter());
-                st.push(json!({"accept": null}));
+                st.push(allowed.clone());
                 body.push((st, Some(origin.comment())));
             };
             match &r.peers {
@@ -279,22 +347,30 @@ impl HostRuleset {
         for name in self.chains.keys() {
             b.raw(json!({"add": {"chain": {"family": "inet", "table": t, "name": name}}}));
         }
-        for (name, rules) in &self.chains {
-            for r in rules {
-                b.raw(rule_cmd(name, r));
-            }
-        }
         for (map, elems) in &self.maps {
+            // The forward checks' dispatch is a goto: the per-interface
+            // chain's `return` ends the check chain (see `build_forward`).
+            let verb = if [MAP_FWD_IN, MAP_FWD_OUT].contains(map) {
+                "goto"
+            } else {
+                "jump"
+            };
             let mut o = json!({"family": "inet", "table": t, "name": map, "type": "ifname", "map": "verdict"});
             if !elems.is_empty() {
                 o["elem"] = json!(
                     elems
                         .iter()
-                        .map(|(i, c)| json!([i, {"jump": {"target": c}}]))
+                        .map(|(i, c)| json!([i, {verb: {"target": c}}]))
                         .collect::<Vec<_>>()
                 );
             }
             b.raw(json!({"add": {"map": o}}));
+        }
+        // Rules after the maps: the forward check chains look maps up.
+        for (name, rules) in &self.chains {
+            for r in rules {
+                b.raw(rule_cmd(name, r));
+            }
         }
         for (name, rules) in &self.base {
             b.raw(

@@ -219,3 +219,70 @@ fn batches_replay_on_the_kernel_model_and_remove_cleanly() {
     k.apply(&serde_json::to_value(render::remove_batch()).unwrap())
         .expect("remove when absent");
 }
+
+#[test]
+fn apply_on_forward_polices_forwarded_traffic_with_its_own_policies_only() {
+    let host_only = HostNetworkPolicySpec {
+        host_endpoint_selector: sel("role", "worker"),
+        ingress: vec![HostRule::default()],
+        ..Default::default()
+    };
+    let p = plan(&state(vec![("host", host_only.clone())]), &config());
+    assert!(p.forward.is_empty());
+    let rs = HostRuleset::build(&p);
+    assert!(
+        rs.base.iter().all(|(n, _)| *n != "forward"),
+        "no forward hook without applyOnForward"
+    );
+    let fwd = HostNetworkPolicySpec {
+        host_endpoint_selector: sel("role", "worker"),
+        policy_types: vec!["Ingress".into()],
+        ingress: vec![HostRule {
+            from: vec![HostPeer {
+                ip_block: Some(HostIpBlock {
+                    cidr: "198.18.0.0/16".into(),
+                    except: vec!["198.18.5.0/24".into()],
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        apply_on_forward: true,
+        ..Default::default()
+    };
+    let p = plan(&state(vec![("fwd", fwd), ("host", host_only)]), &config());
+    let eth0 = &p.forward[&HostIface::Named("eth0".into())];
+    let lines = eth0.ingress.as_ref().expect("isolated for forwarding");
+    assert!(lines.iter().all(|l| l.policy == "fwd"), "{lines:?}");
+    assert_eq!(eth0.egress, None);
+    // Host traffic still sees both policies.
+    let host = p.ifaces[&HostIface::Named("eth0".into())]
+        .ingress
+        .as_ref()
+        .expect("host");
+    assert_eq!(host.len(), 2);
+    let rs = HostRuleset::build(&p);
+    let (_, base) = rs
+        .base
+        .iter()
+        .find(|(n, _)| *n == "forward")
+        .expect("forward hook");
+    assert_eq!(base.len(), 3, "ct, jump fwd_in, jump fwd_out: {base:?}");
+    let check = serde_json::to_string(&rs.chains["fwd_in"]).expect("json");
+    assert!(
+        check.contains("cali*") && check.contains("\"lo\""),
+        "{check}"
+    );
+    assert_eq!(rs.maps["hep_fwd_in"]["eth0"], "fin_if_eth0");
+    let chain = &rs.chains["fin_if_eth0"];
+    assert_eq!(chain.len(), 2, "allow line, final drop: {chain:?}");
+    assert_eq!(
+        chain[0].0.last(),
+        Some(&serde_json::json!({"return": null}))
+    );
+    let batch = rs.apply_batch().to_json().expect("json");
+    assert!(
+        batch.contains(r#"{"goto":{"target":"fin_if_eth0"}}"#),
+        "{batch}"
+    );
+}

@@ -86,9 +86,11 @@ mod tests {
             "metadata": {"name": "ssh-only"},
             "spec": {"hostEndpointSelector": {"matchLabels": {"role": "worker"}},
                      "ingress": [{"from": [{"ipBlock": {"cidr": "198.18.0.0/16"}}],
-                                  "ports": [{"protocol": "TCP", "port": 8080}]}]}
+                                  "ports": [{"protocol": "TCP", "port": 8080}]}],
+                     "applyOnForward": true}
         }))
         .expect("HostNetworkPolicy");
         assert_eq!(hnp.to_model().spec.ingress.len(), 1);
+        assert!(hnp.to_model().spec.apply_on_forward);
     }
 }
