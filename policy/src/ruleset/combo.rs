@@ -28,9 +28,7 @@ use crate::model::{Labels, PodInfo, Protocol};
 use crate::origin::{RuleAction, RuleOrigin, fixed};
 use crate::plan::{PortMatch, RulePlan, peer_selects};
 use crate::ruleset::fill::Members;
-use crate::ruleset::{
-    BuildCx, Elem, Match, RuleIr, Ruleset, SetIr, SetKind, Verdict, digest, peer_field,
-};
+use crate::ruleset::{BuildCx, Elem, Match, RuleIr, Ruleset, SetKind, Verdict, digest, peer_field};
 
 /// Rules on ports of their own from which a chain merges them.
 pub const COMBO_MIN: usize = 16;
@@ -169,16 +167,8 @@ impl Ruleset {
 impl BuildCx {
     fn combo(&mut self, rs: &mut Ruleset, entries: &[ComboEntry], fam: Family) -> String {
         let name = combo_set(entries, fam);
-        if !rs.sets.contains_key(&name) {
-            rs.sets.insert(
-                name.clone(),
-                SetIr {
-                    kind: SetKind::AddrProtoPort(fam),
-                    elems: BTreeSet::new(),
-                },
-            );
+        if self.declare(rs, &name, SetKind::AddrProtoPort(fam)) {
             self.combos.insert(name.clone(), (entries.to_vec(), fam));
-            self.new_sets.push(name.clone());
         }
         name
     }

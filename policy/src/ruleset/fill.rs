@@ -33,37 +33,38 @@ pub(crate) struct BuildCx {
 }
 
 impl BuildCx {
+    /// Declares the empty set `name` unless the ruleset has it; true when
+    /// it is new (the caller records what fills it).
+    pub(crate) fn declare(&mut self, rs: &mut Ruleset, name: &str, kind: SetKind) -> bool {
+        if rs.sets.contains_key(name) {
+            return false;
+        }
+        rs.sets.insert(
+            name.to_string(),
+            SetIr {
+                kind,
+                elems: BTreeSet::new(),
+            },
+        );
+        self.new_sets.push(name.to_string());
+        true
+    }
+
     pub(crate) fn selector(&mut self, rs: &mut Ruleset, peers: &[PodPeer], fam: Family) -> String {
         let name = match peers {
             [one] => selector_set(one, fam),
             _ => union_set(peers, fam),
         };
-        if !rs.sets.contains_key(&name) {
-            rs.sets.insert(
-                name.clone(),
-                SetIr {
-                    kind: SetKind::Addr(fam),
-                    elems: BTreeSet::new(),
-                },
-            );
+        if self.declare(rs, &name, SetKind::Addr(fam)) {
             self.selectors.insert(name.clone(), (peers.to_vec(), fam));
-            self.new_sets.push(name.clone());
         }
         name
     }
 
     pub(crate) fn nodes(&mut self, rs: &mut Ruleset, sel: &Selector, fam: Family) -> String {
         let name = node_set(sel, fam);
-        if !rs.sets.contains_key(&name) {
-            rs.sets.insert(
-                name.clone(),
-                SetIr {
-                    kind: SetKind::Addr(fam),
-                    elems: BTreeSet::new(),
-                },
-            );
+        if self.declare(rs, &name, SetKind::Addr(fam)) {
             self.nodes.insert(name.clone(), (sel.clone(), fam));
-            self.new_sets.push(name.clone());
         }
         name
     }
@@ -76,17 +77,9 @@ impl BuildCx {
         fam: Family,
     ) -> String {
         let name = named_set(peers, named, fam);
-        if !rs.sets.contains_key(&name) {
-            rs.sets.insert(
-                name.clone(),
-                SetIr {
-                    kind: SetKind::AddrProtoPort(fam),
-                    elems: BTreeSet::new(),
-                },
-            );
+        if self.declare(rs, &name, SetKind::AddrProtoPort(fam)) {
             self.named
                 .insert(name.clone(), (peers.clone(), named.clone(), fam));
-            self.new_sets.push(name.clone());
         }
         name
     }
