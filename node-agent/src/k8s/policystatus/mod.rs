@@ -158,34 +158,25 @@ async fn write_all(cluster: &Cluster, planner: &mut Planner) {
     let now = Timestamp::now().to_string();
     let writes = planner.plan(values.iter().map(|(k, v)| (*k, v)), &now);
     for w in writes {
+        let client = cluster.client();
         let result = match w.kind {
             AdminKind::Admin => {
-                let Some(o) = admin
-                    .iter()
-                    .find(|o| o.metadata.name.as_deref() == Some(&w.name))
-                else {
-                    continue;
-                };
-                let api: Api<RawAdminNetworkPolicy> = Api::all(cluster.client());
-                let body = with_status(o.as_ref().clone(), &w, |o| (&mut o.metadata, &mut o.rest));
-                api.replace_status(&w.name, &PostParams::default(), &body)
-                    .await
-                    .map(|_| ())
+                replace_status(client, &admin, &w, |o: &mut RawAdminNetworkPolicy| {
+                    (&mut o.metadata, &mut o.rest)
+                })
+                .await
             }
             AdminKind::Baseline => {
-                let Some(o) = baseline
-                    .iter()
-                    .find(|o| o.metadata.name.as_deref() == Some(&w.name))
-                else {
-                    continue;
-                };
-                let api: Api<RawBaselineAdminNetworkPolicy> = Api::all(cluster.client());
-                let body = with_status(o.as_ref().clone(), &w, |o| (&mut o.metadata, &mut o.rest));
-                api.replace_status(&w.name, &PostParams::default(), &body)
-                    .await
-                    .map(|_| ())
+                replace_status(
+                    client,
+                    &baseline,
+                    &w,
+                    |o: &mut RawBaselineAdminNetworkPolicy| (&mut o.metadata, &mut o.rest),
+                )
+                .await
             }
         };
+        let Some(result) = result else { continue };
         match result {
             Ok(()) => tracing::info!(
                 kind = %w.kind, name = %w.name, accepted = w.desired.accepted,
@@ -204,6 +195,34 @@ type Parts<'a> = (
     &'a mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     &'a mut serde_json::Map<String, Value>,
 );
+
+/// Writes the planned status of the cached object `w` names through the
+/// status subresource; `None` when the cache no longer has it.
+async fn replace_status<T>(
+    client: kube::Client,
+    cached: &[Arc<T>],
+    w: &StatusWrite,
+    parts: impl FnOnce(&mut T) -> Parts<'_>,
+) -> Option<Result<(), kube::Error>>
+where
+    T: k8s_openapi::Resource
+        + kube::Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+{
+    let o = cached
+        .iter()
+        .find(|o| kube::Resource::meta(o.as_ref()).name.as_deref() == Some(&w.name))?;
+    let body = with_status(o.as_ref().clone(), w, parts);
+    let api: Api<T> = Api::all(client);
+    Some(
+        api.replace_status(&w.name, &PostParams::default(), &body)
+            .await
+            .map(|_| ()),
+    )
+}
 
 /// The cached object with the planned status, guarded by the
 /// resourceVersion the plan was made on.
