@@ -505,19 +505,22 @@ impl Ruleset {
         }
         // Rules left on lines of their own: from COMBO_MIN of them on, those
         // with few ports share one `addr . proto . port` lookup (combo.rs).
-        let mergeable = groups
+        let mut combo: Vec<(&RulePlan, ComboEntry)> = groups
             .values()
             .filter(|(_, peers)| peers.len() < MERGE_MIN)
             .flat_map(|(group, _)| group)
-            .filter(|r| combo::combo_entry(r).is_some())
-            .count();
-        let mut combo: Vec<(&RulePlan, ComboEntry)> = Vec::new();
+            .filter_map(|r| Some((*r, combo::combo_entry(r)?)))
+            .collect();
+        if combo.len() < COMBO_MIN {
+            combo.clear();
+        }
+        let merged: std::collections::HashSet<*const RulePlan> =
+            combo.iter().map(|(r, _)| *r as *const RulePlan).collect();
         for (ports, (group, peers)) in groups {
             if peers.len() < MERGE_MIN {
                 for r in group {
-                    match combo::combo_entry(r) {
-                        Some(e) if mergeable >= COMBO_MIN => combo.push((r, e)),
-                        _ => body.extend(self.rule_lines(dir, r, &allow, fill)),
+                    if !merged.contains(&(r as *const RulePlan)) {
+                        body.extend(self.rule_lines(dir, r, &allow, fill));
                     }
                 }
                 continue;
