@@ -7,24 +7,12 @@ mod e2e_support;
 
 use std::time::{Duration, Instant};
 
-use e2e_support::{add_pod, eventually_within};
+use e2e_support::{add_pod, anp_crds, eventually_within, try_kubectl_apply};
 use integration_tests::k8s;
 use integration_tests::lab::{Lab, Proto};
 
 fn kubectl_apply(lab: &Lab, name: &str, yaml: &str) -> String {
-    let f = lab.run_dir().join(format!("{name}.yaml"));
-    std::fs::write(&f, yaml).expect("write manifest");
-    let kc = k8s::kubeconfig_path(lab);
-    lab.tor()
-        .exec(&[
-            "kubectl",
-            "--kubeconfig",
-            kc.to_str().expect("path"),
-            "apply",
-            "-f",
-            f.to_str().expect("path"),
-        ])
-        .expect("kubectl apply")
+    try_kubectl_apply(lab, name, yaml).expect("kubectl apply")
 }
 
 #[test]
@@ -40,11 +28,7 @@ fn anp_crds_installed_after_the_agent_are_picked_up() {
     ];
     let pairs = [(1, 0, Proto::Tcp)];
     eventually_within(&pods, &pairs, &[true], "open", Duration::from_secs(15));
-    let crds = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("testdata/admin-network-policy-crds.yaml"),
-    )
-    .expect("crds");
+    let crds = anp_crds();
     let out = kubectl_apply(&lab, "anp-crds", &crds);
     assert!(out.contains("created"), "{out}");
     std::thread::sleep(Duration::from_millis(500)); // CRDs are served

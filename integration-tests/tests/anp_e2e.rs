@@ -8,28 +8,12 @@ mod e2e_support;
 
 use std::time::Duration;
 
-use e2e_support::{add_pod, eventually};
+use e2e_support::{add_pod, anp_crds, eventually, try_kubectl_apply};
 use integration_tests::k8s::{self, Agent};
 use integration_tests::lab::{Lab, Proto};
 
 fn kubectl_apply(lab: &Lab, name: &str, yaml: &str) -> String {
     try_kubectl_apply(lab, name, yaml).expect("kubectl apply")
-}
-
-fn try_kubectl_apply(lab: &Lab, name: &str, yaml: &str) -> Result<String, String> {
-    let f = lab.run_dir().join(format!("{name}.yaml"));
-    std::fs::write(&f, yaml).expect("write manifest");
-    let kc = k8s::kubeconfig_path(lab);
-    lab.tor()
-        .exec(&[
-            "kubectl",
-            "--kubeconfig",
-            kc.to_str().expect("path"),
-            "apply",
-            "-f",
-            f.to_str().expect("path"),
-        ])
-        .map_err(|e| e.to_string())
 }
 
 /// `margayctl policy trace` from the ToR, as an operator would run it.
@@ -58,11 +42,7 @@ fn admin_policies_apply_in_tier_order_once_their_api_is_installed() {
     let lab = Lab::builder().nodes(2).build().expect("lab");
     let _api = k8s::start_apiserver(&lab).expect("apiserver");
     k8s::bootstrap(&lab, &[("v4", "198.19.0.0/16")]).expect("bootstrap");
-    let crds = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("testdata/admin-network-policy-crds.yaml"),
-    )
-    .expect("crds");
+    let crds = anp_crds();
     let out = kubectl_apply(&lab, "anp-crds", &crds);
     assert!(out.contains("created"), "{out}");
     std::thread::sleep(Duration::from_millis(500)); // CRDs are served

@@ -8,6 +8,9 @@
 
 use std::time::{Duration, Instant};
 
+mod e2e_support;
+
+use e2e_support::{anp_crds, try_kubectl, try_kubectl_apply};
 use integration_tests::k8s::{self, Agent};
 use integration_tests::lab::Lab;
 use serde_json::Value;
@@ -15,17 +18,8 @@ use serde_json::Value;
 /// Lease duration of the test (the agent renews every third of it).
 const LEASE: Duration = Duration::from_secs(3);
 
-fn kubectl(lab: &Lab, args: &[&str]) -> Result<String, String> {
-    let kc = k8s::kubeconfig_path(lab);
-    let mut argv = vec!["kubectl", "--kubeconfig", kc.to_str().expect("path")];
-    argv.extend_from_slice(args);
-    lab.tor().exec(&argv).map_err(|e| e.to_string())
-}
-
 fn apply(lab: &Lab, name: &str, yaml: &str) {
-    let f = lab.run_dir().join(format!("{name}.yaml"));
-    std::fs::write(&f, yaml).expect("write manifest");
-    let out = kubectl(lab, &["apply", "-f", f.to_str().expect("path")]).expect("apply");
+    let out = try_kubectl_apply(lab, name, yaml).expect("apply");
     assert!(
         out.contains("created") || out.contains("configured"),
         "{out}"
@@ -36,7 +30,7 @@ fn get(lab: &Lab, args: &[&str]) -> Option<Value> {
     let mut a = vec!["get"];
     a.extend_from_slice(args);
     a.extend(["-o", "json"]);
-    kubectl(lab, &a)
+    try_kubectl(lab, &a)
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
 }
@@ -111,11 +105,7 @@ fn one_elected_agent_writes_accepted_conditions_and_another_takes_over() {
     let lab = Lab::builder().nodes(2).build().expect("lab");
     let _api = k8s::start_apiserver(&lab).expect("apiserver");
     k8s::bootstrap(&lab, &[("v4", "198.19.0.0/16")]).expect("bootstrap");
-    let crds = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("testdata/admin-network-policy-crds.yaml"),
-    )
-    .expect("crds");
+    let crds = anp_crds();
     apply(&lab, "anp-crds", &crds);
     std::thread::sleep(Duration::from_millis(500)); // CRDs are served
     let lease = format!("{}s", LEASE.as_secs());

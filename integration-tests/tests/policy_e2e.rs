@@ -31,10 +31,7 @@ fn margayctl(lab: &Lab, ns: &Netns, args: &[&str]) -> (i32, String) {
 }
 
 fn kubectl(lab: &Lab, args: &[&str]) -> String {
-    let kc = k8s::kubeconfig_path(lab);
-    let mut argv = vec!["kubectl", "--kubeconfig", kc.to_str().expect("path")];
-    argv.extend_from_slice(args);
-    lab.tor().exec(&argv).expect("kubectl")
+    e2e_support::try_kubectl(lab, args).expect("kubectl")
 }
 
 #[test]

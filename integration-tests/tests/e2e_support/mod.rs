@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use integration_tests::cni;
-use integration_tests::k8s::Agent;
+use integration_tests::k8s::{self, Agent};
 use integration_tests::lab::{Daemon, Lab, Netns, Probe, Proto, probe_many};
 
 /// A pod in namespace `demo` labelled `app`, serving TCP and UDP 80.
@@ -99,4 +99,28 @@ pub fn eventually_within(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// `kubectl` with the lab's kubeconfig, run from the ToR as an operator would.
+pub fn try_kubectl(lab: &Lab, args: &[&str]) -> Result<String, String> {
+    let kc = k8s::kubeconfig_path(lab);
+    let mut argv = vec!["kubectl", "--kubeconfig", kc.to_str().expect("path")];
+    argv.extend_from_slice(args);
+    lab.tor().exec(&argv).map_err(|e| e.to_string())
+}
+
+/// `kubectl apply -f` of `yaml`, written to the lab's run directory as `name`.
+pub fn try_kubectl_apply(lab: &Lab, name: &str, yaml: &str) -> Result<String, String> {
+    let f = lab.run_dir().join(format!("{name}.yaml"));
+    std::fs::write(&f, yaml).expect("write manifest");
+    try_kubectl(lab, &["apply", "-f", f.to_str().expect("path")])
+}
+
+/// The upstream AdminNetworkPolicy / BaselineAdminNetworkPolicy CRDs.
+pub fn anp_crds() -> String {
+    std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/admin-network-policy-crds.yaml"),
+    )
+    .expect("crds")
 }
