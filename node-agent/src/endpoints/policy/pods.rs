@@ -328,7 +328,7 @@ mod tests {
             crate::k8s::crd::PodEndpointSpec {
                 node: node.into(),
                 addresses: vec![ip.parse().expect("ip")],
-                labels: [("app".to_string(), app.to_string())].into(),
+                labels: std::sync::Arc::new([("app".to_string(), app.to_string())].into()),
                 named_ports: Vec::new(),
             },
         );
