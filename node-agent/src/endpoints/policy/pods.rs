@@ -211,7 +211,7 @@ impl PolicySync {
                 .state()
                 .pods
                 .keys()
-                .filter(|key| !converted.get(*key).is_some_and(|c| c.pass == pass))
+                .filter(|key| converted.get(*key).is_none_or(|c| c.pass != pass))
                 .cloned()
                 .collect();
             for key in &gone {
