@@ -174,7 +174,7 @@ fn synth(a: &Args, node_name: &str, node_addrs: Vec<IpAddr>) -> Result<Synth> {
     let (server, client) = (key(0), key(a.local_every));
     for (k, app) in [(&server, "iperf-server"), (&client, "iperf-client")] {
         let p = state.pods.get_mut(k).ok_or_else(|| anyhow!("no pod {k}"))?;
-        p.labels.insert("app".into(), app.into());
+        std::sync::Arc::make_mut(&mut p.labels).insert("app".into(), app.into());
     }
     for n in 0..namespaces {
         let ns = format!("ns-{n}");
@@ -431,7 +431,7 @@ fn label_latency<S: NftSink>(
             .get(pod)
             .cloned()
             .ok_or_else(|| anyhow!("no pod {pod}"))?;
-        p.labels.insert("app".into(), values[i % 2].into());
+        std::sync::Arc::make_mut(&mut p.labels).insert("app".into(), values[i % 2].into());
         let t = Instant::now();
         e.upsert_pod(p);
         let st = e.commit(sink).map_err(|err| anyhow!("commit: {err}"))?;

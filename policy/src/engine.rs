@@ -75,8 +75,10 @@ pub struct Engine {
     state: ClusterState,
     node: NodeContext,
     policies: Policies,
-    /// Member pods by address (several while an address is being reused).
-    by_ip: HashMap<IpAddr, BTreeSet<PodKey>>,
+    /// Member pods by address (several while an address is being reused),
+    /// sorted. A Vec, not a BTreeSet: almost every address has one pod, and
+    /// a set's first node is ~0.5 KB per address (docs/scale.md).
+    by_ip: HashMap<IpAddr, Vec<PodKey>>,
     rs: Ruleset,
     sel_sets: BTreeMap<String, (Vec<PodPeer>, Family)>,
     named_sets: BTreeMap<String, NamedKey>,
@@ -576,7 +578,7 @@ impl Engine {
             ips.extend(o.ips.iter().copied());
             for ip in &o.ips {
                 if let Some(s) = self.by_ip.get_mut(ip) {
-                    s.remove(key);
+                    s.retain(|k| k != key);
                     if s.is_empty() {
                         self.by_ip.remove(ip);
                     }
@@ -587,7 +589,10 @@ impl Engine {
             ips.extend(new.ips.iter().copied());
             if is_member(new) {
                 for ip in &new.ips {
-                    self.by_ip.entry(*ip).or_default().insert(key.clone());
+                    let keys = self.by_ip.entry(*ip).or_default();
+                    if let Err(at) = keys.binary_search(key) {
+                        keys.insert(at, key.clone());
+                    }
                 }
             }
         }

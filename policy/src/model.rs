@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -167,7 +168,9 @@ impl PodPhase {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
     pub key: PodKey,
-    pub labels: Labels,
+    /// Shared: the agent's PodEndpoint cache and the engine hold one map
+    /// per pod between them, not one each (docs/scale.md).
+    pub labels: Arc<Labels>,
     /// `status.podIPs` (IPv4 and/or IPv6).
     pub ips: Vec<IpAddr>,
     /// Container ports of `spec.containers`.
@@ -182,7 +185,7 @@ impl PodInfo {
     pub fn new(namespace: &str, name: &str) -> Self {
         PodInfo {
             key: PodKey::new(namespace, name),
-            labels: Labels::new(),
+            labels: Arc::default(),
             ips: Vec::new(),
             ports: Vec::new(),
             phase: PodPhase::Running,
@@ -192,7 +195,7 @@ impl PodInfo {
     }
 
     pub fn label(mut self, k: &str, v: &str) -> Self {
-        self.labels.insert(k.to_string(), v.to_string());
+        Arc::make_mut(&mut self.labels).insert(k.to_string(), v.to_string());
         self
     }
 
@@ -225,7 +228,7 @@ impl PodInfo {
             .clone()
             .ok_or(ModelError::MissingField("pod metadata.name"))?;
         let key = PodKey::new(namespace, name);
-        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let labels = Arc::new(pod.metadata.labels.clone().unwrap_or_default());
         let spec = pod.spec.as_ref();
         let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
         let node_name = spec.and_then(|s| s.node_name.clone());

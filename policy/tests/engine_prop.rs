@@ -366,7 +366,7 @@ fn run(ops: Vec<Op>, node_count: usize) -> Result<(), TestCaseError> {
                 let Some(p) = xyz.state.pods.get_mut(&key(ns, pod)) else {
                     continue;
                 };
-                p.labels
+                std::sync::Arc::make_mut(&mut p.labels)
                     .insert("pod".into(), ["a", "b", "c", "other"][value].into());
                 let p = p.clone();
                 for n in &mut nodes {

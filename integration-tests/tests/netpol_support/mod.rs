@@ -318,8 +318,8 @@ impl PolicyLab {
     ) -> Result<(), String> {
         let p = self.xyz.pod_mut(ns, pod).ok_or("no such pod")?;
         match value {
-            Some(v) => p.labels.insert(key.into(), v.into()),
-            None => p.labels.remove(key),
+            Some(v) => std::sync::Arc::make_mut(&mut p.labels).insert(key.into(), v.into()),
+            None => std::sync::Arc::make_mut(&mut p.labels).remove(key),
         };
         let p = p.clone();
         for (e, _) in &mut self.engines {
@@ -358,7 +358,7 @@ impl PolicyLab {
         for ns in NAMESPACES {
             for pod in PODS {
                 let p = self.xyz.pod_mut(ns, pod).ok_or("no such pod")?;
-                p.labels = [("pod".to_string(), pod.to_string())].into();
+                p.labels = std::sync::Arc::new([("pod".to_string(), pod.to_string())].into());
                 let p = p.clone();
                 for (e, _) in &mut self.engines {
                     e.upsert_pod(p.clone());

@@ -33,7 +33,8 @@ pub struct CommitError(String);
 pub struct PolicySync {
     engine: Engine,
     sink: FastSink,
-    pods: BTreeMap<PodKey, PodInfo>,
+    // The pods are the engine's (`engine.state().pods`): one copy of each
+    // PodInfo, not a mirror beside it (docs/scale.md, "Where the memory goes").
     /// What each pod was last converted from.
     converted: HashMap<PodKey, pods::Converted>,
     /// Passes of `update` so far.
@@ -59,7 +60,6 @@ impl PolicySync {
             engine,
             // Opened here, in the node's namespace, like the nft session.
             sink: FastSink::new(NftSession::new()),
-            pods: BTreeMap::new(),
             converted: HashMap::new(),
             pass: 0,
             pod_ips: Arc::default(),
@@ -188,10 +188,8 @@ impl PolicySync {
     /// Adds one pod as EndpointUp describes it (Pod object fetched by the
     /// caller if the watch has not delivered it yet).
     pub fn upsert_pod(&mut self, info: PodInfo) {
-        if self.pods.get(&info.key) != Some(&info) {
-            self.engine.upsert_pod(info.clone());
-            self.pods.insert(info.key.clone(), info);
-        }
+        // A no-op when the engine already has it.
+        self.engine.upsert_pod(info);
     }
 
     /// EndpointUp's targeted update: this pod (with the addresses the CNI
@@ -215,7 +213,7 @@ impl PolicySync {
 
     /// Whether the engine knows this pod.
     pub fn knows_pod(&self, key: &PodKey) -> bool {
-        self.pods.contains_key(key)
+        self.engine.state().pods.contains_key(key)
     }
 
     /// Applies pending changes to the kernel in one transaction.

@@ -38,12 +38,16 @@ pub fn requested_by_annotation(pod: &Pod) -> Result<Vec<IpAddr>, String> {
 }
 
 /// What of an object the agent keeps in its cache: all of it, except
-/// for Pods (see [`trim_pod`]).
+/// for Pods (see [`trim_pod`]), Nodes ([`trim_node`]) and PodEndpoints.
 pub trait Cached {
     /// Drops what the agent never reads (nothing, by default).
     fn trim(&mut self) {}
 }
-impl Cached for Node {}
+impl Cached for Node {
+    fn trim(&mut self) {
+        trim_node(self);
+    }
+}
 impl Cached for Namespace {}
 impl Cached for NetworkPolicy {}
 impl Cached for IPPool {}
@@ -56,10 +60,17 @@ impl Cached for IPAMConfiguration {}
 impl Cached for RawAdminNetworkPolicy {}
 impl Cached for RawBaselineAdminNetworkPolicy {}
 impl Cached for PodEndpoint {
-    /// Every agent holds one per pod of the cluster: keep the spec, the
-    /// identity (name, namespace, uid, resourceVersion) and the node label.
+    /// Every agent holds one per pod of the cluster: keep the spec and
+    /// the name, namespace and resourceVersion (what policy, the leak GC
+    /// and the flow log read). Not the node label (the spec names the
+    /// node; the publisher reads its own objects from the API, not from
+    /// this cache): a one-entry label map is ~0.6 KB, a third of the
+    /// cached object (docs/scale.md).
     fn trim(&mut self) {
         let m = &mut self.metadata;
+        m.labels = None;
+        m.uid = None;
+        m.generation = None;
         m.managed_fields = None;
         m.owner_references = None;
         m.annotations = None;
@@ -70,6 +81,23 @@ impl Cached for PodEndpoint {
 impl Cached for Pod {
     fn trim(&mut self) {
         trim_pod(self);
+    }
+}
+
+/// Drops what the agent never reads of a Node before it is cached: it
+/// keeps the metadata (name, labels, annotations: Margay's addresses and
+/// route-reflector settings are annotations), the spec, and of the status
+/// only the addresses. Every agent holds every Node; a kubelet's Node
+/// status (images, conditions, nodeInfo, capacity) is most of its bytes.
+pub fn trim_node(n: &mut Node) {
+    use k8s_openapi::api::core::v1::NodeStatus;
+    n.metadata.managed_fields = None;
+    n.metadata.owner_references = None;
+    if let Some(st) = n.status.take() {
+        n.status = Some(NodeStatus {
+            addresses: st.addresses,
+            ..NodeStatus::default()
+        });
     }
 }
 
@@ -155,5 +183,42 @@ mod tests {
         let spec = t.spec.as_ref().expect("spec");
         assert_eq!(spec.containers[0].image, None);
         assert_eq!(t.status.as_ref().and_then(|s| s.host_ip.clone()), None);
+    }
+
+    #[test]
+    fn a_trimmed_node_keeps_what_the_agent_reads() {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n2", "labels": {"zone": "a"},
+                "annotations": {crate::k8s::node::annotations::ANN_IPV4: "198.18.0.12/24"},
+                "managedFields": [{"manager": "kubelet", "operation": "Update"}]},
+            "spec": {"podCIDR": "10.0.0.0/24"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "198.18.0.12"},
+                                     {"type": "InternalIP", "address": "2001:db8::12"}],
+                "images": [{"names": ["registry.example.com/a:1"], "sizeBytes": 1}],
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "nodeInfo": {"architecture": "amd64", "bootID": "b", "containerRuntimeVersion": "c",
+                    "kernelVersion": "k", "kubeProxyVersion": "", "kubeletVersion": "v",
+                    "machineID": "m", "operatingSystem": "linux", "osImage": "o", "systemUUID": "s"}}
+        }))
+        .expect("node");
+        let mut t = node.clone();
+        trim_node(&mut t);
+        assert_eq!(
+            crate::k8s::node::annotations::node_facts(&t),
+            crate::k8s::node::annotations::node_facts(&node)
+        );
+        assert_eq!(
+            crate::k8s::node::internal_ips(Some(&t)),
+            crate::k8s::node::internal_ips(Some(&node))
+        );
+        assert_eq!(
+            policy::NodeInfo::from_k8s(&t).expect("trimmed"),
+            policy::NodeInfo::from_k8s(&node).expect("full")
+        );
+        assert_eq!(t.metadata.labels, node.metadata.labels);
+        assert_eq!(t.spec, node.spec);
+        let st = t.status.as_ref().expect("status");
+        assert!(st.images.is_none() && st.conditions.is_none() && st.node_info.is_none());
+        assert!(t.metadata.managed_fields.is_none());
     }
 }

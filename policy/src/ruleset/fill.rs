@@ -162,7 +162,7 @@ impl<'a> Members<'a> {
         let index = indexed.then(|| {
             let mut index = PodIndex::new();
             for pod in state.pods.values().filter(|p| is_member(p)) {
-                for (k, v) in &pod.labels {
+                for (k, v) in pod.labels.iter() {
                     index
                         .entry((pod.key.namespace.as_str(), k.as_str(), v.as_str()))
                         .or_default()

@@ -258,7 +258,7 @@ fn engine_through_the_fast_sink_ends_where_a_full_rebuild_does() {
                 e.upsert_endpoint(ep.clone());
             }
             if let Some(mut p) = e.state().pods.get(key).cloned() {
-                p.labels
+                std::sync::Arc::make_mut(&mut p.labels)
                     .insert("pod".into(), ["a", "b", "c", "d"][step % 4].into());
                 e.upsert_pod(p);
             }

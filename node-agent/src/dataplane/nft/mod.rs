@@ -141,11 +141,14 @@ impl NftCli {
     }
 
     /// Every counted policy rule of `inet margay` and `inet margay_host`
-    /// (one `nft -j list table` each; a missing table has none).
+    /// (one `nft -t -j list table` each; a missing table has none). Terse:
+    /// without the sets' elements, which the counters do not need and
+    /// which at 30k pods were a 30 MB JSON document parsed at every
+    /// metrics scrape (the agent's peak heap, docs/scale.md).
     pub fn rule_counters(&self) -> Result<Vec<policy::counters::RuleCounter>, NftError> {
         let mut out = Vec::new();
         for t in [policy::ruleset::TABLE, policy::host::HOST_TABLE] {
-            if let Some(v) = self.list_named_table(t)? {
+            if let Some(v) = self.list_table_as(t, true)? {
                 out.extend(policy::counters::parse_listing(&v)?);
             }
         }
@@ -154,9 +157,23 @@ impl NftCli {
 
     /// `table inet <name>` as JSON (`None` if there is none).
     pub fn list_named_table(&self, name: &str) -> Result<Option<serde_json::Value>, NftError> {
+        self.list_table_as(name, false)
+    }
+
+    /// [`NftCli::list_named_table`], `terse` without set elements (`nft -t`).
+    fn list_table_as(
+        &self,
+        name: &str,
+        terse: bool,
+    ) -> Result<Option<serde_json::Value>, NftError> {
         let out = self
             .command()
-            .args(["-j", "list", "table", "inet", name])
+            .args(if terse {
+                &["-t", "-j"][..]
+            } else {
+                &["-j"][..]
+            })
+            .args(["list", "table", "inet", name])
             .output()
             .map_err(|source| NftError::Spawn {
                 program: self.program.clone(),

@@ -189,10 +189,8 @@ impl PolicySync {
                 }
             }
             info.ips.sort();
-            if self.pods.get(&key) != Some(&info) {
-                self.engine.upsert_pod(info.clone());
-                self.pods.insert(key.clone(), info);
-            }
+            // A no-op when the engine already has it.
+            self.engine.upsert_pod(info);
             self.converted.insert(
                 key,
                 Converted {
@@ -206,15 +204,19 @@ impl PolicySync {
         }
         // Gone from the cluster (or only ever known from EndpointUp); when
         // every known pod was seen, nothing is.
-        if seen != self.pods.len() || seen != self.converted.len() {
-            let (engine, converted) = (&mut self.engine, &self.converted);
-            self.pods.retain(|key, _| {
-                let keep = converted.get(key).is_some_and(|c| c.pass == pass);
-                if !keep {
-                    engine.remove_pod(key);
-                }
-                keep
-            });
+        if seen != self.engine.state().pods.len() || seen != self.converted.len() {
+            let converted = &self.converted;
+            let gone: Vec<PodKey> = self
+                .engine
+                .state()
+                .pods
+                .keys()
+                .filter(|key| converted.get(*key).is_none_or(|c| c.pass != pass))
+                .cloned()
+                .collect();
+            for key in &gone {
+                self.engine.remove_pod(key);
+            }
             self.converted.retain(|_, c| c.pass == pass);
         }
     }
@@ -326,7 +328,7 @@ mod tests {
             crate::k8s::crd::PodEndpointSpec {
                 node: node.into(),
                 addresses: vec![ip.parse().expect("ip")],
-                labels: [("app".to_string(), app.to_string())].into(),
+                labels: std::sync::Arc::new([("app".to_string(), app.to_string())].into()),
                 named_ports: Vec::new(),
             },
         );

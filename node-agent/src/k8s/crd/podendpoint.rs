@@ -54,12 +54,18 @@ pub struct PodEndpointSpec {
     /// The pod's addresses (IPv4 and/or IPv6).
     #[serde(default)]
     pub addresses: Vec<std::net::IpAddr>,
+    // Shared with the policy engine's copy of the pod
+    // (`policy::PodInfo::labels`): one map per pod in the agent.
     /// The pod's labels.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "no_labels")]
+    pub labels: std::sync::Arc<BTreeMap<String, String>>,
     /// The pod's named container ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub named_ports: Vec<NamedPort>,
+}
+
+fn no_labels(l: &std::sync::Arc<BTreeMap<String, String>>) -> bool {
+    l.is_empty()
 }
 
 impl PodEndpoint {

@@ -91,10 +91,99 @@ pub struct IpamView {
     pub pod_ips: Arc<BTreeMap<(String, String), Vec<IpAddr>>>,
 }
 
+/// Who made one allocation, as the view tells them apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Maker {
+    /// No node recorded.
+    Nobody,
+    /// This node; with the handle (local allocations are listed by it).
+    Me(Box<str>),
+    /// The node the block is affine to.
+    Affine,
+    /// Another node (outside its own blocks: a borrowed address).
+    Other(Box<str>),
+}
+
+/// One allocation as the view reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Held {
+    ip: IpAddr,
+    maker: Maker,
+    /// (namespace, pod), when the allocation has a pod identity.
+    pod: Option<(Box<str>, Box<str>)>,
+}
+
+/// What the view reads of one IPAM block, and all it keeps of it: the
+/// network, the affinity, and per allocation the address, who made it and
+/// the pod — the handle only for this node's allocations, nothing of the
+/// free list, sequences or timestamps. The view task holds one per block
+/// of the cluster (docs/scale.md, "Where the memory goes").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockDigest {
+    net: IpNetwork,
+    /// `host:<node>` (or another affinity), if any.
+    affinity: Option<Box<str>>,
+    held: Vec<Held>,
+}
+
+impl BlockDigest {
+    /// The digest of `b` for node `me`; `None` (logged) for a block whose
+    /// CIDR is unusable. Allocations outside the block are dropped (logged).
+    pub fn of(b: &BlockObject, me: &str) -> Option<BlockDigest> {
+        let spec = &b.spec;
+        let Ok(net) = spec.cidr.to_string().parse::<IpNetwork>() else {
+            tracing::warn!(block = %b.name, cidr = %spec.cidr, "block with an unusable CIDR ignored");
+            return None;
+        };
+        let affine_to = spec
+            .affinity
+            .as_deref()
+            .and_then(|a| a.strip_prefix("host:"));
+        let mut held = Vec::with_capacity(spec.allocations.len());
+        for a in &spec.allocations {
+            let Some(ip) = nth(net, a.ordinal) else {
+                tracing::warn!(block = %b.name, ordinal = a.ordinal, "allocation outside its block ignored");
+                continue;
+            };
+            let maker = match a.attrs.node.as_deref() {
+                None => Maker::Nobody,
+                Some(n) if n == me => Maker::Me(a.handle.as_str().into()),
+                Some(n) if affine_to == Some(n) => Maker::Affine,
+                Some(n) => Maker::Other(n.into()),
+            };
+            let pod = a
+                .attrs
+                .namespace
+                .as_deref()
+                .zip(a.attrs.pod.as_deref())
+                .map(|(ns, pod)| (ns.into(), pod.into()));
+            held.push(Held { ip, maker, pod });
+        }
+        Some(BlockDigest {
+            net,
+            affinity: spec.affinity.as_deref().map(Into::into),
+            held,
+        })
+    }
+}
+
 impl IpamView {
     /// Distils `blocks` for node `me`.
     pub fn from_blocks<'a>(
         blocks: impl IntoIterator<Item = &'a BlockObject>,
+        me: &str,
+    ) -> IpamView {
+        let digests: Vec<BlockDigest> = blocks
+            .into_iter()
+            .filter_map(|b| BlockDigest::of(b, me))
+            .collect();
+        IpamView::from_digests(&digests, me)
+    }
+
+    /// Distils the digests of the blocks ([`BlockDigest::of`] for the same
+    /// `me`).
+    pub fn from_digests<'a>(
+        blocks: impl IntoIterator<Item = &'a BlockDigest>,
         me: &str,
     ) -> IpamView {
         let affinity = ipam::model::host_affinity(me);
@@ -104,66 +193,57 @@ impl IpamView {
         };
         let mut pod_ips: BTreeMap<(String, String), Vec<IpAddr>> = BTreeMap::new();
         for b in blocks {
-            let spec = &b.spec;
-            let Ok(net) = spec.cidr.to_string().parse::<IpNetwork>() else {
-                tracing::warn!(block = %b.name, cidr = %spec.cidr, "block with an unusable CIDR ignored");
-                continue;
-            };
-            let ours = spec.affinity.as_deref() == Some(affinity.as_str());
-            let affine_to = spec
-                .affinity
-                .as_deref()
-                .and_then(|a| a.strip_prefix("host:"));
+            let net = b.net;
+            let ours = b.affinity.as_deref() == Some(affinity.as_str());
+            let affine_to = b.affinity.as_deref().and_then(|a| a.strip_prefix("host:"));
             if ours {
                 view.affine_blocks.insert(net);
             } else if let Some(other) = affine_to {
                 view.remote.insert(net, other.to_string());
             }
-            for a in &spec.allocations {
-                let Some(ip) = nth(net, a.ordinal) else {
-                    tracing::warn!(block = %b.name, ordinal = a.ordinal, "allocation outside its block ignored");
-                    continue;
-                };
+            for a in &b.held {
+                let ip = a.ip;
                 // No pod identity: a standalone workload the CNI plugin
                 // wired (only the CNI allocates through the agent), keyed
                 // by its handle, and nobody's pod address.
-                let identity = a.attrs.namespace.as_ref().zip(a.attrs.pod.as_ref());
-                if let Some((ns, pod)) = identity {
+                if let Some((ns, pod)) = &a.pod {
                     pod_ips
-                        .entry((ns.clone(), pod.clone()))
+                        .entry((ns.to_string(), pod.to_string()))
                         .or_default()
                         .push(ip);
                 }
-                match a.attrs.node.as_deref() {
-                    Some(n) if n == me && is_tunnel_handle(&a.handle) => {
+                match &a.maker {
+                    Maker::Me(handle) if is_tunnel_handle(handle) => {
                         view.tunnels.push(LocalAllocation {
                             ip,
                             namespace: String::new(),
                             pod: String::new(),
-                            handle: a.handle.clone(),
+                            handle: handle.to_string(),
                             borrowed: !ours,
                             host_if: String::new(),
                         });
                     }
-                    Some(n) if n == me => {
-                        let (namespace, pod) = identity
-                            .map(|(n, p)| (n.clone(), p.clone()))
+                    Maker::Me(handle) => {
+                        let (namespace, pod) = a
+                            .pod
+                            .as_ref()
+                            .map(|(n, p)| (n.to_string(), p.to_string()))
                             .unwrap_or_default();
                         view.local.push(LocalAllocation {
                             ip,
-                            host_if: VethName::for_attachment(&namespace, &pod, &a.handle, "eth0")
+                            host_if: VethName::for_attachment(&namespace, &pod, handle, "eth0")
                                 .into(),
                             namespace,
                             pod,
-                            handle: a.handle.clone(),
+                            handle: handle.to_string(),
                             borrowed: !ours,
                         });
                     }
                     // Another node's address outside its own blocks.
-                    Some(n) if affine_to != Some(n) => {
+                    Maker::Other(n) => {
                         view.remote.insert(IpNetwork::from(ip), n.to_string());
                     }
-                    _ => {}
+                    Maker::Affine | Maker::Nobody => {}
                 }
             }
         }
@@ -217,7 +297,8 @@ pub async fn run(
     tx: Arc<watch::Sender<Arc<IpamView>>>,
     mut pulse: crate::status::health::Pulse,
 ) {
-    let mut blocks: BTreeMap<String, BlockObject> = BTreeMap::new();
+    // A digest per block, not the block: the view reads a few fields.
+    let mut blocks: BTreeMap<String, BlockDigest> = BTreeMap::new();
     let mut backoff = Duration::from_millis(200);
     loop {
         let mut stream = store.watch_blocks();
@@ -232,16 +313,26 @@ pub async fn run(
                     backoff = Duration::from_millis(200);
                     match ev {
                         BlockEvent::Resync(all) => {
-                            blocks = all.into_iter().map(|b| (b.name.clone(), b)).collect();
+                            blocks.clear();
+                            for b in all {
+                                if let Some(d) = BlockDigest::of(&b, &me) {
+                                    blocks.insert(b.name, d);
+                                }
+                            }
                         }
-                        BlockEvent::Applied(b) => {
-                            blocks.insert(b.name.clone(), b);
-                        }
+                        BlockEvent::Applied(b) => match BlockDigest::of(&b, &me) {
+                            Some(d) => {
+                                blocks.insert(b.name, d);
+                            }
+                            None => {
+                                blocks.remove(&b.name);
+                            }
+                        },
                         BlockEvent::Deleted { name } => {
                             blocks.remove(&name);
                         }
                     }
-                    let view = Arc::new(IpamView::from_blocks(blocks.values(), &me));
+                    let view = Arc::new(IpamView::from_digests(blocks.values(), &me));
                     tx.send_if_modified(|cur| {
                         if **cur == *view {
                             false
