@@ -219,6 +219,19 @@ impl Reserve {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The allocator it serves from.
+    pub fn allocator(&self) -> &Allocator {
+        &self.shared.alloc
+    }
+
+    /// The unit pod `handle` took, while its move is not done.
+    pub fn taken_by(&self, handle: &str) -> Option<Vec<Assigned>> {
+        self.lock()
+            .taken
+            .get(handle)
+            .map(|t| t.unit.addresses.clone())
+    }
+
     /// Whether the reserve is on (size > 0).
     pub fn enabled(&self) -> bool {
         self.shared.opts.size > 0
@@ -346,7 +359,12 @@ impl Reserve {
         families: &[Family],
         pool_hints: &[String],
     ) -> Option<Vec<Assigned>> {
-        if !self.enabled() || handle.is_empty() || is_reserve_handle(handle) {
+        if !self.enabled()
+            || handle.is_empty()
+            || handle.len() > 512
+            || handle.chars().any(char::is_control)
+            || is_reserve_handle(handle)
+        {
             return None;
         }
         let mut st = self.lock();
