@@ -310,6 +310,11 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
             .collect();
         // Ends when the last clone of the reserve (the gRPC services') goes.
         drop(reserve.start(in_use));
+        let (r, m) = (reserve.clone(), metrics.clone());
+        sup.restarting("ipam reserve metrics", move |pulse| {
+            pulse.retire();
+            crate::cni_api::ipam::reserve_metrics(r.clone(), m.clone(), Duration::from_secs(5))
+        });
         tracing::info!(units = args.ipam_reserve, "IPAM reserve on");
     }
     let (releases, released) = tokio::sync::mpsc::unbounded_channel();

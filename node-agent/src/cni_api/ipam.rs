@@ -112,6 +112,40 @@ impl AgentIpam {
     }
 }
 
+/// Copies the reserve's figures into the metrics every `period` (for the
+/// agent's life).
+pub async fn reserve_metrics(
+    reserve: ipam::reserve::Reserve,
+    metrics: Arc<Metrics>,
+    period: Duration,
+) {
+    use crate::status::metrics::ReserveLabels;
+    let mut last = ipam::reserve::ReserveMetrics::default();
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let m = reserve.metrics();
+        let l = |w: &str| ReserveLabels { what: w.into() };
+        let units = &metrics.ipam_reserve_units;
+        units.get_or_create(&l("ready")).set(m.ready as i64);
+        units.get_or_create(&l("taken")).set(m.moves_pending as i64);
+        for (what, now, before) in [
+            ("take", m.takes, last.takes),
+            ("fallback", m.fallbacks, last.fallbacks),
+            ("refill", m.refilled, last.refilled),
+            ("refill_failure", m.refill_failures, last.refill_failures),
+            ("move", m.moves, last.moves),
+            ("move_failure", m.move_failures, last.move_failures),
+        ] {
+            metrics
+                .ipam_reserve_events
+                .get_or_create(&l(what))
+                .inc_by(now.saturating_sub(before));
+        }
+        last = m;
+    }
+}
+
 /// One allocation, run to its end. The pod's policy is programmed as soon
 /// as the addresses are chosen, in parallel with the block write and with
 /// the CNI plugin's wiring, so EndpointUp finds it in place (see
