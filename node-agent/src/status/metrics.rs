@@ -95,7 +95,7 @@ pub struct Metrics {
     pub bgp_prefixes_advertised: Family<PeerLabels, Gauge>,
     /// Blocks affine to this node, per pool.
     pub ipam_blocks: Family<PoolLabels, Gauge>,
-    /// Addresses allocated on this node, per pool.
+    /// Addresses allocated on this node, per pool (not the reserve's).
     pub ipam_allocations: Family<PoolLabels, Gauge>,
     /// Addresses this node borrowed from other nodes' blocks.
     pub ipam_borrowed: Gauge,
