@@ -11,7 +11,7 @@
 //!     -p cni-plugin --target x86_64-unknown-linux-gnu   # the margay we ship
 //! cargo run --release -p integration-tests --example bench_cni_agent -- \
 //!     [--runs 200] [--concurrent 50] [--resident 1] [--margay PATH] [--keep-logs DIR]
-//!     [--api-latency-ms 3] [--watch-delay-ms 2]
+//!     [--api-latency-ms 3] [--watch-delay-ms 2] [--reserve 4]
 //! ```
 //! The API server answers as a real one does, not instantly: every request
 //! waits `--api-latency-ms` (an etcd commit and the network) and every
@@ -192,7 +192,14 @@ fn main() -> anyhow::Result<()> {
     } else {
         "warn"
     };
-    let agent = k8s::start_agent(&lab, "n1", &["--log-level", level])?;
+    // --reserve N: the agent's IPAM reserve (units; 0 = off, every ADD
+    // waits for its block write at EndpointUp).
+    let reserve = arg("--reserve", 4).to_string();
+    let agent = k8s::start_agent(
+        &lab,
+        "n1",
+        &["--log-level", level, "--ipam-reserve", &reserve],
+    )?;
     // Pods exist before their sandboxes (kubelet), and a policy selects
     // them all, so every EndpointUp must program policy.
     let n = runs;
@@ -245,7 +252,7 @@ fn main() -> anyhow::Result<()> {
         "{runs} sequential ADD/DEL pairs each ({resident} resident pods on the node), interleaved; margay through the real agent (IPAM on the API test server,"
     );
     println!(
-        "route + NetworkPolicy programmed before EndpointUp answers); ptp + host-local (route by ptp, no policy)\n"
+        "route + NetworkPolicy programmed before EndpointUp answers; IPAM reserve {reserve} units); ptp + host-local (route by ptp, no policy)\n"
     );
     let (mut m_add, mut m_del, mut p_add, mut p_del) = (vec![], vec![], vec![], vec![]);
     let (mut floor, mut version) = (vec![], vec![]);

@@ -53,7 +53,9 @@ fn api_server_outage_keeps_pods_working_and_cni_says_try_again() {
     k8s::bootstrap(&lab, &[("v4", "198.19.0.0/16")]).expect("bootstrap");
     let agents: Vec<Agent> = ["n1", "n2"]
         .iter()
-        .map(|n| k8s::start_agent(&lab, n, &[]).expect("agent"))
+        // No reserve: a reserve unit would answer ADD c without the API
+        // server (its move waits for the server to come back).
+        .map(|n| k8s::start_agent(&lab, n, &["--ipam-reserve", "0"]).expect("agent"))
         .collect();
     let conf = |a: &Agent| cni::margay_conf(a, &lab.run_dir().join("cni.log"));
     let n1 = &lab.node("n1").expect("n1").ns;

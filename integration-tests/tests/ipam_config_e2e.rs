@@ -55,8 +55,11 @@ fn strict_affinity_and_max_blocks_come_from_the_crd_and_apply_live() {
         assert!(err.to_string().contains("must be named default"), "{err}");
     })
     .expect("client");
-    let n1 = k8s::start_agent(&lab, "n1", &[]).expect("agent n1");
-    let n2 = k8s::start_agent(&lab, "n2", &[]).expect("agent n2");
+    // No reserve: the test counts a block's free addresses exactly (a
+    // reserve unit would hand out one of n1's addresses the test expects
+    // to be gone).
+    let n1 = k8s::start_agent(&lab, "n1", &["--ipam-reserve", "0"]).expect("agent n1");
+    let n2 = k8s::start_agent(&lab, "n2", &["--ipam-reserve", "0"]).expect("agent n2");
 
     // n2 claims a block of its own.
     let other = cni::add_pod(&lab, &n2, "x", "on-n2", &[], &[]).expect("n2 pod");

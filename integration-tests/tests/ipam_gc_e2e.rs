@@ -12,8 +12,11 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
 
+/// The pods' handles (not the agent's reserve units).
 fn handles(lab: &Lab) -> Vec<String> {
-    k8s::handles(lab).expect("IPAM handles")
+    let mut h = k8s::handles(lab).expect("IPAM handles");
+    h.retain(|h| !ipam::reserve::is_reserve_handle(h));
+    h
 }
 
 #[test]

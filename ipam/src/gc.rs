@@ -289,4 +289,21 @@ mod tests {
             assert_eq!(t.confirm(ready, &[pod("a")]).len(), 1);
         }
     }
+
+    #[test]
+    fn reserve_units_are_not_leaks_and_go_with_their_node() {
+        let b = vec![block(&[
+            (0, "margay-reserve.n1.17", None, "n1"),
+            (1, "margay-reserve.gone.3", None, "gone"),
+            (2, "net.p", Some("p"), "n1"),
+        ])];
+        let nodes: HashSet<String> = ["n1".to_string()].into();
+        let mut t = LeakTracker::new(1000, Some("n1".into()));
+        for now in [0, 5000] {
+            let ready = t.observe(&b, &[pod("p")], &nodes, now);
+            let handles: Vec<_> = ready.iter().map(|c| c.target.handle.as_str()).collect();
+            assert_eq!(handles, ["margay-reserve.gone.3"], "at {now} ms");
+            assert_eq!(ready[0].reason, LeakReason::NodeGone);
+        }
+    }
 }

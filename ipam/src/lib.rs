@@ -9,6 +9,7 @@
 //! - [`alloc`]: the per-node [`Allocator`] with group commit.
 //! - [`gc`]: leak GC planning; [`report`]: data for `margayctl ipam show/check`.
 //! - [`grpc`]: the `Ipam` tonic service over the allocator.
+//! - [`reserve`]: addresses reserved ahead of demand (an Allocate with no write).
 //! - `bench`: the benchmark driver (any store); with `memstore` and
 //!   `testsupport`, behind the `testkit` feature (test kits only).
 //!
@@ -43,6 +44,7 @@ pub mod grpc;
 pub mod memstore;
 pub mod model;
 pub mod report;
+pub mod reserve;
 /// Label selectors (pool node selectors): the workspace's one
 /// implementation, in `margay-types`.
 pub use margay_types::selector;

@@ -262,6 +262,8 @@ pub(crate) enum Cmd {
     Allocate(AllocRequest, Reply<Vec<Assigned>>, Option<Picked>),
     Release(String, Reply<Vec<IpAddr>>),
     ReleaseTargets(Vec<ReleaseTarget>, Reply<Vec<ReleaseTarget>>),
+    /// from, to, the new owner attributes.
+    Move(String, String, AllocationAttrs, Reply<Vec<IpAddr>>),
     Inspect(Inspect),
     Idle(oneshot::Sender<()>),
     Refresh(Reply<()>),
@@ -441,6 +443,56 @@ impl Allocator {
         targets: Vec<ReleaseTarget>,
     ) -> Result<Vec<ReleaseTarget>, IpamError> {
         self.call(|r| Cmd::ReleaseTargets(targets, r)).await
+    }
+
+    /// Moves every address of handle `from` to handle `to` (owner
+    /// attributes `attrs`) in one CAS per block: the addresses stay
+    /// allocated throughout. Ordered with the other ops on `to`. Returns
+    /// the addresses moved; `to` already holding them (a retried move whose
+    /// reply was lost) counts as moved. Fails if `from` holds nothing and
+    /// `to` holds nothing, or if `to` already holds an address of a family
+    /// `from` has.
+    pub async fn move_handle(
+        &self,
+        from: &str,
+        to: &str,
+        attrs: AllocationAttrs,
+    ) -> Result<Vec<IpAddr>, IpamError> {
+        let (f, t) = (from.to_string(), to.to_string());
+        self.call(|r| Cmd::Move(f, t, attrs, r)).await
+    }
+
+    /// Every handle whose name starts with `prefix`, with its addresses
+    /// (from the cache; sorted by handle).
+    pub async fn handles_with_prefix(&self, prefix: &str) -> Result<Vec<HandleInfo>, IpamError> {
+        let prefix = prefix.to_string();
+        self.inspect(move |v| {
+            let mut out: Vec<HandleInfo> = v
+                .index
+                .iter()
+                .filter(|(h, _)| h.starts_with(&prefix))
+                .map(|(h, slots)| {
+                    let mut addresses: Vec<Assigned> = slots
+                        .iter()
+                        .filter_map(|s| v.assigned(&v.blocks.get(&s.block)?.spec, s.ordinal))
+                        .collect();
+                    addresses.sort_by_key(|a| a.ip);
+                    let attrs = slots
+                        .iter()
+                        .find_map(|s| v.blocks.get(&s.block)?.spec.allocation(s.ordinal))
+                        .map(|a| a.attrs.clone())
+                        .unwrap_or_default();
+                    HandleInfo {
+                        handle: h.clone(),
+                        addresses,
+                        attrs,
+                    }
+                })
+                .collect();
+            out.sort_by(|a, b| a.handle.cmp(&b.handle));
+            out
+        })
+        .await
     }
 
     /// Runs `f` on the worker's view between rounds.

@@ -51,6 +51,14 @@ enum Kind {
         released: Vec<ReleaseTarget>,
         reply: Option<Reply<Vec<ReleaseTarget>>>,
     },
+    /// Rewrites every address of handle `from` to the op's handle (one CAS
+    /// per block; the addresses are never free in between).
+    Move {
+        from: String,
+        attrs: crate::model::AllocationAttrs,
+        moved: Vec<IpAddr>,
+        reply: Reply<Vec<IpAddr>>,
+    },
 }
 
 struct Op {
@@ -409,6 +417,25 @@ impl Worker {
                     }
                     let _ = reply.send(Ok(out));
                 });
+            }
+            Cmd::Move(from, to, mut attrs, reply) => {
+                if let Err(e) = check_name("handle", &from, true)
+                    .and_then(|()| check_name("handle", &to, true))
+                {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                attrs.node = Some(self.view.node.name.clone());
+                let op = self.new_op(
+                    to,
+                    Kind::Move {
+                        from,
+                        attrs,
+                        moved: Vec::new(),
+                        reply,
+                    },
+                );
+                pending.push(op);
             }
             Cmd::Inspect(f) => f(&self.view),
             Cmd::Idle(w) => self.idle_waiters.push(w),

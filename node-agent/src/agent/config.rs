@@ -138,6 +138,15 @@ pub struct AgentArgs {
     #[arg(long, env = "MARGAY_IPAM_GC_GRACE", default_value = "15m", value_parser = parse_duration, global = true)]
     pub ipam_gc_grace: Duration,
 
+    /// Address units (one address per family each) the agent keeps
+    /// allocated ahead of demand in its blocks, under handles
+    /// `margay-reserve.<node>.<id>`: a pod's Allocate takes one with no
+    /// write to the API server on its path, and its handle is moved to the
+    /// pod in the background. Refilled, in one write per block, when fewer
+    /// than half are left. 0 turns the reserve off.
+    #[arg(long, env = "MARGAY_IPAM_RESERVE", default_value_t = 4, global = true)]
+    pub ipam_reserve: usize,
+
     /// How often the leak GC and the IPAM gauges run.
     #[arg(long, env = "MARGAY_IPAM_GC_INTERVAL", default_value = "60s", value_parser = parse_duration, global = true)]
     pub ipam_gc_interval: Duration,

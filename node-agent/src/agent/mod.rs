@@ -287,9 +287,39 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         .flatten()
         .map(|c| c.addr.ip())
         .collect();
+    // Addresses reserved ahead of demand (see `ipam::reserve`). Recovery
+    // maps the units a pod took before a restart to that pod through the
+    // endpoint records (the endpoints that went up).
+    let reserve = ipam::reserve::Reserve::new(
+        alloc.clone(),
+        ipam::reserve::ReserveOptions::with_size(args.ipam_reserve),
+    );
+    if reserve.enabled() {
+        let in_use = endpoints::attachments::Records::new(args.state_dir.join("endpoints"))
+            .load()
+            .into_iter()
+            .map(|ep| ipam::reserve::InUse {
+                attrs: ipam::model::AllocationAttrs {
+                    pod: (!ep.pod.is_empty()).then(|| ep.pod.clone()),
+                    namespace: (!ep.namespace.is_empty()).then(|| ep.namespace.clone()),
+                    node: None,
+                },
+                handle: ep.handle,
+                ips: ep.ips,
+            })
+            .collect();
+        // Ends when the last clone of the reserve (the gRPC services') goes.
+        drop(reserve.start(in_use));
+        let (r, m) = (reserve.clone(), metrics.clone());
+        sup.restarting("ipam reserve metrics", move |pulse| {
+            pulse.retire();
+            crate::cni_api::ipam::reserve_metrics(r.clone(), m.clone(), Duration::from_secs(5))
+        });
+        tracing::info!(units = args.ipam_reserve, "IPAM reserve on");
+    }
     let (releases, released) = tokio::sync::mpsc::unbounded_channel();
     {
-        let alloc = alloc.clone();
+        let alloc = reserve.clone();
         sup.critical("superseded releases", move |pulse| {
             endpoints::releaser::run(alloc, released, pulse)
         });
@@ -367,11 +397,13 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         Some(ctl.clone()),
         confirmations.clone(),
         mtu_rx,
+        reserve.enabled().then(|| reserve.clone()),
     ))
     .add_service(crate::cni_api::endpoints::EndpointsService::server(
         ctl.clone(),
         metrics.clone(),
         confirmations,
+        reserve.enabled().then(|| reserve.clone()),
     ));
     let maintenance = gc::Maintenance {
         cluster: cluster.clone(),
@@ -395,7 +427,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
             .clone()
             .unwrap_or_else(|| args.state_dir.join("cni-journal")),
         controller: ctl,
-        alloc: alloc.clone(),
+        ipam: reserve.clone(),
         period: args.reconcile_interval,
     };
     sup.restarting("cni journal replay", move |pulse| replay.clone().run(pulse));

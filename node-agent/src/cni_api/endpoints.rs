@@ -27,20 +27,67 @@ pub struct EndpointsService {
     controller: ControllerHandle,
     metrics: Arc<Metrics>,
     confirmations: Confirmations,
+    reserve: Option<ipam::reserve::Reserve>,
 }
 
 impl EndpointsService {
-    /// A tonic server for it.
+    /// A tonic server for it. With a reserve, EndpointUp checks that the
+    /// pod's addresses are recorded as its own (see [`Self::recorded`]).
     pub fn server(
         controller: ControllerHandle,
         metrics: Arc<Metrics>,
         confirmations: Confirmations,
+        reserve: Option<ipam::reserve::Reserve>,
     ) -> EndpointsServer<Self> {
         EndpointsServer::new(EndpointsService {
             controller,
             metrics,
             confirmations,
+            reserve,
         })
+    }
+
+    /// Whether the allocation of `ep` is durably recorded before its
+    /// endpoint goes up: a reserve unit it took (recorded under the unit's
+    /// handle, moved to the pod's in the background), or the outcome of an
+    /// early answer's write, or — with a reserve — the pod's handle holding
+    /// its addresses. The last one catches a pod answered from a unit by an
+    /// agent that restarted before the pod's EndpointUp: the restarted
+    /// agent may have handed that unit out again.
+    async fn recorded(&self, ep: &Endpoint) -> Result<(), Status> {
+        if let Some(r) = &self.reserve {
+            match r.holds(&ep.handle, &ep.ips) {
+                Some(true) => return Ok(()),
+                Some(false) => {
+                    return Err(Status::aborted(format!(
+                        "the reserve unit taken for {} is not {:?} or could not be moved to it",
+                        ep.handle, ep.ips
+                    )));
+                }
+                None => {}
+            }
+        }
+        self.confirmations
+            .confirm(&ep.handle, &ep.ips, PROGRAMMING_TIMEOUT)
+            .await
+            .map_err(|e| Status::aborted(e.to_string()))?;
+        let Some(r) = &self.reserve else {
+            return Ok(());
+        };
+        let held: Vec<IpAddr> = r
+            .allocator()
+            .get_handle(&ep.handle)
+            .await
+            .map_err(|e| ipam::grpc::status_of(&e))?
+            .map(|h| h.addresses.iter().map(|a| a.ip).collect())
+            .unwrap_or_default();
+        match ep.ips.iter().find(|ip| !held.contains(ip)) {
+            None => Ok(()),
+            Some(ip) => Err(Status::aborted(format!(
+                "{ip} is not allocated to {} (held: {held:?}); the agent may have restarted during this ADD",
+                ep.handle
+            ))),
+        }
     }
 
     fn observe(&self, op: &str, started: Instant, res: &Result<(), Status>) {
@@ -112,11 +159,9 @@ impl Endpoints for EndpointsService {
         let started = Instant::now();
         let res = async {
             let ep = endpoint_from(request.get_ref())?;
-            // An Allocate answered early: its record must be in place first.
-            self.confirmations
-                .confirm(&ep.handle, &ep.ips, PROGRAMMING_TIMEOUT)
-                .await
-                .map_err(|e| Status::aborted(e.to_string()))?;
+            // The addresses must be recorded first (an early answer's
+            // write, or a reserve unit).
+            self.recorded(&ep).await?;
             let confirmed = started.elapsed();
             let res = match tokio::time::timeout(PROGRAMMING_TIMEOUT, self.controller.up(ep)).await
             {
@@ -242,6 +287,7 @@ mod tests {
             controller,
             metrics: Arc::new(Metrics::new()),
             confirmations: Confirmations::default(),
+            reserve: None,
         };
         let answer = tokio::spawn(async move {
             let Some(crate::endpoints::Cmd::Down {
@@ -266,5 +312,75 @@ mod tests {
             answer.await.expect("controller side"),
             (String::new(), "k8s-pod-network.c9".to_string())
         );
+    }
+
+    /// EndpointUp passes for the addresses a pod took from the reserve (no
+    /// write awaited), and fails for a unit this agent did not give it —
+    /// what a restarted agent sees of an ADD it answered before the
+    /// restart, whose unit it may hand out again.
+    #[tokio::test]
+    async fn endpoint_up_wants_the_addresses_recorded_for_the_pod() {
+        use ipam::reserve::{Reserve, ReserveOptions};
+        let store = Arc::new(ipam::memstore::MemStore::new(1));
+        let mut p = ipam::PoolParams::new("198.19.0.0/16".parse().expect("cidr"));
+        p.block_size = Some(26);
+        store.put_pool("p4", p);
+        let alloc = ipam::Allocator::start(
+            store.clone() as Arc<dyn ipam::Store>,
+            ipam::NodeInfo {
+                name: "n1".into(),
+                labels: Default::default(),
+            },
+            ipam::IpamConfig::default(),
+            ipam::AllocatorOptions::default(),
+            Arc::new(ipam::SystemClock),
+        )
+        .await
+        .expect("allocator");
+        let svc = |r: &Reserve| EndpointsService {
+            controller: ControllerHandle::channel(1).0,
+            metrics: Arc::new(Metrics::new()),
+            confirmations: Confirmations::default(),
+            reserve: Some(r.clone()),
+        };
+        let ep = |handle: &str, ips: Vec<IpAddr>| Endpoint {
+            container_id: "c1".into(),
+            namespace: "default".into(),
+            pod: "p".into(),
+            host_if: "cali0123456789a".into(),
+            ips,
+            handle: handle.into(),
+            netns: "/run/netns/x".into(),
+            ifname: "eth0".into(),
+        };
+        let r = Reserve::new(alloc.clone(), ReserveOptions::with_size(2));
+        r.recover(&[]).await.expect("recover");
+        r.refill().await;
+        let attrs = ipam::model::AllocationAttrs::default();
+        let got: Vec<IpAddr> = r
+            .take("net.a", &attrs, &[], &[])
+            .expect("unit")
+            .iter()
+            .map(|a| a.ip)
+            .collect();
+        let s = svc(&r);
+        s.recorded(&ep("net.a", got.clone())).await.expect("taken");
+        let wrong = vec!["198.19.99.1".parse().expect("ip")];
+        let e = s.recorded(&ep("net.a", wrong)).await.expect_err("not its unit");
+        assert_eq!(e.code(), tonic::Code::Aborted);
+
+        // A restarted agent: the unit is the reserve's, not net.a's.
+        let r2 = Reserve::new(alloc.clone(), ReserveOptions::with_size(2));
+        r2.recover(&[]).await.expect("recover");
+        let e = svc(&r2)
+            .recorded(&ep("net.a", got.clone()))
+            .await
+            .expect_err("not recorded for net.a");
+        assert_eq!(e.code(), tonic::Code::Aborted);
+        assert!(e.message().contains("not allocated to net.a"), "{}", e.message());
+
+        // Once moved, the allocator's record answers.
+        assert!(!r.move_pending().await);
+        s.recorded(&ep("net.a", got)).await.expect("moved");
     }
 }

@@ -36,6 +36,7 @@ pub struct AgentIpam {
     controller: Option<ControllerHandle>,
     confirmations: Confirmations,
     mtu: watch::Receiver<u32>,
+    reserve: Option<ipam::reserve::Reserve>,
 }
 
 impl AgentIpam {
@@ -47,6 +48,7 @@ impl AgentIpam {
         controller: Option<ControllerHandle>,
         confirmations: Confirmations,
         mtu: watch::Receiver<u32>,
+        reserve: Option<ipam::reserve::Reserve>,
     ) -> IpamServer<Self> {
         IpamServer::new(AgentIpam {
             inner: IpamService::new(alloc),
@@ -55,12 +57,92 @@ impl AgentIpam {
             controller,
             confirmations,
             mtu,
+            reserve,
+        })
+    }
+
+    /// The answer from a reserve unit, if the request is one a unit can
+    /// answer (no specific addresses, this node, families and pool hints
+    /// the unit fits): no write on its path. The pod's policy is prepared
+    /// as on the write path.
+    fn from_reserve(&self, req: &AllocateRequest) -> Option<AllocateReply> {
+        let r = self.reserve.as_ref()?;
+        if !req.requested_ips.is_empty()
+            || (!req.node.is_empty() && req.node != r.allocator().node())
+        {
+            return None;
+        }
+        let mut families = Vec::new();
+        for f in &req.families {
+            families.push(match cni_proto::proto::Family::try_from(*f) {
+                Ok(cni_proto::proto::Family::Ipv4) => ipam::Family::V4,
+                Ok(cni_proto::proto::Family::Ipv6) => ipam::Family::V6,
+                _ => return None,
+            });
+        }
+        let attrs = ipam::model::AllocationAttrs {
+            pod: (!req.pod_name.is_empty()).then(|| req.pod_name.clone()),
+            namespace: (!req.pod_namespace.is_empty()).then(|| req.pod_namespace.clone()),
+            node: None,
+        };
+        let got = r.take(&req.handle, &attrs, &families, &req.pool_hints)?;
+        if let (Some(c), Some(who)) = (&self.controller, prepared_identity(req))
+            && let Some(ep) = with_ips(&who, got.iter().map(|a| a.ip).collect())
+        {
+            c.prepare(ep);
+        }
+        tracing::debug!(handle = %req.handle, ips = ?got.iter().map(|a| a.ip).collect::<Vec<_>>(), "Allocate answered from the reserve");
+        Some(AllocateReply {
+            addresses: got
+                .iter()
+                .map(|a| cni_proto::proto::AllocatedAddress {
+                    ip: a.ip.to_string(),
+                    block: a.block.to_string(),
+                    pool: a.pool.clone(),
+                    borrowed: a.borrowed,
+                })
+                .collect(),
+            ..Default::default()
         })
     }
 
     fn observe<T>(&self, op: &str, started: Instant, res: &Result<T, tonic::Status>) {
         self.metrics
             .observe_cni(op, started, res.as_ref().err().map(tonic::Status::code));
+    }
+}
+
+/// Copies the reserve's figures into the metrics every `period` (for the
+/// agent's life).
+pub async fn reserve_metrics(
+    reserve: ipam::reserve::Reserve,
+    metrics: Arc<Metrics>,
+    period: Duration,
+) {
+    use crate::status::metrics::ReserveLabels;
+    let mut last = ipam::reserve::ReserveMetrics::default();
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let m = reserve.metrics();
+        let l = |w: &str| ReserveLabels { what: w.into() };
+        let units = &metrics.ipam_reserve_units;
+        units.get_or_create(&l("ready")).set(m.ready as i64);
+        units.get_or_create(&l("taken")).set(m.moves_pending as i64);
+        for (what, now, before) in [
+            ("take", m.takes, last.takes),
+            ("fallback", m.fallbacks, last.fallbacks),
+            ("refill", m.refilled, last.refilled),
+            ("refill_failure", m.refill_failures, last.refill_failures),
+            ("move", m.moves, last.moves),
+            ("move_failure", m.move_failures, last.move_failures),
+        ] {
+            metrics
+                .ipam_reserve_events
+                .get_or_create(&l(what))
+                .inc_by(now.saturating_sub(before));
+        }
+        last = m;
     }
 }
 
@@ -199,6 +281,9 @@ impl Ipam for AgentIpam {
                         .collect();
                 }
             }
+            if let Some(reply) = self.from_reserve(&req) {
+                return Ok(Response::new(reply));
+            }
             let (Some(c), Some(who)) = (self.controller.clone(), prepared_identity(&req)) else {
                 return self.inner.allocate(Request::new(req)).await;
             };
@@ -248,7 +333,25 @@ impl Ipam for AgentIpam {
         request: Request<ReleaseRequest>,
     ) -> Result<Response<ReleaseReply>, Status> {
         let started = Instant::now();
-        let res = self.inner.release(request).await;
+        let res = match &self.reserve {
+            // The pod may still hold a reserve unit (its move not done).
+            Some(r) => {
+                let handle = request.into_inner().handle;
+                if handle.is_empty() {
+                    Err(Status::invalid_argument("handle is empty"))
+                } else {
+                    r.release(&handle)
+                        .await
+                        .map(|ips| {
+                            Response::new(ReleaseReply {
+                                released_ips: ips.iter().map(ToString::to_string).collect(),
+                            })
+                        })
+                        .map_err(|e| ipam::grpc::status_of(&e))
+                }
+            }
+            None => self.inner.release(request).await,
+        };
         self.observe("release", started, &res);
         res
     }
@@ -258,7 +361,27 @@ impl Ipam for AgentIpam {
         request: Request<GetHandleRequest>,
     ) -> Result<Response<GetHandleReply>, Status> {
         let started = Instant::now();
-        let res = self.inner.get_handle(request).await;
+        let taken = self
+            .reserve
+            .as_ref()
+            .and_then(|r| r.taken_by(&request.get_ref().handle));
+        let res = match taken {
+            // Answered from a unit whose move is not done.
+            Some(addresses) => Ok(Response::new(GetHandleReply {
+                found: true,
+                addresses: addresses
+                    .iter()
+                    .map(|a| cni_proto::proto::AllocatedAddress {
+                        ip: a.ip.to_string(),
+                        block: a.block.to_string(),
+                        pool: a.pool.clone(),
+                        borrowed: a.borrowed,
+                    })
+                    .collect(),
+                ..Default::default()
+            })),
+            None => self.inner.get_handle(request).await,
+        };
         self.observe("get_handle", started, &res);
         res
     }

@@ -21,8 +21,9 @@ pub struct Replay {
     pub dir: PathBuf,
     /// The dataplane controller (EndpointDown).
     pub controller: ControllerHandle,
-    /// The allocator (Release).
-    pub alloc: ipam::Allocator,
+    /// The allocator, through the reserve (Release: a pod may still hold
+    /// a reserve unit).
+    pub ipam: ipam::reserve::Reserve,
     /// How often to look again.
     pub period: Duration,
 }
@@ -57,7 +58,7 @@ impl Replay {
                 tracing::warn!(handle = %e.handle, error = %err, "journaled DEL: taking the endpoint down failed; retrying later");
                 continue;
             }
-            match self.alloc.release(&e.handle).await {
+            match self.ipam.release(&e.handle).await {
                 Ok(ips) => {
                     if let Err(err) = journal::remove(&path) {
                         tracing::warn!(error = %err, "cannot remove a replayed journal entry");

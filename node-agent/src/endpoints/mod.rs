@@ -225,7 +225,13 @@ pub fn desired_routes(
         .iter()
         .map(|b| LocalRoute::Blackhole { dst: *b })
         .collect();
-    for a in &view.local {
+    // A reserve unit has no veth: its address is routed once a pod has
+    // it (by its endpoint, below).
+    for a in view
+        .local
+        .iter()
+        .filter(|a| !ipam::reserve::is_reserve_handle(&a.handle))
+    {
         out.insert(LocalRoute::to_pod(a.ip, &a.host_if));
     }
     for ep in endpoints.values() {

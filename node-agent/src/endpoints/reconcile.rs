@@ -80,7 +80,12 @@ pub(super) async fn reconcile_endpoints(
     let mut missing = BTreeSet::new();
     for (h, ep) in endpoints.iter() {
         if v.synced {
-            if v.local.iter().any(|a| a.handle == *h) {
+            // Its addresses are its own, or still a reserve unit's (taken
+            // from the reserve, moved to the pod's handle in the background).
+            if v.local.iter().any(|a| {
+                a.handle == *h
+                    || (ipam::reserve::is_reserve_handle(&a.handle) && ep.ips.contains(&a.ip))
+            }) {
                 seen.confirmed.insert(h.clone(), now);
             } else if seen
                 .confirmed

@@ -8,7 +8,7 @@ use crate::status::health::Pulse;
 /// of their pod. A failed release is only logged: the controller finds the
 /// allocation again at its next reconcile.
 pub async fn run(
-    alloc: ipam::Allocator,
+    alloc: ipam::reserve::Reserve,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
     mut pulse: Pulse,
 ) {

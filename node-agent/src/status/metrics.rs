@@ -26,6 +26,13 @@ pub struct PoolLabels {
     pub pool: String,
 }
 
+/// Labels of the IPAM reserve's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReserveLabels {
+    /// `ready`/`taken` (units), or the event counted.
+    pub what: String,
+}
+
 /// Labels of CNI request series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CniLabels {
@@ -88,10 +95,15 @@ pub struct Metrics {
     pub bgp_prefixes_advertised: Family<PeerLabels, Gauge>,
     /// Blocks affine to this node, per pool.
     pub ipam_blocks: Family<PoolLabels, Gauge>,
-    /// Addresses allocated on this node, per pool.
+    /// Addresses allocated on this node, per pool (not the reserve's).
     pub ipam_allocations: Family<PoolLabels, Gauge>,
     /// Addresses this node borrowed from other nodes' blocks.
     pub ipam_borrowed: Gauge,
+    /// Reserve units ready and taken-but-not-moved (`what`).
+    pub ipam_reserve_units: Family<ReserveLabels, Gauge>,
+    /// Reserve events (`what`: take, fallback, refill, refill_failure,
+    /// move, move_failure).
+    pub ipam_reserve_events: Family<ReserveLabels, Counter>,
     /// Addresses in the pool (a float: an IPv6 pool holds up to 2^128).
     pub ipam_pool_size: Family<PoolLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Addresses in use cluster-wide, per pool.
@@ -150,6 +162,8 @@ impl Metrics {
             ipam_blocks: Family::default(),
             ipam_allocations: Family::default(),
             ipam_borrowed: Gauge::default(),
+            ipam_reserve_units: Family::default(),
+            ipam_reserve_events: Family::default(),
             ipam_pool_size: Family::default(),
             ipam_pool_used: Family::default(),
             ipam_api_writes: Counter::default(),
@@ -208,6 +222,16 @@ impl Metrics {
             "ipam_borrowed",
             "Addresses borrowed from other nodes' blocks",
             m.ipam_borrowed.clone(),
+        );
+        r.register(
+            "ipam_reserve_units",
+            "IPAM reserve units ready, and taken by pods but not yet moved to them",
+            m.ipam_reserve_units.clone(),
+        );
+        r.register(
+            "ipam_reserve_events",
+            "IPAM reserve takes, fallbacks to the write path, refills, moves and their failures",
+            m.ipam_reserve_events.clone(),
         );
         r.register(
             "ipam_pool_size",

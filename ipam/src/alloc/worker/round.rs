@@ -255,7 +255,7 @@ impl Worker {
                 ordinal: t.ordinal,
             }),
             // Reported at plan time.
-            Kind::Release { .. } => {}
+            Kind::Release { .. } | Kind::Move { .. } => {}
             Kind::Targets {
                 remaining,
                 released,
@@ -287,7 +287,7 @@ impl Worker {
             }
             // Releases re-plan from the index until nothing is left; a round
             // without failures left nothing.
-            Kind::Release { .. } | Kind::Targets { .. } => true,
+            Kind::Release { .. } | Kind::Targets { .. } | Kind::Move { .. } => true,
         }
     }
 
@@ -320,6 +320,9 @@ impl Worker {
                 if let Some(r) = reply {
                     let _ = r.send(Ok(released));
                 }
+            }
+            Kind::Move { moved, reply, .. } => {
+                let _ = reply.send(Ok(moved));
             }
         }
     }
@@ -371,7 +374,7 @@ impl Worker {
                 }
                 let _ = reply.send(Err(e));
             }
-            Kind::Release { reply, .. } => {
+            Kind::Release { reply, .. } | Kind::Move { reply, .. } => {
                 let _ = reply.send(Err(e));
             }
             Kind::Targets { reply, .. } => {
@@ -596,6 +599,9 @@ fn plan_op(p: &mut Planner<'_>, i: usize, op: &mut Op) -> Outcome {
                 Outcome::Planned
             }
         }
+        Kind::Move {
+            from, attrs, moved, ..
+        } => plan_move(p, i, from, &op.handle, attrs, moved, &mut op.tents),
         Kind::Targets {
             remaining,
             released,
@@ -637,6 +643,96 @@ fn plan_op(p: &mut Planner<'_>, i: usize, op: &mut Op) -> Outcome {
                 Outcome::Planned
             }
         }
+    }
+}
+
+/// Plans a [`Kind::Move`]: every slot of `from` is rewritten to `to`, or
+/// nothing is.
+fn plan_move(
+    p: &mut Planner<'_>,
+    i: usize,
+    from: &str,
+    to: &str,
+    attrs: &crate::model::AllocationAttrs,
+    moved: &mut Vec<IpAddr>,
+    tents: &mut Vec<Tent>,
+) -> Outcome {
+    let family_of = |p: &Planner<'_>, s: &Slot| {
+        p.view.blocks.get(&s.block).map(|b| b.spec.cidr.family())
+    };
+    let slots = p.view.index.get(from).cloned().unwrap_or_default();
+    let held = p.view.index.get(to).cloned().unwrap_or_default();
+    if slots.is_empty() {
+        // Our own earlier write landed although its reply was lost, or
+        // there is nothing to move.
+        if held.is_empty() {
+            return Outcome::Failed(IpamError::InvalidArgument {
+                reason: format!("handle {from} holds no address to move to {to}"),
+            });
+        }
+        moved.clear();
+        for s in &held {
+            if let Some(ip) = p
+                .view
+                .blocks
+                .get(&s.block)
+                .and_then(|b| b.spec.ip_of(s.ordinal))
+            {
+                moved.push(ip);
+            }
+        }
+        moved.sort();
+        return Outcome::Finished;
+    }
+    for s in &slots {
+        if held.iter().any(|h| family_of(p, h) == family_of(p, s)) {
+            let ip = p
+                .view
+                .blocks
+                .get(&s.block)
+                .and_then(|b| b.spec.ip_of(s.ordinal));
+            return Outcome::Failed(IpamError::InvalidArgument {
+                reason: format!(
+                    "handle {to} already holds an address of the family of {} ({from})",
+                    ip.map(|ip| ip.to_string()).unwrap_or_default()
+                ),
+            });
+        }
+    }
+    moved.clear();
+    for s in &slots {
+        let Some(w) = p.entry(&s.block) else {
+            continue;
+        };
+        let spec = &mut w.obj.spec;
+        if !spec.allocation(s.ordinal).is_some_and(|a| a.handle == from) {
+            continue;
+        }
+        let sequence = spec.sequence + 1;
+        spec.remove_allocation(s.ordinal);
+        spec.insert_allocation(crate::model::Allocation {
+            ordinal: s.ordinal,
+            handle: to.to_string(),
+            attrs: attrs.clone(),
+            sequence,
+        });
+        if let Some(ip) = spec.ip_of(s.ordinal) {
+            moved.push(ip);
+        }
+        if !w.members.contains(&i) {
+            w.members.push(i);
+        }
+        tents.push(Tent {
+            block: s.block.clone(),
+            ordinal: s.ordinal,
+            taken: None,
+        });
+    }
+    moved.sort();
+    if tents.is_empty() {
+        Outcome::Finished
+    } else {
+        Outcome::Planned
     }
 }
 

@@ -240,7 +240,12 @@ async fn gauges(cluster: &Cluster, alloc: &ipam::Allocator, view: &IpamView, met
             *blocks.entry(p).or_default() += 1;
         }
     }
-    for a in &view.local {
+    // Reserve units are counted by `ipam_reserve_units`.
+    for a in view
+        .local
+        .iter()
+        .filter(|a| !ipam::reserve::is_reserve_handle(&a.handle))
+    {
         if let Some(p) = pool_of(a.ip) {
             *allocs.entry(p).or_default() += 1;
         }
