@@ -65,7 +65,7 @@ impl AgentIpam {
     /// answer (no specific addresses, this node, families and pool hints
     /// the unit fits): no write on its path. The pod's policy is prepared
     /// as on the write path.
-    fn from_reserve(&self, req: &AllocateRequest) -> Option<AllocateReply> {
+    fn take_reserved(&self, req: &AllocateRequest) -> Option<AllocateReply> {
         let r = self.reserve.as_ref()?;
         if !req.requested_ips.is_empty()
             || (!req.node.is_empty() && req.node != r.allocator().node())
@@ -281,7 +281,7 @@ impl Ipam for AgentIpam {
                         .collect();
                 }
             }
-            if let Some(reply) = self.from_reserve(&req) {
+            if let Some(reply) = self.take_reserved(&req) {
                 return Ok(Response::new(reply));
             }
             let (Some(c), Some(who)) = (self.controller.clone(), prepared_identity(&req)) else {
