@@ -67,7 +67,10 @@ fn add_takes_a_reserved_address_and_del_before_the_move_frees_it() {
         pa.result.stdout, pa.result.stderr
     );
     let ip_a: IpAddr = pa.result.ips()[0].parse().expect("ip");
-    assert!(before.contains(&ip_a), "{ip_a} not from the reserve {before:?}");
+    assert!(
+        before.contains(&ip_a),
+        "{ip_a} not from the reserve {before:?}"
+    );
     wait("a's handle on its address", Duration::from_secs(10), || {
         allocations(&lab)
             .get(&ip_a)
@@ -125,7 +128,8 @@ fn add_takes_a_reserved_address_and_del_before_the_move_frees_it() {
             assert!(!now.contains_key(ip), "{ip} still allocated: {now:?}");
         }
         assert!(
-            !now.values().any(|h| h.ends_with("ctr-b") || h.ends_with("ctr-c")),
+            !now.values()
+                .any(|h| h.ends_with("ctr-b") || h.ends_with("ctr-c")),
             "a deleted pod's handle holds something: {now:?}"
         );
         assert!(now.get(&ip_a).is_some_and(|h| h.ends_with("ctr-a")));

@@ -274,8 +274,8 @@ impl Reserve {
                     // Wake at least every period, so that a failed refill
                     // is retried; a weak handle does not keep us alive, so
                     // check back now and then.
-                    let _ = tokio::time::timeout(retry.max(Duration::from_millis(100)), notified)
-                        .await;
+                    let _ =
+                        tokio::time::timeout(retry.max(Duration::from_millis(100)), notified).await;
                 }
                 drop(woken);
             }
@@ -371,10 +371,7 @@ impl Reserve {
         if let Some(t) = st.taken.get(handle) {
             return Some(t.unit.addresses.clone());
         }
-        let pos = st
-            .ready
-            .iter()
-            .position(|u| fits(u, families, pool_hints));
+        let pos = st.ready.iter().position(|u| fits(u, families, pool_hints));
         let Some(unit) = pos.and_then(|i| st.ready.remove(i)) else {
             bump(&self.shared.counters.fallbacks, 1);
             drop(st);

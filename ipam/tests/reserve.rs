@@ -100,7 +100,11 @@ async fn take_answers_without_a_write_and_the_move_records_the_pod() {
         .collect();
     assert_eq!(units.len(), 4, "{units:?}");
     assert!(units.iter().all(|h| h.starts_with("margay-reserve.n1.")));
-    assert!(store.stats().writes() <= 2, "refill took {} writes", store.stats().writes());
+    assert!(
+        store.stats().writes() <= 2,
+        "refill took {} writes",
+        store.stats().writes()
+    );
 
     // A take answers from memory: no store call on its path.
     let writes = store.stats().writes();
@@ -127,8 +131,16 @@ async fn take_answers_without_a_write_and_the_move_records_the_pod() {
             a.ip
         );
     }
-    assert_eq!(r.holds("net.p1", &ips(&got)), None, "moved: no longer the reserve's");
-    let h = alloc.get_handle("net.p1").await.expect("get").expect("held");
+    assert_eq!(
+        r.holds("net.p1", &ips(&got)),
+        None,
+        "moved: no longer the reserve's"
+    );
+    let h = alloc
+        .get_handle("net.p1")
+        .await
+        .expect("get")
+        .expect("held");
     assert_eq!(ips(&h.addresses), ips(&got));
 
     // Below the low-water mark, a refill tops the reserve up again.
@@ -151,8 +163,7 @@ async fn requests_the_reserve_cannot_answer_fall_back() {
     until("the first refill", || r.metrics().ready == 2).await;
     assert!(r.take("net.a", &attrs("a"), &[Family::V4], &[]).is_none());
     assert!(
-        r.take("net.b", &attrs("b"), &[], &["p4".into()])
-            .is_none(),
+        r.take("net.b", &attrs("b"), &[], &["p4".into()]).is_none(),
         "a v6 address is not in pool p4"
     );
     assert!(
@@ -164,10 +175,16 @@ async fn requests_the_reserve_cannot_answer_fall_back() {
         )
         .is_some()
     );
-    assert!(r.take("margay-reserve.n1.x", &attrs("x"), &[], &[]).is_none());
+    assert!(
+        r.take("margay-reserve.n1.x", &attrs("x"), &[], &[])
+            .is_none()
+    );
     assert_eq!(r.metrics().fallbacks, 2);
     let r0 = Reserve::new(allocator(&store).await, opts(0));
-    assert!(r0.take("net.d", &attrs("d"), &[], &[]).is_none(), "size 0: off");
+    assert!(
+        r0.take("net.d", &attrs("d"), &[], &[]).is_none(),
+        "size 0: off"
+    );
 }
 
 #[tokio::test]
@@ -199,7 +216,11 @@ async fn concurrent_takes_never_share_an_address_even_racing_refills() {
         }
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
-    assert!(given.len() >= 10, "only {} takes were answered", given.len());
+    assert!(
+        given.len() >= 10,
+        "only {} takes were answered",
+        given.len()
+    );
     let mut seen = HashSet::new();
     for a in given.values().flatten() {
         assert!(seen.insert(*a), "{a} given twice");

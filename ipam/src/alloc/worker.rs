@@ -419,8 +419,8 @@ impl Worker {
                 });
             }
             Cmd::Move(from, to, mut attrs, reply) => {
-                if let Err(e) = check_name("handle", &from, true)
-                    .and_then(|()| check_name("handle", &to, true))
+                if let Err(e) =
+                    check_name("handle", &from, true).and_then(|()| check_name("handle", &to, true))
                 {
                     let _ = reply.send(Err(e));
                     return;

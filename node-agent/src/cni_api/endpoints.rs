@@ -366,7 +366,10 @@ mod tests {
         let s = svc(&r);
         s.recorded(&ep("net.a", got.clone())).await.expect("taken");
         let wrong = vec!["198.19.99.1".parse().expect("ip")];
-        let e = s.recorded(&ep("net.a", wrong)).await.expect_err("not its unit");
+        let e = s
+            .recorded(&ep("net.a", wrong))
+            .await
+            .expect_err("not its unit");
         assert_eq!(e.code(), tonic::Code::Aborted);
 
         // A restarted agent: the unit is the reserve's, not net.a's.
@@ -377,7 +380,11 @@ mod tests {
             .await
             .expect_err("not recorded for net.a");
         assert_eq!(e.code(), tonic::Code::Aborted);
-        assert!(e.message().contains("not allocated to net.a"), "{}", e.message());
+        assert!(
+            e.message().contains("not allocated to net.a"),
+            "{}",
+            e.message()
+        );
 
         // Once moved, the allocator's record answers.
         assert!(!r.move_pending().await);

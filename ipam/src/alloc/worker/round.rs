@@ -657,9 +657,8 @@ fn plan_move(
     moved: &mut Vec<IpAddr>,
     tents: &mut Vec<Tent>,
 ) -> Outcome {
-    let family_of = |p: &Planner<'_>, s: &Slot| {
-        p.view.blocks.get(&s.block).map(|b| b.spec.cidr.family())
-    };
+    let family_of =
+        |p: &Planner<'_>, s: &Slot| p.view.blocks.get(&s.block).map(|b| b.spec.cidr.family());
     let slots = p.view.index.get(from).cloned().unwrap_or_default();
     let held = p.view.index.get(to).cloned().unwrap_or_default();
     if slots.is_empty() {
