@@ -68,7 +68,8 @@ fn opt(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-fn to_proto(a: &Assigned) -> proto::AllocatedAddress {
+/// One assigned address as the CNI API carries it.
+pub fn to_proto(a: &Assigned) -> proto::AllocatedAddress {
     proto::AllocatedAddress {
         ip: a.ip.to_string(),
         block: a.block.to_string(),

@@ -237,6 +237,12 @@ impl Reserve {
         self.shared.opts.size > 0
     }
 
+    /// Whether [`Reserve::recover`] has sorted the units found at start
+    /// (always, with the reserve off).
+    pub fn recovered(&self) -> bool {
+        !self.enabled() || self.lock().recovered
+    }
+
     /// Recovers from the datastore (see the module doc), then runs the
     /// refill and mover tasks; the returned task ends when every clone of
     /// this reserve is dropped. `in_use`: the pods of this node and their
@@ -410,6 +416,18 @@ impl Reserve {
     /// not done (waiting for a move in flight), and what the allocator has
     /// under `handle`. Returns the addresses released.
     pub async fn release(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError> {
+        // Before recovery, a pod's unit from before a restart is not known
+        // to be the pod's yet: releasing only the pod's handle would free
+        // nothing, and recovery would then move the unit to a pod that is
+        // gone. The caller retries (the plugin journals the DEL).
+        if !self.recovered() {
+            return Err(IpamError::Unavailable {
+                reason: format!(
+                    "the IPAM reserve has not recovered its units since the agent started; release of {handle} deferred"
+                ),
+                source: None,
+            });
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let unit = loop {
             let moved = self.shared.moved.notified();

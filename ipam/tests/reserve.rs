@@ -327,6 +327,40 @@ async fn a_restart_moves_units_in_use_to_their_pods_and_serves_the_rest() {
 }
 
 #[tokio::test]
+async fn a_release_before_recovery_is_deferred_and_frees_the_unit_after() {
+    let store = dual_stack();
+    let p1 = {
+        let alloc = allocator(&store).await;
+        let r = Reserve::new(alloc.clone(), opts(2));
+        r.recover(&[]).await.expect("recover");
+        r.refill().await;
+        let p1 = ips(&r.take("net.p1", &attrs("p1"), &[], &[]).expect("unit"));
+        // The agent dies before the move; p1's DEL comes while it is away.
+        alloc.abort();
+        p1
+    };
+    let alloc = allocator(&store).await;
+    let r = Reserve::new(alloc.clone(), opts(2));
+    // The journaled DEL replayed before recovery: refused, nothing freed.
+    let e = r.release("net.p1").await.expect_err("deferred");
+    assert!(matches!(e, IpamError::Unavailable { .. }), "{e:?}");
+    assert!(p1.iter().all(|ip| allocations(&store).contains_key(ip)));
+    // Recovery knows p1 from its endpoint record; the retried release
+    // frees the unit's addresses (not just p1's empty handle).
+    r.recover(&[InUse {
+        handle: "net.p1".into(),
+        attrs: attrs("p1"),
+        ips: p1.clone(),
+    }])
+    .await
+    .expect("recover");
+    let released = r.release("net.p1").await.expect("release");
+    assert_eq!(released, p1);
+    let all = allocations(&store);
+    assert!(p1.iter().all(|ip| !all.contains_key(ip)), "{all:?}");
+}
+
+#[tokio::test]
 async fn a_move_is_idempotent_and_refuses_a_handle_that_has_the_family() {
     let store = dual_stack();
     let alloc = allocator(&store).await;

@@ -93,15 +93,7 @@ impl AgentIpam {
         }
         tracing::debug!(handle = %req.handle, ips = ?got.iter().map(|a| a.ip).collect::<Vec<_>>(), "Allocate answered from the reserve");
         Some(AllocateReply {
-            addresses: got
-                .iter()
-                .map(|a| cni_proto::proto::AllocatedAddress {
-                    ip: a.ip.to_string(),
-                    block: a.block.to_string(),
-                    pool: a.pool.clone(),
-                    borrowed: a.borrowed,
-                })
-                .collect(),
+            addresses: got.iter().map(ipam::grpc::to_proto).collect(),
             ..Default::default()
         })
     }
@@ -369,15 +361,7 @@ impl Ipam for AgentIpam {
             // Answered from a unit whose move is not done.
             Some(addresses) => Ok(Response::new(GetHandleReply {
                 found: true,
-                addresses: addresses
-                    .iter()
-                    .map(|a| cni_proto::proto::AllocatedAddress {
-                        ip: a.ip.to_string(),
-                        block: a.block.to_string(),
-                        pool: a.pool.clone(),
-                        borrowed: a.borrowed,
-                    })
-                    .collect(),
+                addresses: addresses.iter().map(ipam::grpc::to_proto).collect(),
                 ..Default::default()
             })),
             None => self.inner.get_handle(request).await,
