@@ -78,7 +78,10 @@ pub fn to_proto(a: &Assigned) -> proto::AllocatedAddress {
     }
 }
 
-fn parse_request(node: &str, r: proto::AllocateRequest) -> Result<AllocRequest, Status> {
+/// The allocator's request for a CNI `AllocateRequest` to node `node`
+/// (INVALID_ARGUMENT for another node, an unknown family or a malformed
+/// address).
+pub fn parse_request(node: &str, r: proto::AllocateRequest) -> Result<AllocRequest, Status> {
     if !r.node.is_empty() && r.node != node {
         return Err(invalid(format!(
             "this agent serves node {node}, not {}",

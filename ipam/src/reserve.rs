@@ -366,9 +366,7 @@ impl Reserve {
         pool_hints: &[String],
     ) -> Option<Vec<Assigned>> {
         if !self.enabled()
-            || handle.is_empty()
-            || handle.len() > 512
-            || handle.chars().any(char::is_control)
+            || crate::alloc::check_name("handle", handle, true).is_err()
             || is_reserve_handle(handle)
         {
             return None;

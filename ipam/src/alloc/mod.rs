@@ -20,6 +20,8 @@ mod plan;
 mod state;
 mod worker;
 
+pub(crate) use worker::check_name;
+
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -137,7 +137,9 @@ pub(crate) fn status_of(v: &View) -> StatusInfo {
     }
 }
 
-fn check_name(what: &str, s: &str, required: bool) -> Result<(), IpamError> {
+/// The allocator's rule for handles and pod attributes (the reserve uses
+/// it too, so that what it answers the allocator would accept).
+pub(crate) fn check_name(what: &str, s: &str, required: bool) -> Result<(), IpamError> {
     if required && s.is_empty() {
         return Err(IpamError::InvalidArgument {
             reason: format!("{what} is empty"),

@@ -67,25 +67,13 @@ impl AgentIpam {
     /// as on the write path.
     fn take_reserved(&self, req: &AllocateRequest) -> Option<AllocateReply> {
         let r = self.reserve.as_ref()?;
-        if !req.requested_ips.is_empty()
-            || (!req.node.is_empty() && req.node != r.allocator().node())
-        {
+        if !req.requested_ips.is_empty() {
             return None;
         }
-        let mut families = Vec::new();
-        for f in &req.families {
-            families.push(match cni_proto::proto::Family::try_from(*f) {
-                Ok(cni_proto::proto::Family::Ipv4) => ipam::Family::V4,
-                Ok(cni_proto::proto::Family::Ipv6) => ipam::Family::V6,
-                _ => return None,
-            });
-        }
-        let attrs = ipam::model::AllocationAttrs {
-            pod: (!req.pod_name.is_empty()).then(|| req.pod_name.clone()),
-            namespace: (!req.pod_namespace.is_empty()).then(|| req.pod_namespace.clone()),
-            node: None,
-        };
-        let got = r.take(&req.handle, &attrs, &families, &req.pool_hints)?;
+        // A request the allocator would refuse takes the write path, which
+        // answers with the error.
+        let a = ipam::grpc::parse_request(r.allocator().node(), req.clone()).ok()?;
+        let got = r.take(&a.handle, &a.attrs, &a.families, &a.pool_hints)?;
         if let (Some(c), Some(who)) = (&self.controller, prepared_identity(req))
             && let Some(ep) = with_ips(&who, got.iter().map(|a| a.ip).collect())
         {
@@ -327,21 +315,15 @@ impl Ipam for AgentIpam {
         let started = Instant::now();
         let res = match &self.reserve {
             // The pod may still hold a reserve unit (its move not done).
-            Some(r) => {
-                let handle = request.into_inner().handle;
-                if handle.is_empty() {
-                    Err(Status::invalid_argument("handle is empty"))
-                } else {
-                    r.release(&handle)
-                        .await
-                        .map(|ips| {
-                            Response::new(ReleaseReply {
-                                released_ips: ips.iter().map(ToString::to_string).collect(),
-                            })
-                        })
-                        .map_err(|e| ipam::grpc::status_of(&e))
-                }
-            }
+            Some(r) => r
+                .release(&request.into_inner().handle)
+                .await
+                .map(|ips| {
+                    Response::new(ReleaseReply {
+                        released_ips: ips.iter().map(ToString::to_string).collect(),
+                    })
+                })
+                .map_err(|e| ipam::grpc::status_of(&e)),
             None => self.inner.release(request).await,
         };
         self.observe("release", started, &res);
