@@ -112,6 +112,14 @@ pub struct AllocatorOptions {
     pub group_commit: bool,
     /// Seed for backoff jitter (None: from the node name and the clock).
     pub seed: Option<u64>,
+    /// The blocks come from the caller's block watch: the first
+    /// [`BlockEvent::Resync`] given to [`Allocator::apply_block_event`]
+    /// fills the cache, and the allocator lists only pools until then (not
+    /// ready meanwhile: requests fail with `Unavailable`). Later re-lists
+    /// (a stale cache found by a conflict or a futile search) list blocks
+    /// as usual. The agent, whose IPAM view watches every block anyway,
+    /// saves one list of the cluster's blocks per start.
+    pub blocks_from_watch: bool,
 }
 
 impl Default for AllocatorOptions {
@@ -126,6 +134,7 @@ impl Default for AllocatorOptions {
             max_batch: 512,
             group_commit: true,
             seed: None,
+            blocks_from_watch: false,
         }
     }
 }
