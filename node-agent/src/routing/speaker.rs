@@ -1,7 +1,7 @@
 //! The speaker as it runs, and bringing it to a [`Desired`]: started (or
 //! restarted when its AS, router ID, cluster ID or listen addresses
-//! change) with its FIB task, then the default export rules, the peers and
-//! the originated prefixes changed one by one where they differ.
+//! change) with its FIB task, then the default export rules, the
+//! originated prefixes and the peers changed one by one where they differ.
 //!
 //! Neither step leaves a prefix without a route:
 //! - a restart is a graceful restart (RFC 4724) with forwarding preserved:
