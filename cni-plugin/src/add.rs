@@ -94,13 +94,23 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
     );
     // A missing or bogus namespace is an error before anything is asked.
     let ns = wiring::open_netns(netns_path)?;
+    let (connected_tx, connected) = tokio::sync::oneshot::channel::<()>();
     let allocating = tokio::spawn(async move {
-        let agent = agent::connect(&socket, connect_timeout, request_timeout).await?;
+        let agent = agent::connect(&socket, connect_timeout, request_timeout).await;
+        drop(connected_tx);
+        let agent = agent?;
         tracing::debug!("agent connected");
         let reply = agent.allocate(req).await;
         tracing::trace!("Allocate answered");
         Ok::<_, CniError>((agent, reply))
     });
+    // Allocate goes out before this thread starts on the kernel: the agent
+    // answers it (and prepares the pod's policy) while the namespaces are
+    // opened and the veth is created, instead of competing with the veth
+    // creation for the CPU. Connected (or failed), then one round of the
+    // scheduler for the request to be written.
+    let _ = connected.await;
+    tokio::task::yield_now().await;
     let opened = open_namespaces(att, &ns, netns_path).await;
     let (host, pod) = match opened {
         Ok(o) => o,
