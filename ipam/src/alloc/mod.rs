@@ -510,6 +510,31 @@ impl Allocator {
         rx.await.map_err(|_| IpamError::Stopped)
     }
 
+    /// Which of `ips` a new pod Allocate could no longer be given: the
+    /// pool holding it is gone, disabled, not for workloads, or no longer
+    /// selects this node (from the cache; no store call). None until the
+    /// cache is synced.
+    pub async fn ineligible(&self, ips: Vec<IpAddr>) -> Result<Option<Vec<IpAddr>>, IpamError> {
+        self.inspect(move |v| {
+            if !v.ready {
+                return None;
+            }
+            let out = ips
+                .into_iter()
+                .filter(|ip| {
+                    !v.pools.iter().any(|p| {
+                        p.spec.cidr.contains(*ip)
+                            && !p.spec.disabled
+                            && p.spec.allowed_uses.contains(&AllowedUse::Workload)
+                            && p.spec.node_selector.matches(&v.node.labels)
+                    })
+                })
+                .collect();
+            Some(out)
+        })
+        .await
+    }
+
     /// What a handle holds, from the cache.
     pub async fn get_handle(&self, handle: &str) -> Result<Option<HandleInfo>, IpamError> {
         let h = handle.to_string();

@@ -235,15 +235,6 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
             Arc::new(ipam::SystemClock),
         ))
         .await??;
-    let follow = alloc.follow_block_watch(store.clone());
-    sup.critical("ipam block watch", move |pulse| async move {
-        pulse.retire();
-        if let Err(e) = follow.await
-            && e.is_panic()
-        {
-            std::panic::resume_unwind(e.into_panic());
-        }
-    });
     {
         let (cluster, alloc, me) = (cluster.clone(), alloc.clone(), me.name.clone());
         sup.restarting("ipam pools", move |pulse| {
@@ -252,9 +243,17 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     }
     let (view_tx, view_rx) = watch::channel(Arc::new(IpamView::default()));
     {
+        // One block watch for the view and the allocator's cache.
         let (store, me, tx) = (store.clone(), me.name.clone(), Arc::new(view_tx));
+        let feed = alloc.clone();
         sup.restarting("ipam view", move |pulse| {
-            view::run(store.clone(), me.clone(), tx.clone(), pulse)
+            view::run(
+                store.clone(),
+                me.clone(),
+                tx.clone(),
+                Some(feed.clone()),
+                pulse,
+            )
         });
     }
 
