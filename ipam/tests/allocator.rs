@@ -456,17 +456,22 @@ async fn rejects_bad_requests() {
     ));
 }
 
-#[tokio::test]
-async fn spawn_serves_unavailable_until_the_store_answers() {
-    let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
+/// An allocator spawned (not started) while the store is down.
+fn spawn_while_down(store: &Arc<MemStore>, clock: &Arc<ManualClock>) -> Allocator {
     store.set_unavailable(true);
-    let a = Allocator::spawn(
+    Allocator::spawn(
         store.clone() as Arc<dyn Store>,
         node("n1"),
         IpamConfig::default(),
         AllocatorOptions::default(),
         clock.clone() as Arc<dyn Clock>,
-    );
+    )
+}
+
+#[tokio::test]
+async fn spawn_serves_unavailable_until_the_store_answers() {
+    let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
+    let a = spawn_while_down(&store, &clock);
     let s = a.status().await.unwrap();
     assert!(!s.ready);
     let e = a.allocate(req("net.c1", V4)).await.unwrap_err();
@@ -694,14 +699,7 @@ async fn blocks_from_watch_lists_no_blocks_and_serves_once_the_watch_listed() {
 #[tokio::test]
 async fn an_idle_allocator_polled_for_its_status_still_retries_its_listing() {
     let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
-    store.set_unavailable(true);
-    let a = Allocator::spawn(
-        store.clone() as Arc<dyn Store>,
-        node("n1"),
-        IpamConfig::default(),
-        AllocatorOptions::default(),
-        clock.clone() as Arc<dyn Clock>,
-    );
+    let a = spawn_while_down(&store, &clock);
     assert!(!a.status().await.unwrap().ready);
     store.set_unavailable(false);
     // A status poll every 10 ms (as a readiness wait does) must not keep

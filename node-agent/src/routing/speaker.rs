@@ -60,6 +60,27 @@ pub struct Running {
 }
 
 impl Running {
+    /// A speaker just started with settings `key`, no peers yet, and its
+    /// FIB task.
+    fn started(
+        speaker: Speaker,
+        key: (u32, Ipv4Addr, Option<Ipv4Addr>, Vec<SocketAddr>),
+        fib: tokio::task::JoinHandle<()>,
+    ) -> Running {
+        Running {
+            speaker,
+            key,
+            peers: BTreeMap::new(),
+            retiring: BTreeMap::new(),
+            handover: Handover::default(),
+            kinds: BTreeMap::new(),
+            originated: BTreeMap::new(),
+            routes_generation: None,
+            default_export: None,
+            fib,
+        }
+    }
+
     /// `name` (a peer, or a dynamic session `template/address`) is a peer
     /// no longer wanted, kept only until the new peers are up.
     pub fn is_retiring(&self, name: &str) -> bool {
@@ -132,18 +153,7 @@ pub async fn apply(
             env.health.pulse("fib"),
         ));
         tracing::info!(asn = d.local_as, router_id = %d.router_id, cluster_id = ?d.cluster_id, listen = ?d.listen, "BGP speaker started");
-        *running = Some(Running {
-            speaker,
-            key,
-            peers: BTreeMap::new(),
-            retiring: BTreeMap::new(),
-            handover: Handover::default(),
-            kinds: BTreeMap::new(),
-            originated: BTreeMap::new(),
-            routes_generation: None,
-            default_export: None,
-            fib: fib_task,
-        });
+        *running = Some(Running::started(speaker, key, fib_task));
         restarted = env.restarting;
     }
     let Some(r) = running.as_mut() else {
@@ -318,18 +328,11 @@ mod tests {
         })
         .await
         .expect("speaker");
-        let mut running = Some(Running {
+        let mut running = Some(Running::started(
             speaker,
-            key: (64512, Ipv4Addr::new(198, 18, 0, 11), None, vec![]),
-            peers: BTreeMap::new(),
-            retiring: BTreeMap::new(),
-            handover: Handover::default(),
-            kinds: BTreeMap::new(),
-            originated: BTreeMap::new(),
-            routes_generation: None,
-            default_export: None,
-            fib: tokio::spawn(async { panic!("FIB task failure") }),
-        });
+            (64512, Ipv4Addr::new(198, 18, 0, 11), None, vec![]),
+            tokio::spawn(async { panic!("FIB task failure") }),
+        ));
         let ended = Running::fib_ended(&mut running).await;
         assert!(ended.is_err_and(|e| e.is_panic()));
         // Without a speaker there is no FIB task to wait for.

@@ -178,18 +178,11 @@ async fn peers_no_longer_wanted_wait_for_the_new_peers_routes() {
 
     let (node, fib_rx) = helper(n2, p2).await;
     let fib = Recorded::default();
-    let mut running = Some(Running {
-        speaker: node,
-        key: (AS, n2, None, vec![SocketAddr::from((n2, p2))]),
-        peers: BTreeMap::new(),
-        retiring: BTreeMap::new(),
-        handover: Handover::default(),
-        kinds: BTreeMap::new(),
-        originated: BTreeMap::new(),
-        routes_generation: None,
-        default_export: None,
-        fib: fib.sink(fib_rx),
-    });
+    let mut running = Some(Running::started(
+        node,
+        (AS, n2, None, vec![SocketAddr::from((n2, p2))]),
+        fib.sink(fib_rx),
+    ));
     let health = Arc::new(Health::new(Duration::ZERO));
     let env = SpeakerEnv {
         restarting: false,
