@@ -21,7 +21,7 @@ use policy::{PodInfo, PodKey};
 use super::PolicySync;
 use crate::endpoints::Endpoint;
 use crate::k8s::cluster::{Cluster, PodSource};
-use crate::k8s::crd::PodEndpoint;
+use crate::k8s::endpointcache::CachedEndpoint;
 use crate::k8s::ipam::view::IpamView;
 
 /// One pod as a source has it.
@@ -29,14 +29,24 @@ enum Source<'a> {
     /// A Pod object.
     Pod(&'a k8s_openapi::api::core::v1::Pod),
     /// Another node's PodEndpoint.
-    Endpoint(&'a PodEndpoint),
+    Endpoint(&'a CachedEndpoint),
 }
 
 impl Source<'_> {
-    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    fn key(&self) -> Option<(&str, &str)> {
         match self {
-            Source::Pod(p) => &p.metadata,
-            Source::Endpoint(e) => &e.metadata,
+            Source::Pod(p) => Some((
+                p.metadata.namespace.as_deref()?,
+                p.metadata.name.as_deref()?,
+            )),
+            Source::Endpoint(e) => Some((&e.namespace, &e.name)),
+        }
+    }
+
+    fn resource_version(&self) -> &str {
+        match self {
+            Source::Pod(p) => p.metadata.resource_version.as_deref().unwrap_or_default(),
+            Source::Endpoint(e) => &e.resource_version,
         }
     }
 
@@ -55,13 +65,10 @@ pub fn takes_endpoint(
     me: &str,
     local: &HashSet<(&str, &str)>,
     nodes: &HashSet<&str>,
-    e: &PodEndpoint,
+    e: &CachedEndpoint,
 ) -> bool {
-    let node = e.spec.node.as_str();
-    let (Some(ns), Some(name)) = (&e.metadata.namespace, &e.metadata.name) else {
-        return false;
-    };
-    node != me && !local.contains(&(ns.as_str(), name.as_str())) && nodes.contains(node)
+    let node = &*e.node;
+    node != me && !local.contains(&(&*e.namespace, &*e.name)) && nodes.contains(node)
 }
 
 /// The Pod a [`PodInfo`] was converted from: its resourceVersion and the
@@ -140,17 +147,19 @@ impl PolicySync {
         );
         for pod in sources {
             let is_endpoint = matches!(pod, Source::Endpoint(_));
-            let (Some(ns), Some(name)) = (&pod.meta().namespace, &pod.meta().name) else {
+            let Some((ns, name)) = pod.key() else {
                 continue;
             };
-            let key = PodKey::new(ns.clone(), name.clone());
+            let key = PodKey::new(ns, name);
             let known = self.converted.get_mut(&key);
             ipam.clear();
             match &known {
                 Some(c) if same_view => ipam.extend(&c.ipam),
                 _ => {
-                    ipam_key.0.clone_from(ns);
-                    ipam_key.1.clone_from(name);
+                    ipam_key.0.clear();
+                    ipam_key.0.push_str(ns);
+                    ipam_key.1.clear();
+                    ipam_key.1.push_str(name);
                     ipam.extend(view.pod_ips.get(&ipam_key).into_iter().flatten());
                 }
             }
@@ -159,7 +168,7 @@ impl PolicySync {
             extra.extend(registered.get(&key).into_iter().flatten());
             extra.sort();
             extra.dedup();
-            let rv = pod.meta().resource_version.as_deref().unwrap_or_default();
+            let rv = pod.resource_version();
             seen += 1;
             // Every converted pod is in `pods` (both go together below).
             if let Some(c) = known
@@ -225,7 +234,8 @@ impl PolicySync {
 #[cfg(test)]
 mod tests {
     use super::super::*;
-    use super::{PodEndpoint, PodSource};
+    use super::PodSource;
+    use crate::k8s::crd::PodEndpoint;
     use k8s_openapi::api::core::v1::Pod;
     use kube::runtime::watcher::Event;
 
