@@ -36,7 +36,7 @@ pub struct PolicySync {
     // The pods are the engine's (`engine.state().pods`): one copy of each
     // PodInfo, not a mirror beside it (docs/scale.md, "Where the memory goes").
     /// What each pod was last converted from.
-    converted: HashMap<PodKey, pods::Converted>,
+    converted: HashMap<crate::k8s::endpointcache::PodName, pods::Converted>,
     /// Passes of `update` so far.
     pass: u64,
     /// The IPAM view's addresses the last pass used.

@@ -54,6 +54,14 @@ pub struct CachedEndpoint {
 }
 
 impl CachedEndpoint {
+    /// The pod's namespace and name (sharing the entry's strings).
+    pub fn pod_name(&self) -> PodName {
+        PodName {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
     /// The policy crate's view of the pod: the same as
     /// [`PodEndpoint::to_pod_info`] of the object it was made from.
     pub fn to_pod_info(&self) -> Result<policy::PodInfo, String> {
@@ -68,8 +76,79 @@ impl CachedEndpoint {
     }
 }
 
-/// (namespace, name): the same pointers as the entry's.
-type Key = (Arc<str>, Arc<str>);
+/// A pod's namespace and name, owned (a map key that costs no copy of
+/// strings an entry already holds); a map keyed by it is looked up with
+/// borrowed strings, `map.get(&(ns, name) as &dyn NamePair)`, without
+/// allocating.
+#[derive(Debug, Clone)]
+pub struct PodName {
+    /// The namespace.
+    pub namespace: Arc<str>,
+    /// The name.
+    pub name: Arc<str>,
+}
+
+impl PodName {
+    /// `namespace/name` (new allocations; see [`CachedEndpoint::pod_name`]
+    /// for one that shares the cache's).
+    pub fn new(namespace: &str, name: &str) -> PodName {
+        PodName {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+/// (namespace, name) of a pod, however held: what a map keyed by
+/// [`PodName`] is looked up with.
+pub trait NamePair {
+    /// (namespace, name).
+    fn pair(&self) -> (&str, &str);
+}
+
+impl NamePair for PodName {
+    fn pair(&self) -> (&str, &str) {
+        (&self.namespace, &self.name)
+    }
+}
+
+impl NamePair for (&str, &str) {
+    fn pair(&self) -> (&str, &str) {
+        *self
+    }
+}
+
+// One hash and equality for the owned key and every borrowed form: the
+// pair's (the map's `Borrow` contract).
+impl std::hash::Hash for dyn NamePair + '_ {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.pair().hash(h);
+    }
+}
+impl PartialEq for dyn NamePair + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.pair() == other.pair()
+    }
+}
+impl Eq for dyn NamePair + '_ {}
+impl std::hash::Hash for PodName {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.pair().hash(h);
+    }
+}
+impl PartialEq for PodName {
+    fn eq(&self, other: &Self) -> bool {
+        self.pair() == other.pair()
+    }
+}
+impl Eq for PodName {}
+impl<'a> std::borrow::Borrow<dyn NamePair + 'a> for PodName {
+    fn borrow(&self) -> &(dyn NamePair + 'a) {
+        self
+    }
+}
+
+type Key = PodName;
 type Map = HashMap<Key, Arc<CachedEndpoint>>;
 
 /// Read access to the cache (cheap to clone; every clone sees the same map).
@@ -87,8 +166,7 @@ impl EndpointCache {
 
     /// The entry of pod `namespace/name`.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<CachedEndpoint>> {
-        let key: Key = (namespace.into(), name.into());
-        self.read(|m| m.get(&key).cloned())
+        self.read(|m| m.get(&(namespace, name) as &dyn NamePair).cloned())
     }
 
     /// The first entry (in no particular order) that `f` accepts, without a
@@ -156,8 +234,7 @@ impl EndpointCacheWriter {
             }
             Event::Delete(obj) => {
                 if let (Some(ns), Some(name)) = (&obj.metadata.namespace, &obj.metadata.name) {
-                    let key: Key = (ns.as_str().into(), name.as_str().into());
-                    self.write(|m| m.remove(&key));
+                    self.write(|m| m.remove(&(ns.as_str(), name.as_str()) as &dyn NamePair));
                 }
             }
             Event::Init => self.relist = Some(Map::new()),
@@ -195,25 +272,31 @@ impl EndpointCacheWriter {
             return None;
         };
         let rv = obj.metadata.resource_version.as_deref().unwrap_or_default();
-        let key: Key = (intern(&mut self.namespaces, ns), name.as_str().into());
+        let pair: &dyn NamePair = &(ns.as_str(), name.as_str());
         let have = relist
-            .and_then(|r| r.get(&key).cloned())
-            .or_else(|| self.cache.read(|m| m.get(&key).cloned()));
+            .and_then(|r| r.get(pair).cloned())
+            .or_else(|| self.cache.read(|m| m.get(pair).cloned()));
         if let Some(have) = &have
             && &*have.resource_version == rv
             && !rv.is_empty()
         {
-            let key = (have.namespace.clone(), have.name.clone());
-            return Some((key, have.clone()));
+            return Some((have.pod_name(), have.clone()));
         }
+        let key = PodName {
+            namespace: intern(&mut self.namespaces, ns),
+            name: match &have {
+                Some(h) => h.name.clone(),
+                None => name.as_str().into(),
+            },
+        };
         let spec = &obj.spec;
         let labels = match &have {
             Some(h) if h.labels == spec.labels => h.labels.clone(),
             _ => spec.labels.clone(),
         };
         let entry = CachedEndpoint {
-            namespace: key.0.clone(),
-            name: key.1.clone(),
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
             resource_version: rv.into(),
             node: intern(&mut self.nodes, &spec.node),
             addresses: spec.addresses.as_slice().into(),
