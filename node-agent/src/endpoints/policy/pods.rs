@@ -165,6 +165,10 @@ impl PolicySync {
             })
             .collect();
         let me = self.engine.node().node_name.clone();
+        // Sized once for what may come (a growing map holds its old and
+        // new table at once: at 150k pods the first pass's peak).
+        self.converted
+            .reserve((pods.len() + endpoints.len()).saturating_sub(self.converted.len()));
         let sources = pods.iter().map(|p| Source::Pod(p)).chain(
             endpoints
                 .iter()
