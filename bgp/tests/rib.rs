@@ -547,3 +547,37 @@ fn attributes_are_shared_between_prefixes() {
     assert_eq!(r.len(Family::Ipv4Unicast), 100);
     assert_eq!(r.attribute_sets(), 1);
 }
+
+/// The mesh giving way to a reflector, at a client: the path from the
+/// client-to-client session goes, the reflected copy (same next hop, the
+/// originator's) takes over. The kernel route stays as it is: no FIB
+/// change at all, so no delete and re-add either.
+#[test]
+fn losing_the_direct_path_to_a_reflected_copy_with_its_next_hop_changes_no_fib_route() {
+    let mut r = rib(1);
+    let (direct, reflector) = (r.add_peer(), r.add_peer());
+    r.peer_up(direct, info(LOCAL_AS, 14));
+    r.peer_up(reflector, info(LOCAL_AS, 11));
+    let block = "198.19.4.0/26";
+    r.apply_update(direct, &announce(&[block], &[], [198, 18, 0, 14], |_| {}));
+    r.apply_update(
+        reflector,
+        &announce(&[block], &[], [198, 18, 0, 14], |x| {
+            x.originator_id = Some(Ipv4Addr::new(198, 18, 1, 14));
+            x.cluster_list = vec![Ipv4Addr::new(244, 0, 0, 1)];
+        }),
+    );
+    let fib = r.flush().fib;
+    assert_eq!(
+        fib.iter()
+            .filter(|c| c.prefix == p(block))
+            .map(|c| c.next_hops.clone())
+            .collect::<Vec<_>>(),
+        vec![vec![IpAddr::from([198, 18, 0, 14])]],
+        "installed once"
+    );
+    assert_eq!(best_peer(&r, block), Some(direct), "shorter CLUSTER_LIST");
+    r.peer_down(direct, Families::NONE);
+    assert_eq!(best_peer(&r, block), Some(reflector));
+    assert!(r.flush().fib.is_empty(), "forwarding unchanged");
+}

@@ -94,28 +94,40 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
     );
     // A missing or bogus namespace is an error before anything is asked.
     let ns = wiring::open_netns(netns_path)?;
+    let (connected_tx, connected) = tokio::sync::oneshot::channel::<()>();
     let allocating = tokio::spawn(async move {
-        let agent = agent::connect(&socket, connect_timeout, request_timeout).await?;
+        let agent = agent::connect(&socket, connect_timeout, request_timeout).await;
+        drop(connected_tx);
+        let agent = agent?;
         tracing::debug!("agent connected");
         let reply = agent.allocate(req).await;
         tracing::trace!("Allocate answered");
         Ok::<_, CniError>((agent, reply))
     });
-    let opened = open_namespaces(conf, att, &ns, netns_path).await;
-    let (host, pod, mtu) = match opened {
+    // Allocate goes out before this thread starts on the kernel: the agent
+    // answers it (and prepares the pod's policy) while the namespaces are
+    // opened and the veth is created, instead of competing with the veth
+    // creation for the CPU. Connected (or failed), then one round of the
+    // scheduler for the request to be written.
+    let _ = connected.await;
+    tokio::task::yield_now().await;
+    let opened = open_namespaces(att, &ns, netns_path).await;
+    let (host, pod) = match opened {
         Ok(o) => o,
         Err((e, existing)) => {
             abandon(allocating, &names.handle, existing).await;
             return Err(e);
         }
     };
-    tracing::debug!(mtu, "namespaces open");
+    tracing::debug!("namespaces open");
     let owner = wiring::owner_alias(&names.handle);
+    // The veth is created at the kernel's default MTU (0 here): the MTU is
+    // settled once the agent has answered, and set as the links come up.
     let plan = Plan {
         host_if: &names.host_if,
         ifname: &att.ifname,
         netns_path,
-        mtu,
+        mtu: 0,
         owner: &owner,
     };
     // Creating the veth does not need the address: do it while the agent
@@ -161,10 +173,6 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
         }
     };
     tracing::debug!(handle = %names.handle, ?ips, "allocated");
-    // The agent knows the pods' MTU (lower when a pool uses VXLAN): it
-    // applies when the links come up, unless the conflist sets one.
-    let mtu = pod_mtu(conf.mtu, reply.mtu, mtu);
-    let plan = Plan { mtu, ..plan };
     if let Err(e) = veth {
         tracing::warn!(error = %e.details(), "ADD failed creating the veth; rolling back");
         remove_host_veth(&host, &names.host_if).await;
@@ -172,19 +180,34 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
         return Err(e);
     }
     tracing::debug!("veth created");
+    // The conflist's MTU, else the agent's (lower when a pool uses VXLAN),
+    // else the one of the default route's interface, detected only then.
+    let mtu = match pod_mtu(conf.mtu, reply.mtu) {
+        Some(m) => m,
+        None => match wiring::detect_mtu(&host).await {
+            Ok(m) => m,
+            Err(e) => {
+                rollback(&host, &agent, &names, att, true).await;
+                return Err(e);
+            }
+        },
+    };
+    tracing::debug!(mtu, "MTU settled");
+    let plan = Plan { mtu, ..plan };
 
     let created = true;
     let v4 = ips.iter().any(IpAddr::is_ipv4);
     let v6 = ips.iter().any(IpAddr::is_ipv6);
-    // The host side, then EndpointUp (the agent's route needs the host veth
-    // up), while the pod side is configured: the agent works while this
-    // process waits on the pod's netlink. The result waits for both.
+    // The host veth up, then EndpointUp (the agent's route needs the host
+    // veth up) while the rest of the host side and the pod side are
+    // configured: the agent works while this process waits on netlink.
+    // The result waits for all of it.
     let (host_side, pod_side) = tokio::join!(
         async {
-            wiring::configure_host(&host, &plan, v4, v6).await?;
-            tracing::debug!("host side configured");
-            agent
-                .endpoint_up(EndpointUpRequest {
+            let index = wiring::host_up(&host, &plan, v6).await?;
+            tracing::debug!("host side up");
+            let (up, settings) = tokio::join!(
+                agent.endpoint_up(EndpointUpRequest {
                     container_id: att.container_id.clone(),
                     pod_namespace: names.pod_namespace.clone(),
                     pod_name: names.pod_name.clone(),
@@ -193,8 +216,19 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
                     netns: netns_path.to_string(),
                     ips: ips.iter().map(ToString::to_string).collect(),
                     handle: names.handle.clone(),
-                })
-                .await?;
+                }),
+                async {
+                    // Let the connection's tasks write EndpointUp first
+                    // (tokio runs them before it wakes a yielded task):
+                    // the sysctls below do not await.
+                    tokio::task::yield_now().await;
+                    let r = wiring::host_settings(&host, &plan, index, v4, v6).await;
+                    tracing::debug!("host side configured");
+                    r
+                }
+            );
+            settings?;
+            up?;
             tracing::debug!("route and policy programmed by the agent");
             Ok::<_, CniError>(())
         },
@@ -261,12 +295,10 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
     Ok(result.to_json(v))
 }
 
-/// The pod interface's MTU: the conflist's, else the agent's, else the
-/// one detected here (each 0 or absent: not given).
-fn pod_mtu(conf: Option<u32>, agent: u32, detected: u32) -> u32 {
-    conf.filter(|m| *m > 0)
-        .or((agent > 0).then_some(agent))
-        .unwrap_or(detected)
+/// The pod interface's MTU: the conflist's, else the agent's (each 0 or
+/// absent: not given); None: neither gives one, detect it.
+fn pod_mtu(conf: Option<u32>, agent: u32) -> Option<u32> {
+    conf.filter(|m| *m > 0).or((agent > 0).then_some(agent))
 }
 
 /// The allocated addresses, checked: parseable, one per family at most,
@@ -303,20 +335,19 @@ fn addresses(reply: &AllocateReply, families: &[Family]) -> Result<Vec<IpAddr>, 
     Ok(out)
 }
 
-type Opened = (Nl, Nl, u32);
+type Opened = (Nl, Nl);
 
 /// The allocation task: the connection, and Allocate's answer (an error
 /// here means the agent could not be reached: nothing allocated).
 type Allocating =
     tokio::task::JoinHandle<Result<(Agent, Result<AllocateReply, CniError>), CniError>>;
 
-/// Opens netlink handles here and in the pod's namespace, checks that the
-/// pod has no interface of that name yet (the spec's "interface exists"),
-/// and settles the MTU. On failure, also says which addresses an existing
-/// interface of that name carries (a duplicate ADD of a live attachment:
-/// its addresses must not be released).
+/// Opens netlink handles here and in the pod's namespace and checks that
+/// the pod has no interface of that name yet (the spec's "interface
+/// exists"). On failure, also says which addresses an existing interface
+/// of that name carries (a duplicate ADD of a live attachment: its
+/// addresses must not be released).
 async fn open_namespaces(
-    conf: &NetConf,
     att: &Attachment,
     ns: &std::fs::File,
     netns_path: &str,
@@ -329,8 +360,7 @@ async fn open_namespaces(
             source,
         })
         .map_err(none)?;
-    let pod = Nl::in_netns(ns)
-        .await
+    let pod = Nl::in_netns_inline(ns)
         .map_err(|source| CniError::Netns {
             path: netns_path.into(),
             reason: "cannot enter".into(),
@@ -361,11 +391,7 @@ async fn open_namespaces(
             addrs,
         ));
     }
-    let mtu = match conf.mtu {
-        Some(m) if m > 0 => m,
-        _ => wiring::detect_mtu(&host).await.map_err(none)?,
-    };
-    Ok((host, pod, mtu))
+    Ok((host, pod))
 }
 
 /// ADD failed before wiring anything: release what the allocation task
@@ -446,10 +472,11 @@ mod tests {
 
     #[test]
     fn the_conflist_mtu_wins_then_the_agents_then_detection() {
-        assert_eq!(pod_mtu(Some(1400), 1450, 1500), 1400);
-        assert_eq!(pod_mtu(None, 1450, 1500), 1450);
-        assert_eq!(pod_mtu(Some(0), 1450, 1500), 1450);
-        assert_eq!(pod_mtu(None, 0, 1500), 1500);
+        assert_eq!(pod_mtu(Some(1400), 1450), Some(1400));
+        assert_eq!(pod_mtu(None, 1450), Some(1450));
+        assert_eq!(pod_mtu(Some(0), 1450), Some(1450));
+        assert_eq!(pod_mtu(None, 0), None);
+        assert_eq!(pod_mtu(Some(0), 0), None);
     }
 
     #[test]

@@ -61,35 +61,47 @@ impl Output {
 
 /// Runs one CNI invocation.
 pub fn run(env: &RawEnv, stdin: &[u8]) -> Output {
+    run_in(env, stdin).0
+}
+
+/// As [`run`], and hands back the runtime the command ran on (None when
+/// it needed none) with what its tasks still hold: netlink sockets, the
+/// agent's connection. A process about to exit leaves those to the kernel
+/// (`std::process::exit` with the runtime alive) instead of tearing them
+/// down one by one after the result is known.
+pub fn run_in(env: &RawEnv, stdin: &[u8]) -> (Output, Option<tokio::runtime::Runtime>) {
     let cmd = match env.command() {
         Ok(c) => c,
-        Err(e) => return Output::error(&e, fallback_version()),
+        Err(e) => return (Output::error(&e, fallback_version()), None),
     };
     if cmd == Command::Version {
         // podman calls VERSION with dummy CNI_NETNS / CNI_IFNAME: check nothing.
         let v = config::version_request_version(stdin);
         let supported: Vec<&str> = SUPPORTED.iter().map(|v| v.as_str()).collect();
-        return Output::ok(Some(
-            json!({ "cniVersion": v, "supportedVersions": supported }),
-        ));
+        return (
+            Output::ok(Some(
+                json!({ "cniVersion": v, "supportedVersions": supported }),
+            )),
+            None,
+        );
     }
     let att = match cmd {
         Command::Add | Command::Del | Command::Check => match Attachment::from_env(env, cmd) {
             Ok(a) => Some(a),
             Err(e) => {
                 let v = config::version_request_version(stdin);
-                return Output::error(&e, &v);
+                return (Output::error(&e, &v), None);
             }
         },
         _ => None,
     };
     let req = match config::parse_request(stdin) {
         Ok(r) => r,
-        Err(e) => return Output::error(&e.error, &e.version),
+        Err(e) => return (Output::error(&e.error, &e.version), None),
     };
     let v = req.version;
     if let Err(e) = verb_allowed(cmd, v) {
-        return Output::error(&e, v.as_str());
+        return (Output::error(&e, v.as_str()), None);
     }
     logging::init(&req.conf);
     let span = tracing::info_span!(
@@ -108,13 +120,11 @@ pub fn run(env: &RawEnv, stdin: &[u8]) -> Output {
     {
         Ok(rt) => rt,
         Err(source) => {
-            return Output::error(
-                &CniError::Io {
-                    what: "tokio runtime",
-                    source,
-                },
-                v.as_str(),
-            );
+            let e = CniError::Io {
+                what: "tokio runtime",
+                source,
+            };
+            return (Output::error(&e, v.as_str()), None);
         }
     };
     let conf = &req.conf;
@@ -131,13 +141,14 @@ pub fn run(env: &RawEnv, stdin: &[u8]) -> Output {
             }),
         }
     });
-    match res {
+    let out = match res {
         Ok(out) => Output::ok(out),
         Err(e) => {
             tracing::error!(code = e.code(), error = %e.details(), "failed");
             Output::error(&e, v.as_str())
         }
-    }
+    };
+    (out, Some(rt))
 }
 
 fn verb_allowed(cmd: Command, v: CniVersion) -> Result<(), CniError> {

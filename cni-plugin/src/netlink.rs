@@ -183,6 +183,28 @@ impl Nl {
         Ok(Nl { h })
     }
 
+    /// A socket in the namespace `ns`, created on the calling thread: it
+    /// enters `ns`, opens the socket there and goes back to the namespace
+    /// it came from, with nothing in between (no thread to start and be
+    /// scheduled, as [`Nl::in_netns`] needs). For the plugin's single
+    /// thread, whose operation fails as a whole on an error: if the thread
+    /// could not go back (it would then sit in the pod's namespace, where
+    /// `/proc/sys` and new sockets are the pod's), the error says so and no
+    /// socket is returned. Must run inside a tokio runtime.
+    pub fn in_netns_inline(ns: &File) -> io::Result<Self> {
+        let home = File::open("/proc/thread-self/ns/net")?;
+        nix::sched::setns(ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        let made = rtnetlink::new_connection();
+        nix::sched::setns(&home, CloneFlags::CLONE_NEWNET).map_err(|e| {
+            io::Error::other(format!(
+                "cannot return to the plugin's own network namespace: {e}"
+            ))
+        })?;
+        let (conn, h, _) = made?;
+        tokio::spawn(conn);
+        Ok(Nl { h })
+    }
+
     /// The link called `name`, if any.
     pub async fn link(&self, name: &str) -> Result<Option<Link>, rtnetlink::Error> {
         let mut s = self.h.link().get().match_name(name.to_string()).execute();
@@ -217,6 +239,7 @@ impl Nl {
 
     /// Creates `host` (here, down, with `host_mac`) and its peer `peer`
     /// directly in the namespace `peer_ns` (down): one request, no move.
+    /// An `mtu` of 0 leaves both at the kernel's default.
     pub async fn create_veth(
         &self,
         host: &str,
@@ -225,17 +248,17 @@ impl Nl {
         peer_ns: &File,
         mtu: u32,
     ) -> Result<(), rtnetlink::Error> {
-        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
-            .name(peer.to_string())
-            .mtu(mtu)
+        let with_mtu = |b: LinkMessageBuilder<LinkUnspec>| if mtu > 0 { b.mtu(mtu) } else { b };
+        let peer_msg = with_mtu(LinkMessageBuilder::<LinkUnspec>::new().name(peer.to_string()))
             .setns_by_fd(peer_ns.as_raw_fd())
             .build();
-        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
-            .name(host.to_string())
-            .mtu(mtu)
-            .address(host_mac.to_vec())
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
-            .build();
+        let msg = with_mtu(
+            LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+                .name(host.to_string()),
+        )
+        .address(host_mac.to_vec())
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+        .build();
         self.h.link().add(msg).execute().await
     }
 

@@ -174,7 +174,8 @@ pub struct Plan<'a> {
     pub ifname: &'a str,
     /// CNI_NETNS, for messages.
     pub netns_path: &'a str,
-    /// MTU of both ends (set when the links come up).
+    /// MTU of both ends (set when the links come up; 0 at creation: the
+    /// kernel's default until then).
     pub mtu: u32,
     /// The host veth's alias: its owner ([`owner_alias`]).
     pub owner: &'a str,
@@ -234,33 +235,63 @@ pub async fn create_veth(
     }
 }
 
-/// Host side: sysctls, the IPv6 link-local, link up at `plan.mtu` (which
-/// may differ from the MTU the veth was created with: the agent's answer
-/// came later). Returns the host
-/// veth's index. `host` must be a socket in the calling thread's namespace.
+/// Host side, all of it: [`host_up`] then [`host_settings`]. Returns the
+/// host veth's index. `host` must be a socket in the calling thread's
+/// namespace.
 pub async fn configure_host(
     host: &Nl,
     plan: &Plan<'_>,
     v4: bool,
     v6: bool,
 ) -> Result<u32, CniError> {
+    let index = host_up(host, plan, v6).await?;
+    host_settings(host, plan, index, v4, v6).await?;
+    Ok(index)
+}
+
+/// Host side, first part: no IPv6 autoconfiguration (before the link
+/// comes up, so the kernel never makes a link-local of its own), then the
+/// link up at `plan.mtu` (which may differ from the MTU the veth was
+/// created with: the agent's answer came later) and marked as this
+/// attachment's, in one request. From here the agent can route to the
+/// pod: the plugin sends EndpointUp and does [`host_settings`] meanwhile.
+/// Returns the host veth's index.
+pub async fn host_up(host: &Nl, plan: &Plan<'_>, v6: bool) -> Result<u32, CniError> {
     let ifn = plan.host_if;
     // One ioctl instead of a netlink dump of the link.
     let index = nix::net::if_::if_nametoindex(ifn).map_err(|e| CniError::Netlink {
         op: format!("{ifn} vanished after creation ({e})"),
         source: rtnetlink::Error::RequestFailed,
     })?;
-    if v4 {
-        sysctl(&format!("net/ipv4/conf/{ifn}/proxy_arp"), "1")?;
-        sysctl(&format!("net/ipv4/neigh/{ifn}/proxy_delay"), "0")?;
-        sysctl(&format!("net/ipv4/conf/{ifn}/forwarding"), "1")?;
-    }
     if v6 {
         host.ipv6_addr_gen_none(index)
             .await
             .map_err(nl(format!("addrgenmode none on {ifn}")))?;
     } else {
         quiet_ipv6_off(host, index, ifn).await;
+    }
+    host.set_up_with_alias(index, plan.owner, plan.mtu)
+        .await
+        .map_err(nl(format!("set {ifn} up")))?;
+    Ok(index)
+}
+
+/// Host side, second part: proxy-ARP and forwarding (IPv4), no router
+/// advertisements, proxy-NDP, forwarding and the link-local the pod's
+/// default route points at (IPv6). Nothing reaches the pod before ADD
+/// returns, which waits for this.
+pub async fn host_settings(
+    host: &Nl,
+    plan: &Plan<'_>,
+    index: u32,
+    v4: bool,
+    v6: bool,
+) -> Result<(), CniError> {
+    let ifn = plan.host_if;
+    if v4 {
+        sysctl(&format!("net/ipv4/conf/{ifn}/proxy_arp"), "1")?;
+        sysctl(&format!("net/ipv4/neigh/{ifn}/proxy_delay"), "0")?;
+        sysctl(&format!("net/ipv4/conf/{ifn}/forwarding"), "1")?;
     }
     if v6 {
         sysctl(&format!("net/ipv6/conf/{ifn}/accept_ra"), "0")?;
@@ -270,11 +301,7 @@ pub async fn configure_host(
             .await
             .map_err(nl(format!("add {} to {ifn}", host_link_local())))?;
     }
-    // Up, at its MTU and marked as this attachment's in one request.
-    host.set_up_with_alias(index, plan.owner, plan.mtu)
-        .await
-        .map_err(nl(format!("set {ifn} up")))?;
-    Ok(index)
+    Ok(())
 }
 
 /// Pod side: addresses, link up at `plan.mtu`, gateway and default routes.

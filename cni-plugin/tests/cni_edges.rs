@@ -164,3 +164,55 @@ fn del_of_an_old_sandbox_leaves_the_new_sandboxs_veth() {
     node.cni(&del).ok();
     assert!(node.cali_links().is_empty());
 }
+
+/// The pod's socket is opened on the caller's thread (setns there and
+/// back): it sees the other namespace's links, and the thread is back in
+/// its own namespace afterwards (sysctls and new sockets are the node's).
+#[test]
+fn a_socket_opened_inline_is_in_the_pod_and_the_thread_comes_back() {
+    if !root_or_skip("a_socket_opened_inline_is_in_the_pod_and_the_thread_comes_back") {
+        return;
+    }
+    let node = Netns::new("n");
+    let pod = Netns::new("p");
+    assert!(pod.ip_ok(&[
+        "link",
+        "add",
+        "only-in-pod",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "its-peer"
+    ]));
+    let pod_path = pod.path();
+    node.run(move || {
+        let own = || {
+            std::fs::metadata("/proc/thread-self/ns/net")
+                .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        };
+        let before = own().expect("own namespace");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let ns = std::fs::File::open(&pod_path).expect("open pod netns");
+            let nl = cni_plugin::netlink::Nl::in_netns_inline(&ns).expect("socket in pod");
+            assert_eq!(
+                own().expect("own namespace"),
+                before,
+                "the thread is back home"
+            );
+            assert!(
+                nl.link("only-in-pod").await.expect("get link").is_some(),
+                "the socket talks to the pod's namespace"
+            );
+            let here = cni_plugin::netlink::Nl::here().expect("socket here");
+            assert!(
+                here.link("only-in-pod").await.expect("get link").is_none(),
+                "a new socket on the thread is the node's"
+            );
+        });
+    });
+}

@@ -11,8 +11,12 @@
 //!     -p cni-plugin --target x86_64-unknown-linux-gnu   # the margay we ship
 //! cargo run --release -p integration-tests --example bench_cni_agent -- \
 //!     [--runs 200] [--concurrent 50] [--resident 1] [--margay PATH] [--keep-logs DIR]
-//!     [--api-latency-ms 3] [--watch-delay-ms 2] [--reserve 4]
+//!     [--api-latency-ms 3] [--watch-delay-ms 2] [--reserve 4] [--compare PATH]
 //! ```
+//! `--compare PATH` runs a second margay binary (say, the build before a
+//! change) in the same loop, interleaved with the first and with ptp, and
+//! prints its figures and step medians too: an A/B comparison under the
+//! same machine noise.
 //! The API server answers as a real one does, not instantly: every request
 //! waits `--api-latency-ms` (an etcd commit and the network) and every
 //! watch event arrives `--watch-delay-ms` after its commit (the watch
@@ -114,6 +118,75 @@ fn exec(
     .expect("enter node")
 }
 
+/// One margay binary's side of the sequential loop: its ADD/DEL times,
+/// exec/exit clocks per container and contract misses.
+struct MargaySide {
+    bin: PathBuf,
+    /// Container id prefix.
+    tag: &'static str,
+    /// Pod name prefix (the pods exist in the API).
+    pod: &'static str,
+    add: Vec<Duration>,
+    del: Vec<Duration>,
+    spans: std::collections::BTreeMap<String, (f64, f64)>,
+    contract_misses: usize,
+}
+
+impl MargaySide {
+    fn new(bin: PathBuf, tag: &'static str, pod: &'static str) -> Self {
+        MargaySide {
+            bin,
+            tag,
+            pod,
+            add: Vec::new(),
+            del: Vec::new(),
+            spans: Default::default(),
+            contract_misses: 0,
+        }
+    }
+
+    /// ADD (timed), the contract check (untimed), DEL (timed) of pod `i`.
+    fn pair(&mut self, lab: &Lab, node: &Netns, conf: &str, i: usize) -> anyhow::Result<()> {
+        let pod = format!("{}{i}", self.pod);
+        let ns = Netns::create(&lab.pod_ns_name("bench", &pod))?;
+        let a = bench_attachment(format!("{}{i}", self.tag), &ns, &pod);
+        let (t, ok, res, span) = exec(node, &self.bin, "ADD", conf, &a);
+        anyhow::ensure!(ok, "{} ADD {i} failed: {res}", self.bin.display());
+        self.add.push(t);
+        self.spans.insert(a.container_id.clone(), span);
+        let host_if = res["interfaces"][0]["name"]
+            .as_str()
+            .unwrap_or("-")
+            .to_string();
+        let ip = res["ips"][0]["address"]
+            .as_str()
+            .unwrap_or("")
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let routes = node.ip(&["-4", "route", "show", "proto", "81"])?;
+        let map = node.exec(&["nft", "list", "map", "inet", "margay", "ep_ingress"])?;
+        if !(routes
+            .lines()
+            .any(|l| l.starts_with(&format!("{ip} ")) && l.contains(&host_if))
+            && map.contains(&host_if))
+        {
+            self.contract_misses += 1;
+        }
+        let (t, ok, res, _) = exec(
+            node,
+            &self.bin,
+            "DEL",
+            &cni::with_prev_result(conf, &res),
+            &a,
+        );
+        anyhow::ensure!(ok, "{} DEL {i} failed: {res}", self.bin.display());
+        self.del.push(t);
+        Ok(())
+    }
+}
+
 /// Pod `bench/<pod>` in `ns`, container `id`, interface eth0.
 fn bench_attachment(id: String, ns: &Netns, pod: &str) -> Attachment {
     Attachment {
@@ -165,6 +238,13 @@ fn main() -> anyhow::Result<()> {
         }
     };
     println!("margay: {}", margay.display());
+    let compare = arg_str("--compare").map(PathBuf::from);
+    if let Some(b) = &compare {
+        println!(
+            "compared with: {} (interleaved in the same loop)",
+            b.display()
+        );
+    }
     if !Path::new(PTP).exists() {
         anyhow::bail!("{PTP} not found (Debian's containernetworking-plugins)");
     }
@@ -205,9 +285,11 @@ fn main() -> anyhow::Result<()> {
     let n = runs;
     let conc = arg("--concurrent", 50);
     let resident = arg("--resident", 1);
+    let with_b = compare.is_some();
     k8s::with_client(lab.tor(), move |c| async move {
         let names = (0..n)
             .map(|i| format!("p{i}"))
+            .chain((0..if with_b { n } else { 0 }).map(|i| format!("b{i}")))
             .chain((0..conc).map(|i| format!("c{i}")))
             .chain((0..resident).map(|i| format!("r{i}")));
         for name in names {
@@ -254,48 +336,23 @@ fn main() -> anyhow::Result<()> {
     println!(
         "route + NetworkPolicy programmed before EndpointUp answers; IPAM reserve {reserve} units); ptp + host-local (route by ptp, no policy)\n"
     );
-    let (mut m_add, mut m_del, mut p_add, mut p_del) = (vec![], vec![], vec![], vec![]);
+    let (mut p_add, mut p_del) = (vec![], vec![]);
     let (mut floor, mut version) = (vec![], vec![]);
-    let mut contract_misses = 0;
-    let mut spans = std::collections::BTreeMap::new();
+    let mut a_side = MargaySide::new(margay.clone(), "m", "p");
+    let mut b_side = compare.map(|b| MargaySide::new(b, "b", "b"));
     for i in 0..runs {
-        // margay
-        let ns = Netns::create(&lab.pod_ns_name("bench", &format!("p{i}")))?;
-        let a = bench_attachment(format!("m{i}"), &ns, &format!("p{i}"));
-        let (t, ok, res, span) = exec(&node, &margay, "ADD", &margay_conf, &a);
-        anyhow::ensure!(ok, "margay ADD {i} failed: {res}");
-        m_add.push(t);
-        spans.insert(a.container_id.clone(), span);
-        let host_if = res["interfaces"][0]["name"]
-            .as_str()
-            .unwrap_or("-")
-            .to_string();
-        let ip = res["ips"][0]["address"]
-            .as_str()
-            .unwrap_or("")
-            .split('/')
-            .next()
-            .unwrap_or("")
-            .to_string();
-        let routes = node.ip(&["-4", "route", "show", "proto", "81"])?;
-        let map = node.exec(&["nft", "list", "map", "inet", "margay", "ep_ingress"])?;
-        if !(routes
-            .lines()
-            .any(|l| l.starts_with(&format!("{ip} ")) && l.contains(&host_if))
-            && map.contains(&host_if))
+        // margay (and the binary compared with, alternating which goes first)
+        if i % 2 == 1
+            && let Some(b) = &mut b_side
         {
-            contract_misses += 1;
+            b.pair(&lab, &node, &margay_conf, i)?;
         }
-        let (t, ok, res, _) = exec(
-            &node,
-            &margay,
-            "DEL",
-            &cni::with_prev_result(&margay_conf, &res),
-            &a,
-        );
-        anyhow::ensure!(ok, "margay DEL {i} failed: {res}");
-        m_del.push(t);
-        drop(ns);
+        a_side.pair(&lab, &node, &margay_conf, i)?;
+        if i % 2 == 0
+            && let Some(b) = &mut b_side
+        {
+            b.pair(&lab, &node, &margay_conf, i)?;
+        }
         // ptp + host-local
         let ns = Netns::create(&format!("{}-ptp{i}", lab.prefix()))?;
         let a = bench_attachment(format!("p{i}"), &ns, &format!("q{i}"));
@@ -320,12 +377,16 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(ok, "margay VERSION failed: {res}");
         version.push(t);
     }
-    anyhow::ensure!(
-        contract_misses == 0,
-        "{contract_misses} of {runs} margay ADDs returned before their route or policy was in the kernel: no figures for a run that skipped the work"
-    );
-    let (ma, ma95) = stats(&m_add);
-    let (md, md95) = stats(&m_del);
+    for side in std::iter::once(&a_side).chain(b_side.as_ref()) {
+        anyhow::ensure!(
+            side.contract_misses == 0,
+            "{} of {runs} ADDs of {} returned before their route or policy was in the kernel: no figures for a run that skipped the work",
+            side.contract_misses,
+            side.bin.display()
+        );
+    }
+    let (ma, ma95) = stats(&a_side.add);
+    let (md, md95) = stats(&a_side.del);
     let (pa, pa95) = stats(&p_add);
     let (pd, pd95) = stats(&p_del);
     println!(
@@ -338,8 +399,19 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "route and policy in place when ADD returned: {}/{runs}",
-        runs - contract_misses
+        runs - a_side.contract_misses
     );
+    if let Some(b) = &b_side {
+        let (ba, ba95) = stats(&b.add);
+        let (bd, _) = stats(&b.del);
+        println!(
+            "compared binary: ADD {:.2}x ptp (median {ba:.2} ms p95 {ba95:.2} ms), DEL {:.2}x; margay/compared ADD median {:.2}; route and policy in place: {}/{runs}",
+            ba / pa,
+            bd / pd,
+            ma / ba,
+            runs - b.contract_misses
+        );
+    }
     let (fl, fl95) = stats(&floor);
     let (ve, _) = stats(&version);
     println!(
@@ -353,7 +425,10 @@ fn main() -> anyhow::Result<()> {
         (fl + ve) / pa,
         ma - fl - ve
     );
-    phases(&lab.run_dir().join("cni.log"), &spans);
+    phases(&lab.run_dir().join("cni.log"), &a_side.spans, "margay");
+    if let Some(b) = &b_side {
+        phases(&lab.run_dir().join("cni.log"), &b.spans, "compared binary");
+    }
     agent_means(&node, &format!("{}/metrics", k8s::AGENT_HEALTH));
     println!();
     if let Some(dir) = &keep_logs {
@@ -525,9 +600,11 @@ fn agent_means(node: &Netns, url: &str) {
     }
 }
 
-/// Median time of each step of margay's ADD, from its debug log. The host
-/// side and EndpointUp run while the pod side is configured.
-fn phases(log: &Path, spans: &std::collections::BTreeMap<String, (f64, f64)>) {
+/// Median time of each step of margay's ADD, from its debug log. Once the
+/// host veth is up, EndpointUp runs while the rest of the host side and
+/// the pod side are configured. A step a binary does not log (an older
+/// build) is left out of its table.
+fn phases(log: &Path, spans: &std::collections::BTreeMap<String, (f64, f64)>, label: &str) {
     let Ok(text) = std::fs::read_to_string(log) else {
         println!("(no plugin log at {})", log.display());
         return;
@@ -535,14 +612,13 @@ fn phases(log: &Path, spans: &std::collections::BTreeMap<String, (f64, f64)>) {
     const EXEC: &str = "exec";
     const EXIT: &str = "exit";
     let steps = [
+        ("exec", "agent connected"),
         ("exec", "namespaces open"),
         ("namespaces open", "allocated"),
         ("allocated", "veth created"),
-        ("veth created", "host side configured"),
-        (
-            "host side configured",
-            "route and policy programmed by the agent",
-        ),
+        ("veth created", "host side up"),
+        ("host side up", "host side configured"),
+        ("host side up", "route and policy programmed by the agent"),
         ("veth created", "pod side configured"),
         ("route and policy programmed by the agent", "pod attached"),
         ("pod side configured", "pod attached"),
@@ -581,7 +657,7 @@ fn phases(log: &Path, spans: &std::collections::BTreeMap<String, (f64, f64)>) {
             e.insert(step, t);
         }
     }
-    println!("\nmargay ADD by step (median ms; from its log and the exec/exit clock):");
+    println!("\n{label} ADD by step (median ms; from its log and the exec/exit clock):");
     for (from, to) in steps {
         let mut g: Vec<f64> = at
             .values()

@@ -29,6 +29,8 @@ pub struct StoreStats {
     pub gets: u64,
     /// `list_*` calls.
     pub lists: u64,
+    /// `list_blocks` calls (also counted in `lists`).
+    pub block_lists: u64,
     /// `create_block` calls (including failed ones).
     pub creates: u64,
     /// `update_block` calls (including failed ones).
@@ -70,6 +72,7 @@ pub struct MemStore {
     events: broadcast::Sender<BlockEvent>,
     gets: AtomicU64,
     lists: AtomicU64,
+    block_lists: AtomicU64,
     creates: AtomicU64,
     updates: AtomicU64,
     deletes: AtomicU64,
@@ -97,6 +100,7 @@ impl MemStore {
             events: broadcast::channel(4096).0,
             gets: AtomicU64::new(0),
             lists: AtomicU64::new(0),
+            block_lists: AtomicU64::new(0),
             creates: AtomicU64::new(0),
             updates: AtomicU64::new(0),
             deletes: AtomicU64::new(0),
@@ -160,6 +164,7 @@ impl MemStore {
         StoreStats {
             gets: self.gets.load(Ordering::Relaxed),
             lists: self.lists.load(Ordering::Relaxed),
+            block_lists: self.block_lists.load(Ordering::Relaxed),
             creates: self.creates.load(Ordering::Relaxed),
             updates: self.updates.load(Ordering::Relaxed),
             deletes: self.deletes.load(Ordering::Relaxed),
@@ -240,6 +245,7 @@ impl Store for MemStore {
         Box::pin(async move {
             self.enter().await?;
             self.lists.fetch_add(1, Ordering::Relaxed);
+            self.block_lists.fetch_add(1, Ordering::Relaxed);
             Ok(self.lock().blocks.values().cloned().collect())
         })
     }

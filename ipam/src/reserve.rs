@@ -12,6 +12,8 @@
 //!        └─► mover: Allocator::move_handle(unit → pod handle, pod attrs)
 //!                   (one CAS per block for every move pending)
 //!  refill: below the low-water mark, allocate units up to the target
+//!  drop_ineligible: release ready units whose pool no longer serves the
+//!                   node (disabled, deleted, selector), before each refill
 //! ```
 //!
 //! Why no address is both given out and free: a unit's addresses are
@@ -119,6 +121,8 @@ struct State {
     /// Pod handle → the unit it took, until the move is done.
     taken: HashMap<String, Taken>,
     filling: usize,
+    /// Units of pools that no longer serve this node, to release.
+    dropping: Vec<Unit>,
     /// Recovery done: refills may start.
     recovered: bool,
 }
@@ -140,6 +144,9 @@ pub struct ReserveMetrics {
     pub refill_failures: u64,
     /// Moves done.
     pub moves: u64,
+    /// Ready units released because their pool no longer serves this
+    /// node (disabled, deleted, not for workloads, selector).
+    pub dropped: u64,
     /// Moves that failed for good.
     pub move_failures: u64,
 }
@@ -152,6 +159,7 @@ struct Counters {
     refill_failures: AtomicU64,
     moves: AtomicU64,
     move_failures: AtomicU64,
+    dropped: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -269,6 +277,7 @@ impl Reserve {
                 let r = Reserve { shared };
                 let woken = r.shared.clone();
                 let notified = woken.wake.notified();
+                r.drop_ineligible().await;
                 // Both in one round of the allocator when they coincide.
                 let ((), moves_left) = tokio::join!(r.refill(), r.move_pending());
                 let retry = r.shared.opts.retry;
@@ -473,7 +482,53 @@ impl Reserve {
             refilled: g(&c.refilled),
             refill_failures: g(&c.refill_failures),
             moves: g(&c.moves),
+            dropped: g(&c.dropped),
             move_failures: g(&c.move_failures),
+        }
+    }
+
+    /// Releases the ready units an Allocate could no longer be given (the
+    /// pool was disabled or deleted, or stopped selecting this node), so
+    /// that pods get addresses from the pools that serve now; the refill
+    /// then allocates from those. Taken units are the pods' and stay.
+    pub async fn drop_ineligible(&self) {
+        let ips: Vec<IpAddr> = {
+            let st = self.lock();
+            if !st.recovered || (st.ready.is_empty() && st.dropping.is_empty()) {
+                return;
+            }
+            st.ready.iter().flat_map(Unit::ips).collect()
+        };
+        let bad = match self.shared.alloc.ineligible(ips).await {
+            Ok(Some(bad)) => bad,
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                debug!(error = %e, "reserve: pool check skipped");
+                Vec::new()
+            }
+        };
+        let gone: Vec<Unit> = {
+            let mut st = self.lock();
+            let (keep, gone): (VecDeque<Unit>, VecDeque<Unit>) = std::mem::take(&mut st.ready)
+                .into_iter()
+                .partition(|u| !u.addresses.iter().any(|a| bad.contains(&a.ip)));
+            st.ready = keep;
+            let mut gone = Vec::from(gone);
+            gone.append(&mut st.dropping);
+            gone
+        };
+        for u in gone {
+            match self.shared.alloc.release(&u.handle).await {
+                Ok(_) => {
+                    bump(&self.shared.counters.dropped, 1);
+                    info!(unit = %u.handle, ips = ?u.ips(), "reserve unit released: its pool no longer serves this node");
+                }
+                // Out of `ready` (no pod gets it); retried next period.
+                Err(e) => {
+                    warn!(unit = %u.handle, error = %e, "reserve unit of a pool that no longer serves this node could not be released; retrying");
+                    self.lock().dropping.push(u);
+                }
+            }
         }
     }
 

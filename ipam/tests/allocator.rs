@@ -632,3 +632,87 @@ async fn a_stale_resync_does_not_roll_back_the_allocators_own_writes() {
     assert_eq!(blocks[0].spec.allocations.len(), 3);
     assert_eq!(n1.status().await.unwrap().pools[0].allocated, 3);
 }
+
+#[tokio::test]
+async fn blocks_from_watch_lists_no_blocks_and_serves_once_the_watch_listed() {
+    use futures::StreamExt as _;
+    let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
+    // Another node's addresses: n2 can know of them only from the watch.
+    let n1 = start(&store, "n1", IpamConfig::default(), &clock).await;
+    let mut theirs = HashSet::new();
+    for i in 0..3 {
+        let got = n1.allocate(req(&format!("net.c{i}"), V4)).await.unwrap();
+        theirs.extend(got.into_iter().map(|a| a.ip));
+    }
+    let block_lists = store.stats().block_lists;
+    let n2 = Allocator::spawn(
+        store.clone() as Arc<dyn Store>,
+        node("n2"),
+        IpamConfig::default(),
+        AllocatorOptions {
+            seed: Some(1),
+            blocks_from_watch: true,
+            ..Default::default()
+        },
+        clock.clone() as Arc<dyn Clock>,
+    );
+    let e = n2.allocate(req("net.x", V4)).await.unwrap_err();
+    assert!(matches!(e, IpamError::Unavailable { .. }), "{e}");
+    let st = n2.status().await.unwrap();
+    assert!(!st.ready);
+    assert!(st.message.contains("block watch"), "{}", st.message);
+
+    // The watch's first list seeds the cache.
+    let mut watch = (store.clone() as Arc<dyn Store>).watch_blocks();
+    let first = watch.next().await.expect("an event").expect("no error");
+    assert!(matches!(first, BlockEvent::Resync(_)));
+    n2.apply_block_event(first).await.unwrap();
+    for _ in 0..200 {
+        if n2.status().await.unwrap().ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let st = n2.status().await.unwrap();
+    assert!(st.ready, "{}", st.message);
+    assert_eq!(
+        st.pools[0].allocated, 3,
+        "n1's addresses came with the watch's list"
+    );
+    let mine = n2.allocate(req("net.x", V4)).await.unwrap();
+    assert!(
+        mine.iter().all(|a| !theirs.contains(&a.ip)),
+        "{mine:?} vs {theirs:?}"
+    );
+    assert_eq!(
+        store.stats().block_lists,
+        block_lists,
+        "n2 listed blocks instead of taking the watch's list"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_allocator_polled_for_its_status_still_retries_its_listing() {
+    let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
+    store.set_unavailable(true);
+    let a = Allocator::spawn(
+        store.clone() as Arc<dyn Store>,
+        node("n1"),
+        IpamConfig::default(),
+        AllocatorOptions::default(),
+        clock.clone() as Arc<dyn Clock>,
+    );
+    assert!(!a.status().await.unwrap().ready);
+    store.set_unavailable(false);
+    // A status poll every 10 ms (as a readiness wait does) must not keep
+    // postponing the once-a-second retry.
+    let mut ready = false;
+    for _ in 0..400 {
+        if a.status().await.unwrap().ready {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(ready, "never retried the listing while polled");
+}

@@ -411,3 +411,60 @@ async fn a_move_is_idempotent_and_refuses_a_handle_that_has_the_family() {
         assert_eq!(all[&a.ip].0, next[0].handle);
     }
 }
+
+#[tokio::test]
+async fn ready_units_of_a_pool_that_stops_serving_are_released_and_refilled_elsewhere() {
+    let store = Arc::new(MemStore::new(3));
+    store.put_pool("a", pool("198.19.0.0/24", 28));
+    let alloc = allocator(&store).await;
+    let r = Reserve::new(alloc.clone(), opts(2));
+    let _task = r.start(Vec::new());
+    until("the first refill", || r.metrics().ready == 2).await;
+    // A pod takes a unit from pool a before the pool is disabled: it keeps it.
+    let kept = ips(&r.take("net.p1", &attrs("p1"), &[], &[]).expect("a unit"));
+    let in_a = |ip: &IpAddr| {
+        "198.19.0.0/24"
+            .parse::<ipam::cidr::Cidr>()
+            .expect("cidr")
+            .contains(*ip)
+    };
+    assert!(kept.iter().all(in_a), "{kept:?}");
+
+    store.put_pool("b", pool("198.19.1.0/24", 28));
+    let mut a = pool("198.19.0.0/24", 28);
+    a.disabled = true;
+    store.put_pool("a", a);
+    alloc.refresh().await.expect("refresh");
+
+    until("the units of pool a to be released", || {
+        r.metrics().dropped >= 1
+    })
+    .await;
+    until("the refill from pool b", || r.metrics().ready == 2).await;
+    let now = allocations(&store);
+    let reserve_ips: Vec<IpAddr> = now
+        .iter()
+        .filter(|(_, (h, _))| is_reserve_handle(h))
+        .map(|(ip, _)| *ip)
+        .collect();
+    // Every unit left is ready in pool b, except the one the pod took
+    // (moved to it, or still under its reserve handle while moving).
+    assert!(
+        reserve_ips.iter().all(|ip| !in_a(ip) || kept.contains(ip)),
+        "units of the disabled pool still reserved: {reserve_ips:?}"
+    );
+    let got = ips(&r.take("net.p2", &attrs("p2"), &[], &[]).expect("a unit"));
+    assert!(
+        got.iter().all(|ip| !in_a(ip)),
+        "a new pod got {got:?} from the disabled pool"
+    );
+    until("the pod's move", || r.metrics().moves_pending == 0).await;
+    let now = allocations(&store);
+    for ip in &kept {
+        assert_eq!(
+            now.get(ip).map(|(h, _)| h.as_str()),
+            Some("net.p1"),
+            "the pod keeps the address it took from pool a"
+        );
+    }
+}

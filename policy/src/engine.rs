@@ -35,7 +35,7 @@ use crate::compile::{Direction, PodPeer};
 use crate::model::{
     ClusterState, LocalEndpoint, NamespaceInfo, NodeContext, PodInfo, PodKey, PolicyKey, Protocol,
 };
-use crate::nft::{Changes, DiffStats, emit, full};
+use crate::nft::{Changes, DiffStats, emit};
 use crate::plan::{
     PlanIssue, Policies, check_iface, is_member, members, namespace_labels, peer_selects,
     plan_endpoint,
@@ -392,7 +392,7 @@ impl Engine {
         }
         self.changes = Changes::default();
         self.needs_full = true;
-        sink.apply(&full(&self.rs))
+        sink.apply_full(&self.rs)
             .map_err(|source| EngineError::Apply { source })?;
         self.needs_full = false;
         Ok(CommitStats {

@@ -403,12 +403,18 @@ fn map_elem(iface: &str, chain: &str) -> Expression<'static> {
 /// whole new table. Packets see the old table or the new one, never a gap;
 /// conntrack entries live outside the table, so established flows continue.
 pub fn full(rs: &Ruleset) -> Batch {
+    full_with(rs, true)
+}
+
+/// [`full`] with the sets declared empty when `with_elems` is false (what
+/// [`full_json`] fills in as it writes).
+pub fn full_with(rs: &Ruleset, with_elems: bool) -> Batch {
     let mut b = Batch::new();
     b.add(NfListObject::Table(table()));
     b.delete(NfListObject::Table(table()));
     b.add(NfListObject::Table(table()));
     for (name, ir) in &rs.sets {
-        b.add(NfListObject::Set(Box::new(set_decl(name, ir, true))));
+        b.add(NfListObject::Set(Box::new(set_decl(name, ir, with_elems))));
     }
     for name in rs.chains.keys() {
         b.add(NfListObject::Chain(chain(name)));
@@ -641,4 +647,108 @@ pub fn changes(old: &Ruleset, new: &Ruleset) -> Option<Changes> {
 /// `{"nftables": [...]}` text of a batch.
 pub fn to_json(b: &Batch) -> Result<String, serde_json::Error> {
     b.to_json()
+}
+
+/// The JSON text of [`full`]`(rs)` (the same document, as `nft -j -f -`
+/// reads it), written without building the batch's element expressions:
+/// each set element becomes its JSON expression only while it is written.
+/// The first full rebuild of a large cluster holds ~200k elements; as
+/// expression trees they were the agent's largest transient allocation.
+pub fn full_json(rs: &Ruleset) -> Result<String, serde_json::Error> {
+    serde_json::to_string(&FullDoc {
+        rs,
+        skeleton: full_with(rs, false),
+    })
+}
+
+struct FullDoc<'a> {
+    rs: &'a Ruleset,
+    skeleton: Batch,
+}
+
+impl serde::Serialize for FullDoc<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error as _, SerializeMap as _, SerializeSeq as _};
+        struct Items<'a>(&'a FullDoc<'a>);
+        impl serde::Serialize for Items<'_> {
+            fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+                let mut seq = ser.serialize_seq(Some(self.0.skeleton.items.len()))?;
+                for item in &self.0.skeleton.items {
+                    let filled = match item {
+                        Item::Nft(nftables::schema::NfObject::CmdObject(NfCmd::Add(
+                            NfListObject::Set(decl),
+                        ))) => self
+                            .0
+                            .rs
+                            .sets
+                            .get(decl.name.as_ref())
+                            .filter(|ir| !ir.elems.is_empty()),
+                        _ => None,
+                    };
+                    match filled {
+                        Some(ir) => {
+                            // {"add": {"set": {<decl>..., "elem": [...]}}}
+                            let Item::Nft(nftables::schema::NfObject::CmdObject(NfCmd::Add(
+                                NfListObject::Set(decl),
+                            ))) = item
+                            else {
+                                return Err(S::Error::custom("set declaration expected"));
+                            };
+                            seq.serialize_element(&AddSet { decl, ir })?;
+                        }
+                        None => seq.serialize_element(item)?,
+                    }
+                }
+                seq.end()
+            }
+        }
+        struct AddSet<'a> {
+            decl: &'a Set<'static>,
+            ir: &'a SetIr,
+        }
+        impl serde::Serialize for AddSet<'_> {
+            fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+                struct Body<'a>(&'a AddSet<'a>);
+                impl serde::Serialize for Body<'_> {
+                    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+                        let serde_json::Value::Object(fields) =
+                            serde_json::to_value(self.0.decl).map_err(S::Error::custom)?
+                        else {
+                            return Err(S::Error::custom("a set declaration is a JSON object"));
+                        };
+                        let mut m = ser.serialize_map(Some(fields.len() + 1))?;
+                        for (k, v) in &fields {
+                            m.serialize_entry(k, v)?;
+                        }
+                        m.serialize_entry("elem", &Elems(&self.0.ir.elems))?;
+                        m.end()
+                    }
+                }
+                struct Set1<'a>(&'a AddSet<'a>);
+                impl serde::Serialize for Set1<'_> {
+                    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+                        let mut m = ser.serialize_map(Some(1))?;
+                        m.serialize_entry("set", &Body(self.0))?;
+                        m.end()
+                    }
+                }
+                let mut m = ser.serialize_map(Some(1))?;
+                m.serialize_entry("add", &Set1(self))?;
+                m.end()
+            }
+        }
+        struct Elems<'a>(&'a BTreeSet<Elem>);
+        impl serde::Serialize for Elems<'_> {
+            fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+                let mut seq = ser.serialize_seq(Some(self.0.len()))?;
+                for e in self.0 {
+                    seq.serialize_element(&elem(e))?;
+                }
+                seq.end()
+            }
+        }
+        let mut m = ser.serialize_map(Some(1))?;
+        m.serialize_entry("nftables", &Items(self))?;
+        m.end()
+    }
 }

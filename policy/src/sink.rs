@@ -3,6 +3,7 @@
 //! [`CapturingSink`].
 
 use crate::batch::Batch;
+use crate::ruleset::Ruleset;
 
 /// Applies nftables batches atomically (all or nothing).
 pub trait NftSink {
@@ -10,6 +11,14 @@ pub trait NftSink {
 
     /// Applies `batch` as one transaction.
     fn apply(&mut self, batch: &Batch) -> Result<(), Self::Error>;
+
+    /// Replaces the table with `rs` as one transaction: [`crate::nft::full`].
+    /// Sinks that take JSON text override it to write
+    /// [`crate::nft::full_json`], which never holds every set element as
+    /// an expression tree at once.
+    fn apply_full(&mut self, rs: &Ruleset) -> Result<(), Self::Error> {
+        self.apply(&crate::nft::full(rs))
+    }
 }
 
 /// Error of [`CapturingSink`] when told to fail.

@@ -139,6 +139,9 @@ pub struct PeerStatus {
     /// Families whose End-of-RIB marker the peer has sent since the session
     /// came up (its initial table is complete).
     pub end_of_rib: Families,
+    /// Families negotiated when the session last came up (its initial
+    /// table is complete once `end_of_rib` has each of them).
+    pub families: Families,
     /// The peer's BFD session state, when BFD is configured for it.
     pub bfd: Option<bfd::State>,
 }

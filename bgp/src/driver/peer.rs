@@ -25,7 +25,6 @@ use crate::config::PeerConfig;
 use crate::fsm::{ConnId, Input, Output, Session, Timer};
 use crate::rib::decision::{PeerIdx, Source};
 use crate::rib::{LogReader, PeerInfo};
-use crate::wire::notification::cease_sub;
 use crate::wire::{DecodeError, Message, Notification, Update, frame};
 
 enum ConnEvent {
@@ -158,10 +157,10 @@ impl PeerTask {
                     None => self.bfd = None,
                 },
                 c = cmds.recv() => match c {
-                    None => {
-                        Box::pin(self.input(Input::Stop(Notification::cease(cease_sub::PEER_DECONFIGURED)))).await;
-                        return;
-                    }
+                    // The speaker is gone (dropped: restarting): close with
+                    // no NOTIFICATION, so that graceful-restart peers keep
+                    // our routes. A removal sends `Stop` first.
+                    None => return,
                     Some(PeerCmd::Attach(r)) => {
                         if let Some(c) = self.session.established_conn().and_then(|c| self.conns.get(&c)) {
                             let _ = c.writer.send(Write::Attach(r)).await;

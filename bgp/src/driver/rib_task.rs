@@ -42,6 +42,17 @@ pub(super) struct PeerEntry {
     pub(super) bfd: Option<bfd::State>,
 }
 
+/// Tells a peer task to send Cease/`sub`, close and end. (Its channel
+/// closing alone ends it without a NOTIFICATION: that is the speaker
+/// going away, which graceful-restart peers take as a restart.)
+fn stop_peer(tx: mpsc::Sender<PeerCmd>, sub: u8) {
+    if let Err(mpsc::error::TrySendError::Full(cmd)) = tx.try_send(PeerCmd::Stop(sub)) {
+        tokio::spawn(async move {
+            let _ = tx.send(cmd).await;
+        });
+    }
+}
+
 impl Drop for PeerEntry {
     fn drop(&mut self) {
         if let Some(t) = &self.task {
@@ -273,9 +284,11 @@ impl RibTask {
                         self.listener_md5(&neighbor, b"", &name);
                     }
                     if let Some(mut e) = self.peers.remove(&i) {
-                        // Closing its channel makes the peer task send
-                        // Cease/3 and end by itself; do not abort it.
-                        e.tx = None;
+                        // The peer task sends Cease/3 and ends by itself;
+                        // do not abort it.
+                        if let Some(tx) = e.tx.take() {
+                            stop_peer(tx, cease_sub::PEER_DECONFIGURED);
+                        }
                         e.task = None;
                     }
                     self.rib.peer_down(i, crate::wire::Families::NONE);
@@ -314,6 +327,7 @@ impl RibTask {
                         last_error: p.error.clone(),
                         last_update: p.last_update,
                         end_of_rib: p.end_of_rib,
+                        families: p.families,
                         bfd: p.bfd,
                     })
                     .collect();
@@ -342,7 +356,7 @@ impl RibTask {
                 let mut tasks = Vec::new();
                 for p in self.peers.values_mut() {
                     if let Some(tx) = p.tx.take() {
-                        let _ = tx.try_send(PeerCmd::Stop(cease_sub::ADMIN_SHUTDOWN));
+                        stop_peer(tx, cease_sub::ADMIN_SHUTDOWN);
                     }
                     tasks.extend(p.task.take());
                 }

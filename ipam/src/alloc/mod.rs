@@ -112,6 +112,14 @@ pub struct AllocatorOptions {
     pub group_commit: bool,
     /// Seed for backoff jitter (None: from the node name and the clock).
     pub seed: Option<u64>,
+    /// The blocks come from the caller's block watch: the first
+    /// [`BlockEvent::Resync`] given to [`Allocator::apply_block_event`]
+    /// fills the cache, and the allocator lists only pools until then (not
+    /// ready meanwhile: requests fail with `Unavailable`). Later re-lists
+    /// (a stale cache found by a conflict or a futile search) list blocks
+    /// as usual. The agent, whose IPAM view watches every block anyway,
+    /// saves one list of the cluster's blocks per start.
+    pub blocks_from_watch: bool,
 }
 
 impl Default for AllocatorOptions {
@@ -126,6 +134,7 @@ impl Default for AllocatorOptions {
             max_batch: 512,
             group_commit: true,
             seed: None,
+            blocks_from_watch: false,
         }
     }
 }
@@ -508,6 +517,31 @@ impl Allocator {
         }));
         self.tx.send(cmd).await.map_err(|_| IpamError::Stopped)?;
         rx.await.map_err(|_| IpamError::Stopped)
+    }
+
+    /// Which of `ips` a new pod Allocate could no longer be given: the
+    /// pool holding it is gone, disabled, not for workloads, or no longer
+    /// selects this node (from the cache; no store call). None until the
+    /// cache is synced.
+    pub async fn ineligible(&self, ips: Vec<IpAddr>) -> Result<Option<Vec<IpAddr>>, IpamError> {
+        self.inspect(move |v| {
+            if !v.ready {
+                return None;
+            }
+            let out = ips
+                .into_iter()
+                .filter(|ip| {
+                    !v.pools.iter().any(|p| {
+                        p.spec.cidr.contains(*ip)
+                            && !p.spec.disabled
+                            && p.spec.allowed_uses.contains(&AllowedUse::Workload)
+                            && p.spec.node_selector.matches(&v.node.labels)
+                    })
+                })
+                .collect();
+            Some(out)
+        })
+        .await
     }
 
     /// What a handle holds, from the cache.

@@ -100,6 +100,14 @@ pub(crate) struct Worker {
     counters: Arc<Counters>,
     rng: SmallRng,
     needs_resync: bool,
+    /// Waiting for the block watch's first list (`blocks_from_watch`).
+    awaiting_seed: bool,
+    /// Pools were listed or given since the start.
+    pools_known: bool,
+    /// The watch's first list came before any pools: ready once they do.
+    seeded_without_pools: bool,
+    /// When the idle worker retries a failed listing.
+    resync_due: Option<Instant>,
     /// When a re-list last failed to turn up a pool or an address.
     futile_relist: Option<Instant>,
     next_id: u64,
@@ -194,6 +202,7 @@ impl Worker {
         let seed = opts
             .seed
             .unwrap_or_else(|| fnv1a(&[&node.name]) ^ clock.now_ms());
+        let awaiting_seed = opts.blocks_from_watch;
         Worker {
             store,
             opts,
@@ -202,6 +211,10 @@ impl Worker {
             rng: SmallRng::seed_from_u64(seed),
             clock,
             needs_resync: true,
+            awaiting_seed,
+            pools_known: false,
+            seeded_without_pools: false,
+            resync_due: None,
             futile_relist: None,
             idle_waiters: Vec::new(),
             next_id: 0,
@@ -235,23 +248,41 @@ impl Worker {
         }
     }
 
-    /// Re-lists pools and blocks.
+    /// Re-lists pools and blocks (only pools while the blocks are to come
+    /// from the watch's first list: then it fails with `Unavailable`).
     pub async fn resync(&mut self) -> Result<(), IpamError> {
-        Counters::add(&self.counters.reads, 2);
+        let with_blocks = !self.awaiting_seed;
+        Counters::add(&self.counters.reads, if with_blocks { 2 } else { 1 });
         let store = self.store.clone();
         let res = async {
             let pools = self.timed(store.list_pools()).await?;
-            let blocks = self.timed(store.list_blocks()).await?;
+            let blocks = match with_blocks {
+                true => Some(self.timed(store.list_blocks()).await?),
+                false => None,
+            };
             Ok::<_, StoreError>((pools, blocks))
         }
         .await;
         match res {
-            Ok((pools, blocks)) => {
+            Ok((pools, Some(blocks))) => {
                 self.view.set_pools(pools);
+                self.pools_known = true;
+                self.seeded_without_pools = false;
                 self.view.set_all_blocks(blocks);
                 self.needs_resync = false;
                 self.store_succeeded();
                 Ok(())
+            }
+            Ok((pools, None)) => {
+                self.view.set_pools(pools);
+                self.pools_known = true;
+                self.store_succeeded();
+                let reason = "waiting for the first list of the IPAM block watch";
+                self.view.last_error = Some(reason.into());
+                Err(IpamError::Unavailable {
+                    reason: reason.into(),
+                    source: None,
+                })
             }
             Err(e) => {
                 self.needs_resync = true;
@@ -279,9 +310,19 @@ impl Worker {
             let now = Instant::now();
             if !pending.iter().any(|o| o.not_before <= now) {
                 let wake = pending.iter().map(|o| o.not_before).min();
-                // While unsynced and idle, retry the listing every second.
-                let resync_at = (self.needs_resync && pending.is_empty())
-                    .then(|| now + std::time::Duration::from_secs(1));
+                // While unsynced and idle, retry the listing every second
+                // (a deadline kept across commands: a caller polling the
+                // status must not postpone it forever).
+                let resync_at = if self.needs_resync && pending.is_empty() {
+                    Some(
+                        *self
+                            .resync_due
+                            .get_or_insert(now + std::time::Duration::from_secs(1)),
+                    )
+                } else {
+                    self.resync_due = None;
+                    None
+                };
                 tokio::select! {
                     cmd = rx.recv(), if open => match cmd {
                         Some(c) => self.accept(c, &mut pending).await,
@@ -289,6 +330,7 @@ impl Worker {
                     },
                     _ = sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
                     _ = sleep_until(resync_at.unwrap_or(now)), if resync_at.is_some() => {
+                        self.resync_due = None;
                         let _ = self.resync().await;
                     }
                     else => {}
@@ -447,7 +489,14 @@ impl Worker {
             }
             Cmd::SetConfig(c) => self.view.config = c,
             Cmd::SetLabels(l) => self.view.node.labels = l,
-            Cmd::SetPools(p) => self.view.set_pools(p),
+            Cmd::SetPools(p) => {
+                self.view.set_pools(p);
+                self.pools_known = true;
+                if std::mem::take(&mut self.seeded_without_pools) {
+                    self.needs_resync = false;
+                    self.store_succeeded();
+                }
+            }
             Cmd::Event(ev) => self.apply_event(ev),
         }
     }
@@ -464,6 +513,19 @@ impl Worker {
                 }
             }
             BlockEvent::Deleted { name } => self.view.remove_block(&name),
+            // The watch's first list is the cache (`blocks_from_watch`):
+            // synced once the pools are known too.
+            BlockEvent::Resync(all) if self.awaiting_seed => {
+                self.view.set_all_blocks(all);
+                self.awaiting_seed = false;
+                if self.pools_known {
+                    self.needs_resync = false;
+                    self.store_succeeded();
+                } else {
+                    self.seeded_without_pools = true;
+                    self.view.last_error = Some("waiting for the list of IPPools".into());
+                }
+            }
             // The watch's relist may predate our own writes: merge, never
             // roll back (see View::merge_all_blocks).
             BlockEvent::Resync(all) => self.view.merge_all_blocks(all),

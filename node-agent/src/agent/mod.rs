@@ -223,27 +223,21 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     // IPAM on the CRDs; the allocator follows the block watch, and so does
     // the view the dataplane (and BGP) consume.
     let store: Arc<dyn ipam::Store> = Arc::new(KubeStore::new(cluster.client(), metrics.clone()));
-    let alloc = sup
-        .during(ipam::Allocator::start(
-            store.clone(),
-            ipam::NodeInfo {
-                name: me.name.clone(),
-                labels: labels.into_iter().collect(),
-            },
-            ipam::IpamConfig::default(),
-            ipam::AllocatorOptions::default(),
-            Arc::new(ipam::SystemClock),
-        ))
-        .await??;
-    let follow = alloc.follow_block_watch(store.clone());
-    sup.critical("ipam block watch", move |pulse| async move {
-        pulse.retire();
-        if let Err(e) = follow.await
-            && e.is_panic()
-        {
-            std::panic::resume_unwind(e.into_panic());
-        }
-    });
+    // The allocator's blocks come from the view's watch (below): one list
+    // of the cluster's blocks per start, not two.
+    let alloc = ipam::Allocator::spawn(
+        store.clone(),
+        ipam::NodeInfo {
+            name: me.name.clone(),
+            labels: labels.into_iter().collect(),
+        },
+        ipam::IpamConfig::default(),
+        ipam::AllocatorOptions {
+            blocks_from_watch: true,
+            ..Default::default()
+        },
+        Arc::new(ipam::SystemClock),
+    );
     {
         let (cluster, alloc, me) = (cluster.clone(), alloc.clone(), me.name.clone());
         sup.restarting("ipam pools", move |pulse| {
@@ -252,11 +246,21 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     }
     let (view_tx, view_rx) = watch::channel(Arc::new(IpamView::default()));
     {
+        // One block watch for the view and the allocator's cache.
         let (store, me, tx) = (store.clone(), me.name.clone(), Arc::new(view_tx));
+        let feed = alloc.clone();
         sup.restarting("ipam view", move |pulse| {
-            view::run(store.clone(), me.clone(), tx.clone(), pulse)
+            view::run(
+                store.clone(),
+                me.clone(),
+                tx.clone(),
+                Some(feed.clone()),
+                pulse,
+            )
         });
     }
+    tracing::info!("waiting for the IPAM allocator's first list of pools and blocks");
+    sup.during(wait_allocator_ready(&alloc)).await?;
 
     // This node's pods as compact PodEndpoints (docs/scale.md §4).
     {
@@ -503,6 +507,23 @@ fn start_flow_log(
             source,
         })?;
     Ok(())
+}
+
+/// Until the allocator has listed the pools and taken the block watch's
+/// first list (it retries on its own; the status says what it waits for).
+async fn wait_allocator_ready(alloc: &ipam::Allocator) {
+    let mut said = std::time::Instant::now();
+    loop {
+        match alloc.status().await {
+            Ok(st) if st.ready => return,
+            Ok(st) if said.elapsed() >= Duration::from_secs(10) => {
+                tracing::info!(why = %st.message, "the IPAM allocator is not ready yet");
+                said = std::time::Instant::now();
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn shutdown_signal() {

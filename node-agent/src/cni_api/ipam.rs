@@ -116,6 +116,7 @@ pub async fn reserve_metrics(
             ("refill_failure", m.refill_failures, last.refill_failures),
             ("move", m.moves, last.moves),
             ("move_failure", m.move_failures, last.move_failures),
+            ("dropped", m.dropped, last.dropped),
         ] {
             metrics
                 .ipam_reserve_events

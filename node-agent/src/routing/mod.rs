@@ -19,7 +19,9 @@
 //!   [`originate`] (blocks affine to this node, addresses it borrowed,
 //!   service ranges and the Service addresses it announces, see
 //!   [`services`]);
-//! - [`speaker`]: diffs it against what the speaker runs;
+//! - [`speaker`]: diffs it against what the speaker runs, make-before-break
+//!   ([`handover`]: peers no longer wanted wait for the new peers' routes;
+//!   a restarted speaker is a graceful restart);
 //! - [`secrets`]: BGP passwords, read only when they can have changed;
 //! - [`fib_task`]: best paths into the kernel; a child of the routing
 //!   run, which awaits it: when it ends or panics, the run ends and the
@@ -28,6 +30,7 @@
 //! - [`task`]: the loop that ties them together, with backoff on failure.
 
 pub mod fib_task;
+pub mod handover;
 pub mod input;
 pub mod originate;
 pub mod peers;

@@ -19,6 +19,10 @@ pub async fn report(r: &mut Running, health: &Health, metrics: &Metrics) {
     let Ok(status) = r.speaker.status().await else {
         return;
     };
+    // Peers no longer wanted go once the new ones are up (make-before-break).
+    if let Err(e) = super::speaker::settle(r, &status).await {
+        tracing::warn!(error = %crate::logging::chain(&e), "removing BGP peers no longer wanted failed");
+    }
     // The RIB for `margayctl bgp routes`, when it changed.
     if let Ok(Some(routes)) = r
         .speaker
@@ -54,7 +58,7 @@ pub async fn report(r: &mut Running, health: &Health, metrics: &Metrics) {
         .collect();
     let established = status
         .iter()
-        .filter(|s| s.state == State::Established)
+        .filter(|s| s.state == State::Established && !r.is_retiring(&s.name))
         .count();
     health.set_bgp(r.peers.len(), established);
     for r in &rows {

@@ -64,6 +64,8 @@ pub async fn run(mut deps: RoutingDeps, mut pulse: Pulse) {
     let mut gens = deps.cluster.subscribe();
     let mut seen = gens.borrow().clone();
     let mut running: Option<Running> = None;
+    // A speaker has run: its routes stay in the kernel when it is replaced.
+    let mut speaker_ran = false;
     let mut last_problems: Vec<String> = Vec::new();
     let mut last_topology: Option<super::peers::Topology> = None;
     let mut last_log_level: Option<&'static str> = None;
@@ -106,11 +108,13 @@ pub async fn run(mut deps: RoutingDeps, mut pulse: Pulse) {
                 last_log_level = level;
             }
             let env = SpeakerEnv {
-                restarting,
+                restarting: restarting || speaker_ran,
                 reconcile_after: deps.reconcile_after,
                 health: &deps.health,
             };
-            match speaker::apply(&mut running, &d, &env).await {
+            let applied = speaker::apply(&mut running, &d, &env).await;
+            speaker_ran |= running.is_some();
+            match applied {
                 Ok(()) => {
                     retry = RETRY_MIN;
                     retry_at = None;

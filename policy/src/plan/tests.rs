@@ -792,4 +792,12 @@ fn rendering_is_deterministic() {
     let a = crate::nft::to_json(&crate::nft::full(&w.rulesets()[0])).unwrap();
     let b = crate::nft::to_json(&crate::nft::full(&w.rulesets()[0])).unwrap();
     assert_eq!(a, b);
+    // The streamed text is the same document (key order aside).
+    let streamed = crate::nft::full_json(&w.rulesets()[0]).unwrap();
+    let parse = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+    assert_eq!(parse(&streamed), parse(&a));
+    assert!(
+        w.rulesets()[0].sets.values().any(|s| !s.elems.is_empty()),
+        "the world has set elements to stream"
+    );
 }

@@ -321,4 +321,13 @@ impl NftSink for NftSession {
         self.applied += 1;
         Ok(())
     }
+
+    fn apply_full(&mut self, rs: &policy::Ruleset) -> Result<(), NftError> {
+        let payload = policy::nft::full_json(rs).map_err(NftError::Encode)?;
+        let span = tracing::debug_span!("nft_session_apply_full", bytes = payload.len());
+        let _g = span.enter();
+        self.run_json(&payload)?;
+        self.applied += 1;
+        Ok(())
+    }
 }

@@ -291,10 +291,16 @@ fn nth(net: IpNetwork, ordinal: u32) -> Option<IpAddr> {
 
 /// Runs the view task: follows the block watch (re-subscribing with backoff
 /// when it breaks) and publishes a new view after every change.
+///
+/// Each event is then handed to `feed` (the node's allocator), so that one
+/// list and watch of the cluster's blocks serves both: before, the
+/// allocator's cache followed a watch of its own, and every agent start
+/// listed every block of the cluster one more time.
 pub async fn run(
     store: Arc<dyn Store>,
     me: String,
     tx: Arc<watch::Sender<Arc<IpamView>>>,
+    feed: Option<ipam::Allocator>,
     mut pulse: crate::status::health::Pulse,
 ) {
     // A digest per block, not the block: the view reads a few fields.
@@ -311,25 +317,25 @@ pub async fn run(
             match ev {
                 Ok(ev) => {
                     backoff = Duration::from_millis(200);
-                    match ev {
+                    match &ev {
                         BlockEvent::Resync(all) => {
                             blocks.clear();
                             for b in all {
-                                if let Some(d) = BlockDigest::of(&b, &me) {
-                                    blocks.insert(b.name, d);
+                                if let Some(d) = BlockDigest::of(b, &me) {
+                                    blocks.insert(b.name.clone(), d);
                                 }
                             }
                         }
-                        BlockEvent::Applied(b) => match BlockDigest::of(&b, &me) {
+                        BlockEvent::Applied(b) => match BlockDigest::of(b, &me) {
                             Some(d) => {
-                                blocks.insert(b.name, d);
+                                blocks.insert(b.name.clone(), d);
                             }
                             None => {
                                 blocks.remove(&b.name);
                             }
                         },
                         BlockEvent::Deleted { name } => {
-                            blocks.remove(&name);
+                            blocks.remove(name);
                         }
                     }
                     let view = Arc::new(IpamView::from_digests(blocks.values(), &me));
@@ -341,6 +347,13 @@ pub async fn run(
                             true
                         }
                     });
+                    // The allocator's cache is an optimisation (every write
+                    // is a CAS), so a stopped allocator only loses freshness.
+                    if let Some(alloc) = &feed
+                        && let Err(e) = alloc.apply_block_event(ev).await
+                    {
+                        tracing::debug!(error = %e, "the allocator takes no more block events");
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "IPAM block watch failed; keeping the last view");

@@ -132,6 +132,20 @@ impl NftSink for FastSink {
         }
         Ok(())
     }
+
+    /// A full rebuild always goes through nft, as JSON written element by
+    /// element; the declarations are read from the same batch without its
+    /// set elements.
+    fn apply_full(&mut self, rs: &policy::Ruleset) -> Result<(), NftError> {
+        self.session.apply_full(rs)?;
+        self.via_nft += 1;
+        for item in &policy::nft::full_with(rs, false).items {
+            if kind(item) == Kind::MayDeclare {
+                self.decls.observe_item(item);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What a batch command is to [`FastSink`].
