@@ -36,7 +36,7 @@ pub struct PolicySync {
     // The pods are the engine's (`engine.state().pods`): one copy of each
     // PodInfo, not a mirror beside it (docs/scale.md, "Where the memory goes").
     /// What each pod was last converted from.
-    converted: HashMap<PodKey, pods::Converted>,
+    converted: HashMap<crate::k8s::endpointcache::PodName, pods::Converted>,
     /// Passes of `update` so far.
     pass: u64,
     /// The IPAM view's addresses the last pass used.
@@ -308,7 +308,7 @@ pub struct PodsByIp {
     /// The Pod cache.
     pub pods: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Pod>,
     /// The PodEndpoint cache.
-    pub endpoints: kube::runtime::reflector::Store<crate::k8s::crd::PodEndpoint>,
+    pub endpoints: crate::k8s::endpointcache::EndpointCache,
     /// The IPAM view.
     pub view: tokio::sync::watch::Receiver<Arc<IpamView>>,
 }
@@ -344,10 +344,8 @@ impl policy::flowlog::PodResolver for PodsByIp {
             })
             .or_else(|| {
                 self.endpoints
-                    .state()
-                    .iter()
-                    .find(|e| e.spec.addresses.contains(&ip))
-                    .map(|e| key(&e.metadata))
+                    .find(|e| e.addresses.contains(&ip))
+                    .map(|e| PodKey::new(&*e.namespace, &*e.name))
             })
     }
 }
@@ -363,7 +361,7 @@ mod pods_by_ip_tests {
     #[test]
     fn resolves_local_pods_and_remote_endpoints() {
         let (pods, mut pods_w) = kube::runtime::reflector::store();
-        let (endpoints, mut eps_w) = kube::runtime::reflector::store();
+        let (endpoints, mut eps_w) = crate::k8s::endpointcache::cache();
         let (_tx, view) = tokio::sync::watch::channel(Arc::new(IpamView::default()));
         let local: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "here", "namespace": "ns"},

@@ -14,13 +14,17 @@
 //! cost one recomputation. Watch errors, `410 Gone` and API-server restarts
 //! are handled by kube's watcher (relist) with backoff; each error is counted
 //! in `margay_api_errors_total` and logged once per streak.
+//!
+//! PodEndpoints (one per pod of the cluster) are not in a reflector store
+//! but in the compact [`EndpointCache`], fed by the same kube watcher with
+//! the same semantics.
 
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use futures::StreamExt as _;
 use futures::future::BoxFuture;
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -35,6 +39,7 @@ use crate::k8s::crd::{
     BGPConfiguration, BGPFilter, BGPPeer, IPAMConfiguration, IPPool, PodEndpoint,
     RawAdminNetworkPolicy, RawBaselineAdminNetworkPolicy,
 };
+use crate::k8s::endpointcache::{self, EndpointCache, EndpointCacheWriter};
 use crate::k8s::pod::Cached;
 use crate::status::health::Pulse;
 use crate::status::metrics::{ApiLabels, Metrics};
@@ -182,8 +187,9 @@ pub struct Cluster {
     /// Pods: all namespaces; with [`PodSource::Endpoints`] only this
     /// node's (see [`Cluster::pod_source`]).
     pub pods: Store<Pod>,
-    /// PodEndpoints, all namespaces (empty unless [`PodSource::Endpoints`]).
-    pub pod_endpoints: Store<PodEndpoint>,
+    /// PodEndpoints, all namespaces (empty unless [`PodSource::Endpoints`]),
+    /// compact (see [`EndpointCache`]).
+    pub pod_endpoints: EndpointCache,
     /// Where the pods of other nodes come from.
     pub pod_source: PodSource,
     /// Namespaces.
@@ -221,7 +227,7 @@ pub struct DetachedWriters {
     /// NetworkPolicies.
     pub policies: reflector::store::Writer<NetworkPolicy>,
     /// PodEndpoints (read when the view's `pod_source` is `Endpoints`).
-    pub pod_endpoints: reflector::store::Writer<PodEndpoint>,
+    pub pod_endpoints: EndpointCacheWriter,
     /// Nodes.
     pub nodes: reflector::store::Writer<Node>,
     _generations: watch::Sender<Generations>,
@@ -274,7 +280,7 @@ impl Cluster {
         let (pods, pods_w) = reflector::store();
         let (namespaces, namespaces_w) = reflector::store();
         let (policies, policies_w) = reflector::store();
-        let (pod_endpoints, pod_endpoints_w) = reflector::store();
+        let (pod_endpoints, pod_endpoints_w) = endpointcache::cache();
         let (nodes, nodes_w) = reflector::store();
         let cluster = Cluster {
             nodes,
@@ -330,17 +336,10 @@ impl Cluster {
         let m = &metrics;
         let all = watcher::Config::default;
         let (pod_watch, pod_endpoints) = match pod_source {
-            PodSource::Pods => (all(), reflector::store().0),
+            PodSource::Pods => (all(), EndpointCache::default()),
             PodSource::Endpoints => (
                 all().fields(&format!("spec.nodeName={node}")),
-                reflector_with(
-                    Api::all(c.clone()),
-                    all(),
-                    Kind::PodEndpoint,
-                    &tx,
-                    m,
-                    &mut w,
-                ),
+                endpoint_cache(Api::all(c.clone()), &tx, m, &mut w),
             ),
         };
         let cluster = Cluster {
@@ -416,6 +415,27 @@ where
     let stream = reflect(writer, watcher::watcher(api, config).modify(K::trim)).default_backoff();
     let tx = tx.clone();
     let metrics = metrics.clone();
+    watchers.push(Watcher {
+        name: format!("watch {}", kind.resource()),
+        run: Box::new(move |pulse| Box::pin(watch_loop(stream, kind, tx, metrics, pulse))),
+    });
+    reader
+}
+
+/// The PodEndpoint cache, and (pushed to `watchers`) the loop that fills
+/// it: kube's watcher, as for the other kinds, applied to the compact
+/// cache instead of a reflector store.
+fn endpoint_cache(
+    api: Api<PodEndpoint>,
+    tx: &Arc<watch::Sender<Generations>>,
+    metrics: &Arc<Metrics>,
+    watchers: &mut Vec<Watcher>,
+) -> EndpointCache {
+    let (reader, mut writer) = endpointcache::cache();
+    let stream = watcher::watcher(api, watcher::Config::default())
+        .inspect_ok(move |ev| writer.apply_watcher_event(ev))
+        .default_backoff();
+    let (kind, tx, metrics) = (Kind::PodEndpoint, tx.clone(), metrics.clone());
     watchers.push(Watcher {
         name: format!("watch {}", kind.resource()),
         run: Box::new(move |pulse| Box::pin(watch_loop(stream, kind, tx, metrics, pulse))),

@@ -9,8 +9,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use crate::k8s::crd::{
-    BGPConfiguration, BGPFilter, BGPPeer, IPAMConfiguration, IPPool, PodEndpoint,
-    RawAdminNetworkPolicy, RawBaselineAdminNetworkPolicy,
+    BGPConfiguration, BGPFilter, BGPPeer, IPAMConfiguration, IPPool, RawAdminNetworkPolicy,
+    RawBaselineAdminNetworkPolicy,
 };
 
 /// Pod annotation with the addresses the pod wants (JSON list).
@@ -38,7 +38,8 @@ pub fn requested_by_annotation(pod: &Pod) -> Result<Vec<IpAddr>, String> {
 }
 
 /// What of an object the agent keeps in its cache: all of it, except
-/// for Pods (see [`trim_pod`]), Nodes ([`trim_node`]) and PodEndpoints.
+/// for Pods (see [`trim_pod`]) and Nodes ([`trim_node`]). PodEndpoints
+/// are not kept whole at all (`crate::k8s::endpointcache`).
 pub trait Cached {
     /// Drops what the agent never reads (nothing, by default).
     fn trim(&mut self) {}
@@ -59,25 +60,6 @@ impl Cached for EndpointSlice {}
 impl Cached for IPAMConfiguration {}
 impl Cached for RawAdminNetworkPolicy {}
 impl Cached for RawBaselineAdminNetworkPolicy {}
-impl Cached for PodEndpoint {
-    /// Every agent holds one per pod of the cluster: keep the spec and
-    /// the name, namespace and resourceVersion (what policy, the leak GC
-    /// and the flow log read). Not the node label (the spec names the
-    /// node; the publisher reads its own objects from the API, not from
-    /// this cache): a one-entry label map is ~0.6 KB, a third of the
-    /// cached object (docs/scale.md).
-    fn trim(&mut self) {
-        let m = &mut self.metadata;
-        m.labels = None;
-        m.uid = None;
-        m.generation = None;
-        m.managed_fields = None;
-        m.owner_references = None;
-        m.annotations = None;
-        m.creation_timestamp = None;
-        m.finalizers = None;
-    }
-}
 impl Cached for Pod {
     fn trim(&mut self) {
         trim_pod(self);

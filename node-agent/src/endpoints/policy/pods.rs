@@ -12,7 +12,7 @@
 //! (a stale writer's object must not keep an address in policy; owner
 //! garbage collection deletes it with its Pod).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -21,7 +21,7 @@ use policy::{PodInfo, PodKey};
 use super::PolicySync;
 use crate::endpoints::Endpoint;
 use crate::k8s::cluster::{Cluster, PodSource};
-use crate::k8s::crd::PodEndpoint;
+use crate::k8s::endpointcache::{CachedEndpoint, NamePair, PodName};
 use crate::k8s::ipam::view::IpamView;
 
 /// One pod as a source has it.
@@ -29,14 +29,24 @@ enum Source<'a> {
     /// A Pod object.
     Pod(&'a k8s_openapi::api::core::v1::Pod),
     /// Another node's PodEndpoint.
-    Endpoint(&'a PodEndpoint),
+    Endpoint(&'a Arc<CachedEndpoint>),
 }
 
 impl Source<'_> {
-    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    fn key(&self) -> Option<(&str, &str)> {
         match self {
-            Source::Pod(p) => &p.metadata,
-            Source::Endpoint(e) => &e.metadata,
+            Source::Pod(p) => Some((
+                p.metadata.namespace.as_deref()?,
+                p.metadata.name.as_deref()?,
+            )),
+            Source::Endpoint(e) => Some((&e.namespace, &e.name)),
+        }
+    }
+
+    fn resource_version(&self) -> &str {
+        match self {
+            Source::Pod(p) => p.metadata.resource_version.as_deref().unwrap_or_default(),
+            Source::Endpoint(e) => &e.resource_version,
         }
     }
 
@@ -55,27 +65,50 @@ pub fn takes_endpoint(
     me: &str,
     local: &HashSet<(&str, &str)>,
     nodes: &HashSet<&str>,
-    e: &PodEndpoint,
+    e: &CachedEndpoint,
 ) -> bool {
-    let node = e.spec.node.as_str();
-    let (Some(ns), Some(name)) = (&e.metadata.namespace, &e.metadata.name) else {
-        return false;
-    };
-    node != me && !local.contains(&(ns.as_str(), name.as_str())) && nodes.contains(node)
+    let node = &*e.node;
+    node != me && !local.contains(&(&*e.namespace, &*e.name)) && nodes.contains(node)
 }
 
-/// The Pod a [`PodInfo`] was converted from: its resourceVersion and the
-/// addresses IPAM and EndpointUp added, and the `update` pass that last saw
-/// it in the cluster.
+/// What a [`PodInfo`] was converted from: the source, the addresses IPAM
+/// and EndpointUp added, and the `update` pass that last saw it in the
+/// cluster. One per pod of the cluster: kept small (docs/scale.md).
 pub(super) struct Converted {
-    rv: String,
-    /// Converted from a PodEndpoint (its resourceVersion is that object's).
-    endpoint: bool,
-    /// From the IPAM view.
-    ipam: Vec<IpAddr>,
+    from: From,
     /// IPAM's and EndpointUp's, sorted.
-    extra: Vec<IpAddr>,
+    extra: Box<[IpAddr]>,
+    /// From the IPAM view, where it is not `extra` as it is (EndpointUp
+    /// added some, or the view lists them in another order).
+    ipam: Option<Box<[IpAddr]>>,
     pass: u64,
+}
+
+/// The object a pod was converted from.
+enum From {
+    /// A Pod, at this resourceVersion.
+    Pod(Box<str>),
+    /// A PodEndpoint: the cache's entry itself (the cache makes a new one
+    /// when the object changes, and keeps this one while it does not).
+    Endpoint(Arc<CachedEndpoint>),
+}
+
+impl Converted {
+    fn ipam(&self) -> &[IpAddr] {
+        self.ipam.as_deref().unwrap_or(&self.extra)
+    }
+
+    fn set_ipam(&mut self, ipam: &[IpAddr]) {
+        self.ipam = (*ipam != *self.extra).then(|| ipam.into());
+    }
+
+    fn same_source(&self, src: &Source<'_>) -> bool {
+        match (&self.from, src) {
+            (From::Pod(rv), Source::Pod(_)) => **rv == *src.resource_version(),
+            (From::Endpoint(a), Source::Endpoint(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
 }
 
 impl PolicySync {
@@ -87,10 +120,10 @@ impl PolicySync {
         registry: &BTreeMap<String, Endpoint>,
     ) {
         // Endpoints registered by EndpointUp carry the freshest addresses.
-        let mut registered: BTreeMap<PodKey, Vec<IpAddr>> = BTreeMap::new();
+        let mut registered: HashMap<(&str, &str), Vec<IpAddr>> = HashMap::new();
         for ep in registry.values().filter(|ep| !ep.standalone()) {
             registered
-                .entry(PodKey::new(ep.namespace.clone(), ep.pod.clone()))
+                .entry((&ep.namespace, &ep.pod))
                 .or_default()
                 .extend(ep.ips.iter().copied());
         }
@@ -132,46 +165,48 @@ impl PolicySync {
             })
             .collect();
         let me = self.engine.node().node_name.clone();
+        // Sized once for what may come (a growing map holds its old and
+        // new table at once: at 150k pods the first pass's peak).
+        self.converted
+            .reserve((pods.len() + endpoints.len()).saturating_sub(self.converted.len()));
         let sources = pods.iter().map(|p| Source::Pod(p)).chain(
             endpoints
                 .iter()
                 .filter(|e| takes_endpoint(&me, &local, &nodes, e))
-                .map(|e| Source::Endpoint(e)),
+                .map(Source::Endpoint),
         );
         for pod in sources {
-            let is_endpoint = matches!(pod, Source::Endpoint(_));
-            let (Some(ns), Some(name)) = (&pod.meta().namespace, &pod.meta().name) else {
+            let Some((ns, name)) = pod.key() else {
                 continue;
             };
-            let key = PodKey::new(ns.clone(), name.clone());
-            let known = self.converted.get_mut(&key);
+            let known = self.converted.get_mut(&(ns, name) as &dyn NamePair);
             ipam.clear();
             match &known {
-                Some(c) if same_view => ipam.extend(&c.ipam),
+                Some(c) if same_view => ipam.extend(c.ipam()),
                 _ => {
-                    ipam_key.0.clone_from(ns);
-                    ipam_key.1.clone_from(name);
+                    ipam_key.0.clear();
+                    ipam_key.0.push_str(ns);
+                    ipam_key.1.clear();
+                    ipam_key.1.push_str(name);
                     ipam.extend(view.pod_ips.get(&ipam_key).into_iter().flatten());
                 }
             }
             extra.clear();
             extra.extend(&ipam);
-            extra.extend(registered.get(&key).into_iter().flatten());
+            extra.extend(registered.get(&(ns, name)).into_iter().flatten());
             extra.sort();
             extra.dedup();
-            let rv = pod.meta().resource_version.as_deref().unwrap_or_default();
             seen += 1;
             // Every converted pod is in `pods` (both go together below).
             if let Some(c) = known
-                && c.rv == rv
-                && c.endpoint == is_endpoint
-                && c.extra == extra
+                && c.same_source(&pod)
+                && *c.extra == *extra
             {
                 c.pass = pass;
                 // Same union, other split (an address IPAM now records that
                 // only EndpointUp had): the next same-view pass reads this.
-                if !same_view && c.ipam != ipam {
-                    c.ipam.clone_from(&ipam);
+                if !same_view && c.ipam() != ipam.as_slice() {
+                    c.set_ipam(&ipam);
                 }
                 continue;
             }
@@ -191,16 +226,21 @@ impl PolicySync {
             info.ips.sort();
             // A no-op when the engine already has it.
             self.engine.upsert_pod(info);
-            self.converted.insert(
-                key,
-                Converted {
-                    rv: rv.to_string(),
-                    endpoint: is_endpoint,
-                    ipam: ipam.clone(),
-                    extra: extra.clone(),
-                    pass,
-                },
-            );
+            let (key, from) = match &pod {
+                Source::Pod(_) => (
+                    PodName::new(ns, name),
+                    From::Pod(pod.resource_version().into()),
+                ),
+                Source::Endpoint(e) => (e.pod_name(), From::Endpoint(Arc::clone(e))),
+            };
+            let mut c = Converted {
+                from,
+                extra: extra.as_slice().into(),
+                ipam: None,
+                pass,
+            };
+            c.set_ipam(&ipam);
+            self.converted.insert(key, c);
         }
         // Gone from the cluster (or only ever known from EndpointUp); when
         // every known pod was seen, nothing is.
@@ -211,7 +251,10 @@ impl PolicySync {
                 .state()
                 .pods
                 .keys()
-                .filter(|key| converted.get(*key).is_none_or(|c| c.pass != pass))
+                .filter(|key| {
+                    let pair: &dyn NamePair = &(key.namespace.as_str(), key.name.as_str());
+                    converted.get(pair).is_none_or(|c| c.pass != pass)
+                })
                 .cloned()
                 .collect();
             for key in &gone {
@@ -225,7 +268,8 @@ impl PolicySync {
 #[cfg(test)]
 mod tests {
     use super::super::*;
-    use super::{PodEndpoint, PodSource};
+    use super::PodSource;
+    use crate::k8s::crd::PodEndpoint;
     use k8s_openapi::api::core::v1::Pod;
     use kube::runtime::watcher::Event;
 
@@ -423,5 +467,71 @@ mod tests {
         w.nodes.apply_watcher_event(&Event::Apply(node("n2")));
         ps.update(&cluster, &view, &reg);
         assert!(ps.engine.state().pods.is_empty());
+    }
+
+    /// A remote pod whose PodEndpoint did not change is not converted
+    /// again: its bookkeeping holds the cache's entry itself (no copy of
+    /// its namespace, name or resourceVersion), a relist that finds it
+    /// unchanged keeps it, and policy keeps sharing the cache's label map.
+    #[tokio::test]
+    async fn unchanged_endpoints_are_not_converted_again() {
+        let client = kube::Client::try_from(kube::Config::new(
+            "http://127.0.0.1:9".parse().expect("url"),
+        ))
+        .expect("client");
+        let (mut cluster, mut w) = Cluster::detached(client);
+        cluster.pod_source = PodSource::Endpoints;
+        let mut ps = PolicySync::new("n1", Vec::new());
+        let view = IpamView {
+            synced: true,
+            ..IpamView::default()
+        };
+        let reg = BTreeMap::new();
+        for n in ["n1", "n2"] {
+            w.nodes.apply_watcher_event(&Event::Apply(node(n)));
+        }
+        w.pod_endpoints.apply_watcher_event(&Event::Apply(endpoint(
+            "b",
+            "n2",
+            "6",
+            "x",
+            "198.19.9.2",
+        )));
+        let held = |ps: &PolicySync| match &ps.converted[&super::PodName::new("ns", "b")].from {
+            super::From::Endpoint(e) => e.clone(),
+            super::From::Pod(_) => panic!("b converted from a Pod"),
+        };
+        let shares = |ps: &PolicySync, cluster: &Cluster| {
+            let cached = cluster.pod_endpoints.get("ns", "b").expect("cached");
+            let info = &ps.engine.state().pods[&PodKey::new("ns", "b")];
+            Arc::ptr_eq(&held(ps), &cached) && Arc::ptr_eq(&info.labels, &cached.labels)
+        };
+        ps.update(&cluster, &view, &reg);
+        assert!(shares(&ps, &cluster));
+        // A relist that finds it at the same resourceVersion.
+        w.pod_endpoints.apply_watcher_event(&Event::Init);
+        w.pod_endpoints
+            .apply_watcher_event(&Event::InitApply(endpoint(
+                "b",
+                "n2",
+                "6",
+                "x",
+                "198.19.9.2",
+            )));
+        w.pod_endpoints.apply_watcher_event(&Event::InitDone);
+        ps.update(&cluster, &view, &reg);
+        assert!(shares(&ps, &cluster));
+        // A new address (same labels): converted again, the map still shared.
+        w.pod_endpoints.apply_watcher_event(&Event::Apply(endpoint(
+            "b",
+            "n2",
+            "7",
+            "x",
+            "198.19.9.3",
+        )));
+        ps.update(&cluster, &view, &reg);
+        assert!(shares(&ps, &cluster));
+        let b = &ps.engine.state().pods[&PodKey::new("ns", "b")];
+        assert_eq!(b.ips, vec!["198.19.9.3".parse::<IpAddr>().expect("ip")]);
     }
 }

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 mod bgpconfig;
 mod podendpoint;
-pub use podendpoint::{LABEL_NODE, NamedPort, PodEndpoint, PodEndpointSpec};
+pub use podendpoint::{LABEL_NODE, NamedPort, PodEndpoint, PodEndpointSpec, pod_info};
 mod bgpfilter;
 pub use bgpconfig::{
     BGPConfiguration, BGPConfigurationSpec, Community, DEFAULT_MESH_MAX_NODES, LogLevel,

@@ -75,17 +75,32 @@ impl PodEndpoint {
         let (Some(ns), Some(name)) = (&self.metadata.namespace, &self.metadata.name) else {
             return Err("PodEndpoint without namespace or name".into());
         };
-        let mut info = policy::PodInfo::new(ns, name);
-        info.labels = self.spec.labels.clone();
-        info.ips = self.spec.addresses.clone();
-        info.ips.sort();
-        info.node_name = Some(self.spec.node.clone());
-        for p in &self.spec.named_ports {
-            let protocol = policy::Protocol::parse(Some(&p.protocol))
-                .map_err(|e| format!("PodEndpoint {ns}/{name}: named port {}: {e}", p.name))?;
-            info.ports
-                .push(policy::ContainerPort::named(&p.name, p.port, protocol));
-        }
-        Ok(info)
+        let s = &self.spec;
+        pod_info(ns, name, &s.node, &s.addresses, &s.labels, &s.named_ports)
     }
+}
+
+/// The policy crate's view of a pod from a PodEndpoint's fields (one
+/// conversion for the object and the agent's compact cache of them,
+/// `crate::k8s::endpointcache`).
+pub fn pod_info(
+    ns: &str,
+    name: &str,
+    node: &str,
+    addresses: &[std::net::IpAddr],
+    labels: &std::sync::Arc<BTreeMap<String, String>>,
+    named_ports: &[NamedPort],
+) -> Result<policy::PodInfo, String> {
+    let mut info = policy::PodInfo::new(ns, name);
+    info.labels = labels.clone();
+    info.ips = addresses.to_vec();
+    info.ips.sort();
+    info.node_name = Some(node.to_string());
+    for p in named_ports {
+        let protocol = policy::Protocol::parse(Some(&p.protocol))
+            .map_err(|e| format!("PodEndpoint {ns}/{name}: named port {}: {e}", p.name))?;
+        info.ports
+            .push(policy::ContainerPort::named(&p.name, p.port, protocol));
+    }
+    Ok(info)
 }

@@ -64,9 +64,9 @@ pub fn live_pods(cluster: &Cluster) -> Vec<ipam::gc::LivePod> {
                 .state()
                 .iter()
                 .map(|e| ipam::gc::LivePod {
-                    namespace: e.metadata.namespace.clone().unwrap_or_default(),
-                    name: e.metadata.name.clone().unwrap_or_default(),
-                    node: e.spec.node.clone(),
+                    namespace: e.namespace.to_string(),
+                    name: e.name.to_string(),
+                    node: e.node.to_string(),
                     ips: Vec::new(),
                 }),
         );

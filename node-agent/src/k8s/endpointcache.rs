@@ -1,0 +1,319 @@
+//! The agent's cache of every PodEndpoint of the cluster, compact: of each
+//! object only what its readers use — namespace, name, resourceVersion,
+//! node, addresses, labels and named ports — in a map keyed by
+//! (namespace, name). Every agent holds one entry per pod of the cluster
+//! (docs/scale.md, "the heap by cache"): kube's reflector store kept the
+//! whole object (an `ObjectMeta` of ~0.3 KB even trimmed, the object's
+//! `ObjectRef` key with its own copies of the name and namespace), about
+//! 1.5 KB per pod at 5k nodes / 150k pods.
+//!
+//! ```text
+//!  API server ──list/watch──► kube watcher ──Event<PodEndpoint>──► EndpointCacheWriter
+//!                             (relists, resourceVersion,              │ (converted, interned)
+//!                              bookmarks, backoff: kube's)            ▼
+//!                                         readers ◄── EndpointCache (Arc<RwLock<map>>)
+//! ```
+//!
+//! Fed by kube's watcher, with the reflector's semantics: `Apply` and
+//! `Delete` change the map at once; a (re)list (`Init`, `InitApply`…,
+//! `InitDone`) is collected aside and replaces the map whole at `InitDone`,
+//! so readers never see a partial list (the agent's "synced" signal is the
+//! same `InitDone`, counted by `cluster::watch_loop` after this store has
+//! applied it). Namespace and node names are interned (150k pods share a few
+//! thousand of each); a pod's label map is the `Arc` that policy's
+//! `PodInfo` shares, and it is kept across an update that leaves the labels
+//! as they were, so the cache and the engine keep holding one map between
+//! them; an entry a relist finds unchanged (same resourceVersion) is kept
+//! as it is.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use kube::runtime::watcher::Event;
+
+use crate::k8s::crd::{NamedPort, PodEndpoint};
+
+/// One PodEndpoint, as the agent keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedEndpoint {
+    /// The pod's namespace (interned).
+    pub namespace: Arc<str>,
+    /// The pod's name.
+    pub name: Arc<str>,
+    /// The object's resourceVersion.
+    pub resource_version: Box<str>,
+    /// The node the pod runs on (interned).
+    pub node: Arc<str>,
+    /// The pod's addresses, as the object lists them.
+    pub addresses: Box<[IpAddr]>,
+    /// The pod's labels (shared with policy's `PodInfo`).
+    pub labels: Arc<BTreeMap<String, String>>,
+    /// The pod's named container ports.
+    pub named_ports: Box<[NamedPort]>,
+}
+
+impl CachedEndpoint {
+    /// The pod's namespace and name (sharing the entry's strings).
+    pub fn pod_name(&self) -> PodName {
+        PodName {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// The policy crate's view of the pod: the same as
+    /// [`PodEndpoint::to_pod_info`] of the object it was made from.
+    pub fn to_pod_info(&self) -> Result<policy::PodInfo, String> {
+        crate::k8s::crd::pod_info(
+            &self.namespace,
+            &self.name,
+            &self.node,
+            &self.addresses,
+            &self.labels,
+            &self.named_ports,
+        )
+    }
+}
+
+/// A pod's namespace and name, owned (a map key that costs no copy of
+/// strings an entry already holds); a map keyed by it is looked up with
+/// borrowed strings, `map.get(&(ns, name) as &dyn NamePair)`, without
+/// allocating.
+#[derive(Debug, Clone)]
+pub struct PodName {
+    /// The namespace.
+    pub namespace: Arc<str>,
+    /// The name.
+    pub name: Arc<str>,
+}
+
+impl PodName {
+    /// `namespace/name` (new allocations; see [`CachedEndpoint::pod_name`]
+    /// for one that shares the cache's).
+    pub fn new(namespace: &str, name: &str) -> PodName {
+        PodName {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+/// (namespace, name) of a pod, however held: what a map keyed by
+/// [`PodName`] is looked up with.
+pub trait NamePair {
+    /// (namespace, name).
+    fn pair(&self) -> (&str, &str);
+}
+
+impl NamePair for PodName {
+    fn pair(&self) -> (&str, &str) {
+        (&self.namespace, &self.name)
+    }
+}
+
+impl NamePair for (&str, &str) {
+    fn pair(&self) -> (&str, &str) {
+        *self
+    }
+}
+
+// One hash and equality for the owned key and every borrowed form: the
+// pair's (the map's `Borrow` contract).
+impl std::hash::Hash for dyn NamePair + '_ {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.pair().hash(h);
+    }
+}
+impl PartialEq for dyn NamePair + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.pair() == other.pair()
+    }
+}
+impl Eq for dyn NamePair + '_ {}
+impl std::hash::Hash for PodName {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.pair().hash(h);
+    }
+}
+impl PartialEq for PodName {
+    fn eq(&self, other: &Self) -> bool {
+        self.pair() == other.pair()
+    }
+}
+impl Eq for PodName {}
+impl<'a> std::borrow::Borrow<dyn NamePair + 'a> for PodName {
+    fn borrow(&self) -> &(dyn NamePair + 'a) {
+        self
+    }
+}
+
+type Key = PodName;
+type Map = HashMap<Key, Arc<CachedEndpoint>>;
+
+/// Read access to the cache (cheap to clone; every clone sees the same map).
+#[derive(Clone, Default)]
+pub struct EndpointCache {
+    map: Arc<RwLock<Map>>,
+}
+
+impl EndpointCache {
+    /// Every entry, in no particular order (a snapshot: the writer goes on
+    /// while the caller reads it).
+    pub fn state(&self) -> Vec<Arc<CachedEndpoint>> {
+        self.read(|m| m.values().cloned().collect())
+    }
+
+    /// The entry of pod `namespace/name`.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<CachedEndpoint>> {
+        self.read(|m| m.get(&(namespace, name) as &dyn NamePair).cloned())
+    }
+
+    /// The first entry (in no particular order) that `f` accepts, without a
+    /// snapshot of the whole map.
+    pub fn find(&self, f: impl Fn(&CachedEndpoint) -> bool) -> Option<Arc<CachedEndpoint>> {
+        self.read(|m| m.values().find(|e| f(e)).cloned())
+    }
+
+    /// How many entries there are.
+    pub fn len(&self) -> usize {
+        self.read(HashMap::len)
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Map) -> T) -> T {
+        // A panic while the writer held the lock leaves a map that is
+        // whole (every write is one insert, remove or swap).
+        f(&self.map.read().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Feeds an [`EndpointCache`] from watcher events (one per cache).
+pub struct EndpointCacheWriter {
+    cache: EndpointCache,
+    /// A (re)list being collected (between `Init` and `InitDone`).
+    relist: Option<Map>,
+    namespaces: HashSet<Arc<str>>,
+    nodes: HashSet<Arc<str>>,
+}
+
+/// An empty cache and its writer.
+pub fn cache() -> (EndpointCache, EndpointCacheWriter) {
+    let cache = EndpointCache::default();
+    let writer = EndpointCacheWriter {
+        cache: cache.clone(),
+        relist: None,
+        namespaces: HashSet::new(),
+        nodes: HashSet::new(),
+    };
+    (cache, writer)
+}
+
+/// One interned copy of `s` in `set`.
+fn intern(set: &mut HashSet<Arc<str>>, s: &str) -> Arc<str> {
+    if let Some(a) = set.get(s) {
+        return a.clone();
+    }
+    let a: Arc<str> = s.into();
+    set.insert(a.clone());
+    a
+}
+
+impl EndpointCacheWriter {
+    /// Applies one watcher event (see the module doc for the semantics).
+    pub fn apply_watcher_event(&mut self, event: &Event<PodEndpoint>) {
+        match event {
+            Event::Apply(obj) => {
+                if let Some((key, entry)) = self.convert(obj, None) {
+                    self.write(|m| m.insert(key, entry));
+                }
+            }
+            Event::Delete(obj) => {
+                if let (Some(ns), Some(name)) = (&obj.metadata.namespace, &obj.metadata.name) {
+                    self.write(|m| m.remove(&(ns.as_str(), name.as_str()) as &dyn NamePair));
+                }
+            }
+            Event::Init => self.relist = Some(Map::new()),
+            Event::InitApply(obj) => {
+                let mut relist = self.relist.take().unwrap_or_default();
+                if let Some((key, entry)) = self.convert(obj, Some(&relist)) {
+                    relist.insert(key, entry);
+                }
+                self.relist = Some(relist);
+            }
+            Event::InitDone => {
+                let relist = self.relist.take().unwrap_or_default();
+                // The old map is dropped outside the lock.
+                let old = self.write(|m| std::mem::replace(m, relist));
+                drop(old);
+                // Names no entry uses any more (each is held by the set
+                // and by every entry naming it).
+                self.namespaces.retain(|a| Arc::strong_count(a) > 1);
+                self.nodes.retain(|a| Arc::strong_count(a) > 1);
+            }
+        }
+    }
+
+    /// The entry for `obj`: the one the cache (or `relist`) has when its
+    /// resourceVersion is the same, else a new one, keeping the current
+    /// label map when the labels did not change. None (and a warning) for
+    /// an object without namespace or name, which no reader can use.
+    fn convert(
+        &mut self,
+        obj: &PodEndpoint,
+        relist: Option<&Map>,
+    ) -> Option<(Key, Arc<CachedEndpoint>)> {
+        let (Some(ns), Some(name)) = (&obj.metadata.namespace, &obj.metadata.name) else {
+            tracing::warn!(name = ?obj.metadata.name, "PodEndpoint without namespace or name: not cached");
+            return None;
+        };
+        let rv = obj.metadata.resource_version.as_deref().unwrap_or_default();
+        let pair: &dyn NamePair = &(ns.as_str(), name.as_str());
+        let have = relist
+            .and_then(|r| r.get(pair).cloned())
+            .or_else(|| self.cache.read(|m| m.get(pair).cloned()));
+        if let Some(have) = &have
+            && &*have.resource_version == rv
+            && !rv.is_empty()
+        {
+            return Some((have.pod_name(), have.clone()));
+        }
+        let key = PodName {
+            namespace: intern(&mut self.namespaces, ns),
+            name: match &have {
+                Some(h) => h.name.clone(),
+                None => name.as_str().into(),
+            },
+        };
+        let spec = &obj.spec;
+        let labels = match &have {
+            Some(h) if h.labels == spec.labels => h.labels.clone(),
+            _ => spec.labels.clone(),
+        };
+        let entry = CachedEndpoint {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            resource_version: rv.into(),
+            node: intern(&mut self.nodes, &spec.node),
+            addresses: spec.addresses.as_slice().into(),
+            labels,
+            named_ports: spec.named_ports.as_slice().into(),
+        };
+        Some((key, Arc::new(entry)))
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&mut Map) -> T) -> T {
+        f(&mut self
+            .cache
+            .map
+            .write()
+            .unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+#[cfg(test)]
+mod tests;

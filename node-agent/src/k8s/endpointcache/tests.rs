@@ -1,0 +1,318 @@
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use kube::runtime::watcher::Event;
+
+use super::*;
+use crate::k8s::crd::{NamedPort, PodEndpoint, PodEndpointSpec};
+
+fn endpoint(ns: &str, name: &str, node: &str, rv: &str, app: &str, ip: &str) -> PodEndpoint {
+    let mut e = PodEndpoint::new(
+        name,
+        PodEndpointSpec {
+            node: node.into(),
+            addresses: vec![ip.parse().expect("ip")],
+            labels: Arc::new([("app".to_string(), app.to_string())].into()),
+            named_ports: vec![NamedPort {
+                name: "http".into(),
+                protocol: "TCP".into(),
+                port: 8080,
+            }],
+        },
+    );
+    e.metadata.namespace = Some(ns.into());
+    e.metadata.resource_version = Some(rv.into());
+    e
+}
+
+fn names(c: &EndpointCache) -> Vec<String> {
+    let mut v: Vec<String> = c
+        .state()
+        .iter()
+        .map(|e| format!("{}/{}@{}", e.namespace, e.name, e.resource_version))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn apply_and_delete_change_the_map_at_once() {
+    let (c, mut w) = cache();
+    assert!(c.is_empty());
+    w.apply_watcher_event(&Event::Apply(endpoint(
+        "ns",
+        "a",
+        "n1",
+        "1",
+        "x",
+        "198.19.0.1",
+    )));
+    w.apply_watcher_event(&Event::Apply(endpoint(
+        "ns",
+        "b",
+        "n2",
+        "2",
+        "x",
+        "2001:db8::2",
+    )));
+    assert_eq!(names(&c), ["ns/a@1", "ns/b@2"]);
+    // An update replaces the entry.
+    w.apply_watcher_event(&Event::Apply(endpoint(
+        "ns",
+        "a",
+        "n1",
+        "3",
+        "y",
+        "198.19.0.9",
+    )));
+    let a = c.get("ns", "a").expect("a");
+    assert_eq!(&*a.resource_version, "3");
+    assert_eq!(a.labels.get("app").map(String::as_str), Some("y"));
+    assert_eq!(&*a.addresses, ["198.19.0.9".parse::<IpAddr>().expect("ip")]);
+    assert_eq!(&*a.node, "n1");
+    // A delete by namespace and name (whatever the object's other fields).
+    w.apply_watcher_event(&Event::Delete(endpoint(
+        "ns",
+        "b",
+        "",
+        "",
+        "",
+        "198.19.0.0",
+    )));
+    assert_eq!(names(&c), ["ns/a@3"]);
+    assert!(c.get("ns", "b").is_none());
+    // The same name in another namespace is another pod.
+    w.apply_watcher_event(&Event::Apply(endpoint(
+        "other",
+        "a",
+        "n1",
+        "4",
+        "x",
+        "198.19.0.4",
+    )));
+    assert_eq!(c.len(), 2);
+    // An object without a namespace is not cached.
+    let mut bad = endpoint("ns", "c", "n1", "5", "x", "198.19.0.5");
+    bad.metadata.namespace = None;
+    w.apply_watcher_event(&Event::Apply(bad));
+    assert_eq!(c.len(), 2);
+}
+
+/// A relist is invisible until `InitDone`, then replaces the map whole:
+/// what the list no longer has is gone, what it has is current.
+#[test]
+fn a_relist_replaces_the_map_at_init_done() {
+    let (c, mut w) = cache();
+    w.apply_watcher_event(&Event::Init);
+    w.apply_watcher_event(&Event::InitApply(endpoint(
+        "ns",
+        "a",
+        "n1",
+        "1",
+        "x",
+        "198.19.0.1",
+    )));
+    // The first list: nothing until it is complete.
+    assert!(c.is_empty());
+    w.apply_watcher_event(&Event::InitApply(endpoint(
+        "ns",
+        "b",
+        "n1",
+        "2",
+        "x",
+        "198.19.0.2",
+    )));
+    w.apply_watcher_event(&Event::InitDone);
+    assert_eq!(names(&c), ["ns/a@1", "ns/b@2"]);
+    // A relist (after a watch error): b gone, a changed, c new. Until
+    // InitDone readers see the map as it was.
+    w.apply_watcher_event(&Event::Init);
+    w.apply_watcher_event(&Event::InitApply(endpoint(
+        "ns",
+        "a",
+        "n2",
+        "7",
+        "y",
+        "198.19.0.1",
+    )));
+    w.apply_watcher_event(&Event::InitApply(endpoint(
+        "ns",
+        "c",
+        "n2",
+        "8",
+        "x",
+        "198.19.0.3",
+    )));
+    assert_eq!(names(&c), ["ns/a@1", "ns/b@2"]);
+    w.apply_watcher_event(&Event::InitDone);
+    assert_eq!(names(&c), ["ns/a@7", "ns/c@8"]);
+    assert_eq!(&*c.get("ns", "a").expect("a").node, "n2");
+    // A relist of nothing empties it.
+    w.apply_watcher_event(&Event::Init);
+    w.apply_watcher_event(&Event::InitDone);
+    assert!(c.is_empty());
+    // Unused interned names are dropped with their last entry.
+    assert!(w.nodes.is_empty() && w.namespaces.is_empty());
+}
+
+/// An entry a relist finds at the same resourceVersion is the one held
+/// before (not a new copy); labels that did not change keep their map, so
+/// policy's PodInfo and the cache share one; namespace and node names are
+/// one allocation each.
+#[test]
+fn unchanged_entries_and_labels_are_shared() {
+    let (c, mut w) = cache();
+    w.apply_watcher_event(&Event::Apply(endpoint(
+        "ns",
+        "a",
+        "n1",
+        "1",
+        "x",
+        "198.19.0.1",
+    )));
+    w.apply_watcher_event(&Event::Apply(endpoint(
+        "ns",
+        "b",
+        "n1",
+        "1",
+        "x",
+        "198.19.0.2",
+    )));
+    let a1 = c.get("ns", "a").expect("a");
+    let b1 = c.get("ns", "b").expect("b");
+    assert!(Arc::ptr_eq(&a1.namespace, &b1.namespace));
+    assert!(Arc::ptr_eq(&a1.node, &b1.node));
+    let info = a1.to_pod_info().expect("info");
+    assert!(
+        Arc::ptr_eq(&info.labels, &a1.labels),
+        "policy shares the map"
+    );
+    // A new resourceVersion with the same labels (an address moved): the
+    // label map stays the one policy holds.
+    w.apply_watcher_event(&Event::Apply(endpoint(
+        "ns",
+        "a",
+        "n1",
+        "2",
+        "x",
+        "198.19.0.8",
+    )));
+    let a2 = c.get("ns", "a").expect("a");
+    assert!(Arc::ptr_eq(&a2.labels, &info.labels));
+    assert_eq!(
+        &*a2.addresses,
+        ["198.19.0.8".parse::<IpAddr>().expect("ip")]
+    );
+    // New labels: a new map.
+    w.apply_watcher_event(&Event::Apply(endpoint(
+        "ns",
+        "a",
+        "n1",
+        "3",
+        "z",
+        "198.19.0.8",
+    )));
+    assert!(!Arc::ptr_eq(
+        &c.get("ns", "a").expect("a").labels,
+        &info.labels
+    ));
+    // A relist: b unchanged is the same entry; a at a new version is new.
+    w.apply_watcher_event(&Event::Init);
+    w.apply_watcher_event(&Event::InitApply(endpoint(
+        "ns",
+        "a",
+        "n1",
+        "4",
+        "z",
+        "198.19.0.8",
+    )));
+    w.apply_watcher_event(&Event::InitApply(endpoint(
+        "ns",
+        "b",
+        "n1",
+        "1",
+        "x",
+        "198.19.0.2",
+    )));
+    w.apply_watcher_event(&Event::InitDone);
+    assert!(Arc::ptr_eq(&c.get("ns", "b").expect("b"), &b1));
+    assert_eq!(&*c.get("ns", "a").expect("a").resource_version, "4");
+}
+
+/// What readers get from the cache is what they got from kube's
+/// reflector store of the same objects: the same PodInfo for policy, and
+/// the same (namespace, name, node, addresses) set.
+#[test]
+fn readers_see_what_the_reflector_store_held() {
+    let (c, mut w) = cache();
+    let (store, mut sw) = kube::runtime::reflector::store::<PodEndpoint>();
+    let mut objects = Vec::new();
+    for i in 0..50u8 {
+        let mut e = endpoint(
+            &format!("ns{}", i % 4),
+            &format!("p{i}"),
+            &format!("n{}", i % 7),
+            &format!("{}", 100 + u32::from(i)),
+            &format!("a{}", i % 3),
+            &format!("198.19.1.{i}"),
+        );
+        if i % 5 == 0 {
+            e.spec
+                .addresses
+                .push(format!("2001:db8::{i}").parse().expect("ip"));
+            e.spec.named_ports.clear();
+        }
+        objects.push(e);
+    }
+    let events = std::iter::once(Event::Init)
+        .chain(objects.iter().cloned().map(Event::InitApply))
+        .chain([
+            Event::InitDone,
+            Event::Delete(objects[3].clone()),
+            Event::Apply(endpoint("ns1", "p9", "n3", "999", "q", "198.19.2.9")),
+        ]);
+    for ev in events {
+        w.apply_watcher_event(&ev);
+        sw.apply_watcher_event(&ev);
+    }
+    let mut from_store: Vec<_> = store
+        .state()
+        .iter()
+        .map(|e| e.to_pod_info().expect("info"))
+        .collect();
+    let mut from_cache: Vec<_> = c
+        .state()
+        .iter()
+        .map(|e| e.to_pod_info().expect("info"))
+        .collect();
+    from_store.sort_by(|a, b| a.key.cmp(&b.key));
+    from_cache.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(from_store.len(), 49, "50 listed, one deleted, one updated");
+    assert_eq!(from_cache, from_store);
+    for e in store.state() {
+        let mine = c
+            .get(
+                e.metadata.namespace.as_deref().expect("ns"),
+                e.metadata.name.as_deref().expect("name"),
+            )
+            .expect("cached");
+        assert_eq!(
+            Some(&*mine.resource_version),
+            e.metadata.resource_version.as_deref()
+        );
+        assert_eq!(&*mine.node, e.spec.node);
+        assert_eq!(&*mine.addresses, e.spec.addresses.as_slice());
+        assert_eq!(&*mine.named_ports, e.spec.named_ports.as_slice());
+    }
+    // A named port policy cannot parse is an error, as from the object.
+    let mut bad = endpoint("ns", "bad", "n1", "1", "x", "198.19.0.1");
+    bad.spec.named_ports[0].protocol = "GRE".into();
+    w.apply_watcher_event(&Event::Apply(bad.clone()));
+    let err = c.get("ns", "bad").expect("bad").to_pod_info();
+    assert_eq!(err, bad.to_pod_info());
+    assert!(err.is_err());
+    assert!(
+        c.find(|e| e.addresses.contains(&"198.19.2.9".parse().expect("ip")))
+            .is_some()
+    );
+}
