@@ -61,6 +61,15 @@ spec:
         .expect("kubectl");
     assert!(out.contains("created"), "{out}");
     eventually(&pods, &pairs, &[true, false], "other -> web denied");
+    // One allowed connection after the policy is surely in place (the
+    // round above may have probed client -> web just before it was): the
+    // policy's allow rule counts it below.
+    eventually(
+        &pods,
+        &[(1, 0, Proto::Tcp)],
+        &[true],
+        "client -> web allowed by the policy",
+    );
     // Records arrive within the log's rate limit; look for ours.
     let t = Instant::now();
     let record = loop {
