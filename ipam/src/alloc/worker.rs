@@ -252,10 +252,18 @@ impl Worker {
     /// from the watch's first list: then it fails with `Unavailable`).
     pub async fn resync(&mut self) -> Result<(), IpamError> {
         let with_blocks = !self.awaiting_seed;
-        Counters::add(&self.counters.reads, if with_blocks { 2 } else { 1 });
+        // Waiting for the watch with the pools known: nothing to list.
+        let list_pools = with_blocks || !self.pools_known;
+        Counters::add(
+            &self.counters.reads,
+            u64::from(with_blocks) + u64::from(list_pools),
+        );
         let store = self.store.clone();
         let res = async {
-            let pools = self.timed(store.list_pools()).await?;
+            let pools = match list_pools {
+                true => Some(self.timed(store.list_pools()).await?),
+                false => None,
+            };
             let blocks = match with_blocks {
                 true => Some(self.timed(store.list_blocks()).await?),
                 false => None,
@@ -265,7 +273,9 @@ impl Worker {
         .await;
         match res {
             Ok((pools, Some(blocks))) => {
-                self.view.set_pools(pools);
+                if let Some(pools) = pools {
+                    self.view.set_pools(pools);
+                }
                 self.pools_known = true;
                 self.seeded_without_pools = false;
                 self.view.set_all_blocks(blocks);
@@ -274,7 +284,9 @@ impl Worker {
                 Ok(())
             }
             Ok((pools, None)) => {
-                self.view.set_pools(pools);
+                if let Some(pools) = pools {
+                    self.view.set_pools(pools);
+                }
                 self.pools_known = true;
                 self.store_succeeded();
                 let reason = "waiting for the first list of the IPAM block watch";

@@ -75,7 +75,7 @@ pub fn takes_endpoint(
 /// and EndpointUp added, and the `update` pass that last saw it in the
 /// cluster. One per pod of the cluster: kept small (docs/scale.md).
 pub(super) struct Converted {
-    from: From,
+    from: Origin,
     /// IPAM's and EndpointUp's, sorted.
     extra: Box<[IpAddr]>,
     /// From the IPAM view, where it is not `extra` as it is (EndpointUp
@@ -85,7 +85,7 @@ pub(super) struct Converted {
 }
 
 /// The object a pod was converted from.
-enum From {
+enum Origin {
     /// A Pod, at this resourceVersion.
     Pod(Box<str>),
     /// A PodEndpoint: the cache's entry itself (the cache makes a new one
@@ -104,8 +104,8 @@ impl Converted {
 
     fn same_source(&self, src: &Source<'_>) -> bool {
         match (&self.from, src) {
-            (From::Pod(rv), Source::Pod(_)) => **rv == *src.resource_version(),
-            (From::Endpoint(a), Source::Endpoint(b)) => Arc::ptr_eq(a, b),
+            (Origin::Pod(rv), Source::Pod(_)) => **rv == *src.resource_version(),
+            (Origin::Endpoint(a), Source::Endpoint(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -229,9 +229,9 @@ impl PolicySync {
             let (key, from) = match &pod {
                 Source::Pod(_) => (
                     PodName::new(ns, name),
-                    From::Pod(pod.resource_version().into()),
+                    Origin::Pod(pod.resource_version().into()),
                 ),
-                Source::Endpoint(e) => (e.pod_name(), From::Endpoint(Arc::clone(e))),
+                Source::Endpoint(e) => (e.pod_name(), Origin::Endpoint(Arc::clone(e))),
             };
             let mut c = Converted {
                 from,
@@ -385,6 +385,34 @@ mod tests {
         serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("node")
     }
 
+    /// A detached cluster in `--pod-source=endpoints`, node n1's
+    /// PolicySync, a synced empty IPAM view and no registry.
+    fn endpoints_mode() -> (
+        Cluster,
+        crate::k8s::cluster::DetachedWriters,
+        PolicySync,
+        IpamView,
+        BTreeMap<String, Endpoint>,
+    ) {
+        let client = kube::Client::try_from(kube::Config::new(
+            "http://127.0.0.1:9".parse().expect("url"),
+        ))
+        .expect("client");
+        let (mut cluster, w) = Cluster::detached(client);
+        cluster.pod_source = PodSource::Endpoints;
+        let view = IpamView {
+            synced: true,
+            ..IpamView::default()
+        };
+        (
+            cluster,
+            w,
+            PolicySync::new("n1", Vec::new()),
+            view,
+            BTreeMap::new(),
+        )
+    }
+
     /// `--pod-source=endpoints`: local pods from their Pod objects, remote
     /// ones from PodEndpoints; an endpoint never overrides or doubles a
     /// local Pod, this node's own endpoints are ignored, and an endpoint
@@ -392,18 +420,7 @@ mod tests {
     /// goes).
     #[tokio::test]
     async fn endpoints_mode_takes_remote_pods_from_pod_endpoints() {
-        let client = kube::Client::try_from(kube::Config::new(
-            "http://127.0.0.1:9".parse().expect("url"),
-        ))
-        .expect("client");
-        let (mut cluster, mut w) = Cluster::detached(client);
-        cluster.pod_source = PodSource::Endpoints;
-        let mut ps = PolicySync::new("n1", Vec::new());
-        let view = IpamView {
-            synced: true,
-            ..IpamView::default()
-        };
-        let reg = BTreeMap::new();
+        let (mut cluster, mut w, mut ps, view, reg) = endpoints_mode();
         let mut local = pod("a", "1", "live");
         local.spec.as_mut().expect("spec").node_name = Some("n1".into());
         w.pods.apply_watcher_event(&Event::Apply(local));
@@ -475,18 +492,7 @@ mod tests {
     /// unchanged keeps it, and policy keeps sharing the cache's label map.
     #[tokio::test]
     async fn unchanged_endpoints_are_not_converted_again() {
-        let client = kube::Client::try_from(kube::Config::new(
-            "http://127.0.0.1:9".parse().expect("url"),
-        ))
-        .expect("client");
-        let (mut cluster, mut w) = Cluster::detached(client);
-        cluster.pod_source = PodSource::Endpoints;
-        let mut ps = PolicySync::new("n1", Vec::new());
-        let view = IpamView {
-            synced: true,
-            ..IpamView::default()
-        };
-        let reg = BTreeMap::new();
+        let (cluster, mut w, mut ps, view, reg) = endpoints_mode();
         for n in ["n1", "n2"] {
             w.nodes.apply_watcher_event(&Event::Apply(node(n)));
         }
@@ -498,8 +504,8 @@ mod tests {
             "198.19.9.2",
         )));
         let held = |ps: &PolicySync| match &ps.converted[&super::PodName::new("ns", "b")].from {
-            super::From::Endpoint(e) => e.clone(),
-            super::From::Pod(_) => panic!("b converted from a Pod"),
+            super::Origin::Endpoint(e) => e.clone(),
+            super::Origin::Pod(_) => panic!("b converted from a Pod"),
         };
         let shares = |ps: &PolicySync, cluster: &Cluster| {
             let cached = cluster.pod_endpoints.get("ns", "b").expect("cached");

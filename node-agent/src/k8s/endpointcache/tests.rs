@@ -25,6 +25,12 @@ fn endpoint(ns: &str, name: &str, node: &str, rv: &str, app: &str, ip: &str) -> 
     e
 }
 
+/// [`endpoint`] from `"namespace name node resourceVersion app ip"`.
+fn ep(fields: &str) -> PodEndpoint {
+    let f: Vec<&str> = fields.split_whitespace().collect();
+    endpoint(f[0], f[1], f[2], f[3], f[4], f[5])
+}
+
 fn names(c: &EndpointCache) -> Vec<String> {
     let mut v: Vec<String> = c
         .state()
@@ -39,32 +45,11 @@ fn names(c: &EndpointCache) -> Vec<String> {
 fn apply_and_delete_change_the_map_at_once() {
     let (c, mut w) = cache();
     assert!(c.is_empty());
-    w.apply_watcher_event(&Event::Apply(endpoint(
-        "ns",
-        "a",
-        "n1",
-        "1",
-        "x",
-        "198.19.0.1",
-    )));
-    w.apply_watcher_event(&Event::Apply(endpoint(
-        "ns",
-        "b",
-        "n2",
-        "2",
-        "x",
-        "2001:db8::2",
-    )));
+    w.apply_watcher_event(&Event::Apply(ep("ns a n1 1 x 198.19.0.1")));
+    w.apply_watcher_event(&Event::Apply(ep("ns b n2 2 x 2001:db8::2")));
     assert_eq!(names(&c), ["ns/a@1", "ns/b@2"]);
     // An update replaces the entry.
-    w.apply_watcher_event(&Event::Apply(endpoint(
-        "ns",
-        "a",
-        "n1",
-        "3",
-        "y",
-        "198.19.0.9",
-    )));
+    w.apply_watcher_event(&Event::Apply(ep("ns a n1 3 y 198.19.0.9")));
     let a = c.get("ns", "a").expect("a");
     assert_eq!(&*a.resource_version, "3");
     assert_eq!(a.labels.get("app").map(String::as_str), Some("y"));
@@ -82,17 +67,10 @@ fn apply_and_delete_change_the_map_at_once() {
     assert_eq!(names(&c), ["ns/a@3"]);
     assert!(c.get("ns", "b").is_none());
     // The same name in another namespace is another pod.
-    w.apply_watcher_event(&Event::Apply(endpoint(
-        "other",
-        "a",
-        "n1",
-        "4",
-        "x",
-        "198.19.0.4",
-    )));
+    w.apply_watcher_event(&Event::Apply(ep("other a n1 4 x 198.19.0.4")));
     assert_eq!(c.len(), 2);
     // An object without a namespace is not cached.
-    let mut bad = endpoint("ns", "c", "n1", "5", "x", "198.19.0.5");
+    let mut bad = ep("ns c n1 5 x 198.19.0.5");
     bad.metadata.namespace = None;
     w.apply_watcher_event(&Event::Apply(bad));
     assert_eq!(c.len(), 2);
@@ -104,45 +82,17 @@ fn apply_and_delete_change_the_map_at_once() {
 fn a_relist_replaces_the_map_at_init_done() {
     let (c, mut w) = cache();
     w.apply_watcher_event(&Event::Init);
-    w.apply_watcher_event(&Event::InitApply(endpoint(
-        "ns",
-        "a",
-        "n1",
-        "1",
-        "x",
-        "198.19.0.1",
-    )));
+    w.apply_watcher_event(&Event::InitApply(ep("ns a n1 1 x 198.19.0.1")));
     // The first list: nothing until it is complete.
     assert!(c.is_empty());
-    w.apply_watcher_event(&Event::InitApply(endpoint(
-        "ns",
-        "b",
-        "n1",
-        "2",
-        "x",
-        "198.19.0.2",
-    )));
+    w.apply_watcher_event(&Event::InitApply(ep("ns b n1 2 x 198.19.0.2")));
     w.apply_watcher_event(&Event::InitDone);
     assert_eq!(names(&c), ["ns/a@1", "ns/b@2"]);
     // A relist (after a watch error): b gone, a changed, c new. Until
     // InitDone readers see the map as it was.
     w.apply_watcher_event(&Event::Init);
-    w.apply_watcher_event(&Event::InitApply(endpoint(
-        "ns",
-        "a",
-        "n2",
-        "7",
-        "y",
-        "198.19.0.1",
-    )));
-    w.apply_watcher_event(&Event::InitApply(endpoint(
-        "ns",
-        "c",
-        "n2",
-        "8",
-        "x",
-        "198.19.0.3",
-    )));
+    w.apply_watcher_event(&Event::InitApply(ep("ns a n2 7 y 198.19.0.1")));
+    w.apply_watcher_event(&Event::InitApply(ep("ns c n2 8 x 198.19.0.3")));
     assert_eq!(names(&c), ["ns/a@1", "ns/b@2"]);
     w.apply_watcher_event(&Event::InitDone);
     assert_eq!(names(&c), ["ns/a@7", "ns/c@8"]);
@@ -162,22 +112,8 @@ fn a_relist_replaces_the_map_at_init_done() {
 #[test]
 fn unchanged_entries_and_labels_are_shared() {
     let (c, mut w) = cache();
-    w.apply_watcher_event(&Event::Apply(endpoint(
-        "ns",
-        "a",
-        "n1",
-        "1",
-        "x",
-        "198.19.0.1",
-    )));
-    w.apply_watcher_event(&Event::Apply(endpoint(
-        "ns",
-        "b",
-        "n1",
-        "1",
-        "x",
-        "198.19.0.2",
-    )));
+    w.apply_watcher_event(&Event::Apply(ep("ns a n1 1 x 198.19.0.1")));
+    w.apply_watcher_event(&Event::Apply(ep("ns b n1 1 x 198.19.0.2")));
     let a1 = c.get("ns", "a").expect("a");
     let b1 = c.get("ns", "b").expect("b");
     assert!(Arc::ptr_eq(&a1.namespace, &b1.namespace));
@@ -189,14 +125,7 @@ fn unchanged_entries_and_labels_are_shared() {
     );
     // A new resourceVersion with the same labels (an address moved): the
     // label map stays the one policy holds.
-    w.apply_watcher_event(&Event::Apply(endpoint(
-        "ns",
-        "a",
-        "n1",
-        "2",
-        "x",
-        "198.19.0.8",
-    )));
+    w.apply_watcher_event(&Event::Apply(ep("ns a n1 2 x 198.19.0.8")));
     let a2 = c.get("ns", "a").expect("a");
     assert!(Arc::ptr_eq(&a2.labels, &info.labels));
     assert_eq!(
@@ -204,36 +133,15 @@ fn unchanged_entries_and_labels_are_shared() {
         ["198.19.0.8".parse::<IpAddr>().expect("ip")]
     );
     // New labels: a new map.
-    w.apply_watcher_event(&Event::Apply(endpoint(
-        "ns",
-        "a",
-        "n1",
-        "3",
-        "z",
-        "198.19.0.8",
-    )));
+    w.apply_watcher_event(&Event::Apply(ep("ns a n1 3 z 198.19.0.8")));
     assert!(!Arc::ptr_eq(
         &c.get("ns", "a").expect("a").labels,
         &info.labels
     ));
     // A relist: b unchanged is the same entry; a at a new version is new.
     w.apply_watcher_event(&Event::Init);
-    w.apply_watcher_event(&Event::InitApply(endpoint(
-        "ns",
-        "a",
-        "n1",
-        "4",
-        "z",
-        "198.19.0.8",
-    )));
-    w.apply_watcher_event(&Event::InitApply(endpoint(
-        "ns",
-        "b",
-        "n1",
-        "1",
-        "x",
-        "198.19.0.2",
-    )));
+    w.apply_watcher_event(&Event::InitApply(ep("ns a n1 4 z 198.19.0.8")));
+    w.apply_watcher_event(&Event::InitApply(ep("ns b n1 1 x 198.19.0.2")));
     w.apply_watcher_event(&Event::InitDone);
     assert!(Arc::ptr_eq(&c.get("ns", "b").expect("b"), &b1));
     assert_eq!(&*c.get("ns", "a").expect("a").resource_version, "4");
@@ -269,7 +177,7 @@ fn readers_see_what_the_reflector_store_held() {
         .chain([
             Event::InitDone,
             Event::Delete(objects[3].clone()),
-            Event::Apply(endpoint("ns1", "p9", "n3", "999", "q", "198.19.2.9")),
+            Event::Apply(ep("ns1 p9 n3 999 q 198.19.2.9")),
         ]);
     for ev in events {
         w.apply_watcher_event(&ev);
@@ -305,7 +213,7 @@ fn readers_see_what_the_reflector_store_held() {
         assert_eq!(&*mine.named_ports, e.spec.named_ports.as_slice());
     }
     // A named port policy cannot parse is an error, as from the object.
-    let mut bad = endpoint("ns", "bad", "n1", "1", "x", "198.19.0.1");
+    let mut bad = ep("ns bad n1 1 x 198.19.0.1");
     bad.spec.named_ports[0].protocol = "GRE".into();
     w.apply_watcher_event(&Event::Apply(bad.clone()));
     let err = c.get("ns", "bad").expect("bad").to_pod_info();
