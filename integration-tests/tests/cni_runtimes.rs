@@ -333,6 +333,17 @@ fn two_containers(
     let ip1 = held[0].1;
     assert!(ip1.to_string().starts_with("198.19."), "{ip1}");
     if restart {
+        // The allocation shows before the ADD is over (the plugin asks
+        // for addresses before it creates the veth); the restart under
+        // test is of an agent whose pod is wired, so wait for the route
+        // EndpointUp installs. Restarting sooner fails the ADD instead
+        // (the plugin rolls back: right, but another test).
+        let wired = eventually(Duration::from_secs(20), || {
+            env.node()
+                .ip(&["-4", "route", "show", &ip1.to_string()])
+                .is_ok_and(|r| r.contains("dev cali"))
+        });
+        assert!(wired, "c1 never wired before the restart\n{}", env.logs());
         env.restart_agent();
         // The new agent knows c1 only from the IPAM blocks: once it has
         // synced its routes and policy, c1's route and anti-spoofing entry
