@@ -86,7 +86,10 @@ pub struct IpamView {
     /// Where everything that lives on another node is: each block affine
     /// to another node, and each address another node allocated outside
     /// its own blocks (a borrowed /32 or /128), with that node's name.
-    pub remote: BTreeMap<IpNetwork, String>,
+    /// Shared: it changes only when blocks come, go or change hands, or an
+    /// address is borrowed or given back, and the view task builds it
+    /// again only then.
+    pub remote: Arc<BTreeMap<IpNetwork, String>>,
     /// Every pod's addresses, cluster-wide, by (namespace, name). Shared:
     /// copies of one view share it, and a new view shares with the last
     /// the shards no block event touched, so a reader can tell a new
@@ -231,6 +234,91 @@ impl BlockDigest {
     }
 }
 
+/// What one block adds to the view, worked out once per version of the
+/// block (the view task keeps it beside the digest, so that a new view
+/// after one block event does not read every allocation of the cluster).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Part {
+    /// The block, when it is affine to this node.
+    affine: Option<IpNetwork>,
+    /// Its entries of [`IpamView::remote`].
+    remote: Vec<(IpNetwork, Arc<str>)>,
+    /// This node's workloads in it.
+    local: Vec<LocalAllocation>,
+    /// This node's tunnel addresses in it.
+    tunnels: Vec<LocalAllocation>,
+}
+
+impl Part {
+    /// [`IpamView::remote`] of these parts (in block order: a later
+    /// block's entry for the same network wins, as it always did).
+    fn remote_of<'a>(parts: impl IntoIterator<Item = &'a Part>) -> BTreeMap<IpNetwork, String> {
+        let mut m = BTreeMap::new();
+        for p in parts {
+            for (net, node) in &p.remote {
+                m.insert(*net, node.to_string());
+            }
+        }
+        m
+    }
+}
+
+impl BlockDigest {
+    /// What this block adds to the view of the node whose affinity is
+    /// `affinity` (`host:<node>`).
+    fn part(&self, affinity: &str) -> Part {
+        let net = self.net;
+        let ours = self.affinity.as_deref() == Some(affinity);
+        let mut part = Part::default();
+        match self
+            .affinity
+            .as_deref()
+            .and_then(|a| a.strip_prefix("host:"))
+        {
+            _ if ours => part.affine = Some(net),
+            Some(other) => part.remote.push((net, other.into())),
+            None => {}
+        }
+        for a in &self.held {
+            let ip = a.ip;
+            match &a.maker {
+                Maker::Me(handle) if is_tunnel_handle(handle) => {
+                    part.tunnels.push(LocalAllocation {
+                        ip,
+                        namespace: String::new(),
+                        pod: String::new(),
+                        handle: handle.to_string(),
+                        borrowed: !ours,
+                        host_if: String::new(),
+                    });
+                }
+                Maker::Me(handle) => {
+                    // No pod identity: a standalone workload the CNI
+                    // plugin wired (only the CNI allocates through the
+                    // agent), keyed by its handle.
+                    let (namespace, pod) = a
+                        .pod
+                        .as_ref()
+                        .map(|p| (p.namespace.to_string(), p.name.to_string()))
+                        .unwrap_or_default();
+                    part.local.push(LocalAllocation {
+                        ip,
+                        host_if: VethName::for_attachment(&namespace, &pod, handle, "eth0").into(),
+                        namespace,
+                        pod,
+                        handle: handle.to_string(),
+                        borrowed: !ours,
+                    });
+                }
+                // Another node's address outside its own blocks.
+                Maker::Other(n) => part.remote.push((IpNetwork::from(ip), n.clone())),
+                Maker::Affine | Maker::Nobody => {}
+            }
+        }
+        part
+    }
+}
+
 impl IpamView {
     /// Distils `blocks` for node `me`.
     pub fn from_blocks<'a>(
@@ -258,62 +346,31 @@ impl IpamView {
         pod_ips: PodIps,
     ) -> IpamView {
         let affinity = ipam::model::host_affinity(me);
+        let parts: Vec<Part> = blocks.into_iter().map(|b| b.part(&affinity)).collect();
+        let remote = Arc::new(Part::remote_of(parts.iter()));
+        IpamView::from_parts(parts.iter(), remote, pod_ips)
+    }
+
+    /// The view the blocks' parts make, with `remote` made of the same
+    /// parts ([`Part::remote_of`]).
+    fn from_parts<'a>(
+        parts: impl IntoIterator<Item = &'a Part>,
+        remote: Arc<BTreeMap<IpNetwork, String>>,
+        pod_ips: PodIps,
+    ) -> IpamView {
         let mut view = IpamView {
             synced: true,
+            remote,
+            pod_ips,
             ..IpamView::default()
         };
-        for b in blocks {
-            let net = b.net;
-            let ours = b.affinity.as_deref() == Some(affinity.as_str());
-            let affine_to = b.affinity.as_deref().and_then(|a| a.strip_prefix("host:"));
-            if ours {
-                view.affine_blocks.insert(net);
-            } else if let Some(other) = affine_to {
-                view.remote.insert(net, other.to_string());
-            }
-            for a in &b.held {
-                let ip = a.ip;
-                match &a.maker {
-                    Maker::Me(handle) if is_tunnel_handle(handle) => {
-                        view.tunnels.push(LocalAllocation {
-                            ip,
-                            namespace: String::new(),
-                            pod: String::new(),
-                            handle: handle.to_string(),
-                            borrowed: !ours,
-                            host_if: String::new(),
-                        });
-                    }
-                    Maker::Me(handle) => {
-                        // No pod identity: a standalone workload the CNI
-                        // plugin wired (only the CNI allocates through the
-                        // agent), keyed by its handle.
-                        let (namespace, pod) = a
-                            .pod
-                            .as_ref()
-                            .map(|p| (p.namespace.to_string(), p.name.to_string()))
-                            .unwrap_or_default();
-                        view.local.push(LocalAllocation {
-                            ip,
-                            host_if: VethName::for_attachment(&namespace, &pod, handle, "eth0")
-                                .into(),
-                            namespace,
-                            pod,
-                            handle: handle.to_string(),
-                            borrowed: !ours,
-                        });
-                    }
-                    // Another node's address outside its own blocks.
-                    Maker::Other(n) => {
-                        view.remote.insert(IpNetwork::from(ip), n.to_string());
-                    }
-                    Maker::Affine | Maker::Nobody => {}
-                }
-            }
+        for p in parts {
+            view.affine_blocks.extend(p.affine);
+            view.local.extend(p.local.iter().cloned());
+            view.tunnels.extend(p.tunnels.iter().cloned());
         }
         view.local.sort();
         view.tunnels.sort();
-        view.pod_ips = pod_ips;
         view
     }
 
@@ -351,18 +408,22 @@ fn nth(net: IpNetwork, ordinal: u32) -> Option<IpAddr> {
 }
 
 /// What the view task holds of the cluster's blocks: a digest per block,
-/// not the block (the view reads a few fields), and every pod's addresses
-/// kept up to date block by block.
+/// not the block (the view reads a few fields), with what the block adds
+/// to the view; every pod's addresses kept up to date block by block; and
+/// the remote map, built again only when a block's share of it changed.
 #[derive(Default)]
 struct Digests {
-    blocks: BTreeMap<String, BlockDigest>,
+    blocks: BTreeMap<String, (BlockDigest, Part)>,
     names: Names,
     pod_ips: PodIps,
+    remote: Arc<BTreeMap<IpNetwork, String>>,
+    remote_stale: bool,
 }
 
 impl Digests {
     /// Takes in one event of the block watch, for node `me`.
     fn apply(&mut self, ev: &BlockEvent, me: &str) {
+        let affinity = ipam::model::host_affinity(me);
         match ev {
             BlockEvent::Resync(all) => {
                 self.blocks.clear();
@@ -371,31 +432,61 @@ impl Digests {
                 for b in all {
                     if let Some(d) = BlockDigest::of(b, me, &mut self.names) {
                         d.add_pod_ips(&mut self.pod_ips);
-                        self.blocks.insert(b.name.clone(), d);
+                        let part = d.part(&affinity);
+                        self.blocks.insert(b.name.clone(), (d, part));
                     }
                 }
+                self.remote_stale = true;
             }
             BlockEvent::Applied(b) => {
                 let old = match BlockDigest::of(b, me, &mut self.names) {
-                    Some(d) => self.blocks.insert(b.name.clone(), d),
+                    Some(d) => {
+                        let part = d.part(&affinity);
+                        self.blocks.insert(b.name.clone(), (d, part))
+                    }
                     None => self.blocks.remove(&b.name),
                 };
-                BlockDigest::replace_pod_ips(
-                    old.as_ref(),
-                    self.blocks.get(&b.name),
-                    &mut self.pod_ips,
-                );
+                let new = self.blocks.get(&b.name);
+                replaced(&mut self.pod_ips, &mut self.remote_stale, old.as_ref(), new);
             }
             BlockEvent::Deleted { name } => {
                 let old = self.blocks.remove(name);
-                BlockDigest::replace_pod_ips(old.as_ref(), None, &mut self.pod_ips);
+                replaced(
+                    &mut self.pod_ips,
+                    &mut self.remote_stale,
+                    old.as_ref(),
+                    None,
+                );
             }
         }
     }
 
     /// The view of what it holds.
-    fn view(&self, me: &str) -> IpamView {
-        IpamView::from_digests(self.blocks.values(), me, self.pod_ips.clone())
+    fn view(&mut self) -> IpamView {
+        if std::mem::take(&mut self.remote_stale) {
+            self.remote = Arc::new(Part::remote_of(self.blocks.values().map(|(_, p)| p)));
+        }
+        IpamView::from_parts(
+            self.blocks.values().map(|(_, p)| p),
+            self.remote.clone(),
+            self.pod_ips.clone(),
+        )
+    }
+}
+
+/// Updates `pod_ips` for a block whose digest and part went from `old` to
+/// `new`, and flags `remote_stale` when its share of the remote map moved.
+fn replaced(
+    pod_ips: &mut PodIps,
+    remote_stale: &mut bool,
+    old: Option<&(BlockDigest, Part)>,
+    new: Option<&(BlockDigest, Part)>,
+) {
+    BlockDigest::replace_pod_ips(old.map(|o| &o.0), new.map(|n| &n.0), pod_ips);
+    let old_remote = old.map_or(&[][..], |o| &o.1.remote[..]);
+    let new_remote = new.map_or(&[][..], |n| &n.1.remote[..]);
+    if old_remote != new_remote {
+        *remote_stale = true;
     }
 }
 
@@ -427,7 +518,7 @@ pub async fn run(
                 Ok(ev) => {
                     backoff = Duration::from_millis(200);
                     digests.apply(&ev, &me);
-                    let view = Arc::new(digests.view(&me));
+                    let view = Arc::new(digests.view());
                     tx.send_if_modified(|cur| {
                         if **cur == *view {
                             false
@@ -692,7 +783,7 @@ mod tests {
                 }
             }
             digests.apply(&ev, "n1");
-            let view = digests.view("n1");
+            let view = digests.view();
             let full = IpamView::from_blocks(current.values(), "n1");
             assert_eq!(view, full, "step {step}");
             let mut a: Vec<_> = view
