@@ -142,6 +142,7 @@ impl PolicySync {
         // addresses are the ones recorded then: no lookup in the
         // cluster-wide map.
         let last_ips = std::mem::replace(&mut self.pod_ips, view.pod_ips.clone());
+        let ips_changed = view.pod_ips.changed_since(&last_ips);
         let pods = cluster.pods.state();
         let endpoints = match cluster.pod_source {
             PodSource::Pods => Vec::new(),
@@ -182,7 +183,7 @@ impl PolicySync {
             let known = self.converted.get_mut(&(ns, name) as &dyn NamePair);
             ipam.clear();
             match &known {
-                Some(c) if view.pod_ips.same_shard(&last_ips, ns, name) => ipam.extend(c.ipam()),
+                Some(c) if !ips_changed.may_differ(ns, name) => ipam.extend(c.ipam()),
                 _ => ipam.extend(view.pod_ips.get(ns, name).into_iter().flatten()),
             }
             extra.clear();

@@ -55,6 +55,20 @@ impl PartialEq for PodIps {
 }
 impl Eq for PodIps {}
 
+/// The shards of a [`PodIps`] that changed since a copy of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Changed(u64);
+
+impl Changed {
+    /// Whether pod `namespace/name`'s addresses may differ (false: they
+    /// are certainly the same).
+    pub fn may_differ(&self, namespace: &str, name: &str) -> bool {
+        self.0 != 0 && self.0 & (1 << shard_of(namespace, name)) != 0
+    }
+}
+
+const _: () = assert!(SHARDS <= 64, "Changed holds one bit per shard");
+
 /// The shard of a pod: a fixed hash (not the maps' random one), so that
 /// every copy puts a pod in the same shard.
 fn shard_of(namespace: &str, name: &str) -> usize {
@@ -96,6 +110,19 @@ impl PodIps {
     pub fn same_shard(&self, other: &PodIps, namespace: &str, name: &str) -> bool {
         let i = shard_of(namespace, name);
         Arc::ptr_eq(&self.shards[i], &other.shards[i])
+    }
+
+    /// The shards that differ from `other`'s, for many pods asked at once
+    /// ([`Changed::may_differ`]): nothing is hashed per pod when no shard
+    /// changed.
+    pub fn changed_since(&self, other: &PodIps) -> Changed {
+        let mut mask = 0u64;
+        for (i, (a, b)) in self.shards.iter().zip(other.shards.iter()).enumerate() {
+            if !Arc::ptr_eq(a, b) {
+                mask |= 1 << i;
+            }
+        }
+        Changed(mask)
     }
 
     /// Every pod and its addresses, in no particular order.
@@ -205,6 +232,17 @@ mod tests {
             Some(&[ip("198.19.0.1"), ip("198.19.0.9")][..])
         );
         assert!(!m.same_shard(&before, "ns", "p7"));
+        let changed = m.changed_since(&before);
+        assert!(changed.may_differ("ns", "p7"));
+        assert!(!m.changed_since(&m.clone()).may_differ("ns", "p7"));
+        assert_eq!(
+            (0..1000)
+                .filter(|i| !changed.may_differ("ns", &format!("p{i}")))
+                .count(),
+            (0..1000)
+                .filter(|i| m.same_shard(&before, "ns", &format!("p{i}")))
+                .count()
+        );
         // Only p7's shard was copied: every pod of another shard is
         // known unchanged without a lookup.
         let unchanged = (0..1000)
