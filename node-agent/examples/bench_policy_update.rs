@@ -20,6 +20,7 @@ use kube::runtime::watcher::Event;
 use node_agent::endpoints::Endpoint;
 use node_agent::endpoints::policy::PolicySync;
 use node_agent::k8s::cluster::Cluster;
+use node_agent::k8s::endpointcache::PodName;
 use node_agent::k8s::ipam::view::{IpamView, LocalAllocation};
 use serde_json::json;
 
@@ -87,7 +88,7 @@ fn main() -> anyhow::Result<()> {
     let mut registry = BTreeMap::new();
     for j in 0..pods {
         let (ns, name) = (format!("ns{}", j % 100), format!("p{j}"));
-        std::sync::Arc::make_mut(&mut view.pod_ips).insert((ns.clone(), name.clone()), vec![ip(j)]);
+        view.pod_ips.insert(&PodName::new(&ns, &name), ip(j));
         if j % 40 == 1 {
             let host_if = format!("cali{j:011}");
             view.local.push(LocalAllocation {
@@ -135,11 +136,11 @@ fn main() -> anyhow::Result<()> {
         ps.update(&cluster, &view, &registry);
         one_pod.push(t.elapsed().as_secs_f64() * 1e3);
         // The IPAM view learns one more address of a pod.
-        let key = (format!("ns{}", j % 100), format!("p{j}"));
-        std::sync::Arc::make_mut(&mut view.pod_ips)
-            .entry(key)
-            .or_default()
-            .push(IpAddr::V4(Ipv4Addr::new(198, 19, 200, (r % 250) as u8 + 1)));
+        let key = PodName::new(&format!("ns{}", j % 100), &format!("p{j}"));
+        view.pod_ips.insert(
+            &key,
+            IpAddr::V4(Ipv4Addr::new(198, 19, 200, (r % 250) as u8 + 1)),
+        );
         let t = Instant::now();
         ps.update(&cluster, &view, &registry);
         one_ip.push(t.elapsed().as_secs_f64() * 1e3);

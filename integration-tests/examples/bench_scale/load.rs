@@ -247,17 +247,67 @@ pub fn targets(l: &Layout) -> Vec<Target> {
     v
 }
 
+/// The IPAM side of pod churn: a pod starting or stopping on another node
+/// writes that node's IPAM block (an allocation added, later removed),
+/// which every agent's block watch delivers.
+pub struct IpamChurn {
+    layout: Layout,
+    /// Per node: whether its block holds the churn's extra allocation, and
+    /// the block's sequence (every write increments it).
+    state: Vec<(bool, u64)>,
+}
+
+impl IpamChurn {
+    pub fn new(layout: &Layout) -> IpamChurn {
+        IpamChurn {
+            state: vec![(false, 1_000); layout.nodes],
+            layout: layout.clone(),
+        }
+    }
+
+    /// The `n`th write: node `1 + n mod (nodes - 1)`'s first block (never
+    /// this node's), with or without its extra allocation in turn. The
+    /// path and a merge patch that replaces the block's spec; `None` when
+    /// the block has no free address (a size with full blocks).
+    fn write(&mut self, n: usize) -> Option<(String, Vec<u8>)> {
+        let l = &self.layout;
+        let k = 1 + n % (l.nodes - 1).max(1);
+        let mut block = objects::ipam_block(l, k, 0);
+        let (extra, seq) = &mut self.state[k];
+        *extra = !*extra;
+        *seq += 1;
+        let spec = &mut block["spec"];
+        if *extra {
+            let free = spec["free"].as_array_mut()?;
+            if free.is_empty() {
+                return None;
+            }
+            let ord = free.remove(0)["ordinal"].clone();
+            let node = l.node_name(k);
+            let allocs = spec["allocations"].as_array_mut()?;
+            allocs.push(json!({"ordinal": ord, "handle": format!("k8s-pod-network.churn{k}"),
+                               "pod": format!("churn-{k}"), "namespace": "churn", "node": node, "sequence": *seq}));
+        }
+        spec["sequence"] = json!(*seq);
+        let name = block["metadata"]["name"].as_str()?.to_string();
+        let body = serde_json::to_vec(&json!({"spec": block["spec"]})).ok()?;
+        Some((format!("/apis/crd.margay.dev/v1/ipamblocks/{name}"), body))
+    }
+}
+
 /// Flips the tier (web <-> cache) of `targets` in turn, `rate` per second
 /// for `secs`, each PATCH sent without waiting for the previous one; with
 /// `endpoints`, the pod's PodEndpoint is patched right after its Pod (what
-/// the agent of its node does one watch event later). Returns what was
-/// sent, when (the Pod's PATCH); fails if any PATCH failed.
+/// the agent of its node does one watch event later); with `ipam`, each
+/// event also writes a remote node's IPAM block ([`IpamChurn`]). Returns
+/// what was sent, when (the Pod's PATCH); fails if any PATCH failed.
 pub async fn churn(
     c: &kube::Client,
     targets: &mut [Target],
     rate: f64,
     secs: f64,
     endpoints: bool,
+    mut ipam: Option<IpamChurn>,
 ) -> Result<Vec<Sent>> {
     anyhow::ensure!(!targets.is_empty(), "no pods to churn");
     let total = (rate * secs).round() as usize;
@@ -276,6 +326,12 @@ pub async fn churn(
             serde_json::to_vec(&json!({"metadata": {"labels": {"tier": TIERS[t.pod.tier]}}}))?;
         let ep_body =
             serde_json::to_vec(&json!({"spec": {"labels": {"tier": TIERS[t.pod.tier]}}}))?;
+        let block = match ipam.as_mut() {
+            Some(i) => Some(i.write(n).ok_or_else(|| {
+                anyhow!("--ipam-churn: a remote node's block has no free address")
+            })?),
+            None => None,
+        };
         let c = c.clone();
         sent.push(Sent {
             ip: t.pod.ip,
@@ -293,6 +349,9 @@ pub async fn churn(
                     ep_body,
                 )
                 .await?;
+            }
+            if let Some((path, body)) = block {
+                call(&c, "PATCH", &path, "application/merge-patch+json", body).await?;
             }
             Ok::<(), anyhow::Error>(())
         });

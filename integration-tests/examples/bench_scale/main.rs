@@ -7,7 +7,7 @@
 //! cargo run --release -p integration-tests --example bench_scale -- \
 //!     [--size small|medium|large|tiny|N/M/K]... [--churn-secs 30] [--rate 100]
 //!     [--mesh-secs 10] [--ready-timeout 900] [--family v6|v4] [--keep-logs DIR]
-//!     [--pod-source endpoints|pods]
+//!     [--pod-source endpoints|pods] [--ipam-churn]
 //! ```
 //! `--pod-source` (default `endpoints`, the design of docs/scale.md §4) is
 //! the agent's flag: with `endpoints` every simulated node's pods also
@@ -35,7 +35,10 @@
 //!    namespace whose web tier a policy of `n1`'s pods admits MUST change
 //!    `n1`'s sets: its latency is from the PATCH to the first nftables netlink
 //!    notification in `n1` carrying the pod's address. The agent's CPU and API bytes over the
-//!    window per event.
+//!    window per event. With `--ipam-churn` each event also writes a
+//!    remote node's IPAM block (an allocation added or removed in turn, as
+//!    a pod starting or stopping there), which every agent's block watch
+//!    delivers: pod churn as a real cluster makes it, not labels alone.
 //! 4. The benchmark fails (no table) if the agent never becomes ready, or
 //!    if any such change does not reach nftables within 10 s.
 //! 5. Mesh (`--mesh-secs`, 0 to skip): the mesh is switched on; time until
@@ -76,6 +79,9 @@ struct Args {
     breakdown: Option<usize>,
     /// `--pod-source` of the agent: true for `endpoints`.
     endpoints: bool,
+    /// `--ipam-churn`: each churn event also writes a remote node's IPAM
+    /// block (a pod starting or stopping there).
+    ipam_churn: bool,
 }
 
 fn size(s: &str) -> Result<(usize, usize, usize)> {
@@ -111,6 +117,7 @@ impl Args {
             log_level: "warn".into(),
             breakdown: None,
             endpoints: true,
+            ipam_churn: false,
         };
         let argv: Vec<String> = std::env::args().skip(1).collect();
         let mut it = argv.iter();
@@ -144,6 +151,7 @@ impl Args {
                 "--keep-logs" => a.keep_logs = Some(PathBuf::from(val()?)),
                 "--agent-log-level" => a.log_level = val()?,
                 "--breakdown" => a.breakdown = Some(num(val()?)? as usize),
+                "--ipam-churn" => a.ipam_churn = true,
                 "--pod-source" => {
                     a.endpoints = match val()?.as_str() {
                         "endpoints" => true,
@@ -396,9 +404,10 @@ fn run_churn(a: &Args, lab: &Lab, node: &Netns, l: &Layout, pid: i32) -> Result<
     let window = Instant::now();
     let (syncs0, sync_s0) = sync_metrics(node);
     let (rate, secs, endpoints) = (a.rate, a.churn_secs, a.endpoints);
+    let ipam = a.ipam_churn.then(|| load::IpamChurn::new(l));
     let t = Instant::now();
     let sent = k8s::with_client(lab.tor(), move |c| async move {
-        load::churn(&c, &mut targets, rate, secs, endpoints).await
+        load::churn(&c, &mut targets, rate, secs, endpoints, ipam).await
     })??;
     let send_secs = t.elapsed().as_secs_f64();
     // Wait for every change that must show, up to 10 s after the last.

@@ -44,8 +44,8 @@ pub async fn policy_trace(client: &kube::Client, q: &TraceQuery) -> Result<Trace
         let Ok(mut info) = PodInfo::from_k8s(&p) else {
             continue;
         };
-        let key = (info.key.namespace.clone(), info.key.name.clone());
-        for ip in view.pod_ips.get(&key).into_iter().flatten() {
+        let ips = view.pod_ips.get(&info.key.namespace, &info.key.name);
+        for ip in ips.into_iter().flatten() {
             if !info.ips.contains(ip) {
                 info.ips.push(*ip);
             }

@@ -40,7 +40,7 @@ pub struct PolicySync {
     /// Passes of `update` so far.
     pass: u64,
     /// The IPAM view's addresses the last pass used.
-    pod_ips: Arc<BTreeMap<(String, String), Vec<IpAddr>>>,
+    pod_ips: crate::k8s::ipam::podips::PodIps,
     namespaces: BTreeMap<String, NamespaceInfo>,
     policies: BTreeMap<PolicyKey, String>,
     endpoints: BTreeMap<PodKey, LocalEndpoint>,
@@ -62,7 +62,7 @@ impl PolicySync {
             sink: FastSink::new(NftSession::new()),
             converted: HashMap::new(),
             pass: 0,
-            pod_ips: Arc::default(),
+            pod_ips: Default::default(),
             namespaces: BTreeMap::new(),
             policies: BTreeMap::new(),
             endpoints: BTreeMap::new(),
@@ -321,7 +321,7 @@ impl policy::flowlog::PodResolver for PodsByIp {
             .pod_ips
             .iter()
             .find(|(_, ips)| ips.contains(&ip))
-            .map(|((ns, name), _)| PodKey::new(ns, name));
+            .map(|(pod, _)| PodKey::new(&*pod.namespace, &*pod.name));
         let key = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
             PodKey::new(
                 m.namespace.as_deref().unwrap_or_default(),

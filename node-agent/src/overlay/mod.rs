@@ -292,7 +292,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
     }
     // Routes to what lives on other nodes, in VXLAN pools.
     let mut missing: BTreeSet<(String, Family, &'static str)> = BTreeSet::new();
-    for (dst, node) in &input.view.remote {
+    for (dst, node) in input.view.remote.iter() {
         let Some(pool) = pool_of(input.pools, dst).filter(|pool| vxlan(pool.mode)) else {
             continue;
         };

@@ -67,7 +67,7 @@ fn world() -> (BTreeMap<String, Peer>, IpamView) {
         synced: true,
         affine_blocks: [net("198.19.0.0/26"), net("2001:db8:100::/122")].into(),
         tunnels: vec![tunnel("198.19.0.1"), tunnel("2001:db8:100::1")],
-        remote: [
+        remote: std::sync::Arc::new(std::collections::BTreeMap::from([
             (net("198.19.0.64/26"), "n2".to_string()),
             (net("198.19.0.128/26"), "n3".to_string()),
             (net("198.19.0.7/32"), "n3".to_string()),
@@ -75,8 +75,7 @@ fn world() -> (BTreeMap<String, Peer>, IpamView) {
             (net("2001:db8:100::80/122"), "n3".to_string()),
             // Not in any pool the overlay carries.
             (net("198.19.200.0/26"), "n2".to_string()),
-        ]
-        .into(),
+        ])),
         ..IpamView::default()
     };
     (peers, view)

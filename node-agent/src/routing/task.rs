@@ -72,16 +72,21 @@ pub async fn run(mut deps: RoutingDeps, mut pulse: Pulse) {
     let mut status_tick = tokio::time::interval(STATUS_PERIOD);
     let mut passwords = PasswordCache::new(deps.secrets_namespace.clone());
     let mut dirty = true;
+    // What `desired` works from besides the IPAM view, read from the
+    // cluster again only when a watched kind or a password moved: an IPAM
+    // view change (every pod started or stopped anywhere in the cluster)
+    // reuses it, instead of reading every Node again.
+    let mut facts: Option<super::RoutingInput> = None;
     let mut retry = RETRY_MIN;
     let mut retry_at: Option<Instant> = None;
     loop {
         if std::mem::take(&mut dirty) {
-            let pw = passwords.get(&client, &deps.cluster).await.clone();
+            if facts.is_none() {
+                let pw = passwords.get(&client, &deps.cluster).await.clone();
+                facts = Some(input::input(&deps.cluster, &deps.me, pw, restarting));
+            }
             let view = deps.view.borrow().clone();
-            let d = super::desired(
-                &input::input(&deps.cluster, &deps.me, pw, restarting),
-                &view,
-            );
+            let d = super::desired(facts.as_ref().expect("just read"), &view);
             if d.problems != last_problems {
                 for p in &d.problems {
                     tracing::warn!(problem = %p, "routing configuration");
@@ -140,6 +145,7 @@ pub async fn run(mut deps: RoutingDeps, mut pulse: Pulse) {
                 seen = now;
                 if moved.iter().any(|k| matches!(k, Kind::Node | Kind::BgpPeer | Kind::BgpConfiguration | Kind::BgpFilter | Kind::IpPool | Kind::Service | Kind::EndpointSlice)) {
                     dirty = true;
+                    facts = None;
                 }
                 // BGPPeers name the password Secrets.
                 if moved.contains(&Kind::BgpPeer) {
@@ -153,10 +159,12 @@ pub async fn run(mut deps: RoutingDeps, mut pulse: Pulse) {
             () = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
                 retry_at = None;
                 dirty = true;
+                facts = None;
             }
             // A password refresh (or the retry of a missing one).
             () = tokio::time::sleep_until(passwords.due().unwrap_or_else(Instant::now)), if passwords.due().is_some() => {
                 dirty = true;
+                facts = None;
             }
             ended = Running::fib_ended(&mut running) => {
                 // Routes would stop reaching the kernel: end this run, so

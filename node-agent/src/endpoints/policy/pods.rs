@@ -136,12 +136,13 @@ impl PolicySync {
         let pass = self.pass;
         let mut extra: Vec<IpAddr> = Vec::new();
         let mut ipam: Vec<IpAddr> = Vec::new();
-        let mut ipam_key = (String::new(), String::new());
         let mut seen = 0;
-        // The same IPAM view as last pass: each pod's IPAM addresses are the
-        // ones recorded then (no lookup in the cluster-wide map).
-        let same_view = Arc::ptr_eq(&view.pod_ips, &self.pod_ips);
-        self.pod_ips = view.pod_ips.clone();
+        // Where the IPAM view's addresses are the same as last pass (the
+        // pod's shard of them was not rewritten since), each pod's IPAM
+        // addresses are the ones recorded then: no lookup in the
+        // cluster-wide map.
+        let last_ips = std::mem::replace(&mut self.pod_ips, view.pod_ips.clone());
+        let ips_changed = view.pod_ips.changed_since(&last_ips);
         let pods = cluster.pods.state();
         let endpoints = match cluster.pod_source {
             PodSource::Pods => Vec::new(),
@@ -182,14 +183,8 @@ impl PolicySync {
             let known = self.converted.get_mut(&(ns, name) as &dyn NamePair);
             ipam.clear();
             match &known {
-                Some(c) if same_view => ipam.extend(c.ipam()),
-                _ => {
-                    ipam_key.0.clear();
-                    ipam_key.0.push_str(ns);
-                    ipam_key.1.clear();
-                    ipam_key.1.push_str(name);
-                    ipam.extend(view.pod_ips.get(&ipam_key).into_iter().flatten());
-                }
+                Some(c) if !ips_changed.may_differ(ns, name) => ipam.extend(c.ipam()),
+                _ => ipam.extend(view.pod_ips.get(ns, name).into_iter().flatten()),
             }
             extra.clear();
             extra.extend(&ipam);
@@ -204,8 +199,9 @@ impl PolicySync {
             {
                 c.pass = pass;
                 // Same union, other split (an address IPAM now records that
-                // only EndpointUp had): the next same-view pass reads this.
-                if !same_view && c.ipam() != ipam.as_slice() {
+                // only EndpointUp had): the next pass that finds the pod's
+                // shard unchanged reads this.
+                if c.ipam() != ipam.as_slice() {
                     c.set_ipam(&ipam);
                 }
                 continue;
@@ -326,9 +322,9 @@ mod tests {
         assert_eq!(app_of(&ps, "b").as_deref(), Some("y"));
         assert!(!ps.knows_pod(&PodKey::new("ns", "c")));
         // An IPAM address for an unchanged pod reaches it.
-        std::sync::Arc::make_mut(&mut view.pod_ips).insert(
-            ("ns".into(), "a".into()),
-            vec!["198.19.0.44".parse().expect("ip")],
+        view.pod_ips.insert(
+            &crate::k8s::endpointcache::PodName::new("ns", "a"),
+            "198.19.0.44".parse().expect("ip"),
         );
         ps.update(&cluster, &view, &reg);
         let ips = &ps.engine.state().pods[&PodKey::new("ns", "a")].ips;
@@ -348,9 +344,9 @@ mod tests {
         let with_ep: BTreeMap<String, crate::endpoints::Endpoint> =
             [("net.cb".to_string(), ep)].into();
         ps.update(&cluster, &view, &with_ep);
-        std::sync::Arc::make_mut(&mut view.pod_ips).insert(
-            ("ns".into(), "b".into()),
-            vec!["198.19.0.55".parse().expect("ip")],
+        view.pod_ips.insert(
+            &crate::k8s::endpointcache::PodName::new("ns", "b"),
+            "198.19.0.55".parse().expect("ip"),
         );
         ps.update(&cluster, &view, &with_ep);
         ps.update(&cluster, &view, &reg);

@@ -3,6 +3,7 @@
 //! reads.
 
 pub mod gc;
+pub mod podips;
 pub mod pools;
 pub mod store;
 pub mod view;

@@ -13,7 +13,7 @@
 //! known the moment it is allocated, before kubelet reports `podIPs`, and
 //! after an agent restart the local endpoints can be rebuilt from it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +23,9 @@ use ipam::{BlockEvent, BlockObject, Store};
 use ipnetwork::IpNetwork;
 use tokio::sync::watch;
 
+use super::podips::PodIps;
 use crate::dataplane::veth::VethName;
+use crate::k8s::endpointcache::PodName;
 
 /// One address allocated by this node.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -84,11 +86,15 @@ pub struct IpamView {
     /// Where everything that lives on another node is: each block affine
     /// to another node, and each address another node allocated outside
     /// its own blocks (a borrowed /32 or /128), with that node's name.
-    pub remote: BTreeMap<IpNetwork, String>,
+    /// Shared: it changes only when blocks come, go or change hands, or an
+    /// address is borrowed or given back, and the view task builds it
+    /// again only then.
+    pub remote: Arc<BTreeMap<IpNetwork, String>>,
     /// Every pod's addresses, cluster-wide, by (namespace, name). Shared:
-    /// copies of one view share it, so a reader can tell a new view's
-    /// addresses from ones it already saw (`Arc::ptr_eq`).
-    pub pod_ips: Arc<BTreeMap<(String, String), Vec<IpAddr>>>,
+    /// copies of one view share it, and a new view shares with the last
+    /// the shards no block event touched, so a reader can tell a new
+    /// view's addresses from ones it already saw ([`PodIps::same_shard`]).
+    pub pod_ips: PodIps,
 }
 
 /// Who made one allocation, as the view tells them apart.
@@ -101,7 +107,7 @@ enum Maker {
     /// The node the block is affine to.
     Affine,
     /// Another node (outside its own blocks: a borrowed address).
-    Other(Box<str>),
+    Other(Arc<str>),
 }
 
 /// One allocation as the view reads it.
@@ -109,8 +115,31 @@ enum Maker {
 struct Held {
     ip: IpAddr,
     maker: Maker,
-    /// (namespace, pod), when the allocation has a pod identity.
-    pod: Option<(Box<str>, Box<str>)>,
+    /// (namespace, pod), when the allocation has a pod identity; the
+    /// strings are shared with the view's [`PodIps`] (and the namespace
+    /// with every pod of it, see [`Names`]).
+    pod: Option<PodName>,
+}
+
+/// Strings many allocations repeat (namespaces, node names), one copy
+/// each: the view task keeps one set for all the blocks it holds.
+#[derive(Debug, Default)]
+pub struct Names(HashSet<Arc<str>>);
+
+impl Names {
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.0.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = s.into();
+        self.0.insert(a.clone());
+        a
+    }
+
+    /// Forgets the strings no digest holds any more.
+    fn prune(&mut self) {
+        self.0.retain(|a| Arc::strong_count(a) > 1);
+    }
 }
 
 /// What the view reads of one IPAM block, and all it keeps of it: the
@@ -129,7 +158,8 @@ pub struct BlockDigest {
 impl BlockDigest {
     /// The digest of `b` for node `me`; `None` (logged) for a block whose
     /// CIDR is unusable. Allocations outside the block are dropped (logged).
-    pub fn of(b: &BlockObject, me: &str) -> Option<BlockDigest> {
+    /// Namespaces and node names come from `names`.
+    pub fn of(b: &BlockObject, me: &str, names: &mut Names) -> Option<BlockDigest> {
         let spec = &b.spec;
         let Ok(net) = spec.cidr.to_string().parse::<IpNetwork>() else {
             tracing::warn!(block = %b.name, cidr = %spec.cidr, "block with an unusable CIDR ignored");
@@ -149,14 +179,17 @@ impl BlockDigest {
                 None => Maker::Nobody,
                 Some(n) if n == me => Maker::Me(a.handle.as_str().into()),
                 Some(n) if affine_to == Some(n) => Maker::Affine,
-                Some(n) => Maker::Other(n.into()),
+                Some(n) => Maker::Other(names.get(n)),
             };
             let pod = a
                 .attrs
                 .namespace
                 .as_deref()
                 .zip(a.attrs.pod.as_deref())
-                .map(|(ns, pod)| (ns.into(), pod.into()));
+                .map(|(ns, pod)| PodName {
+                    namespace: names.get(ns),
+                    name: pod.into(),
+                });
             held.push(Held { ip, maker, pod });
         }
         Some(BlockDigest {
@@ -164,6 +197,125 @@ impl BlockDigest {
             affinity: spec.affinity.as_deref().map(Into::into),
             held,
         })
+    }
+
+    /// The (pod, address) pairs of this block.
+    fn pod_addresses(&self) -> impl Iterator<Item = (&PodName, IpAddr)> {
+        self.held
+            .iter()
+            .filter_map(|a| a.pod.as_ref().map(|p| (p, a.ip)))
+    }
+
+    /// Records this block's pods' addresses in `pod_ips`.
+    pub fn add_pod_ips(&self, pod_ips: &mut PodIps) {
+        for (pod, ip) in self.pod_addresses() {
+            pod_ips.insert(pod, ip);
+        }
+    }
+
+    /// Updates `pod_ips` for this block's digest replacing `old` (either
+    /// may be absent: a new or a deleted block). Pairs in both are left
+    /// alone, so that a block event rewrites only the shards of the pods
+    /// whose addresses it changed.
+    pub fn replace_pod_ips(old: Option<&Self>, new: Option<&Self>, pod_ips: &mut PodIps) {
+        let kept: HashSet<(&str, &str, IpAddr)> = new
+            .into_iter()
+            .flat_map(|d| d.pod_addresses())
+            .map(|(p, ip)| (&*p.namespace, &*p.name, ip))
+            .collect();
+        for (pod, ip) in old.into_iter().flat_map(|d| d.pod_addresses()) {
+            if !kept.contains(&(&*pod.namespace, &*pod.name, ip)) {
+                pod_ips.remove(&pod.namespace, &pod.name, ip);
+            }
+        }
+        if let Some(d) = new {
+            d.add_pod_ips(pod_ips);
+        }
+    }
+}
+
+/// What one block adds to the view, worked out once per version of the
+/// block (the view task keeps it beside the digest, so that a new view
+/// after one block event does not read every allocation of the cluster).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Part {
+    /// The block, when it is affine to this node.
+    affine: Option<IpNetwork>,
+    /// Its entries of [`IpamView::remote`].
+    remote: Vec<(IpNetwork, Arc<str>)>,
+    /// This node's workloads in it.
+    local: Vec<LocalAllocation>,
+    /// This node's tunnel addresses in it.
+    tunnels: Vec<LocalAllocation>,
+}
+
+impl Part {
+    /// [`IpamView::remote`] of these parts (in block order: a later
+    /// block's entry for the same network wins, as it always did).
+    fn remote_of<'a>(parts: impl IntoIterator<Item = &'a Part>) -> BTreeMap<IpNetwork, String> {
+        let mut m = BTreeMap::new();
+        for p in parts {
+            for (net, node) in &p.remote {
+                m.insert(*net, node.to_string());
+            }
+        }
+        m
+    }
+}
+
+impl BlockDigest {
+    /// What this block adds to the view of the node whose affinity is
+    /// `affinity` (`host:<node>`).
+    fn part(&self, affinity: &str) -> Part {
+        let net = self.net;
+        let ours = self.affinity.as_deref() == Some(affinity);
+        let mut part = Part::default();
+        match self
+            .affinity
+            .as_deref()
+            .and_then(|a| a.strip_prefix("host:"))
+        {
+            _ if ours => part.affine = Some(net),
+            Some(other) => part.remote.push((net, other.into())),
+            None => {}
+        }
+        for a in &self.held {
+            let ip = a.ip;
+            match &a.maker {
+                Maker::Me(handle) if is_tunnel_handle(handle) => {
+                    part.tunnels.push(LocalAllocation {
+                        ip,
+                        namespace: String::new(),
+                        pod: String::new(),
+                        handle: handle.to_string(),
+                        borrowed: !ours,
+                        host_if: String::new(),
+                    });
+                }
+                Maker::Me(handle) => {
+                    // No pod identity: a standalone workload the CNI
+                    // plugin wired (only the CNI allocates through the
+                    // agent), keyed by its handle.
+                    let (namespace, pod) = a
+                        .pod
+                        .as_ref()
+                        .map(|p| (p.namespace.to_string(), p.name.to_string()))
+                        .unwrap_or_default();
+                    part.local.push(LocalAllocation {
+                        ip,
+                        host_if: VethName::for_attachment(&namespace, &pod, handle, "eth0").into(),
+                        namespace,
+                        pod,
+                        handle: handle.to_string(),
+                        borrowed: !ours,
+                    });
+                }
+                // Another node's address outside its own blocks.
+                Maker::Other(n) => part.remote.push((IpNetwork::from(ip), n.clone())),
+                Maker::Affine | Maker::Nobody => {}
+            }
+        }
+        part
     }
 }
 
@@ -173,86 +325,52 @@ impl IpamView {
         blocks: impl IntoIterator<Item = &'a BlockObject>,
         me: &str,
     ) -> IpamView {
+        let mut names = Names::default();
         let digests: Vec<BlockDigest> = blocks
             .into_iter()
-            .filter_map(|b| BlockDigest::of(b, me))
+            .filter_map(|b| BlockDigest::of(b, me, &mut names))
             .collect();
-        IpamView::from_digests(&digests, me)
+        let mut pod_ips = PodIps::default();
+        for d in &digests {
+            d.add_pod_ips(&mut pod_ips);
+        }
+        IpamView::from_digests(&digests, me, pod_ips)
     }
 
     /// Distils the digests of the blocks ([`BlockDigest::of`] for the same
-    /// `me`).
+    /// `me`); `pod_ips` is their pods' addresses, kept up to date by the
+    /// caller ([`BlockDigest::add_pod_ips`], [`BlockDigest::replace_pod_ips`]).
     pub fn from_digests<'a>(
         blocks: impl IntoIterator<Item = &'a BlockDigest>,
         me: &str,
+        pod_ips: PodIps,
     ) -> IpamView {
         let affinity = ipam::model::host_affinity(me);
+        let parts: Vec<Part> = blocks.into_iter().map(|b| b.part(&affinity)).collect();
+        let remote = Arc::new(Part::remote_of(parts.iter()));
+        IpamView::from_parts(parts.iter(), remote, pod_ips)
+    }
+
+    /// The view the blocks' parts make, with `remote` made of the same
+    /// parts ([`Part::remote_of`]).
+    fn from_parts<'a>(
+        parts: impl IntoIterator<Item = &'a Part>,
+        remote: Arc<BTreeMap<IpNetwork, String>>,
+        pod_ips: PodIps,
+    ) -> IpamView {
         let mut view = IpamView {
             synced: true,
+            remote,
+            pod_ips,
             ..IpamView::default()
         };
-        let mut pod_ips: BTreeMap<(String, String), Vec<IpAddr>> = BTreeMap::new();
-        for b in blocks {
-            let net = b.net;
-            let ours = b.affinity.as_deref() == Some(affinity.as_str());
-            let affine_to = b.affinity.as_deref().and_then(|a| a.strip_prefix("host:"));
-            if ours {
-                view.affine_blocks.insert(net);
-            } else if let Some(other) = affine_to {
-                view.remote.insert(net, other.to_string());
-            }
-            for a in &b.held {
-                let ip = a.ip;
-                // No pod identity: a standalone workload the CNI plugin
-                // wired (only the CNI allocates through the agent), keyed
-                // by its handle, and nobody's pod address.
-                if let Some((ns, pod)) = &a.pod {
-                    pod_ips
-                        .entry((ns.to_string(), pod.to_string()))
-                        .or_default()
-                        .push(ip);
-                }
-                match &a.maker {
-                    Maker::Me(handle) if is_tunnel_handle(handle) => {
-                        view.tunnels.push(LocalAllocation {
-                            ip,
-                            namespace: String::new(),
-                            pod: String::new(),
-                            handle: handle.to_string(),
-                            borrowed: !ours,
-                            host_if: String::new(),
-                        });
-                    }
-                    Maker::Me(handle) => {
-                        let (namespace, pod) = a
-                            .pod
-                            .as_ref()
-                            .map(|(n, p)| (n.to_string(), p.to_string()))
-                            .unwrap_or_default();
-                        view.local.push(LocalAllocation {
-                            ip,
-                            host_if: VethName::for_attachment(&namespace, &pod, handle, "eth0")
-                                .into(),
-                            namespace,
-                            pod,
-                            handle: handle.to_string(),
-                            borrowed: !ours,
-                        });
-                    }
-                    // Another node's address outside its own blocks.
-                    Maker::Other(n) => {
-                        view.remote.insert(IpNetwork::from(ip), n.to_string());
-                    }
-                    Maker::Affine | Maker::Nobody => {}
-                }
-            }
+        for p in parts {
+            view.affine_blocks.extend(p.affine);
+            view.local.extend(p.local.iter().cloned());
+            view.tunnels.extend(p.tunnels.iter().cloned());
         }
         view.local.sort();
         view.tunnels.sort();
-        for ips in pod_ips.values_mut() {
-            ips.sort();
-        }
-        view.pod_ips = Arc::new(pod_ips);
         view
     }
 
@@ -289,6 +407,89 @@ fn nth(net: IpNetwork, ordinal: u32) -> Option<IpAddr> {
     }
 }
 
+/// What the view task holds of the cluster's blocks: a digest per block,
+/// not the block (the view reads a few fields), with what the block adds
+/// to the view; every pod's addresses kept up to date block by block; and
+/// the remote map, built again only when a block's share of it changed.
+#[derive(Default)]
+struct Digests {
+    blocks: BTreeMap<String, (BlockDigest, Part)>,
+    names: Names,
+    pod_ips: PodIps,
+    remote: Arc<BTreeMap<IpNetwork, String>>,
+    remote_stale: bool,
+}
+
+impl Digests {
+    /// Takes in one event of the block watch, for node `me`.
+    fn apply(&mut self, ev: &BlockEvent, me: &str) {
+        let affinity = ipam::model::host_affinity(me);
+        match ev {
+            BlockEvent::Resync(all) => {
+                self.blocks.clear();
+                self.pod_ips.clear();
+                self.names.prune();
+                for b in all {
+                    if let Some(d) = BlockDigest::of(b, me, &mut self.names) {
+                        d.add_pod_ips(&mut self.pod_ips);
+                        let part = d.part(&affinity);
+                        self.blocks.insert(b.name.clone(), (d, part));
+                    }
+                }
+                self.remote_stale = true;
+            }
+            BlockEvent::Applied(b) => {
+                let old = match BlockDigest::of(b, me, &mut self.names) {
+                    Some(d) => {
+                        let part = d.part(&affinity);
+                        self.blocks.insert(b.name.clone(), (d, part))
+                    }
+                    None => self.blocks.remove(&b.name),
+                };
+                let new = self.blocks.get(&b.name);
+                replaced(&mut self.pod_ips, &mut self.remote_stale, old.as_ref(), new);
+            }
+            BlockEvent::Deleted { name } => {
+                let old = self.blocks.remove(name);
+                replaced(
+                    &mut self.pod_ips,
+                    &mut self.remote_stale,
+                    old.as_ref(),
+                    None,
+                );
+            }
+        }
+    }
+
+    /// The view of what it holds.
+    fn view(&mut self) -> IpamView {
+        if std::mem::take(&mut self.remote_stale) {
+            self.remote = Arc::new(Part::remote_of(self.blocks.values().map(|(_, p)| p)));
+        }
+        IpamView::from_parts(
+            self.blocks.values().map(|(_, p)| p),
+            self.remote.clone(),
+            self.pod_ips.clone(),
+        )
+    }
+}
+
+/// Updates `pod_ips` for a block whose digest and part went from `old` to
+/// `new`, and flags `remote_stale` when its share of the remote map moved.
+fn replaced(
+    pod_ips: &mut PodIps,
+    remote_stale: &mut bool,
+    old: Option<&(BlockDigest, Part)>,
+    new: Option<&(BlockDigest, Part)>,
+) {
+    BlockDigest::replace_pod_ips(old.map(|o| &o.0), new.map(|n| &n.0), pod_ips);
+    let old_remote = old.map_or(&[][..], |o| &o.1.remote[..]);
+    let new_remote = new.map_or(&[][..], |n| &n.1.remote[..]);
+    if old_remote != new_remote {
+        *remote_stale = true;
+    }
+}
+
 /// Runs the view task: follows the block watch (re-subscribing with backoff
 /// when it breaks) and publishes a new view after every change.
 ///
@@ -303,8 +504,7 @@ pub async fn run(
     feed: Option<ipam::Allocator>,
     mut pulse: crate::status::health::Pulse,
 ) {
-    // A digest per block, not the block: the view reads a few fields.
-    let mut blocks: BTreeMap<String, BlockDigest> = BTreeMap::new();
+    let mut digests = Digests::default();
     let mut backoff = Duration::from_millis(200);
     loop {
         let mut stream = store.watch_blocks();
@@ -317,28 +517,8 @@ pub async fn run(
             match ev {
                 Ok(ev) => {
                     backoff = Duration::from_millis(200);
-                    match &ev {
-                        BlockEvent::Resync(all) => {
-                            blocks.clear();
-                            for b in all {
-                                if let Some(d) = BlockDigest::of(b, &me) {
-                                    blocks.insert(b.name.clone(), d);
-                                }
-                            }
-                        }
-                        BlockEvent::Applied(b) => match BlockDigest::of(b, &me) {
-                            Some(d) => {
-                                blocks.insert(b.name.clone(), d);
-                            }
-                            None => {
-                                blocks.remove(&b.name);
-                            }
-                        },
-                        BlockEvent::Deleted { name } => {
-                            blocks.remove(name);
-                        }
-                    }
-                    let view = Arc::new(IpamView::from_digests(blocks.values(), &me));
+                    digests.apply(&ev, &me);
+                    let view = Arc::new(digests.view());
                     tx.send_if_modified(|cur| {
                         if **cur == *view {
                             false
@@ -370,6 +550,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::k8s::endpointcache::NamePair;
 
     fn block(
         name: &str,
@@ -445,16 +626,15 @@ mod tests {
             vec!["198.19.0.69"]
         );
         assert_eq!(
-            v.pod_ips[&("x".to_string(), "a".to_string())]
+            v.pod_ips
+                .get("x", "a")
+                .expect("pod x/a")
                 .iter()
                 .map(|i| i.to_string())
                 .collect::<Vec<_>>(),
             vec!["198.19.0.2", "2001:db8::2"]
         );
-        assert!(
-            v.pod_ips.contains_key(&("x".to_string(), "z".to_string())),
-            "other nodes' pods too"
-        );
+        assert!(v.pod_ips.get("x", "z").is_some(), "other nodes' pods too");
         // A standalone workload (no pod identity) of this node is local,
         // keyed by its handle, and is nobody's pod address.
         let ctr = v
@@ -538,5 +718,95 @@ mod tests {
             nth("2001:db8::/122".parse().expect("net"), 63).map(|i| i.to_string()),
             Some("2001:db8::3f".into())
         );
+    }
+
+    /// The view task's incremental upkeep (one block at a time, copies of
+    /// old views alive) gives the same view as distilling every block
+    /// again, over a long random run of block events.
+    #[test]
+    fn block_by_block_upkeep_equals_a_full_distillation() {
+        let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let nodes = ["n1", "n2", "n3"];
+        let mut current: BTreeMap<String, BlockObject> = BTreeMap::new();
+        let mut digests = Digests::default();
+        let mut kept: Vec<(IpamView, IpamView)> = Vec::new();
+        for step in 0..600 {
+            let b = next(6);
+            let name = format!("b{b}");
+            let ev = match next(10) {
+                0 => BlockEvent::Deleted { name: name.clone() },
+                1 if step % 50 == 1 => BlockEvent::Resync(current.values().cloned().collect()),
+                _ => {
+                    let mut allocs = Vec::new();
+                    for ordinal in 0..8u64 {
+                        if next(3) == 0 {
+                            continue;
+                        }
+                        // Few pods, so that one pod has addresses in
+                        // several blocks (and several families).
+                        let pod = next(12);
+                        allocs.push(serde_json::json!({
+                            "ordinal": ordinal,
+                            "handle": format!("net.c{pod}"),
+                            "pod": format!("p{pod}"),
+                            "namespace": format!("ns{}", pod % 3),
+                            "node": nodes[next(3) as usize],
+                            "sequence": step,
+                        }));
+                    }
+                    let cidr = match b % 2 {
+                        0 => format!("198.19.{b}.0/26"),
+                        _ => format!("2001:db8::{b}00/122"),
+                    };
+                    let affinity = format!("host:{}", nodes[(b % 3) as usize]);
+                    BlockEvent::Applied(block(
+                        &name,
+                        &cidr,
+                        Some(&affinity),
+                        serde_json::Value::Array(allocs),
+                    ))
+                }
+            };
+            match &ev {
+                BlockEvent::Resync(_) => {}
+                BlockEvent::Applied(o) => {
+                    current.insert(o.name.clone(), o.clone());
+                }
+                BlockEvent::Deleted { name } => {
+                    current.remove(name);
+                }
+            }
+            digests.apply(&ev, "n1");
+            let view = digests.view();
+            let full = IpamView::from_blocks(current.values(), "n1");
+            assert_eq!(view, full, "step {step}");
+            let mut a: Vec<_> = view
+                .pod_ips
+                .iter()
+                .map(|(p, ips)| (p.pair(), ips.to_vec()))
+                .collect();
+            let mut b: Vec<_> = full
+                .pod_ips
+                .iter()
+                .map(|(p, ips)| (p.pair(), ips.to_vec()))
+                .collect();
+            a.sort();
+            b.sort();
+            assert_eq!(a, b, "step {step}");
+            // Readers keep old views: what they hold must not change.
+            if step % 7 == 0 {
+                kept.push((view, full));
+            }
+        }
+        assert!(kept.len() > 10);
+        for (i, (view, then)) in kept.iter().enumerate() {
+            assert_eq!(view, then, "view kept at {i} changed since");
+        }
     }
 }

@@ -60,9 +60,9 @@ pub struct NodeFacts {
 /// A Node's facts: its addresses (the agent's annotation, else its
 /// InternalIP) and labels.
 pub fn node_facts(n: &Node) -> NodeFacts {
-    let ann = n.metadata.annotations.clone().unwrap_or_default();
+    let ann = n.metadata.annotations.as_ref();
     let parse_ann = |k: &str| -> Option<IpAddr> {
-        ann.get(k).and_then(|v| {
+        ann?.get(k).and_then(|v| {
             v.parse::<IpNetwork>()
                 .ok()
                 .map(|n| n.ip())
@@ -83,7 +83,7 @@ pub fn node_facts(n: &Node) -> NodeFacts {
             Some(IpAddr::V6(a)) => Some(a),
             _ => None,
         },
-        rr_cluster_id: ann.get(ANN_RR_CLUSTER_ID).cloned(),
+        rr_cluster_id: ann.and_then(|a| a.get(ANN_RR_CLUSTER_ID)).cloned(),
     }
 }
 
