@@ -136,7 +136,7 @@ impl RibTask {
                 && let Some(tx) = &p.tx
             {
                 self.backlog
-                    .send(peer, &p.cfg.name, tx, PeerCmd::Attach(reader));
+                    .send(peer, &p.cfg.name, tx, PeerCmd::Attach(Box::new(reader)));
             }
         }
         for (peer, fam, limit) in out.max_prefix {
