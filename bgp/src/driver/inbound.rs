@@ -35,7 +35,7 @@ impl RibTask {
     pub(super) fn inbound(&mut self, stream: TcpStream, from: SocketAddr) {
         // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d.
         let ip = from.ip().to_canonical();
-        if let Some(p) = self.peers.values().find(|p| p.addr == Some(ip)) {
+        if let Some(p) = self.by_addr.get(&ip).and_then(|i| self.peers.get(i)) {
             if let Some(tx) = &p.tx {
                 let _ = tx.try_send(PeerCmd::Inbound(Box::new(stream)));
             }

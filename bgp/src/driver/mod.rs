@@ -315,6 +315,8 @@ impl Speaker {
             stats: stats.clone(),
             rib,
             peers: HashMap::new(),
+            by_name: HashMap::new(),
+            by_addr: HashMap::new(),
             rib_tx,
             fib_tx,
             listen: cfg.listen.clone(),
