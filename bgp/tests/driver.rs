@@ -139,3 +139,39 @@ async fn two_speakers_exchange_and_withdraw_routes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Peers are found by name (a duplicate is refused, a removed name can be
+/// used again) and inbound connections by address (a passive peer added
+/// again after a removal is the one an inbound connection reaches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_peer_added_again_takes_inbound_connections() {
+    let (a_ip, b_ip) = ([127, 0, 0, 3], [127, 0, 0, 4]);
+    let (pa, pb) = (free_port(a_ip), free_port(b_ip));
+    let (a, _a_fib) = speaker(65001, a_ip, pa).await;
+    let (b, mut b_fib) = speaker(65002, b_ip, pb).await;
+    let passive = || {
+        let mut p = peer("b", 65001, a_ip, b_ip, pb, 65002);
+        p.passive = true;
+        p
+    };
+    a.add_peer(passive()).await.unwrap();
+    assert!(
+        a.add_peer(passive()).await.is_err(),
+        "a second peer of the same name is refused"
+    );
+    a.remove_peer("b").await.unwrap();
+    a.add_peer(passive()).await.unwrap();
+    b.add_peer(peer("a", 65002, b_ip, a_ip, pa, 65001))
+        .await
+        .unwrap();
+    let block: Prefix = "198.19.65.0/26".parse().unwrap();
+    a.originate(block, Default::default()).await.unwrap();
+    let mut fib = Fib::default();
+    assert_eq!(
+        fib.wait(&mut b_fib, block, false).await,
+        vec![IpAddr::from(a_ip)]
+    );
+    let st = a.status().await.unwrap();
+    assert_eq!(st.len(), 1);
+    assert_eq!(st[0].state, State::Established);
+}

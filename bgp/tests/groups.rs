@@ -566,3 +566,99 @@ fn a_member_that_restarts_while_behind_starts_over_and_frees_the_log() {
     );
     assert!(v.is_empty());
 }
+
+#[test]
+fn joiners_of_later_flushes_share_an_earlier_table_and_read_the_log_since() {
+    let (mut r, [a, b, c]) = three_clients();
+    r.apply_update(a, &announce("198.19.1.0/26", 1, None));
+    r.apply_update(b, &announce("198.19.2.0/26", 2, None));
+    r.flush();
+    // b stops reading: the log keeps every entry from here.
+    r.hold(b);
+    let d = r.add_peer();
+    r.peer_up(d, client(4));
+    let out = r.flush();
+    let table_d = bufs(&out, d);
+    let mut held_d = Held::new();
+    apply(&mut held_d, &to(&out, d));
+    assert_eq!(held_d.len(), 2);
+    // Changes after d's table: a withdrawal, a best path moving from b to
+    // c, a new route.
+    r.apply_update(a, &withdraw("198.19.1.0/26"));
+    apply(&mut held_d, &to(&r.flush(), d));
+    r.apply_update(c, &announce("198.19.2.0/26", 3, Some(200)));
+    r.apply_update(a, &announce("198.19.5.0/26", 1, None));
+    apply(&mut held_d, &to(&r.flush(), d));
+    // e joins, and in the same flush the best path of 198.19.2.0/26 moves
+    // to e itself: it must not keep c's route, which d's table did not
+    // have but a later entry did.
+    let e = r.add_peer();
+    r.peer_up(e, client(5));
+    r.apply_update(e, &announce("198.19.2.0/26", 5, Some(300)));
+    r.apply_update(a, &announce("198.19.6.0/26", 1, None));
+    let out = r.flush();
+    apply(&mut held_d, &to(&out, d));
+    let be = bufs(&out, e);
+    assert_eq!(
+        be[0].as_ptr(),
+        table_d[0].as_ptr(),
+        "e is sent d's table, not an encoding of its own"
+    );
+    let ue = to(&out, e);
+    assert!(ue.last().and_then(Update::end_of_rib).is_some(), "EoR last");
+    let mut held_e = Held::new();
+    apply(&mut held_e, &ue);
+    let want: Held = [
+        (p("198.19.2.0/26"), id(5)),
+        (p("198.19.5.0/26"), id(1)),
+        (p("198.19.6.0/26"), id(1)),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(held_d, want);
+    assert_eq!(
+        held_e,
+        without(&want, 5),
+        "e ends with the table but its own"
+    );
+    assert_eq!(r.counters(e).sent as usize, held_e.len());
+    // b, reading late, ends the same way; then the log is empty.
+    r.resume(b);
+    // What b had read: a's route (its own is never sent to it).
+    let mut held_b: Held = [(p("198.19.1.0/26"), id(1))].into_iter().collect();
+    apply(&mut held_b, &to(&r.flush(), b));
+    assert_eq!(held_b, want);
+    assert_eq!(r.out_log_bytes(), 0);
+}
+
+#[test]
+fn a_joiner_that_was_a_source_since_the_last_table_gets_a_table_of_its_own() {
+    let (mut r, [a, b, c]) = three_clients();
+    r.apply_update(a, &announce("198.19.1.0/26", 1, None));
+    r.flush();
+    r.hold(b);
+    let d = r.add_peer();
+    r.peer_up(d, client(4));
+    let out = r.flush();
+    let table_d = bufs(&out, d);
+    // c's session resets (graceful: its routes stay) after announcing,
+    // since d's table, a route that is now the best: its new session
+    // must forget a's route, which it would read in the log's entries.
+    r.apply_update(c, &announce("198.19.1.0/26", 3, Some(200)));
+    r.flush();
+    r.peer_down(c, Families::only(Family::Ipv4Unicast));
+    r.flush();
+    r.peer_up(c, client(3));
+    let out = r.flush();
+    let bc = bufs(&out, c);
+    assert!(
+        bc.first().is_none_or(|x| x.as_ptr() != table_d[0].as_ptr()),
+        "a table of its own"
+    );
+    let mut held_c = Held::new();
+    apply(&mut held_c, &to(&out, c));
+    assert!(
+        !held_c.contains_key(&p("198.19.1.0/26")),
+        "c is the source of 198.19.1.0/26: it holds no other route for it"
+    );
+}

@@ -112,7 +112,12 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     for &n in &args.clients {
         for which in &args.only {
+            let load_start = loadavg();
             let row = run(&args, n, which).with_context(|| format!("{which} with {n} clients"))?;
+            println!(
+                "{n} clients, {which}: load average (1, 5 min) {load_start} at the start, {} at the end",
+                loadavg()
+            );
             println!(
                 "{n} clients, {which}: ready {:.2} s ({:.2} CPU s, {:.1} MB), restart {:.2} s{}",
                 row.ready_s,
@@ -130,6 +135,14 @@ fn main() -> Result<()> {
     }
     print_table(&rows);
     Ok(())
+}
+
+/// The 1- and 5-minute load averages, as `/proc/loadavg` has them.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" / "))
+        .unwrap_or_else(|| "?".into())
 }
 
 fn client_addrs(n: usize) -> Result<Vec<Ipv4Addr>> {
@@ -270,16 +283,59 @@ fn thread_cpu() -> f64 {
     f.iter().sum::<f64>() / 100.0
 }
 
+/// Where a convergence's time went, from the clients' side: until every
+/// session was Established (connection accept, OPEN exchange, per-session
+/// setup), then until every client had been sent every other client's
+/// blocks (the table's export), then until every End-of-RIB was in.
+#[derive(Debug, Clone, Copy, Default)]
+struct Phases {
+    /// Until every session was Established, and the reflector's CPU
+    /// seconds at that moment (read within ~5 ms of it).
+    all_up: Option<(Duration, f64)>,
+    /// Until the clients had received, over the phase, every other
+    /// client's blocks (`prefixes_received` grew by n × (n - 1) × blocks).
+    all_routes: Option<Duration>,
+    /// Until every client held everything and End-of-RIB.
+    converged: Duration,
+}
+
+impl Phases {
+    fn describe(&self) -> String {
+        let s = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64()));
+        format!(
+            "all sessions up {} ({} CPU s), all routes sent {}, converged {:.2} s",
+            s(self.all_up.map(|u| u.0)),
+            self.all_up.map_or("-".into(), |u| format!("{:.2}", u.1)),
+            s(self.all_routes),
+            self.converged.as_secs_f64()
+        )
+    }
+}
+
 fn wait_converged(
     progress: &Progress,
     n: usize,
+    blocks: usize,
     timeout: Duration,
     reflector: &mut Reflector,
     verbose: bool,
-) -> Result<Duration> {
+) -> Result<Phases> {
     let t0 = Instant::now();
     let mut next_print = Duration::from_secs(1);
+    let base = progress.prefixes_received.load(Ordering::Relaxed);
+    let want_routes = (n as u64) * (n.saturating_sub(1) as u64) * blocks as u64;
+    let mut phases = Phases::default();
     loop {
+        if phases.all_up.is_none() && progress.established.load(Ordering::Relaxed) == n {
+            let at = t0.elapsed();
+            let cpu = reflector.daemon().usage().map_or(0.0, |u| u.1);
+            phases.all_up = Some((at, cpu));
+        }
+        if phases.all_routes.is_none()
+            && progress.prefixes_received.load(Ordering::Relaxed) - base >= want_routes
+        {
+            phases.all_routes = Some(t0.elapsed());
+        }
         if verbose && t0.elapsed() >= next_print {
             next_print += Duration::from_secs(1);
             eprintln!(
@@ -301,7 +357,8 @@ fn wait_converged(
             }
         }
         if progress.converged.load(Ordering::Relaxed) == n {
-            return Ok(t0.elapsed());
+            phases.converged = t0.elapsed();
+            return Ok(phases);
         }
         if !reflector.daemon().is_running() {
             bail!("the reflector exited: {}", reflector.daemon().log().trim());
@@ -407,7 +464,15 @@ fn run(args: &Args, n: usize, which: &str) -> Result<Row> {
         })
     };
     let result = (|| -> Result<Row> {
-        let ready = wait_converged(&progress, n, timeout, &mut reflector, args.verbose)?;
+        let ready = wait_converged(
+            &progress,
+            n,
+            args.blocks,
+            timeout,
+            &mut reflector,
+            args.verbose,
+        )?;
+        println!("{n} clients, {which}, ready: {}", ready.describe());
         let (ready_rss, ready_cpu) = reflector.daemon().usage()?;
         if args.breakdown && which == "margay" {
             print_breakdown(n, &dir.join("margay-rr.status.json"));
@@ -424,16 +489,24 @@ fn run(args: &Args, n: usize, which: &str) -> Result<Row> {
         })?;
         let mut reflector2 =
             Reflector::start(which, &lab, &dir, rr, &plan, args.range, args.breakdown)?;
-        let restart = wait_converged(&progress, n, timeout, &mut reflector2, args.verbose)?;
+        let restart = wait_converged(
+            &progress,
+            n,
+            args.blocks,
+            timeout,
+            &mut reflector2,
+            args.verbose,
+        )?;
+        println!("{n} clients, {which}, restart: {}", restart.describe());
         let (restart_rss, restart_cpu) = reflector2.daemon().usage()?;
         reflector2.daemon().stop(Duration::from_secs(2));
         Ok(Row {
             clients: n,
             reflector: which.to_string(),
-            ready_s: ready.as_secs_f64(),
+            ready_s: ready.converged.as_secs_f64(),
             ready_cpu,
             ready_rss,
-            restart_s: restart.as_secs_f64(),
+            restart_s: restart.converged.as_secs_f64(),
             restart_cpu,
             restart_rss,
             gen_cpu: 0.0,

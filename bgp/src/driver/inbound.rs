@@ -35,9 +35,9 @@ impl RibTask {
     pub(super) fn inbound(&mut self, stream: TcpStream, from: SocketAddr) {
         // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d.
         let ip = from.ip().to_canonical();
-        if let Some(p) = self.peers.values().find(|p| p.addr == Some(ip)) {
+        if let Some(p) = self.by_addr.get(&ip).and_then(|i| self.peers.get(i)) {
             if let Some(tx) = &p.tx {
-                let _ = tx.try_send(PeerCmd::Inbound(stream));
+                let _ = tx.try_send(PeerCmd::Inbound(Box::new(stream)));
             }
             return;
         }
@@ -53,7 +53,7 @@ impl RibTask {
                 cfg.passive = true;
                 let idx = self.spawn_peer(cfg, Some(ip));
                 if let Some(tx) = self.peers.get(&idx).and_then(|p| p.tx.as_ref()) {
-                    let _ = tx.try_send(PeerCmd::Inbound(stream));
+                    let _ = tx.try_send(PeerCmd::Inbound(Box::new(stream)));
                 }
             }
             None => debug!(%ip, "connection from an unknown address refused"),

@@ -190,12 +190,16 @@ enum Cmd {
     Shutdown(oneshot::Sender<()>),
 }
 
+/// Large payloads are boxed: tokio allocates each channel's first block of
+/// 32 slots up front, sized by the largest variant, and a reflector has a
+/// command queue per session (16-byte slots: ~0.5 KB a block instead of
+/// ~1.3 KB).
 enum PeerCmd {
     /// Read what the session is sent from its update group's log.
-    Attach(crate::rib::LogReader),
+    Attach(Box<crate::rib::LogReader>),
     /// Send Cease with this subcode, close, and end the task.
     Stop(u8),
-    Inbound(TcpStream),
+    Inbound(Box<TcpStream>),
     MaxPrefix(Family, u32),
 }
 
@@ -311,6 +315,8 @@ impl Speaker {
             stats: stats.clone(),
             rib,
             peers: HashMap::new(),
+            by_name: HashMap::new(),
+            by_addr: HashMap::new(),
             rib_tx,
             fib_tx,
             listen: cfg.listen.clone(),

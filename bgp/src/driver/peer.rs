@@ -27,22 +27,25 @@ use crate::rib::decision::{PeerIdx, Source};
 use crate::rib::{LogReader, PeerInfo};
 use crate::wire::{DecodeError, Message, Notification, Update, frame};
 
+/// Large payloads are boxed: the event queue's blocks (32 slots, the first
+/// allocated with the channel, one channel per session) are sized by the
+/// largest event; 16 bytes a slot.
 enum ConnEvent {
-    Connected(TcpStream),
+    Connected(Box<TcpStream>),
     ConnectFailed(std::io::Error),
     /// Complete messages, in order (at most ~FRAMES_BATCH_BYTES).
-    Frames(ConnId, Vec<Bytes>),
-    /// Boxed: the event queue's blocks are sized by the largest event.
-    Bad(ConnId, Box<DecodeError>),
+    Frames(Box<(ConnId, Vec<Bytes>)>),
+    Bad(Box<(ConnId, DecodeError)>),
     Closed(ConnId),
 }
 
-/// What a connection's writer is handed.
+/// What a connection's writer is handed (boxed payloads, as for
+/// [`ConnEvent`]: 16 bytes a slot).
 enum Write {
     /// A message of the session's own (OPEN, KEEPALIVE, NOTIFICATION…).
-    Bytes(Bytes),
+    Bytes(Box<Bytes>),
     /// From now on, also write what the update group's log has for us.
-    Attach(LogReader),
+    Attach(Box<LogReader>),
 }
 
 /// Bytes a writer takes from its group's log per write (whole entries).
@@ -173,7 +176,7 @@ impl PeerTask {
                     }
                     Some(PeerCmd::MaxPrefix(family, limit)) => Box::pin(self.input(Input::MaxPrefixExceeded { family, limit })).await,
                     Some(PeerCmd::Inbound(s)) => {
-                        let id = self.adopt(s);
+                        let id = self.adopt(*s);
                         Box::pin(self.input(Input::Connected { conn: id, inbound: true })).await;
                     }
                 },
@@ -261,11 +264,16 @@ impl PeerTask {
                         Err(e) => break Some(e),
                     }
                 };
-                if !frames.is_empty() && ev.send(ConnEvent::Frames(id, frames)).await.is_err() {
+                if !frames.is_empty()
+                    && ev
+                        .send(ConnEvent::Frames(Box::new((id, frames))))
+                        .await
+                        .is_err()
+                {
                     return;
                 }
                 if let Some(e) = bad {
-                    let _ = ev.send(ConnEvent::Bad(id, Box::new(e))).await;
+                    let _ = ev.send(ConnEvent::Bad(Box::new((id, e)))).await;
                     return;
                 }
                 if bytes >= FRAMES_BATCH_BYTES {
@@ -318,7 +326,7 @@ impl PeerTask {
         match e {
             ConnEvent::Connected(s) => {
                 self.connecting = None;
-                let id = self.adopt(s);
+                let id = self.adopt(*s);
                 self.input(Input::Connected {
                     conn: id,
                     inbound: false,
@@ -330,7 +338,8 @@ impl PeerTask {
                 debug!(error = %err, "connect failed");
                 self.input(Input::ConnectFailed).await;
             }
-            ConnEvent::Frames(conn, frames) => {
+            ConnEvent::Frames(f) => {
+                let (conn, frames) = *f;
                 let n = frames.len() as u64;
                 let start = Instant::now();
                 self.waited = Duration::ZERO;
@@ -361,12 +370,9 @@ impl PeerTask {
                     .decoded(n, start.elapsed().saturating_sub(self.waited));
                 self.flush_updates().await;
             }
-            ConnEvent::Bad(conn, error) => {
-                self.input(Input::BadMessage {
-                    conn,
-                    error: *error,
-                })
-                .await
+            ConnEvent::Bad(b) => {
+                let (conn, error) = *b;
+                self.input(Input::BadMessage { conn, error }).await
             }
             ConnEvent::Closed(conn) => self.input(Input::Closed { conn }).await,
         }
@@ -439,7 +445,7 @@ impl PeerTask {
                     .await;
                     let _ = ev
                         .send(match r {
-                            Ok(s) => ConnEvent::Connected(s),
+                            Ok(s) => ConnEvent::Connected(Box::new(s)),
                             Err(e) => ConnEvent::ConnectFailed(e),
                         })
                         .await;
@@ -448,7 +454,10 @@ impl PeerTask {
             Output::Send { conn, msg } => {
                 if let Some(c) = self.conns.get(&conn) {
                     let cx = self.session.encode_cx();
-                    let _ = c.writer.send(Write::Bytes(msg.to_bytes(&cx))).await;
+                    let _ = c
+                        .writer
+                        .send(Write::Bytes(Box::new(msg.to_bytes(&cx))))
+                        .await;
                 }
             }
             Output::Close { conn } => self.close_conn(conn),
@@ -567,7 +576,7 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Write>) {
                     return;
                 }
             }
-            Next::Msg(Some(Write::Attach(r))) => log = Some(r),
+            Next::Msg(Some(Write::Attach(r))) => log = Some(*r),
             Next::Log => {
                 while let Some(r) = &log {
                     parts.clear();
@@ -617,4 +626,18 @@ async fn write_parts(wr: &mut OwnedWriteHalf, parts: &mut [Bytes]) -> std::io::R
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session's three queues allocate their first 32-slot block when
+    /// created; with thousands of sessions the slot size is memory.
+    #[test]
+    fn per_session_queue_slots_stay_small() {
+        assert!(std::mem::size_of::<ConnEvent>() <= 16);
+        assert!(std::mem::size_of::<Write>() <= 16);
+        assert!(std::mem::size_of::<PeerCmd>() <= 16);
+    }
 }

@@ -65,6 +65,11 @@ pub(super) struct RibTask {
     pub(super) rib: Rib,
     pub(super) stats: Arc<stats::Counters>,
     pub(super) peers: HashMap<PeerIdx, PeerEntry>,
+    /// `peers` by name and by address (the first peer of an address): a
+    /// reflector has thousands, and scanning them for every peer added
+    /// and every connection accepted was quadratic.
+    pub(super) by_name: HashMap<String, PeerIdx>,
+    pub(super) by_addr: HashMap<IpAddr, PeerIdx>,
     pub(super) rib_tx: mpsc::Sender<RibMsg>,
     pub(super) fib_tx: mpsc::Sender<Vec<FibChange>>,
     pub(super) listen: Vec<SocketAddr>,
@@ -136,7 +141,7 @@ impl RibTask {
                 && let Some(tx) = &p.tx
             {
                 self.backlog
-                    .send(peer, &p.cfg.name, tx, PeerCmd::Attach(reader));
+                    .send(peer, &p.cfg.name, tx, PeerCmd::Attach(Box::new(reader)));
             }
         }
         for (peer, fam, limit) in out.max_prefix {
@@ -208,6 +213,10 @@ impl RibTask {
                 .run(rx)
                 .instrument(span),
         );
+        self.by_name.insert(cfg.name.clone(), idx);
+        if let Some(a) = addr {
+            self.by_addr.entry(a).or_insert(idx);
+        }
         self.peers.insert(
             idx,
             PeerEntry {
@@ -231,7 +240,7 @@ impl RibTask {
         match c {
             Cmd::AddPeer(cfg, reply) => {
                 let cfg = *cfg;
-                if self.peers.values().any(|p| p.cfg.name == cfg.name) {
+                if self.by_name.contains_key(&cfg.name) {
                     let _ = reply.send(Err(DriverError::Duplicate { name: cfg.name }));
                     return;
                 }
@@ -245,6 +254,7 @@ impl RibTask {
                     Neighbor::Range(_) => {
                         // A template: sessions are spawned per inbound connection.
                         let idx = self.rib.add_peer();
+                        self.by_name.insert(cfg.name.clone(), idx);
                         self.peers.insert(
                             idx,
                             PeerEntry {
@@ -284,6 +294,19 @@ impl RibTask {
                         self.listener_md5(&neighbor, b"", &name);
                     }
                     if let Some(mut e) = self.peers.remove(&i) {
+                        if self.by_name.get(&e.cfg.name) == Some(&i) {
+                            self.by_name.remove(&e.cfg.name);
+                        }
+                        if let Some(a) = e.addr
+                            && self.by_addr.get(&a) == Some(&i)
+                        {
+                            self.by_addr.remove(&a);
+                            // Another peer of that address, if any, takes over.
+                            if let Some((j, _)) = self.peers.iter().find(|(_, p)| p.addr == Some(a))
+                            {
+                                self.by_addr.insert(a, *j);
+                            }
+                        }
                         // The peer task sends Cease/3 and ends by itself;
                         // do not abort it.
                         if let Some(tx) = e.tx.take() {

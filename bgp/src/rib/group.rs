@@ -125,6 +125,13 @@ pub(super) struct Group {
     tombstones: HashMap<Prefix, u64, FastState>,
     /// The same, oldest first (to forget them as the log is read).
     tomb_order: VecDeque<(u64, Prefix)>,
+    /// The last table encoded for joiners, per families, and the log
+    /// position it is as of: a later joiner is sent it and reads the log
+    /// from there (see [`Log::join_at`]) instead of a new encoding, as long
+    /// as the log holds the entries since. When thousands of sessions come
+    /// up at once (a reflector's restart) they join over hundreds of
+    /// flushes; each used to be sent a table of its own, encoded anew.
+    joined_table: HashMap<Families, (u64, Arc<Chunked>)>,
 }
 
 impl Group {
@@ -140,6 +147,7 @@ impl Group {
             log: Log::default(),
             tombstones: HashMap::default(),
             tomb_order: VecDeque::new(),
+            joined_table: HashMap::new(),
         }
     }
 
@@ -467,7 +475,10 @@ impl Rib {
         } = self;
         for g in groups.values_mut() {
             // Joiners get the table before this flush's changes.
-            let mut tables: HashMap<Families, Chunked> = HashMap::new();
+            let seq = g.log.end();
+            let base = g.log.base();
+            g.joined_table.retain(|_, (at, _)| *at >= base);
+            let mut tables: HashMap<Families, Arc<Chunked>> = HashMap::new();
             let waiting = std::mem::take(&mut g.waiting);
             for &m in &waiting {
                 let Some(ps) = peers.get_mut(m as usize) else {
@@ -478,14 +489,33 @@ impl Rib {
                 }
                 if !ps.in_log {
                     *next_epoch += 1;
-                    out.attach.push((m, g.log.join(m, *next_epoch)));
+                    // A new member may start from the last table encoded
+                    // for joiners, then read the log from its position.
+                    let earlier = g
+                        .joined_table
+                        .get(&ps.dump)
+                        .filter(|(at, t)| {
+                            *at < seq && !ps.dump.is_empty() && !t.ranges.contains_key(&m)
+                        })
+                        .cloned();
+                    let (reader, early) = g.log.join_at(
+                        m,
+                        *next_epoch,
+                        earlier.as_ref().map(|(at, _)| (*at, *log_bound / 2)),
+                    );
+                    out.attach.push((m, reader));
                     ps.in_log = true;
+                    if let Some((at, t)) = earlier.filter(|_| early) {
+                        ps.dump = Families::NONE;
+                        t.for_member(m, |b| g.log.private(m, at, b, false));
+                    }
                 }
                 if !ps.dump.is_empty() && !tables.contains_key(&ps.dump) {
-                    tables.insert(ps.dump, g.encode_table(ps.dump));
+                    let t = Arc::new(g.encode_table(ps.dump));
+                    g.joined_table.insert(ps.dump, (seq, t.clone()));
+                    tables.insert(ps.dump, t);
                 }
             }
-            let seq = g.log.end();
             let (changes, only) = if g.pending.is_empty() {
                 (Chunked::default(), BTreeMap::new())
             } else {

@@ -245,11 +245,31 @@ impl LogReader {
 }
 
 impl Log {
-    /// Put `member` at the end of the log (a new session of it replaces
-    /// the old one's place); returns its reader.
-    pub(super) fn join(&self, member: PeerIdx, epoch: u64) -> LogReader {
+    /// Put `member` in the log (a new session of it replaces the old
+    /// one's place): at the end, or at position `from` if the log still
+    /// holds the entries from there, they are at most `max_bytes` and
+    /// `member` is the source of none of them (so that what it reads from
+    /// there is what it would be sent had it been a member since: nothing
+    /// of its own, no route it should have been told to forget). Returns
+    /// the reader and whether it starts at `from` (else at the end).
+    pub(super) fn join_at(
+        &self,
+        member: PeerIdx,
+        epoch: u64,
+        from: Option<(u64, usize)>,
+    ) -> (LogReader, bool) {
         let mut st = lock(&self.state);
-        let end = st.end();
+        let early = from.filter(|&(pos, max_bytes)| {
+            pos >= st.base
+                && pos <= st.end()
+                && st.total - st.offset(pos) <= max_bytes as u64
+                && st
+                    .entries
+                    .iter()
+                    .skip((pos - st.base) as usize)
+                    .all(|e| !e.ranges.contains_key(&member))
+        });
+        let end = early.map_or_else(|| st.end(), |(pos, _)| pos);
         let notify = Arc::new(Notify::new());
         let old = st.members.insert(
             member,
@@ -267,12 +287,20 @@ impl Log {
         } else {
             count(&mut st.at, None, Some(end));
         }
-        LogReader {
-            state: self.state.clone(),
-            member,
-            epoch,
-            notify,
-        }
+        (
+            LogReader {
+                state: self.state.clone(),
+                member,
+                epoch,
+                notify,
+            },
+            early.is_some(),
+        )
+    }
+
+    /// The oldest position whose entry is still held.
+    pub(super) fn base(&self) -> u64 {
+        lock(&self.state).base
     }
 
     /// Take `member` out (what it has not read is dropped with it).
