@@ -109,26 +109,41 @@ impl LeakTracker {
             .iter()
             .map(|p| pod_key(&p.namespace, &p.name))
             .collect();
+        self.observe_with(
+            blocks,
+            |ns, name| live.contains(&pod_key(ns, name)),
+            nodes,
+            now_ms,
+        )
+    }
+
+    /// [`Self::observe`] with the live pods as a lookup (namespace, name),
+    /// so that a cluster's pods need not be copied into a list for it.
+    pub fn observe_with(
+        &mut self,
+        blocks: &[BlockObject],
+        is_live: impl Fn(&str, &str) -> bool,
+        nodes: &HashSet<String>,
+        now_ms: u64,
+    ) -> Vec<LeakCandidate> {
         let mut still = HashMap::new();
         let mut ready = Vec::new();
         for b in blocks {
             for a in &b.spec.allocations {
                 let node_gone = a.attrs.node.as_ref().is_some_and(|n| !nodes.contains(n));
-                let pod = match (&a.attrs.namespace, &a.attrs.pod) {
-                    (Some(ns), Some(name)) => pod_key(ns, name),
-                    // No pod to outlive: it lives as long as its node.
-                    _ if node_gone => String::new(),
-                    _ => continue,
-                };
-                if live.contains(&pod) {
-                    continue;
-                }
                 if let Some(me) = &self.only_node
                     && a.attrs.node.as_ref() != Some(me)
                     && !node_gone
                 {
                     continue;
                 }
+                let pod = match (&a.attrs.namespace, &a.attrs.pod) {
+                    (Some(ns), Some(name)) if is_live(ns, name) => continue,
+                    (Some(ns), Some(name)) => pod_key(ns, name),
+                    // No pod to outlive: it lives as long as its node.
+                    _ if node_gone => String::new(),
+                    _ => continue,
+                };
                 let Some(ip) = b.spec.ip_of(a.ordinal) else {
                     continue;
                 };

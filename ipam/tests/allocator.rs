@@ -714,3 +714,55 @@ async fn an_idle_allocator_polled_for_its_status_still_retries_its_listing() {
     }
     assert!(ready, "never retried the listing while polled");
 }
+
+/// The leak GC's scan: the cached blocks trimmed to the allocations asked
+/// for (another node's too, once the cache has them), without free lists;
+/// nothing while the cache cannot be trusted (last store call failed).
+#[tokio::test]
+async fn blocks_where_trims_the_cache_and_refuses_an_unready_one() {
+    let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
+    let a1 = start(&store, "n1", IpamConfig::default(), &clock).await;
+    let a2 = start(&store, "n2", IpamConfig::default(), &clock).await;
+    a1.allocate(req("net.a", V4)).await.unwrap();
+    a1.allocate(req("net.b", V4)).await.unwrap();
+    let c = a2.allocate(req("net.c", V4)).await.unwrap();
+    a1.refresh().await.unwrap();
+    let of = |node: &'static str| {
+        move |al: &ipam::model::Allocation| al.attrs.node.as_deref() == Some(node)
+    };
+    let theirs = a1.blocks_where(of("n2")).await.unwrap().expect("synced");
+    assert_eq!(theirs.len(), 1, "{theirs:?}");
+    let handles: Vec<&str> = theirs[0]
+        .spec
+        .allocations
+        .iter()
+        .map(|x| x.handle.as_str())
+        .collect();
+    assert_eq!(handles, ["net.c"]);
+    assert!(theirs[0].spec.free.is_empty());
+    assert_eq!(
+        theirs[0].spec.ip_of(theirs[0].spec.allocations[0].ordinal),
+        Some(c[0].ip)
+    );
+    let mine = a1.blocks_where(of("n1")).await.unwrap().expect("synced");
+    let mut handles: Vec<&str> = mine
+        .iter()
+        .flat_map(|b| b.spec.allocations.iter().map(|x| x.handle.as_str()))
+        .collect();
+    handles.sort();
+    assert_eq!(handles, ["net.a", "net.b"]);
+    assert!(
+        a1.blocks_where(|_| false)
+            .await
+            .unwrap()
+            .expect("synced")
+            .is_empty()
+    );
+    // A failed store call makes the cache untrustworthy until it succeeds.
+    store.set_unavailable(true);
+    let _ = a1.allocate(req("net.d", V4)).await;
+    assert!(a1.blocks_where(of("n1")).await.unwrap().is_none());
+    store.set_unavailable(false);
+    a1.refresh().await.unwrap();
+    assert!(a1.blocks_where(of("n1")).await.unwrap().is_some());
+}

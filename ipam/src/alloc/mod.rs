@@ -32,8 +32,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::cidr::{Cidr, Family};
 use crate::error::IpamError;
-use crate::model::{AllocationAttrs, AllowedUse, IpamConfig};
-use crate::store::{BlockEvent, PoolObject, Store};
+use crate::model::{Allocation, AllocationAttrs, AllowedUse, IpamBlockSpec, IpamConfig};
+use crate::store::{BlockEvent, BlockObject, PoolObject, Store, Versioned};
 
 pub(crate) use state::View;
 
@@ -502,6 +502,51 @@ impl Allocator {
                 .collect();
             out.sort_by(|a, b| a.handle.cmp(&b.handle));
             out
+        })
+        .await
+    }
+
+    /// The cached blocks trimmed to the allocations `keep` selects, for a
+    /// scan over every allocation of the cluster (the leak GC) without a
+    /// store listing: the cache follows the block watch. Blocks with no
+    /// such allocation are left out and no free list is copied, so the
+    /// answer is as small as what was asked for. None while the cache is
+    /// not synced or the last store call failed (a partial or stale cache
+    /// must not be judged).
+    pub async fn blocks_where(
+        &self,
+        keep: impl Fn(&Allocation) -> bool + Send + 'static,
+    ) -> Result<Option<Vec<BlockObject>>, IpamError> {
+        self.inspect(move |v| {
+            if !v.ready {
+                return None;
+            }
+            let trimmed = v
+                .blocks
+                .values()
+                .filter_map(|b| {
+                    let allocations: Vec<Allocation> = b
+                        .spec
+                        .allocations
+                        .iter()
+                        .filter(|a| keep(a))
+                        .cloned()
+                        .collect();
+                    (!allocations.is_empty()).then(|| Versioned {
+                        name: b.name.clone(),
+                        resource_version: b.resource_version.clone(),
+                        spec: IpamBlockSpec {
+                            cidr: b.spec.cidr,
+                            affinity: b.spec.affinity.clone(),
+                            allocations,
+                            free: Vec::new(),
+                            sequence: b.spec.sequence,
+                            created_at: b.spec.created_at,
+                        },
+                    })
+                })
+                .collect();
+            Some(trimmed)
         })
         .await
     }

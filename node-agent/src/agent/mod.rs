@@ -411,7 +411,6 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     ));
     let maintenance = gc::Maintenance {
         cluster: cluster.clone(),
-        store: store.clone(),
         alloc: alloc.clone(),
         view: view_rx,
         me: me.name.clone(),
