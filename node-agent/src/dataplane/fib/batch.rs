@@ -12,6 +12,26 @@
 //! this writer 2.92 s and 1.55 s (0.44x the time, 0.37x the CPU); IPv6
 //! 6.18 s / 4.29 s vs 2.90 s / 1.43 s; at 100k the same ratios (0.41x /
 //! 0.31x). Time to FIB is the figure the speaker is judged on (issue #18).
+//!
+//! Why IPv4 routes carry their gateway and not a kernel nexthop object
+//! (`RTA_NH_ID`, one RTM_NEWNEXTHOP object per gateway; with `ip -batch`
+//! and an ack per message such routes cost the kernel about half at 1M):
+//! a prototype of this writer doing that (branch `fibnh-prototype`,
+//! 2026-12-05, 2 shared cores, load 2.0-3.6 from other builds) saved
+//! kernel time but not enough time to FIB. Writer alone (`--floor`, 1M,
+//! 3 runs): 2.23-2.38 s and 1.69-1.80 s CPU with objects, 2.61-2.74 s and
+//! 2.29-2.39 s with gateways (0.86x the time, 0.75x the CPU). Through
+//! `bench_bgp --sizes 1000000 --family 4 --packing packed --with none`,
+//! 12 runs pairing margay-bgp with objects and with gateways beside BIRD
+//! (order alternated; medians): kernel 2.68 vs 3.34 s (0.80x), process CPU
+//! 2.06 vs 2.41 s, but time to FIB 3.78 vs 4.14 s (0.91x; median of the
+//! per-run ratios 0.94x; BIRD 5.83 s: 0.65x vs 0.71x), RSS the same. The
+//! batched writer already spares the kernel the per-message work the
+//! `ip -batch` figure paid, and the saved kernel time is shared with the
+//! injector, the RIB and the route monitor on two cores. Under the 10%
+//! the change had to earn for objects to own, recover and garbage-collect,
+//! so IPv4 keeps plain routes. IPv6 (no gain with `ip -batch` either)
+//! was not prototyped.
 
 use std::io;
 use std::net::IpAddr;
