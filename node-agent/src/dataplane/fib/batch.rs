@@ -16,7 +16,7 @@
 //! Why IPv4 routes carry their gateway and not a kernel nexthop object
 //! (`RTA_NH_ID`, one RTM_NEWNEXTHOP object per gateway; with `ip -batch`
 //! and an ack per message such routes cost the kernel about half at 1M):
-//! a prototype of this writer doing that (branch `fibnh-prototype`,
+//! a prototype of this writer doing that (not merged;
 //! 2026-12-05, 2 shared cores, load 2.0-3.6 from other builds) saved
 //! kernel time but not enough time to FIB. Writer alone (`--floor`, 1M,
 //! 3 runs): 2.23-2.38 s and 1.69-1.80 s CPU with objects, 2.61-2.74 s and
