@@ -766,3 +766,27 @@ async fn blocks_where_trims_the_cache_and_refuses_an_unready_one() {
     a1.refresh().await.unwrap();
     assert!(a1.blocks_where(of("n1")).await.unwrap().is_some());
 }
+
+/// The handle index holds this node's allocations (and every one in its own
+/// blocks), not the cluster's: another node's handle is unknown here, and a
+/// release of it by this node touches nothing of that node's.
+#[tokio::test]
+async fn another_nodes_handles_are_not_indexed_here() {
+    let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
+    let a1 = start(&store, "n1", IpamConfig::default(), &clock).await;
+    let a2 = start(&store, "n2", IpamConfig::default(), &clock).await;
+    a1.allocate(req("net.a", V4)).await.unwrap();
+    let c = a2.allocate(req("net.c", V4)).await.unwrap();
+    a1.refresh().await.unwrap();
+    assert!(a1.get_handle("net.a").await.unwrap().is_some());
+    assert!(a1.get_handle("net.c").await.unwrap().is_none());
+    assert!(a1.release("net.c").await.unwrap().is_empty());
+    let held = a2
+        .get_handle("net.c")
+        .await
+        .unwrap()
+        .expect("n2 still holds it");
+    assert_eq!(held.addresses[0].ip, c[0].ip);
+    // Still there in the store after n1's futile release, and n2 frees it.
+    assert_eq!(a2.release("net.c").await.unwrap(), vec![c[0].ip]);
+}
