@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 pub const LABEL_NODE: &str = "margay.dev/node";
 
 /// A named container port (what named-port policy rules resolve).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 pub struct NamedPort {
     /// The port's name in the container spec.
     pub name: String,
