@@ -179,7 +179,7 @@ fn cluster(a: &Args, rules: usize, elems: usize, client: &Real, server: &Real) -
     let mut n = 0;
     let mut add = |st: &mut ClusterState, name: String, app: &str| {
         st.add_pod(
-            PodInfo::new(NS, &name)
+            PodInfo::new(NS, name.as_str())
                 .label("app", app)
                 .ip(synth_ip(a.v4, n))
                 .on_node("elsewhere"),

@@ -144,7 +144,7 @@ fn synth(a: &Args, node_name: &str, node_addrs: Vec<IpAddr>) -> Result<Synth> {
         let j = i % per_ns;
         let k = key(i);
         // Mixed so that every 10th pod (the local ones) still varies.
-        let mut p = PodInfo::new(&k.namespace, &k.name)
+        let mut p = PodInfo::new(k.namespace.clone(), k.name.clone())
             .label("app", &format!("app-{}", (j + j / 10) % APPS))
             .label("tier", TIERS[(j / 3 + j) % 3])
             .label("version", &format!("v{}", (j / 10) % 2))
@@ -500,8 +500,8 @@ fn main() -> Result<()> {
     for k in [&s.server, &s.client] {
         let p = &s.state.pods[k];
         let spec = PodSpec {
-            namespace: k.namespace.clone(),
-            name: k.name.clone(),
+            namespace: k.namespace.to_string(),
+            name: k.name.to_string(),
             ipv4: p.ips.iter().find_map(|i| {
                 if let IpAddr::V4(v) = i {
                     Some(*v)

@@ -766,3 +766,74 @@ async fn blocks_where_trims_the_cache_and_refuses_an_unready_one() {
     a1.refresh().await.unwrap();
     assert!(a1.blocks_where(of("n1")).await.unwrap().is_some());
 }
+
+/// The handle index holds this node's allocations (and every one in its own
+/// blocks), not the cluster's: another node's handle is unknown here, and a
+/// release of it by this node touches nothing of that node's.
+#[tokio::test]
+async fn another_nodes_handles_are_not_indexed_here() {
+    let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
+    let a1 = start(&store, "n1", IpamConfig::default(), &clock).await;
+    let a2 = start(&store, "n2", IpamConfig::default(), &clock).await;
+    a1.allocate(req("net.a", V4)).await.unwrap();
+    let c = a2.allocate(req("net.c", V4)).await.unwrap();
+    a1.refresh().await.unwrap();
+    assert!(a1.get_handle("net.a").await.unwrap().is_some());
+    assert!(a1.get_handle("net.c").await.unwrap().is_none());
+    assert!(a1.release("net.c").await.unwrap().is_empty());
+    let held = a2
+        .get_handle("net.c")
+        .await
+        .unwrap()
+        .expect("n2 still holds it");
+    assert_eq!(held.addresses[0].ip, c[0].ip);
+    // Still there in the store after n1's futile release, and n2 frees it.
+    assert_eq!(a2.release("net.c").await.unwrap(), vec![c[0].ip]);
+}
+
+/// Blocks seeded from the watch before the pools are known: what is
+/// missing is the pools, and the retry lists only them, not every block of
+/// the cluster again.
+#[tokio::test]
+async fn a_seed_before_the_pools_lists_only_the_pools() {
+    use futures::StreamExt as _;
+    let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
+    let n1 = start(&store, "n1", IpamConfig::default(), &clock).await;
+    n1.allocate(req("net.c0", V4)).await.unwrap();
+    let mut watch = (store.clone() as Arc<dyn Store>).watch_blocks();
+    let first = watch.next().await.expect("an event").expect("no error");
+    assert!(matches!(first, BlockEvent::Resync(_)));
+    let block_lists = store.stats().block_lists;
+    // The pools cannot be listed yet.
+    store.set_unavailable(true);
+    let n2 = Allocator::spawn(
+        store.clone() as Arc<dyn Store>,
+        node("n2"),
+        IpamConfig::default(),
+        AllocatorOptions {
+            seed: Some(1),
+            blocks_from_watch: true,
+            ..Default::default()
+        },
+        clock.clone() as Arc<dyn Clock>,
+    );
+    n2.apply_block_event(first).await.unwrap();
+    assert!(!n2.status().await.unwrap().ready);
+    store.set_unavailable(false);
+    // The idle allocator retries its listing every second.
+    let mut ready = false;
+    for _ in 0..500 {
+        if n2.status().await.unwrap().ready {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(ready, "{}", n2.status().await.unwrap().message);
+    assert_eq!(n2.status().await.unwrap().pools[0].allocated, 1);
+    assert_eq!(
+        store.stats().block_lists,
+        block_lists,
+        "n2 listed every block for want of the pools"
+    );
+}

@@ -622,7 +622,7 @@ impl Engine {
             .node
             .endpoints
             .range(PodKey::new(ns, "")..)
-            .take_while(|(k, _)| k.namespace == ns)
+            .take_while(|(k, _)| *k.namespace == *ns)
             .map(|(k, _)| k.clone())
             .collect();
         self.dirty.extend(keys);

@@ -20,15 +20,19 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// Labels of a pod or namespace.
 pub type Labels = BTreeMap<String, String>;
 
-/// `namespace/name` of a pod.
+/// `namespace/name` of a pod. Shared strings: the engine keeps a pod's key
+/// in its pod map, its address index and the pod itself, and the agent
+/// hands in the strings its PodEndpoint cache already holds, so that a key
+/// costs one copy of each string per pod, not one per holder
+/// (docs/scale.md).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PodKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl PodKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl Into<Arc<str>>, name: impl Into<Arc<str>>) -> Self {
         PodKey {
             namespace: namespace.into(),
             name: name.into(),
@@ -177,12 +181,13 @@ pub struct PodInfo {
     pub ports: Vec<ContainerPort>,
     pub phase: PodPhase,
     pub host_network: bool,
-    pub node_name: Option<String>,
+    /// The node the pod runs on (shared: a few thousand nodes for all pods).
+    pub node_name: Option<Arc<str>>,
 }
 
 impl PodInfo {
     /// A running, pod-network pod with no ports (tests build on it).
-    pub fn new(namespace: &str, name: &str) -> Self {
+    pub fn new(namespace: impl Into<Arc<str>>, name: impl Into<Arc<str>>) -> Self {
         PodInfo {
             key: PodKey::new(namespace, name),
             labels: Arc::default(),
@@ -210,7 +215,7 @@ impl PodInfo {
     }
 
     pub fn on_node(mut self, node: &str) -> Self {
-        self.node_name = Some(node.to_string());
+        self.node_name = Some(node.into());
         self
     }
 
@@ -277,7 +282,7 @@ impl PodInfo {
             ports,
             phase,
             host_network,
-            node_name,
+            node_name: node_name.map(Arc::from),
         })
     }
 }

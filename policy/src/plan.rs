@@ -561,7 +561,7 @@ pub fn namespace_labels<'a>(state: &'a ClusterState, ns: &str) -> Cow<'a, Labels
 /// Does a selector peer choose this pod (given its namespace's labels)?
 pub fn peer_selects(peer: &PodPeer, pod: &PodInfo, ns_labels: &Labels) -> bool {
     let ns_ok = match &peer.ns {
-        crate::compile::NsScope::Same(ns) => *ns == pod.key.namespace,
+        crate::compile::NsScope::Same(ns) => **ns == *pod.key.namespace,
         crate::compile::NsScope::Matching(s) => s.matches(ns_labels),
     };
     ns_ok && peer.pods.matches(&pod.labels)
@@ -609,7 +609,7 @@ pub mod members {
         let mut out: Vec<String> = Vec::new();
         let mut from = PodKey::new("", "");
         while let Some((k, _)) = state.pods.range(from..).next() {
-            out.push(k.namespace.clone());
+            out.push(k.namespace.to_string());
             // The smallest namespace after `k.namespace`.
             from = PodKey::new(format!("{}\0", k.namespace), "");
         }
@@ -624,7 +624,7 @@ pub mod members {
         state
             .pods
             .range(PodKey::new(ns, "")..)
-            .take_while(move |(k, _)| k.namespace == ns)
+            .take_while(move |(k, _)| *k.namespace == *ns)
             .map(|(_, p)| p)
     }
 

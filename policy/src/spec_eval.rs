@@ -128,7 +128,7 @@ impl Cluster<'_> {
         if let Some(node) = &pod.node_name
             && self
                 .node_addrs
-                .get(node)
+                .get(&**node)
                 .is_some_and(|a| a.contains(&peer_ip))
         {
             return (true, "own node".into());
@@ -156,7 +156,7 @@ impl Cluster<'_> {
     ) -> Option<(bool, String)> {
         let mut isolated_by = Vec::new();
         for (key, np) in &self.state.policies {
-            if key.namespace != pod.key.namespace {
+            if *key.namespace != *pod.key.namespace {
                 continue;
             }
             let Some(spec) = &np.spec else { continue };
@@ -247,7 +247,7 @@ impl Cluster<'_> {
         }
         let Some(pod) = pod else { return false };
         let ns_ok = match &peer.namespace_selector {
-            None => pod.key.namespace == policy_ns,
+            None => *pod.key.namespace == *policy_ns,
             Some(sel) => {
                 label_selector_matches(sel, &self.namespace_labels(&pod.key.namespace))
                     == Some(true)

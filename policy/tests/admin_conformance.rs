@@ -82,7 +82,7 @@ fn houses() -> Xyz {
         state.add_namespace(NamespaceInfo::new(&ns(house)).label("conformance-house", house));
         for k in 0..2 {
             let node = &mut nodes[(hi + k) % 2];
-            let mut p = PodInfo::new(&ns(house), &format!("{prefix}-{k}"))
+            let mut p = PodInfo::new(ns(house), format!("{prefix}-{k}"))
                 .label("conformance-house", house)
                 .port(ContainerPort::named("web", 80, Protocol::Tcp))
                 .port(ContainerPort::named("dns", 53, Protocol::Udp))
@@ -137,7 +137,7 @@ fn addrs_of(w: &Xyz, pod: &str) -> Vec<IpAddr> {
     w.state
         .pods
         .values()
-        .find(|p| p.key.name == pod)
+        .find(|p| *p.key.name == *pod)
         .map(|p| p.ips.clone())
         .unwrap_or_else(|| panic!("no pod {pod}"))
 }

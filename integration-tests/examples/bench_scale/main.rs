@@ -104,6 +104,13 @@ fn size(s: &str) -> Result<(usize, usize, usize)> {
     })
 }
 
+/// What `--help` prints (the module doc has the details).
+const USAGE: &str = "usage: bench_scale [--size tiny|small|medium|large|N/M/K]... [--churn-secs 30] [--rate 100]
+    [--mesh-secs 10] [--ready-timeout 900] [--family v6|v4] [--keep-logs DIR] [--agent-log-level warn]
+    [--breakdown N] [--pod-source endpoints|pods] [--ipam-churn]
+sizes: tiny 20/200/20, small 100/3000/100 (default), medium 1000/30000/1000, large 5000/150000/10000
+(needs root; the other binaries are found next to this one: cargo build --release -p node-agent -p integration-tests --bins)";
+
 impl Args {
     fn parse() -> Result<Args> {
         let mut a = Args {
@@ -159,7 +166,11 @@ impl Args {
                         f => bail!("--pod-source {f:?}: endpoints or pods"),
                     }
                 }
-                other => bail!("unknown flag {other}"),
+                "--help" | "-h" => {
+                    println!("{USAGE}");
+                    std::process::exit(0);
+                }
+                other => bail!("unknown flag {other}\n{USAGE}"),
             }
         }
         if a.sizes.is_empty() {

@@ -100,8 +100,8 @@ impl PolicyLab {
                 .add_pod(
                     &node,
                     &PodSpec {
-                        namespace: p.key.namespace.clone(),
-                        name: p.key.name.clone(),
+                        namespace: p.key.namespace.to_string(),
+                        name: p.key.name.to_string(),
                         ipv4: v4,
                         ipv6: v6,
                     },

@@ -28,7 +28,9 @@ pub(crate) struct View {
     pub pools: Vec<IpPool>,
     pub pool_errors: Vec<String>,
     pub blocks: BTreeMap<String, BlockObject>,
-    /// handle → slots, rebuilt from the cached blocks.
+    /// handle → slots, rebuilt from the cached blocks: the allocations this
+    /// node may look up by handle (see [`View::indexed`]), not every
+    /// allocation of the cluster (150k handles at 5,000 nodes, ~35 MB).
     pub index: HashMap<String, Vec<Slot>>,
     /// (family, first address) → (last address, block name), for every
     /// cached block including invalid ones: CIDRs that must not be claimed.
@@ -172,13 +174,28 @@ impl View {
             self.invalid.insert(o.name, cidr.to_string());
             return;
         }
+        let affine = o.spec.affinity.as_deref() == Some(self.affinity.as_str());
         for a in &o.spec.allocations {
+            if !affine && !self.indexed(a) {
+                continue;
+            }
             self.index.entry(a.handle.clone()).or_default().push(Slot {
                 block: o.name.clone(),
                 ordinal: a.ordinal,
             });
         }
         self.blocks.insert(o.name.clone(), o);
+    }
+
+    /// Whether an allocation in another node's block is in the handle
+    /// index: this node's (a borrowed address) or one that names no node.
+    /// Handles are looked up by this node's own work only (its pods'
+    /// releases and re-ADDs, its reserve and tunnel addresses); another
+    /// node's allocations are judged by block and ordinal (the leak GC's
+    /// release targets), never by handle. Every allocation of a block
+    /// affine to this node is indexed whatever its node.
+    pub fn indexed(&self, a: &crate::model::Allocation) -> bool {
+        a.attrs.node.as_deref().is_none_or(|n| n == self.node.name)
     }
 
     /// Forgets a block (deleted from the store).

@@ -251,7 +251,8 @@ impl Worker {
     /// Re-lists pools and blocks (only pools while the blocks are to come
     /// from the watch's first list: then it fails with `Unavailable`).
     pub async fn resync(&mut self) -> Result<(), IpamError> {
-        let with_blocks = !self.awaiting_seed;
+        // Blocks seeded from the watch lack only the pools.
+        let with_blocks = !self.awaiting_seed && !self.seeded_without_pools;
         // Waiting for the watch with the pools known: nothing to list.
         let list_pools = with_blocks || !self.pools_known;
         Counters::add(
@@ -288,6 +289,11 @@ impl Worker {
                     self.view.set_pools(pools);
                 }
                 self.pools_known = true;
+                if std::mem::take(&mut self.seeded_without_pools) {
+                    self.needs_resync = false;
+                    self.store_succeeded();
+                    return Ok(());
+                }
                 self.store_succeeded();
                 let reason = "waiting for the first list of the IPAM block watch";
                 self.view.last_error = Some(reason.into());

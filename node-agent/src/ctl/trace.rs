@@ -92,7 +92,7 @@ pub async fn policy_trace(client: &kube::Client, q: &TraceQuery) -> Result<Trace
         state
             .pods
             .values()
-            .find(|p| p.key.namespace == *ns && p.key.name == *name)
+            .find(|p| *p.key.namespace == **ns && *p.key.name == **name)
             .cloned()
     };
     let src = find(&q.from)
@@ -118,7 +118,7 @@ pub async fn policy_trace(client: &kube::Client, q: &TraceQuery) -> Result<Trace
     let selecting = |pod: &PodInfo| -> Vec<String> {
         policies
             .iter()
-            .filter(|np| np.metadata.namespace.as_deref() == Some(pod.key.namespace.as_str()))
+            .filter(|np| np.metadata.namespace.as_deref() == Some(&*pod.key.namespace))
             .filter(|np| {
                 np.spec.as_ref().is_some_and(|s| {
                     margay_types::Selector::compile_opt(s.pod_selector.as_ref())

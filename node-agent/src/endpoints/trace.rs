@@ -164,7 +164,9 @@ pub fn plan(
     // The source: a local endpoint.
     let src_ep = endpoints.values().find(|ep| match as_ip(&req.from) {
         Some(ip) => ep.ips.contains(&ip),
-        None => as_pod(&req.from).is_some_and(|k| k.namespace == ep.namespace && k.name == ep.pod),
+        None => {
+            as_pod(&req.from).is_some_and(|k| *k.namespace == *ep.namespace && *k.name == *ep.pod)
+        }
     });
     let Some(src_ep) = src_ep else {
         let known = match as_ip(&req.from) {
@@ -175,7 +177,7 @@ pub fn plan(
             Some(p) => TraceError::NotLocal {
                 pod: p.key.to_string(),
                 node,
-                on: p.node_name.clone(),
+                on: p.node_name.as_deref().map(str::to_string),
             },
             None if as_ip(&req.from).is_none() && as_pod(&req.from).is_none() => TraceError::Usage(
                 format!("from {:?}: expected namespace/pod or an address", req.from),
@@ -195,7 +197,7 @@ pub fn plan(
         (None, Some(k)) => {
             let local: Vec<IpAddr> = endpoints
                 .values()
-                .filter(|ep| ep.namespace == k.namespace && ep.pod == k.name)
+                .filter(|ep| *ep.namespace == *k.namespace && *ep.pod == *k.name)
                 .flat_map(|ep| ep.ips.iter().copied())
                 .collect();
             let mut ips = pods.get(&k).map(|p| p.ips.clone()).unwrap_or_default();

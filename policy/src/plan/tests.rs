@@ -507,12 +507,12 @@ fn own_node_always_allowed_other_nodes_are_ordinary_addresses() {
         .collect();
     let x_a = w.xyz.state.pods.get(&PodKey::new("x", "a")).unwrap();
     let own = x_a.node_name.clone().unwrap();
-    let own_addrs = w.xyz.node_addrs[&own].clone();
+    let own_addrs = w.xyz.node_addrs[&*own].clone();
     let other: Vec<IpAddr> = w
         .xyz
         .node_addrs
         .iter()
-        .filter(|(n, _)| **n != own)
+        .filter(|(n, _)| **n != *own)
         .flat_map(|(_, a)| a.clone())
         .collect();
     let eval = crate::spec_eval::Cluster {

@@ -164,7 +164,7 @@ impl<'a> Members<'a> {
             for pod in state.pods.values().filter(|p| is_member(p)) {
                 for (k, v) in pod.labels.iter() {
                     index
-                        .entry((pod.key.namespace.as_str(), k.as_str(), v.as_str()))
+                        .entry((&*pod.key.namespace, k.as_str(), v.as_str()))
                         .or_default()
                         .push(pod);
                 }

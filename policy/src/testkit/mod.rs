@@ -124,7 +124,7 @@ impl Xyz {
                 let (v4, v6) = pod_ips(ni, pi);
                 let node = place(k).min(ctxs.len().saturating_sub(1));
                 k += 1;
-                let mut p = PodInfo::new(ns, pod).label("pod", pod).ip(IpAddr::V4(v4));
+                let mut p = PodInfo::new(*ns, *pod).label("pod", pod).ip(IpAddr::V4(v4));
                 if let Some(ctx) = ctxs.get(node) {
                     p = p.on_node(&ctx.node_name);
                 }

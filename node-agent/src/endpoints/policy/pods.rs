@@ -248,7 +248,7 @@ impl PolicySync {
                 .pods
                 .keys()
                 .filter(|key| {
-                    let pair: &dyn NamePair = &(key.namespace.as_str(), key.name.as_str());
+                    let pair: &dyn NamePair = &(&*key.namespace, &*key.name);
                     converted.get(pair).is_none_or(|c| c.pass != pass)
                 })
                 .cloned()

@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 pub const LABEL_NODE: &str = "margay.dev/node";
 
 /// A named container port (what named-port policy rules resolve).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 pub struct NamedPort {
     /// The port's name in the container spec.
     pub name: String,
@@ -76,7 +78,14 @@ impl PodEndpoint {
             return Err("PodEndpoint without namespace or name".into());
         };
         let s = &self.spec;
-        pod_info(ns, name, &s.node, &s.addresses, &s.labels, &s.named_ports)
+        pod_info(
+            &ns.as_str().into(),
+            &name.as_str().into(),
+            &s.node.as_str().into(),
+            &s.addresses,
+            &s.labels,
+            &s.named_ports,
+        )
     }
 }
 
@@ -84,18 +93,18 @@ impl PodEndpoint {
 /// conversion for the object and the agent's compact cache of them,
 /// `crate::k8s::endpointcache`).
 pub fn pod_info(
-    ns: &str,
-    name: &str,
-    node: &str,
+    ns: &std::sync::Arc<str>,
+    name: &std::sync::Arc<str>,
+    node: &std::sync::Arc<str>,
     addresses: &[std::net::IpAddr],
     labels: &std::sync::Arc<BTreeMap<String, String>>,
     named_ports: &[NamedPort],
 ) -> Result<policy::PodInfo, String> {
-    let mut info = policy::PodInfo::new(ns, name);
+    let mut info = policy::PodInfo::new(ns.clone(), name.clone());
     info.labels = labels.clone();
     info.ips = addresses.to_vec();
     info.ips.sort();
-    info.node_name = Some(node.to_string());
+    info.node_name = Some(node.clone());
     for p in named_ports {
         let protocol = policy::Protocol::parse(Some(&p.protocol))
             .map_err(|e| format!("PodEndpoint {ns}/{name}: named port {}: {e}", p.name))?;

@@ -118,6 +118,7 @@ fn unchanged_entries_and_labels_are_shared() {
     let b1 = c.get("ns", "b").expect("b");
     assert!(Arc::ptr_eq(&a1.namespace, &b1.namespace));
     assert!(Arc::ptr_eq(&a1.node, &b1.node));
+    assert!(Arc::ptr_eq(&a1.named_ports, &b1.named_ports));
     let info = a1.to_pod_info().expect("info");
     assert!(
         Arc::ptr_eq(&info.labels, &a1.labels),
@@ -145,6 +146,15 @@ fn unchanged_entries_and_labels_are_shared() {
     w.apply_watcher_event(&Event::InitDone);
     assert!(Arc::ptr_eq(&c.get("ns", "b").expect("b"), &b1));
     assert_eq!(&*c.get("ns", "a").expect("a").resource_version, "4");
+    // Interned values no entry uses any more go at a relist.
+    let mut other = ep("ns c n2 1 x 198.19.0.3");
+    other.spec.named_ports[0].port = 9999;
+    w.apply_watcher_event(&Event::Apply(other));
+    assert_eq!((w.nodes.len(), w.ports.len()), (2, 2));
+    w.apply_watcher_event(&Event::Init);
+    w.apply_watcher_event(&Event::InitApply(ep("ns b n1 1 x 198.19.0.2")));
+    w.apply_watcher_event(&Event::InitDone);
+    assert_eq!((w.nodes.len(), w.ports.len()), (1, 1));
 }
 
 /// What readers get from the cache is what they got from kube's
