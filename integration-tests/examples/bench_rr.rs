@@ -145,6 +145,24 @@ fn loadavg() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// Every core's busy CPU seconds since boot and the number of cores, from
+/// the `cpu` lines of `/proc/stat` (USER_HZ = 100; idle and iowait are
+/// not busy); None if unreadable. Over a phase, busy time minus the
+/// reflector's and the generator's is what other processes took.
+fn machine_busy() -> Option<(f64, usize)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let mut lines = stat.lines();
+    let total: Vec<f64> = lines
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let cores = lines.filter(|l| l.starts_with("cpu")).count();
+    let idle = total.get(3)? + total.get(4)?;
+    Some(((total.iter().sum::<f64>() - idle) / 100.0, cores))
+}
+
 fn client_addrs(n: usize) -> Result<Vec<Ipv4Addr>> {
     let room = (1usize << (32 - CLIENT_NET_LEN)) - 2;
     if n > room {
@@ -268,7 +286,19 @@ impl Reflector {
 /// The calling thread's CPU seconds (utime + stime of
 /// `/proc/thread-self/stat`, in USER_HZ = 100); 0 if unreadable.
 fn thread_cpu() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else {
+    thread_cpu_of("/proc/thread-self/stat")
+}
+
+/// The calling thread's `/proc` stat path, for reading its CPU from
+/// another thread ([`thread_cpu_of`]).
+fn thread_stat_path() -> Option<std::path::PathBuf> {
+    let task = std::fs::read_link("/proc/thread-self").ok()?;
+    Some(std::path::Path::new("/proc").join(task).join("stat"))
+}
+
+/// A thread's CPU seconds from its stat file; 0 if unreadable.
+fn thread_cpu_of(path: impl AsRef<std::path::Path>) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
         return 0.0;
     };
     let Some((_, rest)) = stat.rsplit_once(')') else {
@@ -450,10 +480,12 @@ fn run(args: &Args, n: usize, which: &str) -> Result<Row> {
     let progress = Arc::new(Progress::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (cpu_tx, cpu_rx) = std::sync::mpsc::channel();
+    let (stat_tx, stat_rx) = std::sync::mpsc::channel();
     let generator = {
         let (plan, progress, tor) = (plan.clone(), progress.clone(), lab.tor().name().to_string());
         std::thread::spawn(move || -> Result<()> {
             lab::Netns::existing(&tor).enter(move || -> Result<()> {
+                let _ = stat_tx.send(thread_stat_path());
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
@@ -463,6 +495,8 @@ fn run(args: &Args, n: usize, which: &str) -> Result<Row> {
             })?
         })
     };
+    let gen_stat = stat_rx.recv().ok().flatten();
+    let gen_cpu = || gen_stat.as_ref().map_or(0.0, thread_cpu_of);
     let result = (|| -> Result<Row> {
         let ready = wait_converged(
             &progress,
@@ -487,6 +521,8 @@ fn run(args: &Args, n: usize, which: &str) -> Result<Row> {
                 && progress.converged.load(Ordering::Relaxed) == 0)
                 .then_some(()))
         })?;
+        let (busy_before, window) = (machine_busy(), Instant::now());
+        let gen_before = gen_cpu();
         let mut reflector2 =
             Reflector::start(which, &lab, &dir, rr, &plan, args.range, args.breakdown)?;
         let restart = wait_converged(
@@ -499,6 +535,20 @@ fn run(args: &Args, n: usize, which: &str) -> Result<Row> {
         )?;
         println!("{n} clients, {which}, restart: {}", restart.describe());
         let (restart_rss, restart_cpu) = reflector2.daemon().usage()?;
+        if let (Some((b0, cores)), Some((b1, _))) = (busy_before, machine_busy()) {
+            let generator = gen_cpu() - gen_before;
+            let busy = b1 - b0;
+            // From before the reflector's start to now (a little longer
+            // than the restart's own time, which starts at its first
+            // connection attempt).
+            println!(
+                "{n} clients, {which}, restart: machine busy {busy:.2} of {:.2} CPU s \
+                 ({cores} cores); reflector {restart_cpu:.2}, generator {generator:.2}, \
+                 other processes {:.2}",
+                window.elapsed().as_secs_f64() * cores as f64,
+                (busy - restart_cpu - generator).max(0.0),
+            );
+        }
         reflector2.daemon().stop(Duration::from_secs(2));
         Ok(Row {
             clients: n,
