@@ -59,6 +59,22 @@ async fn start(
     .unwrap()
 }
 
+/// An allocator whose blocks come from the block watch
+/// (`blocks_from_watch`), as the agent runs it: it lists no blocks itself.
+fn spawn_from_watch(store: &Arc<MemStore>, name: &str, clock: &Arc<ManualClock>) -> Allocator {
+    Allocator::spawn(
+        store.clone() as Arc<dyn Store>,
+        node(name),
+        IpamConfig::default(),
+        AllocatorOptions {
+            seed: Some(1),
+            blocks_from_watch: true,
+            ..Default::default()
+        },
+        clock.clone() as Arc<dyn Clock>,
+    )
+}
+
 fn setup(pools: &[(&str, &str, u8)]) -> (Arc<MemStore>, Arc<ManualClock>) {
     let store = Arc::new(MemStore::new(7));
     for (name, cidr, bs) in pools {
@@ -650,17 +666,7 @@ async fn blocks_from_watch_lists_no_blocks_and_serves_once_the_watch_listed() {
         theirs.extend(got.into_iter().map(|a| a.ip));
     }
     let block_lists = store.stats().block_lists;
-    let n2 = Allocator::spawn(
-        store.clone() as Arc<dyn Store>,
-        node("n2"),
-        IpamConfig::default(),
-        AllocatorOptions {
-            seed: Some(1),
-            blocks_from_watch: true,
-            ..Default::default()
-        },
-        clock.clone() as Arc<dyn Clock>,
-    );
+    let n2 = spawn_from_watch(&store, "n2", &clock);
     let e = n2.allocate(req("net.x", V4)).await.unwrap_err();
     assert!(matches!(e, IpamError::Unavailable { .. }), "{e}");
     let st = n2.status().await.unwrap();
@@ -806,17 +812,7 @@ async fn a_seed_before_the_pools_lists_only_the_pools() {
     let block_lists = store.stats().block_lists;
     // The pools cannot be listed yet.
     store.set_unavailable(true);
-    let n2 = Allocator::spawn(
-        store.clone() as Arc<dyn Store>,
-        node("n2"),
-        IpamConfig::default(),
-        AllocatorOptions {
-            seed: Some(1),
-            blocks_from_watch: true,
-            ..Default::default()
-        },
-        clock.clone() as Arc<dyn Clock>,
-    );
+    let n2 = spawn_from_watch(&store, "n2", &clock);
     n2.apply_block_event(first).await.unwrap();
     assert!(!n2.status().await.unwrap().ready);
     store.set_unavailable(false);
