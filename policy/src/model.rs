@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use crate::admin::{AdminNetworkPolicy, BaselineAdminNetworkPolicy};
+use crate::labels::PodLabels;
 
 /// The label the API server puts on every namespace (immutable, = its name).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -172,9 +173,10 @@ impl PodPhase {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
     pub key: PodKey,
-    /// Shared: the agent's PodEndpoint cache and the engine hold one map
-    /// per pod between them, not one each (docs/scale.md).
-    pub labels: Arc<Labels>,
+    /// Shared: the agent's PodEndpoint cache and the engine hold one set
+    /// per pod between them, not one each, and its strings are shared
+    /// between pods ([`crate::labels`], docs/scale.md).
+    pub labels: PodLabels,
     /// `status.podIPs` (IPv4 and/or IPv6).
     pub ips: Vec<IpAddr>,
     /// Container ports of `spec.containers`.
@@ -190,7 +192,7 @@ impl PodInfo {
     pub fn new(namespace: impl Into<Arc<str>>, name: impl Into<Arc<str>>) -> Self {
         PodInfo {
             key: PodKey::new(namespace, name),
-            labels: Arc::default(),
+            labels: PodLabels::default(),
             ips: Vec::new(),
             ports: Vec::new(),
             phase: PodPhase::Running,
@@ -200,7 +202,7 @@ impl PodInfo {
     }
 
     pub fn label(mut self, k: &str, v: &str) -> Self {
-        Arc::make_mut(&mut self.labels).insert(k.to_string(), v.to_string());
+        self.labels = self.labels.with(k, v);
         self
     }
 
@@ -233,7 +235,12 @@ impl PodInfo {
             .clone()
             .ok_or(ModelError::MissingField("pod metadata.name"))?;
         let key = PodKey::new(namespace, name);
-        let labels = Arc::new(pod.metadata.labels.clone().unwrap_or_default());
+        let labels = pod
+            .metadata
+            .labels
+            .as_ref()
+            .map(PodLabels::from_map)
+            .unwrap_or_default();
         let spec = pod.spec.as_ref();
         let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
         let node_name = spec.and_then(|s| s.node_name.clone());

@@ -20,17 +20,20 @@
 //! so readers never see a partial list (the agent's "synced" signal is the
 //! same `InitDone`, counted by `cluster::watch_loop` after this store has
 //! applied it). Namespace and node names are interned (150k pods share a few
-//! thousand of each); a pod's label map is the `Arc` that policy's
-//! `PodInfo` shares, and it is kept across an update that leaves the labels
-//! as they were, so the cache and the engine keep holding one map between
-//! them; an entry a relist finds unchanged (same resourceVersion) is kept
-//! as it is.
+//! thousand of each); a pod's labels are a [`PodLabels`] set from the
+//! writer's [`LabelInterner`] (label keys and values, and identical sets,
+//! stored once however many pods have them; unused ones freed), the set
+//! that policy's `PodInfo` shares, and it is kept across an update that
+//! leaves the labels as they were, so the cache and the engine keep holding
+//! one set between them; an entry a relist finds unchanged (same
+//! resourceVersion) is kept as it is.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use kube::runtime::watcher::Event;
+use policy::{LabelInterner, PodLabels};
 
 use crate::k8s::crd::{NamedPort, PodEndpoint};
 
@@ -47,8 +50,8 @@ pub struct CachedEndpoint {
     pub node: Arc<str>,
     /// The pod's addresses, as the object lists them.
     pub addresses: Box<[IpAddr]>,
-    /// The pod's labels (shared with policy's `PodInfo`).
-    pub labels: Arc<BTreeMap<String, String>>,
+    /// The pod's labels (interned; shared with policy's `PodInfo`).
+    pub labels: PodLabels,
     /// The pod's named container ports (interned: the pods of one
     /// workload have the same list, and a list of two ports costs ~0.2 KB).
     pub named_ports: Arc<[NamedPort]>,
@@ -201,6 +204,7 @@ pub struct EndpointCacheWriter {
     namespaces: HashSet<Arc<str>>,
     nodes: HashSet<Arc<str>>,
     ports: HashSet<Arc<[NamedPort]>>,
+    labels: LabelInterner,
 }
 
 /// An empty cache and its writer.
@@ -212,6 +216,7 @@ pub fn cache() -> (EndpointCache, EndpointCacheWriter) {
         namespaces: HashSet::new(),
         nodes: HashSet::new(),
         ports: HashSet::new(),
+        labels: LabelInterner::new(),
     };
     (cache, writer)
 }
@@ -261,13 +266,14 @@ impl EndpointCacheWriter {
                 self.namespaces.retain(|a| Arc::strong_count(a) > 1);
                 self.nodes.retain(|a| Arc::strong_count(a) > 1);
                 self.ports.retain(|a| Arc::strong_count(a) > 1);
+                self.labels.collect();
             }
         }
     }
 
     /// The entry for `obj`: the one the cache (or `relist`) has when its
     /// resourceVersion is the same, else a new one, keeping the current
-    /// label map when the labels did not change. None (and a warning) for
+    /// label set when the labels did not change. None (and a warning) for
     /// an object without namespace or name, which no reader can use.
     fn convert(
         &mut self,
@@ -298,8 +304,8 @@ impl EndpointCacheWriter {
         };
         let spec = &obj.spec;
         let labels = match &have {
-            Some(h) if h.labels == spec.labels => h.labels.clone(),
-            _ => spec.labels.clone(),
+            Some(h) if h.labels.eq_map(&spec.labels) => h.labels.clone(),
+            _ => self.labels.intern(&spec.labels),
         };
         let entry = CachedEndpoint {
             namespace: key.namespace.clone(),

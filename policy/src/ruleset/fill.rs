@@ -164,7 +164,7 @@ impl<'a> Members<'a> {
             for pod in state.pods.values().filter(|p| is_member(p)) {
                 for (k, v) in pod.labels.iter() {
                     index
-                        .entry((&*pod.key.namespace, k.as_str(), v.as_str()))
+                        .entry((&*pod.key.namespace, k, v))
                         .or_default()
                         .push(pod);
                 }
@@ -219,7 +219,7 @@ fn scope(state: &ClusterState, peer: &PodPeer) -> Vec<String> {
         NsScope::Same(ns) => vec![ns.clone()],
         NsScope::Matching(sel) => members::namespaces_with_pods(state)
             .into_iter()
-            .filter(|ns| sel.matches(&namespace_labels(state, ns)))
+            .filter(|ns| sel.matches(&*namespace_labels(state, ns)))
             .collect(),
     }
 }

@@ -283,7 +283,7 @@ mod tests {
             .state()
             .pods
             .get(&PodKey::new("ns", name))
-            .and_then(|p| p.labels.get("app").cloned())
+            .and_then(|p| p.labels.get("app").map(str::to_string))
     }
 
     /// The incremental pass agrees with the cluster: new, changed, gone,
@@ -368,7 +368,7 @@ mod tests {
             crate::k8s::crd::PodEndpointSpec {
                 node: node.into(),
                 addresses: vec![ip.parse().expect("ip")],
-                labels: std::sync::Arc::new([("app".to_string(), app.to_string())].into()),
+                labels: [("app".to_string(), app.to_string())].into(),
                 named_ports: Vec::new(),
             },
         );
@@ -506,7 +506,8 @@ mod tests {
         let shares = |ps: &PolicySync, cluster: &Cluster| {
             let cached = cluster.pod_endpoints.get("ns", "b").expect("cached");
             let info = &ps.engine.state().pods[&PodKey::new("ns", "b")];
-            Arc::ptr_eq(&held(ps), &cached) && Arc::ptr_eq(&info.labels, &cached.labels)
+            Arc::ptr_eq(&held(ps), &cached)
+                && policy::PodLabels::ptr_eq(&info.labels, &cached.labels)
         };
         ps.update(&cluster, &view, &reg);
         assert!(shares(&ps, &cluster));

@@ -56,18 +56,13 @@ pub struct PodEndpointSpec {
     /// The pod's addresses (IPv4 and/or IPv6).
     #[serde(default)]
     pub addresses: Vec<std::net::IpAddr>,
-    // Shared with the policy engine's copy of the pod
-    // (`policy::PodInfo::labels`): one map per pod in the agent.
+    // The agent's cache keeps them interned (`policy::PodLabels`).
     /// The pod's labels.
-    #[serde(default, skip_serializing_if = "no_labels")]
-    pub labels: std::sync::Arc<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// The pod's named container ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub named_ports: Vec<NamedPort>,
-}
-
-fn no_labels(l: &std::sync::Arc<BTreeMap<String, String>>) -> bool {
-    l.is_empty()
 }
 
 impl PodEndpoint {
@@ -78,12 +73,13 @@ impl PodEndpoint {
             return Err("PodEndpoint without namespace or name".into());
         };
         let s = &self.spec;
+        let labels = policy::PodLabels::from_map(&s.labels);
         pod_info(
             &ns.as_str().into(),
             &name.as_str().into(),
             &s.node.as_str().into(),
             &s.addresses,
-            &s.labels,
+            &labels,
             &s.named_ports,
         )
     }
@@ -97,7 +93,7 @@ pub fn pod_info(
     name: &std::sync::Arc<str>,
     node: &std::sync::Arc<str>,
     addresses: &[std::net::IpAddr],
-    labels: &std::sync::Arc<BTreeMap<String, String>>,
+    labels: &policy::PodLabels,
     named_ports: &[NamedPort],
 ) -> Result<policy::PodInfo, String> {
     let mut info = policy::PodInfo::new(ns.clone(), name.clone());

@@ -12,7 +12,7 @@ fn endpoint(ns: &str, name: &str, node: &str, rv: &str, app: &str, ip: &str) -> 
         PodEndpointSpec {
             node: node.into(),
             addresses: vec![ip.parse().expect("ip")],
-            labels: Arc::new([("app".to_string(), app.to_string())].into()),
+            labels: [("app".to_string(), app.to_string())].into(),
             named_ports: vec![NamedPort {
                 name: "http".into(),
                 protocol: "TCP".into(),
@@ -52,7 +52,7 @@ fn apply_and_delete_change_the_map_at_once() {
     w.apply_watcher_event(&Event::Apply(ep("ns a n1 3 y 198.19.0.9")));
     let a = c.get("ns", "a").expect("a");
     assert_eq!(&*a.resource_version, "3");
-    assert_eq!(a.labels.get("app").map(String::as_str), Some("y"));
+    assert_eq!(a.labels.get("app"), Some("y"));
     assert_eq!(&*a.addresses, ["198.19.0.9".parse::<IpAddr>().expect("ip")]);
     assert_eq!(&*a.node, "n1");
     // A delete by namespace and name (whatever the object's other fields).
@@ -103,12 +103,13 @@ fn a_relist_replaces_the_map_at_init_done() {
     assert!(c.is_empty());
     // Unused interned names are dropped with their last entry.
     assert!(w.nodes.is_empty() && w.namespaces.is_empty());
+    assert!(w.labels.is_empty(), "{:?}", w.labels.len());
 }
 
 /// An entry a relist finds at the same resourceVersion is the one held
-/// before (not a new copy); labels that did not change keep their map, so
-/// policy's PodInfo and the cache share one; namespace and node names are
-/// one allocation each.
+/// before (not a new copy); labels that did not change keep their set, so
+/// policy's PodInfo and the cache share one, and pods with the same labels
+/// share one set; namespace and node names are one allocation each.
 #[test]
 fn unchanged_entries_and_labels_are_shared() {
     let (c, mut w) = cache();
@@ -119,23 +120,27 @@ fn unchanged_entries_and_labels_are_shared() {
     assert!(Arc::ptr_eq(&a1.namespace, &b1.namespace));
     assert!(Arc::ptr_eq(&a1.node, &b1.node));
     assert!(Arc::ptr_eq(&a1.named_ports, &b1.named_ports));
+    assert!(
+        PodLabels::ptr_eq(&a1.labels, &b1.labels),
+        "same labels, one set"
+    );
     let info = a1.to_pod_info().expect("info");
     assert!(
-        Arc::ptr_eq(&info.labels, &a1.labels),
-        "policy shares the map"
+        PodLabels::ptr_eq(&info.labels, &a1.labels),
+        "policy shares the set"
     );
     // A new resourceVersion with the same labels (an address moved): the
     // label map stays the one policy holds.
     w.apply_watcher_event(&Event::Apply(ep("ns a n1 2 x 198.19.0.8")));
     let a2 = c.get("ns", "a").expect("a");
-    assert!(Arc::ptr_eq(&a2.labels, &info.labels));
+    assert!(PodLabels::ptr_eq(&a2.labels, &info.labels));
     assert_eq!(
         &*a2.addresses,
         ["198.19.0.8".parse::<IpAddr>().expect("ip")]
     );
-    // New labels: a new map.
+    // New labels: a new set.
     w.apply_watcher_event(&Event::Apply(ep("ns a n1 3 z 198.19.0.8")));
-    assert!(!Arc::ptr_eq(
+    assert!(!PodLabels::ptr_eq(
         &c.get("ns", "a").expect("a").labels,
         &info.labels
     ));
@@ -155,6 +160,37 @@ fn unchanged_entries_and_labels_are_shared() {
     w.apply_watcher_event(&Event::InitApply(ep("ns b n1 1 x 198.19.0.2")));
     w.apply_watcher_event(&Event::InitDone);
     assert_eq!((w.nodes.len(), w.ports.len()), (1, 1));
+}
+
+/// Label churn does not grow the interner without bound: every pod
+/// relabelled again and again with values never seen before (a unique
+/// label per pod, as `pod-template-hash` can be), the interner holds at
+/// most a bounded multiple of what the cache uses; and once the pods are
+/// gone a relist leaves it empty.
+#[test]
+fn label_churn_frees_unused_interned_labels() {
+    let (c, mut w) = cache();
+    let pods = 200;
+    let mut peak = 0;
+    for round in 0..100 {
+        for p in 0..pods {
+            w.apply_watcher_event(&Event::Apply(ep(&format!(
+                "ns p{p} n1 {round} v{round}-{p} 198.19.3.1"
+            ))));
+        }
+        let (sets, strings) = w.labels.len();
+        peak = peak.max(sets + strings);
+    }
+    assert_eq!(c.len(), pods);
+    // Live: 200 sets, 200 values and the key "app"; without freeing,
+    // 100 rounds would leave 40,000 sets and strings.
+    assert!(peak <= 2 * (2 * pods + 1) + 1024, "peak {peak}");
+    for p in 0..pods {
+        w.apply_watcher_event(&Event::Delete(ep(&format!("ns p{p} n1 x x 198.19.3.1"))));
+    }
+    w.apply_watcher_event(&Event::Init);
+    w.apply_watcher_event(&Event::InitDone);
+    assert!(w.labels.is_empty(), "{:?}", w.labels.len());
 }
 
 /// What readers get from the cache is what they got from kube's

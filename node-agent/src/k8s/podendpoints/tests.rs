@@ -99,7 +99,7 @@ fn publishes_this_nodes_running_pod_network_pods_with_an_address() {
             "2001:db8::7".parse().expect("ip")
         ]
     );
-    assert_eq!(*web.labels, [("app".to_string(), "web".to_string())].into());
+    assert_eq!(web.labels, [("app".to_string(), "web".to_string())].into());
     // Named ports only, protocol defaulted to TCP, sorted.
     assert_eq!(
         web.named_ports,
