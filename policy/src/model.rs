@@ -179,8 +179,10 @@ pub struct PodInfo {
     pub labels: PodLabels,
     /// `status.podIPs` (IPv4 and/or IPv6).
     pub ips: Vec<IpAddr>,
-    /// Container ports of `spec.containers`.
-    pub ports: Vec<ContainerPort>,
+    /// Container ports of `spec.containers`. Shared: the pods of one
+    /// workload have the same list, and the agent hands in one copy for
+    /// all of them (docs/scale.md).
+    pub ports: Arc<[ContainerPort]>,
     pub phase: PodPhase,
     pub host_network: bool,
     /// The node the pod runs on (shared: a few thousand nodes for all pods).
@@ -194,7 +196,7 @@ impl PodInfo {
             key: PodKey::new(namespace, name),
             labels: PodLabels::default(),
             ips: Vec::new(),
-            ports: Vec::new(),
+            ports: Arc::new([]),
             phase: PodPhase::Running,
             host_network: false,
             node_name: None,
@@ -212,8 +214,15 @@ impl PodInfo {
     }
 
     pub fn port(mut self, port: ContainerPort) -> Self {
-        self.ports.push(port);
+        self.add_port(port);
         self
+    }
+
+    /// Adds a container port (a new list: the old one may be shared).
+    pub fn add_port(&mut self, port: ContainerPort) {
+        let mut ports = self.ports.to_vec();
+        ports.push(port);
+        self.ports = ports.into();
     }
 
     pub fn on_node(mut self, node: &str) -> Self {
@@ -286,7 +295,7 @@ impl PodInfo {
             key,
             labels,
             ips,
-            ports,
+            ports: ports.into(),
             phase,
             host_network,
             node_name: node_name.map(Arc::from),

@@ -33,9 +33,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use kube::runtime::watcher::Event;
-use policy::{LabelInterner, PodLabels};
+use policy::{ContainerPort, LabelInterner, PodLabels};
 
-use crate::k8s::crd::{NamedPort, PodEndpoint};
+use crate::k8s::crd::PodEndpoint;
 
 /// One PodEndpoint, as the agent keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,9 +52,11 @@ pub struct CachedEndpoint {
     pub addresses: Box<[IpAddr]>,
     /// The pod's labels (interned; shared with policy's `PodInfo`).
     pub labels: PodLabels,
-    /// The pod's named container ports (interned: the pods of one
-    /// workload have the same list, and a list of two ports costs ~0.2 KB).
-    pub named_ports: Arc<[NamedPort]>,
+    /// The pod's named container ports, as policy's `PodInfo` holds them
+    /// (interned and shared with it: the pods of one workload have the
+    /// same list, and a list of two ports costs ~0.2 KB); or why policy
+    /// cannot use them.
+    pub ports: Result<Arc<[ContainerPort]>, Arc<str>>,
 }
 
 impl CachedEndpoint {
@@ -75,7 +77,7 @@ impl CachedEndpoint {
             &self.node,
             &self.addresses,
             &self.labels,
-            &self.named_ports,
+            self.ports.as_ref().map_err(|e| &**e),
         )
     }
 }
@@ -203,7 +205,7 @@ pub struct EndpointCacheWriter {
     relist: Option<Map>,
     namespaces: HashSet<Arc<str>>,
     nodes: HashSet<Arc<str>>,
-    ports: HashSet<Arc<[NamedPort]>>,
+    ports: HashSet<Arc<[ContainerPort]>>,
     labels: LabelInterner,
 }
 
@@ -314,7 +316,10 @@ impl EndpointCacheWriter {
             node: intern(&mut self.nodes, &spec.node),
             addresses: spec.addresses.as_slice().into(),
             labels,
-            named_ports: intern(&mut self.ports, spec.named_ports.as_slice()),
+            ports: match crate::k8s::crd::container_ports(&spec.named_ports) {
+                Ok(p) => Ok(intern(&mut self.ports, p.as_slice())),
+                Err(e) => Err(e.into()),
+            },
         };
         Some((key, Arc::new(entry)))
     }

@@ -119,7 +119,10 @@ fn unchanged_entries_and_labels_are_shared() {
     let b1 = c.get("ns", "b").expect("b");
     assert!(Arc::ptr_eq(&a1.namespace, &b1.namespace));
     assert!(Arc::ptr_eq(&a1.node, &b1.node));
-    assert!(Arc::ptr_eq(&a1.named_ports, &b1.named_ports));
+    let (Ok(pa), Ok(pb)) = (&a1.ports, &b1.ports) else {
+        panic!("ports {:?} {:?}", a1.ports, b1.ports)
+    };
+    assert!(Arc::ptr_eq(pa, pb), "same ports, one list");
     assert!(
         PodLabels::ptr_eq(&a1.labels, &b1.labels),
         "same labels, one set"
@@ -129,6 +132,7 @@ fn unchanged_entries_and_labels_are_shared() {
         PodLabels::ptr_eq(&info.labels, &a1.labels),
         "policy shares the set"
     );
+    assert!(Arc::ptr_eq(&info.ports, pa), "and the port list");
     // A new resourceVersion with the same labels (an address moved): the
     // label map stays the one policy holds.
     w.apply_watcher_event(&Event::Apply(ep("ns a n1 2 x 198.19.0.8")));
@@ -256,7 +260,14 @@ fn readers_see_what_the_reflector_store_held() {
         );
         assert_eq!(&*mine.node, e.spec.node);
         assert_eq!(&*mine.addresses, e.spec.addresses.as_slice());
-        assert_eq!(&*mine.named_ports, e.spec.named_ports.as_slice());
+        assert_eq!(
+            mine.ports.as_deref().ok(),
+            Some(
+                crate::k8s::crd::container_ports(&e.spec.named_ports)
+                    .expect("ports")
+                    .as_slice()
+            )
+        );
     }
     // A named port policy cannot parse is an error, as from the object.
     let mut bad = ep("ns bad n1 1 x 198.19.0.1");
