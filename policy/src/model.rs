@@ -406,7 +406,9 @@ impl NodeInfo {
 pub struct ClusterState {
     pub pods: BTreeMap<PodKey, PodInfo>,
     pub namespaces: BTreeMap<String, NamespaceInfo>,
-    pub policies: BTreeMap<PolicyKey, NetworkPolicy>,
+    /// Shared: the agent hands in the objects its watch cache holds
+    /// (10k policies are ~20 MB as objects).
+    pub policies: BTreeMap<PolicyKey, Arc<NetworkPolicy>>,
     /// Nodes by name (only AdminNetworkPolicy `nodes` peers use them).
     pub nodes: BTreeMap<String, NodeInfo>,
     /// AdminNetworkPolicies by name.
@@ -456,7 +458,7 @@ impl ClusterState {
         let key = PolicyKey::of(&policy).ok_or(ModelError::MissingField(
             "networkpolicy metadata.namespace/name",
         ))?;
-        self.policies.insert(key, policy);
+        self.policies.insert(key, Arc::new(policy));
         Ok(())
     }
 }

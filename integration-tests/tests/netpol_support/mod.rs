@@ -192,7 +192,10 @@ impl PolicyLab {
 
     pub fn set_policy(&mut self, np: NetworkPolicy) -> Result<(), String> {
         let key = PolicyKey::of(&np).ok_or("policy without name")?;
-        self.xyz.state.policies.insert(key.clone(), np.clone());
+        self.xyz
+            .state
+            .policies
+            .insert(key.clone(), np.clone().into());
         for (e, _) in &mut self.engines {
             e.upsert_policy(key.clone(), np.clone());
         }

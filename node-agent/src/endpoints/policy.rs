@@ -125,7 +125,7 @@ impl PolicySync {
             };
             let rv = np.metadata.resource_version.clone().unwrap_or_default();
             if self.policies.get(&key) != Some(&rv) {
-                self.engine.upsert_policy(key.clone(), (*np).clone());
+                self.engine.upsert_policy(key.clone(), np.clone());
             }
             seen.insert(key, rv);
         }
