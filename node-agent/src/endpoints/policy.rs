@@ -38,7 +38,7 @@ pub struct PolicySync {
     /// What each pod was last converted from.
     converted: HashMap<crate::k8s::endpointcache::PodName, pods::Converted>,
     /// Passes of `update` so far.
-    pass: u64,
+    pass: u32,
     /// The IPAM view's addresses the last pass used.
     pod_ips: crate::k8s::ipam::podips::PodIps,
     namespaces: BTreeMap<String, NamespaceInfo>,

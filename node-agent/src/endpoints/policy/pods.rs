@@ -76,12 +76,21 @@ pub fn takes_endpoint(
 /// cluster. One per pod of the cluster: kept small (docs/scale.md).
 pub(super) struct Converted {
     from: Origin,
+    /// The extra addresses, where they are not simply the PodEndpoint's
+    /// own ([`Converted::own`]): for a remote pod they are, and then
+    /// nothing is stored (150k such pods at 5,000 nodes).
+    addrs: Option<Box<Addrs>>,
+    pass: u32,
+}
+
+/// A pod's addresses beyond its object's.
+#[derive(Debug, PartialEq, Eq)]
+struct Addrs {
     /// IPAM's and EndpointUp's, sorted.
     extra: Box<[IpAddr]>,
     /// From the IPAM view, where it is not `extra` as it is (EndpointUp
     /// added some, or the view lists them in another order).
     ipam: Option<Box<[IpAddr]>>,
-    pass: u64,
 }
 
 /// The object a pod was converted from.
@@ -94,12 +103,51 @@ enum Origin {
 }
 
 impl Converted {
-    fn ipam(&self) -> &[IpAddr] {
-        self.ipam.as_deref().unwrap_or(&self.extra)
+    fn new(from: Origin, extra: &[IpAddr], ipam: &[IpAddr], pass: u32) -> Converted {
+        let mut c = Converted {
+            from,
+            addrs: None,
+            pass,
+        };
+        c.set_addrs(extra, ipam);
+        c
     }
 
-    fn set_ipam(&mut self, ipam: &[IpAddr]) {
-        self.ipam = (*ipam != *self.extra).then(|| ipam.into());
+    /// The PodEndpoint's own addresses, when it is the source and lists
+    /// them sorted without repeats (as the writer does): what the extra
+    /// and IPAM addresses of a remote pod are.
+    fn own(&self) -> Option<&[IpAddr]> {
+        match &self.from {
+            Origin::Endpoint(e) if e.addresses.windows(2).all(|w| w[0] < w[1]) => {
+                Some(&e.addresses)
+            }
+            _ => None,
+        }
+    }
+
+    fn extra(&self) -> &[IpAddr] {
+        match &self.addrs {
+            Some(a) => &a.extra,
+            None => self.own().unwrap_or_default(),
+        }
+    }
+
+    fn ipam(&self) -> &[IpAddr] {
+        match &self.addrs {
+            Some(a) => a.ipam.as_deref().unwrap_or(&a.extra),
+            None => self.own().unwrap_or_default(),
+        }
+    }
+
+    fn set_addrs(&mut self, extra: &[IpAddr], ipam: &[IpAddr]) {
+        self.addrs = if self.own() == Some(extra) && ipam == extra {
+            None
+        } else {
+            Some(Box::new(Addrs {
+                extra: extra.into(),
+                ipam: (ipam != extra).then(|| ipam.into()),
+            }))
+        };
     }
 
     fn same_source(&self, src: &Source<'_>) -> bool {
@@ -132,7 +180,10 @@ impl PolicySync {
         // object and extra addresses are unchanged since the last pass is
         // neither converted nor copied again: this runs on every watched
         // change, over every pod of the cluster.
-        self.pass += 1;
+        // Only compared for equality with the current pass, and every
+        // entry a pass does not see is dropped at its end: wrapping is
+        // harmless.
+        self.pass = self.pass.wrapping_add(1);
         let pass = self.pass;
         let mut extra: Vec<IpAddr> = Vec::new();
         let mut ipam: Vec<IpAddr> = Vec::new();
@@ -195,14 +246,14 @@ impl PolicySync {
             // Every converted pod is in `pods` (both go together below).
             if let Some(c) = known
                 && c.same_source(&pod)
-                && *c.extra == *extra
+                && c.extra() == extra.as_slice()
             {
                 c.pass = pass;
                 // Same union, other split (an address IPAM now records that
                 // only EndpointUp had): the next pass that finds the pod's
                 // shard unchanged reads this.
                 if c.ipam() != ipam.as_slice() {
-                    c.set_ipam(&ipam);
+                    c.set_addrs(&extra, &ipam);
                 }
                 continue;
             }
@@ -229,14 +280,8 @@ impl PolicySync {
                 ),
                 Source::Endpoint(e) => (e.pod_name(), Origin::Endpoint(Arc::clone(e))),
             };
-            let mut c = Converted {
-                from,
-                extra: extra.as_slice().into(),
-                ipam: None,
-                pass,
-            };
-            c.set_ipam(&ipam);
-            self.converted.insert(key, c);
+            self.converted
+                .insert(key, Converted::new(from, &extra, &ipam, pass));
         }
         // Gone from the cluster (or only ever known from EndpointUp); when
         // every known pod was seen, nothing is.
@@ -480,6 +525,46 @@ mod tests {
         w.nodes.apply_watcher_event(&Event::Apply(node("n2")));
         ps.update(&cluster, &view, &reg);
         assert!(ps.engine.state().pods.is_empty());
+    }
+
+    /// A remote pod whose addresses are its PodEndpoint's own (IPAM's view
+    /// agrees) stores none of them in the bookkeeping; an address only
+    /// IPAM knows is stored and reaches policy, and when IPAM agrees again
+    /// the stored copy goes and policy has the endpoint's addresses.
+    #[tokio::test]
+    async fn a_remote_pods_own_addresses_are_not_stored_again() {
+        let (cluster, mut w, mut ps, mut view, reg) = endpoints_mode();
+        for n in ["n1", "n2"] {
+            w.nodes.apply_watcher_event(&Event::Apply(node(n)));
+        }
+        w.pod_endpoints.apply_watcher_event(&Event::Apply(endpoint(
+            "b",
+            "n2",
+            "6",
+            "x",
+            "198.19.9.2",
+        )));
+        let b = crate::k8s::endpointcache::PodName::new("ns", "b");
+        let own: IpAddr = "198.19.9.2".parse().expect("ip");
+        let more: IpAddr = "198.19.9.7".parse().expect("ip");
+        let stored = |ps: &PolicySync| ps.converted[&b].addrs.as_ref().map(|a| a.extra.to_vec());
+        let ips = |ps: &PolicySync| ps.engine.state().pods[&PodKey::new("ns", "b")].ips.clone();
+        view.pod_ips.insert(&b, own);
+        ps.update(&cluster, &view, &reg);
+        assert_eq!(stored(&ps), None, "IPAM agrees with the endpoint");
+        assert_eq!(ips(&ps), vec![own]);
+        view.pod_ips.insert(&b, more);
+        ps.update(&cluster, &view, &reg);
+        assert_eq!(stored(&ps), Some(vec![own, more]));
+        assert_eq!(ips(&ps), vec![own, more]);
+        let mut agrees = IpamView {
+            synced: true,
+            ..IpamView::default()
+        };
+        agrees.pod_ips.insert(&b, own);
+        ps.update(&cluster, &agrees, &reg);
+        assert_eq!(stored(&ps), None);
+        assert_eq!(ips(&ps), vec![own]);
     }
 
     /// A remote pod whose PodEndpoint did not change is not converted
