@@ -1,24 +1,26 @@
 //! A pod's labels, compact: [`PodLabels`] is a shared, sorted slice of
-//! (key, value) pairs whose strings are shared too, and a [`LabelInterner`]
-//! hands out one copy of each string and of each whole label set.
+//! shared (key, value) pairs whose strings are shared too, and a
+//! [`LabelInterner`] hands out one copy of each string, of each pair and of
+//! each whole label set.
 //!
 //! Every agent holds the labels of every pod of the cluster (the
 //! PodEndpoint cache and the policy engine share them). A
 //! `BTreeMap<String, String>` of 3-4 labels is one B-tree node of ~0.5 KB
 //! plus a heap string per key and value; most keys and values repeat across
-//! pods (`app`, `tier`, `version` and their values), so interned they cost
-//! a pointer each. What a pod set of 4 labels costs then: the slice
-//! (16 B of counts + 32 B per label) and the strings that are its own
-//! (docs/scale.md, section 1).
+//! pods (`app`, `tier`, `version` and their values), and so do whole
+//! pairs (`app=web`), so interned a label costs one pointer in its set.
+//! What a pod's set of 4 labels costs then: the slice (16 B of counts + 8 B
+//! per label) when no other pod has the same set, and the pairs and
+//! strings that are its own (docs/scale.md, section 1).
 //!
 //! Matching is the selector's ([`crate::selector::Selector::matches`]
 //! through [`LabelLookup`]): a key has at most one value, as in a map.
 //!
-//! The interner frees what no set uses any more: a string or a set held
+//! The interner frees what no set uses any more: a string, pair or set held
 //! only by the interner is dropped at its next collection, which runs when
 //! the interner has grown to twice what was live after the last one (so
 //! its cost is amortised over the insertions and its size stays within
-//! twice the live sets and strings under any churn).
+//! twice the live sets, pairs and strings under any churn).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -27,7 +29,8 @@ use std::sync::Arc;
 use crate::model::Labels;
 use crate::selector::LabelLookup;
 
-type Pair = (Arc<str>, Arc<str>);
+/// One label, shared by every set that has it.
+type Pair = Arc<(Arc<str>, Arc<str>)>;
 
 /// A pod's labels: sorted by key, keys unique, cheap to clone (shared).
 /// Equal label sets compare equal however they were made (interned or
@@ -40,7 +43,7 @@ impl PodLabels {
     /// [`LabelInterner::intern`] for shared ones).
     pub fn from_map(map: &Labels) -> PodLabels {
         map.iter()
-            .map(|(k, v)| (Arc::from(k.as_str()), Arc::from(v.as_str())))
+            .map(|(k, v)| Arc::new((Arc::from(k.as_str()), Arc::from(v.as_str()))))
             .collect::<Vec<Pair>>()
             .into()
     }
@@ -48,7 +51,7 @@ impl PodLabels {
     /// The value of label `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0
-            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .binary_search_by(|p| (*p.0).cmp(key))
             .ok()
             .map(|i| &*self.0[i].1)
     }
@@ -60,7 +63,7 @@ impl PodLabels {
 
     /// (key, value) pairs, sorted by key.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
-        self.0.iter().map(|(k, v)| (&**k, &**v))
+        self.0.iter().map(|p| (&*p.0, &*p.1))
     }
 
     /// How many labels.
@@ -88,9 +91,10 @@ impl PodLabels {
     /// These labels with `key` set to `value` (a new set).
     pub fn with(&self, key: &str, value: &str) -> PodLabels {
         let mut v: Vec<Pair> = self.0.to_vec();
-        match v.binary_search_by(|(k, _)| (**k).cmp(key)) {
-            Ok(i) => v[i].1 = value.into(),
-            Err(i) => v.insert(i, (key.into(), value.into())),
+        let pair = Arc::new((key.into(), value.into()));
+        match v.binary_search_by(|p| (*p.0).cmp(key)) {
+            Ok(i) => v[i] = pair,
+            Err(i) => v.insert(i, pair),
         }
         PodLabels(v.into())
     }
@@ -126,7 +130,7 @@ impl From<&Labels> for PodLabels {
 impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for PodLabels {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> PodLabels {
         iter.into_iter()
-            .map(|(k, v)| (Arc::from(k.as_ref()), Arc::from(v.as_ref())))
+            .map(|(k, v)| Arc::new((Arc::from(k.as_ref()), Arc::from(v.as_ref()))))
             .collect::<Vec<Pair>>()
             .into()
     }
@@ -145,17 +149,18 @@ impl fmt::Debug for PodLabels {
 }
 
 /// Hands out shared label sets: one copy of each distinct key or value
-/// string and of each distinct set (see the module doc for when unused
-/// ones are freed).
+/// string, of each distinct pair and of each distinct set (see the module
+/// doc for when unused ones are freed).
 #[derive(Default)]
 pub struct LabelInterner {
     strings: HashSet<Arc<str>>,
+    pairs: HashSet<Pair>,
     sets: HashSet<Arc<[Pair]>>,
-    /// Sets + strings held after the last collection.
+    /// Sets + pairs + strings held after the last collection.
     live: usize,
 }
 
-/// Fewest sets + strings before a collection is worth its scan.
+/// Fewest sets + pairs + strings before a collection is worth its scan.
 const MIN_COLLECT: usize = 1024;
 
 impl LabelInterner {
@@ -167,10 +172,7 @@ impl LabelInterner {
     /// The shared set equal to `map`.
     pub fn intern(&mut self, map: &Labels) -> PodLabels {
         // A map is sorted by key: the pairs are in the set's order.
-        let pairs: Vec<Pair> = map
-            .iter()
-            .map(|(k, v)| (self.string(k), self.string(v)))
-            .collect();
+        let pairs: Vec<Pair> = map.iter().map(|(k, v)| self.pair(k, v)).collect();
         self.set(pairs)
     }
 
@@ -180,10 +182,7 @@ impl LabelInterner {
         if let Some(s) = self.sets.get(&*labels.0) {
             return PodLabels(s.clone());
         }
-        let pairs: Vec<Pair> = labels
-            .iter()
-            .map(|(k, v)| (self.string(k), self.string(v)))
-            .collect();
+        let pairs: Vec<Pair> = labels.iter().map(|(k, v)| self.pair(k, v)).collect();
         self.set(pairs)
     }
 
@@ -196,36 +195,53 @@ impl LabelInterner {
         a
     }
 
+    fn pair(&mut self, k: &str, v: &str) -> Pair {
+        let probe = (self.string(k), self.string(v));
+        if let Some(p) = self.pairs.get(&probe) {
+            return p.clone();
+        }
+        let p = Arc::new(probe);
+        self.pairs.insert(p.clone());
+        p
+    }
+
     fn set(&mut self, pairs: Vec<Pair>) -> PodLabels {
         if let Some(s) = self.sets.get(pairs.as_slice()) {
             return PodLabels(s.clone());
         }
         let s: Arc<[Pair]> = pairs.into();
         self.sets.insert(s.clone());
-        if self.sets.len() + self.strings.len() >= (2 * self.live).max(MIN_COLLECT) {
+        if self.held() >= (2 * self.live).max(MIN_COLLECT) {
             self.collect();
         }
         PodLabels(s)
     }
 
-    /// Drops the sets and strings only the interner holds.
-    pub fn collect(&mut self) {
-        // Sets first: a set's strings are then held by live sets only.
-        self.sets.retain(|s| Arc::strong_count(s) > 1);
-        self.strings.retain(|s| Arc::strong_count(s) > 1);
-        self.sets.shrink_to(self.sets.len() * 2);
-        self.strings.shrink_to(self.strings.len() * 2);
-        self.live = self.sets.len() + self.strings.len();
+    fn held(&self) -> usize {
+        self.sets.len() + self.pairs.len() + self.strings.len()
     }
 
-    /// (sets, strings) held, live or not yet collected.
+    /// Drops the sets, pairs and strings only the interner holds.
+    pub fn collect(&mut self) {
+        // Sets first, then pairs: what they hold is then held by live
+        // ones only.
+        self.sets.retain(|s| Arc::strong_count(s) > 1);
+        self.pairs.retain(|p| Arc::strong_count(p) > 1);
+        self.strings.retain(|s| Arc::strong_count(s) > 1);
+        self.sets.shrink_to(self.sets.len() * 2);
+        self.pairs.shrink_to(self.pairs.len() * 2);
+        self.strings.shrink_to(self.strings.len() * 2);
+        self.live = self.held();
+    }
+
+    /// (sets, pairs + strings) held, live or not yet collected.
     pub fn len(&self) -> (usize, usize) {
-        (self.sets.len(), self.strings.len())
+        (self.sets.len(), self.pairs.len() + self.strings.len())
     }
 
     /// Whether it holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.sets.is_empty() && self.strings.is_empty()
+        self.held() == 0
     }
 }
 
@@ -301,7 +317,10 @@ mod tests {
         assert!(!PodLabels::ptr_eq(&a, &c));
         assert!(Arc::ptr_eq(&a.0[0].0, &c.0[0].0), "key app shared");
         assert!(Arc::ptr_eq(&a.0[0].1, &c.0[0].1), "value a shared");
-        assert_eq!(i.len(), (2, 5));
+        assert!(Arc::ptr_eq(&a.0[0], &c.0[0]), "pair app=a shared");
+        assert!(Arc::ptr_eq(&a.0[1].0, &c.0[1].0), "key tier shared");
+        // Strings app, a, tier, web, db; pairs app=a, tier=web, tier=db.
+        assert_eq!(i.len(), (2, 8));
         let own = PodLabels::from_map(&map(&[("app", "a"), ("tier", "web")]));
         assert!(PodLabels::ptr_eq(&i.intern_labels(&own), &a));
     }
@@ -322,8 +341,8 @@ mod tests {
             let (sets, strings) = i.len();
             peak = peak.max(sets + strings);
         }
-        // Live: 100 sets, 100 hashes, "app", "a", "hash".
-        assert!(peak <= 2 * 203 + MIN_COLLECT, "peak {peak}");
+        // Live: 100 sets, 100 hashes, "app", "a", "hash", and 101 pairs.
+        assert!(peak <= 2 * 304 + MIN_COLLECT, "peak {peak}");
         drop(held);
         i.collect();
         assert!(i.is_empty(), "{:?}", i.len());
