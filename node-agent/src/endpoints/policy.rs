@@ -39,6 +39,15 @@ pub struct PolicySync {
     converted: HashMap<crate::k8s::endpointcache::PodName, pods::Converted>,
     /// Passes of `update` so far.
     pass: u32,
+    /// The PodEndpoint cache's number the last pass read up to (None:
+    /// the next pass reads every endpoint).
+    endpoint_seq: Option<u64>,
+    /// What decided which endpoints the last pass took.
+    context: Option<pods::Context>,
+    /// Passes that visited every pod.
+    full_passes: u64,
+    /// The pods EndpointUp gave addresses for at the last pass.
+    registered: std::collections::HashSet<(String, String)>,
     /// The IPAM view's addresses the last pass used.
     pod_ips: crate::k8s::ipam::podips::PodIps,
     namespaces: BTreeMap<String, NamespaceInfo>,
@@ -62,6 +71,10 @@ impl PolicySync {
             sink: FastSink::new(NftSession::new()),
             converted: HashMap::new(),
             pass: 0,
+            endpoint_seq: None,
+            context: None,
+            full_passes: 0,
+            registered: Default::default(),
             pod_ips: Default::default(),
             namespaces: BTreeMap::new(),
             policies: BTreeMap::new(),

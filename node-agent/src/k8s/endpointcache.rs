@@ -28,7 +28,7 @@
 //! one set between them; an entry a relist finds unchanged (same
 //! resourceVersion) is kept as it is.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -57,6 +57,10 @@ pub struct CachedEndpoint {
     /// same list, and a list of two ports costs ~0.2 KB); or why policy
     /// cannot use them.
     pub ports: Result<Arc<[ContainerPort]>, Arc<str>>,
+    /// When the writer made this entry: a number from one counter per
+    /// cache, larger for every new entry and removal
+    /// ([`EndpointCache::changes_since`]).
+    pub seq: u64,
 }
 
 impl CachedEndpoint {
@@ -160,7 +164,33 @@ type Map = HashMap<Key, Arc<CachedEndpoint>>;
 /// Read access to the cache (cheap to clone; every clone sees the same map).
 #[derive(Clone, Default)]
 pub struct EndpointCache {
-    map: Arc<RwLock<Map>>,
+    map: Arc<RwLock<Inner>>,
+}
+
+/// The map, and what a reader needs to follow it by changes.
+#[derive(Default)]
+struct Inner {
+    map: Map,
+    /// The last entry's or removal's number.
+    seq: u64,
+    /// Removals (pods gone from the map), oldest first, with their numbers.
+    removed: VecDeque<(u64, PodName)>,
+    /// Removals numbered up to this were dropped from `removed`.
+    floor: u64,
+}
+
+/// Removals kept for readers that follow the cache by changes; one that
+/// falls further behind reads the whole map again.
+const REMOVALS_KEPT: usize = 65_536;
+
+/// What changed in the cache since a number ([`EndpointCache::changes_since`]).
+pub struct Changes {
+    /// Entries made since (new pods and changed ones).
+    pub upserted: Vec<Arc<CachedEndpoint>>,
+    /// Pods removed since (one may be back: then it is in `upserted`).
+    pub removed: Vec<PodName>,
+    /// The number to ask from next time.
+    pub seq: u64,
 }
 
 impl EndpointCache {
@@ -168,6 +198,33 @@ impl EndpointCache {
     /// while the caller reads it).
     pub fn state(&self) -> Vec<Arc<CachedEndpoint>> {
         self.read(|m| m.values().cloned().collect())
+    }
+
+    /// [`EndpointCache::state`], and the number to ask
+    /// [`EndpointCache::changes_since`] from next.
+    pub fn state_and_seq(&self) -> (Vec<Arc<CachedEndpoint>>, u64) {
+        self.read_inner(|i| (i.map.values().cloned().collect(), i.seq))
+    }
+
+    /// What changed since `seq` (a number this cache gave): the entries
+    /// made since and the pods removed since, read at one instant. None
+    /// when removals that old are no longer kept: read the whole map.
+    pub fn changes_since(&self, seq: u64) -> Option<Changes> {
+        self.read_inner(|i| {
+            if seq < i.floor {
+                return None;
+            }
+            Some(Changes {
+                upserted: i.map.values().filter(|e| e.seq > seq).cloned().collect(),
+                removed: i
+                    .removed
+                    .iter()
+                    .filter(|(n, _)| *n > seq)
+                    .map(|(_, p)| p.clone())
+                    .collect(),
+                seq: i.seq,
+            })
+        })
     }
 
     /// The entry of pod `namespace/name`.
@@ -192,6 +249,10 @@ impl EndpointCache {
     }
 
     fn read<T>(&self, f: impl FnOnce(&Map) -> T) -> T {
+        self.read_inner(|i| f(&i.map))
+    }
+
+    fn read_inner<T>(&self, f: impl FnOnce(&Inner) -> T) -> T {
         // A panic while the writer held the lock leaves a map that is
         // whole (every write is one insert, remove or swap).
         f(&self.map.read().unwrap_or_else(PoisonError::into_inner))
@@ -207,6 +268,22 @@ pub struct EndpointCacheWriter {
     nodes: HashSet<Arc<str>>,
     ports: HashSet<Arc<[ContainerPort]>>,
     labels: LabelInterner,
+    /// The last number given to an entry or a removal.
+    seq: u64,
+}
+
+impl Inner {
+    fn log_removal(&mut self, seq: u64, pod: &PodName) {
+        // Strings of its own: the writer frees interned names no entry
+        // holds, and a removed pod's are such.
+        self.removed
+            .push_back((seq, PodName::new(&pod.namespace, &pod.name)));
+        while self.removed.len() > REMOVALS_KEPT {
+            if let Some((n, _)) = self.removed.pop_front() {
+                self.floor = n;
+            }
+        }
+    }
 }
 
 /// An empty cache and its writer.
@@ -219,6 +296,7 @@ pub fn cache() -> (EndpointCache, EndpointCacheWriter) {
         nodes: HashSet::new(),
         ports: HashSet::new(),
         labels: LabelInterner::new(),
+        seq: 0,
     };
     (cache, writer)
 }
@@ -242,12 +320,21 @@ impl EndpointCacheWriter {
         match event {
             Event::Apply(obj) => {
                 if let Some((key, entry)) = self.convert(obj, None) {
-                    self.write(|m| m.insert(key, entry));
+                    self.write(|i| i.map.insert(key, entry));
                 }
             }
             Event::Delete(obj) => {
                 if let (Some(ns), Some(name)) = (&obj.metadata.namespace, &obj.metadata.name) {
-                    self.write(|m| m.remove(&(ns.as_str(), name.as_str()) as &dyn NamePair));
+                    self.seq += 1;
+                    let seq = self.seq;
+                    self.write(|i| {
+                        if let Some((key, _)) = i
+                            .map
+                            .remove_entry(&(ns.as_str(), name.as_str()) as &dyn NamePair)
+                        {
+                            i.log_removal(seq, &key);
+                        }
+                    });
                 }
             }
             Event::Init => self.relist = Some(Map::new()),
@@ -261,7 +348,19 @@ impl EndpointCacheWriter {
             Event::InitDone => {
                 let relist = self.relist.take().unwrap_or_default();
                 // The old map is dropped outside the lock.
-                let old = self.write(|m| std::mem::replace(m, relist));
+                let mut seq = self.seq;
+                let old = self.write(|i| {
+                    let old = std::mem::replace(&mut i.map, relist);
+                    for key in old.keys() {
+                        if !i.map.contains_key(key as &dyn NamePair) {
+                            seq += 1;
+                            i.log_removal(seq, key);
+                        }
+                    }
+                    i.seq = i.seq.max(seq);
+                    old
+                });
+                self.seq = seq;
                 drop(old);
                 // Names no entry uses any more (each is held by the set
                 // and by every entry naming it).
@@ -309,7 +408,9 @@ impl EndpointCacheWriter {
             Some(h) if h.labels.eq_map(&spec.labels) => h.labels.clone(),
             _ => self.labels.intern(&spec.labels),
         };
+        self.seq += 1;
         let entry = CachedEndpoint {
+            seq: self.seq,
             namespace: key.namespace.clone(),
             name: key.name.clone(),
             resource_version: rv.into(),
@@ -324,12 +425,15 @@ impl EndpointCacheWriter {
         Some((key, Arc::new(entry)))
     }
 
-    fn write<T>(&self, f: impl FnOnce(&mut Map) -> T) -> T {
-        f(&mut self
+    fn write<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        let mut inner = self
             .cache
             .map
             .write()
-            .unwrap_or_else(PoisonError::into_inner))
+            .unwrap_or_else(PoisonError::into_inner);
+        let out = f(&mut inner);
+        inner.seq = inner.seq.max(self.seq);
+        out
     }
 }
 

@@ -281,3 +281,61 @@ fn readers_see_what_the_reflector_store_held() {
             .is_some()
     );
 }
+
+/// `changes_since` gives exactly the entries made and the pods removed
+/// after a number: updates, deletions, a relist that keeps one entry as
+/// it is, drops one and changes one; nothing at all when nothing changed;
+/// and None once the removals that old are no longer kept.
+#[test]
+fn changes_since_a_number_are_what_was_written_after_it() {
+    let (c, mut w) = cache();
+    for f in [
+        "ns a n1 1 x 198.19.0.1",
+        "ns b n1 1 x 198.19.0.2",
+        "ns c n1 1 x 198.19.0.3",
+    ] {
+        w.apply_watcher_event(&Event::Apply(ep(f)));
+    }
+    let (all, s0) = c.state_and_seq();
+    assert_eq!(all.len(), 3);
+    let ch = c.changes_since(s0).expect("kept");
+    assert!(ch.upserted.is_empty() && ch.removed.is_empty());
+    assert_eq!(ch.seq, s0);
+    // The same resourceVersion again is no change.
+    w.apply_watcher_event(&Event::Apply(ep("ns a n1 1 x 198.19.0.1")));
+    assert!(c.changes_since(s0).expect("kept").upserted.is_empty());
+    w.apply_watcher_event(&Event::Apply(ep("ns a n1 2 y 198.19.0.1")));
+    w.apply_watcher_event(&Event::Delete(ep("ns b n1 1 x 198.19.0.2")));
+    let ch = c.changes_since(s0).expect("kept");
+    let names = |v: &[Arc<CachedEndpoint>]| {
+        let mut n: Vec<String> = v.iter().map(|e| e.name.to_string()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&ch.upserted), ["a"]);
+    assert_eq!(
+        ch.removed.iter().map(|p| &*p.name).collect::<Vec<_>>(),
+        ["b"]
+    );
+    let s1 = ch.seq;
+    // A relist: a unchanged, c gone, d new.
+    w.apply_watcher_event(&Event::Init);
+    w.apply_watcher_event(&Event::InitApply(ep("ns a n1 2 y 198.19.0.1")));
+    w.apply_watcher_event(&Event::InitApply(ep("ns d n1 5 x 198.19.0.4")));
+    w.apply_watcher_event(&Event::InitDone);
+    let ch = c.changes_since(s1).expect("kept");
+    assert_eq!(names(&ch.upserted), ["d"]);
+    assert_eq!(
+        ch.removed.iter().map(|p| &*p.name).collect::<Vec<_>>(),
+        ["c"]
+    );
+    // More removals than are kept: a reader that far behind reads all.
+    let s2 = ch.seq;
+    for i in 0..=REMOVALS_KEPT {
+        w.apply_watcher_event(&Event::Apply(ep(&format!("ns e n1 {i} x 198.19.0.5"))));
+        w.apply_watcher_event(&Event::Delete(ep("ns e n1 0 x 198.19.0.5")));
+    }
+    assert!(c.changes_since(s2).is_none());
+    let (_, now) = c.state_and_seq();
+    assert!(c.changes_since(now).is_some());
+}

@@ -56,10 +56,15 @@ impl PartialEq for PodIps {
 impl Eq for PodIps {}
 
 /// The shards of a [`PodIps`] that changed since a copy of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Changed(u64);
 
 impl Changed {
+    /// Whether any shard changed.
+    pub fn any(&self) -> bool {
+        self.0 != 0
+    }
+
     /// Whether pod `namespace/name`'s addresses may differ (false: they
     /// are certainly the same).
     pub fn may_differ(&self, namespace: &str, name: &str) -> bool {
@@ -123,6 +128,17 @@ impl PodIps {
             }
         }
         Changed(mask)
+    }
+
+    /// The pods in the shards `changed` names (of this copy), in no
+    /// particular order: with those of the same shards of the copy
+    /// `changed` was taken against, every pod whose addresses may differ.
+    pub fn pods_in(&self, changed: Changed) -> impl Iterator<Item = &PodName> {
+        self.shards
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| changed.0 & (1 << i) != 0)
+            .flat_map(|(_, s)| s.keys())
     }
 
     /// Every pod and its addresses, in no particular order.
