@@ -65,11 +65,29 @@ impl Source<'_> {
 pub fn takes_endpoint(
     me: &str,
     local: &HashSet<(&str, &str)>,
-    nodes: &HashSet<&str>,
+    nodes: &Nodes<'_>,
     e: &CachedEndpoint,
 ) -> bool {
     let node = &*e.node;
     node != me && !local.contains(&(&*e.namespace, &*e.name)) && nodes.contains(node)
+}
+
+/// The names of the Nodes that exist: read from the Node cache, or, while
+/// no Node event came since the last pass, the set that pass kept.
+pub enum Nodes<'a> {
+    /// From the cache, this pass.
+    Read(HashSet<&'a str>),
+    /// The last pass's.
+    Kept(&'a HashSet<String>),
+}
+
+impl Nodes<'_> {
+    fn contains(&self, node: &str) -> bool {
+        match self {
+            Nodes::Read(s) => s.contains(node),
+            Nodes::Kept(s) => s.contains(node),
+        }
+    }
 }
 
 /// What a [`PodInfo`] was converted from: the source, the addresses IPAM
@@ -182,10 +200,15 @@ impl Context {
         }
     }
 
-    fn same(&self, me: &str, nodes: &HashSet<&str>, local: &HashSet<(&str, &str)>) -> bool {
+    fn same(&self, me: &str, nodes: &Nodes<'_>, local: &HashSet<(&str, &str)>) -> bool {
+        let same_nodes = match nodes {
+            Nodes::Kept(_) => true,
+            Nodes::Read(nodes) => {
+                self.nodes.len() == nodes.len() && nodes.iter().all(|n| self.nodes.contains(*n))
+            }
+        };
         self.me == me
-            && self.nodes.len() == nodes.len()
-            && nodes.iter().all(|n| self.nodes.contains(*n))
+            && same_nodes
             && self.local.len() == local.len()
             && local
                 .iter()
@@ -215,11 +238,15 @@ impl PolicySync {
     /// policy takes changed (this node, the Nodes, the local Pods), when
     /// the engine holds a pod the passes did not put there, or when the
     /// cache no longer has the removals since the last pass.
+    ///
+    /// `nodes_moved`: whether a Node event came since the last pass (if
+    /// not, the last pass's set of Node names stands).
     pub(super) fn update_pods(
         &mut self,
         cluster: &Cluster,
         view: &IpamView,
         registry: &BTreeMap<String, Endpoint>,
+        nodes_moved: bool,
     ) {
         // Endpoints registered by EndpointUp carry the freshest addresses.
         let mut registered: HashMap<(&str, &str), Vec<IpAddr>> = HashMap::new();
@@ -249,14 +276,23 @@ impl PolicySync {
             ipam: Vec::new(),
         };
         let pods = cluster.pods.state();
-        let node_objects = match cluster.pod_source {
-            PodSource::Pods => Vec::new(),
-            PodSource::Endpoints => cluster.nodes.state(),
+        let context = self.context.take();
+        let node_objects = match (cluster.pod_source, &context) {
+            (PodSource::Endpoints, Some(_)) if !nodes_moved => Vec::new(),
+            (PodSource::Pods, _) => Vec::new(),
+            (PodSource::Endpoints, _) => cluster.nodes.state(),
         };
-        let nodes: HashSet<&str> = node_objects
-            .iter()
-            .filter_map(|n| n.metadata.name.as_deref())
-            .collect();
+        let nodes = match &context {
+            Some(c) if !nodes_moved && cluster.pod_source == PodSource::Endpoints => {
+                Nodes::Kept(&c.nodes)
+            }
+            _ => Nodes::Read(
+                node_objects
+                    .iter()
+                    .filter_map(|n| n.metadata.name.as_deref())
+                    .collect(),
+            ),
+        };
         let local: HashSet<(&str, &str)> = pods
             .iter()
             .filter_map(|p| {
@@ -268,7 +304,7 @@ impl PolicySync {
             .collect();
         let me = self.engine.node().node_name.clone();
 
-        let changes = match (cluster.pod_source, self.endpoint_seq, &self.context) {
+        let changes = match (cluster.pod_source, self.endpoint_seq, &context) {
             (PodSource::Endpoints, Some(seq), Some(c))
                 if c.same(&me, &nodes, &local)
                     && self.engine.state().pods.len() == self.converted.len() =>
@@ -360,13 +396,25 @@ impl PolicySync {
             .keys()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect();
-        if !self
-            .context
+        let keep = context
             .as_ref()
-            .is_some_and(|c| c.same(&me, &nodes, &local))
-        {
-            self.context = Some(Context::of(&me, &nodes, &local));
-        }
+            .is_some_and(|c| c.same(&me, &nodes, &local));
+        let read = match &nodes {
+            Nodes::Read(n) if !keep => Some(Context::of(&me, n, &local)),
+            _ => None,
+        };
+        drop(nodes);
+        self.context = match (keep, read, context) {
+            (true, _, c) => c,
+            (false, Some(c), _) => Some(c),
+            // The same Nodes (no Node event), other local Pods.
+            (false, None, Some(c)) => Some(Context {
+                local: Context::of(&me, &HashSet::new(), &local).local,
+                me,
+                nodes: c.nodes,
+            }),
+            (false, None, None) => None,
+        };
     }
 
     /// Brings one pod up to date; whether it is in the engine after.
@@ -826,6 +874,55 @@ mod tests {
             "seed {seed}: {} of 600 passes visited every pod",
             ps.full_passes
         );
+    }
+
+    /// A pass reads Namespaces, NetworkPolicies and Nodes only when their
+    /// watch counted an event since the last pass: what a counted write
+    /// changes reaches the engine, a pass with nothing counted does not
+    /// read them (a write the watch did not count yet waits for its count).
+    #[tokio::test]
+    async fn kinds_are_read_when_their_watch_moved() {
+        use crate::k8s::cluster::Kind;
+        let (cluster, mut w, mut ps, view, reg) = endpoints_mode();
+        let np = |name: &str, rv: &str| -> k8s_openapi::api::networking::v1::NetworkPolicy {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "ns", "resourceVersion": rv},
+                "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}
+            }))
+            .expect("policy")
+        };
+        let nps = |ps: &PolicySync| ps.engine.state().policies.len();
+        for n in ["n1", "n2"] {
+            w.nodes.apply_watcher_event(&Event::Apply(node(n)));
+            w.counted(Kind::Node);
+        }
+        w.policies.apply_watcher_event(&Event::Apply(np("a", "1")));
+        w.counted(Kind::NetworkPolicy);
+        ps.update(&cluster, &view, &reg);
+        assert_eq!(nps(&ps), 1);
+        // Written, not yet counted: not read.
+        w.policies.apply_watcher_event(&Event::Apply(np("b", "2")));
+        ps.update(&cluster, &view, &reg);
+        assert_eq!(nps(&ps), 1);
+        w.counted(Kind::NetworkPolicy);
+        ps.update(&cluster, &view, &reg);
+        assert_eq!(nps(&ps), 2);
+        // A Node goes: its endpoints leave policy once the event counts.
+        w.pod_endpoints.apply_watcher_event(&Event::Apply(endpoint(
+            "b",
+            "n2",
+            "6",
+            "x",
+            "198.19.9.2",
+        )));
+        ps.update(&cluster, &view, &reg);
+        assert!(ps.knows_pod(&PodKey::new("ns", "b")));
+        w.nodes.apply_watcher_event(&Event::Delete(node("n2")));
+        ps.update(&cluster, &view, &reg);
+        assert!(ps.knows_pod(&PodKey::new("ns", "b")), "not counted yet");
+        w.counted(Kind::Node);
+        ps.update(&cluster, &view, &reg);
+        assert!(!ps.knows_pod(&PodKey::new("ns", "b")));
     }
 
     /// A remote pod whose addresses are its PodEndpoint's own (IPAM's view
