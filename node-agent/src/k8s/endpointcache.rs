@@ -173,15 +173,16 @@ struct Inner {
     map: Map,
     /// The last entry's or removal's number.
     seq: u64,
-    /// Removals (pods gone from the map), oldest first, with their numbers.
-    removed: VecDeque<(u64, PodName)>,
-    /// Removals numbered up to this were dropped from `removed`.
+    /// Changes, oldest first, with their numbers: a pod whose entry was
+    /// made (`false`) or that was removed (`true`).
+    log: VecDeque<(u64, PodName, bool)>,
+    /// Changes numbered up to this were dropped from `log`.
     floor: u64,
 }
 
-/// Removals kept for readers that follow the cache by changes; one that
-/// falls further behind reads the whole map again.
-const REMOVALS_KEPT: usize = 65_536;
+/// Changes kept for readers that follow the cache by them; one that falls
+/// further behind reads the whole map again.
+const CHANGES_KEPT: usize = 8_192;
 
 /// What changed in the cache since a number ([`EndpointCache::changes_since`]).
 pub struct Changes {
@@ -207,21 +208,31 @@ impl EndpointCache {
     }
 
     /// What changed since `seq` (a number this cache gave): the entries
-    /// made since and the pods removed since, read at one instant. None
-    /// when removals that old are no longer kept: read the whole map.
+    /// made since and the pods removed since, read at one instant (from
+    /// the change log: the cost is the changes', not the map's). None
+    /// when changes that old are no longer kept: read the whole map.
     pub fn changes_since(&self, seq: u64) -> Option<Changes> {
         self.read_inner(|i| {
             if seq < i.floor {
                 return None;
             }
+            let mut upserted = Vec::new();
+            let mut removed = Vec::new();
+            // Newest first: the log is in number order.
+            for (n, pod, gone) in i.log.iter().rev().take_while(|(n, _, _)| *n > seq) {
+                if *gone {
+                    removed.push(pod.clone());
+                } else if let Some(e) = i.map.get(pod as &dyn NamePair)
+                    && e.seq == *n
+                {
+                    // The entry this change made, still there (a later
+                    // change of the same pod is taken at its own number).
+                    upserted.push(e.clone());
+                }
+            }
             Some(Changes {
-                upserted: i.map.values().filter(|e| e.seq > seq).cloned().collect(),
-                removed: i
-                    .removed
-                    .iter()
-                    .filter(|(n, _)| *n > seq)
-                    .map(|(_, p)| p.clone())
-                    .collect(),
+                upserted,
+                removed,
                 seq: i.seq,
             })
         })
@@ -274,12 +285,16 @@ pub struct EndpointCacheWriter {
 
 impl Inner {
     fn log_removal(&mut self, seq: u64, pod: &PodName) {
+        self.log_change(seq, pod, true);
+    }
+
+    fn log_change(&mut self, seq: u64, pod: &PodName, removed: bool) {
         // Strings of its own: the writer frees interned names no entry
-        // holds, and a removed pod's are such.
-        self.removed
-            .push_back((seq, PodName::new(&pod.namespace, &pod.name)));
-        while self.removed.len() > REMOVALS_KEPT {
-            if let Some((n, _)) = self.removed.pop_front() {
+        // holds (a removed pod's, say) and the log must not keep them.
+        self.log
+            .push_back((seq, PodName::new(&pod.namespace, &pod.name), removed));
+        while self.log.len() > CHANGES_KEPT {
+            if let Some((n, _, _)) = self.log.pop_front() {
                 self.floor = n;
             }
         }
@@ -320,7 +335,14 @@ impl EndpointCacheWriter {
         match event {
             Event::Apply(obj) => {
                 if let Some((key, entry)) = self.convert(obj, None) {
-                    self.write(|i| i.map.insert(key, entry));
+                    self.write(|i| {
+                        let seq = entry.seq;
+                        let pod = key.clone();
+                        let old = i.map.insert(key, entry);
+                        if old.is_none_or(|o| o.seq != seq) {
+                            i.log_change(seq, &pod, false);
+                        }
+                    });
                 }
             }
             Event::Delete(obj) => {
@@ -351,10 +373,41 @@ impl EndpointCacheWriter {
                 let mut seq = self.seq;
                 let old = self.write(|i| {
                     let old = std::mem::replace(&mut i.map, relist);
-                    for key in old.keys() {
-                        if !i.map.contains_key(key as &dyn NamePair) {
-                            seq += 1;
-                            i.log_removal(seq, key);
+                    let gone: Vec<&PodName> = old
+                        .keys()
+                        .filter(|k| !i.map.contains_key(*k as &dyn NamePair))
+                        .collect();
+                    // Entries the relist made (not kept from before), in
+                    // number order.
+                    let mut made: Vec<(u64, &PodName)> = i
+                        .map
+                        .iter()
+                        .filter(|(k, e)| {
+                            old.get(*k as &dyn NamePair)
+                                .is_none_or(|o| !Arc::ptr_eq(o, e))
+                        })
+                        .map(|(k, e)| (e.seq, k))
+                        .collect();
+                    seq += gone.len() as u64;
+                    if gone.len() + made.len() > CHANGES_KEPT {
+                        // More than a reader could be told (the first
+                        // list): every reader reads the whole map.
+                        i.log.clear();
+                        i.floor = seq;
+                    } else {
+                        let mut n = seq - gone.len() as u64;
+                        let gone: Vec<PodName> = gone.into_iter().cloned().collect();
+                        made.sort_by_key(|(n, _)| *n);
+                        let made: Vec<(u64, PodName)> =
+                            made.into_iter().map(|(n, k)| (n, k.clone())).collect();
+                        // The relist's entries were numbered before its
+                        // removals: the log stays in number order.
+                        for (n, k) in &made {
+                            i.log_change(*n, k, false);
+                        }
+                        for k in &gone {
+                            n += 1;
+                            i.log_removal(n, k);
                         }
                     }
                     i.seq = i.seq.max(seq);

@@ -344,13 +344,9 @@ impl PolicySync {
                         .filter_map(|(ns, n)| cluster.pod_endpoints.get(ns, n)),
                 );
                 if cx.ips_changed.any() {
-                    let names: HashSet<&PodName> = view
-                        .pod_ips
-                        .pods_in(cx.ips_changed)
-                        .chain(last_ips.pods_in(cx.ips_changed))
-                        .collect();
                     revisit.extend(
-                        names
+                        view.pod_ips
+                            .changed_pods(&last_ips)
                             .into_iter()
                             .filter_map(|p| cluster.pod_endpoints.get(&p.namespace, &p.name)),
                     );

@@ -331,7 +331,7 @@ fn changes_since_a_number_are_what_was_written_after_it() {
     );
     // More removals than are kept: a reader that far behind reads all.
     let s2 = ch.seq;
-    for i in 0..=REMOVALS_KEPT {
+    for i in 0..=CHANGES_KEPT {
         w.apply_watcher_event(&Event::Apply(ep(&format!("ns e n1 {i} x 198.19.0.5"))));
         w.apply_watcher_event(&Event::Delete(ep("ns e n1 0 x 198.19.0.5")));
     }

@@ -130,15 +130,23 @@ impl PodIps {
         Changed(mask)
     }
 
-    /// The pods in the shards `changed` names (of this copy), in no
-    /// particular order: with those of the same shards of the copy
-    /// `changed` was taken against, every pod whose addresses may differ.
-    pub fn pods_in(&self, changed: Changed) -> impl Iterator<Item = &PodName> {
-        self.shards
-            .iter()
-            .enumerate()
-            .filter(move |(i, _)| changed.0 & (1 << i) != 0)
-            .flat_map(|(_, s)| s.keys())
+    /// The pods whose addresses differ between `before` (an older copy)
+    /// and `self`, in no particular order: only the shards that were
+    /// copied since are compared.
+    pub fn changed_pods<'a>(&'a self, before: &'a PodIps) -> Vec<&'a PodName> {
+        let mut out = Vec::new();
+        for (new, old) in self.shards.iter().zip(before.shards.iter()) {
+            if Arc::ptr_eq(new, old) {
+                continue;
+            }
+            out.extend(
+                new.iter()
+                    .filter(|(k, v)| old.get(*k) != Some(*v))
+                    .map(|(k, _)| k),
+            );
+            out.extend(old.keys().filter(|k| !new.contains_key(*k)));
+        }
+        out
     }
 
     /// Every pod and its addresses, in no particular order.
@@ -229,6 +237,28 @@ mod tests {
         m.remove("ns", "a", ip("2001:db8::1"));
         assert_eq!(m.len(), 1);
         assert_eq!(m.iter().count(), 1);
+    }
+
+    #[test]
+    fn changed_pods_are_those_whose_addresses_differ() {
+        let mut a = PodIps::default();
+        for i in 0..200u8 {
+            a.insert(
+                &PodName::new("ns", &format!("p{i}")),
+                IpAddr::from([198, 19, 1, i]),
+            );
+        }
+        let before = a.clone();
+        assert!(a.changed_pods(&before).is_empty());
+        a.insert(&PodName::new("ns", "p1"), IpAddr::from([198, 19, 2, 1]));
+        a.remove("ns", "p2", IpAddr::from([198, 19, 1, 2]));
+        a.insert(&PodName::new("ns", "new"), IpAddr::from([198, 19, 3, 1]));
+        // Removed and put back: the same as before.
+        a.remove("ns", "p3", IpAddr::from([198, 19, 1, 3]));
+        a.insert(&PodName::new("ns", "p3"), IpAddr::from([198, 19, 1, 3]));
+        let mut got: Vec<&str> = a.changed_pods(&before).iter().map(|p| &*p.name).collect();
+        got.sort();
+        assert_eq!(got, ["new", "p1", "p2"]);
     }
 
     #[test]
