@@ -174,7 +174,7 @@ fn synth(a: &Args, node_name: &str, node_addrs: Vec<IpAddr>) -> Result<Synth> {
     let (server, client) = (key(0), key(a.local_every));
     for (k, app) in [(&server, "iperf-server"), (&client, "iperf-client")] {
         let p = state.pods.get_mut(k).ok_or_else(|| anyhow!("no pod {k}"))?;
-        std::sync::Arc::make_mut(&mut p.labels).insert("app".into(), app.into());
+        p.labels = p.labels.with("app", app);
     }
     for n in 0..namespaces {
         let ns = format!("ns-{n}");
@@ -418,7 +418,7 @@ fn label_latency<S: NftSink>(
         .state()
         .pods
         .get(pod)
-        .and_then(|p| p.labels.get("app").cloned());
+        .and_then(|p| p.labels.get("app").map(str::to_string));
     let values = if current.as_deref() == Some(values[0]) {
         [values[1], values[0]]
     } else {
@@ -431,7 +431,7 @@ fn label_latency<S: NftSink>(
             .get(pod)
             .cloned()
             .ok_or_else(|| anyhow!("no pod {pod}"))?;
-        std::sync::Arc::make_mut(&mut p.labels).insert("app".into(), values[i % 2].into());
+        p.labels = p.labels.with("app", values[i % 2]);
         let t = Instant::now();
         e.upsert_pod(p);
         let st = e.commit(sink).map_err(|err| anyhow!("commit: {err}"))?;

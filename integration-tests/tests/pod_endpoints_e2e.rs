@@ -78,7 +78,7 @@ fn agents_publish_their_pods_as_compact_endpoints() {
     );
     assert_eq!(ep.spec.node, "n1");
     assert_eq!(
-        *ep.spec.labels,
+        ep.spec.labels,
         BTreeMap::from([("app".into(), "web".into())])
     );
     assert_eq!(ep.spec.named_ports.len(), 1);

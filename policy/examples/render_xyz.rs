@@ -37,7 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let old = Ruleset::build(&plan::build(&xyz.state, &node), &xyz.state);
     if std::env::args().nth(1).as_deref() == Some("diff") {
         if let Some(p) = xyz.pod_mut("x", "c") {
-            std::sync::Arc::make_mut(&mut p.labels).insert("pod".into(), "b".into());
+            p.labels = p.labels.with("pod", "b");
         }
         let new = Ruleset::build(&plan::build(&xyz.state, &node), &xyz.state);
         let (batch, stats) = nft::diff(&old, &new).ok_or("needs a full rebuild")?;

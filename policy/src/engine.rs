@@ -27,8 +27,10 @@
 //! The result always equals the from-scratch pipeline
 //! (`plan::build` + `Ruleset::build`); the tests check it.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::addr::Family;
 use crate::compile::{Direction, PodPeer};
@@ -250,8 +252,9 @@ impl Engine {
     pub fn upsert_policy(
         &mut self,
         key: PolicyKey,
-        np: k8s_openapi::api::networking::v1::NetworkPolicy,
+        np: impl Into<Arc<k8s_openapi::api::networking::v1::NetworkPolicy>>,
     ) {
+        let np = np.into();
         if self.state.policies.get(&key) == Some(&np) {
             return;
         }
@@ -589,9 +592,19 @@ impl Engine {
             ips.extend(new.ips.iter().copied());
             if is_member(new) {
                 for ip in &new.ips {
-                    let keys = self.by_ip.entry(*ip).or_default();
-                    if let Err(at) = keys.binary_search(key) {
-                        keys.insert(at, key.clone());
+                    // Nearly every address has one pod: a list of exactly
+                    // one (a first push would reserve four, 19 MB more at
+                    // 150k pods).
+                    match self.by_ip.entry(*ip) {
+                        Entry::Vacant(v) => {
+                            v.insert(vec![key.clone()]);
+                        }
+                        Entry::Occupied(mut o) => {
+                            let keys = o.get_mut();
+                            if let Err(at) = keys.binary_search(key) {
+                                keys.insert(at, key.clone());
+                            }
+                        }
                     }
                 }
             }

@@ -87,6 +87,7 @@ pub mod counters;
 pub mod engine;
 pub mod flowlog;
 pub mod host;
+pub mod labels;
 pub mod model;
 pub mod nft;
 pub mod origin;
@@ -102,6 +103,7 @@ pub mod trace;
 pub use batch::Batch;
 pub use compile::{Direction, PolicyError};
 pub use engine::{CommitStats, Engine, EngineError};
+pub use labels::{LabelInterner, PodLabels};
 pub use model::{
     ClusterState, ContainerPort, Labels, LocalEndpoint, NamespaceInfo, NatOutgoing, NodeContext,
     NodeInfo, PodInfo, PodKey, PodPhase, PolicyKey, Protocol,

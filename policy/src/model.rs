@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use crate::admin::{AdminNetworkPolicy, BaselineAdminNetworkPolicy};
+use crate::labels::PodLabels;
 
 /// The label the API server puts on every namespace (immutable, = its name).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -172,13 +173,16 @@ impl PodPhase {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
     pub key: PodKey,
-    /// Shared: the agent's PodEndpoint cache and the engine hold one map
-    /// per pod between them, not one each (docs/scale.md).
-    pub labels: Arc<Labels>,
+    /// Shared: the agent's PodEndpoint cache and the engine hold one set
+    /// per pod between them, not one each, and its strings are shared
+    /// between pods ([`crate::labels`], docs/scale.md).
+    pub labels: PodLabels,
     /// `status.podIPs` (IPv4 and/or IPv6).
     pub ips: Vec<IpAddr>,
-    /// Container ports of `spec.containers`.
-    pub ports: Vec<ContainerPort>,
+    /// Container ports of `spec.containers`. Shared: the pods of one
+    /// workload have the same list, and the agent hands in one copy for
+    /// all of them (docs/scale.md).
+    pub ports: Arc<[ContainerPort]>,
     pub phase: PodPhase,
     pub host_network: bool,
     /// The node the pod runs on (shared: a few thousand nodes for all pods).
@@ -190,9 +194,9 @@ impl PodInfo {
     pub fn new(namespace: impl Into<Arc<str>>, name: impl Into<Arc<str>>) -> Self {
         PodInfo {
             key: PodKey::new(namespace, name),
-            labels: Arc::default(),
+            labels: PodLabels::default(),
             ips: Vec::new(),
-            ports: Vec::new(),
+            ports: Arc::new([]),
             phase: PodPhase::Running,
             host_network: false,
             node_name: None,
@@ -200,7 +204,7 @@ impl PodInfo {
     }
 
     pub fn label(mut self, k: &str, v: &str) -> Self {
-        Arc::make_mut(&mut self.labels).insert(k.to_string(), v.to_string());
+        self.labels = self.labels.with(k, v);
         self
     }
 
@@ -210,8 +214,15 @@ impl PodInfo {
     }
 
     pub fn port(mut self, port: ContainerPort) -> Self {
-        self.ports.push(port);
+        self.add_port(port);
         self
+    }
+
+    /// Adds a container port (a new list: the old one may be shared).
+    pub fn add_port(&mut self, port: ContainerPort) {
+        let mut ports = self.ports.to_vec();
+        ports.push(port);
+        self.ports = ports.into();
     }
 
     pub fn on_node(mut self, node: &str) -> Self {
@@ -233,7 +244,12 @@ impl PodInfo {
             .clone()
             .ok_or(ModelError::MissingField("pod metadata.name"))?;
         let key = PodKey::new(namespace, name);
-        let labels = Arc::new(pod.metadata.labels.clone().unwrap_or_default());
+        let labels = pod
+            .metadata
+            .labels
+            .as_ref()
+            .map(PodLabels::from_map)
+            .unwrap_or_default();
         let spec = pod.spec.as_ref();
         let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
         let node_name = spec.and_then(|s| s.node_name.clone());
@@ -279,7 +295,7 @@ impl PodInfo {
             key,
             labels,
             ips,
-            ports,
+            ports: ports.into(),
             phase,
             host_network,
             node_name: node_name.map(Arc::from),
@@ -390,7 +406,9 @@ impl NodeInfo {
 pub struct ClusterState {
     pub pods: BTreeMap<PodKey, PodInfo>,
     pub namespaces: BTreeMap<String, NamespaceInfo>,
-    pub policies: BTreeMap<PolicyKey, NetworkPolicy>,
+    /// Shared: the agent hands in the objects its watch cache holds
+    /// (10k policies are ~20 MB as objects).
+    pub policies: BTreeMap<PolicyKey, Arc<NetworkPolicy>>,
     /// Nodes by name (only AdminNetworkPolicy `nodes` peers use them).
     pub nodes: BTreeMap<String, NodeInfo>,
     /// AdminNetworkPolicies by name.
@@ -440,7 +458,7 @@ impl ClusterState {
         let key = PolicyKey::of(&policy).ok_or(ModelError::MissingField(
             "networkpolicy metadata.namespace/name",
         ))?;
-        self.policies.insert(key, policy);
+        self.policies.insert(key, Arc::new(policy));
         Ok(())
     }
 }

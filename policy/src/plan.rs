@@ -585,7 +585,7 @@ pub mod members {
             crate::compile::NsScope::Same(ns) => add_ns(ns),
             crate::compile::NsScope::Matching(sel) => {
                 for ns in namespaces_with_pods(state) {
-                    if sel.matches(&namespace_labels(state, &ns)) {
+                    if sel.matches(&*namespace_labels(state, &ns)) {
                         add_ns(&ns);
                     }
                 }

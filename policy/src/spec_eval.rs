@@ -38,6 +38,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::model::{ClusterState, Labels, NAMESPACE_NAME_LABEL, PodInfo, PodPhase, Protocol};
+use crate::selector::LabelLookup;
 
 /// Layer-4 part of a connection attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -281,10 +282,10 @@ fn policy_types(np: &NetworkPolicy) -> Option<(bool, bool)> {
 }
 
 /// `Some(matches)`, or `None` when the selector is invalid.
-fn label_selector_matches(sel: &LabelSelector, labels: &Labels) -> Option<bool> {
+fn label_selector_matches(sel: &LabelSelector, labels: &impl LabelLookup) -> Option<bool> {
     let mut ok = true;
     for (k, v) in sel.match_labels.iter().flatten() {
-        if labels.get(k) != Some(v) {
+        if labels.label(k) != Some(v.as_str()) {
             ok = false;
         }
     }
@@ -293,10 +294,10 @@ fn label_selector_matches(sel: &LabelSelector, labels: &Labels) -> Option<bool> 
             return None;
         }
         let values = req.values.as_deref().unwrap_or(&[]);
-        let have = labels.get(&req.key);
+        let have = labels.label(&req.key);
         let m = match req.operator.as_str() {
-            "In" if !values.is_empty() => have.is_some_and(|v| values.contains(v)),
-            "NotIn" if !values.is_empty() => have.is_none_or(|v| !values.contains(v)),
+            "In" if !values.is_empty() => have.is_some_and(|v| values.iter().any(|x| x == v)),
+            "NotIn" if !values.is_empty() => have.is_none_or(|v| !values.iter().any(|x| x == v)),
             "Exists" if values.is_empty() => have.is_some(),
             "DoesNotExist" if values.is_empty() => have.is_none(),
             _ => return None,

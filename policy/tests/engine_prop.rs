@@ -371,8 +371,7 @@ fn run(ops: Vec<Op>, node_count: usize) -> Result<(), TestCaseError> {
                 let Some(p) = xyz.state.pods.get_mut(&key(ns, pod)) else {
                     continue;
                 };
-                std::sync::Arc::make_mut(&mut p.labels)
-                    .insert("pod".into(), ["a", "b", "c", "other"][value].into());
+                p.labels = p.labels.with("pod", ["a", "b", "c", "other"][value]);
                 let p = p.clone();
                 for n in &mut nodes {
                     n.engine.upsert_pod(p.clone());

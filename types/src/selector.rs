@@ -22,6 +22,20 @@ use std::str::FromStr;
 /// Labels of an object.
 pub type Labels = BTreeMap<String, String>;
 
+/// Labels a selector can be matched against: a [`Labels`] map, or any
+/// other form of a key → value map (the policy engine's compact pod
+/// labels). A key has at most one value.
+pub trait LabelLookup {
+    /// The value of label `key`, if the object has it.
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl LabelLookup for Labels {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
 /// Longest selector text accepted by the parser.
 pub const MAX_SELECTOR_LEN: usize = 4096;
 
@@ -40,12 +54,12 @@ pub enum Requirement {
 }
 
 impl Requirement {
-    fn holds(&self, labels: &Labels) -> bool {
+    fn holds<L: LabelLookup + ?Sized>(&self, labels: &L) -> bool {
         match self {
-            Requirement::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
-            Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
-            Requirement::Exists(k) => labels.contains_key(k),
-            Requirement::DoesNotExist(k) => !labels.contains_key(k),
+            Requirement::In(k, vs) => labels.label(k).is_some_and(|v| vs.contains(v)),
+            Requirement::NotIn(k, vs) => labels.label(k).is_none_or(|v| !vs.contains(v)),
+            Requirement::Exists(k) => labels.label(k).is_some(),
+            Requirement::DoesNotExist(k) => labels.label(k).is_none(),
         }
     }
 }
@@ -115,7 +129,7 @@ impl Selector {
     }
 
     /// Whether an object with these labels is selected.
-    pub fn matches(&self, labels: &Labels) -> bool {
+    pub fn matches<L: LabelLookup + ?Sized>(&self, labels: &L) -> bool {
         self.reqs.iter().all(|r| r.holds(labels))
     }
 

@@ -192,7 +192,10 @@ impl PolicyLab {
 
     pub fn set_policy(&mut self, np: NetworkPolicy) -> Result<(), String> {
         let key = PolicyKey::of(&np).ok_or("policy without name")?;
-        self.xyz.state.policies.insert(key.clone(), np.clone());
+        self.xyz
+            .state
+            .policies
+            .insert(key.clone(), np.clone().into());
         for (e, _) in &mut self.engines {
             e.upsert_policy(key.clone(), np.clone());
         }
@@ -317,10 +320,12 @@ impl PolicyLab {
         value: Option<&str>,
     ) -> Result<(), String> {
         let p = self.xyz.pod_mut(ns, pod).ok_or("no such pod")?;
+        let mut labels = p.labels.to_map();
         match value {
-            Some(v) => std::sync::Arc::make_mut(&mut p.labels).insert(key.into(), v.into()),
-            None => std::sync::Arc::make_mut(&mut p.labels).remove(key),
+            Some(v) => labels.insert(key.into(), v.into()),
+            None => labels.remove(key),
         };
+        p.labels = node_agent::dataplane::policy::PodLabels::from_map(&labels);
         let p = p.clone();
         for (e, _) in &mut self.engines {
             e.upsert_pod(p.clone());
@@ -358,7 +363,7 @@ impl PolicyLab {
         for ns in NAMESPACES {
             for pod in PODS {
                 let p = self.xyz.pod_mut(ns, pod).ok_or("no such pod")?;
-                p.labels = std::sync::Arc::new([("pod".to_string(), pod.to_string())].into());
+                p.labels = [("pod", pod)].into_iter().collect();
                 let p = p.clone();
                 for (e, _) in &mut self.engines {
                     e.upsert_pod(p.clone());

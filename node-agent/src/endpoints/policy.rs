@@ -17,7 +17,7 @@ use policy::{Engine, LocalEndpoint, NamespaceInfo, NodeContext, PodInfo, PodKey,
 
 use crate::dataplane::{FastSink, NftSession};
 use crate::endpoints::Endpoint;
-use crate::k8s::cluster::Cluster;
+use crate::k8s::cluster::{Cluster, Kind};
 use crate::k8s::ipam::view::IpamView;
 use crate::status::metrics::Metrics;
 
@@ -38,7 +38,18 @@ pub struct PolicySync {
     /// What each pod was last converted from.
     converted: HashMap<crate::k8s::endpointcache::PodName, pods::Converted>,
     /// Passes of `update` so far.
-    pass: u64,
+    pass: u32,
+    /// The PodEndpoint cache's number the last pass read up to (None:
+    /// the next pass reads every endpoint).
+    endpoint_seq: Option<u64>,
+    /// What decided which endpoints the last pass took.
+    context: Option<pods::Context>,
+    /// Passes that visited every pod.
+    full_passes: u64,
+    /// The pods EndpointUp gave addresses for at the last pass.
+    registered: std::collections::HashSet<(String, String)>,
+    /// The cluster's watch generations the last pass read.
+    generations: Option<crate::k8s::cluster::Generations>,
     /// The IPAM view's addresses the last pass used.
     pod_ips: crate::k8s::ipam::podips::PodIps,
     namespaces: BTreeMap<String, NamespaceInfo>,
@@ -62,6 +73,11 @@ impl PolicySync {
             sink: FastSink::new(NftSession::new()),
             converted: HashMap::new(),
             pass: 0,
+            endpoint_seq: None,
+            context: None,
+            full_passes: 0,
+            registered: Default::default(),
+            generations: None,
             pod_ips: Default::default(),
             namespaces: BTreeMap::new(),
             policies: BTreeMap::new(),
@@ -89,10 +105,48 @@ impl PolicySync {
         view: &IpamView,
         registry: &BTreeMap<String, Endpoint>,
     ) {
+        // Which kinds moved since the last pass (read before the caches:
+        // what they hold then includes every change counted). A kind whose
+        // count is 0 has had no watch event counted at all (a detached
+        // cluster in tests is fed without counting): always read.
+        let gens = cluster.generations();
+        let last = self.generations.take();
+        let moved =
+            |k: Kind| gens.of(k) == 0 || last.as_ref().is_none_or(|g| g.of(k) != gens.of(k));
+
         // Outgoing NAT, from the IPPools (same table, same transaction).
         self.engine.set_nat(nat_outgoing(&cluster.pools.state()));
 
         // Namespaces.
+        if moved(Kind::Namespace) {
+            self.update_namespaces(cluster);
+        }
+
+        // Pods, with the addresses IPAM and EndpointUp know.
+        self.update_pods(cluster, view, registry, moved(Kind::Node));
+
+        // Policies (compared by resourceVersion; the engine compares specs).
+        if moved(Kind::NetworkPolicy) {
+            self.update_policies(cluster);
+        }
+
+        // AdminNetworkPolicies, the BaselineAdminNetworkPolicy, and the
+        // Nodes their `nodes` peers select.
+        self.admin.update(
+            &mut self.engine,
+            cluster,
+            [
+                moved(Kind::AdminNetworkPolicy),
+                moved(Kind::BaselineAdminNetworkPolicy),
+                moved(Kind::Node),
+            ],
+        );
+        self.generations = Some(gens);
+
+        self.update_endpoints(view, registry);
+    }
+
+    fn update_namespaces(&mut self, cluster: &Cluster) {
         let mut seen = BTreeMap::new();
         for ns in cluster.namespaces.state() {
             match NamespaceInfo::from_k8s(&ns) {
@@ -113,11 +167,9 @@ impl PolicySync {
             }
         }
         self.namespaces = seen;
+    }
 
-        // Pods, with the addresses IPAM and EndpointUp know.
-        self.update_pods(cluster, view, registry);
-
-        // Policies (compared by resourceVersion; the engine compares specs).
+    fn update_policies(&mut self, cluster: &Cluster) {
         let mut seen = BTreeMap::new();
         for np in cluster.policies.state() {
             let Some(key) = PolicyKey::of(&np) else {
@@ -125,7 +177,7 @@ impl PolicySync {
             };
             let rv = np.metadata.resource_version.clone().unwrap_or_default();
             if self.policies.get(&key) != Some(&rv) {
-                self.engine.upsert_policy(key.clone(), (*np).clone());
+                self.engine.upsert_policy(key.clone(), np.clone());
             }
             seen.insert(key, rv);
         }
@@ -135,12 +187,10 @@ impl PolicySync {
             }
         }
         self.policies = seen;
+    }
 
-        // AdminNetworkPolicies, the BaselineAdminNetworkPolicy, and the
-        // Nodes their `nodes` peers select.
-        self.admin.update(&mut self.engine, cluster);
-
-        // Local endpoints: EndpointUp's, and (after a restart) IPAM's.
+    /// Local endpoints: EndpointUp's, and (after a restart) IPAM's.
+    fn update_endpoints(&mut self, view: &IpamView, registry: &BTreeMap<String, Endpoint>) {
         let mut eps: BTreeMap<PodKey, LocalEndpoint> = BTreeMap::new();
         for a in &view.local {
             let (pod, standalone) = endpoint_key(&a.namespace, &a.pod, &a.handle);

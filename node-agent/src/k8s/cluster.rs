@@ -230,7 +230,17 @@ pub struct DetachedWriters {
     pub pod_endpoints: EndpointCacheWriter,
     /// Nodes.
     pub nodes: reflector::store::Writer<Node>,
-    _generations: watch::Sender<Generations>,
+    generations: watch::Sender<Generations>,
+}
+
+impl DetachedWriters {
+    /// Counts one event of `kind`, as the watch loop does after its cache
+    /// applied it (a detached cluster's writers count nothing on their
+    /// own; readers then treat every kind as moved).
+    pub fn counted(&self, kind: Kind) {
+        self.generations
+            .send_modify(|g| g.counts[kind.index()] += 1);
+    }
 }
 
 /// One kind's reflector loop, not yet started: the caller runs it (the
@@ -309,7 +319,7 @@ impl Cluster {
                 policies: policies_w,
                 pod_endpoints: pod_endpoints_w,
                 nodes: nodes_w,
-                _generations: tx,
+                generations: tx,
             },
         )
     }

@@ -20,19 +20,22 @@
 //! so readers never see a partial list (the agent's "synced" signal is the
 //! same `InitDone`, counted by `cluster::watch_loop` after this store has
 //! applied it). Namespace and node names are interned (150k pods share a few
-//! thousand of each); a pod's label map is the `Arc` that policy's
-//! `PodInfo` shares, and it is kept across an update that leaves the labels
-//! as they were, so the cache and the engine keep holding one map between
-//! them; an entry a relist finds unchanged (same resourceVersion) is kept
-//! as it is.
+//! thousand of each); a pod's labels are a [`PodLabels`] set from the
+//! writer's [`LabelInterner`] (label keys and values, and identical sets,
+//! stored once however many pods have them; unused ones freed), the set
+//! that policy's `PodInfo` shares, and it is kept across an update that
+//! leaves the labels as they were, so the cache and the engine keep holding
+//! one set between them; an entry a relist finds unchanged (same
+//! resourceVersion) is kept as it is.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use kube::runtime::watcher::Event;
+use policy::{ContainerPort, LabelInterner, PodLabels};
 
-use crate::k8s::crd::{NamedPort, PodEndpoint};
+use crate::k8s::crd::PodEndpoint;
 
 /// One PodEndpoint, as the agent keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,11 +50,17 @@ pub struct CachedEndpoint {
     pub node: Arc<str>,
     /// The pod's addresses, as the object lists them.
     pub addresses: Box<[IpAddr]>,
-    /// The pod's labels (shared with policy's `PodInfo`).
-    pub labels: Arc<BTreeMap<String, String>>,
-    /// The pod's named container ports (interned: the pods of one
-    /// workload have the same list, and a list of two ports costs ~0.2 KB).
-    pub named_ports: Arc<[NamedPort]>,
+    /// The pod's labels (interned; shared with policy's `PodInfo`).
+    pub labels: PodLabels,
+    /// The pod's named container ports, as policy's `PodInfo` holds them
+    /// (interned and shared with it: the pods of one workload have the
+    /// same list, and a list of two ports costs ~0.2 KB); or why policy
+    /// cannot use them.
+    pub ports: Result<Arc<[ContainerPort]>, Arc<str>>,
+    /// When the writer made this entry: a number from one counter per
+    /// cache, larger for every new entry and removal
+    /// ([`EndpointCache::changes_since`]).
+    pub seq: u64,
 }
 
 impl CachedEndpoint {
@@ -72,7 +81,7 @@ impl CachedEndpoint {
             &self.node,
             &self.addresses,
             &self.labels,
-            &self.named_ports,
+            self.ports.as_ref().map_err(|e| &**e),
         )
     }
 }
@@ -155,7 +164,34 @@ type Map = HashMap<Key, Arc<CachedEndpoint>>;
 /// Read access to the cache (cheap to clone; every clone sees the same map).
 #[derive(Clone, Default)]
 pub struct EndpointCache {
-    map: Arc<RwLock<Map>>,
+    map: Arc<RwLock<Inner>>,
+}
+
+/// The map, and what a reader needs to follow it by changes.
+#[derive(Default)]
+struct Inner {
+    map: Map,
+    /// The last entry's or removal's number.
+    seq: u64,
+    /// Changes, oldest first, with their numbers: a pod whose entry was
+    /// made (`false`) or that was removed (`true`).
+    log: VecDeque<(u64, PodName, bool)>,
+    /// Changes numbered up to this were dropped from `log`.
+    floor: u64,
+}
+
+/// Changes kept for readers that follow the cache by them; one that falls
+/// further behind reads the whole map again.
+const CHANGES_KEPT: usize = 8_192;
+
+/// What changed in the cache since a number ([`EndpointCache::changes_since`]).
+pub struct Changes {
+    /// Entries made since (new pods and changed ones).
+    pub upserted: Vec<Arc<CachedEndpoint>>,
+    /// Pods removed since (one may be back: then it is in `upserted`).
+    pub removed: Vec<PodName>,
+    /// The number to ask from next time.
+    pub seq: u64,
 }
 
 impl EndpointCache {
@@ -163,6 +199,43 @@ impl EndpointCache {
     /// while the caller reads it).
     pub fn state(&self) -> Vec<Arc<CachedEndpoint>> {
         self.read(|m| m.values().cloned().collect())
+    }
+
+    /// [`EndpointCache::state`], and the number to ask
+    /// [`EndpointCache::changes_since`] from next.
+    pub fn state_and_seq(&self) -> (Vec<Arc<CachedEndpoint>>, u64) {
+        self.read_inner(|i| (i.map.values().cloned().collect(), i.seq))
+    }
+
+    /// What changed since `seq` (a number this cache gave): the entries
+    /// made since and the pods removed since, read at one instant (from
+    /// the change log: the cost is the changes', not the map's). None
+    /// when changes that old are no longer kept: read the whole map.
+    pub fn changes_since(&self, seq: u64) -> Option<Changes> {
+        self.read_inner(|i| {
+            if seq < i.floor {
+                return None;
+            }
+            let mut upserted = Vec::new();
+            let mut removed = Vec::new();
+            // Newest first: the log is in number order.
+            for (n, pod, gone) in i.log.iter().rev().take_while(|(n, _, _)| *n > seq) {
+                if *gone {
+                    removed.push(pod.clone());
+                } else if let Some(e) = i.map.get(pod as &dyn NamePair)
+                    && e.seq == *n
+                {
+                    // The entry this change made, still there (a later
+                    // change of the same pod is taken at its own number).
+                    upserted.push(e.clone());
+                }
+            }
+            Some(Changes {
+                upserted,
+                removed,
+                seq: i.seq,
+            })
+        })
     }
 
     /// The entry of pod `namespace/name`.
@@ -187,6 +260,10 @@ impl EndpointCache {
     }
 
     fn read<T>(&self, f: impl FnOnce(&Map) -> T) -> T {
+        self.read_inner(|i| f(&i.map))
+    }
+
+    fn read_inner<T>(&self, f: impl FnOnce(&Inner) -> T) -> T {
         // A panic while the writer held the lock leaves a map that is
         // whole (every write is one insert, remove or swap).
         f(&self.map.read().unwrap_or_else(PoisonError::into_inner))
@@ -200,7 +277,28 @@ pub struct EndpointCacheWriter {
     relist: Option<Map>,
     namespaces: HashSet<Arc<str>>,
     nodes: HashSet<Arc<str>>,
-    ports: HashSet<Arc<[NamedPort]>>,
+    ports: HashSet<Arc<[ContainerPort]>>,
+    labels: LabelInterner,
+    /// The last number given to an entry or a removal.
+    seq: u64,
+}
+
+impl Inner {
+    fn log_removal(&mut self, seq: u64, pod: &PodName) {
+        self.log_change(seq, pod, true);
+    }
+
+    fn log_change(&mut self, seq: u64, pod: &PodName, removed: bool) {
+        // Strings of its own: the writer frees interned names no entry
+        // holds (a removed pod's, say) and the log must not keep them.
+        self.log
+            .push_back((seq, PodName::new(&pod.namespace, &pod.name), removed));
+        while self.log.len() > CHANGES_KEPT {
+            if let Some((n, _, _)) = self.log.pop_front() {
+                self.floor = n;
+            }
+        }
+    }
 }
 
 /// An empty cache and its writer.
@@ -212,6 +310,8 @@ pub fn cache() -> (EndpointCache, EndpointCacheWriter) {
         namespaces: HashSet::new(),
         nodes: HashSet::new(),
         ports: HashSet::new(),
+        labels: LabelInterner::new(),
+        seq: 0,
     };
     (cache, writer)
 }
@@ -235,12 +335,28 @@ impl EndpointCacheWriter {
         match event {
             Event::Apply(obj) => {
                 if let Some((key, entry)) = self.convert(obj, None) {
-                    self.write(|m| m.insert(key, entry));
+                    self.write(|i| {
+                        let seq = entry.seq;
+                        let pod = key.clone();
+                        let old = i.map.insert(key, entry);
+                        if old.is_none_or(|o| o.seq != seq) {
+                            i.log_change(seq, &pod, false);
+                        }
+                    });
                 }
             }
             Event::Delete(obj) => {
                 if let (Some(ns), Some(name)) = (&obj.metadata.namespace, &obj.metadata.name) {
-                    self.write(|m| m.remove(&(ns.as_str(), name.as_str()) as &dyn NamePair));
+                    self.seq += 1;
+                    let seq = self.seq;
+                    self.write(|i| {
+                        if let Some((key, _)) = i
+                            .map
+                            .remove_entry(&(ns.as_str(), name.as_str()) as &dyn NamePair)
+                        {
+                            i.log_removal(seq, &key);
+                        }
+                    });
                 }
             }
             Event::Init => self.relist = Some(Map::new()),
@@ -254,20 +370,64 @@ impl EndpointCacheWriter {
             Event::InitDone => {
                 let relist = self.relist.take().unwrap_or_default();
                 // The old map is dropped outside the lock.
-                let old = self.write(|m| std::mem::replace(m, relist));
+                let mut seq = self.seq;
+                let old = self.write(|i| {
+                    let old = std::mem::replace(&mut i.map, relist);
+                    let gone: Vec<&PodName> = old
+                        .keys()
+                        .filter(|k| !i.map.contains_key(*k as &dyn NamePair))
+                        .collect();
+                    // Entries the relist made (not kept from before), in
+                    // number order.
+                    let mut made: Vec<(u64, &PodName)> = i
+                        .map
+                        .iter()
+                        .filter(|(k, e)| {
+                            old.get(*k as &dyn NamePair)
+                                .is_none_or(|o| !Arc::ptr_eq(o, e))
+                        })
+                        .map(|(k, e)| (e.seq, k))
+                        .collect();
+                    seq += gone.len() as u64;
+                    if gone.len() + made.len() > CHANGES_KEPT {
+                        // More than a reader could be told (the first
+                        // list): every reader reads the whole map.
+                        i.log.clear();
+                        i.floor = seq;
+                    } else {
+                        let mut n = seq - gone.len() as u64;
+                        let gone: Vec<PodName> = gone.into_iter().cloned().collect();
+                        made.sort_by_key(|(n, _)| *n);
+                        let made: Vec<(u64, PodName)> =
+                            made.into_iter().map(|(n, k)| (n, k.clone())).collect();
+                        // The relist's entries were numbered before its
+                        // removals: the log stays in number order.
+                        for (n, k) in &made {
+                            i.log_change(*n, k, false);
+                        }
+                        for k in &gone {
+                            n += 1;
+                            i.log_removal(n, k);
+                        }
+                    }
+                    i.seq = i.seq.max(seq);
+                    old
+                });
+                self.seq = seq;
                 drop(old);
                 // Names no entry uses any more (each is held by the set
                 // and by every entry naming it).
                 self.namespaces.retain(|a| Arc::strong_count(a) > 1);
                 self.nodes.retain(|a| Arc::strong_count(a) > 1);
                 self.ports.retain(|a| Arc::strong_count(a) > 1);
+                self.labels.collect();
             }
         }
     }
 
     /// The entry for `obj`: the one the cache (or `relist`) has when its
     /// resourceVersion is the same, else a new one, keeping the current
-    /// label map when the labels did not change. None (and a warning) for
+    /// label set when the labels did not change. None (and a warning) for
     /// an object without namespace or name, which no reader can use.
     fn convert(
         &mut self,
@@ -298,27 +458,35 @@ impl EndpointCacheWriter {
         };
         let spec = &obj.spec;
         let labels = match &have {
-            Some(h) if h.labels == spec.labels => h.labels.clone(),
-            _ => spec.labels.clone(),
+            Some(h) if h.labels.eq_map(&spec.labels) => h.labels.clone(),
+            _ => self.labels.intern(&spec.labels),
         };
+        self.seq += 1;
         let entry = CachedEndpoint {
+            seq: self.seq,
             namespace: key.namespace.clone(),
             name: key.name.clone(),
             resource_version: rv.into(),
             node: intern(&mut self.nodes, &spec.node),
             addresses: spec.addresses.as_slice().into(),
             labels,
-            named_ports: intern(&mut self.ports, spec.named_ports.as_slice()),
+            ports: match crate::k8s::crd::container_ports(&spec.named_ports) {
+                Ok(p) => Ok(intern(&mut self.ports, p.as_slice())),
+                Err(e) => Err(e.into()),
+            },
         };
         Some((key, Arc::new(entry)))
     }
 
-    fn write<T>(&self, f: impl FnOnce(&mut Map) -> T) -> T {
-        f(&mut self
+    fn write<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        let mut inner = self
             .cache
             .map
             .write()
-            .unwrap_or_else(PoisonError::into_inner))
+            .unwrap_or_else(PoisonError::into_inner);
+        let out = f(&mut inner);
+        inner.seq = inner.seq.max(self.seq);
+        out
     }
 }
 

@@ -38,8 +38,9 @@ pub fn requested_by_annotation(pod: &Pod) -> Result<Vec<IpAddr>, String> {
 }
 
 /// What of an object the agent keeps in its cache: all of it, except
-/// for Pods (see [`trim_pod`]) and Nodes ([`trim_node`]). PodEndpoints
-/// are not kept whole at all (`crate::k8s::endpointcache`).
+/// for Pods (see [`trim_pod`]), Nodes ([`trim_node`]) and NetworkPolicies
+/// and Namespaces ([`trim_meta`]). PodEndpoints are not kept whole at all
+/// (`crate::k8s::endpointcache`).
 pub trait Cached {
     /// Drops what the agent never reads (nothing, by default).
     fn trim(&mut self) {}
@@ -49,8 +50,16 @@ impl Cached for Node {
         trim_node(self);
     }
 }
-impl Cached for Namespace {}
-impl Cached for NetworkPolicy {}
+impl Cached for Namespace {
+    fn trim(&mut self) {
+        trim_meta(&mut self.metadata);
+    }
+}
+impl Cached for NetworkPolicy {
+    fn trim(&mut self) {
+        trim_meta(&mut self.metadata);
+    }
+}
 impl Cached for IPPool {}
 impl Cached for BGPPeer {}
 impl Cached for BGPConfiguration {}
@@ -63,6 +72,24 @@ impl Cached for RawBaselineAdminNetworkPolicy {}
 impl Cached for Pod {
     fn trim(&mut self) {
         trim_pod(self);
+    }
+}
+
+/// The annotation `kubectl apply` leaves on what it applied: a JSON copy
+/// of the whole object.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops the metadata the agent never reads of objects every agent holds
+/// one of per object of the cluster (10k NetworkPolicies): the API
+/// server's `managedFields` (an entry per writer, often bigger than the
+/// spec) and `kubectl apply`'s copy of the object.
+pub fn trim_meta(m: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    m.managed_fields = None;
+    if let Some(a) = m.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+        if a.is_empty() {
+            m.annotations = None;
+        }
     }
 }
 
@@ -132,6 +159,38 @@ pub fn trim_pod(p: &mut Pod) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trimmed_policy_keeps_all_but_managed_fields_and_kubectls_copy() {
+        let mut np: NetworkPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "resourceVersion": "3",
+                "labels": {"team": "a"},
+                "annotations": {LAST_APPLIED: "{\"big\": \"copy\"}", "note": "kept"},
+                "managedFields": [{"manager": "kubectl", "operation": "Update",
+                    "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"]}
+        }))
+        .expect("policy");
+        let spec = np.spec.clone();
+        np.trim();
+        assert_eq!(np.metadata.managed_fields, None);
+        let ann = np.metadata.annotations.as_ref().expect("annotations");
+        assert_eq!(ann.len(), 1);
+        assert_eq!(ann.get("note").map(String::as_str), Some("kept"));
+        assert_eq!(np.spec, spec);
+        assert_eq!(np.metadata.resource_version.as_deref(), Some("3"));
+        assert!(np.metadata.labels.is_some());
+        let mut ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "ns", "labels": {"k": "v"},
+                "annotations": {LAST_APPLIED: "{}"},
+                "managedFields": [{"manager": "kubectl", "operation": "Update"}]}
+        }))
+        .expect("namespace");
+        ns.trim();
+        assert_eq!(ns.metadata.managed_fields, None);
+        assert_eq!(ns.metadata.annotations, None);
+        assert!(ns.metadata.labels.is_some());
+    }
 
     #[test]
     fn a_trimmed_pod_keeps_what_the_agent_reads() {

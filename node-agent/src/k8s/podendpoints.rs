@@ -115,7 +115,7 @@ pub fn desired<'a>(
                 PodEndpointSpec {
                     node: node.to_string(),
                     addresses,
-                    labels: std::sync::Arc::new(pod.metadata.labels.clone().unwrap_or_default()),
+                    labels: pod.metadata.labels.clone().unwrap_or_default(),
                     named_ports,
                 },
             ),

@@ -32,7 +32,7 @@ use crate::admin::{
 };
 use crate::compile::{Direction, NsScope, Peer, PodPeer, Port, Rule};
 use crate::model::{Labels, Protocol};
-use crate::selector::Selector;
+use crate::selector::{LabelLookup, Selector};
 
 /// Which of the two kinds an object is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -70,7 +70,7 @@ pub struct AdminSubject {
 }
 
 impl AdminSubject {
-    pub fn selects(&self, pod_labels: &Labels, ns_labels: &Labels) -> bool {
+    pub fn selects(&self, pod_labels: &impl LabelLookup, ns_labels: &Labels) -> bool {
         self.namespaces.matches(ns_labels) && self.pods.matches(pod_labels)
     }
 }

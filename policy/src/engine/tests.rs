@@ -62,7 +62,7 @@ fn remote_pod_label_change_is_only_set_elements() {
     // z/c lives on node0 (round-robin index 8): take y/c (index 5, node1).
     let mut pod = e.state().pods[&PodKey::new("y", "c")].clone();
     assert_eq!(pod.node_name.as_deref(), Some("node1"));
-    std::sync::Arc::make_mut(&mut pod.labels).insert("pod".into(), "b".into());
+    pod.labels = pod.labels.with("pod", "b");
     e.upsert_pod(pod);
     let st = e.commit(&mut sink).unwrap();
     assert_eq!(
@@ -91,7 +91,7 @@ fn local_pod_label_change_swaps_its_chain_and_collects_garbage() {
     let mut sink = CapturingSink::default();
     e.commit(&mut sink).unwrap();
     let mut a = e.state().pods[&PodKey::new("x", "a")].clone();
-    std::sync::Arc::make_mut(&mut a.labels).insert("pod".into(), "z".into());
+    a.labels = a.labels.with("pod", "z");
     e.upsert_pod(a);
     let st = e.commit(&mut sink).unwrap();
     // x/a no longer isolated: its ingress map element goes, the policy
@@ -278,7 +278,7 @@ fn many_rules_with_equal_ports_share_a_union_set_that_follows_label_changes() {
     assert_eq!(rs.sets[&u4].elems, want);
     // x/c leaves the selector: its two addresses leave the union sets only.
     let mut c = e.state().pods[&PodKey::new("x", "c")].clone();
-    std::sync::Arc::make_mut(&mut c.labels).insert("pod".into(), "z".into());
+    c.labels = c.labels.with("pod", "z");
     e.upsert_pod(c);
     let st = e.commit(&mut sink).unwrap();
     assert_eq!(
@@ -380,7 +380,7 @@ fn many_rules_on_ports_of_their_own_share_one_lookup_that_follows_label_changes(
     // x/c takes b's label: its address gains b's 16 ports and keeps udp/81;
     // only elements change (IPv4 and IPv6), no rule.
     let mut cp = e.state().pods[&PodKey::new("x", "c")].clone();
-    std::sync::Arc::make_mut(&mut cp.labels).insert("pod".into(), "b".into());
+    cp.labels = cp.labels.with("pod", "b");
     e.upsert_pod(cp);
     let st = e.commit(&mut sink).unwrap();
     assert_eq!(

@@ -340,18 +340,15 @@ fn ingress_named_port_resolves_on_each_destination_pod() {
     w.xyz
         .pod_mut("x", "a")
         .unwrap()
-        .ports
-        .push(ContainerPort::named("http", 80, Protocol::Tcp));
+        .add_port(ContainerPort::named("http", 80, Protocol::Tcp));
     w.xyz
         .pod_mut("x", "b")
         .unwrap()
-        .ports
-        .push(ContainerPort::named("http", 81, Protocol::Tcp));
+        .add_port(ContainerPort::named("http", 81, Protocol::Tcp));
     w.xyz
         .pod_mut("x", "c")
         .unwrap()
-        .ports
-        .push(ContainerPort::named("http", 80, Protocol::Udp));
+        .add_port(ContainerPort::named("http", 80, Protocol::Udp));
     w.allow(("y", "a"), ("x", "a"), TCP80);
     w.deny(("y", "a"), ("x", "a"), TCP81);
     w.allow(("y", "a"), ("x", "b"), TCP81);
@@ -388,18 +385,15 @@ fn egress_named_port_resolves_on_the_peer_pods() {
     w.xyz
         .pod_mut("y", "a")
         .unwrap()
-        .ports
-        .push(ContainerPort::named("web", 80, Protocol::Tcp));
+        .add_port(ContainerPort::named("web", 80, Protocol::Tcp));
     w.xyz
         .pod_mut("y", "b")
         .unwrap()
-        .ports
-        .push(ContainerPort::named("web", 81, Protocol::Tcp));
+        .add_port(ContainerPort::named("web", 81, Protocol::Tcp));
     w.xyz
         .pod_mut("z", "a")
         .unwrap()
-        .ports
-        .push(ContainerPort::named("web", 80, Protocol::Tcp));
+        .add_port(ContainerPort::named("web", 80, Protocol::Tcp));
     w.allow(("x", "a"), ("y", "a"), TCP80);
     w.deny(("x", "a"), ("y", "a"), TCP81);
     w.allow(("x", "a"), ("y", "b"), TCP81);

@@ -96,7 +96,16 @@ impl BuildCx {
                     .flat_map(|(e, _)| e.iter().flat_map(|(p, _)| p)),
             )
             .collect();
-        let mut members = Members::new(state, peers.len() >= INDEX_MIN);
+        // Only the label keys the peers are looked up by are indexed (a
+        // pod's other labels would cost an index entry each: at 150k pods
+        // with 3-4 labels, ~50 MB at the build's peak).
+        let keys = (peers.len() >= INDEX_MIN).then(|| {
+            peers
+                .iter()
+                .filter_map(|p| Some(first_in(&p.pods)?.0.to_string()))
+                .collect()
+        });
+        let mut members = Members::new(state, keys);
         for (name, (peers, fam)) in &self.selectors {
             let mut elems = BTreeSet::new();
             for peer in peers {
@@ -148,23 +157,28 @@ type PodIndex<'a> = HashMap<(&'a str, &'a str, &'a str), Vec<&'a PodInfo>>;
 /// Member addresses of selector peers, each computed once. Filling a
 /// table with thousands of selector sets scanned every pod of the scope
 /// once per selector (10,000 policies: 74% of a 7.6 s build, in
-/// `Selector::matches`); with `indexed`, the pods a selector can match
-/// are looked up by one of its `key in (values)` requirements first.
+/// `Selector::matches`); with an index, the pods a selector can match
+/// are looked up by its first `key in (values)` requirement first.
 pub(crate) struct Members<'a> {
     state: &'a ClusterState,
     cache: BTreeMap<PodPeer, BTreeSet<IpAddr>>,
-    /// (namespace, label key, label value) → member pods; `None`: scan.
+    /// (namespace, label key, label value) → member pods, for the label
+    /// keys in `keys`; `None`: scan.
     index: Option<PodIndex<'a>>,
+    keys: BTreeSet<String>,
 }
 
 impl<'a> Members<'a> {
-    pub(crate) fn new(state: &'a ClusterState, indexed: bool) -> Self {
-        let index = indexed.then(|| {
+    /// Members of `state`'s pods, indexed by the label keys `keys` (a
+    /// peer whose first `in` requirement has another key is scanned for);
+    /// `None`: every peer is scanned for.
+    pub(crate) fn new(state: &'a ClusterState, keys: Option<BTreeSet<String>>) -> Self {
+        let index = keys.as_ref().map(|keys| {
             let mut index = PodIndex::new();
             for pod in state.pods.values().filter(|p| is_member(p)) {
-                for (k, v) in pod.labels.iter() {
+                for (k, v) in pod.labels.iter().filter(|(k, _)| keys.contains(*k)) {
                     index
-                        .entry((&*pod.key.namespace, k.as_str(), v.as_str()))
+                        .entry((&*pod.key.namespace, k, v))
                         .or_default()
                         .push(pod);
                 }
@@ -175,13 +189,15 @@ impl<'a> Members<'a> {
             state,
             cache: BTreeMap::new(),
             index,
+            keys: keys.unwrap_or_default(),
         }
     }
 
     /// The member addresses `peer` chooses (as [`members::selector`]).
     pub(crate) fn of(&mut self, peer: &PodPeer) -> &BTreeSet<IpAddr> {
         if !self.cache.contains_key(peer) {
-            let ips = match (&self.index, first_in(&peer.pods)) {
+            let indexed = first_in(&peer.pods).filter(|(key, _)| self.keys.contains(*key));
+            let ips = match (&self.index, indexed) {
                 (Some(index), Some((key, values))) => {
                     let mut out = BTreeSet::new();
                     for ns in scope(self.state, peer) {
@@ -219,7 +235,7 @@ fn scope(state: &ClusterState, peer: &PodPeer) -> Vec<String> {
         NsScope::Same(ns) => vec![ns.clone()],
         NsScope::Matching(sel) => members::namespaces_with_pods(state)
             .into_iter()
-            .filter(|ns| sel.matches(&namespace_labels(state, ns)))
+            .filter(|ns| sel.matches(&*namespace_labels(state, ns)))
             .collect(),
     }
 }
@@ -266,7 +282,10 @@ mod tests {
                 set(&["x", "z"]),
             )])),
         ];
-        let mut indexed = Members::new(&xyz.state, true);
+        // "other" is indexed but no peer uses it; "missing" is not
+        // indexed: its peers are scanned for.
+        let keys = ["pod", "other"].map(String::from).into();
+        let mut indexed = Members::new(&xyz.state, Some(keys));
         let mut checked = 0;
         for r in &reqs {
             for ns in &scopes {

@@ -258,8 +258,7 @@ fn engine_through_the_fast_sink_ends_where_a_full_rebuild_does() {
                 e.upsert_endpoint(ep.clone());
             }
             if let Some(mut p) = e.state().pods.get(key).cloned() {
-                std::sync::Arc::make_mut(&mut p.labels)
-                    .insert("pod".into(), ["a", "b", "c", "d"][step % 4].into());
+                p.labels = p.labels.with("pod", ["a", "b", "c", "d"][step % 4]);
                 e.upsert_pod(p);
             }
             if step % 9 == 4 {

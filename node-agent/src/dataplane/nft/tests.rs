@@ -160,8 +160,7 @@ fn incremental_batches_end_where_a_full_rebuild_does() {
             // Move a pod in and out of selectors, and one endpoint down/up.
             let key = PodKey::new(["x", "y", "z"][step % 3], ["a", "b", "c"][(step / 3) % 3]);
             if let Some(mut p) = e.state().pods.get(&key).cloned() {
-                std::sync::Arc::make_mut(&mut p.labels)
-                    .insert("pod".into(), ["a", "b", "c", "d"][step % 4].into());
+                p.labels = p.labels.with("pod", ["a", "b", "c", "d"][step % 4]);
                 e.upsert_pod(p);
             }
             if step % 5 == 0 {
@@ -235,7 +234,7 @@ fn session_applies_incrementally_rejects_cleanly_and_respawns() {
     for (i, ns) in ["x", "y", "z"].iter().enumerate() {
         let key = PodKey::new(*ns, "b");
         let mut p = e.state().pods[&key].clone();
-        std::sync::Arc::make_mut(&mut p.labels).insert("pod".into(), "c".into());
+        p.labels = p.labels.with("pod", "c");
         e.upsert_pod(p);
         e.upsert_policy(
             PolicyKey::new(*ns, "extra"),

@@ -28,7 +28,23 @@ fn rv(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Stri
 
 impl Seen {
     /// Passes changed objects on to `engine`.
-    pub(super) fn update(&mut self, engine: &mut Engine, cluster: &Cluster) {
+    /// `moved`: whether AdminNetworkPolicy, BaselineAdminNetworkPolicy
+    /// and Node events came since the last call (each kind is read only
+    /// then).
+    pub(super) fn update(&mut self, engine: &mut Engine, cluster: &Cluster, moved: [bool; 3]) {
+        let [admin_moved, baseline_moved, nodes_moved] = moved;
+        if admin_moved {
+            self.update_admin(engine, cluster);
+        }
+        if baseline_moved {
+            self.update_baseline(engine, cluster);
+        }
+        if nodes_moved {
+            self.update_nodes(engine, cluster);
+        }
+    }
+
+    fn update_admin(&mut self, engine: &mut Engine, cluster: &Cluster) {
         let mut seen = BTreeMap::new();
         for o in cluster.admin_policies.state() {
             let Some(name) = o.metadata.name.clone() else {
@@ -57,7 +73,9 @@ impl Seen {
             }
         }
         self.admin = seen;
+    }
 
+    fn update_baseline(&mut self, engine: &mut Engine, cluster: &Cluster) {
         let mut seen = BTreeMap::new();
         for o in cluster.baseline_policies.state() {
             let Some(name) = o.metadata.name.clone() else {
@@ -87,7 +105,9 @@ impl Seen {
             }
         }
         self.baseline = seen;
+    }
 
+    fn update_nodes(&mut self, engine: &mut Engine, cluster: &Cluster) {
         let mut seen = BTreeMap::new();
         for n in cluster.nodes.state() {
             let Some(name) = n.metadata.name.clone() else {

@@ -22,6 +22,7 @@ use super::PolicySync;
 use crate::endpoints::Endpoint;
 use crate::k8s::cluster::{Cluster, PodSource};
 use crate::k8s::endpointcache::{CachedEndpoint, NamePair, PodName};
+use crate::k8s::ipam::podips::Changed;
 use crate::k8s::ipam::view::IpamView;
 
 /// One pod as a source has it.
@@ -64,11 +65,29 @@ impl Source<'_> {
 pub fn takes_endpoint(
     me: &str,
     local: &HashSet<(&str, &str)>,
-    nodes: &HashSet<&str>,
+    nodes: &Nodes<'_>,
     e: &CachedEndpoint,
 ) -> bool {
     let node = &*e.node;
     node != me && !local.contains(&(&*e.namespace, &*e.name)) && nodes.contains(node)
+}
+
+/// The names of the Nodes that exist: read from the Node cache, or, while
+/// no Node event came since the last pass, the set that pass kept.
+pub enum Nodes<'a> {
+    /// From the cache, this pass.
+    Read(HashSet<&'a str>),
+    /// The last pass's.
+    Kept(&'a HashSet<String>),
+}
+
+impl Nodes<'_> {
+    fn contains(&self, node: &str) -> bool {
+        match self {
+            Nodes::Read(s) => s.contains(node),
+            Nodes::Kept(s) => s.contains(node),
+        }
+    }
 }
 
 /// What a [`PodInfo`] was converted from: the source, the addresses IPAM
@@ -76,12 +95,21 @@ pub fn takes_endpoint(
 /// cluster. One per pod of the cluster: kept small (docs/scale.md).
 pub(super) struct Converted {
     from: Origin,
+    /// The extra addresses, where they are not simply the PodEndpoint's
+    /// own ([`Converted::own`]): for a remote pod they are, and then
+    /// nothing is stored (150k such pods at 5,000 nodes).
+    addrs: Option<Box<Addrs>>,
+    pass: u32,
+}
+
+/// A pod's addresses beyond its object's.
+#[derive(Debug, PartialEq, Eq)]
+struct Addrs {
     /// IPAM's and EndpointUp's, sorted.
     extra: Box<[IpAddr]>,
     /// From the IPAM view, where it is not `extra` as it is (EndpointUp
     /// added some, or the view lists them in another order).
     ipam: Option<Box<[IpAddr]>>,
-    pass: u64,
 }
 
 /// The object a pod was converted from.
@@ -94,12 +122,51 @@ enum Origin {
 }
 
 impl Converted {
-    fn ipam(&self) -> &[IpAddr] {
-        self.ipam.as_deref().unwrap_or(&self.extra)
+    fn new(from: Origin, extra: &[IpAddr], ipam: &[IpAddr], pass: u32) -> Converted {
+        let mut c = Converted {
+            from,
+            addrs: None,
+            pass,
+        };
+        c.set_addrs(extra, ipam);
+        c
     }
 
-    fn set_ipam(&mut self, ipam: &[IpAddr]) {
-        self.ipam = (*ipam != *self.extra).then(|| ipam.into());
+    /// The PodEndpoint's own addresses, when it is the source and lists
+    /// them sorted without repeats (as the writer does): what the extra
+    /// and IPAM addresses of a remote pod are.
+    fn own(&self) -> Option<&[IpAddr]> {
+        match &self.from {
+            Origin::Endpoint(e) if e.addresses.windows(2).all(|w| w[0] < w[1]) => {
+                Some(&e.addresses)
+            }
+            _ => None,
+        }
+    }
+
+    fn extra(&self) -> &[IpAddr] {
+        match &self.addrs {
+            Some(a) => &a.extra,
+            None => self.own().unwrap_or_default(),
+        }
+    }
+
+    fn ipam(&self) -> &[IpAddr] {
+        match &self.addrs {
+            Some(a) => a.ipam.as_deref().unwrap_or(&a.extra),
+            None => self.own().unwrap_or_default(),
+        }
+    }
+
+    fn set_addrs(&mut self, extra: &[IpAddr], ipam: &[IpAddr]) {
+        self.addrs = if self.own() == Some(extra) && ipam == extra {
+            None
+        } else {
+            Some(Box::new(Addrs {
+                extra: extra.into(),
+                ipam: (ipam != extra).then(|| ipam.into()),
+            }))
+        };
     }
 
     fn same_source(&self, src: &Source<'_>) -> bool {
@@ -111,13 +178,75 @@ impl Converted {
     }
 }
 
+/// What decides which PodEndpoints policy takes ([`takes_endpoint`]), as
+/// the last pass saw it: while it is the same, a pass may visit only the
+/// endpoints that changed.
+#[derive(Default)]
+pub(super) struct Context {
+    me: String,
+    nodes: HashSet<String>,
+    local: HashSet<(String, String)>,
+}
+
+impl Context {
+    fn of(me: &str, nodes: &HashSet<&str>, local: &HashSet<(&str, &str)>) -> Context {
+        Context {
+            me: me.to_string(),
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            local: local
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        }
+    }
+
+    fn same(&self, me: &str, nodes: &Nodes<'_>, local: &HashSet<(&str, &str)>) -> bool {
+        let same_nodes = match nodes {
+            Nodes::Kept(_) => true,
+            Nodes::Read(nodes) => {
+                self.nodes.len() == nodes.len() && nodes.iter().all(|n| self.nodes.contains(*n))
+            }
+        };
+        self.me == me
+            && same_nodes
+            && self.local.len() == local.len()
+            && local
+                .iter()
+                .all(|(a, b)| self.local.contains(&(a.to_string(), b.to_string())))
+    }
+}
+
+/// One pass's inputs that every pod's visit reads.
+struct PassCx<'a> {
+    view: &'a IpamView,
+    registered: HashMap<(&'a str, &'a str), Vec<IpAddr>>,
+    ips_changed: Changed,
+    pass: u32,
+    extra: Vec<IpAddr>,
+    ipam: Vec<IpAddr>,
+}
+
 impl PolicySync {
     /// Brings the engine's pods up to date (see the module doc).
+    ///
+    /// With PodEndpoints as the source, a pass visits only what changed
+    /// since the last one when it can: the local Pods, the endpoints made
+    /// or removed since (the cache numbers them,
+    /// [`crate::k8s::endpointcache::EndpointCache::changes_since`]) and
+    /// those whose IPAM addresses may have changed. It visits every pod
+    /// (and drops what it did not see) when what decides which endpoints
+    /// policy takes changed (this node, the Nodes, the local Pods), when
+    /// the engine holds a pod the passes did not put there, or when the
+    /// cache no longer has the removals since the last pass.
+    ///
+    /// `nodes_moved`: whether a Node event came since the last pass (if
+    /// not, the last pass's set of Node names stands).
     pub(super) fn update_pods(
         &mut self,
         cluster: &Cluster,
         view: &IpamView,
         registry: &BTreeMap<String, Endpoint>,
+        nodes_moved: bool,
     ) {
         // Endpoints registered by EndpointUp carry the freshest addresses.
         let mut registered: HashMap<(&str, &str), Vec<IpAddr>> = HashMap::new();
@@ -128,34 +257,42 @@ impl PolicySync {
                 .extend(ep.ips.iter().copied());
         }
 
-        // Pods, with addresses from IPAM and EndpointUp as well. A pod whose
-        // object and extra addresses are unchanged since the last pass is
-        // neither converted nor copied again: this runs on every watched
-        // change, over every pod of the cluster.
-        self.pass += 1;
-        let pass = self.pass;
-        let mut extra: Vec<IpAddr> = Vec::new();
-        let mut ipam: Vec<IpAddr> = Vec::new();
-        let mut seen = 0;
+        // Only compared for equality with the current pass, and every
+        // entry a pass does not see is dropped at the end of a full one:
+        // wrapping is harmless.
+        self.pass = self.pass.wrapping_add(1);
         // Where the IPAM view's addresses are the same as last pass (the
         // pod's shard of them was not rewritten since), each pod's IPAM
         // addresses are the ones recorded then: no lookup in the
         // cluster-wide map.
         let last_ips = std::mem::replace(&mut self.pod_ips, view.pod_ips.clone());
         let ips_changed = view.pod_ips.changed_since(&last_ips);
+        let mut cx = PassCx {
+            view,
+            registered,
+            ips_changed,
+            pass: self.pass,
+            extra: Vec::new(),
+            ipam: Vec::new(),
+        };
         let pods = cluster.pods.state();
-        let endpoints = match cluster.pod_source {
-            PodSource::Pods => Vec::new(),
-            PodSource::Endpoints => cluster.pod_endpoints.state(),
+        let context = self.context.take();
+        let node_objects = match (cluster.pod_source, &context) {
+            (PodSource::Endpoints, Some(_)) if !nodes_moved => Vec::new(),
+            (PodSource::Pods, _) => Vec::new(),
+            (PodSource::Endpoints, _) => cluster.nodes.state(),
         };
-        let node_objects = match cluster.pod_source {
-            PodSource::Pods => Vec::new(),
-            PodSource::Endpoints => cluster.nodes.state(),
+        let nodes = match &context {
+            Some(c) if !nodes_moved && cluster.pod_source == PodSource::Endpoints => {
+                Nodes::Kept(&c.nodes)
+            }
+            _ => Nodes::Read(
+                node_objects
+                    .iter()
+                    .filter_map(|n| n.metadata.name.as_deref())
+                    .collect(),
+            ),
         };
-        let nodes: HashSet<&str> = node_objects
-            .iter()
-            .filter_map(|n| n.metadata.name.as_deref())
-            .collect();
         let local: HashSet<(&str, &str)> = pods
             .iter()
             .filter_map(|p| {
@@ -166,80 +303,202 @@ impl PolicySync {
             })
             .collect();
         let me = self.engine.node().node_name.clone();
-        // Sized once for what may come (a growing map holds its old and
-        // new table at once: at 150k pods the first pass's peak).
-        self.converted
-            .reserve((pods.len() + endpoints.len()).saturating_sub(self.converted.len()));
-        let sources = pods.iter().map(|p| Source::Pod(p)).chain(
-            endpoints
-                .iter()
-                .filter(|e| takes_endpoint(&me, &local, &nodes, e))
-                .map(Source::Endpoint),
-        );
-        for pod in sources {
-            let Some((ns, name)) = pod.key() else {
-                continue;
-            };
-            let known = self.converted.get_mut(&(ns, name) as &dyn NamePair);
-            ipam.clear();
-            match &known {
-                Some(c) if !ips_changed.may_differ(ns, name) => ipam.extend(c.ipam()),
-                _ => ipam.extend(view.pod_ips.get(ns, name).into_iter().flatten()),
-            }
-            extra.clear();
-            extra.extend(&ipam);
-            extra.extend(registered.get(&(ns, name)).into_iter().flatten());
-            extra.sort();
-            extra.dedup();
-            seen += 1;
-            // Every converted pod is in `pods` (both go together below).
-            if let Some(c) = known
-                && c.same_source(&pod)
-                && *c.extra == *extra
+
+        let changes = match (cluster.pod_source, self.endpoint_seq, &context) {
+            (PodSource::Endpoints, Some(seq), Some(c))
+                if c.same(&me, &nodes, &local)
+                    && self.engine.state().pods.len() == self.converted.len() =>
             {
-                c.pass = pass;
-                // Same union, other split (an address IPAM now records that
-                // only EndpointUp had): the next pass that finds the pod's
-                // shard unchanged reads this.
-                if c.ipam() != ipam.as_slice() {
-                    c.set_ipam(&ipam);
-                }
-                continue;
+                cluster.pod_endpoints.changes_since(seq)
             }
-            let mut info = match pod.info() {
-                Ok(i) => i,
-                Err(e) => {
-                    tracing::warn!(error = %e, "pod ignored by policy");
-                    seen -= 1;
-                    continue;
+            _ => None,
+        };
+        match changes {
+            Some(ch) => {
+                for p in &pods {
+                    self.visit(&Source::Pod(p), &mut cx);
                 }
-            };
-            for ip in &extra {
-                if !info.ips.contains(ip) {
-                    info.ips.push(*ip);
+                // Removed, and not back: gone from policy.
+                for name in &ch.removed {
+                    let (ns, n) = (&*name.namespace, &*name.name);
+                    if cluster.pod_endpoints.get(ns, n).is_none() {
+                        self.forget_endpoint(ns, n);
+                    }
                 }
+                let mut revisit = ch.upserted;
+                // EndpointUp's addresses are added to the pods they name
+                // (now, or in the last pass).
+                let registered: HashSet<(&str, &str)> = cx
+                    .registered
+                    .keys()
+                    .copied()
+                    .chain(
+                        self.registered
+                            .iter()
+                            .map(|(a, b)| (a.as_str(), b.as_str())),
+                    )
+                    .collect();
+                revisit.extend(
+                    registered
+                        .into_iter()
+                        .filter_map(|(ns, n)| cluster.pod_endpoints.get(ns, n)),
+                );
+                if cx.ips_changed.any() {
+                    revisit.extend(
+                        view.pod_ips
+                            .changed_pods(&last_ips)
+                            .into_iter()
+                            .filter_map(|p| cluster.pod_endpoints.get(&p.namespace, &p.name)),
+                    );
+                }
+                for e in &revisit {
+                    if takes_endpoint(&me, &local, &nodes, e) {
+                        self.visit(&Source::Endpoint(e), &mut cx);
+                    } else {
+                        self.forget_endpoint(&e.namespace, &e.name);
+                    }
+                }
+                self.endpoint_seq = Some(ch.seq);
             }
-            info.ips.sort();
-            // A no-op when the engine already has it.
-            self.engine.upsert_pod(info);
-            let (key, from) = match &pod {
-                Source::Pod(_) => (
-                    PodName::new(ns, name),
-                    Origin::Pod(pod.resource_version().into()),
-                ),
-                Source::Endpoint(e) => (e.pod_name(), Origin::Endpoint(Arc::clone(e))),
-            };
-            let mut c = Converted {
-                from,
-                extra: extra.as_slice().into(),
-                ipam: None,
-                pass,
-            };
-            c.set_ipam(&ipam);
-            self.converted.insert(key, c);
+            None => {
+                let (endpoints, seq) = match cluster.pod_source {
+                    PodSource::Pods => (Vec::new(), None),
+                    PodSource::Endpoints => {
+                        let (e, seq) = cluster.pod_endpoints.state_and_seq();
+                        (e, Some(seq))
+                    }
+                };
+                // Sized once for what may come (a growing map holds its old
+                // and new table at once: at 150k pods the first pass's peak).
+                self.converted
+                    .reserve((pods.len() + endpoints.len()).saturating_sub(self.converted.len()));
+                let sources = pods.iter().map(|p| Source::Pod(p)).chain(
+                    endpoints
+                        .iter()
+                        .filter(|e| takes_endpoint(&me, &local, &nodes, e))
+                        .map(Source::Endpoint),
+                );
+                let mut seen = 0;
+                for pod in sources {
+                    seen += usize::from(self.visit(&pod, &mut cx));
+                }
+                self.drop_unseen(seen, cx.pass);
+                self.endpoint_seq = seq;
+                self.full_passes += 1;
+            }
         }
-        // Gone from the cluster (or only ever known from EndpointUp); when
-        // every known pod was seen, nothing is.
+        self.registered = cx
+            .registered
+            .keys()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let keep = context
+            .as_ref()
+            .is_some_and(|c| c.same(&me, &nodes, &local));
+        let read = match &nodes {
+            Nodes::Read(n) if !keep => Some(Context::of(&me, n, &local)),
+            _ => None,
+        };
+        drop(nodes);
+        self.context = match (keep, read, context) {
+            (true, _, c) => c,
+            (false, Some(c), _) => Some(c),
+            // The same Nodes (no Node event), other local Pods.
+            (false, None, Some(c)) => Some(Context {
+                local: Context::of(&me, &HashSet::new(), &local).local,
+                me,
+                nodes: c.nodes,
+            }),
+            (false, None, None) => None,
+        };
+    }
+
+    /// Brings one pod up to date; whether it is in the engine after.
+    fn visit(&mut self, pod: &Source<'_>, cx: &mut PassCx<'_>) -> bool {
+        let Some((ns, name)) = pod.key() else {
+            return false;
+        };
+        let known = self.converted.get_mut(&(ns, name) as &dyn NamePair);
+        let (ipam, extra) = (&mut cx.ipam, &mut cx.extra);
+        ipam.clear();
+        match &known {
+            Some(c) if !cx.ips_changed.may_differ(ns, name) => ipam.extend(c.ipam()),
+            _ => ipam.extend(cx.view.pod_ips.get(ns, name).into_iter().flatten()),
+        }
+        extra.clear();
+        extra.extend(ipam.iter());
+        extra.extend(cx.registered.get(&(ns, name)).into_iter().flatten());
+        extra.sort();
+        extra.dedup();
+        // Every converted pod is in the engine (both go together below).
+        if let Some(c) = known
+            && c.same_source(pod)
+            && c.extra() == extra.as_slice()
+        {
+            c.pass = cx.pass;
+            // Same union, other split (an address IPAM now records that
+            // only EndpointUp had): the next pass that finds the pod's
+            // shard unchanged reads this.
+            if c.ipam() != ipam.as_slice() {
+                c.set_addrs(extra, ipam);
+            }
+            return true;
+        }
+        let mut info = match pod.info() {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, "pod ignored by policy");
+                // What the engine had of it no longer stands.
+                self.forget(ns, name);
+                return false;
+            }
+        };
+        for ip in extra.iter() {
+            if !info.ips.contains(ip) {
+                info.ips.push(*ip);
+            }
+        }
+        info.ips.sort();
+        // A no-op when the engine already has it.
+        self.engine.upsert_pod(info);
+        let (key, from) = match pod {
+            Source::Pod(_) => (
+                PodName::new(ns, name),
+                Origin::Pod(pod.resource_version().into()),
+            ),
+            Source::Endpoint(e) => (e.pod_name(), Origin::Endpoint(Arc::clone(e))),
+        };
+        self.converted
+            .insert(key, Converted::new(from, extra, ipam, cx.pass));
+        true
+    }
+
+    /// Drops pod `ns/name` from policy if it came from a PodEndpoint.
+    fn forget_endpoint(&mut self, ns: &str, name: &str) {
+        if self
+            .converted
+            .get(&(ns, name) as &dyn NamePair)
+            .is_some_and(|c| matches!(c.from, Origin::Endpoint(_)))
+        {
+            self.forget(ns, name);
+        }
+    }
+
+    /// Drops pod `ns/name` from policy.
+    fn forget(&mut self, ns: &str, name: &str) {
+        if self
+            .converted
+            .remove(&(ns, name) as &dyn NamePair)
+            .is_some()
+        {
+            self.engine.remove_pod(&PodKey::new(ns, name));
+        }
+    }
+
+    /// After a pass that visited every pod: drops the pods it did not see
+    /// (gone from the cluster, or only ever known from EndpointUp); when
+    /// every known pod was seen, nothing is.
+    fn drop_unseen(&mut self, seen: usize, pass: u32) {
         if seen != self.engine.state().pods.len() || seen != self.converted.len() {
             let converted = &self.converted;
             let gone: Vec<PodKey> = self
@@ -283,7 +542,7 @@ mod tests {
             .state()
             .pods
             .get(&PodKey::new("ns", name))
-            .and_then(|p| p.labels.get("app").cloned())
+            .and_then(|p| p.labels.get("app").map(str::to_string))
     }
 
     /// The incremental pass agrees with the cluster: new, changed, gone,
@@ -368,7 +627,7 @@ mod tests {
             crate::k8s::crd::PodEndpointSpec {
                 node: node.into(),
                 addresses: vec![ip.parse().expect("ip")],
-                labels: std::sync::Arc::new([("app".to_string(), app.to_string())].into()),
+                labels: [("app".to_string(), app.to_string())].into(),
                 named_ports: Vec::new(),
             },
         );
@@ -482,6 +741,226 @@ mod tests {
         assert!(ps.engine.state().pods.is_empty());
     }
 
+    /// The incremental pass leaves the engine exactly where a pass over
+    /// every pod (a fresh PolicySync) does, under random endpoint writes,
+    /// deletions, relists, Nodes coming and going, local Pods, IPAM
+    /// addresses and EndpointUp registrations; and it is the one that ran
+    /// for most of them (a pass that visits everything would hide bugs).
+    #[tokio::test]
+    async fn incremental_passes_agree_with_full_ones() {
+        for seed in [0x9e37_79b9_7f4a_7c15, 7, 0xdead_beef, 12345] {
+            incremental_agrees_with_full(seed);
+        }
+    }
+
+    fn incremental_agrees_with_full(seed: u64) {
+        let (cluster, mut w, mut ps, mut view, _) = endpoints_mode();
+        let mut reg: BTreeMap<String, Endpoint> = BTreeMap::new();
+        let mut rng: u64 = seed;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let nodes = ["n1", "n2", "n3"];
+        for n in &nodes[..2] {
+            w.nodes.apply_watcher_event(&Event::Apply(node(n)));
+        }
+        let mut rv = 10;
+        for step in 0..600 {
+            rv += 1;
+            let p = format!("p{}", next(12));
+            let ip = format!("198.19.9.{}", next(20) + 1);
+            match next(20) {
+                0..=7 => {
+                    let n = nodes[next(3) as usize];
+                    let app = format!("a{}", next(3));
+                    w.pod_endpoints.apply_watcher_event(&Event::Apply(endpoint(
+                        &p,
+                        n,
+                        &rv.to_string(),
+                        &app,
+                        &ip,
+                    )));
+                }
+                8..=10 => w
+                    .pod_endpoints
+                    .apply_watcher_event(&Event::Delete(endpoint(&p, "n2", "0", "x", &ip))),
+                11 => {
+                    // A relist that keeps some endpoints as they are and
+                    // drops the others.
+                    let keep: Vec<_> = cluster
+                        .pod_endpoints
+                        .state()
+                        .into_iter()
+                        .filter(|_| next(2) == 0)
+                        .collect();
+                    w.pod_endpoints.apply_watcher_event(&Event::Init);
+                    for e in keep {
+                        let mut obj = endpoint(
+                            &e.name,
+                            &e.node,
+                            &e.resource_version,
+                            e.labels.get("app").unwrap_or("x"),
+                            &e.addresses[0].to_string(),
+                        );
+                        obj.spec.addresses = e.addresses.to_vec();
+                        w.pod_endpoints.apply_watcher_event(&Event::InitApply(obj));
+                    }
+                    w.pod_endpoints.apply_watcher_event(&Event::InitDone);
+                }
+                12 => {
+                    let n = nodes[next(3) as usize];
+                    if next(2) == 0 {
+                        w.nodes.apply_watcher_event(&Event::Apply(node(n)));
+                    } else {
+                        w.nodes.apply_watcher_event(&Event::Delete(node(n)));
+                    }
+                }
+                13 => {
+                    let mut local = pod(&p, &rv.to_string(), "local");
+                    local.spec.as_mut().expect("spec").node_name = Some("n1".into());
+                    if next(2) == 0 {
+                        w.pods.apply_watcher_event(&Event::Apply(local));
+                    } else {
+                        w.pods.apply_watcher_event(&Event::Delete(local));
+                    }
+                }
+                14..=16 => {
+                    let name = super::PodName::new("ns", &p);
+                    let addr: IpAddr = ip.parse().expect("ip");
+                    if next(2) == 0 {
+                        view.pod_ips.insert(&name, addr);
+                    } else {
+                        view.pod_ips.remove("ns", &p, addr);
+                    }
+                }
+                17 => {
+                    let key = format!("net.{p}");
+                    if reg.remove(&key).is_none() {
+                        reg.insert(
+                            key.clone(),
+                            crate::endpoints::Endpoint {
+                                container_id: p.clone(),
+                                namespace: "ns".into(),
+                                pod: p.clone(),
+                                host_if: format!("cali{p}"),
+                                ips: vec![ip.parse().expect("ip")],
+                                handle: key,
+                                netns: String::new(),
+                                ifname: "eth0".into(),
+                            },
+                        );
+                    }
+                }
+                _ => {}
+            }
+            ps.update(&cluster, &view, &reg);
+            let mut fresh = PolicySync::new("n1", Vec::new());
+            fresh.update(&cluster, &view, &reg);
+            assert_eq!(
+                ps.engine.state().pods,
+                fresh.engine.state().pods,
+                "seed {seed} step {step}"
+            );
+        }
+        assert!(
+            ps.full_passes < 300,
+            "seed {seed}: {} of 600 passes visited every pod",
+            ps.full_passes
+        );
+    }
+
+    /// A pass reads Namespaces, NetworkPolicies and Nodes only when their
+    /// watch counted an event since the last pass: what a counted write
+    /// changes reaches the engine, a pass with nothing counted does not
+    /// read them (a write the watch did not count yet waits for its count).
+    #[tokio::test]
+    async fn kinds_are_read_when_their_watch_moved() {
+        use crate::k8s::cluster::Kind;
+        let (cluster, mut w, mut ps, view, reg) = endpoints_mode();
+        let np = |name: &str, rv: &str| -> k8s_openapi::api::networking::v1::NetworkPolicy {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "ns", "resourceVersion": rv},
+                "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}
+            }))
+            .expect("policy")
+        };
+        let nps = |ps: &PolicySync| ps.engine.state().policies.len();
+        for n in ["n1", "n2"] {
+            w.nodes.apply_watcher_event(&Event::Apply(node(n)));
+            w.counted(Kind::Node);
+        }
+        w.policies.apply_watcher_event(&Event::Apply(np("a", "1")));
+        w.counted(Kind::NetworkPolicy);
+        ps.update(&cluster, &view, &reg);
+        assert_eq!(nps(&ps), 1);
+        // Written, not yet counted: not read.
+        w.policies.apply_watcher_event(&Event::Apply(np("b", "2")));
+        ps.update(&cluster, &view, &reg);
+        assert_eq!(nps(&ps), 1);
+        w.counted(Kind::NetworkPolicy);
+        ps.update(&cluster, &view, &reg);
+        assert_eq!(nps(&ps), 2);
+        // A Node goes: its endpoints leave policy once the event counts.
+        w.pod_endpoints.apply_watcher_event(&Event::Apply(endpoint(
+            "b",
+            "n2",
+            "6",
+            "x",
+            "198.19.9.2",
+        )));
+        ps.update(&cluster, &view, &reg);
+        assert!(ps.knows_pod(&PodKey::new("ns", "b")));
+        w.nodes.apply_watcher_event(&Event::Delete(node("n2")));
+        ps.update(&cluster, &view, &reg);
+        assert!(ps.knows_pod(&PodKey::new("ns", "b")), "not counted yet");
+        w.counted(Kind::Node);
+        ps.update(&cluster, &view, &reg);
+        assert!(!ps.knows_pod(&PodKey::new("ns", "b")));
+    }
+
+    /// A remote pod whose addresses are its PodEndpoint's own (IPAM's view
+    /// agrees) stores none of them in the bookkeeping; an address only
+    /// IPAM knows is stored and reaches policy, and when IPAM agrees again
+    /// the stored copy goes and policy has the endpoint's addresses.
+    #[tokio::test]
+    async fn a_remote_pods_own_addresses_are_not_stored_again() {
+        let (cluster, mut w, mut ps, mut view, reg) = endpoints_mode();
+        for n in ["n1", "n2"] {
+            w.nodes.apply_watcher_event(&Event::Apply(node(n)));
+        }
+        w.pod_endpoints.apply_watcher_event(&Event::Apply(endpoint(
+            "b",
+            "n2",
+            "6",
+            "x",
+            "198.19.9.2",
+        )));
+        let b = crate::k8s::endpointcache::PodName::new("ns", "b");
+        let own: IpAddr = "198.19.9.2".parse().expect("ip");
+        let more: IpAddr = "198.19.9.7".parse().expect("ip");
+        let stored = |ps: &PolicySync| ps.converted[&b].addrs.as_ref().map(|a| a.extra.to_vec());
+        let ips = |ps: &PolicySync| ps.engine.state().pods[&PodKey::new("ns", "b")].ips.clone();
+        view.pod_ips.insert(&b, own);
+        ps.update(&cluster, &view, &reg);
+        assert_eq!(stored(&ps), None, "IPAM agrees with the endpoint");
+        assert_eq!(ips(&ps), vec![own]);
+        view.pod_ips.insert(&b, more);
+        ps.update(&cluster, &view, &reg);
+        assert_eq!(stored(&ps), Some(vec![own, more]));
+        assert_eq!(ips(&ps), vec![own, more]);
+        let mut agrees = IpamView {
+            synced: true,
+            ..IpamView::default()
+        };
+        agrees.pod_ips.insert(&b, own);
+        ps.update(&cluster, &agrees, &reg);
+        assert_eq!(stored(&ps), None);
+        assert_eq!(ips(&ps), vec![own]);
+    }
+
     /// A remote pod whose PodEndpoint did not change is not converted
     /// again: its bookkeeping holds the cache's entry itself (no copy of
     /// its namespace, name or resourceVersion), a relist that finds it
@@ -506,7 +985,8 @@ mod tests {
         let shares = |ps: &PolicySync, cluster: &Cluster| {
             let cached = cluster.pod_endpoints.get("ns", "b").expect("cached");
             let info = &ps.engine.state().pods[&PodKey::new("ns", "b")];
-            Arc::ptr_eq(&held(ps), &cached) && Arc::ptr_eq(&info.labels, &cached.labels)
+            Arc::ptr_eq(&held(ps), &cached)
+                && policy::PodLabels::ptr_eq(&info.labels, &cached.labels)
         };
         ps.update(&cluster, &view, &reg);
         assert!(shares(&ps, &cluster));

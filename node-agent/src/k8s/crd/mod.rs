@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 
 mod bgpconfig;
 mod podendpoint;
-pub use podendpoint::{LABEL_NODE, NamedPort, PodEndpoint, PodEndpointSpec, pod_info};
+pub use podendpoint::{
+    LABEL_NODE, NamedPort, PodEndpoint, PodEndpointSpec, container_ports, pod_info,
+};
 mod bgpfilter;
 pub use bgpconfig::{
     BGPConfiguration, BGPConfigurationSpec, Community, DEFAULT_MESH_MAX_NODES, LogLevel,

@@ -56,18 +56,13 @@ pub struct PodEndpointSpec {
     /// The pod's addresses (IPv4 and/or IPv6).
     #[serde(default)]
     pub addresses: Vec<std::net::IpAddr>,
-    // Shared with the policy engine's copy of the pod
-    // (`policy::PodInfo::labels`): one map per pod in the agent.
+    // The agent's cache keeps them interned (`policy::PodLabels`).
     /// The pod's labels.
-    #[serde(default, skip_serializing_if = "no_labels")]
-    pub labels: std::sync::Arc<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// The pod's named container ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub named_ports: Vec<NamedPort>,
-}
-
-fn no_labels(l: &std::sync::Arc<BTreeMap<String, String>>) -> bool {
-    l.is_empty()
 }
 
 impl PodEndpoint {
@@ -78,38 +73,51 @@ impl PodEndpoint {
             return Err("PodEndpoint without namespace or name".into());
         };
         let s = &self.spec;
+        let labels = policy::PodLabels::from_map(&s.labels);
+        let ports: Result<std::sync::Arc<[policy::ContainerPort]>, String> =
+            container_ports(&s.named_ports).map(Into::into);
         pod_info(
             &ns.as_str().into(),
             &name.as_str().into(),
             &s.node.as_str().into(),
             &s.addresses,
-            &s.labels,
-            &s.named_ports,
+            &labels,
+            ports.as_ref().map_err(String::as_str),
         )
     }
 }
 
+/// The policy crate's container ports of a PodEndpoint's named ports; an
+/// error names the port policy cannot use.
+pub fn container_ports(named: &[NamedPort]) -> Result<Vec<policy::ContainerPort>, String> {
+    named
+        .iter()
+        .map(|p| {
+            let protocol = policy::Protocol::parse(Some(&p.protocol))
+                .map_err(|e| format!("named port {}: {e}", p.name))?;
+            Ok(policy::ContainerPort::named(&p.name, p.port, protocol))
+        })
+        .collect()
+}
+
 /// The policy crate's view of a pod from a PodEndpoint's fields (one
 /// conversion for the object and the agent's compact cache of them,
-/// `crate::k8s::endpointcache`).
+/// `crate::k8s::endpointcache`); `ports` is [`container_ports`]' answer,
+/// shared.
 pub fn pod_info(
     ns: &std::sync::Arc<str>,
     name: &std::sync::Arc<str>,
     node: &std::sync::Arc<str>,
     addresses: &[std::net::IpAddr],
-    labels: &std::sync::Arc<BTreeMap<String, String>>,
-    named_ports: &[NamedPort],
+    labels: &policy::PodLabels,
+    ports: Result<&std::sync::Arc<[policy::ContainerPort]>, &str>,
 ) -> Result<policy::PodInfo, String> {
+    let ports = ports.map_err(|e| format!("PodEndpoint {ns}/{name}: {e}"))?;
     let mut info = policy::PodInfo::new(ns.clone(), name.clone());
     info.labels = labels.clone();
     info.ips = addresses.to_vec();
     info.ips.sort();
     info.node_name = Some(node.clone());
-    for p in named_ports {
-        let protocol = policy::Protocol::parse(Some(&p.protocol))
-            .map_err(|e| format!("PodEndpoint {ns}/{name}: named port {}: {e}", p.name))?;
-        info.ports
-            .push(policy::ContainerPort::named(&p.name, p.port, protocol));
-    }
+    info.ports = ports.clone();
     Ok(info)
 }

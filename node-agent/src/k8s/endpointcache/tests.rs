@@ -12,7 +12,7 @@ fn endpoint(ns: &str, name: &str, node: &str, rv: &str, app: &str, ip: &str) -> 
         PodEndpointSpec {
             node: node.into(),
             addresses: vec![ip.parse().expect("ip")],
-            labels: Arc::new([("app".to_string(), app.to_string())].into()),
+            labels: [("app".to_string(), app.to_string())].into(),
             named_ports: vec![NamedPort {
                 name: "http".into(),
                 protocol: "TCP".into(),
@@ -52,7 +52,7 @@ fn apply_and_delete_change_the_map_at_once() {
     w.apply_watcher_event(&Event::Apply(ep("ns a n1 3 y 198.19.0.9")));
     let a = c.get("ns", "a").expect("a");
     assert_eq!(&*a.resource_version, "3");
-    assert_eq!(a.labels.get("app").map(String::as_str), Some("y"));
+    assert_eq!(a.labels.get("app"), Some("y"));
     assert_eq!(&*a.addresses, ["198.19.0.9".parse::<IpAddr>().expect("ip")]);
     assert_eq!(&*a.node, "n1");
     // A delete by namespace and name (whatever the object's other fields).
@@ -103,12 +103,13 @@ fn a_relist_replaces_the_map_at_init_done() {
     assert!(c.is_empty());
     // Unused interned names are dropped with their last entry.
     assert!(w.nodes.is_empty() && w.namespaces.is_empty());
+    assert!(w.labels.is_empty(), "{:?}", w.labels.len());
 }
 
 /// An entry a relist finds at the same resourceVersion is the one held
-/// before (not a new copy); labels that did not change keep their map, so
-/// policy's PodInfo and the cache share one; namespace and node names are
-/// one allocation each.
+/// before (not a new copy); labels that did not change keep their set, so
+/// policy's PodInfo and the cache share one, and pods with the same labels
+/// share one set; namespace and node names are one allocation each.
 #[test]
 fn unchanged_entries_and_labels_are_shared() {
     let (c, mut w) = cache();
@@ -118,24 +119,32 @@ fn unchanged_entries_and_labels_are_shared() {
     let b1 = c.get("ns", "b").expect("b");
     assert!(Arc::ptr_eq(&a1.namespace, &b1.namespace));
     assert!(Arc::ptr_eq(&a1.node, &b1.node));
-    assert!(Arc::ptr_eq(&a1.named_ports, &b1.named_ports));
+    let (Ok(pa), Ok(pb)) = (&a1.ports, &b1.ports) else {
+        panic!("ports {:?} {:?}", a1.ports, b1.ports)
+    };
+    assert!(Arc::ptr_eq(pa, pb), "same ports, one list");
+    assert!(
+        PodLabels::ptr_eq(&a1.labels, &b1.labels),
+        "same labels, one set"
+    );
     let info = a1.to_pod_info().expect("info");
     assert!(
-        Arc::ptr_eq(&info.labels, &a1.labels),
-        "policy shares the map"
+        PodLabels::ptr_eq(&info.labels, &a1.labels),
+        "policy shares the set"
     );
+    assert!(Arc::ptr_eq(&info.ports, pa), "and the port list");
     // A new resourceVersion with the same labels (an address moved): the
     // label map stays the one policy holds.
     w.apply_watcher_event(&Event::Apply(ep("ns a n1 2 x 198.19.0.8")));
     let a2 = c.get("ns", "a").expect("a");
-    assert!(Arc::ptr_eq(&a2.labels, &info.labels));
+    assert!(PodLabels::ptr_eq(&a2.labels, &info.labels));
     assert_eq!(
         &*a2.addresses,
         ["198.19.0.8".parse::<IpAddr>().expect("ip")]
     );
-    // New labels: a new map.
+    // New labels: a new set.
     w.apply_watcher_event(&Event::Apply(ep("ns a n1 3 z 198.19.0.8")));
-    assert!(!Arc::ptr_eq(
+    assert!(!PodLabels::ptr_eq(
         &c.get("ns", "a").expect("a").labels,
         &info.labels
     ));
@@ -155,6 +164,37 @@ fn unchanged_entries_and_labels_are_shared() {
     w.apply_watcher_event(&Event::InitApply(ep("ns b n1 1 x 198.19.0.2")));
     w.apply_watcher_event(&Event::InitDone);
     assert_eq!((w.nodes.len(), w.ports.len()), (1, 1));
+}
+
+/// Label churn does not grow the interner without bound: every pod
+/// relabelled again and again with values never seen before (a unique
+/// label per pod, as `pod-template-hash` can be), the interner holds at
+/// most a bounded multiple of what the cache uses; and once the pods are
+/// gone a relist leaves it empty.
+#[test]
+fn label_churn_frees_unused_interned_labels() {
+    let (c, mut w) = cache();
+    let pods = 200;
+    let mut peak = 0;
+    for round in 0..100 {
+        for p in 0..pods {
+            w.apply_watcher_event(&Event::Apply(ep(&format!(
+                "ns p{p} n1 {round} v{round}-{p} 198.19.3.1"
+            ))));
+        }
+        let (sets, strings) = w.labels.len();
+        peak = peak.max(sets + strings);
+    }
+    assert_eq!(c.len(), pods);
+    // Live: 200 sets, 200 pairs, 200 values and the key "app"; without
+    // freeing, 100 rounds would leave 60,000 sets, pairs and strings.
+    assert!(peak <= 2 * (3 * pods + 1) + 1024, "peak {peak}");
+    for p in 0..pods {
+        w.apply_watcher_event(&Event::Delete(ep(&format!("ns p{p} n1 x x 198.19.3.1"))));
+    }
+    w.apply_watcher_event(&Event::Init);
+    w.apply_watcher_event(&Event::InitDone);
+    assert!(w.labels.is_empty(), "{:?}", w.labels.len());
 }
 
 /// What readers get from the cache is what they got from kube's
@@ -220,7 +260,14 @@ fn readers_see_what_the_reflector_store_held() {
         );
         assert_eq!(&*mine.node, e.spec.node);
         assert_eq!(&*mine.addresses, e.spec.addresses.as_slice());
-        assert_eq!(&*mine.named_ports, e.spec.named_ports.as_slice());
+        assert_eq!(
+            mine.ports.as_deref().ok(),
+            Some(
+                crate::k8s::crd::container_ports(&e.spec.named_ports)
+                    .expect("ports")
+                    .as_slice()
+            )
+        );
     }
     // A named port policy cannot parse is an error, as from the object.
     let mut bad = ep("ns bad n1 1 x 198.19.0.1");
@@ -233,4 +280,62 @@ fn readers_see_what_the_reflector_store_held() {
         c.find(|e| e.addresses.contains(&"198.19.2.9".parse().expect("ip")))
             .is_some()
     );
+}
+
+/// `changes_since` gives exactly the entries made and the pods removed
+/// after a number: updates, deletions, a relist that keeps one entry as
+/// it is, drops one and changes one; nothing at all when nothing changed;
+/// and None once the removals that old are no longer kept.
+#[test]
+fn changes_since_a_number_are_what_was_written_after_it() {
+    let (c, mut w) = cache();
+    for f in [
+        "ns a n1 1 x 198.19.0.1",
+        "ns b n1 1 x 198.19.0.2",
+        "ns c n1 1 x 198.19.0.3",
+    ] {
+        w.apply_watcher_event(&Event::Apply(ep(f)));
+    }
+    let (all, s0) = c.state_and_seq();
+    assert_eq!(all.len(), 3);
+    let ch = c.changes_since(s0).expect("kept");
+    assert!(ch.upserted.is_empty() && ch.removed.is_empty());
+    assert_eq!(ch.seq, s0);
+    // The same resourceVersion again is no change.
+    w.apply_watcher_event(&Event::Apply(ep("ns a n1 1 x 198.19.0.1")));
+    assert!(c.changes_since(s0).expect("kept").upserted.is_empty());
+    w.apply_watcher_event(&Event::Apply(ep("ns a n1 2 y 198.19.0.1")));
+    w.apply_watcher_event(&Event::Delete(ep("ns b n1 1 x 198.19.0.2")));
+    let ch = c.changes_since(s0).expect("kept");
+    let names = |v: &[Arc<CachedEndpoint>]| {
+        let mut n: Vec<String> = v.iter().map(|e| e.name.to_string()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&ch.upserted), ["a"]);
+    assert_eq!(
+        ch.removed.iter().map(|p| &*p.name).collect::<Vec<_>>(),
+        ["b"]
+    );
+    let s1 = ch.seq;
+    // A relist: a unchanged, c gone, d new.
+    w.apply_watcher_event(&Event::Init);
+    w.apply_watcher_event(&Event::InitApply(ep("ns a n1 2 y 198.19.0.1")));
+    w.apply_watcher_event(&Event::InitApply(ep("ns d n1 5 x 198.19.0.4")));
+    w.apply_watcher_event(&Event::InitDone);
+    let ch = c.changes_since(s1).expect("kept");
+    assert_eq!(names(&ch.upserted), ["d"]);
+    assert_eq!(
+        ch.removed.iter().map(|p| &*p.name).collect::<Vec<_>>(),
+        ["c"]
+    );
+    // More removals than are kept: a reader that far behind reads all.
+    let s2 = ch.seq;
+    for i in 0..=CHANGES_KEPT {
+        w.apply_watcher_event(&Event::Apply(ep(&format!("ns e n1 {i} x 198.19.0.5"))));
+        w.apply_watcher_event(&Event::Delete(ep("ns e n1 0 x 198.19.0.5")));
+    }
+    assert!(c.changes_since(s2).is_none());
+    let (_, now) = c.state_and_seq();
+    assert!(c.changes_since(now).is_some());
 }

@@ -3,7 +3,7 @@
 //!
 //! It is kept up to date in place, one block's allocations at a time, and
 //! held in shards that copies share: a new view after one block changed
-//! copies the shards that block's pods fall in (1/64th of the map each),
+//! copies the shards that block's pods fall in (1/1024th of the map each),
 //! not 150k entries, and a reader can tell which shards changed since the
 //! copy it kept ([`PodIps::same_shard`]). Rebuilding the whole map for
 //! every block event cost, at 150k pods, tens of milliseconds and two
@@ -16,10 +16,12 @@ use std::sync::Arc;
 
 use crate::k8s::endpointcache::{NamePair, PodName};
 
-/// Shards: enough that one block's pods (64 addresses at most in one
-/// block event) touch few of them, few enough that a copy of the shard
-/// list is cheap.
-const SHARDS: usize = 64;
+/// Shards: enough that a block event copies and a reader compares little
+/// (~150 pods per shard at 150k; with 64 shards, copying and comparing a
+/// changed shard's 2,300 pods was a third of the agent's CPU in pod
+/// churn, docs/scale.md), few enough that a copy of the shard list (8 KB)
+/// is cheap.
+const SHARDS: usize = 1024;
 
 type Shard = HashMap<PodName, Box<[IpAddr]>>;
 
@@ -57,17 +59,29 @@ impl Eq for PodIps {}
 
 /// The shards of a [`PodIps`] that changed since a copy of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Changed(u64);
+pub struct Changed([u64; SHARDS / 64]);
 
-impl Changed {
-    /// Whether pod `namespace/name`'s addresses may differ (false: they
-    /// are certainly the same).
-    pub fn may_differ(&self, namespace: &str, name: &str) -> bool {
-        self.0 != 0 && self.0 & (1 << shard_of(namespace, name)) != 0
+impl Default for Changed {
+    fn default() -> Self {
+        Changed([0; SHARDS / 64])
     }
 }
 
-const _: () = assert!(SHARDS <= 64, "Changed holds one bit per shard");
+impl Changed {
+    /// Whether any shard changed.
+    pub fn any(&self) -> bool {
+        self.0.iter().any(|w| *w != 0)
+    }
+
+    /// Whether pod `namespace/name`'s addresses may differ (false: they
+    /// are certainly the same).
+    pub fn may_differ(&self, namespace: &str, name: &str) -> bool {
+        let i = shard_of(namespace, name);
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+}
+
+const _: () = assert!(SHARDS.is_multiple_of(64), "Changed holds one bit per shard");
 
 /// The shard of a pod: a fixed hash (not the maps' random one), so that
 /// every copy puts a pod in the same shard.
@@ -116,13 +130,32 @@ impl PodIps {
     /// ([`Changed::may_differ`]): nothing is hashed per pod when no shard
     /// changed.
     pub fn changed_since(&self, other: &PodIps) -> Changed {
-        let mut mask = 0u64;
+        let mut mask = [0u64; SHARDS / 64];
         for (i, (a, b)) in self.shards.iter().zip(other.shards.iter()).enumerate() {
             if !Arc::ptr_eq(a, b) {
-                mask |= 1 << i;
+                mask[i / 64] |= 1 << (i % 64);
             }
         }
         Changed(mask)
+    }
+
+    /// The pods whose addresses differ between `before` (an older copy)
+    /// and `self`, in no particular order: only the shards that were
+    /// copied since are compared.
+    pub fn changed_pods<'a>(&'a self, before: &'a PodIps) -> Vec<&'a PodName> {
+        let mut out = Vec::new();
+        for (new, old) in self.shards.iter().zip(before.shards.iter()) {
+            if Arc::ptr_eq(new, old) {
+                continue;
+            }
+            out.extend(
+                new.iter()
+                    .filter(|(k, v)| old.get(*k) != Some(*v))
+                    .map(|(k, _)| k),
+            );
+            out.extend(old.keys().filter(|k| !new.contains_key(*k)));
+        }
+        out
     }
 
     /// Every pod and its addresses, in no particular order.
@@ -213,6 +246,28 @@ mod tests {
         m.remove("ns", "a", ip("2001:db8::1"));
         assert_eq!(m.len(), 1);
         assert_eq!(m.iter().count(), 1);
+    }
+
+    #[test]
+    fn changed_pods_are_those_whose_addresses_differ() {
+        let mut a = PodIps::default();
+        for i in 0..200u8 {
+            a.insert(
+                &PodName::new("ns", &format!("p{i}")),
+                IpAddr::from([198, 19, 1, i]),
+            );
+        }
+        let before = a.clone();
+        assert!(a.changed_pods(&before).is_empty());
+        a.insert(&PodName::new("ns", "p1"), IpAddr::from([198, 19, 2, 1]));
+        a.remove("ns", "p2", IpAddr::from([198, 19, 1, 2]));
+        a.insert(&PodName::new("ns", "new"), IpAddr::from([198, 19, 3, 1]));
+        // Removed and put back: the same as before.
+        a.remove("ns", "p3", IpAddr::from([198, 19, 1, 3]));
+        a.insert(&PodName::new("ns", "p3"), IpAddr::from([198, 19, 1, 3]));
+        let mut got: Vec<&str> = a.changed_pods(&before).iter().map(|p| &*p.name).collect();
+        got.sort();
+        assert_eq!(got, ["new", "p1", "p2"]);
     }
 
     #[test]

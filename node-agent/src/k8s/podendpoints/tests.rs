@@ -99,7 +99,7 @@ fn publishes_this_nodes_running_pod_network_pods_with_an_address() {
             "2001:db8::7".parse().expect("ip")
         ]
     );
-    assert_eq!(*web.labels, [("app".to_string(), "web".to_string())].into());
+    assert_eq!(web.labels, [("app".to_string(), "web".to_string())].into());
     // Named ports only, protocol defaulted to TCP, sorted.
     assert_eq!(
         web.named_ports,
@@ -140,8 +140,14 @@ fn an_endpoint_reads_back_as_the_pod_policy_knows() {
     // (apart from unnamed ports, which no rule can name).
     let from_ep = ep.to_pod_info().expect("info");
     let mut from_pod = policy::PodInfo::from_k8s(&p).expect("info");
-    from_pod.ports.retain(|c| c.name.is_some());
-    from_pod.ports.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut named: Vec<_> = from_pod
+        .ports
+        .iter()
+        .filter(|c| c.name.is_some())
+        .cloned()
+        .collect();
+    named.sort_by(|a, b| a.name.cmp(&b.name));
+    from_pod.ports = named.into();
     from_pod.ips.sort();
     assert_eq!(from_ep, from_pod);
     let bad = PodEndpoint {

@@ -34,7 +34,7 @@ fn rules_keep_their_order_actions_and_peers() {
         .build());
     assert_eq!(c.priority, Some(7));
     assert!(c.subject.selects(
-        &[("pod".to_string(), "a".to_string())].into(),
+        &crate::Labels::from([("pod".to_string(), "a".to_string())]),
         &[("ns".to_string(), "x".to_string())].into()
     ));
     let actions: Vec<Action> = c.ingress.iter().map(|r| r.action).collect();

@@ -165,7 +165,7 @@ fn namespace_label_change_replans_admin_subjects() {
     // A pod label change elsewhere is still element-only (no pod peers
     // here: nothing at all).
     let mut zc = e.state().pods[&PodKey::new("z", "c")].clone();
-    std::sync::Arc::make_mut(&mut zc.labels).insert("pod".into(), "q".into());
+    zc.labels = zc.labels.with("pod", "q");
     e.upsert_pod(zc);
     assert!(e.commit(&mut sink).unwrap().noop);
 }
@@ -185,7 +185,7 @@ fn remote_pod_label_change_under_anp_pod_peers_is_only_set_elements() {
     e.commit(&mut sink).unwrap();
     // y/c lives on node1: only the selector sets' elements change here.
     let mut yc = e.state().pods[&PodKey::new("y", "c")].clone();
-    std::sync::Arc::make_mut(&mut yc.labels).insert("pod".into(), "b".into());
+    yc.labels = yc.labels.with("pod", "b");
     e.upsert_pod(yc);
     let st = e.commit(&mut sink).unwrap();
     assert_eq!(
