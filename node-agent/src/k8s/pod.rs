@@ -13,6 +13,9 @@ use crate::k8s::crd::{
     RawBaselineAdminNetworkPolicy,
 };
 
+/// The prefix of the annotations Margay owns.
+const MARGAY_PREFIX: &str = "margay.dev/";
+
 /// Pod annotation with the addresses the pod wants (JSON list).
 pub const ANN_IP_ADDRS: &str = "margay.dev/ip-addrs";
 
@@ -94,14 +97,23 @@ pub fn trim_meta(m: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectM
 }
 
 /// Drops what the agent never reads of a Node before it is cached: it
-/// keeps the metadata (name, labels, annotations: Margay's addresses and
-/// route-reflector settings are annotations), the spec, and of the status
-/// only the addresses. Every agent holds every Node; a kubelet's Node
-/// status (images, conditions, nodeInfo, capacity) is most of its bytes.
+/// keeps the metadata (name, labels, and of the annotations Margay's own,
+/// `margay.dev/…`: addresses, route-reflector settings, tunnel addresses),
+/// the spec, and of the status only the addresses. Every agent holds every
+/// Node; a kubelet's Node status (images, conditions, nodeInfo, capacity)
+/// is most of its bytes, and the other annotations (kubeadm's, CSI
+/// drivers', other CNIs') are for others. (This node's own annotations are
+/// written after a GET of the Node, not from this cache.)
 pub fn trim_node(n: &mut Node) {
     use k8s_openapi::api::core::v1::NodeStatus;
     n.metadata.managed_fields = None;
     n.metadata.owner_references = None;
+    if let Some(a) = n.metadata.annotations.as_mut() {
+        a.retain(|k, _| k.starts_with(MARGAY_PREFIX));
+        if a.is_empty() {
+            n.metadata.annotations = None;
+        }
+    }
     if let Some(st) = n.status.take() {
         n.status = Some(NodeStatus {
             addresses: st.addresses,
@@ -230,7 +242,11 @@ mod tests {
     fn a_trimmed_node_keeps_what_the_agent_reads() {
         let node: Node = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "n2", "labels": {"zone": "a"},
-                "annotations": {crate::k8s::node::annotations::ANN_IPV4: "198.18.0.12/24"},
+                "annotations": {crate::k8s::node::annotations::ANN_IPV4: "198.18.0.12/24",
+                    crate::k8s::node::annotations::ANN_RR_CLUSTER_ID: "198.18.0.1",
+                    crate::k8s::node::annotations::ANN_TUNNEL_MAC_V4: "02:00:00:00:00:01",
+                    "node.alpha.kubernetes.io/ttl": "0",
+                    "csi.volume.kubernetes.io/nodeid": "{\"ebs.csi.aws.com\":\"i-0123\"}"},
                 "managedFields": [{"manager": "kubelet", "operation": "Update"}]},
             "spec": {"podCIDR": "10.0.0.0/24"},
             "status": {"addresses": [{"type": "InternalIP", "address": "198.18.0.12"},
@@ -261,5 +277,8 @@ mod tests {
         let st = t.status.as_ref().expect("status");
         assert!(st.images.is_none() && st.conditions.is_none() && st.node_info.is_none());
         assert!(t.metadata.managed_fields.is_none());
+        let ann = t.metadata.annotations.as_ref().expect("annotations");
+        assert_eq!(ann.len(), 3, "Margay's three kept: {ann:?}");
+        assert!(ann.keys().all(|k| k.starts_with(MARGAY_PREFIX)));
     }
 }
