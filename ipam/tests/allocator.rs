@@ -725,7 +725,7 @@ async fn an_idle_allocator_polled_for_its_status_still_retries_its_listing() {
 /// for (another node's too, once the cache has them), without free lists;
 /// nothing while the cache cannot be trusted (last store call failed).
 #[tokio::test]
-async fn blocks_where_trims_the_cache_and_refuses_an_unready_one() {
+async fn blocks_made_by_trims_the_cache_and_refuses_an_unready_one() {
     let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
     let a1 = start(&store, "n1", IpamConfig::default(), &clock).await;
     let a2 = start(&store, "n2", IpamConfig::default(), &clock).await;
@@ -733,10 +733,8 @@ async fn blocks_where_trims_the_cache_and_refuses_an_unready_one() {
     a1.allocate(req("net.b", V4)).await.unwrap();
     let c = a2.allocate(req("net.c", V4)).await.unwrap();
     a1.refresh().await.unwrap();
-    let of = |node: &'static str| {
-        move |al: &ipam::model::Allocation| al.attrs.node.as_deref() == Some(node)
-    };
-    let theirs = a1.blocks_where(of("n2")).await.unwrap().expect("synced");
+    let of = |node: &'static str| move |n: Option<&str>| n == Some(node);
+    let theirs = a1.blocks_made_by(of("n2")).await.unwrap().expect("synced");
     assert_eq!(theirs.len(), 1, "{theirs:?}");
     let handles: Vec<&str> = theirs[0]
         .spec
@@ -750,7 +748,7 @@ async fn blocks_where_trims_the_cache_and_refuses_an_unready_one() {
         theirs[0].spec.ip_of(theirs[0].spec.allocations[0].ordinal),
         Some(c[0].ip)
     );
-    let mine = a1.blocks_where(of("n1")).await.unwrap().expect("synced");
+    let mine = a1.blocks_made_by(of("n1")).await.unwrap().expect("synced");
     let mut handles: Vec<&str> = mine
         .iter()
         .flat_map(|b| b.spec.allocations.iter().map(|x| x.handle.as_str()))
@@ -758,7 +756,7 @@ async fn blocks_where_trims_the_cache_and_refuses_an_unready_one() {
     handles.sort();
     assert_eq!(handles, ["net.a", "net.b"]);
     assert!(
-        a1.blocks_where(|_| false)
+        a1.blocks_made_by(|_| false)
             .await
             .unwrap()
             .expect("synced")
@@ -767,10 +765,10 @@ async fn blocks_where_trims_the_cache_and_refuses_an_unready_one() {
     // A failed store call makes the cache untrustworthy until it succeeds.
     store.set_unavailable(true);
     let _ = a1.allocate(req("net.d", V4)).await;
-    assert!(a1.blocks_where(of("n1")).await.unwrap().is_none());
+    assert!(a1.blocks_made_by(of("n1")).await.unwrap().is_none());
     store.set_unavailable(false);
     a1.refresh().await.unwrap();
-    assert!(a1.blocks_where(of("n1")).await.unwrap().is_some());
+    assert!(a1.blocks_made_by(of("n1")).await.unwrap().is_some());
 }
 
 /// The handle index holds this node's allocations (and every one in its own
@@ -832,4 +830,212 @@ async fn a_seed_before_the_pools_lists_only_the_pools() {
         block_lists,
         "n2 listed every block for want of the pools"
     );
+}
+
+/// An allocator fed from the block watch, seeded with what the store holds
+/// now (the watch's first list) and then told nothing more: its view of
+/// other nodes' blocks goes stale as they write.
+async fn seeded_from_watch(
+    store: &Arc<MemStore>,
+    name: &str,
+    clock: &Arc<ManualClock>,
+) -> Allocator {
+    let a = spawn_from_watch(store, name, clock);
+    a.apply_block_event(BlockEvent::Resync(store.snapshot_blocks()))
+        .await
+        .unwrap();
+    a.refresh().await.unwrap();
+    assert!(a.status().await.unwrap().ready);
+    a
+}
+
+/// n2's allocations as the store holds them: (ordinal, handle, sequence).
+fn allocations_of(store: &MemStore, node: &str) -> Vec<(u32, String, u64)> {
+    store
+        .snapshot_blocks()
+        .iter()
+        .flat_map(|b| b.spec.allocations.iter())
+        .filter(|a| a.attrs.node.as_deref() == Some(node))
+        .map(|a| (a.ordinal, a.handle.clone(), a.sequence))
+        .collect()
+}
+
+/// The cache keeps another node's block only summarised. Borrowing from
+/// it reads it whole first and writes the whole block: the owner's
+/// allocations stay as they were, the free list stays consistent.
+#[tokio::test]
+async fn borrowing_from_a_summarised_block_writes_the_whole_block() {
+    // One /28 pool of one /28 block: n1 cannot claim, only borrow.
+    let (store, clock) = setup(&[("p4", "198.19.0.0/28", 28)]);
+    let n2 = start(&store, "n2", IpamConfig::default(), &clock).await;
+    for i in 0..3 {
+        n2.allocate(req(&format!("net.b{i}"), V4)).await.unwrap();
+    }
+    let theirs = allocations_of(&store, "n2");
+    let n1 = seeded_from_watch(&store, "n1", &clock).await;
+    let (gets, lists) = (store.stats().gets, store.stats().block_lists);
+    let got = n1.allocate(req("net.a0", V4)).await.unwrap();
+    assert!(got[0].borrowed, "{got:?}");
+    assert_eq!(
+        store.stats().gets,
+        gets + 1,
+        "the summarised block was read whole before the write"
+    );
+    assert_eq!(store.stats().block_lists, lists, "no re-list");
+    assert_eq!(allocations_of(&store, "n2"), theirs, "the owner's kept");
+    let blocks = store.snapshot_blocks();
+    assert_eq!(blocks.len(), 1);
+    blocks[0]
+        .spec
+        .validate()
+        .expect("a whole, consistent block");
+    assert_eq!(blocks[0].spec.allocations.len(), 4);
+    assert_eq!(blocks[0].spec.usable_count(0, 0), 12);
+    // n1 now holds the block whole (its allocation is in it): the next
+    // borrow needs no read, and its handle is known.
+    let gets = store.stats().gets;
+    let again = n1.allocate(req("net.a1", V4)).await.unwrap();
+    assert!(again[0].borrowed);
+    assert_eq!(store.stats().gets, gets);
+    assert_eq!(
+        n1.get_handle("net.a0").await.unwrap().unwrap().addresses,
+        got
+    );
+    // Releasing both leaves the owner's allocations alone.
+    assert_eq!(n1.release("net.a0").await.unwrap(), vec![got[0].ip]);
+    assert_eq!(n1.release("net.a1").await.unwrap(), vec![again[0].ip]);
+    assert_eq!(allocations_of(&store, "n2"), theirs);
+    assert_eq!(n1.status().await.unwrap().pools[0].allocated, 3);
+}
+
+/// A summary that went stale (the owner allocated since, and no watch
+/// event came) is not written from: the block is read from the store, and
+/// the borrow lands on the first try, next to the owner's new addresses.
+/// A summary that says there is room when there is none ends in the
+/// ordinary answer, not in a lost address.
+#[tokio::test]
+async fn a_stale_summary_is_read_again_before_a_borrow() {
+    let (store, clock) = setup(&[("p4", "198.19.0.0/28", 28)]);
+    let n2 = start(&store, "n2", IpamConfig::default(), &clock).await;
+    for i in 0..4 {
+        n2.allocate(req(&format!("net.b{i}"), V4)).await.unwrap();
+    }
+    let n1 = seeded_from_watch(&store, "n1", &clock).await;
+    // n1 hears nothing of these.
+    for i in 4..8 {
+        n2.allocate(req(&format!("net.b{i}"), V4)).await.unwrap();
+    }
+    let theirs = allocations_of(&store, "n2");
+    let conflicts = store.stats().conflicts;
+    let got = n1.allocate(req("net.a0", V4)).await.unwrap();
+    assert_eq!(
+        store.stats().conflicts,
+        conflicts,
+        "written from the store's block"
+    );
+    assert_eq!(allocations_of(&store, "n2"), theirs);
+    let ord = got[0].ip.to_string();
+    assert!(
+        !theirs
+            .iter()
+            .any(|(o, _, _)| format!("198.19.0.{o}") == ord),
+        "{ord} is one of n2's"
+    );
+    // n2 fills the block; n1's summary (n1 holds it whole now, so drop
+    // that: a fresh n3) still says there is room.
+    let n3 = seeded_from_watch(&store, "n3", &clock).await;
+    for i in 8..15 {
+        n2.allocate(req(&format!("net.b{i}"), V4)).await.unwrap();
+    }
+    assert_eq!(store.snapshot_blocks()[0].spec.free.len(), 0);
+    let before = store.snapshot_blocks();
+    let e = n3.allocate(req("net.c0", V4)).await.unwrap_err();
+    assert!(matches!(e, IpamError::Exhausted { .. }), "{e}");
+    assert_eq!(store.snapshot_blocks(), before, "nothing written");
+}
+
+/// The leak GC's scan on a cache that keeps other nodes' blocks
+/// summarised: the blocks holding allocations of a node that is gone are
+/// read from the store, and releasing them reads the block whole before
+/// the write (a summarised block must not pass for one that no longer
+/// holds the target).
+#[tokio::test]
+async fn the_leak_gc_reads_and_releases_a_gone_nodes_allocations() {
+    let (store, clock) = setup(&[("p4", "198.19.0.0/16", 26)]);
+    let gone = start(&store, "gone", IpamConfig::default(), &clock).await;
+    let n2 = start(&store, "n2", IpamConfig::default(), &clock).await;
+    for i in 0..3 {
+        gone.allocate(req(&format!("net.g{i}"), V4)).await.unwrap();
+    }
+    n2.allocate(req("net.b0", V4)).await.unwrap();
+    let n1 = seeded_from_watch(&store, "n1", &clock).await;
+    n1.allocate(req("net.a0", V4)).await.unwrap();
+    let gets = store.stats().gets;
+    let blocks = n1
+        .blocks_made_by(|n| n.is_some_and(|n| n == "n1" || n == "gone"))
+        .await
+        .unwrap()
+        .expect("synced");
+    assert_eq!(
+        store.stats().gets,
+        gets + 1,
+        "only the gone node's block read"
+    );
+    let mut handles: Vec<&str> = blocks
+        .iter()
+        .flat_map(|b| b.spec.allocations.iter().map(|a| a.handle.as_str()))
+        .collect();
+    handles.sort();
+    assert_eq!(handles, ["net.a0", "net.g0", "net.g1", "net.g2"]);
+    let target = blocks
+        .iter()
+        .flat_map(|b| {
+            b.spec.allocations.iter().map(|a| ipam::ReleaseTarget {
+                block: b.name.clone(),
+                ordinal: a.ordinal,
+                handle: a.handle.clone(),
+                sequence: a.sequence,
+            })
+        })
+        .find(|t| t.handle == "net.g1")
+        .expect("target");
+    let released = n1.release_targets(vec![target.clone()]).await.unwrap();
+    assert_eq!(released, vec![target]);
+    let left: Vec<String> = allocations_of(&store, "gone")
+        .into_iter()
+        .map(|(_, h, _)| h)
+        .collect();
+    assert_eq!(left, ["net.g0", "net.g2"]);
+    assert_eq!(allocations_of(&store, "n2").len(), 1);
+    let blocks = store.snapshot_blocks();
+    for b in &blocks {
+        b.spec.validate().expect("consistent");
+    }
+}
+
+/// A dual-stack borrow from two summarised blocks (one per family): the
+/// op is planned one family at a time, so the first block read must stay
+/// whole while the second is read (unpinning it went round for ever).
+#[tokio::test]
+async fn a_dual_stack_borrow_reads_both_summarised_blocks() {
+    let (store, clock) = setup(&[("p4", "198.19.0.0/28", 28), ("p6", "2001:db8::/124", 124)]);
+    let both = [Family::V4, Family::V6];
+    let n2 = start(&store, "n2", IpamConfig::default(), &clock).await;
+    n2.allocate(req("net.b0", &both)).await.unwrap();
+    let n1 = seeded_from_watch(&store, "n1", &clock).await;
+    let gets = store.stats().gets;
+    let got = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        n1.allocate(req("net.a0", &both)),
+    )
+    .await
+    .expect("the borrow finished")
+    .unwrap();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|a| a.borrowed), "{got:?}");
+    assert_eq!(store.stats().gets, gets + 2, "each block read once");
+    for b in store.snapshot_blocks() {
+        b.spec.validate().expect("consistent");
+        assert_eq!(b.spec.allocations.len(), 2, "{}", b.name);
+    }
 }

@@ -264,6 +264,33 @@ impl Counters {
 
 type Reply<T> = oneshot::Sender<Result<T, IpamError>>;
 
+/// Most block reads [`Allocator::blocks_made_by`] has in flight.
+const GET_CONCURRENCY: usize = 8;
+
+/// `b` with only the allocations whose node `select` accepts, and no free
+/// list; None if it has none.
+fn trimmed(b: &BlockObject, select: impl Fn(Option<&str>) -> bool) -> Option<BlockObject> {
+    let allocations: Vec<Allocation> = b
+        .spec
+        .allocations
+        .iter()
+        .filter(|a| select(a.attrs.node.as_deref()))
+        .cloned()
+        .collect();
+    (!allocations.is_empty()).then(|| Versioned {
+        name: b.name.clone(),
+        resource_version: b.resource_version.clone(),
+        spec: IpamBlockSpec {
+            cidr: b.spec.cidr,
+            affinity: b.spec.affinity.clone(),
+            allocations,
+            free: Vec::new(),
+            sequence: b.spec.sequence,
+            created_at: b.spec.created_at,
+        },
+    })
+}
+
 /// Told the addresses an allocation has chosen, before the write that makes
 /// them durable (see [`Allocator::allocate_notify`]).
 pub type Picked = oneshot::Sender<Vec<IpAddr>>;
@@ -302,6 +329,9 @@ pub struct Allocator {
     counters: Arc<Counters>,
     node: Arc<str>,
     task: Arc<TaskGuard>,
+    /// For reads outside the worker ([`Allocator::blocks_made_by`]).
+    store: Arc<dyn Store>,
+    store_timeout: Duration,
 }
 
 impl Allocator {
@@ -340,6 +370,7 @@ impl Allocator {
 
     fn launch(w: worker::Worker, counters: Arc<Counters>) -> Allocator {
         let name: Arc<str> = w.node_name().into();
+        let (store, store_timeout) = w.store();
         let (tx, rx) = mpsc::channel(4096);
         let task = tokio::spawn(w.run(rx)).abort_handle();
         Allocator {
@@ -347,6 +378,8 @@ impl Allocator {
             counters,
             node: name,
             task: Arc::new(TaskGuard(task)),
+            store,
+            store_timeout,
         }
     }
 
@@ -506,49 +539,84 @@ impl Allocator {
         .await
     }
 
-    /// The cached blocks trimmed to the allocations `keep` selects, for a
-    /// scan over every allocation of the cluster (the leak GC) without a
-    /// store listing: the cache follows the block watch. Blocks with no
-    /// such allocation are left out and no free list is copied, so the
-    /// answer is as small as what was asked for. None while the cache is
-    /// not synced or the last store call failed (a partial or stale cache
-    /// must not be judged).
-    pub async fn blocks_where(
+    /// The blocks holding allocations made by the nodes `select` accepts
+    /// (`None`: an allocation naming no node), trimmed to those
+    /// allocations, for a scan over the cluster's allocations (the leak GC:
+    /// this node's, and those of nodes that are gone) without a store
+    /// listing. Blocks with no such allocation are left out and no free
+    /// list is copied, so the answer is as small as what was asked for.
+    ///
+    /// The cache follows the block watch but keeps another node's block
+    /// whole only while it holds this node's allocations; of the others it
+    /// knows which nodes made their allocations, and those where `select`
+    /// accepts one are read from the store (one GET each; at most
+    /// `GET_CONCURRENCY` at a time). None while the cache is not synced or
+    /// the last store call failed (a partial or stale cache must not be
+    /// judged); an error if a read fails.
+    pub async fn blocks_made_by(
         &self,
-        keep: impl Fn(&Allocation) -> bool + Send + 'static,
+        select: impl Fn(Option<&str>) -> bool + Send + Sync + 'static,
     ) -> Result<Option<Vec<BlockObject>>, IpamError> {
-        self.inspect(move |v| {
-            if !v.ready {
-                return None;
+        let select = Arc::new(select);
+        let sel = Arc::clone(&select);
+        let found = self
+            .inspect(move |v| {
+                if !v.ready {
+                    return None;
+                }
+                let whole: Vec<BlockObject> = v
+                    .blocks
+                    .values()
+                    .filter_map(|b| trimmed(b, |n| sel(n)))
+                    .collect();
+                let summarised: Vec<String> = v
+                    .summaries
+                    .iter()
+                    .filter(|(_, s)| s.makers.iter().any(|m| sel(Some(m))))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                Some((whole, summarised))
+            })
+            .await?;
+        let Some((mut out, names)) = found else {
+            return Ok(None);
+        };
+        if names.is_empty() {
+            return Ok(Some(out));
+        }
+        use futures::StreamExt as _;
+        Counters::add(&self.counters.reads, names.len() as u64);
+        let limit = self.store_timeout;
+        // Owned names and store handles: a future borrowing from the
+        // iterator is not Send for every lifetime (the caller spawns this).
+        let mut reads = futures::stream::iter(names)
+            .map(|n| {
+                let store = Arc::clone(&self.store);
+                async move {
+                    match tokio::time::timeout(limit, store.get_block(&n)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(crate::store::StoreError::unavailable(format!(
+                            "reading block {n} timed out after {limit:?}"
+                        ))),
+                    }
+                }
+            })
+            .buffered(GET_CONCURRENCY);
+        while let Some(r) = reads.next().await {
+            match r {
+                // Deleted since: nothing of it to judge.
+                Ok(None) => {}
+                Ok(Some(b)) => out.extend(trimmed(&b, |n| select(n))),
+                Err(e) => {
+                    return Err(IpamError::Unavailable {
+                        reason: "reading blocks for the leak GC".into(),
+                        source: Some(e),
+                    });
+                }
             }
-            let trimmed = v
-                .blocks
-                .values()
-                .filter_map(|b| {
-                    let allocations: Vec<Allocation> = b
-                        .spec
-                        .allocations
-                        .iter()
-                        .filter(|a| keep(a))
-                        .cloned()
-                        .collect();
-                    (!allocations.is_empty()).then(|| Versioned {
-                        name: b.name.clone(),
-                        resource_version: b.resource_version.clone(),
-                        spec: IpamBlockSpec {
-                            cidr: b.spec.cidr,
-                            affinity: b.spec.affinity.clone(),
-                            allocations,
-                            free: Vec::new(),
-                            sequence: b.spec.sequence,
-                            created_at: b.spec.created_at,
-                        },
-                    })
-                })
-                .collect();
-            Some(trimmed)
-        })
-        .await
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Some(out))
     }
 
     /// Runs `f` on the worker's view between rounds.

@@ -40,6 +40,9 @@ pub(crate) struct Planner<'a> {
     pub now: u64,
     /// Names of blocks affine to this node (cache + claims of this round).
     pub affine: &'a mut Vec<String>,
+    /// A block the plan must write but the cache holds only summarised:
+    /// the op is planned again once it has been read whole.
+    pub fetch: Option<String>,
 }
 
 impl Planner<'_> {
@@ -47,10 +50,17 @@ impl Planner<'_> {
         self.view.config.reuse_cooldown_ms
     }
 
-    /// The working copy of a cached block (cloned on first use).
+    /// The working copy of a cached block (cloned on first use). A block
+    /// cached only summarised has none: it is noted in `fetch`.
     pub fn entry(&mut self, name: &str) -> Option<&mut Work> {
         if !self.work.contains_key(name) {
-            let obj = self.view.blocks.get(name)?.clone();
+            let Some(obj) = self.view.blocks.get(name) else {
+                if self.view.summaries.contains_key(name) {
+                    self.fetch.get_or_insert_with(|| name.to_string());
+                }
+                return None;
+            };
+            let obj = obj.clone();
             self.work.insert(
                 name.to_string(),
                 Work {
@@ -61,6 +71,22 @@ impl Planner<'_> {
             );
         }
         self.work.get_mut(name)
+    }
+
+    /// Notes that block `name` must be read whole before this op can be
+    /// planned; the error is never returned to a caller.
+    fn need(&mut self, name: &str) -> IpamError {
+        self.fetch.get_or_insert_with(|| name.to_string());
+        IpamError::Unavailable {
+            reason: format!("block {name} is to be read from the store"),
+            source: None,
+        }
+    }
+
+    /// Whether the cache holds block `name` only summarised (and this
+    /// round has no working copy of it).
+    pub fn summarised(&self, name: &str) -> bool {
+        !self.work.contains_key(name) && self.view.summaries.contains_key(name)
     }
 
     /// The current state of a block: working copy if any, else cache.
@@ -163,6 +189,9 @@ impl Planner<'_> {
             self.new_block(natural.clone(), spec);
             natural
         };
+        if self.summarised(&name) {
+            return Err(self.need(&name));
+        }
         let Some(block) = self.current(&name) else {
             return Err(IpamError::Unavailable {
                 reason: format!("block {name} vanished from the cache"),
@@ -220,11 +249,11 @@ impl Planner<'_> {
         );
     }
 
-    fn in_pools(&self, spec: &IpamBlockSpec, pools: &[usize]) -> Option<usize> {
+    fn in_pools(&self, cidr: &crate::cidr::Cidr, pools: &[usize]) -> Option<usize> {
         pools
             .iter()
             .copied()
-            .find(|&i| self.view.pools[i].spec.cidr.contains_cidr(&spec.cidr))
+            .find(|&i| self.view.pools[i].spec.cidr.contains_cidr(cidr))
     }
 
     /// Plans one address of `family` from the eligible pools: affine blocks,
@@ -260,7 +289,7 @@ impl Planner<'_> {
                 continue;
             };
             if b.affine_node() != Some(self.view.node.name.as_str())
-                || self.in_pools(b, &pools).is_none()
+                || self.in_pools(&b.cidr, &pools).is_none()
             {
                 continue;
             }
@@ -283,10 +312,14 @@ impl Planner<'_> {
                 {
                     return Ok(t);
                 }
+                if let Some(name) = self.fetch.clone() {
+                    return Err(self.need(&name));
+                }
             }
         }
         // 3. Borrow.
         if !self.view.config.strict_affinity {
+            let mine = Some(self.view.affinity.as_str());
             let mut cands: Vec<String> = Vec::new();
             let names = self.view.blocks.keys().chain(
                 self.work
@@ -297,17 +330,32 @@ impl Planner<'_> {
                 let Some(b) = self.current(name) else {
                     continue;
                 };
-                if b.affinity.as_deref() != Some(self.view.affinity.as_str())
-                    && self.in_pools(b, &pools).is_some()
+                if b.affinity.as_deref() != mine
+                    && self.in_pools(&b.cidr, &pools).is_some()
                     && b.usable_count(now, cd) > 0
                 {
                     cands.push(name.clone());
                 }
             }
+            // Summarised blocks: chosen by their summary, read whole
+            // before the take (in the same order as whole ones).
+            for (name, b) in &self.view.summaries {
+                if !self.work.contains_key(name)
+                    && b.affinity.as_deref() != mine
+                    && self.in_pools(&b.cidr, &pools).is_some()
+                    && b.has_usable(now, cd)
+                {
+                    cands.push(name.clone());
+                }
+            }
+            cands.sort_unstable();
             if !cands.is_empty() {
                 let start = (fnv1a(&[&self.view.node.name]) % cands.len() as u64) as usize;
                 for i in 0..cands.len() {
                     let name = cands[(start + i) % cands.len()].clone();
+                    if self.summarised(&name) {
+                        return Err(self.need(&name));
+                    }
                     if let Some(t) = self.take(&name, op, handle, attrs, None) {
                         return Ok(t);
                     }
@@ -390,10 +438,13 @@ impl Planner<'_> {
                 return Some(name);
             }
         }
-        // Reclaim an empty block of another node (or of none).
+        // Reclaim an empty block of another node (or of none): the first
+        // by name, whole or summarised (a summarised one is read whole
+        // first, and chosen again from what the store holds).
         let (now, cd) = (self.now, self.cooldown());
         let min_age = self.view.config.min_reclaim_age_ms;
-        let victim = self
+        let mine = Some(self.view.affinity.as_str());
+        let whole = self
             .view
             .blocks
             .values()
@@ -401,13 +452,39 @@ impl Planner<'_> {
             .find(|b| {
                 let s = &b.spec;
                 pool.spec.cidr.contains_cidr(&s.cidr)
-                    && s.affinity.as_deref() != Some(self.view.affinity.as_str())
+                    && s.affinity.as_deref() != mine
                     && s.is_empty()
                     && !s.has_cooling(now, cd)
                     && (s.affinity.is_none() || now.saturating_sub(s.created_at) >= min_age)
-            })?
-            .name
-            .clone();
+            })
+            .map(|b| &b.name);
+        let summarised = self
+            .view
+            .summaries
+            .iter()
+            .filter(|(n, _)| !self.work.contains_key(*n))
+            .find(|(_, s)| {
+                pool.spec.cidr.contains_cidr(&s.cidr)
+                    && s.affinity.as_deref() != mine
+                    && s.allocated == 0
+                    && !s.has_cooling(now, cd)
+                    && (s.affinity.is_none() || now.saturating_sub(s.created_at) >= min_age)
+            })
+            .map(|(n, _)| n);
+        let victim = match (whole, summarised) {
+            (Some(w), Some(s)) if s < w => {
+                let s = s.clone();
+                self.need(&s);
+                return None;
+            }
+            (None, Some(s)) => {
+                let s = s.clone();
+                self.need(&s);
+                return None;
+            }
+            (Some(w), _) => w.clone(),
+            (None, None) => return None,
+        };
         let affinity = self.view.affinity.clone();
         let w = self.entry(&victim)?;
         w.obj.spec.affinity = Some(affinity);

@@ -3,13 +3,15 @@
 //! it is rebuilt from a store listing; none of it is authoritative (every
 //! write is a CAS against the store).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use tracing::warn;
 
 use crate::cidr::{Cidr, Family, ip_to_u128};
-use crate::model::{AllowedUse, IpPool, IpamBlockSpec, IpamConfig, block_name, host_affinity};
+use crate::model::{
+    Allocation, AllowedUse, IpPool, IpamBlockSpec, IpamConfig, block_name, host_affinity,
+};
 use crate::store::{BlockObject, PoolObject};
 
 use super::{Assigned, NodeInfo};
@@ -21,13 +23,98 @@ pub(crate) struct Slot {
     pub ordinal: u32,
 }
 
+/// What the cache keeps of a block this node may not write to (another
+/// node's block holding none of this node's allocations): enough to claim
+/// around it, to choose it for a borrow or a reclaim, to order its watch
+/// events, for the pool figures, and for the leak GC to know whether it
+/// holds allocations of a node that is gone. Before a write, the whole
+/// block is read from the store ([`View::pinned`]). At 5,000 nodes this
+/// is a few hundred bytes per block instead of every allocation's handle
+/// and attributes and the free list (tens of MB per agent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Summary {
+    pub resource_version: Box<str>,
+    pub cidr: Cidr,
+    pub affinity: Option<Box<str>>,
+    pub sequence: u64,
+    pub created_at: u64,
+    /// Number of allocations.
+    pub allocated: u32,
+    /// Some free ordinal was never used (usable at once).
+    pub fresh_free: bool,
+    /// Earliest and latest release time among the free ordinals that were
+    /// released (for the cool-down).
+    pub released: Option<(u64, u64)>,
+    /// The nodes that made its allocations (sorted, once each); an
+    /// allocation naming no node keeps the block whole (it is indexed).
+    pub makers: Box<[Box<str>]>,
+}
+
+impl Summary {
+    pub fn of(o: &BlockObject) -> Summary {
+        let s = &o.spec;
+        let mut released: Option<(u64, u64)> = None;
+        let mut fresh_free = false;
+        for f in &s.free {
+            match f.released_at {
+                None => fresh_free = true,
+                Some(t) => {
+                    released = Some(released.map_or((t, t), |(a, b)| (a.min(t), b.max(t))));
+                }
+            }
+        }
+        let mut makers: Vec<&str> = s
+            .allocations
+            .iter()
+            .filter_map(|a| a.attrs.node.as_deref())
+            .collect();
+        makers.sort_unstable();
+        makers.dedup();
+        Summary {
+            resource_version: o.resource_version.as_str().into(),
+            cidr: s.cidr,
+            affinity: s.affinity.as_deref().map(Into::into),
+            sequence: s.sequence,
+            created_at: s.created_at,
+            allocated: u32::try_from(s.allocations.len()).unwrap_or(u32::MAX),
+            fresh_free,
+            released,
+            makers: makers.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// [`IpamBlockSpec::usable_count`] `> 0`.
+    pub fn has_usable(&self, now_ms: u64, cooldown_ms: u64) -> bool {
+        self.fresh_free
+            || self
+                .released
+                .is_some_and(|(first, _)| first.saturating_add(cooldown_ms) <= now_ms)
+    }
+
+    /// [`IpamBlockSpec::has_cooling`].
+    pub fn has_cooling(&self, now_ms: u64, cooldown_ms: u64) -> bool {
+        self.released
+            .is_some_and(|(_, last)| last.saturating_add(cooldown_ms) > now_ms)
+    }
+}
+
 pub(crate) struct View {
     pub node: NodeInfo,
     pub affinity: String,
     pub config: IpamConfig,
     pub pools: Vec<IpPool>,
     pub pool_errors: Vec<String>,
+    /// The blocks kept whole: those affine to this node, those holding an
+    /// allocation of the handle index ([`View::indexed`]), and pinned ones.
+    /// Every slot of the index is in one of these.
     pub blocks: BTreeMap<String, BlockObject>,
+    /// Every other valid block, summarised (a name is in `blocks` or here,
+    /// never both).
+    pub summaries: BTreeMap<String, Summary>,
+    /// Blocks kept whole whatever they hold: read from the store for a
+    /// write this node plans (a borrow, a reclaim, a release of another
+    /// node's allocation). The worker unpins them after the next round.
+    pub pinned: HashSet<String>,
     /// handle → slots, rebuilt from the cached blocks: the allocations this
     /// node may look up by handle (see [`View::indexed`]), not every
     /// allocation of the cluster (150k handles at 5,000 nodes, ~35 MB).
@@ -68,6 +155,8 @@ impl View {
             pools: Vec::new(),
             pool_errors: Vec::new(),
             blocks: BTreeMap::new(),
+            summaries: BTreeMap::new(),
+            pinned: HashSet::new(),
             index: HashMap::new(),
             occupied: BTreeMap::new(),
             invalid: BTreeMap::new(),
@@ -118,9 +207,8 @@ impl View {
     pub fn merge_all_blocks(&mut self, objs: Vec<BlockObject>) {
         for o in objs {
             let newer = self
-                .blocks
-                .get(&o.name)
-                .is_none_or(|c| o.spec.sequence >= c.spec.sequence);
+                .cached_version(&o.name)
+                .is_none_or(|(_, seq)| o.spec.sequence >= seq);
             if newer {
                 self.put_block(o);
             }
@@ -129,6 +217,7 @@ impl View {
 
     pub fn set_all_blocks(&mut self, objs: Vec<BlockObject>) {
         self.blocks.clear();
+        self.summaries.clear();
         self.index.clear();
         self.occupied.clear();
         self.invalid.clear();
@@ -137,7 +226,50 @@ impl View {
         }
     }
 
+    /// The cached block's resourceVersion and sequence, whole or summarised.
+    pub fn cached_version(&self, name: &str) -> Option<(&str, u64)> {
+        match self.blocks.get(name) {
+            Some(b) => Some((b.resource_version.as_str(), b.spec.sequence)),
+            None => self
+                .summaries
+                .get(name)
+                .map(|s| (&*s.resource_version, s.sequence)),
+        }
+    }
+
+    /// A cached block's affinity, whole or summarised.
+    pub fn affinity_of(&self, name: &str) -> Option<&str> {
+        match self.blocks.get(name) {
+            Some(b) => b.spec.affinity.as_deref(),
+            None => self.summaries.get(name)?.affinity.as_deref(),
+        }
+    }
+
+    /// Whether a block must be kept whole: this node may write to it.
+    fn keep_whole(&self, o: &BlockObject) -> bool {
+        o.spec.affinity.as_deref() == Some(self.affinity.as_str())
+            || self.pinned.contains(&o.name)
+            || o.spec.allocations.iter().any(|a| self.indexed(a))
+    }
+
+    /// Summarises a whole block again once nothing needs it whole.
+    pub fn unpin(&mut self, name: &str) {
+        if !self.pinned.remove(name) {
+            return;
+        }
+        if let Some(b) = self.blocks.get(name)
+            && !self.keep_whole(b)
+            && let Some(b) = self.blocks.remove(name)
+        {
+            self.summaries.insert(b.name.clone(), Summary::of(&b));
+        }
+    }
+
     fn unindex(&mut self, name: &str) {
+        if let Some(old) = self.summaries.remove(name) {
+            let (s, _) = range_of(&old.cidr);
+            self.occupied.remove(&(old.cidr.family(), s));
+        }
         if let Some(old) = self.blocks.remove(name) {
             for a in &old.spec.allocations {
                 if let Some(v) = self.index.get_mut(&a.handle) {
@@ -174,6 +306,10 @@ impl View {
             self.invalid.insert(o.name, cidr.to_string());
             return;
         }
+        if !self.keep_whole(&o) {
+            self.summaries.insert(o.name.clone(), Summary::of(&o));
+            return;
+        }
         let affine = o.spec.affinity.as_deref() == Some(self.affinity.as_str());
         for a in &o.spec.allocations {
             if !affine && !self.indexed(a) {
@@ -194,7 +330,7 @@ impl View {
     /// node's allocations are judged by block and ordinal (the leak GC's
     /// release targets), never by handle. Every allocation of a block
     /// affine to this node is indexed whatever its node.
-    pub fn indexed(&self, a: &crate::model::Allocation) -> bool {
+    pub fn indexed(&self, a: &Allocation) -> bool {
         a.attrs.node.as_deref().is_none_or(|n| n == self.node.name)
     }
 

@@ -90,6 +90,9 @@ enum Outcome {
     /// Requested address in use per the cache: re-read that block and plan
     /// again.
     Reread(String),
+    /// The plan writes to blocks the cache holds only summarised: read them
+    /// whole from the store (pinned for the next round) and plan again.
+    Fetch(Vec<String>),
 }
 
 pub(crate) struct Worker {
@@ -111,6 +114,9 @@ pub(crate) struct Worker {
     /// When a re-list last failed to turn up a pool or an address.
     futile_relist: Option<Instant>,
     next_id: u64,
+    /// Blocks pinned whole ([`View::pinned`]), with the op that needs them
+    /// (unpinned when no pending op does).
+    pins: Vec<(String, u64)>,
     idle_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -127,7 +133,12 @@ pub(crate) fn status_of(v: &View) -> StatusInfo {
                 .values()
                 .filter(|b| p.spec.cidr.contains_cidr(&b.spec.cidr))
                 .map(|b| b.spec.allocations.len() as u64)
-                .sum(),
+                .sum::<u64>()
+                + v.summaries
+                    .values()
+                    .filter(|b| p.spec.cidr.contains_cidr(&b.cidr))
+                    .map(|b| u64::from(b.allocated))
+                    .sum::<u64>(),
             disabled: p.spec.disabled,
         })
         .collect();
@@ -218,11 +229,17 @@ impl Worker {
             futile_relist: None,
             idle_waiters: Vec::new(),
             next_id: 0,
+            pins: Vec::new(),
         }
     }
 
     pub fn node_name(&self) -> &str {
         &self.view.node.name
+    }
+
+    /// The store and the time limit of one call.
+    pub fn store(&self) -> (Arc<dyn Store>, std::time::Duration) {
+        (self.store.clone(), self.opts.store_timeout)
     }
 
     fn store_failed(&mut self, e: &StoreError) {
@@ -522,10 +539,10 @@ impl Worker {
     fn apply_event(&mut self, ev: BlockEvent) {
         match ev {
             BlockEvent::Applied(obj) => {
-                let newer = self.view.blocks.get(&obj.name).is_none_or(|c| {
-                    c.resource_version != obj.resource_version
-                        && obj.spec.sequence >= c.spec.sequence
-                });
+                let newer = self
+                    .view
+                    .cached_version(&obj.name)
+                    .is_none_or(|(rv, seq)| rv != obj.resource_version && obj.spec.sequence >= seq);
                 if newer {
                     self.view.put_block(obj);
                 }

@@ -65,8 +65,19 @@ impl Worker {
                 work: &mut work,
                 now,
                 affine: &mut affine,
+                fetch: None,
             };
-            outcomes.push(plan_op(&mut p, i, op));
+            let outcome = plan_op(&mut p, i, op);
+            let outcome = match p.fetch.take() {
+                // Nothing of the op stays planned (see plan_op).
+                Some(b) if !matches!(outcome, Outcome::Fetch(_)) => {
+                    p.undo(i, &op.tents);
+                    op.tents.clear();
+                    Outcome::Fetch(vec![b])
+                }
+                _ => outcome,
+            };
+            outcomes.push(outcome);
         }
 
         // Tell waiting callers what was chosen before the (slow) write.
@@ -141,9 +152,8 @@ impl Worker {
                             // know was taken) means the cache of other
                             // nodes' blocks is stale: re-list everything
                             // rather than discover it one conflict at a time.
-                            let ours = self.view.blocks.get(n).is_some_and(|b| {
-                                b.spec.affinity.as_deref() == Some(self.view.affinity.as_str())
-                            });
+                            let ours =
+                                self.view.affinity_of(n) == Some(self.view.affinity.as_str());
                             if ours {
                                 reread.push(n.clone());
                             } else {
@@ -161,6 +171,20 @@ impl Worker {
                         }
                     }
                     debug!(block = %n, error = %e, "block write failed");
+                }
+            }
+        }
+        // Summarised blocks the ops want to write: read them whole, pinned
+        // while the op is pending (a dual-stack op may need two, planned
+        // one at a time; unpinning the first while fetching the second
+        // would go round for ever).
+        for (op, o) in batch.iter().zip(&outcomes) {
+            if let Outcome::Fetch(names) = o {
+                for n in names {
+                    if self.view.pinned.insert(n.clone()) {
+                        self.pins.push((n.clone(), op.id));
+                    }
+                    reread.push(n.clone());
                 }
             }
         }
@@ -198,6 +222,15 @@ impl Worker {
                     }
                 }
                 Outcome::Reread(_) => keep.push(op),
+                Outcome::Fetch(_) if now_i >= op.deadline => {
+                    Counters::add(&self.counters.failed, 1);
+                    let e = IpamError::Unavailable {
+                        reason: "request timed out reading blocks to write".into(),
+                        source: None,
+                    };
+                    self.fail(op, e, &mut keep);
+                }
+                Outcome::Fetch(_) => keep.push(op),
                 Outcome::Planned => {
                     let mut op = op;
                     let tents = mem::take(&mut op.tents);
@@ -222,6 +255,19 @@ impl Worker {
         }
         keep.sort_by_key(|o| o.id);
         *pending = keep;
+        // Blocks pinned whole for ops that are no longer pending: what was
+        // written holds this node's allocations (kept whole for that) or
+        // is gone; the rest is summarised again.
+        let done: Vec<String> = self
+            .pins
+            .extract_if(.., |(_, id)| !pending.iter().any(|o| o.id == *id))
+            .map(|(n, _)| n)
+            .collect();
+        for n in done {
+            if !self.pins.iter().any(|(p, _)| *p == n) {
+                self.view.unpin(&n);
+            }
+        }
 
         self.release_empty_blocks(&written, now).await;
     }
@@ -607,6 +653,19 @@ fn plan_op(p: &mut Planner<'_>, i: usize, op: &mut Op) -> Outcome {
             released,
             ..
         } => {
+            // Another node's block (the leak GC releasing a gone node's
+            // allocation) is cached summarised: read it whole first, or the
+            // target would look released already.
+            let mut fetch: Vec<String> = remaining
+                .iter()
+                .filter(|t| p.summarised(&t.block))
+                .map(|t| t.block.clone())
+                .collect();
+            if !fetch.is_empty() {
+                fetch.sort();
+                fetch.dedup();
+                return Outcome::Fetch(fetch);
+            }
             // Targets that no longer hold their allocation are done; after a
             // first attempt that may be our own write whose reply was lost.
             let retry = op.attempts > 0;
