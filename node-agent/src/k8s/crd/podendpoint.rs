@@ -56,9 +56,13 @@ pub struct PodEndpointSpec {
     /// The pod's addresses (IPv4 and/or IPv6).
     #[serde(default)]
     pub addresses: Vec<std::net::IpAddr>,
-    // The agent's cache keeps them interned (`policy::PodLabels`).
+    // The agent's cache keeps them interned (`policy::PodLabels`). Atomic:
+    // the writer always replaces the whole map, and the API server then
+    // records one field for it in managedFields instead of one per label
+    // (sent with every watch event to every agent).
     /// The pod's labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("x-kubernetes-map-type" = "atomic"))]
     pub labels: BTreeMap<String, String>,
     /// The pod's named container ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
