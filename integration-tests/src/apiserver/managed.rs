@@ -28,7 +28,8 @@
 //!
 //! Approximations: managedFields a client sends are ignored (clients send
 //! back what they read, or none, and the real server then keeps its own);
-//! typed built-in structs get a `.` entry like maps do.
+//! typed built-in structs and lists get a `.` entry like maps do (the real
+//! server has none for a field the Go type always holds, as `spec`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -69,7 +70,9 @@ pub fn manager_of(field_manager: &str, user_agent: &str) -> String {
 enum ListKind<'a> {
     Atomic,
     Set,
-    Map(Vec<&'a str>),
+    /// Keyed by these fields; each element granular (`true`: atomic, as
+    /// an owner reference).
+    Map(Vec<&'a str>, bool),
 }
 
 /// How a list of a built-in kind is merged, by its field name (what the
@@ -79,20 +82,20 @@ fn builtin_list(field: &str, items: &[Value]) -> ListKind<'static> {
     let has = |k: &str| first.is_some_and(|o| o.contains_key(k));
     match field {
         "finalizers" => ListKind::Set,
-        "ownerReferences" => ListKind::Map(vec!["uid"]),
-        "conditions" => ListKind::Map(vec!["type"]),
-        "taints" => ListKind::Map(vec!["key", "effect"]),
-        "podIPs" | "hostIPs" => ListKind::Map(vec!["ip"]),
-        "ports" if has("containerPort") => ListKind::Map(vec!["containerPort", "protocol"]),
-        "ports" if has("port") => ListKind::Map(vec!["port", "protocol"]),
-        "addresses" if has("type") => ListKind::Map(vec!["type"]),
-        "volumeMounts" => ListKind::Map(vec!["mountPath"]),
+        "ownerReferences" => ListKind::Map(vec!["uid"], true),
+        "conditions" => ListKind::Map(vec!["type"], false),
+        "taints" => ListKind::Map(vec!["key", "effect"], false),
+        "podIPs" | "hostIPs" => ListKind::Map(vec!["ip"], false),
+        "ports" if has("containerPort") => ListKind::Map(vec!["containerPort", "protocol"], false),
+        "ports" if has("port") => ListKind::Map(vec!["port", "protocol"], false),
+        "addresses" if has("type") => ListKind::Map(vec!["type"], false),
+        "volumeMounts" => ListKind::Map(vec!["mountPath"], false),
         "containers"
         | "initContainers"
         | "ephemeralContainers"
         | "volumes"
         | "env"
-        | "imagePullSecrets" => ListKind::Map(vec!["name"]),
+        | "imagePullSecrets" => ListKind::Map(vec!["name"], false),
         _ => ListKind::Atomic,
     }
 }
@@ -109,7 +112,7 @@ fn schema_list(schema: &Value) -> ListKind<'_> {
             if keys.is_empty() {
                 ListKind::Atomic
             } else {
-                ListKind::Map(keys)
+                ListKind::Map(keys, false)
             }
         }
         _ => ListKind::Atomic,
@@ -136,6 +139,13 @@ impl<'a> Walker<'a> {
         self.out.insert(self.path.clone(), Some(v));
     }
 
+    /// `.`: the map or list itself (owned by who made it present).
+    fn marker(&mut self) {
+        self.path.push(".".into());
+        self.out.insert(self.path.clone(), None);
+        self.path.pop();
+    }
+
     fn walk(&mut self, v: &'a Value, schema: Option<&Value>, field: &str) {
         match v {
             Value::Object(m) => {
@@ -145,9 +155,7 @@ impl<'a> Walker<'a> {
                 if atomic {
                     return self.leaf(v);
                 }
-                self.path.push(".".into());
-                self.out.insert(self.path.clone(), None);
-                self.path.pop();
+                self.marker();
                 for (k, c) in m {
                     self.path.push(format!("f:{k}"));
                     self.walk(c, child(schema, k), k);
@@ -164,13 +172,14 @@ impl<'a> Walker<'a> {
                 match kind {
                     ListKind::Atomic => self.leaf(v),
                     ListKind::Set => {
+                        self.marker();
                         for e in items {
                             self.path.push(format!("v:{e}"));
                             self.leaf(e);
                             self.path.pop();
                         }
                     }
-                    ListKind::Map(keys) => {
+                    ListKind::Map(keys, atomic_elems) => {
                         let mut seen = BTreeSet::new();
                         let mut elems = Vec::with_capacity(items.len());
                         for e in items {
@@ -188,9 +197,14 @@ impl<'a> Walker<'a> {
                             }
                             elems.push((k, e));
                         }
+                        self.marker();
                         for (k, e) in elems {
                             self.path.push(format!("k:{k}"));
-                            self.walk(e, item_schema, "");
+                            if atomic_elems {
+                                self.leaf(e);
+                            } else {
+                                self.walk(e, item_schema, "");
+                            }
                             self.path.pop();
                         }
                     }
@@ -441,12 +455,11 @@ mod tests {
             json!({
                 "f:metadata": {
                     "f:labels": {".": {}, "f:app": {}},
-                    "f:ownerReferences": {"k:{\"uid\":\"o1\"}": {
-                        ".": {}, "f:apiVersion": {}, "f:kind": {}, "f:name": {}, "f:uid": {}}}
+                    "f:ownerReferences": {".": {}, "k:{\"uid\":\"o1\"}": {}}
                 },
-                "f:spec": {".": {}, "f:containers": {"k:{\"name\":\"c\"}": {
+                "f:spec": {".": {}, "f:containers": {".": {}, "k:{\"name\":\"c\"}": {
                     ".": {}, "f:image": {}, "f:name": {},
-                    "f:ports": {"k:{\"containerPort\":80,\"protocol\":\"TCP\"}": {
+                    "f:ports": {".": {}, "k:{\"containerPort\":80,\"protocol\":\"TCP\"}": {
                         ".": {}, "f:containerPort": {}, "f:protocol": {}}}}}}
             })
         );
@@ -504,7 +517,7 @@ mod tests {
         assert_eq!(
             mf[1]["fieldsV1"],
             json!({"f:status": {".": {}, "f:podIP": {},
-                   "f:podIPs": {"k:{\"ip\":\"198.19.0.1\"}": {".": {}, "f:ip": {}}}}})
+                   "f:podIPs": {".": {}, "k:{\"ip\":\"198.19.0.1\"}": {".": {}, "f:ip": {}}}}})
         );
     }
 
@@ -532,7 +545,7 @@ mod tests {
         assert_eq!(
             fields(&obj, 0),
             json!({"f:spec": {".": {}, "f:addresses": {}, "f:labels": {},
-                   "f:names": {"v:\"x\"": {}, "v:\"y\"": {}},
+                   "f:names": {".": {}, "v:\"x\"": {}, "v:\"y\"": {}},
                    "f:tags": {".": {}, "f:t": {}}}})
         );
     }
