@@ -792,3 +792,119 @@ async fn binary_serves_persists_and_stops_on_sigterm() {
     stop(&child);
     assert!(bounded("exit", child.wait()).await.expect("wait").success());
 }
+
+/// managedFields as a real server records them: an entry per field manager
+/// (from `fieldManager`) and subresource, changed fields moving to their
+/// writer, carried by GETs and watch events alike.
+#[tokio::test]
+async fn writes_record_their_managers_in_managed_fields() {
+    let server = start().await;
+    let c = client(&server);
+    let pods = "/api/v1/namespaces/default/pods";
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "m", "labels": {"app": "a", "tier": "web"}},
+        "spec": {"containers": [{"name": "c", "image": "i:1"}]}});
+    let (code, made) = raw(
+        &c,
+        "POST",
+        &format!("{pods}?fieldManager=creator"),
+        Some("application/json"),
+        body(pod),
+    )
+    .await;
+    assert_eq!(code, 201, "{made}");
+    let rv = made["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_string();
+    let mf = &made["metadata"]["managedFields"];
+    assert_eq!(mf[0]["manager"], "creator", "{mf}");
+    assert_eq!(mf[0]["operation"], "Update");
+    assert_eq!(
+        mf[0]["fieldsV1"]["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"]["f:image"],
+        json!({})
+    );
+    let path = format!("{pods}/m");
+    let (code, _) = raw(
+        &c,
+        "PATCH",
+        &format!("{path}?fieldManager=kubectl-label"),
+        Some("application/merge-patch+json"),
+        body(json!({"metadata": {"labels": {"tier": "cache"}}})),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, _) = raw(
+        &c,
+        "PATCH",
+        &format!("{path}/status?fieldManager=kubelet"),
+        Some("application/merge-patch+json"),
+        body(json!({"status": {"podIP": "198.19.0.9"}})),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (_, got) = raw(&c, "GET", &path, None, Vec::new()).await;
+    let mf = got["metadata"]["managedFields"]
+        .as_array()
+        .expect("list")
+        .clone();
+    let who: Vec<(&str, &str)> = mf
+        .iter()
+        .map(|e| {
+            (
+                e["manager"].as_str().unwrap_or_default(),
+                e["subresource"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        who,
+        [
+            ("creator", ""),
+            ("kubectl-label", ""),
+            ("kubelet", "status")
+        ]
+    );
+    assert_eq!(
+        mf[0]["fieldsV1"]["f:metadata"]["f:labels"],
+        json!({".": {}, "f:app": {}}),
+        "the changed label left the creator"
+    );
+    assert_eq!(
+        mf[1]["fieldsV1"],
+        json!({"f:metadata": {"f:labels": {"f:tier": {}}}})
+    );
+    // A watch event carries them too.
+    let api: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let mut w = api
+        .watch(&WatchParams::default().timeout(5), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    let ev = bounded("watch", w.next())
+        .await
+        .expect("event")
+        .expect("ok");
+    let WatchEvent::Modified(p) = ev else {
+        panic!("{ev:?}")
+    };
+    let managers: Vec<String> = p
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| e.manager)
+        .collect();
+    assert_eq!(managers, ["creator", "kubectl-label"]);
+    // The real server's limit on a manager's name.
+    let long = "m".repeat(129);
+    let (code, v) = raw(
+        &c,
+        "PATCH",
+        &format!("{path}?fieldManager={long}"),
+        Some("application/merge-patch+json"),
+        body(json!({"metadata": {"labels": {"tier": "web"}}})),
+    )
+    .await;
+    assert_eq!(code, 400, "{v}");
+}

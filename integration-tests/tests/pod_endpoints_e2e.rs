@@ -1,10 +1,10 @@
 //! Each agent publishes its node's pods as compact `PodEndpoint`s
 //! (docs/scale.md §4), under the RBAC of `deploy/margay.yaml`: a pod's
 //! endpoint appears with the addresses its CNI ADD got (before any kubelet
-//! reports them), its labels, named ports, node label and an owner
+//! reports them), its labels, named ports, node and an owner
 //! reference to the Pod; follows a label change; goes with the Pod. An
-//! endpoint someone deletes is put back and a stray one with this node's
-//! label is removed, at once; another node's endpoints are left alone.
+//! endpoint someone deletes is put back and a stray one naming this node
+//! is removed, at once; another node's endpoints are left alone.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use integration_tests::{cni, k8s};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use node_agent::k8s::crd::{LABEL_NODE, PodEndpoint, PodEndpointSpec};
+use node_agent::k8s::crd::{NODE_FIELD, PodEndpoint, PodEndpointSpec};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(20);
@@ -89,10 +89,17 @@ fn agents_publish_their_pods_as_compact_endpoints() {
         ),
         ("http", 8080)
     );
-    assert_eq!(
-        ep.metadata.labels,
-        Some(BTreeMap::from([(LABEL_NODE.into(), "n1".into())]))
-    );
+    assert_eq!(ep.metadata.labels, None, "the node is spec.node, no label");
+    // Listed by the node's field selector, as the publisher does.
+    let listed = k8s::with_client(lab.tor(), |c| async move {
+        Api::<PodEndpoint>::all(c)
+            .list(&kube::api::ListParams::default().fields(&format!("{NODE_FIELD}=n1")))
+            .await
+            .map(|l| l.items.len())
+    })
+    .expect("client")
+    .expect("list by spec.node");
+    assert!(listed >= 1, "n1's endpoints by field selector: {listed}");
     let owner = &ep.metadata.owner_references.clone().expect("owner")[0];
     assert_eq!(
         (owner.kind.as_str(), owner.uid.as_str()),
@@ -122,15 +129,14 @@ fn agents_publish_their_pods_as_compact_endpoints() {
     })
     .expect("relabelled");
 
-    // Deleted by someone: put back. A stray endpoint with n1's label and
+    // Deleted by someone: put back. A stray endpoint of n1 (spec.node) and
     // no pod: removed. One of n2's: left alone (n2 has no such pod either,
     // but it is n2's to judge; n1 must not touch it — so it is written
-    // with n2's label after n2's agent is gone).
+    // with n2 as its node after n2's agent is gone).
     let stray = |name: &str, node: &str| PodEndpoint {
         metadata: kube::api::ObjectMeta {
             name: Some(name.into()),
             namespace: Some("demo".into()),
-            labels: Some(BTreeMap::from([(LABEL_NODE.into(), node.into())])),
             ..Default::default()
         },
         spec: PodEndpointSpec {

@@ -320,13 +320,12 @@ pub fn pod(l: &Layout, p: &PodFacts) -> (Value, Value) {
 
 /// The PodEndpoint the agent of the pod's node publishes for it
 /// (node_agent::k8s::podendpoints): the pod's labels, address and named
-/// ports, the node label, an owner reference to the Pod (`uid`).
+/// ports, an owner reference to the Pod (`uid`).
 pub fn pod_endpoint(l: &Layout, p: &PodFacts, uid: &str) -> Value {
     let rs = format!("app-{}-{}", p.app, &p.name.split('-').nth(2).unwrap_or("0"));
     let node = l.node_name(p.node);
     json!({"apiVersion": "crd.margay.dev/v1", "kind": "PodEndpoint", "metadata": {
             "name": p.name, "namespace": p.namespace,
-            "labels": {"margay.dev/node": node},
             "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": p.name, "uid": uid}]},
         "spec": {
             "node": node, "addresses": [p.ip.to_string()],

@@ -52,6 +52,8 @@ pub enum Verb {
         dry_run: bool,
         /// `fieldValidation`.
         fv: FieldValidation,
+        /// The field manager ([`super::managed::manager_of`]).
+        manager: String,
     },
     /// PUT.
     Update {
@@ -61,6 +63,8 @@ pub enum Verb {
         dry_run: bool,
         /// `fieldValidation`.
         fv: FieldValidation,
+        /// The field manager ([`super::managed::manager_of`]).
+        manager: String,
     },
     /// PATCH.
     Patch {
@@ -72,6 +76,8 @@ pub enum Verb {
         dry_run: bool,
         /// `fieldValidation`.
         fv: FieldValidation,
+        /// The field manager ([`super::managed::manager_of`]).
+        manager: String,
     },
     /// DELETE of one object.
     Delete(DeleteOpts),
@@ -210,12 +216,24 @@ fn api(
             // Subscribed before the next command runs: no change can fall in between.
             Reply::Watch(def.clone(), start, events.subscribe())
         }
-        Verb::Create { body, dry_run, fv } => {
+        Verb::Create {
+            body,
+            dry_run,
+            fv,
+            manager,
+        } => {
             store.field_validation = fv;
+            store.field_manager = manager;
             obj(store.create(&def, ns, body, dry_run)?)
         }
-        Verb::Update { body, dry_run, fv } => {
+        Verb::Update {
+            body,
+            dry_run,
+            fv,
+            manager,
+        } => {
             store.field_validation = fv;
+            store.field_manager = manager;
             obj(store.update(&def, ns, name, body, t.status, dry_run)?)
         }
         Verb::Patch {
@@ -223,8 +241,10 @@ fn api(
             body,
             dry_run,
             fv,
+            manager,
         } => {
             store.field_validation = fv;
+            store.field_manager = manager;
             obj(store.patch(&def, ns, name, kind, &body, t.status, dry_run)?)
         }
         Verb::Delete(o) => obj(store.delete(&def, ns, name, &o)?),

@@ -193,6 +193,18 @@ fn content_type(req: &Request<Incoming>) -> String {
         .to_string()
 }
 
+/// A write's field manager (`fieldManager`, else the User-Agent's product).
+fn manager(q: &Query, user_agent: &str) -> Result<String, ApiError> {
+    let fm = q.get("fieldManager");
+    if fm.len() > super::managed::MAX_MANAGER_LEN {
+        return Err(ApiError::bad_request(format!(
+            "fieldManager: Too long: may not be more than {} bytes",
+            super::managed::MAX_MANAGER_LEN
+        )));
+    }
+    Ok(super::managed::manager_of(fm, user_agent))
+}
+
 /// Authenticates `token`, and with `attrs` authorizes the request.
 async fn authorize(
     sh: &Shared,
@@ -432,6 +444,12 @@ async fn resource(
     rest: Vec<String>,
 ) -> Result<Response<Body>, ApiError> {
     let q = Query::parse(req.uri().query().unwrap_or_default());
+    let user_agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     let (watch_prefix, rest) = match rest.split_first() {
         Some((w, r)) if w == "watch" => (true, r),
         _ => (false, rest.as_slice()),
@@ -501,6 +519,7 @@ async fn resource(
                 body,
                 dry_run: q.dry_run()?,
                 fv: FieldValidation::parse(q.get("fieldValidation"))?,
+                manager: manager(&q, &user_agent)?,
             }
         }
         (&Method::PUT, true) => {
@@ -509,6 +528,7 @@ async fn resource(
                 body,
                 dry_run: q.dry_run()?,
                 fv: FieldValidation::parse(q.get("fieldValidation"))?,
+                manager: manager(&q, &user_agent)?,
             }
         }
         (&Method::PATCH, true) => {
@@ -527,6 +547,7 @@ async fn resource(
                 body,
                 dry_run: q.dry_run()?,
                 fv: FieldValidation::parse(q.get("fieldValidation"))?,
+                manager: manager(&q, &user_agent)?,
             }
         }
         (&Method::DELETE, named) => {

@@ -55,7 +55,8 @@
 //!   conditions): k8s-openapi types check Margay's manifests instead. A CRD whose plural is
 //!   taken is rejected (422) instead of being accepted with
 //!   NamesAccepted=False. Watches on a deleted CRD's resource are not closed.
-//! - Server-side apply answers 415. `managedFields` are not kept.
+//! - Server-side apply answers 415. `managedFields` are recorded for
+//!   Update operations ([`managed`]) as the real server does.
 //! - Lists with `resourceVersion=N` (not 0) are served at the current
 //!   revision if it is ≥ N (504 if N is in the future); `Exact` and
 //!   `continue` read the snapshot at that revision from the history window.
@@ -75,6 +76,7 @@ pub mod crd;
 pub mod discovery;
 pub mod error;
 pub mod http;
+pub mod managed;
 pub mod meta;
 pub mod object;
 pub mod openapi;

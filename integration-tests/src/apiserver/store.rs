@@ -220,6 +220,8 @@ pub struct Store {
     pub(super) dirty: bool,
     /// The current write's `fieldValidation` (set by the actor per request).
     pub field_validation: super::schema::FieldValidation,
+    /// The current write's field manager (set by the actor per request).
+    pub field_manager: String,
 }
 
 /// Storage key of an object.
@@ -259,6 +261,7 @@ impl Store {
             outbox: Vec::new(),
             dirty: false,
             field_validation: Default::default(),
+            field_manager: "kube-apiserver".into(),
         };
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
@@ -283,6 +286,7 @@ impl Store {
             outbox: Vec::new(),
             dirty: false,
             field_validation: Default::default(),
+            field_manager: String::new(),
         };
         let (crds, rest): (Vec<_>, Vec<_>) = snap.objects.into_iter().partition(|(gr, _)| {
             gr.group == "apiextensions.k8s.io" && gr.plural == "customresourcedefinitions"

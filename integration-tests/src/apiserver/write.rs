@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 
 use super::crd::crd_resources;
 use super::error::ApiError;
+use super::managed;
 use super::meta::{check_labels, check_name, meta_str, name_suffix, new_uid, rfc3339, unix_now};
 use super::patch::{self, PatchError, PatchKind};
 use super::resources::{GroupResource, ResourceDef, Special, StatusOnCreate};
@@ -356,6 +357,7 @@ impl Store {
         meta.insert("uid".into(), json!(new_uid()));
         meta.insert("creationTimestamp".into(), json!(rfc3339(unix_now())));
         meta.insert("generation".into(), json!(1));
+        managed::record(def, None, &mut body, &self.field_manager, "", unix_now());
         if dry_run {
             return Ok(Written {
                 body: Arc::new(body),
@@ -481,6 +483,15 @@ impl Store {
                 .unwrap_or(0);
             metadata_mut(&mut new).insert("generation".into(), json!(g + 1));
         }
+        let sub = if status { "status" } else { "" };
+        managed::record(
+            def,
+            Some(&old),
+            &mut new,
+            &self.field_manager,
+            sub,
+            unix_now(),
+        );
         if new == *old {
             return ok(old);
         }

@@ -48,7 +48,7 @@ pub async fn client(access: &ApiAccess) -> Result<Client, ClientError> {
             reason: e.to_string(),
         })
     };
-    match (&access.kubeconfig, &access.api_server) {
+    let mut cfg = match (&access.kubeconfig, &access.api_server) {
         (Some(path), server) => {
             let kc_err = |source| ClientError::Kubeconfig {
                 path: path.display().to_string(),
@@ -61,9 +61,32 @@ pub async fn client(access: &ApiAccess) -> Result<Client, ClientError> {
             if let Some(u) = server {
                 cfg.cluster_url = url(u)?;
             }
-            Ok(Client::try_from(cfg)?)
+            cfg
         }
-        (None, Some(u)) => Ok(Client::try_from(kube::Config::new(url(u)?))?),
-        (None, None) => Ok(Client::try_default().await?),
+        (None, Some(u)) => kube::Config::new(url(u)?),
+        (None, None) => kube::Config::infer()
+            .await
+            .map_err(|e| ClientError::Kube(kube::Error::InferConfig(e)))?,
+    };
+    // The API server names the writer of every field after this
+    // (`managedFields[].manager`), and audit logs show it.
+    if let Ok(v) = http::HeaderValue::from_str(&user_agent()) {
+        cfg.headers.push((http::header::USER_AGENT, v));
     }
+    Ok(Client::try_from(cfg)?)
+}
+
+/// `<program>/<version>`: the program's file name (`margay-node`,
+/// `margayctl`), so that each is its own field manager.
+fn user_agent() -> String {
+    let program = std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+        })
+        .filter(|p| !p.is_empty() && p.is_ascii())
+        .unwrap_or_else(|| "margay".into());
+    format!("{program}/{}", env!("CARGO_PKG_VERSION"))
 }

@@ -41,8 +41,8 @@ pub fn requested_by_annotation(pod: &Pod) -> Result<Vec<IpAddr>, String> {
 }
 
 /// What of an object the agent keeps in its cache: all of it, except
-/// for Pods (see [`trim_pod`]), Nodes ([`trim_node`]) and NetworkPolicies
-/// and Namespaces ([`trim_meta`]). PodEndpoints are not kept whole at all
+/// for Pods (see [`trim_pod`]), Nodes ([`trim_node`]) and NetworkPolicies,
+/// Namespaces, Services and EndpointSlices ([`trim_meta`]). PodEndpoints are not kept whole at all
 /// (`crate::k8s::endpointcache`).
 pub trait Cached {
     /// Drops what the agent never reads (nothing, by default).
@@ -67,8 +67,16 @@ impl Cached for IPPool {}
 impl Cached for BGPPeer {}
 impl Cached for BGPConfiguration {}
 impl Cached for BGPFilter {}
-impl Cached for Service {}
-impl Cached for EndpointSlice {}
+impl Cached for Service {
+    fn trim(&mut self) {
+        trim_meta(&mut self.metadata);
+    }
+}
+impl Cached for EndpointSlice {
+    fn trim(&mut self) {
+        trim_meta(&mut self.metadata);
+    }
+}
 impl Cached for IPAMConfiguration {}
 impl Cached for RawAdminNetworkPolicy {}
 impl Cached for RawBaselineAdminNetworkPolicy {}

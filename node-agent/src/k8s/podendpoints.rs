@@ -4,8 +4,8 @@
 //! ```text
 //!  Pods on this node (own watch) ─────┐
 //!  IPAM view (local allocations) ─────┼─► desired ─► diff against the
-//!  resync timer (60 s) ───────────────┘              PodEndpoints labelled
-//!                                                    margay.dev/node=<me>
+//!  resync timer (60 s) ───────────────┘              PodEndpoints with
+//!                                                    spec.node=<me>
 //!                                                    ─► create / replace / delete
 //! ```
 //!
@@ -14,7 +14,7 @@
 //! soon as the CNI ADD allocated it, or from `status.podIPs`. Writes are
 //! made only when the desired set differs from what was last written, or
 //! when this node's endpoints changed on the server (a watch with the node
-//! label: an object someone edited or deleted is put back, a stray one
+//! field selector: an object someone edited or deleted is put back, a stray one
 //! removed, at once), and on the periodic resync. Replaces carry the resourceVersion they read and deletes a
 //! uid + resourceVersion precondition, so a write never clobbers a newer
 //! object — such as the endpoint a pod's new node wrote after the pod
@@ -31,7 +31,7 @@ use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
 use kube::{Api, Client, ResourceExt as _};
 use tokio::sync::watch;
 
-use crate::k8s::crd::{LABEL_NODE, NamedPort, PodEndpoint, PodEndpointSpec};
+use crate::k8s::crd::{NODE_FIELD, NamedPort, PodEndpoint, PodEndpointSpec};
 use crate::k8s::ipam::view::IpamView;
 use crate::status::health::Pulse;
 
@@ -125,12 +125,11 @@ pub fn desired<'a>(
 }
 
 /// The object for one desired endpoint.
-fn object(node: &str, ns: &str, name: &str, uid: &str, spec: &PodEndpointSpec) -> PodEndpoint {
+fn object(ns: &str, name: &str, uid: &str, spec: &PodEndpointSpec) -> PodEndpoint {
     PodEndpoint {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             namespace: Some(ns.to_string()),
-            labels: Some([(LABEL_NODE.to_string(), node.to_string())].into()),
             owner_references: Some(vec![OwnerReference {
                 api_version: "v1".into(),
                 kind: "Pod".into(),
@@ -145,9 +144,10 @@ fn object(node: &str, ns: &str, name: &str, uid: &str, spec: &PodEndpointSpec) -
 }
 
 /// Whether `have` already is what `want` asks for.
-fn same(have: &PodEndpoint, node: &str, uid: &str, spec: &PodEndpointSpec) -> bool {
+fn same(have: &PodEndpoint, uid: &str, spec: &PodEndpointSpec) -> bool {
+    // An endpoint written before 2026-12 also has the label
+    // `margay.dev/node`; it is left as it is until the next replace.
     have.spec == *spec
-        && have.labels().get(LABEL_NODE).map(String::as_str) == Some(node)
         && have
             .metadata
             .owner_references
@@ -171,17 +171,17 @@ pub struct PassReport {
 pub async fn sync(client: &Client, node: &str, want: &Desired) -> Result<PassReport, kube::Error> {
     let all: Api<PodEndpoint> = Api::all(client.clone());
     let have = all
-        .list(&ListParams::default().labels(&format!("{LABEL_NODE}={node}")))
+        .list(&ListParams::default().fields(&format!("{NODE_FIELD}={node}")))
         .await?;
     let mut report = PassReport::default();
     let mut seen = BTreeMap::new();
     for ep in &have.items {
         let key = (ep.namespace().unwrap_or_default(), ep.name_any());
         match want.get(&key) {
-            Some((uid, spec)) if same(ep, node, uid, spec) => {}
+            Some((uid, spec)) if same(ep, uid, spec) => {}
             Some((uid, spec)) => {
                 let api: Api<PodEndpoint> = Api::namespaced(client.clone(), &key.0);
-                let mut obj = object(node, &key.0, &key.1, uid, spec);
+                let mut obj = object(&key.0, &key.1, uid, spec);
                 obj.metadata.resource_version = ep.resource_version();
                 api.replace(&key.1, &PostParams::default(), &obj).await?;
                 report.replaced += 1;
@@ -210,7 +210,7 @@ pub async fn sync(client: &Client, node: &str, want: &Desired) -> Result<PassRep
             continue;
         }
         let api: Api<PodEndpoint> = Api::namespaced(client.clone(), ns);
-        let obj = object(node, ns, name, uid, spec);
+        let obj = object(ns, name, uid, spec);
         match api.create(&PostParams::default(), &obj).await {
             Ok(_) => report.created += 1,
             // Written by the pod's previous node: take it over.
@@ -254,7 +254,7 @@ pub async fn run(
     // Our own objects: any change on the server triggers a comparison.
     let mut own = watcher::watcher(
         Api::<PodEndpoint>::all(client.clone()),
-        watcher::Config::default().labels(&format!("{LABEL_NODE}={node}")),
+        watcher::Config::default().fields(&format!("{NODE_FIELD}={node}")),
     )
     .default_backoff()
     .boxed();

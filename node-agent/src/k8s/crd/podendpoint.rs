@@ -7,9 +7,11 @@
 //!
 //! The object has the Pod's namespace and name and an owner reference to
 //! it (garbage collection removes it with the Pod, even when the node and
-//! its agent are gone). Its only label is [`LABEL_NODE`], so an agent
-//! lists its own node's endpoints with a label selector; the pod's labels
-//! are in `spec.labels`.
+//! its agent are gone). It has no labels: `spec.node` is a selectable
+//! field ([`NODE_FIELD`], Kubernetes 1.31+), so an agent lists and watches
+//! its own node's endpoints with a field selector, and a label naming the
+//! node again would add its bytes (and its managedFields entry) to every
+//! watch event every agent receives. The pod's labels are in `spec.labels`.
 
 use std::collections::BTreeMap;
 
@@ -17,8 +19,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Label on every PodEndpoint: the node whose agent wrote it.
-pub const LABEL_NODE: &str = "margay.dev/node";
+/// The field selector key of a PodEndpoint's node (`spec.node`, declared
+/// in the CRD's `selectableFields`).
+pub const NODE_FIELD: &str = "spec.node";
 
 /// A named container port (what named-port policy rules resolve).
 #[derive(
@@ -46,7 +49,8 @@ pub struct NamedPort {
     doc = "One pod as policy sees it (node, addresses, labels, named ports), written by the agent of the pod's node.",
     shortname = "mep",
     printcolumn(name = "Node", type_ = "string", json_path = ".spec.node"),
-    printcolumn(name = "Addresses", type_ = "string", json_path = ".spec.addresses")
+    printcolumn(name = "Addresses", type_ = "string", json_path = ".spec.addresses"),
+    selectable = ".spec.node"
 )]
 #[allow(clippy::duplicated_attributes)]
 #[serde(rename_all = "camelCase")]
@@ -56,9 +60,13 @@ pub struct PodEndpointSpec {
     /// The pod's addresses (IPv4 and/or IPv6).
     #[serde(default)]
     pub addresses: Vec<std::net::IpAddr>,
-    // The agent's cache keeps them interned (`policy::PodLabels`).
+    // The agent's cache keeps them interned (`policy::PodLabels`). Atomic:
+    // the writer always replaces the whole map, and the API server then
+    // records one field for it in managedFields instead of one per label
+    // (sent with every watch event to every agent).
     /// The pod's labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("x-kubernetes-map-type" = "atomic"))]
     pub labels: BTreeMap<String, String>,
     /// The pod's named container ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

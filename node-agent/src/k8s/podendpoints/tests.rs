@@ -132,10 +132,15 @@ fn an_endpoint_reads_back_as_the_pod_policy_knows() {
     );
     let d = desired("n1", [&p], &IpamView::default());
     let (uid, spec) = &d[&("a".to_string(), "web".to_string())];
-    let ep = object("n1", "a", "web", uid, spec);
-    assert!(same(&ep, "n1", uid, spec));
-    assert!(!same(&ep, "n2", uid, spec), "another node's");
-    assert!(!same(&ep, "n1", "other-uid", spec), "an older pod's");
+    let ep = object("a", "web", uid, spec);
+    assert_eq!(ep.metadata.labels, None, "the node is spec.node only");
+    assert!(same(&ep, uid, spec));
+    let theirs = PodEndpointSpec {
+        node: "n2".into(),
+        ..spec.clone()
+    };
+    assert!(!same(&ep, uid, &theirs), "another node's");
+    assert!(!same(&ep, "other-uid", spec), "an older pod's");
     // What policy gets from the endpoint is what it gets from the Pod
     // (apart from unnamed ports, which no rule can name).
     let from_ep = ep.to_pod_info().expect("info");
