@@ -62,7 +62,8 @@ pub fn load(path: &Path) -> Result<Option<Snapshot>, ServerError> {
             plural: plural.into(),
         };
         let keep = keeps_parsed(&gr);
-        objects.push((gr, Obj::new(Arc::new(obj.clone()), keep)));
+        // Field values are taken when the store knows the resources.
+        objects.push((gr, Obj::new(Arc::new(obj.clone()), keep, &[])));
     }
     Ok(Some(Snapshot { rv, objects }))
 }

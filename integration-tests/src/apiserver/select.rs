@@ -309,8 +309,8 @@ impl FieldSelector {
             .all(|(field, eq, want)| (field_value(obj, field) == *want) == *eq)
     }
 
-    /// Does a stored object match? Name and namespace are read as stored;
-    /// other fields need the parsed object.
+    /// Does a stored object match? Name, namespace and the resource's field
+    /// labels are read as stored; other fields need the parsed object.
     pub fn matches_obj(&self, obj: &Obj) -> bool {
         if self.0.is_empty() {
             return true;
@@ -320,7 +320,10 @@ impl FieldSelector {
             let got = match field.as_str() {
                 "metadata.name" => obj.name().to_string(),
                 "metadata.namespace" => obj.namespace().to_string(),
-                _ => field_value(parsed.get_or_insert_with(|| obj.value()), field),
+                f => match obj.field(f) {
+                    Some(v) => v.to_string(),
+                    None => field_value(parsed.get_or_insert_with(|| obj.value()), f),
+                },
             };
             (got == *want) == *eq
         })

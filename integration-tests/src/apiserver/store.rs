@@ -312,6 +312,12 @@ impl Store {
                 let defs = super::crd::crd_resources(&mut crd).map_err(|e| e.message)?;
                 s.registry.set_crd(&name, defs);
             }
+            // With the values of its field labels at hand (see Obj::new).
+            let obj = if def.field_labels.len() > 2 {
+                Obj::new(value, keeps_parsed(&gr), &def.field_labels)
+            } else {
+                obj
+            };
             s.objects
                 .entry(gr)
                 .or_default()
@@ -369,7 +375,7 @@ impl Store {
             String::new()
         };
         let gr = def.gr();
-        let obj = Obj::new(obj, keeps_parsed(&gr));
+        let obj = Obj::new(obj, keeps_parsed(&gr), &def.field_labels);
         let map = self.objects.entry(gr.clone()).or_default();
         let prev = if kind == EventType::Deleted {
             map.remove(&key)
