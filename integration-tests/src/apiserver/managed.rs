@@ -14,7 +14,8 @@
 //!   every other manager;
 //! - removed fields leave every manager;
 //! - a manager left with no field is dropped;
-//! - an entry's `time` moves only when the entry changes.
+//! - only the writer's entry gets a new `time`, and only when the write
+//!   changed a field.
 //!
 //! Granularity:
 //! - maps and objects are per key (`f:<key>`, with `.` for the map itself),
@@ -364,7 +365,6 @@ pub fn record(
     let mut entries = old.map(entries_of).unwrap_or_default();
     let mut mine = None;
     for (i, e) in entries.iter_mut().enumerate() {
-        let before = e.fields.len();
         e.fields.retain(|p| !removed.contains(p));
         let is_mine =
             e.manager == manager && e.operation == "Update" && e.subresource == subresource;
@@ -374,7 +374,9 @@ pub fn record(
         } else {
             e.fields.retain(|p| !changed.contains(p));
         }
-        if e.fields.len() != before || (is_mine && !changed.is_empty()) {
+        // Only the writer's entry is stamped (the real server leaves the
+        // time of a manager that lost fields as it was).
+        if is_mine && !changed.is_empty() {
             e.rest.insert("time".into(), json!(rfc3339(now)));
             e.rest.insert("apiVersion".into(), json!(def.api_version()));
         }
@@ -490,7 +492,11 @@ mod tests {
             mf[0]["fieldsV1"],
             json!({"f:metadata": {"f:labels": {".": {}}}, "f:spec": {".": {}, "f:nodeName": {}}})
         );
-        assert_eq!(mf[0]["time"], "1970-01-01T00:01:00Z", "its entry changed");
+        assert_eq!(
+            mf[0]["time"], "1970-01-01T00:00:00Z",
+            "not the writer: time kept"
+        );
+        assert_eq!(mf[1]["time"], "1970-01-01T00:01:00Z");
         assert_eq!(mf[1]["manager"], "kubectl-label");
         assert_eq!(
             mf[1]["fieldsV1"],
