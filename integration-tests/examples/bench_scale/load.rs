@@ -294,7 +294,10 @@ impl NodeChurn {
             }
             let body = json!({"status": {"conditions": conditions}});
             out.push((
-                format!("/api/v1/nodes/{}/status?fieldManager=kubelet", l.node_name(k)),
+                format!(
+                    "/api/v1/nodes/{}/status?fieldManager=kubelet",
+                    l.node_name(k)
+                ),
                 serde_json::to_vec(&body).unwrap_or_default(),
             ));
         }
