@@ -250,6 +250,61 @@ pub fn targets(l: &Layout) -> Vec<Target> {
 /// The IPAM side of pod churn: a pod starting or stopping on another node
 /// writes that node's IPAM block (an allocation added, later removed),
 /// which every agent's block watch delivers.
+/// Node status writes during the churn (`--node-churn`): kubelets' status
+/// reports, which every agent's Node watch delivers. A kubelet with node
+/// leases writes its Node's status when it changes and at least every
+/// 5 minutes (`nodeStatusReportFrequency`): ~17/s at 5,000 nodes.
+pub struct NodeChurn {
+    layout: Layout,
+    /// Writes per pod event.
+    per_event: f64,
+    due: f64,
+    next: usize,
+}
+
+impl NodeChurn {
+    /// `rate` writes per second, beside `pod_rate` pod events per second.
+    pub fn new(layout: &Layout, rate: f64, pod_rate: f64) -> NodeChurn {
+        NodeChurn {
+            layout: layout.clone(),
+            per_event: rate / pod_rate,
+            due: 0.0,
+            next: 0,
+        }
+    }
+
+    /// The writes due with one pod event: a remote node's status (never
+    /// this node's), its conditions' heartbeat set to now, written to
+    /// `/status` as the kubelet does.
+    fn writes(&mut self) -> Vec<(String, Vec<u8>)> {
+        self.due += self.per_event;
+        let mut out = Vec::new();
+        while self.due >= 1.0 {
+            self.due -= 1.0;
+            let l = &self.layout;
+            let k = 1 + self.next % (l.nodes - 1).max(1);
+            self.next += 1;
+            let node = objects::node(l, k);
+            let now = integration_tests::apiserver::meta::rfc3339(
+                integration_tests::apiserver::meta::unix_now(),
+            );
+            let mut conditions = node["status"]["conditions"].clone();
+            for c in conditions.as_array_mut().into_iter().flatten() {
+                c["lastHeartbeatTime"] = json!(now);
+            }
+            let body = json!({"status": {"conditions": conditions}});
+            out.push((
+                format!(
+                    "/api/v1/nodes/{}/status?fieldManager=kubelet",
+                    l.node_name(k)
+                ),
+                serde_json::to_vec(&body).unwrap_or_default(),
+            ));
+        }
+        out
+    }
+}
+
 pub struct IpamChurn {
     layout: Layout,
     /// Per node: whether its block holds the churn's extra allocation, and
@@ -308,6 +363,7 @@ pub async fn churn(
     secs: f64,
     endpoints: bool,
     mut ipam: Option<IpamChurn>,
+    mut nodes: Option<NodeChurn>,
 ) -> Result<Vec<Sent>> {
     anyhow::ensure!(!targets.is_empty(), "no pods to churn");
     let total = (rate * secs).round() as usize;
@@ -332,6 +388,7 @@ pub async fn churn(
             })?),
             None => None,
         };
+        let node_writes = nodes.as_mut().map(NodeChurn::writes).unwrap_or_default();
         let c = c.clone();
         sent.push(Sent {
             ip: t.pod.ip,
@@ -351,6 +408,9 @@ pub async fn churn(
                 .await?;
             }
             if let Some((path, body)) = block {
+                call(&c, "PATCH", &path, "application/merge-patch+json", body).await?;
+            }
+            for (path, body) in node_writes {
                 call(&c, "PATCH", &path, "application/merge-patch+json", body).await?;
             }
             Ok::<(), anyhow::Error>(())

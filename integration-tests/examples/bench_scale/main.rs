@@ -7,7 +7,7 @@
 //! cargo run --release -p integration-tests --example bench_scale -- \
 //!     [--size small|medium|large|tiny|N/M/K]... [--churn-secs 30] [--rate 100]
 //!     [--mesh-secs 10] [--ready-timeout 900] [--family v6|v4] [--keep-logs DIR]
-//!     [--pod-source endpoints|pods] [--ipam-churn]
+//!     [--pod-source endpoints|pods] [--ipam-churn] [--node-churn R]
 //! ```
 //! `--pod-source` (default `endpoints`, the design of docs/scale.md §4) is
 //! the agent's flag: with `endpoints` every simulated node's pods also
@@ -39,6 +39,9 @@
 //!    remote node's IPAM block (an allocation added or removed in turn, as
 //!    a pod starting or stopping there), which every agent's block watch
 //!    delivers: pod churn as a real cluster makes it, not labels alone.
+//!    With `--node-churn R`, R remote Node status writes per second go
+//!    along (kubelets' reports, to `/status` as `kubelet`: ~17/s at 5,000
+//!    nodes with node leases), which every agent's Node watch delivers.
 //! 4. The benchmark fails (no table) if the agent never becomes ready, or
 //!    if any such change does not reach nftables within 10 s.
 //! 5. Mesh (`--mesh-secs`, 0 to skip): the mesh is switched on; time until
@@ -82,6 +85,9 @@ struct Args {
     /// `--ipam-churn`: each churn event also writes a remote node's IPAM
     /// block (a pod starting or stopping there).
     ipam_churn: bool,
+    /// `--node-churn R`: R Node status writes per second cluster-wide
+    /// during the churn (kubelets' reports; ~17/s at 5,000 nodes).
+    node_churn: f64,
 }
 
 fn size(s: &str) -> Result<(usize, usize, usize)> {
@@ -107,7 +113,7 @@ fn size(s: &str) -> Result<(usize, usize, usize)> {
 /// What `--help` prints (the module doc has the details).
 const USAGE: &str = "usage: bench_scale [--size tiny|small|medium|large|N/M/K]... [--churn-secs 30] [--rate 100]
     [--mesh-secs 10] [--ready-timeout 900] [--family v6|v4] [--keep-logs DIR] [--agent-log-level warn]
-    [--breakdown N] [--pod-source endpoints|pods] [--ipam-churn]
+    [--breakdown N] [--pod-source endpoints|pods] [--ipam-churn] [--node-churn R]
 sizes: tiny 20/200/20, small 100/3000/100 (default), medium 1000/30000/1000, large 5000/150000/10000
 (needs root; the other binaries are found next to this one: cargo build --release -p node-agent -p integration-tests --bins)";
 
@@ -125,6 +131,7 @@ impl Args {
             breakdown: None,
             endpoints: true,
             ipam_churn: false,
+            node_churn: 0.0,
         };
         let argv: Vec<String> = std::env::args().skip(1).collect();
         let mut it = argv.iter();
@@ -159,6 +166,7 @@ impl Args {
                 "--agent-log-level" => a.log_level = val()?,
                 "--breakdown" => a.breakdown = Some(num(val()?)? as usize),
                 "--ipam-churn" => a.ipam_churn = true,
+                "--node-churn" => a.node_churn = num(val()?)?.max(0.0),
                 "--pod-source" => {
                     a.endpoints = match val()?.as_str() {
                         "endpoints" => true,
@@ -416,9 +424,10 @@ fn run_churn(a: &Args, lab: &Lab, node: &Netns, l: &Layout, pid: i32) -> Result<
     let (syncs0, sync_s0) = sync_metrics(node);
     let (rate, secs, endpoints) = (a.rate, a.churn_secs, a.endpoints);
     let ipam = a.ipam_churn.then(|| load::IpamChurn::new(l));
+    let nodes = (a.node_churn > 0.0).then(|| load::NodeChurn::new(l, a.node_churn, rate));
     let t = Instant::now();
     let sent = k8s::with_client(lab.tor(), move |c| async move {
-        load::churn(&c, &mut targets, rate, secs, endpoints, ipam).await
+        load::churn(&c, &mut targets, rate, secs, endpoints, ipam, nodes).await
     })??;
     let send_secs = t.elapsed().as_secs_f64();
     // Wait for every change that must show, up to 10 s after the last.

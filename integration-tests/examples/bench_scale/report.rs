@@ -51,8 +51,18 @@ pub fn print(a: &Args, rows: &[Row]) {
         load_avg()
     );
     println!(
-        "churn: {:.0} label changes/s cluster-wide for {:.0} s; pods {:?}; agent --pod-source={}; ratios are figure/goal (goal = issue 17, 5k/150k/10k)\n",
+        "churn: {:.0} label changes/s cluster-wide{}{} for {:.0} s; pods {:?}; agent --pod-source={}; ratios are figure/goal (goal = issue 17, 5k/150k/10k)\n",
         a.rate,
+        if a.ipam_churn {
+            " (each with an IPAM block write)"
+        } else {
+            ""
+        },
+        if a.node_churn > 0.0 {
+            format!(", {:.0} Node status writes/s", a.node_churn)
+        } else {
+            String::new()
+        },
         a.churn_secs,
         a.family,
         if a.endpoints { "endpoints" } else { "pods" }

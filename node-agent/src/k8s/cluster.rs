@@ -422,12 +422,37 @@ where
     K::DynamicType: Default + Eq + Hash + Clone,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflect(writer, watcher::watcher(api, config).modify(K::trim)).default_backoff();
+    // An update that changes nothing the cache keeps (Cached::unchanged)
+    // is applied (the new resourceVersion) but marked, so that the loop
+    // moves no generation for it.
+    let unchanged = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (seen, mark) = (reader.clone(), Arc::clone(&unchanged));
+    let trimmed = watcher::watcher(api, config)
+        .modify(K::trim)
+        .inspect_ok(move |ev| {
+            let same = match ev {
+                Event::Apply(new) => seen
+                    .get(&reflector::ObjectRef::from_obj(new))
+                    .is_some_and(|old| new.unchanged(&old)),
+                _ => false,
+            };
+            mark.store(same, std::sync::atomic::Ordering::Relaxed);
+        });
+    let stream = reflect(writer, trimmed).default_backoff();
     let tx = tx.clone();
     let metrics = metrics.clone();
     watchers.push(Watcher {
         name: format!("watch {}", kind.resource()),
-        run: Box::new(move |pulse| Box::pin(watch_loop(stream, kind, tx, metrics, pulse))),
+        run: Box::new(move |pulse| {
+            Box::pin(watch_loop(
+                stream,
+                kind,
+                tx,
+                metrics,
+                pulse,
+                Some(unchanged),
+            ))
+        }),
     });
     reader
 }
@@ -448,7 +473,7 @@ fn endpoint_cache(
     let (kind, tx, metrics) = (Kind::PodEndpoint, tx.clone(), metrics.clone());
     watchers.push(Watcher {
         name: format!("watch {}", kind.resource()),
-        run: Box::new(move |pulse| Box::pin(watch_loop(stream, kind, tx, metrics, pulse))),
+        run: Box::new(move |pulse| Box::pin(watch_loop(stream, kind, tx, metrics, pulse, None))),
     });
     reader
 }
@@ -461,6 +486,8 @@ async fn watch_loop<S, K>(
     metrics: Arc<Metrics>,
     // A watch may deliver nothing for hours; the pulse keeps the loop turning.
     mut pulse: Pulse,
+    // Set for an event that changed nothing kept (see reflector_with).
+    unchanged: Option<Arc<std::sync::atomic::AtomicBool>>,
 ) where
     S: futures::Stream<Item = Result<Event<K>, watcher::Error>>,
 {
@@ -482,7 +509,12 @@ async fn watch_loop<S, K>(
                     failing = false;
                 }
                 let synced = matches!(ev, Event::InitDone);
-                let counts = !matches!(ev, Event::Init);
+                let same = unchanged
+                    .as_ref()
+                    .is_some_and(|u| u.swap(false, std::sync::atomic::Ordering::Relaxed));
+                // An Apply that changed nothing kept moves no generation.
+                let redundant = same && matches!(ev, Event::Apply(_));
+                let counts = !(matches!(ev, Event::Init) || redundant);
                 tx.send_modify(|g| {
                     if counts {
                         g.counts[kind.index()] += 1;
