@@ -363,13 +363,13 @@ pub fn record(
         (changed, removed)
     };
     let mut entries = old.map(entries_of).unwrap_or_default();
-    let mut mine = None;
-    for (i, e) in entries.iter_mut().enumerate() {
+    let mut mine = false;
+    for e in entries.iter_mut() {
         e.fields.retain(|p| !removed.contains(p));
         let is_mine =
             e.manager == manager && e.operation == "Update" && e.subresource == subresource;
         if is_mine {
-            mine = Some(i);
+            mine = true;
             e.fields.extend(changed.iter().cloned());
         } else {
             e.fields.retain(|p| !changed.contains(p));
@@ -381,7 +381,7 @@ pub fn record(
             e.rest.insert("apiVersion".into(), json!(def.api_version()));
         }
     }
-    if mine.is_none() && !changed.is_empty() {
+    if !mine && !changed.is_empty() {
         let mut rest = Map::new();
         rest.insert("apiVersion".into(), json!(def.api_version()));
         rest.insert("fieldsType".into(), json!("FieldsV1"));

@@ -267,6 +267,19 @@ type Reply<T> = oneshot::Sender<Result<T, IpamError>>;
 /// Most block reads [`Allocator::blocks_made_by`] has in flight.
 const GET_CONCURRENCY: usize = 8;
 
+/// A store call bounded by `limit` (a timeout is `Unavailable`).
+pub(crate) async fn timed<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
+) -> Result<T, crate::store::StoreError> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r,
+        Err(_) => Err(crate::store::StoreError::unavailable(format!(
+            "store call timed out after {limit:?}"
+        ))),
+    }
+}
+
 /// `b` with only the allocations whose node `select` accepts, and no free
 /// list; None if it has none.
 fn trimmed(b: &BlockObject, select: impl Fn(Option<&str>) -> bool) -> Option<BlockObject> {
@@ -592,14 +605,7 @@ impl Allocator {
         let mut reads = futures::stream::iter(names)
             .map(|n| {
                 let store = Arc::clone(&self.store);
-                async move {
-                    match tokio::time::timeout(limit, store.get_block(&n)).await {
-                        Ok(r) => r,
-                        Err(_) => Err(crate::store::StoreError::unavailable(format!(
-                            "reading block {n} timed out after {limit:?}"
-                        ))),
-                    }
-                }
+                async move { timed(limit, store.get_block(&n)).await }
             })
             .buffered(GET_CONCURRENCY);
         while let Some(r) = reads.next().await {

@@ -113,7 +113,8 @@ pub(crate) struct View {
     pub summaries: BTreeMap<String, Summary>,
     /// Blocks kept whole whatever they hold: read from the store for a
     /// write this node plans (a borrow, a reclaim, a release of another
-    /// node's allocation). The worker unpins them after the next round.
+    /// node's allocation). The worker unpins them when no pending op needs
+    /// them (its `pins`).
     pub pinned: HashSet<String>,
     /// handle → slots, rebuilt from the cached blocks: the allocations this
     /// node may look up by handle (see [`View::indexed`]), not every

@@ -15,7 +15,7 @@ use futures::future::join_all;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until};
 use tracing::{debug, warn};
 
 use crate::cidr::Family;
@@ -91,7 +91,7 @@ enum Outcome {
     /// again.
     Reread(String),
     /// The plan writes to blocks the cache holds only summarised: read them
-    /// whole from the store (pinned for the next round) and plan again.
+    /// whole from the store (pinned while the op is pending) and plan again.
     Fetch(Vec<String>),
 }
 
@@ -256,13 +256,7 @@ impl Worker {
         &self,
         f: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match timeout(self.opts.store_timeout, f).await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::unavailable(format!(
-                "store call timed out after {:?}",
-                self.opts.store_timeout
-            ))),
-        }
+        super::timed(self.opts.store_timeout, f).await
     }
 
     /// Re-lists pools and blocks (only pools while the blocks are to come

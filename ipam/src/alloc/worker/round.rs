@@ -181,7 +181,10 @@ impl Worker {
         for (op, o) in batch.iter().zip(&outcomes) {
             if let Outcome::Fetch(names) = o {
                 for n in names {
-                    if self.view.pinned.insert(n.clone()) {
+                    // Each op holds its own pin: a block two ops need stays
+                    // whole until both are done.
+                    self.view.pinned.insert(n.clone());
+                    if !self.pins.iter().any(|(p, id)| p == n && *id == op.id) {
                         self.pins.push((n.clone(), op.id));
                     }
                     reread.push(n.clone());
