@@ -219,9 +219,17 @@ impl Engine {
 
     // ---- inputs -------------------------------------------------------
 
-    pub fn upsert_pod(&mut self, pod: PodInfo) {
+    /// Adds or replaces a pod. Pass an `Arc` the caller keeps (the agent's
+    /// PodEndpoint cache does) and the engine holds that one, not a copy.
+    pub fn upsert_pod(&mut self, pod: impl Into<Arc<PodInfo>>) {
+        let pod = pod.into();
         let key = pod.key.clone();
-        if self.state.pods.get(&key) == Some(&pod) {
+        if let Some(old) = self.state.pods.get_mut(&key)
+            && (Arc::ptr_eq(old, &pod) || **old == *pod)
+        {
+            // The same pod: nothing changes but which copy is held (the
+            // caller's, which it keeps: one copy between them).
+            *old = pod;
             return;
         }
         let old = self.state.pods.insert(key.clone(), pod);
@@ -575,7 +583,7 @@ impl Engine {
         }
     }
 
-    fn pod_changed(&mut self, key: &PodKey, old: Option<PodInfo>) {
+    fn pod_changed(&mut self, key: &PodKey, old: Option<Arc<PodInfo>>) {
         let mut ips: BTreeSet<IpAddr> = BTreeSet::new();
         if let Some(o) = &old {
             ips.extend(o.ips.iter().copied());
@@ -649,7 +657,7 @@ impl Engine {
             .get(&ip)
             .into_iter()
             .flatten()
-            .filter_map(|k| self.state.pods.get(k))
+            .filter_map(|k| self.state.pods.get(k).map(|p| &**p))
             .collect();
         let mut updates: Vec<(String, Elem, bool)> = Vec::new();
         for (name, (peers, sfam)) in &self.sel_sets {

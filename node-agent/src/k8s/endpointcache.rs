@@ -33,30 +33,25 @@ use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use kube::runtime::watcher::Event;
-use policy::{ContainerPort, LabelInterner, PodLabels};
+use policy::{ContainerPort, LabelInterner, PodInfo};
 
 use crate::k8s::crd::PodEndpoint;
 
 /// One PodEndpoint, as the agent keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedEndpoint {
-    /// The pod's namespace (interned).
-    pub namespace: Arc<str>,
-    /// The pod's name.
-    pub name: Arc<str>,
+    /// The pod as policy's engine holds it: namespace and name, the node
+    /// (interned), the addresses (sorted, without repeats), the labels
+    /// (interned) and the named container ports (interned: the pods of one
+    /// workload have the same list). One per pod, shared: the engine holds
+    /// this very `Arc` for a pod of another node whose addresses IPAM adds
+    /// nothing to (docs/scale.md, "One PodInfo per pod"). Its ports are
+    /// empty when `invalid`.
+    pub pod: Arc<PodInfo>,
     /// The object's resourceVersion.
     pub resource_version: Box<str>,
-    /// The node the pod runs on (interned).
-    pub node: Arc<str>,
-    /// The pod's addresses, as the object lists them.
-    pub addresses: Box<[IpAddr]>,
-    /// The pod's labels (interned; shared with policy's `PodInfo`).
-    pub labels: PodLabels,
-    /// The pod's named container ports, as policy's `PodInfo` holds them
-    /// (interned and shared with it: the pods of one workload have the
-    /// same list, and a list of two ports costs ~0.2 KB); or why policy
-    /// cannot use them.
-    pub ports: Result<Arc<[ContainerPort]>, Arc<str>>,
+    /// Why policy cannot use the pod (a named port it cannot read), if so.
+    pub invalid: Option<Arc<str>>,
     /// When the writer made this entry: a number from one counter per
     /// cache, larger for every new entry and removal
     /// ([`EndpointCache::changes_since`]).
@@ -64,25 +59,46 @@ pub struct CachedEndpoint {
 }
 
 impl CachedEndpoint {
+    /// The pod's namespace (interned).
+    pub fn namespace(&self) -> &Arc<str> {
+        &self.pod.key.namespace
+    }
+
+    /// The pod's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.pod.key.name
+    }
+
+    /// The node the pod runs on.
+    pub fn node(&self) -> &str {
+        self.pod.node_name.as_deref().unwrap_or_default()
+    }
+
+    /// The pod's addresses (sorted, without repeats).
+    pub fn addresses(&self) -> &[IpAddr] {
+        &self.pod.ips
+    }
+
     /// The pod's namespace and name (sharing the entry's strings).
     pub fn pod_name(&self) -> PodName {
         PodName {
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
+            namespace: self.namespace().clone(),
+            name: self.name().clone(),
         }
     }
 
-    /// The policy crate's view of the pod: the same as
-    /// [`PodEndpoint::to_pod_info`] of the object it was made from.
-    pub fn to_pod_info(&self) -> Result<policy::PodInfo, String> {
-        crate::k8s::crd::pod_info(
-            &self.namespace,
-            &self.name,
-            &self.node,
-            &self.addresses,
-            &self.labels,
-            self.ports.as_ref().map_err(|e| &**e),
-        )
+    /// The policy crate's view of the pod, shared (the same as
+    /// [`PodEndpoint::to_pod_info`] of the object it was made from), or why
+    /// policy cannot use it.
+    pub fn pod_info(&self) -> Result<&Arc<PodInfo>, String> {
+        match &self.invalid {
+            None => Ok(&self.pod),
+            Some(e) => Err(crate::k8s::crd::invalid_ports(
+                self.namespace(),
+                self.name(),
+                e,
+            )),
+        }
     }
 }
 
@@ -449,32 +465,36 @@ impl EndpointCacheWriter {
         {
             return Some((have.pod_name(), have.clone()));
         }
-        let key = PodName {
-            namespace: intern(&mut self.namespaces, ns),
-            name: match &have {
-                Some(h) => h.name.clone(),
-                None => name.as_str().into(),
-            },
+        let namespace = intern(&mut self.namespaces, ns);
+        let name: Arc<str> = match &have {
+            Some(h) => h.name().clone(),
+            None => name.as_str().into(),
         };
         let spec = &obj.spec;
         let labels = match &have {
-            Some(h) if h.labels.eq_map(&spec.labels) => h.labels.clone(),
+            Some(h) if h.pod.labels.eq_map(&spec.labels) => h.pod.labels.clone(),
             _ => self.labels.intern(&spec.labels),
         };
+        let (ports, invalid) = match crate::k8s::crd::container_ports(&spec.named_ports) {
+            Ok(p) => (intern(&mut self.ports, p.as_slice()), None),
+            Err(e) => (intern(&mut self.ports, &[][..]), Some(e.into())),
+        };
+        let pod = crate::k8s::crd::pod_view(
+            &namespace,
+            &name,
+            &intern(&mut self.nodes, &spec.node),
+            &spec.addresses,
+            &labels,
+            &ports,
+        );
         self.seq += 1;
         let entry = CachedEndpoint {
             seq: self.seq,
-            namespace: key.namespace.clone(),
-            name: key.name.clone(),
+            pod: Arc::new(pod),
             resource_version: rv.into(),
-            node: intern(&mut self.nodes, &spec.node),
-            addresses: spec.addresses.as_slice().into(),
-            labels,
-            ports: match crate::k8s::crd::container_ports(&spec.named_ports) {
-                Ok(p) => Ok(intern(&mut self.ports, p.as_slice())),
-                Err(e) => Err(e.into()),
-            },
+            invalid,
         };
+        let key = PodName { namespace, name };
         Some((key, Arc::new(entry)))
     }
 
