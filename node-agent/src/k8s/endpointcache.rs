@@ -1,11 +1,14 @@
 //! The agent's cache of every PodEndpoint of the cluster, compact: of each
 //! object only what its readers use — namespace, name, resourceVersion,
-//! node, addresses, labels and named ports — in a map keyed by
-//! (namespace, name). Every agent holds one entry per pod of the cluster
+//! node, addresses, labels and named ports — in a set of entries looked up
+//! by (namespace, name). Every agent holds one entry per pod of the cluster
 //! (docs/scale.md, "the heap by cache"): kube's reflector store kept the
 //! whole object (an `ObjectMeta` of ~0.3 KB even trimmed, the object's
 //! `ObjectRef` key with its own copies of the name and namespace), about
-//! 1.5 KB per pod at 5k nodes / 150k pods.
+//! 1.5 KB per pod at 5k nodes / 150k pods. An entry's pod is policy's
+//! `PodInfo` itself, made once here: the policy engine holds the same
+//! `Arc` for every pod of another node whose addresses IPAM adds nothing
+//! to (docs/scale.md, "One PodInfo per pod").
 //!
 //! ```text
 //!  API server ──list/watch──► kube watcher ──Event<PodEndpoint>──► EndpointCacheWriter
@@ -22,13 +25,11 @@
 //! applied it). Namespace and node names are interned (150k pods share a few
 //! thousand of each); a pod's labels are a [`PodLabels`] set from the
 //! writer's [`LabelInterner`] (label keys and values, and identical sets,
-//! stored once however many pods have them; unused ones freed), the set
-//! that policy's `PodInfo` shares, and it is kept across an update that
-//! leaves the labels as they were, so the cache and the engine keep holding
-//! one set between them; an entry a relist finds unchanged (same
-//! resourceVersion) is kept as it is.
+//! stored once however many pods have them; unused ones freed), kept
+//! across an update that leaves the labels as they were; an entry a relist
+//! finds unchanged (same resourceVersion) is kept as it is.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -174,8 +175,35 @@ impl<'a> std::borrow::Borrow<dyn NamePair + 'a> for PodName {
     }
 }
 
-type Key = PodName;
-type Map = HashMap<Key, Arc<CachedEndpoint>>;
+/// An entry of the map, hashed and compared by its pod's (namespace,
+/// name): the map is a set of entries, with no key beside each (a key of
+/// its own was 32 B a pod more, ~8 MB at 150k pods).
+#[derive(Clone)]
+struct Entry(Arc<CachedEndpoint>);
+
+impl NamePair for Entry {
+    fn pair(&self) -> (&str, &str) {
+        (self.0.namespace(), self.0.name())
+    }
+}
+impl std::hash::Hash for Entry {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.pair().hash(h);
+    }
+}
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.pair() == other.pair()
+    }
+}
+impl Eq for Entry {}
+impl<'a> std::borrow::Borrow<dyn NamePair + 'a> for Entry {
+    fn borrow(&self) -> &(dyn NamePair + 'a) {
+        self
+    }
+}
+
+type Map = HashSet<Entry>;
 
 /// Read access to the cache (cheap to clone; every clone sees the same map).
 #[derive(Clone, Default)]
@@ -214,13 +242,13 @@ impl EndpointCache {
     /// Every entry, in no particular order (a snapshot: the writer goes on
     /// while the caller reads it).
     pub fn state(&self) -> Vec<Arc<CachedEndpoint>> {
-        self.read(|m| m.values().cloned().collect())
+        self.read(|m| m.iter().map(|e| e.0.clone()).collect())
     }
 
     /// [`EndpointCache::state`], and the number to ask
     /// [`EndpointCache::changes_since`] from next.
     pub fn state_and_seq(&self) -> (Vec<Arc<CachedEndpoint>>, u64) {
-        self.read_inner(|i| (i.map.values().cloned().collect(), i.seq))
+        self.read_inner(|i| (i.map.iter().map(|e| e.0.clone()).collect(), i.seq))
     }
 
     /// What changed since `seq` (a number this cache gave): the entries
@@ -238,7 +266,7 @@ impl EndpointCache {
             for (n, pod, gone) in i.log.iter().rev().take_while(|(n, _, _)| *n > seq) {
                 if *gone {
                     removed.push(pod.clone());
-                } else if let Some(e) = i.map.get(pod as &dyn NamePair)
+                } else if let Some(Entry(e)) = i.map.get(pod as &dyn NamePair)
                     && e.seq == *n
                 {
                     // The entry this change made, still there (a later
@@ -256,18 +284,21 @@ impl EndpointCache {
 
     /// The entry of pod `namespace/name`.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<CachedEndpoint>> {
-        self.read(|m| m.get(&(namespace, name) as &dyn NamePair).cloned())
+        self.read(|m| {
+            m.get(&(namespace, name) as &dyn NamePair)
+                .map(|e| e.0.clone())
+        })
     }
 
     /// The first entry (in no particular order) that `f` accepts, without a
     /// snapshot of the whole map.
     pub fn find(&self, f: impl Fn(&CachedEndpoint) -> bool) -> Option<Arc<CachedEndpoint>> {
-        self.read(|m| m.values().find(|e| f(e)).cloned())
+        self.read(|m| m.iter().find(|e| f(&e.0)).map(|e| e.0.clone()))
     }
 
     /// How many entries there are.
     pub fn len(&self) -> usize {
-        self.read(HashMap::len)
+        self.read(HashSet::len)
     }
 
     /// Whether there are none.
@@ -350,12 +381,12 @@ impl EndpointCacheWriter {
     pub fn apply_watcher_event(&mut self, event: &Event<PodEndpoint>) {
         match event {
             Event::Apply(obj) => {
-                if let Some((key, entry)) = self.convert(obj, None) {
+                if let Some(entry) = self.convert(obj, None) {
                     self.write(|i| {
                         let seq = entry.seq;
-                        let pod = key.clone();
-                        let old = i.map.insert(key, entry);
-                        if old.is_none_or(|o| o.seq != seq) {
+                        let pod = entry.pod_name();
+                        let old = i.map.replace(Entry(entry));
+                        if old.is_none_or(|o| o.0.seq != seq) {
                             i.log_change(seq, &pod, false);
                         }
                     });
@@ -366,11 +397,10 @@ impl EndpointCacheWriter {
                     self.seq += 1;
                     let seq = self.seq;
                     self.write(|i| {
-                        if let Some((key, _)) = i
-                            .map
-                            .remove_entry(&(ns.as_str(), name.as_str()) as &dyn NamePair)
+                        if let Some(Entry(e)) =
+                            i.map.take(&(ns.as_str(), name.as_str()) as &dyn NamePair)
                         {
-                            i.log_removal(seq, &key);
+                            i.log_removal(seq, &e.pod_name());
                         }
                     });
                 }
@@ -378,8 +408,8 @@ impl EndpointCacheWriter {
             Event::Init => self.relist = Some(Map::new()),
             Event::InitApply(obj) => {
                 let mut relist = self.relist.take().unwrap_or_default();
-                if let Some((key, entry)) = self.convert(obj, Some(&relist)) {
-                    relist.insert(key, entry);
+                if let Some(entry) = self.convert(obj, Some(&relist)) {
+                    relist.replace(Entry(entry));
                 }
                 self.relist = Some(relist);
             }
@@ -389,20 +419,14 @@ impl EndpointCacheWriter {
                 let mut seq = self.seq;
                 let old = self.write(|i| {
                     let old = std::mem::replace(&mut i.map, relist);
-                    let gone: Vec<&PodName> = old
-                        .keys()
-                        .filter(|k| !i.map.contains_key(*k as &dyn NamePair))
-                        .collect();
+                    let gone: Vec<&Entry> = old.iter().filter(|e| !i.map.contains(*e)).collect();
                     // Entries the relist made (not kept from before), in
                     // number order.
-                    let mut made: Vec<(u64, &PodName)> = i
+                    let mut made: Vec<(u64, &Entry)> = i
                         .map
                         .iter()
-                        .filter(|(k, e)| {
-                            old.get(*k as &dyn NamePair)
-                                .is_none_or(|o| !Arc::ptr_eq(o, e))
-                        })
-                        .map(|(k, e)| (e.seq, k))
+                        .filter(|e| old.get(*e).is_none_or(|o| !Arc::ptr_eq(&o.0, &e.0)))
+                        .map(|e| (e.0.seq, e))
                         .collect();
                     seq += gone.len() as u64;
                     if gone.len() + made.len() > CHANGES_KEPT {
@@ -412,10 +436,12 @@ impl EndpointCacheWriter {
                         i.floor = seq;
                     } else {
                         let mut n = seq - gone.len() as u64;
-                        let gone: Vec<PodName> = gone.into_iter().cloned().collect();
+                        let gone: Vec<PodName> = gone.into_iter().map(|e| e.0.pod_name()).collect();
                         made.sort_by_key(|(n, _)| *n);
-                        let made: Vec<(u64, PodName)> =
-                            made.into_iter().map(|(n, k)| (n, k.clone())).collect();
+                        let made: Vec<(u64, PodName)> = made
+                            .into_iter()
+                            .map(|(n, e)| (n, e.0.pod_name()))
+                            .collect();
                         // The relist's entries were numbered before its
                         // removals: the log stays in number order.
                         for (n, k) in &made {
@@ -449,7 +475,7 @@ impl EndpointCacheWriter {
         &mut self,
         obj: &PodEndpoint,
         relist: Option<&Map>,
-    ) -> Option<(Key, Arc<CachedEndpoint>)> {
+    ) -> Option<Arc<CachedEndpoint>> {
         let (Some(ns), Some(name)) = (&obj.metadata.namespace, &obj.metadata.name) else {
             tracing::warn!(name = ?obj.metadata.name, "PodEndpoint without namespace or name: not cached");
             return None;
@@ -457,13 +483,13 @@ impl EndpointCacheWriter {
         let rv = obj.metadata.resource_version.as_deref().unwrap_or_default();
         let pair: &dyn NamePair = &(ns.as_str(), name.as_str());
         let have = relist
-            .and_then(|r| r.get(pair).cloned())
-            .or_else(|| self.cache.read(|m| m.get(pair).cloned()));
+            .and_then(|r| r.get(pair).map(|e| e.0.clone()))
+            .or_else(|| self.cache.read(|m| m.get(pair).map(|e| e.0.clone())));
         if let Some(have) = &have
             && &*have.resource_version == rv
             && !rv.is_empty()
         {
-            return Some((have.pod_name(), have.clone()));
+            return Some(have.clone());
         }
         let namespace = intern(&mut self.namespaces, ns);
         let name: Arc<str> = match &have {
@@ -494,8 +520,7 @@ impl EndpointCacheWriter {
             resource_version: rv.into(),
             invalid,
         };
-        let key = PodName { namespace, name };
-        Some((key, Arc::new(entry)))
+        Some(Arc::new(entry))
     }
 
     fn write<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
