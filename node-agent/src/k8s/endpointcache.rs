@@ -438,10 +438,8 @@ impl EndpointCacheWriter {
                         let mut n = seq - gone.len() as u64;
                         let gone: Vec<PodName> = gone.into_iter().map(|e| e.0.pod_name()).collect();
                         made.sort_by_key(|(n, _)| *n);
-                        let made: Vec<(u64, PodName)> = made
-                            .into_iter()
-                            .map(|(n, e)| (n, e.0.pod_name()))
-                            .collect();
+                        let made: Vec<(u64, PodName)> =
+                            made.into_iter().map(|(n, e)| (n, e.0.pod_name())).collect();
                         // The relist's entries were numbered before its
                         // removals: the log stays in number order.
                         for (n, k) in &made {
@@ -471,11 +469,7 @@ impl EndpointCacheWriter {
     /// resourceVersion is the same, else a new one, keeping the current
     /// label set when the labels did not change. None (and a warning) for
     /// an object without namespace or name, which no reader can use.
-    fn convert(
-        &mut self,
-        obj: &PodEndpoint,
-        relist: Option<&Map>,
-    ) -> Option<Arc<CachedEndpoint>> {
+    fn convert(&mut self, obj: &PodEndpoint, relist: Option<&Map>) -> Option<Arc<CachedEndpoint>> {
         let (Some(ns), Some(name)) = (&obj.metadata.namespace, &obj.metadata.name) else {
             tracing::warn!(name = ?obj.metadata.name, "PodEndpoint without namespace or name: not cached");
             return None;

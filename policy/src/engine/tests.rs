@@ -417,3 +417,25 @@ fn many_rules_on_ports_of_their_own_share_one_lookup_that_follows_label_changes(
     assert_eq!(e.ruleset(), &pure(&e));
     check_kernel(&e, &sink);
 }
+
+/// An address's holders: one in place, several sorted while it is being
+/// reused, back to one in place, none.
+#[test]
+fn holders_of_an_address() {
+    let (a, b, c) = (
+        PodKey::new("x", "a"),
+        PodKey::new("x", "b"),
+        PodKey::new("x", "c"),
+    );
+    let mut h = Holders::One(b.clone());
+    h.add(&b);
+    assert!(matches!(h, Holders::One(_)));
+    h.add(&c);
+    h.add(&a);
+    assert_eq!(h.keys(), [a.clone(), b.clone(), c.clone()]);
+    assert!(!h.remove(&b));
+    assert!(!h.remove(&a));
+    assert!(matches!(&h, Holders::One(k) if *k == c));
+    assert!(!h.remove(&a), "not a holder: c stays");
+    assert!(h.remove(&c));
+}

@@ -134,11 +134,21 @@ impl BuildCx {
             }
         }
         for (name, (peers, named, fam)) in &self.named {
-            let elems = members::named_ports(state, peers, named)
-                .into_iter()
-                .filter(|(ip, _, _)| Family::of(ip) == *fam)
-                .map(|(ip, p, port)| Elem::AddrProtoPort(ip, p, port))
-                .collect();
+            // Inserted as found ([`members::named_ports`] as elements):
+            // collecting a set this size (one per pod of the cluster for a
+            // peer that selects every pod) went through a `Vec` of all its
+            // elements and a set of tuples first, ~22 MB at the first
+            // build's peak at 150k pods (docs/scale.md).
+            let mut elems = BTreeSet::new();
+            for pod in state.pods.values() {
+                let labels = namespace_labels(state, &pod.key.namespace);
+                elems.extend(
+                    members::named_ports_of_pod(peers, named, pod, &labels)
+                        .into_iter()
+                        .filter(|(ip, _, _)| Family::of(*ip) == *fam)
+                        .map(|(ip, p, port)| Elem::AddrProtoPort(ip, p, port)),
+                );
+            }
             if let Some(s) = rs.sets.get_mut(name) {
                 s.elems = elems;
             }
@@ -257,7 +267,12 @@ mod tests {
     fn indexed_members_equal_the_scan() {
         let mut xyz = Xyz::new(2, true);
         let finished = PodKey::new("y", "b");
-        if let Some(p) = xyz.state.pods.get_mut(&finished).map(std::sync::Arc::make_mut) {
+        if let Some(p) = xyz
+            .state
+            .pods
+            .get_mut(&finished)
+            .map(std::sync::Arc::make_mut)
+        {
             p.phase = crate::model::PodPhase::Succeeded;
         }
         let reqs = [

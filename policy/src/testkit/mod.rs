@@ -7,8 +7,8 @@ pub mod kernel;
 pub mod tiers;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use sha1::{Digest, Sha1};
 
@@ -164,7 +164,10 @@ impl Xyz {
     }
 
     pub fn pod_mut(&mut self, ns: &str, pod: &str) -> Option<&mut PodInfo> {
-        self.state.pods.get_mut(&PodKey::new(ns, pod)).map(Arc::make_mut)
+        self.state
+            .pods
+            .get_mut(&PodKey::new(ns, pod))
+            .map(Arc::make_mut)
     }
 }
 

@@ -463,7 +463,9 @@ impl PolicySync {
         // A plain pod: the entry's own PodInfo, shared, and no record.
         if let Source::Endpoint(e) = pod
             && e.invalid.is_none()
-            && extra.iter().all(|ip| e.addresses().binary_search(ip).is_ok())
+            && extra
+                .iter()
+                .all(|ip| e.addresses().binary_search(ip).is_ok())
         {
             if !plain {
                 self.converted.remove(&(ns, name) as &dyn NamePair);
@@ -507,7 +509,9 @@ impl PolicySync {
     /// (put there by a pass, with no record: see [`Converted`]).
     fn plain(&self, key: &PodKey) -> bool {
         !self.outside.contains(key)
-            && !self.converted.contains_key(&(&*key.namespace, &*key.name) as &dyn NamePair)
+            && !self
+                .converted
+                .contains_key(&(&*key.namespace, &*key.name) as &dyn NamePair)
             && self.engine.state().pods.contains_key(key)
     }
 
@@ -1076,7 +1080,15 @@ mod tests {
                 "198.19.9.2",
             )));
         w.pod_endpoints.apply_watcher_event(&Event::InitDone);
-        let labels = |cluster: &Cluster| cluster.pod_endpoints.get("ns", "b").expect("b").pod.labels.clone();
+        let labels = |cluster: &Cluster| {
+            cluster
+                .pod_endpoints
+                .get("ns", "b")
+                .expect("b")
+                .pod
+                .labels
+                .clone()
+        };
         let before = labels(&cluster);
         ps.update(&cluster, &view, &reg);
         assert!(shares(&ps, &cluster));

@@ -129,13 +129,19 @@ fn unchanged_entries_and_labels_are_shared() {
         "same labels, one set"
     );
     let info = a1.pod_info().expect("info").clone();
-    assert!(Arc::ptr_eq(&info, &a1.pod), "policy gets the entry's PodInfo");
+    assert!(
+        Arc::ptr_eq(&info, &a1.pod),
+        "policy gets the entry's PodInfo"
+    );
     // A new resourceVersion with the same labels (an address moved): the
     // label map stays the one policy holds.
     w.apply_watcher_event(&Event::Apply(ep("ns a n1 2 x 198.19.0.8")));
     let a2 = c.get("ns", "a").expect("a");
     assert!(PodLabels::ptr_eq(&a2.pod.labels, &info.labels));
-    assert_eq!(a2.addresses(), ["198.19.0.8".parse::<IpAddr>().expect("ip")]);
+    assert_eq!(
+        a2.addresses(),
+        ["198.19.0.8".parse::<IpAddr>().expect("ip")]
+    );
     // New labels: a new set.
     w.apply_watcher_event(&Event::Apply(ep("ns a n1 3 z 198.19.0.8")));
     assert!(!PodLabels::ptr_eq(
