@@ -134,21 +134,11 @@ impl BuildCx {
             }
         }
         for (name, (peers, named, fam)) in &self.named {
-            // Inserted as found ([`members::named_ports`] as elements):
-            // collecting a set this size (one per pod of the cluster for a
-            // peer that selects every pod) went through a `Vec` of all its
-            // elements and a set of tuples first, ~22 MB at the first
-            // build's peak at 150k pods (docs/scale.md).
-            let mut elems = BTreeSet::new();
-            for pod in state.pods.values() {
-                let labels = namespace_labels(state, &pod.key.namespace);
-                elems.extend(
-                    members::named_ports_of_pod(peers, named, pod, &labels)
-                        .into_iter()
-                        .filter(|(ip, _, _)| Family::of(*ip) == *fam)
-                        .map(|(ip, p, port)| Elem::AddrProtoPort(ip, p, port)),
-                );
-            }
+            let elems = members::named_ports(state, peers, named)
+                .into_iter()
+                .filter(|(ip, _, _)| Family::of(ip) == *fam)
+                .map(|(ip, p, port)| Elem::AddrProtoPort(ip, p, port))
+                .collect();
             if let Some(s) = rs.sets.get_mut(name) {
                 s.elems = elems;
             }
