@@ -78,7 +78,7 @@ pub enum EngineError<E: std::error::Error + Send + Sync + 'static> {
 enum Holders {
     One(PodKey),
     /// Sorted, two or more (an address being reused).
-    Many(Box<Vec<PodKey>>),
+    Many(Vec<PodKey>),
 }
 
 impl Holders {
@@ -95,7 +95,7 @@ impl Holders {
             Holders::One(k) => {
                 let mut ks = vec![k.clone(), key.clone()];
                 ks.sort();
-                *self = Holders::Many(Box::new(ks));
+                *self = Holders::Many(ks);
             }
             Holders::Many(ks) => {
                 if let Err(at) = ks.binary_search(key) {

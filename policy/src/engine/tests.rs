@@ -438,4 +438,9 @@ fn holders_of_an_address() {
     assert!(matches!(&h, Holders::One(k) if *k == c));
     assert!(!h.remove(&a), "not a holder: c stays");
     assert!(h.remove(&c));
+    // In place: no bigger than the key it holds.
+    assert_eq!(
+        std::mem::size_of::<Holders>(),
+        std::mem::size_of::<PodKey>()
+    );
 }
