@@ -71,16 +71,70 @@ pub enum EngineError<E: std::error::Error + Send + Sync + 'static> {
     },
 }
 
+/// The member pods of one address: nearly always one, held in place (a
+/// `Vec` of one was an allocation per address, ~7 MB at 150k pods; a
+/// set's first node ~0.5 KB; docs/scale.md).
+#[derive(Debug)]
+enum Holders {
+    One(PodKey),
+    /// Sorted, two or more (an address being reused).
+    Many(Vec<PodKey>),
+}
+
+impl Holders {
+    fn keys(&self) -> &[PodKey] {
+        match self {
+            Holders::One(k) => std::slice::from_ref(k),
+            Holders::Many(ks) => ks,
+        }
+    }
+
+    fn add(&mut self, key: &PodKey) {
+        match self {
+            Holders::One(k) if k == key => {}
+            Holders::One(k) => {
+                let mut ks = vec![k.clone(), key.clone()];
+                ks.sort();
+                *self = Holders::Many(ks);
+            }
+            Holders::Many(ks) => {
+                if let Err(at) = ks.binary_search(key) {
+                    ks.insert(at, key.clone());
+                }
+            }
+        }
+    }
+
+    /// Removes `key`; whether none are left.
+    fn remove(&mut self, key: &PodKey) -> bool {
+        match self {
+            Holders::One(k) => k == key,
+            Holders::Many(ks) => {
+                ks.retain(|k| k != key);
+                match ks.pop() {
+                    None => true,
+                    Some(k) if ks.is_empty() => {
+                        *self = Holders::One(k);
+                        false
+                    }
+                    Some(k) => {
+                        ks.push(k);
+                        false
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The incremental engine of one node.
 #[derive(Debug)]
 pub struct Engine {
     state: ClusterState,
     node: NodeContext,
     policies: Policies,
-    /// Member pods by address (several while an address is being reused),
-    /// sorted. A Vec, not a BTreeSet: almost every address has one pod, and
-    /// a set's first node is ~0.5 KB per address (docs/scale.md).
-    by_ip: HashMap<IpAddr, Vec<PodKey>>,
+    /// Member pods by address (several while an address is being reused).
+    by_ip: HashMap<IpAddr, Holders>,
     rs: Ruleset,
     sel_sets: BTreeMap<String, (Vec<PodPeer>, Family)>,
     named_sets: BTreeMap<String, NamedKey>,
@@ -219,9 +273,17 @@ impl Engine {
 
     // ---- inputs -------------------------------------------------------
 
-    pub fn upsert_pod(&mut self, pod: PodInfo) {
+    /// Adds or replaces a pod. Pass an `Arc` the caller keeps (the agent's
+    /// PodEndpoint cache does) and the engine holds that one, not a copy.
+    pub fn upsert_pod(&mut self, pod: impl Into<Arc<PodInfo>>) {
+        let pod = pod.into();
         let key = pod.key.clone();
-        if self.state.pods.get(&key) == Some(&pod) {
+        if let Some(old) = self.state.pods.get_mut(&key)
+            && (Arc::ptr_eq(old, &pod) || **old == *pod)
+        {
+            // The same pod: nothing changes but which copy is held (the
+            // caller's, which it keeps: one copy between them).
+            *old = pod;
             return;
         }
         let old = self.state.pods.insert(key.clone(), pod);
@@ -575,16 +637,15 @@ impl Engine {
         }
     }
 
-    fn pod_changed(&mut self, key: &PodKey, old: Option<PodInfo>) {
+    fn pod_changed(&mut self, key: &PodKey, old: Option<Arc<PodInfo>>) {
         let mut ips: BTreeSet<IpAddr> = BTreeSet::new();
         if let Some(o) = &old {
             ips.extend(o.ips.iter().copied());
             for ip in &o.ips {
-                if let Some(s) = self.by_ip.get_mut(ip) {
-                    s.retain(|k| k != key);
-                    if s.is_empty() {
-                        self.by_ip.remove(ip);
-                    }
+                if let Some(s) = self.by_ip.get_mut(ip)
+                    && s.remove(key)
+                {
+                    self.by_ip.remove(ip);
                 }
             }
         }
@@ -592,19 +653,11 @@ impl Engine {
             ips.extend(new.ips.iter().copied());
             if is_member(new) {
                 for ip in &new.ips {
-                    // Nearly every address has one pod: a list of exactly
-                    // one (a first push would reserve four, 19 MB more at
-                    // 150k pods).
                     match self.by_ip.entry(*ip) {
                         Entry::Vacant(v) => {
-                            v.insert(vec![key.clone()]);
+                            v.insert(Holders::One(key.clone()));
                         }
-                        Entry::Occupied(mut o) => {
-                            let keys = o.get_mut();
-                            if let Err(at) = keys.binary_search(key) {
-                                keys.insert(at, key.clone());
-                            }
-                        }
+                        Entry::Occupied(mut o) => o.get_mut().add(key),
                     }
                 }
             }
@@ -648,8 +701,8 @@ impl Engine {
             .by_ip
             .get(&ip)
             .into_iter()
-            .flatten()
-            .filter_map(|k| self.state.pods.get(k))
+            .flat_map(Holders::keys)
+            .filter_map(|k| self.state.pods.get(k).map(|p| &**p))
             .collect();
         let mut updates: Vec<(String, Elem, bool)> = Vec::new();
         for (name, (peers, sfam)) in &self.sel_sets {

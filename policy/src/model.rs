@@ -404,7 +404,9 @@ impl NodeInfo {
 /// namespace whose only label is `kubernetes.io/metadata.name`.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterState {
-    pub pods: BTreeMap<PodKey, PodInfo>,
+    /// Shared: the agent's PodEndpoint cache makes one `PodInfo` per pod of
+    /// another node and the engine holds that one (docs/scale.md).
+    pub pods: BTreeMap<PodKey, Arc<PodInfo>>,
     pub namespaces: BTreeMap<String, NamespaceInfo>,
     /// Shared: the agent hands in the objects its watch cache holds
     /// (10k policies are ~20 MB as objects).
@@ -445,7 +447,8 @@ impl ClusterState {
         Ok(())
     }
 
-    pub fn add_pod(&mut self, pod: PodInfo) {
+    pub fn add_pod(&mut self, pod: impl Into<Arc<PodInfo>>) {
+        let pod = pod.into();
         self.pods.insert(pod.key.clone(), pod);
     }
 

@@ -625,7 +625,7 @@ pub mod members {
             .pods
             .range(PodKey::new(ns, "")..)
             .take_while(move |(k, _)| *k.namespace == *ns)
-            .map(|(_, p)| p)
+            .map(|(_, p)| &**p)
     }
 
     /// Does a rule's peer list choose this pod address?

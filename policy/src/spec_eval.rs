@@ -109,7 +109,7 @@ impl Cluster<'_> {
 
     /// The pod (pod network, not finished) that owns an address.
     fn pod_with_ip(&self, ip: IpAddr) -> Option<&PodInfo> {
-        self.state.pods.values().find(|p| {
+        self.state.pods.values().map(|p| &**p).find(|p| {
             !p.host_network
                 && p.phase != PodPhase::Succeeded
                 && p.phase != PodPhase::Failed

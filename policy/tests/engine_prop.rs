@@ -215,7 +215,11 @@ fn check(xyz: &Xyz, nodes: &[Node]) -> Result<(), TestCaseError> {
     let mut dead: Vec<IpAddr> = Vec::new();
     for n in nodes {
         for ep in n.engine.node().endpoints.values() {
-            let live = xyz.state.pods.get(&ep.pod).is_some_and(plan::is_member);
+            let live = xyz
+                .state
+                .pods
+                .get(&ep.pod)
+                .is_some_and(|p| plan::is_member(p));
             if !live {
                 dead.extend(ep.ips.iter().copied());
             }
@@ -368,7 +372,12 @@ fn run(ops: Vec<Op>, node_count: usize) -> Result<(), TestCaseError> {
                 }
             }
             Op::PodLabel { ns, pod, value } => {
-                let Some(p) = xyz.state.pods.get_mut(&key(ns, pod)) else {
+                let Some(p) = xyz
+                    .state
+                    .pods
+                    .get_mut(&key(ns, pod))
+                    .map(std::sync::Arc::make_mut)
+                else {
                     continue;
                 };
                 p.labels = p.labels.with("pod", ["a", "b", "c", "other"][value]);
@@ -388,7 +397,12 @@ fn run(ops: Vec<Op>, node_count: usize) -> Result<(), TestCaseError> {
                 }
             }
             Op::Finish { ns, pod } => {
-                let Some(p) = xyz.state.pods.get_mut(&key(ns, pod)) else {
+                let Some(p) = xyz
+                    .state
+                    .pods
+                    .get_mut(&key(ns, pod))
+                    .map(std::sync::Arc::make_mut)
+                else {
                     continue;
                 };
                 p.phase = PodPhase::Succeeded;

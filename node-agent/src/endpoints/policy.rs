@@ -35,8 +35,12 @@ pub struct PolicySync {
     sink: FastSink,
     // The pods are the engine's (`engine.state().pods`): one copy of each
     // PodInfo, not a mirror beside it (docs/scale.md, "Where the memory goes").
-    /// What each pod was last converted from.
+    /// What each pod was last converted from (not kept for plain pods of
+    /// other nodes: see `pods::Converted`).
     converted: HashMap<crate::k8s::endpointcache::PodName, pods::Converted>,
+    /// Pods put in the engine outside a pass (by EndpointUp) that no pass
+    /// has converted since.
+    outside: std::collections::HashSet<PodKey>,
     /// Passes of `update` so far.
     pass: u32,
     /// The PodEndpoint cache's number the last pass read up to (None:
@@ -72,6 +76,7 @@ impl PolicySync {
             // Opened here, in the node's namespace, like the nft session.
             sink: FastSink::new(NftSession::new()),
             converted: HashMap::new(),
+            outside: Default::default(),
             pass: 0,
             endpoint_seq: None,
             context: None,
@@ -238,8 +243,10 @@ impl PolicySync {
     /// Adds one pod as EndpointUp describes it (Pod object fetched by the
     /// caller if the watch has not delivered it yet).
     pub fn upsert_pod(&mut self, info: PodInfo) {
+        let key = info.key.clone();
         // A no-op when the engine already has it.
         self.engine.upsert_pod(info);
+        self.put_outside(&key);
     }
 
     /// EndpointUp's targeted update: this pod (with the addresses the CNI
@@ -394,8 +401,8 @@ impl policy::flowlog::PodResolver for PodsByIp {
             })
             .or_else(|| {
                 self.endpoints
-                    .find(|e| e.addresses.contains(&ip))
-                    .map(|e| PodKey::new(&*e.namespace, &*e.name))
+                    .find(|e| e.addresses().contains(&ip))
+                    .map(|e| e.pod.key.clone())
             })
     }
 }

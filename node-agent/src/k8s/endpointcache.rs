@@ -1,11 +1,14 @@
 //! The agent's cache of every PodEndpoint of the cluster, compact: of each
 //! object only what its readers use — namespace, name, resourceVersion,
-//! node, addresses, labels and named ports — in a map keyed by
-//! (namespace, name). Every agent holds one entry per pod of the cluster
+//! node, addresses, labels and named ports — in a set of entries looked up
+//! by (namespace, name). Every agent holds one entry per pod of the cluster
 //! (docs/scale.md, "the heap by cache"): kube's reflector store kept the
 //! whole object (an `ObjectMeta` of ~0.3 KB even trimmed, the object's
 //! `ObjectRef` key with its own copies of the name and namespace), about
-//! 1.5 KB per pod at 5k nodes / 150k pods.
+//! 1.5 KB per pod at 5k nodes / 150k pods. An entry's pod is policy's
+//! `PodInfo` itself, made once here: the policy engine holds the same
+//! `Arc` for every pod of another node whose addresses IPAM adds nothing
+//! to (docs/scale.md, "One PodInfo per pod").
 //!
 //! ```text
 //!  API server ──list/watch──► kube watcher ──Event<PodEndpoint>──► EndpointCacheWriter
@@ -22,41 +25,34 @@
 //! applied it). Namespace and node names are interned (150k pods share a few
 //! thousand of each); a pod's labels are a [`PodLabels`] set from the
 //! writer's [`LabelInterner`] (label keys and values, and identical sets,
-//! stored once however many pods have them; unused ones freed), the set
-//! that policy's `PodInfo` shares, and it is kept across an update that
-//! leaves the labels as they were, so the cache and the engine keep holding
-//! one set between them; an entry a relist finds unchanged (same
-//! resourceVersion) is kept as it is.
+//! stored once however many pods have them; unused ones freed), kept
+//! across an update that leaves the labels as they were; an entry a relist
+//! finds unchanged (same resourceVersion) is kept as it is.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use kube::runtime::watcher::Event;
-use policy::{ContainerPort, LabelInterner, PodLabels};
+use policy::{ContainerPort, LabelInterner, PodInfo};
 
 use crate::k8s::crd::PodEndpoint;
 
 /// One PodEndpoint, as the agent keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedEndpoint {
-    /// The pod's namespace (interned).
-    pub namespace: Arc<str>,
-    /// The pod's name.
-    pub name: Arc<str>,
+    /// The pod as policy's engine holds it: namespace and name, the node
+    /// (interned), the addresses (sorted, without repeats), the labels
+    /// (interned) and the named container ports (interned: the pods of one
+    /// workload have the same list). One per pod, shared: the engine holds
+    /// this very `Arc` for a pod of another node whose addresses IPAM adds
+    /// nothing to (docs/scale.md, "One PodInfo per pod"). Its ports are
+    /// empty when `invalid`.
+    pub pod: Arc<PodInfo>,
     /// The object's resourceVersion.
     pub resource_version: Box<str>,
-    /// The node the pod runs on (interned).
-    pub node: Arc<str>,
-    /// The pod's addresses, as the object lists them.
-    pub addresses: Box<[IpAddr]>,
-    /// The pod's labels (interned; shared with policy's `PodInfo`).
-    pub labels: PodLabels,
-    /// The pod's named container ports, as policy's `PodInfo` holds them
-    /// (interned and shared with it: the pods of one workload have the
-    /// same list, and a list of two ports costs ~0.2 KB); or why policy
-    /// cannot use them.
-    pub ports: Result<Arc<[ContainerPort]>, Arc<str>>,
+    /// Why policy cannot use the pod (a named port it cannot read), if so.
+    pub invalid: Option<Arc<str>>,
     /// When the writer made this entry: a number from one counter per
     /// cache, larger for every new entry and removal
     /// ([`EndpointCache::changes_since`]).
@@ -64,25 +60,46 @@ pub struct CachedEndpoint {
 }
 
 impl CachedEndpoint {
+    /// The pod's namespace (interned).
+    pub fn namespace(&self) -> &Arc<str> {
+        &self.pod.key.namespace
+    }
+
+    /// The pod's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.pod.key.name
+    }
+
+    /// The node the pod runs on.
+    pub fn node(&self) -> &str {
+        self.pod.node_name.as_deref().unwrap_or_default()
+    }
+
+    /// The pod's addresses (sorted, without repeats).
+    pub fn addresses(&self) -> &[IpAddr] {
+        &self.pod.ips
+    }
+
     /// The pod's namespace and name (sharing the entry's strings).
     pub fn pod_name(&self) -> PodName {
         PodName {
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
+            namespace: self.namespace().clone(),
+            name: self.name().clone(),
         }
     }
 
-    /// The policy crate's view of the pod: the same as
-    /// [`PodEndpoint::to_pod_info`] of the object it was made from.
-    pub fn to_pod_info(&self) -> Result<policy::PodInfo, String> {
-        crate::k8s::crd::pod_info(
-            &self.namespace,
-            &self.name,
-            &self.node,
-            &self.addresses,
-            &self.labels,
-            self.ports.as_ref().map_err(|e| &**e),
-        )
+    /// The policy crate's view of the pod, shared (the same as
+    /// [`PodEndpoint::to_pod_info`] of the object it was made from), or why
+    /// policy cannot use it.
+    pub fn pod_info(&self) -> Result<&Arc<PodInfo>, String> {
+        match &self.invalid {
+            None => Ok(&self.pod),
+            Some(e) => Err(crate::k8s::crd::invalid_ports(
+                self.namespace(),
+                self.name(),
+                e,
+            )),
+        }
     }
 }
 
@@ -158,8 +175,35 @@ impl<'a> std::borrow::Borrow<dyn NamePair + 'a> for PodName {
     }
 }
 
-type Key = PodName;
-type Map = HashMap<Key, Arc<CachedEndpoint>>;
+/// An entry of the map, hashed and compared by its pod's (namespace,
+/// name): the map is a set of entries, with no key beside each (a key of
+/// its own was 32 B a pod more, ~8 MB at 150k pods).
+#[derive(Clone)]
+struct Entry(Arc<CachedEndpoint>);
+
+impl NamePair for Entry {
+    fn pair(&self) -> (&str, &str) {
+        (self.0.namespace(), self.0.name())
+    }
+}
+impl std::hash::Hash for Entry {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.pair().hash(h);
+    }
+}
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.pair() == other.pair()
+    }
+}
+impl Eq for Entry {}
+impl<'a> std::borrow::Borrow<dyn NamePair + 'a> for Entry {
+    fn borrow(&self) -> &(dyn NamePair + 'a) {
+        self
+    }
+}
+
+type Map = HashSet<Entry>;
 
 /// Read access to the cache (cheap to clone; every clone sees the same map).
 #[derive(Clone, Default)]
@@ -198,13 +242,13 @@ impl EndpointCache {
     /// Every entry, in no particular order (a snapshot: the writer goes on
     /// while the caller reads it).
     pub fn state(&self) -> Vec<Arc<CachedEndpoint>> {
-        self.read(|m| m.values().cloned().collect())
+        self.read(|m| m.iter().map(|e| e.0.clone()).collect())
     }
 
     /// [`EndpointCache::state`], and the number to ask
     /// [`EndpointCache::changes_since`] from next.
     pub fn state_and_seq(&self) -> (Vec<Arc<CachedEndpoint>>, u64) {
-        self.read_inner(|i| (i.map.values().cloned().collect(), i.seq))
+        self.read_inner(|i| (i.map.iter().map(|e| e.0.clone()).collect(), i.seq))
     }
 
     /// What changed since `seq` (a number this cache gave): the entries
@@ -222,7 +266,7 @@ impl EndpointCache {
             for (n, pod, gone) in i.log.iter().rev().take_while(|(n, _, _)| *n > seq) {
                 if *gone {
                     removed.push(pod.clone());
-                } else if let Some(e) = i.map.get(pod as &dyn NamePair)
+                } else if let Some(Entry(e)) = i.map.get(pod as &dyn NamePair)
                     && e.seq == *n
                 {
                     // The entry this change made, still there (a later
@@ -240,18 +284,21 @@ impl EndpointCache {
 
     /// The entry of pod `namespace/name`.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<CachedEndpoint>> {
-        self.read(|m| m.get(&(namespace, name) as &dyn NamePair).cloned())
+        self.read(|m| {
+            m.get(&(namespace, name) as &dyn NamePair)
+                .map(|e| e.0.clone())
+        })
     }
 
     /// The first entry (in no particular order) that `f` accepts, without a
     /// snapshot of the whole map.
     pub fn find(&self, f: impl Fn(&CachedEndpoint) -> bool) -> Option<Arc<CachedEndpoint>> {
-        self.read(|m| m.values().find(|e| f(e)).cloned())
+        self.read(|m| m.iter().find(|e| f(&e.0)).map(|e| e.0.clone()))
     }
 
     /// How many entries there are.
     pub fn len(&self) -> usize {
-        self.read(HashMap::len)
+        self.read(HashSet::len)
     }
 
     /// Whether there are none.
@@ -334,12 +381,12 @@ impl EndpointCacheWriter {
     pub fn apply_watcher_event(&mut self, event: &Event<PodEndpoint>) {
         match event {
             Event::Apply(obj) => {
-                if let Some((key, entry)) = self.convert(obj, None) {
+                if let Some(entry) = self.convert(obj, None) {
                     self.write(|i| {
                         let seq = entry.seq;
-                        let pod = key.clone();
-                        let old = i.map.insert(key, entry);
-                        if old.is_none_or(|o| o.seq != seq) {
+                        let pod = entry.pod_name();
+                        let old = i.map.replace(Entry(entry));
+                        if old.is_none_or(|o| o.0.seq != seq) {
                             i.log_change(seq, &pod, false);
                         }
                     });
@@ -350,11 +397,10 @@ impl EndpointCacheWriter {
                     self.seq += 1;
                     let seq = self.seq;
                     self.write(|i| {
-                        if let Some((key, _)) = i
-                            .map
-                            .remove_entry(&(ns.as_str(), name.as_str()) as &dyn NamePair)
+                        if let Some(Entry(e)) =
+                            i.map.take(&(ns.as_str(), name.as_str()) as &dyn NamePair)
                         {
-                            i.log_removal(seq, &key);
+                            i.log_removal(seq, &e.pod_name());
                         }
                     });
                 }
@@ -362,8 +408,8 @@ impl EndpointCacheWriter {
             Event::Init => self.relist = Some(Map::new()),
             Event::InitApply(obj) => {
                 let mut relist = self.relist.take().unwrap_or_default();
-                if let Some((key, entry)) = self.convert(obj, Some(&relist)) {
-                    relist.insert(key, entry);
+                if let Some(entry) = self.convert(obj, Some(&relist)) {
+                    relist.replace(Entry(entry));
                 }
                 self.relist = Some(relist);
             }
@@ -373,20 +419,14 @@ impl EndpointCacheWriter {
                 let mut seq = self.seq;
                 let old = self.write(|i| {
                     let old = std::mem::replace(&mut i.map, relist);
-                    let gone: Vec<&PodName> = old
-                        .keys()
-                        .filter(|k| !i.map.contains_key(*k as &dyn NamePair))
-                        .collect();
+                    let gone: Vec<&Entry> = old.iter().filter(|e| !i.map.contains(*e)).collect();
                     // Entries the relist made (not kept from before), in
                     // number order.
-                    let mut made: Vec<(u64, &PodName)> = i
+                    let mut made: Vec<(u64, &Entry)> = i
                         .map
                         .iter()
-                        .filter(|(k, e)| {
-                            old.get(*k as &dyn NamePair)
-                                .is_none_or(|o| !Arc::ptr_eq(o, e))
-                        })
-                        .map(|(k, e)| (e.seq, k))
+                        .filter(|e| old.get(*e).is_none_or(|o| !Arc::ptr_eq(&o.0, &e.0)))
+                        .map(|e| (e.0.seq, e))
                         .collect();
                     seq += gone.len() as u64;
                     if gone.len() + made.len() > CHANGES_KEPT {
@@ -396,10 +436,10 @@ impl EndpointCacheWriter {
                         i.floor = seq;
                     } else {
                         let mut n = seq - gone.len() as u64;
-                        let gone: Vec<PodName> = gone.into_iter().cloned().collect();
+                        let gone: Vec<PodName> = gone.into_iter().map(|e| e.0.pod_name()).collect();
                         made.sort_by_key(|(n, _)| *n);
                         let made: Vec<(u64, PodName)> =
-                            made.into_iter().map(|(n, k)| (n, k.clone())).collect();
+                            made.into_iter().map(|(n, e)| (n, e.0.pod_name())).collect();
                         // The relist's entries were numbered before its
                         // removals: the log stays in number order.
                         for (n, k) in &made {
@@ -429,11 +469,7 @@ impl EndpointCacheWriter {
     /// resourceVersion is the same, else a new one, keeping the current
     /// label set when the labels did not change. None (and a warning) for
     /// an object without namespace or name, which no reader can use.
-    fn convert(
-        &mut self,
-        obj: &PodEndpoint,
-        relist: Option<&Map>,
-    ) -> Option<(Key, Arc<CachedEndpoint>)> {
+    fn convert(&mut self, obj: &PodEndpoint, relist: Option<&Map>) -> Option<Arc<CachedEndpoint>> {
         let (Some(ns), Some(name)) = (&obj.metadata.namespace, &obj.metadata.name) else {
             tracing::warn!(name = ?obj.metadata.name, "PodEndpoint without namespace or name: not cached");
             return None;
@@ -441,41 +477,44 @@ impl EndpointCacheWriter {
         let rv = obj.metadata.resource_version.as_deref().unwrap_or_default();
         let pair: &dyn NamePair = &(ns.as_str(), name.as_str());
         let have = relist
-            .and_then(|r| r.get(pair).cloned())
-            .or_else(|| self.cache.read(|m| m.get(pair).cloned()));
+            .and_then(|r| r.get(pair).map(|e| e.0.clone()))
+            .or_else(|| self.cache.read(|m| m.get(pair).map(|e| e.0.clone())));
         if let Some(have) = &have
             && &*have.resource_version == rv
             && !rv.is_empty()
         {
-            return Some((have.pod_name(), have.clone()));
+            return Some(have.clone());
         }
-        let key = PodName {
-            namespace: intern(&mut self.namespaces, ns),
-            name: match &have {
-                Some(h) => h.name.clone(),
-                None => name.as_str().into(),
-            },
+        let namespace = intern(&mut self.namespaces, ns);
+        let name: Arc<str> = match &have {
+            Some(h) => h.name().clone(),
+            None => name.as_str().into(),
         };
         let spec = &obj.spec;
         let labels = match &have {
-            Some(h) if h.labels.eq_map(&spec.labels) => h.labels.clone(),
+            Some(h) if h.pod.labels.eq_map(&spec.labels) => h.pod.labels.clone(),
             _ => self.labels.intern(&spec.labels),
         };
+        let (ports, invalid) = match crate::k8s::crd::container_ports(&spec.named_ports) {
+            Ok(p) => (intern(&mut self.ports, p.as_slice()), None),
+            Err(e) => (intern(&mut self.ports, &[][..]), Some(e.into())),
+        };
+        let pod = crate::k8s::crd::pod_view(
+            &namespace,
+            &name,
+            &intern(&mut self.nodes, &spec.node),
+            &spec.addresses,
+            &labels,
+            &ports,
+        );
         self.seq += 1;
         let entry = CachedEndpoint {
             seq: self.seq,
-            namespace: key.namespace.clone(),
-            name: key.name.clone(),
+            pod: Arc::new(pod),
             resource_version: rv.into(),
-            node: intern(&mut self.nodes, &spec.node),
-            addresses: spec.addresses.as_slice().into(),
-            labels,
-            ports: match crate::k8s::crd::container_ports(&spec.named_ports) {
-                Ok(p) => Ok(intern(&mut self.ports, p.as_slice())),
-                Err(e) => Err(e.into()),
-            },
+            invalid,
         };
-        Some((key, Arc::new(entry)))
+        Some(Arc::new(entry))
     }
 
     fn write<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {

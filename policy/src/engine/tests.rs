@@ -60,7 +60,7 @@ fn remote_pod_label_change_is_only_set_elements() {
     let mut sink = CapturingSink::default();
     e.commit(&mut sink).unwrap();
     // z/c lives on node0 (round-robin index 8): take y/c (index 5, node1).
-    let mut pod = e.state().pods[&PodKey::new("y", "c")].clone();
+    let mut pod = PodInfo::clone(&e.state().pods[&PodKey::new("y", "c")]);
     assert_eq!(pod.node_name.as_deref(), Some("node1"));
     pod.labels = pod.labels.with("pod", "b");
     e.upsert_pod(pod);
@@ -90,7 +90,7 @@ fn local_pod_label_change_swaps_its_chain_and_collects_garbage() {
     let mut e = engine_for(&xyz, 0);
     let mut sink = CapturingSink::default();
     e.commit(&mut sink).unwrap();
-    let mut a = e.state().pods[&PodKey::new("x", "a")].clone();
+    let mut a = PodInfo::clone(&e.state().pods[&PodKey::new("x", "a")]);
     a.labels = a.labels.with("pod", "z");
     e.upsert_pod(a);
     let st = e.commit(&mut sink).unwrap();
@@ -277,7 +277,7 @@ fn many_rules_with_equal_ports_share_a_union_set_that_follows_label_changes() {
     let want: BTreeSet<Elem> = [ip("b"), ip("c")].into_iter().map(Elem::Addr).collect();
     assert_eq!(rs.sets[&u4].elems, want);
     // x/c leaves the selector: its two addresses leave the union sets only.
-    let mut c = e.state().pods[&PodKey::new("x", "c")].clone();
+    let mut c = PodInfo::clone(&e.state().pods[&PodKey::new("x", "c")]);
     c.labels = c.labels.with("pod", "z");
     e.upsert_pod(c);
     let st = e.commit(&mut sink).unwrap();
@@ -379,7 +379,7 @@ fn many_rules_on_ports_of_their_own_share_one_lookup_that_follows_label_changes(
     }
     // x/c takes b's label: its address gains b's 16 ports and keeps udp/81;
     // only elements change (IPv4 and IPv6), no rule.
-    let mut cp = e.state().pods[&PodKey::new("x", "c")].clone();
+    let mut cp = PodInfo::clone(&e.state().pods[&PodKey::new("x", "c")]);
     cp.labels = cp.labels.with("pod", "b");
     e.upsert_pod(cp);
     let st = e.commit(&mut sink).unwrap();
@@ -416,4 +416,31 @@ fn many_rules_on_ports_of_their_own_share_one_lookup_that_follows_label_changes(
     );
     assert_eq!(e.ruleset(), &pure(&e));
     check_kernel(&e, &sink);
+}
+
+/// An address's holders: one in place, several sorted while it is being
+/// reused, back to one in place, none.
+#[test]
+fn holders_of_an_address() {
+    let (a, b, c) = (
+        PodKey::new("x", "a"),
+        PodKey::new("x", "b"),
+        PodKey::new("x", "c"),
+    );
+    let mut h = Holders::One(b.clone());
+    h.add(&b);
+    assert!(matches!(h, Holders::One(_)));
+    h.add(&c);
+    h.add(&a);
+    assert_eq!(h.keys(), [a.clone(), b.clone(), c.clone()]);
+    assert!(!h.remove(&b));
+    assert!(!h.remove(&a));
+    assert!(matches!(&h, Holders::One(k) if *k == c));
+    assert!(!h.remove(&a), "not a holder: c stays");
+    assert!(h.remove(&c));
+    // In place: no bigger than the key it holds.
+    assert_eq!(
+        std::mem::size_of::<Holders>(),
+        std::mem::size_of::<PodKey>()
+    );
 }

@@ -257,7 +257,12 @@ mod tests {
     fn indexed_members_equal_the_scan() {
         let mut xyz = Xyz::new(2, true);
         let finished = PodKey::new("y", "b");
-        if let Some(p) = xyz.state.pods.get_mut(&finished) {
+        if let Some(p) = xyz
+            .state
+            .pods
+            .get_mut(&finished)
+            .map(std::sync::Arc::make_mut)
+        {
             p.phase = crate::model::PodPhase::Succeeded;
         }
         let reqs = [

@@ -8,6 +8,7 @@ pub mod tiers;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use sha1::{Digest, Sha1};
 
@@ -163,7 +164,10 @@ impl Xyz {
     }
 
     pub fn pod_mut(&mut self, ns: &str, pod: &str) -> Option<&mut PodInfo> {
-        self.state.pods.get_mut(&PodKey::new(ns, pod))
+        self.state
+            .pods
+            .get_mut(&PodKey::new(ns, pod))
+            .map(Arc::make_mut)
     }
 }
 

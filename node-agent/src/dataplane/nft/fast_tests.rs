@@ -257,7 +257,7 @@ fn engine_through_the_fast_sink_ends_where_a_full_rebuild_does() {
             } else if let Some(ep) = xyz.nodes[0].endpoints.get(key) {
                 e.upsert_endpoint(ep.clone());
             }
-            if let Some(mut p) = e.state().pods.get(key).cloned() {
+            if let Some(mut p) = e.state().pods.get(key).map(|p| policy::PodInfo::clone(p)) {
                 p.labels = p.labels.with("pod", ["a", "b", "c", "d"][step % 4]);
                 e.upsert_pod(p);
             }

@@ -213,12 +213,11 @@ impl NftSession {
         if !stale.is_empty() {
             tracing::debug!(stderr = %stale, "nft session: stray stderr");
         }
-        let mut buf = String::with_capacity(payload.len() + self.sentinel.len() + 2);
-        buf.push_str(payload);
-        buf.push('\n');
-        buf.push_str(&self.sentinel);
-        buf.push('\n');
-        r.stdin.write_all(buf.as_bytes()).map_err(io_err)?;
+        // Written as it is, then the sentinel: no copy of the payload (the
+        // first full ruleset at 150k pods is ~8 MB of JSON; docs/scale.md).
+        r.stdin.write_all(payload.as_bytes()).map_err(io_err)?;
+        let tail = format!("\n{}\n", self.sentinel);
+        r.stdin.write_all(tail.as_bytes()).map_err(io_err)?;
         r.stdin.flush().map_err(io_err)?;
         // The sentinel's answer on stdout ends the batch. An nft that cannot
         // work at all (no CAP_NET_ADMIN: "cache initialization failed")

@@ -159,7 +159,7 @@ fn incremental_batches_end_where_a_full_rebuild_does() {
             e.upsert_policy(PolicyKey::new(ns, format!("p{}", step % 4)), np);
             // Move a pod in and out of selectors, and one endpoint down/up.
             let key = PodKey::new(["x", "y", "z"][step % 3], ["a", "b", "c"][(step / 3) % 3]);
-            if let Some(mut p) = e.state().pods.get(&key).cloned() {
+            if let Some(mut p) = e.state().pods.get(&key).map(|p| policy::PodInfo::clone(p)) {
                 p.labels = p.labels.with("pod", ["a", "b", "c", "d"][step % 4]);
                 e.upsert_pod(p);
             }
@@ -233,7 +233,7 @@ fn session_applies_incrementally_rejects_cleanly_and_respawns() {
     assert!(e.commit(&mut s).expect("initial full").full);
     for (i, ns) in ["x", "y", "z"].iter().enumerate() {
         let key = PodKey::new(*ns, "b");
-        let mut p = e.state().pods[&key].clone();
+        let mut p = policy::PodInfo::clone(&e.state().pods[&key]);
         p.labels = p.labels.with("pod", "c");
         e.upsert_pod(p);
         e.upsert_policy(

@@ -33,14 +33,14 @@ enum Source<'a> {
     Endpoint(&'a Arc<CachedEndpoint>),
 }
 
-impl Source<'_> {
-    fn key(&self) -> Option<(&str, &str)> {
-        match self {
+impl<'a> Source<'a> {
+    fn key(&self) -> Option<(&'a str, &'a str)> {
+        match *self {
             Source::Pod(p) => Some((
                 p.metadata.namespace.as_deref()?,
                 p.metadata.name.as_deref()?,
             )),
-            Source::Endpoint(e) => Some((&e.namespace, &e.name)),
+            Source::Endpoint(e) => Some((e.namespace(), e.name())),
         }
     }
 
@@ -51,10 +51,12 @@ impl Source<'_> {
         }
     }
 
-    fn info(&self) -> Result<PodInfo, String> {
+    fn info(&self) -> Result<Arc<PodInfo>, String> {
         match self {
-            Source::Pod(p) => PodInfo::from_k8s(p).map_err(|e| e.to_string()),
-            Source::Endpoint(e) => e.to_pod_info(),
+            Source::Pod(p) => PodInfo::from_k8s(p)
+                .map(Arc::new)
+                .map_err(|e| e.to_string()),
+            Source::Endpoint(e) => e.pod_info().cloned(),
         }
     }
 }
@@ -68,8 +70,8 @@ pub fn takes_endpoint(
     nodes: &Nodes<'_>,
     e: &CachedEndpoint,
 ) -> bool {
-    let node = &*e.node;
-    node != me && !local.contains(&(&*e.namespace, &*e.name)) && nodes.contains(node)
+    let node = e.node();
+    node != me && !local.contains(&(&**e.namespace(), &**e.name())) && nodes.contains(node)
 }
 
 /// The names of the Nodes that exist: read from the Node cache, or, while
@@ -92,7 +94,11 @@ impl Nodes<'_> {
 
 /// What a [`PodInfo`] was converted from: the source, the addresses IPAM
 /// and EndpointUp added, and the `update` pass that last saw it in the
-/// cluster. One per pod of the cluster: kept small (docs/scale.md).
+/// cluster. Kept for this node's pods and for the few pods of other nodes
+/// that IPAM gives addresses their PodEndpoint does not list; a pod of
+/// another node whose PodEndpoint has every address it has is held by the
+/// engine as the cache's own `PodInfo` and has no record (a "plain" pod:
+/// 150k of them at 5,000 nodes; docs/scale.md, "One PodInfo per pod").
 pub(super) struct Converted {
     from: Origin,
     /// The extra addresses, where they are not simply the PodEndpoint's
@@ -132,14 +138,11 @@ impl Converted {
         c
     }
 
-    /// The PodEndpoint's own addresses, when it is the source and lists
-    /// them sorted without repeats (as the writer does): what the extra
-    /// and IPAM addresses of a remote pod are.
+    /// The PodEndpoint's own addresses (sorted, without repeats), when it
+    /// is the source.
     fn own(&self) -> Option<&[IpAddr]> {
         match &self.from {
-            Origin::Endpoint(e) if e.addresses.windows(2).all(|w| w[0] < w[1]) => {
-                Some(&e.addresses)
-            }
+            Origin::Endpoint(e) => Some(e.addresses()),
             _ => None,
         }
     }
@@ -306,8 +309,7 @@ impl PolicySync {
 
         let changes = match (cluster.pod_source, self.endpoint_seq, &context) {
             (PodSource::Endpoints, Some(seq), Some(c))
-                if c.same(&me, &nodes, &local)
-                    && self.engine.state().pods.len() == self.converted.len() =>
+                if c.same(&me, &nodes, &local) && self.outside.is_empty() =>
             {
                 cluster.pod_endpoints.changes_since(seq)
             }
@@ -355,7 +357,7 @@ impl PolicySync {
                     if takes_endpoint(&me, &local, &nodes, e) {
                         self.visit(&Source::Endpoint(e), &mut cx);
                     } else {
-                        self.forget_endpoint(&e.namespace, &e.name);
+                        self.forget_endpoint(e.namespace(), e.name());
                     }
                 }
                 self.endpoint_seq = Some(ch.seq);
@@ -368,21 +370,19 @@ impl PolicySync {
                         (e, Some(seq))
                     }
                 };
-                // Sized once for what may come (a growing map holds its old
-                // and new table at once: at 150k pods the first pass's peak).
-                self.converted
-                    .reserve((pods.len() + endpoints.len()).saturating_sub(self.converted.len()));
-                let sources = pods.iter().map(|p| Source::Pod(p)).chain(
-                    endpoints
-                        .iter()
-                        .filter(|e| takes_endpoint(&me, &local, &nodes, e))
-                        .map(Source::Endpoint),
-                );
+                let sources = || {
+                    pods.iter().map(|p| Source::Pod(p)).chain(
+                        endpoints
+                            .iter()
+                            .filter(|e| takes_endpoint(&me, &local, &nodes, e))
+                            .map(Source::Endpoint),
+                    )
+                };
                 let mut seen = 0;
-                for pod in sources {
+                for pod in sources() {
                     seen += usize::from(self.visit(&pod, &mut cx));
                 }
-                self.drop_unseen(seen, cx.pass);
+                self.drop_unseen(seen, cx.pass, sources());
                 self.endpoint_seq = seq;
                 self.full_passes += 1;
             }
@@ -419,10 +419,26 @@ impl PolicySync {
             return false;
         };
         let known = self.converted.get_mut(&(ns, name) as &dyn NamePair);
+        // A plain pod the last pass left as it is now: the engine holds
+        // this very entry's PodInfo, and its IPAM addresses (within the
+        // entry's then) did not change.
+        let unchanged_ips = !cx.ips_changed.may_differ(ns, name);
+        let plain = match (pod, &known) {
+            (Source::Endpoint(e), None) => self
+                .engine
+                .state()
+                .pods
+                .get(&e.pod.key)
+                .is_some_and(|p| Arc::ptr_eq(p, &e.pod)),
+            _ => false,
+        };
+        if plain && unchanged_ips && !cx.registered.contains_key(&(ns, name)) {
+            return true;
+        }
         let (ipam, extra) = (&mut cx.ipam, &mut cx.extra);
         ipam.clear();
         match &known {
-            Some(c) if !cx.ips_changed.may_differ(ns, name) => ipam.extend(c.ipam()),
+            Some(c) if unchanged_ips => ipam.extend(c.ipam()),
             _ => ipam.extend(cx.view.pod_ips.get(ns, name).into_iter().flatten()),
         }
         extra.clear();
@@ -444,7 +460,21 @@ impl PolicySync {
             }
             return true;
         }
-        let mut info = match pod.info() {
+        // A plain pod: the entry's own PodInfo, shared, and no record.
+        if let Source::Endpoint(e) = pod
+            && e.invalid.is_none()
+            && extra
+                .iter()
+                .all(|ip| e.addresses().binary_search(ip).is_ok())
+        {
+            if !plain {
+                self.converted.remove(&(ns, name) as &dyn NamePair);
+                self.outside.remove(&e.pod.key);
+                self.engine.upsert_pod(Arc::clone(&e.pod));
+            }
+            return true;
+        }
+        let info = match pod.info() {
             Ok(i) => i,
             Err(e) => {
                 tracing::warn!(error = %e, "pod ignored by policy");
@@ -453,12 +483,14 @@ impl PolicySync {
                 return false;
             }
         };
+        let mut info = Arc::unwrap_or_clone(info);
         for ip in extra.iter() {
             if !info.ips.contains(ip) {
                 info.ips.push(*ip);
             }
         }
         info.ips.sort();
+        self.outside.remove(&info.key);
         // A no-op when the engine already has it.
         self.engine.upsert_pod(info);
         let (key, from) = match pod {
@@ -473,50 +505,72 @@ impl PolicySync {
         true
     }
 
+    /// Whether the engine holds pod `key` as a plain pod of another node
+    /// (put there by a pass, with no record: see [`Converted`]).
+    fn plain(&self, key: &PodKey) -> bool {
+        !self.outside.contains(key)
+            && !self
+                .converted
+                .contains_key(&(&*key.namespace, &*key.name) as &dyn NamePair)
+            && self.engine.state().pods.contains_key(key)
+    }
+
     /// Drops pod `ns/name` from policy if it came from a PodEndpoint.
     fn forget_endpoint(&mut self, ns: &str, name: &str) {
-        if self
-            .converted
-            .get(&(ns, name) as &dyn NamePair)
-            .is_some_and(|c| matches!(c.from, Origin::Endpoint(_)))
-        {
+        let from_endpoint = match self.converted.get(&(ns, name) as &dyn NamePair) {
+            Some(c) => matches!(c.from, Origin::Endpoint(_)),
+            None => self.plain(&PodKey::new(ns, name)),
+        };
+        if from_endpoint {
             self.forget(ns, name);
         }
     }
 
-    /// Drops pod `ns/name` from policy.
+    /// Drops pod `ns/name` from policy (whoever put it in the engine).
     fn forget(&mut self, ns: &str, name: &str) {
-        if self
+        let key = PodKey::new(ns, name);
+        self.converted.remove(&(ns, name) as &dyn NamePair);
+        self.outside.remove(&key);
+        self.engine.remove_pod(&key);
+    }
+
+    /// A pod put in the engine outside a pass (EndpointUp's): the next pass
+    /// visits every pod, and drops it if no source has it.
+    pub(super) fn put_outside(&mut self, key: &PodKey) {
+        if !self
             .converted
-            .remove(&(ns, name) as &dyn NamePair)
-            .is_some()
+            .contains_key(&(&*key.namespace, &*key.name) as &dyn NamePair)
         {
-            self.engine.remove_pod(&PodKey::new(ns, name));
+            self.outside.insert(key.clone());
         }
     }
 
-    /// After a pass that visited every pod: drops the pods it did not see
-    /// (gone from the cluster, or only ever known from EndpointUp); when
-    /// every known pod was seen, nothing is.
-    fn drop_unseen(&mut self, seen: usize, pass: u32) {
-        if seen != self.engine.state().pods.len() || seen != self.converted.len() {
-            let converted = &self.converted;
+    /// After a pass that visited every pod (`sources`, of which `seen` are
+    /// in the engine after): drops the pods it did not see (gone from the
+    /// cluster, or only ever known from EndpointUp); when the engine holds
+    /// just the pods seen, nothing is.
+    fn drop_unseen<'a>(
+        &mut self,
+        seen: usize,
+        pass: u32,
+        sources: impl Iterator<Item = Source<'a>>,
+    ) {
+        if seen != self.engine.state().pods.len() {
+            let sources: HashSet<(&str, &str)> = sources.filter_map(|s| s.key()).collect();
             let gone: Vec<PodKey> = self
                 .engine
                 .state()
                 .pods
                 .keys()
-                .filter(|key| {
-                    let pair: &dyn NamePair = &(&*key.namespace, &*key.name);
-                    converted.get(pair).is_none_or(|c| c.pass != pass)
-                })
+                .filter(|k| !sources.contains(&(&*k.namespace, &*k.name)))
                 .cloned()
                 .collect();
             for key in &gone {
                 self.engine.remove_pod(key);
             }
-            self.converted.retain(|_, c| c.pass == pass);
         }
+        self.converted.retain(|_, c| c.pass == pass);
+        self.outside.clear();
     }
 }
 
@@ -756,6 +810,7 @@ mod tests {
     fn incremental_agrees_with_full(seed: u64) {
         let (cluster, mut w, mut ps, mut view, _) = endpoints_mode();
         let mut reg: BTreeMap<String, Endpoint> = BTreeMap::new();
+        let mut plain = 0;
         let mut rng: u64 = seed;
         let mut next = move |n: u64| {
             rng ^= rng << 13;
@@ -799,13 +854,13 @@ mod tests {
                     w.pod_endpoints.apply_watcher_event(&Event::Init);
                     for e in keep {
                         let mut obj = endpoint(
-                            &e.name,
-                            &e.node,
+                            e.name(),
+                            e.node(),
                             &e.resource_version,
-                            e.labels.get("app").unwrap_or("x"),
-                            &e.addresses[0].to_string(),
+                            e.pod.labels.get("app").unwrap_or("x"),
+                            &e.addresses()[0].to_string(),
                         );
-                        obj.spec.addresses = e.addresses.to_vec();
+                        obj.spec.addresses = e.addresses().to_vec();
                         w.pod_endpoints.apply_watcher_event(&Event::InitApply(obj));
                     }
                     w.pod_endpoints.apply_watcher_event(&Event::InitDone);
@@ -864,7 +919,21 @@ mod tests {
                 fresh.engine.state().pods,
                 "seed {seed} step {step}"
             );
+            // A pod with no record is a plain one: the engine holds its
+            // cache entry's own PodInfo.
+            for (k, p) in &ps.engine.state().pods {
+                let pair: &dyn super::NamePair = &(&*k.namespace, &*k.name);
+                if !ps.converted.contains_key(pair) && !ps.outside.contains(k) {
+                    let e = cluster.pod_endpoints.get(&k.namespace, &k.name);
+                    assert!(
+                        e.is_some_and(|e| Arc::ptr_eq(p, &e.pod)),
+                        "seed {seed} step {step}: {k} has no record and is not its entry's"
+                    );
+                    plain += 1;
+                }
+            }
         }
+        assert!(plain > 0, "seed {seed}: no pod was ever plain");
         assert!(
             ps.full_passes < 300,
             "seed {seed}: {} of 600 passes visited every pod",
@@ -922,9 +991,10 @@ mod tests {
     }
 
     /// A remote pod whose addresses are its PodEndpoint's own (IPAM's view
-    /// agrees) stores none of them in the bookkeeping; an address only
-    /// IPAM knows is stored and reaches policy, and when IPAM agrees again
-    /// the stored copy goes and policy has the endpoint's addresses.
+    /// agrees, or knows fewer) is plain: no record in the bookkeeping, and
+    /// the engine holds the cache's own PodInfo; an address only IPAM
+    /// knows is recorded and reaches policy, and when IPAM agrees again
+    /// the record goes and the engine holds the cache's PodInfo again.
     #[tokio::test]
     async fn a_remote_pods_own_addresses_are_not_stored_again() {
         let (cluster, mut w, mut ps, mut view, reg) = endpoints_mode();
@@ -941,15 +1011,28 @@ mod tests {
         let b = crate::k8s::endpointcache::PodName::new("ns", "b");
         let own: IpAddr = "198.19.9.2".parse().expect("ip");
         let more: IpAddr = "198.19.9.7".parse().expect("ip");
-        let stored = |ps: &PolicySync| ps.converted[&b].addrs.as_ref().map(|a| a.extra.to_vec());
+        let stored = |ps: &PolicySync| {
+            ps.converted
+                .get(&b)
+                .map(|c| c.addrs.as_ref().map(|a| a.extra.to_vec()))
+        };
         let ips = |ps: &PolicySync| ps.engine.state().pods[&PodKey::new("ns", "b")].ips.clone();
+        let cached = |ps: &PolicySync, cluster: &Cluster| {
+            let e = cluster.pod_endpoints.get("ns", "b").expect("cached");
+            Arc::ptr_eq(&ps.engine.state().pods[&PodKey::new("ns", "b")], &e.pod)
+        };
+        ps.update(&cluster, &view, &reg);
+        assert_eq!(stored(&ps), None, "IPAM knows none: plain");
+        assert!(cached(&ps, &cluster));
         view.pod_ips.insert(&b, own);
         ps.update(&cluster, &view, &reg);
         assert_eq!(stored(&ps), None, "IPAM agrees with the endpoint");
+        assert!(cached(&ps, &cluster));
         assert_eq!(ips(&ps), vec![own]);
         view.pod_ips.insert(&b, more);
         ps.update(&cluster, &view, &reg);
-        assert_eq!(stored(&ps), Some(vec![own, more]));
+        assert_eq!(stored(&ps), Some(Some(vec![own, more])));
+        assert!(!cached(&ps, &cluster));
         assert_eq!(ips(&ps), vec![own, more]);
         let mut agrees = IpamView {
             synced: true,
@@ -958,13 +1041,14 @@ mod tests {
         agrees.pod_ips.insert(&b, own);
         ps.update(&cluster, &agrees, &reg);
         assert_eq!(stored(&ps), None);
+        assert!(cached(&ps, &cluster));
         assert_eq!(ips(&ps), vec![own]);
     }
 
     /// A remote pod whose PodEndpoint did not change is not converted
-    /// again: its bookkeeping holds the cache's entry itself (no copy of
-    /// its namespace, name or resourceVersion), a relist that finds it
-    /// unchanged keeps it, and policy keeps sharing the cache's label map.
+    /// again: the engine holds the cache's entry's PodInfo itself (no copy
+    /// of anything), a relist that finds it unchanged keeps it, and a new
+    /// entry with the same labels shares the label set.
     #[tokio::test]
     async fn unchanged_endpoints_are_not_converted_again() {
         let (cluster, mut w, mut ps, view, reg) = endpoints_mode();
@@ -978,15 +1062,10 @@ mod tests {
             "x",
             "198.19.9.2",
         )));
-        let held = |ps: &PolicySync| match &ps.converted[&super::PodName::new("ns", "b")].from {
-            super::Origin::Endpoint(e) => e.clone(),
-            super::Origin::Pod(_) => panic!("b converted from a Pod"),
-        };
         let shares = |ps: &PolicySync, cluster: &Cluster| {
             let cached = cluster.pod_endpoints.get("ns", "b").expect("cached");
             let info = &ps.engine.state().pods[&PodKey::new("ns", "b")];
-            Arc::ptr_eq(&held(ps), &cached)
-                && policy::PodLabels::ptr_eq(&info.labels, &cached.labels)
+            ps.converted.is_empty() && Arc::ptr_eq(info, &cached.pod)
         };
         ps.update(&cluster, &view, &reg);
         assert!(shares(&ps, &cluster));
@@ -1001,9 +1080,19 @@ mod tests {
                 "198.19.9.2",
             )));
         w.pod_endpoints.apply_watcher_event(&Event::InitDone);
+        let labels = |cluster: &Cluster| {
+            cluster
+                .pod_endpoints
+                .get("ns", "b")
+                .expect("b")
+                .pod
+                .labels
+                .clone()
+        };
+        let before = labels(&cluster);
         ps.update(&cluster, &view, &reg);
         assert!(shares(&ps, &cluster));
-        // A new address (same labels): converted again, the map still shared.
+        // A new address (same labels): a new entry, the label set shared.
         w.pod_endpoints.apply_watcher_event(&Event::Apply(endpoint(
             "b",
             "n2",
@@ -1013,6 +1102,7 @@ mod tests {
         )));
         ps.update(&cluster, &view, &reg);
         assert!(shares(&ps, &cluster));
+        assert!(policy::PodLabels::ptr_eq(&before, &labels(&cluster)));
         let b = &ps.engine.state().pods[&PodKey::new("ns", "b")];
         assert_eq!(b.ips, vec!["198.19.9.3".parse::<IpAddr>().expect("ip")]);
     }

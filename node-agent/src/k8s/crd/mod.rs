@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 mod bgpconfig;
 mod podendpoint;
 pub use podendpoint::{
-    NODE_FIELD, NamedPort, PodEndpoint, PodEndpointSpec, container_ports, pod_info,
+    NODE_FIELD, NamedPort, PodEndpoint, PodEndpointSpec, container_ports, invalid_ports, pod_info,
+    pod_view,
 };
 mod bgpfilter;
 pub use bgpconfig::{

@@ -120,12 +120,33 @@ pub fn pod_info(
     labels: &policy::PodLabels,
     ports: Result<&std::sync::Arc<[policy::ContainerPort]>, &str>,
 ) -> Result<policy::PodInfo, String> {
-    let ports = ports.map_err(|e| format!("PodEndpoint {ns}/{name}: {e}"))?;
+    let ports = ports.map_err(|e| invalid_ports(ns, name, e))?;
+    Ok(pod_view(ns, name, node, addresses, labels, ports))
+}
+
+/// [`pod_info`] with ports policy can use: the addresses sorted, without
+/// repeats.
+pub fn pod_view(
+    ns: &std::sync::Arc<str>,
+    name: &std::sync::Arc<str>,
+    node: &std::sync::Arc<str>,
+    addresses: &[std::net::IpAddr],
+    labels: &policy::PodLabels,
+    ports: &std::sync::Arc<[policy::ContainerPort]>,
+) -> policy::PodInfo {
     let mut info = policy::PodInfo::new(ns.clone(), name.clone());
     info.labels = labels.clone();
     info.ips = addresses.to_vec();
     info.ips.sort();
+    info.ips.dedup();
+    info.ips.shrink_to_fit();
     info.node_name = Some(node.clone());
     info.ports = ports.clone();
-    Ok(info)
+    info
+}
+
+/// Why policy cannot use PodEndpoint `ns/name`: `error`, from
+/// [`container_ports`].
+pub fn invalid_ports(ns: &str, name: &str, error: &str) -> String {
+    format!("PodEndpoint {ns}/{name}: {error}")
 }

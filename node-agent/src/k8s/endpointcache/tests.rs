@@ -5,6 +5,7 @@ use kube::runtime::watcher::Event;
 
 use super::*;
 use crate::k8s::crd::{NamedPort, PodEndpoint, PodEndpointSpec};
+use policy::PodLabels;
 
 fn endpoint(ns: &str, name: &str, node: &str, rv: &str, app: &str, ip: &str) -> PodEndpoint {
     let mut e = PodEndpoint::new(
@@ -35,7 +36,7 @@ fn names(c: &EndpointCache) -> Vec<String> {
     let mut v: Vec<String> = c
         .state()
         .iter()
-        .map(|e| format!("{}/{}@{}", e.namespace, e.name, e.resource_version))
+        .map(|e| format!("{}/{}@{}", e.namespace(), e.name(), e.resource_version))
         .collect();
     v.sort();
     v
@@ -52,9 +53,9 @@ fn apply_and_delete_change_the_map_at_once() {
     w.apply_watcher_event(&Event::Apply(ep("ns a n1 3 y 198.19.0.9")));
     let a = c.get("ns", "a").expect("a");
     assert_eq!(&*a.resource_version, "3");
-    assert_eq!(a.labels.get("app"), Some("y"));
-    assert_eq!(&*a.addresses, ["198.19.0.9".parse::<IpAddr>().expect("ip")]);
-    assert_eq!(&*a.node, "n1");
+    assert_eq!(a.pod.labels.get("app"), Some("y"));
+    assert_eq!(a.addresses(), ["198.19.0.9".parse::<IpAddr>().expect("ip")]);
+    assert_eq!(a.node(), "n1");
     // A delete by namespace and name (whatever the object's other fields).
     w.apply_watcher_event(&Event::Delete(endpoint(
         "ns",
@@ -96,7 +97,7 @@ fn a_relist_replaces_the_map_at_init_done() {
     assert_eq!(names(&c), ["ns/a@1", "ns/b@2"]);
     w.apply_watcher_event(&Event::InitDone);
     assert_eq!(names(&c), ["ns/a@7", "ns/c@8"]);
-    assert_eq!(&*c.get("ns", "a").expect("a").node, "n2");
+    assert_eq!(c.get("ns", "a").expect("a").node(), "n2");
     // A relist of nothing empties it.
     w.apply_watcher_event(&Event::Init);
     w.apply_watcher_event(&Event::InitDone);
@@ -107,9 +108,10 @@ fn a_relist_replaces_the_map_at_init_done() {
 }
 
 /// An entry a relist finds at the same resourceVersion is the one held
-/// before (not a new copy); labels that did not change keep their set, so
-/// policy's PodInfo and the cache share one, and pods with the same labels
-/// share one set; namespace and node names are one allocation each.
+/// before (not a new copy); labels that did not change keep their set, and
+/// pods with the same labels share one set; namespace and node names and
+/// port lists are one allocation each; the PodInfo policy gets is the
+/// entry's own.
 #[test]
 fn unchanged_entries_and_labels_are_shared() {
     let (c, mut w) = cache();
@@ -117,35 +119,33 @@ fn unchanged_entries_and_labels_are_shared() {
     w.apply_watcher_event(&Event::Apply(ep("ns b n1 1 x 198.19.0.2")));
     let a1 = c.get("ns", "a").expect("a");
     let b1 = c.get("ns", "b").expect("b");
-    assert!(Arc::ptr_eq(&a1.namespace, &b1.namespace));
-    assert!(Arc::ptr_eq(&a1.node, &b1.node));
-    let (Ok(pa), Ok(pb)) = (&a1.ports, &b1.ports) else {
-        panic!("ports {:?} {:?}", a1.ports, b1.ports)
-    };
+    assert!(Arc::ptr_eq(a1.namespace(), b1.namespace()));
+    let node = |e: &CachedEndpoint| e.pod.node_name.clone().expect("node");
+    assert!(Arc::ptr_eq(&node(&a1), &node(&b1)));
+    let (pa, pb) = (&a1.pod.ports, &b1.pod.ports);
     assert!(Arc::ptr_eq(pa, pb), "same ports, one list");
     assert!(
-        PodLabels::ptr_eq(&a1.labels, &b1.labels),
+        PodLabels::ptr_eq(&a1.pod.labels, &b1.pod.labels),
         "same labels, one set"
     );
-    let info = a1.to_pod_info().expect("info");
+    let info = a1.pod_info().expect("info").clone();
     assert!(
-        PodLabels::ptr_eq(&info.labels, &a1.labels),
-        "policy shares the set"
+        Arc::ptr_eq(&info, &a1.pod),
+        "policy gets the entry's PodInfo"
     );
-    assert!(Arc::ptr_eq(&info.ports, pa), "and the port list");
     // A new resourceVersion with the same labels (an address moved): the
     // label map stays the one policy holds.
     w.apply_watcher_event(&Event::Apply(ep("ns a n1 2 x 198.19.0.8")));
     let a2 = c.get("ns", "a").expect("a");
-    assert!(PodLabels::ptr_eq(&a2.labels, &info.labels));
+    assert!(PodLabels::ptr_eq(&a2.pod.labels, &info.labels));
     assert_eq!(
-        &*a2.addresses,
+        a2.addresses(),
         ["198.19.0.8".parse::<IpAddr>().expect("ip")]
     );
     // New labels: a new set.
     w.apply_watcher_event(&Event::Apply(ep("ns a n1 3 z 198.19.0.8")));
     assert!(!PodLabels::ptr_eq(
-        &c.get("ns", "a").expect("a").labels,
+        &c.get("ns", "a").expect("a").pod.labels,
         &info.labels
     ));
     // A relist: b unchanged is the same entry; a at a new version is new.
@@ -241,7 +241,7 @@ fn readers_see_what_the_reflector_store_held() {
     let mut from_cache: Vec<_> = c
         .state()
         .iter()
-        .map(|e| e.to_pod_info().expect("info"))
+        .map(|e| PodInfo::clone(e.pod_info().expect("info")))
         .collect();
     from_store.sort_by(|a, b| a.key.cmp(&b.key));
     from_cache.sort_by(|a, b| a.key.cmp(&b.key));
@@ -258,26 +258,30 @@ fn readers_see_what_the_reflector_store_held() {
             Some(&*mine.resource_version),
             e.metadata.resource_version.as_deref()
         );
-        assert_eq!(&*mine.node, e.spec.node);
-        assert_eq!(&*mine.addresses, e.spec.addresses.as_slice());
+        assert_eq!(mine.node(), e.spec.node);
+        let mut addresses = e.spec.addresses.clone();
+        addresses.sort();
+        assert_eq!(mine.addresses(), addresses.as_slice());
         assert_eq!(
-            mine.ports.as_deref().ok(),
-            Some(
-                crate::k8s::crd::container_ports(&e.spec.named_ports)
-                    .expect("ports")
-                    .as_slice()
-            )
+            &*mine.pod.ports,
+            crate::k8s::crd::container_ports(&e.spec.named_ports)
+                .expect("ports")
+                .as_slice()
         );
     }
     // A named port policy cannot parse is an error, as from the object.
     let mut bad = ep("ns bad n1 1 x 198.19.0.1");
     bad.spec.named_ports[0].protocol = "GRE".into();
     w.apply_watcher_event(&Event::Apply(bad.clone()));
-    let err = c.get("ns", "bad").expect("bad").to_pod_info();
+    let err = c
+        .get("ns", "bad")
+        .expect("bad")
+        .pod_info()
+        .map(|p| PodInfo::clone(p));
     assert_eq!(err, bad.to_pod_info());
     assert!(err.is_err());
     assert!(
-        c.find(|e| e.addresses.contains(&"198.19.2.9".parse().expect("ip")))
+        c.find(|e| e.addresses().contains(&"198.19.2.9".parse().expect("ip")))
             .is_some()
     );
 }
@@ -308,7 +312,7 @@ fn changes_since_a_number_are_what_was_written_after_it() {
     w.apply_watcher_event(&Event::Delete(ep("ns b n1 1 x 198.19.0.2")));
     let ch = c.changes_since(s0).expect("kept");
     let names = |v: &[Arc<CachedEndpoint>]| {
-        let mut n: Vec<String> = v.iter().map(|e| e.name.to_string()).collect();
+        let mut n: Vec<String> = v.iter().map(|e| e.name().to_string()).collect();
         n.sort();
         n
     };

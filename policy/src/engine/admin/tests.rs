@@ -1,7 +1,7 @@
 use crate::build::admin::*;
 use crate::build::sel;
 use crate::engine::tests::{check_kernel, engine_for, pure};
-use crate::model::{NamespaceInfo, PodKey};
+use crate::model::{NamespaceInfo, PodInfo, PodKey};
 use crate::nft::DiffStats;
 use crate::plan::PlanIssue;
 use crate::sink::CapturingSink;
@@ -164,7 +164,7 @@ fn namespace_label_change_replans_admin_subjects() {
     check_kernel(&e, &sink);
     // A pod label change elsewhere is still element-only (no pod peers
     // here: nothing at all).
-    let mut zc = e.state().pods[&PodKey::new("z", "c")].clone();
+    let mut zc = PodInfo::clone(&e.state().pods[&PodKey::new("z", "c")]);
     zc.labels = zc.labels.with("pod", "q");
     e.upsert_pod(zc);
     assert!(e.commit(&mut sink).unwrap().noop);
@@ -184,7 +184,7 @@ fn remote_pod_label_change_under_anp_pod_peers_is_only_set_elements() {
     let mut sink = CapturingSink::default();
     e.commit(&mut sink).unwrap();
     // y/c lives on node1: only the selector sets' elements change here.
-    let mut yc = e.state().pods[&PodKey::new("y", "c")].clone();
+    let mut yc = PodInfo::clone(&e.state().pods[&PodKey::new("y", "c")]);
     yc.labels = yc.labels.with("pod", "b");
     e.upsert_pod(yc);
     let st = e.commit(&mut sink).unwrap();
