@@ -173,7 +173,11 @@ fn synth(a: &Args, node_name: &str, node_addrs: Vec<IpAddr>) -> Result<Synth> {
     // The two measured pods: local, in ns-0, with labels of their own.
     let (server, client) = (key(0), key(a.local_every));
     for (k, app) in [(&server, "iperf-server"), (&client, "iperf-client")] {
-        let p = state.pods.get_mut(k).ok_or_else(|| anyhow!("no pod {k}"))?;
+        let p = state
+            .pods
+            .get_mut(k)
+            .map(std::sync::Arc::make_mut)
+            .ok_or_else(|| anyhow!("no pod {k}"))?;
         p.labels = p.labels.with("app", app);
     }
     for n in 0..namespaces {
@@ -429,7 +433,7 @@ fn label_latency<S: NftSink>(
             .state()
             .pods
             .get(pod)
-            .cloned()
+            .map(|p| PodInfo::clone(p))
             .ok_or_else(|| anyhow!("no pod {pod}"))?;
         p.labels = p.labels.with("app", values[i % 2]);
         let t = Instant::now();
