@@ -5,6 +5,13 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use node_agent::agent::config::{Cli, Command};
 
+/// mimalloc (v2), not glibc's malloc: at 5,000 nodes / 150,000 pods the
+/// agent spends ~17% less CPU per pod event with it and its RSS no longer
+/// grows in churn; the peak at ready is the same (docs/scale.md, "The
+/// allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     node_agent::logging::init(&cli.agent.log_level, cli.agent.log_format);
