@@ -309,7 +309,7 @@ mod tests {
                 format!("p{}", (r >> 16) % 3000),
             );
             let ip = IpAddr::from([198, 19, ((r >> 40) % 3) as u8, ((r >> 48) % 3) as u8]);
-            if r % 3 != 0 {
+            if !r.is_multiple_of(3) {
                 m.insert(&PodName::new(&ns, &name), ip);
                 want.entry((ns, name)).or_default().insert(ip);
             } else {
