@@ -12,7 +12,8 @@ kind is told apart by the generic watch loop instance (`cluster::watch_loop`)
 whose stacks name that kind (PodEndpoints: the compact cache's writer,
 `k8s::endpointcache`); the PodEndpoint cache is also split into its label
 maps, its entries and its map. How to run the agent under heaptrack from
-bench_scale: docs/scale.md.
+bench_scale (built with `--features system-allocator`: heaptrack sees only
+glibc's malloc, and the agent links mimalloc otherwise): docs/scale.md.
 """
 import collections
 import re

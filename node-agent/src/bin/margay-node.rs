@@ -8,7 +8,9 @@ use node_agent::agent::config::{Cli, Command};
 /// mimalloc (v2), not glibc's malloc: at 5,000 nodes / 150,000 pods the
 /// agent spends ~17% less CPU per pod event with it and its RSS no longer
 /// grows in churn; the peak at ready is the same (docs/scale.md, "The
-/// allocator").
+/// allocator"). Feature `system-allocator` keeps glibc's, for heap
+/// profilers that intercept `malloc` (heaptrack).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
