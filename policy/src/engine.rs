@@ -110,18 +110,12 @@ impl Holders {
         match self {
             Holders::One(k) => k == key,
             Holders::Many(ks) => {
+                // Two or more before: one at least after.
                 ks.retain(|k| k != key);
-                match ks.pop() {
-                    None => true,
-                    Some(k) if ks.is_empty() => {
-                        *self = Holders::One(k);
-                        false
-                    }
-                    Some(k) => {
-                        ks.push(k);
-                        false
-                    }
+                if let [k] = ks.as_slice() {
+                    *self = Holders::One(k.clone());
                 }
+                false
             }
         }
     }

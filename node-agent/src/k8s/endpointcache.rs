@@ -158,22 +158,29 @@ impl PartialEq for dyn NamePair + '_ {
     }
 }
 impl Eq for dyn NamePair + '_ {}
-impl std::hash::Hash for PodName {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.pair().hash(h);
-    }
+/// Hash and equality of a [`NamePair`] type by its pair, and a map keyed
+/// by it looked up with any borrowed pair.
+macro_rules! keyed_by_pair {
+    ($t:ty) => {
+        impl std::hash::Hash for $t {
+            fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+                self.pair().hash(h);
+            }
+        }
+        impl PartialEq for $t {
+            fn eq(&self, other: &Self) -> bool {
+                self.pair() == other.pair()
+            }
+        }
+        impl Eq for $t {}
+        impl<'a> std::borrow::Borrow<dyn NamePair + 'a> for $t {
+            fn borrow(&self) -> &(dyn NamePair + 'a) {
+                self
+            }
+        }
+    };
 }
-impl PartialEq for PodName {
-    fn eq(&self, other: &Self) -> bool {
-        self.pair() == other.pair()
-    }
-}
-impl Eq for PodName {}
-impl<'a> std::borrow::Borrow<dyn NamePair + 'a> for PodName {
-    fn borrow(&self) -> &(dyn NamePair + 'a) {
-        self
-    }
-}
+keyed_by_pair!(PodName);
 
 /// An entry of the map, hashed and compared by its pod's (namespace,
 /// name): the map is a set of entries, with no key beside each (a key of
@@ -186,22 +193,7 @@ impl NamePair for Entry {
         (self.0.namespace(), self.0.name())
     }
 }
-impl std::hash::Hash for Entry {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.pair().hash(h);
-    }
-}
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        self.pair() == other.pair()
-    }
-}
-impl Eq for Entry {}
-impl<'a> std::borrow::Borrow<dyn NamePair + 'a> for Entry {
-    fn borrow(&self) -> &(dyn NamePair + 'a) {
-        self
-    }
-}
+keyed_by_pair!(Entry);
 
 type Map = HashSet<Entry>;
 

@@ -27,8 +27,7 @@ use serde::{Deserialize, Serialize};
 mod bgpconfig;
 mod podendpoint;
 pub use podendpoint::{
-    NODE_FIELD, NamedPort, PodEndpoint, PodEndpointSpec, container_ports, invalid_ports, pod_info,
-    pod_view,
+    NODE_FIELD, NamedPort, PodEndpoint, PodEndpointSpec, container_ports, invalid_ports, pod_view,
 };
 mod bgpfilter;
 pub use bgpconfig::{

@@ -82,16 +82,17 @@ impl PodEndpoint {
         };
         let s = &self.spec;
         let labels = policy::PodLabels::from_map(&s.labels);
-        let ports: Result<std::sync::Arc<[policy::ContainerPort]>, String> =
-            container_ports(&s.named_ports).map(Into::into);
-        pod_info(
+        let ports: std::sync::Arc<[policy::ContainerPort]> = container_ports(&s.named_ports)
+            .map_err(|e| invalid_ports(ns, name, &e))?
+            .into();
+        Ok(pod_view(
             &ns.as_str().into(),
             &name.as_str().into(),
             &s.node.as_str().into(),
             &s.addresses,
             &labels,
-            ports.as_ref().map_err(String::as_str),
-        )
+            &ports,
+        ))
     }
 }
 
@@ -108,24 +109,10 @@ pub fn container_ports(named: &[NamedPort]) -> Result<Vec<policy::ContainerPort>
         .collect()
 }
 
-/// The policy crate's view of a pod from a PodEndpoint's fields (one
-/// conversion for the object and the agent's compact cache of them,
-/// `crate::k8s::endpointcache`); `ports` is [`container_ports`]' answer,
-/// shared.
-pub fn pod_info(
-    ns: &std::sync::Arc<str>,
-    name: &std::sync::Arc<str>,
-    node: &std::sync::Arc<str>,
-    addresses: &[std::net::IpAddr],
-    labels: &policy::PodLabels,
-    ports: Result<&std::sync::Arc<[policy::ContainerPort]>, &str>,
-) -> Result<policy::PodInfo, String> {
-    let ports = ports.map_err(|e| invalid_ports(ns, name, e))?;
-    Ok(pod_view(ns, name, node, addresses, labels, ports))
-}
-
-/// [`pod_info`] with ports policy can use: the addresses sorted, without
-/// repeats.
+/// The policy crate's view of a pod from a PodEndpoint's fields, with
+/// ports policy can use (one conversion for the object and the agent's
+/// compact cache of them, `crate::k8s::endpointcache`): the addresses
+/// sorted, without repeats.
 pub fn pod_view(
     ns: &std::sync::Arc<str>,
     name: &std::sync::Arc<str>,
