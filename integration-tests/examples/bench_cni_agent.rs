@@ -7,8 +7,9 @@
 //!
 //! ```text
 //! cargo build --release -p node-agent -p cni-plugin -p integration-tests --bins
-//! RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile release-cni \
-//!     -p cni-plugin --target x86_64-unknown-linux-gnu   # the margay we ship
+//! rustup target add x86_64-unknown-linux-musl
+//! cargo build --profile release-cni -p cni-plugin \
+//!     --target x86_64-unknown-linux-musl   # the margay we ship (scripts/image)
 //! cargo run --release -p integration-tests --example bench_cni_agent -- \
 //!     [--runs 200] [--concurrent 50] [--resident 1] [--margay PATH] [--keep-logs DIR]
 //!     [--api-latency-ms 3] [--watch-delay-ms 2] [--reserve 4] [--compare PATH]
@@ -211,10 +212,10 @@ fn stats(v: &[Duration]) -> (f64, f64) {
 fn main() -> anyhow::Result<()> {
     lab::can_run().map_err(anyhow::Error::msg)?;
     let runs = arg("--runs", 200);
-    // --margay PATH, else the binary we ship (deploy/Dockerfile): the
+    // --margay PATH, else the binary we ship (scripts/image): the
     // release-cni profile (LTO, one codegen unit, panic=abort, stripped),
-    // statically linked if built so, else the release build next to this
-    // example.
+    // static against musl if built so (else against glibc, if built so),
+    // else the release build next to this example.
     let margay = match arg_str("--margay") {
         Some(p) => PathBuf::from(p),
         None => {
@@ -224,6 +225,7 @@ fn main() -> anyhow::Result<()> {
                 .map(Path::to_path_buf);
             let shipped = target.and_then(|t| {
                 [
+                    "x86_64-unknown-linux-musl/release-cni/margay",
                     "x86_64-unknown-linux-gnu/release-cni/margay",
                     "release-cni/margay",
                 ]
