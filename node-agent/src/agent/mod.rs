@@ -439,12 +439,18 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     // On SIGTERM stop accepting, give requests in flight a moment, then go
     // even if a client keeps its connection open.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve = listener.serve(grpc_routes, async {
+    // A task of its own, on the worker threads: the future `block_on` runs
+    // is polled on the main thread, so every accepted connection (one per
+    // CNI call) cost a wake-up of that thread from the worker that saw it.
+    let mut serve = tokio::spawn(listener.serve(grpc_routes, async {
         let _ = stop_rx.await;
-    });
-    let mut serve = std::pin::pin!(serve);
+    }));
+    let served = |res: Result<Result<(), cni_proto::uds::ServeError>, tokio::task::JoinError>| {
+        res.map_err(|e| AgentError::Startup(format!("the CNI socket's server task: {e}")))?
+            .map_err(AgentError::from)
+    };
     tokio::select! {
-        res = &mut serve => res?,
+        res = &mut serve => served(res)?,
         ended = sup.wait() => {
             let _ = stop_tx.send(());
             return Err(ended.into());
@@ -452,8 +458,11 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         () = shutdown_signal() => {
             let _ = stop_tx.send(());
             match tokio::time::timeout(SHUTDOWN_DRAIN, &mut serve).await {
-                Ok(res) => res?,
-                Err(_) => tracing::warn!("CNI connections still open after {SHUTDOWN_DRAIN:?}; closing them"),
+                Ok(res) => served(res)?,
+                Err(_) => {
+                    serve.abort();
+                    tracing::warn!("CNI connections still open after {SHUTDOWN_DRAIN:?}; closing them");
+                }
             }
         }
     }

@@ -89,17 +89,22 @@ pub async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>, mut pulse: 
                 }
                 Some(Cmd::Up(ep, reply)) => {
                     let res = endpoint_up(&mut d, &ep, &mut endpoints).await;
-                    match &res {
-                        Ok(()) => {
-                            tracked.confirmed.insert(ep.handle.clone(), Instant::now());
-                            if take_over(&d, &ep, &mut endpoints) {
-                                // The superseded endpoints' policy goes too.
-                                dirty = true;
-                            }
-                        }
-                        Err(_) => dirty = true,
-                    }
+                    let up = res.is_ok();
                     let _ = reply.send(res);
+                    // The plugin waits for the answer, not for these: the
+                    // record is for a restart (commands after this one see
+                    // it written), the superseded endpoints' policy goes at
+                    // the next sync anyway.
+                    if up {
+                        recorded(&d, &ep);
+                        tracked.confirmed.insert(ep.handle.clone(), Instant::now());
+                        if take_over(&d, &ep, &mut endpoints) {
+                            // The superseded endpoints' policy goes too.
+                            dirty = true;
+                        }
+                    } else {
+                        dirty = true;
+                    }
                 }
                 Some(Cmd::Down { container_id, handle, reply }) => {
                     let keys: Vec<String> = endpoints
@@ -268,6 +273,12 @@ async fn endpoint_up(
         };
         return Err(EndpointError::Policy(e.to_string()));
     }
+    Ok(())
+}
+
+/// After a successful [`endpoint_up`] has been answered: the endpoint's
+/// record (for a restarted agent) and the log line.
+fn recorded(d: &ControllerDeps, ep: &Endpoint) {
     if let Err(e) = d.records.save(ep) {
         // Only a restart would miss it: the IPAM view still routes it.
         tracing::warn!(error = %e, "cannot record the endpoint; a restarted agent will not repair its veth");
@@ -277,7 +288,6 @@ async fn endpoint_up(
     } else {
         tracing::info!(pod = %PodKey::new(ep.namespace.clone(), ep.pod.clone()), container = %ep.container_id, host_if = %ep.host_if, ips = ?ep.ips, "endpoint up: route and policy programmed");
     }
-    Ok(())
 }
 
 /// The endpoint's pod, for its policy: from the watch cache, or from the
@@ -305,6 +315,10 @@ async fn pod_info(cluster: &Cluster, ep: &Endpoint) -> Result<PodInfo, EndpointE
 /// [`Cmd::Prepare`]: the endpoint's policy, from the cached Pod only (an
 /// API read here would only delay the EndpointUp queued behind it).
 async fn prepare(d: &mut ControllerDeps, ep: &Endpoint) {
+    // The Allocate answer that sent this is still on its way out (the
+    // connection's task writes it): let it go first, the plugin waits for
+    // it and not for this.
+    tokio::task::yield_now().await;
     let started = std::time::Instant::now();
     let info = if ep.standalone() {
         None
