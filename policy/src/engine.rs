@@ -418,6 +418,19 @@ impl Engine {
 
     // ---- commit -------------------------------------------------------
 
+    /// Whether the next [`Engine::commit`] may take long: a full render,
+    /// more than a couple of endpoints to plan, or many objects to write.
+    /// A caller on an async runtime moves such a commit off its worker
+    /// thread, a hand-over that costs more than a light commit (one pod's
+    /// endpoint, a few set elements) takes.
+    pub fn commit_is_heavy(&self) -> bool {
+        const LIGHT_ENDPOINTS: usize = 2;
+        const LIGHT_WEIGHT: usize = 512;
+        self.needs_full
+            || self.dirty.len() > LIGHT_ENDPOINTS
+            || self.changes.weight() > LIGHT_WEIGHT
+    }
+
     /// Brings the kernel to the desired state in one transaction. When the
     /// incremental batch fails, rebuilds the table (one more transaction).
     pub fn commit<S: NftSink>(

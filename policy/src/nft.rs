@@ -490,6 +490,23 @@ pub struct Changes {
     pub map: BTreeMap<(Direction, String), bool>,
 }
 
+impl Changes {
+    /// How many objects and elements the changes touch (sets, chains,
+    /// element adds and deletes, dispatch keys).
+    pub fn weight(&self) -> usize {
+        let elems =
+            |m: &BTreeMap<String, BTreeSet<Elem>>| m.values().map(BTreeSet::len).sum::<usize>();
+        self.new_sets.len()
+            + elems(&self.elem_add)
+            + elems(&self.elem_del)
+            + self.new_chains.len()
+            + self.replaced_chains.len()
+            + self.deleted_chains.len()
+            + self.deleted_sets.len()
+            + self.map.len()
+    }
+}
+
 /// Turns [`Changes`] into one transaction, new content taken from `rs`.
 ///
 /// Order: new sets (with elements), element adds, new chains, replaced

@@ -277,7 +277,15 @@ impl PolicySync {
     pub fn commit(&mut self, metrics: &Metrics) -> Result<(), CommitError> {
         let started = Instant::now();
         let native_before = self.sink.native;
-        let res = tokio::task::block_in_place(|| self.engine.commit(&mut self.sink));
+        // A heavy commit (a full render, many endpoints) leaves the worker
+        // thread to the runtime's other tasks; a light one (a pod's
+        // endpoint, a few elements: tens of microseconds) is not worth the
+        // hand-over, which wakes or starts another thread.
+        let res = if self.engine.commit_is_heavy() {
+            tokio::task::block_in_place(|| self.engine.commit(&mut self.sink))
+        } else {
+            self.engine.commit(&mut self.sink)
+        };
         metrics
             .policy_native_batches
             .inc_by(self.sink.native - native_before);

@@ -38,8 +38,10 @@ fn first_commit_is_full_then_noop() {
         .unwrap();
     let mut e = engine_for(&xyz, 0);
     let mut sink = CapturingSink::default();
+    assert!(e.commit_is_heavy(), "a full render is heavy");
     assert!(e.commit(&mut sink).unwrap().full);
     assert_eq!(e.ruleset(), &pure(&e));
+    assert!(!e.commit_is_heavy(), "nothing pending");
     let st = e.commit(&mut sink).unwrap();
     assert!(st.noop);
     assert_eq!(sink.batches.len(), 1);
@@ -64,6 +66,7 @@ fn remote_pod_label_change_is_only_set_elements() {
     assert_eq!(pod.node_name.as_deref(), Some("node1"));
     pod.labels = pod.labels.with("pod", "b");
     e.upsert_pod(pod);
+    assert!(!e.commit_is_heavy(), "two set elements are light");
     let st = e.commit(&mut sink).unwrap();
     assert_eq!(
         st.diff,
@@ -72,6 +75,29 @@ fn remote_pod_label_change_is_only_set_elements() {
             ..DiffStats::default()
         }
     );
+    assert_eq!(e.ruleset(), &pure(&e));
+    check_kernel(&e, &sink);
+}
+
+#[test]
+fn a_commit_planning_many_endpoints_is_heavy() {
+    let mut xyz = Xyz::new(1, true);
+    xyz.state
+        .add_policy(NetPol::new("x", "deny").build())
+        .unwrap();
+    let mut e = engine_for(&xyz, 0);
+    let mut sink = CapturingSink::default();
+    e.commit(&mut sink).unwrap();
+    // One node: every pod is local, each relabelled pod an endpoint to plan.
+    let keys: Vec<PodKey> = e.state().pods.keys().cloned().collect();
+    for (n, key) in keys.iter().enumerate() {
+        let mut pod = PodInfo::clone(&e.state().pods[key]);
+        pod.labels = pod.labels.with("relabelled", "yes");
+        e.upsert_pod(pod);
+        assert_eq!(e.commit_is_heavy(), n >= 2, "after {} endpoints", n + 1);
+    }
+    e.commit(&mut sink).unwrap();
+    assert!(!e.commit_is_heavy());
     assert_eq!(e.ruleset(), &pure(&e));
     check_kernel(&e, &sink);
 }
