@@ -458,6 +458,25 @@ impl Session {
                     msg: Message::Open(self.our_open()),
                 });
             }
+            State::Established if c.inbound && self.peer_may_restart() => {
+                // RFC 4724 §4.2 (and BIRD, FRR, GoBGP alike): a peer that
+                // announced graceful restart connecting again while its
+                // session is Established has restarted, and its old
+                // connection is dead without our having noticed. The old
+                // session goes as lost (its routes kept stale, the restart
+                // timer running) and the new connection is the session,
+                // instead of being refused until our hold timer expires.
+                self.last_error = Some("peer reconnected: graceful restart".into());
+                self.teardown(out, DownReason::ConnectionLost, true, now);
+                out.push(Output::Cancel(Timer::ConnectRetry));
+                self.primary = Some(c);
+                out.push(Output::Send {
+                    conn: c.id,
+                    msg: Message::Open(self.our_open()),
+                });
+                out.push(Output::Arm(Timer::Hold, OPEN_HOLD));
+                self.goto(State::OpenSent, now);
+            }
             _ => {
                 // Established (§6.8: the new connection loses) or one too many.
                 out.push(Output::Send {
@@ -816,6 +835,18 @@ impl Session {
 
     /// Close the primary connection and go to Idle; report Down if we were
     /// Established; schedule an automatic restart if still started.
+    /// Whether losing the session now would keep the peer's routes as
+    /// stale (RFC 4724 receiving speaker): graceful restart on here, and
+    /// the peer announced it with a restart time.
+    fn peer_may_restart(&self) -> bool {
+        self.cfg.graceful_restart.is_some()
+            && self
+                .negotiated
+                .as_ref()
+                .and_then(|n| n.peer_gr.as_ref())
+                .is_some_and(|g| g.restart_time > 0)
+    }
+
     fn teardown(&mut self, out: &mut Vec<Output>, reason: DownReason, lost: bool, now: Instant) {
         if let Some(p) = self.primary.take() {
             out.push(Output::Close { conn: p.id });

@@ -557,6 +557,72 @@ fn rfc4724_s4_2_lost_peer_routes_go_stale_until_end_of_rib() {
 }
 
 #[test]
+fn rfc4724_s4_2_a_restarted_peer_reconnecting_while_established_replaces_the_session() {
+    let now = Instant::now();
+    let mut s = Session::new(gr_cfg());
+    establish(&mut s, with_gr(peer_open([198, 18, 0, 1], 90), true), now);
+    // The peer restarted; its old connection is dead but not yet noticed.
+    let out = s.handle(
+        Input::Connected {
+            conn: 2,
+            inbound: true,
+        },
+        now,
+    );
+    assert!(out.contains(&Output::Close { conn: 1 }), "{out:?}");
+    assert!(out.contains(&Output::Down {
+        reason: DownReason::ConnectionLost,
+        graceful: Families::BOTH
+    }));
+    assert_eq!(armed(&out, Timer::GrRestart), Some(Duration::from_secs(30)));
+    assert_eq!(notification(&out, 2), None, "the new connection is not refused");
+    assert!(matches!(sent(&out, 2).as_slice(), [Message::Open(_)]));
+    assert_eq!(s.state(), State::OpenSent);
+    // The new session comes up with the routes still stale.
+    s.handle(
+        Input::Message {
+            conn: 2,
+            msg: Message::Open(with_gr(peer_open([198, 18, 0, 1], 90), true)),
+        },
+        now,
+    );
+    let out = s.handle(
+        Input::Message {
+            conn: 2,
+            msg: Message::Keepalive,
+        },
+        now,
+    );
+    assert_eq!(s.state(), State::Established);
+    assert!(out.contains(&Output::Cancel(Timer::GrRestart)));
+    assert!(!out.iter().any(|o| matches!(o, Output::PurgeStale(_))));
+    // The old connection's close, arriving late, changes nothing.
+    let out = s.handle(Input::Closed { conn: 1 }, now);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(s.state(), State::Established);
+}
+
+#[test]
+fn without_graceful_restart_a_new_connection_still_loses_against_an_established_one() {
+    let now = Instant::now();
+    // The peer announces it, we do not: RFC 4271 §6.8 applies.
+    let mut s = Session::new(cfg());
+    establish(&mut s, with_gr(peer_open([198, 18, 0, 1], 90), true), now);
+    let out = s.handle(
+        Input::Connected {
+            conn: 2,
+            inbound: true,
+        },
+        now,
+    );
+    assert_eq!(
+        notification(&out, 2).map(|n| (n.code, n.subcode)),
+        Some((6, 7))
+    );
+    assert_eq!(s.state(), State::Established);
+}
+
+#[test]
 fn rfc4724_peer_back_without_forwarding_state_purges_at_once() {
     let now = Instant::now();
     let mut s = Session::new(gr_cfg());
