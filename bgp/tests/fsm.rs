@@ -575,7 +575,11 @@ fn rfc4724_s4_2_a_restarted_peer_reconnecting_while_established_replaces_the_ses
         graceful: Families::BOTH
     }));
     assert_eq!(armed(&out, Timer::GrRestart), Some(Duration::from_secs(30)));
-    assert_eq!(notification(&out, 2), None, "the new connection is not refused");
+    assert_eq!(
+        notification(&out, 2),
+        None,
+        "the new connection is not refused"
+    );
     assert!(matches!(sent(&out, 2).as_slice(), [Message::Open(_)]));
     assert_eq!(s.state(), State::OpenSent);
     // The new session comes up with the routes still stale.

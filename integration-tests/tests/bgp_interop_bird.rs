@@ -318,3 +318,123 @@ fn graceful_restart_of_margay_keeps_forwarding_at_bird() {
         "{log}"
     );
 }
+
+/// RFC 4724 §4.2 with a real peer: BIRD dies and its FIN never reaches
+/// Margay (dropped at the ToR, as when a router's control plane restarts
+/// or its host reboots), so Margay still holds an Established session when
+/// the restarted BIRD connects again. That connection replaces the dead
+/// session at once, with BIRD's routes kept in Margay's kernel throughout;
+/// refusing it as a collision (RFC 4271 §6.8) would keep BIRD out until
+/// Margay's 60 s hold timer expired and then flush its routes.
+#[test]
+fn bird_restarting_behind_a_dead_connection_replaces_the_session_at_once() {
+    require_root!();
+    let lab = Lab::builder().nodes(1).build().expect("lab");
+    let n1 = lab.node("n1").expect("n1");
+    // BIRD's later `hold time` overrides the helper's 9 s.
+    let conf = bird_config(
+        "198.18.0.1",
+        "198.18.0.1",
+        "2001:db8:ffff::1",
+        64512,
+        &["198.19.200.0/24"],
+        &[(
+            "n1",
+            "198.18.0.11",
+            65001,
+            "graceful restart on; hold time 60; keepalive time 20;",
+        )],
+    );
+    let mut bird = Bird::start(lab.tor(), lab.run_dir(), "tor-bird", &conf).expect("bird");
+    let peers = [peer_yaml(
+        "tor",
+        "198.18.0.1",
+        "64512",
+        "next_hop_v6: 2001:db8:ffff::b\ngraceful_restart: { restart_time: 30, stale_time: 60 }",
+    )
+    .replace("hold_time: 9", "hold_time: 60")];
+    let yaml = margay_yaml(65001, "198.18.0.11", &["198.19.1.0/26"], &peers, "");
+    let mut m = MargayBgp::start(&n1.ns, lab.run_dir(), "margay-n1", &yaml);
+    m.wait_established("tor", T);
+    wait_kernel(&n1.ns, "198.19.200.0/24", "via 198.18.0.1", true, T);
+
+    // The session's TCP ports, seen from the ToR; drop everything the ToR
+    // sends on that connection from now on (its FIN, its RSTs).
+    let ss = lab
+        .tor()
+        .exec(&["ss", "-tnH", "state", "established"])
+        .expect("ss");
+    let (local, peer) = ss
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4).then(|| (f[f.len() - 2].to_string(), f[f.len() - 1].to_string()))
+        })
+        .find(|(l, p)| {
+            (l.ends_with(":179") || p.ends_with(":179")) && p.starts_with("198.18.0.11:")
+        })
+        .unwrap_or_else(|| panic!("no BGP connection in the ToR:\n{ss}"));
+    let port = |a: &str| a.rsplit(':').next().unwrap_or_default().to_string();
+    let (lport, pport) = (port(&local), port(&peer));
+    for cmd in [
+        "add table inet mgt_gr",
+        "add chain inet mgt_gr out { type filter hook output priority 0; }",
+    ] {
+        let argv: Vec<&str> = std::iter::once("nft").chain(cmd.split(' ')).collect();
+        lab.tor().exec(&argv).expect("nft");
+    }
+    lab.tor()
+        .exec(&[
+            "nft",
+            "add",
+            "rule",
+            "inet",
+            "mgt_gr",
+            "out",
+            "ip",
+            "daddr",
+            "198.18.0.11",
+            "tcp",
+            "sport",
+            &lport,
+            "tcp",
+            "dport",
+            &pport,
+            "drop",
+        ])
+        .expect("nft rule");
+
+    // BIRD dies; Margay does not notice.
+    bird.daemon.signal(Signal::SIGKILL).expect("SIGKILL");
+    assert!(bird.daemon.wait_exit(Duration::from_secs(5)).is_some());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(m.peer_state("tor"), "Established", "{}", m.log());
+
+    // BIRD again: its connection must replace the dead session well
+    // before Margay's hold timer (60 s) could have ended it.
+    let bird2 = Bird::start(lab.tor(), lab.run_dir(), "tor-bird-again", &conf).expect("bird");
+    let started = Instant::now();
+    let mut gaps = 0;
+    loop {
+        if kernel_route(&n1.ns, "198.19.200.0/24").trim().is_empty() {
+            gaps += 1;
+        }
+        let bird_up = bird2
+            .birdc("show protocols n1")
+            .unwrap_or_default()
+            .contains("Established");
+        if bird_up && m.peer_state("tor") == "Established" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not re-established 20 s after BIRD restarted (hold timer 60 s)\nstatus: {}\n{}",
+            m.status(),
+            m.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(gaps, 0, "BIRD's route left n1's kernel during the restart");
+    wait_kernel(&n1.ns, "198.19.200.0/24", "via 198.18.0.1", true, T);
+    wait_kernel(lab.tor(), "198.19.1.0/26", "via 198.18.0.11", true, T);
+}

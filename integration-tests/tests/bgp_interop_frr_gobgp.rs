@@ -244,11 +244,13 @@ fn route_reflection_among_three_margay_speakers() {
     wait_kernel(&n1.ns, "198.19.3.0/26", "via 198.18.0.13", true, T);
     // A client never gets its own route back (ORIGINATOR_ID / split horizon).
     assert!(kernel_route(&n2.ns, "198.19.2.0/26").trim().is_empty());
-    let st = ms[1].peer("rr").expect("rr status");
-    assert_eq!(
-        st["accepted_v4"], 1,
-        "n2 learned exactly n3's IPv4 route: {st}"
-    );
+    // n2 learned exactly n3's IPv4 route. The status file is a snapshot
+    // the speaker rewrites, so it may trail the kernel: wait for it.
+    wait_for("n2's status counts one accepted IPv4 route", T, || {
+        let st = ms[1].peer("rr").unwrap_or_default();
+        Ok((st["accepted_v4"] == 1).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", ms[1].peer("rr").unwrap_or_default()));
 
     // A client's withdrawal is reflected.
     ms.remove(2).daemon.stop(Duration::from_secs(5));
