@@ -148,9 +148,24 @@ fn ensure_and_remove_are_idempotent() {
             },
         )
         .expect("pod");
+    // A veth not brought up yet (the CNI plugin ups it, then EndpointUp).
+    let node = &lab.node("n1").expect("n1").ns;
+    node.ip(&[
+        "link",
+        "add",
+        "calidown000000",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "calidown000001",
+    ])
+    .expect("down veth");
     let r = LocalRoute::to_pod("198.19.1.9".parse().expect("ip"), &pod.host_if);
     let missing = LocalRoute::to_pod("198.19.1.10".parse().expect("ip"), "califfffffffff0");
-    let (a, b, c) = in_node(&lab, move |routes, rt| {
+    let down = LocalRoute::to_pod("198.19.1.11".parse().expect("ip"), "calidown000000");
+    let (r2, r3) = (r.clone(), r.clone());
+    let (a, b, c, d) = in_node(&lab, move |routes, rt| {
         rt.block_on(async {
             let a = routes.ensure(&r).await.expect("ensure");
             let b = routes.ensure(&r).await.expect("ensure twice");
@@ -158,11 +173,25 @@ fn ensure_and_remove_are_idempotent() {
                 .ensure(&missing)
                 .await
                 .expect("missing interface is not an error");
-            routes.remove(&r).await.expect("remove");
-            routes.remove(&r).await.expect("remove twice");
-            (a, b, c)
+            let d = routes
+                .ensure(&down)
+                .await
+                .expect("a link not up is not an error");
+            (a, b, c, d)
         })
     });
-    assert!(a && b && !c);
+    assert!(a && b && !c && !d, "{a} {b} {c} {d}");
+    let shown = ours(&lab);
+    assert_eq!(
+        shown.trim(),
+        format!("198.19.1.9 dev {} scope link", pod.host_if),
+        "one route of ours, in the main table"
+    );
+    in_node(&lab, move |routes, rt| {
+        rt.block_on(async {
+            routes.remove(&r2).await.expect("remove");
+            routes.remove(&r3).await.expect("remove twice");
+        })
+    });
     assert_eq!(ours(&lab), "");
 }

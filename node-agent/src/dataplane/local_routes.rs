@@ -23,6 +23,8 @@ use netlink_packet_route::route::{
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 
+use super::fib::batch::{BatchSocket, Op, Route as BatchRoute};
+
 /// Route protocol number of Margay's local routes (`ip route show proto 81`).
 pub const LOCAL_ROUTE_PROTO: u8 = 81;
 
@@ -89,6 +91,11 @@ pub struct RouteError {
 pub struct LocalRoutes {
     handle: Handle,
     conn: tokio::task::JoinHandle<()>,
+    /// A blocking socket of the same namespace for [`LocalRoutes::ensure`]:
+    /// the interface's index and the route in two syscalls on the calling
+    /// thread, instead of two requests through the connection's task (four
+    /// task hand-overs, across worker threads, on EndpointUp's path).
+    fast: Option<std::sync::Mutex<BatchSocket>>,
 }
 
 impl Drop for LocalRoutes {
@@ -119,6 +126,7 @@ impl LocalRoutes {
         Ok(LocalRoutes {
             handle,
             conn: tokio::spawn(conn),
+            fast: BatchSocket::open().ok().map(std::sync::Mutex::new),
         })
     }
 
@@ -230,6 +238,9 @@ impl LocalRoutes {
     /// Adds or replaces one route now (the fast path of EndpointUp); `false`
     /// if its interface does not exist.
     pub async fn ensure(&self, route: &LocalRoute) -> Result<bool, RouteError> {
+        if let Some(done) = self.ensure_now(route) {
+            return Ok(done);
+        }
         let by_name = match route {
             LocalRoute::Device { ifname, .. } => {
                 let mut links = self
@@ -254,6 +265,33 @@ impl LocalRoutes {
             LocalRoute::Blackhole { .. } => BTreeMap::new(),
         };
         self.write(route, &by_name).await
+    }
+
+    /// [`LocalRoutes::ensure`] on the blocking socket: `Some(written)`,
+    /// or `None` to take the netlink connection instead (no such socket, a
+    /// blackhole, or a failure, which that path then reports with the
+    /// kernel's error).
+    fn ensure_now(&self, route: &LocalRoute) -> Option<bool> {
+        let LocalRoute::Device { ifname, .. } = route else {
+            return None;
+        };
+        let sock = self.fast.as_ref()?.lock().ok()?;
+        let index = match sock.index_of(ifname) {
+            Ok(i) => i,
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Some(false),
+            Err(_) => return None,
+        };
+        let mut kernel = std::time::Duration::ZERO;
+        let msg = message(route, Some(index));
+        match sock.write([(Op::Replace, BatchRoute::Msg(msg))], &mut kernel) {
+            Ok(failed) => match failed.first() {
+                None => Some(true),
+                // As below: gone again, or not up yet; the route stays pending.
+                Some((_, e)) if matches!(*e, libc::ENODEV | libc::ENETDOWN) => Some(false),
+                Some(_) => None,
+            },
+            Err(_) => None,
+        }
     }
 
     /// Removes one route of ours if present.

@@ -93,8 +93,8 @@ pub async fn run(mut d: ControllerDeps, mut rx: mpsc::Receiver<Cmd>, mut pulse: 
                     let _ = reply.send(res);
                     // The plugin waits for the answer, not for these: the
                     // record is for a restart (commands after this one see
-                    // it written), the superseded endpoints' policy goes at
-                    // the next sync anyway.
+                    // it written), and what the endpoint supersedes is
+                    // only marked for the next sync.
                     if up {
                         recorded(&d, &ep);
                         tracked.confirmed.insert(ep.handle.clone(), Instant::now());

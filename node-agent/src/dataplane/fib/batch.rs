@@ -248,6 +248,29 @@ impl BatchSocket {
         Ok(failures)
     }
 
+    /// The index of interface `name` in the socket's network namespace
+    /// (SIOCGIFINDEX on this socket: one syscall, no netlink dump).
+    #[allow(unsafe_code)]
+    pub fn index_of(&self, name: &str) -> io::Result<u32> {
+        // SAFETY: all-zero is a valid ifreq.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        let bytes = name.as_bytes();
+        if bytes.is_empty() || bytes.len() >= req.ifr_name.len() || bytes.contains(&0) {
+            return Err(io::Error::from_raw_os_error(libc::ENODEV));
+        }
+        for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
+            *d = *s as libc::c_char;
+        }
+        // SAFETY: valid fd and a pointer to a live, NUL-terminated ifreq.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::SIOCGIFINDEX, &mut req) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: SIOCGIFINDEX succeeded, so the kernel wrote the index.
+        let index = unsafe { req.ifr_ifru.ifru_ifindex };
+        u32::try_from(index).map_err(|_| io::Error::from_raw_os_error(libc::ENODEV))
+    }
+
     #[allow(unsafe_code)]
     fn send(&self, buf: &[u8]) -> io::Result<()> {
         // SAFETY: zeroed sockaddr_nl is the kernel (pid 0, no groups).

@@ -18,7 +18,7 @@
 //! blackhole is a second route beside it — neither owner's `replace` or
 //! delete can clobber the other's — and the local route wins the lookup.
 
-mod batch;
+pub(crate) mod batch;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
