@@ -317,33 +317,64 @@ pub async fn configure_pod(pod: &Nl, plan: &Plan<'_>, ips: &[IpAddr]) -> Result<
         })?;
     let v4 = ips.iter().any(IpAddr::is_ipv4);
     let v6 = ips.iter().any(IpAddr::is_ipv6);
+    let index = link.index;
+    // The requests go out back to back, without waiting for each answer:
+    // the kernel handles each one as it is sent, so in this order, which is
+    // the order they depend on (no autoconfiguration before the link is
+    // up, addresses and the link up before the routes over it). Each
+    // answer is then checked in the same order; after a failure the rest
+    // may have been applied too, which the caller's rollback (the veth
+    // removed) undoes with the rest.
+    type Step<'a> =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), CniError>> + Send + 'a>>;
+    let mut steps: Vec<Step<'_>> = Vec::new();
     if !v6 {
-        quiet_ipv6_off(pod, link.index, ifn).await;
+        steps.push(Box::pin(async move {
+            quiet_ipv6_off(pod, index, ifn).await;
+            Ok(())
+        }));
     } else {
-        pod.ipv6_addr_gen_none(link.index)
-            .await
-            .map_err(nl(format!("addrgenmode none on {ifn}")))?;
+        steps.push(Box::pin(async move {
+            pod.ipv6_addr_gen_none(index)
+                .await
+                .map_err(nl(format!("addrgenmode none on {ifn}")))
+        }));
         if let Ok(mac) = <[u8; 6]>::try_from(link.mac.as_slice()) {
             let ll = eui64_link_local(&mac);
-            pod.add_address(link.index, IpAddr::V6(ll), 64)
-                .await
-                .map_err(nl(format!("add {ll}/64 to {ifn}")))?;
+            steps.push(Box::pin(async move {
+                pod.add_address(index, IpAddr::V6(ll), 64)
+                    .await
+                    .map_err(nl(format!("add {ll}/64 to {ifn}")))
+            }));
         }
     }
     for ip in ips {
         let prefix = if ip.is_ipv4() { 32 } else { 128 };
-        pod.add_address(link.index, *ip, prefix)
-            .await
-            .map_err(nl(format!("add {ip}/{prefix} to {ifn}")))?;
+        steps.push(Box::pin(async move {
+            pod.add_address(index, *ip, prefix)
+                .await
+                .map_err(nl(format!("add {ip}/{prefix} to {ifn}")))
+        }));
     }
-    pod.set_up_mtu(link.index, plan.mtu)
+    let mtu = plan.mtu;
+    steps.push(Box::pin(async move {
+        pod.set_up_mtu(index, mtu)
+            .await
+            .map_err(nl(format!("set {ifn} up")))
+    }));
+    for r in pod_routes(index, v4, v6) {
+        steps.push(Box::pin(async move {
+            pod.replace_route(&r)
+                .await
+                .map_err(nl(format!("route {} via {:?} dev {ifn}", r.dst, r.gw)))
+        }));
+    }
+    // join_all polls every step once, in order, before any answer is read:
+    // that first poll is what sends each request.
+    futures::future::join_all(steps)
         .await
-        .map_err(nl(format!("set {ifn} up")))?;
-    for r in pod_routes(link.index, v4, v6) {
-        pod.replace_route(&r)
-            .await
-            .map_err(nl(format!("route {} via {:?} dev {ifn}", r.dst, r.gw)))?;
-    }
+        .into_iter()
+        .collect::<Result<Vec<()>, CniError>>()?;
     Ok(link)
 }
 
