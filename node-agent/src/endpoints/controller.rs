@@ -257,13 +257,16 @@ async fn endpoint_up(
     ep: &Endpoint,
     endpoints: &mut BTreeMap<String, Endpoint>,
 ) -> Result<(), EndpointError> {
+    let started = Instant::now();
     // A standalone workload has no Pod: no NetworkPolicy selects it.
     let info = if ep.standalone() {
         None
     } else {
         Some(pod_info(&d.cluster, ep).await?)
     };
+    let looked_up = started.elapsed();
     ensure_routes(d, ep).await?;
+    let routed = started.elapsed();
     let before = endpoints.insert(ep.handle.clone(), ep.clone());
     d.policy.endpoint_up(info, ep.local());
     if let Err(e) = d.policy.commit(&d.metrics) {
@@ -273,6 +276,13 @@ async fn endpoint_up(
         };
         return Err(EndpointError::Policy(e.to_string()));
     }
+    tracing::debug!(
+        container = %ep.container_id,
+        pod_us = looked_up.as_micros() as u64,
+        route_us = (routed - looked_up).as_micros() as u64,
+        policy_us = (started.elapsed() - routed).as_micros() as u64,
+        "endpoint up: where the time went"
+    );
     Ok(())
 }
 
