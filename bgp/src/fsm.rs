@@ -441,16 +441,7 @@ impl Session {
                 });
                 out.push(Output::Close { conn: c.id });
             }
-            State::Connect | State::Active => {
-                out.push(Output::Cancel(Timer::ConnectRetry));
-                self.primary = Some(c);
-                out.push(Output::Send {
-                    conn: c.id,
-                    msg: Message::Open(self.our_open()),
-                });
-                out.push(Output::Arm(Timer::Hold, OPEN_HOLD));
-                self.goto(State::OpenSent, now);
-            }
+            State::Connect | State::Active => self.accept(c, out, now),
             State::OpenSent | State::OpenConfirm if c.inbound && self.candidate.is_none() => {
                 self.candidate = Some(c);
                 out.push(Output::Send {
@@ -458,7 +449,7 @@ impl Session {
                     msg: Message::Open(self.our_open()),
                 });
             }
-            State::Established if c.inbound && self.peer_may_restart() => {
+            State::Established if c.inbound && self.peer_restart().is_some() => {
                 // RFC 4724 §4.2 (and BIRD, FRR, GoBGP alike): a peer that
                 // announced graceful restart connecting again while its
                 // session is Established has restarted, and its old
@@ -468,14 +459,7 @@ impl Session {
                 // instead of being refused until our hold timer expires.
                 self.last_error = Some("peer reconnected: graceful restart".into());
                 self.teardown(out, DownReason::ConnectionLost, true, now);
-                out.push(Output::Cancel(Timer::ConnectRetry));
-                self.primary = Some(c);
-                out.push(Output::Send {
-                    conn: c.id,
-                    msg: Message::Open(self.our_open()),
-                });
-                out.push(Output::Arm(Timer::Hold, OPEN_HOLD));
-                self.goto(State::OpenSent, now);
+                self.accept(c, out, now);
             }
             _ => {
                 // Established (§6.8: the new connection loses) or one too many.
@@ -488,6 +472,18 @@ impl Session {
                 out.push(Output::Close { conn: c.id });
             }
         }
+    }
+
+    /// Takes `c` as the session's connection: our OPEN, OpenSent.
+    fn accept(&mut self, c: Conn, out: &mut Vec<Output>, now: Instant) {
+        out.push(Output::Cancel(Timer::ConnectRetry));
+        self.primary = Some(c);
+        out.push(Output::Send {
+            conn: c.id,
+            msg: Message::Open(self.our_open()),
+        });
+        out.push(Output::Arm(Timer::Hold, OPEN_HOLD));
+        self.goto(State::OpenSent, now);
     }
 
     /// The OPEN we send.
@@ -833,20 +829,25 @@ impl Session {
         self.teardown(out, DownReason::Sent(n), false, now);
     }
 
-    /// Close the primary connection and go to Idle; report Down if we were
-    /// Established; schedule an automatic restart if still started.
-    /// Whether losing the session now would keep the peer's routes as
-    /// stale (RFC 4724 receiving speaker): graceful restart on here, and
-    /// the peer announced it with a restart time.
-    fn peer_may_restart(&self) -> bool {
-        self.cfg.graceful_restart.is_some()
-            && self
-                .negotiated
-                .as_ref()
-                .and_then(|n| n.peer_gr.as_ref())
-                .is_some_and(|g| g.restart_time > 0)
+    /// What losing the session now would keep as stale (RFC 4724
+    /// receiving speaker), when graceful restart is on here and the peer
+    /// announced it with a restart time: the negotiated families the peer
+    /// named, and that restart time.
+    fn peer_restart(&self) -> Option<(Families, u16)> {
+        self.cfg.graceful_restart.as_ref()?;
+        let n = self.negotiated.as_ref()?;
+        let gr = n.peer_gr.as_ref().filter(|g| g.restart_time > 0)?;
+        let families = n.families.intersect(
+            gr.families
+                .iter()
+                .filter_map(|g| Family::from_afi_safi(g.afi, g.safi))
+                .collect(),
+        );
+        Some((families, gr.restart_time))
     }
 
+    /// Close the primary connection and go to Idle; report Down if we were
+    /// Established; schedule an automatic restart if still started.
     fn teardown(&mut self, out: &mut Vec<Output>, reason: DownReason, lost: bool, now: Instant) {
         if let Some(p) = self.primary.take() {
             out.push(Output::Close { conn: p.id });
@@ -854,25 +855,17 @@ impl Session {
         out.push(Output::Cancel(Timer::Hold));
         out.push(Output::Cancel(Timer::Keepalive));
         let was_up = self.state == State::Established;
-        let negotiated = self.negotiated.take();
+        let restart = if lost { self.peer_restart() } else { None };
+        self.negotiated = None;
         if was_up {
             let mut graceful = Families::NONE;
-            if lost && self.cfg.graceful_restart.is_some() {
-                if let Some(n) = &negotiated {
-                    if let Some(gr) = n.peer_gr.as_ref().filter(|g| g.restart_time > 0) {
-                        graceful = n.families.intersect(
-                            gr.families
-                                .iter()
-                                .filter_map(|g| Family::from_afi_safi(g.afi, g.safi))
-                                .collect(),
-                        );
-                        if !graceful.is_empty() {
-                            out.push(Output::Arm(
-                                Timer::GrRestart,
-                                Duration::from_secs(u64::from(gr.restart_time)),
-                            ));
-                        }
-                    }
+            if let Some((families, time)) = restart {
+                graceful = families;
+                if !graceful.is_empty() {
+                    out.push(Output::Arm(
+                        Timer::GrRestart,
+                        Duration::from_secs(u64::from(time)),
+                    ));
                 }
             }
             // Families already stale from an earlier loss that were never

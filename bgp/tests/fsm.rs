@@ -89,16 +89,21 @@ fn establish(s: &mut Session, open: Open, now: Instant) -> Vec<Output> {
         },
         now,
     );
+    open_and_keepalive(s, 1, open, now)
+}
+
+/// The peer's OPEN then KEEPALIVE on `conn`; the outputs of the latter.
+fn open_and_keepalive(s: &mut Session, conn: u64, open: Open, now: Instant) -> Vec<Output> {
     s.handle(
         Input::Message {
-            conn: 1,
+            conn,
             msg: Message::Open(open),
         },
         now,
     );
     s.handle(
         Input::Message {
-            conn: 1,
+            conn,
             msg: Message::Keepalive,
         },
         now,
@@ -519,18 +524,10 @@ fn rfc4724_s4_2_lost_peer_routes_go_stale_until_end_of_rib() {
         },
         now,
     );
-    s.handle(
-        Input::Message {
-            conn: 2,
-            msg: Message::Open(with_gr(peer_open([198, 18, 0, 1], 90), true)),
-        },
-        now,
-    );
-    let out = s.handle(
-        Input::Message {
-            conn: 2,
-            msg: Message::Keepalive,
-        },
+    let out = open_and_keepalive(
+        &mut s,
+        2,
+        with_gr(peer_open([198, 18, 0, 1], 90), true),
         now,
     );
     assert!(out.contains(&Output::Cancel(Timer::GrRestart)));
@@ -583,18 +580,10 @@ fn rfc4724_s4_2_a_restarted_peer_reconnecting_while_established_replaces_the_ses
     assert!(matches!(sent(&out, 2).as_slice(), [Message::Open(_)]));
     assert_eq!(s.state(), State::OpenSent);
     // The new session comes up with the routes still stale.
-    s.handle(
-        Input::Message {
-            conn: 2,
-            msg: Message::Open(with_gr(peer_open([198, 18, 0, 1], 90), true)),
-        },
-        now,
-    );
-    let out = s.handle(
-        Input::Message {
-            conn: 2,
-            msg: Message::Keepalive,
-        },
+    let out = open_and_keepalive(
+        &mut s,
+        2,
+        with_gr(peer_open([198, 18, 0, 1], 90), true),
         now,
     );
     assert_eq!(s.state(), State::Established);
@@ -640,18 +629,10 @@ fn rfc4724_peer_back_without_forwarding_state_purges_at_once() {
         },
         now,
     );
-    s.handle(
-        Input::Message {
-            conn: 2,
-            msg: Message::Open(with_gr(peer_open([198, 18, 0, 1], 90), false)),
-        },
-        now,
-    );
-    let out = s.handle(
-        Input::Message {
-            conn: 2,
-            msg: Message::Keepalive,
-        },
+    let out = open_and_keepalive(
+        &mut s,
+        2,
+        with_gr(peer_open([198, 18, 0, 1], 90), false),
         now,
     );
     let purged: Vec<_> = out
