@@ -30,14 +30,18 @@ pub(super) fn check_kernel(e: &Engine, sink: &CapturingSink) {
     assert_eq!(k, want);
 }
 
-#[test]
-fn first_commit_is_full_then_noop() {
+/// One node, every pod on it, one default-deny policy; nothing committed.
+fn one_node_deny() -> (Engine, CapturingSink) {
     let mut xyz = Xyz::new(1, true);
     xyz.state
         .add_policy(NetPol::new("x", "deny").build())
         .unwrap();
-    let mut e = engine_for(&xyz, 0);
-    let mut sink = CapturingSink::default();
+    (engine_for(&xyz, 0), CapturingSink::default())
+}
+
+#[test]
+fn first_commit_is_full_then_noop() {
+    let (mut e, mut sink) = one_node_deny();
     assert!(e.commit_is_heavy(), "a full render is heavy");
     assert!(e.commit(&mut sink).unwrap().full);
     assert_eq!(e.ruleset(), &pure(&e));
@@ -81,12 +85,7 @@ fn remote_pod_label_change_is_only_set_elements() {
 
 #[test]
 fn a_commit_planning_many_endpoints_is_heavy() {
-    let mut xyz = Xyz::new(1, true);
-    xyz.state
-        .add_policy(NetPol::new("x", "deny").build())
-        .unwrap();
-    let mut e = engine_for(&xyz, 0);
-    let mut sink = CapturingSink::default();
+    let (mut e, mut sink) = one_node_deny();
     e.commit(&mut sink).unwrap();
     // One node: every pod is local, each relabelled pod an endpoint to plan.
     let keys: Vec<PodKey> = e.state().pods.keys().cloned().collect();
@@ -156,12 +155,7 @@ fn failed_batch_falls_back_to_full_rebuild() {
 
 #[test]
 fn endpoint_down_and_up_again_in_one_round() {
-    let mut xyz = Xyz::new(1, true);
-    xyz.state
-        .add_policy(NetPol::new("x", "deny").build())
-        .unwrap();
-    let mut e = engine_for(&xyz, 0);
-    let mut sink = CapturingSink::default();
+    let (mut e, mut sink) = one_node_deny();
     e.commit(&mut sink).unwrap();
     let key = PodKey::new("x", "a");
     let ep = e.node().endpoints[&key].clone();
