@@ -111,11 +111,10 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
     // scheduler for the request to be written.
     let _ = connected.await;
     tokio::task::yield_now().await;
-    let opened = open_namespaces(att, &ns, netns_path).await;
-    let (host, pod) = match opened {
+    let (host, pod) = match open_namespaces(&ns, netns_path) {
         Ok(o) => o,
-        Err((e, existing)) => {
-            abandon(allocating, &names.handle, existing).await;
+        Err(e) => {
+            abandon(allocating, &names.handle).await;
             return Err(e);
         }
     };
@@ -173,6 +172,23 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
         }
     };
     tracing::debug!(handle = %names.handle, ?ips, "allocated");
+    if let Err(e @ CniError::InterfaceExists { .. }) = veth {
+        // Nothing was created (the request failed as a whole). The pod
+        // already has an interface of that name: a duplicate ADD of a live
+        // attachment (same handle: the agent answered with the addresses
+        // it already held, which that interface carries: they stay), or
+        // someone else's interface (what was allocated here goes).
+        let existing = existing_addresses(&pod, &att.ifname).await;
+        if ips.iter().all(|ip| existing.contains(ip)) {
+            tracing::debug!(
+                handle = %names.handle,
+                "duplicate ADD of a live attachment: its addresses stay"
+            );
+        } else {
+            release_quietly(&agent, &names.handle).await;
+        }
+        return Err(e);
+    }
     if let Err(e) = veth {
         tracing::warn!(error = %e.details(), "ADD failed creating the veth; rolling back");
         remove_host_veth(&host, &names.host_if).await;
@@ -198,15 +214,20 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
     let created = true;
     let v4 = ips.iter().any(IpAddr::is_ipv4);
     let v6 = ips.iter().any(IpAddr::is_ipv6);
-    // The host veth up, then EndpointUp (the agent's route needs the host
-    // veth up) while the rest of the host side and the pod side are
-    // configured: the agent works while this process waits on netlink.
-    // The result waits for all of it.
-    let (host_side, pod_side) = tokio::join!(
-        async {
-            let index = wiring::host_up(&host, &plan, v6).await?;
+    // The host veth up (the agent's route needs it) and the pod's end
+    // looked up, both small requests; then EndpointUp goes out first and
+    // the rest of the host side and the whole pod side are configured
+    // while the agent works: the kernel does that work inside this
+    // thread's netlink sends, so sending it before EndpointUp would hold
+    // EndpointUp back by as much. The result waits for all of it.
+    let (up, link) = tokio::join!(
+        wiring::host_up(&host, &plan, v6),
+        wiring::pod_link(&pod, &att.ifname)
+    );
+    let wired = match (up, link) {
+        (Ok(index), Ok(link)) => {
             tracing::debug!("host side up");
-            let (up, settings) = tokio::join!(
+            let (up, settings, pod_side) = tokio::join!(
                 agent.endpoint_up(EndpointUpRequest {
                     container_id: att.container_id.clone(),
                     pod_namespace: names.pod_namespace.clone(),
@@ -225,20 +246,22 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
                     let r = wiring::host_settings(&host, &plan, index, v4, v6).await;
                     tracing::debug!("host side configured");
                     r
+                },
+                async {
+                    tokio::task::yield_now().await;
+                    let r = wiring::configure_pod_link(&pod, &plan, &ips, &link).await;
+                    tracing::debug!("pod side configured");
+                    r
                 }
             );
-            settings?;
-            up?;
-            tracing::debug!("route and policy programmed by the agent");
-            Ok::<_, CniError>(())
-        },
-        async {
-            let l = wiring::configure_pod(&pod, &plan, &ips).await?;
-            tracing::debug!("pod side configured");
-            Ok::<_, CniError>(l)
+            if up.is_ok() {
+                tracing::debug!("route and policy programmed by the agent");
+            }
+            settings.and(pod_side).and(up).map(|()| link)
         }
-    );
-    let pod_link = match host_side.and(pod_side) {
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    let pod_link = match wired {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e.details(), "ADD failed after allocation; rolling back");
@@ -342,78 +365,44 @@ type Opened = (Nl, Nl);
 type Allocating =
     tokio::task::JoinHandle<Result<(Agent, Result<AllocateReply, CniError>), CniError>>;
 
-/// Opens netlink handles here and in the pod's namespace and checks that
-/// the pod has no interface of that name yet (the spec's "interface
-/// exists"). On failure, also says which addresses an existing interface
-/// of that name carries (a duplicate ADD of a live attachment: its
-/// addresses must not be released).
-async fn open_namespaces(
-    att: &Attachment,
-    ns: &std::fs::File,
-    netns_path: &str,
-) -> Result<Opened, (CniError, Vec<IpAddr>)> {
-    let none = |e: CniError| (e, Vec::new());
-    let host = Nl::here()
-        .map_err(|source| CniError::Netns {
-            path: "/proc/self/ns/net".into(),
-            reason: "netlink socket".into(),
-            source,
-        })
-        .map_err(none)?;
-    let pod = Nl::in_netns_inline(ns)
-        .map_err(|source| CniError::Netns {
-            path: netns_path.into(),
-            reason: "cannot enter".into(),
-            source,
-        })
-        .map_err(none)?;
-    let existing = pod
-        .link(&att.ifname)
-        .await
-        .map_err(|source| CniError::Netlink {
-            op: format!("get {} in pod", att.ifname),
-            source,
-        })
-        .map_err(none)?;
-    if let Some(link) = existing {
-        let addrs = pod
-            .addresses(link.index)
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(ip, _)| ip)
-            .collect();
-        return Err((
-            CniError::InterfaceExists {
-                ifname: att.ifname.clone(),
-                netns: netns_path.into(),
-            },
-            addrs,
-        ));
-    }
+/// Opens netlink handles here and in the pod's namespace. An interface
+/// of the attachment's name already in the pod (the spec's "interface
+/// exists") is found when the veth is created, with no request of its own
+/// before: the create fails as a whole then.
+fn open_namespaces(ns: &std::fs::File, netns_path: &str) -> Result<Opened, CniError> {
+    let host = Nl::here().map_err(|source| CniError::Netns {
+        path: "/proc/self/ns/net".into(),
+        reason: "netlink socket".into(),
+        source,
+    })?;
+    let pod = Nl::in_netns_inline(ns).map_err(|source| CniError::Netns {
+        path: netns_path.into(),
+        reason: "cannot enter".into(),
+        source,
+    })?;
     Ok((host, pod))
 }
 
+/// The addresses on the pod's interface `ifname` (none if it is gone or
+/// unreadable).
+async fn existing_addresses(pod: &Nl, ifname: &str) -> Vec<IpAddr> {
+    let Ok(Some(link)) = pod.link(ifname).await else {
+        return Vec::new();
+    };
+    pod.addresses(link.index)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(ip, _)| ip)
+        .collect()
+}
+
 /// ADD failed before wiring anything: release what the allocation task
-/// got, unless it is the live attachment's (a duplicate ADD: the handle
-/// already held exactly the addresses its interface carries).
-async fn abandon(allocating: Allocating, handle: &str, existing: Vec<IpAddr>) {
+/// got (nothing if it never connected).
+async fn abandon(allocating: Allocating, handle: &str) {
     let Ok(Ok((agent, reply))) = allocating.await else {
         return; // not connected: nothing allocated
     };
-    if let Ok(r) = &reply
-        && !existing.is_empty()
-        && r.addresses.iter().all(|a| {
-            a.ip.parse::<IpAddr>()
-                .is_ok_and(|ip| existing.contains(&ip))
-        })
-    {
-        tracing::debug!(
-            handle,
-            "duplicate ADD of a live attachment: its addresses stay"
-        );
-        return;
-    }
     match reply {
         Ok(_) | Err(CniError::TryAgain { .. }) => release_quietly(&agent, handle).await,
         Err(_) => {}
