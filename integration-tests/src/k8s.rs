@@ -275,7 +275,9 @@ pub fn spawn_agent(lab: &Lab, node: &str, extra: &[&str]) -> Result<Agent> {
     args.extend(extra.iter().map(|s| s.to_string()));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let log = lab.run_dir().join(format!("{node}-agent.log"));
-    let daemon = Daemon::spawn(&n.ns, &format!("{node}-agent"), &argv, &log)?;
+    let mut cmd = n.ns.command(argv[0]);
+    cmd.args(&argv[1..]).envs(shipped_agent_env()?);
+    let daemon = Daemon::spawn_command(cmd, &format!("{node}-agent"), &log)?;
     Ok(Agent {
         daemon,
         socket,
@@ -335,6 +337,48 @@ pub fn bootstrap(lab: &Lab, pools: &[(&str, &str)]) -> Result<()> {
 /// The shipped manifest of the agent (`deploy/margay.yaml`).
 pub fn deploy_manifest() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/margay.yaml")
+}
+
+/// The environment the shipped DaemonSet (`deploy/margay.yaml`) gives the
+/// `margay-node` container as literal values (`value:`; those taken from
+/// the API, `valueFrom:`, are the agent's flags here): the lab's agents run
+/// with it, so tests and benchmarks see the process a cluster runs.
+pub fn shipped_agent_env() -> Result<Vec<(String, String)>> {
+    let path = deploy_manifest();
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| LabError::io(format!("reading {}", path.display()), e))?;
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let v = serde_json::Value::deserialize(doc)
+            .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
+        if v.get("kind").and_then(serde_json::Value::as_str) != Some("DaemonSet") {
+            continue;
+        }
+        let containers = v
+            .pointer("/spec/template/spec/containers")
+            .and_then(serde_json::Value::as_array);
+        let Some(agent) = containers.and_then(|cs| {
+            cs.iter()
+                .find(|c| c.get("name").and_then(serde_json::Value::as_str) == Some("margay-node"))
+        }) else {
+            continue;
+        };
+        let env = agent
+            .get("env")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.get("name")?.as_str()?;
+                let value = e.get("value")?.as_str()?;
+                Some((name.to_string(), value.to_string()))
+            })
+            .collect();
+        return Ok(env);
+    }
+    Err(LabError::Invalid(format!(
+        "{}: no DaemonSet with a margay-node container",
+        path.display()
+    )))
 }
 
 /// The objects of `deploy/margay.yaml`, as shipped, that make up the

@@ -125,3 +125,20 @@ async fn kubectl_server_dry_run_accepts_every_manifest_and_creates_nothing() {
     );
     server.shutdown().await.expect("shutdown");
 }
+
+/// The lab's agents run with the DaemonSet's literal environment: the
+/// allocator setting the scale figures were measured with is in it, and
+/// what the API gives (`valueFrom`) is not.
+#[test]
+fn the_lab_agent_gets_the_daemonsets_literal_environment() {
+    let env = integration_tests::k8s::shipped_agent_env().expect("deploy/margay.yaml");
+    assert!(
+        env.contains(&("MIMALLOC_PURGE_DELAY".to_string(), "0".to_string())),
+        "{env:?}"
+    );
+    assert!(
+        env.iter()
+            .all(|(k, _)| k != "NODE_NAME" && k != "MARGAY_LOG_LEVEL"),
+        "{env:?}"
+    );
+}
