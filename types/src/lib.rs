@@ -11,4 +11,4 @@ mod family;
 pub mod selector;
 
 pub use family::Family;
-pub use selector::{LabelLookup, Labels, Requirement, Selector, SelectorError};
+pub use selector::{LabelLookup, Labels, Requirement, Selector, SelectorError, Values};

@@ -39,14 +39,66 @@ impl LabelLookup for Labels {
 /// Longest selector text accepted by the parser.
 pub const MAX_SELECTOR_LEN: usize = 4096;
 
+/// The values of an `in` / `notin` requirement: sorted, without repeats,
+/// in one allocation. Most requirements have one value (`matchLabels`);
+/// a `BTreeSet` would be a node sized for eleven (~0.3 KB each, tens of
+/// thousands of them with 10k policies: docs/scale.md). Compares, orders,
+/// hashes and prints (`{"a", "b"}`, part of [`Selector::canonical`]) as
+/// the `BTreeSet` of the same values did.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Values(Box<[String]>);
+
+impl Values {
+    /// Whether `v` is one of them.
+    pub fn contains(&self, v: &str) -> bool {
+        self.0.binary_search_by(|x| x.as_str().cmp(v)).is_ok()
+    }
+
+    /// In order.
+    pub fn iter(&self) -> std::slice::Iter<'_, String> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<String> for Values {
+    fn from_iter<I: IntoIterator<Item = String>>(it: I) -> Self {
+        let mut v: Vec<String> = it.into_iter().collect();
+        v.sort_unstable();
+        v.dedup();
+        Values(v.into_boxed_slice())
+    }
+}
+
+impl<'a> IntoIterator for &'a Values {
+    type Item = &'a String;
+    type IntoIter = std::slice::Iter<'a, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl fmt::Debug for Values {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.iter()).finish()
+    }
+}
+
 /// One requirement on a label. The variant order is part of the canonical
 /// form ([`Selector::canonical`]): do not reorder.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Requirement {
     /// `key=value`, `key==value`, `key in (a, b)`; false when absent.
-    In(String, BTreeSet<String>),
+    In(String, Values),
     /// `key!=value`, `key notin (a, b)`; true when the label is absent.
-    NotIn(String, BTreeSet<String>),
+    NotIn(String, Values),
     /// `key`: the label is present.
     Exists(String),
     /// `!key`: the label is absent.
@@ -138,7 +190,7 @@ impl Selector {
     pub fn canonical(&self) -> String {
         let mut s = String::from("{");
         for r in &self.reqs {
-            let (op, k, vs): (&str, &String, Option<&BTreeSet<String>>) = match r {
+            let (op, k, vs): (&str, &String, Option<&Values>) = match r {
                 Requirement::In(k, v) => ("in", k, Some(v)),
                 Requirement::NotIn(k, v) => ("notin", k, Some(v)),
                 Requirement::Exists(k) => ("exists", k, None),
@@ -157,11 +209,9 @@ impl Selector {
 
 #[cfg(feature = "k8s")]
 mod k8s {
-    use std::collections::BTreeSet;
-
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-    use super::{Requirement, Selector, SelectorError};
+    use super::{Requirement, Selector, SelectorError, Values};
 
     impl Selector {
         /// Compiles a Kubernetes `LabelSelector`, checking what the API
@@ -169,13 +219,13 @@ mod k8s {
         pub fn compile(sel: &LabelSelector) -> Result<Selector, SelectorError> {
             let mut reqs = Vec::new();
             for (k, v) in sel.match_labels.iter().flatten() {
-                reqs.push(Requirement::In(k.clone(), BTreeSet::from([v.clone()])));
+                reqs.push(Requirement::In(k.clone(), Values::from_iter([v.clone()])));
             }
             for (index, e) in sel.match_expressions.iter().flatten().enumerate() {
                 if e.key.is_empty() {
                     return Err(SelectorError::EmptyKey { index });
                 }
-                let values: BTreeSet<String> = e.values.iter().flatten().cloned().collect();
+                let values: Values = e.values.iter().flatten().cloned().collect();
                 let (key, operator) = (e.key.clone(), e.operator.clone());
                 reqs.push(match e.operator.as_str() {
                     "In" | "NotIn" if values.is_empty() => {
@@ -221,8 +271,7 @@ impl fmt::Display for Selector {
         if self.reqs.is_empty() {
             return f.write_str("all()");
         }
-        let list =
-            |vs: &BTreeSet<String>| vs.iter().map(String::as_str).collect::<Vec<_>>().join(", ");
+        let list = |vs: &Values| vs.iter().map(String::as_str).collect::<Vec<_>>().join(", ");
         for (i, r) in self.reqs.iter().enumerate() {
             if i > 0 {
                 f.write_str(", ")?;
@@ -281,15 +330,15 @@ impl<'a> Lexer<'a> {
         self.pos += n;
         Ok(&rest[..n])
     }
-    fn value_list(&mut self) -> Result<BTreeSet<String>, SelectorError> {
+    fn value_list(&mut self) -> Result<Values, SelectorError> {
         if !self.eat("(") {
             return Err(self.err("expected '('"));
         }
-        let mut out = BTreeSet::new();
+        let mut out = Vec::new();
         loop {
-            out.insert(self.word()?.to_string());
+            out.push(self.word()?.to_string());
             if self.eat(")") {
-                return Ok(out);
+                return Ok(out.into_iter().collect());
             }
             if !self.eat(",") {
                 return Err(self.err("expected ',' or ')'"));
@@ -314,7 +363,7 @@ impl FromStr for Selector {
         }
         let mut lx = Lexer { s, pos: 0 };
         let mut reqs = Vec::new();
-        let one = |v: &str| BTreeSet::from([v.to_string()]);
+        let one = |v: &str| Values::from_iter([v.to_string()]);
         loop {
             let req = if lx.eat("!") {
                 Requirement::DoesNotExist(lx.word()?.to_string())

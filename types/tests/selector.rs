@@ -8,11 +8,9 @@
 //! values in the text form (`x=`, `x in ()`), which pool node selectors
 //! never need.
 
-use std::collections::BTreeSet;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use margay_types::selector::MAX_SELECTOR_LEN;
-use margay_types::{Labels, Requirement, Selector, SelectorError};
+use margay_types::{Labels, Requirement, Selector, SelectorError, Values};
 
 /// Labels as written in the tables.
 type Kv = &'static [(&'static str, &'static str)];
@@ -46,7 +44,7 @@ fn sel(ml: &[(&str, &str)], me: Vec<LabelSelectorRequirement>) -> LabelSelector 
     }
 }
 
-fn set(vs: &[&str]) -> BTreeSet<String> {
+fn set(vs: &[&str]) -> Values {
     vs.iter().map(|v| v.to_string()).collect()
 }
 
@@ -433,4 +431,38 @@ fn label_selectors_print_in_the_text_form_and_parse_back() {
         ("spot", "1")
     ])));
     assert!(!parsed.matches(&labels(&[("zone", "b"), ("tier", "api"), ("gpu", "")])));
+}
+
+/// `in` values are kept as a sorted slice: repeats dropped, and they order,
+/// compare and print as the `BTreeSet` they replaced did (selectors are
+/// ordered, and printed into set names, by them).
+#[test]
+fn values_behave_as_the_set_they_replaced() {
+    use std::collections::BTreeSet;
+    let lists: &[&[&str]] = &[
+        &["b", "a", "b"],
+        &["a"],
+        &["a", "b"],
+        &[],
+        &["ab"],
+        &["a", "c"],
+        &["c", "b", "a", "a"],
+    ];
+    let values: Vec<Values> = lists.iter().map(|l| set(l)).collect();
+    let sets: Vec<BTreeSet<String>> = lists
+        .iter()
+        .map(|l| l.iter().map(|v| v.to_string()).collect())
+        .collect();
+    for (v, s) in values.iter().zip(&sets) {
+        assert_eq!(v.len(), s.len());
+        assert!(v.iter().eq(s.iter()));
+        assert_eq!(format!("{v:?}"), format!("{s:?}"));
+        for probe in ["a", "b", "c", "ab", "", "z"] {
+            assert_eq!(v.contains(probe), s.contains(probe), "{s:?} {probe}");
+        }
+    }
+    for (i, j) in (0..lists.len()).flat_map(|i| (0..lists.len()).map(move |j| (i, j))) {
+        assert_eq!(values[i].cmp(&values[j]), sets[i].cmp(&sets[j]), "{i} {j}");
+        assert_eq!(values[i] == values[j], sets[i] == sets[j]);
+    }
 }

@@ -12,7 +12,7 @@ use crate::ruleset::{
     ComboKey, Elem, NamedKey, Ruleset, SetIr, SetKind, combo, named_set, node_elems, node_set,
     selector_set, union_set,
 };
-use crate::selector::{Requirement, Selector};
+use crate::selector::{Requirement, Selector, Values};
 
 /// Sets whose elements depend on the cluster state, collected while
 /// building chains and filled once at the end.
@@ -222,7 +222,7 @@ impl<'a> Members<'a> {
 
 /// The first `key in (values)` requirement of a selector: every pod it
 /// matches has one of these labels.
-fn first_in(sel: &Selector) -> Option<(&str, &BTreeSet<String>)> {
+fn first_in(sel: &Selector) -> Option<(&str, &Values)> {
     sel.requirements().iter().find_map(|r| match r {
         Requirement::In(k, vs) => Some((k.as_str(), vs)),
         _ => None,
@@ -246,7 +246,7 @@ mod tests {
     use crate::model::PodKey;
     use crate::testkit::Xyz;
 
-    fn set(vs: &[&str]) -> BTreeSet<String> {
+    fn set(vs: &[&str]) -> Values {
         vs.iter().map(|v| v.to_string()).collect()
     }
 
