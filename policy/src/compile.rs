@@ -93,6 +93,44 @@ pub struct Rule {
     pub ports: Option<Vec<Port>>,
 }
 
+/// A NetworkPolicy compiled where it arrives, so that its object need not
+/// be kept: the agent's policy cache holds this instead of the object
+/// (docs/scale.md), and the engine plans with it.
+#[derive(Debug, Clone)]
+pub struct PreparedPolicy {
+    /// `None` when the policy is wholly invalid (its `errors` say why).
+    pub compiled: Option<std::sync::Arc<CompiledPolicy>>,
+    /// What was ignored, or why nothing could be used.
+    pub errors: std::sync::Arc<[PolicyError]>,
+}
+
+impl PreparedPolicy {
+    /// Compiles `np`.
+    pub fn compile(key: &PolicyKey, np: &NetworkPolicy) -> Self {
+        match compile(key, np) {
+            Ok((c, errs)) => PreparedPolicy {
+                compiled: Some(std::sync::Arc::new(c)),
+                errors: errs.into(),
+            },
+            Err(e) => PreparedPolicy {
+                compiled: None,
+                errors: std::sync::Arc::from(vec![e]),
+            },
+        }
+    }
+
+    /// The very same preparation (not merely equal): a cache hands the
+    /// same one out again for as long as the object does not change.
+    pub fn same(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.errors, &other.errors)
+            && match (&self.compiled, &other.compiled) {
+                (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
+
 /// A validated policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompiledPolicy {

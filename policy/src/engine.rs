@@ -33,7 +33,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::addr::Family;
-use crate::compile::{Direction, PodPeer};
+use crate::compile::{Direction, PodPeer, PolicyError, PreparedPolicy};
 use crate::model::{
     ClusterState, LocalEndpoint, NamespaceInfo, NodeContext, PodInfo, PodKey, PolicyKey, Protocol,
 };
@@ -127,6 +127,10 @@ pub struct Engine {
     state: ClusterState,
     node: NodeContext,
     policies: Policies,
+    /// NetworkPolicies handed in compiled ([`Engine::upsert_prepared`]: the
+    /// agent keeps no objects); those handed in as objects are in
+    /// `state.policies`. A key is in one of the two at most.
+    prepared: HashMap<PolicyKey, PreparedPolicy>,
     /// Member pods by address (several while an address is being reused).
     by_ip: HashMap<IpAddr, Holders>,
     rs: Ruleset,
@@ -164,6 +168,7 @@ impl Engine {
                 ..node.clone()
             },
             policies: Policies::default(),
+            prepared: HashMap::new(),
             by_ip: HashMap::new(),
             sel_sets: BTreeMap::new(),
             named_sets: BTreeMap::new(),
@@ -198,7 +203,10 @@ impl Engine {
                 self.remove_namespace(&n);
             }
         }
-        let old: Vec<PolicyKey> = self.state.policies.keys().cloned().collect();
+        let old: Vec<PolicyKey> = (self.state.policies.keys())
+            .chain(self.prepared.keys())
+            .cloned()
+            .collect();
         for k in old {
             if !state.policies.contains_key(&k) {
                 self.remove_policy(&k);
@@ -314,19 +322,44 @@ impl Engine {
         if self.state.policies.get(&key) == Some(&np) {
             return;
         }
+        self.prepared.remove(&key);
         let errs = self.policies.upsert(&key, &np).to_vec();
+        self.policy_issues(&key, errs);
+        self.state.policies.insert(key.clone(), np);
+        self.dirty_namespace(&key.namespace);
+    }
+
+    /// As [`Engine::upsert_policy`], for a policy compiled where it arrived
+    /// ([`PreparedPolicy::compile`]): the engine keeps the compiled form
+    /// only. Handing in the same preparation again changes nothing.
+    pub fn upsert_prepared(&mut self, key: PolicyKey, p: PreparedPolicy) {
+        if self.prepared.get(&key).is_some_and(|old| old.same(&p)) {
+            return;
+        }
+        self.state.policies.remove(&key);
+        let errs = self.policies.upsert_prepared(&key, &p).to_vec();
+        self.policy_issues(&key, errs);
+        self.prepared.insert(key.clone(), p);
+        self.dirty_namespace(&key.namespace);
+    }
+
+    /// How many NetworkPolicies the engine holds (valid or not).
+    pub fn policy_count(&self) -> usize {
+        self.state.policies.len() + self.prepared.len()
+    }
+
+    fn policy_issues(&mut self, key: &PolicyKey, errs: Vec<PolicyError>) {
         self.issues
             .retain(|k, _| !k.starts_with(&format!("policy {key}#")));
         for (i, e) in errs.into_iter().enumerate() {
             self.issues
                 .insert(format!("policy {key}#{i}"), PlanIssue::Policy(e));
         }
-        self.state.policies.insert(key.clone(), np);
-        self.dirty_namespace(&key.namespace);
     }
 
     pub fn remove_policy(&mut self, key: &PolicyKey) {
-        if self.state.policies.remove(key).is_some() {
+        let raw = self.state.policies.remove(key).is_some();
+        if self.prepared.remove(key).is_some() || raw {
             self.policies.remove(key);
             self.issues
                 .retain(|k, _| !k.starts_with(&format!("policy {key}#")));

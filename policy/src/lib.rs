@@ -101,7 +101,7 @@ pub mod testkit;
 pub mod trace;
 
 pub use batch::Batch;
-pub use compile::{Direction, PolicyError};
+pub use compile::{Direction, PolicyError, PreparedPolicy};
 pub use engine::{CommitStats, Engine, EngineError};
 pub use labels::{LabelInterner, PodLabels};
 pub use model::{

@@ -14,7 +14,9 @@ use crate::admin::{AdminNetworkPolicy, BaselineAdminNetworkPolicy};
 use crate::compile::admin::{
     Action, AdminKind, AdminPolicyError, AdminRule, CompiledAdmin, compile_admin, compile_baseline,
 };
-use crate::compile::{CompiledPolicy, Direction, Peer, PodPeer, PolicyError, Port, Rule, compile};
+use crate::compile::{
+    CompiledPolicy, Direction, Peer, PodPeer, PolicyError, Port, PreparedPolicy, Rule,
+};
 use crate::model::{
     ClusterState, Labels, LocalEndpoint, NAMESPACE_NAME_LABEL, NodeContext, PodInfo, PodKey,
     PodPhase, PolicyKey, Protocol,
@@ -128,7 +130,7 @@ pub enum PlanIssue {
 /// precedence order, the BANP.
 #[derive(Debug, Clone, Default)]
 pub struct Policies {
-    by_ns: BTreeMap<String, BTreeMap<PolicyKey, CompiledPolicy>>,
+    by_ns: BTreeMap<String, BTreeMap<PolicyKey, std::sync::Arc<CompiledPolicy>>>,
     errors: BTreeMap<PolicyKey, Vec<PolicyError>>,
     /// ANPs by (priority, name): equal priorities (undefined by the API)
     /// are ordered by name, so every node decides alike.
@@ -240,17 +242,19 @@ impl Policies {
         key: &PolicyKey,
         np: &k8s_openapi::api::networking::v1::NetworkPolicy,
     ) -> &[PolicyError] {
+        self.upsert_prepared(key, &PreparedPolicy::compile(key, np))
+    }
+
+    /// Takes a policy compiled elsewhere; returns its errors.
+    pub fn upsert_prepared(&mut self, key: &PolicyKey, p: &PreparedPolicy) -> &[PolicyError] {
         self.remove(key);
-        let errs = match compile(key, np) {
-            Ok((c, errs)) => {
-                self.by_ns
-                    .entry(key.namespace.clone())
-                    .or_default()
-                    .insert(key.clone(), c);
-                errs
-            }
-            Err(e) => vec![e],
-        };
+        if let Some(c) = &p.compiled {
+            self.by_ns
+                .entry(key.namespace.clone())
+                .or_default()
+                .insert(key.clone(), c.clone());
+        }
+        let errs = p.errors.to_vec();
         for e in &errs {
             tracing::warn!(policy = %key, error = %e, "network policy partly or wholly ignored");
         }
@@ -268,11 +272,14 @@ impl Policies {
     }
 
     pub fn in_namespace(&self, ns: &str) -> impl Iterator<Item = &CompiledPolicy> {
-        self.by_ns.get(ns).into_iter().flat_map(|m| m.values())
+        self.by_ns
+            .get(ns)
+            .into_iter()
+            .flat_map(|m| m.values().map(|c| &**c))
     }
 
     pub fn all(&self) -> impl Iterator<Item = &CompiledPolicy> {
-        self.by_ns.values().flat_map(|m| m.values())
+        self.by_ns.values().flat_map(|m| m.values().map(|c| &**c))
     }
 
     pub fn errors(&self) -> impl Iterator<Item = &PolicyError> {

@@ -12,13 +12,15 @@ use std::net::IpAddr;
 
 use proptest::prelude::*;
 
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use policy::build::*;
 use policy::testkit::generate::{DIRECTIONS, peer_kinds, policy, port_kinds};
 use policy::testkit::kernel::Kernel;
 use policy::testkit::tiers::{GenRule, admin_policy, baseline_policy};
 use policy::testkit::{NAMESPACES, PODS, SimNode, Xyz};
 use policy::{
-    CapturingSink, Engine, NamespaceInfo, PodKey, PodPhase, PolicyKey, Ruleset, nft, plan,
+    CapturingSink, Engine, NamespaceInfo, PodKey, PodPhase, PolicyKey, PreparedPolicy, Ruleset,
+    nft, plan,
 };
 
 #[derive(Debug, Clone)]
@@ -176,7 +178,11 @@ fn check(xyz: &Xyz, nodes: &[Node]) -> Result<(), TestCaseError> {
     let mut rss = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         let e = &n.engine;
-        let pure = Ruleset::build(&plan::build(e.state(), e.node()), e.state());
+        // The engine's cluster, with the test's policies: a node fed
+        // compiled policies holds no objects to build from.
+        let mut state = e.state().clone();
+        state.policies = xyz.state.policies.clone();
+        let pure = Ruleset::build(&plan::build(&state, e.node()), &state);
         prop_assert_eq!(e.ruleset(), &pure, "node {} engine != pure", i);
         let mut k = Kernel::default();
         for (j, b) in n.sink.batches.iter().enumerate() {
@@ -267,6 +273,20 @@ fn check(xyz: &Xyz, nodes: &[Node]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Hands a NetworkPolicy to every node's engine: as the object to even
+/// nodes, compiled ahead (as the agent's policy cache does) to odd ones,
+/// so that both ways are held to the spec.
+fn give_policy(nodes: &mut [Node], key: PolicyKey, np: &NetworkPolicy) {
+    for (i, n) in nodes.iter_mut().enumerate() {
+        if i % 2 == 0 {
+            n.engine.upsert_policy(key.clone(), np.clone());
+        } else {
+            n.engine
+                .upsert_prepared(key.clone(), PreparedPolicy::compile(&key, np));
+        }
+    }
+}
+
 fn run(ops: Vec<Op>, node_count: usize) -> Result<(), TestCaseError> {
     let mut xyz = Xyz::new(node_count, true);
     let original = xyz.clone();
@@ -316,10 +336,7 @@ fn run(ops: Vec<Op>, node_count: usize) -> Result<(), TestCaseError> {
                     &ports[port].1,
                 );
                 xyz.state.add_policy(np.clone()).expect("named");
-                for n in &mut nodes {
-                    n.engine
-                        .upsert_policy(PolicyKey::new(NAMESPACES[ns], &name), np.clone());
-                }
+                give_policy(&mut nodes, PolicyKey::new(NAMESPACES[ns], &name), &np);
             }
             Op::ManyPorts {
                 ns,
@@ -339,10 +356,7 @@ fn run(ops: Vec<Op>, node_count: usize) -> Result<(), TestCaseError> {
                         &bulk_ports(k, port_base),
                     );
                     xyz.state.add_policy(np.clone()).expect("named");
-                    for n in &mut nodes {
-                        n.engine
-                            .upsert_policy(PolicyKey::new(NAMESPACES[ns], &name), np.clone());
-                    }
+                    give_policy(&mut nodes, PolicyKey::new(NAMESPACES[ns], &name), &np);
                 }
             }
             Op::RemoveMany { ns } => {
@@ -366,10 +380,7 @@ fn run(ops: Vec<Op>, node_count: usize) -> Result<(), TestCaseError> {
                     .select(sel_expr(&[], vec![req("pod", "Like", &["a"])]))
                     .build();
                 xyz.state.add_policy(np.clone()).expect("named");
-                for n in &mut nodes {
-                    n.engine
-                        .upsert_policy(PolicyKey::new(NAMESPACES[ns], "p0"), np.clone());
-                }
+                give_policy(&mut nodes, PolicyKey::new(NAMESPACES[ns], "p0"), &np);
             }
             Op::PodLabel { ns, pod, value } => {
                 let Some(p) = xyz

@@ -176,15 +176,13 @@ impl PolicySync {
 
     fn update_policies(&mut self, cluster: &Cluster) {
         let mut seen = BTreeMap::new();
-        for np in cluster.policies.state() {
-            let Some(key) = PolicyKey::of(&np) else {
-                continue;
-            };
-            let rv = np.metadata.resource_version.clone().unwrap_or_default();
-            if self.policies.get(&key) != Some(&rv) {
-                self.engine.upsert_policy(key.clone(), np.clone());
+        for e in cluster.policies.state() {
+            let rv = e.resource_version.to_string();
+            if self.policies.get(&e.key) != Some(&rv) {
+                self.engine
+                    .upsert_prepared(e.key.clone(), e.prepared.clone());
             }
-            seen.insert(key, rv);
+            seen.insert(e.key.clone(), rv);
         }
         for key in self.policies.keys() {
             if !seen.contains_key(key) {

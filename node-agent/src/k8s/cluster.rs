@@ -41,6 +41,7 @@ use crate::k8s::crd::{
 };
 use crate::k8s::endpointcache::{self, EndpointCache, EndpointCacheWriter};
 use crate::k8s::pod::Cached;
+use crate::k8s::policycache::{self, PolicyCache, PolicyCacheWriter};
 use crate::status::health::Pulse;
 use crate::status::metrics::{ApiLabels, Metrics};
 
@@ -194,8 +195,8 @@ pub struct Cluster {
     pub pod_source: PodSource,
     /// Namespaces.
     pub namespaces: Store<Namespace>,
-    /// NetworkPolicies, all namespaces.
-    pub policies: Store<NetworkPolicy>,
+    /// NetworkPolicies, all namespaces, compiled (see [`PolicyCache`]).
+    pub policies: PolicyCache,
     /// IP pools.
     pub pools: Store<IPPool>,
     /// BGP peers.
@@ -225,7 +226,7 @@ pub struct DetachedWriters {
     /// Namespaces.
     pub namespaces: reflector::store::Writer<Namespace>,
     /// NetworkPolicies.
-    pub policies: reflector::store::Writer<NetworkPolicy>,
+    pub policies: PolicyCacheWriter,
     /// PodEndpoints (read when the view's `pod_source` is `Endpoints`).
     pub pod_endpoints: EndpointCacheWriter,
     /// Nodes.
@@ -289,7 +290,7 @@ impl Cluster {
         let (tx, rx) = watch::channel(all);
         let (pods, pods_w) = reflector::store();
         let (namespaces, namespaces_w) = reflector::store();
-        let (policies, policies_w) = reflector::store();
+        let (policies, policies_w) = policycache::cache();
         let (pod_endpoints, pod_endpoints_w) = endpointcache::cache();
         let (nodes, nodes_w) = reflector::store();
         let cluster = Cluster {
@@ -358,7 +359,7 @@ impl Cluster {
             pod_endpoints,
             pod_source,
             namespaces: reflector_of(Api::all(c.clone()), Kind::Namespace, &tx, m, &mut w),
-            policies: reflector_of(Api::all(c.clone()), Kind::NetworkPolicy, &tx, m, &mut w),
+            policies: policy_cache(Api::all(c.clone()), &tx, m, &mut w),
             pools: reflector_of(Api::all(c.clone()), Kind::IpPool, &tx, m, &mut w),
             bgp_peers: reflector_of(Api::all(c.clone()), Kind::BgpPeer, &tx, m, &mut w),
             bgp_configs: reflector_of(Api::all(c.clone()), Kind::BgpConfiguration, &tx, m, &mut w),
@@ -471,6 +472,26 @@ fn endpoint_cache(
         .inspect_ok(move |ev| writer.apply_watcher_event(ev))
         .default_backoff();
     let (kind, tx, metrics) = (Kind::PodEndpoint, tx.clone(), metrics.clone());
+    watchers.push(Watcher {
+        name: format!("watch {}", kind.resource()),
+        run: Box::new(move |pulse| Box::pin(watch_loop(stream, kind, tx, metrics, pulse, None))),
+    });
+    reader
+}
+
+/// The NetworkPolicy cache, and (pushed to `watchers`) the loop that
+/// fills it: kube's watcher, each policy compiled as it arrives.
+fn policy_cache(
+    api: Api<NetworkPolicy>,
+    tx: &Arc<watch::Sender<Generations>>,
+    metrics: &Arc<Metrics>,
+    watchers: &mut Vec<Watcher>,
+) -> PolicyCache {
+    let (reader, mut writer) = policycache::cache();
+    let stream = watcher::watcher(api, watcher::Config::default())
+        .inspect_ok(move |ev| writer.apply_watcher_event(ev))
+        .default_backoff();
+    let (kind, tx, metrics) = (Kind::NetworkPolicy, tx.clone(), metrics.clone());
     watchers.push(Watcher {
         name: format!("watch {}", kind.resource()),
         run: Box::new(move |pulse| Box::pin(watch_loop(stream, kind, tx, metrics, pulse, None))),

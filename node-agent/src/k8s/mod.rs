@@ -14,4 +14,5 @@ pub mod ipam;
 pub mod node;
 pub mod pod;
 pub mod podendpoints;
+pub mod policycache;
 pub mod policystatus;

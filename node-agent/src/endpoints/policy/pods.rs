@@ -956,7 +956,7 @@ mod tests {
             }))
             .expect("policy")
         };
-        let nps = |ps: &PolicySync| ps.engine.state().policies.len();
+        let nps = |ps: &PolicySync| ps.engine.policy_count();
         for n in ["n1", "n2"] {
             w.nodes.apply_watcher_event(&Event::Apply(node(n)));
             w.counted(Kind::Node);
