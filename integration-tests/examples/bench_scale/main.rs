@@ -42,6 +42,9 @@
 //!    With `--node-churn R`, R remote Node status writes per second go
 //!    along (kubelets' reports, to `/status` as `kubelet`: ~17/s at 5,000
 //!    nodes with node leases), which every agent's Node watch delivers.
+//!    Pods are labelled as a Deployment's are (one `pod-template-hash` per
+//!    ReplicaSet); `--unique-pod-labels` gives every pod a label value of
+//!    its own (a cluster of StatefulSets: no two pods share a label set).
 //! 4. The benchmark fails (no table) if the agent never becomes ready, or
 //!    if any such change does not reach nftables within 10 s.
 //! 5. Mesh (`--mesh-secs`, 0 to skip): the mesh is switched on; time until
@@ -88,6 +91,9 @@ struct Args {
     /// `--node-churn R`: R Node status writes per second cluster-wide
     /// during the churn (kubelets' reports; ~17/s at 5,000 nodes).
     node_churn: f64,
+    /// `--unique-pod-labels`: no two pods share a label set (every pod its
+    /// own `pod-template-hash`), instead of a ReplicaSet's pods sharing one.
+    unique_pod_labels: bool,
 }
 
 fn size(s: &str) -> Result<(usize, usize, usize)> {
@@ -113,7 +119,7 @@ fn size(s: &str) -> Result<(usize, usize, usize)> {
 /// What `--help` prints (the module doc has the details).
 const USAGE: &str = "usage: bench_scale [--size tiny|small|medium|large|N/M/K]... [--churn-secs 30] [--rate 100]
     [--mesh-secs 10] [--ready-timeout 900] [--family v6|v4] [--keep-logs DIR] [--agent-log-level warn]
-    [--breakdown N] [--pod-source endpoints|pods] [--ipam-churn] [--node-churn R]
+    [--breakdown N] [--pod-source endpoints|pods] [--ipam-churn] [--node-churn R] [--unique-pod-labels]
 sizes: tiny 20/200/20, small 100/3000/100 (default), medium 1000/30000/1000, large 5000/150000/10000
 (needs root; the other binaries are found next to this one: cargo build --release -p node-agent -p integration-tests --bins)";
 
@@ -132,6 +138,7 @@ impl Args {
             endpoints: true,
             ipam_churn: false,
             node_churn: 0.0,
+            unique_pod_labels: false,
         };
         let argv: Vec<String> = std::env::args().skip(1).collect();
         let mut it = argv.iter();
@@ -166,6 +173,7 @@ impl Args {
                 "--agent-log-level" => a.log_level = val()?,
                 "--breakdown" => a.breakdown = Some(num(val()?)? as usize),
                 "--ipam-churn" => a.ipam_churn = true,
+                "--unique-pod-labels" => a.unique_pod_labels = true,
                 "--node-churn" => a.node_churn = num(val()?)?.max(0.0),
                 "--pod-source" => {
                     a.endpoints = match val()?.as_str() {
@@ -285,7 +293,8 @@ fn alive(pid: i32) -> bool {
 fn run_size(a: &Args, (n, m, k): (usize, usize, usize)) -> Result<Row> {
     let lab = Lab::builder().nodes(1).build()?;
     let node_ip = lab.node(objects::LAB_NODE)?.ipv4;
-    let layout = Layout::new(n, m, k, a.family, node_ip)?;
+    let mut layout = Layout::new(n, m, k, a.family, node_ip)?;
+    layout.unique_pod_labels = a.unique_pod_labels;
     println!(
         "\n-- {n} nodes / {m} pods / {} policies in {} namespaces ({:?} pods, {} per node); lab {}",
         layout.policies,

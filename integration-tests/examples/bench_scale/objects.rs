@@ -8,8 +8,14 @@
 //! nowhere in the lab). Pod `i` runs on node `i % N` in namespace
 //! `i / per_ns`; its labels come from a hash of `i` (so the lab node's
 //! pods vary like any other node's): `app` app-0…app-9, `tier`
-//! web/db/cache, `version` v1/v2. Namespaces carry `team` (t0…t9, fewer
-//! with fewer than ten namespaces) and `env`.
+//! web/db/cache, `version` v1/v2, and `pod-template-hash`, which, as a
+//! Deployment's ReplicaSet sets it, is one value for all the pods of one
+//! (namespace, app, tier, version): ~60 ReplicaSets per namespace, ~2.5
+//! pods each at 150 pods per namespace. With `unique_pod_labels` every
+//! pod has its own value instead (a cluster of StatefulSets, whose
+//! `statefulset.kubernetes.io/pod-name` is per pod: no two pods share a
+//! label set). Namespaces carry `team` (t0…t9, fewer with fewer than ten
+//! namespaces) and `env`.
 //! Ten policies per namespace, the kinds seen in real clusters (see
 //! [`namespace_policies`]).
 
@@ -46,6 +52,8 @@ pub struct Layout {
     pub block_size: usize,
     pub blocks_per_node: usize,
     lab_node_ip: Ipv4Addr,
+    /// Every pod a label value of its own (`--unique-pod-labels`).
+    pub unique_pod_labels: bool,
 }
 
 /// One pod of the layout.
@@ -99,6 +107,7 @@ impl Layout {
             block_size,
             blocks_per_node,
             lab_node_ip,
+            unique_pod_labels: false,
         };
         if family == Family::V4 && nodes * blocks_per_node * block_size + 2 > 1 << 16 {
             bail!(
@@ -166,7 +175,16 @@ impl Layout {
         PodFacts {
             index: i,
             namespace: self.namespace(n),
-            name: format!("app-{app}-{:08x}-{i}", h >> 32),
+            // `app-<app>-<pod-template-hash>-<i>`: a ReplicaSet's pods
+            // share the hash (see the module doc).
+            name: format!("app-{app}-{:08x}-{i}", {
+                let rs = if self.unique_pod_labels {
+                    h as u64
+                } else {
+                    mix((((n * APPS + app) * 3 + tier) * 2 + version) as u64 ^ 0x5eed)
+                };
+                rs >> 32
+            }),
             node,
             app,
             tier,

@@ -51,7 +51,7 @@ pub fn print(a: &Args, rows: &[Row]) {
         load_avg()
     );
     println!(
-        "churn: {:.0} label changes/s cluster-wide{}{} for {:.0} s; pods {:?}; agent --pod-source={}; ratios are figure/goal (goal = issue 17, 5k/150k/10k)\n",
+        "churn: {:.0} label changes/s cluster-wide{}{} for {:.0} s; pods {:?}, {}; agent --pod-source={}; ratios are figure/goal (goal = issue 17, 5k/150k/10k)\n",
         a.rate,
         if a.ipam_churn {
             " (each with an IPAM block write)"
@@ -65,6 +65,11 @@ pub fn print(a: &Args, rows: &[Row]) {
         },
         a.churn_secs,
         a.family,
+        if a.unique_pod_labels {
+            "every pod its own label set (--unique-pod-labels)"
+        } else {
+            "a ReplicaSet's pods share their labels"
+        },
         if a.endpoints { "endpoints" } else { "pods" }
     );
     let mut lines: Vec<(String, Vec<String>, String)> = Vec::new();
