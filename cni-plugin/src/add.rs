@@ -144,18 +144,53 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
             r
         }
     );
+    if let Err(e @ CniError::InterfaceExists { .. }) = veth {
+        // Nothing was created (the request failed as a whole): the pod
+        // already has an interface of that name, so the host veth of that
+        // name, if any, is not this ADD's either. A duplicate ADD of a live
+        // attachment (same handle: the agent answered with the addresses
+        // that interface carries: they stay), or someone else's interface
+        // (what was allocated here goes).
+        if let Ok((agent, reply)) = allocated {
+            let existing = existing_addresses(&pod, &att.ifname).await;
+            let keep = match &reply {
+                Ok(r) => addresses(r, &families)
+                    .is_ok_and(|ips| ips.iter().all(|ip| existing.contains(ip))),
+                // The outcome is unknown and the handle may be the live
+                // attachment's: a leak is the leak GC's to find, a live
+                // pod's address released is not recoverable.
+                Err(CniError::TryAgain { .. }) => !existing.is_empty(),
+                Err(_) => true, // nothing allocated
+            };
+            if keep {
+                tracing::debug!(
+                    handle = %names.handle,
+                    "the pod's interface exists: its addresses stay"
+                );
+            } else {
+                release_quietly(&agent, &names.handle).await;
+            }
+        }
+        return Err(e);
+    }
+    // From here a failure removes the veth only if this ADD created it.
+    let created = veth.is_ok();
     let (agent, reply) = match allocated {
         Ok(a) => a,
         Err(e) => {
             // Not connected: nothing was allocated.
-            remove_host_veth(&host, &names.host_if).await;
+            if created {
+                remove_host_veth(&host, &names.host_if).await;
+            }
             return Err(e);
         }
     };
     let reply = match reply {
         Ok(r) => r,
         Err(e) => {
-            remove_host_veth(&host, &names.host_if).await;
+            if created {
+                remove_host_veth(&host, &names.host_if).await;
+            }
             // A timeout or a dropped connection may have allocated anyway.
             if matches!(e, CniError::TryAgain { .. }) {
                 release_quietly(&agent, &names.handle).await;
@@ -166,29 +201,14 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
     let ips = match addresses(&reply, &families) {
         Ok(ips) => ips,
         Err(e) => {
-            remove_host_veth(&host, &names.host_if).await;
+            if created {
+                remove_host_veth(&host, &names.host_if).await;
+            }
             release_quietly(&agent, &names.handle).await;
             return Err(e);
         }
     };
     tracing::debug!(handle = %names.handle, ?ips, "allocated");
-    if let Err(e @ CniError::InterfaceExists { .. }) = veth {
-        // Nothing was created (the request failed as a whole). The pod
-        // already has an interface of that name: a duplicate ADD of a live
-        // attachment (same handle: the agent answered with the addresses
-        // it already held, which that interface carries: they stay), or
-        // someone else's interface (what was allocated here goes).
-        let existing = existing_addresses(&pod, &att.ifname).await;
-        if ips.iter().all(|ip| existing.contains(ip)) {
-            tracing::debug!(
-                handle = %names.handle,
-                "duplicate ADD of a live attachment: its addresses stay"
-            );
-        } else {
-            release_quietly(&agent, &names.handle).await;
-        }
-        return Err(e);
-    }
     if let Err(e) = veth {
         tracing::warn!(error = %e.details(), "ADD failed creating the veth; rolling back");
         remove_host_veth(&host, &names.host_if).await;
@@ -211,7 +231,6 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
     tracing::debug!(mtu, "MTU settled");
     let plan = Plan { mtu, ..plan };
 
-    let created = true;
     let v4 = ips.iter().any(IpAddr::is_ipv4);
     let v6 = ips.iter().any(IpAddr::is_ipv6);
     // The host veth up (the agent's route needs it) and the pod's end

@@ -419,6 +419,38 @@ fn pool_exhausted_and_duplicate_add() {
         .ok();
 }
 
+/// A second ADD for a live attachment finds the pod's interface when it
+/// creates the veth: whatever the agent answers, the live attachment keeps
+/// its veth, its addresses and its allocation, and the agent is asked for
+/// no EndpointDown or Release.
+#[test]
+fn duplicate_add_leaves_the_live_attachment_alone_whatever_the_agent_says() {
+    if !root_or_skip("duplicate_add_leaves_the_live_attachment_alone_whatever_the_agent_says") {
+        return;
+    }
+    let node = Node::new();
+    let conf = node.conf("1.0.0");
+    let pod = Netns::new("p");
+    let res = node.cni(&Call::attach("ADD", "a", Some(&pod), &conf)).ok();
+    let host_if = res["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let before = pod.ip(&["-o", "addr", "show", "eth0"]);
+    for fail in [
+        None,
+        Some(tonic::Code::Unavailable),
+        Some(tonic::Code::Internal),
+    ] {
+        node.agent().state().fail_allocate = fail;
+        node.agent().state().calls.clear();
+        node.cni(&Call::attach("ADD", "a", Some(&pod), &conf))
+            .err(103);
+        assert_eq!(node.cali_links(), vec![host_if.clone()], "{fail:?}");
+        assert_eq!(pod.ip(&["-o", "addr", "show", "eth0"]), before, "{fail:?}");
+        assert_eq!(node.agent().held().len(), 1, "{fail:?}");
+        let calls = node.agent().state().calls.clone();
+        assert_eq!(calls, ["Allocate"], "{fail:?}");
+    }
+}
+
 #[test]
 fn ipv4_only_and_detected_mtu() {
     if !root_or_skip("ipv4_only_and_detected_mtu") {

@@ -67,6 +67,8 @@ pub struct State {
     pub calls: Vec<&'static str>,
     /// Answer EndpointUp with this code instead of working.
     pub fail_endpoint_up: Option<Code>,
+    /// Answer Allocate with this code instead of working.
+    pub fail_allocate: Option<Code>,
 }
 
 /// The real `Ipam` service, recording calls.
@@ -92,6 +94,10 @@ impl Ipam for Recorded {
         r: Request<AllocateRequest>,
     ) -> Result<Response<AllocateReply>, Status> {
         self.note("Allocate");
+        let fail = self.state.lock().expect("state").fail_allocate;
+        if let Some(code) = fail {
+            return Err(Status::new(code, "injected"));
+        }
         self.inner.allocate(r).await
     }
     async fn release(&self, r: Request<ReleaseRequest>) -> Result<Response<ReleaseReply>, Status> {
