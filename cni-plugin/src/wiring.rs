@@ -306,30 +306,15 @@ pub async fn host_settings(
 
 /// Pod side: addresses, link up at `plan.mtu`, gateway and default routes.
 pub async fn configure_pod(pod: &Nl, plan: &Plan<'_>, ips: &[IpAddr]) -> Result<Link, CniError> {
-    let link = pod_link(pod, plan.ifname).await?;
-    configure_pod_link(pod, plan, ips, &link).await?;
-    Ok(link)
-}
-
-/// The pod's end of the veth just created (its index and MAC).
-pub async fn pod_link(pod: &Nl, ifn: &str) -> Result<Link, CniError> {
-    pod.link(ifn)
+    let ifn = plan.ifname;
+    let link = pod
+        .link(ifn)
         .await
         .map_err(nl(format!("get {ifn} in pod")))?
         .ok_or_else(|| CniError::Netlink {
             op: format!("{ifn} missing in pod after creation"),
             source: rtnetlink::Error::RequestFailed,
-        })
-}
-
-/// [`configure_pod`] once the pod's `link` is known.
-pub async fn configure_pod_link(
-    pod: &Nl,
-    plan: &Plan<'_>,
-    ips: &[IpAddr],
-    link: &Link,
-) -> Result<(), CniError> {
-    let ifn = plan.ifname;
+        })?;
     let v4 = ips.iter().any(IpAddr::is_ipv4);
     let v6 = ips.iter().any(IpAddr::is_ipv6);
     let index = link.index;
@@ -390,7 +375,7 @@ pub async fn configure_pod_link(
         .await
         .into_iter()
         .collect::<Result<Vec<()>, CniError>>()?;
-    Ok(())
+    Ok(link)
 }
 
 /// An IPv4-only link gets no IPv6 link-local either (no DAD, no router
