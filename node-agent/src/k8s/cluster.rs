@@ -468,13 +468,8 @@ fn endpoint_cache(
     watchers: &mut Vec<Watcher>,
 ) -> EndpointCache {
     let (reader, mut writer) = endpointcache::cache();
-    let stream = watcher::watcher(api, watcher::Config::default())
-        .inspect_ok(move |ev| writer.apply_watcher_event(ev))
-        .default_backoff();
-    let (kind, tx, metrics) = (Kind::PodEndpoint, tx.clone(), metrics.clone());
-    watchers.push(Watcher {
-        name: format!("watch {}", kind.resource()),
-        run: Box::new(move |pulse| Box::pin(watch_loop(stream, kind, tx, metrics, pulse, None))),
+    watch_into(api, Kind::PodEndpoint, tx, metrics, watchers, move |ev| {
+        writer.apply_watcher_event(ev)
     });
     reader
 }
@@ -488,15 +483,34 @@ fn policy_cache(
     watchers: &mut Vec<Watcher>,
 ) -> PolicyCache {
     let (reader, mut writer) = policycache::cache();
+    watch_into(api, Kind::NetworkPolicy, tx, metrics, watchers, move |ev| {
+        writer.apply_watcher_event(ev)
+    });
+    reader
+}
+
+/// Pushes to `watchers` the loop of `kind` that hands every event of
+/// kube's watcher (list/watch, relists, default backoff) to `apply`: a
+/// compact cache's writer instead of a reflector store.
+fn watch_into<K>(
+    api: Api<K>,
+    kind: Kind,
+    tx: &Arc<watch::Sender<Generations>>,
+    metrics: &Arc<Metrics>,
+    watchers: &mut Vec<Watcher>,
+    mut apply: impl FnMut(&Event<K>) + Send + 'static,
+) where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + 'static,
+    K::DynamicType: Default,
+{
     let stream = watcher::watcher(api, watcher::Config::default())
-        .inspect_ok(move |ev| writer.apply_watcher_event(ev))
+        .inspect_ok(move |ev| apply(ev))
         .default_backoff();
-    let (kind, tx, metrics) = (Kind::NetworkPolicy, tx.clone(), metrics.clone());
+    let (tx, metrics) = (tx.clone(), metrics.clone());
     watchers.push(Watcher {
         name: format!("watch {}", kind.resource()),
         run: Box::new(move |pulse| Box::pin(watch_loop(stream, kind, tx, metrics, pulse, None))),
     });
-    reader
 }
 
 /// One kind's loop: counts generations, reports errors once per streak.
