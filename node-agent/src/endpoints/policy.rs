@@ -19,6 +19,7 @@ use crate::dataplane::{FastSink, NftSession};
 use crate::endpoints::Endpoint;
 use crate::k8s::cluster::{Cluster, Kind};
 use crate::k8s::ipam::view::IpamView;
+use crate::k8s::policycache::CachedPolicy;
 use crate::status::metrics::Metrics;
 
 mod admin;
@@ -57,7 +58,9 @@ pub struct PolicySync {
     /// The IPAM view's addresses the last pass used.
     pod_ips: crate::k8s::ipam::podips::PodIps,
     namespaces: BTreeMap<String, NamespaceInfo>,
-    policies: BTreeMap<PolicyKey, String>,
+    /// The policy cache's entries the last pass handed to the engine (the
+    /// cache makes a new entry exactly when a policy changes).
+    policies: BTreeMap<PolicyKey, Arc<CachedPolicy>>,
     endpoints: BTreeMap<PodKey, LocalEndpoint>,
     /// AdminNetworkPolicies, BaselineAdminNetworkPolicies and Nodes last
     /// passed on, by name, with their resourceVersions.
@@ -177,12 +180,15 @@ impl PolicySync {
     fn update_policies(&mut self, cluster: &Cluster) {
         let mut seen = BTreeMap::new();
         for e in cluster.policies.state() {
-            let rv = e.resource_version.to_string();
-            if self.policies.get(&e.key) != Some(&rv) {
+            if !self
+                .policies
+                .get(&e.key)
+                .is_some_and(|old| Arc::ptr_eq(old, &e))
+            {
                 self.engine
                     .upsert_prepared(e.key.clone(), e.prepared.clone());
             }
-            seen.insert(e.key.clone(), rv);
+            seen.insert(e.key.clone(), e);
         }
         for key in self.policies.keys() {
             if !seen.contains_key(key) {
