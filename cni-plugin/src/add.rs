@@ -276,8 +276,7 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
             Ok::<_, CniError>(l)
         }
     );
-    let wired = host_side.and(pod_side);
-    let pod_link = match wired {
+    let pod_link = match host_side.and(pod_side) {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e.details(), "ADD failed after allocation; rolling back");
