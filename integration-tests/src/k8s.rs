@@ -344,69 +344,68 @@ pub fn deploy_manifest() -> PathBuf {
 /// the API, `valueFrom:`, are the agent's flags here): the lab's agents run
 /// with it, so tests and benchmarks see the process a cluster runs.
 pub fn shipped_agent_env() -> Result<Vec<(String, String)>> {
+    let agent = shipped_manifest()?.into_iter().find_map(|v| {
+        if v.get("kind").and_then(serde_json::Value::as_str) != Some("DaemonSet") {
+            return None;
+        }
+        v.pointer("/spec/template/spec/containers")?
+            .as_array()?
+            .iter()
+            .find(|c| c.get("name").and_then(serde_json::Value::as_str) == Some("margay-node"))
+            .cloned()
+    });
+    let Some(agent) = agent else {
+        return Err(LabError::Invalid(format!(
+            "{}: no DaemonSet with a margay-node container",
+            deploy_manifest().display()
+        )));
+    };
+    Ok(agent
+        .get("env")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.get("name")?.as_str()?;
+            let value = e.get("value")?.as_str()?;
+            Some((name.to_string(), value.to_string()))
+        })
+        .collect())
+}
+
+/// Every document of `deploy/margay.yaml`, as JSON values.
+fn shipped_manifest() -> Result<Vec<serde_json::Value>> {
     let path = deploy_manifest();
     let text = std::fs::read_to_string(&path)
         .map_err(|e| LabError::io(format!("reading {}", path.display()), e))?;
-    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-        let v = serde_json::Value::deserialize(doc)
-            .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
-        if v.get("kind").and_then(serde_json::Value::as_str) != Some("DaemonSet") {
-            continue;
-        }
-        let containers = v
-            .pointer("/spec/template/spec/containers")
-            .and_then(serde_json::Value::as_array);
-        let Some(agent) = containers.and_then(|cs| {
-            cs.iter()
-                .find(|c| c.get("name").and_then(serde_json::Value::as_str) == Some("margay-node"))
-        }) else {
-            continue;
-        };
-        let env = agent
-            .get("env")
-            .and_then(serde_json::Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| {
-                let name = e.get("name")?.as_str()?;
-                let value = e.get("value")?.as_str()?;
-                Some((name.to_string(), value.to_string()))
-            })
-            .collect();
-        return Ok(env);
-    }
-    Err(LabError::Invalid(format!(
-        "{}: no DaemonSet with a margay-node container",
-        path.display()
-    )))
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| {
+            serde_json::Value::deserialize(doc)
+                .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))
+        })
+        .collect()
 }
 
 /// The objects of `deploy/margay.yaml`, as shipped, that make up the
 /// agent's identity: its Namespace, ServiceAccount, (Cluster)Roles and
 /// (Cluster)RoleBindings.
 pub fn agent_identity_objects() -> Result<Vec<serde_json::Value>> {
-    let path = deploy_manifest();
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| LabError::io(format!("reading {}", path.display()), e))?;
-    let mut out = Vec::new();
-    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-        let v = serde_json::Value::deserialize(doc)
-            .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
-        if matches!(
-            v.get("kind").and_then(serde_json::Value::as_str),
-            Some(
-                "Namespace"
-                    | "ServiceAccount"
-                    | "ClusterRole"
-                    | "ClusterRoleBinding"
-                    | "Role"
-                    | "RoleBinding"
+    Ok(shipped_manifest()?
+        .into_iter()
+        .filter(|v| {
+            matches!(
+                v.get("kind").and_then(serde_json::Value::as_str),
+                Some(
+                    "Namespace"
+                        | "ServiceAccount"
+                        | "ClusterRole"
+                        | "ClusterRoleBinding"
+                        | "Role"
+                        | "RoleBinding"
+                )
             )
-        ) {
-            out.push(v);
-        }
-    }
-    Ok(out)
+        })
+        .collect())
 }
 
 /// Creates (or replaces) an object of a built-in kind whose plural is its
