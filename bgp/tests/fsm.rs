@@ -59,7 +59,7 @@ fn with_gr(mut o: Open, forwarding: bool) -> Open {
 fn sent(out: &[Output], conn: u64) -> Vec<Message> {
     out.iter()
         .filter_map(|o| match o {
-            Output::Send { conn: c, msg } if *c == conn => Some(msg.clone()),
+            Output::Send { conn: c, msg } if *c == conn => Some((**msg).clone()),
             _ => None,
         })
         .collect()
