@@ -350,10 +350,15 @@ impl Builder {
             }
             ranges.insert(source, (start, out.len()));
         }
-        Chunked {
-            buf: out.freeze(),
-            ranges,
-        }
+        // Exactly its size: the buffer grew by doubling (up to twice what
+        // it holds), and a table stays alive while any member's writer is
+        // still sending it: dozens at once while thousands of clients join.
+        let buf = if out.capacity() > out.len() + out.len() / 8 {
+            Bytes::copy_from_slice(&out)
+        } else {
+            out.freeze()
+        };
+        Chunked { buf, ranges }
     }
 }
 
