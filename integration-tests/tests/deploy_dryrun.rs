@@ -132,10 +132,12 @@ async fn kubectl_server_dry_run_accepts_every_manifest_and_creates_nothing() {
 #[test]
 fn the_lab_agent_gets_the_daemonsets_literal_environment() {
     let env = integration_tests::k8s::shipped_agent_env().expect("deploy/margay.yaml");
-    assert!(
-        env.contains(&("MIMALLOC_PURGE_DELAY".to_string(), "0".to_string())),
-        "{env:?}"
-    );
+    for setting in ["MIMALLOC_PURGE_DELAY", "MIMALLOC_ARENA_EAGER_COMMIT"] {
+        assert!(
+            env.contains(&(setting.to_string(), "0".to_string())),
+            "{setting}: {env:?}"
+        );
+    }
     assert!(
         env.iter()
             .all(|(k, _)| k != "NODE_NAME" && k != "MARGAY_LOG_LEVEL"),
