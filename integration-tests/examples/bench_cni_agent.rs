@@ -12,6 +12,7 @@
 //!     --target x86_64-unknown-linux-musl   # the margay we ship (scripts/image)
 //! cargo run --release -p integration-tests --example bench_cni_agent -- \
 //!     [--runs 200] [--concurrent 50] [--resident 1] [--margay PATH] [--keep-logs DIR]
+//!     [--steps-runs 50]
 //!     [--api-latency-ms 3] [--watch-delay-ms 2] [--reserve 4] [--compare PATH]
 //! ```
 //! `--compare PATH` runs a second margay binary (say, the build before a
@@ -28,6 +29,11 @@
 //! no agent, no IPAM) and the exec of the plugin alone (VERSION), so the
 //! output says how much of an ADD is above what any plugin must pay.
 //!
+//! The timed margay ADDs run with the plugin's log level from the shipped
+//! conflist (`deploy/margay.yaml`'s ConfigMap: one line per ADD at info),
+//! as on a node; where an ADD's time goes (the step table) comes from a
+//! separate pass of `--steps-runs` pairs per binary logging at debug.
+//!
 //! After every margay ADD (outside the timed part) it checks the contract:
 //! the /32 host route and the endpoint's entry in the policy dispatch map
 //! are in the kernel. A run in which any is missing fails without printing
@@ -37,6 +43,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use integration_tests::cni::{self, Attachment};
 use integration_tests::k8s;
 use integration_tests::lab::{self, Lab, Netns};
@@ -310,7 +317,15 @@ fn main() -> anyhow::Result<()> {
     })??;
     std::thread::sleep(Duration::from_secs(1)); // the agent's watch catches up
     let node = Netns::existing(lab.node("n1")?.ns.name());
-    let margay_conf = cni::margay_conf(&agent, &lab.run_dir().join("cni.log"));
+    // The timed ADDs log as the shipped conflist has the plugin log (one
+    // line per ADD at "info"); the step table comes from a separate pass
+    // at debug, after them.
+    let shipped = k8s::shipped_plugin_conf()?;
+    let shipped_level = shipped["log_level"]
+        .as_str()
+        .context("the shipped conflist's margay plugin has no log_level")?
+        .to_string();
+    let margay_conf = cni::margay_conf_at(&agent, &lab.run_dir().join("cni.log"), &shipped_level);
     // Pods already running on the node (default 1), as on any node with a
     // workload: the policy chain and selector sets the benchmark's pods
     // share exist already, so each ADD adds elements only. --resident 0 is
@@ -427,15 +442,50 @@ fn main() -> anyhow::Result<()> {
         (fl + ve) / pa,
         ma - fl - ve
     );
-    phases(&lab.run_dir().join("cni.log"), &a_side.spans, "margay");
-    if let Some(b) = &b_side {
-        phases(&lab.run_dir().join("cni.log"), &b.spans, "compared binary");
+    // Where the time goes: another --steps-runs pairs per binary, the
+    // plugin logging each step (debug), interleaved as above; not part of
+    // the figures above.
+    let steps_runs = arg("--steps-runs", 50).min(runs);
+    let steps_log = lab.run_dir().join("cni-steps.log");
+    let steps_conf = cni::margay_conf(&agent, &steps_log);
+    let mut a_steps = MargaySide::new(margay.clone(), "ma", "p");
+    let mut b_steps = b_side
+        .as_ref()
+        .map(|b| MargaySide::new(b.bin.clone(), "mb", "b"));
+    for i in 0..steps_runs {
+        if i % 2 == 1
+            && let Some(b) = &mut b_steps
+        {
+            b.pair(&lab, &node, &steps_conf, i)?;
+        }
+        a_steps.pair(&lab, &node, &steps_conf, i)?;
+        if i % 2 == 0
+            && let Some(b) = &mut b_steps
+        {
+            b.pair(&lab, &node, &steps_conf, i)?;
+        }
+    }
+    for side in std::iter::once(&a_steps).chain(b_steps.as_ref()) {
+        anyhow::ensure!(
+            side.contract_misses == 0,
+            "{} of {steps_runs} ADDs of {} at debug returned before their route or policy was in the kernel",
+            side.contract_misses,
+            side.bin.display()
+        );
+    }
+    println!(
+        "\nthe ADDs above ran with the shipped conflist's log level ({shipped_level:?}); the steps below are from {steps_runs} more pairs per binary at debug (median ADD {:.2} ms there)",
+        stats(&a_steps.add).0
+    );
+    phases(&steps_log, &a_steps.spans, "margay");
+    if let Some(b) = &b_steps {
+        phases(&steps_log, &b.spans, "compared binary");
     }
     agent_means(&node, &format!("{}/metrics", k8s::AGENT_HEALTH));
     println!();
     if let Some(dir) = &keep_logs {
         std::fs::create_dir_all(dir)?;
-        for f in ["cni.log", "n1-agent.log"] {
+        for f in ["cni.log", "cni-steps.log", "n1-agent.log"] {
             std::fs::copy(lab.run_dir().join(f), dir.join(f))?;
         }
         println!("logs copied to {}", dir.display());

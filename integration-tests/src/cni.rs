@@ -60,6 +60,12 @@ impl Outcome {
 /// (its socket and its release journal). No `mtu`, as the shipped
 /// conflist: the pods get the MTU the agent reports.
 pub fn margay_conf(agent: &crate::k8s::Agent, log_file: &Path) -> String {
+    margay_conf_at(agent, log_file, "debug")
+}
+
+/// [`margay_conf`] with the plugin logging at `log_level` (e.g. the
+/// shipped conflist's, `k8s::shipped_plugin_conf`).
+pub fn margay_conf_at(agent: &crate::k8s::Agent, log_file: &Path, log_level: &str) -> String {
     serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "k8s-pod-network",
@@ -67,7 +73,7 @@ pub fn margay_conf(agent: &crate::k8s::Agent, log_file: &Path) -> String {
         "agent_socket": agent.socket,
         "journal_dir": agent.journal_dir(),
         "log_file": log_file,
-        "log_level": "debug",
+        "log_level": log_level,
         "timeouts": {"connect_ms": 1000, "request_ms": 10000},
     })
     .to_string()

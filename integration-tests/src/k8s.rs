@@ -373,6 +373,40 @@ pub fn shipped_agent_env() -> Result<Vec<(String, String)>> {
         .collect())
 }
 
+/// The `margay` plugin's entry of the conflist the shipped ConfigMap
+/// (`cni_network_config` in `deploy/margay.yaml`) has install-cni write.
+pub fn shipped_plugin_conf() -> Result<serde_json::Value> {
+    let path = deploy_manifest();
+    let conflist = shipped_manifest()?
+        .into_iter()
+        .find_map(|v| {
+            (v.get("kind").and_then(serde_json::Value::as_str) == Some("ConfigMap"))
+                .then(|| v.pointer("/data/cni_network_config")?.as_str().map(str::to_string))
+                .flatten()
+        })
+        .ok_or_else(|| {
+            LabError::Invalid(format!(
+                "{}: no ConfigMap with cni_network_config",
+                path.display()
+            ))
+        })?;
+    let conflist: serde_json::Value = serde_json::from_str(&conflist)
+        .map_err(|e| LabError::Invalid(format!("{}: cni_network_config: {e}", path.display())))?;
+    conflist
+        .get("plugins")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|p| p.get("type").and_then(serde_json::Value::as_str) == Some("margay"))
+        .cloned()
+        .ok_or_else(|| {
+            LabError::Invalid(format!(
+                "{}: cni_network_config has no margay plugin",
+                path.display()
+            ))
+        })
+}
+
 /// Every document of `deploy/margay.yaml`, as JSON values.
 fn shipped_manifest() -> Result<Vec<serde_json::Value>> {
     let path = deploy_manifest();
