@@ -380,9 +380,12 @@ pub fn shipped_plugin_conf() -> Result<serde_json::Value> {
     let conflist = shipped_manifest()?
         .into_iter()
         .find_map(|v| {
-            (v.get("kind").and_then(serde_json::Value::as_str) == Some("ConfigMap"))
-                .then(|| v.pointer("/data/cni_network_config")?.as_str().map(str::to_string))
-                .flatten()
+            if v.get("kind").and_then(serde_json::Value::as_str) != Some("ConfigMap") {
+                return None;
+            }
+            v.pointer("/data/cni_network_config")?
+                .as_str()
+                .map(str::to_string)
         })
         .ok_or_else(|| {
             LabError::Invalid(format!(

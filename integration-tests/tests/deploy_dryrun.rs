@@ -144,3 +144,12 @@ fn the_lab_agent_gets_the_daemonsets_literal_environment() {
         "{env:?}"
     );
 }
+
+/// bench_cni_agent times the plugin as the shipped conflist configures it:
+/// the entry it reads is the margay plugin's, with the log level set.
+#[test]
+fn the_shipped_conflist_names_the_plugins_log_level() {
+    let plugin = integration_tests::k8s::shipped_plugin_conf().expect("deploy/margay.yaml");
+    assert_eq!(plugin["type"], "margay", "{plugin}");
+    assert_eq!(plugin["log_level"], "info", "{plugin}");
+}
