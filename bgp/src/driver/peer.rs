@@ -545,10 +545,6 @@ impl PeerTask {
     }
 }
 
-/// A connection's writer: the session's own messages as they come, and,
-/// once attached to its update group's log, what the log has for it,
-/// pulled whenever the log has more and the socket took the last batch
-/// (so a slow socket holds a read position, not a queue of copies).
 /// The complete messages at the front of the read buffer (`lens`, in
 /// order), taken out of it as one exact-size copy that the frames share.
 /// Frames sliced from the read buffer itself would each keep the whole
@@ -575,6 +571,10 @@ fn take_frames(buf: &mut BytesMut, lens: &[usize]) -> Vec<Bytes> {
         .collect()
 }
 
+/// A connection's writer: the session's own messages as they come, and,
+/// once attached to its update group's log, what the log has for it,
+/// pulled whenever the log has more and the socket took the last batch
+/// (so a slow socket holds a read position, not a queue of copies).
 async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Write>) {
     enum Next {
         Msg(Option<Write>),
