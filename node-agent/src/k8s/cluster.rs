@@ -27,7 +27,6 @@ use futures::future::BoxFuture;
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt as _, reflector as reflect};
@@ -36,8 +35,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::k8s::crd::{
-    BGPConfiguration, BGPFilter, BGPPeer, IPAMConfiguration, IPPool, PodEndpoint,
-    RawAdminNetworkPolicy, RawBaselineAdminNetworkPolicy,
+    BGPConfiguration, BGPFilter, BGPPeer, IPAMConfiguration, IPPool, RawAdminNetworkPolicy,
+    RawBaselineAdminNetworkPolicy,
 };
 use crate::k8s::endpointcache::{self, EndpointCache, EndpointCacheWriter};
 use crate::k8s::pod::Cached;
@@ -350,7 +349,15 @@ impl Cluster {
             PodSource::Pods => (all(), EndpointCache::default()),
             PodSource::Endpoints => (
                 all().fields(&format!("spec.nodeName={node}")),
-                endpoint_cache(Api::all(c.clone()), &tx, m, &mut w),
+                compact_cache(
+                    Api::all(c.clone()),
+                    Kind::PodEndpoint,
+                    endpointcache::cache(),
+                    EndpointCacheWriter::apply_watcher_event,
+                    &tx,
+                    m,
+                    &mut w,
+                ),
             ),
         };
         let cluster = Cluster {
@@ -359,7 +366,15 @@ impl Cluster {
             pod_endpoints,
             pod_source,
             namespaces: reflector_of(Api::all(c.clone()), Kind::Namespace, &tx, m, &mut w),
-            policies: policy_cache(Api::all(c.clone()), &tx, m, &mut w),
+            policies: compact_cache(
+                Api::all(c.clone()),
+                Kind::NetworkPolicy,
+                policycache::cache(),
+                PolicyCacheWriter::apply_watcher_event,
+                &tx,
+                m,
+                &mut w,
+            ),
             pools: reflector_of(Api::all(c.clone()), Kind::IpPool, &tx, m, &mut w),
             bgp_peers: reflector_of(Api::all(c.clone()), Kind::BgpPeer, &tx, m, &mut w),
             bgp_configs: reflector_of(Api::all(c.clone()), Kind::BgpConfiguration, &tx, m, &mut w),
@@ -458,59 +473,34 @@ where
     reader
 }
 
-/// The PodEndpoint cache, and (pushed to `watchers`) the loop that fills
-/// it: kube's watcher, as for the other kinds, applied to the compact
-/// cache instead of a reflector store.
-fn endpoint_cache(
-    api: Api<PodEndpoint>,
-    tx: &Arc<watch::Sender<Generations>>,
-    metrics: &Arc<Metrics>,
-    watchers: &mut Vec<Watcher>,
-) -> EndpointCache {
-    let (reader, mut writer) = endpointcache::cache();
-    watch_into(api, Kind::PodEndpoint, tx, metrics, watchers, move |ev| {
-        writer.apply_watcher_event(ev)
-    });
-    reader
-}
-
-/// The NetworkPolicy cache, and (pushed to `watchers`) the loop that
-/// fills it: kube's watcher, each policy compiled as it arrives.
-fn policy_cache(
-    api: Api<NetworkPolicy>,
-    tx: &Arc<watch::Sender<Generations>>,
-    metrics: &Arc<Metrics>,
-    watchers: &mut Vec<Watcher>,
-) -> PolicyCache {
-    let (reader, mut writer) = policycache::cache();
-    watch_into(api, Kind::NetworkPolicy, tx, metrics, watchers, move |ev| {
-        writer.apply_watcher_event(ev)
-    });
-    reader
-}
-
-/// Pushes to `watchers` the loop of `kind` that hands every event of
-/// kube's watcher (list/watch, relists, default backoff) to `apply`: a
-/// compact cache's writer instead of a reflector store.
-fn watch_into<K>(
+/// A compact cache (`reader`, `writer`: the PodEndpoint or the
+/// NetworkPolicy cache) and, pushed to `watchers`, the loop of `kind` that
+/// fills it: kube's watcher (list/watch, relists, default backoff) as for
+/// the other kinds, each event handed to `apply` on the writer instead of
+/// a reflector store.
+fn compact_cache<K, R, W>(
     api: Api<K>,
     kind: Kind,
+    (reader, mut writer): (R, W),
+    apply: fn(&mut W, &Event<K>),
     tx: &Arc<watch::Sender<Generations>>,
     metrics: &Arc<Metrics>,
     watchers: &mut Vec<Watcher>,
-    mut apply: impl FnMut(&Event<K>) + Send + 'static,
-) where
+) -> R
+where
     K: Resource + Clone + Debug + DeserializeOwned + Send + 'static,
     K::DynamicType: Default,
+    W: Send + 'static,
 {
     let stream = watcher::watcher(api, watcher::Config::default())
-        .inspect_ok(move |ev| apply(ev))
+        .inspect_ok(move |ev| apply(&mut writer, ev))
         .default_backoff();
     let (tx, metrics) = (tx.clone(), metrics.clone());
     watchers.push(Watcher {
         name: format!("watch {}", kind.resource()),
         run: Box::new(move |pulse| Box::pin(watch_loop(stream, kind, tx, metrics, pulse, None))),
     });
+    reader
 }
 
 /// One kind's loop: counts generations, reports errors once per streak.
