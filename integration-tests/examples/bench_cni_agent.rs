@@ -193,6 +193,42 @@ impl MargaySide {
         self.del.push(t);
         Ok(())
     }
+
+    /// Fails the run if any ADD returned before its route or policy was in
+    /// the kernel: no figures for a run that skipped the work.
+    fn ensure_contract(&self, what: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.contract_misses == 0,
+            "{} of {} ADDs of {}{what} returned before their route or policy was in the kernel: no figures for a run that skipped the work",
+            self.contract_misses,
+            self.add.len(),
+            self.bin.display()
+        );
+        Ok(())
+    }
+}
+
+/// Pair `i` of margay and, when comparing, of the other binary, the two
+/// alternating which goes first.
+fn interleaved(
+    a: &mut MargaySide,
+    b: Option<&mut MargaySide>,
+    lab: &Lab,
+    node: &Netns,
+    conf: &str,
+    i: usize,
+) -> anyhow::Result<()> {
+    match b {
+        Some(b) if i % 2 == 1 => {
+            b.pair(lab, node, conf, i)?;
+            a.pair(lab, node, conf, i)
+        }
+        Some(b) => {
+            a.pair(lab, node, conf, i)?;
+            b.pair(lab, node, conf, i)
+        }
+        None => a.pair(lab, node, conf, i),
+    }
 }
 
 /// Pod `bench/<pod>` in `ns`, container `id`, interface eth0.
@@ -358,18 +394,7 @@ fn main() -> anyhow::Result<()> {
     let mut a_side = MargaySide::new(margay.clone(), "m", "p");
     let mut b_side = compare.map(|b| MargaySide::new(b, "b", "b"));
     for i in 0..runs {
-        // margay (and the binary compared with, alternating which goes first)
-        if i % 2 == 1
-            && let Some(b) = &mut b_side
-        {
-            b.pair(&lab, &node, &margay_conf, i)?;
-        }
-        a_side.pair(&lab, &node, &margay_conf, i)?;
-        if i % 2 == 0
-            && let Some(b) = &mut b_side
-        {
-            b.pair(&lab, &node, &margay_conf, i)?;
-        }
+        interleaved(&mut a_side, b_side.as_mut(), &lab, &node, &margay_conf, i)?;
         // ptp + host-local
         let ns = Netns::create(&format!("{}-ptp{i}", lab.prefix()))?;
         let a = bench_attachment(format!("p{i}"), &ns, &format!("q{i}"));
@@ -395,12 +420,7 @@ fn main() -> anyhow::Result<()> {
         version.push(t);
     }
     for side in std::iter::once(&a_side).chain(b_side.as_ref()) {
-        anyhow::ensure!(
-            side.contract_misses == 0,
-            "{} of {runs} ADDs of {} returned before their route or policy was in the kernel: no figures for a run that skipped the work",
-            side.contract_misses,
-            side.bin.display()
-        );
+        side.ensure_contract("")?;
     }
     let (ma, ma95) = stats(&a_side.add);
     let (md, md95) = stats(&a_side.del);
@@ -453,25 +473,10 @@ fn main() -> anyhow::Result<()> {
         .as_ref()
         .map(|b| MargaySide::new(b.bin.clone(), "mb", "b"));
     for i in 0..steps_runs {
-        if i % 2 == 1
-            && let Some(b) = &mut b_steps
-        {
-            b.pair(&lab, &node, &steps_conf, i)?;
-        }
-        a_steps.pair(&lab, &node, &steps_conf, i)?;
-        if i % 2 == 0
-            && let Some(b) = &mut b_steps
-        {
-            b.pair(&lab, &node, &steps_conf, i)?;
-        }
+        interleaved(&mut a_steps, b_steps.as_mut(), &lab, &node, &steps_conf, i)?;
     }
     for side in std::iter::once(&a_steps).chain(b_steps.as_ref()) {
-        anyhow::ensure!(
-            side.contract_misses == 0,
-            "{} of {steps_runs} ADDs of {} at debug returned before their route or policy was in the kernel",
-            side.contract_misses,
-            side.bin.display()
-        );
+        side.ensure_contract(" at debug")?;
     }
     println!(
         "\nthe ADDs above ran with the shipped conflist's log level ({shipped_level:?}); the steps below are from {steps_runs} more pairs per binary at debug (median ADD {:.2} ms there)",
