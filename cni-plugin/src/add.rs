@@ -175,36 +175,30 @@ pub async fn add(conf: &NetConf, v: CniVersion, att: &Attachment) -> Result<Valu
     }
     // From here a failure removes the veth only if this ADD created it.
     let created = veth.is_ok();
-    let (agent, reply) = match allocated {
-        Ok(a) => a,
-        Err(e) => {
-            // Not connected: nothing was allocated.
-            if created {
-                remove_host_veth(&host, &names.host_if).await;
-            }
-            return Err(e);
-        }
-    };
-    let reply = match reply {
-        Ok(r) => r,
-        Err(e) => {
-            if created {
-                remove_host_veth(&host, &names.host_if).await;
-            }
+    // An allocation that failed: the veth goes if this ADD created it, and
+    // what the agent may have allocated is released (`Some(agent)`).
+    let allocation = match allocated {
+        // Not connected: nothing was allocated.
+        Err(e) => Err((None, e)),
+        Ok((agent, Err(e))) => {
             // A timeout or a dropped connection may have allocated anyway.
-            if matches!(e, CniError::TryAgain { .. }) {
+            let release = matches!(e, CniError::TryAgain { .. });
+            Err((release.then_some(agent), e))
+        }
+        Ok((agent, Ok(reply))) => match addresses(&reply, &families) {
+            Ok(ips) => Ok((agent, reply, ips)),
+            Err(e) => Err((Some(agent), e)),
+        },
+    };
+    let (agent, reply, ips) = match allocation {
+        Ok(a) => a,
+        Err((release, e)) => {
+            if created {
+                remove_host_veth(&host, &names.host_if).await;
+            }
+            if let Some(agent) = release {
                 release_quietly(&agent, &names.handle).await;
             }
-            return Err(e);
-        }
-    };
-    let ips = match addresses(&reply, &families) {
-        Ok(ips) => ips,
-        Err(e) => {
-            if created {
-                remove_host_veth(&host, &names.host_if).await;
-            }
-            release_quietly(&agent, &names.handle).await;
             return Err(e);
         }
     };
